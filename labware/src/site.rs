@@ -1,0 +1,391 @@
+//! The site model: what a lab has, read from `lab.toml` (reference in `docs/labware.md`).
+//!
+//! Instruments with their class and capabilities, the nests (locations) plates sit in, the robot
+//! arms that move plates between nests with their move times, and the price table. The compiler
+//! checks protocols against it, the scheduler plans on it, the runtime drives what it lists.
+
+use crate::def::LabwareKind;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What kind of work an instrument does. The compiler emits tasks for a class; the scheduler
+/// picks the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstrumentClass {
+    LiquidHandler,
+    PlateReader,
+    Incubator,
+    HeaterShaker,
+    Sealer,
+    Centrifuge,
+    PlateHotel,
+    Thermocycler,
+    RobotArm,
+    /// A person: manual steps are tasks for a technician.
+    Technician,
+}
+
+impl InstrumentClass {
+    /// The snake_case name used in files and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstrumentClass::LiquidHandler => "liquid_handler",
+            InstrumentClass::PlateReader => "plate_reader",
+            InstrumentClass::Incubator => "incubator",
+            InstrumentClass::HeaterShaker => "heater_shaker",
+            InstrumentClass::Sealer => "sealer",
+            InstrumentClass::Centrifuge => "centrifuge",
+            InstrumentClass::PlateHotel => "plate_hotel",
+            InstrumentClass::Thermocycler => "thermocycler",
+            InstrumentClass::RobotArm => "robot_arm",
+            InstrumentClass::Technician => "technician",
+        }
+    }
+}
+
+impl std::fmt::Display for InstrumentClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A closed interval `[min, max]` written as a two-element array in `lab.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "[f64; 2]", into = "[f64; 2]")]
+pub struct Range {
+    pub min: f64,
+    pub max: f64,
+}
+
+impl From<[f64; 2]> for Range {
+    fn from(v: [f64; 2]) -> Range {
+        Range { min: v[0], max: v[1] }
+    }
+}
+
+impl From<Range> for [f64; 2] {
+    fn from(r: Range) -> [f64; 2] {
+        [r.min, r.max]
+    }
+}
+
+impl Range {
+    /// Whether `v` lies in the interval.
+    pub fn contains(&self, v: f64) -> bool {
+        v >= self.min && v <= self.max
+    }
+}
+
+/// A pipette mounted on a liquid handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipette {
+    pub name: String,
+    pub channels: u32,
+    pub min_ul: f64,
+    pub max_ul: f64,
+    /// Volume of the tips it takes; a protocol's tip racks must match.
+    pub tip_ul: f64,
+    /// Plunger flow rate used for duration estimates, µL/s.
+    #[serde(default = "default_flow")]
+    pub flow_ul_per_s: f64,
+}
+
+fn default_flow() -> f64 {
+    100.0
+}
+
+/// Plate-reader detection modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadMode {
+    Absorbance,
+    Fluorescence,
+    Luminescence,
+}
+
+/// Sealer operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealMode {
+    Seal,
+    Peel,
+}
+
+/// One instrument instance and what it can do. Capability fields apply to the classes that use
+/// them; the validator rejects a capability on a class that has no use for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instrument {
+    pub id: String,
+    pub class: InstrumentClass,
+    /// Labware kinds it accepts; empty means every kind.
+    #[serde(default)]
+    pub labware: Vec<LabwareKind>,
+    /// Plates it holds at once (incubators, hotels, centrifuges); 1 otherwise.
+    #[serde(default = "one")]
+    pub capacity: u32,
+    #[serde(default)]
+    pub pipettes: Vec<Pipette>,
+    #[serde(default)]
+    pub deck_slots: Option<u32>,
+    #[serde(default)]
+    pub modes: Vec<ReadMode>,
+    #[serde(default)]
+    pub absorbance_nm: Option<Range>,
+    #[serde(default)]
+    pub excitation_nm: Option<Range>,
+    #[serde(default)]
+    pub emission_nm: Option<Range>,
+    #[serde(default)]
+    pub temperature_c: Option<Range>,
+    #[serde(default)]
+    pub shaking_rpm: Option<Range>,
+    #[serde(default)]
+    pub max_g: Option<f64>,
+    #[serde(default)]
+    pub seal_modes: Vec<SealMode>,
+    /// Where plates are put for this instrument; defaults to a nest named after the instrument.
+    #[serde(default)]
+    pub nests: Vec<String>,
+    /// How the runtime reaches it ("sim", "serial:/dev/ttyUSB0", "tcp:host:port", "sila:host:port").
+    #[serde(default = "sim")]
+    pub endpoint: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn sim() -> String {
+    "sim".to_string()
+}
+
+impl Instrument {
+    /// Whether it accepts labware of this kind.
+    pub fn accepts(&self, kind: LabwareKind) -> bool {
+        self.labware.is_empty() || self.labware.contains(&kind)
+    }
+
+    /// Nests that belong to it.
+    pub fn nest_ids(&self) -> Vec<String> {
+        if self.nests.is_empty() {
+            vec![self.id.clone()]
+        } else {
+            self.nests.clone()
+        }
+    }
+}
+
+/// A plate-moving arm and the nests it reaches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arm {
+    pub id: String,
+    pub reach: Vec<String>,
+    /// Seconds for a nest-to-nest move not listed in `moves`.
+    pub move_s: f64,
+    #[serde(default)]
+    pub moves: Vec<Move>,
+    #[serde(default = "sim")]
+    pub endpoint: String,
+}
+
+/// A measured move time between two nests (either direction).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Move {
+    pub from: String,
+    pub to: String,
+    pub seconds: f64,
+}
+
+impl Arm {
+    /// Seconds to move a plate between two nests this arm reaches.
+    pub fn move_time(&self, from: &str, to: &str) -> Option<f64> {
+        if !self.reach.iter().any(|n| n == from) || !self.reach.iter().any(|n| n == to) {
+            return None;
+        }
+        if from == to {
+            return Some(0.0);
+        }
+        let listed = self
+            .moves
+            .iter()
+            .find(|m| (m.from == from && m.to == to) || (m.from == to && m.to == from));
+        Some(listed.map_or(self.move_s, |m| m.seconds))
+    }
+}
+
+/// A nest that belongs to no instrument (a transfer station, a bench position).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Prices charged to tenants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prices {
+    pub currency: String,
+    /// Fixed fee per submitted run.
+    #[serde(default)]
+    pub per_run: f64,
+    /// Price of one hour of device time, per instrument class.
+    pub per_hour: BTreeMap<InstrumentClass, f64>,
+}
+
+/// General facts about the site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteInfo {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Technicians on shift, for manual tasks.
+    #[serde(default = "one")]
+    pub technicians: u32,
+}
+
+/// A whole site as read from `lab.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub site: SiteInfo,
+    #[serde(default, rename = "instrument")]
+    pub instruments: Vec<Instrument>,
+    #[serde(default, rename = "arm")]
+    pub arms: Vec<Arm>,
+    #[serde(default, rename = "location")]
+    pub locations: Vec<Location>,
+    pub prices: Prices,
+}
+
+/// A `lab.toml` that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SiteError {
+    /// TOML syntax or a value of the wrong type; the message carries line, column and a snippet.
+    #[error("{0}")]
+    Toml(String),
+    /// Well-formed but inconsistent: `key` names the offending entry.
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+/// The simulated site shipped with Labwright (`sites/sim.toml`).
+pub const SIM_SITE_TOML: &str = include_str!("../../sites/sim.toml");
+
+impl Site {
+    /// Parses and checks a `lab.toml`.
+    pub fn from_toml(text: &str) -> Result<Site, SiteError> {
+        let site: Site = toml::from_str(text).map_err(|e| SiteError::Toml(e.to_string()))?;
+        site.check()?;
+        Ok(site)
+    }
+
+    /// The shipped simulated site.
+    pub fn sim() -> Result<Site, SiteError> {
+        Site::from_toml(SIM_SITE_TOML)
+    }
+
+    fn check(&self) -> Result<(), SiteError> {
+        let invalid = |key: String, problem: &str| SiteError::Invalid { key, problem: problem.to_string() };
+        let mut ids = BTreeSet::new();
+        let mut nests = BTreeSet::new();
+        for (i, inst) in self.instruments.iter().enumerate() {
+            let key = format!("instrument[{i}] ({})", inst.id);
+            if inst.id.is_empty() || !ids.insert(inst.id.clone()) {
+                return Err(invalid(key, "id is empty or used twice; give every instrument a unique id"));
+            }
+            if inst.capacity == 0 {
+                return Err(invalid(key, "capacity must be at least 1"));
+            }
+            for (name, r) in [
+                ("absorbance_nm", inst.absorbance_nm),
+                ("excitation_nm", inst.excitation_nm),
+                ("emission_nm", inst.emission_nm),
+                ("temperature_c", inst.temperature_c),
+                ("shaking_rpm", inst.shaking_rpm),
+            ] {
+                if let Some(r) = r {
+                    if !(r.min.is_finite() && r.max.is_finite() && r.min <= r.max) {
+                        return Err(invalid(format!("{key}.{name}"), "must be [min, max] with min <= max"));
+                    }
+                }
+            }
+            let is_lh = inst.class == InstrumentClass::LiquidHandler;
+            if is_lh && inst.pipettes.is_empty() {
+                return Err(invalid(key, "a liquid_handler needs at least one pipette"));
+            }
+            if !is_lh && !inst.pipettes.is_empty() {
+                return Err(invalid(key, "only a liquid_handler has pipettes"));
+            }
+            for p in &inst.pipettes {
+                let ok = p.min_ul > 0.0 && p.min_ul <= p.max_ul && p.max_ul <= p.tip_ul && p.flow_ul_per_s > 0.0;
+                if !ok || p.channels == 0 {
+                    return Err(invalid(
+                        format!("{key}.pipettes ({})", p.name),
+                        "needs 0 < min_ul <= max_ul <= tip_ul, channels >= 1 and flow_ul_per_s > 0",
+                    ));
+                }
+            }
+            if inst.class == InstrumentClass::PlateReader && inst.modes.is_empty() {
+                return Err(invalid(key, "a plate_reader needs modes (absorbance, fluorescence, luminescence)"));
+            }
+            for n in inst.nest_ids() {
+                if !nests.insert(n.clone()) {
+                    return Err(invalid(key, &format!("nest {n} is declared twice")));
+                }
+            }
+        }
+        for loc in &self.locations {
+            if !nests.insert(loc.id.clone()) {
+                return Err(invalid(format!("location ({})", loc.id), "id is used twice"));
+            }
+        }
+        for (i, arm) in self.arms.iter().enumerate() {
+            let key = format!("arm[{i}] ({})", arm.id);
+            if !ids.insert(arm.id.clone()) {
+                return Err(invalid(key, "id is used twice"));
+            }
+            if !(arm.move_s.is_finite() && arm.move_s > 0.0) {
+                return Err(invalid(key, "move_s must be a positive number of seconds"));
+            }
+            for n in arm.reach.iter().chain(arm.moves.iter().flat_map(|m| [&m.from, &m.to])) {
+                if !nests.contains(n) {
+                    return Err(invalid(key, &format!("reaches unknown nest {n}; declare it as an instrument nest or a [[location]]")));
+                }
+            }
+        }
+        for (class, price) in &self.prices.per_hour {
+            if !(price.is_finite() && *price >= 0.0) {
+                return Err(invalid(format!("prices.per_hour.{class}"), "must be a non-negative number"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Instruments of one class.
+    pub fn instruments_of(&self, class: InstrumentClass) -> impl Iterator<Item = &Instrument> {
+        self.instruments.iter().filter(move |i| i.class == class)
+    }
+
+    /// Price of one hour of a class, 0 when the table has none.
+    pub fn price_per_hour(&self, class: InstrumentClass) -> f64 {
+        self.prices.per_hour.get(&class).copied().unwrap_or(0.0)
+    }
+
+    /// The typical arm move time: the mean of every arm's default move.
+    pub fn typical_move_s(&self) -> f64 {
+        if self.arms.is_empty() {
+            0.0
+        } else {
+            self.arms.iter().map(|a| a.move_s).sum::<f64>() / self.arms.len() as f64
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The experiment as the front ends read it: every format (Labwright YAML/JSON, Autoprotocol,
+//! Opentrons) is parsed into this tree, so resolve, check and lower are shared.
+
+use crate::source::Span;
+use labware::LabwareDef;
+
+/// A name with the span it was written at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named {
+    pub name: String,
+    pub span: Span,
+}
+
+/// A reference to wells: `plate/A1:H12`, split into labware name and selection text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WellRef {
+    pub labware: String,
+    pub selection: String,
+    pub span: Span,
+}
+
+/// How wells that the protocol gives no contents start out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlistedWells {
+    /// Empty: Labwright protocols list every liquid they start with.
+    Empty,
+    /// Unknown: imported protocols often do not say; under-draw checks are skipped for them.
+    Unknown,
+}
+
+/// A whole experiment.
+#[derive(Debug, Clone)]
+pub struct Protocol {
+    pub name: String,
+    pub labware: Vec<LabwareDecl>,
+    pub liquids: Vec<Named>,
+    pub steps: Vec<Step>,
+    pub constraints: Vec<LagConstraint>,
+    /// Definitions the file brings with it (Opentrons embeds them; Autoprotocol container types).
+    pub custom_labware: Vec<LabwareDef>,
+    pub unlisted_wells: UnlistedWells,
+    /// Pipettes the protocol itself names (Opentrons); empty means "choose from the site".
+    pub pipettes: Vec<PipetteDecl>,
+}
+
+/// A pipette an imported protocol declares, by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipetteDecl {
+    pub id: String,
+    pub name: String,
+    pub channels: u32,
+    pub min_ul: f64,
+    pub max_ul: f64,
+}
+
+/// A labware item of the experiment: a name, its type and what it starts with.
+#[derive(Debug, Clone)]
+pub struct LabwareDecl {
+    pub name: Named,
+    pub load_name: Named,
+    pub contents: Vec<Contents>,
+}
+
+/// Liquid in wells at the start.
+#[derive(Debug, Clone)]
+pub struct Contents {
+    pub selection: String,
+    pub liquid: String,
+    pub volume_ul: f64,
+    pub span: Span,
+}
+
+/// One step, optionally named so constraints and `after` can refer to it.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: Option<Named>,
+    pub after: Vec<Named>,
+    pub span: Span,
+    pub op: Op,
+}
+
+/// When a pipetting step takes a fresh tip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TipPolicy {
+    /// A new tip for every aspirate-dispense cycle.
+    Always,
+    /// A new tip whenever the source well changes.
+    PerSource,
+    /// One tip for the whole step.
+    Once,
+}
+
+/// Mixing by repeated aspirate/dispense.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MixSpec {
+    pub times: u32,
+    pub volume_ul: f64,
+}
+
+/// The three liquid-moving patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    /// Pairs of wells, one aspirate and one dispense per pair.
+    Transfer,
+    /// One source, many destinations: one aspirate feeds several dispenses.
+    Distribute,
+    /// Many sources, one destination: several aspirates, one dispense.
+    Consolidate,
+}
+
+/// Volumes of a transfer: one for all pairs, or one per pair.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Volumes {
+    Same(f64),
+    PerPair(Vec<f64>),
+}
+
+/// Moving liquid between wells.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub kind: TransferKind,
+    pub from: WellRef,
+    pub to: WellRef,
+    pub volumes: Volumes,
+    pub volume_span: Span,
+    pub tips: TipPolicy,
+    pub mix_before: Option<MixSpec>,
+    pub mix_after: Option<MixSpec>,
+}
+
+/// What a step does.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Transfer(Transfer),
+    SerialDilution { series: Vec<WellRef>, volume_ul: f64, mix: Option<MixSpec>, tips: TipPolicy },
+    Mix { wells: WellRef, mix: MixSpec, tips: TipPolicy },
+    /// Reagent supplied by the lab (Autoprotocol provision/dispense), added by the liquid handler.
+    AddReagent { reagent: String, to: Vec<(WellRef, f64)> },
+    Incubate { labware: Named, temperature_c: f64, duration_s: f64, shake_rpm: Option<f64> },
+    Shake { labware: Named, rpm: f64, duration_s: f64, temperature_c: Option<f64> },
+    Seal { labware: Named },
+    Unseal { labware: Named },
+    Cover { labware: Named },
+    Uncover { labware: Named },
+    ReadAbsorbance { labware: Named, wells: Option<WellRef>, wavelengths_nm: Vec<f64> },
+    ReadFluorescence { labware: Named, wells: Option<WellRef>, excitation_nm: f64, emission_nm: f64 },
+    ReadLuminescence { labware: Named, wells: Option<WellRef> },
+    Centrifuge { labware: Named, g: f64, duration_s: f64 },
+    Wait { duration_s: f64 },
+    Manual { instruction: String, labware: Vec<Named>, duration_s: f64 },
+    /// Low-level pipetting, as Opentrons protocols spell it.
+    Pipetting(Vec<LowLevel>),
+    /// Heater-shaker module commands from an Opentrons protocol, on the labware it holds.
+    HeaterShaker { labware: Option<Named>, commands: Vec<ModuleCommand> },
+}
+
+/// One Opentrons-style pipetting command.
+#[derive(Debug, Clone)]
+pub enum LowLevel {
+    PickUpTip { pipette: String, rack: WellRef },
+    Aspirate { pipette: String, at: WellRef, volume_ul: f64 },
+    Dispense { pipette: String, at: WellRef, volume_ul: f64 },
+    BlowOut { pipette: String, at: WellRef },
+    MoveTo { pipette: String, at: Option<WellRef> },
+    DropTip { pipette: String },
+    Home,
+    MoveLabware { labware: Named, to: String },
+}
+
+/// A heater-shaker command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModuleCommand {
+    SetTemperature(f64),
+    WaitForTemperature,
+    SetShakeSpeed(f64),
+    StopShaking,
+    StopHeating,
+    Latch { open: bool },
+}
+
+/// "Start `to` at most `max_s` seconds after `from` ends."
+#[derive(Debug, Clone)]
+pub struct LagConstraint {
+    pub from: Named,
+    pub to: Named,
+    pub max_s: f64,
+    pub span: Span,
+}

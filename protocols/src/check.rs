@@ -1,0 +1,236 @@
+//! Check: liquid tracking through the whole protocol, on the lowered commands.
+//!
+//! Tracking runs on commands rather than on steps so every front end (Labwright, Autoprotocol,
+//! Opentrons) is checked the same way, and what is checked is exactly what will run. Mixtures are
+//! tracked by composition: aspirating takes each liquid in proportion.
+
+use crate::ast::{Protocol, UnlistedWells};
+use crate::diag::{did_you_mean, Diagnostic, Diagnostics};
+use crate::lower::LTask;
+use crate::plan::CommandOp;
+use crate::resolve::{Env, Loc};
+use crate::source::Span;
+use labware::WellSelection;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+const EPS: f64 = 1e-6;
+
+/// Name of the liquid drawn from a well whose contents the protocol does not state.
+pub const UNSPECIFIED: &str = "(unspecified)";
+
+/// What is in one well.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WellState {
+    /// Liquid by name, µL.
+    pub contents: BTreeMap<String, f64>,
+    /// Contents before the protocol are unknown (imported protocols): under-draws are not errors.
+    pub unknown: bool,
+}
+
+impl WellState {
+    /// Total volume, µL.
+    pub fn volume(&self) -> f64 {
+        self.contents.values().sum()
+    }
+
+    /// Removes `v` µL in proportion to the composition, returning what was taken.
+    fn take(&mut self, v: f64) -> BTreeMap<String, f64> {
+        let total = self.volume();
+        let mut out = BTreeMap::new();
+        if total <= EPS {
+            return out;
+        }
+        let f = (v / total).min(1.0);
+        for (name, amount) in self.contents.iter_mut() {
+            let part = *amount * f;
+            *amount -= part;
+            out.insert(name.clone(), part);
+        }
+        self.contents.retain(|_, a| *a > EPS * 1e-3);
+        out
+    }
+
+    fn add(&mut self, mix: &BTreeMap<String, f64>) {
+        for (name, amount) in mix {
+            *self.contents.entry(name.clone()).or_insert(0.0) += amount;
+        }
+    }
+}
+
+/// The liquid state after the protocol ran, for tests and result reports.
+#[derive(Debug, Clone, Default)]
+pub struct Tracked {
+    /// Per slot, per well.
+    pub wells: Vec<Vec<WellState>>,
+    /// Liquid left in tips when they were dropped, µL.
+    pub waste_ul: f64,
+    /// Reagent added by the lab (provision/dispense), µL.
+    pub added_ul: f64,
+    /// Liquid drawn from wells of unknown content beyond what the protocol put there, µL.
+    pub unspecified_drawn_ul: f64,
+}
+
+impl Tracked {
+    /// Total volume in all wells.
+    pub fn total_in_wells(&self) -> f64 {
+        self.wells.iter().flatten().map(WellState::volume).sum()
+    }
+}
+
+/// Sets up the initial contents and checks declared liquids.
+pub fn initial(p: &Protocol, env: &Env, d: &mut Diagnostics) -> Tracked {
+    let mut t = Tracked {
+        wells: env
+            .slots
+            .iter()
+            .map(|s| vec![WellState { unknown: p.unlisted_wells == UnlistedWells::Unknown, ..Default::default() }; s.def.wells.len()])
+            .collect(),
+        ..Default::default()
+    };
+    let declared: BTreeSet<&str> = p.liquids.iter().map(|l| l.name.as_str()).collect();
+    let strict = p.unlisted_wells == UnlistedWells::Empty;
+    for decl in &p.labware {
+        let Some(slot) = env.lookup(&decl.name.name) else { continue };
+        let def = &env.slots[slot].def;
+        for c in &decl.contents {
+            if strict && !declared.contains(c.liquid.as_str()) {
+                let hint = did_you_mean(&c.liquid, declared.iter().copied())
+                    .unwrap_or_else(|| format!("declare it under `liquids:`, e.g. `{}: description`", c.liquid));
+                d.push(Diagnostic::error("P0204", c.span, format!("unknown liquid `{}`", c.liquid)).with_hint(hint));
+            }
+            let wells = match WellSelection::parse(&c.selection).and_then(|s| s.resolve(def)) {
+                Ok(w) => w,
+                Err(e) => {
+                    d.push(Diagnostic::error("P0203", c.span, format!("{}/{}: {e}", decl.name.name, c.selection)).with_hint(format!("`{}` has {}", decl.name.name, def.grid_description())));
+                    continue;
+                }
+            };
+            for w in wells {
+                let state = &mut t.wells[slot][w];
+                state.unknown = false;
+                *state.contents.entry(c.liquid.clone()).or_insert(0.0) += c.volume_ul;
+                let max = def.wells[w].max_volume_ul;
+                if state.volume() > max + EPS {
+                    d.push(
+                        Diagnostic::error("P0301", c.span, format!("{}/{} starts with {} but holds at most {}", decl.name.name, def.wells[w].name, crate::units::fmt_ul(state.volume()), crate::units::fmt_ul(max)))
+                            .with_hint("lower the starting volume or use a larger well"),
+                    );
+                }
+            }
+        }
+    }
+    t
+}
+
+/// Replays every command, reporting over-full wells, under-drawn wells and tips that dispense
+/// more than they hold. One diagnostic per well and problem, so a mistake repeated over a plate
+/// reads as one error per well, not hundreds of lines.
+pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) -> Tracked {
+    let mut tips: HashMap<String, BTreeMap<String, f64>> = HashMap::new();
+    let mut reported: BTreeSet<(&'static str, Loc)> = BTreeSet::new();
+    let mut report = |code: &'static str, loc: Loc, diag: Diagnostic, d: &mut Diagnostics| {
+        if reported.insert((code, loc)) {
+            d.push(diag);
+        }
+    };
+    for task in tasks {
+        for (cmd, &span) in task.commands.iter().zip(&task.spans) {
+            match &cmd.op {
+                CommandOp::Aspirate { pipette, labware, well, volume_ul } => {
+                    let Some(loc) = locate(env, labware, well) else { continue };
+                    let state = &mut t.wells[loc.slot][loc.well];
+                    let have = state.volume();
+                    let mut drawn = state.take(*volume_ul);
+                    let short = volume_ul - have;
+                    if short > EPS {
+                        if state.unknown {
+                            *drawn.entry(UNSPECIFIED.to_string()).or_insert(0.0) += short;
+                            t.unspecified_drawn_ul += short;
+                        } else {
+                            report("P0302", loc, under_drawn(env, loc, *volume_ul, have, span), d);
+                        }
+                    }
+                    let tip = tips.entry(pipette.clone()).or_default();
+                    for (k, v) in drawn {
+                        *tip.entry(k).or_insert(0.0) += v;
+                    }
+                }
+                CommandOp::Dispense { pipette, labware, well, volume_ul } => {
+                    let Some(loc) = locate(env, labware, well) else { continue };
+                    let tip = tips.entry(pipette.clone()).or_default();
+                    let in_tip: f64 = tip.values().sum();
+                    if *volume_ul > in_tip + 1e-3 {
+                        report("P0308", loc, Diagnostic::error(
+                            "P0308",
+                            span,
+                            format!("dispenses {} into {} but the tip holds only {}", crate::units::fmt_ul(*volume_ul), env.describe(loc), crate::units::fmt_ul(in_tip)),
+                        ).with_hint("aspirate at least as much as you dispense"), d);
+                    }
+                    let mut tip_state = WellState { contents: std::mem::take(tip), unknown: false };
+                    let given = tip_state.take(*volume_ul);
+                    *tip = tip_state.contents;
+                    fill(env, &mut t, loc, &given, span, &mut report, d);
+                }
+                CommandOp::BlowOut { pipette, labware, well } => {
+                    let Some(loc) = locate(env, labware, well) else { continue };
+                    let given = std::mem::take(tips.entry(pipette.clone()).or_default());
+                    fill(env, &mut t, loc, &given, span, &mut report, d);
+                }
+                CommandOp::AddReagent { reagent, labware, well, volume_ul } => {
+                    let Some(loc) = locate(env, labware, well) else { continue };
+                    t.added_ul += volume_ul;
+                    let given = BTreeMap::from([(reagent.clone(), *volume_ul)]);
+                    fill(env, &mut t, loc, &given, span, &mut report, d);
+                }
+                CommandOp::DropTip { pipette } => {
+                    if let Some(tip) = tips.remove(pipette) {
+                        t.waste_ul += tip.values().sum::<f64>();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for tip in tips.values() {
+        t.waste_ul += tip.values().sum::<f64>();
+    }
+    t
+}
+
+fn fill(
+    env: &Env,
+    t: &mut Tracked,
+    loc: Loc,
+    given: &BTreeMap<String, f64>,
+    span: Span,
+    report: &mut impl FnMut(&'static str, Loc, Diagnostic, &mut Diagnostics),
+    d: &mut Diagnostics,
+) {
+    let state = &mut t.wells[loc.slot][loc.well];
+    state.add(given);
+    let max = env.slots[loc.slot].def.wells[loc.well].max_volume_ul;
+    let vol = state.volume();
+    if vol > max + 1e-3 {
+        let def = &env.slots[loc.slot].def;
+        report("P0301", loc, Diagnostic::error(
+            "P0301",
+            span,
+            format!("{} would hold {} but holds at most {}", env.describe(loc), crate::units::fmt_ul(vol), crate::units::fmt_ul(max)),
+        ).with_hint(format!("{} wells of {} hold {}; lower the volumes or use deeper labware", def.display_name, def.load_name, crate::units::fmt_ul(max))), d);
+    }
+}
+
+fn under_drawn(env: &Env, loc: Loc, want: f64, have: f64, span: Span) -> Diagnostic {
+    Diagnostic::error(
+        "P0302",
+        span,
+        format!("draws {} from {}, which holds only {} at this point", crate::units::fmt_ul(want), env.describe(loc), crate::units::fmt_ul(have.max(0.0))),
+    )
+    .with_hint("start the well with more liquid, or draw less; earlier steps may already have taken from it")
+}
+
+fn locate(env: &Env, labware: &str, well: &str) -> Option<Loc> {
+    let slot = env.lookup(labware)?;
+    let w = env.slots[slot].def.well_index(well)?;
+    Some(Loc { slot, well: w })
+}

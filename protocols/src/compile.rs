@@ -1,0 +1,331 @@
+//! The compiler driver: parse → resolve → lower → check → plan, collecting every diagnostic.
+
+use crate::ast::{Named, Protocol};
+use crate::check;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::lower::{self, LTask};
+use crate::plan::{MaxLag, PlanLabware, RunPlan, Task, TaskId, PLAN_VERSION};
+use crate::quote::{self, Quote};
+use crate::resolve::Env;
+use crate::source::{SourceFile, Span};
+use crate::syntax::{self, Node};
+use crate::{import, lang};
+use labware::{Library, Site};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Input formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Decide from the file name and content.
+    Auto,
+    /// Labwright's experiment language, YAML or JSON.
+    Labwright,
+    /// Autoprotocol JSON.
+    Autoprotocol,
+    /// Opentrons JSON protocol, schemas 6 to 8.
+    Opentrons,
+}
+
+impl Format {
+    /// Name for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Labwright => "labwright",
+            Format::Autoprotocol => "autoprotocol",
+            Format::Opentrons => "opentrons",
+        }
+    }
+}
+
+/// What the compiler produced: a plan and a quote when there were no errors, and every
+/// diagnostic found either way.
+#[derive(Debug)]
+pub struct Compilation {
+    pub format: Format,
+    pub plan: Option<RunPlan>,
+    pub quote: Option<Quote>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// Liquid state at the end, for reports and tests.
+    pub tracked: Option<check::Tracked>,
+}
+
+impl Compilation {
+    /// Whether any diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Largest protocol file read (bytes); larger files are refused with a diagnostic.
+pub const MAX_SOURCE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Compiles one protocol file against a site and a labware library.
+pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> Compilation {
+    let mut d = Diagnostics::default();
+    let mut out = Compilation { format, plan: None, quote: None, diagnostics: Vec::new(), tracked: None };
+    if src.text.len() > MAX_SOURCE_BYTES {
+        d.error("P0005", Span::new(0, 0), format!("the file is {} bytes; protocols are limited to {MAX_SOURCE_BYTES}", src.text.len()));
+        out.diagnostics = d.items;
+        return out;
+    }
+    let is_json = src.text.trim_start().starts_with(['{', '[']);
+    let parsed = if is_json { syntax::json::parse(src) } else { syntax::yaml::parse(src) };
+    d.items.extend(parsed.diagnostics);
+    let Some(root) = parsed.root else {
+        out.diagnostics = d.items;
+        return out;
+    };
+    let format = match format {
+        Format::Auto => detect(&src.name, &root, is_json),
+        f => f,
+    };
+    out.format = format;
+    if !is_json && format != Format::Labwright {
+        d.error("P0001", root.span, format!("{} protocols are JSON, but this file is not", format.as_str()));
+        out.diagnostics = d.items;
+        return out;
+    }
+    let protocol = match format {
+        Format::Autoprotocol => import::autoprotocol::parse(&root, lib, &mut d),
+        Format::Opentrons => import::opentrons::parse(&root, &mut d),
+        _ => lang::parse(&root, &mut d),
+    };
+    let (plan, tracked) = build(&protocol, site, lib, &mut d);
+    if !d.has_errors() {
+        out.quote = plan.as_ref().map(|p| quote::quote(p, site));
+        out.plan = plan;
+    }
+    out.tracked = tracked;
+    out.diagnostics = d.items;
+    out.diagnostics.sort_by_key(|x| (x.span.start, x.code));
+    out
+}
+
+/// Picks the format of a file the user did not label.
+pub fn detect(name: &str, root: &Node, is_json: bool) -> Format {
+    if !is_json {
+        return Format::Labwright;
+    }
+    if root.get("labwright").is_some() {
+        return Format::Labwright;
+    }
+    if root.get("schemaVersion").is_some() && root.get("commands").is_some() {
+        return Format::Opentrons;
+    }
+    let ops_list = root.as_list().is_some_and(|l| l.iter().any(|i| i.get("op").is_some()));
+    if root.get("instructions").is_some() || root.get("refs").is_some() || ops_list {
+        return Format::Autoprotocol;
+    }
+    if name.ends_with(".autoprotocol.json") {
+        return Format::Autoprotocol;
+    }
+    Format::Labwright
+}
+
+/// Resolve, lower, check and assemble the plan.
+pub fn build(p: &Protocol, site: &Site, lib: &Library, d: &mut Diagnostics) -> (Option<RunPlan>, Option<check::Tracked>) {
+    let env = Env::build(p, lib, d);
+    let initial = check::initial(p, &env, d);
+    let lowered = lower::lower(p, &env, site, d);
+    let tracked = check::liquids(&env, &lowered.tasks, initial, d);
+    let plan = link(p, &env, lowered.tasks, site, d);
+    (plan, Some(tracked))
+}
+
+/// Computes dependencies, orders tasks, resolves constraints and checks them.
+fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnostics) -> Option<RunPlan> {
+    let n = tasks.len();
+    let mut ids: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        for id in &t.ids {
+            if ids.get(&id.name).is_some_and(|v| !v.is_empty()) {
+                d.push(Diagnostic::error("P0207", id.span, format!("step id `{}` is used twice", id.name)));
+            }
+            ids.entry(id.name.clone()).or_default().push(i);
+        }
+    }
+    let mut after: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    let mut last_by_slot: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut last_barrier: Option<usize> = None;
+    let mut since_barrier: Vec<usize> = Vec::new();
+    for (i, t) in tasks.iter().enumerate() {
+        if t.barrier {
+            after[i].extend(since_barrier.drain(..));
+            after[i].extend(last_barrier);
+            last_barrier = Some(i);
+        } else {
+            for s in &t.holds {
+                if let Some(&prev) = last_by_slot.get(s) {
+                    after[i].insert(prev);
+                }
+            }
+            if let Some(b) = last_barrier {
+                after[i].insert(b);
+            }
+            since_barrier.push(i);
+        }
+        for s in &t.holds {
+            last_by_slot.insert(*s, i);
+        }
+        for a in &t.after {
+            match lookup(&ids, a, d) {
+                Some(targets) => after[i].extend(targets),
+                None => continue,
+            }
+        }
+        after[i].remove(&i);
+    }
+    // Explicit `after` may point forward; order tasks topologically and report cycles.
+    let order = match topo(&after) {
+        Ok(o) => o,
+        Err(cycle) => {
+            let names: Vec<String> = cycle.iter().map(|&i| task_name(&tasks[i])).collect();
+            let span = cycle.first().map_or(Span::default(), |&i| tasks[i].span);
+            d.push(
+                Diagnostic::error("P0403", span, format!("these steps wait for each other in a cycle: {}", names.join(" → ")))
+                    .with_hint("remove one of the `after:` entries that close the loop"),
+            );
+            return None;
+        }
+    };
+    let mut new_id = vec![0u32; n];
+    for (pos, &old) in order.iter().enumerate() {
+        new_id[old] = pos as u32;
+    }
+    let mut plan_tasks: Vec<Task> = Vec::with_capacity(n);
+    for &old in &order {
+        let t = &tasks[old];
+        let mut deps: Vec<TaskId> = after[old].iter().map(|&a| new_id[a]).collect();
+        deps.sort_unstable();
+        plan_tasks.push(Task {
+            id: new_id[old],
+            class: t.class,
+            label: t.label.clone(),
+            holds: t.holds.iter().map(|&s| env.slots[s].name.clone()).collect(),
+            after: deps,
+            duration_s: t.duration_s(),
+            commands: t.commands.clone(),
+            settings: t.settings,
+            pipettes: t.pipettes.iter().cloned().collect(),
+            span: t.span,
+        });
+    }
+    let mut max_lags = Vec::new();
+    for c in &p.constraints {
+        let (Some(from), Some(to)) = (lookup(&ids, &c.from, d), lookup(&ids, &c.to, d)) else { continue };
+        let pairs: Vec<(usize, usize)> = if from.len() == to.len() {
+            from.iter().copied().zip(to.iter().copied()).collect()
+        } else if to.len() == 1 {
+            from.iter().map(|&f| (f, to[0])).collect()
+        } else if from.len() == 1 {
+            to.iter().map(|&t| (from[0], t)).collect()
+        } else {
+            d.push(Diagnostic::error("P0207", c.span, format!("`{}` and `{}` repeat a different number of times; a constraint between them is ambiguous", c.from.name, c.to.name)));
+            continue;
+        };
+        for (f, t) in pairs {
+            let lag = MaxLag { from: new_id[f], to: new_id[t], max_s: c.max_s };
+            check_lag(&plan_tasks, &lag, site, c.span, &c.from.name, &c.to.name, d);
+            max_lags.push(lag);
+        }
+    }
+    Some(RunPlan {
+        version: PLAN_VERSION,
+        protocol: if p.name.is_empty() { "unnamed".into() } else { p.name.clone() },
+        labware: env
+            .slots
+            .iter()
+            .map(|s| PlanLabware { name: s.name.clone(), load_name: s.def.load_name.clone(), kind: s.def.kind })
+            .collect(),
+        tasks: plan_tasks,
+        max_lags,
+    })
+}
+
+fn task_name(t: &LTask) -> String {
+    t.ids.first().map_or_else(|| t.label.clone(), |i| format!("`{}`", i.name))
+}
+
+/// Tasks of a step id; ids inside `repeat` match every iteration (`id[1]`, `id[2]`, …).
+fn lookup(ids: &BTreeMap<String, Vec<usize>>, name: &Named, d: &mut Diagnostics) -> Option<Vec<usize>> {
+    if let Some(v) = ids.get(&name.name) {
+        return Some(v.clone());
+    }
+    let prefix = format!("{}[", name.name);
+    let expanded: Vec<usize> = ids.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).flat_map(|(_, v)| v.clone()).collect();
+    if !expanded.is_empty() {
+        return Some(expanded);
+    }
+    let hint = crate::diag::did_you_mean(&name.name, ids.keys().map(String::as_str))
+        .unwrap_or_else(|| "give the step an `id:` to refer to it".to_string());
+    d.push(Diagnostic::error("P0207", name.span, format!("no step has id `{}`", name.name)).with_hint(hint));
+    None
+}
+
+/// Kahn's algorithm, lowest index first so program order is kept where it is free.
+fn topo(after: &[BTreeSet<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    let n = after.len();
+    let mut indeg: Vec<usize> = after.iter().map(BTreeSet::len).collect();
+    let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, a) in after.iter().enumerate() {
+        for &p in a {
+            succ[p].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &s in &succ[i] {
+            indeg[s] -= 1;
+            if indeg[s] == 0 {
+                ready.insert(s);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk back along unfinished predecessors until a task repeats: that is a cycle.
+    let stuck: BTreeSet<usize> = (0..n).filter(|&i| indeg[i] > 0).collect();
+    let mut path = Vec::new();
+    let mut cur = stuck.first().copied().unwrap_or(0);
+    while !path.contains(&cur) {
+        path.push(cur);
+        cur = after[cur].iter().copied().find(|p| stuck.contains(p)).unwrap_or(cur);
+    }
+    let start = path.iter().position(|&x| x == cur).unwrap_or(0);
+    let mut cycle = path[start..].to_vec();
+    cycle.reverse();
+    Err(cycle)
+}
+
+/// Reports a max lag that the estimated durations already break.
+fn check_lag(tasks: &[Task], lag: &MaxLag, site: &Site, span: Span, from: &str, to: &str, d: &mut Diagnostics) {
+    let (f, t) = (lag.from as usize, lag.to as usize);
+    if t <= f {
+        if quote::reaches(tasks, t, f) || t == f {
+            d.push(
+                Diagnostic::error("P0404", span, format!("`{to}` runs before `{from}` ends, so a lag from `{from}` to `{to}` cannot hold"))
+                    .with_hint("swap `from` and `to`: the lag runs from the end of the earlier step to the start of the later one"),
+            );
+        }
+        return;
+    }
+    let Some(gap) = quote::min_gap(tasks, f, t, site.typical_move_s()) else { return };
+    if gap > lag.max_s + 1e-6 {
+        d.push(
+            Diagnostic::error(
+                "P0402",
+                span,
+                format!(
+                    "`{to}` cannot start within {} of the end of `{from}`: what must happen in between takes at least {} (estimated)",
+                    quote::fmt_duration(lag.max_s),
+                    quote::fmt_duration(gap)
+                ),
+            )
+            .with_hint("allow a longer lag, or move the steps in between before `from` or after `to`"),
+        );
+    }
+}

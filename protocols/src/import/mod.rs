@@ -1,0 +1,4 @@
+//! Importers: other labs' protocol formats into Labwright's experiment tree.
+
+pub mod autoprotocol;
+pub mod opentrons;

@@ -1,0 +1,536 @@
+//! The Labwright experiment language (YAML or JSON), reference in `docs/protocol-language.md`.
+
+use crate::ast::*;
+use crate::diag::{did_you_mean, Diagnostic, Diagnostics};
+use crate::read::{check_keys, count, named, quantity, required, string, well_ref};
+use crate::source::Span;
+use crate::syntax::{Node, Value};
+use crate::units::Dim;
+
+/// Every operation name, for "did you mean".
+pub const OPERATIONS: &[&str] = &[
+    "transfer", "distribute", "consolidate", "serial_dilution", "mix", "incubate", "shake", "seal",
+    "unseal", "cover", "uncover", "read_absorbance", "read_fluorescence", "read_luminescence",
+    "centrifuge", "wait", "manual", "repeat",
+];
+
+const MAX_VOLUME_UL: f64 = 1e7;
+const MAX_DURATION_S: f64 = 30.0 * 24.0 * 3600.0;
+/// Unrolled steps allowed from `repeat`, so a typo like `times: 1000000` cannot hang the compiler.
+const MAX_UNROLLED: usize = 100_000;
+
+/// Reads a document tree as a Labwright protocol.
+pub fn parse(root: &Node, d: &mut Diagnostics) -> Protocol {
+    let mut p = Protocol {
+        name: String::new(),
+        labware: Vec::new(),
+        liquids: Vec::new(),
+        steps: Vec::new(),
+        constraints: Vec::new(),
+        custom_labware: Vec::new(),
+        unlisted_wells: UnlistedWells::Empty,
+        pipettes: Vec::new(),
+    };
+    if !check_keys(root, "the protocol", &["labwright", "name", "description", "liquids", "labware", "steps", "constraints"], d) {
+        return p;
+    }
+    match root.get("labwright") {
+        Some(v) if v.as_f64() == Some(1.0) => {}
+        Some(v) => d.push(
+            Diagnostic::error("P0100", v.span, "unsupported language version")
+                .with_hint("this Labwright reads `labwright: 1`"),
+        ),
+        None => d.push(
+            Diagnostic::error("P0100", Span::new(0, 0), "not a Labwright protocol: the `labwright: 1` line is missing")
+                .with_hint("start the file with `labwright: 1`; to import Autoprotocol or Opentrons JSON use --from"),
+        ),
+    }
+    if let Some(n) = root.get("name") {
+        p.name = string(n, "`name`", d).unwrap_or_default();
+    }
+    if let Some(desc) = root.get("description") {
+        string(desc, "`description`", d);
+    }
+    if let Some(liq) = root.get("liquids") {
+        match liq.as_map() {
+            Some(entries) => {
+                for (k, v) in entries {
+                    if !matches!(v.value, Value::String(_) | Value::Null) {
+                        d.push(Diagnostic::error("P0103", v.span, format!("liquid `{}`: the value is a description (a string)", k.name)));
+                    }
+                    p.liquids.push(Named { name: k.name.clone(), span: k.span });
+                }
+            }
+            None => d.push(Diagnostic::error("P0103", liq.span, format!("`liquids` must be a map of name: description, found {}", liq.type_name()))),
+        }
+    }
+    if let Some(lw) = required(root, "labware", "the protocol", d) {
+        parse_labware(lw, &mut p, d);
+    }
+    if let Some(steps) = required(root, "steps", "the protocol", d) {
+        let mut budget = MAX_UNROLLED;
+        p.steps = parse_steps(steps, "", d, &mut budget);
+    }
+    if let Some(cs) = root.get("constraints") {
+        parse_constraints(cs, &mut p, d);
+    }
+    p
+}
+
+fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
+    let Some(entries) = node.as_map() else {
+        d.push(Diagnostic::error("P0103", node.span, format!("`labware` must be a map of name: {{type: ...}}, found {}", node.type_name())));
+        return;
+    };
+    for (k, v) in entries {
+        let what = format!("labware `{}`", k.name);
+        if k.name.contains('/') || k.name.trim().is_empty() {
+            d.push(Diagnostic::error("P0103", k.span, format!("labware name `{}` must be non-empty and contain no `/`", k.name)));
+            continue;
+        }
+        if !check_keys(v, &what, &["type", "contents", "description"], d) {
+            continue;
+        }
+        let Some(ty) = required(v, "type", &what, d).and_then(|t| named(t, "`type`", d)) else { continue };
+        let mut contents = Vec::new();
+        if let Some(c) = v.get("contents") {
+            match c.as_map() {
+                Some(wells) => {
+                    for (sel, liquids) in wells {
+                        let Some(ls) = liquids.as_map() else {
+                            d.push(
+                                Diagnostic::error("P0103", liquids.span, format!("contents of {}/{} must be a map of liquid: volume", k.name, sel.name))
+                                    .with_hint("e.g. `A1: { water: 100 uL }`"),
+                            );
+                            continue;
+                        };
+                        for (liquid, vol) in ls {
+                            let what = format!("volume of `{}` in {}/{}", liquid.name, k.name, sel.name);
+                            if let Some(volume_ul) = quantity(vol, Dim::Volume, &what, (0.0, MAX_VOLUME_UL), d) {
+                                contents.push(Contents {
+                                    selection: sel.name.clone(),
+                                    liquid: liquid.name.clone(),
+                                    volume_ul,
+                                    span: sel.span.join(vol.span),
+                                });
+                            }
+                        }
+                    }
+                }
+                None => d.push(Diagnostic::error("P0103", c.span, format!("`contents` of {what} must be a map of wells: {{liquid: volume}}"))),
+            }
+        }
+        p.labware.push(LabwareDecl { name: Named { name: k.name.clone(), span: k.span }, load_name: ty, contents });
+    }
+}
+
+fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut usize) -> Vec<Step> {
+    let Some(items) = node.as_list() else {
+        d.push(Diagnostic::error("P0103", node.span, format!("`steps` must be a list, found {}", node.type_name())));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Some(entries) = item.as_map() else {
+            d.push(
+                Diagnostic::error("P0103", item.span, format!("a step must be a map such as `- transfer: {{...}}`, found {}", item.type_name())),
+            );
+            continue;
+        };
+        let mut id = None;
+        let mut after = Vec::new();
+        let mut ops = Vec::new();
+        for (k, v) in entries {
+            match k.name.as_str() {
+                "id" => id = named(v, "step `id`", d).map(|n| Named { name: format!("{}{id_suffix}", n.name), span: n.span }),
+                "after" => match &v.value {
+                    Value::String(s) => after.push(Named { name: format!("{s}{id_suffix}"), span: v.span }),
+                    Value::List(xs) => {
+                        for x in xs {
+                            if let Some(n) = named(x, "`after`", d) {
+                                after.push(Named { name: format!("{}{id_suffix}", n.name), span: n.span });
+                            }
+                        }
+                    }
+                    _ => d.push(Diagnostic::error("P0103", v.span, "`after` must be a step id or a list of step ids")),
+                },
+                name if OPERATIONS.contains(&name) => ops.push((k, v)),
+                other => {
+                    let hint = did_you_mean(other, OPERATIONS.iter().copied().chain(["id", "after"]))
+                        .unwrap_or_else(|| format!("operations are: {}", OPERATIONS.join(", ")));
+                    d.push(Diagnostic::error("P0104", k.span, format!("unknown operation `{other}`")).with_hint(hint));
+                }
+            }
+        }
+        match ops.as_slice() {
+            [] => {
+                if !entries.iter().any(|(k, _)| !matches!(k.name.as_str(), "id" | "after") && !OPERATIONS.contains(&k.name.as_str())) {
+                    d.push(Diagnostic::error("P0102", item.span, "this step names no operation").with_hint(format!("operations are: {}", OPERATIONS.join(", "))));
+                }
+            }
+            [(k, v)] if k.name == "repeat" => {
+                if id.is_some() || !after.is_empty() {
+                    d.push(Diagnostic::error("P0103", k.span, "`repeat` takes no `id` or `after`; put them on the steps inside"));
+                }
+                if !check_keys(v, "`repeat`", &["times", "steps"], d) {
+                    continue;
+                }
+                let times = required(v, "times", "`repeat`", d).and_then(|t| count(t, "`times`", 10_000, d));
+                let body = required(v, "steps", "`repeat`", d);
+                if let (Some(times), Some(body)) = (times, body) {
+                    for i in 0..times {
+                        if *budget == 0 {
+                            d.push(
+                                Diagnostic::error("P0111", k.span, format!("`repeat` unrolls to more than {MAX_UNROLLED} steps"))
+                                    .with_hint("split the experiment into several runs"),
+                            );
+                            break;
+                        }
+                        let inner = parse_steps(body, &format!("{id_suffix}[{}]", i + 1), d, budget);
+                        out.extend(inner);
+                    }
+                }
+            }
+            [(k, v)] => {
+                *budget = budget.saturating_sub(1);
+                if let Some(op) = parse_op(&k.name, k.span, v, d) {
+                    out.push(Step { id, after, span: item.span, op });
+                }
+            }
+            [_, (k2, _), ..] => d.push(
+                Diagnostic::error("P0103", k2.span, format!("a step has one operation; `{}` is a second", k2.name))
+                    .with_hint("split it into two steps"),
+            ),
+        }
+    }
+    out
+}
+
+fn tip_policy(node: Option<&Node>, default: TipPolicy, d: &mut Diagnostics) -> TipPolicy {
+    let Some(n) = node else { return default };
+    match n.as_str() {
+        Some("always") => TipPolicy::Always,
+        Some("per_source") => TipPolicy::PerSource,
+        Some("once") => TipPolicy::Once,
+        _ => {
+            d.push(
+                Diagnostic::error("P0103", n.span, "`tips` must be `always`, `per_source` or `once`")
+                    .with_hint("`always`: a new tip per aspirate; `per_source`: when the source well changes; `once`: one tip for the step"),
+            );
+            default
+        }
+    }
+}
+
+fn mix_spec(node: &Node, what: &str, d: &mut Diagnostics) -> Option<MixSpec> {
+    if !check_keys(node, what, &["times", "volume"], d) {
+        return None;
+    }
+    let times = required(node, "times", what, d).and_then(|t| count(t, "`times`", 100, d));
+    let volume = required(node, "volume", what, d).and_then(|v| quantity(v, Dim::Volume, "mix `volume`", (0.0, MAX_VOLUME_UL), d));
+    Some(MixSpec { times: times?, volume_ul: volume? })
+}
+
+/// Accepts `seal: plate` as well as `seal: { labware: plate }`.
+fn labware_arg(node: &Node, what: &str, extra: &[&str], d: &mut Diagnostics) -> Option<Named> {
+    if let Value::String(s) = &node.value {
+        return Some(Named { name: s.clone(), span: node.span });
+    }
+    let mut allowed = vec!["labware"];
+    allowed.extend_from_slice(extra);
+    if !check_keys(node, what, &allowed, d) {
+        return None;
+    }
+    required(node, "labware", what, d).and_then(|n| named(n, "`labware`", d))
+}
+
+fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Option<Op> {
+    let what = format!("`{name}`");
+    let vol = |n: &Node, w: &str, d: &mut Diagnostics| quantity(n, Dim::Volume, w, (0.0, MAX_VOLUME_UL), d);
+    let dur = |n: &Node, w: &str, d: &mut Diagnostics| quantity(n, Dim::Duration, w, (0.0, MAX_DURATION_S), d);
+    let temp = |n: &Node, d: &mut Diagnostics| quantity(n, Dim::Temperature, "`temperature`", (-80.0, 120.0), d);
+    let rpm = |n: &Node, d: &mut Diagnostics| quantity(n, Dim::Speed, "shaking speed", (0.0, 5000.0), d);
+    let nm = |n: &Node, w: &str, d: &mut Diagnostics| quantity(n, Dim::Wavelength, w, (100.0, 2000.0), d);
+    let wells_opt = |v: &Node, d: &mut Diagnostics| v.get("wells").and_then(|w| well_ref(w, "`wells`", d));
+    match name {
+        "transfer" | "distribute" | "consolidate" => {
+            let kind = match name {
+                "distribute" => TransferKind::Distribute,
+                "consolidate" => TransferKind::Consolidate,
+                _ => TransferKind::Transfer,
+            };
+            if !check_keys(v, &what, &["from", "to", "volume", "volumes", "tips", "mix_before", "mix_after"], d) {
+                return None;
+            }
+            let from = required(v, "from", &what, d).and_then(|n| well_ref(n, "`from`", d));
+            let volumes_table = v.get("volumes");
+            let to = match (v.get("to"), volumes_table) {
+                (Some(n), _) => well_ref(n, "`to`", d),
+                (None, Some(_)) => None, // filled from the table below
+                (None, None) => required(v, "to", &what, d).and_then(|n| well_ref(n, "`to`", d)),
+            };
+            let (volumes, volume_span, to) = match (v.get("volume"), volumes_table) {
+                (Some(_), Some(t)) => {
+                    d.push(Diagnostic::error("P0103", t.span, format!("{what} has both `volume` and `volumes`; keep one")));
+                    return None;
+                }
+                (Some(n), None) => {
+                    let vols = match &n.value {
+                        Value::List(items) => Volumes::PerPair(items.iter().filter_map(|i| vol(i, "`volume`", d)).collect()),
+                        _ => Volumes::Same(vol(n, "`volume`", d)?),
+                    };
+                    (vols, n.span, to)
+                }
+                (None, Some(t)) => {
+                    let (to_ref, vols) = volume_table(t, to.as_ref(), d)?;
+                    (Volumes::PerPair(vols), t.span, Some(to_ref))
+                }
+                (None, None) => {
+                    required(v, "volume", &what, d);
+                    return None;
+                }
+            };
+            let tips = tip_policy(v.get("tips"), TipPolicy::Once, d);
+            let mix_before = v.get("mix_before").and_then(|m| mix_spec(m, "`mix_before`", d));
+            let mix_after = v.get("mix_after").and_then(|m| mix_spec(m, "`mix_after`", d));
+            Some(Op::Transfer(Transfer { kind, from: from?, to: to?, volumes, volume_span, tips, mix_before, mix_after }))
+        }
+        "serial_dilution" => {
+            if !check_keys(v, &what, &["series", "plate", "rows", "columns", "volume", "mix", "tips"], d) {
+                return None;
+            }
+            let mut series = Vec::new();
+            if let Some(s) = v.get("series") {
+                match s.as_list() {
+                    Some(items) => series.extend(items.iter().filter_map(|i| well_ref(i, "series entry", d))),
+                    None => d.push(Diagnostic::error("P0103", s.span, "`series` must be a list of well ranges, one per dilution series")),
+                }
+            } else {
+                let plate = required(v, "plate", &what, d).and_then(|n| named(n, "`plate`", d))?;
+                let rows = required(v, "rows", &what, d).and_then(|n| string(n, "`rows`", d).map(|s| (s, n.span)))?;
+                let cols = required(v, "columns", &what, d).and_then(|n| match &n.value {
+                    Value::Number(x) => Some((crate::units::trim(*x), n.span)),
+                    _ => string(n, "`columns`", d).map(|s| (s, n.span)),
+                })?;
+                let (c0, c1) = cols.0.split_once(':').map_or((cols.0.as_str(), cols.0.as_str()), |(a, b)| (a.trim(), b.trim()));
+                let (r0, r1) = rows.0.split_once(':').map_or((rows.0.as_str(), rows.0.as_str()), |(a, b)| (a.trim(), b.trim()));
+                let letters = |a: &str, b: &str| -> Option<Vec<String>> {
+                    let (a, b) = (a.to_ascii_uppercase(), b.to_ascii_uppercase());
+                    if a.len() != 1 || b.len() != 1 {
+                        return None;
+                    }
+                    let (a, b) = (a.as_bytes()[0], b.as_bytes()[0]);
+                    (a.is_ascii_uppercase() && b.is_ascii_uppercase() && a <= b).then(|| (a..=b).map(|c| (c as char).to_string()).collect())
+                };
+                match letters(r0, r1) {
+                    Some(rs) => {
+                        for r in rs {
+                            series.push(WellRef { labware: plate.name.clone(), selection: format!("{r}{c0}:{r}{c1} by row"), span: rows.1.join(cols.1) });
+                        }
+                    }
+                    None => d.push(Diagnostic::error("P0205", rows.1, format!("`rows` `{}` is not a row range", rows.0)).with_hint("write rows like `A:H` or `B`")),
+                }
+            }
+            let volume_ul = required(v, "volume", &what, d).and_then(|n| vol(n, "`volume`", d))?;
+            let mix = v.get("mix").and_then(|m| mix_spec(m, "`mix`", d));
+            let tips = tip_policy(v.get("tips"), TipPolicy::Always, d);
+            Some(Op::SerialDilution { series, volume_ul, mix, tips })
+        }
+        "mix" => {
+            if !check_keys(v, &what, &["wells", "times", "volume", "tips"], d) {
+                return None;
+            }
+            let wells = required(v, "wells", &what, d).and_then(|n| well_ref(n, "`wells`", d));
+            let times = required(v, "times", &what, d).and_then(|t| count(t, "`times`", 100, d));
+            let volume = required(v, "volume", &what, d).and_then(|n| vol(n, "`volume`", d));
+            let tips = tip_policy(v.get("tips"), TipPolicy::Always, d);
+            Some(Op::Mix { wells: wells?, mix: MixSpec { times: times?, volume_ul: volume? }, tips })
+        }
+        "incubate" => {
+            if !check_keys(v, &what, &["labware", "temperature", "duration", "shaking"], d) {
+                return None;
+            }
+            let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
+            let t = required(v, "temperature", &what, d).and_then(|n| temp(n, d));
+            let du = required(v, "duration", &what, d).and_then(|n| dur(n, "`duration`", d));
+            let shake_rpm = v.get("shaking").and_then(|n| rpm(n, d));
+            Some(Op::Incubate { labware: labware?, temperature_c: t?, duration_s: du?, shake_rpm })
+        }
+        "shake" => {
+            if !check_keys(v, &what, &["labware", "speed", "duration", "temperature"], d) {
+                return None;
+            }
+            let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
+            let speed = required(v, "speed", &what, d).and_then(|n| rpm(n, d));
+            let du = required(v, "duration", &what, d).and_then(|n| dur(n, "`duration`", d));
+            let temperature_c = v.get("temperature").and_then(|n| temp(n, d));
+            Some(Op::Shake { labware: labware?, rpm: speed?, duration_s: du?, temperature_c })
+        }
+        "seal" => labware_arg(v, &what, &[], d).map(|labware| Op::Seal { labware }),
+        "unseal" => labware_arg(v, &what, &[], d).map(|labware| Op::Unseal { labware }),
+        "cover" => labware_arg(v, &what, &[], d).map(|labware| Op::Cover { labware }),
+        "uncover" => labware_arg(v, &what, &[], d).map(|labware| Op::Uncover { labware }),
+        "read_absorbance" => {
+            if !check_keys(v, &what, &["labware", "wells", "wavelength", "wavelengths"], d) {
+                return None;
+            }
+            let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
+            let wells = wells_opt(v, d);
+            let mut wavelengths_nm = Vec::new();
+            match (v.get("wavelength"), v.get("wavelengths")) {
+                (Some(w), None) => wavelengths_nm.extend(nm(w, "`wavelength`", d)),
+                (None, Some(ws)) => match ws.as_list() {
+                    Some(items) if !items.is_empty() => wavelengths_nm.extend(items.iter().filter_map(|i| nm(i, "`wavelengths`", d))),
+                    _ => d.push(Diagnostic::error("P0103", ws.span, "`wavelengths` must be a non-empty list such as [450 nm, 620 nm]")),
+                },
+                (Some(_), Some(ws)) => d.push(Diagnostic::error("P0103", ws.span, "give `wavelength` or `wavelengths`, not both")),
+                (None, None) => {
+                    d.push(Diagnostic::error("P0102", v.span, format!("{what} is missing `wavelength`")).with_hint("add e.g. `wavelength: 450 nm`"));
+                }
+            }
+            if wavelengths_nm.is_empty() {
+                return None;
+            }
+            Some(Op::ReadAbsorbance { labware: labware?, wells, wavelengths_nm })
+        }
+        "read_fluorescence" => {
+            if !check_keys(v, &what, &["labware", "wells", "excitation", "emission"], d) {
+                return None;
+            }
+            let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
+            let wells = wells_opt(v, d);
+            let ex = required(v, "excitation", &what, d).and_then(|n| nm(n, "`excitation`", d));
+            let em = required(v, "emission", &what, d).and_then(|n| nm(n, "`emission`", d));
+            if let (Some(x), Some(m)) = (ex, em) {
+                if m <= x {
+                    d.push(
+                        Diagnostic::error("P0111", v.get("emission").map_or(v.span, |n| n.span), "emission must be longer than excitation")
+                            .with_hint("fluorescence emits at a longer wavelength than it is excited with; check the two are not swapped"),
+                    );
+                    return None;
+                }
+            }
+            Some(Op::ReadFluorescence { labware: labware?, wells, excitation_nm: ex?, emission_nm: em? })
+        }
+        "read_luminescence" => {
+            if !check_keys(v, &what, &["labware", "wells"], d) {
+                return None;
+            }
+            let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
+            Some(Op::ReadLuminescence { labware: labware?, wells: wells_opt(v, d) })
+        }
+        "centrifuge" => {
+            if !check_keys(v, &what, &["labware", "force", "duration"], d) {
+                return None;
+            }
+            let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
+            let g = required(v, "force", &what, d).and_then(|n| quantity(n, Dim::Force, "`force`", (1.0, 100_000.0), d));
+            let du = required(v, "duration", &what, d).and_then(|n| dur(n, "`duration`", d));
+            Some(Op::Centrifuge { labware: labware?, g: g?, duration_s: du? })
+        }
+        "wait" => {
+            let n = if v.as_map().is_some() {
+                if !check_keys(v, &what, &["duration"], d) {
+                    return None;
+                }
+                required(v, "duration", &what, d)?
+            } else {
+                v
+            };
+            Some(Op::Wait { duration_s: dur(n, "`duration`", d)? })
+        }
+        "manual" => {
+            if let Value::String(s) = &v.value {
+                return Some(Op::Manual { instruction: s.clone(), labware: Vec::new(), duration_s: 300.0 });
+            }
+            if !check_keys(v, &what, &["instruction", "labware", "duration"], d) {
+                return None;
+            }
+            let instruction = required(v, "instruction", &what, d).and_then(|n| string(n, "`instruction`", d))?;
+            let mut labware = Vec::new();
+            if let Some(l) = v.get("labware") {
+                match &l.value {
+                    Value::List(xs) => labware.extend(xs.iter().filter_map(|x| named(x, "`labware`", d))),
+                    _ => labware.extend(named(l, "`labware`", d)),
+                }
+            }
+            let duration_s = match v.get("duration") {
+                Some(n) => dur(n, "`duration`", d)?,
+                None => 300.0,
+            };
+            Some(Op::Manual { instruction, labware, duration_s })
+        }
+        _ => {
+            d.push(Diagnostic::error("P0104", name_span, format!("unknown operation `{name}`")));
+            None
+        }
+    }
+}
+
+/// Reads a per-well volume table: lines of `well, volume` (a header line is allowed), as used for
+/// normalisation. Volumes without a unit are µL only if the header says `volume_ul`.
+fn volume_table(t: &Node, to: Option<&WellRef>, d: &mut Diagnostics) -> Option<(WellRef, Vec<f64>)> {
+    let text = string(t, "`volumes`", d)?;
+    let mut wells = Vec::new();
+    let mut vols = Vec::new();
+    let mut bare_ul = false;
+    let (labware, _) = match to {
+        Some(r) => (r.labware.clone(), ()),
+        None => {
+            d.push(
+                Diagnostic::error("P0102", t.span, "`volumes` needs `to: <labware>` to say which labware the table's wells are in")
+                    .with_hint("e.g. `to: plate/A1:H12` (the wells of the table are used, in table order)"),
+            );
+            return None;
+        }
+    };
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut cols = line.split([',', '\t', ';']).map(str::trim);
+        let (Some(w), Some(v)) = (cols.next(), cols.next()) else {
+            d.push(Diagnostic::error("P0103", t.span, format!("`volumes` line {}: expected `well, volume`, found `{line}`", i + 1)));
+            continue;
+        };
+        if i == 0 && w.eq_ignore_ascii_case("well") {
+            bare_ul = v.eq_ignore_ascii_case("volume_ul");
+            continue;
+        }
+        let spelled = if bare_ul && v.parse::<f64>().is_ok() { format!("{v} uL") } else { v.to_string() };
+        match crate::units::parse(&spelled, Dim::Volume) {
+            Ok(x) if x >= 0.0 => {
+                wells.push(w.to_string());
+                vols.push(x);
+            }
+            _ => d.push(
+                Diagnostic::error("P0110", t.span, format!("`volumes` line {}: `{v}` is not a volume", i + 1))
+                    .with_hint("write volumes with units (`12.5 uL`), or name the column `volume_ul` in a header line"),
+            ),
+        }
+    }
+    if wells.is_empty() {
+        d.push(Diagnostic::error("P0102", t.span, "`volumes` table has no rows"));
+        return None;
+    }
+    Some((WellRef { labware, selection: wells.join(", "), span: t.span }, vols))
+}
+
+fn parse_constraints(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
+    let Some(items) = node.as_list() else {
+        d.push(Diagnostic::error("P0103", node.span, "`constraints` must be a list"));
+        return;
+    };
+    for c in items {
+        if !check_keys(c, "a constraint", &["from", "to", "max_lag"], d) {
+            continue;
+        }
+        let from = required(c, "from", "a constraint", d).and_then(|n| named(n, "`from`", d));
+        let to = required(c, "to", "a constraint", d).and_then(|n| named(n, "`to`", d));
+        let max = required(c, "max_lag", "a constraint", d).and_then(|n| quantity(n, Dim::Duration, "`max_lag`", (0.0, MAX_DURATION_S), d));
+        if let (Some(from), Some(to), Some(max_s)) = (from, to, max) {
+            p.constraints.push(LagConstraint { from, to, max_s, span: c.span });
+        }
+    }
+}

@@ -1,0 +1,833 @@
+//! Lower: high-level operations to device-class tasks and commands.
+//!
+//! Rules (stated in `docs/protocol-language.md`, tested below and in the compiler tests):
+//! - A step becomes one task for one instrument class. Consecutive pipetting steps share one
+//!   liquid-handler task, so the plates stay on the deck, unless a step has an `id` (something
+//!   may refer to it, so it gets its own task).
+//! - The pipette for a pipetting step is the one with the smallest capacity that takes every
+//!   volume of the step in one go; if none does, the largest whose minimum fits, splitting volumes.
+//! - A volume larger than the tip holds is split the Opentrons way: whole tips while more than two
+//!   tips remain, then the rest in two equal parts (120 µL on a 50 µL tip: 50 + 35 + 35), so the
+//!   last part is never a tiny, inaccurate one.
+//! - Tips come from the protocol's tip racks of a matching size, rack by rack, column by column.
+
+use crate::ast::*;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::plan::{Command, CommandOp, Settings};
+use crate::resolve::{Env, Loc};
+use crate::source::Span;
+use labware::site::{ReadMode, SealMode};
+use labware::{InstrumentClass, Site};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A pipette the lowering may use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipetteSpec {
+    pub name: String,
+    pub channels: u32,
+    pub min_ul: f64,
+    pub max_ul: f64,
+    pub tip_ul: f64,
+    pub flow_ul_per_s: f64,
+}
+
+/// A task before dependencies are computed.
+#[derive(Debug, Clone)]
+pub struct LTask {
+    pub class: Option<InstrumentClass>,
+    pub label: String,
+    pub holds: BTreeSet<usize>,
+    pub commands: Vec<Command>,
+    /// Span of each command's step, parallel to `commands`, for liquid-tracking diagnostics.
+    pub spans: Vec<Span>,
+    pub settings: Settings,
+    pub pipettes: BTreeSet<String>,
+    pub span: Span,
+    pub ids: Vec<Named>,
+    pub after: Vec<Named>,
+    /// A task that touches no labware (wait, a manual step without labware) orders everything.
+    pub barrier: bool,
+    mergeable: bool,
+}
+
+/// Splits `v` into parts no larger than `cap` (see the module rules).
+pub fn split_volume(v: f64, cap: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    if !(cap > 0.0) || !v.is_finite() || v <= 0.0 {
+        return out;
+    }
+    let mut rest = v;
+    // Bound the loop: a pathological volume/capacity ratio is reported, not looped over.
+    while rest > cap * 2.0 + 1e-9 && out.len() < 1_000_000 {
+        out.push(cap);
+        rest -= cap;
+    }
+    if rest > cap + 1e-9 {
+        out.push(rest / 2.0);
+        out.push(rest / 2.0);
+    } else {
+        out.push(rest);
+    }
+    out
+}
+
+struct Rack {
+    slot: usize,
+    tip_ul: f64,
+    next: usize,
+}
+
+/// Shortfall of tips of one size.
+struct Shortage {
+    needed: usize,
+    first_span: Span,
+    rack_load_name: Option<String>,
+    per_rack: usize,
+    have_racks: usize,
+}
+
+/// Per-command duration estimates, seconds.
+mod est {
+    pub const PICK_UP_TIP: f64 = 4.0;
+    pub const DROP_TIP: f64 = 3.0;
+    pub const MOVE_TO_WELL: f64 = 1.5;
+    pub const BLOW_OUT: f64 = 1.0;
+    pub const HOME: f64 = 5.0;
+    pub const MOVE_LABWARE: f64 = 15.0;
+    pub const ADD_REAGENT: f64 = 3.0;
+    pub const READ_ABSORBANCE: f64 = 25.0;
+    pub const READ_FLUORESCENCE: f64 = 40.0;
+    pub const READ_LUMINESCENCE: f64 = 60.0;
+    pub const SEAL: f64 = 12.0;
+    pub const PEEL: f64 = 15.0;
+    pub const LID: f64 = 8.0;
+    pub const SPIN_UP_DOWN: f64 = 90.0;
+    pub const SHAKE_SETTLE: f64 = 10.0;
+    pub const SET_POINT: f64 = 2.0;
+}
+
+/// The output of lowering.
+#[derive(Debug, Default)]
+pub struct Lowered {
+    pub tasks: Vec<LTask>,
+}
+
+/// Lowers all steps of a protocol.
+pub fn lower(p: &Protocol, env: &Env, site: &Site, d: &mut Diagnostics) -> Lowered {
+    let mut l = Lowerer::new(p, env, site);
+    for step in &p.steps {
+        l.step(step, d);
+    }
+    l.finish(d)
+}
+
+struct Lowerer<'a> {
+    env: &'a Env,
+    site: &'a Site,
+    pipettes: Vec<PipetteSpec>,
+    /// Pipettes named by the protocol (Opentrons), by id.
+    declared: BTreeMap<String, PipetteSpec>,
+    racks: Vec<Rack>,
+    shortages: BTreeMap<u64, Shortage>,
+    tasks: Vec<LTask>,
+    no_rack_reported: bool,
+}
+
+impl<'a> Lowerer<'a> {
+    fn new(p: &Protocol, env: &'a Env, site: &'a Site) -> Lowerer<'a> {
+        let racks: Vec<Rack> = env
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| s.def.tip.map(|t| Rack { slot, tip_ul: t.volume_ul, next: 0 }))
+            .collect();
+        let mut declared = BTreeMap::new();
+        for pd in &p.pipettes {
+            declared.insert(
+                pd.id.clone(),
+                PipetteSpec { name: pd.name.clone(), channels: pd.channels, min_ul: pd.min_ul, max_ul: pd.max_ul, tip_ul: pd.max_ul, flow_ul_per_s: pd.max_ul / 3.0 },
+            );
+        }
+        let mut pipettes: Vec<PipetteSpec> = Vec::new();
+        for inst in site.instruments_of(InstrumentClass::LiquidHandler) {
+            for pp in &inst.pipettes {
+                // Single-channel heads only: multi-channel lowering is chosen per step (not yet in the language).
+                if pp.channels == 1 && !pipettes.iter().any(|x| x.name == pp.name) {
+                    pipettes.push(PipetteSpec {
+                        name: pp.name.clone(),
+                        channels: pp.channels,
+                        min_ul: pp.min_ul,
+                        max_ul: pp.max_ul,
+                        tip_ul: pp.tip_ul,
+                        flow_ul_per_s: pp.flow_ul_per_s,
+                    });
+                }
+            }
+        }
+        Lowerer { env, site, pipettes, declared, racks, shortages: BTreeMap::new(), tasks: Vec::new(), no_rack_reported: false }
+    }
+
+    fn rack_fits(p: &PipetteSpec, tip_ul: f64) -> bool {
+        tip_ul <= p.tip_ul + 1e-9 && tip_ul >= p.tip_ul / 2.0 - 1e-9
+    }
+
+    /// Capacity of one aspiration with this pipette, given the protocol's racks.
+    fn capacity(&self, p: &PipetteSpec) -> Option<f64> {
+        self.racks.iter().filter(|r| Self::rack_fits(p, r.tip_ul)).map(|r| p.max_ul.min(r.tip_ul)).reduce(f64::max)
+    }
+
+    /// Chooses the pipette for a step moving these volumes (see module rules).
+    fn choose(&mut self, vols: &[f64], span: Span, d: &mut Diagnostics) -> Option<(PipetteSpec, f64)> {
+        let vmin = vols.iter().copied().fold(f64::INFINITY, f64::min);
+        let vmax = vols.iter().copied().fold(0.0, f64::max);
+        if vols.is_empty() || vmax <= 0.0 {
+            return None;
+        }
+        let with_racks: Vec<(PipetteSpec, f64)> =
+            self.pipettes.iter().filter_map(|p| self.capacity(p).map(|c| (p.clone(), c))).collect();
+        if with_racks.is_empty() {
+            if !self.no_rack_reported {
+                self.no_rack_reported = true;
+                let sizes: Vec<String> = self.pipettes.iter().map(|p| format!("{} µL", crate::units::trim(p.tip_ul))).collect();
+                let hint = if self.pipettes.is_empty() {
+                    "this site has no liquid handler; pipetting steps cannot run here".to_string()
+                } else {
+                    format!("add a tip rack for one of the site's pipettes ({}), e.g. `tips: {{ type: opentrons_96_tiprack_300ul }}`", sizes.join(", "))
+                };
+                d.push(Diagnostic::error("P0306", span, "no tip rack in this protocol fits a pipette of the site").with_hint(hint));
+            }
+            return None;
+        }
+        let fits_all = with_racks
+            .iter()
+            .filter(|(p, c)| p.min_ul <= vmin + 1e-9 && *c + 1e-9 >= vmax)
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some(best) = fits_all {
+            return Some(best.clone());
+        }
+        let splitting = with_racks.iter().filter(|(p, _)| p.min_ul <= vmin + 1e-9).max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some(best) = splitting {
+            return Some(best.clone());
+        }
+        let smallest = with_racks.iter().min_by(|a, b| a.0.min_ul.total_cmp(&b.0.min_ul)).map(|(p, _)| p.clone());
+        if let Some(s) = smallest {
+            d.push(
+                Diagnostic::error(
+                    "P0303",
+                    span,
+                    format!(
+                        "volume {} is below the minimum of every usable pipette (smallest: {} from {})",
+                        crate::units::fmt_ul(vmin),
+                        s.name,
+                        crate::units::fmt_ul(s.min_ul)
+                    ),
+                )
+                .with_hint("raise the volume, or add a tip rack for a smaller pipette (e.g. opentrons_96_tiprack_20ul for p20_single)"),
+            );
+        }
+        None
+    }
+
+    /// Starts a task, or continues the previous one when both are mergeable pipetting.
+    fn task(&mut self, class: Option<InstrumentClass>, label: String, step: &Step) -> usize {
+        let mergeable = class == Some(InstrumentClass::LiquidHandler) && step.id.is_none() && step.after.is_empty();
+        if let Some(last) = self.tasks.last_mut() {
+            if mergeable && last.mergeable && last.class == class {
+                last.span = last.span.join(step.span);
+                if !last.label.contains(&label) && last.label.len() < 120 {
+                    last.label = format!("{}, {label}", last.label);
+                }
+                return self.tasks.len() - 1;
+            }
+        }
+        self.tasks.push(LTask {
+            class,
+            label,
+            holds: BTreeSet::new(),
+            commands: Vec::new(),
+            spans: Vec::new(),
+            settings: Settings::default(),
+            pipettes: BTreeSet::new(),
+            span: step.span,
+            ids: step.id.iter().cloned().collect(),
+            after: step.after.clone(),
+            barrier: false,
+            mergeable,
+        });
+        self.tasks.len() - 1
+    }
+
+    fn emit(&mut self, t: usize, op: CommandOp, repeatable: bool, duration_s: f64, span: Span) {
+        let task = &mut self.tasks[t];
+        task.commands.push(Command { op, repeatable, duration_s });
+        task.spans.push(span);
+    }
+
+    fn name(&self, loc: Loc) -> (String, String) {
+        (self.env.slots[loc.slot].name.clone(), self.env.well_name(loc).to_string())
+    }
+
+    fn pick_up(&mut self, t: usize, p: &PipetteSpec, span: Span) {
+        let rack = self.racks.iter_mut().find(|r| Self::rack_fits(p, r.tip_ul) && r.next < self.env.slots[r.slot].def.wells.len());
+        let (rack_name, well) = match rack {
+            Some(r) => {
+                let def = &self.env.slots[r.slot].def;
+                let w = def.wells[r.next].name.clone();
+                r.next += 1;
+                self.tasks[t].holds.insert(r.slot);
+                (self.env.slots[r.slot].name.clone(), w)
+            }
+            None => {
+                let fitting: Vec<&Rack> = self.racks.iter().filter(|r| Self::rack_fits(p, r.tip_ul)).collect();
+                let key = (p.tip_ul * 1000.0) as u64;
+                let per_rack = fitting.first().map_or(96, |r| self.env.slots[r.slot].def.wells.len());
+                let load = fitting.first().map(|r| self.env.slots[r.slot].def.load_name.clone());
+                let have = fitting.len();
+                let s = self.shortages.entry(key).or_insert(Shortage { needed: 0, first_span: span, rack_load_name: load, per_rack, have_racks: have });
+                s.needed += 1;
+                ("(missing rack)".to_string(), "-".to_string())
+            }
+        };
+        self.tasks[t].pipettes.insert(p.name.clone());
+        self.emit(t, CommandOp::PickUpTip { pipette: p.name.clone(), rack: rack_name, well }, false, est::PICK_UP_TIP, span);
+    }
+
+    fn drop_tip(&mut self, t: usize, p: &PipetteSpec, span: Span) {
+        self.emit(t, CommandOp::DropTip { pipette: p.name.clone() }, true, est::DROP_TIP, span);
+    }
+
+    fn aspirate(&mut self, t: usize, p: &PipetteSpec, at: Loc, v: f64, span: Span) {
+        let (labware, well) = self.name(at);
+        self.tasks[t].holds.insert(at.slot);
+        let dur = est::MOVE_TO_WELL + v / p.flow_ul_per_s;
+        self.emit(t, CommandOp::Aspirate { pipette: p.name.clone(), labware, well, volume_ul: v }, false, dur, span);
+    }
+
+    fn dispense(&mut self, t: usize, p: &PipetteSpec, at: Loc, v: f64, span: Span) {
+        let (labware, well) = self.name(at);
+        self.tasks[t].holds.insert(at.slot);
+        let dur = est::MOVE_TO_WELL + v / p.flow_ul_per_s;
+        self.emit(t, CommandOp::Dispense { pipette: p.name.clone(), labware, well, volume_ul: v }, false, dur, span);
+    }
+
+    fn mix(&mut self, t: usize, p: &PipetteSpec, cap: f64, at: Loc, m: MixSpec, span: Span) {
+        let (labware, well) = self.name(at);
+        self.tasks[t].holds.insert(at.slot);
+        // Mixing more than a tip holds is done with a full tip: say so instead of failing.
+        let volume_ul = m.volume_ul.min(cap);
+        let dur = est::MOVE_TO_WELL + f64::from(m.times) * 2.0 * volume_ul / p.flow_ul_per_s;
+        self.emit(t, CommandOp::Mix { pipette: p.name.clone(), labware, well, volume_ul, times: m.times }, false, dur, span);
+    }
+
+    fn labware_task(&mut self, step: &Step, lw: &Named, class: InstrumentClass, label: &str, d: &mut Diagnostics) -> Option<(usize, String)> {
+        let slot = self.env.slot(lw, d)?;
+        let kind = self.env.slots[slot].def.kind;
+        self.require(class, step.span, d, &format!("{label} {}", lw.name), |i| i.accepts(kind), &format!("accepts {}", kind.as_str()))?;
+        let t = self.task(Some(class), format!("{label} {}", lw.name), step);
+        self.tasks[t].holds.insert(slot);
+        Some((t, lw.name.clone()))
+    }
+
+    /// Checks that some instrument of `class` satisfies `ok`; reports P0401 otherwise.
+    fn require(
+        &self,
+        class: InstrumentClass,
+        span: Span,
+        d: &mut Diagnostics,
+        what: &str,
+        ok: impl Fn(&labware::site::Instrument) -> bool,
+        need: &str,
+    ) -> Option<()> {
+        let all: Vec<_> = self.site.instruments_of(class).collect();
+        if all.is_empty() {
+            d.push(
+                Diagnostic::error("P0401", span, format!("{what}: this site has no {class}"))
+                    .with_hint(format!("site `{}` cannot run this step; ask the lab, or validate against another --site", self.site.site.name)),
+            );
+            return None;
+        }
+        if all.iter().any(|i| ok(i)) {
+            return Some(());
+        }
+        let ids: Vec<&str> = all.iter().map(|i| i.id.as_str()).collect();
+        d.push(Diagnostic::error("P0401", span, format!("{what}: no {class} of this site {need} (checked {})", ids.join(", "))));
+        None
+    }
+
+    fn step(&mut self, step: &Step, d: &mut Diagnostics) {
+        let span = step.span;
+        match &step.op {
+            Op::Transfer(tr) => self.transfer(step, tr, d),
+            Op::SerialDilution { series, volume_ul, mix, tips } => {
+                for s in series {
+                    let Some(wells) = self.env.wells(s, d) else { continue };
+                    if wells.len() < 2 {
+                        d.push(Diagnostic::error("P0206", s.span, "a dilution series needs at least two wells"));
+                        continue;
+                    }
+                    let pairs: Vec<(Loc, Loc, f64)> = wells.windows(2).map(|w| (w[0], w[1], *volume_ul)).collect();
+                    self.pairs(step, "serial dilution", &pairs, *tips, None, *mix, s.span, d);
+                }
+            }
+            Op::Mix { wells, mix, tips } => {
+                let Some(locs) = self.env.wells(wells, d) else { return };
+                let Some((p, cap)) = self.choose(&[mix.volume_ul], span, d) else { return };
+                let t = self.task(Some(InstrumentClass::LiquidHandler), "mix".into(), step);
+                let mut has_tip = false;
+                for loc in locs {
+                    if !has_tip || *tips == TipPolicy::Always || *tips == TipPolicy::PerSource {
+                        if has_tip {
+                            self.drop_tip(t, &p, span);
+                        }
+                        self.pick_up(t, &p, span);
+                        has_tip = true;
+                    }
+                    self.mix(t, &p, cap, loc, *mix, wells.span);
+                }
+                if has_tip {
+                    self.drop_tip(t, &p, span);
+                }
+            }
+            Op::AddReagent { reagent, to } => {
+                let t = self.task(Some(InstrumentClass::LiquidHandler), format!("add {reagent}"), step);
+                for (r, v) in to {
+                    let Some(locs) = self.env.wells(r, d) else { continue };
+                    for loc in locs {
+                        let (labware, well) = self.name(loc);
+                        self.tasks[t].holds.insert(loc.slot);
+                        self.emit(t, CommandOp::AddReagent { reagent: reagent.clone(), labware, well, volume_ul: *v }, false, est::ADD_REAGENT, r.span);
+                    }
+                }
+            }
+            Op::Incubate { labware, temperature_c, duration_s, shake_rpm } => {
+                let temp = *temperature_c;
+                let rpm = *shake_rpm;
+                let inc_ok = |i: &labware::site::Instrument| {
+                    i.temperature_c.is_some_and(|r| r.contains(temp)) && rpm.is_none_or(|s| i.shaking_rpm.is_some_and(|r| r.contains(s)))
+                };
+                let has_incubator = self.site.instruments_of(InstrumentClass::Incubator).any(inc_ok);
+                let hs_ok = |i: &labware::site::Instrument| {
+                    i.temperature_c.is_some_and(|r| r.contains(temp)) && rpm.is_none_or(|s| i.shaking_rpm.is_some_and(|r| r.contains(s)))
+                };
+                // An incubator is preferred; a heater-shaker can stand in when it covers the settings.
+                let class = if has_incubator || !self.site.instruments_of(InstrumentClass::HeaterShaker).any(hs_ok) {
+                    InstrumentClass::Incubator
+                } else {
+                    InstrumentClass::HeaterShaker
+                };
+                let need = match rpm {
+                    Some(s) => format!("holds {} °C while shaking at {} rpm", crate::units::trim(temp), crate::units::trim(s)),
+                    None => format!("holds {} °C", crate::units::trim(temp)),
+                };
+                if self.require(class, span, d, &format!("incubate {}", labware.name), inc_ok, &need).is_none() {
+                    return;
+                }
+                let Some((t, lw)) = self.labware_task(step, labware, class, "incubate", d) else { return };
+                self.tasks[t].settings = Settings { temperature_c: Some(temp), shake_rpm: rpm };
+                self.emit(t, CommandOp::Incubate { labware: lw, temperature_c: temp, duration_s: *duration_s, shake_rpm: rpm }, false, *duration_s, span);
+            }
+            Op::Shake { labware, rpm, duration_s, temperature_c } => {
+                let (s, temp) = (*rpm, *temperature_c);
+                let ok = |i: &labware::site::Instrument| {
+                    i.shaking_rpm.is_some_and(|r| r.contains(s)) && temp.is_none_or(|t| i.temperature_c.is_some_and(|r| r.contains(t)))
+                };
+                if self.require(InstrumentClass::HeaterShaker, span, d, &format!("shake {}", labware.name), ok, &format!("shakes at {} rpm", crate::units::trim(s))).is_none() {
+                    return;
+                }
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::HeaterShaker, "shake", d) else { return };
+                self.tasks[t].settings = Settings { temperature_c: temp, shake_rpm: Some(s) };
+                self.emit(t, CommandOp::Shake { labware: lw, rpm: s, duration_s: *duration_s, temperature_c: temp }, false, duration_s + est::SHAKE_SETTLE, span);
+            }
+            Op::Seal { labware } | Op::Unseal { labware } => {
+                let seal = matches!(step.op, Op::Seal { .. });
+                let mode = if seal { SealMode::Seal } else { SealMode::Peel };
+                let verb = if seal { "seal" } else { "unseal" };
+                if self.require(InstrumentClass::Sealer, span, d, &format!("{verb} {}", labware.name), |i| i.seal_modes.contains(&mode), &format!("can {}", if seal { "seal" } else { "peel" })).is_none() {
+                    return;
+                }
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::Sealer, verb, d) else { return };
+                let (op, dur) = if seal { (CommandOp::Seal { labware: lw }, est::SEAL) } else { (CommandOp::Peel { labware: lw }, est::PEEL) };
+                self.emit(t, op, false, dur, span);
+            }
+            Op::Cover { labware } | Op::Uncover { labware } => {
+                let cover = matches!(step.op, Op::Cover { .. });
+                let verb = if cover { "cover" } else { "uncover" };
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::RobotArm, verb, d) else { return };
+                let op = if cover { CommandOp::Cover { labware: lw } } else { CommandOp::Uncover { labware: lw } };
+                self.emit(t, op, true, est::LID, span);
+            }
+            Op::ReadAbsorbance { labware, wells, wavelengths_nm } => {
+                for &w in wavelengths_nm {
+                    let ok = |i: &labware::site::Instrument| i.modes.contains(&ReadMode::Absorbance) && i.absorbance_nm.is_some_and(|r| r.contains(w));
+                    if self.require(InstrumentClass::PlateReader, span, d, &format!("absorbance at {} nm", crate::units::trim(w)), ok, "reads that wavelength").is_none() {
+                        return;
+                    }
+                }
+                let Some(ws) = self.read_wells(labware, wells.as_ref(), d) else { return };
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::PlateReader, "read absorbance", d) else { return };
+                let dur = est::READ_ABSORBANCE * wavelengths_nm.len() as f64;
+                self.emit(t, CommandOp::ReadAbsorbance { labware: lw, wells: ws, wavelengths_nm: wavelengths_nm.clone() }, true, dur, span);
+            }
+            Op::ReadFluorescence { labware, wells, excitation_nm, emission_nm } => {
+                let (ex, em) = (*excitation_nm, *emission_nm);
+                let ok = |i: &labware::site::Instrument| {
+                    i.modes.contains(&ReadMode::Fluorescence)
+                        && i.excitation_nm.is_some_and(|r| r.contains(ex))
+                        && i.emission_nm.is_some_and(|r| r.contains(em))
+                };
+                let what = format!("fluorescence {}/{} nm", crate::units::trim(ex), crate::units::trim(em));
+                if self.require(InstrumentClass::PlateReader, span, d, &what, ok, "covers that excitation and emission").is_none() {
+                    return;
+                }
+                let Some(ws) = self.read_wells(labware, wells.as_ref(), d) else { return };
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::PlateReader, "read fluorescence", d) else { return };
+                self.emit(t, CommandOp::ReadFluorescence { labware: lw, wells: ws, excitation_nm: ex, emission_nm: em }, true, est::READ_FLUORESCENCE, span);
+            }
+            Op::ReadLuminescence { labware, wells } => {
+                if self.require(InstrumentClass::PlateReader, span, d, "luminescence", |i| i.modes.contains(&ReadMode::Luminescence), "reads luminescence").is_none() {
+                    return;
+                }
+                let Some(ws) = self.read_wells(labware, wells.as_ref(), d) else { return };
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::PlateReader, "read luminescence", d) else { return };
+                self.emit(t, CommandOp::ReadLuminescence { labware: lw, wells: ws }, true, est::READ_LUMINESCENCE, span);
+            }
+            Op::Centrifuge { labware, g, duration_s } => {
+                let g = *g;
+                if self.require(InstrumentClass::Centrifuge, span, d, &format!("centrifuge at {} ×g", crate::units::trim(g)), |i| i.max_g.is_some_and(|m| g <= m), "reaches that force").is_none() {
+                    return;
+                }
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::Centrifuge, "centrifuge", d) else { return };
+                self.emit(t, CommandOp::Centrifuge { labware: lw, g, duration_s: *duration_s }, false, duration_s + est::SPIN_UP_DOWN, span);
+            }
+            Op::Wait { duration_s } => {
+                let t = self.task(None, format!("wait {}", crate::units::trim(*duration_s)), step);
+                self.tasks[t].barrier = true;
+                self.emit(t, CommandOp::Wait { duration_s: *duration_s }, true, *duration_s, span);
+            }
+            Op::Manual { instruction, labware, duration_s } => {
+                let t = self.task(Some(InstrumentClass::Technician), format!("manual: {}", truncate(instruction, 40)), step);
+                for lw in labware {
+                    if let Some(s) = self.env.slot(lw, d) {
+                        self.tasks[t].holds.insert(s);
+                    }
+                }
+                self.tasks[t].barrier = labware.is_empty();
+                self.emit(t, CommandOp::Manual { instruction: instruction.clone() }, false, *duration_s, span);
+            }
+            Op::Pipetting(cmds) => self.low_level(step, cmds, d),
+            Op::HeaterShaker { labware, commands } => {
+                let slot = labware.as_ref().and_then(|l| self.env.slot(l, d));
+                let name = labware.as_ref().map(|l| l.name.clone());
+                let t = self.task(Some(InstrumentClass::HeaterShaker), format!("heater-shaker {}", name.clone().unwrap_or_default()), step);
+                if let Some(s) = slot {
+                    self.tasks[t].holds.insert(s);
+                }
+                for c in commands {
+                    let (op, dur) = match c {
+                        ModuleCommand::SetTemperature(x) => {
+                            if self.require(InstrumentClass::HeaterShaker, span, d, &format!("heat to {} °C", crate::units::trim(*x)), |i| i.temperature_c.is_some_and(|r| r.contains(*x)), "reaches that temperature").is_none() {
+                                continue;
+                            }
+                            (CommandOp::SetTemperature { labware: name.clone(), temperature_c: *x }, est::SET_POINT)
+                        }
+                        ModuleCommand::WaitForTemperature => (CommandOp::WaitForTemperature { labware: name.clone() }, 120.0),
+                        ModuleCommand::SetShakeSpeed(x) => {
+                            if self.require(InstrumentClass::HeaterShaker, span, d, &format!("shake at {} rpm", crate::units::trim(*x)), |i| i.shaking_rpm.is_some_and(|r| r.contains(*x)), "shakes at that speed").is_none() {
+                                continue;
+                            }
+                            (CommandOp::SetShakeSpeed { labware: name.clone(), rpm: *x }, est::SHAKE_SETTLE)
+                        }
+                        ModuleCommand::StopShaking => (CommandOp::StopShaking, est::SHAKE_SETTLE),
+                        ModuleCommand::StopHeating => (CommandOp::StopHeating, est::SET_POINT),
+                        ModuleCommand::Latch { open } => (CommandOp::Latch { open: *open }, est::SET_POINT),
+                    };
+                    let repeatable = matches!(op, CommandOp::WaitForTemperature { .. } | CommandOp::StopShaking | CommandOp::StopHeating | CommandOp::Latch { .. });
+                    self.emit(t, op, repeatable, dur, span);
+                }
+            }
+        }
+    }
+
+    fn read_wells(&self, labware: &Named, wells: Option<&WellRef>, d: &mut Diagnostics) -> Option<Vec<String>> {
+        match wells {
+            Some(r) => {
+                if r.labware != labware.name {
+                    d.push(Diagnostic::error("P0203", r.span, format!("`wells` are in `{}`, but the step reads `{}`", r.labware, labware.name)));
+                    return None;
+                }
+                Some(self.env.wells(r, d)?.into_iter().map(|l| self.env.well_name(l).to_string()).collect())
+            }
+            None => {
+                let slot = self.env.slot(labware, d)?;
+                Some(self.env.slots[slot].def.wells.iter().map(|w| w.name.clone()).collect())
+            }
+        }
+    }
+
+    fn transfer(&mut self, step: &Step, tr: &Transfer, d: &mut Diagnostics) {
+        let (Some(src), Some(dst)) = (self.env.wells(&tr.from, d), self.env.wells(&tr.to, d)) else { return };
+        let n = src.len().max(dst.len());
+        let vols: Vec<f64> = match &tr.volumes {
+            Volumes::Same(v) => vec![*v; n],
+            Volumes::PerPair(vs) => {
+                if vs.len() != n {
+                    d.push(Diagnostic::error(
+                        "P0206",
+                        tr.volume_span,
+                        format!("{} volumes given for {n} well pairs", vs.len()),
+                    ).with_hint("give one volume per destination well, or a single volume for all"));
+                    return;
+                }
+                vs.clone()
+            }
+        };
+        let pairs: Vec<(Loc, Loc, f64)> = match (src.len(), dst.len()) {
+            (a, b) if a == b => src.iter().zip(&dst).zip(&vols).map(|((s, t), v)| (*s, *t, *v)).collect(),
+            (1, _) => dst.iter().zip(&vols).map(|(t, v)| (src[0], *t, *v)).collect(),
+            (_, 1) => src.iter().zip(&vols).map(|(s, v)| (*s, dst[0], *v)).collect(),
+            (a, b) => {
+                d.push(
+                    Diagnostic::error("P0206", step.span, format!("{a} source wells and {b} destination wells cannot be paired"))
+                        .with_hint("use as many sources as destinations, one source for many destinations, or many sources for one destination"),
+                );
+                return;
+            }
+        };
+        let label = match tr.kind {
+            TransferKind::Transfer => "transfer",
+            TransferKind::Distribute => "distribute",
+            TransferKind::Consolidate => "consolidate",
+        };
+        match tr.kind {
+            TransferKind::Transfer => self.pairs(step, label, &pairs, tr.tips, tr.mix_before, tr.mix_after, step.span, d),
+            TransferKind::Distribute | TransferKind::Consolidate => self.multi(step, tr, &pairs, d),
+        }
+    }
+
+    /// One aspirate and one dispense per pair (split by tip capacity).
+    #[allow(clippy::too_many_arguments)]
+    fn pairs(&mut self, step: &Step, label: &str, pairs: &[(Loc, Loc, f64)], tips: TipPolicy, mix_before: Option<MixSpec>, mix_after: Option<MixSpec>, span: Span, d: &mut Diagnostics) {
+        let vols: Vec<f64> = pairs.iter().map(|p| p.2).filter(|v| *v > 0.0).collect();
+        let Some((p, cap)) = self.choose(&vols, span, d) else { return };
+        let t = self.task(Some(InstrumentClass::LiquidHandler), label.to_string(), step);
+        let mut tip_source: Option<Loc> = None;
+        let mut has_tip = false;
+        for &(s, dst, v) in pairs {
+            if v <= 0.0 {
+                continue;
+            }
+            for part in split_volume(v, cap) {
+                let fresh = match tips {
+                    TipPolicy::Always => true,
+                    TipPolicy::PerSource => tip_source != Some(s),
+                    TipPolicy::Once => !has_tip,
+                };
+                if fresh {
+                    if has_tip {
+                        self.drop_tip(t, &p, span);
+                    }
+                    self.pick_up(t, &p, span);
+                    has_tip = true;
+                    tip_source = Some(s);
+                }
+                if let Some(m) = mix_before {
+                    self.mix(t, &p, cap, s, m, span);
+                }
+                self.aspirate(t, &p, s, part, span);
+                self.dispense(t, &p, dst, part, span);
+                if let Some(m) = mix_after {
+                    self.mix(t, &p, cap, dst, m, span);
+                }
+            }
+        }
+        if has_tip {
+            self.drop_tip(t, &p, span);
+        }
+    }
+
+    /// Distribute (one aspirate, many dispenses) or consolidate (many aspirates, one dispense).
+    fn multi(&mut self, step: &Step, tr: &Transfer, pairs: &[(Loc, Loc, f64)], d: &mut Diagnostics) {
+        let vols: Vec<f64> = pairs.iter().map(|p| p.2).filter(|v| *v > 0.0).collect();
+        let span = step.span;
+        let Some((p, cap)) = self.choose(&vols, span, d) else { return };
+        let distribute = tr.kind == TransferKind::Distribute;
+        let label = if distribute { "distribute" } else { "consolidate" };
+        let t = self.task(Some(InstrumentClass::LiquidHandler), label.to_string(), step);
+        // Flatten into parts no larger than a tip, then pack consecutive parts into tip loads.
+        let parts: Vec<(Loc, Loc, f64)> = pairs
+            .iter()
+            .flat_map(|&(s, dd, v)| split_volume(v, cap).into_iter().map(move |x| (s, dd, x)))
+            .collect();
+        let mut has_tip = false;
+        let mut i = 0;
+        while i < parts.len() {
+            let mut load = 0.0;
+            let mut j = i;
+            while j < parts.len() && load + parts[j].2 <= cap + 1e-9 {
+                load += parts[j].2;
+                j += 1;
+            }
+            if tr.tips == TipPolicy::Always || !has_tip {
+                if has_tip {
+                    self.drop_tip(t, &p, span);
+                }
+                self.pick_up(t, &p, span);
+                has_tip = true;
+            }
+            if distribute {
+                let src = parts[i].0;
+                if let Some(m) = tr.mix_before {
+                    self.mix(t, &p, cap, src, m, span);
+                }
+                self.aspirate(t, &p, src, load, span);
+                for &(_, dst, v) in &parts[i..j] {
+                    self.dispense(t, &p, dst, v, span);
+                    if let Some(m) = tr.mix_after {
+                        self.mix(t, &p, cap, dst, m, span);
+                    }
+                }
+            } else {
+                for &(src, _, v) in &parts[i..j] {
+                    if let Some(m) = tr.mix_before {
+                        self.mix(t, &p, cap, src, m, span);
+                    }
+                    self.aspirate(t, &p, src, v, span);
+                }
+                let dst = parts[i].1;
+                self.dispense(t, &p, dst, load, span);
+                if let Some(m) = tr.mix_after {
+                    self.mix(t, &p, cap, dst, m, span);
+                }
+            }
+            i = j;
+        }
+        if has_tip {
+            self.drop_tip(t, &p, span);
+        }
+    }
+
+    /// Opentrons-style commands, checked against the pipette the protocol names.
+    fn low_level(&mut self, step: &Step, cmds: &[LowLevel], d: &mut Diagnostics) {
+        let t = self.task(Some(InstrumentClass::LiquidHandler), "pipetting".to_string(), step);
+        for c in cmds {
+            match c {
+                LowLevel::PickUpTip { pipette, rack } => {
+                    let Some(p) = self.pipette(pipette, rack.span, d) else { continue };
+                    let Some(locs) = self.env.wells(rack, d) else { continue };
+                    if let Some(&loc) = locs.first() {
+                        if self.env.slots[loc.slot].def.tip.is_none() {
+                            d.push(Diagnostic::error("P0306", rack.span, format!("`{}` is not a tip rack", rack.labware)));
+                            continue;
+                        }
+                        let (r, w) = self.name(loc);
+                        self.tasks[t].holds.insert(loc.slot);
+                        self.tasks[t].pipettes.insert(p.name.clone());
+                        self.emit(t, CommandOp::PickUpTip { pipette: p.name.clone(), rack: r, well: w }, false, est::PICK_UP_TIP, rack.span);
+                    }
+                }
+                LowLevel::Aspirate { pipette, at, volume_ul } | LowLevel::Dispense { pipette, at, volume_ul } => {
+                    let Some(p) = self.pipette(pipette, at.span, d) else { continue };
+                    if *volume_ul > p.max_ul + 1e-9 {
+                        d.push(Diagnostic::error("P0304", at.span, format!("{} exceeds {}'s maximum of {}", crate::units::fmt_ul(*volume_ul), p.name, crate::units::fmt_ul(p.max_ul))));
+                    } else if *volume_ul > 0.0 && *volume_ul + 1e-9 < p.min_ul {
+                        d.push(Diagnostic::error("P0303", at.span, format!("{} is below {}'s minimum of {}", crate::units::fmt_ul(*volume_ul), p.name, crate::units::fmt_ul(p.min_ul))));
+                    }
+                    let Some(locs) = self.env.wells(at, d) else { continue };
+                    let Some(&loc) = locs.first() else { continue };
+                    if matches!(c, LowLevel::Aspirate { .. }) {
+                        self.aspirate(t, &p, loc, *volume_ul, at.span);
+                    } else {
+                        self.dispense(t, &p, loc, *volume_ul, at.span);
+                    }
+                }
+                LowLevel::BlowOut { pipette, at } => {
+                    let Some(p) = self.pipette(pipette, at.span, d) else { continue };
+                    let Some(loc) = self.env.wells(at, d).and_then(|l| l.first().copied()) else { continue };
+                    let (labware, well) = self.name(loc);
+                    self.emit(t, CommandOp::BlowOut { pipette: p.name.clone(), labware, well }, false, est::BLOW_OUT, at.span);
+                }
+                LowLevel::MoveTo { pipette, at } => {
+                    let span = at.as_ref().map_or(step.span, |a| a.span);
+                    let Some(p) = self.pipette(pipette, span, d) else { continue };
+                    let target = match at {
+                        Some(a) => match self.env.wells(a, d).and_then(|l| l.first().copied()) {
+                            Some(loc) => {
+                                let (l, w) = self.name(loc);
+                                (Some(l), Some(w))
+                            }
+                            None => continue,
+                        },
+                        None => (None, None),
+                    };
+                    self.emit(t, CommandOp::MoveTo { pipette: p.name.clone(), labware: target.0, well: target.1 }, true, est::MOVE_TO_WELL, span);
+                }
+                LowLevel::DropTip { pipette } => {
+                    let Some(p) = self.pipette(pipette, step.span, d) else { continue };
+                    self.drop_tip(t, &p, step.span);
+                }
+                LowLevel::Home => self.emit(t, CommandOp::Home, true, est::HOME, step.span),
+                LowLevel::MoveLabware { labware, to } => {
+                    if let Some(s) = self.env.slot(labware, d) {
+                        self.tasks[t].holds.insert(s);
+                        self.emit(t, CommandOp::MoveLabware { labware: labware.name.clone(), to: to.clone() }, false, est::MOVE_LABWARE, labware.span);
+                    }
+                }
+            }
+        }
+    }
+
+    fn pipette(&self, id: &str, span: Span, d: &mut Diagnostics) -> Option<PipetteSpec> {
+        let p = self.declared.get(id).cloned();
+        if p.is_none() {
+            d.push(Diagnostic::error("P0202", span, format!("no pipette `{id}` is loaded in this protocol")));
+        }
+        p
+    }
+
+    fn finish(self, d: &mut Diagnostics) -> Lowered {
+        for s in self.shortages.values() {
+            let total = s.needed + s.have_racks * s.per_rack;
+            let missing_racks = s.needed.div_ceil(s.per_rack.max(1));
+            let what = s.rack_load_name.clone().unwrap_or_else(|| "a matching tip rack".into());
+            d.push(
+                Diagnostic::error(
+                    "P0305",
+                    s.first_span,
+                    format!("the protocol runs out of tips here: it needs {total} tips, its {} rack(s) hold {}", s.have_racks, s.have_racks * s.per_rack),
+                )
+                .with_hint(format!("add {missing_racks} more rack(s) of {what}, or reuse tips with `tips: per_source` or `tips: once`")),
+            );
+        }
+        Lowered { tasks: self.tasks }
+    }
+}
+
+impl LTask {
+    /// Estimated duration: the sum of its commands.
+    pub fn duration_s(&self) -> f64 {
+        self.commands.iter().map(|c| c.duration_s).sum()
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_volume;
+
+    #[test]
+    fn splits_like_opentrons() {
+        assert_eq!(split_volume(120.0, 50.0), vec![50.0, 35.0, 35.0]);
+        assert_eq!(split_volume(100.0, 50.0), vec![50.0, 50.0]);
+        assert_eq!(split_volume(50.0, 50.0), vec![50.0]);
+        assert_eq!(split_volume(30.0, 50.0), vec![30.0]);
+        assert_eq!(split_volume(260.0, 50.0), vec![50.0, 50.0, 50.0, 50.0, 30.0, 30.0]);
+        assert!(split_volume(0.0, 50.0).is_empty());
+    }
+}

@@ -1,0 +1,148 @@
+//! The plan IR: what the compiler hands to the scheduler, the store and the executor.
+//!
+//! A plan is a DAG of tasks. A task is a block of commands for one instrument class that holds
+//! named labware while it runs. Edges are precedence; max lags bound the gap between the end of
+//! one task and the start of another. The JSON form is stable (snapshot-tested): add fields with
+//! defaults, never rename.
+
+use crate::source::Span;
+use labware::{InstrumentClass, LabwareKind};
+use serde::{Deserialize, Serialize};
+
+/// Version of the plan JSON.
+pub const PLAN_VERSION: u32 = 1;
+
+/// Index of a task in [`RunPlan::tasks`].
+pub type TaskId = u32;
+
+/// A compiled experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunPlan {
+    pub version: u32,
+    pub protocol: String,
+    pub labware: Vec<PlanLabware>,
+    pub tasks: Vec<Task>,
+    #[serde(default)]
+    pub max_lags: Vec<MaxLag>,
+}
+
+/// A labware item the run uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanLabware {
+    pub name: String,
+    pub load_name: String,
+    pub kind: LabwareKind,
+}
+
+/// Instrument settings a task needs; tasks with equal settings may share a capacity resource.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Settings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shake_rpm: Option<f64>,
+}
+
+/// A block of commands for one instrument class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    /// `None` for a pure delay that needs no instrument.
+    pub class: Option<InstrumentClass>,
+    pub label: String,
+    /// Labware the task holds while it runs.
+    pub holds: Vec<String>,
+    /// Tasks that must finish before this one starts.
+    pub after: Vec<TaskId>,
+    pub commands: Vec<Command>,
+    /// Estimated duration in seconds.
+    pub duration_s: f64,
+    #[serde(default, skip_serializing_if = "is_default_settings")]
+    pub settings: Settings,
+    /// Pipettes the task's commands use (the scheduler picks a handler that has them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipettes: Vec<String>,
+    /// Where in the protocol file the task comes from.
+    pub span: Span,
+}
+
+fn is_default_settings(s: &Settings) -> bool {
+    *s == Settings::default()
+}
+
+/// One device-level command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    #[serde(flatten)]
+    pub op: CommandOp,
+    /// Safe to send again when its outcome is unknown (a read, a move home).
+    pub repeatable: bool,
+    pub duration_s: f64,
+}
+
+/// The commands instruments understand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CommandOp {
+    PickUpTip { pipette: String, rack: String, well: String },
+    Aspirate { pipette: String, labware: String, well: String, volume_ul: f64 },
+    Dispense { pipette: String, labware: String, well: String, volume_ul: f64 },
+    Mix { pipette: String, labware: String, well: String, volume_ul: f64, times: u32 },
+    BlowOut { pipette: String, labware: String, well: String },
+    MoveTo { pipette: String, labware: Option<String>, well: Option<String> },
+    DropTip { pipette: String },
+    Home,
+    MoveLabware { labware: String, to: String },
+    AddReagent { reagent: String, labware: String, well: String, volume_ul: f64 },
+    Incubate { labware: String, temperature_c: f64, duration_s: f64, shake_rpm: Option<f64> },
+    Shake { labware: String, rpm: f64, duration_s: f64, temperature_c: Option<f64> },
+    SetTemperature { labware: Option<String>, temperature_c: f64 },
+    WaitForTemperature { labware: Option<String> },
+    SetShakeSpeed { labware: Option<String>, rpm: f64 },
+    StopShaking,
+    StopHeating,
+    Latch { open: bool },
+    Seal { labware: String },
+    Peel { labware: String },
+    Cover { labware: String },
+    Uncover { labware: String },
+    ReadAbsorbance { labware: String, wells: Vec<String>, wavelengths_nm: Vec<f64> },
+    ReadFluorescence { labware: String, wells: Vec<String>, excitation_nm: f64, emission_nm: f64 },
+    ReadLuminescence { labware: String, wells: Vec<String> },
+    Centrifuge { labware: String, g: f64, duration_s: f64 },
+    Wait { duration_s: f64 },
+    Manual { instruction: String },
+}
+
+/// "Task `to` starts at most `max_s` seconds after task `from` ends."
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaxLag {
+    pub from: TaskId,
+    pub to: TaskId,
+    pub max_s: f64,
+}
+
+impl RunPlan {
+    /// Stable pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Total number of device commands.
+    pub fn command_count(&self) -> usize {
+        self.tasks.iter().map(|t| t.commands.len()).sum()
+    }
+
+    /// Earliest finish of every task if each started as soon as its predecessors ended
+    /// (the critical path); tasks are in topological order by construction.
+    pub fn earliest_finish(&self) -> Vec<f64> {
+        let mut finish = vec![0.0f64; self.tasks.len()];
+        for t in &self.tasks {
+            let start = t.after.iter().filter_map(|&p| finish.get(p as usize)).fold(0.0f64, |a, &b| a.max(b));
+            if let Some(f) = finish.get_mut(t.id as usize) {
+                *f = start + t.duration_s;
+            }
+        }
+        finish
+    }
+}

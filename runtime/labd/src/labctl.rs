@@ -1,0 +1,315 @@
+//! `labctl` commands. Exit codes: 0 success, 1 the input has errors (diagnostics printed),
+//! 2 usage or I/O error. A panic would be a bug; it is caught and reported as exit 2, never 101.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use labware::{LabwareDef, Library, Site};
+use protocols::quote::fmt_duration;
+use protocols::{Compilation, Format, SourceFile};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Exit code: the input has errors.
+pub const EXIT_INPUT: i32 = 1;
+/// Exit code: usage or I/O error.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "labctl", version, about = "Labwright: check, compile and quote lab protocols; manage labware")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check a protocol against the site and print every problem found.
+    Validate(Input),
+    /// Compile a protocol to a device plan (plan JSON on stdout, summary on stderr).
+    Compile {
+        #[command(flatten)]
+        input: Input,
+        /// Write the plan here instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "PLAN.json")]
+        output: Option<PathBuf>,
+    },
+    /// Estimate duration, device time and cost of a protocol.
+    Quote(Input),
+    /// Labware definitions.
+    #[command(subcommand)]
+    Labware(LabwareCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct Input {
+    /// Protocol file (Labwright YAML/JSON, Autoprotocol JSON or Opentrons JSON).
+    file: PathBuf,
+    /// Site description (lab.toml); defaults to the shipped simulated site.
+    #[arg(long, value_name = "FILE")]
+    site: Option<PathBuf>,
+    /// Input format.
+    #[arg(long, value_enum, default_value_t = From::Auto)]
+    from: From,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+    format: OutFormat,
+}
+
+#[derive(Subcommand, Debug)]
+enum LabwareCmd {
+    /// List the shipped labware.
+    List {
+        #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+        format: OutFormat,
+    },
+    /// Show one labware definition as Labwright JSON.
+    Show { name: String },
+    /// Convert Opentrons labware v2 JSON files to Labwright's format.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write `<load_name>.json` files here instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum From {
+    Auto,
+    Labwright,
+    Autoprotocol,
+    Opentrons,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum OutFormat {
+    Text,
+    Json,
+}
+
+/// Runs `labctl` with the process arguments and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            EXIT_USAGE
+        }
+        Err(_) => {
+            eprintln!("error: labctl hit an internal error (a bug); please report it with the input file");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Cmd::Validate(input) => {
+            let (src, c) = compile_input(&input)?;
+            report(&src, &c, input.format, "validate");
+            Ok(exit_for(&c))
+        }
+        Cmd::Compile { input, output } => {
+            let (src, c) = compile_input(&input)?;
+            report(&src, &c, OutFormat::Text, "compile");
+            if let Some(plan) = &c.plan {
+                let json = plan.to_json();
+                match output {
+                    Some(path) => std::fs::write(&path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?,
+                    None => {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{json}")?;
+                    }
+                }
+            }
+            Ok(exit_for(&c))
+        }
+        Cmd::Quote(input) => {
+            let (src, c) = compile_input(&input)?;
+            if c.has_errors() || input.format == OutFormat::Text {
+                report(&src, &c, if c.has_errors() { input.format } else { OutFormat::Text }, "quote");
+            }
+            if let (Some(q), Some(plan)) = (&c.quote, &c.plan) {
+                match input.format {
+                    OutFormat::Json => println!("{}", serde_json::to_string_pretty(q)?),
+                    OutFormat::Text => {
+                        println!("{}: {} tasks, {} commands", plan.protocol, plan.tasks.len(), plan.command_count());
+                        println!("  duration on an empty lab  {}", fmt_duration(q.duration_s));
+                        println!("  plate moves               {}", q.plate_moves);
+                        for l in &q.lines {
+                            println!("  {:<26}{:>8.2} h x {:>6.2} = {:>8.2} {}", l.class.as_str(), l.hours, l.rate_per_hour, l.amount, q.currency);
+                        }
+                        println!("  {:<26}{:>36.2} {}", "per-run fee", q.per_run, q.currency);
+                        println!("  {:<26}{:>36.2} {}", "total", q.total, q.currency);
+                    }
+                }
+            }
+            Ok(exit_for(&c))
+        }
+        Cmd::Labware(cmd) => labware_cmd(cmd),
+    }
+}
+
+fn exit_for(c: &Compilation) -> i32 {
+    if c.has_errors() {
+        EXIT_INPUT
+    } else {
+        0
+    }
+}
+
+fn load_site(path: Option<&Path>) -> Result<Site> {
+    match path {
+        None => Site::sim().map_err(|e| anyhow::anyhow!("the shipped site is invalid (a bug): {e}")),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read site file {}", p.display()))?;
+            Site::from_toml(&text).map_err(|e| anyhow::anyhow!("site file {}: {e}", p.display()))
+        }
+    }
+}
+
+fn compile_input(input: &Input) -> Result<(SourceFile, Compilation)> {
+    let site = load_site(input.site.as_deref())?;
+    let bytes = std::fs::read(&input.file).with_context(|| format!("cannot read {}", input.file.display()))?;
+    let name = input.file.display().to_string();
+    let format = match input.from {
+        From::Auto => Format::Auto,
+        From::Labwright => Format::Labwright,
+        From::Autoprotocol => Format::Autoprotocol,
+        From::Opentrons => Format::Opentrons,
+    };
+    let lib = Library::shipped();
+    match SourceFile::from_bytes(name, bytes) {
+        Ok(src) => {
+            let c = protocols::compile(&src, format, &site, &lib);
+            Ok((src, c))
+        }
+        Err((src, at)) => {
+            let span = protocols::source::Span::new(at, at);
+            let diag = protocols::Diagnostic::error("P0002", span, format!("the file is not valid UTF-8 (byte {at})"))
+                .with_hint("save the file as UTF-8");
+            let c = Compilation { format, plan: None, quote: None, diagnostics: vec![diag], tracked: None };
+            Ok((src, c))
+        }
+    }
+}
+
+fn report(src: &SourceFile, c: &Compilation, format: OutFormat, verb: &str) {
+    match format {
+        OutFormat::Json => {
+            let diags: Vec<_> = c.diagnostics.iter().map(|d| d.to_json(src)).collect();
+            let summary = c.plan.as_ref().map(|p| {
+                serde_json::json!({"protocol": p.protocol, "tasks": p.tasks.len(), "commands": p.command_count()})
+            });
+            let v = serde_json::json!({
+                "file": src.name,
+                "format": c.format.as_str(),
+                "ok": !c.has_errors(),
+                "diagnostics": diags,
+                "summary": summary,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        OutFormat::Text => {
+            let mut err = std::io::stderr().lock();
+            for d in &c.diagnostics {
+                let _ = writeln!(err, "{}", d.render(src));
+            }
+            let errors = c.diagnostics.iter().filter(|d| d.is_error()).count();
+            let warnings = c.diagnostics.len() - errors;
+            if errors > 0 {
+                let _ = writeln!(err, "{verb}: {} has {errors} error(s) and {warnings} warning(s)", src.name);
+            } else if let Some(p) = &c.plan {
+                let dur = c.quote.as_ref().map(|q| fmt_duration(q.duration_s)).unwrap_or_default();
+                let _ = writeln!(
+                    err,
+                    "{verb}: {} ok ({} protocol \"{}\"): {} tasks, {} commands, about {dur}{}",
+                    src.name,
+                    c.format.as_str(),
+                    p.protocol,
+                    p.tasks.len(),
+                    p.command_count(),
+                    if warnings > 0 { format!(", {warnings} warning(s)") } else { String::new() }
+                );
+            }
+        }
+    }
+}
+
+fn labware_cmd(cmd: LabwareCmd) -> Result<i32> {
+    match cmd {
+        LabwareCmd::List { format } => {
+            let lib = Library::shipped();
+            match format {
+                OutFormat::Json => {
+                    let v: Vec<_> = lib
+                        .iter()
+                        .map(|d| serde_json::json!({"load_name": d.load_name, "display_name": d.display_name, "kind": d.kind, "wells": d.wells.len()}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                OutFormat::Text => {
+                    for d in lib.iter() {
+                        let cap = d.tip.map_or_else(
+                            || d.wells.first().map_or(String::new(), |w| format!("{} µL/well", protocols::units::trim(w.max_volume_ul))),
+                            |t| format!("{} µL tips", protocols::units::trim(t.volume_ul)),
+                        );
+                        println!("{:<52} {:<14} {:>4} wells  {}", d.load_name, d.kind.as_str(), d.wells.len(), cap);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        LabwareCmd::Show { name } => {
+            let lib = Library::shipped();
+            match lib.get(&name) {
+                Some(d) => {
+                    println!("{}", d.to_json());
+                    Ok(0)
+                }
+                None => {
+                    let s = lib.suggest(&name);
+                    if s.is_empty() {
+                        bail!("no labware named `{name}`; `labctl labware list` shows them all")
+                    }
+                    bail!("no labware named `{name}`; did you mean `{}`?", s.join("`, `"))
+                }
+            }
+        }
+        LabwareCmd::Import { files, out_dir } => {
+            let mut failed = 0;
+            for f in &files {
+                let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+                match labware::opentrons::import(&text) {
+                    Ok(def) => write_def(&def, out_dir.as_deref())?,
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", f.display());
+                        failed += 1;
+                    }
+                }
+            }
+            Ok(if failed > 0 { EXIT_INPUT } else { 0 })
+        }
+    }
+}
+
+fn write_def(def: &LabwareDef, out_dir: Option<&Path>) -> Result<()> {
+    match out_dir {
+        None => println!("{}", def.to_json()),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let path = dir.join(format!("{}.json", def.load_name));
+            std::fs::write(&path, def.to_json() + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}

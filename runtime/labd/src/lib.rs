@@ -1,0 +1,8 @@
+//! The Labwright runtime and its command line.
+//!
+//! Today this crate holds `labctl`, the command line a scientist uses to validate, compile and
+//! quote protocols and to manage labware ([`labctl`]). The daemon (`labd serve`: store, API,
+//! executor) builds on it.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod labctl;
