@@ -27,8 +27,8 @@ fn field<'a>(v: &'a Value, key: &str, path: &str) -> Result<&'a Value, LabwareEr
 
 /// Converts an already parsed Opentrons v2 labware definition (protocols embed them).
 pub fn import_value(v: &Value) -> Result<LabwareDef, LabwareError> {
-    let schema = v.get("schemaVersion").and_then(Value::as_u64);
-    if schema != Some(2) {
+    let schema = v.get("schemaVersion").and_then(Value::as_f64);
+    if schema != Some(2.0) {
         return Err(bad("$.schemaVersion", "expected 2 (Opentrons labware schema v2)"));
     }
     let params = field(v, "parameters", "$")?;
@@ -82,7 +82,7 @@ pub fn import_value(v: &Value) -> Result<LabwareDef, LabwareError> {
         None
     };
     let brand = v.get("brand").and_then(|b| b.get("brand")).and_then(Value::as_str).map(str::to_string);
-    let version = v.get("version").and_then(Value::as_u64).unwrap_or(1);
+    let version = v.get("version").and_then(Value::as_f64).unwrap_or(1.0);
     let namespace = v.get("namespace").and_then(Value::as_str).unwrap_or("opentrons");
     LabwareDef {
         format: FORMAT.to_string(),

@@ -41,6 +41,17 @@ pub struct Protocol {
     pub unlisted_wells: UnlistedWells,
     /// Pipettes the protocol itself names (Opentrons); empty means "choose from the site".
     pub pipettes: Vec<PipetteDecl>,
+    /// Where tips come from.
+    pub tips: TipSource,
+}
+
+/// Where a protocol's tips come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TipSource {
+    /// From the tip racks the protocol declares (Labwright, Opentrons): running out is an error.
+    Protocol,
+    /// From the lab's stock (Autoprotocol leaves tips to the lab).
+    Lab,
 }
 
 /// A pipette an imported protocol declares, by name.

@@ -143,10 +143,11 @@ pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) 
                     let mut drawn = state.take(*volume_ul);
                     let short = volume_ul - have;
                     if short > EPS {
-                        if state.unknown {
-                            *drawn.entry(UNSPECIFIED.to_string()).or_insert(0.0) += short;
-                            t.unspecified_drawn_ul += short;
-                        } else {
+                        // The tip is credited with what is missing, so one under-draw is reported
+                        // once and does not cascade into "dispenses more than the tip holds".
+                        *drawn.entry(UNSPECIFIED.to_string()).or_insert(0.0) += short;
+                        t.unspecified_drawn_ul += short;
+                        if !state.unknown {
                             report("P0302", loc, under_drawn(env, loc, *volume_ul, have, span), d);
                         }
                     }

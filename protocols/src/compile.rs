@@ -88,7 +88,7 @@ pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> 
     }
     let protocol = match format {
         Format::Autoprotocol => import::autoprotocol::parse(&root, lib, &mut d),
-        Format::Opentrons => import::opentrons::parse(&root, &mut d),
+        Format::Opentrons => import::opentrons::parse(&root, lib, &mut d),
         _ => lang::parse(&root, &mut d),
     };
     let (plan, tracked) = build(&protocol, site, lib, &mut d);

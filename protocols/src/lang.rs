@@ -30,6 +30,7 @@ pub fn parse(root: &Node, d: &mut Diagnostics) -> Protocol {
         custom_labware: Vec::new(),
         unlisted_wells: UnlistedWells::Empty,
         pipettes: Vec::new(),
+        tips: TipSource::Protocol,
     };
     if !check_keys(root, "the protocol", &["labwright", "name", "description", "liquids", "labware", "steps", "constraints"], d) {
         return p;

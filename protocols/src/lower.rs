@@ -128,6 +128,7 @@ struct Lowerer<'a> {
     /// Pipettes named by the protocol (Opentrons), by id.
     declared: BTreeMap<String, PipetteSpec>,
     racks: Vec<Rack>,
+    lab_tips: bool,
     shortages: BTreeMap<u64, Shortage>,
     tasks: Vec<LTask>,
     no_rack_reported: bool,
@@ -164,7 +165,7 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
-        Lowerer { env, site, pipettes, declared, racks, shortages: BTreeMap::new(), tasks: Vec::new(), no_rack_reported: false }
+        Lowerer { env, site, pipettes, declared, racks, lab_tips: p.tips == TipSource::Lab, shortages: BTreeMap::new(), tasks: Vec::new(), no_rack_reported: false }
     }
 
     fn rack_fits(p: &PipetteSpec, tip_ul: f64) -> bool {
@@ -173,6 +174,9 @@ impl<'a> Lowerer<'a> {
 
     /// Capacity of one aspiration with this pipette, given the protocol's racks.
     fn capacity(&self, p: &PipetteSpec) -> Option<f64> {
+        if self.lab_tips {
+            return Some(p.max_ul);
+        }
         self.racks.iter().filter(|r| Self::rack_fits(p, r.tip_ul)).map(|r| p.max_ul.min(r.tip_ul)).reduce(f64::max)
     }
 
@@ -268,6 +272,12 @@ impl<'a> Lowerer<'a> {
     }
 
     fn pick_up(&mut self, t: usize, p: &PipetteSpec, span: Span) {
+        if self.lab_tips {
+            let rack = format!("lab:tips_{}ul", crate::units::trim(p.tip_ul));
+            self.tasks[t].pipettes.insert(p.name.clone());
+            self.emit(t, CommandOp::PickUpTip { pipette: p.name.clone(), rack, well: "next".into() }, false, est::PICK_UP_TIP, span);
+            return;
+        }
         let rack = self.racks.iter_mut().find(|r| Self::rack_fits(p, r.tip_ul) && r.next < self.env.slots[r.slot].def.wells.len());
         let (rack_name, well) = match rack {
             Some(r) => {
@@ -452,7 +462,15 @@ impl<'a> Lowerer<'a> {
             Op::Cover { labware } | Op::Uncover { labware } => {
                 let cover = matches!(step.op, Op::Cover { .. });
                 let verb = if cover { "cover" } else { "uncover" };
-                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::RobotArm, verb, d) else { return };
+                // Lids are handled by the plate arms, which the site lists apart from instruments.
+                if self.site.arms.is_empty() {
+                    d.push(Diagnostic::error("P0401", span, format!("{verb} {}: this site has no robot arm to handle lids", labware.name)));
+                    return;
+                }
+                let Some(slot) = self.env.slot(labware, d) else { return };
+                let t = self.task(Some(InstrumentClass::RobotArm), format!("{verb} {}", labware.name), step);
+                self.tasks[t].holds.insert(slot);
+                let lw = labware.name.clone();
                 let op = if cover { CommandOp::Cover { labware: lw } } else { CommandOp::Uncover { labware: lw } };
                 self.emit(t, op, true, est::LID, span);
             }

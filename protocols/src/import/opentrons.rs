@@ -1,9 +1,357 @@
-//! Opentrons JSON protocols.
-use crate::ast::Protocol;
-use crate::diag::Diagnostics;
-use crate::syntax::Node;
+//! Opentrons JSON protocols (schemas 6, 7 and 8) into Labwright's experiment tree.
+//!
+//! The protocol's embedded labware definitions are imported with `labware::opentrons`; its
+//! commands become low-level pipetting steps, heater-shaker module steps, waits and manual
+//! pauses. Commands with no Labwright equivalent get a P0502 diagnostic naming the command type
+//! and its index.
+
+use crate::ast::*;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::source::Span;
+use crate::syntax::{Node, Value};
+use labware::Library;
+use std::collections::BTreeMap;
+
+/// Opentrons pipette models: (name, channels, min µL, max µL).
+const PIPETTES: &[(&str, u32, f64, f64)] = &[
+    ("p10_single", 1, 1.0, 10.0),
+    ("p10_multi", 8, 1.0, 10.0),
+    ("p20_single_gen2", 1, 1.0, 20.0),
+    ("p20_multi_gen2", 8, 1.0, 20.0),
+    ("p50_single", 1, 5.0, 50.0),
+    ("p50_multi", 8, 5.0, 50.0),
+    ("p300_single", 1, 30.0, 300.0),
+    ("p300_multi", 8, 30.0, 300.0),
+    ("p300_single_gen2", 1, 20.0, 300.0),
+    ("p300_multi_gen2", 8, 20.0, 300.0),
+    ("p1000_single", 1, 100.0, 1000.0),
+    ("p1000_single_gen2", 1, 100.0, 1000.0),
+    ("p50_single_flex", 1, 1.0, 50.0),
+    ("p50_multi_flex", 8, 1.0, 50.0),
+    ("p1000_single_flex", 1, 5.0, 1000.0),
+    ("p1000_multi_flex", 8, 5.0, 1000.0),
+    ("p200_96", 96, 1.0, 200.0),
+    ("p1000_96", 96, 5.0, 1000.0),
+];
+
+struct Importer<'a> {
+    /// Standard labware the protocol names but does not embed (Opentrons resolves those from its library).
+    lib: &'a Library,
+    protocol: Protocol,
+    /// Definition id (`namespace/loadName/version`) → load name of the imported definition.
+    defs: BTreeMap<String, String>,
+    /// v6: labware id → definition id, from the top-level `labware` map.
+    v6_labware: BTreeMap<String, String>,
+    /// v6: pipette id → model name.
+    v6_pipettes: BTreeMap<String, String>,
+    /// Labware id → module id it sits on; module id → model.
+    on_module: BTreeMap<String, String>,
+    modules: BTreeMap<String, String>,
+    liquids: BTreeMap<String, String>,
+    pending: Vec<LowLevel>,
+    pending_span: Option<Span>,
+}
 
 /// Reads an Opentrons JSON protocol.
-pub fn parse(_root: &Node, _d: &mut Diagnostics) -> Protocol {
-    unreachable!()
+pub fn parse(root: &Node, lib: &Library, d: &mut Diagnostics) -> Protocol {
+    let mut im = Importer {
+        lib,
+        protocol: Protocol {
+            name: root.get("metadata").and_then(|m| m.get("protocolName")).and_then(Node::as_str).unwrap_or("opentrons protocol").to_string(),
+            labware: Vec::new(),
+            liquids: Vec::new(),
+            steps: Vec::new(),
+            constraints: Vec::new(),
+            custom_labware: Vec::new(),
+            unlisted_wells: UnlistedWells::Unknown,
+            pipettes: Vec::new(),
+            tips: TipSource::Protocol,
+        },
+        defs: BTreeMap::new(),
+        v6_labware: BTreeMap::new(),
+        v6_pipettes: BTreeMap::new(),
+        on_module: BTreeMap::new(),
+        modules: BTreeMap::new(),
+        liquids: BTreeMap::new(),
+        pending: Vec::new(),
+        pending_span: None,
+    };
+    let version = root.get("schemaVersion").and_then(Node::as_f64);
+    match version {
+        Some(v) if (6.0..=8.0).contains(&v) => {}
+        Some(v) => {
+            d.push(
+                Diagnostic::error("P0100", root.get("schemaVersion").map_or(root.span, |n| n.span), format!("Opentrons protocol schema {v} is not supported"))
+                    .with_hint("Labwright reads Opentrons JSON protocols of schemas 6, 7 and 8"),
+            );
+            return im.protocol;
+        }
+        None => {
+            d.push(Diagnostic::error("P0102", root.span, "not an Opentrons protocol: `schemaVersion` is missing"));
+            return im.protocol;
+        }
+    }
+    if let Some(defs) = root.get("labwareDefinitions").and_then(Node::as_map) {
+        for (k, v) in defs {
+            match labware::opentrons::import_value(&v.to_json()) {
+                Ok(def) => {
+                    im.defs.insert(k.name.clone(), def.load_name.clone());
+                    if !im.protocol.custom_labware.iter().any(|c| c.load_name == def.load_name) {
+                        im.protocol.custom_labware.push(def);
+                    }
+                }
+                Err(e) => d.push(Diagnostic::error("P0201", k.span, format!("labware definition `{}` cannot be read: {e}", k.name))),
+            }
+        }
+    }
+    for (key, map) in [("labware", &mut im.v6_labware), ("pipettes", &mut im.v6_pipettes)] {
+        if let Some(entries) = root.get(key).and_then(Node::as_map) {
+            for (k, v) in entries {
+                let field = if key == "labware" { "definitionId" } else { "name" };
+                if let Some(s) = v.get(field).and_then(Node::as_str) {
+                    map.insert(k.name.clone(), s.to_string());
+                }
+            }
+        }
+    }
+    if let Some(entries) = root.get("modules").and_then(Node::as_map) {
+        for (k, v) in entries {
+            if let Some(m) = v.get("model").and_then(Node::as_str) {
+                im.modules.insert(k.name.clone(), m.to_string());
+            }
+        }
+    }
+    if let Some(entries) = root.get("liquids").and_then(Node::as_map) {
+        for (k, v) in entries {
+            let name = v.get("displayName").and_then(Node::as_str).unwrap_or(&k.name).to_string();
+            im.protocol.liquids.push(Named { name: name.clone(), span: k.span });
+            im.liquids.insert(k.name.clone(), name);
+        }
+    }
+    let Some(commands) = root.get("commands").and_then(Node::as_list) else {
+        d.push(Diagnostic::error("P0102", root.span, "Opentrons protocol has no `commands` list"));
+        return im.protocol;
+    };
+    for (i, c) in commands.iter().enumerate() {
+        im.command(i, c, d);
+    }
+    im.flush();
+    im.protocol
+}
+
+fn param<'a>(c: &'a Node, key: &str) -> Option<&'a Node> {
+    c.get("params").and_then(|p| p.get(key))
+}
+
+fn param_str(c: &Node, key: &str) -> Option<String> {
+    param(c, key).and_then(Node::as_str).map(str::to_string)
+}
+
+impl Importer<'_> {
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let cmds = std::mem::take(&mut self.pending);
+            let span = self.pending_span.take().unwrap_or_default();
+            self.protocol.steps.push(Step { id: None, after: Vec::new(), span, op: Op::Pipetting(cmds) });
+        }
+    }
+
+    fn pipetting(&mut self, cmd: LowLevel, span: Span) {
+        self.pending_span = Some(self.pending_span.map_or(span, |s| s.join(span)));
+        self.pending.push(cmd);
+    }
+
+    fn step(&mut self, op: Op, span: Span) {
+        self.flush();
+        self.protocol.steps.push(Step { id: None, after: Vec::new(), span, op });
+    }
+
+    fn declare(&mut self, id: &str, def_id: &str, span: Span, d: &mut Diagnostics) {
+        if self.protocol.labware.iter().any(|l| l.name.name == id) {
+            return;
+        }
+        let standard = def_id.strip_prefix("opentrons/").and_then(|r| r.split('/').next()).filter(|n| self.lib.get(n).is_some());
+        let Some(load) = self.defs.get(def_id).cloned().or(standard.map(str::to_string)) else {
+            d.push(
+                Diagnostic::error("P0201", span, format!("labware `{id}` uses definition `{def_id}`, which the protocol does not include"))
+                    .with_hint("export the protocol with its labware definitions"),
+            );
+            return;
+        };
+        self.protocol.labware.push(LabwareDecl {
+            name: Named { name: id.to_string(), span },
+            load_name: Named { name: load, span },
+            contents: Vec::new(),
+        });
+    }
+
+    /// A well reference from `labwareId` + `wellName`; declares v6 labware on first use.
+    fn well(&mut self, c: &Node, d: &mut Diagnostics) -> Option<WellRef> {
+        let (Some(lw), Some(w)) = (param_str(c, "labwareId"), param_str(c, "wellName")) else {
+            d.push(Diagnostic::error("P0102", c.span, "command needs `labwareId` and `wellName`"));
+            return None;
+        };
+        if let Some(def_id) = self.v6_labware.get(&lw).cloned() {
+            self.declare(&lw, &def_id, c.span, d);
+        }
+        Some(WellRef { labware: lw, selection: w, span: c.span })
+    }
+
+    fn number(&self, c: &Node, key: &str, d: &mut Diagnostics) -> Option<f64> {
+        match param(c, key).map(|n| &n.value) {
+            Some(Value::Number(v)) if v.is_finite() && *v >= 0.0 => Some(*v),
+            _ => {
+                d.push(Diagnostic::error("P0103", c.span, format!("`params.{key}` must be a non-negative number")));
+                None
+            }
+        }
+    }
+
+    fn command(&mut self, index: usize, c: &Node, d: &mut Diagnostics) {
+        let Some(kind) = c.get("commandType").and_then(Node::as_str) else {
+            d.push(Diagnostic::error("P0102", c.span, format!("command {index} has no `commandType`")));
+            return;
+        };
+        let span = c.span;
+        let pipette = param_str(c, "pipetteId").unwrap_or_default();
+        match kind {
+            "loadPipette" => {
+                let name = param_str(c, "pipetteName").or_else(|| self.v6_pipettes.get(&pipette).cloned());
+                let Some(name) = name else {
+                    d.push(Diagnostic::error("P0102", span, format!("command {index} (loadPipette) does not name the pipette model")));
+                    return;
+                };
+                match PIPETTES.iter().find(|p| p.0 == name) {
+                    Some(&(_, channels, min_ul, max_ul)) => {
+                        self.protocol.pipettes.push(PipetteDecl { id: pipette, name, channels, min_ul, max_ul });
+                    }
+                    None => d.push(Diagnostic::error("P0502", span, format!("command {index}: pipette model `{name}` is not known"))),
+                }
+            }
+            "loadLabware" => {
+                let Some(id) = param_str(c, "labwareId") else {
+                    d.push(Diagnostic::error("P0102", span, format!("command {index} (loadLabware) has no labwareId")));
+                    return;
+                };
+                let def_id = match (param_str(c, "namespace"), param_str(c, "loadName"), param(c, "version").and_then(Node::as_f64)) {
+                    (Some(ns), Some(ln), Some(v)) => Some(format!("{ns}/{ln}/{v}")),
+                    _ => self.v6_labware.get(&id).cloned(),
+                };
+                match def_id {
+                    Some(def_id) => self.declare(&id, &def_id, span, d),
+                    None => d.push(Diagnostic::error("P0102", span, format!("command {index} (loadLabware) does not say which definition `{id}` uses"))),
+                }
+                if let Some(m) = param(c, "location").and_then(|l| l.get("moduleId")).and_then(Node::as_str) {
+                    self.on_module.insert(id, m.to_string());
+                }
+            }
+            "loadModule" => {
+                if let (Some(id), Some(model)) = (param_str(c, "moduleId"), param_str(c, "model")) {
+                    self.modules.insert(id, model);
+                }
+            }
+            "loadLiquid" => {
+                let lw = param_str(c, "labwareId").unwrap_or_default();
+                let liquid = param_str(c, "liquidId").map(|l| self.liquids.get(&l).cloned().unwrap_or(l)).unwrap_or_default();
+                if let Some(def_id) = self.v6_labware.get(&lw).cloned() {
+                    self.declare(&lw, &def_id, span, d);
+                }
+                let Some(decl) = self.protocol.labware.iter_mut().find(|l| l.name.name == lw) else {
+                    d.push(Diagnostic::error("P0202", span, format!("command {index}: loadLiquid into `{lw}`, which is not loaded")));
+                    return;
+                };
+                for (well, v) in param(c, "volumeByWell").and_then(Node::as_map).unwrap_or_default() {
+                    match v.as_f64() {
+                        Some(vol) if vol.is_finite() && vol >= 0.0 => decl.contents.push(Contents { selection: well.name.clone(), liquid: liquid.clone(), volume_ul: vol, span: v.span }),
+                        _ => d.push(Diagnostic::error("P0103", v.span, "volumeByWell values must be non-negative numbers")),
+                    }
+                }
+            }
+            "home" => self.pipetting(LowLevel::Home, span),
+            "pickUpTip" => {
+                if let Some(rack) = self.well(c, d) {
+                    self.pipetting(LowLevel::PickUpTip { pipette, rack }, span);
+                }
+            }
+            "aspirate" | "dispense" => {
+                let (Some(at), Some(volume_ul)) = (self.well(c, d), self.number(c, "volume", d)) else { return };
+                let cmd = if kind == "aspirate" { LowLevel::Aspirate { pipette, at, volume_ul } } else { LowLevel::Dispense { pipette, at, volume_ul } };
+                self.pipetting(cmd, span);
+            }
+            "blowout" => {
+                if let Some(at) = self.well(c, d) {
+                    self.pipetting(LowLevel::BlowOut { pipette, at }, span);
+                }
+            }
+            "touchTip" | "moveToWell" => {
+                if let Some(at) = self.well(c, d) {
+                    self.pipetting(LowLevel::MoveTo { pipette, at: Some(at) }, span);
+                }
+            }
+            "moveToCoordinates" | "moveRelative" | "savePosition" => self.pipetting(LowLevel::MoveTo { pipette, at: None }, span),
+            "dropTip" => {
+                // The trash is a labware too; declare it so the plan shows where tips go.
+                if let Some(lw) = param_str(c, "labwareId") {
+                    if let Some(def_id) = self.v6_labware.get(&lw).cloned() {
+                        self.declare(&lw, &def_id, span, d);
+                    }
+                }
+                self.pipetting(LowLevel::DropTip { pipette }, span);
+            }
+            "delay" | "waitForDuration" | "waitForResume" => {
+                let pause = kind == "waitForResume" || param(c, "waitForResume").is_some_and(|n| n.value == Value::Bool(true));
+                if pause {
+                    let msg = param_str(c, "message").unwrap_or_else(|| "resume the protocol".into());
+                    self.step(Op::Manual { instruction: msg, labware: Vec::new(), duration_s: 60.0 }, span);
+                } else if let Some(s) = self.number(c, "seconds", d) {
+                    self.step(Op::Wait { duration_s: s }, span);
+                }
+            }
+            "moveLabware" => {
+                let Some(lw) = param_str(c, "labwareId") else { return };
+                let to = param(c, "newLocation").map_or_else(|| "?".into(), |n| match &n.value {
+                    Value::String(s) => s.clone(),
+                    _ => n.get("slotName").or_else(|| n.get("moduleId")).or_else(|| n.get("labwareId")).and_then(Node::as_str).unwrap_or("?").to_string(),
+                });
+                self.pipetting(LowLevel::MoveLabware { labware: Named { name: lw, span }, to }, span);
+            }
+            k if k.starts_with("heaterShaker/") => {
+                let module = param_str(c, "moduleId").unwrap_or_default();
+                let labware = self.on_module.iter().find(|(_, m)| **m == module).map(|(l, _)| Named { name: l.clone(), span });
+                let cmd = match &k["heaterShaker/".len()..] {
+                    "setTargetTemperature" => self.number(c, "celsius", d).map(ModuleCommand::SetTemperature),
+                    "waitForTemperature" => Some(ModuleCommand::WaitForTemperature),
+                    "setAndWaitForShakeSpeed" | "setShakeSpeed" => self.number(c, "rpm", d).map(ModuleCommand::SetShakeSpeed),
+                    "deactivateShaker" => Some(ModuleCommand::StopShaking),
+                    "deactivateHeater" => Some(ModuleCommand::StopHeating),
+                    "openLabwareLatch" => Some(ModuleCommand::Latch { open: true }),
+                    "closeLabwareLatch" => Some(ModuleCommand::Latch { open: false }),
+                    _ => {
+                        d.push(Diagnostic::error("P0502", span, format!("command {index} (`{k}`) is not supported")));
+                        None
+                    }
+                };
+                if let Some(cmd) = cmd {
+                    // Consecutive module commands on one module form one step.
+                    self.flush();
+                    if let Some(Step { op: Op::HeaterShaker { labware: l, commands }, span: s, .. }) = self.protocol.steps.last_mut() {
+                        if l.as_ref().map(|x| &x.name) == labware.as_ref().map(|x| &x.name) {
+                            commands.push(cmd);
+                            *s = s.join(span);
+                            return;
+                        }
+                    }
+                    self.step(Op::HeaterShaker { labware, commands: vec![cmd] }, span);
+                }
+            }
+            other => {
+                let module = other.split('/').next().filter(|_| other.contains('/'));
+                let hint = match module {
+                    Some(m) => format!("`{m}` modules are not part of a Labwright site; use the site's instruments (incubate, shake, …) in a Labwright protocol"),
+                    None => "remove the command, or rewrite this part in Labwright's language".to_string(),
+                };
+                d.push(Diagnostic::error("P0502", c.get("commandType").map_or(span, |n| n.span), format!("command {index} (`{other}`) is not supported")).with_hint(hint));
+            }
+        }
+    }
 }

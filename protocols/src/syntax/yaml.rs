@@ -58,7 +58,11 @@ pub fn parse(src: &SourceFile) -> Parsed {
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
                 Some(Frame::List { start, items }) => Node { span: Span::new(start, at.max(start)), value: Value::List(items) },
-                Some(Frame::Map { start, entries, .. }) => Node { span: Span::new(start, at.max(start)), value: Value::Map(entries) },
+                Some(Frame::Map { start, entries, .. }) => {
+                    // A block map's start event sits after its first key; start the span at that key.
+                    let start = entries.first().map_or(start, |(k, _)| start.min(k.span.start as usize));
+                    Node { span: Span::new(start, at.max(start)), value: Value::Map(entries) }
+                }
                 None => break,
             },
             Event::Scalar(text, style, _, _) => {
