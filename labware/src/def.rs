@@ -145,9 +145,10 @@ impl LabwareDef {
         }
         let f = self.footprint;
         for (axis, v) in [("x", f.x_mm), ("y", f.y_mm), ("z", f.z_mm)] {
-            if !(v.is_finite() && v > 0.0) {
+            // Zero is allowed: Opentrons ships system items (lid stacks) without a footprint.
+            if !(v.is_finite() && v >= 0.0) {
                 return Err(LabwareError::Invalid(format!(
-                    "footprint {axis}_mm must be a positive number, got {v}"
+                    "footprint {axis}_mm must be a non-negative number, got {v}"
                 )));
             }
         }

@@ -277,7 +277,13 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
                 }
                 (Some(n), None) => {
                     let vols = match &n.value {
-                        Value::List(items) => Volumes::PerPair(items.iter().filter_map(|i| vol(i, "`volume`", d)).collect()),
+                        Value::List(items) => {
+                            let vs: Vec<f64> = items.iter().filter_map(|i| vol(i, "`volume`", d)).collect();
+                            if vs.len() != items.len() {
+                                return None;
+                            }
+                            Volumes::PerPair(vs)
+                        }
                         _ => Volumes::Same(vol(n, "`volume`", d)?),
                     };
                     (vols, n.span, to)

@@ -263,7 +263,7 @@ impl<'a> Lowerer<'a> {
 
     fn emit(&mut self, t: usize, op: CommandOp, repeatable: bool, duration_s: f64, span: Span) {
         let task = &mut self.tasks[t];
-        task.commands.push(Command { op, repeatable, duration_s });
+        task.commands.push(Command { op, repeatable, estimate_s: duration_s });
         task.spans.push(span);
     }
 
@@ -823,7 +823,7 @@ impl<'a> Lowerer<'a> {
 impl LTask {
     /// Estimated duration: the sum of its commands.
     pub fn duration_s(&self) -> f64 {
-        self.commands.iter().map(|c| c.duration_s).sum()
+        self.commands.iter().map(|c| c.estimate_s).sum()
     }
 }
 

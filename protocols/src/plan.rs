@@ -77,7 +77,8 @@ pub struct Command {
     pub op: CommandOp,
     /// Safe to send again when its outcome is unknown (a read, a move home).
     pub repeatable: bool,
-    pub duration_s: f64,
+    /// Estimated duration in seconds.
+    pub estimate_s: f64,
 }
 
 /// The commands instruments understand.

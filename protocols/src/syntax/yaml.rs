@@ -82,7 +82,11 @@ pub fn parse(src: &SourceFile) -> Parsed {
             None => {
                 out.root = Some(node);
                 // Only the first document is read; a second one is an error, not ignored.
-                if let Ok((Event::DocumentStart, m)) = parser.next_token().map(|(e, m)| (e, m)) {
+                let mut next = parser.next_token();
+                while let Ok((Event::DocumentEnd, _)) = next {
+                    next = parser.next_token();
+                }
+                if let Ok((Event::DocumentStart, m)) = next {
                     let at = offset(&m);
                     out.diagnostics.push(
                         Diagnostic::error("P0001", Span::new(at, at + 3), "a protocol file holds one YAML document, found a second")

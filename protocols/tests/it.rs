@@ -1,0 +1,529 @@
+//! Compiler tests: examples, one test per check, bad input, importers over the corpus, the plan
+//! snapshot, and volume conservation.
+
+use labware::{Library, Site};
+use proptest::prelude::*;
+use protocols::plan::CommandOp;
+use protocols::{compile, Compilation, Format, SourceFile};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn site() -> &'static Site {
+    static SITE: OnceLock<Site> = OnceLock::new();
+    SITE.get_or_init(|| Site::sim().unwrap())
+}
+
+fn lib() -> &'static Library {
+    static LIB: OnceLock<Library> = OnceLock::new();
+    LIB.get_or_init(Library::shipped)
+}
+
+fn run(name: &str, text: &str) -> Compilation {
+    compile(&SourceFile::new(name, text), Format::Auto, site(), lib())
+}
+
+/// Error codes of a Labwright protocol built from a standard header and the given steps.
+fn codes(text: &str) -> Vec<&'static str> {
+    let c = run("t.yaml", text);
+    c.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.code).collect()
+}
+
+const HEADER: &str = "labwright: 1
+name: t
+liquids:
+  water: water
+  dye: dye
+labware:
+  res:
+    type: nest_12_reservoir_15ml
+    contents:
+      A1: { water: 10 mL }
+      A2: { dye: 1 mL }
+  plate: { type: corning_96_wellplate_360ul_flat }
+  pcr: { type: biorad_96_wellplate_200ul_pcr }
+  tips: { type: opentrons_96_tiprack_300ul }
+  tips20: { type: opentrons_96_tiprack_20ul }
+steps:
+";
+
+fn with_steps(steps: &str) -> String {
+    format!("{HEADER}{steps}")
+}
+
+/// Asserts that compiling gives exactly these error codes (in source order).
+fn check(steps: &str, want: &[&str]) {
+    let text = with_steps(steps);
+    let got = codes(&text);
+    assert_eq!(got, want, "for steps:\n{steps}\nall diagnostics: {:#?}", run("t.yaml", &text).diagnostics);
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn examples_compile_without_diagnostics() {
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("examples")).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let c = run(&e.path().display().to_string(), &text);
+        assert!(c.diagnostics.is_empty(), "{}: {:#?}", e.path().display(), c.diagnostics);
+        assert!(c.plan.is_some() && c.quote.is_some());
+        n += 1;
+    }
+    assert!(n >= 5);
+}
+
+#[test]
+fn a_clean_step_compiles() {
+    check("  - transfer: { from: res/A1, to: plate/A1:H1, volume: 50 uL }\n", &[]);
+}
+
+#[test]
+fn unknown_labware_liquid_well_and_operation() {
+    let text = HEADER.replace("nest_12_reservoir_15ml", "nest_12_reservoir_15mll") + "  - wait: 1 min\n";
+    assert_eq!(codes(&text), ["P0201"]);
+    let text = HEADER.replace("A2: { dye: 1 mL }", "A2: { dey: 1 mL }") + "  - wait: 1 min\n";
+    assert_eq!(codes(&text), ["P0204"]);
+    check("  - transfer: { from: res/A1, to: plate/H13, volume: 5 uL }\n", &["P0203"]);
+    check("  - transfer: { from: res/A1, to: plat/H1, volume: 5 uL }\n", &["P0202"]);
+    check("  - trasnfer: { from: res/A1, to: plate/H1, volume: 5 uL }\n", &["P0104"]);
+    check("  - transfer: { from: res/A1, to: plate/Z, volume: 5 uL }\n", &["P0203"]);
+    check("  - transfer: { from: res/A1, to: plate, volume: 5 uL }\n", &["P0205"]);
+}
+
+#[test]
+fn unit_and_type_errors() {
+    check("  - transfer: { from: res/A1, to: plate/A1, volume: 5 }\n", &["P0110"]);
+    check("  - transfer: { from: res/A1, to: plate/A1, volume: 5 min }\n", &["P0110"]);
+    check("  - transfer: { from: res/A1, to: plate/A1, volume: 5 furlongs }\n", &["P0110"]);
+    check("  - transfer: { from: res/A1, to: plate/A1, volume: [1, 2] }\n", &["P0110", "P0110"]);
+    check("  - transfer: { from: [res/A1], to: plate/A1, volume: 5 uL }\n", &["P0103"]);
+    check("  - incubate: { labware: plate, temperature: 37 °C, duration: -5 min }\n", &["P0111"]);
+    check("  - mix: { wells: plate/A1, times: 2.5, volume: 10 uL }\n", &["P0111"]);
+    check("  - transfer: { from: res/A1, to: plate/A1, volume: 5 uL, tips: sometimes }\n", &["P0103"]);
+}
+
+#[test]
+fn unknown_fields_suggest_the_right_one() {
+    let c = run("t.yaml", &with_steps("  - transfer: { from: res/A1, to: plate/A1, volume: 5 uL, tipz: once }\n"));
+    let d = &c.diagnostics[0];
+    assert_eq!((d.code, d.hint.as_deref()), ("P0101", Some("did you mean `tips`?")));
+    let c = run("t.yaml", &with_steps("  - incubat: { labware: plate, temperature: 37 °C, duration: 5 min }\n"));
+    assert_eq!(c.diagnostics[0].hint.as_deref(), Some("did you mean `incubate`?"));
+}
+
+#[test]
+fn well_over_its_max_volume() {
+    // 300 µL + 100 µL into a 360 µL well.
+    check("  - transfer: { from: res/A1, to: plate/A1, volume: 300 uL }\n  - transfer: { from: res/A1, to: plate/A1, volume: 100 uL }\n", &["P0301"]);
+    // Starting contents over the well's capacity.
+    let text = HEADER.replace("A2: { dye: 1 mL }", "A2: { dye: 16 mL }") + "  - wait: 1 min\n";
+    assert_eq!(codes(&text), ["P0301"]);
+}
+
+#[test]
+fn drawing_more_than_a_well_holds_is_tracked_through_the_protocol() {
+    // 200 µL in, 150 µL out, then another 150 µL: the second draw finds 50 µL.
+    check(
+        "  - transfer: { from: res/A1, to: plate/A1, volume: 200 uL }
+  - transfer: { from: plate/A1, to: plate/A2, volume: 150 uL }
+  - transfer: { from: plate/A1, to: plate/A3, volume: 150 uL }\n",
+        &["P0302"],
+    );
+    // An empty well.
+    check("  - transfer: { from: plate/B1, to: plate/A2, volume: 50 uL }\n", &["P0302"]);
+}
+
+#[test]
+fn mixtures_are_tracked_by_composition() {
+    let text = with_steps(
+        "  - transfer: { from: res/A1, to: plate/A1, volume: 150 uL }
+  - transfer: { from: res/A2, to: plate/A1, volume: 50 uL }
+  - transfer: { from: plate/A1, to: plate/B1, volume: 100 uL }\n",
+    );
+    let c = run("t.yaml", &text);
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let t = c.tracked.unwrap();
+    // Slot order: res, plate, ...; B1 is well index 1 of the plate.
+    let b1 = &t.wells[1][1];
+    assert!((b1.contents["water"] - 75.0).abs() < 1e-9);
+    assert!((b1.contents["dye"] - 25.0).abs() < 1e-9);
+}
+
+#[test]
+fn volumes_below_every_pipette_minimum() {
+    check("  - transfer: { from: res/A1, to: plate/A1, volume: 0.5 uL }\n", &["P0303"]);
+    // With only 300 µL tips, 10 µL is below the p300's 20 µL minimum.
+    let text = HEADER.replace("  tips20: { type: opentrons_96_tiprack_20ul }\n", "") + "  - transfer: { from: res/A1, to: plate/A1, volume: 10 uL }\n";
+    assert_eq!(codes(&text), ["P0303"]);
+}
+
+#[test]
+fn tips_running_out_says_how_many_racks_are_missing() {
+    let c = run("t.yaml", &with_steps("  - transfer: { from: res/A1, to: plate/A1:H12, volume: 10 uL, tips: always }\n  - transfer: { from: res/A1, to: pcr/A1:H12, volume: 10 uL, tips: always }\n"));
+    let d: Vec<_> = c.diagnostics.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].code, "P0305");
+    assert_eq!(d[0].message, "the protocol runs out of tips here: it needs 192 tips, its 1 rack(s) hold 96");
+    assert!(d[0].hint.as_deref().unwrap().starts_with("add 1 more rack(s) of opentrons_96_tiprack_20ul"));
+}
+
+#[test]
+fn no_tip_rack_for_any_pipette() {
+    let text = HEADER.replace("  tips: { type: opentrons_96_tiprack_300ul }\n  tips20: { type: opentrons_96_tiprack_20ul }\n", "") + "  - transfer: { from: res/A1, to: plate/A1, volume: 10 uL }\n";
+    assert_eq!(codes(&text), ["P0306"]);
+}
+
+#[test]
+fn capabilities_no_instrument_of_the_site_has() {
+    check("  - read_absorbance: { labware: plate, wavelength: 1200 nm }\n", &["P0401"]);
+    check("  - read_fluorescence: { labware: plate, excitation: 900 nm, emission: 950 nm }\n", &["P0401"]);
+    check("  - incubate: { labware: plate, temperature: 110 °C, duration: 5 min }\n", &["P0401"]);
+    check("  - incubate: { labware: plate, temperature: 37 °C, duration: 5 min, shaking: 2000 rpm }\n", &[]);
+    check("  - incubate: { labware: plate, temperature: 4 °C, duration: 5 min, shaking: 2000 rpm }\n", &["P0401"]);
+    check("  - centrifuge: { labware: plate, force: 5000 xg, duration: 5 min }\n", &["P0401"]);
+    check("  - shake: { labware: plate, speed: 5000 rpm, duration: 5 min }\n", &["P0401"]);
+    // Labware no instrument accepts: a reservoir in a plate reader.
+    check("  - read_absorbance: { labware: res, wavelength: 600 nm }\n", &["P0401"]);
+}
+
+#[test]
+fn a_max_lag_the_estimates_already_break() {
+    check(
+        "  - id: add
+    transfer: { from: res/A1, to: plate/A1, volume: 50 uL }
+  - incubate: { labware: plate, temperature: 37 °C, duration: 30 min }
+  - id: read
+    read_absorbance: { labware: plate, wavelength: 450 nm }
+constraints:
+  - { from: add, to: read, max_lag: 5 min }\n",
+        &["P0402"],
+    );
+    check(
+        "  - id: add
+    transfer: { from: res/A1, to: plate/A1, volume: 50 uL }
+  - id: read
+    read_absorbance: { labware: plate, wavelength: 450 nm }
+constraints:
+  - { from: add, to: read, max_lag: 5 min }
+  - { from: read, to: add, max_lag: 5 min }
+  - { from: add, to: nope, max_lag: 5 min }\n",
+        &["P0404", "P0207"],
+    );
+}
+
+#[test]
+fn dependency_cycles() {
+    check(
+        "  - id: a
+    after: b
+    seal: plate
+  - id: b
+    after: a
+    unseal: plate\n",
+        &["P0403"],
+    );
+}
+
+#[test]
+fn all_diagnostics_are_reported_not_just_the_first() {
+    let c = run(
+        "t.yaml",
+        &with_steps("  - transfer: { from: res/A1, to: plate/H13, volume: 5 uL }\n  - trasnfer: {}\n  - read_absorbance: { labware: plate, wavelength: 1200 nm }\n"),
+    );
+    let got: Vec<_> = c.diagnostics.iter().map(|d| d.code).collect();
+    assert_eq!(got, ["P0203", "P0104", "P0401"]);
+    assert!(c.plan.is_none());
+}
+
+#[test]
+fn diagnostics_render_like_rustc_and_as_json() {
+    let text = with_steps("  - transfer: { from: res/A1, to: plate/H13, volume: 5 uL }\n");
+    let src = SourceFile::new("dilution.yaml", text.clone());
+    let c = compile(&src, Format::Auto, site(), lib());
+    let rendered = c.diagnostics[0].render(&src);
+    expect_test::expect![[r#"
+        error[P0203]: plate/H13: well H13 does not exist (rows A–H, columns 1–12)
+          --> dilution.yaml:17:35
+           |
+        17 |   - transfer: { from: res/A1, to: plate/H13, volume: 5 uL }
+           |                                   ^^^^^^^^^
+           = help: `plate` is a corning_96_wellplate_360ul_flat (rows A–H, columns 1–12)
+    "#]]
+    .assert_eq(&rendered);
+    let json = c.diagnostics[0].to_json(&src);
+    assert_eq!(json["line"], 17);
+    assert_eq!(json["column"], 35);
+    assert_eq!(json["code"], "P0203");
+    assert_eq!(json["file"], "dilution.yaml");
+}
+
+#[test]
+fn volumes_are_split_by_tip_capacity() {
+    // 120 µL with only 20 µL tips: 20 × 5 then 10 + 10 (the last two parts equal, never tiny).
+    let text = HEADER.replace("  tips: { type: opentrons_96_tiprack_300ul }\n", "") + "  - transfer: { from: res/A1, to: plate/A1, volume: 110 uL }\n";
+    let c = run("t.yaml", &text);
+    let plan = c.plan.unwrap();
+    let parts: Vec<f64> = plan.tasks[0]
+        .commands
+        .iter()
+        .filter_map(|c| match &c.op {
+            CommandOp::Aspirate { volume_ul, .. } => Some(*volume_ul),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parts, [20.0, 20.0, 20.0, 20.0, 15.0, 15.0]);
+}
+
+#[test]
+fn tip_policies() {
+    let count = |tips: &str| {
+        let c = run("t.yaml", &with_steps(&format!("  - transfer: {{ from: res/A1:A2, to: plate/A1:B1, volume: 50 uL, tips: {tips} }}\n  - transfer: {{ from: res/A1, to: plate/A2:C2, volume: 50 uL, tips: {tips} }}\n")));
+        let plan = c.plan.unwrap_or_else(|| panic!("{:#?}", c.diagnostics));
+        plan.tasks.iter().flat_map(|t| &t.commands).filter(|c| matches!(c.op, CommandOp::PickUpTip { .. })).count()
+    };
+    assert_eq!(count("always"), 5);
+    assert_eq!(count("per_source"), 3);
+    assert_eq!(count("once"), 2);
+}
+
+#[test]
+fn plan_json_is_stable() {
+    let text = std::fs::read_to_string(root().join("examples/normalisation.yaml")).unwrap();
+    let c = run("examples/normalisation.yaml", &text);
+    expect_test::expect_file!["snapshots/normalisation.plan.json"].assert_eq(&c.plan.unwrap().to_json());
+    let text = std::fs::read_to_string(root().join("examples/elisa.yaml")).unwrap();
+    let plan = run("examples/elisa.yaml", &text).plan.unwrap();
+    let outline: String = plan
+        .tasks
+        .iter()
+        .map(|t| format!("{} {:?} {} holds={:?} after={:?} commands={} {:.0}s\n", t.id, t.class.map(|c| c.as_str()), t.label, t.holds, t.after, t.commands.len(), t.duration_s))
+        .collect();
+    expect_test::expect_file!["snapshots/elisa.outline.txt"].assert_eq(&outline);
+    // The JSON reads back to the same plan.
+    let back: protocols::RunPlan = serde_json::from_str(&plan.to_json()).unwrap();
+    assert_eq!(back, plan);
+}
+
+#[test]
+fn repeat_unrolls_and_constraints_bind_each_iteration() {
+    let c = run(
+        "t.yaml",
+        &with_steps(
+            "  - transfer: { from: res/A1, to: plate/A1, volume: 100 uL }
+  - repeat:
+      times: 3
+      steps:
+        - id: grow
+          incubate: { labware: plate, temperature: 37 °C, duration: 10 min }
+        - id: read
+          read_absorbance: { labware: plate, wavelength: 600 nm }
+constraints:
+  - { from: grow, to: read, max_lag: 2 min }\n",
+        ),
+    );
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let plan = c.plan.unwrap();
+    assert_eq!(plan.tasks.len(), 7);
+    assert_eq!(plan.max_lags.len(), 3);
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[test]
+fn malformed_input_gets_diagnostics_not_panics() {
+    let cases: &[(&str, &str)] = &[
+        ("truncated yaml", "labwright: 1\nlabware: {plate: {type: corning"),
+        ("truncated json", "{\"labwright\": 1, \"labware\": {"),
+        ("wrong types", "labwright: 1\nlabware: [1, 2]\nsteps: {a: 1}"),
+        ("huge number", "{\"labwright\": 1e999, \"labware\": {}, \"steps\": []}"),
+        ("NaN json", "{\"labwright\": NaN}"),
+        ("nan yaml", "labwright: .nan\nlabware: {}\nsteps: []"),
+        ("negative volume", &with_steps("  - transfer: { from: res/A1, to: plate/A1, volume: -5 uL }\n")),
+        ("huge volume", &with_steps("  - transfer: { from: res/A1, to: plate/A1, volume: 1e300 uL }\n")),
+        ("duplicate json key", "{\"labwright\": 1, \"labwright\": 1, \"labware\": {}, \"steps\": []}"),
+        ("duplicate yaml key", "labwright: 1\nlabwright: 1\nlabware: {}\nsteps: []"),
+        ("empty", ""),
+        ("binary-ish", "\u{1}\u{2}\u{3}{{{"),
+        ("alias", "labwright: 1\nlabware: &a {}\nsteps: *a"),
+        ("two documents", "labwright: 1\nlabware: {}\nsteps: []\n---\nfoo: 1\n"),
+        ("huge repeat", &with_steps("  - repeat: { times: 10000, steps: [ {repeat: {times: 10000, steps: [ {wait: 1 s} ]}} ] }\n")),
+    ];
+    for (what, text) in cases {
+        let c = run("bad.yaml", text);
+        assert!(c.has_errors(), "{what}: expected an error, got {:#?}", c.diagnostics);
+        for d in &c.diagnostics {
+            assert!(!d.message.is_empty(), "{what}");
+        }
+    }
+    let dup = run("d.json", "{\"labwright\": 1, \"labwright\": 1}");
+    assert!(dup.diagnostics.iter().any(|d| d.code == "P0004" && d.hint.as_deref() == Some("it is first given at 1:2; keep one of the two")));
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    for text in ["[".repeat(100_000), "{\"a\":".repeat(100_000), format!("labwright: {}", "[".repeat(100_000)), "- ".repeat(5000) + "x"] {
+        let c = run("deep", &text);
+        assert!(c.has_errors());
+    }
+    let c = run("deep.json", &"[".repeat(1000));
+    assert_eq!(c.diagnostics[0].code, "P0003");
+}
+
+#[test]
+fn invalid_utf8_is_reported_with_its_offset() {
+    let Err((src, at)) = SourceFile::from_bytes("x.yaml", b"labwright: 1\nname: caf\xe9\n".to_vec()) else { panic!("accepted invalid UTF-8") };
+    assert_eq!(at, 22);
+    assert_eq!(src.line_col(at as u32).line, 2);
+}
+
+// ---------------------------------------------------------------- importers
+
+fn corpus(rel: &str) -> PathBuf {
+    root().join("../../shared/corpus/protocols").join(rel)
+}
+
+fn json_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            json_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "json") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_corpus_protocol_compiles_or_gets_clean_diagnostics() {
+    let mut files = Vec::new();
+    json_files(&corpus("autoprotocol"), &mut files);
+    json_files(&corpus("opentrons/fixtures"), &mut files);
+    files.push(corpus("opentrons/analysis-snapshots/OT2_S_v6_P1000S_None_SimpleTransfer/protocol.json"));
+    files.sort();
+    let mut compiled = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let c = run(&f.display().to_string(), &text);
+        if c.has_errors() {
+            for d in &c.diagnostics {
+                assert!(d.span.end as usize <= text.len(), "{}: span out of range", f.display());
+            }
+        } else {
+            assert!(c.plan.is_some(), "{}", f.display());
+            compiled += 1;
+        }
+    }
+    assert!(compiled >= 10, "only {compiled} of {} corpus files compiled", files.len());
+}
+
+#[test]
+fn unsupported_instructions_are_named_with_their_index() {
+    let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/resources/measure_suite.json")).unwrap();
+    let c = run("measure_suite.json", &text);
+    let msgs: Vec<_> = c.diagnostics.iter().filter(|d| d.code == "P0501").map(|d| d.message.as_str()).collect();
+    assert_eq!(msgs[0], "instruction 0 (`measure_concentration`) is not supported by Labwright");
+    assert_eq!(msgs.len(), 4);
+    let hs = r#"{"schemaVersion": 6, "commands": [{"commandType": "magneticModule/engage", "params": {}}]}"#;
+    let c = run("m.json", hs);
+    assert_eq!(c.diagnostics[0].message, "command 0 (`magneticModule/engage`) is not supported");
+}
+
+#[test]
+fn autoprotocol_over_full_well_is_caught_like_the_remote_lab_does() {
+    // Strateos answered: "175.0 uL exceeds the maximum well volume for 'test_plate_96': max volume for '96-pcr' is 160.0 uL".
+    let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/autoprotocol/invalidTransfer.json")).unwrap();
+    let c = run("invalidTransfer.json", &text);
+    let d: Vec<_> = c.diagnostics.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].message, "test_plate_96/A2 would hold 175 µL but holds at most 160 µL");
+    // The accepted one compiles.
+    let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/autoprotocol/singleTransfer.json")).unwrap();
+    assert!(!run("singleTransfer.json", &text).has_errors());
+}
+
+#[test]
+fn opentrons_analysis_pair_matches_the_engine() {
+    let dir = corpus("opentrons/analysis-snapshots/OT2_S_v6_P1000S_None_SimpleTransfer");
+    let text = std::fs::read_to_string(dir.join("protocol.json")).unwrap();
+    let c = run("protocol.json", &text);
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected_analysis.json")).unwrap()).unwrap();
+    // Same outcome: Opentrons says ok, we find no error.
+    assert_eq!(expected["result"], "ok");
+    assert!(!c.has_errors(), "{:#?}", c.diagnostics);
+    // Same physical commands in the same order, with the same volumes.
+    let theirs: Vec<(String, Option<f64>)> = expected["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| matches!(c["commandType"].as_str(), Some("pickUpTip" | "aspirate" | "dispense" | "dropTip")))
+        .map(|c| (c["commandType"].as_str().unwrap().to_string(), c["params"]["volume"].as_f64()))
+        .collect();
+    let ours: Vec<(String, Option<f64>)> = c
+        .plan
+        .unwrap()
+        .tasks
+        .iter()
+        .flat_map(|t| &t.commands)
+        .filter_map(|c| match &c.op {
+            CommandOp::PickUpTip { .. } => Some(("pickUpTip".to_string(), None)),
+            CommandOp::Aspirate { volume_ul, .. } => Some(("aspirate".to_string(), Some(*volume_ul))),
+            CommandOp::Dispense { volume_ul, .. } => Some(("dispense".to_string(), Some(*volume_ul))),
+            CommandOp::DropTip { .. } => Some(("dropTip".to_string(), None)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn format_is_detected_and_can_be_forced() {
+    let ap = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/autoprotocol/singleTransfer.json")).unwrap();
+    assert_eq!(run("x.json", &ap).format, Format::Autoprotocol);
+    let forced = compile(&SourceFile::new("x.json", ap), Format::Opentrons, site(), lib());
+    assert!(forced.has_errors());
+    let yaml = compile(&SourceFile::new("x.yaml", "labwright: 1"), Format::Autoprotocol, site(), lib());
+    assert_eq!(yaml.diagnostics[0].message, "autoprotocol protocols are JSON, but this file is not");
+}
+
+// ---------------------------------------------------------------- conservation
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever pipetting a protocol does, liquid is neither made nor lost: what is in the wells
+    /// at the end plus what went to waste in tips equals what was there at the start plus what
+    /// the lab added, and each liquid's total is conserved the same way.
+    #[test]
+    fn liquid_volume_is_conserved(moves in proptest::collection::vec((0usize..12, 0usize..12, 1u32..400, 0u8..3), 1..12)) {
+        let mut steps = String::new();
+        for (a, b, v, kind) in &moves {
+            let (from, to) = (format!("plate/{}", well(*a)), format!("plate/{}", well(*b)));
+            let op = ["transfer", "distribute", "consolidate"][*kind as usize];
+            steps.push_str(&format!("  - {op}: {{ from: {from}, to: {to}, volume: {v} uL }}\n"));
+        }
+        let text = format!("labwright: 1
+liquids: {{ water: w, dye: d }}
+labware:
+  plate:
+    type: nest_96_wellplate_2ml_deep
+    contents:
+      \"A1:D3\": {{ water: 1 mL, dye: 200 uL }}
+  tips: {{ type: opentrons_96_tiprack_1000ul }}
+  tips20: {{ type: opentrons_96_tiprack_20ul }}
+steps:
+{steps}");
+        let c = run("p.yaml", &text);
+        let t = c.tracked.unwrap();
+        let initial = 12.0 * 1200.0;
+        let total = t.total_in_wells() + t.waste_ul;
+        prop_assert!((total - (initial + t.added_ul + t.unspecified_drawn_ul)).abs() < 1e-6, "total {total} vs initial {initial}");
+        let dye: f64 = t.wells.iter().flatten().filter_map(|w| w.contents.get("dye")).sum();
+        prop_assert!(dye <= 12.0 * 200.0 + 1e-6);
+    }
+}
+
+fn well(i: usize) -> String {
+    format!("{}{}", ["A", "B", "C", "D"][i % 4], i / 4 + 1)
+}
