@@ -262,6 +262,8 @@ impl<'a> Lowerer<'a> {
     }
 
     fn emit(&mut self, t: usize, op: CommandOp, repeatable: bool, duration_s: f64, span: Span) {
+        // Estimates are rounded to 10 ms: finer digits are noise and make plans hard to diff.
+        let duration_s = (duration_s * 100.0).round() / 100.0;
         let task = &mut self.tasks[t];
         task.commands.push(Command { op, repeatable, estimate_s: duration_s });
         task.spans.push(span);
