@@ -4,9 +4,8 @@ use std::{env, fs, path::Path};
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("library");
     println!("cargo:rerun-if-changed={}", dir.display());
-    let mut entries: Vec<_> = fs::read_dir(&dir)
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut entries: Vec<_> =
+        fs::read_dir(&dir).map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
     entries.retain(|p| p.extension().is_some_and(|e| e == "json"));
     entries.sort();
     let mut out = String::from("[\n");

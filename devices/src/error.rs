@@ -46,7 +46,9 @@ impl InstrumentError {
     pub fn recovery(&self) -> Recovery {
         match self {
             InstrumentError::Busy(_) | InstrumentError::Disconnected(_) => Recovery::Retry,
-            InstrumentError::Validation { .. } | InstrumentError::Device { .. } | InstrumentError::Cancelled => Recovery::Fail,
+            InstrumentError::Validation { .. } | InstrumentError::Device { .. } | InstrumentError::Cancelled => {
+                Recovery::Fail
+            }
             InstrumentError::Timeout(_) | InstrumentError::Protocol(_) => Recovery::Indeterminate,
         }
     }
@@ -71,6 +73,8 @@ mod tests {
         assert!(!t.may_resend(false), "a dispense that timed out must go to a technician");
         assert!(t.may_resend(true), "a read that timed out can be read again");
         assert!(InstrumentError::Busy("locked by reader2 client".into()).may_resend(false));
-        assert!(!InstrumentError::Device { code: "ERR003".into(), message: "plate not present".into() }.may_resend(true));
+        assert!(
+            !InstrumentError::Device { code: "ERR003".into(), message: "plate not present".into() }.may_resend(true)
+        );
     }
 }

@@ -31,11 +31,23 @@ pub enum Family {
 pub fn family(op: &CommandOp) -> Family {
     use CommandOp::*;
     match op {
-        PickUpTip { .. } | Aspirate { .. } | Dispense { .. } | Mix { .. } | BlowOut { .. } | MoveTo { .. } | DropTip { .. } | Home
-        | MoveLabware { .. } | AddReagent { .. } => Family::LiquidHandler,
-        Shake { .. } | SetTemperature { .. } | WaitForTemperature { .. } | SetShakeSpeed { .. } | StopShaking | StopHeating | Latch { .. } => {
-            Family::HeaterShaker
-        }
+        PickUpTip { .. }
+        | Aspirate { .. }
+        | Dispense { .. }
+        | Mix { .. }
+        | BlowOut { .. }
+        | MoveTo { .. }
+        | DropTip { .. }
+        | Home
+        | MoveLabware { .. }
+        | AddReagent { .. } => Family::LiquidHandler,
+        Shake { .. }
+        | SetTemperature { .. }
+        | WaitForTemperature { .. }
+        | SetShakeSpeed { .. }
+        | StopShaking
+        | StopHeating
+        | Latch { .. } => Family::HeaterShaker,
         Incubate { .. } => Family::Incubator,
         ReadAbsorbance { .. } | ReadFluorescence { .. } | ReadLuminescence { .. } => Family::PlateReader,
         Seal { .. } | Peel { .. } => Family::Sealer,
@@ -75,8 +87,14 @@ mod tests {
     #[test]
     fn every_command_of_a_compiled_plan_has_a_family_and_a_deadline() {
         let site = labware_site();
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../protocols/examples/elisa.yaml")).unwrap();
-        let c = protocols::compile(&protocols::SourceFile::new("elisa.yaml", text), protocols::Format::Auto, &site, &labware_lib());
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../protocols/examples/elisa.yaml")).unwrap();
+        let c = protocols::compile(
+            &protocols::SourceFile::new("elisa.yaml", text),
+            protocols::Format::Auto,
+            &site,
+            &labware_lib(),
+        );
         let plan = c.plan.unwrap();
         for t in &plan.tasks {
             for cmd in &t.commands {

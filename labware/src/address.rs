@@ -165,10 +165,7 @@ impl WellSelection {
                 .ok_or_else(|| AddressError::NoSuchRow { row: r.to_string(), grid: grid() })
         };
         let col_pos = |c: u32| -> Result<usize, AddressError> {
-            def.columns()
-                .iter()
-                .position(|&x| x == c)
-                .ok_or(AddressError::NoSuchColumn { column: c, grid: grid() })
+            def.columns().iter().position(|&x| x == c).ok_or(AddressError::NoSuchColumn { column: c, grid: grid() })
         };
         let well = |r: &str, c: u32| -> Result<usize, AddressError> {
             let name = format!("{r}{c}");

@@ -124,8 +124,7 @@ pub enum LabwareError {
 impl LabwareDef {
     /// Parses and validates a Labwright labware JSON file.
     pub fn from_json(text: &str) -> Result<LabwareDef, LabwareError> {
-        let def: LabwareDef =
-            serde_json::from_str(text).map_err(|e| LabwareError::Json(e.to_string()))?;
+        let def: LabwareDef = serde_json::from_str(text).map_err(|e| LabwareError::Json(e.to_string()))?;
         def.validated()
     }
 

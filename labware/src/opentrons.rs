@@ -65,9 +65,7 @@ pub fn import_value(v: &Value) -> Result<LabwareDef, LabwareError> {
         for (wi, name) in column.iter().enumerate() {
             let path = format!("$.ordering[{ci}][{wi}]");
             let name = name.as_str().ok_or_else(|| bad(&path, "expected a well name"))?;
-            let w = wells_obj
-                .get(name)
-                .ok_or_else(|| bad(&path, &format!("well {name} is not in $.wells")))?;
+            let w = wells_obj.get(name).ok_or_else(|| bad(&path, &format!("well {name} is not in $.wells")))?;
             wells.push(import_well(name, w)?);
         }
     }

@@ -210,10 +210,7 @@ impl Arm {
         if from == to {
             return Some(0.0);
         }
-        let listed = self
-            .moves
-            .iter()
-            .find(|m| (m.from == from && m.to == to) || (m.from == to && m.to == from));
+        let listed = self.moves.iter().find(|m| (m.from == from && m.to == to) || (m.from == to && m.to == from));
         Some(listed.map_or(self.move_s, |m| m.seconds))
     }
 }
@@ -358,7 +355,10 @@ impl Site {
             }
             for n in arm.reach.iter().chain(arm.moves.iter().flat_map(|m| [&m.from, &m.to])) {
                 if !nests.contains(n) {
-                    return Err(invalid(key, &format!("reaches unknown nest {n}; declare it as an instrument nest or a [[location]]")));
+                    return Err(invalid(
+                        key,
+                        &format!("reaches unknown nest {n}; declare it as an instrument nest or a [[location]]"),
+                    ));
                 }
             }
         }

@@ -37,7 +37,10 @@ fn every_opentrons_definition_imports_with_same_wells_and_volumes() {
             let s = &wells[&w.name];
             assert_eq!(w.max_volume_ul, s["totalLiquidVolume"].as_f64().unwrap(), "{} {}", f.display(), w.name);
             assert_eq!(w.depth_mm, s["depth"].as_f64().unwrap());
-            assert_eq!((w.x_mm, w.y_mm, w.z_mm), (s["x"].as_f64().unwrap(), s["y"].as_f64().unwrap(), s["z"].as_f64().unwrap()));
+            assert_eq!(
+                (w.x_mm, w.y_mm, w.z_mm),
+                (s["x"].as_f64().unwrap(), s["y"].as_f64().unwrap(), s["z"].as_f64().unwrap())
+            );
         }
         // Ordering is kept: the first column comes first.
         let first = src["ordering"][0][0].as_str();

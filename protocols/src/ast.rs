@@ -144,26 +144,81 @@ pub struct Transfer {
 #[derive(Debug, Clone)]
 pub enum Op {
     Transfer(Transfer),
-    SerialDilution { series: Vec<WellRef>, volume_ul: f64, mix: Option<MixSpec>, tips: TipPolicy },
-    Mix { wells: WellRef, mix: MixSpec, tips: TipPolicy },
+    SerialDilution {
+        series: Vec<WellRef>,
+        volume_ul: f64,
+        mix: Option<MixSpec>,
+        tips: TipPolicy,
+    },
+    Mix {
+        wells: WellRef,
+        mix: MixSpec,
+        tips: TipPolicy,
+    },
     /// Reagent supplied by the lab (Autoprotocol provision/dispense), added by the liquid handler.
-    AddReagent { reagent: String, to: Vec<(WellRef, f64)> },
-    Incubate { labware: Named, temperature_c: f64, duration_s: f64, shake_rpm: Option<f64> },
-    Shake { labware: Named, rpm: f64, duration_s: f64, temperature_c: Option<f64> },
-    Seal { labware: Named },
-    Unseal { labware: Named },
-    Cover { labware: Named },
-    Uncover { labware: Named },
-    ReadAbsorbance { labware: Named, wells: Option<WellRef>, wavelengths_nm: Vec<f64> },
-    ReadFluorescence { labware: Named, wells: Option<WellRef>, excitation_nm: f64, emission_nm: f64 },
-    ReadLuminescence { labware: Named, wells: Option<WellRef> },
-    Centrifuge { labware: Named, g: f64, duration_s: f64 },
-    Wait { duration_s: f64 },
-    Manual { instruction: String, labware: Vec<Named>, duration_s: f64 },
+    AddReagent {
+        reagent: String,
+        to: Vec<(WellRef, f64)>,
+    },
+    Incubate {
+        labware: Named,
+        temperature_c: f64,
+        duration_s: f64,
+        shake_rpm: Option<f64>,
+    },
+    Shake {
+        labware: Named,
+        rpm: f64,
+        duration_s: f64,
+        temperature_c: Option<f64>,
+    },
+    Seal {
+        labware: Named,
+    },
+    Unseal {
+        labware: Named,
+    },
+    Cover {
+        labware: Named,
+    },
+    Uncover {
+        labware: Named,
+    },
+    ReadAbsorbance {
+        labware: Named,
+        wells: Option<WellRef>,
+        wavelengths_nm: Vec<f64>,
+    },
+    ReadFluorescence {
+        labware: Named,
+        wells: Option<WellRef>,
+        excitation_nm: f64,
+        emission_nm: f64,
+    },
+    ReadLuminescence {
+        labware: Named,
+        wells: Option<WellRef>,
+    },
+    Centrifuge {
+        labware: Named,
+        g: f64,
+        duration_s: f64,
+    },
+    Wait {
+        duration_s: f64,
+    },
+    Manual {
+        instruction: String,
+        labware: Vec<Named>,
+        duration_s: f64,
+    },
     /// Low-level pipetting, as Opentrons protocols spell it.
     Pipetting(Vec<LowLevel>),
     /// Heater-shaker module commands from an Opentrons protocol, on the labware it holds.
-    HeaterShaker { labware: Option<Named>, commands: Vec<ModuleCommand> },
+    HeaterShaker {
+        labware: Option<Named>,
+        commands: Vec<ModuleCommand>,
+    },
 }
 
 /// One Opentrons-style pipetting command.

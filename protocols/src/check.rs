@@ -83,7 +83,12 @@ pub fn initial(p: &Protocol, env: &Env, d: &mut Diagnostics) -> Tracked {
         wells: env
             .slots
             .iter()
-            .map(|s| vec![WellState { unknown: p.unlisted_wells == UnlistedWells::Unknown, ..Default::default() }; s.def.wells.len()])
+            .map(|s| {
+                vec![
+                    WellState { unknown: p.unlisted_wells == UnlistedWells::Unknown, ..Default::default() };
+                    s.def.wells.len()
+                ]
+            })
             .collect(),
         ..Default::default()
     };
@@ -101,7 +106,10 @@ pub fn initial(p: &Protocol, env: &Env, d: &mut Diagnostics) -> Tracked {
             let wells = match WellSelection::parse(&c.selection).and_then(|s| s.resolve(def)) {
                 Ok(w) => w,
                 Err(e) => {
-                    d.push(Diagnostic::error("P0203", c.span, format!("{}/{}: {e}", decl.name.name, c.selection)).with_hint(format!("`{}` has {}", decl.name.name, def.grid_description())));
+                    d.push(
+                        Diagnostic::error("P0203", c.span, format!("{}/{}: {e}", decl.name.name, c.selection))
+                            .with_hint(format!("`{}` has {}", decl.name.name, def.grid_description())),
+                    );
                     continue;
                 }
             };
@@ -112,8 +120,18 @@ pub fn initial(p: &Protocol, env: &Env, d: &mut Diagnostics) -> Tracked {
                 let max = def.wells[w].max_volume_ul;
                 if state.volume() > max + EPS {
                     d.push(
-                        Diagnostic::error("P0301", c.span, format!("{}/{} starts with {} but holds at most {}", decl.name.name, def.wells[w].name, crate::units::fmt_ul(state.volume()), crate::units::fmt_ul(max)))
-                            .with_hint("lower the starting volume or use a larger well"),
+                        Diagnostic::error(
+                            "P0301",
+                            c.span,
+                            format!(
+                                "{}/{} starts with {} but holds at most {}",
+                                decl.name.name,
+                                def.wells[w].name,
+                                crate::units::fmt_ul(state.volume()),
+                                crate::units::fmt_ul(max)
+                            ),
+                        )
+                        .with_hint("lower the starting volume or use a larger well"),
                     );
                 }
             }
@@ -161,11 +179,22 @@ pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) 
                     let tip = tips.entry(pipette.clone()).or_default();
                     let in_tip: f64 = tip.values().sum();
                     if *volume_ul > in_tip + 1e-3 {
-                        report("P0308", loc, Diagnostic::error(
+                        report(
                             "P0308",
-                            span,
-                            format!("dispenses {} into {} but the tip holds only {}", crate::units::fmt_ul(*volume_ul), env.describe(loc), crate::units::fmt_ul(in_tip)),
-                        ).with_hint("aspirate at least as much as you dispense"), d);
+                            loc,
+                            Diagnostic::error(
+                                "P0308",
+                                span,
+                                format!(
+                                    "dispenses {} into {} but the tip holds only {}",
+                                    crate::units::fmt_ul(*volume_ul),
+                                    env.describe(loc),
+                                    crate::units::fmt_ul(in_tip)
+                                ),
+                            )
+                            .with_hint("aspirate at least as much as you dispense"),
+                            d,
+                        );
                     }
                     let mut tip_state = WellState { contents: std::mem::take(tip), unknown: false };
                     let given = tip_state.take(*volume_ul);
@@ -213,11 +242,27 @@ fn fill(
     let vol = state.volume();
     if vol > max + 1e-3 {
         let def = &env.slots[loc.slot].def;
-        report("P0301", loc, Diagnostic::error(
+        report(
             "P0301",
-            span,
-            format!("{} would hold {} but holds at most {}", env.describe(loc), crate::units::fmt_ul(vol), crate::units::fmt_ul(max)),
-        ).with_hint(format!("{} wells of {} hold {}; lower the volumes or use deeper labware", def.display_name, def.load_name, crate::units::fmt_ul(max))), d);
+            loc,
+            Diagnostic::error(
+                "P0301",
+                span,
+                format!(
+                    "{} would hold {} but holds at most {}",
+                    env.describe(loc),
+                    crate::units::fmt_ul(vol),
+                    crate::units::fmt_ul(max)
+                ),
+            )
+            .with_hint(format!(
+                "{} wells of {} hold {}; lower the volumes or use deeper labware",
+                def.display_name,
+                def.load_name,
+                crate::units::fmt_ul(max)
+            )),
+            d,
+        );
     }
 }
 
@@ -225,7 +270,12 @@ fn under_drawn(env: &Env, loc: Loc, want: f64, have: f64, span: Span) -> Diagnos
     Diagnostic::error(
         "P0302",
         span,
-        format!("draws {} from {}, which holds only {} at this point", crate::units::fmt_ul(want), env.describe(loc), crate::units::fmt_ul(have.max(0.0))),
+        format!(
+            "draws {} from {}, which holds only {} at this point",
+            crate::units::fmt_ul(want),
+            env.describe(loc),
+            crate::units::fmt_ul(have.max(0.0))
+        ),
     )
     .with_hint("start the well with more liquid, or draw less; earlier steps may already have taken from it")
 }

@@ -65,7 +65,11 @@ pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> 
     let mut d = Diagnostics::default();
     let mut out = Compilation { format, plan: None, quote: None, diagnostics: Vec::new(), tracked: None };
     if src.text.len() > MAX_SOURCE_BYTES {
-        d.error("P0005", Span::new(0, 0), format!("the file is {} bytes; protocols are limited to {MAX_SOURCE_BYTES}", src.text.len()));
+        d.error(
+            "P0005",
+            Span::new(0, 0),
+            format!("the file is {} bytes; protocols are limited to {MAX_SOURCE_BYTES}", src.text.len()),
+        );
         out.diagnostics = d.items;
         return out;
     }
@@ -124,7 +128,12 @@ pub fn detect(name: &str, root: &Node, is_json: bool) -> Format {
 }
 
 /// Resolve, lower, check and assemble the plan.
-pub fn build(p: &Protocol, site: &Site, lib: &Library, d: &mut Diagnostics) -> (Option<RunPlan>, Option<check::Tracked>) {
+pub fn build(
+    p: &Protocol,
+    site: &Site,
+    lib: &Library,
+    d: &mut Diagnostics,
+) -> (Option<RunPlan>, Option<check::Tracked>) {
     let env = Env::build(p, lib, d);
     let initial = check::initial(p, &env, d);
     let lowered = lower::lower(p, &env, site, d);
@@ -183,8 +192,12 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
             let names: Vec<String> = cycle.iter().map(|&i| task_name(&tasks[i])).collect();
             let span = cycle.first().map_or(Span::default(), |&i| tasks[i].span);
             d.push(
-                Diagnostic::error("P0403", span, format!("these steps wait for each other in a cycle: {}", names.join(" → ")))
-                    .with_hint("remove one of the `after:` entries that close the loop"),
+                Diagnostic::error(
+                    "P0403",
+                    span,
+                    format!("these steps wait for each other in a cycle: {}", names.join(" → ")),
+                )
+                .with_hint("remove one of the `after:` entries that close the loop"),
             );
             return None;
         }
@@ -221,7 +234,14 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
         } else if from.len() == 1 {
             to.iter().map(|&t| (from[0], t)).collect()
         } else {
-            d.push(Diagnostic::error("P0207", c.span, format!("`{}` and `{}` repeat a different number of times; a constraint between them is ambiguous", c.from.name, c.to.name)));
+            d.push(Diagnostic::error(
+                "P0207",
+                c.span,
+                format!(
+                    "`{}` and `{}` repeat a different number of times; a constraint between them is ambiguous",
+                    c.from.name, c.to.name
+                ),
+            ));
             continue;
         };
         for (f, t) in pairs {
@@ -253,7 +273,8 @@ fn lookup(ids: &BTreeMap<String, Vec<usize>>, name: &Named, d: &mut Diagnostics)
         return Some(v.clone());
     }
     let prefix = format!("{}[", name.name);
-    let expanded: Vec<usize> = ids.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).flat_map(|(_, v)| v.clone()).collect();
+    let expanded: Vec<usize> =
+        ids.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).flat_map(|(_, v)| v.clone()).collect();
     if !expanded.is_empty() {
         return Some(expanded);
     }
@@ -307,8 +328,14 @@ fn check_lag(tasks: &[Task], lag: &MaxLag, site: &Site, span: Span, from: &str, 
     if t <= f {
         if quote::reaches(tasks, t, f) || t == f {
             d.push(
-                Diagnostic::error("P0404", span, format!("`{to}` runs before `{from}` ends, so a lag from `{from}` to `{to}` cannot hold"))
-                    .with_hint("swap `from` and `to`: the lag runs from the end of the earlier step to the start of the later one"),
+                Diagnostic::error(
+                    "P0404",
+                    span,
+                    format!("`{to}` runs before `{from}` ends, so a lag from `{from}` to `{to}` cannot hold"),
+                )
+                .with_hint(
+                    "swap `from` and `to`: the lag runs from the end of the earlier step to the start of the later one",
+                ),
             );
         }
         return;

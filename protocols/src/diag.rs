@@ -62,7 +62,9 @@ impl Diagnostic {
         let text = src.line_text(lc.line);
         if !text.is_empty() || self.span.end > self.span.start {
             let end = src.line_col(self.span.end.max(self.span.start));
-            let width = if end.line == lc.line { end.column.saturating_sub(lc.column).max(1) } else {
+            let width = if end.line == lc.line {
+                end.column.saturating_sub(lc.column).max(1)
+            } else {
                 text.chars().count().saturating_sub(lc.column - 1).max(1)
             };
             let shown: String = text.chars().take(200).collect();

@@ -9,9 +9,24 @@ use crate::units::Dim;
 
 /// Every operation name, for "did you mean".
 pub const OPERATIONS: &[&str] = &[
-    "transfer", "distribute", "consolidate", "serial_dilution", "mix", "incubate", "shake", "seal",
-    "unseal", "cover", "uncover", "read_absorbance", "read_fluorescence", "read_luminescence",
-    "centrifuge", "wait", "manual", "repeat",
+    "transfer",
+    "distribute",
+    "consolidate",
+    "serial_dilution",
+    "mix",
+    "incubate",
+    "shake",
+    "seal",
+    "unseal",
+    "cover",
+    "uncover",
+    "read_absorbance",
+    "read_fluorescence",
+    "read_luminescence",
+    "centrifuge",
+    "wait",
+    "manual",
+    "repeat",
 ];
 
 const MAX_VOLUME_UL: f64 = 1e7;
@@ -32,7 +47,12 @@ pub fn parse(root: &Node, d: &mut Diagnostics) -> Protocol {
         pipettes: Vec::new(),
         tips: TipSource::Protocol,
     };
-    if !check_keys(root, "the protocol", &["labwright", "name", "description", "liquids", "labware", "steps", "constraints"], d) {
+    if !check_keys(
+        root,
+        "the protocol",
+        &["labwright", "name", "description", "liquids", "labware", "steps", "constraints"],
+        d,
+    ) {
         return p;
     }
     match root.get("labwright") {
@@ -57,12 +77,20 @@ pub fn parse(root: &Node, d: &mut Diagnostics) -> Protocol {
             Some(entries) => {
                 for (k, v) in entries {
                     if !matches!(v.value, Value::String(_) | Value::Null) {
-                        d.push(Diagnostic::error("P0103", v.span, format!("liquid `{}`: the value is a description (a string)", k.name)));
+                        d.push(Diagnostic::error(
+                            "P0103",
+                            v.span,
+                            format!("liquid `{}`: the value is a description (a string)", k.name),
+                        ));
                     }
                     p.liquids.push(Named { name: k.name.clone(), span: k.span });
                 }
             }
-            None => d.push(Diagnostic::error("P0103", liq.span, format!("`liquids` must be a map of name: description, found {}", liq.type_name()))),
+            None => d.push(Diagnostic::error(
+                "P0103",
+                liq.span,
+                format!("`liquids` must be a map of name: description, found {}", liq.type_name()),
+            )),
         }
     }
     if let Some(lw) = required(root, "labware", "the protocol", d) {
@@ -80,13 +108,21 @@ pub fn parse(root: &Node, d: &mut Diagnostics) -> Protocol {
 
 fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
     let Some(entries) = node.as_map() else {
-        d.push(Diagnostic::error("P0103", node.span, format!("`labware` must be a map of name: {{type: ...}}, found {}", node.type_name())));
+        d.push(Diagnostic::error(
+            "P0103",
+            node.span,
+            format!("`labware` must be a map of name: {{type: ...}}, found {}", node.type_name()),
+        ));
         return;
     };
     for (k, v) in entries {
         let what = format!("labware `{}`", k.name);
         if k.name.contains('/') || k.name.trim().is_empty() {
-            d.push(Diagnostic::error("P0103", k.span, format!("labware name `{}` must be non-empty and contain no `/`", k.name)));
+            d.push(Diagnostic::error(
+                "P0103",
+                k.span,
+                format!("labware name `{}` must be non-empty and contain no `/`", k.name),
+            ));
             continue;
         }
         if !check_keys(v, &what, &["type", "contents", "description"], d) {
@@ -100,8 +136,12 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
                     for (sel, liquids) in wells {
                         let Some(ls) = liquids.as_map() else {
                             d.push(
-                                Diagnostic::error("P0103", liquids.span, format!("contents of {}/{} must be a map of liquid: volume", k.name, sel.name))
-                                    .with_hint("e.g. `A1: { water: 100 uL }`"),
+                                Diagnostic::error(
+                                    "P0103",
+                                    liquids.span,
+                                    format!("contents of {}/{} must be a map of liquid: volume", k.name, sel.name),
+                                )
+                                .with_hint("e.g. `A1: { water: 100 uL }`"),
                             );
                             continue;
                         };
@@ -118,7 +158,11 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
                         }
                     }
                 }
-                None => d.push(Diagnostic::error("P0103", c.span, format!("`contents` of {what} must be a map of wells: {{liquid: volume}}"))),
+                None => d.push(Diagnostic::error(
+                    "P0103",
+                    c.span,
+                    format!("`contents` of {what} must be a map of wells: {{liquid: volume}}"),
+                )),
             }
         }
         p.labware.push(LabwareDecl { name: Named { name: k.name.clone(), span: k.span }, load_name: ty, contents });
@@ -133,9 +177,11 @@ fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut u
     let mut out = Vec::new();
     for item in items {
         let Some(entries) = item.as_map() else {
-            d.push(
-                Diagnostic::error("P0103", item.span, format!("a step must be a map such as `- transfer: {{...}}`, found {}", item.type_name())),
-            );
+            d.push(Diagnostic::error(
+                "P0103",
+                item.span,
+                format!("a step must be a map such as `- transfer: {{...}}`, found {}", item.type_name()),
+            ));
             continue;
         };
         let mut id = None;
@@ -143,7 +189,10 @@ fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut u
         let mut ops = Vec::new();
         for (k, v) in entries {
             match k.name.as_str() {
-                "id" => id = named(v, "step `id`", d).map(|n| Named { name: format!("{}{id_suffix}", n.name), span: n.span }),
+                "id" => {
+                    id =
+                        named(v, "step `id`", d).map(|n| Named { name: format!("{}{id_suffix}", n.name), span: n.span })
+                }
                 "after" => match &v.value {
                     Value::String(s) => after.push(Named { name: format!("{s}{id_suffix}"), span: v.span }),
                     Value::List(xs) => {
@@ -165,13 +214,23 @@ fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut u
         }
         match ops.as_slice() {
             [] => {
-                if !entries.iter().any(|(k, _)| !matches!(k.name.as_str(), "id" | "after") && !OPERATIONS.contains(&k.name.as_str())) {
-                    d.push(Diagnostic::error("P0102", item.span, "this step names no operation").with_hint(format!("operations are: {}", OPERATIONS.join(", "))));
+                if !entries
+                    .iter()
+                    .any(|(k, _)| !matches!(k.name.as_str(), "id" | "after") && !OPERATIONS.contains(&k.name.as_str()))
+                {
+                    d.push(
+                        Diagnostic::error("P0102", item.span, "this step names no operation")
+                            .with_hint(format!("operations are: {}", OPERATIONS.join(", "))),
+                    );
                 }
             }
             [(k, v)] if k.name == "repeat" => {
                 if id.is_some() || !after.is_empty() {
-                    d.push(Diagnostic::error("P0103", k.span, "`repeat` takes no `id` or `after`; put them on the steps inside"));
+                    d.push(Diagnostic::error(
+                        "P0103",
+                        k.span,
+                        "`repeat` takes no `id` or `after`; put them on the steps inside",
+                    ));
                 }
                 if !check_keys(v, "`repeat`", &["times", "steps"], d) {
                     continue;
@@ -182,8 +241,12 @@ fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut u
                     for i in 0..times {
                         if *budget == 0 {
                             d.push(
-                                Diagnostic::error("P0111", k.span, format!("`repeat` unrolls to more than {MAX_UNROLLED} steps"))
-                                    .with_hint("split the experiment into several runs"),
+                                Diagnostic::error(
+                                    "P0111",
+                                    k.span,
+                                    format!("`repeat` unrolls to more than {MAX_UNROLLED} steps"),
+                                )
+                                .with_hint("split the experiment into several runs"),
                             );
                             break;
                         }
@@ -228,7 +291,8 @@ fn mix_spec(node: &Node, what: &str, d: &mut Diagnostics) -> Option<MixSpec> {
         return None;
     }
     let times = required(node, "times", what, d).and_then(|t| count(t, "`times`", 100, d));
-    let volume = required(node, "volume", what, d).and_then(|v| quantity(v, Dim::Volume, "mix `volume`", (0.0, MAX_VOLUME_UL), d));
+    let volume = required(node, "volume", what, d)
+        .and_then(|v| quantity(v, Dim::Volume, "mix `volume`", (0.0, MAX_VOLUME_UL), d));
     Some(MixSpec { times: times?, volume_ul: volume? })
 }
 
@@ -272,7 +336,11 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             };
             let (volumes, volume_span, to) = match (v.get("volume"), volumes_table) {
                 (Some(_), Some(t)) => {
-                    d.push(Diagnostic::error("P0103", t.span, format!("{what} has both `volume` and `volumes`; keep one")));
+                    d.push(Diagnostic::error(
+                        "P0103",
+                        t.span,
+                        format!("{what} has both `volume` and `volumes`; keep one"),
+                    ));
                     return None;
                 }
                 (Some(n), None) => {
@@ -300,7 +368,16 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             let tips = tip_policy(v.get("tips"), TipPolicy::Once, d);
             let mix_before = v.get("mix_before").and_then(|m| mix_spec(m, "`mix_before`", d));
             let mix_after = v.get("mix_after").and_then(|m| mix_spec(m, "`mix_after`", d));
-            Some(Op::Transfer(Transfer { kind, from: from?, to: to?, volumes, volume_span, tips, mix_before, mix_after }))
+            Some(Op::Transfer(Transfer {
+                kind,
+                from: from?,
+                to: to?,
+                volumes,
+                volume_span,
+                tips,
+                mix_before,
+                mix_after,
+            }))
         }
         "serial_dilution" => {
             if !check_keys(v, &what, &["series", "plate", "rows", "columns", "volume", "mix", "tips"], d) {
@@ -310,7 +387,11 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             if let Some(s) = v.get("series") {
                 match s.as_list() {
                     Some(items) => series.extend(items.iter().filter_map(|i| well_ref(i, "series entry", d))),
-                    None => d.push(Diagnostic::error("P0103", s.span, "`series` must be a list of well ranges, one per dilution series")),
+                    None => d.push(Diagnostic::error(
+                        "P0103",
+                        s.span,
+                        "`series` must be a list of well ranges, one per dilution series",
+                    )),
                 }
             } else {
                 let plate = required(v, "plate", &what, d).and_then(|n| named(n, "`plate`", d))?;
@@ -319,23 +400,33 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
                     Value::Number(x) => Some((crate::units::trim(*x), n.span)),
                     _ => string(n, "`columns`", d).map(|s| (s, n.span)),
                 })?;
-                let (c0, c1) = cols.0.split_once(':').map_or((cols.0.as_str(), cols.0.as_str()), |(a, b)| (a.trim(), b.trim()));
-                let (r0, r1) = rows.0.split_once(':').map_or((rows.0.as_str(), rows.0.as_str()), |(a, b)| (a.trim(), b.trim()));
+                let (c0, c1) =
+                    cols.0.split_once(':').map_or((cols.0.as_str(), cols.0.as_str()), |(a, b)| (a.trim(), b.trim()));
+                let (r0, r1) =
+                    rows.0.split_once(':').map_or((rows.0.as_str(), rows.0.as_str()), |(a, b)| (a.trim(), b.trim()));
                 let letters = |a: &str, b: &str| -> Option<Vec<String>> {
                     let (a, b) = (a.to_ascii_uppercase(), b.to_ascii_uppercase());
                     if a.len() != 1 || b.len() != 1 {
                         return None;
                     }
                     let (a, b) = (a.as_bytes()[0], b.as_bytes()[0]);
-                    (a.is_ascii_uppercase() && b.is_ascii_uppercase() && a <= b).then(|| (a..=b).map(|c| (c as char).to_string()).collect())
+                    (a.is_ascii_uppercase() && b.is_ascii_uppercase() && a <= b)
+                        .then(|| (a..=b).map(|c| (c as char).to_string()).collect())
                 };
                 match letters(r0, r1) {
                     Some(rs) => {
                         for r in rs {
-                            series.push(WellRef { labware: plate.name.clone(), selection: format!("{r}{c0}:{r}{c1} by row"), span: rows.1.join(cols.1) });
+                            series.push(WellRef {
+                                labware: plate.name.clone(),
+                                selection: format!("{r}{c0}:{r}{c1} by row"),
+                                span: rows.1.join(cols.1),
+                            });
                         }
                     }
-                    None => d.push(Diagnostic::error("P0205", rows.1, format!("`rows` `{}` is not a row range", rows.0)).with_hint("write rows like `A:H` or `B`")),
+                    None => d.push(
+                        Diagnostic::error("P0205", rows.1, format!("`rows` `{}` is not a row range", rows.0))
+                            .with_hint("write rows like `A:H` or `B`"),
+                    ),
                 }
             }
             let volume_ul = required(v, "volume", &what, d).and_then(|n| vol(n, "`volume`", d))?;
@@ -387,12 +478,23 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             match (v.get("wavelength"), v.get("wavelengths")) {
                 (Some(w), None) => wavelengths_nm.extend(nm(w, "`wavelength`", d)),
                 (None, Some(ws)) => match ws.as_list() {
-                    Some(items) if !items.is_empty() => wavelengths_nm.extend(items.iter().filter_map(|i| nm(i, "`wavelengths`", d))),
-                    _ => d.push(Diagnostic::error("P0103", ws.span, "`wavelengths` must be a non-empty list such as [450 nm, 620 nm]")),
+                    Some(items) if !items.is_empty() => {
+                        wavelengths_nm.extend(items.iter().filter_map(|i| nm(i, "`wavelengths`", d)))
+                    }
+                    _ => d.push(Diagnostic::error(
+                        "P0103",
+                        ws.span,
+                        "`wavelengths` must be a non-empty list such as [450 nm, 620 nm]",
+                    )),
                 },
-                (Some(_), Some(ws)) => d.push(Diagnostic::error("P0103", ws.span, "give `wavelength` or `wavelengths`, not both")),
+                (Some(_), Some(ws)) => {
+                    d.push(Diagnostic::error("P0103", ws.span, "give `wavelength` or `wavelengths`, not both"))
+                }
                 (None, None) => {
-                    d.push(Diagnostic::error("P0102", v.span, format!("{what} is missing `wavelength`")).with_hint("add e.g. `wavelength: 450 nm`"));
+                    d.push(
+                        Diagnostic::error("P0102", v.span, format!("{what} is missing `wavelength`"))
+                            .with_hint("add e.g. `wavelength: 450 nm`"),
+                    );
                 }
             }
             if wavelengths_nm.is_empty() {
@@ -431,7 +533,8 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
                 return None;
             }
             let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
-            let g = required(v, "force", &what, d).and_then(|n| quantity(n, Dim::Force, "`force`", (1.0, 100_000.0), d));
+            let g =
+                required(v, "force", &what, d).and_then(|n| quantity(n, Dim::Force, "`force`", (1.0, 100_000.0), d));
             let du = required(v, "duration", &what, d).and_then(|n| dur(n, "`duration`", d));
             Some(Op::Centrifuge { labware: labware?, g: g?, duration_s: du? })
         }
@@ -485,8 +588,12 @@ fn volume_table(t: &Node, to: Option<&WellRef>, d: &mut Diagnostics) -> Option<(
         Some(r) => (r.labware.clone(), ()),
         None => {
             d.push(
-                Diagnostic::error("P0102", t.span, "`volumes` needs `to: <labware>` to say which labware the table's wells are in")
-                    .with_hint("e.g. `to: plate/A1:H12` (the wells of the table are used, in table order)"),
+                Diagnostic::error(
+                    "P0102",
+                    t.span,
+                    "`volumes` needs `to: <labware>` to say which labware the table's wells are in",
+                )
+                .with_hint("e.g. `to: plate/A1:H12` (the wells of the table are used, in table order)"),
             );
             return None;
         }
@@ -498,7 +605,11 @@ fn volume_table(t: &Node, to: Option<&WellRef>, d: &mut Diagnostics) -> Option<(
         }
         let mut cols = line.split([',', '\t', ';']).map(str::trim);
         let (Some(w), Some(v)) = (cols.next(), cols.next()) else {
-            d.push(Diagnostic::error("P0103", t.span, format!("`volumes` line {}: expected `well, volume`, found `{line}`", i + 1)));
+            d.push(Diagnostic::error(
+                "P0103",
+                t.span,
+                format!("`volumes` line {}: expected `well, volume`, found `{line}`", i + 1),
+            ));
             continue;
         };
         if i == 0 && w.eq_ignore_ascii_case("well") {
@@ -535,7 +646,8 @@ fn parse_constraints(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
         }
         let from = required(c, "from", "a constraint", d).and_then(|n| named(n, "`from`", d));
         let to = required(c, "to", "a constraint", d).and_then(|n| named(n, "`to`", d));
-        let max = required(c, "max_lag", "a constraint", d).and_then(|n| quantity(n, Dim::Duration, "`max_lag`", (0.0, MAX_DURATION_S), d));
+        let max = required(c, "max_lag", "a constraint", d)
+            .and_then(|n| quantity(n, Dim::Duration, "`max_lag`", (0.0, MAX_DURATION_S), d));
         if let (Some(from), Some(to), Some(max_s)) = (from, to, max) {
             p.constraints.push(LagConstraint { from, to, max_s, span: c.span });
         }

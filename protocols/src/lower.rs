@@ -53,7 +53,7 @@ pub struct LTask {
 /// Splits `v` into parts no larger than `cap` (see the module rules).
 pub fn split_volume(v: f64, cap: f64) -> Vec<f64> {
     let mut out = Vec::new();
-    if !(cap > 0.0) || !v.is_finite() || v <= 0.0 {
+    if cap.is_nan() || cap <= 0.0 || !v.is_finite() || v <= 0.0 {
         return out;
     }
     let mut rest = v;
@@ -146,7 +146,14 @@ impl<'a> Lowerer<'a> {
         for pd in &p.pipettes {
             declared.insert(
                 pd.id.clone(),
-                PipetteSpec { name: pd.name.clone(), channels: pd.channels, min_ul: pd.min_ul, max_ul: pd.max_ul, tip_ul: pd.max_ul, flow_ul_per_s: pd.max_ul / 3.0 },
+                PipetteSpec {
+                    name: pd.name.clone(),
+                    channels: pd.channels,
+                    min_ul: pd.min_ul,
+                    max_ul: pd.max_ul,
+                    tip_ul: pd.max_ul,
+                    flow_ul_per_s: pd.max_ul / 3.0,
+                },
             );
         }
         let mut pipettes: Vec<PipetteSpec> = Vec::new();
@@ -165,7 +172,17 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
-        Lowerer { env, site, pipettes, declared, racks, lab_tips: p.tips == TipSource::Lab, shortages: BTreeMap::new(), tasks: Vec::new(), no_rack_reported: false }
+        Lowerer {
+            env,
+            site,
+            pipettes,
+            declared,
+            racks,
+            lab_tips: p.tips == TipSource::Lab,
+            shortages: BTreeMap::new(),
+            tasks: Vec::new(),
+            no_rack_reported: false,
+        }
     }
 
     fn rack_fits(p: &PipetteSpec, tip_ul: f64) -> bool {
@@ -192,13 +209,17 @@ impl<'a> Lowerer<'a> {
         if with_racks.is_empty() {
             if !self.no_rack_reported {
                 self.no_rack_reported = true;
-                let sizes: Vec<String> = self.pipettes.iter().map(|p| format!("{} µL", crate::units::trim(p.tip_ul))).collect();
+                let sizes: Vec<String> =
+                    self.pipettes.iter().map(|p| format!("{} µL", crate::units::trim(p.tip_ul))).collect();
                 let hint = if self.pipettes.is_empty() {
                     "this site has no liquid handler; pipetting steps cannot run here".to_string()
                 } else {
                     format!("add a tip rack for one of the site's pipettes ({}), e.g. `tips: {{ type: opentrons_96_tiprack_300ul }}`", sizes.join(", "))
                 };
-                d.push(Diagnostic::error("P0306", span, "no tip rack in this protocol fits a pipette of the site").with_hint(hint));
+                d.push(
+                    Diagnostic::error("P0306", span, "no tip rack in this protocol fits a pipette of the site")
+                        .with_hint(hint),
+                );
             }
             return None;
         }
@@ -277,10 +298,19 @@ impl<'a> Lowerer<'a> {
         if self.lab_tips {
             let rack = format!("lab:tips_{}ul", crate::units::trim(p.tip_ul));
             self.tasks[t].pipettes.insert(p.name.clone());
-            self.emit(t, CommandOp::PickUpTip { pipette: p.name.clone(), rack, well: "next".into() }, false, est::PICK_UP_TIP, span);
+            self.emit(
+                t,
+                CommandOp::PickUpTip { pipette: p.name.clone(), rack, well: "next".into() },
+                false,
+                est::PICK_UP_TIP,
+                span,
+            );
             return;
         }
-        let rack = self.racks.iter_mut().find(|r| Self::rack_fits(p, r.tip_ul) && r.next < self.env.slots[r.slot].def.wells.len());
+        let rack = self
+            .racks
+            .iter_mut()
+            .find(|r| Self::rack_fits(p, r.tip_ul) && r.next < self.env.slots[r.slot].def.wells.len());
         let (rack_name, well) = match rack {
             Some(r) => {
                 let def = &self.env.slots[r.slot].def;
@@ -295,13 +325,25 @@ impl<'a> Lowerer<'a> {
                 let per_rack = fitting.first().map_or(96, |r| self.env.slots[r.slot].def.wells.len());
                 let load = fitting.first().map(|r| self.env.slots[r.slot].def.load_name.clone());
                 let have = fitting.len();
-                let s = self.shortages.entry(key).or_insert(Shortage { needed: 0, first_span: span, rack_load_name: load, per_rack, have_racks: have });
+                let s = self.shortages.entry(key).or_insert(Shortage {
+                    needed: 0,
+                    first_span: span,
+                    rack_load_name: load,
+                    per_rack,
+                    have_racks: have,
+                });
                 s.needed += 1;
                 ("(missing rack)".to_string(), "-".to_string())
             }
         };
         self.tasks[t].pipettes.insert(p.name.clone());
-        self.emit(t, CommandOp::PickUpTip { pipette: p.name.clone(), rack: rack_name, well }, false, est::PICK_UP_TIP, span);
+        self.emit(
+            t,
+            CommandOp::PickUpTip { pipette: p.name.clone(), rack: rack_name, well },
+            false,
+            est::PICK_UP_TIP,
+            span,
+        );
     }
 
     fn drop_tip(&mut self, t: usize, p: &PipetteSpec, span: Span) {
@@ -328,13 +370,33 @@ impl<'a> Lowerer<'a> {
         // Mixing more than a tip holds is done with a full tip: say so instead of failing.
         let volume_ul = m.volume_ul.min(cap);
         let dur = est::MOVE_TO_WELL + f64::from(m.times) * 2.0 * volume_ul / p.flow_ul_per_s;
-        self.emit(t, CommandOp::Mix { pipette: p.name.clone(), labware, well, volume_ul, times: m.times }, false, dur, span);
+        self.emit(
+            t,
+            CommandOp::Mix { pipette: p.name.clone(), labware, well, volume_ul, times: m.times },
+            false,
+            dur,
+            span,
+        );
     }
 
-    fn labware_task(&mut self, step: &Step, lw: &Named, class: InstrumentClass, label: &str, d: &mut Diagnostics) -> Option<(usize, String)> {
+    fn labware_task(
+        &mut self,
+        step: &Step,
+        lw: &Named,
+        class: InstrumentClass,
+        label: &str,
+        d: &mut Diagnostics,
+    ) -> Option<(usize, String)> {
         let slot = self.env.slot(lw, d)?;
         let kind = self.env.slots[slot].def.kind;
-        self.require(class, step.span, d, &format!("{label} {}", lw.name), |i| i.accepts(kind), &format!("accepts {}", kind.as_str()))?;
+        self.require(
+            class,
+            step.span,
+            d,
+            &format!("{label} {}", lw.name),
+            |i| i.accepts(kind),
+            &format!("accepts {}", kind.as_str()),
+        )?;
         let t = self.task(Some(class), format!("{label} {}", lw.name), step);
         self.tasks[t].holds.insert(slot);
         Some((t, lw.name.clone()))
@@ -352,17 +414,25 @@ impl<'a> Lowerer<'a> {
     ) -> Option<()> {
         let all: Vec<_> = self.site.instruments_of(class).collect();
         if all.is_empty() {
-            d.push(
-                Diagnostic::error("P0401", span, format!("{what}: this site has no {class}"))
-                    .with_hint(format!("site `{}` cannot run this step; ask the lab, or validate against another --site", self.site.site.name)),
-            );
+            d.push(Diagnostic::error("P0401", span, format!("{what}: this site has no {class}")).with_hint(format!(
+                "site `{}` cannot run this step; ask the lab, or validate against another --site",
+                self.site.site.name
+            )));
             return None;
         }
         if all.iter().any(|i| ok(i)) {
             return Some(());
         }
         let ids: Vec<&str> = all.iter().map(|i| i.id.as_str()).collect();
-        d.push(Diagnostic::error("P0401", span, format!("{what}: no {class} of this site {need} (checked {})", ids.join(", "))));
+        let caps: Vec<String> = all.iter().map(|i| format!("{}: {}", i.id, capabilities(i))).collect();
+        d.push(
+            Diagnostic::error(
+                "P0401",
+                span,
+                format!("{what}: no {class} of this site {need} (checked {})", ids.join(", ")),
+            )
+            .with_hint(format!("what this site offers — {}", caps.join("; "))),
+        );
         None
     }
 
@@ -407,7 +477,13 @@ impl<'a> Lowerer<'a> {
                     for loc in locs {
                         let (labware, well) = self.name(loc);
                         self.tasks[t].holds.insert(loc.slot);
-                        self.emit(t, CommandOp::AddReagent { reagent: reagent.clone(), labware, well, volume_ul: *v }, false, est::ADD_REAGENT, r.span);
+                        self.emit(
+                            t,
+                            CommandOp::AddReagent { reagent: reagent.clone(), labware, well, volume_ul: *v },
+                            false,
+                            est::ADD_REAGENT,
+                            r.span,
+                        );
                     }
                 }
             }
@@ -415,11 +491,13 @@ impl<'a> Lowerer<'a> {
                 let temp = *temperature_c;
                 let rpm = *shake_rpm;
                 let inc_ok = |i: &labware::site::Instrument| {
-                    i.temperature_c.is_some_and(|r| r.contains(temp)) && rpm.is_none_or(|s| i.shaking_rpm.is_some_and(|r| r.contains(s)))
+                    i.temperature_c.is_some_and(|r| r.contains(temp))
+                        && rpm.is_none_or(|s| i.shaking_rpm.is_some_and(|r| r.contains(s)))
                 };
                 let has_incubator = self.site.instruments_of(InstrumentClass::Incubator).any(inc_ok);
                 let hs_ok = |i: &labware::site::Instrument| {
-                    i.temperature_c.is_some_and(|r| r.contains(temp)) && rpm.is_none_or(|s| i.shaking_rpm.is_some_and(|r| r.contains(s)))
+                    i.temperature_c.is_some_and(|r| r.contains(temp))
+                        && rpm.is_none_or(|s| i.shaking_rpm.is_some_and(|r| r.contains(s)))
                 };
                 // An incubator is preferred; a heater-shaker can stand in when it covers the settings.
                 let class = if has_incubator || !self.site.instruments_of(InstrumentClass::HeaterShaker).any(hs_ok) {
@@ -428,7 +506,9 @@ impl<'a> Lowerer<'a> {
                     InstrumentClass::HeaterShaker
                 };
                 let need = match rpm {
-                    Some(s) => format!("holds {} °C while shaking at {} rpm", crate::units::trim(temp), crate::units::trim(s)),
+                    Some(s) => {
+                        format!("holds {} °C while shaking at {} rpm", crate::units::trim(temp), crate::units::trim(s))
+                    }
                     None => format!("holds {} °C", crate::units::trim(temp)),
                 };
                 if self.require(class, span, d, &format!("incubate {}", labware.name), inc_ok, &need).is_none() {
@@ -436,29 +516,68 @@ impl<'a> Lowerer<'a> {
                 }
                 let Some((t, lw)) = self.labware_task(step, labware, class, "incubate", d) else { return };
                 self.tasks[t].settings = Settings { temperature_c: Some(temp), shake_rpm: rpm };
-                self.emit(t, CommandOp::Incubate { labware: lw, temperature_c: temp, duration_s: *duration_s, shake_rpm: rpm }, false, *duration_s, span);
+                self.emit(
+                    t,
+                    CommandOp::Incubate { labware: lw, temperature_c: temp, duration_s: *duration_s, shake_rpm: rpm },
+                    false,
+                    *duration_s,
+                    span,
+                );
             }
             Op::Shake { labware, rpm, duration_s, temperature_c } => {
                 let (s, temp) = (*rpm, *temperature_c);
                 let ok = |i: &labware::site::Instrument| {
-                    i.shaking_rpm.is_some_and(|r| r.contains(s)) && temp.is_none_or(|t| i.temperature_c.is_some_and(|r| r.contains(t)))
+                    i.shaking_rpm.is_some_and(|r| r.contains(s))
+                        && temp.is_none_or(|t| i.temperature_c.is_some_and(|r| r.contains(t)))
                 };
-                if self.require(InstrumentClass::HeaterShaker, span, d, &format!("shake {}", labware.name), ok, &format!("shakes at {} rpm", crate::units::trim(s))).is_none() {
+                if self
+                    .require(
+                        InstrumentClass::HeaterShaker,
+                        span,
+                        d,
+                        &format!("shake {}", labware.name),
+                        ok,
+                        &format!("shakes at {} rpm", crate::units::trim(s)),
+                    )
+                    .is_none()
+                {
                     return;
                 }
-                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::HeaterShaker, "shake", d) else { return };
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::HeaterShaker, "shake", d) else {
+                    return;
+                };
                 self.tasks[t].settings = Settings { temperature_c: temp, shake_rpm: Some(s) };
-                self.emit(t, CommandOp::Shake { labware: lw, rpm: s, duration_s: *duration_s, temperature_c: temp }, false, duration_s + est::SHAKE_SETTLE, span);
+                self.emit(
+                    t,
+                    CommandOp::Shake { labware: lw, rpm: s, duration_s: *duration_s, temperature_c: temp },
+                    false,
+                    duration_s + est::SHAKE_SETTLE,
+                    span,
+                );
             }
             Op::Seal { labware } | Op::Unseal { labware } => {
                 let seal = matches!(step.op, Op::Seal { .. });
                 let mode = if seal { SealMode::Seal } else { SealMode::Peel };
                 let verb = if seal { "seal" } else { "unseal" };
-                if self.require(InstrumentClass::Sealer, span, d, &format!("{verb} {}", labware.name), |i| i.seal_modes.contains(&mode), &format!("can {}", if seal { "seal" } else { "peel" })).is_none() {
+                if self
+                    .require(
+                        InstrumentClass::Sealer,
+                        span,
+                        d,
+                        &format!("{verb} {}", labware.name),
+                        |i| i.seal_modes.contains(&mode),
+                        &format!("can {}", if seal { "seal" } else { "peel" }),
+                    )
+                    .is_none()
+                {
                     return;
                 }
                 let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::Sealer, verb, d) else { return };
-                let (op, dur) = if seal { (CommandOp::Seal { labware: lw }, est::SEAL) } else { (CommandOp::Peel { labware: lw }, est::PEEL) };
+                let (op, dur) = if seal {
+                    (CommandOp::Seal { labware: lw }, est::SEAL)
+                } else {
+                    (CommandOp::Peel { labware: lw }, est::PEEL)
+                };
                 self.emit(t, op, false, dur, span);
             }
             Op::Cover { labware } | Op::Uncover { labware } => {
@@ -466,7 +585,11 @@ impl<'a> Lowerer<'a> {
                 let verb = if cover { "cover" } else { "uncover" };
                 // Lids are handled by the plate arms, which the site lists apart from instruments.
                 if self.site.arms.is_empty() {
-                    d.push(Diagnostic::error("P0401", span, format!("{verb} {}: this site has no robot arm to handle lids", labware.name)));
+                    d.push(Diagnostic::error(
+                        "P0401",
+                        span,
+                        format!("{verb} {}: this site has no robot arm to handle lids", labware.name),
+                    ));
                     return;
                 }
                 let Some(slot) = self.env.slot(labware, d) else { return };
@@ -478,15 +601,37 @@ impl<'a> Lowerer<'a> {
             }
             Op::ReadAbsorbance { labware, wells, wavelengths_nm } => {
                 for &w in wavelengths_nm {
-                    let ok = |i: &labware::site::Instrument| i.modes.contains(&ReadMode::Absorbance) && i.absorbance_nm.is_some_and(|r| r.contains(w));
-                    if self.require(InstrumentClass::PlateReader, span, d, &format!("absorbance at {} nm", crate::units::trim(w)), ok, "reads that wavelength").is_none() {
+                    let ok = |i: &labware::site::Instrument| {
+                        i.modes.contains(&ReadMode::Absorbance) && i.absorbance_nm.is_some_and(|r| r.contains(w))
+                    };
+                    if self
+                        .require(
+                            InstrumentClass::PlateReader,
+                            span,
+                            d,
+                            &format!("absorbance at {} nm", crate::units::trim(w)),
+                            ok,
+                            "reads that wavelength",
+                        )
+                        .is_none()
+                    {
                         return;
                     }
                 }
                 let Some(ws) = self.read_wells(labware, wells.as_ref(), d) else { return };
-                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::PlateReader, "read absorbance", d) else { return };
+                let Some((t, lw)) =
+                    self.labware_task(step, labware, InstrumentClass::PlateReader, "read absorbance", d)
+                else {
+                    return;
+                };
                 let dur = est::READ_ABSORBANCE * wavelengths_nm.len() as f64;
-                self.emit(t, CommandOp::ReadAbsorbance { labware: lw, wells: ws, wavelengths_nm: wavelengths_nm.clone() }, true, dur, span);
+                self.emit(
+                    t,
+                    CommandOp::ReadAbsorbance { labware: lw, wells: ws, wavelengths_nm: wavelengths_nm.clone() },
+                    true,
+                    dur,
+                    span,
+                );
             }
             Op::ReadFluorescence { labware, wells, excitation_nm, emission_nm } => {
                 let (ex, em) = (*excitation_nm, *emission_nm);
@@ -496,28 +641,80 @@ impl<'a> Lowerer<'a> {
                         && i.emission_nm.is_some_and(|r| r.contains(em))
                 };
                 let what = format!("fluorescence {}/{} nm", crate::units::trim(ex), crate::units::trim(em));
-                if self.require(InstrumentClass::PlateReader, span, d, &what, ok, "covers that excitation and emission").is_none() {
+                if self
+                    .require(InstrumentClass::PlateReader, span, d, &what, ok, "covers that excitation and emission")
+                    .is_none()
+                {
                     return;
                 }
                 let Some(ws) = self.read_wells(labware, wells.as_ref(), d) else { return };
-                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::PlateReader, "read fluorescence", d) else { return };
-                self.emit(t, CommandOp::ReadFluorescence { labware: lw, wells: ws, excitation_nm: ex, emission_nm: em }, true, est::READ_FLUORESCENCE, span);
+                let Some((t, lw)) =
+                    self.labware_task(step, labware, InstrumentClass::PlateReader, "read fluorescence", d)
+                else {
+                    return;
+                };
+                self.emit(
+                    t,
+                    CommandOp::ReadFluorescence { labware: lw, wells: ws, excitation_nm: ex, emission_nm: em },
+                    true,
+                    est::READ_FLUORESCENCE,
+                    span,
+                );
             }
             Op::ReadLuminescence { labware, wells } => {
-                if self.require(InstrumentClass::PlateReader, span, d, "luminescence", |i| i.modes.contains(&ReadMode::Luminescence), "reads luminescence").is_none() {
+                if self
+                    .require(
+                        InstrumentClass::PlateReader,
+                        span,
+                        d,
+                        "luminescence",
+                        |i| i.modes.contains(&ReadMode::Luminescence),
+                        "reads luminescence",
+                    )
+                    .is_none()
+                {
                     return;
                 }
                 let Some(ws) = self.read_wells(labware, wells.as_ref(), d) else { return };
-                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::PlateReader, "read luminescence", d) else { return };
-                self.emit(t, CommandOp::ReadLuminescence { labware: lw, wells: ws }, true, est::READ_LUMINESCENCE, span);
+                let Some((t, lw)) =
+                    self.labware_task(step, labware, InstrumentClass::PlateReader, "read luminescence", d)
+                else {
+                    return;
+                };
+                self.emit(
+                    t,
+                    CommandOp::ReadLuminescence { labware: lw, wells: ws },
+                    true,
+                    est::READ_LUMINESCENCE,
+                    span,
+                );
             }
             Op::Centrifuge { labware, g, duration_s } => {
                 let g = *g;
-                if self.require(InstrumentClass::Centrifuge, span, d, &format!("centrifuge at {} ×g", crate::units::trim(g)), |i| i.max_g.is_some_and(|m| g <= m), "reaches that force").is_none() {
+                if self
+                    .require(
+                        InstrumentClass::Centrifuge,
+                        span,
+                        d,
+                        &format!("centrifuge at {} ×g", crate::units::trim(g)),
+                        |i| i.max_g.is_some_and(|m| g <= m),
+                        "reaches that force",
+                    )
+                    .is_none()
+                {
                     return;
                 }
-                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::Centrifuge, "centrifuge", d) else { return };
-                self.emit(t, CommandOp::Centrifuge { labware: lw, g, duration_s: *duration_s }, false, duration_s + est::SPIN_UP_DOWN, span);
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::Centrifuge, "centrifuge", d)
+                else {
+                    return;
+                };
+                self.emit(
+                    t,
+                    CommandOp::Centrifuge { labware: lw, g, duration_s: *duration_s },
+                    false,
+                    duration_s + est::SPIN_UP_DOWN,
+                    span,
+                );
             }
             Op::Wait { duration_s } => {
                 let t = self.task(None, format!("wait {}", crate::units::trim(*duration_s)), step);
@@ -525,7 +722,11 @@ impl<'a> Lowerer<'a> {
                 self.emit(t, CommandOp::Wait { duration_s: *duration_s }, true, *duration_s, span);
             }
             Op::Manual { instruction, labware, duration_s } => {
-                let t = self.task(Some(InstrumentClass::Technician), format!("manual: {}", truncate(instruction, 40)), step);
+                let t = self.task(
+                    Some(InstrumentClass::Technician),
+                    format!("manual: {}", truncate(instruction, 40)),
+                    step,
+                );
                 for lw in labware {
                     if let Some(s) = self.env.slot(lw, d) {
                         self.tasks[t].holds.insert(s);
@@ -538,21 +739,47 @@ impl<'a> Lowerer<'a> {
             Op::HeaterShaker { labware, commands } => {
                 let slot = labware.as_ref().and_then(|l| self.env.slot(l, d));
                 let name = labware.as_ref().map(|l| l.name.clone());
-                let t = self.task(Some(InstrumentClass::HeaterShaker), format!("heater-shaker {}", name.clone().unwrap_or_default()), step);
+                let t = self.task(
+                    Some(InstrumentClass::HeaterShaker),
+                    format!("heater-shaker {}", name.clone().unwrap_or_default()),
+                    step,
+                );
                 if let Some(s) = slot {
                     self.tasks[t].holds.insert(s);
                 }
                 for c in commands {
                     let (op, dur) = match c {
                         ModuleCommand::SetTemperature(x) => {
-                            if self.require(InstrumentClass::HeaterShaker, span, d, &format!("heat to {} °C", crate::units::trim(*x)), |i| i.temperature_c.is_some_and(|r| r.contains(*x)), "reaches that temperature").is_none() {
+                            if self
+                                .require(
+                                    InstrumentClass::HeaterShaker,
+                                    span,
+                                    d,
+                                    &format!("heat to {} °C", crate::units::trim(*x)),
+                                    |i| i.temperature_c.is_some_and(|r| r.contains(*x)),
+                                    "reaches that temperature",
+                                )
+                                .is_none()
+                            {
                                 continue;
                             }
                             (CommandOp::SetTemperature { labware: name.clone(), temperature_c: *x }, est::SET_POINT)
                         }
-                        ModuleCommand::WaitForTemperature => (CommandOp::WaitForTemperature { labware: name.clone() }, 120.0),
+                        ModuleCommand::WaitForTemperature => {
+                            (CommandOp::WaitForTemperature { labware: name.clone() }, 120.0)
+                        }
                         ModuleCommand::SetShakeSpeed(x) => {
-                            if self.require(InstrumentClass::HeaterShaker, span, d, &format!("shake at {} rpm", crate::units::trim(*x)), |i| i.shaking_rpm.is_some_and(|r| r.contains(*x)), "shakes at that speed").is_none() {
+                            if self
+                                .require(
+                                    InstrumentClass::HeaterShaker,
+                                    span,
+                                    d,
+                                    &format!("shake at {} rpm", crate::units::trim(*x)),
+                                    |i| i.shaking_rpm.is_some_and(|r| r.contains(*x)),
+                                    "shakes at that speed",
+                                )
+                                .is_none()
+                            {
                                 continue;
                             }
                             (CommandOp::SetShakeSpeed { labware: name.clone(), rpm: *x }, est::SHAKE_SETTLE)
@@ -561,7 +788,13 @@ impl<'a> Lowerer<'a> {
                         ModuleCommand::StopHeating => (CommandOp::StopHeating, est::SET_POINT),
                         ModuleCommand::Latch { open } => (CommandOp::Latch { open: *open }, est::SET_POINT),
                     };
-                    let repeatable = matches!(op, CommandOp::WaitForTemperature { .. } | CommandOp::StopShaking | CommandOp::StopHeating | CommandOp::Latch { .. });
+                    let repeatable = matches!(
+                        op,
+                        CommandOp::WaitForTemperature { .. }
+                            | CommandOp::StopShaking
+                            | CommandOp::StopHeating
+                            | CommandOp::Latch { .. }
+                    );
                     self.emit(t, op, repeatable, dur, span);
                 }
             }
@@ -572,7 +805,11 @@ impl<'a> Lowerer<'a> {
         match wells {
             Some(r) => {
                 if r.labware != labware.name {
-                    d.push(Diagnostic::error("P0203", r.span, format!("`wells` are in `{}`, but the step reads `{}`", r.labware, labware.name)));
+                    d.push(Diagnostic::error(
+                        "P0203",
+                        r.span,
+                        format!("`wells` are in `{}`, but the step reads `{}`", r.labware, labware.name),
+                    ));
                     return None;
                 }
                 Some(self.env.wells(r, d)?.into_iter().map(|l| self.env.well_name(l).to_string()).collect())
@@ -591,11 +828,14 @@ impl<'a> Lowerer<'a> {
             Volumes::Same(v) => vec![*v; n],
             Volumes::PerPair(vs) => {
                 if vs.len() != n {
-                    d.push(Diagnostic::error(
-                        "P0206",
-                        tr.volume_span,
-                        format!("{} volumes given for {n} well pairs", vs.len()),
-                    ).with_hint("give one volume per destination well, or a single volume for all"));
+                    d.push(
+                        Diagnostic::error(
+                            "P0206",
+                            tr.volume_span,
+                            format!("{} volumes given for {n} well pairs", vs.len()),
+                        )
+                        .with_hint("give one volume per destination well, or a single volume for all"),
+                    );
                     return;
                 }
                 vs.clone()
@@ -619,14 +859,26 @@ impl<'a> Lowerer<'a> {
             TransferKind::Consolidate => "consolidate",
         };
         match tr.kind {
-            TransferKind::Transfer => self.pairs(step, label, &pairs, tr.tips, tr.mix_before, tr.mix_after, step.span, d),
+            TransferKind::Transfer => {
+                self.pairs(step, label, &pairs, tr.tips, tr.mix_before, tr.mix_after, step.span, d)
+            }
             TransferKind::Distribute | TransferKind::Consolidate => self.multi(step, tr, &pairs, d),
         }
     }
 
     /// One aspirate and one dispense per pair (split by tip capacity).
     #[allow(clippy::too_many_arguments)]
-    fn pairs(&mut self, step: &Step, label: &str, pairs: &[(Loc, Loc, f64)], tips: TipPolicy, mix_before: Option<MixSpec>, mix_after: Option<MixSpec>, span: Span, d: &mut Diagnostics) {
+    fn pairs(
+        &mut self,
+        step: &Step,
+        label: &str,
+        pairs: &[(Loc, Loc, f64)],
+        tips: TipPolicy,
+        mix_before: Option<MixSpec>,
+        mix_after: Option<MixSpec>,
+        span: Span,
+        d: &mut Diagnostics,
+    ) {
         let vols: Vec<f64> = pairs.iter().map(|p| p.2).filter(|v| *v > 0.0).collect();
         let Some((p, cap)) = self.choose(&vols, span, d) else { return };
         let t = self.task(Some(InstrumentClass::LiquidHandler), label.to_string(), step);
@@ -674,10 +926,8 @@ impl<'a> Lowerer<'a> {
         let label = if distribute { "distribute" } else { "consolidate" };
         let t = self.task(Some(InstrumentClass::LiquidHandler), label.to_string(), step);
         // Flatten into parts no larger than a tip, then pack consecutive parts into tip loads.
-        let parts: Vec<(Loc, Loc, f64)> = pairs
-            .iter()
-            .flat_map(|&(s, dd, v)| split_volume(v, cap).into_iter().map(move |x| (s, dd, x)))
-            .collect();
+        let parts: Vec<(Loc, Loc, f64)> =
+            pairs.iter().flat_map(|&(s, dd, v)| split_volume(v, cap).into_iter().map(move |x| (s, dd, x))).collect();
         let mut has_tip = false;
         let mut i = 0;
         while i < parts.len() {
@@ -736,21 +986,49 @@ impl<'a> Lowerer<'a> {
                     let Some(locs) = self.env.wells(rack, d) else { continue };
                     if let Some(&loc) = locs.first() {
                         if self.env.slots[loc.slot].def.tip.is_none() {
-                            d.push(Diagnostic::error("P0306", rack.span, format!("`{}` is not a tip rack", rack.labware)));
+                            d.push(Diagnostic::error(
+                                "P0306",
+                                rack.span,
+                                format!("`{}` is not a tip rack", rack.labware),
+                            ));
                             continue;
                         }
                         let (r, w) = self.name(loc);
                         self.tasks[t].holds.insert(loc.slot);
                         self.tasks[t].pipettes.insert(p.name.clone());
-                        self.emit(t, CommandOp::PickUpTip { pipette: p.name.clone(), rack: r, well: w }, false, est::PICK_UP_TIP, rack.span);
+                        self.emit(
+                            t,
+                            CommandOp::PickUpTip { pipette: p.name.clone(), rack: r, well: w },
+                            false,
+                            est::PICK_UP_TIP,
+                            rack.span,
+                        );
                     }
                 }
                 LowLevel::Aspirate { pipette, at, volume_ul } | LowLevel::Dispense { pipette, at, volume_ul } => {
                     let Some(p) = self.pipette(pipette, at.span, d) else { continue };
                     if *volume_ul > p.max_ul + 1e-9 {
-                        d.push(Diagnostic::error("P0304", at.span, format!("{} exceeds {}'s maximum of {}", crate::units::fmt_ul(*volume_ul), p.name, crate::units::fmt_ul(p.max_ul))));
+                        d.push(Diagnostic::error(
+                            "P0304",
+                            at.span,
+                            format!(
+                                "{} exceeds {}'s maximum of {}",
+                                crate::units::fmt_ul(*volume_ul),
+                                p.name,
+                                crate::units::fmt_ul(p.max_ul)
+                            ),
+                        ));
                     } else if *volume_ul > 0.0 && *volume_ul + 1e-9 < p.min_ul {
-                        d.push(Diagnostic::error("P0303", at.span, format!("{} is below {}'s minimum of {}", crate::units::fmt_ul(*volume_ul), p.name, crate::units::fmt_ul(p.min_ul))));
+                        d.push(Diagnostic::error(
+                            "P0303",
+                            at.span,
+                            format!(
+                                "{} is below {}'s minimum of {}",
+                                crate::units::fmt_ul(*volume_ul),
+                                p.name,
+                                crate::units::fmt_ul(p.min_ul)
+                            ),
+                        ));
                     }
                     let Some(locs) = self.env.wells(at, d) else { continue };
                     let Some(&loc) = locs.first() else { continue };
@@ -764,7 +1042,13 @@ impl<'a> Lowerer<'a> {
                     let Some(p) = self.pipette(pipette, at.span, d) else { continue };
                     let Some(loc) = self.env.wells(at, d).and_then(|l| l.first().copied()) else { continue };
                     let (labware, well) = self.name(loc);
-                    self.emit(t, CommandOp::BlowOut { pipette: p.name.clone(), labware, well }, false, est::BLOW_OUT, at.span);
+                    self.emit(
+                        t,
+                        CommandOp::BlowOut { pipette: p.name.clone(), labware, well },
+                        false,
+                        est::BLOW_OUT,
+                        at.span,
+                    );
                 }
                 LowLevel::MoveTo { pipette, at } => {
                     let span = at.as_ref().map_or(step.span, |a| a.span);
@@ -779,7 +1063,13 @@ impl<'a> Lowerer<'a> {
                         },
                         None => (None, None),
                     };
-                    self.emit(t, CommandOp::MoveTo { pipette: p.name.clone(), labware: target.0, well: target.1 }, true, est::MOVE_TO_WELL, span);
+                    self.emit(
+                        t,
+                        CommandOp::MoveTo { pipette: p.name.clone(), labware: target.0, well: target.1 },
+                        true,
+                        est::MOVE_TO_WELL,
+                        span,
+                    );
                 }
                 LowLevel::DropTip { pipette } => {
                     let Some(p) = self.pipette(pipette, step.span, d) else { continue };
@@ -789,7 +1079,13 @@ impl<'a> Lowerer<'a> {
                 LowLevel::MoveLabware { labware, to } => {
                     if let Some(s) = self.env.slot(labware, d) {
                         self.tasks[t].holds.insert(s);
-                        self.emit(t, CommandOp::MoveLabware { labware: labware.name.clone(), to: to.clone() }, false, est::MOVE_LABWARE, labware.span);
+                        self.emit(
+                            t,
+                            CommandOp::MoveLabware { labware: labware.name.clone(), to: to.clone() },
+                            false,
+                            est::MOVE_LABWARE,
+                            labware.span,
+                        );
                     }
                 }
             }
@@ -813,9 +1109,15 @@ impl<'a> Lowerer<'a> {
                 Diagnostic::error(
                     "P0305",
                     s.first_span,
-                    format!("the protocol runs out of tips here: it needs {total} tips, its {} rack(s) hold {}", s.have_racks, s.have_racks * s.per_rack),
+                    format!(
+                        "the protocol runs out of tips here: it needs {total} tips, its {} rack(s) hold {}",
+                        s.have_racks,
+                        s.have_racks * s.per_rack
+                    ),
                 )
-                .with_hint(format!("add {missing_racks} more rack(s) of {what}, or reuse tips with `tips: per_source` or `tips: once`")),
+                .with_hint(format!(
+                    "add {missing_racks} more rack(s) of {what}, or reuse tips with `tips: per_source` or `tips: once`"
+                )),
             );
         }
         Lowered { tasks: self.tasks }
@@ -826,6 +1128,43 @@ impl LTask {
     /// Estimated duration: the sum of its commands.
     pub fn duration_s(&self) -> f64 {
         self.commands.iter().map(|c| c.estimate_s).sum()
+    }
+}
+
+/// A one-line summary of what an instrument can do, for hints.
+fn capabilities(i: &labware::site::Instrument) -> String {
+    let r = |name: &str, r: Option<labware::site::Range>, unit: &str| {
+        r.map(|r| format!("{name} {}–{} {unit}", crate::units::trim(r.min), crate::units::trim(r.max)))
+    };
+    let mut parts: Vec<String> = Vec::new();
+    if !i.modes.is_empty() {
+        let modes: Vec<&str> = i
+            .modes
+            .iter()
+            .map(|m| match m {
+                ReadMode::Absorbance => "absorbance",
+                ReadMode::Fluorescence => "fluorescence",
+                ReadMode::Luminescence => "luminescence",
+            })
+            .collect();
+        parts.push(modes.join("/"));
+    }
+    parts.extend(r("absorbance", i.absorbance_nm, "nm"));
+    parts.extend(r("excitation", i.excitation_nm, "nm"));
+    parts.extend(r("emission", i.emission_nm, "nm"));
+    parts.extend(r("temperature", i.temperature_c, "°C"));
+    parts.extend(r("shaking", i.shaking_rpm, "rpm"));
+    if let Some(g) = i.max_g {
+        parts.push(format!("up to {} ×g", crate::units::trim(g)));
+    }
+    if !i.labware.is_empty() {
+        let kinds: Vec<&str> = i.labware.iter().map(|k| k.as_str()).collect();
+        parts.push(format!("takes {}", kinds.join(", ")));
+    }
+    if parts.is_empty() {
+        "no stated capabilities".into()
+    } else {
+        parts.join(", ")
     }
 }
 

@@ -51,7 +51,15 @@ pub fn quote(plan: &RunPlan, site: &Site) -> Quote {
         .collect();
     let per_run = site.prices.per_run;
     let total = round_cents(per_run + lines.iter().map(|l| l.amount).sum::<f64>());
-    Quote { duration_s: critical_path(&plan.tasks, mv), device_s, plate_moves, lines, per_run, total, currency: site.prices.currency.clone() }
+    Quote {
+        duration_s: critical_path(&plan.tasks, mv),
+        device_s,
+        plate_moves,
+        lines,
+        per_run,
+        total,
+        currency: site.prices.currency.clone(),
+    }
 }
 
 fn round_cents(v: f64) -> f64 {
@@ -131,7 +139,12 @@ pub fn min_gap(tasks: &[Task], from: usize, to: usize, move_s: f64) -> Option<f6
         let start = tasks[i]
             .after
             .iter()
-            .filter_map(|&p| end.get(p as usize).copied().flatten().map(|e| e + if needs_move(&tasks[p as usize], &tasks[i]) { move_s } else { 0.0 }))
+            .filter_map(|&p| {
+                end.get(p as usize)
+                    .copied()
+                    .flatten()
+                    .map(|e| e + if needs_move(&tasks[p as usize], &tasks[i]) { move_s } else { 0.0 })
+            })
             .reduce(f64::max);
         if let Some(s) = start {
             if i == to {

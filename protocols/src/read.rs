@@ -38,7 +38,11 @@ pub fn string(node: &Node, what: &str, d: &mut Diagnostics) -> Option<String> {
     match &node.value {
         Value::String(s) => Some(s.clone()),
         _ => {
-            d.push(Diagnostic::error("P0103", node.span, format!("{what} must be a string, found {}", node.type_name())));
+            d.push(Diagnostic::error(
+                "P0103",
+                node.span,
+                format!("{what} must be a string, found {}", node.type_name()),
+            ));
             None
         }
     }
@@ -49,11 +53,19 @@ pub fn count(node: &Node, what: &str, max: u32, d: &mut Diagnostics) -> Option<u
     match node.value {
         Value::Number(n) if n.fract() == 0.0 && n >= 1.0 && n <= f64::from(max) => Some(n as u32),
         Value::Number(n) => {
-            d.push(Diagnostic::error("P0111", node.span, format!("{what} must be a whole number from 1 to {max}, found {n}")));
+            d.push(Diagnostic::error(
+                "P0111",
+                node.span,
+                format!("{what} must be a whole number from 1 to {max}, found {n}"),
+            ));
             None
         }
         _ => {
-            d.push(Diagnostic::error("P0103", node.span, format!("{what} must be a number, found {}", node.type_name())));
+            d.push(Diagnostic::error(
+                "P0103",
+                node.span,
+                format!("{what} must be a number, found {}", node.type_name()),
+            ));
             None
         }
     }
@@ -66,13 +78,21 @@ pub fn quantity(node: &Node, dim: Dim, what: &str, range: (f64, f64), d: &mut Di
         Value::String(s) => s.as_str(),
         Value::Number(n) => {
             d.push(
-                Diagnostic::error("P0110", node.span, format!("{what} needs a unit: `{}` alone is not {dim_name}", units::trim(*n)))
-                    .with_hint(format!("write it with a unit, e.g. `{} {base}`", units::trim(*n))),
+                Diagnostic::error(
+                    "P0110",
+                    node.span,
+                    format!("{what} needs a unit: `{}` alone is not {dim_name}", units::trim(*n)),
+                )
+                .with_hint(format!("write it with a unit, e.g. `{} {base}`", units::trim(*n))),
             );
             return None;
         }
         _ => {
-            d.push(Diagnostic::error("P0103", node.span, format!("{what} must be {dim_name} such as {}, found {}", dim.examples(), node.type_name())));
+            d.push(Diagnostic::error(
+                "P0103",
+                node.span,
+                format!("{what} must be {dim_name} such as {}, found {}", dim.examples(), node.type_name()),
+            ));
             return None;
         }
     };
@@ -82,18 +102,24 @@ pub fn quantity(node: &Node, dim: Dim, what: &str, range: (f64, f64), d: &mut Di
             let msg = match e {
                 QuantityError::Syntax => format!("{what}: `{text}` is not {dim_name}"),
                 QuantityError::UnknownUnit(u) => format!("{what}: unknown unit `{u}`"),
-                QuantityError::WrongDim(other) => format!("{what}: `{text}` is {}, expected {dim_name}", other.describe().0),
+                QuantityError::WrongDim(other) => {
+                    format!("{what}: `{text}` is {}, expected {dim_name}", other.describe().0)
+                }
                 QuantityError::NotFinite => format!("{what}: `{text}` is not a finite number"),
             };
-            d.push(Diagnostic::error("P0110", node.span, msg).with_hint(format!("write {dim_name} such as {}", dim.examples())));
+            d.push(
+                Diagnostic::error("P0110", node.span, msg)
+                    .with_hint(format!("write {dim_name} such as {}", dim.examples())),
+            );
             return None;
         }
     };
     if v < range.0 || v > range.1 {
-        d.push(
-            Diagnostic::error("P0111", node.span, format!("{what} `{text}` is out of range"))
-                .with_hint(format!("{dim_name} here must be between {} and {} {base}", units::trim(range.0), units::trim(range.1))),
-        );
+        d.push(Diagnostic::error("P0111", node.span, format!("{what} `{text}` is out of range")).with_hint(format!(
+            "{dim_name} here must be between {} and {} {base}",
+            units::trim(range.0),
+            units::trim(range.1)
+        )));
         return None;
     }
     Some(v)

@@ -36,7 +36,11 @@ impl Env {
         let mut env = Env::default();
         for decl in &p.labware {
             if env.by_name.contains_key(&decl.name.name) {
-                d.push(Diagnostic::error("P0201", decl.name.span, format!("labware `{}` is declared twice", decl.name.name)));
+                d.push(Diagnostic::error(
+                    "P0201",
+                    decl.name.span,
+                    format!("labware `{}` is declared twice", decl.name.name),
+                ));
                 continue;
             }
             let def = local.get(&decl.load_name.name).or_else(|| lib.get(&decl.load_name.name));
@@ -53,7 +57,12 @@ impl Env {
                         format!("did you mean `{}`?", sugg.join("`, `"))
                     };
                     d.push(
-                        Diagnostic::error("P0201", decl.load_name.span, format!("unknown labware type `{}`", decl.load_name.name)).with_hint(hint),
+                        Diagnostic::error(
+                            "P0201",
+                            decl.load_name.span,
+                            format!("unknown labware type `{}`", decl.load_name.name),
+                        )
+                        .with_hint(hint),
                     );
                 }
             }
@@ -88,22 +97,19 @@ impl Env {
         let sel = match WellSelection::parse(&r.selection) {
             Ok(s) => s,
             Err(e) => {
-                d.push(
-                    Diagnostic::error("P0205", r.span, e.to_string())
-                        .with_hint("wells are written `A1`, `A1:H12`, `A1:H12 by row`, `A` (a row), `1` (a column) or a comma list"),
-                );
+                d.push(Diagnostic::error("P0205", r.span, e.to_string()).with_hint(
+                    "wells are written `A1`, `A1:H12`, `A1:H12 by row`, `A` (a row), `1` (a column) or a comma list",
+                ));
                 return None;
             }
         };
         match sel.resolve(def) {
             Ok(idx) => Some(idx.into_iter().map(|well| Loc { slot, well }).collect()),
             Err(e) => {
-                d.push(Diagnostic::error("P0203", r.span, format!("{}/{}: {e}", r.labware, r.selection)).with_hint(format!(
-                    "`{}` is a {} ({})",
-                    r.labware,
-                    def.load_name,
-                    def.grid_description()
-                )));
+                d.push(
+                    Diagnostic::error("P0203", r.span, format!("{}/{}: {e}", r.labware, r.selection))
+                        .with_hint(format!("`{}` is a {} ({})", r.labware, def.load_name, def.grid_description())),
+                );
                 None
             }
         }

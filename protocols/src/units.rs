@@ -99,7 +99,12 @@ pub fn parse(text: &str, dim: Dim) -> Result<f64, QuantityError> {
         None => {
             let end = t
                 .char_indices()
-                .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || ((c == '-' || c == '+') && i == 0) || ((c == 'e' || c == 'E') && i > 0 && !t[i + 1..].starts_with(|x: char| x.is_alphabetic()))))
+                .find(|&(i, c)| {
+                    !(c.is_ascii_digit()
+                        || c == '.'
+                        || ((c == '-' || c == '+') && i == 0)
+                        || ((c == 'e' || c == 'E') && i > 0 && !t[i + 1..].starts_with(|x: char| x.is_alphabetic())))
+                })
                 .map_or(t.len(), |(i, _)| i);
             (t[..end].trim(), t[end..].trim())
         }
@@ -116,10 +121,8 @@ pub fn parse(text: &str, dim: Dim) -> Result<f64, QuantityError> {
     }
     let lower = unit.to_lowercase();
     let lower = lower.strip_suffix('s').filter(|u| UNITS.iter().any(|(s, _, _)| s == u)).unwrap_or(&lower);
-    let (_, d, factor) = UNITS
-        .iter()
-        .find(|(s, _, _)| *s == lower)
-        .ok_or_else(|| QuantityError::UnknownUnit(unit.to_string()))?;
+    let (_, d, factor) =
+        UNITS.iter().find(|(s, _, _)| *s == lower).ok_or_else(|| QuantityError::UnknownUnit(unit.to_string()))?;
     if *d != dim {
         return Err(QuantityError::WrongDim(*d));
     }
@@ -140,7 +143,11 @@ pub fn fmt_ul(v: f64) -> String {
 pub fn trim(v: f64) -> String {
     let s = format!("{:.3}", v);
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".to_string() } else { s.to_string() }
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 #[cfg(test)]

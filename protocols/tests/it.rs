@@ -155,7 +155,8 @@ fn mixtures_are_tracked_by_composition() {
 fn volumes_below_every_pipette_minimum() {
     check("  - transfer: { from: res/A1, to: plate/A1, volume: 0.5 uL }\n", &["P0303"]);
     // With only 300 µL tips, 10 µL is below the p300's 20 µL minimum.
-    let text = HEADER.replace("  tips20: { type: opentrons_96_tiprack_20ul }\n", "") + "  - transfer: { from: res/A1, to: plate/A1, volume: 10 uL }\n";
+    let text = HEADER.replace("  tips20: { type: opentrons_96_tiprack_20ul }\n", "")
+        + "  - transfer: { from: res/A1, to: plate/A1, volume: 10 uL }\n";
     assert_eq!(codes(&text), ["P0303"]);
 }
 
@@ -171,7 +172,9 @@ fn tips_running_out_says_how_many_racks_are_missing() {
 
 #[test]
 fn no_tip_rack_for_any_pipette() {
-    let text = HEADER.replace("  tips: { type: opentrons_96_tiprack_300ul }\n  tips20: { type: opentrons_96_tiprack_20ul }\n", "") + "  - transfer: { from: res/A1, to: plate/A1, volume: 10 uL }\n";
+    let text = HEADER
+        .replace("  tips: { type: opentrons_96_tiprack_300ul }\n  tips20: { type: opentrons_96_tiprack_20ul }\n", "")
+        + "  - transfer: { from: res/A1, to: plate/A1, volume: 10 uL }\n";
     assert_eq!(codes(&text), ["P0306"]);
 }
 
@@ -262,7 +265,8 @@ fn diagnostics_render_like_rustc_and_as_json() {
 #[test]
 fn volumes_are_split_by_tip_capacity() {
     // 120 µL with only 20 µL tips: 20 × 5 then 10 + 10 (the last two parts equal, never tiny).
-    let text = HEADER.replace("  tips: { type: opentrons_96_tiprack_300ul }\n", "") + "  - transfer: { from: res/A1, to: plate/A1, volume: 110 uL }\n";
+    let text = HEADER.replace("  tips: { type: opentrons_96_tiprack_300ul }\n", "")
+        + "  - transfer: { from: res/A1, to: plate/A1, volume: 110 uL }\n";
     let c = run("t.yaml", &text);
     let plan = c.plan.unwrap();
     let parts: Vec<f64> = plan.tasks[0]
@@ -298,7 +302,18 @@ fn plan_json_is_stable() {
     let outline: String = plan
         .tasks
         .iter()
-        .map(|t| format!("{} {:?} {} holds={:?} after={:?} commands={} {:.0}s\n", t.id, t.class.map(|c| c.as_str()), t.label, t.holds, t.after, t.commands.len(), t.duration_s))
+        .map(|t| {
+            format!(
+                "{} {:?} {} holds={:?} after={:?} commands={} {:.0}s\n",
+                t.id,
+                t.class.map(|c| c.as_str()),
+                t.label,
+                t.holds,
+                t.after,
+                t.commands.len(),
+                t.duration_s
+            )
+        })
         .collect();
     expect_test::expect_file!["snapshots/elisa.outline.txt"].assert_eq(&outline);
     // The JSON reads back to the same plan.
@@ -348,7 +363,10 @@ fn malformed_input_gets_diagnostics_not_panics() {
         ("binary-ish", "\u{1}\u{2}\u{3}{{{"),
         ("alias", "labwright: 1\nlabware: &a {}\nsteps: *a"),
         ("two documents", "labwright: 1\nlabware: {}\nsteps: []\n---\nfoo: 1\n"),
-        ("huge repeat", &with_steps("  - repeat: { times: 10000, steps: [ {repeat: {times: 10000, steps: [ {wait: 1 s} ]}} ] }\n")),
+        (
+            "huge repeat",
+            &with_steps("  - repeat: { times: 10000, steps: [ {repeat: {times: 10000, steps: [ {wait: 1 s} ]}} ] }\n"),
+        ),
     ];
     for (what, text) in cases {
         let c = run("bad.yaml", text);
@@ -358,12 +376,20 @@ fn malformed_input_gets_diagnostics_not_panics() {
         }
     }
     let dup = run("d.json", "{\"labwright\": 1, \"labwright\": 1}");
-    assert!(dup.diagnostics.iter().any(|d| d.code == "P0004" && d.hint.as_deref() == Some("it is first given at 1:2; keep one of the two")));
+    assert!(dup
+        .diagnostics
+        .iter()
+        .any(|d| d.code == "P0004" && d.hint.as_deref() == Some("it is first given at 1:2; keep one of the two")));
 }
 
 #[test]
 fn deep_nesting_is_refused() {
-    for text in ["[".repeat(100_000), "{\"a\":".repeat(100_000), format!("labwright: {}", "[".repeat(100_000)), "- ".repeat(5000) + "x"] {
+    for text in [
+        "[".repeat(100_000),
+        "{\"a\":".repeat(100_000),
+        format!("labwright: {}", "[".repeat(100_000)),
+        "- ".repeat(5000) + "x",
+    ] {
         let c = run("deep", &text);
         assert!(c.has_errors());
     }
@@ -373,7 +399,9 @@ fn deep_nesting_is_refused() {
 
 #[test]
 fn invalid_utf8_is_reported_with_its_offset() {
-    let Err((src, at)) = SourceFile::from_bytes("x.yaml", b"labwright: 1\nname: caf\xe9\n".to_vec()) else { panic!("accepted invalid UTF-8") };
+    let Err((src, at)) = SourceFile::from_bytes("x.yaml", b"labwright: 1\nname: caf\xe9\n".to_vec()) else {
+        panic!("accepted invalid UTF-8")
+    };
     assert_eq!(at, 22);
     assert_eq!(src.line_col(at as u32).line, 2);
 }
@@ -420,7 +448,8 @@ fn every_corpus_protocol_compiles_or_gets_clean_diagnostics() {
 
 #[test]
 fn unsupported_instructions_are_named_with_their_index() {
-    let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/resources/measure_suite.json")).unwrap();
+    let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/resources/measure_suite.json"))
+        .unwrap();
     let c = run("measure_suite.json", &text);
     let msgs: Vec<_> = c.diagnostics.iter().filter(|d| d.code == "P0501").map(|d| d.message.as_str()).collect();
     assert_eq!(msgs[0], "instruction 0 (`measure_concentration`) is not supported by Labwright");
@@ -433,13 +462,17 @@ fn unsupported_instructions_are_named_with_their_index() {
 #[test]
 fn autoprotocol_over_full_well_is_caught_like_the_remote_lab_does() {
     // Strateos answered: "175.0 uL exceeds the maximum well volume for 'test_plate_96': max volume for '96-pcr' is 160.0 uL".
-    let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/autoprotocol/invalidTransfer.json")).unwrap();
+    let text =
+        std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/autoprotocol/invalidTransfer.json"))
+            .unwrap();
     let c = run("invalidTransfer.json", &text);
     let d: Vec<_> = c.diagnostics.iter().filter(|d| d.is_error()).collect();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].message, "test_plate_96/A2 would hold 175 µL but holds at most 160 µL");
     // The accepted one compiles.
-    let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/autoprotocol/singleTransfer.json")).unwrap();
+    let text =
+        std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/autoprotocol/singleTransfer.json"))
+            .unwrap();
     assert!(!run("singleTransfer.json", &text).has_errors());
 }
 
@@ -448,7 +481,8 @@ fn opentrons_analysis_pair_matches_the_engine() {
     let dir = corpus("opentrons/analysis-snapshots/OT2_S_v6_P1000S_None_SimpleTransfer");
     let text = std::fs::read_to_string(dir.join("protocol.json")).unwrap();
     let c = run("protocol.json", &text);
-    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected_analysis.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected_analysis.json")).unwrap()).unwrap();
     // Same outcome: Opentrons says ok, we find no error.
     assert_eq!(expected["result"], "ok");
     assert!(!c.has_errors(), "{:#?}", c.diagnostics);
@@ -479,7 +513,9 @@ fn opentrons_analysis_pair_matches_the_engine() {
 
 #[test]
 fn format_is_detected_and_can_be_forced() {
-    let ap = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/autoprotocol/singleTransfer.json")).unwrap();
+    let ap =
+        std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/autoprotocol/singleTransfer.json"))
+            .unwrap();
     assert_eq!(run("x.json", &ap).format, Format::Autoprotocol);
     let forced = compile(&SourceFile::new("x.json", ap), Format::Opentrons, site(), lib());
     assert!(forced.has_errors());

@@ -20,7 +20,16 @@ mod tests {
 
     #[test]
     fn messages_round_trip_on_the_wire() {
-        let d = Diagnostic { code: "P0203".into(), severity: Severity::Error as i32, message: "well H13 does not exist".into(), line: 14, column: 9, end_line: 14, end_column: 18, hint: String::new() };
+        let d = Diagnostic {
+            code: "P0203".into(),
+            severity: Severity::Error as i32,
+            message: "well H13 does not exist".into(),
+            line: 14,
+            column: 9,
+            end_line: 14,
+            end_column: 18,
+            hint: String::new(),
+        };
         let resp = ValidateResponse { ok: false, diagnostics: vec![d], tasks: 0, commands: 0 };
         let bytes = resp.encode_to_vec();
         assert_eq!(ValidateResponse::decode(bytes.as_slice()).unwrap(), resp);

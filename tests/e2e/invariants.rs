@@ -48,7 +48,19 @@ fn closure(pkg: &str) -> BTreeSet<String> {
     seen.into_iter().map(|id| names[&id].clone()).collect()
 }
 
-const IO_CRATES: &[&str] = &["tokio", "tonic", "prost", "rumqttc", "rusqlite", "sqlx", "tokio-postgres", "postgres", "tokio-serial", "mio", "hyper"];
+const IO_CRATES: &[&str] = &[
+    "tokio",
+    "tonic",
+    "prost",
+    "rumqttc",
+    "rusqlite",
+    "sqlx",
+    "tokio-postgres",
+    "postgres",
+    "tokio-serial",
+    "mio",
+    "hyper",
+];
 
 #[test]
 fn pure_cores_do_no_io() {

@@ -34,10 +34,27 @@ const CONTAINER_TYPES: &[(&str, &str, f64)] = &[
 
 /// Instructions with no Labwright equivalent; reported by name.
 const UNSUPPORTED: &[&str] = &[
-    "flow_analyze", "illumina_sequence", "sanger_sequence", "gel_purify", "gel_separate",
-    "magnetic_transfer", "measure_concentration", "measure_mass", "measure_volume", "oligosynthesize",
-    "acoustic_transfer", "image_plate", "image", "autopick", "spread", "thermocycle", "agitate",
-    "evaporate", "flash_freeze", "sonicate", "count_cells",
+    "flow_analyze",
+    "illumina_sequence",
+    "sanger_sequence",
+    "gel_purify",
+    "gel_separate",
+    "magnetic_transfer",
+    "measure_concentration",
+    "measure_mass",
+    "measure_volume",
+    "oligosynthesize",
+    "acoustic_transfer",
+    "image_plate",
+    "image",
+    "autopick",
+    "spread",
+    "thermocycle",
+    "agitate",
+    "evaporate",
+    "flash_freeze",
+    "sonicate",
+    "count_cells",
 ];
 
 struct Importer<'a> {
@@ -81,15 +98,23 @@ pub fn parse(root: &Node, lib: &Library, d: &mut Diagnostics) -> Protocol {
                 Some(i) => i,
                 None => {
                     d.push(
-                        Diagnostic::error("P0102", root.span, "not an Autoprotocol protocol: `instructions` is missing")
-                            .with_hint("an Autoprotocol file is {\"refs\": {...}, \"instructions\": [...]}"),
+                        Diagnostic::error(
+                            "P0102",
+                            root.span,
+                            "not an Autoprotocol protocol: `instructions` is missing",
+                        )
+                        .with_hint("an Autoprotocol file is {\"refs\": {...}, \"instructions\": [...]}"),
                     );
                     return im.protocol;
                 }
             }
         }
         _ => {
-            d.push(Diagnostic::error("P0103", root.span, "an Autoprotocol file must be an object or a list of instructions"));
+            d.push(Diagnostic::error(
+                "P0103",
+                root.span,
+                "an Autoprotocol file must be an object or a list of instructions",
+            ));
             return im.protocol;
         }
     };
@@ -121,8 +146,12 @@ impl Importer<'_> {
                 Some(t) => t.to_string(),
                 None => {
                     d.push(
-                        Diagnostic::warning("P0510", k.span, format!("ref `{}` names an existing container of unstated type; assuming 96-flat", k.name))
-                            .with_hint("give `new: <container type>` so the wells can be checked"),
+                        Diagnostic::warning(
+                            "P0510",
+                            k.span,
+                            format!("ref `{}` names an existing container of unstated type; assuming 96-flat", k.name),
+                        )
+                        .with_hint("give `new: <container type>` so the wells can be checked"),
                     );
                     "96-flat".to_string()
                 }
@@ -168,22 +197,40 @@ impl Importer<'_> {
     fn well(&mut self, node: &Node, d: &mut Diagnostics) -> Option<WellRef> {
         let s = string(node, "a well", d)?;
         let Some((r, w)) = s.rsplit_once('/') else {
-            d.push(Diagnostic::error("P0205", node.span, format!("`{s}` is not an Autoprotocol well")).with_hint("write `<ref>/<index>`, e.g. `plate/0`"));
+            d.push(
+                Diagnostic::error("P0205", node.span, format!("`{s}` is not an Autoprotocol well"))
+                    .with_hint("write `<ref>/<index>`, e.g. `plate/0`"),
+            );
             return None;
         };
         if !self.refs.contains_key(r) && self.implicit_refs {
-            d.push(Diagnostic::warning("P0510", node.span, format!("container `{r}` is not declared (an instruction fragment); assuming 96-flat")));
+            d.push(Diagnostic::warning(
+                "P0510",
+                node.span,
+                format!("container `{r}` is not declared (an instruction fragment); assuming 96-flat"),
+            ));
             self.declare(r, node.span, "96-flat", node.span, d);
         }
         let Some(def) = self.refs.get(r) else {
-            d.push(Diagnostic::error("P0202", node.span, format!("no ref named `{r}`")).with_hint("declare it under `refs`"));
+            d.push(
+                Diagnostic::error("P0202", node.span, format!("no ref named `{r}`"))
+                    .with_hint("declare it under `refs`"),
+            );
             return None;
         };
         let name = match w.parse::<usize>() {
             Ok(i) => match def.row_major_names().get(i) {
                 Some(n) => n.to_string(),
                 None => {
-                    d.push(Diagnostic::error("P0203", node.span, format!("well index {i} does not exist: `{r}` has {} wells (0 to {})", def.wells.len(), def.wells.len().saturating_sub(1))));
+                    d.push(Diagnostic::error(
+                        "P0203",
+                        node.span,
+                        format!(
+                            "well index {i} does not exist: `{r}` has {} wells (0 to {})",
+                            def.wells.len(),
+                            def.wells.len().saturating_sub(1)
+                        ),
+                    ));
                     return None;
                 }
             },
@@ -223,7 +270,14 @@ impl Importer<'_> {
                 let reagent = ins.get("resource_id").and_then(Node::as_str).unwrap_or("reagent").to_string();
                 let mut to = Vec::new();
                 if ins.get("measurement_mode").and_then(Node::as_str) == Some("mass") {
-                    d.push(Diagnostic::error("P0501", span, format!("instruction {index} (`provision` by mass) is not supported")).with_hint("provision by volume"));
+                    d.push(
+                        Diagnostic::error(
+                            "P0501",
+                            span,
+                            format!("instruction {index} (`provision` by mass) is not supported"),
+                        )
+                        .with_hint("provision by volume"),
+                    );
                     return;
                 }
                 for t in ins.get("to").and_then(Node::as_list).unwrap_or_default() {
@@ -239,7 +293,12 @@ impl Importer<'_> {
             }
             "dispense" => {
                 let Some(obj) = self.object(ins, d) else { return };
-                let reagent = ins.get("reagent").or_else(|| ins.get("resource_id")).and_then(Node::as_str).unwrap_or("reagent").to_string();
+                let reagent = ins
+                    .get("reagent")
+                    .or_else(|| ins.get("resource_id"))
+                    .and_then(Node::as_str)
+                    .unwrap_or("reagent")
+                    .to_string();
                 let mut to = Vec::new();
                 for c in ins.get("columns").and_then(Node::as_list).unwrap_or_default() {
                     let (Some(col), Some(v)) = (c.get("column").and_then(Node::as_f64), c.get("volume")) else {
@@ -247,7 +306,14 @@ impl Importer<'_> {
                         continue;
                     };
                     if let Some(v) = vol(v, d) {
-                        to.push((WellRef { labware: obj.name.clone(), selection: format!("{}", col as i64 + 1), span: c.span }, v));
+                        to.push((
+                            WellRef {
+                                labware: obj.name.clone(),
+                                selection: format!("{}", col as i64 + 1),
+                                span: c.span,
+                            },
+                            v,
+                        ));
                     }
                 }
                 self.push(Op::AddReagent { reagent, to }, span, &id);
@@ -256,11 +322,22 @@ impl Importer<'_> {
                 let Some(labware) = self.object(ins, d) else { return };
                 let where_ = ins.get("where").and_then(Node::as_str).unwrap_or("ambient");
                 let Some(temperature_c) = storage_temperature(where_) else {
-                    d.push(Diagnostic::error("P0110", ins.get("where").map_or(span, |n| n.span), format!("unknown incubation location `{where_}`")).with_hint("use warm_37, warm_30, cold_4, ambient, …"));
+                    d.push(
+                        Diagnostic::error(
+                            "P0110",
+                            ins.get("where").map_or(span, |n| n.span),
+                            format!("unknown incubation location `{where_}`"),
+                        )
+                        .with_hint("use warm_37, warm_30, cold_4, ambient, …"),
+                    );
                     return;
                 };
                 let Some(duration_s) = ins.get("duration").and_then(|n| dur(n, d)) else { return };
-                let shake_rpm = (ins.get("shaking").and_then(|n| match n.value { Value::Bool(b) => Some(b), _ => None }) == Some(true)).then_some(300.0);
+                let shake_rpm = (ins.get("shaking").and_then(|n| match n.value {
+                    Value::Bool(b) => Some(b),
+                    _ => None,
+                }) == Some(true))
+                .then_some(300.0);
                 self.push(Op::Incubate { labware, temperature_c, duration_s, shake_rpm }, span, &id);
             }
             "absorbance" | "fluorescence" | "luminescence" => {
@@ -268,12 +345,21 @@ impl Importer<'_> {
                 let wells = self.well_list(ins.get("wells"), &labware, d);
                 let op = match op.as_str() {
                     "absorbance" => {
-                        let Some(w) = ins.get("wavelength").and_then(|n| quantity(n, Dim::Wavelength, "wavelength", (1.0, 5000.0), d)) else { return };
+                        let Some(w) = ins
+                            .get("wavelength")
+                            .and_then(|n| quantity(n, Dim::Wavelength, "wavelength", (1.0, 5000.0), d))
+                        else {
+                            return;
+                        };
                         Op::ReadAbsorbance { labware, wells, wavelengths_nm: vec![w] }
                     }
                     "fluorescence" => {
-                        let ex = ins.get("excitation").and_then(|n| quantity(n, Dim::Wavelength, "excitation", (1.0, 5000.0), d));
-                        let em = ins.get("emission").and_then(|n| quantity(n, Dim::Wavelength, "emission", (1.0, 5000.0), d));
+                        let ex = ins
+                            .get("excitation")
+                            .and_then(|n| quantity(n, Dim::Wavelength, "excitation", (1.0, 5000.0), d));
+                        let em = ins
+                            .get("emission")
+                            .and_then(|n| quantity(n, Dim::Wavelength, "emission", (1.0, 5000.0), d));
                         let (Some(excitation_nm), Some(emission_nm)) = (ex, em) else { return };
                         Op::ReadFluorescence { labware, wells, excitation_nm, emission_nm }
                     }
@@ -287,24 +373,41 @@ impl Importer<'_> {
                     let mode = g.get("mode").and_then(Node::as_str).unwrap_or("");
                     let Some(params) = g.get("mode_params") else { continue };
                     let wells = self.well_list(params.get("wells"), &labware, d);
-                    let nm = |n: &Node, d: &mut Diagnostics| quantity(n, Dim::Wavelength, "wavelength", (1.0, 5000.0), d);
+                    let nm =
+                        |n: &Node, d: &mut Diagnostics| quantity(n, Dim::Wavelength, "wavelength", (1.0, 5000.0), d);
                     let op = match mode {
                         "absorbance" => {
-                            let ws: Vec<f64> = params.get("wavelength").and_then(Node::as_list).unwrap_or_default().iter().filter_map(|n| nm(n, d)).collect();
+                            let ws: Vec<f64> = params
+                                .get("wavelength")
+                                .and_then(Node::as_list)
+                                .unwrap_or_default()
+                                .iter()
+                                .filter_map(|n| nm(n, d))
+                                .collect();
                             if ws.is_empty() {
                                 continue;
                             }
                             Op::ReadAbsorbance { labware: labware.clone(), wells, wavelengths_nm: ws }
                         }
                         "fluorescence" => {
-                            let first = |k: &str| params.get(k).and_then(Node::as_list).and_then(|l| l.first()).and_then(|x| x.get("wavelength"));
+                            let first = |k: &str| {
+                                params
+                                    .get(k)
+                                    .and_then(Node::as_list)
+                                    .and_then(|l| l.first())
+                                    .and_then(|x| x.get("wavelength"))
+                            };
                             let (Some(ex), Some(em)) = (first("excitation"), first("emission")) else { continue };
                             let (Some(ex), Some(em)) = (nm(ex, d), nm(em, d)) else { continue };
                             Op::ReadFluorescence { labware: labware.clone(), wells, excitation_nm: ex, emission_nm: em }
                         }
                         "luminescence" => Op::ReadLuminescence { labware: labware.clone(), wells },
                         other => {
-                            d.push(Diagnostic::error("P0501", g.span, format!("instruction {index}: spectrophotometry mode `{other}` is not supported")));
+                            d.push(Diagnostic::error(
+                                "P0501",
+                                g.span,
+                                format!("instruction {index}: spectrophotometry mode `{other}` is not supported"),
+                            ));
                             continue;
                         }
                     };
@@ -340,7 +443,11 @@ impl Importer<'_> {
                 }
             }
             other => {
-                let why = if UNSUPPORTED.contains(&other) { "is not supported by Labwright" } else { "is not a known Autoprotocol instruction" };
+                let why = if UNSUPPORTED.contains(&other) {
+                    "is not supported by Labwright"
+                } else {
+                    "is not a known Autoprotocol instruction"
+                };
                 d.push(
                     Diagnostic::error("P0501", op_node.span, format!("instruction {index} (`{other}`) {why}"))
                         .with_hint("remove it, or run this part of the experiment elsewhere"),
@@ -355,7 +462,11 @@ impl Importer<'_> {
         for w in list {
             let r = self.well(w, d)?;
             if r.labware != labware.name {
-                d.push(Diagnostic::error("P0203", w.span, format!("well `{}` is not in `{}`", r.labware, labware.name)));
+                d.push(Diagnostic::error(
+                    "P0203",
+                    w.span,
+                    format!("well `{}` is not in `{}`", r.labware, labware.name),
+                ));
                 return None;
             }
             names.push(r.selection);
@@ -377,7 +488,11 @@ impl Importer<'_> {
         };
         for g in groups {
             let Some((kind, body)) = g.as_map().and_then(|m| m.first()) else {
-                d.push(Diagnostic::error("P0103", g.span, "a pipette group is an object such as {\"transfer\": [...]}"));
+                d.push(Diagnostic::error(
+                    "P0103",
+                    g.span,
+                    "a pipette group is an object such as {\"transfer\": [...]}",
+                ));
                 continue;
             };
             match kind.name.as_str() {
@@ -387,7 +502,9 @@ impl Importer<'_> {
                             d.push(Diagnostic::error("P0102", t.span, "a transfer needs `from`, `to` and `volume`"));
                             continue;
                         };
-                        let (Some(from), Some(to), Some(v)) = (self.well(f, d), self.well(to, d), vol(v, d)) else { continue };
+                        let (Some(from), Some(to), Some(v)) = (self.well(f, d), self.well(to, d), vol(v, d)) else {
+                            continue;
+                        };
                         let tr = Transfer {
                             kind: TransferKind::Transfer,
                             from,
@@ -404,8 +521,13 @@ impl Importer<'_> {
                 "distribute" | "consolidate" => {
                     let distribute = kind.name == "distribute";
                     let (one_key, many_key) = if distribute { ("from", "to") } else { ("to", "from") };
-                    let (Some(one), Some(many)) = (body.get(one_key), body.get(many_key).and_then(Node::as_list)) else {
-                        d.push(Diagnostic::error("P0102", body.span, format!("`{}` needs `{one_key}` and a list `{many_key}`", kind.name)));
+                    let (Some(one), Some(many)) = (body.get(one_key), body.get(many_key).and_then(Node::as_list))
+                    else {
+                        d.push(Diagnostic::error(
+                            "P0102",
+                            body.span,
+                            format!("`{}` needs `{one_key}` and a list `{many_key}`", kind.name),
+                        ));
                         continue;
                     };
                     let Some(one) = self.well(one, d) else { continue };
@@ -419,7 +541,8 @@ impl Importer<'_> {
                     }
                     // One step per destination/source labware keeps each well list in one labware.
                     for w in wells.iter().zip(&vols) {
-                        let (from, to) = if distribute { (one.clone(), w.0.clone()) } else { (w.0.clone(), one.clone()) };
+                        let (from, to) =
+                            if distribute { (one.clone(), w.0.clone()) } else { (w.0.clone(), one.clone()) };
                         let tr = Transfer {
                             kind: if distribute { TransferKind::Distribute } else { TransferKind::Consolidate },
                             from,
@@ -437,11 +560,20 @@ impl Importer<'_> {
                     for m in body.as_list().unwrap_or_default() {
                         let (Some(w), Some(v)) = (m.get("well"), m.get("volume")) else { continue };
                         let (Some(wells), Some(volume_ul)) = (self.well(w, d), vol(v, d)) else { continue };
-                        let times = m.get("repetitions").and_then(Node::as_f64).unwrap_or(10.0).clamp(1.0, 100.0) as u32;
-                        self.push(Op::Mix { wells, mix: MixSpec { times, volume_ul }, tips: TipPolicy::Always }, m.span, id);
+                        let times =
+                            m.get("repetitions").and_then(Node::as_f64).unwrap_or(10.0).clamp(1.0, 100.0) as u32;
+                        self.push(
+                            Op::Mix { wells, mix: MixSpec { times, volume_ul }, tips: TipPolicy::Always },
+                            m.span,
+                            id,
+                        );
                     }
                 }
-                other => d.push(Diagnostic::error("P0501", kind.span, format!("instruction {index}: pipette group `{other}` is not supported"))),
+                other => d.push(Diagnostic::error(
+                    "P0501",
+                    kind.span,
+                    format!("instruction {index}: pipette group `{other}` is not supported"),
+                )),
             }
         }
     }
@@ -452,7 +584,9 @@ impl Importer<'_> {
         for loc in ins.get("locations").and_then(Node::as_list).unwrap_or_default() {
             let Some(w) = loc.get("location").and_then(|n| self.well(n, d)) else { continue };
             for t in loc.get("transports").and_then(Node::as_list).unwrap_or_default() {
-                let Some(v) = t.get("volume").and_then(|n| quantity(n, Dim::Volume, "volume", (-1e7, 1e7), d)) else { continue };
+                let Some(v) = t.get("volume").and_then(|n| quantity(n, Dim::Volume, "volume", (-1e7, 1e7), d)) else {
+                    continue;
+                };
                 if v < 0.0 {
                     cmds.push(LowLevel::Aspirate { pipette: pipette.clone(), at: w.clone(), volume_ul: -v });
                 } else if v > 0.0 {
@@ -461,7 +595,13 @@ impl Importer<'_> {
             }
         }
         if !self.protocol.pipettes.iter().any(|p| p.id == pipette) {
-            self.protocol.pipettes.push(PipetteDecl { id: pipette.clone(), name: "liquid_handle".into(), channels: 1, min_ul: 0.5, max_ul: 1000.0 });
+            self.protocol.pipettes.push(PipetteDecl {
+                id: pipette.clone(),
+                name: "liquid_handle".into(),
+                channels: 1,
+                min_ul: 0.5,
+                max_ul: 1000.0,
+            });
         }
         self.push(Op::Pipetting(cmds), ins.span, id);
     }
@@ -490,11 +630,20 @@ impl Importer<'_> {
                 Some((i as usize, s.span))
             };
             let (Some(from), Some(to)) = (side("from"), side("to")) else {
-                d.push(Diagnostic::error("P0102", c.span, "a time constraint needs `from` and `to` with an instruction index"));
+                d.push(Diagnostic::error(
+                    "P0102",
+                    c.span,
+                    "a time constraint needs `from` and `to` with an instruction index",
+                ));
                 continue;
             };
-            let Some(max) = c.get("less_than").and_then(|n| quantity(n, Dim::Duration, "less_than", (0.0, 1e7), d)) else {
-                d.push(Diagnostic::warning("P0511", c.span, "only `less_than` time constraints are enforced; this one is ignored"));
+            let Some(max) = c.get("less_than").and_then(|n| quantity(n, Dim::Duration, "less_than", (0.0, 1e7), d))
+            else {
+                d.push(Diagnostic::warning(
+                    "P0511",
+                    c.span,
+                    "only `less_than` time constraints are enforced; this one is ignored",
+                ));
                 continue;
             };
             self.protocol.constraints.push(LagConstraint {

@@ -57,7 +57,12 @@ pub fn parse(root: &Node, lib: &Library, d: &mut Diagnostics) -> Protocol {
     let mut im = Importer {
         lib,
         protocol: Protocol {
-            name: root.get("metadata").and_then(|m| m.get("protocolName")).and_then(Node::as_str).unwrap_or("opentrons protocol").to_string(),
+            name: root
+                .get("metadata")
+                .and_then(|m| m.get("protocolName"))
+                .and_then(Node::as_str)
+                .unwrap_or("opentrons protocol")
+                .to_string(),
             labware: Vec::new(),
             liquids: Vec::new(),
             steps: Vec::new(),
@@ -81,8 +86,12 @@ pub fn parse(root: &Node, lib: &Library, d: &mut Diagnostics) -> Protocol {
         Some(v) if (6.0..=8.0).contains(&v) => {}
         Some(v) => {
             d.push(
-                Diagnostic::error("P0100", root.get("schemaVersion").map_or(root.span, |n| n.span), format!("Opentrons protocol schema {v} is not supported"))
-                    .with_hint("Labwright reads Opentrons JSON protocols of schemas 6, 7 and 8"),
+                Diagnostic::error(
+                    "P0100",
+                    root.get("schemaVersion").map_or(root.span, |n| n.span),
+                    format!("Opentrons protocol schema {v} is not supported"),
+                )
+                .with_hint("Labwright reads Opentrons JSON protocols of schemas 6, 7 and 8"),
             );
             return im.protocol;
         }
@@ -100,7 +109,11 @@ pub fn parse(root: &Node, lib: &Library, d: &mut Diagnostics) -> Protocol {
                         im.protocol.custom_labware.push(def);
                     }
                 }
-                Err(e) => d.push(Diagnostic::error("P0201", k.span, format!("labware definition `{}` cannot be read: {e}", k.name))),
+                Err(e) => d.push(Diagnostic::error(
+                    "P0201",
+                    k.span,
+                    format!("labware definition `{}` cannot be read: {e}", k.name),
+                )),
             }
         }
     }
@@ -170,11 +183,16 @@ impl Importer<'_> {
         if self.protocol.labware.iter().any(|l| l.name.name == id) {
             return;
         }
-        let standard = def_id.strip_prefix("opentrons/").and_then(|r| r.split('/').next()).filter(|n| self.lib.get(n).is_some());
+        let standard =
+            def_id.strip_prefix("opentrons/").and_then(|r| r.split('/').next()).filter(|n| self.lib.get(n).is_some());
         let Some(load) = self.defs.get(def_id).cloned().or(standard.map(str::to_string)) else {
             d.push(
-                Diagnostic::error("P0201", span, format!("labware `{id}` uses definition `{def_id}`, which the protocol does not include"))
-                    .with_hint("export the protocol with its labware definitions"),
+                Diagnostic::error(
+                    "P0201",
+                    span,
+                    format!("labware `{id}` uses definition `{def_id}`, which the protocol does not include"),
+                )
+                .with_hint("export the protocol with its labware definitions"),
             );
             return;
         };
@@ -218,14 +236,22 @@ impl Importer<'_> {
             "loadPipette" => {
                 let name = param_str(c, "pipetteName").or_else(|| self.v6_pipettes.get(&pipette).cloned());
                 let Some(name) = name else {
-                    d.push(Diagnostic::error("P0102", span, format!("command {index} (loadPipette) does not name the pipette model")));
+                    d.push(Diagnostic::error(
+                        "P0102",
+                        span,
+                        format!("command {index} (loadPipette) does not name the pipette model"),
+                    ));
                     return;
                 };
                 match PIPETTES.iter().find(|p| p.0 == name) {
                     Some(&(_, channels, min_ul, max_ul)) => {
                         self.protocol.pipettes.push(PipetteDecl { id: pipette, name, channels, min_ul, max_ul });
                     }
-                    None => d.push(Diagnostic::error("P0502", span, format!("command {index}: pipette model `{name}` is not known"))),
+                    None => d.push(Diagnostic::error(
+                        "P0502",
+                        span,
+                        format!("command {index}: pipette model `{name}` is not known"),
+                    )),
                 }
             }
             "loadLabware" => {
@@ -233,13 +259,21 @@ impl Importer<'_> {
                     d.push(Diagnostic::error("P0102", span, format!("command {index} (loadLabware) has no labwareId")));
                     return;
                 };
-                let def_id = match (param_str(c, "namespace"), param_str(c, "loadName"), param(c, "version").and_then(Node::as_f64)) {
+                let def_id = match (
+                    param_str(c, "namespace"),
+                    param_str(c, "loadName"),
+                    param(c, "version").and_then(Node::as_f64),
+                ) {
                     (Some(ns), Some(ln), Some(v)) => Some(format!("{ns}/{ln}/{v}")),
                     _ => self.v6_labware.get(&id).cloned(),
                 };
                 match def_id {
                     Some(def_id) => self.declare(&id, &def_id, span, d),
-                    None => d.push(Diagnostic::error("P0102", span, format!("command {index} (loadLabware) does not say which definition `{id}` uses"))),
+                    None => d.push(Diagnostic::error(
+                        "P0102",
+                        span,
+                        format!("command {index} (loadLabware) does not say which definition `{id}` uses"),
+                    )),
                 }
                 if let Some(m) = param(c, "location").and_then(|l| l.get("moduleId")).and_then(Node::as_str) {
                     self.on_module.insert(id, m.to_string());
@@ -252,18 +286,32 @@ impl Importer<'_> {
             }
             "loadLiquid" => {
                 let lw = param_str(c, "labwareId").unwrap_or_default();
-                let liquid = param_str(c, "liquidId").map(|l| self.liquids.get(&l).cloned().unwrap_or(l)).unwrap_or_default();
+                let liquid =
+                    param_str(c, "liquidId").map(|l| self.liquids.get(&l).cloned().unwrap_or(l)).unwrap_or_default();
                 if let Some(def_id) = self.v6_labware.get(&lw).cloned() {
                     self.declare(&lw, &def_id, span, d);
                 }
                 let Some(decl) = self.protocol.labware.iter_mut().find(|l| l.name.name == lw) else {
-                    d.push(Diagnostic::error("P0202", span, format!("command {index}: loadLiquid into `{lw}`, which is not loaded")));
+                    d.push(Diagnostic::error(
+                        "P0202",
+                        span,
+                        format!("command {index}: loadLiquid into `{lw}`, which is not loaded"),
+                    ));
                     return;
                 };
                 for (well, v) in param(c, "volumeByWell").and_then(Node::as_map).unwrap_or_default() {
                     match v.as_f64() {
-                        Some(vol) if vol.is_finite() && vol >= 0.0 => decl.contents.push(Contents { selection: well.name.clone(), liquid: liquid.clone(), volume_ul: vol, span: v.span }),
-                        _ => d.push(Diagnostic::error("P0103", v.span, "volumeByWell values must be non-negative numbers")),
+                        Some(vol) if vol.is_finite() && vol >= 0.0 => decl.contents.push(Contents {
+                            selection: well.name.clone(),
+                            liquid: liquid.clone(),
+                            volume_ul: vol,
+                            span: v.span,
+                        }),
+                        _ => d.push(Diagnostic::error(
+                            "P0103",
+                            v.span,
+                            "volumeByWell values must be non-negative numbers",
+                        )),
                     }
                 }
             }
@@ -275,7 +323,11 @@ impl Importer<'_> {
             }
             "aspirate" | "dispense" => {
                 let (Some(at), Some(volume_ul)) = (self.well(c, d), self.number(c, "volume", d)) else { return };
-                let cmd = if kind == "aspirate" { LowLevel::Aspirate { pipette, at, volume_ul } } else { LowLevel::Dispense { pipette, at, volume_ul } };
+                let cmd = if kind == "aspirate" {
+                    LowLevel::Aspirate { pipette, at, volume_ul }
+                } else {
+                    LowLevel::Dispense { pipette, at, volume_ul }
+                };
                 self.pipetting(cmd, span);
             }
             "blowout" => {
@@ -288,7 +340,9 @@ impl Importer<'_> {
                     self.pipetting(LowLevel::MoveTo { pipette, at: Some(at) }, span);
                 }
             }
-            "moveToCoordinates" | "moveRelative" | "savePosition" => self.pipetting(LowLevel::MoveTo { pipette, at: None }, span),
+            "moveToCoordinates" | "moveRelative" | "savePosition" => {
+                self.pipetting(LowLevel::MoveTo { pipette, at: None }, span)
+            }
             "dropTip" => {
                 // The trash is a labware too; declare it so the plan shows where tips go.
                 if let Some(lw) = param_str(c, "labwareId") {
@@ -299,7 +353,8 @@ impl Importer<'_> {
                 self.pipetting(LowLevel::DropTip { pipette }, span);
             }
             "delay" | "waitForDuration" | "waitForResume" => {
-                let pause = kind == "waitForResume" || param(c, "waitForResume").is_some_and(|n| n.value == Value::Bool(true));
+                let pause =
+                    kind == "waitForResume" || param(c, "waitForResume").is_some_and(|n| n.value == Value::Bool(true));
                 if pause {
                     let msg = param_str(c, "message").unwrap_or_else(|| "resume the protocol".into());
                     self.step(Op::Manual { instruction: msg, labware: Vec::new(), duration_s: 60.0 }, span);
@@ -309,19 +364,31 @@ impl Importer<'_> {
             }
             "moveLabware" => {
                 let Some(lw) = param_str(c, "labwareId") else { return };
-                let to = param(c, "newLocation").map_or_else(|| "?".into(), |n| match &n.value {
-                    Value::String(s) => s.clone(),
-                    _ => n.get("slotName").or_else(|| n.get("moduleId")).or_else(|| n.get("labwareId")).and_then(Node::as_str).unwrap_or("?").to_string(),
-                });
+                let to = param(c, "newLocation").map_or_else(
+                    || "?".into(),
+                    |n| match &n.value {
+                        Value::String(s) => s.clone(),
+                        _ => n
+                            .get("slotName")
+                            .or_else(|| n.get("moduleId"))
+                            .or_else(|| n.get("labwareId"))
+                            .and_then(Node::as_str)
+                            .unwrap_or("?")
+                            .to_string(),
+                    },
+                );
                 self.pipetting(LowLevel::MoveLabware { labware: Named { name: lw, span }, to }, span);
             }
             k if k.starts_with("heaterShaker/") => {
                 let module = param_str(c, "moduleId").unwrap_or_default();
-                let labware = self.on_module.iter().find(|(_, m)| **m == module).map(|(l, _)| Named { name: l.clone(), span });
+                let labware =
+                    self.on_module.iter().find(|(_, m)| **m == module).map(|(l, _)| Named { name: l.clone(), span });
                 let cmd = match &k["heaterShaker/".len()..] {
                     "setTargetTemperature" => self.number(c, "celsius", d).map(ModuleCommand::SetTemperature),
                     "waitForTemperature" => Some(ModuleCommand::WaitForTemperature),
-                    "setAndWaitForShakeSpeed" | "setShakeSpeed" => self.number(c, "rpm", d).map(ModuleCommand::SetShakeSpeed),
+                    "setAndWaitForShakeSpeed" | "setShakeSpeed" => {
+                        self.number(c, "rpm", d).map(ModuleCommand::SetShakeSpeed)
+                    }
                     "deactivateShaker" => Some(ModuleCommand::StopShaking),
                     "deactivateHeater" => Some(ModuleCommand::StopHeating),
                     "openLabwareLatch" => Some(ModuleCommand::Latch { open: true }),
@@ -334,7 +401,9 @@ impl Importer<'_> {
                 if let Some(cmd) = cmd {
                     // Consecutive module commands on one module form one step.
                     self.flush();
-                    if let Some(Step { op: Op::HeaterShaker { labware: l, commands }, span: s, .. }) = self.protocol.steps.last_mut() {
+                    if let Some(Step { op: Op::HeaterShaker { labware: l, commands }, span: s, .. }) =
+                        self.protocol.steps.last_mut()
+                    {
                         if l.as_ref().map(|x| &x.name) == labware.as_ref().map(|x| &x.name) {
                             commands.push(cmd);
                             *s = s.join(span);
@@ -350,7 +419,14 @@ impl Importer<'_> {
                     Some(m) => format!("`{m}` modules are not part of a Labwright site; use the site's instruments (incubate, shake, …) in a Labwright protocol"),
                     None => "remove the command, or rewrite this part in Labwright's language".to_string(),
                 };
-                d.push(Diagnostic::error("P0502", c.get("commandType").map_or(span, |n| n.span), format!("command {index} (`{other}`) is not supported")).with_hint(hint));
+                d.push(
+                    Diagnostic::error(
+                        "P0502",
+                        c.get("commandType").map_or(span, |n| n.span),
+                        format!("command {index} (`{other}`) is not supported"),
+                    )
+                    .with_hint(hint),
+                );
             }
         }
     }

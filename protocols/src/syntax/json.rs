@@ -12,11 +12,14 @@ pub fn parse(src: &SourceFile) -> Parsed {
         Ok(node) => {
             p.skip_ws();
             if p.pos < p.text.len() {
-                p.diagnostics.push(Diagnostic::error(
-                    "P0001",
-                    Span::new(p.pos, p.pos + 1),
-                    "unexpected text after the end of the JSON document",
-                ).with_hint("a file holds exactly one JSON value; remove what follows it"));
+                p.diagnostics.push(
+                    Diagnostic::error(
+                        "P0001",
+                        Span::new(p.pos, p.pos + 1),
+                        "unexpected text after the end of the JSON document",
+                    )
+                    .with_hint("a file holds exactly one JSON value; remove what follows it"),
+                );
             }
             Some(node)
         }
@@ -56,8 +59,12 @@ impl Parser<'_> {
     fn value(&mut self, depth: usize) -> Res<Node> {
         if depth > MAX_DEPTH {
             return Err(Box::new(
-                Diagnostic::error("P0003", Span::new(self.pos, self.pos + 1), format!("nesting deeper than {MAX_DEPTH} levels"))
-                    .with_hint("no protocol needs this much nesting; check for a generated or corrupted file"),
+                Diagnostic::error(
+                    "P0003",
+                    Span::new(self.pos, self.pos + 1),
+                    format!("nesting deeper than {MAX_DEPTH} levels"),
+                )
+                .with_hint("no protocol needs this much nesting; check for a generated or corrupted file"),
             ));
         }
         let start = self.pos;
@@ -73,9 +80,7 @@ impl Parser<'_> {
             Some(b'f') => self.literal("false", Value::Bool(false)),
             Some(b'n') => self.literal("null", Value::Null),
             Some(b'-' | b'0'..=b'9') => self.number(),
-            Some(b'N') if self.text[start..].starts_with(b"NaN") => {
-                Err(self.err(start, "NaN is not a number in JSON"))
-            }
+            Some(b'N') if self.text[start..].starts_with(b"NaN") => Err(self.err(start, "NaN is not a number in JSON")),
             Some(b'I') if self.text[start..].starts_with(b"Infinity") => {
                 Err(self.err(start, "Infinity is not a number in JSON"))
             }
@@ -275,7 +280,9 @@ impl Parser<'_> {
                     return Ok(Node { span: Span::new(start, self.pos), value: Value::Map(entries) });
                 }
                 None => return Err(self.err(start, "unterminated object: the file ends before its `}`")),
-                Some(c) => return Err(self.err(self.pos, format!("expected `,` or `}}` in an object, found {}", show(c)))),
+                Some(c) => {
+                    return Err(self.err(self.pos, format!("expected `,` or `}}` in an object, found {}", show(c))))
+                }
             }
         }
     }

@@ -26,7 +26,11 @@ pub fn parse(src: &SourceFile) -> Parsed {
             Ok(e) => e,
             Err(e) => {
                 let at = offset(e.marker());
-                out.diagnostics.push(Diagnostic::error("P0001", Span::new(at, at + 1), format!("YAML syntax error: {}", e.info())));
+                out.diagnostics.push(Diagnostic::error(
+                    "P0001",
+                    Span::new(at, at + 1),
+                    format!("YAML syntax error: {}", e.info()),
+                ));
                 return out;
             }
         };
@@ -44,8 +48,12 @@ pub fn parse(src: &SourceFile) -> Parsed {
             Event::SequenceStart(..) | Event::MappingStart(..) => {
                 if stack.len() >= MAX_DEPTH {
                     out.diagnostics.push(
-                        Diagnostic::error("P0003", Span::new(at, at + 1), format!("nesting deeper than {MAX_DEPTH} levels"))
-                            .with_hint("no protocol needs this much nesting; check for a generated or corrupted file"),
+                        Diagnostic::error(
+                            "P0003",
+                            Span::new(at, at + 1),
+                            format!("nesting deeper than {MAX_DEPTH} levels"),
+                        )
+                        .with_hint("no protocol needs this much nesting; check for a generated or corrupted file"),
                     );
                     return out;
                 }
@@ -57,7 +65,9 @@ pub fn parse(src: &SourceFile) -> Parsed {
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::List { start, items }) => Node { span: Span::new(start, at.max(start)), value: Value::List(items) },
+                Some(Frame::List { start, items }) => {
+                    Node { span: Span::new(start, at.max(start)), value: Value::List(items) }
+                }
                 Some(Frame::Map { start, entries, .. }) => {
                     // A block map's start event sits after its first key; start the span at that key.
                     let start = entries.first().map_or(start, |(k, _)| start.min(k.span.start as usize));
@@ -71,7 +81,11 @@ pub fn parse(src: &SourceFile) -> Parsed {
                 let value = if style == TScalarStyle::Plain { plain_value(&text) } else { Value::String(text) };
                 if let Value::Number(n) = value {
                     if !n.is_finite() {
-                        out.diagnostics.push(Diagnostic::error("P0111", span, "numbers must be finite (not .nan or .inf)"));
+                        out.diagnostics.push(Diagnostic::error(
+                            "P0111",
+                            span,
+                            "numbers must be finite (not .nan or .inf)",
+                        ));
                     }
                 }
                 Node { span, value }
@@ -89,8 +103,12 @@ pub fn parse(src: &SourceFile) -> Parsed {
                 if let Ok((Event::DocumentStart, m)) = next {
                     let at = offset(&m);
                     out.diagnostics.push(
-                        Diagnostic::error("P0001", Span::new(at, at + 3), "a protocol file holds one YAML document, found a second")
-                            .with_hint("remove the `---` and what follows, or put it in its own file"),
+                        Diagnostic::error(
+                            "P0001",
+                            Span::new(at, at + 3),
+                            "a protocol file holds one YAML document, found a second",
+                        )
+                        .with_hint("remove the `---` and what follows, or put it in its own file"),
                     );
                 }
                 break;
@@ -102,7 +120,11 @@ pub fn parse(src: &SourceFile) -> Parsed {
                         Value::String(s) => s.clone(),
                         Value::Number(_) | Value::Bool(_) | Value::Null => src.slice(node.span).to_string(),
                         _ => {
-                            out.diagnostics.push(Diagnostic::error("P0103", node.span, "map keys must be plain words, not lists or maps"));
+                            out.diagnostics.push(Diagnostic::error(
+                                "P0103",
+                                node.span,
+                                "map keys must be plain words, not lists or maps",
+                            ));
                             return out;
                         }
                     };
@@ -112,8 +134,9 @@ pub fn parse(src: &SourceFile) -> Parsed {
                     if let Some((first, _)) = entries.iter().find(|(e, _)| e.name == k.name) {
                         let lc = src.line_col(first.span.start);
                         out.diagnostics.push(
-                            Diagnostic::error("P0004", k.span, format!("duplicate key \"{}\"", k.name))
-                                .with_hint(format!("it is first given at {}:{}; keep one of the two", lc.line, lc.column)),
+                            Diagnostic::error("P0004", k.span, format!("duplicate key \"{}\"", k.name)).with_hint(
+                                format!("it is first given at {}:{}; keep one of the two", lc.line, lc.column),
+                            ),
                         );
                     } else {
                         entries.push((k, node));

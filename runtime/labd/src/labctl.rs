@@ -123,7 +123,8 @@ fn run(cli: Cli) -> Result<i32> {
             if let Some(plan) = &c.plan {
                 let json = plan.to_json();
                 match output {
-                    Some(path) => std::fs::write(&path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?,
+                    Some(path) => std::fs::write(&path, json + "\n")
+                        .with_context(|| format!("cannot write {}", path.display()))?,
                     None => {
                         let mut out = std::io::stdout().lock();
                         writeln!(out, "{json}")?;
@@ -145,7 +146,14 @@ fn run(cli: Cli) -> Result<i32> {
                         println!("  duration on an empty lab  {}", fmt_duration(q.duration_s));
                         println!("  plate moves               {}", q.plate_moves);
                         for l in &q.lines {
-                            println!("  {:<26}{:>8.2} h x {:>6.2} = {:>8.2} {}", l.class.as_str(), l.hours, l.rate_per_hour, l.amount, q.currency);
+                            println!(
+                                "  {:<26}{:>8.2} h x {:>6.2} = {:>8.2} {}",
+                                l.class.as_str(),
+                                l.hours,
+                                l.rate_per_hour,
+                                l.amount,
+                                q.currency
+                            );
                         }
                         println!("  {:<26}{:>36.2} {}", "per-run fee", q.per_run, q.currency);
                         println!("  {:<26}{:>36.2} {}", "total", q.total, q.currency);
@@ -206,9 +214,9 @@ fn report(src: &SourceFile, c: &Compilation, format: OutFormat, verb: &str) {
     match format {
         OutFormat::Json => {
             let diags: Vec<_> = c.diagnostics.iter().map(|d| d.to_json(src)).collect();
-            let summary = c.plan.as_ref().map(|p| {
-                serde_json::json!({"protocol": p.protocol, "tasks": p.tasks.len(), "commands": p.command_count()})
-            });
+            let summary = c.plan.as_ref().map(
+                |p| serde_json::json!({"protocol": p.protocol, "tasks": p.tasks.len(), "commands": p.command_count()}),
+            );
             let v = serde_json::json!({
                 "file": src.name,
                 "format": c.format.as_str(),
@@ -259,7 +267,11 @@ fn labware_cmd(cmd: LabwareCmd) -> Result<i32> {
                 OutFormat::Text => {
                     for d in lib.iter() {
                         let cap = d.tip.map_or_else(
-                            || d.wells.first().map_or(String::new(), |w| format!("{} µL/well", protocols::units::trim(w.max_volume_ul))),
+                            || {
+                                d.wells.first().map_or(String::new(), |w| {
+                                    format!("{} µL/well", protocols::units::trim(w.max_volume_ul))
+                                })
+                            },
                             |t| format!("{} µL tips", protocols::units::trim(t.volume_ul)),
                         );
                         println!("{:<52} {:<14} {:>4} wells  {}", d.load_name, d.kind.as_str(), d.wells.len(), cap);

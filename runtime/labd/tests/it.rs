@@ -74,7 +74,13 @@ fn usage_and_io_errors_exit_2() {
     assert_eq!(labctl(&["validate"]).status.code(), Some(2));
     assert_eq!(labctl(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(labctl(&["validate", "x.yaml", "--from", "pdf"]).status.code(), Some(2));
-    let site = tmp("site.toml", std::fs::read_to_string(root().join("sites/sim.toml")).unwrap().replace("capacity = 12", "capacity = 0").as_bytes());
+    let site = tmp(
+        "site.toml",
+        std::fs::read_to_string(root().join("sites/sim.toml"))
+            .unwrap()
+            .replace("capacity = 12", "capacity = 0")
+            .as_bytes(),
+    );
     let o = labctl(&["validate", "protocols/examples/elisa.yaml", "--site", site.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("instrument[5] (inc1): capacity must be at least 1"), "{}", text(&o.stderr));
@@ -107,7 +113,8 @@ fn quote_in_text_and_json() {
     let q: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(q["currency"], "USD");
     let total = q["total"].as_f64().unwrap();
-    let sum: f64 = q["lines"].as_array().unwrap().iter().map(|l| l["amount"].as_f64().unwrap()).sum::<f64>() + q["per_run"].as_f64().unwrap();
+    let sum: f64 = q["lines"].as_array().unwrap().iter().map(|l| l["amount"].as_f64().unwrap()).sum::<f64>()
+        + q["per_run"].as_f64().unwrap();
     assert!((total - sum).abs() < 0.011);
 }
 
@@ -150,6 +157,12 @@ fn no_corpus_file_crashes_labctl() {
     assert!(files.len() > 30);
     for f in files {
         let o = labctl(&["validate", f.to_str().unwrap()]);
-        assert!(matches!(o.status.code(), Some(0 | 1)), "{}: exit {:?}\n{}", f.display(), o.status.code(), text(&o.stderr));
+        assert!(
+            matches!(o.status.code(), Some(0 | 1)),
+            "{}: exit {:?}\n{}",
+            f.display(),
+            o.status.code(),
+            text(&o.stderr)
+        );
     }
 }

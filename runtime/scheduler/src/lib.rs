@@ -67,10 +67,25 @@ pub fn resources(site: &Site) -> Vec<Resource> {
     let mut out: Vec<Resource> = site
         .instruments
         .iter()
-        .map(|i| Resource { id: i.id.clone(), class: i.class, capacity: i.capacity, pipettes: i.pipettes.iter().map(|p| p.name.clone()).collect() })
+        .map(|i| Resource {
+            id: i.id.clone(),
+            class: i.class,
+            capacity: i.capacity,
+            pipettes: i.pipettes.iter().map(|p| p.name.clone()).collect(),
+        })
         .collect();
-    out.extend(site.arms.iter().map(|a| Resource { id: a.id.clone(), class: InstrumentClass::RobotArm, capacity: 1, pipettes: Vec::new() }));
-    out.extend((1..=site.site.technicians).map(|n| Resource { id: format!("technician{n}"), class: InstrumentClass::Technician, capacity: 1, pipettes: Vec::new() }));
+    out.extend(site.arms.iter().map(|a| Resource {
+        id: a.id.clone(),
+        class: InstrumentClass::RobotArm,
+        capacity: 1,
+        pipettes: Vec::new(),
+    }));
+    out.extend((1..=site.site.technicians).map(|n| Resource {
+        id: format!("technician{n}"),
+        class: InstrumentClass::Technician,
+        capacity: 1,
+        pipettes: Vec::new(),
+    }));
     out
 }
 
@@ -99,7 +114,11 @@ pub fn list_schedule(site: &Site, jobs: &[Job]) -> Schedule {
                 if end[ji][ti].is_some() {
                     continue;
                 }
-                let Some(ready) = t.after.iter().try_fold(j.release_s, |acc, &p| end[ji].get(p as usize).copied().flatten().map(|e| acc.max(e))) else {
+                let Some(ready) = t
+                    .after
+                    .iter()
+                    .try_fold(j.release_s, |acc, &p| end[ji].get(p as usize).copied().flatten().map(|e| acc.max(e)))
+                else {
                     continue;
                 };
                 let choice = if t.class.is_none() {
@@ -125,7 +144,13 @@ pub fn list_schedule(site: &Site, jobs: &[Job]) -> Schedule {
             busy[ri].push((start, finish));
         }
         end[ji][ti] = Some(finish);
-        out.assignments.push(Assignment { job: ji, task: t.id, resource: ri.map(|r| res[r].id.clone()), start_s: start, end_s: finish });
+        out.assignments.push(Assignment {
+            job: ji,
+            task: t.id,
+            resource: ri.map(|r| res[r].id.clone()),
+            start_s: start,
+            end_s: finish,
+        });
         placed += 1;
     }
     out
@@ -134,7 +159,8 @@ pub fn list_schedule(site: &Site, jobs: &[Job]) -> Schedule {
 /// Earliest start at or after `ready` where `[start, start + dur)` keeps at most `capacity`
 /// intervals overlapping.
 fn earliest_fit(busy: &[(f64, f64)], capacity: u32, ready: f64, dur: f64) -> f64 {
-    let mut candidates: Vec<f64> = std::iter::once(ready).chain(busy.iter().map(|b| b.1).filter(|&e| e > ready)).collect();
+    let mut candidates: Vec<f64> =
+        std::iter::once(ready).chain(busy.iter().map(|b| b.1).filter(|&e| e > ready)).collect();
     candidates.sort_by(f64::total_cmp);
     for s in candidates {
         if max_overlap(busy, s, s + dur) < capacity as usize {

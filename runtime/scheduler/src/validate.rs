@@ -68,7 +68,12 @@ pub fn validate(site: &Site, jobs: &[Job], s: &Schedule) -> Vec<Violation> {
         }
     }
     for r in &res {
-        let busy: Vec<(f64, f64)> = s.assignments.iter().filter(|a| a.resource.as_deref() == Some(&r.id)).map(|a| (a.start_s, a.end_s - EPS)).collect();
+        let busy: Vec<(f64, f64)> = s
+            .assignments
+            .iter()
+            .filter(|a| a.resource.as_deref() == Some(&r.id))
+            .map(|a| (a.start_s, a.end_s - EPS))
+            .collect();
         for &(st, _) in &busy {
             if max_overlap(&busy, st, st) > r.capacity as usize {
                 v.push(Violation::Capacity { resource: r.id.clone(), at_s: st });

@@ -17,7 +17,12 @@ fn plans() -> &'static Vec<RunPlan> {
         names
             .iter()
             .map(|p| {
-                let c = compile(&SourceFile::new(p.display().to_string(), std::fs::read_to_string(p).unwrap()), Format::Auto, &site, &lib);
+                let c = compile(
+                    &SourceFile::new(p.display().to_string(), std::fs::read_to_string(p).unwrap()),
+                    Format::Auto,
+                    &site,
+                    &lib,
+                );
                 c.plan.unwrap()
             })
             .collect()
@@ -94,7 +99,8 @@ fn validator_catches_each_kind_of_break() {
 fn incubators_hold_twelve_plates_at_once() {
     let site = Site::sim().unwrap();
     let growth = &plans()[1];
-    let jobs: Vec<Job> = (0..20).map(|i| Job { run: format!("g{i}"), tenant: "t".into(), plan: growth, release_s: 0.0 }).collect();
+    let jobs: Vec<Job> =
+        (0..20).map(|i| Job { run: format!("g{i}"), tenant: "t".into(), plan: growth, release_s: 0.0 }).collect();
     let s = list_schedule(&site, &jobs);
     assert!(validate(&site, &jobs, &s).iter().all(|v| matches!(v, Violation::MaxLag { .. })));
     let busy = scheduler::busy_seconds(&s);
