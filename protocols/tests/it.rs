@@ -563,3 +563,23 @@ steps:
 fn well(i: usize) -> String {
     format!("{}{}", ["A", "B", "C", "D"][i % 4], i / 4 + 1)
 }
+
+#[test]
+fn every_diagnostic_code_is_documented() {
+    let doc = std::fs::read_to_string(root().join("../docs/protocol-language.md")).unwrap();
+    let mut stack = vec![root().join("src")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let src = std::fs::read_to_string(&p).unwrap();
+            for (i, _) in src.match_indices("\"P0") {
+                let code = &src[i + 1..i + 6];
+                assert!(doc.contains(&format!("| {code} |")), "{code} (used in {}) is missing from docs/protocol-language.md", p.display());
+            }
+        }
+    }
+}
