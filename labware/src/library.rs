@@ -2,14 +2,31 @@
 
 use crate::def::{LabwareDef, LabwareError};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 /// Load names and JSON of the shipped library (files under `labware/library/`).
 const SHIPPED: &[(&str, &str)] = &include!(concat!(env!("OUT_DIR"), "/shipped.rs"));
 
 /// A set of labware definitions by load name.
+///
+/// Shipped definitions are parsed on first use: a protocol touches a handful of the library, and
+/// parsing all of it would be most of a small compile's time.
 #[derive(Debug, Clone, Default)]
 pub struct Library {
-    defs: BTreeMap<String, LabwareDef>,
+    defs: BTreeMap<String, Entry>,
+}
+
+/// A definition, parsed on first use when it comes from the embedded library.
+#[derive(Debug, Clone)]
+struct Entry {
+    text: &'static str,
+    def: OnceLock<Option<LabwareDef>>,
+}
+
+impl Entry {
+    fn def(&self) -> Option<&LabwareDef> {
+        self.def.get_or_init(|| LabwareDef::from_json(self.text).ok()).as_ref()
+    }
 }
 
 impl Library {
@@ -19,13 +36,12 @@ impl Library {
     }
 
     /// The shipped library. Every entry is checked by the crate's tests, so a broken file is a
-    /// build-time bug; one that still slips through is skipped and reported by [`Library::shipped_errors`].
+    /// build-time bug; one that still slips through is left out and reported by
+    /// [`Library::shipped_errors`].
     pub fn shipped() -> Library {
         let mut lib = Library::new();
         for (name, text) in SHIPPED {
-            if let Ok(def) = LabwareDef::from_json(text) {
-                lib.defs.insert((*name).to_string(), def);
-            }
+            lib.defs.insert((*name).to_string(), Entry { text, def: OnceLock::new() });
         }
         lib
     }
@@ -38,19 +54,19 @@ impl Library {
             .collect()
     }
 
-    /// Adds or replaces a definition; returns the one it replaced.
-    pub fn insert(&mut self, def: LabwareDef) -> Option<LabwareDef> {
-        self.defs.insert(def.load_name.clone(), def)
+    /// Adds or replaces a definition.
+    pub fn insert(&mut self, def: LabwareDef) {
+        self.defs.insert(def.load_name.clone(), Entry { text: "", def: OnceLock::from(Some(def)) });
     }
 
     /// The definition with this load name.
     pub fn get(&self, load_name: &str) -> Option<&LabwareDef> {
-        self.defs.get(load_name)
+        self.defs.get(load_name).and_then(Entry::def)
     }
 
     /// All definitions, sorted by load name.
     pub fn iter(&self) -> impl Iterator<Item = &LabwareDef> {
-        self.defs.values()
+        self.defs.values().filter_map(Entry::def)
     }
 
     /// Number of definitions.

@@ -448,7 +448,7 @@ impl<'a> Lowerer<'a> {
                         continue;
                     }
                     let pairs: Vec<(Loc, Loc, f64)> = wells.windows(2).map(|w| (w[0], w[1], *volume_ul)).collect();
-                    self.pairs(step, "serial dilution", &pairs, *tips, None, *mix, s.span, d);
+                    self.pairs(step, "serial dilution", &pairs, *tips, None, *mix, (s.span, s.span), d);
                 }
             }
             Op::Mix { wells, mix, tips } => {
@@ -860,7 +860,7 @@ impl<'a> Lowerer<'a> {
         };
         match tr.kind {
             TransferKind::Transfer => {
-                self.pairs(step, label, &pairs, tr.tips, tr.mix_before, tr.mix_after, step.span, d)
+                self.pairs(step, label, &pairs, tr.tips, tr.mix_before, tr.mix_after, (tr.from.span, tr.to.span), d)
             }
             TransferKind::Distribute | TransferKind::Consolidate => self.multi(step, tr, &pairs, d),
         }
@@ -876,9 +876,11 @@ impl<'a> Lowerer<'a> {
         tips: TipPolicy,
         mix_before: Option<MixSpec>,
         mix_after: Option<MixSpec>,
-        span: Span,
+        (from_span, to_span): (Span, Span),
         d: &mut Diagnostics,
     ) {
+        // Tips and pipette choice belong to the step; volumes are blamed on the wells involved.
+        let span = step.span;
         let vols: Vec<f64> = pairs.iter().map(|p| p.2).filter(|v| *v > 0.0).collect();
         let Some((p, cap)) = self.choose(&vols, span, d) else { return };
         let t = self.task(Some(InstrumentClass::LiquidHandler), label.to_string(), step);
@@ -903,12 +905,12 @@ impl<'a> Lowerer<'a> {
                     tip_source = Some(s);
                 }
                 if let Some(m) = mix_before {
-                    self.mix(t, &p, cap, s, m, span);
+                    self.mix(t, &p, cap, s, m, from_span);
                 }
-                self.aspirate(t, &p, s, part, span);
-                self.dispense(t, &p, dst, part, span);
+                self.aspirate(t, &p, s, part, from_span);
+                self.dispense(t, &p, dst, part, to_span);
                 if let Some(m) = mix_after {
-                    self.mix(t, &p, cap, dst, m, span);
+                    self.mix(t, &p, cap, dst, m, to_span);
                 }
             }
         }
@@ -947,26 +949,26 @@ impl<'a> Lowerer<'a> {
             if distribute {
                 let src = parts[i].0;
                 if let Some(m) = tr.mix_before {
-                    self.mix(t, &p, cap, src, m, span);
+                    self.mix(t, &p, cap, src, m, tr.from.span);
                 }
-                self.aspirate(t, &p, src, load, span);
+                self.aspirate(t, &p, src, load, tr.from.span);
                 for &(_, dst, v) in &parts[i..j] {
-                    self.dispense(t, &p, dst, v, span);
+                    self.dispense(t, &p, dst, v, tr.to.span);
                     if let Some(m) = tr.mix_after {
-                        self.mix(t, &p, cap, dst, m, span);
+                        self.mix(t, &p, cap, dst, m, tr.to.span);
                     }
                 }
             } else {
                 for &(src, _, v) in &parts[i..j] {
                     if let Some(m) = tr.mix_before {
-                        self.mix(t, &p, cap, src, m, span);
+                        self.mix(t, &p, cap, src, m, tr.from.span);
                     }
-                    self.aspirate(t, &p, src, v, span);
+                    self.aspirate(t, &p, src, v, tr.from.span);
                 }
                 let dst = parts[i].1;
-                self.dispense(t, &p, dst, load, span);
+                self.dispense(t, &p, dst, load, tr.to.span);
                 if let Some(m) = tr.mix_after {
-                    self.mix(t, &p, cap, dst, m, span);
+                    self.mix(t, &p, cap, dst, m, tr.to.span);
                 }
             }
             i = j;

@@ -578,7 +578,11 @@ fn every_diagnostic_code_is_documented() {
             let src = std::fs::read_to_string(&p).unwrap();
             for (i, _) in src.match_indices("\"P0") {
                 let code = &src[i + 1..i + 6];
-                assert!(doc.contains(&format!("| {code} |")), "{code} (used in {}) is missing from docs/protocol-language.md", p.display());
+                assert!(
+                    doc.contains(&format!("| {code} |")),
+                    "{code} (used in {}) is missing from docs/protocol-language.md",
+                    p.display()
+                );
             }
         }
     }
