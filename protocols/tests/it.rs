@@ -587,3 +587,40 @@ fn every_diagnostic_code_is_documented() {
         }
     }
 }
+
+#[test]
+fn the_same_protocol_in_json_compiles_to_the_same_plan() {
+    for name in ["elisa.yaml", "normalisation.yaml", "growth-curve.yaml"] {
+        let yaml = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
+        let tree = protocols::syntax::yaml::parse(&SourceFile::new(name, yaml.clone())).root.unwrap();
+        let json = json_text(&tree);
+        let (a, b) = (run(name, &yaml), run("same.json", &json));
+        assert!(b.diagnostics.is_empty(), "{name}: {:#?}", b.diagnostics);
+        let strip = |p: protocols::RunPlan| {
+            let mut p = p;
+            p.tasks.iter_mut().for_each(|t| t.span = Default::default());
+            p
+        };
+        let (ja, jb) = (strip(a.plan.unwrap()).to_json(), strip(b.plan.unwrap()).to_json());
+        if ja != jb {
+            let at = ja.lines().zip(jb.lines()).position(|(x, y)| x != y).unwrap_or(0);
+            panic!("{name}: plans differ at line {at}: {:?} vs {:?}", ja.lines().nth(at), jb.lines().nth(at));
+        }
+    }
+}
+
+/// JSON text of a document tree, keeping key order (serde_json's map would sort the keys).
+fn json_text(n: &protocols::syntax::Node) -> String {
+    use protocols::syntax::Value;
+    match &n.value {
+        Value::Map(entries) => {
+            let items: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}: {}", serde_json::to_string(&k.name).unwrap(), json_text(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        Value::List(items) => format!("[{}]", items.iter().map(json_text).collect::<Vec<_>>().join(", ")),
+        _ => n.to_json().to_string(),
+    }
+}
