@@ -1,4 +1,4 @@
-//! Scheduler tests: the list scheduler's output always validates; the validator catches breaks.
+//! Lab plans: the list scheduler's output always validates; the validator catches breaks.
 
 use labware::{Library, Site};
 use proptest::prelude::*;

@@ -1,0 +1,166 @@
+//! Classic shop scheduling: job shop (JSPLIB) and flexible job shop (Brandimarte, Hurink).
+//!
+//! The lab model reduces to these when there are no arms, nests or lags, so they are where the
+//! solver core is measured against the best-known results of the literature (`schedbench`).
+//! An operation has one or more alternative machines, each with its own duration; a job is an
+//! ordered list of operations.
+
+pub mod solve;
+
+use std::fmt;
+
+/// One operation: the machines that can run it, with their durations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    pub alts: Vec<(usize, u32)>,
+}
+
+/// A (flexible) job-shop instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    pub machines: usize,
+    pub jobs: Vec<Vec<Op>>,
+}
+
+/// An instance file that cannot be read, with the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Largest instance accepted, so a corrupt header cannot make us allocate without bound.
+const MAX_OPS: usize = 1_000_000;
+
+fn data_lines(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(i, l)| (i, l.split_whitespace().collect()))
+}
+
+fn num<T: std::str::FromStr>(tok: &str, line: usize, what: &str) -> Result<T, ParseError> {
+    tok.parse().map_err(|_| ParseError { line, message: format!("{what}: `{tok}` is not a non-negative whole number") })
+}
+
+fn header<'a>(lines: &mut impl Iterator<Item = (usize, Vec<&'a str>)>) -> Result<(usize, usize, usize), ParseError> {
+    let (ln, h) = lines.next().ok_or(ParseError { line: 1, message: "empty file: expected `jobs machines`".into() })?;
+    if h.len() < 2 {
+        return Err(ParseError { line: ln, message: "expected `jobs machines` on the first line".into() });
+    }
+    let n: usize = num(h[0], ln, "jobs")?;
+    let m: usize = num(h[1], ln, "machines")?;
+    if n == 0 || m == 0 || n.saturating_mul(m) > MAX_OPS {
+        return Err(ParseError { line: ln, message: format!("{n} jobs on {m} machines is out of range") });
+    }
+    Ok((ln, n, m))
+}
+
+impl Instance {
+    /// Total number of operations.
+    pub fn op_count(&self) -> usize {
+        self.jobs.iter().map(Vec::len).sum()
+    }
+
+    /// Reads a JSPLIB job-shop file: `n m`, then per job `m` pairs `machine duration` (machines from 0).
+    pub fn parse_jsplib(name: &str, text: &str) -> Result<Instance, ParseError> {
+        let mut lines = data_lines(text);
+        let (_, n, m) = header(&mut lines)?;
+        let mut jobs = Vec::with_capacity(n);
+        for j in 0..n {
+            let (ln, toks) = lines
+                .next()
+                .ok_or(ParseError { line: 0, message: format!("job {j}: missing (the header says {n} jobs)") })?;
+            if toks.len() % 2 != 0 || toks.is_empty() {
+                return Err(ParseError { line: ln, message: "expected pairs of `machine duration`".into() });
+            }
+            let mut ops = Vec::new();
+            for p in toks.chunks(2) {
+                let mach: usize = num(p[0], ln, "machine")?;
+                let dur: u32 = num(p[1], ln, "duration")?;
+                if mach >= m {
+                    return Err(ParseError {
+                        line: ln,
+                        message: format!("machine {mach} does not exist (machines are 0 to {})", m - 1),
+                    });
+                }
+                ops.push(Op { alts: vec![(mach, dur)] });
+            }
+            jobs.push(ops);
+        }
+        Ok(Instance { name: name.to_string(), machines: m, jobs })
+    }
+
+    /// Reads a flexible job-shop file: `n m`, then per job `k` operations, each
+    /// `count (machine duration)*count` (machines from 0).
+    pub fn parse_fjsp(name: &str, text: &str) -> Result<Instance, ParseError> {
+        let mut lines = data_lines(text);
+        let (_, n, m) = header(&mut lines)?;
+        let mut jobs = Vec::with_capacity(n);
+        for j in 0..n {
+            let (ln, toks) = lines
+                .next()
+                .ok_or(ParseError { line: 0, message: format!("job {j}: missing (the header says {n} jobs)") })?;
+            let mut it = toks.into_iter();
+            let mut next = |what: &str| -> Result<usize, ParseError> {
+                let t = it
+                    .next()
+                    .ok_or(ParseError { line: ln, message: format!("job {j}: line ends early, expected {what}") })?;
+                num(t, ln, what)
+            };
+            let k = next("the number of operations")?;
+            let mut ops = Vec::with_capacity(k.min(10_000));
+            for _ in 0..k {
+                let c = next("the number of machines of an operation")?;
+                if c == 0 || c > m {
+                    return Err(ParseError {
+                        line: ln,
+                        message: format!("job {j}: an operation with {c} alternative machines"),
+                    });
+                }
+                let mut alts = Vec::with_capacity(c);
+                for _ in 0..c {
+                    let mach = next("a machine")?;
+                    let dur = next("a duration")?;
+                    if mach >= m {
+                        return Err(ParseError {
+                            line: ln,
+                            message: format!("machine {mach} does not exist (machines are 0 to {})", m - 1),
+                        });
+                    }
+                    alts.push((mach, u32::try_from(dur).unwrap_or(u32::MAX)));
+                }
+                ops.push(Op { alts });
+            }
+            jobs.push(ops);
+        }
+        Ok(Instance { name: name.to_string(), machines: m, jobs })
+    }
+
+    /// A simple lower bound: the longest job (shortest alternatives) and the average machine load.
+    pub fn lower_bound(&self) -> u64 {
+        let min_d = |o: &Op| o.alts.iter().map(|a| u64::from(a.1)).min().unwrap_or(0);
+        let job = self.jobs.iter().map(|j| j.iter().map(min_d).sum::<u64>()).max().unwrap_or(0);
+        // Per machine: operations that can only run there.
+        let mut fixed = vec![0u64; self.machines];
+        let mut total = 0u64;
+        for o in self.jobs.iter().flatten() {
+            total += min_d(o);
+            if let [(m, d)] = o.alts.as_slice() {
+                fixed[*m] += u64::from(*d);
+            }
+        }
+        let avg = total.div_ceil(self.machines as u64);
+        job.max(avg).max(fixed.into_iter().max().unwrap_or(0))
+    }
+}
