@@ -10,6 +10,7 @@
 //! same input always gives the same schedule.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod lab;
 pub mod shop;
 pub mod validate;
 

@@ -18,7 +18,7 @@ struct Args {
     emit: Option<String>,
 }
 
-const USAGE: &str = "usage: schedbench --format jsplib|fjsp FILE... [--time-limit SECS] [--iterations N] [--seed N] [--emit-schedule FILE]";
+const USAGE: &str = "usage: schedbench --format jsplib|fjsp|lab FILE... [--time-limit SECS] [--iterations N] [--seed N] [--emit-schedule FILE]\n  lab instances are generated: FILE is SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]], SIZE one of S, M, L, XL (about 50/300/650/2000 tasks)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a =
@@ -41,8 +41,8 @@ fn parse_args() -> Result<Args, String> {
             f => a.files.push(f.to_string()),
         }
     }
-    if !matches!(a.format.as_str(), "jsplib" | "fjsp") {
-        return Err(format!("--format must be jsplib or fjsp\n{USAGE}"));
+    if !matches!(a.format.as_str(), "jsplib" | "fjsp" | "lab") {
+        return Err(format!("--format must be jsplib, fjsp or lab\n{USAGE}"));
     }
     if a.files.is_empty() {
         return Err(format!("no instance files given\n{USAGE}"));
@@ -64,6 +64,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.format == "lab" {
+        return lab(&args);
+    }
     let mut failed = false;
     let mut emitted = Vec::new();
     for f in &args.files {
@@ -120,6 +123,107 @@ fn main() -> ExitCode {
                 machines.join(",")
             )
         });
+    }
+    if let Some(path) = &args.emit {
+        let body = if emitted.len() == 1 { emitted.remove(0) } else { format!("[{}]", emitted.join(",")) };
+        if let Err(e) = std::fs::write(path, body + "\n") {
+            eprintln!("error: cannot write {path}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Generated lab-shaped instances on the simulated site.
+fn lab(args: &Args) -> ExitCode {
+    use scheduler::lab::{check::validate, generate, solve};
+    let site = match labware::Site::sim() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: the shipped site: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut failed = false;
+    let mut emitted = Vec::new();
+    for spec in &args.files {
+        let mut parts = spec.split(':');
+        let size = parts.next().unwrap_or("");
+        let seed: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(args.seed);
+        let tenants: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(4);
+        let Some(tasks) = generate::size_tasks(size) else {
+            eprintln!("error: {spec}: size must be S, M, L or XL");
+            failed = true;
+            continue;
+        };
+        // Releases spread over an hour per 300 tasks unless the spec says (hours): a busy lab.
+        let spread: f64 =
+            parts.next().and_then(|s| s.parse::<f64>().ok()).map_or(3600.0 * tasks as f64 / 300.0, |h| h * 3600.0);
+        let p = match generate::generate(&site, tasks, tenants, spread, seed) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {spec}: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        let budget =
+            solve::LabBudget { time: args.time_limit.map(Duration::from_secs_f64), iterations: args.iterations };
+        let t = std::time::Instant::now();
+        let Some(out) = solve::solve(&p, budget, args.seed) else {
+            eprintln!("error: {spec}: no schedule could be built");
+            failed = true;
+            continue;
+        };
+        let total = t.elapsed();
+        let violations = validate(&p, &out.schedule);
+        if !violations.is_empty() {
+            eprintln!("error: {spec}: {} violations, first: {:?}", violations.len(), violations[0]);
+            failed = true;
+        }
+        let ms = out.schedule.makespan();
+        let arm_busy: Vec<f64> = (0..p.arms.len())
+            .map(|a| {
+                out.schedule.moves.iter().filter(|m| m.arm == a).map(|m| m.end - m.start).sum::<f64>() / ms.max(1.0)
+            })
+            .collect();
+        let n_tasks: usize = p.runs.iter().map(|r| r.tasks.len()).sum();
+        println!(
+            "{{\"instance\":\"lab-{size}-{seed}\",\"runs\":{},\"tasks\":{n_tasks},\"makespan\":{ms:.0},\"lower_bound\":{:.0},\"valid\":{},\"first_makespan\":{:.0},\"seconds_to_first\":{:.6},\"seconds\":{:.3},\"iterations\":{},\"arm_busy\":{:?}}}",
+            p.runs.len(),
+            p.lower_bound(),
+            violations.is_empty(),
+            out.first_makespan,
+            out.time_to_first.as_secs_f64(),
+            total.as_secs_f64(),
+            out.iterations,
+            arm_busy.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+        );
+        let mut rows = Vec::new();
+        for (ri, run) in p.runs.iter().enumerate() {
+            for (ti, slot) in out.schedule.tasks[ri].iter().enumerate() {
+                let inst = match (slot.resource, slot.on_arm) {
+                    (Some(a), true) => p.arms[a].id.clone(),
+                    (Some(r), false) => p.resources[r].id.clone(),
+                    (None, _) => String::new(),
+                };
+                rows.push(format!(
+                    "{{\"run\":\"{}\",\"task\":{ti},\"instance\":\"{inst}\",\"start\":{:.3},\"end\":{:.3}}}",
+                    run.id, slot.start, slot.end
+                ));
+            }
+        }
+        for m in &out.schedule.moves {
+            rows.push(format!(
+                "{{\"run\":\"{}\",\"move\":\"{}\",\"instance\":\"{}\",\"from\":\"{}\",\"to\":\"{}\",\"start\":{:.3},\"end\":{:.3}}}",
+                p.runs[m.run].id, p.runs[m.run].plates[m.plate], p.arms[m.arm].id, p.nests[m.from].id, p.nests[m.to].id, m.start, m.end
+            ));
+        }
+        emitted.push(format!("{{\"instance\":\"lab-{size}-{seed}\",\"tasks\":[{}]}}", rows.join(",")));
     }
     if let Some(path) = &args.emit {
         let body = if emitted.len() == 1 { emitted.remove(0) } else { format!("[{}]", emitted.join(",")) };

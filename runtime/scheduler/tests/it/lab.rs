@@ -107,3 +107,128 @@ fn incubators_hold_twelve_plates_at_once() {
     // Twenty growth curves need more than one incubator's worth of 12-plate capacity in parallel.
     assert!(busy.get("inc1").copied().unwrap_or(0.0) > 0.0 && busy.get("inc2").copied().unwrap_or(0.0) > 0.0);
 }
+
+mod lab_model {
+    use labware::Site;
+    use scheduler::lab::check::{validate, LabViolation};
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::solve::{solve, LabBudget};
+    use scheduler::lab::LabProblem;
+
+    #[test]
+    fn generated_instances_schedule_without_violations() {
+        let site = Site::sim().unwrap();
+        for seed in 0..12 {
+            let p = generate(&site, 50, 3, 3600.0, seed).unwrap();
+            let out = solve(&p, LabBudget { time: None, iterations: Some(20) }, seed).unwrap();
+            let v = validate(&p, &out.schedule);
+            assert!(v.is_empty(), "seed {seed}: {v:?}");
+            assert!(out.schedule.makespan() + 1e-6 >= p.lower_bound(), "seed {seed}: below the lower bound");
+            assert!(out.schedule.makespan() <= out.first_makespan + 1e-6);
+        }
+    }
+
+    #[test]
+    fn the_validator_catches_broken_lab_schedules() {
+        let site = Site::sim().unwrap();
+        let p = generate(&site, 50, 2, 1800.0, 5).unwrap();
+        let good = p.build(&p.default_order()).unwrap();
+        assert!(validate(&p, &good).is_empty());
+        let has = |s: &scheduler::lab::solve::LabSchedule, f: fn(&LabViolation) -> bool| validate(&p, s).iter().any(f);
+
+        // A move faster than the arm can make it.
+        let mut s = good.clone();
+        s.moves[0].end = s.moves[0].start + 1.0;
+        assert!(has(&s, |v| matches!(v, LabViolation::BadMove { .. })));
+        // Two moves of one arm at the same time.
+        let mut s = good.clone();
+        let (a, b) = (0..s.moves.len())
+            .flat_map(|i| (i + 1..s.moves.len()).map(move |j| (i, j)))
+            .find(|&(i, j)| s.moves[i].arm == s.moves[j].arm)
+            .unwrap();
+        let d = s.moves[b].end - s.moves[b].start;
+        s.moves[b].start = s.moves[a].start;
+        s.moves[b].end = s.moves[a].start + d;
+        assert!(has(&s, |v| matches!(v, LabViolation::ArmOverlap { .. } | LabViolation::PlateContinuity { .. })));
+        // A task without its plate: drop all moves.
+        let mut s = good.clone();
+        s.moves.clear();
+        assert!(has(&s, |v| matches!(v, LabViolation::PlateAbsent { .. })));
+        // Release and precedence.
+        let mut s = good.clone();
+        let (ri, run) = p.runs.iter().enumerate().find(|(_, r)| r.release > 0.0 && r.tasks.len() > 1).unwrap();
+        s.tasks[ri][0].start = 0.0;
+        assert!(has(&s, |v| matches!(v, LabViolation::BeforeRelease { .. })));
+        let mut s = good.clone();
+        s.tasks[ri][1].start = s.tasks[ri][0].start;
+        let _ = run;
+        assert!(has(&s, |v| matches!(v, LabViolation::Precedence { .. } | LabViolation::PlateAbsent { .. })));
+        // Down time: take the first used liquid handler down over the whole horizon.
+        let r = s.tasks[ri][0].resource.unwrap();
+        let mut down = p.clone();
+        down.down[r].push(scheduler::lab::Window { start: 0.0, end: 1e9 });
+        assert!(validate(&down, &good).iter().any(|v| matches!(v, LabViolation::Down { .. })));
+        // And the solver works around it.
+        let around = down.build(&down.default_order()).unwrap();
+        assert!(validate(&down, &around).is_empty());
+        // A reservation for another tenant is respected the same way.
+        let mut res = p.clone();
+        res.reservations[r].push(("someone else".into(), scheduler::lab::Window { start: 0.0, end: 1e9 }));
+        assert!(validate(&res, &good).iter().any(|v| matches!(v, LabViolation::Reserved { .. })));
+        assert!(validate(&res, &res.build(&res.default_order()).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn compiled_plans_become_runs() {
+        let site = Site::sim().unwrap();
+        let mut p = LabProblem::from_site(&site).unwrap();
+        for (i, plan) in super::plans().iter().enumerate() {
+            p.add_plan(&format!("r{i}"), &format!("t{}", i % 2), 1.0, 0.0, plan).unwrap();
+        }
+        let out = solve(&p, LabBudget { time: None, iterations: Some(30) }, 1).unwrap();
+        assert_eq!(validate(&p, &out.schedule), vec![]);
+        // The ELISA run's 5-minute lag between the stop solution and the read holds.
+        let elisa = &p.runs[0];
+        let (f, t, max) = elisa.max_lags[0];
+        assert!(out.schedule.tasks[0][t].start - out.schedule.tasks[0][f].end <= max + 1e-6);
+    }
+
+    #[test]
+    fn impossible_problems_are_refused_with_the_task_named() {
+        let site = Site::sim().unwrap();
+        let mut p = LabProblem::from_site(&site).unwrap();
+        let mut run = scheduler::lab::Run {
+            id: "r".into(),
+            tenant: "t".into(),
+            weight: 1.0,
+            release: 0.0,
+            plates: vec!["p".into()],
+            tasks: vec![scheduler::lab::LabTask {
+                class: Some(labware::InstrumentClass::Thermocycler),
+                duration: 10.0,
+                after: vec![],
+                plates: vec![0],
+                pipettes: vec![],
+                label: "cycle".into(),
+            }],
+            max_lags: vec![],
+        };
+        let e = p.add_run(run.clone()).unwrap_err().to_string();
+        assert_eq!(e, "run r task 0 (cycle): no thermocycler on this site can run it");
+        run.tasks[0].class = Some(labware::InstrumentClass::LiquidHandler);
+        run.tasks.push(scheduler::lab::LabTask {
+            class: Some(labware::InstrumentClass::PlateReader),
+            duration: 10.0,
+            after: vec![0],
+            plates: vec![0],
+            pipettes: vec![],
+            label: "read".into(),
+        });
+        run.max_lags = vec![(0, 1, 5.0)];
+        let e = p.add_run(run.clone()).unwrap_err().to_string();
+        assert!(e.contains("must start within 5 s of task 0, but moving its plates"), "{e}");
+        run.max_lags = vec![];
+        run.tasks[0].after = vec![1];
+        assert!(p.add_run(run).unwrap_err().to_string().contains("topological order"));
+    }
+}

@@ -1,0 +1,430 @@
+//! The lab scheduling model: every tenant's runs on the site's instruments, with the plate moves
+//! the robot arms must make between them.
+//!
+//! - Resources are instrument instances (a class, a capacity, pipettes, nests), technicians, and
+//!   buffer nests (transfer stations) that hold one plate.
+//! - Plates (labware of kind well plate) live in storage (the plate hotel) and are carried by arms
+//!   along the cheapest chain of arm moves; an instrument is occupied from the moment a plate
+//!   arrives on its nest until an arm takes it away (blocking nests), so an arm that is late keeps
+//!   an instrument busy.
+//! - Policy: after each task its plates go back to storage. The storage is the escape valve that
+//!   makes the constructive schedule deadlock-free: a plate in flight always has somewhere to go.
+//! - Runs have a tenant, a weight, a release time and max lags between tasks; resources have
+//!   unavailability windows and may be reserved for one tenant.
+
+pub mod check;
+pub mod generate;
+pub mod solve;
+
+use labware::{InstrumentClass, LabwareKind, Site};
+use protocols::plan::RunPlan;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A place a plate can be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nest {
+    pub id: String,
+    /// The resource the nest belongs to; `None` for storage and buffers.
+    pub owner: Option<usize>,
+}
+
+/// Something that runs tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub id: String,
+    pub class: InstrumentClass,
+    pub capacity: u32,
+    pub pipettes: Vec<String>,
+    /// Where its plates sit (instruments); empty for technicians.
+    pub nest: Option<usize>,
+}
+
+/// A plate-moving arm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arm {
+    pub id: String,
+    pub reach: Vec<usize>,
+    /// Seconds between two nests it reaches.
+    pub moves: BTreeMap<(usize, usize), f64>,
+}
+
+/// One arm move of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Leg {
+    pub arm: usize,
+    pub from: usize,
+    pub to: usize,
+    pub seconds: f64,
+}
+
+/// A time window `[start, end)` in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Window {
+    pub start: f64,
+    pub end: f64,
+}
+
+/// A task of a run, in scheduler terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabTask {
+    pub class: Option<InstrumentClass>,
+    pub duration: f64,
+    pub after: Vec<usize>,
+    /// Plates (indices into the run's plates) the task needs on its instrument.
+    pub plates: Vec<usize>,
+    pub pipettes: Vec<String>,
+    pub label: String,
+}
+
+/// A submitted run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub id: String,
+    pub tenant: String,
+    /// Fairness weight of the tenant (higher: served sooner).
+    pub weight: f64,
+    pub release: f64,
+    pub plates: Vec<String>,
+    pub tasks: Vec<LabTask>,
+    /// (from, to, max seconds between the end of `from` and the start of `to`).
+    pub max_lags: Vec<(usize, usize, f64)>,
+}
+
+/// Everything the scheduler plans over.
+#[derive(Debug, Clone)]
+pub struct LabProblem {
+    pub nests: Vec<Nest>,
+    pub resources: Vec<Resource>,
+    pub arms: Vec<Arm>,
+    /// Where plates wait between tasks.
+    pub storage: usize,
+    /// Unavailability per resource (maintenance, down).
+    pub down: Vec<Vec<Window>>,
+    /// Bench-time reservations: resource → (tenant, window); others may not use it then.
+    pub reservations: Vec<Vec<(String, Window)>>,
+    pub runs: Vec<Run>,
+    /// Cheapest chain of arm moves between every two nests.
+    routes: Vec<Vec<Option<Vec<Leg>>>>,
+}
+
+/// A problem that cannot be scheduled, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelError(pub String);
+
+impl std::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+impl LabProblem {
+    /// The site's resources, nests and arms, with no runs yet.
+    pub fn from_site(site: &Site) -> Result<LabProblem, ModelError> {
+        let mut nests: Vec<Nest> = Vec::new();
+        let mut resources: Vec<Resource> = Vec::new();
+        let mut storage = None;
+        for inst in &site.instruments {
+            let r = resources.len();
+            let nest = nests.len();
+            // One nest per instrument: its capacity says how many plates it holds.
+            nests
+                .push(Nest { id: inst.nest_ids().first().cloned().unwrap_or_else(|| inst.id.clone()), owner: Some(r) });
+            for extra in inst.nest_ids().iter().skip(1) {
+                nests.push(Nest { id: extra.clone(), owner: Some(r) });
+            }
+            if inst.class == InstrumentClass::PlateHotel && storage.is_none() {
+                storage = Some(nest);
+            }
+            resources.push(Resource {
+                id: inst.id.clone(),
+                class: inst.class,
+                capacity: inst.capacity,
+                pipettes: inst.pipettes.iter().map(|p| p.name.clone()).collect(),
+                nest: Some(nest),
+            });
+        }
+        for loc in &site.locations {
+            let r = resources.len();
+            nests.push(Nest { id: loc.id.clone(), owner: Some(r) });
+            // A transfer station holds one plate; it is a resource nobody runs tasks on.
+            resources.push(Resource {
+                id: loc.id.clone(),
+                class: InstrumentClass::PlateHotel,
+                capacity: 1,
+                pipettes: Vec::new(),
+                nest: Some(nests.len() - 1),
+            });
+        }
+        for n in 1..=site.site.technicians {
+            resources.push(Resource {
+                id: format!("technician{n}"),
+                class: InstrumentClass::Technician,
+                capacity: 1,
+                pipettes: Vec::new(),
+                nest: None,
+            });
+        }
+        let Some(storage) = storage else {
+            return Err(ModelError("the site has no plate_hotel: plates need storage between tasks".into()));
+        };
+        let index: BTreeMap<&str, usize> = nests.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+        let mut arms = Vec::new();
+        for a in &site.arms {
+            let reach: Vec<usize> = a.reach.iter().filter_map(|n| index.get(n.as_str()).copied()).collect();
+            let mut moves = BTreeMap::new();
+            for &x in &reach {
+                for &y in &reach {
+                    if x != y {
+                        if let Some(s) = a.move_time(&nests[x].id, &nests[y].id) {
+                            moves.insert((x, y), s);
+                        }
+                    }
+                }
+            }
+            arms.push(Arm { id: a.id.clone(), reach, moves });
+        }
+        let n = resources.len();
+        let mut p = LabProblem {
+            nests,
+            resources,
+            arms,
+            storage,
+            down: vec![Vec::new(); n],
+            reservations: vec![Vec::new(); n],
+            runs: Vec::new(),
+            routes: Vec::new(),
+        };
+        p.routes = p.all_routes();
+        Ok(p)
+    }
+
+    /// Dijkstra over nests, edges being arm moves (nests number in the tens).
+    fn all_routes(&self) -> Vec<Vec<Option<Vec<Leg>>>> {
+        let n = self.nests.len();
+        let mut out = vec![vec![None; n]; n];
+        for (src, row) in out.iter_mut().enumerate() {
+            let mut dist = vec![f64::INFINITY; n];
+            let mut prev: Vec<Option<Leg>> = vec![None; n];
+            let mut done = vec![false; n];
+            dist[src] = 0.0;
+            for _ in 0..n {
+                let Some(u) =
+                    (0..n).filter(|&i| !done[i] && dist[i].is_finite()).min_by(|&a, &b| dist[a].total_cmp(&dist[b]))
+                else {
+                    break;
+                };
+                done[u] = true;
+                for (ai, arm) in self.arms.iter().enumerate() {
+                    for (&(x, y), &s) in &arm.moves {
+                        if x == u && dist[u] + s < dist[y] {
+                            dist[y] = dist[u] + s;
+                            prev[y] = Some(Leg { arm: ai, from: x, to: y, seconds: s });
+                        }
+                    }
+                }
+            }
+            for (dst, slot) in row.iter_mut().enumerate() {
+                if dst == src {
+                    *slot = Some(Vec::new());
+                } else if dist[dst].is_finite() {
+                    let mut legs = Vec::new();
+                    let mut cur = dst;
+                    while let Some(l) = prev[cur] {
+                        legs.push(l);
+                        cur = l.from;
+                    }
+                    legs.reverse();
+                    *slot = Some(legs);
+                }
+            }
+        }
+        out
+    }
+
+    /// The arm moves that carry a plate from one nest to another, if any chain of arms does.
+    pub fn route(&self, from: usize, to: usize) -> Option<&[Leg]> {
+        self.routes.get(from)?.get(to)?.as_deref()
+    }
+
+    /// Adds a compiled plan as a run; well plates become the run's plates.
+    pub fn add_plan(
+        &mut self,
+        id: &str,
+        tenant: &str,
+        weight: f64,
+        release: f64,
+        plan: &RunPlan,
+    ) -> Result<usize, ModelError> {
+        let plates: Vec<String> =
+            plan.labware.iter().filter(|l| l.kind == LabwareKind::WellPlate).map(|l| l.name.clone()).collect();
+        let tasks = plan
+            .tasks
+            .iter()
+            .map(|t| LabTask {
+                class: t.class,
+                duration: t.duration_s,
+                after: t.after.iter().map(|&a| a as usize).collect(),
+                plates: t.holds.iter().filter_map(|h| plates.iter().position(|p| p == h)).collect(),
+                pipettes: t.pipettes.clone(),
+                label: t.label.clone(),
+            })
+            .collect();
+        let run = Run {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            weight,
+            release,
+            plates,
+            tasks,
+            max_lags: plan.max_lags.iter().map(|l| (l.from as usize, l.to as usize, l.max_s)).collect(),
+        };
+        self.add_run(run)
+    }
+
+    /// Adds a run after checking it can be scheduled at all on this site.
+    pub fn add_run(&mut self, run: Run) -> Result<usize, ModelError> {
+        for (i, t) in run.tasks.iter().enumerate() {
+            let what = || format!("run {} task {i} ({})", run.id, t.label);
+            if t.after.iter().any(|&a| a >= i) {
+                return Err(ModelError(format!(
+                    "{}: depends on a later task; tasks must be in topological order",
+                    what()
+                )));
+            }
+            if !(t.duration.is_finite() && t.duration >= 0.0) {
+                return Err(ModelError(format!("{}: duration must be a non-negative number", what())));
+            }
+            if let Some(class) = t.class {
+                let cands = self.candidates(t);
+                if cands.is_empty() {
+                    return Err(ModelError(format!("{}: no {class} on this site can run it", what())));
+                }
+                if !t.plates.is_empty() && class != InstrumentClass::Technician && class != InstrumentClass::RobotArm {
+                    let reachable = cands.iter().any(|&r| {
+                        self.resources[r].nest.is_some_and(|n| {
+                            self.route(self.storage, n).is_some() && self.route(n, self.storage).is_some()
+                        })
+                    });
+                    if !reachable {
+                        return Err(ModelError(format!("{}: no arm route between storage and any {class}", what())));
+                    }
+                }
+            }
+        }
+        for &(f, t, max) in &run.max_lags {
+            if f >= run.tasks.len() || t >= run.tasks.len() || t <= f {
+                return Err(ModelError(format!(
+                    "run {}: max lag from task {f} to task {t} does not go forward",
+                    run.id
+                )));
+            }
+            // Plates go to storage and back between the two tasks: that much time is unavoidable.
+            let min_gap = self.min_transfer(&run, f, t);
+            if min_gap > max + 1e-9 {
+                return Err(ModelError(format!(
+                    "run {}: task {t} must start within {max:.0} s of task {f}, but moving its plates between the instruments takes at least {min_gap:.0} s",
+                    run.id
+                )));
+            }
+        }
+        self.runs.push(run);
+        Ok(self.runs.len() - 1)
+    }
+
+    /// Resources that can run a task.
+    pub fn candidates(&self, t: &LabTask) -> Vec<usize> {
+        match t.class {
+            None => Vec::new(),
+            Some(InstrumentClass::RobotArm) => Vec::new(),
+            Some(c) => self
+                .resources
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.class == c && t.pipettes.iter().all(|p| r.pipettes.contains(p)))
+                .filter(|(_, r)| c == InstrumentClass::Technician || r.nest.is_some())
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+
+    /// Whether a task is done by an arm (lid handling) rather than an instrument.
+    pub fn is_arm_task(t: &LabTask) -> bool {
+        t.class == Some(InstrumentClass::RobotArm)
+    }
+
+    /// Seconds of arm moves at least needed to take a plate from storage to the nest of
+    /// resource `r` and back.
+    pub fn round_trip(&self, r: usize) -> f64 {
+        let Some(n) = self.resources[r].nest else { return 0.0 };
+        let leg = |a, b| self.route(a, b).map_or(0.0, |l| l.iter().map(|x| x.seconds).sum::<f64>());
+        leg(self.storage, n) + leg(n, self.storage)
+    }
+
+    fn min_transfer(&self, run: &Run, f: usize, t: usize) -> f64 {
+        let shares = run.tasks[f].plates.iter().any(|p| run.tasks[t].plates.contains(p));
+        if !shares {
+            return 0.0;
+        }
+        let best_out =
+            self.candidates(&run.tasks[f]).iter().map(|&r| self.round_trip(r) / 2.0).fold(f64::INFINITY, f64::min);
+        let best_in =
+            self.candidates(&run.tasks[t]).iter().map(|&r| self.round_trip(r) / 2.0).fold(f64::INFINITY, f64::min);
+        let x = best_out + best_in;
+        if x.is_finite() {
+            x
+        } else {
+            0.0
+        }
+    }
+
+    /// Lower bounds on the makespan, each with its name; the best is the largest.
+    pub fn lower_bounds(&self) -> Vec<(&'static str, f64)> {
+        let mut cp: f64 = 0.0;
+        let mut load: BTreeMap<InstrumentClass, f64> = BTreeMap::new();
+        let mut arm_work = 0.0;
+        let mut min_release = f64::INFINITY;
+        for run in &self.runs {
+            min_release = min_release.min(run.release);
+            let mut finish = vec![0.0f64; run.tasks.len()];
+            for (i, t) in run.tasks.iter().enumerate() {
+                let cands = self.candidates(t);
+                let trip = if t.plates.is_empty() {
+                    0.0
+                } else {
+                    cands.iter().map(|&r| self.round_trip(r)).fold(f64::INFINITY, f64::min)
+                };
+                let trip = if trip.is_finite() { trip * t.plates.len() as f64 } else { 0.0 };
+                let start = t.after.iter().map(|&a| finish[a]).fold(run.release, f64::max);
+                // The task itself plus bringing its plates in and out.
+                finish[i] = start + t.duration + trip;
+                if let Some(c) = t.class {
+                    *load.entry(c).or_insert(0.0) += t.duration;
+                }
+                arm_work += trip;
+            }
+            cp = cp.max(finish.iter().copied().fold(run.release, f64::max));
+        }
+        if self.runs.is_empty() {
+            return vec![("empty", 0.0)];
+        }
+        let mut out = vec![("critical path", cp)];
+        let cap: BTreeMap<InstrumentClass, f64> = self.resources.iter().fold(BTreeMap::new(), |mut m, r| {
+            *m.entry(r.class).or_insert(0.0) += f64::from(r.capacity);
+            m
+        });
+        let busiest = load.iter().map(|(c, l)| l / cap.get(c).copied().unwrap_or(1.0)).fold(0.0, f64::max);
+        out.push(("resource load", min_release + busiest));
+        if !self.arms.is_empty() {
+            out.push(("arm moves", min_release + arm_work / self.arms.len() as f64));
+        }
+        out
+    }
+
+    /// The best lower bound.
+    pub fn lower_bound(&self) -> f64 {
+        self.lower_bounds().into_iter().map(|b| b.1).fold(0.0, f64::max)
+    }
+}

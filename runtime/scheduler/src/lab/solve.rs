@@ -1,0 +1,430 @@
+//! Building and improving lab schedules.
+//!
+//! The constructive step inserts runs one at a time, each task on the instance where it ends
+//! earliest, booking the arm moves that bring its plates from storage and take them back. A run
+//! whose max lags come out broken is re-inserted with the earlier task held back by the excess,
+//! which places lag-linked tasks as one block. The improver is a large-neighbourhood search over
+//! the insertion order (move one run, swap two), keeping a change when the schedule gets better:
+//! anytime, seeded, and deterministic for an iteration budget.
+
+use super::{LabProblem, Leg, Window};
+use crate::shop::solve::Rng;
+use labware::InstrumentClass;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+const EPS: f64 = 1e-6;
+
+/// Where and when a task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TaskSlot {
+    /// Index into the problem's resources (or arms, for lid tasks); `None` for pure delays.
+    pub resource: Option<usize>,
+    /// Lid tasks run on an arm.
+    pub on_arm: bool,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// One arm move of one plate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MoveSlot {
+    pub run: usize,
+    pub plate: usize,
+    pub arm: usize,
+    pub from: usize,
+    pub to: usize,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// A complete lab schedule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LabSchedule {
+    /// Per run, per task.
+    pub tasks: Vec<Vec<TaskSlot>>,
+    pub moves: Vec<MoveSlot>,
+}
+
+impl LabSchedule {
+    /// End of the last task or move.
+    pub fn makespan(&self) -> f64 {
+        let t = self.tasks.iter().flatten().map(|s| s.end).fold(0.0, f64::max);
+        self.moves.iter().map(|m| m.end).fold(t, f64::max)
+    }
+
+    /// When each run finishes (its last task or its plates' last move home).
+    pub fn completion(&self, run: usize) -> f64 {
+        let t = self.tasks.get(run).map_or(0.0, |ts| ts.iter().map(|s| s.end).fold(0.0, f64::max));
+        self.moves.iter().filter(|m| m.run == run).map(|m| m.end).fold(t, f64::max)
+    }
+}
+
+/// Busy intervals of one resource, tagged with the run that booked them.
+#[derive(Debug, Clone, Default)]
+struct Timeline {
+    busy: Vec<(f64, f64, usize)>,
+}
+
+impl Timeline {
+    /// The end of the earliest interval that keeps `[a, b)` from fitting under `cap`, if any.
+    fn conflict(&self, a: f64, b: f64, cap: u32) -> Option<f64> {
+        let overlapping: Vec<&(f64, f64, usize)> =
+            self.busy.iter().filter(|x| x.0 < b - EPS && x.1 > a + EPS).collect();
+        if overlapping.len() < cap as usize {
+            return None;
+        }
+        // Sweep: does any instant of [a, b) see `cap` intervals?
+        let mut events: Vec<(f64, i32)> = Vec::with_capacity(overlapping.len() * 2);
+        for x in &overlapping {
+            events.push((x.0.max(a), 1));
+            events.push((x.1.min(b), -1));
+        }
+        events.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+        let mut cur = 0;
+        for (t, d) in events {
+            cur += d;
+            if cur >= cap as i32 {
+                // The earliest of the intervals live at `t` to end frees a unit.
+                return overlapping.iter().filter(|x| x.0 <= t + EPS && x.1 > t + EPS).map(|x| x.1).reduce(f64::min);
+            }
+        }
+        None
+    }
+}
+
+/// Bookings of every resource and arm.
+#[derive(Debug, Clone)]
+struct State {
+    res: Vec<Timeline>,
+    arms: Vec<Timeline>,
+}
+
+impl State {
+    fn unbook(&mut self, run: usize) {
+        for t in self.res.iter_mut().chain(self.arms.iter_mut()) {
+            t.busy.retain(|x| x.2 != run);
+        }
+    }
+}
+
+/// A tentative placement of one task.
+struct Placement {
+    slot: TaskSlot,
+    moves: Vec<MoveSlot>,
+    /// Transfer stations held between legs.
+    holds: Vec<(usize, f64, f64)>,
+    occupancy: Option<(usize, f64, f64)>,
+    plates_back: f64,
+}
+
+fn window_conflict(ws: &[Window], a: f64, b: f64) -> Option<f64> {
+    ws.iter().filter(|w| w.start < b - EPS && w.end > a + EPS).map(|w| w.end).reduce(f64::min)
+}
+
+impl LabProblem {
+    fn reserved_conflict(&self, r: usize, tenant: &str, a: f64, b: f64) -> Option<f64> {
+        self.reservations[r]
+            .iter()
+            .filter(|(t, w)| t != tenant && w.start < b - EPS && w.end > a + EPS)
+            .map(|(_, w)| w.end)
+            .reduce(f64::min)
+    }
+
+    /// Books a chain of legs from `t0`, each leg on its arm's first free slot. A plate that waits
+    /// on a transfer station between two legs holds it (capacity 1) from the first leg's start to
+    /// the second leg's end; such holds go to `holds`.
+    #[allow(clippy::too_many_arguments)]
+    fn book_legs(
+        &self,
+        st: &State,
+        legs: &[Leg],
+        t0: f64,
+        run: usize,
+        plate: usize,
+        out: &mut Vec<MoveSlot>,
+        holds: &mut Vec<(usize, f64, f64)>,
+    ) -> f64 {
+        let (mark_moves, mark_holds) = (out.len(), holds.len());
+        let mut from = t0;
+        for _ in 0..10_000 {
+            out.truncate(mark_moves);
+            holds.truncate(mark_holds);
+            let mut cursor = from;
+            let mut retry = None;
+            for (i, l) in legs.iter().enumerate() {
+                let mut s = cursor;
+                loop {
+                    let mine = out
+                        .iter()
+                        .filter(|m| m.arm == l.arm && m.start < s + l.seconds - EPS && m.end > s + EPS)
+                        .map(|m| m.end)
+                        .reduce(f64::max);
+                    let theirs = st.arms[l.arm].conflict(s, s + l.seconds, 1);
+                    match mine.into_iter().chain(theirs).reduce(f64::max) {
+                        Some(e) if e > s => s = e,
+                        _ => break,
+                    }
+                }
+                out.push(MoveSlot { run, plate, arm: l.arm, from: l.from, to: l.to, start: s, end: s + l.seconds });
+                cursor = s + l.seconds;
+                if i > 0 {
+                    // The plate waited on `l.from` between the previous leg and this one.
+                    if let Some(r) = self.nests[l.from].owner {
+                        let a = out[out.len() - 2].start;
+                        let cap = self.resources[r].capacity;
+                        let mine = holds.iter().filter(|h| h.0 == r && h.1 < cursor - EPS && h.2 > a + EPS).count();
+                        let theirs = st.res[r].conflict(a, cursor, cap.saturating_sub(mine as u32).max(1));
+                        if mine as u32 >= cap {
+                            retry = holds.iter().filter(|h| h.0 == r).map(|h| h.2).reduce(f64::max);
+                        } else if let Some(e) = theirs {
+                            retry = Some(e);
+                        }
+                        if retry.is_some() {
+                            break;
+                        }
+                        holds.push((r, a, cursor));
+                    }
+                }
+            }
+            match retry {
+                Some(e) => from = e.max(from + EPS * 10.0),
+                None => return cursor,
+            }
+        }
+        f64::INFINITY
+    }
+
+    /// Earliest placement of task `ti` of run `ri` on resource `r` at or after `t0`.
+    fn place_on(&self, st: &State, ri: usize, ti: usize, r: usize, mut t0: f64) -> Option<Placement> {
+        let run = &self.runs[ri];
+        let task = &run.tasks[ti];
+        let res = &self.resources[r];
+        let moves_plates = !task.plates.is_empty() && res.class != InstrumentClass::Technician;
+        for _ in 0..10_000 {
+            let mut moves = Vec::new();
+            let mut holds = Vec::new();
+            let (first_arrival, start) = if moves_plates {
+                let nest = res.nest?;
+                let inbound = self.route(self.storage, nest)?;
+                let mut first = f64::INFINITY;
+                let mut last = t0;
+                for &p in &task.plates {
+                    let arrive = self.book_legs(st, inbound, t0, ri, p, &mut moves, &mut holds);
+                    first = first.min(if inbound.is_empty() { t0 } else { arrive });
+                    last = last.max(arrive);
+                }
+                (first, last)
+            } else {
+                (t0, t0)
+            };
+            let end = start + task.duration;
+            let mut last_departure = end;
+            let mut back = end;
+            if moves_plates {
+                let nest = res.nest?;
+                let outbound = self.route(nest, self.storage)?;
+                for &p in &task.plates {
+                    let k = moves.len();
+                    let home = self.book_legs(st, outbound, end, ri, p, &mut moves, &mut holds);
+                    last_departure = last_departure.max(moves.get(k).map_or(end, |m| m.start));
+                    back = back.max(home);
+                }
+            }
+            let (a, b) = (first_arrival, last_departure.max(first_arrival + EPS));
+            let conflict = [
+                st.res[r].conflict(a, b, res.capacity),
+                window_conflict(&self.down[r], a, b),
+                self.reserved_conflict(r, &run.tenant, a, b),
+            ]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min);
+            match conflict {
+                Some(e) => {
+                    // Try again so the plates arrive when the resource frees up.
+                    let lead = first_arrival - t0;
+                    t0 = (e - lead).max(t0 + EPS * 10.0);
+                }
+                None => {
+                    if !back.is_finite() {
+                        return None;
+                    }
+                    return Some(Placement {
+                        slot: TaskSlot { resource: Some(r), on_arm: false, start, end },
+                        moves,
+                        holds,
+                        occupancy: Some((r, a, b)),
+                        plates_back: back,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// A lid task on the first arm that reaches storage.
+    fn place_on_arm(&self, st: &State, task_dur: f64, mut t0: f64) -> Option<(usize, f64)> {
+        let arm = self.arms.iter().position(|a| a.reach.contains(&self.storage))?;
+        for _ in 0..10_000 {
+            match st.arms[arm].conflict(t0, t0 + task_dur, 1) {
+                Some(e) => t0 = e,
+                None => return Some((arm, t0)),
+            }
+        }
+        None
+    }
+
+    /// Inserts one run; returns false when a task could not be placed at all.
+    fn insert_run(&self, st: &mut State, sched: &mut LabSchedule, ri: usize, hold: &[f64]) -> bool {
+        let run = &self.runs[ri];
+        let mut plate_ready = vec![run.release; run.plates.len()];
+        let mut slots: Vec<TaskSlot> = Vec::with_capacity(run.tasks.len());
+        for (ti, task) in run.tasks.iter().enumerate() {
+            let preds = task.after.iter().map(|&a| slots[a].end).fold(run.release, f64::max);
+            let t0 = task.plates.iter().map(|&p| plate_ready[p]).fold(preds, f64::max).max(hold[ti]);
+            if task.class.is_none() {
+                slots.push(TaskSlot { resource: None, on_arm: false, start: t0, end: t0 + task.duration });
+                continue;
+            }
+            if LabProblem::is_arm_task(task) {
+                let Some((arm, s)) = self.place_on_arm(st, task.duration, t0) else { return false };
+                st.arms[arm].busy.push((s, s + task.duration, ri));
+                slots.push(TaskSlot { resource: Some(arm), on_arm: true, start: s, end: s + task.duration });
+                for &p in &task.plates {
+                    plate_ready[p] = s + task.duration;
+                }
+                continue;
+            }
+            let best = self
+                .candidates(task)
+                .into_iter()
+                .filter_map(|r| self.place_on(st, ri, ti, r, t0))
+                .min_by(|a, b| a.plates_back.total_cmp(&b.plates_back).then(a.slot.end.total_cmp(&b.slot.end)));
+            let Some(pl) = best else { return false };
+            if let Some((r, a, b)) = pl.occupancy {
+                st.res[r].busy.push((a, b, ri));
+            }
+            for m in &pl.moves {
+                st.arms[m.arm].busy.push((m.start, m.end, ri));
+            }
+            for &(r, a, b) in &pl.holds {
+                st.res[r].busy.push((a, b, ri));
+            }
+            for &p in &task.plates {
+                plate_ready[p] = pl.plates_back;
+            }
+            sched.moves.extend(pl.moves);
+            slots.push(pl.slot);
+        }
+        sched.tasks[ri] = slots;
+        true
+    }
+
+    /// Builds a schedule inserting runs in `order`. Runs whose lags cannot be met after some
+    /// retries keep their best attempt; the validator reports what remains.
+    pub fn build(&self, order: &[usize]) -> Option<LabSchedule> {
+        let mut st = State {
+            res: vec![Timeline::default(); self.resources.len()],
+            arms: vec![Timeline::default(); self.arms.len()],
+        };
+        let mut sched = LabSchedule { tasks: vec![Vec::new(); self.runs.len()], moves: Vec::new() };
+        for &ri in order {
+            let run = &self.runs[ri];
+            let mut hold = vec![0.0; run.tasks.len()];
+            for attempt in 0..=24 {
+                let mark = sched.moves.len();
+                if !self.insert_run(&mut st, &mut sched, ri, &hold) {
+                    return None;
+                }
+                let slots = &sched.tasks[ri];
+                let worst = run
+                    .max_lags
+                    .iter()
+                    .map(|&(f, t, max)| (f, slots[t].start - slots[f].end - max))
+                    .filter(|x| x.1 > EPS)
+                    .max_by(|a, b| a.1.total_cmp(&b.1));
+                match worst {
+                    Some((f, excess)) if attempt < 24 => {
+                        // Hold the earlier task back so the later one follows it in time.
+                        hold[f] = slots[f].start + excess;
+                        st.unbook(ri);
+                        sched.moves.truncate(mark);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Some(sched)
+    }
+
+    /// Default insertion order: release time, then weight (heavier first), then position.
+    pub fn default_order(&self) -> Vec<usize> {
+        let mut o: Vec<usize> = (0..self.runs.len()).collect();
+        o.sort_by(|&a, &b| {
+            let (x, y) = (&self.runs[a], &self.runs[b]);
+            x.release.total_cmp(&y.release).then(y.weight.total_cmp(&x.weight)).then(a.cmp(&b))
+        });
+        o
+    }
+
+    /// The objective: makespan first, then weighted completion (so heavier tenants finish sooner).
+    pub fn cost(&self, s: &LabSchedule) -> (f64, f64) {
+        let weighted: f64 =
+            (0..self.runs.len()).map(|r| self.runs[r].weight * (s.completion(r) - self.runs[r].release)).sum();
+        (s.makespan(), weighted)
+    }
+}
+
+/// How long to search.
+#[derive(Debug, Clone, Copy)]
+pub struct LabBudget {
+    pub time: Option<Duration>,
+    pub iterations: Option<u64>,
+}
+
+/// What a solve produced.
+#[derive(Debug, Clone)]
+pub struct LabOutcome {
+    pub schedule: LabSchedule,
+    pub order: Vec<usize>,
+    pub first_makespan: f64,
+    pub time_to_first: Duration,
+    pub iterations: u64,
+}
+
+/// Builds a first schedule, then improves the insertion order within the budget.
+pub fn solve(p: &LabProblem, budget: LabBudget, seed: u64) -> Option<LabOutcome> {
+    let t0 = Instant::now();
+    let mut order = p.default_order();
+    let mut best = p.build(&order)?;
+    let time_to_first = t0.elapsed();
+    let first_makespan = best.makespan();
+    let mut best_cost = p.cost(&best);
+    let lb = p.lower_bound();
+    let mut rng = Rng::new(seed);
+    let mut it = 0;
+    let n = order.len();
+    let done = |it: u64| budget.iterations.is_some_and(|k| it >= k) || budget.time.is_some_and(|t| t0.elapsed() >= t);
+    while n > 1 && !done(it) && best_cost.0 > lb + EPS {
+        it += 1;
+        let mut cand = order.clone();
+        if rng.below(2) == 0 {
+            let (i, j) = (rng.below(n), rng.below(n));
+            cand.swap(i, j);
+        } else {
+            let i = rng.below(n);
+            let r = cand.remove(i);
+            cand.insert(rng.below(n), r);
+        }
+        if let Some(s) = p.build(&cand) {
+            let c = p.cost(&s);
+            if c.0 < best_cost.0 - EPS || (c.0 <= best_cost.0 + EPS && c.1 < best_cost.1 - EPS) {
+                best = s;
+                best_cost = c;
+                order = cand;
+            }
+        }
+    }
+    Some(LabOutcome { schedule: best, order, first_makespan, time_to_first, iterations: it })
+}
