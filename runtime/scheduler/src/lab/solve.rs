@@ -60,19 +60,53 @@ impl LabSchedule {
     }
 }
 
-/// Busy intervals of one resource, tagged with the run that booked them.
+/// Busy intervals of one resource, tagged with the run that booked them, sorted by start so a
+/// query only looks at the intervals near it.
 #[derive(Debug, Clone, Default)]
 struct Timeline {
     busy: Vec<(f64, f64, usize)>,
+    /// Longest interval ever booked: how far back from a query an overlapping one can start.
+    max_len: f64,
 }
 
 impl Timeline {
+    fn book(&mut self, a: f64, b: f64, run: usize) {
+        let i = self.busy.partition_point(|x| x.0 <= a);
+        self.busy.insert(i, (a, b, run));
+        self.max_len = self.max_len.max(b - a);
+    }
+
+    /// Earliest `t >= from` where `[t, t + len)` overlaps no interval (capacity-1 resources), so
+    /// a placement can jump over a run of back-to-back bookings in one step.
+    fn first_gap(&self, from: f64, len: f64) -> f64 {
+        let mut t = from;
+        let lo = self.busy.partition_point(|x| x.0 < from - self.max_len - EPS);
+        for x in &self.busy[lo..] {
+            if x.0 >= t + len - EPS {
+                break;
+            }
+            if x.1 > t + EPS {
+                t = x.1;
+            }
+        }
+        t
+    }
+
     /// The end of the earliest interval that keeps `[a, b)` from fitting under `cap`, if any.
     fn conflict(&self, a: f64, b: f64, cap: u32) -> Option<f64> {
-        let overlapping: Vec<&(f64, f64, usize)> =
-            self.busy.iter().filter(|x| x.0 < b - EPS && x.1 > a + EPS).collect();
+        let hi = self.busy.partition_point(|x| x.0 < b - EPS);
+        let lo = self.busy[..hi].partition_point(|x| x.0 < a - self.max_len - EPS);
+        let mut overlapping: Vec<&(f64, f64, usize)> = Vec::new();
+        for x in &self.busy[lo..hi] {
+            if x.1 > a + EPS {
+                overlapping.push(x);
+            }
+        }
         if overlapping.len() < cap as usize {
             return None;
+        }
+        if cap == 1 {
+            return overlapping.iter().map(|x| x.1).reduce(f64::min);
         }
         // Sweep: does any instant of [a, b) see `cap` intervals?
         let mut events: Vec<(f64, i32)> = Vec::with_capacity(overlapping.len() * 2);
@@ -242,7 +276,9 @@ impl LabProblem {
             .reduce(f64::min);
             match conflict {
                 Some(e) => {
-                    // Try again so the plates arrive when the resource frees up.
+                    // Try again so the plates arrive when the resource frees up; on a
+                    // one-at-a-time resource, at the first gap long enough for the whole stay.
+                    let e = if res.capacity == 1 { st.res[r].first_gap(e, b - a).max(e) } else { e };
                     let lead = first_arrival - t0;
                     t0 = (e - lead).max(t0 + EPS * 10.0);
                 }
@@ -289,7 +325,7 @@ impl LabProblem {
             }
             if LabProblem::is_arm_task(task) {
                 let Some((arm, s)) = self.place_on_arm(st, task.duration, t0) else { return false };
-                st.arms[arm].busy.push((s, s + task.duration, ri));
+                st.arms[arm].book(s, s + task.duration, ri);
                 slots.push(TaskSlot { resource: Some(arm), on_arm: true, start: s, end: s + task.duration });
                 for &p in &task.plates {
                     plate_ready[p] = s + task.duration;
@@ -303,13 +339,13 @@ impl LabProblem {
                 .min_by(|a, b| a.plates_back.total_cmp(&b.plates_back).then(a.slot.end.total_cmp(&b.slot.end)));
             let Some(pl) = best else { return false };
             if let Some((r, a, b)) = pl.occupancy {
-                st.res[r].busy.push((a, b, ri));
+                st.res[r].book(a, b, ri);
             }
             for m in &pl.moves {
-                st.arms[m.arm].busy.push((m.start, m.end, ri));
+                st.arms[m.arm].book(m.start, m.end, ri);
             }
             for &(r, a, b) in &pl.holds {
-                st.res[r].busy.push((a, b, ri));
+                st.res[r].book(a, b, ri);
             }
             for &p in &task.plates {
                 plate_ready[p] = pl.plates_back;
