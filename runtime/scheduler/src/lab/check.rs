@@ -158,7 +158,9 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
             if slot.start + EPS < run.release {
                 v.push(LabViolation::BeforeRelease { run: ri, task: ti });
             }
-            if slot.end - slot.start + EPS < t.duration {
+            let under_way = p.pinned.get(ri).and_then(|x| x.get(ti)).is_some_and(Option::is_some);
+            // A task that has run reports its real duration, which may be shorter than planned.
+            if slot.end - slot.start + EPS < t.duration && !under_way {
                 v.push(LabViolation::TooShort { run: ri, task: ti });
             }
             for &a in &t.after {
@@ -194,7 +196,12 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
                 }
             }
             occ[r].push((a, b));
-            if p.down[r].iter().any(|w| w.start < b - EPS && w.end > a + EPS) {
+            // A task already under way when its instrument failed is the technician's problem,
+            // not a planning error; anything planned into a down window is.
+            if p.down[r]
+                .iter()
+                .any(|w| w.start < b - EPS && w.end > a + EPS && !(under_way && slot.start < w.start + EPS))
+            {
                 v.push(LabViolation::Down { resource: r, at: a });
             }
             if p.reservations[r].iter().any(|(tn, w)| tn != &run.tenant && w.start < b - EPS && w.end > a + EPS) {
@@ -230,7 +237,12 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
     }
     for (r, intervals) in occ.iter().enumerate() {
         let cap = p.resources[r].capacity as i32;
-        let mut ev: Vec<(f64, i32)> = intervals.iter().flat_map(|&(a, b)| [(a, 1), (b, -1)]).collect();
+        // Overlaps shorter than EPS are rounding, not double-booking.
+        let mut ev: Vec<(f64, i32)> = intervals
+            .iter()
+            .filter(|(a, b)| b - a > 2.0 * EPS)
+            .flat_map(|&(a, b)| [(a + EPS, 1), (b - EPS, -1)])
+            .collect();
         ev.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
         let mut cur = 0;
         for (t, d) in ev {

@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod generate;
+pub mod replan;
 pub mod solve;
 
 use labware::{InstrumentClass, LabwareKind, Site};
@@ -104,8 +105,25 @@ pub struct LabProblem {
     /// Bench-time reservations: resource → (tenant, window); others may not use it then.
     pub reservations: Vec<Vec<(String, Window)>>,
     pub runs: Vec<Run>,
+    /// Tasks already under way, per run and task: they keep their instrument and times.
+    pub pinned: Vec<Vec<Option<Pin>>>,
+    /// Nothing not yet started may start before this time (the planner's "now").
+    pub not_before: f64,
     /// Cheapest chain of arm moves between every two nests.
     routes: Vec<Vec<Option<Vec<Leg>>>>,
+}
+
+/// A task that has started (or whose plates are on their way): re-planning keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pin {
+    pub resource: Option<usize>,
+    pub on_arm: bool,
+    pub start: f64,
+    pub end: f64,
+    /// Moves that brought its plates, as they happened.
+    pub inbound: Vec<solve::MoveSlot>,
+    /// Moves that are taking (or took) its plates home, once they have begun.
+    pub outbound: Vec<solve::MoveSlot>,
 }
 
 /// A problem that cannot be scheduled, and why.
@@ -195,6 +213,8 @@ impl LabProblem {
             down: vec![Vec::new(); n],
             reservations: vec![Vec::new(); n],
             runs: Vec::new(),
+            pinned: Vec::new(),
+            not_before: 0.0,
             routes: Vec::new(),
         };
         p.routes = p.all_routes();
@@ -330,6 +350,7 @@ impl LabProblem {
                 )));
             }
         }
+        self.pinned.push(vec![None; run.tasks.len()]);
         self.runs.push(run);
         Ok(self.runs.len() - 1)
     }

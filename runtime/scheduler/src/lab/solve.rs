@@ -142,6 +142,9 @@ impl State {
     }
 }
 
+/// Pinned tasks booked ahead: (run, task) → (slot, when its plates are back in storage).
+type Prebooked = std::collections::HashMap<(usize, usize), (TaskSlot, f64)>;
+
 /// A tentative placement of one task.
 struct Placement {
     slot: TaskSlot,
@@ -312,13 +315,22 @@ impl LabProblem {
     }
 
     /// Inserts one run; returns false when a task could not be placed at all.
-    fn insert_run(&self, st: &mut State, sched: &mut LabSchedule, ri: usize, hold: &[f64]) -> bool {
+    fn insert_run(&self, st: &mut State, sched: &mut LabSchedule, ri: usize, hold: &[f64], pre: &Prebooked) -> bool {
         let run = &self.runs[ri];
         let mut plate_ready = vec![run.release; run.plates.len()];
         let mut slots: Vec<TaskSlot> = Vec::with_capacity(run.tasks.len());
         for (ti, task) in run.tasks.iter().enumerate() {
+            if let Some((slot, back)) = pre.get(&(ri, ti)) {
+                // Under way: booked before any run was inserted.
+                for &p in &task.plates {
+                    plate_ready[p] = plate_ready[p].max(*back);
+                }
+                slots.push(*slot);
+                continue;
+            }
             let preds = task.after.iter().map(|&a| slots[a].end).fold(run.release, f64::max);
-            let t0 = task.plates.iter().map(|&p| plate_ready[p]).fold(preds, f64::max).max(hold[ti]);
+            let t0 =
+                task.plates.iter().map(|&p| plate_ready[p]).fold(preds, f64::max).max(hold[ti]).max(self.not_before);
             if task.class.is_none() {
                 slots.push(TaskSlot { resource: None, on_arm: false, start: t0, end: t0 + task.duration });
                 continue;
@@ -365,12 +377,13 @@ impl LabProblem {
             arms: vec![Timeline::default(); self.arms.len()],
         };
         let mut sched = LabSchedule { tasks: vec![Vec::new(); self.runs.len()], moves: Vec::new() };
+        let pre = self.prebook(&mut st, &mut sched);
         for &ri in order {
             let run = &self.runs[ri];
             let mut hold = vec![0.0; run.tasks.len()];
             for attempt in 0..=24 {
                 let mark = sched.moves.len();
-                if !self.insert_run(&mut st, &mut sched, ri, &hold) {
+                if !self.insert_run(&mut st, &mut sched, ri, &hold, &pre) {
                     return None;
                 }
                 let slots = &sched.tasks[ri];
@@ -386,12 +399,141 @@ impl LabProblem {
                         hold[f] = slots[f].start + excess;
                         st.unbook(ri);
                         sched.moves.truncate(mark);
+                        // Pinned tasks keep their bookings: put them back.
+                        self.rebook_pins(&mut st, &sched, ri);
                     }
                     _ => break,
                 }
             }
         }
         Some(sched)
+    }
+
+    /// Books every pinned task (its plates' inbound moves as they happened, its instrument, the
+    /// moves that will take its plates home) before any run is inserted, so the rest of the plan
+    /// is built around what is already under way.
+    fn prebook(&self, st: &mut State, sched: &mut LabSchedule) -> Prebooked {
+        let mut pre = Prebooked::new();
+        let pins = || {
+            self.pinned
+                .iter()
+                .enumerate()
+                .flat_map(|(ri, ps)| ps.iter().enumerate().filter_map(move |(ti, p)| p.as_ref().map(|p| (ri, ti, p))))
+        };
+        // First what has happened: moves already made, lid tasks on arms.
+        for (ri, _, pin) in pins() {
+            for m in pin.inbound.iter().chain(&pin.outbound) {
+                st.arms[m.arm].book(m.start, m.end, ri);
+                sched.moves.push(*m);
+            }
+            let made: Vec<MoveSlot> = pin.inbound.iter().chain(&pin.outbound).copied().collect();
+            self.book_station_holds(st, &made, ri);
+            if let (Some(a), true) = (pin.resource, pin.on_arm) {
+                st.arms[a].book(pin.start, pin.end, ri);
+            }
+        }
+        // Then the moves still to make to take their plates home, never before now.
+        for (ri, ti, pin) in pins() {
+            let task = &self.runs[ri].tasks[ti];
+            let mut back = pin.end;
+            // The instrument is free once the last of its plates has left.
+            let mut departure = pin.end;
+            for &p in &task.plates {
+                if let Some(first) = pin.outbound.iter().filter(|m| m.plate == p).map(|m| m.start).reduce(f64::min) {
+                    departure = departure.max(first);
+                }
+            }
+            for m in &pin.outbound {
+                back = back.max(m.end);
+            }
+            if let (Some(r), false) = (pin.resource, pin.on_arm) {
+                let res = &self.resources[r];
+                let mut moves = Vec::new();
+                let mut holds = Vec::new();
+                if let (Some(nest), false) =
+                    (res.nest, res.class == InstrumentClass::Technician || task.plates.is_empty())
+                {
+                    if let Some(outbound) = self.route(nest, self.storage) {
+                        for &p in task.plates.iter().filter(|&&p| !pin.outbound.iter().any(|m| m.plate == p)) {
+                            let k = moves.len();
+                            back = back.max(self.book_legs(
+                                st,
+                                outbound,
+                                pin.end.max(self.not_before),
+                                ri,
+                                p,
+                                &mut moves,
+                                &mut holds,
+                            ));
+                            departure = departure.max(moves.get(k).map_or(pin.end, |m| m.start));
+                        }
+                    }
+                }
+                let first = pin.inbound.iter().map(|m| m.end).fold(pin.start, f64::min);
+                st.res[r].book(first, departure.max(pin.end).max(first + EPS), ri);
+                for m in &moves {
+                    st.arms[m.arm].book(m.start, m.end, ri);
+                }
+                for &(h, a, b) in &holds {
+                    st.res[h].book(a, b, ri);
+                }
+                sched.moves.extend(moves);
+            }
+            let slot = TaskSlot { resource: pin.resource, on_arm: pin.on_arm, start: pin.start, end: pin.end };
+            pre.insert((ri, ti), (slot, back));
+        }
+        pre
+    }
+
+    /// Books the transfer stations a chain of moves waits on (from one leg's start to the next
+    /// leg's end, as `book_legs` does).
+    fn book_station_holds(&self, st: &mut State, moves: &[MoveSlot], ri: usize) {
+        for a in moves {
+            let Some(r) = self.nests[a.to]
+                .owner
+                .filter(|&r| self.resources[r].class == InstrumentClass::PlateHotel && a.to != self.storage)
+            else {
+                continue;
+            };
+            let next = moves
+                .iter()
+                .filter(|b| b.plate == a.plate && b.from == a.to && b.start >= a.end - EPS)
+                .min_by(|x, y| x.start.total_cmp(&y.start));
+            if let Some(b) = next {
+                st.res[r].book(a.start, b.end, ri);
+            }
+        }
+    }
+
+    /// After a run's trial insertion is undone, books its pinned tasks again.
+    fn rebook_pins(&self, st: &mut State, sched: &LabSchedule, ri: usize) {
+        let mine: Vec<MoveSlot> = sched.moves.iter().filter(|m| m.run == ri).copied().collect();
+        for m in &mine {
+            st.arms[m.arm].book(m.start, m.end, ri);
+        }
+        self.book_station_holds(st, &mine, ri);
+        for (ti, pin) in self.pinned[ri].iter().enumerate() {
+            let Some(pin) = pin else { continue };
+            if let (Some(r), false) = (pin.resource, pin.on_arm) {
+                let plates = &self.runs[ri].tasks[ti].plates;
+                let first = pin.inbound.iter().map(|m| m.end).fold(pin.start, f64::min);
+                // It stays until the last of its plates is taken away.
+                let depart = plates
+                    .iter()
+                    .filter_map(|&p| {
+                        sched
+                            .moves
+                            .iter()
+                            .filter(|m| m.run == ri && m.plate == p && m.start >= pin.end - EPS)
+                            .map(|m| m.start)
+                            .reduce(f64::min)
+                    })
+                    .fold(pin.end, f64::max);
+                st.res[r].book(first, depart.max(first + EPS), ri);
+            } else if let (Some(a), true) = (pin.resource, pin.on_arm) {
+                st.arms[a].book(pin.start, pin.end, ri);
+            }
+        }
     }
 
     /// Default insertion order: release time, then weight (heavier first), then position.

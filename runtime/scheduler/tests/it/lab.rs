@@ -232,3 +232,156 @@ mod lab_model {
         assert!(p.add_run(run).unwrap_err().to_string().contains("topological order"));
     }
 }
+
+/// Dynamic traces: runs arriving at random, durations ±20 %, instruments failing; after every
+/// event the repaired plan must be valid, and every run must finish (no deadlock).
+pub mod traces {
+    use labware::Site;
+    use scheduler::lab::check::validate;
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::replan::{Event, Planner};
+    use scheduler::lab::solve::LabBudget;
+    use scheduler::shop::solve::Rng;
+    use std::time::Duration;
+
+    /// Runs one trace; returns (events handled, announced starts moved by > 60 s).
+    pub fn run_trace(seed: u64) -> Result<(usize, usize), String> {
+        let site = Site::sim().unwrap();
+        let mut rng = Rng::new(seed);
+        let base = generate(&site, 40, 3, 1800.0, seed).map_err(|e| e.to_string())?;
+        let extra = generate(&site, 30, 3, 1.0, seed + 1_000_000).map_err(|e| e.to_string())?;
+        // Later arrivals: Poisson-like gaps of about 10 minutes.
+        let mut arrivals: Vec<(f64, scheduler::lab::Run)> = Vec::new();
+        let mut t = 0.0;
+        for run in extra.runs {
+            t += 60.0 + rng.below(1200) as f64;
+            arrivals.push((t, run));
+        }
+        let lhs: Vec<usize> = (0..base.resources.len())
+            .filter(|&r| base.resources[r].class == labware::InstrumentClass::LiquidHandler)
+            .collect();
+        let mut failures: Vec<(f64, usize, f64)> = (0..2)
+            .map(|_| (rng.below(6000) as f64, lhs[rng.below(lhs.len())], 600.0 + rng.below(1800) as f64))
+            .collect();
+        failures.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut planner =
+            Planner::new(base, LabBudget { time: None, iterations: Some(3) }, seed).map_err(|e| e.to_string())?;
+        let mut started: Vec<Vec<Option<f64>>> =
+            planner.problem.runs.iter().map(|r| vec![None; r.tasks.len()]).collect();
+        let mut finished: Vec<Vec<bool>> = planner.problem.runs.iter().map(|r| vec![false; r.tasks.len()]).collect();
+        let mut overrun_told: Vec<Vec<bool>> = finished.clone();
+        let mut ups: Vec<(f64, usize)> = Vec::new();
+        let (mut events, mut moved) = (0usize, 0usize);
+        let mut now = 0.0f64;
+        for _ in 0..20_000 {
+            // The next thing to happen: (time, priority, event). Ends before starts at one instant.
+            let mut next: Option<(f64, u8, Event)> = None;
+            let mut consider = |t: f64, pri: u8, e: Event| {
+                if next.as_ref().is_none_or(|n| (t, pri) < (n.0, n.1)) {
+                    next = Some((t, pri, e));
+                }
+            };
+            for (ri, run) in planner.problem.runs.iter().enumerate() {
+                for ti in 0..run.tasks.len() {
+                    let slot = planner.schedule.tasks[ri][ti];
+                    match (started[ri][ti], finished[ri][ti]) {
+                        (None, _) => consider(slot.start.max(now), 3, Event::TaskStarted { run: ri, task: ti }),
+                        (Some(actual_end), false) => {
+                            if actual_end > slot.end + 1e-6 && !overrun_told[ri][ti] {
+                                consider(
+                                    slot.end.max(now),
+                                    1,
+                                    Event::TaskOverrun { run: ri, task: ti, expected_end: actual_end },
+                                );
+                            } else {
+                                consider(actual_end.max(now), 0, Event::TaskFinished { run: ri, task: ti });
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if let Some((t, run)) = arrivals.first() {
+                consider(*t, 2, Event::RunArrived(run.clone()));
+            }
+            if let Some(&(t, r, d)) = failures.first() {
+                consider(t, 2, Event::InstrumentDown { resource: r, until: t + d });
+                let _ = d;
+            }
+            if let Some(&(t, r)) = ups.first() {
+                consider(t, 2, Event::InstrumentUp { resource: r });
+            }
+            let Some((t, _, ev)) = next else { break };
+            now = now.max(t);
+            match &ev {
+                Event::RunArrived(_) => {
+                    arrivals.remove(0);
+                }
+                Event::InstrumentDown { resource, until } => {
+                    ups.push((*until, *resource));
+                    failures.remove(0);
+                }
+                Event::InstrumentUp { .. } => {
+                    ups.remove(0);
+                }
+                Event::TaskStarted { run, task } => {
+                    let d = planner.problem.runs[*run].tasks[*task].duration;
+                    let noise = 0.8 + 0.4 * (rng.below(1000) as f64 / 1000.0);
+                    started[*run][*task] = Some(now + d * noise);
+                }
+                Event::TaskOverrun { run, task, .. } => overrun_told[*run][*task] = true,
+                Event::TaskFinished { run, task } => finished[*run][*task] = true,
+                Event::RunCancelled { .. } => {}
+            }
+            let rep =
+                planner.handle(now, ev.clone(), Duration::ZERO).map_err(|e| format!("seed {seed} at {now}: {e}"))?;
+            if let Event::RunArrived(_) = ev {
+                let n = planner.problem.runs.last().map_or(0, |r| r.tasks.len());
+                started.push(vec![None; n]);
+                finished.push(vec![false; n]);
+                overrun_told.push(vec![false; n]);
+            }
+            moved += rep.moved;
+            events += 1;
+            let v = validate(&planner.problem, &planner.schedule);
+            if !v.is_empty() {
+                if std::env::var("LAB_DEBUG").is_ok() {
+                    for (ri, ts) in planner.schedule.tasks.iter().enumerate() {
+                        for (ti, sl) in ts.iter().enumerate() {
+                            if sl.resource == Some(1) && !sl.on_arm && sl.end > 3000.0 {
+                                let plates = &planner.problem.runs[ri].tasks[ti].plates;
+                                let mv: Vec<_> = planner
+                                    .schedule
+                                    .moves
+                                    .iter()
+                                    .filter(|m| m.run == ri && plates.contains(&m.plate) && (m.to == 1 || m.from == 1))
+                                    .map(|m| (m.from, m.to, m.start, m.end))
+                                    .collect();
+                                eprintln!(
+                                    "run {ri} task {ti} {:?} pinned={} {:?}",
+                                    (sl.start, sl.end),
+                                    planner.problem.pinned[ri][ti].is_some(),
+                                    mv
+                                );
+                            }
+                        }
+                    }
+                }
+                return Err(format!("seed {seed}, event {events} ({ev:?}) at {now}: {:?}", &v[..v.len().min(3)]));
+            }
+        }
+        let all_done = finished.iter().flatten().all(|&f| f) && arrivals.is_empty();
+        if !all_done {
+            return Err(format!("seed {seed}: deadlock or runaway: not every task finished after {events} events"));
+        }
+        Ok((events, moved))
+    }
+
+    #[test]
+    fn dynamic_traces_stay_valid_and_finish() {
+        let n: u64 = std::env::var("LAB_TRACES").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+        for seed in 0..n {
+            run_trace(seed).unwrap();
+        }
+    }
+}

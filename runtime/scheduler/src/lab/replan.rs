@@ -1,0 +1,245 @@
+//! Online re-planning: events from the lab change the problem, the plan is repaired at once
+//! around what is already under way, then improved within a background budget. Start times
+//! already announced move as little as possible; how many moved by more than a minute is counted.
+
+use super::solve::{LabBudget, LabSchedule};
+use super::{LabProblem, ModelError, Pin, Run, Window};
+use crate::shop::solve::Rng;
+use std::time::{Duration, Instant};
+
+/// Something that happened in the lab.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A run was submitted.
+    RunArrived(Run),
+    /// A task started now.
+    TaskStarted { run: usize, task: usize },
+    /// A task ended now (early or late).
+    TaskFinished { run: usize, task: usize },
+    /// A running task will end later than planned (the instrument says when).
+    TaskOverrun { run: usize, task: usize, expected_end: f64 },
+    /// An instrument went down until `until` (or indefinitely, `f64::INFINITY`).
+    InstrumentDown { resource: usize, until: f64 },
+    /// An instrument is back.
+    InstrumentUp { resource: usize },
+    /// A run was cancelled: what has not started will not.
+    RunCancelled { run: usize },
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repair {
+    /// Time spent building the repaired plan.
+    pub repair_time: Duration,
+    /// Announced (not yet started) tasks whose start moved by more than 60 s.
+    pub moved: usize,
+    pub makespan: f64,
+}
+
+/// Keeps a plan current as events arrive.
+#[derive(Debug)]
+pub struct Planner {
+    pub problem: LabProblem,
+    pub schedule: LabSchedule,
+    order: Vec<usize>,
+    rng: Rng,
+}
+
+impl Planner {
+    /// Plans the problem's runs from scratch.
+    pub fn new(problem: LabProblem, budget: LabBudget, seed: u64) -> Result<Planner, ModelError> {
+        let out = super::solve::solve(&problem, budget, seed)
+            .ok_or_else(|| ModelError("no schedule could be built".into()))?;
+        Ok(Planner { problem, schedule: out.schedule, order: out.order, rng: Rng::new(seed) })
+    }
+
+    /// Pins every task planned to have started before `now`. Moves of plates for tasks not yet
+    /// started stay re-plannable: the executor only commits a plate to an instrument when the
+    /// task starts, so an overrun never strands a plate in front of a busy instrument.
+    fn pin_started(&mut self, now: f64) {
+        for ri in 0..self.problem.runs.len() {
+            for ti in 0..self.problem.runs[ri].tasks.len() {
+                if self.problem.pinned[ri][ti].is_some() {
+                    continue;
+                }
+                let Some(slot) = self.schedule.tasks.get(ri).and_then(|t| t.get(ti)).copied() else { continue };
+                if slot.start < now - 1e-9 {
+                    self.problem.pinned[ri][ti] = Some(self.make_pin(ri, ti));
+                }
+            }
+        }
+        // Moves home that have begun are history too: the whole chain to storage is kept.
+        for ri in 0..self.problem.runs.len() {
+            for ti in 0..self.problem.runs[ri].tasks.len() {
+                let Some(pin) = self.problem.pinned[ri][ti].clone() else { continue };
+                let mut outbound = pin.outbound.clone();
+                for &p in &self.problem.runs[ri].tasks[ti].plates {
+                    if outbound.iter().any(|m| m.plate == p) {
+                        continue;
+                    }
+                    let mut chain: Vec<_> = self
+                        .schedule
+                        .moves
+                        .iter()
+                        .filter(|m| m.run == ri && m.plate == p && m.start >= pin.end - 1e-6)
+                        .copied()
+                        .collect();
+                    chain.sort_by(|a, b| a.start.total_cmp(&b.start));
+                    let Some(k) = chain.iter().position(|m| m.to == self.problem.storage) else { continue };
+                    chain.truncate(k + 1);
+                    if chain.first().is_some_and(|m| m.start < now - 1e-9) {
+                        outbound.extend(chain);
+                    }
+                }
+                if let Some(p) = self.problem.pinned[ri][ti].as_mut() {
+                    p.outbound = outbound;
+                }
+            }
+        }
+    }
+
+    /// A pin for a task as currently planned, with the moves that bring its plates.
+    fn make_pin(&self, ri: usize, ti: usize) -> Pin {
+        let slot = self.schedule.tasks[ri][ti];
+        let plates = &self.problem.runs[ri].tasks[ti].plates;
+        let inbound = self
+            .schedule
+            .moves
+            .iter()
+            .filter(|m| m.run == ri && plates.contains(&m.plate) && m.end <= slot.start + 1e-6)
+            .filter(|m| m.start >= self.last_return_before(ri, m.plate, slot.start) - 1e-6)
+            .copied()
+            .collect();
+        Pin {
+            resource: slot.resource,
+            on_arm: slot.on_arm,
+            start: slot.start,
+            end: slot.end,
+            inbound,
+            outbound: Vec::new(),
+        }
+    }
+
+    /// When a plate last arrived home before `t` (its inbound moves for the task at `t` start after).
+    fn last_return_before(&self, run: usize, plate: usize, t: f64) -> f64 {
+        self.schedule
+            .moves
+            .iter()
+            .filter(|m| m.run == run && m.plate == plate && m.to == self.problem.storage && m.end <= t + 1e-6)
+            .map(|m| m.end)
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// Applies an event at time `now`, repairs the plan, and improves it for `improve`.
+    pub fn handle(&mut self, now: f64, event: Event, improve: Duration) -> Result<Repair, ModelError> {
+        let t0 = Instant::now();
+        self.pin_started(now);
+        self.problem.not_before = now;
+        let before = self.schedule.clone();
+        match event {
+            Event::RunArrived(mut run) => {
+                run.release = run.release.max(now);
+                let i = self.problem.add_run(run)?;
+                self.order.push(i);
+            }
+            Event::TaskStarted { run, task } => {
+                let pin = self.pin_mut(run, task)?;
+                let d = pin.end - pin.start;
+                pin.start = now;
+                pin.end = now + d;
+            }
+            Event::TaskFinished { run, task } => {
+                let pin = self.pin_mut(run, task)?;
+                pin.end = now.max(pin.start);
+            }
+            Event::TaskOverrun { run, task, expected_end } => {
+                let pin = self.pin_mut(run, task)?;
+                pin.end = expected_end.max(pin.end);
+            }
+            Event::InstrumentDown { resource, until } => {
+                let w =
+                    self.problem.down.get_mut(resource).ok_or_else(|| ModelError(format!("no resource {resource}")))?;
+                w.push(Window { start: now, end: until });
+            }
+            Event::InstrumentUp { resource } => {
+                let w =
+                    self.problem.down.get_mut(resource).ok_or_else(|| ModelError(format!("no resource {resource}")))?;
+                for x in w.iter_mut().filter(|x| x.start <= now && x.end > now) {
+                    x.end = now;
+                }
+            }
+            Event::RunCancelled { run } => self.cancel(run)?,
+        }
+        let schedule =
+            self.problem.build(&self.order).ok_or_else(|| ModelError("the repaired plan could not be built".into()))?;
+        let repair_time = t0.elapsed();
+        self.schedule = schedule;
+        // Background improvement: the same order search, around the pinned tasks.
+        let deadline = Instant::now() + improve;
+        let mut best = self.problem.cost(&self.schedule);
+        let n = self.order.len();
+        while n > 1 && Instant::now() < deadline {
+            let mut cand = self.order.clone();
+            let (i, j) = (self.rng.below(n), self.rng.below(n));
+            cand.swap(i, j);
+            if let Some(s) = self.problem.build(&cand) {
+                let c = self.problem.cost(&s);
+                if c.0 < best.0 - 1e-6 || (c.0 <= best.0 + 1e-6 && c.1 < best.1 - 1e-6) {
+                    best = c;
+                    self.schedule = s;
+                    self.order = cand;
+                }
+            }
+        }
+        let moved = count_moved(&self.problem, &before, &self.schedule, now);
+        Ok(Repair { repair_time, moved, makespan: self.schedule.makespan() })
+    }
+
+    fn pin_mut(&mut self, run: usize, task: usize) -> Result<&mut Pin, ModelError> {
+        if self.schedule.tasks.get(run).and_then(|t| t.get(task)).is_none() {
+            return Err(ModelError(format!("run {run} has no task {task}")));
+        }
+        if self.problem.pinned[run][task].is_none() {
+            self.problem.pinned[run][task] = Some(self.make_pin(run, task));
+        }
+        self.problem.pinned[run][task].as_mut().ok_or_else(|| ModelError("pin vanished".into()))
+    }
+
+    /// Drops a run's tasks that have not started, renumbering what remains.
+    fn cancel(&mut self, run: usize) -> Result<(), ModelError> {
+        let r = self.problem.runs.get_mut(run).ok_or_else(|| ModelError(format!("no run {run}")))?;
+        let pins = &mut self.problem.pinned[run];
+        let keep: Vec<usize> = (0..r.tasks.len()).filter(|&t| pins[t].is_some()).collect();
+        let new_index = |old: usize| keep.iter().position(|&k| k == old);
+        let tasks = keep
+            .iter()
+            .map(|&t| {
+                let mut task = r.tasks[t].clone();
+                task.after = task.after.iter().filter_map(|&a| new_index(a)).collect();
+                task
+            })
+            .collect();
+        r.tasks = tasks;
+        r.max_lags = r.max_lags.iter().filter_map(|&(f, t, m)| Some((new_index(f)?, new_index(t)?, m))).collect();
+        *pins = keep.iter().map(|&t| pins[t].clone()).collect();
+        Ok(())
+    }
+}
+
+/// Tasks not started at `now` in `before` whose start moved by more than a minute in `after`.
+pub fn count_moved(p: &LabProblem, before: &LabSchedule, after: &LabSchedule, now: f64) -> usize {
+    let mut n = 0;
+    for (ri, tasks) in before.tasks.iter().enumerate() {
+        for (ti, slot) in tasks.iter().enumerate() {
+            if slot.start <= now || p.pinned.get(ri).and_then(|x| x.get(ti)).is_some_and(Option::is_some) {
+                continue;
+            }
+            if let Some(new) = after.tasks.get(ri).and_then(|t| t.get(ti)) {
+                if (new.start - slot.start).abs() > 60.0 {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
