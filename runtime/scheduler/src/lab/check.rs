@@ -1,7 +1,7 @@
 //! The lab schedule validator. It trusts nothing the solver computed beyond the schedule itself:
 //! plate positions, nest occupancy and arm usage are rebuilt from the moves.
 
-use super::solve::LabSchedule;
+use super::solve::{settings_key, LabSchedule};
 use super::LabProblem;
 use labware::InstrumentClass;
 
@@ -79,6 +79,11 @@ pub enum LabViolation {
         to: usize,
         excess: f64,
     },
+    /// Tasks with different set points (temperatures, shaking) sharing an instrument at once.
+    Settings {
+        resource: usize,
+        at: f64,
+    },
 }
 
 /// Every violation of `s` against `p` (empty when valid).
@@ -152,6 +157,7 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
     // Tasks: release, duration, precedence, resource, plates present.
     // occupancy per resource: (start, end, weight)
     let mut occ: Vec<Vec<(f64, f64)>> = vec![Vec::new(); p.resources.len()];
+    let mut keyed: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); p.resources.len()];
     for (ri, run) in p.runs.iter().enumerate() {
         for (ti, t) in run.tasks.iter().enumerate() {
             let slot = s.tasks[ri][ti];
@@ -196,6 +202,7 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
                 }
             }
             occ[r].push((a, b));
+            keyed[r].push((a, b, settings_key(t)));
             // A task already under way when its instrument failed is the technician's problem,
             // not a planning error; anything planned into a down window is.
             if p.down[r]
@@ -233,6 +240,14 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
         });
         if !used {
             v.push(LabViolation::Parked { run: ri, plate: pl, nest, at: a });
+        }
+    }
+    for (r, ks) in keyed.iter().enumerate() {
+        let clash = ks.iter().enumerate().find_map(|(i, x)| {
+            ks[i + 1..].iter().find(|y| y.2 != x.2 && y.0 < x.1 - EPS && y.1 > x.0 + EPS).map(|y| y.0.max(x.0))
+        });
+        if let Some(at) = clash {
+            v.push(LabViolation::Settings { resource: r, at });
         }
     }
     for (r, intervals) in occ.iter().enumerate() {

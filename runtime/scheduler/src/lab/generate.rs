@@ -7,6 +7,7 @@
 use super::{LabProblem, LabTask, ModelError, Run};
 use crate::shop::solve::Rng;
 use labware::{InstrumentClass, Site};
+use protocols::plan::Settings;
 
 /// Sizes: roughly 50, 300, 650 and 2,000 tasks.
 pub fn size_tasks(size: &str) -> Option<usize> {
@@ -26,8 +27,14 @@ fn task(class: Option<InstrumentClass>, duration: f64, after: &[usize], plates: 
         after: after.to_vec(),
         plates: plates.to_vec(),
         pipettes: Vec::new(),
+        settings: Settings::default(),
         label: label.to_string(),
     }
+}
+
+fn at(mut t: LabTask, temperature_c: f64, shake_rpm: Option<f64>) -> LabTask {
+    t.settings = Settings { temperature_c: Some(temperature_c), shake_rpm };
+    t
 }
 
 /// A random run of one of the five shapes.
@@ -39,7 +46,11 @@ fn random_run(rng: &mut Rng, id: usize, tenants: usize, release: f64) -> Run {
             vec![
                 task(Some(LiquidHandler), jitter(rng, 900.0), &[], &[0], "add samples"),
                 task(Some(Sealer), 12.0, &[0], &[0], "seal"),
-                task(Some(Incubator), jitter(rng, 3600.0), &[1], &[0], "incubate"),
+                at(
+                    task(Some(Incubator), jitter(rng, 3600.0), &[1], &[0], "incubate"),
+                    [37.0, 25.0][rng.below(2)],
+                    None,
+                ),
                 task(Some(Sealer), 15.0, &[2], &[0], "peel"),
                 task(Some(LiquidHandler), jitter(rng, 400.0), &[3], &[0], "substrate"),
                 task(Some(PlateReader), 50.0, &[4], &[0], "read"),
@@ -73,7 +84,7 @@ fn random_run(rng: &mut Rng, id: usize, tenants: usize, release: f64) -> Run {
             let reads = 2 + rng.below(4);
             for _ in 0..reads {
                 let k = t.len();
-                t.push(task(Some(Incubator), 1800.0, &[k - 1], &[0], "grow"));
+                t.push(at(task(Some(Incubator), 1800.0, &[k - 1], &[0], "grow"), 37.0, Some(500.0)));
                 t.push(task(Some(PlateReader), 25.0, &[k], &[0], "read"));
             }
             let lags = (0..reads).map(|i| (2 + 2 * i, 3 + 2 * i, 600.0)).collect();

@@ -39,6 +39,9 @@ pub struct Resource {
     pub pipettes: Vec<String>,
     /// Where its plates sit (instruments); empty for technicians.
     pub nest: Option<usize>,
+    /// Set points it can hold (incubators, heater-shakers); `None`: not a capability it has.
+    pub temperature_c: Option<labware::site::Range>,
+    pub shaking_rpm: Option<labware::site::Range>,
 }
 
 /// A plate-moving arm.
@@ -75,6 +78,8 @@ pub struct LabTask {
     /// Plates (indices into the run's plates) the task needs on its instrument.
     pub plates: Vec<usize>,
     pub pipettes: Vec<String>,
+    /// Set points (incubation temperature, shaking): tasks sharing an instrument must agree.
+    pub settings: protocols::plan::Settings,
     pub label: String,
 }
 
@@ -162,6 +167,8 @@ impl LabProblem {
                 capacity: inst.capacity,
                 pipettes: inst.pipettes.iter().map(|p| p.name.clone()).collect(),
                 nest: Some(nest),
+                temperature_c: inst.temperature_c,
+                shaking_rpm: inst.shaking_rpm,
             });
         }
         for loc in &site.locations {
@@ -174,6 +181,8 @@ impl LabProblem {
                 capacity: 1,
                 pipettes: Vec::new(),
                 nest: Some(nests.len() - 1),
+                temperature_c: None,
+                shaking_rpm: None,
             });
         }
         for n in 1..=site.site.technicians {
@@ -183,6 +192,8 @@ impl LabProblem {
                 capacity: 1,
                 pipettes: Vec::new(),
                 nest: None,
+                temperature_c: None,
+                shaking_rpm: None,
             });
         }
         let Some(storage) = storage else {
@@ -289,6 +300,7 @@ impl LabProblem {
                 after: t.after.iter().map(|&a| a as usize).collect(),
                 plates: t.holds.iter().filter_map(|h| plates.iter().position(|p| p == h)).collect(),
                 pipettes: t.pipettes.clone(),
+                settings: t.settings,
                 label: t.label.clone(),
             })
             .collect();
@@ -365,6 +377,13 @@ impl LabProblem {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| r.class == c && t.pipettes.iter().all(|p| r.pipettes.contains(p)))
+                .filter(|(_, r)| {
+                    let temp_ok =
+                        t.settings.temperature_c.is_none_or(|x| r.temperature_c.is_none_or(|g| g.contains(x)));
+                    let rpm_ok =
+                        t.settings.shake_rpm.is_none_or(|x| x == 0.0 || r.shaking_rpm.is_some_and(|g| g.contains(x)));
+                    temp_ok && rpm_ok
+                })
                 .filter(|(_, r)| c == InstrumentClass::Technician || r.nest.is_some())
                 .map(|(i, _)| i)
                 .collect(),

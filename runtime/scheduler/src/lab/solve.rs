@@ -64,15 +64,20 @@ impl LabSchedule {
 /// query only looks at the intervals near it.
 #[derive(Debug, Clone, Default)]
 struct Timeline {
-    busy: Vec<(f64, f64, usize)>,
+    /// (start, end, run, settings key): tasks with other settings cannot share the resource.
+    busy: Vec<(f64, f64, usize, u64)>,
     /// Longest interval ever booked: how far back from a query an overlapping one can start.
     max_len: f64,
 }
 
 impl Timeline {
     fn book(&mut self, a: f64, b: f64, run: usize) {
+        self.book_keyed(a, b, run, 0);
+    }
+
+    fn book_keyed(&mut self, a: f64, b: f64, run: usize, key: u64) {
         let i = self.busy.partition_point(|x| x.0 <= a);
-        self.busy.insert(i, (a, b, run));
+        self.busy.insert(i, (a, b, run, key));
         self.max_len = self.max_len.max(b - a);
     }
 
@@ -94,13 +99,26 @@ impl Timeline {
 
     /// The end of the earliest interval that keeps `[a, b)` from fitting under `cap`, if any.
     fn conflict(&self, a: f64, b: f64, cap: u32) -> Option<f64> {
+        self.conflict_keyed(a, b, cap, 0)
+    }
+
+    /// As [`Timeline::conflict`], and an overlapping interval with other settings (another
+    /// incubation temperature) conflicts whatever the capacity: batching shares settings.
+    fn conflict_keyed(&self, a: f64, b: f64, cap: u32, key: u64) -> Option<f64> {
         let hi = self.busy.partition_point(|x| x.0 < b - EPS);
         let lo = self.busy[..hi].partition_point(|x| x.0 < a - self.max_len - EPS);
-        let mut overlapping: Vec<&(f64, f64, usize)> = Vec::new();
+        let mut overlapping: Vec<&(f64, f64, usize, u64)> = Vec::new();
+        let mut other_settings: Option<f64> = None;
         for x in &self.busy[lo..hi] {
             if x.1 > a + EPS {
+                if x.3 != key {
+                    other_settings = Some(other_settings.map_or(x.1, |e: f64| e.min(x.1)));
+                }
                 overlapping.push(x);
             }
+        }
+        if other_settings.is_some() {
+            return other_settings;
         }
         if overlapping.len() < cap as usize {
             return None;
@@ -138,6 +156,18 @@ impl State {
     fn unbook(&mut self, run: usize) {
         for t in self.res.iter_mut().chain(self.arms.iter_mut()) {
             t.busy.retain(|x| x.2 != run);
+        }
+    }
+}
+
+/// A number that is equal for tasks with equal instrument settings (0 for none).
+pub fn settings_key(t: &super::LabTask) -> u64 {
+    match (t.settings.temperature_c, t.settings.shake_rpm) {
+        (None, None) => 0,
+        (temp, rpm) => {
+            let c = temp.map_or(0, |x| (x * 100.0).round() as i64 + 1_000_000) as u64;
+            let s = rpm.map_or(0, |x| x.round() as i64 + 1) as u64;
+            1 + c.wrapping_mul(100_003) + s
         }
     }
 }
@@ -270,7 +300,7 @@ impl LabProblem {
             }
             let (a, b) = (first_arrival, last_departure.max(first_arrival + EPS));
             let conflict = [
-                st.res[r].conflict(a, b, res.capacity),
+                st.res[r].conflict_keyed(a, b, res.capacity, settings_key(task)),
                 window_conflict(&self.down[r], a, b),
                 self.reserved_conflict(r, &run.tenant, a, b),
             ]
@@ -351,7 +381,7 @@ impl LabProblem {
                 .min_by(|a, b| a.plates_back.total_cmp(&b.plates_back).then(a.slot.end.total_cmp(&b.slot.end)));
             let Some(pl) = best else { return false };
             if let Some((r, a, b)) = pl.occupancy {
-                st.res[r].book(a, b, ri);
+                st.res[r].book_keyed(a, b, ri, settings_key(task));
             }
             for m in &pl.moves {
                 st.arms[m.arm].book(m.start, m.end, ri);
@@ -470,7 +500,7 @@ impl LabProblem {
                     }
                 }
                 let first = pin.inbound.iter().map(|m| m.end).fold(pin.start, f64::min);
-                st.res[r].book(first, departure.max(pin.end).max(first + EPS), ri);
+                st.res[r].book_keyed(first, departure.max(pin.end).max(first + EPS), ri, settings_key(task));
                 for m in &moves {
                     st.arms[m.arm].book(m.start, m.end, ri);
                 }
@@ -529,7 +559,7 @@ impl LabProblem {
                             .reduce(f64::min)
                     })
                     .fold(pin.end, f64::max);
-                st.res[r].book(first, depart.max(first + EPS), ri);
+                st.res[r].book_keyed(first, depart.max(first + EPS), ri, settings_key(&self.runs[ri].tasks[ti]));
             } else if let (Some(a), true) = (pin.resource, pin.on_arm) {
                 st.arms[a].book(pin.start, pin.end, ri);
             }

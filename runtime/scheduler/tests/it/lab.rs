@@ -179,6 +179,66 @@ mod lab_model {
     }
 
     #[test]
+    fn incubations_share_an_incubator_only_at_the_same_temperature() {
+        let site = Site::sim().unwrap();
+        for seed in 0..6 {
+            let p = generate(&site, 120, 3, 600.0, seed).unwrap();
+            let s = p.build(&p.default_order()).unwrap();
+            assert_eq!(validate(&p, &s), vec![]);
+            // Shaking growth curves only go to the incubator that shakes (inc1).
+            for (ri, run) in p.runs.iter().enumerate() {
+                for (ti, t) in run.tasks.iter().enumerate() {
+                    if t.settings.shake_rpm.is_some() {
+                        assert_eq!(p.resources[s.tasks[ri][ti].resource.unwrap()].id, "inc1");
+                    }
+                }
+            }
+        }
+        // Forcing two temperatures into one incubator at once is caught.
+        let mut p = LabProblem::from_site(&site).unwrap();
+        let inc = |temp: f64| scheduler::lab::LabTask {
+            class: Some(labware::InstrumentClass::Incubator),
+            duration: 600.0,
+            after: vec![],
+            plates: vec![0],
+            pipettes: vec![],
+            settings: protocols::plan::Settings { temperature_c: Some(temp), shake_rpm: None },
+            label: "incubate".into(),
+        };
+        for (i, temp) in [37.0, 25.0].into_iter().enumerate() {
+            let run = scheduler::lab::Run {
+                id: format!("r{i}"),
+                tenant: "t".into(),
+                weight: 1.0,
+                release: 0.0,
+                plates: vec!["p".into()],
+                tasks: vec![inc(temp)],
+                max_lags: vec![],
+            };
+            p.add_run(run).unwrap();
+        }
+        let mut s = p.build(&p.default_order()).unwrap();
+        assert_eq!(validate(&p, &s), vec![]);
+        let (a, b) = (s.tasks[0][0], s.tasks[1][0]);
+        assert!(a.resource != b.resource || a.end <= b.start || b.end <= a.start, "never together");
+        s.tasks[1][0] = scheduler::lab::solve::TaskSlot { resource: a.resource, ..a };
+        let plate_moves: Vec<_> = s
+            .moves
+            .iter()
+            .filter(|m| m.run == 0)
+            .copied()
+            .map(|mut m| {
+                m.run = 1;
+                m
+            })
+            .collect();
+        s.moves.retain(|m| m.run != 1);
+        s.moves.extend(plate_moves);
+        let v = validate(&p, &s);
+        assert!(v.iter().any(|v| matches!(v, LabViolation::Settings { .. })), "{v:?} {:?}", s.tasks);
+    }
+
+    #[test]
     fn compiled_plans_become_runs() {
         let site = Site::sim().unwrap();
         let mut p = LabProblem::from_site(&site).unwrap();
@@ -209,6 +269,7 @@ mod lab_model {
                 after: vec![],
                 plates: vec![0],
                 pipettes: vec![],
+                settings: Default::default(),
                 label: "cycle".into(),
             }],
             max_lags: vec![],
@@ -222,6 +283,7 @@ mod lab_model {
             after: vec![0],
             plates: vec![0],
             pipettes: vec![],
+            settings: Default::default(),
             label: "read".into(),
         });
         run.max_lags = vec![(0, 1, 5.0)];
