@@ -408,7 +408,24 @@ impl LabProblem {
         };
         let mut sched = LabSchedule { tasks: vec![Vec::new(); self.runs.len()], moves: Vec::new() };
         let pre = self.prebook(&mut st, &mut sched);
-        for &ri in order {
+        // A run whose lag clock is already ticking (the earlier task under way, the later one
+        // not) goes first: nothing else can give it back the time.
+        // Among those, the one whose deadline comes first.
+        let deadline = |ri: usize| {
+            self.runs[ri]
+                .max_lags
+                .iter()
+                .filter_map(|&(f, t, max)| match (&self.pinned[ri][f], &self.pinned[ri][t]) {
+                    (Some(p), None) => Some(p.end + max),
+                    _ => None,
+                })
+                .reduce(f64::min)
+        };
+        let mut ticking: Vec<(f64, usize)> = order.iter().filter_map(|&r| deadline(r).map(|d| (d, r))).collect();
+        ticking.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let order: Vec<usize> =
+            ticking.iter().map(|x| x.1).chain(order.iter().copied().filter(|&r| deadline(r).is_none())).collect();
+        for &ri in &order {
             let run = &self.runs[ri];
             let mut hold = vec![0.0; run.tasks.len()];
             for attempt in 0..=24 {
