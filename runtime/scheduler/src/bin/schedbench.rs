@@ -16,13 +16,21 @@ struct Args {
     iterations: Option<u64>,
     seed: u64,
     emit: Option<String>,
+    threads: usize,
 }
 
-const USAGE: &str = "usage: schedbench --format jsplib|fjsp|lab FILE... [--time-limit SECS] [--iterations N] [--seed N] [--emit-schedule FILE]\n  lab instances are generated: FILE is SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]], SIZE one of S, M, L, XL (about 50/300/650/2000 tasks)";
+const USAGE: &str = "usage: schedbench --format jsplib|fjsp|lab FILE... [--time-limit SECS] [--iterations N] [--seed N] [--threads N] [--emit-schedule FILE]\n  --threads N solves N instances at once (each search is single-threaded)\n  lab instances are generated: FILE is SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]], SIZE one of S, M, L, XL (about 50/300/650/2000 tasks)";
 
 fn parse_args() -> Result<Args, String> {
-    let mut a =
-        Args { format: String::new(), files: Vec::new(), time_limit: None, iterations: None, seed: 1, emit: None };
+    let mut a = Args {
+        format: String::new(),
+        files: Vec::new(),
+        time_limit: None,
+        iterations: None,
+        seed: 1,
+        emit: None,
+        threads: 1,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -36,6 +44,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => a.seed = val("--seed")?.parse().map_err(|_| "--seed takes a whole number")?,
             "--emit-schedule" => a.emit = Some(val("--emit-schedule")?),
+            "--threads" => {
+                a.threads = val("--threads")?
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| (1..=256).contains(&n))
+                    .ok_or("--threads takes a number from 1 to 256")?
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             f if f.starts_with("--") => return Err(format!("unknown option {f}\n{USAGE}")),
             f => a.files.push(f.to_string()),
@@ -69,6 +84,7 @@ fn main() -> ExitCode {
     }
     let mut failed = false;
     let mut emitted = Vec::new();
+    let mut instances = Vec::new();
     for f in &args.files {
         let text = match std::fs::read_to_string(f) {
             Ok(t) => t,
@@ -83,21 +99,45 @@ fn main() -> ExitCode {
             "jsplib" => Instance::parse_jsplib(&name, &text),
             _ => Instance::parse_fjsp(&name, &text),
         };
-        let inst = match inst {
-            Ok(i) => i,
+        match inst {
+            Ok(i) => instances.push(i),
             Err(e) => {
                 eprintln!("error: {f}: {e}");
                 failed = true;
-                continue;
             }
-        };
-        let budget = Budget { time: args.time_limit.map(Duration::from_secs_f64), iterations: args.iterations };
-        let t = std::time::Instant::now();
-        let out = solve(&inst, budget, args.seed);
-        let total = t.elapsed();
-        let valid = verify(&inst, &out.schedule);
+        }
+    }
+    let budget = Budget { time: args.time_limit.map(Duration::from_secs_f64), iterations: args.iterations };
+    // Solve `threads` instances at a time; print in the order given.
+    let mut results = Vec::with_capacity(instances.len());
+    for chunk in instances.chunks(args.threads) {
+        let outs: Vec<_> = std::thread::scope(|sc| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|inst| {
+                    sc.spawn(move || {
+                        let t = std::time::Instant::now();
+                        let out = solve(inst, budget, args.seed);
+                        (out, t.elapsed())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        for (inst, out) in chunk.iter().zip(outs) {
+            match out {
+                Ok(o) => results.push((inst, o)),
+                Err(_) => {
+                    eprintln!("error: {}: the solver failed (a bug)", inst.name);
+                    failed = true;
+                }
+            }
+        }
+    }
+    for (inst, (out, total)) in results {
+        let valid = verify(inst, &out.schedule);
         if let Err(e) = &valid {
-            eprintln!("error: {f}: invalid schedule: {e}");
+            eprintln!("error: {}: invalid schedule: {e}", inst.name);
             failed = true;
         }
         println!(
@@ -155,8 +195,10 @@ fn lab(args: &Args) -> ExitCode {
         let size = parts.next().unwrap_or("");
         let seed: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(args.seed);
         let tenants: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(4);
-        let Some(tasks) = generate::size_tasks(size) else {
-            eprintln!("error: {spec}: size must be S, M, L or XL");
+        let Some(tasks) =
+            generate::size_tasks(size).or_else(|| size.parse().ok().filter(|&n: &usize| n > 0 && n <= 200_000))
+        else {
+            eprintln!("error: {spec}: size must be S, M, L, XL or a number of tasks up to 200000");
             failed = true;
             continue;
         };
@@ -192,8 +234,15 @@ fn lab(args: &Args) -> ExitCode {
             })
             .collect();
         let n_tasks: usize = p.runs.iter().map(|r| r.tasks.len()).sum();
+        // Fairness needs one solo schedule per run: skipped above 1,000 runs to keep big runs quick.
+        let fair = (p.runs.len() <= 1000).then(|| p.fairness(&out.schedule));
+        let fairness = fair.map_or("null".to_string(), |f| {
+            let worst = f.tenants.iter().map(|t| t.max).fold(0.0, f64::max);
+            format!("{{\"jain\":{:.4},\"max_slowdown\":{:.3}}}", f.jain, worst)
+        });
+        let bounds: Vec<String> = p.lower_bounds().iter().map(|(n, v)| format!("\"{n}\":{v:.0}")).collect();
         println!(
-            "{{\"instance\":\"lab-{size}-{seed}\",\"runs\":{},\"tasks\":{n_tasks},\"makespan\":{ms:.0},\"lower_bound\":{:.0},\"valid\":{},\"first_makespan\":{:.0},\"seconds_to_first\":{:.6},\"seconds\":{:.3},\"iterations\":{},\"arm_busy\":{:?}}}",
+            "{{\"instance\":\"lab-{size}-{seed}\",\"runs\":{},\"tasks\":{n_tasks},\"makespan\":{ms:.0},\"lower_bound\":{:.0},\"valid\":{},\"first_makespan\":{:.0},\"seconds_to_first\":{:.6},\"seconds\":{:.3},\"iterations\":{},\"arm_busy\":{:?},\"fairness\":{fairness},\"bounds\":{{{}}}}}",
             p.runs.len(),
             p.lower_bound(),
             violations.is_empty(),
@@ -201,7 +250,8 @@ fn lab(args: &Args) -> ExitCode {
             out.time_to_first.as_secs_f64(),
             total.as_secs_f64(),
             out.iterations,
-            arm_busy.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+            arm_busy.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            bounds.join(",")
         );
         let mut rows = Vec::new();
         for (ri, run) in p.runs.iter().enumerate() {

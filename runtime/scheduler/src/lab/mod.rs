@@ -131,6 +131,22 @@ pub struct Pin {
     pub outbound: Vec<solve::MoveSlot>,
 }
 
+/// A tenant's slowdowns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantSlowdown {
+    pub tenant: String,
+    pub runs: usize,
+    pub mean: f64,
+    pub max: f64,
+}
+
+/// Slowdown per tenant and Jain's fairness index (1 = perfectly even).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fairness {
+    pub tenants: Vec<TenantSlowdown>,
+    pub jain: f64,
+}
+
 /// A problem that cannot be scheduled, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelError(pub String);
@@ -460,7 +476,124 @@ impl LabProblem {
         if !self.arms.is_empty() {
             out.push(("arm moves", min_release + arm_work / self.arms.len() as f64));
         }
+        out.push(("one-machine preemptive (Jackson)", self.jackson_bound()));
         out
+    }
+
+    /// Heads and tails of every task: the earliest it can start (release, predecessors, its
+    /// plates' trips) and the least time its run needs after it ends.
+    fn heads_tails(&self, run: &Run) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let n = run.tasks.len();
+        let trip: Vec<f64> = run
+            .tasks
+            .iter()
+            .map(|t| {
+                if t.plates.is_empty() {
+                    return 0.0;
+                }
+                let x = self.candidates(t).iter().map(|&r| self.round_trip(r)).fold(f64::INFINITY, f64::min);
+                if x.is_finite() {
+                    x / 2.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut head = vec![0.0f64; n];
+        for (i, t) in run.tasks.iter().enumerate() {
+            head[i] = t.after.iter().map(|&a| head[a] + run.tasks[a].duration + trip[a]).fold(run.release, f64::max)
+                + trip[i];
+        }
+        let mut tail = vec![0.0f64; n];
+        for i in (0..n).rev() {
+            for &a in &run.tasks[i].after {
+                tail[a] = tail[a].max(trip[a] + trip[i] + run.tasks[i].duration + tail[i]);
+            }
+        }
+        for i in 0..n {
+            tail[i] = tail[i].max(trip[i]);
+        }
+        (head, tail, trip)
+    }
+
+    /// Jackson's preemptive schedule on every class served by a single one-at-a-time instrument:
+    /// the largest completion-plus-tail is a lower bound on the makespan.
+    fn jackson_bound(&self) -> f64 {
+        let mut best: f64 = 0.0;
+        let classes: std::collections::BTreeSet<InstrumentClass> = self.resources.iter().map(|r| r.class).collect();
+        for class in classes {
+            let inst: Vec<&Resource> = self.resources.iter().filter(|r| r.class == class).collect();
+            if inst.len() != 1 || inst[0].capacity != 1 || class == InstrumentClass::PlateHotel {
+                continue;
+            }
+            // (head, duration, tail)
+            let mut jobs: Vec<(f64, f64, f64)> = Vec::new();
+            for run in &self.runs {
+                let (head, tail, _) = self.heads_tails(run);
+                for (i, t) in run.tasks.iter().enumerate() {
+                    if t.class == Some(class) {
+                        jobs.push((head[i], t.duration, tail[i]));
+                    }
+                }
+            }
+            jobs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut ready: Vec<(f64, f64)> = Vec::new(); // (tail, remaining)
+            let (mut t, mut i) = (0.0f64, 0);
+            while i < jobs.len() || !ready.is_empty() {
+                if ready.is_empty() {
+                    t = t.max(jobs[i].0);
+                }
+                while i < jobs.len() && jobs[i].0 <= t {
+                    ready.push((jobs[i].2, jobs[i].1));
+                    i += 1;
+                }
+                // Largest tail first; run it until it ends or the next release.
+                let k = (0..ready.len()).max_by(|&a, &b| ready[a].0.total_cmp(&ready[b].0)).unwrap_or(0);
+                let next = if i < jobs.len() { jobs[i].0 } else { f64::INFINITY };
+                let run_for = ready[k].1.min(next - t).max(0.0);
+                t += run_for;
+                ready[k].1 -= run_for;
+                if ready[k].1 <= 1e-9 {
+                    best = best.max(t + ready[k].0);
+                    ready.swap_remove(k);
+                }
+            }
+        }
+        best
+    }
+
+    /// How much each tenant waited because others share the lab: per run, turnaround in this
+    /// schedule divided by its turnaround alone on the empty lab.
+    pub fn fairness(&self, s: &solve::LabSchedule) -> Fairness {
+        let mut per_tenant: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for (ri, run) in self.runs.iter().enumerate() {
+            let mut alone = self.clone();
+            alone.runs = vec![run.clone()];
+            alone.pinned = vec![vec![None; run.tasks.len()]];
+            alone.not_before = 0.0;
+            let solo = alone.build(&[0]).map_or(f64::NAN, |x| x.completion(0) - run.release);
+            let shared = s.completion(ri) - run.release;
+            if solo > 0.0 && solo.is_finite() {
+                per_tenant.entry(run.tenant.clone()).or_default().push(shared / solo);
+            }
+        }
+        let tenants: Vec<TenantSlowdown> = per_tenant
+            .into_iter()
+            .map(|(tenant, xs)| TenantSlowdown {
+                mean: xs.iter().sum::<f64>() / xs.len() as f64,
+                max: xs.iter().copied().fold(0.0, f64::max),
+                runs: xs.len(),
+                tenant,
+            })
+            .collect();
+        // Jain's index over how fast each tenant progresses (1 / mean slowdown).
+        let x: Vec<f64> = tenants.iter().map(|t| 1.0 / t.mean).collect();
+        let jain = if x.is_empty() {
+            1.0
+        } else {
+            x.iter().sum::<f64>().powi(2) / (x.len() as f64 * x.iter().map(|v| v * v).sum::<f64>())
+        };
+        Fairness { tenants, jain }
     }
 
     /// The best lower bound.

@@ -75,12 +75,14 @@ impl Instance {
     /// Reads a JSPLIB job-shop file: `n m`, then per job `m` pairs `machine duration` (machines from 0).
     pub fn parse_jsplib(name: &str, text: &str) -> Result<Instance, ParseError> {
         let mut lines = data_lines(text);
-        let (_, n, m) = header(&mut lines)?;
-        let mut jobs = Vec::with_capacity(n);
+        let (mut last, n, m) = header(&mut lines)?;
+        let mut jobs = Vec::with_capacity(n.min(100_000));
         for j in 0..n {
-            let (ln, toks) = lines
-                .next()
-                .ok_or(ParseError { line: 0, message: format!("job {j}: missing (the header says {n} jobs)") })?;
+            let (ln, toks) = lines.next().ok_or(ParseError {
+                line: last + 1,
+                message: format!("job {j} is missing (the header says {n} jobs)"),
+            })?;
+            last = ln;
             if toks.len() % 2 != 0 || toks.is_empty() {
                 return Err(ParseError { line: ln, message: "expected pairs of `machine duration`".into() });
             }
@@ -105,12 +107,14 @@ impl Instance {
     /// `count (machine duration)*count` (machines from 0).
     pub fn parse_fjsp(name: &str, text: &str) -> Result<Instance, ParseError> {
         let mut lines = data_lines(text);
-        let (_, n, m) = header(&mut lines)?;
-        let mut jobs = Vec::with_capacity(n);
+        let (mut last, n, m) = header(&mut lines)?;
+        let mut jobs = Vec::with_capacity(n.min(100_000));
         for j in 0..n {
-            let (ln, toks) = lines
-                .next()
-                .ok_or(ParseError { line: 0, message: format!("job {j}: missing (the header says {n} jobs)") })?;
+            let (ln, toks) = lines.next().ok_or(ParseError {
+                line: last + 1,
+                message: format!("job {j} is missing (the header says {n} jobs)"),
+            })?;
+            last = ln;
             let mut it = toks.into_iter();
             let mut next = |what: &str| -> Result<usize, ParseError> {
                 let t = it

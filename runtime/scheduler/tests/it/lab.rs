@@ -462,3 +462,20 @@ pub mod traces {
         }
     }
 }
+
+#[test]
+fn fairness_is_reported_per_tenant() {
+    use scheduler::lab::generate::generate;
+    let site = labware::Site::sim().unwrap();
+    let p = generate(&site, 120, 3, 3600.0, 9).unwrap();
+    let s = p.build(&p.default_order()).unwrap();
+    let f = p.fairness(&s);
+    assert_eq!(f.tenants.len(), 3);
+    assert!(f.jain > 0.0 && f.jain <= 1.0 + 1e-9);
+    for t in &f.tenants {
+        // Sharing the lab never makes a run faster than having it alone (up to greedy noise).
+        assert!(t.mean >= 0.95 && t.max >= t.mean, "{t:?}");
+    }
+    let names: Vec<_> = p.lower_bounds().into_iter().map(|b| b.0).collect();
+    assert_eq!(names, ["critical path", "resource load", "arm moves", "one-machine preemptive (Jackson)"]);
+}
