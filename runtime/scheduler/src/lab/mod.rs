@@ -16,6 +16,7 @@ pub mod check;
 pub mod generate;
 pub mod replan;
 pub mod solve;
+pub mod trace;
 
 use labware::{InstrumentClass, LabwareKind, Site};
 use protocols::plan::RunPlan;
@@ -114,6 +115,10 @@ pub struct LabProblem {
     pub pinned: Vec<Vec<Option<Pin>>>,
     /// Nothing not yet started may start before this time (the planner's "now").
     pub not_before: f64,
+    /// Announced start times, per run and task: a repair does not start a task more than a
+    /// minute earlier than announced (people and other systems plan around them); later only
+    /// when forced.
+    pub anchors: Vec<Vec<Option<f64>>>,
     /// Cheapest chain of arm moves between every two nests.
     routes: Vec<Vec<Option<Vec<Leg>>>>,
 }
@@ -242,6 +247,7 @@ impl LabProblem {
             runs: Vec::new(),
             pinned: Vec::new(),
             not_before: 0.0,
+            anchors: Vec::new(),
             routes: Vec::new(),
         };
         p.routes = p.all_routes();
@@ -571,6 +577,7 @@ impl LabProblem {
             alone.runs = vec![run.clone()];
             alone.pinned = vec![vec![None; run.tasks.len()]];
             alone.not_before = 0.0;
+            alone.anchors = Vec::new();
             let solo = alone.build(&[0]).map_or(f64::NAN, |x| x.completion(0) - run.release);
             let shared = s.completion(ri) - run.release;
             if solo > 0.0 && solo.is_finite() {

@@ -135,6 +135,9 @@ impl Planner {
         let t0 = Instant::now();
         self.pin_started(now);
         self.problem.not_before = now;
+        // What is announced now is what the repair tries to keep.
+        self.problem.anchors =
+            self.schedule.tasks.iter().map(|ts| ts.iter().map(|s| Some(s.start)).collect()).collect();
         let before = self.schedule.clone();
         match event {
             Event::RunArrived(mut run) => {

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 const EPS: f64 = 1e-6;
 
+/// How much earlier than announced a repair may start a task.
+pub const ANCHOR_SLACK_S: f64 = 60.0;
+
 /// Where and when a task runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct TaskSlot {
@@ -361,6 +364,8 @@ impl LabProblem {
             let preds = task.after.iter().map(|&a| slots[a].end).fold(run.release, f64::max);
             let t0 =
                 task.plates.iter().map(|&p| plate_ready[p]).fold(preds, f64::max).max(hold[ti]).max(self.not_before);
+            let anchor = self.anchors.get(ri).and_then(|a| a.get(ti)).copied().flatten();
+            let t0 = anchor.map_or(t0, |a| t0.max(a - ANCHOR_SLACK_S));
             if task.class.is_none() {
                 slots.push(TaskSlot { resource: None, on_arm: false, start: t0, end: t0 + task.duration });
                 continue;

@@ -1,0 +1,176 @@
+//! A seeded trace simulator: runs arriving at random, task durations off by up to ±20 %,
+//! instruments failing and coming back. It drives a [`Planner`] with the events an executor
+//! would send, checks every repaired plan with the validator, and reports how long repairs took.
+//! Tests use it for "no violation, no deadlock"; the benchmarks for repair latency.
+
+use super::check::validate;
+use super::generate::generate;
+use super::replan::{Event, Planner};
+use super::solve::LabBudget;
+use super::Run;
+use crate::shop::solve::Rng;
+use labware::{InstrumentClass, Site};
+use std::time::Duration;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct TraceConfig {
+    pub seed: u64,
+    /// Tasks known at the start (released over `spread_s`).
+    pub initial_tasks: usize,
+    pub spread_s: f64,
+    /// Tasks arriving later, one run about every `arrival_gap_s`.
+    pub arriving_tasks: usize,
+    pub arrival_gap_s: f64,
+    /// Liquid-handler failures, each lasting 10 to 40 minutes.
+    pub failures: usize,
+    /// Validate every repaired plan (slower; the tests do, the benchmark does not).
+    pub validate: bool,
+}
+
+impl TraceConfig {
+    /// The CI-sized trace.
+    pub fn small(seed: u64) -> TraceConfig {
+        TraceConfig {
+            seed,
+            initial_tasks: 40,
+            spread_s: 1800.0,
+            arriving_tasks: 30,
+            arrival_gap_s: 660.0,
+            failures: 2,
+            validate: true,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Default)]
+pub struct TraceStats {
+    pub events: usize,
+    /// Announced starts moved by more than a minute, summed over events.
+    pub moved: usize,
+    /// Time of every repair, with the number of tasks not yet started at that moment.
+    pub repairs: Vec<(Duration, usize)>,
+}
+
+/// Runs one trace to the end. Errors name the seed, the event and the first violations.
+pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
+    let seed = cfg.seed;
+    let mut rng = Rng::new(seed);
+    let base = generate(site, cfg.initial_tasks, 3, cfg.spread_s, seed).map_err(|e| e.to_string())?;
+    let mut arrivals: Vec<(f64, Run)> = Vec::new();
+    if cfg.arriving_tasks > 0 {
+        let extra = generate(site, cfg.arriving_tasks, 3, 1.0, seed + 1_000_000).map_err(|e| e.to_string())?;
+        let mut t = 0.0;
+        for run in extra.runs {
+            t += 60.0 + rng.below((2.0 * cfg.arrival_gap_s) as usize + 1) as f64;
+            arrivals.push((t, run));
+        }
+    }
+    let lhs: Vec<usize> =
+        (0..base.resources.len()).filter(|&r| base.resources[r].class == InstrumentClass::LiquidHandler).collect();
+    let mut failures: Vec<(f64, usize, f64)> = (0..cfg.failures)
+        .map(|_| (rng.below(6000) as f64, lhs[rng.below(lhs.len())], 600.0 + rng.below(1800) as f64))
+        .collect();
+    failures.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut planner =
+        Planner::new(base, LabBudget { time: None, iterations: Some(3) }, seed).map_err(|e| e.to_string())?;
+    let mut started: Vec<Vec<Option<f64>>> = planner.problem.runs.iter().map(|r| vec![None; r.tasks.len()]).collect();
+    let mut finished: Vec<Vec<bool>> = planner.problem.runs.iter().map(|r| vec![false; r.tasks.len()]).collect();
+    let mut overrun_told: Vec<Vec<bool>> = finished.clone();
+    let mut ups: Vec<(f64, usize)> = Vec::new();
+    let mut stats = TraceStats::default();
+    let mut now = 0.0f64;
+    let limit = 50 * (cfg.initial_tasks + cfg.arriving_tasks) + 1000;
+    for _ in 0..limit {
+        // The next thing to happen: (time, priority, event). Times within a microsecond are one
+        // instant, where ends and overruns come before starts.
+        let mut next: Option<(f64, u8, Event)> = None;
+        let mut consider = |t: f64, pri: u8, e: Event| {
+            if next.as_ref().is_none_or(|n| t < n.0 - 1e-6 || ((t - n.0).abs() <= 1e-6 && pri < n.1)) {
+                next = Some((t, pri, e));
+            }
+        };
+        let mut pending = 0;
+        for (ri, run) in planner.problem.runs.iter().enumerate() {
+            for ti in 0..run.tasks.len() {
+                let slot = planner.schedule.tasks[ri][ti];
+                match (started[ri][ti], finished[ri][ti]) {
+                    (None, _) => {
+                        pending += 1;
+                        consider(slot.start.max(now), 3, Event::TaskStarted { run: ri, task: ti });
+                    }
+                    (Some(actual_end), false) => {
+                        if actual_end > slot.end + 1e-6 && !overrun_told[ri][ti] {
+                            consider(
+                                slot.end.max(now),
+                                1,
+                                Event::TaskOverrun { run: ri, task: ti, expected_end: actual_end },
+                            );
+                        } else {
+                            consider(actual_end.max(now), 0, Event::TaskFinished { run: ri, task: ti });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some((t, run)) = arrivals.first() {
+            consider(*t, 2, Event::RunArrived(run.clone()));
+        }
+        if let Some(&(t, r, d)) = failures.first() {
+            consider(t, 2, Event::InstrumentDown { resource: r, until: t + d });
+        }
+        if let Some(&(t, r)) = ups.first() {
+            consider(t, 2, Event::InstrumentUp { resource: r });
+        }
+        let Some((t, _, ev)) = next else { break };
+        now = now.max(t);
+        match &ev {
+            Event::RunArrived(_) => {
+                arrivals.remove(0);
+            }
+            Event::InstrumentDown { resource, until } => {
+                ups.push((*until, *resource));
+                ups.sort_by(|a, b| a.0.total_cmp(&b.0));
+                failures.remove(0);
+            }
+            Event::InstrumentUp { .. } => {
+                ups.remove(0);
+            }
+            Event::TaskStarted { run, task } => {
+                let d = planner.problem.runs[*run].tasks[*task].duration;
+                let noise = 0.8 + 0.4 * (rng.below(1000) as f64 / 1000.0);
+                started[*run][*task] = Some(now + d * noise);
+            }
+            Event::TaskOverrun { run, task, .. } => overrun_told[*run][*task] = true,
+            Event::TaskFinished { run, task } => finished[*run][*task] = true,
+            Event::RunCancelled { .. } => {}
+        }
+        let rep = planner.handle(now, ev.clone(), Duration::ZERO).map_err(|e| format!("seed {seed} at {now}: {e}"))?;
+        stats.repairs.push((rep.repair_time, pending));
+        if let Event::RunArrived(_) = ev {
+            let n = planner.problem.runs.last().map_or(0, |r| r.tasks.len());
+            started.push(vec![None; n]);
+            finished.push(vec![false; n]);
+            overrun_told.push(vec![false; n]);
+        }
+        stats.moved += rep.moved;
+        stats.events += 1;
+        if cfg.validate {
+            let v = validate(&planner.problem, &planner.schedule);
+            if !v.is_empty() {
+                return Err(format!(
+                    "seed {seed}, event {} ({ev:?}) at {now}: {:?}",
+                    stats.events,
+                    &v[..v.len().min(3)]
+                ));
+            }
+        }
+    }
+    let all_done = finished.iter().flatten().all(|&f| f) && arrivals.is_empty();
+    if !all_done {
+        return Err(format!("seed {seed}: deadlock or runaway: not every task finished after {} events", stats.events));
+    }
+    Ok(stats)
+}
