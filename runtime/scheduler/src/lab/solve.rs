@@ -364,7 +364,9 @@ impl LabProblem {
             let preds = task.after.iter().map(|&a| slots[a].end).fold(run.release, f64::max);
             let t0 =
                 task.plates.iter().map(|&p| plate_ready[p]).fold(preds, f64::max).max(hold[ti]).max(self.not_before);
-            let anchor = self.anchors.get(ri).and_then(|a| a.get(ti)).copied().flatten();
+            // The later task of a max lag follows its earlier one, not its announcement.
+            let lagged = run.max_lags.iter().any(|&(_, t, _)| t == ti);
+            let anchor = self.anchors.get(ri).and_then(|a| a.get(ti)).copied().flatten().filter(|_| !lagged);
             let t0 = anchor.map_or(t0, |a| t0.max(a - ANCHOR_SLACK_S));
             if task.class.is_none() {
                 slots.push(TaskSlot { resource: None, on_arm: false, start: t0, end: t0 + task.duration });
