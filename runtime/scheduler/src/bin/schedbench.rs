@@ -16,10 +16,11 @@ struct Args {
     iterations: Option<u64>,
     seed: u64,
     emit: Option<String>,
+    emit_instance: Option<String>,
     threads: usize,
 }
 
-const USAGE: &str = "usage: schedbench --format jsplib|fjsp|lab FILE... [--time-limit SECS] [--iterations N] [--seed N] [--threads N] [--emit-schedule FILE]\n  --threads N solves N instances at once (each search is single-threaded)\n  lab instances are generated: FILE is SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]], SIZE one of S, M, L, XL (about 50/300/650/2000 tasks)";
+const USAGE: &str = "usage: schedbench --format jsplib|fjsp|lab FILE... [--time-limit SECS] [--iterations N] [--seed N] [--threads N] [--emit-schedule FILE] [--emit-instance FILE]\n  --emit-instance FILE (lab) writes the generated instances as JSON, for other solvers (scripts/cpsat_lab.py)\n  --threads N solves N instances at once (each search is single-threaded)\n  lab instances are generated: FILE is SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]], SIZE one of S, M, L, XL (about 50/300/650/2000 tasks)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -29,6 +30,7 @@ fn parse_args() -> Result<Args, String> {
         iterations: None,
         seed: 1,
         emit: None,
+        emit_instance: None,
         threads: 1,
     };
     let mut it = std::env::args().skip(1);
@@ -44,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => a.seed = val("--seed")?.parse().map_err(|_| "--seed takes a whole number")?,
             "--emit-schedule" => a.emit = Some(val("--emit-schedule")?),
+            "--emit-instance" => a.emit_instance = Some(val("--emit-instance")?),
             "--threads" => {
                 a.threads = val("--threads")?
                     .parse()
@@ -190,6 +193,7 @@ fn lab(args: &Args) -> ExitCode {
     };
     let mut failed = false;
     let mut emitted = Vec::new();
+    let mut instances: Vec<String> = Vec::new();
     for spec in &args.files {
         let mut parts = spec.split(':');
         let size = parts.next().unwrap_or("");
@@ -213,6 +217,7 @@ fn lab(args: &Args) -> ExitCode {
                 continue;
             }
         };
+        instances.push(export_instance(&p, &format!("lab-{size}-{seed}")));
         let budget =
             solve::LabBudget { time: args.time_limit.map(Duration::from_secs_f64), iterations: args.iterations };
         let t = std::time::Instant::now();
@@ -275,6 +280,12 @@ fn lab(args: &Args) -> ExitCode {
         }
         emitted.push(format!("{{\"instance\":\"lab-{size}-{seed}\",\"tasks\":[{}]}}", rows.join(",")));
     }
+    if let Some(path) = &args.emit_instance {
+        if let Err(e) = std::fs::write(path, format!("[{}]\n", instances.join(","))) {
+            eprintln!("error: cannot write {path}: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if let Some(path) = &args.emit {
         let body = if emitted.len() == 1 { emitted.remove(0) } else { format!("[{}]", emitted.join(",")) };
         if let Err(e) = std::fs::write(path, body + "\n") {
@@ -287,4 +298,75 @@ fn lab(args: &Args) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// A lab instance as JSON for other solvers: per task its candidate instruments with the arm legs
+/// that bring its plates from storage and take them back, and the stations those legs wait on.
+fn export_instance(p: &scheduler::lab::LabProblem, name: &str) -> String {
+    let legs = |from: usize, to: usize| -> String {
+        let l = p.route(from, to).unwrap_or(&[]);
+        let items: Vec<String> = l
+            .iter()
+            .map(|x| {
+                let station = p.nests[x.to]
+                    .owner
+                    .filter(|&r| x.to != p.storage && p.resources[r].class == labware::InstrumentClass::PlateHotel);
+                format!(
+                    "{{\"arm\":{},\"seconds\":{},\"station_after\":{}}}",
+                    x.arm,
+                    x.seconds,
+                    station.map_or("null".into(), |r| r.to_string())
+                )
+            })
+            .collect();
+        format!("[{}]", items.join(","))
+    };
+    let mut runs = Vec::new();
+    for run in &p.runs {
+        let mut tasks = Vec::new();
+        for t in &run.tasks {
+            let cands: Vec<String> = p
+                .candidates(t)
+                .iter()
+                .map(|&r| {
+                    let res = &p.resources[r];
+                    let moves = !t.plates.is_empty() && res.class != labware::InstrumentClass::Technician;
+                    let (inb, outb) = match (res.nest, moves) {
+                        (Some(n), true) => (legs(p.storage, n), legs(n, p.storage)),
+                        _ => ("[]".to_string(), "[]".to_string()),
+                    };
+                    format!("{{\"resource\":{r},\"inbound\":{inb},\"outbound\":{outb}}}")
+                })
+                .collect();
+            tasks.push(format!(
+                "{{\"label\":\"{}\",\"duration\":{},\"after\":{:?},\"plates\":{:?},\"settings\":{},\"arm_task\":{},\"candidates\":[{}]}}",
+                t.label,
+                t.duration,
+                t.after,
+                t.plates,
+                scheduler::lab::solve::settings_key(t),
+                scheduler::lab::LabProblem::is_arm_task(t),
+                cands.join(",")
+            ));
+        }
+        let lags: Vec<String> = run.max_lags.iter().map(|(f, t, m)| format!("[{f},{t},{m}]")).collect();
+        runs.push(format!(
+            "{{\"id\":\"{}\",\"tenant\":\"{}\",\"release\":{},\"plates\":{},\"tasks\":[{}],\"max_lags\":[{}]}}",
+            run.id,
+            run.tenant,
+            run.release,
+            run.plates.len(),
+            tasks.join(","),
+            lags.join(",")
+        ));
+    }
+    let res: Vec<String> =
+        p.resources.iter().map(|r| format!("{{\"id\":\"{}\",\"capacity\":{}}}", r.id, r.capacity)).collect();
+    format!(
+        "{{\"instance\":\"{name}\",\"arms\":{},\"resources\":[{}],\"lower_bound\":{},\"runs\":[{}]}}",
+        p.arms.len(),
+        res.join(","),
+        p.lower_bound(),
+        runs.join(",")
+    )
 }

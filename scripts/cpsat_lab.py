@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Solve Labwright lab instances with OR-Tools CP-SAT, for a side-by-side with schedbench.
+
+    schedbench --format lab M:1 --time-limit 10 --emit-instance /tmp/m1.json
+    python3 scripts/cpsat_lab.py /tmp/m1.json --time-limit 10 --workers 2
+
+The model is the same problem schedbench solves: each task on one of its candidate instruments,
+its plates brought from storage and taken back by the arm legs of that instrument's route (one
+move at a time per arm), the instrument occupied from the first plate's arrival to the last
+plate's departure (capacity), transfer stations held between legs, precedence, release times and
+max lags. Two simplifications, both in CP-SAT's favour: times are rounded to 0.1 s, and batching
+by set points (one temperature per incubator at a time) is not modelled.
+"""
+import argparse
+import json
+import sys
+import time
+
+try:
+    from ortools.sat.python import cp_model
+except ImportError:
+    sys.exit("needs OR-Tools: pip install ortools==9.15.6755")
+
+SCALE = 10  # 0.1 s
+
+
+def ticks(seconds):
+    return int(round(seconds * SCALE))
+
+
+def solve(inst, time_limit, workers):
+    m = cp_model.CpModel()
+    horizon = 0
+    for run in inst["runs"]:
+        horizon = max(horizon, ticks(run["release"]))
+    horizon += sum(
+        ticks(t["duration"]) + 2 * sum(ticks(l["seconds"]) for c in t["candidates"][:1] for l in c["inbound"] + c["outbound"]) * max(1, len(t["plates"]))
+        for run in inst["runs"]
+        for t in run["tasks"]
+    )
+    arm_iv = [[] for _ in range(inst["arms"])]
+    res_iv = [[] for _ in inst["resources"]]
+    ends = []
+    for r, run in enumerate(inst["runs"]):
+        rel = ticks(run["release"])
+        S, E = [], []
+        # per task: list of (literal, {plate: (first inbound start var, last outbound end var)})
+        plate_io = []
+        for i, t in enumerate(run["tasks"]):
+            d = ticks(t["duration"])
+            s = m.NewIntVar(rel, horizon, f"s{r}_{i}")
+            e = m.NewIntVar(rel, horizon, f"e{r}_{i}")
+            m.Add(e == s + d)
+            S.append(s)
+            E.append(e)
+            ends.append(e)
+            for a in t["after"]:
+                m.Add(s >= E[a])
+            io = []
+            if t["arm_task"]:
+                arm_iv[0].append(m.NewIntervalVar(s, d, e, f"lid{r}_{i}"))
+            elif t["candidates"]:
+                lits = []
+                for c in t["candidates"]:
+                    x = m.NewBoolVar(f"x{r}_{i}_{c['resource']}")
+                    lits.append(x)
+                    arrive = m.NewIntVar(rel, horizon, "")
+                    depart = m.NewIntVar(rel, horizon, "")
+                    m.Add(arrive <= s).OnlyEnforceIf(x)
+                    m.Add(depart >= e).OnlyEnforceIf(x)
+                    ports = {}
+                    for p in t["plates"]:
+                        if not c["inbound"] and not c["outbound"]:
+                            continue
+                        chain_in, chain_out = [], []
+                        for direction, legs, chain in (("in", c["inbound"], chain_in), ("out", c["outbound"], chain_out)):
+                            prev = None
+                            for k, leg in enumerate(legs):
+                                st = m.NewIntVar(rel, horizon, "")
+                                du = ticks(leg["seconds"])
+                                en = m.NewIntVar(rel, horizon, "")
+                                iv = m.NewOptionalIntervalVar(st, du, en, x, "")
+                                arm_iv[leg["arm"]].append(iv)
+                                if prev is not None:
+                                    m.Add(st >= prev[1]).OnlyEnforceIf(x)
+                                    # The plate waits on the station between the legs.
+                                    if prev[2] is not None:
+                                        hs = prev[0]
+                                        hold = m.NewIntVar(0, horizon, "")
+                                        m.Add(hold == en - hs).OnlyEnforceIf(x)
+                                        res_iv[prev[2]].append((m.NewOptionalIntervalVar(hs, hold, en, x, ""), 1))
+                                prev = (st, en, leg["station_after"])
+                                chain.append((st, en))
+                        if chain_in:
+                            m.Add(chain_in[-1][1] <= s).OnlyEnforceIf(x)
+                            m.Add(arrive <= chain_in[-1][1]).OnlyEnforceIf(x)
+                        if chain_out:
+                            m.Add(chain_out[0][0] >= e).OnlyEnforceIf(x)
+                            m.Add(depart >= chain_out[0][0]).OnlyEnforceIf(x)
+                            ends.append(chain_out[-1][1])
+                        ports[p] = (chain_in[0][0] if chain_in else s, chain_out[-1][1] if chain_out else e)
+                    size = m.NewIntVar(0, horizon, "")
+                    m.Add(size == depart - arrive).OnlyEnforceIf(x)
+                    res_iv[c["resource"]].append((m.NewOptionalIntervalVar(arrive, size, depart, x, ""), 1))
+                    io.append((x, ports))
+                m.AddExactlyOne(lits)
+            plate_io.append(io)
+        # A plate is in one place: the next task that uses it fetches it after the last one
+        # brought it home.
+        for p in range(run["plates"]):
+            users = [i for i, t in enumerate(run["tasks"]) if p in t["plates"]]
+            for a, b in zip(users, users[1:]):
+                for xa, pa in plate_io[a]:
+                    for xb, pb in plate_io[b]:
+                        if p in pa and p in pb:
+                            m.Add(pb[p][0] >= pa[p][1]).OnlyEnforceIf([xa, xb])
+        for f, t, mx in run["max_lags"]:
+            m.Add(S[t] - E[f] <= ticks(mx))
+    for ivs in arm_iv:
+        m.AddNoOverlap(ivs)
+    for k, ivs in enumerate(res_iv):
+        if ivs:
+            m.AddCumulative([iv for iv, _ in ivs], [dem for _, dem in ivs], inst["resources"][k]["capacity"])
+    mk = m.NewIntVar(0, horizon, "makespan")
+    m.AddMaxEquality(mk, ends)
+    m.Minimize(mk)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit
+    solver.parameters.num_workers = workers
+    t0 = time.time()
+    status = solver.Solve(m)
+    took = time.time() - t0
+    found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+    return {
+        "instance": inst["instance"],
+        "status": solver.StatusName(status),
+        "makespan": solver.Value(mk) / SCALE if found else None,
+        "bound": solver.BestObjectiveBound() / SCALE,
+        "labwright_lower_bound": inst["lower_bound"],
+        "seconds": round(took, 3),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("file", help="instances written by schedbench --emit-instance")
+    ap.add_argument("--time-limit", type=float, default=10.0)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args()
+    for inst in json.load(open(a.file)):
+        print(json.dumps(solve(inst, a.time_limit, a.workers)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
