@@ -142,8 +142,17 @@ impl Planner {
         match event {
             Event::RunArrived(mut run) => {
                 run.release = run.release.max(now);
+                let weight = run.weight;
                 let i = self.problem.add_run(run)?;
-                self.order.push(i);
+                // An urgent (heavier) run goes ahead of lighter runs that have not started yet.
+                let pos = self
+                    .order
+                    .iter()
+                    .position(|&o| {
+                        self.problem.runs[o].weight < weight && self.problem.pinned[o].iter().all(Option::is_none)
+                    })
+                    .unwrap_or(self.order.len());
+                self.order.insert(pos, i);
             }
             Event::TaskStarted { run, task } => {
                 let pin = self.pin_mut(run, task)?;

@@ -62,8 +62,12 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
     if cfg.arriving_tasks > 0 {
         let extra = generate(site, cfg.arriving_tasks, 3, 1.0, seed + 1_000_000).map_err(|e| e.to_string())?;
         let mut t = 0.0;
-        for run in extra.runs {
+        for mut run in extra.runs {
             t += 60.0 + rng.below((2.0 * cfg.arrival_gap_s) as usize + 1) as f64;
+            // One arrival in ten is urgent.
+            if rng.below(10) == 0 {
+                run.weight = 5.0;
+            }
             arrivals.push((t, run));
         }
     }

@@ -309,3 +309,25 @@ fn dynamic_traces_stay_valid_and_finish() {
         assert!(stats.events > 100, "seed {seed}: only {} events", stats.events);
     }
 }
+
+#[test]
+fn an_urgent_run_overtakes_the_queue() {
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::replan::{Event, Planner};
+    use scheduler::lab::solve::LabBudget;
+    let site = labware::Site::sim().unwrap();
+    let p = generate(&site, 300, 3, 600.0, 4).unwrap();
+    let template = p.runs.iter().find(|r| r.tasks.len() == 2).unwrap().clone();
+    let finish_of = |weight: f64| {
+        let mut planner = Planner::new(p.clone(), LabBudget { time: None, iterations: Some(0) }, 1).unwrap();
+        let mut run = template.clone();
+        run.id = "new".into();
+        run.weight = weight;
+        planner.handle(100.0, Event::RunArrived(run), std::time::Duration::ZERO).unwrap();
+        let r = planner.problem.runs.len() - 1;
+        planner.schedule.completion(r)
+    };
+    let normal = finish_of(1.0);
+    let urgent = finish_of(10.0);
+    assert!(urgent < normal, "urgent {urgent} vs normal {normal}");
+}
