@@ -1,13 +1,16 @@
 //! Pure scheduling of every tenant's runs onto the shared instrument pool.
 //!
-//! Main types: [`Job`] (a compiled plan with its tenant and release time), [`Schedule`] (an
-//! instance and a start time for every task) and [`Violation`]. Today the crate holds the
-//! schedule validator, which checks any schedule against every constraint independently of how
-//! it was made, and [`list_schedule`], a greedy baseline (earliest ready task first, on the
-//! instance that frees first) that the improver will start from.
+//! - [`lab`] is the scheduler the runtime uses: the lab model (instruments, nests, arm routes,
+//!   plates, blocking nests, batching, down windows, reservations), a constructive solver with an
+//!   anytime order search, online re-planning around work under way, an independent validator,
+//!   lower bounds, and a seeded generator and trace simulator for tests and benchmarks.
+//! - [`shop`] is the same search core on the job-shop and flexible job-shop instances of the
+//!   literature (`schedbench`), where it can be compared with best-known results.
+//! - [`list_schedule`] and [`validate`] at the crate root are the plate-free baseline: the lab
+//!   model without arms, kept as the simplest reference.
 //!
-//! No IO, no tokio, no clock: times are seconds from an origin the caller chooses, and the
-//! same input always gives the same schedule.
+//! No IO, no tokio. Lab time is an argument; the only clock read is the wall-clock budget of the
+//! anytime searches, and an iteration budget makes every result deterministic for a seed.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod lab;
