@@ -6,7 +6,7 @@
 //!   lower bounds, and a seeded generator and trace simulator for tests and benchmarks.
 //! - [`shop`] is the same search core on the job-shop and flexible job-shop instances of the
 //!   literature (`schedbench`), where it can be compared with best-known results.
-//! - [`list_schedule`] and [`validate`] at the crate root are the plate-free baseline: the lab
+//! - [`list_schedule`] and [`validate()`] at the crate root are the plate-free baseline: the lab
 //!   model without arms, kept as the simplest reference.
 //!
 //! No IO, no tokio. Lab time is an argument; the only clock read is the wall-clock budget of the
