@@ -18,9 +18,10 @@ struct Args {
     emit: Option<String>,
     emit_instance: Option<String>,
     threads: usize,
+    fair: bool,
 }
 
-const USAGE: &str = "usage: schedbench --format jsplib|fjsp|lab FILE... [--time-limit SECS] [--iterations N] [--seed N] [--threads N] [--emit-schedule FILE] [--emit-instance FILE]\n  --emit-instance FILE (lab) writes the generated instances as JSON, for other solvers (scripts/cpsat_lab.py)\n  --threads N solves N instances at once (each search is single-threaded)\n  lab instances are generated: FILE is SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]], SIZE one of S, M, L, XL (about 50/300/650/2000 tasks)";
+const USAGE: &str = "usage: schedbench --format jsplib|fjsp|lab FILE... [--time-limit SECS] [--iterations N] [--seed N] [--threads N] [--emit-schedule FILE] [--emit-instance FILE] [--fair]\n  --fair (lab) after the makespan search, minimise the worst tenant slowdown within 3 % of that makespan\n  --emit-instance FILE (lab) writes the generated instances as JSON, for other solvers (scripts/cpsat_lab.py)\n  --threads N solves N instances at once (each search is single-threaded)\n  lab instances are generated: FILE is SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]], SIZE one of S, M, L, XL (about 50/300/650/2000 tasks) or a number;\n  arm-SIZE: one arm and short plate tasks, all released at once (arm-bound)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -32,6 +33,7 @@ fn parse_args() -> Result<Args, String> {
         emit: None,
         emit_instance: None,
         threads: 1,
+        fair: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -47,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => a.seed = val("--seed")?.parse().map_err(|_| "--seed takes a whole number")?,
             "--emit-schedule" => a.emit = Some(val("--emit-schedule")?),
             "--emit-instance" => a.emit_instance = Some(val("--emit-instance")?),
+            "--fair" => a.fair = true,
             "--threads" => {
                 a.threads = val("--threads")?
                     .parse()
@@ -199,6 +202,10 @@ fn lab(args: &Args) -> ExitCode {
         let size = parts.next().unwrap_or("");
         let seed: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(args.seed);
         let tenants: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(4);
+        let (arm_bound, size) = match size.strip_prefix("arm-") {
+            Some(rest) => (true, rest),
+            None => (false, size),
+        };
         let Some(tasks) =
             generate::size_tasks(size).or_else(|| size.parse().ok().filter(|&n: &usize| n > 0 && n <= 200_000))
         else {
@@ -209,7 +216,12 @@ fn lab(args: &Args) -> ExitCode {
         // Releases spread over an hour per 300 tasks unless the spec says (hours): a busy lab.
         let spread: f64 =
             parts.next().and_then(|s| s.parse::<f64>().ok()).map_or(3600.0 * tasks as f64 / 300.0, |h| h * 3600.0);
-        let p = match generate::generate(&site, tasks, tenants, spread, seed) {
+        let generated = if arm_bound {
+            generate::generate_arm_bound(&site, tasks, seed)
+        } else {
+            generate::generate(&site, tasks, tenants, spread, seed)
+        };
+        let p = match generated {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("error: {spec}: {e}");
@@ -217,11 +229,28 @@ fn lab(args: &Args) -> ExitCode {
                 continue;
             }
         };
-        instances.push(export_instance(&p, &format!("lab-{size}-{seed}")));
+        let label = format!("lab-{}{size}-{seed}", if arm_bound { "arm-" } else { "" });
+        instances.push(export_instance(&p, &label));
         let budget =
             solve::LabBudget { time: args.time_limit.map(Duration::from_secs_f64), iterations: args.iterations };
         let t = std::time::Instant::now();
-        let Some(out) = solve::solve(&p, budget, args.seed) else {
+        let mut fair_json = String::from("null");
+        let out = if args.fair {
+            scheduler::lab::fair::solve_fair(&p, budget, args.seed, 0.03).map(|f| {
+                fair_json = format!(
+                    "{{\"makespan_first\":{:.0},\"slowdown_makespan_first\":{:.3},\"slowdown_reference\":{:.3},\"slowdown\":{:.3},\"ratio_to_reference\":{:.3}}}",
+                    f.makespan_first,
+                    f.slowdown_makespan_first,
+                    f.slowdown_reference,
+                    f.slowdown,
+                    f.slowdown / f.slowdown_reference
+                );
+                f.outcome
+            })
+        } else {
+            solve::solve(&p, budget, args.seed)
+        };
+        let Some(out) = out else {
             eprintln!("error: {spec}: no schedule could be built");
             failed = true;
             continue;
@@ -247,7 +276,7 @@ fn lab(args: &Args) -> ExitCode {
         });
         let bounds: Vec<String> = p.lower_bounds().iter().map(|(n, v)| format!("\"{n}\":{v:.0}")).collect();
         println!(
-            "{{\"instance\":\"lab-{size}-{seed}\",\"runs\":{},\"tasks\":{n_tasks},\"makespan\":{ms:.0},\"lower_bound\":{:.0},\"valid\":{},\"first_makespan\":{:.0},\"seconds_to_first\":{:.6},\"seconds\":{:.3},\"iterations\":{},\"arm_busy\":{:?},\"fairness\":{fairness},\"bounds\":{{{}}}}}",
+            "{{\"instance\":\"{label}\",\"runs\":{},\"tasks\":{n_tasks},\"makespan\":{ms:.0},\"lower_bound\":{:.0},\"valid\":{},\"first_makespan\":{:.0},\"seconds_to_first\":{:.6},\"seconds\":{:.3},\"iterations\":{},\"arm_busy\":{:?},\"fairness\":{fairness},\"fair_search\":{fair_json},\"bounds\":{{{}}}}}",
             p.runs.len(),
             p.lower_bound(),
             violations.is_empty(),
@@ -278,7 +307,7 @@ fn lab(args: &Args) -> ExitCode {
                 p.runs[m.run].id, p.runs[m.run].plates[m.plate], p.arms[m.arm].id, p.nests[m.from].id, p.nests[m.to].id, m.start, m.end
             ));
         }
-        emitted.push(format!("{{\"instance\":\"lab-{size}-{seed}\",\"tasks\":[{}]}}", rows.join(",")));
+        emitted.push(format!("{{\"instance\":\"{label}\",\"tasks\":[{}]}}", rows.join(",")));
     }
     if let Some(path) = &args.emit_instance {
         if let Err(e) = std::fs::write(path, format!("[{}]\n", instances.join(","))) {

@@ -127,3 +127,49 @@ pub fn generate(site: &Site, tasks: usize, tenants: usize, spread_s: f64, seed: 
     }
     Ok(p)
 }
+
+/// An arm-bound instance: one arm serving every nest, and runs of short plate tasks (seal, read,
+/// peel), all released at once, so the arm is the bottleneck.
+pub fn generate_arm_bound(site: &Site, tasks: usize, seed: u64) -> Result<LabProblem, ModelError> {
+    use InstrumentClass::*;
+    let mut one_arm = site.clone();
+    let mut reach: Vec<String> = Vec::new();
+    for a in &one_arm.arms {
+        for n in &a.reach {
+            if !reach.contains(n) {
+                reach.push(n.clone());
+            }
+        }
+    }
+    one_arm.arms.truncate(1);
+    if let Some(a) = one_arm.arms.first_mut() {
+        a.reach = reach;
+        a.moves.clear();
+    }
+    let mut p = LabProblem::from_site(&one_arm)?;
+    let mut rng = Rng::new(seed);
+    let mut count = 0;
+    let mut id = 0;
+    while count < tasks {
+        let reads = 1 + rng.below(3);
+        let mut t = vec![task(Some(Sealer), 12.0, &[], &[0], "seal")];
+        for _ in 0..reads {
+            let k = t.len();
+            t.push(task(Some(PlateReader), 25.0, &[k - 1], &[0], "read"));
+        }
+        let k = t.len();
+        t.push(task(Some(Sealer), 15.0, &[k - 1], &[0], "peel"));
+        count += t.len();
+        p.add_run(Run {
+            id: format!("run{id}"),
+            tenant: format!("tenant{}", id % 3),
+            weight: 1.0,
+            release: 0.0,
+            plates: vec!["plate0".into()],
+            tasks: t,
+            max_lags: vec![],
+        })?;
+        id += 1;
+    }
+    Ok(p)
+}

@@ -13,6 +13,7 @@
 //!   unavailability windows and may be reserved for one tenant.
 
 pub mod check;
+pub mod fair;
 pub mod generate;
 pub mod replan;
 pub mod solve;
@@ -571,17 +572,12 @@ impl LabProblem {
     /// How much each tenant waited because others share the lab: per run, turnaround in this
     /// schedule divided by its turnaround alone on the empty lab.
     pub fn fairness(&self, s: &solve::LabSchedule) -> Fairness {
+        let solo = self.solo_turnarounds();
         let mut per_tenant: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for (ri, run) in self.runs.iter().enumerate() {
-            let mut alone = self.clone();
-            alone.runs = vec![run.clone()];
-            alone.pinned = vec![vec![None; run.tasks.len()]];
-            alone.not_before = 0.0;
-            alone.anchors = Vec::new();
-            let solo = alone.build(&[0]).map_or(f64::NAN, |x| x.completion(0) - run.release);
             let shared = s.completion(ri) - run.release;
-            if solo > 0.0 && solo.is_finite() {
-                per_tenant.entry(run.tenant.clone()).or_default().push(shared / solo);
+            if solo[ri] > 0.0 && solo[ri].is_finite() {
+                per_tenant.entry(run.tenant.clone()).or_default().push(shared / solo[ri]);
             }
         }
         let tenants: Vec<TenantSlowdown> = per_tenant

@@ -230,10 +230,13 @@ impl LabProblem {
                         .filter(|m| m.arm == l.arm && m.start < s + l.seconds - EPS && m.end > s + EPS)
                         .map(|m| m.end)
                         .reduce(f64::max);
-                    let theirs = st.arms[l.arm].conflict(s, s + l.seconds, 1);
-                    match mine.into_iter().chain(theirs).reduce(f64::max) {
-                        Some(e) if e > s => s = e,
-                        _ => break,
+                    // Jump over a run of back-to-back arm moves in one step.
+                    let gap = st.arms[l.arm].first_gap(s, l.seconds);
+                    let next = mine.map_or(gap, |m| m.max(gap));
+                    if next > s + EPS {
+                        s = next;
+                    } else {
+                        break;
                     }
                 }
                 out.push(MoveSlot { run, plate, arm: l.arm, from: l.from, to: l.to, start: s, end: s + l.seconds });

@@ -331,3 +331,35 @@ fn an_urgent_run_overtakes_the_queue() {
     let urgent = finish_of(10.0);
     assert!(urgent < normal, "urgent {urgent} vs normal {normal}");
 }
+
+#[test]
+fn the_fair_search_trades_at_most_three_percent_of_makespan() {
+    use scheduler::lab::check::validate;
+    use scheduler::lab::fair::solve_fair;
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::solve::LabBudget;
+    let site = labware::Site::sim().unwrap();
+    let p = generate(&site, 150, 4, 1800.0, 3).unwrap();
+    let f = solve_fair(&p, LabBudget { time: None, iterations: Some(200) }, 1, 0.03).unwrap();
+    assert_eq!(validate(&p, &f.outcome.schedule), vec![]);
+    assert!(f.outcome.schedule.makespan() <= f.makespan_first * 1.03 + 1e-6);
+    assert!(f.slowdown <= f.slowdown_makespan_first + 1e-9);
+    assert!(f.slowdown_reference > 0.0);
+    // The reference order is a permutation of the runs.
+    let mut o = p.fair_order(&p.solo_turnarounds());
+    o.sort_unstable();
+    assert_eq!(o, (0..p.runs.len()).collect::<Vec<_>>());
+}
+
+#[test]
+fn arm_bound_instances_schedule_validly() {
+    use scheduler::lab::check::validate;
+    use scheduler::lab::generate::generate_arm_bound;
+    let site = labware::Site::sim().unwrap();
+    let p = generate_arm_bound(&site, 80, 2).unwrap();
+    assert_eq!(p.arms.len(), 1);
+    let s = p.build(&p.default_order()).unwrap();
+    assert_eq!(validate(&p, &s), vec![]);
+    let bound = p.lower_bounds().into_iter().find(|b| b.0 == "arm moves").unwrap().1;
+    assert!(s.makespan() >= bound - 1e-6);
+}
