@@ -28,7 +28,7 @@ impl LabProblem {
     pub fn worst_slowdown(&self, s: &LabSchedule, solo: &[f64]) -> f64 {
         let mut per: BTreeMap<&str, (f64, usize, f64)> = BTreeMap::new();
         for (ri, run) in self.runs.iter().enumerate() {
-            if !(solo[ri] > 0.0) {
+            if solo[ri].is_nan() || solo[ri] <= 0.0 {
                 continue;
             }
             let e = per.entry(run.tenant.as_str()).or_insert((0.0, 0, run.weight));
