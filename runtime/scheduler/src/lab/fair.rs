@@ -24,7 +24,8 @@ impl LabProblem {
     }
 
     /// The worst tenant's slowdown: per tenant, the mean over its runs of turnaround ÷ solo
-    /// turnaround, divided by the tenant's weight (a heavier tenant is owed faster service).
+    /// turnaround, times the tenant's weight (a tenant of weight 2 is owed twice the share, so
+    /// half the slowdown: weighted slowdowns are equal when service is weighted-fair).
     pub fn worst_slowdown(&self, s: &LabSchedule, solo: &[f64]) -> f64 {
         let mut per: BTreeMap<&str, (f64, usize, f64)> = BTreeMap::new();
         for (ri, run) in self.runs.iter().enumerate() {
@@ -35,7 +36,7 @@ impl LabProblem {
             e.0 += (s.completion(ri) - run.release) / solo[ri];
             e.1 += 1;
         }
-        per.values().map(|&(sum, n, w)| sum / n as f64 / w.max(1e-9)).fold(0.0, f64::max)
+        per.values().map(|&(sum, n, w)| sum / n as f64 * w).fold(0.0, f64::max)
     }
 
     /// A fairness-weighted reference order (weighted fair queuing): each tenant's runs get

@@ -589,8 +589,11 @@ impl LabProblem {
                 tenant,
             })
             .collect();
-        // Jain's index over how fast each tenant progresses (1 / mean slowdown).
-        let x: Vec<f64> = tenants.iter().map(|t| 1.0 / t.mean).collect();
+        // Jain's index over each tenant's progress relative to its share: 1 / (mean slowdown ×
+        // weight), equal for all tenants under weighted-fair service.
+        let weight: BTreeMap<&str, f64> = self.runs.iter().map(|r| (r.tenant.as_str(), r.weight)).collect();
+        let x: Vec<f64> =
+            tenants.iter().map(|t| 1.0 / (t.mean * weight.get(t.tenant.as_str()).copied().unwrap_or(1.0))).collect();
         let jain = if x.is_empty() {
             1.0
         } else {

@@ -274,7 +274,7 @@ impl LabProblem {
         let task = &run.tasks[ti];
         let res = &self.resources[r];
         let moves_plates = !task.plates.is_empty() && res.class != InstrumentClass::Technician;
-        for _ in 0..10_000 {
+        for _ in 0..1_000_000 {
             let mut moves = Vec::new();
             let mut holds = Vec::new();
             let (first_arrival, start) = if moves_plates {
@@ -318,8 +318,16 @@ impl LabProblem {
                     // Try again so the plates arrive when the resource frees up; on a
                     // one-at-a-time resource, at the first gap long enough for the whole stay.
                     let e = if res.capacity == 1 { st.res[r].first_gap(e, b - a).max(e) } else { e };
-                    let lead = first_arrival - t0;
-                    t0 = (e - lead).max(t0 + EPS * 10.0);
+                    // Leave so that the plates, moving without waiting, arrive at `e`: then the
+                    // next attempt is past this conflict, so the loop advances every time.
+                    let travel = if moves_plates {
+                        res.nest
+                            .and_then(|n| self.route(self.storage, n))
+                            .map_or(0.0, |l| l.iter().map(|x| x.seconds).sum::<f64>())
+                    } else {
+                        0.0
+                    };
+                    t0 = (e - travel).max(t0 + EPS * 10.0);
                 }
                 None => {
                     if !back.is_finite() {
