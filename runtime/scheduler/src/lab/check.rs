@@ -84,6 +84,13 @@ pub enum LabViolation {
         resource: usize,
         at: f64,
     },
+    /// A "wait at least" lag cut short.
+    MinLag {
+        run: usize,
+        from: usize,
+        to: usize,
+        short: f64,
+    },
 }
 
 /// Every violation of `s` against `p` (empty when valid).
@@ -213,6 +220,12 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
             }
             if p.reservations[r].iter().any(|(tn, w)| tn != &run.tenant && w.start < b - EPS && w.end > a + EPS) {
                 v.push(LabViolation::Reserved { resource: r, run: ri });
+            }
+        }
+        for &(f, t, min) in &run.min_lags {
+            let short = min - (s.tasks[ri][t].start - s.tasks[ri][f].end);
+            if short > EPS {
+                v.push(LabViolation::MinLag { run: ri, from: f, to: t, short });
             }
         }
         for &(f, t, max) in &run.max_lags {

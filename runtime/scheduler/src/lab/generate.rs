@@ -108,6 +108,7 @@ fn random_run(rng: &mut Rng, id: usize, tenants: usize, release: f64) -> Run {
         plates: (0..plates).map(|i| format!("plate{i}")).collect(),
         tasks,
         max_lags: lags,
+        min_lags: Vec::new(),
     }
 }
 
@@ -168,6 +169,7 @@ pub fn generate_arm_bound(site: &Site, tasks: usize, seed: u64) -> Result<LabPro
             plates: vec!["plate0".into()],
             tasks: t,
             max_lags: vec![],
+            min_lags: Vec::new(),
         })?;
         id += 1;
     }

@@ -97,6 +97,8 @@ pub struct Run {
     pub tasks: Vec<LabTask>,
     /// (from, to, max seconds between the end of `from` and the start of `to`).
     pub max_lags: Vec<(usize, usize, f64)>,
+    /// (from, to, min seconds between the end of `from` and the start of `to`): "wait at least".
+    pub min_lags: Vec<(usize, usize, f64)>,
 }
 
 /// Everything the scheduler plans over.
@@ -335,6 +337,7 @@ impl LabProblem {
             plates,
             tasks,
             max_lags: plan.max_lags.iter().map(|l| (l.from as usize, l.to as usize, l.max_s)).collect(),
+            min_lags: Vec::new(),
         };
         self.add_run(run)
     }
@@ -366,6 +369,22 @@ impl LabProblem {
                     if !reachable {
                         return Err(ModelError(format!("{}: no arm route between storage and any {class}", what())));
                     }
+                }
+            }
+        }
+        for &(f, t, min) in &run.min_lags {
+            if f >= run.tasks.len() || t >= run.tasks.len() || t <= f || !(min.is_finite() && min >= 0.0) {
+                return Err(ModelError(format!(
+                    "run {}: min lag from task {f} to task {t} must go forward and be a non-negative time",
+                    run.id
+                )));
+            }
+            if let Some(&(_, _, max)) = run.max_lags.iter().find(|l| l.0 == f && l.1 == t) {
+                if min > max {
+                    return Err(ModelError(format!(
+                        "run {}: task {t} must start at least {min:.0} s and at most {max:.0} s after task {f}",
+                        run.id
+                    )));
                 }
             }
         }

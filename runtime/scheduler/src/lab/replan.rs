@@ -233,6 +233,7 @@ impl Planner {
             .collect();
         r.tasks = tasks;
         r.max_lags = r.max_lags.iter().filter_map(|&(f, t, m)| Some((new_index(f)?, new_index(t)?, m))).collect();
+        r.min_lags = r.min_lags.iter().filter_map(|&(f, t, m)| Some((new_index(f)?, new_index(t)?, m))).collect();
         *pins = keep.iter().map(|&t| pins[t].clone()).collect();
         Ok(())
     }

@@ -373,6 +373,13 @@ impl LabProblem {
                 continue;
             }
             let preds = task.after.iter().map(|&a| slots[a].end).fold(run.release, f64::max);
+            // "Wait at least": the later task starts no earlier than the earlier one's end plus the lag.
+            let preds = run
+                .min_lags
+                .iter()
+                .filter(|l| l.1 == ti && l.0 < slots.len())
+                .map(|l| slots[l.0].end + l.2)
+                .fold(preds, f64::max);
             let t0 =
                 task.plates.iter().map(|&p| plate_ready[p]).fold(preds, f64::max).max(hold[ti]).max(self.not_before);
             // The later task of a max lag follows its earlier one, not its announcement.

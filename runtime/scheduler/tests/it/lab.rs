@@ -214,6 +214,7 @@ mod lab_model {
                 plates: vec!["p".into()],
                 tasks: vec![inc(temp)],
                 max_lags: vec![],
+                min_lags: vec![],
             };
             p.add_run(run).unwrap();
         }
@@ -273,6 +274,7 @@ mod lab_model {
                 label: "cycle".into(),
             }],
             max_lags: vec![],
+            min_lags: vec![],
         };
         let e = p.add_run(run.clone()).unwrap_err().to_string();
         assert_eq!(e, "run r task 0 (cycle): no thermocycler on this site can run it");
@@ -362,4 +364,31 @@ fn arm_bound_instances_schedule_validly() {
     assert_eq!(validate(&p, &s), vec![]);
     let bound = p.lower_bounds().into_iter().find(|b| b.0 == "arm moves").unwrap().1;
     assert!(s.makespan() >= bound - 1e-6);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Whatever the generator draws, with "wait at least" lags sprinkled in, the constructive
+    /// schedule passes the validator and never beats the lower bound.
+    #[test]
+    fn lab_schedules_always_validate(seed in 0u64..100_000, tasks in 10usize..120, min_lag in 0u32..3600, tenants in 1usize..5) {
+        let site = labware::Site::sim().unwrap();
+        let mut p = scheduler::lab::generate::generate(&site, tasks, tenants, 1800.0, seed).unwrap();
+        for (i, run) in p.runs.iter_mut().enumerate() {
+            let clash = run.max_lags.iter().any(|l| l.0 == 0 && l.1 == 1);
+            if i % 3 == 0 && run.tasks.len() > 1 && !clash {
+                run.min_lags.push((0, 1, f64::from(min_lag)));
+            }
+        }
+        let s = p.build(&p.default_order()).unwrap();
+        let v = scheduler::lab::check::validate(&p, &s);
+        prop_assert!(v.is_empty(), "{v:?}");
+        prop_assert!(s.makespan() + 1e-6 >= p.lower_bound());
+        for (ri, run) in p.runs.iter().enumerate() {
+            for &(f, t, m) in &run.min_lags {
+                prop_assert!(s.tasks[ri][t].start - s.tasks[ri][f].end >= m - 1e-6);
+            }
+        }
+    }
 }
