@@ -88,6 +88,16 @@ pub struct Step {
     pub after: Vec<Named>,
     pub span: Span,
     pub op: Op,
+    /// Where each parameter of the operation was written, so an error can point at the value
+    /// (the wavelength no reader covers) rather than at the whole step.
+    pub fields: Vec<(String, Span)>,
+}
+
+impl Step {
+    /// The span of the first of these parameters that was written, else the step's.
+    pub fn field_span(&self, names: &[&str]) -> Span {
+        names.iter().find_map(|n| self.fields.iter().find(|f| f.0 == *n).map(|f| f.1)).unwrap_or(self.span)
+    }
 }
 
 /// When a pipetting step takes a fresh tip.

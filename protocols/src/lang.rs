@@ -258,7 +258,11 @@ fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut u
             [(k, v)] => {
                 *budget = budget.saturating_sub(1);
                 if let Some(op) = parse_op(&k.name, k.span, v, d) {
-                    out.push(Step { id, after, span: item.span, op });
+                    let fields = v
+                        .as_map()
+                        .map(|m| m.iter().map(|(k, n)| (k.name.clone(), n.span)).collect())
+                        .unwrap_or_default();
+                    out.push(Step { id, after, span: item.span, op, fields });
                 }
             }
             [_, (k2, _), ..] => d.push(

@@ -391,7 +391,7 @@ impl<'a> Lowerer<'a> {
         let kind = self.env.slots[slot].def.kind;
         self.require(
             class,
-            step.span,
+            step.field_span(&["labware"]),
             d,
             &format!("{label} {}", lw.name),
             |i| i.accepts(kind),
@@ -511,7 +511,17 @@ impl<'a> Lowerer<'a> {
                     }
                     None => format!("holds {} °C", crate::units::trim(temp)),
                 };
-                if self.require(class, span, d, &format!("incubate {}", labware.name), inc_ok, &need).is_none() {
+                if self
+                    .require(
+                        class,
+                        step.field_span(&["temperature", "shaking"]),
+                        d,
+                        &format!("incubate {}", labware.name),
+                        inc_ok,
+                        &need,
+                    )
+                    .is_none()
+                {
                     return;
                 }
                 let Some((t, lw)) = self.labware_task(step, labware, class, "incubate", d) else { return };
@@ -533,7 +543,7 @@ impl<'a> Lowerer<'a> {
                 if self
                     .require(
                         InstrumentClass::HeaterShaker,
-                        span,
+                        step.field_span(&["speed"]),
                         d,
                         &format!("shake {}", labware.name),
                         ok,
@@ -562,7 +572,7 @@ impl<'a> Lowerer<'a> {
                 if self
                     .require(
                         InstrumentClass::Sealer,
-                        span,
+                        step.field_span(&["labware"]),
                         d,
                         &format!("{verb} {}", labware.name),
                         |i| i.seal_modes.contains(&mode),
@@ -607,7 +617,7 @@ impl<'a> Lowerer<'a> {
                     if self
                         .require(
                             InstrumentClass::PlateReader,
-                            span,
+                            step.field_span(&["wavelength", "wavelengths"]),
                             d,
                             &format!("absorbance at {} nm", crate::units::trim(w)),
                             ok,
@@ -642,7 +652,14 @@ impl<'a> Lowerer<'a> {
                 };
                 let what = format!("fluorescence {}/{} nm", crate::units::trim(ex), crate::units::trim(em));
                 if self
-                    .require(InstrumentClass::PlateReader, span, d, &what, ok, "covers that excitation and emission")
+                    .require(
+                        InstrumentClass::PlateReader,
+                        step.field_span(&["excitation", "emission"]),
+                        d,
+                        &what,
+                        ok,
+                        "covers that excitation and emission",
+                    )
                     .is_none()
                 {
                     return;
@@ -665,7 +682,7 @@ impl<'a> Lowerer<'a> {
                 if self
                     .require(
                         InstrumentClass::PlateReader,
-                        span,
+                        step.field_span(&["labware"]),
                         d,
                         "luminescence",
                         |i| i.modes.contains(&ReadMode::Luminescence),
@@ -694,7 +711,7 @@ impl<'a> Lowerer<'a> {
                 if self
                     .require(
                         InstrumentClass::Centrifuge,
-                        span,
+                        step.field_span(&["force"]),
                         d,
                         &format!("centrifuge at {} ×g", crate::units::trim(g)),
                         |i| i.max_g.is_some_and(|m| g <= m),

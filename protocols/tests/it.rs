@@ -624,3 +624,12 @@ fn json_text(n: &protocols::syntax::Node) -> String {
         _ => n.to_json().to_string(),
     }
 }
+
+#[test]
+fn capability_errors_point_at_the_value() {
+    let text = with_steps("  - read_absorbance: { labware: plate, wavelength: 1200 nm }\n  - centrifuge: { labware: plate, force: 9000 xg, duration: 1 min }\n");
+    let src = SourceFile::new("t.yaml", text);
+    let c = compile(&src, Format::Auto, site(), lib());
+    let pointed: Vec<&str> = c.diagnostics.iter().map(|d| src.slice(d.span)).collect();
+    assert_eq!(pointed, ["1200 nm", "9000 xg"]);
+}

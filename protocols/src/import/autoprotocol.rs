@@ -251,7 +251,7 @@ impl Importer<'_> {
     }
 
     fn push(&mut self, op: Op, span: Span, id: &Option<Named>) {
-        self.protocol.steps.push(Step { id: id.clone(), after: Vec::new(), span, op });
+        self.protocol.steps.push(Step { id: id.clone(), after: Vec::new(), span, op, fields: Vec::new() });
     }
 
     fn instruction(&mut self, index: usize, ins: &Node, id: Option<Named>, d: &mut Diagnostics) {

@@ -165,7 +165,13 @@ impl Importer<'_> {
         if !self.pending.is_empty() {
             let cmds = std::mem::take(&mut self.pending);
             let span = self.pending_span.take().unwrap_or_default();
-            self.protocol.steps.push(Step { id: None, after: Vec::new(), span, op: Op::Pipetting(cmds) });
+            self.protocol.steps.push(Step {
+                id: None,
+                after: Vec::new(),
+                span,
+                op: Op::Pipetting(cmds),
+                fields: Vec::new(),
+            });
         }
     }
 
@@ -176,7 +182,7 @@ impl Importer<'_> {
 
     fn step(&mut self, op: Op, span: Span) {
         self.flush();
-        self.protocol.steps.push(Step { id: None, after: Vec::new(), span, op });
+        self.protocol.steps.push(Step { id: None, after: Vec::new(), span, op, fields: Vec::new() });
     }
 
     fn declare(&mut self, id: &str, def_id: &str, span: Span, d: &mut Diagnostics) {

@@ -37,7 +37,7 @@ fn errors_exit_1_with_rustc_style_diagnostics() {
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     assert!(err.contains("error[P0401]"), "{err}");
-    assert!(err.contains(&format!("--> {}:5:5", p.display())), "{err}");
+    assert!(err.contains(&format!("--> {}:5:52\n", p.display())), "{err}");
     assert!(err.contains("error[P0202]: no labware named `plat` in this protocol"), "{err}");
     assert!(err.contains("= help: did you mean `plate`?"), "{err}");
     assert!(err.contains("has 2 error(s)"), "{err}");
