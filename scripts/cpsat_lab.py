@@ -3,6 +3,9 @@
 
     schedbench --format lab M:1 --time-limit 10 --emit-instance /tmp/m1.json
     python3 scripts/cpsat_lab.py /tmp/m1.json --time-limit 10 --workers 2
+    # seeded with Labwright's plan (a CP-SAT hint):
+    schedbench --format lab M:1 --iterations 0 --emit-instance /tmp/m1.json --emit-schedule /tmp/m1.plan.json
+    python3 scripts/cpsat_lab.py /tmp/m1.json --hint /tmp/m1.plan.json --time-limit 60
 
 The model is the same problem schedbench solves: each task on one of its candidate instruments,
 its plates brought from storage and taken back by the arm legs of that instrument's route (one
@@ -28,8 +31,9 @@ def ticks(seconds):
     return int(round(seconds * SCALE))
 
 
-def solve(inst, time_limit, workers):
+def solve(inst, time_limit, workers, plan=None):
     m = cp_model.CpModel()
+    hints = []  # (var, value) from Labwright's plan
     horizon = 0
     for run in inst["runs"]:
         horizon = max(horizon, ticks(run["release"]))
@@ -53,6 +57,10 @@ def solve(inst, time_limit, workers):
             m.Add(e == s + d)
             S.append(s)
             E.append(e)
+            slot = plan["tasks"].get((r, i)) if plan else None
+            if slot:
+                hints.append((s, ticks(slot["start"])))
+                hints.append((e, ticks(slot["start"]) + d))
             ends.append(e)
             for a in t["after"]:
                 m.Add(s >= E[a])
@@ -64,6 +72,9 @@ def solve(inst, time_limit, workers):
                 for c in t["candidates"]:
                     x = m.NewBoolVar(f"x{r}_{i}_{c['resource']}")
                     lits.append(x)
+                    chosen = bool(slot) and slot.get("resource") == c["resource"]
+                    if plan:
+                        hints.append((x, int(chosen)))
                     arrive = m.NewIntVar(rel, horizon, "")
                     depart = m.NewIntVar(rel, horizon, "")
                     m.Add(arrive <= s).OnlyEnforceIf(x)
@@ -78,6 +89,10 @@ def solve(inst, time_limit, workers):
                             for k, leg in enumerate(legs):
                                 st = m.NewIntVar(rel, horizon, "")
                                 du = ticks(leg["seconds"])
+                                if chosen:
+                                    mv = plan["legs"].get((r, p, i, direction, k))
+                                    if mv is not None:
+                                        hints.append((st, ticks(mv)))
                                 en = m.NewIntVar(rel, horizon, "")
                                 iv = m.NewOptionalIntervalVar(st, du, en, x, "")
                                 arm_iv[leg["arm"]].append(iv)
@@ -124,6 +139,8 @@ def solve(inst, time_limit, workers):
     mk = m.NewIntVar(0, horizon, "makespan")
     m.AddMaxEquality(mk, ends)
     m.Minimize(mk)
+    for var, val in hints:
+        m.AddHint(var, val)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit
     solver.parameters.num_workers = workers
@@ -137,8 +154,45 @@ def solve(inst, time_limit, workers):
         "makespan": solver.Value(mk) / SCALE if found else None,
         "bound": solver.BestObjectiveBound() / SCALE,
         "labwright_lower_bound": inst["lower_bound"],
+        "hinted": plan is not None,
         "seconds": round(took, 3),
     }
+
+
+def load_plan(inst, path):
+    """Labwright's schedule (schedbench --emit-schedule) as hints: per task its instrument and
+    start, per plate its legs in order (plates go home after every task, so a plate's moves are
+    its tasks' inbound and outbound legs, task after task)."""
+    data = json.load(open(path))
+    plans = data if isinstance(data, list) else [data]
+    plan = next((p for p in plans if p["instance"] == inst["instance"]), None)
+    if plan is None:
+        return None
+    res_index = {r["id"]: k for k, r in enumerate(inst["resources"])}
+    run_index = {run["id"]: k for k, run in enumerate(inst["runs"])}
+    tasks, moves = {}, {}
+    for row in plan["tasks"]:
+        r = run_index[row["run"]]
+        if "move" in row:
+            moves.setdefault((r, int(row["move"].removeprefix("plate"))), []).append(row["start"])
+        else:
+            tasks[(r, row["task"])] = {"resource": res_index.get(row["instance"]), "start": row["start"]}
+    legs = {}
+    for (r, p), starts in moves.items():
+        starts.sort()
+        k = 0
+        for i, t in enumerate(inst["runs"][r]["tasks"]):
+            if p not in t["plates"] or not t["candidates"]:
+                continue
+            chosen = next((c for c in t["candidates"] if c["resource"] == tasks.get((r, i), {}).get("resource")), None)
+            if chosen is None:
+                continue
+            for direction in ("in", "out"):
+                for j in range(len(chosen["inbound" if direction == "in" else "outbound"])):
+                    if k < len(starts):
+                        legs[(r, p, i, direction, j)] = starts[k]
+                    k += 1
+    return {"tasks": tasks, "legs": legs}
 
 
 def main():
@@ -146,9 +200,11 @@ def main():
     ap.add_argument("file", help="instances written by schedbench --emit-instance")
     ap.add_argument("--time-limit", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--hint", help="Labwright's schedule (schedbench --emit-schedule) to seed CP-SAT with")
     a = ap.parse_args()
     for inst in json.load(open(a.file)):
-        print(json.dumps(solve(inst, a.time_limit, a.workers)), flush=True)
+        plan = load_plan(inst, a.hint) if a.hint else None
+        print(json.dumps(solve(inst, a.time_limit, a.workers, plan)), flush=True)
 
 
 if __name__ == "__main__":
