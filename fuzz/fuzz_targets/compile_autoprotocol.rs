@@ -1,20 +1,6 @@
-//! Parse and compile arbitrary bytes as a Autoprotocol protocol: must never panic or hang.
+//! Parse and compile arbitrary bytes as an Autoprotocol protocol: must never panic or hang.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
+mod common;
 
-fn env() -> &'static (labware::Site, labware::Library) {
-    static ENV: OnceLock<(labware::Site, labware::Library)> = OnceLock::new();
-    ENV.get_or_init(|| (labware::Site::sim().expect("shipped site"), labware::Library::shipped()))
-}
-
-fuzz_target!(|data: &[u8]| {
-    let (site, lib) = env();
-    if let Ok(src) = protocols::SourceFile::from_bytes("fuzz", data.to_vec()) {
-        let c = protocols::compile(&src, protocols::Format::Autoprotocol, site, lib);
-        for d in &c.diagnostics {
-            let _ = d.render(&src);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::compile(data, protocols::Format::Autoprotocol));

@@ -54,6 +54,23 @@ pub enum TipSource {
     Lab,
 }
 
+impl Protocol {
+    /// A protocol with nothing in it yet, for a front end to fill.
+    pub fn empty(name: impl Into<String>, unlisted_wells: UnlistedWells, tips: TipSource) -> Protocol {
+        Protocol {
+            name: name.into(),
+            labware: Vec::new(),
+            liquids: Vec::new(),
+            steps: Vec::new(),
+            constraints: Vec::new(),
+            custom_labware: Vec::new(),
+            unlisted_wells,
+            pipettes: Vec::new(),
+            tips,
+        }
+    }
+}
+
 /// A pipette an imported protocol declares, by name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipetteDecl {

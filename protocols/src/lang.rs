@@ -36,17 +36,7 @@ const MAX_UNROLLED: usize = 100_000;
 
 /// Reads a document tree as a Labwright protocol.
 pub fn parse(root: &Node, d: &mut Diagnostics) -> Protocol {
-    let mut p = Protocol {
-        name: String::new(),
-        labware: Vec::new(),
-        liquids: Vec::new(),
-        steps: Vec::new(),
-        constraints: Vec::new(),
-        custom_labware: Vec::new(),
-        unlisted_wells: UnlistedWells::Empty,
-        pipettes: Vec::new(),
-        tips: TipSource::Protocol,
-    };
+    let mut p = Protocol::empty("", UnlistedWells::Empty, TipSource::Protocol);
     if !check_keys(
         root,
         "the protocol",

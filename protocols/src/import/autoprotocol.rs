@@ -72,17 +72,7 @@ pub fn parse(root: &Node, lib: &Library, d: &mut Diagnostics) -> Protocol {
         lib,
         refs: BTreeMap::new(),
         implicit_refs: false,
-        protocol: Protocol {
-            name: "autoprotocol".into(),
-            labware: Vec::new(),
-            liquids: Vec::new(),
-            steps: Vec::new(),
-            constraints: Vec::new(),
-            custom_labware: Vec::new(),
-            unlisted_wells: UnlistedWells::Unknown,
-            pipettes: Vec::new(),
-            tips: TipSource::Lab,
-        },
+        protocol: Protocol::empty("autoprotocol", UnlistedWells::Unknown, TipSource::Lab),
     };
     let instructions = match &root.value {
         Value::List(_) => {
@@ -414,24 +404,15 @@ impl Importer<'_> {
                     self.push(op, g.span, &id);
                 }
             }
-            "seal" => {
-                if let Some(l) = self.object(ins, d) {
-                    self.push(Op::Seal { labware: l }, span, &id);
-                }
-            }
-            "unseal" => {
-                if let Some(l) = self.object(ins, d) {
-                    self.push(Op::Unseal { labware: l }, span, &id);
-                }
-            }
-            "cover" => {
-                if let Some(l) = self.object(ins, d) {
-                    self.push(Op::Cover { labware: l }, span, &id);
-                }
-            }
-            "uncover" => {
-                if let Some(l) = self.object(ins, d) {
-                    self.push(Op::Uncover { labware: l }, span, &id);
+            "seal" | "unseal" | "cover" | "uncover" => {
+                if let Some(labware) = self.object(ins, d) {
+                    let op = match op.as_str() {
+                        "seal" => Op::Seal { labware },
+                        "unseal" => Op::Unseal { labware },
+                        "cover" => Op::Cover { labware },
+                        _ => Op::Uncover { labware },
+                    };
+                    self.push(op, span, &id);
                 }
             }
             "spin" => {

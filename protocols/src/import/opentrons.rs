@@ -56,22 +56,15 @@ struct Importer<'a> {
 pub fn parse(root: &Node, lib: &Library, d: &mut Diagnostics) -> Protocol {
     let mut im = Importer {
         lib,
-        protocol: Protocol {
-            name: root
-                .get("metadata")
+        protocol: Protocol::empty(
+            root.get("metadata")
                 .and_then(|m| m.get("protocolName"))
                 .and_then(Node::as_str)
                 .unwrap_or("opentrons protocol")
                 .to_string(),
-            labware: Vec::new(),
-            liquids: Vec::new(),
-            steps: Vec::new(),
-            constraints: Vec::new(),
-            custom_labware: Vec::new(),
-            unlisted_wells: UnlistedWells::Unknown,
-            pipettes: Vec::new(),
-            tips: TipSource::Protocol,
-        },
+            UnlistedWells::Unknown,
+            TipSource::Protocol,
+        ),
         defs: BTreeMap::new(),
         v6_labware: BTreeMap::new(),
         v6_pipettes: BTreeMap::new(),

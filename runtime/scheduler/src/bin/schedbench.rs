@@ -170,18 +170,7 @@ fn main() -> ExitCode {
             )
         });
     }
-    if let Some(path) = &args.emit {
-        let body = if emitted.len() == 1 { emitted.remove(0) } else { format!("[{}]", emitted.join(",")) };
-        if let Err(e) = std::fs::write(path, body + "\n") {
-            eprintln!("error: cannot write {path}: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    finish(&args, emitted, failed)
 }
 
 /// Generated lab-shaped instances on the simulated site.
@@ -310,23 +299,11 @@ fn lab(args: &Args) -> ExitCode {
         emitted.push(format!("{{\"instance\":\"{label}\",\"tasks\":[{}]}}", rows.join(",")));
     }
     if let Some(path) = &args.emit_instance {
-        if let Err(e) = std::fs::write(path, format!("[{}]\n", instances.join(","))) {
-            eprintln!("error: cannot write {path}: {e}");
+        if !write(path, format!("[{}]\n", instances.join(","))) {
             return ExitCode::from(2);
         }
     }
-    if let Some(path) = &args.emit {
-        let body = if emitted.len() == 1 { emitted.remove(0) } else { format!("[{}]", emitted.join(",")) };
-        if let Err(e) = std::fs::write(path, body + "\n") {
-            eprintln!("error: cannot write {path}: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    finish(args, emitted, failed)
 }
 
 /// A lab instance as JSON for other solvers: per task its candidate instruments with the arm legs
@@ -398,4 +375,30 @@ fn export_instance(p: &scheduler::lab::LabProblem, name: &str) -> String {
         p.lower_bound(),
         runs.join(",")
     )
+}
+
+fn write(path: &str, body: String) -> bool {
+    match std::fs::write(path, body) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("error: cannot write {path}: {e}");
+            false
+        }
+    }
+}
+
+/// Writes the schedules (`--emit-schedule`: one object, or a list for several instances) and
+/// picks the exit code: 2 when writing failed, 1 when an instance failed, else 0.
+fn finish(args: &Args, mut emitted: Vec<String>, failed: bool) -> ExitCode {
+    if let Some(path) = &args.emit {
+        let body = if emitted.len() == 1 { emitted.remove(0) } else { format!("[{}]", emitted.join(",")) };
+        if !write(path, body + "\n") {
+            return ExitCode::from(2);
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

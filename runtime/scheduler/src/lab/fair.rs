@@ -10,14 +10,15 @@ use std::time::Instant;
 impl LabProblem {
     /// Each run's turnaround alone on the empty lab (completion minus release).
     pub fn solo_turnarounds(&self) -> Vec<f64> {
+        // The empty lab, cloned once without the runs (cloning them per run would be quadratic).
+        let mut empty = self.clone_site();
+        empty.not_before = 0.0;
         self.runs
             .iter()
             .map(|run| {
-                let mut alone = self.clone();
+                let mut alone = empty.clone();
                 alone.runs = vec![run.clone()];
                 alone.pinned = vec![vec![None; run.tasks.len()]];
-                alone.anchors = Vec::new();
-                alone.not_before = 0.0;
                 alone.build(&[0]).map_or(f64::NAN, |s| s.completion(0) - run.release)
             })
             .collect()

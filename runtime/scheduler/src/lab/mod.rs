@@ -257,6 +257,24 @@ impl LabProblem {
         Ok(p)
     }
 
+    /// The site part of the problem (resources, nests, arms, windows, reservations) without
+    /// runs, pins or anchors.
+    pub fn clone_site(&self) -> LabProblem {
+        LabProblem {
+            nests: self.nests.clone(),
+            resources: self.resources.clone(),
+            arms: self.arms.clone(),
+            storage: self.storage,
+            down: self.down.clone(),
+            reservations: self.reservations.clone(),
+            runs: Vec::new(),
+            pinned: Vec::new(),
+            not_before: self.not_before,
+            anchors: Vec::new(),
+            routes: self.routes.clone(),
+        }
+    }
+
     /// Dijkstra over nests, edges being arm moves (nests number in the tens).
     fn all_routes(&self) -> Vec<Vec<Option<Vec<Leg>>>> {
         let n = self.nests.len();

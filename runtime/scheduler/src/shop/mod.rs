@@ -66,6 +66,37 @@ fn header<'a>(lines: &mut impl Iterator<Item = (usize, Vec<&'a str>)>) -> Result
     Ok((ln, n, m))
 }
 
+/// A machine number, checked against the header's machine count.
+fn machine(tok: &str, line: usize, machines: usize) -> Result<usize, ParseError> {
+    let m: usize = num(tok, line, "machine")?;
+    if m >= machines {
+        return Err(ParseError {
+            line,
+            message: format!("machine {m} does not exist (machines are 0 to {})", machines - 1),
+        });
+    }
+    Ok(m)
+}
+
+/// The header, then one line per job read by `job(index, line number, tokens, machines)`.
+fn parse_jobs(
+    name: &str,
+    text: &str,
+    job: impl Fn(usize, usize, Vec<&str>, usize) -> Result<Vec<Op>, ParseError>,
+) -> Result<Instance, ParseError> {
+    let mut lines = data_lines(text);
+    let (mut last, n, m) = header(&mut lines)?;
+    let mut jobs = Vec::with_capacity(n.min(100_000));
+    for j in 0..n {
+        let (ln, toks) = lines
+            .next()
+            .ok_or(ParseError { line: last + 1, message: format!("job {j} is missing (the header says {n} jobs)") })?;
+        last = ln;
+        jobs.push(job(j, ln, toks, m)?);
+    }
+    Ok(Instance { name: name.to_string(), machines: m, jobs })
+}
+
 impl Instance {
     /// Total number of operations.
     pub fn op_count(&self) -> usize {
@@ -74,58 +105,26 @@ impl Instance {
 
     /// Reads a JSPLIB job-shop file: `n m`, then per job `m` pairs `machine duration` (machines from 0).
     pub fn parse_jsplib(name: &str, text: &str) -> Result<Instance, ParseError> {
-        let mut lines = data_lines(text);
-        let (mut last, n, m) = header(&mut lines)?;
-        let mut jobs = Vec::with_capacity(n.min(100_000));
-        for j in 0..n {
-            let (ln, toks) = lines.next().ok_or(ParseError {
-                line: last + 1,
-                message: format!("job {j} is missing (the header says {n} jobs)"),
-            })?;
-            last = ln;
+        parse_jobs(name, text, |_, ln, toks, m| {
             if toks.len() % 2 != 0 || toks.is_empty() {
                 return Err(ParseError { line: ln, message: "expected pairs of `machine duration`".into() });
             }
-            let mut ops = Vec::new();
-            for p in toks.chunks(2) {
-                let mach: usize = num(p[0], ln, "machine")?;
-                let dur: u32 = num(p[1], ln, "duration")?;
-                if mach >= m {
-                    return Err(ParseError {
-                        line: ln,
-                        message: format!("machine {mach} does not exist (machines are 0 to {})", m - 1),
-                    });
-                }
-                ops.push(Op { alts: vec![(mach, dur)] });
-            }
-            jobs.push(ops);
-        }
-        Ok(Instance { name: name.to_string(), machines: m, jobs })
+            toks.chunks(2).map(|p| Ok(Op { alts: vec![(machine(p[0], ln, m)?, num(p[1], ln, "duration")?)] })).collect()
+        })
     }
 
     /// Reads a flexible job-shop file: `n m`, then per job `k` operations, each
     /// `count (machine duration)*count` (machines from 0).
     pub fn parse_fjsp(name: &str, text: &str) -> Result<Instance, ParseError> {
-        let mut lines = data_lines(text);
-        let (mut last, n, m) = header(&mut lines)?;
-        let mut jobs = Vec::with_capacity(n.min(100_000));
-        for j in 0..n {
-            let (ln, toks) = lines.next().ok_or(ParseError {
-                line: last + 1,
-                message: format!("job {j} is missing (the header says {n} jobs)"),
-            })?;
-            last = ln;
+        parse_jobs(name, text, |j, ln, toks, m| {
             let mut it = toks.into_iter();
-            let mut next = |what: &str| -> Result<usize, ParseError> {
-                let t = it
-                    .next()
-                    .ok_or(ParseError { line: ln, message: format!("job {j}: line ends early, expected {what}") })?;
-                num(t, ln, what)
+            let mut next = |what: &str| {
+                it.next().ok_or(ParseError { line: ln, message: format!("job {j}: line ends early, expected {what}") })
             };
-            let k = next("the number of operations")?;
+            let k: usize = num(next("the number of operations")?, ln, "the number of operations")?;
             let mut ops = Vec::with_capacity(k.min(10_000));
             for _ in 0..k {
-                let c = next("the number of machines of an operation")?;
+                let c: usize = num(next("the number of machines of an operation")?, ln, "the number of machines")?;
                 if c == 0 || c > m {
                     return Err(ParseError {
                         line: ln,
@@ -134,21 +133,13 @@ impl Instance {
                 }
                 let mut alts = Vec::with_capacity(c);
                 for _ in 0..c {
-                    let mach = next("a machine")?;
-                    let dur = next("a duration")?;
-                    if mach >= m {
-                        return Err(ParseError {
-                            line: ln,
-                            message: format!("machine {mach} does not exist (machines are 0 to {})", m - 1),
-                        });
-                    }
-                    alts.push((mach, u32::try_from(dur).unwrap_or(u32::MAX)));
+                    let mach = machine(next("a machine")?, ln, m)?;
+                    alts.push((mach, num(next("a duration")?, ln, "duration")?));
                 }
                 ops.push(Op { alts });
             }
-            jobs.push(ops);
-        }
-        Ok(Instance { name: name.to_string(), machines: m, jobs })
+            Ok(ops)
+        })
     }
 
     /// A simple lower bound: the longest job (shortest alternatives) and the average machine load.
