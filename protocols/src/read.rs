@@ -148,3 +148,42 @@ pub fn well_ref(node: &Node, what: &str, d: &mut Diagnostics) -> Option<crate::a
 pub fn named(node: &Node, what: &str, d: &mut Diagnostics) -> Option<crate::ast::Named> {
     string(node, what, d).map(|name| crate::ast::Named { name, span: node.span })
 }
+
+/// The items of a required list field; a missing field or one that is not a list is reported
+/// (and reads as empty), never silently skipped.
+pub fn list_field<'a>(node: &'a Node, key: &str, what: &str, d: &mut Diagnostics) -> &'a [Node] {
+    match node.get(key) {
+        Some(v) => match v.as_list() {
+            Some(items) => items,
+            None => {
+                d.push(Diagnostic::error(
+                    "P0103",
+                    v.span,
+                    format!("`{key}` of {what} must be a list, found {}", v.type_name()),
+                ));
+                &[]
+            }
+        },
+        None => {
+            d.push(
+                Diagnostic::error("P0102", node.span, format!("{what} is missing `{key}`"))
+                    .with_hint(format!("add `{key}`")),
+            );
+            &[]
+        }
+    }
+}
+
+/// A required string field of an imported instruction or command.
+pub fn str_field(node: &Node, key: &str, what: &str, d: &mut Diagnostics) -> Option<String> {
+    match node.get(key) {
+        Some(v) => string(v, &format!("`{key}` of {what}"), d),
+        None => {
+            d.push(
+                Diagnostic::error("P0102", node.span, format!("{what} is missing `{key}`"))
+                    .with_hint(format!("add `{key}`")),
+            );
+            None
+        }
+    }
+}

@@ -633,3 +633,33 @@ fn capability_errors_point_at_the_value() {
     let pointed: Vec<&str> = c.diagnostics.iter().map(|d| src.slice(d.span)).collect();
     assert_eq!(pointed, ["1200 nm", "9000 xg"]);
 }
+
+#[test]
+fn imported_instructions_missing_required_fields_are_reported_not_defaulted() {
+    let codes_of = |text: &str| -> Vec<String> {
+        run("x.json", text)
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| format!("{} {}", d.code, d.message))
+            .collect()
+    };
+    let ap = r#"{"refs": {"p": {"new": "96-flat", "discard": true}}, "instructions": [
+        {"op": "provision", "to": [{"well": "p/0", "volume": "10:microliter"}]},
+        {"op": "dispense", "object": "p", "reagent": "water"},
+        {"op": "incubate", "object": "p", "duration": "5:minute"}]}"#;
+    assert_eq!(
+        codes_of(ap),
+        [
+            "P0102 instruction 0 (`provision`) is missing `resource_id`",
+            "P0102 instruction 1 (`dispense`) is missing `columns`",
+            "P0102 instruction 2 (`incubate`) is missing `where`",
+        ]
+    );
+    let ot = r#"{"schemaVersion": 8, "commands": [
+        {"commandType": "moveLabware", "params": {"labwareId": "x"}},
+        {"commandType": "heaterShaker/deactivateShaker", "params": {}}]}"#;
+    let got = codes_of(ot);
+    assert!(got[0].starts_with("P0102 command 0 (`moveLabware`) does not say where to"), "{got:?}");
+    assert_eq!(got[1], "P0102 command 1 (`heaterShaker/deactivateShaker`) is missing `params.moduleId`");
+}

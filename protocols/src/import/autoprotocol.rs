@@ -8,7 +8,7 @@
 
 use crate::ast::*;
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::read::{quantity, string};
+use crate::read::{list_field, quantity, str_field, string};
 use crate::source::Span;
 use crate::syntax::{Node, Value};
 use crate::units::Dim;
@@ -257,7 +257,10 @@ impl Importer<'_> {
             "pipette" => self.pipette(index, ins, &id, d),
             "liquid_handle" => self.liquid_handle(ins, &id, d),
             "provision" => {
-                let reagent = ins.get("resource_id").and_then(Node::as_str).unwrap_or("reagent").to_string();
+                let Some(reagent) = str_field(ins, "resource_id", &format!("instruction {index} (`provision`)"), d)
+                else {
+                    return;
+                };
                 let mut to = Vec::new();
                 if ins.get("measurement_mode").and_then(Node::as_str) == Some("mass") {
                     d.push(
@@ -270,7 +273,7 @@ impl Importer<'_> {
                     );
                     return;
                 }
-                for t in ins.get("to").and_then(Node::as_list).unwrap_or_default() {
+                for t in list_field(ins, "to", &format!("instruction {index} (`provision`)"), d) {
                     let (Some(w), Some(v)) = (t.get("well"), t.get("volume")) else {
                         d.push(Diagnostic::error("P0102", t.span, "provision target needs `well` and `volume`"));
                         continue;
@@ -283,14 +286,15 @@ impl Importer<'_> {
             }
             "dispense" => {
                 let Some(obj) = self.object(ins, d) else { return };
-                let reagent = ins
-                    .get("reagent")
-                    .or_else(|| ins.get("resource_id"))
-                    .and_then(Node::as_str)
-                    .unwrap_or("reagent")
-                    .to_string();
+                let what = format!("instruction {index} (`dispense`)");
+                let key = if ins.get("reagent").is_none() && ins.get("resource_id").is_some() {
+                    "resource_id"
+                } else {
+                    "reagent"
+                };
+                let Some(reagent) = str_field(ins, key, &what, d) else { return };
                 let mut to = Vec::new();
-                for c in ins.get("columns").and_then(Node::as_list).unwrap_or_default() {
+                for c in list_field(ins, "columns", &what, d) {
                     let (Some(col), Some(v)) = (c.get("column").and_then(Node::as_f64), c.get("volume")) else {
                         d.push(Diagnostic::error("P0102", c.span, "dispense column needs `column` and `volume`"));
                         continue;
@@ -310,7 +314,10 @@ impl Importer<'_> {
             }
             "incubate" => {
                 let Some(labware) = self.object(ins, d) else { return };
-                let where_ = ins.get("where").and_then(Node::as_str).unwrap_or("ambient");
+                let Some(where_) = str_field(ins, "where", &format!("instruction {index} (`incubate`)"), d) else {
+                    return;
+                };
+                let where_ = where_.as_str();
                 let Some(temperature_c) = storage_temperature(where_) else {
                     d.push(
                         Diagnostic::error(
@@ -359,18 +366,19 @@ impl Importer<'_> {
             }
             "spectrophotometry" => {
                 let Some(labware) = self.object(ins, d) else { return };
-                for g in ins.get("groups").and_then(Node::as_list).unwrap_or_default() {
-                    let mode = g.get("mode").and_then(Node::as_str).unwrap_or("");
-                    let Some(params) = g.get("mode_params") else { continue };
+                let what = format!("a group of instruction {index} (`spectrophotometry`)");
+                for g in list_field(ins, "groups", &format!("instruction {index} (`spectrophotometry`)"), d) {
+                    let Some(mode) = str_field(g, "mode", &what, d) else { continue };
+                    let Some(params) = g.get("mode_params") else {
+                        d.push(Diagnostic::error("P0102", g.span, format!("{what} is missing `mode_params`")));
+                        continue;
+                    };
                     let wells = self.well_list(params.get("wells"), &labware, d);
                     let nm =
                         |n: &Node, d: &mut Diagnostics| quantity(n, Dim::Wavelength, "wavelength", (1.0, 5000.0), d);
-                    let op = match mode {
+                    let op = match mode.as_str() {
                         "absorbance" => {
-                            let ws: Vec<f64> = params
-                                .get("wavelength")
-                                .and_then(Node::as_list)
-                                .unwrap_or_default()
+                            let ws: Vec<f64> = list_field(params, "wavelength", "`mode_params`", d)
                                 .iter()
                                 .filter_map(|n| nm(n, d))
                                 .collect();
@@ -387,7 +395,19 @@ impl Importer<'_> {
                                     .and_then(|l| l.first())
                                     .and_then(|x| x.get("wavelength"))
                             };
-                            let (Some(ex), Some(em)) = (first("excitation"), first("emission")) else { continue };
+                            let (Some(ex), Some(em)) = (first("excitation"), first("emission")) else {
+                                d.push(
+                                    Diagnostic::error(
+                                        "P0102",
+                                        params.span,
+                                        "fluorescence needs `excitation` and `emission` wavelengths",
+                                    )
+                                    .with_hint(
+                                        "give `excitation: [{wavelength: ...}]` and `emission: [{wavelength: ...}]`",
+                                    ),
+                                );
+                                continue;
+                            };
                             let (Some(ex), Some(em)) = (nm(ex, d), nm(em, d)) else { continue };
                             Op::ReadFluorescence { labware: labware.clone(), wells, excitation_nm: ex, emission_nm: em }
                         }
@@ -478,7 +498,7 @@ impl Importer<'_> {
             };
             match kind.name.as_str() {
                 "transfer" => {
-                    for t in body.as_list().unwrap_or_default() {
+                    for t in list_field(g, "transfer", "a pipette group", d) {
                         let (Some(f), Some(to), Some(v)) = (t.get("from"), t.get("to"), t.get("volume")) else {
                             d.push(Diagnostic::error("P0102", t.span, "a transfer needs `from`, `to` and `volume`"));
                             continue;
@@ -538,7 +558,7 @@ impl Importer<'_> {
                     }
                 }
                 "mix" => {
-                    for m in body.as_list().unwrap_or_default() {
+                    for m in list_field(g, "mix", "a pipette group", d) {
                         let (Some(w), Some(v)) = (m.get("well"), m.get("volume")) else { continue };
                         let (Some(wells), Some(volume_ul)) = (self.well(w, d), vol(v, d)) else { continue };
                         let times =
@@ -562,12 +582,18 @@ impl Importer<'_> {
     fn liquid_handle(&mut self, ins: &Node, id: &Option<Named>, d: &mut Diagnostics) {
         let mut cmds = Vec::new();
         let pipette = "autoprotocol".to_string();
-        for loc in ins.get("locations").and_then(Node::as_list).unwrap_or_default() {
-            let Some(w) = loc.get("location").and_then(|n| self.well(n, d)) else { continue };
-            for t in loc.get("transports").and_then(Node::as_list).unwrap_or_default() {
-                let Some(v) = t.get("volume").and_then(|n| quantity(n, Dim::Volume, "volume", (-1e7, 1e7), d)) else {
+        for loc in list_field(ins, "locations", "a `liquid_handle` instruction", d) {
+            let Some(n) = loc.get("location") else {
+                d.push(Diagnostic::error("P0102", loc.span, "a `liquid_handle` location is missing `location`"));
+                continue;
+            };
+            let Some(w) = self.well(n, d) else { continue };
+            for t in list_field(loc, "transports", "a `liquid_handle` location", d) {
+                let Some(n) = t.get("volume") else {
+                    d.push(Diagnostic::error("P0102", t.span, "a `liquid_handle` transport is missing `volume`"));
                     continue;
                 };
+                let Some(v) = quantity(n, Dim::Volume, "volume", (-1e7, 1e7), d) else { continue };
                 if v < 0.0 {
                     cmds.push(LowLevel::Aspirate { pipette: pipette.clone(), at: w.clone(), volume_ul: -v });
                 } else if v > 0.0 {
@@ -604,7 +630,15 @@ impl Importer<'_> {
     }
 
     fn time_constraints(&mut self, tc: &Node, d: &mut Diagnostics) {
-        for c in tc.as_list().unwrap_or_default() {
+        let Some(list) = tc.as_list() else {
+            d.push(Diagnostic::error(
+                "P0103",
+                tc.span,
+                format!("`time_constraints` must be a list, found {}", tc.type_name()),
+            ));
+            return;
+        };
+        for c in list {
             let side = |k: &str| -> Option<(usize, Span)> {
                 let s = c.get(k)?;
                 let i = s.get("instruction_end").or_else(|| s.get("instruction_start"))?.as_f64()?;

@@ -149,6 +149,15 @@ fn param<'a>(c: &'a Node, key: &str) -> Option<&'a Node> {
     c.get("params").and_then(|p| p.get(key))
 }
 
+/// A required string parameter of command `index`, reported when missing.
+fn required(c: &Node, key: &str, index: usize, kind: &str, d: &mut Diagnostics) -> Option<String> {
+    let v = param_str(c, key);
+    if v.is_none() {
+        d.push(Diagnostic::error("P0102", c.span, format!("command {index} (`{kind}`) is missing `params.{key}`")));
+    }
+    v
+}
+
 fn param_str(c: &Node, key: &str) -> Option<String> {
     param(c, key).and_then(Node::as_str).map(str::to_string)
 }
@@ -284,9 +293,12 @@ impl Importer<'_> {
                 }
             }
             "loadLiquid" => {
-                let lw = param_str(c, "labwareId").unwrap_or_default();
-                let liquid =
-                    param_str(c, "liquidId").map(|l| self.liquids.get(&l).cloned().unwrap_or(l)).unwrap_or_default();
+                let (Some(lw), Some(liquid)) =
+                    (required(c, "labwareId", index, kind, d), required(c, "liquidId", index, kind, d))
+                else {
+                    return;
+                };
+                let liquid = self.liquids.get(&liquid).cloned().unwrap_or(liquid);
                 if let Some(def_id) = self.v6_labware.get(&lw).cloned() {
                     self.declare(&lw, &def_id, span, d);
                 }
@@ -298,7 +310,15 @@ impl Importer<'_> {
                     ));
                     return;
                 };
-                for (well, v) in param(c, "volumeByWell").and_then(Node::as_map).unwrap_or_default() {
+                let Some(volumes) = param(c, "volumeByWell").and_then(Node::as_map) else {
+                    d.push(Diagnostic::error(
+                        "P0102",
+                        span,
+                        format!("command {index} (`{kind}`) needs `params.volumeByWell`, a map of well: µL"),
+                    ));
+                    return;
+                };
+                for (well, v) in volumes {
                     match v.as_f64() {
                         Some(vol) if vol.is_finite() && vol >= 0.0 => decl.contents.push(Contents {
                             selection: well.name.clone(),
@@ -362,24 +382,33 @@ impl Importer<'_> {
                 }
             }
             "moveLabware" => {
-                let Some(lw) = param_str(c, "labwareId") else { return };
-                let to = param(c, "newLocation").map_or_else(
-                    || "?".into(),
-                    |n| match &n.value {
-                        Value::String(s) => s.clone(),
-                        _ => n
-                            .get("slotName")
-                            .or_else(|| n.get("moduleId"))
-                            .or_else(|| n.get("labwareId"))
-                            .and_then(Node::as_str)
-                            .unwrap_or("?")
-                            .to_string(),
-                    },
-                );
+                let Some(lw) = required(c, "labwareId", index, kind, d) else { return };
+                let to = param(c, "newLocation").and_then(|n| match &n.value {
+                    Value::String(s) => Some(s.clone()),
+                    _ => n
+                        .get("slotName")
+                        .or_else(|| n.get("moduleId"))
+                        .or_else(|| n.get("labwareId"))
+                        .and_then(Node::as_str)
+                        .map(str::to_string),
+                });
+                let Some(to) = to else {
+                    d.push(
+                        Diagnostic::error(
+                            "P0102",
+                            span,
+                            format!(
+                                "command {index} (`{kind}`) does not say where to: `params.newLocation` is missing"
+                            ),
+                        )
+                        .with_hint("give `newLocation` as a slot name, module id, labware id or \"offDeck\""),
+                    );
+                    return;
+                };
                 self.pipetting(LowLevel::MoveLabware { labware: Named { name: lw, span }, to }, span);
             }
             k if k.starts_with("heaterShaker/") => {
-                let module = param_str(c, "moduleId").unwrap_or_default();
+                let Some(module) = required(c, "moduleId", index, kind, d) else { return };
                 let labware =
                     self.on_module.iter().find(|(_, m)| **m == module).map(|(l, _)| Named { name: l.clone(), span });
                 let cmd = match &k["heaterShaker/".len()..] {

@@ -189,8 +189,24 @@ fn lab(args: &Args) -> ExitCode {
     for spec in &args.files {
         let mut parts = spec.split(':');
         let size = parts.next().unwrap_or("");
-        let seed: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(args.seed);
-        let tenants: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(4);
+        let fields = (
+            spec_field(parts.next(), args.seed),
+            spec_field(parts.next(), 4usize),
+            spec_field::<f64>(parts.next(), f64::NAN),
+        );
+        let (Ok(seed), Ok(tenants), Ok(spread_h)) = fields else {
+            eprintln!(
+                "error: {spec}: expected SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]] with numbers after the size"
+            );
+            failed = true;
+            continue;
+        };
+        // NaN: not given; the default spread is an hour per 300 tasks.
+        if tenants == 0 || spread_h.is_infinite() || spread_h < 0.0 {
+            eprintln!("error: {spec}: tenants must be at least 1 and the spread a number of hours");
+            failed = true;
+            continue;
+        }
         let (arm_bound, size) = match size.strip_prefix("arm-") {
             Some(rest) => (true, rest),
             None => (false, size),
@@ -203,8 +219,7 @@ fn lab(args: &Args) -> ExitCode {
             continue;
         };
         // Releases spread over an hour per 300 tasks unless the spec says (hours): a busy lab.
-        let spread: f64 =
-            parts.next().and_then(|s| s.parse::<f64>().ok()).map_or(3600.0 * tasks as f64 / 300.0, |h| h * 3600.0);
+        let spread = if spread_h.is_nan() { 3600.0 * tasks as f64 / 300.0 } else { spread_h * 3600.0 };
         let generated = if arm_bound {
             generate::generate_arm_bound(&site, tasks, seed)
         } else {
@@ -400,5 +415,13 @@ fn finish(args: &Args, mut emitted: Vec<String>, failed: bool) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// An optional `:`-separated number of a lab spec: absent means `default`, present must parse.
+fn spec_field<T: std::str::FromStr>(part: Option<&str>, default: T) -> Result<T, ()> {
+    match part {
+        None => Ok(default),
+        Some(p) => p.parse().map_err(|_| ()),
     }
 }
