@@ -150,16 +150,12 @@ pub struct Instrument {
     #[serde(default)]
     pub nests: Vec<String>,
     /// How the runtime reaches it ("sim", "serial:/dev/ttyUSB0", "tcp:host:port", "sila:host:port").
-    #[serde(default = "sim")]
+    /// Required: an instrument must never end up simulated because a line was forgotten.
     pub endpoint: String,
 }
 
 fn one() -> u32 {
     1
-}
-
-fn sim() -> String {
-    "sim".to_string()
 }
 
 impl Instrument {
@@ -188,7 +184,7 @@ pub struct Arm {
     pub move_s: f64,
     #[serde(default)]
     pub moves: Vec<Move>,
-    #[serde(default = "sim")]
+    /// How the runtime reaches the arm; required, like an instrument's.
     pub endpoint: String,
 }
 

@@ -177,4 +177,6 @@ fn bad_site_files_name_the_key() {
     assert!(err(&sim.replace("temperature_c = [4.0, 50.0]", "temperature_c = [50.0, 4.0]")).contains("min <= max"));
     assert!(err(&sim.replace("deck_slots = 11", "deck_slotz = 11")).contains("unknown field `deck_slotz`"));
     assert!(err("[site\nname=1").contains("line"));
+    // No instrument is simulated by accident: the endpoint must be written.
+    assert!(err(&sim.replacen("endpoint = \"sim\"\n", "", 1)).contains("missing field `endpoint`"));
 }
