@@ -1,15 +1,23 @@
 //! Compiles the `.proto` contracts with protox (pure Rust), so no system `protoc` is needed.
-use std::path::PathBuf;
+//! Messages come from prost; gRPC clients and servers for the SiLA 2 features from tonic.
+use std::path::{Path, PathBuf};
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
-    let files = ["labwright/v1/protocols.proto"];
     println!("cargo:rerun-if-changed={}", root.display());
-    let fds = match protox::compile(files, [&root]) {
+    let api = compile(&root, &["labwright/v1/protocols.proto"]);
+    if let Err(e) = prost_build::Config::new().compile_fds(api) {
+        panic!("cannot generate Rust from the API protos: {e}");
+    }
+    let sila = compile(&root, &["sila2/SiLAFramework.proto", "sila2/SiLAService.proto", "sila2/PlateReader.proto"]);
+    if let Err(e) = tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(sila) {
+        panic!("cannot generate Rust from the SiLA 2 protos: {e}");
+    }
+}
+
+fn compile(root: &Path, files: &[&str]) -> tonic_prost_build::FileDescriptorSet {
+    match protox::compile(files, [root]) {
         Ok(fds) => fds,
-        Err(e) => panic!("cannot compile protos: {e}"),
-    };
-    if let Err(e) = prost_build::Config::new().compile_fds(fds) {
-        panic!("cannot generate Rust from protos: {e}");
+        Err(e) => panic!("cannot compile protos {files:?}: {e}"),
     }
 }

@@ -1,14 +1,24 @@
-//! Instruments: the contract every driver meets, and the routing from plan commands to the
-//! instrument families that execute them.
+//! Instruments: the contract every driver meets, the wire codecs, the transports, the drivers and
+//! the simulators that speak the device side of the same wire.
 //!
-//! This crate will hold the sans-IO codecs (G-code, PF400, SiLA 2), their tokio transports and
-//! the simulators. What is here today is what the executor needs to decide *what* to send and
-//! *how to treat a failure*: [`Family`] routing with per-command deadlines, and the one
-//! [`InstrumentError`] every family maps its wire errors to, classified for the executor.
+//! - [`Instrument`]: one async trait for every family, shaped like a SiLA 2 observable command.
+//! - [`codec`]: sans-IO codecs per wire protocol (Opentrons module G-code, OT-2 motion G-code,
+//!   PF400 text lines, Labwright's station line protocol).
+//! - [`link`]: the thin tokio transport (serial, PTY, TCP) with deadlines, resync and reconnect.
+//! - [`driver`]: plan commands → wire exchanges, one driver per family.
+//! - [`sim`]: the device side, with state, device time and fault injection.
+//! - [`sila`]: SiLA 2 over gRPC (client helpers, error mapping, the simulated plate reader server).
+//! - [`InstrumentError`]: every wire error mapped to one classification for the executor.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod codec;
+pub mod driver;
 pub mod error;
+pub mod instrument;
+pub mod link;
 pub mod route;
+pub mod sim;
 
 pub use error::{InstrumentError, Recovery};
+pub use instrument::{Execution, Identity, Instrument, Measurement, Outcome, Progress, State, Status, TimeScale};
 pub use route::{deadline, family, Family};

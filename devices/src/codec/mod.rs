@@ -1,0 +1,4 @@
+//! Sans-IO codecs: bytes in, typed replies and classified errors out; never a panic.
+
+pub mod lines;
+pub mod module;

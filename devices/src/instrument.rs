@@ -1,0 +1,148 @@
+//! The one contract every instrument meets, shaped like a SiLA 2 observable command so serial,
+//! TCP and gRPC devices look the same to the executor: start a command, get an execution handle
+//! with a progress stream and a final result.
+
+use crate::error::InstrumentError;
+use protocols::plan::CommandOp;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// Who the instrument says it is.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Identity {
+    pub model: String,
+    pub serial: String,
+    pub firmware: String,
+}
+
+/// What an instrument is doing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Idle,
+    Busy,
+    /// The device reports a latched fault.
+    Fault(String),
+    /// The link is down.
+    Offline,
+}
+
+/// A snapshot for technicians and the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub state: State,
+    /// Current temperature where the instrument has one.
+    pub temperature_c: Option<f64>,
+    /// Free text: latch state, plate present, head position.
+    pub detail: String,
+}
+
+/// How far a command has got.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Progress {
+    /// 0.0 to 1.0.
+    pub fraction: f64,
+    pub message: String,
+}
+
+/// Values a command measured, per well.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    pub labware: String,
+    /// `absorbance` or `fluorescence`.
+    pub kind: String,
+    pub wells: Vec<String>,
+    /// Absorbance: every wavelength read; fluorescence: excitation then emission.
+    pub wavelengths_nm: Vec<f64>,
+    /// Well-major: for each well, one value per wavelength (fluorescence: one value per well).
+    pub values: Vec<f64>,
+    pub unit: String,
+}
+
+/// What a finished command produced.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Outcome {
+    pub measurements: Vec<Measurement>,
+}
+
+/// A command in flight: watch its progress, await its result.
+#[derive(Debug)]
+pub struct Execution {
+    pub progress: watch::Receiver<Progress>,
+    done: oneshot::Receiver<Result<Outcome, InstrumentError>>,
+}
+
+/// The driver's end of an [`Execution`].
+#[derive(Debug)]
+pub struct ExecutionSender {
+    progress: watch::Sender<Progress>,
+    done: oneshot::Sender<Result<Outcome, InstrumentError>>,
+}
+
+impl Execution {
+    /// A linked pair: the driver keeps the sender, the executor the execution.
+    pub fn channel() -> (ExecutionSender, Execution) {
+        let (ptx, prx) = watch::channel(Progress::default());
+        let (dtx, drx) = oneshot::channel();
+        (ExecutionSender { progress: ptx, done: dtx }, Execution { progress: prx, done: drx })
+    }
+
+    /// Waits for the final result.
+    pub async fn finish(self) -> Result<Outcome, InstrumentError> {
+        match self.done.await {
+            Ok(r) => r,
+            // The driver task ended without a verdict: treat like a lost link, state unknown.
+            Err(_) => Err(InstrumentError::Protocol("the driver stopped before the command finished".into())),
+        }
+    }
+}
+
+impl ExecutionSender {
+    /// Reports progress; the executor sees the latest value.
+    pub fn progress(&self, fraction: f64, message: impl Into<String>) {
+        let _ = self.progress.send(Progress { fraction: fraction.clamp(0.0, 1.0), message: message.into() });
+    }
+
+    /// Delivers the result (a dropped execution is fine: nobody is listening).
+    pub fn finish(self, result: Result<Outcome, InstrumentError>) {
+        let _ = self.done.send(result);
+    }
+}
+
+/// Every instrument driver, real wire or simulated, implements this.
+#[async_trait::async_trait]
+pub trait Instrument: Send + Sync + std::fmt::Debug {
+    /// Asks the device who it is (also proves the link works).
+    async fn identify(&self) -> Result<Identity, InstrumentError>;
+    /// Starts one plan command. Validation errors come back here, before anything moves.
+    async fn start(&self, op: &CommandOp) -> Result<Execution, InstrumentError>;
+    /// Current state.
+    async fn status(&self) -> Result<Status, InstrumentError>;
+    /// Stops what the device is doing as soon as it safely can.
+    async fn abort(&self) -> Result<(), InstrumentError>;
+}
+
+/// Converts physical durations to wall-clock durations: simulators and drivers share one scale
+/// (1.0 real time, 0.01 for tests and demos).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeScale(pub f64);
+
+impl TimeScale {
+    pub const REAL: TimeScale = TimeScale(1.0);
+
+    /// Wall-clock time for `seconds` of device time.
+    pub fn wall(self, seconds: f64) -> Duration {
+        Duration::try_from_secs_f64((seconds * self.0).max(0.0)).unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Rejects a command this family cannot run (routing bug or a hand-built plan).
+pub fn unsupported(family: &str, op: &CommandOp) -> InstrumentError {
+    let name = serde_json::to_value(op)
+        .ok()
+        .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    InstrumentError::Validation {
+        parameter: "op".into(),
+        message: format!("{family} cannot run `{name}`; route it to the right instrument"),
+    }
+}

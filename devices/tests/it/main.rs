@@ -1,0 +1,5 @@
+//! Integration tests of the devices crate: real drivers over real PTYs and sockets against the
+//! simulators, and (when installed) against peers nobody here wrote.
+
+mod modules;
+mod support;
