@@ -113,6 +113,10 @@ impl ExecutionSender {
 pub trait Instrument: Send + Sync + std::fmt::Debug {
     /// Asks the device who it is (also proves the link works).
     async fn identify(&self) -> Result<Identity, InstrumentError>;
+    /// Learns what a run puts on the instrument (deck layout) before its first command.
+    async fn prepare(&self, _plan: &protocols::plan::RunPlan) -> Result<(), InstrumentError> {
+        Ok(())
+    }
     /// Starts one plan command. Validation errors come back here, before anything moves.
     async fn start(&self, op: &CommandOp) -> Result<Execution, InstrumentError>;
     /// Current state.

@@ -12,6 +12,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod codec;
+pub mod deck;
 pub mod driver;
 pub mod error;
 pub mod instrument;

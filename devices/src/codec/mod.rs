@@ -2,3 +2,4 @@
 
 pub mod lines;
 pub mod module;
+pub mod smoothie;

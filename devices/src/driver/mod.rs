@@ -2,7 +2,7 @@
 //! (or a SiLA channel) and implements [`crate::Instrument`].
 
 // pub mod arm;
-// pub mod liquid;
+pub mod liquid;
 pub mod module;
 // pub mod reader;
 // pub mod station;

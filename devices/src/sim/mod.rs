@@ -5,7 +5,7 @@
 //! applies the configured [`Faults`].
 
 // pub mod arm;
-// pub mod liquid;
+pub mod liquid;
 pub mod module;
 // pub mod reader;
 // pub mod station;

@@ -1,5 +1,6 @@
 //! Integration tests of the devices crate: real drivers over real PTYs and sockets against the
 //! simulators, and (when installed) against peers nobody here wrote.
 
+mod liquid;
 mod modules;
 mod support;

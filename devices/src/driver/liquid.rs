@@ -1,0 +1,370 @@
+//! Liquid-handler driver: plan commands → OT-2-style motion G-code over serial.
+//!
+//! Geometry comes from the deck ([`crate::deck::Deck`]: slot positions and labware definitions);
+//! plunger travel from volume (µL per mm of the pipette). Every command is a short block of
+//! moves followed by `M400` (wait for the motion queue to drain). The head carries one pipette at
+//! a time; `M6 T<n>` swaps to pipette `n` of the instrument (an automatic tool changer — on an OT-2
+//! a person swaps pipettes), allowed only without a tip.
+
+use super::{spawn, Cancel};
+use crate::codec::smoothie::{self, ReplyReader};
+use crate::deck::{slot_origin, Deck, Point, CHANNEL_PITCH_MM, TRASH_SLOT};
+use crate::error::InstrumentError;
+use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, State, Status};
+use crate::link::Link;
+use labware::site::Pipette;
+use labware::Library;
+use protocols::plan::{CommandOp, RunPlan};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Travel height of the nozzle, mm above the deck.
+pub const SAFE_Z: f64 = 150.0;
+/// Plunger positions, mm: ready to aspirate, fully up, blow-out, tip ejection.
+pub const PLUNGER_BOTTOM: f64 = 2.0;
+pub const PLUNGER_TOP: f64 = 19.5;
+pub const PLUNGER_BLOW_OUT: f64 = 0.5;
+pub const PLUNGER_DROP_TIP: f64 = -2.0;
+/// Aspirate and dispense this far above the well bottom, mm.
+pub const WELL_CLEARANCE: f64 = 1.0;
+
+/// µL moved per mm of plunger travel.
+pub fn ul_per_mm(p: &Pipette) -> f64 {
+    p.max_ul / (PLUNGER_TOP - PLUNGER_BOTTOM)
+}
+
+/// Link timing.
+#[derive(Debug, Clone)]
+pub struct LiquidConfig {
+    /// Wait for an ack (the Opentrons host uses 5 s).
+    pub ack_timeout: Duration,
+    /// Wait for queued motion to finish (`M400`).
+    pub motion_timeout: Duration,
+}
+
+impl Default for LiquidConfig {
+    fn default() -> Self {
+        LiquidConfig { ack_timeout: Duration::from_secs(5), motion_timeout: Duration::from_secs(600) }
+    }
+}
+
+/// What the driver knows about the head.
+#[derive(Debug, Default)]
+struct Head {
+    tool: Option<usize>,
+    /// Length of the tip on the head, mm.
+    tip_mm: Option<f64>,
+    /// Capacity of that tip, µL.
+    tip_ul: f64,
+    plunger: f64,
+    deck: Deck,
+    homed: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: String,
+    pipettes: Vec<Pipette>,
+    library: Library,
+    config: LiquidConfig,
+    slots: u32,
+    link: Mutex<(Link, Head)>,
+    cancel: Cancel,
+}
+
+/// One liquid handler.
+#[derive(Debug, Clone)]
+pub struct LiquidHandlerDriver {
+    inner: Arc<Inner>,
+}
+
+impl LiquidHandlerDriver {
+    pub fn new(instrument: &labware::site::Instrument, library: Library, link: Link, config: LiquidConfig) -> Self {
+        LiquidHandlerDriver {
+            inner: Arc::new(Inner {
+                id: instrument.id.clone(),
+                pipettes: instrument.pipettes.clone(),
+                library,
+                config,
+                slots: instrument.deck_slots.unwrap_or(11),
+                link: Mutex::new((link, Head { plunger: PLUNGER_BOTTOM, ..Head::default() })),
+                cancel: Cancel::default(),
+            }),
+        }
+    }
+
+    /// Sends one raw G-code line and returns its data lines (service use and tests).
+    pub async fn gcode(&self, line: &str) -> Result<Vec<String>, InstrumentError> {
+        let mut g = self.inner.link.lock().await;
+        send(&mut g.0, line, self.inner.config.ack_timeout).await
+    }
+}
+
+async fn send(link: &mut Link, line: &str, within: Duration) -> Result<Vec<String>, InstrumentError> {
+    link.send(&smoothie::encode(line)).await?;
+    let mut reader = ReplyReader::new();
+    let r = link.read_reply(within, |b| reader.poll(b)).await;
+    if let Err(InstrumentError::Device { .. }) = &r {
+        // Smoothie halts after an error until reset; reset so the next command can run.
+        link.send(&smoothie::encode("M999")).await?;
+        let mut reset = ReplyReader::new();
+        let _ = link.read_reply(within, |b| reset.poll(b)).await;
+    }
+    r
+}
+
+fn invalid(parameter: &str, message: String) -> InstrumentError {
+    InstrumentError::Validation { parameter: parameter.into(), message }
+}
+
+fn mm(v: f64) -> String {
+    format!("{v:.6}")
+}
+
+impl Inner {
+    fn pipette(&self, name: &str) -> Result<(usize, &Pipette), InstrumentError> {
+        self.pipettes
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == name)
+            .ok_or_else(|| invalid("pipette", format!("{} has no pipette `{name}`", self.id)))
+    }
+
+    /// Plans the G-code for one command, updating the head model. Pure: nothing is sent.
+    fn plan(&self, head: &mut Head, op: &CommandOp) -> Result<Vec<String>, InstrumentError> {
+        use CommandOp::*;
+        let mut out = Vec::new();
+        if !head.homed {
+            out.extend(["G28.2 Z A B C".to_string(), "G28.2 X".into(), "G28.2 Y".into()]);
+            out.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
+            head.homed = true;
+            head.plunger = PLUNGER_BOTTOM;
+        }
+        let channels = |name: &str| self.pipettes.iter().find(|p| p.name == name).map_or(1, |p| p.channels.max(1));
+        let at = |deck: &Deck, lw: &str, well: &str| deck.well_bottom(lw, well).map_err(|m| invalid("well", m));
+        // Where channel 0 goes: the named well; for a multi-channel head over a labware with fewer
+        // rows than channels (a reservoir trough), the head is centred on the well instead.
+        let aim = |deck: &Deck, pipette: &str, lw: &str, well: &str| -> Result<Point, InstrumentError> {
+            let mut p = at(deck, lw, well)?;
+            let n = channels(pipette);
+            let rows = deck.get(lw).map_or(0, |d| d.def.rows().len());
+            if n > 1 && rows < n as usize {
+                p.y += (n - 1) as f64 * CHANNEL_PITCH_MM / 2.0;
+            }
+            Ok(p)
+        };
+        match op {
+            PickUpTip { pipette, rack, well } => {
+                let (tool, _) = self.pipette(pipette)?;
+                self.select(head, tool, &mut out)?;
+                if head.tip_mm.is_some() {
+                    return Err(invalid("pick_up_tip", format!("{pipette} already has a tip; drop it first")));
+                }
+                let placed = head.deck.get(rack).ok_or_else(|| invalid("rack", format!("`{rack}` is not on the deck")))?;
+                let tip = placed.def.tip.ok_or_else(|| invalid("rack", format!("`{rack}` is not a tip rack")))?;
+                let w = placed.def.well(well).ok_or_else(|| invalid("well", format!("`{rack}` has no position {well}")))?;
+                let top = w.z_mm + w.depth_mm;
+                let p = at(&head.deck, rack, well)?;
+                travel(&mut out, p);
+                out.push(format!("G0 Z{}", mm(top)));
+                out.push(format!("G0 Z{}", mm(SAFE_Z)));
+                head.tip_mm = Some(tip.length_mm);
+                head.tip_ul = tip.volume_ul;
+            }
+            Aspirate { pipette, labware, well, volume_ul } | Dispense { pipette, labware, well, volume_ul } => {
+                let sign = if matches!(op, Aspirate { .. }) { 1.0 } else { -1.0 };
+                let (tool, p) = self.pipette(pipette)?;
+                let per_mm = ul_per_mm(p);
+                self.need_tip(head, tool, pipette)?;
+                let target = head.plunger + sign * volume_ul / per_mm;
+                self.check_plunger(target, *volume_ul, pipette)?;
+                let pt = aim(&head.deck, pipette, labware, well)?;
+                travel(&mut out, pt);
+                out.push(format!("G0 Z{}", mm(pt.z + WELL_CLEARANCE + head.tip_mm.unwrap_or(0.0))));
+                out.push(format!("G0 B{}", mm(target)));
+                out.push(format!("G0 Z{}", mm(SAFE_Z)));
+                head.plunger = target;
+            }
+            Mix { pipette, labware, well, volume_ul, times } => {
+                let (tool, p) = self.pipette(pipette)?;
+                let per_mm = ul_per_mm(p);
+                self.need_tip(head, tool, pipette)?;
+                let up = head.plunger + volume_ul / per_mm;
+                self.check_plunger(up, *volume_ul, pipette)?;
+                let pt = aim(&head.deck, pipette, labware, well)?;
+                travel(&mut out, pt);
+                out.push(format!("G0 Z{}", mm(pt.z + WELL_CLEARANCE + head.tip_mm.unwrap_or(0.0))));
+                for _ in 0..*times {
+                    out.push(format!("G0 B{}", mm(up)));
+                    out.push(format!("G0 B{}", mm(head.plunger)));
+                }
+                out.push(format!("G0 Z{}", mm(SAFE_Z)));
+            }
+            BlowOut { pipette, labware, well } => {
+                let (tool, _) = self.pipette(pipette)?;
+                self.need_tip(head, tool, pipette)?;
+                let pt = aim(&head.deck, pipette, labware, well)?;
+                let placed = head.deck.get(labware).map(|p| p.def.well(well).map_or(0.0, |w| w.depth_mm)).unwrap_or(0.0);
+                travel(&mut out, pt);
+                // Tip end just below the well's rim.
+                out.push(format!("G0 Z{}", mm(pt.z + placed - 1.0 + head.tip_mm.unwrap_or(0.0))));
+                out.push(format!("G0 B{}", mm(PLUNGER_BLOW_OUT)));
+                out.push(format!("G0 Z{}", mm(SAFE_Z)));
+                out.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
+                head.plunger = PLUNGER_BOTTOM;
+            }
+            DropTip { pipette } => {
+                let (tool, p) = self.pipette(pipette)?;
+                self.need_tip(head, tool, pipette)?;
+                let (x, y) = slot_origin(TRASH_SLOT);
+                // Centre the head's channels over the trash.
+                let spread = (p.channels.max(1) - 1) as f64 * CHANNEL_PITCH_MM / 2.0;
+                travel(&mut out, Point { x: x + 64.0, y: y + 43.0 + spread, z: 0.0 });
+                out.push(format!("G0 Z{}", mm(80.0)));
+                out.push(format!("G0 B{}", mm(PLUNGER_DROP_TIP)));
+                out.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
+                out.push(format!("G0 Z{}", mm(SAFE_Z)));
+                head.tip_mm = None;
+                head.plunger = PLUNGER_BOTTOM;
+            }
+            MoveTo { labware: Some(lw), well, .. } => {
+                let well = well.clone().unwrap_or_else(|| "A1".into());
+                let pt = at(&head.deck, lw, &well)?;
+                travel(&mut out, pt);
+            }
+            MoveTo { labware: None, .. } => out.push(format!("G0 Z{}", mm(SAFE_Z))),
+            Home => {
+                out.extend(["G28.2 Z A B C".to_string(), "G28.2 X".into(), "G28.2 Y".into()]);
+                out.push(format!("G0 B{}", mm(head.plunger)));
+            }
+            AddReagent { .. } => {
+                return Err(invalid(
+                    "add_reagent",
+                    "adding a reagent from the lab's stock is a technician's task, not a liquid-handler move; route it to a technician".into(),
+                ))
+            }
+            other => return Err(unsupported("a liquid handler", other)),
+        }
+        out.push("M400".into());
+        Ok(out)
+    }
+
+    fn select(&self, head: &mut Head, tool: usize, out: &mut Vec<String>) -> Result<(), InstrumentError> {
+        if head.tool == Some(tool) {
+            return Ok(());
+        }
+        if head.tip_mm.is_some() {
+            return Err(invalid("pipette", "cannot change pipettes with a tip on; drop it first".into()));
+        }
+        out.push(format!("G0 Z{}", mm(SAFE_Z)));
+        out.push(format!("M6 T{tool}"));
+        out.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
+        head.tool = Some(tool);
+        head.plunger = PLUNGER_BOTTOM;
+        Ok(())
+    }
+
+    fn need_tip(&self, head: &Head, tool: usize, name: &str) -> Result<(), InstrumentError> {
+        if head.tool != Some(tool) || head.tip_mm.is_none() {
+            return Err(invalid("pipette", format!("{name} has no tip; pick one up first")));
+        }
+        Ok(())
+    }
+
+    fn check_plunger(&self, target: f64, volume: f64, pipette: &str) -> Result<(), InstrumentError> {
+        if target > PLUNGER_TOP + 1e-9 {
+            return Err(invalid("volume_ul", format!("{volume} µL more does not fit in {pipette}'s tip")));
+        }
+        if target < PLUNGER_BOTTOM - 1e-6 {
+            return Err(invalid("volume_ul", format!("{pipette} holds less than {volume} µL")));
+        }
+        Ok(())
+    }
+}
+
+/// Up to travel height, across, down to just above the target's rim is left to the caller.
+fn travel(out: &mut Vec<String>, p: Point) {
+    out.push(format!("G0 Z{}", mm(SAFE_Z)));
+    out.push(format!("G0 X{} Y{}", mm(p.x), mm(p.y)));
+}
+
+#[async_trait::async_trait]
+impl Instrument for LiquidHandlerDriver {
+    async fn identify(&self) -> Result<Identity, InstrumentError> {
+        let lines = self.gcode("version").await?;
+        let text = lines.join(" ");
+        let firmware = text
+            .split(',')
+            .next()
+            .and_then(|s| s.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .ok_or_else(|| InstrumentError::Protocol(format!("unexpected version reply {text:?}")))?;
+        Ok(Identity { model: "OT-2-style motion controller".into(), serial: self.inner.id.clone(), firmware })
+    }
+
+    async fn prepare(&self, plan: &RunPlan) -> Result<(), InstrumentError> {
+        let deck = Deck::for_plan(plan, &self.inner.library, self.inner.slots).map_err(|m| invalid("labware", m))?;
+        let mut g = self.inner.link.lock().await;
+        for line in deck.declaration() {
+            send(&mut g.0, &line, self.inner.config.ack_timeout).await?;
+        }
+        g.1.deck = deck;
+        Ok(())
+    }
+
+    async fn start(&self, op: &CommandOp) -> Result<Execution, InstrumentError> {
+        let inner = self.inner.clone();
+        inner.cancel.reset();
+        // Plan against a copy of the head so a rejected command changes nothing.
+        let lines = {
+            let g = inner.link.lock().await;
+            let mut head = Head {
+                tool: g.1.tool,
+                tip_mm: g.1.tip_mm,
+                tip_ul: g.1.tip_ul,
+                plunger: g.1.plunger,
+                deck: g.1.deck.clone(),
+                homed: g.1.homed,
+            };
+            let lines = inner.plan(&mut head, op)?;
+            (lines, head)
+        };
+        Ok(spawn(move |tx| async move {
+            let (lines, head) = lines;
+            let mut g = inner.link.lock().await;
+            let n = lines.len();
+            for (i, line) in lines.iter().enumerate() {
+                let within = if line == "M400" || line.starts_with("G28") {
+                    inner.config.motion_timeout
+                } else {
+                    inner.config.ack_timeout
+                };
+                let sent = match inner.cancel.check() {
+                    Ok(()) => send(&mut g.0, line, within).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    // Where the head is now is uncertain: home before the next command.
+                    g.1.homed = false;
+                    return Err(e);
+                }
+                tx.progress((i + 1) as f64 / n as f64, line.clone());
+            }
+            g.1 = head;
+            Ok(Outcome::default())
+        }))
+    }
+
+    async fn status(&self) -> Result<Status, InstrumentError> {
+        let lines = self.gcode("M114.2").await?;
+        let detail = lines.iter().find(|l| l.contains("MCS")).cloned().unwrap_or_default();
+        let busy = self.inner.link.try_lock().is_err();
+        Ok(Status { state: if busy { State::Busy } else { State::Idle }, temperature_c: None, detail })
+    }
+
+    async fn abort(&self) -> Result<(), InstrumentError> {
+        self.inner.cancel.fire();
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! The liquid-handler driver against its simulator over a PTY: the compiled 96-well serial
+//! dilution ends with the simulator's own per-well volumes equal to the compiler's prediction,
+//! and physically impossible motion is refused.
+
+use crate::support::repo;
+use devices::driver::liquid::{LiquidConfig, LiquidHandlerDriver};
+use devices::link::{Endpoint, Link};
+use devices::sim::liquid::{error_reply, LiquidSim};
+use devices::sim::{spawn_serial, Faults, Pty, SimClock};
+use devices::{family, Family, Instrument, InstrumentError, TimeScale};
+use labware::{Library, Site};
+use protocols::plan::{CommandOp, RunPlan};
+use std::sync::{Arc, Mutex};
+
+const FAST: TimeScale = TimeScale(0.0001);
+
+type State = Arc<Mutex<devices::sim::liquid::LiquidState>>;
+
+async fn rig(instrument: &str) -> (LiquidHandlerDriver, State, Pty) {
+    let site = Site::sim().unwrap();
+    let inst = site.instruments.iter().find(|i| i.id == instrument).unwrap().clone();
+    let sim = LiquidSim::new(&inst, Library::shipped());
+    let state = sim.state.clone();
+    let pty = spawn_serial(sim, Faults::default(), SimClock::new(FAST), error_reply).unwrap();
+    let link = Link::open(Endpoint::Serial(pty.path.clone())).await.unwrap();
+    let driver = LiquidHandlerDriver::new(&inst, Library::shipped(), link, LiquidConfig::default());
+    (driver, state, pty)
+}
+
+fn compile(file: &str) -> (RunPlan, protocols::check::Tracked) {
+    let text = std::fs::read_to_string(repo().join("protocols/examples").join(file)).unwrap();
+    let c = protocols::compile(
+        &protocols::SourceFile::new(file, text),
+        protocols::Format::Auto,
+        &Site::sim().unwrap(),
+        &Library::shipped(),
+    );
+    (c.plan.unwrap(), c.tracked.unwrap())
+}
+
+#[tokio::test]
+async fn serial_dilution_volumes_in_the_simulator_match_the_compiler_within_a_tenth_of_a_microlitre() {
+    let (plan, tracked) = compile("serial-dilution.yaml");
+    let (driver, state, _pty) = rig("lh1").await;
+    // The technician fills the reservoir as the protocol's labware section says.
+    state.lock().unwrap().fill("reservoir", "A1", 12_000.0);
+    state.lock().unwrap().fill("reservoir", "A2", 2_000.0);
+    assert!(driver.identify().await.unwrap().firmware.contains("lw-sim"));
+    driver.prepare(&plan).await.unwrap();
+    let mut sent = 0;
+    for task in &plan.tasks {
+        for cmd in &task.commands {
+            if family(&cmd.op) == Family::LiquidHandler {
+                driver.start(&cmd.op).await.unwrap().finish().await.unwrap_or_else(|e| panic!("{:?}: {e}", cmd.op));
+                sent += 1;
+            }
+        }
+    }
+    assert!(sent > 600, "the whole dilution ran ({sent} commands)");
+    let s = state.lock().unwrap();
+    let mut compared = 0;
+    let mut worst: f64 = 0.0;
+    for (slot, lw) in plan.labware.iter().enumerate() {
+        let def = Library::shipped().get(&lw.load_name).unwrap().clone();
+        if def.tip.is_some() {
+            continue;
+        }
+        for (j, w) in def.wells.iter().enumerate() {
+            let predicted = tracked.wells[slot][j].volume();
+            let simulated = s.volume(&lw.name, &w.name);
+            worst = worst.max((predicted - simulated).abs());
+            assert!(
+                (predicted - simulated).abs() <= 0.1,
+                "{} {}: compiler predicts {predicted:.3} µL, simulator measured {simulated:.3} µL",
+                lw.name,
+                w.name
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 96 + 12);
+    assert!(s.volume("plate", "A12") > 100.0, "the last column holds liquid");
+    assert!(s.tips.iter().all(Option::is_none), "all tips were dropped");
+    eprintln!("serial dilution: {sent} commands, worst per-well difference {worst:.6} µL, waste {:.2} µL", s.waste_ul);
+}
+
+#[tokio::test]
+async fn the_simulator_refuses_impossible_motion() {
+    let (plan, _) = compile("serial-dilution.yaml");
+    let (driver, state, _pty) = rig("lh1").await;
+    state.lock().unwrap().fill("reservoir", "A1", 50.0);
+    driver.prepare(&plan).await.unwrap();
+    // The driver itself refuses an aspirate with no tip before anything moves.
+    let e = driver
+        .start(&CommandOp::Aspirate {
+            pipette: "p300_single".into(),
+            labware: "reservoir".into(),
+            well: "A1".into(),
+            volume_ul: 10.0,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no tip"), "{e}");
+    // Raw G-code that a buggy driver might send: the simulator refuses it.
+    driver.start(&CommandOp::Home).await.unwrap().finish().await.unwrap();
+    let over_reservoir = {
+        let s = state.lock().unwrap();
+        s.deck.well_bottom("reservoir", "A1").unwrap()
+    };
+    driver.gcode(&format!("G0 X{} Y{}", over_reservoir.x, over_reservoir.y)).await.unwrap();
+    let e = driver.gcode("G0 Z0.5").await.unwrap_err();
+    assert!(matches!(&e, InstrumentError::Device { message, .. } if message.contains("below the bottom")), "{e}");
+    let e = driver.gcode("G0 B25").await.unwrap_err();
+    assert!(e.to_string().contains("past its travel"), "{e}");
+    // Drawing up with a bare nozzle inside a well.
+    driver.gcode("G0 Z20").await.unwrap();
+    let e = driver.gcode("G0 B10").await.unwrap_err();
+    assert!(e.to_string().contains("no tip"), "{e}");
+    // Aspirating more than the well holds (with a tip).
+    driver.gcode("G0 Z150").await.unwrap();
+    driver
+        .start(&CommandOp::PickUpTip { pipette: "p300_single".into(), rack: "tips_a".into(), well: "A1".into() })
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
+    let e = driver
+        .start(&CommandOp::Aspirate {
+            pipette: "p300_single".into(),
+            labware: "reservoir".into(),
+            well: "A1".into(),
+            volume_ul: 200.0,
+        })
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("would draw air"), "{e}");
+    assert_eq!(state.lock().unwrap().volume("reservoir", "A1"), 50.0, "a refused aspirate moves no liquid");
+}
+
+#[tokio::test]
+async fn an_eight_channel_head_fills_a_column_at_once() {
+    let (plan, _) = compile("serial-dilution.yaml");
+    let (driver, state, _pty) = rig("lh3").await;
+    for w in ["A1", "B1", "C1", "D1", "E1", "F1", "G1", "H1"] {
+        state.lock().unwrap().fill("plate", w, 0.0);
+    }
+    state.lock().unwrap().fill("reservoir", "A1", 12_000.0);
+    driver.prepare(&plan).await.unwrap();
+    let run = |op: CommandOp| {
+        let d = driver.clone();
+        async move { d.start(&op).await.unwrap().finish().await.unwrap() }
+    };
+    let p = "p300_multi".to_string();
+    run(CommandOp::PickUpTip { pipette: p.clone(), rack: "tips_a".into(), well: "A1".into() }).await;
+    run(CommandOp::Aspirate { pipette: p.clone(), labware: "reservoir".into(), well: "A1".into(), volume_ul: 50.0 })
+        .await;
+    run(CommandOp::Dispense { pipette: p.clone(), labware: "plate".into(), well: "A2".into(), volume_ul: 50.0 }).await;
+    run(CommandOp::DropTip { pipette: p }).await;
+    let s = state.lock().unwrap();
+    for row in ["A", "B", "C", "D", "E", "F", "G", "H"] {
+        assert!((s.volume("plate", &format!("{row}2")) - 50.0).abs() < 1e-3, "{row}2");
+        assert!(s.tips_used.contains(&("tips_a".to_string(), format!("{row}1"))), "tip {row}1 taken");
+    }
+    assert!((s.volume("reservoir", "A1") - (12_000.0 - 400.0)).abs() < 1e-3);
+}
