@@ -18,6 +18,7 @@ pub mod error;
 pub mod instrument;
 pub mod link;
 pub mod route;
+pub mod sila;
 pub mod sim;
 
 pub use error::{InstrumentError, Recovery};

@@ -4,7 +4,7 @@
 // pub mod arm;
 pub mod liquid;
 pub mod module;
-// pub mod reader;
+pub mod reader;
 // pub mod station;
 
 use crate::error::InstrumentError;

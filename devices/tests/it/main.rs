@@ -3,4 +3,5 @@
 
 mod liquid;
 mod modules;
+mod reader;
 mod support;
