@@ -2,4 +2,6 @@
 
 pub mod lines;
 pub mod module;
+pub mod pf400;
 pub mod smoothie;
+pub mod station;

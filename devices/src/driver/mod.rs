@@ -1,11 +1,11 @@
 //! Drivers: each turns plan commands into its family's wire protocol over a [`crate::link::Link`]
 //! (or a SiLA channel) and implements [`crate::Instrument`].
 
-// pub mod arm;
+pub mod arm;
 pub mod liquid;
 pub mod module;
 pub mod reader;
-// pub mod station;
+pub mod station;
 
 use crate::error::InstrumentError;
 use crate::instrument::{Execution, ExecutionSender, Outcome};

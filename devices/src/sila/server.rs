@@ -48,11 +48,14 @@ impl ReaderConfig {
     }
 }
 
+/// Values and their unit, or the SiLA error the read ended with.
+type ReadResult = Result<(Vec<f64>, String), Status>;
+
 /// A finished or running read.
 #[derive(Debug)]
 struct Run {
     info: watch::Receiver<ExecutionInfo>,
-    result: Arc<Mutex<Option<Result<(Vec<f64>, String), Status>>>>,
+    result: Arc<Mutex<Option<ReadResult>>>,
 }
 
 #[derive(Debug)]
@@ -242,7 +245,7 @@ impl ReaderSim {
         })?;
         let stream = async_stream(move |yield_| async move {
             loop {
-                let current = rx.borrow_and_update().clone();
+                let current = *rx.borrow_and_update();
                 let done = matches!(
                     CommandStatus::try_from(current.command_status),
                     Ok(CommandStatus::FinishedSuccessfully | CommandStatus::FinishedWithError)

@@ -4,11 +4,10 @@
 //! time with the device clock; [`serve`] puts it on a byte stream (a PTY or a TCP socket) and
 //! applies the configured [`Faults`].
 
-// pub mod arm;
+pub mod arm;
 pub mod liquid;
 pub mod module;
-// pub mod reader;
-// pub mod station;
+pub mod station;
 
 use crate::instrument::TimeScale;
 use std::time::Instant;
@@ -210,23 +209,6 @@ pub fn pty() -> std::io::Result<(tokio_serial::SerialStream, Pty)> {
     Ok((master, Pty { path, _slave: slave }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn faults_parse_and_name_bad_items() {
-        let f = Faults::parse("timeout=M104, error=M3:ERR120,disconnect_after=5,slow_ms=20,stuck_door").unwrap();
-        assert_eq!(f.timeout_on, vec!["M104"]);
-        assert_eq!(f.error_for("m3"), Some("ERR120"));
-        assert_eq!(f.disconnect_after, Some(5));
-        assert!(f.stuck_door);
-        assert!(Faults::parse("error=M3").unwrap_err().contains("WORD:CODE"));
-        assert!(Faults::parse("explode").unwrap_err().contains("unknown fault"));
-        assert!(Faults::parse("slow_ms=fast").unwrap_err().contains("milliseconds"));
-    }
-}
-
 /// Serves `device` on a new PTY in the background; returns the path drivers open. The PTY
 /// vanishes (readers get EIO) when the device hangs up (`disconnect_after`).
 pub fn spawn_serial<D: LineDevice>(
@@ -260,4 +242,21 @@ pub async fn spawn_tcp<D: LineDevice>(
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_name_bad_items() {
+        let f = Faults::parse("timeout=M104, error=M3:ERR120,disconnect_after=5,slow_ms=20,stuck_door").unwrap();
+        assert_eq!(f.timeout_on, vec!["M104"]);
+        assert_eq!(f.error_for("m3"), Some("ERR120"));
+        assert_eq!(f.disconnect_after, Some(5));
+        assert!(f.stuck_door);
+        assert!(Faults::parse("error=M3").unwrap_err().contains("WORD:CODE"));
+        assert!(Faults::parse("explode").unwrap_err().contains("unknown fault"));
+        assert!(Faults::parse("slow_ms=fast").unwrap_err().contains("milliseconds"));
+    }
 }

@@ -193,7 +193,7 @@ impl LineDevice for ModuleSim {
                 self.ok("M119", &format!("Lid:{lid}"))
             }
             "M3" if hs => match s {
-                Some(Ok(rpm)) if rpm == 0.0 => {
+                Some(Ok(0.0)) => {
                     self.speed.set(None, now);
                     self.ok("M3", "")
                 }

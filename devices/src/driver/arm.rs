@@ -1,0 +1,214 @@
+//! Robot-arm driver: PF400-style text lines over TCP. Moves a plate from nest to nest as
+//! approach → grip → retract → approach → release → retract, waiting for each motion by polling
+//! `wherej` (which keeps the link free for `halt`), as PyLabRobot's driver does.
+
+use super::{spawn, Cancel};
+use crate::codec::pf400::{self, Reply};
+use crate::error::InstrumentError;
+use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, State, Status};
+use crate::link::Link;
+use protocols::plan::CommandOp;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Timing of the arm link.
+#[derive(Debug, Clone)]
+pub struct ArmConfig {
+    pub reply_timeout: Duration,
+    /// Poll period while waiting for motion to end (50 ms on a real arm).
+    pub poll: Duration,
+    /// Give up on one move after this long.
+    pub move_limit: Duration,
+}
+
+impl Default for ArmConfig {
+    fn default() -> Self {
+        ArmConfig {
+            reply_timeout: Duration::from_secs(10),
+            poll: Duration::from_millis(50),
+            move_limit: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Taught locations in order: location index = position + 1.
+    locations: Vec<String>,
+    config: ArmConfig,
+    link: Mutex<(Link, bool)>,
+    /// Where each plate is, as far as this arm knows.
+    plates: std::sync::Mutex<BTreeMap<String, String>>,
+    cancel: Cancel,
+}
+
+/// One arm.
+#[derive(Debug, Clone)]
+pub struct ArmDriver {
+    inner: Arc<Inner>,
+}
+
+impl ArmDriver {
+    /// `locations` are the arm's reach, in the order they were taught (index 1, 2, …).
+    pub fn new(locations: Vec<String>, link: Link, config: ArmConfig) -> Self {
+        ArmDriver {
+            inner: Arc::new(Inner {
+                locations,
+                config,
+                link: Mutex::new((link, false)),
+                plates: std::sync::Mutex::new(BTreeMap::new()),
+                cancel: Cancel::default(),
+            }),
+        }
+    }
+
+    /// Tells the driver where a plate is (the executor knows from the schedule).
+    pub fn locate(&self, labware: &str, location: &str) {
+        if let Ok(mut p) = self.inner.plates.lock() {
+            p.insert(labware.to_string(), location.to_string());
+        }
+    }
+
+    /// Where the driver believes a plate is.
+    pub fn location_of(&self, labware: &str) -> Option<String> {
+        self.inner.plates.lock().ok().and_then(|p| p.get(labware).cloned())
+    }
+
+    /// One raw command (service use and tests).
+    pub async fn command(&self, line: &str) -> Result<Reply, InstrumentError> {
+        let mut g = self.inner.link.lock().await;
+        exchange(&mut g.0, line, self.inner.config.reply_timeout).await
+    }
+}
+
+async fn exchange(link: &mut Link, line: &str, within: Duration) -> Result<Reply, InstrumentError> {
+    link.send(&pf400::encode(line)).await?;
+    link.read_reply(within, pf400::poll).await
+}
+
+impl Inner {
+    fn index(&self, location: &str) -> Result<usize, InstrumentError> {
+        self.locations.iter().position(|l| l == location).map(|i| i + 1).ok_or_else(|| InstrumentError::Validation {
+            parameter: "to".into(),
+            message: format!("`{location}` is not a location this arm reaches ({})", self.locations.join(", ")),
+        })
+    }
+
+    /// Powers, attaches and homes the arm once per connection.
+    async fn ready(&self, link: &mut Link, ready: &mut bool) -> Result<(), InstrumentError> {
+        if *ready && link.is_open() {
+            return Ok(());
+        }
+        let t = self.config.reply_timeout;
+        exchange(link, "mode 0", t).await?;
+        exchange(link, "hp 1 20", t).await?;
+        exchange(link, "attach 1", t).await?;
+        exchange(link, "home", t.max(Duration::from_secs(60))).await?;
+        *ready = true;
+        Ok(())
+    }
+
+    /// Polls `wherej` until two samples agree within 0.02 on every joint.
+    async fn settle(&self, link: &mut Link) -> Result<(), InstrumentError> {
+        let start = tokio::time::Instant::now();
+        let mut last: Option<Vec<f64>> = None;
+        loop {
+            if self.cancel.check().is_err() {
+                let _ = exchange(link, "halt", self.config.reply_timeout).await;
+                return Err(InstrumentError::Cancelled);
+            }
+            let j = exchange(link, "wherej", self.config.reply_timeout).await?.numbers()?;
+            if let Some(prev) = &last {
+                if prev.len() == j.len() && prev.iter().zip(&j).all(|(a, b)| (a - b).abs() < 0.02) {
+                    return Ok(());
+                }
+            }
+            last = Some(j);
+            if start.elapsed() > self.config.move_limit {
+                let _ = exchange(link, "halt", self.config.reply_timeout).await;
+                return Err(InstrumentError::Timeout(self.config.move_limit));
+            }
+            tokio::time::sleep(self.config.poll).await;
+        }
+    }
+
+    async fn transfer(
+        &self,
+        from: usize,
+        to: usize,
+        progress: &(dyn Fn(f64, String) + Sync),
+    ) -> Result<(), InstrumentError> {
+        let mut g = self.link.lock().await;
+        let (link, ready) = &mut *g;
+        self.ready(link, ready).await?;
+        let t = self.config.reply_timeout;
+        let steps: [(&str, bool); 10] = [
+            ("gripper 1", false),
+            (&format!("moveAppro {from} 1"), true),
+            (&format!("move {from} 1"), true),
+            ("gripper 2", false),
+            (&format!("moveAppro {from} 1"), true),
+            (&format!("moveAppro {to} 1"), true),
+            (&format!("move {to} 1"), true),
+            ("gripper 1", false),
+            (&format!("moveAppro {to} 1"), true),
+            ("nop", false),
+        ];
+        for (i, (cmd, motion)) in steps.iter().enumerate() {
+            self.cancel.check()?;
+            exchange(link, cmd, t).await?;
+            if *motion {
+                self.settle(link).await?;
+            }
+            progress((i + 1) as f64 / steps.len() as f64, cmd.to_string());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Instrument for ArmDriver {
+    async fn identify(&self) -> Result<Identity, InstrumentError> {
+        let v = self.command("version").await?;
+        Ok(Identity { model: "PF400-style arm".into(), serial: String::new(), firmware: v.data })
+    }
+
+    async fn start(&self, op: &CommandOp) -> Result<Execution, InstrumentError> {
+        let CommandOp::MoveLabware { labware, to } = op else { return Err(unsupported("a robot arm", op)) };
+        let inner = self.inner.clone();
+        let from_name = self.location_of(labware).ok_or_else(|| InstrumentError::Validation {
+            parameter: "labware".into(),
+            message: format!("the arm does not know where `{labware}` is; locate it first"),
+        })?;
+        let from = inner.index(&from_name)?;
+        let to_idx = inner.index(to)?;
+        inner.cancel.reset();
+        let (labware, to) = (labware.clone(), to.clone());
+        Ok(spawn(move |tx| async move {
+            let report = |f: f64, m: String| tx.progress(f, m);
+            inner.transfer(from, to_idx, &report).await?;
+            if let Ok(mut p) = inner.plates.lock() {
+                p.insert(labware, to);
+            }
+            Ok(Outcome::default())
+        }))
+    }
+
+    async fn status(&self) -> Result<Status, InstrumentError> {
+        let s = self.command("sysState").await?;
+        let state = match s.data.trim() {
+            "21" | "20" | "11" | "12" => State::Idle,
+            "15" => State::Fault("hard E-stop engaged".into()),
+            "5" | "4" => State::Fault("fault must be cleared".into()),
+            other => State::Fault(format!("system state {other}")),
+        };
+        Ok(Status { state, temperature_c: None, detail: format!("sysState {}", s.data) })
+    }
+
+    async fn abort(&self) -> Result<(), InstrumentError> {
+        self.inner.cancel.fire();
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! Simulated PF400-style arm: power, attach, home, taught locations with plates in them, a
+//! gripper, joint motion that takes device time (so `wherej` changes until the move ends).
+
+use super::{LineDevice, Response};
+
+/// Joints reported by `wherej`.
+const JOINTS: usize = 5;
+
+/// The simulated controller.
+#[derive(Debug)]
+pub struct ArmSim {
+    powered: bool,
+    attached: bool,
+    homed: bool,
+    /// Motion: from, to, start and end in device seconds.
+    from: [f64; JOINTS],
+    to: [f64; JOINTS],
+    t0: f64,
+    t1: f64,
+    gripper_closed: bool,
+    holding: bool,
+    /// Which location the arm is exactly at (not an approach position).
+    at: Option<usize>,
+    /// Taught locations: whether each holds a plate.
+    pub occupied: Vec<bool>,
+    names: Vec<String>,
+}
+
+fn taught(index: usize, approach: bool) -> [f64; JOINTS] {
+    let i = index as f64;
+    [if approach { 300.0 } else { 250.0 }, 20.0 * i, 90.0 - 10.0 * i, 5.0 * i, 80.0]
+}
+
+impl ArmSim {
+    /// `locations` in the order they were taught (index 1 is the first).
+    pub fn new(locations: &[String]) -> Self {
+        let home = [300.0, 0.0, 0.0, 0.0, 80.0];
+        ArmSim {
+            powered: false,
+            attached: false,
+            homed: false,
+            from: home,
+            to: home,
+            t0: 0.0,
+            t1: 0.0,
+            gripper_closed: false,
+            holding: false,
+            at: None,
+            occupied: vec![false; locations.len()],
+            names: locations.to_vec(),
+        }
+    }
+
+    /// Puts a plate at a location (the technician loading the hotel).
+    pub fn place(&mut self, location: &str) {
+        if let Some(i) = self.names.iter().position(|n| n == location) {
+            self.occupied[i] = true;
+        }
+    }
+
+    fn joints(&self, now: f64) -> [f64; JOINTS] {
+        if now >= self.t1 || self.t1 <= self.t0 {
+            return self.to;
+        }
+        let f = (now - self.t0) / (self.t1 - self.t0);
+        std::array::from_fn(|k| self.from[k] + (self.to[k] - self.from[k]) * f)
+    }
+
+    fn moving(&self, now: f64) -> bool {
+        now < self.t1
+    }
+
+    fn go(&mut self, target: [f64; JOINTS], now: f64) {
+        self.from = self.joints(now);
+        let dist = self.from.iter().zip(&target).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        self.to = target;
+        self.t0 = now;
+        self.t1 = now + 0.5 + dist / 100.0;
+    }
+
+    fn reply(code: i32, data: &str) -> Response {
+        Response::Reply(if data.is_empty() { format!("{code}\r\n") } else { format!("{code} {data}\r\n") }.into_bytes())
+    }
+}
+
+/// A PF400-style error reply.
+pub fn error_reply(_line: &str, code: &str) -> Vec<u8> {
+    format!("{code} injected error\r\n").into_bytes()
+}
+
+impl LineDevice for ArmSim {
+    fn handle(&mut self, line: &str, now: f64) -> Response {
+        let mut w = line.split_whitespace();
+        let cmd = w.next().unwrap_or("");
+        let args: Vec<&str> = w.collect();
+        let motion_ready = |s: &ArmSim| -> Option<Response> {
+            if !s.powered {
+                Some(Self::reply(-1046, "Power not enabled"))
+            } else if !s.attached {
+                Some(Self::reply(-1009, "No robot attached"))
+            } else if !s.homed {
+                Some(Self::reply(-1021, "Robot not homed"))
+            } else {
+                None
+            }
+        };
+        match cmd {
+            "mode" | "nop" | "selectRobot" => Self::reply(0, ""),
+            "version" => Self::reply(0, "Labwright simulated PF400 3.0"),
+            "sysState" => Self::reply(
+                0,
+                if self.powered {
+                    if self.attached {
+                        "21"
+                    } else {
+                        "20"
+                    }
+                } else {
+                    "7"
+                },
+            ),
+            "hp" => {
+                self.powered = args.first() == Some(&"1");
+                Self::reply(0, "")
+            }
+            "attach" => {
+                if args.first() == Some(&"1") {
+                    if !self.powered {
+                        return Self::reply(-1007, "Robot not ready to be attached");
+                    }
+                    self.attached = true;
+                } else {
+                    self.attached = false;
+                }
+                Self::reply(0, "")
+            }
+            "home" => {
+                if !self.powered {
+                    return Self::reply(-1046, "Power not enabled");
+                }
+                if !self.attached {
+                    return Self::reply(-1009, "No robot attached");
+                }
+                self.homed = true;
+                self.go([300.0, 0.0, 0.0, 0.0, 80.0], now);
+                self.t1 = now; // the reply comes when homing is done
+                self.at = None;
+                Self::reply(0, "")
+            }
+            "wherej" => {
+                let j = self.joints(now);
+                Self::reply(0, &j.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" "))
+            }
+            "halt" => {
+                let j = self.joints(now);
+                self.to = j;
+                self.t1 = now;
+                Self::reply(0, "")
+            }
+            "move" | "moveAppro" => {
+                if let Some(e) = motion_ready(self) {
+                    return e;
+                }
+                let Some(idx) = args.first().and_then(|a| a.parse::<usize>().ok()) else {
+                    return Self::reply(-205, "Missing argument");
+                };
+                if idx == 0 || idx > self.names.len() {
+                    return Self::reply(-202, "Invalid argument: no such location");
+                }
+                if cmd == "move" && self.holding && self.occupied[idx - 1] {
+                    // Lowering a plate onto a plate.
+                    self.powered = false;
+                    return Self::reply(-3100, "Hard envelope error: collision at the nest");
+                }
+                self.go(taught(idx, cmd == "moveAppro"), now);
+                self.at = if cmd == "move" { Some(idx - 1) } else { None };
+                Self::reply(0, "")
+            }
+            "gripper" => {
+                if self.moving(now) {
+                    return Self::reply(-1011, "Illegal during motion");
+                }
+                match args.first() {
+                    Some(&"2") => {
+                        self.gripper_closed = true;
+                        if let Some(i) = self.at {
+                            if self.occupied[i] && !self.holding {
+                                self.occupied[i] = false;
+                                self.holding = true;
+                            }
+                        }
+                        Self::reply(0, "")
+                    }
+                    Some(&"1") => {
+                        self.gripper_closed = false;
+                        if self.holding {
+                            match self.at {
+                                Some(i) => {
+                                    self.occupied[i] = true;
+                                    self.holding = false;
+                                }
+                                None => return Self::reply(-3122, "Soft envelope error: released a plate in mid-air"),
+                            }
+                        }
+                        Self::reply(0, "")
+                    }
+                    _ => Self::reply(-205, "Missing argument"),
+                }
+            }
+            _ => Self::reply(-204, "Not implemented"),
+        }
+    }
+}
