@@ -70,3 +70,90 @@ where
     });
     exec
 }
+
+/// Opens the driver for one site instrument at `endpoint` (its lab.toml endpoint, or a
+/// simulator's address). Serial devices speak the family's G-code or LWSP/1; readers SiLA 2.
+pub async fn open(
+    instrument: &labware::site::Instrument,
+    endpoint: &crate::link::Endpoint,
+    config: &OpenConfig,
+) -> Result<Arc<dyn crate::Instrument>, InstrumentError> {
+    use crate::link::{Endpoint, Link};
+    use labware::InstrumentClass as C;
+    let link = || async {
+        match endpoint {
+            Endpoint::Serial(_) | Endpoint::Tcp(_) => Link::open(endpoint.clone()).await,
+            other => Err(InstrumentError::Validation {
+                parameter: "endpoint".into(),
+                message: format!("{} is a {:?} endpoint; its family needs serial: or tcp:", instrument.id, other),
+            }),
+        }
+    };
+    Ok(match instrument.class {
+        C::LiquidHandler => Arc::new(liquid::LiquidHandlerDriver::new(
+            instrument,
+            labware::Library::shipped(),
+            link().await?,
+            liquid::LiquidConfig::default(),
+        )),
+        C::HeaterShaker | C::Thermocycler => {
+            let d = if instrument.class == C::HeaterShaker {
+                crate::codec::module::Dialect::HeaterShaker
+            } else {
+                crate::codec::module::Dialect::ThermocyclerGen2
+            };
+            Arc::new(module::ModuleDriver::new(d, link().await?, module::ModuleConfig::for_dialect(d, config.scale)))
+        }
+        C::PlateReader => {
+            let Endpoint::Sila { address, tls } = endpoint else {
+                return Err(InstrumentError::Validation {
+                    parameter: "endpoint".into(),
+                    message: format!(
+                        "{} is a plate reader: give a sila:HOST:PORT or silas:HOST:PORT endpoint",
+                        instrument.id
+                    ),
+                });
+            };
+            let ca = if *tls { config.sila_ca.as_deref() } else { None };
+            if *tls && ca.is_none() {
+                return Err(InstrumentError::Validation {
+                    parameter: "tls".into(),
+                    message: "a silas: endpoint needs the server's CA certificate".into(),
+                });
+            }
+            Arc::new(reader::PlateReaderDriver::new(reader::connect(address, ca, Duration::from_secs(5)).await?))
+        }
+        C::Sealer | C::Centrifuge | C::Incubator | C::PlateHotel => {
+            let kind = match instrument.class {
+                C::Sealer => station::StationKind::Sealer,
+                C::Centrifuge => station::StationKind::Centrifuge,
+                C::Incubator => station::StationKind::Incubator,
+                _ => station::StationKind::Hotel,
+            };
+            Arc::new(station::StationDriver::new(kind, link().await?, station::StationConfig::new(config.scale)))
+        }
+        C::RobotArm | C::Technician => {
+            return Err(InstrumentError::Validation {
+                parameter: "class".into(),
+                message: format!("{} has no driver of its own", instrument.id),
+            })
+        }
+    })
+}
+
+/// Opens an arm's driver.
+pub async fn open_arm(
+    arm: &labware::site::Arm,
+    endpoint: &crate::link::Endpoint,
+) -> Result<Arc<arm::ArmDriver>, InstrumentError> {
+    let link = crate::link::Link::open(endpoint.clone()).await?;
+    Ok(Arc::new(arm::ArmDriver::new(arm.reach.clone(), link, arm::ArmConfig::default())))
+}
+
+/// Settings shared by every driver [`open`] makes.
+#[derive(Debug, Clone)]
+pub struct OpenConfig {
+    pub scale: crate::instrument::TimeScale,
+    /// CA certificate (PEM) for `silas:` endpoints.
+    pub sila_ca: Option<String>,
+}

@@ -7,6 +7,7 @@
 pub mod arm;
 pub mod liquid;
 pub mod module;
+pub mod site;
 pub mod station;
 
 use crate::instrument::TimeScale;

@@ -5,4 +5,5 @@
 //! executor) builds on it.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod daemon;
 pub mod labctl;

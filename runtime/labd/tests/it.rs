@@ -166,3 +166,51 @@ fn no_corpus_file_crashes_labctl() {
         );
     }
 }
+
+/// `labd sim` starts every simulated instrument of the shipped site as its own endpoint, prints
+/// one JSON line per instrument, and Labwright's drivers reach each one as if it were real.
+#[test]
+fn labd_sim_serves_every_instrument_of_the_site_and_drivers_reach_them() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+        .args(["sim", "--format", "json", "--time-scale", "0.01", "--site"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../sites/sim.toml"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let site = labware::Site::sim().unwrap();
+    let expected =
+        site.instruments.len() + site.arms.len() - site.instruments_of(labware::InstrumentClass::RobotArm).count();
+    let mut lines = Vec::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    while lines.len() < expected {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0, "labd sim stopped after {} lines", lines.len());
+        lines.push(serde_json::from_str::<serde_json::Value>(&l).unwrap());
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for l in &lines {
+            let id = l["id"].as_str().unwrap();
+            let endpoint = devices::link::Endpoint::parse(&format!(
+                "{}:{}",
+                l["transport"].as_str().unwrap(),
+                l["address"].as_str().unwrap()
+            ))
+            .unwrap();
+            if let Some(arm) = site.arms.iter().find(|a| a.id == id) {
+                let d = devices::driver::open_arm(arm, &endpoint).await.unwrap();
+                assert_eq!(d.command("nop").await.unwrap().code, 0, "{id}");
+                continue;
+            }
+            let inst = site.instruments.iter().find(|i| i.id == id).unwrap();
+            assert_eq!(l["class"].as_str().unwrap(), inst.class.as_str());
+            let cfg = devices::driver::OpenConfig { scale: devices::TimeScale(0.01), sila_ca: None };
+            let d = devices::driver::open(inst, &endpoint, &cfg).await.unwrap_or_else(|e| panic!("{id}: {e}"));
+            let who = d.identify().await.unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert!(!who.model.is_empty() || !who.firmware.is_empty(), "{id}: {who:?}");
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,136 @@
+//! Starts every simulated instrument of a site as its own endpoint — PTYs for serial devices,
+//! loopback TCP for arms, a SiLA server for readers — so drivers (ours or anyone's) reach them
+//! exactly as they would reach real instruments.
+
+use super::arm::{self, ArmSim};
+use super::liquid::{self, LiquidSim};
+use super::module::{error_reply_for, ModuleSim};
+use super::station::{self, StationSim};
+use super::{spawn_serial, spawn_tcp, Faults, Pty, SimClock};
+use crate::codec::module::Dialect;
+use crate::driver::station::StationKind;
+use crate::instrument::TimeScale;
+use crate::sila::server::{ReaderConfig, ReaderSim};
+use labware::{InstrumentClass, Library, Site};
+use std::collections::BTreeMap;
+
+/// Where one simulated instrument listens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listening {
+    pub id: String,
+    pub class: String,
+    /// `serial`, `tcp` or `sila`.
+    pub transport: &'static str,
+    /// A device path or host:port.
+    pub address: String,
+}
+
+impl Listening {
+    /// The `endpoint` value to put in lab.toml to drive this simulator.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.transport, self.address)
+    }
+
+    /// One JSON object, as `labd sim --format json` prints it.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({"id": self.id, "class": self.class, "transport": self.transport, "address": self.address})
+            .to_string()
+    }
+}
+
+/// The running simulators; dropping this closes the PTYs.
+#[derive(Debug, Default)]
+pub struct SimulatedSite {
+    pub listening: Vec<Listening>,
+    ptys: Vec<Pty>,
+    /// The liquid handlers' own accounts of liquid, by instrument id.
+    pub liquid: BTreeMap<String, std::sync::Arc<std::sync::Mutex<liquid::LiquidState>>>,
+}
+
+fn module_error(d: Dialect) -> fn(&str, &str) -> Vec<u8> {
+    match d {
+        Dialect::HeaterShaker => |_, c| error_reply_for(Dialect::HeaterShaker, &format!("{c}:injected fault")),
+        Dialect::ThermocyclerGen2 => |_, c| error_reply_for(Dialect::ThermocyclerGen2, &format!("{c}:injected fault")),
+        Dialect::TemperatureModule => {
+            |_, c| error_reply_for(Dialect::TemperatureModule, &format!("{c}:injected fault"))
+        }
+    }
+}
+
+/// Starts a simulator for every instrument and arm of the site. `faults` maps instrument ids to
+/// fault specs ([`Faults::parse`]); an id that is not in the site is an error.
+pub async fn start(
+    site: &Site,
+    scale: TimeScale,
+    faults: &BTreeMap<String, Faults>,
+    host: &str,
+) -> Result<SimulatedSite, String> {
+    for id in faults.keys() {
+        if !site.instruments.iter().any(|i| &i.id == id) && !site.arms.iter().any(|a| &a.id == id) {
+            return Err(format!("faults name `{id}`, which is not an instrument or arm of site `{}`", site.site.name));
+        }
+    }
+    let clock = SimClock::new(scale);
+    let mut out = SimulatedSite::default();
+    let io = |e: std::io::Error| format!("cannot start a simulator: {e}");
+    for inst in &site.instruments {
+        let f = faults.get(&inst.id).cloned().unwrap_or_default();
+        let serial = format!("{}-sim", inst.id);
+        let (transport, address) = match inst.class {
+            InstrumentClass::LiquidHandler => {
+                let sim = LiquidSim::new(inst, Library::shipped());
+                out.liquid.insert(inst.id.clone(), sim.state.clone());
+                let pty = spawn_serial(sim, f, clock, liquid::error_reply).map_err(io)?;
+                ("serial", keep(&mut out.ptys, pty))
+            }
+            InstrumentClass::HeaterShaker | InstrumentClass::Thermocycler => {
+                let d = if inst.class == InstrumentClass::HeaterShaker {
+                    Dialect::HeaterShaker
+                } else {
+                    Dialect::ThermocyclerGen2
+                };
+                let pty = spawn_serial(ModuleSim::new(d, &serial), f, clock, module_error(d)).map_err(io)?;
+                ("serial", keep(&mut out.ptys, pty))
+            }
+            InstrumentClass::PlateReader => {
+                let sim = ReaderSim::new(ReaderConfig::from_site(inst, scale, f));
+                let addr = sim.serve(&format!("{host}:0"), None).await.map_err(io)?;
+                ("sila", addr.to_string())
+            }
+            InstrumentClass::Sealer
+            | InstrumentClass::Centrifuge
+            | InstrumentClass::Incubator
+            | InstrumentClass::PlateHotel => {
+                let kind = match inst.class {
+                    InstrumentClass::Sealer => StationKind::Sealer,
+                    InstrumentClass::Centrifuge => StationKind::Centrifuge,
+                    InstrumentClass::Incubator => StationKind::Incubator,
+                    _ => StationKind::Hotel,
+                };
+                let pty = spawn_serial(StationSim::new(kind, &serial, inst.capacity), f, clock, station::error_reply)
+                    .map_err(io)?;
+                ("serial", keep(&mut out.ptys, pty))
+            }
+            InstrumentClass::RobotArm | InstrumentClass::Technician => continue,
+        };
+        out.listening.push(Listening { id: inst.id.clone(), class: inst.class.as_str().into(), transport, address });
+    }
+    for a in &site.arms {
+        let f = faults.get(&a.id).cloned().unwrap_or_default();
+        let addr =
+            spawn_tcp(ArmSim::new(&a.reach), f, clock, arm::error_reply, &format!("{host}:0")).await.map_err(io)?;
+        out.listening.push(Listening {
+            id: a.id.clone(),
+            class: "robot_arm".into(),
+            transport: "tcp",
+            address: addr.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+fn keep(ptys: &mut Vec<Pty>, pty: Pty) -> String {
+    let path = pty.path.clone();
+    ptys.push(pty);
+    path
+}

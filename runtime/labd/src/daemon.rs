@@ -1,0 +1,118 @@
+//! The `labd` command line.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use devices::sim::Faults;
+use devices::TimeScale;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "labd", version, about = "Labwright runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the simulated instruments of a site as separate endpoints (PTYs, TCP ports, SiLA
+    /// servers) and print where each listens; stops on Ctrl-C or SIGTERM.
+    Sim {
+        /// Site description (lab.toml).
+        #[arg(long, default_value = "sites/sim.toml")]
+        site: PathBuf,
+        /// Device time per wall-clock time: 1.0 real time, 0.01 a hundred times faster.
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Inject faults into one instrument: ID:SPEC, e.g. `hs1:timeout=M104,slow_ms=200`
+        /// (see docs/instruments.md). Repeatable.
+        #[arg(long = "fault", value_name = "ID:SPEC")]
+        faults: Vec<String>,
+        /// Address to bind TCP and SiLA simulators to.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        format: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// Runs `labd`; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Sim { site, time_scale, faults, host, format } => match sim(&site, time_scale, &faults, &host, format)
+        {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("labd sim: {e}");
+                1
+            }
+        },
+    }
+}
+
+fn parse_faults(items: &[String]) -> Result<BTreeMap<String, Faults>, String> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (id, spec) =
+            item.split_once(':').ok_or_else(|| format!("--fault `{item}`: write ID:SPEC, e.g. hs1:timeout=M104"))?;
+        let f = Faults::parse(spec).map_err(|e| format!("--fault `{item}`: {e}"))?;
+        out.insert(id.to_string(), f);
+    }
+    Ok(out)
+}
+
+fn sim(site_path: &PathBuf, scale: f64, faults: &[String], host: &str, format: Output) -> Result<(), String> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(format!("--time-scale {scale}: give a positive number (1.0 is real time)"));
+    }
+    let text =
+        std::fs::read_to_string(site_path).map_err(|e| format!("cannot read site {}: {e}", site_path.display()))?;
+    let site = labware::Site::from_toml(&text).map_err(|e| format!("{}: {e}", site_path.display()))?;
+    let faults = parse_faults(faults)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let running = devices::sim::site::start(&site, TimeScale(scale), &faults, host).await?;
+        for l in &running.listening {
+            match format {
+                Output::Json => println!("{}", l.to_json()),
+                Output::Text => println!("{:<10} {:<15} {:<7} {}", l.id, l.class, l.transport, l.address),
+            }
+        }
+        if let Output::Text = format {
+            println!("# {} simulated instruments of site `{}`; in lab.toml use endpoint = \"<transport>:<address>\"; Ctrl-C stops", running.listening.len(), site.site.name);
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        wait_for_stop().await;
+        drop(running);
+        Ok(())
+    })
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
