@@ -114,6 +114,38 @@ async fn send(link: &mut Link, line: &str, within: Duration) -> Result<Vec<Strin
     r
 }
 
+/// Sends a block of lines in one write and reads their acks in order. The controller executes
+/// lines in order and halts at the first error, so pipelining is safe: after an error the
+/// remaining replies (refusals while halted) are drained and the controller is reset.
+async fn send_block(link: &mut Link, lines: &[String], config: &LiquidConfig) -> Result<(), InstrumentError> {
+    let mut bytes = Vec::new();
+    for l in lines {
+        bytes.extend_from_slice(&smoothie::encode(l));
+    }
+    link.send(&bytes).await?;
+    let mut first_error = None;
+    for l in lines {
+        let within = if l == "M400" || l.starts_with("G28") { config.motion_timeout } else { config.ack_timeout };
+        let mut reader = ReplyReader::new();
+        match link.read_reply(within, |b| reader.poll(b)).await {
+            Ok(_) => {}
+            Err(e @ InstrumentError::Device { .. }) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(first_error.unwrap_or(e)),
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        Some(e) => {
+            link.send(&smoothie::encode("M999")).await?;
+            let mut reset = ReplyReader::new();
+            let _ = link.read_reply(config.ack_timeout, |b| reset.poll(b)).await;
+            Err(e)
+        }
+    }
+}
+
 fn invalid(parameter: &str, message: String) -> InstrumentError {
     InstrumentError::Validation { parameter: parameter.into(), message }
 }
@@ -333,24 +365,16 @@ impl Instrument for LiquidHandlerDriver {
         Ok(spawn(move |tx| async move {
             let (lines, head) = lines;
             let mut g = inner.link.lock().await;
-            let n = lines.len();
-            for (i, line) in lines.iter().enumerate() {
-                let within = if line == "M400" || line.starts_with("G28") {
-                    inner.config.motion_timeout
-                } else {
-                    inner.config.ack_timeout
-                };
-                let sent = match inner.cancel.check() {
-                    Ok(()) => send(&mut g.0, line, within).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = sent {
-                    // Where the head is now is uncertain: home before the next command.
-                    g.1.homed = false;
-                    return Err(e);
-                }
-                tx.progress((i + 1) as f64 / n as f64, line.clone());
+            let sent = match inner.cancel.check() {
+                Ok(()) => send_block(&mut g.0, &lines, &inner.config).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                // Where the head is now is uncertain: home before the next command.
+                g.1.homed = false;
+                return Err(e);
             }
+            tx.progress(1.0, format!("{} G-code lines", lines.len()));
             g.1 = head;
             Ok(Outcome::default())
         }))

@@ -131,7 +131,12 @@ impl ReaderSim {
         }
         let router =
             builder.add_service(SiLaServiceServer::new(self.clone())).add_service(PlateReaderServer::new(self));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small request/reply messages: without TCP_NODELAY, Nagle and delayed ACKs add 40 ms.
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+            s.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
         tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
         });
@@ -206,7 +211,7 @@ impl ReaderSim {
                     i as f64 / steps as f64,
                     seconds * (1.0 - i as f64 / steps as f64),
                 ));
-                tokio::time::sleep(scale.wall(seconds / steps as f64)).await;
+                crate::sim::pause(scale.wall(seconds / steps as f64)).await;
             }
             if hang {
                 // The injected fault: the read never finishes (the info stream stays open).
@@ -284,7 +289,7 @@ impl ReaderSim {
         if let Some(code) = self.config.faults.error_for(command) {
             return Err(defined(&error_id(code), format!("injected device error {code}")));
         }
-        tokio::time::sleep(self.config.scale.wall(4.0)).await;
+        crate::sim::pause(self.config.scale.wall(4.0)).await;
         Ok(())
     }
 }

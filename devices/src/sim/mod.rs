@@ -126,6 +126,14 @@ impl SimClock {
     }
 }
 
+/// Waits `d` of wall-clock time, skipping waits too short to matter: tokio's timer has a
+/// millisecond grain, so a "1 ns" device wait at a tiny time scale would otherwise cost 1 ms.
+pub async fn pause(d: std::time::Duration) {
+    if d >= std::time::Duration::from_micros(100) {
+        tokio::time::sleep(d).await;
+    }
+}
+
 /// Serves a device on a byte stream until the peer goes away. Requests are lines; blank lines
 /// (the `\r\n\r\n` terminators of some dialects) are skipped. Each device error is written in the
 /// device's own error syntax by the `error_reply` function.
@@ -172,7 +180,7 @@ pub async fn serve<S, D>(
             } else {
                 let busy = device.busy_for(&line);
                 if busy > 0.0 {
-                    tokio::time::sleep(clock.scale().wall(busy)).await;
+                    pause(clock.scale().wall(busy)).await;
                 }
                 device.handle(&line, clock.now_s())
             };

@@ -139,6 +139,9 @@ async fn the_simulator_refuses_impossible_motion() {
         .unwrap_err();
     assert!(e.to_string().contains("would draw air"), "{e}");
     assert_eq!(state.lock().unwrap().volume("reservoir", "A1"), 50.0, "a refused aspirate moves no liquid");
+    // The controller was reset after the refused block: the next command re-homes and runs.
+    driver.start(&CommandOp::DropTip { pipette: "p300_single".into() }).await.unwrap().finish().await.unwrap();
+    assert!(state.lock().unwrap().tips.iter().all(Option::is_none));
 }
 
 #[tokio::test]
