@@ -5,4 +5,5 @@ mod arm_station;
 mod liquid;
 mod modules;
 mod reader;
+mod roundtrip;
 mod support;
