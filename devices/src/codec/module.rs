@@ -168,6 +168,13 @@ impl ReplyReader {
             Dialect::HeaterShaker | Dialect::ThermocyclerGen2 => {
                 let first = line.split_whitespace().next().unwrap_or("");
                 let echoed = first.eq_ignore_ascii_case(&self.gcode);
+                if !echoed && looks_like_gcode(first) && !lower.contains("err") {
+                    // An echo of another command: a late reply to an earlier request, not ours.
+                    return Some(Err(InstrumentError::Protocol(format!(
+                        "reply {line:?} answers {first}, not {}",
+                        self.gcode
+                    ))));
+                }
                 let acked = line == "OK" || line.ends_with(" OK");
                 if !echoed && (lower.contains("err") || lower.contains("alarm")) {
                     self.error = Some(classify_error(strip_ok(line)));
@@ -195,6 +202,12 @@ impl ReplyReader {
         let text = self.body.join(" ");
         Ok(Reply { fields: parse_fields(&text), text })
     }
+}
+
+/// `M105`, `G28`, `M240.D`: a letter G or M followed by a digit.
+fn looks_like_gcode(token: &str) -> bool {
+    let mut c = token.chars();
+    matches!(c.next(), Some('G' | 'M' | 'g' | 'm')) && c.next().is_some_and(|d| d.is_ascii_digit())
 }
 
 fn strip_ok(line: &str) -> &str {
@@ -311,6 +324,12 @@ mod tests {
         assert!(read(Dialect::HeaterShaker, &Request::new("M114"), b"M114 Last Reset Reason: err1 OK\n")
             .unwrap()
             .is_ok());
+    }
+
+    #[test]
+    fn a_reply_to_another_command_is_a_protocol_error() {
+        let e = read(Dialect::HeaterShaker, &Request::new("M105"), b"M123 C:0 T:0 OK\n").unwrap().unwrap_err();
+        assert!(matches!(e, InstrumentError::Protocol(ref m) if m.contains("answers M123")), "{e:?}");
     }
 
     #[test]
