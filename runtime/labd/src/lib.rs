@@ -7,3 +7,4 @@
 
 pub mod daemon;
 pub mod labctl;
+pub mod store;

@@ -1,0 +1,292 @@
+//! The conformance suite every [`Store`] backend must pass. Each check takes a fresh, empty
+//! store and panics (with a sentence saying what broke) when the backend misbehaves; backend tests
+//! call [`run_all`].
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test suite: failing loudly is its job
+
+use super::*;
+use std::sync::Arc;
+
+/// Runs every check, each on a fresh store from `make`.
+pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
+    tenants_and_principals(make().as_ref());
+    submission_is_idempotent(make().as_ref());
+    concurrent_submissions_make_one_run(make());
+    events_are_gapless_and_tenant_scoped(make().as_ref());
+    states_are_final_once_final(make().as_ref());
+    attempts_record_intent_before_outcome(make().as_ref());
+    results_round_trip_with_their_event(make().as_ref());
+    outbox_is_written_with_each_change(make().as_ref());
+    interventions_resolve_once(make().as_ref());
+    usage_and_reservations_sum_per_tenant(make().as_ref());
+}
+
+fn plan() -> String {
+    r#"{"version":1,"protocol":"t","labware":[],"tasks":[],"max_lags":[]}"#.into()
+}
+
+fn submit(s: &dyn Store, tenant: &str, key: &str) -> Run {
+    s.submit_run(&NewRun {
+        tenant_id: tenant.into(),
+        idempotency_key: key.into(),
+        name: "test".into(),
+        source: format!("source {key}"),
+        plan_json: plan(),
+        priority: 0,
+    })
+    .expect("submit")
+    .0
+}
+
+pub fn tenants_and_principals(s: &dyn Store) {
+    let a = s.create_tenant("acme", 2.0).unwrap();
+    assert_eq!(s.tenant(&a.id).unwrap(), a, "a tenant reads back as written");
+    assert_eq!(s.tenant_by_name("acme").unwrap().id, a.id);
+    assert!(matches!(s.create_tenant("acme", 1.0), Err(StoreError::Conflict(_))), "tenant names are unique");
+    assert!(matches!(s.create_tenant("bad name", 1.0), Err(StoreError::Invalid(_))), "names go into MQTT topics");
+    assert!(matches!(s.create_tenant("zero", 0.0), Err(StoreError::Invalid(_))));
+    s.set_quotas(&a.id, Some(3), Some(100.0), 5).unwrap();
+    let q = s.tenant(&a.id).unwrap();
+    assert_eq!((q.max_concurrent_runs, q.device_hours_per_month, q.priority), (Some(3), Some(100.0), 5));
+    let p = s.create_principal(Some(&a.id), Role::Scientist, "hash-1", Some(("acme-1", "mqtt-hash"))).unwrap();
+    assert_eq!(s.principal_by_token_hash("hash-1").unwrap(), p);
+    assert!(matches!(s.principal_by_token_hash("hash-2"), Err(StoreError::NotFound(_))));
+    assert!(s.create_principal(None, Role::Scientist, "hash-3", None).is_err(), "a scientist needs a tenant");
+    assert!(
+        matches!(s.create_principal(None, Role::Admin, "hash-1", None), Err(StoreError::Conflict(_))),
+        "token hashes are unique"
+    );
+    s.revoke_principal(&p.id).unwrap();
+    assert!(s.principal_by_token_hash("hash-1").is_err(), "a revoked token no longer authenticates");
+    assert_eq!(s.tenants().unwrap().len(), 1);
+}
+
+pub fn submission_is_idempotent(s: &dyn Store) {
+    let t = s.create_tenant("t1", 1.0).unwrap();
+    let first = s
+        .submit_run(&NewRun {
+            tenant_id: t.id.clone(),
+            idempotency_key: "k".into(),
+            name: "n".into(),
+            source: "x".into(),
+            plan_json: plan(),
+            priority: 0,
+        })
+        .unwrap();
+    assert!(first.1, "the first submission creates a run");
+    assert_eq!(first.0.state, RunState::Queued);
+    let again = s
+        .submit_run(&NewRun {
+            tenant_id: t.id.clone(),
+            idempotency_key: "k".into(),
+            name: "n".into(),
+            source: "x".into(),
+            plan_json: plan(),
+            priority: 0,
+        })
+        .unwrap();
+    assert_eq!((again.0.id.as_str(), again.1), (first.0.id.as_str(), false), "a retry returns the same run");
+    let other = s
+        .submit_run(&NewRun {
+            tenant_id: t.id.clone(),
+            idempotency_key: "k".into(),
+            name: "n".into(),
+            source: "different".into(),
+            plan_json: plan(),
+            priority: 0,
+        })
+        .unwrap_err();
+    assert!(matches!(other, StoreError::Conflict(_)), "a reused key with different content is refused");
+    let u = s.create_tenant("t2", 1.0).unwrap();
+    let theirs = submit(s, &u.id, "k");
+    assert_ne!(theirs.id, first.0.id, "keys are per tenant");
+    assert_eq!(s.runs(Some(&t.id), &[]).unwrap().len(), 1);
+    assert_eq!(s.runs(None, &[RunState::Queued]).unwrap().len(), 2);
+}
+
+pub fn concurrent_submissions_make_one_run(s: Arc<dyn Store>) {
+    let t = s.create_tenant("racer", 1.0).unwrap();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            let tid = t.id.clone();
+            std::thread::spawn(move || submit(s.as_ref(), &tid, "same-key").id)
+        })
+        .collect();
+    let ids: std::collections::BTreeSet<String> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    assert_eq!(ids.len(), 1, "eight concurrent retries made {} runs", ids.len());
+}
+
+pub fn events_are_gapless_and_tenant_scoped(s: &dyn Store) {
+    let a = s.create_tenant("a", 1.0).unwrap();
+    let b = s.create_tenant("b", 1.0).unwrap();
+    let r = submit(s, &a.id, "1");
+    for i in 0..20 {
+        s.append_event(&r.id, "progress", &format!("{{\"i\":{i}}}")).unwrap();
+    }
+    let all = s.events(Some(&a.id), &r.id, 0).unwrap();
+    let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=21).collect::<Vec<_>>(), "sequence numbers are 1..n without gaps");
+    assert_eq!(all[0].kind, "submitted");
+    assert_eq!(s.events(Some(&a.id), &r.id, 15).unwrap().len(), 6, "a client catching up gets the rest");
+    assert!(matches!(s.events(Some(&b.id), &r.id, 0), Err(StoreError::NotFound(_))), "another tenant sees nothing");
+    assert!(matches!(s.run(Some(&b.id), &r.id), Err(StoreError::NotFound(_))), "not even that the run exists");
+    assert!(s.append_event(&r.id, "x", "not json").is_err());
+    assert!(matches!(s.append_event("run_missing", "x", "{}"), Err(StoreError::NotFound(_))));
+}
+
+pub fn states_are_final_once_final(s: &dyn Store) {
+    let t = s.create_tenant("t", 1.0).unwrap();
+    let r = submit(s, &t.id, "1");
+    s.set_run_state(&r.id, RunState::Running, None).unwrap();
+    let running = s.run(None, &r.id).unwrap();
+    assert!(running.started_at.is_some());
+    s.set_run_state(&r.id, RunState::Failed, Some("reader down")).unwrap();
+    let done = s.run(None, &r.id).unwrap();
+    assert_eq!((done.state, done.reason.as_deref()), (RunState::Failed, Some("reader down")));
+    assert!(done.finished_at.is_some());
+    assert!(matches!(s.set_run_state(&r.id, RunState::Running, None), Err(StoreError::Conflict(_))), "final is final");
+    let kinds: Vec<String> = s.events(None, &r.id, 0).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec!["submitted", "state", "state"]);
+}
+
+pub fn attempts_record_intent_before_outcome(s: &dyn Store) {
+    let t = s.create_tenant("t", 1.0).unwrap();
+    let r = submit(s, &t.id, "1");
+    let intent = Intent {
+        run_id: r.id.clone(),
+        task_id: 0,
+        command_index: 3,
+        instrument: "lh1".into(),
+        op_json: "{\"op\":\"dispense\"}".into(),
+        repeatable: false,
+    };
+    let a = s.record_intent(&intent).unwrap();
+    let b = s.record_intent(&Intent { command_index: 4, repeatable: true, ..intent.clone() }).unwrap();
+    assert_eq!(s.open_attempts().unwrap().len(), 2, "in-flight commands are visible after a crash");
+    s.record_outcome(&a.id, "ok", None).unwrap();
+    assert!(
+        matches!(s.record_outcome(&a.id, "failed", None), Err(StoreError::Conflict(_))),
+        "an outcome is written once"
+    );
+    assert!(s.record_outcome(&b.id, "maybe", None).is_err());
+    let open = s.open_attempts().unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].intent, Intent { command_index: 4, repeatable: true, ..intent });
+    assert_eq!(s.attempts(&r.id).unwrap().len(), 2);
+}
+
+pub fn results_round_trip_with_their_event(s: &dyn Store) {
+    let t = s.create_tenant("t", 1.0).unwrap();
+    let other = s.create_tenant("o", 1.0).unwrap();
+    let r = submit(s, &t.id, "1");
+    let row = ResultRow {
+        id: new_id("res"),
+        run_id: r.id.clone(),
+        task_id: 2,
+        labware: "plate".into(),
+        kind: "absorbance".into(),
+        wells: vec!["A1".into(), "B1".into()],
+        wavelengths_nm: vec![450.0, 600.0],
+        values: vec![0.1, 0.2, 0.3, 0.4],
+        unit: "OD".into(),
+        created_at: now_ms(),
+    };
+    let ev = s.add_result(&row).unwrap();
+    assert_eq!(ev.kind, "result");
+    assert_eq!(s.results(Some(&t.id), &r.id).unwrap(), vec![row.clone()], "values come back exactly");
+    assert!(s.results(Some(&other.id), &r.id).is_err());
+    assert!(matches!(
+        s.add_result(&ResultRow { id: new_id("res"), values: vec![1.0], ..row }),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+pub fn outbox_is_written_with_each_change(s: &dyn Store) {
+    let t = s.create_tenant("t", 1.0).unwrap();
+    let r = submit(s, &t.id, "1");
+    s.set_run_state(&r.id, RunState::Running, None).unwrap();
+    let rows = s.outbox_pending(100).unwrap();
+    // submitted event; state event; retained state message.
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.windows(2).all(|w| w[0].position < w[1].position), "oldest first");
+    assert!(rows.iter().all(|o| o.topic.starts_with(&format!("lab/v1/t/{}/runs/{}/", t.id, r.id))));
+    let env: serde_json::Value = serde_json::from_str(&rows[0].payload_json).unwrap();
+    assert_eq!((env["v"].as_i64(), env["seq"].as_i64(), env["kind"].as_str()), (Some(1), Some(1), Some("submitted")));
+    s.outbox_mark_sent(&[rows[0].id.clone()]).unwrap();
+    assert_eq!(s.outbox_pending(100).unwrap().len(), 2);
+    s.outbox_put("lab/v1/site/sim/devices/lh1/status", "{\"state\":\"idle\"}").unwrap();
+    assert_eq!(s.outbox_pending(100).unwrap().len(), 3);
+    assert_eq!(s.outbox_pending(1).unwrap().len(), 1);
+}
+
+pub fn interventions_resolve_once(s: &dyn Store) {
+    let t = s.create_tenant("t", 1.0).unwrap();
+    let o = s.create_tenant("o", 1.0).unwrap();
+    let r = submit(s, &t.id, "1");
+    let i = s
+        .open_intervention(
+            &r.id,
+            Some(0),
+            Some("lh1"),
+            "dispense timed out",
+            "check plate A1 and say whether the dispense happened",
+        )
+        .unwrap();
+    assert_eq!(s.interventions(None, true).unwrap().len(), 1);
+    assert_eq!(s.interventions(Some(&o.id), false).unwrap().len(), 0, "other tenants do not see it");
+    let done = s.resolve_intervention(&i.id, "redo", "tech-1").unwrap();
+    assert_eq!((done.state.as_str(), done.resolved_by.as_deref()), ("redo", Some("tech-1")));
+    assert!(matches!(s.resolve_intervention(&i.id, "done", "tech-2"), Err(StoreError::Conflict(_))), "resolved once");
+    assert!(s.resolve_intervention(&i.id, "later", "t").is_err());
+    assert_eq!(s.interventions(None, true).unwrap().len(), 0);
+    let kinds: Vec<String> = s.events(None, &r.id, 0).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec!["submitted", "intervention", "intervention_resolved"]);
+}
+
+pub fn usage_and_reservations_sum_per_tenant(s: &dyn Store) {
+    let a = s.create_tenant("a", 1.0).unwrap();
+    let b = s.create_tenant("b", 1.0).unwrap();
+    let ra = submit(s, &a.id, "1");
+    let rb = submit(s, &b.id, "1");
+    for (t, r, class, secs) in [
+        (&a, &ra, "liquid_handler", 100.0),
+        (&a, &ra, "liquid_handler", 50.0),
+        (&a, &ra, "plate_reader", 20.0),
+        (&b, &rb, "liquid_handler", 7.0),
+    ] {
+        s.add_usage(&Usage {
+            tenant_id: t.id.clone(),
+            run_id: r.id.clone(),
+            instrument_class: class.into(),
+            instrument: "x".into(),
+            device_seconds: secs,
+        })
+        .unwrap();
+    }
+    let ua = s.usage(Some(&a.id), 0).unwrap();
+    assert_eq!(ua.len(), 2);
+    assert_eq!(ua[0].device_seconds, 150.0);
+    assert_eq!(s.usage(None, 0).unwrap().len(), 3);
+    assert!(s.usage(None, now_ms() + 60_000).unwrap().is_empty(), "`since` filters");
+    assert!(s
+        .add_usage(&Usage {
+            tenant_id: a.id.clone(),
+            run_id: ra.id.clone(),
+            instrument_class: "x".into(),
+            instrument: "x".into(),
+            device_seconds: f64::NAN
+        })
+        .is_err());
+    let res = Reservation {
+        id: new_id("rsv"),
+        tenant_id: a.id.clone(),
+        instrument_class: "plate_reader".into(),
+        starts_at: 1000,
+        ends_at: 2000,
+    };
+    s.add_reservation(&res).unwrap();
+    assert!(s.add_reservation(&Reservation { id: new_id("rsv"), ends_at: 500, ..res.clone() }).is_err());
+    assert_eq!(s.reservations(Some(&a.id)).unwrap(), vec![res]);
+    assert!(s.reservations(Some(&b.id)).unwrap().is_empty());
+}

@@ -1,0 +1,344 @@
+//! The durable store: tenants and principals, runs and their plans, tasks, command attempts
+//! (intent before actuation, outcome after), run events with a gapless per-run sequence, results,
+//! the telemetry outbox, interventions, reservations and the usage ledger.
+//!
+//! [`Store`] is the contract; [`sqlite::SqliteStore`] the default backend (WAL,
+//! `synchronous=FULL`). Every state change that others must hear about writes its event and its
+//! outbox row in the same transaction. [`conformance`] is the suite every backend must pass.
+//! The schema lives in `runtime/labd/migrations/*.sql`, portable SQL shared by all backends.
+
+pub mod conformance;
+pub mod sqlite;
+
+use std::fmt;
+
+/// Migrations, in order: (version, SQL).
+pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The current time in milliseconds.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A fresh identifier with a readable prefix (`run_…`, `ten_…`).
+pub fn new_id(prefix: &str) -> String {
+    let u = devices::sila::uuid_v4().replace('-', "");
+    format!("{prefix}_{}", &u[..20])
+}
+
+/// Store failures.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("storage failed: {0}")]
+    Backend(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Who may do what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Technician,
+    Scientist,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Technician => "technician",
+            Role::Scientist => "scientist",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Role> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "technician" => Ok(Role::Technician),
+            "scientist" => Ok(Role::Scientist),
+            other => Err(StoreError::Invalid(format!("role `{other}`: use admin, technician or scientist"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub weight: f64,
+    pub priority: i64,
+    pub max_concurrent_runs: Option<i64>,
+    pub device_hours_per_month: Option<f64>,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub id: String,
+    pub tenant_id: Option<String>,
+    pub role: Role,
+    pub mqtt_username: Option<String>,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// Run life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelling,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelling => "cancelling",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<RunState> {
+        Ok(match s {
+            "queued" => RunState::Queued,
+            "running" => RunState::Running,
+            "succeeded" => RunState::Succeeded,
+            "failed" => RunState::Failed,
+            "cancelling" => RunState::Cancelling,
+            "cancelled" => RunState::Cancelled,
+            other => return Err(StoreError::Backend(format!("unknown run state `{other}` in the store"))),
+        })
+    }
+
+    /// Final states never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a tenant submits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub tenant_id: String,
+    pub idempotency_key: String,
+    pub name: String,
+    pub source: String,
+    pub plan_json: String,
+    pub priority: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub id: String,
+    pub tenant_id: String,
+    pub idempotency_key: String,
+    pub name: String,
+    pub source: String,
+    pub plan_json: String,
+    pub state: RunState,
+    pub reason: Option<String>,
+    pub priority: i64,
+    pub submitted_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// One entry of a run's event log; `seq` is 1, 2, 3, … without gaps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub run_id: String,
+    pub seq: i64,
+    pub at: Millis,
+    pub kind: String,
+    pub payload_json: String,
+}
+
+/// A command about to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    pub run_id: String,
+    pub task_id: i64,
+    pub command_index: i64,
+    pub instrument: String,
+    pub op_json: String,
+    pub repeatable: bool,
+}
+
+/// A recorded attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub id: String,
+    pub intent: Intent,
+    /// `ok`, `failed` or `unknown`; `None` while the command is in flight (or the runtime died).
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    pub intent_at: Millis,
+    pub outcome_at: Option<Millis>,
+}
+
+/// Measured values of one read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultRow {
+    pub id: String,
+    pub run_id: String,
+    pub task_id: i64,
+    pub labware: String,
+    pub kind: String,
+    pub wells: Vec<String>,
+    pub wavelengths_nm: Vec<f64>,
+    pub values: Vec<f64>,
+    pub unit: String,
+    pub created_at: Millis,
+}
+
+/// A message waiting to be published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: String,
+    pub position: i64,
+    pub tenant_id: Option<String>,
+    pub run_id: Option<String>,
+    pub seq: Option<i64>,
+    pub topic: String,
+    pub payload_json: String,
+    pub created_at: Millis,
+}
+
+/// Something a technician must do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intervention {
+    pub id: String,
+    pub run_id: String,
+    pub task_id: Option<i64>,
+    pub instrument: Option<String>,
+    pub what: String,
+    pub todo: String,
+    /// `open`, `done`, `redo` or `abort`.
+    pub state: String,
+    pub created_at: Millis,
+    pub resolved_at: Option<Millis>,
+    pub resolved_by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub id: String,
+    pub tenant_id: String,
+    pub instrument_class: String,
+    pub starts_at: Millis,
+    pub ends_at: Millis,
+}
+
+/// Device time used, for billing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    pub tenant_id: String,
+    pub run_id: String,
+    pub instrument_class: String,
+    pub instrument: String,
+    pub device_seconds: f64,
+}
+
+/// Usage summed per tenant and instrument class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageTotal {
+    pub tenant_id: String,
+    pub instrument_class: String,
+    pub device_seconds: f64,
+}
+
+/// The store contract. Blocking calls: async callers use `spawn_blocking`. Calls that take a
+/// `tenant` scope return `NotFound` for another tenant's objects, exactly as for missing ones.
+pub trait Store: Send + Sync {
+    fn create_tenant(&self, name: &str, weight: f64) -> Result<Tenant>;
+    fn tenant(&self, id: &str) -> Result<Tenant>;
+    fn tenant_by_name(&self, name: &str) -> Result<Tenant>;
+    fn tenants(&self) -> Result<Vec<Tenant>>;
+    fn set_quotas(
+        &self,
+        id: &str,
+        max_concurrent_runs: Option<i64>,
+        device_hours_per_month: Option<f64>,
+        priority: i64,
+    ) -> Result<()>;
+
+    fn create_principal(
+        &self,
+        tenant_id: Option<&str>,
+        role: Role,
+        token_hash: &str,
+        mqtt: Option<(&str, &str)>,
+    ) -> Result<Principal>;
+    /// The live principal whose token hashes to this value.
+    fn principal_by_token_hash(&self, token_hash: &str) -> Result<Principal>;
+    fn revoke_principal(&self, id: &str) -> Result<()>;
+
+    /// Accepts a run, or returns the run already accepted under the same idempotency key
+    /// (`false`: nothing new was created). Writes the `submitted` event and its outbox row.
+    fn submit_run(&self, run: &NewRun) -> Result<(Run, bool)>;
+    fn run(&self, tenant: Option<&str>, id: &str) -> Result<Run>;
+    fn runs(&self, tenant: Option<&str>, states: &[RunState]) -> Result<Vec<Run>>;
+    /// Moves a run to a new state (final states are final), with its event and outbox row.
+    fn set_run_state(&self, id: &str, state: RunState, reason: Option<&str>) -> Result<Event>;
+    /// Appends an event (and its outbox row); returns it with its sequence number.
+    fn append_event(&self, run_id: &str, kind: &str, payload_json: &str) -> Result<Event>;
+    /// Events with `seq > after`, in order.
+    fn events(&self, tenant: Option<&str>, run_id: &str, after: i64) -> Result<Vec<Event>>;
+
+    fn record_intent(&self, intent: &Intent) -> Result<Attempt>;
+    fn record_outcome(&self, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()>;
+    /// Attempts whose outcome was never written (in flight when the runtime stopped).
+    fn open_attempts(&self) -> Result<Vec<Attempt>>;
+    fn attempts(&self, run_id: &str) -> Result<Vec<Attempt>>;
+
+    /// Stores a measurement with its `result` event and outbox row.
+    fn add_result(&self, row: &ResultRow) -> Result<Event>;
+    fn results(&self, tenant: Option<&str>, run_id: &str) -> Result<Vec<ResultRow>>;
+
+    /// Unsent outbox rows, oldest first.
+    fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRow>>;
+    fn outbox_mark_sent(&self, ids: &[String]) -> Result<()>;
+    /// A message not tied to a run event (instrument status for technicians).
+    fn outbox_put(&self, topic: &str, payload_json: &str) -> Result<OutboxRow>;
+
+    fn open_intervention(
+        &self,
+        run_id: &str,
+        task_id: Option<i64>,
+        instrument: Option<&str>,
+        what: &str,
+        todo: &str,
+    ) -> Result<Intervention>;
+    fn interventions(&self, tenant: Option<&str>, only_open: bool) -> Result<Vec<Intervention>>;
+    /// Resolves as `done`, `redo` or `abort`, once.
+    fn resolve_intervention(&self, id: &str, resolution: &str, by: &str) -> Result<Intervention>;
+
+    fn add_reservation(&self, r: &Reservation) -> Result<()>;
+    fn reservations(&self, tenant: Option<&str>) -> Result<Vec<Reservation>>;
+
+    fn add_usage(&self, u: &Usage) -> Result<()>;
+    fn usage(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<UsageTotal>>;
+}
