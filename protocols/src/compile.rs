@@ -136,9 +136,28 @@ pub fn build(
 ) -> (Option<RunPlan>, Option<check::Tracked>) {
     let env = Env::build(p, lib, d);
     let initial = check::initial(p, &env, d);
+    // What the technician loads: per labware, per well, the starting volume.
+    let loading: Vec<BTreeMap<String, f64>> = initial
+        .wells
+        .iter()
+        .zip(&env.slots)
+        .map(|(wells, slot)| {
+            wells
+                .iter()
+                .zip(&slot.def.wells)
+                .filter(|(w, _)| w.volume() > 0.0)
+                .map(|(w, def)| (def.name.clone(), w.volume()))
+                .collect()
+        })
+        .collect();
     let lowered = lower::lower(p, &env, site, d);
     let tracked = check::liquids(&env, &lowered.tasks, initial, d);
-    let plan = link(p, &env, lowered.tasks, site, d);
+    let mut plan = link(p, &env, lowered.tasks, site, d);
+    if let Some(plan) = plan.as_mut() {
+        for (lw, contents) in plan.labware.iter_mut().zip(loading) {
+            lw.contents = contents;
+        }
+    }
     (plan, Some(tracked))
 }
 
@@ -256,7 +275,12 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
         labware: env
             .slots
             .iter()
-            .map(|s| PlanLabware { name: s.name.clone(), load_name: s.def.load_name.clone(), kind: s.def.kind })
+            .map(|s| PlanLabware {
+                name: s.name.clone(),
+                load_name: s.def.load_name.clone(),
+                kind: s.def.kind,
+                contents: BTreeMap::new(),
+            })
             .collect(),
         tasks: plan_tasks,
         max_lags,

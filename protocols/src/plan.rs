@@ -32,6 +32,9 @@ pub struct PlanLabware {
     pub name: String,
     pub load_name: String,
     pub kind: LabwareKind,
+    /// What the technician loads before the run: well → µL (empty for empty labware).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub contents: std::collections::BTreeMap<String, f64>,
 }
 
 /// Instrument settings a task needs; tasks with equal settings may share a capacity resource.

@@ -21,8 +21,11 @@ pub struct ArmSim {
     holding: bool,
     /// Which location the arm is exactly at (not an approach position).
     at: Option<usize>,
-    /// Taught locations: whether each holds a plate.
-    pub occupied: Vec<bool>,
+    /// Plates at each taught location.
+    pub occupied: Vec<u32>,
+    /// How many plates each location holds. A location holding more than one is a store (hotel,
+    /// incubator) whose own mechanism presents the wanted plate: picking there always finds one.
+    capacity: Vec<u32>,
     names: Vec<String>,
 }
 
@@ -32,8 +35,13 @@ fn taught(index: usize, approach: bool) -> [f64; JOINTS] {
 }
 
 impl ArmSim {
-    /// `locations` in the order they were taught (index 1 is the first).
+    /// `locations` in the order they were taught (index 1 is the first), each holding one plate.
     pub fn new(locations: &[String]) -> Self {
+        Self::with_capacity(locations, &vec![1; locations.len()])
+    }
+
+    /// As [`ArmSim::new`], with how many plates each location holds.
+    pub fn with_capacity(locations: &[String], capacity: &[u32]) -> Self {
         let home = [300.0, 0.0, 0.0, 0.0, 80.0];
         ArmSim {
             powered: false,
@@ -46,7 +54,8 @@ impl ArmSim {
             gripper_closed: false,
             holding: false,
             at: None,
-            occupied: vec![false; locations.len()],
+            occupied: vec![0; locations.len()],
+            capacity: locations.iter().enumerate().map(|(i, _)| capacity.get(i).copied().unwrap_or(1).max(1)).collect(),
             names: locations.to_vec(),
         }
     }
@@ -54,7 +63,7 @@ impl ArmSim {
     /// Puts a plate at a location (the technician loading the hotel).
     pub fn place(&mut self, location: &str) {
         if let Some(i) = self.names.iter().position(|n| n == location) {
-            self.occupied[i] = true;
+            self.occupied[i] += 1;
         }
     }
 
@@ -167,7 +176,7 @@ impl LineDevice for ArmSim {
                 if idx == 0 || idx > self.names.len() {
                     return Self::reply(-202, "Invalid argument: no such location");
                 }
-                if cmd == "move" && self.holding && self.occupied[idx - 1] {
+                if cmd == "move" && self.holding && self.occupied[idx - 1] >= self.capacity[idx - 1] {
                     // Lowering a plate onto a plate.
                     self.powered = false;
                     return Self::reply(-3100, "Hard envelope error: collision at the nest");
@@ -184,8 +193,9 @@ impl LineDevice for ArmSim {
                     Some(&"2") => {
                         self.gripper_closed = true;
                         if let Some(i) = self.at {
-                            if self.occupied[i] && !self.holding {
-                                self.occupied[i] = false;
+                            let store = self.capacity[i] > 1;
+                            if (self.occupied[i] > 0 || store) && !self.holding {
+                                self.occupied[i] = self.occupied[i].saturating_sub(1);
                                 self.holding = true;
                             }
                         }
@@ -196,7 +206,7 @@ impl LineDevice for ArmSim {
                         if self.holding {
                             match self.at {
                                 Some(i) => {
-                                    self.occupied[i] = true;
+                                    self.occupied[i] += 1;
                                     self.holding = false;
                                 }
                                 None => return Self::reply(-3122, "Soft envelope error: released a plate in mid-air"),

@@ -42,9 +42,13 @@ fn compile(file: &str) -> (RunPlan, protocols::check::Tracked) {
 async fn serial_dilution_volumes_in_the_simulator_match_the_compiler_within_a_tenth_of_a_microlitre() {
     let (plan, tracked) = compile("serial-dilution.yaml");
     let (driver, state, _pty) = rig("lh1").await;
-    // The technician fills the reservoir as the protocol's labware section says.
-    state.lock().unwrap().fill("reservoir", "A1", 12_000.0);
-    state.lock().unwrap().fill("reservoir", "A2", 2_000.0);
+    // The technician loads the deck as the plan's loading list says.
+    for lw in &plan.labware {
+        for (well, ul) in &lw.contents {
+            state.lock().unwrap().fill(&lw.name, well, *ul);
+        }
+    }
+    assert_eq!(state.lock().unwrap().volume("reservoir", "A1"), 12_000.0);
     assert!(driver.identify().await.unwrap().firmware.contains("lw-sim"));
     driver.prepare(&plan).await.unwrap();
     let mut sent = 0;

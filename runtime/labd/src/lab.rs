@@ -1,0 +1,55 @@
+//! The instruments `labd` drives: one driver per site instrument and arm, connected to real
+//! endpoints from `lab.toml` or to simulators started in-process.
+
+use devices::driver::arm::ArmDriver;
+use devices::driver::{open, open_arm, OpenConfig};
+use devices::link::Endpoint;
+use devices::sim::site::SimulatedSite;
+use devices::{Instrument, TimeScale};
+use labware::{InstrumentClass, Site};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Connected drivers, by instrument or arm id.
+#[derive(Debug)]
+pub struct Lab {
+    pub site: Site,
+    pub instruments: BTreeMap<String, Arc<dyn Instrument>>,
+    pub arms: BTreeMap<String, Arc<ArmDriver>>,
+    /// The simulators, when the lab is simulated (kept alive with the drivers).
+    pub simulated: Option<SimulatedSite>,
+}
+
+impl Lab {
+    /// Starts every instrument of the site as a simulator on its own endpoint (PTY, TCP, SiLA),
+    /// then connects the real drivers to them: the runtime talks the same wire as to real devices.
+    pub async fn simulated(site: Site, scale: TimeScale) -> Result<Lab, String> {
+        let sims = devices::sim::site::start(&site, scale, &BTreeMap::new(), "127.0.0.1").await?;
+        let endpoints: BTreeMap<String, String> = sims.listening.iter().map(|l| (l.id.clone(), l.endpoint())).collect();
+        let mut lab = Lab::connect(site, &endpoints, scale).await?;
+        lab.simulated = Some(sims);
+        Ok(lab)
+    }
+
+    /// Connects to the given endpoints (instrument id → endpoint string).
+    pub async fn connect(site: Site, endpoints: &BTreeMap<String, String>, scale: TimeScale) -> Result<Lab, String> {
+        let cfg = OpenConfig { scale, sila_ca: None };
+        let mut instruments = BTreeMap::new();
+        for inst in &site.instruments {
+            if matches!(inst.class, InstrumentClass::RobotArm | InstrumentClass::Technician) {
+                continue;
+            }
+            let ep = endpoints.get(&inst.id).ok_or_else(|| format!("no endpoint for instrument {}", inst.id))?;
+            let ep = Endpoint::parse(ep).map_err(|e| format!("instrument {}: {e}", inst.id))?;
+            let d = open(inst, &ep, &cfg).await.map_err(|e| format!("instrument {}: {e}", inst.id))?;
+            instruments.insert(inst.id.clone(), d);
+        }
+        let mut arms = BTreeMap::new();
+        for a in &site.arms {
+            let ep = endpoints.get(&a.id).ok_or_else(|| format!("no endpoint for arm {}", a.id))?;
+            let ep = Endpoint::parse(ep).map_err(|e| format!("arm {}: {e}", a.id))?;
+            arms.insert(a.id.clone(), open_arm(a, &ep).await.map_err(|e| format!("arm {}: {e}", a.id))?);
+        }
+        Ok(Lab { site, instruments, arms, simulated: None })
+    }
+}
