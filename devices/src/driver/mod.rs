@@ -141,13 +141,15 @@ pub async fn open(
     })
 }
 
-/// Opens an arm's driver.
+/// Opens an arm's driver. Motion is polled every 50 ms of device time (at least every 1 ms).
 pub async fn open_arm(
     arm: &labware::site::Arm,
     endpoint: &crate::link::Endpoint,
+    scale: crate::instrument::TimeScale,
 ) -> Result<Arc<arm::ArmDriver>, InstrumentError> {
     let link = crate::link::Link::open(endpoint.clone()).await?;
-    Ok(Arc::new(arm::ArmDriver::new(arm.reach.clone(), link, arm::ArmConfig::default())))
+    let config = arm::ArmConfig { poll: scale.wall(0.05).max(Duration::from_millis(1)), ..arm::ArmConfig::default() };
+    Ok(Arc::new(arm::ArmDriver::new(arm.reach.clone(), link, config)))
 }
 
 /// Settings shared by every driver [`open`] makes.

@@ -48,7 +48,7 @@ impl Lab {
         for a in &site.arms {
             let ep = endpoints.get(&a.id).ok_or_else(|| format!("no endpoint for arm {}", a.id))?;
             let ep = Endpoint::parse(ep).map_err(|e| format!("arm {}: {e}", a.id))?;
-            arms.insert(a.id.clone(), open_arm(a, &ep).await.map_err(|e| format!("arm {}: {e}", a.id))?);
+            arms.insert(a.id.clone(), open_arm(a, &ep, scale).await.map_err(|e| format!("arm {}: {e}", a.id))?);
         }
         Ok(Lab { site, instruments, arms, simulated: None })
     }

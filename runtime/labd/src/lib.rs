@@ -6,5 +6,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod daemon;
+pub mod executor;
+pub mod lab;
 pub mod labctl;
 pub mod store;
