@@ -101,7 +101,10 @@ async fn injected_faults_become_classified_errors_and_the_link_recovers() {
     let (hs, _pty) = simulated(Dialect::HeaterShaker, "disconnect_after=1").await;
     hs.identify().await.unwrap();
     let e = hs.identify().await.unwrap_err();
-    assert!(matches!(e, InstrumentError::Disconnected(_) | InstrumentError::Timeout(_)), "{e}");
+    assert!(matches!(e, InstrumentError::Disconnected(_)), "{e:?}");
+    assert_eq!(e.recovery(), Recovery::Retry);
+    // The port stays gone: reopening fails after the backoff, still reported as disconnected.
+    assert!(matches!(hs.identify().await.unwrap_err(), InstrumentError::Disconnected(_)));
 }
 
 /// One Opentrons emulator on a TCP port, bridged to a PTY by socat.
