@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
     println!("cargo:rerun-if-changed={}", root.display());
-    let api = compile(&root, &["labwright/v1/protocols.proto"]);
-    if let Err(e) = prost_build::Config::new().compile_fds(api) {
+    let api = compile(&root, &["labwright/v1/protocols.proto", "labwright/v1/runs.proto", "labwright/v1/admin.proto"]);
+    if let Err(e) = tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(api) {
         panic!("cannot generate Rust from the API protos: {e}");
     }
     let sila = compile(&root, &["sila2/SiLAFramework.proto", "sila2/SiLAService.proto", "sila2/PlateReader.proto"]);

@@ -15,6 +15,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the lab: store, instruments (simulated unless the site names real endpoints),
+    /// executor and the gRPC API. Stops gracefully on Ctrl-C or SIGTERM.
+    Serve {
+        /// Configuration file (labd.toml); every key has a default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `listen` from the config.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Overrides `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Overrides `time_scale`.
+        #[arg(long)]
+        time_scale: Option<f64>,
+    },
     /// Run the simulated instruments of a site as separate endpoints (PTYs, TCP ports, SiLA
     /// servers) and print where each listens; stops on Ctrl-C or SIGTERM.
     Sim {
@@ -52,6 +68,41 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
+        Command::Serve { config, listen, data_dir, time_scale } => {
+            let mut c = match config {
+                Some(p) => match crate::serve::Config::load(&p) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("labd serve: {e}");
+                        return 1;
+                    }
+                },
+                None => crate::serve::Config::default(),
+            };
+            if let Some(l) = listen {
+                c.listen = l;
+            }
+            if let Some(d) = data_dir {
+                c.data_dir = d;
+            }
+            if let Some(t) = time_scale {
+                c.time_scale = t;
+            }
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("labd serve: {e}");
+                    return 1;
+                }
+            };
+            match rt.block_on(crate::serve::serve(c)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("labd serve: {e}");
+                    1
+                }
+            }
+        }
         Command::Sim { site, time_scale, faults, host, format } => match sim(&site, time_scale, &faults, &host, format)
         {
             Ok(()) => 0,
@@ -102,7 +153,8 @@ fn sim(site_path: &PathBuf, scale: f64, faults: &[String], host: &str, format: O
     })
 }
 
-async fn wait_for_stop() {
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_stop() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

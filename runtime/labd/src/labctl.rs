@@ -19,6 +19,8 @@ pub const EXIT_USAGE: i32 = 2;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    conn: crate::client::Conn,
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,6 +40,9 @@ enum Cmd {
     /// Labware definitions.
     #[command(subcommand)]
     Labware(LabwareCmd),
+    /// Talk to a running labd (submit, runs, watch, results, tenant, token).
+    #[command(flatten)]
+    Client(crate::client::ClientCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -163,6 +168,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(exit_for(&c))
         }
         Cmd::Labware(cmd) => labware_cmd(cmd),
+        Cmd::Client(cmd) => crate::client::run(cli.conn, cmd),
     }
 }
 

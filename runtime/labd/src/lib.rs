@@ -5,8 +5,11 @@
 //! executor) builds on it.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
+pub mod client;
 pub mod daemon;
 pub mod executor;
 pub mod lab;
 pub mod labctl;
+pub mod serve;
 pub mod store;

@@ -324,3 +324,75 @@ fn the_executor_runs_two_tenants_on_the_simulated_site() {
         );
     });
 }
+
+/// `labd serve` with the simulated site, driven by `labctl` as a newcomer would: an admin makes
+/// two tenants and their tokens; one tenant submits the serial dilution and waits; it gets its
+/// 96 values; the other tenant cannot see the run at all; a retry does not make a second run.
+#[test]
+fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("lw-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--time-scale", "0.0001", "--data-dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("gRPC API on") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "labd serve stopped before listening");
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
+    let url = format!("http://127.0.0.1:{port}");
+    let ctl = |token: &str, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(["--url", &url, "--token", token])
+            .args(args)
+            .output()
+            .unwrap();
+        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+    };
+    let json = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {s}"))
+    };
+    for t in ["acme", "globex"] {
+        let (code, so, se) = ctl(&admin, &["tenant", "add", t, "--format", "json"]);
+        assert_eq!(code, 0, "{so}{se}");
+    }
+    let token = |t: &str| {
+        json(&ctl(&admin, &["token", "create", "--tenant", t, "--format", "json"]).1)["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (acme, globex) = (token("acme"), token("globex"));
+    let file = root().join("protocols/examples/serial-dilution.yaml");
+    let file = file.to_str().unwrap();
+    let (code, so, se) = ctl(&acme, &["submit", file, "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "the run succeeded\n{so}\n{se}");
+    let run = json(&so)["run"]["id"].as_str().unwrap().to_string();
+    assert!(so.contains("\"task_finished\""), "events were streamed");
+    let (code, csv, se) = ctl(&acme, &["results", &run, "--format", "csv"]);
+    assert_eq!(code, 0, "{se}");
+    assert_eq!(csv.trim().lines().count(), 1 + 96, "a header and one row per well");
+    let (code, _, se) = ctl(&globex, &["results", &run]);
+    assert_ne!(code, 0);
+    assert!(se.contains("not found"), "another tenant's run is simply not found: {se}");
+    assert!(!se.contains("acme"), "and nothing about the other tenant leaks: {se}");
+    assert_eq!(json(&ctl(&globex, &["runs", "--format", "json"]).1), serde_json::json!([]));
+    let (code, so, _) = ctl(&acme, &["submit", file, "--format", "json"]);
+    assert_eq!((code, json(&so)["created"].as_bool()), (0, Some(false)), "a retry returns the same run");
+    assert_eq!(json(&so)["run"]["id"].as_str(), Some(run.as_str()));
+    let (code, _, se) = ctl("lw_not_a_token", &["runs"]);
+    assert!(code != 0 && se.contains("not signed in"), "{se}");
+    let (code, _, se) = ctl(&acme, &["tenant", "add", "mallory"]);
+    assert!(code != 0 && se.contains("not allowed"), "{se}");
+    std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(server.wait().unwrap().success(), "SIGTERM stops labd gracefully");
+    let _ = std::fs::remove_dir_all(&dir);
+}

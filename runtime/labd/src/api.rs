@@ -1,0 +1,399 @@
+//! The gRPC API `labd serve` offers: Protocols (validate, quote), Runs (submit, get, list,
+//! watch, results) and Admin (tenants, tokens, usage). Every call is authenticated with
+//! `authorization: Bearer <token>`; tokens are stored as SHA-256 hashes. A scientist sees only
+//! their tenant: another tenant's run answers NOT_FOUND, like a run that does not exist.
+
+use crate::store::{self, Principal, Role, RunState, Store, StoreError};
+use protos::labwright::v1 as pb;
+use sha2::{Digest, Sha256};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// SHA-256 of a token, hex.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random token (256 bits, hex) with a readable prefix.
+pub fn new_token() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a token: {e}"))?;
+    Ok(format!("lw_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// Everything the API handlers share.
+#[derive(Clone)]
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub site: labware::Site,
+    pub library: labware::Library,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish()
+    }
+}
+
+fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(w) => Status::not_found(format!("{w} not found")),
+        StoreError::Conflict(w) => Status::already_exists(w),
+        StoreError::Invalid(w) => Status::invalid_argument(w),
+        StoreError::Backend(w) => Status::internal(format!("storage failed: {w}")),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(status)
+}
+
+impl Api {
+    /// The caller, from the bearer token.
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated(
+                "no token: send `authorization: Bearer <token>` (labctl: --token or LABWRIGHT_TOKEN)",
+            )
+        })?;
+        let text = header.to_str().map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| Status::unauthenticated("write the header as `Bearer <token>`"))?;
+        let (store, hash) = (self.store.clone(), token_hash(token.trim()));
+        tokio::task::spawn_blocking(move || store.principal_by_token_hash(&hash))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|_| Status::unauthenticated("unknown or revoked token"))
+    }
+
+    fn admin(p: &Principal) -> Result<(), Status> {
+        if p.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(Status::permission_denied("only an admin may do this"))
+        }
+    }
+
+    /// The tenant a principal is limited to (`None`: staff see every tenant).
+    fn scope(p: &Principal) -> Option<String> {
+        match p.role {
+            Role::Scientist => p.tenant_id.clone(),
+            _ => None,
+        }
+    }
+
+    fn compile(&self, name: &str, source: &[u8], format: i32) -> (protocols::SourceFile, protocols::Compilation) {
+        let format = match pb::SourceFormat::try_from(format) {
+            Ok(pb::SourceFormat::Labwright) => protocols::Format::Labwright,
+            Ok(pb::SourceFormat::Autoprotocol) => protocols::Format::Autoprotocol,
+            Ok(pb::SourceFormat::Opentrons) => protocols::Format::Opentrons,
+            _ => protocols::Format::Auto,
+        };
+        let src = match protocols::SourceFile::from_bytes(name, source.to_vec()) {
+            Ok(s) => s,
+            Err((s, _)) => s,
+        };
+        let c = protocols::compile(&src, format, &self.site, &self.library);
+        (src, c)
+    }
+
+    async fn run_info(&self, run: store::Run) -> Result<pb::RunInfo, Status> {
+        let store = self.store.clone();
+        let tid = run.tenant_id.clone();
+        let tenant = blocking(move || store.tenant(&tid)).await.map(|t| t.name).unwrap_or_default();
+        Ok(pb::RunInfo {
+            id: run.id,
+            tenant,
+            name: run.name,
+            state: run.state.as_str().into(),
+            reason: run.reason.unwrap_or_default(),
+            submitted_at_ms: run.submitted_at,
+            started_at_ms: run.started_at.unwrap_or(0),
+            finished_at_ms: run.finished_at.unwrap_or(0),
+        })
+    }
+}
+
+fn diagnostics(src: &protocols::SourceFile, c: &protocols::Compilation) -> Vec<pb::Diagnostic> {
+    c.diagnostics
+        .iter()
+        .map(|d| {
+            let a = src.line_col(d.span.start);
+            let b = src.line_col(d.span.end);
+            pb::Diagnostic {
+                code: d.code.into(),
+                severity: if d.is_error() { pb::Severity::Error as i32 } else { pb::Severity::Warning as i32 },
+                message: d.message.clone(),
+                line: a.line as u32,
+                column: a.column as u32,
+                end_line: b.line as u32,
+                end_column: b.column as u32,
+                hint: d.hint.clone().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+fn validation(src: &protocols::SourceFile, c: &protocols::Compilation) -> pb::ValidateResponse {
+    pb::ValidateResponse {
+        ok: !c.has_errors(),
+        diagnostics: diagnostics(src, c),
+        tasks: c.plan.as_ref().map_or(0, |p| p.tasks.len() as u32),
+        commands: c.plan.as_ref().map_or(0, |p| p.command_count() as u32),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::protocols_server::Protocols for Api {
+    async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
+        self.caller(&req).await?;
+        let r = req.into_inner();
+        let (src, c) = self.compile(&r.file_name, &r.source, r.format);
+        Ok(Response::new(validation(&src, &c)))
+    }
+
+    async fn quote(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::QuoteResponse>, Status> {
+        self.caller(&req).await?;
+        let r = req.into_inner();
+        let (src, c) = self.compile(&r.file_name, &r.source, r.format);
+        let mut out = pb::QuoteResponse { validation: Some(validation(&src, &c)), ..Default::default() };
+        if let Some(q) = &c.quote {
+            out.duration_s = q.duration_s;
+            out.plate_moves = q.plate_moves;
+            out.per_run = q.per_run;
+            out.total = q.total;
+            out.currency = q.currency.clone();
+            out.lines = q
+                .lines
+                .iter()
+                .map(|l| pb::CostLine {
+                    instrument_class: l.class.as_str().into(),
+                    hours: l.hours,
+                    rate_per_hour: l.rate_per_hour,
+                    amount: l.amount,
+                })
+                .collect();
+        }
+        Ok(Response::new(out))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::runs_server::Runs for Api {
+    type WatchStream = EventStream;
+
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let who = self.caller(&req).await?;
+        let tenant =
+            who.tenant_id.clone().ok_or_else(|| Status::permission_denied("only a tenant's scientist submits runs"))?;
+        let r = req.into_inner();
+        if r.idempotency_key.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "an idempotency key is required: any string unique to this submission",
+            ));
+        }
+        if r.source.len() > 32 << 20 {
+            return Err(Status::invalid_argument("the protocol is larger than 32 MiB"));
+        }
+        let (src, c) = self.compile(&r.file_name, &r.source, r.format);
+        let diags = diagnostics(&src, &c);
+        let Some(plan) = c.plan.filter(|_| !c.diagnostics.iter().any(|d| d.is_error())) else {
+            return Ok(Response::new(pb::SubmitResponse { run: None, created: false, diagnostics: diags }));
+        };
+        let new = store::NewRun {
+            tenant_id: tenant,
+            idempotency_key: r.idempotency_key,
+            name: plan.protocol.clone(),
+            source: String::from_utf8_lossy(&r.source).into_owned(),
+            plan_json: serde_json::to_string(&plan).map_err(|e| Status::internal(e.to_string()))?,
+            priority: 0,
+        };
+        let store = self.store.clone();
+        let (run, created) = blocking(move || store.submit_run(&new)).await?;
+        Ok(Response::new(pb::SubmitResponse { run: Some(self.run_info(run).await?), created, diagnostics: diags }))
+    }
+
+    async fn get(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunInfo>, Status> {
+        let who = self.caller(&req).await?;
+        let (store, id) = (self.store.clone(), req.into_inner().run_id);
+        let run = blocking(move || store.run(Self::scope(&who).as_deref(), &id)).await?;
+        Ok(Response::new(self.run_info(run).await?))
+    }
+
+    async fn list(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let who = self.caller(&req).await?;
+        let states = req
+            .into_inner()
+            .states
+            .iter()
+            .map(|s| RunState::parse(s).map_err(status))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.clone();
+        let runs = blocking(move || store.runs(Self::scope(&who).as_deref(), &states)).await?;
+        let mut out = Vec::new();
+        for r in runs {
+            out.push(self.run_info(r).await?);
+        }
+        Ok(Response::new(pb::ListRunsResponse { runs: out }))
+    }
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<EventStream>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.into_inner();
+        let scope = Self::scope(&who);
+        let (store, id, sc) = (self.store.clone(), r.run_id.clone(), scope.clone());
+        blocking(move || store.run(sc.as_deref(), &id)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut after = r.after_seq;
+            loop {
+                let (s, id, sc) = (store.clone(), r.run_id.clone(), scope.clone());
+                let events = match blocking(move || s.events(sc.as_deref(), &id, after)).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                for e in events {
+                    after = e.seq;
+                    let ev = pb::RunEvent {
+                        run_id: e.run_id,
+                        seq: e.seq,
+                        at_ms: e.at,
+                        kind: e.kind,
+                        payload_json: e.payload_json,
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                let (s, id, sc) = (store.clone(), r.run_id.clone(), scope.clone());
+                match blocking(move || s.run(sc.as_deref(), &id)).await {
+                    Ok(run) if run.state.is_final() => {
+                        // Drain what was written with the final state, then end the stream.
+                        let (s, id, sc) = (store.clone(), r.run_id.clone(), scope.clone());
+                        if let Ok(rest) = blocking(move || s.events(sc.as_deref(), &id, after)).await {
+                            for e in rest {
+                                let ev = pb::RunEvent {
+                                    run_id: e.run_id,
+                                    seq: e.seq,
+                                    at_ms: e.at,
+                                    kind: e.kind,
+                                    payload_json: e.payload_json,
+                                };
+                                if tx.send(Ok(ev)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        return;
+                    }
+                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<pb::ResultsResponse>, Status> {
+        let who = self.caller(&req).await?;
+        let (store, id) = (self.store.clone(), req.into_inner().run_id);
+        let rows = blocking(move || store.results(Self::scope(&who).as_deref(), &id)).await?;
+        Ok(Response::new(pb::ResultsResponse {
+            results: rows
+                .into_iter()
+                .map(|r| pb::Result {
+                    id: r.id,
+                    task: r.task_id,
+                    labware: r.labware,
+                    kind: r.kind,
+                    wells: r.wells,
+                    wavelengths_nm: r.wavelengths_nm,
+                    values: r.values,
+                    unit: r.unit,
+                })
+                .collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Api {
+    async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> Result<Response<pb::TenantInfo>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let weight = if r.weight == 0.0 { 1.0 } else { r.weight };
+        let store = self.store.clone();
+        let t = blocking(move || store.create_tenant(&r.name, weight)).await?;
+        Ok(Response::new(pb::TenantInfo { id: t.id, name: t.name, weight: t.weight }))
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let store = self.store.clone();
+        let ts = blocking(move || store.tenants()).await?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: ts.into_iter().map(|t| pb::TenantInfo { id: t.id, name: t.name, weight: t.weight }).collect(),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let role = Role::parse(&r.role).map_err(status)?;
+        let tenant = if r.tenant.is_empty() {
+            None
+        } else {
+            let (store, name) = (self.store.clone(), r.tenant.clone());
+            Some(blocking(move || store.tenant_by_name(&name)).await?)
+        };
+        let token = new_token().map_err(Status::internal)?;
+        let (store, hash, tid) = (self.store.clone(), token_hash(&token), tenant.as_ref().map(|t| t.id.clone()));
+        let p = blocking(move || store.create_principal(tid.as_deref(), role, &hash, None)).await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            principal_id: p.id,
+            role: role.as_str().into(),
+            tenant: r.tenant,
+        }))
+    }
+
+    async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let store = self.store.clone();
+        let (lines, tenants) = blocking(move || {
+            let tid = if r.tenant.is_empty() { None } else { Some(store.tenant_by_name(&r.tenant)?.id) };
+            Ok((store.usage(tid.as_deref(), r.since_ms)?, store.tenants()?))
+        })
+        .await?;
+        let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(id.to_string(), |t| t.name.clone());
+        Ok(Response::new(pb::UsageResponse {
+            lines: lines
+                .into_iter()
+                .map(|u| pb::UsageLine {
+                    tenant: name(&u.tenant_id),
+                    instrument_class: u.instrument_class,
+                    device_hours: u.device_seconds / 3600.0,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,289 @@
+//! `labctl`'s client commands: talk to a running `labd` over gRPC. The server and token come
+//! from `--url`/`--token` or `LABWRIGHT_URL`/`LABWRIGHT_TOKEN`; every command prints JSON with
+//! `--format json`; server errors are shown as sentences.
+
+use anyhow::{anyhow, bail, Context, Result};
+use protos::labwright::v1 as pb;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+/// Where the server is and who we are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Conn {
+    /// Server URL [env: LABWRIGHT_URL; default http://127.0.0.1:50051].
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// Access token [env: LABWRIGHT_TOKEN].
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+}
+
+/// Output format of a client command.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Out {
+    /// text for people, json for scripts.
+    #[arg(long, value_enum, default_value_t = Fmt::Text)]
+    pub format: Fmt,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fmt {
+    Text,
+    Json,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientCmd {
+    /// Submit a protocol as a run of your tenant.
+    Submit {
+        #[command(flatten)]
+        out: Out,
+        file: PathBuf,
+        /// Wait until the run ends, printing its events.
+        #[arg(long)]
+        wait: bool,
+        /// Idempotency key (default: derived from the file's content, so a retry is safe).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// List runs you may see.
+    Runs {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Follow a run's events until it ends.
+    Watch {
+        #[command(flatten)]
+        out: Out,
+        run: String,
+    },
+    /// A run's measured values.
+    Results {
+        run: String,
+        /// `csv` writes one row per well and wavelength.
+        #[arg(long, value_enum, default_value_t = ResultsFormat::Json)]
+        format: ResultsFormat,
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Tenants (admin).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Add {
+        #[command(flatten)]
+        out: Out,
+        name: String,
+        #[arg(long, default_value_t = 1.0)]
+        weight: f64,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a token (shown once).
+    Create {
+        #[command(flatten)]
+        out: Out,
+        /// Tenant name (scientists).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// admin, technician or scientist.
+        #[arg(long, default_value = "scientist")]
+        role: String,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultsFormat {
+    Json,
+    Csv,
+}
+
+fn sentence(s: tonic::Status) -> anyhow::Error {
+    let what = match s.code() {
+        tonic::Code::NotFound => "not found",
+        tonic::Code::Unauthenticated => "not signed in",
+        tonic::Code::PermissionDenied => "not allowed",
+        tonic::Code::InvalidArgument => "invalid request",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::Unavailable => "server unreachable",
+        _ => "server error",
+    };
+    anyhow!("{what}: {}", s.message())
+}
+
+struct Client {
+    channel: Channel,
+    token: String,
+}
+
+impl Client {
+    async fn connect(conn: &Conn) -> Result<Client> {
+        let url = conn
+            .url
+            .clone()
+            .or_else(|| std::env::var("LABWRIGHT_URL").ok())
+            .unwrap_or_else(|| "http://127.0.0.1:50051".into());
+        let token = conn.token.clone().or_else(|| std::env::var("LABWRIGHT_TOKEN").ok()).ok_or_else(|| {
+            anyhow!("no token: pass --token or set LABWRIGHT_TOKEN (an admin's is in labd-data/admin.token)")
+        })?;
+        let channel = Channel::from_shared(url.clone())
+            .with_context(|| format!("bad server URL {url}"))?
+            .connect()
+            .await
+            .map_err(|e| anyhow!("cannot reach labd at {url}: {e}; is `labd serve` running?"))?;
+        Ok(Client { channel, token: token.trim().to_string() })
+    }
+
+    fn req<T>(&self, msg: T) -> Result<tonic::Request<T>> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token)
+                .parse()
+                .map_err(|_| anyhow!("the token contains characters a header cannot carry"))?,
+        );
+        Ok(r)
+    }
+}
+
+fn run_json(r: &pb::RunInfo) -> serde_json::Value {
+    serde_json::json!({"id": r.id, "tenant": r.tenant, "name": r.name, "state": r.state, "reason": r.reason})
+}
+
+/// Runs a client command; returns the exit code.
+pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    rt.block_on(async move {
+        let c = Client::connect(&conn).await?;
+        match cmd {
+            ClientCmd::Submit { out, file, wait, key } => {
+                let json = out.format == Fmt::Json;
+                let source = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                let key = key.unwrap_or_else(|| crate::api::token_hash(&String::from_utf8_lossy(&source))[..32].to_string());
+                let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let resp = pb::runs_client::RunsClient::new(c.channel.clone())
+                    .submit(c.req(pb::SubmitRequest { file_name: name.clone(), source, format: 0, idempotency_key: key })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner();
+                let Some(run) = resp.run else {
+                    for d in &resp.diagnostics {
+                        eprintln!("{name}:{}:{}: {}[{}]: {}", d.line, d.column, if d.severity == pb::Severity::Error as i32 { "error" } else { "warning" }, d.code, d.message);
+                    }
+                    bail!("the protocol has errors; nothing was submitted");
+                };
+                if json {
+                    println!("{}", serde_json::json!({"run": run_json(&run), "created": resp.created}));
+                } else {
+                    println!("{} {} ({})", if resp.created { "submitted" } else { "already submitted as" }, run.id, run.state);
+                }
+                if wait {
+                    return watch(&c, &run.id, json).await;
+                }
+                Ok(0)
+            }
+            ClientCmd::Runs { out } => {
+                let json = out.format == Fmt::Json;
+                let runs = pb::runs_client::RunsClient::new(c.channel.clone()).list(c.req(pb::ListRunsRequest { states: vec![] })?).await.map_err(sentence)?.into_inner().runs;
+                if json {
+                    println!("{}", serde_json::Value::Array(runs.iter().map(run_json).collect()));
+                } else {
+                    for r in runs {
+                        println!("{:<28} {:<12} {:<10} {} {}", r.id, r.tenant, r.state, r.name, r.reason);
+                    }
+                }
+                Ok(0)
+            }
+            ClientCmd::Watch { out, run } => watch(&c, &run, out.format == Fmt::Json).await,
+            ClientCmd::Results { run, format, output } => {
+                let rs = pb::runs_client::RunsClient::new(c.channel.clone()).results(c.req(pb::ResultsRequest { run_id: run })?).await.map_err(sentence)?.into_inner().results;
+                let text = match format {
+                    ResultsFormat::Json => serde_json::Value::Array(
+                        rs.iter()
+                            .map(|r| serde_json::json!({"id": r.id, "task": r.task, "labware": r.labware, "kind": r.kind, "wells": r.wells, "wavelengths_nm": r.wavelengths_nm, "values": r.values, "unit": r.unit}))
+                            .collect(),
+                    )
+                    .to_string(),
+                    ResultsFormat::Csv => {
+                        let mut s = String::from("result,labware,kind,well,wavelength_nm,value,unit\n");
+                        for r in &rs {
+                            let per = if r.kind == "absorbance" { r.wavelengths_nm.len().max(1) } else { 1 };
+                            for (i, w) in r.wells.iter().enumerate() {
+                                for k in 0..per {
+                                    let wl = r.wavelengths_nm.get(if per == 1 && r.kind != "absorbance" { 1 } else { k }).copied().unwrap_or(0.0);
+                                    let v = r.values.get(i * per + k).copied().unwrap_or(f64::NAN);
+                                    s.push_str(&format!("{},{},{},{w},{wl},{v},{}\n", r.id, r.labware, r.kind, r.unit));
+                                }
+                            }
+                        }
+                        s
+                    }
+                };
+                match output {
+                    Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
+                    None => println!("{text}"),
+                }
+                Ok(0)
+            }
+            ClientCmd::Tenant(TenantCmd::Add { out, name, weight }) => {
+                let json = out.format == Fmt::Json;
+                let t = pb::admin_client::AdminClient::new(c.channel.clone()).create_tenant(c.req(pb::CreateTenantRequest { name, weight })?).await.map_err(sentence)?.into_inner();
+                if json {
+                    println!("{}", serde_json::json!({"id": t.id, "name": t.name, "weight": t.weight}));
+                } else {
+                    println!("tenant {} ({})", t.name, t.id);
+                }
+                Ok(0)
+            }
+            ClientCmd::Token(TokenCmd::Create { out, tenant, role }) => {
+                let json = out.format == Fmt::Json;
+                let t = pb::admin_client::AdminClient::new(c.channel.clone())
+                    .create_token(c.req(pb::CreateTokenRequest { tenant: tenant.unwrap_or_default(), role })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner();
+                if json {
+                    println!("{}", serde_json::json!({"token": t.token, "principal": t.principal_id, "role": t.role, "tenant": t.tenant}));
+                } else {
+                    println!("{}", t.token);
+                    eprintln!("(shown once: store it now)");
+                }
+                Ok(0)
+            }
+        }
+    })
+}
+
+async fn watch(c: &Client, run: &str, json: bool) -> Result<i32> {
+    let mut stream = pb::runs_client::RunsClient::new(c.channel.clone())
+        .watch(c.req(pb::WatchRequest { run_id: run.into(), after_seq: 0 })?)
+        .await
+        .map_err(sentence)?
+        .into_inner();
+    let mut last_state = String::new();
+    while let Some(ev) = stream.message().await.map_err(sentence)? {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"run": ev.run_id, "seq": ev.seq, "kind": ev.kind, "payload": serde_json::from_str::<serde_json::Value>(&ev.payload_json).unwrap_or_default()})
+            );
+        } else {
+            println!("#{:<4} {:<16} {}", ev.seq, ev.kind, ev.payload_json);
+        }
+        if ev.kind == "state" {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&ev.payload_json) {
+                last_state = v["state"].as_str().unwrap_or_default().to_string();
+            }
+        }
+    }
+    Ok(if last_state == "succeeded" { 0 } else { 1 })
+}

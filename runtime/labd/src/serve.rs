@@ -1,0 +1,167 @@
+//! `labd serve`: the store, the lab (simulated or real), the executor and the gRPC API in one
+//! process.
+
+use crate::api::{new_token, token_hash, Api};
+use crate::executor::{Executor, ExecutorConfig};
+use crate::lab::Lab;
+use crate::store::{sqlite::SqliteStore, Role, Store};
+use devices::TimeScale;
+use protos::labwright::v1 as pb;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `labd.toml`. Every key is optional; unknown keys are errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the database and the admin token live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// gRPC address.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Site description; the shipped simulated site when absent.
+    pub site: Option<PathBuf>,
+    /// Device time per wall time for simulated instruments (1.0 real time).
+    #[serde(default = "default_scale")]
+    pub time_scale: f64,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("labd-data")
+}
+fn default_listen() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_scale() -> f64 {
+    1.0
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { data_dir: default_data_dir(), listen: default_listen(), site: None, time_scale: default_scale() }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file; errors name the file and the key.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let c: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        c.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(c)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
+            return Err(format!("time_scale = {}: give a positive number (1.0 is real time)", self.time_scale));
+        }
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("listen = {:?}: give host:port, e.g. \"127.0.0.1:50051\"", self.listen))?;
+        Ok(())
+    }
+}
+
+/// Starts everything; returns when SIGINT or SIGTERM arrives (after a graceful stop).
+pub async fn serve(config: Config) -> Result<(), String> {
+    config.check()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    let site = match &config.site {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read site {}: {e}", p.display()))?;
+            labware::Site::from_toml(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => labware::Site::sim().map_err(|e| e.to_string())?,
+    };
+    // Bind first: a taken port fails before anything else starts.
+    let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| {
+        format!("cannot listen on {} (listen in labd.toml): {e}; is another labd running?", config.listen)
+    })?;
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?);
+    let token_file = config.data_dir.join("admin.token");
+    if !token_file.exists() {
+        let token = new_token()?;
+        store.create_principal(None, Role::Admin, &token_hash(&token), None).map_err(|e| e.to_string())?;
+        write_secret(&token_file, &token)?;
+        println!("admin token (shown once; also in {}): {token}", token_file.display());
+    }
+    let scale = TimeScale(config.time_scale);
+    let all_sim = site
+        .instruments
+        .iter()
+        .map(|i| i.endpoint.as_str())
+        .chain(site.arms.iter().map(|a| a.endpoint.as_str()))
+        .all(|e| e.starts_with("sim"));
+    let lab = if all_sim {
+        Lab::simulated(site.clone(), scale).await?
+    } else {
+        let endpoints = site
+            .instruments
+            .iter()
+            .map(|i| (i.id.clone(), i.endpoint.clone()))
+            .chain(site.arms.iter().map(|a| (a.id.clone(), a.endpoint.clone())))
+            .collect();
+        Lab::connect(site.clone(), &endpoints, scale).await?
+    };
+    let lab = Arc::new(lab);
+    let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
+    let stop = tokio::sync::watch::channel(false);
+    let mut stop_rx = stop.1.clone();
+    let exec_task = tokio::spawn(async move {
+        loop {
+            if let Err(e) = executor.run_queued().await {
+                eprintln!("labd: executor: {e}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = stop_rx.changed() => return,
+            }
+        }
+    });
+    let api = Api { store, site, library: labware::Library::shipped() };
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!(
+        "labd: gRPC API on {addr}; data in {}; {} instruments{}",
+        config.data_dir.display(),
+        lab.instruments.len() + lab.arms.len(),
+        if all_sim { " (simulated)" } else { "" }
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+        s.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    let shutdown = async move {
+        crate::daemon::wait_for_stop().await;
+        let _ = stop.0.send(true);
+    };
+    tonic::transport::Server::builder()
+        .add_service(pb::protocols_server::ProtocolsServer::new(api.clone()))
+        .add_service(pb::runs_server::RunsServer::new(api.clone()))
+        .add_service(pb::admin_server::AdminServer::new(api))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| format!("gRPC server: {e}"))?;
+    // The executor stops at its next batch boundary; what it wrote is committed.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), exec_task).await;
+    println!("labd: stopped");
+    Ok(())
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    o.mode(0o600);
+    let mut f = o.open(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    writeln!(f, "{text}").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
