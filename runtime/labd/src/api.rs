@@ -306,6 +306,33 @@ impl pb::runs_server::Runs for Api {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::RunInfo>, Status> {
+        let who = self.caller(&req).await?;
+        let (store, id) = (self.store.clone(), req.into_inner().run_id);
+        let scope = Self::scope(&who);
+        let run = blocking(move || {
+            let run = store.run(scope.as_deref(), &id)?;
+            let next = match run.state {
+                RunState::Queued => RunState::Cancelled,
+                RunState::Running => RunState::Cancelling,
+                RunState::Cancelling => return Ok(run),
+                s => return Err(StoreError::Invalid(format!("run {id} already {s}"))),
+            };
+            let reason = format!("cancelled by {}", who.role.as_str());
+            store.set_run_state(&id, next, Some(&reason))?;
+            store.run(None, &id)
+        })
+        .await
+        .map_err(|s| {
+            if s.code() == tonic::Code::InvalidArgument {
+                Status::failed_precondition(s.message())
+            } else {
+                s
+            }
+        })?;
+        Ok(Response::new(self.run_info(run).await?))
+    }
+
     async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<pb::ResultsResponse>, Status> {
         let who = self.caller(&req).await?;
         let (store, id) = (self.store.clone(), req.into_inner().run_id);

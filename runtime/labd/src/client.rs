@@ -57,6 +57,12 @@ pub enum ClientCmd {
         out: Out,
         run: String,
     },
+    /// Cancel a run (it stops at the next task; its plates go back to storage).
+    Cancel {
+        #[command(flatten)]
+        out: Out,
+        run: String,
+    },
     /// A run's measured values.
     Results {
         run: String,
@@ -114,6 +120,7 @@ fn sentence(s: tonic::Status) -> anyhow::Error {
         tonic::Code::PermissionDenied => "not allowed",
         tonic::Code::InvalidArgument => "invalid request",
         tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::FailedPrecondition => "not possible now",
         tonic::Code::Unavailable => "server unreachable",
         _ => "server error",
     };
@@ -200,6 +207,15 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     for r in runs {
                         println!("{:<28} {:<12} {:<10} {} {}", r.id, r.tenant, r.state, r.name, r.reason);
                     }
+                }
+                Ok(0)
+            }
+            ClientCmd::Cancel { out, run } => {
+                let r = pb::runs_client::RunsClient::new(c.channel.clone()).cancel(c.req(pb::CancelRequest { run_id: run })?).await.map_err(sentence)?.into_inner();
+                if out.format == Fmt::Json {
+                    println!("{}", run_json(&r));
+                } else {
+                    println!("{} {}", r.id, r.state);
                 }
                 Ok(0)
             }

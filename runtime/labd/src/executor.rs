@@ -155,6 +155,42 @@ impl Executor {
         self.store.submit_run(&run).map(|(r, _)| r).map_err(|e| e.to_string())
     }
 
+    /// After a restart: runs that were running when the runtime stopped are failed with a reason
+    /// naming any command whose outcome is unknown (never silently resent); a technician gets an
+    /// intervention for each such command that is not safe to repeat. Queued runs are untouched
+    /// and run normally. Returns the runs it failed.
+    pub fn recover(&self) -> Result<Vec<String>, String> {
+        let open = self.store.open_attempts().map_err(|e| e.to_string())?;
+        let mut failed = Vec::new();
+        for run in self.store.runs(None, &[RunState::Running, RunState::Cancelling]).map_err(|e| e.to_string())? {
+            let mine: Vec<_> = open.iter().filter(|a| a.intent.run_id == run.id).collect();
+            for a in &mine {
+                let _ =
+                    self.store.record_outcome(&a.id, "unknown", Some("labd stopped before the outcome was recorded"));
+                if !a.intent.repeatable {
+                    let _ = self.store.open_intervention(
+                        &run.id,
+                        (a.intent.task_id >= 0).then_some(a.intent.task_id),
+                        Some(&a.intent.instrument),
+                        &format!("labd restarted while {} was running {}", a.intent.instrument, a.intent.op_json),
+                        "check the instrument and the plate; the run was stopped and will not resend this command",
+                    );
+                }
+            }
+            let reason = match mine.first() {
+                Some(a) => format!(
+                    "labd restarted mid-run; {} may or may not have run {}",
+                    a.intent.instrument, a.intent.op_json
+                ),
+                None => "labd restarted mid-run between commands".to_string(),
+            };
+            let state = if run.state == RunState::Cancelling { RunState::Cancelled } else { RunState::Failed };
+            self.store.set_run_state(&run.id, state, Some(&reason)).map_err(|e| e.to_string())?;
+            failed.push(run.id);
+        }
+        Ok(failed)
+    }
+
     /// Plans every queued run together and carries the plan out; returns when each has reached
     /// a final state.
     pub async fn run_queued(&self) -> Result<BatchReport, String> {
@@ -206,9 +242,11 @@ impl Executor {
         report.moves = jobs.iter().filter(|j| matches!(j.job, Job::Move(_))).count() as u64;
         let failures = self.execute(&problem, &admitted, jobs).await;
         for (i, a) in admitted.iter().enumerate() {
-            let (state, reason) = match failures.get(&i) {
-                None => (RunState::Succeeded, None),
-                Some(why) => (RunState::Failed, Some(why.clone())),
+            let cancelling = self.store.run(None, &a.run.id).is_ok_and(|r| r.state == RunState::Cancelling);
+            let (state, reason) = match (failures.get(&i), cancelling) {
+                (_, true) => (RunState::Cancelled, Some("cancelled; its plates were returned to storage".to_string())),
+                (None, false) => (RunState::Succeeded, None),
+                (Some(why), false) => (RunState::Failed, Some(why.clone())),
             };
             self.store.set_run_state(&a.run.id, state, reason.as_deref()).map_err(|e| e.to_string())?;
             report.runs.push((a.run.id.clone(), state, reason));
@@ -274,6 +312,14 @@ impl Executor {
     }
 
     async fn job(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), String> {
+        if let Job::Task { run, .. } = job {
+            // A cancelled run stops at the next task boundary; its plate moves still run, so
+            // every plate ends up back in storage.
+            let (store, id) = (self.store.clone(), runs[*run].0.id.clone());
+            if blocking(move || store.run(None, &id)).await.is_ok_and(|r| r.state == RunState::Cancelling) {
+                return Ok(());
+            }
+        }
         match job {
             Job::Move(m) => {
                 let (run, plan) = &runs[m.run];

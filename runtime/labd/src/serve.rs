@@ -109,6 +109,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     let lab = Arc::new(lab);
     let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
+    for run in executor.recover()? {
+        println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
+    }
     let stop = tokio::sync::watch::channel(false);
     let mut stop_rx = stop.1.clone();
     let exec_task = tokio::spawn(async move {

@@ -396,3 +396,136 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     assert!(server.wait().unwrap().success(), "SIGTERM stops labd gracefully");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Cancelling a running run stops it at the next task; plate moves still run; it ends cancelled.
+/// After a crash, a run that was running is failed with a reason, an in-flight command that is not
+/// safe to repeat becomes an intervention and is never resent, and queued runs are untouched.
+#[test]
+fn cancel_and_recovery_leave_every_run_in_an_explicit_state() {
+    use labd::executor::{Executor, ExecutorConfig};
+    use labd::store::{sqlite::SqliteStore, Intent, RunState, Store};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let scale = devices::TimeScale(0.0001);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let lab = Arc::new(labd::lab::Lab::simulated(labware::Site::sim().unwrap(), scale).await.unwrap());
+        let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, ..ExecutorConfig::default() });
+        let t = store.create_tenant("acme", 1.0).unwrap();
+        let run = ex.submit(&t.id, "c", "growth", "growth-curve.yaml", &compile_example("growth-curve.yaml")).unwrap();
+        let (s2, id) = (store.clone(), run.id.clone());
+        let canceller = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if s2.events(None, &id, 0).unwrap().iter().any(|e| e.kind == "task_finished") {
+                    s2.set_run_state(&id, RunState::Cancelling, Some("cancelled by test")).unwrap();
+                    return;
+                }
+            }
+        });
+        let report = tokio::time::timeout(std::time::Duration::from_secs(120), ex.run_queued()).await.unwrap().unwrap();
+        canceller.await.unwrap();
+        assert_eq!(report.runs[0].1, RunState::Cancelled, "{:?}", report.runs);
+        let plan = compile_example("growth-curve.yaml");
+        let finished = store.events(None, &run.id, 0).unwrap().iter().filter(|e| e.kind == "task_finished").count();
+        assert!(finished < plan.tasks.len(), "it stopped early ({finished} of {} tasks)", plan.tasks.len());
+
+        // A crash mid-run, simulated in the store: running, one dispense sent, no outcome.
+        let crashed = ex.submit(&t.id, "d", "dilution", "sd.yaml", &compile_example("serial-dilution.yaml")).unwrap();
+        let waiting = ex.submit(&t.id, "e", "dilution", "sd2.yaml", &compile_example("serial-dilution.yaml")).unwrap();
+        store.set_run_state(&crashed.id, RunState::Running, None).unwrap();
+        store
+            .record_intent(&Intent {
+                run_id: crashed.id.clone(),
+                task_id: 0,
+                command_index: 7,
+                instrument: "lh1".into(),
+                op_json: "{\"op\":\"dispense\"}".into(),
+                repeatable: false,
+            })
+            .unwrap();
+        assert_eq!(ex.recover().unwrap(), vec![crashed.id.clone()]);
+        let r = store.run(None, &crashed.id).unwrap();
+        assert_eq!(r.state, RunState::Failed);
+        assert!(r.reason.unwrap().contains("may or may not have run"));
+        assert!(store.open_attempts().unwrap().is_empty(), "the in-flight command is marked unknown, not left open");
+        assert_eq!(store.attempts(&crashed.id).unwrap()[0].outcome.as_deref(), Some("unknown"));
+        assert_eq!(store.interventions(None, true).unwrap().len(), 1, "a technician is asked to check the dispense");
+        assert_eq!(store.run(None, &waiting.id).unwrap().state, RunState::Queued, "queued runs continue");
+    });
+}
+
+/// `kill -9` of labd mid-run, then a restart: the interrupted run ends explicitly failed with a
+/// reason, its event sequence stays gapless, and a run submitted afterwards completes.
+#[test]
+fn labd_killed_mid_run_recovers_on_restart() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("lw-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let start = |scale: &str| {
+        let mut s = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--time-scale", scale, "--data-dir"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(s.stdout.take().unwrap());
+        let mut seen = String::new();
+        let mut line = String::new();
+        while !line.contains("gRPC API on") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "labd stopped before listening");
+            seen.push_str(&line);
+        }
+        std::thread::spawn(move || for _ in out.lines() {});
+        (s, seen)
+    };
+    // Slow enough (0.01) that the run is surely mid-way when killed.
+    let (mut first, _) = start("0.01");
+    let url = format!("http://127.0.0.1:{port}");
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
+    let ctl = |token: &str, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(["--url", &url, "--token", token])
+            .args(args)
+            .output()
+            .unwrap();
+        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+    };
+    assert_eq!(ctl(&admin, &["tenant", "add", "acme"]).0, 0);
+    let token = ctl(&admin, &["token", "create", "--tenant", "acme"]).1.trim().to_string();
+    let file = root().join("protocols/examples/serial-dilution.yaml");
+    let (code, so, se) = ctl(&token, &["submit", file.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 0, "{se}");
+    let run = serde_json::from_str::<serde_json::Value>(so.lines().next().unwrap()).unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, so, _) = ctl(&token, &["runs", "--format", "json"]);
+        if so.contains("\"running\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the run never started: {so}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    first.kill().unwrap(); // SIGKILL: no chance to clean up
+    first.wait().unwrap();
+    let (mut second, seen) = start("0.0001");
+    assert!(seen.contains(&run), "the restart reports the interrupted run: {seen}");
+    let (_, so, _) = ctl(&token, &["watch", &run, "--format", "json"]);
+    let events: Vec<serde_json::Value> = so.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>(), "gapless across the crash");
+    let last = events.last().unwrap();
+    assert_eq!(last["payload"]["state"], "failed");
+    assert!(last["payload"]["reason"].as_str().unwrap().contains("restarted"), "{last}");
+    let (code, _, se) = ctl(&token, &["submit", file.to_str().unwrap(), "--key", "after-crash", "--wait"]);
+    assert_eq!(code, 0, "a new run completes after the restart: {se}");
+    std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
+    assert!(second.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
