@@ -6,6 +6,11 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let api = compile(&root, &["labwright/v1/protocols.proto", "labwright/v1/runs.proto", "labwright/v1/admin.proto"]);
+    // The encoded descriptors, for the gRPC reflection service.
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("labwright_descriptor.bin");
+    if let Err(e) = std::fs::write(&out, prost::Message::encode_to_vec(&api)) {
+        panic!("cannot write {}: {e}", out.display());
+    }
     if let Err(e) = tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(api) {
         panic!("cannot generate Rust from the API protos: {e}");
     }

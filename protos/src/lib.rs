@@ -10,6 +10,8 @@ pub mod labwright {
     /// Version 1 of the API.
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/labwright.v1.rs"));
+        /// Encoded file descriptors of the API, for gRPC server reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/labwright_descriptor.bin"));
     }
 }
 

@@ -144,7 +144,15 @@ pub async fn serve(config: Config) -> Result<(), String> {
         crate::daemon::wait_for_stop().await;
         let _ = stop.0.send(true);
     };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::runs_server::RunsServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
     tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(pb::protocols_server::ProtocolsServer::new(api.clone()))
         .add_service(pb::runs_server::RunsServer::new(api.clone()))
         .add_service(pb::admin_server::AdminServer::new(api))

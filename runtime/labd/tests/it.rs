@@ -388,6 +388,18 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let (code, so, _) = ctl(&acme, &["submit", file, "--format", "json"]);
     assert_eq!((code, json(&so)["created"].as_bool()), (0, Some(false)), "a retry returns the same run");
     assert_eq!(json(&so)["run"]["id"].as_str(), Some(run.as_str()));
+    // The standard gRPC health service answers for the API.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let serving = rt.block_on(async {
+        let ch = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
+        let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+        h.check(tonic_health::pb::HealthCheckRequest { service: "labwright.v1.Runs".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    });
+    assert_eq!(serving, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     let (code, _, se) = ctl("lw_not_a_token", &["runs"]);
     assert!(code != 0 && se.contains("not signed in"), "{se}");
     let (code, _, se) = ctl(&acme, &["tenant", "add", "mallory"]);
