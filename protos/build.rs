@@ -5,7 +5,15 @@ use std::path::{Path, PathBuf};
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
     println!("cargo:rerun-if-changed={}", root.display());
-    let api = compile(&root, &["labwright/v1/protocols.proto", "labwright/v1/runs.proto", "labwright/v1/admin.proto"]);
+    let api = compile(
+        &root,
+        &[
+            "labwright/v1/protocols.proto",
+            "labwright/v1/runs.proto",
+            "labwright/v1/admin.proto",
+            "labwright/v1/lab.proto",
+        ],
+    );
     // The encoded descriptors, for the gRPC reflection service.
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("labwright_descriptor.bin");
     if let Err(e) = std::fs::write(&out, prost::Message::encode_to_vec(&api)) {

@@ -15,8 +15,9 @@ use labware::Library;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-/// Volumes are compared with this tolerance, µL.
-const EPS_UL: f64 = 1e-6;
+/// Volumes are compared with this tolerance, µL: G-code positions carry 6 decimals of a mm, so
+/// sums of many moves differ from exact arithmetic by far less than this.
+const EPS_UL: f64 = 1e-3;
 /// Axis speeds, mm per second (device time).
 const XY_MM_S: f64 = 400.0;
 const Z_MM_S: f64 = 125.0;

@@ -29,6 +29,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub site: labware::Site,
     pub library: labware::Library,
+    /// The connected instruments (for technicians' status views).
+    pub lab: Option<Arc<crate::lab::Lab>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -422,5 +424,80 @@ impl pb::admin_server::Admin for Api {
                 })
                 .collect(),
         }))
+    }
+}
+
+fn intervention(i: store::Intervention) -> pb::InterventionInfo {
+    pb::InterventionInfo {
+        id: i.id,
+        run_id: i.run_id,
+        instrument: i.instrument.unwrap_or_default(),
+        what: i.what,
+        todo: i.todo,
+        state: i.state,
+        created_at_ms: i.created_at,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lab_server::Lab for Api {
+    async fn instruments(
+        &self,
+        req: Request<pb::InstrumentsRequest>,
+    ) -> Result<Response<pb::InstrumentsResponse>, Status> {
+        let who = self.caller(&req).await?;
+        if who.role == Role::Scientist {
+            return Err(Status::permission_denied("instrument status is for technicians and admins"));
+        }
+        let mut out = Vec::new();
+        if let Some(lab) = &self.lab {
+            for inst in &self.site.instruments {
+                let Some(d) = lab.instruments.get(&inst.id) else { continue };
+                let st = tokio::time::timeout(std::time::Duration::from_secs(2), d.status()).await;
+                let (state, t, detail) = match st {
+                    Ok(Ok(s)) => {
+                        let state = match s.state {
+                            devices::State::Idle => "idle".to_string(),
+                            devices::State::Busy => "busy".to_string(),
+                            devices::State::Fault(f) => format!("fault: {f}"),
+                            devices::State::Offline => "offline".to_string(),
+                        };
+                        (state, s.temperature_c.unwrap_or(f64::NAN), s.detail)
+                    }
+                    Ok(Err(e)) => ("offline".to_string(), f64::NAN, e.to_string()),
+                    Err(_) => ("busy".to_string(), f64::NAN, "no status reply within 2 s".to_string()),
+                };
+                out.push(pb::InstrumentInfo {
+                    id: inst.id.clone(),
+                    class: inst.class.as_str().into(),
+                    state,
+                    temperature_c: t,
+                    detail,
+                });
+            }
+        }
+        Ok(Response::new(pb::InstrumentsResponse { instruments: out }))
+    }
+
+    async fn interventions(
+        &self,
+        req: Request<pb::InterventionsRequest>,
+    ) -> Result<Response<pb::InterventionsResponse>, Status> {
+        let who = self.caller(&req).await?;
+        let all = req.into_inner().include_resolved;
+        let store = self.store.clone();
+        let list = blocking(move || store.interventions(Self::scope(&who).as_deref(), !all)).await?;
+        Ok(Response::new(pb::InterventionsResponse { interventions: list.into_iter().map(intervention).collect() }))
+    }
+
+    async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::InterventionInfo>, Status> {
+        let who = self.caller(&req).await?;
+        if who.role == Role::Scientist {
+            return Err(Status::permission_denied("interventions are resolved by technicians and admins"));
+        }
+        let r = req.into_inner();
+        let store = self.store.clone();
+        let i = blocking(move || store.resolve_intervention(&r.id, &r.resolution, &who.id)).await?;
+        Ok(Response::new(intervention(i)))
     }
 }

@@ -72,6 +72,26 @@ pub enum ClientCmd {
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
     },
+    /// Instruments and their state (technicians).
+    Instruments {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Open interventions: what happened and what a technician must do.
+    Interventions {
+        #[command(flatten)]
+        out: Out,
+        /// Include resolved ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Resolve an intervention: done, redo or abort.
+    Resolve {
+        #[command(flatten)]
+        out: Out,
+        id: String,
+        resolution: String,
+    },
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -247,6 +267,42 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 match output {
                     Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
                     None => println!("{text}"),
+                }
+                Ok(0)
+            }
+            ClientCmd::Instruments { out } => {
+                let list = pb::lab_client::LabClient::new(c.channel.clone()).instruments(c.req(pb::InstrumentsRequest {})?).await.map_err(sentence)?.into_inner().instruments;
+                for i in list {
+                    if out.format == Fmt::Json {
+                        println!("{}", serde_json::json!({"id": i.id, "class": i.class, "state": i.state, "temperature_c": if i.temperature_c.is_nan() { None } else { Some(i.temperature_c) }, "detail": i.detail}));
+                    } else {
+                        println!("{:<10} {:<15} {:<10} {}", i.id, i.class, i.state, i.detail);
+                    }
+                }
+                Ok(0)
+            }
+            ClientCmd::Interventions { out, all } => {
+                let list = pb::lab_client::LabClient::new(c.channel.clone())
+                    .interventions(c.req(pb::InterventionsRequest { include_resolved: all })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner()
+                    .interventions;
+                for i in list {
+                    if out.format == Fmt::Json {
+                        println!("{}", serde_json::json!({"id": i.id, "run": i.run_id, "instrument": i.instrument, "what": i.what, "todo": i.todo, "state": i.state}));
+                    } else {
+                        println!("{} [{}] run {}: {} — {}", i.id, i.state, i.run_id, i.what, i.todo);
+                    }
+                }
+                Ok(0)
+            }
+            ClientCmd::Resolve { out, id, resolution } => {
+                let i = pb::lab_client::LabClient::new(c.channel.clone()).resolve(c.req(pb::ResolveRequest { id, resolution })?).await.map_err(sentence)?.into_inner();
+                if out.format == Fmt::Json {
+                    println!("{}", serde_json::json!({"id": i.id, "state": i.state}));
+                } else {
+                    println!("{} {}", i.id, i.state);
                 }
                 Ok(0)
             }

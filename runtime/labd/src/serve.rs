@@ -125,7 +125,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             }
         }
     });
-    let api = Api { store, site, library: labware::Library::shipped() };
+    let api = Api { store, site, library: labware::Library::shipped(), lab: Some(lab.clone()) };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
         "labd: gRPC API on {addr}; data in {}; {} instruments{}",
@@ -155,7 +155,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .add_service(reflection)
         .add_service(pb::protocols_server::ProtocolsServer::new(api.clone()))
         .add_service(pb::runs_server::RunsServer::new(api.clone()))
-        .add_service(pb::admin_server::AdminServer::new(api))
+        .add_service(pb::admin_server::AdminServer::new(api.clone()))
+        .add_service(pb::lab_server::LabServer::new(api))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| format!("gRPC server: {e}"))?;

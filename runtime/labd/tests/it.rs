@@ -261,6 +261,16 @@ fn sqlite_store_keeps_what_it_committed_across_reopen() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Kills the child process when dropped, so a failing test leaves no daemon behind.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn compile_example(name: &str) -> protocols::plan::RunPlan {
     let path = root().join("protocols/examples").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -334,13 +344,15 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let dir = std::env::temp_dir().join(format!("lw-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--time-scale", "0.0001", "--data-dir"])
-        .arg(&dir)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut server = Reap(
+        std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--time-scale", "0.0001", "--data-dir"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(server.0.stdout.take().unwrap());
     let mut line = String::new();
     while !line.contains("gRPC API on") {
         line.clear();
@@ -388,6 +400,46 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let (code, so, _) = ctl(&acme, &["submit", file, "--format", "json"]);
     assert_eq!((code, json(&so)["created"].as_bool()), (0, Some(false)), "a retry returns the same run");
     assert_eq!(json(&so)["run"]["id"].as_str(), Some(run.as_str()));
+    // A protocol with manual steps: each becomes an intervention a technician resolves.
+    let tech = json(&ctl(&admin, &["token", "create", "--role", "technician", "--format", "json"]).1)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, so, se) = ctl(&tech, &["instruments", "--format", "json"]);
+    assert_eq!(code, 0, "{se}");
+    assert_eq!(so.lines().count(), 11, "every instrument reports: {so}");
+    assert!(ctl(&acme, &["instruments"]).2.contains("not allowed"));
+    let elisa = root().join("protocols/examples/elisa.yaml");
+    let (code, so, se) = ctl(&globex, &["submit", elisa.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 0, "{se}");
+    let elisa_run = json(&so)["run"]["id"].as_str().unwrap().to_string();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut resolved = 0;
+    loop {
+        let (_, so, _) = ctl(&globex, &["runs", "--format", "json"]);
+        if so.contains("\"succeeded\"") {
+            break;
+        }
+        assert!(!so.contains("\"failed\""), "{so}");
+        assert!(std::time::Instant::now() < until, "ELISA did not finish: {so}");
+        let (_, open, _) = ctl(&tech, &["interventions", "--format", "json"]);
+        for l in open.lines() {
+            let i = json(l);
+            assert_eq!(i["run"].as_str(), Some(elisa_run.as_str()));
+            assert!(
+                ctl(&globex, &["resolve", i["id"].as_str().unwrap(), "done"]).2.contains("not allowed"),
+                "scientists do not resolve"
+            );
+            assert_eq!(ctl(&tech, &["resolve", i["id"].as_str().unwrap(), "done"]).0, 0);
+            resolved += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(resolved, 2, "ELISA's two manual steps were handed to the technician");
+    assert!(
+        ctl(&acme, &["interventions", "--all", "--format", "json"]).1.trim().is_empty(),
+        "acme sees none of globex's interventions"
+    );
     // The standard gRPC health service answers for the API.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let serving = rt.block_on(async {
@@ -404,8 +456,8 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     assert!(code != 0 && se.contains("not signed in"), "{se}");
     let (code, _, se) = ctl(&acme, &["tenant", "add", "mallory"]);
     assert!(code != 0 && se.contains("not allowed"), "{se}");
-    std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
-    assert!(server.wait().unwrap().success(), "SIGTERM stops labd gracefully");
+    std::process::Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    assert!(server.0.wait().unwrap().success(), "SIGTERM stops labd gracefully");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -476,13 +528,15 @@ fn labd_killed_mid_run_recovers_on_restart() {
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let start = |scale: &str| {
-        let mut s = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--time-scale", scale, "--data-dir"])
-            .arg(&dir)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(s.stdout.take().unwrap());
+        let mut s = Reap(
+            std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--time-scale", scale, "--data-dir"])
+                .arg(&dir)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = std::io::BufReader::new(s.0.stdout.take().unwrap());
         let mut seen = String::new();
         let mut line = String::new();
         while !line.contains("gRPC API on") {
@@ -524,8 +578,8 @@ fn labd_killed_mid_run_recovers_on_restart() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     std::thread::sleep(std::time::Duration::from_millis(700));
-    first.kill().unwrap(); // SIGKILL: no chance to clean up
-    first.wait().unwrap();
+    first.0.kill().unwrap(); // SIGKILL: no chance to clean up
+    first.0.wait().unwrap();
     let (mut second, seen) = start("0.0001");
     assert!(seen.contains(&run), "the restart reports the interrupted run: {seen}");
     let (_, so, _) = ctl(&token, &["watch", &run, "--format", "json"]);
@@ -537,7 +591,7 @@ fn labd_killed_mid_run_recovers_on_restart() {
     assert!(last["payload"]["reason"].as_str().unwrap().contains("restarted"), "{last}");
     let (code, _, se) = ctl(&token, &["submit", file.to_str().unwrap(), "--key", "after-crash", "--wait"]);
     assert_eq!(code, 0, "a new run completes after the restart: {se}");
-    std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
-    assert!(second.wait().unwrap().success());
+    std::process::Command::new("kill").args(["-TERM", &second.0.id().to_string()]).status().unwrap();
+    assert!(second.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
