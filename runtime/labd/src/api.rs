@@ -183,6 +183,10 @@ impl pb::protocols_server::Protocols for Api {
     }
 }
 
+fn run_event(e: store::Event) -> pb::RunEvent {
+    pb::RunEvent { run_id: e.run_id, seq: e.seq, at_ms: e.at, kind: e.kind, payload_json: e.payload_json }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -265,13 +269,7 @@ impl pb::runs_server::Runs for Api {
                 };
                 for e in events {
                     after = e.seq;
-                    let ev = pb::RunEvent {
-                        run_id: e.run_id,
-                        seq: e.seq,
-                        at_ms: e.at,
-                        kind: e.kind,
-                        payload_json: e.payload_json,
-                    };
+                    let ev = run_event(e);
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
                     }
@@ -283,13 +281,7 @@ impl pb::runs_server::Runs for Api {
                         let (s, id, sc) = (store.clone(), r.run_id.clone(), scope.clone());
                         if let Ok(rest) = blocking(move || s.events(sc.as_deref(), &id, after)).await {
                             for e in rest {
-                                let ev = pb::RunEvent {
-                                    run_id: e.run_id,
-                                    seq: e.seq,
-                                    at_ms: e.at,
-                                    kind: e.kind,
-                                    payload_json: e.payload_json,
-                                };
+                                let ev = run_event(e);
                                 if tx.send(Ok(ev)).await.is_err() {
                                     return;
                                 }

@@ -271,6 +271,17 @@ impl Drop for Reap {
     }
 }
 
+/// An in-memory store and an executor on the simulated site at 1/10,000 of real time.
+async fn executor_rig() -> (std::sync::Arc<dyn labd::store::Store>, labd::executor::Executor) {
+    use labd::executor::{Executor, ExecutorConfig};
+    use std::sync::Arc;
+    let scale = devices::TimeScale(0.0001);
+    let store: Arc<dyn labd::store::Store> = Arc::new(labd::store::sqlite::SqliteStore::in_memory().unwrap());
+    let lab = Arc::new(labd::lab::Lab::simulated(labware::Site::sim().unwrap(), scale).await.unwrap());
+    let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, ..ExecutorConfig::default() });
+    (store, ex)
+}
+
 fn compile_example(name: &str) -> protocols::plan::RunPlan {
     let path = root().join("protocols/examples").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -288,15 +299,10 @@ fn compile_example(name: &str) -> protocols::plan::RunPlan {
 /// outcome, results and usage are recorded, and each tenant sees only its own.
 #[test]
 fn the_executor_runs_two_tenants_on_the_simulated_site() {
-    use labd::executor::{Executor, ExecutorConfig};
-    use labd::store::{sqlite::SqliteStore, RunState, Store};
-    use std::sync::Arc;
+    use labd::store::RunState;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let scale = devices::TimeScale(0.0001);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-        let lab = Arc::new(labd::lab::Lab::simulated(labware::Site::sim().unwrap(), scale).await.unwrap());
-        let ex = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
+        let (store, ex) = executor_rig().await;
         let a = store.create_tenant("acme", 1.0).unwrap();
         let b = store.create_tenant("globex", 1.0).unwrap();
         let ra = ex
@@ -466,15 +472,10 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
 /// safe to repeat becomes an intervention and is never resent, and queued runs are untouched.
 #[test]
 fn cancel_and_recovery_leave_every_run_in_an_explicit_state() {
-    use labd::executor::{Executor, ExecutorConfig};
-    use labd::store::{sqlite::SqliteStore, Intent, RunState, Store};
-    use std::sync::Arc;
+    use labd::store::{Intent, RunState};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let scale = devices::TimeScale(0.0001);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-        let lab = Arc::new(labd::lab::Lab::simulated(labware::Site::sim().unwrap(), scale).await.unwrap());
-        let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, ..ExecutorConfig::default() });
+        let (store, ex) = executor_rig().await;
         let t = store.create_tenant("acme", 1.0).unwrap();
         let run = ex.submit(&t.id, "c", "growth", "growth-curve.yaml", &compile_example("growth-curve.yaml")).unwrap();
         let (s2, id) = (store.clone(), run.id.clone());
