@@ -33,6 +33,8 @@ pub struct ExecutorConfig {
     pub retries: u32,
     /// How often to look for a technician's answer to an intervention.
     pub intervention_poll: Duration,
+    /// When set, every command's (journal time, total time) is recorded here (benchmarks).
+    pub timings: Option<Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>>,
 }
 
 impl Default for ExecutorConfig {
@@ -43,6 +45,7 @@ impl Default for ExecutorConfig {
             seed: 7,
             retries: 2,
             intervention_poll: Duration::from_millis(50),
+            timings: None,
         }
     }
 }
@@ -462,6 +465,7 @@ impl Executor {
     ) -> Result<(), String> {
         let mut tries = 0;
         loop {
+            let began = Instant::now();
             let intent = Intent {
                 run_id: run.id.clone(),
                 task_id: task,
@@ -472,10 +476,12 @@ impl Executor {
             };
             let store = self.store.clone();
             let attempt = blocking(move || store.record_intent(&intent)).await.map_err(|e| e.to_string())?;
+            let journal_intent = began.elapsed();
             let result = match driver.start(op).await {
                 Ok(exec) => exec.finish().await,
                 Err(e) => Err(e),
             };
+            let sent = Instant::now();
             let (outcome, err) = match &result {
                 Ok(_) => ("ok", None),
                 Err(e) if e.recovery() == Recovery::Indeterminate => ("unknown", Some(e.to_string())),
@@ -483,6 +489,11 @@ impl Executor {
             };
             let (store, aid, e2) = (self.store.clone(), attempt.id.clone(), err.clone());
             blocking(move || store.record_outcome(&aid, outcome, e2.as_deref())).await.map_err(|e| e.to_string())?;
+            if let Some(t) = &self.config.timings {
+                if let Ok(mut t) = t.lock() {
+                    t.push((journal_intent + sent.elapsed(), began.elapsed()));
+                }
+            }
             match result {
                 Ok(out) => {
                     for m in out.measurements {

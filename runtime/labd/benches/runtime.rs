@@ -1,0 +1,114 @@
+//! Runtime benchmarks: executor overhead per command (zero-latency simulators over the real
+//! wire, durable journaling in an on-disk SQLite store) and submit throughput over loopback gRPC.
+//!
+//! `cargo bench -p labd --bench runtime` (SUBMITS=N to change the sample size).
+
+use labd::api::{token_hash, Api};
+use labd::executor::{Executor, ExecutorConfig};
+use labd::store::{sqlite::SqliteStore, Role, Store};
+use protos::labwright::v1 as pb;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn pct(mut v: Vec<Duration>, q: f64) -> f64 {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let source = std::fs::read_to_string(root.join("protocols/examples/serial-dilution.yaml")).unwrap();
+    let site = labware::Site::sim().unwrap();
+    let plan = protocols::compile(
+        &protocols::SourceFile::new("sd.yaml", source.clone()),
+        protocols::Format::Auto,
+        &site,
+        &labware::Library::shipped(),
+    )
+    .plan
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("lw-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    rt.block_on(async {
+        // 1. Executor overhead per command.
+        let scale = devices::TimeScale(1e-9);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("exec.sqlite")).unwrap());
+        let lab = Arc::new(labd::lab::Lab::simulated(site.clone(), scale).await.unwrap());
+        let timings = Arc::new(Mutex::new(Vec::new()));
+        let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, timings: Some(timings.clone()), ..ExecutorConfig::default() });
+        let t = store.create_tenant("bench", 1.0).unwrap();
+        for i in 0..3 {
+            ex.submit(&t.id, &format!("k{i}"), "sd", "sd.yaml", &plan).unwrap();
+            let started = Instant::now();
+            let report = ex.run_queued().await.unwrap();
+            assert!(report.runs.iter().all(|r| r.1 == labd::store::RunState::Succeeded), "{:?}", report.runs);
+            let v = std::mem::take(&mut *timings.lock().unwrap());
+            let n = v.len();
+            let journal: Vec<Duration> = v.iter().map(|x| x.0).collect();
+            let total: Vec<Duration> = v.iter().map(|x| x.1).collect();
+            println!(
+                "executor run {i}: {n} commands in {:.2} s wall; per command p50 {:.0} µs p99 {:.0} µs (journal: p50 {:.0} µs p99 {:.0} µs)",
+                started.elapsed().as_secs_f64(),
+                pct(total.clone(), 0.5),
+                pct(total, 0.99),
+                pct(journal.clone(), 0.5),
+                pct(journal, 0.99)
+            );
+        }
+
+        // 2. Submit throughput over loopback gRPC.
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("api.sqlite")).unwrap());
+        let tenant = store.create_tenant("bench", 1.0).unwrap();
+        store.create_principal(Some(&tenant.id), Role::Scientist, &token_hash("bench-token"), None).unwrap();
+        let api = Api { store: store.clone(), site: site.clone(), library: labware::Library::shipped(), lab: None };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::runs_server::RunsServer::new(api))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let n: usize = std::env::var("SUBMITS").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
+        for round in 0..3 {
+            let started = Instant::now();
+            let mut handles = Vec::new();
+            for w in 0..8 {
+                let (ch, src) = (channel.clone(), source.clone());
+                handles.push(tokio::spawn(async move {
+                    let mut c = pb::runs_client::RunsClient::new(ch);
+                    let mut lat = Vec::new();
+                    for i in (w..n).step_by(8) {
+                        let mut req = tonic::Request::new(pb::SubmitRequest {
+                            file_name: "sd.yaml".into(),
+                            source: src.clone().into_bytes(),
+                            format: 0,
+                            idempotency_key: format!("r{round}-{i}"),
+                        });
+                        req.metadata_mut().insert("authorization", "Bearer bench-token".parse().unwrap());
+                        let t = Instant::now();
+                        let r = c.submit(req).await.unwrap().into_inner();
+                        assert!(r.created);
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                }));
+            }
+            let mut lat = Vec::new();
+            for h in handles {
+                lat.extend(h.await.unwrap());
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "submit round {round}: {n} submits (compile + store) by 8 clients in {secs:.2} s = {:.0}/s; latency p50 {:.1} ms p99 {:.1} ms",
+                n as f64 / secs,
+                pct(lat.clone(), 0.5) / 1000.0,
+                pct(lat, 0.99) / 1000.0
+            );
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
