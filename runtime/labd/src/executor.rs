@@ -21,6 +21,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// Per command: time spent journaling, and in total.
+pub type CommandTimings = Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>;
+
 /// Executor settings.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -34,7 +37,7 @@ pub struct ExecutorConfig {
     /// How often to look for a technician's answer to an intervention.
     pub intervention_poll: Duration,
     /// When set, every command's (journal time, total time) is recorded here (benchmarks).
-    pub timings: Option<Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>>,
+    pub timings: Option<CommandTimings>,
 }
 
 impl Default for ExecutorConfig {
