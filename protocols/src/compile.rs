@@ -60,6 +60,29 @@ impl Compilation {
 /// Largest protocol file read (bytes); larger files are refused with a diagnostic.
 pub const MAX_SOURCE_BYTES: usize = 32 * 1024 * 1024;
 
+/// Compiles raw file bytes: invalid UTF-8 is reported as diagnostic P0002 (with the byte
+/// offset) instead of being compiled. Returns the source (for rendering) and the compilation.
+pub fn compile_bytes(
+    name: &str,
+    bytes: Vec<u8>,
+    format: Format,
+    site: &Site,
+    lib: &Library,
+) -> (SourceFile, Compilation) {
+    match SourceFile::from_bytes(name, bytes) {
+        Ok(src) => {
+            let c = compile(&src, format, site, lib);
+            (src, c)
+        }
+        Err((src, at)) => {
+            let diag =
+                Diagnostic::error("P0002", Span::new(at, at), format!("the file is not valid UTF-8 (byte {at})"))
+                    .with_hint("save the file as UTF-8");
+            (src, Compilation { format, plan: None, quote: None, diagnostics: vec![diag], tracked: None })
+        }
+    }
+}
+
 /// Compiles one protocol file against a site and a labware library.
 pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> Compilation {
     let mut d = Diagnostics::default();

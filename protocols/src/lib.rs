@@ -25,7 +25,7 @@ pub mod source;
 pub mod syntax;
 pub mod units;
 
-pub use compile::{compile, Compilation, Format};
+pub use compile::{compile, compile_bytes, Compilation, Format};
 pub use diag::{Diagnostic, Severity};
 pub use plan::RunPlan;
 pub use source::SourceFile;

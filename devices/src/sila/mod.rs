@@ -16,6 +16,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
+/// Accepted connections of a listener with TCP_NODELAY set: small request/reply messages
+/// otherwise wait for Nagle and delayed ACKs (40 ms on loopback).
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+        s.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    })
+}
+
 /// Wraps a SiLA error in the gRPC status the standard prescribes.
 pub fn status(error: si_la_error::Error) -> tonic::Status {
     let bytes = SiLaError { error: Some(error) }.encode_to_vec();
@@ -121,9 +133,12 @@ impl FeatureClient {
         FeatureClient { grpc: tonic::client::Grpc::new(channel), service: service.into() }
     }
 
-    fn path(&self, method: &str) -> Result<PathAndQuery, InstrumentError> {
-        PathAndQuery::try_from(format!("/{}/{method}", self.service))
-            .map_err(|e| InstrumentError::Validation { parameter: "method".into(), message: e.to_string() })
+    /// The method's path, once the channel is ready for a call.
+    async fn ready(&mut self, method: &str) -> Result<PathAndQuery, InstrumentError> {
+        let path = PathAndQuery::try_from(format!("/{}/{method}", self.service))
+            .map_err(|e| InstrumentError::Validation { parameter: "method".into(), message: e.to_string() })?;
+        self.grpc.ready().await.map_err(|e| InstrumentError::Disconnected(e.to_string()))?;
+        Ok(path)
     }
 
     /// One unary call.
@@ -132,8 +147,7 @@ impl FeatureClient {
         P: Message + Send + Sync + 'static,
         R: Message + Default + Send + Sync + 'static,
     {
-        let path = self.path(method)?;
-        self.grpc.ready().await.map_err(|e| InstrumentError::Disconnected(e.to_string()))?;
+        let path = self.ready(method).await?;
         let codec = tonic_prost::ProstCodec::<P, R>::default();
         self.grpc
             .unary(tonic::Request::new(params), path, codec)
@@ -148,8 +162,7 @@ impl FeatureClient {
         P: Message + Send + Sync + 'static,
         R: Message + Default + Send + Sync + 'static,
     {
-        let path = self.path(method)?;
-        self.grpc.ready().await.map_err(|e| InstrumentError::Disconnected(e.to_string()))?;
+        let path = self.ready(method).await?;
         let codec = tonic_prost::ProstCodec::<P, R>::default();
         self.grpc
             .server_streaming(tonic::Request::new(params), path, codec)

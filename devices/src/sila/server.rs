@@ -131,12 +131,7 @@ impl ReaderSim {
         }
         let router =
             builder.add_service(SiLaServiceServer::new(self.clone())).add_service(PlateReaderServer::new(self));
-        // Small request/reply messages: without TCP_NODELAY, Nagle and delayed ACKs add 40 ms.
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
+        let incoming = super::nodelay_incoming(listener);
         tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
         });

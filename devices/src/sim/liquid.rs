@@ -287,6 +287,9 @@ impl LiquidSim {
                 if s.tips.iter().any(Option::is_some) {
                     return Err("cannot change pipettes with tips on".into());
                 }
+                if t < 0.0 || t.fract() != 0.0 {
+                    return Err(format!("`{line}`: T must be a whole tool number"));
+                }
                 let t = t as usize;
                 let p = self.pipettes.get(t).ok_or_else(|| format!("no pipette T{t} on this instrument"))?;
                 s.tool = t;

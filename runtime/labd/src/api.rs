@@ -87,19 +87,21 @@ impl Api {
         }
     }
 
-    fn compile(&self, name: &str, source: &[u8], format: i32) -> (protocols::SourceFile, protocols::Compilation) {
+    /// Compiles a request's source; an unknown format value is an error, not a silent default.
+    fn compile(
+        &self,
+        name: &str,
+        source: &[u8],
+        format: i32,
+    ) -> Result<(protocols::SourceFile, protocols::Compilation), Status> {
         let format = match pb::SourceFormat::try_from(format) {
+            Ok(pb::SourceFormat::Unspecified) => protocols::Format::Auto,
             Ok(pb::SourceFormat::Labwright) => protocols::Format::Labwright,
             Ok(pb::SourceFormat::Autoprotocol) => protocols::Format::Autoprotocol,
             Ok(pb::SourceFormat::Opentrons) => protocols::Format::Opentrons,
-            _ => protocols::Format::Auto,
+            Err(_) => return Err(Status::invalid_argument(format!("format {format} is not a SourceFormat (0 to 3)"))),
         };
-        let src = match protocols::SourceFile::from_bytes(name, source.to_vec()) {
-            Ok(s) => s,
-            Err((s, _)) => s,
-        };
-        let c = protocols::compile(&src, format, &self.site, &self.library);
-        (src, c)
+        Ok(protocols::compile_bytes(name, source.to_vec(), format, &self.site, &self.library))
     }
 
     async fn run_info(&self, run: store::Run) -> Result<pb::RunInfo, Status> {
@@ -153,14 +155,14 @@ impl pb::protocols_server::Protocols for Api {
     async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
         self.caller(&req).await?;
         let r = req.into_inner();
-        let (src, c) = self.compile(&r.file_name, &r.source, r.format);
+        let (src, c) = self.compile(&r.file_name, &r.source, r.format)?;
         Ok(Response::new(validation(&src, &c)))
     }
 
     async fn quote(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::QuoteResponse>, Status> {
         self.caller(&req).await?;
         let r = req.into_inner();
-        let (src, c) = self.compile(&r.file_name, &r.source, r.format);
+        let (src, c) = self.compile(&r.file_name, &r.source, r.format)?;
         let mut out = pb::QuoteResponse { validation: Some(validation(&src, &c)), ..Default::default() };
         if let Some(q) = &c.quote {
             out.duration_s = q.duration_s;
@@ -206,7 +208,7 @@ impl pb::runs_server::Runs for Api {
         if r.source.len() > 32 << 20 {
             return Err(Status::invalid_argument("the protocol is larger than 32 MiB"));
         }
-        let (src, c) = self.compile(&r.file_name, &r.source, r.format);
+        let (src, c) = self.compile(&r.file_name, &r.source, r.format)?;
         let diags = diagnostics(&src, &c);
         let Some(plan) = c.plan.filter(|_| !c.diagnostics.iter().any(|d| d.is_error())) else {
             return Ok(Response::new(pb::SubmitResponse { run: None, created: false, diagnostics: diags }));

@@ -11,7 +11,7 @@
 
 use crate::lab::Lab;
 use crate::store::{Intent, NewRun, ResultRow, Run, RunState, Store, Usage};
-use devices::{family, Family, Instrument, InstrumentError, Recovery, TimeScale};
+use devices::{family, Family, Instrument, Recovery, TimeScale};
 use protocols::plan::{CommandOp, RunPlan};
 use scheduler::lab::solve::{solve, LabBudget, LabSchedule, MoveSlot};
 use scheduler::lab::LabProblem;
@@ -127,12 +127,6 @@ pub struct Executor {
     store: Arc<dyn Store>,
     lab: Arc<Lab>,
     config: ExecutorConfig,
-}
-
-impl std::fmt::Debug for dyn Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
-    }
 }
 
 /// Runs a store call off the async threads (the store is blocking).
@@ -538,14 +532,10 @@ impl Executor {
                         _ => return Err(format!("{instrument}: {e}; a technician aborted the run")),
                     }
                 }
-                Err(e) => return Err(describe(instrument, &e)),
+                Err(e) => return Err(format!("{instrument}: {e}")),
             }
         }
     }
-}
-
-fn describe(instrument: &str, e: &InstrumentError) -> String {
-    format!("{instrument}: {e}")
 }
 
 /// What a job waits for: a plate, or exclusive use of a single-plate instrument, nest or arm.

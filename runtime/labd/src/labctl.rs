@@ -200,20 +200,7 @@ fn compile_input(input: &Input) -> Result<(SourceFile, Compilation)> {
         From::Autoprotocol => Format::Autoprotocol,
         From::Opentrons => Format::Opentrons,
     };
-    let lib = Library::shipped();
-    match SourceFile::from_bytes(name, bytes) {
-        Ok(src) => {
-            let c = protocols::compile(&src, format, &site, &lib);
-            Ok((src, c))
-        }
-        Err((src, at)) => {
-            let span = protocols::source::Span::new(at, at);
-            let diag = protocols::Diagnostic::error("P0002", span, format!("the file is not valid UTF-8 (byte {at})"))
-                .with_hint("save the file as UTF-8");
-            let c = Compilation { format, plan: None, quote: None, diagnostics: vec![diag], tracked: None };
-            Ok((src, c))
-        }
-    }
+    Ok(protocols::compile_bytes(&name, bytes, format, &site, &Library::shipped()))
 }
 
 fn report(src: &SourceFile, c: &Compilation, format: OutFormat, verb: &str) {

@@ -135,11 +135,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-        s.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let incoming = devices::sila::nodelay_incoming(listener);
     let shutdown = async move {
         crate::daemon::wait_for_stop().await;
         let _ = stop.0.send(true);

@@ -270,6 +270,12 @@ pub struct UsageTotal {
     pub device_seconds: f64,
 }
 
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
 /// The store contract. Blocking calls: async callers use `spawn_blocking`. Calls that take a
 /// `tenant` scope return `NotFound` for another tenant's objects, exactly as for missing ones.
 pub trait Store: Send + Sync {
