@@ -31,6 +31,8 @@ pub struct Api {
     pub library: labware::Library,
     /// The connected instruments (for technicians' status views).
     pub lab: Option<Arc<crate::lab::Lab>>,
+    /// What the executor is doing (maintenance and down flags, the schedule).
+    pub board: Option<Arc<crate::board::Board>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -65,10 +67,22 @@ impl Api {
             .strip_prefix("Bearer ")
             .ok_or_else(|| Status::unauthenticated("write the header as `Bearer <token>`"))?;
         let (store, hash) = (self.store.clone(), token_hash(token.trim()));
-        tokio::task::spawn_blocking(move || store.principal_by_token_hash(&hash))
+        let p = tokio::task::spawn_blocking(move || store.principal_by_token_hash(&hash))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|_| Status::unauthenticated("unknown or revoked token"))
+            .map_err(|_| Status::unauthenticated("unknown or revoked token"))?;
+        if p.expires_at.is_some_and(|at| at <= store::now_ms()) {
+            return Err(Status::unauthenticated("this token has expired; ask an admin for a new one"));
+        }
+        Ok(p)
+    }
+
+    fn staff(p: &Principal, what: &str) -> Result<(), Status> {
+        if p.role == Role::Scientist {
+            Err(Status::permission_denied(format!("{what} is for technicians and admins")))
+        } else {
+            Ok(())
+        }
     }
 
     fn admin(p: &Principal) -> Result<(), Status> {
@@ -102,6 +116,45 @@ impl Api {
             Err(_) => return Err(Status::invalid_argument(format!("format {format} is not a SourceFormat (0 to 3)"))),
         };
         Ok(protocols::compile_bytes(name, source.to_vec(), format, &self.site, &self.library))
+    }
+
+    /// An instrument as technicians see it: maintenance and down flags first, then its answer.
+    async fn instrument_info(
+        &self,
+        inst: &labware::site::Instrument,
+        d: &dyn devices::Instrument,
+    ) -> pb::InstrumentInfo {
+        let flag = self.board.as_ref().and_then(|b| b.unavailable(&inst.id));
+        let run_id = self.board.as_ref().and_then(|b| b.busy_with(&inst.id)).unwrap_or_default();
+        let st = tokio::time::timeout(std::time::Duration::from_secs(2), d.status()).await;
+        let (mut state, t, mut detail) = match st {
+            Ok(Ok(s)) => {
+                let state = match s.state {
+                    devices::State::Idle => "idle".to_string(),
+                    devices::State::Busy => "busy".to_string(),
+                    devices::State::Fault(f) => format!("fault: {f}"),
+                    devices::State::Offline => "offline".to_string(),
+                };
+                (state, s.temperature_c.unwrap_or(f64::NAN), s.detail)
+            }
+            Ok(Err(e)) => ("offline".to_string(), f64::NAN, e.to_string()),
+            Err(_) => ("busy".to_string(), f64::NAN, "no status reply within 2 s".to_string()),
+        };
+        if let Some(f) = flag {
+            let (kind, why) = f.split_once(": ").unwrap_or((f.as_str(), ""));
+            state = kind.to_string();
+            detail = why.to_string();
+        } else if !run_id.is_empty() && state == "idle" {
+            state = "busy".into();
+        }
+        pb::InstrumentInfo {
+            id: inst.id.clone(),
+            class: inst.class.as_str().into(),
+            state,
+            temperature_c: t,
+            detail,
+            run_id,
+        }
     }
 
     async fn run_info(&self, run: store::Run) -> Result<pb::RunInfo, Status> {
@@ -207,6 +260,19 @@ impl pb::runs_server::Runs for Api {
         }
         if r.source.len() > 32 << 20 {
             return Err(Status::invalid_argument("the protocol is larger than 32 MiB"));
+        }
+        let (store, tid) = (self.store.clone(), tenant.clone());
+        let (t, used) = blocking(move || {
+            let t = store.tenant(&tid)?;
+            let since = crate::executor::month_start_ms(store::now_ms());
+            Ok((t, store.usage(Some(&tid), since)?.iter().map(|u| u.device_seconds).sum::<f64>()))
+        })
+        .await?;
+        if let Some(h) = t.device_hours_per_month.filter(|h| used >= h * 3600.0) {
+            return Err(Status::resource_exhausted(format!(
+                "your tenant's quota of {h} device-hours this month is used up ({:.2} h used); ask an admin to raise it",
+                used / 3600.0
+            )));
         }
         let (src, c) = self.compile(&r.file_name, &r.source, r.format)?;
         let diags = diagnostics(&src, &c);
@@ -359,7 +425,7 @@ impl pb::admin_server::Admin for Api {
         let weight = if r.weight == 0.0 { 1.0 } else { r.weight };
         let store = self.store.clone();
         let t = blocking(move || store.create_tenant(&r.name, weight)).await?;
-        Ok(Response::new(pb::TenantInfo { id: t.id, name: t.name, weight: t.weight }))
+        Ok(Response::new(tenant_info(t)))
     }
 
     async fn list_tenants(
@@ -369,9 +435,7 @@ impl pb::admin_server::Admin for Api {
         Self::admin(&self.caller(&req).await?)?;
         let store = self.store.clone();
         let ts = blocking(move || store.tenants()).await?;
-        Ok(Response::new(pb::ListTenantsResponse {
-            tenants: ts.into_iter().map(|t| pb::TenantInfo { id: t.id, name: t.name, weight: t.weight }).collect(),
-        }))
+        Ok(Response::new(pb::ListTenantsResponse { tenants: ts.into_iter().map(tenant_info).collect() }))
     }
 
     async fn create_token(
@@ -387,15 +451,47 @@ impl pb::admin_server::Admin for Api {
             let (store, name) = (self.store.clone(), r.tenant.clone());
             Some(blocking(move || store.tenant_by_name(&name)).await?)
         };
+        if r.ttl_s < 0 {
+            return Err(Status::invalid_argument(
+                "ttl_s must be positive (seconds), or 0 for a token that does not expire",
+            ));
+        }
+        let expires = (r.ttl_s > 0).then(|| store::now_ms().saturating_add(r.ttl_s.saturating_mul(1000)));
         let token = new_token().map_err(Status::internal)?;
         let (store, hash, tid) = (self.store.clone(), token_hash(&token), tenant.as_ref().map(|t| t.id.clone()));
-        let p = blocking(move || store.create_principal(tid.as_deref(), role, &hash, None)).await?;
+        let p = blocking(move || {
+            let p = store.create_principal(tid.as_deref(), role, &hash, None)?;
+            if let Some(at) = expires {
+                store.set_principal_expiry(&p.id, at)?;
+            }
+            Ok(p)
+        })
+        .await?;
         Ok(Response::new(pb::CreateTokenResponse {
             token,
             principal_id: p.id,
             role: role.as_str().into(),
             tenant: r.tenant,
+            expires_at_ms: expires.unwrap_or(0),
         }))
+    }
+
+    async fn set_quotas(&self, req: Request<pb::SetQuotasRequest>) -> Result<Response<pb::TenantInfo>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        if r.max_concurrent_runs < 0 || !(r.device_hours_per_month >= 0.0 && r.device_hours_per_month.is_finite()) {
+            return Err(Status::invalid_argument("quotas are 0 (no limit) or positive"));
+        }
+        let store = self.store.clone();
+        let t = blocking(move || {
+            let t = store.tenant_by_name(&r.tenant)?;
+            let runs = (r.max_concurrent_runs > 0).then_some(r.max_concurrent_runs);
+            let hours = (r.device_hours_per_month > 0.0).then_some(r.device_hours_per_month);
+            store.set_quotas(&t.id, runs, hours, r.priority)?;
+            store.tenant(&t.id)
+        })
+        .await?;
+        Ok(Response::new(tenant_info(t)))
     }
 
     async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
@@ -421,6 +517,17 @@ impl pb::admin_server::Admin for Api {
     }
 }
 
+fn tenant_info(t: store::Tenant) -> pb::TenantInfo {
+    pb::TenantInfo {
+        id: t.id,
+        name: t.name,
+        weight: t.weight,
+        max_concurrent_runs: t.max_concurrent_runs.unwrap_or(0),
+        device_hours_per_month: t.device_hours_per_month.unwrap_or(0.0),
+        priority: t.priority,
+    }
+}
+
 fn intervention(i: store::Intervention) -> pb::InterventionInfo {
     pb::InterventionInfo {
         id: i.id,
@@ -439,35 +546,12 @@ impl pb::lab_server::Lab for Api {
         &self,
         req: Request<pb::InstrumentsRequest>,
     ) -> Result<Response<pb::InstrumentsResponse>, Status> {
-        let who = self.caller(&req).await?;
-        if who.role == Role::Scientist {
-            return Err(Status::permission_denied("instrument status is for technicians and admins"));
-        }
+        Self::staff(&self.caller(&req).await?, "instrument status")?;
         let mut out = Vec::new();
         if let Some(lab) = &self.lab {
             for inst in &self.site.instruments {
                 let Some(d) = lab.instruments.get(&inst.id) else { continue };
-                let st = tokio::time::timeout(std::time::Duration::from_secs(2), d.status()).await;
-                let (state, t, detail) = match st {
-                    Ok(Ok(s)) => {
-                        let state = match s.state {
-                            devices::State::Idle => "idle".to_string(),
-                            devices::State::Busy => "busy".to_string(),
-                            devices::State::Fault(f) => format!("fault: {f}"),
-                            devices::State::Offline => "offline".to_string(),
-                        };
-                        (state, s.temperature_c.unwrap_or(f64::NAN), s.detail)
-                    }
-                    Ok(Err(e)) => ("offline".to_string(), f64::NAN, e.to_string()),
-                    Err(_) => ("busy".to_string(), f64::NAN, "no status reply within 2 s".to_string()),
-                };
-                out.push(pb::InstrumentInfo {
-                    id: inst.id.clone(),
-                    class: inst.class.as_str().into(),
-                    state,
-                    temperature_c: t,
-                    detail,
-                });
+                out.push(self.instrument_info(inst, d.as_ref()).await);
             }
         }
         Ok(Response::new(pb::InstrumentsResponse { instruments: out }))
@@ -482,6 +566,75 @@ impl pb::lab_server::Lab for Api {
         let store = self.store.clone();
         let list = blocking(move || store.interventions(Self::scope(&who).as_deref(), !all)).await?;
         Ok(Response::new(pb::InterventionsResponse { interventions: list.into_iter().map(intervention).collect() }))
+    }
+
+    async fn set_maintenance(
+        &self,
+        req: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::InstrumentInfo>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "maintenance")?;
+        let r = req.into_inner();
+        let inst = self
+            .site
+            .instruments
+            .iter()
+            .find(|i| i.id == r.instrument)
+            .ok_or_else(|| {
+                let ids: Vec<&str> = self.site.instruments.iter().map(|i| i.id.as_str()).collect();
+                Status::not_found(format!("no instrument `{}` at this site; it has {}", r.instrument, ids.join(", ")))
+            })?
+            .clone();
+        if r.on && r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("say why the instrument goes into maintenance (reason)"));
+        }
+        let (store, id, reason, by) = (self.store.clone(), inst.id.clone(), r.reason.clone(), who.id.clone());
+        blocking(move || store.set_maintenance(&id, r.on.then_some((reason.as_str(), by.as_str())))).await?;
+        if let Some(b) = &self.board {
+            // The executor takes it from here; the board shows it at once.
+            b.set_unavailable(&inst.id, r.on.then(|| format!("maintenance: {}", r.reason)));
+        }
+        let info = match self.lab.as_ref().and_then(|l| l.instruments.get(&inst.id)) {
+            Some(d) => self.instrument_info(&inst, d.as_ref()).await,
+            None => pb::InstrumentInfo {
+                id: inst.id.clone(),
+                class: inst.class.as_str().into(),
+                state: if r.on { "maintenance".into() } else { "offline".into() },
+                temperature_c: f64::NAN,
+                detail: r.reason,
+                run_id: String::new(),
+            },
+        };
+        Ok(Response::new(info))
+    }
+
+    async fn schedule(&self, req: Request<pb::ScheduleRequest>) -> Result<Response<pb::ScheduleResponse>, Status> {
+        let who = self.caller(&req).await?;
+        let scope = Self::scope(&who);
+        let store = self.store.clone();
+        let tenants = blocking(move || store.tenants()).await?;
+        let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(String::new(), |t| t.name.clone());
+        let slots = self
+            .board
+            .as_ref()
+            .map(|b| b.schedule())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| scope.as_deref().is_none_or(|t| t == s.tenant_id))
+            .map(|s| pb::ScheduleSlot {
+                tenant: if scope.is_some() { String::new() } else { name(&s.tenant_id) },
+                lane: s.lane,
+                run_id: s.run_id,
+                kind: s.kind.into(),
+                label: s.label,
+                planned_start_ms: s.planned_start_ms,
+                planned_end_ms: s.planned_end_ms,
+                started_ms: s.started_ms.unwrap_or(0),
+                finished_ms: s.finished_ms.unwrap_or(0),
+                state: s.state.into(),
+            })
+            .collect();
+        Ok(Response::new(pb::ScheduleResponse { now_ms: store::now_ms(), slots }))
     }
 
     async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::InterventionInfo>, Status> {

@@ -92,6 +92,32 @@ pub enum ClientCmd {
         id: String,
         resolution: String,
     },
+    /// Take an instrument out of service or put it back (technicians).
+    Maintenance {
+        #[command(flatten)]
+        out: Out,
+        instrument: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Why (required with `on`).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The schedule: per instrument and arm, what ran and what is planned.
+    Schedule {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Device time used per tenant and instrument class, for billing (admin).
+    Usage {
+        #[command(flatten)]
+        out: Out,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// From this day on (YYYY-MM-DD, UTC); default: everything.
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -110,6 +136,20 @@ pub enum TenantCmd {
         #[arg(long, default_value_t = 1.0)]
         weight: f64,
     },
+    /// Set a tenant's quotas and priority (0: no limit).
+    Quota {
+        #[command(flatten)]
+        out: Out,
+        name: String,
+        /// Runs of this tenant executing at once.
+        #[arg(long, default_value_t = 0)]
+        max_runs: i64,
+        /// Device-hours per calendar month.
+        #[arg(long, default_value_t = 0.0)]
+        device_hours: f64,
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -124,6 +164,9 @@ pub enum TokenCmd {
         /// admin, technician or scientist.
         #[arg(long, default_value = "scientist")]
         role: String,
+        /// Lifetime in seconds (default: does not expire).
+        #[arg(long)]
+        ttl: Option<i64>,
     },
 }
 
@@ -306,6 +349,64 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 Ok(0)
             }
+            ClientCmd::Maintenance { out, instrument, state, reason } => {
+                let i = pb::lab_client::LabClient::new(c.channel.clone())
+                    .set_maintenance(c.req(pb::SetMaintenanceRequest { instrument, on: state == "on", reason })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner();
+                if out.format == Fmt::Json {
+                    println!("{}", serde_json::json!({"id": i.id, "state": i.state, "detail": i.detail}));
+                } else {
+                    println!("{} {} {}", i.id, i.state, i.detail);
+                }
+                Ok(0)
+            }
+            ClientCmd::Schedule { out } => {
+                let s = pb::lab_client::LabClient::new(c.channel.clone()).schedule(c.req(pb::ScheduleRequest {})?).await.map_err(sentence)?.into_inner();
+                for x in s.slots {
+                    if out.format == Fmt::Json {
+                        println!("{}", serde_json::json!({"lane": x.lane, "run": x.run_id, "tenant": x.tenant, "kind": x.kind, "label": x.label, "planned_start_ms": x.planned_start_ms, "planned_end_ms": x.planned_end_ms, "started_ms": (x.started_ms > 0).then_some(x.started_ms), "finished_ms": (x.finished_ms > 0).then_some(x.finished_ms), "state": x.state}));
+                    } else {
+                        let at = |ms: i64| format!("{:+.1}s", (ms - s.now_ms) as f64 / 1000.0);
+                        println!("{:<9} {:<8} {:>9} {:>9} {:<12} {:<28} {}", x.lane, x.state, at(x.planned_start_ms), at(x.planned_end_ms), x.tenant, x.run_id, x.label);
+                    }
+                }
+                Ok(0)
+            }
+            ClientCmd::Usage { out, tenant, since } => {
+                let since_ms = match since.as_deref() {
+                    None => 0,
+                    Some(d) => day_ms(d).ok_or_else(|| anyhow!("--since {d:?}: give a day as YYYY-MM-DD"))?,
+                };
+                let lines = pb::admin_client::AdminClient::new(c.channel.clone())
+                    .usage(c.req(pb::UsageRequest { tenant: tenant.unwrap_or_default(), since_ms })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner()
+                    .lines;
+                for l in lines {
+                    if out.format == Fmt::Json {
+                        println!("{}", serde_json::json!({"tenant": l.tenant, "instrument_class": l.instrument_class, "device_hours": l.device_hours}));
+                    } else {
+                        println!("{:<16} {:<16} {:>10.4} h", l.tenant, l.instrument_class, l.device_hours);
+                    }
+                }
+                Ok(0)
+            }
+            ClientCmd::Tenant(TenantCmd::Quota { out, name, max_runs, device_hours, priority }) => {
+                let t = pb::admin_client::AdminClient::new(c.channel.clone())
+                    .set_quotas(c.req(pb::SetQuotasRequest { tenant: name, max_concurrent_runs: max_runs, device_hours_per_month: device_hours, priority })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner();
+                if out.format == Fmt::Json {
+                    println!("{}", serde_json::json!({"id": t.id, "name": t.name, "max_concurrent_runs": t.max_concurrent_runs, "device_hours_per_month": t.device_hours_per_month, "priority": t.priority}));
+                } else {
+                    println!("tenant {}: at most {} runs at once, {} device-hours a month, priority {} (0: no limit)", t.name, t.max_concurrent_runs, t.device_hours_per_month, t.priority);
+                }
+                Ok(0)
+            }
             ClientCmd::Tenant(TenantCmd::Add { out, name, weight }) => {
                 let json = out.format == Fmt::Json;
                 let t = pb::admin_client::AdminClient::new(c.channel.clone()).create_tenant(c.req(pb::CreateTenantRequest { name, weight })?).await.map_err(sentence)?.into_inner();
@@ -316,15 +417,15 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 Ok(0)
             }
-            ClientCmd::Token(TokenCmd::Create { out, tenant, role }) => {
+            ClientCmd::Token(TokenCmd::Create { out, tenant, role, ttl }) => {
                 let json = out.format == Fmt::Json;
                 let t = pb::admin_client::AdminClient::new(c.channel.clone())
-                    .create_token(c.req(pb::CreateTokenRequest { tenant: tenant.unwrap_or_default(), role })?)
+                    .create_token(c.req(pb::CreateTokenRequest { tenant: tenant.unwrap_or_default(), role, ttl_s: ttl.unwrap_or(0) })?)
                     .await
                     .map_err(sentence)?
                     .into_inner();
                 if json {
-                    println!("{}", serde_json::json!({"token": t.token, "principal": t.principal_id, "role": t.role, "tenant": t.tenant}));
+                    println!("{}", serde_json::json!({"token": t.token, "principal": t.principal_id, "role": t.role, "tenant": t.tenant, "expires_at_ms": (t.expires_at_ms > 0).then_some(t.expires_at_ms)}));
                 } else {
                     println!("{}", t.token);
                     eprintln!("(shown once: store it now)");
@@ -333,6 +434,23 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
             }
         }
     })
+}
+
+/// Milliseconds since the epoch at the start of a UTC day `YYYY-MM-DD`.
+fn day_ms(d: &str) -> Option<i64> {
+    let mut it = d.trim().splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (it.next()??, it.next()??, it.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400_000)
 }
 
 async fn watch(c: &Client, run: &str, json: bool) -> Result<i32> {

@@ -1,24 +1,32 @@
-//! The executor: takes accepted runs from the store, has the scheduler plan them on the shared
-//! instruments, and carries the plan out on the drivers — tasks on instruments, plate moves on
-//! arms — journaling intent before every command and its outcome after, writing events, results
-//! and usage as it goes.
+//! The executor: takes accepted runs from the store, keeps one plan for everything admitted on
+//! the shared instruments, and carries it out on the drivers — tasks on instruments, plate moves
+//! on arms — journaling intent before every command and its outcome after, writing events,
+//! results and usage as it goes.
 //!
-//! The plan becomes a list of jobs (tasks and moves) in planned order. A job starts at its planned
-//! time once the jobs it depends on have finished: the same plate's earlier jobs, the task's
+//! The plan becomes jobs (tasks and moves) in planned order. A job starts at its planned time
+//! once the jobs it depends on have finished: the same plate's earlier jobs, the task's
 //! predecessors, and earlier jobs on the same single-plate instrument, nest or arm. Every
 //! dependency points to an earlier job, so execution cannot deadlock; a late job delays only what
 //! depends on it.
+//!
+//! The plan is repaired while it runs ([`scheduler::lab::replan::Planner`]): when a run arrives,
+//! an instrument goes into maintenance or stops answering, or comes back. What has started (and
+//! every task a plate is already travelling to) is pinned; everything else may move, including
+//! to another instrument of the same class. Each repair is a new generation of jobs; jobs of an
+//! older generation that have not started retire.
 
+use crate::board::{Board, Slot};
 use crate::lab::Lab;
 use crate::store::{Intent, NewRun, ResultRow, Run, RunState, Store, Usage};
-use devices::{family, Family, Instrument, Recovery, TimeScale};
+use devices::{family, Family, Instrument, Recovery, State, TimeScale};
 use protocols::plan::{CommandOp, RunPlan};
-use scheduler::lab::solve::{solve, LabBudget, LabSchedule, MoveSlot};
-use scheduler::lab::LabProblem;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use scheduler::lab::replan::{Event as ReplanEvent, Planner};
+use scheduler::lab::solve::{LabBudget, LabSchedule, MoveSlot};
+use scheduler::lab::{LabProblem, Window};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// Per command: time spent journaling, and in total.
@@ -29,13 +37,17 @@ pub type CommandTimings = Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>;
 pub struct ExecutorConfig {
     /// Device time per wall time (1.0 real time; small in tests and demos).
     pub scale: TimeScale,
-    /// Planning budget per batch.
+    /// Planning budget for the first plan after the lab was idle.
     pub plan_budget: Duration,
+    /// Improvement budget after each repair (a run arrived, an instrument went down).
+    pub repair_budget: Duration,
     pub seed: u64,
     /// How often a command whose failure allows a resend is sent again.
     pub retries: u32,
-    /// How often to look for a technician's answer to an intervention.
-    pub intervention_poll: Duration,
+    /// How often to look for a technician's answer to an intervention, new runs and maintenance.
+    pub poll: Duration,
+    /// How often an instrument that stopped answering is asked again.
+    pub probe_every: Duration,
     /// When set, every command's (journal time, total time) is recorded here (benchmarks).
     pub timings: Option<CommandTimings>,
 }
@@ -45,9 +57,11 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             scale: TimeScale::REAL,
             plan_budget: Duration::from_millis(300),
+            repair_budget: Duration::from_millis(30),
             seed: 7,
             retries: 2,
-            intervention_poll: Duration::from_millis(50),
+            poll: Duration::from_millis(50),
+            probe_every: Duration::from_secs(2),
             timings: None,
         }
     }
@@ -57,7 +71,7 @@ impl Default for ExecutorConfig {
 #[derive(Debug, Clone, Default)]
 pub struct BatchReport {
     pub runs: Vec<(String, RunState, Option<String>)>,
-    /// Planned makespan, device seconds.
+    /// Planned makespan of the first plan, device seconds.
     pub planned_makespan_s: f64,
     pub commands: u64,
     pub moves: u64,
@@ -79,11 +93,120 @@ struct Planned {
     run: usize,
 }
 
+/// Job identity across repairs: a task is `t:run:task`; a move is its plate's leg with its
+/// planned start, which a repair keeps bit for bit once the move is pinned.
+fn job_key(job: &Job) -> String {
+    match job {
+        Job::Task { run, task, .. } => format!("t:{run}:{task}"),
+        Job::Move(m) => format!("m:{}:{}:{}:{}:{}:{:x}", m.run, m.plate, m.from, m.to, m.arm, m.start.to_bits()),
+    }
+}
+
+/// The task a plate move delivers to: the plate's next task after the move.
+fn destination(p: &Planner, m: &MoveSlot) -> Option<usize> {
+    let run = p.problem.runs.get(m.run)?;
+    let slots = p.schedule.tasks.get(m.run)?;
+    (0..run.tasks.len())
+        .filter(|&t| run.tasks[t].plates.contains(&m.plate) && slots[t].start >= m.end - 1e-6)
+        .min_by(|&a, &b| slots[a].start.total_cmp(&slots[b].start))
+}
+
+/// The first millisecond of the month `now` is in (UTC), for monthly quotas.
+pub fn month_start_ms(now: i64) -> i64 {
+    let days = now.div_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5; // 0-based day of the month
+    (days - day) * 86_400_000
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// What job tasks share with the executor's loop.
+#[derive(Debug, Default)]
+struct Dispatch {
+    /// Jobs may start only under this plan generation; a repair bumps it.
+    generation: u64,
+    /// Jobs that have started, by key, with their completion: later generations wait on these.
+    started: HashMap<String, watch::Receiver<Option<bool>>>,
+    in_flight: usize,
+}
+
+/// From a job to the loop.
+#[derive(Debug)]
+enum Report {
+    Done {
+        session: u64,
+        key: String,
+        run: usize,
+        result: Result<(), String>,
+    },
+    /// An instrument did not answer before a plate was sent to it.
+    Down {
+        instrument: String,
+        why: String,
+    },
+}
+
+/// What makes the plan change.
+#[derive(Debug)]
+enum Change {
+    Arrived(Admitted),
+    Down(String, String),
+    Up(String),
+}
+
 /// A run being executed.
 #[derive(Debug)]
 struct Admitted {
     run: Run,
     plan: RunPlan,
+    model: scheduler::lab::Run,
+}
+
+/// The runs admitted since the lab was last idle, and their plan.
+struct Session {
+    id: u64,
+    planner: Planner,
+    t0: Instant,
+    t0_ms: i64,
+    runs: Vec<Admitted>,
+    /// Per run: its jobs in the current plan.
+    keys: Vec<Vec<String>>,
+    /// Every job of every generation, by key.
+    jobs: HashMap<String, Job>,
+    /// Finished jobs: whether each succeeded.
+    done: HashMap<String, bool>,
+    failures: BTreeMap<usize, String>,
+    closed: Vec<bool>,
+}
+
+/// Everything one job needs to run on its own task.
+struct JobCtx {
+    session: u64,
+    generation: u64,
+    key: String,
+    job: Planned,
+    tx: watch::Sender<Option<bool>>,
+    me: watch::Receiver<Option<bool>>,
+    waits: Vec<(watch::Receiver<Option<bool>>, bool)>,
+    t0: Instant,
+    problem: Arc<LabProblem>,
+    runs: Arc<Vec<(Run, RunPlan)>>,
+    dispatch: Arc<Mutex<Dispatch>>,
+    reports: mpsc::UnboundedSender<Report>,
+    gate: Option<String>,
+    probe: Option<String>,
 }
 
 /// Rewrites a plan so its labware names are unique across runs (`<prefix>.<name>`): two tenants'
@@ -127,6 +250,7 @@ pub struct Executor {
     store: Arc<dyn Store>,
     lab: Arc<Lab>,
     config: ExecutorConfig,
+    board: Arc<Board>,
 }
 
 /// Runs a store call off the async threads (the store is blocking).
@@ -139,7 +263,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl Executor {
     pub fn new(store: Arc<dyn Store>, lab: Arc<Lab>, config: ExecutorConfig) -> Self {
-        Executor { store, lab, config }
+        Executor { store, lab, config, board: Arc::new(Board::default()) }
+    }
+
+    /// What the lab is doing, for the API.
+    pub fn board(&self) -> Arc<Board> {
+        self.board.clone()
     }
 
     /// Submits a compiled plan for a tenant (what the API's Submit does after compiling).
@@ -191,124 +320,581 @@ impl Executor {
         Ok(failed)
     }
 
-    /// Plans every queued run together and carries the plan out; returns when each has reached
-    /// a final state.
+    /// Carries out queued runs until `stop` turns true: admits runs as they arrive (within each
+    /// tenant's quota), keeps one plan for everything admitted and repairs it as runs arrive and
+    /// instruments go down or into maintenance and come back, and dispatches each job when it is
+    /// due and what it waits for has finished.
+    pub async fn run(&self, stop: watch::Receiver<bool>) -> Result<(), String> {
+        self.drive(stop, false).await.map(|_| ())
+    }
+
+    /// Runs everything queued (and whatever arrives meanwhile) to a final state, then returns.
     pub async fn run_queued(&self) -> Result<BatchReport, String> {
-        let store = self.store.clone();
-        let queued = blocking(move || store.runs(None, &[RunState::Queued])).await.map_err(|e| e.to_string())?;
+        let (_keep, stop) = watch::channel(false);
+        self.drive(stop, true).await
+    }
+
+    async fn drive(&self, mut stop: watch::Receiver<bool>, until_idle: bool) -> Result<BatchReport, String> {
+        let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
+        let dispatch = Arc::new(Mutex::new(Dispatch::default()));
+        let mut session: Option<Session> = None;
         let mut report = BatchReport::default();
-        if queued.is_empty() {
-            return Ok(report);
+        let mut retry_at: HashMap<String, Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(self.config.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_probe = Instant::now();
+        let mut sessions = 0u64;
+        loop {
+            let mut events: Vec<Change> = Vec::new();
+            tokio::select! {
+                r = reports.recv() => {
+                    let mut next = r;
+                    while let Some(r) = next {
+                        self.on_report(r, session.as_mut(), &mut events);
+                        next = reports.try_recv().ok();
+                    }
+                }
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            self.sync_maintenance(&mut events).await?;
+            if last_probe.elapsed() >= self.config.probe_every {
+                last_probe = Instant::now();
+                self.probe_down(&mut events).await;
+            }
+            let arrivals = self.admit(session.as_ref(), &mut retry_at, &mut report).await?;
+            if session.is_none() && !arrivals.is_empty() {
+                sessions += 1;
+                session = self.start_session(sessions, arrivals, &mut report).await?;
+                if let Some(s) = session.as_mut() {
+                    self.respawn(s, &dispatch, &reports_tx);
+                }
+            } else if let Some(s) = session.as_mut() {
+                events.extend(arrivals.into_iter().map(Change::Arrived));
+                if !events.is_empty() {
+                    self.replan(s, events, &dispatch, &mut retry_at).await;
+                    self.respawn(s, &dispatch, &reports_tx);
+                }
+            }
+            if let Some(s) = session.as_mut() {
+                self.close_finished(s, &mut report).await?;
+                if s.closed.iter().all(|&c| c) {
+                    self.board.close_plan();
+                    session = None;
+                    lock(&dispatch).started.clear();
+                }
+            }
+            if until_idle && session.is_none() {
+                let store = self.store.clone();
+                let queued =
+                    blocking(move || store.runs(None, &[RunState::Queued])).await.map_err(|e| e.to_string())?;
+                if queued.is_empty() {
+                    break;
+                }
+            }
         }
-        let mut problem = LabProblem::from_site(&self.lab.site).map_err(|e| e.0)?;
-        let mut admitted: Vec<Admitted> = Vec::new();
+        // Stopping: nothing new starts; commands already on an instrument get a moment to finish
+        // so their outcome is journaled (what does not finish is recovered at the next start).
+        lock(&dispatch).generation = u64::MAX;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&dispatch).in_flight > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(report)
+    }
+
+    /// Device seconds since the session's plan began.
+    fn now_s(&self, s: &Session) -> f64 {
+        s.t0.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12)
+    }
+
+    fn on_report(&self, r: Report, session: Option<&mut Session>, events: &mut Vec<Change>) {
+        match r {
+            Report::Done { session: sid, key, run, result } => {
+                let Some(s) = session.filter(|s| s.id == sid) else { return };
+                if let Err(why) = &result {
+                    if !why.is_empty() {
+                        s.failures.entry(run).or_insert_with(|| why.clone());
+                    }
+                }
+                s.done.insert(key, result.is_ok());
+            }
+            Report::Down { instrument, why } => {
+                if self.board.unavailable(&instrument).is_none() {
+                    eprintln!("labd: {instrument} is down ({why}); its waiting work moves to another instrument");
+                    self.board.set_unavailable(&instrument, Some(format!("down: {why}")));
+                    events.push(Change::Down(instrument, why));
+                }
+            }
+        }
+    }
+
+    /// Maintenance flags live in the store (technicians set them through the API); the board and
+    /// the plan follow them.
+    async fn sync_maintenance(&self, events: &mut Vec<Change>) -> Result<(), String> {
+        let store = self.store.clone();
+        let flagged = blocking(move || store.maintenance()).await.map_err(|e| e.to_string())?;
+        for m in &flagged {
+            let current = self.board.unavailable(&m.instrument);
+            if !current.as_deref().is_some_and(|c| c.starts_with("maintenance")) {
+                self.board.set_unavailable(&m.instrument, Some(format!("maintenance: {}", m.reason)));
+                if current.is_none() {
+                    events.push(Change::Down(m.instrument.clone(), "maintenance".into()));
+                }
+            }
+        }
+        for (id, why) in self.board.unavailable_all() {
+            if why.starts_with("maintenance") && !flagged.iter().any(|m| m.instrument == id) {
+                self.board.set_unavailable(&id, None);
+                events.push(Change::Up(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Instruments that went down are asked again now and then; one that answers is back.
+    async fn probe_down(&self, events: &mut Vec<Change>) {
+        for (id, why) in self.board.unavailable_all() {
+            if !why.starts_with("down") {
+                continue;
+            }
+            let Some(d) = self.lab.instruments.get(&id) else { continue };
+            if matches!(tokio::time::timeout(Duration::from_secs(5), d.status()).await, Ok(Ok(st)) if st.state != State::Offline)
+            {
+                eprintln!("labd: {id} answers again");
+                self.board.set_unavailable(&id, None);
+                events.push(Change::Up(id));
+            }
+        }
+    }
+
+    /// Queued runs that may start now: within their tenant's concurrent-run quota and
+    /// device-hour quota, and runnable on this site at all (else failed with the reason).
+    async fn admit(
+        &self,
+        session: Option<&Session>,
+        retry_at: &mut HashMap<String, Instant>,
+        report: &mut BatchReport,
+    ) -> Result<Vec<Admitted>, String> {
+        let store = self.store.clone();
+        let mut queued = blocking(move || store.runs(None, &[RunState::Queued])).await.map_err(|e| e.to_string())?;
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        queued.sort_by_key(|r| r.submitted_at);
+        let mut active: HashMap<String, i64> = HashMap::new();
+        if let Some(s) = session {
+            for (i, a) in s.runs.iter().enumerate() {
+                if !s.closed[i] {
+                    *active.entry(a.run.tenant_id.clone()).or_default() += 1;
+                }
+            }
+        }
+        let site = LabProblem::from_site(&self.lab.site).map_err(|e| e.0)?;
+        let month = month_start_ms(crate::store::now_ms());
+        let mut out = Vec::new();
         for run in queued {
-            let fail = |why: String| {
+            if retry_at.get(&run.id).is_some_and(|t| Instant::now() < *t) {
+                continue;
+            }
+            let store = self.store.clone();
+            let (tenant_id, since) = (run.tenant_id.clone(), month);
+            let (tenant, used) = blocking(move || {
+                let t = store.tenant(&tenant_id)?;
+                let used: f64 = store.usage(Some(&tenant_id), since)?.iter().map(|u| u.device_seconds).sum();
+                Ok::<_, crate::store::StoreError>((t, used))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let running = active.get(&run.tenant_id).copied().unwrap_or(0);
+            if tenant.max_concurrent_runs.is_some_and(|max| running >= max) {
+                continue; // waits for one of the tenant's runs to finish
+            }
+            let fail = |why: String, report: &mut BatchReport| {
                 let _ = self.store.set_run_state(&run.id, RunState::Failed, Some(&why));
-                why
+                report.runs.push((run.id.clone(), RunState::Failed, Some(why)));
             };
+            if let Some(hours) = tenant.device_hours_per_month {
+                if used >= hours * 3600.0 {
+                    let why = format!(
+                        "the tenant's quota of {hours} device-hours this month is used up ({:.2} h used); ask an admin to raise it",
+                        used / 3600.0
+                    );
+                    fail(why, report);
+                    continue;
+                }
+            }
             let plan: RunPlan = match serde_json::from_str(&run.plan_json) {
                 Ok(p) => p,
                 Err(e) => {
-                    let why = fail(format!("the stored plan cannot be read: {e}"));
-                    report.runs.push((run.id.clone(), RunState::Failed, Some(why)));
+                    fail(format!("the stored plan cannot be read: {e}"), report);
                     continue;
                 }
             };
             let short = run.id.trim_start_matches("run_").chars().take(8).collect::<String>();
             let plan = scoped(&plan, &short)?;
-            let weight = self.store.tenant(&run.tenant_id).map(|t| t.weight).unwrap_or(1.0);
-            if let Err(e) = problem.add_plan(&run.id, &run.tenant_id, weight, 0.0, &plan) {
-                let why = fail(format!("this lab cannot run it: {}", e.0));
-                report.runs.push((run.id.clone(), RunState::Failed, Some(why)));
+            let model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, tenant.weight, 0.0, &plan);
+            if let Err(e) = site.clone().add_run(model.clone()) {
+                fail(format!("this lab cannot run it: {}", e.0), report);
                 continue;
             }
-            admitted.push(Admitted { run, plan });
+            *active.entry(run.tenant_id.clone()).or_default() += 1;
+            out.push(Admitted { run, plan, model });
         }
-        if admitted.is_empty() {
-            return Ok(report);
-        }
-        let budget = LabBudget { time: Some(self.config.plan_budget), iterations: None };
-        let (p2, seed) = (problem.clone(), self.config.seed);
-        let outcome = blocking(move || solve(&p2, budget, seed)).await.ok_or("the scheduler found no plan")?;
-        let schedule = outcome.schedule;
-        report.planned_makespan_s = schedule.makespan();
-        for (i, a) in admitted.iter().enumerate() {
-            self.store.set_run_state(&a.run.id, RunState::Running, None).map_err(|e| e.to_string())?;
-            let payload = serde_json::json!({"planned_end_s": schedule.completion(i), "tasks": a.plan.tasks.len()});
-            self.store.append_event(&a.run.id, "scheduled", &payload.to_string()).map_err(|e| e.to_string())?;
-        }
-        let jobs = jobs(&problem, &schedule);
-        report.moves = jobs.iter().filter(|j| matches!(j.job, Job::Move(_))).count() as u64;
-        let failures = self.execute(&problem, &admitted, jobs).await;
-        for (i, a) in admitted.iter().enumerate() {
-            let cancelling = self.store.run(None, &a.run.id).is_ok_and(|r| r.state == RunState::Cancelling);
-            let (state, reason) = match (failures.get(&i), cancelling) {
-                (_, true) => (RunState::Cancelled, Some("cancelled; its plates were returned to storage".to_string())),
-                (None, false) => (RunState::Succeeded, None),
-                (Some(why), false) => (RunState::Failed, Some(why.clone())),
-            };
-            self.store.set_run_state(&a.run.id, state, reason.as_deref()).map_err(|e| e.to_string())?;
-            report.runs.push((a.run.id.clone(), state, reason));
-        }
-        report.commands = admitted.iter().map(|a| a.plan.command_count() as u64).sum();
-        Ok(report)
+        Ok(out)
     }
 
-    /// Runs the jobs; returns the first failure of each failed run.
-    async fn execute(
+    /// Plans the first runs after the lab was idle.
+    async fn start_session(
         &self,
-        problem: &LabProblem,
-        admitted: &[Admitted],
-        jobs: Vec<Planned>,
-    ) -> BTreeMap<usize, String> {
-        let t0 = Instant::now();
-        let mut done: Vec<watch::Receiver<Option<bool>>> = Vec::new();
-        let mut handles = Vec::new();
-        let problem = Arc::new(problem.clone());
-        let runs: Arc<Vec<(Run, RunPlan)>> =
-            Arc::new(admitted.iter().map(|a| (a.run.clone(), a.plan.clone())).collect());
-        for job in jobs {
-            let (tx, rx) = watch::channel(None);
-            let waits: Vec<(watch::Receiver<Option<bool>>, bool)> =
-                job.deps.iter().map(|&(d, c)| (done[d].clone(), c)).collect();
-            done.push(rx);
-            let me = self.clone();
-            let problem = problem.clone();
-            let runs = runs.clone();
-            handles.push(tokio::spawn(async move {
-                let mut cascade_failed = false;
-                for (mut w, cascade) in waits {
-                    let ok = loop {
-                        if let Some(ok) = *w.borrow_and_update() {
-                            break ok;
-                        }
-                        if w.changed().await.is_err() {
-                            break false;
-                        }
-                    };
-                    cascade_failed |= cascade && !ok;
-                }
-                let result = if cascade_failed {
-                    Err(String::new()) // an earlier step of this run failed; its reason is recorded
-                } else {
-                    let at = t0 + me.config.scale.wall(job.start);
-                    tokio::time::sleep_until(at).await;
-                    me.job(&problem, &runs, &job.job).await
-                };
-                let _ = tx.send(Some(result.is_ok()));
-                (job.run, result)
-            }));
+        id: u64,
+        arrivals: Vec<Admitted>,
+        report: &mut BatchReport,
+    ) -> Result<Option<Session>, String> {
+        let mut problem = LabProblem::from_site(&self.lab.site).map_err(|e| e.0)?;
+        for a in &arrivals {
+            problem.add_run(a.model.clone()).map_err(|e| e.0)?;
         }
-        let mut failures = BTreeMap::new();
-        for h in handles {
-            if let Ok((run, Err(why))) = h.await {
-                if !why.is_empty() {
-                    failures.entry(run).or_insert(why);
+        let unavailable = self.board.unavailable_all();
+        let mut avoiding = problem.clone();
+        for (i, r) in problem.resources.iter().enumerate() {
+            if unavailable.contains_key(&r.id) {
+                avoiding.down[i].push(Window { start: 0.0, end: f64::INFINITY });
+            }
+        }
+        let budget = LabBudget { time: Some(self.config.plan_budget), iterations: None };
+        let seed = self.config.seed;
+        // Around what is unavailable if possible; otherwise the plan waits for it to come back.
+        let planner =
+            blocking(move || Planner::new(avoiding, budget, seed).or_else(|_| Planner::new(problem, budget, seed)))
+                .await;
+        let mut planner = match planner {
+            Ok(p) => p,
+            Err(e) => {
+                for a in arrivals {
+                    let why = format!("the scheduler found no plan: {}", e.0);
+                    let _ = self.store.set_run_state(&a.run.id, RunState::Failed, Some(&why));
+                    report.runs.push((a.run.id.clone(), RunState::Failed, Some(why)));
+                }
+                return Ok(None);
+            }
+        };
+        planner.pin_past = false;
+        report.planned_makespan_s = report.planned_makespan_s.max(planner.schedule.makespan());
+        let mut s = Session {
+            id,
+            planner,
+            t0: Instant::now(),
+            t0_ms: crate::store::now_ms(),
+            runs: Vec::new(),
+            keys: Vec::new(),
+            jobs: HashMap::new(),
+            done: HashMap::new(),
+            failures: BTreeMap::new(),
+            closed: Vec::new(),
+        };
+        for a in arrivals {
+            self.admitted(&mut s, a, report).await?;
+        }
+        Ok(Some(s))
+    }
+
+    /// A run joins the plan: it is running from now on, with its planned end announced.
+    async fn admitted(&self, s: &mut Session, a: Admitted, report: &mut BatchReport) -> Result<(), String> {
+        let i = s.runs.len();
+        let planned_end = s.planner.schedule.completion(i);
+        report.commands += a.plan.command_count() as u64;
+        let (store, id, tasks) = (self.store.clone(), a.run.id.clone(), a.plan.tasks.len());
+        blocking(move || {
+            store.set_run_state(&id, RunState::Running, None)?;
+            let payload = serde_json::json!({"planned_end_s": planned_end, "tasks": tasks});
+            store.append_event(&id, "scheduled", &payload.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        s.runs.push(a);
+        s.keys.push(Vec::new());
+        s.closed.push(false);
+        Ok(())
+    }
+
+    /// Applies what changed to the plan: pins what has started (and tasks a plate is already on
+    /// its way to), repairs around the rest, announces runs whose end moved.
+    async fn replan(
+        &self,
+        s: &mut Session,
+        changes: Vec<Change>,
+        dispatch: &Arc<Mutex<Dispatch>>,
+        retry_at: &mut HashMap<String, Instant>,
+    ) {
+        let started: Vec<String> = lock(dispatch).started.keys().cloned().collect();
+        for key in &started {
+            match s.jobs.get(key) {
+                Some(Job::Task { run, task, .. }) => s.planner.pin_task(*run, *task),
+                Some(Job::Move(m)) if m.to != s.planner.problem.storage => {
+                    if let Some(t) = destination(&s.planner, m) {
+                        s.planner.pin_task(m.run, t);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let before: Vec<f64> = (0..s.runs.len()).map(|i| s.planner.schedule.completion(i)).collect();
+        let improve = self.config.repair_budget;
+        let mut because = Vec::new();
+        for change in changes {
+            match &change {
+                Change::Arrived(_) => {}
+                Change::Down(id, why) => because.push(format!("{id} is unavailable ({why})")),
+                Change::Up(id) => because.push(format!("{id} is back")),
+            }
+            let now = self.now_s(s);
+            let resource = |id: &str| s.planner.problem.resources.iter().position(|r| r.id == id);
+            let event = match &change {
+                Change::Arrived(a) => ReplanEvent::RunArrived(a.model.clone()),
+                Change::Down(id, _) => match resource(id) {
+                    Some(r) => ReplanEvent::InstrumentDown { resource: r, until: f64::INFINITY },
+                    None => continue,
+                },
+                Change::Up(id) => match resource(id) {
+                    Some(r) => ReplanEvent::InstrumentUp { resource: r },
+                    None => continue,
+                },
+            };
+            // The repair works on a copy: if it fails, the plan in force stays as it was.
+            let mut planner = s.planner.clone();
+            let (planner, result) = blocking(move || {
+                let r = planner.handle(now, event, improve);
+                (planner, r)
+            })
+            .await;
+            if let Err(e) = result {
+                match change {
+                    // Cannot be fitted in right now (instruments down): tried again shortly.
+                    Change::Arrived(a) => {
+                        retry_at.insert(a.run.id.clone(), Instant::now() + Duration::from_secs(5));
+                    }
+                    Change::Down(id, _) => {
+                        eprintln!("labd: no plan avoids {id} ({}); work for it waits until it is back", e.0)
+                    }
+                    Change::Up(_) => {}
+                }
+                continue;
+            }
+            s.planner = planner;
+            if let Change::Arrived(a) = change {
+                let mut report = BatchReport::default();
+                if let Err(e) = self.admitted(s, a, &mut report).await {
+                    eprintln!("labd: {e}");
                 }
             }
         }
-        failures
+        for (i, b) in before.iter().enumerate() {
+            let after = s.planner.schedule.completion(i);
+            if !s.closed[i] && (after - b).abs() > 60.0 {
+                let payload = serde_json::json!({"planned_end_s": after, "was_s": b, "because": because});
+                self.event(&s.runs[i].run, "rescheduled", payload).await;
+            }
+        }
+    }
+
+    /// Turns the current plan into jobs. Jobs that have started keep going; the rest of the
+    /// previous plan retires (its waiting jobs see a new generation and stop).
+    fn respawn(&self, s: &mut Session, dispatch: &Arc<Mutex<Dispatch>>, reports: &mpsc::UnboundedSender<Report>) {
+        let planned = jobs(&s.planner.problem, &s.planner.schedule);
+        let problem = Arc::new(s.planner.problem.clone());
+        let runs: Arc<Vec<(Run, RunPlan)>> = Arc::new(s.runs.iter().map(|a| (a.run.clone(), a.plan.clone())).collect());
+        let mut d = lock(dispatch);
+        d.generation += 1;
+        let generation = d.generation;
+        let mut done: Vec<watch::Receiver<Option<bool>>> = Vec::with_capacity(planned.len());
+        let mut slots = Vec::new();
+        for k in s.keys.iter_mut() {
+            k.clear();
+        }
+        for job in planned {
+            let key = job_key(&job.job);
+            s.jobs.insert(key.clone(), job.job.clone());
+            if let Some(keys) = s.keys.get_mut(job.run) {
+                keys.push(key.clone());
+            }
+            if let Some(rx) = d.started.get(&key) {
+                done.push(rx.clone());
+                continue;
+            }
+            let (tx, rx) = watch::channel(None);
+            let waits: Vec<(watch::Receiver<Option<bool>>, bool)> =
+                job.deps.iter().filter_map(|&(i, c)| done.get(i).map(|w| (w.clone(), c))).collect();
+            done.push(rx.clone());
+            if let Some(slot) = self.slot(s, &problem, &job) {
+                slots.push((key.clone(), slot));
+            }
+            let (gate, probe) = self.guards(s, &job.job);
+            let ctx = JobCtx {
+                session: s.id,
+                generation,
+                key,
+                job,
+                tx,
+                me: rx,
+                waits,
+                t0: s.t0,
+                problem: problem.clone(),
+                runs: runs.clone(),
+                dispatch: dispatch.clone(),
+                reports: reports.clone(),
+                gate,
+                probe,
+            };
+            let me = self.clone();
+            tokio::spawn(async move { me.run_job(ctx).await });
+        }
+        drop(d);
+        self.board.replan(slots);
+    }
+
+    /// What a job waits on before it starts: the instrument it uses must be available (`gate`);
+    /// a plate leaving for an instrument first checks that the instrument answers (`probe`).
+    fn guards(&self, s: &Session, job: &Job) -> (Option<String>, Option<String>) {
+        let p = &s.planner.problem;
+        match job {
+            Job::Task { resource: Some(r), on_arm: false, .. } => (p.resources.get(*r).map(|r| r.id.clone()), None),
+            Job::Move(m) if m.to != p.storage => {
+                let target = destination(&s.planner, m)
+                    .and_then(|t| s.planner.schedule.tasks[m.run][t].resource)
+                    .and_then(|r| p.resources.get(r))
+                    .map(|r| r.id.clone())
+                    .filter(|id| self.lab.instruments.contains_key(id));
+                (target.clone(), target)
+            }
+            _ => (None, None),
+        }
+    }
+
+    /// The job as a slot on the technicians' board.
+    fn slot(&self, s: &Session, problem: &LabProblem, job: &Planned) -> Option<Slot> {
+        let (run, plan) = s.runs.get(job.run).map(|a| (&a.run, &a.plan))?;
+        let ms = |device_s: f64| s.t0_ms + (self.config.scale.wall(device_s).as_secs_f64() * 1000.0) as i64;
+        let (lane, kind, label, end) = match &job.job {
+            Job::Task { task, resource, on_arm, .. } => {
+                let lane = match (resource, on_arm) {
+                    (Some(r), true) => problem.arms.get(*r).map(|a| a.id.clone()),
+                    (Some(r), false) => problem.resources.get(*r).map(|r| r.id.clone()),
+                    (None, _) => None,
+                }?;
+                let end = s.planner.schedule.tasks[job.run][*task].end;
+                (lane, "task", plan.tasks.get(*task).map(|t| t.label.clone()).unwrap_or_default(), end)
+            }
+            Job::Move(m) => {
+                let from = problem.nests.get(m.from).map_or("?", |n| n.id.as_str());
+                let to = problem.nests.get(m.to).map_or("?", |n| n.id.as_str());
+                (problem.arms.get(m.arm)?.id.clone(), "move", format!("{from} → {to}"), m.end)
+            }
+        };
+        Some(Slot {
+            lane,
+            run_id: run.id.clone(),
+            tenant_id: run.tenant_id.clone(),
+            kind,
+            label,
+            planned_start_ms: ms(job.start),
+            planned_end_ms: ms(end),
+            started_ms: None,
+            finished_ms: None,
+            state: "planned",
+        })
+    }
+
+    async fn run_job(self, ctx: JobCtx) {
+        let stale = |ctx: &JobCtx| lock(&ctx.dispatch).generation != ctx.generation;
+        let mut cascade_failed = false;
+        for (mut w, cascade) in ctx.waits.iter().cloned() {
+            let ok = loop {
+                if let Some(ok) = *w.borrow_and_update() {
+                    break ok;
+                }
+                if w.changed().await.is_err() {
+                    break false;
+                }
+            };
+            cascade_failed |= cascade && !ok;
+        }
+        if stale(&ctx) {
+            return; // an older plan's job: the current plan has its own
+        }
+        if !cascade_failed {
+            tokio::time::sleep_until(ctx.t0 + self.config.scale.wall(ctx.job.start)).await;
+            if let Some(gate) = &ctx.gate {
+                while self.board.unavailable(gate).is_some() {
+                    if stale(&ctx) {
+                        return;
+                    }
+                    tokio::time::sleep(self.config.poll).await;
+                }
+            }
+            if let Some(id) = &ctx.probe {
+                if let Some(d) = self.lab.instruments.get(id) {
+                    let answer = tokio::time::timeout(Duration::from_secs(10), d.status()).await;
+                    let why = match answer {
+                        Ok(Ok(st)) if st.state == State::Offline => Some("it reports offline".to_string()),
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some("no answer to a status request within 10 s".to_string()),
+                    };
+                    if let Some(why) = why {
+                        // The plate stays where it is; the re-plan sends it elsewhere.
+                        let _ = ctx.reports.send(Report::Down { instrument: id.clone(), why });
+                        return;
+                    }
+                }
+            }
+        }
+        {
+            let mut d = lock(&ctx.dispatch);
+            if d.generation != ctx.generation {
+                return;
+            }
+            d.started.insert(ctx.key.clone(), ctx.me.clone());
+            d.in_flight += 1;
+        }
+        self.board.started(&ctx.key, crate::store::now_ms());
+        let result = if cascade_failed {
+            Err(String::new()) // an earlier step of this run failed; its reason is recorded
+        } else {
+            self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await
+        };
+        lock(&ctx.dispatch).in_flight -= 1;
+        self.board.finished(&ctx.key, crate::store::now_ms(), result.is_ok());
+        let _ = ctx.tx.send(Some(result.is_ok()));
+        let _ = ctx.reports.send(Report::Done { session: ctx.session, key: ctx.key, run: ctx.job.run, result });
+    }
+
+    /// Runs whose every job has finished reach their final state.
+    async fn close_finished(&self, s: &mut Session, report: &mut BatchReport) -> Result<(), String> {
+        for i in 0..s.runs.len() {
+            if s.closed[i] || !s.keys[i].iter().all(|k| s.done.contains_key(k)) {
+                continue;
+            }
+            s.closed[i] = true;
+            let (store, id) = (self.store.clone(), s.runs[i].run.id.clone());
+            let failure = s.failures.get(&i).cloned();
+            let (state, reason) = blocking(move || {
+                let cancelling = store.run(None, &id).is_ok_and(|r| r.state == RunState::Cancelling);
+                let (state, reason) = match (failure, cancelling) {
+                    (_, true) => {
+                        (RunState::Cancelled, Some("cancelled; its plates were returned to storage".to_string()))
+                    }
+                    (None, false) => (RunState::Succeeded, None),
+                    (Some(why), false) => (RunState::Failed, Some(why)),
+                };
+                store.set_run_state(&id, state, reason.as_deref()).map(|_| (state, reason))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            report.moves += s.keys[i].iter().filter(|k| k.starts_with("m:")).count() as u64;
+            report.runs.push((s.runs[i].run.id.clone(), state, reason));
+        }
+        Ok(())
     }
 
     async fn job(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), String> {
@@ -442,7 +1028,7 @@ impl Executor {
             if let Some(i) = all.iter().find(|i| i.id == id && i.state != "open") {
                 return Ok(i.state.clone());
             }
-            tokio::time::sleep(self.config.intervention_poll).await;
+            tokio::time::sleep(self.config.poll).await;
         }
     }
 

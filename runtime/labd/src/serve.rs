@@ -113,19 +113,16 @@ pub async fn serve(config: Config) -> Result<(), String> {
         println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
     }
     let stop = tokio::sync::watch::channel(false);
-    let mut stop_rx = stop.1.clone();
-    let exec_task = tokio::spawn(async move {
-        loop {
-            if let Err(e) = executor.run_queued().await {
-                eprintln!("labd: executor: {e}");
+    let board = executor.board();
+    let exec_task = {
+        let stop_rx = stop.1.clone();
+        tokio::spawn(async move {
+            if let Err(e) = executor.run(stop_rx).await {
+                eprintln!("labd: executor stopped: {e}");
             }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                _ = stop_rx.changed() => return,
-            }
-        }
-    });
-    let api = Api { store, site, library: labware::Library::shipped(), lab: Some(lab.clone()) };
+        })
+    };
+    let api = Api { store, site, library: labware::Library::shipped(), lab: Some(lab.clone()), board: Some(board) };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
         "labd: gRPC API on {addr}; data in {}; {} instruments{}",
@@ -156,8 +153,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| format!("gRPC server: {e}"))?;
-    // The executor stops at its next batch boundary; what it wrote is committed.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), exec_task).await;
+    // The executor starts nothing new and lets commands on instruments finish (up to 5 s).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), exec_task).await;
     println!("labd: stopped");
     Ok(())
 }

@@ -13,7 +13,10 @@ pub mod sqlite;
 use std::fmt;
 
 /// Migrations, in order: (version, SQL).
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_maintenance_expiry.sql")),
+];
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -90,6 +93,8 @@ pub struct Principal {
     pub mqtt_username: Option<String>,
     pub created_at: Millis,
     pub revoked_at: Option<Millis>,
+    /// After this the token no longer signs in.
+    pub expires_at: Option<Millis>,
 }
 
 /// Run life cycle.
@@ -252,6 +257,15 @@ pub struct Reservation {
     pub ends_at: Millis,
 }
 
+/// An instrument a technician took out of service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Maintenance {
+    pub instrument: String,
+    pub reason: String,
+    pub set_by: String,
+    pub since: Millis,
+}
+
 /// Device time used, for billing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Usage {
@@ -301,6 +315,8 @@ pub trait Store: Send + Sync {
     /// The live principal whose token hashes to this value.
     fn principal_by_token_hash(&self, token_hash: &str) -> Result<Principal>;
     fn revoke_principal(&self, id: &str) -> Result<()>;
+    /// The token stops signing in at this time.
+    fn set_principal_expiry(&self, id: &str, expires_at: Millis) -> Result<()>;
 
     /// Accepts a run, or returns the run already accepted under the same idempotency key
     /// (`false`: nothing new was created). Writes the `submitted` event and its outbox row.
@@ -344,6 +360,10 @@ pub trait Store: Send + Sync {
 
     fn add_reservation(&self, r: &Reservation) -> Result<()>;
     fn reservations(&self, tenant: Option<&str>) -> Result<Vec<Reservation>>;
+
+    /// Takes an instrument out of service (`Some((reason, by))`) or puts it back (`None`).
+    fn set_maintenance(&self, instrument: &str, on: Option<(&str, &str)>) -> Result<()>;
+    fn maintenance(&self) -> Result<Vec<Maintenance>>;
 
     fn add_usage(&self, u: &Usage) -> Result<()>;
     fn usage(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<UsageTotal>>;

@@ -331,6 +331,7 @@ impl Store for SqliteStore {
             mqtt_username: mqtt.map(|m| m.0.to_string()),
             created_at: now_ms(),
             revoked_at: None,
+            expires_at: None,
         };
         self.tx(|tx| {
             tx.execute(
@@ -346,15 +347,15 @@ impl Store for SqliteStore {
     fn principal_by_token_hash(&self, token_hash: &str) -> Result<Principal> {
         self.read(|c| {
             c.query_row(
-                "SELECT id, tenant_id, role, mqtt_username, created_at, revoked_at FROM principals WHERE token_hash = ?1 AND revoked_at IS NULL",
+                "SELECT id, tenant_id, role, mqtt_username, created_at, revoked_at, expires_at FROM principals WHERE token_hash = ?1 AND revoked_at IS NULL",
                 params![token_hash],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
             .optional()
             .map_err(backend)
             .and_then(not_found("principal"))
-            .and_then(|(id, tenant_id, role, mqtt_username, created_at, revoked_at)| {
-                Ok(Principal { id, tenant_id, role: Role::parse(&role)?, mqtt_username, created_at, revoked_at })
+            .and_then(|(id, tenant_id, role, mqtt_username, created_at, revoked_at, expires_at)| {
+                Ok(Principal { id, tenant_id, role: Role::parse(&role)?, mqtt_username, created_at, revoked_at, expires_at })
             })
         })
     }
@@ -366,6 +367,18 @@ impl Store for SqliteStore {
                     "UPDATE principals SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                     params![id, now_ms()],
                 )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("principal {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn set_principal_expiry(&self, id: &str, expires_at: Millis) -> Result<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute("UPDATE principals SET expires_at = ?2 WHERE id = ?1", params![id, expires_at])
                 .map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("principal {id}")));
@@ -750,6 +763,34 @@ impl Store for SqliteStore {
             let rows = st
                 .query_map(params![tenant], |r| {
                     Ok(Reservation { id: r.get(0)?, tenant_id: r.get(1)?, instrument_class: r.get(2)?, starts_at: r.get(3)?, ends_at: r.get(4)? })
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+    }
+
+    fn set_maintenance(&self, instrument: &str, on: Option<(&str, &str)>) -> Result<()> {
+        self.tx(|tx| {
+            match on {
+                Some((reason, by)) => tx.execute(
+                    "INSERT INTO maintenance (instrument, reason, set_by, since) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (instrument) DO UPDATE SET reason = excluded.reason, set_by = excluded.set_by",
+                    params![instrument, reason, by, now_ms()],
+                ),
+                None => tx.execute("DELETE FROM maintenance WHERE instrument = ?1", params![instrument]),
+            }
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn maintenance(&self) -> Result<Vec<Maintenance>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached("SELECT instrument, reason, set_by, since FROM maintenance ORDER BY instrument")
+                .map_err(backend)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(Maintenance { instrument: r.get(0)?, reason: r.get(1)?, set_by: r.get(2)?, since: r.get(3)? })
                 })
                 .map_err(backend)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)

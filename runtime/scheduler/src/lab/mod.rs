@@ -101,6 +101,37 @@ pub struct Run {
     pub min_lags: Vec<(usize, usize, f64)>,
 }
 
+impl Run {
+    /// A compiled plan in scheduler terms; well plates become the run's plates.
+    pub fn from_plan(id: &str, tenant: &str, weight: f64, release: f64, plan: &RunPlan) -> Run {
+        let plates: Vec<String> =
+            plan.labware.iter().filter(|l| l.kind == LabwareKind::WellPlate).map(|l| l.name.clone()).collect();
+        let tasks = plan
+            .tasks
+            .iter()
+            .map(|t| LabTask {
+                class: t.class,
+                duration: t.duration_s,
+                after: t.after.iter().map(|&a| a as usize).collect(),
+                plates: t.holds.iter().filter_map(|h| plates.iter().position(|p| p == h)).collect(),
+                pipettes: t.pipettes.clone(),
+                settings: t.settings,
+                label: t.label.clone(),
+            })
+            .collect();
+        Run {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            weight,
+            release,
+            plates,
+            tasks,
+            max_lags: plan.max_lags.iter().map(|l| (l.from as usize, l.to as usize, l.max_s)).collect(),
+            min_lags: Vec::new(),
+        }
+    }
+}
+
 /// Everything the scheduler plans over.
 #[derive(Debug, Clone)]
 pub struct LabProblem {
@@ -332,32 +363,7 @@ impl LabProblem {
         release: f64,
         plan: &RunPlan,
     ) -> Result<usize, ModelError> {
-        let plates: Vec<String> =
-            plan.labware.iter().filter(|l| l.kind == LabwareKind::WellPlate).map(|l| l.name.clone()).collect();
-        let tasks = plan
-            .tasks
-            .iter()
-            .map(|t| LabTask {
-                class: t.class,
-                duration: t.duration_s,
-                after: t.after.iter().map(|&a| a as usize).collect(),
-                plates: t.holds.iter().filter_map(|h| plates.iter().position(|p| p == h)).collect(),
-                pipettes: t.pipettes.clone(),
-                settings: t.settings,
-                label: t.label.clone(),
-            })
-            .collect();
-        let run = Run {
-            id: id.to_string(),
-            tenant: tenant.to_string(),
-            weight,
-            release,
-            plates,
-            tasks,
-            max_lags: plan.max_lags.iter().map(|l| (l.from as usize, l.to as usize, l.max_s)).collect(),
-            min_lags: Vec::new(),
-        };
-        self.add_run(run)
+        self.add_run(Run::from_plan(id, tenant, weight, release, plan))
     }
 
     /// Adds a run after checking it can be scheduled at all on this site.

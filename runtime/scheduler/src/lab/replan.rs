@@ -37,10 +37,14 @@ pub struct Repair {
 }
 
 /// Keeps a plan current as events arrive.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Planner {
     pub problem: LabProblem,
     pub schedule: LabSchedule,
+    /// Pin every task planned to start before now (true, the default: for a plan nobody
+    /// reports progress to). An executor that pins what really started ([`Planner::pin_task`])
+    /// sets false, so a task running late can still move to another instrument.
+    pub pin_past: bool,
     order: Vec<usize>,
     rng: Rng,
 }
@@ -50,7 +54,7 @@ impl Planner {
     pub fn new(problem: LabProblem, budget: LabBudget, seed: u64) -> Result<Planner, ModelError> {
         let out = super::solve::solve(&problem, budget, seed)
             .ok_or_else(|| ModelError("no schedule could be built".into()))?;
-        Ok(Planner { problem, schedule: out.schedule, order: out.order, rng: Rng::new(seed) })
+        Ok(Planner { problem, schedule: out.schedule, pin_past: true, order: out.order, rng: Rng::new(seed) })
     }
 
     /// Pins every task planned to have started before `now`. Moves of plates for tasks not yet
@@ -58,6 +62,9 @@ impl Planner {
     /// task starts, so an overrun never strands a plate in front of a busy instrument.
     fn pin_started(&mut self, now: f64) {
         for ri in 0..self.problem.runs.len() {
+            if !self.pin_past {
+                break;
+            }
             for ti in 0..self.problem.runs[ri].tasks.len() {
                 if self.problem.pinned[ri][ti].is_some() {
                     continue;
@@ -95,6 +102,15 @@ impl Planner {
                     p.outbound = outbound;
                 }
             }
+        }
+    }
+
+    /// Keeps a task where it is planned, with the moves that bring its plates: the executor pins
+    /// a task once a plate has set off towards it, so a repair never leaves a plate stranded.
+    pub fn pin_task(&mut self, run: usize, task: usize) {
+        let planned = self.schedule.tasks.get(run).is_some_and(|t| task < t.len());
+        if planned && self.problem.pinned[run][task].is_none() {
+            self.problem.pinned[run][task] = Some(self.make_pin(run, task));
         }
     }
 
