@@ -71,6 +71,28 @@ pub struct ReaderSim {
     config: Arc<ReaderConfig>,
     uuid: Arc<String>,
     state: Arc<Mutex<ReaderState>>,
+    power: PowerSwitch,
+}
+
+/// A simulator's mains switch: while off, every call fails as an unreachable server does
+/// (gRPC UNAVAILABLE), so tests can take an instrument down mid-run and bring it back.
+#[derive(Debug, Clone)]
+pub struct PowerSwitch(Arc<std::sync::atomic::AtomicBool>);
+
+impl Default for PowerSwitch {
+    fn default() -> Self {
+        PowerSwitch(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+}
+
+impl PowerSwitch {
+    pub fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 type InfoStream = Pin<Box<dyn Stream<Item = Result<ExecutionInfo, Status>> + Send>>;
@@ -110,7 +132,13 @@ impl ReaderSim {
             config: Arc::new(config),
             uuid: Arc::new(uuid_v4()),
             state: Arc::new(Mutex::new(ReaderState { server_name: name, plate: None, runs: HashMap::new() })),
+            power: PowerSwitch::default(),
         }
+    }
+
+    /// The switch that powers this reader off and on.
+    pub fn power(&self) -> PowerSwitch {
+        self.power.clone()
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, ReaderState>, Status> {
@@ -129,8 +157,19 @@ impl ReaderSim {
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
                 .map_err(std::io::Error::other)?;
         }
-        let router =
-            builder.add_service(SiLaServiceServer::new(self.clone())).add_service(PlateReaderServer::new(self));
+        let (p1, p2) = (self.power.clone(), self.power.clone());
+        let powered = |p: PowerSwitch| {
+            move |req: Request<()>| {
+                if p.is_on() {
+                    Ok(req)
+                } else {
+                    Err(Status::unavailable("the instrument is powered off"))
+                }
+            }
+        };
+        let router = builder
+            .add_service(SiLaServiceServer::with_interceptor(self.clone(), powered(p1)))
+            .add_service(PlateReaderServer::with_interceptor(self, powered(p2)));
         let incoming = super::nodelay_incoming(listener);
         tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;

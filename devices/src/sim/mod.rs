@@ -90,8 +90,14 @@ impl Faults {
         Ok(f)
     }
 
-    fn applies(list: &[String], word: &str) -> bool {
-        list.iter().any(|w| w.eq_ignore_ascii_case(word))
+    /// A fault names a request word (`G0`), or with a space a line prefix (`G0 B`: only
+    /// plunger moves).
+    fn applies(list: &[String], line: &str) -> bool {
+        let word = line.split_whitespace().next().unwrap_or("");
+        list.iter().any(|w| {
+            w.eq_ignore_ascii_case(word)
+                || (w.contains(' ') && line.trim_start().to_ascii_uppercase().starts_with(&w.to_ascii_uppercase()))
+        })
     }
 
     /// The device error configured for this request word.
@@ -170,10 +176,10 @@ pub async fn serve<S, D>(
                 return;
             }
             let word = line.split_whitespace().next().unwrap_or("").to_string();
-            if Faults::applies(&faults.timeout_on, &word) {
+            if Faults::applies(&faults.timeout_on, &line) {
                 continue;
             }
-            let reply = if Faults::applies(&faults.garbage_on, &word) {
+            let reply = if Faults::applies(&faults.garbage_on, &line) {
                 Response::Reply(b"\x15\xfe#!garbage\xff\n".to_vec())
             } else if let Some(code) = faults.error_for(&word) {
                 Response::Reply(error_reply(&line, code))
@@ -261,6 +267,10 @@ mod tests {
     fn faults_parse_and_name_bad_items() {
         let f = Faults::parse("timeout=M104, error=M3:ERR120,disconnect_after=5,slow_ms=20,stuck_door").unwrap();
         assert_eq!(f.timeout_on, vec!["M104"]);
+        assert!(Faults::applies(&f.timeout_on, "m104 S37"));
+        let plunger = Faults::parse("timeout=G0 B").unwrap();
+        assert!(Faults::applies(&plunger.timeout_on, "G0 B-12.5"));
+        assert!(!Faults::applies(&plunger.timeout_on, "G0 Z100"));
         assert_eq!(f.error_for("m3"), Some("ERR120"));
         assert_eq!(f.disconnect_after, Some(5));
         assert!(f.stuck_door);

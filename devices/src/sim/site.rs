@@ -45,6 +45,8 @@ pub struct SimulatedSite {
     ptys: Vec<Pty>,
     /// The liquid handlers' own accounts of liquid, by instrument id.
     pub liquid: BTreeMap<String, std::sync::Arc<std::sync::Mutex<liquid::LiquidState>>>,
+    /// Mains switches of the simulators that have one (plate readers), by instrument id.
+    pub power: BTreeMap<String, crate::sila::server::PowerSwitch>,
 }
 
 fn module_error(d: Dialect) -> fn(&str, &str) -> Vec<u8> {
@@ -94,6 +96,7 @@ pub async fn start(
             }
             InstrumentClass::PlateReader => {
                 let sim = ReaderSim::new(ReaderConfig::from_site(inst, scale, f));
+                out.power.insert(inst.id.clone(), sim.power());
                 let addr = sim.serve(&format!("{host}:0"), None).await.map_err(io)?;
                 ("sila", addr.to_string())
             }

@@ -11,6 +11,11 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+/// The largest protocol source Submit, Validate and Quote accept.
+pub const MAX_SOURCE_BYTES: usize = 8 << 20;
+/// The largest request message the server decodes (larger ones are refused by gRPC itself).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 /// SHA-256 of a token, hex.
 pub fn token_hash(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -258,8 +263,12 @@ impl pb::runs_server::Runs for Api {
                 "an idempotency key is required: any string unique to this submission",
             ));
         }
-        if r.source.len() > 32 << 20 {
-            return Err(Status::invalid_argument("the protocol is larger than 32 MiB"));
+        if r.source.len() > MAX_SOURCE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the protocol is {:.1} MiB; the limit is {} MiB (put data in files the protocol names, not in the protocol)",
+                r.source.len() as f64 / (1 << 20) as f64,
+                MAX_SOURCE_BYTES >> 20
+            )));
         }
         let (store, tid) = (self.store.clone(), tenant.clone());
         let (t, used) = blocking(move || {

@@ -29,6 +29,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+/// How long an instrument that is down or in maintenance is planned around (device seconds):
+/// until it is back, which ends the window early. Finite, because the planner places work
+/// after a window's end and an endless window leaves it nowhere to go.
+const DOWN_HORIZON_S: f64 = 1.0e7;
+
 /// Per command: time spent journaling, and in total.
 pub type CommandTimings = Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>;
 
@@ -559,7 +564,7 @@ impl Executor {
         let mut avoiding = problem.clone();
         for (i, r) in problem.resources.iter().enumerate() {
             if unavailable.contains_key(&r.id) {
-                avoiding.down[i].push(Window { start: 0.0, end: f64::INFINITY });
+                avoiding.down[i].push(Window { start: 0.0, end: DOWN_HORIZON_S });
             }
         }
         let budget = LabBudget { time: Some(self.config.plan_budget), iterations: None };
@@ -653,7 +658,7 @@ impl Executor {
             let event = match &change {
                 Change::Arrived(a) => ReplanEvent::RunArrived(a.model.clone()),
                 Change::Down(id, _) => match resource(id) {
-                    Some(r) => ReplanEvent::InstrumentDown { resource: r, until: f64::INFINITY },
+                    Some(r) => ReplanEvent::InstrumentDown { resource: r, until: now + DOWN_HORIZON_S },
                     None => continue,
                 },
                 Change::Up(id) => match resource(id) {
@@ -814,7 +819,9 @@ impl Executor {
                     break ok;
                 }
                 if w.changed().await.is_err() {
-                    break false;
+                    // It retired without running (its plan was replaced, or its instrument did
+                    // not answer): so does this job; the next plan has both.
+                    return;
                 }
             };
             cascade_failed |= cascade && !ok;

@@ -24,7 +24,16 @@ impl Lab {
     /// Starts every instrument of the site as a simulator on its own endpoint (PTY, TCP, SiLA),
     /// then connects the real drivers to them: the runtime talks the same wire as to real devices.
     pub async fn simulated(site: Site, scale: TimeScale) -> Result<Lab, String> {
-        let sims = devices::sim::site::start(&site, scale, &BTreeMap::new(), "127.0.0.1").await?;
+        Lab::simulated_with_faults(site, scale, &BTreeMap::new()).await
+    }
+
+    /// A simulated lab whose simulators misbehave as told (instrument id → fault spec).
+    pub async fn simulated_with_faults(
+        site: Site,
+        scale: TimeScale,
+        faults: &BTreeMap<String, devices::sim::Faults>,
+    ) -> Result<Lab, String> {
+        let sims = devices::sim::site::start(&site, scale, faults, "127.0.0.1").await?;
         let endpoints: BTreeMap<String, String> = sims.listening.iter().map(|l| (l.id.clone(), l.endpoint())).collect();
         let mut lab = Lab::connect(site, &endpoints, scale).await?;
         lab.simulated = Some(sims);

@@ -1,7 +1,7 @@
 //! `labd serve`: the store, the lab (simulated or real), the executor and the gRPC API in one
 //! process.
 
-use crate::api::{new_token, token_hash, Api};
+use crate::api::{new_token, token_hash, Api, MAX_REQUEST_BYTES};
 use crate::executor::{Executor, ExecutorConfig};
 use crate::lab::Lab;
 use crate::store::{sqlite::SqliteStore, Role, Store};
@@ -146,10 +146,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(pb::protocols_server::ProtocolsServer::new(api.clone()))
-        .add_service(pb::runs_server::RunsServer::new(api.clone()))
-        .add_service(pb::admin_server::AdminServer::new(api.clone()))
-        .add_service(pb::lab_server::LabServer::new(api))
+        .add_service(
+            pb::protocols_server::ProtocolsServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(pb::runs_server::RunsServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(pb::admin_server::AdminServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(pb::lab_server::LabServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| format!("gRPC server: {e}"))?;

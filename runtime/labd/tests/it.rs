@@ -273,13 +273,177 @@ impl Drop for Reap {
 
 /// An in-memory store and an executor on the simulated site at 1/10,000 of real time.
 async fn executor_rig() -> (std::sync::Arc<dyn labd::store::Store>, labd::executor::Executor) {
+    let (store, ex, _) = faulty_rig(&[]).await;
+    (store, ex)
+}
+
+/// The same, with simulators misbehaving as told (instrument id, fault spec); also the lab.
+async fn faulty_rig(
+    faults: &[(&str, &str)],
+) -> (std::sync::Arc<dyn labd::store::Store>, labd::executor::Executor, std::sync::Arc<labd::lab::Lab>) {
     use labd::executor::{Executor, ExecutorConfig};
     use std::sync::Arc;
     let scale = devices::TimeScale(0.0001);
     let store: Arc<dyn labd::store::Store> = Arc::new(labd::store::sqlite::SqliteStore::in_memory().unwrap());
-    let lab = Arc::new(labd::lab::Lab::simulated(labware::Site::sim().unwrap(), scale).await.unwrap());
-    let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, ..ExecutorConfig::default() });
-    (store, ex)
+    let faults = faults.iter().map(|(id, f)| (id.to_string(), devices::sim::Faults::parse(f).unwrap())).collect();
+    let lab =
+        Arc::new(labd::lab::Lab::simulated_with_faults(labware::Site::sim().unwrap(), scale, &faults).await.unwrap());
+    let config =
+        ExecutorConfig { scale, probe_every: std::time::Duration::from_millis(200), ..ExecutorConfig::default() };
+    let ex = Executor::new(store.clone(), lab.clone(), config);
+    (store, ex, lab)
+}
+
+/// Which instrument each started task ran on, over all of a store's runs.
+fn task_instruments(store: &std::sync::Arc<dyn labd::store::Store>) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in store.runs(None, &[]).unwrap() {
+        for e in store.events(None, &r.id, 0).unwrap() {
+            if e.kind == "task_started" {
+                let v: serde_json::Value = serde_json::from_str(&e.payload_json).unwrap();
+                out.push(v["instrument"].as_str().unwrap_or("").to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A plate reader that stops answering: plates bound for it are not sent; the plan is repaired
+/// and its reads run on the second reader; when it answers again, it is back in service.
+#[test]
+fn a_reader_going_down_fails_over_to_the_second_reader() {
+    use labd::store::RunState;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (store, ex, lab) = faulty_rig(&[]).await;
+        let t = store.create_tenant("acme", 1.0).unwrap();
+        for k in 0..2 {
+            ex.submit(&t.id, &format!("g{k}"), "growth", "g.yaml", &compile_example("growth-curve.yaml")).unwrap();
+        }
+        let power = lab.simulated.as_ref().unwrap().power["reader1"].clone();
+        power.set(false);
+        let report = tokio::time::timeout(std::time::Duration::from_secs(240), ex.run_queued()).await.unwrap().unwrap();
+        for (id, state, reason) in &report.runs {
+            assert_eq!(*state, RunState::Succeeded, "{id}: {reason:?}");
+            assert!(!store.results(None, id).unwrap().is_empty(), "{id} has its reads");
+        }
+        let used = task_instruments(&store);
+        assert!(!used.iter().any(|i| i == "reader1"), "nothing ran on the dead reader: {used:?}");
+        assert!(used.iter().any(|i| i == "reader2"), "the second reader took the reads: {used:?}");
+        let flag = ex.board().unavailable("reader1").expect("reader1 is marked unavailable");
+        assert!(flag.starts_with("down: "), "{flag}");
+        for r in store.runs(None, &[]).unwrap() {
+            let sent = store.attempts(&r.id).unwrap();
+            assert!(sent.iter().all(|a| a.intent.instrument != "reader1"), "no command went to reader1");
+        }
+
+        // Powered on again: the next batch finds it answering and may use it.
+        power.set(true);
+        ex.submit(&t.id, "g-after", "growth", "g.yaml", &compile_example("growth-curve.yaml")).unwrap();
+        let report = tokio::time::timeout(std::time::Duration::from_secs(240), ex.run_queued()).await.unwrap().unwrap();
+        assert_eq!(report.runs[0].1, RunState::Succeeded, "{:?}", report.runs);
+        assert_eq!(ex.board().unavailable("reader1"), None, "reader1 is back");
+    });
+}
+
+/// A technician's maintenance flag keeps new work off an instrument; clearing it brings it back.
+#[test]
+fn maintenance_keeps_work_off_an_instrument() {
+    use labd::store::RunState;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (store, ex, _) = faulty_rig(&[]).await;
+        let t = store.create_tenant("acme", 1.0).unwrap();
+        store.set_maintenance("reader2", Some(("lamp replacement", "tech-1"))).unwrap();
+        for k in 0..2 {
+            ex.submit(&t.id, &format!("g{k}"), "growth", "g.yaml", &compile_example("growth-curve.yaml")).unwrap();
+        }
+        let report = tokio::time::timeout(std::time::Duration::from_secs(240), ex.run_queued()).await.unwrap().unwrap();
+        assert!(report.runs.iter().all(|r| r.1 == RunState::Succeeded), "{:?}", report.runs);
+        let used = task_instruments(&store);
+        assert!(!used.iter().any(|i| i == "reader2"), "nothing ran on the reader in maintenance: {used:?}");
+        assert_eq!(ex.board().unavailable("reader2").as_deref(), Some("maintenance: lamp replacement"));
+        let lanes: std::collections::BTreeSet<String> = ex.board().schedule().into_iter().map(|s| s.lane).collect();
+        assert!(lanes.contains("reader1") && lanes.contains("arm2"), "the schedule has lanes: {lanes:?}");
+        store.set_maintenance("reader2", None).unwrap();
+        ex.submit(&t.id, "g-after", "growth", "g.yaml", &compile_example("growth-curve.yaml")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(240), ex.run_queued()).await.unwrap().unwrap();
+        assert_eq!(ex.board().unavailable("reader2"), None);
+    });
+}
+
+/// A liquid handler that stops answering mid-transfer: the outcome is unknown, the command is not
+/// resent, a technician is asked; aborting fails the run with that reason.
+#[test]
+fn a_timeout_mid_transfer_becomes_an_intervention() {
+    use labd::store::RunState;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let f = "timeout=G0 B";
+        let (store, ex, _) = faulty_rig(&[("lh1", f), ("lh2", f), ("lh3", f)]).await;
+        let t = store.create_tenant("acme", 1.0).unwrap();
+        let run = ex.submit(&t.id, "d", "dilution", "sd.yaml", &compile_example("serial-dilution.yaml")).unwrap();
+        let driving = tokio::spawn({
+            let ex = ex.clone();
+            async move { ex.run_queued().await }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let i = loop {
+            if let Some(i) = store.interventions(None, true).unwrap().into_iter().next() {
+                break i;
+            }
+            assert!(std::time::Instant::now() < deadline, "no intervention was opened");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert!(i.instrument.as_deref().is_some_and(|x| x.starts_with("lh")), "{i:?}");
+        assert!(i.todo.contains("done") && i.todo.contains("redo") && i.todo.contains("abort"), "{i:?}");
+        let attempts = store.attempts(&run.id).unwrap();
+        let last = attempts.last().unwrap();
+        assert_eq!(last.outcome.as_deref(), Some("unknown"), "{last:?}");
+        assert!(!last.intent.repeatable, "a liquid transfer is not safe to repeat");
+        assert_eq!(attempts.iter().filter(|a| a.intent == last.intent).count(), 1, "it was not resent");
+        store.resolve_intervention(&i.id, "abort", "tech-1").unwrap();
+        let report =
+            tokio::time::timeout(std::time::Duration::from_secs(120), driving).await.unwrap().unwrap().unwrap();
+        assert_eq!(report.runs[0].1, RunState::Failed);
+        assert!(report.runs[0].2.as_deref().unwrap().contains("a technician aborted"), "{:?}", report.runs);
+    });
+}
+
+/// Quotas: at most N runs of a tenant at once (the rest wait their turn), and no new runs once
+/// the month's device-hours are used.
+#[test]
+fn quotas_hold_runs_back_and_refuse_when_used_up() {
+    use labd::store::{RunState, Usage};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (store, ex, _) = faulty_rig(&[]).await;
+        let t = store.create_tenant("acme", 1.0).unwrap();
+        store.set_quotas(&t.id, Some(1), None, 0).unwrap();
+        let plan = compile_example("growth-curve.yaml");
+        let a = ex.submit(&t.id, "a", "growth", "g.yaml", &plan).unwrap();
+        let b = ex.submit(&t.id, "b", "growth", "g.yaml", &plan).unwrap();
+        let report = tokio::time::timeout(std::time::Duration::from_secs(240), ex.run_queued()).await.unwrap().unwrap();
+        assert!(report.runs.iter().all(|r| r.1 == RunState::Succeeded), "{:?}", report.runs);
+        let (a, b) = (store.run(None, &a.id).unwrap(), store.run(None, &b.id).unwrap());
+        assert!(b.started_at.unwrap() >= a.finished_at.unwrap(), "the second run waited for the first");
+
+        let u = store.create_tenant("umbrella", 1.0).unwrap();
+        store.set_quotas(&u.id, None, Some(0.5), 0).unwrap();
+        let spent = ex.submit(&u.id, "x", "growth", "g.yaml", &plan).unwrap();
+        store
+            .add_usage(&Usage {
+                tenant_id: u.id.clone(),
+                run_id: spent.id.clone(),
+                instrument_class: "plate_reader".into(),
+                instrument: "reader1".into(),
+                device_seconds: 1800.0,
+            })
+            .unwrap();
+        let report = tokio::time::timeout(std::time::Duration::from_secs(60), ex.run_queued()).await.unwrap().unwrap();
+        assert_eq!(report.runs[0].1, RunState::Failed);
+        assert!(report.runs[0].2.as_deref().unwrap().contains("quota of 0.5 device-hours"), "{:?}", report.runs);
+    });
 }
 
 fn compile_example(name: &str) -> protocols::plan::RunPlan {
