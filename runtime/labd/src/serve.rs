@@ -132,11 +132,25 @@ pub async fn serve(config: Config) -> Result<(), String> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let incoming = devices::sila::nodelay_incoming(listener);
     let shutdown = async move {
         crate::daemon::wait_for_stop().await;
         let _ = stop.0.send(true);
     };
+    serve_api(api, listener, shutdown).await?;
+    // The executor starts nothing new and lets commands on instruments finish (up to 5 s).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), exec_task).await;
+    println!("labd: stopped");
+    Ok(())
+}
+
+/// Serves the API (Protocols, Runs, Admin, Lab, gRPC health and reflection) on `listener` until
+/// `shutdown` completes.
+pub async fn serve_api(
+    api: Api,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let incoming = devices::sila::nodelay_incoming(listener);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::runs_server::RunsServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -154,11 +168,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .add_service(pb::lab_server::LabServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .map_err(|e| format!("gRPC server: {e}"))?;
-    // The executor starts nothing new and lets commands on instruments finish (up to 5 s).
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), exec_task).await;
-    println!("labd: stopped");
-    Ok(())
+        .map_err(|e| format!("gRPC server: {e}"))
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), String> {

@@ -760,3 +760,137 @@ fn labd_killed_mid_run_recovers_on_restart() {
     assert!(second.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Bad requests get clear statuses and the API keeps serving: a malformed protocol, a protocol
+/// over the size limit, a message over gRPC's limit, unknown ids, another tenant's run, an
+/// expired token, no token, the wrong role, a bad maintenance request.
+#[test]
+fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
+    use labd::api::{token_hash, Api};
+    use labd::store::{Role, Store};
+    use protos::labwright::v1 as pb;
+    use std::sync::Arc;
+    use tonic::Code;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store: Arc<dyn Store> = Arc::new(labd::store::sqlite::SqliteStore::in_memory().unwrap());
+        let acme = store.create_tenant("acme", 1.0).unwrap();
+        let globex = store.create_tenant("globex", 1.0).unwrap();
+        store.create_principal(Some(&acme.id), Role::Scientist, &token_hash("acme"), None).unwrap();
+        store.create_principal(Some(&globex.id), Role::Scientist, &token_hash("globex"), None).unwrap();
+        store.create_principal(None, Role::Technician, &token_hash("tech"), None).unwrap();
+        let old = store.create_principal(Some(&acme.id), Role::Scientist, &token_hash("old"), None).unwrap();
+        store.set_principal_expiry(&old.id, labd::store::now_ms() - 1000).unwrap();
+        let api = Api {
+            store: store.clone(),
+            site: labware::Site::sim().unwrap(),
+            library: labware::Library::shipped(),
+            lab: None,
+            board: None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(labd::serve::serve_api(api, listener, async {
+            let _ = stopped.await;
+        }));
+        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        fn req<T>(token: &str, m: T) -> tonic::Request<T> {
+            let mut r = tonic::Request::new(m);
+            if !token.is_empty() {
+                r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            }
+            r
+        }
+        let submit = |name: &str, source: Vec<u8>, key: &str| pb::SubmitRequest {
+            file_name: name.into(),
+            source,
+            format: 0,
+            idempotency_key: key.into(),
+        };
+        let mut runs = pb::runs_client::RunsClient::new(ch.clone()).max_encoding_message_size(64 << 20);
+        let example = std::fs::read(root().join("protocols/examples/growth-curve.yaml")).unwrap();
+
+        // A malformed protocol: not accepted, diagnostics say where.
+        let r = runs.submit(req("acme", submit("bad.yaml", b"labwright: 1\nsteps: [".to_vec(), "k1"))).await.unwrap();
+        let r = r.into_inner();
+        assert!(r.run.is_none() && !r.created && !r.diagnostics.is_empty(), "{r:?}");
+        assert!(r.diagnostics[0].line >= 1, "{:?}", r.diagnostics);
+        // Over the protocol size limit, and over gRPC's message limit.
+        let big = vec![b'#'; 9 << 20];
+        let e = runs.submit(req("acme", submit("big.yaml", big, "k2"))).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("the limit is 8 MiB"), "{}", e.message());
+        let huge = vec![b'#'; 20 << 20];
+        let e = runs.submit(req("acme", submit("huge.yaml", huge, "k3"))).await.unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        // No key, no token, an unknown token, an expired token.
+        let e = runs.submit(req("acme", submit("g.yaml", example.clone(), " "))).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("idempotency key"), "{}", e.message());
+        let e = runs.list(req("", pb::ListRunsRequest { states: vec![] })).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        let e = runs.list(req("nope", pb::ListRunsRequest { states: vec![] })).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        let e = runs.list(req("old", pb::ListRunsRequest { states: vec![] })).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert!(e.message().contains("expired"), "{}", e.message());
+        // Unknown ids and another tenant's run look the same: NOT_FOUND, nothing leaks.
+        let mine = runs.submit(req("acme", submit("g.yaml", example.clone(), "k4"))).await.unwrap().into_inner();
+        let mine = mine.run.unwrap().id;
+        let theirs = runs.get(req("globex", pb::GetRunRequest { run_id: mine.clone() })).await.unwrap_err();
+        let nothing = runs.get(req("globex", pb::GetRunRequest { run_id: "run_nope".into() })).await.unwrap_err();
+        assert_eq!(theirs.code(), Code::NotFound);
+        assert_eq!(nothing.code(), Code::NotFound);
+        assert_eq!(theirs.message().replace(&mine, "ID"), nothing.message().replace("run_nope", "ID"));
+        for e in [
+            runs.results(req("globex", pb::ResultsRequest { run_id: mine.clone() })).await.unwrap_err(),
+            runs.cancel(req("globex", pb::CancelRequest { run_id: mine.clone() })).await.unwrap_err(),
+        ] {
+            assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        }
+        let mut w = runs.watch(req("globex", pb::WatchRequest { run_id: mine.clone(), after_seq: 0 })).await;
+        if let Ok(s) = w.as_mut() {
+            let first = s.get_mut().message().await;
+            assert!(first.is_err(), "globex reads nothing of acme's run: {first:?}");
+        }
+        // The wrong role; a bad maintenance request.
+        let mut admin = pb::admin_client::AdminClient::new(ch.clone());
+        let e = admin.create_tenant(req("acme", pb::CreateTenantRequest { name: "x".into(), weight: 1.0 })).await;
+        assert_eq!(e.unwrap_err().code(), Code::PermissionDenied);
+        let mut lab = pb::lab_client::LabClient::new(ch.clone());
+        let e = lab
+            .set_maintenance(req(
+                "tech",
+                pb::SetMaintenanceRequest { instrument: "reader9".into(), on: true, reason: "x".into() },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        assert!(e.message().contains("reader1"), "names the instruments there are: {}", e.message());
+        let e = lab
+            .set_maintenance(req(
+                "tech",
+                pb::SetMaintenanceRequest { instrument: "reader1".into(), on: true, reason: String::new() },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = lab
+            .set_maintenance(req(
+                "acme",
+                pb::SetMaintenanceRequest { instrument: "reader1".into(), on: true, reason: "x".into() },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        // After all that, the API still serves: the same submission again is the same run.
+        let again = runs.submit(req("acme", submit("g.yaml", example, "k4"))).await.unwrap().into_inner();
+        assert!(!again.created);
+        assert_eq!(again.run.unwrap().id, mine);
+        let list = runs.list(req("acme", pb::ListRunsRequest { states: vec![] })).await.unwrap().into_inner();
+        assert_eq!(list.runs.len(), 1);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    });
+}

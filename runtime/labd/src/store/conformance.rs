@@ -19,6 +19,26 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     outbox_is_written_with_each_change(make().as_ref());
     interventions_resolve_once(make().as_ref());
     usage_and_reservations_sum_per_tenant(make().as_ref());
+    maintenance_flags_and_token_expiry(make().as_ref());
+}
+
+fn maintenance_flags_and_token_expiry(s: &dyn Store) {
+    assert!(s.maintenance().unwrap().is_empty());
+    s.set_maintenance("reader1", Some(("lamp", "tech"))).unwrap();
+    s.set_maintenance("lh2", Some(("calibration", "tech"))).unwrap();
+    s.set_maintenance("reader1", Some(("lamp and filter", "tech2"))).unwrap();
+    let m = s.maintenance().unwrap();
+    assert_eq!(m.iter().map(|x| x.instrument.as_str()).collect::<Vec<_>>(), ["lh2", "reader1"]);
+    assert_eq!((m[1].reason.as_str(), m[1].set_by.as_str()), ("lamp and filter", "tech2"));
+    s.set_maintenance("reader1", None).unwrap();
+    s.set_maintenance("reader1", None).unwrap(); // clearing twice is harmless
+    assert_eq!(s.maintenance().unwrap().len(), 1);
+
+    let p = s.create_principal(None, Role::Technician, "hash-exp", None).unwrap();
+    assert_eq!(s.principal_by_token_hash("hash-exp").unwrap().expires_at, None);
+    s.set_principal_expiry(&p.id, 1234).unwrap();
+    assert_eq!(s.principal_by_token_hash("hash-exp").unwrap().expires_at, Some(1234));
+    assert!(matches!(s.set_principal_expiry("pri_nope", 1), Err(StoreError::NotFound(_))));
 }
 
 fn plan() -> String {
