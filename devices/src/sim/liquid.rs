@@ -52,9 +52,19 @@ pub struct LiquidState {
     /// Device seconds of motion queued since the last `M400`.
     pub pending_motion_s: f64,
     pub commands: u64,
+    /// When set, every liquid movement is appended here as `aspirate|dispense LABWARE WELL UL`,
+    /// one unbuffered write per line, so the record survives the process being killed.
+    pub log: Option<std::fs::File>,
 }
 
 impl LiquidState {
+    fn record(&mut self, what: &str, labware: &str, well: &str, ul: f64) {
+        if let Some(f) = self.log.as_mut() {
+            use std::io::Write;
+            let _ = f.write_all(format!("{what} {labware} {well} {ul:.3}\n").as_bytes());
+        }
+    }
+
     /// Puts liquid in a well before a run (the technician filling a reservoir).
     pub fn fill(&mut self, labware: &str, well: &str, ul: f64) {
         *self.volumes.entry((labware.to_string(), well.to_string())).or_insert(0.0) += ul;
@@ -193,6 +203,7 @@ impl LiquidSim {
                                 t.capacity_ul
                             ));
                         }
+                        s.record("aspirate", &lw, &well, drawn);
                         s.volumes.insert((lw, well), have - drawn);
                         t.liquid_ul += drawn;
                         s.tips[c] = Some(t);
@@ -209,6 +220,7 @@ impl LiquidSim {
                     s.tips[c] = Some(t);
                     if out > 0.0 {
                         if let Some((lw, well, max, _)) = Self::well_under(s, x, y, end, 10.0) {
+                            s.record("dispense", &lw, &well, out);
                             let v = s.volumes.entry((lw.clone(), well.clone())).or_insert(0.0);
                             *v += out;
                             if *v > max + EPS_UL {

@@ -67,6 +67,19 @@ pub async fn start(
     faults: &BTreeMap<String, Faults>,
     host: &str,
 ) -> Result<SimulatedSite, String> {
+    start_logged(site, scale, faults, host, None).await
+}
+
+/// [`start`], with the liquid handlers appending every liquid movement to
+/// `LOG_DIR/<instrument>.liquid.log` (for tests that must see what really happened, across
+/// restarts of the process that runs the simulators).
+pub async fn start_logged(
+    site: &Site,
+    scale: TimeScale,
+    faults: &BTreeMap<String, Faults>,
+    host: &str,
+    log_dir: Option<&std::path::Path>,
+) -> Result<SimulatedSite, String> {
     for id in faults.keys() {
         if !site.instruments.iter().any(|i| &i.id == id) && !site.arms.iter().any(|a| &a.id == id) {
             return Err(format!("faults name `{id}`, which is not an instrument or arm of site `{}`", site.site.name));
@@ -81,6 +94,17 @@ pub async fn start(
         let (transport, address) = match inst.class {
             InstrumentClass::LiquidHandler => {
                 let sim = LiquidSim::new(inst, Library::shipped());
+                if let Some(dir) = log_dir {
+                    let path = dir.join(format!("{}.liquid.log", inst.id));
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| format!("cannot open simulator log {}: {e}", path.display()))?;
+                    if let Ok(mut st) = sim.state.lock() {
+                        st.log = Some(file);
+                    }
+                }
                 out.liquid.insert(inst.id.clone(), sim.state.clone());
                 let pty = spawn_serial(sim, f, clock, liquid::error_reply).map_err(io)?;
                 ("serial", keep(&mut out.ptys, pty))

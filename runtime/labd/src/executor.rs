@@ -166,7 +166,7 @@ enum Report {
 /// What makes the plan change.
 #[derive(Debug)]
 enum Change {
-    Arrived(Admitted),
+    Arrived(Box<Admitted>),
     Down(String, String),
     Up(String),
 }
@@ -375,7 +375,7 @@ impl Executor {
                     self.respawn(s, &dispatch, &reports_tx);
                 }
             } else if let Some(s) = session.as_mut() {
-                events.extend(arrivals.into_iter().map(Change::Arrived));
+                events.extend(arrivals.into_iter().map(|a| Change::Arrived(Box::new(a))));
                 if !events.is_empty() {
                     self.replan(s, events, &dispatch, &mut retry_at).await;
                     self.respawn(s, &dispatch, &reports_tx);
@@ -689,7 +689,7 @@ impl Executor {
             s.planner = planner;
             if let Change::Arrived(a) = change {
                 let mut report = BatchReport::default();
-                if let Err(e) = self.admitted(s, a, &mut report).await {
+                if let Err(e) = self.admitted(s, *a, &mut report).await {
                     eprintln!("labd: {e}");
                 }
             }

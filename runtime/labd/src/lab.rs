@@ -33,7 +33,17 @@ impl Lab {
         scale: TimeScale,
         faults: &BTreeMap<String, devices::sim::Faults>,
     ) -> Result<Lab, String> {
-        let sims = devices::sim::site::start(&site, scale, faults, "127.0.0.1").await?;
+        Lab::simulated_logged(site, scale, faults, None).await
+    }
+
+    /// A simulated lab whose liquid handlers log every liquid movement under `log_dir`.
+    pub async fn simulated_logged(
+        site: Site,
+        scale: TimeScale,
+        faults: &BTreeMap<String, devices::sim::Faults>,
+        log_dir: Option<&std::path::Path>,
+    ) -> Result<Lab, String> {
+        let sims = devices::sim::site::start_logged(&site, scale, faults, "127.0.0.1", log_dir).await?;
         let endpoints: BTreeMap<String, String> = sims.listening.iter().map(|l| (l.id.clone(), l.endpoint())).collect();
         let mut lab = Lab::connect(site, &endpoints, scale).await?;
         lab.simulated = Some(sims);

@@ -26,6 +26,9 @@ pub struct Config {
     /// Device time per wall time for simulated instruments (1.0 real time).
     #[serde(default = "default_scale")]
     pub time_scale: f64,
+    /// Simulated liquid handlers append every liquid movement to `<dir>/<id>.liquid.log`
+    /// (tests and debugging: what the simulated instruments really did).
+    pub sim_log_dir: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -40,7 +43,13 @@ fn default_scale() -> f64 {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { data_dir: default_data_dir(), listen: default_listen(), site: None, time_scale: default_scale() }
+        Config {
+            data_dir: default_data_dir(),
+            listen: default_listen(),
+            site: None,
+            time_scale: default_scale(),
+            sim_log_dir: None,
+        }
     }
 }
 
@@ -97,7 +106,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .chain(site.arms.iter().map(|a| a.endpoint.as_str()))
         .all(|e| e.starts_with("sim"));
     let lab = if all_sim {
-        Lab::simulated(site.clone(), scale).await?
+        Lab::simulated_logged(site.clone(), scale, &Default::default(), config.sim_log_dir.as_deref()).await?
     } else {
         let endpoints = site
             .instruments

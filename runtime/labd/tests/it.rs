@@ -894,3 +894,195 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         server.await.unwrap().unwrap();
     });
 }
+
+/// What the simulated liquid handlers really did, per run: (op, labware without the run's
+/// prefix, well, µL) with counts. Labware names are scoped `<run short id>.<name>`.
+fn wire_liquid(log_dir: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>> = Default::default();
+    for entry in std::fs::read_dir(log_dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let (prefix, name) = parts[1].split_once('.').unwrap();
+            let key = format!("{} {name} {} {}", parts[0], parts[2], parts[3]);
+            *out.entry(prefix.to_string()).or_default().entry(key).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn short(run_id: &str) -> String {
+    run_id.trim_start_matches("run_").chars().take(8).collect()
+}
+
+/// The crash loop: `labd` is killed with SIGKILL at 20 random moments while tenants' runs
+/// execute, and restarted each time. At the end every run is complete or explicitly failed,
+/// every run's events are gapless, completed runs did on the liquid handlers exactly what a
+/// crash-free reference run did and measured the same values, interrupted runs never did more
+/// than the reference (no liquid movement twice), and the journal never holds two attempts of a
+/// command that is not safe to repeat.
+#[test]
+fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
+    use labd::store::{RunState, Store};
+    use std::io::BufRead;
+    let protocol = "serial-dilution.yaml";
+    let base = std::env::temp_dir().join(format!("lw-crashloop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (ref_logs, logs, data) = (base.join("ref-logs"), base.join("logs"), base.join("data"));
+    for d in [&ref_logs, &logs, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+
+    // The crash-free reference, in-process, with the same simulators.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ref_short, ref_results, ref_moves) = rt.block_on(async {
+        use labd::executor::{Executor, ExecutorConfig};
+        let scale = devices::TimeScale(0.0001);
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(labd::store::sqlite::SqliteStore::in_memory().unwrap());
+        let none = Default::default();
+        let lab = labd::lab::Lab::simulated_logged(labware::Site::sim().unwrap(), scale, &none, Some(&ref_logs));
+        let lab = std::sync::Arc::new(lab.await.unwrap());
+        let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, ..ExecutorConfig::default() });
+        let t = store.create_tenant("ref", 1.0).unwrap();
+        let run = ex.submit(&t.id, "ref", "ref", protocol, &compile_example(protocol)).unwrap();
+        let report = ex.run_queued().await.unwrap();
+        assert_eq!(report.runs[0].1, RunState::Succeeded, "{:?}", report.runs);
+        let moves = store.attempts(&run.id).unwrap().iter().filter(|a| a.intent.task_id < 0).count();
+        (short(&run.id), store.results(None, &run.id).unwrap(), moves)
+    });
+    drop(rt);
+    let reference = wire_liquid(&ref_logs).remove(&ref_short).expect("the reference moved liquid");
+    assert!(reference.values().sum::<usize>() > 100, "a real amount of pipetting: {}", reference.len());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = base.join("labd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\ntime_scale = 0.0005\nsim_log_dir = {:?}\n",
+            data.display().to_string(),
+            logs.display().to_string()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let mut s = Reap(
+            std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = std::io::BufReader::new(s.0.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("gRPC API on") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "labd stopped before listening");
+        }
+        std::thread::spawn(move || for _ in out.lines() {});
+        s
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let ctl = |token: &str, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(["--url", &url, "--token", token])
+            .args(args)
+            .output()
+            .unwrap();
+        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+    };
+    let file = root().join("protocols/examples").join(protocol);
+    let mut daemon = start();
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
+    let mut tokens = Vec::new();
+    for name in ["acme", "globex"] {
+        assert_eq!(ctl(&admin, &["tenant", "add", name]).0, 0);
+        tokens.push(ctl(&admin, &["token", "create", "--tenant", name]).1.trim().to_string());
+    }
+    let submit = |i: usize| {
+        let (code, _, se) = ctl(&tokens[i % 2], &["submit", file.to_str().unwrap(), "--key", &format!("k{i}")]);
+        assert_eq!(code, 0, "{se}");
+    };
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    println!("crash loop seed {seed}");
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for kill in 0..20 {
+        submit(kill);
+        std::thread::sleep(std::time::Duration::from_millis(150 + next() % 4500));
+        daemon.0.kill().unwrap(); // SIGKILL: no chance to clean up
+        daemon.0.wait().unwrap();
+        daemon = start();
+    }
+    submit(20);
+    submit(21);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let (_, so, _) = ctl(&admin, &["runs", "--format", "json"]);
+        let runs: Vec<serde_json::Value> = serde_json::from_str(so.trim()).unwrap();
+        if runs.len() == 22
+            && runs.iter().all(|r| ["succeeded", "failed", "cancelled"].contains(&r["state"].as_str().unwrap()))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "runs did not all finish: {so}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::process::Command::new("kill").args(["-TERM", &daemon.0.id().to_string()]).status().unwrap();
+    assert!(daemon.0.wait().unwrap().success());
+
+    let store = labd::store::sqlite::SqliteStore::open(&data.join("labd.sqlite")).unwrap();
+    let wire = wire_liquid(&logs);
+    let runs = store.runs(None, &[]).unwrap();
+    assert_eq!(runs.len(), 22, "every accepted run is there");
+    let (mut succeeded, mut failed) = (0, 0);
+    for r in &runs {
+        let events = store.events(None, &r.id, 0).unwrap();
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>(), "{}: gapless", r.id);
+        let did = wire.get(&short(&r.id)).cloned().unwrap_or_default();
+        let attempts = store.attempts(&r.id).unwrap();
+        let mut once = std::collections::BTreeMap::new();
+        for a in attempts.iter().filter(|a| !a.intent.repeatable && a.intent.task_id >= 0) {
+            *once.entry((a.intent.task_id, a.intent.command_index)).or_insert(0) += 1;
+        }
+        let twice: Vec<_> = once.iter().filter(|(_, &n)| n > 1).collect();
+        assert!(twice.is_empty(), "{}: commands not safe to repeat sent twice: {twice:?}", r.id);
+        // Plate moves have no command index: at most as many as the reference made.
+        let moves = attempts.iter().filter(|a| a.intent.task_id < 0).count();
+        assert!(moves <= ref_moves, "{}: {moves} plate moves, the reference made {ref_moves}", r.id);
+        match r.state {
+            RunState::Succeeded => {
+                succeeded += 1;
+                assert_eq!(did, reference, "{}: did exactly what the reference did", r.id);
+                assert_eq!(moves, ref_moves, "{}: every plate move, once", r.id);
+                let res = store.results(None, &r.id).unwrap();
+                assert_eq!(res.len(), ref_results.len(), "{}: all results", r.id);
+                for (a, b) in res.iter().zip(&ref_results) {
+                    assert_eq!((&a.wells, &a.values, &a.unit), (&b.wells, &b.values, &b.unit), "{}: same values", r.id);
+                }
+            }
+            RunState::Failed => {
+                failed += 1;
+                assert!(r.reason.as_deref().is_some_and(|w| !w.is_empty()), "{}: failed with a reason", r.id);
+                for (k, n) in &did {
+                    assert!(
+                        reference.get(k).is_some_and(|m| n <= m),
+                        "{}: `{k}` done {n} times, more than the reference",
+                        r.id
+                    );
+                }
+            }
+            s => panic!("{}: ended {s}", r.id),
+        }
+    }
+    println!("crash loop: {succeeded} runs succeeded, {failed} failed explicitly after 20 SIGKILLs");
+    assert!(succeeded >= 2 && failed >= 1, "both paths were exercised: {succeeded} succeeded, {failed} failed");
+    let _ = std::fs::remove_dir_all(&base);
+}
