@@ -38,7 +38,14 @@ fn main() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("exec.sqlite")).unwrap());
         let lab = Arc::new(labd::lab::Lab::simulated(site.clone(), scale).await.unwrap());
         let timings = Arc::new(Mutex::new(Vec::new()));
-        let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, timings: Some(timings.clone()), ..ExecutorConfig::default() });
+        let flushes = Arc::new(Mutex::new(Vec::new()));
+        let config = ExecutorConfig {
+            scale,
+            timings: Some(timings.clone()),
+            flush_timings: Some(flushes.clone()),
+            ..ExecutorConfig::default()
+        };
+        let ex = Executor::new(store.clone(), lab, config);
         let t = store.create_tenant("bench", 1.0).unwrap();
         for i in 0..3 {
             ex.submit(&t.id, &format!("k{i}"), "sd", "sd.yaml", &plan).unwrap();
@@ -56,6 +63,48 @@ fn main() {
                 pct(total, 0.99),
                 pct(journal.clone(), 0.5),
                 pct(journal, 0.99)
+            );
+            let f = std::mem::take(&mut *flushes.lock().unwrap());
+            if !f.is_empty() {
+                println!(
+                    "  + {} end-of-task outcome writes: p50 {:.0} µs p99 {:.0} µs",
+                    f.len(),
+                    pct(f.clone(), 0.5),
+                    pct(f, 0.99)
+                );
+            }
+        }
+
+        // Baseline in the same run, same disk: journaling one command as two durable writes
+        // (intent, then outcome) against one (the previous outcome with the next intent).
+        let run = ex.submit(&t.id, "journal-baseline", "sd", "sd.yaml", &plan).unwrap();
+        let intent = labd::store::Intent {
+            run_id: run.id.clone(),
+            task_id: 0,
+            command_index: 0,
+            instrument: "lh1".into(),
+            op_json: "{}".into(),
+            repeatable: false,
+        };
+        for round in 0..3 {
+            let (mut two, mut one) = (Vec::new(), Vec::new());
+            let mut previous: Option<String> = None;
+            for _ in 0..600 {
+                let t0 = Instant::now();
+                let a = store.record_intent(&intent).unwrap();
+                store.record_outcome(&a.id, "ok", None).unwrap();
+                two.push(t0.elapsed());
+                let t0 = Instant::now();
+                let a = store.record_ok_then_intent(previous.as_deref(), &intent).unwrap();
+                one.push(t0.elapsed());
+                previous = Some(a.id);
+            }
+            println!(
+                "journal round {round}: two writes per command p50 {:.0} µs p99 {:.0} µs; one write p50 {:.0} µs p99 {:.0} µs",
+                pct(two.clone(), 0.5),
+                pct(two, 0.99),
+                pct(one.clone(), 0.5),
+                pct(one, 0.99)
             );
         }
 

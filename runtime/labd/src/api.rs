@@ -503,6 +503,60 @@ impl pb::admin_server::Admin for Api {
         Ok(Response::new(tenant_info(t)))
     }
 
+    async fn reserve(&self, req: Request<pb::ReserveRequest>) -> Result<Response<pb::ReservationInfo>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let known = self.site.instruments.iter().any(|i| i.id == r.instrument || i.class.as_str() == r.instrument);
+        if !known {
+            return Err(Status::not_found(format!(
+                "no instrument or instrument class `{}` at this site",
+                r.instrument
+            )));
+        }
+        if r.ends_at_ms <= r.starts_at_ms {
+            return Err(Status::invalid_argument("a reservation must end after it starts (ends_at_ms > starts_at_ms)"));
+        }
+        let store = self.store.clone();
+        let row = blocking(move || {
+            let t = store.tenant_by_name(&r.tenant)?;
+            let row = store::Reservation {
+                id: store::new_id("rsv"),
+                tenant_id: t.id,
+                instrument_class: r.instrument,
+                starts_at: r.starts_at_ms,
+                ends_at: r.ends_at_ms,
+            };
+            store.add_reservation(&row)?;
+            Ok((row, t.name))
+        })
+        .await?;
+        Ok(Response::new(reservation_info(row.0, row.1)))
+    }
+
+    async fn reservations(
+        &self,
+        req: Request<pb::ReservationsRequest>,
+    ) -> Result<Response<pb::ReservationsResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let store = self.store.clone();
+        let (rows, tenants) = blocking(move || {
+            let tid = if r.tenant.is_empty() { None } else { Some(store.tenant_by_name(&r.tenant)?.id) };
+            Ok((store.reservations(tid.as_deref())?, store.tenants()?))
+        })
+        .await?;
+        let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(String::new(), |t| t.name.clone());
+        Ok(Response::new(pb::ReservationsResponse {
+            reservations: rows
+                .into_iter()
+                .map(|x| {
+                    let n = name(&x.tenant_id);
+                    reservation_info(x, n)
+                })
+                .collect(),
+        }))
+    }
+
     async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
         Self::admin(&self.caller(&req).await?)?;
         let r = req.into_inner();
@@ -523,6 +577,16 @@ impl pb::admin_server::Admin for Api {
                 })
                 .collect(),
         }))
+    }
+}
+
+fn reservation_info(r: store::Reservation, tenant: String) -> pb::ReservationInfo {
+    pb::ReservationInfo {
+        id: r.id,
+        tenant,
+        instrument: r.instrument_class,
+        starts_at_ms: r.starts_at,
+        ends_at_ms: r.ends_at,
     }
 }
 

@@ -118,6 +118,28 @@ pub enum ClientCmd {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Reserve bench time for a tenant on an instrument or a class (admin): other tenants' work
+    /// is kept off it then.
+    Reserve {
+        #[command(flatten)]
+        out: Out,
+        tenant: String,
+        /// Instrument id, or class (its first instrument).
+        instrument: String,
+        /// How long, in minutes.
+        #[arg(long = "for")]
+        minutes: f64,
+        /// Starting this many minutes from now (default: now).
+        #[arg(long = "in", default_value_t = 0.0)]
+        in_minutes: f64,
+    },
+    /// Reservations of bench time (admin).
+    Reservations {
+        #[command(flatten)]
+        out: Out,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -394,6 +416,32 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 Ok(0)
             }
+            ClientCmd::Reserve { out, tenant, instrument, minutes, in_minutes } => {
+                if !(minutes.is_finite() && minutes > 0.0 && in_minutes.is_finite() && in_minutes >= 0.0) {
+                    bail!("--for takes a positive number of minutes, --in zero or more");
+                }
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+                let start = now + (in_minutes * 60_000.0) as i64;
+                let r = pb::admin_client::AdminClient::new(c.channel.clone())
+                    .reserve(c.req(pb::ReserveRequest { tenant, instrument, starts_at_ms: start, ends_at_ms: start + (minutes * 60_000.0) as i64 })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner();
+                print_reservation(&r, out.format == Fmt::Json);
+                Ok(0)
+            }
+            ClientCmd::Reservations { out, tenant } => {
+                let list = pb::admin_client::AdminClient::new(c.channel.clone())
+                    .reservations(c.req(pb::ReservationsRequest { tenant: tenant.unwrap_or_default() })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner()
+                    .reservations;
+                for r in &list {
+                    print_reservation(r, out.format == Fmt::Json);
+                }
+                Ok(0)
+            }
             ClientCmd::Tenant(TenantCmd::Quota { out, name, max_runs, device_hours, priority }) => {
                 let t = pb::admin_client::AdminClient::new(c.channel.clone())
                     .set_quotas(c.req(pb::SetQuotasRequest { tenant: name, max_concurrent_runs: max_runs, device_hours_per_month: device_hours, priority })?)
@@ -434,6 +482,23 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
             }
         }
     })
+}
+
+fn print_reservation(r: &pb::ReservationInfo, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": r.id, "tenant": r.tenant, "instrument": r.instrument, "starts_at_ms": r.starts_at_ms, "ends_at_ms": r.ends_at_ms})
+        );
+    } else {
+        println!(
+            "{} {} reserves {} for {:.0} min",
+            r.id,
+            r.tenant,
+            r.instrument,
+            (r.ends_at_ms - r.starts_at_ms) as f64 / 60_000.0
+        );
+    }
 }
 
 /// Milliseconds since the epoch at the start of a UTC day `YYYY-MM-DD`.

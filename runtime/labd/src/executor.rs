@@ -55,6 +55,8 @@ pub struct ExecutorConfig {
     pub probe_every: Duration,
     /// When set, every command's (journal time, total time) is recorded here (benchmarks).
     pub timings: Option<CommandTimings>,
+    /// When set, the time of each end-of-task outcome write is recorded here (benchmarks).
+    pub flush_timings: Option<Arc<Mutex<Vec<Duration>>>>,
 }
 
 impl Default for ExecutorConfig {
@@ -68,6 +70,7 @@ impl Default for ExecutorConfig {
             poll: Duration::from_millis(50),
             probe_every: Duration::from_secs(2),
             timings: None,
+            flush_timings: None,
         }
     }
 }
@@ -169,6 +172,7 @@ enum Change {
     Arrived(Box<Admitted>),
     Down(String, String),
     Up(String),
+    Reservations(Vec<Vec<(String, Window)>>),
 }
 
 /// A run being executed.
@@ -382,6 +386,11 @@ impl Executor {
                 }
             }
             if let Some(s) = session.as_mut() {
+                let reserved = self.reservations(&s.planner.problem, s.t0_ms).await?;
+                if reserved != s.planner.problem.reservations {
+                    self.replan(s, vec![Change::Reservations(reserved)], &dispatch, &mut retry_at).await;
+                    self.respawn(s, &dispatch, &reports_tx);
+                }
                 self.close_finished(s, &mut report).await?;
                 if s.closed.iter().all(|&c| c) {
                     self.board.close_plan();
@@ -406,6 +415,29 @@ impl Executor {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(report)
+    }
+
+    /// Bench-time reservations in the plan's terms: per resource, (tenant, device-time window
+    /// relative to `t0_ms`). A reservation names an instrument, or a class (its first
+    /// instrument); ones that have ended are left out.
+    async fn reservations(&self, p: &LabProblem, t0_ms: i64) -> Result<Vec<Vec<(String, Window)>>, String> {
+        let store = self.store.clone();
+        let all = blocking(move || store.reservations(None)).await.map_err(|e| e.to_string())?;
+        let now = crate::store::now_ms();
+        let mut out = vec![Vec::new(); p.resources.len()];
+        let device_s = |ms: i64| (ms - t0_ms) as f64 / 1000.0 / self.config.scale.0.max(1e-12);
+        for r in all.into_iter().filter(|r| r.ends_at > now) {
+            let named = |id: &str| p.resources.iter().position(|x| x.id == id);
+            let first_of_class = || {
+                let inst = self.lab.site.instruments.iter().find(|i| i.class.as_str() == r.instrument_class)?;
+                named(&inst.id)
+            };
+            if let Some(i) = named(&r.instrument_class).or_else(first_of_class) {
+                let w = Window { start: device_s(r.starts_at).max(0.0), end: device_s(r.ends_at) };
+                out[i].push((r.tenant_id, w));
+            }
+        }
+        Ok(out)
     }
 
     /// Device seconds since the session's plan began.
@@ -560,6 +592,8 @@ impl Executor {
         for a in &arrivals {
             problem.add_run(a.model.clone()).map_err(|e| e.0)?;
         }
+        let t0_ms = crate::store::now_ms();
+        problem.reservations = self.reservations(&problem, t0_ms).await?;
         let unavailable = self.board.unavailable_all();
         let mut avoiding = problem.clone();
         for (i, r) in problem.resources.iter().enumerate() {
@@ -589,8 +623,8 @@ impl Executor {
         let mut s = Session {
             id,
             planner,
-            t0: Instant::now(),
-            t0_ms: crate::store::now_ms(),
+            t0: Instant::now() - Duration::from_millis((crate::store::now_ms() - t0_ms).max(0) as u64),
+            t0_ms,
             runs: Vec::new(),
             keys: Vec::new(),
             jobs: HashMap::new(),
@@ -652,6 +686,7 @@ impl Executor {
                 Change::Arrived(_) => {}
                 Change::Down(id, why) => because.push(format!("{id} is unavailable ({why})")),
                 Change::Up(id) => because.push(format!("{id} is back")),
+                Change::Reservations(_) => because.push("bench-time reservations changed".into()),
             }
             let now = self.now_s(s);
             let resource = |id: &str| s.planner.problem.resources.iter().position(|r| r.id == id);
@@ -665,6 +700,7 @@ impl Executor {
                     Some(r) => ReplanEvent::InstrumentUp { resource: r },
                     None => continue,
                 },
+                Change::Reservations(r) => ReplanEvent::ReservationsChanged(r.clone()),
             };
             // The repair works on a copy: if it fails, the plan in force stays as it was.
             let mut planner = s.planner.clone();
@@ -682,7 +718,7 @@ impl Executor {
                     Change::Down(id, _) => {
                         eprintln!("labd: no plan avoids {id} ({}); work for it waits until it is back", e.0)
                     }
-                    Change::Up(_) => {}
+                    Change::Up(_) | Change::Reservations(_) => {}
                 }
                 continue;
             }
@@ -928,7 +964,10 @@ impl Executor {
                 let (from, to) = (problem.nests[m.from].id.clone(), problem.nests[m.to].id.clone());
                 arm.locate(plate, &from);
                 let op = CommandOp::MoveLabware { labware: plate.into(), to };
-                self.command(run, -1, 0, arm_id, arm.as_ref(), &op, false).await
+                let mut pending = None;
+                let result = self.command(run, -1, 0, arm_id, arm.as_ref(), &op, false, &mut pending).await;
+                self.flush(&mut pending).await?;
+                result
             }
             Job::Task { run: r, task: t, resource, on_arm } => {
                 if *on_arm {
@@ -963,22 +1002,32 @@ impl Executor {
                     .map_err(|e| format!("{}: preparing the deck: {e}", instrument.as_deref().unwrap_or("?")))?;
             }
         }
+        // The last command's success, written with the next command's intent (one durable
+        // write per command); flushed before anything that waits and at the end of the task.
+        let mut pending: Option<String> = None;
         for (ci, cmd) in task.commands.iter().enumerate() {
             match family(&cmd.op) {
                 Family::Timer => {
+                    self.flush(&mut pending).await?;
                     if let CommandOp::Wait { duration_s } = cmd.op {
                         tokio::time::sleep(self.config.scale.wall(duration_s)).await;
                     }
                 }
-                Family::Technician => self.manual(run, t, &cmd.op).await?,
+                Family::Technician => {
+                    self.flush(&mut pending).await?;
+                    self.manual(run, t, &cmd.op).await?
+                }
                 _ => {
                     let id =
                         instrument.clone().ok_or_else(|| format!("task {t} ({}) has no instrument", task.label))?;
                     let d = driver.clone().ok_or_else(|| format!("instrument {id} is not connected"))?;
-                    self.command(run, t as i64, ci as i64, &id, d.as_ref(), &cmd.op, cmd.repeatable).await?;
+                    let sent =
+                        self.command(run, t as i64, ci as i64, &id, d.as_ref(), &cmd.op, cmd.repeatable, &mut pending);
+                    sent.await?;
                 }
             }
         }
+        self.flush(&mut pending).await?;
         let device_s = started.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12);
         if let (Some(id), Some(class)) = (&instrument, task.class) {
             let usage = Usage {
@@ -1039,6 +1088,18 @@ impl Executor {
         }
     }
 
+    /// Writes a success that was waiting for the next command's intent.
+    async fn flush(&self, pending: &mut Option<String>) -> Result<(), String> {
+        let Some(id) = pending.take() else { return Ok(()) };
+        let began = Instant::now();
+        let store = self.store.clone();
+        blocking(move || store.record_outcome(&id, "ok", None)).await.map_err(|e| e.to_string())?;
+        if let Some(t) = &self.config.flush_timings {
+            lock(t).push(began.elapsed());
+        }
+        Ok(())
+    }
+
     /// Sends one command with the journal: intent first, outcome after. Resends only what the
     /// error allows; an uncertain outcome of a command that is not safe to repeat becomes an
     /// intervention for a technician (done / redo / abort).
@@ -1052,6 +1113,7 @@ impl Executor {
         driver: &dyn Instrument,
         op: &CommandOp,
         repeatable: bool,
+        pending: &mut Option<String>,
     ) -> Result<(), String> {
         let mut tries = 0;
         loop {
@@ -1064,8 +1126,10 @@ impl Executor {
                 op_json: serde_json::to_string(op).unwrap_or_default(),
                 repeatable,
             };
-            let store = self.store.clone();
-            let attempt = blocking(move || store.record_intent(&intent)).await.map_err(|e| e.to_string())?;
+            let (store, previous) = (self.store.clone(), pending.take());
+            let attempt = blocking(move || store.record_ok_then_intent(previous.as_deref(), &intent))
+                .await
+                .map_err(|e| e.to_string())?;
             let journal_intent = began.elapsed();
             let result = match driver.start(op).await {
                 Ok(exec) => exec.finish().await,
@@ -1077,8 +1141,15 @@ impl Executor {
                 Err(e) if e.recovery() == Recovery::Indeterminate => ("unknown", Some(e.to_string())),
                 Err(e) => ("failed", Some(e.to_string())),
             };
-            let (store, aid, e2) = (self.store.clone(), attempt.id.clone(), err.clone());
-            blocking(move || store.record_outcome(&aid, outcome, e2.as_deref())).await.map_err(|e| e.to_string())?;
+            let measured = result.as_ref().is_ok_and(|o| !o.measurements.is_empty());
+            if outcome == "ok" && !measured {
+                *pending = Some(attempt.id.clone()); // written with the next intent
+            } else {
+                let (store, aid, e2) = (self.store.clone(), attempt.id.clone(), err.clone());
+                blocking(move || store.record_outcome(&aid, outcome, e2.as_deref()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             if let Some(t) = &self.config.timings {
                 if let Ok(mut t) = t.lock() {
                     t.push((journal_intent + sent.elapsed(), began.elapsed()));

@@ -372,6 +372,58 @@ fn maintenance_keeps_work_off_an_instrument() {
     });
 }
 
+/// Bench time reserved for one tenant keeps another tenant's work off those instruments until the
+/// reservation ends.
+#[test]
+fn a_reservation_keeps_other_tenants_off_the_instrument() {
+    use labd::store::{Reservation, RunState};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (store, ex, _) = faulty_rig(&[]).await;
+        let a = store.create_tenant("acme", 1.0).unwrap();
+        let b = store.create_tenant("globex", 1.0).unwrap();
+        let now = labd::store::now_ms();
+        // 3 s wall = 30,000 s of device time at 1e-4; unreserved, the first read comes after
+        // about 0.6 s (measured in a debug build).
+        let ends = now + 3000;
+        for inst in ["reader1", "plate_reader"] {
+            // By id, and by class (the class's first instrument, reader1 again): both hold.
+            let id = labd::store::new_id("rsv");
+            let r = Reservation {
+                id,
+                tenant_id: b.id.clone(),
+                instrument_class: inst.into(),
+                starts_at: now,
+                ends_at: ends,
+            };
+            store.add_reservation(&r).unwrap();
+        }
+        let id = labd::store::new_id("rsv");
+        let r = Reservation {
+            id,
+            tenant_id: b.id.clone(),
+            instrument_class: "reader2".into(),
+            starts_at: now,
+            ends_at: ends,
+        };
+        store.add_reservation(&r).unwrap();
+        let run = ex.submit(&a.id, "a", "growth", "g.yaml", &compile_example("growth-curve.yaml")).unwrap();
+        let report = tokio::time::timeout(std::time::Duration::from_secs(240), ex.run_queued()).await.unwrap().unwrap();
+        assert_eq!(report.runs[0].1, RunState::Succeeded, "{:?}", report.runs);
+        let first_read = store
+            .events(None, &run.id, 0)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.kind == "task_started" && e.payload_json.contains("\"reader"))
+            .expect("the run read its plate");
+        assert!(
+            first_read.at >= ends - 5,
+            "acme's first read at {} waited for globex's reservation until {ends}",
+            first_read.at
+        );
+    });
+}
+
 /// A liquid handler that stops answering mid-transfer: the outcome is unknown, the command is not
 /// resent, a technician is asked; aborting fails the run with that reason.
 #[test]

@@ -192,8 +192,17 @@ pub fn attempts_record_intent_before_outcome(s: &dyn Store) {
     assert!(s.record_outcome(&b.id, "maybe", None).is_err());
     let open = s.open_attempts().unwrap();
     assert_eq!(open.len(), 1);
-    assert_eq!(open[0].intent, Intent { command_index: 4, repeatable: true, ..intent });
+    assert_eq!(open[0].intent, Intent { command_index: 4, repeatable: true, ..intent.clone() });
     assert_eq!(s.attempts(&r.id).unwrap().len(), 2);
+
+    // The previous success and the next intent in one write; all or nothing.
+    let c = s.record_ok_then_intent(Some(&b.id), &Intent { command_index: 5, ..intent.clone() }).unwrap();
+    let all = s.attempts(&r.id).unwrap();
+    assert_eq!(all.iter().find(|x| x.id == b.id).unwrap().outcome.as_deref(), Some("ok"));
+    assert_eq!(s.open_attempts().unwrap().iter().map(|x| x.id.as_str()).collect::<Vec<_>>(), [c.id.as_str()]);
+    let again = s.record_ok_then_intent(Some(&b.id), &Intent { command_index: 6, ..intent });
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(s.attempts(&r.id).unwrap().len(), 3, "the refused write added no intent");
 }
 
 pub fn results_round_trip_with_their_event(s: &dyn Store) {

@@ -252,6 +252,7 @@ pub struct Intervention {
 pub struct Reservation {
     pub id: String,
     pub tenant_id: String,
+    /// An instrument id, or an instrument class (the executor reserves its first instrument).
     pub instrument_class: String,
     pub starts_at: Millis,
     pub ends_at: Millis,
@@ -331,6 +332,10 @@ pub trait Store: Send + Sync {
     fn events(&self, tenant: Option<&str>, run_id: &str, after: i64) -> Result<Vec<Event>>;
 
     fn record_intent(&self, intent: &Intent) -> Result<Attempt>;
+    /// In one transaction: the previous command of the same task succeeded (when given), and
+    /// the next is about to be sent. One durable write per command instead of two; the
+    /// previous outcome is still on disk before the next command leaves.
+    fn record_ok_then_intent(&self, previous: Option<&str>, intent: &Intent) -> Result<Attempt>;
     fn record_outcome(&self, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()>;
     /// Attempts whose outcome was never written (in flight when the runtime stopped).
     fn open_attempts(&self) -> Result<Vec<Attempt>>;

@@ -217,6 +217,23 @@ fn put_outbox(
 }
 
 /// Checks that a run exists and, when scoped, belongs to the tenant.
+/// Writes an attempt's outcome, once.
+fn set_outcome(tx: &Transaction<'_>, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
+    if !matches!(outcome, "ok" | "failed" | "unknown") {
+        return Err(StoreError::Invalid(format!("outcome `{outcome}`: use ok, failed or unknown")));
+    }
+    let n = tx
+        .execute(
+            "UPDATE attempts SET outcome = ?2, error = ?3, outcome_at = ?4 WHERE id = ?1 AND outcome IS NULL",
+            params![attempt_id, outcome, error, now_ms()],
+        )
+        .map_err(backend)?;
+    if n == 0 {
+        return Err(StoreError::Conflict(format!("attempt {attempt_id} does not exist or already has an outcome")));
+    }
+    Ok(())
+}
+
 fn owned(conn: &Connection, tenant: Option<&str>, run_id: &str) -> Result<()> {
     let owner: Option<String> = conn
         .query_row("SELECT tenant_id FROM runs WHERE id = ?1", params![run_id], |r| r.get(0))
@@ -506,6 +523,10 @@ impl Store for SqliteStore {
     }
 
     fn record_intent(&self, i: &Intent) -> Result<Attempt> {
+        self.record_ok_then_intent(None, i)
+    }
+
+    fn record_ok_then_intent(&self, previous: Option<&str>, i: &Intent) -> Result<Attempt> {
         let a = Attempt {
             id: new_id("att"),
             intent: i.clone(),
@@ -515,6 +536,9 @@ impl Store for SqliteStore {
             outcome_at: None,
         };
         self.tx(|tx| {
+            if let Some(prev) = previous {
+                set_outcome(tx, prev, "ok", None)?;
+            }
             tx.execute(
                 &format!(
                     "INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL)"
@@ -537,23 +561,7 @@ impl Store for SqliteStore {
     }
 
     fn record_outcome(&self, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
-        if !matches!(outcome, "ok" | "failed" | "unknown") {
-            return Err(StoreError::Invalid(format!("outcome `{outcome}`: use ok, failed or unknown")));
-        }
-        self.tx(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE attempts SET outcome = ?2, error = ?3, outcome_at = ?4 WHERE id = ?1 AND outcome IS NULL",
-                    params![attempt_id, outcome, error, now_ms()],
-                )
-                .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "attempt {attempt_id} does not exist or already has an outcome"
-                )));
-            }
-            Ok(())
-        })
+        self.tx(|tx| set_outcome(tx, attempt_id, outcome, error))
     }
 
     fn open_attempts(&self) -> Result<Vec<Attempt>> {

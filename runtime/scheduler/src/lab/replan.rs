@@ -24,6 +24,8 @@ pub enum Event {
     InstrumentUp { resource: usize },
     /// A run was cancelled: what has not started will not.
     RunCancelled { run: usize },
+    /// Bench-time reservations changed: resource → (tenant, window), as in [`LabProblem`].
+    ReservationsChanged(Vec<Vec<(String, Window)>>),
 }
 
 /// What a repair did.
@@ -197,6 +199,16 @@ impl Planner {
                 }
             }
             Event::RunCancelled { run } => self.cancel(run)?,
+            Event::ReservationsChanged(r) => {
+                if r.len() != self.problem.resources.len() {
+                    return Err(ModelError(format!(
+                        "reservations for {} resources; the lab has {}",
+                        r.len(),
+                        self.problem.resources.len()
+                    )));
+                }
+                self.problem.reservations = r;
+            }
         }
         let schedule =
             self.problem.build(&self.order).ok_or_else(|| ModelError("the repaired plan could not be built".into()))?;

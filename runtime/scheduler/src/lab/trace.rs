@@ -149,7 +149,7 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
             }
             Event::TaskOverrun { run, task, .. } => overrun_told[*run][*task] = true,
             Event::TaskFinished { run, task } => finished[*run][*task] = true,
-            Event::RunCancelled { .. } => {}
+            Event::RunCancelled { .. } | Event::ReservationsChanged(_) => {}
         }
         let rep = planner.handle(now, ev.clone(), Duration::ZERO).map_err(|e| format!("seed {seed} at {now}: {e}"))?;
         stats.repairs.push((rep.repair_time, pending));
