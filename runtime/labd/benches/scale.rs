@@ -82,11 +82,6 @@ fn site(cells: usize) -> String {
     s
 }
 
-fn pct(mut v: Vec<Duration>, q: f64) -> f64 {
-    v.sort();
-    v.get(((v.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1e6)
-}
-
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -142,8 +137,6 @@ fn main() {
         let ok = report.runs.iter().filter(|r| r.1 == RunState::Succeeded).count();
         let failed: Vec<_> = report.runs.iter().filter(|r| r.1 != RunState::Succeeded).take(3).collect();
         let v = std::mem::take(&mut *timings.lock().unwrap());
-        let total: Vec<Duration> = v.iter().map(|x| x.1).collect();
-        let journal: Vec<Duration> = v.iter().map(|x| x.0).collect();
         println!(
             "{runs} runs from {tenants} tenants: {ok} succeeded (failed e.g. {failed:?}); submitted in {:.2} s; executed in {:.1} s wall; planned makespan {:.0} s device = {:.1} s wall at scale 1e-4",
             submitted.as_secs_f64(),
@@ -151,16 +144,8 @@ fn main() {
             report.planned_makespan_s,
             report.planned_makespan_s * 1e-4
         );
-        println!(
-            "{} commands, {} plate moves; per command p50 {:.0} µs p99 {:.0} µs (journal p50 {:.0} µs p99 {:.0} µs); peak memory {:.0} MiB",
-            v.len(),
-            report.moves,
-            pct(total.clone(), 0.5),
-            pct(total, 0.99),
-            pct(journal.clone(), 0.5),
-            pct(journal, 0.99),
-            peak_rss_mib()
-        );
+        println!("{} commands, {} plate moves; peak memory {:.0} MiB", v.len(), report.moves, peak_rss_mib());
+        labd::executor::print_timings(&v);
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

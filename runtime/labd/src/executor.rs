@@ -34,8 +34,42 @@ use tokio::time::Instant;
 /// after a window's end and an endless window leaves it nowhere to go.
 const DOWN_HORIZON_S: f64 = 1.0e7;
 
-/// Per command: time spent journaling, and in total.
-pub type CommandTimings = Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>;
+/// Where one command's time went (benchmarks).
+#[derive(Debug, Clone, Copy)]
+pub struct CommandTiming {
+    /// The instrument family, e.g. `LiquidHandler`.
+    pub family: &'static str,
+    /// Durable journal writes.
+    pub journal: Duration,
+    /// The exchange with the instrument (driver and wire).
+    pub instrument: Duration,
+    /// Everything, from the intent to the recorded outcome.
+    pub total: Duration,
+}
+
+/// Prints p50/p99 of command timings: in total, without the instrument exchange (the
+/// executor's own overhead), journaling, and in total per instrument family (benchmarks).
+pub fn print_timings(v: &[CommandTiming]) {
+    fn pct(mut v: Vec<Duration>, q: f64) -> f64 {
+        v.sort();
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    }
+    let line = |what: &str, d: Vec<Duration>| {
+        println!("  {what:<34} n={:<6} p50 {:>6.0} µs  p99 {:>6.0} µs", d.len(), pct(d.clone(), 0.5), pct(d, 0.99));
+    };
+    line("per command, total", v.iter().map(|t| t.total).collect());
+    line("per command, executor (no exchange)", v.iter().map(|t| t.total.saturating_sub(t.instrument)).collect());
+    line("per command, journaling", v.iter().map(|t| t.journal).collect());
+    let mut families: Vec<&str> = v.iter().map(|t| t.family).collect();
+    families.sort();
+    families.dedup();
+    for f in families {
+        line(&format!("total, {f}"), v.iter().filter(|t| t.family == f).map(|t| t.total).collect());
+    }
+}
+
+/// Per command: where its time went.
+pub type CommandTimings = Arc<std::sync::Mutex<Vec<CommandTiming>>>;
 
 /// Executor settings.
 #[derive(Debug, Clone)]
@@ -117,6 +151,19 @@ fn destination(p: &Planner, m: &MoveSlot) -> Option<usize> {
     (0..run.tasks.len())
         .filter(|&t| run.tasks[t].plates.contains(&m.plate) && slots[t].start >= m.end - 1e-6)
         .min_by(|&a, &b| slots[a].start.total_cmp(&slots[b].start))
+}
+
+fn family_name(op: &CommandOp) -> &'static str {
+    match family(op) {
+        Family::LiquidHandler => "liquid handler",
+        Family::HeaterShaker => "heater-shaker",
+        Family::Incubator => "incubator",
+        Family::PlateReader => "plate reader",
+        Family::Sealer => "sealer",
+        Family::Centrifuge => "centrifuge",
+        Family::RobotArm => "robot arm",
+        _ => "other",
+    }
 }
 
 /// The first millisecond of the month `now` is in (UTC), for monthly quotas.
@@ -1152,7 +1199,12 @@ impl Executor {
             }
             if let Some(t) = &self.config.timings {
                 if let Ok(mut t) = t.lock() {
-                    t.push((journal_intent + sent.elapsed(), began.elapsed()));
+                    t.push(CommandTiming {
+                        family: family_name(op),
+                        journal: journal_intent + sent.elapsed(),
+                        instrument: sent.duration_since(began + journal_intent),
+                        total: began.elapsed(),
+                    });
                 }
             }
             match result {
