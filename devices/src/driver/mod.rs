@@ -148,7 +148,7 @@ pub async fn open_arm(
     scale: crate::instrument::TimeScale,
 ) -> Result<Arc<arm::ArmDriver>, InstrumentError> {
     let link = crate::link::Link::open(endpoint.clone()).await?;
-    let config = arm::ArmConfig { poll: scale.wall(0.05).max(Duration::from_millis(1)), ..arm::ArmConfig::default() };
+    let config = arm::ArmConfig { poll: scale.wall(0.05).max(Duration::from_micros(200)), ..arm::ArmConfig::default() };
     Ok(Arc::new(arm::ArmDriver::new(arm.reach.clone(), link, config)))
 }
 

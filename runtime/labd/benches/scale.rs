@@ -32,7 +32,7 @@ steps:
 
 /// A site of `cells` work cells around one plate hotel: a central arm serves the hotel, three
 /// liquid handlers and one hand-off nest per cell; each cell's arm serves its hand-off nest,
-/// four liquid handlers, three readers and four incubators. 8 cells: 100 instruments.
+/// five liquid handlers, three readers and four incubators. 8 cells: 100 instruments.
 fn site(cells: usize) -> String {
     let mut s = String::from("[site]\nname = \"scale\"\ntechnicians = 4\n\n");
     let lh = |s: &mut String, id: &str| {
@@ -53,7 +53,7 @@ fn site(cells: usize) -> String {
     for c in 1..=cells {
         let mut reach = vec![format!("handoff{c}")];
         let _ = write!(s, "[[location]]\nid = \"handoff{c}\"\n\n");
-        for i in 0..4 {
+        for i in 0..5 {
             let id = format!("lh{c}_{i}");
             lh(&mut s, &id);
             reach.push(id);
@@ -79,6 +79,7 @@ fn site(cells: usize) -> String {
     let quoted: Vec<String> = central.iter().map(|r| format!("\"{r}\"")).collect();
     let _ = write!(s, "[[arm]]\nid = \"arm0\"\nreach = [{}]\nmove_s = 6.0\nendpoint = \"sim\"\n\n", quoted.join(", "));
     s.push_str(&arms);
+    s.push_str("[prices]\ncurrency = \"USD\"\nper_run = 5.0\n\n[prices.per_hour]\nliquid_handler = 48.0\nplate_reader = 36.0\nincubator = 4.0\nplate_hotel = 0.5\nrobot_arm = 6.0\n");
     s
 }
 

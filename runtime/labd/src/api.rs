@@ -38,6 +38,8 @@ pub struct Api {
     pub lab: Option<Arc<crate::lab::Lab>>,
     /// What the executor is doing (maintenance and down flags, the schedule).
     pub board: Option<Arc<crate::board::Board>>,
+    /// Device time per wall time (to turn planned device seconds into clock times).
+    pub time_scale: f64,
 }
 
 impl std::fmt::Debug for Api {
@@ -121,6 +123,37 @@ impl Api {
             Err(_) => return Err(Status::invalid_argument(format!("format {format} is not a SourceFormat (0 to 3)"))),
         };
         Ok(protocols::compile_bytes(name, source.to_vec(), format, &self.site, &self.library))
+    }
+
+    /// Plans this plan behind every run queued or under way; returns how many runs are ahead
+    /// and when it would finish, in device seconds from now.
+    async fn earliest_completion(&self, who: &Principal, plan: protocols::plan::RunPlan) -> Result<(u32, f64), Status> {
+        use scheduler::lab::{solve, LabProblem};
+        let store = self.store.clone();
+        let queue =
+            blocking(move || store.runs(None, &[RunState::Queued, RunState::Running, RunState::Cancelling])).await?;
+        let (site, tenant) = (self.site.clone(), who.tenant_id.clone().unwrap_or_else(|| "quote".into()));
+        tokio::task::spawn_blocking(move || {
+            let mut p = LabProblem::from_site(&site).map_err(|e| Status::internal(e.0))?;
+            let mut ahead = 0;
+            for r in &queue {
+                let Ok(rp) = serde_json::from_str::<protocols::plan::RunPlan>(&r.plan_json) else { continue };
+                let short = r.id.trim_start_matches("run_").chars().take(8).collect::<String>();
+                let Ok(rp) = crate::executor::scoped(&rp, &short) else { continue };
+                if p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp).is_ok() {
+                    ahead += 1;
+                }
+            }
+            let plan = crate::executor::scoped(&plan, "quote").map_err(Status::internal)?;
+            let me = p
+                .add_plan("quote", &tenant, 1.0, 0.0, &plan)
+                .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
+            let budget = solve::LabBudget { time: Some(std::time::Duration::from_millis(100)), iterations: None };
+            let out = solve::solve(&p, budget, 7).ok_or_else(|| Status::internal("the scheduler found no plan"))?;
+            Ok((ahead, out.schedule.completion(me)))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
     }
 
     /// An instrument as technicians see it: maintenance and down flags first, then its answer.
@@ -218,7 +251,7 @@ impl pb::protocols_server::Protocols for Api {
     }
 
     async fn quote(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::QuoteResponse>, Status> {
-        self.caller(&req).await?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let (src, c) = self.compile(&r.file_name, &r.source, r.format)?;
         let mut out = pb::QuoteResponse { validation: Some(validation(&src, &c)), ..Default::default() };
@@ -238,6 +271,13 @@ impl pb::protocols_server::Protocols for Api {
                     amount: l.amount,
                 })
                 .collect();
+        }
+        let ok = !c.has_errors();
+        if let Some(plan) = c.plan.filter(|_| ok) {
+            let (ahead, s) = self.earliest_completion(&who, plan).await?;
+            out.runs_ahead = ahead;
+            out.earliest_completion_s = s;
+            out.earliest_completion_at_ms = store::now_ms() + (s * self.time_scale * 1000.0) as i64;
         }
         Ok(Response::new(out))
     }

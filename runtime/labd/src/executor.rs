@@ -1200,7 +1200,7 @@ impl Executor {
             if let Some(t) = &self.config.timings {
                 if let Ok(mut t) = t.lock() {
                     t.push(CommandTiming {
-                        family: family_name(op),
+                        family: if task < 0 { "robot arm" } else { family_name(op) },
                         journal: journal_intent + sent.elapsed(),
                         instrument: sent.duration_since(began + journal_intent),
                         total: began.elapsed(),

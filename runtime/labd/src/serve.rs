@@ -131,7 +131,14 @@ pub async fn serve(config: Config) -> Result<(), String> {
             }
         })
     };
-    let api = Api { store, site, library: labware::Library::shipped(), lab: Some(lab.clone()), board: Some(board) };
+    let api = Api {
+        store,
+        site,
+        library: labware::Library::shipped(),
+        lab: Some(lab.clone()),
+        board: Some(board),
+        time_scale: config.time_scale,
+    };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
         "labd: gRPC API on {addr}; data in {}; {} instruments{}",

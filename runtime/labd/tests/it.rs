@@ -839,6 +839,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             library: labware::Library::shipped(),
             lab: None,
             board: None,
+            time_scale: 1.0,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -887,8 +888,19 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         let e = runs.list(req("old", pb::ListRunsRequest { states: vec![] })).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         assert!(e.message().contains("expired"), "{}", e.message());
+        // A quote plans the protocol behind today's queue.
+        let mut protocols = pb::protocols_client::ProtocolsClient::new(ch.clone());
+        let quote = |r: &pb::QuoteResponse| (r.runs_ahead, r.earliest_completion_s, r.duration_s);
+        let ask = pb::ValidateRequest { file_name: "g.yaml".into(), source: example.clone(), format: 0 };
+        let alone = protocols.quote(req("acme", ask.clone())).await.unwrap().into_inner();
+        let (ahead, earliest, duration) = quote(&alone);
+        assert_eq!(ahead, 0);
+        assert!(earliest >= duration * 0.9 && earliest.is_finite(), "{earliest} vs {duration}");
+        assert!(alone.earliest_completion_at_ms > labd::store::now_ms());
         // Unknown ids and another tenant's run look the same: NOT_FOUND, nothing leaks.
         let mine = runs.submit(req("acme", submit("g.yaml", example.clone(), "k4"))).await.unwrap().into_inner();
+        let behind = protocols.quote(req("globex", ask)).await.unwrap().into_inner();
+        assert_eq!(behind.runs_ahead, 1, "one run queued ahead (whose, it does not say)");
         let mine = mine.run.unwrap().id;
         let theirs = runs.get(req("globex", pb::GetRunRequest { run_id: mine.clone() })).await.unwrap_err();
         let nothing = runs.get(req("globex", pb::GetRunRequest { run_id: "run_nope".into() })).await.unwrap_err();
