@@ -525,14 +525,25 @@ async fn watch(c: &Client, run: &str, json: bool) -> Result<i32> {
         .map_err(sentence)?
         .into_inner();
     let mut last_state = String::new();
+    let (mut tasks, mut finished) = (0u64, 0u64);
     while let Some(ev) = stream.message().await.map_err(sentence)? {
+        let payload = serde_json::from_str::<serde_json::Value>(&ev.payload_json).unwrap_or_default();
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"run": ev.run_id, "seq": ev.seq, "kind": ev.kind, "payload": serde_json::from_str::<serde_json::Value>(&ev.payload_json).unwrap_or_default()})
-            );
+            println!("{}", serde_json::json!({"run": ev.run_id, "seq": ev.seq, "kind": ev.kind, "payload": payload}));
         } else {
-            println!("#{:<4} {:<16} {}", ev.seq, ev.kind, ev.payload_json);
+            match ev.kind.as_str() {
+                "scheduled" => tasks = payload["tasks"].as_u64().unwrap_or(0),
+                "task_finished" => finished += 1,
+                _ => {}
+            }
+            let bar = match (20 * finished.min(tasks)).checked_div(tasks) {
+                Some(filled) => {
+                    let filled = filled as usize;
+                    format!("[{}{}] {finished}/{tasks} tasks  ", "#".repeat(filled), ".".repeat(20 - filled))
+                }
+                None => String::new(),
+            };
+            println!("#{:<4} {bar}{:<16} {}", ev.seq, ev.kind, ev.payload_json);
         }
         if ev.kind == "state" {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&ev.payload_json) {

@@ -658,6 +658,44 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(resolved, 2, "ELISA's two manual steps were handed to the technician");
+    // Watching a finished run replays it with a progress bar.
+    let (code, so, _) = ctl(&acme, &["watch", &run]);
+    assert_eq!(code, 0);
+    assert!(so.contains("[####################]"), "a full progress bar: {so}");
+    // Technicians: maintenance, the schedule; admins: usage, quotas, reservations, expiring tokens.
+    let (code, so, se) = ctl(&tech, &["maintenance", "reader2", "on", "--reason", "lamp change"]);
+    assert_eq!(code, 0, "{se}");
+    assert!(so.contains("maintenance") && so.contains("lamp change"), "{so}");
+    let (_, so, _) = ctl(&tech, &["instruments", "--format", "json"]);
+    let reader2 = so.lines().map(json).find(|i| i["id"] == "reader2").unwrap();
+    assert_eq!(reader2["state"], "maintenance");
+    assert_eq!(ctl(&tech, &["maintenance", "reader2", "off"]).0, 0);
+    let (code, so, _) = ctl(&tech, &["maintenance", "reader2", "on"]);
+    assert_ne!(code, 0, "maintenance needs a reason: {so}");
+    let (code, lanes, se) = ctl(&tech, &["schedule", "--format", "json"]);
+    assert_eq!(code, 0, "{se}");
+    assert!(lanes.contains(&run) && lanes.contains(&elisa_run), "the technician sees every run's slots");
+    assert!(lanes.lines().map(json).any(|l| l["lane"] == "arm1" && l["state"] == "done"), "{lanes}");
+    let (_, theirs, _) = ctl(&globex, &["schedule", "--format", "json"]);
+    assert!(!theirs.contains(&run) && !theirs.contains("acme"), "globex sees none of acme's slots");
+    assert!(theirs.contains(&elisa_run));
+    let (code, usage, se) = ctl(&admin, &["usage", "--format", "json"]);
+    assert_eq!(code, 0, "{se}");
+    let acme_lh = usage.lines().map(json).find(|l| l["tenant"] == "acme" && l["instrument_class"] == "liquid_handler");
+    assert!(acme_lh.is_some_and(|l| l["device_hours"].as_f64().unwrap() > 0.0), "{usage}");
+    assert!(ctl(&acme, &["usage"]).2.contains("not allowed"));
+    assert_eq!(ctl(&admin, &["tenant", "quota", "acme", "--max-runs", "2", "--device-hours", "100"]).0, 0);
+    let (code, _, se) = ctl(&admin, &["reserve", "globex", "plate_reader", "--for", "1", "--in", "600"]);
+    assert_eq!(code, 0, "{se}");
+    assert_eq!(ctl(&admin, &["reservations", "--format", "json"]).1.lines().count(), 1);
+    let (code, _, se) = ctl(&admin, &["reserve", "globex", "spectrometer", "--for", "1"]);
+    assert!(code != 0 && se.contains("no instrument or instrument class"), "{se}");
+    let brief = json(&ctl(&admin, &["token", "create", "--tenant", "acme", "--ttl", "1", "--format", "json"]).1);
+    assert!(brief["expires_at_ms"].as_i64().is_some());
+    assert_eq!(ctl(brief["token"].as_str().unwrap(), &["runs"]).0, 0, "valid for a second");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, _, se) = ctl(brief["token"].as_str().unwrap(), &["runs"]);
+    assert!(code != 0 && se.contains("expired"), "{se}");
     assert!(
         ctl(&acme, &["interventions", "--all", "--format", "json"]).1.trim().is_empty(),
         "acme sees none of globex's interventions"
