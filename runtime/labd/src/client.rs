@@ -16,6 +16,9 @@ pub struct Conn {
     /// Access token [env: LABWRIGHT_TOKEN].
     #[arg(long, global = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// server [env: LABWRIGHT_CA].
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
 }
 
 /// Output format of a client command.
@@ -227,8 +230,20 @@ impl Client {
         let token = conn.token.clone().or_else(|| std::env::var("LABWRIGHT_TOKEN").ok()).ok_or_else(|| {
             anyhow!("no token: pass --token or set LABWRIGHT_TOKEN (an admin's is in labd-data/admin.token)")
         })?;
-        let channel = Channel::from_shared(url.clone())
-            .with_context(|| format!("bad server URL {url}"))?
+        let mut endpoint = Channel::from_shared(url.clone()).with_context(|| format!("bad server URL {url}"))?;
+        if url.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            match conn.ca.clone().or_else(|| std::env::var_os("LABWRIGHT_CA").map(PathBuf::from)) {
+                Some(ca) => {
+                    let pem = std::fs::read_to_string(&ca)
+                        .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+                    tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                }
+                None => bail!("an https:// server needs the CA that signed its certificate: --ca FILE or LABWRIGHT_CA"),
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow!("TLS: {e}"))?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| anyhow!("cannot reach labd at {url}: {e}; is `labd serve` running?"))?;

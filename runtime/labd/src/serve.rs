@@ -29,6 +29,10 @@ pub struct Config {
     /// Simulated liquid handlers append every liquid movement to `<dir>/<id>.liquid.log`
     /// (tests and debugging: what the simulated instruments really did).
     pub sim_log_dir: Option<PathBuf>,
+    /// Serve the API over TLS with this certificate chain (PEM); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -49,6 +53,8 @@ impl Default for Config {
             site: None,
             time_scale: default_scale(),
             sim_log_dir: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -60,6 +66,28 @@ impl Config {
         let c: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         c.check().map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(c)
+    }
+
+    /// The TLS identity (certificate chain, key) when TLS is configured.
+    pub fn tls(&self) -> Result<Option<(String, String)>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(c), Some(k)) => {
+                let read = |key: &str, p: &Path| {
+                    std::fs::read_to_string(p).map_err(|e| format!("{key} = {:?}: cannot read it: {e}", p.display()))
+                };
+                let (cert, key) = (read("tls_cert", c)?, read("tls_key", k)?);
+                if !cert.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!("tls_cert = {:?}: not a PEM certificate", c.display()));
+                }
+                if !key.contains("PRIVATE KEY-----") {
+                    return Err(format!("tls_key = {:?}: not a PEM private key", k.display()));
+                }
+                Ok(Some((cert, key)))
+            }
+            (Some(_), None) => Err("tls_cert is set but tls_key is not: give both, or neither for plain gRPC".into()),
+            (None, Some(_)) => Err("tls_key is set but tls_cert is not: give both, or neither for plain gRPC".into()),
+        }
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -76,6 +104,7 @@ impl Config {
 /// Starts everything; returns when SIGINT or SIGTERM arrives (after a graceful stop).
 pub async fn serve(config: Config) -> Result<(), String> {
     config.check()?;
+    let tls = config.tls()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let site = match &config.site {
@@ -141,7 +170,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
-        "labd: gRPC API on {addr}; data in {}; {} instruments{}",
+        "labd: gRPC API on {addr}{}; data in {}; {} instruments{}",
+        if tls.is_some() { " (TLS)" } else { "" },
         config.data_dir.display(),
         lab.instruments.len() + lab.arms.len(),
         if all_sim { " (simulated)" } else { "" }
@@ -152,7 +182,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         crate::daemon::wait_for_stop().await;
         let _ = stop.0.send(true);
     };
-    serve_api(api, listener, shutdown).await?;
+    serve_api(api, listener, tls, shutdown).await?;
     // The executor starts nothing new and lets commands on instruments finish (up to 5 s).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), exec_task).await;
     println!("labd: stopped");
@@ -164,6 +194,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
 pub async fn serve_api(
     api: Api,
     listener: tokio::net::TcpListener,
+    tls: Option<(String, String)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let incoming = devices::sila::nodelay_incoming(listener);
@@ -173,7 +204,14 @@ pub async fn serve_api(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| format!("reflection: {e}"))?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| format!("TLS (tls_cert, tls_key): {e}"))?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

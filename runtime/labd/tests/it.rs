@@ -882,7 +882,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(labd::serve::serve_api(api, listener, async {
+        let server = tokio::spawn(labd::serve::serve_api(api, listener, None, async {
             let _ = stopped.await;
         }));
         let ch = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
@@ -1187,4 +1187,126 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
     println!("crash loop: {succeeded} runs succeeded, {failed} failed explicitly after 20 SIGKILLs");
     assert!(succeeded >= 2 && failed >= 1, "both paths were exercised: {succeeded} succeeded, {failed} failed");
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The API over TLS: labctl trusts the lab's CA and works; plain gRPC and a missing CA get
+/// clear errors; a half-configured TLS stops the start naming the key.
+#[test]
+fn the_api_over_tls() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("lw-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl").current_dir(&dir).args(args).output().expect("openssl is installed");
+        assert!(o.status.success(), "openssl {args:?}: {}", text(&o.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Lab CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("labd.toml");
+    let data = dir.join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_labd"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(text(&o.stderr).contains("tls_cert is set but tls_key is not"), "{}", text(&o.stderr));
+    std::fs::write(
+        &config,
+        format!("data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\ntime_scale = 0.001\n", data.display().to_string()),
+    )
+    .unwrap();
+    let mut server = Reap(
+        Command::new(env!("CARGO_BIN_EXE_labd"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(server.0.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("gRPC API on") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "labd stopped before listening");
+    }
+    assert!(line.contains("(TLS)"), "{line}");
+    std::thread::spawn(move || for _ in out.lines() {});
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
+    let ca = dir.join("ca.pem");
+    let ctl = |url: &str, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(["--url", url, "--token", &admin])
+            .args(extra)
+            .output()
+            .unwrap();
+        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+    };
+    let https = format!("https://127.0.0.1:{port}");
+    let (code, _, se) = ctl(&https, &["--ca", ca.to_str().unwrap(), "tenant", "add", "acme"]);
+    assert_eq!(code, 0, "{se}");
+    let (code, so, se) = ctl(&https, &["--ca", ca.to_str().unwrap(), "runs", "--format", "json"]);
+    assert_eq!((code, so.trim()), (0, "[]"), "{se}");
+    let (code, _, se) = ctl(&https, &["runs"]);
+    assert!(code != 0 && se.contains("--ca FILE"), "{se}");
+    let (code, _, se) = ctl(&format!("http://127.0.0.1:{port}"), &["runs"]);
+    assert!(code != 0 && !se.contains("panicked"), "plain gRPC to a TLS server fails cleanly: {se}");
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    assert!(server.0.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }
