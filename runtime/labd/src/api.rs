@@ -525,6 +525,16 @@ impl pb::admin_server::Admin for Api {
         }))
     }
 
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let (store, id) = (self.store.clone(), req.into_inner().principal_id);
+        blocking(move || store.revoke_principal(&id)).await?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
     async fn set_quotas(&self, req: Request<pb::SetQuotasRequest>) -> Result<Response<pb::TenantInfo>, Status> {
         Self::admin(&self.caller(&req).await?)?;
         let r = req.into_inner();

@@ -193,6 +193,8 @@ pub enum TokenCmd {
         #[arg(long)]
         ttl: Option<i64>,
     },
+    /// Revoke a token by its principal id (from `token create --format json`).
+    Revoke { principal: String },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -384,6 +386,14 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 } else {
                     println!("{} {}", i.id, i.state);
                 }
+                Ok(0)
+            }
+            ClientCmd::Token(TokenCmd::Revoke { principal }) => {
+                pb::admin_client::AdminClient::new(c.channel.clone())
+                    .revoke_token(c.req(pb::RevokeTokenRequest { principal_id: principal.clone() })?)
+                    .await
+                    .map_err(sentence)?;
+                println!("revoked {principal}");
                 Ok(0)
             }
             ClientCmd::Maintenance { out, instrument, state, reason } => {

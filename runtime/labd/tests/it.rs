@@ -607,10 +607,21 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let (acme, globex) = (token("acme"), token("globex"));
     let file = root().join("protocols/examples/serial-dilution.yaml");
     let file = file.to_str().unwrap();
-    let (code, so, se) = ctl(&acme, &["submit", file, "--wait", "--format", "json"]);
-    assert_eq!(code, 0, "the run succeeded\n{so}\n{se}");
+    // Both tenants at once, each waiting for its run.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| ctl(&acme, &["submit", file, "--wait", "--format", "json"]));
+        let b = s.spawn(|| ctl(&globex, &["submit", file, "--wait", "--format", "json"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (code, so, se) = a;
+    assert_eq!(code, 0, "acme's run succeeded\n{so}\n{se}");
+    assert_eq!(b.0, 0, "globex's run succeeded\n{}\n{}", b.1, b.2);
     let run = json(&so)["run"]["id"].as_str().unwrap().to_string();
+    let globex_run = json(&b.1)["run"]["id"].as_str().unwrap().to_string();
     assert!(so.contains("\"task_finished\""), "events were streamed");
+    let (code, _, se) = ctl(&acme, &["watch", &globex_run]);
+    assert!(code != 0 && se.contains("not found"), "acme cannot watch globex's run: {se}");
+    assert!(!ctl(&acme, &["runs", "--format", "json"]).1.contains(&globex_run));
     let (code, csv, se) = ctl(&acme, &["results", &run, "--format", "csv"]);
     assert_eq!(code, 0, "{se}");
     assert_eq!(csv.trim().lines().count(), 1 + 96, "a header and one row per well");
@@ -618,7 +629,9 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     assert_ne!(code, 0);
     assert!(se.contains("not found"), "another tenant's run is simply not found: {se}");
     assert!(!se.contains("acme"), "and nothing about the other tenant leaks: {se}");
-    assert_eq!(json(&ctl(&globex, &["runs", "--format", "json"]).1), serde_json::json!([]));
+    let theirs = json(&ctl(&globex, &["runs", "--format", "json"]).1);
+    assert_eq!(theirs.as_array().map(|a| a.len()), Some(1), "globex sees its one run: {theirs}");
+    assert_eq!(theirs[0]["id"].as_str(), Some(globex_run.as_str()));
     let (code, so, _) = ctl(&acme, &["submit", file, "--format", "json"]);
     assert_eq!((code, json(&so)["created"].as_bool()), (0, Some(false)), "a retry returns the same run");
     assert_eq!(json(&so)["run"]["id"].as_str(), Some(run.as_str()));
@@ -639,10 +652,12 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let mut resolved = 0;
     loop {
         let (_, so, _) = ctl(&globex, &["runs", "--format", "json"]);
-        if so.contains("\"succeeded\"") {
+        let all = json(&so);
+        let state = all.as_array().unwrap().iter().find(|r| r["id"] == elisa_run.as_str()).unwrap()["state"].clone();
+        if state == "succeeded" {
             break;
         }
-        assert!(!so.contains("\"failed\""), "{so}");
+        assert_ne!(state, "failed", "{so}");
         assert!(std::time::Instant::now() < until, "ELISA did not finish: {so}");
         let (_, open, _) = ctl(&tech, &["interventions", "--format", "json"]);
         for l in open.lines() {
@@ -696,6 +711,10 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let (code, _, se) = ctl(brief["token"].as_str().unwrap(), &["runs"]);
     assert!(code != 0 && se.contains("expired"), "{se}");
+    let spare = json(&ctl(&admin, &["token", "create", "--tenant", "acme", "--format", "json"]).1);
+    assert_eq!(ctl(&admin, &["token", "revoke", spare["principal"].as_str().unwrap()]).0, 0);
+    let (code, _, se) = ctl(spare["token"].as_str().unwrap(), &["runs"]);
+    assert!(code != 0 && se.contains("not signed in"), "a revoked token no longer signs in: {se}");
     assert!(
         ctl(&acme, &["interventions", "--all", "--format", "json"]).1.trim().is_empty(),
         "acme sees none of globex's interventions"
