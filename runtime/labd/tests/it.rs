@@ -264,6 +264,36 @@ fn sqlite_store_keeps_what_it_committed_across_reopen() {
 /// Kills the child process when dropped, so a failing test leaves no daemon behind.
 struct Reap(std::process::Child);
 
+/// Starts `labd` with these arguments in `cwd`; returns once it listens, with what it printed
+/// up to then.
+fn start_labd(args: &[&std::ffi::OsStr], cwd: &Path) -> (Reap, String) {
+    use std::io::BufRead;
+    let mut s = Reap(
+        Command::new(env!("CARGO_BIN_EXE_labd"))
+            .args(args)
+            .current_dir(cwd)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(s.0.stdout.take().unwrap());
+    let (mut seen, mut line) = (String::new(), String::new());
+    while !line.contains("gRPC API on") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "labd stopped before listening: {seen}");
+        seen.push_str(&line);
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    (s, seen)
+}
+
+/// `labctl --url URL --token TOKEN ARGS…`: (exit code, stdout, stderr).
+fn labctl_at(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_labctl")).args(["--url", url, "--token", token]).args(args).output().unwrap();
+    (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+}
+
 impl Drop for Reap {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -562,35 +592,17 @@ fn the_executor_runs_two_tenants_on_the_simulated_site() {
 /// 96 values; the other tenant cannot see the run at all; a retry does not make a second run.
 #[test]
 fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
-    use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("lw-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = Reap(
-        std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--time-scale", "0.0001", "--data-dir"])
-            .arg(&dir)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut out = std::io::BufReader::new(server.0.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("gRPC API on") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "labd serve stopped before listening");
-    }
-    std::thread::spawn(move || for _ in out.lines() {});
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["serve", "--listen", &listen, "--time-scale", "0.0001", "--data-dir"];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    args.push(dir.as_os_str());
+    let (mut server, _) = start_labd(&args, &root());
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
     let url = format!("http://127.0.0.1:{port}");
-    let ctl = |token: &str, args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
-            .args(["--url", &url, "--token", token])
-            .args(args)
-            .output()
-            .unwrap();
-        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
-    };
+    let ctl = |token: &str, args: &[&str]| labctl_at(&url, token, args);
     let json = |s: &str| {
         serde_json::from_str::<serde_json::Value>(s.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {s}"))
     };
@@ -797,42 +809,21 @@ fn cancel_and_recovery_leave_every_run_in_an_explicit_state() {
 /// reason, its event sequence stays gapless, and a run submitted afterwards completes.
 #[test]
 fn labd_killed_mid_run_recovers_on_restart() {
-    use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("lw-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
     let start = |scale: &str| {
-        let mut s = Reap(
-            std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
-                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--time-scale", scale, "--data-dir"])
-                .arg(&dir)
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut out = std::io::BufReader::new(s.0.stdout.take().unwrap());
-        let mut seen = String::new();
-        let mut line = String::new();
-        while !line.contains("gRPC API on") {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "labd stopped before listening");
-            seen.push_str(&line);
-        }
-        std::thread::spawn(move || for _ in out.lines() {});
-        (s, seen)
+        let args = ["serve", "--listen", &listen, "--time-scale", scale, "--data-dir"];
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        args.push(dir.as_os_str());
+        start_labd(&args, &root())
     };
     // Slow enough (0.01) that the run is surely mid-way when killed.
     let (mut first, _) = start("0.01");
     let url = format!("http://127.0.0.1:{port}");
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
-    let ctl = |token: &str, args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
-            .args(["--url", &url, "--token", token])
-            .args(args)
-            .output()
-            .unwrap();
-        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
-    };
+    let ctl = |token: &str, args: &[&str]| labctl_at(&url, token, args);
     assert_eq!(ctl(&admin, &["tenant", "add", "acme"]).0, 0);
     let token = ctl(&admin, &["token", "create", "--tenant", "acme"]).1.trim().to_string();
     let file = root().join("protocols/examples/serial-dilution.yaml");
@@ -1045,7 +1036,6 @@ fn short(run_id: &str) -> String {
 #[test]
 fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
     use labd::store::{RunState, Store};
-    use std::io::BufRead;
     let protocol = "serial-dilution.yaml";
     let base = std::env::temp_dir().join(format!("lw-crashloop-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
@@ -1087,33 +1077,9 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
         ),
     )
     .unwrap();
-    let start = || {
-        let mut s = Reap(
-            std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
-                .args(["serve", "--config"])
-                .arg(&config)
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut out = std::io::BufReader::new(s.0.stdout.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("gRPC API on") {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "labd stopped before listening");
-        }
-        std::thread::spawn(move || for _ in out.lines() {});
-        s
-    };
+    let start = || start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &root()).0;
     let url = format!("http://127.0.0.1:{port}");
-    let ctl = |token: &str, args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
-            .args(["--url", &url, "--token", token])
-            .args(args)
-            .output()
-            .unwrap();
-        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
-    };
+    let ctl = |token: &str, args: &[&str]| labctl_at(&url, token, args);
     let file = root().join("protocols/examples").join(protocol);
     let mut daemon = start();
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
@@ -1212,7 +1178,6 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
 /// clear errors; a half-configured TLS stops the start naming the key.
 #[test]
 fn the_api_over_tls() {
-    use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("lw-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -1289,33 +1254,11 @@ fn the_api_over_tls() {
         format!("data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\ntime_scale = 0.001\n", data.display().to_string()),
     )
     .unwrap();
-    let mut server = Reap(
-        Command::new(env!("CARGO_BIN_EXE_labd"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .current_dir(&dir)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut out = std::io::BufReader::new(server.0.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("gRPC API on") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "labd stopped before listening");
-    }
-    assert!(line.contains("(TLS)"), "{line}");
-    std::thread::spawn(move || for _ in out.lines() {});
+    let (mut server, seen) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
+    assert!(seen.contains("(TLS)"), "{seen}");
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
     let ca = dir.join("ca.pem");
-    let ctl = |url: &str, extra: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
-            .args(["--url", url, "--token", &admin])
-            .args(extra)
-            .output()
-            .unwrap();
-        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
-    };
+    let ctl = |url: &str, extra: &[&str]| labctl_at(url, &admin, extra);
     let https = format!("https://127.0.0.1:{port}");
     let (code, _, se) = ctl(&https, &["--ca", ca.to_str().unwrap(), "tenant", "add", "acme"]);
     assert_eq!(code, 0, "{se}");
