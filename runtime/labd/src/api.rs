@@ -40,6 +40,8 @@ pub struct Api {
     pub board: Option<Arc<crate::board::Board>>,
     /// Device time per wall time (to turn planned device seconds into clock times).
     pub time_scale: f64,
+    /// The MQTT broker tenants connect to (host, port), as told to them with their credentials.
+    pub mqtt_broker: Option<(String, u16)>,
 }
 
 impl std::fmt::Debug for Api {
@@ -507,9 +509,13 @@ impl pb::admin_server::Admin for Api {
         }
         let expires = (r.ttl_s > 0).then(|| store::now_ms().saturating_add(r.ttl_s.saturating_mul(1000)));
         let token = new_token().map_err(Status::internal)?;
+        let mqtt_user = format!("lw-{}", &token_hash(&token)[..16]);
+        let mqtt_password = crate::telemetry::mosquitto::new_password().map_err(Status::internal)?;
+        let mqtt_hash = crate::telemetry::mosquitto::password_hash(&mqtt_password).map_err(Status::internal)?;
         let (store, hash, tid) = (self.store.clone(), token_hash(&token), tenant.as_ref().map(|t| t.id.clone()));
+        let (user, tid2) = (mqtt_user.clone(), tid.clone());
         let p = blocking(move || {
-            let p = store.create_principal(tid.as_deref(), role, &hash, None)?;
+            let p = store.create_principal(tid.as_deref(), role, &hash, Some((&user, &mqtt_hash)))?;
             if let Some(at) = expires {
                 store.set_principal_expiry(&p.id, at)?;
             }
@@ -522,6 +528,18 @@ impl pb::admin_server::Admin for Api {
             role: role.as_str().into(),
             tenant: r.tenant,
             expires_at_ms: expires.unwrap_or(0),
+            mqtt_topics: crate::telemetry::MqttIdentity {
+                username: mqtt_user.clone(),
+                password_hash: String::new(),
+                role,
+                tenant_id: tid2,
+            }
+            .reads()
+            .join(" "),
+            mqtt_username: mqtt_user,
+            mqtt_password,
+            mqtt_host: self.mqtt_broker.as_ref().map(|b| b.0.clone()).unwrap_or_default(),
+            mqtt_port: self.mqtt_broker.as_ref().map_or(0, |b| u32::from(b.1)),
         }))
     }
 

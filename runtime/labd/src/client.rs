@@ -498,10 +498,13 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .map_err(sentence)?
                     .into_inner();
                 if json {
-                    println!("{}", serde_json::json!({"token": t.token, "principal": t.principal_id, "role": t.role, "tenant": t.tenant, "expires_at_ms": (t.expires_at_ms > 0).then_some(t.expires_at_ms)}));
+                    println!("{}", serde_json::json!({"token": t.token, "principal": t.principal_id, "role": t.role, "tenant": t.tenant, "expires_at_ms": (t.expires_at_ms > 0).then_some(t.expires_at_ms), "mqtt": {"host": t.mqtt_host, "port": t.mqtt_port, "username": t.mqtt_username, "password": t.mqtt_password, "topics": t.mqtt_topics}}));
                 } else {
                     println!("{}", t.token);
-                    eprintln!("(shown once: store it now)");
+                    eprintln!(
+                        "(shown once: store it now)\nMQTT telemetry: mosquitto_sub -h {} -p {} -u {} -P {} -t '{}' -v",
+                        t.mqtt_host, t.mqtt_port, t.mqtt_username, t.mqtt_password, t.mqtt_topics
+                    );
                 }
                 Ok(0)
             }

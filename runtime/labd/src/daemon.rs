@@ -31,6 +31,20 @@ enum Command {
         #[arg(long)]
         time_scale: Option<f64>,
     },
+    /// Write a password file, an ACL file and a mosquitto.conf for an external Mosquitto from
+    /// the tenants' and staff's MQTT credentials: each tenant reads only its own topics, only
+    /// the runtime writes. Re-run after adding tenants or tokens, then `kill -HUP` Mosquitto.
+    MqttConfig {
+        /// Configuration file (labd.toml): data_dir, mqtt_host, mqtt_port.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where to write the files.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run the simulated instruments of a site as separate endpoints (PTYs, TCP ports, SiLA
     /// servers) and print where each listens; stops on Ctrl-C or SIGTERM.
     Sim {
@@ -68,6 +82,34 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
+        Command::MqttConfig { config, data_dir, out } => {
+            let mut c = match config.map(|p| crate::serve::Config::load(&p)).transpose() {
+                Ok(c) => c.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("labd mqtt-config: {e}");
+                    return 1;
+                }
+            };
+            if let Some(d) = data_dir {
+                c.data_dir = d;
+            }
+            match crate::serve::mqtt_config(&c, &out) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    println!(
+                        "start Mosquitto with `mosquitto -c {}`; after adding tenants or tokens run this again and `kill -HUP` it",
+                        out.join("mosquitto.conf").display()
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("labd mqtt-config: {e}");
+                    1
+                }
+            }
+        }
         Command::Serve { config, listen, data_dir, time_scale } => {
             let mut c = match config {
                 Some(p) => match crate::serve::Config::load(&p) {

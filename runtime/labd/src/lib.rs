@@ -14,3 +14,4 @@ pub mod lab;
 pub mod labctl;
 pub mod serve;
 pub mod store;
+pub mod telemetry;

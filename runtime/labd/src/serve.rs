@@ -33,6 +33,18 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// The MQTT broker tenants are told to connect to (and `labd mqtt-config` configures).
+    #[serde(default = "default_mqtt_host")]
+    pub mqtt_host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub mqtt_port: u16,
+}
+
+fn default_mqtt_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_mqtt_port() -> u16 {
+    1883
 }
 
 fn default_data_dir() -> PathBuf {
@@ -55,6 +67,8 @@ impl Default for Config {
             sim_log_dir: None,
             tls_cert: None,
             tls_key: None,
+            mqtt_host: default_mqtt_host(),
+            mqtt_port: default_mqtt_port(),
         }
     }
 }
@@ -167,6 +181,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         lab: Some(lab.clone()),
         board: Some(board),
         time_scale: config.time_scale,
+        mqtt_broker: Some((config.mqtt_host.clone(), config.mqtt_port)),
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
@@ -187,6 +202,45 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), exec_task).await;
     println!("labd: stopped");
     Ok(())
+}
+
+/// The runtime's own MQTT password, made on first use and kept in `data_dir` (mode 0600).
+pub fn runtime_mqtt_password(data_dir: &Path) -> Result<String, String> {
+    let file = data_dir.join("mqtt-runtime.password");
+    if !file.exists() {
+        let password = crate::telemetry::mosquitto::new_password()?;
+        write_secret(&file, &password)?;
+    }
+    Ok(std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?.trim().to_string())
+}
+
+/// `labd mqtt-config`: writes `passwd`, `acl` and `mosquitto.conf` for an external Mosquitto
+/// into `out`, from the identities in the store.
+pub fn mqtt_config(config: &Config, out: &Path) -> Result<Vec<PathBuf>, String> {
+    use crate::telemetry::mosquitto;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let store = SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?;
+    let identities = store.mqtt_identities().map_err(|e| e.to_string())?;
+    let runtime = mosquitto::password_hash(&runtime_mqtt_password(&config.data_dir)?)?;
+    let files = [
+        ("passwd", mosquitto::password_file(&runtime, &identities)),
+        ("acl", mosquitto::acl_file(&identities)),
+        ("mosquitto.conf", mosquitto::broker_config(&config.mqtt_host, config.mqtt_port, out)),
+    ];
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// Serves the API (Protocols, Runs, Admin, Lab, gRPC health and reflection) on `listener` until

@@ -287,6 +287,11 @@ fn start_labd(args: &[&std::ffi::OsStr], cwd: &Path) -> (Reap, String) {
     (s, seen)
 }
 
+/// The user running the tests.
+fn whoami() -> String {
+    text(&Command::new("id").arg("-un").output().unwrap().stdout).trim().to_string()
+}
+
 /// `labctl --url URL --token TOKEN ARGS…`: (exit code, stdout, stderr).
 fn labctl_at(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
     let o =
@@ -888,6 +893,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             lab: None,
             board: None,
             time_scale: 1.0,
+            mqtt_broker: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1270,5 +1276,127 @@ fn the_api_over_tls() {
     assert!(code != 0 && !se.contains("panicked"), "plain gRPC to a TLS server fails cleanly: {se}");
     Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(server.0.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tenant isolation on an external Mosquitto configured by `labd mqtt-config`: credentials come
+/// with `labctl token create`; a tenant subscribed to `#`, `lab/#`, `lab/v1/t/+/#` and to the
+/// other tenant's exact topic receives only its own messages (delivery is checked, not SUBACKs);
+/// a wrong password is refused; a tenant's publish never reaches anyone; our `$7$` hashes are
+/// the ones `mosquitto_passwd` makes.
+#[test]
+fn mosquitto_keeps_tenants_apart_with_generated_acls() {
+    let dir = std::env::temp_dir().join(format!("lw-mqtt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Our hash format is Mosquitto's own.
+    let pw = dir.join("check.passwd");
+    let o = Command::new("mosquitto_passwd").args(["-c", "-b"]).arg(&pw).args(["someone", "s3cret"]).output();
+    let o = o.expect("mosquitto_passwd is installed (scripts/peers)");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let line = std::fs::read_to_string(&pw).unwrap();
+    let hash = line.trim().split_once(':').unwrap().1.to_string();
+    assert!(labd::telemetry::mosquitto::verify("s3cret", &hash), "{hash}");
+    assert!(!labd::telemetry::mosquitto::verify("s3cre7", &hash));
+
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (api_port, mqtt_port) = (free(), free());
+    let data = dir.join("data");
+    let config = dir.join("labd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = {mqtt_port}\ntime_scale = 0.001\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (mut server, _) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
+    let url = format!("http://127.0.0.1:{api_port}");
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"));
+    let mut creds = Vec::new();
+    let mut tenant_ids = Vec::new();
+    for t in ["acme", "globex"] {
+        tenant_ids.push(
+            json(&labctl_at(&url, &admin, &["tenant", "add", t, "--format", "json"]).1)["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        let c = json(&labctl_at(&url, &admin, &["token", "create", "--tenant", t, "--format", "json"]).1);
+        assert_eq!(c["mqtt"]["port"].as_u64(), Some(mqtt_port as u64));
+        assert!(c["mqtt"]["topics"].as_str().unwrap().ends_with("/#"));
+        creds.push((
+            c["mqtt"]["username"].as_str().unwrap().to_string(),
+            c["mqtt"]["password"].as_str().unwrap().to_string(),
+        ));
+    }
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    assert!(server.0.wait().unwrap().success());
+    let broker_dir = dir.join("broker");
+    let o = Command::new(env!("CARGO_BIN_EXE_labd"))
+        .args(["mqtt-config", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&broker_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let passwd = std::fs::read_to_string(broker_dir.join("passwd")).unwrap();
+    assert!(!passwd.contains(&creds[0].1), "no password in the clear");
+    let runtime_pw = std::fs::read_to_string(data.join("mqtt-runtime.password")).unwrap().trim().to_string();
+    // Run as root (CI), Mosquitto would drop to the `mosquitto` user, which cannot read the 0600
+    // files; this test's broker keeps the test's user.
+    let conf = std::fs::read_to_string(broker_dir.join("mosquitto.conf")).unwrap();
+    std::fs::write(broker_dir.join("mosquitto.conf"), format!("{conf}user {}\n", whoami())).unwrap();
+    let _broker = Reap(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(broker_dir.join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (scripts/peers)"),
+    );
+    let port = mqtt_port.to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let publish = |user: &str, pass: &str, topic: &str, msg: &str| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-q", "1", "-r", "-t", topic, "-m", msg])
+            .output()
+            .unwrap()
+    };
+    let (a_topic, b_topic) = (
+        labd::telemetry::run_topic(&tenant_ids[0], "run_a", "state"),
+        labd::telemetry::run_topic(&tenant_ids[1], "run_b", "state"),
+    );
+    for (t, m) in [(&a_topic, "acme-state"), (&b_topic, "globex-state")] {
+        let o = publish(labd::telemetry::RUNTIME_USER, &runtime_pw, t, m);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    // acme's own publish (retained, to its own subtree) must not be accepted.
+    let forged = labd::telemetry::run_topic(&tenant_ids[0], "run_x", "state");
+    let _ = publish(&creds[0].0, &creds[0].1, &forged, "forged");
+    let subscribe = |user: &str, pass: &str, topics: &[&str]| {
+        let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-v", "-W", "2"];
+        for t in topics {
+            args.extend(["-t", t]);
+        }
+        let o = Command::new("mosquitto_sub").args(&args).output().unwrap();
+        (text(&o.stdout), text(&o.stderr), o.status.code())
+    };
+    let (got, _, _) = subscribe(&creds[0].0, &creds[0].1, &["#", "lab/#", "lab/v1/t/+/#", &b_topic]);
+    assert!(got.contains("acme-state"), "acme receives its own: {got}");
+    assert!(!got.contains("globex") && !got.contains(&tenant_ids[1]), "acme receives nothing of globex's: {got}");
+    assert!(!got.contains("forged"), "a tenant's publish is refused: {got}");
+    let (got, _, _) = subscribe(&creds[1].0, &creds[1].1, &["#"]);
+    assert!(got.contains("globex-state") && !got.contains("acme"), "{got}");
+    let (got, err, code) = subscribe(&creds[0].0, "wrong-password", &["#"]);
+    assert!(got.is_empty() && code != Some(0), "a wrong password is refused: {got} {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

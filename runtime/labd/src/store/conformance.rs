@@ -34,11 +34,15 @@ fn maintenance_flags_and_token_expiry(s: &dyn Store) {
     s.set_maintenance("reader1", None).unwrap(); // clearing twice is harmless
     assert_eq!(s.maintenance().unwrap().len(), 1);
 
-    let p = s.create_principal(None, Role::Technician, "hash-exp", None).unwrap();
+    let p = s.create_principal(None, Role::Technician, "hash-exp", Some(("lw-tech", "$7$hash"))).unwrap();
+    let ids = s.mqtt_identities().unwrap();
+    assert_eq!(ids.len(), 1);
+    assert_eq!((ids[0].username.as_str(), ids[0].password_hash.as_str()), ("lw-tech", "$7$hash"));
     assert_eq!(s.principal_by_token_hash("hash-exp").unwrap().expires_at, None);
     s.set_principal_expiry(&p.id, 1234).unwrap();
     assert_eq!(s.principal_by_token_hash("hash-exp").unwrap().expires_at, Some(1234));
     assert!(matches!(s.set_principal_expiry("pri_nope", 1), Err(StoreError::NotFound(_))));
+    assert!(s.mqtt_identities().unwrap().is_empty(), "an expired principal's MQTT identity is gone too");
 }
 
 fn plan() -> String {

@@ -316,6 +316,8 @@ pub trait Store: Send + Sync {
     /// The live principal whose token hashes to this value.
     fn principal_by_token_hash(&self, token_hash: &str) -> Result<Principal>;
     fn revoke_principal(&self, id: &str) -> Result<()>;
+    /// Live principals (not revoked, not expired) that have MQTT credentials.
+    fn mqtt_identities(&self) -> Result<Vec<crate::telemetry::MqttIdentity>>;
     /// The token stops signing in at this time.
     fn set_principal_expiry(&self, id: &str, expires_at: Millis) -> Result<()>;
 

@@ -216,7 +216,6 @@ fn put_outbox(
     Ok(row)
 }
 
-/// Checks that a run exists and, when scoped, belongs to the tenant.
 /// Writes an attempt's outcome, once.
 fn set_outcome(tx: &Transaction<'_>, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
     if !matches!(outcome, "ok" | "failed" | "unknown") {
@@ -234,6 +233,7 @@ fn set_outcome(tx: &Transaction<'_>, attempt_id: &str, outcome: &str, error: Opt
     Ok(())
 }
 
+/// Checks that a run exists and, when scoped, belongs to the tenant.
 fn owned(conn: &Connection, tenant: Option<&str>, run_id: &str) -> Result<()> {
     let owner: Option<String> = conn
         .query_row("SELECT tenant_id FROM runs WHERE id = ?1", params![run_id], |r| r.get(0))
@@ -389,6 +389,27 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound(format!("principal {id}")));
             }
             Ok(())
+        })
+    }
+
+    fn mqtt_identities(&self) -> Result<Vec<crate::telemetry::MqttIdentity>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(
+                    "SELECT mqtt_username, mqtt_password_hash, role, tenant_id FROM principals WHERE mqtt_username IS NOT NULL AND mqtt_password_hash IS NOT NULL AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) ORDER BY created_at, id",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![now_ms()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (username, password_hash, role, tenant_id) = row.map_err(backend)?;
+                out.push(crate::telemetry::MqttIdentity { username, password_hash, role: Role::parse(&role)?, tenant_id });
+            }
+            Ok(out)
         })
     }
 

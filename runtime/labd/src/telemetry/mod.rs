@@ -1,0 +1,54 @@
+//! Telemetry over MQTT: the topic tree tenants subscribe to, and the broker configuration that
+//! keeps each tenant inside its own subtree. Pure: names and file contents, no IO.
+//!
+//! ```text
+//! lab/v1/t/{tenant}/runs/{run}/state      retained
+//! lab/v1/t/{tenant}/runs/{run}/events
+//! lab/v1/t/{tenant}/runs/{run}/results
+//! lab/v1/site/{site}/devices/{device}/status   retained (technicians)
+//! ```
+//!
+//! `{tenant}` is the tenant id, never its name: a topic leaks nothing about who else rents the lab.
+
+pub mod mosquitto;
+
+/// The MQTT user the runtime publishes as; the only one allowed to write.
+pub const RUNTIME_USER: &str = "labwright-runtime";
+
+/// Everything of one tenant.
+pub fn tenant_subtree(tenant_id: &str) -> String {
+    format!("lab/v1/t/{tenant_id}/#")
+}
+
+/// One of a run's topics: `state`, `events` or `results`.
+pub fn run_topic(tenant_id: &str, run_id: &str, leaf: &str) -> String {
+    format!("lab/v1/t/{tenant_id}/runs/{run_id}/{leaf}")
+}
+
+/// Instrument status for technicians.
+pub fn device_status_topic(site: &str, device: &str) -> String {
+    format!("lab/v1/site/{site}/devices/{device}/status")
+}
+
+/// Who may read what: one MQTT identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttIdentity {
+    pub username: String,
+    /// Mosquitto `$7$` hash of the password.
+    pub password_hash: String,
+    pub role: crate::store::Role,
+    pub tenant_id: Option<String>,
+}
+
+impl MqttIdentity {
+    /// The topic patterns this identity may read.
+    pub fn reads(&self) -> Vec<String> {
+        use crate::store::Role;
+        match (self.role, &self.tenant_id) {
+            (Role::Scientist, Some(t)) => vec![tenant_subtree(t)],
+            (Role::Scientist, None) => Vec::new(),
+            (Role::Technician, _) => vec!["lab/v1/site/#".into()],
+            (Role::Admin, _) => vec!["lab/v1/#".into()],
+        }
+    }
+}
