@@ -38,6 +38,10 @@ pub struct Config {
     pub mqtt_host: String,
     #[serde(default = "default_mqtt_port")]
     pub mqtt_port: u16,
+    /// Publish run events, states and results to that broker as `labwright-runtime` (off until
+    /// the broker is configured: `labd mqtt-config`).
+    #[serde(default)]
+    pub mqtt_publish: bool,
 }
 
 fn default_mqtt_host() -> String {
@@ -69,6 +73,7 @@ impl Default for Config {
             tls_key: None,
             mqtt_host: default_mqtt_host(),
             mqtt_port: default_mqtt_port(),
+            mqtt_publish: false,
         }
     }
 }
@@ -174,6 +179,19 @@ pub async fn serve(config: Config) -> Result<(), String> {
             }
         })
     };
+    let relay = if config.mqtt_publish {
+        let relay_config = crate::telemetry::relay::RelayConfig {
+            host: config.mqtt_host.clone(),
+            port: config.mqtt_port,
+            username: crate::telemetry::RUNTIME_USER.into(),
+            password: runtime_mqtt_password(&config.data_dir)?,
+            batch: 100,
+            poll: std::time::Duration::from_millis(50),
+        };
+        Some(tokio::spawn(crate::telemetry::relay::run(store.clone(), relay_config, stop.1.clone())))
+    } else {
+        None
+    };
     let api = Api {
         store,
         site,
@@ -185,11 +203,16 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
-        "labd: gRPC API on {addr}{}; data in {}; {} instruments{}",
+        "labd: gRPC API on {addr}{}; data in {}; {} instruments{}{}",
         if tls.is_some() { " (TLS)" } else { "" },
         config.data_dir.display(),
         lab.instruments.len() + lab.arms.len(),
-        if all_sim { " (simulated)" } else { "" }
+        if all_sim { " (simulated)" } else { "" },
+        if config.mqtt_publish {
+            format!("; telemetry to mqtt://{}:{}", config.mqtt_host, config.mqtt_port)
+        } else {
+            String::new()
+        }
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -200,6 +223,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     serve_api(api, listener, tls, shutdown).await?;
     // The executor starts nothing new and lets commands on instruments finish (up to 5 s).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), exec_task).await;
+    if let Some(r) = relay {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), r).await;
+    }
     println!("labd: stopped");
     Ok(())
 }

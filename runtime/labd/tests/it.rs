@@ -1398,5 +1398,60 @@ fn mosquitto_keeps_tenants_apart_with_generated_acls() {
     assert!(got.contains("globex-state") && !got.contains("acme"), "{got}");
     let (got, err, code) = subscribe(&creds[0].0, "wrong-password", &["#"]);
     assert!(got.is_empty() && code != Some(0), "a wrong password is refused: {got} {err}");
+
+    // labd publishing through the relay: acme's subscriber gets its run's events in order.
+    let conf = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{conf}mqtt_publish = true\n")).unwrap();
+    let listen = |user: &str, pass: &str, topic: &str| {
+        Reap(
+            Command::new("mosquitto_sub")
+                .args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-v", "-q", "1", "-t", topic])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut acme_sub = listen(&creds[0].0, &creds[0].1, &labd::telemetry::tenant_subtree(&tenant_ids[0]));
+    let mut globex_sub = listen(&creds[1].0, &creds[1].1, "#");
+    let (mut server, seen) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
+    assert!(seen.contains("telemetry to mqtt://"), "{seen}");
+    let acme_token = {
+        let c = json(&labctl_at(&url, &admin, &["token", "create", "--tenant", "acme", "--format", "json"]).1);
+        c["token"].as_str().unwrap().to_string()
+    };
+    let file = root().join("protocols/examples/serial-dilution.yaml");
+    let (code, so, se) =
+        labctl_at(&url, &acme_token, &["submit", file.to_str().unwrap(), "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let run = json(so.lines().next().unwrap())["run"]["id"].as_str().unwrap().to_string();
+    let n_events = so.lines().count() - 1;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    assert!(server.0.wait().unwrap().success());
+    let collect = |r: &mut Reap| {
+        let _ = r.0.kill();
+        let mut out = String::new();
+        std::io::Read::read_to_string(r.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        out
+    };
+    let (acme_got, globex_got) = (collect(&mut acme_sub), collect(&mut globex_sub));
+    let mut seqs = std::collections::BTreeSet::new();
+    let mut final_state = String::new();
+    for line in acme_got.lines().filter(|l| l.contains(&run)) {
+        let (topic, payload) = line.split_once(' ').unwrap();
+        let v = json(payload);
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["run"].as_str(), Some(run.as_str()));
+        if topic.ends_with("/events") {
+            seqs.insert(v["seq"].as_i64().unwrap());
+        }
+        if topic.ends_with("/state") {
+            final_state = v["state"].as_str().unwrap_or_default().to_string();
+        }
+    }
+    assert_eq!(seqs.len(), n_events, "every event arrived: {:?}", seqs);
+    assert_eq!(seqs.iter().copied().collect::<Vec<_>>(), (1..=n_events as i64).collect::<Vec<_>>(), "gapless");
+    assert_eq!(final_state, "succeeded");
+    assert!(!globex_got.contains(&run) && !globex_got.contains(&tenant_ids[0]), "globex sees none of it: {globex_got}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,7 @@
 //! `{tenant}` is the tenant id, never its name: a topic leaks nothing about who else rents the lab.
 
 pub mod mosquitto;
+pub mod relay;
 
 /// The MQTT user the runtime publishes as; the only one allowed to write.
 pub const RUNTIME_USER: &str = "labwright-runtime";
