@@ -1279,13 +1279,15 @@ fn the_api_over_tls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Tenant isolation on an external Mosquitto configured by `labd mqtt-config`: credentials come
-/// with `labctl token create`; a tenant subscribed to `#`, `lab/#`, `lab/v1/t/+/#` and to the
-/// other tenant's exact topic receives only its own messages (delivery is checked, not SUBACKs);
-/// a wrong password is refused; a tenant's publish never reaches anyone; our `$7$` hashes are
-/// the ones `mosquitto_passwd` makes.
+/// Telemetry on an external Mosquitto configured by `labd mqtt-config`. Isolation: credentials
+/// come with `labctl token create`; a tenant subscribed to `#`, `lab/#`, `lab/v1/t/+/#` and to
+/// the other tenant's exact topic receives only its own messages (delivery is checked, not
+/// SUBACKs); a wrong password is refused; a tenant's publish never reaches anyone; our `$7$`
+/// hashes are the ones `mosquitto_passwd` makes. Delivery: the relay brings a tenant every event
+/// of its run, gapless; with the broker down and labd killed after committing, the backlog
+/// arrives once both are back.
 #[test]
-fn mosquitto_keeps_tenants_apart_with_generated_acls() {
+fn mqtt_tenants_stay_apart_and_every_event_arrives() {
     let dir = std::env::temp_dir().join(format!("lw-mqtt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -1350,21 +1352,25 @@ fn mosquitto_keeps_tenants_apart_with_generated_acls() {
     // files; this test's broker keeps the test's user.
     let conf = std::fs::read_to_string(broker_dir.join("mosquitto.conf")).unwrap();
     std::fs::write(broker_dir.join("mosquitto.conf"), format!("{conf}user {}\n", whoami())).unwrap();
-    let _broker = Reap(
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(broker_dir.join("mosquitto.conf"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (scripts/peers)"),
-    );
+    let start_broker = || {
+        let b = Reap(
+            Command::new("mosquitto")
+                .arg("-c")
+                .arg(broker_dir.join("mosquitto.conf"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("mosquitto is installed (scripts/peers)"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        b
+    };
+    let mut broker = start_broker();
     let port = mqtt_port.to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     let publish = |user: &str, pass: &str, topic: &str, msg: &str| {
         Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-q", "1", "-r", "-t", topic, "-m", msg])
@@ -1453,5 +1459,47 @@ fn mosquitto_keeps_tenants_apart_with_generated_acls() {
     assert_eq!(seqs.iter().copied().collect::<Vec<_>>(), (1..=n_events as i64).collect::<Vec<_>>(), "gapless");
     assert_eq!(final_state, "succeeded");
     assert!(!globex_got.contains(&run) && !globex_got.contains(&tenant_ids[0]), "globex sees none of it: {globex_got}");
+
+    // The broker is down while a run executes, and labd is killed (SIGKILL) with its events
+    // committed but never published; the broker comes back, labd restarts: the backlog arrives.
+    drop(broker);
+    let (mut server, _) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
+    let (code, so, se) = labctl_at(
+        &url,
+        &acme_token,
+        &["submit", file.to_str().unwrap(), "--key", "offline", "--wait", "--format", "json"],
+    );
+    assert_eq!(code, 0, "{so}{se}");
+    let run = json(so.lines().next().unwrap())["run"]["id"].as_str().unwrap().to_string();
+    let n_events = so.lines().count() - 1;
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    broker = start_broker();
+    let mut acme_sub = listen(&creds[0].0, &creds[0].1, &labd::telemetry::tenant_subtree(&tenant_ids[0]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (mut server, _) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let store_path = data.join("labd.sqlite");
+    loop {
+        // Done when the outbox holds nothing unsent.
+        let c = rusqlite::Connection::open(&store_path).unwrap();
+        let unsent: i64 = c.query_row("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL", [], |r| r.get(0)).unwrap();
+        if unsent == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{unsent} outbox rows never published");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    assert!(server.0.wait().unwrap().success());
+    let got = collect(&mut acme_sub);
+    let seqs: std::collections::BTreeSet<i64> = got
+        .lines()
+        .filter(|l| l.contains(&run) && l.split(' ').next().is_some_and(|t| t.ends_with("/events")))
+        .map(|l| json(l.split_once(' ').unwrap().1)["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs.into_iter().collect::<Vec<_>>(), (1..=n_events as i64).collect::<Vec<_>>(), "the backlog, gapless");
+    drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
