@@ -287,6 +287,24 @@ fn start_labd(args: &[&std::ffi::OsStr], cwd: &Path) -> (Reap, String) {
     (s, seen)
 }
 
+/// The Python of the peers' virtual environment (`scripts/peers`), if present; missing is a
+/// failure when `LABWRIGHT_REQUIRE_PEERS=1` (CI).
+fn peers_python() -> Option<PathBuf> {
+    let py = std::env::var_os("LABWRIGHT_PEERS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".peers"))
+        .join("bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    assert!(
+        std::env::var("LABWRIGHT_REQUIRE_PEERS").as_deref() != Ok("1"),
+        "peer tests are required but {} is missing: run scripts/peers",
+        py.display()
+    );
+    None
+}
+
 /// The user running the tests.
 fn whoami() -> String {
     text(&Command::new("id").arg("-un").output().unwrap().stdout).trim().to_string()
@@ -1408,14 +1426,25 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
     // labd publishing through the relay: acme's subscriber gets its run's events in order.
     let conf = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{conf}mqtt_publish = true\n")).unwrap();
+    // Subscribers: a `paho-mqtt` script when the peers are installed (CI requires them), else
+    // `mosquitto_sub`.
+    let paho = peers_python().map(|py| (py, root().join("tests/peers/mqtt_subscriber.py")));
     let listen = |user: &str, pass: &str, topic: &str| {
-        Reap(
-            Command::new("mosquitto_sub")
-                .args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-v", "-q", "1", "-t", topic])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-        )
+        let mut cmd = match &paho {
+            Some((py, script)) => {
+                let mut c = Command::new(py);
+                c.arg(script).args(["127.0.0.1", &port, user, pass, topic]);
+                c
+            }
+            None => {
+                let mut c = Command::new("mosquitto_sub");
+                c.args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-v", "-q", "1", "-t", topic]);
+                c
+            }
+        };
+        let r = Reap(cmd.stdout(std::process::Stdio::piped()).spawn().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(500)); // subscribed before anything is published
+        r
     };
     let mut acme_sub = listen(&creds[0].0, &creds[0].1, &labd::telemetry::tenant_subtree(&tenant_ids[0]));
     let mut globex_sub = listen(&creds[1].0, &creds[1].1, "#");
