@@ -59,6 +59,9 @@ pub enum ClientCmd {
         #[command(flatten)]
         out: Out,
         run: String,
+        /// Only events after this sequence number (fill a gap after missed telemetry).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
     },
     /// Cancel a run (it stops at the next task; its plates go back to storage).
     Cancel {
@@ -296,7 +299,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     println!("{} {} ({})", if resp.created { "submitted" } else { "already submitted as" }, run.id, run.state);
                 }
                 if wait {
-                    return watch(&c, &run.id, json).await;
+                    return watch(&c, &run.id, 0, json).await;
                 }
                 Ok(0)
             }
@@ -321,7 +324,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 Ok(0)
             }
-            ClientCmd::Watch { out, run } => watch(&c, &run, out.format == Fmt::Json).await,
+            ClientCmd::Watch { out, run, after } => watch(&c, &run, after, out.format == Fmt::Json).await,
             ClientCmd::Results { run, format, output } => {
                 let rs = pb::runs_client::RunsClient::new(c.channel.clone()).results(c.req(pb::ResultsRequest { run_id: run })?).await.map_err(sentence)?.into_inner().results;
                 let text = match format {
@@ -546,9 +549,9 @@ fn day_ms(d: &str) -> Option<i64> {
     Some((era * 146_097 + doe - 719_468) * 86_400_000)
 }
 
-async fn watch(c: &Client, run: &str, json: bool) -> Result<i32> {
+async fn watch(c: &Client, run: &str, after: i64, json: bool) -> Result<i32> {
     let mut stream = pb::runs_client::RunsClient::new(c.channel.clone())
-        .watch(c.req(pb::WatchRequest { run_id: run.into(), after_seq: 0 })?)
+        .watch(c.req(pb::WatchRequest { run_id: run.into(), after_seq: after })?)
         .await
         .map_err(sentence)?
         .into_inner();

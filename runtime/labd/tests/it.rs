@@ -1529,6 +1529,14 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
         .map(|l| json(l.split_once(' ').unwrap().1)["seq"].as_i64().unwrap())
         .collect();
     assert_eq!(seqs.into_iter().collect::<Vec<_>>(), (1..=n_events as i64).collect::<Vec<_>>(), "the backlog, gapless");
+    // A subscriber that was offline after seq 5 fills its gap through the API.
+    let (mut server, _) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
+    let (code, so, se) = labctl_at(&url, &acme_token, &["watch", &run, "--after", "5", "--format", "json"]);
+    assert_eq!(code, 0, "{se}");
+    let rest: Vec<i64> = so.lines().map(|l| json(l)["seq"].as_i64().unwrap()).collect();
+    assert_eq!(rest, (6..=n_events as i64).collect::<Vec<_>>());
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    assert!(server.0.wait().unwrap().success());
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
