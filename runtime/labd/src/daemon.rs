@@ -30,6 +30,9 @@ enum Command {
         /// Overrides `time_scale`.
         #[arg(long)]
         time_scale: Option<f64>,
+        /// Overrides `mqtt_port` (0: any free port, printed at start).
+        #[arg(long)]
+        mqtt_port: Option<u16>,
     },
     /// Write a password file, an ACL file and a mosquitto.conf for an external Mosquitto from
     /// the tenants' and staff's MQTT credentials: each tenant reads only its own topics, only
@@ -110,7 +113,7 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Serve { config, listen, data_dir, time_scale } => {
+        Command::Serve { config, listen, data_dir, time_scale, mqtt_port } => {
             let mut c = match config {
                 Some(p) => match crate::serve::Config::load(&p) {
                     Ok(c) => c,
@@ -129,6 +132,9 @@ pub fn main() -> i32 {
             }
             if let Some(t) = time_scale {
                 c.time_scale = t;
+            }
+            if let Some(p) = mqtt_port {
+                c.mqtt_port = p;
             }
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

@@ -33,22 +33,35 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
     pub tls_key: Option<PathBuf>,
-    /// The MQTT broker tenants are told to connect to (and `labd mqtt-config` configures).
+    /// `embedded` (default): labd runs the MQTT broker itself on `mqtt_host:mqtt_port`;
+    /// `external`: a broker configured with `labd mqtt-config` (Mosquitto) listens there.
+    #[serde(default)]
+    pub mqtt_broker: MqttBroker,
+    /// Where the broker listens and what tenants are told.
     #[serde(default = "default_mqtt_host")]
     pub mqtt_host: String,
+    /// 1884 by default, so an embedded broker does not collide with a system Mosquitto on 1883.
     #[serde(default = "default_mqtt_port")]
     pub mqtt_port: u16,
-    /// Publish run events, states and results to that broker as `labwright-runtime` (off until
-    /// the broker is configured: `labd mqtt-config`).
-    #[serde(default)]
-    pub mqtt_publish: bool,
+    /// Publish run events, states and results as `labwright-runtime`. Default: on with the
+    /// embedded broker, off with an external one until it is configured.
+    pub mqtt_publish: Option<bool>,
+}
+
+/// Which MQTT broker tenants use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttBroker {
+    #[default]
+    Embedded,
+    External,
 }
 
 fn default_mqtt_host() -> String {
     "127.0.0.1".into()
 }
 fn default_mqtt_port() -> u16 {
-    1883
+    1884
 }
 
 fn default_data_dir() -> PathBuf {
@@ -71,9 +84,10 @@ impl Default for Config {
             sim_log_dir: None,
             tls_cert: None,
             tls_key: None,
+            mqtt_broker: MqttBroker::Embedded,
             mqtt_host: default_mqtt_host(),
             mqtt_port: default_mqtt_port(),
-            mqtt_publish: false,
+            mqtt_publish: None,
         }
     }
 }
@@ -139,6 +153,30 @@ pub async fn serve(config: Config) -> Result<(), String> {
     })?;
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?);
+    // The embedded broker binds next: a taken MQTT port also stops the start here.
+    let mqtt_addr = match config.mqtt_broker {
+        MqttBroker::Embedded => {
+            let hash = crate::telemetry::mosquitto::password_hash(&runtime_mqtt_password(&config.data_dir)?)?;
+            let (broker, addr) =
+                crate::telemetry::broker::Broker::start(&format!("{}:{}", config.mqtt_host, config.mqtt_port), hash)
+                    .await?;
+            broker.set_identities(&store.mqtt_identities().map_err(|e| e.to_string())?);
+            let s = store.clone();
+            tokio::spawn(async move {
+                // New tokens can connect, revoked and expired ones are cut off, within 2 s.
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    let s = s.clone();
+                    if let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || s.mqtt_identities()).await {
+                        broker.set_identities(&ids);
+                    }
+                }
+            });
+            (config.mqtt_host.clone(), addr.port())
+        }
+        MqttBroker::External => (config.mqtt_host.clone(), config.mqtt_port),
+    };
+    let publish = config.mqtt_publish.unwrap_or(config.mqtt_broker == MqttBroker::Embedded);
     let token_file = config.data_dir.join("admin.token");
     if !token_file.exists() {
         let token = new_token()?;
@@ -179,10 +217,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
             }
         })
     };
-    let relay = if config.mqtt_publish {
+    let relay = if publish {
         let relay_config = crate::telemetry::relay::RelayConfig {
-            host: config.mqtt_host.clone(),
-            port: config.mqtt_port,
+            host: mqtt_addr.0.clone(),
+            port: mqtt_addr.1,
             username: crate::telemetry::RUNTIME_USER.into(),
             password: runtime_mqtt_password(&config.data_dir)?,
             batch: 100,
@@ -199,7 +237,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         lab: Some(lab.clone()),
         board: Some(board),
         time_scale: config.time_scale,
-        mqtt_broker: Some((config.mqtt_host.clone(), config.mqtt_port)),
+        mqtt_broker: Some(mqtt_addr.clone()),
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
@@ -208,10 +246,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
         config.data_dir.display(),
         lab.instruments.len() + lab.arms.len(),
         if all_sim { " (simulated)" } else { "" },
-        if config.mqtt_publish {
-            format!("; telemetry to mqtt://{}:{}", config.mqtt_host, config.mqtt_port)
-        } else {
-            String::new()
+        match (config.mqtt_broker, publish) {
+            (MqttBroker::Embedded, _) => format!("; MQTT broker (embedded) on {}:{}", mqtt_addr.0, mqtt_addr.1),
+            (MqttBroker::External, true) => format!("; telemetry to mqtt://{}:{}", mqtt_addr.0, mqtt_addr.1),
+            (MqttBroker::External, false) => String::new(),
         }
     );
     use std::io::Write;

@@ -619,7 +619,7 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    let args = ["serve", "--listen", &listen, "--time-scale", "0.0001", "--data-dir"];
+    let args = ["serve", "--listen", &listen, "--time-scale", "0.0001", "--mqtt-port", "0", "--data-dir"];
     let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
     args.push(dir.as_os_str());
     let (mut server, _) = start_labd(&args, &root());
@@ -837,7 +837,7 @@ fn labd_killed_mid_run_recovers_on_restart() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
     let start = |scale: &str| {
-        let args = ["serve", "--listen", &listen, "--time-scale", scale, "--data-dir"];
+        let args = ["serve", "--listen", &listen, "--time-scale", scale, "--mqtt-port", "0", "--data-dir"];
         let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
         args.push(dir.as_os_str());
         start_labd(&args, &root())
@@ -1095,7 +1095,7 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\ntime_scale = 0.0005\nsim_log_dir = {:?}\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nmqtt_port = 0\ntime_scale = 0.0005\nsim_log_dir = {:?}\n",
             data.display().to_string(),
             logs.display().to_string()
         ),
@@ -1275,7 +1275,7 @@ fn the_api_over_tls() {
     assert!(text(&o.stderr).contains("tls_cert is set but tls_key is not"), "{}", text(&o.stderr));
     std::fs::write(
         &config,
-        format!("data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\ntime_scale = 0.001\n", data.display().to_string()),
+        format!("data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nmqtt_port = 0\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\ntime_scale = 0.001\n", data.display().to_string()),
     )
     .unwrap();
     let (mut server, seen) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
@@ -1326,7 +1326,7 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = {mqtt_port}\ntime_scale = 0.001\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_broker = \"external\"\nmqtt_port = {mqtt_port}\ntime_scale = 0.001\n",
             data.display().to_string()
         ),
     )
@@ -1388,64 +1388,12 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
         b
     };
     let mut broker = start_broker();
-    let port = mqtt_port.to_string();
-    let publish = |user: &str, pass: &str, topic: &str, msg: &str| {
-        Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-q", "1", "-r", "-t", topic, "-m", msg])
-            .output()
-            .unwrap()
-    };
-    let (a_topic, b_topic) = (
-        labd::telemetry::run_topic(&tenant_ids[0], "run_a", "state"),
-        labd::telemetry::run_topic(&tenant_ids[1], "run_b", "state"),
-    );
-    for (t, m) in [(&a_topic, "acme-state"), (&b_topic, "globex-state")] {
-        let o = publish(labd::telemetry::RUNTIME_USER, &runtime_pw, t, m);
-        assert!(o.status.success(), "{}", text(&o.stderr));
-    }
-    // acme's own publish (retained, to its own subtree) must not be accepted.
-    let forged = labd::telemetry::run_topic(&tenant_ids[0], "run_x", "state");
-    let _ = publish(&creds[0].0, &creds[0].1, &forged, "forged");
-    let subscribe = |user: &str, pass: &str, topics: &[&str]| {
-        let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-v", "-W", "2"];
-        for t in topics {
-            args.extend(["-t", t]);
-        }
-        let o = Command::new("mosquitto_sub").args(&args).output().unwrap();
-        (text(&o.stdout), text(&o.stderr), o.status.code())
-    };
-    let (got, _, _) = subscribe(&creds[0].0, &creds[0].1, &["#", "lab/#", "lab/v1/t/+/#", &b_topic]);
-    assert!(got.contains("acme-state"), "acme receives its own: {got}");
-    assert!(!got.contains("globex") && !got.contains(&tenant_ids[1]), "acme receives nothing of globex's: {got}");
-    assert!(!got.contains("forged"), "a tenant's publish is refused: {got}");
-    let (got, _, _) = subscribe(&creds[1].0, &creds[1].1, &["#"]);
-    assert!(got.contains("globex-state") && !got.contains("acme"), "{got}");
-    let (got, err, code) = subscribe(&creds[0].0, "wrong-password", &["#"]);
-    assert!(got.is_empty() && code != Some(0), "a wrong password is refused: {got} {err}");
+    check_mqtt_isolation(mqtt_port, &runtime_pw, &creds, &tenant_ids);
 
     // labd publishing through the relay: acme's subscriber gets its run's events in order.
     let conf = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{conf}mqtt_publish = true\n")).unwrap();
-    // Subscribers: a `paho-mqtt` script when the peers are installed (CI requires them), else
-    // `mosquitto_sub`.
-    let paho = peers_python().map(|py| (py, root().join("tests/peers/mqtt_subscriber.py")));
-    let listen = |user: &str, pass: &str, topic: &str| {
-        let mut cmd = match &paho {
-            Some((py, script)) => {
-                let mut c = Command::new(py);
-                c.arg(script).args(["127.0.0.1", &port, user, pass, topic]);
-                c
-            }
-            None => {
-                let mut c = Command::new("mosquitto_sub");
-                c.args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-v", "-q", "1", "-t", topic]);
-                c
-            }
-        };
-        let r = Reap(cmd.stdout(std::process::Stdio::piped()).spawn().unwrap());
-        std::thread::sleep(std::time::Duration::from_millis(500)); // subscribed before anything is published
-        r
-    };
+    let listen = |user: &str, pass: &str, topic: &str| mqtt_listen(mqtt_port, user, pass, topic);
     let mut acme_sub = listen(&creds[0].0, &creds[0].1, &labd::telemetry::tenant_subtree(&tenant_ids[0]));
     let mut globex_sub = listen(&creds[1].0, &creds[1].1, "#");
     let (mut server, seen) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
@@ -1463,31 +1411,8 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(server.0.wait().unwrap().success());
-    let collect = |r: &mut Reap| {
-        let _ = r.0.kill();
-        let mut out = String::new();
-        std::io::Read::read_to_string(r.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-        out
-    };
-    let (acme_got, globex_got) = (collect(&mut acme_sub), collect(&mut globex_sub));
-    let mut seqs = std::collections::BTreeSet::new();
-    let mut final_state = String::new();
-    for line in acme_got.lines().filter(|l| l.contains(&run)) {
-        let (topic, payload) = line.split_once(' ').unwrap();
-        let v = json(payload);
-        assert_eq!(v["v"], 1);
-        assert_eq!(v["run"].as_str(), Some(run.as_str()));
-        if topic.ends_with("/events") {
-            seqs.insert(v["seq"].as_i64().unwrap());
-        }
-        if topic.ends_with("/state") {
-            final_state = v["state"].as_str().unwrap_or_default().to_string();
-        }
-    }
-    assert_eq!(seqs.len(), n_events, "every event arrived: {:?}", seqs);
-    assert_eq!(seqs.iter().copied().collect::<Vec<_>>(), (1..=n_events as i64).collect::<Vec<_>>(), "gapless");
-    assert_eq!(final_state, "succeeded");
-    assert!(!globex_got.contains(&run) && !globex_got.contains(&tenant_ids[0]), "globex sees none of it: {globex_got}");
+    let (acme_got, globex_got) = (mqtt_collect(&mut acme_sub), mqtt_collect(&mut globex_sub));
+    check_mqtt_delivery(&acme_got, &globex_got, &run, n_events, &tenant_ids[0]);
 
     // The broker is down while a run executes, and labd is killed (SIGKILL) with its events
     // committed but never published; the broker comes back, labd restarts: the backlog arrives.
@@ -1522,7 +1447,7 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(server.0.wait().unwrap().success());
-    let got = collect(&mut acme_sub);
+    let got = mqtt_collect(&mut acme_sub);
     let seqs: std::collections::BTreeSet<i64> = got
         .lines()
         .filter(|l| l.contains(&run) && l.split(' ').next().is_some_and(|t| t.ends_with("/events")))
@@ -1538,5 +1463,170 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
     Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(server.0.wait().unwrap().success());
     drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tenant's subscriber: a `paho-mqtt` script when the peers are installed (CI requires them),
+/// else `mosquitto_sub`; printing `TOPIC PAYLOAD` lines. Returns once it has had time to
+/// subscribe.
+fn mqtt_listen(port: u16, user: &str, pass: &str, topic: &str) -> Reap {
+    let port = port.to_string();
+    let mut cmd = match peers_python() {
+        Some(py) => {
+            let mut c = Command::new(py);
+            c.arg(root().join("tests/peers/mqtt_subscriber.py")).args(["127.0.0.1", &port, user, pass, topic]);
+            c
+        }
+        None => {
+            let mut c = Command::new("mosquitto_sub");
+            c.args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-v", "-q", "1", "-t", topic]);
+            c
+        }
+    };
+    let r = Reap(cmd.stdout(std::process::Stdio::piped()).spawn().unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    r
+}
+
+/// Stops a subscriber and returns what it printed.
+fn mqtt_collect(r: &mut Reap) -> String {
+    let _ = r.0.kill();
+    let mut out = String::new();
+    std::io::Read::read_to_string(r.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    out
+}
+
+/// On a broker at `port`: the runtime publishes retained states for two tenants; tenant 0,
+/// subscribed to `#`, `lab/#`, `lab/v1/t/+/#` and tenant 1's exact topic, receives only its own
+/// (delivery is checked, not SUBACKs); its own publish is dropped; a wrong password is refused.
+/// `creds` are (username, password) per tenant.
+fn check_mqtt_isolation(port: u16, runtime_pw: &str, creds: &[(String, String)], tenant_ids: &[String]) {
+    let port = port.to_string();
+    let publish = |user: &str, pass: &str, topic: &str, msg: &str| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-q", "1", "-r", "-t", topic, "-m", msg])
+            .output()
+            .unwrap()
+    };
+    let (a_topic, b_topic) = (
+        labd::telemetry::run_topic(&tenant_ids[0], "run_a", "state"),
+        labd::telemetry::run_topic(&tenant_ids[1], "run_b", "state"),
+    );
+    for (t, m) in [(&a_topic, "acme-state"), (&b_topic, "globex-state")] {
+        let o = publish(labd::telemetry::RUNTIME_USER, runtime_pw, t, m);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    // acme's own publish (retained, to its own subtree) must not be accepted.
+    let forged = labd::telemetry::run_topic(&tenant_ids[0], "run_x", "state");
+    let _ = publish(&creds[0].0, &creds[0].1, &forged, "forged");
+    let subscribe = |user: &str, pass: &str, topics: &[&str]| {
+        let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", pass, "-v", "-W", "2"];
+        for t in topics {
+            args.extend(["-t", t]);
+        }
+        let o = Command::new("mosquitto_sub").args(&args).output().unwrap();
+        (text(&o.stdout), text(&o.stderr), o.status.code())
+    };
+    let (got, _, _) = subscribe(&creds[0].0, &creds[0].1, &["#", "lab/#", "lab/v1/t/+/#", &b_topic]);
+    assert!(got.contains("acme-state"), "acme receives its own: {got}");
+    assert!(!got.contains("globex") && !got.contains(&tenant_ids[1]), "acme receives nothing of globex's: {got}");
+    assert!(!got.contains("forged"), "a tenant's publish is refused: {got}");
+    let (got, _, _) = subscribe(&creds[1].0, &creds[1].1, &["#"]);
+    assert!(got.contains("globex-state") && !got.contains("acme"), "{got}");
+    let (got, err, code) = subscribe(&creds[0].0, "wrong-password", &["#"]);
+    assert!(got.is_empty() && code != Some(0), "a wrong password is refused: {got} {err}");
+}
+
+/// What tenant 0's subscriber got of `run` (with `n_events` events): every event, `seq` 1…n
+/// without a gap, and the retained final state `succeeded`; tenant 1's subscriber on `#` got
+/// nothing of it.
+fn check_mqtt_delivery(acme_got: &str, globex_got: &str, run: &str, n_events: usize, acme_tenant: &str) {
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"));
+    let mut seqs = std::collections::BTreeSet::new();
+    let mut final_state = String::new();
+    for line in acme_got.lines().filter(|l| l.contains(run)) {
+        let (topic, payload) = line.split_once(' ').unwrap();
+        let v = json(payload);
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["run"].as_str(), Some(run));
+        if topic.ends_with("/events") {
+            seqs.insert(v["seq"].as_i64().unwrap());
+        }
+        if topic.ends_with("/state") {
+            final_state = v["state"].as_str().unwrap_or_default().to_string();
+        }
+    }
+    assert_eq!(seqs.into_iter().collect::<Vec<_>>(), (1..=n_events as i64).collect::<Vec<_>>(), "every event, gapless");
+    assert_eq!(final_state, "succeeded");
+    assert!(
+        !globex_got.contains(run) && !globex_got.contains(acme_tenant),
+        "the other tenant sees none of it: {globex_got}"
+    );
+}
+
+/// The embedded broker `labd serve` runs by default: the same isolation and delivery checks as
+/// on Mosquitto, with credentials from `labctl token create`; a revoked token's connection is
+/// cut off.
+#[test]
+fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
+    let dir = std::env::temp_dir().join(format!("lw-embedded-mqtt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let data = dir.join("data");
+    let config = dir.join("labd.toml");
+    let text_config = format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\n",
+        data.display().to_string()
+    );
+    std::fs::write(&config, text_config).unwrap();
+    let (mut server, seen) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
+    let port: u16 = seen
+        .split("MQTT broker (embedded) on 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("labd says where its broker listens: {seen}"));
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
+    let url = format!("http://127.0.0.1:{api_port}");
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"));
+    let (mut creds, mut tenant_ids, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+    for t in ["acme", "globex"] {
+        let tenant = json(&labctl_at(&url, &admin, &["tenant", "add", t, "--format", "json"]).1);
+        tenant_ids.push(tenant["id"].as_str().unwrap().to_string());
+        let c = json(&labctl_at(&url, &admin, &["token", "create", "--tenant", t, "--format", "json"]).1);
+        assert_eq!(c["mqtt"]["port"].as_u64(), Some(u64::from(port)), "{c}");
+        creds.push((
+            c["mqtt"]["username"].as_str().unwrap().to_string(),
+            c["mqtt"]["password"].as_str().unwrap().to_string(),
+        ));
+        tokens.push((c["token"].as_str().unwrap().to_string(), c["principal"].as_str().unwrap().to_string()));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2500)); // the broker picks up new identities every 2 s
+    let runtime_pw = std::fs::read_to_string(data.join("mqtt-runtime.password")).unwrap().trim().to_string();
+    check_mqtt_isolation(port, &runtime_pw, &creds, &tenant_ids);
+
+    let mut acme_sub = mqtt_listen(port, &creds[0].0, &creds[0].1, &labd::telemetry::tenant_subtree(&tenant_ids[0]));
+    let mut globex_sub = mqtt_listen(port, &creds[1].0, &creds[1].1, "#");
+    let file = root().join("protocols/examples/serial-dilution.yaml");
+    let (code, so, se) =
+        labctl_at(&url, &tokens[0].0, &["submit", file.to_str().unwrap(), "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let run = json(so.lines().next().unwrap())["run"]["id"].as_str().unwrap().to_string();
+    let n_events = so.lines().count() - 1;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (acme_got, globex_got) = (mqtt_collect(&mut acme_sub), mqtt_collect(&mut globex_sub));
+    check_mqtt_delivery(&acme_got, &globex_got, &run, n_events, &tenant_ids[0]);
+
+    // Revoking acme's token takes its MQTT identity with it.
+    assert_eq!(labctl_at(&url, &admin, &["token", "revoke", &tokens[0].1]).0, 0);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let o = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", &creds[0].0, "-P", &creds[0].1, "-t", "#", "-W", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.code() != Some(0) && o.stdout.is_empty(), "a revoked identity cannot connect");
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    assert!(server.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,7 @@
 //!
 //! `{tenant}` is the tenant id, never its name: a topic leaks nothing about who else rents the lab.
 
+pub mod broker;
 pub mod mosquitto;
 pub mod relay;
 

@@ -1,0 +1,269 @@
+//! The embedded MQTT 3.1.1 broker `labd` runs by default, so a fresh machine needs nothing else.
+//!
+//! Why our own: `rumqttd` 0.20 authenticates but does not enforce per-topic ACLs, and a broker
+//! that lets one tenant read another's topics is worse than none. This one is small on purpose
+//! and enforces three rules where they cannot be bypassed:
+//! - a client connects only with a username and password that verify against the store's `$7$`
+//!   hashes (the same identities `labd mqtt-config` gives Mosquitto);
+//! - a message is delivered to a client only if one of its subscriptions matches the topic
+//!   *and* one of its identity's read patterns does (wildcards like `#` grant nothing extra);
+//! - only the runtime's identity may publish; anyone else's publishes are dropped.
+//!
+//! Packets are MQTT 3.1.1 (the codec from `rumqttc`); QoS 0 and 1; retained messages; clean
+//! sessions only (a subscriber that was away fills its gap through gRPC `Watch`).
+
+use super::{mosquitto, MqttIdentity, RUNTIME_USER};
+use bytes::BytesMut;
+use rumqttc::{
+    matches, valid_filter, valid_topic, ConnAck, ConnectReturnCode, Packet, PingResp, PubAck, Publish, QoS, SubAck,
+    SubscribeReasonCode, UnsubAck,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// The largest packet accepted or sent (the runtime summarises bigger payloads).
+pub const MAX_PACKET: usize = 256 * 1024;
+
+#[derive(Debug)]
+struct Client {
+    username: String,
+    reads: Vec<String>,
+    filters: Vec<(String, QoS)>,
+    tx: mpsc::Sender<Publish>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// username → (password hash, read patterns, may publish).
+    identities: HashMap<String, (String, Vec<String>, bool)>,
+    retained: BTreeMap<String, Publish>,
+    clients: HashMap<u64, Client>,
+    next_client: u64,
+}
+
+/// A running broker; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Broker {
+    state: Arc<Mutex<State>>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Broker {
+    /// Listens on `addr`; returns the bound address.
+    pub async fn start(addr: &str, runtime_password_hash: String) -> Result<(Broker, SocketAddr), String> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("the MQTT broker cannot listen on {addr} (mqtt_host, mqtt_port in labd.toml): {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let broker = Broker::default();
+        lock(&broker.state).identities.insert(RUNTIME_USER.into(), (runtime_password_hash, Vec::new(), true));
+        let b = broker.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let b = b.clone();
+                tokio::spawn(async move { b.serve(stream).await });
+            }
+        });
+        Ok((broker, bound))
+    }
+
+    /// Replaces the tenants' and staff's identities (the runtime's stays); clients whose
+    /// identity is gone (revoked, expired) are disconnected.
+    pub fn set_identities(&self, ids: &[MqttIdentity]) {
+        let mut s = lock(&self.state);
+        let runtime = s.identities.remove(RUNTIME_USER);
+        s.identities = ids.iter().map(|i| (i.username.clone(), (i.password_hash.clone(), i.reads(), false))).collect();
+        if let Some(r) = runtime {
+            s.identities.insert(RUNTIME_USER.into(), r);
+        }
+        let gone: Vec<u64> =
+            s.clients.iter().filter(|(_, c)| !s.identities.contains_key(&c.username)).map(|(k, _)| *k).collect();
+        for k in gone {
+            s.clients.remove(&k); // dropping its sender ends its connection
+        }
+    }
+
+    /// Routes a message from the runtime: to every client allowed to read it and subscribed.
+    fn route(&self, p: Publish) {
+        let mut s = lock(&self.state);
+        if p.retain {
+            let mut kept = p.clone();
+            kept.pkid = 0;
+            s.retained.insert(p.topic.clone(), kept);
+        }
+        for c in s.clients.values() {
+            if let Some(qos) = c.grant(&p.topic) {
+                let mut out = p.clone();
+                out.qos = qos.min_qos(p.qos);
+                out.retain = false;
+                let _ = c.tx.try_send(out); // a client that cannot keep up misses it and fills the gap over gRPC
+            }
+        }
+    }
+
+    async fn serve(&self, mut stream: TcpStream) {
+        let mut buf = BytesMut::with_capacity(4096);
+        let connect = match tokio::time::timeout(Duration::from_secs(10), read_packet(&mut stream, &mut buf)).await {
+            Ok(Ok(Packet::Connect(c))) => c,
+            _ => return,
+        };
+        let login = connect.login.clone();
+        let known = login.as_ref().and_then(|l| {
+            let s = lock(&self.state);
+            s.identities.get(&l.username).cloned().map(|id| (l.clone(), id))
+        });
+        let Some((login, (hash, reads, may_publish))) =
+            known.filter(|(l, (hash, _, _))| mosquitto::verify(&l.password, hash))
+        else {
+            let _ = write_packet(&mut stream, |b| ConnAck::new(ConnectReturnCode::BadUserNamePassword, false).write(b))
+                .await;
+            return;
+        };
+        let _ = hash;
+        if write_packet(&mut stream, |b| ConnAck::new(ConnectReturnCode::Success, false).write(b)).await.is_err() {
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel::<Publish>(1024);
+        let id = {
+            let mut s = lock(&self.state);
+            s.next_client += 1;
+            let id = s.next_client;
+            s.clients.insert(id, Client { username: login.username.clone(), reads, filters: Vec::new(), tx });
+            id
+        };
+        let keep_alive = Duration::from_secs(u64::from(connect.keep_alive.max(1)) * 3 / 2 + 1);
+        let mut next_pkid: u16 = 0;
+        let result: Result<(), ()> = async {
+            loop {
+                tokio::select! {
+                    out = rx.recv() => {
+                        let Some(mut p) = out else { return Err(()) }; // removed: identity gone
+                        if p.qos != QoS::AtMostOnce {
+                            next_pkid = next_pkid.wrapping_add(1).max(1);
+                            p.pkid = next_pkid;
+                        }
+                        write_packet(&mut stream, |b| p.write(b)).await.map_err(|_| ())?;
+                    }
+                    packet = tokio::time::timeout(keep_alive, read_packet(&mut stream, &mut buf)) => {
+                        let packet = match packet { Ok(Ok(p)) => p, _ => return Err(()) };
+                        match packet {
+                            Packet::Subscribe(sub) => {
+                                let mut codes = Vec::new();
+                                let mut granted = Vec::new();
+                                for f in sub.filters {
+                                    if valid_filter(&f.path) {
+                                        let qos = f.qos.min_qos(QoS::AtLeastOnce);
+                                        codes.push(SubscribeReasonCode::Success(qos));
+                                        granted.push((f.path, qos));
+                                    } else {
+                                        codes.push(SubscribeReasonCode::Failure);
+                                    }
+                                }
+                                write_packet(&mut stream, |b| SubAck::new(sub.pkid, codes).write(b)).await.map_err(|_| ())?;
+                                let retained: Vec<Publish> = {
+                                    let mut s = lock(&self.state);
+                                    let Some(c) = s.clients.get_mut(&id) else { return Err(()) };
+                                    c.filters.extend(granted.iter().cloned());
+                                    let c = &s.clients[&id];
+                                    s.retained.values().filter_map(|p| {
+                                        let allowed = c.reads.iter().any(|r| matches(&p.topic, r));
+                                        let qos = granted.iter().find(|(f, _)| matches(&p.topic, f)).map(|(_, q)| *q)?;
+                                        allowed.then(|| { let mut x = p.clone(); x.retain = true; x.qos = qos.min_qos(p.qos); x })
+                                    }).collect()
+                                };
+                                for mut p in retained {
+                                    if p.qos != QoS::AtMostOnce {
+                                        next_pkid = next_pkid.wrapping_add(1).max(1);
+                                        p.pkid = next_pkid;
+                                    }
+                                    write_packet(&mut stream, |b| p.write(b)).await.map_err(|_| ())?;
+                                }
+                            }
+                            Packet::Unsubscribe(u) => {
+                                if let Some(c) = lock(&self.state).clients.get_mut(&id) {
+                                    c.filters.retain(|(f, _)| !u.topics.contains(f));
+                                }
+                                write_packet(&mut stream, |b| UnsubAck::new(u.pkid).write(b)).await.map_err(|_| ())?;
+                            }
+                            Packet::Publish(p) => {
+                                if p.qos == QoS::AtLeastOnce {
+                                    write_packet(&mut stream, |b| PubAck::new(p.pkid).write(b)).await.map_err(|_| ())?;
+                                }
+                                if may_publish && valid_topic(&p.topic) && p.qos != QoS::ExactlyOnce {
+                                    self.route(p);
+                                } // anyone else's publish is dropped, as Mosquitto does for an ACL refusal
+                            }
+                            Packet::PingReq => write_packet(&mut stream, |b| PingResp.write(b)).await.map_err(|_| ())?,
+                            Packet::Disconnect => return Ok(()),
+                            Packet::PubAck(_) => {}
+                            _ => return Err(()), // QoS 2 and anything a client should not send
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        let _ = result;
+        lock(&self.state).clients.remove(&id);
+    }
+}
+
+impl Client {
+    /// The QoS to deliver `topic` at, if this client may read it and subscribed to it.
+    fn grant(&self, topic: &str) -> Option<QoS> {
+        if !self.reads.iter().any(|r| matches(topic, r)) {
+            return None;
+        }
+        self.filters.iter().filter(|(f, _)| matches(topic, f)).map(|(_, q)| *q).max_by_key(|q| *q as u8)
+    }
+}
+
+trait MinQos {
+    fn min_qos(self, other: QoS) -> QoS;
+}
+
+impl MinQos for QoS {
+    fn min_qos(self, other: QoS) -> QoS {
+        if (self as u8) <= (other as u8) {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet, String> {
+    loop {
+        match rumqttc::mqttbytes::v4::read(buf, MAX_PACKET) {
+            Ok(p) => return Ok(p),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => return Err(format!("bad packet: {e:?}")),
+        }
+        let n = stream.read_buf(buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+    }
+}
+
+async fn write_packet(
+    stream: &mut TcpStream,
+    encode: impl FnOnce(&mut BytesMut) -> Result<usize, rumqttc::mqttbytes::Error>,
+) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    encode(&mut out).map_err(|e| format!("{e:?}"))?;
+    stream.write_all(&out).await.map_err(|e| e.to_string())
+}
