@@ -213,6 +213,13 @@ enum Report {
     },
 }
 
+/// Why an instrument is out of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    Down,
+    Maintenance,
+}
+
 /// What makes the plan change.
 #[derive(Debug)]
 enum Change {
@@ -400,23 +407,31 @@ impl Executor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_probe = Instant::now();
         let mut sessions = 0u64;
+        // What the plan treats as unavailable, and why; the board mirrors it for technicians.
+        // An earlier drive's findings carry over through the board.
+        let mut out_of_service: BTreeMap<String, Out> = self
+            .board
+            .unavailable_all()
+            .into_iter()
+            .map(|(id, why)| (id, if why.starts_with("down") { Out::Down } else { Out::Maintenance }))
+            .collect();
         loop {
             let mut events: Vec<Change> = Vec::new();
             tokio::select! {
                 r = reports.recv() => {
                     let mut next = r;
                     while let Some(r) = next {
-                        self.on_report(r, session.as_mut(), &mut events);
+                        self.on_report(r, session.as_mut(), &mut out_of_service, &mut events);
                         next = reports.try_recv().ok();
                     }
                 }
                 _ = tick.tick() => {}
                 _ = stop.changed() => break,
             }
-            self.sync_maintenance(&mut events).await?;
+            self.sync_maintenance(&mut out_of_service, &mut events).await?;
             if last_probe.elapsed() >= self.config.probe_every {
                 last_probe = Instant::now();
-                self.probe_down(&mut events).await;
+                self.probe_down(&mut out_of_service, &mut events).await;
             }
             let arrivals = self.admit(session.as_ref(), &mut retry_at, &mut report).await?;
             if session.is_none() && !arrivals.is_empty() {
@@ -492,7 +507,13 @@ impl Executor {
         s.t0.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12)
     }
 
-    fn on_report(&self, r: Report, session: Option<&mut Session>, events: &mut Vec<Change>) {
+    fn on_report(
+        &self,
+        r: Report,
+        session: Option<&mut Session>,
+        out: &mut BTreeMap<String, Out>,
+        events: &mut Vec<Change>,
+    ) {
         match r {
             Report::Done { session: sid, key, run, result } => {
                 let Some(s) = session.filter(|s| s.id == sid) else { return };
@@ -504,49 +525,69 @@ impl Executor {
                 s.done.insert(key, result.is_ok());
             }
             Report::Down { instrument, why } => {
-                if self.board.unavailable(&instrument).is_none() {
+                if !out.contains_key(&instrument) {
                     eprintln!("labd: {instrument} is down ({why}); its waiting work moves to another instrument");
-                    self.board.set_unavailable(&instrument, Some(format!("down: {why}")));
+                    out.insert(instrument.clone(), Out::Down);
+                    self.announce(&instrument, Some(format!("down: {why}")));
                     events.push(Change::Down(instrument, why));
                 }
             }
         }
     }
 
-    /// Maintenance flags live in the store (technicians set them through the API); the board and
-    /// the plan follow them.
-    async fn sync_maintenance(&self, events: &mut Vec<Change>) -> Result<(), String> {
+    /// An instrument became unavailable (`Some(why)`, `down: …` or `maintenance: …`) or is back:
+    /// the board shows it and technicians hear it on the instrument's status topic.
+    fn announce(&self, id: &str, why: Option<String>) {
+        self.board.set_unavailable(id, why.clone());
+        let (state, detail) = match why.as_deref().and_then(|w| w.split_once(": ")) {
+            Some((state, detail)) => (state.to_string(), detail.to_string()),
+            None => ("available".to_string(), String::new()),
+        };
+        let topic = crate::telemetry::device_status_topic(&self.lab.site.site.name, id);
+        let payload =
+            serde_json::json!({"v": 1, "device": id, "state": state, "detail": detail, "ts": crate::store::now_ms()});
+        if let Err(e) = self.store.outbox_put(&topic, &payload.to_string()) {
+            eprintln!("labd: cannot queue the status of {id}: {e}");
+        }
+    }
+
+    /// Maintenance flags live in the store (technicians set them through the API); the plan,
+    /// the board and the status topics follow them.
+    async fn sync_maintenance(&self, out: &mut BTreeMap<String, Out>, events: &mut Vec<Change>) -> Result<(), String> {
         let store = self.store.clone();
         let flagged = blocking(move || store.maintenance()).await.map_err(|e| e.to_string())?;
         for m in &flagged {
-            let current = self.board.unavailable(&m.instrument);
-            if !current.as_deref().is_some_and(|c| c.starts_with("maintenance")) {
-                self.board.set_unavailable(&m.instrument, Some(format!("maintenance: {}", m.reason)));
-                if current.is_none() {
+            if out.get(&m.instrument) != Some(&Out::Maintenance) {
+                if !out.contains_key(&m.instrument) {
                     events.push(Change::Down(m.instrument.clone(), "maintenance".into()));
                 }
+                out.insert(m.instrument.clone(), Out::Maintenance);
+                self.announce(&m.instrument, Some(format!("maintenance: {}", m.reason)));
             }
         }
-        for (id, why) in self.board.unavailable_all() {
-            if why.starts_with("maintenance") && !flagged.iter().any(|m| m.instrument == id) {
-                self.board.set_unavailable(&id, None);
-                events.push(Change::Up(id));
-            }
+        let ended: Vec<String> = out
+            .iter()
+            .filter(|(id, kind)| **kind == Out::Maintenance && !flagged.iter().any(|m| &m.instrument == *id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ended {
+            out.remove(&id);
+            self.announce(&id, None);
+            events.push(Change::Up(id));
         }
         Ok(())
     }
 
     /// Instruments that went down are asked again now and then; one that answers is back.
-    async fn probe_down(&self, events: &mut Vec<Change>) {
-        for (id, why) in self.board.unavailable_all() {
-            if !why.starts_with("down") {
-                continue;
-            }
+    async fn probe_down(&self, out: &mut BTreeMap<String, Out>, events: &mut Vec<Change>) {
+        let down: Vec<String> = out.iter().filter(|(_, k)| **k == Out::Down).map(|(id, _)| id.clone()).collect();
+        for id in down {
             let Some(d) = self.lab.instruments.get(&id) else { continue };
             if matches!(tokio::time::timeout(Duration::from_secs(5), d.status()).await, Ok(Ok(st)) if st.state != State::Offline)
             {
                 eprintln!("labd: {id} answers again");
-                self.board.set_unavailable(&id, None);
+                out.remove(&id);
+                self.announce(&id, None);
                 events.push(Change::Up(id));
             }
         }

@@ -225,6 +225,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
             password: runtime_mqtt_password(&config.data_dir)?,
             batch: 100,
             poll: std::time::Duration::from_millis(50),
+            max_payload: crate::telemetry::broker::MAX_PACKET - 4096,
+            site: site.site.name.clone(),
         };
         Some(tokio::spawn(crate::telemetry::relay::run(store.clone(), relay_config, stop.1.clone())))
     } else {

@@ -407,7 +407,9 @@ fn maintenance_keeps_work_off_an_instrument() {
     rt.block_on(async {
         let (store, ex, _) = faulty_rig(&[]).await;
         let t = store.create_tenant("acme", 1.0).unwrap();
+        // As the API does it: the flag in the store, and the board updated at once.
         store.set_maintenance("reader2", Some(("lamp replacement", "tech-1"))).unwrap();
+        ex.board().set_unavailable("reader2", Some("maintenance: lamp replacement".into()));
         for k in 0..2 {
             ex.submit(&t.id, &format!("g{k}"), "growth", "g.yaml", &compile_example("growth-curve.yaml")).unwrap();
         }
@@ -1606,7 +1608,12 @@ fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
     let runtime_pw = std::fs::read_to_string(data.join("mqtt-runtime.password")).unwrap().trim().to_string();
     check_mqtt_isolation(port, &runtime_pw, &creds, &tenant_ids);
 
-    let mut acme_sub = mqtt_listen(port, &creds[0].0, &creds[0].1, &labd::telemetry::tenant_subtree(&tenant_ids[0]));
+    let tech = json(&labctl_at(&url, &admin, &["token", "create", "--role", "technician", "--format", "json"]).1);
+    let tech_token = tech["token"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let tech_creds = (tech["mqtt"]["username"].as_str().unwrap(), tech["mqtt"]["password"].as_str().unwrap());
+    let mut tech_sub = mqtt_listen(port, tech_creds.0, tech_creds.1, "lab/v1/site/#");
+    let mut acme_sub = mqtt_listen(port, &creds[0].0, &creds[0].1, "#");
     let mut globex_sub = mqtt_listen(port, &creds[1].0, &creds[1].1, "#");
     let file = root().join("protocols/examples/serial-dilution.yaml");
     let (code, so, se) =
@@ -1614,9 +1621,20 @@ fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
     assert_eq!(code, 0, "{so}{se}");
     let run = json(so.lines().next().unwrap())["run"]["id"].as_str().unwrap().to_string();
     let n_events = so.lines().count() - 1;
+    let (code, _, se) = labctl_at(&url, &tech_token, &["maintenance", "reader2", "on", "--reason", "lamp change"]);
+    assert_eq!(code, 0, "{se}");
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let (acme_got, globex_got) = (mqtt_collect(&mut acme_sub), mqtt_collect(&mut globex_sub));
     check_mqtt_delivery(&acme_got, &globex_got, &run, n_events, &tenant_ids[0]);
+    assert!(!acme_got.contains("lab/v1/site"), "tenants do not see the site's topics: {acme_got}");
+    // Technicians hear that the runtime is online (retained) and that reader2 went into maintenance.
+    let tech_got = mqtt_collect(&mut tech_sub);
+    let site_line = |suffix: &str| tech_got.lines().find(|l| l.split(' ').next().is_some_and(|t| t.ends_with(suffix)));
+    let online = site_line("/runtime/status").unwrap_or_else(|| panic!("{tech_got}"));
+    assert!(online.contains("\"online\""), "{online}");
+    let reader2 = site_line("/devices/reader2/status").unwrap_or_else(|| panic!("{tech_got}"));
+    assert!(reader2.contains("\"maintenance\"") && reader2.contains("lamp change"), "{reader2}");
+    assert!(!tech_got.contains(&run), "run data is the tenant's, not the site's: {tech_got}");
 
     // Revoking acme's token takes its MQTT identity with it.
     assert_eq!(labctl_at(&url, &admin, &["token", "revoke", &tokens[0].1]).0, 0);

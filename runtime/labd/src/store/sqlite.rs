@@ -626,7 +626,9 @@ impl Store for SqliteStore {
             let summary = serde_json::json!({"result": row.id, "labware": row.labware, "kind": row.kind, "wells": row.wells.len(), "unit": row.unit});
             let ev = append(tx, &row.run_id, "result", &summary.to_string())?;
             let tenant: String = tx.query_row("SELECT tenant_id FROM runs WHERE id = ?1", params![row.run_id], |r| r.get(0)).map_err(backend)?;
-            let envelope = serde_json::json!({"v": 1, "tenant": tenant, "run": row.run_id, "seq": ev.seq, "ts": ev.at, "kind": "result", "data": summary});
+            // Subscribers get the values themselves (the relay summarises what the broker could not carry).
+            let data = serde_json::json!({"result": row.id, "labware": row.labware, "kind": row.kind, "wells": row.wells, "wavelengths_nm": row.wavelengths_nm, "values": row.values, "unit": row.unit});
+            let envelope = serde_json::json!({"v": 1, "tenant": tenant, "run": row.run_id, "seq": ev.seq, "ts": ev.at, "kind": "result", "data": data});
             put_outbox(tx, Some(&tenant), Some(&row.run_id), Some(ev.seq), &format!("lab/v1/t/{tenant}/runs/{}/results", row.run_id), &envelope.to_string())?;
             Ok(ev)
         })

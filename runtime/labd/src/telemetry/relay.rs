@@ -21,6 +21,33 @@ pub struct RelayConfig {
     pub batch: usize,
     /// How often to look for new rows when idle.
     pub poll: Duration,
+    /// Larger payloads are replaced by a summary that says where the data is (gRPC).
+    pub max_payload: usize,
+    /// The site's name, for the runtime's status topic (retained; the last will says offline).
+    pub site: String,
+}
+
+/// A payload the broker can carry: the row's own, or, when it is too large, its envelope
+/// without the data and a pointer to the gRPC call that has it. Never dropped.
+pub fn fit(payload: &str, max: usize) -> String {
+    if payload.len() <= max {
+        return payload.to_string();
+    }
+    let v: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+    let mut out = serde_json::json!({
+        "truncated": true,
+        "bytes": payload.len(),
+        "fetch": "gRPC labwright.v1.Runs/Results or Runs/Watch for this run and seq",
+    });
+    for key in ["v", "tenant", "run", "seq", "ts", "kind", "state"] {
+        if let Some(x) = v.get(key) {
+            out[key] = x.clone();
+        }
+    }
+    if let Some(id) = v.get("data").and_then(|d| d.get("result")) {
+        out["result"] = id.clone();
+    }
+    out.to_string()
 }
 
 /// Runs until `stop` turns true.
@@ -61,6 +88,10 @@ async fn session(
     options.set_credentials(config.username.clone(), config.password.clone());
     options.set_keep_alive(Duration::from_secs(5));
     options.set_clean_session(true);
+    let status_topic = format!("lab/v1/site/{}/runtime/status", config.site);
+    let status = |state: &str| serde_json::json!({"v": 1, "state": state}).to_string().into_bytes();
+    options.set_last_will(rumqttc::LastWill::new(&status_topic, status("offline"), QoS::AtLeastOnce, true));
+    options.set_max_packet_size(config.max_payload + 4096, config.max_payload + 4096);
     let (client, mut events) = AsyncClient::new(options, config.batch + 16);
     let deadline = Duration::from_secs(10);
     loop {
@@ -69,6 +100,19 @@ async fn session(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("cannot connect: {e}")),
             Err(_) => return Err("no CONNACK within 10 s".into()),
+        }
+    }
+    client
+        .publish(status_topic.clone(), QoS::AtLeastOnce, true, status("online"))
+        .await
+        .map_err(|e| format!("publishing: {e}"))?;
+    // Its acknowledgement is awaited here, so it is never counted for a batch.
+    loop {
+        match tokio::time::timeout(deadline, events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("connection lost: {e}")),
+            Err(_) => return Err("the runtime status was not acknowledged within 10 s".into()),
         }
     }
     loop {
@@ -97,12 +141,18 @@ async fn session(
         for r in &rows {
             let retain = r.topic.ends_with("/state") || r.topic.ends_with("/status");
             client
-                .publish(r.topic.clone(), QoS::AtLeastOnce, retain, r.payload_json.clone().into_bytes())
+                .publish(
+                    r.topic.clone(),
+                    QoS::AtLeastOnce,
+                    retain,
+                    fit(&r.payload_json, config.max_payload).into_bytes(),
+                )
                 .await
                 .map_err(|e| format!("publishing: {e}"))?;
         }
         let mut acked = 0;
-        while acked < rows.len() {
+        let expected = rows.len();
+        while acked < expected {
             match tokio::time::timeout(deadline, events.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
                 Ok(Ok(_)) => {}
@@ -120,5 +170,29 @@ async fn session(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("marking the outbox: {e}"))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit;
+
+    #[test]
+    fn oversize_payloads_are_summarised_not_dropped() {
+        let small = r#"{"v":1,"seq":3}"#;
+        assert_eq!(fit(small, 100), small);
+        let values: Vec<f64> = (0..5000).map(f64::from).collect();
+        let big = serde_json::json!({"v": 1, "tenant": "ten_a", "run": "run_b", "seq": 9, "ts": 1, "kind": "result",
+            "data": {"result": "res_c", "values": values}})
+        .to_string();
+        let out: serde_json::Value = serde_json::from_str(&fit(&big, 1000)).unwrap();
+        assert!(out.to_string().len() < 1000);
+        assert_eq!(out["truncated"], true);
+        assert_eq!(
+            (out["run"].as_str(), out["seq"].as_i64(), out["result"].as_str()),
+            (Some("run_b"), Some(9), Some("res_c"))
+        );
+        assert_eq!(out["bytes"].as_u64(), Some(big.len() as u64));
+        assert!(out["fetch"].as_str().unwrap().contains("gRPC"));
     }
 }
