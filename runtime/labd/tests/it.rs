@@ -1546,6 +1546,7 @@ fn check_mqtt_delivery(acme_got: &str, globex_got: &str, run: &str, n_events: us
     let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"));
     let mut seqs = std::collections::BTreeSet::new();
     let mut final_state = String::new();
+    let mut values = 0;
     for line in acme_got.lines().filter(|l| l.contains(run)) {
         let (topic, payload) = line.split_once(' ').unwrap();
         let v = json(payload);
@@ -1557,7 +1558,12 @@ fn check_mqtt_delivery(acme_got: &str, globex_got: &str, run: &str, n_events: us
         if topic.ends_with("/state") {
             final_state = v["state"].as_str().unwrap_or_default().to_string();
         }
+        if topic.ends_with("/results") {
+            assert_eq!(v["data"]["unit"], "OD", "{v}");
+            values += v["data"]["values"].as_array().map_or(0, |a| a.len());
+        }
     }
+    assert_eq!(values, 96, "the plate reader's 96 values arrived on the results topic");
     assert_eq!(seqs.into_iter().collect::<Vec<_>>(), (1..=n_events as i64).collect::<Vec<_>>(), "every event, gapless");
     assert_eq!(final_state, "succeeded");
     assert!(
