@@ -44,11 +44,7 @@ pub struct Board {
 
 impl Board {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        let mut guard = match self.state.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(&mut guard)
+        f(&mut crate::lock(&self.state))
     }
 
     /// Replaces the planned part of the current plan; slots already started keep their record.

@@ -17,6 +17,7 @@
 
 use crate::board::{Board, Slot};
 use crate::lab::Lab;
+use crate::lock;
 use crate::store::{Intent, NewRun, ResultRow, Run, RunState, Store, Usage};
 use devices::{family, Family, Instrument, Recovery, State, TimeScale};
 use protocols::plan::{CommandOp, RunPlan};
@@ -24,7 +25,7 @@ use scheduler::lab::replan::{Event as ReplanEvent, Planner};
 use scheduler::lab::solve::{LabBudget, LabSchedule, MoveSlot};
 use scheduler::lab::{LabProblem, Window};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -178,13 +179,6 @@ pub fn month_start_ms(now: i64) -> i64 {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5; // 0-based day of the month
     (days - day) * 86_400_000
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 /// What job tasks share with the executor's loop.
@@ -407,6 +401,8 @@ impl Executor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_probe = Instant::now();
         let mut sessions = 0u64;
+        // The site in scheduler terms (nests, arm routes): the same for every admission and plan.
+        let site = LabProblem::from_site(&self.lab.site).map_err(|e| e.0)?;
         // What the plan treats as unavailable, and why; the board mirrors it for technicians.
         // An earlier drive's findings carry over through the board.
         let mut out_of_service: BTreeMap<String, Out> = self
@@ -433,24 +429,25 @@ impl Executor {
                 last_probe = Instant::now();
                 self.probe_down(&mut out_of_service, &mut events).await;
             }
-            let arrivals = self.admit(session.as_ref(), &mut retry_at, &mut report).await?;
+            let arrivals = self.admit(&site, session.as_ref(), &mut retry_at, &mut report).await?;
             if session.is_none() && !arrivals.is_empty() {
                 sessions += 1;
-                session = self.start_session(sessions, arrivals, &mut report).await?;
+                session = self.start_session(&site, sessions, arrivals, &mut report).await?;
                 if let Some(s) = session.as_mut() {
                     self.respawn(s, &dispatch, &reports_tx);
                 }
             } else if let Some(s) = session.as_mut() {
                 events.extend(arrivals.into_iter().map(|a| Change::Arrived(Box::new(a))));
                 if !events.is_empty() {
-                    self.replan(s, events, &dispatch, &mut retry_at).await;
+                    self.replan(s, events, &dispatch, &mut retry_at, &mut report).await;
                     self.respawn(s, &dispatch, &reports_tx);
                 }
             }
             if let Some(s) = session.as_mut() {
                 let reserved = self.reservations(&s.planner.problem, s.t0_ms).await?;
                 if reserved != s.planner.problem.reservations {
-                    self.replan(s, vec![Change::Reservations(reserved)], &dispatch, &mut retry_at).await;
+                    let change = vec![Change::Reservations(reserved)];
+                    self.replan(s, change, &dispatch, &mut retry_at, &mut report).await;
                     self.respawn(s, &dispatch, &reports_tx);
                 }
                 self.close_finished(s, &mut report).await?;
@@ -597,6 +594,7 @@ impl Executor {
     /// device-hour quota, and runnable on this site at all (else failed with the reason).
     async fn admit(
         &self,
+        site: &LabProblem,
         session: Option<&Session>,
         retry_at: &mut HashMap<String, Instant>,
         report: &mut BatchReport,
@@ -615,22 +613,26 @@ impl Executor {
                 }
             }
         }
-        let site = LabProblem::from_site(&self.lab.site).map_err(|e| e.0)?;
         let month = month_start_ms(crate::store::now_ms());
+        // Each tenant's record and usage this month, read once per admission round.
+        let mut tenants: HashMap<String, (crate::store::Tenant, f64)> = HashMap::new();
         let mut out = Vec::new();
         for run in queued {
             if retry_at.get(&run.id).is_some_and(|t| Instant::now() < *t) {
                 continue;
             }
-            let store = self.store.clone();
-            let (tenant_id, since) = (run.tenant_id.clone(), month);
-            let (tenant, used) = blocking(move || {
-                let t = store.tenant(&tenant_id)?;
-                let used: f64 = store.usage(Some(&tenant_id), since)?.iter().map(|u| u.device_seconds).sum();
-                Ok::<_, crate::store::StoreError>((t, used))
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            if !tenants.contains_key(&run.tenant_id) {
+                let (store, tenant_id) = (self.store.clone(), run.tenant_id.clone());
+                let read = blocking(move || {
+                    let t = store.tenant(&tenant_id)?;
+                    let used: f64 = store.usage(Some(&tenant_id), month)?.iter().map(|u| u.device_seconds).sum();
+                    Ok::<_, crate::store::StoreError>((t, used))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                tenants.insert(run.tenant_id.clone(), read);
+            }
+            let Some((tenant, used)) = tenants.get(&run.tenant_id).cloned() else { continue };
             let running = active.get(&run.tenant_id).copied().unwrap_or(0);
             if tenant.max_concurrent_runs.is_some_and(|max| running >= max) {
                 continue; // waits for one of the tenant's runs to finish
@@ -674,11 +676,12 @@ impl Executor {
     /// Plans the first runs after the lab was idle.
     async fn start_session(
         &self,
+        site: &LabProblem,
         id: u64,
         arrivals: Vec<Admitted>,
         report: &mut BatchReport,
     ) -> Result<Option<Session>, String> {
-        let mut problem = LabProblem::from_site(&self.lab.site).map_err(|e| e.0)?;
+        let mut problem = site.clone();
         for a in &arrivals {
             problem.add_run(a.model.clone()).map_err(|e| e.0)?;
         }
@@ -729,22 +732,24 @@ impl Executor {
     }
 
     /// A run joins the plan: it is running from now on, with its planned end announced.
+    /// Its place in the session follows the planner's run index, so it is taken before anything
+    /// can fail.
     async fn admitted(&self, s: &mut Session, a: Admitted, report: &mut BatchReport) -> Result<(), String> {
         let i = s.runs.len();
         let planned_end = s.planner.schedule.completion(i);
         report.commands += a.plan.command_count() as u64;
         let (store, id, tasks) = (self.store.clone(), a.run.id.clone(), a.plan.tasks.len());
+        s.runs.push(a);
+        s.keys.push(Vec::new());
+        s.closed.push(false);
         blocking(move || {
             store.set_run_state(&id, RunState::Running, None)?;
             let payload = serde_json::json!({"planned_end_s": planned_end, "tasks": tasks});
             store.append_event(&id, "scheduled", &payload.to_string())
         })
         .await
-        .map_err(|e| e.to_string())?;
-        s.runs.push(a);
-        s.keys.push(Vec::new());
-        s.closed.push(false);
-        Ok(())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     /// Applies what changed to the plan: pins what has started (and tasks a plate is already on
@@ -755,6 +760,7 @@ impl Executor {
         changes: Vec<Change>,
         dispatch: &Arc<Mutex<Dispatch>>,
         retry_at: &mut HashMap<String, Instant>,
+        report: &mut BatchReport,
     ) {
         let started: Vec<String> = lock(dispatch).started.keys().cloned().collect();
         for key in &started {
@@ -814,8 +820,7 @@ impl Executor {
             }
             s.planner = planner;
             if let Change::Arrived(a) = change {
-                let mut report = BatchReport::default();
-                if let Err(e) = self.admitted(s, *a, &mut report).await {
+                if let Err(e) = self.admitted(s, *a, report).await {
                     eprintln!("labd: {e}");
                 }
             }

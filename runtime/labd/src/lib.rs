@@ -15,3 +15,12 @@ pub mod labctl;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+
+/// Locks a mutex; a panic elsewhere while it was held does not take the daemon down with it
+/// (the guarded data are plain values, still consistent field by field).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}

@@ -154,9 +154,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?);
     // The embedded broker binds next: a taken MQTT port also stops the start here.
+    let runtime_password = runtime_mqtt_password(&config.data_dir)?;
     let mqtt_addr = match config.mqtt_broker {
         MqttBroker::Embedded => {
-            let hash = crate::telemetry::mosquitto::password_hash(&runtime_mqtt_password(&config.data_dir)?)?;
+            let hash = crate::telemetry::mosquitto::password_hash(&runtime_password)?;
             let (broker, addr) =
                 crate::telemetry::broker::Broker::start(&format!("{}:{}", config.mqtt_host, config.mqtt_port), hash)
                     .await?;
@@ -222,7 +223,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             host: mqtt_addr.0.clone(),
             port: mqtt_addr.1,
             username: crate::telemetry::RUNTIME_USER.into(),
-            password: runtime_mqtt_password(&config.data_dir)?,
+            password: runtime_password,
             batch: 100,
             poll: std::time::Duration::from_millis(50),
             max_payload: crate::telemetry::broker::MAX_PACKET - 4096,

@@ -13,6 +13,7 @@
 //! sessions only (a subscriber that was away fills its gap through gRPC `Watch`).
 
 use super::{mosquitto, MqttIdentity, RUNTIME_USER};
+use crate::lock;
 use bytes::BytesMut;
 use rumqttc::{
     matches, valid_filter, valid_topic, ConnAck, ConnectReturnCode, Packet, PingResp, PubAck, Publish, QoS, SubAck,
@@ -20,7 +21,7 @@ use rumqttc::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,13 +51,6 @@ struct State {
 #[derive(Debug, Clone, Default)]
 pub struct Broker {
     state: Arc<Mutex<State>>,
-}
-
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl Broker {
@@ -125,14 +119,13 @@ impl Broker {
             let s = lock(&self.state);
             s.identities.get(&l.username).cloned().map(|id| (l.clone(), id))
         });
-        let Some((login, (hash, reads, may_publish))) =
+        let Some((login, (_, reads, may_publish))) =
             known.filter(|(l, (hash, _, _))| mosquitto::verify(&l.password, hash))
         else {
             let _ = write_packet(&mut stream, |b| ConnAck::new(ConnectReturnCode::BadUserNamePassword, false).write(b))
                 .await;
             return;
         };
-        let _ = hash;
         if write_packet(&mut stream, |b| ConnAck::new(ConnectReturnCode::Success, false).write(b)).await.is_err() {
             return;
         }
@@ -144,9 +137,13 @@ impl Broker {
             s.clients.insert(id, Client { username: login.username.clone(), reads, filters: Vec::new(), tx });
             id
         };
-        let keep_alive = Duration::from_secs(u64::from(connect.keep_alive.max(1)) * 3 / 2 + 1);
+        // MQTT: a client silent for 1.5 × its keep-alive is gone; 0 means it never pings.
+        let keep_alive = match connect.keep_alive {
+            0 => Duration::from_secs(u64::from(u32::MAX)),
+            k => Duration::from_secs(u64::from(k) * 3 / 2 + 1),
+        };
         let mut next_pkid: u16 = 0;
-        let result: Result<(), ()> = async {
+        let _ended: Result<(), ()> = async {
             loop {
                 tokio::select! {
                     out = rx.recv() => {
@@ -216,7 +213,6 @@ impl Broker {
             }
         }
         .await;
-        let _ = result;
         lock(&self.state).clients.remove(&id);
     }
 }
