@@ -19,7 +19,12 @@ fn main() {
     if let Err(e) = std::fs::write(&out, prost::Message::encode_to_vec(&api)) {
         panic!("cannot write {}: {e}", out.display());
     }
-    if let Err(e) = tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(api) {
+    // The API's messages also serialise to JSON: the technician console speaks JSON over HTTP.
+    let api_builder = tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .type_attribute(".labwright.v1", "#[derive(serde::Serialize)]");
+    if let Err(e) = api_builder.compile_fds(api) {
         panic!("cannot generate Rust from the API protos: {e}");
     }
     let sila = compile(&root, &["sila2/SiLAFramework.proto", "sila2/SiLAService.proto", "sila2/PlateReader.proto"]);

@@ -86,6 +86,19 @@ impl Api {
         Ok(p)
     }
 
+    /// The caller's role and, for a scientist, their tenant's name (the console's login).
+    pub async fn whoami<T>(&self, req: &Request<T>) -> Result<(&'static str, Option<String>), Status> {
+        let p = self.caller(req).await?;
+        let tenant = match p.tenant_id.clone() {
+            Some(id) => {
+                let store = self.store.clone();
+                Some(blocking(move || store.tenant(&id)).await?.name)
+            }
+            None => None,
+        };
+        Ok((p.role.as_str(), tenant))
+    }
+
     fn staff(p: &Principal, what: &str) -> Result<(), Status> {
         if p.role == Role::Scientist {
             Err(Status::permission_denied(format!("{what} is for technicians and admins")))

@@ -33,6 +33,9 @@ enum Command {
         /// Overrides `mqtt_port` (0: any free port, printed at start).
         #[arg(long)]
         mqtt_port: Option<u16>,
+        /// Overrides `console_listen` (host:port, or `off`).
+        #[arg(long)]
+        console: Option<String>,
     },
     /// Write a password file, an ACL file and a mosquitto.conf for an external Mosquitto from
     /// the tenants' and staff's MQTT credentials: each tenant reads only its own topics, only
@@ -113,7 +116,7 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Serve { config, listen, data_dir, time_scale, mqtt_port } => {
+        Command::Serve { config, listen, data_dir, time_scale, mqtt_port, console } => {
             let mut c = match config {
                 Some(p) => match crate::serve::Config::load(&p) {
                     Ok(c) => c,
@@ -135,6 +138,9 @@ pub fn main() -> i32 {
             }
             if let Some(p) = mqtt_port {
                 c.mqtt_port = p;
+            }
+            if let Some(l) = console {
+                c.console_listen = l;
             }
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

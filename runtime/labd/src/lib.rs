@@ -8,6 +8,7 @@
 pub mod api;
 pub mod board;
 pub mod client;
+pub mod console;
 pub mod daemon;
 pub mod executor;
 pub mod lab;

@@ -46,6 +46,14 @@ pub struct Config {
     /// Publish run events, states and results as `labwright-runtime`. Default: on with the
     /// embedded broker, off with an external one until it is configured.
     pub mqtt_publish: Option<bool>,
+    /// Where the technician console (HTTP) listens; `"off"` for none. Loopback by default:
+    /// put it behind a TLS proxy before opening it to a network.
+    #[serde(default = "default_console_listen")]
+    pub console_listen: String,
+}
+
+fn default_console_listen() -> String {
+    "127.0.0.1:8650".into()
 }
 
 /// Which MQTT broker tenants use.
@@ -88,6 +96,7 @@ impl Default for Config {
             mqtt_host: default_mqtt_host(),
             mqtt_port: default_mqtt_port(),
             mqtt_publish: None,
+            console_listen: default_console_listen(),
         }
     }
 }
@@ -130,12 +139,58 @@ impl Config {
         self.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|_| format!("listen = {:?}: give host:port, e.g. \"127.0.0.1:50051\"", self.listen))?;
+        if self.console_listen != "off" {
+            self.console_listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!("console_listen = {:?}: give host:port, e.g. \"127.0.0.1:8650\", or \"off\"", self.console_listen)
+            })?;
+        }
         Ok(())
     }
 }
 
 /// Starts everything; returns when SIGINT or SIGTERM arrives (after a graceful stop).
 pub async fn serve(config: Config) -> Result<(), String> {
+    let running = start(config).await?;
+    crate::daemon::wait_for_stop().await;
+    running.stop().await
+}
+
+/// A started `labd`: where it listens, and how to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// The gRPC API.
+    pub grpc: std::net::SocketAddr,
+    /// The console's URL, unless it is off.
+    pub console: Option<String>,
+    /// The MQTT broker tenants are told about (host, port).
+    pub mqtt: (String, u16),
+    /// The admin token, when this start created it (shown once).
+    pub new_admin_token: Option<String>,
+    pub lab: Arc<Lab>,
+    pub board: Arc<crate::board::Board>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>, u64)>,
+    api: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    /// Stops gracefully: the API first, then the executor (commands on instruments finish,
+    /// up to 10 s), the console and the telemetry relay.
+    pub async fn stop(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        let api = self.api.await.map_err(|e| e.to_string())?;
+        for (what, task, secs) in self.tasks {
+            if tokio::time::timeout(std::time::Duration::from_secs(secs), task).await.is_err() {
+                eprintln!("labd: the {what} did not stop within {secs} s");
+            }
+        }
+        println!("labd: stopped");
+        api
+    }
+}
+
+/// Starts the store, the lab, the executor, the broker, the relay, the console and the API.
+pub async fn start(config: Config) -> Result<Running, String> {
     config.check()?;
     let tls = config.tls()?;
     std::fs::create_dir_all(&config.data_dir)
@@ -151,6 +206,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| {
         format!("cannot listen on {} (listen in labd.toml): {e}; is another labd running?", config.listen)
     })?;
+    let console_listener = match config.console_listen.as_str() {
+        "off" => None,
+        addr => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            format!("cannot listen on {addr} for the console (console_listen in labd.toml, --console): {e}")
+        })?),
+    };
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?);
     // The embedded broker binds next: a taken MQTT port also stops the start here.
@@ -179,11 +240,13 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     let publish = config.mqtt_publish.unwrap_or(config.mqtt_broker == MqttBroker::Embedded);
     let token_file = config.data_dir.join("admin.token");
+    let mut new_admin_token = None;
     if !token_file.exists() {
         let token = new_token()?;
         store.create_principal(None, Role::Admin, &token_hash(&token), None).map_err(|e| e.to_string())?;
         write_secret(&token_file, &token)?;
         println!("admin token (shown once; also in {}): {token}", token_file.display());
+        new_admin_token = Some(token);
     }
     let scale = TimeScale(config.time_scale);
     let all_sim = site
@@ -210,6 +273,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     let stop = tokio::sync::watch::channel(false);
     let board = executor.board();
+    let mut tasks = Vec::new();
     let exec_task = {
         let stop_rx = stop.1.clone();
         tokio::spawn(async move {
@@ -218,7 +282,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
             }
         })
     };
-    let relay = if publish {
+    tasks.push(("executor", exec_task, 10));
+    if publish {
         let relay_config = crate::telemetry::relay::RelayConfig {
             host: mqtt_addr.0.clone(),
             port: mqtt_addr.1,
@@ -229,18 +294,38 @@ pub async fn serve(config: Config) -> Result<(), String> {
             max_payload: crate::telemetry::broker::MAX_PACKET - 4096,
             site: site.site.name.clone(),
         };
-        Some(tokio::spawn(crate::telemetry::relay::run(store.clone(), relay_config, stop.1.clone())))
-    } else {
-        None
-    };
+        tasks.push(("relay", tokio::spawn(crate::telemetry::relay::run(store.clone(), relay_config, stop.1.clone())), 5));
+    }
     let api = Api {
         store,
         site,
         library: labware::Library::shipped(),
         lab: Some(lab.clone()),
-        board: Some(board),
+        board: Some(board.clone()),
         time_scale: config.time_scale,
         mqtt_broker: Some(mqtt_addr.clone()),
+    };
+    let console = match console_listener {
+        Some(l) => {
+            let url = format!("http://{}/", l.local_addr().map_err(|e| e.to_string())?);
+            println!("labd: console on {url}");
+            let mut stopped = stop.1.clone();
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let console = crate::console::serve(api.clone(), l, shutdown);
+            tasks.push((
+                "console",
+                tokio::spawn(async move {
+                    if let Err(e) = console.await {
+                        eprintln!("labd: {e}");
+                    }
+                }),
+                5,
+            ));
+            Some(url)
+        }
+        None => None,
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
@@ -257,18 +342,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let mut stopped = stop.1.clone();
     let shutdown = async move {
-        crate::daemon::wait_for_stop().await;
-        let _ = stop.0.send(true);
+        let _ = stopped.wait_for(|s| *s).await;
     };
-    serve_api(api, listener, tls, shutdown).await?;
-    // The executor starts nothing new and lets commands on instruments finish (up to 5 s).
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), exec_task).await;
-    if let Some(r) = relay {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), r).await;
-    }
-    println!("labd: stopped");
-    Ok(())
+    let api = tokio::spawn(serve_api(api, listener, tls, shutdown));
+    Ok(Running { grpc: addr, console, mqtt: mqtt_addr, new_admin_token, lab, board, stop: stop.0, tasks, api })
 }
 
 /// The runtime's own MQTT password, made on first use and kept in `data_dir` (mode 0600).

@@ -1,0 +1,214 @@
+// Labwright technician console: polls the JSON API once a second and redraws. Everything a
+// user typed (tenant, run and instrument names, intervention texts) goes in with textContent.
+"use strict";
+
+const POLL_MS = 1000;
+const SVG = "http://www.w3.org/2000/svg";
+const PALETTE = ["#457b9d", "#e76f51", "#2a9d8f", "#8e6bbf", "#e9c46a", "#d62f7c", "#6a994e", "#f4a261", "#264653", "#bc6c25"];
+let token = sessionStorage.getItem("labwright-token") || "";
+let me = null;
+let timer = null;
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c == null ? "" : String(c)));
+  return e;
+}
+
+async function call(method, path, body) {
+  const r = await fetch(path, {
+    method,
+    headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await r.json().catch(() => ({ error: "the server sent no JSON (" + r.status + ")" }));
+  if (!r.ok) { const e = new Error(data.error || ("HTTP " + r.status)); e.status = r.status; throw e; }
+  return data;
+}
+
+function colourOf(key) {
+  let h = 0;
+  for (const ch of key) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return PALETTE[h % PALETTE.length];
+}
+
+function short(id) { return id.replace(/^run_/, "").slice(0, 8); }
+
+async function login(ev) {
+  if (ev) ev.preventDefault();
+  const typed = $("token").value.trim();
+  if (typed) token = typed;
+  try {
+    me = await call("GET", "/api/whoami");
+  } catch (e) {
+    $("login-error").textContent = "Sign-in failed: " + e.message;
+    return;
+  }
+  sessionStorage.setItem("labwright-token", token);
+  $("login-error").textContent = "";
+  $("login-panel").hidden = true;
+  $("console").hidden = false;
+  $("logout").hidden = false;
+  $("who").textContent = me.tenant ? me.role + " of " + me.tenant : me.role;
+  const staff = me.role !== "scientist";
+  $("instruments-panel").hidden = !staff;
+  for (const c of document.querySelectorAll(".tenant-col")) c.hidden = !staff;
+  await refresh();
+}
+
+function logout() {
+  sessionStorage.removeItem("labwright-token");
+  token = ""; me = null;
+  clearTimeout(timer);
+  $("console").hidden = true; $("logout").hidden = true; $("login-panel").hidden = false; $("who").textContent = "";
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  if (!me) return;
+  try {
+    const staff = me.role !== "scientist";
+    const [schedule, runs, interventions, instruments] = await Promise.all([
+      call("GET", "/api/schedule"), call("GET", "/api/runs"), call("GET", "/api/interventions"),
+      staff ? call("GET", "/api/instruments") : Promise.resolve({ instruments: [] }),
+    ]);
+    drawInstruments(instruments.instruments || []);
+    drawGantt(schedule, instruments.instruments || []);
+    drawRuns(runs.runs || [], schedule.slots || []);
+    drawInterventions(interventions.interventions || []);
+    $("status").textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    $("status").textContent = "cannot reach labd: " + e.message;
+    if (e.status === 401) { logout(); $("login-error").textContent = e.message; return; }
+  }
+  timer = setTimeout(refresh, POLL_MS);
+}
+
+function drawInstruments(list) {
+  const body = $("instruments").tBodies[0];
+  body.replaceChildren(...list.map((i) => {
+    const inMaintenance = i.state === "maintenance";
+    const toggle = el("button", {
+      "data-instrument": i.id,
+      onclick: async () => {
+        let reason = "";
+        if (!inMaintenance) {
+          reason = prompt("Why does " + i.id + " go into maintenance?", "maintenance");
+          if (reason === null) return;
+        }
+        try { await call("POST", "/api/instruments/" + encodeURIComponent(i.id) + "/maintenance", { on: !inMaintenance, reason }); }
+        catch (e) { alert(e.message); }
+        refresh();
+      },
+    }, inMaintenance ? "Back in service" : "Maintenance");
+    const temp = typeof i.temperature_c === "number" ? i.temperature_c.toFixed(1) + " °C" : "";
+    return el("tr", { "data-instrument": i.id },
+      el("td", {}, i.id), el("td", {}, i.class),
+      el("td", { class: "state state-" + i.state.split(":")[0] }, i.state),
+      el("td", {}, i.run_id ? short(i.run_id) : ""), el("td", {}, temp), el("td", {}, i.detail), el("td", {}, toggle));
+  }));
+}
+
+function drawGantt(schedule, instruments) {
+  const svg = $("gantt");
+  const slots = schedule.slots || [];
+  const lanes = [...new Set([...instruments.map((i) => i.id), ...slots.map((s) => s.lane)])].sort();
+  const start = (s) => s.started_ms || s.planned_start_ms;
+  const end = (s) => s.finished_ms || (s.started_ms ? Math.max(s.planned_end_ms, schedule.now_ms) : s.planned_end_ms);
+  const t0 = Math.min(schedule.now_ms, ...slots.map(start));
+  const t1 = Math.max(schedule.now_ms + 1000, ...slots.map(end));
+  const left = 110, laneH = 22, width = Math.max(600, svg.parentElement.clientWidth - 20), top = 18;
+  const x = (t) => left + ((t - t0) / (t1 - t0)) * (width - left - 10);
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", top + lanes.length * laneH + 4);
+  const parts = [];
+  const add = (tag, attrs, text) => {
+    const e = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    parts.push(e);
+    return e;
+  };
+  lanes.forEach((lane, i) => {
+    add("text", { x: 4, y: top + i * laneH + 15, "data-lane": lane }, lane);
+    add("line", { x1: left, x2: width, y1: top + (i + 1) * laneH, y2: top + (i + 1) * laneH, stroke: "#eee" });
+  });
+  const legend = new Map();
+  for (const s of slots) {
+    const lane = lanes.indexOf(s.lane);
+    const key = s.tenant || s.run_id;
+    const colour = colourOf(key);
+    legend.set(s.tenant ? s.tenant : "run " + short(s.run_id), colour);
+    const w = Math.max(2, x(end(s)) - x(start(s)));
+    const r = add("rect", {
+      x: x(start(s)), y: top + lane * laneH + 3, width: w, height: laneH - 6, fill: colour, rx: 2,
+      class: "task " + s.state, "data-run": s.run_id, "data-tenant": s.tenant, "data-kind": s.kind,
+    });
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = (s.tenant ? s.tenant + " · " : "") + "run " + short(s.run_id) + " · " + s.label + " · " + s.state;
+    r.append(title);
+  }
+  add("line", { class: "now", x1: x(schedule.now_ms), x2: x(schedule.now_ms), y1: 0, y2: top + lanes.length * laneH });
+  add("text", { x: x(schedule.now_ms) + 3, y: 12 }, "now");
+  svg.replaceChildren(...parts);
+  $("legend").replaceChildren(...[...legend].map(([name, colour]) => el("span", {}, (() => {
+    const i = el("i"); i.style.background = colour; return i;
+  })(), name)));
+}
+
+function drawRuns(runs, slots) {
+  const staff = me.role !== "scientist";
+  const progress = new Map();
+  for (const s of slots) {
+    const p = progress.get(s.run_id) || { done: 0, all: 0 };
+    p.all += 1; if (s.state === "done") p.done += 1;
+    progress.set(s.run_id, p);
+  }
+  const body = $("runs").tBodies[0];
+  body.replaceChildren(...runs.map((r) => {
+    const p = progress.get(r.id);
+    const finished = ["succeeded", "failed", "cancelled"].includes(r.state);
+    const bar = el("progress", { max: p ? p.all : 1, value: finished ? (p ? p.all : 1) : (p ? p.done : 0) });
+    const cancel = finished || r.state === "cancelling" ? "" : el("button", {
+      "data-cancel": r.id,
+      onclick: async () => {
+        if (!confirm("Cancel run " + short(r.id) + "?")) return;
+        try { await call("POST", "/api/runs/" + encodeURIComponent(r.id) + "/cancel"); } catch (e) { alert(e.message); }
+        refresh();
+      },
+    }, "Cancel");
+    const row = el("tr", { "data-run": r.id },
+      el("td", { title: r.id }, short(r.id)), el("td", { class: "tenant-col" }, r.tenant), el("td", {}, r.name),
+      el("td", { class: "state state-" + r.state, title: r.reason }, r.state), el("td", {}, bar), el("td", {}, cancel));
+    row.children[1].hidden = !staff;
+    return row;
+  }));
+}
+
+function drawInterventions(list) {
+  const staff = me.role !== "scientist";
+  $("no-interventions").hidden = list.some((i) => i.state === "open");
+  $("interventions").replaceChildren(...list.map((i) => {
+    const open = i.state === "open";
+    const buttons = open && staff ? ["done", "redo", "abort"].map((how) => el("button", {
+      "data-resolve": how,
+      onclick: async () => {
+        try { await call("POST", "/api/interventions/" + encodeURIComponent(i.id) + "/resolve", { resolution: how }); }
+        catch (e) { alert(e.message); }
+        refresh();
+      },
+    }, { done: "Done", redo: "Redo the step", abort: "Abort the run" }[how])) : [];
+    return el("li", { class: open ? "open" : "resolved", "data-intervention": i.id },
+      el("strong", {}, i.instrument + " · run " + short(i.run_id) + ": "), i.what, el("br"),
+      "To do: ", i.todo, " ", open ? "" : "(" + i.state + ")", el("br"), ...buttons);
+  }));
+}
+
+$("login-form").addEventListener("submit", login);
+$("logout").addEventListener("click", logout);
+if (token) login();

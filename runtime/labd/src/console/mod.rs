@@ -1,0 +1,151 @@
+//! The technician console: a web page served by `labd` over HTTP (loopback by default), with
+//! its assets compiled into the binary, and a small JSON API in front of the same gRPC service
+//! implementation — so a browser sees exactly what `labctl` sees, with the same token checks
+//! and the same tenant scoping.
+
+use crate::api::Api;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use protos::labwright::v1 as pb;
+use protos::labwright::v1::lab_server::Lab as _;
+use protos::labwright::v1::runs_server::Runs as _;
+use serde::Deserialize;
+
+const INDEX_HTML: &str = include_str!("index.html");
+const CONSOLE_JS: &str = include_str!("console.js");
+const CONSOLE_CSS: &str = include_str!("console.css");
+
+/// The console's routes. Every `/api` route reads the bearer token the page got at login.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route("/console.js", get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }))
+        .route("/console.css", get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }))
+        .route("/api/whoami", get(whoami))
+        .route("/api/instruments", get(instruments))
+        .route("/api/instruments/{id}/maintenance", post(maintenance))
+        .route("/api/schedule", get(schedule))
+        .route("/api/runs", get(runs))
+        .route("/api/runs/{id}/cancel", post(cancel))
+        .route("/api/interventions", get(interventions))
+        .route("/api/interventions/{id}/resolve", post(resolve))
+        .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such page or API route") })
+        .with_state(api)
+}
+
+/// Serves the console on `listener` until `shutdown` completes.
+pub async fn serve(
+    api: Api,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await.map_err(|e| format!("console: {e}"))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+fn failure(code: StatusCode, message: &str) -> Response {
+    (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// A gRPC status as an HTTP answer with the same message.
+fn http_error(s: tonic::Status) -> Response {
+    use tonic::Code;
+    let code = match s.code() {
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    failure(code, s.message())
+}
+
+/// A gRPC request carrying the browser's bearer token.
+fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Ok(v) = v.parse() {
+            r.metadata_mut().insert("authorization", v);
+        }
+    }
+    r
+}
+
+fn answer<T: serde::Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Response {
+    match r {
+        Ok(r) => Json(r.into_inner()).into_response(),
+        Err(s) => http_error(s),
+    }
+}
+
+async fn whoami(State(api): State<Api>, headers: HeaderMap) -> Response {
+    match api.whoami(&request(&headers, ())).await {
+        Ok((role, tenant)) => Json(serde_json::json!({ "role": role, "tenant": tenant })).into_response(),
+        Err(s) => http_error(s),
+    }
+}
+
+async fn instruments(State(api): State<Api>, headers: HeaderMap) -> Response {
+    answer(api.instruments(request(&headers, pb::InstrumentsRequest {})).await)
+}
+
+#[derive(Debug, Deserialize)]
+struct MaintenanceBody {
+    on: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn maintenance(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<MaintenanceBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(b)) = body else {
+        return failure(StatusCode::BAD_REQUEST, "send JSON {\"on\": true|false, \"reason\": \"...\"}");
+    };
+    let r = pb::SetMaintenanceRequest { instrument: id, on: b.on, reason: b.reason };
+    answer(api.set_maintenance(request(&headers, r)).await)
+}
+
+async fn schedule(State(api): State<Api>, headers: HeaderMap) -> Response {
+    answer(api.schedule(request(&headers, pb::ScheduleRequest {})).await)
+}
+
+async fn runs(State(api): State<Api>, headers: HeaderMap) -> Response {
+    answer(api.list(request(&headers, pb::ListRunsRequest { states: Vec::new() })).await)
+}
+
+async fn cancel(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    answer(api.cancel(request(&headers, pb::CancelRequest { run_id: id })).await)
+}
+
+async fn interventions(State(api): State<Api>, headers: HeaderMap) -> Response {
+    answer(api.interventions(request(&headers, pb::InterventionsRequest { include_resolved: true })).await)
+}
+
+#[derive(Debug, Deserialize)]
+struct ResolveBody {
+    resolution: String,
+}
+
+async fn resolve(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<ResolveBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(b)) = body else {
+        return failure(StatusCode::BAD_REQUEST, "send JSON {\"resolution\": \"done\"|\"redo\"|\"abort\"}");
+    };
+    answer(api.resolve(request(&headers, pb::ResolveRequest { id, resolution: b.resolution })).await)
+}
