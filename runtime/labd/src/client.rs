@@ -220,13 +220,13 @@ fn sentence(s: tonic::Status) -> anyhow::Error {
     anyhow!("{what}: {}", s.message())
 }
 
-struct Client {
-    channel: Channel,
+pub(crate) struct Client {
+    pub(crate) channel: Channel,
     token: String,
 }
 
 impl Client {
-    async fn connect(conn: &Conn) -> Result<Client> {
+    pub(crate) async fn connect(conn: &Conn) -> Result<Client> {
         let url = conn
             .url
             .clone()
@@ -255,7 +255,7 @@ impl Client {
         Ok(Client { channel, token: token.trim().to_string() })
     }
 
-    fn req<T>(&self, msg: T) -> Result<tonic::Request<T>> {
+    pub(crate) fn req<T>(&self, msg: T) -> Result<tonic::Request<T>> {
         let mut r = tonic::Request::new(msg);
         r.metadata_mut().insert(
             "authorization",
@@ -265,6 +265,26 @@ impl Client {
         );
         Ok(r)
     }
+}
+
+/// Results as CSV: one row per well and wavelength.
+pub(crate) fn results_csv(rs: &[pb::Result]) -> String {
+    let mut s = String::from("result,labware,kind,well,wavelength_nm,value,unit\n");
+    for r in rs {
+        let per = if r.kind == "absorbance" { r.wavelengths_nm.len().max(1) } else { 1 };
+        for (i, w) in r.wells.iter().enumerate() {
+            for k in 0..per {
+                let wl = r
+                    .wavelengths_nm
+                    .get(if per == 1 && r.kind != "absorbance" { 1 } else { k })
+                    .copied()
+                    .unwrap_or(0.0);
+                let v = r.values.get(i * per + k).copied().unwrap_or(f64::NAN);
+                s.push_str(&format!("{},{},{},{w},{wl},{v},{}\n", r.id, r.labware, r.kind, r.unit));
+            }
+        }
+    }
+    s
 }
 
 fn run_json(r: &pb::RunInfo) -> serde_json::Value {
@@ -334,20 +354,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                             .collect(),
                     )
                     .to_string(),
-                    ResultsFormat::Csv => {
-                        let mut s = String::from("result,labware,kind,well,wavelength_nm,value,unit\n");
-                        for r in &rs {
-                            let per = if r.kind == "absorbance" { r.wavelengths_nm.len().max(1) } else { 1 };
-                            for (i, w) in r.wells.iter().enumerate() {
-                                for k in 0..per {
-                                    let wl = r.wavelengths_nm.get(if per == 1 && r.kind != "absorbance" { 1 } else { k }).copied().unwrap_or(0.0);
-                                    let v = r.values.get(i * per + k).copied().unwrap_or(f64::NAN);
-                                    s.push_str(&format!("{},{},{},{w},{wl},{v},{}\n", r.id, r.labware, r.kind, r.unit));
-                                }
-                            }
-                        }
-                        s
-                    }
+                    ResultsFormat::Csv => results_csv(&rs),
                 };
                 match output {
                     Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,

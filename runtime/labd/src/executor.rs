@@ -146,7 +146,7 @@ fn job_key(job: &Job) -> String {
 }
 
 /// The task a plate move delivers to: the plate's next task after the move.
-fn destination(p: &Planner, m: &MoveSlot) -> Option<usize> {
+pub(crate) fn destination(p: &Planner, m: &MoveSlot) -> Option<usize> {
     let run = p.problem.runs.get(m.run)?;
     let slots = p.schedule.tasks.get(m.run)?;
     (0..run.tasks.len())

@@ -40,6 +40,23 @@ enum Cmd {
     /// Labware definitions.
     #[command(subcommand)]
     Labware(LabwareCmd),
+    /// Capacity report: run a workload from N tenants through the runtime's scheduler on a
+    /// site in virtual time (nothing sleeps) and write utilisation, bottleneck, makespan,
+    /// turnaround and slowdown per tenant, cost per run, a Gantt chart and the cost curve.
+    Simulate {
+        /// Site description (lab.toml); defaults to the shipped simulated site.
+        #[arg(long, value_name = "FILE")]
+        site: Option<PathBuf>,
+        /// What one tenant submits (workload.toml; see docs/capacity.md).
+        #[arg(long, value_name = "FILE")]
+        workload: PathBuf,
+        /// Numbers of tenants to simulate, one scenario each (the largest gets the full report).
+        #[arg(long, num_args = 1.., default_values_t = vec![1, 2, 5, 10])]
+        tenants: Vec<usize>,
+        /// Where to write report.md, report.json, gantt.svg and cost-curve.svg.
+        #[arg(long, default_value = "capacity-report")]
+        out: PathBuf,
+    },
     /// Talk to a running labd (submit, runs, watch, results, tenant, token).
     #[command(flatten)]
     Client(crate::client::ClientCmd),
@@ -168,6 +185,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(exit_for(&c))
         }
         Cmd::Labware(cmd) => labware_cmd(cmd),
+        Cmd::Simulate { site, workload, tenants, out } => simulate(site.as_deref(), &workload, &tenants, &out),
         Cmd::Client(cmd) => crate::client::run(cli.conn, cmd),
     }
 }
@@ -178,6 +196,44 @@ fn exit_for(c: &Compilation) -> i32 {
     } else {
         0
     }
+}
+
+fn simulate(site_file: Option<&Path>, workload_file: &Path, tenants: &[usize], out: &Path) -> Result<i32> {
+    use crate::capacity;
+    if tenants.is_empty() || tenants.contains(&0) {
+        bail!("--tenants takes numbers of tenants of at least 1, e.g. --tenants 1 5 10 50");
+    }
+    let site = load_site(site_file)?;
+    let workload = capacity::Workload::load(workload_file, &site).map_err(anyhow::Error::msg)?;
+    let mut reports = Vec::new();
+    for &n in tenants {
+        let r = capacity::simulate(&site, &workload, n).map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "{n:>4} tenants: {} runs, makespan {:.2} h, bottleneck {}, site cost per run {:.2} {} ({:.2} s)",
+            r.runs,
+            r.makespan_s / 3600.0,
+            r.bottleneck,
+            r.site_cost_per_run,
+            r.currency,
+            r.wall_s
+        );
+        reports.push(r);
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let Some(biggest) = reports.iter().max_by_key(|r| r.tenants) else { bail!("nothing simulated") };
+    let site_name = site_file.map_or("shipped simulated site".to_string(), |p| p.display().to_string());
+    let files = [
+        ("report.md", capacity::markdown(&site_name, &workload_file.display().to_string(), &reports)),
+        ("report.json", serde_json::to_string_pretty(&reports).context("report as JSON")?),
+        ("gantt.svg", capacity::gantt_svg(biggest)),
+        ("cost-curve.svg", capacity::cost_curve_svg(&reports)),
+    ];
+    for (name, text) in files {
+        let p = out.join(name);
+        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    println!("capacity report: {}", out.join("report.md").display());
+    Ok(0)
 }
 
 fn load_site(path: Option<&Path>) -> Result<Site> {

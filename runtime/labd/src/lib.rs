@@ -7,9 +7,11 @@
 
 pub mod api;
 pub mod board;
+pub mod capacity;
 pub mod client;
 pub mod console;
 pub mod daemon;
+pub mod demo;
 pub mod executor;
 pub mod lab;
 pub mod labctl;

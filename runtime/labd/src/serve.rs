@@ -141,7 +141,10 @@ impl Config {
             .map_err(|_| format!("listen = {:?}: give host:port, e.g. \"127.0.0.1:50051\"", self.listen))?;
         if self.console_listen != "off" {
             self.console_listen.parse::<std::net::SocketAddr>().map_err(|_| {
-                format!("console_listen = {:?}: give host:port, e.g. \"127.0.0.1:8650\", or \"off\"", self.console_listen)
+                format!(
+                    "console_listen = {:?}: give host:port, e.g. \"127.0.0.1:8650\", or \"off\"",
+                    self.console_listen
+                )
             })?;
         }
         Ok(())
@@ -294,7 +297,11 @@ pub async fn start(config: Config) -> Result<Running, String> {
             max_payload: crate::telemetry::broker::MAX_PACKET - 4096,
             site: site.site.name.clone(),
         };
-        tasks.push(("relay", tokio::spawn(crate::telemetry::relay::run(store.clone(), relay_config, stop.1.clone())), 5));
+        tasks.push((
+            "relay",
+            tokio::spawn(crate::telemetry::relay::run(store.clone(), relay_config, stop.1.clone())),
+            5,
+        ));
     }
     let api = Api {
         store,

@@ -81,6 +81,10 @@ impl Planner {
         for ri in 0..self.problem.runs.len() {
             for ti in 0..self.problem.runs[ri].tasks.len() {
                 let Some(pin) = self.problem.pinned[ri][ti].clone() else { continue };
+                let travels = !pin.on_arm && pin.resource.is_some_and(|r| self.problem.resources[r].nest.is_some());
+                if !travels {
+                    continue;
+                }
                 let mut outbound = pin.outbound.clone();
                 for &p in &self.problem.runs[ri].tasks[ti].plates {
                     if outbound.iter().any(|m| m.plate == p) {
@@ -96,6 +100,18 @@ impl Planner {
                     chain.sort_by(|a, b| a.start.total_cmp(&b.start));
                     let Some(k) = chain.iter().position(|m| m.to == self.problem.storage) else { continue };
                     chain.truncate(k + 1);
+                    // A later task of the same plate before the plate leaves: the chain home is
+                    // that task's, not this one's.
+                    let leaves = chain.first().map_or(f64::INFINITY, |m| m.start);
+                    let used_again = (0..self.problem.runs[ri].tasks.len()).any(|tj| {
+                        tj != ti
+                            && self.problem.runs[ri].tasks[tj].plates.contains(&p)
+                            && self.schedule.tasks[ri][tj].start >= pin.end - 1e-6
+                            && self.schedule.tasks[ri][tj].start < leaves
+                    });
+                    if used_again {
+                        continue;
+                    }
                     if chain.first().is_some_and(|m| m.start < now - 1e-9) {
                         outbound.extend(chain);
                     }
@@ -120,12 +136,15 @@ impl Planner {
     fn make_pin(&self, ri: usize, ti: usize) -> Pin {
         let slot = self.schedule.tasks[ri][ti];
         let plates = &self.problem.runs[ri].tasks[ti].plates;
+        // Plates travel to instruments with a nest; a technician's task moves none of them.
+        let travels = !slot.on_arm && slot.resource.is_some_and(|r| self.problem.resources[r].nest.is_some());
         let inbound = self
             .schedule
             .moves
             .iter()
             .filter(|m| m.run == ri && plates.contains(&m.plate) && m.end <= slot.start + 1e-6)
             .filter(|m| m.start >= self.last_return_before(ri, m.plate, slot.start) - 1e-6)
+            .filter(|_| travels)
             .copied()
             .collect();
         Pin {

@@ -481,6 +481,21 @@ impl LabProblem {
         Some(sched)
     }
 
+    /// Whether plate `p` of pinned task `ti` stays where it is for a later pinned task of its
+    /// run (both were reached by the same moves), so it is not taken home in between.
+    fn stays_for_next_pin(&self, ri: usize, ti: usize, pin: &super::Pin, p: usize) -> bool {
+        let mine: Vec<&MoveSlot> = pin.inbound.iter().filter(|m| m.plate == p).collect();
+        !mine.is_empty()
+            && self.pinned[ri].iter().enumerate().any(|(tj, other)| {
+                other.as_ref().is_some_and(|o| {
+                    tj != ti
+                        && o.start >= pin.end - EPS
+                        && self.runs[ri].tasks[tj].plates.contains(&p)
+                        && mine.iter().all(|m| o.inbound.contains(m))
+                })
+            })
+    }
+
     /// Books every pinned task (its plates' inbound moves as they happened, its instrument, the
     /// moves that will take its plates home) before any run is inserted, so the rest of the plan
     /// is built around what is already under way.
@@ -492,13 +507,22 @@ impl LabProblem {
                 .enumerate()
                 .flat_map(|(ri, ps)| ps.iter().enumerate().filter_map(move |(ti, p)| p.as_ref().map(|p| (ri, ti, p))))
         };
-        // First what has happened: moves already made, lid tasks on arms.
+        // First what has happened: moves already made, lid tasks on arms. Two pinned tasks of a
+        // plate that goes from one to the other without going home both list the moves that
+        // brought it: each move is booked once.
+        let mut booked = std::collections::HashSet::new();
         for (ri, _, pin) in pins() {
-            for m in pin.inbound.iter().chain(&pin.outbound) {
+            let made: Vec<MoveSlot> = pin
+                .inbound
+                .iter()
+                .chain(&pin.outbound)
+                .filter(|m| booked.insert((m.run, m.plate, m.arm, m.from, m.to, m.start.to_bits())))
+                .copied()
+                .collect();
+            for m in &made {
                 st.arms[m.arm].book(m.start, m.end, ri);
                 sched.moves.push(*m);
             }
-            let made: Vec<MoveSlot> = pin.inbound.iter().chain(&pin.outbound).copied().collect();
             self.book_station_holds(st, &made, ri);
             if let (Some(a), true) = (pin.resource, pin.on_arm) {
                 st.arms[a].book(pin.start, pin.end, ri);
@@ -526,7 +550,10 @@ impl LabProblem {
                     (res.nest, res.class == InstrumentClass::Technician || task.plates.is_empty())
                 {
                     if let Some(outbound) = self.route(nest, self.storage) {
-                        for &p in task.plates.iter().filter(|&&p| !pin.outbound.iter().any(|m| m.plate == p)) {
+                        let stays = |p: usize| self.stays_for_next_pin(ri, ti, pin, p);
+                        for &p in
+                            task.plates.iter().filter(|&&p| !pin.outbound.iter().any(|m| m.plate == p) && !stays(p))
+                        {
                             let k = moves.len();
                             back = back.max(self.book_legs(
                                 st,
