@@ -268,9 +268,14 @@ struct Reap(std::process::Child);
 /// up to then.
 fn start_labd(args: &[&std::ffi::OsStr], cwd: &Path) -> (Reap, String) {
     use std::io::BufRead;
+    // Tests run side by side: each console on a port of its own, unless the test chose one.
+    let mut args = args.to_vec();
+    if args.first().is_some_and(|a| *a == "serve") && !args.iter().any(|a| *a == "--console") {
+        args.extend([std::ffi::OsStr::new("--console"), std::ffi::OsStr::new("127.0.0.1:0")]);
+    }
     let mut s = Reap(
         Command::new(env!("CARGO_BIN_EXE_labd"))
-            .args(args)
+            .args(&args)
             .current_dir(cwd)
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -1652,5 +1657,334 @@ fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
     assert!(o.status.code() != Some(0) && o.stdout.is_empty(), "a revoked identity cannot connect");
     Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(server.0.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A GET on labd's console API with a bearer token; returns the status code and the body.
+fn console_get(base: &str, path: &str, token: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    // Bodies come chunked: keep the JSON between the first chunk size and the terminating 0.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+/// `labd serve` started for a test, with its URLs and the admin token.
+struct Lab {
+    _server: Reap,
+    url: String,
+    console: String,
+    admin: String,
+    dir: PathBuf,
+}
+
+fn serve_lab(name: &str, scale: &str) -> Lab {
+    let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["serve", "--listen", &listen, "--time-scale", scale, "--mqtt-port", "0", "--data-dir"];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    args.push(dir.as_os_str());
+    let (server, seen) = start_labd(&args, &root());
+    let console = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("labd: console on "))
+        .unwrap_or_else(|| panic!("labd says where its console is: {seen}"))
+        .trim()
+        .to_string();
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
+    Lab { _server: server, url: format!("http://{listen}"), console, admin, dir }
+}
+
+impl Lab {
+    fn ctl(&self, token: &str, args: &[&str]) -> (i32, String, String) {
+        labctl_at(&self.url, token, args)
+    }
+
+    fn json(&self, token: &str, args: &[&str]) -> serde_json::Value {
+        let (code, so, se) = self.ctl(token, args);
+        assert_eq!(code, 0, "labctl {args:?}: {so}{se}");
+        serde_json::from_str(so.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {so}"))
+    }
+
+    /// A new tenant and a scientist's token for it.
+    fn tenant(&self, name: &str) -> String {
+        self.json(&self.admin, &["tenant", "add", name, "--format", "json"]);
+        self.json(&self.admin, &["token", "create", "--tenant", name, "--format", "json"])["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn submit(&self, token: &str, example: &str) -> String {
+        let file = root().join("protocols/examples").join(example);
+        self.json(token, &["submit", file.to_str().unwrap(), "--format", "json"])["run"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn wait_final(&self, token: &str, runs: &[&str], secs: u64) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let (_, so, _) = self.ctl(token, &["runs", "--format", "json"]);
+            let all: serde_json::Value = serde_json::from_str(so.lines().next().unwrap_or("[]")).unwrap_or_default();
+            let state = |id: &str| {
+                all.as_array()
+                    .and_then(|a| a.iter().find(|r| r["id"] == id))
+                    .and_then(|r| r["state"].as_str().map(String::from))
+                    .unwrap_or_default()
+            };
+            if runs.iter().all(|r| state(r) == "succeeded") {
+                return;
+            }
+            assert!(runs.iter().all(|r| state(r) != "failed"), "a run failed: {so}");
+            assert!(std::time::Instant::now() < until, "runs did not finish in {secs} s: {so}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+/// `labd demo` runs to completion: three tenants' six runs succeed, the summary adds up, the
+/// results are where it says, and it told the visitor how to open the console and watch MQTT.
+#[test]
+fn labd_demo_runs_to_completion_and_sums_up() {
+    let dir = std::env::temp_dir().join(format!("lw-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_labd"))
+        .args(["demo", "--time-scale", "0.0002", "--console", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "the demo exits 0 when every run succeeded\n{so}\n{se}");
+    assert!(so.contains("6 of 6 succeeded"), "{so}");
+    assert!(so.contains("mosquitto_sub -h 127.0.0.1 -p ") && so.contains("-t 'lab/v1/t/"), "an MQTT line: {so}");
+    assert!(so.contains("console:   http://127.0.0.1:"), "the console URL: {so}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["runs"].as_u64(), summary["succeeded"].as_u64()), (Some(6), Some(6)), "{summary}");
+    // The growth curve alone takes 12 h 35 min of device time: nothing finishes sooner.
+    let makespan = summary["makespan_s"].as_f64().unwrap();
+    assert!(makespan >= 12.0 * 3600.0 + 35.0 * 60.0 && makespan < 48.0 * 3600.0, "makespan {makespan}");
+    let tenants = summary["tenants"].as_object().unwrap();
+    assert_eq!(tenants.len(), 3);
+    for (name, t) in tenants {
+        let turnaround = t["turnaround_s"].as_f64().unwrap();
+        assert!(turnaround > 0.0 && turnaround <= makespan * 1.05 + 600.0, "{name}: {t} vs makespan {makespan}");
+    }
+    let utilisation = summary["utilisation"].as_object().unwrap();
+    assert!(utilisation.values().all(|u| (0.0..=1.0).contains(&u.as_f64().unwrap())), "{summary}");
+    assert!(utilisation["lh1"].as_f64().unwrap() > 0.0 && utilisation["inc1"].as_f64().unwrap() > 0.0);
+    let csvs = std::fs::read_dir(dir.join("results")).unwrap().count();
+    assert!(csvs >= 3, "one CSV per run that measured something: {csvs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The technician console in Debian's Chromium (playwright-core): the page loads, instruments
+/// appear, the Gantt chart draws tasks, an intervention is resolved from the page, maintenance
+/// is toggled, and a scientist cannot see another tenant's run or name. Screenshots are kept
+/// in target/console-screenshots.
+#[test]
+fn the_console_works_in_chromium() {
+    let script = root().join("tests/browser/console.mjs");
+    let ready =
+        Path::new("/usr/bin/chromium").exists() && root().join("tests/browser/node_modules/playwright-core").exists();
+    if !ready {
+        assert!(
+            std::env::var("LABWRIGHT_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "browser tests are required but Chromium or playwright-core is missing: run scripts/peers"
+        );
+        eprintln!("skipped: no /usr/bin/chromium or tests/browser/node_modules (scripts/peers installs them)");
+        return;
+    }
+    let lab = serve_lab("console", "0.001");
+    let (acme, globex) = (lab.tenant("acme"), lab.tenant("globex"));
+    let tech = lab.json(&lab.admin, &["token", "create", "--role", "technician", "--format", "json"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // PCR setup ends with a manual step: the lab waits for a technician.
+    let acme_run = lab.submit(&acme, "pcr-setup.yaml");
+    let globex_run = lab.submit(&globex, "serial-dilution.yaml");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let intervention = loop {
+        let (_, so, _) = lab.ctl(&tech, &["interventions", "--format", "json"]);
+        if let Some(id) = so
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|i| i["run"] == acme_run.as_str())
+            .and_then(|i| i["id"].as_str().map(String::from))
+        {
+            break id;
+        }
+        assert!(std::time::Instant::now() < until, "no intervention for the manual step: {so}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // The JSON API keeps the gRPC rules: no token, no data; a scientist gets no instruments.
+    assert_eq!(console_get(&lab.console, "/api/runs", "nonsense").0, 401);
+    assert_eq!(console_get(&lab.console, "/api/instruments", &acme).0, 403);
+    let (code, body) = console_get(&lab.console, "/api/runs", &acme);
+    assert!(code == 200 && body.contains(&acme_run) && !body.contains(&globex_run), "{code} {body}");
+    let shots = root().join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(&script)
+        .args([&lab.console, &tech, &acme, &acme_run, &globex_run, "globex"])
+        .arg(&shots)
+        .output()
+        .unwrap();
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "the console test in Chromium failed:\n{so}\n{se}");
+    eprintln!("console in Chromium: {so}");
+    // What the page did is what the lab knows: the intervention was resolved as done.
+    let (_, all, _) = lab.ctl(&tech, &["interventions", "--all", "--format", "json"]);
+    let resolved = all
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|i| i["id"] == intervention.as_str())
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(resolved["state"], "done", "{resolved}");
+    lab.wait_final(&acme, &[&acme_run], 120);
+    for png in ["console-technician.png", "console-resolved.png", "console-scientist.png"] {
+        assert!(std::fs::metadata(shots.join(png)).map(|m| m.len() > 10_000).unwrap_or(false), "{png} saved");
+    }
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
+
+/// `labctl simulate` with 50 tenants in virtual time: every scenario is planned without a
+/// constraint broken (it checks itself with the scheduler's validator), the numbers hang
+/// together, and sharing makes a run cheaper for the operator.
+#[test]
+fn simulate_fifty_tenants_in_virtual_time() {
+    let out_dir = std::env::temp_dir().join(format!("lw-capacity-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let workload = root().join("sites/workload.toml");
+    let out = labctl(&[
+        "simulate",
+        "--workload",
+        workload.to_str().unwrap(),
+        "--tenants",
+        "1",
+        "10",
+        "50",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{so}{se}");
+    eprintln!("{se}");
+    let reports: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 3);
+    for r in reports {
+        let (runs, tenants) = (r["runs"].as_u64().unwrap(), r["tenants"].as_u64().unwrap());
+        assert_eq!(runs, tenants * 4, "the workload submits four runs per tenant");
+        assert!(r["makespan_s"].as_f64().unwrap() >= r["lower_bound_s"].as_f64().unwrap() - 1e-6, "{r}");
+        for u in r["utilisation"].as_array().unwrap() {
+            assert!((0.0..=1.0 + 1e-9).contains(&u["fraction"].as_f64().unwrap()), "{u}");
+        }
+        let per = r["per_tenant"].as_array().unwrap();
+        assert_eq!(per.len() as u64, tenants);
+        assert!(per.iter().all(|t| t["mean_slowdown"].as_f64().unwrap() >= 1.0 - 1e-6), "{r}");
+    }
+    let cost = |i: usize| reports[i]["site_cost_per_run"].as_f64().unwrap();
+    assert!(cost(1) < cost(0) * 0.6, "ten tenants share the fixed cost: {} vs {}", cost(1), cost(0));
+    let gantt = std::fs::read_to_string(out_dir.join("gantt.svg")).unwrap();
+    assert!(gantt.matches("<rect").count() > 200 * 4, "a bar per task and move");
+    assert!(std::fs::read_to_string(out_dir.join("cost-curve.svg")).unwrap().contains("<polyline"));
+    assert!(std::fs::read_to_string(out_dir.join("report.md")).unwrap().contains("| 50 | 200 |"));
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+/// The capacity simulation and a run through the live executor (real simulated instruments
+/// over their wires, scale 0.01) agree within 5% on makespan and mean turnaround.
+#[test]
+fn simulate_matches_the_live_executor_within_five_percent() {
+    let dir = std::env::temp_dir().join(format!("lw-simlive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let examples = root().join("protocols/examples");
+    let workload = dir.join("workload.toml");
+    std::fs::write(
+        &workload,
+        format!(
+            "[[submit]]\nprotocol = {:?}\n[[submit]]\nprotocol = {:?}\n",
+            examples.join("serial-dilution.yaml"),
+            examples.join("normalisation.yaml")
+        ),
+    )
+    .unwrap();
+    let site = labware::Site::sim().unwrap();
+    let w = labd::capacity::Workload::load(&workload, &site).unwrap();
+    let sim = labd::capacity::simulate(&site, &w, 3).unwrap();
+    let first = sim.bars.iter().map(|b| b.start_s).fold(f64::INFINITY, f64::min);
+    let sim_makespan = sim.makespan_s - first;
+    let sim_turnaround = sim.per_tenant.iter().map(|t| t.mean_turnaround_s).sum::<f64>() / 3.0;
+
+    let scale = 0.01;
+    let lab = serve_lab("simlive", "0.01");
+    let tokens: Vec<String> = ["t1", "t2", "t3"].iter().map(|t| lab.tenant(t)).collect();
+    let lab_ref = &lab;
+    let runs: Vec<String> = std::thread::scope(|s| {
+        let mut hs = Vec::new();
+        for t in &tokens {
+            for f in ["serial-dilution.yaml", "normalisation.yaml"] {
+                hs.push(s.spawn(move || lab_ref.submit(t, f)));
+            }
+        }
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ids: Vec<&str> = runs.iter().map(String::as_str).collect();
+    lab.wait_final(&lab.admin, &ids, 300);
+    let (code, body) = console_get(&lab.console, "/api/schedule", &lab.admin);
+    assert_eq!(code, 200, "{body}");
+    let schedule: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let slots = schedule["slots"].as_array().unwrap();
+    let started = slots.iter().filter_map(|s| s["started_ms"].as_i64()).filter(|&t| t > 0).min().unwrap();
+    let end_of = |run: Option<&str>| {
+        slots
+            .iter()
+            .filter(|s| run.is_none_or(|r| s["run_id"] == r))
+            .filter_map(|s| s["finished_ms"].as_i64())
+            .max()
+            .unwrap()
+    };
+    let device = |ms: i64| (ms - started) as f64 / 1000.0 / scale;
+    let live_makespan = device(end_of(None));
+    let live_turnaround = runs.iter().map(|r| device(end_of(Some(r)))).sum::<f64>() / runs.len() as f64;
+    // The simulation's mean is over tenants of their mean over runs; with two runs each, the same.
+    let dev = |a: f64, b: f64| (a - b).abs() / b;
+    eprintln!(
+        "makespan: simulated {sim_makespan:.0} s, live {live_makespan:.0} s ({:+.1}%); mean turnaround: simulated {sim_turnaround:.0} s, live {live_turnaround:.0} s ({:+.1}%)",
+        100.0 * (live_makespan - sim_makespan) / sim_makespan,
+        100.0 * (live_turnaround - sim_turnaround) / sim_turnaround
+    );
+    assert!(dev(live_makespan, sim_makespan) <= 0.05, "makespan differs by more than 5%");
+    assert!(dev(live_turnaround, sim_turnaround) <= 0.05, "mean turnaround differs by more than 5%");
+    let _ = std::fs::remove_dir_all(&lab.dir);
     let _ = std::fs::remove_dir_all(&dir);
 }

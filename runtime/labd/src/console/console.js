@@ -204,7 +204,7 @@ function drawInterventions(list) {
       },
     }, { done: "Done", redo: "Redo the step", abort: "Abort the run" }[how])) : [];
     return el("li", { class: open ? "open" : "resolved", "data-intervention": i.id },
-      el("strong", {}, i.instrument + " · run " + short(i.run_id) + ": "), i.what, el("br"),
+      el("strong", {}, (i.instrument ? i.instrument + " · " : "") + "run " + short(i.run_id) + ": "), i.what, el("br"),
       "To do: ", i.todo, " ", open ? "" : "(" + i.state + ")", el("br"), ...buttons);
   }));
 }

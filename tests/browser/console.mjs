@@ -1,0 +1,61 @@
+// Drives labd's technician console in Debian's headless Chromium. Called by the Rust test
+// `the_console_works_in_chromium` with: URL TECHNICIAN_TOKEN SCIENTIST_TOKEN OWN_RUN OTHER_RUN
+// OTHER_TENANT OUT_DIR. Fails (exit 1) with a sentence when the page does not do its job.
+import { chromium } from "playwright-core";
+
+const [url, techToken, sciToken, ownRun, otherRun, otherTenant, outDir] = process.argv.slice(2);
+const short = (id) => id.replace(/^run_/, "").slice(0, 8);
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox"] });
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  page.on("dialog", (d) => d.accept(d.type() === "prompt" ? "lamp change (console test)" : undefined));
+  page.setDefaultTimeout(20000);
+
+  // A technician signs in and sees the lab.
+  await page.goto(url);
+  await page.fill("#token", techToken);
+  await page.click("#login");
+  await page.waitForSelector("#instruments tbody tr[data-instrument='lh1']");
+  const instruments = await page.locator("#instruments tbody tr").count();
+  if (instruments < 5) throw new Error(`the instruments table shows ${instruments} instruments`);
+  await page.waitForFunction(() => document.querySelectorAll("#gantt rect.task").length > 0);
+  const bars = await page.locator("#gantt rect.task").count();
+  const lanes = await page.locator("#gantt text[data-lane]").count();
+  await page.waitForSelector(`#runs tbody tr[data-run='${otherRun}']`);
+  await page.screenshot({ path: `${outDir}/console-technician.png`, fullPage: true });
+
+  // The manual step the lab is waiting for is done from the page.
+  const open = page.locator("#interventions li.open").first();
+  await open.waitFor();
+  const what = await open.innerText();
+  await open.locator("button[data-resolve='done']").click();
+  await page.waitForFunction(() => document.querySelectorAll("#interventions li.open button").length === 0 ||
+    !document.querySelector("#interventions li.open"));
+  await page.screenshot({ path: `${outDir}/console-resolved.png`, fullPage: true });
+
+  // Maintenance toggled from the page shows in the instrument's state.
+  await page.click("#instruments button[data-instrument='reader2']");
+  await page.waitForSelector("#instruments tr[data-instrument='reader2'] td.state-maintenance");
+  await page.click("#instruments button[data-instrument='reader2']");
+  await page.waitForFunction(() => !document.querySelector("#instruments tr[data-instrument='reader2'] td.state-maintenance"));
+
+  // A scientist sees their own run, not the other tenant's run or name, and no instruments.
+  await page.click("#logout");
+  await page.fill("#token", sciToken);
+  await page.click("#login");
+  await page.waitForSelector(`#runs tbody tr[data-run='${ownRun}']`);
+  await page.waitForFunction(() => document.querySelectorAll("#gantt rect.task").length > 0);
+  const text = await page.evaluate(() => document.body.innerText + document.getElementById("gantt").innerHTML);
+  if (text.includes(otherRun) || text.includes(short(otherRun))) throw new Error("the scientist sees the other tenant's run");
+  if (text.includes(otherTenant)) throw new Error("the scientist sees the other tenant's name");
+  if (await page.locator("#instruments-panel").isVisible()) throw new Error("the scientist sees the instruments panel");
+  await page.screenshot({ path: `${outDir}/console-scientist.png`, fullPage: true });
+  console.log(JSON.stringify({ instruments, bars, lanes, resolved: what.split("\n")[0] }));
+} catch (e) {
+  console.error("console test: " + e.message);
+  failed = true;
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
