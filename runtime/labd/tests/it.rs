@@ -1681,7 +1681,7 @@ fn console_get(base: &str, path: &str, token: &str) -> (u16, String) {
                 break;
             }
             out.push_str(&tail[..n]);
-            rest = &tail[n..].trim_start_matches("\r\n");
+            rest = tail[n..].trim_start_matches("\r\n");
         }
         out
     } else {
@@ -1788,7 +1788,7 @@ fn labd_demo_runs_to_completion_and_sums_up() {
     assert_eq!((summary["runs"].as_u64(), summary["succeeded"].as_u64()), (Some(6), Some(6)), "{summary}");
     // The growth curve alone takes 12 h 35 min of device time: nothing finishes sooner.
     let makespan = summary["makespan_s"].as_f64().unwrap();
-    assert!(makespan >= 12.0 * 3600.0 + 35.0 * 60.0 && makespan < 48.0 * 3600.0, "makespan {makespan}");
+    assert!((12.0 * 3600.0 + 35.0 * 60.0..48.0 * 3600.0).contains(&makespan), "makespan {makespan}");
     let tenants = summary["tenants"].as_object().unwrap();
     assert_eq!(tenants.len(), 3);
     for (name, t) in tenants {
