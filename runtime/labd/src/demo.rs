@@ -126,7 +126,8 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
         println!("  console:   {console}  (sign in with the admin token {admin_token})");
     }
     println!("  telemetry: {} sees only its own runs:\n    {mqtt_line}", TENANTS[0].0);
-    println!("  data:      {}\n", data_dir.display());
+    println!("  data:      {}", data_dir.display());
+    println!("  (with --keep the lab stays up after the summary, for the console and the API)\n");
 
     // Every tenant submits its protocols at the same moment.
     let mut submissions = Vec::new();

@@ -169,6 +169,8 @@ function drawRuns(runs, slots) {
     p.all += 1; if (s.state === "done") p.done += 1;
     progress.set(s.run_id, p);
   }
+  // The queue per tenant: grouped by tenant, oldest first within each.
+  runs = [...runs].sort((a, b) => a.tenant.localeCompare(b.tenant) || a.submitted_at_ms - b.submitted_at_ms);
   const body = $("runs").tBodies[0];
   body.replaceChildren(...runs.map((r) => {
     const p = progress.get(r.id);
