@@ -221,6 +221,14 @@ enum Change {
     Down(String, String),
     Up(String),
     Reservations(Vec<Vec<(String, Window)>>),
+    /// A task that has started is running past its planned end (a technician not yet done with
+    /// a manual step, a slow instrument): planned as ending at `expected_end`, so work that
+    /// waits for its instrument, arm or plate is re-planned instead of stalling behind it.
+    Overrun {
+        run: usize,
+        task: usize,
+        expected_end: f64,
+    },
 }
 
 /// A run being executed.
@@ -400,6 +408,7 @@ impl Executor {
         let mut tick = tokio::time::interval(self.config.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_probe = Instant::now();
+        let mut last_overrun_check = Instant::now();
         let mut sessions = 0u64;
         // The site in scheduler terms (nests, arm routes): the same for every admission and plan.
         let site = LabProblem::from_site(&self.lab.site).map_err(|e| e.0)?;
@@ -428,6 +437,12 @@ impl Executor {
             if last_probe.elapsed() >= self.config.probe_every {
                 last_probe = Instant::now();
                 self.probe_down(&mut out_of_service, &mut events).await;
+            }
+            if let Some(s) = session.as_ref() {
+                if last_overrun_check.elapsed() >= self.config.probe_every {
+                    last_overrun_check = Instant::now();
+                    events.extend(self.overruns(s, &dispatch));
+                }
             }
             let arrivals = self.admit(&site, session.as_ref(), &mut retry_at, &mut report).await?;
             if session.is_none() && !arrivals.is_empty() {
@@ -500,6 +515,27 @@ impl Executor {
     }
 
     /// Device seconds since the session's plan began.
+    /// Started tasks running well past their planned end (5% of their duration, at least 30 s):
+    /// each is planned to need about as long again (at least 10 more minutes). Checked every
+    /// `probe_every`, so a task that keeps overrunning is re-planned at that pace, not faster.
+    fn overruns(&self, s: &Session, dispatch: &Arc<Mutex<Dispatch>>) -> Vec<Change> {
+        let now = self.now_s(s);
+        let started: Vec<String> = lock(dispatch).started.keys().cloned().collect();
+        let mut out = Vec::new();
+        for key in started {
+            if s.done.contains_key(&key) {
+                continue;
+            }
+            let Some(Job::Task { run, task, .. }) = s.jobs.get(&key) else { continue };
+            let Some(slot) = s.planner.schedule.tasks.get(*run).and_then(|t| t.get(*task)) else { continue };
+            let duration = (slot.end - slot.start).max(1.0);
+            if now > slot.end + (0.05 * duration).max(30.0) {
+                out.push(Change::Overrun { run: *run, task: *task, expected_end: now + duration.max(600.0) });
+            }
+        }
+        out
+    }
+
     fn now_s(&self, s: &Session) -> f64 {
         s.t0.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12)
     }
@@ -783,6 +819,10 @@ impl Executor {
                 Change::Down(id, why) => because.push(format!("{id} is unavailable ({why})")),
                 Change::Up(id) => because.push(format!("{id} is back")),
                 Change::Reservations(_) => because.push("bench-time reservations changed".into()),
+                Change::Overrun { run, task, .. } => {
+                    let label = s.runs.get(*run).and_then(|a| a.plan.tasks.get(*task)).map(|t| t.label.clone());
+                    because.push(format!("`{}` is taking longer than planned", label.unwrap_or_default()))
+                }
             }
             let now = self.now_s(s);
             let resource = |id: &str| s.planner.problem.resources.iter().position(|r| r.id == id);
@@ -797,6 +837,9 @@ impl Executor {
                     None => continue,
                 },
                 Change::Reservations(r) => ReplanEvent::ReservationsChanged(r.clone()),
+                Change::Overrun { run, task, expected_end } => {
+                    ReplanEvent::TaskOverrun { run: *run, task: *task, expected_end: *expected_end }
+                }
             };
             // The repair works on a copy: if it fails, the plan in force stays as it was.
             let mut planner = s.planner.clone();
@@ -814,7 +857,7 @@ impl Executor {
                     Change::Down(id, _) => {
                         eprintln!("labd: no plan avoids {id} ({}); work for it waits until it is back", e.0)
                     }
-                    Change::Up(_) | Change::Reservations(_) => {}
+                    Change::Up(_) | Change::Reservations(_) | Change::Overrun { .. } => {}
                 }
                 continue;
             }
