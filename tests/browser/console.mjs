@@ -19,6 +19,7 @@ try {
   await page.waitForSelector("#instruments tbody tr[data-instrument='lh1']");
   const instruments = await page.locator("#instruments tbody tr").count();
   if (instruments < 5) throw new Error(`the instruments table shows ${instruments} instruments`);
+  await page.waitForSelector("#instruments tbody tr[data-instrument='arm1']");
   await page.waitForFunction(() => document.querySelectorAll("#gantt rect.task").length > 0);
   const bars = await page.locator("#gantt rect.task").count();
   const lanes = await page.locator("#gantt text[data-lane]").count();

@@ -707,6 +707,29 @@ impl pb::lab_server::Lab for Api {
                 let Some(d) = lab.instruments.get(&inst.id) else { continue };
                 out.push(self.instrument_info(inst, d.as_ref()).await);
             }
+            // Arms from what the executor has them doing (asking the arm itself would wait
+            // behind the move it is making).
+            for arm in &self.site.arms {
+                let now = self.board.as_ref().and_then(|b| b.running(&arm.id));
+                let flag = self.board.as_ref().and_then(|b| b.unavailable(&arm.id));
+                let (state, detail, run_id) = match (flag, now) {
+                    (Some(f), _) => {
+                        let (kind, why) = f.split_once(": ").unwrap_or((f.as_str(), ""));
+                        (kind.to_string(), why.to_string(), String::new())
+                    }
+                    (None, Some((run, label))) => ("busy".to_string(), format!("moving a plate {label}"), run),
+                    (None, None) if lab.arms.contains_key(&arm.id) => ("idle".into(), String::new(), String::new()),
+                    (None, None) => ("offline".into(), "not connected".into(), String::new()),
+                };
+                out.push(pb::InstrumentInfo {
+                    id: arm.id.clone(),
+                    class: labware::InstrumentClass::RobotArm.as_str().into(),
+                    state,
+                    temperature_c: f64::NAN,
+                    detail,
+                    run_id,
+                });
+            }
         }
         Ok(Response::new(pb::InstrumentsResponse { instruments: out }))
     }

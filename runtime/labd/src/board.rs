@@ -99,6 +99,16 @@ impl Board {
     }
 
     /// The run an instrument is working for right now, if any.
+    /// What a lane is doing now: (run, label) of its running slot.
+    pub fn running(&self, lane: &str) -> Option<(String, String)> {
+        self.with(|s| {
+            s.current
+                .values()
+                .find(|v| v.lane == lane && v.state == "running")
+                .map(|v| (v.run_id.clone(), v.label.clone()))
+        })
+    }
+
     pub fn busy_with(&self, lane: &str) -> Option<String> {
         self.with(|s| s.current.values().find(|v| v.lane == lane && v.state == "running").map(|v| v.run_id.clone()))
     }

@@ -684,7 +684,8 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
         .to_string();
     let (code, so, se) = ctl(&tech, &["instruments", "--format", "json"]);
     assert_eq!(code, 0, "{se}");
-    assert_eq!(so.lines().count(), 11, "every instrument reports: {so}");
+    assert_eq!(so.lines().count(), 13, "every instrument and arm reports: {so}");
+    assert!(so.contains("\"id\":\"arm1\"") && so.contains("robot_arm"), "{so}");
     assert!(ctl(&acme, &["instruments"]).2.contains("not allowed"));
     let elisa = root().join("protocols/examples/elisa.yaml");
     let (code, so, se) = ctl(&globex, &["submit", elisa.to_str().unwrap(), "--format", "json"]);
@@ -1209,9 +1210,7 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
 /// clear errors; a half-configured TLS stops the start naming the key.
 #[test]
 fn the_api_over_tls() {
-    let dir = std::env::temp_dir().join(format!("lw-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("tls");
     let openssl = |args: &[&str]| {
         let o = Command::new("openssl").current_dir(&dir).args(args).output().expect("openssl is installed");
         assert!(o.status.success(), "openssl {args:?}: {}", text(&o.stderr));
@@ -1313,9 +1312,7 @@ fn the_api_over_tls() {
 /// arrives once both are back.
 #[test]
 fn mqtt_tenants_stay_apart_and_every_event_arrives() {
-    let dir = std::env::temp_dir().join(format!("lw-mqtt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("mqtt");
     // Our hash format is Mosquitto's own.
     let pw = dir.join("check.passwd");
     let o = Command::new("mosquitto_passwd").args(["-c", "-b"]).arg(&pw).args(["someone", "s3cret"]).output();
@@ -1582,9 +1579,7 @@ fn check_mqtt_delivery(acme_got: &str, globex_got: &str, run: &str, n_events: us
 /// cut off.
 #[test]
 fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
-    let dir = std::env::temp_dir().join(format!("lw-embedded-mqtt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("embedded-mqtt");
     let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let data = dir.join("data");
     let config = dir.join("labd.toml");
@@ -1658,6 +1653,14 @@ fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
     Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(server.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An empty directory of this test process's own under the system temp dir.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A GET on labd's console API with a bearer token; returns the status code and the body.
@@ -1928,9 +1931,7 @@ fn simulate_fifty_tenants_in_virtual_time() {
 /// apart while the makespans agreed within 0.4%.
 #[test]
 fn simulate_matches_the_live_executor_within_five_percent() {
-    let dir = std::env::temp_dir().join(format!("lw-simlive-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("simlive");
     let examples = root().join("protocols/examples");
     let workload = dir.join("workload.toml");
     std::fs::write(

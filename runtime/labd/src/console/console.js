@@ -110,7 +110,8 @@ function drawInstruments(list) {
     return el("tr", { "data-instrument": i.id },
       el("td", {}, i.id), el("td", {}, i.class),
       el("td", { class: "state state-" + i.state.split(":")[0] }, i.state),
-      el("td", {}, i.run_id ? short(i.run_id) : ""), el("td", {}, temp), el("td", {}, i.detail), el("td", {}, toggle));
+      el("td", {}, i.run_id ? short(i.run_id) : ""), el("td", {}, temp), el("td", {}, i.detail),
+      el("td", {}, i.class === "robot_arm" ? "" : toggle));
   }));
 }
 
