@@ -274,6 +274,18 @@ struct JobCtx {
     probe: Option<String>,
 }
 
+/// Whether a burst of arrivals at an idle lab is complete: no new arrival for two ticks, or
+/// half a second since the first. `burst` is (count, first seen, last change).
+fn burst_settled(burst: &mut Option<(usize, Instant, Instant)>, count: usize, tick: Duration) -> bool {
+    let now = Instant::now();
+    let (seen, first, changed) = burst.get_or_insert((count, now, now));
+    if *seen != count {
+        *seen = count;
+        *changed = now;
+    }
+    now.duration_since(*changed) >= tick * 2 || now.duration_since(*first) >= Duration::from_millis(500)
+}
+
 /// Rewrites a plan so its labware names are unique across runs (`<prefix>.<name>`): two tenants'
 /// "plate" are different plates to the arm and the liquid handler.
 pub fn scoped(plan: &RunPlan, prefix: &str) -> Result<RunPlan, String> {
@@ -409,6 +421,9 @@ impl Executor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_probe = Instant::now();
         let mut last_overrun_check = Instant::now();
+        // When the lab is idle, a burst of submissions is planned together: the first plan waits
+        // until the queue has been still for two ticks (at most half a second).
+        let mut burst: Option<(usize, Instant, Instant)> = None;
         let mut sessions = 0u64;
         // The site in scheduler terms (nests, arm routes): the same for every admission and plan.
         let site = LabProblem::from_site(&self.lab.site).map_err(|e| e.0)?;
@@ -445,7 +460,12 @@ impl Executor {
                 }
             }
             let arrivals = self.admit(&site, session.as_ref(), &mut retry_at, &mut report).await?;
+            if session.is_none() && !arrivals.is_empty() && !burst_settled(&mut burst, arrivals.len(), self.config.poll)
+            {
+                continue; // not taken: they stay queued and are admitted again next tick
+            }
             if session.is_none() && !arrivals.is_empty() {
+                burst = None;
                 sessions += 1;
                 session = self.start_session(&site, sessions, arrivals, &mut report).await?;
                 if let Some(s) = session.as_mut() {
