@@ -168,10 +168,38 @@ pub struct Report {
     pub bars: Vec<Bar>,
 }
 
-/// Runs the workload from `tenants` tenants on the site in virtual time.
+/// How hard the planner searches.
+#[derive(Debug, Clone, Copy)]
+pub struct Effort {
+    /// The first plan's budget.
+    pub plan: LabBudget,
+    /// Improvement after each repair.
+    pub repair: std::time::Duration,
+    pub seed: u64,
+}
+
+impl Effort {
+    /// What the executor spends (time-bounded, so results vary a little with machine load).
+    pub fn executor() -> Effort {
+        let c = ExecutorConfig::default();
+        Effort {
+            plan: LabBudget { time: Some(c.plan_budget), iterations: None },
+            repair: c.repair_budget,
+            seed: c.seed,
+        }
+    }
+}
+
+/// Runs the workload from `tenants` tenants on the site in virtual time, planning as the
+/// executor does.
 pub fn simulate(site: &Site, workload: &Workload, tenants: usize) -> Result<Report, String> {
+    simulate_with(site, workload, tenants, Effort::executor())
+}
+
+/// [`simulate`] with a given planning effort (an iteration budget and no repair improvement
+/// make it deterministic).
+pub fn simulate_with(site: &Site, workload: &Workload, tenants: usize, effort: Effort) -> Result<Report, String> {
     let began = std::time::Instant::now();
-    let config = ExecutorConfig::default();
     let base = LabProblem::from_site(site).map_err(|e| format!("the site cannot be scheduled: {}", e.0))?;
     // Arrivals: (time, tenant, protocol), in time order; ties keep tenant order.
     let mut arrivals = Vec::new();
@@ -192,13 +220,12 @@ pub fn simulate(site: &Site, workload: &Workload, tenants: usize) -> Result<Repo
         let plan = scoped(&workload.protocols[p].1, &format!("{n:05}"))?;
         Ok(Run::from_plan(&id, &tenant_name(t), 1.0, at - start, &plan))
     };
-    let budget = LabBudget { time: Some(config.plan_budget), iterations: None };
     let first: Vec<_> = arrivals.iter().take_while(|a| a.0 == start).copied().collect();
     let mut problem = base.clone();
     for (n, a) in first.iter().enumerate() {
         problem.add_run(model(n, *a)?).map_err(|e| format!("{}: {}", workload.protocols[a.2].0, e.0))?;
     }
-    let mut planner = Planner::new(problem, budget, config.seed).map_err(|e| format!("no plan: {}", e.0))?;
+    let mut planner = Planner::new(problem, effort.plan, effort.seed).map_err(|e| format!("no plan: {}", e.0))?;
     let mut replans = 0;
     let mut last_at = start;
     for (n, a) in arrivals.iter().enumerate().skip(first.len()) {
@@ -220,7 +247,7 @@ pub fn simulate(site: &Site, workload: &Workload, tenants: usize) -> Result<Repo
         }
         let run = model(n, *a)?;
         planner
-            .handle(a.0 - start, Event::RunArrived(run), config.repair_budget)
+            .handle(a.0 - start, Event::RunArrived(run), effort.repair)
             .map_err(|e| format!("run {n} ({}) could not be planned: {}", workload.protocols[a.2].0, e.0))?;
     }
     let (p, s) = (&planner.problem, &planner.schedule);
@@ -561,6 +588,25 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pinned re-planning with many arrivals, deterministic: the shipped workload from 30
+    /// tenants, each arrival repaired in with what has started pinned, checked by the validator
+    /// (inside `simulate_with`). Before the fixes in `prebook` and `make_pin` this broke arm
+    /// and plate-continuity constraints.
+    #[test]
+    fn thirty_tenants_replanned_arrival_by_arrival_break_no_constraint() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let site = labware::Site::sim().unwrap();
+        let workload = Workload::load(&root.join("sites/workload.toml"), &site).unwrap();
+        let effort = Effort {
+            plan: LabBudget { time: None, iterations: Some(200) },
+            repair: std::time::Duration::ZERO,
+            seed: 7,
+        };
+        let r = simulate_with(&site, &workload, 30, effort).unwrap();
+        assert_eq!(r.runs, 120);
+        assert!(r.makespan_s >= r.lower_bound_s);
+    }
 
     #[test]
     fn union_of_overlapping_intervals_counts_once() {
