@@ -46,6 +46,9 @@ fn one() -> u32 {
     1
 }
 
+/// The most runs one simulation plans (every tenant's submissions together).
+pub const MAX_RUNS: usize = 100_000;
+
 /// A workload with its protocols compiled for the site.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -77,8 +80,8 @@ impl Workload {
             if !(e.at_s.is_finite() && e.at_s >= 0.0 && e.every_s.is_finite() && e.every_s >= 0.0) {
                 return Err(format!("{at}: at_s and every_s must be non-negative numbers of seconds"));
             }
-            if e.count == 0 || (e.count > 1 && e.every_s == 0.0 && e.at_s < 0.0) {
-                return Err(format!("{at}: count must be at least 1"));
+            if e.count == 0 || e.count > MAX_RUNS as u32 {
+                return Err(format!("{at}: count must be between 1 and {MAX_RUNS}"));
             }
             let p = base.join(&e.protocol);
             let source = std::fs::read(&p).map_err(|err| format!("{at}: cannot read {}: {err}", p.display()))?;
@@ -201,6 +204,12 @@ pub fn simulate(site: &Site, workload: &Workload, tenants: usize) -> Result<Repo
 pub fn simulate_with(site: &Site, workload: &Workload, tenants: usize, effort: Effort) -> Result<Report, String> {
     let began = std::time::Instant::now();
     let base = LabProblem::from_site(site).map_err(|e| format!("the site cannot be scheduled: {}", e.0))?;
+    let per_tenant: usize = workload.protocols.iter().map(|p| p.3.len()).sum();
+    if per_tenant.saturating_mul(tenants) > MAX_RUNS {
+        return Err(format!(
+            "{tenants} tenants × {per_tenant} runs each is more than {MAX_RUNS} runs: simulate fewer tenants or submissions"
+        ));
+    }
     // Arrivals: (time, tenant, protocol), in time order; ties keep tenant order.
     let mut arrivals = Vec::new();
     for t in 0..tenants {
