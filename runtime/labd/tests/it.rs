@@ -624,7 +624,7 @@ fn the_executor_runs_two_tenants_on_the_simulated_site() {
 fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let dir = std::env::temp_dir().join(format!("lw-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let args = ["serve", "--listen", &listen, "--time-scale", "0.0001", "--mqtt-port", "0", "--data-dir"];
     let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
@@ -842,7 +842,7 @@ fn cancel_and_recovery_leave_every_run_in_an_explicit_state() {
 fn labd_killed_mid_run_recovers_on_restart() {
     let dir = std::env::temp_dir().join(format!("lw-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let start = |scale: &str| {
         let args = ["serve", "--listen", &listen, "--time-scale", scale, "--mqtt-port", "0", "--data-dir"];
@@ -1098,7 +1098,7 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
     let reference = wire_liquid(&ref_logs).remove(&ref_short).expect("the reference moved liquid");
     assert!(reference.values().sum::<usize>() > 100, "a real amount of pipetting: {}", reference.len());
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let config = base.join("labd.toml");
     std::fs::write(
         &config,
@@ -1260,7 +1260,7 @@ fn the_api_over_tls() {
         "-out",
         "server.pem",
     ]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let config = dir.join("labd.toml");
     let data = dir.join("data");
     std::fs::write(
@@ -1323,8 +1323,7 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
     assert!(labd::telemetry::mosquitto::verify("s3cret", &hash), "{hash}");
     assert!(!labd::telemetry::mosquitto::verify("s3cre7", &hash));
 
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (api_port, mqtt_port) = (free(), free());
+    let (api_port, mqtt_port) = (free_port(), free_port());
     let data = dir.join("data");
     let config = dir.join("labd.toml");
     std::fs::write(
@@ -1580,7 +1579,7 @@ fn check_mqtt_delivery(acme_got: &str, globex_got: &str, run: &str, n_events: us
 #[test]
 fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
     let dir = fresh_dir("embedded-mqtt");
-    let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api_port = free_port();
     let data = dir.join("data");
     let config = dir.join("labd.toml");
     let text_config = format!(
@@ -1655,6 +1654,11 @@ fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// An empty directory of this test process's own under the system temp dir.
 fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
@@ -1705,7 +1709,7 @@ struct Lab {
 fn serve_lab(name: &str, scale: &str) -> Lab {
     let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let args = ["serve", "--listen", &listen, "--time-scale", scale, "--mqtt-port", "0", "--data-dir"];
     let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
@@ -1848,6 +1852,8 @@ fn the_console_works_in_chromium() {
     };
     // The JSON API keeps the gRPC rules: no token, no data; a scientist gets no instruments.
     assert_eq!(console_get(&lab.console, "/api/runs", "nonsense").0, 401);
+    let (code, body) = console_get(&lab.console, "/api/runs", "tökén");
+    assert!(code == 401 && body.contains("not plain text"), "a header that is not ASCII is named: {code} {body}");
     assert_eq!(console_get(&lab.console, "/api/instruments", &acme).0, 403);
     let (code, body) = console_get(&lab.console, "/api/runs", &acme);
     assert!(code == 200 && body.contains(&acme_run) && !body.contains(&globex_run), "{code} {body}");

@@ -68,15 +68,29 @@ fn http_error(s: tonic::Status) -> Response {
     failure(code, s.message())
 }
 
-/// A gRPC request carrying the browser's bearer token.
-fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+/// A gRPC request carrying the browser's bearer token. A header that cannot be carried over
+/// (not visible ASCII) is refused here, rather than dropped and reported as missing.
+fn request<T>(headers: &HeaderMap, message: T) -> Result<tonic::Request<T>, tonic::Status> {
     let mut r = tonic::Request::new(message);
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Ok(v) = v.parse() {
-            r.metadata_mut().insert("authorization", v);
-        }
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
+            tonic::Status::unauthenticated("the authorization header is not plain text: send `Bearer <token>`")
+        })?;
+        r.metadata_mut().insert("authorization", v);
     }
-    r
+    Ok(r)
+}
+
+/// Calls a gRPC method with the browser's token; answers with its JSON or its error.
+async fn call<T, R, F>(headers: &HeaderMap, message: T, method: impl FnOnce(tonic::Request<T>) -> F) -> Response
+where
+    R: serde::Serialize,
+    F: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    match request(headers, message) {
+        Ok(r) => answer(method(r).await),
+        Err(s) => http_error(s),
+    }
 }
 
 fn answer<T: serde::Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Response {
@@ -87,14 +101,18 @@ fn answer<T: serde::Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> 
 }
 
 async fn whoami(State(api): State<Api>, headers: HeaderMap) -> Response {
-    match api.whoami(&request(&headers, ())).await {
+    let r = match request(&headers, ()) {
+        Ok(r) => r,
+        Err(s) => return http_error(s),
+    };
+    match api.whoami(&r).await {
         Ok((role, tenant)) => Json(serde_json::json!({ "role": role, "tenant": tenant })).into_response(),
         Err(s) => http_error(s),
     }
 }
 
 async fn instruments(State(api): State<Api>, headers: HeaderMap) -> Response {
-    answer(api.instruments(request(&headers, pb::InstrumentsRequest {})).await)
+    call(&headers, pb::InstrumentsRequest {}, |r| async move { api.instruments(r).await }).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,23 +132,24 @@ async fn maintenance(
         return failure(StatusCode::BAD_REQUEST, "send JSON {\"on\": true|false, \"reason\": \"...\"}");
     };
     let r = pb::SetMaintenanceRequest { instrument: id, on: b.on, reason: b.reason };
-    answer(api.set_maintenance(request(&headers, r)).await)
+    call(&headers, r, |r| async move { api.set_maintenance(r).await }).await
 }
 
 async fn schedule(State(api): State<Api>, headers: HeaderMap) -> Response {
-    answer(api.schedule(request(&headers, pb::ScheduleRequest {})).await)
+    call(&headers, pb::ScheduleRequest {}, |r| async move { api.schedule(r).await }).await
 }
 
 async fn runs(State(api): State<Api>, headers: HeaderMap) -> Response {
-    answer(api.list(request(&headers, pb::ListRunsRequest { states: Vec::new() })).await)
+    call(&headers, pb::ListRunsRequest { states: Vec::new() }, |r| async move { api.list(r).await }).await
 }
 
 async fn cancel(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    answer(api.cancel(request(&headers, pb::CancelRequest { run_id: id })).await)
+    call(&headers, pb::CancelRequest { run_id: id }, |r| async move { api.cancel(r).await }).await
 }
 
 async fn interventions(State(api): State<Api>, headers: HeaderMap) -> Response {
-    answer(api.interventions(request(&headers, pb::InterventionsRequest { include_resolved: true })).await)
+    call(&headers, pb::InterventionsRequest { include_resolved: true }, |r| async move { api.interventions(r).await })
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,5 +166,5 @@ async fn resolve(
     let Ok(Json(b)) = body else {
         return failure(StatusCode::BAD_REQUEST, "send JSON {\"resolution\": \"done\"|\"redo\"|\"abort\"}");
     };
-    answer(api.resolve(request(&headers, pb::ResolveRequest { id, resolution: b.resolution })).await)
+    call(&headers, pb::ResolveRequest { id, resolution: b.resolution }, |r| async move { api.resolve(r).await }).await
 }
