@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "it/scaleout.rs"]
+mod scaleout;
+
 fn labctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_labctl")).args(args).current_dir(root()).output().expect("labctl runs")
 }

@@ -49,7 +49,8 @@ fn plan() -> String {
     r#"{"version":1,"protocol":"t","labware":[],"tasks":[],"max_lags":[]}"#.into()
 }
 
-fn submit(s: &dyn Store, tenant: &str, key: &str) -> Run {
+/// Submits a small run for `tenant` under idempotency key `key`.
+pub fn submit(s: &dyn Store, tenant: &str, key: &str) -> Run {
     s.submit_run(&NewRun {
         tenant_id: tenant.into(),
         idempotency_key: key.into(),

@@ -8,6 +8,8 @@
 //! The schema lives in `runtime/labd/migrations/*.sql`, portable SQL shared by all backends.
 
 pub mod conformance;
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use std::fmt;

@@ -1,0 +1,337 @@
+//! The PostgreSQL backend, for several labd nodes on one database: a small pool of connections,
+//! prepared statements cached per connection, READ COMMITTED transactions (the shared logic in
+//! [`super::sql`] is written to be correct under it).
+//!
+//! When the database restarts or the network drops, a transaction whose commit was not yet sent
+//! is run again on a fresh connection until `retry_for` has passed; a commit whose reply never
+//! came is reported as such (it may or may not have happened), never retried blindly.
+//!
+//! The `postgres` client drives its own small tokio runtime, which may not be started from a
+//! thread that is inside labd's runtime; calls made there run on a scoped helper thread.
+
+use super::sql::{self, Conn, Db, Dialect, Row, SqlStore, Value};
+use super::*;
+use ::postgres::types::{ToSql, Type};
+use ::postgres::{Client, NoTls, Statement};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// PostgreSQL-backed [`Store`].
+pub type PostgresStore = SqlStore<PgDb>;
+
+/// A pool of connections to one database.
+#[derive(Debug)]
+pub struct PgDb {
+    config: ::postgres::Config,
+    slots: Vec<Mutex<Slot>>,
+    next: AtomicUsize,
+    retry_for: Duration,
+}
+
+#[derive(Default)]
+struct Slot {
+    client: Option<Client>,
+    statements: HashMap<String, Statement>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.client.is_some() { "connected" } else { "idle" })
+    }
+}
+
+/// Connections per node: enough for the executor, the relay and API calls at once.
+const POOL: usize = 4;
+
+/// Backend-only additions to the shared migrations.
+fn postgres_part(version: i64) -> Option<&'static str> {
+    match version {
+        // Outbox positions from a sequence: many writers, no `MAX + 1` race.
+        1 => Some("CREATE SEQUENCE outbox_position"),
+        _ => None,
+    }
+}
+
+impl SqlStore<PgDb> {
+    /// Connects to `url` (`postgres://user@host:port/db` or `host=… dbname=…`) and applies pending
+    /// migrations (one node at a time: they hold an advisory lock).
+    pub fn connect(url: &str) -> Result<PostgresStore> {
+        Self::connect_with(url, Duration::from_secs(30))
+    }
+
+    /// As [`connect`](Self::connect), riding out a database outage of up to `retry_for`.
+    pub fn connect_with(url: &str, retry_for: Duration) -> Result<PostgresStore> {
+        let config: ::postgres::Config =
+            url.parse().map_err(|e| StoreError::Invalid(format!("database URL `{}`: {e}", redact(url))))?;
+        let db = PgDb {
+            config,
+            slots: (0..POOL).map(|_| Mutex::new(Slot::default())).collect(),
+            next: AtomicUsize::new(0),
+            retry_for,
+        };
+        sql::migrate(&db, postgres_part)?;
+        Ok(SqlStore::new(db))
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.split("password=").next().unwrap_or(url).to_string(),
+    }
+}
+
+/// Why a transaction failed.
+enum Failure {
+    /// The connection is gone; nothing was committed. Safe to run again.
+    Lost(String),
+    /// The connection broke while the commit was in flight.
+    CommitUnknown(String),
+    /// An answer from the database or the logic.
+    Final(StoreError),
+}
+
+fn classify(e: ::postgres::Error) -> (bool, StoreError) {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let message = db.message().to_string();
+        return match code {
+            // integrity violations (unique, foreign key, check)
+            c if c.starts_with("23") => (false, StoreError::Conflict(message)),
+            // serialization failure, deadlock, and the server shutting down or restarting
+            "40001" | "40P01" | "57P01" | "57P02" | "57P03" => (true, StoreError::Backend(message)),
+            _ => (false, StoreError::Backend(format!("{message} ({code})"))),
+        };
+    }
+    // No answer from the server: the connection failed.
+    (true, StoreError::Backend(format!("database connection: {e}")))
+}
+
+/// A transaction on one pooled connection.
+struct PgConn<'a> {
+    tx: ::postgres::Transaction<'a>,
+    statements: &'a mut HashMap<String, Statement>,
+    /// Set when the connection failed under us: the caller may retry.
+    lost: Option<String>,
+}
+
+/// `?7` → `$7` (outside string literals).
+fn placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    for c in sql.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            '?' if !quoted => {
+                out.push('$');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn bind(i: usize, v: &Value, ty: &Type) -> Result<Box<dyn ToSql + Sync>> {
+    let narrow = |x: i64| -> Result<i32> {
+        i32::try_from(x).map_err(|_| StoreError::Invalid(format!("value {x} (parameter {}) is too large", i + 1)))
+    };
+    Ok(match (v, ty) {
+        (Value::Null, t) if *t == Type::INT2 => Box::new(None::<i16>),
+        (Value::Null, t) if *t == Type::INT4 => Box::new(None::<i32>),
+        (Value::Null, t) if *t == Type::INT8 => Box::new(None::<i64>),
+        (Value::Null, t) if *t == Type::FLOAT8 => Box::new(None::<f64>),
+        (Value::Null, t) if *t == Type::BOOL => Box::new(None::<bool>),
+        (Value::Null, _) => Box::new(None::<String>),
+        (Value::Int(x), t) if *t == Type::INT2 => Box::new(narrow(*x)? as i16),
+        (Value::Int(x), t) if *t == Type::INT4 => Box::new(narrow(*x)?),
+        (Value::Int(x), t) if *t == Type::INT8 => Box::new(*x),
+        (Value::Int(x), t) if *t == Type::FLOAT8 => Box::new(*x as f64),
+        (Value::Int(x), t) if *t == Type::BOOL => Box::new(*x != 0),
+        (Value::Real(x), t) if *t == Type::FLOAT8 => Box::new(*x),
+        (Value::Real(x), t) if *t == Type::FLOAT4 => Box::new(*x as f32),
+        (Value::Text(s), _) => Box::new(s.clone()),
+        (other, t) => {
+            return Err(StoreError::Backend(format!("parameter {} is {other:?}; the database wants {t}", i + 1)))
+        }
+    })
+}
+
+fn column(row: &::postgres::Row, i: usize) -> Result<Value> {
+    let ty = row.columns()[i].type_();
+    let bad = |e: ::postgres::Error| StoreError::Backend(format!("column {i}: {e}"));
+    Ok(if *ty == Type::INT2 {
+        row.try_get::<_, Option<i16>>(i).map_err(bad)?.map_or(Value::Null, |v| Value::Int(v.into()))
+    } else if *ty == Type::INT4 {
+        row.try_get::<_, Option<i32>>(i).map_err(bad)?.map_or(Value::Null, |v| Value::Int(v.into()))
+    } else if *ty == Type::INT8 {
+        row.try_get::<_, Option<i64>>(i).map_err(bad)?.map_or(Value::Null, Value::Int)
+    } else if *ty == Type::FLOAT8 {
+        row.try_get::<_, Option<f64>>(i).map_err(bad)?.map_or(Value::Null, Value::Real)
+    } else if *ty == Type::FLOAT4 {
+        row.try_get::<_, Option<f32>>(i).map_err(bad)?.map_or(Value::Null, |v| Value::Real(v.into()))
+    } else if *ty == Type::BOOL {
+        row.try_get::<_, Option<bool>>(i).map_err(bad)?.map_or(Value::Null, |v| Value::Int(v.into()))
+    } else {
+        row.try_get::<_, Option<String>>(i).map_err(bad)?.map_or(Value::Null, Value::Text)
+    })
+}
+
+impl PgConn<'_> {
+    fn fail(&mut self, e: ::postgres::Error) -> StoreError {
+        let (lost, err) = classify(e);
+        if lost {
+            self.lost = Some(err.to_string());
+        }
+        err
+    }
+
+    fn prepared(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(st) = self.statements.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.tx.prepare(&placeholders(sql)).map_err(|e| self.fail(e))?;
+        self.statements.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    fn bound(st: &Statement, params: &[Value]) -> Result<Vec<Box<dyn ToSql + Sync>>> {
+        if st.params().len() != params.len() {
+            return Err(StoreError::Backend(format!(
+                "statement takes {} parameters, given {}",
+                st.params().len(),
+                params.len()
+            )));
+        }
+        params.iter().zip(st.params()).enumerate().map(|(i, (v, t))| bind(i, v, t)).collect()
+    }
+}
+
+impl Conn for PgConn<'_> {
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let st = self.prepared(sql)?;
+        let bound = Self::bound(&st, params)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|b| b.as_ref()).collect();
+        self.tx.execute(&st, &refs).map_err(|e| self.fail(e))
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let st = self.prepared(sql)?;
+        let bound = Self::bound(&st, params)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|b| b.as_ref()).collect();
+        let found = self.tx.query(&st, &refs).map_err(|e| self.fail(e))?;
+        found.iter().map(|r| (0..r.len()).map(|i| column(r, i)).collect::<Result<Vec<_>>>().map(Row)).collect()
+    }
+}
+
+/// Runs `f` where the `postgres` client may block: on this thread, or on a scoped helper when
+/// this thread belongs to an async runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+impl PgDb {
+    /// One attempt on the slot's connection (made if missing).
+    fn attempt<T>(
+        &self,
+        slot: &mut Slot,
+        f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send),
+    ) -> std::result::Result<T, Failure> {
+        if slot.client.as_ref().is_none_or(Client::is_closed) {
+            slot.statements.clear();
+            slot.client = Some(self.config.connect(NoTls).map_err(|e| Failure::Lost(format!("cannot connect: {e}")))?);
+        }
+        let Slot { client, statements } = slot;
+        let Some(client) = client.as_mut() else { return Err(Failure::Lost("no connection".into())) };
+        let tx = client.transaction().map_err(|e| match classify(e) {
+            (true, e) => Failure::Lost(e.to_string()),
+            (false, e) => Failure::Final(e),
+        })?;
+        let mut conn = PgConn { tx, statements, lost: None };
+        match f(&mut conn) {
+            Ok(v) => match conn.tx.commit() {
+                Ok(()) => Ok(v),
+                Err(e) => match classify(e) {
+                    (true, e) => Err(Failure::CommitUnknown(e.to_string())),
+                    (false, e) => Err(Failure::Final(e)),
+                },
+            },
+            Err(e) => match conn.lost.take() {
+                Some(why) => Err(Failure::Lost(why)),
+                None => Err(Failure::Final(e)),
+            },
+        }
+    }
+}
+
+impl Db for PgDb {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn tx<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
+        off_runtime(|| {
+            let first = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+            // A free connection if there is one, else wait for ours.
+            let mut slot = (0..self.slots.len())
+                .find_map(|k| self.slots[(first + k) % self.slots.len()].try_lock().ok())
+                .map_or_else(|| self.slots[first].lock(), Ok)
+                .map_err(|_| StoreError::Backend("database pool lock poisoned".into()))?;
+            let started = Instant::now();
+            let mut pause = Duration::from_millis(50);
+            loop {
+                match self.attempt(&mut slot, f) {
+                    Ok(v) => return Ok(v),
+                    Err(Failure::Final(e)) => return Err(e),
+                    Err(Failure::CommitUnknown(why)) => {
+                        slot.client = None;
+                        return Err(StoreError::Backend(format!(
+                            "the database connection broke during a commit ({why}); the change may or may not be saved"
+                        )));
+                    }
+                    Err(Failure::Lost(why)) => {
+                        slot.client = None;
+                        if started.elapsed() >= self.retry_for {
+                            return Err(StoreError::Backend(format!(
+                                "the database has not answered for {} s: {why}",
+                                self.retry_for.as_secs()
+                            )));
+                        }
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_numbered_and_literals_stay() {
+        assert_eq!(placeholders("SELECT ?1 WHERE a = '?' AND b = ?12"), "SELECT $1 WHERE a = '?' AND b = $12");
+    }
+
+    #[test]
+    fn urls_lose_their_password_in_messages() {
+        assert_eq!(redact("postgres://lab:secret@db:5432/lab"), "postgres://lab@db:5432/lab");
+        assert_eq!(redact("host=db user=lab password=secret"), "host=db user=lab ");
+    }
+}

@@ -1,0 +1,990 @@
+//! The store's logic, written once in portable SQL over a small connection interface ([`Db`],
+//! [`Conn`]); each backend (SQLite, PostgreSQL) only says how to run a statement in a
+//! transaction. Placeholders are `?1, ?2, …` (the PostgreSQL backend rewrites them to `$n`).
+//!
+//! Every write is safe under concurrent writers on other connections (several labd nodes on one
+//! PostgreSQL): counters are bumped with `UPDATE … SET x = x + 1` before they are read (the row
+//! lock orders writers), state changes are conditional updates whose row count says who won, and
+//! a unique-key race on submission is retried so both callers get the one run.
+
+use super::*;
+
+/// A value crossing the backend boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Value {
+        Value::Int(v)
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Value {
+        Value::Real(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::Text(v.to_string())
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Value {
+        Value::Text(v.clone())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Text(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+impl From<&Option<String>> for Value {
+    fn from(v: &Option<String>) -> Value {
+        v.as_deref().into()
+    }
+}
+
+/// `[Value; N]` from anything convertible.
+macro_rules! params {
+    ($($v:expr),* $(,)?) => { [$(Value::from($v)),*] };
+}
+
+/// One result row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row(pub Vec<Value>);
+
+impl Row {
+    fn at(&self, i: usize) -> Result<&Value> {
+        self.0.get(i).ok_or_else(|| StoreError::Backend(format!("column {i} missing from a row")))
+    }
+    fn wrong(i: usize, want: &str, got: &Value) -> StoreError {
+        StoreError::Backend(format!("column {i}: expected {want}, the database returned {got:?}"))
+    }
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        match self.at(i)? {
+            Value::Null => Ok(None),
+            Value::Text(s) => Ok(Some(s.clone())),
+            other => Err(Self::wrong(i, "text", other)),
+        }
+    }
+    pub fn text(&self, i: usize) -> Result<String> {
+        self.opt_text(i)?.ok_or_else(|| Self::wrong(i, "text", &Value::Null))
+    }
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        match self.at(i)? {
+            Value::Null => Ok(None),
+            Value::Int(v) => Ok(Some(*v)),
+            other => Err(Self::wrong(i, "an integer", other)),
+        }
+    }
+    pub fn int(&self, i: usize) -> Result<i64> {
+        self.opt_int(i)?.ok_or_else(|| Self::wrong(i, "an integer", &Value::Null))
+    }
+    pub fn opt_real(&self, i: usize) -> Result<Option<f64>> {
+        match self.at(i)? {
+            Value::Null => Ok(None),
+            Value::Real(v) => Ok(Some(*v)),
+            Value::Int(v) => Ok(Some(*v as f64)),
+            other => Err(Self::wrong(i, "a number", other)),
+        }
+    }
+    pub fn real(&self, i: usize) -> Result<f64> {
+        self.opt_real(i)?.ok_or_else(|| Self::wrong(i, "a number", &Value::Null))
+    }
+}
+
+/// A connection inside a transaction.
+pub trait Conn {
+    /// Runs a statement; returns the number of rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64>;
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>>;
+}
+
+impl dyn Conn + '_ {
+    fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+    fn query_one(&mut self, sql: &str, params: &[Value], what: &str) -> Result<Row> {
+        self.query_opt(sql, params)?.ok_or_else(|| StoreError::NotFound(what.to_string()))
+    }
+}
+
+/// Where the backends' SQL differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The next outbox position. SQLite has one writer, so `MAX + 1` is exact; PostgreSQL has
+    /// many and uses a sequence (created with the schema).
+    fn next_outbox_position(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "SELECT COALESCE(MAX(position), 0) + 1 FROM outbox",
+            Dialect::Postgres => "SELECT nextval('outbox_position')",
+        }
+    }
+
+    /// Held while migrating, so that nodes starting together migrate one after the other.
+    fn migration_lock(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("SELECT pg_advisory_xact_lock(7301)"),
+        }
+    }
+}
+
+/// A backend: runs closures in transactions on one of its connections.
+pub trait Db: Send + Sync + 'static {
+    fn dialect(&self) -> Dialect;
+    /// Runs `f` in one write transaction, committed when `f` returns `Ok`. A backend may run `f`
+    /// again when the connection broke before the commit was sent.
+    fn tx<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T>;
+    /// Runs `f` for reading (a backend may use the same transaction kind).
+    fn read<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
+        self.tx(f)
+    }
+}
+
+/// Applies the pending migrations (each in order, recorded in `schema_migrations`) plus the
+/// backend's own additions, in one transaction.
+pub fn migrate(db: &impl Db, extra: fn(i64) -> Option<&'static str>) -> Result<()> {
+    let dialect = db.dialect();
+    db.tx(&mut |c| {
+        if let Some(lock) = dialect.migration_lock() {
+            c.execute(lock, &[])?;
+        }
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            &[],
+        )?;
+        let current = c.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[], "version")?.int(0)?;
+        for (version, sql) in MIGRATIONS {
+            if *version > current {
+                for statement in statements(sql) {
+                    c.execute(statement, &[]).map_err(|e| StoreError::Backend(format!("migration {version}: {e}")))?;
+                }
+                if let Some(more) = extra(*version) {
+                    for statement in statements(more) {
+                        c.execute(statement, &[])
+                            .map_err(|e| StoreError::Backend(format!("migration {version} (backend part): {e}")))?;
+                    }
+                }
+                c.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                    &params![*version, now_ms()],
+                )?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The statements of a migration file: split at `;` ending a line, comments dropped.
+fn statements(sql: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in sql.match_indices(";\n").chain(sql.ends_with(';').then_some((sql.len() - 1, ";"))) {
+        out.push(sql[start..i].trim());
+        start = i + 1;
+    }
+    out.push(sql[start..].trim());
+    out.into_iter().filter(|s| s.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))).collect()
+}
+
+/// The [`Store`] over any [`Db`].
+#[derive(Debug)]
+pub struct SqlStore<D> {
+    db: D,
+}
+
+impl<D: Db> SqlStore<D> {
+    pub fn new(db: D) -> SqlStore<D> {
+        SqlStore { db }
+    }
+
+    pub fn db(&self) -> &D {
+        &self.db
+    }
+
+    fn tx<T: Send>(&self, mut f: impl FnMut(&mut dyn Conn) -> Result<T> + Send) -> Result<T> {
+        self.db.tx(&mut f)
+    }
+
+    fn read<T: Send>(&self, mut f: impl FnMut(&mut dyn Conn) -> Result<T> + Send) -> Result<T> {
+        self.db.read(&mut f)
+    }
+}
+
+fn tenant_row(r: &Row) -> Result<Tenant> {
+    Ok(Tenant {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        weight: r.real(2)?,
+        priority: r.int(3)?,
+        max_concurrent_runs: r.opt_int(4)?,
+        device_hours_per_month: r.opt_real(5)?,
+        created_at: r.int(6)?,
+    })
+}
+const TENANT_COLS: &str = "id, name, weight, priority, max_concurrent_runs, device_hours_per_month, created_at";
+
+fn run_row(r: &Row) -> Result<Run> {
+    Ok(Run {
+        id: r.text(0)?,
+        tenant_id: r.text(1)?,
+        idempotency_key: r.text(2)?,
+        name: r.text(3)?,
+        source: r.text(4)?,
+        plan_json: r.text(5)?,
+        state: RunState::parse(&r.text(6)?)?,
+        reason: r.opt_text(7)?,
+        priority: r.int(8)?,
+        submitted_at: r.int(9)?,
+        started_at: r.opt_int(10)?,
+        finished_at: r.opt_int(11)?,
+    })
+}
+const RUN_COLS: &str = "id, tenant_id, idempotency_key, name, source, plan_json, state, reason, priority, submitted_at, started_at, finished_at";
+
+fn attempt_row(r: &Row) -> Result<Attempt> {
+    Ok(Attempt {
+        id: r.text(0)?,
+        intent: Intent {
+            run_id: r.text(1)?,
+            task_id: r.int(2)?,
+            command_index: r.int(3)?,
+            instrument: r.text(4)?,
+            op_json: r.text(5)?,
+            repeatable: r.int(6)? != 0,
+        },
+        outcome: r.opt_text(7)?,
+        error: r.opt_text(8)?,
+        intent_at: r.int(9)?,
+        outcome_at: r.opt_int(10)?,
+    })
+}
+const ATTEMPT_COLS: &str =
+    "id, run_id, task_id, command_index, instrument, op_json, repeatable, outcome, error, intent_at, outcome_at";
+
+fn intervention_row(r: &Row) -> Result<Intervention> {
+    Ok(Intervention {
+        id: r.text(0)?,
+        run_id: r.text(1)?,
+        task_id: r.opt_int(2)?,
+        instrument: r.opt_text(3)?,
+        what: r.text(4)?,
+        todo: r.text(5)?,
+        state: r.text(6)?,
+        created_at: r.int(7)?,
+        resolved_at: r.opt_int(8)?,
+        resolved_by: r.opt_text(9)?,
+    })
+}
+const INTERVENTION_COLS: &str =
+    "i.id, i.run_id, i.task_id, i.instrument, i.what, i.todo, i.state, i.created_at, i.resolved_at, i.resolved_by";
+
+fn rows<T>(rows: Vec<Row>, f: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(f).collect()
+}
+
+/// Appends an event and its outbox row inside a transaction. The sequence is bumped first: the
+/// row lock orders concurrent writers of one run.
+fn append(c: &mut dyn Conn, dialect: Dialect, run_id: &str, kind: &str, payload_json: &str) -> Result<Event> {
+    if c.execute("UPDATE runs SET next_seq = next_seq + 1 WHERE id = ?1", &params![run_id])? == 0 {
+        return Err(StoreError::NotFound(format!("run {run_id}")));
+    }
+    let r = c.query_one("SELECT tenant_id, next_seq - 1 FROM runs WHERE id = ?1", &params![run_id], "run")?;
+    let (tenant, seq) = (r.text(0)?, r.int(1)?);
+    let at = now_ms();
+    c.execute(
+        "INSERT INTO events (run_id, seq, at, kind, payload_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+        &params![run_id, seq, at, kind, payload_json],
+    )?;
+    let data: serde_json::Value = serde_json::from_str(payload_json).unwrap_or(serde_json::Value::Null);
+    let envelope =
+        serde_json::json!({"v": 1, "tenant": tenant, "run": run_id, "seq": seq, "ts": at, "kind": kind, "data": data});
+    let topic = format!("lab/v1/t/{tenant}/runs/{run_id}/events");
+    put_outbox(c, dialect, Some(&tenant), Some(run_id), Some(seq), &topic, &envelope.to_string())?;
+    Ok(Event { run_id: run_id.to_string(), seq, at, kind: kind.to_string(), payload_json: payload_json.to_string() })
+}
+
+fn put_outbox(
+    c: &mut dyn Conn,
+    dialect: Dialect,
+    tenant: Option<&str>,
+    run: Option<&str>,
+    seq: Option<i64>,
+    topic: &str,
+    payload: &str,
+) -> Result<OutboxRow> {
+    let position = c.query_one(dialect.next_outbox_position(), &[], "outbox position")?.int(0)?;
+    let row = OutboxRow {
+        id: new_id("out"),
+        position,
+        tenant_id: tenant.map(str::to_string),
+        run_id: run.map(str::to_string),
+        seq,
+        topic: topic.to_string(),
+        payload_json: payload.to_string(),
+        created_at: now_ms(),
+    };
+    c.execute(
+        "INSERT INTO outbox (id, position, tenant_id, run_id, seq, topic, payload_json, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        &params![&row.id, row.position, &row.tenant_id, &row.run_id, row.seq, &row.topic, &row.payload_json, row.created_at],
+    )?;
+    Ok(row)
+}
+
+/// Writes an attempt's outcome, once.
+fn set_outcome(c: &mut dyn Conn, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
+    if !matches!(outcome, "ok" | "failed" | "unknown") {
+        return Err(StoreError::Invalid(format!("outcome `{outcome}`: use ok, failed or unknown")));
+    }
+    let n = c.execute(
+        "UPDATE attempts SET outcome = ?2, error = ?3, outcome_at = ?4 WHERE id = ?1 AND outcome IS NULL",
+        &params![attempt_id, outcome, error, now_ms()],
+    )?;
+    if n == 0 {
+        return Err(StoreError::Conflict(format!("attempt {attempt_id} does not exist or already has an outcome")));
+    }
+    Ok(())
+}
+
+/// Checks that a run exists and, when scoped, belongs to the tenant.
+fn owned(c: &mut dyn Conn, tenant: Option<&str>, run_id: &str) -> Result<()> {
+    let owner = match c.query_opt("SELECT tenant_id FROM runs WHERE id = ?1", &params![run_id])? {
+        Some(r) => Some(r.text(0)?),
+        None => None,
+    };
+    match (owner, tenant) {
+        (Some(o), Some(t)) if o == t => Ok(()),
+        (Some(_), None) => Ok(()),
+        _ => Err(StoreError::NotFound(format!("run {run_id}"))),
+    }
+}
+
+/// Turns a missing row into `NotFound(what)`.
+fn found(e: StoreError, what: impl FnOnce() -> String) -> StoreError {
+    match e {
+        StoreError::NotFound(_) => StoreError::NotFound(what()),
+        other => other,
+    }
+}
+
+impl<D: Db> Store for SqlStore<D> {
+    fn create_tenant(&self, name: &str, weight: f64) -> Result<Tenant> {
+        if name.trim().is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(StoreError::Invalid(format!(
+                "tenant name `{name}`: use letters, digits, - and _ (it appears in MQTT topics)"
+            )));
+        }
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(StoreError::Invalid(format!("tenant weight {weight}: give a positive number")));
+        }
+        let t = Tenant {
+            id: new_id("ten"),
+            name: name.into(),
+            weight,
+            priority: 0,
+            max_concurrent_runs: None,
+            device_hours_per_month: None,
+            created_at: now_ms(),
+        };
+        self.tx(|c| {
+            c.execute(
+                "INSERT INTO tenants (id, name, weight, priority, created_at) VALUES (?1, ?2, ?3, 0, ?4)",
+                &params![&t.id, &t.name, t.weight, t.created_at],
+            )
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::Conflict(format!("a tenant named `{name}` exists")),
+                other => other,
+            })
+        })?;
+        Ok(t)
+    }
+
+    fn tenant(&self, id: &str) -> Result<Tenant> {
+        self.read(|c| {
+            let r = c.query_one(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?1"), &params![id], "")?;
+            tenant_row(&r)
+        })
+        .map_err(|e| found(e, || format!("tenant {id}")))
+    }
+
+    fn tenant_by_name(&self, name: &str) -> Result<Tenant> {
+        self.read(|c| {
+            let r = c.query_one(&format!("SELECT {TENANT_COLS} FROM tenants WHERE name = ?1"), &params![name], "")?;
+            tenant_row(&r)
+        })
+        .map_err(|e| found(e, || format!("tenant `{name}`")))
+    }
+
+    fn tenants(&self) -> Result<Vec<Tenant>> {
+        self.read(|c| rows(c.query(&format!("SELECT {TENANT_COLS} FROM tenants ORDER BY name"), &[])?, tenant_row))
+    }
+
+    fn set_quotas(
+        &self,
+        id: &str,
+        max_concurrent_runs: Option<i64>,
+        device_hours_per_month: Option<f64>,
+        priority: i64,
+    ) -> Result<()> {
+        if max_concurrent_runs.is_some_and(|n| n < 0)
+            || device_hours_per_month.is_some_and(|h| !(h.is_finite() && h >= 0.0))
+        {
+            return Err(StoreError::Invalid("quotas must be zero or positive".into()));
+        }
+        self.tx(|c| {
+            let n = c.execute(
+                "UPDATE tenants SET max_concurrent_runs = ?2, device_hours_per_month = ?3, priority = ?4 WHERE id = ?1",
+                &params![id, max_concurrent_runs, device_hours_per_month, priority],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("tenant {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn create_principal(
+        &self,
+        tenant_id: Option<&str>,
+        role: Role,
+        token_hash: &str,
+        mqtt: Option<(&str, &str)>,
+    ) -> Result<Principal> {
+        if (role == Role::Scientist) != tenant_id.is_some() {
+            return Err(StoreError::Invalid("a scientist belongs to a tenant; admins and technicians to none".into()));
+        }
+        let p = Principal {
+            id: new_id("pri"),
+            tenant_id: tenant_id.map(str::to_string),
+            role,
+            mqtt_username: mqtt.map(|m| m.0.to_string()),
+            created_at: now_ms(),
+            revoked_at: None,
+            expires_at: None,
+        };
+        self.tx(|c| {
+            c.execute(
+                "INSERT INTO principals (id, tenant_id, role, token_hash, mqtt_username, mqtt_password_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                &params![&p.id, &p.tenant_id, role.as_str(), token_hash, mqtt.map(|m| m.0), mqtt.map(|m| m.1), p.created_at],
+            )
+        })?;
+        Ok(p)
+    }
+
+    fn principal_by_token_hash(&self, token_hash: &str) -> Result<Principal> {
+        let r = self.read(|c| {
+            c.query_one(
+                "SELECT id, tenant_id, role, mqtt_username, created_at, revoked_at, expires_at FROM principals WHERE token_hash = ?1 AND revoked_at IS NULL",
+                &params![token_hash],
+                "principal",
+            )
+        })?;
+        Ok(Principal {
+            id: r.text(0)?,
+            tenant_id: r.opt_text(1)?,
+            role: Role::parse(&r.text(2)?)?,
+            mqtt_username: r.opt_text(3)?,
+            created_at: r.int(4)?,
+            revoked_at: r.opt_int(5)?,
+            expires_at: r.opt_int(6)?,
+        })
+    }
+
+    fn revoke_principal(&self, id: &str) -> Result<()> {
+        self.tx(|c| {
+            let n = c.execute(
+                "UPDATE principals SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                &params![id, now_ms()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("principal {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn mqtt_identities(&self) -> Result<Vec<crate::telemetry::MqttIdentity>> {
+        let found = self.read(|c| {
+            c.query(
+                "SELECT mqtt_username, mqtt_password_hash, role, tenant_id FROM principals WHERE mqtt_username IS NOT NULL AND mqtt_password_hash IS NOT NULL AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) ORDER BY created_at, id",
+                &params![now_ms()],
+            )
+        })?;
+        rows(found, |r| {
+            Ok(crate::telemetry::MqttIdentity {
+                username: r.text(0)?,
+                password_hash: r.text(1)?,
+                role: Role::parse(&r.text(2)?)?,
+                tenant_id: r.opt_text(3)?,
+            })
+        })
+    }
+
+    fn set_principal_expiry(&self, id: &str, expires_at: Millis) -> Result<()> {
+        self.tx(|c| {
+            if c.execute("UPDATE principals SET expires_at = ?2 WHERE id = ?1", &params![id, expires_at])? == 0 {
+                return Err(StoreError::NotFound(format!("principal {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn submit_run(&self, run: &NewRun) -> Result<(Run, bool)> {
+        if run.idempotency_key.is_empty() {
+            return Err(StoreError::Invalid(
+                "an idempotency key is required (any unique string per submission)".into(),
+            ));
+        }
+        let dialect = self.db.dialect();
+        let attempt = || {
+            self.tx(|c| {
+                let existing = c.query_opt(
+                    &format!("SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND idempotency_key = ?2"),
+                    &params![&run.tenant_id, &run.idempotency_key],
+                )?;
+                if let Some(r) = existing {
+                    let r = run_row(&r)?;
+                    if r.source != run.source {
+                        return Err(StoreError::Invalid(format!(
+                            "idempotency key `{}` was already used for a different submission (run {})",
+                            run.idempotency_key, r.id
+                        )));
+                    }
+                    return Ok((r, false));
+                }
+                let id = new_id("run");
+                c.execute(
+                    "INSERT INTO runs (id, tenant_id, idempotency_key, name, source, plan_json, state, priority, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8)",
+                    &params![&id, &run.tenant_id, &run.idempotency_key, &run.name, &run.source, &run.plan_json, run.priority, now_ms()],
+                )?;
+                append(c, dialect, &id, "submitted", &serde_json::json!({"name": run.name}).to_string())?;
+                let r = c.query_one(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"), &params![&id], "run")?;
+                Ok((run_row(&r)?, true))
+            })
+        };
+        // Two submissions with one key racing on different connections: the loser's insert hits
+        // the unique key; run again, it finds the winner's run.
+        let out = match attempt() {
+            Err(StoreError::Conflict(_)) => attempt(),
+            other => other,
+        };
+        // A reused key is a conflict for the caller (reported as Invalid inside so that the
+        // retry above only covers the race).
+        out.map_err(|e| match e {
+            StoreError::Invalid(m) if m.starts_with("idempotency key `") => StoreError::Conflict(m),
+            other => other,
+        })
+    }
+
+    fn run(&self, tenant: Option<&str>, id: &str) -> Result<Run> {
+        let r = self
+            .read(|c| run_row(&c.query_one(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"), &params![id], "")?))
+            .map_err(|e| found(e, || format!("run {id}")))?;
+        if tenant.is_some_and(|t| t != r.tenant_id) {
+            return Err(StoreError::NotFound(format!("run {id}")));
+        }
+        Ok(r)
+    }
+
+    fn runs(&self, tenant: Option<&str>, states: &[RunState]) -> Result<Vec<Run>> {
+        let all = self.read(|c| {
+            rows(
+                c.query(
+                    &format!("SELECT {RUN_COLS} FROM runs WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) ORDER BY submitted_at, id"),
+                    &params![tenant],
+                )?,
+                run_row,
+            )
+        })?;
+        Ok(all.into_iter().filter(|r| states.is_empty() || states.contains(&r.state)).collect())
+    }
+
+    fn set_run_state(&self, id: &str, state: RunState, reason: Option<&str>) -> Result<Event> {
+        let dialect = self.db.dialect();
+        self.tx(|c| {
+            let at = now_ms();
+            // One conditional update: of two writers racing, only one moves a run out of a
+            // non-final state.
+            let n = c.execute(
+                "UPDATE runs SET state = ?2, reason = COALESCE(?3, reason), started_at = CASE WHEN ?2 = 'running' AND started_at IS NULL THEN ?4 ELSE started_at END, finished_at = CASE WHEN ?5 = 1 THEN ?4 ELSE finished_at END WHERE id = ?1 AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+                &params![id, state.as_str(), reason, at, state.is_final() as i64],
+            )?;
+            let tenant = match c.query_opt("SELECT state, tenant_id FROM runs WHERE id = ?1", &params![id])? {
+                None => return Err(StoreError::NotFound(format!("run {id}"))),
+                Some(r) if n == 0 => {
+                    return Err(StoreError::Conflict(format!("run {id} already {}", RunState::parse(&r.text(0)?)?)))
+                }
+                Some(r) => r.text(1)?,
+            };
+            let payload = serde_json::json!({"state": state.as_str(), "reason": reason}).to_string();
+            let ev = append(c, dialect, id, "state", &payload)?;
+            // The retained state topic gets its own row.
+            let envelope = serde_json::json!({"v": 1, "tenant": tenant, "run": id, "seq": ev.seq, "ts": at, "kind": "state", "state": state.as_str(), "reason": reason});
+            put_outbox(c, dialect, Some(&tenant), Some(id), Some(ev.seq), &format!("lab/v1/t/{tenant}/runs/{id}/state"), &envelope.to_string())?;
+            Ok(ev)
+        })
+    }
+
+    fn append_event(&self, run_id: &str, kind: &str, payload_json: &str) -> Result<Event> {
+        if serde_json::from_str::<serde_json::Value>(payload_json).is_err() {
+            return Err(StoreError::Invalid(format!("event payload for {run_id} is not JSON")));
+        }
+        let dialect = self.db.dialect();
+        self.tx(|c| append(c, dialect, run_id, kind, payload_json))
+    }
+
+    fn events(&self, tenant: Option<&str>, run_id: &str, after: i64) -> Result<Vec<Event>> {
+        self.read(|c| {
+            owned(c, tenant, run_id)?;
+            let found = c.query(
+                "SELECT run_id, seq, at, kind, payload_json FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+                &params![run_id, after],
+            )?;
+            rows(found, |r| {
+                Ok(Event {
+                    run_id: r.text(0)?,
+                    seq: r.int(1)?,
+                    at: r.int(2)?,
+                    kind: r.text(3)?,
+                    payload_json: r.text(4)?,
+                })
+            })
+        })
+    }
+
+    fn record_intent(&self, i: &Intent) -> Result<Attempt> {
+        self.record_ok_then_intent(None, i)
+    }
+
+    fn record_ok_then_intent(&self, previous: Option<&str>, i: &Intent) -> Result<Attempt> {
+        let a = Attempt {
+            id: new_id("att"),
+            intent: i.clone(),
+            outcome: None,
+            error: None,
+            intent_at: now_ms(),
+            outcome_at: None,
+        };
+        self.tx(|c| {
+            if let Some(prev) = previous {
+                set_outcome(c, prev, "ok", None)?;
+            }
+            c.execute(
+                &format!(
+                    "INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL)"
+                ),
+                &params![
+                    &a.id,
+                    &i.run_id,
+                    i.task_id,
+                    i.command_index,
+                    &i.instrument,
+                    &i.op_json,
+                    i.repeatable as i64,
+                    a.intent_at
+                ],
+            )
+        })?;
+        Ok(a)
+    }
+
+    fn record_outcome(&self, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
+        self.tx(|c| set_outcome(c, attempt_id, outcome, error))
+    }
+
+    fn open_attempts(&self) -> Result<Vec<Attempt>> {
+        self.read(|c| {
+            let found = c.query(
+                &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE outcome IS NULL ORDER BY intent_at, id"),
+                &[],
+            )?;
+            rows(found, attempt_row)
+        })
+    }
+
+    fn attempts(&self, run_id: &str) -> Result<Vec<Attempt>> {
+        self.read(|c| {
+            let found = c.query(
+                &format!(
+                    "SELECT {ATTEMPT_COLS} FROM attempts WHERE run_id = ?1 ORDER BY task_id, command_index, intent_at"
+                ),
+                &params![run_id],
+            )?;
+            rows(found, attempt_row)
+        })
+    }
+
+    fn add_result(&self, row: &ResultRow) -> Result<Event> {
+        let per = if row.kind == "absorbance" { row.wavelengths_nm.len().max(1) } else { 1 };
+        if row.values.len() != row.wells.len() * per {
+            return Err(StoreError::Invalid(format!(
+                "{} values for {} wells × {per}",
+                row.values.len(),
+                row.wells.len()
+            )));
+        }
+        let json = |v: &dyn erased::Json| v.json();
+        let dialect = self.db.dialect();
+        self.tx(|c| {
+            c.execute(
+                "INSERT INTO results (id, run_id, task_id, labware, kind, wells_json, wavelengths_json, values_json, unit, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                &params![&row.id, &row.run_id, row.task_id, &row.labware, &row.kind, json(&row.wells), json(&row.wavelengths_nm), json(&row.values), &row.unit, row.created_at],
+            )?;
+            let summary = serde_json::json!({"result": row.id, "labware": row.labware, "kind": row.kind, "wells": row.wells.len(), "unit": row.unit});
+            let ev = append(c, dialect, &row.run_id, "result", &summary.to_string())?;
+            let tenant = c.query_one("SELECT tenant_id FROM runs WHERE id = ?1", &params![&row.run_id], "run")?.text(0)?;
+            // Subscribers get the values themselves (the relay summarises what the broker could not carry).
+            let data = serde_json::json!({"result": row.id, "labware": row.labware, "kind": row.kind, "wells": row.wells, "wavelengths_nm": row.wavelengths_nm, "values": row.values, "unit": row.unit});
+            let envelope = serde_json::json!({"v": 1, "tenant": tenant, "run": row.run_id, "seq": ev.seq, "ts": ev.at, "kind": "result", "data": data});
+            put_outbox(c, dialect, Some(&tenant), Some(&row.run_id), Some(ev.seq), &format!("lab/v1/t/{tenant}/runs/{}/results", row.run_id), &envelope.to_string())?;
+            Ok(ev)
+        })
+    }
+
+    fn results(&self, tenant: Option<&str>, run_id: &str) -> Result<Vec<ResultRow>> {
+        let found = self.read(|c| {
+            owned(c, tenant, run_id)?;
+            c.query("SELECT id, run_id, task_id, labware, kind, wells_json, wavelengths_json, values_json, unit, created_at FROM results WHERE run_id = ?1 ORDER BY created_at, id", &params![run_id])
+        })?;
+        rows(found, |r| {
+            let id = r.text(0)?;
+            let bad = |e: serde_json::Error| StoreError::Backend(format!("result {id} is corrupt: {e}"));
+            Ok(ResultRow {
+                wells: serde_json::from_str(&r.text(5)?).map_err(bad)?,
+                wavelengths_nm: serde_json::from_str(&r.text(6)?).map_err(bad)?,
+                values: serde_json::from_str(&r.text(7)?).map_err(bad)?,
+                run_id: r.text(1)?,
+                task_id: r.int(2)?,
+                labware: r.text(3)?,
+                kind: r.text(4)?,
+                unit: r.text(8)?,
+                created_at: r.int(9)?,
+                id,
+            })
+        })
+    }
+
+    fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRow>> {
+        let found = self.read(|c| {
+            c.query(
+                "SELECT id, position, tenant_id, run_id, seq, topic, payload_json, created_at FROM outbox WHERE sent_at IS NULL ORDER BY position LIMIT ?1",
+                &params![limit as i64],
+            )
+        })?;
+        rows(found, |r| {
+            Ok(OutboxRow {
+                id: r.text(0)?,
+                position: r.int(1)?,
+                tenant_id: r.opt_text(2)?,
+                run_id: r.opt_text(3)?,
+                seq: r.opt_int(4)?,
+                topic: r.text(5)?,
+                payload_json: r.text(6)?,
+                created_at: r.int(7)?,
+            })
+        })
+    }
+
+    fn outbox_mark_sent(&self, ids: &[String]) -> Result<()> {
+        self.tx(|c| {
+            let at = now_ms();
+            for id in ids {
+                c.execute("UPDATE outbox SET sent_at = ?2 WHERE id = ?1 AND sent_at IS NULL", &params![id, at])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn outbox_put(&self, topic: &str, payload_json: &str) -> Result<OutboxRow> {
+        let dialect = self.db.dialect();
+        self.tx(|c| put_outbox(c, dialect, None, None, None, topic, payload_json))
+    }
+
+    fn open_intervention(
+        &self,
+        run_id: &str,
+        task_id: Option<i64>,
+        instrument: Option<&str>,
+        what: &str,
+        todo: &str,
+    ) -> Result<Intervention> {
+        let i = Intervention {
+            id: new_id("int"),
+            run_id: run_id.into(),
+            task_id,
+            instrument: instrument.map(str::to_string),
+            what: what.into(),
+            todo: todo.into(),
+            state: "open".into(),
+            created_at: now_ms(),
+            resolved_at: None,
+            resolved_by: None,
+        };
+        let dialect = self.db.dialect();
+        self.tx(|c| {
+            c.execute(
+                "INSERT INTO interventions (id, run_id, task_id, instrument, what, todo, state, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)",
+                &params![&i.id, &i.run_id, i.task_id, &i.instrument, &i.what, &i.todo, i.created_at],
+            )?;
+            let payload = serde_json::json!({"intervention": i.id, "what": what, "todo": todo}).to_string();
+            append(c, dialect, run_id, "intervention", &payload)
+        })?;
+        Ok(i)
+    }
+
+    fn interventions(&self, tenant: Option<&str>, only_open: bool) -> Result<Vec<Intervention>> {
+        self.read(|c| {
+            let found = c.query(
+                &format!("SELECT {INTERVENTION_COLS} FROM interventions i JOIN runs r ON r.id = i.run_id WHERE (CAST(?1 AS TEXT) IS NULL OR r.tenant_id = ?1) AND (?2 = 0 OR i.state = 'open') ORDER BY i.created_at, i.id"),
+                &params![tenant, only_open as i64],
+            )?;
+            rows(found, intervention_row)
+        })
+    }
+
+    fn resolve_intervention(&self, id: &str, resolution: &str, by: &str) -> Result<Intervention> {
+        if !matches!(resolution, "done" | "redo" | "abort") {
+            return Err(StoreError::Invalid(format!("resolution `{resolution}`: use done, redo or abort")));
+        }
+        let dialect = self.db.dialect();
+        self.tx(|c| {
+            let n = c.execute(
+                "UPDATE interventions SET state = ?2, resolved_at = ?3, resolved_by = ?4 WHERE id = ?1 AND state = 'open'",
+                &params![id, resolution, now_ms(), by],
+            )?;
+            let i = c
+                .query_one(
+                    &format!("SELECT {INTERVENTION_COLS} FROM interventions i WHERE i.id = ?1"),
+                    &params![id],
+                    &format!("intervention {id}"),
+                )
+                .and_then(|r| intervention_row(&r))?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("intervention {id} was already resolved as {}", i.state)));
+            }
+            let payload = serde_json::json!({"intervention": id, "resolution": resolution}).to_string();
+            append(c, dialect, &i.run_id, "intervention_resolved", &payload)?;
+            Ok(i)
+        })
+    }
+
+    fn add_reservation(&self, r: &Reservation) -> Result<()> {
+        if r.ends_at <= r.starts_at {
+            return Err(StoreError::Invalid("a reservation must end after it starts".into()));
+        }
+        self.tx(|c| {
+            c.execute(
+                "INSERT INTO reservations (id, tenant_id, instrument_class, starts_at, ends_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &params![&r.id, &r.tenant_id, &r.instrument_class, r.starts_at, r.ends_at],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn reservations(&self, tenant: Option<&str>) -> Result<Vec<Reservation>> {
+        let found = self.read(|c| {
+            c.query(
+                "SELECT id, tenant_id, instrument_class, starts_at, ends_at FROM reservations WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) ORDER BY starts_at, id",
+                &params![tenant],
+            )
+        })?;
+        rows(found, |r| {
+            Ok(Reservation {
+                id: r.text(0)?,
+                tenant_id: r.text(1)?,
+                instrument_class: r.text(2)?,
+                starts_at: r.int(3)?,
+                ends_at: r.int(4)?,
+            })
+        })
+    }
+
+    fn set_maintenance(&self, instrument: &str, on: Option<(&str, &str)>) -> Result<()> {
+        self.tx(|c| match on {
+            Some((reason, by)) => c.execute(
+                "INSERT INTO maintenance (instrument, reason, set_by, since) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (instrument) DO UPDATE SET reason = excluded.reason, set_by = excluded.set_by",
+                &params![instrument, reason, by, now_ms()],
+            ),
+            None => c.execute("DELETE FROM maintenance WHERE instrument = ?1", &params![instrument]),
+        })?;
+        Ok(())
+    }
+
+    fn maintenance(&self) -> Result<Vec<Maintenance>> {
+        let found = self
+            .read(|c| c.query("SELECT instrument, reason, set_by, since FROM maintenance ORDER BY instrument", &[]))?;
+        rows(found, |r| {
+            Ok(Maintenance { instrument: r.text(0)?, reason: r.text(1)?, set_by: r.text(2)?, since: r.int(3)? })
+        })
+    }
+
+    fn add_usage(&self, u: &Usage) -> Result<()> {
+        if !(u.device_seconds.is_finite() && u.device_seconds >= 0.0) {
+            return Err(StoreError::Invalid(format!("device seconds {}", u.device_seconds)));
+        }
+        self.tx(|c| {
+            c.execute(
+                "INSERT INTO usage (id, tenant_id, run_id, instrument_class, instrument, device_seconds, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                &params![new_id("use"), &u.tenant_id, &u.run_id, &u.instrument_class, &u.instrument, u.device_seconds, now_ms()],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn usage(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<UsageTotal>> {
+        let found = self.read(|c| {
+            c.query(
+                "SELECT tenant_id, instrument_class, SUM(device_seconds) FROM usage WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) AND at >= ?2 GROUP BY tenant_id, instrument_class ORDER BY tenant_id, instrument_class",
+                &params![tenant, since],
+            )
+        })?;
+        rows(found, |r| {
+            Ok(UsageTotal { tenant_id: r.text(0)?, instrument_class: r.text(1)?, device_seconds: r.real(2)? })
+        })
+    }
+}
+
+/// JSON text of a list (wells, wavelengths, values).
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for Vec<T> {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_else(|_| "[]".into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_files_split_into_statements() {
+        let s = statements(
+            "-- head\nCREATE TABLE a (x INT);\n\n-- two\nCREATE INDEX i ON a (x);\nALTER TABLE a ADD y INT;",
+        );
+        assert_eq!(
+            s,
+            ["-- head\nCREATE TABLE a (x INT)", "-- two\nCREATE INDEX i ON a (x)", "ALTER TABLE a ADD y INT"]
+        );
+        assert_eq!(statements("-- only a comment\n"), Vec::<&str>::new());
+    }
+}
