@@ -256,6 +256,20 @@ pub struct Site {
     #[serde(default, rename = "location")]
     pub locations: Vec<Location>,
     pub prices: Prices,
+    /// Work cells: groups of instruments and arms that one labd node drives (scale-out). None:
+    /// the whole site is one cell.
+    #[serde(default, rename = "cell", skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<Cell>,
+}
+
+/// A work cell: instruments and arms that work together (plates move between them) and are
+/// driven by one labd node at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cell {
+    pub id: String,
+    /// Ids of its instruments and arms.
+    pub members: Vec<String>,
 }
 
 /// A `lab.toml` that cannot be used.
@@ -363,7 +377,90 @@ impl Site {
                 return Err(invalid(format!("prices.per_hour.{class}"), "must be a non-negative number"));
             }
         }
+        self.check_cells()
+    }
+
+    /// Every instrument and arm in exactly one cell, when there are cells.
+    fn check_cells(&self) -> Result<(), SiteError> {
+        if self.cells.is_empty() {
+            return Ok(());
+        }
+        let invalid = |key: String, problem: String| SiteError::Invalid { key, problem };
+        let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut cell_ids = BTreeSet::new();
+        for (i, cell) in self.cells.iter().enumerate() {
+            let key = format!("cell[{i}] ({})", cell.id);
+            if cell.id.is_empty() || !cell_ids.insert(cell.id.as_str()) {
+                return Err(invalid(key, "id is empty or used twice; give every cell a unique id".into()));
+            }
+            for m in &cell.members {
+                let known = self.instruments.iter().any(|x| &x.id == m) || self.arms.iter().any(|a| &a.id == m);
+                if !known {
+                    return Err(invalid(key, format!("member {m} is no instrument or arm of this site")));
+                }
+                if let Some(other) = owner.insert(m, &cell.id) {
+                    return Err(invalid(key, format!("{m} is already in cell {other}; a member belongs to one cell")));
+                }
+            }
+        }
+        let ids = self.instruments.iter().map(|x| &x.id).chain(self.arms.iter().map(|a| &a.id));
+        for id in ids {
+            if !owner.contains_key(id.as_str()) {
+                return Err(invalid(
+                    "cell".into(),
+                    format!("{id} is in no cell; when a site has cells, every instrument and arm is in one"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The cell ids, or `["main"]` for a site without cells.
+    pub fn cell_ids(&self) -> Vec<String> {
+        if self.cells.is_empty() {
+            vec!["main".into()]
+        } else {
+            self.cells.iter().map(|c| c.id.clone()).collect()
+        }
+    }
+
+    /// The part of the site that one cell is: its instruments and arms, the locations its arms
+    /// reach, the moves among them. A site without cells is its own cell `main`.
+    pub fn cell(&self, id: &str) -> Result<Site, SiteError> {
+        if self.cells.is_empty() && id == "main" {
+            return Ok(self.clone());
+        }
+        let Some(cell) = self.cells.iter().find(|c| c.id == id) else {
+            return Err(SiteError::Invalid {
+                key: format!("cell {id}"),
+                problem: format!("the site has no such cell; its cells are {}", self.cell_ids().join(", ")),
+            });
+        };
+        let member = |x: &String| cell.members.contains(x);
+        let instruments: Vec<Instrument> = self.instruments.iter().filter(|i| member(&i.id)).cloned().collect();
+        let arms: Vec<Arm> = self.arms.iter().filter(|a| member(&a.id)).cloned().collect();
+        let nests: BTreeSet<String> = instruments.iter().flat_map(|i| i.nest_ids()).collect();
+        let reached: BTreeSet<&String> = arms.iter().flat_map(|a| a.reach.iter()).collect();
+        let locations: Vec<Location> = self.locations.iter().filter(|l| reached.contains(&l.id)).cloned().collect();
+        let known = |n: &String| nests.contains(n) || locations.iter().any(|l| &l.id == n);
+        let arms = arms
+            .into_iter()
+            .map(|mut a| {
+                a.reach.retain(|n| known(n));
+                a.moves.retain(|m| known(&m.from) && known(&m.to));
+                a
+            })
+            .collect();
+        let part = Site {
+            site: self.site.clone(),
+            instruments,
+            arms,
+            locations,
+            prices: self.prices.clone(),
+            cells: vec![cell.clone()],
+        };
+        part.check()?;
+        Ok(part)
     }
 
     /// Instruments of one class.

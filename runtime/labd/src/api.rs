@@ -56,6 +56,7 @@ fn status(e: StoreError) -> Status {
         StoreError::Conflict(w) => Status::already_exists(w),
         StoreError::Invalid(w) => Status::invalid_argument(w),
         StoreError::Backend(w) => Status::internal(format!("storage failed: {w}")),
+        StoreError::Fenced(w) => Status::unavailable(w),
     }
 }
 

@@ -20,6 +20,39 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     interventions_resolve_once(make().as_ref());
     usage_and_reservations_sum_per_tenant(make().as_ref());
     maintenance_flags_and_token_expiry(make().as_ref());
+    leases_claims_and_fencing(make().as_ref());
+}
+
+/// Cells: one holder per lease, epochs grow, a claim is won once, and a fenced store's writes
+/// are refused once its lease ran out or was taken over.
+pub fn leases_claims_and_fencing(s: &dyn Store) {
+    let a = s.acquire_lease("cell-a", "node1", 60_000).unwrap().expect("a free cell is taken");
+    assert_eq!((a.epoch, a.holder.as_str()), (1, "node1"));
+    assert!(s.acquire_lease("cell-a", "node2", 60_000).unwrap().is_none(), "a live lease is not taken");
+    let renewed = s.renew_lease(&a, 60_000).unwrap().expect("the holder renews");
+    assert!(renewed.expires_at >= a.expires_at);
+
+    let t = s.create_tenant("t", 1.0).unwrap();
+    let run = submit(s, &t.id, "k");
+    let fenced = s.fenced(&a);
+    assert!(fenced.claim_run(&run.id, "cell-a").unwrap());
+    assert!(!s.claim_run(&run.id, "cell-b").unwrap(), "a claimed run is not claimed again");
+    assert_eq!(s.run(None, &run.id).unwrap().cell.as_deref(), Some("cell-a"));
+    assert_eq!(s.cell_loads().unwrap(), [("cell-a".to_string(), 1)]);
+    assert_eq!(s.events(None, &run.id, 0).unwrap().last().unwrap().kind, "placed");
+    fenced.append_event(&run.id, "progress", "{}").unwrap();
+
+    // The lease runs out (a paused node): a standby takes over with a higher epoch.
+    s.release_lease(&a).unwrap();
+    let b = s.acquire_lease("cell-a", "node2", 60_000).unwrap().expect("a released lease is free");
+    assert_eq!(b.epoch, 2);
+    let late = fenced.append_event(&run.id, "progress", "{}").unwrap_err();
+    assert!(matches!(late, StoreError::Fenced(_)), "a late write is refused: {late:?}");
+    assert!(s.renew_lease(&a, 60_000).unwrap().is_none(), "the old holder learns it lost the lease");
+    s.fenced(&b).append_event(&run.id, "progress", "{}").unwrap();
+    let kinds = s.events(None, &run.id, 0).unwrap().iter().filter(|e| e.kind == "progress").count();
+    assert_eq!(kinds, 2, "the late write left no trace");
+    assert_eq!(s.leases().unwrap(), [b]);
 }
 
 fn maintenance_flags_and_token_expiry(s: &dyn Store) {

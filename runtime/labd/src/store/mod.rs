@@ -18,6 +18,7 @@ use std::fmt;
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_maintenance_expiry.sql")),
+    (3, include_str!("../../migrations/0003_cells.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -45,6 +46,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("storage failed: {0}")]
     Backend(String),
+    /// A write through a fenced store after its lease ran out or was taken over.
+    #[error("refused: {0}")]
+    Fenced(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -171,6 +175,18 @@ pub struct Run {
     pub submitted_at: Millis,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// The work cell that claimed it (several nodes); `None` while unclaimed or on one node.
+    pub cell: Option<String>,
+}
+
+/// A node's hold on a work cell, valid until `expires_at` by the database's clock. `epoch`
+/// grows with every new holder: it is the fencing token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub cell: String,
+    pub holder: String,
+    pub epoch: i64,
+    pub expires_at: Millis,
 }
 
 /// One entry of a run's event log; `seq` is 1, 2, 3, … without gaps.
@@ -376,4 +392,21 @@ pub trait Store: Send + Sync {
 
     fn add_usage(&self, u: &Usage) -> Result<()>;
     fn usage(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<UsageTotal>>;
+
+    /// Takes the cell's lease for `ttl_ms` when it is free or has run out (the epoch grows);
+    /// `None` while another holder's lease is live.
+    fn acquire_lease(&self, cell: &str, holder: &str, ttl_ms: i64) -> Result<Option<Lease>>;
+    /// Extends a live lease; `None` when it ran out or another holder took it (lost: stop).
+    fn renew_lease(&self, lease: &Lease, ttl_ms: i64) -> Result<Option<Lease>>;
+    /// Gives a lease up at once (a clean stop: the standby need not wait).
+    fn release_lease(&self, lease: &Lease) -> Result<()>;
+    fn leases(&self) -> Result<Vec<Lease>>;
+    /// Claims a queued, unclaimed run for a cell (with its `placed` event); `false` when another
+    /// cell was first.
+    fn claim_run(&self, run_id: &str, cell: &str) -> Result<bool>;
+    /// Claimed runs that are not final, per cell.
+    fn cell_loads(&self) -> Result<Vec<(String, i64)>>;
+    /// This store with a fencing token: every write first checks, in its own transaction, that
+    /// `lease` still holds, and fails with [`StoreError::Fenced`] once it does not.
+    fn fenced(&self, lease: &Lease) -> std::sync::Arc<dyn Store>;
 }

@@ -8,6 +8,7 @@
 //! a unique-key race on submission is retried so both callers get the one run.
 
 use super::*;
+use std::sync::Arc;
 
 /// A value crossing the backend boundary.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +137,22 @@ impl Dialect {
         }
     }
 
+    /// The database's clock in milliseconds: leases are judged by one clock, not each node's.
+    fn now_ms(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// Row locks other claimers skip instead of waiting for (SQLite has one writer anyway).
+    fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
     /// Held while migrating, so that nodes starting together migrate one after the other.
     fn migration_lock(self) -> Option<&'static str> {
         match self {
@@ -206,12 +223,14 @@ fn statements(sql: &str) -> Vec<&str> {
 /// The [`Store`] over any [`Db`].
 #[derive(Debug)]
 pub struct SqlStore<D> {
-    db: D,
+    db: Arc<D>,
+    /// When set, every write transaction first proves this lease still holds.
+    fence: Option<Lease>,
 }
 
 impl<D: Db> SqlStore<D> {
     pub fn new(db: D) -> SqlStore<D> {
-        SqlStore { db }
+        SqlStore { db: Arc::new(db), fence: None }
     }
 
     pub fn db(&self) -> &D {
@@ -219,7 +238,25 @@ impl<D: Db> SqlStore<D> {
     }
 
     fn tx<T: Send>(&self, mut f: impl FnMut(&mut dyn Conn) -> Result<T> + Send) -> Result<T> {
-        self.db.tx(&mut f)
+        let fence = self.fence.as_ref();
+        let now = self.db.dialect().now_ms();
+        self.db.tx(&mut |c| {
+            if let Some(l) = fence {
+                // A no-op update: it also locks the lease row, so a takeover waits for this
+                // transaction instead of racing it.
+                let held = c.execute(
+                    &format!("UPDATE cell_leases SET expires_at = expires_at WHERE cell = ?1 AND holder = ?2 AND epoch = ?3 AND expires_at > {now}"),
+                    &params![&l.cell, &l.holder, l.epoch],
+                )?;
+                if held == 0 {
+                    return Err(StoreError::Fenced(format!(
+                        "this node's lease on cell {} (epoch {}) ran out or was taken over; the write was not made",
+                        l.cell, l.epoch
+                    )));
+                }
+            }
+            f(c)
+        })
     }
 
     fn read<T: Send>(&self, mut f: impl FnMut(&mut dyn Conn) -> Result<T> + Send) -> Result<T> {
@@ -254,9 +291,15 @@ fn run_row(r: &Row) -> Result<Run> {
         submitted_at: r.int(9)?,
         started_at: r.opt_int(10)?,
         finished_at: r.opt_int(11)?,
+        cell: r.opt_text(12)?,
     })
 }
-const RUN_COLS: &str = "id, tenant_id, idempotency_key, name, source, plan_json, state, reason, priority, submitted_at, started_at, finished_at";
+const RUN_COLS: &str = "id, tenant_id, idempotency_key, name, source, plan_json, state, reason, priority, submitted_at, started_at, finished_at, cell";
+
+fn lease_row(r: &Row) -> Result<Lease> {
+    Ok(Lease { cell: r.text(0)?, holder: r.text(1)?, epoch: r.int(2)?, expires_at: r.int(3)? })
+}
+const LEASE_COLS: &str = "cell, holder, epoch, expires_at";
 
 fn attempt_row(r: &Row) -> Result<Attempt> {
     Ok(Attempt {
@@ -957,6 +1000,90 @@ impl<D: Db> Store for SqlStore<D> {
         rows(found, |r| {
             Ok(UsageTotal { tenant_id: r.text(0)?, instrument_class: r.text(1)?, device_seconds: r.real(2)? })
         })
+    }
+
+    fn acquire_lease(&self, cell: &str, holder: &str, ttl_ms: i64) -> Result<Option<Lease>> {
+        let now = self.db.dialect().now_ms();
+        self.tx(|c| {
+            let taken = c.execute(
+                &format!("UPDATE cell_leases SET holder = ?2, epoch = epoch + 1, expires_at = {now} + ?3 WHERE cell = ?1 AND expires_at <= {now}"),
+                &params![cell, holder, ttl_ms],
+            )?;
+            let created = taken == 0
+                && c.execute(
+                    &format!("INSERT INTO cell_leases ({LEASE_COLS}) VALUES (?1, ?2, 1, {now} + ?3) ON CONFLICT (cell) DO NOTHING"),
+                    &params![cell, holder, ttl_ms],
+                )? == 1;
+            if taken == 0 && !created {
+                return Ok(None);
+            }
+            let r = c.query_one(&format!("SELECT {LEASE_COLS} FROM cell_leases WHERE cell = ?1"), &params![cell], "lease")?;
+            lease_row(&r).map(Some)
+        })
+    }
+
+    fn renew_lease(&self, lease: &Lease, ttl_ms: i64) -> Result<Option<Lease>> {
+        let now = self.db.dialect().now_ms();
+        self.tx(|c| {
+            let n = c.execute(
+                &format!("UPDATE cell_leases SET expires_at = {now} + ?4 WHERE cell = ?1 AND holder = ?2 AND epoch = ?3 AND expires_at > {now}"),
+                &params![&lease.cell, &lease.holder, lease.epoch, ttl_ms],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let r = c.query_one(&format!("SELECT {LEASE_COLS} FROM cell_leases WHERE cell = ?1"), &params![&lease.cell], "lease")?;
+            lease_row(&r).map(Some)
+        })
+    }
+
+    fn release_lease(&self, lease: &Lease) -> Result<()> {
+        self.tx(|c| {
+            c.execute(
+                "UPDATE cell_leases SET expires_at = 0 WHERE cell = ?1 AND holder = ?2 AND epoch = ?3",
+                &params![&lease.cell, &lease.holder, lease.epoch],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>> {
+        self.read(|c| rows(c.query(&format!("SELECT {LEASE_COLS} FROM cell_leases ORDER BY cell"), &[])?, lease_row))
+    }
+
+    fn claim_run(&self, run_id: &str, cell: &str) -> Result<bool> {
+        let dialect = self.db.dialect();
+        self.tx(|c| {
+            // Another node claiming the same run holds its row: skip it rather than wait.
+            let free = c.query_opt(
+                &format!(
+                    "SELECT id FROM runs WHERE id = ?1 AND cell IS NULL AND state = 'queued'{}",
+                    dialect.skip_locked()
+                ),
+                &params![run_id],
+            )?;
+            if free.is_none()
+                || c.execute("UPDATE runs SET cell = ?2 WHERE id = ?1 AND cell IS NULL", &params![run_id, cell])? == 0
+            {
+                return Ok(false);
+            }
+            append(c, dialect, run_id, "placed", &serde_json::json!({"cell": cell}).to_string())?;
+            Ok(true)
+        })
+    }
+
+    fn cell_loads(&self) -> Result<Vec<(String, i64)>> {
+        let found = self.read(|c| {
+            c.query(
+                "SELECT cell, COUNT(*) FROM runs WHERE cell IS NOT NULL AND state IN ('queued', 'running', 'cancelling') GROUP BY cell ORDER BY cell",
+                &[],
+            )
+        })?;
+        rows(found, |r| Ok((r.text(0)?, r.int(1)?)))
+    }
+
+    fn fenced(&self, lease: &Lease) -> Arc<dyn Store> {
+        Arc::new(SqlStore { db: self.db.clone(), fence: Some(lease.clone()) })
     }
 }
 
