@@ -92,6 +92,12 @@ pub struct ExecutorConfig {
     pub timings: Option<CommandTimings>,
     /// When set, the time of each end-of-task outcome write is recorded here (benchmarks).
     pub flush_timings: Option<Arc<Mutex<Vec<Duration>>>>,
+    /// The work cell this executor drives (several nodes): it claims the queued runs its
+    /// instruments can run and carries out only those. `None`: every run (one node).
+    pub cell: Option<String>,
+    /// Rung when a run may have been submitted (PostgreSQL `NOTIFY`), so that a node need not
+    /// wait for its next poll.
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for ExecutorConfig {
@@ -106,6 +112,8 @@ impl Default for ExecutorConfig {
             probe_every: Duration::from_secs(2),
             timings: None,
             flush_timings: None,
+            cell: None,
+            wake: None,
         }
     }
 }
@@ -330,6 +338,14 @@ pub struct Executor {
     board: Arc<Board>,
 }
 
+/// Waits for a wake-up, or forever when there is no source of them.
+async fn wake(source: &Option<Arc<tokio::sync::Notify>>) {
+    match source {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs a store call off the async threads (the store is blocking).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(f).await {
@@ -340,7 +356,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl Executor {
     pub fn new(store: Arc<dyn Store>, lab: Arc<Lab>, config: ExecutorConfig) -> Self {
-        Executor { store, lab, config, board: Arc::new(Board::default()) }
+        Self::with_board(store, lab, config, Arc::new(Board::default()))
+    }
+
+    /// An executor that shows its work on an existing board (a cell's next term on a node).
+    pub fn with_board(store: Arc<dyn Store>, lab: Arc<Lab>, config: ExecutorConfig, board: Arc<Board>) -> Self {
+        Executor { store, lab, config, board }
     }
 
     /// What the lab is doing, for the API.
@@ -369,6 +390,9 @@ impl Executor {
         let open = self.store.open_attempts().map_err(|e| e.to_string())?;
         let mut failed = Vec::new();
         for run in self.store.runs(None, &[RunState::Running, RunState::Cancelling]).map_err(|e| e.to_string())? {
+            if self.config.cell.is_some() && run.cell != self.config.cell {
+                continue; // another cell's run: its node recovers it
+            }
             let mine: Vec<_> = open.iter().filter(|a| a.intent.run_id == run.id).collect();
             for a in &mine {
                 let _ =
@@ -446,6 +470,7 @@ impl Executor {
                     }
                 }
                 _ = tick.tick() => {}
+                _ = wake(&self.config.wake) => {}
                 _ = stop.changed() => break,
             }
             self.sync_maintenance(&mut out_of_service, &mut events).await?;
@@ -657,6 +682,10 @@ impl Executor {
     ) -> Result<Vec<Admitted>, String> {
         let store = self.store.clone();
         let mut queued = blocking(move || store.runs(None, &[RunState::Queued])).await.map_err(|e| e.to_string())?;
+        if let Some(cell) = &self.config.cell {
+            self.claim(site, cell, &mut queued).await?;
+            queued.retain(|r| r.cell.as_ref() == Some(cell));
+        }
         if queued.is_empty() {
             return Ok(Vec::new());
         }
@@ -727,6 +756,38 @@ impl Executor {
             out.push(Admitted { run, plan, model });
         }
         Ok(out)
+    }
+
+    /// Claims unclaimed queued runs this cell can run. A cell that is no busier than any other
+    /// claims at once; a busier one only claims runs nobody took within two seconds, so work
+    /// spreads over cells and no run waits for a cell that cannot run it.
+    async fn claim(&self, site: &LabProblem, cell: &str, queued: &mut [Run]) -> Result<(), String> {
+        let now = crate::store::now_ms();
+        if !queued.iter().any(|r| r.cell.is_none()) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let loads = blocking(move || store.cell_loads()).await.map_err(|e| e.to_string())?;
+        let mine = loads.iter().find(|(c, _)| c == cell).map_or(0, |l| l.1);
+        let least_elsewhere = loads.iter().filter(|(c, _)| c != cell).map(|l| l.1).min().unwrap_or(0);
+        let mut claimed = 0;
+        for run in queued.iter_mut().filter(|r| r.cell.is_none()) {
+            let overdue = now - run.submitted_at > 2_000;
+            if mine + claimed > least_elsewhere && !overdue {
+                continue;
+            }
+            let Ok(plan) = serde_json::from_str::<RunPlan>(&run.plan_json) else { continue };
+            let model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, 1.0, 0.0, &plan);
+            if site.clone().add_run(model).is_err() {
+                continue; // this cell lacks what it needs
+            }
+            let (store, id, c) = (self.store.clone(), run.id.clone(), cell.to_string());
+            if blocking(move || store.claim_run(&id, &c)).await.map_err(|e| e.to_string())? {
+                run.cell = Some(cell.to_string());
+                claimed += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Plans the first runs after the lab was idle.

@@ -4,7 +4,7 @@
 use crate::api::{new_token, token_hash, Api, MAX_REQUEST_BYTES};
 use crate::executor::{Executor, ExecutorConfig};
 use crate::lab::Lab;
-use crate::store::{sqlite::SqliteStore, Role, Store};
+use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Role, Store};
 use devices::TimeScale;
 use protos::labwright::v1 as pb;
 use serde::Deserialize;
@@ -50,6 +50,23 @@ pub struct Config {
     /// put it behind a TLS proxy before opening it to a network.
     #[serde(default = "default_console_listen")]
     pub console_listen: String,
+    /// PostgreSQL for several nodes on one database (`postgres://user@host:5432/labwright`);
+    /// SQLite in `data_dir` when absent.
+    pub database: Option<String>,
+    /// This node's name in cell leases; the host name and process id when absent.
+    pub node: Option<String>,
+    /// The site's work cells this node drives, or stands by for while another node drives
+    /// them. Empty: every cell of the site.
+    #[serde(default)]
+    pub cells: Vec<String>,
+    /// How long a cell's lease lasts unrenewed (ms): a standby takes over this long after the
+    /// driving node died. Renewed every third of it.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    10_000
 }
 
 fn default_console_listen() -> String {
@@ -97,6 +114,10 @@ impl Default for Config {
             mqtt_port: default_mqtt_port(),
             mqtt_publish: None,
             console_listen: default_console_listen(),
+            database: None,
+            node: None,
+            cells: Vec::new(),
+            lease_ms: default_lease_ms(),
         }
     }
 }
@@ -139,6 +160,14 @@ impl Config {
         self.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|_| format!("listen = {:?}: give host:port, e.g. \"127.0.0.1:50051\"", self.listen))?;
+        if !(1_000..=600_000).contains(&self.lease_ms) {
+            return Err(format!("lease_ms = {}: give 1000 to 600000 milliseconds", self.lease_ms));
+        }
+        if let Some(url) = &self.database {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains("dbname=")) {
+                return Err("database: give a PostgreSQL URL, e.g. \"postgres://labwright@db:5432/labwright\" (leave it out for SQLite in data_dir)".into());
+            }
+        }
         if self.console_listen != "off" {
             self.console_listen.parse::<std::net::SocketAddr>().map_err(|_| {
                 format!(
@@ -169,7 +198,8 @@ pub struct Running {
     pub mqtt: (String, u16),
     /// The admin token, when this start created it (shown once).
     pub new_admin_token: Option<String>,
-    pub lab: Arc<Lab>,
+    /// The instruments, on one node (several nodes connect per cell, while driving it).
+    pub lab: Option<Arc<Lab>>,
     pub board: Arc<crate::board::Board>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<(&'static str, tokio::task::JoinHandle<()>, u64)>,
@@ -215,8 +245,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
             format!("cannot listen on {addr} for the console (console_listen in labd.toml, --console): {e}")
         })?),
     };
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?);
+    let (store, wake) = open_store(&config).await?;
     // The embedded broker binds next: a taken MQTT port also stops the start here.
     let runtime_password = runtime_mqtt_password(&config.data_dir)?;
     let mqtt_addr = match config.mqtt_broker {
@@ -252,40 +281,49 @@ pub async fn start(config: Config) -> Result<Running, String> {
         new_admin_token = Some(token);
     }
     let scale = TimeScale(config.time_scale);
-    let all_sim = site
-        .instruments
-        .iter()
-        .map(|i| i.endpoint.as_str())
-        .chain(site.arms.iter().map(|a| a.endpoint.as_str()))
-        .all(|e| e.starts_with("sim"));
-    let lab = if all_sim {
-        Lab::simulated_logged(site.clone(), scale, &Default::default(), config.sim_log_dir.as_deref()).await?
-    } else {
-        let endpoints = site
-            .instruments
-            .iter()
-            .map(|i| (i.id.clone(), i.endpoint.clone()))
-            .chain(site.arms.iter().map(|a| (a.id.clone(), a.endpoint.clone())))
-            .collect();
-        Lab::connect(site.clone(), &endpoints, scale).await?
-    };
-    let lab = Arc::new(lab);
-    let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
-    for run in executor.recover()? {
-        println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
-    }
     let stop = tokio::sync::watch::channel(false);
-    let board = executor.board();
     let mut tasks = Vec::new();
-    let exec_task = {
+    let (lab, board, all_sim) = if config.database.is_none() && config.cells.is_empty() {
+        // One node: the whole site, every run.
+        let (lab, all_sim) = connect_lab(&site, &config, scale).await?;
+        let lab = Arc::new(lab);
+        let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
+        for run in executor.recover()? {
+            println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
+        }
+        let board = executor.board();
         let stop_rx = stop.1.clone();
-        tokio::spawn(async move {
+        let exec_task = tokio::spawn(async move {
             if let Err(e) = executor.run(stop_rx).await {
                 eprintln!("labd: executor stopped: {e}");
             }
-        })
+        });
+        tasks.push(("executor", exec_task, 10));
+        (Some(lab), board, all_sim)
+    } else {
+        // Several nodes: a keeper per cell drives it while holding its lease, else stands by.
+        let cells = if config.cells.is_empty() { site.cell_ids() } else { config.cells.clone() };
+        let node = config.node.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let holder = format!("{node}/{}", &crate::store::new_id("n")[2..10]);
+        let board = Arc::new(crate::board::Board::default());
+        for cell in cells {
+            let part = site.cell(&cell).map_err(|e| format!("cells: {e}"))?;
+            let keeper = CellKeeper {
+                store: store.clone(),
+                site: part,
+                cell,
+                holder: holder.clone(),
+                config: config.clone(),
+                board: board.clone(),
+                wake: wake.clone(),
+            };
+            tasks.push(("cell keeper", tokio::spawn(keeper.run(stop.1.clone())), 15));
+        }
+        (None, board, site.instruments.iter().all(|i| i.endpoint.starts_with("sim")))
     };
-    tasks.push(("executor", exec_task, 10));
     if publish {
         let relay_config = crate::telemetry::relay::RelayConfig {
             host: mqtt_addr.0.clone(),
@@ -305,9 +343,9 @@ pub async fn start(config: Config) -> Result<Running, String> {
     }
     let api = Api {
         store,
-        site,
+        site: site.clone(),
         library: labware::Library::shipped(),
-        lab: Some(lab.clone()),
+        lab: lab.clone(),
         board: Some(board.clone()),
         time_scale: config.time_scale,
         mqtt_broker: Some(mqtt_addr.clone()),
@@ -339,7 +377,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         "labd: gRPC API on {addr}{}; data in {}; {} instruments{}{}",
         if tls.is_some() { " (TLS)" } else { "" },
         config.data_dir.display(),
-        lab.instruments.len() + lab.arms.len(),
+        lab.as_ref().map_or(site.instruments.len() + site.arms.len(), |l| l.instruments.len() + l.arms.len()),
         if all_sim { " (simulated)" } else { "" },
         match (config.mqtt_broker, publish) {
             (MqttBroker::Embedded, _) => format!("; MQTT broker (embedded) on {}:{}", mqtt_addr.0, mqtt_addr.1),
@@ -355,6 +393,169 @@ pub async fn start(config: Config) -> Result<Running, String> {
     };
     let api = tokio::spawn(serve_api(api, listener, tls, shutdown));
     Ok(Running { grpc: addr, console, mqtt: mqtt_addr, new_admin_token, lab, board, stop: stop.0, tasks, api })
+}
+
+/// The store the config names, and (PostgreSQL) a wake-up rung when a run is submitted on any
+/// node.
+async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<Arc<tokio::sync::Notify>>), String> {
+    let Some(url) = config.database.clone() else {
+        let store = SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?;
+        return Ok((Arc::new(store), None));
+    };
+    let store = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || PostgresStore::connect(&url)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("database: {e}"))?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    crate::store::postgres::listen_for_submissions(&url, wake.clone());
+    Ok((Arc::new(store), Some(wake)))
+}
+
+/// The site's instruments: simulated in-process when every endpoint says `sim`, else
+/// connected over their endpoints. Also says whether they are simulated.
+async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) -> Result<(Lab, bool), String> {
+    let all_sim = site
+        .instruments
+        .iter()
+        .map(|i| i.endpoint.as_str())
+        .chain(site.arms.iter().map(|a| a.endpoint.as_str()))
+        .all(|e| e.starts_with("sim"));
+    let lab = if all_sim {
+        Lab::simulated_logged(site.clone(), scale, &Default::default(), config.sim_log_dir.as_deref()).await?
+    } else {
+        let endpoints = site
+            .instruments
+            .iter()
+            .map(|i| (i.id.clone(), i.endpoint.clone()))
+            .chain(site.arms.iter().map(|a| (a.id.clone(), a.endpoint.clone())))
+            .collect();
+        Lab::connect(site.clone(), &endpoints, scale).await?
+    };
+    Ok((lab, all_sim))
+}
+
+/// Drives one work cell while this node holds its lease; stands by while another node does.
+struct CellKeeper {
+    store: Arc<dyn Store>,
+    site: labware::Site,
+    cell: String,
+    holder: String,
+    config: Config,
+    board: Arc<crate::board::Board>,
+    wake: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl CellKeeper {
+    async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let ttl = self.config.lease_ms as i64;
+        let every = std::time::Duration::from_millis(self.config.lease_ms / 3);
+        let cell = self.cell.clone();
+        loop {
+            // Standing by: take the lease when it is free or has run out.
+            let lease = loop {
+                if *stop.borrow() {
+                    return;
+                }
+                let (store, c, h) = (self.store.clone(), cell.clone(), self.holder.clone());
+                match tokio::task::spawn_blocking(move || store.acquire_lease(&c, &h, ttl)).await {
+                    Ok(Ok(Some(l))) => break l,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => eprintln!("labd: cell {cell}: cannot read its lease: {e}"),
+                    Err(e) => eprintln!("labd: cell {cell}: {e}"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+            };
+            let took_at = std::time::Instant::now();
+            let ended = self.drive(lease, &mut stop).await;
+            match ended {
+                Ok(lease) => {
+                    let store = self.store.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.release_lease(&lease)).await;
+                    println!("labd: cell {cell}: released after {:.1} s", took_at.elapsed().as_secs_f64());
+                    return;
+                }
+                Err(why) => {
+                    println!("labd: cell {cell}: {why}; standing by");
+                    tokio::time::sleep(every).await;
+                }
+            }
+        }
+    }
+
+    /// One term: connect the instruments, recover what the last holder left in flight, run the
+    /// executor and renew the lease until told to stop (`Ok`: release it) or the lease is lost.
+    async fn drive(
+        &self,
+        lease: crate::store::Lease,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<crate::store::Lease, String> {
+        let cell = &self.cell;
+        let ttl = self.config.lease_ms as i64;
+        let scale = TimeScale(self.config.time_scale);
+        let every = std::time::Duration::from_millis(self.config.lease_ms / 3);
+        println!("labd: cell {cell}: driving it (node {}, lease epoch {})", self.holder, lease.epoch);
+        let (lab, _) = match connect_lab(&self.site, &self.config, scale).await {
+            Ok(l) => l,
+            Err(e) => {
+                let store = self.store.clone();
+                let l = lease.clone();
+                let _ = tokio::task::spawn_blocking(move || store.release_lease(&l)).await;
+                return Err(format!("cannot reach its instruments: {e}"));
+            }
+        };
+        let config =
+            ExecutorConfig { scale, cell: Some(cell.clone()), wake: self.wake.clone(), ..ExecutorConfig::default() };
+        let executor = Executor::with_board(self.store.fenced(&lease), Arc::new(lab), config, self.board.clone());
+        let recovered = tokio::task::spawn_blocking({
+            let executor = executor.clone();
+            move || executor.recover()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        for run in recovered? {
+            println!(
+                "labd: cell {cell}: run {run} was interrupted on the last holder and is marked failed (see its events)"
+            );
+        }
+        let (exec_stop, exec_stop_rx) = tokio::sync::watch::channel(false);
+        let mut exec = tokio::spawn(async move { executor.run(exec_stop_rx).await });
+        let mut current = lease;
+        let outcome = loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => break Ok(()),
+                r = &mut exec => {
+                    let why = match r {
+                        Ok(Ok(())) => "its executor stopped".to_string(),
+                        Ok(Err(e)) => format!("its executor stopped: {e}"),
+                        Err(e) => format!("its executor failed: {e}"),
+                    };
+                    let store = self.store.clone();
+                    let l = current.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.release_lease(&l)).await;
+                    return Err(why);
+                }
+            }
+            let (store, l) = (self.store.clone(), current.clone());
+            match tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
+                Ok(Ok(Some(l))) => current = l,
+                Ok(Ok(None)) => break Err(format!("lost its lease (epoch {})", current.epoch)),
+                Ok(Err(e)) => eprintln!("labd: cell {cell}: cannot renew its lease: {e}"),
+                Err(e) => eprintln!("labd: cell {cell}: {e}"),
+            }
+        };
+        let _ = exec_stop.send(true);
+        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut exec).await.is_err() {
+            exec.abort();
+        }
+        outcome.map(|()| current)
+    }
 }
 
 /// The runtime's own MQTT password, made on first use and kept in `data_dir` (mode 0600).

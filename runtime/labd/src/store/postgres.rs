@@ -320,6 +320,33 @@ impl Db for PgDb {
     }
 }
 
+/// The channel a submission notifies (in its transaction, so only committed runs wake anyone).
+pub const SUBMITTED: &str = "labwright_submitted";
+
+/// Listens on its own connection (a thread) and rings `wake` at every submission on any node;
+/// reconnects when the database goes away.
+pub fn listen_for_submissions(url: &str, wake: std::sync::Arc<tokio::sync::Notify>) {
+    let url = url.to_string();
+    let _ = std::thread::Builder::new().name("pg-listen".into()).spawn(move || loop {
+        let listened = (|| -> std::result::Result<(), ::postgres::Error> {
+            let mut client = Client::connect(&url, NoTls)?;
+            client.batch_execute(&format!("LISTEN {SUBMITTED}"))?;
+            // Whatever was submitted while we were not listening is picked up by the next poll.
+            wake.notify_waiters();
+            let mut notes = client.notifications();
+            let mut it = notes.blocking_iter();
+            while fallible_iterator::FallibleIterator::next(&mut it)?.is_some() {
+                wake.notify_waiters();
+            }
+            Ok(())
+        })();
+        if let Err(e) = listened {
+            eprintln!("labd: listening for submissions: {e}; again in 1 s");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,6 +153,14 @@ impl Dialect {
         }
     }
 
+    /// Wakes the other nodes when a run is submitted (delivered at commit).
+    fn notify_submitted(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("SELECT pg_notify('labwright_submitted', '')"),
+        }
+    }
+
     /// Held while migrating, so that nodes starting together migrate one after the other.
     fn migration_lock(self) -> Option<&'static str> {
         match self {
@@ -617,6 +625,9 @@ impl<D: Db> Store for SqlStore<D> {
                     &params![&id, &run.tenant_id, &run.idempotency_key, &run.name, &run.source, &run.plan_json, run.priority, now_ms()],
                 )?;
                 append(c, dialect, &id, "submitted", &serde_json::json!({"name": run.name}).to_string())?;
+                if let Some(notify) = dialect.notify_submitted() {
+                    c.execute(notify, &[])?;
+                }
                 let r = c.query_one(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"), &params![&id], "run")?;
                 Ok((run_row(&r)?, true))
             })
@@ -646,16 +657,22 @@ impl<D: Db> Store for SqlStore<D> {
     }
 
     fn runs(&self, tenant: Option<&str>, states: &[RunState]) -> Result<Vec<Run>> {
-        let all = self.read(|c| {
+        // The states are our own words, never the caller's text: safe to write into the SQL.
+        let in_states = if states.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            format!(" AND state IN ({})", list.join(", "))
+        };
+        self.read(|c| {
             rows(
                 c.query(
-                    &format!("SELECT {RUN_COLS} FROM runs WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) ORDER BY submitted_at, id"),
+                    &format!("SELECT {RUN_COLS} FROM runs WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1){in_states} ORDER BY submitted_at, id"),
                     &params![tenant],
                 )?,
                 run_row,
             )
-        })?;
-        Ok(all.into_iter().filter(|r| states.is_empty() || states.contains(&r.state)).collect())
+        })
     }
 
     fn set_run_state(&self, id: &str, state: RunState, reason: Option<&str>) -> Result<Event> {

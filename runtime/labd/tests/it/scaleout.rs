@@ -91,3 +91,186 @@ fn a_bad_database_url_is_a_clear_error() {
     let e = PostgresStore::connect("not a url ===").map(|_| ()).unwrap_err().to_string();
     assert!(e.contains("database URL"), "{e}");
 }
+
+/// A labd node of a multi-node lab, its output in a file.
+struct Node {
+    proc: super::Reap,
+    log: std::path::PathBuf,
+    url: String,
+    data: std::path::PathBuf,
+}
+
+impl Node {
+    fn start(dir: &std::path::Path, name: &str, db: &str, site: &std::path::Path, cells: &[&str], scale: &str) -> Node {
+        let data = dir.join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let listen = format!("127.0.0.1:{}", super::free_port());
+        let cells = cells.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+        let config = format!(
+            "data_dir = {data:?}\nlisten = \"{listen}\"\nsite = {site:?}\ntime_scale = {scale}\ndatabase = \"{db}\"\nnode = \"{name}\"\ncells = [{cells}]\nlease_ms = {LEASE_MS}\nconsole_listen = \"off\"\nmqtt_port = 0\nmqtt_publish = false\n"
+        );
+        let config_file = data.join("labd.toml");
+        std::fs::write(&config_file, config).unwrap();
+        let log = data.join("out.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let proc = super::Reap(
+            std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_file)
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap(),
+        );
+        let node = Node { proc, log, url: format!("http://{listen}"), data };
+        node.wait_for("gRPC API on", 60);
+        node
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the node printed `what`; returns how long that took.
+    fn wait_for(&self, what: &str, secs: u64) -> std::time::Duration {
+        let t = std::time::Instant::now();
+        while !self.output().contains(what) {
+            assert!(t.elapsed().as_secs() < secs, "no `{what}` within {secs} s:\n{}", self.output());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        t.elapsed()
+    }
+
+    fn admin(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.token")).unwrap().trim().to_string()
+    }
+
+    fn json(&self, token: &str, args: &[&str]) -> serde_json::Value {
+        let (code, so, se) = super::labctl_at(&self.url, token, args);
+        assert_eq!(code, 0, "labctl {args:?} at {}: {so}{se}", self.url);
+        serde_json::from_str(so.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {so}"))
+    }
+
+    fn submit(&self, token: &str, example: &str, key: &str) -> String {
+        let file = super::root().join("protocols/examples").join(example);
+        let args = ["submit", file.to_str().unwrap(), "--key", key, "--format", "json"];
+        self.json(token, &args)["run"]["id"].as_str().unwrap().to_string()
+    }
+}
+
+const LEASE_MS: u64 = 3_000;
+
+fn state(node: &Node, token: &str, run: &str) -> String {
+    let all = node.json(token, &["runs", "--format", "json"]);
+    let found = all.as_array().and_then(|a| a.iter().find(|r| r["id"] == run).cloned());
+    found.and_then(|r| r["state"].as_str().map(String::from)).unwrap_or_default()
+}
+
+/// Three labd processes on one PostgreSQL: node 1 drives cell a, node 2 cell b, node 3 stands by
+/// for both. Two tenants submit to any node; runs are placed on a cell that can run them; each
+/// tenant sees only its own. Node 1 is killed (-9) mid-run: node 3 takes cell a over within the
+/// lease time plus 5 s and finishes its queued runs; the run that was on an instrument fails by
+/// the crash-recovery rules (as after a crash of a single node: runs the dead node had started
+/// fail, named). Node 2 is paused past its lease: node 3 takes cell b, and
+/// node 2, resumed, learns it lost the lease and writes nothing more. No accepted run is lost,
+/// every run's events are gapless, and no command that is unsafe to repeat was sent twice.
+#[test]
+fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
+    let Some(db) = Scratch::new("nodes") else { return };
+    let dir = super::fresh_dir("nodes");
+    let scale = "0.004";
+    // Each node simulates the instruments of the cells it drives (a simulator outside the nodes
+    // would not know what the plates hold; real instruments are on the network).
+    let site = super::root().join("sites/two-cells.toml");
+    let mut n1 = Node::start(&dir, "n1", &db.url, &site, &["a"], scale);
+    n1.wait_for("cell a: driving it", 30);
+    let n2 = Node::start(&dir, "n2", &db.url, &site, &["b"], scale);
+    n2.wait_for("cell b: driving it", 30);
+    let n3 = Node::start(&dir, "n3", &db.url, &site, &["a", "b"], scale);
+
+    let admin = n1.admin();
+    n2.json(&admin, &["tenant", "add", "acme", "--format", "json"]);
+    n3.json(&admin, &["tenant", "add", "globex", "--format", "json"]);
+    let token = |t: &str| {
+        n1.json(&admin, &["token", "create", "--tenant", t, "--format", "json"])["token"].as_str().unwrap().to_string()
+    };
+    let (acme, globex) = (token("acme"), token("globex"));
+    let mut runs: Vec<(String, String)> = Vec::new(); // (token, run)
+    for (i, (tok, node)) in [(&acme, &n1), (&globex, &n2), (&acme, &n3), (&globex, &n1)].into_iter().enumerate() {
+        runs.push((tok.clone(), node.submit(tok, "serial-dilution.yaml", &format!("sd{i}"))));
+        runs.push((tok.clone(), node.submit(tok, "normalisation.yaml", &format!("norm{i}"))));
+    }
+    // Each tenant sees only its own, on every node.
+    for node in [&n1, &n2, &n3] {
+        let mine = node.json(&acme, &["runs", "--format", "json"]);
+        let ids: Vec<&str> = mine.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 4, "acme sees its four runs on {}", node.url);
+        assert!(runs.iter().filter(|(t, _)| *t == globex).all(|(_, r)| !ids.contains(&r.as_str())));
+    }
+
+    // Kill node 1 while cell a is busy.
+    let store = PostgresStore::connect(&db.url).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !store.runs(None, &[labd::store::RunState::Running]).unwrap().iter().any(|r| r.cell.as_deref() == Some("a")) {
+        assert!(std::time::Instant::now() < until, "nothing ran on cell a:\n{}", n1.output());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    n1.proc.0.kill().unwrap();
+    let took = n3.wait_for("cell a: driving it", 30);
+    assert!(
+        took.as_millis() as u64 <= LEASE_MS + 5_000,
+        "the standby took cell a over after {took:?} (lease {LEASE_MS} ms)"
+    );
+
+    // Pause node 2 past its lease, then let it go on.
+    let pid = n2.proc.0.id().to_string();
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    signal("-STOP");
+    let took = n3.wait_for("cell b: driving it", 30);
+    signal("-CONT");
+    n2.wait_for("cell b: lost its lease", 30);
+    assert!(took.as_millis() as u64 <= LEASE_MS + 5_000, "cell b taken over after {took:?}");
+
+    // Every accepted run ends; those not on an instrument when their node died succeed.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    loop {
+        let states: Vec<String> = runs.iter().map(|(t, r)| state(&n3, t, r)).collect();
+        if states.iter().all(|s| ["succeeded", "failed", "cancelled"].contains(&s.as_str())) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "runs did not finish: {states:?}\n{}", n3.output());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let all = store.runs(None, &[]).unwrap();
+    assert_eq!(all.len(), runs.len(), "no run lost, none made up");
+    let mut failed = 0;
+    for r in &all {
+        assert!(r.cell.is_some(), "{} was placed on a cell", r.id);
+        if r.name.contains("normalisation") || r.name.contains("normalization") {
+            assert_eq!(r.cell.as_deref(), Some("b"), "only cell b can seal");
+        }
+        if r.state != labd::store::RunState::Succeeded {
+            failed += 1;
+            let why = r.reason.clone().unwrap_or_default();
+            assert!(why.contains("restarted mid-run") || why.contains("interrupted"), "{}: {why}", r.id);
+        }
+        let seqs: Vec<i64> = store.events(None, &r.id, 0).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gapless events of {}", r.id);
+        let mut sent = std::collections::BTreeSet::new();
+        for a in store.attempts(&r.id).unwrap() {
+            // (Plate moves are journaled under task -1 without an index of their own.)
+            if !a.intent.repeatable && a.intent.task_id >= 0 {
+                assert!(
+                    sent.insert((a.intent.task_id, a.intent.command_index)),
+                    "{}: command {} of task {} sent twice",
+                    r.id,
+                    a.intent.command_index,
+                    a.intent.task_id
+                );
+            }
+        }
+    }
+    assert!(all.len() - failed >= 2, "runs queued at the kill and the pause were finished by the standby");
+    eprintln!("{} runs, {failed} failed by recovery; takeover of cell b after {took:?}", all.len());
+}
