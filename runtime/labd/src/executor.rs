@@ -384,14 +384,26 @@ impl Executor {
 
     /// After a restart: runs that were running when the runtime stopped are failed with a reason
     /// naming any command whose outcome is unknown (never silently resent); a technician gets an
-    /// intervention for each such command that is not safe to repeat. Queued runs are untouched
-    /// and run normally. Returns the runs it failed.
+    /// intervention for each such command that is not safe to repeat. A run that had not yet
+    /// touched anything (no command, no plate move, no manual step) goes back to the queue
+    /// instead. Queued runs are untouched and run normally. Returns the runs it failed.
     pub fn recover(&self) -> Result<Vec<String>, String> {
         let open = self.store.open_attempts().map_err(|e| e.to_string())?;
+        let asked = self.store.interventions(None, false).map_err(|e| e.to_string())?;
         let mut failed = Vec::new();
         for run in self.store.runs(None, &[RunState::Running, RunState::Cancelling]).map_err(|e| e.to_string())? {
             if self.config.cell.is_some() && run.cell != self.config.cell {
                 continue; // another cell's run: its node recovers it
+            }
+            let untouched = self.store.attempts(&run.id).map_err(|e| e.to_string())?.is_empty()
+                && !asked.iter().any(|i| i.run_id == run.id);
+            if untouched {
+                let (state, reason) = match run.state {
+                    RunState::Cancelling => (RunState::Cancelled, "cancelled; labd stopped before it began"),
+                    _ => (RunState::Queued, "labd stopped before it began; queued again"),
+                };
+                self.store.set_run_state(&run.id, state, Some(reason)).map_err(|e| e.to_string())?;
+                continue;
             }
             let mine: Vec<_> = open.iter().filter(|a| a.intent.run_id == run.id).collect();
             for a in &mine {

@@ -788,7 +788,8 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
 
 /// Cancelling a running run stops it at the next task; plate moves still run; it ends cancelled.
 /// After a crash, a run that was running is failed with a reason, an in-flight command that is not
-/// safe to repeat becomes an intervention and is never resent, and queued runs are untouched.
+/// safe to repeat becomes an intervention and is never resent, queued runs are untouched, and a
+/// run that had not begun is queued again.
 #[test]
 fn cancel_and_recovery_leave_every_run_in_an_explicit_state() {
     use labd::store::{Intent, RunState};
@@ -836,6 +837,13 @@ fn cancel_and_recovery_leave_every_run_in_an_explicit_state() {
         assert_eq!(store.attempts(&crashed.id).unwrap()[0].outcome.as_deref(), Some("unknown"));
         assert_eq!(store.interventions(None, true).unwrap().len(), 1, "a technician is asked to check the dispense");
         assert_eq!(store.run(None, &waiting.id).unwrap().state, RunState::Queued, "queued runs continue");
+
+        // Admitted but nothing sent yet: it goes back to the queue rather than failing.
+        let untouched = ex.submit(&t.id, "f", "dilution", "sd3.yaml", &compile_example("serial-dilution.yaml")).unwrap();
+        store.set_run_state(&untouched.id, RunState::Running, None).unwrap();
+        assert!(ex.recover().unwrap().is_empty());
+        let r = store.run(None, &untouched.id).unwrap();
+        assert_eq!((r.state, r.reason.as_deref()), (RunState::Queued, Some("labd stopped before it began; queued again")));
     });
 }
 

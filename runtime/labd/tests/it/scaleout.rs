@@ -171,8 +171,8 @@ fn state(node: &Node, token: &str, run: &str) -> String {
 /// for both. Two tenants submit to any node; runs are placed on a cell that can run them; each
 /// tenant sees only its own. Node 1 is killed (-9) mid-run: node 3 takes cell a over within the
 /// lease time plus 5 s and finishes its queued runs; the run that was on an instrument fails by
-/// the crash-recovery rules (as after a crash of a single node: runs the dead node had started
-/// fail, named). Node 2 is paused past its lease: node 3 takes cell b, and
+/// the crash-recovery rules (as after a crash of a single node: a run the dead node had begun
+/// fails, named; one it had only planned is queued again). Node 2 is paused past its lease: node 3 takes cell b, and
 /// node 2, resumed, learns it lost the lease and writes nothing more. No accepted run is lost,
 /// every run's events are gapless, and no command that is unsafe to repeat was sent twice.
 #[test]
@@ -271,6 +271,6 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
             }
         }
     }
-    assert!(all.len() - failed >= 2, "runs queued at the kill and the pause were finished by the standby");
+    assert!(failed <= 2, "only a run on an instrument at the kill and one at the pause may fail: {failed}");
     eprintln!("{} runs, {failed} failed by recovery; takeover of cell b after {took:?}", all.len());
 }
