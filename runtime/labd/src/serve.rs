@@ -283,6 +283,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let scale = TimeScale(config.time_scale);
     let stop = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    // Several nodes: one of them relays the shared outbox at a time.
+    let mut relay_lease: Option<Leased> = None;
     let (lab, board, all_sim) = if config.database.is_none() && config.cells.is_empty() {
         // One node: the whole site, every run.
         let (lab, all_sim) = connect_lab(&site, &config, scale).await?;
@@ -311,17 +313,26 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let board = Arc::new(crate::board::Board::default());
         for cell in cells {
             let part = site.cell(&cell).map_err(|e| format!("cells: {e}"))?;
-            let keeper = CellKeeper {
+            let leased = Leased {
                 store: store.clone(),
-                site: part,
-                cell,
+                name: cell.clone(),
+                what: format!("cell {cell}"),
                 holder: holder.clone(),
-                config: config.clone(),
-                board: board.clone(),
-                wake: wake.clone(),
+                lease_ms: config.lease_ms,
             };
-            tasks.push(("cell keeper", tokio::spawn(keeper.run(stop.1.clone())), 15));
+            let (store, config, board, wake) = (store.clone(), config.clone(), board.clone(), wake.clone());
+            let term = move |lease, stop| {
+                drive_cell(store.clone(), part.clone(), config.clone(), board.clone(), wake.clone(), lease, stop)
+            };
+            tasks.push(("cell keeper", tokio::spawn(leased.keep(stop.1.clone(), term)), 15));
         }
+        relay_lease = Some(Leased {
+            store: store.clone(),
+            name: RELAY_LEASE.into(),
+            what: "telemetry relay".into(),
+            holder,
+            lease_ms: config.lease_ms,
+        });
         (None, board, site.instruments.iter().all(|i| i.endpoint.starts_with("sim")))
     };
     if publish {
@@ -335,11 +346,21 @@ pub async fn start(config: Config) -> Result<Running, String> {
             max_payload: crate::telemetry::broker::MAX_PACKET - 4096,
             site: site.site.name.clone(),
         };
-        tasks.push((
-            "relay",
-            tokio::spawn(crate::telemetry::relay::run(store.clone(), relay_config, stop.1.clone())),
-            5,
-        ));
+        let relay = match relay_lease {
+            None => tokio::spawn(crate::telemetry::relay::run(store.clone(), relay_config, stop.1.clone())),
+            Some(leased) => {
+                let store = store.clone();
+                let term = move |_lease, stop| {
+                    let relay = crate::telemetry::relay::run(store.clone(), relay_config.clone(), stop);
+                    async move {
+                        relay.await;
+                        Ok(())
+                    }
+                };
+                tokio::spawn(leased.keep(stop.1.clone(), term))
+            }
+        };
+        tasks.push(("relay", relay, 5));
     }
     let api = Api {
         store,
@@ -437,125 +458,131 @@ async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) ->
     Ok((lab, all_sim))
 }
 
-/// Drives one work cell while this node holds its lease; stands by while another node does.
-struct CellKeeper {
+/// Something only one node may do at a time (drive a cell, relay the outbox): done while this
+/// node holds its lease, renewed every third of the lease time; stood by for otherwise.
+#[derive(Clone)]
+struct Leased {
     store: Arc<dyn Store>,
-    site: labware::Site,
-    cell: String,
+    /// The lease's name: a cell id, or [`RELAY_LEASE`].
+    name: String,
+    /// How it is called in messages (`cell a`, `telemetry relay`).
+    what: String,
     holder: String,
-    config: Config,
-    board: Arc<crate::board::Board>,
-    wake: Option<Arc<tokio::sync::Notify>>,
+    lease_ms: u64,
 }
 
-impl CellKeeper {
-    async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let ttl = self.config.lease_ms as i64;
-        let every = std::time::Duration::from_millis(self.config.lease_ms / 3);
-        let cell = self.cell.clone();
+/// The lease of the one node that publishes the shared outbox.
+const RELAY_LEASE: &str = "~telemetry-relay";
+
+impl Leased {
+    /// Runs `term` for each lease this node gets, until `stop`. A term ends when the lease is
+    /// lost (its stop turns true), when asked to stop (then the lease is released, so a
+    /// standby need not wait), or by itself (an error: the lease is released and taken again).
+    async fn keep<F, Fut>(self, mut stop: tokio::sync::watch::Receiver<bool>, mut term: F)
+    where
+        F: FnMut(crate::store::Lease, tokio::sync::watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let every = std::time::Duration::from_millis(self.lease_ms / 3);
+        let ttl = self.lease_ms as i64;
+        let what = &self.what;
         loop {
-            // Standing by: take the lease when it is free or has run out.
             let lease = loop {
                 if *stop.borrow() {
                     return;
                 }
-                let (store, c, h) = (self.store.clone(), cell.clone(), self.holder.clone());
-                match tokio::task::spawn_blocking(move || store.acquire_lease(&c, &h, ttl)).await {
+                let (store, n, h) = (self.store.clone(), self.name.clone(), self.holder.clone());
+                match tokio::task::spawn_blocking(move || store.acquire_lease(&n, &h, ttl)).await {
                     Ok(Ok(Some(l))) => break l,
                     Ok(Ok(None)) => {}
-                    Ok(Err(e)) => eprintln!("labd: cell {cell}: cannot read its lease: {e}"),
-                    Err(e) => eprintln!("labd: cell {cell}: {e}"),
+                    Ok(Err(e)) => eprintln!("labd: {what}: cannot read its lease: {e}"),
+                    Err(e) => eprintln!("labd: {what}: {e}"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.changed() => return,
                 }
             };
-            let took_at = std::time::Instant::now();
-            let ended = self.drive(lease, &mut stop).await;
-            match ended {
-                Ok(lease) => {
-                    let store = self.store.clone();
-                    let _ = tokio::task::spawn_blocking(move || store.release_lease(&lease)).await;
-                    println!("labd: cell {cell}: released after {:.1} s", took_at.elapsed().as_secs_f64());
-                    return;
+            println!("labd: {what}: driving it (node {}, lease epoch {})", self.holder, lease.epoch);
+            let (term_stop, term_stop_rx) = tokio::sync::watch::channel(false);
+            let mut work = tokio::spawn(term(lease.clone(), term_stop_rx));
+            let mut current = lease;
+            let ended: Option<String> = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => break None,
+                    r = &mut work => {
+                        let why = match r {
+                            Ok(Ok(())) => "it stopped".to_string(),
+                            Ok(Err(e)) => e,
+                            Err(e) => format!("it failed: {e}"),
+                        };
+                        self.release(&current).await;
+                        println!("labd: {what}: {why}; standing by");
+                        tokio::time::sleep(every).await;
+                        break Some(why);
+                    }
                 }
-                Err(why) => {
-                    println!("labd: cell {cell}: {why}; standing by");
-                    tokio::time::sleep(every).await;
+                let (store, l) = (self.store.clone(), current.clone());
+                match tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
+                    Ok(Ok(Some(l))) => current = l,
+                    Ok(Ok(None)) => {
+                        println!("labd: {what}: lost its lease (epoch {}); standing by", current.epoch);
+                        break Some("lost".into());
+                    }
+                    // The database may be restarting: the store retries; the fence guards writes.
+                    Ok(Err(e)) => eprintln!("labd: {what}: cannot renew its lease: {e}"),
+                    Err(e) => eprintln!("labd: {what}: {e}"),
                 }
+            };
+            let _ = term_stop.send(true);
+            if !work.is_finished() && tokio::time::timeout(std::time::Duration::from_secs(10), &mut work).await.is_err()
+            {
+                work.abort();
+            }
+            if ended.is_none() {
+                self.release(&current).await;
+                println!("labd: {what}: released");
+                return;
             }
         }
     }
 
-    /// One term: connect the instruments, recover what the last holder left in flight, run the
-    /// executor and renew the lease until told to stop (`Ok`: release it) or the lease is lost.
-    async fn drive(
-        &self,
-        lease: crate::store::Lease,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Result<crate::store::Lease, String> {
-        let cell = &self.cell;
-        let ttl = self.config.lease_ms as i64;
-        let scale = TimeScale(self.config.time_scale);
-        let every = std::time::Duration::from_millis(self.config.lease_ms / 3);
-        println!("labd: cell {cell}: driving it (node {}, lease epoch {})", self.holder, lease.epoch);
-        let (lab, _) = match connect_lab(&self.site, &self.config, scale).await {
-            Ok(l) => l,
-            Err(e) => {
-                let store = self.store.clone();
-                let l = lease.clone();
-                let _ = tokio::task::spawn_blocking(move || store.release_lease(&l)).await;
-                return Err(format!("cannot reach its instruments: {e}"));
-            }
-        };
-        let config =
-            ExecutorConfig { scale, cell: Some(cell.clone()), wake: self.wake.clone(), ..ExecutorConfig::default() };
-        let executor = Executor::with_board(self.store.fenced(&lease), Arc::new(lab), config, self.board.clone());
-        let recovered = tokio::task::spawn_blocking({
-            let executor = executor.clone();
-            move || executor.recover()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        for run in recovered? {
-            println!(
-                "labd: cell {cell}: run {run} was interrupted on the last holder and is marked failed (see its events)"
-            );
-        }
-        let (exec_stop, exec_stop_rx) = tokio::sync::watch::channel(false);
-        let mut exec = tokio::spawn(async move { executor.run(exec_stop_rx).await });
-        let mut current = lease;
-        let outcome = loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.changed() => break Ok(()),
-                r = &mut exec => {
-                    let why = match r {
-                        Ok(Ok(())) => "its executor stopped".to_string(),
-                        Ok(Err(e)) => format!("its executor stopped: {e}"),
-                        Err(e) => format!("its executor failed: {e}"),
-                    };
-                    let store = self.store.clone();
-                    let l = current.clone();
-                    let _ = tokio::task::spawn_blocking(move || store.release_lease(&l)).await;
-                    return Err(why);
-                }
-            }
-            let (store, l) = (self.store.clone(), current.clone());
-            match tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
-                Ok(Ok(Some(l))) => current = l,
-                Ok(Ok(None)) => break Err(format!("lost its lease (epoch {})", current.epoch)),
-                Ok(Err(e)) => eprintln!("labd: cell {cell}: cannot renew its lease: {e}"),
-                Err(e) => eprintln!("labd: cell {cell}: {e}"),
-            }
-        };
-        let _ = exec_stop.send(true);
-        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut exec).await.is_err() {
-            exec.abort();
-        }
-        outcome.map(|()| current)
+    async fn release(&self, lease: &crate::store::Lease) {
+        let (store, l) = (self.store.clone(), lease.clone());
+        let _ = tokio::task::spawn_blocking(move || store.release_lease(&l)).await;
     }
+}
+
+/// One term of driving a cell: connect its instruments, recover what the last holder left in
+/// flight, and run the executor through a store fenced by the lease until `stop`.
+async fn drive_cell(
+    store: Arc<dyn Store>,
+    site: labware::Site,
+    config: Config,
+    board: Arc<crate::board::Board>,
+    wake: Option<Arc<tokio::sync::Notify>>,
+    lease: crate::store::Lease,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let cell = lease.cell.clone();
+    let scale = TimeScale(config.time_scale);
+    let (lab, _) =
+        connect_lab(&site, &config, scale).await.map_err(|e| format!("cannot reach its instruments: {e}"))?;
+    let exec_config = ExecutorConfig { scale, cell: Some(cell.clone()), wake, ..ExecutorConfig::default() };
+    let executor = Executor::with_board(store.fenced(&lease), Arc::new(lab), exec_config, board);
+    let recovered = tokio::task::spawn_blocking({
+        let executor = executor.clone();
+        move || executor.recover()
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    for run in recovered {
+        println!(
+            "labd: cell {cell}: run {run} was interrupted on the last holder and is marked failed (see its events)"
+        );
+    }
+    executor.run(stop).await
 }
 
 /// The runtime's own MQTT password, made on first use and kept in `data_dir` (mode 0600).
@@ -575,7 +602,10 @@ pub fn mqtt_config(config: &Config, out: &Path) -> Result<Vec<PathBuf>, String> 
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let store = SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?;
+    let store: Box<dyn Store> = match &config.database {
+        Some(url) => Box::new(PostgresStore::connect(url).map_err(|e| format!("database: {e}"))?),
+        None => Box::new(SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?),
+    };
     let identities = store.mqtt_identities().map_err(|e| e.to_string())?;
     let runtime = mosquitto::password_hash(&runtime_mqtt_password(&config.data_dir)?)?;
     let files = [

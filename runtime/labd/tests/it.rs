@@ -839,11 +839,15 @@ fn cancel_and_recovery_leave_every_run_in_an_explicit_state() {
         assert_eq!(store.run(None, &waiting.id).unwrap().state, RunState::Queued, "queued runs continue");
 
         // Admitted but nothing sent yet: it goes back to the queue rather than failing.
-        let untouched = ex.submit(&t.id, "f", "dilution", "sd3.yaml", &compile_example("serial-dilution.yaml")).unwrap();
+        let untouched =
+            ex.submit(&t.id, "f", "dilution", "sd3.yaml", &compile_example("serial-dilution.yaml")).unwrap();
         store.set_run_state(&untouched.id, RunState::Running, None).unwrap();
         assert!(ex.recover().unwrap().is_empty());
         let r = store.run(None, &untouched.id).unwrap();
-        assert_eq!((r.state, r.reason.as_deref()), (RunState::Queued, Some("labd stopped before it began; queued again")));
+        assert_eq!(
+            (r.state, r.reason.as_deref()),
+            (RunState::Queued, Some("labd stopped before it began; queued again"))
+        );
     });
 }
 
