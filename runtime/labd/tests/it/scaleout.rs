@@ -103,13 +103,17 @@ struct Node {
 impl Node {
     /// Starts a node; `mqtt_port`: the shared external broker's.
     fn start(dir: &std::path::Path, name: &str, db: &str, cells: &[&str], mqtt_port: u16) -> Node {
+        Self::start_with(dir, name, db, cells, mqtt_port, LEASE_MS)
+    }
+
+    fn start_with(dir: &std::path::Path, name: &str, db: &str, cells: &[&str], mqtt_port: u16, lease_ms: u64) -> Node {
         let site = super::root().join("sites/two-cells.toml");
         let data = dir.join(name);
         std::fs::create_dir_all(&data).unwrap();
         let listen = format!("127.0.0.1:{}", super::free_port());
         let cells = cells.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
         let config = format!(
-            "data_dir = {data:?}\nlisten = \"{listen}\"\nsite = {site:?}\ntime_scale = {SCALE}\ndatabase = \"{db}\"\nnode = \"{name}\"\ncells = [{cells}]\nlease_ms = {LEASE_MS}\nconsole_listen = \"off\"\nmqtt_broker = \"external\"\nmqtt_port = {mqtt_port}\nmqtt_publish = true\n"
+            "data_dir = {data:?}\nlisten = \"{listen}\"\nsite = {site:?}\ntime_scale = {SCALE}\ndatabase = \"{db}\"\nnode = \"{name}\"\ncells = [{cells}]\nlease_ms = {lease_ms}\nconsole_listen = \"off\"\nmqtt_broker = \"external\"\nmqtt_port = {mqtt_port}\nmqtt_publish = true\n"
         );
         // Every node publishes as the one runtime user the broker knows.
         std::fs::write(data.join("mqtt-runtime.password"), "runtime-password-of-this-lab\n").unwrap();
@@ -344,4 +348,112 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
         all.len(),
         seen.len()
     );
+}
+
+/// A PostgreSQL server of the test's own (initdb, pg_ctl as the `postgres` user), so that it can
+/// be restarted mid-run without disturbing anyone else.
+struct OwnServer {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnServer {
+    fn start(dir: &std::path::Path) -> Option<OwnServer> {
+        let initdb = std::path::Path::new("/usr/local/bin/initdb");
+        if !initdb.exists() || std::process::Command::new("runuser").arg("--help").output().is_err() {
+            assert!(
+                std::env::var("LABWRIGHT_REQUIRE_PEERS").as_deref() != Ok("1"),
+                "PostgreSQL tests are required but initdb or runuser is missing"
+            );
+            return None;
+        }
+        let dir = dir.join("pg");
+        std::fs::create_dir_all(&dir).unwrap();
+        let as_postgres = |args: &[&str]| {
+            let o = std::process::Command::new("runuser").args(["-u", "postgres", "--"]).args(args).output().unwrap();
+            assert!(o.status.success(), "{args:?}: {}{}", super::text(&o.stdout), super::text(&o.stderr));
+        };
+        let chown = std::process::Command::new("chown").args(["-R", "postgres"]).arg(&dir).status().unwrap();
+        assert!(chown.success());
+        let data = dir.join("data");
+        as_postgres(&["initdb", "--auth=trust", "--username=postgres", "-D", data.to_str().unwrap()]);
+        let server = OwnServer { dir, port: super::free_port() };
+        server.ctl("start");
+        Some(server)
+    }
+
+    fn ctl(&self, what: &str) {
+        let data = self.dir.join("data");
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
+        let log = self.dir.join("log");
+        let o = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", "pg_ctl", "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()])
+            .args(["-o", &opts, "-m", "fast", "-w", what])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "pg_ctl {what}: {}{}", super::text(&o.stdout), super::text(&o.stderr));
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", "pg_ctl", "-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// PostgreSQL restarts while runs execute: the node rides it out (transactions whose commit
+/// was not yet sent run again on a new connection, the lease outlasts the outage) and every run
+/// succeeds, events gapless.
+#[test]
+fn a_postgresql_restart_mid_run_loses_nothing() {
+    let dir = super::fresh_dir("pg-restart");
+    let Some(pg) = OwnServer::start(&dir) else { return };
+    let node = Node::start_with(&dir, "solo", &pg.url(), &["a", "b"], super::free_port(), 10_000);
+    node.wait_for("cell b: driving it", 30);
+    let admin = node.admin();
+    node.json(&admin, &["tenant", "add", "acme", "--format", "json"]);
+    let token = node.json(&admin, &["token", "create", "--tenant", "acme", "--format", "json"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let runs: Vec<String> = (0..4)
+        .map(|i| {
+            let example = if i % 2 == 0 { "serial-dilution.yaml" } else { "normalisation.yaml" };
+            node.submit(&token, example, &format!("r{i}"))
+        })
+        .collect();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !runs.iter().any(|r| state(&node, &token, r) == "running") {
+        assert!(std::time::Instant::now() < until, "nothing started:\n{}", node.output());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    pg.ctl("restart");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let states: Vec<String> = runs.iter().map(|r| state(&node, &token, r)).collect();
+        if states.iter().all(|s| s == "succeeded") {
+            break;
+        }
+        assert!(
+            states.iter().all(|s| s != "failed") && std::time::Instant::now() < until,
+            "after the restart: {states:?}\n{}",
+            node.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let store = PostgresStore::connect(&pg.url()).unwrap();
+    for r in &runs {
+        let seqs: Vec<i64> = store.events(None, r, 0).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gapless events of {r}");
+    }
+    assert!(!node.output().contains("lost its lease"), "{}", node.output());
+    eprintln!("{}", node.output());
 }
