@@ -65,6 +65,27 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> +
 }
 
 impl Api {
+    /// On a site of work cells, a run must fit in one cell (its plates stay with one arm):
+    /// refused at submission, saying what each cell lacks, rather than queued for ever.
+    fn some_cell_can_run(&self, plan: &protocols::plan::RunPlan) -> Result<(), Status> {
+        if self.site.cells.is_empty() {
+            return Ok(());
+        }
+        let mut lacks = Vec::new();
+        for cell in self.site.cell_ids() {
+            let part = self.site.cell(&cell).map_err(|e| Status::internal(e.to_string()))?;
+            let model = scheduler::lab::Run::from_plan("check", "check", 1.0, 0.0, plan);
+            match scheduler::lab::LabProblem::from_site(&part).and_then(|mut p| p.add_run(model)) {
+                Ok(_) => return Ok(()),
+                Err(e) => lacks.push(format!("cell {cell}: {}", e.0)),
+            }
+        }
+        Err(Status::failed_precondition(format!(
+            "no single work cell of this lab can run it ({}); split the protocol or ask the lab which cell has what",
+            lacks.join("; ")
+        )))
+    }
+
     /// The caller, from the bearer token.
     async fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
         let header = req.metadata().get("authorization").ok_or_else(|| {
@@ -344,6 +365,7 @@ impl pb::runs_server::Runs for Api {
         let Some(plan) = c.plan.filter(|_| !c.diagnostics.iter().any(|d| d.is_error())) else {
             return Ok(Response::new(pb::SubmitResponse { run: None, created: false, diagnostics: diags }));
         };
+        self.some_cell_can_run(&plan)?;
         let new = store::NewRun {
             tenant_id: tenant,
             idempotency_key: r.idempotency_key,

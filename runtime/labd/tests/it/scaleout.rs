@@ -457,3 +457,50 @@ fn a_postgresql_restart_mid_run_loses_nothing() {
     assert!(!node.output().contains("lost its lease"), "{}", node.output());
     eprintln!("{}", node.output());
 }
+
+/// On a site of work cells, a protocol that needs instruments of two cells (here a liquid
+/// handler in one, the reader in the other) is refused at submission, naming what each cell
+/// lacks; the same node also runs cells on SQLite.
+#[test]
+fn a_run_no_single_cell_can_run_is_refused_at_submission() {
+    let dir = super::fresh_dir("split-cells");
+    let two = std::fs::read_to_string(super::root().join("sites/two-cells.toml")).unwrap();
+    // Move reader_a into cell b's neighbourhood: cell a keeps its liquid handler, no reader.
+    let split = two
+        .replace("reach = [\"hotel_a\", \"lh_a\", \"reader_a\"]", "reach = [\"hotel_a\", \"lh_a\"]")
+        .replace(
+            "reach = [\"hotel_b\", \"lh_b\", \"reader_b\", \"sealer_b\"]",
+            "reach = [\"hotel_b\", \"reader_a\", \"reader_b\", \"sealer_b\"]",
+        )
+        .replace(
+            "members = [\"hotel_a\", \"lh_a\", \"reader_a\", \"arm_a\"]",
+            "members = [\"hotel_a\", \"lh_a\", \"arm_a\"]",
+        )
+        .replace(
+            "members = [\"hotel_b\", \"lh_b\", \"reader_b\", \"sealer_b\", \"arm_b\"]",
+            "members = [\"hotel_b\", \"reader_a\", \"reader_b\", \"sealer_b\", \"arm_b\", \"lh_b\"]",
+        );
+    // lh_b stays in cell b but its arm no longer reaches it: b reads, a pipettes.
+    let site = dir.join("split.toml");
+    std::fs::write(&site, split).unwrap();
+    let listen = format!("127.0.0.1:{}", super::free_port());
+    let config = dir.join("labd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"{listen}\"\nsite = {site:?}\ntime_scale = 0.001\ncells = [\"a\", \"b\"]\nconsole_listen = \"off\"\nmqtt_port = 0\n",
+            dir.join("data")
+        ),
+    )
+    .unwrap();
+    let (_node, seen) = super::start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
+    assert!(seen.contains("gRPC API on"), "{seen}");
+    let admin = std::fs::read_to_string(dir.join("data/admin.token")).unwrap().trim().to_string();
+    let url = format!("http://{listen}");
+    assert_eq!(super::labctl_at(&url, &admin, &["tenant", "add", "acme"]).0, 0);
+    let token = super::labctl_at(&url, &admin, &["token", "create", "--tenant", "acme"]).1.trim().to_string();
+    let file = super::root().join("protocols/examples/serial-dilution.yaml");
+    let (code, so, se) = super::labctl_at(&url, &token, &["submit", file.to_str().unwrap()]);
+    assert_ne!(code, 0, "{so}");
+    assert!(se.contains("no single work cell") && se.contains("cell a:") && se.contains("cell b:"), "{se}");
+}
