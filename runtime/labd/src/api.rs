@@ -35,7 +35,7 @@ pub struct Api {
     pub site: labware::Site,
     pub library: labware::Library,
     /// The connected instruments (for technicians' status views).
-    pub lab: Option<Arc<crate::lab::Lab>>,
+    pub lab: crate::lab::Connected,
     /// What the executor is doing (maintenance and down flags, the schedule).
     pub board: Option<Arc<crate::board::Board>>,
     /// Device time per wall time (to turn planned device seconds into clock times).
@@ -725,14 +725,15 @@ impl pb::lab_server::Lab for Api {
     ) -> Result<Response<pb::InstrumentsResponse>, Status> {
         Self::staff(&self.caller(&req).await?, "instrument status")?;
         let mut out = Vec::new();
-        if let Some(lab) = &self.lab {
+        {
             for inst in &self.site.instruments {
-                let Some(d) = lab.instruments.get(&inst.id) else { continue };
+                let Some(d) = self.lab.instrument(&inst.id) else { continue };
                 out.push(self.instrument_info(inst, d.as_ref()).await);
             }
             // Arms from what the executor has them doing (asking the arm itself would wait
             // behind the move it is making).
             for arm in &self.site.arms {
+                let Some(connected) = self.lab.arm(&arm.id) else { continue }; // another node's cell
                 let now = self.board.as_ref().and_then(|b| b.running(&arm.id));
                 let flag = self.board.as_ref().and_then(|b| b.unavailable(&arm.id));
                 let (state, detail, run_id) = match (flag, now) {
@@ -741,7 +742,7 @@ impl pb::lab_server::Lab for Api {
                         (kind.to_string(), why.to_string(), String::new())
                     }
                     (None, Some((run, label))) => ("busy".to_string(), format!("moving a plate {label}"), run),
-                    (None, None) if lab.arms.contains_key(&arm.id) => ("idle".into(), String::new(), String::new()),
+                    (None, None) if connected => ("idle".into(), String::new(), String::new()),
                     (None, None) => ("offline".into(), "not connected".into(), String::new()),
                 };
                 out.push(pb::InstrumentInfo {
@@ -794,7 +795,7 @@ impl pb::lab_server::Lab for Api {
             // The executor takes it from here; the board shows it at once.
             b.set_unavailable(&inst.id, r.on.then(|| format!("maintenance: {}", r.reason)));
         }
-        let info = match self.lab.as_ref().and_then(|l| l.instruments.get(&inst.id)) {
+        let info = match self.lab.instrument(&inst.id) {
             Some(d) => self.instrument_info(&inst, d.as_ref()).await,
             None => pb::InstrumentInfo {
                 id: inst.id.clone(),

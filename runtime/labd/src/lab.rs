@@ -72,3 +72,44 @@ impl Lab {
         Ok(Lab { site, instruments, arms, simulated: None })
     }
 }
+
+/// The labs this node drives right now, for the API: one on a single node, one per cell whose
+/// lease it holds on several.
+#[derive(Debug, Clone, Default)]
+pub struct Connected(Arc<std::sync::RwLock<Vec<Arc<Lab>>>>);
+
+impl Connected {
+    pub fn of(lab: Arc<Lab>) -> Connected {
+        let c = Connected::default();
+        c.add(lab);
+        c
+    }
+
+    pub fn add(&self, lab: Arc<Lab>) {
+        if let Ok(mut all) = self.0.write() {
+            all.push(lab);
+        }
+    }
+
+    pub fn remove(&self, lab: &Arc<Lab>) {
+        if let Ok(mut all) = self.0.write() {
+            all.retain(|l| !Arc::ptr_eq(l, lab));
+        }
+    }
+
+    fn all(&self) -> Vec<Arc<Lab>> {
+        self.0.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The driver of an instrument this node drives.
+    pub fn instrument(&self, id: &str) -> Option<Arc<dyn Instrument>> {
+        self.all().iter().find_map(|l| l.instruments.get(id).cloned())
+    }
+
+    /// Whether an arm belongs to a lab this node drives, and whether it is connected.
+    pub fn arm(&self, id: &str) -> Option<bool> {
+        let all = self.all();
+        let lab = all.iter().find(|l| l.site.arms.iter().any(|a| a.id == id))?;
+        Some(lab.arms.contains_key(id))
+    }
+}

@@ -285,6 +285,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let mut tasks = Vec::new();
     // Several nodes: one of them relays the shared outbox at a time.
     let mut relay_lease: Option<Leased> = None;
+    // The instruments this node drives, for the API and the console.
+    let connected = crate::lab::Connected::default();
     let (lab, board, all_sim) = if config.database.is_none() && config.cells.is_empty() {
         // One node: the whole site, every run.
         let (lab, all_sim) = connect_lab(&site, &config, scale).await?;
@@ -320,10 +322,15 @@ pub async fn start(config: Config) -> Result<Running, String> {
                 holder: holder.clone(),
                 lease_ms: config.lease_ms,
             };
-            let (store, config, board, wake) = (store.clone(), config.clone(), board.clone(), wake.clone());
-            let term = move |lease, stop| {
-                drive_cell(store.clone(), part.clone(), config.clone(), board.clone(), wake.clone(), lease, stop)
+            let cell_env = CellEnv {
+                store: store.clone(),
+                site: part,
+                config: config.clone(),
+                board: board.clone(),
+                wake: wake.clone(),
+                connected: connected.clone(),
             };
+            let term = move |lease, stop| drive_cell(cell_env.clone(), lease, stop);
             tasks.push(("cell keeper", tokio::spawn(leased.keep(stop.1.clone(), term)), 15));
         }
         relay_lease = Some(Leased {
@@ -366,7 +373,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         store,
         site: site.clone(),
         library: labware::Library::shipped(),
-        lab: lab.clone(),
+        lab: connected.clone(),
         board: Some(board.clone()),
         time_scale: config.time_scale,
         mqtt_broker: Some(mqtt_addr.clone()),
@@ -557,20 +564,19 @@ impl Leased {
 /// One term of driving a cell: connect its instruments, recover what the last holder left in
 /// flight, and run the executor through a store fenced by the lease until `stop`.
 async fn drive_cell(
-    store: Arc<dyn Store>,
-    site: labware::Site,
-    config: Config,
-    board: Arc<crate::board::Board>,
-    wake: Option<Arc<tokio::sync::Notify>>,
+    env: CellEnv,
     lease: crate::store::Lease,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     let cell = lease.cell.clone();
-    let scale = TimeScale(config.time_scale);
+    let scale = TimeScale(env.config.time_scale);
     let (lab, _) =
-        connect_lab(&site, &config, scale).await.map_err(|e| format!("cannot reach its instruments: {e}"))?;
-    let exec_config = ExecutorConfig { scale, cell: Some(cell.clone()), wake, ..ExecutorConfig::default() };
-    let executor = Executor::with_board(store.fenced(&lease), Arc::new(lab), exec_config, board);
+        connect_lab(&env.site, &env.config, scale).await.map_err(|e| format!("cannot reach its instruments: {e}"))?;
+    let lab = Arc::new(lab);
+    env.connected.add(lab.clone());
+    let shown = ShownWhileDriven(env.connected.clone(), lab.clone());
+    let exec_config = ExecutorConfig { scale, cell: Some(cell.clone()), wake: env.wake, ..ExecutorConfig::default() };
+    let executor = Executor::with_board(env.store.fenced(&lease), lab, exec_config, env.board);
     let recovered = tokio::task::spawn_blocking({
         let executor = executor.clone();
         move || executor.recover()
@@ -582,7 +588,29 @@ async fn drive_cell(
             "labd: cell {cell}: run {run} was interrupted on the last holder and is marked failed (see its events)"
         );
     }
-    executor.run(stop).await
+    let ran = executor.run(stop).await;
+    drop(shown);
+    ran
+}
+
+/// What a cell's terms need from the node.
+#[derive(Clone)]
+struct CellEnv {
+    store: Arc<dyn Store>,
+    site: labware::Site,
+    config: Config,
+    board: Arc<crate::board::Board>,
+    wake: Option<Arc<tokio::sync::Notify>>,
+    connected: crate::lab::Connected,
+}
+
+/// Keeps a cell's instruments in the API's view for as long as this node drives the cell.
+struct ShownWhileDriven(crate::lab::Connected, Arc<Lab>);
+
+impl Drop for ShownWhileDriven {
+    fn drop(&mut self) {
+        self.0.remove(&self.1);
+    }
 }
 
 /// The runtime's own MQTT password, made on first use and kept in `data_dir` (mode 0600).

@@ -931,7 +931,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             store: store.clone(),
             site: labware::Site::sim().unwrap(),
             library: labware::Library::shipped(),
-            lab: None,
+            lab: Default::default(),
             board: None,
             time_scale: 1.0,
             mqtt_broker: None,

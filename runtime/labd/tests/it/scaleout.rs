@@ -208,6 +208,9 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
         (c["token"].as_str().unwrap().to_string(), mqtt)
     };
     let ((acme, acme_mqtt), (globex, globex_mqtt)) = (token("acme"), token("globex"));
+    // A node shows the instruments of the cells it drives.
+    let shown = super::labctl_at(&n2.url, &admin, &["instruments", "--format", "json"]).1;
+    assert!(shown.contains("\"lh_b\"") && shown.contains("\"arm_b\"") && !shown.contains("\"lh_a\""), "{shown}");
 
     // The broker, configured from the shared database; a subscriber per tenant.
     let broker_dir = dir.join("broker");
