@@ -191,7 +191,9 @@ fn main() {
     let site = three_cells(&base);
     println!("{runs} runs of normalisation.yaml (64 commands, 2 tasks) per setup; 4 clients; time scale 1e-5");
     println!("{:<26} {:>12} {:>16}", "setup", "submit/s", "succeeded/s");
-    let layouts: [(&str, Option<usize>, Vec<Vec<&str>>); 4] = [
+    // (label, PostgreSQL database tag, each node's cells)
+    type Layout<'a> = (&'a str, Option<usize>, Vec<Vec<&'a str>>);
+    let layouts: [Layout; 4] = [
         ("SQLite, 1 node", None, vec![vec!["a", "b", "c"]]),
         ("PostgreSQL, 1 node", Some(1), vec![vec!["a", "b", "c"]]),
         ("PostgreSQL, 2 nodes", Some(2), vec![vec!["a", "b"], vec!["c"]]),
