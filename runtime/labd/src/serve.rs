@@ -291,6 +291,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         // One node: the whole site, every run.
         let (lab, all_sim) = connect_lab(&site, &config, scale).await?;
         let lab = Arc::new(lab);
+        connected.add(lab.clone());
         let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
         for run in executor.recover()? {
             println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
