@@ -525,6 +525,12 @@ impl Leased {
                             Ok(Err(e)) => e,
                             Err(e) => format!("it failed: {e}"),
                         };
+                        // A term that ended because its writes were refused lost the lease.
+                        let (store, l) = (self.store.clone(), current.clone());
+                        if let Ok(Ok(None)) = tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
+                            println!("labd: {what}: lost its lease (epoch {}); standing by", current.epoch);
+                            break Some("lost".into());
+                        }
                         self.release(&current).await;
                         println!("labd: {what}: {why}; standing by");
                         tokio::time::sleep(every).await;
