@@ -1384,27 +1384,7 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
     let passwd = std::fs::read_to_string(broker_dir.join("passwd")).unwrap();
     assert!(!passwd.contains(&creds[0].1), "no password in the clear");
     let runtime_pw = std::fs::read_to_string(data.join("mqtt-runtime.password")).unwrap().trim().to_string();
-    // Run as root (CI), Mosquitto would drop to the `mosquitto` user, which cannot read the 0600
-    // files; this test's broker keeps the test's user.
-    let conf = std::fs::read_to_string(broker_dir.join("mosquitto.conf")).unwrap();
-    std::fs::write(broker_dir.join("mosquitto.conf"), format!("{conf}user {}\n", whoami())).unwrap();
-    let start_broker = || {
-        let b = Reap(
-            Command::new("mosquitto")
-                .arg("-c")
-                .arg(broker_dir.join("mosquitto.conf"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("mosquitto is installed (scripts/peers)"),
-        );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        b
-    };
+    let start_broker = || mosquitto(&broker_dir, mqtt_port);
     let mut broker = start_broker();
     check_mqtt_isolation(mqtt_port, &runtime_pw, &creds, &tenant_ids);
 
@@ -1482,6 +1462,31 @@ fn mqtt_tenants_stay_apart_and_every_event_arrives() {
     assert!(server.0.wait().unwrap().success());
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Mosquitto with the config `labd mqtt-config` wrote into `broker_dir`, once it listens on
+/// `port`. Run as root (CI), Mosquitto would drop to the `mosquitto` user, which cannot read the
+/// 0600 files; this broker keeps the test's user.
+fn mosquitto(broker_dir: &Path, port: u16) -> Reap {
+    let conf = std::fs::read_to_string(broker_dir.join("mosquitto.conf")).unwrap();
+    if !conf.contains("\nuser ") {
+        std::fs::write(broker_dir.join("mosquitto.conf"), format!("{conf}user {}\n", whoami())).unwrap();
+    }
+    let b = Reap(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(broker_dir.join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (scripts/peers)"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    b
 }
 
 /// A tenant's subscriber: a `paho-mqtt` script when the peers are installed (CI requires them),

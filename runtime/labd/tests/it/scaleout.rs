@@ -222,22 +222,7 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", super::text(&o.stderr));
-    let conf = std::fs::read_to_string(broker_dir.join("mosquitto.conf")).unwrap();
-    std::fs::write(broker_dir.join("mosquitto.conf"), format!("{conf}user {}\n", super::whoami())).unwrap();
-    let _broker = super::Reap(
-        std::process::Command::new("mosquitto")
-            .arg("-c")
-            .arg(broker_dir.join("mosquitto.conf"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (scripts/peers)"),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let _broker = super::mosquitto(&broker_dir, mqtt_port);
     let mut acme_sub =
         super::mqtt_listen(mqtt_port, &acme_mqtt.0, &acme_mqtt.1, &labd::telemetry::tenant_subtree(&acme_id));
     let mut globex_sub = super::mqtt_listen(mqtt_port, &globex_mqtt.0, &globex_mqtt.1, "#");
