@@ -7,7 +7,7 @@
 //! came is reported as such (it may or may not have happened), never retried blindly.
 //!
 //! The `postgres` client drives its own small tokio runtime, which may not be started from a
-//! thread that is inside labd's runtime; calls made there run on a scoped helper thread.
+//! thread that is inside labd's runtime: see [`off_runtime`].
 
 use super::sql::{self, Conn, Db, Dialect, Row, SqlStore, Value};
 use super::*;
@@ -232,16 +232,18 @@ impl Conn for PgConn<'_> {
     }
 }
 
-/// Runs `f` where the `postgres` client may block: on this thread, or on a scoped helper when
-/// this thread belongs to an async runtime.
+/// Runs `f` where the `postgres` client may block (it drives a small runtime of its own, which
+/// may not start inside labd's): on a blocking thread as it is; on a worker of a multi-threaded
+/// runtime in `block_in_place`, which leaves the runtime's context; elsewhere on a scoped thread.
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return f();
+    match tokio::runtime::Handle::try_current() {
+        Err(_) => f(),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
     }
-    std::thread::scope(|s| match s.spawn(f).join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
 }
 
 impl PgDb {
