@@ -338,6 +338,16 @@ pub struct Executor {
     board: Arc<Board>,
 }
 
+fn change_name(c: &Change) -> &'static str {
+    match c {
+        Change::Arrived(_) => "an arrival",
+        Change::Down(..) => "an instrument down",
+        Change::Up(_) => "an instrument back",
+        Change::Reservations(_) => "new reservations",
+        Change::Overrun { .. } => "an overrun",
+    }
+}
+
 /// Waits for a wake-up, or forever when there is no source of them.
 async fn wake(source: &Option<Arc<tokio::sync::Notify>>) {
     match source {
@@ -941,7 +951,15 @@ impl Executor {
                 (planner, r)
             })
             .await;
+            // A repair that breaks a constraint is not dispatched: the plan in force stays.
+            let result = result.and_then(|r| {
+                match scheduler::lab::check::validate(&planner.problem, &planner.schedule).first() {
+                    Some(v) => Err(scheduler::lab::ModelError(format!("the repaired plan breaks a constraint: {v:?}"))),
+                    None => Ok(r),
+                }
+            });
             if let Err(e) = result {
+                eprintln!("labd: repair after {:?} not taken: {}", change_name(&change), e.0);
                 match change {
                     // Cannot be fitted in right now (instruments down): tried again shortly.
                     Change::Arrived(a) => {

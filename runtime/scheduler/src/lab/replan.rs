@@ -191,19 +191,26 @@ impl Planner {
                     .unwrap_or(self.order.len());
                 self.order.insert(pos, i);
             }
+            // While a task runs, none of its plates has left it, whatever the plan said: moves
+            // home planned before now were pinned as begun, and would leave at the old times.
             Event::TaskStarted { run, task } => {
                 let pin = self.pin_mut(run, task)?;
                 let d = pin.end - pin.start;
                 pin.start = now;
                 pin.end = now + d;
+                pin.outbound.clear();
             }
             Event::TaskFinished { run, task } => {
                 let pin = self.pin_mut(run, task)?;
+                if now > pin.end {
+                    pin.outbound.clear();
+                }
                 pin.end = now.max(pin.start);
             }
             Event::TaskOverrun { run, task, expected_end } => {
                 let pin = self.pin_mut(run, task)?;
                 pin.end = expected_end.max(pin.end);
+                pin.outbound.clear();
             }
             Event::InstrumentDown { resource, until } => {
                 let w =
