@@ -336,6 +336,9 @@ pub struct Executor {
     lab: Arc<Lab>,
     config: ExecutorConfig,
     board: Arc<Board>,
+    /// One lock per single-plate instrument, held for a whole task: whatever a plan or a repair
+    /// says, two tasks never interleave their commands on one instrument.
+    interlocks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 fn change_name(c: &Change) -> &'static str {
@@ -371,7 +374,7 @@ impl Executor {
 
     /// An executor that shows its work on an existing board (a cell's next term on a node).
     pub fn with_board(store: Arc<dyn Store>, lab: Arc<Lab>, config: ExecutorConfig, board: Arc<Board>) -> Self {
-        Executor { store, lab, config, board }
+        Executor { store, lab, config, board, interlocks: Arc::default() }
     }
 
     /// What the lab is doing, for the API.
@@ -1238,6 +1241,15 @@ impl Executor {
         let (run, plan) = &runs[r];
         let task = &plan.tasks[t];
         let instrument = resource.map(|res| problem.resources[res].id.clone());
+        let single = resource.is_some_and(|res| problem.resources[res].capacity == 1);
+        let interlock = match (&instrument, single) {
+            (Some(id), true) => Some(lock(&self.interlocks).entry(id.clone()).or_default().clone()),
+            _ => None,
+        };
+        let _held = match interlock {
+            Some(l) => Some(l.lock_owned().await),
+            None => None,
+        };
         let started = Instant::now();
         let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
         self.event(run, "task_started", ev).await;
