@@ -904,7 +904,15 @@ impl Executor {
         retry_at: &mut HashMap<String, Instant>,
         report: &mut BatchReport,
     ) {
-        let started: Vec<String> = lock(dispatch).started.keys().cloned().collect();
+        // Nothing may start while the plan is being repaired: a job that started after the
+        // pins were taken would be neither pinned nor replaced, and the new plan could put
+        // another task on its instrument at the same time. Retiring the current generation
+        // freezes the starts; `respawn`, which always follows, makes the next one.
+        let started: Vec<String> = {
+            let mut d = lock(dispatch);
+            d.generation += 1;
+            d.started.keys().cloned().collect()
+        };
         for key in &started {
             match s.jobs.get(key) {
                 Some(Job::Task { run, task, .. }) => s.planner.pin_task(*run, *task),
