@@ -524,16 +524,14 @@ impl Executor {
             } else if let Some(s) = session.as_mut() {
                 events.extend(arrivals.into_iter().map(|a| Change::Arrived(Box::new(a))));
                 if !events.is_empty() {
-                    self.replan(s, events, &dispatch, &mut retry_at, &mut report).await;
-                    self.respawn(s, &dispatch, &reports_tx);
+                    self.replan(s, events, &dispatch, &reports_tx, &mut retry_at, &mut report).await;
                 }
             }
             if let Some(s) = session.as_mut() {
                 let reserved = self.reservations(&s.planner.problem, s.t0_ms).await?;
                 if reserved != s.planner.problem.reservations {
                     let change = vec![Change::Reservations(reserved)];
-                    self.replan(s, change, &dispatch, &mut retry_at, &mut report).await;
-                    self.respawn(s, &dispatch, &reports_tx);
+                    self.replan(s, change, &dispatch, &reports_tx, &mut retry_at, &mut report).await;
                 }
                 self.close_finished(s, &mut report).await?;
                 if s.closed.iter().all(|&c| c) {
@@ -895,12 +893,15 @@ impl Executor {
     }
 
     /// Applies what changed to the plan: pins what has started (and tasks a plate is already on
-    /// its way to), repairs around the rest, announces runs whose end moved.
+    /// its way to), repairs around the rest, dispatches the new plan's jobs, then announces runs
+    /// whose end moved.
+    #[allow(clippy::too_many_arguments)]
     async fn replan(
         &self,
         s: &mut Session,
         changes: Vec<Change>,
         dispatch: &Arc<Mutex<Dispatch>>,
+        reports: &mpsc::UnboundedSender<Report>,
         retry_at: &mut HashMap<String, Instant>,
         report: &mut BatchReport,
     ) {
@@ -990,6 +991,8 @@ impl Executor {
                 }
             }
         }
+        // Starts resume with the new plan's jobs; the announcements can follow.
+        self.respawn(s, dispatch, reports);
         for (i, b) in before.iter().enumerate() {
             let after = s.planner.schedule.completion(i);
             if !s.closed[i] && (after - b).abs() > 60.0 {

@@ -3,8 +3,9 @@
 //! [`super::sql`] is written to be correct under it).
 //!
 //! When the database restarts or the network drops, a transaction whose commit was not yet sent
-//! is run again on a fresh connection until `retry_for` has passed; a commit whose reply never
-//! came is reported as such (it may or may not have happened), never retried blindly.
+//! is run again on a fresh connection until `retry_for` has passed. A commit whose reply never
+//! came is looked up, never guessed: every write transaction records its id in `tx_outcomes`, so
+//! once the database answers again it says whether the commit happened (done) or not (run again).
 //!
 //! The `postgres` client drives its own small tokio runtime, which may not be started from a
 //! thread that is inside labd's runtime: see [`off_runtime`].
@@ -50,6 +51,9 @@ fn postgres_part(version: i64) -> Option<&'static str> {
     match version {
         // Outbox positions from a sequence: many writers, no `MAX + 1` race.
         1 => Some("CREATE SEQUENCE outbox_position"),
+        // Every write transaction leaves its id here, so that a commit whose answer was lost can
+        // be looked up instead of guessed.
+        3 => Some("CREATE TABLE tx_outcomes (id TEXT PRIMARY KEY, at BIGINT NOT NULL)"),
         _ => None,
     }
 }
@@ -89,11 +93,11 @@ fn redact(url: &str) -> String {
 }
 
 /// Why a transaction failed.
-enum Failure {
+enum Failure<T> {
     /// The connection is gone; nothing was committed. Safe to run again.
     Lost(String),
-    /// The connection broke while the commit was in flight.
-    CommitUnknown(String),
+    /// The connection broke while the commit was in flight: the value it would have returned.
+    CommitUnknown(String, T),
     /// An answer from the database or the logic.
     Final(StoreError),
 }
@@ -248,11 +252,14 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 
 impl PgDb {
     /// One attempt on the slot's connection (made if missing).
+    /// One attempt on the slot's connection (made if missing). A write transaction records
+    /// `marker` in `tx_outcomes` before it commits.
     fn attempt<T>(
         &self,
         slot: &mut Slot,
+        marker: Option<&str>,
         f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send),
-    ) -> std::result::Result<T, Failure> {
+    ) -> std::result::Result<T, Failure<T>> {
         if slot.client.as_ref().is_none_or(Client::is_closed) {
             slot.statements.clear();
             slot.client = Some(self.config.connect(NoTls).map_err(|e| Failure::Lost(format!("cannot connect: {e}")))?);
@@ -264,11 +271,25 @@ impl PgDb {
             (false, e) => Failure::Final(e),
         })?;
         let mut conn = PgConn { tx, statements, lost: None };
-        match f(&mut conn) {
+        let done = f(&mut conn).and_then(|v| {
+            if let Some(id) = marker {
+                let now = now_ms();
+                conn.execute(
+                    "INSERT INTO tx_outcomes (id, at) VALUES (?1, ?2)",
+                    &[Value::Text(id.into()), Value::Int(now)],
+                )?;
+                // Markers are needed only until the next answer gets through: keep an hour.
+                if now % 512 == 0 {
+                    conn.execute("DELETE FROM tx_outcomes WHERE at < ?1", &[Value::Int(now - 3_600_000)])?;
+                }
+            }
+            Ok(v)
+        });
+        match done {
             Ok(v) => match conn.tx.commit() {
                 Ok(()) => Ok(v),
                 Err(e) => match classify(e) {
-                    (true, e) => Err(Failure::CommitUnknown(e.to_string())),
+                    (true, e) => Err(Failure::CommitUnknown(e.to_string(), v)),
                     (false, e) => Err(Failure::Final(e)),
                 },
             },
@@ -278,6 +299,68 @@ impl PgDb {
             },
         }
     }
+
+    /// Whether the transaction that left `marker` committed (asked on a fresh connection).
+    fn committed(&self, slot: &mut Slot, marker: &str) -> std::result::Result<bool, String> {
+        slot.statements.clear();
+        let mut client = self.config.connect(NoTls).map_err(|e| format!("cannot connect: {e}"))?;
+        let found = client
+            .query_opt("SELECT 1 FROM tx_outcomes WHERE id = $1", &[&marker])
+            .map_err(|e| e.to_string())?
+            .is_some();
+        slot.client = Some(client);
+        Ok(found)
+    }
+
+    fn run<T: Send>(&self, write: bool, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
+        off_runtime(|| {
+            let first = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+            // A free connection if there is one, else wait for ours.
+            let mut slot = (0..self.slots.len())
+                .find_map(|k| self.slots[(first + k) % self.slots.len()].try_lock().ok())
+                .map_or_else(|| self.slots[first].lock(), Ok)
+                .map_err(|_| StoreError::Backend("database pool lock poisoned".into()))?;
+            let marker = write.then(|| new_id("tx"));
+            let started = Instant::now();
+            let mut pause = Duration::from_millis(50);
+            loop {
+                let why = match self.attempt(&mut slot, marker.as_deref(), f) {
+                    Ok(v) => return Ok(v),
+                    Err(Failure::Final(e)) => return Err(e),
+                    Err(Failure::Lost(why)) => why,
+                    Err(Failure::CommitUnknown(why, v)) => {
+                        slot.client = None;
+                        // Ask until the database answers: committed (done) or not (run again).
+                        let Some(m) = marker.as_deref() else { return Ok(v) }; // a read
+                        let mut asked = self.committed(&mut slot, m);
+                        while let Err(e) = &asked {
+                            if started.elapsed() >= self.retry_for {
+                                return Err(StoreError::Backend(format!(
+                                    "the database connection broke during a commit ({why}) and the database has not answered since ({e}); the change may or may not be saved"
+                                )));
+                            }
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_secs(1));
+                            asked = self.committed(&mut slot, m);
+                        }
+                        if asked == Ok(true) {
+                            return Ok(v);
+                        }
+                        why
+                    }
+                };
+                slot.client = None;
+                if started.elapsed() >= self.retry_for {
+                    return Err(StoreError::Backend(format!(
+                        "the database has not answered for {} s: {why}",
+                        self.retry_for.as_secs()
+                    )));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        })
+    }
 }
 
 impl Db for PgDb {
@@ -286,39 +369,11 @@ impl Db for PgDb {
     }
 
     fn tx<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
-        off_runtime(|| {
-            let first = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-            // A free connection if there is one, else wait for ours.
-            let mut slot = (0..self.slots.len())
-                .find_map(|k| self.slots[(first + k) % self.slots.len()].try_lock().ok())
-                .map_or_else(|| self.slots[first].lock(), Ok)
-                .map_err(|_| StoreError::Backend("database pool lock poisoned".into()))?;
-            let started = Instant::now();
-            let mut pause = Duration::from_millis(50);
-            loop {
-                match self.attempt(&mut slot, f) {
-                    Ok(v) => return Ok(v),
-                    Err(Failure::Final(e)) => return Err(e),
-                    Err(Failure::CommitUnknown(why)) => {
-                        slot.client = None;
-                        return Err(StoreError::Backend(format!(
-                            "the database connection broke during a commit ({why}); the change may or may not be saved"
-                        )));
-                    }
-                    Err(Failure::Lost(why)) => {
-                        slot.client = None;
-                        if started.elapsed() >= self.retry_for {
-                            return Err(StoreError::Backend(format!(
-                                "the database has not answered for {} s: {why}",
-                                self.retry_for.as_secs()
-                            )));
-                        }
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_secs(1));
-                    }
-                }
-            }
-        })
+        self.run(true, f)
+    }
+
+    fn read<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
+        self.run(false, f)
     }
 }
 

@@ -430,11 +430,11 @@ fn a_postgresql_restart_mid_run_loses_nothing() {
         if states.iter().all(|s| s == "succeeded") {
             break;
         }
-        assert!(
-            states.iter().all(|s| s != "failed") && std::time::Instant::now() < until,
-            "after the restart: {states:?}\n{}",
-            node.output()
-        );
+        if let Some(i) = states.iter().position(|s| s == "failed") {
+            let why = PostgresStore::connect(&pg.url()).unwrap().run(None, &runs[i]).unwrap().reason;
+            panic!("run {} failed after the restart: {why:?}\n{}", runs[i], node.output());
+        }
+        assert!(std::time::Instant::now() < until, "after the restart: {states:?}\n{}", node.output());
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     let store = PostgresStore::connect(&pg.url()).unwrap();
