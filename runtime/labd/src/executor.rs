@@ -971,7 +971,7 @@ impl Executor {
                 }
             });
             if let Err(e) = result {
-                eprintln!("labd: repair after {:?} not taken: {}", change_name(&change), e.0);
+                eprintln!("labd: repair after {} not taken: {}", change_name(&change), e.0);
                 match change {
                     // Cannot be fitted in right now (instruments down): tried again shortly.
                     Change::Arrived(a) => {
