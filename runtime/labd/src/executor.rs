@@ -24,7 +24,7 @@ use protocols::plan::{CommandOp, RunPlan};
 use scheduler::lab::replan::{Event as ReplanEvent, Planner};
 use scheduler::lab::solve::{LabBudget, LabSchedule, MoveSlot};
 use scheduler::lab::{LabProblem, Window};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -148,9 +148,13 @@ struct Planned {
 /// planned start, which a repair keeps bit for bit once the move is pinned.
 fn job_key(job: &Job) -> String {
     match job {
-        Job::Task { run, task, .. } => format!("t:{run}:{task}"),
+        Job::Task { run, task, .. } => task_key(*run, *task),
         Job::Move(m) => format!("m:{}:{}:{}:{}:{}:{:x}", m.run, m.plate, m.from, m.to, m.arm, m.start.to_bits()),
     }
+}
+
+fn task_key(run: usize, task: usize) -> String {
+    format!("t:{run}:{task}")
 }
 
 /// The task a plate move delivers to: the plate's next task after the move.
@@ -207,12 +211,11 @@ enum Report {
         key: String,
         run: usize,
         result: Result<(), String>,
+        /// When it finished, in device seconds since the session began.
+        at: f64,
     },
     /// An instrument did not answer before a plate was sent to it.
-    Down {
-        instrument: String,
-        why: String,
-    },
+    Down { instrument: String, why: String },
 }
 
 /// Why an instrument is out of the plan.
@@ -236,6 +239,13 @@ enum Change {
         run: usize,
         task: usize,
         expected_end: f64,
+    },
+    /// A task that had been re-planned as overrunning has finished: what waits for it is
+    /// planned from now instead of from the guessed end.
+    Finished {
+        run: usize,
+        task: usize,
+        at: f64,
     },
 }
 
@@ -262,6 +272,8 @@ struct Session {
     done: HashMap<String, bool>,
     failures: BTreeMap<usize, String>,
     closed: Vec<bool>,
+    /// Tasks re-planned as overrunning that have not finished yet, by job key.
+    overrunning: HashSet<String>,
 }
 
 /// Everything one job needs to run on its own task.
@@ -348,6 +360,7 @@ fn change_name(c: &Change) -> &'static str {
         Change::Up(_) => "an instrument back",
         Change::Reservations(_) => "new reservations",
         Change::Overrun { .. } => "an overrun",
+        Change::Finished { .. } => "an overrunning task's end",
     }
 }
 
@@ -488,15 +501,18 @@ impl Executor {
             let mut events: Vec<Change> = Vec::new();
             tokio::select! {
                 r = reports.recv() => {
-                    let mut next = r;
-                    while let Some(r) = next {
+                    if let Some(r) = r {
                         self.on_report(r, session.as_mut(), &mut out_of_service, &mut events);
-                        next = reports.try_recv().ok();
                     }
                 }
                 _ = tick.tick() => {}
                 _ = wake(&self.config.wake) => {}
                 _ = stop.changed() => break,
+            }
+            // Whatever woke the loop, what jobs reported is taken in first: a task that has
+            // finished is not mistaken for one that overruns.
+            while let Ok(r) = reports.try_recv() {
+                self.on_report(r, session.as_mut(), &mut out_of_service, &mut events);
             }
             self.sync_maintenance(&mut out_of_service, &mut events).await?;
             if last_probe.elapsed() >= self.config.probe_every {
@@ -588,9 +604,14 @@ impl Executor {
     /// `probe_every`, so a task that keeps overrunning is re-planned at that pace, not faster.
     fn overruns(&self, s: &Session, dispatch: &Arc<Mutex<Dispatch>>) -> Vec<Change> {
         let now = self.now_s(s);
-        let started: Vec<String> = lock(dispatch).started.keys().cloned().collect();
+        // Still running by the job's own signal, not by the reports taken in so far: a report
+        // can be on its way while what follows the task has already started.
+        let running: Vec<String> = {
+            let d = lock(dispatch);
+            d.started.iter().filter(|(_, done)| done.borrow().is_none()).map(|(k, _)| k.clone()).collect()
+        };
         let mut out = Vec::new();
-        for key in started {
+        for key in running {
             if s.done.contains_key(&key) {
                 continue;
             }
@@ -616,11 +637,17 @@ impl Executor {
         events: &mut Vec<Change>,
     ) {
         match r {
-            Report::Done { session: sid, key, run, result } => {
+            Report::Done { session: sid, key, run, result, at } => {
                 let Some(s) = session.filter(|s| s.id == sid) else { return };
                 if let Err(why) = &result {
                     if !why.is_empty() {
                         s.failures.entry(run).or_insert_with(|| why.clone());
+                    }
+                }
+                // The plan still expects it to run until its guessed end: pull the rest in.
+                if s.overrunning.remove(&key) {
+                    if let Some(Job::Task { run, task, .. }) = s.jobs.get(&key) {
+                        events.push(Change::Finished { run: *run, task: *task, at });
                     }
                 }
                 s.done.insert(key, result.is_ok());
@@ -864,6 +891,7 @@ impl Executor {
             done: HashMap::new(),
             failures: BTreeMap::new(),
             closed: Vec::new(),
+            overrunning: HashSet::new(),
         };
         for a in arrivals {
             self.admitted(&mut s, a, report).await?;
@@ -909,11 +937,17 @@ impl Executor {
         // pins were taken would be neither pinned nor replaced, and the new plan could put
         // another task on its instrument at the same time. Retiring the current generation
         // freezes the starts; `respawn`, which always follows, makes the next one.
-        let started: Vec<String> = {
+        let (started, finished): (Vec<String>, HashSet<String>) = {
             let mut d = lock(dispatch);
             d.generation += 1;
-            d.started.keys().cloned().collect()
+            let finished = d.started.iter().filter(|(_, done)| done.borrow().is_some()).map(|(k, _)| k.clone());
+            (d.started.keys().cloned().collect(), finished.collect())
         };
+        // A task seen overrunning may have finished since (and its plate moved on): not re-planned.
+        let changes: Vec<Change> = changes
+            .into_iter()
+            .filter(|c| !matches!(c, Change::Overrun { run, task, .. } if finished.contains(&task_key(*run, *task))))
+            .collect();
         for key in &started {
             match s.jobs.get(key) {
                 Some(Job::Task { run, task, .. }) => s.planner.pin_task(*run, *task),
@@ -938,6 +972,10 @@ impl Executor {
                     let label = s.runs.get(*run).and_then(|a| a.plan.tasks.get(*task)).map(|t| t.label.clone());
                     because.push(format!("`{}` is taking longer than planned", label.unwrap_or_default()))
                 }
+                Change::Finished { run, task, .. } => {
+                    let label = s.runs.get(*run).and_then(|a| a.plan.tasks.get(*task)).map(|t| t.label.clone());
+                    because.push(format!("`{}` has finished", label.unwrap_or_default()))
+                }
             }
             let now = self.now_s(s);
             let resource = |id: &str| s.planner.problem.resources.iter().position(|r| r.id == id);
@@ -955,6 +993,7 @@ impl Executor {
                 Change::Overrun { run, task, expected_end } => {
                     ReplanEvent::TaskOverrun { run: *run, task: *task, expected_end: *expected_end }
                 }
+                Change::Finished { run, task, at } => ReplanEvent::TaskFinished { run: *run, task: *task, at: *at },
             };
             // The repair works on a copy: if it fails, the plan in force stays as it was.
             let mut planner = s.planner.clone();
@@ -980,11 +1019,14 @@ impl Executor {
                     Change::Down(id, _) => {
                         eprintln!("labd: no plan avoids {id} ({}); work for it waits until it is back", e.0)
                     }
-                    Change::Up(_) | Change::Reservations(_) | Change::Overrun { .. } => {}
+                    Change::Up(_) | Change::Reservations(_) | Change::Overrun { .. } | Change::Finished { .. } => {}
                 }
                 continue;
             }
             s.planner = planner;
+            if let Change::Overrun { run, task, .. } = change {
+                s.overrunning.insert(task_key(run, task));
+            }
             if let Change::Arrived(a) = change {
                 if let Err(e) = self.admitted(s, *a, report).await {
                     eprintln!("labd: {e}");
@@ -1171,8 +1213,11 @@ impl Executor {
         };
         lock(&ctx.dispatch).in_flight -= 1;
         self.board.finished(&ctx.key, crate::store::now_ms(), result.is_ok());
-        let _ = ctx.tx.send(Some(result.is_ok()));
-        let _ = ctx.reports.send(Report::Done { session: ctx.session, key: ctx.key, run: ctx.job.run, result });
+        // The loop hears of it before anything waiting for it can start, so it never takes a
+        // task whose plate has moved on for one still running.
+        let (ok, at) = (result.is_ok(), ctx.t0.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12));
+        let _ = ctx.reports.send(Report::Done { session: ctx.session, key: ctx.key, run: ctx.job.run, result, at });
+        let _ = ctx.tx.send(Some(ok));
     }
 
     /// Runs whose every job has finished reach their final state.

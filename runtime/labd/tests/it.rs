@@ -2013,6 +2013,15 @@ fn simulate_matches_the_live_executor_within_five_percent() {
         100.0 * (live_makespan - sim_makespan) / sim_makespan,
         100.0 * (live_turnaround - sim_turnaround) / sim_turnaround
     );
+    // Why the live plan moved, so a deviation can be explained.
+    for (run, token) in runs.iter().zip(tokens.iter().flat_map(|t| [t, t])) {
+        let (_, so, _) = lab.ctl(token, &["watch", run, "--format", "json"]);
+        for e in so.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+            if e["kind"] == "rescheduled" {
+                eprintln!("{run}: rescheduled {}", e["payload"]);
+            }
+        }
+    }
     assert!(dev(live_makespan, sim_makespan) <= 0.05, "makespan differs by more than 5%");
     assert!(dev(live_turnaround, sim_turnaround) <= 0.05, "mean turnaround differs by more than 5%");
     let _ = std::fs::remove_dir_all(&lab.dir);

@@ -58,6 +58,9 @@ fn postgres_part(version: i64) -> Option<&'static str> {
     }
 }
 
+/// How long the server lets a transaction sit idle before ending it.
+const IDLE_IN_TRANSACTION_MS: u64 = 5_000;
+
 impl SqlStore<PgDb> {
     /// Connects to `url` (`postgres://user@host:port/db` or `host=… dbname=…`) and applies pending
     /// migrations (one node at a time: they hold an advisory lock).
@@ -67,8 +70,16 @@ impl SqlStore<PgDb> {
 
     /// As [`connect`](Self::connect), riding out a database outage of up to `retry_for`.
     pub fn connect_with(url: &str, retry_for: Duration) -> Result<PostgresStore> {
-        let config: ::postgres::Config =
+        let mut config: ::postgres::Config =
             url.parse().map_err(|e| StoreError::Invalid(format!("database URL `{}`: {e}", redact(url))))?;
+        // Our transactions never wait between statements: one left open is a node that stopped
+        // (paused, swapped out) mid-write. The server ends it, so its row locks cannot hold up
+        // the node taking over its cell; the stopped node's write then fails and is fenced.
+        let options = format!(
+            "{} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+            config.get_options().unwrap_or("")
+        );
+        config.options(options.trim());
         let db = PgDb {
             config,
             slots: (0..POOL).map(|_| Mutex::new(Slot::default())).collect(),

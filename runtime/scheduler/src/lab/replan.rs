@@ -14,8 +14,9 @@ pub enum Event {
     RunArrived(Run),
     /// A task started now.
     TaskStarted { run: usize, task: usize },
-    /// A task ended now (early or late).
-    TaskFinished { run: usize, task: usize },
+    /// A task ended at `at` (early or late). The report can reach the planner after other
+    /// work has already moved on from that time, so it is not taken as now.
+    TaskFinished { run: usize, task: usize, at: f64 },
     /// A running task will end later than planned (the instrument says when).
     TaskOverrun { run: usize, task: usize, expected_end: f64 },
     /// An instrument went down until `until` (or indefinitely, `f64::INFINITY`).
@@ -200,12 +201,22 @@ impl Planner {
                 pin.end = now + d;
                 pin.outbound.clear();
             }
-            Event::TaskFinished { run, task } => {
+            Event::TaskFinished { run, task, at } => {
+                let left = self.plates_left(run, task);
                 let pin = self.pin_mut(run, task)?;
-                if now > pin.end {
-                    pin.outbound.clear();
+                if left.is_finite() {
+                    // A plate is already on its way to a later task (pinned at its planned
+                    // times): it left by then, whatever the report says, and the moves that took
+                    // it are history. The plan stays consistent with what has been dispatched.
+                    let left = pin.outbound.iter().map(|m| m.start).fold(left, f64::min);
+                    pin.end = at.min(now).min(left).max(pin.start);
+                } else {
+                    let at = at.min(now).max(pin.start);
+                    if at > pin.end {
+                        pin.outbound.clear(); // planned to leave before it ended: it did not
+                    }
+                    pin.end = at;
                 }
-                pin.end = now.max(pin.start);
             }
             Event::TaskOverrun { run, task, expected_end } => {
                 let pin = self.pin_mut(run, task)?;
@@ -259,6 +270,29 @@ impl Planner {
         }
         let moved = count_moved(&self.problem, &before, &self.schedule, now);
         Ok(Repair { repair_time, moved, makespan: self.schedule.makespan() })
+    }
+
+    /// The earliest planned departure of a task's plates towards a later task already pinned
+    /// (infinite when none has left yet).
+    fn plates_left(&self, run: usize, task: usize) -> f64 {
+        let (Some(tasks), Some(pins)) = (self.problem.runs.get(run).map(|r| &r.tasks), self.problem.pinned.get(run))
+        else {
+            return f64::INFINITY;
+        };
+        let Some(plates) = tasks.get(task).map(|t| &t.plates) else { return f64::INFINITY };
+        let begun = pins.get(task).and_then(Option::as_ref).map_or(f64::NEG_INFINITY, |p| p.start);
+        let mut left = f64::INFINITY;
+        for (t, pin) in pins.iter().enumerate() {
+            let Some(pin) = pin.as_ref().filter(|p| t != task && p.start > begun) else { continue };
+            if !tasks[t].plates.iter().any(|p| plates.contains(p)) {
+                continue;
+            }
+            left = left.min(pin.start);
+            for m in pin.inbound.iter().filter(|m| plates.contains(&m.plate) && m.start >= begun) {
+                left = left.min(m.start);
+            }
+        }
+        left
     }
 
     fn pin_mut(&mut self, run: usize, task: usize) -> Result<&mut Pin, ModelError> {

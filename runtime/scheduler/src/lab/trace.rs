@@ -112,7 +112,8 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
                                 Event::TaskOverrun { run: ri, task: ti, expected_end: actual_end },
                             );
                         } else {
-                            consider(actual_end.max(now), 0, Event::TaskFinished { run: ri, task: ti });
+                            let at = actual_end.max(now);
+                            consider(at, 0, Event::TaskFinished { run: ri, task: ti, at });
                         }
                     }
                     _ => {}
@@ -148,7 +149,7 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
                 started[*run][*task] = Some(now + d * noise);
             }
             Event::TaskOverrun { run, task, .. } => overrun_told[*run][*task] = true,
-            Event::TaskFinished { run, task } => finished[*run][*task] = true,
+            Event::TaskFinished { run, task, .. } => finished[*run][*task] = true,
             Event::RunCancelled { .. } | Event::ReservationsChanged(_) => {}
         }
         let rep = planner.handle(now, ev.clone(), Duration::ZERO).map_err(|e| format!("seed {seed} at {now}: {e}"))?;

@@ -428,3 +428,105 @@ fn an_overrun_past_the_planned_move_home_keeps_the_plate() {
     }
     assert!(checked > 0, "no task travelled");
 }
+
+/// A task re-planned as overrunning that then finishes (before or after the guessed end): the
+/// repaired plan sends its plates on from now and breaks no constraint.
+#[test]
+fn an_overrunning_task_that_finishes_is_replanned_from_its_real_end() {
+    use scheduler::lab::check::validate;
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::replan::{Event, Planner};
+    use scheduler::lab::solve::LabBudget;
+    let site = labware::Site::sim().unwrap();
+    let p = generate(&site, 50, 2, 0.0, 7).unwrap();
+    let zero = std::time::Duration::ZERO;
+    let mut checked = 0;
+    for finish_after in [100.0, 700.0] {
+        let mut planner = Planner::new(p.clone(), LabBudget { time: None, iterations: Some(0) }, 1).unwrap();
+        planner.pin_past = false;
+        for run in 0..planner.problem.runs.len() {
+            let slot = planner.schedule.tasks[run][0];
+            let travels = slot.resource.is_some_and(|r| planner.problem.resources[r].nest.is_some()) && !slot.on_arm;
+            if !travels || planner.problem.pinned[run][0].is_some() {
+                continue;
+            }
+            planner.pin_task(run, 0);
+            let end = planner.schedule.tasks[run][0].end;
+            let now = end + 40.0;
+            planner.handle(now, Event::TaskOverrun { run, task: 0, expected_end: now + 600.0 }, zero).unwrap();
+            let finished = now + finish_after;
+            planner.handle(finished, Event::TaskFinished { run, task: 0, at: finished }, zero).unwrap();
+            let broken = validate(&planner.problem, &planner.schedule);
+            assert!(
+                broken.is_empty(),
+                "run {run}, finished {finish_after} s after: {:?}",
+                &broken[..broken.len().min(3)]
+            );
+            let next = planner.schedule.moves.iter().filter(|m| m.run == run && m.start >= finished - 1e-6);
+            assert!(next.clone().count() > 0, "run {run}: its plate does not move on");
+            checked += 1;
+            if checked % 3 == 0 {
+                break;
+            }
+        }
+    }
+    assert_eq!(checked, 6, "not enough travelling tasks");
+}
+
+/// The executor hears that a task finished after its plate has already left for the next task
+/// (which is pinned by then): the plan keeps the real end, not the moment the report arrived.
+#[test]
+fn a_late_finish_report_does_not_move_the_end_past_what_followed() {
+    use scheduler::lab::check::validate;
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::replan::{Event, Planner};
+    use scheduler::lab::solve::LabBudget;
+    let site = labware::Site::sim().unwrap();
+    let p = generate(&site, 50, 2, 0.0, 7).unwrap();
+    let zero = std::time::Duration::ZERO;
+    let mut planner = Planner::new(p, LabBudget { time: None, iterations: Some(0) }, 1).unwrap();
+    planner.pin_past = false;
+    let mut checked = 0;
+    for run in 0..planner.problem.runs.len() {
+        let slot = planner.schedule.tasks[run][0];
+        let travels = slot.resource.is_some_and(|r| planner.problem.resources[r].nest.is_some()) && !slot.on_arm;
+        if !travels || planner.problem.pinned[run][0].is_some() {
+            continue;
+        }
+        planner.pin_task(run, 0);
+        let now = planner.schedule.tasks[run][0].end + 40.0;
+        planner.handle(now, Event::TaskOverrun { run, task: 0, expected_end: now + 600.0 }, zero).unwrap();
+        let end = planner.schedule.tasks[run][0].end;
+        // The next task of the same plate, and the first move towards it.
+        let plate = planner.problem.runs[run].tasks[0].plates[0];
+        let tasks = &planner.problem.runs[run].tasks;
+        let Some(next) = (1..tasks.len())
+            .filter(|&t| tasks[t].plates.contains(&plate) && planner.problem.pinned[run][t].is_none())
+            .min_by(|&a, &b| planner.schedule.tasks[run][a].start.total_cmp(&planner.schedule.tasks[run][b].start))
+        else {
+            continue;
+        };
+        let leaves = planner
+            .schedule
+            .moves
+            .iter()
+            .filter(|m| m.run == run && m.plate == plate && m.start >= end - 1e-6)
+            .map(|m| m.start)
+            .fold(f64::INFINITY, f64::min);
+        if !leaves.is_finite() || planner.schedule.tasks[run][next].start < leaves {
+            continue;
+        }
+        // It finished 5 s before the plate left; the plate left; the report comes 100 s later.
+        planner.pin_task(run, next);
+        let report = leaves + 100.0;
+        planner.handle(report, Event::TaskFinished { run, task: 0, at: leaves - 5.0 }, zero).unwrap();
+        let broken = validate(&planner.problem, &planner.schedule);
+        assert!(broken.is_empty(), "run {run}: {:?}", &broken[..broken.len().min(3)]);
+        assert!((planner.schedule.tasks[run][0].end - (leaves - 5.0)).abs() < 1e-6);
+        checked += 1;
+        if checked == 3 {
+            break;
+        }
+    }
+    assert!(checked > 0, "no task was followed by a move");
+}
