@@ -1082,6 +1082,7 @@ fn short(run_id: &str) -> String {
 /// command that is not safe to repeat.
 #[test]
 fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
+    let _machine = heavy();
     use labd::store::{RunState, Store};
     let protocol = "serial-dilution.yaml";
     let base = std::env::temp_dir().join(format!("lw-crashloop-{}", std::process::id()));
@@ -1680,6 +1681,20 @@ fn free_port() -> u16 {
 }
 
 /// An empty directory of this test process's own under the system temp dir.
+
+/// Tests that load the machine heavily (several daemons, PostgreSQL, a browser) share this lock;
+/// a test that compares wall-clock timing takes it alone, so what it measures is the runtime
+/// and not a neighbour's fsyncs.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn heavy() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn quiet_machine() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|e| e.into_inner())
+}
+
 fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -1798,6 +1813,7 @@ impl Lab {
 /// results are where it says, and it told the visitor how to open the console and watch MQTT.
 #[test]
 fn labd_demo_runs_to_completion_and_sums_up() {
+    let _machine = heavy();
     let dir = std::env::temp_dir().join(format!("lw-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = Command::new(env!("CARGO_BIN_EXE_labd"))
@@ -1836,6 +1852,7 @@ fn labd_demo_runs_to_completion_and_sums_up() {
 /// in target/console-screenshots.
 #[test]
 fn the_console_works_in_chromium() {
+    let _machine = heavy();
     let script = root().join("tests/browser/console.mjs");
     let ready =
         Path::new("/usr/bin/chromium").exists() && root().join("tests/browser/node_modules/playwright-core").exists();
@@ -1908,6 +1925,7 @@ fn the_console_works_in_chromium() {
 /// together, and sharing makes a run cheaper for the operator.
 #[test]
 fn simulate_fifty_tenants_in_virtual_time() {
+    let _machine = heavy();
     let out_dir = std::env::temp_dir().join(format!("lw-capacity-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out_dir);
     let workload = root().join("sites/workload.toml");
@@ -1956,6 +1974,7 @@ fn simulate_fifty_tenants_in_virtual_time() {
 /// simulation does.)
 #[test]
 fn simulate_matches_the_live_executor_within_five_percent() {
+    let _machine = quiet_machine();
     let dir = fresh_dir("simlive");
     let examples = root().join("protocols/examples");
     let workload = dir.join("workload.toml");

@@ -44,6 +44,7 @@ impl Drop for Scratch {
 /// database; two stores on one database (two nodes) see each other's writes at once.
 #[test]
 fn postgres_store_passes_the_conformance_suite() {
+    let _machine = super::heavy();
     let mut scratches = Vec::new();
     let made = std::cell::RefCell::new(&mut scratches);
     let Some(probe) = Scratch::new("probe") else { return };
@@ -186,6 +187,7 @@ fn state(node: &Node, token: &str, run: &str) -> String {
 /// every run's events are gapless, and no command that is unsafe to repeat was sent twice.
 #[test]
 fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
+    let _machine = super::heavy();
     let Some(db) = Scratch::new("nodes") else { return };
     let dir = super::fresh_dir("nodes");
     // Each node simulates the instruments of the cells it drives (a simulator outside the nodes
@@ -401,6 +403,7 @@ impl Drop for OwnServer {
 /// succeeds, events gapless.
 #[test]
 fn a_postgresql_restart_mid_run_loses_nothing() {
+    let _machine = super::heavy();
     let dir = super::fresh_dir("pg-restart");
     let Some(pg) = OwnServer::start(&dir) else { return };
     let node = Node::start_with(&dir, "solo", &pg.url(), &["a", "b"], super::free_port(), 10_000);
