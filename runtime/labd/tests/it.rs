@@ -1680,8 +1680,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// An empty directory of this test process's own under the system temp dir.
-
 /// Tests that load the machine heavily (several daemons, PostgreSQL, a browser) share this lock;
 /// a test that compares wall-clock timing takes it alone, so what it measures is the runtime
 /// and not a neighbour's fsyncs.
@@ -1695,6 +1693,7 @@ fn quiet_machine() -> std::sync::RwLockWriteGuard<'static, ()> {
     MACHINE.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// An empty directory of this test process's own under the system temp dir.
 fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
