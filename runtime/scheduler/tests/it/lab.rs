@@ -429,30 +429,41 @@ fn an_overrun_past_the_planned_move_home_keeps_the_plate() {
     assert!(checked > 0, "no task travelled");
 }
 
+/// A planner as the executor runs it: it pins what really started, no improvement search.
+fn executor_planner(p: scheduler::lab::LabProblem) -> scheduler::lab::replan::Planner {
+    use scheduler::lab::solve::LabBudget;
+    let mut planner =
+        scheduler::lab::replan::Planner::new(p, LabBudget { time: None, iterations: Some(0) }, 1).unwrap();
+    planner.pin_past = false;
+    planner
+}
+
+/// Runs whose first task takes its plates to an instrument (and is not pinned yet).
+fn first_tasks_that_travel(planner: &scheduler::lab::replan::Planner) -> Vec<usize> {
+    (0..planner.problem.runs.len())
+        .filter(|&run| {
+            let slot = planner.schedule.tasks[run][0];
+            let travels = slot.resource.is_some_and(|r| planner.problem.resources[r].nest.is_some()) && !slot.on_arm;
+            travels && planner.problem.pinned[run][0].is_none()
+        })
+        .collect()
+}
+
 /// A task re-planned as overrunning that then finishes (before or after the guessed end): the
 /// repaired plan sends its plates on from now and breaks no constraint.
 #[test]
 fn an_overrunning_task_that_finishes_is_replanned_from_its_real_end() {
     use scheduler::lab::check::validate;
-    use scheduler::lab::generate::generate;
-    use scheduler::lab::replan::{Event, Planner};
-    use scheduler::lab::solve::LabBudget;
+    use scheduler::lab::replan::Event;
     let site = labware::Site::sim().unwrap();
-    let p = generate(&site, 50, 2, 0.0, 7).unwrap();
+    let p = scheduler::lab::generate::generate(&site, 50, 2, 0.0, 7).unwrap();
     let zero = std::time::Duration::ZERO;
     let mut checked = 0;
     for finish_after in [100.0, 700.0] {
-        let mut planner = Planner::new(p.clone(), LabBudget { time: None, iterations: Some(0) }, 1).unwrap();
-        planner.pin_past = false;
-        for run in 0..planner.problem.runs.len() {
-            let slot = planner.schedule.tasks[run][0];
-            let travels = slot.resource.is_some_and(|r| planner.problem.resources[r].nest.is_some()) && !slot.on_arm;
-            if !travels || planner.problem.pinned[run][0].is_some() {
-                continue;
-            }
+        let mut planner = executor_planner(p.clone());
+        for run in first_tasks_that_travel(&planner).into_iter().take(3) {
             planner.pin_task(run, 0);
-            let end = planner.schedule.tasks[run][0].end;
-            let now = end + 40.0;
+            let now = planner.schedule.tasks[run][0].end + 40.0;
             planner.handle(now, Event::TaskOverrun { run, task: 0, expected_end: now + 600.0 }, zero).unwrap();
             let finished = now + finish_after;
             planner.handle(finished, Event::TaskFinished { run, task: 0, at: finished }, zero).unwrap();
@@ -463,11 +474,8 @@ fn an_overrunning_task_that_finishes_is_replanned_from_its_real_end() {
                 &broken[..broken.len().min(3)]
             );
             let next = planner.schedule.moves.iter().filter(|m| m.run == run && m.start >= finished - 1e-6);
-            assert!(next.clone().count() > 0, "run {run}: its plate does not move on");
+            assert!(next.count() > 0, "run {run}: its plate does not move on");
             checked += 1;
-            if checked % 3 == 0 {
-                break;
-            }
         }
     }
     assert_eq!(checked, 6, "not enough travelling tasks");
@@ -478,20 +486,15 @@ fn an_overrunning_task_that_finishes_is_replanned_from_its_real_end() {
 #[test]
 fn a_late_finish_report_does_not_move_the_end_past_what_followed() {
     use scheduler::lab::check::validate;
-    use scheduler::lab::generate::generate;
-    use scheduler::lab::replan::{Event, Planner};
-    use scheduler::lab::solve::LabBudget;
+    use scheduler::lab::replan::Event;
     let site = labware::Site::sim().unwrap();
-    let p = generate(&site, 50, 2, 0.0, 7).unwrap();
+    let p = scheduler::lab::generate::generate(&site, 50, 2, 0.0, 7).unwrap();
     let zero = std::time::Duration::ZERO;
-    let mut planner = Planner::new(p, LabBudget { time: None, iterations: Some(0) }, 1).unwrap();
-    planner.pin_past = false;
+    let mut planner = executor_planner(p);
     let mut checked = 0;
-    for run in 0..planner.problem.runs.len() {
-        let slot = planner.schedule.tasks[run][0];
-        let travels = slot.resource.is_some_and(|r| planner.problem.resources[r].nest.is_some()) && !slot.on_arm;
-        if !travels || planner.problem.pinned[run][0].is_some() {
-            continue;
+    for run in first_tasks_that_travel(&planner) {
+        if planner.problem.pinned[run][0].is_some() {
+            continue; // pinned by an earlier round of this loop
         }
         planner.pin_task(run, 0);
         let now = planner.schedule.tasks[run][0].end + 40.0;
