@@ -6,16 +6,19 @@
     # seeded with Labwright's plan (a CP-SAT hint):
     schedbench --format lab M:1 --iterations 0 --emit-instance /tmp/m1.json --emit-schedule /tmp/m1.plan.json
     python3 scripts/cpsat_lab.py /tmp/m1.json --hint /tmp/m1.plan.json --time-limit 60
+    python3 scripts/cpsat_lab.py /tmp/m1.json --hint /tmp/m1.plan.json --check-hint   # the hint is a plan here
 
 The model is the same problem schedbench solves: each task on one of its candidate instruments,
 its plates brought from storage and taken back by the arm legs of that instrument's route (one
 move at a time per arm), the instrument occupied from the first plate's arrival to the last
 plate's departure (capacity), transfer stations held between legs, precedence, release times and
-max lags. Two simplifications, both in CP-SAT's favour: times are rounded to 0.1 s, and batching
-by set points (one temperature per incubator at a time) is not modelled.
+max lags. Two simplifications, both in CP-SAT's favour: times are in 0.1 s (durations rounded
+down, maximum lags up), and batching by set points (one temperature per incubator at a time) is
+not modelled. A hint gives every variable a value, so CP-SAT starts from Labwright's whole plan.
 """
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -31,7 +34,19 @@ def ticks(seconds):
     return int(round(seconds * SCALE))
 
 
-def solve(inst, time_limit, workers, plan=None):
+def span(seconds):
+    """A duration, rounded down: with start times rounded to the nearest tick, a plan whose every
+    step follows the one before it stays such a plan in ticks (so Labwright's plan is a feasible
+    hint), and the rounding favours CP-SAT."""
+    return int(math.floor(seconds * SCALE + 1e-9))
+
+
+def slack(seconds):
+    """A maximum lag, rounded up (again in CP-SAT's favour)."""
+    return int(math.ceil(seconds * SCALE - 1e-9))
+
+
+def solve(inst, time_limit, workers, plan=None, check_hint=False):
     m = cp_model.CpModel()
     hints = []  # (var, value) from Labwright's plan
     horizon = 0
@@ -51,16 +66,19 @@ def solve(inst, time_limit, workers, plan=None):
         # per task: list of (literal, {plate: (first inbound start var, last outbound end var)})
         plate_io = []
         for i, t in enumerate(run["tasks"]):
-            d = ticks(t["duration"])
+            d = span(t["duration"])
             s = m.NewIntVar(rel, horizon, f"s{r}_{i}")
             e = m.NewIntVar(rel, horizon, f"e{r}_{i}")
             m.Add(e == s + d)
             S.append(s)
             E.append(e)
             slot = plan["tasks"].get((r, i)) if plan else None
+            # A complete hint: every variable gets a value (CP-SAT repairs a near-feasible hint;
+            # a partial one on hundreds of tasks it did not complete in 30 s).
+            hs_val = ticks(slot["start"]) if slot else None
             if slot:
-                hints.append((s, ticks(slot["start"])))
-                hints.append((e, ticks(slot["start"]) + d))
+                hints.append((s, hs_val))
+                hints.append((e, hs_val + d))
             ends.append(e)
             for a in t["after"]:
                 m.Add(s >= E[a])
@@ -77,6 +95,9 @@ def solve(inst, time_limit, workers, plan=None):
                         hints.append((x, int(chosen)))
                     arrive = m.NewIntVar(rel, horizon, "")
                     depart = m.NewIntVar(rel, horizon, "")
+                    arrive_val = depart_val = None
+                    if plan and hs_val is not None:
+                        arrive_val, depart_val = hs_val, hs_val + d
                     m.Add(arrive <= s).OnlyEnforceIf(x)
                     m.Add(depart >= e).OnlyEnforceIf(x)
                     ports = {}
@@ -88,12 +109,19 @@ def solve(inst, time_limit, workers, plan=None):
                             prev = None
                             for k, leg in enumerate(legs):
                                 st = m.NewIntVar(rel, horizon, "")
-                                du = ticks(leg["seconds"])
+                                du = span(leg["seconds"])
+                                st_val = None
                                 if chosen:
                                     mv = plan["legs"].get((r, p, i, direction, k))
                                     if mv is not None:
-                                        hints.append((st, ticks(mv)))
+                                        st_val = ticks(mv)
+                                elif plan and hs_val is not None:
+                                    st_val = hs_val  # not used: any value satisfies its constraints
+                                if st_val is not None:
+                                    hints.append((st, st_val))
                                 en = m.NewIntVar(rel, horizon, "")
+                                if st_val is not None:
+                                    hints.append((en, st_val + du))
                                 iv = m.NewOptionalIntervalVar(st, du, en, x, "")
                                 arm_iv[leg["arm"]].append(iv)
                                 if prev is not None:
@@ -103,8 +131,16 @@ def solve(inst, time_limit, workers, plan=None):
                                         hs = prev[0]
                                         hold = m.NewIntVar(0, horizon, "")
                                         m.Add(hold == en - hs).OnlyEnforceIf(x)
+                                        if st_val is not None and prev[3] is not None:
+                                            hints.append((hold, max(0, st_val + du - prev[3])))
                                         res_iv[prev[2]].append((m.NewOptionalIntervalVar(hs, hold, en, x, ""), 1))
-                                prev = (st, en, leg["station_after"])
+                                prev = (st, en, leg["station_after"], st_val)
+                                if chosen and st_val is not None and arrive_val is not None:
+                                    # Held from the first plate's arrival to the last one's departure.
+                                    if direction == "in" and k == len(legs) - 1:
+                                        arrive_val = min(arrive_val, st_val + du)
+                                    elif direction == "out" and k == 0:
+                                        depart_val = max(depart_val, st_val)
                                 chain.append((st, en))
                         if chain_in:
                             m.Add(chain_in[-1][1] <= s).OnlyEnforceIf(x)
@@ -116,6 +152,10 @@ def solve(inst, time_limit, workers, plan=None):
                         ports[p] = (chain_in[0][0] if chain_in else s, chain_out[-1][1] if chain_out else e)
                     size = m.NewIntVar(0, horizon, "")
                     m.Add(size == depart - arrive).OnlyEnforceIf(x)
+                    if arrive_val is not None:
+                        hints.append((arrive, arrive_val))
+                        hints.append((depart, depart_val))
+                        hints.append((size, max(0, depart_val - arrive_val)))
                     res_iv[c["resource"]].append((m.NewOptionalIntervalVar(arrive, size, depart, x, ""), 1))
                     io.append((x, ports))
                 m.AddExactlyOne(lits)
@@ -130,7 +170,7 @@ def solve(inst, time_limit, workers, plan=None):
                         if p in pa and p in pb:
                             m.Add(pb[p][0] >= pa[p][1]).OnlyEnforceIf([xa, xb])
         for f, t, mx in run["max_lags"]:
-            m.Add(S[t] - E[f] <= ticks(mx))
+            m.Add(S[t] - E[f] <= slack(mx))
     for ivs in arm_iv:
         m.AddNoOverlap(ivs)
     for k, ivs in enumerate(res_iv):
@@ -142,6 +182,10 @@ def solve(inst, time_limit, workers, plan=None):
     for var, val in hints:
         m.AddHint(var, val)
     solver = cp_model.CpSolver()
+    if plan:
+        solver.parameters.repair_hint = not check_hint
+        # Every variable held at its hinted value: a feasible answer proves the hint is a plan.
+        solver.parameters.fix_variables_to_their_hinted_value = check_hint
     solver.parameters.max_time_in_seconds = time_limit
     solver.parameters.num_workers = workers
     t0 = time.time()
@@ -201,10 +245,11 @@ def main():
     ap.add_argument("--time-limit", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--hint", help="Labwright's schedule (schedbench --emit-schedule) to seed CP-SAT with")
+    ap.add_argument("--check-hint", action="store_true", help="only check that the hint is a feasible plan here")
     a = ap.parse_args()
     for inst in json.load(open(a.file)):
         plan = load_plan(inst, a.hint) if a.hint else None
-        print(json.dumps(solve(inst, a.time_limit, a.workers, plan)), flush=True)
+        print(json.dumps(solve(inst, a.time_limit, a.workers, plan, a.check_hint and plan is not None)), flush=True)
 
 
 if __name__ == "__main__":
