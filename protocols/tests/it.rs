@@ -663,3 +663,21 @@ fn imported_instructions_missing_required_fields_are_reported_not_defaulted() {
     assert!(got[0].starts_with("P0102 command 0 (`moveLabware`) does not say where to"), "{got:?}");
     assert_eq!(got[1], "P0102 command 1 (`heaterShaker/deactivateShaker`) is missing `params.moduleId`");
 }
+
+#[test]
+fn autoprotocol_dispense_column_out_of_range_is_a_diagnostic() {
+    // Found by the fuzzer: a column index past i64 overflowed when turned into a column name.
+    for column in ["6666666666666666666666666666666666666666663", "-1", "1.5"] {
+        let text = format!(
+            r#"{{"refs": {{"p": {{"new": "96-flat", "store": {{"where": "warm_37"}}}}}},
+                "instructions": [{{"op": "dispense", "reagent": "water", "object": "p",
+                "columns": [{{"column": {column}, "volume": "100:microliter"}}]}}]}}"#
+        );
+        let c = run("d.json", &text);
+        let msgs: Vec<&str> = c.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.message.as_str()).collect();
+        assert!(
+            msgs.iter().any(|m| m.contains("is not a column index (a whole number from 0)")),
+            "column {column}: {msgs:?}"
+        );
+    }
+}

@@ -299,6 +299,12 @@ impl Importer<'_> {
                         d.push(Diagnostic::error("P0102", c.span, "dispense column needs `column` and `volume`"));
                         continue;
                     };
+                    // Autoprotocol counts columns from 0; no plate has anywhere near this many.
+                    if !(col.fract() == 0.0 && (0.0..10_000.0).contains(&col)) {
+                        let msg = format!("dispense `column` {col} is not a column index (a whole number from 0)");
+                        d.push(Diagnostic::error("P0102", c.span, msg));
+                        continue;
+                    }
                     if let Some(v) = vol(v, d) {
                         to.push((
                             WellRef {
