@@ -14,7 +14,7 @@ move at a time per arm), the instrument occupied from the first plate's arrival 
 plate's departure (capacity), transfer stations held between legs, precedence, release times and
 max lags. Two simplifications, both in CP-SAT's favour: times are in 0.1 s (durations rounded
 down, maximum lags up), and batching by set points (one temperature per incubator at a time) is
-not modelled. A hint gives every variable a value, so CP-SAT starts from Labwright's whole plan.
+not modelled. A hint values every variable but the makespan (derived), so CP-SAT starts from Labwright's whole plan.
 """
 import argparse
 import json
@@ -73,7 +73,7 @@ def solve(inst, time_limit, workers, plan=None, check_hint=False):
             S.append(s)
             E.append(e)
             slot = plan["tasks"].get((r, i)) if plan else None
-            # A complete hint: every variable gets a value (CP-SAT repairs a near-feasible hint;
+            # A complete hint: every variable but the makespan gets a value (CP-SAT repairs a near-feasible hint;
             # a partial one on hundreds of tasks it did not complete in 30 s).
             hs_val = ticks(slot["start"]) if slot else None
             if slot:

@@ -157,6 +157,11 @@ fn task_key(run: usize, task: usize) -> String {
     format!("t:{run}:{task}")
 }
 
+/// A task's label as the scientist wrote it (empty if the run or task is unknown).
+fn task_label(s: &Session, run: usize, task: usize) -> &str {
+    s.runs.get(run).and_then(|a| a.plan.tasks.get(task)).map_or("", |t| t.label.as_str())
+}
+
 /// The task a plate move delivers to: the plate's next task after the move.
 pub(crate) fn destination(p: &Planner, m: &MoveSlot) -> Option<usize> {
     let run = p.problem.runs.get(m.run)?;
@@ -240,8 +245,8 @@ enum Change {
         task: usize,
         expected_end: f64,
     },
-    /// A task that had been re-planned as overrunning has finished: what waits for it is
-    /// planned from now instead of from the guessed end.
+    /// A task that had been re-planned as overrunning has finished (`at`, device seconds): what
+    /// waits for it is planned from its real end instead of from the guessed one.
     Finished {
         run: usize,
         task: usize,
@@ -969,12 +974,10 @@ impl Executor {
                 Change::Up(id) => because.push(format!("{id} is back")),
                 Change::Reservations(_) => because.push("bench-time reservations changed".into()),
                 Change::Overrun { run, task, .. } => {
-                    let label = s.runs.get(*run).and_then(|a| a.plan.tasks.get(*task)).map(|t| t.label.clone());
-                    because.push(format!("`{}` is taking longer than planned", label.unwrap_or_default()))
+                    because.push(format!("`{}` is taking longer than planned", task_label(s, *run, *task)))
                 }
                 Change::Finished { run, task, .. } => {
-                    let label = s.runs.get(*run).and_then(|a| a.plan.tasks.get(*task)).map(|t| t.label.clone());
-                    because.push(format!("`{}` has finished", label.unwrap_or_default()))
+                    because.push(format!("`{}` has finished", task_label(s, *run, *task)))
                 }
             }
             let now = self.now_s(s);

@@ -262,7 +262,6 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 impl PgDb {
-    /// One attempt on the slot's connection (made if missing).
     /// One attempt on the slot's connection (made if missing). A write transaction records
     /// `marker` in `tx_outcomes` before it commits.
     fn attempt<T>(

@@ -280,7 +280,8 @@ impl Planner {
             return f64::INFINITY;
         };
         let Some(plates) = tasks.get(task).map(|t| &t.plates) else { return f64::INFINITY };
-        let begun = pins.get(task).and_then(Option::as_ref).map_or(f64::NEG_INFINITY, |p| p.start);
+        let planned = self.schedule.tasks.get(run).and_then(|s| s.get(task)).map_or(f64::NEG_INFINITY, |s| s.start);
+        let begun = pins.get(task).and_then(Option::as_ref).map_or(planned, |p| p.start);
         let mut left = f64::INFINITY;
         for (t, pin) in pins.iter().enumerate() {
             let Some(pin) = pin.as_ref().filter(|p| t != task && p.start > begun) else { continue };
