@@ -10,8 +10,8 @@
 
 The model is the same problem schedbench solves: each task on one of its candidate instruments,
 its plates brought from storage and taken back by the arm legs of that instrument's route (one
-move at a time per arm), the instrument occupied from the first plate's arrival to the last
-plate's departure (capacity), transfer stations held between legs, precedence, release times and
+move at a time per arm), the instrument occupied from the first plate's arrival until the
+last plate's first leg away has ended (capacity), transfer stations held between legs, precedence, release times and
 max lags. Two simplifications, both in CP-SAT's favour: times are in 0.1 s (durations rounded
 down, maximum lags up), and batching by set points (one temperature per incubator at a time) is
 not modelled. A hint values every variable but the makespan (derived), so CP-SAT starts from Labwright's whole plan.
@@ -140,14 +140,15 @@ def solve(inst, time_limit, workers, plan=None, check_hint=False):
                                     if direction == "in" and k == len(legs) - 1:
                                         arrive_val = min(arrive_val, st_val + du)
                                     elif direction == "out" and k == 0:
-                                        depart_val = max(depart_val, st_val)
+                                        depart_val = max(depart_val, st_val + du)
                                 chain.append((st, en))
                         if chain_in:
                             m.Add(chain_in[-1][1] <= s).OnlyEnforceIf(x)
                             m.Add(arrive <= chain_in[-1][1]).OnlyEnforceIf(x)
                         if chain_out:
                             m.Add(chain_out[0][0] >= e).OnlyEnforceIf(x)
-                            m.Add(depart >= chain_out[0][0]).OnlyEnforceIf(x)
+                            # Until the first leg away has lifted it off and ended.
+                            m.Add(depart >= chain_out[0][1]).OnlyEnforceIf(x)
                             ends.append(chain_out[-1][1])
                         ports[p] = (chain_in[0][0] if chain_in else s, chain_out[-1][1] if chain_out else e)
                     size = m.NewIntVar(0, horizon, "")

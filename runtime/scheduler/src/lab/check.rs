@@ -142,8 +142,10 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
         return v;
     }
     // Plates: where each is over time, rebuilt from its moves.
-    // presence: (run, plate, nest, from, to)
-    let mut presence: Vec<(usize, usize, usize, f64, f64)> = Vec::new();
+    // presence: (run, plate, nest, from, to, gone): on the nest from the end of the move that
+    // brought it to the start of the move that takes it, and in the way of the next plate until
+    // that move ends (an arm cannot lower a plate onto one it is still lifting off).
+    let mut presence: Vec<(usize, usize, usize, f64, f64, f64)> = Vec::new();
     for (ri, run) in p.runs.iter().enumerate() {
         for pl in 0..run.plates.len() {
             let mut mv: Vec<_> = s.moves.iter().filter(|m| m.run == ri && m.plate == pl).collect();
@@ -154,11 +156,11 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
                 if m.from != at || m.start + EPS < since {
                     v.push(LabViolation::PlateContinuity { run: ri, plate: pl, at: m.start });
                 }
-                presence.push((ri, pl, at, since, m.start));
+                presence.push((ri, pl, at, since, m.start, m.end));
                 at = m.to;
                 since = m.end;
             }
-            presence.push((ri, pl, at, since, f64::INFINITY));
+            presence.push((ri, pl, at, since, f64::INFINITY, f64::INFINITY));
         }
     }
     // Tasks: release, duration, precedence, resource, plates present.
@@ -202,7 +204,7 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
                     }) {
                         Some(x) => {
                             a = a.min(x.3);
-                            b = b.max(x.4);
+                            b = b.max(x.5);
                         }
                         None => v.push(LabViolation::PlateAbsent { run: ri, task: ti, plate: pl }),
                     }
@@ -237,14 +239,14 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
     }
     // Plates on a nest with no task of theirs there (instrument nests only), and transfer
     // stations holding more plates than they can.
-    for &(ri, pl, nest, a, b) in &presence {
+    for &(ri, pl, nest, a, b, gone) in &presence {
         if nest == p.storage || b - a <= EPS {
             continue;
         }
         let Some(r) = p.nests[nest].owner else { continue };
         let is_station = p.resources[r].class == InstrumentClass::PlateHotel;
         if is_station {
-            occ[r].push((a, b));
+            occ[r].push((a, gone));
             continue;
         }
         let used = p.runs[ri].tasks.iter().enumerate().any(|(ti, t)| {

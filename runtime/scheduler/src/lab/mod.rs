@@ -5,8 +5,9 @@
 //!   buffer nests (transfer stations) that hold one plate.
 //! - Plates (labware of kind well plate) live in storage (the plate hotel) and are carried by arms
 //!   along the cheapest chain of arm moves; an instrument is occupied from the moment a plate
-//!   arrives on its nest until an arm takes it away (blocking nests), so an arm that is late keeps
-//!   an instrument busy.
+//!   arrives on its nest until the arm move that takes it away has ended (blocking nests: an arm
+//!   cannot lower the next plate while it is still lifting this one off), so an arm that is late
+//!   keeps an instrument busy.
 //! - Policy: after each task its plates go back to storage. The storage is the escape valve that
 //!   makes the constructive schedule deadlock-free: a plate in flight always has somewhere to go.
 //! - Runs have a tenant, a weight, a release time and max lags between tasks; resources have

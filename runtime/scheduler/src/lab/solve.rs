@@ -300,7 +300,9 @@ impl LabProblem {
                 for &p in &task.plates {
                     let k = moves.len();
                     let home = self.book_legs(st, outbound, end, ri, p, &mut moves, &mut holds);
-                    last_departure = last_departure.max(moves.get(k).map_or(end, |m| m.start));
+                    // The nest is free once the first leg away has ended: an arm cannot lower
+                    // the next plate onto it while this one is still being lifted off.
+                    last_departure = last_departure.max(moves.get(k).map_or(end, |m| m.end));
                     back = back.max(home);
                 }
             }
@@ -535,8 +537,9 @@ impl LabProblem {
             // The instrument is free once the last of its plates has left.
             let mut departure = pin.end;
             for &p in &task.plates {
-                if let Some(first) = pin.outbound.iter().filter(|m| m.plate == p).map(|m| m.start).reduce(f64::min) {
-                    departure = departure.max(first);
+                let first = pin.outbound.iter().filter(|m| m.plate == p).min_by(|a, b| a.start.total_cmp(&b.start));
+                if let Some(first) = first {
+                    departure = departure.max(first.end);
                 }
             }
             for m in &pin.outbound {
@@ -564,7 +567,7 @@ impl LabProblem {
                                 &mut moves,
                                 &mut holds,
                             ));
-                            departure = departure.max(moves.get(k).map_or(pin.end, |m| m.start));
+                            departure = departure.max(moves.get(k).map_or(pin.end, |m| m.end));
                         }
                     }
                 }
@@ -616,7 +619,7 @@ impl LabProblem {
             if let (Some(r), false) = (pin.resource, pin.on_arm) {
                 let plates = &self.runs[ri].tasks[ti].plates;
                 let first = pin.inbound.iter().map(|m| m.end).fold(pin.start, f64::min);
-                // It stays until the last of its plates is taken away.
+                // It stays until the last of its plates has been taken off (the first leg away ends).
                 let depart = plates
                     .iter()
                     .filter_map(|&p| {
@@ -624,8 +627,8 @@ impl LabProblem {
                             .moves
                             .iter()
                             .filter(|m| m.run == ri && m.plate == p && m.start >= pin.end - EPS)
-                            .map(|m| m.start)
-                            .reduce(f64::min)
+                            .min_by(|a, b| a.start.total_cmp(&b.start))
+                            .map(|m| m.end)
                     })
                     .fold(pin.end, f64::max);
                 st.res[r].book_keyed(first, depart.max(first + EPS), ri, settings_key(&self.runs[ri].tasks[ti]));

@@ -533,3 +533,66 @@ fn a_late_finish_report_does_not_move_the_end_past_what_followed() {
     }
     assert!(checked > 0, "no task was followed by a move");
 }
+
+/// One arm cannot lower a plate onto a nest while the plate before it is still there: the nest
+/// stays taken until the move that lifts its plate off has ended.
+#[test]
+fn a_nest_stays_taken_until_the_move_away_has_ended() {
+    use labware::InstrumentClass;
+    use scheduler::lab::check::{validate, LabViolation};
+    use scheduler::lab::generate::generate_arm_bound;
+    use scheduler::lab::solve::{LabSchedule, MoveSlot, TaskSlot};
+    use scheduler::lab::{LabTask, Run};
+    let site = labware::Site::sim().unwrap();
+    let mut p = generate_arm_bound(&site, 1, 1).unwrap();
+    p.runs.clear();
+    p.pinned.clear();
+    p.anchors.clear();
+    for id in ["a", "b"] {
+        let seal = LabTask {
+            class: Some(InstrumentClass::Sealer),
+            duration: 12.0,
+            after: vec![],
+            plates: vec![0],
+            pipettes: vec![],
+            settings: Default::default(),
+            label: "seal".into(),
+        };
+        let run = Run {
+            id: id.into(),
+            tenant: "t".into(),
+            weight: 1.0,
+            release: 0.0,
+            plates: vec!["plate".into()],
+            tasks: vec![seal],
+            max_lags: vec![],
+            min_lags: vec![],
+        };
+        p.add_run(run).unwrap();
+    }
+    let sealer = p.resources.iter().position(|r| r.class == InstrumentClass::Sealer).unwrap();
+    let nest = p.resources[sealer].nest.unwrap();
+    let m = p.arms[0].moves[&(p.storage, nest)];
+    let mv = |run, from, to, start: f64| MoveSlot { run, plate: 0, arm: 0, from, to, start, end: start + m };
+    let task = |start: f64| TaskSlot { resource: Some(sealer), on_arm: false, start, end: start + 12.0 };
+    // The arm brings a, then b (arriving as it starts to lift a off), then takes a and b home.
+    let swap = LabSchedule {
+        tasks: vec![vec![task(m)], vec![task(2.0 * m)]],
+        moves: vec![
+            mv(0, p.storage, nest, 0.0),
+            mv(1, p.storage, nest, m),
+            mv(0, nest, p.storage, 2.0 * m),
+            mv(1, nest, p.storage, 3.0 * m),
+        ],
+    };
+    let v = validate(&p, &swap);
+    assert!(matches!(v.as_slice(), [LabViolation::Capacity { resource, .. }] if *resource == sealer), "{v:?}");
+    // The solver's plan takes a off before the arm fetches b.
+    let s = p.build(&p.default_order()).unwrap();
+    assert_eq!(validate(&p, &s), vec![]);
+    let first = s.tasks[0][0].start.min(s.tasks[1][0].start);
+    let (x, y) = if s.tasks[0][0].start == first { (0, 1) } else { (1, 0) };
+    let away = s.moves.iter().find(|mv| mv.run == x && mv.from == nest).unwrap();
+    let back = s.moves.iter().find(|mv| mv.run == y && mv.to == nest).unwrap();
+    assert!(back.start >= away.end - 1e-6, "b fetched at {} before a was taken off at {}", back.start, away.end);
+}
