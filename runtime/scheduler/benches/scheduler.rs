@@ -41,40 +41,54 @@ fn main() {
         );
     }
 
-    println!("repair after an event (no background improvement), trace with 1,000 tasks queued:");
-    let cfg = TraceConfig {
-        seed: 7,
-        initial_tasks: 1000,
-        spread_s: 3600.0,
-        arriving_tasks: 100,
-        arrival_gap_s: 300.0,
-        failures: 3,
-        validate: false,
-    };
-    let stats = run_trace(&site, &cfg).expect("the trace runs to the end");
-    let mut deep: Vec<Duration> = stats.repairs.iter().filter(|r| r.1 >= 900).map(|r| r.0).collect();
-    let mut all: Vec<Duration> = stats.repairs.iter().map(|r| r.0).collect();
-    println!(
-        "  events with >= 900 pending tasks: {}; p50 {}, p99 {}, max {}",
-        deep.len(),
-        ms(pct(&mut deep, 0.5)),
-        ms(pct(&mut deep, 0.99)),
-        ms(pct(&mut deep, 1.0))
-    );
-    println!(
-        "  all {} events: p50 {}, p99 {}; announced starts moved by > 60 s: {} in all",
-        all.len(),
-        ms(pct(&mut all, 0.5)),
-        ms(pct(&mut all, 0.99)),
-        stats.moved
-    );
+    for window in [None, Some(scheduler::lab::solve::MAX_WINDOW)] {
+        let cfg = TraceConfig {
+            seed: 7,
+            initial_tasks: 1000,
+            spread_s: 3600.0,
+            arriving_tasks: 100,
+            arrival_gap_s: 300.0,
+            failures: 3,
+            validate: false,
+            window,
+        };
+        let stats = run_trace(&site, &cfg).expect("the trace runs to the end");
+        println!(
+            "repair after an event (no background improvement), trace with 1,000 tasks queued, {} run(s) built interleaved:",
+            stats.window
+        );
+        let mut deep: Vec<Duration> = stats.repairs.iter().filter(|r| r.1 >= 900).map(|r| r.0).collect();
+        let mut all: Vec<Duration> = stats.repairs.iter().map(|r| r.0).collect();
+        println!(
+            "  events with >= 900 pending tasks: {}; p50 {}, p99 {}, max {}",
+            deep.len(),
+            ms(pct(&mut deep, 0.5)),
+            ms(pct(&mut deep, 0.99)),
+            ms(pct(&mut deep, 1.0))
+        );
+        println!(
+            "  all {} events: p50 {}, p99 {}; announced starts moved by > 60 s: {} in all",
+            all.len(),
+            ms(pct(&mut all, 0.5)),
+            ms(pct(&mut all, 0.99)),
+            stats.moved
+        );
+    }
 
     let n: u64 = std::env::var("LAB_TRACES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let t = Instant::now();
-    let mut events = 0;
+    let (mut events, mut interleaved) = (0, 0);
     for seed in 0..n {
-        match run_trace(&site, &TraceConfig::small(seed)) {
-            Ok(s) => events += s.events,
+        // Every other trace repairs with runs built interleaved, whatever the first search chose.
+        let mut cfg = TraceConfig::small(seed);
+        if seed % 2 == 1 {
+            cfg.window = Some(scheduler::lab::solve::MAX_WINDOW);
+        }
+        match run_trace(&site, &cfg) {
+            Ok(s) => {
+                events += s.events;
+                interleaved += usize::from(s.window > 1);
+            }
             Err(e) => {
                 println!("  trace FAILED: {e}");
                 return;
@@ -82,7 +96,7 @@ fn main() {
         }
     }
     println!(
-        "validated dynamic traces: {n} seeds, {events} events, 0 violations, 0 deadlocks ({:.1} s)",
+        "validated dynamic traces: {n} seeds ({interleaved} repaired with runs built interleaved), {events} events, 0 violations, 0 deadlocks ({:.1} s)",
         t.elapsed().as_secs_f64()
     );
 }

@@ -88,8 +88,10 @@ pub fn solve_fair(p: &LabProblem, budget: LabBudget, seed: u64, makespan_slack: 
     let slowdown_makespan_first = p.worst_slowdown(&first.schedule, &solo);
     // Start from whichever of the two is better under the cap.
     let (mut order, mut best, mut best_sd) = (first.order.clone(), first.schedule.clone(), slowdown_makespan_first);
+    let mut window = first.window;
     if ref_sched.makespan() <= cap && slowdown_reference < best_sd {
         order = reference;
+        window = 1;
         best = ref_sched;
         best_sd = slowdown_reference;
     }
@@ -104,7 +106,7 @@ pub fn solve_fair(p: &LabProblem, budget: LabBudget, seed: u64, makespan_slack: 
         let i = rng.below(n);
         let r = cand.remove(i);
         cand.insert(rng.below(n), r);
-        if let Some(s) = p.build(&cand) {
+        if let Some(s) = p.build_interleaved(&cand, window) {
             if s.makespan() <= cap + 1e-6 {
                 let sd = p.worst_slowdown(&s, &solo);
                 if sd < best_sd - 1e-9 {
@@ -120,6 +122,7 @@ pub fn solve_fair(p: &LabProblem, budget: LabBudget, seed: u64, makespan_slack: 
         outcome: LabOutcome {
             schedule: best,
             order,
+            window,
             first_makespan: first.first_makespan,
             time_to_first: first.time_to_first,
             iterations,

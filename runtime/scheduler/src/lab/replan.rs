@@ -49,6 +49,8 @@ pub struct Planner {
     /// sets false, so a task running late can still move to another instrument.
     pub pin_past: bool,
     order: Vec<usize>,
+    /// Runs built interleaved at a time (the search's choice; 1: one whole run after another).
+    window: usize,
     rng: Rng,
 }
 
@@ -57,7 +59,24 @@ impl Planner {
     pub fn new(problem: LabProblem, budget: LabBudget, seed: u64) -> Result<Planner, ModelError> {
         let out = super::solve::solve(&problem, budget, seed)
             .ok_or_else(|| ModelError("no schedule could be built".into()))?;
-        Ok(Planner { problem, schedule: out.schedule, pin_past: true, order: out.order, rng: Rng::new(seed) })
+        Ok(Planner {
+            problem,
+            schedule: out.schedule,
+            pin_past: true,
+            order: out.order,
+            window: out.window,
+            rng: Rng::new(seed),
+        })
+    }
+
+    /// Runs built interleaved at a time in repairs (see [`LabProblem::build_interleaved`]).
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Builds repairs with `window` runs interleaved at a time from now on.
+    pub fn set_window(&mut self, window: usize) {
+        self.window = window.max(1);
     }
 
     /// Pins every task planned to have started before `now`. Moves of plates for tasks not yet
@@ -247,8 +266,14 @@ impl Planner {
                 self.problem.reservations = r;
             }
         }
-        let schedule =
-            self.problem.build(&self.order).ok_or_else(|| ModelError("the repaired plan could not be built".into()))?;
+        // Built as the plan in force was; one whole run after another when that fails.
+        let interleaved = self.problem.build_interleaved(&self.order, self.window);
+        if interleaved.is_none() {
+            self.window = 1;
+        }
+        let schedule = interleaved
+            .or_else(|| self.problem.build(&self.order))
+            .ok_or_else(|| ModelError("the repaired plan could not be built".into()))?;
         let repair_time = t0.elapsed();
         self.schedule = schedule;
         // Background improvement: the same order search, around the pinned tasks.
@@ -259,7 +284,7 @@ impl Planner {
             let mut cand = self.order.clone();
             let (i, j) = (self.rng.below(n), self.rng.below(n));
             cand.swap(i, j);
-            if let Some(s) = self.problem.build(&cand) {
+            if let Some(s) = self.problem.build_interleaved(&cand, self.window) {
                 let c = self.problem.cost(&s);
                 if c.0 < best.0 - 1e-6 || (c.0 <= best.0 + 1e-6 && c.1 < best.1 - 1e-6) {
                     best = c;

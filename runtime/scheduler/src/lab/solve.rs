@@ -84,6 +84,15 @@ impl Timeline {
         self.max_len = self.max_len.max(b - a);
     }
 
+    /// Removes the open-ended booking of `run` from `from` (an instrument held until its
+    /// plates' way home is booked).
+    fn unbook_open(&mut self, from: f64, run: usize) {
+        if let Some(i) = self.busy.iter().position(|x| x.2 == run && x.0 == from && x.1.is_infinite()) {
+            self.busy.remove(i);
+            self.max_len = self.busy.iter().map(|x| x.1 - x.0).fold(0.0, f64::max);
+        }
+    }
+
     /// Earliest `t >= from` where `[t, t + len)` overlaps no interval (capacity-1 resources), so
     /// a placement can jump over a run of back-to-back bookings in one step.
     fn first_gap(&self, from: f64, len: f64) -> f64 {
@@ -186,6 +195,65 @@ struct Placement {
     holds: Vec<(usize, f64, f64)>,
     occupancy: Option<(usize, f64, f64)>,
     plates_back: f64,
+    /// Built interleaved, the moves that take the plates away are left for later (see
+    /// [`LabProblem::build_interleaved`]): the instrument is held open from `occupancy`'s start
+    /// until they are booked, and `moves`/`holds` hold only the way in.
+    open: bool,
+}
+
+/// The moves that take a task's plates off its instrument and home.
+struct Departure {
+    moves: Vec<MoveSlot>,
+    holds: Vec<(usize, f64, f64)>,
+    /// When the instrument is free (the last plate's first leg away has ended).
+    free_at: f64,
+    /// When every plate is back in storage.
+    back: f64,
+}
+
+/// Where the insertion of one run has got to.
+struct Cursor {
+    run: usize,
+    /// When each of its plates is back in storage.
+    plate_ready: Vec<f64>,
+    /// Its tasks placed so far, in order.
+    slots: Vec<TaskSlot>,
+    /// How many moves it has added to the schedule.
+    added: usize,
+    /// Its last task's instrument, held open until its plates are taken away: (resource, from).
+    open: Option<(usize, f64)>,
+}
+
+impl Cursor {
+    fn new(run: &super::Run, ri: usize) -> Cursor {
+        Cursor { run: ri, plate_ready: vec![run.release; run.plates.len()], slots: Vec::new(), added: 0, open: None }
+    }
+}
+
+/// How the next task of a run would be placed.
+enum Step {
+    /// Pinned: booked before any run was inserted; its plates are home at `.1`.
+    Given(TaskSlot, f64),
+    /// A pure delay.
+    Delay(TaskSlot),
+    /// A lid task on an arm.
+    Arm(TaskSlot),
+    /// On an instrument, with its plates' moves.
+    On(Placement),
+    /// The plates of the run's last task taken off its instrument and home.
+    Leave(Departure),
+}
+
+impl Step {
+    /// When it first needs anything: its first arm move, else its start.
+    fn first_use(&self) -> f64 {
+        match self {
+            Step::Given(..) => f64::NEG_INFINITY,
+            Step::Delay(s) | Step::Arm(s) => s.start,
+            Step::On(p) => p.moves.iter().map(|m| m.start).fold(p.slot.start, f64::min),
+            Step::Leave(d) => d.moves.iter().map(|m| m.start).fold(d.free_at, f64::min),
+        }
+    }
 }
 
 fn window_conflict(ws: &[Window], a: f64, b: f64) -> Option<f64> {
@@ -268,8 +336,38 @@ impl LabProblem {
         f64::INFINITY
     }
 
-    /// Earliest placement of task `ti` of run `ri` on resource `r` at or after `t0`.
-    fn place_on(&self, st: &State, ri: usize, ti: usize, r: usize, mut t0: f64) -> Option<Placement> {
+    /// Books the moves that take the plates of task `ti` of run `ri` off `r`'s nest and home,
+    /// each leg at its arm's first free time from `end` (and after the moves already in
+    /// `moves`), appending them to `moves` and the stations they wait on to `holds`. Returns when
+    /// the nest is free (the last plate's first leg away has ended) and when every plate is home.
+    #[allow(clippy::too_many_arguments)]
+    fn book_departure(
+        &self,
+        st: &State,
+        ri: usize,
+        ti: usize,
+        r: usize,
+        end: f64,
+        moves: &mut Vec<MoveSlot>,
+        holds: &mut Vec<(usize, f64, f64)>,
+    ) -> Option<(f64, f64)> {
+        let outbound = self.route(self.resources[r].nest?, self.storage)?;
+        let (mut free_at, mut back) = (end, end);
+        for &p in &self.runs[ri].tasks[ti].plates {
+            let k = moves.len();
+            let home = self.book_legs(st, outbound, end, ri, p, moves, holds);
+            // An arm cannot lower the next plate onto the nest while it is still lifting this
+            // one off.
+            free_at = free_at.max(moves.get(k).map_or(end, |m| m.end));
+            back = back.max(home);
+        }
+        Some((free_at, back))
+    }
+
+    /// Earliest placement of task `ti` of run `ri` on resource `r` at or after `t0`. With
+    /// `open`, a one-at-a-time instrument with nothing booked after the plates arrive is held
+    /// open instead of booking their way home (see [`LabProblem::build_interleaved`]).
+    fn place_on(&self, st: &State, ri: usize, ti: usize, r: usize, mut t0: f64, open: bool) -> Option<Placement> {
         let run = &self.runs[ri];
         let task = &run.tasks[ti];
         let res = &self.resources[r];
@@ -292,19 +390,10 @@ impl LabProblem {
                 (t0, t0)
             };
             let end = start + task.duration;
-            let mut last_departure = end;
-            let mut back = end;
+            let (mut last_departure, mut back) = (end, end);
+            let (moves_in, holds_in) = (moves.len(), holds.len());
             if moves_plates {
-                let nest = res.nest?;
-                let outbound = self.route(nest, self.storage)?;
-                for &p in &task.plates {
-                    let k = moves.len();
-                    let home = self.book_legs(st, outbound, end, ri, p, &mut moves, &mut holds);
-                    // The nest is free once the first leg away has ended: an arm cannot lower
-                    // the next plate onto it while this one is still being lifted off.
-                    last_departure = last_departure.max(moves.get(k).map_or(end, |m| m.end));
-                    back = back.max(home);
-                }
+                (last_departure, back) = self.book_departure(st, ri, ti, r, end, &mut moves, &mut holds)?;
             }
             let (a, b) = (first_arrival, last_departure.max(first_arrival + EPS));
             let conflict = [
@@ -316,10 +405,15 @@ impl LabProblem {
             .flatten()
             .reduce(f64::min);
             match conflict {
+                // Held open by a plate whose way home is not booked yet.
+                Some(e) if !e.is_finite() => return None,
                 Some(e) => {
                     // Try again so the plates arrive when the resource frees up; on a
                     // one-at-a-time resource, at the first gap long enough for the whole stay.
                     let e = if res.capacity == 1 { st.res[r].first_gap(e, b - a).max(e) } else { e };
+                    if !e.is_finite() {
+                        return None;
+                    }
                     // Leave so that the plates, moving without waiting, arrive at `e`: then the
                     // next attempt is past this conflict, so the loop advances every time.
                     let travel = if moves_plates {
@@ -335,12 +429,25 @@ impl LabProblem {
                     if !back.is_finite() {
                         return None;
                     }
+                    // Nothing booked on it after the plates arrive, no down time, no one
+                    // else's reservation: the stay can end whenever the arm gets to it.
+                    let open = open
+                        && moves_plates
+                        && res.capacity == 1
+                        && self.down[r].is_empty()
+                        && self.reservations[r].is_empty()
+                        && st.res[r].busy.iter().all(|x| x.1 <= a + EPS);
+                    if open {
+                        moves.truncate(moves_in);
+                        holds.truncate(holds_in);
+                    }
                     return Some(Placement {
                         slot: TaskSlot { resource: Some(r), on_arm: false, start, end },
                         moves,
                         holds,
-                        occupancy: Some((r, a, b)),
-                        plates_back: back,
+                        occupancy: Some((r, a, if open { f64::INFINITY } else { b })),
+                        plates_back: if open { f64::INFINITY } else { back },
+                        open,
                     });
                 }
             }
@@ -360,84 +467,174 @@ impl LabProblem {
         None
     }
 
+    /// Where to put the next task of the run `cur` is inserting, without booking anything;
+    /// `None` when the task cannot be placed at all.
+    fn next_step(&self, st: &State, cur: &Cursor, hold: &[f64], pre: &Prebooked, open: bool) -> Option<Step> {
+        if let Some((r, _)) = cur.open {
+            let ti = cur.slots.len() - 1;
+            let (mut moves, mut holds) = (Vec::new(), Vec::new());
+            let (free_at, back) = self.book_departure(st, cur.run, ti, r, cur.slots[ti].end, &mut moves, &mut holds)?;
+            return back.is_finite().then_some(Step::Leave(Departure { moves, holds, free_at, back }));
+        }
+        let (ri, ti) = (cur.run, cur.slots.len());
+        let run = &self.runs[ri];
+        let task = &run.tasks[ti];
+        if let Some(&(slot, back)) = pre.get(&(ri, ti)) {
+            // Under way: booked before any run was inserted.
+            return Some(Step::Given(slot, back));
+        }
+        let slots = &cur.slots;
+        let preds = task.after.iter().map(|&a| slots[a].end).fold(run.release, f64::max);
+        // "Wait at least": the later task starts no earlier than the earlier one's end plus the lag.
+        let preds = run
+            .min_lags
+            .iter()
+            .filter(|l| l.1 == ti && l.0 < slots.len())
+            .map(|l| slots[l.0].end + l.2)
+            .fold(preds, f64::max);
+        let t0 =
+            task.plates.iter().map(|&p| cur.plate_ready[p]).fold(preds, f64::max).max(hold[ti]).max(self.not_before);
+        // The later task of a max lag follows its earlier one, not its announcement.
+        let lagged = run.max_lags.iter().any(|&(_, t, _)| t == ti);
+        let anchor = self.anchors.get(ri).and_then(|a| a.get(ti)).copied().flatten().filter(|_| !lagged);
+        let t0 = anchor.map_or(t0, |a| t0.max(a - ANCHOR_SLACK_S));
+        if task.class.is_none() {
+            return Some(Step::Delay(TaskSlot { resource: None, on_arm: false, start: t0, end: t0 + task.duration }));
+        }
+        if LabProblem::is_arm_task(task) {
+            let (arm, s) = self.place_on_arm(st, task.duration, t0)?;
+            return Some(Step::Arm(TaskSlot { resource: Some(arm), on_arm: true, start: s, end: s + task.duration }));
+        }
+        self.candidates(task)
+            .into_iter()
+            .filter_map(|r| self.place_on(st, ri, ti, r, t0, open))
+            .min_by(|a, b| a.plates_back.total_cmp(&b.plates_back).then(a.slot.end.total_cmp(&b.slot.end)))
+            .map(Step::On)
+    }
+
+    /// Books `step` as the next task of `cur`'s run.
+    fn take_step(&self, st: &mut State, sched: &mut LabSchedule, cur: &mut Cursor, step: Step) {
+        let ri = cur.run;
+        let plates = self.runs[ri].tasks.get(cur.slots.len()).map_or(&[][..], |t| &t.plates[..]);
+        match step {
+            Step::Given(slot, back) => {
+                for &p in plates {
+                    cur.plate_ready[p] = cur.plate_ready[p].max(back);
+                }
+                cur.slots.push(slot);
+            }
+            Step::Delay(slot) => cur.slots.push(slot),
+            Step::Arm(slot) => {
+                if let Some(arm) = slot.resource {
+                    st.arms[arm].book(slot.start, slot.end, ri);
+                }
+                for &p in plates {
+                    cur.plate_ready[p] = slot.end;
+                }
+                cur.slots.push(slot);
+            }
+            Step::Leave(d) => {
+                let ti = cur.slots.len() - 1;
+                if let Some((r, from)) = cur.open.take() {
+                    st.res[r].unbook_open(from, ri);
+                    st.res[r].book_keyed(from, d.free_at.max(from + EPS), ri, settings_key(&self.runs[ri].tasks[ti]));
+                }
+                self.book_moves(st, sched, cur, &d.moves, &d.holds);
+                for &p in &self.runs[ri].tasks[ti].plates {
+                    cur.plate_ready[p] = d.back;
+                }
+            }
+            Step::On(pl) => {
+                let key = settings_key(&self.runs[ri].tasks[cur.slots.len()]);
+                if let Some((r, a, b)) = pl.occupancy {
+                    st.res[r].book_keyed(a, b, ri, key);
+                    if pl.open {
+                        cur.open = Some((r, a));
+                    }
+                }
+                self.book_moves(st, sched, cur, &pl.moves, &pl.holds);
+                for &p in plates {
+                    cur.plate_ready[p] = pl.plates_back;
+                }
+                cur.slots.push(pl.slot);
+            }
+        }
+    }
+
+    /// Books a run's moves on their arms and the stations they wait on.
+    fn book_moves(
+        &self,
+        st: &mut State,
+        sched: &mut LabSchedule,
+        cur: &mut Cursor,
+        moves: &[MoveSlot],
+        holds: &[(usize, f64, f64)],
+    ) {
+        for m in moves {
+            st.arms[m.arm].book(m.start, m.end, cur.run);
+        }
+        for &(r, a, b) in holds {
+            st.res[r].book(a, b, cur.run);
+        }
+        cur.added += moves.len();
+        sched.moves.extend_from_slice(moves);
+    }
+
     /// Inserts one run; returns false when a task could not be placed at all.
     fn insert_run(&self, st: &mut State, sched: &mut LabSchedule, ri: usize, hold: &[f64], pre: &Prebooked) -> bool {
-        let run = &self.runs[ri];
-        let mut plate_ready = vec![run.release; run.plates.len()];
-        let mut slots: Vec<TaskSlot> = Vec::with_capacity(run.tasks.len());
-        for (ti, task) in run.tasks.iter().enumerate() {
-            if let Some((slot, back)) = pre.get(&(ri, ti)) {
-                // Under way: booked before any run was inserted.
-                for &p in &task.plates {
-                    plate_ready[p] = plate_ready[p].max(*back);
-                }
-                slots.push(*slot);
-                continue;
-            }
-            let preds = task.after.iter().map(|&a| slots[a].end).fold(run.release, f64::max);
-            // "Wait at least": the later task starts no earlier than the earlier one's end plus the lag.
-            let preds = run
-                .min_lags
-                .iter()
-                .filter(|l| l.1 == ti && l.0 < slots.len())
-                .map(|l| slots[l.0].end + l.2)
-                .fold(preds, f64::max);
-            let t0 =
-                task.plates.iter().map(|&p| plate_ready[p]).fold(preds, f64::max).max(hold[ti]).max(self.not_before);
-            // The later task of a max lag follows its earlier one, not its announcement.
-            let lagged = run.max_lags.iter().any(|&(_, t, _)| t == ti);
-            let anchor = self.anchors.get(ri).and_then(|a| a.get(ti)).copied().flatten().filter(|_| !lagged);
-            let t0 = anchor.map_or(t0, |a| t0.max(a - ANCHOR_SLACK_S));
-            if task.class.is_none() {
-                slots.push(TaskSlot { resource: None, on_arm: false, start: t0, end: t0 + task.duration });
-                continue;
-            }
-            if LabProblem::is_arm_task(task) {
-                let Some((arm, s)) = self.place_on_arm(st, task.duration, t0) else { return false };
-                st.arms[arm].book(s, s + task.duration, ri);
-                slots.push(TaskSlot { resource: Some(arm), on_arm: true, start: s, end: s + task.duration });
-                for &p in &task.plates {
-                    plate_ready[p] = s + task.duration;
-                }
-                continue;
-            }
-            let best = self
-                .candidates(task)
-                .into_iter()
-                .filter_map(|r| self.place_on(st, ri, ti, r, t0))
-                .min_by(|a, b| a.plates_back.total_cmp(&b.plates_back).then(a.slot.end.total_cmp(&b.slot.end)));
-            let Some(pl) = best else { return false };
-            if let Some((r, a, b)) = pl.occupancy {
-                st.res[r].book_keyed(a, b, ri, settings_key(task));
-            }
-            for m in &pl.moves {
-                st.arms[m.arm].book(m.start, m.end, ri);
-            }
-            for &(r, a, b) in &pl.holds {
-                st.res[r].book(a, b, ri);
-            }
-            for &p in &task.plates {
-                plate_ready[p] = pl.plates_back;
-            }
-            sched.moves.extend(pl.moves);
-            slots.push(pl.slot);
+        let mut cur = Cursor::new(&self.runs[ri], ri);
+        while cur.slots.len() < self.runs[ri].tasks.len() {
+            let Some(step) = self.next_step(st, &cur, hold, pre, false) else { return false };
+            self.take_step(st, sched, &mut cur, step);
         }
-        sched.tasks[ri] = slots;
+        sched.tasks[ri] = cur.slots;
         true
     }
 
-    /// Builds a schedule inserting runs in `order`. Runs whose lags cannot be met after some
-    /// retries keep their best attempt; the validator reports what remains.
-    pub fn build(&self, order: &[usize]) -> Option<LabSchedule> {
+    /// The worst broken max lag of a run as scheduled: (earlier task, excess).
+    fn worst_lag(&self, ri: usize, slots: &[TaskSlot]) -> Option<(usize, f64)> {
+        self.runs[ri]
+            .max_lags
+            .iter()
+            .map(|&(f, t, max)| (f, slots[t].start - slots[f].end - max))
+            .filter(|x| x.1 > EPS)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Inserts one run on its own, and while a max lag comes out broken, takes it out and inserts
+    /// it again with the earlier task held back by the excess (lag-linked tasks as one block).
+    fn insert_with_lags(&self, st: &mut State, sched: &mut LabSchedule, ri: usize, pre: &Prebooked) -> bool {
+        let mut hold = vec![0.0; self.runs[ri].tasks.len()];
+        for attempt in 0..=24 {
+            let mark = sched.moves.len();
+            if !self.insert_run(st, sched, ri, &hold, pre) {
+                return false;
+            }
+            match self.worst_lag(ri, &sched.tasks[ri]) {
+                Some((f, excess)) if attempt < 24 => {
+                    // Hold the earlier task back so the later one follows it in time.
+                    hold[f] = sched.tasks[ri][f].start + excess;
+                    st.unbook(ri);
+                    sched.moves.truncate(mark);
+                    // Pinned tasks keep their bookings: put them back.
+                    self.rebook_pins(st, sched, ri);
+                }
+                _ => break,
+            }
+        }
+        true
+    }
+
+    /// Empty bookings with every pinned task booked, and the order runs go in: a run whose lag
+    /// clock is already ticking (the earlier task under way, the later one not) goes first,
+    /// earliest deadline first, since nothing else can give it back the time.
+    fn start_build(&self, order: &[usize]) -> (State, LabSchedule, Prebooked, Vec<usize>, usize) {
         let mut st = State {
             res: vec![Timeline::default(); self.resources.len()],
             arms: vec![Timeline::default(); self.arms.len()],
         };
         let mut sched = LabSchedule { tasks: vec![Vec::new(); self.runs.len()], moves: Vec::new() };
         let pre = self.prebook(&mut st, &mut sched);
-        // A run whose lag clock is already ticking (the earlier task under way, the later one
-        // not) goes first: nothing else can give it back the time.
-        // Among those, the one whose deadline comes first.
         let deadline = |ri: usize| {
             self.runs[ri]
                 .max_lags
@@ -450,37 +647,95 @@ impl LabProblem {
         };
         let mut ticking: Vec<(f64, usize)> = order.iter().filter_map(|&r| deadline(r).map(|d| (d, r))).collect();
         ticking.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let first = ticking.len();
         let order: Vec<usize> =
             ticking.iter().map(|x| x.1).chain(order.iter().copied().filter(|&r| deadline(r).is_none())).collect();
+        (st, sched, pre, order, first)
+    }
+
+    /// Builds a schedule inserting runs in `order`, one whole run after another. Runs whose lags
+    /// cannot be met after some retries keep their best attempt; the validator reports what
+    /// remains.
+    pub fn build(&self, order: &[usize]) -> Option<LabSchedule> {
+        let (mut st, mut sched, pre, order, _) = self.start_build(order);
         for &ri in &order {
-            let run = &self.runs[ri];
-            let mut hold = vec![0.0; run.tasks.len()];
-            for attempt in 0..=24 {
-                let mark = sched.moves.len();
-                if !self.insert_run(&mut st, &mut sched, ri, &hold, &pre) {
-                    return None;
-                }
-                let slots = &sched.tasks[ri];
-                let worst = run
-                    .max_lags
-                    .iter()
-                    .map(|&(f, t, max)| (f, slots[t].start - slots[f].end - max))
-                    .filter(|x| x.1 > EPS)
-                    .max_by(|a, b| a.1.total_cmp(&b.1));
-                match worst {
-                    Some((f, excess)) if attempt < 24 => {
-                        // Hold the earlier task back so the later one follows it in time.
-                        hold[f] = slots[f].start + excess;
-                        st.unbook(ri);
-                        sched.moves.truncate(mark);
-                        // Pinned tasks keep their bookings: put them back.
-                        self.rebook_pins(&mut st, &sched, ri);
-                    }
-                    _ => break,
-                }
+            if !self.insert_with_lags(&mut st, &mut sched, ri, &pre) {
+                return None;
             }
         }
         Some(sched)
+    }
+
+    /// Builds a schedule with `window` runs in progress at a time: the next task placed is the
+    /// one, among the next tasks of those runs, whose first arm move (or start) comes earliest,
+    /// and a finished run makes room for the next in `order`. Interleaving runs task by task keeps
+    /// an arm busy where whole runs one after another leave it gaps too short for a move. A run
+    /// that comes out with a broken max lag is taken out and inserted again on its own, as
+    /// [`LabProblem::build`] does. `window` 1 is [`LabProblem::build`].
+    pub fn build_interleaved(&self, order: &[usize], window: usize) -> Option<LabSchedule> {
+        if window <= 1 {
+            return self.build(order);
+        }
+        let (mut st, mut sched, pre, order, ticking) = self.start_build(order);
+        for &ri in &order[..ticking] {
+            if !self.insert_with_lags(&mut st, &mut sched, ri, &pre) {
+                return None;
+            }
+        }
+        let mut queue = order[ticking..].iter();
+        let mut active: Vec<Cursor> = Vec::with_capacity(window);
+        let zeros: Vec<f64> = vec![0.0; self.runs.iter().map(|r| r.tasks.len()).max().unwrap_or(0)];
+        loop {
+            while active.len() < window {
+                match queue.next() {
+                    Some(&ri) if self.runs[ri].tasks.is_empty() => sched.tasks[ri] = Vec::new(),
+                    Some(&ri) => active.push(Cursor::new(&self.runs[ri], ri)),
+                    None => break,
+                }
+            }
+            if active.is_empty() {
+                return Some(sched);
+            }
+            // A run whose next task waits on an instrument another run holds open has no step
+            // now; one that holds an instrument open always has (its plates can go home), so
+            // only a task that cannot be placed at all leaves every run without one.
+            let mut best: Option<(f64, usize, Step)> = None;
+            for (i, cur) in active.iter().enumerate() {
+                let Some(step) = self.next_step(&st, cur, &zeros, &pre, true) else { continue };
+                let key = step.first_use();
+                if best.as_ref().is_none_or(|b| key < b.0 - EPS) {
+                    best = Some((key, i, step));
+                }
+            }
+            let (_, i, step) = best?;
+            self.take_step(&mut st, &mut sched, &mut active[i], step);
+            let ri = active[i].run;
+            if active[i].slots.len() < self.runs[ri].tasks.len() || active[i].open.is_some() {
+                continue;
+            }
+            let cur = active.remove(i);
+            if self.worst_lag(ri, &cur.slots).is_none() {
+                sched.tasks[ri] = cur.slots;
+                continue;
+            }
+            // Undo this run (its moves are the last `added` of its run's in the list) and insert
+            // it on its own, holding back what breaks its lag.
+            st.unbook(ri);
+            let mut drop = cur.added;
+            for k in (0..sched.moves.len()).rev() {
+                if drop == 0 {
+                    break;
+                }
+                if sched.moves[k].run == ri {
+                    sched.moves.remove(k);
+                    drop -= 1;
+                }
+            }
+            self.rebook_pins(&mut st, &sched, ri);
+            if !self.insert_with_lags(&mut st, &mut sched, ri, &pre) {
+                return None;
+            }
+        }
     }
 
     /// Whether plate `p` of pinned task `ti` stays where it is for a later pinned task of its
@@ -668,15 +923,22 @@ pub struct LabBudget {
 pub struct LabOutcome {
     pub schedule: LabSchedule,
     pub order: Vec<usize>,
+    /// Runs in progress at a time while building ([`LabProblem::build_interleaved`]).
+    pub window: usize,
     pub first_makespan: f64,
     pub time_to_first: Duration,
     pub iterations: u64,
 }
 
-/// Builds a first schedule, then improves the insertion order within the budget.
+/// The most runs the search interleaves at a time.
+pub const MAX_WINDOW: usize = 4;
+
+/// Builds a first schedule, then improves the insertion order (and how many runs are built
+/// interleaved) within the budget.
 pub fn solve(p: &LabProblem, budget: LabBudget, seed: u64) -> Option<LabOutcome> {
     let t0 = Instant::now();
     let mut order = p.default_order();
+    let mut window = 1;
     let mut best = p.build(&order)?;
     let time_to_first = t0.elapsed();
     let first_makespan = best.makespan();
@@ -689,7 +951,13 @@ pub fn solve(p: &LabProblem, budget: LabBudget, seed: u64) -> Option<LabOutcome>
     while n > 1 && !done(it) && best_cost.0 > lb + EPS {
         it += 1;
         let mut cand = order.clone();
-        if rng.below(2) == 0 {
+        let mut w = window;
+        if it < MAX_WINDOW as u64 {
+            // First, each window on the default order.
+            w = it as usize + 1;
+        } else if rng.below(8) == 0 {
+            w = 1 + rng.below(MAX_WINDOW);
+        } else if rng.below(2) == 0 {
             let (i, j) = (rng.below(n), rng.below(n));
             cand.swap(i, j);
         } else {
@@ -697,14 +965,15 @@ pub fn solve(p: &LabProblem, budget: LabBudget, seed: u64) -> Option<LabOutcome>
             let r = cand.remove(i);
             cand.insert(rng.below(n), r);
         }
-        if let Some(s) = p.build(&cand) {
+        if let Some(s) = p.build_interleaved(&cand, w) {
             let c = p.cost(&s);
             if c.0 < best_cost.0 - EPS || (c.0 <= best_cost.0 + EPS && c.1 < best_cost.1 - EPS) {
                 best = s;
                 best_cost = c;
                 order = cand;
+                window = w;
             }
         }
     }
-    Some(LabOutcome { schedule: best, order, first_makespan, time_to_first, iterations: it })
+    Some(LabOutcome { schedule: best, order, window, first_makespan, time_to_first, iterations: it })
 }

@@ -26,6 +26,8 @@ pub struct TraceConfig {
     pub failures: usize,
     /// Validate every repaired plan (slower; the tests do, the benchmark does not).
     pub validate: bool,
+    /// Runs built interleaved at a time in every repair; `None`: what the first search chose.
+    pub window: Option<usize>,
 }
 
 impl TraceConfig {
@@ -39,6 +41,7 @@ impl TraceConfig {
             arrival_gap_s: 660.0,
             failures: 2,
             validate: true,
+            window: None,
         }
     }
 }
@@ -51,6 +54,8 @@ pub struct TraceStats {
     pub moved: usize,
     /// Time of every repair, with the number of tasks not yet started at that moment.
     pub repairs: Vec<(Duration, usize)>,
+    /// Runs built interleaved at a time, at the end.
+    pub window: usize,
 }
 
 /// Runs one trace to the end. Errors name the seed, the event and the first violations.
@@ -79,6 +84,9 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
     failures.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut planner =
         Planner::new(base, LabBudget { time: None, iterations: Some(3) }, seed).map_err(|e| e.to_string())?;
+    if let Some(w) = cfg.window {
+        planner.set_window(w);
+    }
     let mut started: Vec<Vec<Option<f64>>> = planner.problem.runs.iter().map(|r| vec![None; r.tasks.len()]).collect();
     let mut finished: Vec<Vec<bool>> = planner.problem.runs.iter().map(|r| vec![false; r.tasks.len()]).collect();
     let mut overrun_told: Vec<Vec<bool>> = finished.clone();
@@ -177,5 +185,6 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
     if !all_done {
         return Err(format!("seed {seed}: deadlock or runaway: not every task finished after {} events", stats.events));
     }
+    stats.window = planner.window();
     Ok(stats)
 }

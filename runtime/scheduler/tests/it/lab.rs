@@ -307,8 +307,16 @@ fn dynamic_traces_stay_valid_and_finish() {
     let n: u64 = std::env::var("LAB_TRACES").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
     let first: u64 = std::env::var("LAB_TRACE_FROM").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     for seed in first..first + n {
-        let stats = run_trace(&site, &TraceConfig::small(seed)).unwrap();
+        // Every other trace repairs with runs built interleaved, whatever the first search chose.
+        let mut cfg = TraceConfig::small(seed);
+        if seed % 2 == 1 {
+            cfg.window = Some(scheduler::lab::solve::MAX_WINDOW);
+        }
+        let stats = run_trace(&site, &cfg).unwrap();
         assert!(stats.events > 100, "seed {seed}: only {} events", stats.events);
+        if seed % 2 == 1 {
+            assert_eq!(stats.window, scheduler::lab::solve::MAX_WINDOW, "seed {seed}: fell back to whole runs");
+        }
     }
 }
 
