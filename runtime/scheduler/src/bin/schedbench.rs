@@ -19,9 +19,10 @@ struct Args {
     emit_instance: Option<String>,
     threads: usize,
     fair: bool,
+    max_window: usize,
 }
 
-const USAGE: &str = "usage: schedbench --format jsplib|fjsp|lab FILE... [--time-limit SECS] [--iterations N] [--seed N] [--threads N] [--emit-schedule FILE] [--emit-instance FILE] [--fair]\n  --fair (lab) after the makespan search, minimise the worst tenant slowdown within 3 % of that makespan\n  --emit-instance FILE (lab) writes the generated instances as JSON, for other solvers (scripts/cpsat_lab.py)\n  --threads N solves N instances at once (each search is single-threaded)\n  lab instances are generated: FILE is SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]], SIZE one of S, M, L, XL (about 50/300/650/2000 tasks) or a number;\n  arm-SIZE: one arm and short plate tasks, all released at once (arm-bound)";
+const USAGE: &str = "usage: schedbench --format jsplib|fjsp|lab FILE... [--time-limit SECS] [--iterations N] [--seed N] [--threads N] [--emit-schedule FILE] [--emit-instance FILE] [--fair] [--max-window N]\n  --max-window N (lab) interleave at most N runs at a time while building (default 4; 1: whole runs one after another)\n  --fair (lab) after the makespan search, minimise the worst tenant slowdown within 3 % of that makespan\n  --emit-instance FILE (lab) writes the generated instances as JSON, for other solvers (scripts/cpsat_lab.py)\n  --threads N solves N instances at once (each search is single-threaded)\n  lab instances are generated: FILE is SIZE[:SEED[:TENANTS[:RELEASE_SPREAD_HOURS]]], SIZE one of S, M, L, XL (about 50/300/650/2000 tasks) or a number;\n  arm-SIZE: one arm and short plate tasks, all released at once (arm-bound)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -34,6 +35,7 @@ fn parse_args() -> Result<Args, String> {
         emit_instance: None,
         threads: 1,
         fair: false,
+        max_window: scheduler::lab::solve::MAX_WINDOW,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -50,6 +52,13 @@ fn parse_args() -> Result<Args, String> {
             "--emit-schedule" => a.emit = Some(val("--emit-schedule")?),
             "--emit-instance" => a.emit_instance = Some(val("--emit-instance")?),
             "--fair" => a.fair = true,
+            "--max-window" => {
+                a.max_window = val("--max-window")?
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| (1..=64).contains(&n))
+                    .ok_or("--max-window takes a number from 1 to 64")?
+            }
             "--threads" => {
                 a.threads = val("--threads")?
                     .parse()
@@ -252,7 +261,7 @@ fn lab(args: &Args) -> ExitCode {
                 f.outcome
             })
         } else {
-            solve::solve(&p, budget, args.seed)
+            solve::solve_with_window(&p, budget, args.seed, args.max_window)
         };
         let Some(out) = out else {
             eprintln!("error: {spec}: no schedule could be built");
@@ -280,7 +289,7 @@ fn lab(args: &Args) -> ExitCode {
         });
         let bounds: Vec<String> = p.lower_bounds().iter().map(|(n, v)| format!("\"{n}\":{v:.0}")).collect();
         println!(
-            "{{\"instance\":\"{label}\",\"runs\":{},\"tasks\":{n_tasks},\"makespan\":{ms:.0},\"lower_bound\":{:.0},\"valid\":{},\"first_makespan\":{:.0},\"seconds_to_first\":{:.6},\"seconds\":{:.3},\"iterations\":{},\"arm_busy\":{:?},\"fairness\":{fairness},\"fair_search\":{fair_json},\"bounds\":{{{}}}}}",
+            "{{\"instance\":\"{label}\",\"runs\":{},\"tasks\":{n_tasks},\"makespan\":{ms:.0},\"lower_bound\":{:.0},\"valid\":{},\"first_makespan\":{:.0},\"seconds_to_first\":{:.6},\"seconds\":{:.3},\"iterations\":{},\"window\":{},\"arm_busy\":{:?},\"fairness\":{fairness},\"fair_search\":{fair_json},\"bounds\":{{{}}}}}",
             p.runs.len(),
             p.lower_bound(),
             violations.is_empty(),
@@ -288,6 +297,7 @@ fn lab(args: &Args) -> ExitCode {
             out.time_to_first.as_secs_f64(),
             total.as_secs_f64(),
             out.iterations,
+            out.window,
             arm_busy.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
             bounds.join(",")
         );

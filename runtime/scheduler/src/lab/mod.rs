@@ -470,6 +470,15 @@ impl LabProblem {
         leg(self.storage, n) + leg(n, self.storage)
     }
 
+    /// The quickest move any arm makes from `r`'s nest (0 without a nest).
+    fn shortest_move_away(&self, r: usize) -> f64 {
+        let Some(n) = self.resources[r].nest else { return 0.0 };
+        self.arms
+            .iter()
+            .flat_map(|a| a.moves.iter().filter(|m| m.0 .0 == n).map(|m| *m.1))
+            .fold(f64::INFINITY, f64::min)
+    }
+
     fn min_transfer(&self, run: &Run, f: usize, t: usize) -> f64 {
         let shares = run.tasks[f].plates.iter().any(|p| run.tasks[t].plates.contains(p));
         if !shares {
@@ -508,7 +517,14 @@ impl LabProblem {
                 // The task itself plus bringing its plates in and out.
                 finish[i] = start + t.duration + trip;
                 if let Some(c) = t.class {
-                    *load.entry(c).or_insert(0.0) += t.duration;
+                    // An instrument stays taken until the first move away from its nest has
+                    // ended, so each task holds a unit that much longer than it runs.
+                    let away = if t.plates.is_empty() {
+                        0.0
+                    } else {
+                        cands.iter().map(|&r| self.shortest_move_away(r)).fold(f64::INFINITY, f64::min)
+                    };
+                    *load.entry(c).or_insert(0.0) += t.duration + if away.is_finite() { away } else { 0.0 };
                 }
                 arm_work += trip;
             }

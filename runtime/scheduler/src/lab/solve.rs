@@ -71,6 +71,11 @@ struct Timeline {
     busy: Vec<(f64, f64, usize, u64)>,
     /// Longest interval ever booked: how far back from a query an overlapping one can start.
     max_len: f64,
+    /// The latest end of any interval in `busy`.
+    latest_end: f64,
+    /// Open-ended bookings (start, run, settings key): an instrument held until its plates' way
+    /// home is booked. Kept apart so they do not make every query scan from the beginning.
+    open: Vec<(f64, usize, u64)>,
 }
 
 impl Timeline {
@@ -79,18 +84,33 @@ impl Timeline {
     }
 
     fn book_keyed(&mut self, a: f64, b: f64, run: usize, key: u64) {
+        if b.is_infinite() {
+            self.open.push((a, run, key));
+            return;
+        }
         let i = self.busy.partition_point(|x| x.0 <= a);
         self.busy.insert(i, (a, b, run, key));
         self.max_len = self.max_len.max(b - a);
+        self.latest_end = self.latest_end.max(b);
     }
 
-    /// Removes the open-ended booking of `run` from `from` (an instrument held until its
-    /// plates' way home is booked).
+    /// Removes the open-ended booking of `run` from `from`.
     fn unbook_open(&mut self, from: f64, run: usize) {
-        if let Some(i) = self.busy.iter().position(|x| x.2 == run && x.0 == from && x.1.is_infinite()) {
-            self.busy.remove(i);
-            self.max_len = self.busy.iter().map(|x| x.1 - x.0).fold(0.0, f64::max);
+        if let Some(i) = self.open.iter().position(|x| x.1 == run && x.0 == from) {
+            self.open.remove(i);
         }
+    }
+
+    /// Removes every booking of `run`.
+    fn unbook(&mut self, run: usize) {
+        self.busy.retain(|x| x.2 != run);
+        self.open.retain(|x| x.1 != run);
+        self.latest_end = self.busy.iter().map(|x| x.1).fold(0.0, f64::max);
+    }
+
+    /// Whether nothing is booked at or after `t`.
+    fn free_from(&self, t: f64) -> bool {
+        self.open.is_empty() && self.latest_end <= t + EPS
     }
 
     /// Earliest `t >= from` where `[t, t + len)` overlaps no interval (capacity-1 resources), so
@@ -106,6 +126,9 @@ impl Timeline {
                 t = x.1;
             }
         }
+        if self.open.iter().any(|o| o.0 < t + len - EPS) {
+            return f64::INFINITY;
+        }
         t
     }
 
@@ -119,9 +142,10 @@ impl Timeline {
     fn conflict_keyed(&self, a: f64, b: f64, cap: u32, key: u64) -> Option<f64> {
         let hi = self.busy.partition_point(|x| x.0 < b - EPS);
         let lo = self.busy[..hi].partition_point(|x| x.0 < a - self.max_len - EPS);
-        let mut overlapping: Vec<&(f64, f64, usize, u64)> = Vec::new();
+        let mut overlapping: Vec<(f64, f64, usize, u64)> = Vec::new();
         let mut other_settings: Option<f64> = None;
-        for x in &self.busy[lo..hi] {
+        let open = self.open.iter().filter(|o| o.0 < b - EPS).map(|o| (o.0, f64::INFINITY, o.1, o.2));
+        for x in self.busy[lo..hi].iter().copied().chain(open) {
             if x.1 > a + EPS {
                 if x.3 != key {
                     other_settings = Some(other_settings.map_or(x.1, |e: f64| e.min(x.1)));
@@ -167,7 +191,7 @@ struct State {
 impl State {
     fn unbook(&mut self, run: usize) {
         for t in self.res.iter_mut().chain(self.arms.iter_mut()) {
-            t.busy.retain(|x| x.2 != run);
+            t.unbook(run);
         }
     }
 }
@@ -436,7 +460,7 @@ impl LabProblem {
                         && res.capacity == 1
                         && self.down[r].is_empty()
                         && self.reservations[r].is_empty()
-                        && st.res[r].busy.iter().all(|x| x.1 <= a + EPS);
+                        && st.res[r].free_from(a);
                     if open {
                         moves.truncate(moves_in);
                         holds.truncate(holds_in);
@@ -936,7 +960,22 @@ pub const MAX_WINDOW: usize = 4;
 /// Builds a first schedule, then improves the insertion order (and how many runs are built
 /// interleaved) within the budget.
 pub fn solve(p: &LabProblem, budget: LabBudget, seed: u64) -> Option<LabOutcome> {
+    solve_with_window(p, budget, seed, MAX_WINDOW)
+}
+
+/// How close the arm-moves bound must come to the best lower bound for the search to build runs
+/// interleaved: that is where interleaving pays (the arm is the bottleneck); elsewhere its slower
+/// builds cost the order search more iterations than they win.
+pub const ARM_BOUND_SHARE: f64 = 0.8;
+
+/// As [`solve`], interleaving at most `max_window` runs at a time (1: whole runs only), and
+/// only when the arms are the bottleneck ([`ARM_BOUND_SHARE`]).
+pub fn solve_with_window(p: &LabProblem, budget: LabBudget, seed: u64, max_window: usize) -> Option<LabOutcome> {
     let t0 = Instant::now();
+    let bounds = p.lower_bounds();
+    let best_bound = bounds.iter().map(|b| b.1).fold(0.0, f64::max);
+    let arm_bound = bounds.iter().find(|b| b.0 == "arm moves").map_or(0.0, |b| b.1);
+    let max_window = if arm_bound >= ARM_BOUND_SHARE * best_bound { max_window.max(1) } else { 1 };
     let mut order = p.default_order();
     let mut window = 1;
     let mut best = p.build(&order)?;
@@ -952,11 +991,11 @@ pub fn solve(p: &LabProblem, budget: LabBudget, seed: u64) -> Option<LabOutcome>
         it += 1;
         let mut cand = order.clone();
         let mut w = window;
-        if it < MAX_WINDOW as u64 {
+        if it < max_window as u64 {
             // First, each window on the default order.
             w = it as usize + 1;
-        } else if rng.below(8) == 0 {
-            w = 1 + rng.below(MAX_WINDOW);
+        } else if max_window > 1 && rng.below(8) == 0 {
+            w = 1 + rng.below(max_window);
         } else if rng.below(2) == 0 {
             let (i, j) = (rng.below(n), rng.below(n));
             cand.swap(i, j);

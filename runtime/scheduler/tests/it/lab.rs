@@ -374,6 +374,28 @@ fn arm_bound_instances_schedule_validly() {
     assert!(s.makespan() >= bound - 1e-6);
 }
 
+/// Runs built interleaved keep a saturated arm busy where whole runs one after another leave it
+/// gaps too short for a move; and the search picks interleaving there.
+#[test]
+fn interleaved_runs_keep_a_saturated_arm_busy() {
+    use scheduler::lab::check::validate;
+    use scheduler::lab::generate::generate_arm_bound;
+    use scheduler::lab::solve::{solve, LabBudget, LabSchedule};
+    let site = labware::Site::sim().unwrap();
+    let p = generate_arm_bound(&site, 300, 1).unwrap();
+    let busy = |s: &LabSchedule| s.moves.iter().map(|m| m.end - m.start).sum::<f64>() / s.makespan();
+    let whole = p.build(&p.default_order()).unwrap();
+    for window in 2..=4 {
+        let s = p.build_interleaved(&p.default_order(), window).unwrap();
+        assert_eq!(validate(&p, &s), vec![], "window {window}");
+        eprintln!("window {window}: arm busy {:.3} (whole runs {:.3})", busy(&s), busy(&whole));
+        assert!(busy(&s) > busy(&whole), "window {window}");
+    }
+    let out = solve(&p, LabBudget { time: None, iterations: Some(20) }, 1).unwrap();
+    assert!(out.window > 1);
+    assert!(busy(&out.schedule) >= 0.9, "arm busy {:.3}", busy(&out.schedule));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
 
