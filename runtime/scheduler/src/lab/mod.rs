@@ -632,7 +632,11 @@ impl LabProblem {
     /// How much each tenant waited because others share the lab: per run, turnaround in this
     /// schedule divided by its turnaround alone on the empty lab.
     pub fn fairness(&self, s: &solve::LabSchedule) -> Fairness {
-        let solo = self.solo_turnarounds();
+        self.fairness_against(s, &self.solo_turnarounds())
+    }
+
+    /// As [`LabProblem::fairness`], with each run's turnaround alone already known.
+    pub fn fairness_against(&self, s: &solve::LabSchedule, solo: &[f64]) -> Fairness {
         let mut per_tenant: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for (ri, run) in self.runs.iter().enumerate() {
             let shared = s.completion(ri) - run.release;
