@@ -470,7 +470,9 @@ impl LabProblem {
                         moves,
                         holds,
                         occupancy: Some((r, a, if open { f64::INFINITY } else { b })),
-                        plates_back: if open { f64::INFINITY } else { back },
+                        // Held open, the plates are home when the way home is booked; until
+                        // then `back` (as if booked now) ranks the candidates.
+                        plates_back: back,
                         open,
                     });
                 }
@@ -742,8 +744,9 @@ impl LabProblem {
                 sched.tasks[ri] = cur.slots;
                 continue;
             }
-            // Undo this run (its moves are the last `added` of its run's in the list) and insert
-            // it on its own, holding back what breaks its lag.
+            // Undo this run and insert it on its own, holding back what breaks its lag. The moves
+            // it added are the last `added` of its moves in the list (any before them are its
+            // pinned tasks', booked again by `rebook_pins`).
             st.unbook(ri);
             let mut drop = cur.added;
             for k in (0..sched.moves.len()).rev() {
@@ -972,17 +975,16 @@ pub const ARM_BOUND_SHARE: f64 = 0.8;
 /// only when the arms are the bottleneck ([`ARM_BOUND_SHARE`]).
 pub fn solve_with_window(p: &LabProblem, budget: LabBudget, seed: u64, max_window: usize) -> Option<LabOutcome> {
     let t0 = Instant::now();
-    let bounds = p.lower_bounds();
-    let best_bound = bounds.iter().map(|b| b.1).fold(0.0, f64::max);
-    let arm_bound = bounds.iter().find(|b| b.0 == "arm moves").map_or(0.0, |b| b.1);
-    let max_window = if arm_bound >= ARM_BOUND_SHARE * best_bound { max_window.max(1) } else { 1 };
     let mut order = p.default_order();
     let mut window = 1;
     let mut best = p.build(&order)?;
     let time_to_first = t0.elapsed();
     let first_makespan = best.makespan();
     let mut best_cost = p.cost(&best);
-    let lb = p.lower_bound();
+    let bounds = p.lower_bounds();
+    let lb = bounds.iter().map(|b| b.1).fold(0.0, f64::max);
+    let arm_bound = bounds.iter().find(|b| b.0 == "arm moves").map_or(0.0, |b| b.1);
+    let max_window = if arm_bound >= ARM_BOUND_SHARE * lb { max_window.max(1) } else { 1 };
     let mut rng = Rng::new(seed);
     let mut it = 0;
     let n = order.len();

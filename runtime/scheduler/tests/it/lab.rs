@@ -353,8 +353,11 @@ fn the_fair_search_trades_at_most_three_percent_of_makespan() {
     let f = solve_fair(&p, LabBudget { time: None, iterations: Some(200) }, 1, 0.03).unwrap();
     assert_eq!(validate(&p, &f.outcome.schedule), vec![]);
     assert!(f.outcome.schedule.makespan() <= f.makespan_first * 1.03 + 1e-6);
-    assert!(f.slowdown <= f.slowdown_makespan_first + 1e-9);
+    // Service in proportion to the weights, and the worst tenant within 1.5x of the reference.
+    let jain = p.fairness(&f.outcome.schedule).jain;
+    assert!(jain >= scheduler::lab::fair::JAIN_FLOOR, "Jain {jain:.3}");
     assert!(f.slowdown_reference > 0.0);
+    assert!(f.slowdown <= 1.5 * f.slowdown_reference, "{} vs reference {}", f.slowdown, f.slowdown_reference);
     // The reference order is a permutation of the runs.
     let mut o = p.fair_order(&p.solo_turnarounds());
     o.sort_unstable();
