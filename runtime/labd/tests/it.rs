@@ -1191,7 +1191,20 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
         assert!(twice.is_empty(), "{}: commands not safe to repeat sent twice: {twice:?}", r.id);
         // Plate moves have no command index: at most as many as the reference made.
         let moves = attempts.iter().filter(|a| a.intent.task_id < 0).count();
-        assert!(moves <= ref_moves, "{}: {moves} plate moves, the reference made {ref_moves}", r.id);
+        let listed: Vec<String> = attempts
+            .iter()
+            .filter(|a| a.intent.task_id < 0)
+            .map(|a| format!("{} {} -> {:?} {:?}", a.intent.instrument, a.intent.op_json, a.outcome, a.error))
+            .collect();
+        let why = store.events(None, &r.id, 0).unwrap().iter().map(|e| format!("{e:?}")).collect::<Vec<_>>();
+        assert!(
+            moves <= ref_moves,
+            "{} ({:?}): {moves} plate moves, the reference made {ref_moves}:\n{}\nevents:\n{}",
+            r.id,
+            r.state,
+            listed.join("\n"),
+            why.join("\n")
+        );
         match r.state {
             RunState::Succeeded => {
                 succeeded += 1;

@@ -231,10 +231,15 @@ impl Planner {
                     pin.end = at.min(now).min(left).max(pin.start);
                 } else {
                     let at = at.min(now).max(pin.start);
-                    if at > pin.end {
-                        pin.outbound.clear(); // planned to leave before it ended: it did not
-                    }
-                    pin.end = at;
+                    // It ended after its plates were planned to leave. The executor starts a move
+                    // home as soon as the task ends once its planned time has passed, so by now
+                    // that move may be under way: it stays as planned (a move is known by its
+                    // planned start; planned again, it would be sent twice) and the end is capped
+                    // at its start, as above.
+                    pin.end = match pin.outbound.iter().map(|m| m.start).reduce(f64::min) {
+                        Some(left) if at > pin.end => at.min(left).max(pin.start),
+                        _ => at,
+                    };
                 }
             }
             Event::TaskOverrun { run, task, expected_end } => {

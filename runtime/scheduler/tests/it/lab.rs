@@ -506,12 +506,65 @@ fn an_overrunning_task_that_finishes_is_replanned_from_its_real_end() {
                 "run {run}, finished {finish_after} s after: {:?}",
                 &broken[..broken.len().min(3)]
             );
-            let next = planner.schedule.moves.iter().filter(|m| m.run == run && m.start >= finished - 1e-6);
-            assert!(next.count() > 0, "run {run}: its plate does not move on");
+            // Its plate leaves the instrument after the task's end: at once if the move home
+            // had not been due yet, else on the move that was due (kept as planned).
+            let (end, at) = (planner.schedule.tasks[run][0].end, planner.schedule.tasks[run][0].resource);
+            let nest = at.and_then(|r| planner.problem.resources[r].nest);
+            let leaves = planner.schedule.moves.iter().filter(|m| m.run == run && Some(m.from) == nest);
+            assert!(leaves.filter(|m| m.start >= end - 1e-6).count() > 0, "run {run}: its plate does not move on");
             checked += 1;
         }
     }
     assert_eq!(checked, 6, "not enough travelling tasks");
+}
+
+/// A task that overran past even its re-planned end: when it finishes, the move home that was
+/// due is under way at once (the executor starts it as soon as the task ends), so the repair
+/// keeps that move at its planned start, which is how the executor knows a move, instead of
+/// planning another one it would send as well. Found by the crash-loop test: a plate taken
+/// home twice.
+#[test]
+fn a_move_home_already_due_when_a_late_task_finishes_is_kept_not_sent_again() {
+    use scheduler::lab::check::validate;
+    use scheduler::lab::replan::Event;
+    let site = labware::Site::sim().unwrap();
+    let p = scheduler::lab::generate::generate(&site, 50, 2, 0.0, 7).unwrap();
+    let zero = std::time::Duration::ZERO;
+    let mut planner = executor_planner(p);
+    let mut checked = 0;
+    for run in first_tasks_that_travel(&planner).into_iter().take(3) {
+        planner.pin_task(run, 0);
+        let now = planner.schedule.tasks[run][0].end + 40.0;
+        planner.handle(now, Event::TaskOverrun { run, task: 0, expected_end: now + 600.0 }, zero).unwrap();
+        let end = planner.schedule.tasks[run][0].end;
+        let nest = planner.schedule.tasks[run][0].resource.and_then(|r| planner.problem.resources[r].nest);
+        let leaving = |planner: &scheduler::lab::replan::Planner| {
+            let mut v: Vec<f64> = planner
+                .schedule
+                .moves
+                .iter()
+                .filter(|m| m.run == run && Some(m.from) == nest)
+                .map(|m| m.start)
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let before = leaving(&planner);
+        let due = *before.iter().find(|&&t| t >= end - 1e-6).expect("a move home");
+        // Finishes 100 s after the re-planned end: the move home was due before.
+        let finished = end + 100.0;
+        planner.handle(finished, Event::TaskFinished { run, task: 0, at: finished }, zero).unwrap();
+        let broken = validate(&planner.problem, &planner.schedule);
+        assert!(broken.is_empty(), "run {run}: {:?}", &broken[..broken.len().min(3)]);
+        let after = leaving(&planner);
+        assert!(
+            after.iter().any(|t| t.to_bits() == due.to_bits()),
+            "run {run}: the move home due at {due} was planned again: {after:?}"
+        );
+        assert_eq!(after.len(), before.len(), "run {run}: no second move home");
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "not enough travelling tasks");
 }
 
 /// The executor hears that a task finished after its plate has already left for the next task
