@@ -470,9 +470,12 @@ impl LabProblem {
                         moves,
                         holds,
                         occupancy: Some((r, a, if open { f64::INFINITY } else { b })),
-                        // Held open, the plates are home when the way home is booked; until
-                        // then `back` (as if booked now) ranks the candidates.
-                        plates_back: back,
+                        // Held open, the plates are home when their way home is booked: not
+                        // known yet, so such a candidate ranks after any whose plates have a
+                        // time home, and among themselves by the task's end. (Ranked by the
+                        // way home as if booked now instead, repairs moved four times as many
+                        // announced starts in the benchmark's trace, 92,368 against 22,330.)
+                        plates_back: if open { f64::INFINITY } else { back },
                         open,
                     });
                 }
