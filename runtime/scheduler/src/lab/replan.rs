@@ -221,26 +221,16 @@ impl Planner {
                 pin.outbound.clear();
             }
             Event::TaskFinished { run, task, at } => {
+                // The end is capped at the plates' planned departure, so the plan stays
+                // consistent with what has been dispatched, whatever the report says: a plate
+                // already on its way to a later pinned task (`plates_left`) left by then; and a
+                // move home that was due before the task ended is kept as planned, since the
+                // executor starts it as soon as the task ends (a move is known by its planned
+                // start: planned again, it would be sent twice).
                 let left = self.plates_left(run, task);
                 let pin = self.pin_mut(run, task)?;
-                if left.is_finite() {
-                    // A plate is already on its way to a later task (pinned at its planned
-                    // times): it left by then, whatever the report says, and the moves that took
-                    // it are history. The plan stays consistent with what has been dispatched.
-                    let left = pin.outbound.iter().map(|m| m.start).fold(left, f64::min);
-                    pin.end = at.min(now).min(left).max(pin.start);
-                } else {
-                    let at = at.min(now).max(pin.start);
-                    // It ended after its plates were planned to leave. The executor starts a move
-                    // home as soon as the task ends once its planned time has passed, so by now
-                    // that move may be under way: it stays as planned (a move is known by its
-                    // planned start; planned again, it would be sent twice) and the end is capped
-                    // at its start, as above.
-                    pin.end = match pin.outbound.iter().map(|m| m.start).reduce(f64::min) {
-                        Some(left) if at > pin.end => at.min(left).max(pin.start),
-                        _ => at,
-                    };
-                }
+                let left = pin.outbound.iter().map(|m| m.start).fold(left, f64::min);
+                pin.end = at.min(now).min(left).max(pin.start);
             }
             Event::TaskOverrun { run, task, expected_end } => {
                 let pin = self.pin_mut(run, task)?;

@@ -471,6 +471,17 @@ fn executor_planner(p: scheduler::lab::LabProblem) -> scheduler::lab::replan::Pl
     planner
 }
 
+/// Pins the first task of `run` and tells the planner it overran: 40 s past its planned end,
+/// now expected to take 600 s more. Returns that moment.
+fn overrun_first_task(planner: &mut scheduler::lab::replan::Planner, run: usize) -> f64 {
+    use scheduler::lab::replan::Event;
+    planner.pin_task(run, 0);
+    let now = planner.schedule.tasks[run][0].end + 40.0;
+    let overrun = Event::TaskOverrun { run, task: 0, expected_end: now + 600.0 };
+    planner.handle(now, overrun, std::time::Duration::ZERO).unwrap();
+    now
+}
+
 /// Runs whose first task takes its plates to an instrument (and is not pinned yet).
 fn first_tasks_that_travel(planner: &scheduler::lab::replan::Planner) -> Vec<usize> {
     (0..planner.problem.runs.len())
@@ -495,9 +506,7 @@ fn an_overrunning_task_that_finishes_is_replanned_from_its_real_end() {
     for finish_after in [100.0, 700.0] {
         let mut planner = executor_planner(p.clone());
         for run in first_tasks_that_travel(&planner).into_iter().take(3) {
-            planner.pin_task(run, 0);
-            let now = planner.schedule.tasks[run][0].end + 40.0;
-            planner.handle(now, Event::TaskOverrun { run, task: 0, expected_end: now + 600.0 }, zero).unwrap();
+            let now = overrun_first_task(&mut planner, run);
             let finished = now + finish_after;
             planner.handle(finished, Event::TaskFinished { run, task: 0, at: finished }, zero).unwrap();
             let broken = validate(&planner.problem, &planner.schedule);
@@ -533,9 +542,7 @@ fn a_move_home_already_due_when_a_late_task_finishes_is_kept_not_sent_again() {
     let mut planner = executor_planner(p);
     let mut checked = 0;
     for run in first_tasks_that_travel(&planner).into_iter().take(3) {
-        planner.pin_task(run, 0);
-        let now = planner.schedule.tasks[run][0].end + 40.0;
-        planner.handle(now, Event::TaskOverrun { run, task: 0, expected_end: now + 600.0 }, zero).unwrap();
+        overrun_first_task(&mut planner, run);
         let end = planner.schedule.tasks[run][0].end;
         let nest = planner.schedule.tasks[run][0].resource.and_then(|r| planner.problem.resources[r].nest);
         let leaving = |planner: &scheduler::lab::replan::Planner| {
@@ -582,9 +589,7 @@ fn a_late_finish_report_does_not_move_the_end_past_what_followed() {
         if planner.problem.pinned[run][0].is_some() {
             continue; // pinned by an earlier round of this loop
         }
-        planner.pin_task(run, 0);
-        let now = planner.schedule.tasks[run][0].end + 40.0;
-        planner.handle(now, Event::TaskOverrun { run, task: 0, expected_end: now + 600.0 }, zero).unwrap();
+        overrun_first_task(&mut planner, run);
         let end = planner.schedule.tasks[run][0].end;
         // The next task of the same plate, and the first move towards it.
         let plate = planner.problem.runs[run].tasks[0].plates[0];
