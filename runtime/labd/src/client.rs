@@ -287,6 +287,11 @@ pub(crate) fn results_csv(rs: &[pb::Result]) -> String {
     s
 }
 
+/// A listing as one JSON document: `--format json` prints exactly one per command.
+fn json_array(items: impl Iterator<Item = serde_json::Value>) -> serde_json::Value {
+    serde_json::Value::Array(items.collect())
+}
+
 fn run_json(r: &pb::RunInfo) -> serde_json::Value {
     serde_json::json!({"id": r.id, "tenant": r.tenant, "name": r.name, "state": r.state, "reason": r.reason})
 }
@@ -314,9 +319,9 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     bail!("the protocol has errors; nothing was submitted");
                 };
                 if json {
-                    println!("{}", serde_json::json!({"run": run_json(&run), "created": resp.created}));
+                    out!("{}", serde_json::json!({"run": run_json(&run), "created": resp.created}));
                 } else {
-                    println!("{} {} ({})", if resp.created { "submitted" } else { "already submitted as" }, run.id, run.state);
+                    out!("{} {} ({})", if resp.created { "submitted" } else { "already submitted as" }, run.id, run.state);
                 }
                 if wait {
                     return watch(&c, &run.id, 0, json).await;
@@ -327,10 +332,10 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 let json = out.format == Fmt::Json;
                 let runs = pb::runs_client::RunsClient::new(c.channel.clone()).list(c.req(pb::ListRunsRequest { states: vec![] })?).await.map_err(sentence)?.into_inner().runs;
                 if json {
-                    println!("{}", serde_json::Value::Array(runs.iter().map(run_json).collect()));
+                    out!("{}", json_array(runs.iter().map(run_json)));
                 } else {
                     for r in runs {
-                        println!("{:<28} {:<12} {:<10} {} {}", r.id, r.tenant, r.state, r.name, r.reason);
+                        out!("{:<28} {:<12} {:<10} {} {}", r.id, r.tenant, r.state, r.name, r.reason);
                     }
                 }
                 Ok(0)
@@ -338,9 +343,9 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
             ClientCmd::Cancel { out, run } => {
                 let r = pb::runs_client::RunsClient::new(c.channel.clone()).cancel(c.req(pb::CancelRequest { run_id: run })?).await.map_err(sentence)?.into_inner();
                 if out.format == Fmt::Json {
-                    println!("{}", run_json(&r));
+                    out!("{}", run_json(&r));
                 } else {
-                    println!("{} {}", r.id, r.state);
+                    out!("{} {}", r.id, r.state);
                 }
                 Ok(0)
             }
@@ -358,18 +363,18 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 };
                 match output {
                     Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
-                    None => println!("{text}"),
+                    None => out!("{text}"),
                 }
                 Ok(0)
             }
             ClientCmd::Instruments { out } => {
                 let list = pb::lab_client::LabClient::new(c.channel.clone()).instruments(c.req(pb::InstrumentsRequest {})?).await.map_err(sentence)?.into_inner().instruments;
+                if out.format == Fmt::Json {
+                    out!("{}", json_array(list.iter().map(|i| serde_json::json!({"id": i.id, "class": i.class, "state": i.state, "temperature_c": if i.temperature_c.is_nan() { None } else { Some(i.temperature_c) }, "detail": i.detail}))));
+                    return Ok(0);
+                }
                 for i in list {
-                    if out.format == Fmt::Json {
-                        println!("{}", serde_json::json!({"id": i.id, "class": i.class, "state": i.state, "temperature_c": if i.temperature_c.is_nan() { None } else { Some(i.temperature_c) }, "detail": i.detail}));
-                    } else {
-                        println!("{:<10} {:<15} {:<10} {}", i.id, i.class, i.state, i.detail);
-                    }
+                    out!("{:<10} {:<15} {:<10} {}", i.id, i.class, i.state, i.detail);
                 }
                 Ok(0)
             }
@@ -380,21 +385,21 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .map_err(sentence)?
                     .into_inner()
                     .interventions;
+                if out.format == Fmt::Json {
+                    out!("{}", json_array(list.iter().map(|i| serde_json::json!({"id": i.id, "run": i.run_id, "instrument": i.instrument, "what": i.what, "todo": i.todo, "state": i.state}))));
+                    return Ok(0);
+                }
                 for i in list {
-                    if out.format == Fmt::Json {
-                        println!("{}", serde_json::json!({"id": i.id, "run": i.run_id, "instrument": i.instrument, "what": i.what, "todo": i.todo, "state": i.state}));
-                    } else {
-                        println!("{} [{}] run {}: {} — {}", i.id, i.state, i.run_id, i.what, i.todo);
-                    }
+                    out!("{} [{}] run {}: {} — {}", i.id, i.state, i.run_id, i.what, i.todo);
                 }
                 Ok(0)
             }
             ClientCmd::Resolve { out, id, resolution } => {
                 let i = pb::lab_client::LabClient::new(c.channel.clone()).resolve(c.req(pb::ResolveRequest { id, resolution })?).await.map_err(sentence)?.into_inner();
                 if out.format == Fmt::Json {
-                    println!("{}", serde_json::json!({"id": i.id, "state": i.state}));
+                    out!("{}", serde_json::json!({"id": i.id, "state": i.state}));
                 } else {
-                    println!("{} {}", i.id, i.state);
+                    out!("{} {}", i.id, i.state);
                 }
                 Ok(0)
             }
@@ -403,7 +408,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .revoke_token(c.req(pb::RevokeTokenRequest { principal_id: principal.clone() })?)
                     .await
                     .map_err(sentence)?;
-                println!("revoked {principal}");
+                out!("revoked {principal}");
                 Ok(0)
             }
             ClientCmd::Maintenance { out, instrument, state, reason } => {
@@ -413,21 +418,21 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .map_err(sentence)?
                     .into_inner();
                 if out.format == Fmt::Json {
-                    println!("{}", serde_json::json!({"id": i.id, "state": i.state, "detail": i.detail}));
+                    out!("{}", serde_json::json!({"id": i.id, "state": i.state, "detail": i.detail}));
                 } else {
-                    println!("{} {} {}", i.id, i.state, i.detail);
+                    out!("{} {} {}", i.id, i.state, i.detail);
                 }
                 Ok(0)
             }
             ClientCmd::Schedule { out } => {
                 let s = pb::lab_client::LabClient::new(c.channel.clone()).schedule(c.req(pb::ScheduleRequest {})?).await.map_err(sentence)?.into_inner();
-                for x in s.slots {
-                    if out.format == Fmt::Json {
-                        println!("{}", serde_json::json!({"lane": x.lane, "run": x.run_id, "tenant": x.tenant, "kind": x.kind, "label": x.label, "planned_start_ms": x.planned_start_ms, "planned_end_ms": x.planned_end_ms, "started_ms": (x.started_ms > 0).then_some(x.started_ms), "finished_ms": (x.finished_ms > 0).then_some(x.finished_ms), "state": x.state}));
-                    } else {
-                        let at = |ms: i64| format!("{:+.1}s", (ms - s.now_ms) as f64 / 1000.0);
-                        println!("{:<9} {:<8} {:>9} {:>9} {:<12} {:<28} {}", x.lane, x.state, at(x.planned_start_ms), at(x.planned_end_ms), x.tenant, x.run_id, x.label);
-                    }
+                if out.format == Fmt::Json {
+                    out!("{}", json_array(s.slots.iter().map(|x| serde_json::json!({"lane": x.lane, "run": x.run_id, "tenant": x.tenant, "kind": x.kind, "label": x.label, "planned_start_ms": x.planned_start_ms, "planned_end_ms": x.planned_end_ms, "started_ms": (x.started_ms > 0).then_some(x.started_ms), "finished_ms": (x.finished_ms > 0).then_some(x.finished_ms), "state": x.state}))));
+                    return Ok(0);
+                }
+                for x in &s.slots {
+                    let at = |ms: i64| format!("{:+.1}s", (ms - s.now_ms) as f64 / 1000.0);
+                    out!("{:<9} {:<8} {:>9} {:>9} {:<12} {:<28} {}", x.lane, x.state, at(x.planned_start_ms), at(x.planned_end_ms), x.tenant, x.run_id, x.label);
                 }
                 Ok(0)
             }
@@ -442,12 +447,12 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .map_err(sentence)?
                     .into_inner()
                     .lines;
+                if out.format == Fmt::Json {
+                    out!("{}", json_array(lines.iter().map(|l| serde_json::json!({"tenant": l.tenant, "instrument_class": l.instrument_class, "device_hours": l.device_hours}))));
+                    return Ok(0);
+                }
                 for l in lines {
-                    if out.format == Fmt::Json {
-                        println!("{}", serde_json::json!({"tenant": l.tenant, "instrument_class": l.instrument_class, "device_hours": l.device_hours}));
-                    } else {
-                        println!("{:<16} {:<16} {:>10.4} h", l.tenant, l.instrument_class, l.device_hours);
-                    }
+                    out!("{:<16} {:<16} {:>10.4} h", l.tenant, l.instrument_class, l.device_hours);
                 }
                 Ok(0)
             }
@@ -462,7 +467,11 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .await
                     .map_err(sentence)?
                     .into_inner();
-                print_reservation(&r, out.format == Fmt::Json);
+                if out.format == Fmt::Json {
+                    out!("{}", reservation_json(&r));
+                } else {
+                    print_reservation(&r)?;
+                }
                 Ok(0)
             }
             ClientCmd::Reservations { out, tenant } => {
@@ -472,8 +481,12 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .map_err(sentence)?
                     .into_inner()
                     .reservations;
+                if out.format == Fmt::Json {
+                    out!("{}", json_array(list.iter().map(reservation_json)));
+                    return Ok(0);
+                }
                 for r in &list {
-                    print_reservation(r, out.format == Fmt::Json);
+                    print_reservation(r)?;
                 }
                 Ok(0)
             }
@@ -484,9 +497,9 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .map_err(sentence)?
                     .into_inner();
                 if out.format == Fmt::Json {
-                    println!("{}", serde_json::json!({"id": t.id, "name": t.name, "max_concurrent_runs": t.max_concurrent_runs, "device_hours_per_month": t.device_hours_per_month, "priority": t.priority}));
+                    out!("{}", serde_json::json!({"id": t.id, "name": t.name, "max_concurrent_runs": t.max_concurrent_runs, "device_hours_per_month": t.device_hours_per_month, "priority": t.priority}));
                 } else {
-                    println!("tenant {}: at most {} runs at once, {} device-hours a month, priority {} (0: no limit)", t.name, t.max_concurrent_runs, t.device_hours_per_month, t.priority);
+                    out!("tenant {}: at most {} runs at once, {} device-hours a month, priority {} (0: no limit)", t.name, t.max_concurrent_runs, t.device_hours_per_month, t.priority);
                 }
                 Ok(0)
             }
@@ -494,9 +507,9 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 let json = out.format == Fmt::Json;
                 let t = pb::admin_client::AdminClient::new(c.channel.clone()).create_tenant(c.req(pb::CreateTenantRequest { name, weight })?).await.map_err(sentence)?.into_inner();
                 if json {
-                    println!("{}", serde_json::json!({"id": t.id, "name": t.name, "weight": t.weight}));
+                    out!("{}", serde_json::json!({"id": t.id, "name": t.name, "weight": t.weight}));
                 } else {
-                    println!("tenant {} ({})", t.name, t.id);
+                    out!("tenant {} ({})", t.name, t.id);
                 }
                 Ok(0)
             }
@@ -508,9 +521,9 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .map_err(sentence)?
                     .into_inner();
                 if json {
-                    println!("{}", serde_json::json!({"token": t.token, "principal": t.principal_id, "role": t.role, "tenant": t.tenant, "expires_at_ms": (t.expires_at_ms > 0).then_some(t.expires_at_ms), "mqtt": {"host": t.mqtt_host, "port": t.mqtt_port, "username": t.mqtt_username, "password": t.mqtt_password, "topics": t.mqtt_topics}}));
+                    out!("{}", serde_json::json!({"token": t.token, "principal": t.principal_id, "role": t.role, "tenant": t.tenant, "expires_at_ms": (t.expires_at_ms > 0).then_some(t.expires_at_ms), "mqtt": {"host": t.mqtt_host, "port": t.mqtt_port, "username": t.mqtt_username, "password": t.mqtt_password, "topics": t.mqtt_topics}}));
                 } else {
-                    println!("{}", t.token);
+                    out!("{}", t.token);
                     eprintln!(
                         "(shown once: store it now)\nMQTT telemetry: mosquitto_sub -h {} -p {} -u {} -P {} -t '{}' -v",
                         t.mqtt_host, t.mqtt_port, t.mqtt_username, t.mqtt_password, t.mqtt_topics
@@ -522,21 +535,19 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
     })
 }
 
-fn print_reservation(r: &pb::ReservationInfo, json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"id": r.id, "tenant": r.tenant, "instrument": r.instrument, "starts_at_ms": r.starts_at_ms, "ends_at_ms": r.ends_at_ms})
-        );
-    } else {
-        println!(
-            "{} {} reserves {} for {:.0} min",
-            r.id,
-            r.tenant,
-            r.instrument,
-            (r.ends_at_ms - r.starts_at_ms) as f64 / 60_000.0
-        );
-    }
+fn reservation_json(r: &pb::ReservationInfo) -> serde_json::Value {
+    serde_json::json!({"id": r.id, "tenant": r.tenant, "instrument": r.instrument, "starts_at_ms": r.starts_at_ms, "ends_at_ms": r.ends_at_ms})
+}
+
+fn print_reservation(r: &pb::ReservationInfo) -> Result<()> {
+    out!(
+        "{} {} reserves {} for {:.0} min",
+        r.id,
+        r.tenant,
+        r.instrument,
+        (r.ends_at_ms - r.starts_at_ms) as f64 / 60_000.0
+    );
+    Ok(())
 }
 
 /// Milliseconds since the epoch at the start of a UTC day `YYYY-MM-DD`.
@@ -567,7 +578,7 @@ async fn watch(c: &Client, run: &str, after: i64, json: bool) -> Result<i32> {
     while let Some(ev) = stream.message().await.map_err(sentence)? {
         let payload = serde_json::from_str::<serde_json::Value>(&ev.payload_json).unwrap_or_default();
         if json {
-            println!("{}", serde_json::json!({"run": ev.run_id, "seq": ev.seq, "kind": ev.kind, "payload": payload}));
+            out!("{}", serde_json::json!({"run": ev.run_id, "seq": ev.seq, "kind": ev.kind, "payload": payload}));
         } else {
             match ev.kind.as_str() {
                 "scheduled" => tasks = payload["tasks"].as_u64().unwrap_or(0),
@@ -581,7 +592,7 @@ async fn watch(c: &Client, run: &str, after: i64, json: bool) -> Result<i32> {
                 }
                 None => String::new(),
             };
-            println!("#{:<4} {bar}{:<16} {}", ev.seq, ev.kind, ev.payload_json);
+            out!("#{:<4} {bar}{:<16} {}", ev.seq, ev.kind, ev.payload_json);
         }
         if ev.kind == "state" {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&ev.payload_json) {

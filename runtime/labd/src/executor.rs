@@ -18,6 +18,7 @@
 use crate::board::{Board, Slot};
 use crate::lab::Lab;
 use crate::lock;
+use crate::reasons::{On, Reason};
 use crate::store::{Intent, NewRun, ResultRow, Run, RunState, Store, Usage};
 use devices::{family, Family, Instrument, Recovery, State, TimeScale};
 use protocols::plan::{CommandOp, RunPlan};
@@ -160,6 +161,38 @@ fn task_key(run: usize, task: usize) -> String {
 /// A task's label as the scientist wrote it (empty if the run or task is unknown).
 fn task_label(s: &Session, run: usize, task: usize) -> &str {
     s.runs.get(run).and_then(|a| a.plan.tasks.get(task)).map_or("", |t| t.label.as_str())
+}
+
+/// Why `change` calls for a repair, kept with whose work it was; `None` for an arrival, which
+/// is no reason anyone is told.
+fn reason(s: &Session, change: &Change) -> Option<Reason> {
+    let task = |run: usize, task: usize| {
+        let tenant = s.runs.get(run).map_or(String::new(), |a| a.run.tenant_id.clone());
+        let on = s
+            .planner
+            .schedule
+            .tasks
+            .get(run)
+            .and_then(|slots| slots.get(task))
+            .and_then(|slot| if slot.on_arm { None } else { slot.resource })
+            .and_then(|r| s.planner.problem.resources.get(r))
+            .map(|r| On { id: r.id.clone(), class: r.class });
+        (tenant, task_label(s, run, task).to_string(), on)
+    };
+    Some(match change {
+        Change::Arrived(_) => return None,
+        Change::Down(id, why) => Reason::Unavailable { instrument: id.clone(), why: why.clone() },
+        Change::Up(id) => Reason::Back { instrument: id.clone() },
+        Change::Reservations(_) => Reason::Reservations,
+        Change::Overrun { run, task: t, .. } => {
+            let (tenant, label, on) = task(*run, *t);
+            Reason::Overrun { tenant, label, on }
+        }
+        Change::Finished { run, task: t, .. } => {
+            let (tenant, label, on) = task(*run, *t);
+            Reason::Finished { tenant, label, on }
+        }
+    })
 }
 
 /// The task a plate move delivers to: the plate's next task after the move.
@@ -968,17 +1001,8 @@ impl Executor {
         let improve = self.config.repair_budget;
         let mut because = Vec::new();
         for change in changes {
-            match &change {
-                Change::Arrived(_) => {}
-                Change::Down(id, why) => because.push(format!("{id} is unavailable ({why})")),
-                Change::Up(id) => because.push(format!("{id} is back")),
-                Change::Reservations(_) => because.push("bench-time reservations changed".into()),
-                Change::Overrun { run, task, .. } => {
-                    because.push(format!("`{}` is taking longer than planned", task_label(s, *run, *task)))
-                }
-                Change::Finished { run, task, .. } => {
-                    because.push(format!("`{}` has finished", task_label(s, *run, *task)))
-                }
+            if let Some(r) = reason(s, &change) {
+                because.push(r);
             }
             let now = self.now_s(s);
             let resource = |id: &str| s.planner.problem.resources.iter().position(|r| r.id == id);
@@ -1041,7 +1065,8 @@ impl Executor {
         for (i, b) in before.iter().enumerate() {
             let after = s.planner.schedule.completion(i);
             if !s.closed[i] && (after - b).abs() > 60.0 {
-                let payload = serde_json::json!({"planned_end_s": after, "was_s": b, "because": because});
+                let told = crate::reasons::told_to(&because, &s.runs[i].run.tenant_id);
+                let payload = serde_json::json!({"planned_end_s": after, "was_s": b, "because": told});
                 self.event(&s.runs[i].run, "rescheduled", payload).await;
             }
         }

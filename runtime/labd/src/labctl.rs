@@ -121,6 +121,8 @@ pub fn main() -> i32 {
     };
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(code)) => code,
+        // The reader went away (`labctl schedule | head -1`): what it read is all it wanted.
+        Ok(Err(e)) if closed_pipe(&e) => 0,
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             EXIT_USAGE
@@ -132,16 +134,21 @@ pub fn main() -> i32 {
     }
 }
 
+/// Whether `e` is a write to a pipe whose reader has gone.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Cmd::Validate(input) => {
             let (src, c) = compile_input(&input)?;
-            report(&src, &c, input.format, "validate");
+            report(&src, &c, input.format, "validate")?;
             Ok(exit_for(&c))
         }
         Cmd::Compile { input, output } => {
             let (src, c) = compile_input(&input)?;
-            report(&src, &c, OutFormat::Text, "compile");
+            report(&src, &c, OutFormat::Text, "compile")?;
             if let Some(plan) = &c.plan {
                 let json = plan.to_json();
                 match output {
@@ -158,17 +165,17 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Quote(input) => {
             let (src, c) = compile_input(&input)?;
             if c.has_errors() || input.format == OutFormat::Text {
-                report(&src, &c, if c.has_errors() { input.format } else { OutFormat::Text }, "quote");
+                report(&src, &c, if c.has_errors() { input.format } else { OutFormat::Text }, "quote")?;
             }
             if let (Some(q), Some(plan)) = (&c.quote, &c.plan) {
                 match input.format {
-                    OutFormat::Json => println!("{}", serde_json::to_string_pretty(q)?),
+                    OutFormat::Json => out!("{}", serde_json::to_string_pretty(q)?),
                     OutFormat::Text => {
-                        println!("{}: {} tasks, {} commands", plan.protocol, plan.tasks.len(), plan.command_count());
-                        println!("  duration on an empty lab  {}", fmt_duration(q.duration_s));
-                        println!("  plate moves               {}", q.plate_moves);
+                        out!("{}: {} tasks, {} commands", plan.protocol, plan.tasks.len(), plan.command_count());
+                        out!("  duration on an empty lab  {}", fmt_duration(q.duration_s));
+                        out!("  plate moves               {}", q.plate_moves);
                         for l in &q.lines {
-                            println!(
+                            out!(
                                 "  {:<26}{:>8.2} h x {:>6.2} = {:>8.2} {}",
                                 l.class.as_str(),
                                 l.hours,
@@ -177,8 +184,8 @@ fn run(cli: Cli) -> Result<i32> {
                                 q.currency
                             );
                         }
-                        println!("  {:<26}{:>36.2} {}", "per-run fee", q.per_run, q.currency);
-                        println!("  {:<26}{:>36.2} {}", "total", q.total, q.currency);
+                        out!("  {:<26}{:>36.2} {}", "per-run fee", q.per_run, q.currency);
+                        out!("  {:<26}{:>36.2} {}", "total", q.total, q.currency);
                     }
                 }
             }
@@ -232,7 +239,7 @@ fn simulate(site_file: Option<&Path>, workload_file: &Path, tenants: &[usize], o
         let p = out.join(name);
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
     }
-    println!("capacity report: {}", out.join("report.md").display());
+    out!("capacity report: {}", out.join("report.md").display());
     Ok(0)
 }
 
@@ -259,7 +266,7 @@ fn compile_input(input: &Input) -> Result<(SourceFile, Compilation)> {
     Ok(protocols::compile_bytes(&name, bytes, format, &site, &Library::shipped()))
 }
 
-fn report(src: &SourceFile, c: &Compilation, format: OutFormat, verb: &str) {
+fn report(src: &SourceFile, c: &Compilation, format: OutFormat, verb: &str) -> Result<()> {
     match format {
         OutFormat::Json => {
             let diags: Vec<_> = c.diagnostics.iter().map(|d| d.to_json(src)).collect();
@@ -273,7 +280,7 @@ fn report(src: &SourceFile, c: &Compilation, format: OutFormat, verb: &str) {
                 "diagnostics": diags,
                 "summary": summary,
             });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
         OutFormat::Text => {
             let mut err = std::io::stderr().lock();
@@ -299,6 +306,7 @@ fn report(src: &SourceFile, c: &Compilation, format: OutFormat, verb: &str) {
             }
         }
     }
+    Ok(())
 }
 
 fn labware_cmd(cmd: LabwareCmd) -> Result<i32> {
@@ -311,7 +319,7 @@ fn labware_cmd(cmd: LabwareCmd) -> Result<i32> {
                         .iter()
                         .map(|d| serde_json::json!({"load_name": d.load_name, "display_name": d.display_name, "kind": d.kind, "wells": d.wells.len()}))
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    out!("{}", serde_json::to_string_pretty(&v)?);
                 }
                 OutFormat::Text => {
                     for d in lib.iter() {
@@ -323,7 +331,7 @@ fn labware_cmd(cmd: LabwareCmd) -> Result<i32> {
                             },
                             |t| format!("{} µL tips", protocols::units::trim(t.volume_ul)),
                         );
-                        println!("{:<52} {:<14} {:>4} wells  {}", d.load_name, d.kind.as_str(), d.wells.len(), cap);
+                        out!("{:<52} {:<14} {:>4} wells  {}", d.load_name, d.kind.as_str(), d.wells.len(), cap);
                     }
                 }
             }
@@ -333,7 +341,7 @@ fn labware_cmd(cmd: LabwareCmd) -> Result<i32> {
             let lib = Library::shipped();
             match lib.get(&name) {
                 Some(d) => {
-                    println!("{}", d.to_json());
+                    out!("{}", d.to_json());
                     Ok(0)
                 }
                 None => {
@@ -364,7 +372,7 @@ fn labware_cmd(cmd: LabwareCmd) -> Result<i32> {
 
 fn write_def(def: &LabwareDef, out_dir: Option<&Path>) -> Result<()> {
     match out_dir {
-        None => println!("{}", def.to_json()),
+        None => out!("{}", def.to_json()),
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let path = dir.join(format!("{}.json", def.load_name));

@@ -5,6 +5,15 @@
 //! executor) builds on it.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+/// `println!` for command output that a closed pipe ends quietly: the write's error returns
+/// from the enclosing function (`labctl schedule | head -1` must not panic), and `labctl`'s
+/// `main` turns a broken pipe into a quiet exit.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 pub mod api;
 pub mod board;
 pub mod capacity;
@@ -15,6 +24,7 @@ pub mod demo;
 pub mod executor;
 pub mod lab;
 pub mod labctl;
+mod reasons;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

@@ -26,6 +26,36 @@ fn tmp(name: &str, contents: &[u8]) -> PathBuf {
     p
 }
 
+/// `labctl ARGS…` whose reader has gone before it writes (`labctl … | head -0`): (exit code,
+/// stderr).
+fn labctl_into_closed_pipe(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_labctl"))
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    (o.status.code().unwrap_or(-1), text(&o.stderr))
+}
+
+#[test]
+fn a_closed_pipe_ends_labctl_quietly() {
+    for args in [
+        &["labware", "list"][..],
+        &["labware", "list", "--format", "json"],
+        &["quote", "protocols/examples/elisa.yaml"],
+    ] {
+        let (code, stderr) = labctl_into_closed_pipe(args);
+        assert!(
+            code == 0 && !stderr.contains("error") && !stderr.contains("panicked"),
+            "labctl {args:?} into a closed pipe: exit {code}, {stderr}"
+        );
+    }
+}
+
 #[test]
 fn validate_an_example() {
     let o = labctl(&["validate", "protocols/examples/serial-dilution.yaml"]);
@@ -687,7 +717,7 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
         .to_string();
     let (code, so, se) = ctl(&tech, &["instruments", "--format", "json"]);
     assert_eq!(code, 0, "{se}");
-    assert_eq!(so.lines().count(), 13, "every instrument and arm reports: {so}");
+    assert_eq!(items(&so).len(), 13, "every instrument and arm reports: {so}");
     assert!(so.contains("\"id\":\"arm1\"") && so.contains("robot_arm"), "{so}");
     assert!(ctl(&acme, &["instruments"]).2.contains("not allowed"));
     let elisa = root().join("protocols/examples/elisa.yaml");
@@ -706,8 +736,7 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
         assert_ne!(state, "failed", "{so}");
         assert!(std::time::Instant::now() < until, "ELISA did not finish: {so}");
         let (_, open, _) = ctl(&tech, &["interventions", "--format", "json"]);
-        for l in open.lines() {
-            let i = json(l);
+        for i in items(&open) {
             assert_eq!(i["run"].as_str(), Some(elisa_run.as_str()));
             assert!(
                 ctl(&globex, &["resolve", i["id"].as_str().unwrap(), "done"]).2.contains("not allowed"),
@@ -728,7 +757,7 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     assert_eq!(code, 0, "{se}");
     assert!(so.contains("maintenance") && so.contains("lamp change"), "{so}");
     let (_, so, _) = ctl(&tech, &["instruments", "--format", "json"]);
-    let reader2 = so.lines().map(json).find(|i| i["id"] == "reader2").unwrap();
+    let reader2 = items(&so).into_iter().find(|i| i["id"] == "reader2").unwrap();
     assert_eq!(reader2["state"], "maintenance");
     assert_eq!(ctl(&tech, &["maintenance", "reader2", "off"]).0, 0);
     let (code, so, _) = ctl(&tech, &["maintenance", "reader2", "on"]);
@@ -736,19 +765,20 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let (code, lanes, se) = ctl(&tech, &["schedule", "--format", "json"]);
     assert_eq!(code, 0, "{se}");
     assert!(lanes.contains(&run) && lanes.contains(&elisa_run), "the technician sees every run's slots");
-    assert!(lanes.lines().map(json).any(|l| l["lane"] == "arm1" && l["state"] == "done"), "{lanes}");
+    assert!(items(&lanes).iter().any(|l| l["lane"] == "arm1" && l["state"] == "done"), "{lanes}");
     let (_, theirs, _) = ctl(&globex, &["schedule", "--format", "json"]);
     assert!(!theirs.contains(&run) && !theirs.contains("acme"), "globex sees none of acme's slots");
     assert!(theirs.contains(&elisa_run));
     let (code, usage, se) = ctl(&admin, &["usage", "--format", "json"]);
     assert_eq!(code, 0, "{se}");
-    let acme_lh = usage.lines().map(json).find(|l| l["tenant"] == "acme" && l["instrument_class"] == "liquid_handler");
+    let acme_lh =
+        items(&usage).into_iter().find(|l| l["tenant"] == "acme" && l["instrument_class"] == "liquid_handler");
     assert!(acme_lh.is_some_and(|l| l["device_hours"].as_f64().unwrap() > 0.0), "{usage}");
     assert!(ctl(&acme, &["usage"]).2.contains("not allowed"));
     assert_eq!(ctl(&admin, &["tenant", "quota", "acme", "--max-runs", "2", "--device-hours", "100"]).0, 0);
     let (code, _, se) = ctl(&admin, &["reserve", "globex", "plate_reader", "--for", "1", "--in", "600"]);
     assert_eq!(code, 0, "{se}");
-    assert_eq!(ctl(&admin, &["reservations", "--format", "json"]).1.lines().count(), 1);
+    assert_eq!(items(&ctl(&admin, &["reservations", "--format", "json"]).1).len(), 1);
     let (code, _, se) = ctl(&admin, &["reserve", "globex", "spectrometer", "--for", "1"]);
     assert!(code != 0 && se.contains("no instrument or instrument class"), "{se}");
     let brief = json(&ctl(&admin, &["token", "create", "--tenant", "acme", "--ttl", "1", "--format", "json"]).1);
@@ -762,7 +792,7 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let (code, _, se) = ctl(spare["token"].as_str().unwrap(), &["runs"]);
     assert!(code != 0 && se.contains("not signed in"), "a revoked token no longer signs in: {se}");
     assert!(
-        ctl(&acme, &["interventions", "--all", "--format", "json"]).1.trim().is_empty(),
+        items(&ctl(&acme, &["interventions", "--all", "--format", "json"]).1).is_empty(),
         "acme sees none of globex's interventions"
     );
     // The standard gRPC health service answers for the API.
@@ -1706,6 +1736,14 @@ fn quiet_machine() -> std::sync::RwLockWriteGuard<'static, ()> {
     MACHINE.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The items of a listing `labctl … --format json` printed: one JSON array, whole.
+fn items(so: &str) -> Vec<serde_json::Value> {
+    match serde_json::from_str(so) {
+        Ok(serde_json::Value::Array(a)) => a,
+        other => panic!("not one JSON array ({other:?}): {so}"),
+    }
+}
+
 /// An empty directory of this test process's own under the system temp dir.
 fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
@@ -1888,9 +1926,8 @@ fn the_console_works_in_chromium() {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let intervention = loop {
         let (_, so, _) = lab.ctl(&tech, &["interventions", "--format", "json"]);
-        if let Some(id) = so
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        if let Some(id) = items(&so)
+            .into_iter()
             .find(|i| i["run"] == acme_run.as_str())
             .and_then(|i| i["id"].as_str().map(String::from))
         {
@@ -1919,11 +1956,8 @@ fn the_console_works_in_chromium() {
     eprintln!("console in Chromium: {so}");
     // What the page did is what the lab knows: the intervention was resolved as done.
     let (_, all, _) = lab.ctl(&tech, &["interventions", "--all", "--format", "json"]);
-    let resolved = all
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|i| i["id"] == intervention.as_str())
-        .unwrap_or_else(|| panic!("{all}"));
+    let resolved =
+        items(&all).into_iter().find(|i| i["id"] == intervention.as_str()).unwrap_or_else(|| panic!("{all}"));
     assert_eq!(resolved["state"], "done", "{resolved}");
     lab.wait_final(&acme, &[&acme_run], 120);
     for png in ["console-technician.png", "console-resolved.png", "console-scientist.png"] {
@@ -2071,9 +2105,8 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let intervention = loop {
         let (_, so, _) = lab.ctl(&lab.admin, &["interventions", "--format", "json"]);
-        if let Some(id) = so
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        if let Some(id) = items(&so)
+            .into_iter()
             .find(|i| i["run"] == acme_run.as_str())
             .and_then(|i| i["id"].as_str().map(String::from))
         {
