@@ -165,7 +165,11 @@ pub struct Report {
     pub billed_per_run: f64,
     /// Re-plans: one per arrival time after the first.
     pub replans: usize,
-    /// Wall seconds the simulation took.
+    /// The planner's seed when its budgets were counted, not timed: the same seed gives the
+    /// same report. `None`: planned as the executor does, within time budgets.
+    pub seed: Option<u64>,
+    /// Wall seconds the simulation took (printed, not reported: it differs run to run).
+    #[serde(skip)]
     pub wall_s: f64,
     #[serde(skip)]
     pub bars: Vec<Bar>,
@@ -177,7 +181,7 @@ pub struct Effort {
     /// The first plan's budget.
     pub plan: LabBudget,
     /// Improvement after each repair.
-    pub repair: std::time::Duration,
+    pub repair: LabBudget,
     pub seed: u64,
 }
 
@@ -187,11 +191,26 @@ impl Effort {
         let c = ExecutorConfig::default();
         Effort {
             plan: LabBudget { time: Some(c.plan_budget), iterations: None },
-            repair: c.repair_budget,
+            repair: LabBudget { time: Some(c.repair_budget), iterations: None },
             seed: c.seed,
         }
     }
+
+    /// Repeatable: budgets counted in candidate plans instead of time, so the same seed gives
+    /// the same report on any machine under any load (`labctl simulate --seed`).
+    pub fn seeded(seed: u64) -> Effort {
+        Effort {
+            plan: LabBudget { time: None, iterations: Some(SEEDED_PLAN_ITERATIONS) },
+            repair: LabBudget { time: None, iterations: Some(SEEDED_REPAIR_ITERATIONS) },
+            seed,
+        }
+    }
 }
+
+/// Candidate plans the first plan of a seeded simulation tries.
+pub const SEEDED_PLAN_ITERATIONS: u64 = 300;
+/// Candidate orders tried after each repair of a seeded simulation.
+pub const SEEDED_REPAIR_ITERATIONS: u64 = 10;
 
 /// Runs the workload from `tenants` tenants on the site in virtual time, planning as the
 /// executor does.
@@ -256,7 +275,7 @@ pub fn simulate_with(site: &Site, workload: &Workload, tenants: usize, effort: E
         }
         let run = model(n, *a)?;
         planner
-            .handle(a.0 - start, Event::RunArrived(run), effort.repair)
+            .handle_within(a.0 - start, Event::RunArrived(run), effort.repair)
             .map_err(|e| format!("run {n} ({}) could not be planned: {}", workload.protocols[a.2].0, e.0))?;
     }
     let (p, s) = (&planner.problem, &planner.schedule);
@@ -304,6 +323,7 @@ pub fn simulate_with(site: &Site, workload: &Workload, tenants: usize, effort: E
         site_cost_per_run,
         billed_per_run: billed / runs as f64,
         replans,
+        seed: (effort.plan.time.is_none() && effort.repair.time.is_none()).then_some(effort.seed),
         wall_s: began.elapsed().as_secs_f64(),
         bars: bars(p, s),
     })
@@ -542,7 +562,7 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         "# Capacity report\n\nSite `{site}`, workload `{workload}`, simulated in virtual time with the runtime's scheduler.\n\n\
          ## {} tenants, {} runs\n\n\
          - makespan: **{}** (lower bound {}; {:.2}× the bound)\n- bottleneck: **{}**\n- Jain's fairness index: {:.3}\n\
-         - site cost per run: {:.2} {cur}; billed per run: {:.2} {cur}\n- simulated in {:.2} s wall ({} re-plans)\n\n\
+         - site cost per run: {:.2} {cur}; billed per run: {:.2} {cur}\n- planned {} ({} re-plans)\n\n\
          ![Gantt chart](gantt.svg)\n\n### Utilisation\n\n| instrument | class | busy | utilisation |\n|---|---|---:|---:|\n",
         r.tenants,
         r.runs,
@@ -553,7 +573,10 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         r.jain,
         r.site_cost_per_run,
         r.billed_per_run,
-        r.wall_s,
+        match r.seed {
+            Some(seed) => format!("with seed {seed}, budgets counted in candidate plans (repeatable)"),
+            None => "as the executor plans, within time budgets (figures vary a little run to run)".into(),
+        },
         r.replans,
         cur = r.currency,
     );
@@ -609,7 +632,7 @@ mod tests {
         let workload = Workload::load(&root.join("sites/workload.toml"), &site).unwrap();
         let effort = Effort {
             plan: LabBudget { time: None, iterations: Some(200) },
-            repair: std::time::Duration::ZERO,
+            repair: LabBudget { time: None, iterations: Some(0) },
             seed: 7,
         };
         let r = simulate_with(&site, &workload, 30, effort).unwrap();

@@ -56,6 +56,11 @@ enum Cmd {
         /// Where to write report.md, report.json, gantt.svg and cost-curve.svg.
         #[arg(long, default_value = "capacity-report")]
         out: PathBuf,
+        /// Plan repeatably with this seed (budgets counted in candidate plans, not time): the
+        /// same seed gives the same report. Without it the planner works as the executor does,
+        /// within time budgets, and figures vary a little with the machine's load.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Talk to a running labd (submit, runs, watch, results, tenant, token).
     #[command(flatten)]
@@ -192,7 +197,9 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(exit_for(&c))
         }
         Cmd::Labware(cmd) => labware_cmd(cmd),
-        Cmd::Simulate { site, workload, tenants, out } => simulate(site.as_deref(), &workload, &tenants, &out),
+        Cmd::Simulate { site, workload, tenants, out, seed } => {
+            simulate(site.as_deref(), &workload, &tenants, &out, seed)
+        }
         Cmd::Client(cmd) => crate::client::run(cli.conn, cmd),
     }
 }
@@ -205,7 +212,13 @@ fn exit_for(c: &Compilation) -> i32 {
     }
 }
 
-fn simulate(site_file: Option<&Path>, workload_file: &Path, tenants: &[usize], out: &Path) -> Result<i32> {
+fn simulate(
+    site_file: Option<&Path>,
+    workload_file: &Path,
+    tenants: &[usize],
+    out: &Path,
+    seed: Option<u64>,
+) -> Result<i32> {
     use crate::capacity;
     if tenants.is_empty() || tenants.contains(&0) {
         bail!("--tenants takes numbers of tenants of at least 1, e.g. --tenants 1 5 10 50");
@@ -214,7 +227,8 @@ fn simulate(site_file: Option<&Path>, workload_file: &Path, tenants: &[usize], o
     let workload = capacity::Workload::load(workload_file, &site).map_err(anyhow::Error::msg)?;
     let mut reports = Vec::new();
     for &n in tenants {
-        let r = capacity::simulate(&site, &workload, n).map_err(anyhow::Error::msg)?;
+        let effort = seed.map_or_else(capacity::Effort::executor, capacity::Effort::seeded);
+        let r = capacity::simulate_with(&site, &workload, n, effort).map_err(anyhow::Error::msg)?;
         eprintln!(
             "{n:>4} tenants: {} runs, makespan {:.2} h, bottleneck {}, site cost per run {:.2} {} ({:.2} s)",
             r.runs,

@@ -189,6 +189,12 @@ impl Planner {
 
     /// Applies an event at time `now`, repairs the plan, and improves it for `improve`.
     pub fn handle(&mut self, now: f64, event: Event, improve: Duration) -> Result<Repair, ModelError> {
+        self.handle_within(now, event, LabBudget { time: Some(improve), iterations: None })
+    }
+
+    /// [`Planner::handle`], improving within `improve`: a time, a number of candidate orders,
+    /// or both (whichever ends first). An iteration budget alone makes the repair repeatable.
+    pub fn handle_within(&mut self, now: f64, event: Event, improve: LabBudget) -> Result<Repair, ModelError> {
         let t0 = Instant::now();
         self.pin_started(now);
         self.problem.not_before = now;
@@ -272,10 +278,13 @@ impl Planner {
         let repair_time = t0.elapsed();
         self.schedule = schedule;
         // Background improvement: the same order search, around the pinned tasks.
-        let deadline = Instant::now() + improve;
+        let deadline = improve.time.map(|t| Instant::now() + t);
+        // No limit at all is no improvement, never an endless one.
+        let mut left = improve.iterations.unwrap_or(if deadline.is_some() { u64::MAX } else { 0 });
         let mut best = self.problem.cost(&self.schedule);
         let n = self.order.len();
-        while n > 1 && Instant::now() < deadline {
+        while n > 1 && left > 0 && deadline.is_none_or(|d| Instant::now() < d) {
+            left -= 1;
             let mut cand = self.order.clone();
             let (i, j) = (self.rng.below(n), self.rng.below(n));
             cand.swap(i, j);
