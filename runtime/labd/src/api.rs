@@ -42,11 +42,27 @@ pub struct Api {
     pub time_scale: f64,
     /// The MQTT broker tenants connect to (host, port), as told to them with their credentials.
     pub mqtt_broker: Option<(String, u16)>,
+    /// The embedded broker, if labd runs one: a token created or revoked here changes who may
+    /// connect before the call returns.
+    pub embedded_broker: Option<crate::telemetry::broker::Broker>,
 }
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Api").finish()
+    }
+}
+
+impl Api {
+    /// Gives the embedded broker the store's MQTT identities now, so that a token's MQTT
+    /// credentials work as soon as `CreateToken` answers (and a revoked one's stop).
+    async fn refresh_mqtt_identities(&self) -> Result<(), Status> {
+        if let Some(broker) = &self.embedded_broker {
+            let store = self.store.clone();
+            let ids = blocking(move || store.mqtt_identities()).await?;
+            broker.set_identities(&ids);
+        }
+        Ok(())
     }
 }
 
@@ -558,6 +574,7 @@ impl pb::admin_server::Admin for Api {
             Ok(p)
         })
         .await?;
+        self.refresh_mqtt_identities().await?;
         Ok(Response::new(pb::CreateTokenResponse {
             token,
             principal_id: p.id,
@@ -586,6 +603,7 @@ impl pb::admin_server::Admin for Api {
         Self::admin(&self.caller(&req).await?)?;
         let (store, id) = (self.store.clone(), req.into_inner().principal_id);
         blocking(move || store.revoke_principal(&id)).await?;
+        self.refresh_mqtt_identities().await?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 

@@ -248,6 +248,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let (store, wake) = open_store(&config).await?;
     // The embedded broker binds next: a taken MQTT port also stops the start here.
     let runtime_password = runtime_mqtt_password(&config.data_dir)?;
+    let mut embedded_broker = None;
     let mqtt_addr = match config.mqtt_broker {
         MqttBroker::Embedded => {
             let hash = crate::telemetry::mosquitto::password_hash(&runtime_password)?;
@@ -255,9 +256,11 @@ pub async fn start(config: Config) -> Result<Running, String> {
                 crate::telemetry::broker::Broker::start(&format!("{}:{}", config.mqtt_host, config.mqtt_port), hash)
                     .await?;
             broker.set_identities(&store.mqtt_identities().map_err(|e| e.to_string())?);
+            embedded_broker = Some(broker.clone());
             let s = store.clone();
             tokio::spawn(async move {
-                // New tokens can connect, revoked and expired ones are cut off, within 2 s.
+                // Tokens this node creates or revokes take effect at once (the API updates the
+                // broker); expired ones and other nodes' changes within 2 s.
                 loop {
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                     let s = s.clone();
@@ -378,6 +381,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         board: Some(board.clone()),
         time_scale: config.time_scale,
         mqtt_broker: Some(mqtt_addr.clone()),
+        embedded_broker,
     };
     let console = match console_listener {
         Some(l) => {
