@@ -45,7 +45,9 @@ pub enum ClientCmd {
         /// Wait until the run ends, printing its events.
         #[arg(long)]
         wait: bool,
-        /// Idempotency key (default: derived from the file's content, so a retry is safe).
+        /// Idempotency key: submitting again with the same key returns the run it made instead
+        /// of a new one. Default: a new key each time labctl runs (so submitting a file again
+        /// makes a new run), kept across labctl's own retries after a network error.
         #[arg(long)]
         key: Option<String>,
     },
@@ -206,6 +208,32 @@ pub enum ResultsFormat {
     Csv,
 }
 
+/// Submits, trying again with the same idempotency key when the server could not be reached
+/// or did not answer: the key makes a retry return the run a lost answer had created.
+async fn submit_with_retries(c: &Client, request: pb::SubmitRequest) -> Result<pb::SubmitResponse> {
+    let (mut wait, mut attempt) = (std::time::Duration::from_millis(200), 0);
+    loop {
+        attempt += 1;
+        match pb::runs_client::RunsClient::new(c.channel.clone()).submit(c.req(request.clone())?).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if attempt < SUBMIT_ATTEMPTS && transient(&s) => {
+                eprintln!("labctl: {}; trying again in {} ms with the same key", sentence(s), wait.as_millis());
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(s) => return Err(sentence(s)),
+        }
+    }
+}
+
+/// Tries of a submission before labctl gives up.
+const SUBMIT_ATTEMPTS: u32 = 5;
+
+/// Whether a failed call may have failed for the network's sake alone.
+fn transient(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown)
+}
+
 fn sentence(s: tonic::Status) -> anyhow::Error {
     let what = match s.code() {
         tonic::Code::NotFound => "not found",
@@ -305,19 +333,26 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
             ClientCmd::Submit { out, file, wait, key } => {
                 let json = out.format == Fmt::Json;
                 let source = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-                let key = key.unwrap_or_else(|| crate::api::token_hash(&String::from_utf8_lossy(&source))[..32].to_string());
+                let chosen = key.is_some();
+                let key = match key {
+                    Some(k) => k,
+                    None => crate::api::new_token().map_err(anyhow::Error::msg)?.replacen("lw_", "labctl-", 1),
+                };
                 let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let resp = pb::runs_client::RunsClient::new(c.channel.clone())
-                    .submit(c.req(pb::SubmitRequest { file_name: name.clone(), source, format: 0, idempotency_key: key })?)
-                    .await
-                    .map_err(sentence)?
-                    .into_inner();
+                let request = pb::SubmitRequest { file_name: name.clone(), source, format: 0, idempotency_key: key.clone() };
+                let resp = submit_with_retries(&c, request).await?;
                 let Some(run) = resp.run else {
                     for d in &resp.diagnostics {
                         eprintln!("{name}:{}:{}: {}[{}]: {}", d.line, d.column, if d.severity == pb::Severity::Error as i32 { "error" } else { "warning" }, d.code, d.message);
                     }
                     bail!("the protocol has errors; nothing was submitted");
                 };
+                if !resp.created && chosen {
+                    eprintln!(
+                        "labctl: key {key:?} was used before: this is the run it made ({}), not a new one; submit without --key, or with a new one, for a new run",
+                        run.state
+                    );
+                }
                 if json {
                     out!("{}", serde_json::json!({"run": run_json(&run), "created": resp.created}));
                 } else {

@@ -707,9 +707,21 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let theirs = json(&ctl(&globex, &["runs", "--format", "json"]).1);
     assert_eq!(theirs.as_array().map(|a| a.len()), Some(1), "globex sees its one run: {theirs}");
     assert_eq!(theirs[0]["id"].as_str(), Some(globex_run.as_str()));
+    // Submitting the file again is a new run; the same key again (a retry) is the same run,
+    // and labctl says so.
     let (code, so, _) = ctl(&acme, &["submit", file, "--format", "json"]);
+    assert_eq!((code, json(&so)["created"].as_bool()), (0, Some(true)), "submitting again is a new run: {so}");
+    let again = json(&so)["run"]["id"].as_str().unwrap().to_string();
+    assert_ne!(again, run);
+    assert_eq!(ctl(&acme, &["cancel", &again]).0, 0);
+    let (code, so, se) = ctl(&acme, &["submit", file, "--key", "k-once", "--format", "json"]);
+    assert_eq!((code, json(&so)["created"].as_bool()), (0, Some(true)), "{so}{se}");
+    let keyed = json(&so)["run"]["id"].as_str().unwrap().to_string();
+    let (code, so, se) = ctl(&acme, &["submit", file, "--key", "k-once", "--format", "json"]);
     assert_eq!((code, json(&so)["created"].as_bool()), (0, Some(false)), "a retry returns the same run");
-    assert_eq!(json(&so)["run"]["id"].as_str(), Some(run.as_str()));
+    assert_eq!(json(&so)["run"]["id"].as_str(), Some(keyed.as_str()));
+    assert!(se.contains("used before") && se.contains("for a new run"), "labctl says how to get a new run: {se}");
+    assert_eq!(ctl(&acme, &["cancel", &keyed]).0, 0);
     // A protocol with manual steps: each becomes an intervention a technician resolves.
     let tech = json(&ctl(&admin, &["token", "create", "--role", "technician", "--format", "json"]).1)["token"]
         .as_str()
