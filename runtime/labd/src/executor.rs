@@ -145,6 +145,16 @@ struct Planned {
     run: usize,
 }
 
+/// Seconds of a task the tenant is billed for. Instruments bill the time they took. A manual
+/// step bills its planned time: how long a technician takes to get to it is the lab's
+/// waiting, not the tenant's work (a 5-minute step resolved an hour late is 5 minutes).
+fn billed_seconds(class: labware::InstrumentClass, planned_s: f64, took_s: f64) -> f64 {
+    match class {
+        labware::InstrumentClass::Technician => planned_s,
+        _ => took_s,
+    }
+}
+
 /// Job identity across repairs: a task is `t:run:task`; a move is its plate's leg with its
 /// planned start, which a repair keeps bit for bit once the move is pinned.
 fn job_key(job: &Job) -> String {
@@ -1380,10 +1390,12 @@ impl Executor {
                 run_id: run.id.clone(),
                 instrument_class: class.as_str().into(),
                 instrument: id.clone(),
-                device_seconds: device_s,
+                device_seconds: billed_seconds(class, task.duration_s, device_s),
             };
             let store = self.store.clone();
-            let _ = blocking(move || store.add_usage(&usage)).await;
+            blocking(move || store.add_usage(&usage))
+                .await
+                .map_err(|e| format!("recording usage for the bill: {e}"))?;
         }
         self.event(run, "task_finished", serde_json::json!({"task": t, "device_s": device_s})).await;
         Ok(())

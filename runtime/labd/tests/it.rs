@@ -2236,6 +2236,11 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     let (code, _, se) = lab.ctl(&lab.admin, &["resolve", &intervention, "done"]);
     assert_eq!(code, 0, "{se}");
     lab.wait_final(&acme, &[&acme_run], 120);
+    // The manual step waited far past its 2 minutes for a technician; acme is billed 2 minutes.
+    let usage = items(&lab.ctl(&lab.admin, &["usage", "--tenant", "acme", "--format", "json"]).1);
+    let technician = usage.iter().find(|l| l["instrument_class"] == "technician").expect("the manual step is billed");
+    let hours = technician["device_hours"].as_f64().unwrap();
+    assert!((hours - 2.0 / 60.0).abs() < 1e-6, "acme billed {hours} technician-hours for a 2-minute step: {usage:?}");
 
     // Everything globex could read.
     let mut seen: Vec<(String, String)> = Vec::new();
