@@ -315,13 +315,36 @@ pub(crate) fn results_csv(rs: &[pb::Result]) -> String {
     s
 }
 
+/// What `labctl results` adds on stderr about the run behind the results, and its exit code: a
+/// run that failed or was cancelled exits 1 and says why and what was kept (the reads that did
+/// happen); one still under way says so; a finished run without measurements says that.
+fn results_verdict(run: &pb::RunInfo, n: usize) -> (String, i32) {
+    let kept = match n {
+        0 => "no read happened, so there are no results".to_string(),
+        1 => "the 1 result shown is from a read that happened before it ended".to_string(),
+        n => format!("the {n} results shown are from reads that happened before it ended"),
+    };
+    let why = if run.reason.is_empty() { String::new() } else { format!(" ({})", run.reason) };
+    match run.state.as_str() {
+        "failed" | "cancelled" => (format!("run {} {}{why}: {kept}", run.id, run.state), 1),
+        "succeeded" if n == 0 => (format!("run {} succeeded and measured nothing (no read step)", run.id), 0),
+        "succeeded" => (String::new(), 0),
+        state => (format!("run {} is {state}: {n} result(s) so far", run.id), 0),
+    }
+}
+
 /// A listing as one JSON document: `--format json` prints exactly one per command.
 fn json_array(items: impl Iterator<Item = serde_json::Value>) -> serde_json::Value {
     serde_json::Value::Array(items.collect())
 }
 
 fn run_json(r: &pb::RunInfo) -> serde_json::Value {
-    serde_json::json!({"id": r.id, "tenant": r.tenant, "name": r.name, "state": r.state, "reason": r.reason})
+    use crate::clock::rfc3339_opt;
+    serde_json::json!({
+        "id": r.id, "tenant": r.tenant, "name": r.name, "state": r.state, "reason": r.reason,
+        "submitted_at": rfc3339_opt(r.submitted_at_ms), "started_at": rfc3339_opt(r.started_at_ms),
+        "finished_at": rfc3339_opt(r.finished_at_ms),
+    })
 }
 
 /// Runs a client command; returns the exit code.
@@ -369,8 +392,13 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 if json {
                     out!("{}", json_array(runs.iter().map(run_json)));
                 } else {
+                    let at = |ms: i64| crate::clock::rfc3339_opt(ms).unwrap_or_else(|| "-".into());
+                    out!("{:<28} {:<12} {:<10} {:<20} {:<20} {:<20} NAME REASON", "RUN", "TENANT", "STATE", "SUBMITTED (UTC)", "STARTED", "FINISHED");
                     for r in runs {
-                        out!("{:<28} {:<12} {:<10} {} {}", r.id, r.tenant, r.state, r.name, r.reason);
+                        out!(
+                            "{:<28} {:<12} {:<10} {:<20} {:<20} {:<20} {} {}",
+                            r.id, r.tenant, r.state, at(r.submitted_at_ms), at(r.started_at_ms), at(r.finished_at_ms), r.name, r.reason
+                        );
                     }
                 }
                 Ok(0)
@@ -386,6 +414,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
             }
             ClientCmd::Watch { out, run, after } => watch(&c, &run, after, out.format == Fmt::Json).await,
             ClientCmd::Results { run, format, output } => {
+                let info = pb::runs_client::RunsClient::new(c.channel.clone()).get(c.req(pb::GetRunRequest { run_id: run.clone() })?).await.map_err(sentence)?.into_inner();
                 let rs = pb::runs_client::RunsClient::new(c.channel.clone()).results(c.req(pb::ResultsRequest { run_id: run })?).await.map_err(sentence)?.into_inner().results;
                 let text = match format {
                     ResultsFormat::Json => serde_json::Value::Array(
@@ -400,7 +429,11 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
                     None => out!("{text}"),
                 }
-                Ok(0)
+                let (verdict, code) = results_verdict(&info, rs.len());
+                if !verdict.is_empty() {
+                    eprintln!("{verdict}");
+                }
+                Ok(code)
             }
             ClientCmd::Instruments { out } => {
                 let list = pb::lab_client::LabClient::new(c.channel.clone()).instruments(c.req(pb::InstrumentsRequest {})?).await.map_err(sentence)?.into_inner().instruments;
@@ -474,7 +507,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
             ClientCmd::Usage { out, tenant, since } => {
                 let since_ms = match since.as_deref() {
                     None => 0,
-                    Some(d) => day_ms(d).ok_or_else(|| anyhow!("--since {d:?}: give a day as YYYY-MM-DD"))?,
+                    Some(d) => crate::clock::day_ms(d).ok_or_else(|| anyhow!("--since {d:?}: give a day as YYYY-MM-DD"))?,
                 };
                 let lines = pb::admin_client::AdminClient::new(c.channel.clone())
                     .usage(c.req(pb::UsageRequest { tenant: tenant.unwrap_or_default(), since_ms })?)
@@ -583,23 +616,6 @@ fn print_reservation(r: &pb::ReservationInfo) -> Result<()> {
         (r.ends_at_ms - r.starts_at_ms) as f64 / 60_000.0
     );
     Ok(())
-}
-
-/// Milliseconds since the epoch at the start of a UTC day `YYYY-MM-DD`.
-fn day_ms(d: &str) -> Option<i64> {
-    let mut it = d.trim().splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (it.next()??, it.next()??, it.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some((era * 146_097 + doe - 719_468) * 86_400_000)
 }
 
 async fn watch(c: &Client, run: &str, after: i64, json: bool) -> Result<i32> {

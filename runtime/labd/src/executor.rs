@@ -953,6 +953,7 @@ impl Executor {
     async fn admitted(&self, s: &mut Session, a: Admitted, report: &mut BatchReport) -> Result<(), String> {
         let i = s.runs.len();
         let planned_end = s.planner.schedule.completion(i);
+        let planned_end_at = self.clock_at(s, planned_end);
         report.commands += a.plan.command_count() as u64;
         let (store, id, tasks) = (self.store.clone(), a.run.id.clone(), a.plan.tasks.len());
         s.runs.push(a);
@@ -960,7 +961,8 @@ impl Executor {
         s.closed.push(false);
         blocking(move || {
             store.set_run_state(&id, RunState::Running, None)?;
-            let payload = serde_json::json!({"planned_end_s": planned_end, "tasks": tasks});
+            let payload =
+                serde_json::json!({"planned_end_s": planned_end, "planned_end_at": planned_end_at, "tasks": tasks});
             store.append_event(&id, "scheduled", &payload.to_string())
         })
         .await
@@ -1076,7 +1078,10 @@ impl Executor {
             let after = s.planner.schedule.completion(i);
             if !s.closed[i] && (after - b).abs() > 60.0 {
                 let told = crate::reasons::told_to(&because, &s.runs[i].run.tenant_id);
-                let payload = serde_json::json!({"planned_end_s": after, "was_s": b, "because": told});
+                let payload = serde_json::json!({
+                    "planned_end_s": after, "was_s": b, "because": told,
+                    "planned_end_at": self.clock_at(s, after), "was_at": self.clock_at(s, *b),
+                });
                 self.event(&s.runs[i].run, "rescheduled", payload).await;
             }
         }
@@ -1153,6 +1158,12 @@ impl Executor {
             }
             _ => (None, None),
         }
+    }
+
+    /// The clock time (RFC 3339, UTC) at `device_s` device seconds into the session's plan.
+    fn clock_at(&self, s: &Session, device_s: f64) -> String {
+        let wall_ms = self.config.scale.wall(device_s.max(0.0)).as_secs_f64() * 1000.0;
+        crate::clock::rfc3339(s.t0_ms.saturating_add(wall_ms as i64))
     }
 
     /// The job as a slot on the technicians' board.

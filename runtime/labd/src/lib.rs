@@ -18,6 +18,7 @@ pub mod api;
 pub mod board;
 pub mod capacity;
 pub mod client;
+pub mod clock;
 pub mod console;
 pub mod daemon;
 pub mod demo;

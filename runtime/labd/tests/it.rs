@@ -2236,6 +2236,18 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     let (code, _, se) = lab.ctl(&lab.admin, &["resolve", &intervention, "done"]);
     assert_eq!(code, 0, "{se}");
     lab.wait_final(&acme, &[&acme_run], 120);
+    // Results of a run that did not succeed say so, and why, and exit 1 (not `[]` and 0).
+    let (code, so, se) = lab.ctl(&acme, &["results", &cancelled, "--format", "json"]);
+    assert_eq!(code, 1, "{so}{se}");
+    assert!(se.contains("cancelled") && se.contains("no read happened"), "{se}");
+    // Clock times where people look: the run's times, the planned end in events.
+    let mine = items(&lab.ctl(&acme, &["runs", "--format", "json"]).1);
+    let run = mine.iter().find(|r| r["id"] == acme_run.as_str()).unwrap();
+    for field in ["submitted_at", "started_at", "finished_at"] {
+        let at = run[field].as_str().unwrap_or_else(|| panic!("{field}: {run}"));
+        assert!(at.len() == 20 && at.ends_with('Z') && at.as_bytes()[10] == b'T', "{field} is RFC 3339: {at}");
+    }
+    assert!(told.contains("\"planned_end_at\":\"20") && told.contains("\"was_at\""), "{told}");
     // The manual step waited far past its 2 minutes for a technician; acme is billed 2 minutes.
     let usage = items(&lab.ctl(&lab.admin, &["usage", "--tenant", "acme", "--format", "json"]).1);
     let technician = usage.iter().find(|l| l["instrument_class"] == "technician").expect("the manual step is billed");

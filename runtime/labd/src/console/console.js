@@ -187,10 +187,17 @@ function drawRuns(runs, slots) {
     }, "Cancel");
     const row = el("tr", { "data-run": r.id },
       el("td", { title: r.id }, short(r.id)), el("td", { class: "tenant-col" }, r.tenant), el("td", {}, r.name),
-      el("td", { class: "state state-" + r.state, title: r.reason }, r.state), el("td", {}, bar), el("td", {}, cancel));
+      el("td", { class: "state state-" + r.state, title: r.reason }, r.state),
+      el("td", { class: "when" }, clock(r.submitted_at_ms)), el("td", { class: "when" }, clock(r.finished_at_ms)),
+      el("td", {}, bar), el("td", {}, cancel));
     row.children[1].hidden = !staff;
     return row;
   }));
+}
+
+// A clock time in the browser's own time zone; "" for a time that has not come yet.
+function clock(ms) {
+  return ms > 0 ? new Date(ms).toLocaleString() : "";
 }
 
 function drawInterventions(list) {
