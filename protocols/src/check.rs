@@ -94,6 +94,7 @@ pub fn initial(p: &Protocol, env: &Env, d: &mut Diagnostics) -> Tracked {
     };
     let declared: BTreeSet<&str> = p.liquids.iter().map(|l| l.name.as_str()).collect();
     let strict = p.unlisted_wells == UnlistedWells::Empty;
+    let mut over_full = PerStep::default();
     for decl in &p.labware {
         let Some(slot) = env.lookup(&decl.name.name) else { continue };
         let def = &env.slots[slot].def;
@@ -119,7 +120,10 @@ pub fn initial(p: &Protocol, env: &Env, d: &mut Diagnostics) -> Tracked {
                 *state.contents.entry(c.liquid.clone()).or_insert(0.0) += c.volume_ul;
                 let max = def.wells[w].max_volume_ul;
                 if state.volume() > max + EPS {
-                    d.push(
+                    let well = format!("{}/{}", decl.name.name, def.wells[w].name);
+                    over_full.add(
+                        well,
+                        state.volume() - max,
                         Diagnostic::error(
                             "P0301",
                             c.span,
@@ -137,18 +141,21 @@ pub fn initial(p: &Protocol, env: &Env, d: &mut Diagnostics) -> Tracked {
             }
         }
     }
+    over_full.emit(d);
     t
 }
 
 /// Replays every command, reporting over-full wells, under-drawn wells and tips that dispense
-/// more than they hold. One diagnostic per well and problem, so a mistake repeated over a plate
-/// reads as one error per well, not hundreds of lines.
+/// more than they hold. A well is reported once per problem; the wells one step gets wrong the
+/// same way are one diagnostic (the worst well, the count and the wells), so an over-full
+/// `distribute` to 384 wells reads as one error, not 384.
 pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) -> Tracked {
     let mut tips: HashMap<String, BTreeMap<String, f64>> = HashMap::new();
     let mut reported: BTreeSet<(&'static str, Loc)> = BTreeSet::new();
-    let mut report = |code: &'static str, loc: Loc, diag: Diagnostic, d: &mut Diagnostics| {
+    let mut per_step = PerStep::default();
+    let mut report = |code: &'static str, loc: Loc, by_ul: f64, diag: Diagnostic| {
         if reported.insert((code, loc)) {
-            d.push(diag);
+            per_step.add(env.describe(loc), by_ul, diag);
         }
     };
     for task in tasks {
@@ -166,7 +173,7 @@ pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) 
                         *drawn.entry(UNSPECIFIED.to_string()).or_insert(0.0) += short;
                         t.unspecified_drawn_ul += short;
                         if !state.unknown {
-                            report("P0302", loc, under_drawn(env, loc, *volume_ul, have, span), d);
+                            report("P0302", loc, short, under_drawn(env, loc, *volume_ul, have, span));
                         }
                     }
                     let tip = tips.entry(pipette.clone()).or_default();
@@ -182,6 +189,7 @@ pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) 
                         report(
                             "P0308",
                             loc,
+                            volume_ul - in_tip,
                             Diagnostic::error(
                                 "P0308",
                                 span,
@@ -193,24 +201,23 @@ pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) 
                                 ),
                             )
                             .with_hint("aspirate at least as much as you dispense"),
-                            d,
                         );
                     }
                     let mut tip_state = WellState { contents: std::mem::take(tip), unknown: false };
                     let given = tip_state.take(*volume_ul);
                     *tip = tip_state.contents;
-                    fill(env, &mut t, loc, &given, span, &mut report, d);
+                    fill(env, &mut t, loc, &given, span, &mut report);
                 }
                 CommandOp::BlowOut { pipette, labware, well } => {
                     let Some(loc) = locate(env, labware, well) else { continue };
                     let given = std::mem::take(tips.entry(pipette.clone()).or_default());
-                    fill(env, &mut t, loc, &given, span, &mut report, d);
+                    fill(env, &mut t, loc, &given, span, &mut report);
                 }
                 CommandOp::AddReagent { reagent, labware, well, volume_ul } => {
                     let Some(loc) = locate(env, labware, well) else { continue };
                     t.added_ul += volume_ul;
                     let given = BTreeMap::from([(reagent.clone(), *volume_ul)]);
-                    fill(env, &mut t, loc, &given, span, &mut report, d);
+                    fill(env, &mut t, loc, &given, span, &mut report);
                 }
                 CommandOp::DropTip { pipette } => {
                     if let Some(tip) = tips.remove(pipette) {
@@ -224,7 +231,60 @@ pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) 
     for tip in tips.values() {
         t.waste_ul += tip.values().sum::<f64>();
     }
+    per_step.emit(d);
     t
+}
+
+/// Per-well diagnostics grouped by problem and step (code and span).
+#[derive(Default)]
+struct PerStep {
+    groups: Vec<Group>,
+}
+
+struct Group {
+    /// The worst well's diagnostic.
+    worst: Diagnostic,
+    /// By how much the worst well is wrong (µL).
+    by_ul: f64,
+    /// Every well, in the order they went wrong.
+    wells: Vec<String>,
+}
+
+impl PerStep {
+    fn add(&mut self, well: String, by_ul: f64, diag: Diagnostic) {
+        match self.groups.iter_mut().find(|g| g.worst.code == diag.code && g.worst.span == diag.span) {
+            Some(g) => {
+                if by_ul > g.by_ul + EPS {
+                    g.worst = diag;
+                    g.by_ul = by_ul;
+                }
+                g.wells.push(well);
+            }
+            None => self.groups.push(Group { worst: diag, by_ul, wells: vec![well] }),
+        }
+    }
+
+    fn emit(self, d: &mut Diagnostics) {
+        for mut g in self.groups {
+            if g.wells.len() > 1 {
+                g.worst.message = format!(
+                    "{} — the worst of {} wells this step gets wrong the same way: {}",
+                    g.worst.message,
+                    g.wells.len(),
+                    well_list(&g.wells)
+                );
+            }
+            d.push(g.worst);
+        }
+    }
+}
+
+/// Wells for a message: all of a few; the first three and the last of many.
+fn well_list(wells: &[String]) -> String {
+    match wells {
+        [first, second, third, .., last] if wells.len() > 6 => format!("{first}, {second}, {third}, …, {last}"),
+        _ => wells.join(", "),
+    }
 }
 
 fn fill(
@@ -233,8 +293,7 @@ fn fill(
     loc: Loc,
     given: &BTreeMap<String, f64>,
     span: Span,
-    report: &mut impl FnMut(&'static str, Loc, Diagnostic, &mut Diagnostics),
-    d: &mut Diagnostics,
+    report: &mut impl FnMut(&'static str, Loc, f64, Diagnostic),
 ) {
     let state = &mut t.wells[loc.slot][loc.well];
     state.add(given);
@@ -245,6 +304,7 @@ fn fill(
         report(
             "P0301",
             loc,
+            vol - max,
             Diagnostic::error(
                 "P0301",
                 span,
@@ -261,7 +321,6 @@ fn fill(
                 def.load_name,
                 crate::units::fmt_ul(max)
             )),
-            d,
         );
     }
 }

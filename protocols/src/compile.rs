@@ -125,7 +125,10 @@ pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> 
     }
     out.tracked = tracked;
     out.diagnostics = d.items;
-    out.diagnostics.sort_by_key(|x| (x.span.start, x.code));
+    // Syntax and shape (P00xx, P01xx) before names (P02xx) before the volume, capability and
+    // import checks (P03xx–P05xx) that an earlier mistake can make meaningless; within a class,
+    // in the order of the file.
+    out.diagnostics.sort_by_key(|x| (x.code.get(..3).unwrap_or("").to_string(), x.span.start, x.code));
     out
 }
 

@@ -50,7 +50,8 @@ fn with_steps(steps: &str) -> String {
     format!("{HEADER}{steps}")
 }
 
-/// Asserts that compiling gives exactly these error codes (in source order).
+/// Asserts that compiling gives exactly these error codes (by class: syntax and shape, names,
+/// then the rest; within a class in source order).
 fn check(steps: &str, want: &[&str]) {
     let text = with_steps(steps);
     let got = codes(&text);
@@ -212,7 +213,7 @@ constraints:
   - { from: add, to: read, max_lag: 5 min }
   - { from: read, to: add, max_lag: 5 min }
   - { from: add, to: nope, max_lag: 5 min }\n",
-        &["P0404", "P0207"],
+        &["P0207", "P0404"],
     );
 }
 
@@ -229,6 +230,24 @@ fn dependency_cycles() {
     );
 }
 
+/// An over-full `distribute` to a 384-well plate is one diagnostic naming the worst well and the
+/// count, not 384; a typo in an operation name comes first although it comes last in the file.
+#[test]
+fn a_mistake_over_a_plate_is_one_diagnostic_and_names_come_first() {
+    let text = format!(
+        "{HEADER}  - distribute: {{ from: res/A1, to: p384/A1:P24, volume: 20 uL }}\n  - trasnfer: {{}}\n"
+    )
+    .replace(
+        "  pcr: {",
+        "  p384:\n    type: corning_384_wellplate_112ul_flat\n    contents: { \"A1:P24\": { water: 100 uL } }\n  pcr: {",
+    );
+    let c = run("t.yaml", &text);
+    let got: Vec<_> = c.diagnostics.iter().map(|d| d.code).collect();
+    assert_eq!(got, ["P0104", "P0301"], "{:#?}", c.diagnostics);
+    let over = &c.diagnostics[1].message;
+    assert!(over.contains("384 wells") && over.contains("p384/A1") && over.contains("p384/P24"), "{over}");
+}
+
 #[test]
 fn all_diagnostics_are_reported_not_just_the_first() {
     let c = run(
@@ -236,7 +255,9 @@ fn all_diagnostics_are_reported_not_just_the_first() {
         &with_steps("  - transfer: { from: res/A1, to: plate/H13, volume: 5 uL }\n  - trasnfer: {}\n  - read_absorbance: { labware: plate, wavelength: 1200 nm }\n"),
     );
     let got: Vec<_> = c.diagnostics.iter().map(|d| d.code).collect();
-    assert_eq!(got, ["P0203", "P0104", "P0401"]);
+    // The unknown operation first, though it comes second in the file: it is why the rest may
+    // not mean much.
+    assert_eq!(got, ["P0104", "P0203", "P0401"]);
     assert!(c.plan.is_none());
 }
 
