@@ -97,7 +97,11 @@ mod est {
     pub const ADD_REAGENT: f64 = 3.0;
     pub const READ_ABSORBANCE: f64 = 25.0;
     pub const READ_FLUORESCENCE: f64 = 40.0;
-    pub const READ_LUMINESCENCE: f64 = 60.0;
+    /// A luminescence read: the door twice and setting up, then each well integrated for 1 s
+    /// (the drivers' setting) plus moving to it.
+    pub fn read_luminescence(wells: usize) -> f64 {
+        13.0 + 1.05 * wells as f64
+    }
     pub const SEAL: f64 = 12.0;
     pub const PEEL: f64 = 15.0;
     pub const LID: f64 = 8.0;
@@ -698,13 +702,8 @@ impl<'a> Lowerer<'a> {
                 else {
                     return;
                 };
-                self.emit(
-                    t,
-                    CommandOp::ReadLuminescence { labware: lw, wells: ws },
-                    true,
-                    est::READ_LUMINESCENCE,
-                    span,
-                );
+                let dur = est::read_luminescence(ws.len());
+                self.emit(t, CommandOp::ReadLuminescence { labware: lw, wells: ws }, true, dur, span);
             }
             Op::Centrifuge { labware, g, duration_s } => {
                 let g = *g;

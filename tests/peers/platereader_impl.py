@@ -2,7 +2,8 @@
 
 `sila2-codegen new-package` generates the server package from `protos/proto/sila2/PlateReader.sila.xml`
 (the FDL Labwright ships); this file replaces the generated `feature_implementations/platereader_impl.py`.
-It behaves like a small reader: a door, one plate, absorbance and fluorescence with progress.
+It behaves like a small reader: a door, one plate, absorbance, fluorescence and luminescence with
+progress.
 Labwright's Rust client drives it in `devices/tests/it/reader.rs`.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..generated.platereader import (
     PlateReaderBase,
     ReadAbsorbance_Responses,
     ReadFluorescence_Responses,
+    ReadLuminescence_Responses,
 )
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ class PlateReaderImpl(PlateReaderBase):
         super().__init__(parent_server=parent_server)
         self.ReadAbsorbance_default_lifetime_of_execution = timedelta(minutes=30)
         self.ReadFluorescence_default_lifetime_of_execution = timedelta(minutes=30)
+        self.ReadLuminescence_default_lifetime_of_execution = timedelta(minutes=30)
         self.plate: Optional[str] = None
         self.update_CurrentTemperature(26.5)
 
@@ -86,3 +89,15 @@ class PlateReaderImpl(PlateReaderBase):
         self._progress(instance)
         values = [_value(w, EmissionWavelength) * 10000 for w in Wells]
         return ReadFluorescence_Responses(Values=values, Unit="RFU")
+
+    def ReadLuminescence(
+        self,
+        Wells: List[str],
+        IntegrationTime: float,
+        *,
+        metadata: MetadataDict,
+        instance: ObservableCommandInstance,
+    ) -> ReadLuminescence_Responses:
+        self._progress(instance)
+        values = [round(_value(w, 0.0) * 100000 * IntegrationTime) for w in Wells]
+        return ReadLuminescence_Responses(Values=values, Unit="RLU")

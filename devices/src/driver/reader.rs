@@ -113,6 +113,7 @@ impl Instrument for PlateReaderDriver {
             CommandOp::ReadFluorescence { labware, wells, excitation_nm, emission_nm } => {
                 (labware.clone(), wells.clone(), Read::Fluorescence(*excitation_nm, *emission_nm))
             }
+            CommandOp::ReadLuminescence { labware, wells } => (labware.clone(), wells.clone(), Read::Luminescence),
             other => return Err(unsupported("a plate reader", other)),
         };
         self.cancel.reset();
@@ -184,6 +185,14 @@ impl PlateReaderDriver {
                 let r: pr::ReadFluorescenceResponses = reader.observe("ReadFluorescence", params, &report).await?;
                 (r.values, r.unit, vec![ex, em], "fluorescence")
             }
+            Read::Luminescence => {
+                let params = pr::ReadLuminescenceParameters {
+                    wells: sila_wells,
+                    integration_time: Some(Real { value: LUMINESCENCE_INTEGRATION_S }),
+                };
+                let r: pr::ReadLuminescenceResponses = reader.observe("ReadLuminescence", params, &report).await?;
+                (r.values, r.unit, Vec::new(), "luminescence")
+            }
         };
         let per_well = if kind_name == "absorbance" { wavelengths.len() } else { 1 };
         if values.len() != wells.len() * per_well {
@@ -211,4 +220,9 @@ impl PlateReaderDriver {
 enum Read {
     Absorbance(Vec<f64>),
     Fluorescence(f64, f64),
+    Luminescence,
 }
+
+/// Seconds of light collected per well in a luminescence read: 1 s, the usual setting for
+/// glow assays such as CellTiter-Glo (the compiler's time estimate assumes the same).
+pub const LUMINESCENCE_INTEGRATION_S: f64 = 1.0;

@@ -29,6 +29,8 @@ pub struct ReaderConfig {
     pub name: String,
     pub absorbance_nm: Option<(f64, f64)>,
     pub fluorescence_nm: Option<(f64, f64)>,
+    /// Whether it has a luminescence detector.
+    pub luminescence: bool,
     pub scale: TimeScale,
     pub faults: Faults,
 }
@@ -42,6 +44,7 @@ impl ReaderConfig {
                 (Some(a), Some(b)) => Some((a.min.min(b.min), a.max.max(b.max))),
                 _ => None,
             },
+            luminescence: instrument.modes.contains(&labware::site::ReadMode::Luminescence),
             scale,
             faults,
         }
@@ -110,18 +113,40 @@ fn error_id(name: &str) -> String {
     format!("{FEATURE}/DefinedExecutionError/{name}")
 }
 
+/// What a read measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Absorbance,
+    Fluorescence,
+    /// Light collected for this many seconds per well.
+    Luminescence(f64),
+}
+
+impl Mode {
+    fn unit(self) -> &'static str {
+        match self {
+            Mode::Absorbance => "OD",
+            Mode::Fluorescence => "RFU",
+            Mode::Luminescence(_) => "RLU",
+        }
+    }
+}
+
 /// A deterministic, plausible reading: a dilution series along the columns, a touch of well-to-well
 /// variation, wavelength-dependent.
-fn simulated_value(well: &str, wavelength: f64, fluorescence: bool) -> f64 {
+fn simulated_value(well: &str, wavelength: f64, mode: Mode) -> f64 {
     let col: f64 = well.trim_start_matches(|c: char| c.is_ascii_alphabetic()).parse().unwrap_or(1.0);
     let row = well.chars().next().map_or(0.0, |c| (c as u32).saturating_sub('A' as u32) as f64);
     let conc = 0.5f64.powf(col - 1.0);
     let jitter = 1.0 + 0.01 * ((row * 7.0 + col * 3.0) % 5.0 - 2.0);
-    if fluorescence {
-        (50.0 + 40_000.0 * conc * jitter).round()
-    } else {
-        let peak = (-((wavelength - 450.0) / 250.0).powi(2)).exp();
-        ((0.045 + 2.0 * conc * peak) * jitter * 1000.0).round() / 1000.0
+    match mode {
+        Mode::Fluorescence => (50.0 + 40_000.0 * conc * jitter).round(),
+        // Dark counts plus light proportional to the integration time.
+        Mode::Luminescence(seconds) => (20.0 + 250_000.0 * conc * jitter * seconds).round(),
+        Mode::Absorbance => {
+            let peak = (-((wavelength - 450.0) / 250.0).powi(2)).exp();
+            ((0.045 + 2.0 * conc * peak) * jitter * 1000.0).round() / 1000.0
+        }
     }
 }
 
@@ -226,10 +251,14 @@ impl ReaderSim {
         command: &'static str,
         wells: Vec<String>,
         wavelengths: Vec<f64>,
-        fluorescence: bool,
+        mode: Mode,
     ) -> Result<CommandConfirmation, Status> {
         let uuid = uuid_v4();
-        let seconds = 5.0 + 0.05 * (wells.len() * wavelengths.len().max(1)) as f64;
+        let per_well = match mode {
+            Mode::Luminescence(integration_s) => 0.05 + integration_s,
+            _ => 0.05,
+        };
+        let seconds = 5.0 + per_well * (wells.len() * wavelengths.len().max(1)) as f64;
         let (tx, rx) = watch::channel(info(CommandStatus::Waiting, 0.0, seconds));
         let result = Arc::new(Mutex::new(None));
         let plate_loaded = self.lock()?.plate.is_some();
@@ -259,11 +288,14 @@ impl ReaderSim {
                 let values = wells
                     .iter()
                     .flat_map(|w| {
-                        let lambdas = if fluorescence { vec![wavelengths[0]] } else { wavelengths.clone() };
-                        lambdas.into_iter().map(move |l| simulated_value(w, l, fluorescence)).collect::<Vec<_>>()
+                        let lambdas = match mode {
+                            Mode::Absorbance => wavelengths.clone(),
+                            _ => vec![wavelengths.first().copied().unwrap_or(0.0)],
+                        };
+                        lambdas.into_iter().map(move |l| simulated_value(w, l, mode)).collect::<Vec<_>>()
                     })
                     .collect();
-                Ok((values, if fluorescence { "RFU".to_string() } else { "OD".to_string() }))
+                Ok((values, mode.unit().to_string()))
             };
             let status =
                 if outcome.is_ok() { CommandStatus::FinishedSuccessfully } else { CommandStatus::FinishedWithError };
@@ -424,7 +456,7 @@ impl ss::si_la_service_server::SiLaService for ReaderSim {
         reject_metadata(&req)?;
         Ok(Response::new(ss::GetServerDescriptionResponses {
             server_description: text(
-                "Labwright's simulated microplate reader: absorbance and fluorescence, per-well values",
+                "Labwright's simulated microplate reader: absorbance, fluorescence and luminescence, per-well values",
             ),
         }))
     }
@@ -460,6 +492,7 @@ impl ss::si_la_service_server::SiLaService for ReaderSim {
 impl pr::plate_reader_server::PlateReader for ReaderSim {
     type ReadAbsorbance_InfoStream = InfoStream;
     type ReadFluorescence_InfoStream = InfoStream;
+    type ReadLuminescence_InfoStream = InfoStream;
     type Subscribe_CurrentTemperatureStream = TemperatureStream;
 
     async fn read_absorbance(
@@ -475,7 +508,7 @@ impl pr::plate_reader_server::PlateReader for ReaderSim {
         for &w in &wl {
             self.check_wavelength("ReadAbsorbance", "Wavelengths", w, self.config.absorbance_nm)?;
         }
-        self.launch("ReadAbsorbance", wells, wl, false).map(Response::new)
+        self.launch("ReadAbsorbance", wells, wl, Mode::Absorbance).map(Response::new)
     }
 
     async fn read_absorbance_info(&self, req: Request<CommandExecutionUuid>) -> Result<Response<InfoStream>, Status> {
@@ -513,7 +546,7 @@ impl pr::plate_reader_server::PlateReader for ReaderSim {
                 format!("emission {em} nm must be longer than excitation {ex} nm"),
             ));
         }
-        self.launch("ReadFluorescence", wells, vec![ex, em], true).map(Response::new)
+        self.launch("ReadFluorescence", wells, vec![ex, em], Mode::Fluorescence).map(Response::new)
     }
 
     async fn read_fluorescence_info(&self, req: Request<CommandExecutionUuid>) -> Result<Response<InfoStream>, Status> {
@@ -526,6 +559,43 @@ impl pr::plate_reader_server::PlateReader for ReaderSim {
     ) -> Result<Response<pr::ReadFluorescenceResponses>, Status> {
         let (values, unit) = self.result(req.get_ref())?;
         Ok(Response::new(pr::ReadFluorescenceResponses {
+            values: values.into_iter().map(|value| Real { value }).collect(),
+            unit: text(&unit),
+        }))
+    }
+
+    async fn read_luminescence(
+        &self,
+        req: Request<pr::ReadLuminescenceParameters>,
+    ) -> Result<Response<CommandConfirmation>, Status> {
+        let p = req.into_inner();
+        let wells = self.check_wells("ReadLuminescence", &p.wells)?;
+        if !self.config.luminescence {
+            return Err(validation(
+                &param("ReadLuminescence", "Wells"),
+                format!("{} has no luminescence detector", self.config.name),
+            ));
+        }
+        let seconds = p.integration_time.map_or(1.0, |r| r.value);
+        if !(0.1..=10.0).contains(&seconds) {
+            return Err(validation(
+                &param("ReadLuminescence", "IntegrationTime"),
+                format!("{seconds} s is outside 0.1 to 10 s per well"),
+            ));
+        }
+        self.launch("ReadLuminescence", wells, Vec::new(), Mode::Luminescence(seconds)).map(Response::new)
+    }
+
+    async fn read_luminescence_info(&self, req: Request<CommandExecutionUuid>) -> Result<Response<InfoStream>, Status> {
+        self.info_stream(req.get_ref()).map(Response::new)
+    }
+
+    async fn read_luminescence_result(
+        &self,
+        req: Request<CommandExecutionUuid>,
+    ) -> Result<Response<pr::ReadLuminescenceResponses>, Status> {
+        let (values, unit) = self.result(req.get_ref())?;
+        Ok(Response::new(pr::ReadLuminescenceResponses {
             values: values.into_iter().map(|value| Real { value }).collect(),
             unit: text(&unit),
         }))

@@ -65,7 +65,30 @@ async fn reads_a_plate_over_sila_with_progress_and_per_well_values() {
     .await
     .unwrap();
     assert_eq!(out.measurements[0].unit, "RFU");
+    // Luminescence (a glow assay): one value per well in RLU, brighter where more is left.
+    let out = read(&d, CommandOp::ReadLuminescence { labware: "plate".into(), wells: wells(96) }).await.unwrap();
+    let m = &out.measurements[0];
+    assert_eq!((m.values.len(), m.unit.as_str(), m.kind.as_str()), (96, "RLU", "luminescence"));
+    assert!(m.values[0] > m.values[88] && m.values[88] > 0.0, "column 1 brighter than column 12: {:?}", m.values);
+    assert!(!d.plate_present().await.unwrap(), "the plate was ejected after the read");
     assert_eq!(d.status().await.unwrap().temperature_c, Some(25.0));
+}
+
+/// A reader without a luminescence detector (the site's reader2) refuses the read with a SiLA
+/// validation error, and gives the plate back.
+#[tokio::test]
+async fn a_reader_without_luminescence_refuses_it() {
+    let site = Site::sim().unwrap();
+    let inst = site.instruments.iter().find(|i| i.id == "reader2").unwrap();
+    let sim = ReaderSim::new(ReaderConfig::from_site(inst, FAST, Faults::default()));
+    let addr = sim.serve("127.0.0.1:0", None).await.unwrap();
+    let d = PlateReaderDriver::new(connect(&addr.to_string(), None, Duration::from_secs(5)).await.unwrap());
+    let e = read(&d, CommandOp::ReadLuminescence { labware: "plate".into(), wells: wells(8) }).await.unwrap_err();
+    assert!(
+        matches!(&e, InstrumentError::Validation { message, .. } if message.contains("no luminescence detector")),
+        "{e:?}"
+    );
+    assert!(!d.plate_present().await.unwrap(), "nothing measured: the plate was given back");
 }
 
 #[tokio::test]
@@ -288,6 +311,8 @@ async fn the_driver_reads_from_the_python_sila2_server() {
         .await
         .unwrap();
         assert_eq!(out.measurements[0].unit, "RFU");
+        let out = read(&d, CommandOp::ReadLuminescence { labware: "plate".into(), wells: wells(3) }).await.unwrap();
+        assert_eq!((out.measurements[0].unit.as_str(), out.measurements[0].values.len()), ("RLU", 3));
         // The Python server's defined execution error arrives classified.
         let e = d.load("stuck").await.unwrap_err();
         assert!(matches!(&e, InstrumentError::Device { code, .. } if code == "DoorStuck"), "{e:?}");
