@@ -10,7 +10,7 @@ use crate::resolve::Env;
 use crate::source::{SourceFile, Span};
 use crate::syntax::{self, Node};
 use crate::{import, lang};
-use labware::{Library, Site};
+use labware::{InstrumentClass, Library, Site};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Input formats.
@@ -266,8 +266,26 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
             commands: t.commands.clone(),
             settings: t.settings,
             pipettes: t.pipettes.iter().cloned().collect(),
+            instruments: Vec::new(),
             span: t.span,
         });
+        if let Some(task) = plan_tasks.last_mut() {
+            let kinds: Vec<_> = t.holds.iter().map(|&s| env.slots[s].def.kind).collect();
+            task.instruments = crate::capability::instruments_for(site, task, &kinds);
+            let runs_on_instrument =
+                task.class.is_some_and(|c| !matches!(c, InstrumentClass::Technician | InstrumentClass::RobotArm));
+            if runs_on_instrument && task.instruments.is_empty() {
+                let class = task.class.map_or("", |c| c.as_str());
+                d.push(
+                    Diagnostic::error(
+                        "P0401",
+                        t.span,
+                        format!("`{}`: no single {class} of this site can do all of it", task.label),
+                    )
+                    .with_hint("each of its parts is possible somewhere; split the step, or ask the lab"),
+                );
+            }
+        }
     }
     let mut max_lags = Vec::new();
     for c in &p.constraints {

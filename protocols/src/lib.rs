@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod ast;
+pub mod capability;
 pub mod check;
 pub mod compile;
 pub mod diag;

@@ -12,6 +12,7 @@
 //! - Tips come from the protocol's tip racks of a matching size, rack by rack, column by column.
 
 use crate::ast::*;
+use crate::capability;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::plan::{Command, CommandOp, Settings};
 use crate::resolve::{Env, Loc};
@@ -495,14 +496,10 @@ impl<'a> Lowerer<'a> {
                 let temp = *temperature_c;
                 let rpm = *shake_rpm;
                 let inc_ok = |i: &labware::site::Instrument| {
-                    i.temperature_c.is_some_and(|r| r.contains(temp))
-                        && rpm.is_none_or(|s| i.shaking_rpm.is_some_and(|r| r.contains(s)))
+                    capability::holds_temperature(i, temp) && rpm.is_none_or(|s| capability::shakes_at(i, s))
                 };
                 let has_incubator = self.site.instruments_of(InstrumentClass::Incubator).any(inc_ok);
-                let hs_ok = |i: &labware::site::Instrument| {
-                    i.temperature_c.is_some_and(|r| r.contains(temp))
-                        && rpm.is_none_or(|s| i.shaking_rpm.is_some_and(|r| r.contains(s)))
-                };
+                let hs_ok = inc_ok;
                 // An incubator is preferred; a heater-shaker can stand in when it covers the settings.
                 let class = if has_incubator || !self.site.instruments_of(InstrumentClass::HeaterShaker).any(hs_ok) {
                     InstrumentClass::Incubator
@@ -541,8 +538,7 @@ impl<'a> Lowerer<'a> {
             Op::Shake { labware, rpm, duration_s, temperature_c } => {
                 let (s, temp) = (*rpm, *temperature_c);
                 let ok = |i: &labware::site::Instrument| {
-                    i.shaking_rpm.is_some_and(|r| r.contains(s))
-                        && temp.is_none_or(|t| i.temperature_c.is_some_and(|r| r.contains(t)))
+                    capability::shakes_at(i, s) && temp.is_none_or(|t| capability::holds_temperature(i, t))
                 };
                 if self
                     .require(
@@ -579,7 +575,7 @@ impl<'a> Lowerer<'a> {
                         step.field_span(&["labware"]),
                         d,
                         &format!("{verb} {}", labware.name),
-                        |i| i.seal_modes.contains(&mode),
+                        |i| capability::seals(i, mode),
                         &format!("can {}", if seal { "seal" } else { "peel" }),
                     )
                     .is_none()
@@ -615,9 +611,7 @@ impl<'a> Lowerer<'a> {
             }
             Op::ReadAbsorbance { labware, wells, wavelengths_nm } => {
                 for &w in wavelengths_nm {
-                    let ok = |i: &labware::site::Instrument| {
-                        i.modes.contains(&ReadMode::Absorbance) && i.absorbance_nm.is_some_and(|r| r.contains(w))
-                    };
+                    let ok = |i: &labware::site::Instrument| capability::reads_absorbance(i, w);
                     if self
                         .require(
                             InstrumentClass::PlateReader,
@@ -649,11 +643,7 @@ impl<'a> Lowerer<'a> {
             }
             Op::ReadFluorescence { labware, wells, excitation_nm, emission_nm } => {
                 let (ex, em) = (*excitation_nm, *emission_nm);
-                let ok = |i: &labware::site::Instrument| {
-                    i.modes.contains(&ReadMode::Fluorescence)
-                        && i.excitation_nm.is_some_and(|r| r.contains(ex))
-                        && i.emission_nm.is_some_and(|r| r.contains(em))
-                };
+                let ok = |i: &labware::site::Instrument| capability::reads_fluorescence(i, ex, em);
                 let what = format!("fluorescence {}/{} nm", crate::units::trim(ex), crate::units::trim(em));
                 if self
                     .require(
@@ -689,7 +679,7 @@ impl<'a> Lowerer<'a> {
                         step.field_span(&["labware"]),
                         d,
                         "luminescence",
-                        |i| i.modes.contains(&ReadMode::Luminescence),
+                        capability::reads_luminescence,
                         "reads luminescence",
                     )
                     .is_none()
@@ -713,7 +703,7 @@ impl<'a> Lowerer<'a> {
                         step.field_span(&["force"]),
                         d,
                         &format!("centrifuge at {} ×g", crate::units::trim(g)),
-                        |i| i.max_g.is_some_and(|m| g <= m),
+                        |i| capability::spins_at(i, g),
                         "reaches that force",
                     )
                     .is_none()
@@ -772,7 +762,7 @@ impl<'a> Lowerer<'a> {
                                     span,
                                     d,
                                     &format!("heat to {} °C", crate::units::trim(*x)),
-                                    |i| i.temperature_c.is_some_and(|r| r.contains(*x)),
+                                    |i| capability::holds_temperature(i, *x),
                                     "reaches that temperature",
                                 )
                                 .is_none()
@@ -791,7 +781,7 @@ impl<'a> Lowerer<'a> {
                                     span,
                                     d,
                                     &format!("shake at {} rpm", crate::units::trim(*x)),
-                                    |i| i.shaking_rpm.is_some_and(|r| r.contains(*x)),
+                                    |i| capability::shakes_at(i, *x),
                                     "shakes at that speed",
                                 )
                                 .is_none()

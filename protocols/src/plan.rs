@@ -65,6 +65,12 @@ pub struct Task {
     /// Pipettes the task's commands use (the scheduler picks a handler that has them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pipettes: Vec<String>,
+    /// The site's instruments that can run all of this task (every command's capability and
+    /// the labware it holds), from `capability::instruments_for`; the scheduler chooses only
+    /// among them. Empty for tasks no instrument runs, and in plans compiled before it existed
+    /// (then any instrument of the class).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instruments: Vec<String>,
     /// Where in the protocol file the task comes from.
     pub span: Span,
 }

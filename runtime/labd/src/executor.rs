@@ -954,6 +954,22 @@ impl Executor {
         let i = s.runs.len();
         let planned_end = s.planner.schedule.completion(i);
         let planned_end_at = self.clock_at(s, planned_end);
+        // Instruments out of service that this run's plan waits for (the only ones that can do
+        // some of its work): the tenant learns why its end is where it is.
+        let unavailable = self.board.unavailable_all();
+        let mut waits_for: Vec<String> = s
+            .planner
+            .schedule
+            .tasks
+            .get(i)
+            .into_iter()
+            .flatten()
+            .filter(|slot| !slot.on_arm)
+            .filter_map(|slot| slot.resource.and_then(|r| s.planner.problem.resources.get(r)))
+            .filter(|r| unavailable.contains_key(&r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        waits_for.dedup();
         report.commands += a.plan.command_count() as u64;
         let (store, id, tasks) = (self.store.clone(), a.run.id.clone(), a.plan.tasks.len());
         s.runs.push(a);
@@ -961,8 +977,9 @@ impl Executor {
         s.closed.push(false);
         blocking(move || {
             store.set_run_state(&id, RunState::Running, None)?;
-            let payload =
-                serde_json::json!({"planned_end_s": planned_end, "planned_end_at": planned_end_at, "tasks": tasks});
+            let payload = serde_json::json!({
+                "planned_end_s": planned_end, "planned_end_at": planned_end_at, "tasks": tasks, "waits_for": waits_for,
+            });
             store.append_event(&id, "scheduled", &payload.to_string())
         })
         .await

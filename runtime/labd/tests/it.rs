@@ -465,6 +465,66 @@ fn maintenance_keeps_work_off_an_instrument() {
     });
 }
 
+/// A luminescence read only reader1 can do waits for reader1 while it is in maintenance: it is
+/// never routed to reader2 (absorbance only), the run is told why its end moved, and when
+/// reader1 is back the read runs there and the run succeeds.
+#[test]
+fn work_waits_for_the_only_instrument_that_can_do_it() {
+    use labd::store::RunState;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (store, ex, _) = faulty_rig(&[]).await;
+        let ex = std::sync::Arc::new(ex);
+        let t = store.create_tenant("acme", 1.0).unwrap();
+        let plan = compile_example("cell-viability.yaml");
+        let read = plan.tasks.iter().find(|t| t.label.starts_with("read luminescence")).unwrap();
+        assert_eq!(read.instruments, ["reader1"], "the compiler lists who can read luminescence");
+        store.set_maintenance("reader1", Some(("lamp replacement", "tech-1"))).unwrap();
+        ex.board().set_unavailable("reader1", Some("maintenance: lamp replacement".into()));
+        let run = ex.submit(&t.id, "glo", "viability", "cell-viability.yaml", &plan).unwrap();
+        let worker = {
+            let ex = ex.clone();
+            tokio::spawn(async move { ex.run_queued().await })
+        };
+        // Everything before the read happens; the read does not start anywhere.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let events = store.events(None, &run.id, 0).unwrap();
+            let finished = events.iter().filter(|e| e.kind == "task_finished").count();
+            if finished == 3 {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "the work before the read did not finish: {events:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await; // 5,000 device-seconds
+        let used = task_instruments(&store);
+        assert!(!used.iter().any(|i| i.starts_with("reader")), "the read waits for reader1: {used:?}");
+        assert_eq!(store.run(None, &run.id).unwrap().state, RunState::Running);
+        store.set_maintenance("reader1", None).unwrap();
+        let report = tokio::time::timeout(std::time::Duration::from_secs(120), worker).await.unwrap().unwrap().unwrap();
+        assert!(report.runs.iter().all(|r| r.1 == RunState::Succeeded), "{:?}", report.runs);
+        assert_eq!(
+            task_instruments(&store).iter().filter(|i| i.starts_with("reader")).collect::<Vec<_>>(),
+            ["reader1"]
+        );
+        let results = store.results(Some(&t.id), &run.id).unwrap();
+        assert_eq!(
+            (results[0].kind.as_str(), results[0].unit.as_str(), results[0].values.len()),
+            ("luminescence", "RLU", 16)
+        );
+        let told: Vec<String> = store
+            .events(None, &run.id, 0)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "scheduled" || e.kind == "rescheduled")
+            .map(|e| e.payload_json)
+            .collect();
+        assert!(told[0].contains("\"waits_for\":[\"reader1\"]"), "the tenant was told what it waits for: {told:?}");
+        assert!(told.iter().any(|p| p.contains("reader1 is back")), "and when it came back: {told:?}");
+    });
+}
+
 /// Bench time reserved for one tenant keeps another tenant's work off those instruments until the
 /// reservation ends.
 #[test]

@@ -29,6 +29,7 @@ fn task(class: Option<InstrumentClass>, duration: f64, after: &[usize], plates: 
         pipettes: Vec::new(),
         settings: Settings::default(),
         label: label.to_string(),
+        instruments: Vec::new(),
     }
 }
 

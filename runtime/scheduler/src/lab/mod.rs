@@ -84,6 +84,9 @@ pub struct LabTask {
     /// Set points (incubation temperature, shaking): tasks sharing an instrument must agree.
     pub settings: protocols::plan::Settings,
     pub label: String,
+    /// Ids of the instruments that can run it (every capability it needs, from the compiler);
+    /// empty: any instrument of its class that has its pipettes and set points.
+    pub instruments: Vec<String>,
 }
 
 /// A submitted run.
@@ -118,6 +121,7 @@ impl Run {
                 pipettes: t.pipettes.clone(),
                 settings: t.settings,
                 label: t.label.clone(),
+                instruments: t.instruments.clone(),
             })
             .collect();
         Run {
@@ -452,6 +456,7 @@ impl LabProblem {
                     temp_ok && rpm_ok
                 })
                 .filter(|(_, r)| c == InstrumentClass::Technician || r.nest.is_some())
+                .filter(|(_, r)| t.instruments.is_empty() || t.instruments.contains(&r.id))
                 .map(|(i, _)| i)
                 .collect(),
         }

@@ -251,8 +251,19 @@ impl Planner {
             Event::InstrumentUp { resource } => {
                 let w =
                     self.problem.down.get_mut(resource).ok_or_else(|| ModelError(format!("no resource {resource}")))?;
+                let mut was_until = now;
                 for x in w.iter_mut().filter(|x| x.start <= now && x.end > now) {
+                    was_until = was_until.max(x.end);
                     x.end = now;
+                }
+                // Work planned to start when the instrument was due back was waiting for it: it
+                // may move as early as it can now, whatever start was announced for it.
+                for anchors in &mut self.problem.anchors {
+                    for a in
+                        anchors.iter_mut().filter(|a| a.is_some_and(|at| at >= was_until - 1e-6 && was_until > now))
+                    {
+                        *a = None;
+                    }
                 }
             }
             Event::RunCancelled { run } => self.cancel(run)?,

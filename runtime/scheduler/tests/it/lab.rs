@@ -204,6 +204,7 @@ mod lab_model {
             pipettes: vec![],
             settings: protocols::plan::Settings { temperature_c: Some(temp), shake_rpm: None },
             label: "incubate".into(),
+            instruments: Vec::new(),
         };
         for (i, temp) in [37.0, 25.0].into_iter().enumerate() {
             let run = scheduler::lab::Run {
@@ -272,6 +273,7 @@ mod lab_model {
                 pipettes: vec![],
                 settings: Default::default(),
                 label: "cycle".into(),
+                instruments: Vec::new(),
             }],
             max_lags: vec![],
             min_lags: vec![],
@@ -287,6 +289,7 @@ mod lab_model {
             pipettes: vec![],
             settings: Default::default(),
             label: "read".into(),
+            instruments: Vec::new(),
         });
         run.max_lags = vec![(0, 1, 5.0)];
         let e = p.add_run(run.clone()).unwrap_err().to_string();
@@ -648,6 +651,7 @@ fn a_nest_stays_taken_until_the_move_away_has_ended() {
             pipettes: vec![],
             settings: Default::default(),
             label: "seal".into(),
+            instruments: Vec::new(),
         };
         let run = Run {
             id: id.into(),
