@@ -476,12 +476,12 @@ fn work_waits_for_the_only_instrument_that_can_do_it() {
         let (store, ex, _) = faulty_rig(&[]).await;
         let ex = std::sync::Arc::new(ex);
         let t = store.create_tenant("acme", 1.0).unwrap();
-        let plan = compile_example("cell-viability.yaml");
+        let plan = compile_example("viability-glo.yaml");
         let read = plan.tasks.iter().find(|t| t.label.starts_with("read luminescence")).unwrap();
         assert_eq!(read.instruments, ["reader1"], "the compiler lists who can read luminescence");
         store.set_maintenance("reader1", Some(("lamp replacement", "tech-1"))).unwrap();
         ex.board().set_unavailable("reader1", Some("maintenance: lamp replacement".into()));
-        let run = ex.submit(&t.id, "glo", "viability", "cell-viability.yaml", &plan).unwrap();
+        let run = ex.submit(&t.id, "glo", "viability", "viability-glo.yaml", &plan).unwrap();
         let worker = {
             let ex = ex.clone();
             tokio::spawn(async move { ex.run_queued().await })
