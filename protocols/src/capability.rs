@@ -39,6 +39,15 @@ pub fn spins_at(i: &Instrument, g: f64) -> bool {
     i.max_g.is_some_and(|m| g <= m)
 }
 
+/// Deck slots a liquid handler offers labware: an OT-2-style deck has twelve, the twelfth the
+/// fixed trash (the drivers place a run's labware in slots 1, 2, … in plan order).
+pub const DECK_SLOTS: u32 = 11;
+
+/// Whether a liquid handler's deck takes `labware` items (trash not counted) at once.
+pub fn deck_holds(i: &Instrument, labware: usize) -> bool {
+    labware <= i.deck_slots.unwrap_or(DECK_SLOTS).min(DECK_SLOTS) as usize
+}
+
 /// Whether `i` can carry out `op` (commands that need no particular capability: yes).
 pub fn can(i: &Instrument, op: &CommandOp) -> bool {
     use CommandOp::*;

@@ -252,6 +252,9 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
         new_id[old] = pos as u32;
     }
     let mut plan_tasks: Vec<Task> = Vec::with_capacity(n);
+    // A liquid handler's driver puts all of the run's labware on its deck at once.
+    let on_deck = env.slots.iter().filter(|s| s.def.kind != labware::LabwareKind::Trash).count();
+    let mut deck_reported = false;
     for &old in &order {
         let t = &tasks[old];
         let mut deps: Vec<TaskId> = after[old].iter().map(|&a| new_id[a]).collect();
@@ -272,6 +275,47 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
         if let Some(task) = plan_tasks.last_mut() {
             let kinds: Vec<_> = t.holds.iter().map(|&s| env.slots[s].def.kind).collect();
             task.instruments = crate::capability::instruments_for(site, task, &kinds);
+            if task.class == Some(InstrumentClass::LiquidHandler) {
+                let capable = std::mem::take(&mut task.instruments);
+                task.instruments = capable
+                    .iter()
+                    .filter(|id| {
+                        site.instruments
+                            .iter()
+                            .find(|i| &i.id == *id)
+                            .is_some_and(|i| crate::capability::deck_holds(i, on_deck))
+                    })
+                    .cloned()
+                    .collect();
+                if task.instruments.is_empty() && !capable.is_empty() {
+                    if !deck_reported {
+                        let decks: Vec<String> = capable
+                            .iter()
+                            .filter_map(|id| site.instruments.iter().find(|i| &i.id == id))
+                            .map(|i| {
+                                let slots = i
+                                    .deck_slots
+                                    .unwrap_or(crate::capability::DECK_SLOTS)
+                                    .min(crate::capability::DECK_SLOTS);
+                                format!("{}: {slots}", i.id)
+                            })
+                            .collect();
+                        d.push(
+                            Diagnostic::error(
+                                "P0401",
+                                p.labware.last().map_or(t.span, |l| l.name.span),
+                                format!(
+                                    "the protocol puts {on_deck} labware on the liquid handler's deck, but no deck of this site has that many slots ({})",
+                                    decks.join(", ")
+                                ),
+                            )
+                            .with_hint("use fewer tip racks, plates or reservoirs in one protocol (the trash does not count), or split it into two"),
+                        );
+                        deck_reported = true;
+                    }
+                    continue;
+                }
+            }
             let runs_on_instrument =
                 task.class.is_some_and(|c| !matches!(c, InstrumentClass::Technician | InstrumentClass::RobotArm));
             if runs_on_instrument && task.instruments.is_empty() {

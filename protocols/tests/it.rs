@@ -230,6 +230,26 @@ fn dependency_cycles() {
     );
 }
 
+/// Fourteen labware for an 11-slot deck is refused at compile time, naming the count and the
+/// decks; eleven fit.
+#[test]
+fn more_labware_than_deck_slots_is_refused_before_the_run() {
+    let plates = |n: usize| -> String {
+        (0..n).map(|i| format!("  extra{i}: {{ type: corning_96_wellplate_360ul_flat }}\n")).collect()
+    };
+    // HEADER declares res, plate, pcr, tips and tips20: five on the deck.
+    let text = |extra: usize| {
+        format!("{HEADER}  - transfer: {{ from: res/A1, to: plate/A1, volume: 50 uL }}\n")
+            .replace("steps:\n", &format!("{}steps:\n", plates(extra)))
+    };
+    let c = run("t.yaml", &text(9));
+    let deck: Vec<_> = c.diagnostics.iter().filter(|d| d.message.contains("deck")).collect();
+    assert_eq!(deck.len(), 1, "{:#?}", c.diagnostics);
+    assert!(deck[0].message.contains("puts 14 labware") && deck[0].message.contains("lh1: 11"), "{}", deck[0].message);
+    let c = run("t.yaml", &text(6));
+    assert!(!c.has_errors(), "eleven fit: {:#?}", c.diagnostics);
+}
+
 /// An over-full `distribute` to a 384-well plate is one diagnostic naming the worst well and the
 /// count, not 384; a typo in an operation name comes first although it comes last in the file.
 #[test]
