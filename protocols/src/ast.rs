@@ -87,6 +87,9 @@ pub struct LabwareDecl {
     pub name: Named,
     pub load_name: Named,
     pub contents: Vec<Contents>,
+    /// Known to start empty even where the protocol leaves unlisted wells unknown (an
+    /// Autoprotocol `new` container): a well an instruction fills holds exactly that.
+    pub starts_empty: bool,
 }
 
 /// Liquid in wells at the start.

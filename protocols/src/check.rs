@@ -25,6 +25,9 @@ pub struct WellState {
     pub contents: BTreeMap<String, f64>,
     /// Contents before the protocol are unknown (imported protocols): under-draws are not errors.
     pub unknown: bool,
+    /// Started empty though unlisted wells are unknown (an Autoprotocol `new` container): once an
+    /// instruction puts liquid in, the well holds exactly what was put in and is tracked.
+    pub fresh: bool,
 }
 
 impl WellState {
@@ -84,10 +87,9 @@ pub fn initial(p: &Protocol, env: &Env, d: &mut Diagnostics) -> Tracked {
             .slots
             .iter()
             .map(|s| {
-                vec![
-                    WellState { unknown: p.unlisted_wells == UnlistedWells::Unknown, ..Default::default() };
-                    s.def.wells.len()
-                ]
+                let unknown = p.unlisted_wells == UnlistedWells::Unknown;
+                let fresh = unknown && p.labware.iter().any(|l| l.name.name == s.name && l.starts_empty);
+                vec![WellState { unknown, fresh, ..Default::default() }; s.def.wells.len()]
             })
             .collect(),
         ..Default::default()
@@ -203,7 +205,7 @@ pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) 
                             .with_hint("aspirate at least as much as you dispense"),
                         );
                     }
-                    let mut tip_state = WellState { contents: std::mem::take(tip), unknown: false };
+                    let mut tip_state = WellState { contents: std::mem::take(tip), ..Default::default() };
                     let given = tip_state.take(*volume_ul);
                     *tip = tip_state.contents;
                     fill(env, &mut t, loc, &given, span, &mut report);
@@ -296,6 +298,11 @@ fn fill(
     report: &mut impl FnMut(&'static str, Loc, f64, Diagnostic),
 ) {
     let state = &mut t.wells[loc.slot][loc.well];
+    if state.fresh {
+        // What a `new` container's well holds is what instructions put in.
+        state.unknown = false;
+        state.fresh = false;
+    }
     state.add(given);
     let max = env.slots[loc.slot].def.wells[loc.well].max_volume_ul;
     let vol = state.volume();

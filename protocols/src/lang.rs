@@ -155,7 +155,12 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
                 )),
             }
         }
-        p.labware.push(LabwareDecl { name: Named { name: k.name.clone(), span: k.span }, load_name: ty, contents });
+        p.labware.push(LabwareDecl {
+            name: Named { name: k.name.clone(), span: k.span },
+            load_name: ty,
+            contents,
+            starts_empty: false,
+        });
     }
 }
 

@@ -487,6 +487,57 @@ fn every_corpus_protocol_compiles_or_gets_clean_diagnostics() {
     assert!(compiled >= 10, "only {compiled} of {} corpus files compiled", files.len());
 }
 
+/// `liquid_handle` as other tools write it and Strateos accepts: transports without a volume
+/// (tip movements to the well top or liquid surface, with detection), air gaps
+/// (`liquid_class: air`) and `pump_override_volume`. A movement moves; an air gap is pipette
+/// state. And a `new` container's well filled by `provision` is tracked: drawing more from it
+/// than it received is P0302 at the instruction that over-draws.
+#[test]
+fn autoprotocol_liquid_handle_movements_air_gaps_and_provisioned_wells() {
+    let transports = |draw: &str| {
+        format!(
+            r#"[
+              {{"mode_params": {{"tip_position": {{"position_z": {{"reference": "well_top", "offset": "0:millimeter"}}}}}}}},
+              {{"volume": "-5:microliter", "mode_params": {{"liquid_class": "air"}}}},
+              {{"mode_params": {{"tip_position": {{"position_z": {{"reference": "liquid_surface", "detection": {{"method": "capacitance", "threshold": "0.1:picofarad"}}}}}}}}}},
+              {{"volume": "-{draw}:microliter", "pump_override_volume": "-{draw}.5:microliter", "flowrate": {{"target": "50:microliter/second"}}, "mode_params": {{"liquid_class": "default"}}}}
+            ]"#
+        )
+    };
+    let protocol = |draw: &str| {
+        format!(
+            r#"{{
+  "refs": {{"plate": {{"new": "96-flat", "discard": true}}, "dest": {{"new": "96-flat", "discard": true}}}},
+  "instructions": [
+    {{"op": "provision", "resource_id": "rs_water", "to": [{{"well": "plate/0", "volume": "50:microliter"}}]}},
+    {{"op": "liquid_handle", "locations": [
+      {{"location": "plate/0", "transports": {t}}},
+      {{"location": "dest/0", "transports": [{{"volume": "{draw}:microliter"}}, {{"volume": "5:microliter", "mode_params": {{"liquid_class": "air"}}}}]}}
+    ]}},
+    {{"op": "liquid_handle", "locations": [
+      {{"location": "plate/0", "transports": {t}}},
+      {{"location": "dest/1", "transports": [{{"volume": "{draw}:microliter"}}]}}
+    ]}}
+  ]
+}}"#,
+            t = transports(draw)
+        )
+    };
+    let ok = run("lh.json", &protocol("20"));
+    assert!(!ok.has_errors(), "{:#?}", ok.diagnostics);
+    let plan = ok.plan.unwrap();
+    let moves =
+        plan.tasks.iter().flat_map(|t| &t.commands).filter(|c| matches!(c.op, CommandOp::MoveTo { .. })).count();
+    assert_eq!(moves, 7, "each volume-less transport and air gap is a tip movement (4 + 3)");
+    let text = protocol("30");
+    let over = run("lh.json", &text);
+    let errors: Vec<_> = over.diagnostics.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errors.iter().map(|d| d.code).collect::<Vec<_>>(), ["P0302"], "{errors:#?}");
+    let third = text.rfind("\"op\": \"liquid_handle\"").unwrap();
+    assert!(errors[0].span.start as usize >= third - 10, "the error points at the instruction that over-draws");
+    assert!(errors[0].message.contains("holds only 20 µL"), "{}", errors[0].message);
+}
+
 #[test]
 fn unsupported_instructions_are_named_with_their_index() {
     let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/resources/measure_suite.json"))

@@ -146,11 +146,13 @@ impl Importer<'_> {
                     "96-flat".to_string()
                 }
             };
-            self.declare(&k.name, k.span, &ty, span, d);
+            // A `new` container comes empty from the lab's stock; an existing one (`id`)
+            // holds what earlier runs left, which the protocol does not say.
+            self.declare(&k.name, k.span, &ty, span, v.get("new").is_some(), d);
         }
     }
 
-    fn declare(&mut self, name: &str, name_span: Span, ty: &str, ty_span: Span, d: &mut Diagnostics) {
+    fn declare(&mut self, name: &str, name_span: Span, ty: &str, ty_span: Span, new: bool, d: &mut Diagnostics) {
         let Some(&(_, load, volume)) = CONTAINER_TYPES.iter().find(|(t, _, _)| *t == ty) else {
             let known: Vec<&str> = CONTAINER_TYPES.iter().map(|c| c.0).collect();
             d.push(
@@ -176,6 +178,7 @@ impl Importer<'_> {
             name: Named { name: name.to_string(), span: name_span },
             load_name: Named { name: def.load_name.clone(), span: ty_span },
             contents: Vec::new(),
+            starts_empty: new,
         });
         if !self.protocol.custom_labware.iter().any(|c| c.load_name == def.load_name) {
             self.protocol.custom_labware.push(def.clone());
@@ -199,7 +202,7 @@ impl Importer<'_> {
                 node.span,
                 format!("container `{r}` is not declared (an instruction fragment); assuming 96-flat"),
             ));
-            self.declare(r, node.span, "96-flat", node.span, d);
+            self.declare(r, node.span, "96-flat", node.span, false, d);
         }
         let Some(def) = self.refs.get(r) else {
             d.push(
@@ -595,8 +598,17 @@ impl Importer<'_> {
             };
             let Some(w) = self.well(n, d) else { continue };
             for t in list_field(loc, "transports", "a `liquid_handle` location", d) {
-                let Some(n) = t.get("volume") else {
-                    d.push(Diagnostic::error("P0102", t.span, "a `liquid_handle` transport is missing `volume`"));
+                // A transport without a volume moves the tip (to the well top, the liquid
+                // surface, with or without detection); one of liquid class `air` takes in or
+                // lets out an air gap, which is pipette state, not liquid in the well.
+                // `pump_override_volume` changes what the plunger displaces, not what moves.
+                let air = t
+                    .get("mode_params")
+                    .and_then(|m| m.get("liquid_class"))
+                    .and_then(Node::as_str)
+                    .is_some_and(|c| c == "air");
+                let Some(n) = t.get("volume").filter(|_| !air) else {
+                    cmds.push(LowLevel::MoveTo { pipette: pipette.clone(), at: Some(w.clone()) });
                     continue;
                 };
                 let Some(v) = quantity(n, Dim::Volume, "volume", (-1e7, 1e7), d) else { continue };

@@ -208,6 +208,7 @@ impl Importer<'_> {
             name: Named { name: id.to_string(), span },
             load_name: Named { name: load, span },
             contents: Vec::new(),
+            starts_empty: false,
         });
     }
 
