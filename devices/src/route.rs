@@ -39,8 +39,7 @@ pub fn family(op: &CommandOp) -> Family {
         | MoveTo { .. }
         | DropTip { .. }
         | Home
-        | MoveLabware { .. }
-        | AddReagent { .. } => Family::LiquidHandler,
+        | MoveLabware { .. } => Family::LiquidHandler,
         Shake { .. }
         | SetTemperature { .. }
         | WaitForTemperature { .. }
@@ -53,7 +52,7 @@ pub fn family(op: &CommandOp) -> Family {
         Seal { .. } | Peel { .. } => Family::Sealer,
         Centrifuge { .. } => Family::Centrifuge,
         Cover { .. } | Uncover { .. } => Family::RobotArm,
-        Manual { .. } => Family::Technician,
+        Manual { .. } | AddReagent { .. } => Family::Technician,
         Wait { .. } => Family::Timer,
     }
 }

@@ -87,6 +87,10 @@ struct Shortage {
     have_racks: usize,
 }
 
+/// Whether the arm drivers can take a lid off and put it back (the scheduler models lid tasks;
+/// no arm driver carries them out yet, so `cover` and `uncover` are refused).
+const ARMS_HANDLE_LIDS: bool = false;
+
 /// Per-command duration estimates, seconds.
 mod est {
     pub const PICK_UP_TIP: f64 = 4.0;
@@ -476,7 +480,9 @@ impl<'a> Lowerer<'a> {
                 }
             }
             Op::AddReagent { reagent, to } => {
-                let t = self.task(Some(InstrumentClass::LiquidHandler), format!("add {reagent}"), step);
+                // Reagent from the lab's stock (Autoprotocol `provision`, `dispense`): a
+                // technician adds it; no liquid handler here draws from the stock.
+                let t = self.task(Some(InstrumentClass::Technician), format!("add {reagent}"), step);
                 for (r, v) in to {
                     let Some(locs) = self.env.wells(r, d) else { continue };
                     for loc in locs {
@@ -593,7 +599,19 @@ impl<'a> Lowerer<'a> {
             Op::Cover { labware } | Op::Uncover { labware } => {
                 let cover = matches!(step.op, Op::Cover { .. });
                 let verb = if cover { "cover" } else { "uncover" };
-                // Lids are handled by the plate arms, which the site lists apart from instruments.
+                // Lids are handled by the plate arms, whose drivers cannot do it yet: refused here
+                // rather than accepted and failed on the instrument.
+                if !ARMS_HANDLE_LIDS {
+                    d.push(
+                        Diagnostic::error(
+                            "P0401",
+                            span,
+                            format!("{verb} {}: the robot arms of this site do not handle lids yet", labware.name),
+                        )
+                        .with_hint("leave the lid to a `manual` step, or seal the plate instead"),
+                    );
+                    return;
+                }
                 if self.site.arms.is_empty() {
                     d.push(Diagnostic::error(
                         "P0401",

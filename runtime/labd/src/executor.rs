@@ -155,6 +155,29 @@ fn billed_seconds(class: labware::InstrumentClass, planned_s: f64, took_s: f64) 
     }
 }
 
+/// What a technician is asked to add: per reagent and volume, the wells (`add 50 µL of water
+/// to plate A1, A2 (2 wells)`).
+fn additions_text(adds: &[(&str, &str, &str, f64)]) -> String {
+    /// (reagent, labware, volume) → wells.
+    type Group<'a> = ((&'a str, &'a str, String), Vec<&'a str>);
+    let mut groups: Vec<Group> = Vec::new();
+    for &(reagent, labware, well, ul) in adds {
+        let key = (reagent, labware, protocols::units::fmt_ul(ul));
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(well),
+            None => groups.push((key, vec![well])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|((reagent, labware, vol), wells)| {
+            let n = if wells.len() > 1 { format!(" ({} wells)", wells.len()) } else { String::new() };
+            format!("add {vol} of {reagent} to {labware} {}{n}", wells.join(", "))
+        })
+        .collect();
+    parts.join("; ")
+}
+
 /// Job identity across repairs: a task is `t:run:task`; a move is its plate's leg with its
 /// planned start, which a repair keeps bit for bit once the move is pinned.
 fn job_key(job: &Job) -> String {
@@ -1388,13 +1411,25 @@ impl Executor {
         // The last command's success, written with the next command's intent (one durable
         // write per command); flushed before anything that waits and at the end of the task.
         let mut pending: Option<String> = None;
+        // Commands already carried out with an earlier one (additions a technician does at once).
+        let mut done_up_to = 0;
         for (ci, cmd) in task.commands.iter().enumerate() {
+            if ci < done_up_to {
+                continue;
+            }
             match family(&cmd.op) {
                 Family::Timer => {
                     self.flush(&mut pending).await?;
                     if let CommandOp::Wait { duration_s } = cmd.op {
                         tokio::time::sleep(self.config.scale.wall(duration_s)).await;
                     }
+                }
+                Family::Technician if matches!(cmd.op, CommandOp::AddReagent { .. }) => {
+                    self.flush(&mut pending).await?;
+                    let n =
+                        task.commands[ci..].iter().take_while(|c| matches!(c.op, CommandOp::AddReagent { .. })).count();
+                    done_up_to = ci + n;
+                    self.add_by_hand(run, t, &task.commands[ci..ci + n]).await?
                 }
                 Family::Technician => {
                     self.flush(&mut pending).await?;
@@ -1447,6 +1482,40 @@ impl Executor {
     async fn event(&self, run: &Run, kind: &str, payload: serde_json::Value) {
         let (store, id, kind) = (self.store.clone(), run.id.clone(), kind.to_string());
         let _ = blocking(move || store.append_event(&id, &kind, &payload.to_string())).await;
+    }
+
+    /// Reagent from the lab's stock added by a technician: one intervention listing every
+    /// addition of the task. In a simulated lab, the simulated technician's additions reach the
+    /// simulated liquid handlers' wells once the intervention is resolved as done.
+    async fn add_by_hand(&self, run: &Run, task: usize, adds: &[protocols::plan::Command]) -> Result<(), String> {
+        let adds: Vec<(&str, &str, &str, f64)> = adds
+            .iter()
+            .filter_map(|c| match &c.op {
+                CommandOp::AddReagent { reagent, labware, well, volume_ul } => {
+                    Some((reagent.as_str(), labware.as_str(), well.as_str(), *volume_ul))
+                }
+                _ => None,
+            })
+            .collect();
+        let instruction = additions_text(&adds);
+        let (store, id) = (self.store.clone(), run.id.clone());
+        let text = instruction.clone();
+        let i = blocking(move || store.open_intervention(&id, Some(task as i64), None, "add reagent", &text))
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.await_resolution(&i.id).await?.as_str() {
+            "abort" => Err(format!("a technician aborted the run at `{instruction}`")),
+            _ => {
+                for state in self.lab.simulated.iter().flat_map(|s| s.liquid.values()) {
+                    if let Ok(mut s) = state.lock() {
+                        for (_, labware, well, ul) in &adds {
+                            s.fill(labware, well, *ul);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     /// A manual step: a technician does it and says so in the console (an intervention).

@@ -465,6 +465,153 @@ fn maintenance_keeps_work_off_an_instrument() {
     });
 }
 
+/// The contract between the compiler and the instruments: every command the compiler emits for
+/// an instrument, on every instrument of the site the compiler says can run it, carried out by
+/// the real driver against its simulator over the wire, through the executor. A capability the
+/// compiler accepts but no driver executes fails here (luminescence reads once did; reagent
+/// additions went to the liquid handler, which refuses them).
+#[test]
+fn contract_every_command_runs_on_every_instrument_the_compiler_allows() {
+    use labd::store::RunState;
+    let _machine = heavy();
+    let head = "labwright: 1\nname: contract\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  plate:\n    type: corning_96_wellplate_360ul_flat\n    contents:\n      \"A1:H12\": { water: 100 uL }\n  tips: { type: opentrons_96_tiprack_300ul }\n  tips20: { type: opentrons_96_tiprack_20ul }\nsteps:\n";
+    let labwright = [
+        "  - transfer: { from: res/A1, to: plate/A1:A3, volume: 50 uL, mix_after: { times: 2, volume: 40 uL } }\n  - transfer: { from: res/A1, to: plate/B1, volume: 5 uL }\n  - mix: { wells: plate/C1, times: 2, volume: 50 uL }\n",
+        // Small volumes only: the 20 µL single channel, which lh3 has too.
+        "  - transfer: { from: res/A1, to: plate/D1:D2, volume: 5 uL, mix_after: { times: 2, volume: 10 uL } }\n",
+        "  - incubate: { labware: plate, temperature: 37 °C, duration: 10 min }\n",
+        "  - shake: { labware: plate, speed: 800 rpm, duration: 1 min, temperature: 37 °C }\n",
+        "  - seal: plate\n  - unseal: plate\n",
+        "  - read_absorbance: { labware: plate, wavelengths: [450 nm, 600 nm] }\n",
+        "  - read_fluorescence: { labware: plate, excitation: 485 nm, emission: 528 nm }\n",
+        "  - read_luminescence: { labware: plate }\n",
+        "  - centrifuge: { labware: plate, force: 1000 xg, duration: 1 min }\n",
+    ];
+    let mut sources: Vec<(String, String)> = labwright
+        .iter()
+        .enumerate()
+        .map(|(i, steps)| (format!("contract-{i}.yaml"), format!("{head}{steps}")))
+        .collect();
+    // Opentrons heater-shaker module commands (a fixture of Opentrons', its pipetting left out).
+    let fixture = root().join("../shared/corpus/protocols/opentrons/fixtures/6/heaterShakerCommands.json");
+    let mut hs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let commands = hs["commands"].as_array_mut().unwrap();
+    let module = commands.iter().find(|c| c["commandType"] == "heaterShaker/setTargetTemperature").unwrap()["params"]
+        ["moduleId"]
+        .clone();
+    commands.retain(|c| {
+        let kind = c["commandType"].as_str().unwrap_or("");
+        kind.starts_with("heaterShaker/") || kind == "loadModule" || kind == "loadLabware"
+    });
+    // The shaker stops before the latch opens (the module refuses otherwise, as a real one does).
+    let latch = commands.iter().position(|c| c["commandType"] == "heaterShaker/openLabwareLatch").unwrap();
+    commands.insert(
+        latch,
+        serde_json::json!({"commandType": "heaterShaker/deactivateShaker", "params": {"moduleId": module}}),
+    );
+    hs["pipettes"] = serde_json::json!({});
+    sources.push(("heater-shaker.json".into(), hs.to_string()));
+    // Reagent from the lab's stock (Autoprotocol `provision`): a technician's task.
+    sources.push((
+        "provision.json".into(),
+        r#"{"refs": {"p": {"new": "96-flat", "discard": true}}, "instructions": [{"op": "provision", "resource_id": "rs_water", "to": [{"well": "p/0", "volume": "50:microliter"}, {"well": "p/1", "volume": "50:microliter"}]}]}"#.into(),
+    ));
+    let site = labware::Site::sim().unwrap();
+    let mut runs: Vec<(String, protocols::plan::RunPlan)> = Vec::new();
+    let mut claims: std::collections::BTreeSet<(String, String)> = Default::default();
+    for (name, text) in &sources {
+        let c = protocols::compile(
+            &protocols::SourceFile::new(name.clone(), text.clone()),
+            protocols::Format::Auto,
+            &site,
+            &labware::Library::shipped(),
+        );
+        let plan = c.plan.unwrap_or_else(|| panic!("{name}: {:#?}", c.diagnostics));
+        runs.push((format!("{name} as compiled"), plan.clone()));
+        for (ti, task) in plan.tasks.iter().enumerate() {
+            for id in &task.instruments {
+                let inst = site.instruments.iter().find(|i| &i.id == id).unwrap();
+                if !task.pipettes.iter().all(|p| inst.pipettes.iter().any(|q| &q.name == p)) {
+                    continue; // the scheduler matches pipettes; this handler lacks one
+                }
+                for c in &task.commands {
+                    let op = serde_json::to_value(&c.op).unwrap()["op"].as_str().unwrap().to_string();
+                    claims.insert((op, id.clone()));
+                }
+                let mut forced = plan.clone();
+                forced.tasks[ti].instruments = vec![id.clone()];
+                runs.push((format!("{name}: `{}` on {id}", task.label), forced));
+            }
+        }
+    }
+    let ops: std::collections::BTreeSet<&str> = claims.iter().map(|(op, _)| op.as_str()).collect();
+    for op in [
+        "pick_up_tip",
+        "aspirate",
+        "dispense",
+        "mix",
+        "drop_tip",
+        "incubate",
+        "shake",
+        "seal",
+        "peel",
+        "read_absorbance",
+        "read_fluorescence",
+        "read_luminescence",
+        "centrifuge",
+        "set_temperature",
+        "wait_for_temperature",
+        "set_shake_speed",
+        "stop_shaking",
+        "stop_heating",
+        "latch",
+    ] {
+        assert!(ops.contains(op), "no snippet makes the compiler emit `{op}`: {ops:?}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (store, ex) = executor_rig().await;
+        let ex = std::sync::Arc::new(ex);
+        let t = store.create_tenant("contract", 1.0).unwrap();
+        let mut names = std::collections::BTreeMap::new();
+        for (k, (label, plan)) in runs.iter().enumerate() {
+            let run = ex.submit(&t.id, &format!("c{k}"), label, "contract", plan).unwrap();
+            names.insert(run.id, label.clone());
+        }
+        let worker = {
+            let ex = ex.clone();
+            tokio::spawn(async move { ex.run_queued().await })
+        };
+        // The technician: every addition from the stock is done when asked.
+        let technician = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    for i in store.interventions(None, true).unwrap() {
+                        store.resolve_intervention(&i.id, "done", "contract-test").unwrap();
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let report = tokio::time::timeout(std::time::Duration::from_secs(300), worker).await.unwrap().unwrap().unwrap();
+        technician.abort();
+        let failed: Vec<String> = report
+            .runs
+            .iter()
+            .filter(|r| r.1 != RunState::Succeeded)
+            .map(|r| format!("{}: {:?}", names[&r.0], r.2))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "claimed by the compiler, refused or failed on the instrument:\n{}",
+            failed.join("\n")
+        );
+        assert_eq!(report.runs.len(), runs.len());
+        eprintln!("contract: {} runs, {} (command, instrument) pairs: {claims:?}", runs.len(), claims.len());
+    });
+}
+
 /// A luminescence read only reader1 can do waits for reader1 while it is in maintenance: it is
 /// never routed to reader2 (absorbance only), the run is told why its end moved, and when
 /// reader1 is back the read runs there and the run succeeds.
