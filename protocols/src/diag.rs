@@ -15,6 +15,11 @@ pub enum Severity {
     Warning,
 }
 
+/// Characters of a source line shown under a diagnostic.
+const SHOWN_LINE_CHARS: usize = 200;
+/// How much of a long line is shown before the diagnostic's column.
+const SHOWN_BEFORE_COLUMN: usize = 60;
+
 /// One problem found in a protocol.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Diagnostic {
@@ -67,10 +72,15 @@ impl Diagnostic {
             } else {
                 text.chars().count().saturating_sub(lc.column - 1).max(1)
             };
-            let shown: String = text.chars().take(200).collect();
+            // A long line (a one-line JSON file) is shown from a little before the column, so
+            // the caret stays on screen.
+            let skip = lc.column.saturating_sub(1).saturating_sub(SHOWN_BEFORE_COLUMN);
+            let cut = if skip > 0 { "…" } else { "" };
+            let shown: String = text.chars().skip(skip).take(SHOWN_LINE_CHARS).collect();
             let _ = writeln!(out, "{pad} |");
-            let _ = writeln!(out, "{line_no} | {shown}");
-            let _ = writeln!(out, "{pad} | {}{}", " ".repeat(lc.column - 1), "^".repeat(width.min(120)));
+            let _ = writeln!(out, "{line_no} | {cut}{shown}");
+            let caret_at = lc.column - 1 - skip + cut.chars().count();
+            let _ = writeln!(out, "{pad} | {}{}", " ".repeat(caret_at), "^".repeat(width.min(120)));
         }
         if let Some(h) = &self.hint {
             let _ = writeln!(out, "{pad} = help: {h}");

@@ -538,6 +538,23 @@ fn autoprotocol_liquid_handle_movements_air_gaps_and_provisioned_wells() {
     assert!(errors[0].message.contains("holds only 20 µL"), "{}", errors[0].message);
 }
 
+/// A mistake far along a one-line JSON file is rendered from a little before its column: the
+/// caret is on screen and under the mistake, not thousands of spaces to the right.
+#[test]
+fn a_diagnostic_on_a_long_line_keeps_its_caret_on_screen() {
+    let padding: String = (0..300).map(|i| format!("\"r{i}\": {{\"new\": \"96-flat\"}}, ")).collect();
+    let text = format!("{{\"refs\": {{{padding}\"bad\": {{\"new\": \"97-flat\"}}}}, \"instructions\": []}}");
+    let c = run("one-line.json", &text);
+    let d = c.diagnostics.iter().find(|d| d.code == "P0201").expect("the unknown container type");
+    let out = d.render(&SourceFile::new("one-line.json", text.clone()));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.iter().all(|l| l.chars().count() < 300), "{out}");
+    let (shown, caret) = (lines[3], lines[4]);
+    let at = caret.chars().position(|c| c == '^').unwrap();
+    let under: String = shown.chars().skip(at).take(9).collect();
+    assert_eq!(under, "\"97-flat\"", "{out}");
+}
+
 #[test]
 fn unsupported_instructions_are_named_with_their_index() {
     let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/resources/measure_suite.json"))
