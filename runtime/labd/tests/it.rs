@@ -2012,13 +2012,27 @@ struct Lab {
 }
 
 fn serve_lab(name: &str, scale: &str) -> Lab {
+    serve_lab_on(name, scale, None)
+}
+
+/// `serve_lab` on a site of the test's own (a `lab.toml` text).
+fn serve_lab_on(name: &str, scale: &str, site: Option<&str>) -> Lab {
     let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let args = ["serve", "--listen", &listen, "--time-scale", scale, "--mqtt-port", "0", "--data-dir"];
-    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    args.push(dir.as_os_str());
+    let mut args: Vec<std::ffi::OsString> = args.iter().map(std::ffi::OsString::from).collect();
+    args.push(dir.clone().into_os_string());
+    if let Some(site) = site {
+        let conf = std::env::temp_dir().join(format!("lw-{name}-{}-conf", std::process::id()));
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(conf.join("lab.toml"), site).unwrap();
+        std::fs::write(conf.join("labd.toml"), format!("site = {:?}\n", conf.join("lab.toml").display().to_string()))
+            .unwrap();
+        args.extend(["--config".into(), conf.join("labd.toml").into_os_string()]);
+    }
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let (server, seen) = start_labd(&args, &root());
     let console = seen
         .lines()
@@ -2396,19 +2410,23 @@ fn replace_word(text: &str, word: &str, by: &str) -> String {
 ///
 /// It is also the canary isolation test: acme's protocol carries a canary in every free-text
 /// place and in its idempotency key; its run overruns and goes to intervention, a second one is
-/// cancelled, while globex runs beside it. Every byte globex can read — its
-/// `watch` events, MQTT on `#`, API replies and errors, the console's JSON — holds neither the
-/// canary nor any of acme's ids.
+/// cancelled, and globex's ELISA, whose manual steps need the lab's one technician, is re-planned
+/// because of acme's overrun. Every byte globex can read — its `watch` events, MQTT on `#`, API
+/// replies and errors, the console's JSON — holds neither the canary nor any of acme's ids.
 #[test]
 fn an_overrunning_manual_step_does_not_stall_other_tenants() {
-    let lab = serve_lab("overrun", "0.001");
+    let site =
+        std::fs::read_to_string(root().join("sites/sim.toml")).unwrap().replace("technicians = 2", "technicians = 1");
+    let lab = serve_lab_on("overrun", "0.001", Some(&site));
     let (acme, _) = lab.tenant_with_mqtt("acme");
     let (globex, globex_mqtt) = lab.tenant_with_mqtt("globex");
     let mut globex_sub = mqtt_listen(lab.mqtt_port, &globex_mqtt.0, &globex_mqtt.1, "#");
     let canary = canary_protocol(&lab.dir);
     let acme_run = lab.submit_file(&acme, &canary, &["--key", &format!("{CANARY}-key-1")]);
     let globex_run = lab.submit(&globex, "serial-dilution.yaml");
+    let globex_elisa = lab.submit(&globex, "elisa.yaml");
     let globex_watch = watch_lines(&lab, &globex, &globex_run);
+    let elisa_watch = watch_lines(&lab, &globex, &globex_elisa);
     let acme_watch = watch_lines(&lab, &acme, &acme_run);
     let cancelled = lab.submit_file(&acme, &canary, &["--key", &format!("{CANARY}-key-2")]);
     assert_eq!(lab.ctl(&acme, &["cancel", &cancelled]).0, 0);
@@ -2438,11 +2456,44 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     };
     eprintln!("{told}");
     lab.wait_final(&globex, &[&globex_run], 120);
+    // The ELISA's manual steps wait for the technician acme's step holds: globex hears that its
+    // end moved because of a manual step of another run, and nothing more of it.
+    let mut elisa_events = Vec::new();
+    let moved = loop {
+        match elisa_watch.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(l) if l.contains("\"rescheduled\"") && l.contains("taking longer than planned") => break l,
+            Ok(l) => elisa_events.push(l),
+            Err(e) => panic!("globex's ELISA was not re-planned around acme's overrun ({e}): {elisa_events:?}"),
+        }
+    };
+    eprintln!("{moved}");
+    assert!(
+        moved.contains("a manual step of another run is taking longer") && !moved.contains("CONFIDENTIAL"),
+        "globex is told that something moved its run, never what: {moved}"
+    );
+    elisa_events.push(moved);
     let (_, open, _) = lab.ctl(&lab.admin, &["interventions", "--format", "json"]);
     assert!(open.contains(&intervention), "the manual step is still open while globex finished: {open}");
     let (code, _, se) = lab.ctl(&lab.admin, &["resolve", &intervention, "done"]);
     assert_eq!(code, 0, "{se}");
-    lab.wait_final(&acme, &[&acme_run], 120);
+    // Now the technician does globex's manual steps as they come.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        for i in items(&lab.ctl(&lab.admin, &["interventions", "--format", "json"]).1) {
+            assert_eq!(lab.ctl(&lab.admin, &["resolve", i["id"].as_str().unwrap(), "done"]).0, 0);
+        }
+        let runs = items(&lab.ctl(&lab.admin, &["runs", "--format", "json"]).1);
+        let ended = |id: &str| runs.iter().any(|r| r["id"] == id && r["state"] == "succeeded");
+        if ended(&globex_elisa) && ended(&acme_run) {
+            break;
+        }
+        assert!(runs.iter().all(|r| r["state"] != "failed"), "{runs:?}");
+        assert!(std::time::Instant::now() < until, "runs did not finish: {runs:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    while let Ok(l) = elisa_watch.recv_timeout(std::time::Duration::from_secs(30)) {
+        elisa_events.push(l); // the watch ends with the run
+    }
     // Results of a run that did not succeed say so, and why, and exit 1 (not `[]` and 0).
     let (code, so, se) = lab.ctl(&acme, &["results", &cancelled, "--format", "json"]);
     assert_eq!(code, 1, "{so}{se}");
@@ -2471,6 +2522,7 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     let rescheduled = events.iter().filter(|l| l.contains("\"rescheduled\"")).count();
     eprintln!("globex's run was re-planned {rescheduled} time(s) while acme's ran");
     seen.push(("watch".into(), events.join("\n")));
+    seen.push(("watch ELISA".into(), elisa_events.join("\n")));
     seen.push(("mqtt #".into(), mqtt_collect(&mut globex_sub)));
     for args in [
         &["runs", "--format", "json"][..],
@@ -2478,6 +2530,7 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         &["watch", &globex_run, "--format", "json"],
         &["results", &globex_run, "--format", "json"],
         &["results", &globex_run, "--format", "csv"],
+        &["watch", &globex_elisa, "--format", "json"],
         &["schedule", "--format", "json"],
         &["schedule"],
         &["interventions", "--all", "--format", "json"],
