@@ -180,7 +180,9 @@ impl Api {
 
     /// Plans this plan behind every run queued or under way; returns how many runs are ahead
     /// and when it would finish, in device seconds from now.
-    async fn earliest_completion(&self, who: &Principal, plan: protocols::plan::RunPlan) -> Result<(u32, f64), Status> {
+    /// When a protocol submitted now would start and finish (device seconds from now), planned
+    /// behind every run queued or under way. Nothing about those runs is returned.
+    async fn earliest_completion(&self, who: &Principal, plan: protocols::plan::RunPlan) -> Result<(f64, f64), Status> {
         use scheduler::lab::{solve, LabProblem};
         let store = self.store.clone();
         let queue =
@@ -188,13 +190,13 @@ impl Api {
         let (site, tenant) = (self.site.clone(), who.tenant_id.clone().unwrap_or_else(|| "quote".into()));
         tokio::task::spawn_blocking(move || {
             let mut p = LabProblem::from_site(&site).map_err(|e| Status::internal(e.0))?;
-            let mut ahead = 0;
             for r in &queue {
                 let Ok(rp) = serde_json::from_str::<protocols::plan::RunPlan>(&r.plan_json) else { continue };
                 let short = r.id.trim_start_matches("run_").chars().take(8).collect::<String>();
                 let Ok(rp) = crate::executor::scoped(&rp, &short) else { continue };
-                if p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp).is_ok() {
-                    ahead += 1;
+                // A run that cannot be modelled is left out of the estimate, which errs early.
+                if p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp).is_err() {
+                    continue;
                 }
             }
             let plan = crate::executor::scoped(&plan, "quote").map_err(Status::internal)?;
@@ -203,7 +205,8 @@ impl Api {
                 .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
             let budget = solve::LabBudget { time: Some(std::time::Duration::from_millis(100)), iterations: None };
             let out = solve::solve(&p, budget, 7).ok_or_else(|| Status::internal("the scheduler found no plan"))?;
-            Ok((ahead, out.schedule.completion(me)))
+            let start = out.schedule.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
+            Ok((if start.is_finite() { start } else { 0.0 }, out.schedule.completion(me)))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -327,10 +330,12 @@ impl pb::protocols_server::Protocols for Api {
         }
         let ok = !c.has_errors();
         if let Some(plan) = c.plan.filter(|_| ok) {
-            let (ahead, s) = self.earliest_completion(&who, plan).await?;
-            out.runs_ahead = ahead;
+            let (start, s) = self.earliest_completion(&who, plan).await?;
+            let at = |device_s: f64| store::now_ms() + (device_s * self.time_scale * 1000.0) as i64;
+            out.estimated_start_s = start;
+            out.estimated_start_at_ms = at(start);
             out.earliest_completion_s = s;
-            out.earliest_completion_at_ms = store::now_ms() + (s * self.time_scale * 1000.0) as i64;
+            out.earliest_completion_at_ms = at(s);
         }
         Ok(Response::new(out))
     }
