@@ -66,6 +66,33 @@ impl Api {
     }
 }
 
+/// The hash of the request's bearer token.
+fn bearer_hash<T>(req: &Request<T>) -> Result<String, Status> {
+    let header = req.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated("no token: send `authorization: Bearer <token>` (labctl: --token or LABWRIGHT_TOKEN)")
+    })?;
+    let text = header.to_str().map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+    let token =
+        text.strip_prefix("Bearer ").ok_or_else(|| Status::unauthenticated("write the header as `Bearer <token>`"))?;
+    Ok(token_hash(token.trim()))
+}
+
+/// Who holds the token with this hash, if it is neither revoked nor expired.
+async fn signed_in(store: &Arc<dyn Store>, hash: String) -> Result<Principal, Status> {
+    let store = store.clone();
+    let p = tokio::task::spawn_blocking(move || store.principal_by_token_hash(&hash))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|_| Status::unauthenticated("unknown or revoked token"))?;
+    if p.expires_at.is_some_and(|at| at <= store::now_ms()) {
+        return Err(Status::unauthenticated("this token has expired; ask an admin for a new one"));
+    }
+    Ok(p)
+}
+
+/// How often a live `Watch` checks that its token still signs in.
+const WATCH_TOKEN_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn status(e: StoreError) -> Status {
     match e {
         StoreError::NotFound(w) => Status::not_found(format!("{w} not found")),
@@ -104,24 +131,7 @@ impl Api {
 
     /// The caller, from the bearer token.
     async fn caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated(
-                "no token: send `authorization: Bearer <token>` (labctl: --token or LABWRIGHT_TOKEN)",
-            )
-        })?;
-        let text = header.to_str().map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
-        let token = text
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| Status::unauthenticated("write the header as `Bearer <token>`"))?;
-        let (store, hash) = (self.store.clone(), token_hash(token.trim()));
-        let p = tokio::task::spawn_blocking(move || store.principal_by_token_hash(&hash))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|_| Status::unauthenticated("unknown or revoked token"))?;
-        if p.expires_at.is_some_and(|at| at <= store::now_ms()) {
-            return Err(Status::unauthenticated("this token has expired; ask an admin for a new one"));
-        }
-        Ok(p)
+        signed_in(&self.store, bearer_hash(req)?).await
     }
 
     /// The caller's role and, for a scientist, their tenant's name (the console's login).
@@ -425,7 +435,8 @@ impl pb::runs_server::Runs for Api {
     }
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<EventStream>, Status> {
-        let who = self.caller(&req).await?;
+        let hash = bearer_hash(&req)?;
+        let who = signed_in(&self.store, hash.clone()).await?;
         let r = req.into_inner();
         let scope = Self::scope(&who);
         let (store, id, sc) = (self.store.clone(), r.run_id.clone(), scope.clone());
@@ -434,7 +445,16 @@ impl pb::runs_server::Runs for Api {
         let store = self.store.clone();
         tokio::spawn(async move {
             let mut after = r.after_seq;
+            let mut checked = std::time::Instant::now();
             loop {
+                // A token revoked (or expired) while watching ends the stream.
+                if checked.elapsed() >= WATCH_TOKEN_CHECK {
+                    if let Err(e) = signed_in(&store, hash.clone()).await {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    checked = std::time::Instant::now();
+                }
                 let (s, id, sc) = (store.clone(), r.run_id.clone(), scope.clone());
                 let events = match blocking(move || s.events(sc.as_deref(), &id, after)).await {
                     Ok(e) => e,

@@ -2461,6 +2461,27 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         }
     };
     eprintln!("{told}");
+    // A watch opened with a token that is then revoked ends within a second.
+    let spare = lab.json(&lab.admin, &["token", "create", "--tenant", "acme", "--format", "json"]);
+    let mut spare_watch = Reap(
+        Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(["--url", &lab.url, "--token", spare["token"].as_str().unwrap(), "watch", &acme_run])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(spare_watch.0.try_wait().unwrap().is_none(), "the watch streams while acme's run waits");
+    assert_eq!(lab.ctl(&lab.admin, &["token", "revoke", spare["principal"].as_str().unwrap()]).0, 0);
+    let revoked = std::time::Instant::now();
+    while spare_watch.0.try_wait().unwrap().is_none() {
+        assert!(revoked.elapsed() < std::time::Duration::from_secs(2), "the watch outlived its revoked token");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut why = String::new();
+    std::io::Read::read_to_string(spare_watch.0.stderr.as_mut().unwrap(), &mut why).unwrap();
+    assert!(why.contains("revoked"), "the watch says why it ended: {why}");
     lab.wait_final(&globex, &[&globex_run], 120);
     // The ELISA's manual steps wait for the technician acme's step holds: globex hears that its
     // end moved because of a manual step of another run, and nothing more of it.
