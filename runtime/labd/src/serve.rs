@@ -50,6 +50,11 @@ pub struct Config {
     /// put it behind a TLS proxy before opening it to a network.
     #[serde(default = "default_console_listen")]
     pub console_listen: String,
+    /// Host names the console answers to besides loopback ones (`lab.example.org:8650`): a
+    /// request naming another host is refused, which stops DNS rebinding. Empty on a
+    /// non-loopback address: any host.
+    #[serde(default)]
+    pub console_hosts: Vec<String>,
     /// PostgreSQL for several nodes on one database (`postgres://user@host:5432/labwright`);
     /// SQLite in `data_dir` when absent.
     pub database: Option<String>,
@@ -114,6 +119,7 @@ impl Default for Config {
             mqtt_port: default_mqtt_port(),
             mqtt_publish: None,
             console_listen: default_console_listen(),
+            console_hosts: Vec::new(),
             database: None,
             node: None,
             cells: Vec::new(),
@@ -226,8 +232,7 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, String> {
     config.check()?;
     let tls = config.tls()?;
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    private_dir(&config.data_dir)?;
     let site = match &config.site {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read site {}: {e}", p.display()))?;
@@ -391,7 +396,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            let console = crate::console::serve(api.clone(), l, shutdown);
+            let console = crate::console::serve(api.clone(), l, config.console_hosts.clone(), shutdown);
             tasks.push((
                 "console",
                 tokio::spawn(async move {
@@ -432,7 +437,11 @@ pub async fn start(config: Config) -> Result<Running, String> {
 /// node.
 async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<Arc<tokio::sync::Notify>>), String> {
     let Some(url) = config.database.clone() else {
-        let store = SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?;
+        let file = config.data_dir.join("labd.sqlite");
+        let store = SqliteStore::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        // Token and MQTT password hashes: the owner's alone (SQLite gives its -wal and -shm
+        // files the database file's mode).
+        private_file(&file)?;
         return Ok((Arc::new(store), None));
     };
     let store = tokio::task::spawn_blocking({
@@ -622,6 +631,32 @@ impl Drop for ShownWhileDriven {
     fn drop(&mut self) {
         self.0.remove(&self.1);
     }
+}
+
+/// Creates (or keeps) the data directory readable by labd's user alone (0700), and checks that
+/// labd can use it, naming the path when it cannot.
+pub fn private_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data_dir {}: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot make data_dir {} private (0700): {e}", dir.display()))?;
+    }
+    std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read data_dir {}: {e}; it must belong to the user labd runs as", dir.display()))?;
+    Ok(())
+}
+
+/// Makes a file of the data directory readable by labd's user alone (0600).
+pub fn private_file(file: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot make {} private (0600): {e}", file.display()))?;
+    }
+    Ok(())
 }
 
 /// The runtime's own MQTT password, made on first use and kept in `data_dir` (mode 0600).

@@ -18,8 +18,72 @@ const INDEX_HTML: &str = include_str!("index.html");
 const CONSOLE_JS: &str = include_str!("console.js");
 const CONSOLE_CSS: &str = include_str!("console.css");
 
+/// What every answer carries: the page loads nothing but its own script and style, is never
+/// framed by another site, and no answer is sniffed into another type.
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "content-security-policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+];
+
+/// The `Host` names the console answers to; `None`: any (bound to a non-loopback address with
+/// no names configured).
+#[derive(Debug, Clone)]
+pub struct Hosts(Option<Vec<String>>);
+
+impl Hosts {
+    /// For a console listening on `addr`: on loopback, only loopback names (a web page elsewhere
+    /// cannot reach it through a DNS name it controls — DNS rebinding); `names` adds others.
+    pub fn for_listener(addr: std::net::SocketAddr, names: &[String]) -> Hosts {
+        let port = addr.port();
+        let mut allowed: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        if addr.ip().is_loopback() {
+            for name in ["127.0.0.1", "localhost", "[::1]"] {
+                allowed.push(name.to_string());
+                allowed.push(format!("{name}:{port}"));
+            }
+            return Hosts(Some(allowed));
+        }
+        Hosts((!allowed.is_empty()).then_some(allowed))
+    }
+
+    fn allows(&self, host: Option<&str>) -> bool {
+        match (&self.0, host) {
+            (None, _) => true,
+            (Some(allowed), Some(h)) => allowed.contains(&h.to_ascii_lowercase()),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Refuses requests for another host name (421) and adds the security headers to every answer.
+async fn guard(State(hosts): State<Hosts>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
+    let mut res = if hosts.allows(host.as_deref()) {
+        next.run(req).await
+    } else {
+        failure(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this console answers only to its own host names (console_hosts in labd.toml)",
+        )
+    };
+    for (name, value) in SECURITY_HEADERS {
+        res.headers_mut().insert(name, header::HeaderValue::from_static(value));
+    }
+    res
+}
+
 /// The console's routes. Every `/api` route reads the bearer token the page got at login.
 pub fn router(api: Api) -> Router {
+    guarded(api, Hosts(None))
+}
+
+/// [`router`] answering only to `hosts`.
+pub fn guarded(api: Api, hosts: Hosts) -> Router {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route("/console.js", get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }))
@@ -34,15 +98,19 @@ pub fn router(api: Api) -> Router {
         .route("/api/interventions/{id}/resolve", post(resolve))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such page or API route") })
         .with_state(api)
+        .layer(axum::middleware::from_fn_with_state(hosts, guard))
 }
 
 /// Serves the console on `listener` until `shutdown` completes.
 pub async fn serve(
     api: Api,
     listener: tokio::net::TcpListener,
+    names: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await.map_err(|e| format!("console: {e}"))
+    let addr = listener.local_addr().map_err(|e| format!("console: {e}"))?;
+    let app = guarded(api, Hosts::for_listener(addr, &names));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| format!("console: {e}"))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
