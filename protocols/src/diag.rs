@@ -115,6 +115,10 @@ pub struct Diagnostics {
 impl Diagnostics {
     /// Records a diagnostic.
     pub fn push(&mut self, d: Diagnostic) {
+        // The same mistake met again (a step unrolled by `repeat`) is said once.
+        if self.items.iter().any(|x| x.code == d.code && x.span == d.span && x.message == d.message) {
+            return;
+        }
         // Cap the list so a pathological file cannot make us print millions of lines.
         if self.items.len() < 500 {
             self.items.push(d);

@@ -164,6 +164,23 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
     }
 }
 
+/// How many steps a `steps` list unrolls to (a `repeat` counts its times × its body), read from
+/// the tree without expanding anything; what does not parse counts as one step.
+fn unrolled(node: &Node) -> usize {
+    let Some(items) = node.as_list() else { return 1 };
+    items.iter().fold(0usize, |sum, item| {
+        let one = match item.get("repeat") {
+            Some(r) => {
+                let times = r.get("times").and_then(Node::as_f64).filter(|t| t.is_finite() && *t >= 0.0);
+                let body = r.get("steps").map_or(1, unrolled);
+                times.map_or(1, |t| (t.min(u64::MAX as f64) as usize).saturating_mul(body))
+            }
+            None => 1,
+        };
+        sum.saturating_add(one)
+    })
+}
+
 fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut usize) -> Vec<Step> {
     let Some(items) = node.as_list() else {
         d.push(Diagnostic::error("P0103", node.span, format!("`steps` must be a list, found {}", node.type_name())));
@@ -232,6 +249,24 @@ fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut u
                 }
                 let times = required(v, "times", "`repeat`", d).and_then(|t| count(t, "`times`", 10_000, d));
                 let body = required(v, "steps", "`repeat`", d);
+                // Counted from the loop structure before anything is expanded: nested repeats
+                // multiply, and a 500-byte file must not cost gigabytes to refuse.
+                let unrolls = times.zip(body).map(|(n, b)| (n as usize).saturating_mul(unrolled(b)));
+                if let Some(n) = unrolls.filter(|&n| n > *budget) {
+                    d.push(
+                        Diagnostic::error(
+                            "P0111",
+                            k.span,
+                            format!(
+                                "`repeat` would unroll to {} steps; a protocol unrolls to at most {MAX_UNROLLED}",
+                                if n == usize::MAX { "more than 10^18".to_string() } else { n.to_string() }
+                            ),
+                        )
+                        .with_hint("split the experiment into several runs"),
+                    );
+                    *budget = 0;
+                    continue;
+                }
                 if let (Some(times), Some(body)) = (times, body) {
                     for i in 0..times {
                         if *budget == 0 {

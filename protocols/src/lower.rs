@@ -126,9 +126,25 @@ pub fn lower(p: &Protocol, env: &Env, site: &Site, d: &mut Diagnostics) -> Lower
     let mut l = Lowerer::new(p, env, site);
     for step in &p.steps {
         l.step(step, d);
+        if l.emitted > MAX_COMMANDS {
+            d.push(
+                Diagnostic::error(
+                    "P0111",
+                    step.span,
+                    format!("the protocol comes to more than {MAX_COMMANDS} device commands by this step"),
+                )
+                .with_hint("split the experiment into several runs"),
+            );
+            l.tasks.clear();
+            break;
+        }
     }
     l.finish(d)
 }
+
+/// Device commands one protocol may come to: far beyond any real run (a 384-well plate with a
+/// fresh tip per well is a few thousand), and a bound on the compiler's memory and time.
+pub const MAX_COMMANDS: usize = 250_000;
 
 struct Lowerer<'a> {
     env: &'a Env,
@@ -141,6 +157,8 @@ struct Lowerer<'a> {
     shortages: BTreeMap<u64, Shortage>,
     tasks: Vec<LTask>,
     no_rack_reported: bool,
+    /// Commands emitted so far (bounded by `MAX_COMMANDS`).
+    emitted: usize,
 }
 
 impl<'a> Lowerer<'a> {
@@ -191,6 +209,7 @@ impl<'a> Lowerer<'a> {
             shortages: BTreeMap::new(),
             tasks: Vec::new(),
             no_rack_reported: false,
+            emitted: 0,
         }
     }
 
@@ -294,6 +313,7 @@ impl<'a> Lowerer<'a> {
     fn emit(&mut self, t: usize, op: CommandOp, repeatable: bool, duration_s: f64, span: Span) {
         // Estimates are rounded to 10 ms: finer digits are noise and make plans hard to diff.
         let duration_s = (duration_s * 100.0).round() / 100.0;
+        self.emitted += 1;
         let task = &mut self.tasks[t];
         task.commands.push(Command { op, repeatable, estimate_s: duration_s });
         task.spans.push(span);

@@ -66,6 +66,19 @@ impl Api {
     }
 }
 
+/// Compiles running at once across every caller.
+const COMPILES_AT_ONCE: usize = 2;
+static COMPILES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(COMPILES_AT_ONCE);
+
+/// A protocol source over the limit, for every call that takes one.
+fn too_large(bytes: usize) -> Status {
+    Status::invalid_argument(format!(
+        "the protocol is {:.1} MiB; the limit is {} MiB (put data in files the protocol names, not in the protocol)",
+        bytes as f64 / (1 << 20) as f64,
+        MAX_SOURCE_BYTES >> 20
+    ))
+}
+
 /// The hash of the request's bearer token.
 fn bearer_hash<T>(req: &Request<T>) -> Result<String, Status> {
     let header = req.metadata().get("authorization").ok_or_else(|| {
@@ -172,12 +185,18 @@ impl Api {
     }
 
     /// Compiles a request's source; an unknown format value is an error, not a silent default.
-    fn compile(
+    /// Compiles on a blocking thread, at most `COMPILES_AT_ONCE` at a time (the rest wait their
+    /// turn), a source over `MAX_SOURCE_BYTES` refused first: one tenant's large protocols cannot
+    /// take the daemon's memory or cores from everyone else.
+    async fn compile(
         &self,
         name: &str,
         source: &[u8],
         format: i32,
     ) -> Result<(protocols::SourceFile, protocols::Compilation), Status> {
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(too_large(source.len()));
+        }
         let format = match pb::SourceFormat::try_from(format) {
             Ok(pb::SourceFormat::Unspecified) => protocols::Format::Auto,
             Ok(pb::SourceFormat::Labwright) => protocols::Format::Labwright,
@@ -185,11 +204,14 @@ impl Api {
             Ok(pb::SourceFormat::Opentrons) => protocols::Format::Opentrons,
             Err(_) => return Err(Status::invalid_argument(format!("format {format} is not a SourceFormat (0 to 3)"))),
         };
-        Ok(protocols::compile_bytes(name, source.to_vec(), format, &self.site, &self.library))
+        let _turn = COMPILES.acquire().await.map_err(|e| Status::internal(e.to_string()))?;
+        let (name, source, site, library) =
+            (name.to_string(), source.to_vec(), self.site.clone(), self.library.clone());
+        tokio::task::spawn_blocking(move || protocols::compile_bytes(&name, source, format, &site, &library))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))
     }
 
-    /// Plans this plan behind every run queued or under way; returns how many runs are ahead
-    /// and when it would finish, in device seconds from now.
     /// When a protocol submitted now would start and finish (device seconds from now), planned
     /// behind every run queued or under way. Nothing about those runs is returned.
     async fn earliest_completion(&self, who: &Principal, plan: protocols::plan::RunPlan) -> Result<(f64, f64), Status> {
@@ -312,14 +334,14 @@ impl pb::protocols_server::Protocols for Api {
     async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
         self.caller(&req).await?;
         let r = req.into_inner();
-        let (src, c) = self.compile(&r.file_name, &r.source, r.format)?;
+        let (src, c) = self.compile(&r.file_name, &r.source, r.format).await?;
         Ok(Response::new(validation(&src, &c)))
     }
 
     async fn quote(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::QuoteResponse>, Status> {
         let who = self.caller(&req).await?;
         let r = req.into_inner();
-        let (src, c) = self.compile(&r.file_name, &r.source, r.format)?;
+        let (src, c) = self.compile(&r.file_name, &r.source, r.format).await?;
         let mut out = pb::QuoteResponse { validation: Some(validation(&src, &c)), ..Default::default() };
         if let Some(q) = &c.quote {
             out.duration_s = q.duration_s;
@@ -372,11 +394,7 @@ impl pb::runs_server::Runs for Api {
             ));
         }
         if r.source.len() > MAX_SOURCE_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the protocol is {:.1} MiB; the limit is {} MiB (put data in files the protocol names, not in the protocol)",
-                r.source.len() as f64 / (1 << 20) as f64,
-                MAX_SOURCE_BYTES >> 20
-            )));
+            return Err(too_large(r.source.len()));
         }
         let (store, tid) = (self.store.clone(), tenant.clone());
         let (t, used) = blocking(move || {
@@ -391,7 +409,7 @@ impl pb::runs_server::Runs for Api {
                 used / 3600.0
             )));
         }
-        let (src, c) = self.compile(&r.file_name, &r.source, r.format)?;
+        let (src, c) = self.compile(&r.file_name, &r.source, r.format).await?;
         let diags = diagnostics(&src, &c);
         let Some(plan) = c.plan.filter(|_| !c.diagnostics.iter().any(|d| d.is_error())) else {
             return Ok(Response::new(pb::SubmitResponse { run: None, created: false, diagnostics: diags }));

@@ -1238,9 +1238,18 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         assert!(r.diagnostics[0].line >= 1, "{:?}", r.diagnostics);
         // Over the protocol size limit, and over gRPC's message limit.
         let big = vec![b'#'; 9 << 20];
-        let e = runs.submit(req("acme", submit("big.yaml", big, "k2"))).await.unwrap_err();
+        let e = runs.submit(req("acme", submit("big.yaml", big.clone(), "k2"))).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains("the limit is 8 MiB"), "{}", e.message());
+        // The same limit for every call that takes a protocol.
+        let mut checker = pb::protocols_client::ProtocolsClient::new(ch.clone());
+        let ask = pb::ValidateRequest { file_name: "big.yaml".into(), source: big, format: 0 };
+        for e in [
+            checker.validate(req("acme", ask.clone())).await.unwrap_err(),
+            checker.quote(req("acme", ask)).await.unwrap_err(),
+        ] {
+            assert!(e.code() == Code::InvalidArgument && e.message().contains("the limit is 8 MiB"), "{e:?}");
+        }
         let huge = vec![b'#'; 20 << 20];
         let e = runs.submit(req("acme", submit("huge.yaml", huge, "k3"))).await.unwrap_err();
         assert_eq!(e.code(), Code::OutOfRange, "{e:?}");

@@ -18,9 +18,35 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     results_round_trip_with_their_event(make().as_ref());
     outbox_is_written_with_each_change(make().as_ref());
     interventions_resolve_once(make().as_ref());
+    nothing_follows_a_final_state(make().as_ref());
     usage_and_reservations_sum_per_tenant(make().as_ref());
     maintenance_flags_and_token_expiry(make().as_ref());
     leases_claims_and_fencing(make().as_ref());
+}
+
+/// A run's final state is the last thing in its history: its open interventions close with it
+/// (and say so before the state event), and a later event or resolution is a conflict.
+pub fn nothing_follows_a_final_state(s: &dyn Store) {
+    let t = s.create_tenant("ender", 1.0).unwrap();
+    let run = submit(s, &t.id, "end-1");
+    s.set_run_state(&run.id, RunState::Running, None).unwrap();
+    let i = s.open_intervention(&run.id, Some(3), None, "manual step", "add the dye").unwrap();
+    let check = s.open_intervention(&run.id, Some(2), Some("lh1"), "labd restarted", "check lh1").unwrap();
+    let last = s.set_run_state(&run.id, RunState::Failed, Some("restarted mid-run")).unwrap();
+    let events = s.events(None, &run.id, 0).unwrap();
+    let tail: Vec<&str> = events.iter().rev().take(2).map(|e| e.kind.as_str()).collect();
+    assert_eq!(tail, ["state", "intervention_resolved"], "closed, then the final state: {events:?}");
+    assert_eq!(events.last().unwrap().seq, last.seq);
+    let closed = s.interventions(None, false).unwrap().into_iter().find(|x| x.id == i.id).unwrap();
+    assert_eq!(closed.state, "closed");
+    let open: Vec<String> = s.interventions(None, true).unwrap().into_iter().map(|x| x.id).collect();
+    assert_eq!(open, std::slice::from_ref(&check.id), "the manual step closed; the instrument check stays open");
+    assert!(matches!(s.resolve_intervention(&i.id, "done", "tech"), Err(StoreError::Conflict(_))));
+    // The instrument check is resolved after the run's end: recorded, not added to its history.
+    assert_eq!(s.resolve_intervention(&check.id, "done", "tech").unwrap().state, "done");
+    assert!(matches!(s.append_event(&run.id, "task_finished", "{}"), Err(StoreError::Conflict(_))));
+    assert!(matches!(s.open_intervention(&run.id, None, None, "manual step", "late"), Err(StoreError::Conflict(_))));
+    assert_eq!(s.events(None, &run.id, 0).unwrap().len(), events.len(), "nothing was appended");
 }
 
 /// Cells: one holder per lease, epochs grow, a claim is won once, and a fenced store's writes

@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_maintenance_expiry.sql")),
     (3, include_str!("../../migrations/0003_cells.sql")),
+    (4, include_str!("../../migrations/0004_interventions_close.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.

@@ -352,9 +352,35 @@ fn rows<T>(rows: Vec<Row>, f: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
 
 /// Appends an event and its outbox row inside a transaction. The sequence is bumped first: the
 /// row lock orders concurrent writers of one run.
+/// Appends an event to a run that has not ended: nothing is added after a run's final state
+/// (its `state` event is the last), so a late writer gets a conflict instead of extending a
+/// history people have already read as complete.
 fn append(c: &mut dyn Conn, dialect: Dialect, run_id: &str, kind: &str, payload_json: &str) -> Result<Event> {
-    if c.execute("UPDATE runs SET next_seq = next_seq + 1 WHERE id = ?1", &params![run_id])? == 0 {
-        return Err(StoreError::NotFound(format!("run {run_id}")));
+    append_to(c, dialect, run_id, kind, payload_json, false)
+}
+
+/// [`append`]; `ending`: the events written with the run's final state, in its transaction.
+fn append_to(
+    c: &mut dyn Conn,
+    dialect: Dialect,
+    run_id: &str,
+    kind: &str,
+    payload_json: &str,
+    ending: bool,
+) -> Result<Event> {
+    let sql = if ending {
+        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = ?1"
+    } else {
+        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = ?1 AND state NOT IN ('succeeded', 'failed', 'cancelled')"
+    };
+    if c.execute(sql, &params![run_id])? == 0 {
+        return match c.query_opt("SELECT state FROM runs WHERE id = ?1", &params![run_id])? {
+            None => Err(StoreError::NotFound(format!("run {run_id}"))),
+            Some(r) => Err(StoreError::Conflict(format!(
+                "run {run_id} has ended ({}); nothing is added to it after its final state",
+                r.text(0)?
+            ))),
+        };
     }
     let r = c.query_one("SELECT tenant_id, next_seq - 1 FROM runs WHERE id = ?1", &params![run_id], "run")?;
     let (tenant, seq) = (r.text(0)?, r.int(1)?);
@@ -692,8 +718,27 @@ impl<D: Db> Store for SqlStore<D> {
                 }
                 Some(r) => r.text(1)?,
             };
+            if state.is_final() {
+                // The run's own work a technician was asked to do (manual steps, additions: no
+                // instrument) ends with it. A check of an instrument stays open: the instrument
+                // still needs it after the run.
+                let open = c.query(
+                    "SELECT id FROM interventions WHERE run_id = ?1 AND state = 'open' AND instrument IS NULL ORDER BY created_at",
+                    &params![id],
+                )?;
+                let open: Vec<String> = rows(open, |r| r.text(0))?;
+                c.execute(
+                    "UPDATE interventions SET state = 'closed', resolved_at = ?2, resolved_by = 'labd' WHERE run_id = ?1 AND state = 'open' AND instrument IS NULL",
+                    &params![id, at],
+                )?;
+                for i in open {
+                    let payload =
+                        serde_json::json!({"intervention": i, "resolution": "closed", "why": "the run ended"}).to_string();
+                    append_to(c, dialect, id, "intervention_resolved", &payload, true)?;
+                }
+            }
             let payload = serde_json::json!({"state": state.as_str(), "reason": reason}).to_string();
-            let ev = append(c, dialect, id, "state", &payload)?;
+            let ev = append_to(c, dialect, id, "state", &payload, true)?;
             // The retained state topic gets its own row.
             let envelope = serde_json::json!({"v": 1, "tenant": tenant, "run": id, "seq": ev.seq, "ts": at, "kind": "state", "state": state.as_str(), "reason": reason});
             put_outbox(c, dialect, Some(&tenant), Some(id), Some(ev.seq), &format!("lab/v1/t/{tenant}/runs/{id}/state"), &envelope.to_string())?;
@@ -938,8 +983,18 @@ impl<D: Db> Store for SqlStore<D> {
             if n == 0 {
                 return Err(StoreError::Conflict(format!("intervention {id} was already resolved as {}", i.state)));
             }
-            let payload = serde_json::json!({"intervention": id, "resolution": resolution}).to_string();
-            append(c, dialect, &i.run_id, "intervention_resolved", &payload)?;
+            // The run's history says so while the run goes on; an instrument check resolved after
+            // the run ended is recorded here only (its history ended with its final state).
+            let ended = c
+                .query_opt(
+                    "SELECT 1 FROM runs WHERE id = ?1 AND state IN ('succeeded', 'failed', 'cancelled')",
+                    &params![&i.run_id],
+                )?
+                .is_some();
+            if !ended {
+                let payload = serde_json::json!({"intervention": id, "resolution": resolution}).to_string();
+                append(c, dialect, &i.run_id, "intervention_resolved", &payload)?;
+            }
             Ok(i)
         })
     }
