@@ -46,6 +46,13 @@ pub struct Config {
     /// Publish run events, states and results as `labwright-runtime`. Default: on with the
     /// embedded broker, off with an external one until it is configured.
     pub mqtt_publish: Option<bool>,
+    /// Connections the embedded broker keeps at once, signed in or not (1000): past it a client
+    /// gets a CONNACK "server unavailable", and file handles are never exhausted by MQTT.
+    #[serde(default = "default_mqtt_max_connections")]
+    pub mqtt_max_connections: usize,
+    /// Connections of one identity (one token) at once (50).
+    #[serde(default = "default_mqtt_max_connections_per_identity")]
+    pub mqtt_max_connections_per_identity: usize,
     /// Where the technician console (HTTP) listens; `"off"` for none. Loopback by default:
     /// put it behind a TLS proxy before opening it to a network.
     #[serde(default = "default_console_listen")]
@@ -90,6 +97,14 @@ pub enum MqttBroker {
 fn default_mqtt_host() -> String {
     "127.0.0.1".into()
 }
+fn default_mqtt_max_connections() -> usize {
+    crate::telemetry::broker::Limits::default().total
+}
+
+fn default_mqtt_max_connections_per_identity() -> usize {
+    crate::telemetry::broker::Limits::default().per_identity
+}
+
 fn default_mqtt_port() -> u16 {
     1884
 }
@@ -118,6 +133,8 @@ impl Default for Config {
             mqtt_host: default_mqtt_host(),
             mqtt_port: default_mqtt_port(),
             mqtt_publish: None,
+            mqtt_max_connections: default_mqtt_max_connections(),
+            mqtt_max_connections_per_identity: default_mqtt_max_connections_per_identity(),
             console_listen: default_console_listen(),
             console_hosts: Vec::new(),
             database: None,
@@ -166,6 +183,9 @@ impl Config {
         self.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|_| format!("listen = {:?}: give host:port, e.g. \"127.0.0.1:50051\"", self.listen))?;
+        if self.mqtt_max_connections == 0 || self.mqtt_max_connections_per_identity == 0 {
+            return Err("mqtt_max_connections and mqtt_max_connections_per_identity: give at least 1".into());
+        }
         if !(1_000..=600_000).contains(&self.lease_ms) {
             return Err(format!("lease_ms = {}: give 1000 to 600000 milliseconds", self.lease_ms));
         }
@@ -257,9 +277,15 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let mqtt_addr = match config.mqtt_broker {
         MqttBroker::Embedded => {
             let hash = crate::telemetry::mosquitto::password_hash(&runtime_password)?;
-            let (broker, addr) =
-                crate::telemetry::broker::Broker::start(&format!("{}:{}", config.mqtt_host, config.mqtt_port), hash)
-                    .await?;
+            let (broker, addr) = crate::telemetry::broker::Broker::start(
+                &format!("{}:{}", config.mqtt_host, config.mqtt_port),
+                hash,
+                crate::telemetry::broker::Limits {
+                    total: config.mqtt_max_connections,
+                    per_identity: config.mqtt_max_connections_per_identity,
+                },
+            )
+            .await?;
             broker.set_identities(&store.mqtt_identities().map_err(|e| e.to_string())?);
             embedded_broker = Some(broker.clone());
             let s = store.clone();

@@ -1974,6 +1974,163 @@ fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
 }
 
 /// A loopback port nothing listens on right now.
+/// An MQTT 3.1.1 CONNECT with a login on a fresh connection: the CONNACK return code, and the
+/// connection (to hold it open).
+fn mqtt_connect_raw(port: u16, user: &str, pass: &str) -> (u8, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new(format!("raw-{}", rand_suffix()));
+    connect.set_login(user, pass);
+    let mut out = bytes::BytesMut::new();
+    connect.write(&mut out).unwrap();
+    c.write_all(&out).unwrap();
+    let mut ack = [0u8; 4];
+    c.read_exact(&mut ack).unwrap();
+    assert_eq!(ack[0], 0x20, "a CONNACK: {ack:?}");
+    (ack[3], c)
+}
+
+fn rand_suffix() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// `labd serve` on its own config (extra `labd.toml` lines), started by `launcher` (e.g.
+/// `prlimit`): (process, broker port, admin token, API url, data dir).
+fn serve_with(name: &str, extra: &str, launcher: &[&str]) -> (Reap, u16, String, String, PathBuf) {
+    use std::io::BufRead;
+    let dir = fresh_dir(name);
+    let api_port = free_port();
+    let data = dir.join("data");
+    let config = dir.join("labd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\nconsole_listen = \"off\"\n{extra}",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(launcher.first().copied().unwrap_or(env!("CARGO_BIN_EXE_labd")));
+    if !launcher.is_empty() {
+        cmd.args(&launcher[1..]).arg(env!("CARGO_BIN_EXE_labd"));
+    }
+    let mut server = Reap(
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(server.0.stdout.take().unwrap());
+    let (mut seen, mut line) = (String::new(), String::new());
+    while !line.contains("gRPC API on") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "labd stopped before listening: {seen}");
+        seen.push_str(&line);
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    let port: u16 = seen
+        .split("MQTT broker (embedded) on 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("labd says where its broker listens: {seen}"));
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
+    (server, port, admin, format!("http://127.0.0.1:{api_port}"), dir)
+}
+
+/// CPU seconds a process has used (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// The embedded broker under pressure: clients of MQTT 5 and 3.1 get a CONNACK refusal in their
+/// own version; one identity gets at most its share of connections and the broker at most its
+/// total, each past it refused with "server unavailable"; out of file handles, the accept loop
+/// waits instead of spinning, and serves again once handles are free.
+#[test]
+fn the_embedded_broker_refuses_what_it_cannot_serve_and_never_spins() {
+    use std::io::{Read, Write};
+    let _machine = heavy();
+    let (mut server, port, admin, url, dir) =
+        serve_with("broker-limits", "mqtt_max_connections = 8\nmqtt_max_connections_per_identity = 2\n", &[]);
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"));
+    json(&labctl_at(&url, &admin, &["tenant", "add", "acme", "--format", "json"]).1);
+    let creds = |_: ()| {
+        let c = json(&labctl_at(&url, &admin, &["token", "create", "--tenant", "acme", "--format", "json"]).1);
+        (c["mqtt"]["username"].as_str().unwrap().to_string(), c["mqtt"]["password"].as_str().unwrap().to_string())
+    };
+    // Other versions of MQTT, answered in their own.
+    let refusal = |connect: &[u8], want: usize| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        c.write_all(connect).unwrap();
+        let mut ack = vec![0u8; want];
+        c.read_exact(&mut ack).unwrap();
+        ack
+    };
+    let v5 = [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'x'];
+    assert_eq!(refusal(&v5, 5), [0x20, 0x03, 0x00, 0x84, 0x00], "MQTT 5: unsupported protocol version");
+    let v31 = [0x10, 15, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 1, b'x'];
+    assert_eq!(refusal(&v31, 4), [0x20, 0x02, 0x00, 0x01], "MQTT 3.1: unacceptable protocol version");
+    // Two connections of one token; the third is refused; another token still connects.
+    let (user, pass) = creds(());
+    let (a, _keep_a) = mqtt_connect_raw(port, &user, &pass);
+    let (b, _keep_b) = mqtt_connect_raw(port, &user, &pass);
+    assert_eq!((a, b), (0, 0), "within its share");
+    assert_eq!(mqtt_connect_raw(port, &user, &pass).0, 3, "a third connection of one identity: server unavailable");
+    let (other_user, other_pass) = creds(());
+    let (c, _keep_c) = mqtt_connect_raw(port, &other_user, &other_pass);
+    assert_eq!(c, 0, "another identity is not held back by the first");
+    // The total: 8 connections, signed in or not (three are, plus the runtime's own relay).
+    let idle: Vec<std::net::TcpStream> =
+        (0..4).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (full, _) = mqtt_connect_raw(port, &other_user, &other_pass);
+    assert_eq!(full, 3, "past the total: server unavailable");
+    drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(mqtt_connect_raw(port, &other_user, &other_pass).0, 0, "room again once they closed");
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    assert!(server.0.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Out of file handles: labd limited to 96, 150 connections opened at it.
+    let (server, port, admin, url, dir) = serve_with("broker-fds", "", &["prlimit", "--nofile=96:96"]);
+    let pid = server.0.id();
+    let flood: Vec<std::net::TcpStream> =
+        (0..150).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let used = cpu_seconds(pid) - before;
+    assert!(used < 1.0, "labd used {used:.2} CPU seconds in 3 s while out of file handles: the accept loop spins");
+    drop(flood);
+    json(&labctl_at(&url, &admin, &["tenant", "add", "acme", "--format", "json"]).1);
+    let c = json(&labctl_at(&url, &admin, &["token", "create", "--tenant", "acme", "--format", "json"]).1);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        // The half-open connections it had accepted time out after 10 s; then it serves again.
+        let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && mqtt_connect_raw(port, c["mqtt"]["username"].as_str().unwrap(), c["mqtt"]["password"].as_str().unwrap())
+                .0
+                == 0;
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the broker did not serve again once handles were free");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

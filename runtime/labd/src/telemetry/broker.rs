@@ -38,8 +38,26 @@ struct Client {
     tx: mpsc::Sender<Publish>,
 }
 
+/// How many connections the broker keeps at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections in all, counting those that have not sent CONNECT yet.
+    pub total: usize,
+    /// Signed-in connections of one identity (a tenant's token).
+    pub per_identity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { total: 1000, per_identity: 50 }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    limits: Limits,
+    /// Open connections, signed in or not.
+    connections: usize,
     /// username → (password hash, read patterns, may publish).
     identities: HashMap<String, (String, Vec<String>, bool)>,
     retained: BTreeMap<String, Publish>,
@@ -55,20 +73,40 @@ pub struct Broker {
 
 impl Broker {
     /// Listens on `addr`; returns the bound address.
-    pub async fn start(addr: &str, runtime_password_hash: String) -> Result<(Broker, SocketAddr), String> {
+    pub async fn start(
+        addr: &str,
+        runtime_password_hash: String,
+        limits: Limits,
+    ) -> Result<(Broker, SocketAddr), String> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("the MQTT broker cannot listen on {addr} (mqtt_host, mqtt_port in labd.toml): {e}"))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         let broker = Broker::default();
-        lock(&broker.state).identities.insert(RUNTIME_USER.into(), (runtime_password_hash, Vec::new(), true));
+        {
+            let mut s = lock(&broker.state);
+            s.limits = limits;
+            s.identities.insert(RUNTIME_USER.into(), (runtime_password_hash, Vec::new(), true));
+        }
         let b = broker.clone();
         tokio::spawn(async move {
+            let mut pause = ACCEPT_BACKOFF_MIN;
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file handles (or another passing error): wait, more each time,
+                        // instead of asking again at once and spinning a core.
+                        eprintln!("labd: the MQTT broker cannot accept a connection ({e}); trying again in {pause:?}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(ACCEPT_BACKOFF_MAX);
+                        continue;
+                    }
+                };
+                pause = ACCEPT_BACKOFF_MIN;
                 let _ = stream.set_nodelay(true);
                 let b = b.clone();
-                tokio::spawn(async move { b.serve(stream).await });
+                tokio::spawn(async move { b.admit(stream).await });
             }
         });
         Ok((broker, bound))
@@ -108,10 +146,48 @@ impl Broker {
         }
     }
 
+    /// One connection, counted against the total while it is open.
+    async fn admit(&self, mut stream: TcpStream) {
+        let full = {
+            let mut s = lock(&self.state);
+            let full = s.connections >= s.limits.total;
+            if !full {
+                s.connections += 1;
+            }
+            full
+        };
+        if full {
+            // Tell the client why, if it says CONNECT soon; never hold a handle for long.
+            let mut buf = BytesMut::with_capacity(256);
+            if let Ok(Ok(Packet::Connect(_))) =
+                tokio::time::timeout(Duration::from_secs(1), read_packet(&mut stream, &mut buf)).await
+            {
+                let _ =
+                    write_packet(&mut stream, |b| ConnAck::new(ConnectReturnCode::ServiceUnavailable, false).write(b))
+                        .await;
+            }
+            return;
+        }
+        self.serve(stream).await;
+        lock(&self.state).connections -= 1;
+    }
+
     async fn serve(&self, mut stream: TcpStream) {
         let mut buf = BytesMut::with_capacity(4096);
-        let connect = match tokio::time::timeout(Duration::from_secs(10), read_packet(&mut stream, &mut buf)).await {
+        let connect = match tokio::time::timeout(Duration::from_secs(10), read_connect(&mut stream, &mut buf)).await {
+            // The codec reads an MQTT 5 CONNECT too (without its properties): refused in 5's words.
+            Ok(Ok(Packet::Connect(c))) if c.protocol != rumqttc::mqttbytes::Protocol::V4 => {
+                let _ = stream.write_all(CONNACK_V5_REFUSED).await;
+                return;
+            }
             Ok(Ok(Packet::Connect(c))) => c,
+            Ok(Err(Some(raw))) => {
+                // A CONNECT of another MQTT version: answer in that version that it is not spoken here.
+                if let Some(refusal) = unsupported_version_connack(&raw) {
+                    let _ = stream.write_all(refusal).await;
+                }
+                return;
+            }
             _ => return,
         };
         let login = connect.login.clone();
@@ -126,17 +202,28 @@ impl Broker {
                 .await;
             return;
         };
-        if write_packet(&mut stream, |b| ConnAck::new(ConnectReturnCode::Success, false).write(b)).await.is_err() {
-            return;
-        }
         let (tx, mut rx) = mpsc::channel::<Publish>(1024);
         let id = {
             let mut s = lock(&self.state);
-            s.next_client += 1;
-            let id = s.next_client;
-            s.clients.insert(id, Client { username: login.username.clone(), reads, filters: Vec::new(), tx });
-            id
+            let mine = s.clients.values().filter(|c| c.username == login.username).count();
+            if mine >= s.limits.per_identity && login.username != RUNTIME_USER {
+                None
+            } else {
+                s.next_client += 1;
+                let id = s.next_client;
+                s.clients.insert(id, Client { username: login.username.clone(), reads, filters: Vec::new(), tx });
+                Some(id)
+            }
         };
+        let Some(id) = id else {
+            let _ = write_packet(&mut stream, |b| ConnAck::new(ConnectReturnCode::ServiceUnavailable, false).write(b))
+                .await;
+            return;
+        };
+        if write_packet(&mut stream, |b| ConnAck::new(ConnectReturnCode::Success, false).write(b)).await.is_err() {
+            lock(&self.state).clients.remove(&id);
+            return;
+        }
         // MQTT: a client silent for 1.5 × its keep-alive is gone; 0 means it never pings.
         let keep_alive = match connect.keep_alive {
             0 => Duration::from_secs(u64::from(u32::MAX)),
@@ -237,6 +324,60 @@ impl MinQos for QoS {
             self
         } else {
             other
+        }
+    }
+}
+
+/// Waits between failed accepts: from this…
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// …doubling up to this.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// CONNACK "MQTT 3.1" (return code 1, unacceptable protocol version), which 3.1 clients read.
+const CONNACK_V31_REFUSED: &[u8] = &[0x20, 0x02, 0x00, 0x01];
+/// CONNACK of MQTT 5: reason 0x84, unsupported protocol version, no properties.
+const CONNACK_V5_REFUSED: &[u8] = &[0x20, 0x03, 0x00, 0x84, 0x00];
+
+/// The refusal a client that sent a CONNECT of an MQTT version other than 3.1.1 can read, from
+/// the bytes it sent: `None` if they are not a CONNECT at all.
+fn unsupported_version_connack(bytes: &[u8]) -> Option<&'static [u8]> {
+    if bytes.first()? >> 4 != 1 {
+        return None;
+    }
+    // Remaining length: 1 to 4 bytes, 7 bits each.
+    let mut i = 1;
+    while bytes.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    let name_len = usize::from(*bytes.get(i + 1)?) << 8 | usize::from(*bytes.get(i + 2)?);
+    let name = bytes.get(i + 3..i + 3 + name_len)?;
+    let level = *bytes.get(i + 3 + name_len)?;
+    match (name, level) {
+        (b"MQIsdp", 3) => Some(CONNACK_V31_REFUSED),
+        (b"MQTT", 5) => Some(CONNACK_V5_REFUSED),
+        _ => None,
+    }
+}
+
+/// The first packet of a connection; when it does not parse as MQTT 3.1.1, the bytes it came in
+/// (`Err(Some(raw))`) so the refusal can be written in the client's own version.
+async fn read_connect(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet, Option<Vec<u8>>> {
+    loop {
+        let raw = buf.to_vec();
+        match rumqttc::mqttbytes::v4::read(buf, MAX_PACKET) {
+            Ok(p) => return Ok(p),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(_) => return Err(Some(raw)),
+        }
+        if buf.len() > MAX_PACKET {
+            return Err(None);
+        }
+        match stream.read_buf(buf).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(None),
         }
     }
 }
