@@ -118,6 +118,7 @@ pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> 
         Format::Opentrons => import::opentrons::parse(&root, lib, &mut d),
         _ => lang::parse(&root, &mut d),
     };
+    check_text_limits(&protocol, &mut d);
     let (plan, tracked) = build(&protocol, site, lib, &mut d);
     if !d.has_errors() {
         out.quote = plan.as_ref().map(|p| quote::quote(p, site));
@@ -130,6 +131,52 @@ pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> 
     // in the order of the file.
     out.diagnostics.sort_by_key(|x| (x.code.get(..3).unwrap_or("").to_string(), x.span.start, x.code));
     out
+}
+
+/// Characters allowed in the free text of a protocol, per kind of text: enough for any real
+/// protocol, and small enough that no list of runs, event or console page is swamped by one.
+pub const MAX_NAME_CHARS: usize = 200;
+/// A labware, liquid or step name.
+pub const MAX_IDENTIFIER_CHARS: usize = 64;
+/// A manual step's instruction to a technician.
+pub const MAX_INSTRUCTION_CHARS: usize = 2_000;
+
+/// Every free-text field of the protocol within its limit (P0112), whatever format it came in.
+fn check_text_limits(p: &Protocol, d: &mut Diagnostics) {
+    let over = |text: &str, max: usize| text.chars().count() > max;
+    let mut report = |span: Span, what: &str, text: &str, max: usize| {
+        d.push(
+            Diagnostic::error(
+                "P0112",
+                span,
+                format!("{what} is {} characters long; the limit is {max}", text.chars().count()),
+            )
+            .with_hint("shorten it; put long descriptions in the lab's notes, not in the protocol"),
+        );
+    };
+    if over(&p.name, MAX_NAME_CHARS) {
+        report(Span::new(0, 0), "the protocol's name", &p.name, MAX_NAME_CHARS);
+    }
+    for lw in &p.labware {
+        if over(&lw.name.name, MAX_IDENTIFIER_CHARS) {
+            report(lw.name.span, "a labware name", &lw.name.name, MAX_IDENTIFIER_CHARS);
+        }
+    }
+    for l in &p.liquids {
+        if over(&l.name, MAX_IDENTIFIER_CHARS) {
+            report(l.span, "a liquid name", &l.name, MAX_IDENTIFIER_CHARS);
+        }
+    }
+    for step in &p.steps {
+        if let Some(id) = step.id.as_ref().filter(|id| over(&id.name, MAX_IDENTIFIER_CHARS)) {
+            report(id.span, "a step id", &id.name, MAX_IDENTIFIER_CHARS);
+        }
+        if let crate::ast::Op::Manual { instruction, .. } = &step.op {
+            if over(instruction, MAX_INSTRUCTION_CHARS) {
+                report(step.span, "a manual step's instruction", instruction, MAX_INSTRUCTION_CHARS);
+            }
+        }
+    }
 }
 
 /// Picks the format of a file the user did not label.

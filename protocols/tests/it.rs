@@ -581,6 +581,23 @@ fn the_compilers_work_is_bounded_before_it_is_done() {
     );
 }
 
+/// Free text has limits, whatever the format: a 5,000,000-character name is refused with P0112
+/// naming the length and the limit, not accepted to swamp every list of runs.
+#[test]
+fn free_text_over_its_limit_is_refused() {
+    let long = "x".repeat(5_000_000);
+    let c = run("long.yaml", &with_steps("  - wait: 1 min\n").replace("name: t", &format!("name: {long}")));
+    let d = c.diagnostics.iter().find(|d| d.code == "P0112").expect("the name is refused");
+    assert!(d.message.contains("5000000 characters") && d.message.contains("200"), "{}", d.message);
+    assert!(!d.message.contains("xxxx"), "the message does not repeat the text");
+    let manual = format!("  - manual: {{ instruction: {}, labware: [plate], duration: 1 min }}\n", "y".repeat(2_500));
+    let c = run("manual.yaml", &with_steps(&manual));
+    assert_eq!(c.diagnostics.iter().filter(|d| d.code == "P0112").count(), 1, "{:#?}", c.diagnostics);
+    let c =
+        run("ok.yaml", &with_steps("  - manual: { instruction: add the dye, labware: [plate], duration: 1 min }\n"));
+    assert!(!c.has_errors(), "{:#?}", c.diagnostics);
+}
+
 #[test]
 fn unsupported_instructions_are_named_with_their_index() {
     let text = std::fs::read_to_string(corpus("autoprotocol/strateos-transcriptic/test/resources/measure_suite.json"))

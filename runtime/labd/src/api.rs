@@ -66,6 +66,12 @@ impl Api {
     }
 }
 
+/// Limits of the free text the API takes besides the protocol (whose own text the compiler
+/// limits, P0112): what one tenant writes must not swamp what others read.
+pub const MAX_KEY_CHARS: usize = 200;
+pub const MAX_FILE_NAME_CHARS: usize = 255;
+pub const MAX_REASON_CHARS: usize = 500;
+
 /// Compiles running at once across every caller.
 const COMPILES_AT_ONCE: usize = 2;
 static COMPILES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(COMPILES_AT_ONCE);
@@ -395,6 +401,16 @@ impl pb::runs_server::Runs for Api {
         }
         if r.source.len() > MAX_SOURCE_BYTES {
             return Err(too_large(r.source.len()));
+        }
+        for (what, text, max) in
+            [("idempotency key", &r.idempotency_key, MAX_KEY_CHARS), ("file name", &r.file_name, MAX_FILE_NAME_CHARS)]
+        {
+            if text.chars().count() > max {
+                return Err(Status::invalid_argument(format!(
+                    "the {what} is {} characters long; the limit is {max}",
+                    text.chars().count()
+                )));
+            }
         }
         let (store, tid) = (self.store.clone(), tenant.clone());
         let (t, used) = blocking(move || {
@@ -849,6 +865,12 @@ impl pb::lab_server::Lab for Api {
             .clone();
         if r.on && r.reason.trim().is_empty() {
             return Err(Status::invalid_argument("say why the instrument goes into maintenance (reason)"));
+        }
+        if r.reason.chars().count() > MAX_REASON_CHARS {
+            return Err(Status::invalid_argument(format!(
+                "the reason is {} characters long; the limit is {MAX_REASON_CHARS}",
+                r.reason.chars().count()
+            )));
         }
         let (store, id, reason, by) = (self.store.clone(), inst.id.clone(), r.reason.clone(), who.id.clone());
         blocking(move || store.set_maintenance(&id, r.on.then_some((reason.as_str(), by.as_str())))).await?;

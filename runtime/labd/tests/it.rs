@@ -1241,6 +1241,10 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         let e = runs.submit(req("acme", submit("big.yaml", big.clone(), "k2"))).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains("the limit is 8 MiB"), "{}", e.message());
+        // Free text the API takes has its limits too.
+        let long_key = "k".repeat(201);
+        let e = runs.submit(req("acme", submit("g.yaml", example.clone(), &long_key))).await.unwrap_err();
+        assert!(e.code() == Code::InvalidArgument && e.message().contains("limit is 200"), "{e:?}");
         // The same limit for every call that takes a protocol.
         let mut checker = pb::protocols_client::ProtocolsClient::new(ch.clone());
         let ask = pb::ValidateRequest { file_name: "big.yaml".into(), source: big, format: 0 };

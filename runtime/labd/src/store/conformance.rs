@@ -129,6 +129,7 @@ pub fn tenants_and_principals(s: &dyn Store) {
     assert!(matches!(s.create_tenant("acme", 1.0), Err(StoreError::Conflict(_))), "tenant names are unique");
     assert!(matches!(s.create_tenant("bad name", 1.0), Err(StoreError::Invalid(_))), "names go into MQTT topics");
     assert!(matches!(s.create_tenant("zero", 0.0), Err(StoreError::Invalid(_))));
+    assert!(matches!(s.create_tenant(&"a".repeat(65), 1.0), Err(StoreError::Invalid(_))), "names are short");
     s.set_quotas(&a.id, Some(3), Some(100.0), 5).unwrap();
     let q = s.tenant(&a.id).unwrap();
     assert_eq!((q.max_concurrent_runs, q.device_hours_per_month, q.priority), (Some(3), Some(100.0), 5));

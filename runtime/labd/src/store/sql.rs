@@ -462,6 +462,12 @@ fn found(e: StoreError, what: impl FnOnce() -> String) -> StoreError {
 
 impl<D: Db> Store for SqlStore<D> {
     fn create_tenant(&self, name: &str, weight: f64) -> Result<Tenant> {
+        if name.chars().count() > 64 {
+            return Err(StoreError::Invalid(format!(
+                "a tenant name is at most 64 characters; this one has {}",
+                name.chars().count()
+            )));
+        }
         if name.trim().is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(StoreError::Invalid(format!(
                 "tenant name `{name}`: use letters, digits, - and _ (it appears in MQTT topics)"
