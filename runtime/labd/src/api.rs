@@ -72,6 +72,22 @@ pub const MAX_KEY_CHARS: usize = 200;
 pub const MAX_FILE_NAME_CHARS: usize = 255;
 pub const MAX_REASON_CHARS: usize = 500;
 
+/// Runs in a page of `List` when the caller does not say, and at most.
+const DEFAULT_PAGE: usize = 200;
+const MAX_PAGE: usize = 1000;
+
+/// Where a page of runs starts: after (submitted_at, id); `None` for the first page.
+fn page_position(token: &str) -> Result<Option<(i64, String)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .split_once(':')
+        .and_then(|(at, id)| Some((at.parse().ok()?, id.to_string())))
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument("page_token is not one a previous List returned"))
+}
+
 /// Compiles running at once across every caller.
 const COMPILES_AT_ONCE: usize = 2;
 static COMPILES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(COMPILES_AT_ONCE);
@@ -453,19 +469,30 @@ impl pb::runs_server::Runs for Api {
 
     async fn list(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
         let who = self.caller(&req).await?;
-        let states = req
-            .into_inner()
-            .states
-            .iter()
-            .map(|s| RunState::parse(s).map_err(status))
-            .collect::<Result<Vec<_>, _>>()?;
+        let r = req.into_inner();
+        let states = r.states.iter().map(|s| RunState::parse(s).map_err(status)).collect::<Result<Vec<_>, _>>()?;
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        let after = page_position(&r.page_token)?;
         let store = self.store.clone();
         let runs = blocking(move || store.runs(Self::scope(&who).as_deref(), &states)).await?;
-        let mut out = Vec::new();
-        for r in runs {
-            out.push(self.run_info(r).await?);
+        let mut page: Vec<store::Run> = runs
+            .into_iter()
+            .filter(|x| after.as_ref().is_none_or(|(at, id)| (x.submitted_at, &x.id) > (*at, id)))
+            .collect();
+        let more = page.len() > size;
+        page.truncate(size);
+        let next_page_token = match page.last() {
+            Some(last) if more => format!("{}:{}", last.submitted_at, last.id),
+            _ => String::new(),
+        };
+        let mut out = Vec::with_capacity(page.len());
+        for x in page {
+            out.push(self.run_info(x).await?);
         }
-        Ok(Response::new(pb::ListRunsResponse { runs: out }))
+        Ok(Response::new(pb::ListRunsResponse { runs: out, next_page_token }))
     }
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<EventStream>, Status> {

@@ -388,7 +388,20 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
             }
             ClientCmd::Runs { out } => {
                 let json = out.format == Fmt::Json;
-                let runs = pb::runs_client::RunsClient::new(c.channel.clone()).list(c.req(pb::ListRunsRequest { states: vec![] })?).await.map_err(sentence)?.into_inner().runs;
+                // Every page, one after another (a page is a bounded reply, whatever the total).
+                let (mut runs, mut page_token) = (Vec::new(), String::new());
+                loop {
+                    let page = pb::runs_client::RunsClient::new(c.channel.clone())
+                        .list(c.req(pb::ListRunsRequest { page_token, ..Default::default() })?)
+                        .await
+                        .map_err(sentence)?
+                        .into_inner();
+                    runs.extend(page.runs);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
                 if json {
                     out!("{}", json_array(runs.iter().map(run_json)));
                 } else {

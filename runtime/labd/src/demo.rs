@@ -202,7 +202,7 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
     loop {
         for (name, c) in &clients {
             let list = pb::runs_client::RunsClient::new(c.channel.clone())
-                .list(c.req(pb::ListRunsRequest { states: Vec::new() }).map_err(e)?)
+                .list(c.req(pb::ListRunsRequest::default()).map_err(e)?)
                 .await
                 .map_err(|s| s.message().to_string())?
                 .into_inner()

@@ -1261,11 +1261,11 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         let e = runs.submit(req("acme", submit("g.yaml", example.clone(), " "))).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("idempotency key"), "{}", e.message());
-        let e = runs.list(req("", pb::ListRunsRequest { states: vec![] })).await.unwrap_err();
+        let e = runs.list(req("", pb::ListRunsRequest::default())).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
-        let e = runs.list(req("nope", pb::ListRunsRequest { states: vec![] })).await.unwrap_err();
+        let e = runs.list(req("nope", pb::ListRunsRequest::default())).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
-        let e = runs.list(req("old", pb::ListRunsRequest { states: vec![] })).await.unwrap_err();
+        let e = runs.list(req("old", pb::ListRunsRequest::default())).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         assert!(e.message().contains("expired"), "{}", e.message());
         // A quote plans the protocol behind today's queue.
@@ -1335,11 +1335,31 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
         // After all that, the API still serves: the same submission again is the same run.
-        let again = runs.submit(req("acme", submit("g.yaml", example, "k4"))).await.unwrap().into_inner();
+        let again = runs.submit(req("acme", submit("g.yaml", example.clone(), "k4"))).await.unwrap().into_inner();
         assert!(!again.created);
         assert_eq!(again.run.unwrap().id, mine);
-        let list = runs.list(req("acme", pb::ListRunsRequest { states: vec![] })).await.unwrap().into_inner();
-        assert_eq!(list.runs.len(), 1);
+        let list = runs.list(req("acme", pb::ListRunsRequest::default())).await.unwrap().into_inner();
+        assert_eq!((list.runs.len(), list.next_page_token.as_str()), (1, ""));
+        // Lists come a page at a time, in submission order, each page a bounded reply.
+        for k in ["k5", "k6"] {
+            runs.submit(req("acme", submit("g.yaml", example.clone(), k))).await.unwrap();
+        }
+        let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+        loop {
+            let ask = pb::ListRunsRequest { page_size: 2, page_token: token, ..Default::default() };
+            let page = runs.list(req("acme", ask)).await.unwrap().into_inner();
+            assert!(page.runs.len() <= 2);
+            seen.extend(page.runs.into_iter().map(|r| r.id));
+            pages += 1;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!((seen.len(), pages), (3, 2), "{seen:?}");
+        assert_eq!(seen[0], mine, "oldest first");
+        let bogus = pb::ListRunsRequest { page_token: "nonsense".into(), ..Default::default() };
+        assert_eq!(runs.list(req("acme", bogus)).await.unwrap_err().code(), Code::InvalidArgument);
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     });

@@ -31,6 +31,17 @@ async function call(method, path, body) {
   return data;
 }
 
+// Every page of runs (each a bounded answer), in submission order.
+async function allRuns() {
+  let runs = [], token = "";
+  do {
+    const page = await call("GET", "/api/runs" + (token ? "?page_token=" + encodeURIComponent(token) : ""));
+    runs = runs.concat(page.runs || []);
+    token = page.next_page_token || "";
+  } while (token);
+  return { runs };
+}
+
 function colourOf(key) {
   let h = 0;
   for (const ch of key) h = (h * 31 + ch.codePointAt(0)) >>> 0;
@@ -74,7 +85,7 @@ async function refresh() {
   try {
     const staff = me.role !== "scientist";
     const [schedule, runs, interventions, instruments] = await Promise.all([
-      call("GET", "/api/schedule"), call("GET", "/api/runs"), call("GET", "/api/interventions"),
+      call("GET", "/api/schedule"), allRuns(), call("GET", "/api/interventions"),
       staff ? call("GET", "/api/instruments") : Promise.resolve({ instruments: [] }),
     ]);
     drawInstruments(instruments.instruments || []);

@@ -207,8 +207,16 @@ async fn schedule(State(api): State<Api>, headers: HeaderMap) -> Response {
     call(&headers, pb::ScheduleRequest {}, |r| async move { api.schedule(r).await }).await
 }
 
-async fn runs(State(api): State<Api>, headers: HeaderMap) -> Response {
-    call(&headers, pb::ListRunsRequest { states: Vec::new() }, |r| async move { api.list(r).await }).await
+/// A page of runs: `?page_token=…` from the previous page's `next_page_token`.
+async fn runs(State(api): State<Api>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let page_token = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("page_token="))
+        .map(|t| t.replace("%3A", ":").replace("%3a", ":"))
+        .unwrap_or_default();
+    call(&headers, pb::ListRunsRequest { page_token, ..Default::default() }, |r| async move { api.list(r).await }).await
 }
 
 async fn cancel(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
