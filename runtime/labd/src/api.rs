@@ -431,7 +431,7 @@ impl pb::runs_server::Runs for Api {
         let (store, tid) = (self.store.clone(), tenant.clone());
         let (t, used) = blocking(move || {
             let t = store.tenant(&tid)?;
-            let since = crate::executor::month_start_ms(store::now_ms());
+            let since = crate::clock::month_start_ms(store::now_ms());
             Ok((t, store.usage(Some(&tid), since)?.iter().map(|u| u.device_seconds).sum::<f64>()))
         })
         .await?;

@@ -1,4 +1,5 @@
-//! Clock times for people: milliseconds since the epoch as RFC 3339 (UTC) and back from a day.
+//! Clock times for people: milliseconds since the epoch as RFC 3339 (UTC), the start of a day
+//! and of a month (quotas).
 //! Pure arithmetic on the proleptic Gregorian calendar (Howard Hinnant's civil-date
 //! algorithms), so labd needs no date library and every place prints times the same way.
 
@@ -18,9 +19,8 @@ pub fn day_ms(d: &str) -> Option<i64> {
     Some((era * 146_097 + doe - 719_468) * 86_400_000)
 }
 
-/// `ms` since the epoch as RFC 3339 in UTC, to the second: `2026-12-04T19:02:11Z`.
-pub fn rfc3339(ms: i64) -> String {
-    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
+/// The civil date (year, month 1–12, day 1–31) of a day counted from 1970-01-01.
+fn civil(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -29,9 +29,22 @@ pub fn rfc3339(ms: i64) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// `ms` since the epoch as RFC 3339 in UTC, to the second: `2026-12-04T19:02:11Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
+    let (year, month, day) = civil(days);
     let (h, m, s) = (in_day / 3600, in_day / 60 % 60, in_day % 60);
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+/// The first millisecond of the month `now` is in (UTC), for monthly quotas.
+pub fn month_start_ms(now: i64) -> i64 {
+    let days = now.div_euclid(86_400_000);
+    let (_, _, day) = civil(days);
+    (days - (day - 1)) * 86_400_000
 }
 
 /// [`rfc3339`] for a time that may not have happened yet (`0` or less: none).
@@ -52,6 +65,8 @@ mod tests {
             assert_eq!(rfc3339(day_ms(d).unwrap()), format!("{d}T00:00:00Z"));
         }
         assert_eq!(day_ms("2026-13-01"), None);
+        assert_eq!(month_start_ms(1_796_411_531_000), day_ms("2026-12-01").unwrap());
+        assert_eq!(month_start_ms(day_ms("2024-03-01").unwrap() - 1), day_ms("2024-02-01").unwrap());
         assert_eq!(rfc3339_opt(0), None);
     }
 }

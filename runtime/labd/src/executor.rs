@@ -250,20 +250,6 @@ fn family_name(op: &CommandOp) -> &'static str {
     }
 }
 
-/// The first millisecond of the month `now` is in (UTC), for monthly quotas.
-pub fn month_start_ms(now: i64) -> i64 {
-    let days = now.div_euclid(86_400_000);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5; // 0-based day of the month
-    (days - day) * 86_400_000
-}
-
 /// What job tasks share with the executor's loop.
 #[derive(Debug, Default)]
 struct Dispatch {
@@ -819,7 +805,7 @@ impl Executor {
                 }
             }
         }
-        let month = month_start_ms(crate::store::now_ms());
+        let month = crate::clock::month_start_ms(crate::store::now_ms());
         // Each tenant's record and usage this month, read once per admission round.
         let mut tenants: HashMap<String, (crate::store::Tenant, f64)> = HashMap::new();
         let mut out = Vec::new();

@@ -313,20 +313,19 @@ struct Reap(std::process::Child);
 /// Starts `labd` with these arguments in `cwd`; returns once it listens, with what it printed
 /// up to then.
 fn start_labd(args: &[&std::ffi::OsStr], cwd: &Path) -> (Reap, String) {
-    use std::io::BufRead;
     // Tests run side by side: each console on a port of its own, unless the test chose one.
     let mut args = args.to_vec();
     if args.first().is_some_and(|a| *a == "serve") && !args.iter().any(|a| *a == "--console") {
         args.extend([std::ffi::OsStr::new("--console"), std::ffi::OsStr::new("127.0.0.1:0")]);
     }
-    let mut s = Reap(
-        Command::new(env!("CARGO_BIN_EXE_labd"))
-            .args(&args)
-            .current_dir(cwd)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    listening(Command::new(env!("CARGO_BIN_EXE_labd")).args(&args).current_dir(cwd))
+}
+
+/// Starts `cmd` (a `labd serve`) and waits until it says its API listens: the process, and what
+/// it printed until then.
+fn listening(cmd: &mut Command) -> (Reap, String) {
+    use std::io::BufRead;
+    let mut s = Reap(cmd.stdout(std::process::Stdio::piped()).spawn().unwrap());
     let mut out = std::io::BufReader::new(s.0.stdout.take().unwrap());
     let (mut seen, mut line) = (String::new(), String::new());
     while !line.contains("gRPC API on") {
@@ -336,6 +335,15 @@ fn start_labd(args: &[&std::ffi::OsStr], cwd: &Path) -> (Reap, String) {
     }
     std::thread::spawn(move || for _ in out.lines() {});
     (s, seen)
+}
+
+/// The embedded broker's port, from what `labd serve` printed at start.
+fn mqtt_port_of(seen: &str) -> u16 {
+    seen.split("MQTT broker (embedded) on 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("labd says where its broker listens: {seen}"))
 }
 
 /// The Python of the peers' virtual environment (`scripts/peers`), if present; missing is a
@@ -1933,12 +1941,7 @@ fn the_embedded_broker_keeps_tenants_apart_and_delivers() {
     );
     std::fs::write(&config, text_config).unwrap();
     let (mut server, seen) = start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &dir);
-    let port: u16 = seen
-        .split("MQTT broker (embedded) on 127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("labd says where its broker listens: {seen}"));
+    let port = mqtt_port_of(&seen);
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
     let url = format!("http://127.0.0.1:{api_port}");
     let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"));
@@ -2023,7 +2026,6 @@ fn rand_suffix() -> u64 {
 /// `labd serve` on its own config (extra `labd.toml` lines), started by `launcher` (e.g.
 /// `prlimit`): (process, broker port, admin token, API url, data dir).
 fn serve_with(name: &str, extra: &str, launcher: &[&str]) -> (Reap, u16, String, String, PathBuf) {
-    use std::io::BufRead;
     let dir = fresh_dir(name);
     let api_port = free_port();
     let data = dir.join("data");
@@ -2040,30 +2042,9 @@ fn serve_with(name: &str, extra: &str, launcher: &[&str]) -> (Reap, u16, String,
     if !launcher.is_empty() {
         cmd.args(&launcher[1..]).arg(env!("CARGO_BIN_EXE_labd"));
     }
-    let mut server = Reap(
-        cmd.args(["serve", "--config"])
-            .arg(&config)
-            .current_dir(&dir)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut out = std::io::BufReader::new(server.0.stdout.take().unwrap());
-    let (mut seen, mut line) = (String::new(), String::new());
-    while !line.contains("gRPC API on") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "labd stopped before listening: {seen}");
-        seen.push_str(&line);
-    }
-    std::thread::spawn(move || for _ in out.lines() {});
-    let port: u16 = seen
-        .split("MQTT broker (embedded) on 127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("labd says where its broker listens: {seen}"));
+    let (server, seen) = listening(cmd.args(["serve", "--config"]).arg(&config).current_dir(&dir));
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
-    (server, port, admin, format!("http://127.0.0.1:{api_port}"), dir)
+    (server, mqtt_port_of(&seen), admin, format!("http://127.0.0.1:{api_port}"), dir)
 }
 
 /// CPU seconds a process has used (user + system), from /proc.
@@ -2270,12 +2251,7 @@ fn serve_lab_on(name: &str, scale: &str, site: Option<&str>) -> Lab {
         .trim()
         .to_string();
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
-    let mqtt_port = seen
-        .split("MQTT broker (embedded) on 127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("labd says where its broker listens: {seen}"));
+    let mqtt_port = mqtt_port_of(&seen);
     Lab { _server: server, url: format!("http://{listen}"), console, admin, dir, mqtt_port }
 }
 
