@@ -307,6 +307,52 @@ fn sqlite_store_keeps_what_it_committed_across_reopen() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A database that lost committed writes (its write-ahead log emptied after a crash: here, the
+/// file put back as it was before the writes) is refused at open, naming the files and what to
+/// do, instead of running on without the runs and journaled commands it lost. Deleting the
+/// mark accepts the loss knowingly.
+#[test]
+fn sqlite_store_refuses_a_database_that_lost_committed_writes() {
+    use labd::store::{sqlite::SqliteStore, NewRun, Store};
+    let dir = fresh_dir("lost-wal");
+    let path = dir.join("labd.sqlite");
+    let before = dir.join("before.sqlite");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.create_tenant("acme", 1.0).unwrap();
+    }
+    std::fs::copy(&path, &before).unwrap();
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        let t = s.tenant_by_name("acme").unwrap();
+        for k in ["a", "b", "c"] {
+            let new = NewRun {
+                tenant_id: t.id.clone(),
+                idempotency_key: k.into(),
+                name: "n".into(),
+                source: "s".into(),
+                plan_json: "{}".into(),
+                priority: 0,
+            };
+            s.submit_run(&new).unwrap();
+        }
+    }
+    assert!(SqliteStore::open(&path).is_ok(), "an intact database opens");
+    std::fs::copy(&before, &path).unwrap();
+    for side in ["labd.sqlite-wal", "labd.sqlite-shm"] {
+        let _ = std::fs::remove_file(dir.join(side));
+    }
+    let e = SqliteStore::open(&path).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        e.contains("lost committed work") && e.contains("labd.sqlite.mark") && e.contains("Restore the last backup"),
+        "{e}"
+    );
+    std::fs::remove_file(dir.join("labd.sqlite.mark")).unwrap();
+    let s = SqliteStore::open(&path).expect("the loss accepted knowingly");
+    assert!(s.runs(None, &[]).unwrap().is_empty(), "the lost runs are gone, and labd knows it started from here");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Kills the child process when dropped, so a failing test leaves no daemon behind.
 struct Reap(std::process::Child);
 

@@ -15,6 +15,24 @@ pub type SqliteStore = SqlStore<SqliteDb>;
 #[derive(Debug)]
 pub struct SqliteDb {
     conn: Mutex<Connection>,
+    /// The file outside the database that says how many write transactions were committed
+    /// (set once migrations have made the counter; `None` in memory).
+    mark: Mutex<Option<std::path::PathBuf>>,
+}
+
+/// What the SQLite store adds to the shared migrations: the count of committed writes, which
+/// `labd.sqlite.mark` echoes outside the database.
+fn sqlite_migration(version: i64) -> Option<&'static str> {
+    (version == 4).then_some(
+        "CREATE TABLE write_mark (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);\nINSERT INTO write_mark (id, n) VALUES (1, 0);",
+    )
+}
+
+/// The mark file beside a database file.
+pub fn mark_file(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".mark");
+    std::path::PathBuf::from(name)
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -28,10 +46,32 @@ fn backend(e: rusqlite::Error) -> StoreError {
 
 impl SqlStore<SqliteDb> {
     /// Opens (creating if needed) the database file and applies pending migrations.
+    ///
+    /// Refuses a database that has fewer committed writes than `labd.sqlite.mark` says were
+    /// committed: its write-ahead log lost work (emptied or truncated after a crash), and
+    /// running on it would send again commands the lost journal had recorded as sent.
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let conn =
             Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        Self::init(conn)
+        let db = Self::init(conn)?;
+        let mark = mark_file(path);
+        let recorded: u64 = match std::fs::read_to_string(&mark) {
+            Ok(text) => text.trim().parse().unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(StoreError::Backend(format!("cannot read {}: {e}", mark.display()))),
+        };
+        let held = db.committed_writes()?;
+        if recorded > held {
+            return Err(StoreError::Backend(format!(
+                "{} holds {held} committed writes, but {recorded} had been committed (recorded in {}): its write-ahead log ({}-wal) lost committed work, so runs, results and journaled commands are missing. labd will not run on it, since commands it had sent would be sent again. Restore the last backup (docs/operations.md), or, to accept the loss knowingly, delete {}",
+                path.display(),
+                mark.display(),
+                path.display(),
+                mark.display()
+            )));
+        }
+        *db.db().mark.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))? = Some(mark);
+        Ok(db)
     }
 
     /// A private in-memory database (tests).
@@ -44,9 +84,16 @@ impl SqlStore<SqliteDb> {
         conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
-        let db = SqliteDb { conn: Mutex::new(conn) };
-        sql::migrate(&db, |_| None)?;
+        let db = SqliteDb { conn: Mutex::new(conn), mark: Mutex::new(None) };
+        sql::migrate(&db, sqlite_migration)?;
         Ok(SqlStore::new(db))
+    }
+
+    /// Write transactions committed so far, by the database's own count.
+    fn committed_writes(&self) -> Result<u64> {
+        let conn = self.db().conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
+        let n: i64 = conn.query_row("SELECT n FROM write_mark WHERE id = 1", [], |r| r.get(0)).map_err(backend)?;
+        Ok(n as u64)
     }
 }
 
@@ -101,9 +148,25 @@ impl Db for SqliteDb {
     /// deadlock upgrading).
     fn tx<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
+        let mark = self.mark.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?.clone();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
         let out = f(&mut Tx(&tx))?;
+        let n: Option<i64> = match &mark {
+            Some(_) => Some(
+                tx.query_row("UPDATE write_mark SET n = n + 1 WHERE id = 1 RETURNING n", [], |r| r.get(0))
+                    .map_err(backend)?,
+            ),
+            None => None,
+        };
         tx.commit().map_err(backend)?;
+        if let (Some(file), Some(n)) = (mark, n) {
+            // After the commit, so the mark is never ahead of what the database made durable.
+            // Not synced: it guards against a log lost after a crash of labd, which leaves the
+            // page cache (and this write) intact; a lost mark write is only a weaker check.
+            if let Err(e) = std::fs::write(&file, n.to_string()) {
+                eprintln!("labd: committed, but cannot record the write count in {}: {e}", file.display());
+            }
+        }
         Ok(out)
     }
 
