@@ -307,6 +307,44 @@ fn sqlite_store_keeps_what_it_committed_across_reopen() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A database another process holds locked for a minute (a backup tool, a long `sqlite3`
+/// session) mid-run: labd waits for it and every run still succeeds; nothing fails because a
+/// write had to wait.
+#[test]
+fn a_database_locked_for_a_minute_mid_run_fails_nothing() {
+    let _machine = heavy();
+    let lab = serve_lab("locked", "0.001");
+    let (acme, globex) = (lab.tenant("acme"), lab.tenant("globex"));
+    let runs = [
+        (acme.clone(), lab.submit(&acme, "growth-curve.yaml")),
+        (acme.clone(), lab.submit(&acme, "serial-dilution.yaml")),
+        (globex.clone(), lab.submit(&globex, "serial-dilution.yaml")),
+    ];
+    // Once the growth curve (12 h of device time: 45 s here) has begun, another process takes
+    // the write lock and keeps it for 60 s.
+    let events = watch_lines(&lab, &acme, &runs[0].1);
+    loop {
+        let line = events.recv_timeout(std::time::Duration::from_secs(60)).expect("the run begins");
+        if line.contains("\"task_started\"") {
+            break;
+        }
+    }
+    let db = rusqlite::Connection::open(lab.dir.join("labd.sqlite")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    let unfinished = lab.json(&acme, &["runs", "--format", "json"]);
+    assert!(
+        unfinished.as_array().unwrap().iter().any(|r| r["id"] == runs[0].1.as_str() && r["state"] == "running"),
+        "the lock was held mid-run: {unfinished}"
+    );
+    for (token, run) in &runs {
+        lab.wait_final(token, &[run.as_str()], 180);
+    }
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
+
 /// A database that lost committed writes (its write-ahead log emptied after a crash: here, the
 /// file put back as it was before the writes) is refused at open, naming the files and what to
 /// do, instead of running on without the runs and journaled commands it lost. Deleting the

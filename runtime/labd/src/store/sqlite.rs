@@ -145,8 +145,54 @@ impl Db for SqliteDb {
     }
 
     /// One IMMEDIATE transaction (the write lock is taken at the start, so two writers never
-    /// deadlock upgrading).
+    /// deadlock upgrading). A database another process holds locked (a backup tool, a long
+    /// `sqlite3` session) is waited for: each try waits the busy timeout, then the whole
+    /// transaction is tried again with a growing pause, for up to `LOCKED_FOR_AT_MOST`; a
+    /// transient lock never fails a write, and so never a run.
     fn tx<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
+        let began = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            match self.try_tx(f) {
+                Err(StoreError::Backend(m)) if is_locked(&m) && began.elapsed() < LOCKED_FOR_AT_MOST => {
+                    eprintln!(
+                        "labd: the database is locked by another process ({m}); trying again in {pause:?} ({:.0} s so far)",
+                        began.elapsed().as_secs_f64()
+                    );
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads need no transaction: the connection is ours alone while the lock is held.
+    fn read<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
+        let began = std::time::Instant::now();
+        loop {
+            let conn = self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
+            match f(&mut Tx(&conn)) {
+                Err(StoreError::Backend(m)) if is_locked(&m) && began.elapsed() < LOCKED_FOR_AT_MOST => {
+                    drop(conn);
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// How long a database locked by another process is waited for before a write fails.
+const LOCKED_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether SQLite said another connection holds the lock (SQLITE_BUSY, SQLITE_LOCKED).
+fn is_locked(message: &str) -> bool {
+    message.contains("database is locked") || message.contains("database table is locked")
+}
+
+impl SqliteDb {
+    fn try_tx<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
         let mark = self.mark.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?.clone();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
@@ -168,11 +214,5 @@ impl Db for SqliteDb {
             }
         }
         Ok(out)
-    }
-
-    /// Reads need no transaction: the connection is ours alone while the lock is held.
-    fn read<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
-        let conn = self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
-        f(&mut Tx(&conn))
     }
 }
