@@ -136,8 +136,8 @@ pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> 
 /// Characters allowed in the free text of a protocol, per kind of text: enough for any real
 /// protocol, and small enough that no list of runs, event or console page is swamped by one.
 pub const MAX_NAME_CHARS: usize = 200;
-/// A labware, liquid or step name.
-pub const MAX_IDENTIFIER_CHARS: usize = 64;
+/// A labware, liquid or step name (imported Opentrons labware ids run to about 80).
+pub const MAX_IDENTIFIER_CHARS: usize = 200;
 /// A manual step's instruction to a technician.
 pub const MAX_INSTRUCTION_CHARS: usize = 2_000;
 
