@@ -32,8 +32,9 @@ pub fn new_token() -> Result<String, String> {
 #[derive(Clone)]
 pub struct Api {
     pub store: Arc<dyn Store>,
-    pub site: labware::Site,
-    pub library: labware::Library,
+    /// Shared, not copied: every compile and quote reads them on a blocking thread.
+    pub site: Arc<labware::Site>,
+    pub library: Arc<labware::Library>,
     /// The connected instruments (for technicians' status views).
     pub lab: crate::lab::Connected,
     /// What the executor is doing (maintenance and down flags, the schedule).

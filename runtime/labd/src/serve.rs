@@ -406,8 +406,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
     }
     let api = Api {
         store,
-        site: site.clone(),
-        library: labware::Library::shipped(),
+        site: Arc::new(site.clone()),
+        library: Arc::new(labware::Library::shipped()),
         lab: connected.clone(),
         board: Some(board.clone()),
         time_scale: config.time_scale,

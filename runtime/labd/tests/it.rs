@@ -385,6 +385,10 @@ fn sqlite_store_refuses_a_database_that_lost_committed_writes() {
         e.contains("lost committed work") && e.contains("labd.sqlite.mark") && e.contains("Restore the last backup"),
         "{e}"
     );
+    // A mark that is not a count is named, not read as none.
+    std::fs::write(dir.join("labd.sqlite.mark"), "garbage").unwrap();
+    let e = SqliteStore::open(&path).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("labd.sqlite.mark") && e.contains("garbage"), "{e}");
     std::fs::remove_file(dir.join("labd.sqlite.mark")).unwrap();
     let s = SqliteStore::open(&path).expect("the loss accepted knowingly");
     assert!(s.runs(None, &[]).unwrap().is_empty(), "the lost runs are gone, and labd knows it started from here");
@@ -1292,8 +1296,8 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         store.set_principal_expiry(&old.id, labd::store::now_ms() - 1000).unwrap();
         let api = Api {
             store: store.clone(),
-            site: labware::Site::sim().unwrap(),
-            library: labware::Library::shipped(),
+            site: std::sync::Arc::new(labware::Site::sim().unwrap()),
+            library: std::sync::Arc::new(labware::Library::shipped()),
             lab: Default::default(),
             board: None,
             time_scale: 1.0,

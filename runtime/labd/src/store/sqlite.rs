@@ -56,7 +56,15 @@ impl SqlStore<SqliteDb> {
         let db = Self::init(conn)?;
         let mark = mark_file(path);
         let recorded: u64 = match std::fs::read_to_string(&mark) {
-            Ok(text) => text.trim().parse().unwrap_or(0),
+            // Empty: labd stopped between truncating the file and writing the count.
+            Ok(text) if text.trim().is_empty() => 0,
+            Ok(text) => text.trim().parse().map_err(|_| {
+                StoreError::Backend(format!(
+                    "{} should hold a count of committed writes, not {:?}; restore it, or delete it to skip the check once",
+                    mark.display(),
+                    text.chars().take(40).collect::<String>()
+                ))
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(StoreError::Backend(format!("cannot read {}: {e}", mark.display()))),
         };
@@ -155,9 +163,11 @@ impl Db for SqliteDb {
         loop {
             match self.try_tx(f) {
                 Err(StoreError::Backend(m)) if is_locked(&m) && began.elapsed() < LOCKED_FOR_AT_MOST => {
-                    eprintln!(
-                        "labd: the database is locked by another process ({m}); trying again in {pause:?} ({:.0} s so far)",
-                        began.elapsed().as_secs_f64()
+                    tracing::warn!(
+                        error = %m,
+                        retry_in_ms = pause.as_millis() as u64,
+                        waited_s = began.elapsed().as_secs(),
+                        "the database is locked by another process; trying the write again"
                     );
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(std::time::Duration::from_secs(2));
@@ -210,7 +220,7 @@ impl SqliteDb {
             // Not synced: it guards against a log lost after a crash of labd, which leaves the
             // page cache (and this write) intact; a lost mark write is only a weaker check.
             if let Err(e) = std::fs::write(&file, n.to_string()) {
-                eprintln!("labd: committed, but cannot record the write count in {}: {e}", file.display());
+                tracing::warn!(file = %file.display(), error = %e, "committed, but cannot record the write count");
             }
         }
         Ok(out)

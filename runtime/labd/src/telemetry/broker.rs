@@ -97,7 +97,11 @@ impl Broker {
                     Err(e) => {
                         // Out of file handles (or another passing error): wait, more each time,
                         // instead of asking again at once and spinning a core.
-                        eprintln!("labd: the MQTT broker cannot accept a connection ({e}); trying again in {pause:?}");
+                        tracing::warn!(
+                            error = %e,
+                            retry_in_ms = pause.as_millis() as u64,
+                            "the MQTT broker cannot accept a connection"
+                        );
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
