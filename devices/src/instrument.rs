@@ -123,6 +123,24 @@ pub trait Instrument: Send + Sync + std::fmt::Debug {
     async fn status(&self) -> Result<Status, InstrumentError>;
     /// Stops what the device is doing as soon as it safely can.
     async fn abort(&self) -> Result<(), InstrumentError>;
+    /// After a failed or aborted task: puts the instrument back in a known safe state where it
+    /// can (tip dropped in the trash and head homed, shaking and heating stopped, plate ejected)
+    /// and checks it with the device's own state query, so the next run, whoever's, starts
+    /// clean. Says what it did; an error means a person must look at it before it is used again.
+    async fn make_safe(&self) -> Result<String, InstrumentError> {
+        let st = self.status().await?;
+        match st.state {
+            State::Idle => Ok("idle".into()),
+            State::Busy => Err(unsafe_state("it still reports busy")),
+            State::Fault(f) => Err(unsafe_state(&format!("it reports a fault: {f}"))),
+            State::Offline => Err(unsafe_state("it reports offline")),
+        }
+    }
+}
+
+/// The instrument is not in a state the next task may start from.
+pub fn unsafe_state(what: &str) -> InstrumentError {
+    InstrumentError::Device { code: "unsafe".into(), message: what.to_string() }
 }
 
 /// Converts physical durations to wall-clock durations: simulators and drivers share one scale

@@ -41,6 +41,8 @@ struct Inner {
     link: Mutex<(Link, bool)>,
     /// Where each plate is, as far as this arm knows.
     plates: std::sync::Mutex<BTreeMap<String, String>>,
+    /// The gripper may be closed: set before closing it, cleared once it opened.
+    gripping: std::sync::atomic::AtomicBool,
     cancel: Cancel,
 }
 
@@ -59,6 +61,7 @@ impl ArmDriver {
                 config,
                 link: Mutex::new((link, false)),
                 plates: std::sync::Mutex::new(BTreeMap::new()),
+                gripping: std::sync::atomic::AtomicBool::new(false),
                 cancel: Cancel::default(),
             }),
         }
@@ -156,9 +159,16 @@ impl Inner {
             (&format!("moveAppro {to} 1"), true),
             ("nop", false),
         ];
+        use std::sync::atomic::Ordering::SeqCst;
         for (i, (cmd, motion)) in steps.iter().enumerate() {
             self.cancel.check()?;
+            if *cmd == "gripper 2" {
+                self.gripping.store(true, SeqCst);
+            }
             exchange(link, cmd, t).await?;
+            if *cmd == "gripper 1" {
+                self.gripping.store(false, SeqCst);
+            }
             if *motion {
                 self.settle(link).await?;
             }
@@ -210,5 +220,29 @@ impl Instrument for ArmDriver {
     async fn abort(&self) -> Result<(), InstrumentError> {
         self.inner.cancel.fire();
         Ok(())
+    }
+
+    /// Halts; a gripper closed on nothing is opened. A plate still in the gripper cannot be put
+    /// down safely without knowing where it belongs: that is for a person.
+    async fn make_safe(&self) -> Result<String, InstrumentError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let inner = &self.inner;
+        let mut g = inner.link.lock().await;
+        let (link, ready) = &mut *g;
+        let t = inner.config.reply_timeout;
+        inner.ready(link, ready).await?;
+        exchange(link, "halt", t).await?;
+        if !inner.gripping.load(SeqCst) {
+            return Ok("halted; the gripper is open".into());
+        }
+        let closed = exchange(link, "IsFullyClosed", t).await?;
+        if closed.data.trim() != "-1" {
+            return Err(crate::instrument::unsafe_state(
+                "the gripper may still hold a plate after a failed move; take the plate out and put it in storage",
+            ));
+        }
+        exchange(link, "gripper 1", t).await?;
+        inner.gripping.store(false, SeqCst);
+        Ok("halted; opened the empty gripper".into())
     }
 }

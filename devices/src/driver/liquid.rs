@@ -391,4 +391,68 @@ impl Instrument for LiquidHandlerDriver {
         self.inner.cancel.fire();
         Ok(())
     }
+
+    /// Clears a halt, drops any tip in the trash, homes, and checks with the switches (`M119`)
+    /// that no tip is left and the head is up.
+    async fn make_safe(&self) -> Result<String, InstrumentError> {
+        let inner = &self.inner;
+        let mut g = inner.link.lock().await;
+        let (link, head) = &mut *g;
+        let t = inner.config.ack_timeout;
+        send(link, "M999", t).await?;
+        let mut did = Vec::new();
+        if switches(link, t).await?.tips > 0 {
+            let channels = head.tool.and_then(|i| inner.pipettes.get(i)).map_or(1, |p| p.channels.max(1));
+            let (x, y) = slot_origin(TRASH_SLOT);
+            let spread = (channels - 1) as f64 * CHANNEL_PITCH_MM / 2.0;
+            let mut lines = vec![format!("G0 Z{}", mm(SAFE_Z))];
+            travel(&mut lines, Point { x: x + 64.0, y: y + 43.0 + spread, z: 0.0 });
+            lines.push(format!("G0 Z{}", mm(80.0)));
+            lines.push(format!("G0 B{}", mm(PLUNGER_DROP_TIP)));
+            lines.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
+            lines.push(format!("G0 Z{}", mm(SAFE_Z)));
+            lines.push("M400".into());
+            send_block(link, &lines, &inner.config).await?;
+            did.push("dropped the tip in the trash");
+        }
+        let home = ["G28.2 Z A B C", "G28.2 X", "G28.2 Y"].map(String::from);
+        let mut lines = home.to_vec();
+        lines.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
+        lines.push("M400".into());
+        send_block(link, &lines, &inner.config).await?;
+        did.push("homed");
+        let after = switches(link, t).await?;
+        if after.tips > 0 {
+            return Err(crate::instrument::unsafe_state(&format!(
+                "{} channel(s) still carry a tip after dropping into the trash",
+                after.tips
+            )));
+        }
+        if !after.z_up {
+            return Err(crate::instrument::unsafe_state("the head is not up after homing"));
+        }
+        head.tip_mm = None;
+        head.plunger = PLUNGER_BOTTOM;
+        head.homed = true;
+        Ok(did.join(", "))
+    }
+}
+
+/// What the controller's switches say (`M119`).
+struct Switches {
+    z_up: bool,
+    /// Channels with a tip on.
+    tips: u32,
+}
+
+async fn switches(link: &mut Link, within: Duration) -> Result<Switches, InstrumentError> {
+    let lines = send(link, "M119", within).await?;
+    let text = lines.join(" ");
+    let field = |name: &str| -> Result<u32, InstrumentError> {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| InstrumentError::Protocol(format!("M119 reply without {name}: {text:?}")))
+    };
+    Ok(Switches { z_up: field("Z_max")? == 1, tips: field("Tip")? })
 }

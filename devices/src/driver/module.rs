@@ -308,6 +308,31 @@ impl Instrument for ModuleDriver {
         Ok(Status { state: State::Idle, temperature_c: c, detail })
     }
 
+    /// Stops shaking and heating, then checks with the module's own queries that the shaker
+    /// stands still and no set point is held.
+    async fn make_safe(&self) -> Result<String, InstrumentError> {
+        let inner = &self.inner;
+        if inner.dialect == Dialect::HeaterShaker {
+            inner.request(&Request::new("G28")).await?;
+            inner.wait_for_speed().await?;
+        }
+        for r in inner.stop_heating() {
+            inner.request(&r).await?;
+        }
+        if inner.dialect == Dialect::HeaterShaker {
+            let s = inner.request(&Request::new("M123")).await?;
+            if s.number("C")?.is_some_and(|c| c > 0.0) {
+                return Err(crate::instrument::unsafe_state("the shaker still turns after stopping it"));
+            }
+        }
+        if let (_, Some(target)) = inner.temperatures().await? {
+            return Err(crate::instrument::unsafe_state(&format!(
+                "it still holds a {target:.1} °C set point after deactivating"
+            )));
+        }
+        Ok("stopped shaking and heating".into())
+    }
+
     async fn abort(&self) -> Result<(), InstrumentError> {
         self.inner.cancel.fire();
         if self.inner.dialect == Dialect::HeaterShaker {

@@ -152,6 +152,19 @@ impl Instrument for PlateReaderDriver {
         self.cancel.fire();
         Ok(())
     }
+
+    /// A plate left inside after a failed read is ejected (the plan's next move takes it away,
+    /// and the next run never reads a plate that is not its own); checked with PlatePresent.
+    async fn make_safe(&self) -> Result<String, InstrumentError> {
+        if !self.plate_present().await? {
+            return Ok("no plate inside".into());
+        }
+        self.eject().await?;
+        if self.plate_present().await? {
+            return Err(crate::instrument::unsafe_state("a plate is still inside after ejecting it"));
+        }
+        Ok("ejected the plate".into())
+    }
 }
 
 impl PlateReaderDriver {

@@ -185,6 +185,8 @@ impl LineDevice for ArmSim {
                 self.at = if cmd == "move" { Some(idx - 1) } else { None };
                 Self::reply(0, "")
             }
+            // -1 when the jaws closed all the way (on nothing), 0 when open or on a plate.
+            "IsFullyClosed" => Self::reply(0, if self.gripper_closed && !self.holding { "-1" } else { "0" }),
             "gripper" => {
                 if self.moving(now) {
                     return Self::reply(-1011, "Illegal during motion");

@@ -320,6 +320,13 @@ impl LiquidSim {
             "M114.2" => {
                 Ok(Some(format!("ok MCS: X:{:.3} Y:{:.3} Z:{:.3} A:0.000 B:{:.3} C:0.000", s.x, s.y, s.z, s.plunger)))
             }
+            // Switch states, as Smoothie's M119 reports them, plus this controller's tip-presence
+            // switch (channels carrying a tip), which the Flex's pipettes also have.
+            "M119" => Ok(Some(format!(
+                "X_max:0 Y_max:0 Z_max:{} A_max:0 B_min:0 C_min:0 Probe:0 Tip:{}",
+                u8::from(s.z >= 150.0 - 1e-6),
+                s.tips.iter().filter(|t| t.is_some()).count()
+            ))),
             "VERSION" => {
                 Ok(Some("Build version: lw-sim-1.0, Build date: 2026-11-26, MCU: sim, System Clock: 100MHz".into()))
             }

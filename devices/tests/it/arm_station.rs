@@ -40,11 +40,15 @@ async fn the_arm_moves_plates_between_nests_and_reports_collisions() {
     a.locate("plate1", "hotel1");
     a.start(&mv("plate1", "lh1")).await.unwrap().finish().await.unwrap();
     assert_eq!(a.location_of("plate1").as_deref(), Some("lh1"));
+    assert_eq!(a.make_safe().await.unwrap(), "halted; the gripper is open");
     // Back again proves the plate really moved in the simulator (the nest was free).
     a.start(&mv("plate1", "hotel1")).await.unwrap().finish().await.unwrap();
     // Onto an occupied nest: the simulator's arm collides.
     let e = a.start(&mv("plate1", "lh2")).await.unwrap().finish().await.unwrap_err();
     assert!(matches!(&e, InstrumentError::Device { code, .. } if is_collision(code)), "{e:?}");
+    // The plate is still in the gripper: the arm cannot put it down safely on its own.
+    let e = a.make_safe().await.unwrap_err();
+    assert!(e.to_string().contains("may still hold a plate"), "{e}");
     // Bad requests are refused before anything moves.
     let e = a.start(&mv("plate1", "freezer")).await.unwrap_err();
     assert!(matches!(e, InstrumentError::Validation { .. }), "{e:?}");

@@ -174,3 +174,40 @@ async fn an_eight_channel_head_fills_a_column_at_once() {
     }
     assert!((s.volume("reservoir", "A1") - (12_000.0 - 400.0)).abs() < 1e-3);
 }
+
+/// After a task failed with a tip on (holding liquid), the driver drops it in the trash, homes,
+/// and proves with the controller's switches that no tip is left; the next command starts clean.
+#[tokio::test]
+async fn a_tip_left_on_by_a_failed_task_is_dropped_and_the_head_homed() {
+    let (plan, _) = compile("serial-dilution.yaml");
+    let (driver, state, _pty) = rig("lh1").await;
+    state.lock().unwrap().fill("reservoir", "A1", 500.0);
+    driver.prepare(&plan).await.unwrap();
+    let tip = CommandOp::PickUpTip { pipette: "p300_single".into(), rack: "tips_a".into(), well: "A1".into() };
+    driver.start(&tip).await.unwrap().finish().await.unwrap();
+    let draw = CommandOp::Aspirate {
+        pipette: "p300_single".into(),
+        labware: "reservoir".into(),
+        well: "A1".into(),
+        volume_ul: 100.0,
+    };
+    driver.start(&draw).await.unwrap().finish().await.unwrap();
+    // What the failed task left: a tip with 100 µL, the head low in a well, the controller halted.
+    driver.gcode("G0 Z70").await.unwrap();
+    driver.gcode("G0 Z0").await.unwrap_err();
+    let did = driver.make_safe().await.unwrap();
+    assert_eq!(did, "dropped the tip in the trash, homed");
+    {
+        let s = state.lock().unwrap();
+        assert!(s.tips.iter().all(Option::is_none), "no tip on the head");
+        assert!((s.waste_ul - 100.0).abs() < 0.01, "the tip's liquid went to the trash: {}", s.waste_ul);
+        assert_eq!(s.halted, None);
+    }
+    // The next run's first command: a tip for another pipette (a tool change needs no tip on).
+    let next = CommandOp::PickUpTip { pipette: "p20_single".into(), rack: "tips_a".into(), well: "B1".into() };
+    let r = driver.start(&next).await;
+    assert!(!matches!(&r, Err(e) if e.to_string().contains("tip on")), "{r:?}");
+    // Nothing to do the second time: it only homes.
+    let (driver, _state, _pty) = rig("lh1").await;
+    assert_eq!(driver.make_safe().await.unwrap(), "homed");
+}

@@ -53,6 +53,11 @@ async fn reads_a_plate_over_sila_with_progress_and_per_well_values() {
     assert_eq!((m.values.len(), m.unit.as_str(), m.kind.as_str()), (192, "OD", "absorbance"));
     assert!(m.values[0] > m.values[2 * 88], "column 1 is more concentrated than column 12");
     assert!(!d.plate_present().await.unwrap(), "the plate was ejected after the read");
+    // A plate left inside (a read that failed after loading it) is ejected to make it safe.
+    d.load("plate").await.unwrap();
+    assert_eq!(d.make_safe().await.unwrap(), "ejected the plate");
+    assert!(!d.plate_present().await.unwrap());
+    assert_eq!(d.make_safe().await.unwrap(), "no plate inside");
     let out = read(
         &d,
         CommandOp::ReadFluorescence {

@@ -73,22 +73,6 @@ pub const MAX_KEY_CHARS: usize = 200;
 pub const MAX_FILE_NAME_CHARS: usize = 255;
 pub const MAX_REASON_CHARS: usize = 500;
 
-/// Runs in a page of `List` when the caller does not say, and at most.
-const DEFAULT_PAGE: usize = 200;
-const MAX_PAGE: usize = 1000;
-
-/// Where a page of runs starts: after (submitted_at, id); `None` for the first page.
-fn page_position(token: &str) -> Result<Option<(i64, String)>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    token
-        .split_once(':')
-        .and_then(|(at, id)| Some((at.parse().ok()?, id.to_string())))
-        .map(Some)
-        .ok_or_else(|| Status::invalid_argument("page_token is not one a previous List returned"))
-}
-
 /// Compiles running at once across every caller.
 const COMPILES_AT_ONCE: usize = 2;
 static COMPILES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(COMPILES_AT_ONCE);
@@ -472,23 +456,11 @@ impl pb::runs_server::Runs for Api {
         let who = self.caller(&req).await?;
         let r = req.into_inner();
         let states = r.states.iter().map(|s| RunState::parse(s).map_err(status)).collect::<Result<Vec<_>, _>>()?;
-        let size = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n => (n as usize).min(MAX_PAGE),
-        };
-        let after = page_position(&r.page_token)?;
         let store = self.store.clone();
         let runs = blocking(move || store.runs(Self::scope(&who).as_deref(), &states)).await?;
-        let mut page: Vec<store::Run> = runs
-            .into_iter()
-            .filter(|x| after.as_ref().is_none_or(|(at, id)| (x.submitted_at, &x.id) > (*at, id)))
-            .collect();
-        let more = page.len() > size;
-        page.truncate(size);
-        let next_page_token = match page.last() {
-            Some(last) if more => format!("{}:{}", last.submitted_at, last.id),
-            _ => String::new(),
-        };
+        let (page, next_page_token) =
+            crate::paging::after_key(runs, |x| (x.submitted_at, x.id.as_str()), r.page_size, &r.page_token)
+                .map_err(Status::invalid_argument)?;
         let mut out = Vec::with_capacity(page.len());
         for x in page {
             out.push(self.run_info(x).await?);
@@ -868,10 +840,17 @@ impl pb::lab_server::Lab for Api {
         req: Request<pb::InterventionsRequest>,
     ) -> Result<Response<pb::InterventionsResponse>, Status> {
         let who = self.caller(&req).await?;
-        let all = req.into_inner().include_resolved;
+        let r = req.into_inner();
+        let all = r.include_resolved;
         let store = self.store.clone();
         let list = blocking(move || store.interventions(Self::scope(&who).as_deref(), !all)).await?;
-        Ok(Response::new(pb::InterventionsResponse { interventions: list.into_iter().map(intervention).collect() }))
+        let (page, next_page_token) =
+            crate::paging::after_key(list, |i| (i.created_at, i.id.as_str()), r.page_size, &r.page_token)
+                .map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::InterventionsResponse {
+            interventions: page.into_iter().map(intervention).collect(),
+            next_page_token,
+        }))
     }
 
     async fn set_maintenance(
@@ -923,6 +902,7 @@ impl pb::lab_server::Lab for Api {
     async fn schedule(&self, req: Request<pb::ScheduleRequest>) -> Result<Response<pb::ScheduleResponse>, Status> {
         let who = self.caller(&req).await?;
         let scope = Self::scope(&who);
+        let r = req.into_inner();
         let store = self.store.clone();
         let tenants = blocking(move || store.tenants()).await?;
         let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(String::new(), |t| t.name.clone());
@@ -946,7 +926,9 @@ impl pb::lab_server::Lab for Api {
                 state: s.state.into(),
             })
             .collect();
-        Ok(Response::new(pb::ScheduleResponse { now_ms: store::now_ms(), slots }))
+        let (slots, next_page_token) =
+            crate::paging::by_offset(slots, r.page_size, &r.page_token).map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::ScheduleResponse { now_ms: store::now_ms(), slots, next_page_token }))
     }
 
     async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::InterventionInfo>, Status> {

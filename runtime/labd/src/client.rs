@@ -460,12 +460,20 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 Ok(0)
             }
             ClientCmd::Interventions { out, all } => {
-                let list = pb::lab_client::LabClient::new(c.channel.clone())
-                    .interventions(c.req(pb::InterventionsRequest { include_resolved: all })?)
-                    .await
-                    .map_err(sentence)?
-                    .into_inner()
-                    .interventions;
+                let (mut list, mut page_token) = (Vec::new(), String::new());
+                loop {
+                    let req = pb::InterventionsRequest { include_resolved: all, page_token, ..Default::default() };
+                    let page = pb::lab_client::LabClient::new(c.channel.clone())
+                        .interventions(c.req(req)?)
+                        .await
+                        .map_err(sentence)?
+                        .into_inner();
+                    list.extend(page.interventions);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
                 if out.format == Fmt::Json {
                     out!("{}", json_array(list.iter().map(|i| serde_json::json!({"id": i.id, "run": i.run_id, "instrument": i.instrument, "what": i.what, "todo": i.todo, "state": i.state}))));
                     return Ok(0);
@@ -506,7 +514,16 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 Ok(0)
             }
             ClientCmd::Schedule { out } => {
-                let s = pb::lab_client::LabClient::new(c.channel.clone()).schedule(c.req(pb::ScheduleRequest {})?).await.map_err(sentence)?.into_inner();
+                let mut s = pb::ScheduleResponse::default();
+                loop {
+                    let req = pb::ScheduleRequest { page_token: std::mem::take(&mut s.next_page_token), ..Default::default() };
+                    let page = pb::lab_client::LabClient::new(c.channel.clone()).schedule(c.req(req)?).await.map_err(sentence)?.into_inner();
+                    s.slots.extend(page.slots);
+                    (s.now_ms, s.next_page_token) = (page.now_ms, page.next_page_token);
+                    if s.next_page_token.is_empty() {
+                        break;
+                    }
+                }
                 if out.format == Fmt::Json {
                     out!("{}", json_array(s.slots.iter().map(|x| serde_json::json!({"lane": x.lane, "run": x.run_id, "tenant": x.tenant, "kind": x.kind, "label": x.label, "planned_start_ms": x.planned_start_ms, "planned_end_ms": x.planned_end_ms, "started_ms": (x.started_ms > 0).then_some(x.started_ms), "finished_ms": (x.finished_ms > 0).then_some(x.finished_ms), "state": x.state}))));
                     return Ok(0);

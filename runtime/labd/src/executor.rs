@@ -15,6 +15,8 @@
 //! to another instrument of the same class. Each repair is a new generation of jobs; jobs of an
 //! older generation that have not started retire.
 
+mod attention;
+
 use crate::board::{Board, Slot};
 use crate::lab::Lab;
 use crate::lock;
@@ -347,7 +349,7 @@ struct JobCtx {
     runs: Arc<Vec<(Run, RunPlan)>>,
     dispatch: Arc<Mutex<Dispatch>>,
     reports: mpsc::UnboundedSender<Report>,
-    gate: Option<String>,
+    gates: Vec<String>,
     probe: Option<String>,
 }
 
@@ -571,7 +573,11 @@ impl Executor {
             while let Ok(r) = reports.try_recv() {
                 self.on_report(r, session.as_mut(), &mut out_of_service, &mut events);
             }
-            self.sync_maintenance(&mut out_of_service, &mut events).await?;
+            // A store error here (the database unreachable for longer than its retries) is
+            // logged and tried again next tick: the executor never ends over storage.
+            if let Err(e) = self.sync_maintenance(&mut out_of_service, &mut events).await {
+                tracing::warn!(error = %e, "cannot read maintenance flags; trying again");
+            }
             if last_probe.elapsed() >= self.config.probe_every {
                 last_probe = Instant::now();
                 self.probe_down(&mut out_of_service, &mut events).await;
@@ -582,7 +588,13 @@ impl Executor {
                     events.extend(self.overruns(s, &dispatch));
                 }
             }
-            let arrivals = self.admit(&site, session.as_ref(), &mut retry_at, &mut report).await?;
+            let arrivals = match self.admit(&site, session.as_ref(), &mut retry_at, &mut report).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot admit queued runs; trying again");
+                    Vec::new()
+                }
+            };
             if session.is_none() && !arrivals.is_empty() && !burst_settled(&mut burst, arrivals.len(), self.config.poll)
             {
                 continue; // not taken: they stay queued and are admitted again next tick
@@ -590,7 +602,14 @@ impl Executor {
             if session.is_none() && !arrivals.is_empty() {
                 burst = None;
                 sessions += 1;
-                session = self.start_session(&site, sessions, arrivals, &mut report).await?;
+                session = match self.start_session(&site, sessions, arrivals, &mut report).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Not started: the runs are admitted again next tick.
+                        tracing::warn!(error = %e, "cannot start a plan; trying again");
+                        None
+                    }
+                };
                 if let Some(s) = session.as_mut() {
                     self.respawn(s, &dispatch, &reports_tx);
                 }
@@ -601,12 +620,20 @@ impl Executor {
                 }
             }
             if let Some(s) = session.as_mut() {
-                let reserved = self.reservations(&s.planner.problem, s.t0_ms).await?;
+                let reserved = match self.reservations(&s.planner.problem, s.t0_ms).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read reservations; keeping the plan's");
+                        s.planner.problem.reservations.clone()
+                    }
+                };
                 if reserved != s.planner.problem.reservations {
                     let change = vec![Change::Reservations(reserved)];
                     self.replan(s, change, &dispatch, &reports_tx, &mut retry_at, &mut report).await;
                 }
-                self.close_finished(s, &mut report).await?;
+                if let Err(e) = self.close_finished(s, &mut report).await {
+                    tracing::warn!(error = %e, "cannot record a run's final state; trying again");
+                }
                 if s.closed.iter().all(|&c| c) {
                     self.board.close_plan();
                     session = None;
@@ -615,10 +642,10 @@ impl Executor {
             }
             if until_idle && session.is_none() {
                 let store = self.store.clone();
-                let queued =
-                    blocking(move || store.runs(None, &[RunState::Queued])).await.map_err(|e| e.to_string())?;
-                if queued.is_empty() {
-                    break;
+                match blocking(move || store.runs(None, &[RunState::Queued])).await {
+                    Ok(queued) if queued.is_empty() => break,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot list queued runs; trying again"),
                 }
             }
         }
@@ -741,6 +768,7 @@ impl Executor {
     async fn sync_maintenance(&self, out: &mut BTreeMap<String, Out>, events: &mut Vec<Change>) -> Result<(), String> {
         let store = self.store.clone();
         let flagged = blocking(move || store.maintenance()).await.map_err(|e| e.to_string())?;
+        let flagged = self.release_attended(flagged).await?;
         for m in &flagged {
             if out.get(&m.instrument) != Some(&Out::Maintenance) {
                 if !out.contains_key(&m.instrument) {
@@ -984,16 +1012,31 @@ impl Executor {
         s.runs.push(a);
         s.keys.push(Vec::new());
         s.closed.push(false);
-        blocking(move || {
-            store.set_run_state(&id, RunState::Running, None)?;
-            let payload = serde_json::json!({
-                "planned_end_s": planned_end, "planned_end_at": planned_end_at, "tasks": tasks, "waits_for": waits_for,
-            });
-            store.append_event(&id, "scheduled", &payload.to_string())
+        let payload = serde_json::json!({
+            "planned_end_s": planned_end, "planned_end_at": planned_end_at, "tasks": tasks, "waits_for": waits_for,
         })
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .to_string();
+        // The run is in the plan now: its state must follow, or it would be admitted twice.
+        // Tried until the store takes it.
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let (store, run_id, payload) = (store.clone(), id.clone(), payload.clone());
+            let written = blocking(move || {
+                if store.run(None, &run_id)?.state == RunState::Queued {
+                    store.set_run_state(&run_id, RunState::Running, None)?;
+                }
+                store.append_event(&run_id, "scheduled", &payload)
+            })
+            .await;
+            match written {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot record that the run started; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
     }
 
     /// Applies what changed to the plan: pins what has started (and tasks a plate is already on
@@ -1144,7 +1187,7 @@ impl Executor {
             if let Some(slot) = self.slot(s, &problem, &job) {
                 slots.push((key.clone(), slot));
             }
-            let (gate, probe) = self.guards(s, &job.job);
+            let (gates, probe) = self.guards(s, &job.job);
             let ctx = JobCtx {
                 session: s.id,
                 generation,
@@ -1158,7 +1201,7 @@ impl Executor {
                 runs: runs.clone(),
                 dispatch: dispatch.clone(),
                 reports: reports.clone(),
-                gate,
+                gates,
                 probe,
             };
             let me = self.clone();
@@ -1168,21 +1211,27 @@ impl Executor {
         self.board.replan(slots);
     }
 
-    /// What a job waits on before it starts: the instrument it uses must be available (`gate`);
-    /// a plate leaving for an instrument first checks that the instrument answers (`probe`).
-    fn guards(&self, s: &Session, job: &Job) -> (Option<String>, Option<String>) {
+    /// What a job waits on before it starts: the instruments it uses must be available (`gates`:
+    /// a task's instrument; a move's arm and the instrument it takes the plate to); a plate
+    /// leaving for an instrument first checks that the instrument answers (`probe`).
+    fn guards(&self, s: &Session, job: &Job) -> (Vec<String>, Option<String>) {
         let p = &s.planner.problem;
         match job {
-            Job::Task { resource: Some(r), on_arm: false, .. } => (p.resources.get(*r).map(|r| r.id.clone()), None),
-            Job::Move(m) if m.to != p.storage => {
-                let target = destination(&s.planner, m)
+            Job::Task { resource: Some(r), on_arm: false, .. } => {
+                (p.resources.get(*r).map(|r| r.id.clone()).into_iter().collect(), None)
+            }
+            Job::Move(m) => {
+                let arm = p.arms.get(m.arm).map(|a| a.id.clone());
+                let target = (m.to != p.storage)
+                    .then(|| destination(&s.planner, m))
+                    .flatten()
                     .and_then(|t| s.planner.schedule.tasks[m.run][t].resource)
                     .and_then(|r| p.resources.get(r))
                     .map(|r| r.id.clone())
                     .filter(|id| self.lab.instruments.contains_key(id));
-                (target.clone(), target)
+                (arm.into_iter().chain(target.clone()).collect(), target)
             }
-            _ => (None, None),
+            _ => (Vec::new(), None),
         }
     }
 
@@ -1245,9 +1294,12 @@ impl Executor {
         if stale(&ctx) {
             return; // an older plan's job: the current plan has its own
         }
-        if !cascade_failed {
+        // After a failed task the run's plates still travel their planned moves, so they end up
+        // in storage and leave no instrument's nest blocked for the next run; its tasks do not run.
+        let is_move = matches!(ctx.job.job, Job::Move(_));
+        if !cascade_failed || is_move {
             tokio::time::sleep_until(ctx.t0 + self.config.scale.wall(ctx.job.start)).await;
-            if let Some(gate) = &ctx.gate {
+            for gate in &ctx.gates {
                 while self.board.unavailable(gate).is_some() {
                     if stale(&ctx) {
                         return;
@@ -1281,10 +1333,11 @@ impl Executor {
             d.in_flight += 1;
         }
         self.board.started(&ctx.key, crate::store::now_ms());
-        let result = if cascade_failed {
-            Err(String::new()) // an earlier step of this run failed; its reason is recorded
-        } else {
-            self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await
+        let result = match (cascade_failed, is_move) {
+            (true, false) => Err(String::new()), // an earlier step of this run failed; its reason is recorded
+            // The run has failed already: the move's own failure is news, its success is not.
+            (true, true) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await.and(Err(String::new())),
+            (false, _) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await,
         };
         lock(&ctx.dispatch).in_flight -= 1;
         self.board.finished(&ctx.key, crate::store::now_ms(), result.is_ok());
@@ -1301,7 +1354,6 @@ impl Executor {
             if s.closed[i] || !s.keys[i].iter().all(|k| s.done.contains_key(k)) {
                 continue;
             }
-            s.closed[i] = true;
             let (store, id) = (self.store.clone(), s.runs[i].run.id.clone());
             let failure = s.failures.get(&i).cloned();
             let (state, reason) = blocking(move || {
@@ -1317,6 +1369,7 @@ impl Executor {
             })
             .await
             .map_err(|e| e.to_string())?;
+            s.closed[i] = true; // only once its final state is stored: else tried again
             report.moves += s.keys[i].iter().filter(|k| k.starts_with("m:")).count() as u64;
             report.runs.push((s.runs[i].run.id.clone(), state, reason));
         }
@@ -1350,6 +1403,9 @@ impl Executor {
                 let mut pending = None;
                 let result = self.command(run, -1, 0, arm_id, arm.as_ref(), &op, false, &mut pending).await;
                 self.flush(&mut pending).await?;
+                if result.is_err() {
+                    self.make_safe(run, arm_id, arm.as_ref()).await;
+                }
                 result
             }
             Job::Task { run: r, task: t, resource, on_arm } => {
@@ -1370,7 +1426,6 @@ impl Executor {
         resource: Option<usize>,
     ) -> Result<(), String> {
         let (run, plan) = &runs[r];
-        let task = &plan.tasks[t];
         let instrument = resource.map(|res| problem.resources[res].id.clone());
         let single = resource.is_some_and(|res| problem.resources[res].capacity == 1);
         let interlock = match (&instrument, single) {
@@ -1381,12 +1436,29 @@ impl Executor {
             Some(l) => Some(l.lock_owned().await),
             None => None,
         };
+        let driver: Option<Arc<dyn Instrument>> =
+            instrument.as_ref().and_then(|id| self.lab.instruments.get(id).cloned());
+        let result = self.task_commands(run, plan, t, &instrument, &driver).await;
+        if let (Err(_), Some(id), Some(d)) = (&result, &instrument, &driver) {
+            self.make_safe(run, id, d.as_ref()).await;
+        }
+        result
+    }
+
+    /// Carries out one task's commands on its instrument (or by a technician's hand).
+    async fn task_commands(
+        &self,
+        run: &Run,
+        plan: &RunPlan,
+        t: usize,
+        instrument: &Option<String>,
+        driver: &Option<Arc<dyn Instrument>>,
+    ) -> Result<(), String> {
+        let task = &plan.tasks[t];
         let started = Instant::now();
         let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
         self.event(run, "task_started", ev).await;
-        let driver: Option<Arc<dyn Instrument>> =
-            instrument.as_ref().and_then(|id| self.lab.instruments.get(id).cloned());
-        if let (Some(d), Some(class)) = (&driver, task.class) {
+        if let (Some(d), Some(class)) = (driver, task.class) {
             if class == labware::InstrumentClass::LiquidHandler {
                 self.load_deck(instrument.as_deref().unwrap_or(""), plan);
                 d.prepare(plan)
@@ -1433,7 +1505,7 @@ impl Executor {
         }
         self.flush(&mut pending).await?;
         let device_s = started.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12);
-        if let (Some(id), Some(class)) = (&instrument, task.class) {
+        if let (Some(id), Some(class)) = (instrument, task.class) {
             let usage = Usage {
                 tenant_id: run.tenant_id.clone(),
                 run_id: run.id.clone(),

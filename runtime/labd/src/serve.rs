@@ -316,6 +316,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     }
     let scale = TimeScale(config.time_scale);
     let stop = tokio::sync::watch::channel(false);
+    let health = Arc::new(crate::health::Health::default());
     let mut tasks = Vec::new();
     // Several nodes: one of them relays the shared outbox at a time.
     let mut relay_lease: Option<Leased> = None;
@@ -331,12 +332,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
             println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
         }
         let board = executor.board();
-        let stop_rx = stop.1.clone();
-        let exec_task = tokio::spawn(async move {
-            if let Err(e) = executor.run(stop_rx).await {
-                eprintln!("labd: executor stopped: {e}");
-            }
-        });
+        let exec_task = tokio::spawn(supervise(executor, health.clone(), stop.1.clone()));
         tasks.push(("executor", exec_task, 10));
         (Some(lab), board, all_sim)
     } else {
@@ -368,6 +364,9 @@ pub async fn start(config: Config) -> Result<Running, String> {
             let term = move |lease, stop| drive_cell(cell_env.clone(), lease, stop);
             tasks.push(("cell keeper", tokio::spawn(leased.keep(stop.1.clone(), term)), 15));
         }
+        // Each cell keeper restarts its cell's executor with its lease; this node serves the
+        // API whether it drives a cell or stands by.
+        health.set_executor(Ok("running"));
         relay_lease = Some(Leased {
             store: store.clone(),
             name: RELAY_LEASE.into(),
@@ -414,6 +413,26 @@ pub async fn start(config: Config) -> Result<Running, String> {
         mqtt_broker: Some(mqtt_addr.clone()),
         embedded_broker,
     };
+    let probed: Vec<String> = site
+        .instruments
+        .iter()
+        .filter(|i| !matches!(i.class, labware::InstrumentClass::Technician))
+        .map(|i| i.id.clone())
+        .chain(site.arms.iter().map(|a| a.id.clone()))
+        .collect();
+    tasks.push((
+        "health",
+        tokio::spawn(crate::health::watch_parts(
+            health.clone(),
+            api.store.clone(),
+            board.clone(),
+            probed,
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(3),
+            stop.1.clone(),
+        )),
+        1,
+    ));
     let console = match console_listener {
         Some(l) => {
             let url = format!("http://{}/", l.local_addr().map_err(|e| e.to_string())?);
@@ -422,7 +441,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            let console = crate::console::serve(api.clone(), l, config.console_hosts.clone(), shutdown);
+            let console = crate::console::serve(api.clone(), l, config.console_hosts.clone(), health.clone(), shutdown);
             tasks.push((
                 "console",
                 tokio::spawn(async move {
@@ -455,7 +474,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    let api = tokio::spawn(serve_api(api, listener, tls, shutdown));
+    let api = tokio::spawn(serve_api(api, listener, tls, Some(health), shutdown));
     Ok(Running { grpc: addr, console, mqtt: mqtt_addr, new_admin_token, lab, board, stop: stop.0, tasks, api })
 }
 
@@ -733,11 +752,20 @@ pub async fn serve_api(
     api: Api,
     listener: tokio::net::TcpListener,
     tls: Option<(String, String)>,
+    health: Option<Arc<crate::health::Health>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let incoming = devices::sila::nodelay_incoming(listener);
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<pb::runs_server::RunsServer<Api>>().await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let mirror = match health {
+        // Readiness as it changes; the task ends with the server.
+        Some(h) => Some(tokio::spawn(crate::health::report_grpc(h, reporter))),
+        None => {
+            reporter.set_serving::<pb::runs_server::RunsServer<Api>>().await;
+            None
+        }
+    };
+    let _stop_mirror = AbortOnDrop(mirror);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -761,6 +789,54 @@ pub async fn serve_api(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| format!("gRPC server: {e}"))
+}
+
+/// Ends a helper task when the server it serves returns.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Runs the executor until `stop`; if it ends otherwise (an error it could not get past, a
+/// panic), it is not silently gone: readiness says so, runs it had begun are recovered (today:
+/// failed with the reason, see docs/runtime.md), and it starts again after a growing pause.
+async fn supervise(executor: Executor, health: Arc<crate::health::Health>, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        health.set_executor(Ok("running"));
+        let run = tokio::spawn({
+            let (executor, stop) = (executor.clone(), stop.clone());
+            async move { executor.run(stop).await }
+        });
+        let why = match run.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(e) if e.is_panic() => "it panicked".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if *stop.borrow() {
+            return;
+        }
+        tracing::error!(error = %why, retry_in_s = pause.as_secs(), "the executor stopped; restarting it after recovery");
+        health.set_executor(Err(why));
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(30));
+        let ex = executor.clone();
+        match tokio::task::spawn_blocking(move || ex.recover()).await {
+            Ok(Ok(runs)) => {
+                for run in runs {
+                    tracing::warn!(run = %run, "run interrupted by the executor's stop; marked failed (see its events)");
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "recovery failed; trying again"),
+            Err(e) => tracing::error!(error = %e, "recovery stopped; trying again"),
+        }
+    }
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), String> {

@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 #[path = "it/scaleout.rs"]
 mod scaleout;
+#[path = "it/safe_state.rs"]
+mod safe_state;
 
 fn labctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_labctl")).args(args).current_dir(root()).output().expect("labctl runs")
@@ -329,11 +331,33 @@ fn a_database_locked_for_a_minute_mid_run_fails_nothing() {
             break;
         }
     }
+    // Readiness tells the truth before, during and after the lock, on HTTP and gRPC alike.
+    let ready = |want: bool| {
+        let began = std::time::Instant::now();
+        loop {
+            let (code, body) = console_get(&lab.console, "/readyz", "");
+            let grpc = grpc_serving(&lab.url);
+            if (code == 200) == want && grpc == want {
+                return (began.elapsed(), body);
+            }
+            assert!(began.elapsed().as_secs() < 15, "readiness is not {want} after 15 s: {code} {body}, gRPC {grpc}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let (_, body) = ready(true);
+    assert!(body.contains("\"store\":\"writable\"") && body.contains("\"executor\":\"running\""), "{body}");
+    assert_eq!(console_get(&lab.console, "/healthz", "").0, 200);
     let db = rusqlite::Connection::open(lab.dir.join("labd.sqlite")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(60));
+    let (after, body) = ready(false);
+    assert!(body.contains("not writable"), "{body}");
+    eprintln!("readiness went false {:.1} s into the lock", after.as_secs_f64());
+    std::thread::sleep(std::time::Duration::from_secs(60).saturating_sub(after));
+    assert_eq!(console_get(&lab.console, "/healthz", "").0, 200, "alive all along");
     db.execute_batch("COMMIT").unwrap();
     drop(db);
+    let (after, _) = ready(true);
+    eprintln!("readiness back {:.1} s after the lock", after.as_secs_f64());
     let unfinished = lab.json(&acme, &["runs", "--format", "json"]);
     assert!(
         unfinished.as_array().unwrap().iter().any(|r| r["id"] == runs[0].1.as_str() && r["state"] == "running"),
@@ -343,6 +367,19 @@ fn a_database_locked_for_a_minute_mid_run_fails_nothing() {
         lab.wait_final(token, &[run.as_str()], 180);
     }
     let _ = std::fs::remove_dir_all(&lab.dir);
+}
+
+/// Whether labd's gRPC Health says the server is SERVING (service "").
+fn grpc_serving(url: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let Ok(ch) = tonic::transport::Channel::from_shared(url.to_string()).unwrap().connect().await else {
+            return false;
+        };
+        let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+        let r = c.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+        r.is_ok_and(|r| r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    })
 }
 
 /// A database that lost committed writes (its write-ahead log emptied after a crash: here, the
@@ -574,15 +611,9 @@ fn maintenance_keeps_work_off_an_instrument() {
     });
 }
 
-/// The contract between the compiler and the instruments: every command the compiler emits for
-/// an instrument, on every instrument of the site the compiler says can run it, carried out by
-/// the real driver against its simulator over the wire, through the executor. A capability the
-/// compiler accepts but no driver executes fails here (luminescence reads once did; reagent
-/// additions went to the liquid handler, which refuses them).
-#[test]
-fn contract_every_command_runs_on_every_instrument_the_compiler_allows() {
-    use labd::store::RunState;
-    let _machine = heavy();
+/// Small protocols that, together, make the compiler emit every command op it can: file name
+/// and source.
+fn contract_sources() -> Vec<(String, String)> {
     let head = "labwright: 1\nname: contract\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  plate:\n    type: corning_96_wellplate_360ul_flat\n    contents:\n      \"A1:H12\": { water: 100 uL }\n  tips: { type: opentrons_96_tiprack_300ul }\n  tips20: { type: opentrons_96_tiprack_20ul }\nsteps:\n";
     let labwright = [
         "  - transfer: { from: res/A1, to: plate/A1:A3, volume: 50 uL, mix_after: { times: 2, volume: 40 uL } }\n  - transfer: { from: res/A1, to: plate/B1, volume: 5 uL }\n  - mix: { wells: plate/C1, times: 2, volume: 50 uL }\n",
@@ -625,6 +656,19 @@ fn contract_every_command_runs_on_every_instrument_the_compiler_allows() {
         "provision.json".into(),
         r#"{"refs": {"p": {"new": "96-flat", "discard": true}}, "instructions": [{"op": "provision", "resource_id": "rs_water", "to": [{"well": "p/0", "volume": "50:microliter"}, {"well": "p/1", "volume": "50:microliter"}]}]}"#.into(),
     ));
+    sources
+}
+
+/// The contract between the compiler and the instruments: every command the compiler emits for
+/// an instrument, on every instrument of the site the compiler says can run it, carried out by
+/// the real driver against its simulator over the wire, through the executor. A capability the
+/// compiler accepts but no driver executes fails here (luminescence reads once did; reagent
+/// additions went to the liquid handler, which refuses them).
+#[test]
+fn contract_every_command_runs_on_every_instrument_the_compiler_allows() {
+    use labd::store::RunState;
+    let _machine = heavy();
+    let sources = contract_sources();
     let site = labware::Site::sim().unwrap();
     let mut runs: Vec<(String, protocols::plan::RunPlan)> = Vec::new();
     let mut claims: std::collections::BTreeSet<(String, String)> = Default::default();
@@ -1307,7 +1351,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(labd::serve::serve_api(api, listener, None, async {
+        let server = tokio::spawn(labd::serve::serve_api(api, listener, None, None, async {
             let _ = stopped.await;
         }));
         let ch = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
@@ -1456,6 +1500,28 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         assert_eq!(seen[0], mine, "oldest first");
         let bogus = pb::ListRunsRequest { page_token: "nonsense".into(), ..Default::default() };
         assert_eq!(runs.list(req("acme", bogus)).await.unwrap_err().code(), Code::InvalidArgument);
+        // Interventions and the schedule page the same way.
+        for k in 0..5 {
+            store.open_intervention(&mine, None, None, "manual step", &format!("step {k}")).unwrap();
+        }
+        let (mut todo, mut token, mut pages) = (Vec::new(), String::new(), 0);
+        loop {
+            let ask = pb::InterventionsRequest { page_size: 2, page_token: token, ..Default::default() };
+            let page = lab.interventions(req("tech", ask)).await.unwrap().into_inner();
+            assert!(page.interventions.len() <= 2);
+            todo.extend(page.interventions.into_iter().map(|i| i.todo));
+            pages += 1;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!((todo.len(), pages), (5, 3), "{todo:?}");
+        assert_eq!(todo[0], "step 0", "oldest first");
+        let theirs = pb::InterventionsRequest::default();
+        assert!(lab.interventions(req("globex", theirs)).await.unwrap().into_inner().interventions.is_empty());
+        let bogus = pb::ScheduleRequest { page_token: "nonsense".into(), ..Default::default() };
+        assert_eq!(lab.schedule(req("tech", bogus)).await.unwrap_err().code(), Code::InvalidArgument);
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     });

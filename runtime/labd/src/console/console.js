@@ -31,15 +31,17 @@ async function call(method, path, body) {
   return data;
 }
 
-// Every page of runs (each a bounded answer), in submission order.
-async function allRuns() {
-  let runs = [], token = "";
+// Every page of a list (each a bounded answer), in order: the last page's other fields, with
+// `field` holding the items of all pages.
+async function allPages(path, field) {
+  let items = [], token = "", page;
   do {
-    const page = await call("GET", "/api/runs" + (token ? "?page_token=" + encodeURIComponent(token) : ""));
-    runs = runs.concat(page.runs || []);
+    page = await call("GET", path + (token ? "?page_token=" + encodeURIComponent(token) : ""));
+    items = items.concat(page[field] || []);
     token = page.next_page_token || "";
   } while (token);
-  return { runs };
+  page[field] = items;
+  return page;
 }
 
 function colourOf(key) {
@@ -85,7 +87,7 @@ async function refresh() {
   try {
     const staff = me.role !== "scientist";
     const [schedule, runs, interventions, instruments] = await Promise.all([
-      call("GET", "/api/schedule"), allRuns(), call("GET", "/api/interventions"),
+      allPages("/api/schedule", "slots"), allPages("/api/runs", "runs"), allPages("/api/interventions", "interventions"),
       staff ? call("GET", "/api/instruments") : Promise.resolve({ instruments: [] }),
     ]);
     drawInstruments(instruments.instruments || []);

@@ -13,6 +13,7 @@ use protos::labwright::v1 as pb;
 use protos::labwright::v1::lab_server::Lab as _;
 use protos::labwright::v1::runs_server::Runs as _;
 use serde::Deserialize;
+use std::sync::Arc;
 
 const INDEX_HTML: &str = include_str!("index.html");
 const CONSOLE_JS: &str = include_str!("console.js");
@@ -101,15 +102,32 @@ pub fn guarded(api: Api, hosts: Hosts) -> Router {
         .layer(axum::middleware::from_fn_with_state(hosts, guard))
 }
 
-/// Serves the console on `listener` until `shutdown` completes.
+/// The probes an orchestrator or load balancer calls, unsigned and on any host name (they tell
+/// nothing a tenant owns): `/healthz` answers while the process does; `/readyz` says whether
+/// labd can do its job now (200) or not (503), and which part is not.
+pub fn probes(health: Arc<crate::health::Health>) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/readyz",
+        get(move || {
+            let r = health.readiness();
+            async move {
+                let code = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                (code, [(header::CACHE_CONTROL, "no-store")], Json(r)).into_response()
+            }
+        }),
+    )
+}
+
+/// Serves the console and the probes on `listener` until `shutdown` completes.
 pub async fn serve(
     api: Api,
     listener: tokio::net::TcpListener,
     names: Vec<String>,
+    health: Arc<crate::health::Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| format!("console: {e}"))?;
-    let app = guarded(api, Hosts::for_listener(addr, &names));
+    let app = guarded(api, Hosts::for_listener(addr, &names)).merge(probes(health));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| format!("console: {e}"))
 }
 
@@ -203,29 +221,33 @@ async fn maintenance(
     call(&headers, r, |r| async move { api.set_maintenance(r).await }).await
 }
 
-async fn schedule(State(api): State<Api>, headers: HeaderMap) -> Response {
-    call(&headers, pb::ScheduleRequest {}, |r| async move { api.schedule(r).await }).await
-}
-
-/// A page of runs: `?page_token=…` from the previous page's `next_page_token`.
-async fn runs(State(api): State<Api>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    let page_token = uri
-        .query()
+/// `?page_token=…` from the previous page's `next_page_token` (lists come a page at a time).
+fn page_token(uri: &axum::http::Uri) -> String {
+    uri.query()
         .unwrap_or("")
         .split('&')
         .find_map(|kv| kv.strip_prefix("page_token="))
-        .map(|t| t.replace("%3A", ":").replace("%3a", ":"))
-        .unwrap_or_default();
-    call(&headers, pb::ListRunsRequest { page_token, ..Default::default() }, |r| async move { api.list(r).await }).await
+        .map(|t| t.replace("%3A", ":").replace("%3a", ":").replace("%40", "@"))
+        .unwrap_or_default()
+}
+
+async fn schedule(State(api): State<Api>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let r = pb::ScheduleRequest { page_token: page_token(&uri), ..Default::default() };
+    call(&headers, r, |r| async move { api.schedule(r).await }).await
+}
+
+async fn runs(State(api): State<Api>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let r = pb::ListRunsRequest { page_token: page_token(&uri), ..Default::default() };
+    call(&headers, r, |r| async move { api.list(r).await }).await
 }
 
 async fn cancel(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     call(&headers, pb::CancelRequest { run_id: id }, |r| async move { api.cancel(r).await }).await
 }
 
-async fn interventions(State(api): State<Api>, headers: HeaderMap) -> Response {
-    call(&headers, pb::InterventionsRequest { include_resolved: true }, |r| async move { api.interventions(r).await })
-        .await
+async fn interventions(State(api): State<Api>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let r = pb::InterventionsRequest { include_resolved: true, page_token: page_token(&uri), ..Default::default() };
+    call(&headers, r, |r| async move { api.interventions(r).await }).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -410,4 +410,7 @@ pub trait Store: Send + Sync {
     /// This store with a fencing token: every write first checks, in its own transaction, that
     /// `lease` still holds, and fails with [`StoreError::Fenced`] once it does not.
     fn fenced(&self, lease: &Lease) -> std::sync::Arc<dyn Store>;
+
+    /// A write transaction that changes nothing: the database takes writes now (readiness).
+    fn check_writable(&self) -> Result<()>;
 }

@@ -1160,6 +1160,10 @@ impl<D: Db> Store for SqlStore<D> {
         rows(found, |r| Ok((r.text(0)?, r.int(1)?)))
     }
 
+    fn check_writable(&self) -> Result<()> {
+        self.db.tx(&mut |_| Ok(()))
+    }
+
     fn fenced(&self, lease: &Lease) -> Arc<dyn Store> {
         Arc::new(SqlStore { db: self.db.clone(), fence: Some(lease.clone()) })
     }
