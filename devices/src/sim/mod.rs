@@ -39,11 +39,15 @@ pub trait LineDevice: Send + 'static {
 /// Written as comma-separated items, each naming the request word it applies to:
 /// `timeout=M104` (never answer), `error=M3:ERR120` (answer with this device error),
 /// `garbage=M105` (answer with bytes that are not the protocol), `disconnect_after=5` (close the
-/// link after five requests), `slow_ms=200` (delay every reply), `stuck_door` (reader door).
+/// link after five requests), `slow_ms=200` (delay every reply), `stuck_door` (reader door),
+/// `error_once=G0 B:ERR120` (the first such request only gets the error: a task that fails
+/// mid-way once).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Faults {
     pub timeout_on: Vec<String>,
     pub error_on: Vec<(String, String)>,
+    /// Errors for the first matching request only; spent as they fire.
+    pub error_once: Vec<(String, String)>,
     pub garbage_on: Vec<String>,
     pub disconnect_after: Option<u32>,
     pub slow_ms: u64,
@@ -66,11 +70,12 @@ impl Faults {
             match key {
                 "timeout" => f.timeout_on.push(need(value)?),
                 "garbage" => f.garbage_on.push(need(value)?),
-                "error" => {
+                "error" | "error_once" => {
                     let (word, code) = value
                         .split_once(':')
-                        .ok_or_else(|| format!("fault `{item}`: write error=WORD:CODE, e.g. error=M3:ERR120"))?;
-                    f.error_on.push((word.to_string(), code.to_string()));
+                        .ok_or_else(|| format!("fault `{item}`: write {key}=WORD:CODE, e.g. {key}=M3:ERR120"))?;
+                    let list = if key == "error" { &mut f.error_on } else { &mut f.error_once };
+                    list.push((word.to_string(), code.to_string()));
                 }
                 "disconnect_after" => {
                     f.disconnect_after =
@@ -82,7 +87,7 @@ impl Faults {
                 "stuck_door" => f.stuck_door = true,
                 _ => {
                     return Err(format!(
-                        "unknown fault `{key}`; known: timeout, error, garbage, disconnect_after, slow_ms, stuck_door"
+                        "unknown fault `{key}`; known: timeout, error, error_once, garbage, disconnect_after, slow_ms, stuck_door"
                     ))
                 }
             }
@@ -103,6 +108,12 @@ impl Faults {
     /// The device error configured for this request word.
     pub fn error_for(&self, word: &str) -> Option<&str> {
         self.error_on.iter().find(|(w, _)| w.eq_ignore_ascii_case(word)).map(|(_, c)| c.as_str())
+    }
+
+    /// The one-shot error for this request line (a word, or a prefix with a space), spent.
+    fn take_error_once(&mut self, line: &str) -> Option<String> {
+        let i = self.error_once.iter().position(|(w, _)| Faults::applies(std::slice::from_ref(w), line))?;
+        Some(self.error_once.remove(i).1)
     }
 }
 
@@ -146,7 +157,7 @@ pub async fn pause(d: std::time::Duration) {
 pub async fn serve<S, D>(
     mut io: S,
     device: &mut D,
-    faults: &Faults,
+    faults: &mut Faults,
     clock: SimClock,
     error_reply: fn(&str, &str) -> Vec<u8>,
 ) where
@@ -181,8 +192,8 @@ pub async fn serve<S, D>(
             }
             let reply = if Faults::applies(&faults.garbage_on, &line) {
                 Response::Reply(b"\x15\xfe#!garbage\xff\n".to_vec())
-            } else if let Some(code) = faults.error_for(&word) {
-                Response::Reply(error_reply(&line, code))
+            } else if let Some(code) = faults.error_for(&word).map(str::to_string).or_else(|| faults.take_error_once(&line)) {
+                Response::Reply(error_reply(&line, &code))
             } else {
                 let busy = device.busy_for(&line);
                 if busy > 0.0 {
@@ -228,13 +239,13 @@ pub fn pty() -> std::io::Result<(tokio_serial::SerialStream, Pty)> {
 /// vanishes (readers get EIO) when the device hangs up (`disconnect_after`).
 pub fn spawn_serial<D: LineDevice>(
     mut device: D,
-    faults: Faults,
+    mut faults: Faults,
     clock: SimClock,
     error_reply: fn(&str, &str) -> Vec<u8>,
 ) -> std::io::Result<Pty> {
     let (master, pty) = pty()?;
     tokio::spawn(async move {
-        serve(master, &mut device, &faults, clock, error_reply).await;
+        serve(master, &mut device, &mut faults, clock, error_reply).await;
     });
     Ok(pty)
 }
@@ -243,7 +254,7 @@ pub fn spawn_serial<D: LineDevice>(
 /// keeps its state across connections. Returns the bound address.
 pub async fn spawn_tcp<D: LineDevice>(
     mut device: D,
-    faults: Faults,
+    mut faults: Faults,
     clock: SimClock,
     error_reply: fn(&str, &str) -> Vec<u8>,
     bind: &str,
@@ -253,7 +264,7 @@ pub async fn spawn_tcp<D: LineDevice>(
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             let _ = sock.set_nodelay(true);
-            serve(sock, &mut device, &faults, clock, error_reply).await;
+            serve(sock, &mut device, &mut faults, clock, error_reply).await;
         }
     });
     Ok(addr)
@@ -268,6 +279,10 @@ mod tests {
         let f = Faults::parse("timeout=M104, error=M3:ERR120,disconnect_after=5,slow_ms=20,stuck_door").unwrap();
         assert_eq!(f.timeout_on, vec!["M104"]);
         assert!(Faults::applies(&f.timeout_on, "m104 S37"));
+        let mut once = Faults::parse("error_once=G0 B:ERR9").unwrap();
+        assert_eq!(once.take_error_once("G0 Z10"), None);
+        assert_eq!(once.take_error_once("G0 B3.5").as_deref(), Some("ERR9"));
+        assert_eq!(once.take_error_once("G0 B3.5"), None, "spent");
         let plunger = Faults::parse("timeout=G0 B").unwrap();
         assert!(Faults::applies(&plunger.timeout_on, "G0 B-12.5"));
         assert!(!Faults::applies(&plunger.timeout_on, "G0 Z100"));

@@ -29,6 +29,10 @@ pub struct Config {
     /// Simulated liquid handlers append every liquid movement to `<dir>/<id>.liquid.log`
     /// (tests and debugging: what the simulated instruments really did).
     pub sim_log_dir: Option<PathBuf>,
+    /// Faults the simulated instruments inject (instrument id → spec, as `labd sim --faults`):
+    /// `{ lh1 = "error_once=G0 B:ERR_INJECTED" }` fails one task mid-way. Tests and drills.
+    #[serde(default)]
+    pub sim_faults: std::collections::BTreeMap<String, String>,
     /// Serve the API over TLS with this certificate chain (PEM); needs `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
@@ -127,6 +131,7 @@ impl Default for Config {
             site: None,
             time_scale: default_scale(),
             sim_log_dir: None,
+            sim_faults: Default::default(),
             tls_cert: None,
             tls_key: None,
             mqtt_broker: MqttBroker::Embedded,
@@ -193,6 +198,9 @@ impl Config {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains("dbname=")) {
                 return Err("database: give a PostgreSQL URL, e.g. \"postgres://labwright@db:5432/labwright\" (leave it out for SQLite in data_dir)".into());
             }
+        }
+        for (id, spec) in &self.sim_faults {
+            devices::sim::Faults::parse(spec).map_err(|e| format!("sim_faults.{id}: {e}"))?;
         }
         if self.console_listen != "off" {
             self.console_listen.parse::<std::net::SocketAddr>().map_err(|_| {
@@ -511,8 +519,15 @@ async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) ->
         .chain(site.arms.iter().map(|a| a.endpoint.as_str()))
         .all(|e| e.starts_with("sim"));
     let lab = if all_sim {
-        Lab::simulated_logged(site.clone(), scale, &Default::default(), config.sim_log_dir.as_deref()).await?
+        let mut faults = std::collections::BTreeMap::new();
+        for (id, spec) in &config.sim_faults {
+            faults.insert(id.clone(), devices::sim::Faults::parse(spec).map_err(|e| format!("sim_faults.{id}: {e}"))?);
+        }
+        Lab::simulated_logged(site.clone(), scale, &faults, config.sim_log_dir.as_deref()).await?
     } else {
+        if !config.sim_faults.is_empty() {
+            return Err("sim_faults applies to a simulated site only (every endpoint `sim`)".into());
+        }
         let endpoints = site
             .instruments
             .iter()

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 mod scaleout;
 #[path = "it/safe_state.rs"]
 mod safe_state;
+#[path = "it/chaos.rs"]
+mod chaos;
 
 fn labctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_labctl")).args(args).current_dir(root()).output().expect("labctl runs")
