@@ -29,6 +29,22 @@ pub const PLUNGER_DROP_TIP: f64 = -2.0;
 /// Aspirate and dispense this far above the well bottom, mm.
 pub const WELL_CLEARANCE: f64 = 1.0;
 
+/// Where the nozzle travels: at least [`SAFE_Z`], and high enough that the tip on it clears the
+/// tallest labware on the deck (a 1000 µL tip over a 1000 µL rack needs about 190 mm).
+fn safe_z(head: &Head) -> f64 {
+    let tallest = head.deck.items.iter().map(|p| p.def.footprint.z_mm).fold(0.0, f64::max);
+    SAFE_Z.max(tallest + head.tip_mm.unwrap_or(0.0) + TIP_CLEARANCE_MM)
+}
+
+/// Where the nozzle ejects a tip over the trash: 80 mm, or higher so that a long tip's end
+/// stays above the deck.
+fn drop_z(tip_mm: f64) -> f64 {
+    80.0_f64.max(tip_mm + 10.0)
+}
+
+/// How far a travelling tip's end stays above the tallest labware, mm.
+const TIP_CLEARANCE_MM: f64 = 2.0;
+
 /// µL moved per mm of plunger travel.
 pub fn ul_per_mm(p: &Pipette) -> f64 {
     p.max_ul / (PLUNGER_TOP - PLUNGER_BOTTOM)
@@ -198,11 +214,11 @@ impl Inner {
                 let w = placed.def.well(well).ok_or_else(|| invalid("well", format!("`{rack}` has no position {well}")))?;
                 let top = w.z_mm + w.depth_mm;
                 let p = at(&head.deck, rack, well)?;
-                travel(&mut out, p);
+                travel(&mut out, p, safe_z(head));
                 out.push(format!("G0 Z{}", mm(top)));
-                out.push(format!("G0 Z{}", mm(SAFE_Z)));
                 head.tip_mm = Some(tip.length_mm);
                 head.tip_ul = tip.volume_ul;
+                out.push(format!("G0 Z{}", mm(safe_z(head))));
             }
             Aspirate { pipette, labware, well, volume_ul } | Dispense { pipette, labware, well, volume_ul } => {
                 let sign = if matches!(op, Aspirate { .. }) { 1.0 } else { -1.0 };
@@ -212,10 +228,10 @@ impl Inner {
                 let target = head.plunger + sign * volume_ul / per_mm;
                 self.check_plunger(target, *volume_ul, pipette)?;
                 let pt = aim(&head.deck, pipette, labware, well)?;
-                travel(&mut out, pt);
+                travel(&mut out, pt, safe_z(head));
                 out.push(format!("G0 Z{}", mm(pt.z + WELL_CLEARANCE + head.tip_mm.unwrap_or(0.0))));
                 out.push(format!("G0 B{}", mm(target)));
-                out.push(format!("G0 Z{}", mm(SAFE_Z)));
+                out.push(format!("G0 Z{}", mm(safe_z(head))));
                 head.plunger = target;
             }
             Mix { pipette, labware, well, volume_ul, times } => {
@@ -225,24 +241,24 @@ impl Inner {
                 let up = head.plunger + volume_ul / per_mm;
                 self.check_plunger(up, *volume_ul, pipette)?;
                 let pt = aim(&head.deck, pipette, labware, well)?;
-                travel(&mut out, pt);
+                travel(&mut out, pt, safe_z(head));
                 out.push(format!("G0 Z{}", mm(pt.z + WELL_CLEARANCE + head.tip_mm.unwrap_or(0.0))));
                 for _ in 0..*times {
                     out.push(format!("G0 B{}", mm(up)));
                     out.push(format!("G0 B{}", mm(head.plunger)));
                 }
-                out.push(format!("G0 Z{}", mm(SAFE_Z)));
+                out.push(format!("G0 Z{}", mm(safe_z(head))));
             }
             BlowOut { pipette, labware, well } => {
                 let (tool, _) = self.pipette(pipette)?;
                 self.need_tip(head, tool, pipette)?;
                 let pt = aim(&head.deck, pipette, labware, well)?;
                 let placed = head.deck.get(labware).map(|p| p.def.well(well).map_or(0.0, |w| w.depth_mm)).unwrap_or(0.0);
-                travel(&mut out, pt);
+                travel(&mut out, pt, safe_z(head));
                 // Tip end just below the well's rim.
                 out.push(format!("G0 Z{}", mm(pt.z + placed - 1.0 + head.tip_mm.unwrap_or(0.0))));
                 out.push(format!("G0 B{}", mm(PLUNGER_BLOW_OUT)));
-                out.push(format!("G0 Z{}", mm(SAFE_Z)));
+                out.push(format!("G0 Z{}", mm(safe_z(head))));
                 out.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
                 head.plunger = PLUNGER_BOTTOM;
             }
@@ -252,20 +268,20 @@ impl Inner {
                 let (x, y) = slot_origin(TRASH_SLOT);
                 // Centre the head's channels over the trash.
                 let spread = (p.channels.max(1) - 1) as f64 * CHANNEL_PITCH_MM / 2.0;
-                travel(&mut out, Point { x: x + 64.0, y: y + 43.0 + spread, z: 0.0 });
-                out.push(format!("G0 Z{}", mm(80.0)));
+                travel(&mut out, Point { x: x + 64.0, y: y + 43.0 + spread, z: 0.0 }, safe_z(head));
+                out.push(format!("G0 Z{}", mm(drop_z(head.tip_mm.unwrap_or(0.0)))));
                 out.push(format!("G0 B{}", mm(PLUNGER_DROP_TIP)));
                 out.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
-                out.push(format!("G0 Z{}", mm(SAFE_Z)));
+                out.push(format!("G0 Z{}", mm(safe_z(head))));
                 head.tip_mm = None;
                 head.plunger = PLUNGER_BOTTOM;
             }
             MoveTo { labware: Some(lw), well, .. } => {
                 let well = well.clone().unwrap_or_else(|| "A1".into());
                 let pt = at(&head.deck, lw, &well)?;
-                travel(&mut out, pt);
+                travel(&mut out, pt, safe_z(head));
             }
-            MoveTo { labware: None, .. } => out.push(format!("G0 Z{}", mm(SAFE_Z))),
+            MoveTo { labware: None, .. } => out.push(format!("G0 Z{}", mm(safe_z(head)))),
             Home => {
                 out.extend(["G28.2 Z A B C".to_string(), "G28.2 X".into(), "G28.2 Y".into()]);
                 out.push(format!("G0 B{}", mm(head.plunger)));
@@ -289,7 +305,7 @@ impl Inner {
         if head.tip_mm.is_some() {
             return Err(invalid("pipette", "cannot change pipettes with a tip on; drop it first".into()));
         }
-        out.push(format!("G0 Z{}", mm(SAFE_Z)));
+        out.push(format!("G0 Z{}", mm(safe_z(head))));
         out.push(format!("M6 T{tool}"));
         out.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
         head.tool = Some(tool);
@@ -315,9 +331,9 @@ impl Inner {
     }
 }
 
-/// Up to travel height, across, down to just above the target's rim is left to the caller.
-fn travel(out: &mut Vec<String>, p: Point) {
-    out.push(format!("G0 Z{}", mm(SAFE_Z)));
+/// Up to travel height `z`, across; down to just above the target's rim is left to the caller.
+fn travel(out: &mut Vec<String>, p: Point, z: f64) {
+    out.push(format!("G0 Z{}", mm(z)));
     out.push(format!("G0 X{} Y{}", mm(p.x), mm(p.y)));
 }
 
@@ -405,9 +421,14 @@ impl Instrument for LiquidHandlerDriver {
             let channels = head.tool.and_then(|i| inner.pipettes.get(i)).map_or(1, |p| p.channels.max(1));
             let (x, y) = slot_origin(TRASH_SLOT);
             let spread = (channels - 1) as f64 * CHANNEL_PITCH_MM / 2.0;
-            let mut lines = vec![format!("G0 Z{}", mm(SAFE_Z))];
-            travel(&mut lines, Point { x: x + 64.0, y: y + 43.0 + spread, z: 0.0 });
-            lines.push(format!("G0 Z{}", mm(80.0)));
+            // Which tip is on is not known for sure (a pick-up may have failed half-way): travel
+            // as high as the longest tip on the deck needs.
+            let longest = head.deck.items.iter().filter_map(|p| p.def.tip.map(|t| t.length_mm)).fold(0.0, f64::max);
+            let tip = head.tip_mm.unwrap_or(0.0).max(longest);
+            let z = safe_z(&Head { tip_mm: Some(tip), deck: head.deck.clone(), ..Head::default() });
+            let mut lines = Vec::new();
+            travel(&mut lines, Point { x: x + 64.0, y: y + 43.0 + spread, z: 0.0 }, z);
+            lines.push(format!("G0 Z{}", mm(drop_z(tip))));
             lines.push(format!("G0 B{}", mm(PLUNGER_DROP_TIP)));
             lines.push(format!("G0 B{}", mm(PLUNGER_BOTTOM)));
             lines.push(format!("G0 Z{}", mm(SAFE_Z)));

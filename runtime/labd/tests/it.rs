@@ -653,6 +653,11 @@ fn contract_sources() -> Vec<(String, String)> {
     );
     hs["pipettes"] = serde_json::json!({});
     sources.push(("heater-shaker.json".into(), hs.to_string()));
+    // 1000 µL tips: the longest tips over the tallest rack (travel height and tip drop).
+    sources.push((
+        "big-tips.yaml".into(),
+        "labwright: 1\nname: big tips\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  tips: { type: opentrons_96_tiprack_300ul }\n  big: { type: opentrons_96_tiprack_1000ul }\nsteps:\n  - transfer: { from: res/A1, to: res/A2, volume: 100 uL }\n  - transfer: { from: res/A1, to: res/A3, volume: 500 uL }\n".into(),
+    ));
     // Reagent from the lab's stock (Autoprotocol `provision`): a technician's task.
     sources.push((
         "provision.json".into(),

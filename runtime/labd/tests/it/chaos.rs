@@ -80,7 +80,6 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     let (acme, acme_mqtt) = lab.tenant_with_mqtt("acme");
     let evil = lab.tenant("evil");
     let mut acme_sub = mqtt_listen(lab.mqtt_port, &acme_mqtt.0, &acme_mqtt.1, "#");
-    let rss_start = rss_kib(pid);
 
     // Six runs of two tenants.
     let hostile = hostile_protocol(&dir);
@@ -88,6 +87,9 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     let acme_runs =
         [lab.submit(&acme, "growth-curve.yaml"), lab.submit(&acme, "serial-dilution.yaml"), lab.submit(&acme, "serial-dilution.yaml")];
     let acme_watch = watch_lines(&lab, &acme, &acme_runs[0]);
+    // Memory with the six runs under way, before anything hostile happens.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let rss_start = rss_kib(pid);
 
     // The hostile tenant's bombs: refused quickly, and labd stays small.
     let bomb = dir.join("bomb.yaml");
@@ -106,6 +108,7 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     let (code, _, se) = lab.ctl(&evil, &["submit", long_name.to_str().unwrap()]);
     assert_ne!(code, 0, "a 5 MB name is refused");
     assert!(se.contains("P0112"), "{}", &se[..se.len().min(500)]);
+    eprintln!("chaos: labd RSS {rss_start} KiB with six runs under way, {} KiB after the bombs", rss_kib(pid));
 
     // A watch whose token is revoked ends within a second or two.
     let spare = lab.json(&lab.admin, &["token", "create", "--tenant", "evil", "--format", "json"]);
@@ -160,8 +163,16 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     // Every run ends; the well-behaved tenant's all succeed; the hostile tenant's fail only
     // where its task was made to fail, and the liquid handlers serve on.
     let all: Vec<&str> = acme_runs.iter().chain(&evil_runs).map(String::as_str).collect();
-    lab.wait_final(&lab.admin, &all, 300);
-    let runs = items(&lab.ctl(&lab.admin, &["runs", "--format", "json"]).1);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let runs = loop {
+        let runs = items(&lab.ctl(&lab.admin, &["runs", "--format", "json"]).1);
+        let ended = |id: &str| runs.iter().any(|r| r["id"] == id && ["succeeded", "failed", "cancelled"].contains(&r["state"].as_str().unwrap_or("")));
+        if all.iter().all(|id| ended(id)) {
+            break runs;
+        }
+        assert!(std::time::Instant::now() < until, "runs did not end: {runs:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let state = |id: &str| runs.iter().find(|r| r["id"] == id).cloned().unwrap();
     for id in &acme_runs {
         assert_eq!(state(id)["state"], "succeeded", "{}", state(id));
@@ -185,7 +196,7 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     assert_eq!(state_of(&lab, &acme, &after), "succeeded");
 
     let rss_end = rss_kib(pid);
-    eprintln!("chaos: labd RSS {rss_start} KiB at start, {rss_end} KiB after; {injected} hostile task(s) failed mid-way");
+    eprintln!("chaos: labd RSS {rss_start} KiB with six runs under way, {rss_end} KiB after it all; {injected} hostile task(s) failed mid-way");
     assert!(rss_end <= 2 * rss_start, "labd's memory is back within 2× of its start: {rss_start} → {rss_end} KiB");
 
     // Nothing of the hostile tenant reached the well-behaved one.
