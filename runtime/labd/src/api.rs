@@ -720,6 +720,7 @@ impl pb::admin_server::Admin for Api {
     ) -> Result<Response<pb::ReservationsResponse>, Status> {
         Self::admin(&self.caller(&req).await?)?;
         let r = req.into_inner();
+        let (page_size, page_token) = (r.page_size, r.page_token.clone());
         let store = self.store.clone();
         let (rows, tenants) = blocking(move || {
             let tid = if r.tenant.is_empty() { None } else { Some(store.tenant_by_name(&r.tenant)?.id) };
@@ -727,6 +728,9 @@ impl pb::admin_server::Admin for Api {
         })
         .await?;
         let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(String::new(), |t| t.name.clone());
+        let (rows, next_page_token) =
+            crate::paging::after_key(rows, |x| (x.starts_at, x.id.as_str()), page_size, &page_token)
+                .map_err(Status::invalid_argument)?;
         Ok(Response::new(pb::ReservationsResponse {
             reservations: rows
                 .into_iter()
@@ -735,6 +739,7 @@ impl pb::admin_server::Admin for Api {
                     reservation_info(x, n)
                 })
                 .collect(),
+            next_page_token,
         }))
     }
 

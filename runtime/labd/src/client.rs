@@ -573,12 +573,20 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 Ok(0)
             }
             ClientCmd::Reservations { out, tenant } => {
-                let list = pb::admin_client::AdminClient::new(c.channel.clone())
-                    .reservations(c.req(pb::ReservationsRequest { tenant: tenant.unwrap_or_default() })?)
-                    .await
-                    .map_err(sentence)?
-                    .into_inner()
-                    .reservations;
+                let (mut list, mut page_token) = (Vec::new(), String::new());
+                loop {
+                    let req = pb::ReservationsRequest { tenant: tenant.clone().unwrap_or_default(), page_token, ..Default::default() };
+                    let page = pb::admin_client::AdminClient::new(c.channel.clone())
+                        .reservations(c.req(req)?)
+                        .await
+                        .map_err(sentence)?
+                        .into_inner();
+                    list.extend(page.reservations);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
                 if out.format == Fmt::Json {
                     out!("{}", json_array(list.iter().map(reservation_json)));
                     return Ok(0);

@@ -26,9 +26,12 @@ pub struct Readiness {
     pub executor: String,
     /// `writable`, or why not.
     pub store: String,
-    /// Instruments this node drives that are available to the plan, of how many.
+    /// Instruments of the site that are available to the plan, of how many.
     pub instruments_available: usize,
     pub instruments: usize,
+    /// Work cells whose lease this node holds and drives (on one node: 1, the whole site); 0
+    /// on a standby node.
+    pub cells_driven: usize,
 }
 
 impl Default for Health {
@@ -40,6 +43,7 @@ impl Default for Health {
                 store: "not checked yet".into(),
                 instruments_available: 0,
                 instruments: 0,
+                cells_driven: 0,
             }),
             ready: watch::channel(false).0,
         }
@@ -62,6 +66,10 @@ impl Health {
             r.instruments_available = available;
             r.instruments = of;
         });
+    }
+
+    pub fn set_cells_driven(&self, n: usize) {
+        self.update(|r| r.cells_driven = n);
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -90,6 +98,7 @@ pub async fn watch_parts(
     health: std::sync::Arc<Health>,
     store: std::sync::Arc<dyn crate::store::Store>,
     board: std::sync::Arc<crate::board::Board>,
+    connected: crate::lab::Connected,
     instruments: Vec<String>,
     every: std::time::Duration,
     within: std::time::Duration,
@@ -114,6 +123,7 @@ pub async fn watch_parts(
         }
         let available = instruments.iter().filter(|id| board.unavailable(id).is_none()).count();
         health.set_instruments(available, instruments.len());
+        health.set_cells_driven(connected.count());
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,

@@ -97,6 +97,11 @@ impl Connected {
         }
     }
 
+    /// How many labs (cells, or the whole site on one node) this node drives now.
+    pub fn count(&self) -> usize {
+        self.0.read().map(|v| v.len()).unwrap_or(0)
+    }
+
     fn all(&self) -> Vec<Arc<Lab>> {
         self.0.read().map(|v| v.clone()).unwrap_or_default()
     }

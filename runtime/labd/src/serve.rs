@@ -434,6 +434,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
             health.clone(),
             api.store.clone(),
             board.clone(),
+            connected.clone(),
             probed,
             std::time::Duration::from_secs(1),
             std::time::Duration::from_secs(3),

@@ -347,7 +347,9 @@ fn a_database_locked_for_a_minute_mid_run_fails_nothing() {
         }
     };
     let (_, body) = ready(true);
-    assert!(body.contains("\"store\":\"writable\"") && body.contains("\"executor\":\"running\""), "{body}");
+    for part in ["\"store\":\"writable\"", "\"executor\":\"running\"", "\"cells_driven\":1", "\"instruments\":13"] {
+        assert!(body.contains(part), "{part} in {body}");
+    }
     assert_eq!(console_get(&lab.console, "/healthz", "").0, 200);
     let db = rusqlite::Connection::open(lab.dir.join("labd.sqlite")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
