@@ -192,7 +192,9 @@ pub async fn serve<S, D>(
             }
             let reply = if Faults::applies(&faults.garbage_on, &line) {
                 Response::Reply(b"\x15\xfe#!garbage\xff\n".to_vec())
-            } else if let Some(code) = faults.error_for(&word).map(str::to_string).or_else(|| faults.take_error_once(&line)) {
+            } else if let Some(code) =
+                faults.error_for(&word).map(str::to_string).or_else(|| faults.take_error_once(&line))
+            {
                 Response::Reply(error_reply(&line, &code))
             } else {
                 let busy = device.busy_for(&line);

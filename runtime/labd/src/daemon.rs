@@ -110,6 +110,13 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // `serve` chooses its level and format from labd.toml once it has read it.
+        if let Err(e) = crate::logging::init("info", crate::logging::LogFormat::Text) {
+            eprintln!("labd: {e}");
+            return 1;
+        }
+    }
     match cli.command {
         Command::MqttConfig { config, data_dir, out } => {
             let mut c = match config.map(|p| crate::serve::Config::load(&p)).transpose() {
@@ -188,6 +195,10 @@ pub fn main() -> i32 {
             }
             if let Some(l) = console {
                 c.console_listen = l;
+            }
+            if let Err(e) = crate::logging::init(&c.log_level, c.log_format) {
+                eprintln!("labd serve: {e}");
+                return 1;
             }
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

@@ -179,7 +179,10 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
             let mut lab = pb::lab_client::LabClient::new(tech.channel.clone());
             loop {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let Ok(req) = tech.req(pb::InterventionsRequest { include_resolved: false, ..Default::default() }) else { continue };
+                let Ok(req) = tech.req(pb::InterventionsRequest { include_resolved: false, ..Default::default() })
+                else {
+                    continue;
+                };
                 let Ok(list) = lab.interventions(req).await else { continue };
                 for i in list.into_inner().interventions {
                     if i.what != "manual step" {

@@ -492,16 +492,19 @@ impl Executor {
             }
             let mine: Vec<_> = open.iter().filter(|a| a.intent.run_id == run.id).collect();
             for a in &mine {
-                let _ =
-                    self.store.record_outcome(&a.id, "unknown", Some("labd stopped before the outcome was recorded"));
+                self.store
+                    .record_outcome(&a.id, "unknown", Some("labd stopped before the outcome was recorded"))
+                    .map_err(|e| e.to_string())?;
                 if !a.intent.repeatable {
-                    let _ = self.store.open_intervention(
-                        &run.id,
-                        (a.intent.task_id >= 0).then_some(a.intent.task_id),
-                        Some(&a.intent.instrument),
-                        &format!("labd restarted while {} was running {}", a.intent.instrument, a.intent.op_json),
-                        "check the instrument and the plate; the run was stopped and will not resend this command",
-                    );
+                    self.store
+                        .open_intervention(
+                            &run.id,
+                            (a.intent.task_id >= 0).then_some(a.intent.task_id),
+                            Some(&a.intent.instrument),
+                            &format!("labd restarted while {} was running {}", a.intent.instrument, a.intent.op_json),
+                            "check the instrument and the plate; the run was stopped and will not resend this command",
+                        )
+                        .map_err(|e| e.to_string())?;
                 }
             }
             let reason = match mine.first() {
@@ -738,7 +741,7 @@ impl Executor {
             }
             Report::Down { instrument, why } => {
                 if !out.contains_key(&instrument) {
-                    eprintln!("labd: {instrument} is down ({why}); its waiting work moves to another instrument");
+                    tracing::warn!(instrument = %instrument, why = %why, "instrument down; its waiting work moves to another instrument");
                     out.insert(instrument.clone(), Out::Down);
                     self.announce(&instrument, Some(format!("down: {why}")));
                     events.push(Change::Down(instrument, why));
@@ -755,11 +758,12 @@ impl Executor {
             Some((state, detail)) => (state.to_string(), detail.to_string()),
             None => ("available".to_string(), String::new()),
         };
+        tracing::info!(instrument = id, state = %state, detail = %detail, "instrument status");
         let topic = crate::telemetry::device_status_topic(&self.lab.site.site.name, id);
         let payload =
             serde_json::json!({"v": 1, "device": id, "state": state, "detail": detail, "ts": crate::store::now_ms()});
         if let Err(e) = self.store.outbox_put(&topic, &payload.to_string()) {
-            eprintln!("labd: cannot queue the status of {id}: {e}");
+            tracing::error!(instrument = id, error = %e, "cannot queue the instrument's status for MQTT");
         }
     }
 
@@ -798,7 +802,7 @@ impl Executor {
             let Some(d) = self.lab.instruments.get(&id) else { continue };
             if matches!(tokio::time::timeout(Duration::from_secs(5), d.status()).await, Ok(Ok(st)) if st.state != State::Offline)
             {
-                eprintln!("labd: {id} answers again");
+                tracing::info!(instrument = %id, "instrument answers again; back in the plan");
                 out.remove(&id);
                 self.announce(&id, None);
                 events.push(Change::Up(id));
@@ -1029,7 +1033,10 @@ impl Executor {
             })
             .await;
             match written {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    tracing::info!(run = %id, planned_end_at = %planned_end_at, "run started");
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(run = %id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot record that the run started; trying again");
                     tokio::time::sleep(pause).await;
@@ -1118,14 +1125,14 @@ impl Executor {
                 }
             });
             if let Err(e) = result {
-                eprintln!("labd: repair after {} not taken: {}", change_name(&change), e.0);
+                tracing::warn!(after = change_name(&change), violation = %e.0, "repair not taken; the plan in force stays");
                 match change {
                     // Cannot be fitted in right now (instruments down): tried again shortly.
                     Change::Arrived(a) => {
                         retry_at.insert(a.run.id.clone(), Instant::now() + Duration::from_secs(5));
                     }
                     Change::Down(id, _) => {
-                        eprintln!("labd: no plan avoids {id} ({}); work for it waits until it is back", e.0)
+                        tracing::warn!(instrument = %id, why = %e.0, "no plan avoids the instrument; work for it waits until it is back")
                     }
                     Change::Up(_) | Change::Reservations(_) | Change::Overrun { .. } | Change::Finished { .. } => {}
                 }
@@ -1137,7 +1144,7 @@ impl Executor {
             }
             if let Change::Arrived(a) = change {
                 if let Err(e) = self.admitted(s, *a, report).await {
-                    eprintln!("labd: {e}");
+                    tracing::error!(error = %e, "cannot admit a run");
                 }
             }
         }
@@ -1370,6 +1377,15 @@ impl Executor {
             .await
             .map_err(|e| e.to_string())?;
             s.closed[i] = true; // only once its final state is stored: else tried again
+            let run = &s.runs[i].run;
+            match state {
+                RunState::Succeeded => {
+                    tracing::info!(run = %run.id, tenant = %run.tenant_id, state = %state, "run ended")
+                }
+                _ => {
+                    tracing::warn!(run = %run.id, tenant = %run.tenant_id, state = %state, reason = reason.as_deref().unwrap_or(""), "run ended")
+                }
+            }
             report.moves += s.keys[i].iter().filter(|k| k.starts_with("m:")).count() as u64;
             report.runs.push((s.runs[i].run.id.clone(), state, reason));
         }

@@ -58,7 +58,9 @@ impl Health {
 
     /// The last write check: `Ok` writable, or why not.
     pub fn set_store(&self, state: Result<(), String>) {
-        self.update(|r| r.store = state.map(|_| "writable".to_string()).unwrap_or_else(|why| format!("not writable: {why}")));
+        self.update(|r| {
+            r.store = state.map(|_| "writable".to_string()).unwrap_or_else(|why| format!("not writable: {why}"))
+        });
     }
 
     pub fn set_instruments(&self, available: usize, of: usize) {
@@ -91,19 +93,27 @@ impl Health {
     }
 }
 
+/// What [`watch_parts`] looks at.
+#[allow(missing_debug_implementations)] // the store is a trait object without Debug
+pub struct Parts {
+    pub store: std::sync::Arc<dyn crate::store::Store>,
+    pub board: std::sync::Arc<crate::board::Board>,
+    pub connected: crate::lab::Connected,
+    /// The site's instrument and arm ids.
+    pub instruments: Vec<String>,
+}
+
 /// Checks the store every `every`: a write transaction that makes no change must finish within
-/// `within` (a database another process holds locked does not), and the instruments' availability
-/// from the board. Runs until `stop`.
+/// `within` (a database another process holds locked does not); and the instruments'
+/// availability from the board. Runs until `stop`.
 pub async fn watch_parts(
     health: std::sync::Arc<Health>,
-    store: std::sync::Arc<dyn crate::store::Store>,
-    board: std::sync::Arc<crate::board::Board>,
-    connected: crate::lab::Connected,
-    instruments: Vec<String>,
+    parts: Parts,
     every: std::time::Duration,
     within: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Parts { store, board, connected, instruments } = parts;
     let mut pending: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
     loop {
         let mut check = match pending.take() {
@@ -139,7 +149,12 @@ pub async fn report_grpc(health: std::sync::Arc<Health>, reporter: tonic_health:
     loop {
         let status = if *ready.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
         reporter.set_service_status("", status).await;
-        reporter.set_service_status(<pb::runs_server::RunsServer<crate::api::Api> as tonic::server::NamedService>::NAME, status).await;
+        reporter
+            .set_service_status(
+                <pb::runs_server::RunsServer<crate::api::Api> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
         if ready.changed().await.is_err() {
             return;
         }

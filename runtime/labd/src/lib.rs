@@ -26,6 +26,7 @@ pub mod executor;
 pub mod health;
 pub mod lab;
 pub mod labctl;
+pub mod logging;
 pub mod paging;
 mod reasons;
 pub mod serve;

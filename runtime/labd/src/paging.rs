@@ -29,10 +29,8 @@ pub fn after_key<T>(
         Some((at.parse::<i64>().map_err(|_| bad_token())?, id.to_string()))
     };
     let size = size(page_size);
-    let mut page: Vec<T> = items
-        .into_iter()
-        .filter(|x| after.as_ref().is_none_or(|(at, id)| key(x) > (*at, id.as_str())))
-        .collect();
+    let mut page: Vec<T> =
+        items.into_iter().filter(|x| after.as_ref().is_none_or(|(at, id)| key(x) > (*at, id.as_str()))).collect();
     page.sort_by(|a, b| key(a).cmp(&key(b)));
     let more = page.len() > size;
     page.truncate(size);
@@ -49,7 +47,11 @@ pub fn after_key<T>(
 /// The page of `items` at the offset `token` says: for views with no stable key (the
 /// schedule, rebuilt at every repair), where a change between pages may shift an item.
 pub fn by_offset<T>(items: Vec<T>, page_size: u32, token: &str) -> Result<(Vec<T>, String), String> {
-    let from = if token.is_empty() { 0 } else { token.strip_prefix('@').and_then(|n| n.parse().ok()).ok_or_else(bad_token)? };
+    let from = if token.is_empty() {
+        0
+    } else {
+        token.strip_prefix('@').and_then(|n| n.parse().ok()).ok_or_else(bad_token)?
+    };
     let size = size(page_size);
     let total = items.len();
     let page: Vec<T> = items.into_iter().skip(from).take(size).collect();

@@ -79,6 +79,17 @@ pub struct Config {
     /// driving node died. Renewed every third of it.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// What labd logs to stderr: `error`, `warn`, `info` (default), `debug`, `trace`, or a
+    /// filter such as `info,labd::executor=debug`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// `text` (default) for people, `json` (one object per line) for a log collector.
+    #[serde(default)]
+    pub log_format: crate::logging::LogFormat,
+}
+
+fn default_log_level() -> String {
+    "info".into()
 }
 
 fn default_lease_ms() -> u64 {
@@ -146,6 +157,8 @@ impl Default for Config {
             node: None,
             cells: Vec::new(),
             lease_ms: default_lease_ms(),
+            log_level: default_log_level(),
+            log_format: Default::default(),
         }
     }
 }
@@ -248,7 +261,7 @@ impl Running {
         let api = self.api.await.map_err(|e| e.to_string())?;
         for (what, task, secs) in self.tasks {
             if tokio::time::timeout(std::time::Duration::from_secs(secs), task).await.is_err() {
-                eprintln!("labd: the {what} did not stop within {secs} s");
+                tracing::warn!(task = what, within_s = secs, "did not stop in time");
             }
         }
         println!("labd: stopped");
@@ -337,7 +350,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         connected.add(lab.clone());
         let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
         for run in executor.recover()? {
-            println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
+            tracing::warn!(run = %run, "run interrupted by the last stop; marked failed (see its events)");
         }
         let board = executor.board();
         let exec_task = tokio::spawn(supervise(executor, health.clone(), stop.1.clone()));
@@ -432,10 +445,12 @@ pub async fn start(config: Config) -> Result<Running, String> {
         "health",
         tokio::spawn(crate::health::watch_parts(
             health.clone(),
-            api.store.clone(),
-            board.clone(),
-            connected.clone(),
-            probed,
+            crate::health::Parts {
+                store: api.store.clone(),
+                board: board.clone(),
+                connected: connected.clone(),
+                instruments: probed,
+            },
             std::time::Duration::from_secs(1),
             std::time::Duration::from_secs(3),
             stop.1.clone(),
@@ -455,7 +470,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
                 "console",
                 tokio::spawn(async move {
                     if let Err(e) = console.await {
-                        eprintln!("labd: {e}");
+                        tracing::error!(error = %e, "the console stopped");
                     }
                 }),
                 5,
@@ -577,15 +592,15 @@ impl Leased {
                 match tokio::task::spawn_blocking(move || store.acquire_lease(&n, &h, ttl)).await {
                     Ok(Ok(Some(l))) => break l,
                     Ok(Ok(None)) => {}
-                    Ok(Err(e)) => eprintln!("labd: {what}: cannot read its lease: {e}"),
-                    Err(e) => eprintln!("labd: {what}: {e}"),
+                    Ok(Err(e)) => tracing::warn!(lease = %what, error = %e, "cannot read the lease"),
+                    Err(e) => tracing::error!(lease = %what, error = %e, "the lease check stopped"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.changed() => return,
                 }
             };
-            println!("labd: {what}: driving it (node {}, lease epoch {})", self.holder, lease.epoch);
+            tracing::info!(lease = %what, node = %self.holder, epoch = lease.epoch, "lease taken; driving it");
             let (term_stop, term_stop_rx) = tokio::sync::watch::channel(false);
             let mut work = tokio::spawn(term(lease.clone(), term_stop_rx));
             let mut current = lease;
@@ -602,11 +617,11 @@ impl Leased {
                         // A term that ended because its writes were refused lost the lease.
                         let (store, l) = (self.store.clone(), current.clone());
                         if let Ok(Ok(None)) = tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
-                            println!("labd: {what}: lost its lease (epoch {}); standing by", current.epoch);
+                            tracing::warn!(lease = %what, epoch = current.epoch, "lost its lease; standing by");
                             break Some("lost".into());
                         }
                         self.release(&current).await;
-                        println!("labd: {what}: {why}; standing by");
+                        tracing::warn!(lease = %what, why = %why, "released its lease; standing by");
                         tokio::time::sleep(every).await;
                         break Some(why);
                     }
@@ -615,12 +630,12 @@ impl Leased {
                 match tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
                     Ok(Ok(Some(l))) => current = l,
                     Ok(Ok(None)) => {
-                        println!("labd: {what}: lost its lease (epoch {}); standing by", current.epoch);
+                        tracing::warn!(lease = %what, epoch = current.epoch, "lost its lease; standing by");
                         break Some("lost".into());
                     }
                     // The database may be restarting: the store retries; the fence guards writes.
-                    Ok(Err(e)) => eprintln!("labd: {what}: cannot renew its lease: {e}"),
-                    Err(e) => eprintln!("labd: {what}: {e}"),
+                    Ok(Err(e)) => tracing::warn!(lease = %what, error = %e, "cannot renew the lease"),
+                    Err(e) => tracing::error!(lease = %what, error = %e, "the lease renewal stopped"),
                 }
             };
             let _ = term_stop.send(true);
@@ -630,7 +645,7 @@ impl Leased {
             }
             if ended.is_none() {
                 self.release(&current).await;
-                println!("labd: {what}: released");
+                tracing::info!(lease = %what, "released its lease");
                 return;
             }
         }
@@ -638,7 +653,12 @@ impl Leased {
 
     async fn release(&self, lease: &crate::store::Lease) {
         let (store, l) = (self.store.clone(), lease.clone());
-        let _ = tokio::task::spawn_blocking(move || store.release_lease(&l)).await;
+        match tokio::task::spawn_blocking(move || store.release_lease(&l)).await {
+            Ok(Ok(())) => {}
+            // It runs out by itself; a standby waits that long.
+            Ok(Err(e)) => tracing::warn!(lease = %self.what, error = %e, "cannot release the lease; it will run out"),
+            Err(e) => tracing::warn!(lease = %self.what, error = %e, "cannot release the lease; it will run out"),
+        }
     }
 }
 
@@ -665,9 +685,7 @@ async fn drive_cell(
     .await
     .map_err(|e| e.to_string())??;
     for run in recovered {
-        println!(
-            "labd: cell {cell}: run {run} was interrupted on the last holder and is marked failed (see its events)"
-        );
+        tracing::warn!(cell = %cell, run = %run, "run interrupted on the last holder; marked failed (see its events)");
     }
     let ran = executor.run(stop).await;
     drop(shown);

@@ -3,12 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-#[path = "it/scaleout.rs"]
-mod scaleout;
-#[path = "it/safe_state.rs"]
-mod safe_state;
 #[path = "it/chaos.rs"]
 mod chaos;
+#[path = "it/observability.rs"]
+mod observability;
+#[path = "it/safe_state.rs"]
+mod safe_state;
+#[path = "it/scaleout.rs"]
+mod scaleout;
 
 fn labctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_labctl")).args(args).current_dir(root()).output().expect("labctl runs")

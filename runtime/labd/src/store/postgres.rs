@@ -409,7 +409,7 @@ pub fn listen_for_submissions(url: &str, wake: std::sync::Arc<tokio::sync::Notif
         })();
         if let Err(e) = listened {
             let why = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
-            eprintln!("labd: listening for submissions: {why}; again in 1 s");
+            tracing::warn!(why = %why, "cannot listen for submissions (NOTIFY); again in 1 s");
         }
         std::thread::sleep(Duration::from_secs(1));
     });

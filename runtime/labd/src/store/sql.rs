@@ -956,6 +956,7 @@ impl<D: Db> Store for SqlStore<D> {
             let payload = serde_json::json!({"intervention": i.id, "what": what, "todo": todo}).to_string();
             append(c, dialect, run_id, "intervention", &payload)
         })?;
+        tracing::info!(intervention = %i.id, run = %i.run_id, instrument = i.instrument.as_deref().unwrap_or(""), "intervention opened");
         Ok(i)
     }
 
@@ -1003,6 +1004,7 @@ impl<D: Db> Store for SqlStore<D> {
             }
             Ok(i)
         })
+        .inspect(|i| tracing::info!(intervention = %i.id, run = %i.run_id, resolution, by, "intervention resolved"))
     }
 
     fn add_reservation(&self, r: &Reservation) -> Result<()> {

@@ -62,7 +62,7 @@ pub async fn run(store: Arc<dyn Store>, config: RelayConfig, mut stop: watch::Re
         match session(&store, &config, connection, &mut stop).await {
             Ok(()) => return,
             Err(why) => {
-                eprintln!("labd: telemetry broker {}:{}: {why}; retrying in {backoff:?}", config.host, config.port);
+                tracing::warn!(broker = %format!("{}:{}", config.host, config.port), why = %why, retry_in_ms = backoff.as_millis() as u64, "telemetry broker unreachable; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => return,

@@ -83,9 +83,13 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
 
     // Six runs of two tenants.
     let hostile = hostile_protocol(&dir);
-    let evil_runs: Vec<String> = (0..3).map(|k| lab.submit_file(&evil, &hostile, &["--key", &format!("{CANARY}-{k}")])).collect();
-    let acme_runs =
-        [lab.submit(&acme, "growth-curve.yaml"), lab.submit(&acme, "serial-dilution.yaml"), lab.submit(&acme, "serial-dilution.yaml")];
+    let evil_runs: Vec<String> =
+        (0..3).map(|k| lab.submit_file(&evil, &hostile, &["--key", &format!("{CANARY}-{k}")])).collect();
+    let acme_runs = [
+        lab.submit(&acme, "growth-curve.yaml"),
+        lab.submit(&acme, "serial-dilution.yaml"),
+        lab.submit(&acme, "serial-dilution.yaml"),
+    ];
     let acme_watch = watch_lines(&lab, &acme, &acme_runs[0]);
     // Memory with the six runs under way, before anything hostile happens.
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -158,7 +162,11 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     db.execute_batch("COMMIT").unwrap();
     drop(db);
     let ready_after = ready(true, 15);
-    eprintln!("chaos: unready {:.1} s into the lock, ready {:.1} s after it", unready_after.as_secs_f64(), ready_after.as_secs_f64());
+    eprintln!(
+        "chaos: unready {:.1} s into the lock, ready {:.1} s after it",
+        unready_after.as_secs_f64(),
+        ready_after.as_secs_f64()
+    );
 
     // Every run ends; the well-behaved tenant's all succeed; the hostile tenant's fail only
     // where its task was made to fail, and the liquid handlers serve on.
@@ -166,7 +174,11 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(300);
     let runs = loop {
         let runs = items(&lab.ctl(&lab.admin, &["runs", "--format", "json"]).1);
-        let ended = |id: &str| runs.iter().any(|r| r["id"] == id && ["succeeded", "failed", "cancelled"].contains(&r["state"].as_str().unwrap_or("")));
+        let ended = |id: &str| {
+            runs.iter().any(|r| {
+                r["id"] == id && ["succeeded", "failed", "cancelled"].contains(&r["state"].as_str().unwrap_or(""))
+            })
+        };
         if all.iter().all(|id| ended(id)) {
             break runs;
         }

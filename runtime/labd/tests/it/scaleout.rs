@@ -195,9 +195,9 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
     // external Mosquitto.
     let mqtt_port = super::free_port();
     let mut n1 = Node::start(&dir, "n1", &db.url, &["a"], mqtt_port);
-    n1.wait_for("cell a: driving it", 30);
+    n1.wait_for("driving it lease=cell a", 30);
     let n2 = Node::start(&dir, "n2", &db.url, &["b"], mqtt_port);
-    n2.wait_for("cell b: driving it", 30);
+    n2.wait_for("driving it lease=cell b", 30);
     let n3 = Node::start(&dir, "n3", &db.url, &["a", "b"], mqtt_port);
 
     let admin = n1.admin();
@@ -250,7 +250,7 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     n1.proc.0.kill().unwrap();
-    let took = n3.wait_for("cell a: driving it", 30);
+    let took = n3.wait_for("driving it lease=cell a", 30);
     assert!(
         took.as_millis() as u64 <= LEASE_MS + 5_000,
         "the standby took cell a over after {took:?} (lease {LEASE_MS} ms)"
@@ -260,9 +260,9 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
     let pid = n2.proc.0.id().to_string();
     let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
     signal("-STOP");
-    let took = n3.wait_for("cell b: driving it", 30);
+    let took = n3.wait_for("driving it lease=cell b", 30);
     signal("-CONT");
-    n2.wait_for("cell b: lost its lease", 30);
+    n2.wait_for("lost its lease; standing by lease=cell b", 30);
     assert!(took.as_millis() as u64 <= LEASE_MS + 5_000, "cell b taken over after {took:?}");
 
     // Every accepted run ends; those not on an instrument when their node died succeed.
@@ -407,7 +407,7 @@ fn a_postgresql_restart_mid_run_loses_nothing() {
     let dir = super::fresh_dir("pg-restart");
     let Some(pg) = OwnServer::start(&dir) else { return };
     let node = Node::start_with(&dir, "solo", &pg.url(), &["a", "b"], super::free_port(), 10_000);
-    node.wait_for("cell b: driving it", 30);
+    node.wait_for("driving it lease=cell b", 30);
     let admin = node.admin();
     node.json(&admin, &["tenant", "add", "acme", "--format", "json"]);
     let token = node.json(&admin, &["token", "create", "--tenant", "acme", "--format", "json"])["token"]

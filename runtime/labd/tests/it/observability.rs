@@ -1,0 +1,64 @@
+//! What an operator sees of labd: its log as structured JSON lines with the fields a log
+//! collector filters on, and never a secret in it.
+
+use super::*;
+
+#[test]
+fn the_log_is_structured_json_with_run_and_tenant_fields_and_no_secrets() {
+    let dir = fresh_dir("json-log");
+    let data = dir.join("data");
+    let api_port = free_port();
+    let config = dir.join("labd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\nconsole_listen = \"off\"\nlog_format = \"json\"\nlog_level = \"info\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("stderr.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labd"));
+    cmd.args(["serve", "--config"]).arg(&config).current_dir(&dir).stderr(std::fs::File::create(&log).unwrap());
+    let (mut server, _) = listening(&mut cmd);
+    let url = format!("http://127.0.0.1:{api_port}");
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"));
+    json(&labctl_at(&url, &admin, &["tenant", "add", "acme", "--format", "json"]).1);
+    let token = json(&labctl_at(&url, &admin, &["token", "create", "--tenant", "acme", "--format", "json"]).1);
+    let scientist = token["token"].as_str().unwrap().to_string();
+    let mqtt_password = token["mqtt"]["password"].as_str().unwrap().to_string();
+    let example = root().join("protocols/examples/serial-dilution.yaml");
+    let (code, so, se) =
+        labctl_at(&url, &scientist, &["submit", example.to_str().unwrap(), "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let run = json(so.lines().next().unwrap())["run"]["id"].as_str().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    assert!(server.0.wait().unwrap().success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l}")))
+        .collect();
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message && l["run"] == run.as_str())
+            .unwrap_or_else(|| panic!("no `{message}` event for {run} in the log:\n{text}"))
+            .clone()
+    };
+    let submitted = find("run submitted");
+    assert!(submitted["tenant"].as_str().is_some_and(|t| t.starts_with("ten_")), "{submitted}");
+    assert_eq!(submitted["level"], "INFO");
+    assert!(find("run started")["planned_end_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let ended = find("run ended");
+    assert_eq!((ended["state"].as_str(), ended["tenant"].clone()), (Some("succeeded"), submitted["tenant"].clone()));
+    for (what, secret) in
+        [("the admin token", &admin), ("a scientist's token", &scientist), ("an MQTT password", &mqtt_password)]
+    {
+        assert!(!text.contains(secret.as_str()), "{what} is in the log");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
