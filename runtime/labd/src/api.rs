@@ -443,6 +443,9 @@ impl pb::runs_server::Runs for Api {
         let store = self.store.clone();
         let (run, created) = blocking(move || store.submit_run(&new)).await?;
         tracing::info!(run = %run.id, tenant = %run.tenant_id, created, "run submitted");
+        if created {
+            crate::metrics::with(|m| m.runs_submitted.inc());
+        }
         Ok(Response::new(pb::SubmitResponse { run: Some(self.run_info(run).await?), created, diagnostics: diags }))
     }
 

@@ -637,6 +637,8 @@ impl Executor {
                 if let Err(e) = self.close_finished(s, &mut report).await {
                     tracing::warn!(error = %e, "cannot record a run's final state; trying again");
                 }
+                let running = s.closed.iter().filter(|&&c| !c).count();
+                crate::metrics::with(|m| m.runs_running.set(running as i64));
                 if s.closed.iter().all(|&c| c) {
                     self.board.close_plan();
                     session = None;
@@ -821,6 +823,7 @@ impl Executor {
     ) -> Result<Vec<Admitted>, String> {
         let store = self.store.clone();
         let mut queued = blocking(move || store.runs(None, &[RunState::Queued])).await.map_err(|e| e.to_string())?;
+        crate::metrics::with(|m| m.runs_queued.set(queued.len() as i64));
         if let Some(cell) = &self.config.cell {
             self.claim(site, cell, &mut queued).await?;
             queued.retain(|r| r.cell.as_ref() == Some(cell));
@@ -1112,17 +1115,22 @@ impl Executor {
             };
             // The repair works on a copy: if it fails, the plan in force stays as it was.
             let mut planner = s.planner.clone();
+            let began = Instant::now();
             let (planner, result) = blocking(move || {
                 let r = planner.handle(now, event, improve);
                 (planner, r)
             })
             .await;
+            crate::metrics::with(|m| m.repair_seconds.observe(began.elapsed().as_secs_f64()));
             // A repair that breaks a constraint is not dispatched: the plan in force stays.
             let result = result.and_then(|r| {
                 match scheduler::lab::check::validate(&planner.problem, &planner.schedule).first() {
                     Some(v) => Err(scheduler::lab::ModelError(format!("the repaired plan breaks a constraint: {v:?}"))),
                     None => Ok(r),
                 }
+            });
+            crate::metrics::with(|m| {
+                m.repairs.with_label_values(&[if result.is_ok() { "taken" } else { "rejected" }]).inc()
             });
             if let Err(e) = result {
                 tracing::warn!(after = change_name(&change), violation = %e.0, "repair not taken; the plan in force stays");
@@ -1377,6 +1385,7 @@ impl Executor {
             .await
             .map_err(|e| e.to_string())?;
             s.closed[i] = true; // only once its final state is stored: else tried again
+            crate::metrics::with(|m| m.runs_ended.with_label_values(&[state.as_str()]).inc());
             let run = &s.runs[i].run;
             match state {
                 RunState::Succeeded => {
@@ -1678,10 +1687,16 @@ impl Executor {
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            let family = if task < 0 { "robot arm" } else { family_name(op) };
+            crate::metrics::with(|m| {
+                m.commands.with_label_values(&[family, outcome]).inc();
+                m.command_seconds.with_label_values(&[family]).observe(began.elapsed().as_secs_f64());
+                m.journal_seconds.observe(journal_intent.as_secs_f64());
+            });
             if let Some(t) = &self.config.timings {
                 if let Ok(mut t) = t.lock() {
                     t.push(CommandTiming {
-                        family: if task < 0 { "robot arm" } else { family_name(op) },
+                        family,
                         journal: journal_intent + sent.elapsed(),
                         instrument: sent.duration_since(began + journal_intent),
                         total: began.elapsed(),

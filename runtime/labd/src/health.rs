@@ -133,6 +133,10 @@ pub async fn watch_parts(
         }
         let available = instruments.iter().filter(|id| board.unavailable(id).is_none()).count();
         health.set_instruments(available, instruments.len());
+        crate::metrics::with(|m| {
+            m.instruments_available.set(available as i64);
+            m.instruments.set(instruments.len() as i64);
+        });
         health.set_cells_driven(connected.count());
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -27,6 +27,7 @@ pub mod health;
 pub mod lab;
 pub mod labctl;
 pub mod logging;
+pub mod metrics;
 pub mod paging;
 mod reasons;
 pub mod serve;

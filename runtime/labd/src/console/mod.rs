@@ -106,16 +106,25 @@ pub fn guarded(api: Api, hosts: Hosts) -> Router {
 /// nothing a tenant owns): `/healthz` answers while the process does; `/readyz` says whether
 /// labd can do its job now (200) or not (503), and which part is not.
 pub fn probes(health: Arc<crate::health::Health>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).route(
-        "/readyz",
-        get(move || {
-            let r = health.readiness();
-            async move {
-                let code = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                (code, [(header::CACHE_CONTROL, "no-store")], Json(r)).into_response()
-            }
-        }),
-    )
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(|| async {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render())
+                    .into_response()
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let r = health.readiness();
+                async move {
+                    let code = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    (code, [(header::CACHE_CONTROL, "no-store")], Json(r)).into_response()
+                }
+            }),
+        )
 }
 
 /// Serves the console and the probes on `listener` until `shutdown` completes.

@@ -957,6 +957,7 @@ impl<D: Db> Store for SqlStore<D> {
             append(c, dialect, run_id, "intervention", &payload)
         })?;
         tracing::info!(intervention = %i.id, run = %i.run_id, instrument = i.instrument.as_deref().unwrap_or(""), "intervention opened");
+        crate::metrics::with(|m| m.interventions_opened.inc());
         Ok(i)
     }
 

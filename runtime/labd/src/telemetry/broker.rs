@@ -157,6 +157,7 @@ impl Broker {
             let full = s.connections >= s.limits.total;
             if !full {
                 s.connections += 1;
+                crate::metrics::with(|m| m.mqtt_connections.set(s.connections as i64));
             }
             full
         };
@@ -173,7 +174,9 @@ impl Broker {
             return;
         }
         self.serve(stream).await;
-        lock(&self.state).connections -= 1;
+        let mut s = lock(&self.state);
+        s.connections -= 1;
+        crate::metrics::with(|m| m.mqtt_connections.set(s.connections as i64));
     }
 
     async fn serve(&self, mut stream: TcpStream) {

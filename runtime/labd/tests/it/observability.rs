@@ -4,7 +4,7 @@
 use super::*;
 
 #[test]
-fn the_log_is_structured_json_with_run_and_tenant_fields_and_no_secrets() {
+fn the_log_is_structured_json_and_the_metrics_move_when_a_run_executes() {
     let dir = fresh_dir("json-log");
     let data = dir.join("data");
     let api_port = free_port();
@@ -12,7 +12,7 @@ fn the_log_is_structured_json_with_run_and_tenant_fields_and_no_secrets() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\nconsole_listen = \"off\"\nlog_format = \"json\"\nlog_level = \"info\"\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\nconsole_listen = \"127.0.0.1:0\"\nlog_format = \"json\"\nlog_level = \"info\"\n",
             data.display().to_string()
         ),
     )
@@ -20,7 +20,13 @@ fn the_log_is_structured_json_with_run_and_tenant_fields_and_no_secrets() {
     let log = dir.join("stderr.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_labd"));
     cmd.args(["serve", "--config"]).arg(&config).current_dir(&dir).stderr(std::fs::File::create(&log).unwrap());
-    let (mut server, _) = listening(&mut cmd);
+    let (mut server, seen) = listening(&mut cmd);
+    let console = seen.lines().find_map(|l| l.strip_prefix("labd: console on ")).unwrap().trim().to_string();
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    };
+    let (code, before) = console_get(&console, "/metrics", "");
+    assert_eq!(code, 200, "{before}");
     let url = format!("http://127.0.0.1:{api_port}");
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
     let json = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"));
@@ -33,6 +39,23 @@ fn the_log_is_structured_json_with_run_and_tenant_fields_and_no_secrets() {
         labctl_at(&url, &scientist, &["submit", example.to_str().unwrap(), "--wait", "--format", "json"]);
     assert_eq!(code, 0, "{so}{se}");
     let run = json(so.lines().next().unwrap())["run"]["id"].as_str().unwrap().to_string();
+    let (_, after) = console_get(&console, "/metrics", "");
+    for (name, grew) in [
+        ("labwright_runs_submitted_total ", 1.0),
+        ("labwright_runs_ended_total{state=\"succeeded\"} ", 1.0),
+        ("labwright_interventions_opened_total ", 0.0),
+    ] {
+        assert_eq!(metric(&after, name) - metric(&before, name), grew, "{name}: {after}");
+    }
+    let commands = "labwright_commands_total{family=\"liquid handler\",outcome=\"ok\"} ";
+    assert!(metric(&after, commands) > 100.0, "a serial dilution's commands are counted: {after}");
+    assert!(metric(&after, "labwright_command_seconds_count{family=\"liquid handler\"} ") > 100.0, "{after}");
+    assert_eq!(metric(&after, "labwright_instruments "), 13.0, "{after}");
+    assert!(metric(&after, "labwright_mqtt_connections ") >= 1.0, "the runtime's relay is connected: {after}");
+    assert!(
+        !after.contains(&run) && !after.contains("acme") && !after.contains("ten_"),
+        "metrics name no tenant or run"
+    );
     Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(server.0.wait().unwrap().success());
 
