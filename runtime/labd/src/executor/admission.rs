@@ -1,0 +1,243 @@
+//! Admission: which queued runs may start now (the cell's claims, the tenant's quotas, whether
+//! this site can run them at all), and a run joining the plan.
+
+use super::*;
+
+impl Executor {
+    /// Queued runs that may start now: within their tenant's concurrent-run quota and
+    /// device-hour quota, and runnable on this site at all (else failed with the reason).
+    pub(super) async fn admit(
+        &self,
+        site: &LabProblem,
+        session: Option<&Session>,
+        retry_at: &mut HashMap<String, Instant>,
+        report: &mut BatchReport,
+    ) -> Result<Vec<Admitted>, String> {
+        let store = self.store.clone();
+        let mut queued = blocking(move || store.runs(None, &[RunState::Queued])).await.map_err(|e| e.to_string())?;
+        crate::metrics::with(|m| m.runs_queued.set(queued.len() as i64));
+        if let Some(cell) = &self.config.cell {
+            self.claim(site, cell, &mut queued).await?;
+            queued.retain(|r| r.cell.as_ref() == Some(cell));
+        }
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        queued.sort_by_key(|r| r.submitted_at);
+        let mut active: HashMap<String, i64> = HashMap::new();
+        if let Some(s) = session {
+            for (i, a) in s.runs.iter().enumerate() {
+                if !s.closed[i] {
+                    *active.entry(a.run.tenant_id.clone()).or_default() += 1;
+                }
+            }
+        }
+        let month = crate::clock::month_start_ms(crate::store::now_ms());
+        // Each tenant's record and usage this month, read once per admission round.
+        let mut tenants: HashMap<String, (crate::store::Tenant, f64)> = HashMap::new();
+        let mut out = Vec::new();
+        for run in queued {
+            if retry_at.get(&run.id).is_some_and(|t| Instant::now() < *t) {
+                continue;
+            }
+            if !tenants.contains_key(&run.tenant_id) {
+                let (store, tenant_id) = (self.store.clone(), run.tenant_id.clone());
+                let read = blocking(move || {
+                    let t = store.tenant(&tenant_id)?;
+                    let used: f64 = store.usage(Some(&tenant_id), month)?.iter().map(|u| u.device_seconds).sum();
+                    Ok::<_, crate::store::StoreError>((t, used))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                tenants.insert(run.tenant_id.clone(), read);
+            }
+            let Some((tenant, used)) = tenants.get(&run.tenant_id).cloned() else { continue };
+            let running = active.get(&run.tenant_id).copied().unwrap_or(0);
+            if tenant.max_concurrent_runs.is_some_and(|max| running >= max) {
+                continue; // waits for one of the tenant's runs to finish
+            }
+            let fail = |why: String, report: &mut BatchReport| {
+                let _ = self.store.set_run_state(&run.id, RunState::Failed, Some(&why));
+                report.runs.push((run.id.clone(), RunState::Failed, Some(why)));
+            };
+            if let Some(hours) = tenant.device_hours_per_month {
+                if used >= hours * 3600.0 {
+                    let why = format!(
+                        "the tenant's quota of {hours} device-hours this month is used up ({:.2} h used); ask an admin to raise it",
+                        used / 3600.0
+                    );
+                    fail(why, report);
+                    continue;
+                }
+            }
+            let plan: RunPlan = match serde_json::from_str(&run.plan_json) {
+                Ok(p) => p,
+                Err(e) => {
+                    fail(format!("the stored plan cannot be read: {e}"), report);
+                    continue;
+                }
+            };
+            let short = run.id.trim_start_matches("run_").chars().take(8).collect::<String>();
+            let plan = scoped(&plan, &short)?;
+            // Priority p doubles the tenant's fairness weight p times (−3 to 3): served sooner.
+            let weight = tenant.weight * 2f64.powi(tenant.priority.clamp(-3, 3) as i32);
+            let model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, weight, 0.0, &plan);
+            if let Err(e) = site.clone().add_run(model.clone()) {
+                fail(format!("this lab cannot run it: {}", e.0), report);
+                continue;
+            }
+            *active.entry(run.tenant_id.clone()).or_default() += 1;
+            out.push(Admitted { run, plan, model });
+        }
+        Ok(out)
+    }
+
+    /// Claims unclaimed queued runs this cell can run. A cell that is no busier than any other
+    /// claims at once; a busier one only claims runs nobody took within two seconds, so work
+    /// spreads over cells and no run waits for a cell that cannot run it.
+    pub(super) async fn claim(&self, site: &LabProblem, cell: &str, queued: &mut [Run]) -> Result<(), String> {
+        let now = crate::store::now_ms();
+        if !queued.iter().any(|r| r.cell.is_none()) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let loads = blocking(move || store.cell_loads()).await.map_err(|e| e.to_string())?;
+        let mine = loads.iter().find(|(c, _)| c == cell).map_or(0, |l| l.1);
+        let least_elsewhere = loads.iter().filter(|(c, _)| c != cell).map(|l| l.1).min().unwrap_or(0);
+        let mut claimed = 0;
+        for run in queued.iter_mut().filter(|r| r.cell.is_none()) {
+            let overdue = now - run.submitted_at > 2_000;
+            if mine + claimed > least_elsewhere && !overdue {
+                continue;
+            }
+            let Ok(plan) = serde_json::from_str::<RunPlan>(&run.plan_json) else { continue };
+            let model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, 1.0, 0.0, &plan);
+            if site.clone().add_run(model).is_err() {
+                continue; // this cell lacks what it needs
+            }
+            let (store, id, c) = (self.store.clone(), run.id.clone(), cell.to_string());
+            if blocking(move || store.claim_run(&id, &c)).await.map_err(|e| e.to_string())? {
+                run.cell = Some(cell.to_string());
+                claimed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans the first runs after the lab was idle.
+    pub(super) async fn start_session(
+        &self,
+        site: &LabProblem,
+        id: u64,
+        arrivals: Vec<Admitted>,
+        report: &mut BatchReport,
+    ) -> Result<Option<Session>, String> {
+        let mut problem = site.clone();
+        for a in &arrivals {
+            problem.add_run(a.model.clone()).map_err(|e| e.0)?;
+        }
+        let t0_ms = crate::store::now_ms();
+        problem.reservations = self.reservations(&problem, t0_ms).await?;
+        let unavailable = self.board.unavailable_all();
+        let mut avoiding = problem.clone();
+        for (i, r) in problem.resources.iter().enumerate() {
+            if unavailable.contains_key(&r.id) {
+                avoiding.down[i].push(Window { start: 0.0, end: DOWN_HORIZON_S });
+            }
+        }
+        let budget = LabBudget { time: Some(self.config.plan_budget), iterations: None };
+        let seed = self.config.seed;
+        // Around what is unavailable if possible; otherwise the plan waits for it to come back.
+        let planner =
+            blocking(move || Planner::new(avoiding, budget, seed).or_else(|_| Planner::new(problem, budget, seed)))
+                .await;
+        let mut planner = match planner {
+            Ok(p) => p,
+            Err(e) => {
+                for a in arrivals {
+                    let why = format!("the scheduler found no plan: {}", e.0);
+                    let _ = self.store.set_run_state(&a.run.id, RunState::Failed, Some(&why));
+                    report.runs.push((a.run.id.clone(), RunState::Failed, Some(why)));
+                }
+                return Ok(None);
+            }
+        };
+        planner.pin_past = false;
+        report.planned_makespan_s = report.planned_makespan_s.max(planner.schedule.makespan());
+        let mut s = Session {
+            id,
+            planner,
+            t0: Instant::now() - Duration::from_millis((crate::store::now_ms() - t0_ms).max(0) as u64),
+            t0_ms,
+            runs: Vec::new(),
+            keys: Vec::new(),
+            jobs: HashMap::new(),
+            done: HashMap::new(),
+            failures: BTreeMap::new(),
+            closed: Vec::new(),
+            overrunning: HashSet::new(),
+        };
+        for a in arrivals {
+            self.admitted(&mut s, a, report).await?;
+        }
+        Ok(Some(s))
+    }
+
+    /// A run joins the plan: it is running from now on, with its planned end announced.
+    /// Its place in the session follows the planner's run index, so it is taken before anything
+    /// can fail.
+    pub(super) async fn admitted(&self, s: &mut Session, a: Admitted, report: &mut BatchReport) -> Result<(), String> {
+        let i = s.runs.len();
+        let planned_end = s.planner.schedule.completion(i);
+        let planned_end_at = self.clock_at(s, planned_end);
+        // Instruments out of service that this run's plan waits for (the only ones that can do
+        // some of its work): the tenant learns why its end is where it is.
+        let unavailable = self.board.unavailable_all();
+        let mut waits_for: Vec<String> = s
+            .planner
+            .schedule
+            .tasks
+            .get(i)
+            .into_iter()
+            .flatten()
+            .filter(|slot| !slot.on_arm)
+            .filter_map(|slot| slot.resource.and_then(|r| s.planner.problem.resources.get(r)))
+            .filter(|r| unavailable.contains_key(&r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        waits_for.dedup();
+        report.commands += a.plan.command_count() as u64;
+        let (store, id, tasks) = (self.store.clone(), a.run.id.clone(), a.plan.tasks.len());
+        s.runs.push(a);
+        s.keys.push(Vec::new());
+        s.closed.push(false);
+        let payload = serde_json::json!({
+            "planned_end_s": planned_end, "planned_end_at": planned_end_at, "tasks": tasks, "waits_for": waits_for,
+        })
+        .to_string();
+        // The run is in the plan now: its state must follow, or it would be admitted twice.
+        // Tried until the store takes it.
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let (store, run_id, payload) = (store.clone(), id.clone(), payload.clone());
+            let written = blocking(move || {
+                if store.run(None, &run_id)?.state == RunState::Queued {
+                    store.set_run_state(&run_id, RunState::Running, None)?;
+                }
+                store.append_event(&run_id, "scheduled", &payload)
+            })
+            .await;
+            match written {
+                Ok(_) => {
+                    tracing::info!(run = %id, planned_end_at = %planned_end_at, "run started");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot record that the run started; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Carrying out one job: a task's commands on its instrument (or by a technician's hand), a plate
+//! move on an arm, each command journaled (intent before, outcome after) and resent only as its
+//! error allows.
+
+use super::*;
+
+impl Executor {
+    pub(super) async fn run_job(self, ctx: JobCtx) {
+        let stale = |ctx: &JobCtx| lock(&ctx.dispatch).generation != ctx.generation;
+        let mut cascade_failed = false;
+        for (mut w, cascade) in ctx.waits.iter().cloned() {
+            let ok = loop {
+                if let Some(ok) = *w.borrow_and_update() {
+                    break ok;
+                }
+                if w.changed().await.is_err() {
+                    // It retired without running (its plan was replaced, or its instrument did
+                    // not answer): so does this job; the next plan has both.
+                    return;
+                }
+            };
+            cascade_failed |= cascade && !ok;
+        }
+        if stale(&ctx) {
+            return; // an older plan's job: the current plan has its own
+        }
+        // After a failed task the run's plates still travel their planned moves, so they end up
+        // in storage and leave no instrument's nest blocked for the next run; its tasks do not run.
+        let is_move = matches!(ctx.job.job, Job::Move(_));
+        if !cascade_failed || is_move {
+            tokio::time::sleep_until(ctx.t0 + self.config.scale.wall(ctx.job.start)).await;
+            for gate in &ctx.gates {
+                while self.board.unavailable(gate).is_some() {
+                    if stale(&ctx) {
+                        return;
+                    }
+                    tokio::time::sleep(self.config.poll).await;
+                }
+            }
+            if let Some(id) = &ctx.probe {
+                if let Some(d) = self.lab.instruments.get(id) {
+                    let answer = tokio::time::timeout(Duration::from_secs(10), d.status()).await;
+                    let why = match answer {
+                        Ok(Ok(st)) if st.state == State::Offline => Some("it reports offline".to_string()),
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some("no answer to a status request within 10 s".to_string()),
+                    };
+                    if let Some(why) = why {
+                        // The plate stays where it is; the re-plan sends it elsewhere.
+                        let _ = ctx.reports.send(Report::Down { instrument: id.clone(), why });
+                        return;
+                    }
+                }
+            }
+        }
+        {
+            let mut d = lock(&ctx.dispatch);
+            if d.generation != ctx.generation {
+                return;
+            }
+            d.started.insert(ctx.key.clone(), ctx.me.clone());
+            d.in_flight += 1;
+        }
+        self.board.started(&ctx.key, crate::store::now_ms());
+        let result = match (cascade_failed, is_move) {
+            (true, false) => Err(String::new()), // an earlier step of this run failed; its reason is recorded
+            // The run has failed already: the move's own failure is news, its success is not.
+            (true, true) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await.and(Err(String::new())),
+            (false, _) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await,
+        };
+        lock(&ctx.dispatch).in_flight -= 1;
+        self.board.finished(&ctx.key, crate::store::now_ms(), result.is_ok());
+        // The loop hears of it before anything waiting for it can start, so it never takes a
+        // task whose plate has moved on for one still running.
+        let (ok, at) = (result.is_ok(), ctx.t0.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12));
+        let _ = ctx.reports.send(Report::Done { session: ctx.session, key: ctx.key, run: ctx.job.run, result, at });
+        let _ = ctx.tx.send(Some(ok));
+    }
+
+    pub(super) async fn job(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), String> {
+        if let Job::Task { run, .. } = job {
+            // A cancelled run stops at the next task boundary; its plate moves still run, so
+            // every plate ends up back in storage.
+            let (store, id) = (self.store.clone(), runs[*run].0.id.clone());
+            if blocking(move || store.run(None, &id)).await.is_ok_and(|r| r.state == RunState::Cancelling) {
+                return Ok(());
+            }
+        }
+        match job {
+            Job::Move(m) => {
+                let (run, plan) = &runs[m.run];
+                let plates: Vec<&str> = plan
+                    .labware
+                    .iter()
+                    .filter(|l| l.kind == labware::LabwareKind::WellPlate)
+                    .map(|l| l.name.as_str())
+                    .collect();
+                let plate = plates.get(m.plate).copied().ok_or("a move names a plate the run does not have")?;
+                let arm_id = &problem.arms[m.arm].id;
+                let arm = self.lab.arms.get(arm_id).ok_or_else(|| format!("arm {arm_id} is not connected"))?.clone();
+                let (from, to) = (problem.nests[m.from].id.clone(), problem.nests[m.to].id.clone());
+                arm.locate(plate, &from);
+                let op = CommandOp::MoveLabware { labware: plate.into(), to };
+                let mut pending = None;
+                let result = self.command(run, -1, 0, arm_id, arm.as_ref(), &op, false, &mut pending).await;
+                self.flush(&mut pending).await?;
+                if result.is_err() {
+                    self.make_safe(run, arm_id, arm.as_ref()).await;
+                }
+                result
+            }
+            Job::Task { run: r, task: t, resource, on_arm } => {
+                if *on_arm {
+                    return Err(format!("task {t} needs lid handling by an arm, which the arm driver does not do yet"));
+                }
+                self.task(problem, runs, *r, *t, *resource).await
+            }
+        }
+    }
+
+    pub(super) async fn task(
+        &self,
+        problem: &LabProblem,
+        runs: &[(Run, RunPlan)],
+        r: usize,
+        t: usize,
+        resource: Option<usize>,
+    ) -> Result<(), String> {
+        let (run, plan) = &runs[r];
+        let instrument = resource.map(|res| problem.resources[res].id.clone());
+        let single = resource.is_some_and(|res| problem.resources[res].capacity == 1);
+        let interlock = match (&instrument, single) {
+            (Some(id), true) => Some(lock(&self.interlocks).entry(id.clone()).or_default().clone()),
+            _ => None,
+        };
+        let _held = match interlock {
+            Some(l) => Some(l.lock_owned().await),
+            None => None,
+        };
+        let driver: Option<Arc<dyn Instrument>> =
+            instrument.as_ref().and_then(|id| self.lab.instruments.get(id).cloned());
+        let result = self.task_commands(run, plan, t, &instrument, &driver).await;
+        if let (Err(_), Some(id), Some(d)) = (&result, &instrument, &driver) {
+            self.make_safe(run, id, d.as_ref()).await;
+        }
+        result
+    }
+
+    /// Carries out one task's commands on its instrument (or by a technician's hand).
+    pub(super) async fn task_commands(
+        &self,
+        run: &Run,
+        plan: &RunPlan,
+        t: usize,
+        instrument: &Option<String>,
+        driver: &Option<Arc<dyn Instrument>>,
+    ) -> Result<(), String> {
+        let task = &plan.tasks[t];
+        let started = Instant::now();
+        let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
+        self.event(run, "task_started", ev).await;
+        if let (Some(d), Some(class)) = (driver, task.class) {
+            if class == labware::InstrumentClass::LiquidHandler {
+                self.load_deck(instrument.as_deref().unwrap_or(""), plan);
+                d.prepare(plan)
+                    .await
+                    .map_err(|e| format!("{}: preparing the deck: {e}", instrument.as_deref().unwrap_or("?")))?;
+            }
+        }
+        // The last command's success, written with the next command's intent (one durable
+        // write per command); flushed before anything that waits and at the end of the task.
+        let mut pending: Option<String> = None;
+        // Commands already carried out with an earlier one (additions a technician does at once).
+        let mut done_up_to = 0;
+        for (ci, cmd) in task.commands.iter().enumerate() {
+            if ci < done_up_to {
+                continue;
+            }
+            match family(&cmd.op) {
+                Family::Timer => {
+                    self.flush(&mut pending).await?;
+                    if let CommandOp::Wait { duration_s } = cmd.op {
+                        tokio::time::sleep(self.config.scale.wall(duration_s)).await;
+                    }
+                }
+                Family::Technician if matches!(cmd.op, CommandOp::AddReagent { .. }) => {
+                    self.flush(&mut pending).await?;
+                    let n =
+                        task.commands[ci..].iter().take_while(|c| matches!(c.op, CommandOp::AddReagent { .. })).count();
+                    done_up_to = ci + n;
+                    self.add_by_hand(run, t, &task.commands[ci..ci + n]).await?
+                }
+                Family::Technician => {
+                    self.flush(&mut pending).await?;
+                    self.manual(run, t, &cmd.op).await?
+                }
+                _ => {
+                    let id =
+                        instrument.clone().ok_or_else(|| format!("task {t} ({}) has no instrument", task.label))?;
+                    let d = driver.clone().ok_or_else(|| format!("instrument {id} is not connected"))?;
+                    let sent =
+                        self.command(run, t as i64, ci as i64, &id, d.as_ref(), &cmd.op, cmd.repeatable, &mut pending);
+                    sent.await?;
+                }
+            }
+        }
+        self.flush(&mut pending).await?;
+        let device_s = started.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12);
+        if let (Some(id), Some(class)) = (instrument, task.class) {
+            let usage = Usage {
+                tenant_id: run.tenant_id.clone(),
+                run_id: run.id.clone(),
+                instrument_class: class.as_str().into(),
+                instrument: id.clone(),
+                device_seconds: billed_seconds(class, task.duration_s, device_s),
+            };
+            let store = self.store.clone();
+            blocking(move || store.add_usage(&usage))
+                .await
+                .map_err(|e| format!("recording usage for the bill: {e}"))?;
+        }
+        self.event(run, "task_finished", serde_json::json!({"task": t, "device_s": device_s})).await;
+        Ok(())
+    }
+
+    /// In a simulated lab, the simulated technician loads the liquid handler's deck from the
+    /// plan's loading list (in a real lab the loading list goes to a person).
+    pub(super) fn load_deck(&self, instrument: &str, plan: &RunPlan) {
+        let Some(state) = self.lab.simulated.as_ref().and_then(|s| s.liquid.get(instrument)) else { return };
+        let Ok(mut s) = state.lock() else { return };
+        for lw in &plan.labware {
+            for (well, ul) in &lw.contents {
+                let key = (lw.name.clone(), well.clone());
+                if !s.volumes.contains_key(&key) {
+                    s.fill(&lw.name, well, *ul);
+                }
+            }
+        }
+    }
+
+    pub(super) async fn event(&self, run: &Run, kind: &str, payload: serde_json::Value) {
+        let (store, id, kind) = (self.store.clone(), run.id.clone(), kind.to_string());
+        let _ = blocking(move || store.append_event(&id, &kind, &payload.to_string())).await;
+    }
+
+    /// Reagent from the lab's stock added by a technician: one intervention listing every
+    /// addition of the task. In a simulated lab, the simulated technician's additions reach the
+    /// simulated liquid handlers' wells once the intervention is resolved as done.
+    pub(super) async fn add_by_hand(
+        &self,
+        run: &Run,
+        task: usize,
+        adds: &[protocols::plan::Command],
+    ) -> Result<(), String> {
+        let adds: Vec<(&str, &str, &str, f64)> = adds
+            .iter()
+            .filter_map(|c| match &c.op {
+                CommandOp::AddReagent { reagent, labware, well, volume_ul } => {
+                    Some((reagent.as_str(), labware.as_str(), well.as_str(), *volume_ul))
+                }
+                _ => None,
+            })
+            .collect();
+        let instruction = additions_text(&adds);
+        let (store, id) = (self.store.clone(), run.id.clone());
+        let text = instruction.clone();
+        let i = blocking(move || store.open_intervention(&id, Some(task as i64), None, "add reagent", &text))
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.await_resolution(&i.id).await?.as_str() {
+            "abort" => Err(format!("a technician aborted the run at `{instruction}`")),
+            _ => {
+                for state in self.lab.simulated.iter().flat_map(|s| s.liquid.values()) {
+                    if let Ok(mut s) = state.lock() {
+                        for (_, labware, well, ul) in &adds {
+                            s.fill(labware, well, *ul);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A manual step: a technician does it and says so in the console (an intervention).
+    pub(super) async fn manual(&self, run: &Run, task: usize, op: &CommandOp) -> Result<(), String> {
+        let CommandOp::Manual { instruction } = op else { return Ok(()) };
+        let i = self
+            .store
+            .open_intervention(&run.id, Some(task as i64), None, "manual step", instruction)
+            .map_err(|e| e.to_string())?;
+        match self.await_resolution(&i.id).await?.as_str() {
+            "abort" => Err(format!("a technician aborted the run at the manual step `{instruction}`")),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) async fn await_resolution(&self, id: &str) -> Result<String, String> {
+        loop {
+            let store = self.store.clone();
+            let all = blocking(move || store.interventions(None, false)).await.map_err(|e| e.to_string())?;
+            if let Some(i) = all.iter().find(|i| i.id == id && i.state != "open") {
+                return Ok(i.state.clone());
+            }
+            tokio::time::sleep(self.config.poll).await;
+        }
+    }
+
+    /// Writes a success that was waiting for the next command's intent.
+    pub(super) async fn flush(&self, pending: &mut Option<String>) -> Result<(), String> {
+        let Some(id) = pending.take() else { return Ok(()) };
+        let began = Instant::now();
+        let store = self.store.clone();
+        blocking(move || store.record_outcome(&id, "ok", None)).await.map_err(|e| e.to_string())?;
+        if let Some(t) = &self.config.flush_timings {
+            lock(t).push(began.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Sends one command with the journal: intent first, outcome after. Resends only what the
+    /// error allows; an uncertain outcome of a command that is not safe to repeat becomes an
+    /// intervention for a technician (done / redo / abort).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn command(
+        &self,
+        run: &Run,
+        task: i64,
+        index: i64,
+        instrument: &str,
+        driver: &dyn Instrument,
+        op: &CommandOp,
+        repeatable: bool,
+        pending: &mut Option<String>,
+    ) -> Result<(), String> {
+        let mut tries = 0;
+        loop {
+            let began = Instant::now();
+            let intent = Intent {
+                run_id: run.id.clone(),
+                task_id: task,
+                command_index: index,
+                instrument: instrument.into(),
+                op_json: serde_json::to_string(op).unwrap_or_default(),
+                repeatable,
+            };
+            let (store, previous) = (self.store.clone(), pending.take());
+            let attempt = blocking(move || store.record_ok_then_intent(previous.as_deref(), &intent))
+                .await
+                .map_err(|e| e.to_string())?;
+            let journal_intent = began.elapsed();
+            let result = match driver.start(op).await {
+                Ok(exec) => exec.finish().await,
+                Err(e) => Err(e),
+            };
+            let sent = Instant::now();
+            let (outcome, err) = match &result {
+                Ok(_) => ("ok", None),
+                Err(e) if e.recovery() == Recovery::Indeterminate => ("unknown", Some(e.to_string())),
+                Err(e) => ("failed", Some(e.to_string())),
+            };
+            let measured = result.as_ref().is_ok_and(|o| !o.measurements.is_empty());
+            if outcome == "ok" && !measured {
+                *pending = Some(attempt.id.clone()); // written with the next intent
+            } else {
+                let (store, aid, e2) = (self.store.clone(), attempt.id.clone(), err.clone());
+                blocking(move || store.record_outcome(&aid, outcome, e2.as_deref()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let family = if task < 0 { "robot arm" } else { family_name(op) };
+            crate::metrics::with(|m| {
+                m.commands.with_label_values(&[family, outcome]).inc();
+                m.command_seconds.with_label_values(&[family]).observe(began.elapsed().as_secs_f64());
+                m.journal_seconds.observe(journal_intent.as_secs_f64());
+            });
+            if let Some(t) = &self.config.timings {
+                if let Ok(mut t) = t.lock() {
+                    t.push(CommandTiming {
+                        family,
+                        journal: journal_intent + sent.elapsed(),
+                        instrument: sent.duration_since(began + journal_intent),
+                        total: began.elapsed(),
+                    });
+                }
+            }
+            match result {
+                Ok(out) => {
+                    for m in out.measurements {
+                        let row = ResultRow {
+                            id: crate::store::new_id("res"),
+                            run_id: run.id.clone(),
+                            task_id: task,
+                            labware: m.labware.split_once('.').map_or(m.labware.clone(), |(_, n)| n.to_string()),
+                            kind: m.kind,
+                            wells: m.wells,
+                            wavelengths_nm: m.wavelengths_nm,
+                            values: m.values,
+                            unit: m.unit,
+                            created_at: crate::store::now_ms(),
+                        };
+                        let store = self.store.clone();
+                        blocking(move || store.add_result(&row)).await.map_err(|e| e.to_string())?;
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.may_resend(repeatable) && tries < self.config.retries => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) if e.recovery() == Recovery::Indeterminate => {
+                    let i = self
+                        .store
+                        .open_intervention(
+                            &run.id,
+                            (task >= 0).then_some(task),
+                            Some(instrument),
+                            &format!("{instrument}: {e}"),
+                            "check whether the step happened: done if it did, redo to send it again, abort to stop the run",
+                        )
+                        .map_err(|e| e.to_string())?;
+                    match self.await_resolution(&i.id).await?.as_str() {
+                        "done" => return Ok(()),
+                        "redo" => continue,
+                        _ => return Err(format!("{instrument}: {e}; a technician aborted the run")),
+                    }
+                }
+                Err(e) => return Err(format!("{instrument}: {e}")),
+            }
+        }
+    }
+}
