@@ -56,9 +56,16 @@ impl Executor {
             if tenant.max_concurrent_runs.is_some_and(|max| running >= max) {
                 continue; // waits for one of the tenant's runs to finish
             }
-            let fail = |why: String, report: &mut BatchReport| {
-                let _ = self.store.set_run_state(&run.id, RunState::Failed, Some(&why));
-                report.runs.push((run.id.clone(), RunState::Failed, Some(why)));
+            // Not written (the store failing): the run stays queued and is judged again next turn.
+            let fail = |why: String, report: &mut BatchReport| match self.store.set_run_state(
+                &run.id,
+                RunState::Failed,
+                Some(&why),
+            ) {
+                Ok(_) => report.runs.push((run.id.clone(), RunState::Failed, Some(why))),
+                Err(e) => {
+                    tracing::error!(run = %run.id, error = %e, "cannot record that the run is refused; trying again")
+                }
             };
             if let Some(hours) = tenant.device_hours_per_month {
                 if used >= hours * 3600.0 {
@@ -156,8 +163,11 @@ impl Executor {
             Err(e) => {
                 for a in arrivals {
                     let why = format!("the scheduler found no plan: {}", e.0);
-                    let _ = self.store.set_run_state(&a.run.id, RunState::Failed, Some(&why));
-                    report.runs.push((a.run.id.clone(), RunState::Failed, Some(why)));
+                    match self.store.set_run_state(&a.run.id, RunState::Failed, Some(&why)) {
+                        Ok(_) => report.runs.push((a.run.id.clone(), RunState::Failed, Some(why))),
+                        // Still queued: admitted, and planned, again next turn.
+                        Err(e) => tracing::error!(run = %a.run.id, error = %e, "cannot record that no plan was found"),
+                    }
                 }
                 return Ok(None);
             }

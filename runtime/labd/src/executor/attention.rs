@@ -31,7 +31,9 @@ impl Executor {
             Ok(Ok(did)) => {
                 tracing::info!(run = %run.id, tenant = %run.tenant_id, instrument, did = %did, "instrument back in a safe state after a failed task");
                 let payload = serde_json::json!({"instrument": instrument, "did": did});
-                self.event(run, "instrument_safe", payload).await;
+                if let Err(e) = self.event(run, "instrument_safe", payload).await {
+                    tracing::error!(run = %run.id, instrument, error = %e, "the instrument is safe, but its run's history does not say so");
+                }
                 return;
             }
             Ok(Err(e)) => e.to_string(),

@@ -159,7 +159,7 @@ impl Executor {
         let task = &plan.tasks[t];
         let started = Instant::now();
         let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
-        self.event(run, "task_started", ev).await;
+        self.event(run, "task_started", ev).await?;
         if let (Some(d), Some(class)) = (driver, task.class) {
             if class == labware::InstrumentClass::LiquidHandler {
                 self.load_deck(instrument.as_deref().unwrap_or(""), plan);
@@ -220,7 +220,7 @@ impl Executor {
                 .await
                 .map_err(|e| format!("recording usage for the bill: {e}"))?;
         }
-        self.event(run, "task_finished", serde_json::json!({"task": t, "device_s": device_s})).await;
+        self.event(run, "task_finished", serde_json::json!({"task": t, "device_s": device_s})).await?;
         Ok(())
     }
 
@@ -239,9 +239,14 @@ impl Executor {
         }
     }
 
-    pub(super) async fn event(&self, run: &Run, kind: &str, payload: serde_json::Value) {
-        let (store, id, kind) = (self.store.clone(), run.id.clone(), kind.to_string());
-        let _ = blocking(move || store.append_event(&id, &kind, &payload.to_string())).await;
+    /// Appends to the run's history; an error (the store failing past its retries) is the
+    /// caller's to surface.
+    pub(super) async fn event(&self, run: &Run, kind: &str, payload: serde_json::Value) -> Result<(), String> {
+        let (store, id, k) = (self.store.clone(), run.id.clone(), kind.to_string());
+        blocking(move || store.append_event(&id, &k, &payload.to_string()))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("recording the run's `{kind}` event: {e}"))
     }
 
     /// Reagent from the lab's stock added by a technician: one intervention listing every

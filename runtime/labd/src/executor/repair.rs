@@ -274,7 +274,9 @@ impl Executor {
                     "planned_end_s": after, "was_s": b, "because": told,
                     "planned_end_at": self.clock_at(s, after), "was_at": self.clock_at(s, *b),
                 });
-                self.event(&s.runs[i].run, "rescheduled", payload).await;
+                if let Err(e) = self.event(&s.runs[i].run, "rescheduled", payload).await {
+                    tracing::error!(run = %s.runs[i].run.id, error = %e, "cannot tell the run that its end moved");
+                }
             }
         }
     }
