@@ -308,19 +308,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
             )
             .await?;
             broker.set_identities(&store.mqtt_identities().map_err(|e| e.to_string())?);
-            embedded_broker = Some(broker.clone());
-            let s = store.clone();
-            tokio::spawn(async move {
-                // Tokens this node creates or revokes take effect at once (the API updates the
-                // broker); expired ones and other nodes' changes within 2 s.
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    let s = s.clone();
-                    if let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || s.mqtt_identities()).await {
-                        broker.set_identities(&ids);
-                    }
-                }
-            });
+            embedded_broker = Some(broker);
             (config.mqtt_host.clone(), addr.port())
         }
         MqttBroker::External => (config.mqtt_host.clone(), config.mqtt_port),
@@ -339,6 +327,9 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let stop = tokio::sync::watch::channel(false);
     let health = Arc::new(crate::health::Health::default());
     let mut tasks = Vec::new();
+    if let Some(broker) = embedded_broker.clone() {
+        tasks.push(("identity refresh", tokio::spawn(refresh_identities(broker, store.clone(), stop.1.clone())), 1));
+    }
     // Several nodes: one of them relays the shared outbox at a time.
     let mut relay_lease: Option<Leased> = None;
     // The instruments this node drives, for the API and the console.
@@ -351,6 +342,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
         for run in executor.recover()? {
             tracing::warn!(run = %run, "run interrupted by the last stop; marked failed (see its events)");
+            // Also in the start-up lines, for the person who restarted labd.
+            println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
         }
         let board = executor.board();
         let exec_task = tokio::spawn(supervise(executor, health.clone(), stop.1.clone()));
@@ -823,6 +816,27 @@ pub async fn serve_api(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| format!("gRPC server: {e}"))
+}
+
+/// Tokens this node creates or revokes reach the embedded broker at once (the API tells it);
+/// expired ones and other nodes' changes within 2 s, from the store. Until `stop`.
+async fn refresh_identities(
+    broker: crate::telemetry::broker::Broker,
+    store: Arc<dyn Store>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = stop.changed() => return,
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.mqtt_identities()).await {
+            Ok(Ok(ids)) => broker.set_identities(&ids),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read MQTT identities; the broker keeps the ones it has"),
+            Err(e) => tracing::warn!(error = %e, "the MQTT identity refresh stopped; trying again"),
+        }
+    }
 }
 
 /// Ends a helper task when the server it serves returns.
