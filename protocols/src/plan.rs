@@ -26,6 +26,25 @@ pub struct RunPlan {
     pub max_lags: Vec<MaxLag>,
 }
 
+impl RunPlan {
+    /// The same plan with every labware name made unique across runs (`<prefix>.<name>`): two
+    /// tenants' "plate" are different plates to the arm and the liquid handler.
+    pub fn scoped(&self, prefix: &str) -> RunPlan {
+        let name = |s: &mut String| *s = format!("{prefix}.{s}");
+        let mut plan = self.clone();
+        for l in &mut plan.labware {
+            name(&mut l.name);
+        }
+        for t in &mut plan.tasks {
+            t.holds.iter_mut().for_each(name);
+            for c in &mut t.commands {
+                c.op.labware_mut().into_iter().for_each(name);
+            }
+        }
+        plan
+    }
+}
+
 /// A labware item the run uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanLabware {
@@ -122,6 +141,38 @@ pub enum CommandOp {
     Centrifuge { labware: String, g: f64, duration_s: f64 },
     Wait { duration_s: f64 },
     Manual { instruction: String },
+}
+
+impl CommandOp {
+    /// The labware this command names (a tip rack for a pick-up), to rename it. A nest a plate
+    /// moves to is a place, not labware, and is not among them.
+    pub fn labware_mut(&mut self) -> Option<&mut String> {
+        use CommandOp::*;
+        match self {
+            PickUpTip { rack, .. } => Some(rack),
+            Aspirate { labware, .. }
+            | Dispense { labware, .. }
+            | Mix { labware, .. }
+            | BlowOut { labware, .. }
+            | MoveLabware { labware, .. }
+            | AddReagent { labware, .. }
+            | Incubate { labware, .. }
+            | Shake { labware, .. }
+            | Seal { labware }
+            | Peel { labware }
+            | Cover { labware }
+            | Uncover { labware }
+            | ReadAbsorbance { labware, .. }
+            | ReadFluorescence { labware, .. }
+            | ReadLuminescence { labware, .. }
+            | Centrifuge { labware, .. } => Some(labware),
+            MoveTo { labware, .. }
+            | SetTemperature { labware, .. }
+            | WaitForTemperature { labware }
+            | SetShakeSpeed { labware, .. } => labware.as_mut(),
+            DropTip { .. } | Home | StopShaking | StopHeating | Latch { .. } | Wait { .. } | Manual { .. } => None,
+        }
+    }
 }
 
 /// "Task `to` starts at most `max_s` seconds after task `from` ends."

@@ -833,3 +833,32 @@ fn autoprotocol_dispense_column_out_of_range_is_a_diagnostic() {
         );
     }
 }
+
+/// Scoping a plan renames every labware reference and nothing else: the names in the labware
+/// list, in what tasks hold, in every command that names labware (a tip rack included); never a
+/// nest a plate moves to.
+#[test]
+fn a_scoped_plan_renames_every_labware_reference() {
+    let text = std::fs::read_to_string(root().join("examples/elisa.yaml")).unwrap();
+    let plan = run("examples/elisa.yaml", &text).plan.unwrap();
+    let scoped = plan.scoped("r1");
+    assert!(scoped.labware.iter().all(|l| l.name.starts_with("r1.")));
+    assert!(scoped.tasks.iter().flat_map(|t| &t.holds).all(|h| h.starts_with("r1.")));
+    let mut named = 0;
+    for (t, s) in plan.tasks.iter().zip(&scoped.tasks) {
+        for (c, sc) in t.commands.iter().zip(&s.commands) {
+            let (mut before, mut after) = (c.op.clone(), sc.op.clone());
+            match (before.labware_mut(), after.labware_mut()) {
+                (Some(b), Some(a)) => {
+                    assert_eq!(*a, format!("r1.{b}"));
+                    named += 1;
+                    *a = b.clone(); // with the name put back, nothing else differs
+                }
+                (None, None) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(before, after);
+        }
+    }
+    assert!(named > 50, "{named}");
+}

@@ -232,13 +232,13 @@ impl Api {
             for r in &queue {
                 let Ok(rp) = serde_json::from_str::<protocols::plan::RunPlan>(&r.plan_json) else { continue };
                 let short = r.id.trim_start_matches("run_").chars().take(8).collect::<String>();
-                let Ok(rp) = crate::executor::scoped(&rp, &short) else { continue };
+                let rp = rp.scoped(&short);
                 // A run that cannot be modelled is left out of the estimate, which errs early.
                 if p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp).is_err() {
                     continue;
                 }
             }
-            let plan = crate::executor::scoped(&plan, "quote").map_err(Status::internal)?;
+            let plan = plan.scoped("quote");
             let me = p
                 .add_plan("quote", &tenant, 1.0, 0.0, &plan)
                 .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;

@@ -5,7 +5,7 @@
 //! their planned durations, so the repaired plan is what runs. The report is pure data; the
 //! caller writes it out.
 
-use crate::executor::{destination, scoped, ExecutorConfig};
+use crate::executor::{destination, ExecutorConfig};
 use labware::Site;
 use protocols::plan::RunPlan;
 use scheduler::lab::replan::{Event, Planner};
@@ -245,7 +245,7 @@ pub fn simulate_with(site: &Site, workload: &Workload, tenants: usize, effort: E
     let start = arrivals[0].0;
     let model = |n: usize, (at, t, p): (f64, usize, usize)| -> Result<Run, String> {
         let id = format!("run-{n:05}");
-        let plan = scoped(&workload.protocols[p].1, &format!("{n:05}"))?;
+        let plan = workload.protocols[p].1.scoped(&format!("{n:05}"));
         Ok(Run::from_plan(&id, &tenant_name(t), 1.0, at - start, &plan))
     };
     let first: Vec<_> = arrivals.iter().take_while(|a| a.0 == start).copied().collect();

@@ -336,41 +336,6 @@ fn burst_settled(burst: &mut Option<(usize, Instant, Instant)>, count: usize, ti
     now.duration_since(*changed) >= tick * 2 || now.duration_since(*first) >= Duration::from_millis(500)
 }
 
-/// Rewrites a plan so its labware names are unique across runs (`<prefix>.<name>`): two tenants'
-/// "plate" are different plates to the arm and the liquid handler.
-pub fn scoped(plan: &RunPlan, prefix: &str) -> Result<RunPlan, String> {
-    let mut v = serde_json::to_value(plan).map_err(|e| e.to_string())?;
-    let name = |s: &str| format!("{prefix}.{s}");
-    if let Some(lw) = v.get_mut("labware").and_then(|l| l.as_array_mut()) {
-        for l in lw {
-            if let Some(n) = l.get("name").and_then(|n| n.as_str()).map(name) {
-                l["name"] = n.into();
-            }
-        }
-    }
-    if let Some(tasks) = v.get_mut("tasks").and_then(|t| t.as_array_mut()) {
-        for t in tasks {
-            if let Some(h) = t.get_mut("holds").and_then(|h| h.as_array_mut()) {
-                for x in h.iter_mut() {
-                    if let Some(n) = x.as_str().map(name) {
-                        *x = n.into();
-                    }
-                }
-            }
-            if let Some(cmds) = t.get_mut("commands").and_then(|c| c.as_array_mut()) {
-                for c in cmds {
-                    for key in ["labware", "rack"] {
-                        if let Some(n) = c.get(key).and_then(|x| x.as_str()).map(name) {
-                            c[key] = n.into();
-                        }
-                    }
-                }
-            }
-        }
-    }
-    serde_json::from_value(v).map_err(|e| e.to_string())
-}
-
 /// Drives runs on a lab.
 #[derive(Debug, Clone)]
 pub struct Executor {

@@ -85,7 +85,7 @@ impl Executor {
                 }
             };
             let short = run.id.trim_start_matches("run_").chars().take(8).collect::<String>();
-            let plan = scoped(&plan, &short)?;
+            let plan = plan.scoped(&short);
             // Priority p doubles the tenant's fairness weight p times (−3 to 3): served sooner.
             let weight = tenant.weight * 2f64.powi(tenant.priority.clamp(-3, 3) as i32);
             let model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, weight, 0.0, &plan);
