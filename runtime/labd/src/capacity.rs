@@ -5,7 +5,7 @@
 //! their planned durations, so the repaired plan is what runs. The report is pure data; the
 //! caller writes it out.
 
-use crate::executor::{destination, ExecutorConfig};
+use crate::executor::ExecutorConfig;
 use labware::Site;
 use protocols::plan::RunPlan;
 use scheduler::lab::replan::{Event, Planner};
@@ -263,15 +263,9 @@ pub fn simulate_with(site: &Site, workload: &Workload, tenants: usize, effort: E
         }
         // As the executor does: a plate already on its way pins the task it is going to.
         let now = a.0 - start;
-        let en_route: Vec<_> = planner
-            .schedule
-            .moves
-            .iter()
-            .filter(|m| m.start < now && m.to != planner.problem.storage)
-            .filter_map(|m| destination(&planner, m).map(|t| (m.run, t)))
-            .collect();
-        for (r, t) in en_route {
-            planner.pin_task(r, t);
+        let en_route: Vec<_> = planner.schedule.moves.iter().filter(|m| m.start < now).copied().collect();
+        for m in &en_route {
+            planner.pin_en_route(m);
         }
         let run = model(n, *a)?;
         planner

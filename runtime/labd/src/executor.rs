@@ -201,15 +201,6 @@ fn reason(s: &Session, change: &Change) -> Option<Reason> {
     })
 }
 
-/// The task a plate move delivers to: the plate's next task after the move.
-pub(crate) fn destination(p: &Planner, m: &MoveSlot) -> Option<usize> {
-    let run = p.problem.runs.get(m.run)?;
-    let slots = p.schedule.tasks.get(m.run)?;
-    (0..run.tasks.len())
-        .filter(|&t| run.tasks[t].plates.contains(&m.plate) && slots[t].start >= m.end - 1e-6)
-        .min_by(|&a, &b| slots[a].start.total_cmp(&slots[b].start))
-}
-
 fn family_name(op: &CommandOp) -> &'static str {
     match family(op) {
         Family::LiquidHandler => "liquid handler",

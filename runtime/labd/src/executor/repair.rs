@@ -188,11 +188,7 @@ impl Executor {
         for key in &started {
             match s.jobs.get(key) {
                 Some(Job::Task { run, task, .. }) => s.planner.pin_task(*run, *task),
-                Some(Job::Move(m)) if m.to != s.planner.problem.storage => {
-                    if let Some(t) = destination(&s.planner, m) {
-                        s.planner.pin_task(m.run, t);
-                    }
-                }
+                Some(Job::Move(m)) => s.planner.pin_en_route(m),
                 _ => {}
             }
         }
@@ -353,7 +349,7 @@ impl Executor {
             Job::Move(m) => {
                 let arm = p.arms.get(m.arm).map(|a| a.id.clone());
                 let target = (m.to != p.storage)
-                    .then(|| destination(&s.planner, m))
+                    .then(|| s.planner.destination(m))
                     .flatten()
                     .and_then(|t| s.planner.schedule.tasks[m.run][t].resource)
                     .and_then(|r| p.resources.get(r))

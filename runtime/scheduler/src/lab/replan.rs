@@ -152,6 +152,26 @@ impl Planner {
         }
     }
 
+    /// The task a plate move delivers to: the plate's next task after the move.
+    pub fn destination(&self, m: &super::solve::MoveSlot) -> Option<usize> {
+        let run = self.problem.runs.get(m.run)?;
+        let slots = self.schedule.tasks.get(m.run)?;
+        (0..run.tasks.len())
+            .filter(|&t| run.tasks[t].plates.contains(&m.plate) && slots[t].start >= m.end - 1e-6)
+            .min_by(|&a, &b| slots[a].start.total_cmp(&slots[b].start))
+    }
+
+    /// A plate that has set off (the move started) pins the task it is going to, so a repair
+    /// never strands it; a plate going back to storage pins nothing.
+    pub fn pin_en_route(&mut self, m: &super::solve::MoveSlot) {
+        if m.to == self.problem.storage {
+            return;
+        }
+        if let Some(t) = self.destination(m) {
+            self.pin_task(m.run, t);
+        }
+    }
+
     /// A pin for a task as currently planned, with the moves that bring its plates.
     fn make_pin(&self, ri: usize, ti: usize) -> Pin {
         let slot = self.schedule.tasks[ri][ti];
