@@ -32,8 +32,15 @@ pub fn now_ms() -> Millis {
 
 /// A fresh identifier with a readable prefix (`run_…`, `ten_…`).
 pub fn new_id(prefix: &str) -> String {
-    let u = devices::sila::uuid_v4().replace('-', "");
-    format!("{prefix}_{}", &u[..20])
+    // 80 bits from the operating system's random source: ids are not guessable. Should the OS
+    // have none to give (it always has on Linux), a process-local fallback keeps ids unique.
+    let mut bytes = [0u8; 10];
+    if getrandom::fill(&mut bytes).is_err() {
+        let u = devices::sila::uuid_v4().replace('-', "");
+        return format!("{prefix}_{}", &u[..20]);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}_{hex}")
 }
 
 /// Store failures.

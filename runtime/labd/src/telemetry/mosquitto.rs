@@ -6,39 +6,13 @@
 
 use super::{MqttIdentity, RUNTIME_USER};
 use base64::Engine;
-use sha2::{Digest, Sha512};
+use subtle::ConstantTimeEq;
 
 const ITERATIONS: u32 = 101;
 
-fn hmac_sha512(key: &[u8], message: &[u8]) -> [u8; 64] {
-    const BLOCK: usize = 128;
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..64].copy_from_slice(&Sha512::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let (mut inner, mut outer) = (Sha512::new(), Sha512::new());
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(message);
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
-
 /// PBKDF2-HMAC-SHA512 with one 64-byte output block.
 fn pbkdf2_sha512(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 64] {
-    let mut first = salt.to_vec();
-    first.extend_from_slice(&1u32.to_be_bytes());
-    let mut u = hmac_sha512(password, &first);
-    let mut out = u;
-    for _ in 1..iterations {
-        u = hmac_sha512(password, &u);
-        for (o, x) in out.iter_mut().zip(u) {
-            *o ^= x;
-        }
-    }
-    out
+    pbkdf2::pbkdf2_hmac_array::<sha2::Sha512, 64>(password, salt, iterations)
 }
 
 /// The `$7$` hash of a password with this salt.
@@ -64,8 +38,10 @@ pub fn verify(password: &str, hash: &str) -> bool {
     else {
         return false;
     };
-    let b64 = base64::engine::general_purpose::STANDARD;
-    b64.encode(pbkdf2_sha512(password.as_bytes(), &salt, iterations)) == *expected
+    let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(expected) else { return false };
+    // In constant time: how much of a guess matched must not show in how long the check took.
+    let got = pbkdf2_sha512(password.as_bytes(), &salt, iterations);
+    got.as_slice().ct_eq(expected.as_slice()).into()
 }
 
 /// A random password (192 bits, URL-safe).
