@@ -303,10 +303,10 @@ impl Executor {
 
     pub(super) async fn await_resolution(&self, id: &str) -> Result<String, String> {
         loop {
-            let store = self.store.clone();
-            let all = blocking(move || store.interventions(None, false)).await.map_err(|e| e.to_string())?;
-            if let Some(i) = all.iter().find(|i| i.id == id && i.state != "open") {
-                return Ok(i.state.clone());
+            let (store, iid) = (self.store.clone(), id.to_string());
+            let i = blocking(move || store.intervention(&iid)).await.map_err(|e| e.to_string())?;
+            if i.state != "open" {
+                return Ok(i.state);
             }
             tokio::time::sleep(self.config.poll).await;
         }

@@ -334,6 +334,8 @@ pub fn interventions_resolve_once(s: &dyn Store) {
     assert!(matches!(s.resolve_intervention(&i.id, "done", "tech-2"), Err(StoreError::Conflict(_))), "resolved once");
     assert!(s.resolve_intervention(&i.id, "later", "t").is_err());
     assert_eq!(s.interventions(None, true).unwrap().len(), 0);
+    assert_eq!(s.intervention(&i.id).unwrap(), done, "one by id, as resolved");
+    assert!(matches!(s.intervention("int_none"), Err(StoreError::NotFound(_))));
     let kinds: Vec<String> = s.events(None, &r.id, 0).unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec!["submitted", "intervention", "intervention_resolved"]);
 }

@@ -388,6 +388,8 @@ pub trait Store: Send + Sync {
         todo: &str,
     ) -> Result<Intervention>;
     fn interventions(&self, tenant: Option<&str>, only_open: bool) -> Result<Vec<Intervention>>;
+    /// One intervention by id (any tenant's: the executor's and technicians' view).
+    fn intervention(&self, id: &str) -> Result<Intervention>;
     /// Resolves as `done`, `redo` or `abort`, once.
     fn resolve_intervention(&self, id: &str, resolution: &str, by: &str) -> Result<Intervention>;
 

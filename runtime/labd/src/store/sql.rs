@@ -971,6 +971,17 @@ impl<D: Db> Store for SqlStore<D> {
         })
     }
 
+    fn intervention(&self, id: &str) -> Result<Intervention> {
+        self.read(|c| {
+            c.query_one(
+                &format!("SELECT {INTERVENTION_COLS} FROM interventions i WHERE i.id = ?1"),
+                &params![id],
+                &format!("intervention {id}"),
+            )
+            .and_then(|r| intervention_row(&r))
+        })
+    }
+
     fn resolve_intervention(&self, id: &str, resolution: &str, by: &str) -> Result<Intervention> {
         if !matches!(resolution, "done" | "redo" | "abort") {
             return Err(StoreError::Invalid(format!("resolution `{resolution}`: use done, redo or abort")));
