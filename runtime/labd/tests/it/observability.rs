@@ -85,3 +85,15 @@ fn the_log_is_structured_json_and_the_metrics_move_when_a_run_executes() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The config the systemd unit and the container image use is one labd accepts, and it logs JSON.
+#[test]
+fn the_deployment_config_is_valid() {
+    let c = labd::serve::Config::load(&root().join("deploy/labd.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.log_format, labd::logging::LogFormat::Json);
+    assert_eq!(c.data_dir, std::path::PathBuf::from("/var/lib/labwright"));
+    let unit = std::fs::read_to_string(root().join("deploy/labd.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/labd serve --config /etc/labwright/labd.toml"));
+    let image = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    assert!(image.contains("USER labwright") && image.contains("HEALTHCHECK") && image.contains("/healthz"));
+}
