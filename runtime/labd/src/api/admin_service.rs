@@ -1,0 +1,211 @@
+//! The Admin service: tenants, tokens, quotas, reservations, usage (admins only).
+
+use super::*;
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Api {
+    async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> Result<Response<pb::TenantInfo>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let weight = if r.weight == 0.0 { 1.0 } else { r.weight };
+        let store = self.store.clone();
+        let t = blocking(move || store.create_tenant(&r.name, weight)).await?;
+        Ok(Response::new(tenant_info(t)))
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let store = self.store.clone();
+        let ts = blocking(move || store.tenants()).await?;
+        Ok(Response::new(pb::ListTenantsResponse { tenants: ts.into_iter().map(tenant_info).collect() }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let role = Role::parse(&r.role).map_err(status)?;
+        let tenant = if r.tenant.is_empty() {
+            None
+        } else {
+            let (store, name) = (self.store.clone(), r.tenant.clone());
+            Some(blocking(move || store.tenant_by_name(&name)).await?)
+        };
+        if r.ttl_s < 0 {
+            return Err(Status::invalid_argument(
+                "ttl_s must be positive (seconds), or 0 for a token that does not expire",
+            ));
+        }
+        let expires = (r.ttl_s > 0).then(|| store::now_ms().saturating_add(r.ttl_s.saturating_mul(1000)));
+        let token = new_token().map_err(Status::internal)?;
+        let mqtt_user = format!("lw-{}", &token_hash(&token)[..16]);
+        let mqtt_password = crate::telemetry::mosquitto::new_password().map_err(Status::internal)?;
+        let mqtt_hash = crate::telemetry::mosquitto::password_hash(&mqtt_password).map_err(Status::internal)?;
+        let (store, hash, tid) = (self.store.clone(), token_hash(&token), tenant.as_ref().map(|t| t.id.clone()));
+        let (user, tid2) = (mqtt_user.clone(), tid.clone());
+        let p = blocking(move || {
+            let p = store.create_principal(tid.as_deref(), role, &hash, Some((&user, &mqtt_hash)))?;
+            if let Some(at) = expires {
+                store.set_principal_expiry(&p.id, at)?;
+            }
+            Ok(p)
+        })
+        .await?;
+        self.refresh_mqtt_identities().await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            principal_id: p.id,
+            role: role.as_str().into(),
+            tenant: r.tenant,
+            expires_at_ms: expires.unwrap_or(0),
+            mqtt_topics: crate::telemetry::MqttIdentity {
+                username: mqtt_user.clone(),
+                password_hash: String::new(),
+                role,
+                tenant_id: tid2,
+            }
+            .reads()
+            .join(" "),
+            mqtt_username: mqtt_user,
+            mqtt_password,
+            mqtt_host: self.mqtt_broker.as_ref().map(|b| b.0.clone()).unwrap_or_default(),
+            mqtt_port: self.mqtt_broker.as_ref().map_or(0, |b| u32::from(b.1)),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let (store, id) = (self.store.clone(), req.into_inner().principal_id);
+        blocking(move || store.revoke_principal(&id)).await?;
+        self.refresh_mqtt_identities().await?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn set_quotas(&self, req: Request<pb::SetQuotasRequest>) -> Result<Response<pb::TenantInfo>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        if r.max_concurrent_runs < 0 || !(r.device_hours_per_month >= 0.0 && r.device_hours_per_month.is_finite()) {
+            return Err(Status::invalid_argument("quotas are 0 (no limit) or positive"));
+        }
+        let store = self.store.clone();
+        let t = blocking(move || {
+            let t = store.tenant_by_name(&r.tenant)?;
+            let runs = (r.max_concurrent_runs > 0).then_some(r.max_concurrent_runs);
+            let hours = (r.device_hours_per_month > 0.0).then_some(r.device_hours_per_month);
+            store.set_quotas(&t.id, runs, hours, r.priority)?;
+            store.tenant(&t.id)
+        })
+        .await?;
+        Ok(Response::new(tenant_info(t)))
+    }
+
+    async fn reserve(&self, req: Request<pb::ReserveRequest>) -> Result<Response<pb::ReservationInfo>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let known = self.site.instruments.iter().any(|i| i.id == r.instrument || i.class.as_str() == r.instrument);
+        if !known {
+            return Err(Status::not_found(format!(
+                "no instrument or instrument class `{}` at this site",
+                r.instrument
+            )));
+        }
+        if r.ends_at_ms <= r.starts_at_ms {
+            return Err(Status::invalid_argument("a reservation must end after it starts (ends_at_ms > starts_at_ms)"));
+        }
+        let store = self.store.clone();
+        let row = blocking(move || {
+            let t = store.tenant_by_name(&r.tenant)?;
+            let row = store::Reservation {
+                id: store::new_id("rsv"),
+                tenant_id: t.id,
+                instrument_class: r.instrument,
+                starts_at: r.starts_at_ms,
+                ends_at: r.ends_at_ms,
+            };
+            store.add_reservation(&row)?;
+            Ok((row, t.name))
+        })
+        .await?;
+        Ok(Response::new(reservation_info(row.0, row.1)))
+    }
+
+    async fn reservations(
+        &self,
+        req: Request<pb::ReservationsRequest>,
+    ) -> Result<Response<pb::ReservationsResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let (page_size, page_token) = (r.page_size, r.page_token.clone());
+        let store = self.store.clone();
+        let (rows, tenants) = blocking(move || {
+            let tid = if r.tenant.is_empty() { None } else { Some(store.tenant_by_name(&r.tenant)?.id) };
+            Ok((store.reservations(tid.as_deref())?, store.tenants()?))
+        })
+        .await?;
+        let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(String::new(), |t| t.name.clone());
+        let (rows, next_page_token) =
+            crate::paging::after_key(rows, |x| (x.starts_at, x.id.as_str()), page_size, &page_token)
+                .map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::ReservationsResponse {
+            reservations: rows
+                .into_iter()
+                .map(|x| {
+                    let n = name(&x.tenant_id);
+                    reservation_info(x, n)
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
+        Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
+        let store = self.store.clone();
+        let (lines, tenants) = blocking(move || {
+            let tid = if r.tenant.is_empty() { None } else { Some(store.tenant_by_name(&r.tenant)?.id) };
+            Ok((store.usage(tid.as_deref(), r.since_ms)?, store.tenants()?))
+        })
+        .await?;
+        let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(id.to_string(), |t| t.name.clone());
+        Ok(Response::new(pb::UsageResponse {
+            lines: lines
+                .into_iter()
+                .map(|u| pb::UsageLine {
+                    tenant: name(&u.tenant_id),
+                    instrument_class: u.instrument_class,
+                    device_hours: u.device_seconds / 3600.0,
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn reservation_info(r: store::Reservation, tenant: String) -> pb::ReservationInfo {
+    pb::ReservationInfo {
+        id: r.id,
+        tenant,
+        instrument: r.instrument_class,
+        starts_at_ms: r.starts_at,
+        ends_at_ms: r.ends_at,
+    }
+}
+
+fn tenant_info(t: store::Tenant) -> pb::TenantInfo {
+    pb::TenantInfo {
+        id: t.id,
+        name: t.name,
+        weight: t.weight,
+        max_concurrent_runs: t.max_concurrent_runs.unwrap_or(0),
+        device_hours_per_month: t.device_hours_per_month.unwrap_or(0.0),
+        priority: t.priority,
+    }
+}

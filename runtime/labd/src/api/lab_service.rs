@@ -1,0 +1,165 @@
+//! The Lab service: instruments, maintenance, the schedule and interventions, for technicians
+//! (a scientist sees their own runs' schedule and interventions).
+
+use super::*;
+
+fn intervention(i: store::Intervention) -> pb::InterventionInfo {
+    pb::InterventionInfo {
+        id: i.id,
+        run_id: i.run_id,
+        instrument: i.instrument.unwrap_or_default(),
+        what: i.what,
+        todo: i.todo,
+        state: i.state,
+        created_at_ms: i.created_at,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lab_server::Lab for Api {
+    async fn instruments(
+        &self,
+        req: Request<pb::InstrumentsRequest>,
+    ) -> Result<Response<pb::InstrumentsResponse>, Status> {
+        Self::staff(&self.caller(&req).await?, "instrument status")?;
+        let mut out = Vec::new();
+        {
+            for inst in &self.site.instruments {
+                let Some(d) = self.lab.instrument(&inst.id) else { continue };
+                out.push(self.instrument_info(inst, d.as_ref()).await);
+            }
+            // Arms from what the executor has them doing (asking the arm itself would wait
+            // behind the move it is making).
+            for arm in &self.site.arms {
+                let Some(connected) = self.lab.arm(&arm.id) else { continue }; // another node's cell
+                let now = self.board.as_ref().and_then(|b| b.running(&arm.id));
+                let flag = self.board.as_ref().and_then(|b| b.unavailable(&arm.id));
+                let (state, detail, run_id) = match (flag, now) {
+                    (Some(f), _) => {
+                        let (kind, why) = f.split_once(": ").unwrap_or((f.as_str(), ""));
+                        (kind.to_string(), why.to_string(), String::new())
+                    }
+                    (None, Some((run, label))) => ("busy".to_string(), format!("moving a plate {label}"), run),
+                    (None, None) if connected => ("idle".into(), String::new(), String::new()),
+                    (None, None) => ("offline".into(), "not connected".into(), String::new()),
+                };
+                out.push(pb::InstrumentInfo {
+                    id: arm.id.clone(),
+                    class: labware::InstrumentClass::RobotArm.as_str().into(),
+                    state,
+                    temperature_c: f64::NAN,
+                    detail,
+                    run_id,
+                });
+            }
+        }
+        Ok(Response::new(pb::InstrumentsResponse { instruments: out }))
+    }
+
+    async fn interventions(
+        &self,
+        req: Request<pb::InterventionsRequest>,
+    ) -> Result<Response<pb::InterventionsResponse>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.into_inner();
+        let all = r.include_resolved;
+        let store = self.store.clone();
+        let list = blocking(move || store.interventions(Self::scope(&who).as_deref(), !all)).await?;
+        let (page, next_page_token) =
+            crate::paging::after_key(list, |i| (i.created_at, i.id.as_str()), r.page_size, &r.page_token)
+                .map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::InterventionsResponse {
+            interventions: page.into_iter().map(intervention).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn set_maintenance(
+        &self,
+        req: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::InstrumentInfo>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "maintenance")?;
+        let r = req.into_inner();
+        let inst = self
+            .site
+            .instruments
+            .iter()
+            .find(|i| i.id == r.instrument)
+            .ok_or_else(|| {
+                let ids: Vec<&str> = self.site.instruments.iter().map(|i| i.id.as_str()).collect();
+                Status::not_found(format!("no instrument `{}` at this site; it has {}", r.instrument, ids.join(", ")))
+            })?
+            .clone();
+        if r.on && r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("say why the instrument goes into maintenance (reason)"));
+        }
+        if r.reason.chars().count() > MAX_REASON_CHARS {
+            return Err(Status::invalid_argument(format!(
+                "the reason is {} characters long; the limit is {MAX_REASON_CHARS}",
+                r.reason.chars().count()
+            )));
+        }
+        let (store, id, reason, by) = (self.store.clone(), inst.id.clone(), r.reason.clone(), who.id.clone());
+        blocking(move || store.set_maintenance(&id, r.on.then_some((reason.as_str(), by.as_str())))).await?;
+        if let Some(b) = &self.board {
+            // The executor takes it from here; the board shows it at once.
+            b.set_unavailable(&inst.id, r.on.then(|| format!("maintenance: {}", r.reason)));
+        }
+        let info = match self.lab.instrument(&inst.id) {
+            Some(d) => self.instrument_info(&inst, d.as_ref()).await,
+            None => pb::InstrumentInfo {
+                id: inst.id.clone(),
+                class: inst.class.as_str().into(),
+                state: if r.on { "maintenance".into() } else { "offline".into() },
+                temperature_c: f64::NAN,
+                detail: r.reason,
+                run_id: String::new(),
+            },
+        };
+        Ok(Response::new(info))
+    }
+
+    async fn schedule(&self, req: Request<pb::ScheduleRequest>) -> Result<Response<pb::ScheduleResponse>, Status> {
+        let who = self.caller(&req).await?;
+        let scope = Self::scope(&who);
+        let r = req.into_inner();
+        let store = self.store.clone();
+        let tenants = blocking(move || store.tenants()).await?;
+        let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(String::new(), |t| t.name.clone());
+        let slots = self
+            .board
+            .as_ref()
+            .map(|b| b.schedule())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| scope.as_deref().is_none_or(|t| t == s.tenant_id))
+            .map(|s| pb::ScheduleSlot {
+                tenant: if scope.is_some() { String::new() } else { name(&s.tenant_id) },
+                lane: s.lane,
+                run_id: s.run_id,
+                kind: s.kind.into(),
+                label: s.label,
+                planned_start_ms: s.planned_start_ms,
+                planned_end_ms: s.planned_end_ms,
+                started_ms: s.started_ms.unwrap_or(0),
+                finished_ms: s.finished_ms.unwrap_or(0),
+                state: s.state.into(),
+            })
+            .collect();
+        let (slots, next_page_token) =
+            crate::paging::by_offset(slots, r.page_size, &r.page_token).map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::ScheduleResponse { now_ms: store::now_ms(), slots, next_page_token }))
+    }
+
+    async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::InterventionInfo>, Status> {
+        let who = self.caller(&req).await?;
+        if who.role == Role::Scientist {
+            return Err(Status::permission_denied("interventions are resolved by technicians and admins"));
+        }
+        let r = req.into_inner();
+        let store = self.store.clone();
+        let i = blocking(move || store.resolve_intervention(&r.id, &r.resolution, &who.id)).await?;
+        Ok(Response::new(intervention(i)))
+    }
+}
