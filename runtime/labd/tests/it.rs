@@ -441,19 +441,47 @@ fn rand_suffix() -> u64 {
 
 /// `labd serve` on its own config (extra `labd.toml` lines), started by `launcher` (e.g.
 /// `prlimit`): (process, broker port, admin token, API url, data dir).
-fn serve_with(name: &str, extra: &str, launcher: &[&str]) -> (Reap, u16, String, String, PathBuf) {
-    let dir = fresh_dir(name);
+/// Every command op the compiler can emit for an instrument (the contract's list).
+const COMPILER_OPS: [&str; 19] = [
+    "pick_up_tip",
+    "aspirate",
+    "dispense",
+    "mix",
+    "drop_tip",
+    "incubate",
+    "shake",
+    "seal",
+    "peel",
+    "read_absorbance",
+    "read_fluorescence",
+    "read_luminescence",
+    "centrifuge",
+    "set_temperature",
+    "wait_for_temperature",
+    "set_shake_speed",
+    "stop_shaking",
+    "stop_heating",
+    "latch",
+];
+
+/// A test node's `labd.toml` in `dir`: data in `dir/data`, a free API port, 1/1000 of real time,
+/// an MQTT port of labd's choosing, the console at `console` (`off`, `127.0.0.1:0`), then
+/// `extra` keys. Returns (the config file, the data dir, the API port).
+fn labd_toml(dir: &Path, console: &str, extra: &str) -> (PathBuf, PathBuf, u16) {
     let api_port = free_port();
     let data = dir.join("data");
     let config = dir.join("labd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\nconsole_listen = \"off\"\n{extra}",
-            data.display().to_string()
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\nconsole_listen = {console:?}\n{extra}",
+        data.display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, data, api_port)
+}
+
+fn serve_with(name: &str, extra: &str, launcher: &[&str]) -> (Reap, u16, String, String, PathBuf) {
+    let dir = fresh_dir(name);
+    let (config, data, api_port) = labd_toml(&dir, "off", extra);
     let mut cmd = Command::new(launcher.first().copied().unwrap_or(env!("CARGO_BIN_EXE_labd")));
     if !launcher.is_empty() {
         cmd.args(&launcher[1..]).arg(env!("CARGO_BIN_EXE_labd"));

@@ -34,18 +34,10 @@ fn rss_kib(pid: u32) -> u64 {
 fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     let _machine = heavy();
     let dir = fresh_dir("chaos");
-    let data = dir.join("data");
-    let api_port = free_port();
-    let config = dir.join("labd.toml");
     // Each liquid handler fails the hostile 500 µL aspirate once; labd gets 256 file handles.
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\nconsole_listen = \"127.0.0.1:0\"\n[sim_faults]\nlh1 = \"error_once=G0 B10.75:ERR_INJECTED\"\nlh2 = \"error_once=G0 B10.75:ERR_INJECTED\"\n",
-            data.display().to_string()
-        ),
-    )
-    .unwrap();
+    let faults =
+        "[sim_faults]\nlh1 = \"error_once=G0 B10.75:ERR_INJECTED\"\nlh2 = \"error_once=G0 B10.75:ERR_INJECTED\"\n";
+    let (config, data, api_port) = labd_toml(&dir, "127.0.0.1:0", faults);
     let mut cmd = Command::new("prlimit");
     cmd.args(["--nofile=256:256", env!("CARGO_BIN_EXE_labd"), "serve", "--config"]).arg(&config).current_dir(&dir);
     let (server, seen) = listening(&mut cmd);

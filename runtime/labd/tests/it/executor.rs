@@ -155,27 +155,7 @@ fn contract_every_command_runs_on_every_instrument_the_compiler_allows() {
         }
     }
     let ops: std::collections::BTreeSet<&str> = claims.iter().map(|(op, _)| op.as_str()).collect();
-    for op in [
-        "pick_up_tip",
-        "aspirate",
-        "dispense",
-        "mix",
-        "drop_tip",
-        "incubate",
-        "shake",
-        "seal",
-        "peel",
-        "read_absorbance",
-        "read_fluorescence",
-        "read_luminescence",
-        "centrifuge",
-        "set_temperature",
-        "wait_for_temperature",
-        "set_shake_speed",
-        "stop_shaking",
-        "stop_heating",
-        "latch",
-    ] {
+    for op in COMPILER_OPS {
         assert!(ops.contains(op), "no snippet makes the compiler emit `{op}`: {ops:?}");
     }
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -6,17 +6,7 @@ use super::*;
 #[test]
 fn the_log_is_structured_json_and_the_metrics_move_when_a_run_executes() {
     let dir = fresh_dir("json-log");
-    let data = dir.join("data");
-    let api_port = free_port();
-    let config = dir.join("labd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\nconsole_listen = \"127.0.0.1:0\"\nlog_format = \"json\"\nlog_level = \"info\"\n",
-            data.display().to_string()
-        ),
-    )
-    .unwrap();
+    let (config, data, api_port) = labd_toml(&dir, "127.0.0.1:0", "log_format = \"json\"\nlog_level = \"info\"\n");
     let log = dir.join("stderr.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_labd"));
     cmd.args(["serve", "--config"]).arg(&config).current_dir(&dir).stderr(std::fs::File::create(&log).unwrap());

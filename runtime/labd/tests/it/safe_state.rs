@@ -2,7 +2,7 @@
 //! in any command kind the instrument is put back in a safe state (or, where it cannot be, taken
 //! out of service until a technician has looked), and every other run succeeds.
 
-use super::{contract_sources, heavy};
+use super::{contract_sources, heavy, COMPILER_OPS};
 use devices::{Execution, Identity, Instrument, InstrumentError, Status};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,27 +75,7 @@ fn a_failed_task_in_any_command_kind_leaves_the_instrument_safe_for_the_next_ten
             (name.clone(), c.plan.unwrap_or_else(|| panic!("{name}: {:#?}", c.diagnostics)))
         })
         .collect();
-    let armed_ops = [
-        "pick_up_tip",
-        "aspirate",
-        "dispense",
-        "mix",
-        "drop_tip",
-        "incubate",
-        "shake",
-        "seal",
-        "peel",
-        "read_absorbance",
-        "read_fluorescence",
-        "read_luminescence",
-        "centrifuge",
-        "set_temperature",
-        "wait_for_temperature",
-        "set_shake_speed",
-        "stop_shaking",
-        "stop_heating",
-        "latch",
-    ];
+    let armed_ops = COMPILER_OPS;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use labd::executor::{Executor, ExecutorConfig};
