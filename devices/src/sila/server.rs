@@ -173,6 +173,15 @@ impl ReaderSim {
     /// Serves SiLAService and PlateReader on `addr` (port 0 picks one); with `tls` = (cert PEM,
     /// key PEM) over TLS. Returns the bound address.
     pub async fn serve(self, addr: &str, tls: Option<(String, String)>) -> std::io::Result<SocketAddr> {
+        self.serve_owned(addr, tls).await.map(|(bound, _detached)| bound)
+    }
+
+    /// As [`ReaderSim::serve`], with the server's task: aborting it closes the listener.
+    pub async fn serve_owned(
+        self,
+        addr: &str,
+        tls: Option<(String, String)>,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let mut builder = tonic::transport::Server::builder();
@@ -196,10 +205,12 @@ impl ReaderSim {
             .add_service(SiLaServiceServer::with_interceptor(self.clone(), powered(p1)))
             .add_service(PlateReaderServer::with_interceptor(self, powered(p2)));
         let incoming = super::nodelay_incoming(listener);
-        tokio::spawn(async move {
-            let _ = router.serve_with_incoming(incoming).await;
+        let task = tokio::spawn(async move {
+            if let Err(e) = router.serve_with_incoming(incoming).await {
+                tracing::warn!(error = %e, "the simulated reader's server stopped");
+            }
         });
-        Ok(bound)
+        Ok((bound, task))
     }
 
     fn check_wells(&self, command: &str, wells: &[SilaString]) -> Result<Vec<String>, Status> {

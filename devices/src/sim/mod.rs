@@ -255,21 +255,32 @@ pub fn spawn_serial<D: LineDevice>(
 /// Serves `device` on a loopback TCP port in the background, one client at a time; the device
 /// keeps its state across connections. Returns the bound address.
 pub async fn spawn_tcp<D: LineDevice>(
+    device: D,
+    faults: Faults,
+    clock: SimClock,
+    error_reply: fn(&str, &str) -> Vec<u8>,
+    bind: &str,
+) -> std::io::Result<std::net::SocketAddr> {
+    spawn_tcp_owned(device, faults, clock, error_reply, bind).await.map(|(addr, _detached)| addr)
+}
+
+/// As [`spawn_tcp`], with the serving task: aborting it closes the listener.
+pub async fn spawn_tcp_owned<D: LineDevice>(
     mut device: D,
     mut faults: Faults,
     clock: SimClock,
     error_reply: fn(&str, &str) -> Vec<u8>,
     bind: &str,
-) -> std::io::Result<std::net::SocketAddr> {
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             let _ = sock.set_nodelay(true);
             serve(sock, &mut device, &mut faults, clock, error_reply).await;
         }
     });
-    Ok(addr)
+    Ok((addr, task))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use super::arm::{self, ArmSim};
 use super::liquid::{self, LiquidSim};
 use super::module::{error_reply_for, ModuleSim};
 use super::station::{self, StationSim};
-use super::{spawn_serial, spawn_tcp, Faults, Pty, SimClock};
+use super::{spawn_serial, spawn_tcp_owned, Faults, Pty, SimClock};
 use crate::codec::module::Dialect;
 use crate::driver::station::StationKind;
 use crate::instrument::TimeScale;
@@ -38,11 +38,13 @@ impl Listening {
     }
 }
 
-/// The running simulators; dropping this closes the PTYs.
+/// The running simulators; dropping this closes the PTYs and stops the network servers.
 #[derive(Debug, Default)]
 pub struct SimulatedSite {
     pub listening: Vec<Listening>,
     ptys: Vec<Pty>,
+    /// The TCP and SiLA servers' tasks, aborted on drop (their listeners close with them).
+    servers: Vec<tokio::task::JoinHandle<()>>,
     /// The liquid handlers' own accounts of liquid, by instrument id.
     pub liquid: BTreeMap<String, std::sync::Arc<std::sync::Mutex<liquid::LiquidState>>>,
     /// Mains switches of the simulators that have one (plate readers), by instrument id.
@@ -121,7 +123,8 @@ pub async fn start_logged(
             InstrumentClass::PlateReader => {
                 let sim = ReaderSim::new(ReaderConfig::from_site(inst, scale, f));
                 out.power.insert(inst.id.clone(), sim.power());
-                let addr = sim.serve(&format!("{host}:0"), None).await.map_err(io)?;
+                let (addr, task) = sim.serve_owned(&format!("{host}:0"), None).await.map_err(io)?;
+                out.servers.push(task);
                 ("sila", addr.to_string())
             }
             InstrumentClass::Sealer
@@ -144,8 +147,10 @@ pub async fn start_logged(
     }
     for a in &site.arms {
         let f = faults.get(&a.id).cloned().unwrap_or_default();
-        let addr =
-            spawn_tcp(ArmSim::new(&a.reach), f, clock, arm::error_reply, &format!("{host}:0")).await.map_err(io)?;
+        let (addr, task) = spawn_tcp_owned(ArmSim::new(&a.reach), f, clock, arm::error_reply, &format!("{host}:0"))
+            .await
+            .map_err(io)?;
+        out.servers.push(task);
         out.listening.push(Listening {
             id: a.id.clone(),
             class: "robot_arm".into(),
@@ -154,6 +159,14 @@ pub async fn start_logged(
         });
     }
     Ok(out)
+}
+
+impl Drop for SimulatedSite {
+    fn drop(&mut self) {
+        for t in &self.servers {
+            t.abort();
+        }
+    }
 }
 
 fn keep(ptys: &mut Vec<Pty>, pty: Pty) -> String {

@@ -328,7 +328,18 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let health = Arc::new(crate::health::Health::default());
     let mut tasks = Vec::new();
     if let Some(broker) = embedded_broker.clone() {
-        tasks.push(("identity refresh", tokio::spawn(refresh_identities(broker, store.clone(), stop.1.clone())), 1));
+        tasks.push((
+            "identity refresh",
+            tokio::spawn(refresh_identities(broker.clone(), store.clone(), stop.1.clone())),
+            1,
+        ));
+        let mut stopped = stop.1.clone();
+        let broker_stop = async move {
+            if stopped.wait_for(|s| *s).await.is_ok() {
+                broker.stop();
+            }
+        };
+        tasks.push(("MQTT broker", tokio::spawn(broker_stop), 1));
     }
     // Several nodes: one of them relays the shared outbox at a time.
     let mut relay_lease: Option<Leased> = None;

@@ -63,6 +63,8 @@ struct State {
     retained: BTreeMap<String, Publish>,
     clients: HashMap<u64, Client>,
     next_client: u64,
+    /// The accept loop, ended by [`Broker::stop`].
+    accept: Option<tokio::task::AbortHandle>,
 }
 
 /// A running broker; clones share it.
@@ -89,7 +91,7 @@ impl Broker {
             s.identities.insert(RUNTIME_USER.into(), (runtime_password_hash, Vec::new(), true));
         }
         let b = broker.clone();
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             let mut pause = ACCEPT_BACKOFF_MIN;
             loop {
                 let stream = match listener.accept().await {
@@ -113,7 +115,17 @@ impl Broker {
                 tokio::spawn(async move { b.admit(stream).await });
             }
         });
+        lock(&broker.state).accept = Some(accept.abort_handle());
         Ok((broker, bound))
+    }
+
+    /// Stops listening and ends every connection (labd is stopping).
+    pub fn stop(&self) {
+        let mut s = lock(&self.state);
+        if let Some(a) = s.accept.take() {
+            a.abort();
+        }
+        s.clients.clear(); // dropping their senders ends their connections
     }
 
     /// Replaces the tenants' and staff's identities (the runtime's stays); clients whose
