@@ -119,6 +119,9 @@ async fn signed_in(store: &Arc<dyn Store>, hash: String) -> Result<Principal, St
 
 /// How often a live `Watch` checks that its token still signs in.
 const WATCH_TOKEN_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often a `Watch` looks for events written by another node on a shared database (this
+/// node's own writes wake it at once).
+const WATCH_OTHER_NODES: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn status(e: StoreError) -> Status {
     match e {

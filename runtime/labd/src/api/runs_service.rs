@@ -104,6 +104,7 @@ impl pb::runs_server::Runs for Api {
         blocking(move || store.run(sc.as_deref(), &id)).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let store = self.store.clone();
+        let mut written = store.written();
         tokio::spawn(async move {
             let mut after = r.after_seq;
             let mut checked = std::time::Instant::now();
@@ -146,7 +147,14 @@ impl pb::runs_server::Runs for Api {
                         }
                         return;
                     }
-                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    // Woken by this node's next write; another node's (a shared database) is
+                    // seen within WATCH_OTHER_NODES.
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = written.changed() => {}
+                            _ = tokio::time::sleep(WATCH_OTHER_NODES) => {}
+                        }
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;

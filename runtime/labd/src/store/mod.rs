@@ -422,4 +422,8 @@ pub trait Store: Send + Sync {
 
     /// A write transaction that changes nothing: the database takes writes now (readiness).
     fn check_writable(&self) -> Result<()>;
+
+    /// Changes with every write this process commits: a reader waiting for news waits on it
+    /// (writes of other nodes on a shared database it does not see: poll for those too).
+    fn written(&self) -> tokio::sync::watch::Receiver<u64>;
 }

@@ -234,18 +234,29 @@ pub struct SqlStore<D> {
     db: Arc<D>,
     /// When set, every write transaction first proves this lease still holds.
     fence: Option<Lease>,
+    /// Counts this process's committed writes, so readers waiting for news (a `Watch`) wake
+    /// when something was written instead of polling.
+    written: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl<D: Db> SqlStore<D> {
     pub fn new(db: D) -> SqlStore<D> {
-        SqlStore { db: Arc::new(db), fence: None }
+        SqlStore { db: Arc::new(db), fence: None, written: Arc::new(tokio::sync::watch::channel(0).0) }
     }
 
     pub fn db(&self) -> &D {
         &self.db
     }
 
-    fn tx<T: Send>(&self, mut f: impl FnMut(&mut dyn Conn) -> Result<T> + Send) -> Result<T> {
+    fn tx<T: Send>(&self, f: impl FnMut(&mut dyn Conn) -> Result<T> + Send) -> Result<T> {
+        let out = self.fenced_tx(f);
+        if out.is_ok() {
+            self.written.send_modify(|n| *n += 1);
+        }
+        out
+    }
+
+    fn fenced_tx<T: Send>(&self, mut f: impl FnMut(&mut dyn Conn) -> Result<T> + Send) -> Result<T> {
         let fence = self.fence.as_ref();
         let now = self.db.dialect().now_ms();
         self.db.tx(&mut |c| {
@@ -1174,12 +1185,16 @@ impl<D: Db> Store for SqlStore<D> {
         rows(found, |r| Ok((r.text(0)?, r.int(1)?)))
     }
 
+    fn written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.written.subscribe()
+    }
+
     fn check_writable(&self) -> Result<()> {
         self.db.tx(&mut |_| Ok(()))
     }
 
     fn fenced(&self, lease: &Lease) -> Arc<dyn Store> {
-        Arc::new(SqlStore { db: self.db.clone(), fence: Some(lease.clone()) })
+        Arc::new(SqlStore { db: self.db.clone(), fence: Some(lease.clone()), written: self.written.clone() })
     }
 }
 
