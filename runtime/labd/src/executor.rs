@@ -18,6 +18,7 @@
 mod admission;
 mod attention;
 mod dispatch;
+mod failure;
 mod jobs;
 mod repair;
 mod timing;
@@ -231,7 +232,7 @@ enum Report {
         session: u64,
         key: String,
         run: usize,
-        result: Result<(), String>,
+        result: Result<(), failure::JobError>,
         /// When it finished, in device seconds since the session began.
         at: f64,
     },

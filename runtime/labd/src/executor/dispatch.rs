@@ -2,6 +2,7 @@
 //! move on an arm, each command journaled (intent before, outcome after) and resent only as its
 //! error allows.
 
+use super::failure::JobError;
 use super::*;
 
 impl Executor {
@@ -64,9 +65,9 @@ impl Executor {
         }
         self.board.started(&ctx.key, crate::store::now_ms());
         let result = match (cascade_failed, is_move) {
-            (true, false) => Err(String::new()), // an earlier step of this run failed; its reason is recorded
+            (true, false) => Err(JobError::Cascaded), // its reason is recorded
             // The run has failed already: the move's own failure is news, its success is not.
-            (true, true) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await.and(Err(String::new())),
+            (true, true) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await.and(Err(JobError::Cascaded)),
             (false, _) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await,
         };
         lock(&ctx.dispatch).in_flight -= 1;
@@ -78,7 +79,7 @@ impl Executor {
         let _ = ctx.tx.send(Some(ok));
     }
 
-    pub(super) async fn job(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), String> {
+    pub(super) async fn job(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), JobError> {
         if let Job::Task { run, .. } = job {
             // A cancelled run stops at the next task boundary; its plate moves still run, so
             // every plate ends up back in storage.
@@ -96,9 +97,17 @@ impl Executor {
                     .filter(|l| l.kind == labware::LabwareKind::WellPlate)
                     .map(|l| l.name.as_str())
                     .collect();
-                let plate = plates.get(m.plate).copied().ok_or("a move names a plate the run does not have")?;
+                let plate = plates
+                    .get(m.plate)
+                    .copied()
+                    .ok_or_else(|| JobError::Lab("a move names a plate the run does not have".into()))?;
                 let arm_id = &problem.arms[m.arm].id;
-                let arm = self.lab.arms.get(arm_id).ok_or_else(|| format!("arm {arm_id} is not connected"))?.clone();
+                let arm = self
+                    .lab
+                    .arms
+                    .get(arm_id)
+                    .ok_or_else(|| JobError::Lab(format!("arm {arm_id} is not connected")))?
+                    .clone();
                 let (from, to) = (problem.nests[m.from].id.clone(), problem.nests[m.to].id.clone());
                 arm.locate(plate, &from);
                 let op = CommandOp::MoveLabware { labware: plate.into(), to };
@@ -112,7 +121,9 @@ impl Executor {
             }
             Job::Task { run: r, task: t, resource, on_arm } => {
                 if *on_arm {
-                    return Err(format!("task {t} needs lid handling by an arm, which the arm driver does not do yet"));
+                    return Err(JobError::Lab(format!(
+                        "task {t} needs lid handling by an arm, which the arm driver does not do yet"
+                    )));
                 }
                 self.task(problem, runs, *r, *t, *resource).await
             }
@@ -126,7 +137,7 @@ impl Executor {
         r: usize,
         t: usize,
         resource: Option<usize>,
-    ) -> Result<(), String> {
+    ) -> Result<(), JobError> {
         let (run, plan) = &runs[r];
         let instrument = resource.map(|res| problem.resources[res].id.clone());
         let single = resource.is_some_and(|res| problem.resources[res].capacity == 1);
@@ -155,7 +166,7 @@ impl Executor {
         t: usize,
         instrument: &Option<String>,
         driver: &Option<Arc<dyn Instrument>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), JobError> {
         let task = &plan.tasks[t];
         let started = Instant::now();
         let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
@@ -165,7 +176,7 @@ impl Executor {
                 self.load_deck(instrument.as_deref().unwrap_or(""), plan);
                 d.prepare(plan)
                     .await
-                    .map_err(|e| format!("{}: preparing the deck: {e}", instrument.as_deref().unwrap_or("?")))?;
+                    .map_err(|error| JobError::Prepare { instrument: instrument.clone().unwrap_or_default(), error })?;
             }
         }
         // The last command's success, written with the next command's intent (one durable
@@ -196,9 +207,10 @@ impl Executor {
                     self.manual(run, t, &cmd.op).await?
                 }
                 _ => {
-                    let id =
-                        instrument.clone().ok_or_else(|| format!("task {t} ({}) has no instrument", task.label))?;
-                    let d = driver.clone().ok_or_else(|| format!("instrument {id} is not connected"))?;
+                    let id = instrument
+                        .clone()
+                        .ok_or_else(|| JobError::Lab(format!("task {t} ({}) has no instrument", task.label)))?;
+                    let d = driver.clone().ok_or_else(|| JobError::Lab(format!("instrument {id} is not connected")))?;
                     let sent =
                         self.command(run, t as i64, ci as i64, &id, d.as_ref(), &cmd.op, cmd.repeatable, &mut pending);
                     sent.await?;
@@ -216,9 +228,7 @@ impl Executor {
                 device_seconds: billed_seconds(class, task.duration_s, device_s),
             };
             let store = self.store.clone();
-            blocking(move || store.add_usage(&usage))
-                .await
-                .map_err(|e| format!("recording usage for the bill: {e}"))?;
+            blocking(move || store.add_usage(&usage)).await.map_err(JobError::store("recording usage for the bill"))?;
         }
         self.event(run, "task_finished", serde_json::json!({"task": t, "device_s": device_s})).await?;
         Ok(())
@@ -241,12 +251,12 @@ impl Executor {
 
     /// Appends to the run's history; an error (the store failing past its retries) is the
     /// caller's to surface.
-    pub(super) async fn event(&self, run: &Run, kind: &str, payload: serde_json::Value) -> Result<(), String> {
+    pub(super) async fn event(&self, run: &Run, kind: &str, payload: serde_json::Value) -> Result<(), JobError> {
         let (store, id, k) = (self.store.clone(), run.id.clone(), kind.to_string());
         blocking(move || store.append_event(&id, &k, &payload.to_string()))
             .await
             .map(|_| ())
-            .map_err(|e| format!("recording the run's `{kind}` event: {e}"))
+            .map_err(JobError::store(format!("recording the run's `{kind}` event")))
     }
 
     /// Reagent from the lab's stock added by a technician: one intervention listing every
@@ -257,7 +267,7 @@ impl Executor {
         run: &Run,
         task: usize,
         adds: &[protocols::plan::Command],
-    ) -> Result<(), String> {
+    ) -> Result<(), JobError> {
         let adds: Vec<(&str, &str, &str, f64)> = adds
             .iter()
             .filter_map(|c| match &c.op {
@@ -270,11 +280,9 @@ impl Executor {
         let instruction = additions_text(&adds);
         let (store, id) = (self.store.clone(), run.id.clone());
         let text = instruction.clone();
-        let i = blocking(move || store.open_intervention(&id, Some(task as i64), None, "add reagent", &text))
-            .await
-            .map_err(|e| e.to_string())?;
+        let i = blocking(move || store.open_intervention(&id, Some(task as i64), None, "add reagent", &text)).await?;
         match self.await_resolution(&i.id).await?.as_str() {
-            "abort" => Err(format!("a technician aborted the run at `{instruction}`")),
+            "abort" => Err(JobError::Aborted(format!("`{instruction}`"))),
             _ => {
                 for state in self.lab.simulated.iter().flat_map(|s| s.liquid.values()) {
                     if let Ok(mut s) = state.lock() {
@@ -289,22 +297,20 @@ impl Executor {
     }
 
     /// A manual step: a technician does it and says so in the console (an intervention).
-    pub(super) async fn manual(&self, run: &Run, task: usize, op: &CommandOp) -> Result<(), String> {
+    pub(super) async fn manual(&self, run: &Run, task: usize, op: &CommandOp) -> Result<(), JobError> {
         let CommandOp::Manual { instruction } = op else { return Ok(()) };
-        let i = self
-            .store
-            .open_intervention(&run.id, Some(task as i64), None, "manual step", instruction)
-            .map_err(|e| e.to_string())?;
+        let (store, id, text) = (self.store.clone(), run.id.clone(), instruction.clone());
+        let i = blocking(move || store.open_intervention(&id, Some(task as i64), None, "manual step", &text)).await?;
         match self.await_resolution(&i.id).await?.as_str() {
-            "abort" => Err(format!("a technician aborted the run at the manual step `{instruction}`")),
+            "abort" => Err(JobError::Aborted(format!("the manual step `{instruction}`"))),
             _ => Ok(()),
         }
     }
 
-    pub(super) async fn await_resolution(&self, id: &str) -> Result<String, String> {
+    pub(super) async fn await_resolution(&self, id: &str) -> Result<String, JobError> {
         loop {
             let (store, iid) = (self.store.clone(), id.to_string());
-            let i = blocking(move || store.intervention(&iid)).await.map_err(|e| e.to_string())?;
+            let i = blocking(move || store.intervention(&iid)).await?;
             if i.state != "open" {
                 return Ok(i.state);
             }
@@ -313,11 +319,11 @@ impl Executor {
     }
 
     /// Writes a success that was waiting for the next command's intent.
-    pub(super) async fn flush(&self, pending: &mut Option<String>) -> Result<(), String> {
+    pub(super) async fn flush(&self, pending: &mut Option<String>) -> Result<(), JobError> {
         let Some(id) = pending.take() else { return Ok(()) };
         let began = Instant::now();
         let store = self.store.clone();
-        blocking(move || store.record_outcome(&id, "ok", None)).await.map_err(|e| e.to_string())?;
+        blocking(move || store.record_outcome(&id, "ok", None)).await?;
         if let Some(t) = &self.config.flush_timings {
             lock(t).push(began.elapsed());
         }
@@ -338,7 +344,7 @@ impl Executor {
         op: &CommandOp,
         repeatable: bool,
         pending: &mut Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), JobError> {
         let mut tries = 0;
         loop {
             let began = Instant::now();
@@ -351,9 +357,7 @@ impl Executor {
                 repeatable,
             };
             let (store, previous) = (self.store.clone(), pending.take());
-            let attempt = blocking(move || store.record_ok_then_intent(previous.as_deref(), &intent))
-                .await
-                .map_err(|e| e.to_string())?;
+            let attempt = blocking(move || store.record_ok_then_intent(previous.as_deref(), &intent)).await?;
             let journal_intent = began.elapsed();
             let result = match driver.start(op).await {
                 Ok(exec) => exec.finish().await,
@@ -370,9 +374,7 @@ impl Executor {
                 *pending = Some(attempt.id.clone()); // written with the next intent
             } else {
                 let (store, aid, e2) = (self.store.clone(), attempt.id.clone(), err.clone());
-                blocking(move || store.record_outcome(&aid, outcome, e2.as_deref()))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                blocking(move || store.record_outcome(&aid, outcome, e2.as_deref())).await?;
             }
             let family = if task < 0 { "robot arm" } else { family_name(op) };
             crate::metrics::with(|m| {
@@ -406,7 +408,7 @@ impl Executor {
                             created_at: crate::store::now_ms(),
                         };
                         let store = self.store.clone();
-                        blocking(move || store.add_result(&row)).await.map_err(|e| e.to_string())?;
+                        blocking(move || store.add_result(&row)).await?;
                     }
                     return Ok(());
                 }
@@ -415,23 +417,27 @@ impl Executor {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) if e.recovery() == Recovery::Indeterminate => {
-                    let i = self
-                        .store
-                        .open_intervention(
-                            &run.id,
+                    let (store, id, what) = (self.store.clone(), run.id.clone(), format!("{instrument}: {e}"));
+                    let at = instrument.to_string();
+                    let i = blocking(move || {
+                        store.open_intervention(
+                            &id,
                             (task >= 0).then_some(task),
-                            Some(instrument),
-                            &format!("{instrument}: {e}"),
+                            Some(&at),
+                            &what,
                             "check whether the step happened: done if it did, redo to send it again, abort to stop the run",
                         )
-                        .map_err(|e| e.to_string())?;
+                    })
+                    .await?;
                     match self.await_resolution(&i.id).await?.as_str() {
                         "done" => return Ok(()),
                         "redo" => continue,
-                        _ => return Err(format!("{instrument}: {e}; a technician aborted the run")),
+                        _ => {
+                            return Err(JobError::Instrument { instrument: instrument.into(), error: e, aborted: true })
+                        }
                     }
                 }
-                Err(e) => return Err(format!("{instrument}: {e}")),
+                Err(e) => return Err(JobError::Instrument { instrument: instrument.into(), error: e, aborted: false }),
             }
         }
     }

@@ -70,8 +70,8 @@ impl Executor {
             Report::Done { session: sid, key, run, result, at } => {
                 let Some(s) = session.filter(|s| s.id == sid) else { return };
                 if let Err(why) = &result {
-                    if !why.is_empty() {
-                        s.failures.entry(run).or_insert_with(|| why.clone());
+                    if !matches!(why, failure::JobError::Cascaded) {
+                        s.failures.entry(run).or_insert_with(|| why.to_string());
                     }
                 }
                 // The plan still expects it to run until its guessed end: pull the rest in.
