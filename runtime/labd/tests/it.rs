@@ -120,6 +120,15 @@ fn listening(cmd: &mut Command) -> (Reap, String) {
 }
 
 /// The embedded broker's port, from what `labd serve` printed at start.
+/// The console's URL, from what labd printed at start.
+fn console_of(seen: &str) -> String {
+    seen.lines()
+        .find_map(|l| l.strip_prefix("labd: console on "))
+        .unwrap_or_else(|| panic!("labd says where its console is: {seen}"))
+        .trim()
+        .to_string()
+}
+
 fn mqtt_port_of(seen: &str) -> u16 {
     seen.split("MQTT broker (embedded) on 127.0.0.1:")
         .nth(1)
@@ -607,12 +616,7 @@ fn serve_lab_on(name: &str, scale: &str, site: Option<&str>) -> Lab {
     }
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let (server, seen) = start_labd(&args, &root());
-    let console = seen
-        .lines()
-        .find_map(|l| l.strip_prefix("labd: console on "))
-        .unwrap_or_else(|| panic!("labd says where its console is: {seen}"))
-        .trim()
-        .to_string();
+    let console = console_of(&seen);
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
     let mqtt_port = mqtt_port_of(&seen);
     Lab { _server: server, url: format!("http://{listen}"), console, admin, dir, mqtt_port }

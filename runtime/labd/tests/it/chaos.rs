@@ -42,12 +42,7 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     cmd.args(["--nofile=256:256", env!("CARGO_BIN_EXE_labd"), "serve", "--config"]).arg(&config).current_dir(&dir);
     let (server, seen) = listening(&mut cmd);
     let pid = server.0.id();
-    let console = seen
-        .lines()
-        .find_map(|l| l.strip_prefix("labd: console on "))
-        .unwrap_or_else(|| panic!("labd says where its console is: {seen}"))
-        .trim()
-        .to_string();
+    let console = console_of(&seen);
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
     let lab = Lab {
         _server: server,

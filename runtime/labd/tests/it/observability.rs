@@ -11,7 +11,7 @@ fn the_log_is_structured_json_and_the_metrics_move_when_a_run_executes() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_labd"));
     cmd.args(["serve", "--config"]).arg(&config).current_dir(&dir).stderr(std::fs::File::create(&log).unwrap());
     let (mut server, seen) = listening(&mut cmd);
-    let console = seen.lines().find_map(|l| l.strip_prefix("labd: console on ")).unwrap().trim().to_string();
+    let console = console_of(&seen);
     let metric = |text: &str, name: &str| -> f64 {
         text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
     };
