@@ -501,7 +501,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             let ask = pb::InterventionsRequest { page_size: 2, page_token: token, ..Default::default() };
             let page = lab.interventions(req("tech", ask)).await.unwrap().into_inner();
             assert!(page.interventions.len() <= 2);
-            todo.extend(page.interventions.into_iter().map(|i| i.todo));
+            todo.extend(page.interventions.into_iter().map(|i| (i.created_at_ms, i.todo)));
             pages += 1;
             if page.next_page_token.is_empty() {
                 break;
@@ -509,7 +509,10 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             token = page.next_page_token;
         }
         assert_eq!((todo.len(), pages), (5, 3), "{todo:?}");
-        assert_eq!(todo[0], "step 0", "oldest first");
+        // Oldest first (those opened in the same millisecond in id order), each once.
+        assert!(todo.windows(2).all(|w| w[0].0 <= w[1].0), "oldest first: {todo:?}");
+        let texts: std::collections::BTreeSet<&str> = todo.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts.len(), 5, "{todo:?}");
         let theirs = pb::InterventionsRequest::default();
         assert!(lab.interventions(req("globex", theirs)).await.unwrap().into_inner().interventions.is_empty());
         let bogus = pb::ScheduleRequest { page_token: "nonsense".into(), ..Default::default() };
