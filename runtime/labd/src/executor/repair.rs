@@ -226,9 +226,17 @@ impl Executor {
             })
             .await;
             crate::metrics::with(|m| m.repair_seconds.observe(began.elapsed().as_secs_f64()));
-            // A repair that breaks a constraint is not dispatched: the plan in force stays.
+            // A repair that breaks a constraint is not dispatched: the plan in force stays. A plan
+            // may overbook people, never instruments: technicians over their number (a manual
+            // step overrunning into the next) only means one step waits for a free pair of hands,
+            // while keeping the old plan would hold every later job behind the overrun.
             let result = result.and_then(|r| {
-                match scheduler::lab::check::validate(&planner.problem, &planner.schedule).first() {
+                let violations = scheduler::lab::check::validate(&planner.problem, &planner.schedule);
+                let people = |v: &scheduler::lab::check::LabViolation| {
+                    matches!(v, scheduler::lab::check::LabViolation::Capacity { resource, .. }
+                        if planner.problem.resources.get(*resource).is_some_and(|x| x.class == labware::InstrumentClass::Technician))
+                };
+                match violations.iter().find(|v| !people(v)) {
                     Some(v) => Err(scheduler::lab::ModelError(format!("the repaired plan breaks a constraint: {v:?}"))),
                     None => Ok(r),
                 }
