@@ -12,6 +12,7 @@ pub mod address;
 pub mod def;
 pub mod library;
 pub mod opentrons;
+pub mod optics;
 pub mod site;
 
 pub use address::{AddressError, WellSelection};

@@ -34,6 +34,9 @@ pub struct Protocol {
     pub name: String,
     pub labware: Vec<LabwareDecl>,
     pub liquids: Vec<Named>,
+    /// Optical properties the protocol declares for some of its liquids (simulated readers
+    /// compute each well's value from them), by liquid name.
+    pub optics: std::collections::BTreeMap<String, labware::optics::Optics>,
     pub steps: Vec<Step>,
     pub constraints: Vec<LagConstraint>,
     /// Definitions the file brings with it (Opentrons embeds them; Autoprotocol container types).
@@ -61,6 +64,7 @@ impl Protocol {
             name: name.into(),
             labware: Vec::new(),
             liquids: Vec::new(),
+            optics: Default::default(),
             steps: Vec::new(),
             constraints: Vec::new(),
             custom_labware: Vec::new(),

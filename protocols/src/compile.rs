@@ -209,8 +209,8 @@ pub fn build(
 ) -> (Option<RunPlan>, Option<check::Tracked>) {
     let env = Env::build(p, lib, d);
     let initial = check::initial(p, &env, d);
-    // What the technician loads: per labware, per well, the starting volume.
-    let loading: Vec<BTreeMap<String, f64>> = initial
+    // What the technician loads: per labware, per well, the starting liquids.
+    let loading: Vec<BTreeMap<String, BTreeMap<String, f64>>> = initial
         .wells
         .iter()
         .zip(&env.slots)
@@ -219,7 +219,7 @@ pub fn build(
                 .iter()
                 .zip(&slot.def.wells)
                 .filter(|(w, _)| w.volume() > 0.0)
-                .map(|(w, def)| (def.name.clone(), w.volume()))
+                .map(|(w, def)| (def.name.clone(), w.contents.clone()))
                 .collect()
         })
         .collect();
@@ -227,9 +227,11 @@ pub fn build(
     let tracked = check::liquids(&env, &lowered.tasks, initial, d);
     let mut plan = link(p, &env, lowered.tasks, site, d);
     if let Some(plan) = plan.as_mut() {
-        for (lw, contents) in plan.labware.iter_mut().zip(loading) {
-            lw.contents = contents;
+        for (lw, composition) in plan.labware.iter_mut().zip(loading) {
+            lw.contents = composition.iter().map(|(well, mix)| (well.clone(), mix.values().sum())).collect();
+            lw.composition = composition;
         }
+        plan.optics = p.optics.clone();
     }
     (plan, Some(tracked))
 }
@@ -415,10 +417,12 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
                 load_name: s.def.load_name.clone(),
                 kind: s.def.kind,
                 contents: BTreeMap::new(),
+                composition: BTreeMap::new(),
             })
             .collect(),
         tasks: plan_tasks,
         max_lags,
+        optics: BTreeMap::new(),
     })
 }
 

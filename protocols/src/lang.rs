@@ -63,25 +63,7 @@ pub fn parse(root: &Node, d: &mut Diagnostics) -> Protocol {
         string(desc, "`description`", d);
     }
     if let Some(liq) = root.get("liquids") {
-        match liq.as_map() {
-            Some(entries) => {
-                for (k, v) in entries {
-                    if !matches!(v.value, Value::String(_) | Value::Null) {
-                        d.push(Diagnostic::error(
-                            "P0103",
-                            v.span,
-                            format!("liquid `{}`: the value is a description (a string)", k.name),
-                        ));
-                    }
-                    p.liquids.push(Named { name: k.name.clone(), span: k.span });
-                }
-            }
-            None => d.push(Diagnostic::error(
-                "P0103",
-                liq.span,
-                format!("`liquids` must be a map of name: description, found {}", liq.type_name()),
-            )),
-        }
+        parse_liquids(liq, &mut p, d);
     }
     if let Some(lw) = required(root, "labware", "the protocol", d) {
         parse_labware(lw, &mut p, d);
@@ -94,6 +76,97 @@ pub fn parse(root: &Node, d: &mut Diagnostics) -> Protocol {
         parse_constraints(cs, &mut p, d);
     }
     p
+}
+
+/// `liquids`: name: description, or name: { description, absorbance, fluorescence, luminescence }.
+fn parse_liquids(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
+    let Some(entries) = node.as_map() else {
+        d.push(Diagnostic::error(
+            "P0103",
+            node.span,
+            format!("`liquids` must be a map of name: description, found {}", node.type_name()),
+        ));
+        return;
+    };
+    for (k, v) in entries {
+        p.liquids.push(Named { name: k.name.clone(), span: k.span });
+        match &v.value {
+            Value::String(_) | Value::Null => {}
+            Value::Map(_) => {
+                let what = format!("liquid `{}`", k.name);
+                if !check_keys(v, &what, &["description", "absorbance", "fluorescence", "luminescence"], d) {
+                    continue;
+                }
+                if let Some(desc) = v.get("description") {
+                    string(desc, &format!("the description of {what}"), d);
+                }
+                let optics = liquid_optics(v, &what, d);
+                if !optics.is_empty() {
+                    p.optics.insert(k.name.clone(), optics);
+                }
+            }
+            _ => d.push(
+                Diagnostic::error(
+                    "P0103",
+                    v.span,
+                    format!("liquid `{}`: the value is a description or a map of properties", k.name),
+                )
+                .with_hint("e.g. `dye: Coomassie reagent` or `dye: { description: Coomassie, absorbance: { 595 nm: 0.4 OD } }`"),
+            ),
+        }
+    }
+}
+
+/// A liquid's optical properties: `absorbance: { 595 nm: 1.2 OD, ... }`, `fluorescence: 40000 RFU`,
+/// `luminescence: 250000 RLU/s`, each as the liquid reads undiluted in a well.
+fn liquid_optics(v: &Node, what: &str, d: &mut Diagnostics) -> labware::optics::Optics {
+    let mut o = labware::optics::Optics::default();
+    if let Some(a) = v.get("absorbance") {
+        match a.as_map() {
+            Some(entries) => {
+                for (nm, od) in entries {
+                    let at = format!("the absorbance of {what} at `{}`", nm.name);
+                    let wl = match crate::units::parse(&nm.name, Dim::Wavelength) {
+                        Ok(w) if (100.0..=2000.0).contains(&w) => Some(w),
+                        _ => {
+                            d.push(
+                                Diagnostic::error(
+                                    "P0103",
+                                    nm.span,
+                                    format!("{what}: `{}` is not a wavelength between 100 and 2000 nm", nm.name),
+                                )
+                                .with_hint("write each wavelength with its unit: `absorbance: { 595 nm: 1.2 OD }`"),
+                            );
+                            None
+                        }
+                    };
+                    if let (Some(wl), Some(od)) = (wl, quantity(od, Dim::Absorbance, &at, (0.0, 10.0), d)) {
+                        if o.absorbance.iter().any(|(w, _)| *w == wl) {
+                            d.push(Diagnostic::error(
+                                "P0103",
+                                nm.span,
+                                format!("{what}: the absorbance at {} nm is given twice", crate::units::trim(wl)),
+                            ));
+                        }
+                        o.absorbance.push((wl, od));
+                    }
+                }
+                o.absorbance.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+            None => d.push(
+                Diagnostic::error("P0103", a.span, format!("{what}: `absorbance` must be a map of wavelength: OD"))
+                    .with_hint("e.g. `absorbance: { 595 nm: 1.2 OD }`"),
+            ),
+        }
+    }
+    if let Some(f) = v.get("fluorescence") {
+        o.fluorescence_rfu = quantity(f, Dim::Fluorescence, &format!("the fluorescence of {what}"), (0.0, 1e9), d);
+    }
+    if let Some(l) = v.get("luminescence") {
+        o.luminescence_rlu_per_s =
+            quantity(l, Dim::Luminescence, &format!("the luminescence of {what}"), (0.0, 1e12), d);
+    }
+    o
 }
 
 fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {

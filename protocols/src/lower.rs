@@ -93,19 +93,26 @@ const ARMS_HANDLE_LIDS: bool = false;
 
 /// Per-command duration estimates, seconds.
 mod est {
-    pub const PICK_UP_TIP: f64 = 4.0;
-    pub const DROP_TIP: f64 = 3.0;
-    pub const MOVE_TO_WELL: f64 = 1.5;
+    pub const PICK_UP_TIP: f64 = 2.3;
+    pub const DROP_TIP: f64 = 3.2;
+    pub const MOVE_TO_WELL: f64 = 1.75;
     pub const BLOW_OUT: f64 = 1.0;
     pub const HOME: f64 = 5.0;
     pub const MOVE_LABWARE: f64 = 15.0;
     pub const ADD_REAGENT: f64 = 3.0;
-    pub const READ_ABSORBANCE: f64 = 25.0;
-    pub const READ_FLUORESCENCE: f64 = 40.0;
-    /// A luminescence read: the door twice and setting up, then each well integrated for 1 s
-    /// (the drivers' setting) plus moving to it.
+    /// A read: the door twice (load, eject) and setting up, then each well and wavelength
+    /// measured (0.05 s, moving to it included); luminescence integrates each well for 1 s (the
+    /// drivers' setting).
+    const READ_SETUP: f64 = 13.0;
+    const PER_WELL: f64 = 0.05;
+    pub fn read_absorbance(wells: usize, wavelengths: usize) -> f64 {
+        READ_SETUP + PER_WELL * (wells * wavelengths.max(1)) as f64
+    }
+    pub fn read_fluorescence(wells: usize) -> f64 {
+        READ_SETUP + PER_WELL * wells as f64
+    }
     pub fn read_luminescence(wells: usize) -> f64 {
-        13.0 + 1.05 * wells as f64
+        READ_SETUP + (PER_WELL + 1.0) * wells as f64
     }
     pub const SEAL: f64 = 12.0;
     pub const PEEL: f64 = 15.0;
@@ -670,7 +677,7 @@ impl<'a> Lowerer<'a> {
                 else {
                     return;
                 };
-                let dur = est::READ_ABSORBANCE * wavelengths_nm.len() as f64;
+                let dur = est::read_absorbance(ws.len(), wavelengths_nm.len());
                 self.emit(
                     t,
                     CommandOp::ReadAbsorbance { labware: lw, wells: ws, wavelengths_nm: wavelengths_nm.clone() },
@@ -702,11 +709,12 @@ impl<'a> Lowerer<'a> {
                 else {
                     return;
                 };
+                let dur = est::read_fluorescence(ws.len());
                 self.emit(
                     t,
                     CommandOp::ReadFluorescence { labware: lw, wells: ws, excitation_nm: ex, emission_nm: em },
                     true,
-                    est::READ_FLUORESCENCE,
+                    dur,
                     span,
                 );
             }

@@ -24,17 +24,27 @@ pub struct RunPlan {
     pub tasks: Vec<Task>,
     #[serde(default)]
     pub max_lags: Vec<MaxLag>,
+    /// Optical properties of the liquids that declare them, by liquid name (simulated readers
+    /// compute each well's value from them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub optics: std::collections::BTreeMap<String, labware::optics::Optics>,
 }
 
 impl RunPlan {
-    /// The same plan with every labware name made unique across runs (`<prefix>.<name>`): two
-    /// tenants' "plate" are different plates to the arm and the liquid handler.
+    /// The same plan with every labware and liquid name made unique across runs
+    /// (`<prefix>.<name>`): two tenants' "plate" are different plates to the arm and the liquid
+    /// handler, and their "dye" different liquids to a simulated reader.
     pub fn scoped(&self, prefix: &str) -> RunPlan {
-        let name = |s: &mut String| *s = format!("{prefix}.{s}");
+        let scope = |s: &str| format!("{prefix}.{s}");
+        let name = |s: &mut String| *s = scope(s);
         let mut plan = self.clone();
         for l in &mut plan.labware {
             name(&mut l.name);
+            for mix in l.composition.values_mut() {
+                *mix = mix.iter().map(|(liquid, ul)| (scope(liquid), *ul)).collect();
+            }
         }
+        plan.optics = plan.optics.iter().map(|(liquid, o)| (scope(liquid), o.clone())).collect();
         for t in &mut plan.tasks {
             t.holds.iter_mut().for_each(name);
             for c in &mut t.commands {
@@ -54,6 +64,9 @@ pub struct PlanLabware {
     /// What the technician loads before the run: well → µL (empty for empty labware).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub contents: std::collections::BTreeMap<String, f64>,
+    /// The same wells by liquid: well → liquid → µL.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub composition: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
 }
 
 /// Instrument settings a task needs; tasks with equal settings may share a capacity resource.

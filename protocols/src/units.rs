@@ -11,6 +11,12 @@ pub enum Dim {
     Speed,
     Wavelength,
     Force,
+    /// Optical density (a liquid's absorbance as it reads in a well).
+    Absorbance,
+    /// Relative fluorescence units.
+    Fluorescence,
+    /// Relative light units per second of integration.
+    Luminescence,
 }
 
 impl Dim {
@@ -23,6 +29,9 @@ impl Dim {
             Dim::Speed => ("a speed", "rpm"),
             Dim::Wavelength => ("a wavelength", "nm"),
             Dim::Force => ("a centrifugal force", "xg"),
+            Dim::Absorbance => ("an absorbance", "OD"),
+            Dim::Fluorescence => ("a fluorescence signal", "RFU"),
+            Dim::Luminescence => ("a luminescence signal", "RLU/s"),
         }
     }
 
@@ -35,6 +44,9 @@ impl Dim {
             Dim::Speed => "`300 rpm`",
             Dim::Wavelength => "`450 nm`",
             Dim::Force => "`1000 xg`",
+            Dim::Absorbance => "`1.2 OD`",
+            Dim::Fluorescence => "`40000 RFU`",
+            Dim::Luminescence => "`250000 RLU/s`",
         }
     }
 }
@@ -75,6 +87,9 @@ const UNITS: &[(&str, Dim, f64)] = &[
     ("×g", Dim::Force, 1.0),
     ("x g", Dim::Force, 1.0),
     ("g", Dim::Force, 1.0),
+    ("od", Dim::Absorbance, 1.0),
+    ("rfu", Dim::Fluorescence, 1.0),
+    ("rlu/s", Dim::Luminescence, 1.0),
 ];
 
 /// Why a quantity could not be read.

@@ -153,6 +153,41 @@ fn mixtures_are_tracked_by_composition() {
 }
 
 #[test]
+fn liquids_declare_optics_that_the_plan_carries_with_each_wells_composition() {
+    let text = HEADER.replace(
+        "  dye: dye\n",
+        "  dye: { description: Coomassie, absorbance: { 595 nm: 0.4 OD, 465 nm: 0.9 OD }, fluorescence: 100 RFU }\n",
+    ) + "  - transfer: { from: res/A2, to: plate/A1, volume: 50 uL }\n";
+    let c = run("t.yaml", &text);
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let plan = c.plan.unwrap();
+    let dye = &plan.optics["dye"];
+    assert_eq!(dye.absorbance, vec![(465.0, 0.9), (595.0, 0.4)], "sorted by wavelength");
+    assert_eq!((dye.fluorescence_rfu, dye.luminescence_rlu_per_s), (Some(100.0), None));
+    assert!(!plan.optics.contains_key("water"), "a liquid given only a description has none");
+    let res = plan.labware.iter().find(|l| l.name == "res").unwrap();
+    assert_eq!(res.composition["A2"]["dye"], 1000.0);
+    // Scoped for a run, liquids are the run's own like its labware.
+    let scoped = plan.scoped("r1");
+    assert!(scoped.optics.contains_key("r1.dye"));
+    assert_eq!(scoped.labware.iter().find(|l| l.name == "r1.res").unwrap().composition["A2"]["r1.dye"], 1000.0);
+    // Mistakes name the liquid and what to write.
+    for (liquid, want) in [
+        ("{ absorbance: { 595: 0.4 OD } }", "is not a wavelength"),
+        ("{ absorbance: { 595 nm: 0.4 } }", "absorbance of liquid `dye` at `595 nm`"),
+        ("{ absorbance: { 595 nm: 0.4 RFU } }", "absorbance"),
+        ("{ luminescence: 5 OD }", "luminescence of liquid `dye`"),
+        ("{ colour: blue }", "colour"),
+        ("[1, 2]", "a description or a map of properties"),
+    ] {
+        let text = HEADER.replace("  dye: dye\n", &format!("  dye: {liquid}\n")) + "  - wait: 1 s\n";
+        let c = run("t.yaml", &text);
+        let all = c.diagnostics.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n");
+        assert!(c.diagnostics.iter().any(|d| d.is_error()) && all.contains(want), "{liquid}: {all}");
+    }
+}
+
+#[test]
 fn volumes_below_every_pipette_minimum() {
     check("  - transfer: { from: res/A1, to: plate/A1, volume: 0.5 uL }\n", &["P0303"]);
     // With only 300 µL tips, 10 µL is below the p300's 20 µL minimum.

@@ -4,7 +4,9 @@
 
 use super::{defined, framework, reject_metadata, uuid_v4, validation};
 use crate::instrument::TimeScale;
+use crate::sim::bench::SharedBench;
 use crate::sim::Faults;
+use labware::optics::Reading;
 use protos::sila2::fdl;
 use protos::sila2::framework::{
     execution_info::CommandStatus, framework_error::ErrorType, Boolean, CommandConfirmation, CommandExecutionUuid,
@@ -22,6 +24,8 @@ use tonic::{Request, Response, Status};
 
 const FEATURE: &str = "org.labwright/instruments/PlateReader/v1";
 const SERVICE: &str = "org.silastandard/core/SiLAService/v1";
+/// How long the door takes to open or close with the carrier, device seconds.
+const DOOR_S: f64 = 4.0;
 
 /// What the simulated reader can do (from the site's instrument entry).
 #[derive(Debug, Clone)]
@@ -33,6 +37,8 @@ pub struct ReaderConfig {
     pub luminescence: bool,
     pub scale: TimeScale,
     pub faults: Faults,
+    /// The plates' contents (the site's bench): reads compute each well's value from it.
+    pub bench: SharedBench,
 }
 
 impl ReaderConfig {
@@ -47,7 +53,13 @@ impl ReaderConfig {
             luminescence: instrument.modes.contains(&labware::site::ReadMode::Luminescence),
             scale,
             faults,
+            bench: SharedBench::default(),
         }
+    }
+
+    /// The same reader on a site's shared bench.
+    pub fn on_bench(self, bench: SharedBench) -> Self {
+        ReaderConfig { bench, ..self }
     }
 }
 
@@ -64,6 +76,9 @@ struct Run {
 #[derive(Debug)]
 struct ReaderState {
     server_name: String,
+    /// Device seconds of door movement and reading since the simulator started (what timing
+    /// tests compare the compiler's estimates with).
+    busy_s: f64,
     plate: Option<String>,
     runs: HashMap<String, Run>,
 }
@@ -132,33 +147,25 @@ impl Mode {
     }
 }
 
-/// A deterministic, plausible reading: a dilution series along the columns, a touch of well-to-well
-/// variation, wavelength-dependent.
-fn simulated_value(well: &str, wavelength: f64, mode: Mode) -> f64 {
-    let col: f64 = well.trim_start_matches(|c: char| c.is_ascii_alphabetic()).parse().unwrap_or(1.0);
-    let row = well.chars().next().map_or(0.0, |c| (c as u32).saturating_sub('A' as u32) as f64);
-    let conc = 0.5f64.powf(col - 1.0);
-    let jitter = 1.0 + 0.01 * ((row * 7.0 + col * 3.0) % 5.0 - 2.0);
-    match mode {
-        Mode::Fluorescence => (50.0 + 40_000.0 * conc * jitter).round(),
-        // Dark counts plus light proportional to the integration time.
-        Mode::Luminescence(seconds) => (20.0 + 250_000.0 * conc * jitter * seconds).round(),
-        Mode::Absorbance => {
-            let peak = (-((wavelength - 450.0) / 250.0).powi(2)).exp();
-            ((0.045 + 2.0 * conc * peak) * jitter * 1000.0).round() / 1000.0
-        }
-    }
-}
-
 impl ReaderSim {
     pub fn new(config: ReaderConfig) -> Self {
         let name = config.name.clone();
         ReaderSim {
             config: Arc::new(config),
             uuid: Arc::new(uuid_v4()),
-            state: Arc::new(Mutex::new(ReaderState { server_name: name, plate: None, runs: HashMap::new() })),
+            state: Arc::new(Mutex::new(ReaderState {
+                server_name: name,
+                busy_s: 0.0,
+                plate: None,
+                runs: HashMap::new(),
+            })),
             power: PowerSwitch::default(),
         }
+    }
+
+    /// Device seconds spent moving the door and reading so far.
+    pub fn busy_s(&self) -> f64 {
+        self.state.lock().map_or(0.0, |s| s.busy_s)
     }
 
     /// The switch that powers this reader off and on.
@@ -272,11 +279,16 @@ impl ReaderSim {
         let seconds = 5.0 + per_well * (wells.len() * wavelengths.len().max(1)) as f64;
         let (tx, rx) = watch::channel(info(CommandStatus::Waiting, 0.0, seconds));
         let result = Arc::new(Mutex::new(None));
-        let plate_loaded = self.lock()?.plate.is_some();
+        let plate = {
+            let mut st = self.lock()?;
+            st.busy_s += seconds;
+            st.plate.clone()
+        };
         self.lock()?.runs.insert(uuid.clone(), Run { info: rx, result: result.clone() });
         let scale = self.config.scale;
         let hang = self.config.faults.timeout_on.iter().any(|w| w == command);
         let fail = self.config.faults.error_for(command).map(str::to_string);
+        let bench = self.config.bench.clone();
         tokio::spawn(async move {
             let steps = 10;
             for i in 0..steps {
@@ -291,22 +303,25 @@ impl ReaderSim {
                 // The injected fault: the read never finishes (the info stream stays open).
                 std::future::pending::<()>().await;
             }
-            let outcome = if !plate_loaded {
-                Err(defined(&error_id("NoPlateLoaded"), "there is no plate in the reader; load one first"))
-            } else if let Some(code) = fail {
-                Err(defined(&error_id(&code), format!("injected device error {code}")))
-            } else {
-                let values = wells
-                    .iter()
-                    .flat_map(|w| {
-                        let lambdas = match mode {
-                            Mode::Absorbance => wavelengths.clone(),
-                            _ => vec![wavelengths.first().copied().unwrap_or(0.0)],
+            let outcome = match (plate, fail) {
+                (None, _) => {
+                    Err(defined(&error_id("NoPlateLoaded"), "there is no plate in the reader; load one first"))
+                }
+                (_, Some(code)) => Err(defined(&error_id(&code), format!("injected device error {code}"))),
+                (Some(plate), None) => match bench.lock() {
+                    Ok(bench) => {
+                        // Absorbance: every wavelength of a well in turn; the others one value per well.
+                        let readings: Vec<Reading> = match mode {
+                            Mode::Absorbance => wavelengths.iter().map(|&nm| Reading::Absorbance { nm }).collect(),
+                            Mode::Fluorescence => vec![Reading::Fluorescence],
+                            Mode::Luminescence(seconds) => vec![Reading::Luminescence { seconds }],
                         };
-                        lambdas.into_iter().map(move |l| simulated_value(w, l, mode)).collect::<Vec<_>>()
-                    })
-                    .collect();
-                Ok((values, mode.unit().to_string()))
+                        let values =
+                            wells.iter().flat_map(|w| readings.iter().map(|&r| bench.read(&plate, w, r))).collect();
+                        Ok((values, mode.unit().to_string()))
+                    }
+                    Err(_) => Err(Status::internal("the simulated plates' state is lost")),
+                },
             };
             let status =
                 if outcome.is_ok() { CommandStatus::FinishedSuccessfully } else { CommandStatus::FinishedWithError };
@@ -366,7 +381,8 @@ impl ReaderSim {
         if let Some(code) = self.config.faults.error_for(command) {
             return Err(defined(&error_id(code), format!("injected device error {code}")));
         }
-        crate::sim::pause(self.config.scale.wall(4.0)).await;
+        self.lock()?.busy_s += DOOR_S;
+        crate::sim::pause(self.config.scale.wall(DOOR_S)).await;
         Ok(())
     }
 }

@@ -7,21 +7,23 @@
 //! below a well's bottom, drawing liquid with no tip, a plunger past its travel, aspirating more
 //! than a well holds, overfilling a well or a tip, dropping a tip outside the trash.
 
+use super::bench::{self, Mixture, SharedBench};
 use super::{LineDevice, Response};
 use crate::deck::{slot_origin, Deck, CHANNEL_PITCH_MM, TRASH_SLOT};
 use crate::driver::liquid::{ul_per_mm, PLUNGER_BOTTOM, PLUNGER_DROP_TIP, PLUNGER_TOP};
 use labware::site::Pipette;
 use labware::Library;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 /// Volumes are compared with this tolerance, µL: G-code positions carry 6 decimals of a mm, so
 /// sums of many moves differ from exact arithmetic by far less than this.
 const EPS_UL: f64 = 1e-3;
-/// Axis speeds, mm per second (device time).
+/// Axis speeds, mm per second (device time). The plunger moves at the pipette's flow rate (the
+/// site's `flow_ul_per_s`, Opentrons' defaults on the shipped site), as a pipette's default
+/// aspirate and dispense speeds do.
 const XY_MM_S: f64 = 400.0;
 const Z_MM_S: f64 = 125.0;
-const B_MM_S: f64 = 15.0;
 
 /// A tip on one channel.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,8 +37,10 @@ pub struct Tip {
 #[derive(Debug, Default)]
 pub struct LiquidState {
     pub deck: Deck,
-    /// µL per (labware name, well name).
-    pub volumes: BTreeMap<(String, String), f64>,
+    /// What every well holds, by liquid: the site's bench, shared with its other simulators.
+    pub bench: SharedBench,
+    /// What each channel's tip holds, by liquid.
+    pub tip_contents: Vec<Mixture>,
     /// Tips already taken from racks: (rack, well).
     pub tips_used: BTreeSet<(String, String)>,
     pub x: f64,
@@ -51,6 +55,9 @@ pub struct LiquidState {
     pub halted: Option<String>,
     /// Device seconds of motion queued since the last `M400`.
     pub pending_motion_s: f64,
+    /// Device seconds of motion carried out since the simulator started (what timing tests
+    /// compare the compiler's estimates with).
+    pub busy_s: f64,
     pub commands: u64,
     /// When set, every liquid movement is appended here as `aspirate|dispense LABWARE WELL UL`,
     /// one unbuffered write per line, so the record survives the process being killed.
@@ -67,12 +74,14 @@ impl LiquidState {
 
     /// Puts liquid in a well before a run (the technician filling a reservoir).
     pub fn fill(&mut self, labware: &str, well: &str, ul: f64) {
-        *self.volumes.entry((labware.to_string(), well.to_string())).or_insert(0.0) += ul;
+        if let Ok(mut b) = self.bench.lock() {
+            b.fill(labware, well, bench::UNNAMED, ul);
+        }
     }
 
     /// Volume in a well.
     pub fn volume(&self, labware: &str, well: &str) -> f64 {
-        self.volumes.get(&(labware.to_string(), well.to_string())).copied().unwrap_or(0.0)
+        self.bench.lock().map_or(0.0, |b| b.volume(labware, well))
     }
 }
 
@@ -85,9 +94,22 @@ pub struct LiquidSim {
 }
 
 impl LiquidSim {
+    /// A liquid handler with a bench of its own.
     pub fn new(instrument: &labware::site::Instrument, library: Library) -> Self {
+        Self::on_bench(instrument, library, SharedBench::default())
+    }
+
+    /// A liquid handler working on a site's shared bench.
+    pub fn on_bench(instrument: &labware::site::Instrument, library: Library, bench: SharedBench) -> Self {
         let channels = instrument.pipettes.first().map_or(1, |p| p.channels.max(1) as usize);
-        let state = LiquidState { plunger: PLUNGER_BOTTOM, z: 150.0, tips: vec![None; channels], ..Default::default() };
+        let state = LiquidState {
+            plunger: PLUNGER_BOTTOM,
+            z: 150.0,
+            tips: vec![None; channels],
+            tip_contents: vec![Mixture::new(); channels],
+            bench,
+            ..Default::default()
+        };
         LiquidSim { state: Arc::new(Mutex::new(state)), pipettes: instrument.pipettes.clone(), library }
     }
 }
@@ -132,6 +154,7 @@ impl LiquidSim {
                         s.tips_used.insert(key);
                         s.tips[c] =
                             Some(Tip { length_mm: spec.length_mm, capacity_ul: spec.volume_ul, liquid_ul: 0.0 });
+                        s.tip_contents[c].clear();
                         continue;
                     }
                     if end < top - 1e-6 {
@@ -174,7 +197,7 @@ impl LiquidSim {
         let Some(p) = self.pipette(s) else { return Err("no pipette on the head".into()) };
         let per_mm = ul_per_mm(p);
         let delta = b - s.plunger;
-        s.pending_motion_s += delta.abs() / B_MM_S;
+        s.pending_motion_s += delta.abs() * per_mm / p.flow_ul_per_s;
         for (c, (x, y)) in Self::channels(s).into_iter().enumerate() {
             let tip = s.tips[c];
             let end = s.z - tip.map_or(0.0, |t| t.length_mm);
@@ -190,7 +213,7 @@ impl LiquidSim {
                     }
                     (None, None) | (Some(_), None) => {} // air
                     (Some(mut t), Some((lw, well, _, _))) => {
-                        let have = s.volumes.get(&(lw.clone(), well.clone())).copied().unwrap_or(0.0);
+                        let have = s.volume(&lw, &well);
                         if drawn > have + EPS_UL {
                             return Err(format!(
                                 "channel {c}: aspirating {drawn:.2} uL from {lw} {well}, which holds {have:.2} uL (would draw air)"
@@ -204,7 +227,8 @@ impl LiquidSim {
                             ));
                         }
                         s.record("aspirate", &lw, &well, drawn);
-                        s.volumes.insert((lw, well), have - drawn);
+                        let taken = s.bench.lock().map_err(|_| "the bench's state is lost")?.take(&lw, &well, drawn);
+                        bench::add(&mut s.tip_contents[c], &taken);
                         t.liquid_ul += drawn;
                         s.tips[c] = Some(t);
                     }
@@ -219,14 +243,20 @@ impl LiquidSim {
                     }
                     s.tips[c] = Some(t);
                     if out > 0.0 {
+                        let leaving = bench::take(&mut s.tip_contents[c], out);
                         if let Some((lw, well, max, _)) = Self::well_under(s, x, y, end, 10.0) {
                             s.record("dispense", &lw, &well, out);
-                            let v = s.volumes.entry((lw.clone(), well.clone())).or_insert(0.0);
-                            *v += out;
-                            if *v > max + EPS_UL {
+                            // Liquid the tip holds beyond its tracked contents (there is none
+                            // in a consistent run) still arrives, as liquid of unknown kind.
+                            let mut arriving = leaving;
+                            let short = out - arriving.values().sum::<f64>();
+                            if short > EPS_UL {
+                                bench::add(&mut arriving, &Mixture::from([(bench::UNNAMED.to_string(), short)]));
+                            }
+                            let v = s.bench.lock().map_err(|_| "the bench's state is lost")?.add(&lw, &well, &arriving);
+                            if v > max + EPS_UL {
                                 return Err(format!(
-                                    "channel {c}: {lw} {well} overflows: {:.2} uL in a {max} uL well",
-                                    *v
+                                    "channel {c}: {lw} {well} overflows: {v:.2} uL in a {max} uL well"
                                 ));
                             }
                         } else if Self::in_trash(x, y) {
@@ -245,6 +275,7 @@ impl LiquidSim {
                         }
                         s.waste_ul += t.liquid_ul;
                         s.tips[c] = None;
+                        s.tip_contents[c].clear();
                     }
                 }
             }
@@ -306,6 +337,7 @@ impl LiquidSim {
                 let p = self.pipettes.get(t).ok_or_else(|| format!("no pipette T{t} on this instrument"))?;
                 s.tool = t;
                 s.tips = vec![None; p.channels.max(1) as usize];
+                s.tip_contents = vec![Mixture::new(); s.tips.len()];
                 Ok(None)
             }
             "G28.2" => {
@@ -314,6 +346,7 @@ impl LiquidSim {
                 Ok(None)
             }
             "M400" => {
+                s.busy_s += s.pending_motion_s;
                 s.pending_motion_s = 0.0;
                 Ok(None)
             }

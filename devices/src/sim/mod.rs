@@ -5,6 +5,7 @@
 //! applies the configured [`Faults`].
 
 pub mod arm;
+pub mod bench;
 pub mod liquid;
 pub mod module;
 pub mod site;

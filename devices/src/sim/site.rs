@@ -3,6 +3,7 @@
 //! exactly as they would reach real instruments.
 
 use super::arm::{self, ArmSim};
+use super::bench::SharedBench;
 use super::liquid::{self, LiquidSim};
 use super::module::{error_reply_for, ModuleSim};
 use super::station::{self, StationSim};
@@ -49,6 +50,8 @@ pub struct SimulatedSite {
     pub liquid: BTreeMap<String, std::sync::Arc<std::sync::Mutex<liquid::LiquidState>>>,
     /// Mains switches of the simulators that have one (plate readers), by instrument id.
     pub power: BTreeMap<String, crate::sila::server::PowerSwitch>,
+    /// What every plate of the site holds: the liquid handlers fill it, the readers read it.
+    pub bench: SharedBench,
 }
 
 fn module_error(d: Dialect) -> fn(&str, &str) -> Vec<u8> {
@@ -95,7 +98,7 @@ pub async fn start_logged(
         let serial = format!("{}-sim", inst.id);
         let (transport, address) = match inst.class {
             InstrumentClass::LiquidHandler => {
-                let sim = LiquidSim::new(inst, Library::shipped());
+                let sim = LiquidSim::on_bench(inst, Library::shipped(), out.bench.clone());
                 if let Some(dir) = log_dir {
                     let path = dir.join(format!("{}.liquid.log", inst.id));
                     let file = std::fs::OpenOptions::new()
@@ -121,7 +124,7 @@ pub async fn start_logged(
                 ("serial", keep(&mut out.ptys, pty))
             }
             InstrumentClass::PlateReader => {
-                let sim = ReaderSim::new(ReaderConfig::from_site(inst, scale, f));
+                let sim = ReaderSim::new(ReaderConfig::from_site(inst, scale, f).on_bench(out.bench.clone()));
                 out.power.insert(inst.id.clone(), sim.power());
                 let (addr, task) = sim.serve_owned(&format!("{host}:0"), None).await.map_err(io)?;
                 out.servers.push(task);

@@ -39,13 +39,17 @@ fn compile(file: &str) -> (RunPlan, protocols::check::Tracked) {
 }
 
 #[tokio::test]
-async fn serial_dilution_volumes_in_the_simulator_match_the_compiler_within_a_tenth_of_a_microlitre() {
+async fn serial_dilution_volumes_and_compositions_in_the_simulator_match_the_compiler() {
     let (plan, tracked) = compile("serial-dilution.yaml");
     let (driver, state, _pty) = rig("lh1").await;
-    // The technician loads the deck as the plan's loading list says.
+    // The technician loads the deck as the plan's loading list says, liquid by liquid.
+    let bench = state.lock().unwrap().bench.clone();
     for lw in &plan.labware {
-        for (well, ul) in &lw.contents {
-            state.lock().unwrap().fill(&lw.name, well, *ul);
+        assert_eq!(lw.contents.keys().collect::<Vec<_>>(), lw.composition.keys().collect::<Vec<_>>());
+        for (well, mix) in &lw.composition {
+            for (liquid, ul) in mix {
+                bench.lock().unwrap().fill(&lw.name, well, liquid, *ul);
+            }
         }
     }
     assert_eq!(state.lock().unwrap().volume("reservoir", "A1"), 12_000.0);
@@ -79,6 +83,19 @@ async fn serial_dilution_volumes_in_the_simulator_match_the_compiler_within_a_te
                 lw.name,
                 w.name
             );
+            // Liquid by liquid: the stock is diluted along the row as the compiler tracks it.
+            let b = bench.lock().unwrap();
+            let empty = Default::default();
+            let mix = b.mixture(&lw.name, &w.name).unwrap_or(&empty);
+            for (liquid, ul) in &tracked.wells[slot][j].contents {
+                let got = mix.get(liquid).copied().unwrap_or(0.0);
+                assert!(
+                    (ul - got).abs() <= 0.1,
+                    "{} {} {liquid}: compiler {ul:.3} µL, simulator {got:.3} µL",
+                    lw.name,
+                    w.name
+                );
+            }
             compared += 1;
         }
     }
@@ -210,4 +227,50 @@ async fn a_tip_left_on_by_a_failed_task_is_dropped_and_the_head_homed() {
     // Nothing to do the second time: it only homes.
     let (driver, _state, _pty) = rig("lh1").await;
     assert_eq!(driver.make_safe().await.unwrap(), "homed");
+}
+
+/// Every liquid-handler task of every example, run through the real driver against the
+/// simulator: the compiler's estimate of each task against the simulator's own motion time.
+#[tokio::test]
+async fn quoted_liquid_handling_agrees_with_the_simulators_timing_within_ten_percent() {
+    let mut files: Vec<String> = std::fs::read_dir(repo().join("protocols/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|f| f.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    let mut report = Vec::new();
+    let mut worst: f64 = 0.0;
+    for file in &files {
+        let (plan, _) = compile(file);
+        for task in plan.tasks.iter().filter(|t| t.class == Some(labware::InstrumentClass::LiquidHandler)) {
+            let instrument = task.instruments.first().map_or("lh1", String::as_str);
+            let (driver, state, _pty) = rig(instrument).await;
+            let bench = state.lock().unwrap().bench.clone();
+            for lw in &plan.labware {
+                for (well, ul) in &lw.contents {
+                    bench.lock().unwrap().fill(&lw.name, well, "x", *ul);
+                }
+            }
+            driver.prepare(&plan).await.unwrap();
+            let before = state.lock().unwrap().busy_s;
+            for cmd in &task.commands {
+                if family(&cmd.op) == Family::LiquidHandler {
+                    driver.start(&cmd.op).await.unwrap().finish().await.unwrap_or_else(|e| panic!("{:?}: {e}", cmd.op));
+                }
+            }
+            let took = state.lock().unwrap().busy_s - before;
+            let ratio = task.duration_s / took;
+            worst = worst.max((ratio - 1.0).abs());
+            report.push(format!(
+                "{file} task {} ({}, {} commands, {instrument}): quoted {:.0} s, simulator {took:.0} s, ratio {ratio:.3}",
+                task.id,
+                task.label,
+                task.commands.len(),
+                task.duration_s
+            ));
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(worst <= 0.10, "a quote is off by {:.1}%:\n{}", worst * 100.0, report.join("\n"));
 }

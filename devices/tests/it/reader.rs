@@ -17,8 +17,30 @@ const FAST: TimeScale = TimeScale(0.01);
 async fn simulated(faults: &str, tls: Option<(String, String)>) -> std::net::SocketAddr {
     let site = Site::sim().unwrap();
     let inst = site.instruments.iter().find(|i| i.id == "reader1").unwrap();
-    let sim = ReaderSim::new(ReaderConfig::from_site(inst, FAST, Faults::parse(faults).unwrap()));
+    let bench = dilution_plate();
+    let sim = ReaderSim::new(ReaderConfig::from_site(inst, FAST, Faults::parse(faults).unwrap()).on_bench(bench));
     sim.serve("127.0.0.1:0", tls).await.unwrap()
+}
+
+/// A plate `plate` holding a 1:2 dilution series of a dye that absorbs, fluoresces and glows,
+/// along the columns (column 1 undiluted), 100 µL per well.
+fn dilution_plate() -> devices::sim::bench::SharedBench {
+    use labware::optics::Optics;
+    let bench = devices::sim::bench::Bench::shared(1);
+    let mut b = bench.lock().unwrap();
+    let dye = Optics {
+        absorbance: vec![(450.0, 2.0), (600.0, 0.5)],
+        fluorescence_rfu: Some(40_000.0),
+        luminescence_rlu_per_s: Some(250_000.0),
+    };
+    b.set_optics("dye", dye);
+    for (i, well) in wells(96).iter().enumerate() {
+        let dye = 100.0 * 0.5f64.powi((i / 8) as i32);
+        b.fill("plate", well, "dye", dye);
+        b.fill("plate", well, "buffer", 100.0 - dye);
+    }
+    drop(b);
+    bench
 }
 
 fn wells(n: usize) -> Vec<String> {
@@ -52,6 +74,12 @@ async fn reads_a_plate_over_sila_with_progress_and_per_well_values() {
     let m = &out.measurements[0];
     assert_eq!((m.values.len(), m.unit.as_str(), m.kind.as_str()), (192, "OD", "absorbance"));
     assert!(m.values[0] > m.values[2 * 88], "column 1 is more concentrated than column 12");
+    // Values come from the wells: A1 (undiluted dye) at 450 nm reads the blank plus the dye's 2.0
+    // OD, B1 (its replicate) agrees within the noise, A2 (1:2) reads half the signal.
+    let (a1, b1, a2) = (m.values[0], m.values[2], m.values[16]);
+    assert!((a1 - 2.04).abs() < 0.2 && (a1 - b1).abs() < 0.15, "A1 {a1}, B1 {b1}");
+    assert!(((a2 - 0.04) / (a1 - 0.04) - 0.5).abs() < 0.1, "A2 {a2} is half of A1 {a1}");
+    assert!(m.values[1] < a1 / 2.0, "A1 at 600 nm absorbs less: {}", m.values[1]);
     assert!(!d.plate_present().await.unwrap(), "the plate was ejected after the read");
     // A plate left inside (a read that failed after loading it) is ejected to make it safe.
     d.load("plate").await.unwrap();
@@ -473,4 +501,48 @@ async fn the_interop_tester_grades_our_client_and_our_server() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("25 passed"), "{text}");
+}
+
+/// Every plate-reader task of every example, run through the driver against the simulated reader
+/// it would run on: the compiler's estimate against the reader's own door and read time.
+#[tokio::test]
+async fn quoted_reads_agree_with_the_simulated_readers_timing_within_ten_percent() {
+    let site = Site::sim().unwrap();
+    let lib = labware::Library::shipped();
+    let mut report = Vec::new();
+    let mut worst: f64 = 0.0;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("protocols/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(path).unwrap();
+        let c = protocols::compile(&protocols::SourceFile::new(&name, text), protocols::Format::Auto, &site, &lib);
+        let plan = c.plan.unwrap();
+        for task in plan.tasks.iter().filter(|t| t.class == Some(labware::InstrumentClass::PlateReader)) {
+            let id = task.instruments.first().map_or("reader1", String::as_str);
+            let inst = site.instruments.iter().find(|i| i.id == id).unwrap();
+            let sim = ReaderSim::new(ReaderConfig::from_site(inst, TimeScale(0.0001), Faults::default()));
+            let addr = sim.clone().serve("127.0.0.1:0", None).await.unwrap();
+            let d = PlateReaderDriver::new(connect(&addr.to_string(), None, Duration::from_secs(5)).await.unwrap());
+            for cmd in &task.commands {
+                d.start(&cmd.op).await.unwrap().finish().await.unwrap();
+            }
+            let ratio = task.duration_s / sim.busy_s();
+            worst = worst.max((ratio - 1.0).abs());
+            report.push(format!(
+                "{name} task {} ({}, {id}): quoted {:.1} s, simulator {:.1} s, ratio {ratio:.3}",
+                task.id,
+                task.label,
+                task.duration_s,
+                sim.busy_s()
+            ));
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(report.len() >= 4, "the examples read plates: {report:?}");
+    assert!(worst <= 0.10, "a quote is off by {:.1}%:\n{}", worst * 100.0, report.join("\n"));
 }

@@ -33,6 +33,9 @@ pub struct Config {
     /// `{ lh1 = "error_once=G0 B:ERR_INJECTED" }` fails one task mid-way. Tests and drills.
     #[serde(default)]
     pub sim_faults: std::collections::BTreeMap<String, String>,
+    /// Seed of the simulated readers' noise: the same seed and plates give the same values.
+    #[serde(default)]
+    pub sim_seed: u64,
     /// Serve the API over TLS with this certificate chain (PEM); needs `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
@@ -143,6 +146,7 @@ impl Default for Config {
             time_scale: default_scale(),
             sim_log_dir: None,
             sim_faults: Default::default(),
+            sim_seed: 0,
             tls_cert: None,
             tls_key: None,
             mqtt_broker: MqttBroker::Embedded,
@@ -543,7 +547,11 @@ async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) ->
         for (id, spec) in &config.sim_faults {
             faults.insert(id.clone(), devices::sim::Faults::parse(spec).map_err(|e| format!("sim_faults.{id}: {e}"))?);
         }
-        Lab::simulated_logged(site.clone(), scale, &faults, config.sim_log_dir.as_deref()).await?
+        let lab = Lab::simulated_logged(site.clone(), scale, &faults, config.sim_log_dir.as_deref()).await?;
+        if let Some(Ok(mut bench)) = lab.simulated.as_ref().map(|s| s.bench.lock()) {
+            bench.set_seed(config.sim_seed);
+        }
+        lab
     } else {
         if !config.sim_faults.is_empty() {
             return Err("sim_faults applies to a simulated site only (every endpoint `sim`)".into());

@@ -172,8 +172,8 @@ impl Executor {
         let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
         self.event(run, "task_started", ev).await?;
         if let (Some(d), Some(class)) = (driver, task.class) {
+            self.put_on_bench(plan);
             if class == labware::InstrumentClass::LiquidHandler {
-                self.load_deck(instrument.as_deref().unwrap_or(""), plan);
                 d.prepare(plan)
                     .await
                     .map_err(|error| JobError::Prepare { instrument: instrument.clone().unwrap_or_default(), error })?;
@@ -234,16 +234,24 @@ impl Executor {
         Ok(())
     }
 
-    /// In a simulated lab, the simulated technician loads the liquid handler's deck from the
-    /// plan's loading list (in a real lab the loading list goes to a person).
-    pub(super) fn load_deck(&self, instrument: &str, plan: &RunPlan) {
-        let Some(state) = self.lab.simulated.as_ref().and_then(|s| s.liquid.get(instrument)) else { return };
-        let Ok(mut s) = state.lock() else { return };
+    /// In a simulated lab, the simulated technician puts the run's labware on the bench with the
+    /// plan's starting contents, once (in a real lab the loading list goes to a person), and the
+    /// physics of the liquids (their declared optics) becomes the simulated readers'.
+    pub(super) fn put_on_bench(&self, plan: &RunPlan) {
+        let Some(sims) = self.lab.simulated.as_ref() else { return };
+        let Ok(mut bench) = sims.bench.lock() else { return };
+        for (liquid, optics) in &plan.optics {
+            bench.set_optics(liquid, optics.clone());
+        }
         for lw in &plan.labware {
             for (well, ul) in &lw.contents {
-                let key = (lw.name.clone(), well.clone());
-                if !s.volumes.contains_key(&key) {
-                    s.fill(&lw.name, well, *ul);
+                if bench.knows(&lw.name, well) {
+                    continue;
+                }
+                match lw.composition.get(well) {
+                    Some(mix) => mix.iter().for_each(|(liquid, ul)| bench.fill(&lw.name, well, liquid, *ul)),
+                    // Plans stored before compositions were: the volume, of unknown kind.
+                    None => bench.fill(&lw.name, well, devices::sim::bench::UNNAMED, *ul),
                 }
             }
         }
@@ -284,11 +292,9 @@ impl Executor {
         match self.await_resolution(&i.id).await?.as_str() {
             "abort" => Err(JobError::Aborted(format!("`{instruction}`"))),
             _ => {
-                for state in self.lab.simulated.iter().flat_map(|s| s.liquid.values()) {
-                    if let Ok(mut s) = state.lock() {
-                        for (_, labware, well, ul) in &adds {
-                            s.fill(labware, well, *ul);
-                        }
+                if let Some(Ok(mut bench)) = self.lab.simulated.as_ref().map(|s| s.bench.lock()) {
+                    for (reagent, labware, well, ul) in &adds {
+                        bench.fill(labware, well, reagent, *ul);
                     }
                 }
                 Ok(())
