@@ -140,7 +140,7 @@ fn liquid_optics(v: &Node, what: &str, d: &mut Diagnostics) -> labware::optics::
                             None
                         }
                     };
-                    if let (Some(wl), Some(od)) = (wl, quantity(od, Dim::Absorbance, &at, (0.0, 10.0), d)) {
+                    if let (Some(wl), Some(od)) = (wl, quantity(od, Dim::Absorbance, &at, (0.0, 1000.0), d)) {
                         if o.absorbance.iter().any(|(w, _)| *w == wl) {
                             d.push(Diagnostic::error(
                                 "P0103",

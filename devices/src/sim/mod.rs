@@ -168,6 +168,9 @@ pub async fn serve<S, D>(
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 1024];
     let mut served = 0u32;
+    // Wall time the timer overslept so far: taken off the next wait, so that over many short
+    // moves the device's time follows its model rather than the timer's millisecond grain.
+    let mut overslept = std::time::Duration::ZERO;
     loop {
         let n = match io.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
@@ -200,7 +203,15 @@ pub async fn serve<S, D>(
             } else {
                 let busy = device.busy_for(&line);
                 if busy > 0.0 {
-                    pause(clock.scale().wall(busy)).await;
+                    let want = clock.scale().wall(busy);
+                    if want > overslept {
+                        let wait = want - overslept;
+                        let started = Instant::now();
+                        pause(wait).await;
+                        overslept = started.elapsed().saturating_sub(wait);
+                    } else {
+                        overslept -= want;
+                    }
                 }
                 device.handle(&line, clock.now_s())
             };

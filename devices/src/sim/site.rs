@@ -52,6 +52,8 @@ pub struct SimulatedSite {
     pub power: BTreeMap<String, crate::sila::server::PowerSwitch>,
     /// What every plate of the site holds: the liquid handlers fill it, the readers read it.
     pub bench: SharedBench,
+    /// The simulated plate readers, by instrument id (their device time, for timing tests).
+    pub readers: BTreeMap<String, ReaderSim>,
 }
 
 fn module_error(d: Dialect) -> fn(&str, &str) -> Vec<u8> {
@@ -126,6 +128,7 @@ pub async fn start_logged(
             InstrumentClass::PlateReader => {
                 let sim = ReaderSim::new(ReaderConfig::from_site(inst, scale, f).on_bench(out.bench.clone()));
                 out.power.insert(inst.id.clone(), sim.power());
+                out.readers.insert(inst.id.clone(), sim.clone());
                 let (addr, task) = sim.serve_owned(&format!("{host}:0"), None).await.map_err(io)?;
                 out.servers.push(task);
                 ("sila", addr.to_string())

@@ -13,6 +13,8 @@ mod cli;
 mod console;
 #[path = "it/executor.rs"]
 mod executor;
+#[path = "it/first_hour.rs"]
+mod first_hour;
 #[path = "it/isolation.rs"]
 mod isolation;
 #[path = "it/mqtt.rs"]

@@ -49,7 +49,15 @@ impl Executor {
             let Some(slot) = s.planner.schedule.tasks.get(*run).and_then(|t| t.get(*task)) else { continue };
             let duration = (slot.end - slot.start).max(1.0);
             if now > slot.end + (0.05 * duration).max(30.0) {
-                out.push(Change::Overrun { run: *run, task: *task, expected_end: now + duration.max(600.0) });
+                // How much longer: an instrument's work is late by a share of its estimate (its
+                // pace is known); a person's by anything, so the plan assumes the worst.
+                let by_hand = s
+                    .runs
+                    .get(*run)
+                    .and_then(|a| a.plan.tasks.get(*task))
+                    .is_some_and(|t| t.class == Some(labware::InstrumentClass::Technician));
+                let more = if by_hand { duration.max(600.0) } else { (0.1 * duration).max(60.0) };
+                out.push(Change::Overrun { run: *run, task: *task, expected_end: now + more });
             }
         }
         out

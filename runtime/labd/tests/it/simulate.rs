@@ -79,10 +79,12 @@ fn simulate_with_a_seed_repeats_itself() {
 }
 
 /// The capacity simulation and a run through the live executor (real simulated instruments
-/// over their wires, scale 0.01) agree within 5% on makespan and mean turnaround. (Turnaround
+/// over their wires, scale 0.02) agree within 5% on makespan and mean turnaround. (Turnaround
 /// once came out 26% apart under CI load: the executor had split the six concurrent submissions
 /// into a first plan and repairs; it now plans a burst at an idle lab together, as the
-/// simulation does.)
+/// simulation does. Since quotes match the instruments' timing, the executor's own overhead
+/// per command shows: at scale 0.01 three liquid handlers' chains in a debug build on two cores
+/// came to +9%, at 0.02 +0.8%; at real time it is under 0.1%.)
 #[test]
 fn simulate_matches_the_live_executor_within_five_percent() {
     let _machine = quiet_machine();
@@ -105,8 +107,8 @@ fn simulate_matches_the_live_executor_within_five_percent() {
     let sim_makespan = sim.makespan_s - first;
     let sim_turnaround = sim.per_tenant.iter().map(|t| t.mean_turnaround_s).sum::<f64>() / 3.0;
 
-    let scale = 0.01;
-    let lab = serve_lab("simlive", "0.01");
+    let scale = 0.02;
+    let lab = serve_lab("simlive", "0.02");
     let tokens: Vec<String> = ["t1", "t2", "t3"].iter().map(|t| lab.tenant(t)).collect();
     let lab_ref = &lab;
     let runs: Vec<String> = std::thread::scope(|s| {
