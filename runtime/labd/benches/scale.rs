@@ -110,7 +110,11 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let scale = devices::TimeScale(1e-4);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("scale.sqlite")).unwrap());
+        // GROUP_COMMIT=0: every journal write in its own transaction (the baseline).
+        let grouped = std::env::var("GROUP_COMMIT").map_or(true, |v| v != "0");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.join("scale.sqlite")).unwrap().with_group_commit(grouped));
+        println!("journal: {}", if grouped { "group commit" } else { "one transaction per write" });
         let started = Instant::now();
         let lab = Arc::new(labd::lab::Lab::simulated(site.clone(), scale).await.unwrap());
         println!(

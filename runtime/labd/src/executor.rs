@@ -23,6 +23,8 @@ mod jobs;
 mod repair;
 mod timing;
 
+pub use failure::ExecutorError;
+
 use jobs::jobs;
 pub use timing::{print_timings, CommandTiming, CommandTimings};
 
@@ -222,7 +224,11 @@ struct Dispatch {
     generation: u64,
     /// Jobs that have started, by key, with their completion: later generations wait on these.
     started: HashMap<String, watch::Receiver<Option<bool>>>,
-    in_flight: usize,
+    /// Every job's task: shutdown waits for them (within a bound).
+    tasks: tokio_util::task::TaskTracker,
+    /// Cancelled at shutdown: jobs still waiting for their turn end at once; jobs already on an
+    /// instrument finish, so their outcome is journaled.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// From a job to the loop.
@@ -311,9 +317,11 @@ struct JobCtx {
     problem: Arc<LabProblem>,
     runs: Arc<Vec<(Run, RunPlan)>>,
     dispatch: Arc<Mutex<Dispatch>>,
-    reports: mpsc::UnboundedSender<Report>,
+    reports: mpsc::Sender<Report>,
     gates: Vec<String>,
     probe: Option<String>,
+    /// Shutdown: a job still waiting for its turn ends; one on an instrument finishes.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Whether a burst of arrivals at an idle lab is complete: no new arrival for two ticks, or
@@ -383,16 +391,23 @@ impl Executor {
     }
 
     /// Submits a compiled plan for a tenant (what the API's Submit does after compiling).
-    pub fn submit(&self, tenant_id: &str, key: &str, name: &str, source: &str, plan: &RunPlan) -> Result<Run, String> {
+    pub fn submit(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        name: &str,
+        source: &str,
+        plan: &RunPlan,
+    ) -> Result<Run, ExecutorError> {
         let run = NewRun {
             tenant_id: tenant_id.into(),
             idempotency_key: key.into(),
             name: name.into(),
             source: source.into(),
-            plan_json: serde_json::to_string(plan).map_err(|e| e.to_string())?,
+            plan_json: serde_json::to_string(plan).map_err(|e| ExecutorError::Plan(e.to_string()))?,
             priority: 0,
         };
-        self.store.submit_run(&run).map(|(r, _)| r).map_err(|e| e.to_string())
+        Ok(self.store.submit_run(&run).map(|(r, _)| r)?)
     }
 
     /// After a restart: runs that were running when the runtime stopped are failed with a reason
@@ -400,39 +415,34 @@ impl Executor {
     /// intervention for each such command that is not safe to repeat. A run that had not yet
     /// touched anything (no command, no plate move, no manual step) goes back to the queue
     /// instead. Queued runs are untouched and run normally. Returns the runs it failed.
-    pub fn recover(&self) -> Result<Vec<String>, String> {
-        let open = self.store.open_attempts().map_err(|e| e.to_string())?;
-        let asked = self.store.interventions(None, false).map_err(|e| e.to_string())?;
+    pub fn recover(&self) -> Result<Vec<String>, ExecutorError> {
+        let open = self.store.open_attempts()?;
+        let asked = self.store.interventions(None, false)?;
         let mut failed = Vec::new();
-        for run in self.store.runs(None, &[RunState::Running, RunState::Cancelling]).map_err(|e| e.to_string())? {
+        for run in self.store.runs(None, &[RunState::Running, RunState::Cancelling])? {
             if self.config.cell.is_some() && run.cell != self.config.cell {
                 continue; // another cell's run: its node recovers it
             }
-            let untouched = self.store.attempts(&run.id).map_err(|e| e.to_string())?.is_empty()
-                && !asked.iter().any(|i| i.run_id == run.id);
+            let untouched = self.store.attempts(&run.id)?.is_empty() && !asked.iter().any(|i| i.run_id == run.id);
             if untouched {
                 let (state, reason) = match run.state {
                     RunState::Cancelling => (RunState::Cancelled, "cancelled; labd stopped before it began"),
                     _ => (RunState::Queued, "labd stopped before it began; queued again"),
                 };
-                self.store.set_run_state(&run.id, state, Some(reason)).map_err(|e| e.to_string())?;
+                self.store.set_run_state(&run.id, state, Some(reason))?;
                 continue;
             }
             let mine: Vec<_> = open.iter().filter(|a| a.intent.run_id == run.id).collect();
             for a in &mine {
-                self.store
-                    .record_outcome(&a.id, "unknown", Some("labd stopped before the outcome was recorded"))
-                    .map_err(|e| e.to_string())?;
+                self.store.record_outcome(&a.id, "unknown", Some("labd stopped before the outcome was recorded"))?;
                 if !a.intent.repeatable {
-                    self.store
-                        .open_intervention(
-                            &run.id,
-                            (a.intent.task_id >= 0).then_some(a.intent.task_id),
-                            Some(&a.intent.instrument),
-                            &format!("labd restarted while {} was running {}", a.intent.instrument, a.intent.op_json),
-                            "check the instrument and the plate; the run was stopped and will not resend this command",
-                        )
-                        .map_err(|e| e.to_string())?;
+                    self.store.open_intervention(
+                        &run.id,
+                        (a.intent.task_id >= 0).then_some(a.intent.task_id),
+                        Some(&a.intent.instrument),
+                        &format!("labd restarted while {} was running {}", a.intent.instrument, a.intent.op_json),
+                        "check the instrument and the plate; the run was stopped and will not resend this command",
+                    )?;
                 }
             }
             let reason = match mine.first() {
@@ -443,7 +453,7 @@ impl Executor {
                 None => "labd restarted mid-run between commands".to_string(),
             };
             let state = if run.state == RunState::Cancelling { RunState::Cancelled } else { RunState::Failed };
-            self.store.set_run_state(&run.id, state, Some(&reason)).map_err(|e| e.to_string())?;
+            self.store.set_run_state(&run.id, state, Some(&reason))?;
             failed.push(run.id);
         }
         Ok(failed)
@@ -453,18 +463,20 @@ impl Executor {
     /// tenant's quota), keeps one plan for everything admitted and repairs it as runs arrive and
     /// instruments go down or into maintenance and come back, and dispatches each job when it is
     /// due and what it waits for has finished.
-    pub async fn run(&self, stop: watch::Receiver<bool>) -> Result<(), String> {
+    pub async fn run(&self, stop: watch::Receiver<bool>) -> Result<(), ExecutorError> {
         self.drive(stop, false).await.map(|_| ())
     }
 
     /// Runs everything queued (and whatever arrives meanwhile) to a final state, then returns.
-    pub async fn run_queued(&self) -> Result<BatchReport, String> {
+    pub async fn run_queued(&self) -> Result<BatchReport, ExecutorError> {
         let (_keep, stop) = watch::channel(false);
         self.drive(stop, true).await
     }
 
-    async fn drive(&self, mut stop: watch::Receiver<bool>, until_idle: bool) -> Result<BatchReport, String> {
-        let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
+    async fn drive(&self, mut stop: watch::Receiver<bool>, until_idle: bool) -> Result<BatchReport, ExecutorError> {
+        // Bounded: a job waits to report rather than the loop's backlog growing without limit
+        // (each report is taken in as soon as the loop wakes).
+        let (reports_tx, mut reports) = mpsc::channel::<Report>(1024);
         let dispatch = Arc::new(Mutex::new(Dispatch::default()));
         let mut session: Option<Session> = None;
         let mut report = BatchReport::default();
@@ -478,7 +490,7 @@ impl Executor {
         let mut burst: Option<(usize, Instant, Instant)> = None;
         let mut sessions = 0u64;
         // The site in scheduler terms (nests, arm routes): the same for every admission and plan.
-        let site = LabProblem::from_site(&self.lab.site).map_err(|e| e.0)?;
+        let site = LabProblem::from_site(&self.lab.site).map_err(|e| ExecutorError::Site(e.0))?;
         // What the plan treats as unavailable, and why; the board mirrors it for technicians.
         // An earlier drive's findings carry over through the board.
         let mut out_of_service: BTreeMap<String, Out> = self
@@ -584,10 +596,22 @@ impl Executor {
         }
         // Stopping: nothing new starts; commands already on an instrument get a moment to finish
         // so their outcome is journaled (what does not finish is recovered at the next start).
-        lock(&dispatch).generation = u64::MAX;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while lock(&dispatch).in_flight > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let tasks = {
+            let mut d = lock(&dispatch);
+            d.generation = u64::MAX;
+            d.stopping.cancel();
+            d.tasks.close();
+            d.tasks.clone()
+        };
+        // Reports still on their way are drained so no job waits on a full channel.
+        let drained = async {
+            tokio::select! {
+                _ = tasks.wait() => {}
+                _ = async { while reports.recv().await.is_some() {} } => {}
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), drained).await.is_err() {
+            tracing::warn!(running = tasks.len(), "commands still on instruments after 5 s; recovery settles them");
         }
         Ok(report)
     }

@@ -10,6 +10,25 @@ use labware::{InstrumentClass, Site};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Why the lab could not be connected; names the instrument and keeps the driver's error class.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The in-process simulators could not start.
+    #[error("{0}")]
+    Simulators(String),
+    /// No endpoint given for an instrument or arm of the site, or one that does not parse.
+    #[error("{what} {id}: {why}")]
+    Endpoint { what: &'static str, id: String, why: String },
+    /// The driver could not reach or identify the instrument.
+    #[error("{what} {id}: {error}")]
+    Connect {
+        what: &'static str,
+        id: String,
+        #[source]
+        error: devices::InstrumentError,
+    },
+}
+
 /// Connected drivers, by instrument or arm id.
 #[derive(Debug)]
 pub struct Lab {
@@ -23,7 +42,7 @@ pub struct Lab {
 impl Lab {
     /// Starts every instrument of the site as a simulator on its own endpoint (PTY, TCP, SiLA),
     /// then connects the real drivers to them: the runtime talks the same wire as to real devices.
-    pub async fn simulated(site: Site, scale: TimeScale) -> Result<Lab, String> {
+    pub async fn simulated(site: Site, scale: TimeScale) -> Result<Lab, LabError> {
         Lab::simulated_with_faults(site, scale, &BTreeMap::new()).await
     }
 
@@ -32,7 +51,7 @@ impl Lab {
         site: Site,
         scale: TimeScale,
         faults: &BTreeMap<String, devices::sim::Faults>,
-    ) -> Result<Lab, String> {
+    ) -> Result<Lab, LabError> {
         Lab::simulated_logged(site, scale, faults, None).await
     }
 
@@ -42,8 +61,10 @@ impl Lab {
         scale: TimeScale,
         faults: &BTreeMap<String, devices::sim::Faults>,
         log_dir: Option<&std::path::Path>,
-    ) -> Result<Lab, String> {
-        let sims = devices::sim::site::start_logged(&site, scale, faults, "127.0.0.1", log_dir).await?;
+    ) -> Result<Lab, LabError> {
+        let sims = devices::sim::site::start_logged(&site, scale, faults, "127.0.0.1", log_dir)
+            .await
+            .map_err(LabError::Simulators)?;
         let endpoints: BTreeMap<String, String> = sims.listening.iter().map(|l| (l.id.clone(), l.endpoint())).collect();
         let mut lab = Lab::connect(site, &endpoints, scale).await?;
         lab.simulated = Some(sims);
@@ -51,23 +72,38 @@ impl Lab {
     }
 
     /// Connects to the given endpoints (instrument id → endpoint string).
-    pub async fn connect(site: Site, endpoints: &BTreeMap<String, String>, scale: TimeScale) -> Result<Lab, String> {
+    pub async fn connect(site: Site, endpoints: &BTreeMap<String, String>, scale: TimeScale) -> Result<Lab, LabError> {
         let cfg = OpenConfig { scale, sila_ca: None };
         let mut instruments = BTreeMap::new();
+        let endpoint = |what: &'static str, id: &str| -> Result<Endpoint, LabError> {
+            let text = endpoints.get(id).ok_or_else(|| LabError::Endpoint {
+                what,
+                id: id.to_string(),
+                why: "no endpoint given".into(),
+            })?;
+            Endpoint::parse(text).map_err(|why| LabError::Endpoint { what, id: id.to_string(), why })
+        };
         for inst in &site.instruments {
             if matches!(inst.class, InstrumentClass::RobotArm | InstrumentClass::Technician) {
                 continue;
             }
-            let ep = endpoints.get(&inst.id).ok_or_else(|| format!("no endpoint for instrument {}", inst.id))?;
-            let ep = Endpoint::parse(ep).map_err(|e| format!("instrument {}: {e}", inst.id))?;
-            let d = open(inst, &ep, &cfg).await.map_err(|e| format!("instrument {}: {e}", inst.id))?;
+            let ep = endpoint("instrument", &inst.id)?;
+            let d = open(inst, &ep, &cfg).await.map_err(|error| LabError::Connect {
+                what: "instrument",
+                id: inst.id.clone(),
+                error,
+            })?;
             instruments.insert(inst.id.clone(), d);
         }
         let mut arms = BTreeMap::new();
         for a in &site.arms {
-            let ep = endpoints.get(&a.id).ok_or_else(|| format!("no endpoint for arm {}", a.id))?;
-            let ep = Endpoint::parse(ep).map_err(|e| format!("arm {}: {e}", a.id))?;
-            arms.insert(a.id.clone(), open_arm(a, &ep, scale).await.map_err(|e| format!("arm {}: {e}", a.id))?);
+            let ep = endpoint("arm", &a.id)?;
+            let d = open_arm(a, &ep, scale).await.map_err(|error| LabError::Connect {
+                what: "arm",
+                id: a.id.clone(),
+                error,
+            })?;
+            arms.insert(a.id.clone(), d);
         }
         Ok(Lab { site, instruments, arms, simulated: None })
     }

@@ -7,229 +7,13 @@ use crate::lab::Lab;
 use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Role, Store};
 use devices::TimeScale;
 use protos::labwright::v1 as pb;
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// `labd.toml`. Every key is optional; unknown keys are errors.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Where the database and the admin token live.
-    #[serde(default = "default_data_dir")]
-    pub data_dir: PathBuf,
-    /// gRPC address.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Site description; the shipped simulated site when absent.
-    pub site: Option<PathBuf>,
-    /// Device time per wall time for simulated instruments (1.0 real time).
-    #[serde(default = "default_scale")]
-    pub time_scale: f64,
-    /// Simulated liquid handlers append every liquid movement to `<dir>/<id>.liquid.log`
-    /// (tests and debugging: what the simulated instruments really did).
-    pub sim_log_dir: Option<PathBuf>,
-    /// Faults the simulated instruments inject (instrument id → spec, as `labd sim --faults`):
-    /// `{ lh1 = "error_once=G0 B:ERR_INJECTED" }` fails one task mid-way. Tests and drills.
-    #[serde(default)]
-    pub sim_faults: std::collections::BTreeMap<String, String>,
-    /// Seed of the simulated readers' noise: the same seed and plates give the same values.
-    #[serde(default)]
-    pub sim_seed: u64,
-    /// Serve the API over TLS with this certificate chain (PEM); needs `tls_key`.
-    pub tls_cert: Option<PathBuf>,
-    /// The certificate's private key (PEM).
-    pub tls_key: Option<PathBuf>,
-    /// `embedded` (default): labd runs the MQTT broker itself on `mqtt_host:mqtt_port`;
-    /// `external`: a broker configured with `labd mqtt-config` (Mosquitto) listens there.
-    #[serde(default)]
-    pub mqtt_broker: MqttBroker,
-    /// Where the broker listens and what tenants are told.
-    #[serde(default = "default_mqtt_host")]
-    pub mqtt_host: String,
-    /// 1884 by default, so an embedded broker does not collide with a system Mosquitto on 1883.
-    #[serde(default = "default_mqtt_port")]
-    pub mqtt_port: u16,
-    /// Publish run events, states and results as `labwright-runtime`. Default: on with the
-    /// embedded broker, off with an external one until it is configured.
-    pub mqtt_publish: Option<bool>,
-    /// Connections the embedded broker keeps at once, signed in or not (1000): past it a client
-    /// gets a CONNACK "server unavailable", and file handles are never exhausted by MQTT.
-    #[serde(default = "default_mqtt_max_connections")]
-    pub mqtt_max_connections: usize,
-    /// Connections of one identity (one token) at once (50).
-    #[serde(default = "default_mqtt_max_connections_per_identity")]
-    pub mqtt_max_connections_per_identity: usize,
-    /// Where the technician console (HTTP) listens; `"off"` for none. Loopback by default:
-    /// put it behind a TLS proxy before opening it to a network.
-    #[serde(default = "default_console_listen")]
-    pub console_listen: String,
-    /// Host names the console answers to besides loopback ones (`lab.example.org:8650`): a
-    /// request naming another host is refused, which stops DNS rebinding. Empty on a
-    /// non-loopback address: any host.
-    #[serde(default)]
-    pub console_hosts: Vec<String>,
-    /// PostgreSQL for several nodes on one database (`postgres://user@host:5432/labwright`);
-    /// SQLite in `data_dir` when absent.
-    pub database: Option<String>,
-    /// This node's name in cell leases; the host name and process id when absent.
-    pub node: Option<String>,
-    /// The site's work cells this node drives, or stands by for while another node drives
-    /// them. Empty: every cell of the site.
-    #[serde(default)]
-    pub cells: Vec<String>,
-    /// How long a cell's lease lasts unrenewed (ms): a standby takes over this long after the
-    /// driving node died. Renewed every third of it.
-    #[serde(default = "default_lease_ms")]
-    pub lease_ms: u64,
-    /// What labd logs to stderr: `error`, `warn`, `info` (default), `debug`, `trace`, or a
-    /// filter such as `info,labd::executor=debug`; `RUST_LOG` overrides it.
-    #[serde(default = "default_log_level")]
-    pub log_level: String,
-    /// `text` (default) for people, `json` (one object per line) for a log collector.
-    #[serde(default)]
-    pub log_format: crate::logging::LogFormat,
-}
-
-fn default_log_level() -> String {
-    "info".into()
-}
-
-fn default_lease_ms() -> u64 {
-    10_000
-}
-
-fn default_console_listen() -> String {
-    "127.0.0.1:8650".into()
-}
-
-/// Which MQTT broker tenants use.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MqttBroker {
-    #[default]
-    Embedded,
-    External,
-}
-
-fn default_mqtt_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_mqtt_max_connections() -> usize {
-    crate::telemetry::broker::Limits::default().total
-}
-
-fn default_mqtt_max_connections_per_identity() -> usize {
-    crate::telemetry::broker::Limits::default().per_identity
-}
-
-fn default_mqtt_port() -> u16 {
-    1884
-}
-
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("labd-data")
-}
-fn default_listen() -> String {
-    "127.0.0.1:50051".into()
-}
-fn default_scale() -> f64 {
-    1.0
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            data_dir: default_data_dir(),
-            listen: default_listen(),
-            site: None,
-            time_scale: default_scale(),
-            sim_log_dir: None,
-            sim_faults: Default::default(),
-            sim_seed: 0,
-            tls_cert: None,
-            tls_key: None,
-            mqtt_broker: MqttBroker::Embedded,
-            mqtt_host: default_mqtt_host(),
-            mqtt_port: default_mqtt_port(),
-            mqtt_publish: None,
-            mqtt_max_connections: default_mqtt_max_connections(),
-            mqtt_max_connections_per_identity: default_mqtt_max_connections_per_identity(),
-            console_listen: default_console_listen(),
-            console_hosts: Vec::new(),
-            database: None,
-            node: None,
-            cells: Vec::new(),
-            lease_ms: default_lease_ms(),
-            log_level: default_log_level(),
-            log_format: Default::default(),
-        }
-    }
-}
-
-impl Config {
-    /// Reads and checks a config file; errors name the file and the key.
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        let c: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        c.check().map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(c)
-    }
-
-    /// The TLS identity (certificate chain, key) when TLS is configured.
-    pub fn tls(&self) -> Result<Option<(String, String)>, String> {
-        match (&self.tls_cert, &self.tls_key) {
-            (None, None) => Ok(None),
-            (Some(c), Some(k)) => {
-                let read = |key: &str, p: &Path| {
-                    std::fs::read_to_string(p).map_err(|e| format!("{key} = {:?}: cannot read it: {e}", p.display()))
-                };
-                let (cert, key) = (read("tls_cert", c)?, read("tls_key", k)?);
-                if !cert.contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(format!("tls_cert = {:?}: not a PEM certificate", c.display()));
-                }
-                if !key.contains("PRIVATE KEY-----") {
-                    return Err(format!("tls_key = {:?}: not a PEM private key", k.display()));
-                }
-                Ok(Some((cert, key)))
-            }
-            (Some(_), None) => Err("tls_cert is set but tls_key is not: give both, or neither for plain gRPC".into()),
-            (None, Some(_)) => Err("tls_key is set but tls_cert is not: give both, or neither for plain gRPC".into()),
-        }
-    }
-
-    pub fn check(&self) -> Result<(), String> {
-        if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
-            return Err(format!("time_scale = {}: give a positive number (1.0 is real time)", self.time_scale));
-        }
-        self.listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|_| format!("listen = {:?}: give host:port, e.g. \"127.0.0.1:50051\"", self.listen))?;
-        if self.mqtt_max_connections == 0 || self.mqtt_max_connections_per_identity == 0 {
-            return Err("mqtt_max_connections and mqtt_max_connections_per_identity: give at least 1".into());
-        }
-        if !(1_000..=600_000).contains(&self.lease_ms) {
-            return Err(format!("lease_ms = {}: give 1000 to 600000 milliseconds", self.lease_ms));
-        }
-        if let Some(url) = &self.database {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains("dbname=")) {
-                return Err("database: give a PostgreSQL URL, e.g. \"postgres://labwright@db:5432/labwright\" (leave it out for SQLite in data_dir)".into());
-            }
-        }
-        for (id, spec) in &self.sim_faults {
-            devices::sim::Faults::parse(spec).map_err(|e| format!("sim_faults.{id}: {e}"))?;
-        }
-        if self.console_listen != "off" {
-            self.console_listen.parse::<std::net::SocketAddr>().map_err(|_| {
-                format!(
-                    "console_listen = {:?}: give host:port, e.g. \"127.0.0.1:8650\", or \"off\"",
-                    self.console_listen
-                )
-            })?;
-        }
-        Ok(())
-    }
-}
+mod cells;
+mod config;
+use cells::{drive_cell, CellEnv, Leased, RELAY_LEASE};
+pub use config::{Config, ConfigError, MqttBroker};
 
 /// Starts everything; returns when SIGINT or SIGTERM arrives (after a graceful stop).
 pub async fn serve(config: Config) -> Result<(), String> {
@@ -275,8 +59,8 @@ impl Running {
 
 /// Starts the store, the lab, the executor, the broker, the relay, the console and the API.
 pub async fn start(config: Config) -> Result<Running, String> {
-    config.check()?;
-    let tls = config.tls()?;
+    config.check().map_err(|e| e.to_string())?;
+    let tls = config.tls().map_err(|e| e.to_string())?;
     private_dir(&config.data_dir)?;
     let site = match &config.site {
         Some(p) => {
@@ -355,7 +139,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let lab = Arc::new(lab);
         connected.add(lab.clone());
         let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
-        for run in executor.recover()? {
+        for run in executor.recover().map_err(|e| e.to_string())? {
             tracing::warn!(run = %run, "run interrupted by the last stop; marked failed (see its events)");
             // Also in the start-up lines, for the person who restarted labd.
             println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
@@ -547,7 +331,9 @@ async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) ->
         for (id, spec) in &config.sim_faults {
             faults.insert(id.clone(), devices::sim::Faults::parse(spec).map_err(|e| format!("sim_faults.{id}: {e}"))?);
         }
-        let lab = Lab::simulated_logged(site.clone(), scale, &faults, config.sim_log_dir.as_deref()).await?;
+        let lab = Lab::simulated_logged(site.clone(), scale, &faults, config.sim_log_dir.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(Ok(mut bench)) = lab.simulated.as_ref().map(|s| s.bench.lock()) {
             bench.set_seed(config.sim_seed);
         }
@@ -562,166 +348,9 @@ async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) ->
             .map(|i| (i.id.clone(), i.endpoint.clone()))
             .chain(site.arms.iter().map(|a| (a.id.clone(), a.endpoint.clone())))
             .collect();
-        Lab::connect(site.clone(), &endpoints, scale).await?
+        Lab::connect(site.clone(), &endpoints, scale).await.map_err(|e| e.to_string())?
     };
     Ok((lab, all_sim))
-}
-
-/// Something only one node may do at a time (drive a cell, relay the outbox): done while this
-/// node holds its lease, renewed every third of the lease time; stood by for otherwise.
-#[derive(Clone)]
-struct Leased {
-    store: Arc<dyn Store>,
-    /// The lease's name: a cell id, or [`RELAY_LEASE`].
-    name: String,
-    /// How it is called in messages (`cell a`, `telemetry relay`).
-    what: String,
-    holder: String,
-    lease_ms: u64,
-}
-
-/// The lease of the one node that publishes the shared outbox.
-const RELAY_LEASE: &str = "~telemetry-relay";
-
-impl Leased {
-    /// Runs `term` for each lease this node gets, until `stop`. A term ends when the lease is
-    /// lost (its stop turns true), when asked to stop (then the lease is released, so a
-    /// standby need not wait), or by itself (an error: the lease is released and taken again).
-    async fn keep<F, Fut>(self, mut stop: tokio::sync::watch::Receiver<bool>, mut term: F)
-    where
-        F: FnMut(crate::store::Lease, tokio::sync::watch::Receiver<bool>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
-    {
-        let every = std::time::Duration::from_millis(self.lease_ms / 3);
-        let ttl = self.lease_ms as i64;
-        let what = &self.what;
-        loop {
-            let lease = loop {
-                if *stop.borrow() {
-                    return;
-                }
-                let (store, n, h) = (self.store.clone(), self.name.clone(), self.holder.clone());
-                match tokio::task::spawn_blocking(move || store.acquire_lease(&n, &h, ttl)).await {
-                    Ok(Ok(Some(l))) => break l,
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => tracing::warn!(lease = %what, error = %e, "cannot read the lease"),
-                    Err(e) => tracing::error!(lease = %what, error = %e, "the lease check stopped"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.changed() => return,
-                }
-            };
-            tracing::info!(lease = %what, node = %self.holder, epoch = lease.epoch, "lease taken; driving it");
-            let (term_stop, term_stop_rx) = tokio::sync::watch::channel(false);
-            let mut work = tokio::spawn(term(lease.clone(), term_stop_rx));
-            let mut current = lease;
-            let ended: Option<String> = loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.changed() => break None,
-                    r = &mut work => {
-                        let why = match r {
-                            Ok(Ok(())) => "it stopped".to_string(),
-                            Ok(Err(e)) => e,
-                            Err(e) => format!("it failed: {e}"),
-                        };
-                        // A term that ended because its writes were refused lost the lease.
-                        let (store, l) = (self.store.clone(), current.clone());
-                        if let Ok(Ok(None)) = tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
-                            tracing::warn!(lease = %what, epoch = current.epoch, "lost its lease; standing by");
-                            break Some("lost".into());
-                        }
-                        self.release(&current).await;
-                        tracing::warn!(lease = %what, why = %why, "released its lease; standing by");
-                        tokio::time::sleep(every).await;
-                        break Some(why);
-                    }
-                }
-                let (store, l) = (self.store.clone(), current.clone());
-                match tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
-                    Ok(Ok(Some(l))) => current = l,
-                    Ok(Ok(None)) => {
-                        tracing::warn!(lease = %what, epoch = current.epoch, "lost its lease; standing by");
-                        break Some("lost".into());
-                    }
-                    // The database may be restarting: the store retries; the fence guards writes.
-                    Ok(Err(e)) => tracing::warn!(lease = %what, error = %e, "cannot renew the lease"),
-                    Err(e) => tracing::error!(lease = %what, error = %e, "the lease renewal stopped"),
-                }
-            };
-            let _ = term_stop.send(true);
-            if !work.is_finished() && tokio::time::timeout(std::time::Duration::from_secs(10), &mut work).await.is_err()
-            {
-                work.abort();
-            }
-            if ended.is_none() {
-                self.release(&current).await;
-                tracing::info!(lease = %what, "released its lease");
-                return;
-            }
-        }
-    }
-
-    async fn release(&self, lease: &crate::store::Lease) {
-        let (store, l) = (self.store.clone(), lease.clone());
-        match tokio::task::spawn_blocking(move || store.release_lease(&l)).await {
-            Ok(Ok(())) => {}
-            // It runs out by itself; a standby waits that long.
-            Ok(Err(e)) => tracing::warn!(lease = %self.what, error = %e, "cannot release the lease; it will run out"),
-            Err(e) => tracing::warn!(lease = %self.what, error = %e, "cannot release the lease; it will run out"),
-        }
-    }
-}
-
-/// One term of driving a cell: connect its instruments, recover what the last holder left in
-/// flight, and run the executor through a store fenced by the lease until `stop`.
-async fn drive_cell(
-    env: CellEnv,
-    lease: crate::store::Lease,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), String> {
-    let cell = lease.cell.clone();
-    let scale = TimeScale(env.config.time_scale);
-    let (lab, _) =
-        connect_lab(&env.site, &env.config, scale).await.map_err(|e| format!("cannot reach its instruments: {e}"))?;
-    let lab = Arc::new(lab);
-    env.connected.add(lab.clone());
-    let shown = ShownWhileDriven(env.connected.clone(), lab.clone());
-    let exec_config = ExecutorConfig { scale, cell: Some(cell.clone()), wake: env.wake, ..ExecutorConfig::default() };
-    let executor = Executor::with_board(env.store.fenced(&lease), lab, exec_config, env.board);
-    let recovered = tokio::task::spawn_blocking({
-        let executor = executor.clone();
-        move || executor.recover()
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    for run in recovered {
-        tracing::warn!(cell = %cell, run = %run, "run interrupted on the last holder; marked failed (see its events)");
-    }
-    let ran = executor.run(stop).await;
-    drop(shown);
-    ran
-}
-
-/// What a cell's terms need from the node.
-#[derive(Clone)]
-struct CellEnv {
-    store: Arc<dyn Store>,
-    site: labware::Site,
-    config: Config,
-    board: Arc<crate::board::Board>,
-    wake: Option<Arc<tokio::sync::Notify>>,
-    connected: crate::lab::Connected,
-}
-
-/// Keeps a cell's instruments in the API's view for as long as this node drives the cell.
-struct ShownWhileDriven(crate::lab::Connected, Arc<Lab>);
-
-impl Drop for ShownWhileDriven {
-    fn drop(&mut self) {
-        self.0.remove(&self.1);
-    }
 }
 
 /// Creates (or keeps) the data directory readable by labd's user alone (0700), and checks that
@@ -882,7 +511,7 @@ async fn supervise(executor: Executor, health: Arc<crate::health::Health>, stop:
         });
         let why = match run.await {
             Ok(Ok(())) => return,
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => e.to_string(),
             Err(e) if e.is_panic() => "it panicked".to_string(),
             Err(e) => e.to_string(),
         };

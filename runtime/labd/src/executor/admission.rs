@@ -12,9 +12,9 @@ impl Executor {
         session: Option<&Session>,
         retry_at: &mut HashMap<String, Instant>,
         report: &mut BatchReport,
-    ) -> Result<Vec<Admitted>, String> {
+    ) -> Result<Vec<Admitted>, ExecutorError> {
         let store = self.store.clone();
-        let mut queued = blocking(move || store.runs(None, &[RunState::Queued])).await.map_err(|e| e.to_string())?;
+        let mut queued = blocking(move || store.runs(None, &[RunState::Queued])).await?;
         crate::metrics::with(|m| m.runs_queued.set(queued.len() as i64));
         if let Some(cell) = &self.config.cell {
             self.claim(site, cell, &mut queued).await?;
@@ -47,8 +47,7 @@ impl Executor {
                     let used: f64 = store.usage(Some(&tenant_id), month)?.iter().map(|u| u.device_seconds).sum();
                     Ok::<_, crate::store::StoreError>((t, used))
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
                 tenants.insert(run.tenant_id.clone(), read);
             }
             let Some((tenant, used)) = tenants.get(&run.tenant_id).cloned() else { continue };
@@ -102,13 +101,13 @@ impl Executor {
     /// Claims unclaimed queued runs this cell can run. A cell that is no busier than any other
     /// claims at once; a busier one only claims runs nobody took within two seconds, so work
     /// spreads over cells and no run waits for a cell that cannot run it.
-    pub(super) async fn claim(&self, site: &LabProblem, cell: &str, queued: &mut [Run]) -> Result<(), String> {
+    pub(super) async fn claim(&self, site: &LabProblem, cell: &str, queued: &mut [Run]) -> Result<(), ExecutorError> {
         let now = crate::store::now_ms();
         if !queued.iter().any(|r| r.cell.is_none()) {
             return Ok(());
         }
         let store = self.store.clone();
-        let loads = blocking(move || store.cell_loads()).await.map_err(|e| e.to_string())?;
+        let loads = blocking(move || store.cell_loads()).await?;
         let mine = loads.iter().find(|(c, _)| c == cell).map_or(0, |l| l.1);
         let least_elsewhere = loads.iter().filter(|(c, _)| c != cell).map(|l| l.1).min().unwrap_or(0);
         let mut claimed = 0;
@@ -123,7 +122,7 @@ impl Executor {
                 continue; // this cell lacks what it needs
             }
             let (store, id, c) = (self.store.clone(), run.id.clone(), cell.to_string());
-            if blocking(move || store.claim_run(&id, &c)).await.map_err(|e| e.to_string())? {
+            if blocking(move || store.claim_run(&id, &c)).await? {
                 run.cell = Some(cell.to_string());
                 claimed += 1;
             }
@@ -138,10 +137,10 @@ impl Executor {
         id: u64,
         arrivals: Vec<Admitted>,
         report: &mut BatchReport,
-    ) -> Result<Option<Session>, String> {
+    ) -> Result<Option<Session>, ExecutorError> {
         let mut problem = site.clone();
         for a in &arrivals {
-            problem.add_run(a.model.clone()).map_err(|e| e.0)?;
+            problem.add_run(a.model.clone()).map_err(|e| ExecutorError::Site(e.0))?;
         }
         let t0_ms = crate::store::now_ms();
         problem.reservations = self.reservations(&problem, t0_ms).await?;
@@ -196,7 +195,12 @@ impl Executor {
     /// A run joins the plan: it is running from now on, with its planned end announced.
     /// Its place in the session follows the planner's run index, so it is taken before anything
     /// can fail.
-    pub(super) async fn admitted(&self, s: &mut Session, a: Admitted, report: &mut BatchReport) -> Result<(), String> {
+    pub(super) async fn admitted(
+        &self,
+        s: &mut Session,
+        a: Admitted,
+        report: &mut BatchReport,
+    ) -> Result<(), ExecutorError> {
         let i = s.runs.len();
         let planned_end = s.planner.schedule.completion(i);
         let planned_end_at = self.clock_at(s, planned_end);

@@ -8,7 +8,7 @@
 //! after a failed task": the driver's finding, which may name the failed run's labware, goes to
 //! the intervention, which only that run's tenant and the lab's staff read.
 
-use super::{blocking, Executor};
+use super::{blocking, Executor, ExecutorError};
 use crate::store::{Maintenance, Run};
 use devices::Instrument;
 use std::time::Duration;
@@ -60,23 +60,19 @@ impl Executor {
 
     /// Instruments taken out of service by [`Executor::make_safe`] whose intervention a
     /// technician has resolved: back in service. Returns the flags that remain.
-    pub(super) async fn release_attended(&self, flagged: Vec<Maintenance>) -> Result<Vec<Maintenance>, String> {
+    pub(super) async fn release_attended(&self, flagged: Vec<Maintenance>) -> Result<Vec<Maintenance>, ExecutorError> {
         if !flagged.iter().any(|m| m.set_by.starts_with(BY_PREFIX)) {
             return Ok(flagged);
         }
         let store = self.store.clone();
-        let open: Vec<String> = blocking(move || store.interventions(None, true))
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
+        let open: Vec<String> =
+            blocking(move || store.interventions(None, true)).await?.into_iter().map(|i| i.id).collect();
         let mut kept = Vec::new();
         for m in flagged {
             match m.set_by.strip_prefix(BY_PREFIX) {
                 Some(i) if !open.iter().any(|o| o == i) => {
                     let (store, id) = (self.store.clone(), m.instrument.clone());
-                    blocking(move || store.set_maintenance(&id, None)).await.map_err(|e| e.to_string())?;
+                    blocking(move || store.set_maintenance(&id, None)).await?;
                     tracing::info!(instrument = %m.instrument, intervention = i, "a technician checked the instrument; back in service");
                 }
                 _ => kept.push(m),

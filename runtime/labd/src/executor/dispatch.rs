@@ -7,7 +7,42 @@ use super::*;
 
 impl Executor {
     pub(super) async fn run_job(self, ctx: JobCtx) {
+        // Shutdown ends a job still waiting for its turn; a job on an instrument finishes.
+        let turn = tokio::select! {
+            turn = self.wait_turn(&ctx) => turn,
+            _ = ctx.stopping.cancelled() => None,
+        };
+        let Some(cascade_failed) = turn else { return };
+        let is_move = matches!(ctx.job.job, Job::Move(_));
+        {
+            let mut d = lock(&ctx.dispatch);
+            if d.generation != ctx.generation {
+                return;
+            }
+            d.started.insert(ctx.key.clone(), ctx.me.clone());
+        }
+        self.board.started(&ctx.key, crate::store::now_ms());
+        let result = match (cascade_failed, is_move) {
+            (true, false) => Err(JobError::Cascaded), // its reason is recorded
+            // The run has failed already: the move's own failure is news, its success is not.
+            (true, true) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await.and(Err(JobError::Cascaded)),
+            (false, _) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await,
+        };
+        self.board.finished(&ctx.key, crate::store::now_ms(), result.is_ok());
+        // The loop hears of it before anything waiting for it can start, so it never takes a
+        // task whose plate has moved on for one still running.
+        let (ok, at) = (result.is_ok(), ctx.t0.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12));
+        let _ =
+            ctx.reports.send(Report::Done { session: ctx.session, key: ctx.key, run: ctx.job.run, result, at }).await;
+        let _ = ctx.tx.send(Some(ok));
+    }
+
+    /// Waits until the job may start: what it waits for has finished, its planned start has
+    /// come, its instruments are available and answer. `Some(whether its run has failed)`, or
+    /// `None` when it retires (a newer plan has it, or its instrument did not answer).
+    async fn wait_turn(&self, ctx: &JobCtx) -> Option<bool> {
         let stale = |ctx: &JobCtx| lock(&ctx.dispatch).generation != ctx.generation;
+        let is_move = matches!(ctx.job.job, Job::Move(_));
         let mut cascade_failed = false;
         for (mut w, cascade) in ctx.waits.iter().cloned() {
             let ok = loop {
@@ -17,23 +52,22 @@ impl Executor {
                 if w.changed().await.is_err() {
                     // It retired without running (its plan was replaced, or its instrument did
                     // not answer): so does this job; the next plan has both.
-                    return;
+                    return None;
                 }
             };
             cascade_failed |= cascade && !ok;
         }
-        if stale(&ctx) {
-            return; // an older plan's job: the current plan has its own
+        if stale(ctx) {
+            return None; // an older plan's job: the current plan has its own
         }
         // After a failed task the run's plates still travel their planned moves, so they end up
         // in storage and leave no instrument's nest blocked for the next run; its tasks do not run.
-        let is_move = matches!(ctx.job.job, Job::Move(_));
         if !cascade_failed || is_move {
             tokio::time::sleep_until(ctx.t0 + self.config.scale.wall(ctx.job.start)).await;
             for gate in &ctx.gates {
                 while self.board.unavailable(gate).is_some() {
-                    if stale(&ctx) {
-                        return;
+                    if stale(ctx) {
+                        return None;
                     }
                     tokio::time::sleep(self.config.poll).await;
                 }
@@ -49,34 +83,14 @@ impl Executor {
                     };
                     if let Some(why) = why {
                         // The plate stays where it is; the re-plan sends it elsewhere.
-                        let _ = ctx.reports.send(Report::Down { instrument: id.clone(), why });
-                        return;
+                        // The loop is gone only at shutdown, when nothing is re-planned anyway.
+                        let _ = ctx.reports.send(Report::Down { instrument: id.clone(), why }).await;
+                        return None;
                     }
                 }
             }
         }
-        {
-            let mut d = lock(&ctx.dispatch);
-            if d.generation != ctx.generation {
-                return;
-            }
-            d.started.insert(ctx.key.clone(), ctx.me.clone());
-            d.in_flight += 1;
-        }
-        self.board.started(&ctx.key, crate::store::now_ms());
-        let result = match (cascade_failed, is_move) {
-            (true, false) => Err(JobError::Cascaded), // its reason is recorded
-            // The run has failed already: the move's own failure is news, its success is not.
-            (true, true) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await.and(Err(JobError::Cascaded)),
-            (false, _) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await,
-        };
-        lock(&ctx.dispatch).in_flight -= 1;
-        self.board.finished(&ctx.key, crate::store::now_ms(), result.is_ok());
-        // The loop hears of it before anything waiting for it can start, so it never takes a
-        // task whose plate has moved on for one still running.
-        let (ok, at) = (result.is_ok(), ctx.t0.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12));
-        let _ = ctx.reports.send(Report::Done { session: ctx.session, key: ctx.key, run: ctx.job.run, result, at });
-        let _ = ctx.tx.send(Some(ok));
+        Some(cascade_failed)
     }
 
     pub(super) async fn job(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), JobError> {

@@ -5,6 +5,20 @@
 use crate::store::StoreError;
 use devices::InstrumentError;
 
+/// Why the executor itself could not go on (its callers: `labd serve`, `labd run`, benches).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The store failed past its retries.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A plan that cannot be written down (it does not serialise).
+    #[error("the plan cannot be stored: {0}")]
+    Plan(String),
+    /// The site cannot be scheduled at all (no plate storage, no arm routes).
+    #[error("this site cannot be scheduled: {0}")]
+    Site(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The instrument refused or failed a command (or its outcome is unknown and a technician

@@ -8,9 +8,13 @@ impl Executor {
     /// Bench-time reservations in the plan's terms: per resource, (tenant, device-time window
     /// relative to `t0_ms`). A reservation names an instrument, or a class (its first
     /// instrument); ones that have ended are left out.
-    pub(super) async fn reservations(&self, p: &LabProblem, t0_ms: i64) -> Result<Vec<Vec<(String, Window)>>, String> {
+    pub(super) async fn reservations(
+        &self,
+        p: &LabProblem,
+        t0_ms: i64,
+    ) -> Result<Vec<Vec<(String, Window)>>, ExecutorError> {
         let store = self.store.clone();
-        let all = blocking(move || store.reservations(None)).await.map_err(|e| e.to_string())?;
+        let all = blocking(move || store.reservations(None)).await?;
         let now = crate::store::now_ms();
         let mut out = vec![Vec::new(); p.resources.len()];
         let device_s = |ms: i64| (ms - t0_ms) as f64 / 1000.0 / self.config.scale.0.max(1e-12);
@@ -124,9 +128,9 @@ impl Executor {
         &self,
         out: &mut BTreeMap<String, Out>,
         events: &mut Vec<Change>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ExecutorError> {
         let store = self.store.clone();
-        let flagged = blocking(move || store.maintenance()).await.map_err(|e| e.to_string())?;
+        let flagged = blocking(move || store.maintenance()).await?;
         let flagged = self.release_attended(flagged).await?;
         for m in &flagged {
             if out.get(&m.instrument) != Some(&Out::Maintenance) {
@@ -174,7 +178,7 @@ impl Executor {
         s: &mut Session,
         changes: Vec<Change>,
         dispatch: &Arc<Mutex<Dispatch>>,
-        reports: &mpsc::UnboundedSender<Report>,
+        reports: &mpsc::Sender<Report>,
         retry_at: &mut HashMap<String, Instant>,
         report: &mut BatchReport,
     ) {
@@ -295,12 +299,7 @@ impl Executor {
 
     /// Turns the current plan into jobs. Jobs that have started keep going; the rest of the
     /// previous plan retires (its waiting jobs see a new generation and stop).
-    pub(super) fn respawn(
-        &self,
-        s: &mut Session,
-        dispatch: &Arc<Mutex<Dispatch>>,
-        reports: &mpsc::UnboundedSender<Report>,
-    ) {
+    pub(super) fn respawn(&self, s: &mut Session, dispatch: &Arc<Mutex<Dispatch>>, reports: &mpsc::Sender<Report>) {
         let planned = jobs(&s.planner.problem, &s.planner.schedule);
         let problem = Arc::new(s.planner.problem.clone());
         let runs: Arc<Vec<(Run, RunPlan)>> = Arc::new(s.runs.iter().map(|a| (a.run.clone(), a.plan.clone())).collect());
@@ -345,9 +344,10 @@ impl Executor {
                 reports: reports.clone(),
                 gates,
                 probe,
+                stopping: d.stopping.clone(),
             };
             let me = self.clone();
-            tokio::spawn(async move { me.run_job(ctx).await });
+            d.tasks.spawn(async move { me.run_job(ctx).await });
         }
         drop(d);
         self.board.replan(slots);
@@ -418,7 +418,7 @@ impl Executor {
     }
 
     /// Runs whose every job has finished reach their final state.
-    pub(super) async fn close_finished(&self, s: &mut Session, report: &mut BatchReport) -> Result<(), String> {
+    pub(super) async fn close_finished(&self, s: &mut Session, report: &mut BatchReport) -> Result<(), ExecutorError> {
         for i in 0..s.runs.len() {
             if s.closed[i] || !s.keys[i].iter().all(|k| s.done.contains_key(k)) {
                 continue;
@@ -436,8 +436,7 @@ impl Executor {
                 };
                 store.set_run_state(&id, state, reason.as_deref()).map(|_| (state, reason))
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             s.closed[i] = true; // only once its final state is stored: else tried again
             crate::metrics::with(|m| m.runs_ended.with_label_values(&[state.as_str()]).inc());
             let run = &s.runs[i].run;

@@ -8,6 +8,7 @@
 //! The schema lives in `runtime/labd/migrations/*.sql`, portable SQL shared by all backends.
 
 pub mod conformance;
+mod group;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;

@@ -6,6 +6,10 @@
 //! PostgreSQL): counters are bumped with `UPDATE … SET x = x + 1` before they are read (the row
 //! lock orders writers), state changes are conditional updates whose row count says who won, and
 //! a unique-key race on submission is retried so both callers get the one run.
+//!
+//! Why one long file: it is the one `impl Store for SqlStore` (Rust keeps a trait's impl in one
+//! block), a method per store operation in the trait's order; the helpers beside it are the
+//! row readers those methods share. The journal's group commit lives in `group.rs`.
 
 use super::*;
 use std::sync::Arc;
@@ -228,6 +232,9 @@ fn statements(sql: &str) -> Vec<&str> {
     out.into_iter().filter(|s| s.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))).collect()
 }
 
+/// One write of the journal (an intent, an outcome), run in a transaction the group commit opens.
+type JournalWrite = Box<dyn FnMut(&mut dyn Conn) -> Result<()> + Send>;
+
 /// The [`Store`] over any [`Db`].
 #[derive(Debug)]
 pub struct SqlStore<D> {
@@ -237,11 +244,19 @@ pub struct SqlStore<D> {
     /// Counts this process's committed writes, so readers waiting for news (a `Watch`) wake
     /// when something was written instead of polling.
     written: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The journal's writes (intents and outcomes) commit in groups under load; `None`: each
+    /// in its own transaction (the benchmarks' baseline).
+    journal: Option<Arc<super::group::GroupCommit<JournalWrite>>>,
 }
 
 impl<D: Db> SqlStore<D> {
     pub fn new(db: D) -> SqlStore<D> {
-        SqlStore { db: Arc::new(db), fence: None, written: Arc::new(tokio::sync::watch::channel(0).0) }
+        SqlStore {
+            db: Arc::new(db),
+            fence: None,
+            written: Arc::new(tokio::sync::watch::channel(0).0),
+            journal: Some(Arc::default()),
+        }
     }
 
     pub fn db(&self) -> &D {
@@ -254,6 +269,21 @@ impl<D: Db> SqlStore<D> {
             self.written.send_modify(|n| *n += 1);
         }
         out
+    }
+
+    /// Journal writes each in a transaction of its own (`false`) or committed in groups (`true`,
+    /// the default). Benchmarks compare the two.
+    pub fn with_group_commit(mut self, on: bool) -> Self {
+        self.journal = on.then(Arc::default);
+        self
+    }
+
+    /// A journal write, committed with whatever other journal writes are waiting.
+    fn journaled(&self, mut write: JournalWrite) -> Result<()> {
+        match &self.journal {
+            Some(group) => group.commit(write, &|writes| self.tx(|c| writes.iter_mut().try_for_each(|w| w(c)))),
+            None => self.tx(|c| write(c)),
+        }
     }
 
     fn fenced_tx<T: Send>(&self, mut f: impl FnMut(&mut dyn Conn) -> Result<T> + Send) -> Result<T> {
@@ -803,31 +833,35 @@ impl<D: Db> Store for SqlStore<D> {
             intent_at: now_ms(),
             outcome_at: None,
         };
-        self.tx(|c| {
-            if let Some(prev) = previous {
+        let (previous, row) = (previous.map(str::to_string), a.clone());
+        self.journaled(Box::new(move |c: &mut dyn Conn| {
+            if let Some(prev) = &previous {
                 set_outcome(c, prev, "ok", None)?;
             }
+            let i = &row.intent;
             c.execute(
                 &format!(
                     "INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL)"
                 ),
                 &params![
-                    &a.id,
+                    &row.id,
                     &i.run_id,
                     i.task_id,
                     i.command_index,
                     &i.instrument,
                     &i.op_json,
                     i.repeatable as i64,
-                    a.intent_at
+                    row.intent_at
                 ],
-            )
-        })?;
+            )?;
+            Ok(())
+        }))?;
         Ok(a)
     }
 
     fn record_outcome(&self, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
-        self.tx(|c| set_outcome(c, attempt_id, outcome, error))
+        let (id, outcome, error) = (attempt_id.to_string(), outcome.to_string(), error.map(str::to_string));
+        self.journaled(Box::new(move |c: &mut dyn Conn| set_outcome(c, &id, &outcome, error.as_deref())))
     }
 
     fn open_attempts(&self) -> Result<Vec<Attempt>> {
@@ -1194,7 +1228,13 @@ impl<D: Db> Store for SqlStore<D> {
     }
 
     fn fenced(&self, lease: &Lease) -> Arc<dyn Store> {
-        Arc::new(SqlStore { db: self.db.clone(), fence: Some(lease.clone()), written: self.written.clone() })
+        Arc::new(SqlStore {
+            db: self.db.clone(),
+            fence: Some(lease.clone()),
+            written: self.written.clone(),
+            // Its own group: a batch commits under one lease's fence.
+            journal: self.journal.as_ref().map(|_| Arc::default()),
+        })
     }
 }
 
