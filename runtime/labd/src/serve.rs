@@ -36,6 +36,8 @@ pub struct Running {
     /// The instruments, on one node (several nodes connect per cell, while driving it).
     pub lab: Option<Arc<Lab>>,
     pub board: Arc<crate::board::Board>,
+    /// The store this node writes (benchmarks commit events through it, as the executor does).
+    pub store: Arc<dyn Store>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<(&'static str, tokio::task::JoinHandle<()>, u64)>,
     api: tokio::task::JoinHandle<Result<(), String>>,
@@ -217,7 +219,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         tasks.push(("relay", relay, 5));
     }
     let api = Api {
-        store,
+        store: store.clone(),
         site: Arc::new(site.clone()),
         library: Arc::new(labware::Library::shipped()),
         lab: connected.clone(),
@@ -291,7 +293,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let _ = stopped.wait_for(|s| *s).await;
     };
     let api = tokio::spawn(serve_api(api, listener, tls, Some(health), shutdown));
-    Ok(Running { grpc: addr, console, mqtt: mqtt_addr, new_admin_token, lab, board, stop: stop.0, tasks, api })
+    Ok(Running { grpc: addr, console, mqtt: mqtt_addr, new_admin_token, lab, board, store, stop: stop.0, tasks, api })
 }
 
 /// The store the config names, and (PostgreSQL) a wake-up rung when a run is submitted on any

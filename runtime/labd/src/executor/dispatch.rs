@@ -328,13 +328,19 @@ impl Executor {
     }
 
     pub(super) async fn await_resolution(&self, id: &str) -> Result<String, JobError> {
+        // Woken by this process's writes (a technician resolving it through this node's API);
+        // a resolution through another node is seen within a second.
+        let mut written = self.store.written();
         loop {
             let (store, iid) = (self.store.clone(), id.to_string());
             let i = blocking(move || store.intervention(&iid)).await?;
             if i.state != "open" {
                 return Ok(i.state);
             }
-            tokio::time::sleep(self.config.poll).await;
+            tokio::select! {
+                _ = written.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
 

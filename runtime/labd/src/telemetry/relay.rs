@@ -19,7 +19,7 @@ pub struct RelayConfig {
     pub password: String,
     /// Rows per batch.
     pub batch: usize,
-    /// How often to look for new rows when idle.
+    /// How often to look for new rows when idle (rows this process commits wake it at once).
     pub poll: Duration,
     /// Larger payloads are replaced by a summary that says where the data is (gRPC).
     pub max_payload: usize,
@@ -115,11 +115,14 @@ async fn session(
             Err(_) => return Err("the runtime status was not acknowledged within 10 s".into()),
         }
     }
+    // This process's commits wake the relay at once; other nodes' rows are found by polling.
+    let mut written = store.written();
     loop {
         if *stop.borrow() {
             let _ = client.disconnect().await;
             return Ok(());
         }
+        written.borrow_and_update();
         let s = store.clone();
         let batch = config.batch;
         let rows = tokio::task::spawn_blocking(move || s.outbox_pending(batch))
@@ -134,6 +137,7 @@ async fn session(
                         return Err(format!("connection lost: {e}"));
                     }
                 }
+                _ = written.changed() => {}
                 _ = stop.changed() => {}
             }
             continue;
