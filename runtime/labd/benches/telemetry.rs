@@ -4,12 +4,13 @@
 //! - Latency: events committed one at a time at a steady rate (RATE per second, spread over the
 //!   tenants' runs); each carries its commit time, each subscriber notes when it arrives:
 //!   p50/p99 of commit → receipt.
-//! - Throughput: a backlog of BURST events committed as fast as the store takes them (4 writers);
+//! - Throughput: a backlog of BURST events committed as fast as the store takes them (WRITERS
+//!   threads, as many instruments' jobs would);
 //!   messages delivered per second from the first commit to the last receipt, beside the commit
 //!   rate on its own.
 //!
 //! Runs stay queued (the tenants' concurrent-run quota is 0), so the executor adds nothing.
-//! `cargo bench -p labd --bench telemetry` (TENANTS, RATE, SECONDS, BURST).
+//! `cargo bench -p labd --bench telemetry` (TENANTS, RATE, SECONDS, BURST, WRITERS).
 
 use labd::store::{NewRun, Store};
 use protos::labwright::v1 as pb;
@@ -69,6 +70,7 @@ fn main() {
     let rate = env("RATE", 500);
     let seconds = env("SECONDS", 10);
     let burst = env("BURST", 20_000);
+    let writers = env("WRITERS", 32);
     let dir = std::env::temp_dir().join(format!("lw-telemetry-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -147,35 +149,43 @@ fn main() {
             pct(&mut lat, 1.0)
         );
 
-        // Throughput: a backlog committed as fast as the store takes it.
-        let t0 = Instant::now();
-        let writers: Vec<_> = (0..4)
-            .map(|w| {
-                let (s, runs) = (store.clone(), runs.clone());
-                std::thread::spawn(move || {
-                    for k in (w..burst).step_by(4) {
-                        let sent = epoch.elapsed().as_micros() as u64;
-                        s.append_event(&runs[k % runs.len()], "bench", &serde_json::json!({"sent_us": sent}).to_string())
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        writers.into_iter().for_each(|w| w.join().unwrap());
-        let committed = t0.elapsed();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while seen.lock().unwrap().len() < burst && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let all = t0.elapsed();
-        let delivered = seen.lock().unwrap().len();
-        println!(
-            "throughput, {burst} events from 4 writers: committed in {:.2} s ({:.0}/s); {delivered} delivered in {:.2} s from the first commit ({:.0} messages/s)",
-            committed.as_secs_f64(),
-            burst as f64 / committed.as_secs_f64(),
-            all.as_secs_f64(),
-            delivered as f64 / all.as_secs_f64()
+        // Throughput: a backlog committed as fast as the store takes it, first through labd's
+        // own store (group commit), then, as the baseline, through a second handle on the same
+        // database that commits each event alone (the relay finds those rows by polling).
+        let ungrouped: Arc<dyn Store> = Arc::new(
+            labd::store::sqlite::SqliteStore::open(&dir.join("data/labd.sqlite")).unwrap().with_group_commit(false),
         );
+        for (what, store) in [("group commit", store.clone()), ("one transaction per event", ungrouped)] {
+            seen.lock().unwrap().clear();
+            let t0 = Instant::now();
+            let handles: Vec<_> = (0..writers)
+                .map(|w| {
+                    let (s, runs) = (store.clone(), runs.clone());
+                    std::thread::spawn(move || {
+                        for k in (w..burst).step_by(writers) {
+                            let sent = epoch.elapsed().as_micros() as u64;
+                            let payload = serde_json::json!({"sent_us": sent}).to_string();
+                            s.append_event(&runs[k % runs.len()], "bench", &payload).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().for_each(|w| w.join().unwrap());
+            let committed = t0.elapsed();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while seen.lock().unwrap().len() < burst && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let all = t0.elapsed();
+            let delivered = seen.lock().unwrap().len();
+            println!(
+                "throughput ({what}), {burst} events from {writers} writers: committed in {:.2} s ({:.0}/s); {delivered} delivered in {:.2} s from the first commit ({:.0} messages/s)",
+                committed.as_secs_f64(),
+                burst as f64 / committed.as_secs_f64(),
+                all.as_secs_f64(),
+                delivered as f64 / all.as_secs_f64()
+            );
+        }
         running.stop().await.unwrap();
     });
     let _ = std::fs::remove_dir_all(&dir);

@@ -797,8 +797,18 @@ impl<D: Db> Store for SqlStore<D> {
         if serde_json::from_str::<serde_json::Value>(payload_json).is_err() {
             return Err(StoreError::Invalid(format!("event payload for {run_id} is not JSON")));
         }
+        // A run's history is journaled like its commands: appends commit in groups under load.
         let dialect = self.db.dialect();
-        self.tx(|c| append(c, dialect, run_id, kind, payload_json))
+        let appended: Arc<std::sync::Mutex<Option<Event>>> = Arc::default();
+        let (slot, run, kind, payload) =
+            (appended.clone(), run_id.to_string(), kind.to_string(), payload_json.to_string());
+        self.journaled(Box::new(move |c: &mut dyn Conn| {
+            let e = append(c, dialect, &run, &kind, &payload)?;
+            *slot.lock().map_err(|_| StoreError::Backend("an event's slot is poisoned".into()))? = Some(e);
+            Ok(())
+        }))?;
+        let e = appended.lock().map_err(|_| StoreError::Backend("an event's slot is poisoned".into()))?.take();
+        e.ok_or_else(|| StoreError::Backend(format!("the event for {run_id} was committed but not returned")))
     }
 
     fn events(&self, tenant: Option<&str>, run_id: &str, after: i64) -> Result<Vec<Event>> {
