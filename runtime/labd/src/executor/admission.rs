@@ -55,31 +55,20 @@ impl Executor {
             if tenant.max_concurrent_runs.is_some_and(|max| running >= max) {
                 continue; // waits for one of the tenant's runs to finish
             }
-            // Not written (the store failing): the run stays queued and is judged again next turn.
-            let fail = |why: String, report: &mut BatchReport| match self.store.set_run_state(
-                &run.id,
-                RunState::Failed,
-                Some(&why),
-            ) {
-                Ok(_) => report.runs.push((run.id.clone(), RunState::Failed, Some(why))),
-                Err(e) => {
-                    tracing::error!(run = %run.id, error = %e, "cannot record that the run is refused; trying again")
-                }
-            };
             if let Some(hours) = tenant.device_hours_per_month {
                 if used >= hours * 3600.0 {
                     let why = format!(
                         "the tenant's quota of {hours} device-hours this month is used up ({:.2} h used); ask an admin to raise it",
                         used / 3600.0
                     );
-                    fail(why, report);
+                    self.refuse(&run.id, why, report).await;
                     continue;
                 }
             }
             let plan: RunPlan = match serde_json::from_str(&run.plan_json) {
                 Ok(p) => p,
                 Err(e) => {
-                    fail(format!("the stored plan cannot be read: {e}"), report);
+                    self.refuse(&run.id, format!("the stored plan cannot be read: {e}"), report).await;
                     continue;
                 }
             };
@@ -89,13 +78,23 @@ impl Executor {
             let weight = tenant.weight * 2f64.powi(tenant.priority.clamp(-3, 3) as i32);
             let model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, weight, 0.0, &plan);
             if let Err(e) = site.clone().add_run(model.clone()) {
-                fail(format!("this lab cannot run it: {}", e.0), report);
+                self.refuse(&run.id, format!("this lab cannot run it: {}", e.0), report).await;
                 continue;
             }
             *active.entry(run.tenant_id.clone()).or_default() += 1;
             out.push(Admitted { run, plan, model });
         }
         Ok(out)
+    }
+
+    /// Fails a queued run that cannot start, with the reason. Not written (the store failing past
+    /// its retries): the run stays queued and is judged again next turn.
+    async fn refuse(&self, run_id: &str, why: String, report: &mut BatchReport) {
+        let (store, id, reason) = (self.store.clone(), run_id.to_string(), why.clone());
+        match blocking(move || store.set_run_state(&id, RunState::Failed, Some(&reason))).await {
+            Ok(_) => report.runs.push((run_id.to_string(), RunState::Failed, Some(why))),
+            Err(e) => tracing::error!(run = %run_id, error = %e, "cannot record that the run is refused; trying again"),
+        }
     }
 
     /// Claims unclaimed queued runs this cell can run. A cell that is no busier than any other
@@ -161,12 +160,7 @@ impl Executor {
             Ok(p) => p,
             Err(e) => {
                 for a in arrivals {
-                    let why = format!("the scheduler found no plan: {}", e.0);
-                    match self.store.set_run_state(&a.run.id, RunState::Failed, Some(&why)) {
-                        Ok(_) => report.runs.push((a.run.id.clone(), RunState::Failed, Some(why))),
-                        // Still queued: admitted, and planned, again next turn.
-                        Err(e) => tracing::error!(run = %a.run.id, error = %e, "cannot record that no plan was found"),
-                    }
+                    self.refuse(&a.run.id, format!("the scheduler found no plan: {}", e.0), report).await;
                 }
                 return Ok(None);
             }
