@@ -246,14 +246,7 @@ impl LiquidSim {
                         let leaving = bench::take(&mut s.tip_contents[c], out);
                         if let Some((lw, well, max, _)) = Self::well_under(s, x, y, end, 10.0) {
                             s.record("dispense", &lw, &well, out);
-                            // Liquid the tip holds beyond its tracked contents (there is none
-                            // in a consistent run) still arrives, as liquid of unknown kind.
-                            let mut arriving = leaving;
-                            let short = out - arriving.values().sum::<f64>();
-                            if short > EPS_UL {
-                                bench::add(&mut arriving, &Mixture::from([(bench::UNNAMED.to_string(), short)]));
-                            }
-                            let v = s.bench.lock().map_err(|_| "the bench's state is lost")?.add(&lw, &well, &arriving);
+                            let v = s.bench.lock().map_err(|_| "the bench's state is lost")?.add(&lw, &well, &leaving);
                             if v > max + EPS_UL {
                                 return Err(format!(
                                     "channel {c}: {lw} {well} overflows: {v:.2} uL in a {max} uL well"
