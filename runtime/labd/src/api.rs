@@ -29,9 +29,8 @@ pub fn token_hash(token: &str) -> String {
 }
 
 /// A new random token (256 bits, hex) with a readable prefix.
-pub fn new_token() -> Result<String, String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a token: {e}"))?;
+pub fn new_token() -> Result<String, crate::secret::NoRandomness> {
+    let bytes: [u8; 32] = crate::secret::random_bytes("a token")?;
     Ok(format!("lw_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
@@ -106,10 +105,8 @@ fn bearer_hash<T>(req: &Request<T>) -> Result<String, Status> {
 
 /// Who holds the token with this hash, if it is neither revoked nor expired.
 async fn signed_in(store: &Arc<dyn Store>, hash: String) -> Result<Principal, Status> {
-    let store = store.clone();
-    let p = tokio::task::spawn_blocking(move || store.principal_by_token_hash(&hash))
+    let p = store::offload::call(store, move |s| s.principal_by_token_hash(&hash))
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|_| Status::unauthenticated("unknown or revoked token"))?;
     if p.expires_at.is_some_and(|at| at <= store::now_ms()) {
         return Err(Status::unauthenticated("this token has expired; ask an admin for a new one"));

@@ -226,28 +226,31 @@ pub fn main() -> i32 {
     }
 }
 
-fn parse_faults(items: &[String]) -> Result<BTreeMap<String, Faults>, String> {
+fn parse_faults(items: &[String]) -> anyhow::Result<BTreeMap<String, Faults>> {
     let mut out = BTreeMap::new();
     for item in items {
-        let (id, spec) =
-            item.split_once(':').ok_or_else(|| format!("--fault `{item}`: write ID:SPEC, e.g. hs1:timeout=M104"))?;
-        let f = Faults::parse(spec).map_err(|e| format!("--fault `{item}`: {e}"))?;
+        let (id, spec) = item
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--fault `{item}`: write ID:SPEC, e.g. hs1:timeout=M104"))?;
+        let f = Faults::parse(spec).map_err(|e| anyhow::anyhow!("--fault `{item}`: {e}"))?;
         out.insert(id.to_string(), f);
     }
     Ok(out)
 }
 
-fn sim(site_path: &PathBuf, scale: f64, faults: &[String], host: &str, format: Output) -> Result<(), String> {
+fn sim(site_path: &PathBuf, scale: f64, faults: &[String], host: &str, format: Output) -> anyhow::Result<()> {
+    use anyhow::Context;
     if !(scale.is_finite() && scale > 0.0) {
-        return Err(format!("--time-scale {scale}: give a positive number (1.0 is real time)"));
+        anyhow::bail!("--time-scale {scale}: give a positive number (1.0 is real time)");
     }
     let text =
-        std::fs::read_to_string(site_path).map_err(|e| format!("cannot read site {}: {e}", site_path.display()))?;
-    let site = labware::Site::from_toml(&text).map_err(|e| format!("{}: {e}", site_path.display()))?;
+        std::fs::read_to_string(site_path).with_context(|| format!("cannot read site {}", site_path.display()))?;
+    let site = labware::Site::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", site_path.display()))?;
     let faults = parse_faults(faults)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let running = devices::sim::site::start(&site, TimeScale(scale), &faults, host).await?;
+        let running =
+            devices::sim::site::start(&site, TimeScale(scale), &faults, host).await.map_err(anyhow::Error::msg)?;
         for l in &running.listening {
             match format {
                 Output::Json => println!("{}", l.to_json()),
@@ -259,24 +262,8 @@ fn sim(site_path: &PathBuf, scale: f64, faults: &[String], host: &str, format: O
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        wait_for_stop().await;
+        crate::serve::wait_for_stop().await;
         drop(running);
         Ok(())
     })
-}
-
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn wait_for_stop() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

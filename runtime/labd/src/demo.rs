@@ -47,14 +47,14 @@ struct DemoRun {
 }
 
 /// Runs the demo; returns the exit code (0 when every run succeeded).
-pub async fn demo(opts: DemoOptions) -> Result<i32, String> {
+pub async fn demo(opts: DemoOptions) -> anyhow::Result<i32> {
     let scale = opts.config.time_scale;
     let data_dir = opts.config.data_dir.clone();
     if data_dir.join("labd.sqlite").exists() {
-        return Err(format!(
+        anyhow::bail!(
             "{} already holds a lab; give the demo a fresh --data-dir (or delete that one)",
             data_dir.display()
-        ));
+        );
     }
     let running = crate::serve::start(opts.config.clone()).await?;
     let outcome = drive(&running, scale, &data_dir).await;
@@ -67,45 +67,36 @@ pub async fn demo(opts: DemoOptions) -> Result<i32, String> {
     };
     if opts.keep {
         println!("\n--keep: labd keeps running (console and API above); Ctrl-C stops it.");
-        crate::daemon::wait_for_stop().await;
+        crate::serve::wait_for_stop().await;
     }
     running.stop().await?;
     Ok(code)
 }
 
-async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Result<i32, String> {
-    let e = |e: anyhow::Error| e.to_string();
+async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> anyhow::Result<i32> {
     let admin_token = running
         .new_admin_token
         .clone()
-        .ok_or_else(|| "the demo needs a fresh data directory (it creates the admin token)".to_string())?;
+        .ok_or_else(|| anyhow::anyhow!("the demo needs a fresh data directory (it creates the admin token)"))?;
     let url = format!("http://{}", running.grpc);
-    let admin = Client::connect(&Conn { url: Some(url.clone()), token: Some(admin_token.clone()), ca: None })
-        .await
-        .map_err(e)?;
+    let admin = Client::connect(&Conn { url: Some(url.clone()), token: Some(admin_token.clone()), ca: None }).await?;
     let mut admin_api = pb::admin_client::AdminClient::new(admin.channel.clone());
     let mut clients = Vec::new();
     let mut mqtt_line = String::new();
     for (name, _) in TENANTS {
         let t = admin_api
-            .create_tenant(
-                admin.req(pb::CreateTenantRequest { name: name.to_string(), ..Default::default() }).map_err(e)?,
-            )
+            .create_tenant(admin.req(pb::CreateTenantRequest { name: name.to_string(), ..Default::default() })?)
             .await
-            .map_err(|s| format!("creating tenant {name}: {}", s.message()))?
+            .map_err(|s| anyhow::anyhow!("creating tenant {name}: {}", s.message()))?
             .into_inner();
         let token = admin_api
-            .create_token(
-                admin
-                    .req(pb::CreateTokenRequest {
-                        tenant: t.name.clone(),
-                        role: "scientist".into(),
-                        ..Default::default()
-                    })
-                    .map_err(e)?,
-            )
+            .create_token(admin.req(pb::CreateTokenRequest {
+                tenant: t.name.clone(),
+                role: "scientist".into(),
+                ..Default::default()
+            })?)
             .await
-            .map_err(|s| format!("creating a token for {name}: {}", s.message()))?
+            .map_err(|s| anyhow::anyhow!("creating a token for {name}: {}", s.message()))?
             .into_inner();
         if mqtt_line.is_empty() {
             mqtt_line = format!(
@@ -113,8 +104,7 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
                 token.mqtt_host, token.mqtt_port, token.mqtt_username, token.mqtt_password, token.mqtt_topics
             );
         }
-        let c =
-            Client::connect(&Conn { url: Some(url.clone()), token: Some(token.token), ca: None }).await.map_err(e)?;
+        let c = Client::connect(&Conn { url: Some(url.clone()), token: Some(token.token), ca: None }).await?;
         clients.push((name.to_string(), c));
     }
     println!(
@@ -135,14 +125,12 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
         for file in files.iter() {
             let source =
                 EXAMPLES.iter().find(|(f, _)| f == file).map(|(_, s)| s.as_bytes().to_vec()).unwrap_or_default();
-            let req = c
-                .req(pb::SubmitRequest {
-                    file_name: file.to_string(),
-                    source,
-                    format: 0,
-                    idempotency_key: format!("demo-{name}-{file}"),
-                })
-                .map_err(e)?;
+            let req = c.req(pb::SubmitRequest {
+                file_name: file.to_string(),
+                source,
+                format: 0,
+                idempotency_key: format!("demo-{name}-{file}"),
+            })?;
             let mut runs = pb::runs_client::RunsClient::new(c.channel.clone());
             let (name, file) = (name.to_string(), file.to_string());
             submissions.push(tokio::spawn(async move {
@@ -153,9 +141,9 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
     }
     let mut runs = Vec::new();
     for s in submissions {
-        let (tenant, file, r) = s.await.map_err(|e| e.to_string())?;
-        let run = r.map_err(|s| format!("{tenant} could not submit {file}: {}", s.message()))?.into_inner().run;
-        let run = run.ok_or_else(|| format!("{file} did not compile"))?;
+        let (tenant, file, r) = s.await?;
+        let run = r.map_err(|s| anyhow::anyhow!("{tenant} could not submit {file}: {}", s.message()))?.into_inner().run;
+        let run = run.ok_or_else(|| anyhow::anyhow!("{file} did not compile"))?;
         runs.push(DemoRun {
             tenant,
             file,
@@ -171,9 +159,8 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
     // when the lab asks, the way a person answers an intervention in the console.
     let technician_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let technician = {
-        let tech = Client::connect(&Conn { url: Some(url.clone()), token: Some(admin_token.clone()), ca: None })
-            .await
-            .map_err(e)?;
+        let tech =
+            Client::connect(&Conn { url: Some(url.clone()), token: Some(admin_token.clone()), ca: None }).await?;
         let log = technician_log.clone();
         tokio::spawn(async move {
             let mut lab = pb::lab_client::LabClient::new(tech.channel.clone());
@@ -205,9 +192,9 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
     loop {
         for (name, c) in &clients {
             let list = pb::runs_client::RunsClient::new(c.channel.clone())
-                .list(c.req(pb::ListRunsRequest::default()).map_err(e)?)
+                .list(c.req(pb::ListRunsRequest::default())?)
                 .await
-                .map_err(|s| s.message().to_string())?
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner()
                 .runs;
             for info in list {
@@ -244,18 +231,20 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
     }
     // Results, one CSV per run, where the summary says.
     let results_dir = data_dir.join("results");
-    std::fs::create_dir_all(&results_dir).map_err(|e| format!("cannot create {}: {e}", results_dir.display()))?;
+    std::fs::create_dir_all(&results_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", results_dir.display()))?;
     for r in runs.iter().filter(|r| r.state == "succeeded") {
         let Some((_, c)) = clients.iter().find(|(n, _)| *n == r.tenant) else { continue };
         let rs = pb::runs_client::RunsClient::new(c.channel.clone())
-            .results(c.req(pb::ResultsRequest { run_id: r.id.clone() }).map_err(e)?)
+            .results(c.req(pb::ResultsRequest { run_id: r.id.clone() })?)
             .await
-            .map_err(|s| s.message().to_string())?
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner()
             .results;
         if !rs.is_empty() {
             let path = results_dir.join(format!("{}-{}.csv", r.tenant, short(&r.id)));
-            std::fs::write(&path, results_csv(&rs)).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            std::fs::write(&path, results_csv(&rs))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         }
     }
     for t in crate::lock(&technician_log).iter() {
@@ -264,7 +253,8 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> Res
     let summary = summary(&runs, &running.board.schedule(), scale, &results_dir);
     println!("\n{}", summary.text);
     let path = data_dir.join("summary.json");
-    std::fs::write(&path, summary.json.to_string()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::write(&path, summary.json.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     println!("summary as JSON: {}", path.display());
     Ok(if runs.iter().all(|r| r.state == "succeeded") { 0 } else { 1 })
 }

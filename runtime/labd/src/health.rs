@@ -51,16 +51,24 @@ impl Default for Health {
 }
 
 impl Health {
-    /// The executor runs (`Ok`), or is down for the reason given.
-    pub fn set_executor(&self, state: Result<&str, String>) {
-        self.update(|r| r.executor = state.map(str::to_string).unwrap_or_else(|why| format!("not running: {why}")));
+    /// The executor runs.
+    pub fn set_executor_running(&self) {
+        self.update(|r| r.executor = "running".to_string());
     }
 
-    /// The last write check: `Ok` writable, or why not.
-    pub fn set_store(&self, state: Result<(), String>) {
-        self.update(|r| {
-            r.store = state.map(|_| "writable".to_string()).unwrap_or_else(|why| format!("not writable: {why}"))
-        });
+    /// The executor is down, for this reason (it is being restarted).
+    pub fn set_executor_down(&self, why: &str) {
+        self.update(|r| r.executor = format!("not running: {why}"));
+    }
+
+    /// The last write check went through.
+    pub fn set_store_writable(&self) {
+        self.update(|r| r.store = "writable".to_string());
+    }
+
+    /// The last write check failed, for this reason.
+    pub fn set_store_not_writable(&self, why: &str) {
+        self.update(|r| r.store = format!("not writable: {why}"));
     }
 
     pub fn set_instruments(&self, available: usize, of: usize) {
@@ -114,20 +122,21 @@ pub async fn watch_parts(
     mut stop: watch::Receiver<bool>,
 ) {
     let Parts { store, board, connected, instruments } = parts;
-    let mut pending: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
+    let mut pending: Option<tokio::task::JoinHandle<crate::store::Result<()>>> = None;
     loop {
         let mut check = match pending.take() {
             Some(h) => h,
             None => {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || store.check_writable().map_err(|e| e.to_string()))
+                tokio::task::spawn_blocking(move || store.check_writable())
             }
         };
         match tokio::time::timeout(within, &mut check).await {
-            Ok(Ok(r)) => health.set_store(r),
-            Ok(Err(e)) => health.set_store(Err(format!("the check stopped: {e}"))),
+            Ok(Ok(Ok(()))) => health.set_store_writable(),
+            Ok(Ok(Err(e))) => health.set_store_not_writable(&e.to_string()),
+            Ok(Err(e)) => health.set_store_not_writable(&format!("the check stopped: {e}")),
             Err(_) => {
-                health.set_store(Err(format!("a write did not finish within {} s", within.as_secs())));
+                health.set_store_not_writable(&format!("a write did not finish within {} s", within.as_secs()));
                 pending = Some(check); // still waiting: not started twice
             }
         }
@@ -174,18 +183,18 @@ mod tests {
         let h = Health::default();
         let mut seen = h.subscribe();
         assert!(!h.readiness().ready);
-        h.set_executor(Ok("running"));
-        h.set_store(Ok(()));
+        h.set_executor_running();
+        h.set_store_writable();
         assert!(h.readiness().ready);
         assert!(seen.has_changed().unwrap());
         assert!(*seen.borrow_and_update());
-        h.set_store(Err("database is locked".into()));
+        h.set_store_not_writable("database is locked");
         assert_eq!(h.readiness().store, "not writable: database is locked");
         assert!(!*seen.borrow_and_update());
-        h.set_store(Ok(()));
+        h.set_store_writable();
         h.set_instruments(3, 9);
         assert!(h.readiness().ready, "instruments down do not make labd unready");
-        h.set_executor(Err("it panicked".into()));
+        h.set_executor_down("it panicked");
         assert!(!h.readiness().ready);
     }
 }

@@ -224,11 +224,11 @@ fn simulate(
         bail!("--tenants takes numbers of tenants of at least 1, e.g. --tenants 1 5 10 50");
     }
     let site = load_site(site_file)?;
-    let workload = capacity::Workload::load(workload_file, &site).map_err(anyhow::Error::msg)?;
+    let workload = capacity::Workload::load(workload_file, &site)?;
     let mut reports = Vec::new();
     for &n in tenants {
         let effort = seed.map_or_else(capacity::Effort::executor, capacity::Effort::seeded);
-        let r = capacity::simulate_with(&site, &workload, n, effort).map_err(anyhow::Error::msg)?;
+        let r = capacity::simulate_with(&site, &workload, n, effort)?;
         eprintln!(
             "{n:>4} tenants: {} runs, makespan {:.2} h, bottleneck {}, site cost per run {:.2} {} ({:.2} s)",
             r.runs,

@@ -14,15 +14,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// A log filter (`log_level` in labd.toml, or `RUST_LOG`) that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}{hint}")]
+pub struct BadFilter {
+    setting: String,
+    message: String,
+    hint: &'static str,
+}
+
 /// Installs the subscriber once; a second call (tests, `labd demo` inside a test) is a no-op.
-pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
+pub fn init(level: &str, format: LogFormat) -> Result<(), BadFilter> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => {
-            EnvFilter::try_new(&spec).map_err(|e| format!("RUST_LOG={spec:?}: {e}"))?
-        }
-        _ => EnvFilter::try_new(level)
-            .map_err(|e| format!("log_level = {level:?}: {e}; give error, warn, info, debug or trace"))?,
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).map_err(|e| BadFilter {
+            setting: format!("RUST_LOG={spec:?}"),
+            message: e.to_string(),
+            hint: "",
+        })?,
+        _ => EnvFilter::try_new(level).map_err(|e| BadFilter {
+            setting: format!("log_level = {level:?}"),
+            message: e.to_string(),
+            hint: "; give error, warn, info, debug or trace",
+        })?,
     };
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).with_ansi(false);
     let installed = match format {

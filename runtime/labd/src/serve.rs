@@ -12,14 +12,32 @@ use std::sync::Arc;
 
 mod cells;
 mod config;
+mod error;
 use cells::{drive_cell, CellEnv, Leased, RELAY_LEASE};
 pub use config::{Config, ConfigError, MqttBroker};
+pub use error::ServeError;
 
 /// Starts everything; returns when SIGINT or SIGTERM arrives (after a graceful stop).
-pub async fn serve(config: Config) -> Result<(), String> {
+pub async fn serve(config: Config) -> Result<(), ServeError> {
     let running = start(config).await?;
-    crate::daemon::wait_for_stop().await;
+    wait_for_stop().await;
     running.stop().await
+}
+
+/// Waits for Ctrl-C or SIGTERM (`labd serve`, `labd sim`, `labd demo --keep`).
+pub async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// A started `labd`: where it listens, and how to stop it.
@@ -40,15 +58,15 @@ pub struct Running {
     pub store: Arc<dyn Store>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<(&'static str, tokio::task::JoinHandle<()>, u64)>,
-    api: tokio::task::JoinHandle<Result<(), String>>,
+    api: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
 impl Running {
     /// Stops gracefully: the API first, then the executor (commands on instruments finish,
     /// up to 10 s), the console and the telemetry relay.
-    pub async fn stop(self) -> Result<(), String> {
+    pub async fn stop(self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
-        let api = self.api.await.map_err(|e| e.to_string())?;
+        let api = self.api.await.map_err(|source| ServeError::Task { what: "the gRPC API", source })?;
         for (what, task, secs) in self.tasks {
             if tokio::time::timeout(std::time::Duration::from_secs(secs), task).await.is_err() {
                 tracing::warn!(task = what, within_s = secs, "did not stop in time");
@@ -60,25 +78,33 @@ impl Running {
 }
 
 /// Starts the store, the lab, the executor, the broker, the relay, the console and the API.
-pub async fn start(config: Config) -> Result<Running, String> {
-    config.check().map_err(|e| e.to_string())?;
-    let tls = config.tls().map_err(|e| e.to_string())?;
+pub async fn start(config: Config) -> Result<Running, ServeError> {
+    config.check()?;
+    let tls = config.tls()?;
     private_dir(&config.data_dir)?;
     let site = match &config.site {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read site {}: {e}", p.display()))?;
-            labware::Site::from_toml(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            let text = std::fs::read_to_string(p).map_err(|e| ServeError::file("cannot read site", p, e))?;
+            labware::Site::from_toml(&text).map_err(|e| ServeError::Site { path: p.clone(), message: e.to_string() })?
         }
-        None => labware::Site::sim().map_err(|e| e.to_string())?,
+        None => {
+            labware::Site::sim().map_err(|e| ServeError::Site { path: "(shipped)".into(), message: e.to_string() })?
+        }
     };
     // Bind first: a taken port fails before anything else starts.
-    let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| {
-        format!("cannot listen on {} (listen in labd.toml): {e}; is another labd running?", config.listen)
+    let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|source| ServeError::Listen {
+        addr: config.listen.clone(),
+        key: "listen",
+        hint: "; is another labd running?",
+        source,
     })?;
     let console_listener = match config.console_listen.as_str() {
         "off" => None,
-        addr => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            format!("cannot listen on {addr} for the console (console_listen in labd.toml, --console): {e}")
+        addr => Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen {
+            addr: addr.to_string(),
+            key: "console_listen",
+            hint: " (the console; --console sets it too)",
+            source,
         })?),
     };
     let (store, wake) = open_store(&config).await?;
@@ -97,7 +123,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
                 },
             )
             .await?;
-            broker.set_identities(&store.mqtt_identities().map_err(|e| e.to_string())?);
+            broker.set_identities(&store.mqtt_identities().map_err(ServeError::store("reading MQTT identities"))?);
             embedded_broker = Some(broker);
             (config.mqtt_host.clone(), addr.port())
         }
@@ -108,7 +134,9 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let mut new_admin_token = None;
     if !token_file.exists() {
         let token = new_token()?;
-        store.create_principal(None, Role::Admin, &token_hash(&token), None).map_err(|e| e.to_string())?;
+        store
+            .create_principal(None, Role::Admin, &token_hash(&token), None)
+            .map_err(ServeError::store("creating the admin token"))?;
         write_secret(&token_file, &token)?;
         println!("admin token (shown once; also in {}): {token}", token_file.display());
         new_admin_token = Some(token);
@@ -141,7 +169,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let lab = Arc::new(lab);
         connected.add(lab.clone());
         let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
-        for run in executor.recover().map_err(|e| e.to_string())? {
+        for run in executor.recover()? {
             tracing::warn!(run = %run, "run interrupted by the last stop; marked failed (see its events)");
             // Also in the start-up lines, for the person who restarted labd.
             println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
@@ -160,7 +188,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let holder = format!("{node}/{}", &crate::store::new_id("n")[2..10]);
         let board = Arc::new(crate::board::Board::default());
         for cell in cells {
-            let part = site.cell(&cell).map_err(|e| format!("cells: {e}"))?;
+            let part = site.cell(&cell).map_err(|e| ServeError::Cells(e.to_string()))?;
             let leased = Leased {
                 store: store.clone(),
                 name: cell.clone(),
@@ -181,7 +209,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         }
         // Each cell keeper restarts its cell's executor with its lease; this node serves the
         // API whether it drives a cell or stands by.
-        health.set_executor(Ok("running"));
+        health.set_executor_running();
         relay_lease = Some(Leased {
             store: store.clone(),
             name: RELAY_LEASE.into(),
@@ -192,7 +220,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         (None, board, site.instruments.iter().all(|i| i.endpoint.starts_with("sim")))
     };
     if publish {
-        let relay_config = crate::telemetry::relay::RelayConfig {
+        let relay_config = crate::relay::RelayConfig {
             host: mqtt_addr.0.clone(),
             port: mqtt_addr.1,
             username: crate::telemetry::RUNTIME_USER.into(),
@@ -203,11 +231,11 @@ pub async fn start(config: Config) -> Result<Running, String> {
             site: site.site.name.clone(),
         };
         let relay = match relay_lease {
-            None => tokio::spawn(crate::telemetry::relay::run(store.clone(), relay_config, stop.1.clone())),
+            None => tokio::spawn(crate::relay::run(store.clone(), relay_config, stop.1.clone())),
             Some(leased) => {
                 let store = store.clone();
                 let term = move |_lease, stop| {
-                    let relay = crate::telemetry::relay::run(store.clone(), relay_config.clone(), stop);
+                    let relay = crate::relay::run(store.clone(), relay_config.clone(), stop);
                     async move {
                         relay.await;
                         Ok(())
@@ -253,7 +281,14 @@ pub async fn start(config: Config) -> Result<Running, String> {
     ));
     let console = match console_listener {
         Some(l) => {
-            let url = format!("http://{}/", l.local_addr().map_err(|e| e.to_string())?);
+            let url = format!(
+                "http://{}/",
+                l.local_addr().map_err(|e| ServeError::file(
+                    "console listener",
+                    Path::new(&config.console_listen),
+                    e
+                ))?
+            );
             println!("labd: console on {url}");
             let mut stopped = stop.1.clone();
             let shutdown = async move {
@@ -273,7 +308,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         }
         None => None,
     };
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| ServeError::file("gRPC listener", Path::new(&config.listen), e))?;
     println!(
         "labd: gRPC API on {addr}{}; data in {}; {} instruments{}{}",
         if tls.is_some() { " (TLS)" } else { "" },
@@ -298,10 +333,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
 
 /// The store the config names, and (PostgreSQL) a wake-up rung when a run is submitted on any
 /// node.
-async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<Arc<tokio::sync::Notify>>), String> {
+async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<Arc<tokio::sync::Notify>>), ServeError> {
     let Some(url) = config.database.clone() else {
         let file = config.data_dir.join("labd.sqlite");
-        let store = SqliteStore::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let store = SqliteStore::open(&file).map_err(ServeError::store("opening labd.sqlite in data_dir"))?;
         // Token and MQTT password hashes: the owner's alone (SQLite gives its -wal and -shm
         // files the database file's mode).
         private_file(&file)?;
@@ -312,8 +347,8 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<Arc<tokio
         move || PostgresStore::connect(&url)
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("database: {e}"))?;
+    .map_err(|source| ServeError::Task { what: "connecting to the database", source })?
+    .map_err(ServeError::store("database"))?;
     let wake = Arc::new(tokio::sync::Notify::new());
     crate::store::postgres::listen_for_submissions(&url, wake.clone());
     Ok((Arc::new(store), Some(wake)))
@@ -321,7 +356,7 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<Arc<tokio
 
 /// The site's instruments: simulated in-process when every endpoint says `sim`, else
 /// connected over their endpoints. Also says whether they are simulated.
-async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) -> Result<(Lab, bool), String> {
+async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) -> Result<(Lab, bool), ServeError> {
     let all_sim = site
         .instruments
         .iter()
@@ -331,18 +366,18 @@ async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) ->
     let lab = if all_sim {
         let mut faults = std::collections::BTreeMap::new();
         for (id, spec) in &config.sim_faults {
-            faults.insert(id.clone(), devices::sim::Faults::parse(spec).map_err(|e| format!("sim_faults.{id}: {e}"))?);
+            let parsed = devices::sim::Faults::parse(spec)
+                .map_err(|e| ServeError::SimFaults { id: id.clone(), message: e.to_string() })?;
+            faults.insert(id.clone(), parsed);
         }
-        let lab = Lab::simulated_logged(site.clone(), scale, &faults, config.sim_log_dir.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
+        let lab = Lab::simulated_logged(site.clone(), scale, &faults, config.sim_log_dir.as_deref()).await?;
         if let Some(Ok(mut bench)) = lab.simulated.as_ref().map(|s| s.bench.lock()) {
             bench.set_seed(config.sim_seed);
         }
         lab
     } else {
         if !config.sim_faults.is_empty() {
-            return Err("sim_faults applies to a simulated site only (every endpoint `sim`)".into());
+            return Err(ServeError::SimFaultsOnRealSite);
         }
         let endpoints = site
             .instruments
@@ -350,59 +385,66 @@ async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) ->
             .map(|i| (i.id.clone(), i.endpoint.clone()))
             .chain(site.arms.iter().map(|a| (a.id.clone(), a.endpoint.clone())))
             .collect();
-        Lab::connect(site.clone(), &endpoints, scale).await.map_err(|e| e.to_string())?
+        Lab::connect(site.clone(), &endpoints, scale).await?
     };
     Ok((lab, all_sim))
 }
 
 /// Creates (or keeps) the data directory readable by labd's user alone (0700), and checks that
 /// labd can use it, naming the path when it cannot.
-pub fn private_dir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data_dir {}: {e}", dir.display()))?;
+pub fn private_dir(dir: &Path) -> Result<(), ServeError> {
+    std::fs::create_dir_all(dir).map_err(|e| ServeError::file("cannot create data_dir", dir, e))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot make data_dir {} private (0700): {e}", dir.display()))?;
+            .map_err(|e| ServeError::file("cannot make private (0700) data_dir", dir, e))?;
     }
-    std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read data_dir {}: {e}; it must belong to the user labd runs as", dir.display()))?;
+    std::fs::read_dir(dir).map_err(|source| ServeError::File {
+        what: "cannot read data_dir",
+        path: dir.to_path_buf(),
+        hint: "; it must belong to the user labd runs as",
+        source,
+    })?;
     Ok(())
 }
 
 /// Makes a file of the data directory readable by labd's user alone (0600).
-pub fn private_file(file: &Path) -> Result<(), String> {
+pub fn private_file(file: &Path) -> Result<(), ServeError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot make {} private (0600): {e}", file.display()))?;
+            .map_err(|e| ServeError::file("cannot make private (0600)", file, e))?;
     }
     Ok(())
 }
 
 /// The runtime's own MQTT password, made on first use and kept in `data_dir` (mode 0600).
-pub fn runtime_mqtt_password(data_dir: &Path) -> Result<String, String> {
+pub fn runtime_mqtt_password(data_dir: &Path) -> Result<String, ServeError> {
     let file = data_dir.join("mqtt-runtime.password");
     if !file.exists() {
         let password = crate::telemetry::mosquitto::new_password()?;
         write_secret(&file, &password)?;
     }
-    Ok(std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?.trim().to_string())
+    Ok(std::fs::read_to_string(&file).map_err(|e| ServeError::file("cannot read", &file, e))?.trim().to_string())
 }
 
 /// `labd mqtt-config`: writes `passwd`, `acl` and `mosquitto.conf` for an external Mosquitto
 /// into `out`, from the identities in the store.
-pub fn mqtt_config(config: &Config, out: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn mqtt_config(config: &Config, out: &Path) -> Result<Vec<PathBuf>, ServeError> {
     use crate::telemetry::mosquitto;
     std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        .map_err(|e| ServeError::file("cannot create data_dir", &config.data_dir, e))?;
+    std::fs::create_dir_all(out).map_err(|e| ServeError::file("cannot create", out, e))?;
     let store: Box<dyn Store> = match &config.database {
-        Some(url) => Box::new(PostgresStore::connect(url).map_err(|e| format!("database: {e}"))?),
-        None => Box::new(SqliteStore::open(&config.data_dir.join("labd.sqlite")).map_err(|e| e.to_string())?),
+        Some(url) => Box::new(PostgresStore::connect(url).map_err(ServeError::store("database"))?),
+        None => Box::new(
+            SqliteStore::open(&config.data_dir.join("labd.sqlite"))
+                .map_err(ServeError::store("opening labd.sqlite in data_dir"))?,
+        ),
     };
-    let identities = store.mqtt_identities().map_err(|e| e.to_string())?;
+    let identities = store.mqtt_identities().map_err(ServeError::store("reading MQTT identities"))?;
     let runtime = mosquitto::password_hash(&runtime_mqtt_password(&config.data_dir)?)?;
     let files = [
         ("passwd", mosquitto::password_file(&runtime, &identities)),
@@ -412,12 +454,8 @@ pub fn mqtt_config(config: &Config, out: &Path) -> Result<Vec<PathBuf>, String> 
     let mut written = Vec::new();
     for (name, text) in files {
         let path = out.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
+        std::fs::write(&path, text).map_err(|e| ServeError::file("cannot write", &path, e))?;
+        private_file(&path)?;
         written.push(path);
     }
     Ok(written)
@@ -431,7 +469,7 @@ pub async fn serve_api(
     tls: Option<(String, String)>,
     health: Option<Arc<crate::health::Health>>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let incoming = devices::sila::nodelay_incoming(listener);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let mirror = match health {
@@ -446,13 +484,13 @@ pub async fn serve_api(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| format!("reflection: {e}"))?;
+        .map_err(|e| ServeError::Api(format!("reflection: {e}")))?;
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| format!("TLS (tls_cert, tls_key): {e}"))?;
+            .map_err(|e| ServeError::Api(format!("TLS (tls_cert, tls_key): {e}")))?;
     }
     builder
         .add_service(health_service)
@@ -465,7 +503,7 @@ pub async fn serve_api(
         .add_service(pb::lab_server::LabServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .map_err(|e| format!("gRPC server: {e}"))
+        .map_err(|e| ServeError::Api(format!("gRPC server: {e}")))
 }
 
 /// Tokens this node creates or revokes reach the embedded broker at once (the API tells it);
@@ -480,11 +518,9 @@ async fn refresh_identities(
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = stop.changed() => return,
         }
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.mqtt_identities()).await {
-            Ok(Ok(ids)) => broker.set_identities(&ids),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read MQTT identities; the broker keeps the ones it has"),
-            Err(e) => tracing::warn!(error = %e, "the MQTT identity refresh stopped; trying again"),
+        match crate::store::offload::call(&store, |s| s.mqtt_identities()).await {
+            Ok(ids) => broker.set_identities(&ids),
+            Err(e) => tracing::warn!(error = %e, "cannot read MQTT identities; the broker keeps the ones it has"),
         }
     }
 }
@@ -506,7 +542,7 @@ impl Drop for AbortOnDrop {
 async fn supervise(executor: Executor, health: Arc<crate::health::Health>, stop: tokio::sync::watch::Receiver<bool>) {
     let mut pause = std::time::Duration::from_secs(1);
     loop {
-        health.set_executor(Ok("running"));
+        health.set_executor_running();
         let run = tokio::spawn({
             let (executor, stop) = (executor.clone(), stop.clone());
             async move { executor.run(stop).await }
@@ -521,7 +557,7 @@ async fn supervise(executor: Executor, health: Arc<crate::health::Health>, stop:
             return;
         }
         tracing::error!(error = %why, retry_in_s = pause.as_secs(), "the executor stopped; restarting it after recovery");
-        health.set_executor(Err(why));
+        health.set_executor_down(&why);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(30));
         let ex = executor.clone();
@@ -537,7 +573,7 @@ async fn supervise(executor: Executor, health: Arc<crate::health::Health>, stop:
     }
 }
 
-fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+fn write_secret(path: &Path, text: &str) -> Result<(), ServeError> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -545,6 +581,6 @@ fn write_secret(path: &Path, text: &str) -> Result<(), String> {
     o.write(true).create_new(true);
     #[cfg(unix)]
     o.mode(0o600);
-    let mut f = o.open(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    writeln!(f, "{text}").map_err(|e| format!("cannot write {}: {e}", path.display()))
+    let mut f = o.open(path).map_err(|e| ServeError::file("cannot write", path, e))?;
+    writeln!(f, "{text}").map_err(|e| ServeError::file("cannot write", path, e))
 }

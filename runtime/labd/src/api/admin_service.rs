@@ -29,7 +29,7 @@ impl pb::admin_server::Admin for Api {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         Self::admin(&self.caller(&req).await?)?;
         let r = req.into_inner();
-        let role = Role::parse(&r.role).map_err(status)?;
+        let role = Role::parse(&r.role).map_err(|e| status(e.into()))?;
         let tenant = if r.tenant.is_empty() {
             None
         } else {
@@ -42,10 +42,11 @@ impl pb::admin_server::Admin for Api {
             ));
         }
         let expires = (r.ttl_s > 0).then(|| store::now_ms().saturating_add(r.ttl_s.saturating_mul(1000)));
-        let token = new_token().map_err(Status::internal)?;
+        let token = new_token().map_err(|e| Status::internal(e.to_string()))?;
         let mqtt_user = format!("lw-{}", &token_hash(&token)[..16]);
-        let mqtt_password = crate::telemetry::mosquitto::new_password().map_err(Status::internal)?;
-        let mqtt_hash = crate::telemetry::mosquitto::password_hash(&mqtt_password).map_err(Status::internal)?;
+        let mqtt_password = crate::telemetry::mosquitto::new_password().map_err(|e| Status::internal(e.to_string()))?;
+        let mqtt_hash =
+            crate::telemetry::mosquitto::password_hash(&mqtt_password).map_err(|e| Status::internal(e.to_string()))?;
         let (store, hash, tid) = (self.store.clone(), token_hash(&token), tenant.as_ref().map(|t| t.id.clone()));
         let (user, tid2) = (mqtt_user.clone(), tid.clone());
         let p = blocking(move || {

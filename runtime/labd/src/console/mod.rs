@@ -134,10 +134,10 @@ pub async fn serve(
     names: Vec<String>,
     health: Arc<crate::health::Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
-    let addr = listener.local_addr().map_err(|e| format!("console: {e}"))?;
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
     let app = guarded(api, Hosts::for_listener(addr, &names)).merge(probes(health));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| format!("console: {e}"))
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

@@ -114,10 +114,14 @@ impl Executor {
             None => ("available".to_string(), String::new()),
         };
         tracing::info!(instrument = id, state = %state, detail = %detail, "instrument status");
-        let topic = crate::telemetry::device_status_topic(&self.lab.site.site.name, id);
-        let payload =
-            serde_json::json!({"v": 1, "device": id, "state": state, "detail": detail, "ts": crate::store::now_ms()});
-        if let Err(e) = self.store.outbox_put(&topic, &payload.to_string()) {
+        let message = crate::telemetry::envelope::device_status(
+            &self.lab.site.site.name,
+            id,
+            &state,
+            &detail,
+            crate::store::now_ms(),
+        );
+        if let Err(e) = self.store.outbox_put(&message) {
             tracing::error!(instrument = id, error = %e, "cannot queue the instrument's status for MQTT");
         }
     }

@@ -3,6 +3,7 @@
 //! driving a cell.
 
 use super::*;
+use crate::store::offload;
 
 /// Something only one node may do at a time (drive a cell, relay the outbox): done while this
 /// node holds its lease, renewed every third of the lease time; stood by for otherwise.
@@ -27,7 +28,7 @@ impl Leased {
     pub(super) async fn keep<F, Fut>(self, mut stop: tokio::sync::watch::Receiver<bool>, mut term: F)
     where
         F: FnMut(crate::store::Lease, tokio::sync::watch::Receiver<bool>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), ServeError>> + Send + 'static,
     {
         let every = std::time::Duration::from_millis(self.lease_ms / 3);
         let ttl = self.lease_ms as i64;
@@ -37,12 +38,11 @@ impl Leased {
                 if *stop.borrow() {
                     return;
                 }
-                let (store, n, h) = (self.store.clone(), self.name.clone(), self.holder.clone());
-                match tokio::task::spawn_blocking(move || store.acquire_lease(&n, &h, ttl)).await {
-                    Ok(Ok(Some(l))) => break l,
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => tracing::warn!(lease = %what, error = %e, "cannot read the lease"),
-                    Err(e) => tracing::error!(lease = %what, error = %e, "the lease check stopped"),
+                let (n, h) = (self.name.clone(), self.holder.clone());
+                match offload::call(&self.store, move |s| s.acquire_lease(&n, &h, ttl)).await {
+                    Ok(Some(l)) => break l,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(lease = %what, error = %e, "cannot read the lease"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
@@ -60,12 +60,12 @@ impl Leased {
                     r = &mut work => {
                         let why = match r {
                             Ok(Ok(())) => "it stopped".to_string(),
-                            Ok(Err(e)) => e,
+                            Ok(Err(e)) => e.to_string(),
                             Err(e) => format!("it failed: {e}"),
                         };
                         // A term that ended because its writes were refused lost the lease.
-                        let (store, l) = (self.store.clone(), current.clone());
-                        if let Ok(Ok(None)) = tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
+                        let l = current.clone();
+                        if let Ok(None) = offload::call(&self.store, move |s| s.renew_lease(&l, ttl)).await {
                             tracing::warn!(lease = %what, epoch = current.epoch, "lost its lease; standing by");
                             break Some("lost".into());
                         }
@@ -75,16 +75,15 @@ impl Leased {
                         break Some(why);
                     }
                 }
-                let (store, l) = (self.store.clone(), current.clone());
-                match tokio::task::spawn_blocking(move || store.renew_lease(&l, ttl)).await {
-                    Ok(Ok(Some(l))) => current = l,
-                    Ok(Ok(None)) => {
+                let l = current.clone();
+                match offload::call(&self.store, move |s| s.renew_lease(&l, ttl)).await {
+                    Ok(Some(l)) => current = l,
+                    Ok(None) => {
                         tracing::warn!(lease = %what, epoch = current.epoch, "lost its lease; standing by");
                         break Some("lost".into());
                     }
                     // The database may be restarting: the store retries; the fence guards writes.
-                    Ok(Err(e)) => tracing::warn!(lease = %what, error = %e, "cannot renew the lease"),
-                    Err(e) => tracing::error!(lease = %what, error = %e, "the lease renewal stopped"),
+                    Err(e) => tracing::warn!(lease = %what, error = %e, "cannot renew the lease"),
                 }
             };
             let _ = term_stop.send(true);
@@ -101,11 +100,10 @@ impl Leased {
     }
 
     async fn release(&self, lease: &crate::store::Lease) {
-        let (store, l) = (self.store.clone(), lease.clone());
-        match tokio::task::spawn_blocking(move || store.release_lease(&l)).await {
-            Ok(Ok(())) => {}
+        let l = lease.clone();
+        match offload::call(&self.store, move |s| s.release_lease(&l)).await {
+            Ok(()) => {}
             // It runs out by itself; a standby waits that long.
-            Ok(Err(e)) => tracing::warn!(lease = %self.what, error = %e, "cannot release the lease; it will run out"),
             Err(e) => tracing::warn!(lease = %self.what, error = %e, "cannot release the lease; it will run out"),
         }
     }
@@ -117,11 +115,10 @@ pub(super) async fn drive_cell(
     env: CellEnv,
     lease: crate::store::Lease,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let cell = lease.cell.clone();
     let scale = TimeScale(env.config.time_scale);
-    let (lab, _) =
-        connect_lab(&env.site, &env.config, scale).await.map_err(|e| format!("cannot reach its instruments: {e}"))?;
+    let (lab, _) = connect_lab(&env.site, &env.config, scale).await?;
     let lab = Arc::new(lab);
     env.connected.add(lab.clone());
     let shown = ShownWhileDriven(env.connected.clone(), lab.clone());
@@ -132,14 +129,13 @@ pub(super) async fn drive_cell(
         move || executor.recover()
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|source| ServeError::Task { what: "recovery", source })??;
     for run in recovered {
         tracing::warn!(cell = %cell, run = %run, "run interrupted on the last holder; marked failed (see its events)");
     }
     let ran = executor.run(stop).await;
     drop(shown);
-    ran.map_err(|e| e.to_string())
+    Ok(ran?)
 }
 
 /// What a cell's terms need from the node.

@@ -309,7 +309,7 @@ pub fn outbox_is_written_with_each_change(s: &dyn Store) {
     assert_eq!((env["v"].as_i64(), env["seq"].as_i64(), env["kind"].as_str()), (Some(1), Some(1), Some("submitted")));
     s.outbox_mark_sent(&[rows[0].id.clone()]).unwrap();
     assert_eq!(s.outbox_pending(100).unwrap().len(), 2);
-    s.outbox_put("lab/v1/site/sim/devices/lh1/status", "{\"state\":\"idle\"}").unwrap();
+    s.outbox_put(&crate::telemetry::envelope::device_status("sim", "lh1", "available", "", 1)).unwrap();
     assert_eq!(s.outbox_pending(100).unwrap().len(), 3);
     assert_eq!(s.outbox_pending(1).unwrap().len(), 1);
 }

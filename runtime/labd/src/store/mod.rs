@@ -9,6 +9,7 @@
 
 pub mod conformance;
 mod group;
+pub mod offload;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
@@ -62,30 +63,11 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Who may do what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    Technician,
-    Scientist,
-}
+pub use crate::role::Role;
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Technician => "technician",
-            Role::Scientist => "scientist",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Role> {
-        match s {
-            "admin" => Ok(Role::Admin),
-            "technician" => Ok(Role::Technician),
-            "scientist" => Ok(Role::Scientist),
-            other => Err(StoreError::Invalid(format!("role `{other}`: use admin, technician or scientist"))),
-        }
+impl From<crate::role::UnknownRole> for StoreError {
+    fn from(e: crate::role::UnknownRole) -> Self {
+        StoreError::Invalid(e.to_string())
     }
 }
 
@@ -378,7 +360,7 @@ pub trait Store: Send + Sync {
     fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRow>>;
     fn outbox_mark_sent(&self, ids: &[String]) -> Result<()>;
     /// A message not tied to a run event (instrument status for technicians).
-    fn outbox_put(&self, topic: &str, payload_json: &str) -> Result<OutboxRow>;
+    fn outbox_put(&self, message: &crate::telemetry::envelope::Message) -> Result<OutboxRow>;
 
     fn open_intervention(
         &self,

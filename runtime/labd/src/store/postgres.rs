@@ -8,7 +8,7 @@
 //! once the database answers again it says whether the commit happened (done) or not (run again).
 //!
 //! The `postgres` client drives its own small tokio runtime, which may not be started from a
-//! thread that is inside labd's runtime: see [`off_runtime`].
+//! thread that is inside labd's runtime: see [`super::offload::leave_worker`].
 
 use super::sql::{self, Conn, Db, Dialect, Row, SqlStore, Value};
 use super::*;
@@ -247,20 +247,6 @@ impl Conn for PgConn<'_> {
     }
 }
 
-/// Runs `f` where the `postgres` client may block (it drives a small runtime of its own, which
-/// may not start inside labd's): on a blocking thread as it is; on a worker of a multi-threaded
-/// runtime in `block_in_place`, which leaves the runtime's context; elsewhere on a scoped thread.
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Err(_) => f(),
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }),
-    }
-}
-
 impl PgDb {
     /// One attempt on the slot's connection (made if missing). A write transaction records
     /// `marker` in `tx_outcomes` before it commits.
@@ -311,19 +297,16 @@ impl PgDb {
     }
 
     /// Whether the transaction that left `marker` committed (asked on a fresh connection).
-    fn committed(&self, slot: &mut Slot, marker: &str) -> std::result::Result<bool, String> {
+    fn committed(&self, slot: &mut Slot, marker: &str) -> std::result::Result<bool, ::postgres::Error> {
         slot.statements.clear();
-        let mut client = self.config.connect(NoTls).map_err(|e| format!("cannot connect: {e}"))?;
-        let found = client
-            .query_opt("SELECT 1 FROM tx_outcomes WHERE id = $1", &[&marker])
-            .map_err(|e| e.to_string())?
-            .is_some();
+        let mut client = self.config.connect(NoTls)?;
+        let found = client.query_opt("SELECT 1 FROM tx_outcomes WHERE id = $1", &[&marker])?.is_some();
         slot.client = Some(client);
         Ok(found)
     }
 
     fn run<T: Send>(&self, write: bool, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
-        off_runtime(|| {
+        super::offload::leave_worker(|| {
             let first = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
             // A free connection if there is one, else wait for ours.
             let mut slot = (0..self.slots.len())
@@ -353,7 +336,7 @@ impl PgDb {
                             pause = (pause * 2).min(Duration::from_secs(1));
                             asked = self.committed(&mut slot, m);
                         }
-                        if asked == Ok(true) {
+                        if matches!(asked, Ok(true)) {
                             return Ok(v);
                         }
                         why

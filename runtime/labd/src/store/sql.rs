@@ -12,6 +12,7 @@
 //! row readers those methods share. The journal's group commit lives in `group.rs`.
 
 use super::*;
+use crate::telemetry::envelope;
 use std::sync::Arc;
 
 /// A value crossing the backend boundary.
@@ -431,10 +432,8 @@ fn append_to(
         &params![run_id, seq, at, kind, payload_json],
     )?;
     let data: serde_json::Value = serde_json::from_str(payload_json).unwrap_or(serde_json::Value::Null);
-    let envelope =
-        serde_json::json!({"v": 1, "tenant": tenant, "run": run_id, "seq": seq, "ts": at, "kind": kind, "data": data});
-    let topic = format!("lab/v1/t/{tenant}/runs/{run_id}/events");
-    put_outbox(c, dialect, Some(&tenant), Some(run_id), Some(seq), &topic, &envelope.to_string())?;
+    let header = envelope::RunHeader { tenant: &tenant, run: run_id, seq, ts: at };
+    put_outbox(c, dialect, Some(&tenant), Some(run_id), Some(seq), &envelope::run_event(header, kind, &data))?;
     Ok(Event { run_id: run_id.to_string(), seq, at, kind: kind.to_string(), payload_json: payload_json.to_string() })
 }
 
@@ -444,8 +443,7 @@ fn put_outbox(
     tenant: Option<&str>,
     run: Option<&str>,
     seq: Option<i64>,
-    topic: &str,
-    payload: &str,
+    message: &envelope::Message,
 ) -> Result<OutboxRow> {
     let position = c.query_one(dialect.next_outbox_position(), &[], "outbox position")?.int(0)?;
     let row = OutboxRow {
@@ -454,8 +452,8 @@ fn put_outbox(
         tenant_id: tenant.map(str::to_string),
         run_id: run.map(str::to_string),
         seq,
-        topic: topic.to_string(),
-        payload_json: payload.to_string(),
+        topic: message.topic.clone(),
+        payload_json: message.payload.clone(),
         created_at: now_ms(),
     };
     c.execute(
@@ -787,8 +785,8 @@ impl<D: Db> Store for SqlStore<D> {
             let payload = serde_json::json!({"state": state.as_str(), "reason": reason}).to_string();
             let ev = append_to(c, dialect, id, "state", &payload, true)?;
             // The retained state topic gets its own row.
-            let envelope = serde_json::json!({"v": 1, "tenant": tenant, "run": id, "seq": ev.seq, "ts": at, "kind": "state", "state": state.as_str(), "reason": reason});
-            put_outbox(c, dialect, Some(&tenant), Some(id), Some(ev.seq), &format!("lab/v1/t/{tenant}/runs/{id}/state"), &envelope.to_string())?;
+            let header = envelope::RunHeader { tenant: &tenant, run: id, seq: ev.seq, ts: at };
+            put_outbox(c, dialect, Some(&tenant), Some(id), Some(ev.seq), &envelope::run_state(header, state.as_str(), reason))?;
             Ok(ev)
         })
     }
@@ -917,8 +915,8 @@ impl<D: Db> Store for SqlStore<D> {
             let tenant = c.query_one("SELECT tenant_id FROM runs WHERE id = ?1", &params![&row.run_id], "run")?.text(0)?;
             // Subscribers get the values themselves (the relay summarises what the broker could not carry).
             let data = serde_json::json!({"result": row.id, "labware": row.labware, "kind": row.kind, "wells": row.wells, "wavelengths_nm": row.wavelengths_nm, "values": row.values, "unit": row.unit});
-            let envelope = serde_json::json!({"v": 1, "tenant": tenant, "run": row.run_id, "seq": ev.seq, "ts": ev.at, "kind": "result", "data": data});
-            put_outbox(c, dialect, Some(&tenant), Some(&row.run_id), Some(ev.seq), &format!("lab/v1/t/{tenant}/runs/{}/results", row.run_id), &envelope.to_string())?;
+            let header = envelope::RunHeader { tenant: &tenant, run: &row.run_id, seq: ev.seq, ts: ev.at };
+            put_outbox(c, dialect, Some(&tenant), Some(&row.run_id), Some(ev.seq), &envelope::run_result(header, &data))?;
             Ok(ev)
         })
     }
@@ -977,9 +975,9 @@ impl<D: Db> Store for SqlStore<D> {
         })
     }
 
-    fn outbox_put(&self, topic: &str, payload_json: &str) -> Result<OutboxRow> {
+    fn outbox_put(&self, message: &envelope::Message) -> Result<OutboxRow> {
         let dialect = self.db.dialect();
-        self.tx(|c| put_outbox(c, dialect, None, None, None, topic, payload_json))
+        self.tx(|c| put_outbox(c, dialect, None, None, None, message))
     }
 
     fn open_intervention(

@@ -158,6 +158,16 @@ impl Db for SqliteDb {
     /// transaction is tried again with a growing pause, for up to `LOCKED_FOR_AT_MOST`; a
     /// transient lock never fails a write, and so never a run.
     fn tx<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
+        super::offload::leave_worker(|| self.tx_here(f))
+    }
+
+    fn read<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
+        super::offload::leave_worker(|| self.read_here(f))
+    }
+}
+
+impl SqliteDb {
+    fn tx_here<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
         let began = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(50);
         loop {
@@ -178,7 +188,7 @@ impl Db for SqliteDb {
     }
 
     /// Reads need no transaction: the connection is ours alone while the lock is held.
-    fn read<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
+    fn read_here<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
         let began = std::time::Instant::now();
         loop {
             let conn = self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;

@@ -12,7 +12,7 @@
 //! Packets are MQTT 3.1.1 (the codec from `rumqttc`); QoS 0 and 1; retained messages; clean
 //! sessions only (a subscriber that was away fills its gap through gRPC `Watch`).
 
-use super::{mosquitto, MqttIdentity, RUNTIME_USER};
+use super::{mosquitto, MqttIdentity, TelemetryError, RUNTIME_USER};
 use crate::lock;
 use bytes::BytesMut;
 use rumqttc::{
@@ -79,11 +79,10 @@ impl Broker {
         addr: &str,
         runtime_password_hash: String,
         limits: Limits,
-    ) -> Result<(Broker, SocketAddr), String> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("the MQTT broker cannot listen on {addr} (mqtt_host, mqtt_port in labd.toml): {e}"))?;
-        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    ) -> Result<(Broker, SocketAddr), TelemetryError> {
+        let listen_error = |source| TelemetryError::Listen { addr: addr.to_string(), source };
+        let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+        let bound = listener.local_addr().map_err(listen_error)?;
         let broker = Broker::default();
         {
             let mut s = lock(&broker.state);
@@ -401,16 +400,26 @@ async fn read_connect(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Pack
     }
 }
 
-async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet, String> {
+/// Why a connection's packet could not be read or written; the connection ends either way.
+#[derive(Debug, thiserror::Error)]
+enum WireError {
+    #[error("bad packet: {0:?}")]
+    Packet(rumqttc::mqttbytes::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("closed")]
+    Closed,
+}
+
+async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet, WireError> {
     loop {
         match rumqttc::mqttbytes::v4::read(buf, MAX_PACKET) {
             Ok(p) => return Ok(p),
             Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(e) => return Err(format!("bad packet: {e:?}")),
+            Err(e) => return Err(WireError::Packet(e)),
         }
-        let n = stream.read_buf(buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed".into());
+        if stream.read_buf(buf).await? == 0 {
+            return Err(WireError::Closed);
         }
     }
 }
@@ -418,8 +427,8 @@ async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Packe
 async fn write_packet(
     stream: &mut TcpStream,
     encode: impl FnOnce(&mut BytesMut) -> Result<usize, rumqttc::mqttbytes::Error>,
-) -> Result<(), String> {
+) -> Result<(), WireError> {
     let mut out = BytesMut::new();
-    encode(&mut out).map_err(|e| format!("{e:?}"))?;
-    stream.write_all(&out).await.map_err(|e| e.to_string())
+    encode(&mut out).map_err(WireError::Packet)?;
+    Ok(stream.write_all(&out).await?)
 }

@@ -5,6 +5,7 @@
 //! checks them itself and Labwright never stores a password in the clear.
 
 use super::{MqttIdentity, RUNTIME_USER};
+use crate::secret::{random_bytes, NoRandomness};
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
@@ -23,9 +24,8 @@ pub fn password_hash_with_salt(password: &str, salt: &[u8]) -> String {
 }
 
 /// The `$7$` hash of a password with a fresh random salt.
-pub fn password_hash(password: &str) -> Result<String, String> {
-    let mut salt = [0u8; 12];
-    getrandom::fill(&mut salt).map_err(|e| format!("no randomness for a salt: {e}"))?;
+pub fn password_hash(password: &str) -> Result<String, NoRandomness> {
+    let salt: [u8; 12] = random_bytes("a password salt")?;
     Ok(password_hash_with_salt(password, &salt))
 }
 
@@ -45,9 +45,8 @@ pub fn verify(password: &str, hash: &str) -> bool {
 }
 
 /// A random password (192 bits, URL-safe).
-pub fn new_password() -> Result<String, String> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a password: {e}"))?;
+pub fn new_password() -> Result<String, NoRandomness> {
+    let bytes: [u8; 24] = random_bytes("an MQTT password")?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 

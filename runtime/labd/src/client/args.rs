@@ -1,0 +1,204 @@
+//! What `labctl`'s client commands take: the connection, the output format, the commands.
+
+use std::path::PathBuf;
+
+/// Where the server is and who we are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Conn {
+    /// Server URL [env: LABWRIGHT_URL; default http://127.0.0.1:50051].
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// Access token [env: LABWRIGHT_TOKEN].
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// server [env: LABWRIGHT_CA].
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+}
+
+/// Output format of a client command.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Out {
+    /// text for people, json for scripts.
+    #[arg(long, value_enum, default_value_t = Fmt::Text)]
+    pub format: Fmt,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fmt {
+    Text,
+    Json,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientCmd {
+    /// Submit a protocol as a run of your tenant.
+    Submit {
+        #[command(flatten)]
+        out: Out,
+        file: PathBuf,
+        /// Wait until the run ends, printing its events.
+        #[arg(long)]
+        wait: bool,
+        /// Idempotency key: submitting again with the same key returns the run it made instead
+        /// of a new one. Default: a new key each time labctl runs (so submitting a file again
+        /// makes a new run), kept across labctl's own retries after a network error.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// List runs you may see.
+    Runs {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Follow a run's events until it ends.
+    Watch {
+        #[command(flatten)]
+        out: Out,
+        run: String,
+        /// Only events after this sequence number (fill a gap after missed telemetry).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// Cancel a run (it stops at the next task; its plates go back to storage).
+    Cancel {
+        #[command(flatten)]
+        out: Out,
+        run: String,
+    },
+    /// A run's measured values.
+    Results {
+        run: String,
+        /// `csv` writes one row per well and wavelength.
+        #[arg(long, value_enum, default_value_t = ResultsFormat::Json)]
+        format: ResultsFormat,
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Instruments and their state (technicians).
+    Instruments {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Open interventions: what happened and what a technician must do.
+    Interventions {
+        #[command(flatten)]
+        out: Out,
+        /// Include resolved ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Resolve an intervention: done, redo or abort.
+    Resolve {
+        #[command(flatten)]
+        out: Out,
+        id: String,
+        resolution: String,
+    },
+    /// Take an instrument out of service or put it back (technicians).
+    Maintenance {
+        #[command(flatten)]
+        out: Out,
+        instrument: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Why (required with `on`).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The schedule: per instrument and arm, what ran and what is planned.
+    Schedule {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Device time used per tenant and instrument class, for billing (admin).
+    Usage {
+        #[command(flatten)]
+        out: Out,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// From this day on (YYYY-MM-DD, UTC); default: everything.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Reserve bench time for a tenant on an instrument or a class (admin): other tenants' work
+    /// is kept off it then.
+    Reserve {
+        #[command(flatten)]
+        out: Out,
+        tenant: String,
+        /// Instrument id, or class (its first instrument).
+        instrument: String,
+        /// How long, in minutes.
+        #[arg(long = "for")]
+        minutes: f64,
+        /// Starting this many minutes from now (default: now).
+        #[arg(long = "in", default_value_t = 0.0)]
+        in_minutes: f64,
+    },
+    /// Reservations of bench time (admin).
+    Reservations {
+        #[command(flatten)]
+        out: Out,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Tenants (admin).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Add {
+        #[command(flatten)]
+        out: Out,
+        name: String,
+        #[arg(long, default_value_t = 1.0)]
+        weight: f64,
+    },
+    /// Set a tenant's quotas and priority (0: no limit).
+    Quota {
+        #[command(flatten)]
+        out: Out,
+        name: String,
+        /// Runs of this tenant executing at once.
+        #[arg(long, default_value_t = 0)]
+        max_runs: i64,
+        /// Device-hours per calendar month.
+        #[arg(long, default_value_t = 0.0)]
+        device_hours: f64,
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a token (shown once).
+    Create {
+        #[command(flatten)]
+        out: Out,
+        /// Tenant name (scientists).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// admin, technician or scientist.
+        #[arg(long, default_value = "scientist")]
+        role: String,
+        /// Lifetime in seconds (default: does not expire).
+        #[arg(long)]
+        ttl: Option<i64>,
+    },
+    /// Revoke a token by its principal id (from `token create --format json`).
+    Revoke { principal: String },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultsFormat {
+    Json,
+    Csv,
+}

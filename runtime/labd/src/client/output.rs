@@ -1,0 +1,72 @@
+//! How client commands print what the server answered: results as CSV, listings as JSON,
+//! the verdict on a run behind its results.
+
+use anyhow::Result;
+use protos::labwright::v1 as pb;
+
+/// Results as CSV: one row per well and wavelength.
+pub(crate) fn results_csv(rs: &[pb::Result]) -> String {
+    let mut s = String::from("result,labware,kind,well,wavelength_nm,value,unit\n");
+    for r in rs {
+        let per = if r.kind == "absorbance" { r.wavelengths_nm.len().max(1) } else { 1 };
+        for (i, w) in r.wells.iter().enumerate() {
+            for k in 0..per {
+                let wl = r
+                    .wavelengths_nm
+                    .get(if per == 1 && r.kind != "absorbance" { 1 } else { k })
+                    .copied()
+                    .unwrap_or(0.0);
+                let v = r.values.get(i * per + k).copied().unwrap_or(f64::NAN);
+                s.push_str(&format!("{},{},{},{w},{wl},{v},{}\n", r.id, r.labware, r.kind, r.unit));
+            }
+        }
+    }
+    s
+}
+
+/// What `labctl results` adds on stderr about the run behind the results, and its exit code: a
+/// run that failed or was cancelled exits 1 and says why and what was kept (the reads that did
+/// happen); one still under way says so; a finished run without measurements says that.
+pub(super) fn results_verdict(run: &pb::RunInfo, n: usize) -> (String, i32) {
+    let kept = match n {
+        0 => "no read happened, so there are no results".to_string(),
+        1 => "the 1 result shown is from a read that happened before it ended".to_string(),
+        n => format!("the {n} results shown are from reads that happened before it ended"),
+    };
+    let why = if run.reason.is_empty() { String::new() } else { format!(" ({})", run.reason) };
+    match run.state.as_str() {
+        "failed" | "cancelled" => (format!("run {} {}{why}: {kept}", run.id, run.state), 1),
+        "succeeded" if n == 0 => (format!("run {} succeeded and measured nothing (no read step)", run.id), 0),
+        "succeeded" => (String::new(), 0),
+        state => (format!("run {} is {state}: {n} result(s) so far", run.id), 0),
+    }
+}
+
+/// A listing as one JSON document: `--format json` prints exactly one per command.
+pub(super) fn json_array(items: impl Iterator<Item = serde_json::Value>) -> serde_json::Value {
+    serde_json::Value::Array(items.collect())
+}
+
+pub(super) fn run_json(r: &pb::RunInfo) -> serde_json::Value {
+    use crate::clock::rfc3339_opt;
+    serde_json::json!({
+        "id": r.id, "tenant": r.tenant, "name": r.name, "state": r.state, "reason": r.reason,
+        "submitted_at": rfc3339_opt(r.submitted_at_ms), "started_at": rfc3339_opt(r.started_at_ms),
+        "finished_at": rfc3339_opt(r.finished_at_ms),
+    })
+}
+
+pub(super) fn reservation_json(r: &pb::ReservationInfo) -> serde_json::Value {
+    serde_json::json!({"id": r.id, "tenant": r.tenant, "instrument": r.instrument, "starts_at_ms": r.starts_at_ms, "ends_at_ms": r.ends_at_ms})
+}
+
+pub(super) fn print_reservation(r: &pb::ReservationInfo) -> Result<()> {
+    out!(
+        "{} {} reserves {} for {:.0} min",
+        r.id,
+        r.tenant,
+        r.instrument,
+        (r.ends_at_ms - r.starts_at_ms) as f64 / 60_000.0
+    );
+    Ok(())
+}
