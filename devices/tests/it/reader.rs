@@ -182,71 +182,9 @@ async fn sila_errors_are_classified() {
     assert!(matches!(e, InstrumentError::Disconnected(_)), "{e:?}");
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let ok = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
-    assert!(ok.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl tool.
-/// Returns (CA PEM, server cert PEM, server key PEM).
-fn certificates(dir: &Path) -> (String, String, String) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Labwright test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ],
-    );
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    (read("ca.pem"), read("server.pem"), read("server.key"))
-}
+#[path = "../../../tests/support/certs.rs"]
+mod certs;
+use certs::certificates;
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));

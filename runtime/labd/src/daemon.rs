@@ -103,12 +103,9 @@ enum Output {
 
 /// Runs `labd`; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match crate::parse_args::<Cli>() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
-        }
+        Err(code) => return code,
     };
     if !matches!(cli.command, Command::Serve { .. }) {
         // `serve` chooses its level and format from labd.toml once it has read it.

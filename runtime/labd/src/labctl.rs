@@ -117,12 +117,9 @@ enum OutFormat {
 
 /// Runs `labctl` with the process arguments and returns the exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match crate::parse_args::<Cli>() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { EXIT_USAGE } else { 0 };
-        }
+        Err(code) => return code,
     };
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(code)) => code,

@@ -1,8 +1,8 @@
-//! The Labwright runtime and its command line.
-//!
-//! Today this crate holds `labctl`, the command line a scientist uses to validate, compile and
-//! quote protocols and to manage labware ([`labctl`]). The daemon (`labd serve`: store, API,
-//! executor) builds on it.
+//! The Labwright runtime and its command lines: `labd` ([`daemon`]: `serve` runs the store,
+//! the executor, the API, telemetry and the console; `sim` serves a site's simulated
+//! instruments; `demo`) and `labctl` ([`labctl`]: validate, compile, quote and simulate
+//! protocols; the client commands a scientist, technician or admin uses against a running labd).
+//! docs/ARCHITECTURE.md has the map.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 /// `println!` for command output that a closed pipe ends quietly: the write's error returns
@@ -12,6 +12,20 @@ macro_rules! out {
     ($($arg:tt)*) => {
         std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)))?
     };
+}
+
+/// The command line parsed, or the exit code to end with: 0 after printing `--help` or
+/// `--version`, 2 (usage) after printing what is wrong.
+pub(crate) fn parse_args<C: clap::Parser>() -> Result<C, i32> {
+    C::try_parse().map_err(|e| {
+        // Where even stderr is gone there is no one left to tell.
+        let _ = e.print();
+        if e.use_stderr() {
+            2
+        } else {
+            0
+        }
+    })
 }
 
 pub mod api;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "../../../tests/support/certs.rs"]
+mod certs;
 #[path = "it/chaos.rs"]
 mod chaos;
 #[path = "it/cli.rs"]
@@ -642,6 +644,22 @@ impl Lab {
             .as_str()
             .unwrap()
             .to_string()
+    }
+
+    /// The id of the open intervention of `run`, as `token` lists them, once it opens (within
+    /// 90 s).
+    fn intervention_of(&self, token: &str, run: &str) -> String {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let (_, so, _) = self.ctl(token, &["interventions", "--format", "json"]);
+            if let Some(id) =
+                items(&so).into_iter().find(|i| i["run"] == run).and_then(|i| i["id"].as_str().map(String::from))
+            {
+                return id;
+            }
+            assert!(std::time::Instant::now() < until, "no intervention for run {run}: {so}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     fn submit(&self, token: &str, example: &str) -> String {

@@ -148,28 +148,18 @@ pub fn tenants_and_principals(s: &dyn Store) {
 
 pub fn submission_is_idempotent(s: &dyn Store) {
     let t = s.create_tenant("t1", 1.0).unwrap();
-    let first = s
-        .submit_run(&NewRun {
-            tenant_id: t.id.clone(),
-            idempotency_key: "k".into(),
-            name: "n".into(),
-            source: "x".into(),
-            plan_json: plan(),
-            priority: 0,
-        })
-        .unwrap();
+    let submission = NewRun {
+        tenant_id: t.id.clone(),
+        idempotency_key: "k".into(),
+        name: "n".into(),
+        source: "x".into(),
+        plan_json: plan(),
+        priority: 0,
+    };
+    let first = s.submit_run(&submission).unwrap();
     assert!(first.1, "the first submission creates a run");
     assert_eq!(first.0.state, RunState::Queued);
-    let again = s
-        .submit_run(&NewRun {
-            tenant_id: t.id.clone(),
-            idempotency_key: "k".into(),
-            name: "n".into(),
-            source: "x".into(),
-            plan_json: plan(),
-            priority: 0,
-        })
-        .unwrap();
+    let again = s.submit_run(&submission).unwrap();
     assert_eq!((again.0.id.as_str(), again.1), (first.0.id.as_str(), false), "a retry returns the same run");
     let other = s
         .submit_run(&NewRun {

@@ -66,19 +66,7 @@ fn the_console_works_in_chromium() {
     // PCR setup ends with a manual step: the lab waits for a technician.
     let acme_run = lab.submit(&acme, "pcr-setup.yaml");
     let globex_run = lab.submit(&globex, "serial-dilution.yaml");
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let intervention = loop {
-        let (_, so, _) = lab.ctl(&tech, &["interventions", "--format", "json"]);
-        if let Some(id) = items(&so)
-            .into_iter()
-            .find(|i| i["run"] == acme_run.as_str())
-            .and_then(|i| i["id"].as_str().map(String::from))
-        {
-            break id;
-        }
-        assert!(std::time::Instant::now() < until, "no intervention for the manual step: {so}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let intervention = lab.intervention_of(&tech, &acme_run);
     // The JSON API keeps the gRPC rules: no token, no data; a scientist gets no instruments.
     assert_eq!(console_get(&lab.console, "/api/runs", "nonsense").0, 401);
     let (code, body) = console_get(&lab.console, "/api/runs", "tökén");

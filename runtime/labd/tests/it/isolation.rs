@@ -28,19 +28,7 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     let acme_watch = watch_lines(&lab, &acme, &acme_run);
     let cancelled = lab.submit_file(&acme, &canary, &["--key", &format!("{CANARY}-key-2")]);
     assert_eq!(lab.ctl(&acme, &["cancel", &cancelled]).0, 0);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let intervention = loop {
-        let (_, so, _) = lab.ctl(&lab.admin, &["interventions", "--format", "json"]);
-        if let Some(id) = items(&so)
-            .into_iter()
-            .find(|i| i["run"] == acme_run.as_str())
-            .and_then(|i| i["id"].as_str().map(String::from))
-        {
-            break id;
-        }
-        assert!(std::time::Instant::now() < until, "no intervention for the manual step: {so}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let intervention = lab.intervention_of(&lab.admin, &acme_run);
     // Nobody does the manual step. Once it runs past its planned end, acme hears why its run's
     // end moved (in its own words); globex's run finishes anyway.
     let told = loop {

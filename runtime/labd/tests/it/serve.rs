@@ -688,55 +688,7 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
 #[test]
 fn the_api_over_tls() {
     let dir = fresh_dir("tls");
-    let openssl = |args: &[&str]| {
-        let o = Command::new("openssl").current_dir(&dir).args(args).output().expect("openssl is installed");
-        assert!(o.status.success(), "openssl {args:?}: {}", text(&o.stderr));
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Lab CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.pem",
-    ]);
+    certs::certificates(&dir);
     let port = free_port();
     let config = dir.join("labd.toml");
     let data = dir.join("data");
