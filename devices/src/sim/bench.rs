@@ -82,6 +82,35 @@ impl Bench {
         self.optics.insert(liquid.to_string(), o);
     }
 
+    /// The bench as JSON (every well's composition and the liquids' optics; not the seed, which
+    /// is configuration): what a simulated lab keeps in its data directory so that plates keep
+    /// their contents when the runtime restarts, as real plates do.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let wells: Vec<serde_json::Value> =
+            self.wells.iter().map(|((lw, well), mix)| serde_json::json!([lw, well, mix])).collect();
+        serde_json::json!({"v": 1, "wells": wells, "optics": self.optics})
+    }
+
+    /// Puts back what [`Bench::snapshot`] wrote, replacing the wells and optics it names.
+    pub fn restore(&mut self, snapshot: &serde_json::Value) -> Result<(), String> {
+        if snapshot["v"] != 1 {
+            return Err("not a bench snapshot of version 1".into());
+        }
+        let wells = snapshot["wells"].as_array().ok_or("a bench snapshot without `wells`")?;
+        for w in wells {
+            let (Some(lw), Some(well), Some(mix)) = (w[0].as_str(), w[1].as_str(), w[2].as_object()) else {
+                return Err(format!("a well entry that is not [labware, well, {{liquid: µL}}]: {w}"));
+            };
+            let mix: Option<Mixture> = mix.iter().map(|(k, v)| v.as_f64().map(|ul| (k.clone(), ul))).collect();
+            let mix = mix.ok_or_else(|| format!("a volume that is not a number in {w}"))?;
+            self.wells.insert((lw.to_string(), well.to_string()), mix);
+        }
+        let optics: BTreeMap<String, Optics> = serde_json::from_value(snapshot["optics"].clone())
+            .map_err(|e| format!("the snapshot's optics do not read: {e}"))?;
+        self.optics.extend(optics);
+        Ok(())
+    }
+
     /// What a reader measures in a well: the well's value from its composition, with noise that
     /// depends only on the seed, the well and the reading.
     pub fn read(&self, labware: &str, well: &str, reading: Reading) -> f64 {
@@ -161,6 +190,11 @@ mod tests {
         assert_eq!(at(&b, "A1"), a1, "the same seed and well repeat");
         let other = Bench { seed: 8, wells: b.wells.clone(), optics: b.optics.clone() };
         assert_ne!(at(&other, "A1"), a1, "another seed, other noise");
+        let mut restored = Bench { seed: 7, ..Bench::default() };
+        restored.restore(&serde_json::from_str(&b.snapshot().to_string()).unwrap()).unwrap();
+        assert_eq!((restored.wells.clone(), restored.optics.clone()), (b.wells.clone(), b.optics.clone()));
+        assert_eq!(at(&restored, "A1"), a1, "a restored bench reads the same");
+        assert!(restored.restore(&serde_json::json!({"v": 2})).is_err());
         let taken = b.take("p", "A2", 20.0);
         assert!((taken["dye"] - 10.0).abs() < 1e-9 && (taken["water"] - 10.0).abs() < 1e-9);
         assert!((b.volume("p", "A2") - 80.0).abs() < 1e-9);

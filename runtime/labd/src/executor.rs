@@ -20,7 +20,9 @@ mod attention;
 mod dispatch;
 mod failure;
 mod jobs;
+mod recovery;
 mod repair;
+pub mod resume;
 mod timing;
 
 pub use failure::ExecutorError;
@@ -38,7 +40,7 @@ use protocols::plan::{CommandOp, RunPlan};
 use scheduler::lab::replan::{Event as ReplanEvent, Planner};
 use scheduler::lab::solve::{LabBudget, LabSchedule, MoveSlot};
 use scheduler::lab::{LabProblem, Window};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -408,55 +410,6 @@ impl Executor {
             priority: 0,
         };
         Ok(self.store.submit_run(&run).map(|(r, _)| r)?)
-    }
-
-    /// After a restart: runs that were running when the runtime stopped are failed with a reason
-    /// naming any command whose outcome is unknown (never silently resent); a technician gets an
-    /// intervention for each such command that is not safe to repeat. A run that had not yet
-    /// touched anything (no command, no plate move, no manual step) goes back to the queue
-    /// instead. Queued runs are untouched and run normally. Returns the runs it failed.
-    pub fn recover(&self) -> Result<Vec<String>, ExecutorError> {
-        let open = self.store.open_attempts()?;
-        let asked = self.store.interventions(None, false)?;
-        let mut failed = Vec::new();
-        for run in self.store.runs(None, &[RunState::Running, RunState::Cancelling])? {
-            if self.config.cell.is_some() && run.cell != self.config.cell {
-                continue; // another cell's run: its node recovers it
-            }
-            let untouched = self.store.attempts(&run.id)?.is_empty() && !asked.iter().any(|i| i.run_id == run.id);
-            if untouched {
-                let (state, reason) = match run.state {
-                    RunState::Cancelling => (RunState::Cancelled, "cancelled; labd stopped before it began"),
-                    _ => (RunState::Queued, "labd stopped before it began; queued again"),
-                };
-                self.store.set_run_state(&run.id, state, Some(reason))?;
-                continue;
-            }
-            let mine: Vec<_> = open.iter().filter(|a| a.intent.run_id == run.id).collect();
-            for a in &mine {
-                self.store.record_outcome(&a.id, "unknown", Some("labd stopped before the outcome was recorded"))?;
-                if !a.intent.repeatable {
-                    self.store.open_intervention(
-                        &run.id,
-                        (a.intent.task_id >= 0).then_some(a.intent.task_id),
-                        Some(&a.intent.instrument),
-                        &format!("labd restarted while {} was running {}", a.intent.instrument, a.intent.op_json),
-                        "check the instrument and the plate; the run was stopped and will not resend this command",
-                    )?;
-                }
-            }
-            let reason = match mine.first() {
-                Some(a) => format!(
-                    "labd restarted mid-run; {} may or may not have run {}",
-                    a.intent.instrument, a.intent.op_json
-                ),
-                None => "labd restarted mid-run between commands".to_string(),
-            };
-            let state = if run.state == RunState::Cancelling { RunState::Cancelled } else { RunState::Failed };
-            self.store.set_run_state(&run.id, state, Some(&reason))?;
-            failed.push(run.id);
-        }
-        Ok(failed)
     }
 
     /// Carries out queued runs until `stop` turns true: admits runs as they arrive (within each

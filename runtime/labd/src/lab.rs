@@ -37,6 +37,10 @@ pub struct Lab {
     pub arms: BTreeMap<String, Arc<ArmDriver>>,
     /// The simulators, when the lab is simulated (kept alive with the drivers).
     pub simulated: Option<SimulatedSite>,
+    /// Where a simulated lab keeps its bench (what every plate holds) between runs of labd.
+    bench_file: Option<std::path::PathBuf>,
+    /// One save at a time: a later snapshot must never be overwritten by an earlier one.
+    bench_saving: std::sync::Mutex<()>,
 }
 
 impl Lab {
@@ -69,6 +73,40 @@ impl Lab {
         let mut lab = Lab::connect(site, &endpoints, scale).await?;
         lab.simulated = Some(sims);
         Ok(lab)
+    }
+
+    /// A simulated lab keeps its bench in `file`: what an earlier labd left there is put back
+    /// now, and [`Lab::save_bench`] writes it again. Plates then keep their contents when labd
+    /// restarts, as real plates do, and a resumed run reads what its earlier tasks pipetted.
+    /// Nothing for a real lab.
+    pub fn keep_bench_in(&mut self, file: std::path::PathBuf) -> Result<(), LabError> {
+        let Some(sims) = &self.simulated else { return Ok(()) };
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let snapshot: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    LabError::Simulators(format!("{}: {e}; delete it to start with an empty bench", file.display()))
+                })?;
+                let mut bench = crate::lock(&sims.bench);
+                bench.restore(&snapshot).map_err(|e| {
+                    LabError::Simulators(format!("{}: {e}; delete it to start with an empty bench", file.display()))
+                })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LabError::Simulators(format!("cannot read {}: {e}", file.display()))),
+        }
+        self.bench_file = Some(file);
+        Ok(())
+    }
+
+    /// Writes the simulated bench where [`Lab::keep_bench_in`] said (whole, then renamed, so a
+    /// crash leaves the old or the new one). Nothing for a real lab or one that keeps no file.
+    pub fn save_bench(&self) -> std::io::Result<()> {
+        let (Some(sims), Some(file)) = (&self.simulated, &self.bench_file) else { return Ok(()) };
+        let _one_at_a_time = crate::lock(&self.bench_saving);
+        let text = crate::lock(&sims.bench).snapshot().to_string();
+        let part = file.with_extension("json.part");
+        std::fs::write(&part, text)?;
+        std::fs::rename(&part, file)
     }
 
     /// Connects to the given endpoints (instrument id → endpoint string).
@@ -105,7 +143,7 @@ impl Lab {
             })?;
             arms.insert(a.id.clone(), d);
         }
-        Ok(Lab { site, instruments, arms, simulated: None })
+        Ok(Lab { site, instruments, arms, simulated: None, bench_file: None, bench_saving: Default::default() })
     }
 }
 

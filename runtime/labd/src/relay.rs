@@ -38,6 +38,8 @@ enum RelayError {
     NoConnAck,
     #[error("publishing: {0}")]
     Publish(#[from] rumqttc::ClientError),
+    #[error("connection lost: {0}")]
+    Disconnected(rumqttc::ConnectionError),
     #[error("connection lost with {acked} of {of} acknowledged: {source}")]
     Lost { acked: usize, of: usize, source: rumqttc::ConnectionError },
     #[error("{missing} of {of} publishes unacknowledged after 10 s")]
@@ -104,7 +106,7 @@ async fn session(
         match tokio::time::timeout(deadline, events.poll()).await {
             Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(RelayError::Lost { acked: 0, of: 1, source: e }),
+            Ok(Err(e)) => return Err(RelayError::Disconnected(e)),
             Err(_) => return Err(RelayError::Unacknowledged { missing: 1, of: 1 }),
         }
     }
@@ -125,7 +127,7 @@ async fn session(
             tokio::select! {
                 r = tokio::time::timeout(config.poll, events.poll()) => {
                     if let Ok(Err(e)) = r {
-                        return Err(RelayError::Lost { acked: 0, of: 0, source: e });
+                        return Err(RelayError::Disconnected(e));
                     }
                 }
                 _ = written.changed() => {}

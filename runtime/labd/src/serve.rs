@@ -165,7 +165,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let connected = crate::lab::Connected::default();
     let (lab, board, all_sim) = if config.database.is_none() && config.cells.is_empty() {
         // One node: the whole site, every run.
-        let (lab, all_sim) = connect_lab(&site, &config, scale).await?;
+        let (mut lab, all_sim) = connect_lab(&site, &config, scale).await?;
+        lab.keep_bench_in(config.data_dir.join("sim-bench.json"))?;
         let lab = Arc::new(lab);
         connected.add(lab.clone());
         let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });

@@ -23,6 +23,8 @@ mod isolation;
 mod mqtt;
 #[path = "it/observability.rs"]
 mod observability;
+#[path = "it/resume.rs"]
+mod resume;
 #[path = "it/safe_state.rs"]
 mod safe_state;
 #[path = "it/scaleout.rs"]

@@ -72,6 +72,15 @@ impl Executor {
                     continue;
                 }
             };
+            // A run resumed after a restart: only what it has not done yet is planned.
+            let plan = if run.started_at.is_some() {
+                let (store, id) = (self.store.clone(), run.id.clone());
+                let events = blocking(move || store.events(None, &id, 0)).await?;
+                let finished = resume::progress(&events).finished;
+                resume::remainder(&plan, &finished, crate::store::now_ms(), self.config.scale.0).0
+            } else {
+                plan
+            };
             let short = run.id.trim_start_matches("run_").chars().take(8).collect::<String>();
             let plan = plan.scoped(&short);
             // Priority p doubles the tenant's fairness weight p times (−3 to 3): served sooner.

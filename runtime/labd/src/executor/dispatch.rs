@@ -182,6 +182,9 @@ impl Executor {
         driver: &Option<Arc<dyn Instrument>>,
     ) -> Result<(), JobError> {
         let task = &plan.tasks[t];
+        if resume::was_carried_out(task) {
+            return Ok(()); // before labd restarted; its events are in the history already
+        }
         let started = Instant::now();
         let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
         self.event(run, "task_started", ev).await?;
@@ -232,6 +235,14 @@ impl Executor {
             }
         }
         self.flush(&mut pending).await?;
+        // A simulated lab's plates keep what this task did should labd restart before the next
+        // task (the task counts as done once its `task_finished` event is written, after this).
+        if self.lab.simulated.is_some() {
+            let lab = self.lab.clone();
+            if let Err(e) = blocking(move || lab.save_bench()).await {
+                tracing::warn!(run = %run.id, error = %e, "cannot save the simulated bench; a restart would lose this task's liquids");
+            }
+        }
         let device_s = started.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12);
         if let (Some(id), Some(class)) = (instrument, task.class) {
             let usage = Usage {

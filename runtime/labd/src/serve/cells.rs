@@ -118,7 +118,8 @@ pub(super) async fn drive_cell(
 ) -> Result<(), ServeError> {
     let cell = lease.cell.clone();
     let scale = TimeScale(env.config.time_scale);
-    let (lab, _) = connect_lab(&env.site, &env.config, scale).await?;
+    let (mut lab, _) = connect_lab(&env.site, &env.config, scale).await?;
+    lab.keep_bench_in(env.config.data_dir.join(format!("sim-bench-{cell}.json")))?;
     let lab = Arc::new(lab);
     env.connected.add(lab.clone());
     let shown = ShownWhileDriven(env.connected.clone(), lab.clone());

@@ -524,7 +524,8 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
 
 /// The crash loop: `labd` is killed with SIGKILL at 20 random moments while tenants' runs
 /// execute, and restarted each time. At the end every run is complete or explicitly failed,
-/// every run's events are gapless, completed runs did on the liquid handlers exactly what a
+/// every run's events are gapless, completed runs (resumed ones among them: a run stopped
+/// between its tasks goes on after the restart) did on the liquid handlers exactly what a
 /// crash-free reference run did and measured the same values, interrupted runs never did more
 /// than the reference (no liquid movement twice), and the journal never holds two attempts of a
 /// command that is not safe to repeat.
@@ -624,9 +625,10 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
     let wire = wire_liquid(&logs);
     let runs = store.runs(None, &[]).unwrap();
     assert_eq!(runs.len(), 22, "every accepted run is there");
-    let (mut succeeded, mut failed) = (0, 0);
+    let (mut succeeded, mut failed, mut resumed) = (0, 0, 0);
     for r in &runs {
         let events = store.events(None, &r.id, 0).unwrap();
+        resumed += events.iter().filter(|e| e.kind == "state" && e.payload_json.contains("resuming")).count();
         let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>(), "{}: gapless", r.id);
         let did = wire.get(&short(&r.id)).cloned().unwrap_or_default();
@@ -666,6 +668,7 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
             }
             RunState::Failed => {
                 failed += 1;
+                println!("crash loop: {} failed: {}", r.id, r.reason.as_deref().unwrap_or_default());
                 assert!(r.reason.as_deref().is_some_and(|w| !w.is_empty()), "{}: failed with a reason", r.id);
                 for (k, n) in &did {
                     assert!(
@@ -678,8 +681,10 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
             s => panic!("{}: ended {s}", r.id),
         }
     }
-    println!("crash loop: {succeeded} runs succeeded, {failed} failed explicitly after 20 SIGKILLs");
-    assert!(succeeded >= 2 && failed >= 1, "both paths were exercised: {succeeded} succeeded, {failed} failed");
+    println!(
+        "crash loop: {succeeded} runs succeeded, {failed} failed explicitly after 20 SIGKILLs; {resumed} resumptions"
+    );
+    assert!(succeeded >= 2, "runs succeed through the kills: {succeeded} succeeded, {failed} failed");
     let _ = std::fs::remove_dir_all(&base);
 }
 

@@ -1,0 +1,105 @@
+//! Recovery after a restart: each run that was running is queued again, resumed, or failed
+//! with the reason (the decisions are [`super::resume`]'s; this is where they are read from the
+//! store and written back).
+
+use super::*;
+
+impl Executor {
+    /// After a restart, each run that was running when the runtime stopped:
+    /// - had not touched anything (no command, no plate move, no manual step): queued again;
+    /// - stopped between its tasks, nothing in flight, its plates in storage: resumed — queued
+    ///   again with what it finished kept (admission plans only the rest; see [`resume`]);
+    /// - otherwise: failed with a reason naming any command whose outcome is unknown (never
+    ///   silently resent), and a technician gets an intervention for each such command that is
+    ///   not safe to repeat.
+    ///
+    /// Queued runs are untouched and run normally. Returns the runs it failed.
+    pub fn recover(&self) -> Result<Vec<String>, ExecutorError> {
+        let open = self.store.open_attempts()?;
+        let asked = self.store.interventions(None, false)?;
+        let storage = self.storage_nests();
+        let mut failed = Vec::new();
+        for run in self.store.runs(None, &[RunState::Running, RunState::Cancelling])? {
+            if self.config.cell.is_some() && run.cell != self.config.cell {
+                continue; // another cell's run: its node recovers it
+            }
+            let untouched = self.store.attempts(&run.id)?.is_empty() && !asked.iter().any(|i| i.run_id == run.id);
+            if untouched {
+                let (state, reason) = match run.state {
+                    RunState::Cancelling => (RunState::Cancelled, "cancelled; labd stopped before it began"),
+                    _ => (RunState::Queued, "labd stopped before it began; queued again"),
+                };
+                self.store.set_run_state(&run.id, state, Some(reason))?;
+                continue;
+            }
+            if run.state == RunState::Running {
+                let progress = resume::progress(&self.store.events(None, &run.id, 0)?);
+                let attempts = self.store.attempts(&run.id)?;
+                let why = match serde_json::from_str::<RunPlan>(&run.plan_json) {
+                    Ok(plan) => match resume::blocker(&plan, &progress, &attempts, &storage) {
+                        None => {
+                            self.resume(&run, &plan, &progress)?;
+                            continue;
+                        }
+                        Some(why) => why,
+                    },
+                    Err(e) => format!("its stored plan cannot be read: {e}"),
+                };
+                tracing::info!(run = %run.id, why = %why, "the run cannot resume by itself");
+            }
+            let mine: Vec<_> = open.iter().filter(|a| a.intent.run_id == run.id).collect();
+            for a in &mine {
+                self.store.record_outcome(&a.id, "unknown", Some("labd stopped before the outcome was recorded"))?;
+                if !a.intent.repeatable {
+                    self.store.open_intervention(
+                        &run.id,
+                        (a.intent.task_id >= 0).then_some(a.intent.task_id),
+                        Some(&a.intent.instrument),
+                        &format!("labd restarted while {} was running {}", a.intent.instrument, a.intent.op_json),
+                        "check the instrument and the plate; the run was stopped and will not resend this command",
+                    )?;
+                }
+            }
+            let reason = match mine.first() {
+                Some(a) => format!(
+                    "labd restarted mid-run; {} may or may not have run {}",
+                    a.intent.instrument, a.intent.op_json
+                ),
+                None => "labd restarted mid-run between commands".to_string(),
+            };
+            let state = if run.state == RunState::Cancelling { RunState::Cancelled } else { RunState::Failed };
+            self.store.set_run_state(&run.id, state, Some(&reason))?;
+            failed.push(run.id);
+        }
+        Ok(failed)
+    }
+
+    /// Puts a run that stopped between its tasks back in the queue, telling its tenant what was
+    /// kept and any time limit between tasks the restart broke.
+    fn resume(&self, run: &Run, plan: &RunPlan, progress: &resume::Progress) -> Result<(), ExecutorError> {
+        let (_, lost) = resume::remainder(plan, &progress.finished, crate::store::now_ms(), self.config.scale.0);
+        for l in &lost {
+            let label = |t: usize| plan.tasks.get(t).map_or_else(|| format!("task {t}"), |t| t.label.clone());
+            let payload = serde_json::json!({
+                "from": l.from, "to": l.to, "max_s": l.max_s, "since_s": l.since_s,
+                "why": format!(
+                    "`{}` was to start within {:.0} s of the end of `{}`; labd restarted and {:.0} s have passed",
+                    label(l.to), l.max_s, label(l.from), l.since_s
+                ),
+            });
+            self.store.append_event(&run.id, "constraint_lost", &payload.to_string())?;
+        }
+        let (done, of) = (progress.finished.len(), plan.tasks.len());
+        let reason = format!("labd restarted between its tasks; resuming with {done} of {of} tasks done");
+        self.store.set_run_state(&run.id, RunState::Queued, Some(&reason))?;
+        tracing::warn!(run = %run.id, tenant = %run.tenant_id, done, of, "run resumed after a restart");
+        Ok(())
+    }
+
+    /// The nests where plates wait between tasks (a plate there is safe to plan from).
+    fn storage_nests(&self) -> BTreeSet<String> {
+        LabProblem::from_site(&self.lab.site)
+            .map(|p| p.nests.get(p.storage).map(|n| n.id.clone()).into_iter().collect())
+            .unwrap_or_default()
+    }
+}
