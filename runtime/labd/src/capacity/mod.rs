@@ -71,6 +71,9 @@ pub struct Report {
     pub makespan_s: f64,
     /// The scheduler's best lower bound on the makespan of the whole workload.
     pub lower_bound_s: f64,
+    /// The instruments whose eligible work bounds the makespan most (all of a class, or the part
+    /// of it that can run the work: the liquid handlers carrying a pipette, …).
+    pub bound_set: Vec<String>,
     pub utilisation: Vec<Utilisation>,
     pub bottleneck: String,
     pub per_tenant: Vec<TenantLine>,
@@ -240,6 +243,7 @@ pub fn simulate_with(
         runs,
         makespan_s: makespan,
         lower_bound_s: p.lower_bound(),
+        bound_set: p.bottleneck_set().map(|b| b.0).unwrap_or_default(),
         utilisation,
         bottleneck,
         per_tenant,

@@ -150,7 +150,7 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
     let mut md = format!(
         "# Capacity report\n\nSite `{site}`, workload `{workload}`, simulated in virtual time with the runtime's scheduler.\n\n\
          ## {} tenants, {} runs\n\n\
-         - makespan: **{}** (lower bound {}; {:.2}× the bound)\n- bottleneck: **{}**\n- Jain's fairness index: {:.3}\n\
+         - makespan: **{}** (lower bound {}; {:.2}× the bound)\n- busiest set by eligible work: {}\n- bottleneck (busiest in the plan): **{}**\n- Jain's fairness index: {:.3}\n\
          - site cost per run: {:.2} {cur}; billed per run: {:.2} {cur}\n- planned {} ({} re-plans)\n\n\
          ![Gantt chart](gantt.svg)\n\n### Utilisation\n\n| instrument | class | busy | utilisation |\n|---|---|---:|---:|\n",
         r.tenants,
@@ -158,6 +158,7 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         hours(r.makespan_s),
         hours(r.lower_bound_s),
         r.makespan_s / r.lower_bound_s.max(1e-9),
+        if r.bound_set.is_empty() { "none".to_string() } else { r.bound_set.join(" + ") },
         r.bottleneck,
         r.jain,
         r.site_cost_per_run,

@@ -522,14 +522,7 @@ impl LabProblem {
                 // The task itself plus bringing its plates in and out.
                 finish[i] = start + t.duration + trip;
                 if let Some(c) = t.class {
-                    // An instrument stays taken until the first move away from its nest has
-                    // ended, so each task holds a unit that much longer than it runs.
-                    let away = if t.plates.is_empty() {
-                        0.0
-                    } else {
-                        cands.iter().map(|&r| self.shortest_move_away(r)).fold(f64::INFINITY, f64::min)
-                    };
-                    *load.entry(c).or_insert(0.0) += t.duration + if away.is_finite() { away } else { 0.0 };
+                    *load.entry(c).or_insert(0.0) += self.held(t, &cands);
                 }
                 arm_work += trip;
             }
@@ -545,11 +538,77 @@ impl LabProblem {
         });
         let busiest = load.iter().map(|(c, l)| l / cap.get(c).copied().unwrap_or(1.0)).fold(0.0, f64::max);
         out.push(("resource load", min_release + busiest));
+        if let Some((_, per_unit)) = self.binding_set(&self.eligible_loads()) {
+            out.push(("eligible-set load", min_release + per_unit));
+        }
         if !self.arms.is_empty() {
             out.push(("arm moves", min_release + arm_work / self.arms.len() as f64));
         }
         out.push(("one-machine preemptive (Jackson)", self.jackson_bound()));
         out
+    }
+
+    /// The set of instruments whose eligible work per unit of capacity is largest: every task
+    /// that only instruments of a set S can run must be run on S, so its load over S's capacity
+    /// bounds the makespan from below. Which instances can run a task (pipettes, set-point
+    /// ranges, read modes, labware) is counted, not only its class: when two of three liquid
+    /// handlers carry the only pipette a task needs, the bound divides by two. The sets tried are
+    /// every task's own set and every union of two; returns the set (resource indices) and its
+    /// load per unit.
+    fn binding_set(&self, by_set: &BTreeMap<Vec<usize>, f64>) -> Option<(Vec<usize>, f64)> {
+        let own: Vec<&Vec<usize>> = by_set.keys().collect();
+        let mut tried: std::collections::BTreeSet<Vec<usize>> = own.iter().map(|s| (*s).clone()).collect();
+        for (i, a) in own.iter().enumerate() {
+            for b in &own[i + 1..] {
+                let mut u: Vec<usize> = a.iter().chain(b.iter()).copied().collect();
+                u.sort_unstable();
+                u.dedup();
+                tried.insert(u);
+            }
+        }
+        tried
+            .into_iter()
+            .filter_map(|set| {
+                let capacity: f64 = set.iter().map(|&r| f64::from(self.resources[r].capacity)).sum();
+                let load: f64 = by_set
+                    .iter()
+                    .filter(|(eligible, _)| eligible.iter().all(|r| set.binary_search(r).is_ok()))
+                    .map(|(_, l)| l)
+                    .sum();
+                (capacity > 0.0).then(|| (set, load / capacity))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// The instruments of the tightest eligible-set bound (see [`LabProblem::lower_bounds`]) and
+    /// that bound: the set that limits the lab, which may be part of a class.
+    pub fn bottleneck_set(&self) -> Option<(Vec<String>, f64)> {
+        let min_release = self.runs.iter().map(|r| r.release).fold(f64::INFINITY, f64::min);
+        let (set, per_unit) = self.binding_set(&self.eligible_loads())?;
+        Some((set.iter().map(|&r| self.resources[r].id.clone()).collect(), min_release + per_unit))
+    }
+
+    /// How long a task holds a unit of an instrument: it runs, and the instrument stays taken
+    /// until the first move away from its nest has ended.
+    fn held(&self, t: &LabTask, cands: &[usize]) -> f64 {
+        let away = if t.plates.is_empty() {
+            0.0
+        } else {
+            cands.iter().map(|&r| self.shortest_move_away(r)).fold(f64::INFINITY, f64::min)
+        };
+        t.duration + if away.is_finite() { away } else { 0.0 }
+    }
+
+    /// The time tasks hold units, summed by the set of instruments that can run them.
+    fn eligible_loads(&self) -> BTreeMap<Vec<usize>, f64> {
+        let mut by_set: BTreeMap<Vec<usize>, f64> = BTreeMap::new();
+        for t in self.runs.iter().flat_map(|r| &r.tasks).filter(|t| t.class.is_some()) {
+            let cands = self.candidates(t);
+            if !cands.is_empty() {
+                *by_set.entry(cands.clone()).or_insert(0.0) += self.held(t, &cands);
+            }
+        }
+        by_set
     }
 
     /// Heads and tails of every task: the earliest it can start (release, predecessors, its

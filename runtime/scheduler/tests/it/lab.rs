@@ -691,3 +691,38 @@ fn a_nest_stays_taken_until_the_move_away_has_ended() {
     let back = s.moves.iter().find(|mv| mv.run == y && mv.to == nest).unwrap();
     assert!(back.start >= away.end - 1e-6, "b fetched at {} before a was taken off at {}", back.start, away.end);
 }
+
+/// On the shipped site only lh1 and lh2 carry the single-channel p300 a serial dilution needs:
+/// the bound divides their work by two liquid handlers, not by the class's three, names the
+/// pair as the bottleneck, and still holds under a real schedule.
+#[test]
+fn the_bound_counts_which_instruments_can_run_a_task_not_only_its_class() {
+    let site = Site::sim().unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../protocols/examples/serial-dilution.yaml");
+    let c = compile(
+        &SourceFile::new(path, std::fs::read_to_string(path).unwrap()),
+        Format::Auto,
+        &site,
+        &Library::shipped(),
+    );
+    let plan = c.plan.unwrap();
+    let mut p = scheduler::lab::LabProblem::from_site(&site).unwrap();
+    for i in 0..12 {
+        let run = scheduler::lab::Run::from_plan(
+            &format!("r{i}"),
+            &format!("t{}", i % 3),
+            1.0,
+            0.0,
+            &plan.scoped(&i.to_string()),
+        );
+        p.add_run(run).unwrap();
+    }
+    let bounds: std::collections::BTreeMap<&str, f64> = p.lower_bounds().into_iter().collect();
+    let (by_set, by_class) = (bounds["eligible-set load"], bounds["resource load"]);
+    assert!(by_set > 1.3 * by_class, "two eligible of three: {by_set} vs {by_class}");
+    let (ids, bound) = p.bottleneck_set().unwrap();
+    assert_eq!(ids, vec!["lh1".to_string(), "lh2".to_string()]);
+    assert!((bound - by_set).abs() < 1e-6);
+    let s = p.build(&p.default_order()).unwrap();
+    assert!(s.makespan() + 1e-6 >= p.lower_bound(), "{} < {}", s.makespan(), p.lower_bound());
+}
