@@ -112,18 +112,9 @@ fn main() {
         let scale = devices::TimeScale(1e-4);
         // GROUP_COMMIT=0: every journal write in its own transaction (the baseline).
         let grouped = std::env::var("GROUP_COMMIT").map_or(true, |v| v != "0");
-        // SEPARATE_READS=0: reads share the writing connection (the baseline).
-        let separate_reads = std::env::var("SEPARATE_READS").map_or(true, |v| v != "0");
-        let mut sqlite = SqliteStore::open(&dir.join("scale.sqlite")).unwrap().with_group_commit(grouped);
-        if !separate_reads {
-            sqlite = sqlite.with_reads_on_the_writer();
-        }
-        let store: Arc<dyn Store> = Arc::new(sqlite);
-        println!(
-            "journal: {}; reads on {}",
-            if grouped { "group commit" } else { "one transaction per write" },
-            if separate_reads { "their own connection" } else { "the writer's connection" }
-        );
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.join("scale.sqlite")).unwrap().with_group_commit(grouped));
+        println!("journal: {}", if grouped { "group commit" } else { "one transaction per write" });
         let started = Instant::now();
         let lab = Arc::new(labd::lab::Lab::simulated(site.clone(), scale).await.unwrap());
         println!(

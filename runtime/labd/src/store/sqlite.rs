@@ -1,8 +1,5 @@
-//! The embedded SQLite backend: one writing connection behind a mutex (SQLite has one writer
-//! anyway), WAL journal, `synchronous=FULL` so a committed transaction survives power loss. A
-//! file database also has a second connection for reads: under WAL a reader neither waits for
-//! the writer nor holds it up, so a long read (admission listing every queued run and its plan)
-//! never sits in front of a command's journal write.
+//! The embedded SQLite backend: one connection behind a mutex (SQLite has one writer anyway),
+//! WAL journal, `synchronous=FULL` so a committed transaction survives power loss.
 
 use super::sql::{self, Conn, Db, Dialect, Row, SqlStore, Value};
 use super::*;
@@ -14,12 +11,10 @@ use std::sync::Mutex;
 /// SQLite-backed [`Store`].
 pub type SqliteStore = SqlStore<SqliteDb>;
 
-/// The SQLite connections: the writer, and (file databases) a reader.
+/// One SQLite connection.
 #[derive(Debug)]
 pub struct SqliteDb {
     conn: Mutex<Connection>,
-    /// Reads go here when set; an in-memory database has one connection only.
-    reader: Mutex<Option<Connection>>,
     /// The file outside the database that says how many write transactions were committed
     /// (set once migrations have made the counter; `None` in memory).
     mark: Mutex<Option<std::path::PathBuf>>,
@@ -84,20 +79,7 @@ impl SqlStore<SqliteDb> {
             )));
         }
         *db.db().mark.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))? = Some(mark);
-        let reader = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| StoreError::Backend(format!("cannot open {} for reading: {e}", path.display())))?;
-        reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
-        *db.db().reader.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))? = Some(reader);
         Ok(db)
-    }
-
-    /// Reads share the writing connection, as before a reader existed (the benchmark's
-    /// baseline).
-    pub fn with_reads_on_the_writer(self) -> Self {
-        if let Ok(mut r) = self.db().reader.lock() {
-            *r = None;
-        }
-        self
     }
 
     /// A private in-memory database (tests).
@@ -110,7 +92,7 @@ impl SqlStore<SqliteDb> {
         conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
-        let db = SqliteDb { conn: Mutex::new(conn), reader: Mutex::new(None), mark: Mutex::new(None) };
+        let db = SqliteDb { conn: Mutex::new(conn), mark: Mutex::new(None) };
         sql::migrate(&db, sqlite_migration)?;
         Ok(SqlStore::new(db))
     }
@@ -205,28 +187,14 @@ impl SqliteDb {
         }
     }
 
-    /// On the reader, in one read transaction (its statements see one snapshot); on the writer,
-    /// no transaction is needed: the connection is ours alone while the lock is held.
+    /// Reads need no transaction: the connection is ours alone while the lock is held.
     fn read_here<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
         let began = std::time::Instant::now();
         loop {
-            let mut reader = self.reader.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
-            let read = match reader.as_mut() {
-                Some(r) => {
-                    let tx = r.transaction_with_behavior(TransactionBehavior::Deferred).map_err(backend)?;
-                    let out = f(&mut Tx(&tx));
-                    // Nothing to keep: ending the read transaction only releases its snapshot.
-                    tx.finish().map_err(backend)?;
-                    out
-                }
-                None => {
-                    drop(reader);
-                    let conn = self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
-                    f(&mut Tx(&conn))
-                }
-            };
-            match read {
+            let conn = self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
+            match f(&mut Tx(&conn)) {
                 Err(StoreError::Backend(m)) if is_locked(&m) && began.elapsed() < LOCKED_FOR_AT_MOST => {
+                    drop(conn);
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
                 other => return other,
