@@ -119,6 +119,7 @@ fn a_run_killed_between_tasks_resumes_and_measures_what_an_uninterrupted_run_doe
     let _ = watch.wait();
 
     let restarted = std::time::Instant::now();
+    let restarted_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     daemon = start();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let (state, reason) = loop {
@@ -140,6 +141,8 @@ fn a_run_killed_between_tasks_resumes_and_measures_what_an_uninterrupted_run_doe
     let store = labd::store::sqlite::SqliteStore::open(&data.join("labd.sqlite")).unwrap();
     let events = store.events(None, &run, 0).unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let first_after = events.iter().find(|e| e.at >= restarted_ms && e.kind == "task_started").expect("a task after");
+    println!("restart to the resumed run's first task: {} ms", first_after.at - restarted_ms);
     assert_eq!(kinds.iter().filter(|k| **k == "scheduled").count(), 2, "planned, then planned again: {kinds:?}");
     assert!(!kinds.contains(&"constraint_lost"), "60 min of lag were not used up: {kinds:?}");
     let resumed = events.iter().find(|e| e.kind == "state" && e.payload_json.contains("resuming"));
