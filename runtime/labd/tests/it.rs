@@ -483,15 +483,44 @@ const COMPILER_OPS: [&str; 19] = [
 /// an MQTT port of labd's choosing, the console at `console` (`off`, `127.0.0.1:0`), then
 /// `extra` keys. Returns (the config file, the data dir, the API port).
 fn labd_toml(dir: &Path, console: &str, extra: &str) -> (PathBuf, PathBuf, u16) {
+    labd_toml_at(dir, console, 0.001, extra)
+}
+
+/// [`labd_toml`] at another time scale.
+fn labd_toml_at(dir: &Path, console: &str, time_scale: f64, extra: &str) -> (PathBuf, PathBuf, u16) {
     let api_port = free_port();
     let data = dir.join("data");
     let config = dir.join("labd.toml");
     let text = format!(
-        "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = 0.001\nconsole_listen = {console:?}\n{extra}",
+        "data_dir = {:?}\nlisten = \"127.0.0.1:{api_port}\"\nmqtt_port = 0\ntime_scale = {time_scale}\nconsole_listen = {console:?}\n{extra}",
         data.display().to_string()
     );
     std::fs::write(&config, text).unwrap();
     (config, data, api_port)
+}
+
+/// A crash-free reference: `plan` carried out once by an in-process executor on the simulated
+/// site, its liquid handlers logging into `logs`. Returns the run's short id (its labware
+/// prefix in the logs), its results and how many plate moves it made.
+fn reference_run(plan: &protocols::plan::RunPlan, logs: &Path) -> (String, Vec<labd::store::ResultRow>, usize) {
+    use labd::executor::{Executor, ExecutorConfig};
+    use labd::store::{RunState, Store};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let scale = devices::TimeScale(0.0001);
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(labd::store::sqlite::SqliteStore::in_memory().unwrap());
+        let none = Default::default();
+        let lab = labd::lab::Lab::simulated_logged(labware::Site::sim().unwrap(), scale, &none, Some(logs));
+        let lab = std::sync::Arc::new(lab.await.unwrap());
+        let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, ..ExecutorConfig::default() });
+        let t = store.create_tenant("ref", 1.0).unwrap();
+        let run = ex.submit(&t.id, "ref", "ref", "reference", plan).unwrap();
+        let report = ex.run_queued().await.unwrap();
+        assert_eq!(report.runs[0].1, RunState::Succeeded, "{:?}", report.runs);
+        let moves = store.attempts(&run.id).unwrap().iter().filter(|a| a.intent.task_id < 0).count();
+        (short(&run.id), store.results(None, &run.id).unwrap(), moves)
+    })
 }
 
 fn serve_with(name: &str, extra: &str, launcher: &[&str]) -> (Reap, u16, String, String, PathBuf) {

@@ -35,7 +35,7 @@ constraints:
 #[test]
 fn a_run_killed_between_tasks_resumes_and_measures_what_an_uninterrupted_run_does() {
     let _machine = heavy();
-    use labd::store::{RunState, Store};
+    use labd::store::Store;
     let base = fresh_dir("resume");
     let file = base.join("resume.yaml");
     std::fs::write(&file, PROTOCOL).unwrap();
@@ -53,39 +53,11 @@ fn a_run_killed_between_tasks_resumes_and_measures_what_an_uninterrupted_run_doe
     let wait_task = plan.tasks.iter().position(|t| t.class.is_none()).expect("a wait task");
 
     // The reference: the same simulators, never interrupted.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (ref_short, ref_results) = rt.block_on(async {
-        use labd::executor::{Executor, ExecutorConfig};
-        let scale = devices::TimeScale(0.0001);
-        let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(labd::store::sqlite::SqliteStore::in_memory().unwrap());
-        let none = Default::default();
-        let lab = labd::lab::Lab::simulated_logged(labware::Site::sim().unwrap(), scale, &none, Some(&ref_logs));
-        let ex = Executor::new(
-            store.clone(),
-            std::sync::Arc::new(lab.await.unwrap()),
-            ExecutorConfig { scale, ..ExecutorConfig::default() },
-        );
-        let t = store.create_tenant("ref", 1.0).unwrap();
-        let run = ex.submit(&t.id, "ref", "ref", "resume.yaml", &plan).unwrap();
-        let report = ex.run_queued().await.unwrap();
-        assert_eq!(report.runs[0].1, RunState::Succeeded, "{:?}", report.runs);
-        (short(&run.id), store.results(None, &run.id).unwrap())
-    });
-    drop(rt);
+    let (ref_short, ref_results, _) = reference_run(&plan, &ref_logs);
     let reference = wire_liquid(&ref_logs).remove(&ref_short).expect("the reference moved liquid");
 
-    let port = free_port();
-    let config = base.join("labd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nmqtt_port = 0\ntime_scale = 0.01\nsim_log_dir = {:?}\n",
-            data.display().to_string(),
-            logs.display().to_string()
-        ),
-    )
-    .unwrap();
+    let log_dir = format!("sim_log_dir = {:?}\n", logs.display().to_string());
+    let (config, _, port) = labd_toml_at(&base, "127.0.0.1:0", 0.01, &log_dir);
     let start = || start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &root()).0;
     let url = format!("http://127.0.0.1:{port}");
     let mut daemon = start();

@@ -542,38 +542,12 @@ fn crash_loop_twenty_kills_lose_nothing_and_repeat_nothing() {
     }
 
     // The crash-free reference, in-process, with the same simulators.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (ref_short, ref_results, ref_moves) = rt.block_on(async {
-        use labd::executor::{Executor, ExecutorConfig};
-        let scale = devices::TimeScale(0.0001);
-        let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(labd::store::sqlite::SqliteStore::in_memory().unwrap());
-        let none = Default::default();
-        let lab = labd::lab::Lab::simulated_logged(labware::Site::sim().unwrap(), scale, &none, Some(&ref_logs));
-        let lab = std::sync::Arc::new(lab.await.unwrap());
-        let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, ..ExecutorConfig::default() });
-        let t = store.create_tenant("ref", 1.0).unwrap();
-        let run = ex.submit(&t.id, "ref", "ref", protocol, &compile_example(protocol)).unwrap();
-        let report = ex.run_queued().await.unwrap();
-        assert_eq!(report.runs[0].1, RunState::Succeeded, "{:?}", report.runs);
-        let moves = store.attempts(&run.id).unwrap().iter().filter(|a| a.intent.task_id < 0).count();
-        (short(&run.id), store.results(None, &run.id).unwrap(), moves)
-    });
-    drop(rt);
+    let (ref_short, ref_results, ref_moves) = reference_run(&compile_example(protocol), &ref_logs);
     let reference = wire_liquid(&ref_logs).remove(&ref_short).expect("the reference moved liquid");
     assert!(reference.values().sum::<usize>() > 100, "a real amount of pipetting: {}", reference.len());
 
-    let port = free_port();
-    let config = base.join("labd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nmqtt_port = 0\ntime_scale = 0.0005\nsim_log_dir = {:?}\n",
-            data.display().to_string(),
-            logs.display().to_string()
-        ),
-    )
-    .unwrap();
+    let log_dir = format!("sim_log_dir = {:?}\n", logs.display().to_string());
+    let (config, _, port) = labd_toml_at(&base, "127.0.0.1:0", 0.0005, &log_dir);
     let start = || start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &root()).0;
     let url = format!("http://127.0.0.1:{port}");
     let ctl = |token: &str, args: &[&str]| labctl_at(&url, token, args);
