@@ -123,6 +123,16 @@ pub trait Instrument: Send + Sync + std::fmt::Debug {
     async fn status(&self) -> Result<Status, InstrumentError>;
     /// Stops what the device is doing as soon as it safely can.
     async fn abort(&self) -> Result<(), InstrumentError>;
+    /// Where the instrument is, by its own queries, in words for a technician and for recovery
+    /// after a restart: a liquid handler's head, plunger and tips, an arm's joints and gripper.
+    /// Changes nothing. By default, its status.
+    async fn whereabouts(&self) -> Result<String, InstrumentError> {
+        let st = self.status().await?;
+        Ok(match st.detail.is_empty() {
+            true => format!("{:?}", st.state),
+            false => format!("{:?}: {}", st.state, st.detail),
+        })
+    }
     /// After a failed or aborted task: puts the instrument back in a known safe state where it
     /// can (tip dropped in the trash and head homed, shaking and heating stopped, plate ejected)
     /// and checks it with the device's own state query, so the next run, whoever's, starts

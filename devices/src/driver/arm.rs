@@ -217,6 +217,18 @@ impl Instrument for ArmDriver {
         Ok(Status { state, temperature_c: None, detail: format!("sysState {}", s.data) })
     }
 
+    /// Its joints (`wherej`) and whether the gripper closed on nothing (`IsFullyClosed`: a
+    /// gripper holding a plate cannot close fully, nor can an open one).
+    async fn whereabouts(&self) -> Result<String, InstrumentError> {
+        let joints = self.command("wherej").await?;
+        let closed = self.command("IsFullyClosed").await?;
+        let gripper = match closed.data.trim() {
+            "-1" => "closed on nothing",
+            _ => "open or holding a plate",
+        };
+        Ok(format!("joints {}; gripper {gripper}", joints.data.trim()))
+    }
+
     async fn abort(&self) -> Result<(), InstrumentError> {
         self.inner.cancel.fire();
         Ok(())

@@ -408,6 +408,20 @@ impl Instrument for LiquidHandlerDriver {
         Ok(())
     }
 
+    /// The head's position and plunger (`M114.2`) and which channels carry a tip (`M119`'s tip
+    /// switch), as the controller reports them.
+    async fn whereabouts(&self) -> Result<String, InstrumentError> {
+        let inner = &self.inner;
+        let mut g = inner.link.lock().await;
+        let link = &mut g.0;
+        let t = inner.config.ack_timeout;
+        let position = send(link, "M114.2", t).await?;
+        let mcs = position.iter().find_map(|l| l.split_once("MCS:").map(|(_, p)| p.trim().to_string()));
+        let mcs = mcs.ok_or_else(|| InstrumentError::Protocol(format!("M114.2 reply without MCS: {position:?}")))?;
+        let sw = switches(link, t).await?;
+        Ok(format!("head at {mcs} ({}); {} channel(s) carrying a tip", if sw.z_up { "up" } else { "not up" }, sw.tips))
+    }
+
     /// Clears a halt, drops any tip in the trash, homes, and checks with the switches (`M119`)
     /// that no tip is left and the head is up.
     async fn make_safe(&self) -> Result<String, InstrumentError> {

@@ -170,7 +170,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         let lab = Arc::new(lab);
         connected.add(lab.clone());
         let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
-        for run in executor.recover()? {
+        for run in executor.recover().await? {
             tracing::warn!(run = %run, "run interrupted by the last stop; marked failed (see its events)");
             // Also in the start-up lines, for the person who restarted labd.
             println!("labd: run {run} was interrupted by the last stop and is marked failed (see its events)");
@@ -561,15 +561,13 @@ async fn supervise(executor: Executor, health: Arc<crate::health::Health>, stop:
         health.set_executor_down(&why);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(30));
-        let ex = executor.clone();
-        match tokio::task::spawn_blocking(move || ex.recover()).await {
-            Ok(Ok(runs)) => {
+        match executor.recover().await {
+            Ok(runs) => {
                 for run in runs {
                     tracing::warn!(run = %run, "run interrupted by the executor's stop; marked failed (see its events)");
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "recovery failed; trying again"),
-            Err(e) => tracing::error!(error = %e, "recovery stopped; trying again"),
+            Err(e) => tracing::error!(error = %e, "recovery failed; trying again"),
         }
     }
 }

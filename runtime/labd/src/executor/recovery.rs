@@ -13,9 +13,40 @@ impl Executor {
     ///   silently resent), and a technician gets an intervention for each such command that is
     ///   not safe to repeat.
     ///
-    /// Queued runs are untouched and run normally. Returns the runs it failed.
-    pub fn recover(&self) -> Result<Vec<String>, ExecutorError> {
-        let open = self.store.open_attempts()?;
+    /// Each instrument with a command in flight is first asked where it is
+    /// ([`devices::Instrument::whereabouts`]); its answer goes into the technician's
+    /// intervention. Queued runs are untouched and run normally. Returns the runs it failed.
+    pub async fn recover(&self) -> Result<Vec<String>, ExecutorError> {
+        let store = self.store.clone();
+        let open = blocking(move || store.open_attempts()).await?;
+        let mut reports = BTreeMap::new();
+        for id in open.iter().map(|a| a.intent.instrument.clone()).collect::<BTreeSet<_>>() {
+            let report = self.whereabouts(&id).await;
+            reports.insert(id, report);
+        }
+        let ex = self.clone();
+        blocking(move || ex.recover_with(open, &reports)).await
+    }
+
+    /// What an instrument says of where it is, or why it did not say (within 10 s).
+    async fn whereabouts(&self, id: &str) -> String {
+        let driver: Option<Arc<dyn Instrument>> = match self.lab.instruments.get(id) {
+            Some(d) => Some(d.clone()),
+            None => self.lab.arms.get(id).map(|a| a.clone() as Arc<dyn Instrument>),
+        };
+        let Some(d) = driver else { return "not connected to this node".into() };
+        match tokio::time::timeout(Duration::from_secs(10), d.whereabouts()).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => format!("could not say ({e})"),
+            Err(_) => "no answer within 10 s".into(),
+        }
+    }
+
+    fn recover_with(
+        &self,
+        open: Vec<crate::store::Attempt>,
+        reports: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, ExecutorError> {
         let asked = self.store.interventions(None, false)?;
         let storage = self.storage_nests();
         let mut failed = Vec::new();
@@ -55,7 +86,13 @@ impl Executor {
                         &run.id,
                         (a.intent.task_id >= 0).then_some(a.intent.task_id),
                         Some(&a.intent.instrument),
-                        &format!("labd restarted while {} was running {}", a.intent.instrument, a.intent.op_json),
+                        &format!(
+                            "labd restarted while {} was running {}; {} reports: {}",
+                            a.intent.instrument,
+                            a.intent.op_json,
+                            a.intent.instrument,
+                            reports.get(&a.intent.instrument).map_or("nothing", String::as_str)
+                        ),
                         "check the instrument and the plate; the run was stopped and will not resend this command",
                     )?;
                 }

@@ -125,12 +125,7 @@ pub(super) async fn drive_cell(
     let shown = ShownWhileDriven(env.connected.clone(), lab.clone());
     let exec_config = ExecutorConfig { scale, cell: Some(cell.clone()), wake: env.wake, ..ExecutorConfig::default() };
     let executor = Executor::with_board(env.store.fenced(&lease), lab, exec_config, env.board);
-    let recovered = tokio::task::spawn_blocking({
-        let executor = executor.clone();
-        move || executor.recover()
-    })
-    .await
-    .map_err(|source| ServeError::Task { what: "recovery", source })??;
+    let recovered = executor.recover().await?;
     for run in recovered {
         tracing::warn!(cell = %cell, run = %run, "run interrupted on the last holder; marked failed (see its events)");
     }

@@ -232,20 +232,24 @@ fn cancel_and_recovery_leave_every_run_in_an_explicit_state() {
                 repeatable: false,
             })
             .unwrap();
-        assert_eq!(ex.recover().unwrap(), vec![crashed.id.clone()]);
+        assert_eq!(ex.recover().await.unwrap(), vec![crashed.id.clone()]);
         let r = store.run(None, &crashed.id).unwrap();
         assert_eq!(r.state, RunState::Failed);
         assert!(r.reason.unwrap().contains("may or may not have run"));
         assert!(store.open_attempts().unwrap().is_empty(), "the in-flight command is marked unknown, not left open");
         assert_eq!(store.attempts(&crashed.id).unwrap()[0].outcome.as_deref(), Some("unknown"));
-        assert_eq!(store.interventions(None, true).unwrap().len(), 1, "a technician is asked to check the dispense");
+        let asked = store.interventions(None, true).unwrap();
+        assert_eq!(asked.len(), 1, "a technician is asked to check the dispense");
+        // With what the liquid handler itself says of its head and tips.
+        assert!(asked[0].what.contains("lh1 reports: head at X:"), "{}", asked[0].what);
+        assert!(asked[0].what.contains("channel(s) carrying a tip"), "{}", asked[0].what);
         assert_eq!(store.run(None, &waiting.id).unwrap().state, RunState::Queued, "queued runs continue");
 
         // Admitted but nothing sent yet: it goes back to the queue rather than failing.
         let untouched =
             ex.submit(&t.id, "f", "dilution", "sd3.yaml", &compile_example("serial-dilution.yaml")).unwrap();
         store.set_run_state(&untouched.id, RunState::Running, None).unwrap();
-        assert!(ex.recover().unwrap().is_empty());
+        assert!(ex.recover().await.unwrap().is_empty());
         let r = store.run(None, &untouched.id).unwrap();
         assert_eq!(
             (r.state, r.reason.as_deref()),
