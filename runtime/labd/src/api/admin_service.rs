@@ -18,9 +18,16 @@ impl pb::admin_server::Admin for Api {
         req: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         Self::admin(&self.caller(&req).await?)?;
+        let r = req.into_inner();
         let store = self.store.clone();
         let ts = blocking(move || store.tenants()).await?;
-        Ok(Response::new(pb::ListTenantsResponse { tenants: ts.into_iter().map(tenant_info).collect() }))
+        let (ts, next_page_token) =
+            crate::paging::after_key(ts, |t| (t.created_at, t.id.as_str()), r.page_size, &r.page_token)
+                .map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: ts.into_iter().map(tenant_info).collect(),
+            next_page_token,
+        }))
     }
 
     async fn create_token(
@@ -170,22 +177,30 @@ impl pb::admin_server::Admin for Api {
     async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
         Self::admin(&self.caller(&req).await?)?;
         let r = req.into_inner();
+        let (page_size, page_token) = (r.page_size, r.page_token.clone());
         let store = self.store.clone();
         let (lines, tenants) = blocking(move || {
             let tid = if r.tenant.is_empty() { None } else { Some(store.tenant_by_name(&r.tenant)?.id) };
             Ok((store.usage(tid.as_deref(), r.since_ms)?, store.tenants()?))
         })
         .await?;
+        // One line per tenant and class: the key is both (ids and class names hold no `/`).
+        let keyed: Vec<(String, store::UsageTotal)> =
+            lines.into_iter().map(|u| (format!("{}/{}", u.tenant_id, u.instrument_class), u)).collect();
+        let (keyed, next_page_token) =
+            crate::paging::after_key(keyed, |(k, _)| (0, k.as_str()), page_size, &page_token)
+                .map_err(Status::invalid_argument)?;
         let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(id.to_string(), |t| t.name.clone());
         Ok(Response::new(pb::UsageResponse {
-            lines: lines
+            lines: keyed
                 .into_iter()
-                .map(|u| pb::UsageLine {
+                .map(|(_, u)| pb::UsageLine {
                     tenant: name(&u.tenant_id),
                     instrument_class: u.instrument_class,
                     device_hours: u.device_seconds / 3600.0,
                 })
                 .collect(),
+            next_page_token,
         }))
     }
 }

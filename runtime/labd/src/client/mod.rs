@@ -206,12 +206,17 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     None => 0,
                     Some(d) => crate::clock::day_ms(d).ok_or_else(|| anyhow!("--since {d:?}: give a day as YYYY-MM-DD"))?,
                 };
-                let lines = pb::admin_client::AdminClient::new(c.channel.clone())
-                    .usage(c.req(pb::UsageRequest { tenant: tenant.unwrap_or_default(), since_ms })?)
-                    .await
-                    .map_err(sentence)?
-                    .into_inner()
-                    .lines;
+                let (mut lines, mut page_token) = (Vec::new(), String::new());
+                loop {
+                    let ask = pb::UsageRequest { tenant: tenant.clone().unwrap_or_default(), since_ms, page_token, ..Default::default() };
+                    let page =
+                        pb::admin_client::AdminClient::new(c.channel.clone()).usage(c.req(ask)?).await.map_err(sentence)?.into_inner();
+                    lines.extend(page.lines);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
                 if out.format == Fmt::Json {
                     out!("{}", json_array(lines.iter().map(|l| serde_json::json!({"tenant": l.tenant, "instrument_class": l.instrument_class, "device_hours": l.device_hours}))));
                     return Ok(0);

@@ -521,6 +521,55 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         assert!(lab.interventions(req("globex", theirs)).await.unwrap().into_inner().interventions.is_empty());
         let bogus = pb::ScheduleRequest { page_token: "nonsense".into(), ..Default::default() };
         assert_eq!(lab.schedule(req("tech", bogus)).await.unwrap_err().code(), Code::InvalidArgument);
+        // Tenants and the bill page too: however many tenants rent the lab, each reply is bounded.
+        store.create_principal(None, Role::Admin, &token_hash("admin"), None).unwrap();
+        for name in ["initech", "umbrella", "hooli"] {
+            let t = store.create_tenant(name, 1.0).unwrap();
+            for class in ["liquid_handler", "plate_reader"] {
+                let u = labd::store::Usage {
+                    tenant_id: t.id.clone(),
+                    run_id: mine.clone(),
+                    instrument_class: class.into(),
+                    instrument: "x".into(),
+                    device_seconds: 360.0,
+                };
+                store.add_usage(&u).unwrap();
+            }
+        }
+        let mut admin = pb::admin_client::AdminClient::new(ch.clone());
+        let (mut names, mut token, mut pages) = (Vec::new(), String::new(), 0);
+        loop {
+            let page = admin
+                .list_tenants(req("admin", pb::ListTenantsRequest { page_size: 2, page_token: token }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.tenants.len() <= 2);
+            names.extend(page.tenants.into_iter().map(|t| t.name));
+            pages += 1;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!((names.len(), pages), (5, 3), "{names:?}");
+        assert_eq!(names.iter().collect::<std::collections::BTreeSet<_>>().len(), 5, "each once: {names:?}");
+        let (mut lines, mut token, mut pages) = (Vec::new(), String::new(), 0);
+        loop {
+            let ask = pb::UsageRequest { page_size: 4, page_token: token, ..Default::default() };
+            let page = admin.usage(req("admin", ask)).await.unwrap().into_inner();
+            assert!(page.lines.len() <= 4);
+            lines.extend(page.lines.into_iter().map(|l| (l.tenant, l.instrument_class, l.device_hours)));
+            pages += 1;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!((lines.len(), pages), (6, 2), "{lines:?}");
+        assert!(lines.iter().all(|l| (l.2 - 0.1).abs() < 1e-9), "{lines:?}");
+        let bogus = pb::UsageRequest { page_token: "nonsense".into(), ..Default::default() };
+        assert_eq!(admin.usage(req("admin", bogus)).await.unwrap_err().code(), Code::InvalidArgument);
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     });
