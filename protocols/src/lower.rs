@@ -157,8 +157,11 @@ struct Lowerer<'a> {
     env: &'a Env,
     site: &'a Site,
     pipettes: Vec<PipetteSpec>,
-    /// Pipettes named by the protocol (Opentrons), by id.
+    /// Pipettes named by the protocol (Opentrons), by id, as this site runs them.
     declared: BTreeMap<String, PipetteSpec>,
+    /// What became of each declared pipette on this site, said once at its first use.
+    fitted: BTreeMap<String, Fit>,
+    said: std::cell::RefCell<BTreeSet<String>>,
     racks: Vec<Rack>,
     lab_tips: bool,
     shortages: BTreeMap<u64, Shortage>,
@@ -177,11 +180,18 @@ impl<'a> Lowerer<'a> {
             .filter_map(|(slot, s)| s.def.tip.map(|t| Rack { slot, tip_ul: t.volume_ul, next: 0 }))
             .collect();
         let mut declared = BTreeMap::new();
+        let mut fitted = BTreeMap::new();
         for pd in &p.pipettes {
+            let fit = fit_pipette(site, pd);
+            let name = match &fit {
+                Fit::Runs { site, .. } => site.clone(),
+                Fit::Same | Fit::Nothing => pd.name.clone(),
+            };
+            // The protocol's own volume range stays: it is what its author wrote against.
             declared.insert(
                 pd.id.clone(),
                 PipetteSpec {
-                    name: pd.name.clone(),
+                    name,
                     channels: pd.channels,
                     min_ul: pd.min_ul,
                     max_ul: pd.max_ul,
@@ -189,6 +199,7 @@ impl<'a> Lowerer<'a> {
                     flow_ul_per_s: pd.max_ul / 3.0,
                 },
             );
+            fitted.insert(pd.id.clone(), fit);
         }
         let mut pipettes: Vec<PipetteSpec> = Vec::new();
         for inst in site.instruments_of(InstrumentClass::LiquidHandler) {
@@ -211,6 +222,8 @@ impl<'a> Lowerer<'a> {
             site,
             pipettes,
             declared,
+            fitted,
+            said: Default::default(),
             racks,
             lab_tips: p.tips == TipSource::Lab,
             shortages: BTreeMap::new(),
@@ -1148,10 +1161,49 @@ impl<'a> Lowerer<'a> {
 
     fn pipette(&self, id: &str, span: Span, d: &mut Diagnostics) -> Option<PipetteSpec> {
         let p = self.declared.get(id).cloned();
-        if p.is_none() {
+        let Some(p) = p else {
             d.push(Diagnostic::error("P0202", span, format!("no pipette `{id}` is loaded in this protocol")));
+            return None;
+        };
+        let first_use = self.said.borrow_mut().insert(id.to_string());
+        match self.fitted.get(id) {
+            Some(Fit::Nothing) => {
+                if first_use {
+                    let carried = site_pipettes(self.site)
+                        .map(|sp| format!("{} ({} channel(s), {}–{} µL)", sp.name, sp.channels, sp.min_ul, sp.max_ul))
+                        .collect::<BTreeSet<_>>();
+                    d.push(
+                        Diagnostic::error(
+                            "P0401",
+                            span,
+                            format!(
+                                "pipette `{}` ({} channel(s), {}–{} µL): no liquid handler of this site carries one like it",
+                                p.name, p.channels, p.min_ul, p.max_ul
+                            ),
+                        )
+                        .with_hint(format!(
+                            "this site's pipettes: {}; load one of them or one these cover",
+                            carried.into_iter().collect::<Vec<_>>().join(", ")
+                        )),
+                    );
+                }
+                None
+            }
+            Some(Fit::Runs { model, site }) => {
+                if first_use {
+                    d.push(Diagnostic::warning(
+                        "P0512",
+                        span,
+                        format!(
+                            "pipette `{model}` is run with this site's `{site}`, which covers its {}–{} µL with the same channels",
+                            p.min_ul, p.max_ul
+                        ),
+                    ));
+                }
+                Some(p)
+            }
+            _ => Some(p),
         }
-        p
     }
 
     fn finish(self, d: &mut Diagnostics) -> Lowered {
@@ -1176,6 +1228,33 @@ impl<'a> Lowerer<'a> {
         }
         Lowered { tasks: self.tasks }
     }
+}
+
+/// What a pipette an Opentrons protocol loads becomes on this site.
+#[derive(Debug, Clone, PartialEq)]
+enum Fit {
+    /// A liquid handler carries it by that name.
+    Same,
+    /// None carries it by name (`model`); this one (the same channels, covering its volume
+    /// range, the smallest such) does its work.
+    Runs { model: String, site: String },
+    /// None can.
+    Nothing,
+}
+
+fn site_pipettes(site: &Site) -> impl Iterator<Item = &labware::site::Pipette> {
+    site.instruments_of(InstrumentClass::LiquidHandler).flat_map(|i| i.pipettes.iter())
+}
+
+fn fit_pipette(site: &Site, pd: &crate::ast::PipetteDecl) -> Fit {
+    // Autoprotocol's `liquid_handle` names no pipette (the lab chooses): left as it is.
+    if pd.name == "liquid_handle" || site_pipettes(site).any(|sp| sp.name == pd.name) {
+        return Fit::Same;
+    }
+    site_pipettes(site)
+        .filter(|sp| sp.channels == pd.channels && sp.min_ul <= pd.min_ul + 1e-9 && sp.max_ul + 1e-9 >= pd.max_ul)
+        .min_by(|a, b| a.max_ul.total_cmp(&b.max_ul))
+        .map_or(Fit::Nothing, |sp| Fit::Runs { model: pd.name.clone(), site: sp.name.clone() })
 }
 
 impl LTask {

@@ -897,3 +897,30 @@ fn a_scoped_plan_renames_every_labware_reference() {
     }
     assert!(named > 50, "{named}");
 }
+
+/// An Opentrons protocol's pipette runs as the site's when no liquid handler carries it by
+/// name but one with the same channels covers its volumes (said once, as a warning); one the
+/// site has nothing like is refused at compile time, not at admission.
+#[test]
+fn opentrons_pipettes_run_as_the_sites_or_are_refused() {
+    let text = std::fs::read_to_string(corpus("opentrons/fixtures/8/simpleV8.json")).unwrap();
+    let c = run("simpleV8.json", &text);
+    assert!(!c.has_errors(), "{:?}", c.diagnostics);
+    let fitted: Vec<_> = c.diagnostics.iter().filter(|d| d.code == "P0512").collect();
+    assert_eq!(fitted.len(), 1, "said once: {:?}", c.diagnostics);
+    assert!(fitted[0].message.contains("`p10_single` is run with this site's `p20_single`"), "{}", fitted[0].message);
+    let plan = c.plan.unwrap();
+    let used: std::collections::BTreeSet<&str> =
+        plan.tasks.iter().flat_map(|t| t.pipettes.iter().map(String::as_str)).collect();
+    assert_eq!(used, std::collections::BTreeSet::from(["p20_single"]));
+    let text = std::fs::read_to_string(corpus("opentrons/fixtures/8/moveLabwareFlex8.json")).unwrap();
+    let c = run("moveLabwareFlex8.json", &text);
+    let refused: Vec<_> = c.diagnostics.iter().filter(|d| d.code == "P0401").collect();
+    assert_eq!(refused.len(), 1, "{:?}", c.diagnostics);
+    assert!(refused[0].message.contains("p1000_96"), "{}", refused[0].message);
+    assert!(
+        refused[0].hint.as_deref().unwrap().contains("p20_single (1 channel(s), 1–20 µL)"),
+        "{:?}",
+        refused[0].hint
+    );
+}

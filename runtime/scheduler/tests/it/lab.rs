@@ -726,3 +726,45 @@ fn the_bound_counts_which_instruments_can_run_a_task_not_only_its_class() {
     let s = p.build(&p.default_order()).unwrap();
     assert!(s.makespan() + 1e-6 >= p.lower_bound(), "{} < {}", s.makespan(), p.lower_bound());
 }
+
+/// What the compiler accepts, the site can schedule: every Opentrons fixture of the corpus that
+/// compiles for the shipped site (its pipettes run as the site's when none carries them by
+/// name) is a run some instrument of the site can take.
+#[test]
+fn every_compiled_corpus_protocol_can_be_scheduled_on_the_site() {
+    let site = Site::sim().unwrap();
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus/protocols/opentrons"));
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    let mut stack = vec![dir.join("fixtures"), dir.join("analysis-snapshots")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "protocol.json")
+                || p.parent().is_some_and(|d| d.starts_with(dir.join("fixtures")))
+            {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut scheduled = 0;
+    for f in &files {
+        let c = compile(
+            &SourceFile::new(f.display().to_string(), std::fs::read_to_string(f).unwrap()),
+            Format::Auto,
+            &site,
+            &Library::shipped(),
+        );
+        if c.has_errors() {
+            continue;
+        }
+        let Some(plan) = c.plan else { continue };
+        let mut p = scheduler::lab::LabProblem::from_site(&site).unwrap();
+        let run = scheduler::lab::Run::from_plan("r", "t", 1.0, 0.0, &plan);
+        p.add_run(run).unwrap_or_else(|e| panic!("{}: compiled but cannot be scheduled: {}", f.display(), e.0));
+        scheduled += 1;
+    }
+    assert!(scheduled >= 2, "only {scheduled} of {} fixtures compiled", files.len());
+}
