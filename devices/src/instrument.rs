@@ -123,15 +123,16 @@ pub trait Instrument: Send + Sync + std::fmt::Debug {
     async fn status(&self) -> Result<Status, InstrumentError>;
     /// Stops what the device is doing as soon as it safely can.
     async fn abort(&self) -> Result<(), InstrumentError>;
-    /// Where the instrument is, by its own queries, in words for a technician and for recovery
-    /// after a restart: a liquid handler's head, plunger and tips, an arm's joints and gripper.
-    /// Changes nothing. By default, its status.
-    async fn whereabouts(&self) -> Result<String, InstrumentError> {
+    /// Where the instrument is, by its own queries, for a technician and for recovery after a
+    /// restart: a liquid handler's head, plunger and tips, an arm's joints and gripper. Changes
+    /// nothing. By default, its status.
+    async fn whereabouts(&self) -> Result<Whereabouts, InstrumentError> {
         let st = self.status().await?;
-        Ok(match st.detail.is_empty() {
+        let text = match st.detail.is_empty() {
             true => format!("{:?}", st.state),
             false => format!("{:?}: {}", st.state, st.detail),
-        })
+        };
+        Ok(Whereabouts { text, tips_on: None })
     }
     /// After a failed or aborted task: puts the instrument back in a known safe state where it
     /// can (tip dropped in the trash and head homed, shaking and heating stopped, plate ejected)
@@ -145,6 +146,21 @@ pub trait Instrument: Send + Sync + std::fmt::Debug {
             State::Fault(f) => Err(unsafe_state(&format!("it reports a fault: {f}"))),
             State::Offline => Err(unsafe_state("it reports offline")),
         }
+    }
+}
+
+/// What an instrument says of where it is: in words, and the facts recovery decides on where
+/// the instrument can tell them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Whereabouts {
+    pub text: String,
+    /// Channels carrying a tip (a liquid handler with a tip switch).
+    pub tips_on: Option<u32>,
+}
+
+impl std::fmt::Display for Whereabouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
 

@@ -22,5 +22,7 @@ pub mod sila;
 pub mod sim;
 
 pub use error::{InstrumentError, Recovery};
-pub use instrument::{Execution, Identity, Instrument, Measurement, Outcome, Progress, State, Status, TimeScale};
+pub use instrument::{
+    Execution, Identity, Instrument, Measurement, Outcome, Progress, State, Status, TimeScale, Whereabouts,
+};
 pub use route::{deadline, family, Family};

@@ -43,6 +43,9 @@ try {
 
   // A scientist sees their own run, not the other tenant's run or name, and no instruments.
   await page.click("#logout");
+  // Signed out, the page keeps nothing of the technician's view for the next user of the screen.
+  const left = await page.evaluate(() => ["gantt", "runs", "interventions", "instruments"].map((id) => document.getElementById(id).innerHTML).join(""));
+  if (left.includes(otherRun) || left.includes(ownRun)) throw new Error("the signed-out page still holds the last user's runs");
   await page.fill("#token", sciToken);
   await page.click("#login");
   await page.waitForSelector(`#runs tbody tr[data-run='${ownRun}']`);

@@ -5,7 +5,7 @@
 use super::{spawn, Cancel};
 use crate::codec::pf400::{self, Reply};
 use crate::error::InstrumentError;
-use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, State, Status};
+use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, State, Status, Whereabouts};
 use crate::link::Link;
 use protocols::plan::CommandOp;
 use std::collections::BTreeMap;
@@ -219,14 +219,14 @@ impl Instrument for ArmDriver {
 
     /// Its joints (`wherej`) and whether the gripper closed on nothing (`IsFullyClosed`: a
     /// gripper holding a plate cannot close fully, nor can an open one).
-    async fn whereabouts(&self) -> Result<String, InstrumentError> {
+    async fn whereabouts(&self) -> Result<Whereabouts, InstrumentError> {
         let joints = self.command("wherej").await?;
         let closed = self.command("IsFullyClosed").await?;
         let gripper = match closed.data.trim() {
             "-1" => "closed on nothing",
             _ => "open or holding a plate",
         };
-        Ok(format!("joints {}; gripper {gripper}", joints.data.trim()))
+        Ok(Whereabouts { text: format!("joints {}; gripper {gripper}", joints.data.trim()), tips_on: None })
     }
 
     async fn abort(&self) -> Result<(), InstrumentError> {

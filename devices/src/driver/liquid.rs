@@ -10,7 +10,7 @@ use super::{spawn, Cancel};
 use crate::codec::smoothie::{self, ReplyReader};
 use crate::deck::{slot_origin, Deck, Point, CHANNEL_PITCH_MM, TRASH_SLOT};
 use crate::error::InstrumentError;
-use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, State, Status};
+use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, State, Status, Whereabouts};
 use crate::link::Link;
 use labware::site::Pipette;
 use labware::Library;
@@ -410,7 +410,7 @@ impl Instrument for LiquidHandlerDriver {
 
     /// The head's position and plunger (`M114.2`) and which channels carry a tip (`M119`'s tip
     /// switch), as the controller reports them.
-    async fn whereabouts(&self) -> Result<String, InstrumentError> {
+    async fn whereabouts(&self) -> Result<Whereabouts, InstrumentError> {
         let inner = &self.inner;
         let mut g = inner.link.lock().await;
         let link = &mut g.0;
@@ -419,7 +419,9 @@ impl Instrument for LiquidHandlerDriver {
         let mcs = position.iter().find_map(|l| l.split_once("MCS:").map(|(_, p)| p.trim().to_string()));
         let mcs = mcs.ok_or_else(|| InstrumentError::Protocol(format!("M114.2 reply without MCS: {position:?}")))?;
         let sw = switches(link, t).await?;
-        Ok(format!("head at {mcs} ({}); {} channel(s) carrying a tip", if sw.z_up { "up" } else { "not up" }, sw.tips))
+        let text =
+            format!("head at {mcs} ({}); {} channel(s) carrying a tip", if sw.z_up { "up" } else { "not up" }, sw.tips);
+        Ok(Whereabouts { text, tips_on: Some(sw.tips) })
     }
 
     /// Clears a halt, drops any tip in the trash, homes, and checks with the switches (`M119`)

@@ -42,7 +42,7 @@ async fn the_arm_moves_plates_between_nests_and_reports_collisions() {
     assert_eq!(a.location_of("plate1").as_deref(), Some("lh1"));
     assert_eq!(a.make_safe().await.unwrap(), "halted; the gripper is open");
     // Where it is, by its own queries (what recovery puts in front of a technician).
-    let w = a.whereabouts().await.unwrap();
+    let w = a.whereabouts().await.unwrap().text;
     assert!(w.starts_with("joints ") && w.ends_with("gripper open or holding a plate"), "{w}");
     assert_eq!(w.split(';').next().unwrap().split_whitespace().count(), 1 + 5, "five joints: {w}");
     // Back again proves the plate really moved in the simulator (the nest was free).

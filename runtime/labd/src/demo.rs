@@ -243,7 +243,8 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> any
             .results;
         if !rs.is_empty() {
             let path = results_dir.join(format!("{}-{}.csv", r.tenant, short(&r.id)));
-            std::fs::write(&path, results_csv(&rs))
+            let info = pb::RunInfo { id: r.id.clone(), name: r.file.clone(), ..Default::default() };
+            std::fs::write(&path, results_csv(&info, &rs))
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         }
     }

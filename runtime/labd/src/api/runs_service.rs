@@ -208,6 +208,7 @@ impl pb::runs_server::Runs for Api {
                     wavelengths_nm: r.wavelengths_nm,
                     values: r.values,
                     unit: r.unit,
+                    read_at_ms: r.created_at,
                 })
                 .collect(),
         }))

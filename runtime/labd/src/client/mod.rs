@@ -99,11 +99,11 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 let text = match format {
                     ResultsFormat::Json => serde_json::Value::Array(
                         rs.iter()
-                            .map(|r| serde_json::json!({"id": r.id, "task": r.task, "labware": r.labware, "kind": r.kind, "wells": r.wells, "wavelengths_nm": r.wavelengths_nm, "values": r.values, "unit": r.unit}))
+                            .map(|r| serde_json::json!({"id": r.id, "run": info.id, "protocol": info.name, "task": r.task, "labware": r.labware, "kind": r.kind, "wells": r.wells, "wavelengths_nm": r.wavelengths_nm, "values": r.values, "unit": r.unit, "read_at": crate::clock::rfc3339(r.read_at_ms)}))
                             .collect(),
                     )
                     .to_string(),
-                    ResultsFormat::Csv => results_csv(&rs),
+                    ResultsFormat::Csv => results_csv(&info, &rs),
                 };
                 match output {
                     Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,

@@ -4,10 +4,14 @@
 use anyhow::Result;
 use protos::labwright::v1 as pb;
 
-/// Results as CSV: one row per well and wavelength.
-pub(crate) fn results_csv(rs: &[pb::Result]) -> String {
-    let mut s = String::from("result,labware,kind,well,wavelength_nm,value,unit\n");
+/// Results as CSV: one row per well and wavelength, each with the run, its protocol's name
+/// (as the tenant named it) and when the read was recorded (RFC 3339, UTC), so a file stands
+/// on its own once it leaves labctl.
+pub(crate) fn results_csv(run: &pb::RunInfo, rs: &[pb::Result]) -> String {
+    let mut s = String::from("run,protocol,result,labware,kind,well,wavelength_nm,value,unit,read_at\n");
+    let (id, protocol) = (csv_field(&run.id), csv_field(&run.name));
     for r in rs {
+        let read_at = crate::clock::rfc3339(r.read_at_ms);
         let per = if r.kind == "absorbance" { r.wavelengths_nm.len().max(1) } else { 1 };
         for (i, w) in r.wells.iter().enumerate() {
             for k in 0..per {
@@ -17,11 +21,27 @@ pub(crate) fn results_csv(rs: &[pb::Result]) -> String {
                     .copied()
                     .unwrap_or(0.0);
                 let v = r.values.get(i * per + k).copied().unwrap_or(f64::NAN);
-                s.push_str(&format!("{},{},{},{w},{wl},{v},{}\n", r.id, r.labware, r.kind, r.unit));
+                s.push_str(&format!(
+                    "{id},{protocol},{},{},{},{},{wl},{v},{},{read_at}\n",
+                    csv_field(&r.id),
+                    csv_field(&r.labware),
+                    csv_field(&r.kind),
+                    csv_field(w),
+                    csv_field(&r.unit)
+                ));
             }
         }
     }
     s
+}
+
+/// A CSV field: quoted (quotes doubled) when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 /// What `labctl results` adds on stderr about the run behind the results, and its exit code: a
@@ -69,4 +89,30 @@ pub(super) fn print_reservation(r: &pb::ReservationInfo) -> Result<()> {
         (r.ends_at_ms - r.starts_at_ms) as f64 / 60_000.0
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_results_row_names_its_run_protocol_and_read_time_and_quotes_what_needs_it() {
+        let run = pb::RunInfo { id: "run_1".into(), name: "Bradford, v2".into(), ..Default::default() };
+        let r = pb::Result {
+            id: "res_1".into(),
+            labware: "assay".into(),
+            kind: "absorbance".into(),
+            wells: vec!["A1".into(), "A2".into()],
+            wavelengths_nm: vec![595.0],
+            values: vec![0.5, 0.25],
+            unit: "OD".into(),
+            read_at_ms: 1_764_979_200_000,
+            ..Default::default()
+        };
+        let csv = results_csv(&run, &[r]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "run,protocol,result,labware,kind,well,wavelength_nm,value,unit,read_at");
+        assert_eq!(lines[1], "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,595,0.5,OD,2025-12-06T00:00:00Z");
+        assert_eq!(lines.len(), 3);
+    }
 }

@@ -8,6 +8,9 @@ const PALETTE = ["#457b9d", "#e76f51", "#2a9d8f", "#8e6bbf", "#e9c46a", "#d62f7c
 let token = sessionStorage.getItem("labwright-token") || "";
 let me = null;
 let timer = null;
+// Bumped at every sign-in and sign-out: an answer fetched for an earlier session is dropped,
+// never drawn for the next user of the screen.
+let session = 0;
 
 const $ = (id) => document.getElementById(id);
 
@@ -63,6 +66,8 @@ async function login(ev) {
     return;
   }
   sessionStorage.setItem("labwright-token", token);
+  session += 1;
+  clearViews();
   $("login-error").textContent = "";
   $("login-panel").hidden = true;
   $("console").hidden = false;
@@ -77,25 +82,40 @@ async function login(ev) {
 function logout() {
   sessionStorage.removeItem("labwright-token");
   token = ""; me = null;
+  session += 1;
   clearTimeout(timer);
+  clearViews();
   $("console").hidden = true; $("logout").hidden = true; $("login-panel").hidden = false; $("who").textContent = "";
+}
+
+// Nothing of one user's view stays in the page for the next one.
+function clearViews() {
+  $("instruments").tBodies[0].replaceChildren();
+  $("gantt").replaceChildren();
+  $("legend").replaceChildren();
+  $("runs").tBodies[0].replaceChildren();
+  $("interventions").replaceChildren();
+  $("status").textContent = "";
 }
 
 async function refresh() {
   clearTimeout(timer);
   if (!me) return;
+  const mine = session;
   try {
     const staff = me.role !== "scientist";
     const [schedule, runs, interventions, instruments] = await Promise.all([
       allPages("/api/schedule", "slots"), allPages("/api/runs", "runs"), allPages("/api/interventions", "interventions"),
       staff ? call("GET", "/api/instruments") : Promise.resolve({ instruments: [] }),
     ]);
+    if (mine !== session) return; // signed out (or in as someone else) meanwhile
     drawInstruments(instruments.instruments || []);
     drawGantt(schedule, instruments.instruments || []);
     drawRuns(runs.runs || [], schedule.slots || []);
     drawInterventions(interventions.interventions || []);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
+    if (mine !== session) return;
     $("status").textContent = "cannot reach labd: " + e.message;
     if (e.status === 401) { logout(); $("login-error").textContent = e.message; return; }
   }

@@ -29,23 +29,25 @@ impl Executor {
     }
 
     /// What an instrument says of where it is, or why it did not say (within 10 s).
-    async fn whereabouts(&self, id: &str) -> String {
+    async fn whereabouts(&self, id: &str) -> Result<devices::Whereabouts, String> {
         let driver: Option<Arc<dyn Instrument>> = match self.lab.instruments.get(id) {
             Some(d) => Some(d.clone()),
             None => self.lab.arms.get(id).map(|a| a.clone() as Arc<dyn Instrument>),
         };
-        let Some(d) = driver else { return "not connected to this node".into() };
+        let Some(d) = driver else { return Err("not connected to this node".into()) };
         match tokio::time::timeout(Duration::from_secs(10), d.whereabouts()).await {
-            Ok(Ok(report)) => report,
-            Ok(Err(e)) => format!("could not say ({e})"),
-            Err(_) => "no answer within 10 s".into(),
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => Err(format!("could not say ({e})")),
+            Err(_) => Err("no answer within 10 s".into()),
         }
     }
 
+    /// Recovery's decisions, given what each instrument with a command in flight said of itself
+    /// (or why it said nothing).
     fn recover_with(
         &self,
         open: Vec<crate::store::Attempt>,
-        reports: &BTreeMap<String, String>,
+        reports: &BTreeMap<String, Result<devices::Whereabouts, String>>,
     ) -> Result<Vec<String>, ExecutorError> {
         let asked = self.store.interventions(None, false)?;
         let storage = self.storage_nests();
@@ -79,30 +81,48 @@ impl Executor {
                 tracing::info!(run = %run.id, why = %why, "the run cannot resume by itself");
             }
             let mine: Vec<_> = open.iter().filter(|a| a.intent.run_id == run.id).collect();
+            let mut unsettled = Vec::new();
             for a in &mine {
+                let inst = &a.intent.instrument;
+                let report = reports.get(inst);
+                let said = match report {
+                    Some(Ok(w)) => w.text.clone(),
+                    Some(Err(why)) => why.clone(),
+                    None => "nothing".into(),
+                };
+                // Where the instrument's own answer settles it, nobody needs to look.
+                if let Some((outcome, why)) =
+                    report.and_then(|r| r.as_ref().ok()).and_then(|w| resume::settle(&a.intent.op_json, w))
+                {
+                    let note = format!("settled at recovery: {why} ({inst} reports: {said})");
+                    self.store.record_outcome(&a.id, outcome, Some(&note))?;
+                    continue;
+                }
                 self.store.record_outcome(&a.id, "unknown", Some("labd stopped before the outcome was recorded"))?;
+                unsettled.push(*a);
                 if !a.intent.repeatable {
                     self.store.open_intervention(
                         &run.id,
                         (a.intent.task_id >= 0).then_some(a.intent.task_id),
-                        Some(&a.intent.instrument),
+                        Some(inst),
                         &format!(
-                            "labd restarted while {} was running {}; {} reports: {}",
-                            a.intent.instrument,
-                            a.intent.op_json,
-                            a.intent.instrument,
-                            reports.get(&a.intent.instrument).map_or("nothing", String::as_str)
+                            "labd restarted while {inst} was running {}; {inst} reports: {said}; that does not say whether it happened",
+                            a.intent.op_json
                         ),
                         "check the instrument and the plate; the run was stopped and will not resend this command",
                     )?;
                 }
             }
-            let reason = match mine.first() {
-                Some(a) => format!(
+            let reason = match (unsettled.first(), mine.first()) {
+                (Some(a), _) => format!(
                     "labd restarted mid-run; {} may or may not have run {}",
                     a.intent.instrument, a.intent.op_json
                 ),
-                None => "labd restarted mid-run between commands".to_string(),
+                (None, Some(a)) => format!(
+                    "labd restarted mid-run while {} was running {} (its outcome is known; the task cannot go on by itself yet)",
+                    a.intent.instrument, a.intent.op_json
+                ),
+                (None, None) => "labd restarted mid-run between commands".to_string(),
             };
             let state = if run.state == RunState::Cancelling { RunState::Cancelled } else { RunState::Failed };
             self.store.set_run_state(&run.id, state, Some(&reason))?;

@@ -72,6 +72,21 @@ pub fn blocker(
         .map(|(plate, nest)| format!("plate {plate} was left on {nest}, not in storage"))
 }
 
+/// What an instrument's own answer settles about a command whose outcome was never recorded:
+/// whether it happened (`"ok"`) or not (`"failed"`), and why that is known; `None` where
+/// nobody can tell from the instrument (an aspirate: the tip holds an unknown volume).
+pub fn settle(op_json: &str, w: &devices::Whereabouts) -> Option<(&'static str, String)> {
+    let op: CommandOp = serde_json::from_str(op_json).ok()?;
+    let tips = w.tips_on?;
+    match op {
+        CommandOp::PickUpTip { .. } if tips > 0 => Some(("ok", format!("{tips} channel(s) carry a tip"))),
+        CommandOp::PickUpTip { .. } => Some(("failed", "no channel carries a tip".into())),
+        CommandOp::DropTip { .. } if tips == 0 => Some(("ok", "no channel carries a tip".into())),
+        CommandOp::DropTip { .. } => Some(("failed", format!("{tips} channel(s) still carry a tip"))),
+        _ => None,
+    }
+}
+
 /// A max-lag the restart made impossible to keep: the tenant is told.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LostLag {
@@ -195,6 +210,21 @@ mod tests {
         assert!(blocker(&plan, &between, &left, &storage).unwrap().contains("left on lh1.deck"));
         let in_flight = [moved("p", "lh1.deck", Some("ok")), moved("p", "hotel", None)];
         assert!(blocker(&plan, &between, &in_flight, &storage).unwrap().contains("may or may not have run"));
+    }
+
+    #[test]
+    fn a_tip_switch_settles_pick_ups_and_drops_but_not_aspirates() {
+        let on = |n| devices::Whereabouts { text: String::new(), tips_on: Some(n) };
+        let pick = r#"{"op":"pick_up_tip","pipette":"p300_single","rack":"r","well":"A1"}"#;
+        let drop = r#"{"op":"drop_tip","pipette":"p300_single"}"#;
+        let aspirate = r#"{"op":"aspirate","pipette":"p300_single","labware":"p","well":"A1","volume_ul":50.0}"#;
+        assert_eq!(settle(pick, &on(1)).map(|s| s.0), Some("ok"));
+        assert_eq!(settle(pick, &on(0)).map(|s| s.0), Some("failed"));
+        assert_eq!(settle(drop, &on(0)).map(|s| s.0), Some("ok"));
+        assert_eq!(settle(drop, &on(1)).map(|s| s.0), Some("failed"));
+        assert_eq!(settle(aspirate, &on(1)), None, "the volume in the tip is not known");
+        let no_switch = devices::Whereabouts { text: String::new(), tips_on: None };
+        assert_eq!(settle(pick, &no_switch), None);
     }
 
     #[test]

@@ -232,14 +232,32 @@ fn cancel_and_recovery_leave_every_run_in_an_explicit_state() {
                 repeatable: false,
             })
             .unwrap();
-        assert_eq!(ex.recover().await.unwrap(), vec![crashed.id.clone()]);
+        // Another, killed while picking up a tip: the tip switch settles that (no tip is on).
+        let picking = ex.submit(&t.id, "p", "dilution", "sd4.yaml", &compile_example("serial-dilution.yaml")).unwrap();
+        store.set_run_state(&picking.id, RunState::Running, None).unwrap();
+        store
+            .record_intent(&Intent {
+                run_id: picking.id.clone(),
+                task_id: 0,
+                command_index: 0,
+                instrument: "lh2".into(),
+                op_json: r#"{"op":"pick_up_tip","pipette":"p300_single","rack":"x.tips","well":"A1"}"#.into(),
+                repeatable: false,
+            })
+            .unwrap();
+        let failed = ex.recover().await.unwrap();
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        assert!(failed.contains(&crashed.id) && failed.contains(&picking.id), "{failed:?}");
+        let pick = &store.attempts(&picking.id).unwrap()[0];
+        assert_eq!(pick.outcome.as_deref(), Some("failed"), "{pick:?}");
+        assert!(pick.error.as_deref().unwrap().contains("settled at recovery: no channel carries a tip"), "{pick:?}");
         let r = store.run(None, &crashed.id).unwrap();
         assert_eq!(r.state, RunState::Failed);
         assert!(r.reason.unwrap().contains("may or may not have run"));
         assert!(store.open_attempts().unwrap().is_empty(), "the in-flight command is marked unknown, not left open");
         assert_eq!(store.attempts(&crashed.id).unwrap()[0].outcome.as_deref(), Some("unknown"));
         let asked = store.interventions(None, true).unwrap();
-        assert_eq!(asked.len(), 1, "a technician is asked to check the dispense");
+        assert_eq!(asked.len(), 1, "a technician is asked to check the dispense, not the pick-up");
         // With what the liquid handler itself says of its head and tips.
         assert!(asked[0].what.contains("lh1 reports: head at X:"), "{}", asked[0].what);
         assert!(asked[0].what.contains("channel(s) carrying a tip"), "{}", asked[0].what);
