@@ -29,16 +29,16 @@ impl Executor {
     }
 
     /// What an instrument says of where it is, or why it did not say (within 10 s).
-    async fn whereabouts(&self, id: &str) -> Result<devices::Whereabouts, String> {
+    async fn whereabouts(&self, id: &str) -> Result<devices::Whereabouts, Silent> {
         let driver: Option<Arc<dyn Instrument>> = match self.lab.instruments.get(id) {
             Some(d) => Some(d.clone()),
             None => self.lab.arms.get(id).map(|a| a.clone() as Arc<dyn Instrument>),
         };
-        let Some(d) = driver else { return Err("not connected to this node".into()) };
+        let Some(d) = driver else { return Err(Silent::NotConnected) };
         match tokio::time::timeout(Duration::from_secs(10), d.whereabouts()).await {
             Ok(Ok(report)) => Ok(report),
-            Ok(Err(e)) => Err(format!("could not say ({e})")),
-            Err(_) => Err("no answer within 10 s".into()),
+            Ok(Err(e)) => Err(Silent::CouldNotSay(e)),
+            Err(_) => Err(Silent::NoAnswer),
         }
     }
 
@@ -47,7 +47,7 @@ impl Executor {
     fn recover_with(
         &self,
         open: Vec<crate::store::Attempt>,
-        reports: &BTreeMap<String, Result<devices::Whereabouts, String>>,
+        reports: &BTreeMap<String, Result<devices::Whereabouts, Silent>>,
     ) -> Result<Vec<String>, ExecutorError> {
         let asked = self.store.interventions(None, false)?;
         let storage = self.storage_nests();
@@ -87,7 +87,7 @@ impl Executor {
                 let report = reports.get(inst);
                 let said = match report {
                     Some(Ok(w)) => w.text.clone(),
-                    Some(Err(why)) => why.clone(),
+                    Some(Err(why)) => why.to_string(),
                     None => "nothing".into(),
                 };
                 // Where the instrument's own answer settles it, nobody needs to look.
@@ -159,4 +159,15 @@ impl Executor {
             .map(|p| p.nests.get(p.storage).map(|n| n.id.clone()).into_iter().collect())
             .unwrap_or_default()
     }
+}
+
+/// Why an instrument said nothing of where it is at recovery.
+#[derive(Debug, thiserror::Error)]
+enum Silent {
+    #[error("not connected to this node")]
+    NotConnected,
+    #[error("could not say ({0})")]
+    CouldNotSay(devices::InstrumentError),
+    #[error("no answer within 10 s")]
+    NoAnswer,
 }
