@@ -83,19 +83,22 @@ impl Lab {
         let Some(sims) = &self.simulated else { return Ok(()) };
         match std::fs::read_to_string(&file) {
             Ok(text) => {
-                let snapshot: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                let unreadable = |e: String| {
                     LabError::Simulators(format!("{}: {e}; delete it to start with an empty bench", file.display()))
-                })?;
-                let mut bench = crate::lock(&sims.bench);
-                bench.restore(&snapshot).map_err(|e| {
-                    LabError::Simulators(format!("{}: {e}; delete it to start with an empty bench", file.display()))
-                })?;
+                };
+                let snapshot: serde_json::Value = serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
+                crate::lock(&sims.bench).restore(&snapshot).map_err(unreadable)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LabError::Simulators(format!("cannot read {}: {e}", file.display()))),
         }
         self.bench_file = Some(file);
         Ok(())
+    }
+
+    /// Whether this is a simulated lab that keeps its bench in a file ([`Lab::keep_bench_in`]).
+    pub fn keeps_bench(&self) -> bool {
+        self.simulated.is_some() && self.bench_file.is_some()
     }
 
     /// Writes the simulated bench where [`Lab::keep_bench_in`] said (whole, then renamed, so a

@@ -237,7 +237,7 @@ impl Executor {
         self.flush(&mut pending).await?;
         // A simulated lab's plates keep what this task did should labd restart before the next
         // task (the task counts as done once its `task_finished` event is written, after this).
-        if self.lab.simulated.is_some() {
+        if self.lab.keeps_bench() {
             let lab = self.lab.clone();
             if let Err(e) = blocking(move || lab.save_bench()).await {
                 tracing::warn!(run = %run.id, error = %e, "cannot save the simulated bench; a restart would lose this task's liquids");

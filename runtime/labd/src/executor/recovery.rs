@@ -19,10 +19,25 @@ impl Executor {
     pub async fn recover(&self) -> Result<Vec<String>, ExecutorError> {
         let store = self.store.clone();
         let open = blocking(move || store.open_attempts()).await?;
-        let mut reports = BTreeMap::new();
+        // All at once: an instrument that does not answer costs its 10 s once, not per instrument.
+        let mut asking = tokio::task::JoinSet::new();
         for id in open.iter().map(|a| a.intent.instrument.clone()).collect::<BTreeSet<_>>() {
-            let report = self.whereabouts(&id).await;
-            reports.insert(id, report);
+            let ex = self.clone();
+            asking.spawn(async move {
+                let report = ex.whereabouts(&id).await;
+                (id, report)
+            });
+        }
+        let mut reports = BTreeMap::new();
+        while let Some(answered) = asking.join_next().await {
+            match answered {
+                Ok((id, report)) => {
+                    reports.insert(id, report);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "asking an instrument where it is stopped; its commands are asked about")
+                }
+            }
         }
         let ex = self.clone();
         blocking(move || ex.recover_with(open, &reports)).await
@@ -56,7 +71,8 @@ impl Executor {
             if self.config.cell.is_some() && run.cell != self.config.cell {
                 continue; // another cell's run: its node recovers it
             }
-            let untouched = self.store.attempts(&run.id)?.is_empty() && !asked.iter().any(|i| i.run_id == run.id);
+            let attempts = self.store.attempts(&run.id)?;
+            let untouched = attempts.is_empty() && !asked.iter().any(|i| i.run_id == run.id);
             if untouched {
                 let (state, reason) = match run.state {
                     RunState::Cancelling => (RunState::Cancelled, "cancelled; labd stopped before it began"),
@@ -67,7 +83,6 @@ impl Executor {
             }
             if run.state == RunState::Running {
                 let progress = resume::progress(&self.store.events(None, &run.id, 0)?);
-                let attempts = self.store.attempts(&run.id)?;
                 let why = match serde_json::from_str::<RunPlan>(&run.plan_json) {
                     Ok(plan) => match resume::blocker(&plan, &progress, &attempts, &storage) {
                         None => {
