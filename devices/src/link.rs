@@ -17,7 +17,9 @@ pub enum Endpoint {
     Tcp(String),
     /// `sila:host:port` (gRPC, insecure) or `silas:host:port` (TLS).
     Sila { address: String, tls: bool },
-    /// `sim` or `sim:sila`: an in-process simulator.
+    /// `opentrons:host[:port]`: an Opentrons robot's HTTP API (port 31950 unless given).
+    Opentrons { address: String },
+    /// `sim`, `sim:sila` or `sim:opentrons`: an in-process simulator.
     Sim,
 }
 
@@ -37,9 +39,12 @@ impl Endpoint {
             "tcp" => need("host:port").map(Endpoint::Tcp),
             "sila" => need("host:port").map(|a| Endpoint::Sila { address: a, tls: false }),
             "silas" => need("host:port").map(|a| Endpoint::Sila { address: a, tls: true }),
+            "opentrons" => need("host").map(|a| Endpoint::Opentrons {
+                address: if a.contains(':') { a } else { format!("{a}:{}", crate::codec::opentrons::DEFAULT_PORT) },
+            }),
             "sim" => Ok(Endpoint::Sim),
             _ => Err(format!(
-                "endpoint `{text}`: unknown scheme `{scheme}`; use serial:PATH, tcp:HOST:PORT, sila:HOST:PORT, silas:HOST:PORT or sim"
+                "endpoint `{text}`: unknown scheme `{scheme}`; use serial:PATH, tcp:HOST:PORT, sila:HOST:PORT, silas:HOST:PORT, opentrons:HOST[:PORT] or sim"
             )),
         }
     }
@@ -49,6 +54,7 @@ fn example(scheme: &str) -> &'static str {
     match scheme {
         "serial" => "/dev/ttyACM0",
         "tcp" => "10.0.0.5:10100",
+        "opentrons" => "10.0.0.12",
         _ => "127.0.0.1:50052",
     }
 }

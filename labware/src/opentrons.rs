@@ -115,3 +115,126 @@ fn import_well(name: &str, w: &Value) -> Result<Well, LabwareError> {
         max_volume_ul: get("totalLiquidVolume")?,
     })
 }
+
+/// Where an Opentrons robot finds a labware type: `namespace/loadName/version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionUri {
+    pub namespace: String,
+    pub load_name: String,
+    pub version: u32,
+}
+
+impl std::fmt::Display for DefinitionUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.load_name, self.version)
+    }
+}
+
+/// The namespace Opentrons gives labware a client defines itself.
+pub const CUSTOM_NAMESPACE: &str = "custom_beta";
+
+/// The Opentrons definition a labware type was imported from (its `source` says so), if any:
+/// a robot already carries those and loads them by name; any other type is posted to the run
+/// first ([`export`]).
+pub fn uri_of(def: &LabwareDef) -> Option<DefinitionUri> {
+    let rest = def.source.as_deref()?.strip_prefix("Opentrons labware schema v2 ")?;
+    let uri = rest.split_whitespace().next()?;
+    let mut parts = uri.split('/');
+    let (namespace, load_name, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let version = version.parse::<f64>().ok().filter(|v| v.fract() == 0.0 && *v >= 1.0)? as u32;
+    (parts.next().is_none() && load_name == def.load_name).then(|| DefinitionUri {
+        namespace: namespace.to_string(),
+        load_name: load_name.to_string(),
+        version,
+    })
+}
+
+/// A labware type as an Opentrons schema v2 definition in `namespace` (version 1), for a robot
+/// that does not carry it: what [`import`] reads back, geometry for geometry.
+pub fn export(def: &LabwareDef, namespace: &str) -> Value {
+    use serde_json::{json, Map};
+    let mut ordering: Vec<(u32, Vec<Value>)> = Vec::new();
+    let mut wells = Map::new();
+    for w in &def.wells {
+        let column: u32 = w.name.trim_start_matches(|c: char| c.is_ascii_alphabetic()).parse().unwrap_or(0);
+        match ordering.iter_mut().find(|(c, _)| *c == column) {
+            Some((_, names)) => names.push(json!(w.name)),
+            None => ordering.push((column, vec![json!(w.name)])),
+        }
+        let mut well = json!({
+            "depth": w.depth_mm, "totalLiquidVolume": w.max_volume_ul,
+            "x": w.x_mm, "y": w.y_mm, "z": w.z_mm,
+        });
+        match w.shape {
+            WellShape::Circular { diameter_mm } => {
+                well["shape"] = json!("circular");
+                well["diameter"] = json!(diameter_mm);
+            }
+            WellShape::Rectangular { length_mm, width_mm } => {
+                well["shape"] = json!("rectangular");
+                well["xDimension"] = json!(length_mm);
+                well["yDimension"] = json!(width_mm);
+            }
+        }
+        wells.insert(w.name.clone(), well);
+    }
+    let category = match def.kind {
+        LabwareKind::WellPlate => "wellPlate",
+        LabwareKind::TipRack => "tipRack",
+        LabwareKind::Reservoir => "reservoir",
+        LabwareKind::TubeRack => "tubeRack",
+        LabwareKind::AluminumBlock => "aluminumBlock",
+        LabwareKind::Adapter => "adapter",
+        LabwareKind::Lid => "lid",
+        LabwareKind::Trash => "trash",
+        _ => "other",
+    };
+    let mut parameters = json!({
+        "format": "irregular", "loadName": def.load_name, "isTiprack": def.tip.is_some(),
+        "isMagneticModuleCompatible": false,
+    });
+    if let Some(tip) = def.tip {
+        parameters["tipLength"] = json!(tip.length_mm);
+    }
+    let names: Vec<Value> = def.wells.iter().map(|w| json!(w.name)).collect();
+    json!({
+        "schemaVersion": 2, "version": 1, "namespace": namespace,
+        "metadata": {"displayName": def.display_name, "displayCategory": category, "displayVolumeUnits": "µL", "tags": []},
+        "brand": {"brand": def.brand.clone().unwrap_or_else(|| "generic".into()), "brandId": []},
+        "parameters": parameters,
+        "ordering": ordering.into_iter().map(|(_, names)| Value::Array(names)).collect::<Vec<_>>(),
+        "cornerOffsetFromSlot": {"x": 0, "y": 0, "z": 0},
+        "dimensions": {"xDimension": def.footprint.x_mm, "yDimension": def.footprint.y_mm, "zDimension": def.footprint.z_mm},
+        "wells": wells,
+        "groups": [{"metadata": {}, "wells": names}],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_type_names_its_opentrons_definition_and_exports_to_the_same_geometry() {
+        let lib = crate::Library::shipped();
+        assert!(lib.len() >= 40);
+        for def in lib.iter() {
+            let uri = uri_of(def).unwrap_or_else(|| panic!("{} has no Opentrons URI", def.load_name));
+            assert_eq!(uri.namespace, "opentrons");
+            assert_eq!(uri.load_name, def.load_name);
+            let back = import_value(&export(def, CUSTOM_NAMESPACE)).unwrap();
+            assert_eq!(back.wells, def.wells, "{}", def.load_name);
+            assert_eq!((back.kind, back.tip, back.footprint), (def.kind, def.tip, def.footprint), "{}", def.load_name);
+            assert_eq!(uri_of(&back).map(|u| u.to_string()), Some(format!("custom_beta/{}/1", def.load_name)));
+        }
+    }
+
+    #[test]
+    fn a_type_from_elsewhere_has_no_opentrons_uri() {
+        let mut def = crate::Library::shipped().get("corning_96_wellplate_360ul_flat").unwrap().clone();
+        def.source = Some("measured with calipers, 2026".into());
+        assert_eq!(uri_of(&def), None);
+        def.source = Some("Opentrons labware schema v2 opentrons/other_plate/1 (Apache-2.0)".into());
+        assert_eq!(uri_of(&def), None, "a URI naming another load name is not this type's");
+    }
+}

@@ -90,6 +90,42 @@ pub struct Pipette {
     /// Plunger flow rate used for duration estimates, µL/s.
     #[serde(default = "default_flow")]
     pub flow_ul_per_s: f64,
+    /// The gantry mount it hangs on: a robot driven over the Opentrons HTTP API loads its
+    /// pipettes by mount, so there every pipette names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<Mount>,
+}
+
+/// A side of an Opentrons robot's gantry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mount {
+    Left,
+    Right,
+}
+
+impl Mount {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mount::Left => "left",
+            Mount::Right => "right",
+        }
+    }
+}
+
+/// Where a labware type really sits on one instrument, relative to where its definition puts
+/// it, in mm (Opentrons' Labware Position Check measures these per robot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabwareOffset {
+    /// The labware type's load name.
+    pub labware: String,
+    /// Only in this deck slot (1–12, the OT-2's numbering); every slot when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+    pub x: f64,
+    pub y: f64,
+    pub z: f64,
 }
 
 fn default_flow() -> f64 {
@@ -149,7 +185,11 @@ pub struct Instrument {
     /// Where plates are put for this instrument; defaults to a nest named after the instrument.
     #[serde(default)]
     pub nests: Vec<String>,
-    /// How the runtime reaches it ("sim", "serial:/dev/ttyUSB0", "tcp:host:port", "sila:host:port").
+    /// Liquid handlers: labware offsets measured on this robot, applied to every run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labware_offsets: Vec<LabwareOffset>,
+    /// How the runtime reaches it ("sim", "serial:/dev/ttyUSB0", "tcp:host:port", "sila:host:port",
+    /// "opentrons:host:port" for a robot's HTTP API, "sim:opentrons" for its simulator).
     /// Required: an instrument must never end up simulated because a line was forgotten.
     pub endpoint: String,
 }
@@ -162,6 +202,11 @@ impl Instrument {
     /// Whether it accepts labware of this kind.
     pub fn accepts(&self, kind: LabwareKind) -> bool {
         self.labware.is_empty() || self.labware.contains(&kind)
+    }
+
+    /// Whether it is an Opentrons robot driven over the robot's HTTP API (or its simulator).
+    pub fn speaks_opentrons_http(&self) -> bool {
+        self.endpoint.starts_with("opentrons:") || self.endpoint == "sim:opentrons"
     }
 
     /// Nests that belong to it.
@@ -339,6 +384,35 @@ impl Site {
                         format!("{key}.pipettes ({})", p.name),
                         "needs 0 < min_ul <= max_ul <= tip_ul, channels >= 1 and flow_ul_per_s > 0",
                     ));
+                }
+            }
+            if !is_lh && !inst.labware_offsets.is_empty() {
+                return Err(invalid(key, "only a liquid_handler has labware_offsets"));
+            }
+            for o in &inst.labware_offsets {
+                let finite = [o.x, o.y, o.z].iter().all(|v| v.is_finite());
+                if !finite || o.slot.is_some_and(|s| !(1..=12).contains(&s)) {
+                    return Err(invalid(
+                        format!("{key}.labware_offsets ({})", o.labware),
+                        "needs finite x, y, z in mm and, if given, a slot from 1 to 12",
+                    ));
+                }
+            }
+            if inst.speaks_opentrons_http() {
+                let mut mounts = BTreeSet::new();
+                for p in &inst.pipettes {
+                    let Some(m) = p.mount else {
+                        return Err(invalid(
+                            format!("{key}.pipettes ({})", p.name),
+                            "an Opentrons robot loads its pipettes by mount: add mount = \"left\" or \"right\"",
+                        ));
+                    };
+                    if !mounts.insert(m) {
+                        return Err(invalid(
+                            format!("{key}.pipettes ({})", p.name),
+                            &format!("two pipettes on the {} mount; a robot has one pipette per mount", m.as_str()),
+                        ));
+                    }
                 }
             }
             if inst.class == InstrumentClass::PlateReader && inst.modes.is_empty() {

@@ -2,6 +2,7 @@
 
 pub mod lines;
 pub mod module;
+pub mod opentrons;
 pub mod pf400;
 pub mod smoothie;
 pub mod station;

@@ -4,6 +4,7 @@
 pub mod arm;
 pub mod liquid;
 pub mod module;
+pub mod opentrons;
 pub mod reader;
 pub mod station;
 
@@ -72,7 +73,8 @@ where
 }
 
 /// Opens the driver for one site instrument at `endpoint` (its lab.toml endpoint, or a
-/// simulator's address). Serial devices speak the family's G-code or LWSP/1; readers SiLA 2.
+/// simulator's address). Serial devices speak the family's G-code or LWSP/1; readers SiLA 2;
+/// liquid handlers at an `opentrons:` endpoint the Opentrons robot HTTP API.
 pub async fn open(
     instrument: &labware::site::Instrument,
     endpoint: &crate::link::Endpoint,
@@ -89,6 +91,17 @@ pub async fn open(
             }),
         }
     };
+    if let (C::LiquidHandler, Endpoint::Opentrons { address }) = (instrument.class, endpoint) {
+        let driver = opentrons::OpentronsDriver::new(
+            instrument,
+            address,
+            labware::Library::shipped(),
+            opentrons::OpentronsConfig::default(),
+        );
+        // Proves the robot answers and is an Opentrons robot before anything is planned on it.
+        crate::Instrument::identify(&driver).await?;
+        return Ok(Arc::new(driver));
+    }
     Ok(match instrument.class {
         C::LiquidHandler => Arc::new(liquid::LiquidHandlerDriver::new(
             instrument,

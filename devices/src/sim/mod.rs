@@ -8,6 +8,7 @@ pub mod arm;
 pub mod bench;
 pub mod liquid;
 pub mod module;
+pub mod opentrons;
 pub mod site;
 pub mod station;
 

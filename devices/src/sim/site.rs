@@ -1,11 +1,12 @@
 //! Starts every simulated instrument of a site as its own endpoint — PTYs for serial devices,
-//! loopback TCP for arms, a SiLA server for readers — so drivers (ours or anyone's) reach them
+//! loopback TCP for arms, a SiLA server for readers, the robot HTTP API for Opentrons robots — so drivers (ours or anyone's) reach them
 //! exactly as they would reach real instruments.
 
 use super::arm::{self, ArmSim};
 use super::bench::SharedBench;
 use super::liquid::{self, LiquidSim};
 use super::module::{error_reply_for, ModuleSim};
+use super::opentrons::{OpentronsConfig, OpentronsSim};
 use super::station::{self, StationSim};
 use super::{spawn_serial, spawn_tcp_owned, Faults, Pty, SimClock};
 use crate::codec::module::Dialect;
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 pub struct Listening {
     pub id: String,
     pub class: String,
-    /// `serial`, `tcp` or `sila`.
+    /// `serial`, `tcp`, `sila` or `opentrons`.
     pub transport: &'static str,
     /// A device path or host:port.
     pub address: String,
@@ -54,6 +55,8 @@ pub struct SimulatedSite {
     pub bench: SharedBench,
     /// The simulated plate readers, by instrument id (their device time, for timing tests).
     pub readers: BTreeMap<String, ReaderSim>,
+    /// The simulated Opentrons robots (HTTP API), by instrument id.
+    pub opentrons: BTreeMap<String, OpentronsSim>,
 }
 
 fn module_error(d: Dialect) -> fn(&str, &str) -> Vec<u8> {
@@ -99,6 +102,15 @@ pub async fn start_logged(
         let f = faults.get(&inst.id).cloned().unwrap_or_default();
         let serial = format!("{}-sim", inst.id);
         let (transport, address) = match inst.class {
+            InstrumentClass::LiquidHandler if inst.speaks_opentrons_http() => {
+                let robot = crate::codec::opentrons::Robot::carrying(&inst.pipettes);
+                let config = OpentronsConfig::from_site(inst, robot, scale, f);
+                let sim = OpentronsSim::new(config, Library::shipped(), out.bench.clone());
+                out.opentrons.insert(inst.id.clone(), sim.clone());
+                let (addr, task) = sim.serve(&format!("{host}:0")).await.map_err(io)?;
+                out.servers.push(task);
+                ("opentrons", addr.to_string())
+            }
             InstrumentClass::LiquidHandler => {
                 let sim = LiquidSim::on_bench(inst, Library::shipped(), out.bench.clone());
                 if let Some(dir) = log_dir {

@@ -4,6 +4,7 @@
 mod arm_station;
 mod liquid;
 mod modules;
+mod opentrons;
 mod reader;
 mod roundtrip;
 mod support;

@@ -1,0 +1,324 @@
+//! The Opentrons HTTP driver against the simulated robot on a real loopback socket: a compiled
+//! serial dilution ends with the robot's own per-well volumes equal to the compiler's; the
+//! one-active-run rule, command errors, error recovery and lost replies keep their meaning; and
+//! Opentrons' own HTTP client (`opentrons-http-api-client`, PyPI) drives the simulator.
+
+use crate::support::{peers_python, repo};
+use devices::codec::opentrons::Robot;
+use devices::driver::opentrons::{OpentronsConfig, OpentronsDriver};
+use devices::sim::bench::SharedBench;
+use devices::sim::opentrons::{self as sim, OpentronsSim};
+use devices::sim::Faults;
+use devices::{family, Family, Instrument, InstrumentError, Recovery, TimeScale};
+use labware::{Library, Site};
+use protocols::plan::{CommandOp, RunPlan};
+use serde_json::Value;
+use std::time::Duration;
+
+const FAST: TimeScale = TimeScale(0.0001);
+
+fn site() -> Site {
+    Site::from_toml(&std::fs::read_to_string(repo().join("sites/opentrons.toml")).unwrap()).unwrap()
+}
+
+struct Rig {
+    driver: OpentronsDriver,
+    sim: OpentronsSim,
+    server: tokio::task::JoinHandle<()>,
+    address: String,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn rig(instrument: &str, faults: &str, config: OpentronsConfig) -> Rig {
+    let site = site();
+    let inst = site.instruments.iter().find(|i| i.id == instrument).unwrap().clone();
+    let robot = Robot::carrying(&inst.pipettes);
+    let cfg = sim::OpentronsConfig::from_site(&inst, robot, FAST, Faults::parse(faults).unwrap());
+    let sim = OpentronsSim::new(cfg, Library::shipped(), SharedBench::default());
+    let (addr, server) = sim.clone().serve("127.0.0.1:0").await.unwrap();
+    let driver = OpentronsDriver::new(&inst, &addr.to_string(), Library::shipped(), config);
+    Rig { driver, sim, server, address: addr.to_string() }
+}
+
+fn compile(file: &str) -> (RunPlan, protocols::check::Tracked) {
+    let text = std::fs::read_to_string(repo().join("protocols/examples").join(file)).unwrap();
+    let c = protocols::compile(
+        &protocols::SourceFile::new(file, text),
+        protocols::Format::Auto,
+        &site(),
+        &Library::shipped(),
+    );
+    assert!(c.plan.is_some(), "{file} compiles for sites/opentrons.toml: {:?}", c.diagnostics);
+    (c.plan.unwrap(), c.tracked.unwrap())
+}
+
+fn fill(bench: &SharedBench, plan: &RunPlan) {
+    for lw in &plan.labware {
+        for (well, mix) in &lw.composition {
+            for (liquid, ul) in mix {
+                bench.lock().unwrap().fill(&lw.name, well, liquid, *ul);
+            }
+        }
+    }
+}
+
+fn bench(rig: &Rig) -> SharedBench {
+    rig.sim.bench()
+}
+
+#[tokio::test]
+async fn serial_dilution_over_the_http_api_leaves_what_the_compiler_predicts() {
+    let (plan, tracked) = compile("serial-dilution.yaml");
+    let used: Vec<&str> = plan.tasks.iter().flat_map(|t| t.pipettes.iter().map(String::as_str)).collect();
+    assert!(used.iter().all(|p| p.ends_with("_gen2")), "the OT-2's pipettes: {used:?}");
+    let rig = rig("ot2", "", OpentronsConfig::default()).await;
+    fill(&bench(&rig), &plan);
+    let id = rig.driver.identify().await.unwrap();
+    assert_eq!(id.model, "OT-2 Standard");
+    rig.driver.prepare(&plan).await.unwrap();
+    let mut sent = 0;
+    for task in &plan.tasks {
+        for cmd in &task.commands {
+            if family(&cmd.op) == Family::LiquidHandler {
+                rig.driver.start(&cmd.op).await.unwrap().finish().await.unwrap_or_else(|e| panic!("{:?}: {e}", cmd.op));
+                sent += 1;
+            }
+        }
+    }
+    assert!(sent > 600, "the whole dilution ran ({sent} commands)");
+    {
+        let shared = bench(&rig);
+        let b = shared.lock().unwrap();
+        let mut compared = 0;
+        for (slot, lw) in plan.labware.iter().enumerate() {
+            let def = Library::shipped().get(&lw.load_name).unwrap().clone();
+            if def.tip.is_some() {
+                continue;
+            }
+            for (j, w) in def.wells.iter().enumerate() {
+                let predicted = tracked.wells[slot][j].volume();
+                let simulated = b.volume(&lw.name, &w.name);
+                assert!(
+                    (predicted - simulated).abs() <= 1e-6,
+                    "{} {}: compiler {predicted:.3} µL, robot {simulated:.3} µL",
+                    lw.name,
+                    w.name
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 96 + 12);
+        let state = rig.sim.state.lock().unwrap();
+        assert!(state.mounts.values().all(|c| c.tips.iter().all(Option::is_none)), "every tip was dropped");
+        // The lab's labware offsets reached the run: the plate was loaded with one.
+        let posted: Vec<&Value> = state.posted.iter().map(|b| &b["data"]).collect();
+        assert!(posted.iter().all(|c| c["intent"] == "setup" || c["intent"] == "protocol"));
+        assert!(
+            posted
+                .iter()
+                .any(|c| c["commandType"] == "loadLabware"
+                    && c["params"]["loadName"] == "corning_96_wellplate_360ul_flat")
+        );
+    }
+    let run = rig.driver.run_id().await.unwrap();
+    let reply = get(&rig.address, &format!("/runs/{run}")).await;
+    let offsets = reply["data"]["labwareOffsets"].as_array().unwrap();
+    assert!(!offsets.is_empty(), "lab.toml's offsets were posted: {reply}");
+    let plate = reply["data"]["labware"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["loadName"] == "corning_96_wellplate_360ul_flat")
+        .unwrap();
+    assert!(plate["offsetId"].is_string(), "the plate was loaded with its offset: {plate}");
+}
+
+/// A GET of the robot API, as any client would.
+async fn get(address: &str, path: &str) -> Value {
+    http("GET", address, path, None).await.1
+}
+
+async fn http(method: &str, address: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nOpentrons-Version: *\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+fn step(op: &str, extra: serde_json::Value) -> CommandOp {
+    let mut v = serde_json::json!({"op": op});
+    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(v).unwrap()
+}
+
+async fn run(driver: &OpentronsDriver, op: &CommandOp) -> Result<(), InstrumentError> {
+    driver.start(op).await?.finish().await.map(|_| ())
+}
+
+#[tokio::test]
+async fn one_active_run_errors_recovery_and_a_safe_robot() {
+    let (plan, _) = compile("serial-dilution.yaml");
+    let rig = rig("ot2", "error_once=aspirate:liquidNotFound", OpentronsConfig::default()).await;
+    fill(&bench(&rig), &plan);
+    rig.driver.prepare(&plan).await.unwrap();
+
+    // Another client cannot create a run while ours plays: the robot is busy, try later.
+    let (status, reply) = http("POST", &rig.address, "/runs", None).await;
+    assert_eq!(status, 409, "{reply}");
+    assert_eq!(reply["errors"][0]["id"], "RunAlreadyActive");
+    let other = OpentronsDriver::new(
+        site().instruments.iter().find(|i| i.id == "ot2").unwrap(),
+        &rig.address,
+        Library::shipped(),
+        OpentronsConfig::default(),
+    );
+    let e = other.prepare(&plan).await.unwrap_err();
+    assert!(matches!(&e, InstrumentError::Busy(m) if m.contains("RunAlreadyActive")), "{e}");
+    assert_eq!(e.recovery(), Recovery::Retry);
+
+    // A command the robot refuses comes back in its words, classified as a failure.
+    let asp = step(
+        "aspirate",
+        serde_json::json!({"pipette": "p300_single_gen2", "labware": "reservoir", "well": "A1", "volume_ul": 50.0}),
+    );
+    let pick = step("pick_up_tip", serde_json::json!({"pipette": "p300_single_gen2", "rack": "tips_a", "well": "A1"}));
+    run(&rig.driver, &pick).await.unwrap();
+    // The injected liquid-sensing fault: the robot holds the run in error recovery.
+    let e = run(&rig.driver, &asp).await.unwrap_err();
+    let InstrumentError::Device { code, message } = &e else { panic!("{e}") };
+    assert_eq!(code, "awaiting-recovery");
+    assert!(message.contains("liquidNotFound"), "{message}");
+    let status = rig.driver.status().await.unwrap();
+    assert!(matches!(status.state, devices::State::Fault(_)), "{status:?}");
+    let w = rig.driver.whereabouts().await.unwrap();
+    assert_eq!(w.tips_on, Some(1), "{w}");
+    // Making it safe drops the tip with fix-it commands and closes the run.
+    let did = rig.driver.make_safe().await.unwrap();
+    assert!(did.contains("dropped 1 tip"), "{did}");
+    assert!(rig.sim.state.lock().unwrap().mounts.values().all(|c| c.tips.iter().all(Option::is_none)));
+    let fixit = rig.sim.state.lock().unwrap().posted.iter().filter(|b| b["data"]["intent"] == "fixit").count();
+    assert_eq!(fixit, 2, "move to the trash, drop in place");
+    // The robot is free again: the other client gets it.
+    other.prepare(&plan).await.unwrap();
+
+    // A command that makes no physical sense fails the task (and the robot's run).
+    let e = run(&other, &asp).await.unwrap_err();
+    assert!(matches!(&e, InstrumentError::Device { code, .. } if code == "TipNotAttachedError"), "{e}");
+    assert_eq!(e.recovery(), Recovery::Fail);
+    let used = step("pick_up_tip", serde_json::json!({"pipette": "p300_single_gen2", "rack": "tips_a", "well": "A1"}));
+    other.prepare(&plan).await.unwrap();
+    let e = run(&other, &used).await.unwrap_err();
+    assert!(
+        matches!(&e, InstrumentError::Device { code, message } if code == "awaiting-recovery" && message.contains("tipPhysicallyMissing")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_reply_is_looked_up_by_its_key_and_never_sent_twice() {
+    let (plan, _) = compile("serial-dilution.yaml");
+    let cfg = OpentronsConfig { request_timeout: Duration::from_millis(400), ..OpentronsConfig::default() };
+    // Two pipettes and four labware are the first six commands; the seventh command's reply is lost.
+    let rig = rig("ot2", "disconnect_after=6", cfg).await;
+    fill(&bench(&rig), &plan);
+    rig.driver.prepare(&plan).await.unwrap_or_else(|e| panic!("{e}"));
+    let pick = step("pick_up_tip", serde_json::json!({"pipette": "p300_single_gen2", "rack": "tips_a", "well": "A1"}));
+    let loads = rig.sim.state.lock().unwrap().posted.len();
+    assert_eq!(loads, 6, "setup commands");
+    run(&rig.driver, &pick).await.unwrap();
+    let picks = rig.sim.state.lock().unwrap().posted.iter().filter(|b| b["data"]["commandType"] == "pickUpTip").count();
+    assert_eq!(picks, 1, "the pick-up whose reply was lost ran once and was not sent again");
+    let w = rig.driver.whereabouts().await.unwrap();
+    assert_eq!(w.tips_on, Some(1));
+
+    // The robot gone: nothing was sent, so the executor may try again later.
+    rig.server.abort();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = run(&rig.driver, &step("drop_tip", serde_json::json!({"pipette": "p300_single_gen2"}))).await.unwrap_err();
+    assert_eq!(e.recovery(), Recovery::Retry, "{e}");
+}
+
+#[tokio::test]
+async fn a_flex_names_its_slots_by_grid_and_drops_tips_in_its_trash_bin() {
+    let text = r#"
+labwright: 1
+name: flex transfer
+liquids:
+  buffer: PBS
+labware:
+  tips: { type: opentrons_96_tiprack_1000ul }
+  src: { type: nest_12_reservoir_15ml, contents: { A1: { buffer: 5 mL } } }
+  plate: { type: corning_96_wellplate_360ul_flat }
+steps:
+  - transfer: { from: src/A1, to: plate/A1:A3, volume: 100 uL, tips: once }
+"#;
+    let c = protocols::compile(
+        &protocols::SourceFile::new("flex.yaml", text.to_string()),
+        protocols::Format::Auto,
+        &site(),
+        &Library::shipped(),
+    );
+    let Some(plan) = c.plan else { panic!("{:?}", c.diagnostics) };
+    let rig = rig("flex", "", OpentronsConfig::default()).await;
+    fill(&bench(&rig), &plan);
+    assert_eq!(rig.driver.identify().await.unwrap().model, "OT-3 Standard");
+    rig.driver.prepare(&plan).await.unwrap();
+    for t in &plan.tasks {
+        for cmd in t.commands.iter().filter(|c| family(&c.op) == Family::LiquidHandler) {
+            run(&rig.driver, &cmd.op).await.unwrap_or_else(|e| panic!("{:?}: {e}", cmd.op));
+        }
+    }
+    let b = bench(&rig);
+    for w in ["A1", "A2", "A3"] {
+        assert!((b.lock().unwrap().volume("plate", w) - 100.0).abs() < 1e-9);
+    }
+    let state = rig.sim.state.lock().unwrap();
+    let slots: Vec<&str> = state
+        .posted
+        .iter()
+        .filter(|b| b["data"]["commandType"] == "loadLabware")
+        .map(|b| b["data"]["params"]["location"]["slotName"].as_str().unwrap())
+        .collect();
+    assert_eq!(slots, ["D1", "D2", "D3"]);
+    assert!(state.posted.iter().any(|b| b["data"]["params"]["addressableAreaName"] == "movableTrashA3"));
+}
+
+/// Opentrons' own HTTP client (`ot_api`, the `opentrons-http-api-client` package PyLabRobot's
+/// OT-2 backend uses) drives the simulated robot: its requests parse, and the replies have the
+/// shapes it reads.
+#[tokio::test]
+async fn opentrons_http_api_client_drives_the_simulated_robot() {
+    let Some(py) = peers_python() else { return };
+    let rig = rig("ot2", "", OpentronsConfig::default()).await;
+    bench(&rig).lock().unwrap().fill("src", "A1", "dye", 200.0);
+    let (host, port) = rig.address.rsplit_once(':').unwrap();
+    let (host, port, script) = (host.to_string(), port.to_string(), repo().join("tests/peers/ot_http_client.py"));
+    let out =
+        tokio::task::spawn_blocking(move || std::process::Command::new(py).arg(script).args([&host, &port]).output())
+            .await
+            .unwrap()
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ot_api client failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(report["robot_model"], "OT-2 Standard");
+    assert!(report["refused"].as_str().unwrap().contains("TipNotAttachedError"), "{report}");
+    let b = bench(&rig);
+    let b = b.lock().unwrap();
+    assert!((b.volume("src", "A1") - 150.0).abs() < 1e-9, "50 µL drawn");
+    assert!((b.volume("plate", "B2") - 50.0).abs() < 1e-9, "50 µL dispensed");
+}
