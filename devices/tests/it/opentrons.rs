@@ -3,7 +3,7 @@
 //! one-active-run rule, command errors, error recovery and lost replies keep their meaning; and
 //! Opentrons' own HTTP client (`opentrons-http-api-client`, PyPI) drives the simulator.
 
-use crate::support::{peers_python, repo};
+use crate::support::{engine_python, peers_python, repo};
 use devices::codec::opentrons::Robot;
 use devices::driver::opentrons::{OpentronsConfig, OpentronsDriver};
 use devices::sim::bench::SharedBench;
@@ -321,4 +321,66 @@ async fn opentrons_http_api_client_drives_the_simulated_robot() {
     let b = b.lock().unwrap();
     assert!((b.volume("src", "A1") - 150.0).abs() < 1e-9, "50 µL drawn");
     assert!((b.volume("plate", "B2") - 50.0).abs() < 1e-9, "50 µL dispensed");
+}
+
+/// What the driver posts and what the simulated robot serves parse with Opentrons' own protocol
+/// engine models, and every error type the simulator reports is one the engine has.
+#[tokio::test]
+async fn commands_and_replies_match_opentrons_protocol_engine_models() {
+    let Some(py) = engine_python() else { return };
+    let (plan, _) = compile("serial-dilution.yaml");
+    let rig = rig("ot2", "", OpentronsConfig::default()).await;
+    fill(&bench(&rig), &plan);
+    rig.driver.prepare(&plan).await.unwrap();
+    let ops: Vec<&CommandOp> =
+        plan.tasks[0].commands.iter().map(|c| &c.op).filter(|op| family(op) == Family::LiquidHandler).collect();
+    for op in ops.iter().take(3) {
+        run(&rig.driver, op).await.unwrap();
+    }
+    let p = serde_json::json!({"pipette": "p300_single_gen2"});
+    let at = serde_json::json!({"pipette": "p300_single_gen2", "labware": "plate", "well": "A1"});
+    for op in [
+        step("move_to", at.clone()),
+        step("blow_out", at.clone()),
+        step("drop_tip", p.clone()),
+        step("home", serde_json::json!({})),
+        step("pick_up_tip", serde_json::json!({"pipette": "p300_single_gen2", "rack": "tips_b", "well": "H12"})),
+        step(
+            "aspirate",
+            serde_json::json!({"pipette": "p300_single_gen2", "labware": "plate", "well": "A1", "volume_ul": 50.0}),
+        ),
+    ] {
+        run(&rig.driver, &op).await.unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    }
+    let mix = step(
+        "mix",
+        serde_json::json!({"pipette": "p300_single_gen2", "labware": "plate", "well": "A1", "volume_ul": 20.0, "times": 2}),
+    );
+    run(&rig.driver, &mix).await.unwrap_or_else(|e| panic!("{mix:?}: {e}"));
+    // A failure served as the robot words it, and fix-it commands while in recovery.
+    let e = run(
+        &rig.driver,
+        &step("pick_up_tip", serde_json::json!({"pipette": "p300_single_gen2", "rack": "tips_b", "well": "H12"})),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("TipAttachedError"), "{e}");
+    let run_id = rig.driver.run_id().await.unwrap();
+    let commands = get(&rig.address, &format!("/runs/{run_id}/commands")).await["data"].clone();
+    let posted = rig.sim.state.lock().unwrap().posted.clone();
+    let kinds: std::collections::BTreeSet<&str> =
+        posted.iter().filter_map(|b| b["data"]["commandType"].as_str()).collect();
+    assert!(kinds.len() >= 12, "every kind of command the driver sends: {kinds:?}");
+    let error_types: Vec<&str> = sim::RECOVERABLE.iter().chain(sim::ENGINE_ERRORS.iter()).copied().collect();
+    let file = std::env::temp_dir().join(format!("lw-ot-engine-{}.json", std::process::id()));
+    let report = serde_json::json!({"posted": posted, "commands": commands, "error_types": error_types});
+    std::fs::write(&file, report.to_string()).unwrap();
+    let script = repo().join("tests/peers/ot_engine_check.py");
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(py).arg(script).arg(&file).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "Opentrons' models disagree:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("protocol engine check: {}", stdout.trim());
 }

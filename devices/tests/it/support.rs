@@ -11,10 +11,17 @@ pub fn repo() -> PathBuf {
 /// Tests of peers fail when `LABWRIGHT_REQUIRE_PEERS=1` (CI) and it is missing, and are skipped
 /// with a message otherwise.
 pub fn peers_python() -> Option<PathBuf> {
-    let py = std::env::var_os("LABWRIGHT_PEERS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".peers"))
-        .join("bin/python");
+    venv_python("LABWRIGHT_PEERS_VENV", ".peers")
+}
+
+/// The Python 3.12 virtual environment holding Opentrons' protocol engine (`scripts/peers`),
+/// required and skipped like [`peers_python`].
+pub fn engine_python() -> Option<PathBuf> {
+    venv_python("LABWRIGHT_ENGINE_VENV", ".peers-engine")
+}
+
+fn venv_python(variable: &str, default: &str) -> Option<PathBuf> {
+    let py = std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| repo().join(default)).join("bin/python");
     if py.exists() {
         return Some(py);
     }
