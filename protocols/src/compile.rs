@@ -325,6 +325,41 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
             let kinds: Vec<_> = t.holds.iter().map(|&s| env.slots[s].def.kind).collect();
             task.instruments = crate::capability::instruments_for(site, task, &kinds);
             if task.class == Some(InstrumentClass::LiquidHandler) {
+                // One handler carries the whole step: the tips of a step pick its pipettes, and a
+                // step whose pipettes hang on different robots cannot run anywhere.
+                let carries = |i: &labware::site::Instrument| {
+                    task.pipettes.iter().all(|p| i.pipettes.iter().any(|q| &q.name == p))
+                };
+                let handlers: Vec<&labware::site::Instrument> =
+                    task.instruments.iter().filter_map(|id| site.instruments.iter().find(|i| &i.id == id)).collect();
+                if !handlers.is_empty() && !handlers.iter().any(|i| carries(i)) {
+                    let each: Vec<String> = handlers
+                        .iter()
+                        .map(|i| {
+                            let names: Vec<&str> = i.pipettes.iter().map(|p| p.name.as_str()).collect();
+                            format!("{}: {}", i.id, names.join(", "))
+                        })
+                        .collect();
+                    let needs: Vec<&str> = task.pipettes.iter().map(String::as_str).collect();
+                    d.push(
+                        Diagnostic::error(
+                            "P0401",
+                            t.span,
+                            format!(
+                                "`{}` needs the pipettes {}, and no liquid handler of this site carries them all ({})",
+                                task.label,
+                                needs.join(" and "),
+                                each.join("; ")
+                            ),
+                        )
+                        .with_hint(
+                            "use tip racks one pipette can work with for the whole step, or split the step in two",
+                        ),
+                    );
+                    task.instruments.clear();
+                    continue;
+                }
+                task.instruments.retain(|id| site.instruments.iter().find(|i| &i.id == id).is_some_and(carries));
                 let capable = std::mem::take(&mut task.instruments);
                 task.instruments = capable
                     .iter()

@@ -214,6 +214,22 @@ fn no_tip_rack_for_any_pipette() {
     assert_eq!(codes(&text), ["P0306"]);
 }
 
+/// A step whose tips call for two pipettes that hang on different robots runs nowhere: refused
+/// at compile time, naming each handler's pipettes (on the Opentrons site the 300 µL tips are the
+/// OT-2's, the 1000 µL tips the Flex's).
+#[test]
+fn a_step_needing_pipettes_no_one_handler_carries_is_refused() {
+    let site = Site::from_toml(&std::fs::read_to_string(root().join("../sites/opentrons.toml")).unwrap()).unwrap();
+    let text = "labwright: 1\nname: split\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  tips: { type: opentrons_96_tiprack_300ul }\n  big: { type: opentrons_96_tiprack_1000ul }\nsteps:\n  - transfer: { from: res/A1, to: res/A2, volume: 100 uL }\n  - transfer: { from: res/A1, to: res/A3, volume: 500 uL }\n";
+    let c = protocols::compile(&SourceFile::new("split.yaml", text.to_string()), Format::Auto, &site, lib());
+    let d = c.diagnostics.iter().find(|d| d.code == "P0401").unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    assert!(d.message.contains("p300_single_gen2") && d.message.contains("p1000_single_flex"), "{}", d.message);
+    assert!(d.message.contains("ot2:") && d.message.contains("flex:"), "{}", d.message);
+    assert!(c.plan.is_none());
+    // The shipped site's lh1 carries both: the same protocol compiles there.
+    assert!(run("split.yaml", text).plan.is_some());
+}
+
 #[test]
 fn capabilities_no_instrument_of_the_site_has() {
     check("  - read_absorbance: { labware: plate, wavelength: 1200 nm }\n", &["P0401"]);

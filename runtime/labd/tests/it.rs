@@ -23,6 +23,8 @@ mod isolation;
 mod mqtt;
 #[path = "it/observability.rs"]
 mod observability;
+#[path = "it/opentrons.rs"]
+mod opentrons;
 #[path = "it/resume.rs"]
 mod resume;
 #[path = "it/safe_state.rs"]
