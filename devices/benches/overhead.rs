@@ -1,5 +1,5 @@
-//! Driver overhead per command beyond the device's own time, over a PTY (serial) and over
-//! loopback gRPC (SiLA 2): p50 and p99 of many round trips against simulators whose device time
+//! Driver overhead per command beyond the device's own time, over a PTY (serial), over
+//! loopback gRPC (SiLA 2) and over loopback HTTP (an Opentrons robot's API): p50 and p99 of many round trips against simulators whose device time
 //! is zero, with a raw PTY echo measured in the same run as the floor.
 //!
 //! `cargo bench -p devices --bench overhead` (ROUNDS=N to change the sample size).
@@ -199,5 +199,63 @@ fn main() {
         })
         .await;
         report("sila: read_absorbance + load (observable: start, info, result, eject)", v);
+
+        // HTTP: an Opentrons robot's API on loopback (the simulated robot, device time off).
+        let ot_site = labware::Site::from_toml(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sites/opentrons.toml")).unwrap(),
+        )
+        .unwrap();
+        let ot2 = ot_site.instruments.iter().find(|i| i.id == "ot2").unwrap();
+        let robot = devices::codec::opentrons::Robot::carrying(&ot2.pipettes);
+        let cfg = devices::sim::opentrons::OpentronsConfig::from_site(ot2, robot, INSTANT, Faults::default());
+        let bench = devices::sim::bench::SharedBench::default();
+        let sim = devices::sim::opentrons::OpentronsSim::new(cfg, labware::Library::shipped(), bench.clone());
+        let (addr, _server) = sim.serve("127.0.0.1:0").await.unwrap();
+        let ot = devices::driver::opentrons::OpentronsDriver::new(
+            ot2,
+            &addr.to_string(),
+            labware::Library::shipped(),
+            devices::driver::opentrons::OpentronsConfig::default(),
+        );
+        let v = time(rounds, || {
+            let ot = ot.clone();
+            async move {
+                ot.identify().await.unwrap();
+            }
+        })
+        .await;
+        report("http: Opentrons identify (GET /health)", v);
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../protocols/examples/serial-dilution.yaml"))
+                .unwrap();
+        let plan = protocols::compile(
+            &protocols::SourceFile::new("sd.yaml", text),
+            protocols::Format::Auto,
+            &ot_site,
+            &labware::Library::shipped(),
+        )
+        .plan
+        .unwrap();
+        ot.prepare(&plan).await.unwrap();
+        bench.lock().unwrap().fill("reservoir", "A1", "water", 10_000.0);
+        let p = "p300_single_gen2".to_string();
+        let go = |op: CommandOp| {
+            let d = ot.clone();
+            async move { d.start(&op).await.unwrap().finish().await.unwrap() }
+        };
+        go(CommandOp::PickUpTip { pipette: p.clone(), rack: "tips_a".into(), well: "A1".into() }).await;
+        let v = time(rounds / 3, || {
+            let go = &go;
+            let p = p.clone();
+            async move {
+                let at = |volume_ul| (p.clone(), "reservoir".to_string(), "A1".to_string(), volume_ul);
+                let (pipette, labware, well, volume_ul) = at(100.0);
+                go(CommandOp::Aspirate { pipette, labware, well, volume_ul }).await;
+                let (pipette, labware, well, volume_ul) = at(100.0);
+                go(CommandOp::Dispense { pipette, labware, well, volume_ul }).await;
+            }
+        })
+        .await;
+        report("http: Opentrons aspirate+dispense (2 commands, 2 POSTs)", v);
     });
 }
