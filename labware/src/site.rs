@@ -96,6 +96,57 @@ pub struct Pipette {
     pub mount: Option<Mount>,
 }
 
+/// A plan command carried out by a command of a SiLA 2 feature the instrument's server
+/// implements (any vendor's feature, checked against the server's own definition at connect).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilaCommand {
+    /// The plan command it carries out: `seal`, `peel`, `centrifuge`, `incubate`, `shake`,
+    /// `set_temperature`, `cover`, `uncover`, …
+    pub op: String,
+    /// The feature's fully qualified identifier, `originator/category/Feature/vMajor`.
+    pub feature: String,
+    /// The command's identifier in that feature.
+    pub command: String,
+    /// Every parameter of the command, each from a field of the plan command or a constant.
+    #[serde(default)]
+    pub parameters: Vec<SilaParameter>,
+}
+
+/// One parameter of a mapped SiLA command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilaParameter {
+    /// The parameter's identifier in the feature definition.
+    pub name: String,
+    /// The plan command's field it takes its value from (`temperature_c`, `duration_s`, `g`,
+    /// `rpm`, `labware`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Or a constant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<SilaConstant>,
+    /// A number is sent as field × scale + offset: `scale = 1000` turns seconds into
+    /// milliseconds, `offset = 273.15` °C into kelvin.
+    #[serde(default = "unit_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+}
+
+fn unit_scale() -> f64 {
+    1.0
+}
+
+/// A constant parameter value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SilaConstant {
+    Flag(bool),
+    Number(f64),
+    Text(String),
+}
+
 /// A side of an Opentrons robot's gantry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -185,6 +236,9 @@ pub struct Instrument {
     /// Where plates are put for this instrument; defaults to a nest named after the instrument.
     #[serde(default)]
     pub nests: Vec<String>,
+    /// Plan commands carried out by commands of the SiLA 2 features its server implements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sila: Vec<SilaCommand>,
     /// Liquid handlers: labware offsets measured on this robot, applied to every run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labware_offsets: Vec<LabwareOffset>,
@@ -396,6 +450,25 @@ impl Site {
                         format!("{key}.labware_offsets ({})", o.labware),
                         "needs finite x, y, z in mm and, if given, a slot from 1 to 12",
                     ));
+                }
+            }
+            for (j, m) in inst.sila.iter().enumerate() {
+                let at = format!("{key}.sila[{j}] ({})", m.op);
+                if m.op.is_empty() || m.feature.split('/').count() != 4 || m.command.is_empty() {
+                    return Err(invalid(
+                        at,
+                        "needs op, command and feature as originator/category/Feature/vMajor (e.g. com.acme/sealing/Sealer/v1)",
+                    ));
+                }
+                for p in &m.parameters {
+                    if p.from.is_some() == p.value.is_some()
+                        || !(p.scale.is_finite() && p.scale != 0.0 && p.offset.is_finite())
+                    {
+                        return Err(invalid(
+                            format!("{at}.parameters ({})", p.name),
+                            "give exactly one of from (a field of the plan command) or value (a constant); scale non-zero, offset finite",
+                        ));
+                    }
                 }
             }
             if inst.speaks_opentrons_http() {

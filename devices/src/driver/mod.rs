@@ -6,6 +6,7 @@ pub mod liquid;
 pub mod module;
 pub mod opentrons;
 pub mod reader;
+pub mod sila_mapped;
 pub mod station;
 
 use crate::error::InstrumentError;
@@ -42,6 +43,15 @@ impl Cancel {
         } else {
             Ok(())
         }
+    }
+
+    /// Returns once the running command is asked to stop.
+    pub async fn fired(&self) {
+        let notified = self.notify.notified();
+        if self.set.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await
     }
 
     /// Sleeps, waking early (with `Cancelled`) on abort.
@@ -101,6 +111,20 @@ pub async fn open(
         // Proves the robot answers and is an Opentrons robot before anything is planned on it.
         crate::Instrument::identify(&driver).await?;
         return Ok(Arc::new(driver));
+    }
+    if !instrument.sila.is_empty() && instrument.class != C::PlateReader {
+        let Endpoint::Sila { address, tls } = endpoint else {
+            return Err(InstrumentError::Validation {
+                parameter: "endpoint".into(),
+                message: format!(
+                    "{} maps its commands to SiLA 2: give a sila:HOST:PORT or silas:HOST:PORT endpoint",
+                    instrument.id
+                ),
+            });
+        };
+        let ca = if *tls { config.sila_ca.as_deref() } else { None };
+        let channel = reader::connect(address, ca, Duration::from_secs(5)).await?;
+        return Ok(Arc::new(sila_mapped::MappedSilaDriver::connect(instrument, channel).await?));
     }
     Ok(match instrument.class {
         C::LiquidHandler => Arc::new(liquid::LiquidHandlerDriver::new(

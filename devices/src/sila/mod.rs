@@ -2,6 +2,8 @@
 //! `SiLAError`), the observable-command client protocol every feature shares, and the simulated
 //! plate reader ([`server`]).
 
+pub mod dynamic;
+pub mod fdl;
 pub mod server;
 
 use crate::error::InstrumentError;
@@ -187,6 +189,26 @@ impl FeatureClient {
         let uuid = confirmation
             .command_execution_uuid
             .ok_or_else(|| InstrumentError::Protocol(format!("{command}: confirmation without an execution UUID")))?;
+        // From here the server has accepted the command: a lost connection no longer means
+        // "nothing happened" but "nobody knows how far it got".
+        let under_way = |e: InstrumentError| match e {
+            InstrumentError::Disconnected(m) => InstrumentError::Protocol(format!(
+                "{command}: the server went away while the command ran ({m}); how far it got is not known"
+            )),
+            other => other,
+        };
+        self.follow(command, uuid, progress).await.map_err(under_way)
+    }
+
+    async fn follow<R>(
+        &mut self,
+        command: &str,
+        uuid: CommandExecutionUuid,
+        progress: &(dyn Fn(f64) + Sync),
+    ) -> Result<R, InstrumentError>
+    where
+        R: Message + Default + Send + Sync + 'static,
+    {
         let mut infos: tonic::Streaming<ExecutionInfo> = self.stream(&format!("{command}_Info"), uuid.clone()).await?;
         loop {
             match infos.message().await {

@@ -5,6 +5,8 @@ mod arm_station;
 mod liquid;
 mod modules;
 mod opentrons;
+mod pylabrobot;
 mod reader;
 mod roundtrip;
+mod sila_mapped;
 mod support;
