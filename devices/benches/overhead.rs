@@ -1,5 +1,6 @@
 //! Driver overhead per command beyond the device's own time, over a PTY (serial), over
-//! loopback gRPC (SiLA 2) and over loopback HTTP (an Opentrons robot's API): p50 and p99 of many round trips against simulators whose device time
+//! loopback gRPC (SiLA 2), over loopback HTTP (an Opentrons robot's API) and through the
+//! PyLabRobot bridge (SiLA 2 to a Python server, when the peers' venv is there): p50 and p99 of many round trips against simulators whose device time
 //! is zero, with a raw PTY echo measured in the same run as the floor.
 //!
 //! `cargo bench -p devices --bench overhead` (ROUNDS=N to change the sample size).
@@ -257,5 +258,73 @@ fn main() {
         })
         .await;
         report("http: Opentrons aspirate+dispense (2 commands, 2 POSTs)", v);
+
+        // Bridged: a PyLabRobot STAR (chatterbox) behind bridges/pylabrobot over SiLA 2, through
+        // the generic mapping. Needs the peers' venv (scripts/peers); skipped without it.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let py = root.join(".peers/bin/python");
+        if !py.exists() {
+            println!("bridged: skipped ({} missing; run scripts/peers)", py.display());
+            return;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let work = std::env::temp_dir().join(format!("lw-bench-plr-{}", std::process::id()));
+        let mut bridge = std::process::Command::new(&py)
+            .arg(root.join("bridges/pylabrobot/bridge.py"))
+            .args(["--port", &port.to_string(), "--workdir"])
+            .arg(&work)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(90);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < until, "the bridge did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let text = std::fs::read_to_string(root.join("bridges/pylabrobot/lab.toml")).unwrap();
+        let plr_site =
+            labware::Site::from_toml(&text.replace("127.0.0.1:50070", &format!("127.0.0.1:{port}"))).unwrap();
+        let star = plr_site.instruments.iter().find(|i| i.id == "star1").unwrap();
+        let config = devices::driver::OpenConfig { scale: INSTANT, sila_ca: None };
+        let plr = devices::driver::open(star, &Endpoint::parse(&star.endpoint).unwrap(), &config).await.unwrap();
+        let text = std::fs::read_to_string(root.join("protocols/examples/serial-dilution.yaml"))
+            .unwrap()
+            .replace("  - read_absorbance: { labware: plate, wavelength: 600 nm }\n", "");
+        let plan = protocols::compile(
+            &protocols::SourceFile::new("sd.yaml", text),
+            protocols::Format::Auto,
+            &plr_site,
+            &labware::Library::shipped(),
+        )
+        .plan
+        .unwrap();
+        plr.prepare(&plan).await.unwrap();
+        let p = "p300_single".to_string();
+        let run = |op: CommandOp| {
+            let d = plr.clone();
+            async move { d.start(&op).await.unwrap().finish().await.unwrap() }
+        };
+        run(CommandOp::PickUpTip { pipette: p.clone(), rack: "tips_a".into(), well: "A1".into() }).await;
+        let v = time(rounds / 10, || {
+            let run = &run;
+            let p = p.clone();
+            async move {
+                let (labware, well) = ("reservoir".to_string(), "A1".to_string());
+                run(CommandOp::Aspirate {
+                    pipette: p.clone(),
+                    labware: labware.clone(),
+                    well: well.clone(),
+                    volume_ul: 100.0,
+                })
+                .await;
+                run(CommandOp::Dispense { pipette: p.clone(), labware, well, volume_ul: 100.0 }).await;
+            }
+        })
+        .await;
+        report("bridged: PyLabRobot STAR aspirate+dispense (2 SiLA calls)", v);
+        let _ = bridge.kill();
+        let _ = bridge.wait();
+        let _ = std::fs::remove_dir_all(&work);
     });
 }

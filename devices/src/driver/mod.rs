@@ -112,7 +112,10 @@ pub async fn open(
         crate::Instrument::identify(&driver).await?;
         return Ok(Arc::new(driver));
     }
-    if !instrument.sila.is_empty() && instrument.class != C::PlateReader {
+    let sila_endpoint = matches!(endpoint, Endpoint::Sila { .. });
+    if (!instrument.sila.is_empty() || sila_endpoint)
+        && !matches!(instrument.class, C::PlateReader | C::LiquidHandler if instrument.sila.is_empty())
+    {
         let Endpoint::Sila { address, tls } = endpoint else {
             return Err(InstrumentError::Validation {
                 parameter: "endpoint".into(),

@@ -59,6 +59,12 @@ sila = [
 ]
 
 [[instrument]]
+id = "hotel9"
+class = "plate_hotel"
+capacity = 20
+endpoint = "sila:ADDRESS"
+
+[[instrument]]
 id = "cfg9"
 class = "centrifuge"
 labware = ["well_plate"]
@@ -146,6 +152,13 @@ async fn any_sila_server_is_driven_through_its_lab_toml_mapping() {
     assert!((spin["DurationMinutes"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{spin}");
     assert_eq!(spin["Force"], 1000.0);
     assert_eq!(spin["Balanced"], true);
+
+    // A hotel takes no commands: at a SiLA endpoint with no mapping it is connected for its
+    // identity and status.
+    let hotel = connect(&site, "hotel9").await.unwrap();
+    assert_eq!(hotel.status().await.unwrap().state, devices::State::Idle);
+    let e = hotel.start(&CommandOp::Seal { labware: "p".into() }).await.unwrap_err();
+    assert!(matches!(e, InstrumentError::Validation { .. }), "{e}");
 
     // Mappings that name what the server lacks: startup errors naming both sides.
     let wrong = |from: &str, to: &str| site_with(&address, &SEALER.replacen(from, to, 1));
