@@ -88,6 +88,8 @@ struct Inner {
     slots: u32,
     config: OpentronsConfig,
     session: Mutex<Session>,
+    /// The run under way, readable while a command holds the session (for abort).
+    current: std::sync::Mutex<Option<String>>,
     cancel: Cancel,
 }
 
@@ -120,6 +122,7 @@ impl OpentronsDriver {
                 slots: instrument.deck_slots.unwrap_or(11),
                 config,
                 session: Mutex::new(Session::default()),
+                current: std::sync::Mutex::new(None),
                 cancel: Cancel::default(),
             }),
         }
@@ -200,6 +203,7 @@ impl Inner {
     /// current, so the robot is free for the next run (ours or another client's).
     async fn close_run(&self, session: &mut Session) -> Result<(), InstrumentError> {
         let Some(run) = session.run.take() else { return Ok(()) };
+        self.set_current(None);
         session.loaded = Loaded::default();
         let status = match self.run_status(&run).await {
             Ok(s) => s,
@@ -296,6 +300,7 @@ impl Inner {
             .map(str::to_string)
             .ok_or_else(|| InstrumentError::Protocol(format!("{}: the new run has no id: {run}", self.id)))?;
         session.run = Some(run_id.clone());
+        self.set_current(Some(run_id.clone()));
         let mut loaded = Loaded::default();
         for p in &self.pipettes {
             let Some(mount) = p.mount else {
@@ -350,6 +355,12 @@ impl Inner {
         self.call("POST", &format!("/runs/{run_id}/actions"), Some(&play), "playing the run").await?;
         tracing::debug!(instrument = %self.id, run = %run_id, labware = deck.items.len(), "Opentrons run ready");
         Ok(())
+    }
+
+    fn set_current(&self, run: Option<String>) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = run;
+        }
     }
 
     fn flow_rates(&self) -> api::FlowRates {
@@ -451,8 +462,18 @@ impl Instrument for OpentronsDriver {
         Ok(Status { state, temperature_c: None, detail })
     }
 
+    /// Stops the robot's run at once (the robot halts its motion and fails the command under
+    /// way), besides ending this driver's wait for it.
     async fn abort(&self) -> Result<(), InstrumentError> {
         self.inner.cancel.fire();
+        let run = self.inner.current.lock().ok().and_then(|c| c.clone());
+        if let Some(run) = run {
+            let stop = json!({"data": {"actionType": "stop"}});
+            match self.inner.request("POST", &format!("/runs/{run}/actions"), Some(&stop)).await? {
+                (s, _) if (200..300).contains(&s) || s == 409 => {}
+                (s, body) => return Err(api::refused(s, &body, &format!("{} stopping the run", self.inner.id))),
+            }
+        }
         Ok(())
     }
 

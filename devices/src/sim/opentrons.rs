@@ -33,7 +33,8 @@ const MIN_API_VERSION: u32 = 2;
 pub const RECOVERABLE: [&str; 5] =
     ["liquidNotFound", "overpressure", "tipPhysicallyMissing", "tipPhysicallyAttached", "stallOrCollision"];
 /// Every other `errorType` this simulator reports: the protocol engine's exception names.
-pub const ENGINE_ERRORS: [&str; 18] = [
+pub const ENGINE_ERRORS: [&str; 19] = [
+    "RunStoppedError",
     "PipetteNotAttachedError",
     "InvalidSpecificationForRobotTypeError",
     "LabwareNotOnDeckError",
@@ -192,6 +193,8 @@ pub struct OpentronsSim {
     library: Arc<Library>,
     bench: SharedBench,
     started: std::time::Instant,
+    /// Woken when a command ends or a run is stopped (for `waitUntilComplete`).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// An error reply in robot-server's shape.
@@ -240,6 +243,7 @@ impl OpentronsSim {
             library: Arc::new(library),
             bench,
             started: std::time::Instant::now(),
+            changed: Arc::default(),
         }
     }
 
@@ -497,8 +501,19 @@ impl OpentronsSim {
             }
         };
         r.status = next;
+        if next == Stopped {
+            // The robot halts: the command under way ends as failed, nothing queued runs.
+            for c in r.commands.iter_mut().filter(|c| c["status"] == "running" || c["status"] == "queued") {
+                c["status"] = json!("failed");
+                c["completedAt"] = json!(at);
+                c["error"] = json!({"id": format!("{}-error", c["id"].as_str().unwrap_or("")), "createdAt": at,
+                                    "errorType": "RunStoppedError", "errorCode": "4000",
+                                    "detail": "the run was stopped while the command ran", "errorInfo": {}, "wrappedErrors": []});
+            }
+        }
         let action = json!({"id": aid, "createdAt": at, "actionType": kind});
         r.actions.push(action.clone());
+        self.changed.notify_waiters();
         reply(StatusCode::CREATED, json!({"data": action}))
     }
 
@@ -656,7 +671,7 @@ impl OpentronsSim {
                 let done = sim.now();
                 let mut s = sim.lock();
                 let Some(r) = s.runs.get_mut(ri).filter(|r| r.id == run) else { return };
-                if let Some(c) = r.commands.get_mut(index) {
+                if let Some(c) = r.commands.get_mut(index).filter(|c| c["status"] == "running") {
                     c["completedAt"] = json!(done);
                     match &result {
                         Ok(v) => {
@@ -666,6 +681,8 @@ impl OpentronsSim {
                         Err(_) => c["status"] = json!("failed"),
                     }
                 }
+                drop(s);
+                sim.changed.notify_waiters();
             }
         };
         if disconnect {
@@ -675,11 +692,20 @@ impl OpentronsSim {
             let never: std::convert::Infallible = std::future::pending().await;
             match never {}
         }
+        tokio::spawn(finish);
         if wait {
-            let done = tokio::spawn(finish);
-            let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), done).await;
-        } else {
-            tokio::spawn(finish);
+            // Until the command ends (done, failed, or failed by a stop) or the client's timeout.
+            let until = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+            loop {
+                let woken = self.changed.notified();
+                let running = {
+                    let s = self.lock();
+                    s.runs.get(ri).and_then(|r| r.commands.get(index)).is_some_and(|c| c["status"] == "running")
+                };
+                if !running || tokio::time::timeout_at(until, woken).await.is_err() {
+                    break;
+                }
+            }
         }
         let s = self.lock();
         let cmd = s.runs.get(ri).and_then(|r| r.commands.get(index)).cloned().unwrap_or(json!({"id": cid}));

@@ -384,3 +384,36 @@ async fn commands_and_replies_match_opentrons_protocol_engine_models() {
     assert!(out.status.success(), "Opentrons' models disagree:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("protocol engine check: {}", stdout.trim());
 }
+
+/// Abort stops the robot's run: a command that would never end (the simulated robot hangs on
+/// aspirate) ends at once as failed by the stop, and the run is stopped on the robot.
+#[tokio::test]
+async fn abort_stops_the_robots_run_and_the_command_under_way() {
+    let (plan, _) = compile("serial-dilution.yaml");
+    let rig = rig("ot2", "timeout=aspirate", OpentronsConfig::default()).await;
+    fill(&bench(&rig), &plan);
+    rig.driver.prepare(&plan).await.unwrap();
+    run(
+        &rig.driver,
+        &step("pick_up_tip", serde_json::json!({"pipette": "p300_single_gen2", "rack": "tips_a", "well": "A1"})),
+    )
+    .await
+    .unwrap();
+    let asp = step(
+        "aspirate",
+        serde_json::json!({"pipette": "p300_single_gen2", "labware": "reservoir", "well": "A1", "volume_ul": 50.0}),
+    );
+    let exec = rig.driver.start(&asp).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = std::time::Instant::now();
+    rig.driver.abort().await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(30), exec.finish()).await.expect("the command ended").unwrap_err();
+    eprintln!("abort → command ended in {:?}: {e}", asked.elapsed());
+    assert!(
+        matches!(&e, InstrumentError::Cancelled)
+            || matches!(&e, InstrumentError::Device { code, .. } if code == "RunStoppedError"),
+        "{e}"
+    );
+    let run_id = rig.driver.run_id().await.unwrap();
+    assert_eq!(get(&rig.address, &format!("/runs/{run_id}")).await["data"]["status"], "stopped");
+}
