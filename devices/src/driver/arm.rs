@@ -229,9 +229,10 @@ impl Instrument for ArmDriver {
         Ok(Whereabouts { text: format!("joints {}; gripper {gripper}", joints.data.trim()), tips_on: None })
     }
 
+    /// Ends the move under way at its next poll, then halts the arm where it is (`halt`).
     async fn abort(&self) -> Result<(), InstrumentError> {
         self.inner.cancel.fire();
-        Ok(())
+        self.command("halt").await.map(|_| ())
     }
 
     /// Halts; a gripper closed on nothing is opened. A plate still in the gripper cannot be put

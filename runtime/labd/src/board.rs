@@ -40,6 +40,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Board {
     state: Mutex<State>,
+    /// A technician's pause or emergency stop: the API sets it, the executor obeys.
+    pub halt: crate::halt::HaltSwitch,
 }
 
 impl Board {

@@ -188,6 +188,16 @@ impl Connected {
         self.all().iter().find_map(|l| l.instruments.get(id).cloned())
     }
 
+    /// Every instrument and arm driver this node drives, by id (for an emergency stop).
+    pub fn drivers(&self) -> Vec<(String, Arc<dyn Instrument>)> {
+        let mut out: Vec<(String, Arc<dyn Instrument>)> = Vec::new();
+        for lab in self.all() {
+            out.extend(lab.instruments.iter().map(|(id, d)| (id.clone(), d.clone())));
+            out.extend(lab.arms.iter().map(|(id, d)| (id.clone(), d.clone() as Arc<dyn Instrument>)));
+        }
+        out
+    }
+
     /// Whether an arm belongs to a lab this node drives, and whether it is connected.
     pub fn arm(&self, id: &str) -> Option<bool> {
         let all = self.all();

@@ -17,6 +17,8 @@ mod console;
 mod executor;
 #[path = "it/first_hour.rs"]
 mod first_hour;
+#[path = "it/halt.rs"]
+mod halt;
 #[path = "it/isolation.rs"]
 mod isolation;
 #[path = "it/mqtt.rs"]

@@ -15,8 +15,57 @@ fn intervention(i: store::Intervention) -> pb::InterventionInfo {
     }
 }
 
+fn halt_response(h: crate::halt::Halt, stopped: Vec<crate::halt::DriverStopped>) -> pb::HaltResponse {
+    use crate::halt::Halt;
+    let state = h.as_str().to_string();
+    let (by, reason) = match h {
+        Halt::Clear => (String::new(), String::new()),
+        Halt::Paused { by, reason } | Halt::Stopped { by, reason } => (by, reason),
+    };
+    let stopped = stopped
+        .into_iter()
+        .map(|d| pb::DriverStop {
+            id: d.id,
+            elapsed_ms: d.elapsed.as_secs_f64() * 1000.0,
+            error: d.error.unwrap_or_default(),
+        })
+        .collect();
+    pb::HaltResponse { state, by, reason, stopped }
+}
+
 #[tonic::async_trait]
 impl pb::lab_server::Lab for Api {
+    async fn halt(&self, req: Request<pb::HaltRequest>) -> Result<Response<pb::HaltResponse>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "pausing or stopping the lab")?;
+        let r = req.into_inner();
+        let reason = r.reason.trim().to_string();
+        if reason.is_empty() {
+            return Err(Status::invalid_argument("say why the lab stops (reason)"));
+        }
+        if reason.chars().count() > MAX_REASON_CHARS {
+            return Err(Status::invalid_argument(format!("the reason is longer than {MAX_REASON_CHARS} characters")));
+        }
+        let board = self.board.as_ref().ok_or_else(|| Status::unavailable("this node drives no lab"))?;
+        let stopped = if r.emergency {
+            crate::halt::emergency_stop(&board.halt, self.lab.drivers(), &who.id, &reason).await
+        } else {
+            tracing::warn!(by = %who.id, reason = %reason, "lab paused");
+            board.halt.set(crate::halt::Halt::Paused { by: who.id.clone(), reason });
+            Vec::new()
+        };
+        Ok(Response::new(halt_response(board.halt.get(), stopped)))
+    }
+
+    async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::HaltResponse>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "resuming the lab")?;
+        let board = self.board.as_ref().ok_or_else(|| Status::unavailable("this node drives no lab"))?;
+        tracing::warn!(by = %who.id, was = board.halt.get().as_str(), "lab resumed");
+        board.halt.set(crate::halt::Halt::Clear);
+        Ok(Response::new(halt_response(board.halt.get(), Vec::new())))
+    }
+
     async fn instruments(
         &self,
         req: Request<pb::InstrumentsRequest>,

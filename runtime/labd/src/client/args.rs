@@ -106,6 +106,23 @@ pub enum ClientCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Pause the lab (no new command is sent) or, with --emergency, stop every instrument and
+    /// arm at once (technicians).
+    Halt {
+        #[command(flatten)]
+        out: Out,
+        /// Stop every instrument and arm now, not just hold the next command.
+        #[arg(long)]
+        emergency: bool,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let the work go on after a pause or an emergency stop (technicians).
+    Resume {
+        #[command(flatten)]
+        out: Out,
+    },
     /// The schedule: per instrument and arm, what ran and what is planned.
     Schedule {
         #[command(flatten)]

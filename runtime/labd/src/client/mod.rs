@@ -180,6 +180,24 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 Ok(0)
             }
+            ClientCmd::Halt { out, emergency, reason } => {
+                let h = pb::lab_client::LabClient::new(c.channel.clone())
+                    .halt(c.req(pb::HaltRequest { emergency, reason })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner();
+                print_halt(&out, &h)?;
+                Ok(0)
+            }
+            ClientCmd::Resume { out } => {
+                let h = pb::lab_client::LabClient::new(c.channel.clone())
+                    .resume(c.req(pb::ResumeRequest {})?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner();
+                print_halt(&out, &h)?;
+                Ok(0)
+            }
             ClientCmd::Schedule { out } => {
                 let mut s = pb::ScheduleResponse::default();
                 loop {
@@ -347,4 +365,28 @@ async fn watch(c: &Client, run: &str, after: i64, json: bool) -> Result<i32> {
         }
     }
     Ok(if last_state == "succeeded" { 0 } else { 1 })
+}
+
+/// The lab's halt state, and how long each driver took to take an emergency stop.
+fn print_halt(out: &Out, h: &pb::HaltResponse) -> Result<()> {
+    if out.format == Fmt::Json {
+        let stopped: Vec<serde_json::Value> = h
+            .stopped
+            .iter()
+            .map(|d| serde_json::json!({"id": d.id, "elapsed_ms": d.elapsed_ms, "error": (!d.error.is_empty()).then_some(&d.error)}))
+            .collect();
+        out!("{}", serde_json::json!({"state": h.state, "by": h.by, "reason": h.reason, "stopped": stopped}));
+        return Ok(());
+    }
+    match h.state.as_str() {
+        "clear" => out!("lab resumed: commands go out again"),
+        state => out!("lab {state} by {}: {}", h.by, h.reason),
+    }
+    for d in &h.stopped {
+        match d.error.as_str() {
+            "" => out!("  {:<12} stopped in {:.1} ms", d.id, d.elapsed_ms),
+            e => out!("  {:<12} DID NOT CONFIRM THE STOP after {:.1} ms: {e}", d.id, d.elapsed_ms),
+        }
+    }
+    Ok(())
 }

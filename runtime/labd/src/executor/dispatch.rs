@@ -384,6 +384,8 @@ impl Executor {
     ) -> Result<(), JobError> {
         let mut tries = 0;
         loop {
+            // Paused or stopped by a technician: nothing is sent (nor journaled) until resumed.
+            self.board.halt.wait_clear().await;
             let began = Instant::now();
             let intent = Intent {
                 run_id: run.id.clone(),
@@ -401,7 +403,11 @@ impl Executor {
                 Err(e) => Err(e),
             };
             let sent = Instant::now();
+            // An emergency stop while it ran: whatever the driver says, how far it got is for a
+            // person to judge.
+            let cut_short = result.is_err() && matches!(self.board.halt.get(), crate::halt::Halt::Stopped { .. });
             let (outcome, err) = match &result {
+                Err(e) if cut_short => ("unknown", Some(format!("emergency stop: {e}"))),
                 Ok(_) => ("ok", None),
                 Err(e) if e.recovery() == Recovery::Indeterminate => ("unknown", Some(e.to_string())),
                 Err(e) => ("failed", Some(e.to_string())),
@@ -453,9 +459,14 @@ impl Executor {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) if e.recovery() == Recovery::Indeterminate => {
-                    let (store, id, what) = (self.store.clone(), run.id.clone(), format!("{instrument}: {e}"));
-                    let at = instrument.to_string();
+                Err(e) if cut_short || e.recovery() == Recovery::Indeterminate => {
+                    let what = match self.board.halt.get() {
+                        crate::halt::Halt::Stopped { by, reason } if cut_short => {
+                            format!("{instrument}: emergency stop by {by} ({reason}) while this step ran: {e}")
+                        }
+                        _ => format!("{instrument}: {e}"),
+                    };
+                    let (store, id, at) = (self.store.clone(), run.id.clone(), instrument.to_string());
                     let i = blocking(move || {
                         store.open_intervention(
                             &id,
