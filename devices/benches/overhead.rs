@@ -51,6 +51,23 @@ where
     out
 }
 
+/// The example serial dilution compiled for `site` (without its read where the site has no reader).
+fn serial_dilution(site: &labware::Site, with_read: bool) -> protocols::plan::RunPlan {
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../protocols/examples/serial-dilution.yaml"))
+            .unwrap();
+    if !with_read {
+        text = text.replace("  - read_absorbance: { labware: plate, wavelength: 600 nm }\n", "");
+    }
+    let c = protocols::compile(
+        &protocols::SourceFile::new("sd.yaml", text),
+        protocols::Format::Auto,
+        site,
+        &labware::Library::shipped(),
+    );
+    c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics))
+}
+
 fn main() {
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -128,17 +145,7 @@ fn main() {
             Link::open(Endpoint::Serial(lh.path.clone())).await.unwrap(),
             LiquidConfig::default(),
         );
-        let text =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../protocols/examples/serial-dilution.yaml"))
-                .unwrap();
-        let plan = protocols::compile(
-            &protocols::SourceFile::new("sd.yaml", text),
-            protocols::Format::Auto,
-            &site,
-            &labware::Library::shipped(),
-        )
-        .plan
-        .unwrap();
+        let plan = serial_dilution(&site, true);
         driver.prepare(&plan).await.unwrap();
         state.lock().unwrap().fill("reservoir", "A1", 10_000.0);
         let p = "p300_single".to_string();
@@ -226,17 +233,7 @@ fn main() {
         })
         .await;
         report("http: Opentrons identify (GET /health)", v);
-        let text =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../protocols/examples/serial-dilution.yaml"))
-                .unwrap();
-        let plan = protocols::compile(
-            &protocols::SourceFile::new("sd.yaml", text),
-            protocols::Format::Auto,
-            &ot_site,
-            &labware::Library::shipped(),
-        )
-        .plan
-        .unwrap();
+        let plan = serial_dilution(&ot_site, true);
         ot.prepare(&plan).await.unwrap();
         bench.lock().unwrap().fill("reservoir", "A1", "water", 10_000.0);
         let p = "p300_single_gen2".to_string();
@@ -288,17 +285,7 @@ fn main() {
         let star = plr_site.instruments.iter().find(|i| i.id == "star1").unwrap();
         let config = devices::driver::OpenConfig { scale: INSTANT, sila_ca: None };
         let plr = devices::driver::open(star, &Endpoint::parse(&star.endpoint).unwrap(), &config).await.unwrap();
-        let text = std::fs::read_to_string(root.join("protocols/examples/serial-dilution.yaml"))
-            .unwrap()
-            .replace("  - read_absorbance: { labware: plate, wavelength: 600 nm }\n", "");
-        let plan = protocols::compile(
-            &protocols::SourceFile::new("sd.yaml", text),
-            protocols::Format::Auto,
-            &plr_site,
-            &labware::Library::shipped(),
-        )
-        .plan
-        .unwrap();
+        let plan = serial_dilution(&plr_site, false);
         plr.prepare(&plan).await.unwrap();
         let p = "p300_single".to_string();
         let run = |op: CommandOp| {

@@ -41,6 +41,12 @@ try {
   await page.click("#instruments button[data-instrument='reader2']");
   await page.waitForFunction(() => !document.querySelector("#instruments tr[data-instrument='reader2'] td.state-maintenance"));
 
+  // The lab paused from the page, then resumed.
+  await page.click("#pause-lab");
+  await page.waitForFunction(() => document.getElementById("halt-state").textContent.startsWith("Lab paused by"));
+  await page.click("#resume-lab");
+  await page.waitForFunction(() => document.getElementById("halt-state").textContent === "Lab running");
+
   // A scientist sees their own run, not the other tenant's run or name, and no instruments.
   await page.click("#logout");
   // Signed out, the page keeps nothing of the technician's view for the next user of the screen.

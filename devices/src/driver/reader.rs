@@ -4,7 +4,7 @@
 use super::{spawn, Cancel};
 use crate::error::InstrumentError;
 use crate::instrument::{unsupported, Execution, Identity, Instrument, Measurement, Outcome, State, Status};
-use crate::sila::FeatureClient;
+use crate::sila::{FeatureClient, SILA_SERVICE};
 use protocols::plan::CommandOp;
 use protos::sila2::framework::{Real, String as SilaString};
 use protos::sila2::platereader as pr;
@@ -15,7 +15,6 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// gRPC service names.
 const PLATE_READER: &str = "sila2.org.labwright.instruments.platereader.v1.PlateReader";
-const SILA_SERVICE: &str = "sila2.org.silastandard.core.silaservice.v1.SiLAService";
 
 /// Opens a channel to a SiLA server; `ca_pem` switches to TLS trusting that CA (SiLA servers
 /// usually present a self-signed certificate whose CA the operator exports).
@@ -90,13 +89,7 @@ impl PlateReaderDriver {
 #[async_trait::async_trait]
 impl Instrument for PlateReaderDriver {
     async fn identify(&self) -> Result<Identity, InstrumentError> {
-        let mut svc = self.service();
-        let t: ss::GetServerTypeResponses = svc.unary("Get_ServerType", ss::GetServerTypeParameters {}).await?;
-        let u: ss::GetServerUuidResponses = svc.unary("Get_ServerUUID", ss::GetServerUuidParameters {}).await?;
-        let v: ss::GetServerVersionResponses =
-            svc.unary("Get_ServerVersion", ss::GetServerVersionParameters {}).await?;
-        let get = |x: Option<SilaString>| x.map(|s| s.value).unwrap_or_default();
-        Ok(Identity { model: get(t.server_type), serial: get(u.server_uuid), firmware: get(v.server_version) })
+        crate::sila::identify(self.channel.clone()).await
     }
 
     async fn start(&self, op: &CommandOp) -> Result<Execution, InstrumentError> {

@@ -13,7 +13,7 @@ use crate::error::InstrumentError;
 use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, State, Status};
 use crate::sila::dynamic::{Fields, Value};
 use crate::sila::fdl::{self, Basic, DataType};
-use crate::sila::FeatureClient;
+use crate::sila::{FeatureClient, SILA_SERVICE};
 use labware::site::{SilaCommand, SilaConstant};
 use protocols::plan::CommandOp;
 use protos::sila2::framework::String as SilaString;
@@ -22,8 +22,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tonic::transport::Channel;
-
-const SILA_SERVICE: &str = "sila2.org.silastandard.core.silaservice.v1.SiLAService";
 
 /// The fields of the plan commands a mapping may carry out, by op name. `prepare` is the deck
 /// of a liquid-handling task, sent before its first command: `deck` is its labware as JSON,
@@ -232,13 +230,7 @@ fn responses(command: &fdl::Command, r: &Fields) -> String {
 #[async_trait::async_trait]
 impl Instrument for MappedSilaDriver {
     async fn identify(&self) -> Result<Identity, InstrumentError> {
-        let mut svc = FeatureClient::new(self.channel.clone(), SILA_SERVICE);
-        let t: ss::GetServerTypeResponses = svc.unary("Get_ServerType", ss::GetServerTypeParameters {}).await?;
-        let u: ss::GetServerUuidResponses = svc.unary("Get_ServerUUID", ss::GetServerUuidParameters {}).await?;
-        let v: ss::GetServerVersionResponses =
-            svc.unary("Get_ServerVersion", ss::GetServerVersionParameters {}).await?;
-        let get = |x: Option<SilaString>| x.map(|s| s.value).unwrap_or_default();
-        Ok(Identity { model: get(t.server_type), serial: get(u.server_uuid), firmware: get(v.server_version) })
+        crate::sila::identify(self.channel.clone()).await
     }
 
     /// Sends the task's deck through the mapped `prepare` command, if there is one.

@@ -122,6 +122,24 @@ pub fn uuid_v4() -> String {
     format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
+/// The gRPC service of the SiLAService feature every SiLA 2 server implements.
+pub const SILA_SERVICE: &str = "sila2.org.silastandard.core.silaservice.v1.SiLAService";
+
+/// Who a SiLA 2 server says it is: its type, UUID and version (SiLAService).
+pub async fn identify(channel: Channel) -> Result<crate::instrument::Identity, InstrumentError> {
+    use protos::sila2::silaservice as ss;
+    let mut svc = FeatureClient::new(channel, SILA_SERVICE);
+    let t: ss::GetServerTypeResponses = svc.unary("Get_ServerType", ss::GetServerTypeParameters {}).await?;
+    let u: ss::GetServerUuidResponses = svc.unary("Get_ServerUUID", ss::GetServerUuidParameters {}).await?;
+    let v: ss::GetServerVersionResponses = svc.unary("Get_ServerVersion", ss::GetServerVersionParameters {}).await?;
+    let get = |x: Option<fw::String>| x.map(|s| s.value).unwrap_or_default();
+    Ok(crate::instrument::Identity {
+        model: get(t.server_type),
+        serial: get(u.server_uuid),
+        firmware: get(v.server_version),
+    })
+}
+
 /// Calls of one feature on a channel, by method name (works for any feature, generated or not).
 #[derive(Debug, Clone)]
 pub struct FeatureClient {

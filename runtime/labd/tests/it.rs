@@ -274,6 +274,83 @@ fn contract_sources() -> Vec<(String, String)> {
     sources
 }
 
+/// Runs to carry out, each with a label, and the (command op, instrument) pairs they claim.
+type Contract = (Vec<(String, protocols::plan::RunPlan)>, std::collections::BTreeSet<(String, String)>);
+
+/// The compiler ↔ instruments contract on `site`: each source as compiled, and each task forced
+/// onto every instrument the compiler allows it on that carries its pipettes; and the (command
+/// op, instrument) pairs claimed. A source that does not compile panics, or is left out when
+/// `skip_uncompilable` (a site without some capability).
+fn contract_runs(site: &labware::Site, sources: &[(String, String)], skip_uncompilable: bool) -> Contract {
+    let mut runs = Vec::new();
+    let mut claims = std::collections::BTreeSet::new();
+    for (name, text) in sources {
+        let c = protocols::compile(
+            &protocols::SourceFile::new(name.clone(), text.clone()),
+            protocols::Format::Auto,
+            site,
+            &labware::Library::shipped(),
+        );
+        let plan = match c.plan {
+            Some(p) => p,
+            None if skip_uncompilable => continue,
+            None => panic!("{name}: {:#?}", c.diagnostics),
+        };
+        runs.push((format!("{name} as compiled"), plan.clone()));
+        for (ti, task) in plan.tasks.iter().enumerate() {
+            for id in &task.instruments {
+                let inst = site.instruments.iter().find(|i| &i.id == id).unwrap();
+                if !task.pipettes.iter().all(|p| inst.pipettes.iter().any(|q| &q.name == p)) {
+                    continue; // the scheduler matches pipettes; this handler lacks one
+                }
+                for c in &task.commands {
+                    let op = serde_json::to_value(&c.op).unwrap()["op"].as_str().unwrap().to_string();
+                    claims.insert((op, id.clone()));
+                }
+                let mut forced = plan.clone();
+                forced.tasks[ti].instruments = vec![id.clone()];
+                runs.push((format!("{name}: `{}` on {id}", task.label), forced));
+            }
+        }
+    }
+    (runs, claims)
+}
+
+/// Carries the contract's runs out on the executor, a technician saying `done` to every
+/// intervention (additions from the stock); returns the runs that did not succeed, in words.
+async fn carry_out_contract(
+    store: std::sync::Arc<dyn labd::store::Store>,
+    ex: std::sync::Arc<labd::executor::Executor>,
+    runs: &[(String, protocols::plan::RunPlan)],
+) -> Vec<String> {
+    let t = store.create_tenant("contract", 1.0).unwrap();
+    let mut names = std::collections::BTreeMap::new();
+    for (k, (label, plan)) in runs.iter().enumerate() {
+        let run = ex.submit(&t.id, &format!("c{k}"), label, "contract", plan).unwrap();
+        names.insert(run.id, label.clone());
+    }
+    let technician = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                for i in store.interventions(None, true).unwrap() {
+                    store.resolve_intervention(&i.id, "done", "contract-test").unwrap();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let report = tokio::time::timeout(std::time::Duration::from_secs(300), ex.run_queued()).await.unwrap().unwrap();
+    technician.abort();
+    assert_eq!(report.runs.len(), runs.len());
+    report
+        .runs
+        .iter()
+        .filter(|r| r.1 != labd::store::RunState::Succeeded)
+        .map(|r| format!("{}: {:?}", names[&r.0], r.2))
+        .collect()
+}
+
 fn compile_example(name: &str) -> protocols::plan::RunPlan {
     let path = root().join("protocols/examples").join(name);
     let text = std::fs::read_to_string(&path).unwrap();

@@ -102,7 +102,8 @@ impl pb::lab_server::Lab for Api {
                 });
             }
         }
-        Ok(Response::new(pb::InstrumentsResponse { instruments: out }))
+        let halt = self.board.as_ref().map(|b| halt_response(b.halt.get(), Vec::new()));
+        Ok(Response::new(pb::InstrumentsResponse { instruments: out, halt }))
     }
 
     async fn interventions(

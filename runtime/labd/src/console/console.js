@@ -110,6 +110,7 @@ async function refresh() {
     ]);
     if (mine !== session) return; // signed out (or in as someone else) meanwhile
     drawInstruments(instruments.instruments || []);
+    drawHalt(staff ? instruments.halt : null);
     drawGantt(schedule, instruments.instruments || []);
     drawRuns(runs.runs || [], schedule.slots || []);
     drawInterventions(interventions.interventions || []);
@@ -121,6 +122,35 @@ async function refresh() {
   }
   timer = setTimeout(refresh, POLL_MS);
 }
+
+// The lab's pause / emergency stop: its state, and the buttons that change it (staff only).
+function drawHalt(halt) {
+  $("halt-bar").hidden = !halt;
+  if (!halt) return;
+  const clear = halt.state === "clear";
+  $("halt-state").textContent = clear ? "Lab running" : "Lab " + halt.state + " by " + halt.by + ": " + halt.reason;
+  $("halt-state").className = clear ? "" : "state state-" + (halt.state === "stopped" ? "fault" : "maintenance");
+  $("pause-lab").hidden = !clear;
+  $("resume-lab").hidden = clear;
+}
+
+async function haltLab(emergency) {
+  const reason = prompt(emergency ? "Emergency stop: why?" : "Pause the lab: why?", emergency ? "emergency" : "pause");
+  if (reason === null) return;
+  try {
+    const r = await call("POST", "/api/halt", { emergency, reason });
+    const slow = (r.stopped || []).filter((d) => d.error);
+    if (slow.length) alert("Did not confirm the stop: " + slow.map((d) => d.id + " (" + d.error + ")").join(", "));
+  } catch (e) { alert(e.message); }
+  refresh();
+}
+
+$("pause-lab").onclick = () => haltLab(false);
+$("stop-lab").onclick = () => haltLab(true);
+$("resume-lab").onclick = async () => {
+  try { await call("POST", "/api/resume"); } catch (e) { alert(e.message); }
+  refresh();
+};
 
 function drawInstruments(list) {
   const body = $("instruments").tBodies[0];

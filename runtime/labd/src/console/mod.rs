@@ -92,6 +92,8 @@ pub fn guarded(api: Api, hosts: Hosts) -> Router {
         .route("/api/whoami", get(whoami))
         .route("/api/instruments", get(instruments))
         .route("/api/instruments/{id}/maintenance", post(maintenance))
+        .route("/api/halt", post(halt))
+        .route("/api/resume", post(resume))
         .route("/api/schedule", get(schedule))
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}/cancel", post(cancel))
@@ -228,6 +230,30 @@ async fn maintenance(
     };
     let r = pb::SetMaintenanceRequest { instrument: id, on: b.on, reason: b.reason };
     call(&headers, r, |r| async move { api.set_maintenance(r).await }).await
+}
+
+#[derive(Debug, Deserialize)]
+struct HaltBody {
+    #[serde(default)]
+    emergency: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn halt(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<Json<HaltBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(b)) = body else {
+        return failure(StatusCode::BAD_REQUEST, "send JSON {\"emergency\": true|false, \"reason\": \"...\"}");
+    };
+    let r = pb::HaltRequest { emergency: b.emergency, reason: b.reason };
+    call(&headers, r, |r| async move { api.halt(r).await }).await
+}
+
+async fn resume(State(api): State<Api>, headers: HeaderMap) -> Response {
+    call(&headers, pb::ResumeRequest {}, |r| async move { api.resume(r).await }).await
 }
 
 /// `?page_token=…` from the previous page's `next_page_token` (lists come a page at a time).

@@ -123,37 +123,9 @@ fn maintenance_keeps_work_off_an_instrument() {
 /// additions went to the liquid handler, which refuses them).
 #[test]
 fn contract_every_command_runs_on_every_instrument_the_compiler_allows() {
-    use labd::store::RunState;
     let _machine = heavy();
-    let sources = contract_sources();
     let site = labware::Site::sim().unwrap();
-    let mut runs: Vec<(String, protocols::plan::RunPlan)> = Vec::new();
-    let mut claims: std::collections::BTreeSet<(String, String)> = Default::default();
-    for (name, text) in &sources {
-        let c = protocols::compile(
-            &protocols::SourceFile::new(name.clone(), text.clone()),
-            protocols::Format::Auto,
-            &site,
-            &labware::Library::shipped(),
-        );
-        let plan = c.plan.unwrap_or_else(|| panic!("{name}: {:#?}", c.diagnostics));
-        runs.push((format!("{name} as compiled"), plan.clone()));
-        for (ti, task) in plan.tasks.iter().enumerate() {
-            for id in &task.instruments {
-                let inst = site.instruments.iter().find(|i| &i.id == id).unwrap();
-                if !task.pipettes.iter().all(|p| inst.pipettes.iter().any(|q| &q.name == p)) {
-                    continue; // the scheduler matches pipettes; this handler lacks one
-                }
-                for c in &task.commands {
-                    let op = serde_json::to_value(&c.op).unwrap()["op"].as_str().unwrap().to_string();
-                    claims.insert((op, id.clone()));
-                }
-                let mut forced = plan.clone();
-                forced.tasks[ti].instruments = vec![id.clone()];
-                runs.push((format!("{name}: `{}` on {id}", task.label), forced));
-            }
-        }
-    }
+    let (runs, claims) = contract_runs(&site, &contract_sources(), false);
     let ops: std::collections::BTreeSet<&str> = claims.iter().map(|(op, _)| op.as_str()).collect();
     for op in COMPILER_OPS {
         assert!(ops.contains(op), "no snippet makes the compiler emit `{op}`: {ops:?}");
@@ -161,43 +133,12 @@ fn contract_every_command_runs_on_every_instrument_the_compiler_allows() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (store, ex) = executor_rig().await;
-        let ex = std::sync::Arc::new(ex);
-        let t = store.create_tenant("contract", 1.0).unwrap();
-        let mut names = std::collections::BTreeMap::new();
-        for (k, (label, plan)) in runs.iter().enumerate() {
-            let run = ex.submit(&t.id, &format!("c{k}"), label, "contract", plan).unwrap();
-            names.insert(run.id, label.clone());
-        }
-        let worker = {
-            let ex = ex.clone();
-            tokio::spawn(async move { ex.run_queued().await })
-        };
-        // The technician: every addition from the stock is done when asked.
-        let technician = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                loop {
-                    for i in store.interventions(None, true).unwrap() {
-                        store.resolve_intervention(&i.id, "done", "contract-test").unwrap();
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            })
-        };
-        let report = tokio::time::timeout(std::time::Duration::from_secs(300), worker).await.unwrap().unwrap().unwrap();
-        technician.abort();
-        let failed: Vec<String> = report
-            .runs
-            .iter()
-            .filter(|r| r.1 != RunState::Succeeded)
-            .map(|r| format!("{}: {:?}", names[&r.0], r.2))
-            .collect();
+        let failed = carry_out_contract(store, std::sync::Arc::new(ex), &runs).await;
         assert!(
             failed.is_empty(),
             "claimed by the compiler, refused or failed on the instrument:\n{}",
             failed.join("\n")
         );
-        assert_eq!(report.runs.len(), runs.len());
         eprintln!("contract: {} runs, {} (command, instrument) pairs: {claims:?}", runs.len(), claims.len());
     });
 }
