@@ -61,7 +61,8 @@ fn main() {
         let reader = sim.instruments["reader1"].clone();
         let ot2 = ot.instruments["ot2"].clone();
         let switch = HaltSwitch::default();
-        let (mut floor, mut confirmed, mut ended) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut floor, mut confirmed) = (Vec::new(), Vec::new());
+        let (mut shake_ended, mut read_ended, mut aspirate_ended) = (Vec::new(), Vec::new(), Vec::new());
         let columns = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
         let rows = ["A", "B", "C", "D", "E", "F", "G", "H"];
         for round in 0..rounds {
@@ -104,8 +105,14 @@ fn main() {
             let stopped = emergency_stop(&switch, drivers.clone(), "bench", "emergency stop bench").await;
             assert!(stopped.iter().all(|d| d.error.is_none()), "{stopped:?}");
             confirmed.push(stopped.iter().map(|d| d.elapsed).max().unwrap_or_default());
-            let (a, b, c) = tokio::join!(shake.finish(), read.finish(), aspirate.finish());
-            ended.push(asked.elapsed());
+            let ended = |e: devices::Execution| async move {
+                let r = e.finish().await;
+                (r, asked.elapsed())
+            };
+            let ((a, ta), (b, tb), (c, tc)) = tokio::join!(ended(shake), ended(read), ended(aspirate));
+            shake_ended.push(ta);
+            read_ended.push(tb);
+            aspirate_ended.push(tc);
             assert!(a.is_err() && c.is_err(), "the shake and the aspirate were cut short: {a:?} {c:?}");
             let _ = b; // a read may end with its values if it was nearly done
             switch.set(Halt::Clear);
@@ -121,6 +128,8 @@ fn main() {
         println!("emergency stop: {} drivers, {rounds} rounds, time scale {}", drivers.len(), scale.0);
         report("floor: one heater-shaker status exchange", floor);
         report("every driver confirmed the stop (slowest driver)", confirmed);
-        report("every command under way had ended (3 commands)", ended);
+        report("the heater-shaker's ten-hour shake had ended", shake_ended);
+        report("the plate reader's read had ended", read_ended);
+        report("the Opentrons robot's endless aspirate had ended", aspirate_ended);
     });
 }
