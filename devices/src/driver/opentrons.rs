@@ -224,6 +224,26 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether the robot's current run is one of this instrument's (its commands carry keys
+    /// `<instrument id>-…`); if so it is stopped and closed.
+    async fn adopt_own_run(&self, session: &mut Session) -> Result<bool, InstrumentError> {
+        let (status, runs) = self.request("GET", "/runs", None).await?;
+        let current = runs.pointer("/links/current/href").and_then(Value::as_str).and_then(|h| h.rsplit('/').next());
+        let Some(run) = current.filter(|_| (200..300).contains(&status)).map(str::to_string) else { return Ok(false) };
+        let commands = self.call("GET", &format!("/runs/{run}/commands"), None, "listing commands").await?;
+        let prefix = format!("{}-", self.id);
+        let ours = commands.as_array().is_some_and(|cs| {
+            !cs.is_empty()
+                && cs.iter().all(|c| c.get("key").and_then(Value::as_str).is_some_and(|k| k.starts_with(&prefix)))
+        });
+        if ours {
+            tracing::warn!(instrument = %self.id, run = %run, "closing a run an earlier labd left on the robot");
+            session.run = Some(run);
+            self.close_run(session).await?;
+        }
+        Ok(ours)
+    }
+
     /// Posts one robot command and waits for its outcome.
     async fn command(
         &self,
@@ -293,7 +313,18 @@ impl Inner {
         let deck = Deck::for_plan(plan, &self.library, self.slots)
             .map_err(|m| InstrumentError::Validation { parameter: "labware".into(), message: m })?;
         self.close_run(session).await?;
-        let run = self.call("POST", "/runs", Some(&json!({"data": {}})), "creating a run").await?;
+        let run = match self.call("POST", "/runs", Some(&json!({"data": {}})), "creating a run").await {
+            Err(InstrumentError::Busy(why)) => {
+                // A run of an earlier labd (before a restart, or the node that held this cell
+                // before a failover) holds the robot: its commands carry our keys. Close it and
+                // go on; anyone else's run is left alone.
+                if !self.adopt_own_run(session).await? {
+                    return Err(InstrumentError::Busy(why));
+                }
+                self.call("POST", "/runs", Some(&json!({"data": {}})), "creating a run").await?
+            }
+            other => other?,
+        };
         let run_id = run
             .get("id")
             .and_then(Value::as_str)

@@ -417,3 +417,30 @@ async fn abort_stops_the_robots_run_and_the_command_under_way() {
     let run_id = rig.driver.run_id().await.unwrap();
     assert_eq!(get(&rig.address, &format!("/runs/{run_id}")).await["data"]["status"], "stopped");
 }
+
+/// A run an earlier labd left playing on the robot (a crash, or the node before a failover) is
+/// recognised by its commands' keys and closed by the next driver; another client's run is not.
+#[tokio::test]
+async fn a_run_an_earlier_labd_left_is_closed_and_another_clients_is_not() {
+    let (plan, _) = compile("serial-dilution.yaml");
+    let rig = rig("ot2", "", OpentronsConfig::default()).await;
+    fill(&bench(&rig), &plan);
+    rig.driver.prepare(&plan).await.unwrap();
+    let left = rig.driver.run_id().await.unwrap();
+    // labd restarts: a new driver for the same robot.
+    let inst = site().instruments.into_iter().find(|i| i.id == "ot2").unwrap();
+    let next = OpentronsDriver::new(&inst, &rig.address, Library::shipped(), OpentronsConfig::default());
+    next.prepare(&plan).await.unwrap();
+    assert_ne!(next.run_id().await.unwrap(), left);
+    assert_eq!(get(&rig.address, &format!("/runs/{left}")).await["data"]["current"], false);
+    // Someone else's run (the Opentrons App's, with its own commands) is left alone.
+    next.make_safe().await.unwrap();
+    let (_, other) = http("POST", &rig.address, "/runs", None).await;
+    let other_id = other["data"]["id"].as_str().unwrap().to_string();
+    let body = r#"{"data": {"commandType": "home", "params": {}, "intent": "setup", "key": "opentrons-app-1"}}"#;
+    http("POST", &rig.address, &format!("/runs/{other_id}/commands?waitUntilComplete=true"), Some(body)).await;
+    http("POST", &rig.address, &format!("/runs/{other_id}/actions"), Some(r#"{"data": {"actionType": "play"}}"#)).await;
+    let e = next.prepare(&plan).await.unwrap_err();
+    assert!(matches!(e, InstrumentError::Busy(_)), "{e}");
+    assert_eq!(get(&rig.address, &format!("/runs/{other_id}")).await["data"]["current"], true);
+}

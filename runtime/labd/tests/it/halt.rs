@@ -73,6 +73,7 @@ fn an_emergency_stop_holds_runs_and_a_resume_lets_them_finish() {
 /// long each instrument and arm took to take it.
 #[test]
 fn labctl_halts_and_resumes_the_lab_and_only_staff_may() {
+    let _machine = heavy();
     let lab = super::serve_lab("halt", "0.001");
     let scientist = lab.tenant("acme");
     let (code, so, se) = lab.ctl(&scientist, &["halt", "--emergency", "--reason", "curious"]);
