@@ -180,12 +180,11 @@ async fn one_active_run_errors_recovery_and_a_safe_robot() {
     let (status, reply) = http("POST", &rig.address, "/runs", None).await;
     assert_eq!(status, 409, "{reply}");
     assert_eq!(reply["errors"][0]["id"], "RunAlreadyActive");
-    let other = OpentronsDriver::new(
-        site().instruments.iter().find(|i| i.id == "ot2").unwrap(),
-        &rig.address,
-        Library::shipped(),
-        OpentronsConfig::default(),
-    );
+    // Another lab's labd that was given the same robot (another instrument id): its runs are
+    // not this lab's, it is kept waiting.
+    let mut elsewhere = site().instruments.into_iter().find(|i| i.id == "ot2").unwrap();
+    elsewhere.id = "other-lab-ot2".into();
+    let other = OpentronsDriver::new(&elsewhere, &rig.address, Library::shipped(), OpentronsConfig::default());
     let e = other.prepare(&plan).await.unwrap_err();
     assert!(matches!(&e, InstrumentError::Busy(m) if m.contains("RunAlreadyActive")), "{e}");
     assert_eq!(e.recovery(), Recovery::Retry);
