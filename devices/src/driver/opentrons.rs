@@ -53,12 +53,15 @@ enum HttpError {
     NotSent(String),
     /// It was sent; no reply came.
     NoReply(String),
+    /// A reply came that is not JSON: the robot's server is not what it should be.
+    Garbled(String),
 }
 
 impl From<HttpError> for InstrumentError {
     fn from(e: HttpError) -> Self {
         match e {
             HttpError::NotSent(m) => InstrumentError::Disconnected(m),
+            HttpError::Garbled(m) => InstrumentError::Protocol(m),
             HttpError::NoReply(m) => {
                 InstrumentError::Protocol(format!("{m}; whether the robot acted on it is not known"))
             }
@@ -163,8 +166,13 @@ impl Inner {
                 .await
                 .map_err(|e| HttpError::NoReply(format!("{method} {path}: reply cut off: {e}")))?
                 .to_bytes();
-            let value =
-                if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+            let value = if body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&body).map_err(|e| {
+                    HttpError::Garbled(format!("{method} {path}: HTTP {status} with a reply that is not JSON ({e})"))
+                })?
+            };
             Ok((status, value))
         };
         match tokio::time::timeout(self.config.request_timeout, exchange).await {
@@ -269,6 +277,7 @@ impl Inner {
                 // The robot has no such command: it never got it, so sending again is safe.
                 None => return Err(InstrumentError::Disconnected(format!("{m}; the robot never received it"))),
             },
+            Err(e @ HttpError::Garbled(_)) => return Err(e.into()),
         };
         self.settle(run, state).await
     }
