@@ -112,21 +112,13 @@ pub async fn open(
         crate::Instrument::identify(&driver).await?;
         return Ok(Arc::new(driver));
     }
-    let sila_endpoint = matches!(endpoint, Endpoint::Sila { .. });
-    if (!instrument.sila.is_empty() || sila_endpoint)
-        && !matches!(instrument.class, C::PlateReader | C::LiquidHandler if instrument.sila.is_empty())
-    {
-        let Endpoint::Sila { address, tls } = endpoint else {
-            return Err(InstrumentError::Validation {
-                parameter: "endpoint".into(),
-                message: format!(
-                    "{} maps its commands to SiLA 2: give a sila:HOST:PORT or silas:HOST:PORT endpoint",
-                    instrument.id
-                ),
-            });
-        };
-        let ca = if *tls { config.sila_ca.as_deref() } else { None };
-        let channel = reader::connect(address, ca, Duration::from_secs(5)).await?;
+    // A mapping says so; a station or module at a SiLA endpoint without one is connected for its
+    // identity and status (a plate reader or liquid handler there speaks Labwright's feature).
+    let mapped = !instrument.sila.is_empty()
+        || (matches!(endpoint, Endpoint::Sila { .. })
+            && !matches!(instrument.class, C::PlateReader | C::LiquidHandler));
+    if mapped {
+        let channel = sila_channel(instrument, endpoint, config, "maps its commands to SiLA 2").await?;
         return Ok(Arc::new(sila_mapped::MappedSilaDriver::connect(instrument, channel).await?));
     }
     Ok(match instrument.class {
@@ -144,25 +136,9 @@ pub async fn open(
             };
             Arc::new(module::ModuleDriver::new(d, link().await?, module::ModuleConfig::for_dialect(d, config.scale)))
         }
-        C::PlateReader => {
-            let Endpoint::Sila { address, tls } = endpoint else {
-                return Err(InstrumentError::Validation {
-                    parameter: "endpoint".into(),
-                    message: format!(
-                        "{} is a plate reader: give a sila:HOST:PORT or silas:HOST:PORT endpoint",
-                        instrument.id
-                    ),
-                });
-            };
-            let ca = if *tls { config.sila_ca.as_deref() } else { None };
-            if *tls && ca.is_none() {
-                return Err(InstrumentError::Validation {
-                    parameter: "tls".into(),
-                    message: "a silas: endpoint needs the server's CA certificate".into(),
-                });
-            }
-            Arc::new(reader::PlateReaderDriver::new(reader::connect(address, ca, Duration::from_secs(5)).await?))
-        }
+        C::PlateReader => Arc::new(reader::PlateReaderDriver::new(
+            sila_channel(instrument, endpoint, config, "is a plate reader").await?,
+        )),
         C::Sealer | C::Centrifuge | C::Incubator | C::PlateHotel => {
             let kind = match instrument.class {
                 C::Sealer => station::StationKind::Sealer,
@@ -179,6 +155,30 @@ pub async fn open(
             })
         }
     })
+}
+
+/// A gRPC channel to the SiLA 2 server at a `sila:`/`silas:` endpoint (`silas:` needs the
+/// server's CA); `what` says why the instrument needs one, for the error.
+async fn sila_channel(
+    instrument: &labware::site::Instrument,
+    endpoint: &crate::link::Endpoint,
+    config: &OpenConfig,
+    what: &str,
+) -> Result<tonic::transport::Channel, InstrumentError> {
+    let crate::link::Endpoint::Sila { address, tls } = endpoint else {
+        return Err(InstrumentError::Validation {
+            parameter: "endpoint".into(),
+            message: format!("{} {what}: give a sila:HOST:PORT or silas:HOST:PORT endpoint", instrument.id),
+        });
+    };
+    let ca = if *tls { config.sila_ca.as_deref() } else { None };
+    if *tls && ca.is_none() {
+        return Err(InstrumentError::Validation {
+            parameter: "tls".into(),
+            message: "a silas: endpoint needs the server's CA certificate".into(),
+        });
+    }
+    reader::connect(address, ca, Duration::from_secs(5)).await
 }
 
 /// Opens an arm's driver. Motion is polled every 50 ms of device time (at least every 1 ms).

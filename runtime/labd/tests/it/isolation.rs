@@ -148,11 +148,13 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         &["resolve", &intervention, "done"],
         &["instruments"],
         &["usage"],
+        &["halt", "--reason", "curious"],
+        &["resume", "--format", "json"],
     ] {
         let (code, so, se) = lab.ctl(&globex, args);
         seen.push((format!("labctl {args:?} (exit {code})"), format!("{so}{se}")));
     }
-    for path in ["/api/whoami", "/api/runs", "/api/schedule", "/api/interventions"] {
+    for path in ["/api/whoami", "/api/runs", "/api/schedule", "/api/interventions", "/api/instruments"] {
         let (code, body) = console_get(&lab.console, path, &globex);
         seen.push((format!("console {path} ({code})"), body));
     }
