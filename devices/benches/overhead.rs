@@ -283,7 +283,7 @@ fn main() {
         let plr_site =
             labware::Site::from_toml(&text.replace("127.0.0.1:50070", &format!("127.0.0.1:{port}"))).unwrap();
         let star = plr_site.instruments.iter().find(|i| i.id == "star1").unwrap();
-        let config = devices::driver::OpenConfig { scale: INSTANT, sila_ca: None };
+        let config = devices::driver::OpenConfig { scale: INSTANT, sila_ca: None, robots: Default::default() };
         let plr = devices::driver::open(star, &Endpoint::parse(&star.endpoint).unwrap(), &config).await.unwrap();
         let plan = serial_dilution(&plr_site, false);
         plr.prepare(&plan).await.unwrap();

@@ -242,6 +242,15 @@ pub struct Instrument {
     /// Liquid handlers: labware offsets measured on this robot, applied to every run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labware_offsets: Vec<LabwareOffset>,
+    /// Modules on an Opentrons robot (heater-shaker, thermocycler): the robot they are plugged
+    /// into, driven through its HTTP API with the robot's endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robot: Option<String>,
+    /// Modules on an Opentrons robot: the deck slot the module sits in (the OT-2's numbering,
+    /// 1–12; on a Flex slot 1 is D1 … 12 is A3), above the robot's `deck_slots`, which hold
+    /// its labware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
     /// How the runtime reaches it ("sim", "serial:/dev/ttyUSB0", "tcp:host:port", "sila:host:port",
     /// "opentrons:host:port" for a robot's HTTP API, "sim:opentrons" for its simulator).
     /// Required: an instrument must never end up simulated because a line was forgotten.
@@ -399,6 +408,54 @@ impl Site {
         Site::from_toml(SIM_SITE_TOML)
     }
 
+    /// A module plugged into an Opentrons robot: a heater-shaker or thermocycler, on a robot of
+    /// this site driven over its HTTP API, with the robot's endpoint, in a slot of its own above
+    /// the robot's labware slots.
+    fn check_module_on_robot(&self, inst: &Instrument, key: &str) -> Result<(), SiteError> {
+        let invalid = |problem: String| SiteError::Invalid { key: key.to_string(), problem };
+        let Some(robot_id) = &inst.robot else {
+            return match inst.slot {
+                Some(_) => Err(invalid("slot is for a module on an Opentrons robot; name the robot too".into())),
+                None => Ok(()),
+            };
+        };
+        if !matches!(inst.class, InstrumentClass::HeaterShaker | InstrumentClass::Thermocycler) {
+            return Err(invalid(format!(
+                "a {} cannot be plugged into a robot; only a heater_shaker or thermocycler module can",
+                inst.class
+            )));
+        }
+        let Some(robot) = self.instruments.iter().find(|r| &r.id == robot_id) else {
+            return Err(invalid(format!("robot = \"{robot_id}\" names no instrument of this site")));
+        };
+        if robot.class != InstrumentClass::LiquidHandler || !robot.speaks_opentrons_http() {
+            return Err(invalid(format!(
+                "robot = \"{robot_id}\" must be an Opentrons robot driven over its HTTP API (a liquid_handler with an opentrons: or sim:opentrons endpoint)"
+            )));
+        }
+        if inst.endpoint != robot.endpoint {
+            return Err(invalid(format!(
+                "a module is driven through its robot: give it the robot's endpoint \"{}\"",
+                robot.endpoint
+            )));
+        }
+        let labware_slots = robot.deck_slots.unwrap_or(11);
+        let Some(slot) = inst.slot.filter(|s| *s > labware_slots && *s <= 11) else {
+            return Err(invalid(format!(
+                "slot must be the module's deck slot, {}–11: slots 1–{labware_slots} hold {robot_id}'s labware (its deck_slots) and 12 is the trash",
+                labware_slots + 1
+            )));
+        };
+        let taken = self
+            .instruments
+            .iter()
+            .any(|o| o.id != inst.id && o.robot.as_deref() == Some(robot_id.as_str()) && o.slot == Some(slot));
+        if taken {
+            return Err(invalid(format!("slot {slot} of {robot_id} holds another module")));
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), SiteError> {
         let invalid = |key: String, problem: &str| SiteError::Invalid { key, problem: problem.to_string() };
         let mut ids = BTreeSet::new();
@@ -488,6 +545,7 @@ impl Site {
                     }
                 }
             }
+            self.check_module_on_robot(inst, &key)?;
             if inst.class == InstrumentClass::PlateReader && inst.modes.is_empty() {
                 return Err(invalid(key, "a plate_reader needs modes (absorbance, fluorescence, luminescence)"));
             }

@@ -180,3 +180,27 @@ fn bad_site_files_name_the_key() {
     // No instrument is simulated by accident: the endpoint must be written.
     assert!(err(&sim.replacen("endpoint = \"sim\"\n", "", 1)).contains("missing field `endpoint`"));
 }
+
+/// A module on an Opentrons robot names a robot of the site driven over its HTTP API, shares its
+/// endpoint and sits in a slot of its own above the robot's labware slots.
+#[test]
+fn a_module_on_a_robot_is_checked_against_its_robot() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sites/opentrons.toml")).unwrap();
+    let site = Site::from_toml(&text).unwrap();
+    let hs = site.instruments.iter().find(|i| i.id == "hs1").unwrap();
+    assert_eq!((hs.robot.as_deref(), hs.slot), (Some("flex"), Some(7)));
+    let err = |text: &str| Site::from_toml(text).unwrap_err().to_string();
+    assert!(err(&text.replace("robot = \"flex\"", "robot = \"flux\"")).contains("names no instrument"));
+    assert!(err(&text.replace("robot = \"flex\"", "robot = \"reader1\"")).contains("must be an Opentrons robot"));
+    assert!(err(&text.replace("robot = \"flex\"\nslot = 7", "robot = \"flex\"\nslot = 3"))
+        .contains("slots 1–6 hold flex's"));
+    assert!(err(&text.replace("robot = \"flex\"\nslot = 7", "robot = \"flex\"\nslot = 12")).contains("12 is the trash"));
+    let moved = text.replace(
+        "robot = \"flex\"\nslot = 7\nendpoint = \"sim:opentrons\"",
+        "robot = \"flex\"\nslot = 7\nendpoint = \"opentrons:10.0.0.9\"",
+    );
+    assert!(err(&moved).contains("give it the robot's endpoint"));
+    let twice = text.replace("robot = \"ot2\"\nslot = 7", "robot = \"flex\"\nslot = 7");
+    assert!(err(&twice).contains("holds another module"));
+    assert!(err(&text.replace("robot = \"flex\"\nslot = 7\n", "slot = 7\n")).contains("name the robot too"));
+}

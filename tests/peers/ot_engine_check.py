@@ -48,6 +48,7 @@ def main() -> None:
             problems.append(f"served {c.get('commandType')}: {e}")
     known = {n for n in dir(errors) if n.endswith("Error")}
     known |= {n for n in dir(errors.exceptions) if n.endswith("Error")}
+    known |= set(getattr(errors, "__all__", []))
     known |= defined_error_types()
     unknown = [t for t in data["error_types"] if t not in known]
     if unknown:

@@ -3,6 +3,7 @@
 pub mod lines;
 pub mod module;
 pub mod opentrons;
+pub mod opentrons_module;
 pub mod pf400;
 pub mod smoothie;
 pub mod station;

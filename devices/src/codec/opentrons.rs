@@ -109,7 +109,7 @@ pub struct Command {
 }
 
 impl Command {
-    fn new(command_type: &'static str, params: Value) -> Command {
+    pub fn new(command_type: &'static str, params: Value) -> Command {
         Command { command_type, params }
     }
 

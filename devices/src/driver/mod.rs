@@ -5,6 +5,8 @@ pub mod arm;
 pub mod liquid;
 pub mod module;
 pub mod opentrons;
+pub mod opentrons_link;
+pub mod opentrons_module;
 pub mod reader;
 pub mod sila_mapped;
 pub mod station;
@@ -101,13 +103,16 @@ pub async fn open(
             }),
         }
     };
+    if let (Some(robot), Endpoint::Opentrons { address }) = (&instrument.robot, endpoint) {
+        let link = config.robots.link(robot, address, &opentrons::OpentronsConfig::default());
+        let driver = opentrons_module::OpentronsModuleDriver::new(instrument, link, config.scale)?;
+        // Proves the robot reports the module attached before anything is planned on it.
+        crate::Instrument::identify(&driver).await?;
+        return Ok(Arc::new(driver));
+    }
     if let (C::LiquidHandler, Endpoint::Opentrons { address }) = (instrument.class, endpoint) {
-        let driver = opentrons::OpentronsDriver::new(
-            instrument,
-            address,
-            labware::Library::shipped(),
-            opentrons::OpentronsConfig::default(),
-        );
+        let link = config.robots.link(&instrument.id, address, &opentrons::OpentronsConfig::default());
+        let driver = opentrons::OpentronsDriver::on_link(instrument, link, labware::Library::shipped());
         // Proves the robot answers and is an Opentrons robot before anything is planned on it.
         crate::Instrument::identify(&driver).await?;
         return Ok(Arc::new(driver));
@@ -198,4 +203,6 @@ pub struct OpenConfig {
     pub scale: crate::instrument::TimeScale,
     /// CA certificate (PEM) for `silas:` endpoints.
     pub sila_ca: Option<String>,
+    /// Opentrons robots, shared by the drivers of their pipettes and modules.
+    pub robots: opentrons_link::Robots,
 }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod liquid;
 pub mod module;
 pub mod opentrons;
+pub mod opentrons_modules;
 pub mod site;
 pub mod station;
 

@@ -13,6 +13,7 @@
 //! policy would, and `failed` otherwise.
 
 use super::bench::{self, Mixture, SharedBench};
+use super::opentrons_modules::{self as modules, InRun, Physical, SimModule};
 use super::Faults;
 use crate::codec::opentrons::{Robot, RunStatus, API_VERSION};
 use crate::instrument::TimeScale;
@@ -33,7 +34,15 @@ const MIN_API_VERSION: u32 = 2;
 pub const RECOVERABLE: [&str; 5] =
     ["liquidNotFound", "overpressure", "tipPhysicallyMissing", "tipPhysicallyAttached", "stallOrCollision"];
 /// Every other `errorType` this simulator reports: the protocol engine's exception names.
-pub const ENGINE_ERRORS: [&str; 19] = [
+pub const ENGINE_ERRORS: [&str; 27] = [
+    "ModuleNotAttachedError",
+    "ModuleNotLoadedError",
+    "WrongModuleTypeError",
+    "InvalidTargetTemperatureError",
+    "InvalidTargetSpeedError",
+    "CannotPerformModuleAction",
+    "NoTargetTemperatureSetError",
+    "ModuleNotOnDeckError",
     "RunStoppedError",
     "PipetteNotAttachedError",
     "InvalidSpecificationForRobotTypeError",
@@ -67,13 +76,21 @@ pub struct OpentronsConfig {
     pub pipettes: Vec<(Mount, Pipette)>,
     pub scale: TimeScale,
     pub faults: Faults,
+    /// Modules plugged in.
+    pub modules: Vec<SimModule>,
 }
 
 impl OpentronsConfig {
     /// A simulator for one site instrument (pipettes where its lab.toml mounts them).
     pub fn from_site(inst: &labware::site::Instrument, robot: Robot, scale: TimeScale, faults: Faults) -> Self {
         let pipettes = inst.pipettes.iter().filter_map(|p| p.mount.map(|m| (m, p.clone()))).collect();
-        OpentronsConfig { robot, name: format!("{}-sim", inst.id), pipettes, scale, faults }
+        OpentronsConfig { robot, name: format!("{}-sim", inst.id), pipettes, scale, faults, modules: Vec::new() }
+    }
+
+    /// With the modules `site` plugs into this robot.
+    pub fn with_modules_of(mut self, site: &labware::Site, robot_id: &str) -> Self {
+        self.modules = SimModule::of_site(site, robot_id);
+        self
     }
 }
 
@@ -128,6 +145,7 @@ struct Run {
     errors: Vec<Value>,
     at: BTreeMap<String, At>,
     entered_recovery: bool,
+    modules: InRun,
 }
 
 impl Run {
@@ -141,10 +159,12 @@ impl Run {
                                   "location": {"slotName": l.slot}, "displayName": l.name, "offsetId": l.offset_id})
             })
             .collect();
+        let modules: Vec<Value> =
+            self.modules.loaded.iter().map(|(id, serial)| json!({"id": id, "serialNumber": serial})).collect();
         json!({
             "id": self.id, "createdAt": self.created_at, "status": self.status.as_str(), "current": self.current,
             "actions": self.actions, "errors": self.errors, "pipettes": pipettes, "labware": labware,
-            "modules": [], "labwareOffsets": self.offsets, "liquids": [], "protocolId": null,
+            "modules": modules, "labwareOffsets": self.offsets, "liquids": [], "protocolId": null,
             "hasEverEnteredErrorRecovery": self.entered_recovery, "ok": true,
         })
     }
@@ -168,6 +188,8 @@ pub struct OpentronsState {
     pub posted: Vec<Value>,
     /// Device seconds of work carried out.
     pub busy_s: f64,
+    /// What each plugged-in module physically does, by serial number.
+    pub modules: BTreeMap<String, Physical>,
     runs: Vec<Run>,
     requests: u32,
     next_id: u64,
@@ -209,13 +231,13 @@ fn reply(status: StatusCode, body: Value) -> Response {
 }
 
 /// A command that failed, in the protocol engine's words.
-struct Refusal {
+pub(crate) struct Refusal {
     error_type: String,
     code: &'static str,
     detail: String,
 }
 
-fn refuse(error_type: &str, detail: String) -> Refusal {
+pub(crate) fn refuse(error_type: &str, detail: String) -> Refusal {
     // Opentrons' error codes for the defined errors; the rest are general errors.
     let code = match error_type {
         "liquidNotFound" => "2017",
@@ -320,7 +342,8 @@ impl OpentronsSim {
             (&Method::GET, ["pipettes"]) => self.pipettes(),
             (&Method::GET, ["instruments"]) => self.instruments(),
             (&Method::GET, ["modules"]) => {
-                reply(StatusCode::OK, json!({"data": [], "meta": {"cursor": 0, "totalLength": 0}}))
+                let s = self.lock();
+                reply(StatusCode::OK, modules::list(&self.config.modules, &s.modules, self.config.robot))
             }
             (&Method::POST, ["runs"]) => self.create_run(&body),
             (&Method::GET, ["runs"]) => self.list_runs(),
@@ -417,6 +440,7 @@ impl OpentronsSim {
             errors: vec![],
             at: BTreeMap::new(),
             entered_recovery: false,
+            modules: InRun::default(),
         };
         for o in offsets {
             let oid = s.id("offset");
@@ -727,6 +751,11 @@ impl OpentronsSim {
                 refuse("InvalidSpecificationForRobotTypeError", format!("{kind}: params.{k} must be a number >= 0"))
             })
         };
+        if modules::is_module_command(kind) {
+            let OpentronsState { modules: physical, runs, .. } = s;
+            let run = &mut runs[ri].modules;
+            return modules::execute(&self.config.modules, physical, run, self.config.robot, kind, p);
+        }
         match kind {
             "home" => Ok((json!({}), 8.0)),
             "loadPipette" => {

@@ -104,7 +104,7 @@ pub async fn start_logged(
         let (transport, address) = match inst.class {
             InstrumentClass::LiquidHandler if inst.speaks_opentrons_http() => {
                 let robot = crate::codec::opentrons::Robot::carrying(&inst.pipettes);
-                let config = OpentronsConfig::from_site(inst, robot, scale, f);
+                let config = OpentronsConfig::from_site(inst, robot, scale, f).with_modules_of(site, &inst.id);
                 let sim = OpentronsSim::new(config, Library::shipped(), out.bench.clone());
                 out.opentrons.insert(inst.id.clone(), sim.clone());
                 let (addr, task) = sim.serve(&format!("{host}:0")).await.map_err(io)?;
@@ -128,6 +128,8 @@ pub async fn start_logged(
                 let pty = spawn_serial(sim, f, clock, liquid::error_reply).map_err(io)?;
                 ("serial", keep(&mut out.ptys, pty))
             }
+            // Plugged into a robot: reached through the robot's API (below, once it listens).
+            InstrumentClass::HeaterShaker | InstrumentClass::Thermocycler if inst.robot.is_some() => continue,
             InstrumentClass::HeaterShaker | InstrumentClass::Thermocycler => {
                 let d = if inst.class == InstrumentClass::HeaterShaker {
                     Dialect::HeaterShaker
@@ -162,6 +164,18 @@ pub async fn start_logged(
             InstrumentClass::RobotArm | InstrumentClass::Technician => continue,
         };
         out.listening.push(Listening { id: inst.id.clone(), class: inst.class.as_str().into(), transport, address });
+    }
+    for inst in site.instruments.iter().filter(|i| i.robot.is_some()) {
+        let robot = inst.robot.as_deref().unwrap_or_default();
+        let Some(at) = out.listening.iter().find(|l| l.id == robot && l.transport == "opentrons").cloned() else {
+            return Err(format!("{} is plugged into {robot}, which is not a simulated Opentrons robot", inst.id));
+        };
+        out.listening.push(Listening {
+            id: inst.id.clone(),
+            class: inst.class.as_str().into(),
+            transport: "opentrons",
+            address: at.address,
+        });
     }
     for a in &site.arms {
         let f = faults.get(&a.id).cloned().unwrap_or_default();

@@ -38,7 +38,8 @@ async fn rig(instrument: &str, faults: &str, config: OpentronsConfig) -> Rig {
     let site = site();
     let inst = site.instruments.iter().find(|i| i.id == instrument).unwrap().clone();
     let robot = Robot::carrying(&inst.pipettes);
-    let cfg = sim::OpentronsConfig::from_site(&inst, robot, FAST, Faults::parse(faults).unwrap());
+    let cfg = sim::OpentronsConfig::from_site(&inst, robot, FAST, Faults::parse(faults).unwrap())
+        .with_modules_of(&site, instrument);
     let sim = OpentronsSim::new(cfg, Library::shipped(), SharedBench::default());
     let (addr, server) = sim.clone().serve("127.0.0.1:0").await.unwrap();
     let driver = OpentronsDriver::new(&inst, &addr.to_string(), Library::shipped(), config);
@@ -370,18 +371,7 @@ async fn commands_and_replies_match_opentrons_protocol_engine_models() {
     let kinds: std::collections::BTreeSet<&str> =
         posted.iter().filter_map(|b| b["data"]["commandType"].as_str()).collect();
     assert!(kinds.len() >= 12, "every kind of command the driver sends: {kinds:?}");
-    let error_types: Vec<&str> = sim::RECOVERABLE.iter().chain(sim::ENGINE_ERRORS.iter()).copied().collect();
-    let file = std::env::temp_dir().join(format!("lw-ot-engine-{}.json", std::process::id()));
-    let report = serde_json::json!({"posted": posted, "commands": commands, "error_types": error_types});
-    std::fs::write(&file, report.to_string()).unwrap();
-    let script = repo().join("tests/peers/ot_engine_check.py");
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new(py).arg(script).arg(&file).output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "Opentrons' models disagree:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    eprintln!("protocol engine check: {}", stdout.trim());
+    engine_check(py, posted, commands, "pipettes").await;
 }
 
 /// Abort stops the robot's run: a command that would never end (the simulated robot hangs on
@@ -442,4 +432,109 @@ async fn a_run_an_earlier_labd_left_is_closed_and_another_clients_is_not() {
     let e = next.prepare(&plan).await.unwrap_err();
     assert!(matches!(e, InstrumentError::Busy(_)), "{e}");
     assert_eq!(get(&rig.address, &format!("/runs/{other_id}")).await["data"]["current"], true);
+}
+
+/// Runs the protocol engine's models over what was posted and served (see `ot_engine_check.py`).
+async fn engine_check(py: std::path::PathBuf, posted: Vec<Value>, commands: Value, name: &str) {
+    let error_types: Vec<&str> = sim::RECOVERABLE.iter().chain(sim::ENGINE_ERRORS.iter()).copied().collect();
+    let file = std::env::temp_dir().join(format!("lw-ot-engine-{name}-{}.json", std::process::id()));
+    let report = serde_json::json!({"posted": posted, "commands": commands, "error_types": error_types});
+    std::fs::write(&file, report.to_string()).unwrap();
+    let script = repo().join("tests/peers/ot_engine_check.py");
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(py).arg(script).arg(&file).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "Opentrons' models disagree:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("protocol engine check ({name}): {}", stdout.trim());
+}
+
+async fn carry_out(driver: &dyn Instrument, op: &CommandOp) -> Result<(), InstrumentError> {
+    driver.start(op).await?.finish().await.map(|_| ())
+}
+
+/// A heater-shaker plugged into the Flex, opened as labd opens it (sharing the robot's link with
+/// the pipettes): it goes into the pipettes' run when there is one and a run of its own when
+/// not, follows the engine's rules (latch closed before shaking, a target before a wait), holds
+/// its shake without blocking the robot, and an abort stops it on the robot.
+#[tokio::test]
+async fn a_module_on_the_robot_is_driven_through_the_robots_run() {
+    use devices::driver::{open, OpenConfig};
+    let site = site();
+    let rig = rig("flex", "", OpentronsConfig::default()).await;
+    let cfg = OpenConfig { scale: FAST, sila_ca: None, robots: Default::default() };
+    let ep = devices::link::Endpoint::parse(&format!("opentrons:{}", rig.address)).unwrap();
+    let inst = |id: &str| site.instruments.iter().find(|i| i.id == id).unwrap().clone();
+    let hs = open(&inst("hs1"), &ep, &cfg).await.unwrap();
+    let lh = open(&inst("flex"), &ep, &cfg).await.unwrap();
+    assert_eq!(hs.identify().await.unwrap().model, "heaterShakerModuleV1");
+    let physical = |sim: &OpentronsSim| sim.state.lock().unwrap().modules.get("hs1-sim").cloned().unwrap_or_default();
+
+    // No run of ours yet: the module makes one, shakes warm and stops.
+    let shake = CommandOp::Shake { labware: "plate".into(), rpm: 800.0, duration_s: 60.0, temperature_c: Some(37.0) };
+    carry_out(hs.as_ref(), &shake).await.unwrap();
+    let p = physical(&rig.sim);
+    assert_eq!((p.rpm, p.target_c), (0.0, None), "stopped shaking and heating: {p:?}");
+
+    // The pipettes' task starts a run of its own; the module then works inside it.
+    let text = "labwright: 1\nname: flex\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  big: { type: opentrons_96_tiprack_1000ul }\nsteps:\n  - transfer: { from: res/A1, to: res/A2, volume: 500 uL }\n";
+    let c = protocols::compile(
+        &protocols::SourceFile::new("flex.yaml", text.to_string()),
+        protocols::Format::Auto,
+        &site,
+        &Library::shipped(),
+    );
+    let plan = c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    fill(&bench(&rig), &plan);
+    lh.prepare(&plan).await.unwrap();
+    let first = plan.tasks[0].commands.iter().find(|c| family(&c.op) == Family::LiquidHandler).unwrap();
+    carry_out(lh.as_ref(), &first.op).await.unwrap();
+    carry_out(hs.as_ref(), &CommandOp::SetTemperature { labware: None, temperature_c: 40.0 }).await.unwrap();
+    carry_out(hs.as_ref(), &CommandOp::WaitForTemperature { labware: None }).await.unwrap();
+    assert_eq!(physical(&rig.sim).temperature_c, 40.0);
+    let runs = get(&rig.address, "/runs").await;
+    let current = runs["links"]["current"]["href"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let commands = get(&rig.address, &format!("/runs/{current}/commands")).await["data"].clone();
+    let kinds: Vec<&str> = commands.as_array().unwrap().iter().filter_map(|c| c["commandType"].as_str()).collect();
+    assert!(
+        kinds.contains(&"pickUpTip")
+            && kinds.contains(&"loadModule")
+            && kinds.contains(&"heaterShaker/waitForTemperature"),
+        "pipettes and module share one run: {kinds:?}"
+    );
+    // The rest of the pipetting goes on in the same run.
+    for c in plan.tasks[0].commands.iter().skip(1).filter(|c| family(&c.op) == Family::LiquidHandler) {
+        carry_out(lh.as_ref(), &c.op).await.unwrap_or_else(|e| panic!("{:?}: {e}", c.op));
+    }
+
+    // Refused before anything is sent: too fast for a heater-shaker.
+    let sent = rig.sim.state.lock().unwrap().posted.len();
+    let e = hs.start(&CommandOp::SetShakeSpeed { labware: None, rpm: 5000.0 }).await.unwrap_err();
+    assert_eq!(e.recovery(), Recovery::Fail, "{e}");
+    assert_eq!(rig.sim.state.lock().unwrap().posted.len(), sent);
+
+    // Aborted mid-shake: the hold ends at once and the robot stops the module.
+    let long = CommandOp::Shake { labware: "plate".into(), rpm: 1200.0, duration_s: 36_000.0, temperature_c: None };
+    let exec = hs.start(&long).await.unwrap();
+    while physical(&rig.sim).rpm == 0.0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    hs.abort().await.unwrap();
+    let e = exec.finish().await.unwrap_err();
+    assert!(matches!(e, InstrumentError::Cancelled), "{e}");
+    let p = physical(&rig.sim);
+    assert_eq!((p.rpm, p.target_c), (0.0, None), "the abort stopped the module: {p:?}");
+    assert!(hs.make_safe().await.unwrap().contains("stopped"));
+
+    // A module the robot does not report is refused at connect, naming where it should be.
+    let mut missing = inst("hs1");
+    missing.slot = Some(9);
+    let e = open(&missing, &ep, &cfg).await.err().unwrap();
+    assert!(e.to_string().contains("slot B3"), "{e}");
+
+    if let Some(py) = engine_python() {
+        let posted = rig.sim.state.lock().unwrap().posted.clone();
+        engine_check(py, posted, commands, "modules").await;
+    }
 }

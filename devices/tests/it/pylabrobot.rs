@@ -61,7 +61,7 @@ async fn a_serial_dilution_through_the_bridge_is_the_star_firmware_stream_pylabr
     let text = std::fs::read_to_string(repo().join("bridges/pylabrobot/lab.toml")).unwrap();
     let site = Site::from_toml(&text.replace("127.0.0.1:50070", &format!("127.0.0.1:{port}"))).unwrap();
     let star = site.instruments.iter().find(|i| i.id == "star1").unwrap();
-    let config = OpenConfig { scale: TimeScale(1.0), sila_ca: None };
+    let config = OpenConfig { scale: TimeScale(1.0), sila_ca: None, robots: Default::default() };
     let driver = open(star, &Endpoint::parse(&star.endpoint).unwrap(), &config).await.unwrap();
 
     // The pipetting of the serial dilution (this site has no reader).

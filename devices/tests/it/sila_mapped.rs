@@ -87,7 +87,7 @@ fn site_with(address: &str, instruments: &str) -> labware::Site {
 
 async fn connect(site: &labware::Site, id: &str) -> Result<std::sync::Arc<dyn Instrument>, InstrumentError> {
     let inst = site.instruments.iter().find(|i| i.id == id).unwrap();
-    let config = OpenConfig { scale: TimeScale(1.0), sila_ca: None };
+    let config = OpenConfig { scale: TimeScale(1.0), sila_ca: None, robots: Default::default() };
     open(inst, &Endpoint::parse(&inst.endpoint).unwrap(), &config).await
 }
 

@@ -114,7 +114,7 @@ impl Lab {
 
     /// Connects to the given endpoints (instrument id → endpoint string).
     pub async fn connect(site: Site, endpoints: &BTreeMap<String, String>, scale: TimeScale) -> Result<Lab, LabError> {
-        let cfg = OpenConfig { scale, sila_ca: None };
+        let cfg = OpenConfig { scale, sila_ca: None, robots: Default::default() };
         let mut instruments = BTreeMap::new();
         let endpoint = |what: &'static str, id: &str| -> Result<Endpoint, LabError> {
             let text = endpoints.get(id).ok_or_else(|| LabError::Endpoint {

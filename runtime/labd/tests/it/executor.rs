@@ -40,7 +40,11 @@ fn labd_sim_serves_every_instrument_of_the_site_and_drivers_reach_them() {
             }
             let inst = site.instruments.iter().find(|i| i.id == id).unwrap();
             assert_eq!(l["class"].as_str().unwrap(), inst.class.as_str());
-            let cfg = devices::driver::OpenConfig { scale: devices::TimeScale(0.01), sila_ca: None };
+            let cfg = devices::driver::OpenConfig {
+                scale: devices::TimeScale(0.01),
+                sila_ca: None,
+                robots: Default::default(),
+            };
             let d = devices::driver::open(inst, &endpoint, &cfg).await.unwrap_or_else(|e| panic!("{id}: {e}"));
             let who = d.identify().await.unwrap_or_else(|e| panic!("{id}: {e}"));
             assert!(!who.model.is_empty() || !who.firmware.is_empty(), "{id}: {who:?}");
