@@ -111,6 +111,13 @@ pub struct SilaCommand {
     /// Every parameter of the command, each from a field of the plan command or a constant.
     #[serde(default)]
     pub parameters: Vec<SilaParameter>,
+    /// Reads: the response that carries the values (a list of numbers, one per well in the
+    /// order of the `wells` parameter, or one number for one well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    /// Reads: the unit of those values (`OD`, `RFU`, `RLU`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// One parameter of a mapped SiLA command.
@@ -516,6 +523,16 @@ impl Site {
                         at,
                         "needs op, command and feature as originator/category/Feature/vMajor (e.g. com.acme/sealing/Sealer/v1)",
                     ));
+                }
+                let is_read = m.op.starts_with("read_");
+                if is_read && m.response.is_none() {
+                    return Err(invalid(
+                        at,
+                        "a read needs response = \"…\": the response of the command that carries the values",
+                    ));
+                }
+                if !is_read && (m.response.is_some() || m.unit.is_some()) {
+                    return Err(invalid(at, "response and unit are for reads (read_absorbance, …) only"));
                 }
                 for p in &m.parameters {
                     if p.from.is_some() == p.value.is_some()

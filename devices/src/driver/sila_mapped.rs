@@ -44,6 +44,11 @@ pub fn mappable_fields(op: &str) -> Option<&'static [&'static str]> {
         "set_shake_speed" => &["labware", "rpm"],
         "stop_shaking" | "stop_heating" => &[],
         "latch" => &["open"],
+        // A single-wavelength command is called once per wavelength (`wavelength_nm`); a command
+        // taking a list of wavelengths, once (`wavelengths_nm`).
+        "read_absorbance" => &["labware", "wells", "wavelength_nm", "wavelengths_nm"],
+        "read_fluorescence" => &["labware", "wells", "excitation_nm", "emission_nm"],
+        "read_luminescence" => &["labware", "wells"],
         _ => return None,
     })
 }
@@ -54,6 +59,8 @@ struct Bound {
     mapping: SilaCommand,
     service: String,
     command: fdl::Command,
+    /// Reads: the response's field number and type.
+    values: Option<(u32, DataType)>,
 }
 
 /// One instrument behind a SiLA 2 server, driven through its mapping.
@@ -84,7 +91,7 @@ impl MappedSilaDriver {
         for m in &instrument.sila {
             let Some(fields) = mappable_fields(&m.op) else {
                 return Err(refused(format!(
-                    "{id}: `{}` cannot be mapped to a SiLA command (mappable: prepare, pick_up_tip, aspirate, dispense, mix, blow_out, drop_tip, move_to, home, seal, peel, cover, uncover, centrifuge, incubate, shake, set_temperature, wait_for_temperature, set_shake_speed, stop_shaking, stop_heating, latch)",
+                    "{id}: `{}` cannot be mapped to a SiLA command (mappable: prepare, pick_up_tip, aspirate, dispense, mix, blow_out, drop_tip, move_to, home, seal, peel, cover, uncover, centrifuge, incubate, shake, set_temperature, wait_for_temperature, set_shake_speed, stop_shaking, stop_heating, latch, read_absorbance, read_fluorescence, read_luminescence)",
                     m.op
                 )));
             };
@@ -133,7 +140,7 @@ impl MappedSilaDriver {
                 };
                 if let DataType::Other(t) = &el.data_type {
                     return Err(refused(format!(
-                        "{id}: parameter {} of {} is a {t}; a mapping can fill String, Integer, Real and Boolean parameters",
+                        "{id}: parameter {} of {} is a {t}; a mapping can fill String, Integer, Real and Boolean parameters and lists of them",
                         p.name, m.command
                     )));
                 }
@@ -157,9 +164,34 @@ impl MappedSilaDriver {
                     )));
                 }
             }
+            let values = match &m.response {
+                None => None,
+                Some(name) => {
+                    let found = command.responses.iter().enumerate().find(|(_, r)| &r.identifier == name);
+                    let Some((i, r)) = found else {
+                        let names: Vec<&str> = command.responses.iter().map(|r| r.identifier.as_str()).collect();
+                        return Err(refused(format!(
+                            "{id}: the mapping of `{}` takes its values from response {name} of {}, which has none such (it has {})",
+                            m.op,
+                            m.command,
+                            names.join(", ")
+                        )));
+                    };
+                    if !matches!(
+                        r.data_type,
+                        DataType::List(Basic::Real | Basic::Integer) | DataType::Basic(Basic::Real | Basic::Integer)
+                    ) {
+                        return Err(refused(format!(
+                            "{id}: response {name} of {} is a {}; a read's values must be numbers (a Real or Integer, or a list of them)",
+                            m.command, r.data_type
+                        )));
+                    }
+                    Some((i as u32 + 1, r.data_type.clone()))
+                }
+            };
             bound.insert(
                 m.op.clone(),
-                Bound { mapping: m.clone(), service: feature.service(), command: command.clone() },
+                Bound { mapping: m.clone(), service: feature.service(), command: command.clone(), values },
             );
         }
         Ok(MappedSilaDriver {
@@ -180,8 +212,12 @@ fn parameters(b: &Bound, op: &serde_json::Value) -> Result<Fields, InstrumentErr
         let Some(p) = b.mapping.parameters.iter().find(|p| p.name == el.identifier) else {
             return Err(refused(format!("parameter {} is not mapped", el.identifier)));
         };
-        let DataType::Basic(basic) = el.data_type else {
-            return Err(refused(format!("parameter {} is not of a basic type", el.identifier)));
+        let (basic, list) = match el.data_type {
+            DataType::Basic(b) => (b, false),
+            DataType::List(b) => (b, true),
+            DataType::Other(_) => {
+                return Err(refused(format!("parameter {} is not of a basic type or a list", el.identifier)))
+            }
         };
         let source = match (&p.from, &p.value) {
             (Some(field), _) => op.get(field).cloned().unwrap_or(serde_json::Value::Null),
@@ -194,20 +230,155 @@ fn parameters(b: &Bound, op: &serde_json::Value) -> Result<Fields, InstrumentErr
             parameter: el.identifier.clone(),
             message: format!("{what} for {} of {} (from {source})", el.identifier, b.mapping.command),
         };
-        let number = || source.as_f64().map(|v| v * p.scale + p.offset).ok_or_else(|| bad("a number is needed"));
-        let value = match basic {
-            Basic::Real => Value::Real(number()?),
-            Basic::Integer => Value::Integer(number()?.round() as i64),
-            Basic::Boolean => Value::Boolean(source.as_bool().ok_or_else(|| bad("true or false is needed"))?),
-            Basic::String => match &source {
-                serde_json::Value::String(s) => Value::String(s.clone()),
-                serde_json::Value::Null => return Err(bad("a value is needed")),
-                other => Value::String(other.to_string()),
-            },
+        let one = |source: &serde_json::Value| -> Result<Value, InstrumentError> {
+            let number = || source.as_f64().map(|v| v * p.scale + p.offset).ok_or_else(|| bad("a number is needed"));
+            Ok(match basic {
+                Basic::Real => Value::Real(number()?),
+                Basic::Integer => Value::Integer(number()?.round() as i64),
+                Basic::Boolean => Value::Boolean(source.as_bool().ok_or_else(|| bad("true or false is needed"))?),
+                Basic::String => match source {
+                    serde_json::Value::String(s) => Value::String(s.clone()),
+                    serde_json::Value::Null => return Err(bad("a value is needed")),
+                    other => Value::String(other.to_string()),
+                },
+            })
         };
-        fields.0.push((i as u32 + 1, value.encode()));
+        match (list, &source) {
+            (true, serde_json::Value::Array(items)) => {
+                for item in items {
+                    fields.0.push((i as u32 + 1, one(item)?.encode()));
+                }
+            }
+            (true, serde_json::Value::Null) => return Err(bad("a list is needed")),
+            (true, single) => fields.0.push((i as u32 + 1, one(single)?.encode())),
+            (false, serde_json::Value::Array(items)) if items.len() == 1 => {
+                fields.0.push((i as u32 + 1, one(&items[0])?.encode()))
+            }
+            (false, serde_json::Value::Array(_)) => {
+                return Err(bad("one value is needed, not a list (map a List parameter, or a single well)"))
+            }
+            (false, single) => fields.0.push((i as u32 + 1, one(single)?.encode())),
+        }
     }
     Ok(fields)
+}
+
+impl MappedSilaDriver {
+    /// Calls the command once per parameter set, in order; the replies in the same order.
+    async fn call_all(
+        &self,
+        b: &Bound,
+        calls: Vec<Fields>,
+        tx: &crate::instrument::ExecutionSender,
+    ) -> Result<Vec<Fields>, InstrumentError> {
+        let n = calls.len() as f64;
+        let mut replies = Vec::new();
+        for (i, params) in calls.into_iter().enumerate() {
+            let mut client = FeatureClient::new(self.channel.clone(), &b.service);
+            let command = b.mapping.command.as_str();
+            let call = async {
+                if b.command.observable {
+                    let progress = |f: f64| tx.progress((i as f64 + f) / n, command);
+                    client.observe::<Fields, Fields>(command, params, &progress).await
+                } else {
+                    client.unary::<Fields, Fields>(command, params).await
+                }
+            };
+            let r = tokio::select! {
+                r = call => r?,
+                _ = self.cancel.fired() => return Err(InstrumentError::Cancelled),
+            };
+            tracing::debug!(instrument = %self.id, command, responses = %responses(&b.command, &r), "SiLA command done");
+            replies.push(r);
+        }
+        Ok(replies)
+    }
+}
+
+/// What a read asks for, and how its values come back.
+#[derive(Debug, Clone)]
+struct Read {
+    labware: String,
+    kind: &'static str,
+    wells: Vec<String>,
+    wavelengths_nm: Vec<f64>,
+}
+
+impl Read {
+    fn of(op: &CommandOp) -> Option<Read> {
+        let (labware, kind, wells, wavelengths_nm) = match op {
+            CommandOp::ReadAbsorbance { labware, wells, wavelengths_nm } => {
+                (labware, "absorbance", wells, wavelengths_nm.clone())
+            }
+            CommandOp::ReadFluorescence { labware, wells, excitation_nm, emission_nm } => {
+                (labware, "fluorescence", wells, vec![*excitation_nm, *emission_nm])
+            }
+            CommandOp::ReadLuminescence { labware, wells } => (labware, "luminescence", wells, Vec::new()),
+            _ => return None,
+        };
+        Some(Read { labware: labware.clone(), kind, wells: wells.clone(), wavelengths_nm })
+    }
+
+    /// The values of every reply as one measurement, well-major (each well's wavelengths
+    /// together), checked against the number of wells.
+    fn measurement(
+        self,
+        b: &Bound,
+        replies: &[Fields],
+        per_wavelength: bool,
+    ) -> Result<crate::instrument::Measurement, InstrumentError> {
+        let Some((tag, data_type)) = &b.values else {
+            return Err(refused(format!("the mapping of `read_{}` names no response", self.kind)));
+        };
+        let basic = match data_type {
+            DataType::List(basic) | DataType::Basic(basic) => *basic,
+            DataType::Other(_) => Basic::Real,
+        };
+        let mut lists = Vec::new();
+        for r in replies {
+            let values: Vec<f64> = r
+                .all(*tag)
+                .map(|bytes| match Value::decode(basic, bytes) {
+                    Ok(Value::Real(v)) => Ok(v),
+                    Ok(Value::Integer(v)) => Ok(v as f64),
+                    Ok(other) => Err(InstrumentError::Protocol(format!("a value that is not a number: {other}"))),
+                    Err(e) => Err(InstrumentError::Protocol(format!("response {tag}: {e}"))),
+                })
+                .collect::<Result<_, _>>()?;
+            lists.push(values);
+        }
+        let per_well = if self.kind == "absorbance" { self.wavelengths_nm.len().max(1) } else { 1 };
+        let values: Vec<f64> = if per_wavelength {
+            if let Some(bad) = lists.iter().find(|l| l.len() != self.wells.len()) {
+                return Err(InstrumentError::Protocol(format!(
+                    "{} returned {} values for {} wells",
+                    b.mapping.command,
+                    bad.len(),
+                    self.wells.len()
+                )));
+            }
+            (0..self.wells.len()).flat_map(|w| lists.iter().map(move |l| l[w])).collect()
+        } else {
+            let all: Vec<f64> = lists.into_iter().flatten().collect();
+            if all.len() != self.wells.len() * per_well {
+                return Err(InstrumentError::Protocol(format!(
+                    "{} returned {} values for {} wells × {per_well}",
+                    b.mapping.command,
+                    all.len(),
+                    self.wells.len()
+                )));
+            }
+            all
+        };
+        Ok(crate::instrument::Measurement {
+            labware: self.labware,
+            kind: self.kind.into(),
+            wells: self.wells,
+            wavelengths_nm: self.wavelengths_nm,
+            values,
+            unit: b.mapping.unit.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// The responses in words, for the log.
@@ -260,30 +431,33 @@ impl Instrument for MappedSilaDriver {
         let Some(b) = self.bound.get(&name).cloned() else {
             return Err(unsupported(&format!("{} (its SiLA mapping has no `{name}`)", self.id), op));
         };
-        let params = parameters(&b, &json)?;
+        let read = Read::of(op);
+        // One call, or one per wavelength when the command takes a single wavelength.
+        let per_wavelength = b.mapping.parameters.iter().any(|p| p.from.as_deref() == Some("wavelength_nm"));
+        let calls: Vec<Fields> = match (&read, per_wavelength) {
+            (Some(r), true) => r
+                .wavelengths_nm
+                .iter()
+                .map(|wl| {
+                    let mut one = json.clone();
+                    one["wavelength_nm"] = serde_json::json!(wl);
+                    parameters(&b, &one)
+                })
+                .collect::<Result<_, _>>()?,
+            _ => vec![parameters(&b, &json)?],
+        };
         self.cancel.reset();
         let me = self.clone();
         Ok(spawn(move |tx| async move {
             me.busy.store(true, Ordering::SeqCst);
-            let mut client = FeatureClient::new(me.channel.clone(), &b.service);
-            let command = b.mapping.command.clone();
-            let call = async {
-                if b.command.observable {
-                    let progress = |f: f64| tx.progress(f, command.as_str());
-                    client.observe::<Fields, Fields>(&command, params, &progress).await
-                } else {
-                    client.unary::<Fields, Fields>(&command, params).await
-                }
-            };
-            let result = tokio::select! {
-                r = call => r,
-                _ = me.cancel.fired() => Err(InstrumentError::Cancelled),
-            };
+            let result = me.call_all(&b, calls, &tx).await;
             me.busy.store(false, Ordering::SeqCst);
-            let r = result?;
-            tracing::debug!(instrument = %me.id, command = %command, responses = %responses(&b.command, &r), "SiLA command done");
-            tx.progress(1.0, command.as_str());
-            Ok(Outcome::default())
+            let replies = result?;
+            tx.progress(1.0, b.mapping.command.as_str());
+            match read {
+                None => Ok(Outcome::default()),
+                Some(r) => r.measurement(&b, &replies, per_wavelength).map(|m| Outcome { measurements: vec![m] }),
+            }
         }))
     }
 

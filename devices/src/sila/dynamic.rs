@@ -57,6 +57,11 @@ impl std::fmt::Display for Value {
 pub struct Fields(pub Vec<(u32, Vec<u8>)>);
 
 impl Fields {
+    /// Every occurrence of field `tag`, in order (a list's elements).
+    pub fn all(&self, tag: u32) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().filter(move |(t, _)| *t == tag).map(|(_, b)| b.as_slice())
+    }
+
     /// The raw bytes of field `tag` (the last one wins, as protobuf merges).
     pub fn get(&self, tag: u32) -> Option<&[u8]> {
         self.0.iter().rev().find(|(t, _)| *t == tag).map(|(_, b)| b.as_slice())

@@ -18,6 +18,8 @@ pub enum Basic {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataType {
     Basic(Basic),
+    /// A list of a basic type (repeated field of the basic type's message).
+    List(Basic),
     /// Anything else (lists, structures, binary, dates, custom types): described, not used.
     Other(String),
 }
@@ -26,6 +28,7 @@ impl fmt::Display for DataType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DataType::Basic(b) => write!(f, "{b:?}"),
+            DataType::List(b) => write!(f, "List of {b:?}"),
             DataType::Other(what) => f.write_str(what),
         }
     }
@@ -104,7 +107,11 @@ fn data_type(node: roxmltree::Node) -> DataType {
         // A constrained basic type is carried as the basic type; the server checks the constraint.
         "Constrained" => match data_type(kind) {
             DataType::Basic(b) => DataType::Basic(b),
-            DataType::Other(o) => DataType::Other(format!("Constrained {o}")),
+            other => DataType::Other(format!("Constrained {other}")),
+        },
+        "List" => match data_type(kind) {
+            DataType::Basic(b) => DataType::List(b),
+            other => DataType::Other(format!("List of {other}")),
         },
         other => DataType::Other(other.to_string()),
     }
@@ -163,7 +170,8 @@ mod tests {
         let read = f.command("ReadAbsorbance").unwrap();
         assert!(read.observable);
         assert_eq!(read.parameters.len(), 2);
-        assert_eq!(read.parameters[0].data_type, DataType::Other("List".into()));
+        assert_eq!(read.parameters[0].data_type, DataType::List(Basic::String));
+        assert_eq!(read.responses[0].data_type, DataType::List(Basic::Real));
         assert_eq!(read.errors, ["NoPlateLoaded"]);
         let load = f.command("LoadPlate").unwrap();
         assert!(!load.observable);

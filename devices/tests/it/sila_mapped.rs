@@ -20,10 +20,11 @@ fn python_stations(py: &Path, dir: &Path, port: u16, log: &Path) -> Child {
         .arg(dir)
         .arg(fdl.join("ThermalSealer.sila.xml"))
         .arg(fdl.join("Centrifuge.sila.xml"))
+        .arg(fdl.join("AbsorbanceReader.sila.xml"))
         .output()
         .unwrap();
     assert!(out.status.success(), "sila2-codegen: {}", String::from_utf8_lossy(&out.stderr));
-    for f in ["thermalsealer_impl.py", "centrifuge_impl.py"] {
+    for f in ["thermalsealer_impl.py", "centrifuge_impl.py", "absorbancereader_impl.py"] {
         std::fs::copy(fdl.join(f), dir.join("lwstations/feature_implementations").join(f)).unwrap();
     }
     let mut cmd = std::process::Command::new(py);
@@ -77,10 +78,33 @@ sila = [
     { name = "Balanced", value = true },
   ] },
 ]
+
+[[instrument]]
+id = "reader9"
+class = "plate_reader"
+labware = ["well_plate"]
+modes = ["absorbance", "luminescence"]
+absorbance_nm = [400.0, 700.0]
+endpoint = "sila:ADDRESS"
+sila = [
+  { op = "read_absorbance", feature = "com.example/measurement/AbsorbanceReader/v1", command = "MeasureAbsorbance", response = "OpticalDensities", unit = "OD", parameters = [
+    { name = "PlateId", from = "labware" }, { name = "Wells", from = "wells" }, { name = "Wavelength", from = "wavelength_nm" },
+  ] },
+  { op = "read_luminescence", feature = "com.example/measurement/AbsorbanceReader/v1", command = "MeasureLuminescence", response = "Counts", unit = "RLU", parameters = [
+    { name = "Wells", from = "wells" },
+  ] },
+]
 "#;
 
+/// What the fixture reader answers for a well at a wavelength (`absorbancereader_impl.py`).
+fn density(well: &str, wavelength: f64) -> f64 {
+    let row = (well.as_bytes()[0] - b'A') as f64;
+    let column: f64 = well[1..].parse().unwrap();
+    ((0.05 + row * 0.1 + column * 0.001 + wavelength / 100000.0) * 1e6).round() / 1e6
+}
+
 fn site_with(address: &str, instruments: &str) -> labware::Site {
-    let prices = "[prices]\ncurrency = \"USD\"\nper_run = 5.0\n\n[prices.per_hour]\nsealer = 18.0\ncentrifuge = 15.0\n";
+    let prices = "[prices]\ncurrency = \"USD\"\nper_run = 5.0\n\n[prices.per_hour]\nsealer = 18.0\ncentrifuge = 15.0\nplate_reader = 30.0\n";
     let text = format!("[site]\nname = \"sila\"\n{}\n{prices}", instruments.replace("ADDRESS", address));
     labware::Site::from_toml(&text).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -152,6 +176,36 @@ async fn any_sila_server_is_driven_through_its_lab_toml_mapping() {
     assert!((spin["DurationMinutes"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{spin}");
     assert_eq!(spin["Force"], 1000.0);
     assert_eq!(spin["Balanced"], true);
+
+    // Reading: a single-wavelength command called once per wavelength, the wells as a SiLA
+    // list, the values back well-major with the mapping's unit; counts (Integers) as numbers.
+    let reader = connect(&site, "reader9").await.unwrap();
+    let wells: Vec<String> = ["A1", "B2", "H12"].map(String::from).to_vec();
+    let read = CommandOp::ReadAbsorbance {
+        labware: "r1.plate".into(),
+        wells: wells.clone(),
+        wavelengths_nm: vec![450.0, 600.0],
+    };
+    let outcome = reader.start(&read).await.unwrap().finish().await.unwrap();
+    let m = &outcome.measurements[0];
+    let expected: Vec<f64> = wells.iter().flat_map(|w| [density(w, 450.0), density(w, 600.0)]).collect();
+    assert_eq!((m.kind.as_str(), m.unit.as_str(), &m.wells, &m.values), ("absorbance", "OD", &wells, &expected));
+    let measured: Vec<serde_json::Value> =
+        log_lines(&log).into_iter().filter(|c| c["command"] == "MeasureAbsorbance").collect();
+    assert_eq!(measured.len(), 2, "one call per wavelength: {measured:?}");
+    assert_eq!(measured[0]["Wells"], serde_json::json!(["A1", "B2", "H12"]));
+    assert_eq!(measured[1]["Wavelength"], 600);
+    let glow = CommandOp::ReadLuminescence { labware: "r1.plate".into(), wells: wells.clone() };
+    let outcome = reader.start(&glow).await.unwrap().finish().await.unwrap();
+    assert_eq!(outcome.measurements[0].values, [1000.0, 1001.0, 1002.0]);
+    assert_eq!(outcome.measurements[0].unit, "RLU");
+    let odd =
+        CommandOp::ReadAbsorbance { labware: "r1.plate".into(), wells: wells.clone(), wavelengths_nm: vec![500.0] };
+    let e = reader.start(&odd).await.unwrap().finish().await.unwrap_err();
+    assert!(matches!(&e, InstrumentError::Device { code, .. } if code == "WavelengthNotAvailable"), "{e}");
+    let unread = site_with(&address, &SEALER.replacen("response = \"Counts\"", "response = \"Photons\"", 1));
+    let e = connect(&unread, "reader9").await.unwrap_err().to_string();
+    assert!(e.contains("Photons") && e.contains("Counts"), "{e}");
 
     // A hotel takes no commands: at a SiLA endpoint with no mapping it is connected for its
     // identity and status.
