@@ -264,16 +264,63 @@ fn parameters(b: &Bound, op: &serde_json::Value) -> Result<Fields, InstrumentErr
 }
 
 impl MappedSilaDriver {
-    /// Calls the command once per parameter set, in order; the replies in the same order.
+    /// A shake at a temperature on a server whose shake takes none: heat and wait, shake, stop
+    /// heating, through the mapped `set_temperature`, `wait_for_temperature` and `stop_heating`.
+    fn heated(
+        &self,
+        name: &str,
+        b: &Bound,
+        json: &serde_json::Value,
+    ) -> Result<Option<Vec<(Bound, Fields)>>, InstrumentError> {
+        let takes = |b: &Bound, field: &str| b.mapping.parameters.iter().any(|p| p.from.as_deref() == Some(field));
+        let Some(t) = json.get("temperature_c").filter(|t| !t.is_null()) else { return Ok(None) };
+        if name != "shake" || takes(b, "temperature_c") {
+            return Ok(None);
+        }
+        let (Some(set), Some(wait), Some(stop)) =
+            (self.bound.get("set_temperature"), self.bound.get("wait_for_temperature"), self.bound.get("stop_heating"))
+        else {
+            return Ok(None);
+        };
+        let heat = serde_json::json!({"op": "set_temperature", "labware": json.get("labware"), "temperature_c": t});
+        let plain = serde_json::json!({"op": "stop_heating"});
+        Ok(Some(vec![
+            (set.clone(), parameters(set, &heat)?),
+            (wait.clone(), parameters(wait, &heat)?),
+            (b.clone(), parameters(b, json)?),
+            (stop.clone(), parameters(stop, &plain)?),
+        ]))
+    }
+
+    /// A setting the plan command carries that the mapping would drop is refused, never
+    /// silently left out.
+    fn nothing_ignored(&self, name: &str, b: &Bound, json: &serde_json::Value) -> Result<(), InstrumentError> {
+        for field in ["temperature_c", "shake_rpm"] {
+            let Some(v) = json.get(field).filter(|v| !v.is_null()) else { continue };
+            if !b.mapping.parameters.iter().any(|p| p.from.as_deref() == Some(field)) {
+                return Err(InstrumentError::Validation {
+                    parameter: field.into(),
+                    message: format!(
+                        "{}: the mapping of `{name}` ({}) takes no {field}, and this step asks for {v}; map it to a parameter{}",
+                        self.id,
+                        b.mapping.command,
+                        if name == "shake" { ", or map set_temperature, wait_for_temperature and stop_heating" } else { "" }
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls each command with its parameters, in order; the replies in the same order.
     async fn call_all(
         &self,
-        b: &Bound,
-        calls: Vec<Fields>,
+        calls: Vec<(Bound, Fields)>,
         tx: &crate::instrument::ExecutionSender,
     ) -> Result<Vec<Fields>, InstrumentError> {
         let n = calls.len() as f64;
         let mut replies = Vec::new();
-        for (i, params) in calls.into_iter().enumerate() {
+        for (i, (b, params)) in calls.into_iter().enumerate() {
             let mut client = FeatureClient::new(self.channel.clone(), &b.service);
             let command = b.mapping.command.as_str();
             let call = async {
@@ -434,23 +481,29 @@ impl Instrument for MappedSilaDriver {
         let read = Read::of(op);
         // One call, or one per wavelength when the command takes a single wavelength.
         let per_wavelength = b.mapping.parameters.iter().any(|p| p.from.as_deref() == Some("wavelength_nm"));
-        let calls: Vec<Fields> = match (&read, per_wavelength) {
+        let calls: Vec<(Bound, Fields)> = match (&read, per_wavelength) {
             (Some(r), true) => r
                 .wavelengths_nm
                 .iter()
                 .map(|wl| {
                     let mut one = json.clone();
                     one["wavelength_nm"] = serde_json::json!(wl);
-                    parameters(&b, &one)
+                    Ok((b.clone(), parameters(&b, &one)?))
                 })
-                .collect::<Result<_, _>>()?,
-            _ => vec![parameters(&b, &json)?],
+                .collect::<Result<_, InstrumentError>>()?,
+            _ => match self.heated(&name, &b, &json)? {
+                Some(sequence) => sequence,
+                None => {
+                    self.nothing_ignored(&name, &b, &json)?;
+                    vec![(b.clone(), parameters(&b, &json)?)]
+                }
+            },
         };
         self.cancel.reset();
         let me = self.clone();
         Ok(spawn(move |tx| async move {
             me.busy.store(true, Ordering::SeqCst);
-            let result = me.call_all(&b, calls, &tx).await;
+            let result = me.call_all(calls, &tx).await;
             me.busy.store(false, Ordering::SeqCst);
             let replies = result?;
             tx.progress(1.0, b.mapping.command.as_str());

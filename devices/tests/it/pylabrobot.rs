@@ -13,18 +13,26 @@ use protocols::plan::CommandOp;
 use std::path::Path;
 
 fn bridge(py: &Path, port: u16, dir: &Path, firmware: &Path) -> Child {
+    bridge_with(py, port, dir, &["--firmware-log".as_ref(), firmware.as_os_str()])
+}
+
+fn bridge_with(py: &Path, port: u16, dir: &Path, args: &[&std::ffi::OsStr]) -> Child {
     Child(
         std::process::Command::new(py)
             .arg(repo().join("bridges/pylabrobot/bridge.py"))
             .args(["--port", &port.to_string(), "--workdir"])
             .arg(dir)
-            .arg("--firmware-log")
-            .arg(firmware)
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     )
+}
+
+fn bridged_site(port: u16) -> Site {
+    let text = std::fs::read_to_string(repo().join("bridges/pylabrobot/lab.toml")).unwrap();
+    Site::from_toml(&text.replace("127.0.0.1:50070", &format!("127.0.0.1:{port}"))).unwrap()
 }
 
 /// The firmware commands of one kind with their first channel's volume (0.1 µL units).
@@ -58,8 +66,7 @@ async fn a_serial_dilution_through_the_bridge_is_the_star_firmware_stream_pylabr
     let port = free_port();
     let mut server = bridge(&py, port, &dir.join("pkg"), &firmware);
     wait_port(port, 90).await;
-    let text = std::fs::read_to_string(repo().join("bridges/pylabrobot/lab.toml")).unwrap();
-    let site = Site::from_toml(&text.replace("127.0.0.1:50070", &format!("127.0.0.1:{port}"))).unwrap();
+    let site = bridged_site(port);
     let star = site.instruments.iter().find(|i| i.id == "star1").unwrap();
     let config = OpenConfig { scale: TimeScale(1.0), sila_ca: None, robots: Default::default() };
     let driver = open(star, &Endpoint::parse(&star.endpoint).unwrap(), &config).await.unwrap();
@@ -131,5 +138,98 @@ async fn a_serial_dilution_through_the_bridge_is_the_star_firmware_stream_pylabr
     assert!(matches!(&e, InstrumentError::Device { code, .. } if code == "UnknownLabware"), "{e}");
     driver.prepare(&plan).await.unwrap();
     driver.start(&pick).await.unwrap().finish().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// PyLabRobot's plate reader, heater-shaker and centrifuge (their chatterbox backends) behind the
+/// bridge, driven through the mappings of `bridges/pylabrobot/lab.toml`: what PyLabRobot's
+/// backends were asked to do is what the plan said, a heated shake is heat, wait, shake and stop
+/// heating, and a machine the bridge does not serve is refused at connect.
+#[tokio::test]
+async fn the_bridge_serves_pylabrobots_reader_heater_shaker_and_centrifuge() {
+    let Some(py) = peers_python() else { return };
+    let dir = std::env::temp_dir().join(format!("lw-plr-stations-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("machines.log");
+    let port = free_port();
+    let chatterbox = std::ffi::OsStr::new("chatterbox");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--liquid-handler".as_ref(),
+        "none".as_ref(),
+        "--reader".as_ref(),
+        chatterbox,
+        "--heater-shaker".as_ref(),
+        chatterbox,
+        "--centrifuge".as_ref(),
+        chatterbox,
+        "--machine-log".as_ref(),
+        log.as_os_str(),
+    ];
+    let _server = bridge_with(&py, port, &dir.join("pkg"), &args);
+    wait_port(port, 90).await;
+    let site = bridged_site(port);
+    let config = OpenConfig { scale: TimeScale(1.0), sila_ca: None, robots: Default::default() };
+    let connect = |id: &str| {
+        let inst = site.instruments.iter().find(|i| i.id == id).unwrap().clone();
+        let config = config.clone();
+        async move { open(&inst, &Endpoint::parse(&inst.endpoint).unwrap(), &config).await }
+    };
+    let printed = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let reader = connect("reader1").await.unwrap();
+    let wells: Vec<String> = ["A1", "B3", "H12"].map(String::from).to_vec();
+    let read =
+        CommandOp::ReadAbsorbance { labware: "plate".into(), wells: wells.clone(), wavelengths_nm: vec![450.0, 600.0] };
+    let outcome = reader.start(&read).await.unwrap().finish().await.unwrap();
+    let m = &outcome.measurements[0];
+    assert_eq!((m.wells.len(), m.values.len(), m.unit.as_str()), (3, 6, "OD"), "{m:?}");
+    assert!(m.values.iter().all(|v| *v == 0.0), "the chatterbox reads zeros: {m:?}");
+    assert!(
+        printed().contains("Reading absorbance at wavelength 450.")
+            && printed().contains("Reading absorbance at wavelength 600."),
+        "{}",
+        printed()
+    );
+    let glow = CommandOp::ReadLuminescence { labware: "plate".into(), wells: wells.clone() };
+    assert_eq!(reader.start(&glow).await.unwrap().finish().await.unwrap().measurements[0].values.len(), 3);
+
+    let hs = connect("hs1").await.unwrap();
+    let warm = CommandOp::Shake { labware: "plate".into(), rpm: 800.0, duration_s: 0.2, temperature_c: Some(37.0) };
+    hs.start(&warm).await.unwrap().finish().await.unwrap();
+    let text = printed();
+    let order = [
+        "Setting the temperature to 37.0.",
+        "Shaking at speed 800.0",
+        "Stopping shaking",
+        "Deactivating the temperature controller.",
+    ];
+    let at: Vec<usize> = order.iter().map(|l| text.find(l).unwrap_or_else(|| panic!("no {l:?} in\n{text}"))).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "heat, shake, stop, cool in that order:\n{text}");
+
+    // Without a way to stop heating, a heated shake is refused, never run cold or left hot.
+    let text = std::fs::read_to_string(repo().join("bridges/pylabrobot/lab.toml")).unwrap();
+    let cut = text.replace("127.0.0.1:50070", &format!("127.0.0.1:{port}")).replace(
+        "  { op = \"stop_heating\", feature = \"org.labwright/bridges/HeaterShaker/v1\", command = \"Deactivate\" },\n",
+        "",
+    );
+    let cut = Site::from_toml(&cut).unwrap();
+    let inst = cut.instruments.iter().find(|i| i.id == "hs1").unwrap();
+    let cold = open(inst, &Endpoint::parse(&inst.endpoint).unwrap(), &config).await.unwrap();
+    let e = cold.start(&warm).await.unwrap_err();
+    assert!(matches!(&e, InstrumentError::Validation { parameter, .. } if parameter == "temperature_c"), "{e}");
+
+    let cf = connect("cfg1").await.unwrap();
+    cf.start(&CommandOp::Centrifuge { labware: "plate".into(), g: 1000.0, duration_s: 30.0 })
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
+    assert!(printed().contains("Starting spin cycle with g: 1000.0, duration: 30.0"), "{}", printed());
+
+    // The liquid handler is not served by this bridge: its mapping is refused at connect.
+    let e = connect("star1").await.err().unwrap().to_string();
+    assert!(e.contains("org.labwright/bridges/LiquidHandler/v1") && e.contains("does not implement"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
