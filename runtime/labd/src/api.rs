@@ -231,8 +231,10 @@ impl Api {
     async fn earliest_completion(&self, who: &Principal, plan: protocols::plan::RunPlan) -> Result<(f64, f64), Status> {
         use scheduler::lab::{solve, LabProblem};
         let store = self.store.clone();
-        let queue =
-            blocking(move || store.runs(None, &[RunState::Queued, RunState::Running, RunState::Cancelling])).await?;
+        let queue = blocking(move || {
+            store.runs(None, &[RunState::Queued, RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling])
+        })
+        .await?;
         let (site, tenant) = (self.site.clone(), who.tenant_id.clone().unwrap_or_else(|| "quote".into()));
         tokio::task::spawn_blocking(move || {
             let mut p = LabProblem::from_site(&site).map_err(|e| Status::internal(e.0))?;

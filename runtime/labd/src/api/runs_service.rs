@@ -173,7 +173,7 @@ impl pb::runs_server::Runs for Api {
             let run = store.run(scope.as_deref(), &id)?;
             let next = match run.state {
                 RunState::Queued => RunState::Cancelled,
-                RunState::Running => RunState::Cancelling,
+                RunState::Running | RunState::AwaitingRecovery => RunState::Cancelling,
                 RunState::Cancelling => return Ok(run),
                 s => return Err(StoreError::Invalid(format!("run {id} already {s}"))),
             };

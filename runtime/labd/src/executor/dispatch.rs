@@ -338,6 +338,16 @@ impl Executor {
         }
     }
 
+    /// Holds a run in `awaiting_recovery` while a person decides on a step left in doubt, and
+    /// lets it go on after (a run cancelled meanwhile stays cancelling).
+    async fn hold(&self, run_id: &str, held: bool, why: &str) -> Result<(), JobError> {
+        let (store, id, why) = (self.store.clone(), run_id.to_string(), why.to_string());
+        if blocking(move || store.hold_run(&id, held, Some(&why))).await?.is_some() {
+            tracing::info!(run = %run_id, held, "run held for recovery");
+        }
+        Ok(())
+    }
+
     pub(super) async fn await_resolution(&self, id: &str) -> Result<String, JobError> {
         // Woken by this process's writes (a technician resolving it through this node's API);
         // a resolution through another node is seen within a second.
@@ -466,18 +476,24 @@ impl Executor {
                         }
                         _ => format!("{instrument}: {e}"),
                     };
-                    let (store, id, at) = (self.store.clone(), run.id.clone(), instrument.to_string());
+                    let (store, id, at, asked) =
+                        (self.store.clone(), run.id.clone(), instrument.to_string(), what.clone());
                     let i = blocking(move || {
                         store.open_intervention(
                             &id,
                             (task >= 0).then_some(task),
                             Some(&at),
-                            &what,
+                            &asked,
                             "check whether the step happened: done if it did, redo to send it again, abort to stop the run",
                         )
                     })
                     .await?;
-                    match self.await_resolution(&i.id).await?.as_str() {
+                    self.hold(&run.id, true, &what).await?;
+                    let decided = self.await_resolution(&i.id).await?;
+                    if decided != "abort" {
+                        self.hold(&run.id, false, &format!("a person decided `{decided}` for: {what}")).await?;
+                    }
+                    match decided.as_str() {
                         "done" => return Ok(()),
                         "redo" => continue,
                         _ => {

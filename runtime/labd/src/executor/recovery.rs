@@ -67,7 +67,8 @@ impl Executor {
         let asked = self.store.interventions(None, false)?;
         let storage = self.storage_nests();
         let mut failed = Vec::new();
-        for run in self.store.runs(None, &[RunState::Running, RunState::Cancelling])? {
+        let live = [RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling];
+        for run in self.store.runs(None, &live)? {
             if self.config.cell.is_some() && run.cell != self.config.cell {
                 continue; // another cell's run: its node recovers it
             }
@@ -81,7 +82,7 @@ impl Executor {
                 self.store.set_run_state(&run.id, state, Some(reason))?;
                 continue;
             }
-            if run.state == RunState::Running {
+            if matches!(run.state, RunState::Running | RunState::AwaitingRecovery) {
                 let progress = resume::progress(&self.store.events(None, &run.id, 0)?);
                 let why = match serde_json::from_str::<RunPlan>(&run.plan_json) {
                     Ok(plan) => match resume::blocker(&plan, &progress, &attempts, &storage) {

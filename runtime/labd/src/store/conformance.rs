@@ -14,6 +14,7 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     concurrent_submissions_make_one_run(make());
     events_are_gapless_and_tenant_scoped(make().as_ref());
     states_are_final_once_final(make().as_ref());
+    a_held_run_goes_on_only_from_awaiting_recovery(make().as_ref());
     attempts_record_intent_before_outcome(make().as_ref());
     results_round_trip_with_their_event(make().as_ref());
     outbox_is_written_with_each_change(make().as_ref());
@@ -223,6 +224,35 @@ pub fn states_are_final_once_final(s: &dyn Store) {
     assert!(matches!(s.set_run_state(&r.id, RunState::Running, None), Err(StoreError::Conflict(_))), "final is final");
     let kinds: Vec<String> = s.events(None, &r.id, 0).unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec!["submitted", "state", "state"]);
+}
+
+/// Holding for recovery moves only a running run, and releasing only a held one: a cancel that
+/// lands meanwhile is never undone.
+pub fn a_held_run_goes_on_only_from_awaiting_recovery(s: &dyn Store) {
+    let t = s.create_tenant("t", 1.0).unwrap();
+    let r = submit(s, &t.id, "1");
+    assert!(s.hold_run(&r.id, true, Some("stop")).unwrap().is_none(), "a queued run is not held");
+    s.set_run_state(&r.id, RunState::Running, None).unwrap();
+    assert!(s.hold_run(&r.id, true, Some("emergency stop by tech-1")).unwrap().is_some());
+    let held = s.run(None, &r.id).unwrap();
+    assert_eq!((held.state, held.reason.as_deref()), (RunState::AwaitingRecovery, Some("emergency stop by tech-1")));
+    assert!(s.runs(None, &[RunState::AwaitingRecovery]).unwrap().iter().any(|x| x.id == r.id));
+    assert!(s.hold_run(&r.id, false, Some("redo")).unwrap().is_some());
+    assert_eq!(s.run(None, &r.id).unwrap().state, RunState::Running);
+    s.hold_run(&r.id, true, None).unwrap();
+    s.set_run_state(&r.id, RunState::Cancelling, Some("cancelled by tenant")).unwrap();
+    assert!(s.hold_run(&r.id, false, None).unwrap().is_none(), "a cancel is not undone by a release");
+    assert_eq!(s.run(None, &r.id).unwrap().state, RunState::Cancelling);
+    let states: Vec<String> = s
+        .events(None, &r.id, 0)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "state")
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.payload_json).unwrap()["state"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(states, ["running", "awaiting_recovery", "running", "awaiting_recovery", "cancelling"]);
 }
 
 pub fn attempts_record_intent_before_outcome(s: &dyn Store) {

@@ -99,6 +99,9 @@ pub struct Principal {
 pub enum RunState {
     Queued,
     Running,
+    /// Running, but held until a person decides on a step an emergency stop or an instrument
+    /// left in doubt (Opentrons' `awaiting-recovery`); back to running once they have.
+    AwaitingRecovery,
     Succeeded,
     Failed,
     Cancelling,
@@ -110,6 +113,7 @@ impl RunState {
         match self {
             RunState::Queued => "queued",
             RunState::Running => "running",
+            RunState::AwaitingRecovery => "awaiting_recovery",
             RunState::Succeeded => "succeeded",
             RunState::Failed => "failed",
             RunState::Cancelling => "cancelling",
@@ -121,6 +125,7 @@ impl RunState {
         Ok(match s {
             "queued" => RunState::Queued,
             "running" => RunState::Running,
+            "awaiting_recovery" => RunState::AwaitingRecovery,
             "succeeded" => RunState::Succeeded,
             "failed" => RunState::Failed,
             "cancelling" => RunState::Cancelling,
@@ -337,6 +342,9 @@ pub trait Store: Send + Sync {
     fn runs(&self, tenant: Option<&str>, states: &[RunState]) -> Result<Vec<Run>>;
     /// Moves a run to a new state (final states are final), with its event and outbox row.
     fn set_run_state(&self, id: &str, state: RunState, reason: Option<&str>) -> Result<Event>;
+    /// Holds a running run for a person (`held`: running → awaiting_recovery) or lets it go on
+    /// (awaiting_recovery → running); `None` when the run is in neither (a cancel won the race).
+    fn hold_run(&self, id: &str, held: bool, reason: Option<&str>) -> Result<Option<Event>>;
     /// Appends an event (and its outbox row); returns it with its sequence number.
     fn append_event(&self, run_id: &str, kind: &str, payload_json: &str) -> Result<Event>;
     /// Events with `seq > after`, in order.

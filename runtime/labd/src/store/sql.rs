@@ -264,6 +264,54 @@ impl<D: Db> SqlStore<D> {
         &self.db
     }
 
+    /// Moves a run from one of `from` to `state`, with its event and outbox row; `Conflict`
+    /// when it is in none of them.
+    fn move_run(&self, id: &str, state: RunState, reason: Option<&str>, from: &[&str]) -> Result<Option<Event>> {
+        let dialect = self.db.dialect();
+        self.tx(|c| {
+            let at = now_ms();
+            // One conditional update: of two writers racing, only one moves a run out of a
+            // non-final state.
+            let allowed = from.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+            let n = c.execute(
+                &format!("UPDATE runs SET state = ?2, reason = COALESCE(?3, reason), started_at = CASE WHEN ?2 = 'running' AND started_at IS NULL THEN ?4 ELSE started_at END, finished_at = CASE WHEN ?5 = 1 THEN ?4 ELSE finished_at END WHERE id = ?1 AND state IN ({allowed})"),
+                &params![id, state.as_str(), reason, at, state.is_final() as i64],
+            )?;
+            let tenant = match c.query_opt("SELECT state, tenant_id FROM runs WHERE id = ?1", &params![id])? {
+                None => return Err(StoreError::NotFound(format!("run {id}"))),
+                Some(r) if n == 0 => {
+                    return Err(StoreError::Conflict(format!("run {id} already {}", RunState::parse(&r.text(0)?)?)))
+                }
+                Some(r) => r.text(1)?,
+            };
+            if state.is_final() {
+                // The run's own work a technician was asked to do (manual steps, additions: no
+                // instrument) ends with it. A check of an instrument stays open: the instrument
+                // still needs it after the run.
+                let open = c.query(
+                    "SELECT id FROM interventions WHERE run_id = ?1 AND state = 'open' AND instrument IS NULL ORDER BY created_at",
+                    &params![id],
+                )?;
+                let open: Vec<String> = rows(open, |r| r.text(0))?;
+                c.execute(
+                    "UPDATE interventions SET state = 'closed', resolved_at = ?2, resolved_by = 'labd' WHERE run_id = ?1 AND state = 'open' AND instrument IS NULL",
+                    &params![id, at],
+                )?;
+                for i in open {
+                    let payload =
+                        serde_json::json!({"intervention": i, "resolution": "closed", "why": "the run ended"}).to_string();
+                    append_to(c, dialect, id, "intervention_resolved", &payload, true)?;
+                }
+            }
+            let payload = serde_json::json!({"state": state.as_str(), "reason": reason}).to_string();
+            let ev = append_to(c, dialect, id, "state", &payload, true)?;
+            // The retained state topic gets its own row.
+            let header = envelope::RunHeader { tenant: &tenant, run: id, seq: ev.seq, ts: at };
+            put_outbox(c, dialect, Some(&tenant), Some(id), Some(ev.seq), &envelope::run_state(header, state.as_str(), reason))?;
+            Ok(Some(ev))
+        })
+    }
+
     fn tx<T: Send>(&self, f: impl FnMut(&mut dyn Conn) -> Result<T> + Send) -> Result<T> {
         let out = self.fenced_tx(f);
         if out.is_ok() {
@@ -747,48 +795,17 @@ impl<D: Db> Store for SqlStore<D> {
     }
 
     fn set_run_state(&self, id: &str, state: RunState, reason: Option<&str>) -> Result<Event> {
-        let dialect = self.db.dialect();
-        self.tx(|c| {
-            let at = now_ms();
-            // One conditional update: of two writers racing, only one moves a run out of a
-            // non-final state.
-            let n = c.execute(
-                "UPDATE runs SET state = ?2, reason = COALESCE(?3, reason), started_at = CASE WHEN ?2 = 'running' AND started_at IS NULL THEN ?4 ELSE started_at END, finished_at = CASE WHEN ?5 = 1 THEN ?4 ELSE finished_at END WHERE id = ?1 AND state NOT IN ('succeeded', 'failed', 'cancelled')",
-                &params![id, state.as_str(), reason, at, state.is_final() as i64],
-            )?;
-            let tenant = match c.query_opt("SELECT state, tenant_id FROM runs WHERE id = ?1", &params![id])? {
-                None => return Err(StoreError::NotFound(format!("run {id}"))),
-                Some(r) if n == 0 => {
-                    return Err(StoreError::Conflict(format!("run {id} already {}", RunState::parse(&r.text(0)?)?)))
-                }
-                Some(r) => r.text(1)?,
-            };
-            if state.is_final() {
-                // The run's own work a technician was asked to do (manual steps, additions: no
-                // instrument) ends with it. A check of an instrument stays open: the instrument
-                // still needs it after the run.
-                let open = c.query(
-                    "SELECT id FROM interventions WHERE run_id = ?1 AND state = 'open' AND instrument IS NULL ORDER BY created_at",
-                    &params![id],
-                )?;
-                let open: Vec<String> = rows(open, |r| r.text(0))?;
-                c.execute(
-                    "UPDATE interventions SET state = 'closed', resolved_at = ?2, resolved_by = 'labd' WHERE run_id = ?1 AND state = 'open' AND instrument IS NULL",
-                    &params![id, at],
-                )?;
-                for i in open {
-                    let payload =
-                        serde_json::json!({"intervention": i, "resolution": "closed", "why": "the run ended"}).to_string();
-                    append_to(c, dialect, id, "intervention_resolved", &payload, true)?;
-                }
-            }
-            let payload = serde_json::json!({"state": state.as_str(), "reason": reason}).to_string();
-            let ev = append_to(c, dialect, id, "state", &payload, true)?;
-            // The retained state topic gets its own row.
-            let header = envelope::RunHeader { tenant: &tenant, run: id, seq: ev.seq, ts: at };
-            put_outbox(c, dialect, Some(&tenant), Some(id), Some(ev.seq), &envelope::run_state(header, state.as_str(), reason))?;
-            Ok(ev)
-        })
+        self.move_run(id, state, reason, &["queued", "running", "awaiting_recovery", "cancelling"])?
+            .ok_or_else(|| StoreError::Backend(format!("run {id} did not move")))
+    }
+
+    fn hold_run(&self, id: &str, held: bool, reason: Option<&str>) -> Result<Option<Event>> {
+        let (to, from) =
+            if held { (RunState::AwaitingRecovery, "running") } else { (RunState::Running, "awaiting_recovery") };
+        match self.move_run(id, to, reason, &[from]) {
+            Err(StoreError::Conflict(_)) => Ok(None),
+            other => other,
+        }
     }
 
     fn append_event(&self, run_id: &str, kind: &str, payload_json: &str) -> Result<Event> {
@@ -1220,7 +1237,7 @@ impl<D: Db> Store for SqlStore<D> {
     fn cell_loads(&self) -> Result<Vec<(String, i64)>> {
         let found = self.read(|c| {
             c.query(
-                "SELECT cell, COUNT(*) FROM runs WHERE cell IS NOT NULL AND state IN ('queued', 'running', 'cancelling') GROUP BY cell ORDER BY cell",
+                "SELECT cell, COUNT(*) FROM runs WHERE cell IS NOT NULL AND state IN ('queued', 'running', 'awaiting_recovery', 'cancelling') GROUP BY cell ORDER BY cell",
                 &[],
             )
         })?;

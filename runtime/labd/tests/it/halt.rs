@@ -53,9 +53,17 @@ fn an_emergency_stop_holds_runs_and_a_resume_lets_them_finish() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert!(held.what.contains("emergency stop by tech-1 (smoke in cell 2)"), "{}", held.what);
-        assert_eq!(store.run(None, &run.id).unwrap().state, RunState::Running);
+        // Held, with why, where the tenant and the console see it.
+        let state = || store.run(None, &run.id).unwrap();
+        while state().state != RunState::AwaitingRecovery {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(state().reason.unwrap_or_default().contains("emergency stop by tech-1"));
         // Redo while the lab is still stopped: nothing goes out until it is resumed.
         store.resolve_intervention(&held.id, "redo", "tech-1").unwrap();
+        while state().state != RunState::Running {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let before = store.attempts(&run.id).unwrap().len();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(store.attempts(&run.id).unwrap().len(), before, "no command is sent while the lab is stopped");
