@@ -299,8 +299,21 @@ pub struct Arm {
     pub move_s: f64,
     #[serde(default)]
     pub moves: Vec<Move>,
+    /// Where the arm was taught each nest it reaches, as its controller stores it (joint angles:
+    /// J1 in mm, the others in degrees). When given, every nest in `reach` needs one, and the
+    /// driver checks them against the arm's own at connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub positions: Vec<TaughtPosition>,
     /// How the runtime reaches the arm; required, like an instrument's.
     pub endpoint: String,
+}
+
+/// One nest as an arm was taught it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaughtPosition {
+    pub nest: String,
+    pub joints: Vec<f64>,
 }
 
 /// A measured move time between two nests (either direction).
@@ -584,6 +597,32 @@ impl Site {
             }
             if !(arm.move_s.is_finite() && arm.move_s > 0.0) {
                 return Err(invalid(key, "move_s must be a positive number of seconds"));
+            }
+            let mut taught = BTreeSet::new();
+            for p in &arm.positions {
+                if !arm.reach.contains(&p.nest) {
+                    return Err(invalid(
+                        format!("{key}.positions ({})", p.nest),
+                        "names a nest the arm does not reach; add it to reach or remove the position",
+                    ));
+                }
+                if !taught.insert(p.nest.clone()) {
+                    return Err(invalid(format!("{key}.positions ({})", p.nest), "is taught twice"));
+                }
+                if p.joints.is_empty() || p.joints.len() > 7 || !p.joints.iter().all(|j| j.is_finite()) {
+                    return Err(invalid(
+                        format!("{key}.positions ({})", p.nest),
+                        "joints must be 1 to 7 finite numbers, as the arm's controller stores them",
+                    ));
+                }
+            }
+            if !arm.positions.is_empty() {
+                if let Some(n) = arm.reach.iter().find(|n| !taught.contains(*n)) {
+                    return Err(invalid(
+                        key,
+                        &format!("reaches {n} but has no taught position for it; teach it and add it to positions"),
+                    ));
+                }
             }
             for n in arm.reach.iter().chain(arm.moves.iter().flat_map(|m| [&m.from, &m.to])) {
                 if !nests.contains(n) {

@@ -204,3 +204,15 @@ fn a_module_on_a_robot_is_checked_against_its_robot() {
     assert!(err(&twice).contains("holds another module"));
     assert!(err(&text.replace("robot = \"flex\"\nslot = 7\n", "slot = 7\n")).contains("name the robot too"));
 }
+
+/// An arm's taught positions name nests it reaches, once each, and cover all of them.
+#[test]
+fn taught_positions_cover_the_arms_reach() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sites/opentrons.toml")).unwrap();
+    let err = |text: &str| Site::from_toml(text).unwrap_err().to_string();
+    let reader = "  { nest = \"reader1\", joints = [250.0, 120.0, 30.0, 30.0, 80.0] },\n";
+    assert!(err(&text.replace(reader, "")).contains("reaches reader1 but has no taught position"));
+    assert!(err(&text.replace("nest = \"reader1\"", "nest = \"reader9\"")).contains("does not reach"));
+    assert!(err(&text.replace("nest = \"reader1\"", "nest = \"hs1\"")).contains("taught twice"));
+    assert!(err(&text.replace("joints = [250.0, 120.0, 30.0, 30.0, 80.0]", "joints = []")).contains("finite numbers"));
+}

@@ -39,6 +39,8 @@ struct Inner {
     locations: Vec<String>,
     config: ArmConfig,
     link: Mutex<(Link, bool)>,
+    /// What lab.toml says each location was taught (joints), where it says.
+    taught: Vec<Option<Vec<f64>>>,
     /// Where each plate is, as far as this arm knows.
     plates: std::sync::Mutex<BTreeMap<String, String>>,
     /// The gripper may be closed: set before closing it, cleared once it opened.
@@ -55,8 +57,16 @@ pub struct ArmDriver {
 impl ArmDriver {
     /// `locations` are the arm's reach, in the order they were taught (index 1, 2, …).
     pub fn new(locations: Vec<String>, link: Link, config: ArmConfig) -> Self {
+        let taught = vec![None; locations.len()];
+        Self::taught(locations, taught, link, config)
+    }
+
+    /// As [`ArmDriver::new`], with the joints lab.toml records for each location (in the same
+    /// order), which [`ArmDriver::verify_positions`] checks against the arm.
+    pub fn taught(locations: Vec<String>, taught: Vec<Option<Vec<f64>>>, link: Link, config: ArmConfig) -> Self {
         ArmDriver {
             inner: Arc::new(Inner {
+                taught,
                 locations,
                 config,
                 link: Mutex::new((link, false)),
@@ -65,6 +75,33 @@ impl ArmDriver {
                 cancel: Cancel::default(),
             }),
         }
+    }
+
+    /// Compares every position lab.toml records with where the arm's controller has it taught
+    /// (`locAngles`), within 0.05 mm or degree: a re-taught arm or a stale lab.toml is a startup
+    /// error naming the nest and both, never a move to the wrong place.
+    pub async fn verify_positions(&self) -> Result<usize, InstrumentError> {
+        let mut checked = 0;
+        for (i, want) in self.inner.taught.iter().enumerate() {
+            let Some(want) = want else { continue };
+            let index = i + 1;
+            let have = self.command(&format!("locAngles {index}")).await?.numbers()?;
+            let same = have.len() >= want.len() && want.iter().zip(&have).all(|(a, b)| (a - b).abs() <= 0.05);
+            if !same {
+                let fmt = |v: &[f64]| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(", ");
+                return Err(InstrumentError::Validation {
+                    parameter: "positions".into(),
+                    message: format!(
+                        "{} (location {index}) is taught at [{}] on the arm, but lab.toml says [{}]; re-teach the arm or update lab.toml",
+                        self.inner.locations[i],
+                        fmt(&have),
+                        fmt(want)
+                    ),
+                });
+            }
+            checked += 1;
+        }
+        Ok(checked)
     }
 
     /// Tells the driver where a plate is (the executor knows from the schedule).

@@ -194,7 +194,11 @@ pub async fn open_arm(
 ) -> Result<Arc<arm::ArmDriver>, InstrumentError> {
     let link = crate::link::Link::open(endpoint.clone()).await?;
     let config = arm::ArmConfig { poll: scale.wall(0.05).max(Duration::from_micros(200)), ..arm::ArmConfig::default() };
-    Ok(Arc::new(arm::ArmDriver::new(arm.reach.clone(), link, config)))
+    let taught =
+        arm.reach.iter().map(|n| arm.positions.iter().find(|p| &p.nest == n).map(|p| p.joints.clone())).collect();
+    let driver = arm::ArmDriver::taught(arm.reach.clone(), taught, link, config);
+    driver.verify_positions().await?;
+    Ok(Arc::new(driver))
 }
 
 /// Settings shared by every driver [`open`] makes.

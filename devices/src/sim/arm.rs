@@ -27,11 +27,14 @@ pub struct ArmSim {
     /// incubator) whose own mechanism presents the wanted plate: picking there always finds one.
     capacity: Vec<u32>,
     names: Vec<String>,
+    /// Each location's taught joints (`locAngles`); the approach is 50 mm above.
+    taught: Vec<[f64; JOINTS]>,
 }
 
-fn taught(index: usize, approach: bool) -> [f64; JOINTS] {
+/// Where the simulator was taught location `index` (1-based) when nobody re-taught it.
+pub fn factory_taught(index: usize) -> [f64; JOINTS] {
     let i = index as f64;
-    [if approach { 300.0 } else { 250.0 }, 20.0 * i, 90.0 - 10.0 * i, 5.0 * i, 80.0]
+    [250.0, 20.0 * i, 90.0 - 10.0 * i, 5.0 * i, 80.0]
 }
 
 impl ArmSim {
@@ -57,7 +60,16 @@ impl ArmSim {
             occupied: vec![0; locations.len()],
             capacity: locations.iter().enumerate().map(|(i, _)| capacity.get(i).copied().unwrap_or(1).max(1)).collect(),
             names: locations.to_vec(),
+            taught: (1..=locations.len()).map(factory_taught).collect(),
         }
+    }
+
+    fn taught(&self, index: usize, approach: bool) -> [f64; JOINTS] {
+        let mut j = self.taught[index - 1];
+        if approach {
+            j[0] += 50.0;
+        }
+        j
     }
 
     /// Puts a plate at a location (the technician loading the hotel).
@@ -181,9 +193,28 @@ impl LineDevice for ArmSim {
                     self.powered = false;
                     return Self::reply(-3100, "Hard envelope error: collision at the nest");
                 }
-                self.go(taught(idx, cmd == "moveAppro"), now);
+                self.go(self.taught(idx, cmd == "moveAppro"), now);
                 self.at = if cmd == "move" { Some(idx - 1) } else { None };
                 Self::reply(0, "")
+            }
+            // `locAngles N` says where location N was taught; `locAngles N j1 … j5` teaches it.
+            "locAngles" => {
+                let Some(idx) = args.first().and_then(|a| a.parse::<usize>().ok()) else {
+                    return Self::reply(-205, "Missing argument");
+                };
+                if idx == 0 || idx > self.names.len() {
+                    return Self::reply(-202, "Invalid argument: no such location");
+                }
+                if args.len() > 1 {
+                    let j: Vec<f64> = args[1..].iter().filter_map(|a| a.parse().ok()).collect();
+                    if j.len() != JOINTS {
+                        return Self::reply(-202, "Invalid argument: give every joint");
+                    }
+                    self.taught[idx - 1].copy_from_slice(&j);
+                    return Self::reply(0, "");
+                }
+                let j = self.taught[idx - 1];
+                Self::reply(0, &j.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" "))
             }
             // -1 when the jaws closed all the way (on nothing), 0 when open or on a plate.
             "IsFullyClosed" => Self::reply(0, if self.gripper_closed && !self.holding { "-1" } else { "0" }),

@@ -29,6 +29,29 @@ async fn arm(faults: &str, plates_at: &[&str]) -> ArmDriver {
     ArmDriver::new(nests(), link, ArmConfig { poll: Duration::from_millis(5), ..ArmConfig::default() })
 }
 
+/// An arm's taught positions in lab.toml are checked against the arm at connect: the shipped
+/// Opentrons site's match the simulated arm; a position re-taught on the arm (or changed in the
+/// file) is a startup error naming the nest and both sets of joints.
+#[tokio::test]
+async fn taught_positions_are_checked_against_the_arm_at_connect() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sites/opentrons.toml")).unwrap();
+    let site = labware::Site::from_toml(&text).unwrap();
+    let a = &site.arms[0];
+    let sim = ArmSim::new(&a.reach);
+    let addr = spawn_tcp(sim, Faults::default(), SimClock::new(FAST), arm::error_reply, "127.0.0.1:0").await.unwrap();
+    let ep = Endpoint::Tcp(addr.to_string());
+    let driver = devices::driver::open_arm(a, &ep, FAST).await.unwrap();
+    assert_eq!(driver.verify_positions().await.unwrap(), a.reach.len());
+
+    // Someone re-teaches the reader's nest on the arm's pendant.
+    driver.command("locAngles 6 250 121.5 30 30 80").await.unwrap();
+    drop(driver); // the controller serves one connection at a time
+    let e = devices::driver::open_arm(a, &ep, FAST).await.err().unwrap();
+    let text = e.to_string();
+    assert!(text.contains("reader1") && text.contains("121.5") && text.contains("120"), "{text}");
+    assert!(matches!(e, InstrumentError::Validation { .. }));
+}
+
 fn mv(labware: &str, to: &str) -> CommandOp {
     CommandOp::MoveLabware { labware: labware.into(), to: to.into() }
 }
