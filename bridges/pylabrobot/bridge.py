@@ -1,10 +1,10 @@
 """Labwright's PyLabRobot bridge: serves PyLabRobot machines as one SiLA 2 server, one feature per
 machine type (`LiquidHandler.sila.xml`, `PlateReader.sila.xml`, `HeaterShaker.sila.xml`,
-`Centrifuge.sila.xml`), so labd drives them through its generic SiLA 2 path (a `sila` mapping in
+`Centrifuge.sila.xml`, `Incubator.sila.xml`), so labd drives them through its generic SiLA 2 path (a `sila` mapping in
 lab.toml, see docs/instruments.md and lab.toml here).
 
     python bridge.py --port 50070 [--liquid-handler star-chatterbox] [--reader chatterbox]
-                     [--heater-shaker chatterbox] [--centrifuge chatterbox]
+                     [--heater-shaker chatterbox] [--centrifuge chatterbox] [--incubator chatterbox]
                      [--firmware-log FILE] [--machine-log FILE] [--workdir DIR]
 
 A machine left out (or given `none`) is not served: its feature is not in the server, and labd
@@ -27,6 +27,7 @@ MACHINES = {
     "reader": ("PlateReader.sila.xml", "platereader_impl.py", "LW_PLR_READER"),
     "heater_shaker": ("HeaterShaker.sila.xml", "heatershaker_impl.py", "LW_PLR_HEATER_SHAKER"),
     "centrifuge": ("Centrifuge.sila.xml", "centrifuge_impl.py", "LW_PLR_CENTRIFUGE"),
+    "incubator": ("Incubator.sila.xml", "incubator_impl.py", "LW_PLR_INCUBATOR"),
 }
 
 
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("--reader", default="none", help="the plate reader's backend (chatterbox, clariostar), or none")
     p.add_argument("--heater-shaker", default="none", help="the heater-shaker's backend (chatterbox), or none")
     p.add_argument("--centrifuge", default="none", help="the centrifuge's backend (chatterbox), or none")
+    p.add_argument("--incubator", default="none", help="the incubator's backend (chatterbox), or none")
     p.add_argument("--firmware-log", help="append every firmware command the liquid handler's backend sends to this file")
     p.add_argument("--machine-log", help="append what the other machines' chatterbox backends print to this file")
     p.add_argument("--workdir", help="where to generate the server package")

@@ -52,7 +52,7 @@ impl Deck {
             if matches!(lw.kind, LabwareKind::Trash) {
                 continue;
             }
-            let def = lib.get(&lw.load_name).ok_or_else(|| {
+            let def = plan.labware_def(&lw.load_name, lib).ok_or_else(|| {
                 format!("labware `{}` has type `{}`, which is not in the library", lw.name, lw.load_name)
             })?;
             if next > slots.min(TRASH_SLOT - 1) {

@@ -108,6 +108,17 @@ impl ExecutionSender {
     }
 }
 
+/// A plate mover (a robot arm, a Flex's gripper): an instrument that takes `MoveLabware`, told
+/// where each plate is before it moves it.
+pub trait Arm: Instrument {
+    /// Where a plate is now (the executor knows from the schedule).
+    fn locate(&self, labware: &str, location: &str);
+
+    /// What a plate is (its labware definition) and, on a liquid handler's deck, which slot the
+    /// handler's task puts it in; movers that place plates on a robot's deck need it.
+    fn carries(&self, _labware: &str, _def: &labware::LabwareDef, _deck_slot: Option<u32>) {}
+}
+
 /// Every instrument driver, real wire or simulated, implements this.
 #[async_trait::async_trait]
 pub trait Instrument: Send + Sync + std::fmt::Debug {

@@ -23,6 +23,6 @@ pub mod sim;
 
 pub use error::{InstrumentError, Recovery};
 pub use instrument::{
-    Execution, Identity, Instrument, Measurement, Outcome, Progress, State, Status, TimeScale, Whereabouts,
+    Arm, Execution, Identity, Instrument, Measurement, Outcome, Progress, State, Status, TimeScale, Whereabouts,
 };
 pub use route::{deadline, family, Family};

@@ -133,6 +133,10 @@ pub struct SilaParameter {
     /// Or a constant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<SilaConstant>,
+    /// With `from`: what to send when the plan command leaves that field empty (an incubation
+    /// without shaking has no `shake_rpm`; a feature may take 0 for "none").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<SilaConstant>,
     /// A number is sent as field × scale + offset: `scale = 1000` turns seconds into
     /// milliseconds, `offset = 273.15` °C into kelvin.
     #[serde(default = "unit_scale")]
@@ -304,6 +308,10 @@ pub struct Arm {
     /// driver checks them against the arm's own at connect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub positions: Vec<TaughtPosition>,
+    /// A Flex's gripper: the robot (a liquid handler of this site) it belongs to; it reaches the
+    /// robot's nest and its modules' and has the robot's endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robot: Option<String>,
     /// How the runtime reaches the arm; required, like an instrument's.
     pub endpoint: String,
 }
@@ -549,11 +557,12 @@ impl Site {
                 }
                 for p in &m.parameters {
                     if p.from.is_some() == p.value.is_some()
+                        || (p.default.is_some() && p.from.is_none())
                         || !(p.scale.is_finite() && p.scale != 0.0 && p.offset.is_finite())
                     {
                         return Err(invalid(
                             format!("{at}.parameters ({})", p.name),
-                            "give exactly one of from (a field of the plan command) or value (a constant); scale non-zero, offset finite",
+                            "give exactly one of from (a field of the plan command) or value (a constant), a default only with from; scale non-zero, offset finite",
                         ));
                     }
                 }
@@ -597,6 +606,39 @@ impl Site {
             }
             if !(arm.move_s.is_finite() && arm.move_s > 0.0) {
                 return Err(invalid(key, "move_s must be a positive number of seconds"));
+            }
+            if let Some(robot_id) = &arm.robot {
+                let Some(robot) = self.instruments.iter().find(|r| &r.id == robot_id) else {
+                    return Err(invalid(key, &format!("robot = \"{robot_id}\" names no instrument of this site")));
+                };
+                if robot.class != InstrumentClass::LiquidHandler || !robot.speaks_opentrons_http() {
+                    return Err(invalid(
+                        key,
+                        &format!("robot = \"{robot_id}\" must be an Opentrons robot driven over its HTTP API"),
+                    ));
+                }
+                if arm.endpoint != robot.endpoint {
+                    return Err(invalid(
+                        key,
+                        &format!(
+                            "a gripper is driven through its robot: give it the robot's endpoint \"{}\"",
+                            robot.endpoint
+                        ),
+                    ));
+                }
+                let on_robot = |n: &String| {
+                    robot.nest_ids().contains(n)
+                        || self
+                            .instruments
+                            .iter()
+                            .any(|m| m.robot.as_deref() == Some(robot_id) && m.nest_ids().contains(n))
+                };
+                if let Some(n) = arm.reach.iter().find(|n| !on_robot(n)) {
+                    return Err(invalid(
+                        key,
+                        &format!("a gripper reaches only its robot's deck and modules; {n} is not on {robot_id}"),
+                    ));
+                }
             }
             let mut taught = BTreeSet::new();
             for p in &arm.positions {

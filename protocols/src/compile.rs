@@ -458,6 +458,13 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
         tasks: plan_tasks,
         max_lags,
         optics: BTreeMap::new(),
+        // The protocol's own definitions of the types it uses.
+        custom_labware: p
+            .custom_labware
+            .iter()
+            .filter(|c| env.slots.iter().any(|s| s.def.load_name == c.load_name))
+            .cloned()
+            .collect(),
     })
 }
 

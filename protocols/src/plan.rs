@@ -28,9 +28,19 @@ pub struct RunPlan {
     /// compute each well's value from them).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub optics: std::collections::BTreeMap<String, labware::optics::Optics>,
+    /// Definitions of the labware types the protocol brought that the lab's library lacks (an
+    /// Opentrons protocol's `labwareDefinitions`): drivers that must describe the labware to an
+    /// instrument (a robot's deck, a gripper) find them here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_labware: Vec<labware::LabwareDef>,
 }
 
 impl RunPlan {
+    /// The definition of a labware type the plan uses: the plan's own, else the library's.
+    pub fn labware_def<'a>(&'a self, load_name: &str, lib: &'a labware::Library) -> Option<&'a labware::LabwareDef> {
+        self.custom_labware.iter().find(|d| d.load_name == load_name).or_else(|| lib.get(load_name))
+    }
+
     /// The same plan with every labware and liquid name made unique across runs
     /// (`<prefix>.<name>`): two tenants' "plate" are different plates to the arm and the liquid
     /// handler, and their "dye" different liquids to a simulated reader.

@@ -81,7 +81,8 @@ impl ModuleKind {
     }
 }
 
-/// One step of a module's plan command.
+/// One step of a module's plan command. The commands between two holds go to the robot together,
+/// in one run (the engine's knowledge of the latch and the target lives in the run).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     Send(Command),
@@ -181,6 +182,9 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
             }
             out.push(send("heaterShaker/setAndWaitForShakeSpeed", json!({"rpm": r})));
             out.push(Step::Hold { seconds: *duration_s, what: format!("shaking at {r} rpm") });
+            // The hold may outlast the run (a liquid-handling task starts its own): the new run
+            // must see the latch closed before it may stop the shaker.
+            out.push(latch());
             out.push(send("heaterShaker/deactivateShaker", json!({})));
             if temperature_c.is_some() {
                 out.push(cool());
@@ -199,6 +203,7 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
             }
             out.push(Step::Hold { seconds: *duration_s, what: format!("holding {temperature_c} °C") });
             if shake_rpm.is_some() {
+                out.push(latch());
                 out.push(send("heaterShaker/deactivateShaker", json!({})));
             }
             out.push(cool());
@@ -234,6 +239,7 @@ mod tests {
                 "heaterShaker/waitForTemperature",
                 "heaterShaker/setAndWaitForShakeSpeed",
                 "hold 600",
+                "heaterShaker/closeLabwareLatch",
                 "heaterShaker/deactivateShaker",
                 "heaterShaker/deactivateHeater",
             ]

@@ -215,6 +215,12 @@ impl Inner {
     }
 }
 
+impl crate::instrument::Arm for ArmDriver {
+    fn locate(&self, labware: &str, location: &str) {
+        ArmDriver::locate(self, labware, location)
+    }
+}
+
 #[async_trait::async_trait]
 impl Instrument for ArmDriver {
     async fn identify(&self) -> Result<Identity, InstrumentError> {

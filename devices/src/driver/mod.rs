@@ -5,6 +5,7 @@ pub mod arm;
 pub mod liquid;
 pub mod module;
 pub mod opentrons;
+pub mod opentrons_gripper;
 pub mod opentrons_link;
 pub mod opentrons_module;
 pub mod reader;
@@ -199,6 +200,30 @@ pub async fn open_arm(
     let driver = arm::ArmDriver::taught(arm.reach.clone(), taught, link, config);
     driver.verify_positions().await?;
     Ok(Arc::new(driver))
+}
+
+/// Opens a plate mover: a Flex's gripper when the arm names its robot (`robot`, with the robot's
+/// `opentrons:` endpoint), else a PF400-style arm ([`open_arm`]).
+pub async fn open_mover(
+    arm: &labware::site::Arm,
+    site: &labware::Site,
+    endpoint: &crate::link::Endpoint,
+    config: &OpenConfig,
+) -> Result<Arc<dyn crate::Arm>, InstrumentError> {
+    match (&arm.robot, endpoint) {
+        (Some(robot), crate::link::Endpoint::Opentrons { address }) => {
+            let link = config.robots.link(robot, address, &opentrons::OpentronsConfig::default());
+            let driver = opentrons_gripper::OpentronsGripperDriver::new(arm, site, robot, link)?;
+            // Proves the robot answers and is a Flex before anything is planned on it.
+            crate::Instrument::identify(&driver).await?;
+            Ok(Arc::new(driver))
+        }
+        (Some(robot), _) => Err(InstrumentError::Validation {
+            parameter: "endpoint".into(),
+            message: format!("{} is {robot}'s gripper: give it the robot's opentrons: endpoint", arm.id),
+        }),
+        (None, _) => Ok(open_arm(arm, endpoint, config.scale).await?),
+    }
 }
 
 /// Settings shared by every driver [`open`] makes.

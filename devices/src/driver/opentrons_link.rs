@@ -168,6 +168,33 @@ impl RobotLink {
         }
     }
 
+    /// The id of module `instrument` (a `kind` in deck slot `slot`) in our run `run`, loading it
+    /// into the run the first time.
+    pub(crate) async fn module_id(
+        &self,
+        session: &mut Session,
+        run: &str,
+        instrument: &str,
+        kind: crate::codec::opentrons_module::ModuleKind,
+        slot: u32,
+        cancel: &Cancel,
+    ) -> Result<String, InstrumentError> {
+        if let Some(id) = session.modules.get(instrument) {
+            return Ok(id.clone());
+        }
+        let robot = self.robot(session).await?;
+        let load = api::Command::new(
+            "loadModule",
+            json!({"model": kind.model(), "location": {"slotName": robot.slot_name(slot)}}),
+        );
+        let result = self.command(session, run, &load, Intent::Protocol, cancel).await?;
+        let module_id = result.get("moduleId").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+            InstrumentError::Protocol(format!("{instrument}: loadModule answered without a moduleId: {result}"))
+        })?;
+        session.modules.insert(instrument.to_string(), module_id.clone());
+        Ok(module_id)
+    }
+
     /// Plays a run (live commands are then `protocol` commands).
     pub(crate) async fn play(&self, run: &str) -> Result<(), InstrumentError> {
         let play = json!({"data": {"actionType": "play"}});

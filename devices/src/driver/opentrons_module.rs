@@ -63,19 +63,7 @@ impl Inner {
     /// The run to post to and the module's id in it, loading the module when the run is new.
     async fn module_in_run(&self, session: &mut Session) -> Result<(String, String), InstrumentError> {
         let run = self.link.running_run(session).await?;
-        if let Some(id) = session.modules.get(&self.id) {
-            return Ok((run, id.clone()));
-        }
-        let robot = self.link.robot(session).await?;
-        let load = Command::new(
-            "loadModule",
-            json!({"model": self.kind.model(), "location": {"slotName": robot.slot_name(self.slot)}}),
-        );
-        let result = self.link.command(session, &run, &load, Intent::Protocol, &self.cancel).await?;
-        let module_id = result.get("moduleId").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
-            InstrumentError::Protocol(format!("{}: loadModule answered without a moduleId: {result}", self.id))
-        })?;
-        session.modules.insert(self.id.clone(), module_id.clone());
+        let module_id = self.link.module_id(session, &run, &self.id, self.kind, self.slot, &self.cancel).await?;
         Ok((run, module_id))
     }
 
@@ -89,7 +77,14 @@ impl Inner {
         let (run, module_id) = self.module_in_run(&mut session).await?;
         let mut out = Vec::new();
         for c in commands(&module_id) {
-            out.push(self.link.command(&mut session, &run, &c, Intent::Protocol, cancel).await?);
+            match self.link.command(&mut session, &run, &c, Intent::Protocol, cancel).await {
+                Ok(v) => out.push(v),
+                // The commands before it ran: the batch as a whole must not simply be resent.
+                Err(InstrumentError::Disconnected(m)) if !out.is_empty() => {
+                    return Err(InstrumentError::Protocol(format!("{m}, after {} robot commands had run", out.len())))
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
@@ -168,29 +163,43 @@ impl Instrument for OpentronsModuleDriver {
         inner.cancel.reset();
         Ok(spawn(move |tx| async move {
             let n = steps.len();
-            for (i, step) in steps.into_iter().enumerate() {
+            let mut batch: Vec<Command> = Vec::new();
+            let mut sent_before = 0;
+            let mut steps = steps.into_iter().enumerate().peekable();
+            while let Some((i, step)) = steps.next() {
                 inner.cancel.check()?;
                 match step {
                     Step::Send(c) => {
-                        let what = c.command_type;
-                        let c_params = c.params.clone();
+                        batch.push(c);
+                        // Consecutive commands go together, in one run.
+                        if matches!(steps.peek(), Some((_, Step::Send(_)))) {
+                            continue;
+                        }
+                        let commands = std::mem::take(&mut batch);
+                        let what = commands.last().map_or("", |c| c.command_type);
+                        let kept = commands.clone();
                         let sent = inner.send(
                             |m| {
-                                let mut c = c;
-                                c.params["moduleId"] = json!(m);
-                                vec![c]
+                                commands
+                                    .into_iter()
+                                    .map(|mut c| {
+                                        c.params["moduleId"] = json!(m);
+                                        c
+                                    })
+                                    .collect()
                             },
                             &inner.cancel,
                         );
                         match sent.await {
-                            Ok(_) => inner.remember(what, &c_params),
-                            Err(InstrumentError::Disconnected(m)) if i > 0 => {
+                            Ok(_) => kept.iter().for_each(|c| inner.remember(c.command_type, &c.params)),
+                            Err(InstrumentError::Disconnected(m)) if sent_before > 0 => {
                                 return Err(InstrumentError::Protocol(format!(
-                                    "{m}, after {i} of {n} robot commands of this step had run"
+                                    "{m}, after {sent_before} of {n} robot commands of this step had run"
                                 )))
                             }
                             Err(e) => return Err(e),
                         }
+                        sent_before = i + 1;
                         tx.progress((i + 1) as f64 / n as f64, what);
                     }
                     Step::Hold { seconds, what } => {

@@ -219,11 +219,17 @@ fn parameters(b: &Bound, op: &serde_json::Value) -> Result<Fields, InstrumentErr
                 return Err(refused(format!("parameter {} is not of a basic type or a list", el.identifier)))
             }
         };
+        let constant = |c: &SilaConstant| match c {
+            SilaConstant::Flag(v) => serde_json::json!(v),
+            SilaConstant::Number(v) => serde_json::json!(v),
+            SilaConstant::Text(v) => serde_json::json!(v),
+        };
         let source = match (&p.from, &p.value) {
-            (Some(field), _) => op.get(field).cloned().unwrap_or(serde_json::Value::Null),
-            (None, Some(SilaConstant::Flag(v))) => serde_json::json!(v),
-            (None, Some(SilaConstant::Number(v))) => serde_json::json!(v),
-            (None, Some(SilaConstant::Text(v))) => serde_json::json!(v),
+            (Some(field), _) => match op.get(field).filter(|v| !v.is_null()) {
+                Some(v) => v.clone(),
+                None => p.default.as_ref().map(constant).unwrap_or(serde_json::Value::Null),
+            },
+            (None, Some(c)) => constant(c),
             (None, None) => serde_json::Value::Null,
         };
         let bad = |what: &str| InstrumentError::Validation {

@@ -16,6 +16,7 @@ use super::bench::{self, Mixture, SharedBench};
 use super::opentrons_modules::{self as modules, InRun, Physical, SimModule};
 use super::Faults;
 use crate::codec::opentrons::{Robot, RunStatus, API_VERSION};
+use crate::codec::opentrons_module::ModuleKind;
 use crate::instrument::TimeScale;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -34,7 +35,10 @@ const MIN_API_VERSION: u32 = 2;
 pub const RECOVERABLE: [&str; 5] =
     ["liquidNotFound", "overpressure", "tipPhysicallyMissing", "tipPhysicallyAttached", "stallOrCollision"];
 /// Every other `errorType` this simulator reports: the protocol engine's exception names.
-pub const ENGINE_ERRORS: [&str; 27] = [
+pub const ENGINE_ERRORS: [&str; 30] = [
+    "NotSupportedOnRobotType",
+    "HeaterShakerLabwareLatchNotOpenError",
+    "LabwareMovementNotAllowedError",
     "ModuleNotAttachedError",
     "ModuleNotLoadedError",
     "WrongModuleTypeError",
@@ -118,7 +122,8 @@ struct LoadedLabware {
     /// What the bench calls it: the display name the client gave (Labwright: the plan's name).
     name: String,
     def: LabwareDef,
-    slot: String,
+    /// Where it is: `{"slotName": …}` or `{"moduleId": …}`.
+    location: Value,
     uri: String,
     offset_id: Option<String>,
 }
@@ -156,7 +161,7 @@ impl Run {
             .iter()
             .map(|(id, l)| {
                 json!({"id": id, "loadName": l.def.load_name, "definitionUri": l.uri,
-                                  "location": {"slotName": l.slot}, "displayName": l.name, "offsetId": l.offset_id})
+                                  "location": l.location, "displayName": l.name, "offsetId": l.offset_id})
             })
             .collect();
         let modules: Vec<Value> =
@@ -791,15 +796,8 @@ impl OpentronsSim {
                 let load_name = str_param("loadName")?;
                 let namespace = str_param("namespace")?;
                 let version = p.get("version").and_then(Value::as_u64).unwrap_or(1);
-                let Some(slot) = p.pointer("/location/slotName").and_then(Value::as_str).map(str::to_string) else {
-                    return Err(refuse("LabwareNotOnDeckError", "loadLabware: location.slotName is required".into()));
-                };
-                if self.config.robot.slot_number(&slot).is_none_or(|n| n == 12) {
-                    return Err(refuse(
-                        "AddressableAreaDoesNotExistError",
-                        format!("no deck slot {slot:?} for labware"),
-                    ));
-                }
+                let location = self.place(s, ri, p.get("location").unwrap_or(&Value::Null))?;
+                let slot = location.get("slotName").and_then(Value::as_str).unwrap_or("").to_string();
                 let uri = format!("{namespace}/{load_name}/{version}");
                 let def = if namespace == "opentrons" {
                     self.library.get(&load_name).cloned()
@@ -809,10 +807,6 @@ impl OpentronsSim {
                 let Some(def) = def else {
                     return Err(refuse("LabwareDefinitionDoesNotExistError", format!("no labware definition {uri}")));
                 };
-                let run = &s.runs[ri];
-                if let Some(other) = run.labware.values().find(|l| l.slot == slot) {
-                    return Err(refuse("LocationIsOccupiedError", format!("slot {slot} already holds {}", other.name)));
-                }
                 let lid =
                     p.get("labwareId").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| s.id("labware"));
                 let name =
@@ -829,8 +823,56 @@ impl OpentronsSim {
                 let definition = labware::opentrons::export(&def, &namespace);
                 s.runs[ri]
                     .labware
-                    .insert(lid.clone(), LoadedLabware { name, def, slot, uri, offset_id: offset.clone() });
+                    .insert(lid.clone(), LoadedLabware { name, def, location, uri, offset_id: offset.clone() });
                 Ok((json!({"labwareId": lid, "definition": definition, "offsetId": offset}), 0.0))
+            }
+            "moveLabware" => {
+                let lid = str_param("labwareId")?;
+                let Some(lw) = s.runs[ri].labware.get(&lid).cloned() else {
+                    return Err(refuse("LabwareNotLoadedError", format!("labware {lid:?} is not loaded in this run")));
+                };
+                let gripper = match p.get("strategy").and_then(Value::as_str) {
+                    Some("usingGripper") => true,
+                    Some("manualMoveWithPause" | "manualMoveWithoutPause") => false,
+                    other => {
+                        return Err(refuse(
+                            "InvalidSpecificationForRobotTypeError",
+                            format!("moveLabware: no strategy {other:?}"),
+                        ))
+                    }
+                };
+                if gripper && self.config.robot != Robot::Flex {
+                    return Err(refuse(
+                        "NotSupportedOnRobotType",
+                        "Labware movement using a gripper is not supported on the OT-2".into(),
+                    ));
+                }
+                let to = self.place(s, ri, p.get("newLocation").unwrap_or(&Value::Null))?;
+                // A heater-shaker's latch must be open, a thermocycler's lid too, on both ends.
+                for end in [&lw.location, &to] {
+                    let Some(mid) = end.get("moduleId").and_then(Value::as_str) else { continue };
+                    let serial = s.runs[ri].modules.loaded.get(mid).cloned().unwrap_or_default();
+                    let phys = s.modules.get(&serial).cloned().unwrap_or_default();
+                    match self.config.modules.iter().find(|m| m.serial == serial).map(|m| m.kind) {
+                        Some(ModuleKind::HeaterShaker) if !phys.latch_open || phys.rpm > 0.0 => {
+                            return Err(refuse(
+                                "HeaterShakerLabwareLatchNotOpenError",
+                                format!("Cannot move {} to or from the Heater-Shaker with its latch closed", lw.name),
+                            ))
+                        }
+                        Some(ModuleKind::Thermocycler) if !phys.lid_open => {
+                            return Err(refuse(
+                                "LabwareMovementNotAllowedError",
+                                "Cannot move labware to or from a Thermocycler with its lid closed.".into(),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(l) = s.runs[ri].labware.get_mut(&lid) {
+                    l.location = to;
+                }
+                Ok((json!({"offsetId": null}), if gripper { 15.0 } else { 0.0 }))
             }
             "pickUpTip" => {
                 let (mount, pid) = self.pipette(s, ri, p)?;
@@ -915,6 +957,39 @@ impl OpentronsSim {
             }
             other => Err(refuse("CommandDoesNotExistError", format!("this simulator does not carry out {other}"))),
         }
+    }
+
+    /// A location labware may be put in, as the engine checks it: a deck slot (not the trash,
+    /// not a module's slot) or a module loaded in the run, holding nothing; or off the deck.
+    fn place(&self, s: &OpentronsState, ri: usize, location: &Value) -> Result<Value, Refusal> {
+        let run = &s.runs[ri];
+        if location == "offDeck" {
+            return Ok(json!("offDeck"));
+        }
+        let out = if let Some(slot) = location.get("slotName").and_then(Value::as_str) {
+            let n = self.config.robot.slot_number(slot);
+            if n.is_none_or(|n| n == 12) {
+                return Err(refuse("AddressableAreaDoesNotExistError", format!("no deck slot {slot:?} for labware")));
+            }
+            if self.config.modules.iter().any(|m| Some(m.slot) == n) {
+                return Err(refuse("LocationIsOccupiedError", format!("slot {slot} holds a module")));
+            }
+            json!({"slotName": slot})
+        } else if let Some(mid) = location.get("moduleId").and_then(Value::as_str) {
+            if !run.modules.loaded.contains_key(mid) {
+                return Err(refuse("ModuleNotLoadedError", format!("module {mid:?} is not loaded in this run")));
+            }
+            json!({"moduleId": mid})
+        } else {
+            return Err(refuse(
+                "LabwareNotOnDeckError",
+                format!("a location is a slotName or a moduleId, not {location}"),
+            ));
+        };
+        if let Some(other) = run.labware.values().find(|l| l.location == out) {
+            return Err(refuse("LocationIsOccupiedError", format!("{out} already holds {}", other.name)));
+        }
+        Ok(out)
     }
 
     fn pipette(&self, s: &OpentronsState, ri: usize, p: &Value) -> Result<(Mount, String), Refusal> {

@@ -178,6 +178,19 @@ pub async fn start_logged(
         });
     }
     for a in &site.arms {
+        if let Some(robot) = &a.robot {
+            // A Flex's gripper: reached through its robot's API.
+            let Some(at) = out.listening.iter().find(|l| &l.id == robot && l.transport == "opentrons").cloned() else {
+                return Err(format!("{} is the gripper of {robot}, which is not a simulated Opentrons robot", a.id));
+            };
+            out.listening.push(Listening {
+                id: a.id.clone(),
+                class: "robot_arm".into(),
+                transport: "opentrons",
+                address: at.address,
+            });
+            continue;
+        }
         let f = faults.get(&a.id).cloned().unwrap_or_default();
         let (addr, task) = spawn_tcp_owned(ArmSim::new(&a.reach), f, clock, arm::error_reply, &format!("{host}:0"))
             .await

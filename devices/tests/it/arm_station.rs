@@ -36,7 +36,7 @@ async fn arm(faults: &str, plates_at: &[&str]) -> ArmDriver {
 async fn taught_positions_are_checked_against_the_arm_at_connect() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sites/opentrons.toml")).unwrap();
     let site = labware::Site::from_toml(&text).unwrap();
-    let a = &site.arms[0];
+    let a = site.arms.iter().find(|a| a.id == "arm1").unwrap();
     let sim = ArmSim::new(&a.reach);
     let addr = spawn_tcp(sim, Faults::default(), SimClock::new(FAST), arm::error_reply, "127.0.0.1:0").await.unwrap();
     let ep = Endpoint::Tcp(addr.to_string());
@@ -44,11 +44,11 @@ async fn taught_positions_are_checked_against_the_arm_at_connect() {
     assert_eq!(driver.verify_positions().await.unwrap(), a.reach.len());
 
     // Someone re-teaches the reader's nest on the arm's pendant.
-    driver.command("locAngles 6 250 121.5 30 30 80").await.unwrap();
+    driver.command("locAngles 5 250 101.5 40 25 80").await.unwrap();
     drop(driver); // the controller serves one connection at a time
     let e = devices::driver::open_arm(a, &ep, FAST).await.err().unwrap();
     let text = e.to_string();
-    assert!(text.contains("reader1") && text.contains("121.5") && text.contains("120"), "{text}");
+    assert!(text.contains("reader1") && text.contains("101.5") && text.contains("100"), "{text}");
     assert!(matches!(e, InstrumentError::Validation { .. }));
 }
 

@@ -538,3 +538,94 @@ async fn a_module_on_the_robot_is_driven_through_the_robots_run() {
         engine_check(py, posted, commands, "modules").await;
     }
 }
+
+/// The Flex's gripper, opened as labd opens it: it takes the plate the pipettes' task loaded in
+/// its deck slot to the heater-shaker and back with the robot's `moveLabware`, opening the
+/// latch the shake closed, finds a plate the run has not loaded where the executor says it is,
+/// and is refused on an OT-2 (which has none).
+#[tokio::test]
+async fn the_flex_gripper_moves_plates_between_deck_and_heater_shaker() {
+    use devices::driver::{open, open_mover, OpenConfig};
+
+    let site = site();
+    let rig = rig("flex", "", OpentronsConfig::default()).await;
+    let cfg = OpenConfig { scale: FAST, sila_ca: None, robots: Default::default() };
+    let ep = devices::link::Endpoint::parse(&format!("opentrons:{}", rig.address)).unwrap();
+    let inst = |id: &str| site.instruments.iter().find(|i| i.id == id).unwrap().clone();
+    let gripper_arm = site.arms.iter().find(|a| a.id == "gripper1").unwrap().clone();
+    let lh = open(&inst("flex"), &ep, &cfg).await.unwrap();
+    let hs = open(&inst("hs1"), &ep, &cfg).await.unwrap();
+    let gripper = open_mover(&gripper_arm, &site, &ep, &cfg).await.unwrap();
+
+    let text = "labwright: 1\nname: grip\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  plate: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_1000ul }\nsteps:\n  - transfer: { from: res/A1, to: plate/A1, volume: 100 uL }\n";
+    let c = protocols::compile(
+        &protocols::SourceFile::new("grip.yaml", text.to_string()),
+        protocols::Format::Auto,
+        &site,
+        &Library::shipped(),
+    );
+    let plan = c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    fill(&bench(&rig), &plan);
+    lh.prepare(&plan).await.unwrap();
+    for cmd in plan.tasks.iter().flat_map(|t| &t.commands).filter(|c| family(&c.op) == Family::LiquidHandler) {
+        carry_out(lh.as_ref(), &cmd.op).await.unwrap_or_else(|e| panic!("{:?}: {e}", cmd.op));
+    }
+    let slot = devices::deck::Deck::for_plan(&plan, &Library::shipped(), 6).unwrap().get("plate").unwrap().slot;
+    let run_labware = |address: String| async move {
+        let runs = get(&address, "/runs").await;
+        let current = runs["links"]["current"]["href"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+        get(&address, &format!("/runs/{current}")).await["data"]["labware"].clone()
+    };
+    let where_is = |labware: &Value, name: &str| {
+        labware.as_array().unwrap().iter().find(|l| l["displayName"] == name).map(|l| l["location"].clone())
+    };
+
+    // Deck → heater-shaker, shake (which latches), heater-shaker → deck.
+    let move_to = |to: &str| CommandOp::MoveLabware { labware: "plate".into(), to: to.into() };
+    gripper.locate("plate", "flex");
+    let plate_def = Library::shipped().get("corning_96_wellplate_360ul_flat").unwrap().clone();
+    gripper.carries("plate", &plate_def, Some(slot));
+    carry_out(gripper.as_ref(), &move_to("hs1")).await.unwrap();
+    let on_module = where_is(&run_labware(rig.address.clone()).await, "plate").unwrap();
+    assert!(on_module["moduleId"].is_string(), "the plate sits on the heater-shaker: {on_module}");
+    let shake = CommandOp::Shake { labware: "plate".into(), rpm: 600.0, duration_s: 30.0, temperature_c: None };
+    carry_out(hs.as_ref(), &shake).await.unwrap();
+    assert!(!rig.sim.state.lock().unwrap().modules["hs1-sim"].latch_open, "the shake latched the plate");
+    carry_out(gripper.as_ref(), &move_to("flex")).await.unwrap();
+    let back = where_is(&run_labware(rig.address.clone()).await, "plate").unwrap();
+    assert_eq!(back, serde_json::json!({"slotName": Robot::Flex.slot_name(slot)}), "back in its deck slot");
+
+    // A plate the robot's run has not loaded: loaded where the executor says it is, then moved.
+    gripper.locate("spare", "hs1");
+    gripper.carries("spare", &plate_def, Some(5));
+    carry_out(gripper.as_ref(), &CommandOp::MoveLabware { labware: "spare".into(), to: "flex".into() }).await.unwrap();
+    assert_eq!(where_is(&run_labware(rig.address.clone()).await, "spare").unwrap()["slotName"], "C2");
+    // A plate whose place is not known is refused before anything moves.
+    let e = gripper.start(&CommandOp::MoveLabware { labware: "ghost".into(), to: "hs1".into() }).await.unwrap_err();
+    assert!(e.to_string().contains("does not know where"), "{e}");
+
+    let posted = rig.sim.state.lock().unwrap().posted.clone();
+    let moves: Vec<&Value> = posted.iter().filter(|b| b["data"]["commandType"] == "moveLabware").collect();
+    assert!(moves.iter().any(|b| b["data"]["params"]["strategy"] == "usingGripper"));
+    if let Some(py) = engine_python() {
+        let runs = get(&rig.address, "/runs").await;
+        let current = runs["links"]["current"]["href"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+        let commands = get(&rig.address, &format!("/runs/{current}/commands")).await["data"].clone();
+        engine_check(py, posted, commands, "gripper").await;
+    }
+
+    // An OT-2 has no gripper: naming one is refused at connect.
+    let ot2 = rig_for_ot2_gripper(&site).await;
+    assert!(ot2.contains("only a Flex has a gripper"), "{ot2}");
+}
+
+/// Opens a gripper that names the OT-2 against a simulated OT-2; the error's text.
+async fn rig_for_ot2_gripper(site: &Site) -> String {
+    let rig = rig("ot2", "", OpentronsConfig::default()).await;
+    let mut arm = site.arms.iter().find(|a| a.id == "gripper1").unwrap().clone();
+    arm.robot = Some("ot2".into());
+    arm.reach = vec!["ot2".into()];
+    let cfg = devices::driver::OpenConfig { scale: FAST, sila_ca: None, robots: Default::default() };
+    let ep = devices::link::Endpoint::parse(&format!("opentrons:{}", rig.address)).unwrap();
+    devices::driver::open_mover(&arm, site, &ep, &cfg).await.err().unwrap().to_string()
+}

@@ -141,12 +141,12 @@ async fn a_serial_dilution_through_the_bridge_is_the_star_firmware_stream_pylabr
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// PyLabRobot's plate reader, heater-shaker and centrifuge (their chatterbox backends) behind the
+/// PyLabRobot's plate reader, heater-shaker, centrifuge and incubator (their chatterbox backends) behind the
 /// bridge, driven through the mappings of `bridges/pylabrobot/lab.toml`: what PyLabRobot's
 /// backends were asked to do is what the plan said, a heated shake is heat, wait, shake and stop
 /// heating, and a machine the bridge does not serve is refused at connect.
 #[tokio::test]
-async fn the_bridge_serves_pylabrobots_reader_heater_shaker_and_centrifuge() {
+async fn the_bridge_serves_pylabrobots_reader_heater_shaker_centrifuge_and_incubator() {
     let Some(py) = peers_python() else { return };
     let dir = std::env::temp_dir().join(format!("lw-plr-stations-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -162,6 +162,8 @@ async fn the_bridge_serves_pylabrobots_reader_heater_shaker_and_centrifuge() {
         "--heater-shaker".as_ref(),
         chatterbox,
         "--centrifuge".as_ref(),
+        chatterbox,
+        "--incubator".as_ref(),
         chatterbox,
         "--machine-log".as_ref(),
         log.as_os_str(),
@@ -227,6 +229,18 @@ async fn the_bridge_serves_pylabrobots_reader_heater_shaker_and_centrifuge() {
         .await
         .unwrap();
     assert!(printed().contains("Starting spin cycle with g: 1000.0, duration: 30.0"), "{}", printed());
+
+    // An incubation without shaking: the mapping's default speed (0, the feature's "none").
+    let inc = connect("inc1").await.unwrap();
+    let still = CommandOp::Incubate { labware: "plate".into(), temperature_c: 37.0, duration_s: 0.2, shake_rpm: None };
+    inc.start(&still).await.unwrap().finish().await.unwrap();
+    let text = printed();
+    assert!(text.contains("Setting temperature to 37.0") && text.contains("Fetching plate"), "{text}");
+    assert!(!text.contains("Starting shaking at"), "no shaking was asked for:\n{text}");
+    let shaken =
+        CommandOp::Incubate { labware: "plate".into(), temperature_c: 30.0, duration_s: 0.2, shake_rpm: Some(300.0) };
+    inc.start(&shaken).await.unwrap().finish().await.unwrap();
+    assert!(printed().contains("Starting shaking at 5.0 Hz"), "{}", printed());
 
     // The liquid handler is not served by this bridge: its mapping is refused at connect.
     let e = connect("star1").await.err().unwrap().to_string();

@@ -1,8 +1,7 @@
 //! The instruments `labd` drives: one driver per site instrument and arm, connected to real
 //! endpoints from `lab.toml` or to simulators started in-process.
 
-use devices::driver::arm::ArmDriver;
-use devices::driver::{open, open_arm, OpenConfig};
+use devices::driver::{open, open_mover, OpenConfig};
 use devices::link::Endpoint;
 use devices::sim::site::SimulatedSite;
 use devices::{Instrument, TimeScale};
@@ -34,7 +33,7 @@ pub enum LabError {
 pub struct Lab {
     pub site: Site,
     pub instruments: BTreeMap<String, Arc<dyn Instrument>>,
-    pub arms: BTreeMap<String, Arc<ArmDriver>>,
+    pub arms: BTreeMap<String, Arc<dyn devices::Arm>>,
     /// The simulators, when the lab is simulated (kept alive with the drivers).
     pub simulated: Option<SimulatedSite>,
     /// Where a simulated lab keeps its bench (what every plate holds) between runs of labd.
@@ -139,7 +138,7 @@ impl Lab {
         let mut arms = BTreeMap::new();
         for a in &site.arms {
             let ep = endpoint("arm", &a.id)?;
-            let d = open_arm(a, &ep, scale).await.map_err(|error| LabError::Connect {
+            let d = open_mover(a, &site, &ep, &cfg).await.map_err(|error| LabError::Connect {
                 what: "arm",
                 id: a.id.clone(),
                 error,

@@ -124,6 +124,12 @@ impl Executor {
                     .clone();
                 let (from, to) = (problem.nests[m.from].id.clone(), problem.nests[m.to].id.clone());
                 arm.locate(plate, &from);
+                let lib = labware::Library::shipped();
+                let def =
+                    plan.labware.iter().find(|l| l.name == plate).and_then(|l| plan.labware_def(&l.load_name, &lib));
+                if let Some(def) = def {
+                    arm.carries(plate, def, self.deck_slot(plan, plate, [&from, &to]));
+                }
                 let op = CommandOp::MoveLabware { labware: plate.into(), to };
                 let mut pending = None;
                 let result = self.command(run, -1, 0, arm_id, arm.as_ref(), &op, false, &mut pending).await;
@@ -336,6 +342,17 @@ impl Executor {
             "abort" => Err(JobError::Aborted(format!("the manual step `{instruction}`"))),
             _ => Ok(()),
         }
+    }
+
+    /// The deck slot a liquid handler at one of `nests` puts `plate` in for this run (the same
+    /// deck its driver loads), for movers that place plates on a robot's deck.
+    fn deck_slot(&self, plan: &protocols::plan::RunPlan, plate: &str, nests: [&String; 2]) -> Option<u32> {
+        let lh = self.lab.site.instruments.iter().find(|i| {
+            i.class == labware::InstrumentClass::LiquidHandler && nests.iter().any(|n| i.nest_ids().contains(n))
+        })?;
+        let deck =
+            devices::deck::Deck::for_plan(plan, &labware::Library::shipped(), lh.deck_slots.unwrap_or(11)).ok()?;
+        deck.get(plate).map(|p| p.slot)
     }
 
     /// Holds a run in `awaiting_recovery` while a person decides on a step left in doubt, and
