@@ -341,7 +341,7 @@ impl RobotLink {
         let (status, runs) = self.request("GET", "/runs", None).await?;
         let current = runs.pointer("/links/current/href").and_then(Value::as_str).and_then(|h| h.rsplit('/').next());
         let Some(run) = current.filter(|_| (200..300).contains(&status)).map(str::to_string) else { return Ok(false) };
-        let commands = self.call("GET", &format!("/runs/{run}/commands"), None, "listing commands").await?;
+        let commands = Value::Array(self.commands(&run).await?);
         let prefix = format!("{}-", self.id);
         let ours = commands.as_array().is_some_and(|cs| {
             !cs.is_empty()
@@ -386,9 +386,30 @@ impl RobotLink {
         self.settle(run, state, cancel).await
     }
 
+    /// Every command of a run, oldest first: the robot serves them a page at a time (20 around
+    /// the current command unless asked), so this pages from the start.
+    pub(crate) async fn commands(&self, run: &str) -> Result<Vec<Value>, InstrumentError> {
+        const PAGE: usize = 200;
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let path = format!("/runs/{run}/commands?cursor={}&pageLength={PAGE}", all.len());
+            let (status, reply) = self.request("GET", &path, None).await?;
+            if !(200..300).contains(&status) {
+                return Err(api::refused(status, &reply, &format!("{} listing commands", self.id)));
+            }
+            let page = reply.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+            let total = reply.pointer("/meta/totalLength").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let got = page.len();
+            all.extend(page);
+            if got == 0 || all.len() >= total {
+                return Ok(all);
+            }
+        }
+    }
+
     /// Looks a command up by our key in the run's command list (after a lost reply).
     pub(crate) async fn find_by_key(&self, run: &str, key: &str) -> Result<Option<CommandState>, InstrumentError> {
-        let list = self.call("GET", &format!("/runs/{run}/commands"), None, "listing commands").await?;
+        let list = Value::Array(self.commands(run).await?);
         let found =
             list.as_array().and_then(|cs| cs.iter().find(|c| c.get("key").and_then(Value::as_str) == Some(key)));
         found.map(api::command_state).transpose()
@@ -428,7 +449,7 @@ impl RobotLink {
 
     /// Which of our pipettes carry a tip, by the run's own record of its commands.
     pub(crate) async fn tips(&self, run: &str) -> Result<std::collections::BTreeMap<String, bool>, InstrumentError> {
-        let list = self.call("GET", &format!("/runs/{run}/commands"), None, "listing commands").await?;
+        let list = Value::Array(self.commands(run).await?);
         let mut on = std::collections::BTreeMap::new();
         for c in list.as_array().into_iter().flatten() {
             let Some(pid) = c.pointer("/params/pipetteId").and_then(Value::as_str) else { continue };

@@ -357,7 +357,7 @@ impl OpentronsSim {
             (&Method::POST, ["runs", id, "actions"]) => self.action(id, &body),
             (&Method::POST, ["runs", id, "labware_definitions"]) => self.define_labware(id, &body),
             (&Method::POST, ["runs", id, "labware_offsets"]) => self.add_offset(id, &body),
-            (&Method::GET, ["runs", id, "commands"]) => self.list_commands(id),
+            (&Method::GET, ["runs", id, "commands"]) => self.list_commands(id, query),
             (&Method::GET, ["runs", id, "commands", cid]) => {
                 self.with_run(id, |r| match r.commands.iter().find(|c| c["id"] == *cid) {
                     Some(c) => reply(StatusCode::OK, json!({"data": c})),
@@ -589,13 +589,18 @@ impl OpentronsSim {
         reply(StatusCode::CREATED, json!({"data": resource}))
     }
 
-    fn list_commands(&self, id: &str) -> Response {
+    /// A page of the run's commands, as robot-server serves it: `pageLength` commands (20 unless
+    /// asked) from `cursor`, or the most recent ones without a cursor.
+    fn list_commands(&self, id: &str, query: &str) -> Response {
+        let param = |k: &str| query.split('&').find_map(|q| q.strip_prefix(k)).and_then(|v| v.parse::<usize>().ok());
+        let length = param("pageLength=").unwrap_or(20);
         self.with_run(id, |r| {
-            let data: Vec<Value> = r.commands.clone();
-            let n = data.len();
+            let n = r.commands.len();
+            let cursor = param("cursor=").unwrap_or(n.saturating_sub(length)).min(n);
+            let data: Vec<Value> = r.commands[cursor..(cursor + length).min(n)].to_vec();
             reply(
                 StatusCode::OK,
-                json!({"data": data, "meta": {"cursor": 0, "totalLength": n},
+                json!({"data": data, "meta": {"cursor": cursor, "totalLength": n},
                        "links": {"current": r.commands.last().map(|c| json!({"href": format!("/runs/{id}/commands/{}", c["id"].as_str().unwrap_or(""))}))}}),
             )
         })

@@ -366,7 +366,14 @@ async fn commands_and_replies_match_opentrons_protocol_engine_models() {
     .unwrap_err();
     assert!(e.to_string().contains("TipAttachedError"), "{e}");
     let run_id = rig.driver.run_id().await.unwrap();
-    let commands = get(&rig.address, &format!("/runs/{run_id}/commands")).await["data"].clone();
+    // The robot serves a run's commands a page at a time: the 20 most recent unless asked.
+    let recent = get(&rig.address, &format!("/runs/{run_id}/commands")).await;
+    let total = recent["meta"]["totalLength"].as_u64().unwrap();
+    assert!(total > 20 && recent["data"].as_array().unwrap().len() == 20, "{}", recent["meta"]);
+    assert_eq!(recent["meta"]["cursor"].as_u64().unwrap(), total - 20);
+    let commands =
+        get(&rig.address, &format!("/runs/{run_id}/commands?cursor=0&pageLength=1000")).await["data"].clone();
+    assert_eq!(commands.as_array().unwrap().len() as u64, total);
     let posted = rig.sim.state.lock().unwrap().posted.clone();
     let kinds: std::collections::BTreeSet<&str> =
         posted.iter().filter_map(|b| b["data"]["commandType"].as_str()).collect();
@@ -495,7 +502,8 @@ async fn a_module_on_the_robot_is_driven_through_the_robots_run() {
     assert_eq!(physical(&rig.sim).temperature_c, 40.0);
     let runs = get(&rig.address, "/runs").await;
     let current = runs["links"]["current"]["href"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
-    let commands = get(&rig.address, &format!("/runs/{current}/commands")).await["data"].clone();
+    let commands =
+        get(&rig.address, &format!("/runs/{current}/commands?cursor=0&pageLength=1000")).await["data"].clone();
     let kinds: Vec<&str> = commands.as_array().unwrap().iter().filter_map(|c| c["commandType"].as_str()).collect();
     assert!(
         kinds.contains(&"pickUpTip")
@@ -610,7 +618,8 @@ async fn the_flex_gripper_moves_plates_between_deck_and_heater_shaker() {
     if let Some(py) = engine_python() {
         let runs = get(&rig.address, "/runs").await;
         let current = runs["links"]["current"]["href"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
-        let commands = get(&rig.address, &format!("/runs/{current}/commands")).await["data"].clone();
+        let commands =
+            get(&rig.address, &format!("/runs/{current}/commands?cursor=0&pageLength=1000")).await["data"].clone();
         engine_check(py, posted, commands, "gripper").await;
     }
 
