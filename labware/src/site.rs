@@ -253,8 +253,9 @@ pub struct Instrument {
     /// Liquid handlers: labware offsets measured on this robot, applied to every run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labware_offsets: Vec<LabwareOffset>,
-    /// Modules on an Opentrons robot (heater-shaker, thermocycler): the robot they are plugged
-    /// into, driven through its HTTP API with the robot's endpoint.
+    /// Modules on an Opentrons robot (heater-shaker, thermocycler, and a temperature module as an
+    /// incubator): the robot they are plugged into, driven through its HTTP API with the robot's
+    /// endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robot: Option<String>,
     /// Modules on an Opentrons robot: the deck slot the module sits in (the OT-2's numbering,
@@ -447,11 +448,20 @@ impl Site {
                 None => Ok(()),
             };
         };
-        if !matches!(inst.class, InstrumentClass::HeaterShaker | InstrumentClass::Thermocycler) {
+        // An incubator plugged into a robot is its temperature module.
+        if !matches!(
+            inst.class,
+            InstrumentClass::HeaterShaker | InstrumentClass::Thermocycler | InstrumentClass::Incubator
+        ) {
             return Err(invalid(format!(
-                "a {} cannot be plugged into a robot; only a heater_shaker or thermocycler module can",
+                "a {} cannot be plugged into a robot; only a heater_shaker, thermocycler or incubator (a temperature module) can",
                 inst.class
             )));
+        }
+        if inst.class == InstrumentClass::Incubator && (inst.capacity != 1 || inst.shaking_rpm.is_some()) {
+            return Err(invalid(
+                "a temperature module holds one plate and cannot shake: capacity = 1, no shaking_rpm".into(),
+            ));
         }
         let Some(robot) = self.instruments.iter().find(|r| &r.id == robot_id) else {
             return Err(invalid(format!("robot = \"{robot_id}\" names no instrument of this site")));

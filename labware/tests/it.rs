@@ -210,11 +210,11 @@ fn a_module_on_a_robot_is_checked_against_its_robot() {
 fn taught_positions_cover_the_arms_reach() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sites/opentrons.toml")).unwrap();
     let err = |text: &str| Site::from_toml(text).unwrap_err().to_string();
-    let reader = "  { nest = \"reader1\", joints = [250.0, 100.0, 40.0, 25.0, 80.0] },\n";
+    let reader = "  { nest = \"reader1\", joints = [250.0, 120.0, 30.0, 30.0, 80.0] },\n";
     assert!(err(&text.replace(reader, "")).contains("reaches reader1 but has no taught position"));
     assert!(err(&text.replace("nest = \"reader1\"", "nest = \"reader9\"")).contains("does not reach"));
     assert!(err(&text.replace("nest = \"reader1\"", "nest = \"tc1\"")).contains("taught twice"));
-    assert!(err(&text.replace("joints = [250.0, 100.0, 40.0, 25.0, 80.0]", "joints = []")).contains("finite numbers"));
+    assert!(err(&text.replace("joints = [250.0, 120.0, 30.0, 30.0, 80.0]", "joints = []")).contains("finite numbers"));
     // A gripper reaches only its robot's deck and modules, through the robot's endpoint.
     assert!(err(&text.replace("reach = [\"flex\", \"hs1\"]", "reach = [\"flex\", \"hotel1\"]"))
         .contains("hotel1 is not on flex"));

@@ -1,5 +1,6 @@
-//! Opentrons modules (heater-shaker, thermocycler) as the robot's protocol commands: a plan
-//! command becomes `heaterShaker/…` or `thermocycler/…` commands on the module's id in the run,
+//! Opentrons modules (heater-shaker, thermocycler, temperature module) as the robot's protocol
+//! commands: a plan command becomes `heaterShaker/…`, `thermocycler/…` or `temperatureModule/…`
+//! commands on the module's id in the run,
 //! and timed holds (shake for 10 min) that the driver keeps itself, because a hold posted to the
 //! robot would block its one command queue for the liquid handling beside it. Pure.
 //!
@@ -17,6 +18,9 @@ use serde_json::json;
 pub enum ModuleKind {
     HeaterShaker,
     Thermocycler,
+    /// A temperature module: in a site, an incubator plugged into a robot (it holds a plate at a
+    /// temperature; it cannot shake).
+    TemperatureModule,
 }
 
 impl ModuleKind {
@@ -25,6 +29,7 @@ impl ModuleKind {
         match class {
             labware::InstrumentClass::HeaterShaker => Some(ModuleKind::HeaterShaker),
             labware::InstrumentClass::Thermocycler => Some(ModuleKind::Thermocycler),
+            labware::InstrumentClass::Incubator => Some(ModuleKind::TemperatureModule),
             _ => None,
         }
     }
@@ -34,6 +39,7 @@ impl ModuleKind {
         match self {
             ModuleKind::HeaterShaker => "heaterShakerModuleV1",
             ModuleKind::Thermocycler => "thermocyclerModuleV2",
+            ModuleKind::TemperatureModule => "temperatureModuleV2",
         }
     }
 
@@ -42,17 +48,21 @@ impl ModuleKind {
         match self {
             ModuleKind::HeaterShaker => "heaterShakerModuleType",
             ModuleKind::Thermocycler => "thermocyclerModuleType",
+            ModuleKind::TemperatureModule => "temperatureModuleType",
         }
     }
 
     pub fn from_model(model: &str) -> Option<ModuleKind> {
-        [ModuleKind::HeaterShaker, ModuleKind::Thermocycler].into_iter().find(|k| k.model() == model)
+        [ModuleKind::HeaterShaker, ModuleKind::Thermocycler, ModuleKind::TemperatureModule]
+            .into_iter()
+            .find(|k| k.model() == model)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             ModuleKind::HeaterShaker => "heater-shaker",
             ModuleKind::Thermocycler => "thermocycler",
+            ModuleKind::TemperatureModule => "temperature module",
         }
     }
 
@@ -61,6 +71,7 @@ impl ModuleKind {
         match self {
             ModuleKind::HeaterShaker => (0.0, 95.0),
             ModuleKind::Thermocycler => (0.0, 99.0),
+            ModuleKind::TemperatureModule => (-9.0, 99.0),
         }
     }
 
@@ -77,6 +88,7 @@ impl ModuleKind {
                 Command::new("thermocycler/deactivateBlock", m.clone()),
                 Command::new("thermocycler/deactivateLid", m),
             ],
+            ModuleKind::TemperatureModule => vec![Command::new("temperatureModule/deactivate", m)],
         }
     }
 }
@@ -129,6 +141,10 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
     let heat = |t: f64| -> Result<Vec<Step>, InstrumentError> {
         let c = temperature(kind, t)?;
         Ok(match kind {
+            TemperatureModule => vec![
+                send("temperatureModule/setTargetTemperature", json!({"celsius": c})),
+                send("temperatureModule/waitForTemperature", json!({})),
+            ],
             HeaterShaker => vec![
                 send("heaterShaker/setTargetTemperature", json!({"celsius": c})),
                 send("heaterShaker/waitForTemperature", json!({})),
@@ -140,6 +156,7 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
         })
     };
     let cool = || match kind {
+        TemperatureModule => send("temperatureModule/deactivate", json!({})),
         HeaterShaker => send("heaterShaker/deactivateHeater", json!({})),
         Thermocycler => send("thermocycler/deactivateBlock", json!({})),
     };
@@ -150,11 +167,13 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
             vec![match kind {
                 HeaterShaker => send("heaterShaker/setTargetTemperature", json!({"celsius": c})),
                 Thermocycler => send("thermocycler/setTargetBlockTemperature", json!({"celsius": c})),
+                TemperatureModule => send("temperatureModule/setTargetTemperature", json!({"celsius": c})),
             }]
         }
         WaitForTemperature { .. } => vec![match kind {
             HeaterShaker => send("heaterShaker/waitForTemperature", json!({})),
             Thermocycler => send("thermocycler/waitForBlockTemperature", json!({})),
+            TemperatureModule => send("temperatureModule/waitForTemperature", json!({})),
         }],
         SetShakeSpeed { rpm, .. } => {
             let r = speed(kind, *rpm)?;
@@ -165,7 +184,7 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
             vec![latch(), send("heaterShaker/deactivateShaker", json!({}))]
         }
         StopHeating => match kind {
-            HeaterShaker => vec![cool()],
+            HeaterShaker | TemperatureModule => vec![cool()],
             Thermocycler => vec![cool(), send("thermocycler/deactivateLid", json!({}))],
         },
         Latch { open } => vec![match (kind, open) {
@@ -173,6 +192,9 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
             (HeaterShaker, false) => latch(),
             (Thermocycler, true) => send("thermocycler/openLid", json!({})),
             (Thermocycler, false) => send("thermocycler/closeLid", json!({})),
+            (TemperatureModule, _) => {
+                return Err(range_error("open", "a temperature module has no latch or lid".into()))
+            }
         }],
         Shake { rpm, duration_s, temperature_c, .. } => {
             let r = speed(kind, *rpm)?;
@@ -196,6 +218,7 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
             match kind {
                 HeaterShaker => out.push(latch()),
                 Thermocycler => out.push(send("thermocycler/closeLid", json!({}))),
+                TemperatureModule => {}
             }
             out.extend(heat(*temperature_c)?);
             if let Some(rpm) = shake_rpm {

@@ -144,12 +144,14 @@ impl Inner {
             Place::Module { instrument, kind, slot } => {
                 let id = self.link.module_id(session, run, instrument, *kind, *slot, &self.cancel).await?;
                 let open = match kind {
-                    ModuleKind::HeaterShaker => "heaterShaker/openLabwareLatch",
-                    ModuleKind::Thermocycler => "thermocycler/openLid",
+                    ModuleKind::HeaterShaker => Some("heaterShaker/openLabwareLatch"),
+                    ModuleKind::Thermocycler => Some("thermocycler/openLid"),
+                    ModuleKind::TemperatureModule => None,
                 };
-                self.link
-                    .command(session, run, &Command::new(open, json!({"moduleId": id})), Intent::Protocol, &self.cancel)
-                    .await?;
+                if let Some(open) = open {
+                    let cmd = Command::new(open, json!({"moduleId": id}));
+                    self.link.command(session, run, &cmd, Intent::Protocol, &self.cancel).await?;
+                }
                 Ok(json!({"moduleId": id}))
             }
         }

@@ -232,6 +232,11 @@ impl Instrument for OpentronsModuleDriver {
                 temperature.map_or("?".into(), |t| format!("{t:.1}")),
                 data.get("lidStatus").and_then(Value::as_str).unwrap_or("unknown")
             ),
+            ModuleKind::TemperatureModule => format!(
+                "{} °C, target {}",
+                temperature.map_or("?".into(), |t| format!("{t:.1}")),
+                number("targetTemperature").map_or("none".into(), |t| format!("{t:.0} °C"))
+            ),
         };
         let busy = self.inner.link.session.try_lock().is_err();
         Ok(Status { state: if busy { State::Busy } else { State::Idle }, temperature_c: temperature, detail })

@@ -41,6 +41,7 @@ impl SimModule {
         match self.kind {
             ModuleKind::HeaterShaker => 0.5,
             ModuleKind::Thermocycler => 2.0,
+            ModuleKind::TemperatureModule => 0.3,
         }
     }
 }
@@ -85,6 +86,9 @@ pub fn list(modules: &[SimModule], physical: &BTreeMap<String, Physical>, robot:
                     "temperatureStatus": if p.target_c.is_some() { "holding at target" } else { "idle" },
                     "currentTemperature": p.temperature_c, "targetTemperature": p.target_c, "errorDetails": null,
                 }),
+                ModuleKind::TemperatureModule => json!({
+                    "status": status, "currentTemperature": p.temperature_c, "targetTemperature": p.target_c,
+                }),
                 ModuleKind::Thermocycler => json!({
                     "status": status, "lidStatus": if p.lid_open { "open" } else { "closed" },
                     "lidTemperature": AMBIENT_C, "lidTargetTemperature": null, "lidTemperatureStatus": "idle",
@@ -105,7 +109,10 @@ pub fn list(modules: &[SimModule], physical: &BTreeMap<String, Physical>, robot:
 
 /// Whether a command type is a module's.
 pub fn is_module_command(kind: &str) -> bool {
-    kind == "loadModule" || kind.starts_with("heaterShaker/") || kind.starts_with("thermocycler/")
+    kind == "loadModule"
+        || kind.starts_with("heaterShaker/")
+        || kind.starts_with("thermocycler/")
+        || kind.starts_with("temperatureModule/")
 }
 
 /// Carries out a module command: its result and device seconds.
@@ -140,7 +147,13 @@ pub(crate) fn execute(
     let Some(module) = modules.iter().find(|m| m.serial == serial).cloned() else {
         return Err(refuse("ModuleNotAttachedError", format!("module {serial} is no longer attached")));
     };
-    let expects = if kind.starts_with("heaterShaker/") { ModuleKind::HeaterShaker } else { ModuleKind::Thermocycler };
+    let expects = if kind.starts_with("heaterShaker/") {
+        ModuleKind::HeaterShaker
+    } else if kind.starts_with("temperatureModule/") {
+        ModuleKind::TemperatureModule
+    } else {
+        ModuleKind::Thermocycler
+    };
     if module.kind != expects {
         return Err(refuse("WrongModuleTypeError", format!("{kind} is not a command of a {}", module.kind.name())));
     }
@@ -190,17 +203,22 @@ pub(crate) fn execute(
             run.latched.remove(&id);
             (json!({"pipetteRetracted": false}), 2.0)
         }
-        "heaterShaker/setTargetTemperature" | "thermocycler/setTargetBlockTemperature" => {
-            let c = celsius()?;
+        "heaterShaker/setTargetTemperature"
+        | "thermocycler/setTargetBlockTemperature"
+        | "temperatureModule/setTargetTemperature" => {
+            // A temperature module sets whole degrees.
+            let c = if module.kind == ModuleKind::TemperatureModule { celsius()?.round() } else { celsius()? };
             phys.target_c = Some(c);
             run.targeted.insert(id);
-            if kind == "thermocycler/setTargetBlockTemperature" {
-                (json!({"targetBlockTemperature": c}), 0.1)
-            } else {
-                (none, 0.1)
+            match kind {
+                "thermocycler/setTargetBlockTemperature" => (json!({"targetBlockTemperature": c}), 0.1),
+                "temperatureModule/setTargetTemperature" => (json!({"targetTemperature": c}), 0.1),
+                _ => (none, 0.1),
             }
         }
-        "heaterShaker/waitForTemperature" | "thermocycler/waitForBlockTemperature" => {
+        "heaterShaker/waitForTemperature"
+        | "thermocycler/waitForBlockTemperature"
+        | "temperatureModule/waitForTemperature" => {
             if !run.targeted.contains(&id) || phys.target_c.is_none() {
                 return Err(refuse(
                     "NoTargetTemperatureSetError",
@@ -227,7 +245,7 @@ pub(crate) fn execute(
             phys.rpm = 0.0;
             (none, 3.0)
         }
-        "heaterShaker/deactivateHeater" | "thermocycler/deactivateBlock" => {
+        "heaterShaker/deactivateHeater" | "thermocycler/deactivateBlock" | "temperatureModule/deactivate" => {
             phys.target_c = None;
             phys.temperature_c = AMBIENT_C;
             run.targeted.remove(&id);

@@ -99,6 +99,9 @@ pub async fn start_logged(
     let mut out = SimulatedSite::default();
     let io = |e: std::io::Error| format!("cannot start a simulator: {e}");
     for inst in &site.instruments {
+        if inst.robot.is_some() {
+            continue; // plugged into a robot: reached through the robot's API (below, once it listens)
+        }
         let f = faults.get(&inst.id).cloned().unwrap_or_default();
         let serial = format!("{}-sim", inst.id);
         let (transport, address) = match inst.class {
@@ -128,8 +131,6 @@ pub async fn start_logged(
                 let pty = spawn_serial(sim, f, clock, liquid::error_reply).map_err(io)?;
                 ("serial", keep(&mut out.ptys, pty))
             }
-            // Plugged into a robot: reached through the robot's API (below, once it listens).
-            InstrumentClass::HeaterShaker | InstrumentClass::Thermocycler if inst.robot.is_some() => continue,
             InstrumentClass::HeaterShaker | InstrumentClass::Thermocycler => {
                 let d = if inst.class == InstrumentClass::HeaterShaker {
                     Dialect::HeaterShaker

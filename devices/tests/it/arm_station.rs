@@ -44,11 +44,11 @@ async fn taught_positions_are_checked_against_the_arm_at_connect() {
     assert_eq!(driver.verify_positions().await.unwrap(), a.reach.len());
 
     // Someone re-teaches the reader's nest on the arm's pendant.
-    driver.command("locAngles 5 250 101.5 40 25 80").await.unwrap();
+    driver.command("locAngles 6 250 121.5 30 30 80").await.unwrap();
     drop(driver); // the controller serves one connection at a time
     let e = devices::driver::open_arm(a, &ep, FAST).await.err().unwrap();
     let text = e.to_string();
-    assert!(text.contains("reader1") && text.contains("101.5") && text.contains("100"), "{text}");
+    assert!(text.contains("reader1") && text.contains("121.5") && text.contains("120"), "{text}");
     assert!(matches!(e, InstrumentError::Validation { .. }));
 }
 

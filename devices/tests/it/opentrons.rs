@@ -638,3 +638,43 @@ async fn rig_for_ot2_gripper(site: &Site) -> String {
     let ep = devices::link::Endpoint::parse(&format!("opentrons:{}", rig.address)).unwrap();
     devices::driver::open_mover(&arm, site, &ep, &cfg).await.err().unwrap().to_string()
 }
+
+/// A temperature module on the OT-2 (a site incubator plugged into the robot): an incubation is
+/// set, wait, hold and deactivate through the robot; a latch is refused before anything is sent.
+#[tokio::test]
+async fn a_temperature_module_incubates_through_the_robot() {
+    use devices::driver::{open, OpenConfig};
+    let site = site();
+    let rig = rig("ot2", "", OpentronsConfig::default()).await;
+    let cfg = OpenConfig { scale: FAST, sila_ca: None, robots: Default::default() };
+    let ep = devices::link::Endpoint::parse(&format!("opentrons:{}", rig.address)).unwrap();
+    let temp = open(site.instruments.iter().find(|i| i.id == "temp1").unwrap(), &ep, &cfg).await.unwrap();
+    assert_eq!(temp.identify().await.unwrap().model, "temperatureModuleV2");
+    let hold = CommandOp::Incubate { labware: "plate".into(), temperature_c: 4.0, duration_s: 600.0, shake_rpm: None };
+    carry_out(temp.as_ref(), &hold).await.unwrap();
+    let posted: Vec<String> = rig
+        .sim
+        .state
+        .lock()
+        .unwrap()
+        .posted
+        .iter()
+        .filter_map(|b| b["data"]["commandType"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        posted,
+        [
+            "loadModule",
+            "temperatureModule/setTargetTemperature",
+            "temperatureModule/waitForTemperature",
+            "temperatureModule/deactivate"
+        ]
+    );
+    let p = rig.sim.state.lock().unwrap().modules["temp1-sim"].clone();
+    assert_eq!(p.target_c, None, "deactivated after the hold: {p:?}");
+    let e = temp.start(&CommandOp::Latch { open: true }).await.unwrap_err();
+    assert!(e.to_string().contains("no latch"), "{e}");
+    let shaken =
+        CommandOp::Incubate { labware: "plate".into(), temperature_c: 30.0, duration_s: 60.0, shake_rpm: Some(300.0) };
+    assert!(temp.start(&shaken).await.unwrap_err().to_string().contains("cannot shake"));
+}

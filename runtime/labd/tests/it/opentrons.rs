@@ -21,11 +21,16 @@ fn the_contract_holds_on_opentrons_robots_over_http() {
         "labwright: 1\nname: flex\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  big: { type: opentrons_96_tiprack_1000ul }\nsteps:\n  - transfer: { from: res/A1, to: res/A2:A3, volume: 500 uL, mix_after: { times: 2, volume: 200 uL } }\n".into(),
     ));
     // This lab has no sealer or centrifuge: those snippets are refused at compile time. Its
-    // heater-shaker is plugged into the Flex and driven through the Flex's API.
+    // heater-shaker is plugged into the Flex and its temperature module into the OT-2, both
+    // driven through their robot's API.
     let (runs, claims) = super::contract_runs(&site, &sources, true);
     let on_module: Vec<&String> = claims.iter().filter(|(_, i)| i == "hs1").map(|(op, _)| op).collect();
     eprintln!("hs1 claims: {on_module:?}");
     assert!(on_module.iter().any(|op| *op == "shake"), "the Flex's heater-shaker never shakes: {claims:?}");
+    assert!(
+        claims.contains(&("incubate".to_string(), "temp1".to_string())),
+        "the OT-2's temperature module never incubates: {claims:?}"
+    );
     for op in LIQUID_OPS {
         assert!(claims.contains(&(op.to_string(), "ot2".to_string())), "the OT-2 never gets `{op}`: {claims:?}");
     }
