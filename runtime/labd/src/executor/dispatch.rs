@@ -493,6 +493,7 @@ impl Executor {
                         }
                         _ => format!("{instrument}: {e}"),
                     };
+                    let what = super::failure::in_tenant_words(&what, &run.id);
                     let (store, id, at, asked) =
                         (self.store.clone(), run.id.clone(), instrument.to_string(), what.clone());
                     let i = blocking(move || {

@@ -65,6 +65,36 @@ impl From<StoreError> for JobError {
     }
 }
 
+/// An instrument's words as one tenant may read them: an instrument that several runs share (a
+/// robot's one run holds every task's labware) may name another run's labware in an error, as
+/// `<run prefix>.<name>`; those names become "another run's labware".
+pub(crate) fn in_tenant_words(text: &str, run_id: &str) -> String {
+    let own: String = run_id.trim_start_matches("run_").chars().take(8).collect();
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let name_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    while i < text.len() {
+        let starts_token = i == 0 || !name_char(bytes[i - 1]);
+        let prefix = bytes.get(i..i + 8).filter(|p| p.iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        if let (true, Some(prefix), Some(b'.')) = (starts_token, prefix, bytes.get(i + 8)) {
+            let mut end = i + 9;
+            while end < bytes.len() && name_char(bytes[end]) {
+                end += 1;
+            }
+            if end > i + 9 && prefix != own.as_bytes() {
+                out.push_str("another run's labware");
+                i = end;
+                continue;
+            }
+        }
+        let c = text[i..].chars().next().unwrap_or(' ');
+        out.push(c);
+        i += c.len_utf8().max(1);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +116,19 @@ mod tests {
         );
         let s = JobError::store("recording usage for the bill")(StoreError::Backend("x".into()));
         assert!(s.to_string().starts_with("recording usage for the bill: "), "{s}");
+    }
+
+    #[test]
+    fn another_runs_labware_is_not_named_and_the_runs_own_is() {
+        let text = "flex: LocationIsOccupiedError: slot D2 already holds cadaf44a.big; moving 0123abcd.plate";
+        let seen = in_tenant_words(text, "run_0123abcd9999");
+        assert_eq!(
+            seen,
+            "flex: LocationIsOccupiedError: slot D2 already holds another run's labware; moving 0123abcd.plate"
+        );
+        // Words that only look alike stay: no name after the dot, a longer hex run, upper case.
+        let plain = "code deadbeef. at 1234567890.5 s, DEADBEEF.x, é cadaf44a.ok";
+        assert_eq!(in_tenant_words(plain, "run_cadaf44a"), plain);
+        assert_eq!(in_tenant_words("x0123abcd.plate", "run_ffffffff"), "x0123abcd.plate");
     }
 }

@@ -83,7 +83,8 @@ impl Executor {
                 let Some(s) = session.filter(|s| s.id == sid) else { return };
                 if let Err(why) = &result {
                     if !matches!(why, failure::JobError::Cascaded) {
-                        s.failures.entry(run).or_insert_with(|| why.to_string());
+                        let id = s.runs.get(run).map(|r| r.run.id.clone()).unwrap_or_default();
+                        s.failures.entry(run).or_insert_with(|| failure::in_tenant_words(&why.to_string(), &id));
                     }
                 }
                 // The plan still expects it to run until its guessed end: pull the rest in.
