@@ -94,6 +94,19 @@ pub struct LabwareDecl {
     /// Known to start empty even where the protocol leaves unlisted wells unknown (an
     /// Autoprotocol `new` container): a well an instruction fills holds exactly that.
     pub starts_empty: bool,
+    /// The plate map: what each well is in the experiment.
+    pub map: Vec<MapEntry>,
+}
+
+/// One entry of a plate map: wells and their sample, group, role and concentrations.
+#[derive(Debug, Clone)]
+pub struct MapEntry {
+    pub selection: String,
+    pub sample: Option<String>,
+    pub group: Option<String>,
+    pub role: crate::design::Role,
+    pub concentration: crate::design::Concentration,
+    pub span: Span,
 }
 
 /// Liquid in wells at the start.

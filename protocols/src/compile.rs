@@ -453,6 +453,7 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
                 kind: s.def.kind,
                 contents: BTreeMap::new(),
                 composition: BTreeMap::new(),
+                map: plate_map(p, s, d),
             })
             .collect(),
         tasks: plan_tasks,
@@ -466,6 +467,44 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
             .cloned()
             .collect(),
     })
+}
+
+/// A labware's plate map with its wells resolved on its definition.
+fn plate_map(
+    p: &Protocol,
+    slot: &crate::resolve::Slot,
+    d: &mut Diagnostics,
+) -> BTreeMap<String, crate::design::WellDesign> {
+    let Some(decl) = p.labware.iter().find(|l| l.name.name == slot.name) else { return BTreeMap::new() };
+    let (mut entries, mut origin) = (Vec::new(), Vec::new());
+    for (k, e) in decl.map.iter().enumerate() {
+        let wells = match labware::address::WellSelection::parse(&e.selection).and_then(|s| s.resolve(&slot.def)) {
+            Ok(w) => w,
+            Err(err) => {
+                d.push(
+                    Diagnostic::error("P0208", e.span, format!("the map of {}: {}: {err}", slot.name, e.selection))
+                        .with_hint(format!("`{}` has {}", slot.name, slot.def.grid_description())),
+                );
+                continue;
+            }
+        };
+        origin.push(k);
+        entries.push(crate::design::Entry {
+            wells: wells.into_iter().filter_map(|i| slot.def.wells.get(i).map(|w| w.name.clone())).collect(),
+            sample: e.sample.clone(),
+            group: e.group.clone(),
+            role: e.role,
+            concentration: e.concentration.clone(),
+        });
+    }
+    match crate::design::layout(&entries) {
+        Ok(map) => map,
+        Err((k, why)) => {
+            let span = origin.get(k).and_then(|&o| decl.map.get(o)).map_or(decl.name.span, |e| e.span);
+            d.push(Diagnostic::error("P0208", span, format!("the map of {}: {why}", slot.name)));
+            BTreeMap::new()
+        }
+    }
 }
 
 fn task_name(t: &LTask) -> String {

@@ -188,7 +188,7 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
             ));
             continue;
         }
-        if !check_keys(v, &what, &["type", "contents", "description"], d) {
+        if !check_keys(v, &what, &["type", "contents", "description", "map"], d) {
             continue;
         }
         let Some(ty) = required(v, "type", &what, d).and_then(|t| named(t, "`type`", d)) else { continue };
@@ -228,13 +228,183 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
                 )),
             }
         }
+        let map = v.get("map").map(|m| plate_map(m, &k.name, d)).unwrap_or_default();
         p.labware.push(LabwareDecl {
             name: Named { name: k.name.clone(), span: k.span },
             load_name: ty,
             contents,
             starts_empty: false,
+            map,
         });
     }
+}
+
+/// A labware's plate map: `well selection: {sample, group, role, concentration | concentrations}`
+/// entries, or the same as a CSV table in a string.
+fn plate_map(node: &Node, labware: &str, d: &mut Diagnostics) -> Vec<crate::ast::MapEntry> {
+    use crate::design::{self, Concentration, Role};
+    let mut out = Vec::new();
+    let bad = |span, msg: String| Diagnostic::error("P0208", span, msg);
+    let role_of = |text: &str, span, d: &mut Diagnostics| match Role::parse(text) {
+        Some(r) => Some(r),
+        None => {
+            d.push(
+                bad(span, format!("`{text}` is not a role")).with_hint("a role is sample, blank, control or standard"),
+            );
+            None
+        }
+    };
+    let fixed = |text: &str, span, d: &mut Diagnostics| match design::concentration(text) {
+        Ok((value, unit)) => Some(Concentration::Fixed { value, unit }),
+        Err(e) => {
+            d.push(bad(span, e));
+            None
+        }
+    };
+    if let Some(text) = node.as_str() {
+        let rows = match design::csv(text) {
+            Ok(rows) => rows,
+            Err(e) => {
+                d.push(bad(node.span, format!("the plate map of `{labware}`: {e}")));
+                return out;
+            }
+        };
+        for row in rows {
+            let role = match row.fields.get("role") {
+                Some(r) => match role_of(r, node.span, d) {
+                    Some(r) => r,
+                    None => continue,
+                },
+                None => Role::Sample,
+            };
+            let concentration = match row.fields.get("concentration") {
+                Some(c) => match fixed(c, node.span, d) {
+                    Some(c) => c,
+                    None => continue,
+                },
+                None => Concentration::None,
+            };
+            out.push(crate::ast::MapEntry {
+                selection: row.wells,
+                sample: row.fields.get("sample").cloned(),
+                group: row.fields.get("group").cloned(),
+                role,
+                concentration,
+                span: node.span,
+            });
+        }
+        return out;
+    }
+    let Some(entries) = node.as_map() else {
+        d.push(
+            bad(node.span, format!("the `map` of `{labware}` must be a map of wells: {{sample, group, role, concentration}} or a CSV table"))
+                .with_hint("e.g. `\"A1:A3\": { role: blank }` or `map: |` followed by `well,sample,role`"),
+        );
+        return out;
+    };
+    for (sel, entry) in entries {
+        let what = format!("the map entry {labware}/{}", sel.name);
+        if !check_keys(entry, &what, &["sample", "group", "role", "concentration", "concentrations"], d) {
+            continue;
+        }
+        let text = |key: &str, d: &mut Diagnostics| entry.get(key).and_then(|n| string(n, &format!("`{key}`"), d));
+        let role = match entry.get("role") {
+            Some(r) => match string(r, "`role`", d).and_then(|t| role_of(&t, r.span, d)) {
+                Some(r) => r,
+                None => continue,
+            },
+            None => Role::Sample,
+        };
+        let concentration = match (entry.get("concentration"), entry.get("concentrations")) {
+            (Some(_), Some(c)) => {
+                d.push(bad(
+                    c.span,
+                    format!("{what}: give `concentration` (every well) or `concentrations` (per well), not both"),
+                ));
+                continue;
+            }
+            (Some(c), None) => match string(c, "`concentration`", d).and_then(|t| fixed(&t, c.span, d)) {
+                Some(c) => c,
+                None => continue,
+            },
+            (None, Some(c)) => match (c.as_list(), c.as_map()) {
+                (Some(items), _) => {
+                    let mut values = Vec::new();
+                    let mut unit: Option<String> = None;
+                    let mut ok = true;
+                    for item in items {
+                        match string(item, "a concentration", d).map(|t| design::concentration(&t)) {
+                            Some(Ok((v, u))) if unit.as_ref().is_none_or(|x| *x == u) => {
+                                values.push(v);
+                                unit = Some(u);
+                            }
+                            Some(Ok((_, u))) => {
+                                d.push(bad(
+                                    item.span,
+                                    format!("`{u}` differs from the list's first unit; one unit per list"),
+                                ));
+                                ok = false;
+                            }
+                            Some(Err(e)) => {
+                                d.push(bad(item.span, e));
+                                ok = false;
+                            }
+                            None => ok = false,
+                        }
+                    }
+                    if !ok {
+                        continue;
+                    }
+                    Concentration::List { values, unit: unit.unwrap_or_default() }
+                }
+                (None, Some(_)) => {
+                    if !check_keys(c, "`concentrations`", &["start", "factor"], d) {
+                        continue;
+                    }
+                    let start = required(c, "start", "`concentrations`", d)
+                        .and_then(|n| string(n, "`start`", d).map(|t| (t, n.span)))
+                        .and_then(|(t, span)| match design::concentration(&t) {
+                            Ok(x) => Some(x),
+                            Err(e) => {
+                                d.push(bad(span, e));
+                                None
+                            }
+                        });
+                    let factor = required(c, "factor", "`concentrations`", d).and_then(|n| match n.as_f64() {
+                        Some(f) if f.is_finite() && f > 1.0 => Some(f),
+                        _ => {
+                            d.push(bad(n.span, "the dilution `factor` is a number above 1 (3 for 1:3)".into()));
+                            None
+                        }
+                    });
+                    let (Some((start, unit)), Some(factor)) = (start, factor) else { continue };
+                    Concentration::Series { start, unit, factor }
+                }
+                _ => {
+                    d.push(bad(
+                        c.span,
+                        format!("{what}: `concentrations` is a list (one per well) or {{start, factor}}"),
+                    ));
+                    continue;
+                }
+            },
+            (None, None) => Concentration::None,
+        };
+        let sample = text("sample", d);
+        if sample.is_none() && role != Role::Blank {
+            d.push(bad(sel.span, format!("{what} names no sample")).with_hint("add `sample: NAME` (blanks need none)"));
+            continue;
+        }
+        out.push(crate::ast::MapEntry {
+            selection: sel.name.clone(),
+            sample,
+            group: text("group", d),
+            role,
+            concentration,
+            span: sel.span.join(entry.span),
+        });
+    }
+    out
 }
 
 /// How many steps a `steps` list unrolls to (a `repeat` counts its times × its body), read from

@@ -77,6 +77,9 @@ pub struct PlanLabware {
     /// The same wells by liquid: well → liquid → µL.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub composition: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
+    /// The plate map: well → sample, group, role, concentration, replicate.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub map: std::collections::BTreeMap<String, crate::design::WellDesign>,
 }
 
 /// Instrument settings a task needs; tasks with equal settings may share a capacity resource.

@@ -940,3 +940,50 @@ fn opentrons_pipettes_run_as_the_sites_or_are_refused() {
         refused[0].hint
     );
 }
+
+/// A plate map, inline and as a CSV table, reaches the plan: every mapped well with its sample,
+/// group, role, concentration (a dilution series computed from its start and factor) and its
+/// replicate number; mistakes are P0208 at the entry.
+#[test]
+fn a_plate_map_is_carried_into_the_plan() {
+    let c =
+        run("serial-dilution.yaml", &std::fs::read_to_string(root().join("examples/serial-dilution.yaml")).unwrap());
+    let plan = c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let map = &plan.labware.iter().find(|l| l.name == "plate").unwrap().map;
+    assert_eq!(map.len(), 96);
+    let a12 = &map["A12"];
+    assert_eq!((a12.sample.as_deref(), a12.group.as_deref()), (Some("compound"), Some("series")));
+    assert!((a12.concentration.unwrap() - 5.0 / 2048.0).abs() < 1e-12, "{a12:?}");
+    assert_eq!(a12.unit.as_deref(), Some("mM"));
+    assert_eq!((map["A3"].replicate, map["H3"].replicate), (1, 8), "eight rows: replicates 1 to 8");
+
+    let table = "labwright: 1\nname: t\nlabware:\n  plate:\n    type: corning_96_wellplate_360ul_flat\n    map: |\n      well,sample,group,role,concentration\n      A1:A2,,,blank,\n      B1:B3,BSA,curve,standard,2 mg/mL\n      C1,unknown-7,patients,sample,\nsteps:\n  - read_absorbance: { labware: plate, wavelength: 595 nm }\n";
+    let c = run("t.yaml", table);
+    let plan = c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let map = &plan.labware[0].map;
+    assert_eq!(map.len(), 6);
+    assert_eq!((map["A2"].role, map["A2"].replicate), (protocols::design::Role::Blank, 2));
+    assert_eq!((map["B3"].concentration, map["B3"].replicate), (Some(2.0), 3));
+    assert_eq!(map["C1"].sample.as_deref(), Some("unknown-7"));
+
+    let header = "labwright: 1\nname: t\nlabware:\n  plate:\n    type: corning_96_wellplate_360ul_flat\n    map:\n";
+    let bad = |entries: &str| {
+        let c = run(
+            "t.yaml",
+            &format!("{header}{entries}steps:\n  - read_absorbance: {{ labware: plate, wavelength: 595 nm }}\n"),
+        );
+        c.diagnostics.iter().filter(|d| d.is_error()).map(|d| (d.code, d.message.clone())).collect::<Vec<_>>()
+    };
+    let twice = bad("      A1: { sample: s }\n      \"A1:A2\": { sample: t }\n");
+    assert!(twice.iter().any(|(c, m)| *c == "P0208" && m.contains("A1 is in the map twice")), "{twice:?}");
+    let off = bad("      Z1: { sample: s }\n");
+    assert!(off.iter().any(|(c, _)| *c == "P0208"), "{off:?}");
+    let role = bad("      A1: { sample: s, role: spectator }\n");
+    assert!(role.iter().any(|(c, m)| *c == "P0208" && m.contains("not a role")), "{role:?}");
+    let unit = bad("      A1: { sample: s, concentration: 3 furlongs }\n");
+    assert!(unit.iter().any(|(c, m)| *c == "P0208" && m.contains("unknown concentration unit")), "{unit:?}");
+    let short = bad("      \"A1:A3\": { sample: s, concentrations: [1 uM, 2 uM] }\n");
+    assert!(short.iter().any(|(c, m)| *c == "P0208" && m.contains("2 concentrations for 3 wells")), "{short:?}");
+    let nameless = bad("      A1: { group: g }\n");
+    assert!(nameless.iter().any(|(c, m)| *c == "P0208" && m.contains("names no sample")), "{nameless:?}");
+}

@@ -179,6 +179,7 @@ impl Importer<'_> {
             load_name: Named { name: def.load_name.clone(), span: ty_span },
             contents: Vec::new(),
             starts_empty: new,
+            map: Vec::new(),
         });
         if !self.protocol.custom_labware.iter().any(|c| c.load_name == def.load_name) {
             self.protocol.custom_labware.push(def.clone());

@@ -209,6 +209,7 @@ impl Importer<'_> {
             load_name: Named { name: load, span },
             contents: Vec::new(),
             starts_empty: false,
+            map: Vec::new(),
         });
     }
 

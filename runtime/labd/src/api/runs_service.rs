@@ -195,11 +195,42 @@ impl pb::runs_server::Runs for Api {
     async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<pb::ResultsResponse>, Status> {
         let who = self.caller(&req).await?;
         let (store, id) = (self.store.clone(), req.into_inner().run_id);
-        let rows = blocking(move || store.results(Self::scope(&who).as_deref(), &id)).await?;
+        let scope = Self::scope(&who);
+        let (rows, run) = blocking(move || {
+            let rows = store.results(scope.as_deref(), &id)?;
+            store.run(scope.as_deref(), &id).map(|run| (rows, run))
+        })
+        .await?;
+        // The plate map travels in the stored plan, under the tenant's own labware names.
+        let plan: Option<protocols::plan::RunPlan> = serde_json::from_str(&run.plan_json).ok();
+        let design = |labware: &str, wells: &[String]| -> Vec<pb::WellDesign> {
+            let Some(map) = plan.as_ref().and_then(|p| p.labware.iter().find(|l| l.name == labware)).map(|l| &l.map)
+            else {
+                return Vec::new();
+            };
+            if map.is_empty() {
+                return Vec::new();
+            }
+            wells
+                .iter()
+                .map(|w| match map.get(w) {
+                    Some(d) => pb::WellDesign {
+                        sample: d.sample.clone().unwrap_or_default(),
+                        group: d.group.clone().unwrap_or_default(),
+                        role: d.role.as_str().into(),
+                        concentration: d.concentration,
+                        concentration_unit: d.unit.clone().unwrap_or_default(),
+                        replicate: d.replicate,
+                    },
+                    None => pb::WellDesign::default(),
+                })
+                .collect()
+        };
         Ok(Response::new(pb::ResultsResponse {
             results: rows
                 .into_iter()
                 .map(|r| pb::Result {
+                    design: design(&r.labware, &r.wells),
                     id: r.id,
                     task: r.task_id,
                     labware: r.labware,

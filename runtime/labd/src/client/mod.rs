@@ -97,12 +97,9 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 let info = pb::runs_client::RunsClient::new(c.channel.clone()).get(c.req(pb::GetRunRequest { run_id: run.clone() })?).await.map_err(sentence)?.into_inner();
                 let rs = pb::runs_client::RunsClient::new(c.channel.clone()).results(c.req(pb::ResultsRequest { run_id: run })?).await.map_err(sentence)?.into_inner().results;
                 let text = match format {
-                    ResultsFormat::Json => serde_json::Value::Array(
-                        rs.iter()
-                            .map(|r| serde_json::json!({"id": r.id, "run": info.id, "protocol": info.name, "task": r.task, "labware": r.labware, "kind": r.kind, "wells": r.wells, "wavelengths_nm": r.wavelengths_nm, "values": r.values, "unit": r.unit, "read_at": crate::clock::rfc3339(r.read_at_ms)}))
-                            .collect(),
-                    )
-                    .to_string(),
+                    ResultsFormat::Json => {
+                        serde_json::Value::Array(rs.iter().map(|r| output::result_json(&info, r)).collect()).to_string()
+                    }
                     ResultsFormat::Csv => results_csv(&info, &rs),
                 };
                 match output {

@@ -5,10 +5,13 @@ use anyhow::Result;
 use protos::labwright::v1 as pb;
 
 /// Results as CSV: one row per well and wavelength, each with the run, its protocol's name
-/// (as the tenant named it) and when the read was recorded (RFC 3339, UTC), so a file stands
-/// on its own once it leaves labctl.
+/// (as the tenant named it), what the well is in the experiment (the plate map: sample, group,
+/// role, replicate, concentration) and when the read was recorded (RFC 3339, UTC), so a file
+/// stands on its own once it leaves labctl.
 pub(crate) fn results_csv(run: &pb::RunInfo, rs: &[pb::Result]) -> String {
-    let mut s = String::from("run,protocol,result,labware,kind,well,wavelength_nm,value,unit,read_at\n");
+    let mut s = String::from(
+        "run,protocol,result,labware,kind,well,sample,group,role,replicate,concentration,concentration_unit,wavelength_nm,value,unit,read_at\n",
+    );
     let (id, protocol) = (csv_field(&run.id), csv_field(&run.name));
     for r in rs {
         let read_at = crate::clock::rfc3339(r.read_at_ms);
@@ -21,8 +24,9 @@ pub(crate) fn results_csv(run: &pb::RunInfo, rs: &[pb::Result]) -> String {
                     .copied()
                     .unwrap_or(0.0);
                 let v = r.values.get(i * per + k).copied().unwrap_or(f64::NAN);
+                let design = design_fields(r.design.get(i));
                 s.push_str(&format!(
-                    "{id},{protocol},{},{},{},{},{wl},{v},{},{read_at}\n",
+                    "{id},{protocol},{},{},{},{},{design},{wl},{v},{},{read_at}\n",
                     csv_field(&r.id),
                     csv_field(&r.labware),
                     csv_field(&r.kind),
@@ -33,6 +37,40 @@ pub(crate) fn results_csv(run: &pb::RunInfo, rs: &[pb::Result]) -> String {
         }
     }
     s
+}
+
+/// The plate map's six fields of one well, empty where the map says nothing.
+fn design_fields(d: Option<&pb::WellDesign>) -> String {
+    let Some(d) = d.filter(|d| !d.role.is_empty()) else { return ",,,,,".into() };
+    format!(
+        "{},{},{},{},{},{}",
+        csv_field(&d.sample),
+        csv_field(&d.group),
+        csv_field(&d.role),
+        d.replicate,
+        d.concentration.map_or(String::new(), |c| c.to_string()),
+        csv_field(&d.concentration_unit)
+    )
+}
+
+/// One result as JSON, with its wells' designs when the protocol maps them.
+pub(super) fn result_json(run: &pb::RunInfo, r: &pb::Result) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": r.id, "run": run.id, "protocol": run.name, "task": r.task, "labware": r.labware, "kind": r.kind,
+        "wells": r.wells, "wavelengths_nm": r.wavelengths_nm, "values": r.values, "unit": r.unit,
+        "read_at": crate::clock::rfc3339(r.read_at_ms),
+    });
+    if !r.design.is_empty() {
+        v["design"] = r
+            .design
+            .iter()
+            .map(|d| {
+                serde_json::json!({"sample": d.sample, "group": d.group, "role": d.role, "replicate": d.replicate,
+                                   "concentration": d.concentration, "concentration_unit": d.concentration_unit})
+            })
+            .collect();
+    }
+    v
 }
 
 /// A CSV field: quoted (quotes doubled) when it holds a comma, a quote or a line break.
@@ -109,10 +147,35 @@ mod tests {
             read_at_ms: 1_764_979_200_000,
             ..Default::default()
         };
-        let csv = results_csv(&run, &[r]);
+        let csv = results_csv(&run, std::slice::from_ref(&r));
         let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines[0], "run,protocol,result,labware,kind,well,wavelength_nm,value,unit,read_at");
-        assert_eq!(lines[1], "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,595,0.5,OD,2025-12-06T00:00:00Z");
+        assert_eq!(
+            lines[0],
+            "run,protocol,result,labware,kind,well,sample,group,role,replicate,concentration,concentration_unit,wavelength_nm,value,unit,read_at"
+        );
+        assert_eq!(lines[1], "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,,,,,,,595,0.5,OD,2025-12-06T00:00:00Z");
         assert_eq!(lines.len(), 3);
+        // With a plate map: the well's design in its row.
+        let mapped = pb::Result {
+            design: vec![
+                pb::WellDesign {
+                    sample: "BSA".into(),
+                    group: "standards, lot 4".into(),
+                    role: "standard".into(),
+                    concentration: Some(2.0),
+                    concentration_unit: "mg/mL".into(),
+                    replicate: 2,
+                },
+                pb::WellDesign { role: "blank".into(), replicate: 1, ..Default::default() },
+            ],
+            ..r
+        };
+        let csv = results_csv(&run, &[mapped]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[1], "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,BSA,\"standards, lot 4\",standard,2,2,mg/mL,595,0.5,OD,2025-12-06T00:00:00Z");
+        assert_eq!(
+            lines[2],
+            "run_1,\"Bradford, v2\",res_1,assay,absorbance,A2,,,blank,1,,,595,0.25,OD,2025-12-06T00:00:00Z"
+        );
     }
 }

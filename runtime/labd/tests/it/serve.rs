@@ -61,6 +61,12 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     let (code, csv, se) = ctl(&acme, &["results", &run, "--format", "csv"]);
     assert_eq!(code, 0, "{se}");
     assert_eq!(csv.trim().lines().count(), 1 + 96, "a header and one row per well");
+    // Each row says what its well is (the example's plate map): the series halves from 5 mM.
+    let a12 = csv.lines().find(|l| l.contains(",A12,")).unwrap();
+    assert!(a12.contains(",A12,compound,series,sample,1,0.00244140625,mM,600,"), "{a12}");
+    let (_, so, _) = ctl(&acme, &["results", &run, "--format", "json"]);
+    let design = &json(&so)[0]["design"];
+    assert_eq!((design[0]["sample"].as_str(), design[0]["role"].as_str()), (Some("compound"), Some("sample")), "{so}");
     let (code, _, se) = ctl(&globex, &["results", &run]);
     assert_ne!(code, 0);
     assert!(se.contains("not found"), "another tenant's run is simply not found: {se}");
