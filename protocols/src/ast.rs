@@ -292,11 +292,13 @@ pub enum ModuleCommand {
     Latch { open: bool },
 }
 
-/// "Start `to` at most `max_s` seconds after `from` ends."
+/// "Start `to` at least `min_s` and at most `max_s` seconds after `from` ends" (either bound
+/// may be absent, not both).
 #[derive(Debug, Clone)]
 pub struct LagConstraint {
     pub from: Named,
     pub to: Named,
-    pub max_s: f64,
+    pub min_s: Option<f64>,
+    pub max_s: Option<f64>,
     pub span: Span,
 }

@@ -415,7 +415,8 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
             }
         }
     }
-    let mut max_lags = Vec::new();
+    // Each constraint as (from, to) task pairs, in the tasks' numbering before any wait is added.
+    let mut lags: Vec<(usize, usize, &crate::ast::LagConstraint)> = Vec::new();
     for c in &p.constraints {
         let (Some(from), Some(to)) = (lookup(&ids, &c.from, d), lookup(&ids, &c.to, d)) else { continue };
         let pairs: Vec<(usize, usize)> = if from.len() == to.len() {
@@ -436,8 +437,30 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
             continue;
         };
         for (f, t) in pairs {
-            let lag = MaxLag { from: new_id[f], to: new_id[t], max_s: c.max_s };
-            check_lag(&plan_tasks, &lag, site, c.span, &c.from.name, &c.to.name, d);
+            lags.push((new_id[f] as usize, new_id[t] as usize, c));
+        }
+    }
+    // A minimum lag is a wait task between the two: `to` waits for it, it waits for `from`.
+    let mut k = 0;
+    while k < lags.len() {
+        let (f, t, c) = lags[k];
+        if let (Some(min_s), true) = (c.min_s, t > f) {
+            insert_wait(&mut plan_tasks, f, t, min_s, &c.from.name, c.span);
+            for l in lags.iter_mut() {
+                for i in [&mut l.0, &mut l.1] {
+                    if *i >= t {
+                        *i += 1;
+                    }
+                }
+            }
+        }
+        k += 1;
+    }
+    let mut max_lags = Vec::new();
+    for &(f, t, c) in &lags {
+        let lag = MaxLag { from: f as TaskId, to: t as TaskId, max_s: c.max_s.unwrap_or(f64::INFINITY) };
+        check_lag(&plan_tasks, &lag, site, c.span, &c.from.name, &c.to.name, d);
+        if c.max_s.is_some() {
             max_lags.push(lag);
         }
     }
@@ -567,6 +590,36 @@ fn topo(after: &[BTreeSet<usize>]) -> Result<Vec<usize>, Vec<usize>> {
 }
 
 /// Reports a max lag that the estimated durations already break.
+/// Puts a wait of `min_s` seconds before task `to` (shifting it and every later task by one),
+/// after task `from`; `to` then waits for it.
+fn insert_wait(tasks: &mut Vec<Task>, from: usize, to: usize, min_s: f64, from_name: &str, span: Span) {
+    for task in tasks.iter_mut() {
+        if task.id as usize >= to {
+            task.id += 1;
+        }
+        task.after.iter_mut().filter(|a| **a as usize >= to).for_each(|a| *a += 1);
+    }
+    let wait = Task {
+        id: to as TaskId,
+        class: None,
+        label: format!("at least {} after `{from_name}`", quote::fmt_duration(min_s)),
+        holds: Vec::new(),
+        after: vec![from as TaskId],
+        commands: vec![crate::plan::Command {
+            op: crate::plan::CommandOp::Wait { duration_s: min_s },
+            repeatable: true,
+            estimate_s: min_s,
+        }],
+        duration_s: min_s,
+        settings: Default::default(),
+        pipettes: Vec::new(),
+        instruments: Vec::new(),
+        span,
+    };
+    tasks.insert(to, wait);
+    tasks[to + 1].after.push(to as TaskId);
+}
+
 fn check_lag(tasks: &[Task], lag: &MaxLag, site: &Site, span: Span, from: &str, to: &str, d: &mut Diagnostics) {
     let (f, t) = (lag.from as usize, lag.to as usize);
     if t <= f {

@@ -918,15 +918,38 @@ fn parse_constraints(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
         return;
     };
     for c in items {
-        if !check_keys(c, "a constraint", &["from", "to", "max_lag"], d) {
+        if !check_keys(c, "a constraint", &["from", "to", "min_lag", "max_lag"], d) {
             continue;
         }
         let from = required(c, "from", "a constraint", d).and_then(|n| named(n, "`from`", d));
         let to = required(c, "to", "a constraint", d).and_then(|n| named(n, "`to`", d));
-        let max = required(c, "max_lag", "a constraint", d)
-            .and_then(|n| quantity(n, Dim::Duration, "`max_lag`", (0.0, MAX_DURATION_S), d));
-        if let (Some(from), Some(to), Some(max_s)) = (from, to, max) {
-            p.constraints.push(LagConstraint { from, to, max_s, span: c.span });
+        let lag = |key: &str, d: &mut Diagnostics| {
+            c.get(key).map(|n| quantity(n, Dim::Duration, &format!("`{key}`"), (0.0, MAX_DURATION_S), d))
+        };
+        let (min, max) = (lag("min_lag", d), lag("max_lag", d));
+        if min.is_none() && max.is_none() {
+            d.push(
+                Diagnostic::error("P0102", c.span, "a constraint needs `min_lag`, `max_lag` or both")
+                    .with_hint("e.g. `{ from: add_dye, to: read, min_lag: 5 min, max_lag: 30 min }`"),
+            );
+            continue;
         }
+        let (Some(from), Some(to)) = (from, to) else { continue };
+        // A bound that did not read was reported; the constraint goes no further.
+        if matches!(min, Some(None)) || matches!(max, Some(None)) {
+            continue;
+        }
+        let (min_s, max_s) = (min.flatten(), max.flatten());
+        if let (Some(lo), Some(hi)) = (min_s, max_s) {
+            if lo > hi {
+                d.push(Diagnostic::error(
+                    "P0402",
+                    c.span,
+                    format!("`min_lag` ({lo} s) is longer than `max_lag` ({hi} s): no start can keep both"),
+                ));
+                continue;
+            }
+        }
+        p.constraints.push(LagConstraint { from, to, min_s, max_s, span: c.span });
     }
 }

@@ -987,3 +987,40 @@ fn a_plate_map_is_carried_into_the_plan() {
     let nameless = bad("      A1: { group: g }\n");
     assert!(nameless.iter().any(|(c, m)| *c == "P0208" && m.contains("names no sample")), "{nameless:?}");
 }
+
+/// "Read 5–30 min after adding dye": a minimum lag is a wait task of that length between the
+/// two steps (the read waits for it), the maximum stays a constraint, and bounds that cannot
+/// both hold, run backwards or are missing are refused.
+#[test]
+fn a_minimum_lag_waits_and_a_window_keeps_both_bounds() {
+    let steps = "  - id: dye
+    transfer: { from: res/A2, to: plate/A1, volume: 50 uL }
+  - id: read
+    read_absorbance: { labware: plate, wavelength: 450 nm }
+constraints:
+  - { from: dye, to: read, min_lag: 5 min, max_lag: 30 min }\n";
+    let c = run("t.yaml", &with_steps(steps));
+    let plan = c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let read = plan.tasks.iter().position(|t| t.label.contains("read")).unwrap();
+    let wait = plan.tasks.iter().position(|t| t.class.is_none()).unwrap();
+    let dye = plan.tasks.iter().position(|t| t.class == Some(labware::InstrumentClass::LiquidHandler)).unwrap();
+    assert!(dye < wait && wait < read, "in order: {:?}", plan.tasks.iter().map(|t| &t.label).collect::<Vec<_>>());
+    assert_eq!(plan.tasks[wait].duration_s, 300.0);
+    assert_eq!(plan.tasks[wait].after, [dye as u32]);
+    assert!(plan.tasks[read].after.contains(&(wait as u32)), "the read waits for it");
+    assert!(plan
+        .tasks
+        .iter()
+        .enumerate()
+        .all(|(i, t)| t.id as usize == i && t.after.iter().all(|&a| (a as usize) < i)));
+    assert_eq!(plan.max_lags.len(), 1);
+    assert_eq!((plan.max_lags[0].from, plan.max_lags[0].to, plan.max_lags[0].max_s), (dye as u32, read as u32, 1800.0));
+
+    let window = |c: &str| with_steps(&steps.replace("min_lag: 5 min, max_lag: 30 min", c));
+    assert_eq!(codes(&window("min_lag: 40 min, max_lag: 30 min")), ["P0402"]);
+    assert_eq!(codes(&window("min_lag: 5 min")), Vec::<&str>::new(), "a minimum alone is enough");
+    assert_eq!(codes(&window("mix: 5 min")), ["P0102", "P0101"], "no bound, and an unknown field");
+    let backwards =
+        with_steps(&steps.replace("from: dye, to: read", "from: read, to: dye").replace(", max_lag: 30 min", ""));
+    assert_eq!(codes(&backwards), ["P0404"]);
+}

@@ -683,7 +683,8 @@ impl Importer<'_> {
             self.protocol.constraints.push(LagConstraint {
                 from: Named { name: format!("instruction[{}]", from.0), span: from.1 },
                 to: Named { name: format!("instruction[{}]", to.0), span: to.1 },
-                max_s: max,
+                min_s: None,
+                max_s: Some(max),
                 span: c.span,
             });
         }
