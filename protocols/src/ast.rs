@@ -196,6 +196,9 @@ pub enum Op {
         volume_ul: f64,
         mix: Option<MixSpec>,
         tips: TipPolicy,
+        /// With a dilution factor: the diluent and the volume of it put first into every well of
+        /// each series but the first.
+        diluent: Option<(WellRef, f64)>,
     },
     Mix {
         wells: WellRef,

@@ -657,7 +657,20 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             }))
         }
         "serial_dilution" => {
-            if !check_keys(v, &what, &["series", "plate", "rows", "columns", "volume", "mix", "tips"], d) {
+            let keys = [
+                "series",
+                "plate",
+                "rows",
+                "columns",
+                "points",
+                "volume",
+                "factor",
+                "final_volume",
+                "diluent",
+                "mix",
+                "tips",
+            ];
+            if !check_keys(v, &what, &keys, d) {
                 return None;
             }
             let mut series = Vec::new();
@@ -673,10 +686,28 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             } else {
                 let plate = required(v, "plate", &what, d).and_then(|n| named(n, "`plate`", d))?;
                 let rows = required(v, "rows", &what, d).and_then(|n| string(n, "`rows`", d).map(|s| (s, n.span)))?;
-                let cols = required(v, "columns", &what, d).and_then(|n| match &n.value {
-                    Value::Number(x) => Some((crate::units::trim(*x), n.span)),
-                    _ => string(n, "`columns`", d).map(|s| (s, n.span)),
-                })?;
+                // `points: N` is columns 1 to N.
+                let cols = match (v.get("columns"), v.get("points")) {
+                    (Some(_), Some(p)) => {
+                        d.push(Diagnostic::error("P0103", p.span, "give `columns` or `points`, not both"));
+                        return None;
+                    }
+                    (None, Some(p)) => match p.as_f64() {
+                        Some(n) if n.fract() == 0.0 && (2.0..=48.0).contains(&n) => (format!("1:{n}"), p.span),
+                        _ => {
+                            d.push(Diagnostic::error(
+                                "P0103",
+                                p.span,
+                                "`points` is a whole number of wells from 2 to 48",
+                            ));
+                            return None;
+                        }
+                    },
+                    _ => required(v, "columns", &what, d).and_then(|n| match &n.value {
+                        Value::Number(x) => Some((crate::units::trim(*x), n.span)),
+                        _ => string(n, "`columns`", d).map(|s| (s, n.span)),
+                    })?,
+                };
                 let (c0, c1) =
                     cols.0.split_once(':').map_or((cols.0.as_str(), cols.0.as_str()), |(a, b)| (a.trim(), b.trim()));
                 let (r0, r1) =
@@ -706,10 +737,32 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
                     ),
                 }
             }
-            let volume_ul = required(v, "volume", &what, d).and_then(|n| vol(n, "`volume`", d))?;
             let mix = v.get("mix").and_then(|m| mix_spec(m, "`mix`", d));
             let tips = tip_policy(v.get("tips"), TipPolicy::Always, d);
-            Some(Op::SerialDilution { series, volume_ul, mix, tips })
+            // With a factor the volumes follow: every well but the first gets `final_volume` of
+            // diluent, and final_volume ÷ (factor − 1) moves along the series.
+            let Some(f) = v.get("factor") else {
+                let volume_ul = required(v, "volume", &what, d).and_then(|n| vol(n, "`volume`", d))?;
+                return Some(Op::SerialDilution { series, volume_ul, mix, tips, diluent: None });
+            };
+            if let Some(n) = v.get("volume") {
+                d.push(
+                    Diagnostic::error("P0103", n.span, "with a `factor`, the volume moved follows from `final_volume`")
+                        .with_hint("remove `volume`, or the `factor` to give the volume yourself"),
+                );
+                return None;
+            }
+            let factor = match f.as_f64() {
+                Some(x) if x.is_finite() && x > 1.0 && x <= 1000.0 => x,
+                _ => {
+                    d.push(Diagnostic::error("P0103", f.span, "the dilution `factor` is a number above 1 (3 for 1:3)"));
+                    return None;
+                }
+            };
+            let final_ul = required(v, "final_volume", &what, d).and_then(|n| vol(n, "`final_volume`", d))?;
+            let diluent = required(v, "diluent", &what, d).and_then(|n| well_ref(n, "`diluent`", d))?;
+            let volume_ul = final_ul / (factor - 1.0);
+            Some(Op::SerialDilution { series, volume_ul, mix, tips, diluent: Some((diluent, final_ul)) })
         }
         "mix" => {
             if !check_keys(v, &what, &["wells", "times", "volume", "tips"], d) {

@@ -489,7 +489,21 @@ impl<'a> Lowerer<'a> {
         let span = step.span;
         match &step.op {
             Op::Transfer(tr) => self.transfer(step, tr, d),
-            Op::SerialDilution { series, volume_ul, mix, tips } => {
+            Op::SerialDilution { series, volume_ul, mix, tips, diluent } => {
+                // The diluent first, into every well but each series' first, from one tip.
+                if let Some((source, final_ul)) = diluent {
+                    let from = self.env.wells(source, d).and_then(|w| (w.len() == 1).then(|| w[0]));
+                    let Some(from) = from else {
+                        d.push(Diagnostic::error("P0206", source.span, "the `diluent` is one well"));
+                        return;
+                    };
+                    let mut pairs: Vec<(Loc, Loc, f64)> = Vec::new();
+                    for s in series {
+                        let Some(wells) = self.env.wells(s, d) else { continue };
+                        pairs.extend(wells.iter().skip(1).map(|&w| (from, w, *final_ul)));
+                    }
+                    self.pairs(step, "diluent", &pairs, TipPolicy::Once, None, None, (source.span, source.span), d);
+                }
                 for s in series {
                     let Some(wells) = self.env.wells(s, d) else { continue };
                     if wells.len() < 2 {

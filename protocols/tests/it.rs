@@ -1024,3 +1024,56 @@ constraints:
         with_steps(&steps.replace("from: dye, to: read", "from: read, to: dye").replace(", max_lag: 30 min", ""));
     assert_eq!(codes(&backwards), ["P0404"]);
 }
+
+/// `serial_dilution` with a factor and a number of points: the diluent goes first into every
+/// well but each series' first, final_volume ÷ (factor − 1) moves along, and each well holds
+/// 1/factor of the one before it.
+#[test]
+fn a_serial_dilution_by_factor_computes_its_volumes() {
+    let text = "labwright: 1
+name: t
+liquids:
+  water: water
+  dye: dye
+labware:
+  res:
+    type: nest_12_reservoir_15ml
+    contents:
+      A1: { water: 10 mL }
+  plate:
+    type: corning_96_wellplate_360ul_flat
+    contents:
+      A1: { dye: 225 uL }
+      B1: { dye: 225 uL }
+  tips: { type: opentrons_96_tiprack_300ul }
+steps:
+  - serial_dilution:
+      plate: plate
+      rows: A:B
+      points: 5
+      factor: 3
+      final_volume: 150 uL
+      diluent: res/A1
+      mix: { times: 2, volume: 100 uL }
+";
+    let c = run("t.yaml", text);
+    let tracked = c.tracked.clone().unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let plate = 1; // the second labware declared
+    let well = |name: &str| {
+        let def = lib().get("corning_96_wellplate_360ul_flat").unwrap();
+        let i = def.wells.iter().position(|w| w.name == name).unwrap();
+        tracked.wells[plate][i].clone()
+    };
+    for (k, col) in ["A1", "A2", "A3", "A4"].iter().enumerate() {
+        let w = well(col);
+        assert!((w.volume() - 150.0).abs() < 1e-6, "{col} holds final_volume: {:?}", w.contents);
+        let dye = w.contents.get("dye").copied().unwrap_or(0.0) / w.volume();
+        assert!((dye - 3f64.powi(-(k as i32))).abs() < 1e-9, "{col}: dye fraction {dye}");
+    }
+    assert!((well("B5").volume() - 225.0).abs() < 1e-6, "the last well keeps what it received");
+    assert!(well("A6").volume() < 1e-9, "points: 5 stops at column 5");
+    let bad = |from: &str, to: &str| codes(&text.replace(from, to));
+    assert_eq!(bad("      factor: 3\n", "      factor: 1\n"), ["P0103"]);
+    assert_eq!(bad("      diluent: res/A1\n", ""), ["P0102"]);
+    assert_eq!(bad("      factor: 3\n", "      factor: 3\n      volume: 50 uL\n"), ["P0103"]);
+}
