@@ -240,6 +240,9 @@ pub struct Instrument {
     pub temperature_c: Option<Range>,
     #[serde(default)]
     pub shaking_rpm: Option<Range>,
+    /// Incubators: the CO₂ atmosphere they keep, % (a cell-culture incubator: `[0, 20]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub co2_percent: Option<Range>,
     #[serde(default)]
     pub max_g: Option<f64>,
     #[serde(default)]
@@ -512,6 +515,7 @@ impl Site {
                 ("emission_nm", inst.emission_nm),
                 ("temperature_c", inst.temperature_c),
                 ("shaking_rpm", inst.shaking_rpm),
+                ("co2_percent", inst.co2_percent),
             ] {
                 if let Some(r) = r {
                     if !(r.min.is_finite() && r.max.is_finite() && r.min <= r.max) {

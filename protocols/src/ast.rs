@@ -212,9 +212,12 @@ pub enum Op {
     },
     Incubate {
         labware: Named,
-        temperature_c: f64,
+        /// `None`: at ambient temperature (nothing heats or cools).
+        temperature_c: Option<f64>,
         duration_s: f64,
         shake_rpm: Option<f64>,
+        /// CO₂ in the atmosphere, % (cell culture: 5).
+        co2_percent: Option<f64>,
     },
     Shake {
         labware: Named,

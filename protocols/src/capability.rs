@@ -27,6 +27,11 @@ pub fn holds_temperature(i: &Instrument, c: f64) -> bool {
     i.temperature_c.is_some_and(|r| r.contains(c))
 }
 
+/// Whether it keeps a CO₂ atmosphere of `percent` (a cell-culture incubator).
+pub fn holds_co2(i: &Instrument, percent: f64) -> bool {
+    i.co2_percent.is_some_and(|r| r.contains(percent))
+}
+
 pub fn shakes_at(i: &Instrument, rpm: f64) -> bool {
     i.shaking_rpm.is_some_and(|r| r.contains(rpm))
 }
@@ -55,8 +60,10 @@ pub fn can(i: &Instrument, op: &CommandOp) -> bool {
         ReadAbsorbance { wavelengths_nm, .. } => wavelengths_nm.iter().all(|&nm| reads_absorbance(i, nm)),
         ReadFluorescence { excitation_nm, emission_nm, .. } => reads_fluorescence(i, *excitation_nm, *emission_nm),
         ReadLuminescence { .. } => reads_luminescence(i),
-        Incubate { temperature_c, shake_rpm, .. } => {
-            holds_temperature(i, *temperature_c) && shake_rpm.is_none_or(|s| shakes_at(i, s))
+        Incubate { temperature_c, shake_rpm, co2_percent, .. } => {
+            temperature_c.is_none_or(|t| holds_temperature(i, t))
+                && shake_rpm.is_none_or(|s| shakes_at(i, s))
+                && co2_percent.is_none_or(|c| holds_co2(i, c))
         }
         Shake { rpm, temperature_c, .. } => shakes_at(i, *rpm) && temperature_c.is_none_or(|t| holds_temperature(i, t)),
         SetTemperature { temperature_c, .. } => holds_temperature(i, *temperature_c),

@@ -775,14 +775,36 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             Some(Op::Mix { wells: wells?, mix: MixSpec { times: times?, volume_ul: volume? }, tips })
         }
         "incubate" => {
-            if !check_keys(v, &what, &["labware", "temperature", "duration", "shaking"], d) {
+            if !check_keys(v, &what, &["labware", "temperature", "duration", "shaking", "co2"], d) {
                 return None;
             }
             let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
-            let t = required(v, "temperature", &what, d).and_then(|n| temp(n, d));
+            // `ambient`: the room's temperature; nothing heats or cools.
+            let t = required(v, "temperature", &what, d).and_then(|n| match n.as_str() {
+                Some(s) if s.trim().eq_ignore_ascii_case("ambient") => Some(None),
+                _ => temp(n, d).map(Some),
+            });
             let du = required(v, "duration", &what, d).and_then(|n| dur(n, "`duration`", d));
             let shake_rpm = v.get("shaking").and_then(|n| rpm(n, d));
-            Some(Op::Incubate { labware: labware?, temperature_c: t?, duration_s: du?, shake_rpm })
+            let co2 = match v.get("co2") {
+                None => Some(None),
+                Some(n) => match n
+                    .as_str()
+                    .map(|s| s.trim())
+                    .and_then(|s| s.strip_suffix('%'))
+                    .map(|x| x.trim().parse::<f64>())
+                {
+                    Some(Ok(x)) if (0.0..=100.0).contains(&x) => Some(Some(x)),
+                    _ => {
+                        d.push(
+                            Diagnostic::error("P0110", n.span, "`co2` is a percentage of the atmosphere")
+                                .with_hint("e.g. `co2: 5 %`"),
+                        );
+                        None
+                    }
+                },
+            };
+            Some(Op::Incubate { labware: labware?, temperature_c: t?, duration_s: du?, shake_rpm, co2_percent: co2? })
         }
         "shake" => {
             if !check_keys(v, &what, &["labware", "speed", "duration", "temperature"], d) {

@@ -552,12 +552,16 @@ impl<'a> Lowerer<'a> {
                     }
                 }
             }
-            Op::Incubate { labware, temperature_c, duration_s, shake_rpm } => {
-                let temp = *temperature_c;
-                let rpm = *shake_rpm;
-                let inc_ok = |i: &labware::site::Instrument| {
-                    capability::holds_temperature(i, temp) && rpm.is_none_or(|s| capability::shakes_at(i, s))
+            Op::Incubate { labware, temperature_c, duration_s, shake_rpm, co2_percent } => {
+                let (temp, rpm, co2) = (*temperature_c, *shake_rpm, *co2_percent);
+                let op = |lw: String| CommandOp::Incubate {
+                    labware: lw,
+                    temperature_c: temp,
+                    duration_s: *duration_s,
+                    shake_rpm: rpm,
+                    co2_percent: co2,
                 };
+                let inc_ok = |i: &labware::site::Instrument| capability::can(i, &op(String::new()));
                 let has_incubator = self.site.instruments_of(InstrumentClass::Incubator).any(inc_ok);
                 let hs_ok = inc_ok;
                 // An incubator is preferred; a heater-shaker can stand in when it covers the settings.
@@ -566,16 +570,20 @@ impl<'a> Lowerer<'a> {
                 } else {
                     InstrumentClass::HeaterShaker
                 };
-                let need = match rpm {
-                    Some(s) => {
-                        format!("holds {} °C while shaking at {} rpm", crate::units::trim(temp), crate::units::trim(s))
-                    }
-                    None => format!("holds {} °C", crate::units::trim(temp)),
+                let mut need = match temp {
+                    Some(t) => format!("holds {} °C", crate::units::trim(t)),
+                    None => "holds a plate at ambient temperature".to_string(),
                 };
+                if let Some(s) = rpm {
+                    need.push_str(&format!(" while shaking at {} rpm", crate::units::trim(s)));
+                }
+                if let Some(c) = co2 {
+                    need.push_str(&format!(" in {} % CO₂", crate::units::trim(c)));
+                }
                 if self
                     .require(
                         class,
-                        step.field_span(&["temperature", "shaking"]),
+                        step.field_span(&["temperature", "shaking", "co2"]),
                         d,
                         &format!("incubate {}", labware.name),
                         inc_ok,
@@ -586,14 +594,8 @@ impl<'a> Lowerer<'a> {
                     return;
                 }
                 let Some((t, lw)) = self.labware_task(step, labware, class, "incubate", d) else { return };
-                self.tasks[t].settings = Settings { temperature_c: Some(temp), shake_rpm: rpm };
-                self.emit(
-                    t,
-                    CommandOp::Incubate { labware: lw, temperature_c: temp, duration_s: *duration_s, shake_rpm: rpm },
-                    false,
-                    *duration_s,
-                    span,
-                );
+                self.tasks[t].settings = Settings { temperature_c: temp, shake_rpm: rpm };
+                self.emit(t, op(lw), false, *duration_s, span);
             }
             Op::Shake { labware, rpm, duration_s, temperature_c } => {
                 let (s, temp) = (*rpm, *temperature_c);

@@ -139,34 +139,123 @@ pub struct Command {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum CommandOp {
-    PickUpTip { pipette: String, rack: String, well: String },
-    Aspirate { pipette: String, labware: String, well: String, volume_ul: f64 },
-    Dispense { pipette: String, labware: String, well: String, volume_ul: f64 },
-    Mix { pipette: String, labware: String, well: String, volume_ul: f64, times: u32 },
-    BlowOut { pipette: String, labware: String, well: String },
-    MoveTo { pipette: String, labware: Option<String>, well: Option<String> },
-    DropTip { pipette: String },
+    PickUpTip {
+        pipette: String,
+        rack: String,
+        well: String,
+    },
+    Aspirate {
+        pipette: String,
+        labware: String,
+        well: String,
+        volume_ul: f64,
+    },
+    Dispense {
+        pipette: String,
+        labware: String,
+        well: String,
+        volume_ul: f64,
+    },
+    Mix {
+        pipette: String,
+        labware: String,
+        well: String,
+        volume_ul: f64,
+        times: u32,
+    },
+    BlowOut {
+        pipette: String,
+        labware: String,
+        well: String,
+    },
+    MoveTo {
+        pipette: String,
+        labware: Option<String>,
+        well: Option<String>,
+    },
+    DropTip {
+        pipette: String,
+    },
     Home,
-    MoveLabware { labware: String, to: String },
-    AddReagent { reagent: String, labware: String, well: String, volume_ul: f64 },
-    Incubate { labware: String, temperature_c: f64, duration_s: f64, shake_rpm: Option<f64> },
-    Shake { labware: String, rpm: f64, duration_s: f64, temperature_c: Option<f64> },
-    SetTemperature { labware: Option<String>, temperature_c: f64 },
-    WaitForTemperature { labware: Option<String> },
-    SetShakeSpeed { labware: Option<String>, rpm: f64 },
+    MoveLabware {
+        labware: String,
+        to: String,
+    },
+    AddReagent {
+        reagent: String,
+        labware: String,
+        well: String,
+        volume_ul: f64,
+    },
+    /// `temperature_c: None` is ambient (no heating or cooling); `co2_percent` a CO₂ atmosphere.
+    Incubate {
+        labware: String,
+        temperature_c: Option<f64>,
+        duration_s: f64,
+        shake_rpm: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        co2_percent: Option<f64>,
+    },
+    Shake {
+        labware: String,
+        rpm: f64,
+        duration_s: f64,
+        temperature_c: Option<f64>,
+    },
+    SetTemperature {
+        labware: Option<String>,
+        temperature_c: f64,
+    },
+    WaitForTemperature {
+        labware: Option<String>,
+    },
+    SetShakeSpeed {
+        labware: Option<String>,
+        rpm: f64,
+    },
     StopShaking,
     StopHeating,
-    Latch { open: bool },
-    Seal { labware: String },
-    Peel { labware: String },
-    Cover { labware: String },
-    Uncover { labware: String },
-    ReadAbsorbance { labware: String, wells: Vec<String>, wavelengths_nm: Vec<f64> },
-    ReadFluorescence { labware: String, wells: Vec<String>, excitation_nm: f64, emission_nm: f64 },
-    ReadLuminescence { labware: String, wells: Vec<String> },
-    Centrifuge { labware: String, g: f64, duration_s: f64 },
-    Wait { duration_s: f64 },
-    Manual { instruction: String },
+    Latch {
+        open: bool,
+    },
+    Seal {
+        labware: String,
+    },
+    Peel {
+        labware: String,
+    },
+    Cover {
+        labware: String,
+    },
+    Uncover {
+        labware: String,
+    },
+    ReadAbsorbance {
+        labware: String,
+        wells: Vec<String>,
+        wavelengths_nm: Vec<f64>,
+    },
+    ReadFluorescence {
+        labware: String,
+        wells: Vec<String>,
+        excitation_nm: f64,
+        emission_nm: f64,
+    },
+    ReadLuminescence {
+        labware: String,
+        wells: Vec<String>,
+    },
+    Centrifuge {
+        labware: String,
+        g: f64,
+        duration_s: f64,
+    },
+    Wait {
+        duration_s: f64,
+    },
+    Manual {
+        instruction: String,
+    },
 }
 
 impl CommandOp {

@@ -1077,3 +1077,37 @@ steps:
     assert_eq!(bad("      diluent: res/A1\n", ""), ["P0102"]);
     assert_eq!(bad("      factor: 3\n", "      factor: 3\n      volume: 50 uL\n"), ["P0103"]);
 }
+
+/// Incubation at ambient temperature and in a CO₂ atmosphere: `ambient` needs no temperature
+/// control, `co2` an incubator that keeps it (checked like a temperature).
+#[test]
+fn incubation_at_ambient_temperature_and_in_co2() {
+    let plan = |steps: &str| {
+        let c = run("t.yaml", &with_steps(steps));
+        c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics))
+    };
+    let incubation = |p: &protocols::plan::RunPlan| {
+        p.tasks.iter().flat_map(|t| &t.commands).find_map(|c| match &c.op {
+            protocols::plan::CommandOp::Incubate { temperature_c, co2_percent, .. } => {
+                Some((*temperature_c, *co2_percent))
+            }
+            _ => None,
+        })
+    };
+    let p = plan("  - incubate: { labware: plate, temperature: ambient, duration: 30 min }\n");
+    assert_eq!(incubation(&p), Some((None, None)));
+    let p = plan("  - incubate: { labware: plate, temperature: 37 °C, co2: 5 %, duration: 24 h }\n");
+    assert_eq!(incubation(&p), Some((Some(37.0), Some(5.0))));
+    let task = p.tasks.iter().find(|t| t.label.contains("incubate")).unwrap();
+    assert_eq!(task.instruments, ["inc1"], "only inc1 keeps CO₂");
+    // More CO₂ than any incubator keeps, and a CO₂ that is not a percentage.
+    let c =
+        run("t.yaml", &with_steps("  - incubate: { labware: plate, temperature: 37 °C, co2: 30 %, duration: 1 h }\n"));
+    let e = c.diagnostics.iter().find(|d| d.code == "P0401").unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let words = format!("{} {}", e.message, e.hint.clone().unwrap_or_default());
+    assert!(words.contains("30 % CO₂"), "{e:?}");
+    assert_eq!(
+        codes(&with_steps("  - incubate: { labware: plate, temperature: 37 °C, co2: lots, duration: 1 h }\n")),
+        ["P0110"]
+    );
+}

@@ -213,6 +213,9 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
             }
             out
         }
+        Incubate { co2_percent: Some(c), .. } => {
+            return Err(range_error("co2_percent", format!("a {} keeps no CO₂ atmosphere ({c} % asked)", kind.name())))
+        }
         Incubate { temperature_c, duration_s, shake_rpm, .. } => {
             let mut out = Vec::new();
             match kind {
@@ -220,16 +223,21 @@ pub fn lower(op: &CommandOp, kind: ModuleKind, module_id: &str) -> Result<Vec<St
                 Thermocycler => out.push(send("thermocycler/closeLid", json!({}))),
                 TemperatureModule => {}
             }
-            out.extend(heat(*temperature_c)?);
+            if let Some(t) = temperature_c {
+                out.extend(heat(*t)?);
+            }
             if let Some(rpm) = shake_rpm {
                 out.push(send("heaterShaker/setAndWaitForShakeSpeed", json!({"rpm": speed(kind, *rpm)?})));
             }
-            out.push(Step::Hold { seconds: *duration_s, what: format!("holding {temperature_c} °C") });
+            let what = temperature_c.map_or("at ambient temperature".to_string(), |t| format!("holding {t} °C"));
+            out.push(Step::Hold { seconds: *duration_s, what });
             if shake_rpm.is_some() {
                 out.push(latch());
                 out.push(send("heaterShaker/deactivateShaker", json!({})));
             }
-            out.push(cool());
+            if temperature_c.is_some() {
+                out.push(cool());
+            }
             out
         }
         other => return Err(crate::instrument::unsupported(kind.name(), other)),

@@ -38,7 +38,7 @@ pub fn mappable_fields(op: &str) -> Option<&'static [&'static str]> {
         "home" => &[],
         "seal" | "peel" | "cover" | "uncover" | "wait_for_temperature" => &["labware"],
         "centrifuge" => &["labware", "g", "duration_s"],
-        "incubate" => &["labware", "temperature_c", "duration_s", "shake_rpm"],
+        "incubate" => &["labware", "temperature_c", "duration_s", "shake_rpm", "co2_percent"],
         "shake" => &["labware", "rpm", "duration_s", "temperature_c"],
         "set_temperature" => &["labware", "temperature_c"],
         "set_shake_speed" => &["labware", "rpm"],
@@ -301,7 +301,7 @@ impl MappedSilaDriver {
     /// A setting the plan command carries that the mapping would drop is refused, never
     /// silently left out.
     fn nothing_ignored(&self, name: &str, b: &Bound, json: &serde_json::Value) -> Result<(), InstrumentError> {
-        for field in ["temperature_c", "shake_rpm"] {
+        for field in ["temperature_c", "shake_rpm", "co2_percent"] {
             let Some(v) = json.get(field).filter(|v| !v.is_null()) else { continue };
             if !b.mapping.parameters.iter().any(|p| p.from.as_deref() == Some(field)) {
                 return Err(InstrumentError::Validation {

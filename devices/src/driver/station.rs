@@ -140,16 +140,24 @@ impl Instrument for StationDriver {
                     )
                     .await?;
                 }
-                Incubate { labware, temperature_c, duration_s, shake_rpm } => {
-                    let mut set = vec![("temp", num(temperature_c))];
+                Incubate { labware, temperature_c, duration_s, shake_rpm, co2_percent } => {
+                    // No `temp`: ambient (the heater off).
+                    let mut set = Vec::new();
+                    if let Some(t) = temperature_c {
+                        set.push(("temp", num(t)));
+                    }
                     if let Some(rpm) = shake_rpm {
                         set.push(("rpm", num(rpm)));
                     }
+                    if let Some(c) = co2_percent {
+                        set.push(("co2", num(c)));
+                    }
+                    let at = temperature_c.map_or("ambient temperature".to_string(), |t| format!("{t} °C"));
                     me.request("SET", &set, 0.0).await?;
                     me.request("STORE", &[("plate", labware.clone())], 20.0).await?;
                     let steps = 20;
                     for i in 0..steps {
-                        tx.progress(i as f64 / steps as f64, format!("incubating at {temperature_c} °C"));
+                        tx.progress(i as f64 / steps as f64, format!("incubating at {at}"));
                         me.inner.cancel.sleep(cfg.scale.wall(duration_s / steps as f64)).await?;
                     }
                     me.request("RETRIEVE", &[("plate", labware)], 20.0).await?;

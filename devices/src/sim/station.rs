@@ -15,7 +15,12 @@ pub struct StationSim {
     sealed: BTreeSet<String>,
     temp: f64,
     rpm: f64,
+    /// CO₂ of an incubator's atmosphere, %.
+    pub co2: f64,
 }
+
+/// The room's temperature, where a station rests with its heater off.
+const AMBIENT_C: f64 = 25.0;
 
 impl StationSim {
     pub fn new(kind: StationKind, serial: &str, capacity: u32) -> Self {
@@ -25,8 +30,9 @@ impl StationSim {
             capacity: capacity.max(1) as usize,
             plates: BTreeSet::new(),
             sealed: BTreeSet::new(),
-            temp: 25.0,
+            temp: AMBIENT_C,
             rpm: 0.0,
+            co2: 0.0,
         }
     }
 
@@ -69,9 +75,13 @@ impl LineDevice for StationSim {
                 };
                 Self::ok(&format!("model={model} serial={} firmware=1.0", self.serial))
             }
-            (_, "STATUS") => {
-                Self::ok(&format!("state=idle temp={:.1} rpm={} plates={}", self.temp, self.rpm, self.plates.len()))
-            }
+            (_, "STATUS") => Self::ok(&format!(
+                "state=idle temp={:.1} rpm={} co2={} plates={}",
+                self.temp,
+                self.rpm,
+                self.co2,
+                self.plates.len()
+            )),
             (Sealer, "SEAL") => {
                 let Some(p) = plate else { return Self::err("E04", "SEAL needs plate=NAME") };
                 match number("temp") {
@@ -95,9 +105,16 @@ impl LineDevice for StationSim {
                 _ => Self::err("E04", "SPIN needs g=1..3000 and time>0"),
             },
             (Incubator, "SET") => {
-                match number("temp") {
-                    Some(t) if (4.0..=50.0).contains(&t) => self.temp = t,
+                // No temp: the heater off (ambient).
+                match (a.contains_key("temp"), number("temp")) {
+                    (false, _) => self.temp = AMBIENT_C,
+                    (true, Some(t)) if (4.0..=50.0).contains(&t) => self.temp = t,
                     _ => return Self::err("E04", "temp must be 4 to 50 C"),
+                }
+                match (a.contains_key("co2"), number("co2")) {
+                    (false, _) => self.co2 = 0.0,
+                    (true, Some(c)) if (0.0..=20.0).contains(&c) => self.co2 = c,
+                    _ => return Self::err("E04", "co2 must be 0 to 20 %"),
                 }
                 self.rpm = number("rpm").unwrap_or(0.0);
                 Self::ok("")

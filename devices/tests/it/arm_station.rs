@@ -149,7 +149,13 @@ async fn stations_seal_spin_and_incubate() {
 
     let (inc, _p3) = station(StationKind::Incubator, "").await;
     let exec = inc
-        .start(&CommandOp::Incubate { labware: "p".into(), temperature_c: 37.0, duration_s: 30.0, shake_rpm: None })
+        .start(&CommandOp::Incubate {
+            labware: "p".into(),
+            temperature_c: Some(37.0),
+            duration_s: 30.0,
+            shake_rpm: None,
+            co2_percent: None,
+        })
         .await
         .unwrap();
     // While the plate incubates, the link is free: status answers.
@@ -159,6 +165,19 @@ async fn stations_seal_spin_and_incubate() {
     assert!(st.detail.contains("plates=1"), "{}", st.detail);
     exec.finish().await.unwrap();
     assert!(inc.status().await.unwrap().detail.contains("plates=0"));
+    // Cell culture: at ambient temperature (the heater off) in 5 % CO₂.
+    let culture = CommandOp::Incubate {
+        labware: "p".into(),
+        temperature_c: None,
+        duration_s: 30.0,
+        shake_rpm: None,
+        co2_percent: Some(5.0),
+    };
+    let exec = inc.start(&culture).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let st = inc.status().await.unwrap();
+    assert!(st.detail.contains("co2=5") && st.temperature_c == Some(25.0), "{st:?}");
+    exec.finish().await.unwrap();
 
     let (stuck, _p4) = station(StationKind::Sealer, "error=SEAL:E01").await;
     let e = run(&stuck, CommandOp::Seal { labware: "p".into() }).await.unwrap_err();

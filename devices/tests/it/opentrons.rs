@@ -650,7 +650,13 @@ async fn a_temperature_module_incubates_through_the_robot() {
     let ep = devices::link::Endpoint::parse(&format!("opentrons:{}", rig.address)).unwrap();
     let temp = open(site.instruments.iter().find(|i| i.id == "temp1").unwrap(), &ep, &cfg).await.unwrap();
     assert_eq!(temp.identify().await.unwrap().model, "temperatureModuleV2");
-    let hold = CommandOp::Incubate { labware: "plate".into(), temperature_c: 4.0, duration_s: 600.0, shake_rpm: None };
+    let hold = CommandOp::Incubate {
+        labware: "plate".into(),
+        temperature_c: Some(4.0),
+        duration_s: 600.0,
+        shake_rpm: None,
+        co2_percent: None,
+    };
     carry_out(temp.as_ref(), &hold).await.unwrap();
     let posted: Vec<String> = rig
         .sim
@@ -674,7 +680,12 @@ async fn a_temperature_module_incubates_through_the_robot() {
     assert_eq!(p.target_c, None, "deactivated after the hold: {p:?}");
     let e = temp.start(&CommandOp::Latch { open: true }).await.unwrap_err();
     assert!(e.to_string().contains("no latch"), "{e}");
-    let shaken =
-        CommandOp::Incubate { labware: "plate".into(), temperature_c: 30.0, duration_s: 60.0, shake_rpm: Some(300.0) };
+    let shaken = CommandOp::Incubate {
+        labware: "plate".into(),
+        temperature_c: Some(30.0),
+        duration_s: 60.0,
+        shake_rpm: Some(300.0),
+        co2_percent: None,
+    };
     assert!(temp.start(&shaken).await.unwrap_err().to_string().contains("cannot shake"));
 }

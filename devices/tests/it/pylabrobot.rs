@@ -232,13 +232,24 @@ async fn the_bridge_serves_pylabrobots_reader_heater_shaker_centrifuge_and_incub
 
     // An incubation without shaking: the mapping's default speed (0, the feature's "none").
     let inc = connect("inc1").await.unwrap();
-    let still = CommandOp::Incubate { labware: "plate".into(), temperature_c: 37.0, duration_s: 0.2, shake_rpm: None };
+    let still = CommandOp::Incubate {
+        labware: "plate".into(),
+        temperature_c: Some(37.0),
+        duration_s: 0.2,
+        shake_rpm: None,
+        co2_percent: None,
+    };
     inc.start(&still).await.unwrap().finish().await.unwrap();
     let text = printed();
     assert!(text.contains("Setting temperature to 37.0") && text.contains("Fetching plate"), "{text}");
     assert!(!text.contains("Starting shaking at"), "no shaking was asked for:\n{text}");
-    let shaken =
-        CommandOp::Incubate { labware: "plate".into(), temperature_c: 30.0, duration_s: 0.2, shake_rpm: Some(300.0) };
+    let shaken = CommandOp::Incubate {
+        labware: "plate".into(),
+        temperature_c: Some(30.0),
+        duration_s: 0.2,
+        shake_rpm: Some(300.0),
+        co2_percent: None,
+    };
     inc.start(&shaken).await.unwrap().finish().await.unwrap();
     assert!(printed().contains("Starting shaking at 5.0 Hz"), "{}", printed());
 

@@ -345,7 +345,8 @@ impl Importer<'_> {
                     _ => None,
                 }) == Some(true))
                 .then_some(300.0);
-                self.push(Op::Incubate { labware, temperature_c, duration_s, shake_rpm }, span, &id);
+                let co2_percent = ins.get("co2_percent").and_then(Node::as_f64).filter(|c| *c > 0.0);
+                self.push(Op::Incubate { labware, temperature_c, duration_s, shake_rpm, co2_percent }, span, &id);
             }
             "absorbance" | "fluorescence" | "luminescence" => {
                 let Some(labware) = self.object(ins, d) else { return };
@@ -692,17 +693,18 @@ impl Importer<'_> {
 }
 
 /// Autoprotocol storage/incubation locations → temperature.
-fn storage_temperature(where_: &str) -> Option<f64> {
-    match where_ {
-        "ambient" => Some(22.0),
-        "warm_37" => Some(37.0),
-        "warm_35" => Some(35.0),
-        "warm_33" => Some(33.0),
-        "warm_30" => Some(30.0),
-        "warm_30_shaking" | "warm_37_shaking" => where_.get(5..7).and_then(|s| s.parse().ok()),
-        "cold_4" => Some(4.0),
-        "cold_20" => Some(-20.0),
-        "cold_80" => Some(-80.0),
-        _ => None,
-    }
+/// An Autoprotocol incubation location's temperature: `Some(None)` for ambient (uncontrolled).
+fn storage_temperature(where_: &str) -> Option<Option<f64>> {
+    Some(Some(match where_ {
+        "ambient" => return Some(None),
+        "warm_37" => 37.0,
+        "warm_35" => 35.0,
+        "warm_33" => 33.0,
+        "warm_30" => 30.0,
+        "warm_30_shaking" | "warm_37_shaking" => return where_.get(5..7).and_then(|s| s.parse().ok()).map(Some),
+        "cold_4" => 4.0,
+        "cold_20" => -20.0,
+        "cold_80" => -80.0,
+        _ => return None,
+    }))
 }
