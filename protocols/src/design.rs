@@ -45,22 +45,12 @@ pub const CONCENTRATION_UNITS: [&str; 16] = [
 /// [`CONCENTRATION_UNITS`] (`µ` written as `u`).
 pub fn concentration(text: &str) -> Result<(f64, String), String> {
     let t = text.trim();
-    let end = t
-        .char_indices()
-        .find(|&(i, c)| {
-            !(c.is_ascii_digit()
-                || c == '.'
-                || ((c == '-' || c == '+') && i == 0)
-                || ((c == 'e' || c == 'E')
-                    && i > 0
-                    && t[i + 1..].starts_with(|x: char| x.is_ascii_digit() || x == '-')))
-        })
-        .map_or(t.len(), |(i, _)| i);
-    let value: f64 = t[..end].trim().parse().map_err(|_| format!("`{t}` is not a concentration like `10 uM`"))?;
+    let (number, unit) = crate::units::split_number(t);
+    let value: f64 = number.parse().map_err(|_| format!("`{t}` is not a concentration like `10 uM`"))?;
     if !value.is_finite() || value < 0.0 {
         return Err(format!("`{t}`: a concentration is a finite number ≥ 0"));
     }
-    let unit = t[end..].trim().replace(['µ', 'μ'], "u");
+    let unit = unit.replace(['µ', 'μ'], "u");
     match CONCENTRATION_UNITS.iter().find(|u| u.eq_ignore_ascii_case(&unit)) {
         Some(u) => Ok((value, u.to_string())),
         None => {

@@ -105,24 +105,28 @@ pub enum QuantityError {
     NotFinite,
 }
 
+/// Splits `12.5 uL` into its number and its unit (both trimmed; either may be empty).
+pub fn split_number(text: &str) -> (&str, &str) {
+    let t = text.trim();
+    let end = t
+        .char_indices()
+        .find(|&(i, c)| {
+            !(c.is_ascii_digit()
+                || c == '.'
+                || ((c == '-' || c == '+') && i == 0)
+                || ((c == 'e' || c == 'E') && i > 0 && !t[i + 1..].starts_with(|x: char| x.is_alphabetic())))
+        })
+        .map_or(t.len(), |(i, _)| i);
+    (t[..end].trim(), t[end..].trim())
+}
+
 /// Reads `text` as a quantity of dimension `dim`, returning the value in the base unit.
 pub fn parse(text: &str, dim: Dim) -> Result<f64, QuantityError> {
     let t = text.trim();
     // Autoprotocol writes `5:microliter`.
     let (num, unit) = match t.split_once(':') {
         Some((n, u)) => (n.trim(), u.trim()),
-        None => {
-            let end = t
-                .char_indices()
-                .find(|&(i, c)| {
-                    !(c.is_ascii_digit()
-                        || c == '.'
-                        || ((c == '-' || c == '+') && i == 0)
-                        || ((c == 'e' || c == 'E') && i > 0 && !t[i + 1..].starts_with(|x: char| x.is_alphabetic())))
-                })
-                .map_or(t.len(), |(i, _)| i);
-            (t[..end].trim(), t[end..].trim())
-        }
+        None => split_number(t),
     };
     if num.is_empty() {
         return Err(QuantityError::Syntax);

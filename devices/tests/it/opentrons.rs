@@ -441,6 +441,23 @@ async fn a_run_an_earlier_labd_left_is_closed_and_another_clients_is_not() {
     assert_eq!(get(&rig.address, &format!("/runs/{other_id}")).await["data"]["current"], true);
 }
 
+/// Compiles a protocol's text for sites/opentrons.toml.
+fn compile_text(name: &str, text: &str) -> RunPlan {
+    let c = protocols::compile(
+        &protocols::SourceFile::new(name, text.to_string()),
+        protocols::Format::Auto,
+        &site(),
+        &Library::shipped(),
+    );
+    c.plan.unwrap_or_else(|| panic!("{name}: {:?}", c.diagnostics))
+}
+
+/// The robot's current run, as any client reads it.
+async fn current_run(address: &str) -> String {
+    let runs = get(address, "/runs").await;
+    runs["links"]["current"]["href"].as_str().unwrap().rsplit('/').next().unwrap().to_string()
+}
+
 /// Runs the protocol engine's models over what was posted and served (see `ot_engine_check.py`).
 async fn engine_check(py: std::path::PathBuf, posted: Vec<Value>, commands: Value, name: &str) {
     let error_types: Vec<&str> = sim::RECOVERABLE.iter().chain(sim::ENGINE_ERRORS.iter()).copied().collect();
@@ -486,13 +503,7 @@ async fn a_module_on_the_robot_is_driven_through_the_robots_run() {
 
     // The pipettes' task starts a run of its own; the module then works inside it.
     let text = "labwright: 1\nname: flex\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  big: { type: opentrons_96_tiprack_1000ul }\nsteps:\n  - transfer: { from: res/A1, to: res/A2, volume: 500 uL }\n";
-    let c = protocols::compile(
-        &protocols::SourceFile::new("flex.yaml", text.to_string()),
-        protocols::Format::Auto,
-        &site,
-        &Library::shipped(),
-    );
-    let plan = c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let plan = compile_text("flex.yaml", text);
     fill(&bench(&rig), &plan);
     lh.prepare(&plan).await.unwrap();
     let first = plan.tasks[0].commands.iter().find(|c| family(&c.op) == Family::LiquidHandler).unwrap();
@@ -500,8 +511,7 @@ async fn a_module_on_the_robot_is_driven_through_the_robots_run() {
     carry_out(hs.as_ref(), &CommandOp::SetTemperature { labware: None, temperature_c: 40.0 }).await.unwrap();
     carry_out(hs.as_ref(), &CommandOp::WaitForTemperature { labware: None }).await.unwrap();
     assert_eq!(physical(&rig.sim).temperature_c, 40.0);
-    let runs = get(&rig.address, "/runs").await;
-    let current = runs["links"]["current"]["href"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let current = current_run(&rig.address).await;
     let commands =
         get(&rig.address, &format!("/runs/{current}/commands?cursor=0&pageLength=1000")).await["data"].clone();
     let kinds: Vec<&str> = commands.as_array().unwrap().iter().filter_map(|c| c["commandType"].as_str()).collect();
@@ -566,13 +576,7 @@ async fn the_flex_gripper_moves_plates_between_deck_and_heater_shaker() {
     let gripper = open_mover(&gripper_arm, &site, &ep, &cfg).await.unwrap();
 
     let text = "labwright: 1\nname: grip\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  plate: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_1000ul }\nsteps:\n  - transfer: { from: res/A1, to: plate/A1, volume: 100 uL }\n";
-    let c = protocols::compile(
-        &protocols::SourceFile::new("grip.yaml", text.to_string()),
-        protocols::Format::Auto,
-        &site,
-        &Library::shipped(),
-    );
-    let plan = c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let plan = compile_text("grip.yaml", text);
     fill(&bench(&rig), &plan);
     lh.prepare(&plan).await.unwrap();
     for cmd in plan.tasks.iter().flat_map(|t| &t.commands).filter(|c| family(&c.op) == Family::LiquidHandler) {
@@ -580,8 +584,7 @@ async fn the_flex_gripper_moves_plates_between_deck_and_heater_shaker() {
     }
     let slot = devices::deck::Deck::for_plan(&plan, &Library::shipped(), 6).unwrap().get("plate").unwrap().slot;
     let run_labware = |address: String| async move {
-        let runs = get(&address, "/runs").await;
-        let current = runs["links"]["current"]["href"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+        let current = current_run(&address).await;
         get(&address, &format!("/runs/{current}")).await["data"]["labware"].clone()
     };
     let where_is = |labware: &Value, name: &str| {
@@ -616,8 +619,7 @@ async fn the_flex_gripper_moves_plates_between_deck_and_heater_shaker() {
     let moves: Vec<&Value> = posted.iter().filter(|b| b["data"]["commandType"] == "moveLabware").collect();
     assert!(moves.iter().any(|b| b["data"]["params"]["strategy"] == "usingGripper"));
     if let Some(py) = engine_python() {
-        let runs = get(&rig.address, "/runs").await;
-        let current = runs["links"]["current"]["href"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+        let current = current_run(&rig.address).await;
         let commands =
             get(&rig.address, &format!("/runs/{current}/commands?cursor=0&pageLength=1000")).await["data"].clone();
         engine_check(py, posted, commands, "gripper").await;
