@@ -824,8 +824,16 @@ fn canary_protocol(dir: &Path) -> PathBuf {
         .replace("master_mix", &format!("{CANARY}_mix"))
         .replace("template DNA", &format!("{CANARY} template DNA"))
         .replace("tubes", &format!("{CANARY}_tubes"))
-        .replace("Move the sealed", &format!("CONFIDENTIAL {CANARY} move the sealed"));
+        .replace("Move the sealed", &format!("CONFIDENTIAL {CANARY} move the sealed"))
+        // The plate map: sample and group names are the tenant's too.
+        .replace(
+            &format!("  {CANARY}_pcr: {{ type: nest_96_wellplate_100ul_pcr_full_skirt }}\n"),
+            &format!(
+                "  {CANARY}_pcr:\n    type: nest_96_wellplate_100ul_pcr_full_skirt\n    map:\n      \"A1:H6\": {{ sample: {CANARY}-patient, group: {CANARY}-cohort }}\n"
+            ),
+        );
     assert!(text.matches(CANARY).count() > 10, "{text}");
+    assert!(text.contains(&format!("sample: {CANARY}-patient")), "the canary's plate map: {text}");
     let file = dir.join(format!("{CANARY}-pcr.yaml"));
     std::fs::write(&file, text).unwrap();
     file
