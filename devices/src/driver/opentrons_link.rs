@@ -386,6 +386,25 @@ impl RobotLink {
         self.settle(run, state, cancel).await
     }
 
+    /// Queues a command without waiting for it to run: the robot carries queued commands out in
+    /// order. For an emergency stop, whose duty is to reach the robot at once, not to watch the
+    /// module slow down.
+    pub(crate) async fn enqueue(
+        &self,
+        session: &mut Session,
+        run: &str,
+        cmd: &api::Command,
+        intent: Intent,
+    ) -> Result<(), InstrumentError> {
+        session.next_key += 1;
+        let key = format!("{}-{}-{}", self.id, run, session.next_key);
+        let path = format!("/runs/{run}/commands");
+        match self.request("POST", &path, Some(&cmd.body(intent, &key))).await? {
+            (status, _) if (200..300).contains(&status) => Ok(()),
+            (status, reply) => Err(api::refused(status, &reply, &format!("{} {}", self.id, cmd.command_type))),
+        }
+    }
+
     /// Every command of a run, oldest first: the robot serves them a page at a time (20 around
     /// the current command unless asked), so this pages from the start.
     pub(crate) async fn commands(&self, run: &str) -> Result<Vec<Value>, InstrumentError> {

@@ -89,6 +89,16 @@ impl Inner {
         Ok(out)
     }
 
+    /// Queues commands made for the module's id, in order, without waiting for them to run.
+    async fn queue(&self, commands: impl FnOnce(&str) -> Vec<Command>) -> Result<(), InstrumentError> {
+        let mut session = self.link.session.lock().await;
+        let (run, module_id) = self.module_in_run(&mut session).await?;
+        for c in commands(&module_id) {
+            self.link.enqueue(&mut session, &run, &c, Intent::Protocol).await?;
+        }
+        Ok(())
+    }
+
     /// What `/modules` says of this module: the attached module of our model in our slot.
     async fn attached(&self) -> Result<Value, InstrumentError> {
         let list = self.link.call("GET", "/modules", None, "listing modules").await?;
@@ -124,14 +134,21 @@ impl Inner {
         }
     }
 
-    async fn deactivate(&self) -> Result<(), InstrumentError> {
+    /// Stops shaking and heating: waits until the module has (`wait`), or only until the robot
+    /// has the commands queued (an emergency stop).
+    async fn deactivate(&self, wait: bool) -> Result<(), InstrumentError> {
         // A stop of the robot's run can land between loading the module and deactivating it
         // (an emergency stop reaches the pipettes' driver at the same time): try in a new run.
         let quiet = Cancel::default();
         let mut last = None;
         for _ in 0..3 {
             let kind = self.kind;
-            match self.send(|m| kind.deactivate(m), &quiet).await {
+            let done = if wait {
+                self.send(|m| kind.deactivate(m), &quiet).await.map(|_| ())
+            } else {
+                self.queue(|m| kind.deactivate(m)).await
+            };
+            match done {
                 Ok(_) => {
                     *self.target.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     return Ok(());
@@ -245,7 +262,7 @@ impl Instrument for OpentronsModuleDriver {
     /// Stops shaking and heating through the robot, then checks `/modules` that it holds no
     /// speed or set point.
     async fn make_safe(&self) -> Result<String, InstrumentError> {
-        self.inner.deactivate().await?;
+        self.inner.deactivate(true).await?;
         let m = self.inner.attached().await?;
         let data = m.get("data").cloned().unwrap_or(Value::Null);
         if data.get("currentSpeed").and_then(Value::as_f64).is_some_and(|s| s > 0.0) {
@@ -257,9 +274,10 @@ impl Instrument for OpentronsModuleDriver {
         Ok("stopped shaking and heating".into())
     }
 
-    /// Ends the hold or wait under way and stops shaking and heating.
+    /// Ends the hold or wait under way and has the robot stop shaking and heating (queued at
+    /// once; the module slows down and cools on its own time).
     async fn abort(&self) -> Result<(), InstrumentError> {
         self.inner.cancel.fire();
-        self.inner.deactivate().await
+        self.inner.deactivate(false).await
     }
 }
