@@ -61,7 +61,7 @@ pub struct OpentronsGripperDriver {
 
 /// Where a plate is in the engine's words.
 enum Place {
-    Slot(String),
+    Slot(u32),
     Module { instrument: String, kind: ModuleKind, slot: u32 },
 }
 
@@ -121,7 +121,7 @@ impl Inner {
     fn place(&self, labware: &str, nest: &str) -> Result<Place, InstrumentError> {
         if self.robot_nests.iter().any(|n| n == nest) {
             let slot = self.plate(labware).deck_slot.unwrap_or(self.transit_slot);
-            return Ok(Place::Slot(slot.to_string()));
+            return Ok(Place::Slot(slot));
         }
         match self.modules.iter().find(|m| m.nests.iter().any(|n| n == nest)) {
             Some(m) => Ok(Place::Module { instrument: m.instrument.clone(), kind: m.kind, slot: m.slot }),
@@ -137,10 +137,7 @@ impl Inner {
     async fn location(&self, session: &mut Session, run: &str, place: &Place) -> Result<Value, InstrumentError> {
         let robot = self.link.robot(session).await?;
         match place {
-            Place::Slot(slot) => {
-                let n: u32 = slot.parse().unwrap_or(0);
-                Ok(json!({"slotName": robot.slot_name(n)}))
-            }
+            Place::Slot(slot) => Ok(json!({"slotName": robot.slot_name(*slot)})),
             Place::Module { instrument, kind, slot } => {
                 let id = self.link.module_id(session, run, instrument, *kind, *slot, &self.cancel).await?;
                 let open = match kind {
@@ -175,7 +172,7 @@ impl Inner {
             let at = l.get("location");
             let other = l.get("displayName").and_then(Value::as_str) != Some(labware);
             if other && (at == Some(from) || at == Some(to)) {
-                let id = l.get("id").and_then(Value::as_str).unwrap_or_default();
+                let id = labware_id_of(l)?;
                 let away = Command::new(
                     "moveLabware",
                     json!({"labwareId": id, "newLocation": "offDeck", "strategy": "manualMoveWithoutPause"}),
@@ -185,7 +182,7 @@ impl Inner {
         }
         let known = loaded.iter().find(|l| l.get("displayName").and_then(Value::as_str) == Some(labware)).cloned();
         if let Some(l) = known {
-            let id = l.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let id = labware_id_of(&l)?.to_string();
             if l.get("location") != Some(from) {
                 let set = Command::new(
                     "moveLabware",
@@ -219,7 +216,9 @@ impl Inner {
                    "displayName": labware}),
         );
         let result = self.link.command(session, run, &load, Intent::Protocol, &self.cancel).await?;
-        Ok(result.get("labwareId").and_then(Value::as_str).unwrap_or_default().to_string())
+        result.get("labwareId").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+            InstrumentError::Protocol(format!("{}: loadLabware answered without a labwareId: {result}", self.id))
+        })
     }
 
     async fn transfer(&self, labware: &str, from: &str, to: &str) -> Result<(), InstrumentError> {
@@ -234,6 +233,13 @@ impl Inner {
         self.link.command(&mut session, &run, &grip, Intent::Protocol, &self.cancel).await?;
         Ok(())
     }
+}
+
+/// The id of a labware entry of the robot's run; an entry without one is the robot's mistake.
+fn labware_id_of(l: &Value) -> Result<&str, InstrumentError> {
+    l.get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| InstrumentError::Protocol(format!("the robot lists a run labware without an id: {l}")))
 }
 
 impl Arm for OpentronsGripperDriver {

@@ -230,6 +230,9 @@ fn contract_sources() -> Vec<(String, String)> {
         // Small volumes only: the 20 µL single channel, which lh3 has too.
         "  - transfer: { from: res/A1, to: plate/D1:D2, volume: 5 uL, mix_after: { times: 2, volume: 10 uL } }\n",
         "  - incubate: { labware: plate, temperature: 37 °C, duration: 10 min }\n",
+        // Cell culture in CO₂ (only an incubator that keeps it), and at the room's temperature.
+        "  - incubate: { labware: plate, temperature: 37 °C, co2: 5 %, duration: 10 min }\n",
+        "  - incubate: { labware: plate, temperature: ambient, duration: 5 min }\n",
         "  - shake: { labware: plate, speed: 800 rpm, duration: 1 min, temperature: 37 °C }\n",
         "  - seal: plate\n  - unseal: plate\n",
         "  - read_absorbance: { labware: plate, wavelengths: [450 nm, 600 nm] }\n",
