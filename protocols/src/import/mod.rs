@@ -2,3 +2,4 @@
 
 pub mod autoprotocol;
 pub mod opentrons;
+pub mod opentrons_analysis;

@@ -50,6 +50,8 @@ struct Importer<'a> {
     liquids: BTreeMap<String, String>,
     pending: Vec<LowLevel>,
     pending_span: Option<Span>,
+    /// Where each pipette last was, for the `…InPlace` commands of Opentrons' analyses.
+    at: BTreeMap<String, WellRef>,
 }
 
 /// Reads an Opentrons JSON protocol.
@@ -73,6 +75,7 @@ pub fn parse(root: &Node, lib: &Library, d: &mut Diagnostics) -> Protocol {
         liquids: BTreeMap::new(),
         pending: Vec::new(),
         pending_span: None,
+        at: BTreeMap::new(),
     };
     let version = root.get("schemaVersion").and_then(Node::as_f64);
     match version {
@@ -225,6 +228,22 @@ impl Importer<'_> {
         Some(WellRef { labware: lw, selection: w, span: c.span })
     }
 
+    /// The well a pipette is at, for a command that acts where the pipette is.
+    fn in_place(&self, pipette: &str, index: usize, kind: &str, c: &Node, d: &mut Diagnostics) -> Option<WellRef> {
+        let at = self.at.get(pipette).cloned();
+        if at.is_none() {
+            d.push(
+                Diagnostic::error(
+                    "P0502",
+                    c.span,
+                    format!("command {index} (`{kind}`) acts where the pipette is, which is not a well"),
+                )
+                .with_hint("aspirate, dispense and blow out in a named well"),
+            );
+        }
+        at.map(|w| WellRef { span: c.span, ..w })
+    }
+
     fn number(&self, c: &Node, key: &str, d: &mut Diagnostics) -> Option<f64> {
         match param(c, key).map(|n| &n.value) {
             Some(Value::Number(v)) if v.is_finite() && *v >= 0.0 => Some(*v),
@@ -342,29 +361,47 @@ impl Importer<'_> {
                     self.pipetting(LowLevel::PickUpTip { pipette, rack }, span);
                 }
             }
-            "aspirate" | "dispense" => {
-                let (Some(at), Some(volume_ul)) = (self.well(c, d), self.number(c, "volume", d)) else { return };
-                let cmd = if kind == "aspirate" {
+            "aspirate" | "dispense" | "aspirateInPlace" | "dispenseInPlace" => {
+                let at = if kind.ends_with("InPlace") {
+                    self.in_place(&pipette, index, kind, c, d)
+                } else {
+                    self.well(c, d)
+                };
+                let (Some(at), Some(volume_ul)) = (at, self.number(c, "volume", d)) else { return };
+                self.at.insert(pipette.clone(), at.clone());
+                let cmd = if kind.starts_with("aspirate") {
                     LowLevel::Aspirate { pipette, at, volume_ul }
                 } else {
                     LowLevel::Dispense { pipette, at, volume_ul }
                 };
                 self.pipetting(cmd, span);
             }
-            "blowout" => {
-                if let Some(at) = self.well(c, d) {
+            "blowout" | "blowOutInPlace" => {
+                let at =
+                    if kind == "blowOutInPlace" { self.in_place(&pipette, index, kind, c, d) } else { self.well(c, d) };
+                if let Some(at) = at {
+                    self.at.insert(pipette.clone(), at.clone());
                     self.pipetting(LowLevel::BlowOut { pipette, at }, span);
                 }
             }
             "touchTip" | "moveToWell" => {
                 if let Some(at) = self.well(c, d) {
+                    self.at.insert(pipette.clone(), at.clone());
                     self.pipetting(LowLevel::MoveTo { pipette, at: Some(at) }, span);
                 }
             }
-            "moveToCoordinates" | "moveRelative" | "savePosition" => {
+            "moveToCoordinates" | "moveRelative" | "savePosition" | "moveToAddressableArea" => {
+                self.at.remove(&pipette);
                 self.pipetting(LowLevel::MoveTo { pipette, at: None }, span)
             }
-            "dropTip" => {
+            // Where Opentrons' analysis goes before dropping a tip in the trash: the drop that
+            // follows goes there by itself. Comments, a pipette's volume mode and the plunger's
+            // preparation move no liquid.
+            "moveToAddressableAreaForDropTip" | "comment" | "configureForVolume" | "prepareToAspirate" => {
+                self.at.remove(&pipette);
+            }
+            "dropTip" | "dropTipInPlace" => {
+                self.at.remove(&pipette);
                 // The trash is a labware too; declare it so the plan shows where tips go.
                 if let Some(lw) = param_str(c, "labwareId") {
                     if let Some(def_id) = self.v6_labware.get(&lw).cloned() {
@@ -446,6 +483,7 @@ impl Importer<'_> {
             other => {
                 let module = other.split('/').next().filter(|_| other.contains('/'));
                 let hint = match module {
+                    Some(m @ ("thermocycler" | "temperatureModule")) => format!("an Opentrons protocol's `{m}` commands are not imported yet: write the thermal steps as Labwright `incubate` steps, which the site's thermocyclers and temperature modules run"),
                     Some(m) => format!("`{m}` modules are not part of a Labwright site; use the site's instruments (incubate, shake, …) in a Labwright protocol"),
                     None => "remove the command, or rewrite this part in Labwright's language".to_string(),
                 };

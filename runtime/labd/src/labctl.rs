@@ -74,12 +74,15 @@ struct Input {
     /// Site description (lab.toml); defaults to the shipped simulated site.
     #[arg(long, value_name = "FILE")]
     site: Option<PathBuf>,
-    /// Input format.
+    /// Input format (auto: Labwright, Autoprotocol or Opentrons JSON by their content, an
+    /// Opentrons Python protocol by its `.py` name or its `run(protocol)`).
     #[arg(long, value_enum, default_value_t = From::Auto)]
     from: From,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutFormat::Text)]
     format: OutFormat,
+    #[command(flatten)]
+    python: crate::opentrons_python::PythonArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +110,8 @@ enum From {
     Labwright,
     Autoprotocol,
     Opentrons,
+    /// An Opentrons Python protocol, read through Opentrons' analyzer.
+    OpentronsPython,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -266,15 +271,33 @@ fn load_site(path: Option<&Path>) -> Result<Site> {
 
 fn compile_input(input: &Input) -> Result<(SourceFile, Compilation)> {
     let site = load_site(input.site.as_deref())?;
-    let bytes = std::fs::read(&input.file).with_context(|| format!("cannot read {}", input.file.display()))?;
-    let name = input.file.display().to_string();
+    let forced = input.from == From::OpentronsPython;
+    let auto = input.from == From::Auto;
+    let read = if forced || auto {
+        crate::opentrons_python::read(&input.file, forced, &input.python)?
+    } else {
+        let bytes = std::fs::read(&input.file).with_context(|| format!("cannot read {}", input.file.display()))?;
+        crate::opentrons_python::Read::Source { name: input.file.display().to_string(), bytes, analyzed: false }
+    };
+    let (name, bytes, analyzed) = match read {
+        crate::opentrons_python::Read::Source { name, bytes, analyzed } => (name, bytes, analyzed),
+        crate::opentrons_python::Read::Refused { python, diagnostics } => {
+            let c = Compilation { format: Format::Opentrons, plan: None, quote: None, diagnostics, tracked: None };
+            return Ok((python, c));
+        }
+    };
     let format = match input.from {
-        From::Auto => Format::Auto,
+        _ if analyzed => Format::Opentrons,
+        From::Auto | From::OpentronsPython => Format::Auto,
         From::Labwright => Format::Labwright,
         From::Autoprotocol => Format::Autoprotocol,
         From::Opentrons => Format::Opentrons,
     };
-    Ok(protocols::compile_bytes(&name, bytes, format, &site, &Library::shipped()))
+    let (src, mut c) = protocols::compile_bytes(&name, bytes, format, &site, &Library::shipped());
+    if analyzed {
+        crate::opentrons_python::name_commands(&src.text, &mut c.diagnostics);
+    }
+    Ok((src, c))
 }
 
 fn report(src: &SourceFile, c: &Compilation, format: OutFormat, verb: &str) -> Result<()> {

@@ -43,6 +43,7 @@ pub mod lab;
 pub mod labctl;
 pub mod logging;
 pub mod metrics;
+pub mod opentrons_python;
 pub mod paging;
 mod reasons;
 pub mod relay;

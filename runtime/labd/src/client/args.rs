@@ -45,6 +45,8 @@ pub enum ClientCmd {
         /// makes a new run), kept across labctl's own retries after a network error.
         #[arg(long)]
         key: Option<String>,
+        #[command(flatten)]
+        python: crate::opentrons_python::PythonArgs,
     },
     /// List runs you may see.
     Runs {

@@ -20,16 +20,27 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
     rt.block_on(async move {
         let c = Client::connect(&conn).await?;
         match cmd {
-            ClientCmd::Submit { out, file, wait, key } => {
+            ClientCmd::Submit { out, file, wait, key, python } => {
                 let json = out.format == Fmt::Json;
-                let source = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                // A Python protocol is analyzed here, on the scientist's machine: the lab gets
+                // its commands, never its Python.
+                let (source, analyzed) = match crate::opentrons_python::read(&file, false, &python)? {
+                    crate::opentrons_python::Read::Source { bytes, analyzed, .. } => (bytes, analyzed),
+                    crate::opentrons_python::Read::Refused { python, diagnostics } => {
+                        for d in &diagnostics {
+                            eprintln!("{}", d.render(&python));
+                        }
+                        bail!("Opentrons' analyzer refused the protocol; nothing was submitted");
+                    }
+                };
                 let chosen = key.is_some();
                 let key = match key {
                     Some(k) => k,
                     None => crate::api::new_token()?.replacen("lw_", "labctl-", 1),
                 };
                 let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let request = pb::SubmitRequest { file_name: name.clone(), source, format: 0, idempotency_key: key.clone() };
+                let format = if analyzed { pb::SourceFormat::Opentrons as i32 } else { 0 };
+                let request = pb::SubmitRequest { file_name: name.clone(), source, format, idempotency_key: key.clone() };
                 let resp = submit_with_retries(&c, request).await?;
                 let Some(run) = resp.run else {
                     for d in &resp.diagnostics {
