@@ -269,8 +269,8 @@ fn run_analyzer(
     let log = std::fs::read_to_string(scratch.join("analyzer.log")).unwrap_or_default();
     let last =
         |n: usize| log.lines().rev().take(n).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-    if log.contains("No module named opentrons") {
-        return Err(AnalyzeError::NotInstalled { python, detail: "no module named opentrons".into() });
+    if log.contains("No module named") && log.contains("opentrons") {
+        return Err(AnalyzeError::NotInstalled { python, detail: last(1) });
     }
     let text = match std::fs::read_to_string(&out) {
         Ok(t) => t,

@@ -27,6 +27,8 @@ mod mqtt;
 mod observability;
 #[path = "it/opentrons.rs"]
 mod opentrons;
+#[path = "it/opentrons_python.rs"]
+mod opentrons_python;
 #[path = "it/resume.rs"]
 mod resume;
 #[path = "it/safe_state.rs"]
