@@ -29,6 +29,8 @@ mod observability;
 mod opentrons;
 #[path = "it/opentrons_python.rs"]
 mod opentrons_python;
+#[path = "it/python_client.rs"]
+mod python_client;
 #[path = "it/resume.rs"]
 mod resume;
 #[path = "it/safe_state.rs"]
