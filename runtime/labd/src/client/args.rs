@@ -71,7 +71,7 @@ pub enum ClientCmd {
     /// A run's measured values.
     Results {
         run: String,
-        /// `csv` writes one row per well and wavelength.
+        /// `csv` and `parquet` write one row per well and wavelength (same columns).
         #[arg(long, value_enum, default_value_t = ResultsFormat::Json)]
         format: ResultsFormat,
         #[arg(short = 'o', long)]
@@ -220,4 +220,6 @@ pub enum TokenCmd {
 pub enum ResultsFormat {
     Json,
     Csv,
+    /// Apache Parquet (Arrow types; needs -o FILE).
+    Parquet,
 }

@@ -8,6 +8,7 @@ use protos::labwright::v1 as pb;
 mod args;
 mod connection;
 mod output;
+mod parquet;
 pub use args::{ClientCmd, Conn, Fmt, Out, ResultsFormat, TenantCmd, TokenCmd};
 pub(crate) use connection::Client;
 use connection::{sentence, submit_with_retries};
@@ -107,15 +108,19 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
             ClientCmd::Results { run, format, output } => {
                 let info = pb::runs_client::RunsClient::new(c.channel.clone()).get(c.req(pb::GetRunRequest { run_id: run.clone() })?).await.map_err(sentence)?.into_inner();
                 let rs = pb::runs_client::RunsClient::new(c.channel.clone()).results(c.req(pb::ResultsRequest { run_id: run })?).await.map_err(sentence)?.into_inner().results;
-                let text = match format {
+                let bytes = match format {
                     ResultsFormat::Json => {
-                        serde_json::Value::Array(rs.iter().map(|r| output::result_json(&info, r)).collect()).to_string()
+                        serde_json::Value::Array(rs.iter().map(|r| output::result_json(&info, r)).collect()).to_string().into_bytes()
                     }
-                    ResultsFormat::Csv => results_csv(&info, &rs),
+                    ResultsFormat::Csv => results_csv(&info, &rs).into_bytes(),
+                    ResultsFormat::Parquet => parquet::results_parquet(&output::result_rows(&info, &rs))?,
                 };
                 match output {
-                    Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
-                    None => out!("{text}"),
+                    Some(p) => std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?,
+                    None if format == ResultsFormat::Parquet => {
+                        bail!("Parquet is a binary file: give it a name with -o FILE.parquet")
+                    }
+                    None => out!("{}", String::from_utf8_lossy(&bytes)),
                 }
                 let (verdict, code) = results_verdict(&info, rs.len());
                 if !verdict.is_empty() {

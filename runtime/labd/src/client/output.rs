@@ -4,6 +4,55 @@
 use anyhow::Result;
 use protos::labwright::v1 as pb;
 
+/// One row of a run's results: a well at one wavelength, what it is in the experiment, its
+/// value. `labctl results` writes these as CSV and as Parquet, the Python client as a
+/// DataFrame, all with the same columns (docs/python-client.md lists them).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ResultRow<'a> {
+    pub run: &'a str,
+    pub protocol: &'a str,
+    pub result: &'a str,
+    pub labware: &'a str,
+    pub kind: &'a str,
+    pub well: &'a str,
+    /// The plate map's entry for the well; `None` where the map says nothing.
+    pub design: Option<&'a pb::WellDesign>,
+    /// Absorbance: the wavelength; fluorescence: the emission; `None` for luminescence.
+    pub wavelength_nm: Option<f64>,
+    pub value: f64,
+    pub unit: &'a str,
+    pub read_at_ms: i64,
+}
+
+/// The rows of a run's results: one per well and wavelength (values are well-major).
+pub(crate) fn result_rows<'a>(run: &'a pb::RunInfo, rs: &'a [pb::Result]) -> Vec<ResultRow<'a>> {
+    let mut rows = Vec::new();
+    for r in rs {
+        let absorbance = r.kind == "absorbance";
+        let per = if absorbance { r.wavelengths_nm.len().max(1) } else { 1 };
+        for (i, well) in r.wells.iter().enumerate() {
+            for k in 0..per {
+                // Fluorescence lists excitation then emission; the emission is what is read.
+                let wavelength_nm = r.wavelengths_nm.get(if absorbance { k } else { 1 }).copied();
+                rows.push(ResultRow {
+                    run: &run.id,
+                    protocol: &run.name,
+                    result: &r.id,
+                    labware: &r.labware,
+                    kind: &r.kind,
+                    well,
+                    design: r.design.get(i).filter(|d| !d.role.is_empty()),
+                    wavelength_nm,
+                    value: r.values.get(i * per + k).copied().unwrap_or(f64::NAN),
+                    unit: &r.unit,
+                    read_at_ms: r.read_at_ms,
+                });
+            }
+        }
+    }
+    rows
+}
+
 /// Results as CSV: one row per well and wavelength, each with the run, its protocol's name
 /// (as the tenant named it), what the well is in the experiment (the plate map: sample, group,
 /// role, replicate, concentration) and when the read was recorded (RFC 3339, UTC), so a file
@@ -12,36 +61,28 @@ pub(crate) fn results_csv(run: &pb::RunInfo, rs: &[pb::Result]) -> String {
     let mut s = String::from(
         "run,protocol,result,labware,kind,well,sample,group,role,replicate,concentration,concentration_unit,wavelength_nm,value,unit,read_at\n",
     );
-    let (id, protocol) = (csv_field(&run.id), csv_field(&run.name));
-    for r in rs {
-        let read_at = crate::clock::rfc3339(r.read_at_ms);
-        let per = if r.kind == "absorbance" { r.wavelengths_nm.len().max(1) } else { 1 };
-        for (i, w) in r.wells.iter().enumerate() {
-            for k in 0..per {
-                let wl = r
-                    .wavelengths_nm
-                    .get(if per == 1 && r.kind != "absorbance" { 1 } else { k })
-                    .copied()
-                    .unwrap_or(0.0);
-                let v = r.values.get(i * per + k).copied().unwrap_or(f64::NAN);
-                let design = design_fields(r.design.get(i));
-                s.push_str(&format!(
-                    "{id},{protocol},{},{},{},{},{design},{wl},{v},{},{read_at}\n",
-                    csv_field(&r.id),
-                    csv_field(&r.labware),
-                    csv_field(&r.kind),
-                    csv_field(w),
-                    csv_field(&r.unit)
-                ));
-            }
-        }
+    for r in result_rows(run, rs) {
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            csv_field(r.run),
+            csv_field(r.protocol),
+            csv_field(r.result),
+            csv_field(r.labware),
+            csv_field(r.kind),
+            csv_field(r.well),
+            design_fields(r.design),
+            r.wavelength_nm.unwrap_or(0.0),
+            r.value,
+            csv_field(r.unit),
+            crate::clock::rfc3339(r.read_at_ms),
+        ));
     }
     s
 }
 
 /// The plate map's six fields of one well, empty where the map says nothing.
 fn design_fields(d: Option<&pb::WellDesign>) -> String {
-    let Some(d) = d.filter(|d| !d.role.is_empty()) else { return ",,,,,".into() };
+    let Some(d) = d else { return ",,,,,".into() };
     format!(
         "{},{},{},{},{},{}",
         csv_field(&d.sample),

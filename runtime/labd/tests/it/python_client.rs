@@ -50,4 +50,34 @@ fn the_python_client_works_against_labd() {
     assert!(out.contains("heatmap written to"), "{out}");
     let html = std::fs::read_to_string(dir.join("heatmap.html")).unwrap();
     assert_eq!(html.matches("<td title=").count(), 96, "{html}");
+
+    // The same run's results as Parquet, read by pandas (pyarrow), equal the CSV row for row,
+    // with the documented types.
+    let id = out.split("Run('").nth(1).and_then(|r| r.split('\'').next()).expect("the example prints its run");
+    let (parquet, csv) = (dir.join("results.parquet"), dir.join("results.csv"));
+    for (format, file) in [("parquet", &parquet), ("csv", &csv)] {
+        let (code, so, se) =
+            labctl_at(&url, &token, &["results", id, "--format", format, "-o", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{so}{se}");
+    }
+    let (code, _, se) = labctl_at(&url, &token, &["results", id, "--format", "parquet"]);
+    assert!(code != 0 && se.contains("-o FILE.parquet"), "{se}");
+    let check = r#"
+import sys, pandas as pd
+p = pd.read_parquet(sys.argv[1])
+c = pd.read_csv(sys.argv[2])
+assert list(p.columns) == list(c.columns), (list(p.columns), list(c.columns))
+assert len(p) == len(c) == 96, (len(p), len(c))
+assert str(p["read_at"].dtype) == "datetime64[ms, UTC]", p["read_at"].dtype
+assert (p["read_at"].dt.floor("s") == pd.to_datetime(c["read_at"], utc=True)).all()  # the CSV says seconds
+assert str(p["replicate"].dtype) == "uint32" and str(p["concentration"].dtype) == "float64"
+for col in ["run", "protocol", "result", "labware", "kind", "well", "sample", "group", "role", "concentration_unit", "unit"]:
+    assert (p[col].fillna("") == c[col].fillna("")).all(), col
+for col in ["replicate", "concentration", "wavelength_nm", "value"]:
+    assert ((p[col] - c[col]).abs().fillna(0) < 1e-9).all(), col
+assert set(p["sample"]) == {"compound"} and p["concentration_unit"].iloc[0] == "mM"
+print("parquet ok", len(p))
+"#;
+    let out = run(&[&"-c", &check, &parquet, &csv], &dir);
+    assert!(out.contains("parquet ok 96"), "{out}");
 }
