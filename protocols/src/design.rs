@@ -16,6 +16,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// The words `parse` takes (any case; `unknown` is a sample).
+    pub const WORDS: &'static [&'static str] = &["sample", "unknown", "blank", "control", "standard"];
+
     pub fn parse(s: &str) -> Option<Role> {
         Some(match s.trim().to_ascii_lowercase().as_str() {
             "sample" | "unknown" => Role::Sample,

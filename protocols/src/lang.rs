@@ -3,31 +3,10 @@
 use crate::ast::*;
 use crate::diag::{did_you_mean, Diagnostic, Diagnostics};
 use crate::read::{check_keys, count, named, quantity, required, string, well_ref};
+use crate::shape;
 use crate::source::Span;
 use crate::syntax::{Node, Value};
 use crate::units::Dim;
-
-/// Every operation name, for "did you mean".
-pub const OPERATIONS: &[&str] = &[
-    "transfer",
-    "distribute",
-    "consolidate",
-    "serial_dilution",
-    "mix",
-    "incubate",
-    "shake",
-    "seal",
-    "unseal",
-    "cover",
-    "uncover",
-    "read_absorbance",
-    "read_fluorescence",
-    "read_luminescence",
-    "centrifuge",
-    "wait",
-    "manual",
-    "repeat",
-];
 
 const MAX_VOLUME_UL: f64 = 1e7;
 const MAX_DURATION_S: f64 = 30.0 * 24.0 * 3600.0;
@@ -37,12 +16,7 @@ const MAX_UNROLLED: usize = 100_000;
 /// Reads a document tree as a Labwright protocol.
 pub fn parse(root: &Node, d: &mut Diagnostics) -> Protocol {
     let mut p = Protocol::empty("", UnlistedWells::Empty, TipSource::Protocol);
-    if !check_keys(
-        root,
-        "the protocol",
-        &["labwright", "name", "description", "liquids", "labware", "steps", "constraints"],
-        d,
-    ) {
+    if !check_keys(root, "the protocol", &shape::PROTOCOL.names(), d) {
         return p;
     }
     match root.get("labwright") {
@@ -94,7 +68,7 @@ fn parse_liquids(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
             Value::String(_) | Value::Null => {}
             Value::Map(_) => {
                 let what = format!("liquid `{}`", k.name);
-                if !check_keys(v, &what, &["description", "absorbance", "fluorescence", "luminescence"], d) {
+                if !check_keys(v, &what, &shape::LIQUID.names(), d) {
                     continue;
                 }
                 if let Some(desc) = v.get("description") {
@@ -188,7 +162,7 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
             ));
             continue;
         }
-        if !check_keys(v, &what, &["type", "contents", "description", "map"], d) {
+        if !check_keys(v, &what, &shape::LABWARE.names(), d) {
             continue;
         }
         let Some(ty) = required(v, "type", &what, d).and_then(|t| named(t, "`type`", d)) else { continue };
@@ -304,7 +278,7 @@ fn plate_map(node: &Node, labware: &str, d: &mut Diagnostics) -> Vec<crate::ast:
     };
     for (sel, entry) in entries {
         let what = format!("the map entry {labware}/{}", sel.name);
-        if !check_keys(entry, &what, &["sample", "group", "role", "concentration", "concentrations"], d) {
+        if !check_keys(entry, &what, &shape::MAP_ENTRY.names(), d) {
             continue;
         }
         let text = |key: &str, d: &mut Diagnostics| entry.get(key).and_then(|n| string(n, &format!("`{key}`"), d));
@@ -358,7 +332,7 @@ fn plate_map(node: &Node, labware: &str, d: &mut Diagnostics) -> Vec<crate::ast:
                     Concentration::List { values, unit: unit.unwrap_or_default() }
                 }
                 (None, Some(_)) => {
-                    if !check_keys(c, "`concentrations`", &["start", "factor"], d) {
+                    if !check_keys(c, "`concentrations`", &shape::SERIES.names(), d) {
                         continue;
                     }
                     let start = required(c, "start", "`concentrations`", d)
@@ -425,6 +399,7 @@ fn unrolled(node: &Node) -> usize {
 }
 
 fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut usize) -> Vec<Step> {
+    let operations = shape::operation_names();
     let Some(items) = node.as_list() else {
         d.push(Diagnostic::error("P0103", node.span, format!("`steps` must be a list, found {}", node.type_name())));
         return Vec::new();
@@ -459,23 +434,22 @@ fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut u
                     }
                     _ => d.push(Diagnostic::error("P0103", v.span, "`after` must be a step id or a list of step ids")),
                 },
-                name if OPERATIONS.contains(&name) => ops.push((k, v)),
+                name if operations.contains(&name) => ops.push((k, v)),
                 other => {
-                    let hint = did_you_mean(other, OPERATIONS.iter().copied().chain(["id", "after"]))
-                        .unwrap_or_else(|| format!("operations are: {}", OPERATIONS.join(", ")));
+                    let hint = did_you_mean(other, operations.iter().copied().chain(shape::STEP_FIELDS.names()))
+                        .unwrap_or_else(|| format!("operations are: {}", operations.join(", ")));
                     d.push(Diagnostic::error("P0104", k.span, format!("unknown operation `{other}`")).with_hint(hint));
                 }
             }
         }
         match ops.as_slice() {
             [] => {
-                if !entries
-                    .iter()
-                    .any(|(k, _)| !matches!(k.name.as_str(), "id" | "after") && !OPERATIONS.contains(&k.name.as_str()))
-                {
+                if !entries.iter().any(|(k, _)| {
+                    !shape::STEP_FIELDS.names().contains(&k.name.as_str()) && !operations.contains(&k.name.as_str())
+                }) {
                     d.push(
                         Diagnostic::error("P0102", item.span, "this step names no operation")
-                            .with_hint(format!("operations are: {}", OPERATIONS.join(", "))),
+                            .with_hint(format!("operations are: {}", operations.join(", "))),
                     );
                 }
             }
@@ -487,7 +461,7 @@ fn parse_steps(node: &Node, id_suffix: &str, d: &mut Diagnostics, budget: &mut u
                         "`repeat` takes no `id` or `after`; put them on the steps inside",
                     ));
                 }
-                if !check_keys(v, "`repeat`", &["times", "steps"], d) {
+                if !check_keys(v, "`repeat`", &shape::REPEAT.names(), d) {
                     continue;
                 }
                 let times = required(v, "times", "`repeat`", d).and_then(|t| count(t, "`times`", 10_000, d));
@@ -564,7 +538,7 @@ fn tip_policy(node: Option<&Node>, default: TipPolicy, d: &mut Diagnostics) -> T
 }
 
 fn mix_spec(node: &Node, what: &str, d: &mut Diagnostics) -> Option<MixSpec> {
-    if !check_keys(node, what, &["times", "volume"], d) {
+    if !check_keys(node, what, &shape::MIX.names(), d) {
         return None;
     }
     let times = required(node, "times", what, d).and_then(|t| count(t, "`times`", 100, d));
@@ -574,13 +548,11 @@ fn mix_spec(node: &Node, what: &str, d: &mut Diagnostics) -> Option<MixSpec> {
 }
 
 /// Accepts `seal: plate` as well as `seal: { labware: plate }`.
-fn labware_arg(node: &Node, what: &str, extra: &[&str], d: &mut Diagnostics) -> Option<Named> {
+fn labware_arg(node: &Node, what: &str, d: &mut Diagnostics) -> Option<Named> {
     if let Value::String(s) = &node.value {
         return Some(Named { name: s.clone(), span: node.span });
     }
-    let mut allowed = vec!["labware"];
-    allowed.extend_from_slice(extra);
-    if !check_keys(node, what, &allowed, d) {
+    if !check_keys(node, what, &shape::LABWARE_ONLY.names(), d) {
         return None;
     }
     required(node, "labware", what, d).and_then(|n| named(n, "`labware`", d))
@@ -601,7 +573,7 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
                 "consolidate" => TransferKind::Consolidate,
                 _ => TransferKind::Transfer,
             };
-            if !check_keys(v, &what, &["from", "to", "volume", "volumes", "tips", "mix_before", "mix_after"], d) {
+            if !check_keys(v, &what, &shape::TRANSFER.names(), d) {
                 return None;
             }
             let from = required(v, "from", &what, d).and_then(|n| well_ref(n, "`from`", d));
@@ -657,20 +629,7 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             }))
         }
         "serial_dilution" => {
-            let keys = [
-                "series",
-                "plate",
-                "rows",
-                "columns",
-                "points",
-                "volume",
-                "factor",
-                "final_volume",
-                "diluent",
-                "mix",
-                "tips",
-            ];
-            if !check_keys(v, &what, &keys, d) {
+            if !check_keys(v, &what, &shape::SERIAL_DILUTION.names(), d) {
                 return None;
             }
             let mut series = Vec::new();
@@ -765,7 +724,7 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             Some(Op::SerialDilution { series, volume_ul, mix, tips, diluent: Some((diluent, final_ul)) })
         }
         "mix" => {
-            if !check_keys(v, &what, &["wells", "times", "volume", "tips"], d) {
+            if !check_keys(v, &what, &shape::MIX_STEP.names(), d) {
                 return None;
             }
             let wells = required(v, "wells", &what, d).and_then(|n| well_ref(n, "`wells`", d));
@@ -775,7 +734,7 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             Some(Op::Mix { wells: wells?, mix: MixSpec { times: times?, volume_ul: volume? }, tips })
         }
         "incubate" => {
-            if !check_keys(v, &what, &["labware", "temperature", "duration", "shaking", "co2"], d) {
+            if !check_keys(v, &what, &shape::INCUBATE.names(), d) {
                 return None;
             }
             let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
@@ -807,7 +766,7 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             Some(Op::Incubate { labware: labware?, temperature_c: t?, duration_s: du?, shake_rpm, co2_percent: co2? })
         }
         "shake" => {
-            if !check_keys(v, &what, &["labware", "speed", "duration", "temperature"], d) {
+            if !check_keys(v, &what, &shape::SHAKE.names(), d) {
                 return None;
             }
             let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
@@ -816,12 +775,12 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             let temperature_c = v.get("temperature").and_then(|n| temp(n, d));
             Some(Op::Shake { labware: labware?, rpm: speed?, duration_s: du?, temperature_c })
         }
-        "seal" => labware_arg(v, &what, &[], d).map(|labware| Op::Seal { labware }),
-        "unseal" => labware_arg(v, &what, &[], d).map(|labware| Op::Unseal { labware }),
-        "cover" => labware_arg(v, &what, &[], d).map(|labware| Op::Cover { labware }),
-        "uncover" => labware_arg(v, &what, &[], d).map(|labware| Op::Uncover { labware }),
+        "seal" => labware_arg(v, &what, d).map(|labware| Op::Seal { labware }),
+        "unseal" => labware_arg(v, &what, d).map(|labware| Op::Unseal { labware }),
+        "cover" => labware_arg(v, &what, d).map(|labware| Op::Cover { labware }),
+        "uncover" => labware_arg(v, &what, d).map(|labware| Op::Uncover { labware }),
         "read_absorbance" => {
-            if !check_keys(v, &what, &["labware", "wells", "wavelength", "wavelengths"], d) {
+            if !check_keys(v, &what, &shape::READ_ABSORBANCE.names(), d) {
                 return None;
             }
             let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
@@ -855,7 +814,7 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             Some(Op::ReadAbsorbance { labware: labware?, wells, wavelengths_nm })
         }
         "read_fluorescence" => {
-            if !check_keys(v, &what, &["labware", "wells", "excitation", "emission"], d) {
+            if !check_keys(v, &what, &shape::READ_FLUORESCENCE.names(), d) {
                 return None;
             }
             let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
@@ -874,14 +833,14 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             Some(Op::ReadFluorescence { labware: labware?, wells, excitation_nm: ex?, emission_nm: em? })
         }
         "read_luminescence" => {
-            if !check_keys(v, &what, &["labware", "wells"], d) {
+            if !check_keys(v, &what, &shape::READ_LUMINESCENCE.names(), d) {
                 return None;
             }
             let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
             Some(Op::ReadLuminescence { labware: labware?, wells: wells_opt(v, d) })
         }
         "centrifuge" => {
-            if !check_keys(v, &what, &["labware", "force", "duration"], d) {
+            if !check_keys(v, &what, &shape::CENTRIFUGE.names(), d) {
                 return None;
             }
             let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
@@ -892,7 +851,7 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
         }
         "wait" => {
             let n = if v.as_map().is_some() {
-                if !check_keys(v, &what, &["duration"], d) {
+                if !check_keys(v, &what, &shape::WAIT.names(), d) {
                     return None;
                 }
                 required(v, "duration", &what, d)?
@@ -905,7 +864,7 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             if let Value::String(s) = &v.value {
                 return Some(Op::Manual { instruction: s.clone(), labware: Vec::new(), duration_s: 300.0 });
             }
-            if !check_keys(v, &what, &["instruction", "labware", "duration"], d) {
+            if !check_keys(v, &what, &shape::MANUAL.names(), d) {
                 return None;
             }
             let instruction = required(v, "instruction", &what, d).and_then(|n| string(n, "`instruction`", d))?;
@@ -993,7 +952,7 @@ fn parse_constraints(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
         return;
     };
     for c in items {
-        if !check_keys(c, "a constraint", &["from", "to", "min_lag", "max_lag"], d) {
+        if !check_keys(c, "a constraint", &shape::CONSTRAINT.names(), d) {
             continue;
         }
         let from = required(c, "from", "a constraint", d).and_then(|n| named(n, "`from`", d));

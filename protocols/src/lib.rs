@@ -23,6 +23,7 @@ pub mod plan;
 pub mod quote;
 mod read;
 pub mod resolve;
+pub mod shape;
 pub mod source;
 pub mod syntax;
 pub mod units;

@@ -121,6 +121,11 @@ pub fn split_number(text: &str) -> (&str, &str) {
 }
 
 /// Reads `text` as a quantity of dimension `dim`, returning the value in the base unit.
+/// The unit names of a dimension, as [`parse`] knows them (lower case).
+pub fn units_of(dim: Dim) -> Vec<&'static str> {
+    UNITS.iter().filter(|(_, d, _)| *d == dim).map(|(u, _, _)| *u).collect()
+}
+
 pub fn parse(text: &str, dim: Dim) -> Result<f64, QuantityError> {
     let t = text.trim();
     // Autoprotocol writes `5:microliter`.

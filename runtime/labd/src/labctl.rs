@@ -40,6 +40,8 @@ enum Cmd {
     /// Labware definitions.
     #[command(subcommand)]
     Labware(LabwareCmd),
+    /// Print the protocol language's JSON Schema (for editors: docs/protocol-language.md).
+    Schema,
     /// Capacity report: run a workload from N tenants through the runtime's scheduler on a
     /// site in virtual time (nothing sleeps) and write utilisation, bottleneck, makespan,
     /// turnaround and slowdown per tenant, cost per run, a Gantt chart and the cost curve.
@@ -199,6 +201,10 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(exit_for(&c))
         }
         Cmd::Labware(cmd) => labware_cmd(cmd),
+        Cmd::Schema => {
+            out!("{}", serde_json::to_string_pretty(&protocols::shape::json_schema())?);
+            Ok(0)
+        }
         Cmd::Simulate { site, workload, tenants, out, seed } => {
             simulate(site.as_deref(), &workload, &tenants, &out, seed)
         }

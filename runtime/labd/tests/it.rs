@@ -37,6 +37,8 @@ mod resume;
 mod safe_state;
 #[path = "it/scaleout.rs"]
 mod scaleout;
+#[path = "it/schema.rs"]
+mod schema;
 #[path = "it/serve.rs"]
 mod serve;
 #[path = "it/simulate.rs"]
