@@ -1,9 +1,9 @@
 // Drives labd's technician console in Debian's headless Chromium. Called by the Rust test
 // `the_console_works_in_chromium` with: URL TECHNICIAN_TOKEN SCIENTIST_TOKEN OWN_RUN OTHER_RUN
-// OTHER_TENANT OUT_DIR. Fails (exit 1) with a sentence when the page does not do its job.
+// OTHER_TENANT OUT_DIR RESULTS_RUN (the scientist's finished Bradford assay). Fails (exit 1) with a sentence when the page does not do its job.
 import { chromium } from "playwright-core";
 
-const [url, techToken, sciToken, ownRun, otherRun, otherTenant, outDir] = process.argv.slice(2);
+const [url, techToken, sciToken, ownRun, otherRun, otherTenant, outDir, resultsRun] = process.argv.slice(2);
 const short = (id) => id.replace(/^run_/, "").slice(0, 8);
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox"] });
 let failed = false;
@@ -61,7 +61,25 @@ try {
   if (text.includes(otherTenant)) throw new Error("the scientist sees the other tenant's name");
   if (await page.locator("#instruments-panel").isVisible()) throw new Error("the scientist sees the instruments panel");
   await page.screenshot({ path: `${outDir}/console-scientist.png`, fullPage: true });
-  console.log(JSON.stringify({ instruments, bars, lanes, resolved: what.split("\n")[0] }));
+
+  // The scientist opens their Bradford assay's results: a heatmap of the read, the standard
+  // curve with its fit, the lysates read off it, and the replicates' statistics.
+  await page.click(`#runs button[data-results='${resultsRun}']`);
+  await page.waitForSelector("#results svg.lw-heatmap rect.well");
+  const cells = await page.locator("#results svg.lw-heatmap rect.well").count();
+  if (cells !== 36) throw new Error(`the heatmap shows ${cells} wells, not the 36 read (A1:D9)`);
+  const tip = await page.locator("#results svg.lw-heatmap rect.well[data-well='C1'] title").textContent();
+  if (!tip.includes("sample lysate 1") || !tip.includes("group lysates")) throw new Error(`the C1 tooltip says: ${tip}`);
+  const fitText = await page.locator("#results svg.lw-curve text.fit").first().textContent();
+  const r2 = parseFloat((fitText.match(/R² = ([0-9.]+)/) || [])[1]);
+  if (!(r2 > 0.999)) throw new Error(`the standard curve's fit: ${fitText}`);
+  const points = await page.locator("#results svg.lw-curve circle.point").count();
+  if (points !== 16) throw new Error(`the standard curve shows ${points} standards, not 16`);
+  const unknowns = await page.locator("#results table.unknowns tr").count();
+  if (unknowns !== 7) throw new Error(`the unknowns table has ${unknowns - 1} lysates, not 6`);
+  const slope = await page.locator("#results table.fits tr:nth-child(3) td.value").textContent();
+  await page.locator("#results-panel").screenshot({ path: `${outDir}/console-results.png` });
+  console.log(JSON.stringify({ instruments, bars, lanes, resolved: what.split("\n")[0], cells, fit: fitText, slope }));
 } catch (e) {
   console.error("console test: " + e.message);
   failed = true;

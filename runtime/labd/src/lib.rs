@@ -47,6 +47,7 @@ pub mod opentrons_python;
 pub mod paging;
 mod reasons;
 pub mod relay;
+pub mod results;
 pub mod role;
 pub mod secret;
 pub mod serve;

@@ -76,6 +76,10 @@ pub enum ClientCmd {
         format: ResultsFormat,
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
+        /// Also write each read's heatmap, standard curve and dose-response fits as SVG, and
+        /// `analysis.json` (replicate statistics and fits), into this directory.
+        #[arg(long, value_name = "DIR")]
+        plot: Option<PathBuf>,
     },
     /// Instruments and their state (technicians).
     Instruments {

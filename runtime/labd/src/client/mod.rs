@@ -9,6 +9,7 @@ mod args;
 mod connection;
 mod output;
 mod parquet;
+mod plots;
 pub use args::{ClientCmd, Conn, Fmt, Out, ResultsFormat, TenantCmd, TokenCmd};
 pub(crate) use connection::Client;
 use connection::{sentence, submit_with_retries};
@@ -105,7 +106,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 Ok(0)
             }
             ClientCmd::Watch { out, run, after } => watch(&c, &run, after, out.format == Fmt::Json).await,
-            ClientCmd::Results { run, format, output } => {
+            ClientCmd::Results { run, format, output, plot } => {
                 let info = pb::runs_client::RunsClient::new(c.channel.clone()).get(c.req(pb::GetRunRequest { run_id: run.clone() })?).await.map_err(sentence)?.into_inner();
                 let rs = pb::runs_client::RunsClient::new(c.channel.clone()).results(c.req(pb::ResultsRequest { run_id: run })?).await.map_err(sentence)?.into_inner().results;
                 let bytes = match format {
@@ -113,7 +114,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                         serde_json::Value::Array(rs.iter().map(|r| output::result_json(&info, r)).collect()).to_string().into_bytes()
                     }
                     ResultsFormat::Csv => results_csv(&info, &rs).into_bytes(),
-                    ResultsFormat::Parquet => parquet::results_parquet(&output::result_rows(&info, &rs))?,
+                    ResultsFormat::Parquet => parquet::results_parquet(&crate::results::result_rows(&info, &rs))?,
                 };
                 match output {
                     Some(p) => std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?,
@@ -121,6 +122,11 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                         bail!("Parquet is a binary file: give it a name with -o FILE.parquet")
                     }
                     None => out!("{}", String::from_utf8_lossy(&bytes)),
+                }
+                if let Some(dir) = plot {
+                    for line in plots::write(&info, &rs, &dir)? {
+                        eprintln!("{line}");
+                    }
                 }
                 let (verdict, code) = results_verdict(&info, rs.len());
                 if !verdict.is_empty() {

@@ -1,57 +1,9 @@
 //! How client commands print what the server answered: results as CSV, listings as JSON,
 //! the verdict on a run behind its results.
 
+use crate::results::result_rows;
 use anyhow::Result;
 use protos::labwright::v1 as pb;
-
-/// One row of a run's results: a well at one wavelength, what it is in the experiment, its
-/// value. `labctl results` writes these as CSV and as Parquet, the Python client as a
-/// DataFrame, all with the same columns (docs/python-client.md lists them).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ResultRow<'a> {
-    pub run: &'a str,
-    pub protocol: &'a str,
-    pub result: &'a str,
-    pub labware: &'a str,
-    pub kind: &'a str,
-    pub well: &'a str,
-    /// The plate map's entry for the well; `None` where the map says nothing.
-    pub design: Option<&'a pb::WellDesign>,
-    /// Absorbance: the wavelength; fluorescence: the emission; `None` for luminescence.
-    pub wavelength_nm: Option<f64>,
-    pub value: f64,
-    pub unit: &'a str,
-    pub read_at_ms: i64,
-}
-
-/// The rows of a run's results: one per well and wavelength (values are well-major).
-pub(crate) fn result_rows<'a>(run: &'a pb::RunInfo, rs: &'a [pb::Result]) -> Vec<ResultRow<'a>> {
-    let mut rows = Vec::new();
-    for r in rs {
-        let absorbance = r.kind == "absorbance";
-        let per = if absorbance { r.wavelengths_nm.len().max(1) } else { 1 };
-        for (i, well) in r.wells.iter().enumerate() {
-            for k in 0..per {
-                // Fluorescence lists excitation then emission; the emission is what is read.
-                let wavelength_nm = r.wavelengths_nm.get(if absorbance { k } else { 1 }).copied();
-                rows.push(ResultRow {
-                    run: &run.id,
-                    protocol: &run.name,
-                    result: &r.id,
-                    labware: &r.labware,
-                    kind: &r.kind,
-                    well,
-                    design: r.design.get(i).filter(|d| !d.role.is_empty()),
-                    wavelength_nm,
-                    value: r.values.get(i * per + k).copied().unwrap_or(f64::NAN),
-                    unit: &r.unit,
-                    read_at_ms: r.read_at_ms,
-                });
-            }
-        }
-    }
-    rows
-}
 
 /// Results as CSV: one row per well and wavelength, each with the run, its protocol's name
 /// (as the tenant named it), what the well is in the experiment (the plate map: sample, group,

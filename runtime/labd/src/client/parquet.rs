@@ -1,9 +1,9 @@
-//! `labctl results --format parquet`: the result rows ([`super::output::result_rows`]) as one
+//! `labctl results --format parquet`: the result rows ([`crate::results::result_rows`]) as one
 //! Arrow record batch in a Parquet file (snappy), for pandas, R, Spark and DuckDB. The schema
 //! (docs/python-client.md, "Parquet") is [`schema`]; text columns are UTF-8, the plate map's
 //! columns are null where the map says nothing, `read_at` is a UTC timestamp in milliseconds.
 
-use super::output::ResultRow;
+use crate::results::ResultRow;
 use anyhow::{Context, Result};
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};

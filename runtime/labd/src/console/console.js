@@ -95,6 +95,9 @@ function clearViews() {
   $("legend").replaceChildren();
   $("runs").tBodies[0].replaceChildren();
   $("interventions").replaceChildren();
+  $("results").replaceChildren();
+  $("results-title").textContent = "";
+  $("results-panel").hidden = true;
   $("status").textContent = "";
 }
 
@@ -252,7 +255,9 @@ function drawRuns(runs, slots) {
       el("td", { title: r.id }, short(r.id)), el("td", { class: "tenant-col" }, r.tenant), el("td", {}, r.name),
       el("td", { class: "state state-" + r.state, title: r.reason }, r.state),
       el("td", { class: "when" }, clock(r.submitted_at_ms)), el("td", { class: "when" }, clock(r.finished_at_ms)),
-      el("td", {}, bar), el("td", {}, cancel));
+      el("td", {}, bar), el("td", {}, cancel, r.state === "succeeded" || r.state === "failed" ? el("button", {
+        "data-results": r.id, onclick: () => showResults(r.id),
+      }, "Results") : ""));
     row.children[1].hidden = !staff;
     return row;
   }));
@@ -285,3 +290,66 @@ function drawInterventions(list) {
 $("login-form").addEventListener("submit", login);
 $("logout").addEventListener("click", logout);
 if (token) login();
+
+// A run's results page: each read as a plate heatmap (hover a well for its sample, group and
+// value), its replicates' statistics, and the fitted curves with their parameters. The SVG
+// comes from labd with every text escaped; tables are built with textContent.
+async function showResults(runId) {
+  const mine = session;
+  let data;
+  try { data = await call("GET", "/api/runs/" + encodeURIComponent(runId) + "/analysis"); } catch (e) { alert(e.message); return; }
+  if (mine !== session) return;
+  $("results-title").textContent = data.run.name + " (" + short(data.run.id) + ")";
+  const box = $("results");
+  box.replaceChildren();
+  if (!data.reads.length) box.append(el("p", {}, "This run measured nothing."));
+  const num = (v) => v == null ? "" : (Math.abs(v) >= 0.01 && Math.abs(v) < 10000 || v === 0 ? (+v.toFixed(4)).toString() : v.toExponential(3));
+  for (const read of data.reads) {
+    const a = read.analysis;
+    const part = el("div", { class: "read", "data-read": read.index });
+    part.append(el("h3", {}, "Read " + read.index + ": " + a.kind + (a.wavelength_nm ? " " + a.wavelength_nm + " nm" : "") + " of " + a.labware));
+    const pictures = el("div", { class: "pictures" });
+    for (const p of read.pictures) {
+      const holder = el("div", { class: "picture", "data-picture": p.name });
+      holder.innerHTML = p.svg; // labd's own SVG, texts escaped there
+      pictures.append(holder);
+    }
+    part.append(pictures);
+    if (a.blank != null) part.append(el("p", {}, "Blank (mean of the blank wells, subtracted before fitting): " + num(a.blank) + " " + a.unit));
+    const fits = el("table", { class: "fits" }, el("tr", {}, ...["Curve", "Parameter", "Value", "SE", "95% CI"].map((h) => el("th", {}, h))));
+    const param = (curve, name, e) => fits.append(el("tr", {}, el("td", {}, curve), el("td", {}, name), el("td", { class: "value" }, num(e.value)), el("td", {}, num(e.se)), el("td", {}, num(e.ci95[0]) + " to " + num(e.ci95[1]))));
+    const sc = a.standard_curve;
+    if (sc && sc.fit.Ok) {
+      param("standard curve", "intercept", sc.fit.Ok.intercept);
+      param("standard curve", "slope", sc.fit.Ok.slope);
+      fits.append(el("tr", {}, el("td", {}, "standard curve"), el("td", {}, "R²"), el("td", { class: "value" }, num(sc.fit.Ok.r_squared)), el("td", {}), el("td", {})));
+    }
+    for (const d of a.dose_response) {
+      const name = d.sample + (d.group ? " (" + d.group + ")" : "");
+      if (!d.fit.Ok) { fits.append(el("tr", {}, el("td", {}, name), el("td", { colspan: 4 }, "no fit: " + d.fit.Err))); continue; }
+      const f = d.fit.Ok;
+      param(name, f.midpoint + " (" + d.unit + ")", f.ec50);
+      param(name, "Hill slope", f.hill);
+      param(name, "bottom", f.bottom);
+      param(name, "top", f.top);
+      fits.append(el("tr", {}, el("td", {}, name), el("td", {}, "R²"), el("td", { class: "value" }, num(f.r_squared)), el("td", {}), el("td", {})));
+    }
+    if (fits.rows.length > 1) part.append(fits);
+    if (sc && sc.unknowns.length) {
+      part.append(el("table", { class: "unknowns" },
+        el("tr", {}, ...["Unknown", "Wells", "Reading", "Concentration (" + sc.unit + ")", ""].map((h) => el("th", {}, h))),
+        ...sc.unknowns.map((u) => el("tr", {}, el("td", {}, u.sample), el("td", {}, u.wells.join(" ")), el("td", {}, num(u.mean)),
+          el("td", { class: "value" }, num(u.concentration)), el("td", {}, u.extrapolated ? "extrapolated" : "")))));
+    }
+    part.append(el("table", { class: "replicates" },
+      el("tr", {}, ...["Role", "Sample", "Group", "Concentration", "n", "Mean", "SD", "CV %", "Outliers"].map((h) => el("th", {}, h))),
+      ...a.replicates.map((r) => el("tr", { class: r.outliers.length ? "outlier" : "" }, el("td", {}, r.role), el("td", {}, r.sample), el("td", {}, r.group),
+        el("td", {}, num(r.concentration)), el("td", {}, r.n), el("td", {}, num(r.mean)), el("td", {}, num(r.sd)),
+        el("td", {}, r.cv_percent == null ? "" : r.cv_percent.toFixed(1)), el("td", {}, r.outliers.join(" "))))));
+    box.append(part);
+  }
+  $("results-panel").hidden = false;
+  $("results-panel").scrollIntoView();
+}
+
+$("results-close").addEventListener("click", () => { $("results-panel").hidden = true; $("results").replaceChildren(); });

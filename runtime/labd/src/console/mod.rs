@@ -97,6 +97,7 @@ pub fn guarded(api: Api, hosts: Hosts) -> Router {
         .route("/api/schedule", get(schedule))
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}/cancel", post(cancel))
+        .route("/api/runs/{id}/analysis", get(run_analysis))
         .route("/api/interventions", get(interventions))
         .route("/api/interventions/{id}/resolve", post(resolve))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such page or API route") })
@@ -300,4 +301,41 @@ async fn resolve(
         return failure(StatusCode::BAD_REQUEST, "send JSON {\"resolution\": \"done\"|\"redo\"|\"abort\"}");
     };
     call(&headers, pb::ResolveRequest { id, resolution: b.resolution }, |r| async move { api.resolve(r).await }).await
+}
+
+/// A run's reads analysed, for its results page: each read's heatmap and curves (SVG, every
+/// text in them escaped), replicate statistics and fits — what `labctl results --plot` writes.
+/// The run and its results come through the gRPC implementation with the browser's token, so
+/// another tenant's run is not found here either.
+async fn run_analysis(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let info = match request(&headers, pb::GetRunRequest { run_id: id.clone() }) {
+        Ok(r) => api.get(r).await,
+        Err(s) => return http_error(s),
+    };
+    let info = match info {
+        Ok(r) => r.into_inner(),
+        Err(s) => return http_error(s),
+    };
+    let results = match request(&headers, pb::ResultsRequest { run_id: id }) {
+        Ok(r) => api.results(r).await,
+        Err(s) => return http_error(s),
+    };
+    let results = match results {
+        Ok(r) => r.into_inner().results,
+        Err(s) => return http_error(s),
+    };
+    let reads: Vec<serde_json::Value> = crate::results::reads(&info, &results)
+        .iter()
+        .enumerate()
+        .map(|(i, read)| {
+            let a = analysis::analyze(read);
+            let pictures: Vec<serde_json::Value> = analysis::plot::pictures(read, &a, i)
+                .into_iter()
+                .map(|(name, svg)| serde_json::json!({"name": name, "svg": svg}))
+                .collect();
+            serde_json::json!({"index": i, "analysis": a, "pictures": pictures})
+        })
+        .collect();
+    let run = serde_json::json!({"id": info.id, "name": info.name, "state": info.state});
+    Json(serde_json::json!({"run": run, "reads": reads})).into_response()
 }

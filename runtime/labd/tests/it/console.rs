@@ -66,6 +66,8 @@ fn the_console_works_in_chromium() {
     // PCR setup ends with a manual step: the lab waits for a technician.
     let acme_run = lab.submit(&acme, "pcr-setup.yaml");
     let globex_run = lab.submit(&globex, "serial-dilution.yaml");
+    // A Bradford assay with a plate map: its results page has a heatmap and a standard curve.
+    let acme_bradford = lab.submit(&acme, "bradford.yaml");
     let intervention = lab.intervention_of(&tech, &acme_run);
     // The JSON API keeps the gRPC rules: no token, no data; a scientist gets no instruments.
     assert_eq!(console_get(&lab.console, "/api/runs", "nonsense").0, 401);
@@ -76,10 +78,12 @@ fn the_console_works_in_chromium() {
     assert!(code == 200 && body.contains(&acme_run) && !body.contains(&globex_run), "{code} {body}");
     let shots = root().join("target/console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
+    lab.wait_final(&acme, &[&acme_bradford], 180);
     let out = Command::new("node")
         .arg(&script)
         .args([&lab.console, &tech, &acme, &acme_run, &globex_run, "globex"])
         .arg(&shots)
+        .arg(&acme_bradford)
         .output()
         .unwrap();
     let (so, se) = (text(&out.stdout), text(&out.stderr));
@@ -91,7 +95,7 @@ fn the_console_works_in_chromium() {
         items(&all).into_iter().find(|i| i["id"] == intervention.as_str()).unwrap_or_else(|| panic!("{all}"));
     assert_eq!(resolved["state"], "done", "{resolved}");
     lab.wait_final(&acme, &[&acme_run], 120);
-    for png in ["console-technician.png", "console-resolved.png", "console-scientist.png"] {
+    for png in ["console-technician.png", "console-resolved.png", "console-scientist.png", "console-results.png"] {
         assert!(std::fs::metadata(shots.join(png)).map(|m| m.len() > 10_000).unwrap_or(false), "{png} saved");
     }
     let _ = std::fs::remove_dir_all(&lab.dir);

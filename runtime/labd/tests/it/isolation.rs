@@ -154,10 +154,25 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         let (code, so, se) = lab.ctl(&globex, args);
         seen.push((format!("labctl {args:?} (exit {code})"), format!("{so}{se}")));
     }
-    for path in ["/api/whoami", "/api/runs", "/api/schedule", "/api/interventions", "/api/instruments"] {
+    let analysis_own = format!("/api/runs/{globex_run}/analysis");
+    let analysis_other = format!("/api/runs/{acme_run}/analysis");
+    for path in [
+        "/api/whoami",
+        "/api/runs",
+        "/api/schedule",
+        "/api/interventions",
+        "/api/instruments",
+        &analysis_own,
+        &analysis_other,
+    ] {
         let (code, body) = console_get(&lab.console, path, &globex);
         seen.push((format!("console {path} ({code})"), body));
     }
+    // The results page of acme's run is not found for globex, like a run that does not exist.
+    assert_eq!(console_get(&lab.console, &analysis_other, &globex).0, 404);
+    // And globex's own results page has its reads, with its own plate map's names.
+    let (code, own) = console_get(&lab.console, &analysis_own, &globex);
+    assert!(code == 200 && own.contains("lw-heatmap"), "{code} {own}");
     // The console answers only to its own (loopback) names, with its security headers.
     let own = lab.console.trim_start_matches("http://").trim_end_matches('/').to_string();
     let page = console_raw(&lab.console, "/", &own).to_ascii_lowercase();

@@ -80,4 +80,35 @@ print("parquet ok", len(p))
 "#;
     let out = run(&[&"-c", &check, &parquet, &csv], &dir);
     assert!(out.contains("parquet ok 96"), "{out}");
+
+    // Pictures and fits: a Bradford assay's standard curve reads the lysates' protein back.
+    let bradford = root().join("protocols/examples/bradford.yaml");
+    let (code, so, se) = labctl_at(&url, &token, &["submit", bradford.to_str().unwrap(), "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let submitted: serde_json::Value = serde_json::from_str(so.lines().next().unwrap()).unwrap();
+    let id = submitted["run"]["id"].as_str().unwrap();
+    let plots = dir.join("plots");
+    let (code, _, said) =
+        labctl_at(&url, &token, &["results", id, "--plot", plots.to_str().unwrap(), "-o", "/dev/null"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("read 0: standard curve y = "), "{said}");
+    let heatmap = std::fs::read_to_string(plots.join("read-0-heatmap.svg")).unwrap();
+    assert_eq!(heatmap.matches("<rect class=\"well\"").count(), 36, "A1:D9 were read");
+    assert!(heatmap.contains("C1 · sample lysate 1 · group lysates"), "tooltips name the wells");
+    let curve = std::fs::read_to_string(plots.join("read-0-standard-curve.svg")).unwrap();
+    assert_eq!(curve.matches("<circle class=\"point\"").count(), 16, "8 standards in duplicate");
+    assert_eq!(curve.matches("<rect class=\"unknown\"").count(), 6, "six lysates on the curve");
+    let analysis: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plots.join("analysis.json")).unwrap()).unwrap();
+    let sc = &analysis[0]["standard_curve"];
+    assert!(sc["fit"]["Ok"]["r_squared"].as_f64().unwrap() > 0.999, "{sc}");
+    // The liquids' optics: lysate k reads like BSA at 2 mg/mL × (its OD / BSA's 24 OD).
+    for (k, od) in [15.0, 9.0, 6.0, 4.0, 2.0, 1.0].iter().enumerate() {
+        let sample = format!("lysate {}", k + 1);
+        let u = sc["unknowns"].as_array().unwrap().iter().find(|u| u["sample"] == sample.as_str()).unwrap();
+        let (found, truth) = (u["concentration"].as_f64().unwrap(), 2.0 * od / 24.0);
+        assert!((found - truth).abs() <= 0.05 * truth + 0.005, "{sample}: {found} mg/mL, truly {truth}");
+    }
+    let blank = analysis[0]["blank"].as_f64().unwrap();
+    assert!(blank > 0.3 && blank < 0.6, "the blank is buffer and dye: {blank}");
 }
