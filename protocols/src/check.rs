@@ -151,8 +151,24 @@ pub fn initial(p: &Protocol, env: &Env, d: &mut Diagnostics) -> Tracked {
 /// more than they hold. A well is reported once per problem; the wells one step gets wrong the
 /// same way are one diagnostic (the worst well, the count and the wells), so an over-full
 /// `distribute` to 384 wells reads as one error, not 384.
-pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) -> Tracked {
-    let mut tips: HashMap<String, BTreeMap<String, f64>> = HashMap::new();
+///
+/// A multi-channel head's command moves liquid in every well its channels reach
+/// ([`Env::channel_wells`]), each channel with its own tip.
+pub fn liquids(
+    env: &Env,
+    tasks: &[LTask],
+    channels: &BTreeMap<String, u32>,
+    mut t: Tracked,
+    d: &mut Diagnostics,
+) -> Tracked {
+    // What each channel's tip holds, by pipette and channel.
+    let mut tips: HashMap<(String, usize), BTreeMap<String, f64>> = HashMap::new();
+    // The wells a command reaches, one per channel.
+    let reach = |pipette: &str, labware: &str, well: &str| -> Vec<Loc> {
+        let Some(loc) = locate(env, labware, well) else { return Vec::new() };
+        let n = channels.get(pipette).copied().unwrap_or(1);
+        env.channel_wells(loc, n).unwrap_or_else(|| vec![loc])
+    };
     let mut reported: BTreeSet<(&'static str, Loc)> = BTreeSet::new();
     let mut per_step = PerStep::default();
     let mut report = |code: &'static str, loc: Loc, by_ul: f64, diag: Diagnostic| {
@@ -164,56 +180,60 @@ pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) 
         for (cmd, &span) in task.commands.iter().zip(&task.spans) {
             match &cmd.op {
                 CommandOp::Aspirate { pipette, labware, well, volume_ul } => {
-                    let Some(loc) = locate(env, labware, well) else { continue };
-                    let state = &mut t.wells[loc.slot][loc.well];
-                    let have = state.volume();
-                    let mut drawn = state.take(*volume_ul);
-                    let short = volume_ul - have;
-                    if short > EPS {
-                        // The tip is credited with what is missing, so one under-draw is reported
-                        // once and does not cascade into "dispenses more than the tip holds".
-                        *drawn.entry(UNSPECIFIED.to_string()).or_insert(0.0) += short;
-                        t.unspecified_drawn_ul += short;
-                        if !state.unknown {
-                            report("P0302", loc, short, under_drawn(env, loc, *volume_ul, have, span));
+                    for (channel, loc) in reach(pipette, labware, well).into_iter().enumerate() {
+                        let state = &mut t.wells[loc.slot][loc.well];
+                        let have = state.volume();
+                        let mut drawn = state.take(*volume_ul);
+                        let short = volume_ul - have;
+                        if short > EPS {
+                            // The tip is credited with what is missing, so one under-draw is
+                            // reported once and does not cascade into "dispenses more than the
+                            // tip holds".
+                            *drawn.entry(UNSPECIFIED.to_string()).or_insert(0.0) += short;
+                            t.unspecified_drawn_ul += short;
+                            if !state.unknown {
+                                report("P0302", loc, short, under_drawn(env, loc, *volume_ul, have, span));
+                            }
                         }
-                    }
-                    let tip = tips.entry(pipette.clone()).or_default();
-                    for (k, v) in drawn {
-                        *tip.entry(k).or_insert(0.0) += v;
+                        let tip = tips.entry((pipette.clone(), channel)).or_default();
+                        for (k, v) in drawn {
+                            *tip.entry(k).or_insert(0.0) += v;
+                        }
                     }
                 }
                 CommandOp::Dispense { pipette, labware, well, volume_ul } => {
-                    let Some(loc) = locate(env, labware, well) else { continue };
-                    let tip = tips.entry(pipette.clone()).or_default();
-                    let in_tip: f64 = tip.values().sum();
-                    if *volume_ul > in_tip + 1e-3 {
-                        report(
-                            "P0308",
-                            loc,
-                            volume_ul - in_tip,
-                            Diagnostic::error(
+                    for (channel, loc) in reach(pipette, labware, well).into_iter().enumerate() {
+                        let tip = tips.entry((pipette.clone(), channel)).or_default();
+                        let in_tip: f64 = tip.values().sum();
+                        if *volume_ul > in_tip + 1e-3 {
+                            report(
                                 "P0308",
-                                span,
-                                format!(
-                                    "dispenses {} into {} but the tip holds only {}",
-                                    crate::units::fmt_ul(*volume_ul),
-                                    env.describe(loc),
-                                    crate::units::fmt_ul(in_tip)
-                                ),
-                            )
-                            .with_hint("aspirate at least as much as you dispense"),
-                        );
+                                loc,
+                                volume_ul - in_tip,
+                                Diagnostic::error(
+                                    "P0308",
+                                    span,
+                                    format!(
+                                        "dispenses {} into {} but the tip holds only {}",
+                                        crate::units::fmt_ul(*volume_ul),
+                                        env.describe(loc),
+                                        crate::units::fmt_ul(in_tip)
+                                    ),
+                                )
+                                .with_hint("aspirate at least as much as you dispense"),
+                            );
+                        }
+                        let mut tip_state = WellState { contents: std::mem::take(tip), ..Default::default() };
+                        let given = tip_state.take(*volume_ul);
+                        *tip = tip_state.contents;
+                        fill(env, &mut t, loc, &given, span, &mut report);
                     }
-                    let mut tip_state = WellState { contents: std::mem::take(tip), ..Default::default() };
-                    let given = tip_state.take(*volume_ul);
-                    *tip = tip_state.contents;
-                    fill(env, &mut t, loc, &given, span, &mut report);
                 }
                 CommandOp::BlowOut { pipette, labware, well } => {
-                    let Some(loc) = locate(env, labware, well) else { continue };
-                    let given = std::mem::take(tips.entry(pipette.clone()).or_default());
-                    fill(env, &mut t, loc, &given, span, &mut report);
+                    for (channel, loc) in reach(pipette, labware, well).into_iter().enumerate() {
+                        let given = std::mem::take(tips.entry((pipette.clone(), channel)).or_default());
+                        fill(env, &mut t, loc, &given, span, &mut report);
+                    }
                 }
                 CommandOp::AddReagent { reagent, labware, well, volume_ul } => {
                     let Some(loc) = locate(env, labware, well) else { continue };
@@ -222,8 +242,11 @@ pub fn liquids(env: &Env, tasks: &[LTask], mut t: Tracked, d: &mut Diagnostics) 
                     fill(env, &mut t, loc, &given, span, &mut report);
                 }
                 CommandOp::DropTip { pipette } => {
-                    if let Some(tip) = tips.remove(pipette) {
-                        t.waste_ul += tip.values().sum::<f64>();
+                    let n = channels.get(pipette).copied().unwrap_or(1) as usize;
+                    for channel in 0..n {
+                        if let Some(tip) = tips.remove(&(pipette.clone(), channel)) {
+                            t.waste_ul += tip.values().sum::<f64>();
+                        }
                     }
                 }
                 _ => {}

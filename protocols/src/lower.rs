@@ -10,6 +10,9 @@
 //!   tips remain, then the rest in two equal parts (120 µL on a 50 µL tip: 50 + 35 + 35), so the
 //!   last part is never a tiny, inaccurate one.
 //! - Tips come from the protocol's tip racks of a matching size, rack by rack, column by column.
+//! - Column-wise work runs on a multi-channel head where the site has one taking the same tips
+//!   ([`Lowerer::columns`]); consecutive steps share a task only while one liquid handler
+//!   carries every pipette they use.
 
 use crate::ast::*;
 use crate::capability;
@@ -96,6 +99,9 @@ mod est {
     pub const PICK_UP_TIP: f64 = 2.3;
     pub const DROP_TIP: f64 = 3.2;
     pub const MOVE_TO_WELL: f64 = 1.75;
+    /// From one well to the next of the same labware, dispensing on (the simulators' motion
+    /// measures 1.41 s; see devices' quoted-timing test).
+    pub const MOVE_NEXT_WELL: f64 = 1.45;
     pub const BLOW_OUT: f64 = 1.0;
     pub const HOME: f64 = 5.0;
     pub const MOVE_LABWARE: f64 = 15.0;
@@ -126,6 +132,8 @@ mod est {
 #[derive(Debug, Default)]
 pub struct Lowered {
     pub tasks: Vec<LTask>,
+    /// Channels of every pipette the commands name (the liquid check follows each channel).
+    pub channels: BTreeMap<String, u32>,
 }
 
 /// Lowers all steps of a protocol.
@@ -156,7 +164,10 @@ pub const MAX_COMMANDS: usize = 250_000;
 struct Lowerer<'a> {
     env: &'a Env,
     site: &'a Site,
+    /// The site's single-channel pipettes, for work well by well.
     pipettes: Vec<PipetteSpec>,
+    /// The site's multi-channel heads, for work column by column (see [`Lowerer::columns`]).
+    multis: Vec<PipetteSpec>,
     /// Pipettes named by the protocol (Opentrons), by id, as this site runs them.
     declared: BTreeMap<String, PipetteSpec>,
     /// What became of each declared pipette on this site, said once at its first use.
@@ -201,12 +212,12 @@ impl<'a> Lowerer<'a> {
             );
             fitted.insert(pd.id.clone(), fit);
         }
-        let mut pipettes: Vec<PipetteSpec> = Vec::new();
+        let (mut pipettes, mut multis): (Vec<PipetteSpec>, Vec<PipetteSpec>) = (Vec::new(), Vec::new());
         for inst in site.instruments_of(InstrumentClass::LiquidHandler) {
             for pp in &inst.pipettes {
-                // Single-channel heads only: multi-channel lowering is chosen per step (not yet in the language).
-                if pp.channels == 1 && !pipettes.iter().any(|x| x.name == pp.name) {
-                    pipettes.push(PipetteSpec {
+                let list = if pp.channels == 1 { &mut pipettes } else { &mut multis };
+                if !list.iter().any(|x| x.name == pp.name) {
+                    list.push(PipetteSpec {
                         name: pp.name.clone(),
                         channels: pp.channels,
                         min_ul: pp.min_ul,
@@ -221,6 +232,7 @@ impl<'a> Lowerer<'a> {
             env,
             site,
             pipettes,
+            multis,
             declared,
             fitted,
             said: Default::default(),
@@ -271,16 +283,8 @@ impl<'a> Lowerer<'a> {
             }
             return None;
         }
-        let fits_all = with_racks
-            .iter()
-            .filter(|(p, c)| p.min_ul <= vmin + 1e-9 && *c + 1e-9 >= vmax)
-            .min_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some(best) = fits_all {
-            return Some(best.clone());
-        }
-        let splitting = with_racks.iter().filter(|(p, _)| p.min_ul <= vmin + 1e-9).max_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some(best) = splitting {
-            return Some(best.clone());
+        if let Some(best) = pick(&with_racks, vmin, vmax) {
+            return Some(best);
         }
         let smallest = with_racks.iter().min_by(|a, b| a.0.min_ul.total_cmp(&b.0.min_ul)).map(|(p, _)| p.clone());
         if let Some(s) = smallest {
@@ -301,11 +305,28 @@ impl<'a> Lowerer<'a> {
         None
     }
 
-    /// Starts a task, or continues the previous one when both are mergeable pipetting.
+    /// Starts a task, or continues the previous one when both are mergeable pipetting and one
+    /// liquid handler of the site carries every pipette both use (`pipette`: this step's).
     fn task(&mut self, class: Option<InstrumentClass>, label: String, step: &Step) -> usize {
+        self.task_with(class, label, step, None)
+    }
+
+    fn task_with(
+        &mut self,
+        class: Option<InstrumentClass>,
+        label: String,
+        step: &Step,
+        pipette: Option<&str>,
+    ) -> usize {
         let mergeable = class == Some(InstrumentClass::LiquidHandler) && step.id.is_none() && step.after.is_empty();
+        let site = self.site;
+        let one_carries = |used: &BTreeSet<String>| {
+            let Some(p) = pipette else { return true };
+            site.instruments_of(InstrumentClass::LiquidHandler)
+                .any(|i| used.iter().map(String::as_str).chain([p]).all(|n| i.pipettes.iter().any(|x| x.name == n)))
+        };
         if let Some(last) = self.tasks.last_mut() {
-            if mergeable && last.mergeable && last.class == class {
+            if mergeable && last.mergeable && last.class == class && one_carries(&last.pipettes) {
                 last.span = last.span.join(step.span);
                 if !last.label.contains(&label) && last.label.len() < 120 {
                     last.label = format!("{}, {label}", last.label);
@@ -356,15 +377,27 @@ impl<'a> Lowerer<'a> {
             );
             return;
         }
+        // A multi-channel head takes a whole column of tips: from the next full column.
+        let take = p.channels.max(1) as usize;
+        let env = self.env;
+        let column_start = |r: &Rack| {
+            let rows = env.slots[r.slot].def.rows().len().max(1);
+            if take == 1 {
+                r.next
+            } else {
+                r.next.div_ceil(rows) * rows
+            }
+        };
         let rack = self
             .racks
             .iter_mut()
-            .find(|r| Self::rack_fits(p, r.tip_ul) && r.next < self.env.slots[r.slot].def.wells.len());
+            .find(|r| Self::rack_fits(p, r.tip_ul) && column_start(r) + take <= env.slots[r.slot].def.wells.len());
         let (rack_name, well) = match rack {
             Some(r) => {
                 let def = &self.env.slots[r.slot].def;
-                let w = def.wells[r.next].name.clone();
-                r.next += 1;
+                let first = column_start(r);
+                let w = def.wells[first].name.clone();
+                r.next = first + take;
                 self.tasks[t].holds.insert(r.slot);
                 (self.env.slots[r.slot].name.clone(), w)
             }
@@ -381,7 +414,7 @@ impl<'a> Lowerer<'a> {
                     per_rack,
                     have_racks: have,
                 });
-                s.needed += 1;
+                s.needed += take;
                 ("(missing rack)".to_string(), "-".to_string())
             }
         };
@@ -409,7 +442,11 @@ impl<'a> Lowerer<'a> {
     fn dispense(&mut self, t: usize, p: &PipetteSpec, at: Loc, v: f64, span: Span) {
         let (labware, well) = self.name(at);
         self.tasks[t].holds.insert(at.slot);
-        let dur = est::MOVE_TO_WELL + v / p.flow_ul_per_s;
+        // Dispensing on along the same labware (a distribute) moves a well's width, not across the deck.
+        let next_door = matches!(self.tasks[t].commands.last().map(|c| &c.op),
+            Some(CommandOp::Dispense { labware: l, .. }) if *l == labware);
+        let moving = if next_door { est::MOVE_NEXT_WELL } else { est::MOVE_TO_WELL };
+        let dur = moving + v / p.flow_ul_per_s;
         self.emit(t, CommandOp::Dispense { pipette: p.name.clone(), labware, well, volume_ul: v }, false, dur, span);
     }
 
@@ -502,16 +539,33 @@ impl<'a> Lowerer<'a> {
                         let Some(wells) = self.env.wells(s, d) else { continue };
                         pairs.extend(wells.iter().skip(1).map(|&w| (from, w, *final_ul)));
                     }
-                    self.pairs(step, "diluent", &pairs, TipPolicy::Once, None, None, (source.span, source.span), d);
+                    let spans = (source.span, source.span);
+                    match self.columns(&pairs) {
+                        Some((head, columns)) => {
+                            self.pairs(step, "diluent", &columns, TipPolicy::Once, None, None, spans, Some(head), d)
+                        }
+                        None => self.pairs(step, "diluent", &pairs, TipPolicy::Once, None, None, spans, None, d),
+                    }
                 }
+                let mut all: Vec<(Vec<Loc>, Span)> = Vec::new();
                 for s in series {
                     let Some(wells) = self.env.wells(s, d) else { continue };
                     if wells.len() < 2 {
                         d.push(Diagnostic::error("P0206", s.span, "a dilution series needs at least two wells"));
                         continue;
                     }
+                    all.push((wells, s.span));
+                }
+                // Series side by side (rows of one plate, the same columns) are diluted a
+                // column at a time by a multi-channel head where one fits.
+                if let Some((head, columns)) = self.series_columns(&all, *volume_ul) {
+                    let span = all.iter().map(|s| s.1).reduce(Span::join).unwrap_or(step.span);
+                    self.pairs(step, "serial dilution", &columns, *tips, None, *mix, (span, span), Some(head), d);
+                    return;
+                }
+                for (wells, span) in &all {
                     let pairs: Vec<(Loc, Loc, f64)> = wells.windows(2).map(|w| (w[0], w[1], *volume_ul)).collect();
-                    self.pairs(step, "serial dilution", &pairs, *tips, None, *mix, (s.span, s.span), d);
+                    self.pairs(step, "serial dilution", &pairs, *tips, None, *mix, (*span, *span), None, d);
                 }
             }
             Op::Mix { wells, mix, tips } => {
@@ -939,12 +993,122 @@ impl<'a> Lowerer<'a> {
             TransferKind::Distribute => "distribute",
             TransferKind::Consolidate => "consolidate",
         };
+        let head = if tr.kind == TransferKind::Consolidate { None } else { self.columns(&pairs) };
         match tr.kind {
             TransferKind::Transfer => {
-                self.pairs(step, label, &pairs, tr.tips, tr.mix_before, tr.mix_after, (tr.from.span, tr.to.span), d)
+                let spans = (tr.from.span, tr.to.span);
+                match head {
+                    Some((head, columns)) => {
+                        self.pairs(step, label, &columns, tr.tips, tr.mix_before, tr.mix_after, spans, Some(head), d)
+                    }
+                    None => self.pairs(step, label, &pairs, tr.tips, tr.mix_before, tr.mix_after, spans, None, d),
+                }
             }
-            TransferKind::Distribute | TransferKind::Consolidate => self.multi(step, tr, &pairs, d),
+            TransferKind::Distribute | TransferKind::Consolidate => match head {
+                Some((head, columns)) => self.multi(step, tr, &columns, Some(head), d),
+                None => self.multi(step, tr, &pairs, None, d),
+            },
         }
+    }
+
+    /// The same well pairs as column moves of a multi-channel head, when a head of the site
+    /// can do every one of them (see docs/protocol-language.md, "Multi-channel heads"): the
+    /// destinations fall into whole channel sets (a column of an 8-row plate; alternate rows of
+    /// a 16-row plate's column), each moving one volume, from a trough well or from a channel
+    /// set of the source in the same row order; no well is both drawn from and filled in the
+    /// step, so moving column by column changes nothing. Returns the head and one pair per
+    /// channel set (its first channel's wells), in the order of each set's first pair.
+    fn columns(&self, pairs: &[(Loc, Loc, f64)]) -> Option<(Head, Vec<Move>)> {
+        let vols: Vec<f64> = pairs.iter().map(|p| p.2).filter(|v| *v > 0.0).collect();
+        let head = self.choose_multi(&vols)?;
+        let n = head.0.channels as usize;
+        let live: Vec<&(Loc, Loc, f64)> = pairs.iter().filter(|p| p.2 > 0.0).collect();
+        if live.is_empty() || live.len() % n != 0 {
+            return None;
+        }
+        let sources: BTreeSet<Loc> = live.iter().map(|p| p.0).collect();
+        if live.iter().any(|p| sources.contains(&p.1)) {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut done: BTreeSet<Loc> = BTreeSet::new();
+        for p in &live {
+            if done.contains(&p.1) {
+                continue;
+            }
+            // The set this destination belongs to, from its first channel.
+            let set = self.channel_set_of(p.1, n)?;
+            let members: Vec<&&(Loc, Loc, f64)> =
+                set.iter().map(|w| live.iter().find(|q| q.1 == *w)).collect::<Option<Vec<_>>>()?;
+            let v = members[0].2;
+            if members.iter().any(|m| (m.2 - v).abs() > 1e-9) {
+                return None;
+            }
+            let src: Vec<Loc> = members.iter().map(|m| m.0).collect();
+            if self.env.channel_wells(src[0], n as u32)? != src {
+                return None;
+            }
+            done.extend(set.iter().copied());
+            out.push((src[0], set[0], v));
+        }
+        Some((head, out))
+    }
+
+    /// Dilution series of equal length, one move per column step: every series' k-th well
+    /// to its (k+1)-th, for k in order, each step done column-wise (see [`Self::columns`]).
+    fn series_columns(&self, all: &[(Vec<Loc>, Span)], volume_ul: f64) -> Option<(Head, Vec<Move>)> {
+        let len = all.first()?.0.len();
+        if all.iter().any(|s| s.0.len() != len) {
+            return None;
+        }
+        let mut head = None;
+        let mut out = Vec::new();
+        for k in 0..len - 1 {
+            let step: Vec<(Loc, Loc, f64)> = all.iter().map(|s| (s.0[k], s.0[k + 1], volume_ul)).collect();
+            let (h, cols) = self.columns(&step)?;
+            head = Some(h);
+            out.extend(cols);
+        }
+        Some((head?, out))
+    }
+
+    /// The channel set `loc` is in: the wells the head reaches with its first channel at the
+    /// set's first row (`None` on labware a head cannot fill one well per channel).
+    fn channel_set_of(&self, loc: Loc, n: usize) -> Option<Vec<Loc>> {
+        let def = &self.env.slots[loc.slot].def;
+        let rows = def.rows().len();
+        if rows < n || rows % n != 0 {
+            return None;
+        }
+        let step = rows / n;
+        let name = &def.wells[loc.well].name;
+        let row =
+            def.rows().iter().position(|r| name.starts_with(r.as_str()) && name[r.len()..].parse::<u32>().is_ok())?;
+        let first = def.well_index(&format!("{}{}", def.rows()[row % step], &name[def.rows()[row].len()..]))?;
+        self.env.channel_wells(Loc { slot: loc.slot, well: first }, n as u32)
+    }
+
+    /// A multi-channel head for these volumes, chosen like a single-channel pipette (the
+    /// smallest that takes every volume in one go, else the largest whose minimum fits);
+    /// `None` without one, or without a tip rack that fits it.
+    ///
+    /// It uses the tips the single-channel choice would: the protocol's racks were chosen for
+    /// those (a 20 µL step stays on 20 µL tips when only a 300 µL head has 8 channels).
+    fn choose_multi(&self, vols: &[f64]) -> Option<(PipetteSpec, f64)> {
+        let vmin = vols.iter().copied().fold(f64::INFINITY, f64::min);
+        let vmax = vols.iter().copied().fold(0.0, f64::max);
+        if vols.is_empty() || vmax <= 0.0 {
+            return None;
+        }
+        let with_racks = |ps: &[PipetteSpec]| -> Vec<(PipetteSpec, f64)> {
+            ps.iter().filter_map(|p| self.capacity(p).map(|c| (p.clone(), c))).collect()
+        };
+        let single = pick(&with_racks(&self.pipettes), vmin, vmax).map(|(p, _)| p.tip_ul);
+        let usable: Vec<(PipetteSpec, f64)> = with_racks(&self.multis)
+            .into_iter()
+            .filter(|(p, _)| single.is_none_or(|tip| (p.tip_ul - tip).abs() < 1e-9))
+            .collect();
+        pick(&usable, vmin, vmax)
     }
 
     /// One aspirate and one dispense per pair (split by tip capacity).
@@ -958,13 +1122,14 @@ impl<'a> Lowerer<'a> {
         mix_before: Option<MixSpec>,
         mix_after: Option<MixSpec>,
         (from_span, to_span): (Span, Span),
+        head: Option<(PipetteSpec, f64)>,
         d: &mut Diagnostics,
     ) {
         // Tips and pipette choice belong to the step; volumes are blamed on the wells involved.
         let span = step.span;
         let vols: Vec<f64> = pairs.iter().map(|p| p.2).filter(|v| *v > 0.0).collect();
-        let Some((p, cap)) = self.choose(&vols, span, d) else { return };
-        let t = self.task(Some(InstrumentClass::LiquidHandler), label.to_string(), step);
+        let Some((p, cap)) = head.or_else(|| self.choose(&vols, span, d)) else { return };
+        let t = self.task_with(Some(InstrumentClass::LiquidHandler), label.to_string(), step, Some(&p.name));
         let mut tip_source: Option<Loc> = None;
         let mut has_tip = false;
         for &(s, dst, v) in pairs {
@@ -1001,13 +1166,20 @@ impl<'a> Lowerer<'a> {
     }
 
     /// Distribute (one aspirate, many dispenses) or consolidate (many aspirates, one dispense).
-    fn multi(&mut self, step: &Step, tr: &Transfer, pairs: &[(Loc, Loc, f64)], d: &mut Diagnostics) {
+    fn multi(
+        &mut self,
+        step: &Step,
+        tr: &Transfer,
+        pairs: &[(Loc, Loc, f64)],
+        head: Option<(PipetteSpec, f64)>,
+        d: &mut Diagnostics,
+    ) {
         let vols: Vec<f64> = pairs.iter().map(|p| p.2).filter(|v| *v > 0.0).collect();
         let span = step.span;
-        let Some((p, cap)) = self.choose(&vols, span, d) else { return };
+        let Some((p, cap)) = head.or_else(|| self.choose(&vols, span, d)) else { return };
         let distribute = tr.kind == TransferKind::Distribute;
         let label = if distribute { "distribute" } else { "consolidate" };
-        let t = self.task(Some(InstrumentClass::LiquidHandler), label.to_string(), step);
+        let t = self.task_with(Some(InstrumentClass::LiquidHandler), label.to_string(), step, Some(&p.name));
         // Flatten into parts no larger than a tip, then pack consecutive parts into tip loads.
         let parts: Vec<(Loc, Loc, f64)> =
             pairs.iter().flat_map(|&(s, dd, v)| split_volume(v, cap).into_iter().map(move |x| (s, dd, x))).collect();
@@ -1242,8 +1414,33 @@ impl<'a> Lowerer<'a> {
                 )),
             );
         }
-        Lowered { tasks: self.tasks }
+        let channels = self
+            .pipettes
+            .iter()
+            .chain(&self.multis)
+            .chain(self.declared.values())
+            .map(|p| (p.name.clone(), p.channels))
+            .collect();
+        Lowered { tasks: self.tasks, channels }
     }
+}
+
+/// A pipette with the most one aspiration of it takes (given the protocol's tips).
+type Head = (PipetteSpec, f64);
+
+/// Liquid from a well to a well: source, destination, µL.
+type Move = (Loc, Loc, f64);
+
+/// Among pipettes with their capacities: the smallest that takes every volume in one go, else
+/// the largest whose minimum fits (volumes are then split).
+fn pick(candidates: &[(PipetteSpec, f64)], vmin: f64, vmax: f64) -> Option<(PipetteSpec, f64)> {
+    let fits_all = candidates
+        .iter()
+        .filter(|(p, c)| p.min_ul <= vmin + 1e-9 && *c + 1e-9 >= vmax)
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    fits_all
+        .or_else(|| candidates.iter().filter(|(p, _)| p.min_ul <= vmin + 1e-9).max_by(|a, b| a.1.total_cmp(&b.1)))
+        .cloned()
 }
 
 /// What a pipette an Opentrons protocol loads becomes on this site.

@@ -214,20 +214,19 @@ fn no_tip_rack_for_any_pipette() {
     assert_eq!(codes(&text), ["P0306"]);
 }
 
-/// A step whose tips call for two pipettes that hang on different robots runs nowhere: refused
-/// at compile time, naming each handler's pipettes (on the Opentrons site the 300 µL tips are the
-/// OT-2's, the 1000 µL tips the Flex's).
+/// Two pipetting steps whose tips call for pipettes that hang on different robots are two
+/// tasks, one on each (on the Opentrons site the 300 µL tips are the OT-2's, the 1000 µL tips
+/// the Flex's); on a site where one handler carries both they share one task.
 #[test]
-fn a_step_needing_pipettes_no_one_handler_carries_is_refused() {
+fn steps_needing_pipettes_on_different_robots_are_separate_tasks() {
     let site = Site::from_toml(&std::fs::read_to_string(root().join("../sites/opentrons.toml")).unwrap()).unwrap();
     let text = "labwright: 1\nname: split\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  tips: { type: opentrons_96_tiprack_300ul }\n  big: { type: opentrons_96_tiprack_1000ul }\nsteps:\n  - transfer: { from: res/A1, to: res/A2, volume: 100 uL }\n  - transfer: { from: res/A1, to: res/A3, volume: 500 uL }\n";
     let c = protocols::compile(&SourceFile::new("split.yaml", text.to_string()), Format::Auto, &site, lib());
-    let d = c.diagnostics.iter().find(|d| d.code == "P0401").unwrap_or_else(|| panic!("{:?}", c.diagnostics));
-    assert!(d.message.contains("p300_single_gen2") && d.message.contains("p1000_single_flex"), "{}", d.message);
-    assert!(d.message.contains("ot2:") && d.message.contains("flex:"), "{}", d.message);
-    assert!(c.plan.is_none());
-    // The shipped site's lh1 carries both: the same protocol compiles there.
-    assert!(run("split.yaml", text).plan.is_some());
+    let plan = c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let pipettes: Vec<Vec<String>> = plan.tasks.iter().map(|t| t.pipettes.clone()).collect();
+    assert_eq!(pipettes, [vec!["p300_single_gen2".to_string()], vec!["p1000_single_flex".to_string()]]);
+    // The shipped site's lh1 carries both: one task.
+    assert_eq!(run("split.yaml", text).plan.unwrap().tasks.len(), 1);
 }
 
 #[test]
@@ -1110,4 +1109,70 @@ fn incubation_at_ambient_temperature_and_in_co2() {
         codes(&with_steps("  - incubate: { labware: plate, temperature: 37 °C, co2: lots, duration: 1 h }\n")),
         ["P0110"]
     );
+}
+
+/// The wells a task's aspirates or dispenses name, in order.
+fn named_wells(plan: &protocols::RunPlan, dispense: bool) -> Vec<String> {
+    plan.tasks
+        .iter()
+        .flat_map(|t| &t.commands)
+        .filter_map(|c| match &c.op {
+            CommandOp::Dispense { well, .. } if dispense => Some(well.clone()),
+            CommandOp::Aspirate { well, .. } if !dispense => Some(well.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Column-wise work goes to the site's multi-channel head (lh3's p300_multi), one move per
+/// column, and the liquid check follows every channel; anything else stays well by well.
+#[test]
+fn column_wise_work_uses_a_multi_channel_head() {
+    let c = run("t.yaml", &with_steps("  - transfer: { from: res/A1, to: plate/A1:H12, volume: 50 uL }\n"));
+    let plan = c.plan.unwrap();
+    assert_eq!(plan.tasks[0].pipettes, ["p300_multi"]);
+    assert_eq!(named_wells(&plan, true), (1..=12).map(|c| format!("A{c}")).collect::<Vec<_>>());
+    assert!(matches!(&plan.tasks[0].commands[0].op, CommandOp::PickUpTip { well, .. } if well == "A1"));
+    let tracked = c.tracked.unwrap();
+    assert!(tracked.wells[1].iter().all(|w| (w.volume() - 50.0).abs() < 1e-9), "every well of the plate got 50 µL");
+    assert!((tracked.wells[0][0].volume() - (10_000.0 - 96.0 * 50.0)).abs() < 1e-6, "the trough gave 96 × 50 µL");
+    // Half a column: well by well with a single channel.
+    let plan =
+        run("t.yaml", &with_steps("  - transfer: { from: res/A1, to: plate/A1:D1, volume: 50 uL }\n")).plan.unwrap();
+    assert_eq!(plan.tasks[0].pipettes, ["p300_single"]);
+    // Too much per channel is said per well, as it would be well by well.
+    let c = run("t.yaml", &with_steps("  - transfer: { from: res/A1, to: plate/A1:H1, volume: 400 uL }\n"));
+    let over: Vec<_> = c.diagnostics.iter().filter(|d| d.code == "P0301").collect();
+    assert_eq!(over.len(), 1, "{:#?}", c.diagnostics);
+    assert!(over[0].message.contains("8 wells"), "{}", over[0].message);
+    // 20 µL work stays on the 20 µL tips the protocol brought (no 20 µL head has 8 channels).
+    let plan =
+        run("t.yaml", &with_steps("  - transfer: { from: res/A1, to: plate/A1:H12, volume: 15 uL }\n")).plan.unwrap();
+    assert_eq!(plan.tasks[0].pipettes, ["p20_single"]);
+}
+
+/// On a 16-row plate the head's channels take alternate rows; dilution series side by side are
+/// diluted a column at a time.
+#[test]
+fn a_384_plate_takes_alternate_rows_and_series_go_column_by_column() {
+    let text = HEADER.replace(
+        "  tips20:",
+        "  p384: { type: corning_384_wellplate_112ul_flat }\n  tips2: { type: opentrons_96_tiprack_300ul }\n  tips20:",
+    ) + "  - distribute: { from: res/A1, to: p384/A1:P2, volume: 40 uL }\n";
+    let c = run("t.yaml", &text);
+    let plan = c.plan.unwrap_or_else(|| panic!("{:#?}", c.diagnostics));
+    assert_eq!(named_wells(&plan, true), ["A1", "B1", "A2", "B2"]);
+    let text = with_steps(
+        "  - transfer: { from: res/A1, to: plate/A2:H12, volume: 100 uL }\n  - transfer: { from: res/A2, to: plate/A1:H1, volume: 120 uL }\n  - serial_dilution: { plate: plate, rows: A:H, columns: 1:12, volume: 100 uL, tips: once }\n",
+    );
+    let c = run("t.yaml", &text);
+    let plan = c.plan.unwrap_or_else(|| panic!("{:#?}", c.diagnostics));
+    let dilution: Vec<String> = named_wells(&plan, true).into_iter().skip(12).collect();
+    assert_eq!(dilution, (2..=12).map(|c| format!("A{c}")).collect::<Vec<_>>(), "one move per column step");
+    let tracked = c.tracked.unwrap();
+    let dye = |well: usize| tracked.wells[1][well].contents.get("dye").copied().unwrap_or(0.0);
+    // Column 1 (wells 0–7: 120 µL of dye) gave 100 µL to column 2 (wells 8–15: 100 µL of
+    // water), which gave half of its 200 µL on: every row alike.
+    let rows: Vec<(f64, f64)> = (0..8).map(|w| (dye(w), dye(w + 8))).collect();
+    assert!(rows.iter().all(|(a, b)| (a - 20.0).abs() < 1e-6 && (b - 50.0).abs() < 1e-6), "{rows:?}");
 }

@@ -40,7 +40,7 @@ def test_the_installed_wheel_is_tested():
 
 def test_validate_and_quote(lab):
     v = lab.validate(EXAMPLES / "serial-dilution.yaml")
-    assert v.tasks >= 2 and v.commands > 100
+    assert v.tasks >= 2 and v.commands > 50
     q = lab.quote(EXAMPLES / "serial-dilution.yaml")
     assert q.total > 0 and q.currency and q.duration_s > 0
     assert q.validation.tasks == v.tasks

@@ -37,9 +37,21 @@ fn the_log_is_structured_json_and_the_metrics_move_when_a_run_executes() {
     ] {
         assert_eq!(metric(&after, name) - metric(&before, name), grew, "{name}: {after}");
     }
+    // Every liquid-handling command of the plan, once (86 with lh3's 8-channel head).
+    let plan = compile_example("serial-dilution.yaml");
+    let planned: usize = plan
+        .tasks
+        .iter()
+        .filter(|t| t.class == Some(labware::InstrumentClass::LiquidHandler))
+        .map(|t| t.commands.len())
+        .sum();
     let commands = "labwright_commands_total{family=\"liquid handler\",outcome=\"ok\"} ";
-    assert!(metric(&after, commands) > 100.0, "a serial dilution's commands are counted: {after}");
-    assert!(metric(&after, "labwright_command_seconds_count{family=\"liquid handler\"} ") > 100.0, "{after}");
+    assert_eq!(metric(&after, commands), planned as f64, "a serial dilution's commands are counted: {after}");
+    assert_eq!(
+        metric(&after, "labwright_command_seconds_count{family=\"liquid handler\"} "),
+        planned as f64,
+        "{after}"
+    );
     assert_eq!(metric(&after, "labwright_instruments "), 13.0, "{after}");
     assert!(metric(&after, "labwright_mqtt_connections ") >= 1.0, "the runtime's relay is connected: {after}");
     assert!(
