@@ -37,6 +37,9 @@ pub struct Protocol {
     /// Optical properties the protocol declares for some of its liquids (simulated readers
     /// compute each well's value from them), by liquid name.
     pub optics: std::collections::BTreeMap<String, labware::optics::Optics>,
+    /// How long a liquid may wait at room temperature once it is in a plate (`max_wait`), by
+    /// liquid name, seconds.
+    pub max_wait_s: std::collections::BTreeMap<String, f64>,
     pub steps: Vec<Step>,
     pub constraints: Vec<LagConstraint>,
     /// Definitions the file brings with it (Opentrons embeds them; Autoprotocol container types).
@@ -65,6 +68,7 @@ impl Protocol {
             labware: Vec::new(),
             liquids: Vec::new(),
             optics: Default::default(),
+            max_wait_s: Default::default(),
             steps: Vec::new(),
             constraints: Vec::new(),
             custom_labware: Vec::new(),

@@ -71,6 +71,9 @@ pub struct Tracked {
     pub added_ul: f64,
     /// Liquid drawn from wells of unknown content beyond what the protocol put there, µL.
     pub unspecified_drawn_ul: f64,
+    /// Where each liquid first reached each labware it was moved into: (liquid, slot) →
+    /// (task, command), for how long it then waits (`crate::waiting`).
+    pub arrivals: BTreeMap<(String, usize), (usize, usize)>,
 }
 
 impl Tracked {
@@ -176,8 +179,16 @@ pub fn liquids(
             per_step.add(env.describe(loc), by_ul, diag);
         }
     };
-    for task in tasks {
-        for (cmd, &span) in task.commands.iter().zip(&task.spans) {
+    let mut arrivals: BTreeMap<(String, usize), (usize, usize)> = BTreeMap::new();
+    let mut arrived = |given: &BTreeMap<String, f64>, loc: Loc, at: (usize, usize)| {
+        for (liquid, ul) in given {
+            if *ul > EPS {
+                arrivals.entry((liquid.clone(), loc.slot)).or_insert(at);
+            }
+        }
+    };
+    for (ti, task) in tasks.iter().enumerate() {
+        for (ci, (cmd, &span)) in task.commands.iter().zip(&task.spans).enumerate() {
             match &cmd.op {
                 CommandOp::Aspirate { pipette, labware, well, volume_ul } => {
                     for (channel, loc) in reach(pipette, labware, well).into_iter().enumerate() {
@@ -226,12 +237,14 @@ pub fn liquids(
                         let mut tip_state = WellState { contents: std::mem::take(tip), ..Default::default() };
                         let given = tip_state.take(*volume_ul);
                         *tip = tip_state.contents;
+                        arrived(&given, loc, (ti, ci));
                         fill(env, &mut t, loc, &given, span, &mut report);
                     }
                 }
                 CommandOp::BlowOut { pipette, labware, well } => {
                     for (channel, loc) in reach(pipette, labware, well).into_iter().enumerate() {
                         let given = std::mem::take(tips.entry((pipette.clone(), channel)).or_default());
+                        arrived(&given, loc, (ti, ci));
                         fill(env, &mut t, loc, &given, span, &mut report);
                     }
                 }
@@ -239,6 +252,7 @@ pub fn liquids(
                     let Some(loc) = locate(env, labware, well) else { continue };
                     t.added_ul += volume_ul;
                     let given = BTreeMap::from([(reagent.clone(), *volume_ul)]);
+                    arrived(&given, loc, (ti, ci));
                     fill(env, &mut t, loc, &given, span, &mut report);
                 }
                 CommandOp::DropTip { pipette } => {
@@ -257,6 +271,7 @@ pub fn liquids(
         t.waste_ul += tip.values().sum::<f64>();
     }
     per_step.emit(d);
+    t.arrivals = arrivals;
     t
 }
 

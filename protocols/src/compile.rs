@@ -225,6 +225,7 @@ pub fn build(
         .collect();
     let lowered = lower::lower(p, &env, site, d);
     let tracked = check::liquids(&env, &lowered.tasks, &lowered.channels, initial, d);
+    crate::waiting::check(p, &env, &lowered.tasks, &tracked, d);
     let mut plan = link(p, &env, lowered.tasks, site, d);
     if let Some(plan) = plan.as_mut() {
         for (lw, composition) in plan.labware.iter_mut().zip(loading) {

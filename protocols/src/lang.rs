@@ -78,6 +78,12 @@ fn parse_liquids(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
                 if !optics.is_empty() {
                     p.optics.insert(k.name.clone(), optics);
                 }
+                if let Some(w) = v.get("max_wait") {
+                    let what = format!("the `max_wait` of {what}");
+                    if let Some(s) = quantity(w, Dim::Duration, &what, (0.0, MAX_DURATION_S), d) {
+                        p.max_wait_s.insert(k.name.clone(), s);
+                    }
+                }
             }
             _ => d.push(
                 Diagnostic::error(

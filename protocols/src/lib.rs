@@ -27,6 +27,7 @@ pub mod shape;
 pub mod source;
 pub mod syntax;
 pub mod units;
+pub mod waiting;
 
 pub use compile::{compile, compile_bytes, Compilation, Format};
 pub use diag::{Diagnostic, Severity};

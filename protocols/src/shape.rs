@@ -107,6 +107,7 @@ pub const LIQUID: Obj = Obj {
         ),
         key("fluorescence", Ty::Quantity(Dim::Fluorescence), "its fluorescence undiluted: 40000 RFU"),
         key("luminescence", Ty::Quantity(Dim::Luminescence), "its luminescence undiluted: 250000 RLU/s"),
+        key("max_wait", DURATION, "how long it may wait at room temperature once in a plate (a warning says when the plan makes it wait longer)"),
     ],
 };
 

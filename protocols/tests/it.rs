@@ -1176,3 +1176,23 @@ fn a_384_plate_takes_alternate_rows_and_series_go_column_by_column() {
     let rows: Vec<(f64, f64)> = (0..8).map(|w| (dye(w), dye(w + 8))).collect();
     assert!(rows.iter().all(|(a, b)| (a - 20.0).abs() < 1e-6 && (b - 50.0).abs() < 1e-6), "{rows:?}");
 }
+
+/// Cells left at room temperature longer than their `max_wait` are a warning with the time:
+/// the 384-well dose-response's first liquid-handling task keeps them out about 2 h 36 min before
+/// the incubation.
+#[test]
+fn liquids_waiting_longer_than_their_max_wait_are_a_warning() {
+    let text = std::fs::read_to_string(root().join("examples/dose-response-384.yaml")).unwrap();
+    assert!(run("d.yaml", &text).diagnostics.is_empty(), "4 h is enough");
+    let c = run("d.yaml", &text.replace("max_wait: 4 h", "max_wait: 1 h"));
+    let w: Vec<_> = c.diagnostics.iter().filter(|d| d.code == "P0410").collect();
+    assert_eq!(w.len(), 1, "{:#?}", c.diagnostics);
+    assert!(!w[0].is_error() && c.plan.is_some(), "a warning: the plan stands");
+    assert!(
+        w[0].message.starts_with("`cells` waits at least 2 h")
+            && w[0].message.contains("in `cells` (from here to `incubate cells`)"),
+        "{}",
+        w[0].message
+    );
+    assert!(w[0].message.ends_with("its max_wait is 1 h"), "{}", w[0].message);
+}
