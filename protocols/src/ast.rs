@@ -261,6 +261,12 @@ pub enum Op {
         g: f64,
         duration_s: f64,
     },
+    /// Temperatures held in turn on a thermocycler (a PCR profile, cycles unrolled):
+    /// (°C, seconds held once there).
+    Thermocycle {
+        labware: Named,
+        stages: Vec<(f64, f64)>,
+    },
     Wait {
         duration_s: f64,
     },

@@ -855,6 +855,62 @@ fn parse_op(name: &str, name_span: Span, v: &Node, d: &mut Diagnostics) -> Optio
             let du = required(v, "duration", &what, d).and_then(|n| dur(n, "`duration`", d));
             Some(Op::Centrifuge { labware: labware?, g: g?, duration_s: du? })
         }
+        "thermocycle" => {
+            if !check_keys(v, &what, &shape::THERMOCYCLE.names(), d) {
+                return None;
+            }
+            let labware = required(v, "labware", &what, d).and_then(|n| named(n, "`labware`", d));
+            let profile = required(v, "profile", &what, d)?;
+            let Some(items) = profile.as_list().filter(|l| !l.is_empty()) else {
+                d.push(
+                    Diagnostic::error("P0103", profile.span, "`profile` is a list of holds and cycles").with_hint(
+                        "e.g. `profile: [{ temperature: 95 C, hold: 3 min }, { cycles: 30, steps: [...] }]`",
+                    ),
+                );
+                return None;
+            };
+            let hold = |n: &Node, d: &mut Diagnostics| -> Option<(f64, f64)> {
+                if !check_keys(n, "a hold", &shape::HOLD.names(), d) {
+                    return None;
+                }
+                let t = required(n, "temperature", "a hold", d).and_then(|x| temp(x, d));
+                let h = required(n, "hold", "a hold", d).and_then(|x| dur(x, "`hold`", d));
+                Some((t?, h?))
+            };
+            let mut stages = Vec::new();
+            let mut ok = true;
+            for item in items {
+                if item.get("cycles").is_some() {
+                    if !check_keys(item, "a cycle", &shape::CYCLES.names(), d) {
+                        ok = false;
+                        continue;
+                    }
+                    let times = required(item, "cycles", "a cycle", d).and_then(|t| count(t, "`cycles`", 1000, d));
+                    let steps = required(item, "steps", "a cycle", d).and_then(|s| s.as_list());
+                    let (Some(times), Some(steps)) = (times, steps) else {
+                        ok = false;
+                        continue;
+                    };
+                    let one: Vec<(f64, f64)> = steps.iter().filter_map(|s| hold(s, d)).collect();
+                    if one.len() != steps.len() {
+                        ok = false;
+                        continue;
+                    }
+                    for _ in 0..times {
+                        stages.extend(one.iter().copied());
+                    }
+                } else {
+                    match hold(item, d) {
+                        Some(h) => stages.push(h),
+                        None => ok = false,
+                    }
+                }
+            }
+            if !ok {
+                return None;
+            }
+            Some(Op::Thermocycle { labware: labware?, stages })
+        }
         "wait" => {
             let n = if v.as_map().is_some() {
                 if !check_keys(v, &what, &shape::WAIT.names(), d) {

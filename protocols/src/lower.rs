@@ -851,6 +851,33 @@ impl<'a> Lowerer<'a> {
                     span,
                 );
             }
+            Op::Thermocycle { labware, stages } => {
+                let temps: Vec<f64> = stages.iter().map(|s| s.0).collect();
+                let ok = |i: &labware::site::Instrument| temps.iter().all(|&t| capability::holds_temperature(i, t));
+                let (lo, hi) = temps.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &t| (a.min(t), b.max(t)));
+                let need = format!("holds {}–{} °C", crate::units::trim(lo), crate::units::trim(hi));
+                let span_t = step.field_span(&["profile"]);
+                let what = format!("thermocycle {}", labware.name);
+                if self.require(InstrumentClass::Thermocycler, span_t, d, &what, ok, &need).is_none() {
+                    return;
+                }
+                let Some((t, lw)) = self.labware_task(step, labware, InstrumentClass::Thermocycler, "thermocycle", d)
+                else {
+                    return;
+                };
+                // One hold per command: the thermocycler's driver reaches each temperature and
+                // keeps it (the estimate adds a set-point change for each).
+                for &(temperature, hold_s) in stages {
+                    let op = CommandOp::Incubate {
+                        labware: lw.clone(),
+                        temperature_c: Some(temperature),
+                        duration_s: hold_s,
+                        shake_rpm: None,
+                        co2_percent: None,
+                    };
+                    self.emit(t, op, false, hold_s + est::SET_POINT, span);
+                }
+            }
             Op::Wait { duration_s } => {
                 let t = self.task(None, format!("wait {}", crate::units::trim(*duration_s)), step);
                 self.tasks[t].barrier = true;

@@ -264,6 +264,29 @@ pub const CENTRIFUGE: Obj = Obj {
 
 pub const WAIT: Obj = Obj { keys: &[must("duration", DURATION, "how long")] };
 
+pub const THERMOCYCLE: Obj = Obj {
+    keys: &[
+        must("labware", Ty::Name, "the plate"),
+        must(
+            "profile",
+            Ty::List(&Ty::AnyOf(&[Ty::Obj(&HOLD), Ty::Obj(&CYCLES)])),
+            "holds in order; a `cycles` entry repeats its steps",
+        ),
+    ],
+};
+
+/// One temperature of a thermocycling profile.
+pub const HOLD: Obj =
+    Obj { keys: &[must("temperature", TEMPERATURE, "95 °C"), must("hold", DURATION, "how long once there: 30 s")] };
+
+/// Holds repeated.
+pub const CYCLES: Obj = Obj {
+    keys: &[
+        must("cycles", Ty::Count, "how many times"),
+        must("steps", Ty::List(&Ty::Obj(&HOLD)), "the holds of one cycle"),
+    ],
+};
+
 pub const MANUAL: Obj = Obj {
     keys: &[
         must("instruction", Ty::Text, "what a technician does"),
@@ -293,6 +316,7 @@ pub const OPERATIONS: &[(&str, Ty)] = &[
     ("read_fluorescence", Ty::Obj(&READ_FLUORESCENCE)),
     ("read_luminescence", Ty::Obj(&READ_LUMINESCENCE)),
     ("centrifuge", Ty::Obj(&CENTRIFUGE)),
+    ("thermocycle", Ty::Obj(&THERMOCYCLE)),
     ("wait", Ty::AnyOf(&[DURATION, Ty::Obj(&WAIT)])),
     ("manual", Ty::AnyOf(&[Ty::Text, Ty::Obj(&MANUAL)])),
     ("repeat", Ty::Obj(&REPEAT)),

@@ -1196,3 +1196,27 @@ fn liquids_waiting_longer_than_their_max_wait_are_a_warning() {
     );
     assert!(w[0].message.ends_with("its max_wait is 1 h"), "{}", w[0].message);
 }
+
+/// A `thermocycle` step: its profile's holds, cycles unrolled, on a thermocycler that reaches
+/// every temperature (the Opentrons site's tc1, 4–99 °C).
+#[test]
+fn thermocycle_runs_a_profile_on_a_thermocycler() {
+    let site = Site::from_toml(&std::fs::read_to_string(root().join("../sites/opentrons.toml")).unwrap()).unwrap();
+    let text = "labwright: 1\nname: pcr\nlabware:\n  pcr: { type: nest_96_wellplate_100ul_pcr_full_skirt }\nsteps:\n  - thermocycle:\n      labware: pcr\n      profile:\n        - { temperature: 95 C, hold: 3 min }\n        - cycles: 30\n          steps:\n            - { temperature: 95 C, hold: 15 s }\n            - { temperature: 60 C, hold: 30 s }\n        - { temperature: 4 C, hold: 5 min }\n";
+    let c = protocols::compile(&SourceFile::new("pcr.yaml", text.to_string()), Format::Auto, &site, lib());
+    let plan = c.plan.unwrap_or_else(|| panic!("{:#?}", c.diagnostics));
+    let t = &plan.tasks[0];
+    assert_eq!(
+        (t.class, t.instruments.as_slice()),
+        (Some(labware::InstrumentClass::Thermocycler), &["tc1".to_string()][..])
+    );
+    assert_eq!(t.commands.len(), 62);
+    assert!(
+        matches!(t.commands[1].op, CommandOp::Incubate { temperature_c: Some(t), duration_s, .. } if t == 95.0 && duration_s == 15.0)
+    );
+    // 105 °C is beyond the block; a site without a thermocycler says so.
+    let hot = text.replace("95 C, hold: 3 min", "105 C, hold: 3 min");
+    let c = protocols::compile(&SourceFile::new("pcr.yaml", hot), Format::Auto, &site, lib());
+    assert!(c.diagnostics.iter().any(|d| d.code == "P0401" && d.message.contains("4–105 °C")), "{:#?}", c.diagnostics);
+    assert_eq!(codes(text), ["P0401"], "the shipped site has no thermocycler");
+}

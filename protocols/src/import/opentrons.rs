@@ -52,6 +52,10 @@ struct Importer<'a> {
     pending_span: Option<Span>,
     /// Where each pipette last was, for the `…InPlace` commands of Opentrons' analyses.
     at: BTreeMap<String, WellRef>,
+    /// A thermocycler's block target (°C) and whether a hold was given with it.
+    block: Option<(f64, bool)>,
+    /// Warnings said once: labware pipetted off its module, a lid temperature not carried.
+    warned: std::collections::BTreeSet<String>,
 }
 
 /// Reads an Opentrons JSON protocol.
@@ -76,6 +80,8 @@ pub fn parse(root: &Node, lib: &Library, d: &mut Diagnostics) -> Protocol {
         pending: Vec::new(),
         pending_span: None,
         at: BTreeMap::new(),
+        block: None,
+        warned: Default::default(),
     };
     let version = root.get("schemaVersion").and_then(Node::as_f64);
     match version {
@@ -225,7 +231,119 @@ impl Importer<'_> {
         if let Some(def_id) = self.v6_labware.get(&lw).cloned() {
             self.declare(&lw, &def_id, c.span, d);
         }
+        let on_thermocycler = self
+            .on_module
+            .get(&lw)
+            .and_then(|m| self.modules.get(m))
+            .is_some_and(|model| model.starts_with("thermocycler"));
+        if on_thermocycler && self.warned.insert(format!("pipetted {lw}")) {
+            d.push(
+                Diagnostic::warning(
+                    "P0513",
+                    c.span,
+                    format!("`{lw}` sits on a thermocycler in this protocol; Labwright pipettes it on a liquid handler's deck, at room temperature, and thermocycles it on the site's thermocycler"),
+                )
+                .with_hint("if it must stay cold while it is filled, keep the liquids cold instead, or fill it quickly"),
+            );
+        }
         Some(WellRef { labware: lw, selection: w, span: c.span })
+    }
+
+    /// A thermocycler command: holds become a `thermocycle` step on the plate the module
+    /// holds (consecutive ones, one step); the lid and switching off are the site
+    /// thermocycler's own business.
+    fn thermocycler(&mut self, index: usize, kind: &str, c: &Node, span: Span, d: &mut Diagnostics) {
+        let Some(module) = required(c, "moduleId", index, kind, d) else { return };
+        let Some(labware) =
+            self.on_module.iter().find(|(_, m)| **m == module).map(|(l, _)| Named { name: l.clone(), span })
+        else {
+            d.push(Diagnostic::error(
+                "P0502",
+                span,
+                format!("command {index} (`thermocycler/{kind}`): no plate is on that thermocycler"),
+            ));
+            return;
+        };
+        let mut stages = Vec::new();
+        match kind {
+            "setTargetBlockTemperature" => {
+                let Some(celsius) = self.number(c, "celsius", d) else { return };
+                let hold = param(c, "holdTimeSeconds").and_then(Node::as_f64);
+                if let Some(h) = hold {
+                    stages.push((celsius, h));
+                }
+                self.block = Some((celsius, hold.is_some()));
+            }
+            "waitForBlockTemperature" => match self.block {
+                Some((celsius, false)) => stages.push((celsius, 0.0)),
+                _ => return,
+            },
+            "runProfile" | "runExtendedProfile" => {
+                let Some(profile) = param(c, "profile").and_then(Node::as_list) else {
+                    d.push(Diagnostic::error(
+                        "P0102",
+                        span,
+                        format!("command {index} (`thermocycler/{kind}`) has no `params.profile` list"),
+                    ));
+                    return;
+                };
+                let hold = |n: &Node| Some((n.get("celsius")?.as_f64()?, n.get("holdSeconds")?.as_f64()?));
+                for item in profile {
+                    match (item.get("repetitions").and_then(Node::as_f64), item.get("steps").and_then(Node::as_list)) {
+                        (Some(times), Some(steps)) => {
+                            let one: Vec<(f64, f64)> = steps.iter().filter_map(hold).collect();
+                            for _ in 0..(times.max(0.0) as usize).min(1000) {
+                                stages.extend(one.iter().copied());
+                            }
+                        }
+                        _ => match hold(item) {
+                            Some(h) => stages.push(h),
+                            None => {
+                                d.push(Diagnostic::error(
+                                    "P0103",
+                                    item.span,
+                                    "a profile step needs `celsius` and `holdSeconds`",
+                                ));
+                                return;
+                            }
+                        },
+                    }
+                }
+            }
+            "setTargetLidTemperature" | "waitForLidTemperature" => {
+                if self.warned.insert("lid".into()) {
+                    d.push(Diagnostic::warning(
+                        "P0513",
+                        span,
+                        "the thermocycler's lid temperature is not carried: the site's thermocycler runs its lid as it is set up",
+                    ));
+                }
+                return;
+            }
+            "openLid" | "closeLid" | "deactivateBlock" | "deactivateLid" => return,
+            other => {
+                d.push(Diagnostic::error(
+                    "P0502",
+                    span,
+                    format!("command {index} (`thermocycler/{other}`) is not supported"),
+                ));
+                return;
+            }
+        }
+        if stages.is_empty() {
+            return;
+        }
+        self.flush();
+        if let Some(Step { op: Op::Thermocycle { labware: l, stages: have }, span: s, .. }) =
+            self.protocol.steps.last_mut()
+        {
+            if l.name == labware.name {
+                have.extend(stages);
+                *s = s.join(span);
+                return;
+            }
+        }
+        self.step(Op::Thermocycle { labware, stages }, span);
     }
 
     /// The well a pipette is at, for a command that acts where the pipette is.
@@ -446,6 +564,10 @@ impl Importer<'_> {
                 };
                 self.pipetting(LowLevel::MoveLabware { labware: Named { name: lw, span }, to }, span);
             }
+            k if k.starts_with("thermocycler/") => {
+                let kind = k["thermocycler/".len()..].to_string();
+                self.thermocycler(index, &kind, c, span, d)
+            }
             k if k.starts_with("heaterShaker/") => {
                 let Some(module) = required(c, "moduleId", index, kind, d) else { return };
                 let labware =
@@ -483,7 +605,7 @@ impl Importer<'_> {
             other => {
                 let module = other.split('/').next().filter(|_| other.contains('/'));
                 let hint = match module {
-                    Some(m @ ("thermocycler" | "temperatureModule")) => format!("an Opentrons protocol's `{m}` commands are not imported yet: write the thermal steps as Labwright `incubate` steps, which the site's thermocyclers and temperature modules run"),
+                    Some(m @ "temperatureModule") => format!("an Opentrons protocol's `{m}` commands are not imported yet: write the thermal steps as Labwright `incubate` steps, which the site's temperature modules run"),
                     Some(m) => format!("`{m}` modules are not part of a Labwright site; use the site's instruments (incubate, shake, …) in a Labwright protocol"),
                     None => "remove the command, or rewrite this part in Labwright's language".to_string(),
                 };

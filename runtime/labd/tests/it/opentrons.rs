@@ -15,6 +15,12 @@ fn the_contract_holds_on_opentrons_robots_over_http() {
     let mut sources = contract_sources();
     let dilution = std::fs::read_to_string(root().join("protocols/examples/serial-dilution.yaml")).unwrap();
     sources.push(("serial-dilution.yaml".into(), dilution));
+    // A thermocycler's profile (holds one after the other): the OT-2's thermocycler.
+    let head = &sources[0].1[..sources[0].1.find("steps:\n").unwrap() + 7];
+    sources.push((
+        "thermocycle.yaml".into(),
+        format!("{head}  - thermocycle: {{ labware: plate, profile: [{{ temperature: 95 C, hold: 10 s }}, {{ cycles: 2, steps: [{{ temperature: 95 C, hold: 5 s }}, {{ temperature: 60 C, hold: 5 s }}] }}] }}\n"),
+    ));
     // 1000 µL tips only: the Flex's pipettes.
     sources.push((
         "flex.yaml".into(),
@@ -30,6 +36,10 @@ fn the_contract_holds_on_opentrons_robots_over_http() {
     assert!(
         claims.contains(&("incubate".to_string(), "temp1".to_string())),
         "the OT-2's temperature module never incubates: {claims:?}"
+    );
+    assert!(
+        claims.contains(&("incubate".to_string(), "tc1".to_string())),
+        "the OT-2's thermocycler never holds a profile's temperatures: {claims:?}"
     );
     for op in LIQUID_OPS {
         assert!(claims.contains(&(op.to_string(), "ot2".to_string())), "the OT-2 never gets `{op}`: {claims:?}");

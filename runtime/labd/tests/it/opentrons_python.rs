@@ -161,6 +161,33 @@ fn python_protocols_do_what_opentrons_analyzer_says() {
     assert_eq!(expected.dispensed, 8.0 * 150.0, "the parameter's value, not its default");
     let default = compile(&py, &file, &["--site", "sites/opentrons.toml"]);
     assert_eq!(planned(&default).dispensed, 8.0 * 100.0, "without --values, the parameter's default");
+
+    // PCR prep with the Thermocycler: the pipetting as the analyzer says, the profile (4 °C,
+    // then 30 cycles of 95/60 °C) as holds on the site's thermocycler.
+    let file = protocol("pcr_prep.py");
+    let plan = compile(&py, &file, &["--site", "sites/opentrons.toml"]);
+    assert_eq!(planned(&plan), analyzed(&py, &file, "", None), "pcr prep: the same pipetting");
+    let holds: Vec<(f64, f64)> = plan["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["class"] == "thermocycler")
+        .flat_map(|t| t["commands"].as_array().unwrap().iter())
+        .map(|c| (c["temperature_c"].as_f64().unwrap(), c["duration_s"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(holds.len(), 1 + 60, "{holds:?}");
+    assert_eq!(holds[0], (4.0, 0.0), "held at 4 °C first");
+    assert_eq!(&holds[1..3], &[(95.0, 30.0), (60.0, 30.0)]);
+    let o = labctl(&[
+        "validate",
+        file.to_str().unwrap(),
+        "--python",
+        py.to_str().unwrap(),
+        "--site",
+        "sites/opentrons.toml",
+    ]);
+    let said = text(&o.stderr);
+    assert!(o.status.success() && said.contains("warning[P0513]: `pcr_plate` sits on a thermocycler"), "{said}");
 }
 
 #[test]
@@ -189,15 +216,8 @@ fn python_protocol_errors_point_at_the_python() {
         text(&o.stderr)
     );
 
-    // What Labwright cannot run yet is named by its Opentrons command.
-    let file = protocol("pcr_prep.py");
-    let o = labctl(&["validate", file.to_str().unwrap(), "--python", py, "--site", "sites/opentrons.toml"]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = text(&o.stderr);
-    assert!(err.contains("`thermocycler/runProfile`) is not supported"), "{err}");
-    assert!(err.contains("write the thermal steps as Labwright `incubate` steps"), "{err}");
-
     // A missing analyzer says what to install.
+    let file = protocol("pcr_prep.py");
     let o = labctl(&["validate", file.to_str().unwrap(), "--python", "/nonexistent/python3"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("cannot run /nonexistent/python3"), "{}", text(&o.stderr));
