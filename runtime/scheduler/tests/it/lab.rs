@@ -692,9 +692,9 @@ fn a_nest_stays_taken_until_the_move_away_has_ended() {
     assert!(back.start >= away.end - 1e-6, "b fetched at {} before a was taken off at {}", back.start, away.end);
 }
 
-/// On the shipped site only lh1 and lh2 carry the single-channel p300 a serial dilution needs:
-/// the bound divides their work by two liquid handlers, not by the class's three, names the
-/// pair as the bottleneck, and still holds under a real schedule.
+/// On the shipped site only lh3 carries the 8-channel head the serial dilution is compiled for:
+/// the bound divides its work by that one liquid handler, not by the class's three, names it as
+/// the bottleneck, and still holds under a real schedule.
 #[test]
 fn the_bound_counts_which_instruments_can_run_a_task_not_only_its_class() {
     let site = Site::sim().unwrap();
@@ -719,9 +719,9 @@ fn the_bound_counts_which_instruments_can_run_a_task_not_only_its_class() {
     }
     let bounds: std::collections::BTreeMap<&str, f64> = p.lower_bounds().into_iter().collect();
     let (by_set, by_class) = (bounds["eligible-set load"], bounds["resource load"]);
-    assert!(by_set > 1.3 * by_class, "two eligible of three: {by_set} vs {by_class}");
+    assert!(by_set > 2.5 * by_class, "one eligible of three: {by_set} vs {by_class}");
     let (ids, bound) = p.bottleneck_set().unwrap();
-    assert_eq!(ids, vec!["lh1".to_string(), "lh2".to_string()]);
+    assert_eq!(ids, vec!["lh3".to_string()]);
     assert!((bound - by_set).abs() < 1e-6);
     let s = p.build(&p.default_order()).unwrap();
     assert!(s.makespan() + 1e-6 >= p.lower_bound(), "{} < {}", s.makespan(), p.lower_bound());
