@@ -65,15 +65,25 @@ impl Liquid {
     }
 }
 
+/// [`analyzed`] with custom labware definitions given to the analyzer.
+fn analyzed_with(py: &Path, file: &Path, labware: &[&Path]) -> Liquid {
+    analysis_of(py, file, "", None, labware)
+}
+
 /// What Opentrons' analyzer says the protocol does, run directly (labctl is not involved).
 /// `prelude` is Python appended to a scratch copy (a `get_values` of the test's own).
 fn analyzed(py: &Path, file: &Path, prelude: &str, rtp: Option<&str>) -> Liquid {
+    analysis_of(py, file, prelude, rtp, &[])
+}
+
+fn analysis_of(py: &Path, file: &Path, prelude: &str, rtp: Option<&str>, labware: &[&Path]) -> Liquid {
     let dir = fresh_dir(&format!("ot-analysis-{}", file.file_stem().unwrap().to_string_lossy()));
     let copy = dir.join(file.file_name().unwrap());
     std::fs::write(&copy, std::fs::read_to_string(file).unwrap() + prelude).unwrap();
     let out = dir.join("analysis.json");
     let mut cmd = Command::new(py);
     cmd.args(["-m", "opentrons.cli", "analyze", "--json-output"]).arg(&out).arg(&copy).current_dir(&dir);
+    cmd.args(labware);
     if let Some(values) = rtp {
         cmd.args(["--rtp-values", values]);
     }
@@ -242,4 +252,41 @@ fn a_python_protocol_runs_on_the_lab() {
     );
     assert_eq!(code, 0, "{so}{se}");
     assert!(so.contains("\"succeeded\""), "{so}");
+}
+
+/// A custom labware definition passed with `--labware` reaches the analyzer and travels with
+/// the protocol: the plan carries its definition and pipettes into its wells.
+#[test]
+fn custom_labware_travels_with_a_python_protocol() {
+    let Some(py) = analyzer() else { return };
+    let dir = fresh_dir("ot-custom-labware");
+    // Corning's definition from the corpus, as a lab's own plate.
+    let corning = root().join("../shared/corpus/labware/opentrons-v2/corning_96_wellplate_360ul_flat/5.json");
+    let mut def: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(corning).unwrap()).unwrap();
+    def["namespace"] = "custom_beta".into();
+    def["parameters"]["loadName"] = "acme_96_wellplate_300ul".into();
+    def["metadata"]["displayName"] = "ACME 96 Well Plate 300 µL".into();
+    let labware = dir.join("acme_96_wellplate_300ul.json");
+    std::fs::write(&labware, def.to_string()).unwrap();
+    let protocol = dir.join("custom.py");
+    std::fs::write(
+        &protocol,
+        "metadata = {'protocolName': 'custom plate'}\nrequirements = {'robotType': 'OT-2', 'apiLevel': '2.16'}\n\ndef run(ctx):\n    tips = ctx.load_labware('opentrons_96_tiprack_300ul', 1)\n    res = ctx.load_labware('nest_12_reservoir_15ml', 2)\n    plate = ctx.load_labware('acme_96_wellplate_300ul', 3, namespace='custom_beta', label='acme plate')\n    water = ctx.define_liquid('water', 'water', '#0000ff')\n    res['A1'].load_liquid(water, 5000)\n    p = ctx.load_instrument('p300_single_gen2', 'left', tip_racks=[tips])\n    p.transfer(50, res['A1'], plate.wells()[:3])\n",
+    )
+    .unwrap();
+    let args = ["--labware", labware.to_str().unwrap()];
+    let plan = compile(&py, &protocol, &args);
+    let lw = plan["labware"].as_array().unwrap().iter().find(|l| l["name"] == "acme_plate").unwrap().clone();
+    assert_eq!(lw["load_name"], "acme_96_wellplate_300ul", "{lw}");
+    let carried = plan["custom_labware"].as_array().unwrap();
+    assert!(carried.iter().any(|d| d["load_name"] == "acme_96_wellplate_300ul"), "the plan carries the definition");
+    assert_eq!(planned(&plan), analyzed_with(&py, &protocol, &[labware.as_path()]), "the same pipetting");
+    // Without the definition, the analyzer says it does not know the plate, on its line.
+    let o = labctl(&["validate", protocol.to_str().unwrap(), "--python", py.to_str().unwrap(), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(
+        (v["diagnostics"][0]["code"].as_str(), v["diagnostics"][0]["line"].as_u64()),
+        (Some("P0520"), Some(7)),
+        "{v}"
+    );
 }
