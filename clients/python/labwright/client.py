@@ -301,8 +301,7 @@ class Run:
 
     def reads(self) -> list[tuple[str, str, str]]:
         """The run's reads in order: (result id, labware, kind)."""
-        frame = self.results()
-        return list(frame[["result", "labware", "kind"]].drop_duplicates().itertuples(index=False, name=None))
+        return _reads(self.results())
 
     def plate(self, read: int | str = 0, wavelength: float | None = None) -> pd.DataFrame:
         """One read as the plate looks: rows A, B, … by columns 1, 2, …; `read` is its position
@@ -316,9 +315,13 @@ class Run:
             return head + (f"<p>{_esc(self.reason)}</p>" if self.reason else "")
         frame = self.results()
         parts = [head]
-        for n, (result, labware, kind) in enumerate(self.reads()):
+        for n, (result, labware, kind) in enumerate(_reads(frame)):
             parts.append(plate_html(frame, result, f"read {n}: {kind} of {labware}"))
         return "\n".join(parts)
+
+
+def _reads(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    return list(frame[["result", "labware", "kind"]].drop_duplicates().itertuples(index=False, name=None))
 
 
 def _esc(s: str) -> str:

@@ -268,7 +268,13 @@ impl Importer<'_> {
         match kind {
             "setTargetBlockTemperature" => {
                 let Some(celsius) = self.number(c, "celsius", d) else { return };
-                let hold = param(c, "holdTimeSeconds").and_then(Node::as_f64);
+                let hold = match param(c, "holdTimeSeconds") {
+                    Some(_) => match self.number(c, "holdTimeSeconds", d) {
+                        Some(h) => Some(h),
+                        None => return,
+                    },
+                    None => None,
+                };
                 if let Some(h) = hold {
                     stages.push((celsius, h));
                 }
@@ -287,12 +293,31 @@ impl Importer<'_> {
                     ));
                     return;
                 };
-                let hold = |n: &Node| Some((n.get("celsius")?.as_f64()?, n.get("holdSeconds")?.as_f64()?));
+                let hold = |n: &Node| {
+                    let (c, h) = (n.get("celsius")?.as_f64()?, n.get("holdSeconds")?.as_f64()?);
+                    (h >= 0.0).then_some((c, h))
+                };
                 for item in profile {
                     match (item.get("repetitions").and_then(Node::as_f64), item.get("steps").and_then(Node::as_list)) {
                         (Some(times), Some(steps)) => {
+                            if !(0.0..=1000.0).contains(&times) || times.fract() != 0.0 {
+                                d.push(Diagnostic::error(
+                                    "P0103",
+                                    item.span,
+                                    "`repetitions` is a whole number from 0 to 1000",
+                                ));
+                                return;
+                            }
                             let one: Vec<(f64, f64)> = steps.iter().filter_map(hold).collect();
-                            for _ in 0..(times.max(0.0) as usize).min(1000) {
+                            if one.len() != steps.len() {
+                                d.push(Diagnostic::error(
+                                    "P0103",
+                                    item.span,
+                                    "each profile step needs `celsius` and a non-negative `holdSeconds`",
+                                ));
+                                return;
+                            }
+                            for _ in 0..times as usize {
                                 stages.extend(one.iter().copied());
                             }
                         }

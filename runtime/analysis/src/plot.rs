@@ -23,12 +23,19 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// The most rows and columns a plate is drawn with (a 1536-well plate has 32 × 48): a well name
+/// beyond them (a reader's odd reply) is left out rather than drawn as a huge empty plate.
+const MAX_SIDE: usize = 64;
+
 /// `A12` → (0, 11); `AA1` → (26, 0).
 fn position(well: &str) -> Option<(usize, usize)> {
     let letters: String = well.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
     let col: usize = well[letters.len()..].parse().ok()?;
+    if letters.is_empty() || letters.len() > 2 || col == 0 || col > MAX_SIDE {
+        return None;
+    }
     let row = letters.to_ascii_uppercase().bytes().fold(0usize, |r, b| r * 26 + (b - b'A') as usize + 1);
-    (row >= 1 && col >= 1).then(|| (row - 1, col - 1))
+    (row <= MAX_SIDE).then(|| (row - 1, col - 1))
 }
 
 fn row_name(r: usize) -> String {

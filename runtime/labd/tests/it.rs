@@ -156,10 +156,12 @@ fn mqtt_port_of(seen: &str) -> u16 {
 /// The Python of the peers' virtual environment (`scripts/peers`), if present; missing is a
 /// failure when `LABWRIGHT_REQUIRE_PEERS=1` (CI).
 fn peers_python() -> Option<PathBuf> {
-    let py = std::env::var_os("LABWRIGHT_PEERS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".peers"))
-        .join("bin/python");
+    venv_python("LABWRIGHT_PEERS_VENV", ".peers")
+}
+
+/// The Python of one of `scripts/peers`' venvs: `$var`, else `dir` in the checkout.
+fn venv_python(var: &str, dir: &str) -> Option<PathBuf> {
+    let py = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| root().join(dir)).join("bin/python");
     if py.exists() {
         return Some(py);
     }
@@ -168,6 +170,7 @@ fn peers_python() -> Option<PathBuf> {
         "peer tests are required but {} is missing: run scripts/peers",
         py.display()
     );
+    eprintln!("skipped: no {} (scripts/peers installs it)", py.display());
     None
 }
 
@@ -233,6 +236,8 @@ fn contract_sources() -> Vec<(String, String)> {
     let head = "labwright: 1\nname: contract\nliquids:\n  water: water\nlabware:\n  res:\n    type: nest_12_reservoir_15ml\n    contents:\n      A1: { water: 10 mL }\n  plate:\n    type: corning_96_wellplate_360ul_flat\n    contents:\n      \"A1:H12\": { water: 100 uL }\n  tips: { type: opentrons_96_tiprack_300ul }\n  tips20: { type: opentrons_96_tiprack_20ul }\nsteps:\n";
     let labwright = [
         "  - transfer: { from: res/A1, to: plate/A1:A3, volume: 50 uL, mix_after: { times: 2, volume: 40 uL } }\n  - transfer: { from: res/A1, to: plate/B1, volume: 5 uL }\n  - mix: { wells: plate/C1, times: 2, volume: 50 uL }\n",
+        // Whole columns: lh3's 8-channel head (single channels elsewhere).
+        "  - transfer: { from: res/A1, to: plate/A1:H2, volume: 50 uL, mix_after: { times: 2, volume: 40 uL } }\n",
         // Small volumes only: the 20 µL single channel, which lh3 has too.
         "  - transfer: { from: res/A1, to: plate/D1:D2, volume: 5 uL, mix_after: { times: 2, volume: 10 uL } }\n",
         "  - incubate: { labware: plate, temperature: 37 °C, duration: 10 min }\n",

@@ -324,18 +324,32 @@ async fn run_analysis(State(api): State<Api>, headers: HeaderMap, Path(id): Path
         Ok(r) => r.into_inner().results,
         Err(s) => return http_error(s),
     };
-    let reads: Vec<serde_json::Value> = crate::results::reads(&info, &results)
-        .iter()
-        .enumerate()
-        .map(|(i, read)| {
-            let a = analysis::analyze(read);
-            let pictures: Vec<serde_json::Value> = analysis::plot::pictures(read, &a, i)
-                .into_iter()
-                .map(|(name, svg)| serde_json::json!({"name": name, "svg": svg}))
-                .collect();
-            serde_json::json!({"index": i, "analysis": a, "pictures": pictures})
-        })
-        .collect();
-    let run = serde_json::json!({"id": info.id, "name": info.name, "state": info.state});
-    Json(serde_json::json!({"run": run, "reads": reads})).into_response()
+    // Fitting is CPU work: off the async workers.
+    let analysed = tokio::task::spawn_blocking(move || {
+        let reads: Vec<serde_json::Value> = crate::results::reads(&info, &results)
+            .iter()
+            .enumerate()
+            .map(|(i, read)| {
+                let a = analysis::analyze(read);
+                let pictures: Vec<serde_json::Value> = analysis::plot::pictures(read, &a, i)
+                    .into_iter()
+                    .map(|(name, svg)| serde_json::json!({"name": name, "svg": svg}))
+                    .collect();
+                serde_json::json!({"index": i, "analysis": a, "pictures": pictures})
+            })
+            .collect();
+        let run = serde_json::json!({"id": info.id, "name": info.name, "state": info.state});
+        serde_json::json!({"run": run, "reads": reads})
+    })
+    .await;
+    match analysed {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "analysing a run's results stopped");
+            failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the results could not be analysed (a bug); the raw results are in labctl results",
+            )
+        }
+    }
 }

@@ -6,22 +6,9 @@
 use super::*;
 use std::collections::BTreeMap;
 
-/// The analyzer's Python; missing fails in CI (`LABWRIGHT_REQUIRE_PEERS=1`).
+/// The analyzer's Python (`.peers-analyzer`); missing fails in CI.
 fn analyzer() -> Option<PathBuf> {
-    let py = std::env::var_os("LABWRIGHT_ANALYZER_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".peers-analyzer"))
-        .join("bin/python");
-    if py.exists() {
-        return Some(py);
-    }
-    assert!(
-        std::env::var("LABWRIGHT_REQUIRE_PEERS").as_deref() != Ok("1"),
-        "the Opentrons analyzer is required but {} is missing: run scripts/peers",
-        py.display()
-    );
-    eprintln!("skipped: no {} (scripts/peers installs it)", py.display());
-    None
+    venv_python("LABWRIGHT_ANALYZER_VENV", ".peers-analyzer")
 }
 
 fn protocol(name: &str) -> PathBuf {
