@@ -145,6 +145,20 @@ pub trait Instrument: Send + Sync + std::fmt::Debug {
         };
         Ok(Whereabouts { text, tips_on: None })
     }
+    /// After labd restarted in the middle of a task: the task's commands the journal says were
+    /// carried out, in order, so the driver knows again what it knew before the restart (the
+    /// tip on the head, what it holds, where the head is). Sends nothing. Call after `prepare`.
+    async fn replay(&self, _done: &[CommandOp]) -> Result<(), InstrumentError> {
+        Ok(())
+    }
+    /// Whether `op`, sent before labd stopped and never answered, happened: what the instrument
+    /// reports of itself against what the driver expects before and after it (call after
+    /// [`Instrument::replay`] of the commands before it). A driver that cannot tell says so.
+    /// Where it did happen (or its rest is to be sent), the driver's own knowledge follows.
+    async fn settle(&self, op: &CommandOp) -> Result<Settled, InstrumentError> {
+        let _ = op;
+        Ok(Settled::Unknown("this instrument cannot say whether a command happened".into()))
+    }
     /// After a failed or aborted task: puts the instrument back in a known safe state where it
     /// can (tip dropped in the trash and head homed, shaking and heating stopped, plate ejected)
     /// and checks it with the device's own state query, so the next run, whoever's, starts
@@ -156,6 +170,29 @@ pub trait Instrument: Send + Sync + std::fmt::Debug {
             State::Busy => Err(unsafe_state("it still reports busy")),
             State::Fault(f) => Err(unsafe_state(&format!("it reports a fault: {f}"))),
             State::Offline => Err(unsafe_state("it reports offline")),
+        }
+    }
+}
+
+/// What recovery learns from an instrument about a command whose outcome was never recorded,
+/// each with the reason in words.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    /// It happened: the instrument is where the command leaves it.
+    Happened(String),
+    /// It did not happen: the instrument is where it was before; sending it is safe.
+    NotDone(String),
+    /// It stopped part-way and sending this finishes it (an arm with the plate in its gripper).
+    Rest(CommandOp, String),
+    /// Nobody can tell from the instrument: a person must look.
+    Unknown(String),
+}
+
+impl Settled {
+    /// The reason in words.
+    pub fn why(&self) -> &str {
+        match self {
+            Settled::Happened(w) | Settled::NotDone(w) | Settled::Rest(_, w) | Settled::Unknown(w) => w,
         }
     }
 }

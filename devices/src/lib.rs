@@ -23,6 +23,12 @@ pub mod sim;
 
 pub use error::{InstrumentError, Recovery};
 pub use instrument::{
-    Arm, Execution, Identity, Instrument, Measurement, Outcome, Progress, State, Status, TimeScale, Whereabouts,
+    Arm, Execution, Identity, Instrument, Measurement, Outcome, Progress, Settled, State, Status, TimeScale,
+    Whereabouts,
 };
 pub use route::{deadline, family, Family};
+
+/// Locks a mutex whose guarded state stays usable after a panic elsewhere (plain data).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -5,7 +5,7 @@
 use super::{spawn, Cancel};
 use crate::codec::pf400::{self, Reply};
 use crate::error::InstrumentError;
-use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, State, Status, Whereabouts};
+use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, Settled, State, Status, Whereabouts};
 use crate::link::Link;
 use protocols::plan::CommandOp;
 use std::collections::BTreeMap;
@@ -45,6 +45,10 @@ struct Inner {
     plates: std::sync::Mutex<BTreeMap<String, String>>,
     /// The gripper may be closed: set before closing it, cleared once it opened.
     gripping: std::sync::atomic::AtomicBool,
+    /// After a restart: the plate recovery found in the gripper, whose move only needs placing.
+    holding: std::sync::Mutex<Option<String>>,
+    /// After a restart: where the arm's last move (by the journal) left it.
+    last_at: std::sync::Mutex<Option<String>>,
     cancel: Cancel,
 }
 
@@ -72,6 +76,8 @@ impl ArmDriver {
                 link: Mutex::new((link, false)),
                 plates: std::sync::Mutex::new(BTreeMap::new()),
                 gripping: std::sync::atomic::AtomicBool::new(false),
+                holding: std::sync::Mutex::new(None),
+                last_at: std::sync::Mutex::new(None),
                 cancel: Cancel::default(),
             }),
         }
@@ -174,9 +180,11 @@ impl Inner {
         }
     }
 
+    /// Moves a plate from location `from` to `to`; with `from` `None` the plate is already in
+    /// the gripper (found there after a restart) and is only placed.
     async fn transfer(
         &self,
-        from: usize,
+        from: Option<usize>,
         to: usize,
         progress: &(dyn Fn(f64, String) + Sync),
     ) -> Result<(), InstrumentError> {
@@ -184,26 +192,32 @@ impl Inner {
         let (link, ready) = &mut *g;
         self.ready(link, ready).await?;
         let t = self.config.reply_timeout;
-        let steps: [(&str, bool); 10] = [
-            ("gripper 1", false),
-            (&format!("moveAppro {from} 1"), true),
-            (&format!("move {from} 1"), true),
-            ("gripper 2", false),
-            (&format!("moveAppro {from} 1"), true),
-            (&format!("moveAppro {to} 1"), true),
-            (&format!("move {to} 1"), true),
-            ("gripper 1", false),
-            (&format!("moveAppro {to} 1"), true),
-            ("nop", false),
+        let pick: Vec<(String, bool)> = match from {
+            Some(from) => vec![
+                ("gripper 1".into(), false),
+                (format!("moveAppro {from} 1"), true),
+                (format!("move {from} 1"), true),
+                ("gripper 2".into(), false),
+                (format!("moveAppro {from} 1"), true),
+            ],
+            None => Vec::new(),
+        };
+        let place = [
+            (format!("moveAppro {to} 1"), true),
+            (format!("move {to} 1"), true),
+            ("gripper 1".into(), false),
+            (format!("moveAppro {to} 1"), true),
+            ("nop".into(), false),
         ];
+        let steps: Vec<(String, bool)> = pick.into_iter().chain(place).collect();
         use std::sync::atomic::Ordering::SeqCst;
         for (i, (cmd, motion)) in steps.iter().enumerate() {
             self.cancel.check()?;
-            if *cmd == "gripper 2" {
+            if cmd == "gripper 2" {
                 self.gripping.store(true, SeqCst);
             }
             exchange(link, cmd, t).await?;
-            if *cmd == "gripper 1" {
+            if cmd == "gripper 1" {
                 self.gripping.store(false, SeqCst);
             }
             if *motion {
@@ -237,16 +251,71 @@ impl Instrument for ArmDriver {
         })?;
         let from = inner.index(&from_name)?;
         let to_idx = inner.index(to)?;
+        // A plate recovery found in the gripper is only placed.
+        let in_hand = crate::lock(&inner.holding).as_deref() == Some(labware.as_str());
         inner.cancel.reset();
         let (labware, to) = (labware.clone(), to.clone());
         Ok(spawn(move |tx| async move {
             let report = |f: f64, m: String| tx.progress(f, m);
-            inner.transfer(from, to_idx, &report).await?;
+            inner.transfer((!in_hand).then_some(from), to_idx, &report).await?;
+            if in_hand {
+                *crate::lock(&inner.holding) = None;
+            }
             if let Ok(mut p) = inner.plates.lock() {
                 p.insert(labware, to);
             }
             Ok(Outcome::default())
         }))
+    }
+
+    /// Only the last move matters: it says where the arm stopped before the one in doubt.
+    async fn replay(&self, done: &[CommandOp]) -> Result<(), InstrumentError> {
+        if let Some(CommandOp::MoveLabware { to, .. }) =
+            done.iter().rev().find(|op| matches!(op, CommandOp::MoveLabware { .. }))
+        {
+            *crate::lock(&self.inner.last_at) = Some(to.clone());
+        }
+        Ok(())
+    }
+
+    /// A move by the gripper and where the arm stands (once it has stopped): a plate in the
+    /// gripper is placed by sending the move again (it only places it); an open gripper over
+    /// the destination placed it, unless the arm stood there before the move began (then
+    /// nobody can tell); an open gripper anywhere else never took it (the plate is where it was).
+    async fn settle(&self, op: &CommandOp) -> Result<Settled, InstrumentError> {
+        let CommandOp::MoveLabware { labware, to } = op else { return Err(unsupported("a robot arm", op)) };
+        let inner = &self.inner;
+        let to_idx = inner.index(to)?;
+        let mut g = inner.link.lock().await;
+        let link = &mut g.0;
+        let t = inner.config.reply_timeout;
+        inner.settle(link).await?;
+        let joints = exchange(link, "wherej", t).await?.numbers()?;
+        let fully_closed = exchange(link, "IsFullyClosed", t).await?.data.trim() == "-1";
+        let taught = exchange(link, &format!("locAngles {to_idx}"), t).await?.numbers()?;
+        let (Some(&width), Some(&open)) = (joints.last(), taught.last()) else {
+            return Err(InstrumentError::Protocol(format!("wherej gave {joints:?}, locAngles {taught:?}")));
+        };
+        // Over a location: the same shoulder, elbow and wrist (the approach differs only in height).
+        let over = |at: &[f64]| joints.len() >= 4 && at.len() >= 4 && (1..4).all(|k| (joints[k] - at[k]).abs() < 0.05);
+        let said = format!("joints {}", joints.iter().map(|j| format!("{j:.3}")).collect::<Vec<_>>().join(" "));
+        let holding = !fully_closed && width < open - 1.0;
+        let was_there = crate::lock(&inner.last_at).as_deref() == Some(to.as_str());
+        Ok(if holding {
+            *crate::lock(&inner.holding) = Some(labware.clone());
+            Settled::Rest(op.clone(), format!("{said}; the gripper holds a plate: it is placed on {to}"))
+        } else if over(&taught) && was_there {
+            Settled::Unknown(format!(
+                "{said}, over {to} with the gripper open; the arm stood there before this move too"
+            ))
+        } else if over(&taught) {
+            if let Ok(mut p) = inner.plates.lock() {
+                p.insert(labware.clone(), to.clone());
+            }
+            Settled::Happened(format!("{said}: over {to} with the gripper open, the plate placed"))
+        } else {
+            Settled::NotDone(format!("{said}, not over {to}, gripper open: the plate was not taken"))
+        })
     }
 
     async fn status(&self) -> Result<Status, InstrumentError> {

@@ -10,7 +10,7 @@ use super::{spawn, Cancel};
 use crate::codec::smoothie::{self, ReplyReader};
 use crate::deck::{slot_origin, Deck, Point, CHANNEL_PITCH_MM, TRASH_SLOT};
 use crate::error::InstrumentError;
-use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, State, Status, Whereabouts};
+use crate::instrument::{unsupported, Execution, Identity, Instrument, Outcome, Settled, State, Status, Whereabouts};
 use crate::link::Link;
 use labware::site::Pipette;
 use labware::Library;
@@ -66,7 +66,7 @@ impl Default for LiquidConfig {
 }
 
 /// What the driver knows about the head.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Head {
     tool: Option<usize>,
     /// Length of the tip on the head, mm.
@@ -76,6 +76,79 @@ struct Head {
     plunger: f64,
     deck: Deck,
     homed: bool,
+    /// Where the last block of G-code left the head (known only after a replay: see
+    /// [`Instrument::replay`]; recovery compares it with `M114.2`).
+    at: Axes,
+}
+
+/// Head axes as a block of G-code leaves them; `None` where a block homed the axis (or nothing
+/// is known yet).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Axes {
+    x: Option<f64>,
+    y: Option<f64>,
+    z: Option<f64>,
+    b: Option<f64>,
+}
+
+impl Axes {
+    /// Where `lines` leave the head that was at `self`: the axes each `G0` sets; a homing
+    /// (`G28.2`) leaves the axes it homes unknown.
+    fn after(mut self, lines: &[String]) -> Axes {
+        for line in lines {
+            let mut words = line.split_whitespace();
+            let code = words.next().unwrap_or("");
+            for w in words {
+                let (axis, value) = w.split_at(1.min(w.len()));
+                let slot = match axis {
+                    "X" => &mut self.x,
+                    "Y" => &mut self.y,
+                    "Z" => &mut self.z,
+                    "B" => &mut self.b,
+                    _ => continue,
+                };
+                match code {
+                    "G0" => *slot = value.parse().ok(),
+                    "G28.2" => *slot = None,
+                    _ => {}
+                }
+            }
+        }
+        self
+    }
+
+    /// Whether the controller's report agrees with every axis known here (0.01 mm).
+    fn agrees(&self, reported: &Axes) -> bool {
+        let pairs = [(self.x, reported.x), (self.y, reported.y), (self.z, reported.z), (self.b, reported.b)];
+        pairs.iter().all(|(mine, theirs)| match (mine, theirs) {
+            (Some(a), Some(b)) => (a - b).abs() < 0.01,
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
+    }
+
+    /// Whether some axis known in both differs: only then can a report tell them apart.
+    fn differs(&self, other: &Axes) -> bool {
+        let pairs = [(self.x, other.x), (self.y, other.y), (self.z, other.z), (self.b, other.b)];
+        pairs.iter().any(|(a, b)| matches!((a, b), (Some(a), Some(b)) if (a - b).abs() >= 0.01))
+    }
+
+    /// `M114.2`'s `MCS: X:… Y:… Z:… A:… B:… C:…`.
+    fn parse_mcs(mcs: &str) -> Axes {
+        let field = |name: &str| {
+            mcs.split_whitespace()
+                .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+                .and_then(|v| v.parse().ok())
+        };
+        Axes { x: field("X"), y: field("Y"), z: field("Z"), b: field("B") }
+    }
+}
+
+impl std::fmt::Display for Axes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = |a: Option<f64>| a.map_or("?".to_string(), |v| format!("{v:.3}"));
+        write!(f, "X:{} Y:{} Z:{} B:{}", v(self.x), v(self.y), v(self.z), v(self.b))
+    }
 }
 
 #[derive(Debug)]
@@ -367,15 +440,9 @@ impl Instrument for LiquidHandlerDriver {
         // Plan against a copy of the head so a rejected command changes nothing.
         let lines = {
             let g = inner.link.lock().await;
-            let mut head = Head {
-                tool: g.1.tool,
-                tip_mm: g.1.tip_mm,
-                tip_ul: g.1.tip_ul,
-                plunger: g.1.plunger,
-                deck: g.1.deck.clone(),
-                homed: g.1.homed,
-            };
+            let mut head = g.1.clone();
             let lines = inner.plan(&mut head, op)?;
+            head.at = head.at.after(&lines);
             (lines, head)
         };
         Ok(spawn(move |tx| async move {
@@ -406,6 +473,61 @@ impl Instrument for LiquidHandlerDriver {
     async fn abort(&self) -> Result<(), InstrumentError> {
         self.inner.cancel.fire();
         Ok(())
+    }
+
+    /// Plans each command as it was sent before the restart, keeping what the head model
+    /// learns (tool, tip, plunger, where each block left the head). The controller kept its
+    /// homing across the restart, so nothing is homed again.
+    async fn replay(&self, done: &[CommandOp]) -> Result<(), InstrumentError> {
+        let mut g = self.inner.link.lock().await;
+        let head = &mut g.1;
+        for op in done {
+            let lines = self.inner.plan(head, op)?;
+            head.at = head.at.after(&lines);
+        }
+        Ok(())
+    }
+
+    /// Tip pick-ups and drops by the tip switch (`M119`); every other command by where the
+    /// head is (`M114.2`, answered once the controller's queue has run out): at the position
+    /// the command's block ends at, it happened; still where the block before it ended, it did
+    /// not. Where the two positions are the same (a mix in the well just dispensed into), or
+    /// the head is anywhere else, nobody can tell from the instrument.
+    async fn settle(&self, op: &CommandOp) -> Result<Settled, InstrumentError> {
+        let inner = &self.inner;
+        let mut g = inner.link.lock().await;
+        let mut after = g.1.clone();
+        let lines = inner.plan(&mut after, op)?;
+        after.at = g.1.at.after(&lines);
+        let before = g.1.at;
+        let t = inner.config.ack_timeout;
+        let position = send(&mut g.0, "M114.2", t).await?;
+        let mcs = position.iter().find_map(|l| l.split_once("MCS:").map(|(_, p)| p.trim().to_string()));
+        let mcs = mcs.ok_or_else(|| InstrumentError::Protocol(format!("M114.2 reply without MCS: {position:?}")))?;
+        let now = Axes::parse_mcs(&mcs);
+        let tips = switches(&mut g.0, t).await?.tips;
+        let said = format!("head at {now}, {tips} channel(s) carrying a tip");
+        let verdict = match op {
+            CommandOp::PickUpTip { .. } if tips > 0 => Settled::Happened(format!("{tips} channel(s) carry a tip")),
+            CommandOp::PickUpTip { .. } => Settled::NotDone("no channel carries a tip".into()),
+            CommandOp::DropTip { .. } if tips == 0 => Settled::Happened("no channel carries a tip".into()),
+            CommandOp::DropTip { .. } => Settled::NotDone(format!("{tips} channel(s) still carry a tip")),
+            _ if !before.differs(&after.at) => Settled::Unknown(format!(
+                "{said}; the command would leave the head where it already was ({}), so its position cannot say",
+                after.at
+            )),
+            _ if after.at.agrees(&now) => Settled::Happened(format!("{said}, where the command leaves it")),
+            _ if before.agrees(&now) => Settled::NotDone(format!("{said}, where it was before the command")),
+            _ => Settled::Unknown(format!(
+                "{said}: neither where the command leaves it ({}) nor where it was before ({before})",
+                after.at
+            )),
+        };
+        if matches!(verdict, Settled::Happened(_)) {
+            after.at = now;
+            g.1 = after;
+        }
+        Ok(verdict)
     }
 
     /// The head's position and plunger (`M114.2`) and which channels carry a tip (`M119`'s tip
@@ -471,6 +593,7 @@ impl Instrument for LiquidHandlerDriver {
         head.tip_mm = None;
         head.plunger = PLUNGER_BOTTOM;
         head.homed = true;
+        head.at = Axes::default();
         Ok(did.join(", "))
     }
 }

@@ -5,6 +5,9 @@ use super::{LineDevice, Response};
 
 /// Joints reported by `wherej`.
 const JOINTS: usize = 5;
+/// Gripper widths, mm: closed on an SBS plate, and closed on nothing (open is the taught 80).
+const HOLDING_WIDTH: f64 = 76.0;
+const CLOSED_WIDTH: f64 = 60.0;
 
 /// The simulated controller.
 #[derive(Debug)]
@@ -169,7 +172,12 @@ impl LineDevice for ArmSim {
                 Self::reply(0, "")
             }
             "wherej" => {
-                let j = self.joints(now);
+                // The fifth joint is the gripper's width: closed on a plate it stops at the
+                // plate's width, closed on nothing it closes all the way.
+                let mut j = self.joints(now);
+                if self.gripper_closed {
+                    j[JOINTS - 1] = if self.holding { HOLDING_WIDTH } else { CLOSED_WIDTH };
+                }
                 Self::reply(0, &j.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" "))
             }
             "halt" => {

@@ -7,6 +7,7 @@ mod modules;
 mod opentrons;
 mod pylabrobot;
 mod reader;
+mod recovery;
 mod roundtrip;
 mod sila_mapped;
 mod support;
