@@ -6,6 +6,7 @@
 
 pub mod arm;
 pub mod bench;
+pub mod hands;
 pub mod liquid;
 pub mod module;
 pub mod opentrons;

@@ -240,7 +240,7 @@ impl Api {
             let mut p = LabProblem::from_site(&site).map_err(|e| Status::internal(e.0))?;
             for r in &queue {
                 let Ok(rp) = serde_json::from_str::<protocols::plan::RunPlan>(&r.plan_json) else { continue };
-                let short = r.id.trim_start_matches("run_").chars().take(8).collect::<String>();
+                let short = crate::store::run_prefix(&r.id);
                 let rp = rp.scoped(&short);
                 // A run that cannot be modelled is left out of the estimate, which errs early.
                 if p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp).is_err() {

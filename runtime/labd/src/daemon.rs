@@ -92,6 +92,12 @@ enum Command {
         host: String,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         format: Output,
+        /// The liquid handlers append every liquid movement to DIR/<id>.liquid.log.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
+        /// Seed of the simulated readers' noise (the same seed and plates give the same values).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -212,14 +218,15 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Sim { site, time_scale, faults, host, format } => match sim(&site, time_scale, &faults, &host, format)
-        {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("labd sim: {e}");
-                1
+        Command::Sim { site, time_scale, faults, host, format, log_dir, seed } => {
+            match sim(&site, time_scale, &faults, &host, format, log_dir.as_deref(), seed) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("labd sim: {e}");
+                    1
+                }
             }
-        },
+        }
     }
 }
 
@@ -235,7 +242,17 @@ fn parse_faults(items: &[String]) -> anyhow::Result<BTreeMap<String, Faults>> {
     Ok(out)
 }
 
-fn sim(site_path: &PathBuf, scale: f64, faults: &[String], host: &str, format: Output) -> anyhow::Result<()> {
+/// The simulators of a site in this process, and the bench they share: the simulated
+/// technician of a `labd serve` whose `sim_bench` names the `bench` line loads plates there.
+fn sim(
+    site_path: &PathBuf,
+    scale: f64,
+    faults: &[String],
+    host: &str,
+    format: Output,
+    log_dir: Option<&std::path::Path>,
+    seed: u64,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     if !(scale.is_finite() && scale > 0.0) {
         anyhow::bail!("--time-scale {scale}: give a positive number (1.0 is real time)");
@@ -246,9 +263,29 @@ fn sim(site_path: &PathBuf, scale: f64, faults: &[String], host: &str, format: O
     let faults = parse_faults(faults)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let running =
-            devices::sim::site::start(&site, TimeScale(scale), &faults, host).await.map_err(anyhow::Error::msg)?;
-        for l in &running.listening {
+        if let Some(dir) = log_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create --log-dir {}", dir.display()))?;
+        }
+        let running = devices::sim::site::start_logged(&site, TimeScale(scale), &faults, host, log_dir)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        crate::lock(&running.bench).set_seed(seed);
+        let desk = devices::sim::hands::BenchDesk::new(running.bench.clone());
+        let (bench_at, bench_task) = devices::sim::spawn_tcp_owned(
+            desk,
+            devices::sim::Faults::default(),
+            devices::sim::SimClock::new(TimeScale(scale)),
+            |_, e| format!("{{\"ok\": false, \"error\": \"{e}\"}}\r\n").into_bytes(),
+            &format!("{host}:0"),
+        )
+        .await?;
+        let bench = devices::sim::site::Listening {
+            id: "bench".into(),
+            class: "bench".into(),
+            transport: "tcp",
+            address: bench_at.to_string(),
+        };
+        for l in running.listening.iter().chain([&bench]) {
             match format {
                 Output::Json => println!("{}", l.to_json()),
                 Output::Text => println!("{:<10} {:<15} {:<7} {}", l.id, l.class, l.transport, l.address),
@@ -260,6 +297,7 @@ fn sim(site_path: &PathBuf, scale: f64, faults: &[String], host: &str, format: O
         use std::io::Write;
         let _ = std::io::stdout().flush();
         crate::serve::wait_for_stop().await;
+        bench_task.abort();
         drop(running);
         Ok(())
     })

@@ -261,7 +261,7 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> any
 }
 
 fn short(id: &str) -> String {
-    id.trim_start_matches("run_").chars().take(8).collect()
+    crate::store::run_prefix(id)
 }
 
 /// Device time, readable: "2 h 05 min", "4 min 10 s".

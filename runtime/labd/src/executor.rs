@@ -17,8 +17,10 @@
 
 mod admission;
 mod attention;
+mod bench;
 mod dispatch;
 mod failure;
+mod finish;
 mod jobs;
 mod recovery;
 mod repair;
@@ -253,6 +255,8 @@ enum Report {
 enum Out {
     Down,
     Maintenance,
+    /// Recovery is finishing work that was under way on it when labd stopped.
+    Resuming,
 }
 
 /// What makes the plan change.
@@ -348,6 +352,8 @@ pub struct Executor {
     /// One lock per single-plate instrument, held for a whole task: whatever a plan or a repair
     /// says, two tasks never interleave their commands on one instrument.
     interlocks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Recovery finishing what runs left under way at the last stop (see [`finish`]).
+    finishing: tokio_util::task::TaskTracker,
 }
 
 fn change_name(c: &Change) -> &'static str {
@@ -384,7 +390,7 @@ impl Executor {
 
     /// An executor that shows its work on an existing board (a cell's next term on a node).
     pub fn with_board(store: Arc<dyn Store>, lab: Arc<Lab>, config: ExecutorConfig, board: Arc<Board>) -> Self {
-        Executor { store, lab, config, board, interlocks: Arc::default() }
+        Executor { store, lab, config, board, interlocks: Arc::default(), finishing: Default::default() }
     }
 
     /// What the lab is doing, for the API.
@@ -450,7 +456,14 @@ impl Executor {
             .board
             .unavailable_all()
             .into_iter()
-            .map(|(id, why)| (id, if why.starts_with("down") { Out::Down } else { Out::Maintenance }))
+            .map(|(id, why)| {
+                let out = match why {
+                    w if w.starts_with("down") => Out::Down,
+                    w if w == finish::RESUMING => Out::Resuming,
+                    _ => Out::Maintenance,
+                };
+                (id, out)
+            })
             .collect();
         loop {
             let mut events: Vec<Change> = Vec::new();
@@ -473,6 +486,17 @@ impl Executor {
             // logged and tried again next tick: the executor never ends over storage.
             if let Err(e) = self.sync_maintenance(&mut out_of_service, &mut events).await {
                 tracing::warn!(error = %e, "cannot read maintenance flags; trying again");
+            }
+            // Recovery gives an instrument back once it has finished the work left on it.
+            let finished: Vec<String> = out_of_service
+                .iter()
+                .filter(|(id, out)| **out == Out::Resuming && self.board.unavailable(id).is_none())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in finished {
+                out_of_service.remove(&id);
+                self.announce(&id, None);
+                events.push(Change::Up(id));
             }
             if last_probe.elapsed() >= self.config.probe_every {
                 last_probe = Instant::now();
@@ -562,6 +586,11 @@ impl Executor {
                 _ = tasks.wait() => {}
                 _ = async { while reports.recv().await.is_some() {} } => {}
             }
+        };
+        self.finishing.close();
+        let drained = async {
+            drained.await;
+            self.finishing.wait().await;
         };
         if tokio::time::timeout(Duration::from_secs(5), drained).await.is_err() {
             tracing::warn!(running = tasks.len(), "commands still on instruments after 5 s; recovery settles them");

@@ -36,6 +36,9 @@ pub struct Lab {
     pub arms: BTreeMap<String, Arc<dyn devices::Arm>>,
     /// The simulators, when the lab is simulated (kept alive with the drivers).
     pub simulated: Option<SimulatedSite>,
+    /// The bench of simulators running in their own process (`labd sim`), where the simulated
+    /// technician loads plates (`sim_bench` in labd.toml).
+    pub hands: Option<devices::sim::hands::Hands>,
     /// Where a simulated lab keeps its bench (what every plate holds) between runs of labd.
     bench_file: Option<std::path::PathBuf>,
     /// One save at a time: a later snapshot must never be overwritten by an earlier one.
@@ -145,7 +148,15 @@ impl Lab {
             })?;
             arms.insert(a.id.clone(), d);
         }
-        Ok(Lab { site, instruments, arms, simulated: None, bench_file: None, bench_saving: Default::default() })
+        Ok(Lab {
+            site,
+            instruments,
+            arms,
+            simulated: None,
+            hands: None,
+            bench_file: None,
+            bench_saving: Default::default(),
+        })
     }
 }
 

@@ -386,7 +386,9 @@ async fn connect_lab(site: &labware::Site, config: &Config, scale: TimeScale) ->
             .map(|i| (i.id.clone(), i.endpoint.clone()))
             .chain(site.arms.iter().map(|a| (a.id.clone(), a.endpoint.clone())))
             .collect();
-        Lab::connect(site.clone(), &endpoints, scale).await?
+        let mut lab = Lab::connect(site.clone(), &endpoints, scale).await?;
+        lab.hands = config.sim_bench.as_deref().map(devices::sim::hands::Hands::at);
+        lab
     };
     Ok((lab, all_sim))
 }

@@ -81,7 +81,7 @@ impl Executor {
             } else {
                 plan
             };
-            let short = run.id.trim_start_matches("run_").chars().take(8).collect::<String>();
+            let short = crate::store::run_prefix(&run.id);
             let plan = plan.scoped(&short);
             // Priority p doubles the tenant's fairness weight p times (−3 to 3): served sooner.
             let weight = tenant.weight * 2f64.powi(tenant.priority.clamp(-3, 3) as i32);

@@ -115,29 +115,8 @@ impl Executor {
                     .get(m.plate)
                     .copied()
                     .ok_or_else(|| JobError::Lab("a move names a plate the run does not have".into()))?;
-                let arm_id = &problem.arms[m.arm].id;
-                let arm = self
-                    .lab
-                    .arms
-                    .get(arm_id)
-                    .ok_or_else(|| JobError::Lab(format!("arm {arm_id} is not connected")))?
-                    .clone();
-                let (from, to) = (problem.nests[m.from].id.clone(), problem.nests[m.to].id.clone());
-                arm.locate(plate, &from);
-                let lib = labware::Library::shipped();
-                let def =
-                    plan.labware.iter().find(|l| l.name == plate).and_then(|l| plan.labware_def(&l.load_name, &lib));
-                if let Some(def) = def {
-                    arm.carries(plate, def, self.deck_slot(plan, plate, [&from, &to]));
-                }
-                let op = CommandOp::MoveLabware { labware: plate.into(), to };
-                let mut pending = None;
-                let result = self.command(run, -1, 0, arm_id, arm.as_ref(), &op, false, &mut pending).await;
-                self.flush(&mut pending).await?;
-                if result.is_err() {
-                    self.make_safe(run, arm_id, arm.as_ref()).await;
-                }
-                result
+                let (from, to) = (&problem.nests[m.from].id, &problem.nests[m.to].id);
+                self.move_plate(run, plan, plate, from, to, &problem.arms[m.arm].id).await
             }
             Job::Task { run: r, task: t, resource, on_arm } => {
                 if *on_arm {
@@ -148,6 +127,35 @@ impl Executor {
                 self.task(problem, runs, *r, *t, *resource).await
             }
         }
+    }
+
+    /// Moves one plate of a run from nest to nest on an arm, journaled; an arm left in doubt
+    /// is made safe.
+    pub(super) async fn move_plate(
+        &self,
+        run: &Run,
+        plan: &RunPlan,
+        plate: &str,
+        from: &str,
+        to: &str,
+        arm_id: &str,
+    ) -> Result<(), JobError> {
+        let arm =
+            self.lab.arms.get(arm_id).ok_or_else(|| JobError::Lab(format!("arm {arm_id} is not connected")))?.clone();
+        arm.locate(plate, from);
+        let lib = labware::Library::shipped();
+        let def = plan.labware.iter().find(|l| l.name == plate).and_then(|l| plan.labware_def(&l.load_name, &lib));
+        if let Some(def) = def {
+            arm.carries(plate, def, self.deck_slot(plan, plate, [from, to]));
+        }
+        let op = CommandOp::MoveLabware { labware: plate.into(), to: to.into() };
+        let mut pending = None;
+        let result = self.command(run, -1, 0, arm_id, arm.as_ref(), &op, false, &mut pending).await;
+        self.flush(&mut pending).await?;
+        if result.is_err() {
+            self.make_safe(run, arm_id, arm.as_ref()).await;
+        }
+        result
     }
 
     pub(super) async fn task(
@@ -171,14 +179,15 @@ impl Executor {
         };
         let driver: Option<Arc<dyn Instrument>> =
             instrument.as_ref().and_then(|id| self.lab.instruments.get(id).cloned());
-        let result = self.task_commands(run, plan, t, &instrument, &driver).await;
+        let result = self.task_commands(run, plan, t, &instrument, &driver, None).await;
         if let (Err(_), Some(id), Some(d)) = (&result, &instrument, &driver) {
             self.make_safe(run, id, d.as_ref()).await;
         }
         result
     }
 
-    /// Carries out one task's commands on its instrument (or by a technician's hand).
+    /// Carries out one task's commands on its instrument (or by a technician's hand); with
+    /// `resume_at`, a task that was under way when labd stopped goes on from that command.
     pub(super) async fn task_commands(
         &self,
         run: &Run,
@@ -186,16 +195,19 @@ impl Executor {
         t: usize,
         instrument: &Option<String>,
         driver: &Option<Arc<dyn Instrument>>,
+        resume_at: Option<usize>,
     ) -> Result<(), JobError> {
         let task = &plan.tasks[t];
         if resume::was_carried_out(task) {
             return Ok(()); // before labd restarted; its events are in the history already
         }
         let started = Instant::now();
-        let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
-        self.event(run, "task_started", ev).await?;
+        if resume_at.is_none() {
+            let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
+            self.event(run, "task_started", ev).await?;
+        }
         if let (Some(d), Some(class)) = (driver, task.class) {
-            self.put_on_bench(plan);
+            self.put_on_bench(plan).await?;
             if class == labware::InstrumentClass::LiquidHandler {
                 d.prepare(plan)
                     .await
@@ -205,8 +217,9 @@ impl Executor {
         // The last command's success, written with the next command's intent (one durable
         // write per command); flushed before anything that waits and at the end of the task.
         let mut pending: Option<String> = None;
-        // Commands already carried out with an earlier one (additions a technician does at once).
-        let mut done_up_to = 0;
+        // Commands already carried out with an earlier one (additions a technician does at once),
+        // or before labd restarted.
+        let mut done_up_to = resume_at.unwrap_or(0);
         for (ci, cmd) in task.commands.iter().enumerate() {
             if ci < done_up_to {
                 continue;
@@ -227,7 +240,9 @@ impl Executor {
                 }
                 Family::Technician => {
                     self.flush(&mut pending).await?;
-                    self.manual(run, t, &cmd.op).await?
+                    // The same instruction earlier in the task: its n-th occurrence is this one.
+                    let nth = task.commands[..ci].iter().filter(|c| c.op == cmd.op).count();
+                    self.manual(run, t, &cmd.op, nth).await?
                 }
                 _ => {
                     let id = instrument
@@ -265,29 +280,6 @@ impl Executor {
         Ok(())
     }
 
-    /// In a simulated lab, the simulated technician puts the run's labware on the bench with the
-    /// plan's starting contents, once (in a real lab the loading list goes to a person), and the
-    /// physics of the liquids (their declared optics) becomes the simulated readers'.
-    pub(super) fn put_on_bench(&self, plan: &RunPlan) {
-        let Some(sims) = self.lab.simulated.as_ref() else { return };
-        let Ok(mut bench) = sims.bench.lock() else { return };
-        for (liquid, optics) in &plan.optics {
-            bench.set_optics(liquid, optics.clone());
-        }
-        for lw in &plan.labware {
-            for (well, ul) in &lw.contents {
-                if bench.knows(&lw.name, well) {
-                    continue;
-                }
-                match lw.composition.get(well) {
-                    Some(mix) => mix.iter().for_each(|(liquid, ul)| bench.fill(&lw.name, well, liquid, *ul)),
-                    // Plans stored before compositions were: the volume, of unknown kind.
-                    None => bench.fill(&lw.name, well, devices::sim::bench::UNNAMED, *ul),
-                }
-            }
-        }
-    }
-
     /// Appends to the run's history; an error (the store failing past its retries) is the
     /// caller's to surface.
     pub(super) async fn event(&self, run: &Run, kind: &str, payload: serde_json::Value) -> Result<(), JobError> {
@@ -317,38 +309,53 @@ impl Executor {
             })
             .collect();
         let instruction = additions_text(&adds);
-        let (store, id) = (self.store.clone(), run.id.clone());
-        let text = instruction.clone();
-        let i = blocking(move || store.open_intervention(&id, Some(task as i64), None, "add reagent", &text)).await?;
-        match self.await_resolution(&i.id).await?.as_str() {
+        let i = self.ask_once(run, task, "add reagent", &instruction, 0).await?;
+        match self.await_resolution(&i).await?.as_str() {
             "abort" => Err(JobError::Aborted(format!("`{instruction}`"))),
             _ => {
-                if let Some(Ok(mut bench)) = self.lab.simulated.as_ref().map(|s| s.bench.lock()) {
-                    for (reagent, labware, well, ul) in &adds {
-                        bench.fill(labware, well, reagent, *ul);
-                    }
-                }
-                Ok(())
+                let poured: Vec<(&str, &str, &str, f64)> = adds.iter().map(|&(r, l, w, ul)| (l, w, r, ul)).collect();
+                self.pour(&poured).await
             }
         }
     }
 
     /// A manual step: a technician does it and says so in the console (an intervention).
-    pub(super) async fn manual(&self, run: &Run, task: usize, op: &CommandOp) -> Result<(), JobError> {
+    /// `nth`: how many times the task gives the same instruction before this one.
+    pub(super) async fn manual(&self, run: &Run, task: usize, op: &CommandOp, nth: usize) -> Result<(), JobError> {
         let CommandOp::Manual { instruction } = op else { return Ok(()) };
-        let (store, id, text) = (self.store.clone(), run.id.clone(), instruction.clone());
-        let i = blocking(move || store.open_intervention(&id, Some(task as i64), None, "manual step", &text)).await?;
-        match self.await_resolution(&i.id).await?.as_str() {
+        let i = self.ask_once(run, task, "manual step", instruction, nth).await?;
+        match self.await_resolution(&i).await?.as_str() {
             "abort" => Err(JobError::Aborted(format!("the manual step `{instruction}`"))),
             _ => Ok(()),
         }
     }
 
+    /// Asks a technician (an intervention), unless labd already asked before it restarted: the
+    /// `nth` earlier request of the task with the same words is this one (open: still waited
+    /// for; resolved: the answer stands). Returns the intervention's id.
+    async fn ask_once(&self, run: &Run, task: usize, what: &str, todo: &str, nth: usize) -> Result<String, JobError> {
+        let (store, id, what, todo) = (self.store.clone(), run.id.clone(), what.to_string(), todo.to_string());
+        let i = blocking(move || {
+            let asked: Vec<_> = store
+                .interventions(None, false)?
+                .into_iter()
+                .filter(|i| i.run_id == id && i.task_id == Some(task as i64) && i.what == what && i.todo == todo)
+                .collect();
+            match asked.into_iter().nth(nth) {
+                Some(i) => Ok(i),
+                None => store.open_intervention(&id, Some(task as i64), None, &what, &todo),
+            }
+        })
+        .await?;
+        Ok(i.id)
+    }
+
     /// The deck slot a liquid handler at one of `nests` puts `plate` in for this run (the same
     /// deck its driver loads), for movers that place plates on a robot's deck.
-    fn deck_slot(&self, plan: &protocols::plan::RunPlan, plate: &str, nests: [&String; 2]) -> Option<u32> {
+    fn deck_slot(&self, plan: &protocols::plan::RunPlan, plate: &str, nests: [&str; 2]) -> Option<u32> {
         let lh = self.lab.site.instruments.iter().find(|i| {
-            i.class == labware::InstrumentClass::LiquidHandler && nests.iter().any(|n| i.nest_ids().contains(n))
+            i.class == labware::InstrumentClass::LiquidHandler
+                && nests.iter().any(|n| i.nest_ids().iter().any(|x| x == n))
         })?;
         let deck =
             devices::deck::Deck::for_plan(plan, &labware::Library::shipped(), lh.deck_slots.unwrap_or(11)).ok()?;
@@ -357,7 +364,7 @@ impl Executor {
 
     /// Holds a run in `awaiting_recovery` while a person decides on a step left in doubt, and
     /// lets it go on after (a run cancelled meanwhile stays cancelling).
-    async fn hold(&self, run_id: &str, held: bool, why: &str) -> Result<(), JobError> {
+    pub(super) async fn hold(&self, run_id: &str, held: bool, why: &str) -> Result<(), JobError> {
         let (store, id, why) = (self.store.clone(), run_id.to_string(), why.to_string());
         if blocking(move || store.hold_run(&id, held, Some(&why))).await?.is_some() {
             tracing::info!(run = %run_id, held, "run held for recovery");

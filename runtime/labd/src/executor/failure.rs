@@ -69,7 +69,7 @@ impl From<StoreError> for JobError {
 /// robot's one run holds every task's labware) may name another run's labware in an error, as
 /// `<run prefix>.<name>`; those names become "another run's labware".
 pub(crate) fn in_tenant_words(text: &str, run_id: &str) -> String {
-    let own: String = run_id.trim_start_matches("run_").chars().take(8).collect();
+    let own = crate::store::run_prefix(run_id);
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;

@@ -1,72 +1,42 @@
-//! Recovery after a restart: each run that was running is queued again, resumed, or failed
-//! with the reason (the decisions are [`super::resume`]'s; this is where they are read from the
-//! store and written back).
+//! Recovery after a restart: each run that was running is queued again, resumed, or has what
+//! it left under way finished first ([`super::finish`]); the decisions are [`super::resume`]'s,
+//! this is where they are read from the store and written back.
 
 use super::*;
 
 impl Executor {
-    /// After a restart, each run that was running when the runtime stopped:
+    /// After a restart (or when this node takes over a cell), each run that had begun:
     /// - had not touched anything (no command, no plate move, no manual step): queued again;
     /// - stopped between its tasks, nothing in flight, its plates in storage: resumed — queued
     ///   again with what it finished kept (admission plans only the rest; see [`resume`]);
-    /// - otherwise: failed with a reason naming any command whose outcome is unknown (never
-    ///   silently resent), and a technician gets an intervention for each such command that is
-    ///   not safe to repeat.
+    /// - otherwise: what it left under way is finished in the background — each command in
+    ///   doubt settled by asking its instrument, a task under way going on from its next
+    ///   command, plates brought home — with the instruments involved out of the plan until
+    ///   then; then it is resumed as above. Only what no instrument can settle goes to a person.
     ///
-    /// Each instrument with a command in flight is first asked where it is
-    /// ([`devices::Instrument::whereabouts`]); its answer goes into the technician's
-    /// intervention. Queued runs are untouched and run normally. Returns the runs it failed.
+    /// Queued runs are untouched and run normally. Returns the runs it failed (a stored plan
+    /// that cannot be read).
     pub async fn recover(&self) -> Result<Vec<String>, ExecutorError> {
-        let store = self.store.clone();
-        let open = blocking(move || store.open_attempts()).await?;
-        // All at once: an instrument that does not answer costs its 10 s once, not per instrument.
-        let mut asking = tokio::task::JoinSet::new();
-        for id in open.iter().map(|a| a.intent.instrument.clone()).collect::<BTreeSet<_>>() {
-            let ex = self.clone();
-            asking.spawn(async move {
-                let report = ex.whereabouts(&id).await;
-                (id, report)
-            });
-        }
-        let mut reports = BTreeMap::new();
-        while let Some(answered) = asking.join_next().await {
-            match answered {
-                Ok((id, report)) => {
-                    reports.insert(id, report);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "asking an instrument where it is stopped; its commands are asked about")
-                }
-            }
-        }
         let ex = self.clone();
-        blocking(move || ex.recover_with(open, &reports)).await
-    }
-
-    /// What an instrument says of where it is, or why it did not say (within 10 s).
-    async fn whereabouts(&self, id: &str) -> Result<devices::Whereabouts, Silent> {
-        let driver: Option<Arc<dyn Instrument>> = match self.lab.instruments.get(id) {
-            Some(d) => Some(d.clone()),
-            None => self.lab.arms.get(id).map(|a| a.clone() as Arc<dyn Instrument>),
-        };
-        let Some(d) = driver else { return Err(Silent::NotConnected) };
-        match tokio::time::timeout(Duration::from_secs(10), d.whereabouts()).await {
-            Ok(Ok(report)) => Ok(report),
-            Ok(Err(e)) => Err(Silent::CouldNotSay(e)),
-            Err(_) => Err(Silent::NoAnswer),
+        let (failed, finishing) = blocking(move || ex.recover_with()).await?;
+        for (run, plan, held) in finishing {
+            for id in &held {
+                self.board.set_unavailable(id, Some(finish::RESUMING.to_string()));
+            }
+            tracing::warn!(run = %run.id, tenant = %run.tenant_id, instruments = ?held, "finishing what the run had under way when labd stopped");
+            self.finishing.spawn(self.clone().finish(run, plan, held));
         }
+        Ok(failed)
     }
 
-    /// Recovery's decisions, given what each instrument with a command in flight said of itself
-    /// (or why it said nothing).
-    fn recover_with(
-        &self,
-        open: Vec<crate::store::Attempt>,
-        reports: &BTreeMap<String, Result<devices::Whereabouts, Silent>>,
-    ) -> Result<Vec<String>, ExecutorError> {
+    /// Recovery's decisions from the store; returns the runs failed and the runs whose leftover
+    /// work is to be finished (with the instruments it holds).
+    #[allow(clippy::type_complexity)]
+    fn recover_with(&self) -> Result<(Vec<String>, Vec<(Run, RunPlan, Vec<String>)>), ExecutorError> {
         let asked = self.store.interventions(None, false)?;
         let storage = self.storage_nests();
         let mut failed = Vec::new();
+        let mut finishing = Vec::new();
         let live = [RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling];
         for run in self.store.runs(None, &live)? {
             if self.config.cell.is_some() && run.cell != self.config.cell {
@@ -82,74 +52,51 @@ impl Executor {
                 self.store.set_run_state(&run.id, state, Some(reason))?;
                 continue;
             }
-            if matches!(run.state, RunState::Running | RunState::AwaitingRecovery) {
-                let progress = resume::progress(&self.store.events(None, &run.id, 0)?);
-                let why = match serde_json::from_str::<RunPlan>(&run.plan_json) {
-                    Ok(plan) => match resume::blocker(&plan, &progress, &attempts, &storage) {
-                        None => {
-                            self.resume(&run, &plan, &progress)?;
-                            continue;
-                        }
-                        Some(why) => why,
-                    },
-                    Err(e) => format!("its stored plan cannot be read: {e}"),
-                };
-                tracing::info!(run = %run.id, why = %why, "the run cannot resume by itself");
-            }
-            let mine: Vec<_> = open.iter().filter(|a| a.intent.run_id == run.id).collect();
-            let mut unsettled = Vec::new();
-            for a in &mine {
-                let inst = &a.intent.instrument;
-                let report = reports.get(inst);
-                let said = match report {
-                    Some(Ok(w)) => w.text.clone(),
-                    Some(Err(why)) => why.to_string(),
-                    None => "nothing".into(),
-                };
-                // Where the instrument's own answer settles it, nobody needs to look.
-                if let Some((outcome, why)) =
-                    report.and_then(|r| r.as_ref().ok()).and_then(|w| resume::settle(&a.intent.op_json, w))
-                {
-                    let note = format!("settled at recovery: {why} ({inst} reports: {said})");
-                    self.store.record_outcome(&a.id, outcome, Some(&note))?;
+            let plan = match serde_json::from_str::<RunPlan>(&run.plan_json) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let why = format!("labd restarted mid-run and its stored plan cannot be read: {e}");
+                    self.store.set_run_state(&run.id, RunState::Failed, Some(&why))?;
+                    failed.push(run.id);
                     continue;
                 }
-                self.store.record_outcome(&a.id, "unknown", Some("labd stopped before the outcome was recorded"))?;
-                unsettled.push(*a);
-                if !a.intent.repeatable {
-                    self.store.open_intervention(
-                        &run.id,
-                        (a.intent.task_id >= 0).then_some(a.intent.task_id),
-                        Some(inst),
-                        &format!(
-                            "labd restarted while {inst} was running {}; {inst} reports: {said}; that does not say whether it happened",
-                            a.intent.op_json
-                        ),
-                        "check the instrument and the plate; the run was stopped and will not resend this command",
-                    )?;
-                }
-            }
-            let reason = match (unsettled.first(), mine.first()) {
-                (Some(a), _) => format!(
-                    "labd restarted mid-run; {} may or may not have run {}",
-                    a.intent.instrument, a.intent.op_json
-                ),
-                (None, Some(a)) => format!(
-                    "labd restarted mid-run while {} was running {} (its outcome is known; the task cannot go on by itself yet)",
-                    a.intent.instrument, a.intent.op_json
-                ),
-                (None, None) => "labd restarted mid-run between commands".to_string(),
             };
-            let state = if run.state == RunState::Cancelling { RunState::Cancelled } else { RunState::Failed };
-            self.store.set_run_state(&run.id, state, Some(&reason))?;
-            failed.push(run.id);
+            let progress = resume::progress(&self.store.events(None, &run.id, 0)?);
+            let scoped = plan.scoped(&crate::store::run_prefix(&run.id));
+            let left = resume::leftover(&scoped, &progress, &attempts, &storage);
+            let in_doubt: Vec<&crate::store::Attempt> = attempts.iter().filter(|a| a.outcome.is_none()).collect();
+            if in_doubt.is_empty() && left.is_empty() {
+                if run.state == RunState::Cancelling {
+                    self.store.set_run_state(
+                        &run.id,
+                        RunState::Cancelled,
+                        Some("cancelled; labd stopped between its tasks"),
+                    )?;
+                } else {
+                    self.resume(&run, &plan, &progress)?;
+                }
+                continue;
+            }
+            // What stays out of the plan until this run's leftover is finished: the instruments
+            // of its tasks under way, those a plate of it stands on, those with a command in
+            // doubt (arms are shared by everyone's moves and stay in the plan).
+            let nest_owner = |nest: &str| {
+                self.lab.site.instruments.iter().find(|i| i.nest_ids().iter().any(|n| n == nest)).map(|i| i.id.clone())
+            };
+            let mut held: BTreeSet<String> = left.tasks.iter().filter_map(|u| u.instrument.clone()).collect();
+            held.extend(left.plates.values().filter_map(|n| nest_owner(n)));
+            held.extend(
+                in_doubt.iter().map(|a| a.intent.instrument.clone()).filter(|i| !self.lab.arms.contains_key(i)),
+            );
+            held.retain(|i| self.lab.instruments.contains_key(i));
+            finishing.push((run, plan, held.into_iter().collect()));
         }
-        Ok(failed)
+        Ok((failed, finishing))
     }
 
     /// Puts a run that stopped between its tasks back in the queue, telling its tenant what was
     /// kept and any time limit between tasks the restart broke.
-    fn resume(&self, run: &Run, plan: &RunPlan, progress: &resume::Progress) -> Result<(), ExecutorError> {
+    pub(super) fn resume(&self, run: &Run, plan: &RunPlan, progress: &resume::Progress) -> Result<(), ExecutorError> {
         let (_, lost) = resume::remainder(plan, &progress.finished, crate::store::now_ms(), self.config.scale.0);
         for l in &lost {
             let label = |t: usize| plan.tasks.get(t).map_or_else(|| format!("task {t}"), |t| t.label.clone());
@@ -170,20 +117,9 @@ impl Executor {
     }
 
     /// The nests where plates wait between tasks (a plate there is safe to plan from).
-    fn storage_nests(&self) -> BTreeSet<String> {
+    pub(super) fn storage_nests(&self) -> BTreeSet<String> {
         LabProblem::from_site(&self.lab.site)
             .map(|p| p.nests.get(p.storage).map(|n| n.id.clone()).into_iter().collect())
             .unwrap_or_default()
     }
-}
-
-/// Why an instrument said nothing of where it is at recovery.
-#[derive(Debug, thiserror::Error)]
-enum Silent {
-    #[error("not connected to this node")]
-    NotConnected,
-    #[error("could not say ({0})")]
-    CouldNotSay(devices::InstrumentError),
-    #[error("no answer within 10 s")]
-    NoAnswer,
 }

@@ -19,6 +19,8 @@ pub struct Progress {
     pub finished: BTreeMap<usize, Millis>,
     /// Tasks that began and did not end.
     pub under_way: BTreeSet<usize>,
+    /// The instrument each task began on (none: a delay, or a task its event did not say).
+    pub began_on: BTreeMap<usize, String>,
 }
 
 /// Reads the `task_started` and `task_finished` events of a run's history.
@@ -32,6 +34,12 @@ pub fn progress(events: &[Event]) -> Progress {
         match (e.kind.as_str(), task) {
             ("task_started", Some(t)) => {
                 p.under_way.insert(t);
+                let on = serde_json::from_str::<serde_json::Value>(&e.payload_json)
+                    .ok()
+                    .and_then(|v| v["instrument"].as_str().map(str::to_string));
+                if let Some(on) = on {
+                    p.began_on.insert(t, on);
+                }
             }
             ("task_finished", Some(t)) => {
                 p.under_way.remove(&t);
@@ -43,48 +51,90 @@ pub fn progress(events: &[Event]) -> Progress {
     p
 }
 
-/// Why a run that had begun cannot simply go on, or `None` when it can. A delay under way
-/// (a task no instrument runs: `wait`) is no obstacle: it is waited again in full, which
-/// "wait at least" allows.
-pub fn blocker(
-    plan: &RunPlan,
-    progress: &Progress,
-    attempts: &[Attempt],
-    storage: &BTreeSet<String>,
-) -> Option<String> {
-    if let Some(a) = attempts.iter().find(|a| a.outcome.is_none()) {
-        return Some(format!("{} may or may not have run {}", a.intent.instrument, a.intent.op_json));
+/// A task that was under way when labd stopped: it goes on from `from` on `instrument`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnderWay {
+    pub task: usize,
+    /// `None`: a person's task.
+    pub instrument: Option<String>,
+    /// The first command not carried out (every command in doubt settled first).
+    pub from: usize,
+}
+
+/// What a run that had begun must finish before it can be planned again: tasks under way, and
+/// plates that are not in storage (on an instrument's nest, in a transfer station).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Leftover {
+    pub tasks: Vec<UnderWay>,
+    /// Plate → the nest it is on, for every plate not in storage.
+    pub plates: BTreeMap<String, String>,
+}
+
+impl Leftover {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.plates.is_empty()
     }
-    let delay = |t: usize| plan.tasks.get(t).is_some_and(|task| task.class.is_none());
-    if let Some(t) = progress.under_way.iter().find(|&&t| !delay(t)) {
-        let label = plan.tasks.get(*t).map_or("?", |task| task.label.as_str());
-        return Some(format!("task {t} ({label}) was under way"));
-    }
-    // Where each plate went last, by the moves that went through.
+}
+
+/// What a run left under way, from its history and its journal once no command is in doubt.
+/// A delay under way is no obstacle: it is waited again in full, which "wait at least" allows.
+pub fn leftover(plan: &RunPlan, progress: &Progress, attempts: &[Attempt], storage: &BTreeSet<String>) -> Leftover {
+    let tasks = progress
+        .under_way
+        .iter()
+        .filter(|&&t| plan.tasks.get(t).is_some_and(|task| task.class.is_some()))
+        .map(|&t| {
+            let done = attempts
+                .iter()
+                .filter(|a| a.intent.task_id == t as i64 && a.outcome.as_deref() == Some("ok"))
+                .map(|a| a.intent.command_index.max(0) as usize + 1);
+            UnderWay { task: t, instrument: progress.began_on.get(&t).cloned(), from: done.max().unwrap_or(0) }
+        })
+        .collect();
+    Leftover { tasks, plates: plates_out(attempts, storage) }
+}
+
+/// Where each plate went last, by the moves that went through, for plates not in storage.
+pub fn plates_out(attempts: &[Attempt], storage: &BTreeSet<String>) -> BTreeMap<String, String> {
+    let mut moves: Vec<&Attempt> =
+        attempts.iter().filter(|a| a.intent.task_id < 0 && a.outcome.as_deref() == Some("ok")).collect();
+    moves.sort_by_key(|a| a.intent_at);
     let mut at: BTreeMap<String, String> = BTreeMap::new();
-    for a in attempts.iter().filter(|a| a.intent.task_id < 0 && a.outcome.as_deref() == Some("ok")) {
+    for a in moves {
         if let Ok(CommandOp::MoveLabware { labware, to }) = serde_json::from_str::<CommandOp>(&a.intent.op_json) {
             at.insert(labware, to);
         }
     }
-    at.into_iter()
-        .find(|(_, nest)| !storage.contains(nest))
-        .map(|(plate, nest)| format!("plate {plate} was left on {nest}, not in storage"))
+    at.retain(|_, nest| !storage.contains(nest));
+    at
 }
 
-/// What an instrument's own answer settles about a command whose outcome was never recorded:
-/// whether it happened (`"ok"`) or not (`"failed"`), and why that is known; `None` where
-/// nobody can tell from the instrument (an aspirate: the tip holds an unknown volume).
-pub fn settle(op_json: &str, w: &devices::Whereabouts) -> Option<(&'static str, String)> {
-    let op: CommandOp = serde_json::from_str(op_json).ok()?;
-    let tips = w.tips_on?;
-    match op {
-        CommandOp::PickUpTip { .. } if tips > 0 => Some(("ok", format!("{tips} channel(s) carry a tip"))),
-        CommandOp::PickUpTip { .. } => Some(("failed", "no channel carries a tip".into())),
-        CommandOp::DropTip { .. } if tips == 0 => Some(("ok", "no channel carries a tip".into())),
-        CommandOp::DropTip { .. } => Some(("failed", format!("{tips} channel(s) still carry a tip"))),
-        _ => None,
+/// What elapsed time settles about a timed hold the driver keeps (an incubation, a shake)
+/// whose outcome was never recorded: the instrument kept its set point; what is left of the
+/// time is the rest, or nothing when it is up. `None` for any other command (a centrifuge
+/// times its own spin: sending the rest would spin it twice).
+pub fn settle_hold(op: &CommandOp, elapsed_s: f64) -> Option<devices::Settled> {
+    let left = |d: f64| d - elapsed_s.max(0.0);
+    let (rest, of) = match op {
+        CommandOp::Incubate { duration_s, .. } | CommandOp::Shake { duration_s, .. } => {
+            (left(*duration_s), *duration_s)
+        }
+        _ => return None,
+    };
+    if rest <= 0.0 {
+        return Some(devices::Settled::Happened(format!(
+            "its {of:.0} s were over ({elapsed_s:.0} s since it was sent)"
+        )));
     }
+    let mut shorter = op.clone();
+    match &mut shorter {
+        CommandOp::Incubate { duration_s, .. } | CommandOp::Shake { duration_s, .. } => *duration_s = rest,
+        _ => {}
+    }
+    Some(devices::Settled::Rest(
+        shorter,
+        format!("{elapsed_s:.0} s of its {of:.0} s had passed; the rest, {rest:.0} s, is held now"),
+    ))
 }
 
 /// A max-lag the restart made impossible to keep: the tenant is told.
@@ -193,38 +243,70 @@ mod tests {
         c.plan.expect("elisa compiles")
     }
 
-    #[test]
-    fn a_run_stopped_between_tasks_with_its_plates_home_goes_on() {
-        let mut plan = elisa();
-        let p = progress(&[event("task_started", 0, 1), event("task_finished", 0, 5), event("task_started", 1, 6)]);
-        assert_eq!(p.finished, BTreeMap::from([(0, 5)]));
-        assert_eq!(p.under_way, BTreeSet::from([1]));
-        let storage = BTreeSet::from(["hotel".to_string()]);
-        assert!(blocker(&plan, &p, &[], &storage).unwrap().starts_with("task 1 ("), "an instrument's task under way");
-        plan.tasks[1].class = None;
-        assert_eq!(blocker(&plan, &p, &[], &storage), None, "a delay under way is waited again");
-        let between = progress(&[event("task_started", 0, 1), event("task_finished", 0, 5)]);
-        let home = [moved("p", "lh1.deck", Some("ok")), moved("p", "hotel", Some("ok"))];
-        assert_eq!(blocker(&plan, &between, &home, &storage), None);
-        let left = [moved("p", "lh1.deck", Some("ok"))];
-        assert!(blocker(&plan, &between, &left, &storage).unwrap().contains("left on lh1.deck"));
-        let in_flight = [moved("p", "lh1.deck", Some("ok")), moved("p", "hotel", None)];
-        assert!(blocker(&plan, &between, &in_flight, &storage).unwrap().contains("may or may not have run"));
+    fn sent(task: i64, index: i64, outcome: Option<&str>) -> Attempt {
+        let mut a = moved("p", "x", outcome);
+        a.intent.task_id = task;
+        a.intent.command_index = index;
+        a.intent.instrument = "lh1".into();
+        a
     }
 
     #[test]
-    fn a_tip_switch_settles_pick_ups_and_drops_but_not_aspirates() {
-        let on = |n| devices::Whereabouts { text: String::new(), tips_on: Some(n) };
-        let pick = r#"{"op":"pick_up_tip","pipette":"p300_single","rack":"r","well":"A1"}"#;
-        let drop = r#"{"op":"drop_tip","pipette":"p300_single"}"#;
-        let aspirate = r#"{"op":"aspirate","pipette":"p300_single","labware":"p","well":"A1","volume_ul":50.0}"#;
-        assert_eq!(settle(pick, &on(1)).map(|s| s.0), Some("ok"));
-        assert_eq!(settle(pick, &on(0)).map(|s| s.0), Some("failed"));
-        assert_eq!(settle(drop, &on(0)).map(|s| s.0), Some("ok"));
-        assert_eq!(settle(drop, &on(1)).map(|s| s.0), Some("failed"));
-        assert_eq!(settle(aspirate, &on(1)), None, "the volume in the tip is not known");
-        let no_switch = devices::Whereabouts { text: String::new(), tips_on: None };
-        assert_eq!(settle(pick, &no_switch), None);
+    fn what_a_run_left_under_way_is_read_from_its_history_and_journal() {
+        let mut plan = elisa();
+        let started = |t: usize| Event {
+            run_id: "r".into(),
+            seq: 0,
+            at: 1,
+            kind: "task_started".into(),
+            payload_json: format!("{{\"task\": {t}, \"instrument\": \"lh1\"}}"),
+        };
+        let p = progress(&[started(0), event("task_finished", 0, 5), started(1)]);
+        assert_eq!(p.finished, BTreeMap::from([(0, 5)]));
+        assert_eq!(p.under_way, BTreeSet::from([1]));
+        assert_eq!(p.began_on.get(&1).map(String::as_str), Some("lh1"));
+        let storage = BTreeSet::from(["hotel".to_string()]);
+        // Task 1 under way: two commands went through, the third is in doubt (or did not happen).
+        let journal = [
+            moved("p", "lh1.deck", Some("ok")),
+            sent(1, 0, Some("ok")),
+            sent(1, 1, Some("ok")),
+            sent(1, 2, Some("not_done")),
+        ];
+        let left = leftover(&plan, &p, &journal, &storage);
+        assert_eq!(left.tasks, vec![UnderWay { task: 1, instrument: Some("lh1".into()), from: 2 }]);
+        assert_eq!(left.plates, BTreeMap::from([("p".to_string(), "lh1.deck".to_string())]));
+        // A delay under way is waited again: nothing to finish.
+        plan.tasks[1].class = None;
+        assert!(leftover(&plan, &p, &[], &storage).is_empty(), "a delay under way is waited again");
+        // Between tasks with the plate home: nothing left.
+        let between = progress(&[started(0), event("task_finished", 0, 5)]);
+        let home = [moved("p", "lh1.deck", Some("ok")), moved("p", "hotel", Some("ok"))];
+        assert!(leftover(&plan, &between, &home, &storage).is_empty());
+        let in_flight = [moved("p", "lh1.deck", Some("ok")), moved("p", "hotel", None)];
+        assert_eq!(
+            leftover(&plan, &between, &in_flight, &storage).plates.len(),
+            1,
+            "a move in doubt moved nothing yet"
+        );
+    }
+
+    #[test]
+    fn a_timed_hold_in_doubt_is_held_for_what_is_left_of_it() {
+        let incubate = CommandOp::Incubate {
+            labware: "p".into(),
+            temperature_c: Some(37.0),
+            duration_s: 600.0,
+            shake_rpm: None,
+            co2_percent: None,
+        };
+        match settle_hold(&incubate, 200.0) {
+            Some(devices::Settled::Rest(CommandOp::Incubate { duration_s, .. }, _)) => assert_eq!(duration_s, 400.0),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(settle_hold(&incubate, 700.0), Some(devices::Settled::Happened(_))));
+        let spin = CommandOp::Centrifuge { labware: "p".into(), g: 500.0, duration_s: 60.0 };
+        assert_eq!(settle_hold(&spin, 10.0), None, "a centrifuge times its own spin");
     }
 
     #[test]

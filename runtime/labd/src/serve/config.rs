@@ -65,6 +65,10 @@ pub struct Config {
     /// Seed of the simulated readers' noise: the same seed and plates give the same values.
     #[serde(default)]
     pub sim_seed: u64,
+    /// The bench of simulators running in their own process (`labd sim`'s `bench` line,
+    /// host:port): the simulated technician loads plates there. Simulators in another process
+    /// keep their state (tips, volumes, plates) when labd restarts, as real instruments do.
+    pub sim_bench: Option<String>,
     /// Serve the API over TLS with this certificate chain (PEM); needs `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
@@ -176,6 +180,7 @@ impl Default for Config {
             sim_log_dir: None,
             sim_faults: Default::default(),
             sim_seed: 0,
+            sim_bench: None,
             tls_cert: None,
             tls_key: None,
             mqtt_broker: MqttBroker::Embedded,

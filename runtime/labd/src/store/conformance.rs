@@ -288,6 +288,15 @@ pub fn attempts_record_intent_before_outcome(s: &dyn Store) {
     let again = s.record_ok_then_intent(Some(&b.id), &Intent { command_index: 6, ..intent });
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert_eq!(s.attempts(&r.id).unwrap().len(), 3, "the refused write added no intent");
+
+    // Recovery: a command that never happened, and where an instrument's last command was.
+    s.record_outcome(&c.id, "not_done", Some("settled at recovery")).unwrap();
+    assert!(s.open_attempts().unwrap().is_empty());
+    let last = s.last_done_on("lh1", now_ms()).unwrap().expect("lh1 did something");
+    assert!(last.id == b.id || (last.id == a.id && a.intent_at == b.intent_at), "the last that went through");
+    assert_ne!(last.id, c.id, "not one that never happened");
+    assert_eq!(s.last_done_on("lh1", a.intent_at - 1).unwrap(), None, "nothing before the first");
+    assert_eq!(s.last_done_on("arm1", now_ms()).unwrap(), None);
 }
 
 pub fn results_round_trip_with_their_event(s: &dyn Store) {

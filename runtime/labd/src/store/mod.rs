@@ -32,6 +32,12 @@ pub fn now_ms() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The prefix a run's labware and liquid names carry on the instruments (`<prefix>.<name>`,
+/// see `RunPlan::scoped`): the first 8 characters of its id after `run_`.
+pub fn run_prefix(run_id: &str) -> String {
+    run_id.trim_start_matches("run_").chars().take(8).collect()
+}
+
 /// A fresh identifier with a readable prefix (`run_…`, `ten_…`).
 pub fn new_id(prefix: &str) -> String {
     // 80 bits from the operating system's random source: ids are not guessable. Should the OS
@@ -211,7 +217,9 @@ pub struct Intent {
 pub struct Attempt {
     pub id: String,
     pub intent: Intent,
-    /// `ok`, `failed` or `unknown`; `None` while the command is in flight (or the runtime died).
+    /// `ok`, `failed` or `unknown`; `not_done` when recovery found it never happened (the
+    /// instrument was where it was before: sending it again is not a repeat); `None` while the
+    /// command is in flight (or the runtime died).
     pub outcome: Option<String>,
     pub error: Option<String>,
     pub intent_at: Millis,
@@ -359,6 +367,9 @@ pub trait Store: Send + Sync {
     /// Attempts whose outcome was never written (in flight when the runtime stopped).
     fn open_attempts(&self) -> Result<Vec<Attempt>>;
     fn attempts(&self, run_id: &str) -> Result<Vec<Attempt>>;
+    /// The last command that went through (`ok`) on an instrument, of any run, sent before
+    /// `before`: where recovery learns where an arm stood before a move in doubt.
+    fn last_done_on(&self, instrument: &str, before: Millis) -> Result<Option<Attempt>>;
 
     /// Stores a measurement with its `result` event and outbox row.
     fn add_result(&self, row: &ResultRow) -> Result<Event>;

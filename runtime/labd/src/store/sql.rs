@@ -513,8 +513,8 @@ fn put_outbox(
 
 /// Writes an attempt's outcome, once.
 fn set_outcome(c: &mut dyn Conn, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
-    if !matches!(outcome, "ok" | "failed" | "unknown") {
-        return Err(StoreError::Invalid(format!("outcome `{outcome}`: use ok, failed or unknown")));
+    if !matches!(outcome, "ok" | "failed" | "unknown" | "not_done") {
+        return Err(StoreError::Invalid(format!("outcome `{outcome}`: use ok, failed, unknown or not_done")));
     }
     let n = c.execute(
         "UPDATE attempts SET outcome = ?2, error = ?3, outcome_at = ?4 WHERE id = ?1 AND outcome IS NULL",
@@ -896,6 +896,18 @@ impl<D: Db> Store for SqlStore<D> {
                 &[],
             )?;
             rows(found, attempt_row)
+        })
+    }
+
+    fn last_done_on(&self, instrument: &str, before: Millis) -> Result<Option<Attempt>> {
+        self.read(|c| {
+            let found = c.query(
+                &format!(
+                    "SELECT {ATTEMPT_COLS} FROM attempts WHERE instrument = ?1 AND outcome = 'ok' AND intent_at <= ?2 ORDER BY intent_at DESC, id DESC LIMIT 1"
+                ),
+                &params![instrument, before],
+            )?;
+            Ok(rows(found, attempt_row)?.into_iter().next())
         })
     }
 

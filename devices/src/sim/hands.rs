@@ -1,0 +1,112 @@
+//! The simulated technician's hands at a simulated bench: filling wells with what a plan's
+//! loading list says and telling the simulators what each liquid looks like to a reader. When
+//! the simulators run in their own process (`labd sim`), this is how the runtime's simulated
+//! technician reaches their bench: JSON lines over TCP (`{"op":"fill",…}` → `{"ok":true}`).
+//! A real lab has a person here.
+
+use super::bench::SharedBench;
+use super::{LineDevice, Response};
+use crate::error::InstrumentError;
+use labware::optics::Optics;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// What the hands are asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Put `ul` of `liquid` into a well.
+    Fill { labware: String, well: String, liquid: String, ul: f64 },
+    /// What a liquid looks like to a plate reader.
+    Optics { liquid: String, optics: Optics },
+    /// Whether the bench already has something in this well (a plate loaded before).
+    Knows { labware: String, well: String },
+}
+
+/// The bench side: one request per line, one JSON reply per line.
+#[derive(Debug)]
+pub struct BenchDesk {
+    bench: SharedBench,
+}
+
+impl BenchDesk {
+    pub fn new(bench: SharedBench) -> Self {
+        BenchDesk { bench }
+    }
+}
+
+fn reply(v: serde_json::Value) -> Response {
+    Response::Reply(format!("{v}\r\n").into_bytes())
+}
+
+impl LineDevice for BenchDesk {
+    fn handle(&mut self, line: &str, _now_s: f64) -> Response {
+        let request: Request = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => return reply(serde_json::json!({"ok": false, "error": format!("not a bench request: {e}")})),
+        };
+        let Ok(mut bench) = self.bench.lock() else {
+            return reply(serde_json::json!({"ok": false, "error": "the bench's state is lost"}));
+        };
+        match request {
+            Request::Fill { labware, well, liquid, ul } if ul.is_finite() && ul >= 0.0 => {
+                bench.fill(&labware, &well, &liquid, ul);
+                reply(serde_json::json!({"ok": true}))
+            }
+            Request::Fill { ul, .. } => {
+                reply(serde_json::json!({"ok": false, "error": format!("cannot fill {ul} µL")}))
+            }
+            Request::Optics { liquid, optics } => {
+                bench.set_optics(&liquid, optics);
+                reply(serde_json::json!({"ok": true}))
+            }
+            Request::Knows { labware, well } => {
+                reply(serde_json::json!({"ok": true, "knows": bench.knows(&labware, &well)}))
+            }
+        }
+    }
+}
+
+/// The runtime's side: sends requests to a [`BenchDesk`] at `address` (host:port).
+#[derive(Debug, Clone)]
+pub struct Hands {
+    address: String,
+}
+
+impl Hands {
+    pub fn at(address: &str) -> Hands {
+        Hands { address: address.trim_start_matches("tcp:").to_string() }
+    }
+
+    /// Carries out the requests in order on one connection; for each, whether the bench knew
+    /// the well (`Knows`) or `false`.
+    pub async fn all(&self, requests: &[Request]) -> Result<Vec<bool>, InstrumentError> {
+        let within = Duration::from_secs(10);
+        let io =
+            |e: std::io::Error| InstrumentError::Disconnected(format!("the simulated bench at {}: {e}", self.address));
+        let stream = tokio::time::timeout(within, tokio::net::TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| InstrumentError::Timeout(within))?
+            .map_err(io)?;
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let mut out = Vec::with_capacity(requests.len());
+        for r in requests {
+            let text = serde_json::to_string(r).map_err(|e| InstrumentError::Protocol(e.to_string()))?;
+            write.write_all(format!("{text}\n").as_bytes()).await.map_err(io)?;
+            let line = tokio::time::timeout(within, lines.next_line())
+                .await
+                .map_err(|_| InstrumentError::Timeout(within))?
+                .map_err(io)?
+                .ok_or_else(|| InstrumentError::Protocol("the simulated bench hung up".into()))?;
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .map_err(|e| InstrumentError::Protocol(format!("the simulated bench said {line:?}: {e}")))?;
+            if v["ok"] != true {
+                return Err(InstrumentError::Protocol(format!("the simulated bench refused {text}: {}", v["error"])));
+            }
+            out.push(v["knows"] == true);
+        }
+        Ok(out)
+    }
+}
