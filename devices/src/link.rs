@@ -111,7 +111,14 @@ impl Link {
     /// Opens the endpoint.
     pub async fn open(endpoint: Endpoint) -> Result<Link, InstrumentError> {
         let io = Self::dial(&endpoint).await?;
-        Ok(Link::over(endpoint, io))
+        let serial = matches!(endpoint, Endpoint::Serial(_));
+        let mut link = Link::over(endpoint, io);
+        if serial {
+            // Replies to a process that died mid-exchange wait on the port for whoever opens it
+            // next: they are not this link's.
+            link.discard_stale(Duration::from_millis(20)).await?;
+        }
+        Ok(link)
     }
 
     /// Wraps an already open stream (in-process PTY pairs, tests).
@@ -207,13 +214,18 @@ impl Link {
 
     /// Reads and discards until the line has been quiet for a moment (at most two seconds).
     pub async fn resync(&mut self) -> Result<(), InstrumentError> {
+        self.discard_stale(QUIET).await
+    }
+
+    /// Reads and discards until the line has been quiet for `quiet` (at most two seconds).
+    async fn discard_stale(&mut self, quiet: Duration) -> Result<(), InstrumentError> {
         let give_up = Instant::now() + Duration::from_secs(2);
         let mut chunk = [0u8; 1024];
         self.discarded += self.lines.pending().len();
         self.lines.clear();
         while Instant::now() < give_up {
             let Some(io) = self.io.as_mut() else { return Err(InstrumentError::Disconnected("link closed".into())) };
-            match tokio::time::timeout(QUIET, io.read(&mut chunk)).await {
+            match tokio::time::timeout(quiet, io.read(&mut chunk)).await {
                 Err(_) => break,
                 Ok(Ok(0)) => return Err(self.lost("the device closed the connection".into())),
                 Ok(Ok(n)) => self.discarded += n,

@@ -501,9 +501,19 @@ impl Instrument for LiquidHandlerDriver {
         after.at = g.1.at.after(&lines);
         let before = g.1.at;
         let t = inner.config.ack_timeout;
-        let position = send(&mut g.0, "M114.2", t).await?;
-        let mcs = position.iter().find_map(|l| l.split_once("MCS:").map(|(_, p)| p.trim().to_string()));
-        let mcs = mcs.ok_or_else(|| InstrumentError::Protocol(format!("M114.2 reply without MCS: {position:?}")))?;
+        // Late acknowledgements of what the controller was still doing come first: the position
+        // is the reply that carries it.
+        let mut position = send(&mut g.0, "M114.2", t).await?;
+        let mcs = |lines: &[String]| lines.iter().find_map(|l| l.split_once("MCS:").map(|(_, p)| p.trim().to_string()));
+        for _ in 0..64 {
+            if mcs(&position).is_some() {
+                break;
+            }
+            let mut reader = ReplyReader::new();
+            position = g.0.read_reply(t, |b| reader.poll(b)).await?;
+        }
+        let mcs = mcs(&position)
+            .ok_or_else(|| InstrumentError::Protocol(format!("M114.2 reply without MCS: {position:?}")))?;
         let now = Axes::parse_mcs(&mcs);
         let tips = switches(&mut g.0, t).await?.tips;
         let said = format!("head at {now}, {tips} channel(s) carrying a tip");

@@ -229,7 +229,11 @@ impl Executor {
         why: &str,
     ) -> Result<(), JobError> {
         let inst = a.intent.instrument.clone();
-        let asked = format!("labd restarted while {inst} was running {}", a.intent.op_json);
+        let which = match a.intent.task_id {
+            t if t >= 0 => format!("command {} of task {t}", a.intent.command_index),
+            _ => "a plate move".to_string(),
+        };
+        let asked = format!("labd restarted while {inst} was running {which}: {}", a.intent.op_json);
         let what = failure::in_tenant_words(&format!("{asked}; {inst} cannot settle it: {why}"), &run.id);
         let todo = "check the instrument and the plate: done if the step happened (the run goes on after it), redo to send it again, abort to stop the run";
         let (store, id, task, at, w, asked2) =

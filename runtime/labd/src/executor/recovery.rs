@@ -14,8 +14,9 @@ impl Executor {
     ///   command, plates brought home — with the instruments involved out of the plan until
     ///   then; then it is resumed as above. Only what no instrument can settle goes to a person.
     ///
-    /// Queued runs are untouched and run normally. Returns the runs it failed (a stored plan
-    /// that cannot be read).
+    /// Simulators inside labd restart with it and keep nothing of a task under way: such a
+    /// run fails with that reason. Queued runs are untouched and run normally. Returns the runs
+    /// it failed.
     pub async fn recover(&self) -> Result<Vec<String>, ExecutorError> {
         let ex = self.clone();
         let (failed, finishing) = blocking(move || ex.recover_with()).await?;
@@ -75,6 +76,19 @@ impl Executor {
                 } else {
                     self.resume(&run, &plan, &progress)?;
                 }
+                continue;
+            }
+            if self.lab.simulated.is_some() {
+                // Simulators inside labd started afresh with it: what they held mid-task (tips,
+                // liquid in them, plates) is gone, so there is nothing to finish or to check.
+                for a in &in_doubt {
+                    self.store.record_outcome(&a.id, "unknown", Some("labd restarted, and its simulators with it"))?;
+                }
+                let state = if run.state == RunState::Cancelling { RunState::Cancelled } else { RunState::Failed };
+                let why = "labd restarted mid-run with a task under way; its simulated instruments run inside labd and restarted with it, \
+                           so what they held mid-task is gone (run them with `labd sim` and runs resume instead)";
+                self.store.set_run_state(&run.id, state, Some(why))?;
+                failed.push(run.id);
                 continue;
             }
             // What stays out of the plan until this run's leftover is finished: the instruments
