@@ -47,7 +47,7 @@ struct Inner {
     gripping: std::sync::atomic::AtomicBool,
     /// After a restart: the plate recovery found in the gripper, whose move only needs placing.
     holding: std::sync::Mutex<Option<String>>,
-    /// After a restart: where the arm's last move (by the journal) left it.
+    /// Where the arm's last move left it (after a restart: by the journal).
     last_at: std::sync::Mutex<Option<String>>,
     cancel: Cancel,
 }
@@ -261,6 +261,7 @@ impl Instrument for ArmDriver {
             if in_hand {
                 *crate::lock(&inner.holding) = None;
             }
+            *crate::lock(&inner.last_at) = Some(to.clone());
             if let Ok(mut p) = inner.plates.lock() {
                 p.insert(labware, to);
             }

@@ -280,6 +280,9 @@ pub async fn spawn_tcp<D: LineDevice>(
 }
 
 /// As [`spawn_tcp`], with the serving task: aborting it closes the listener.
+///
+/// One client at a time, and the newest wins: a controller that takes a new connection drops
+/// the one it had, so a standby node can take an arm over from a node that froze holding it.
 pub async fn spawn_tcp_owned<D: LineDevice>(
     mut device: D,
     mut faults: Faults,
@@ -290,9 +293,17 @@ pub async fn spawn_tcp_owned<D: LineDevice>(
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
+        let Ok((mut sock, _)) = listener.accept().await else { return };
+        loop {
             let _ = sock.set_nodelay(true);
-            serve(sock, &mut device, &mut faults, clock, error_reply).await;
+            let next = tokio::select! {
+                _ = serve(sock, &mut device, &mut faults, clock, error_reply) => listener.accept().await,
+                newer = listener.accept() => newer,
+            };
+            match next {
+                Ok((s, _)) => sock = s,
+                Err(_) => return,
+            }
         }
     });
     Ok((addr, task))

@@ -594,6 +594,61 @@ fn labd_toml_at(dir: &Path, console: &str, time_scale: f64, extra: &str) -> (Pat
     (config, data, api_port)
 }
 
+/// The site's simulators in a process of their own (`labd sim`), as real instruments are: they
+/// keep what they hold (tips, liquid, plates, their position) when labd dies. Its site file
+/// points every instrument at them; the simulated technician loads plates on their bench.
+struct SimProcess {
+    proc: Reap,
+    site: PathBuf,
+    bench: String,
+}
+
+fn sim_process(dir: &Path, site: &str, scale: f64, logs: &Path) -> SimProcess {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_labd"))
+        .args(["sim", "--format", "json", "--time-scale", &scale.to_string(), "--site"])
+        .arg(root().join(site))
+        .arg("--log-dir")
+        .arg(logs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("sim.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut at = std::collections::BTreeMap::new();
+    let proc = Reap(child);
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let endpoint = format!("{}:{}", v["transport"].as_str().unwrap(), v["address"].as_str().unwrap());
+        let id = v["id"].as_str().unwrap().to_string();
+        at.insert(id.clone(), endpoint);
+        if id == "bench" {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    // Each instrument's and arm's `endpoint` line becomes the simulator's address.
+    let text = std::fs::read_to_string(root().join(site)).unwrap();
+    let mut id = String::new();
+    let mut site = String::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id = ") {
+            id = v.trim_matches('"').to_string();
+        }
+        match (line.starts_with("endpoint = "), at.get(&id)) {
+            (true, Some(e)) => site.push_str(&format!("endpoint = {e:?}\n")),
+            _ => site.push_str(&format!("{line}\n")),
+        }
+        if line.starts_with("[[") {
+            id.clear();
+        }
+    }
+    let file = dir.join("site.toml");
+    std::fs::write(&file, site).unwrap();
+    let bench = at["bench"].trim_start_matches("tcp:").to_string();
+    SimProcess { proc, site: file, bench }
+}
+
 /// A crash-free reference: `plan` carried out once by an in-process executor on the simulated
 /// site, its liquid handlers logging into `logs`. Returns the run's short id (its labware
 /// prefix in the logs), its results and how many plate moves it made.

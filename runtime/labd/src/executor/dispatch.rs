@@ -152,7 +152,7 @@ impl Executor {
         let mut pending = None;
         let result = self.command(run, -1, 0, arm_id, arm.as_ref(), &op, false, &mut pending).await;
         self.flush(&mut pending).await?;
-        if result.is_err() {
+        if result.as_ref().is_err_and(|e| !e.fenced()) {
             self.make_safe(run, arm_id, arm.as_ref()).await;
         }
         result
@@ -180,8 +180,10 @@ impl Executor {
         let driver: Option<Arc<dyn Instrument>> =
             instrument.as_ref().and_then(|id| self.lab.instruments.get(id).cloned());
         let result = self.task_commands(run, plan, t, &instrument, &driver, None).await;
-        if let (Err(_), Some(id), Some(d)) = (&result, &instrument, &driver) {
-            self.make_safe(run, id, d.as_ref()).await;
+        if let (Err(e), Some(id), Some(d)) = (&result, &instrument, &driver) {
+            if !e.fenced() {
+                self.make_safe(run, id, d.as_ref()).await;
+            }
         }
         result
     }
@@ -432,7 +434,7 @@ impl Executor {
             let (store, previous) = (self.store.clone(), pending.take());
             let attempt = blocking(move || store.record_ok_then_intent(previous.as_deref(), &intent)).await?;
             let journal_intent = began.elapsed();
-            let result = match driver.start(op).await {
+            let mut result = match driver.start(op).await {
                 Ok(exec) => exec.finish().await,
                 Err(e) => Err(e),
             };
@@ -440,14 +442,44 @@ impl Executor {
             // An emergency stop while it ran: whatever the driver says, how far it got is for a
             // person to judge.
             let cut_short = result.is_err() && matches!(self.board.halt.get(), crate::halt::Halt::Stopped { .. });
+            // A command not safe to repeat whose outcome the link lost (a timeout, a dropped
+            // connection): the instrument is asked first; a person only where it cannot say.
+            let mut settled: Option<String> = None;
+            let mut not_done = false;
+            if let Err(e) = result.as_ref().map_err(Clone::clone) {
+                if !cut_short && !repeatable && e.recovery() == Recovery::Indeterminate {
+                    let asked = tokio::time::timeout(Duration::from_secs(30), driver.settle(op)).await;
+                    let said = |w: &str| format!("settled by asking {instrument} after `{e}`: {w}");
+                    match asked {
+                        Ok(Ok(devices::Settled::Happened(w))) => {
+                            settled = Some(said(&w));
+                            result = Ok(devices::Outcome::default());
+                        }
+                        Ok(Ok(devices::Settled::NotDone(w))) => {
+                            settled = Some(said(&w));
+                            not_done = true;
+                        }
+                        Ok(Ok(devices::Settled::Rest(rest, w))) => {
+                            settled = Some(said(&format!("{w}; finished")));
+                            result = match driver.start(&rest).await {
+                                Ok(exec) => exec.finish().await,
+                                Err(e) => Err(e),
+                            };
+                        }
+                        Ok(Ok(devices::Settled::Unknown(_))) | Ok(Err(_)) | Err(_) => {}
+                    }
+                    tracing::info!(run = %run.id, instrument, error = %e, settled = ?settled, "command in doubt settled with the instrument");
+                }
+            }
             let (outcome, err) = match &result {
+                _ if not_done => ("not_done", settled.clone()),
                 Err(e) if cut_short => ("unknown", Some(format!("emergency stop: {e}"))),
-                Ok(_) => ("ok", None),
+                Ok(_) => ("ok", settled.clone()),
                 Err(e) if e.recovery() == Recovery::Indeterminate => ("unknown", Some(e.to_string())),
                 Err(e) => ("failed", Some(e.to_string())),
             };
             let measured = result.as_ref().is_ok_and(|o| !o.measurements.is_empty());
-            if outcome == "ok" && !measured {
+            if outcome == "ok" && !measured && settled.is_none() {
                 *pending = Some(attempt.id.clone()); // written with the next intent
             } else {
                 let (store, aid, e2) = (self.store.clone(), attempt.id.clone(), err.clone());
@@ -468,6 +500,10 @@ impl Executor {
                         total: began.elapsed(),
                     });
                 }
+            }
+            if not_done && tries < self.config.retries {
+                tries += 1; // it never happened: sent again
+                continue;
             }
             match result {
                 Ok(out) => {

@@ -53,6 +53,12 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// This node lost the cell's lease: another node drives its instruments now, and this one
+    /// must not touch them (not even to make them safe).
+    pub fn fenced(&self) -> bool {
+        matches!(self, JobError::Store { error: StoreError::Fenced(_), .. })
+    }
+
     pub fn store(doing: impl Into<String>) -> impl FnOnce(StoreError) -> JobError {
         let doing = doing.into();
         move |error| JobError::Store { doing, error }

@@ -121,8 +121,10 @@ impl Executor {
             }
             tracing::info!(run = %run.id, task = u.task, from = u.from, instrument = ?u.instrument, "task under way at the restart goes on");
             let result = self.task_commands(run, plan, u.task, &u.instrument, &driver, Some(u.from)).await;
-            if let (Err(_), Some(id), Some(d)) = (&result, &u.instrument, &driver) {
-                self.make_safe(run, id, d.as_ref()).await;
+            if let (Err(e), Some(id), Some(d)) = (&result, &u.instrument, &driver) {
+                if !e.fenced() {
+                    self.make_safe(run, id, d.as_ref()).await;
+                }
             }
             result?;
         }

@@ -136,61 +136,6 @@ fn a_run_killed_between_tasks_resumes_and_measures_what_an_uninterrupted_run_doe
     let _ = std::fs::remove_dir_all(&base);
 }
 
-/// The site's simulators in a process of their own (`labd sim`), as real instruments are: they
-/// keep what they hold (tips, liquid, plates, their position) when labd dies. Its site file
-/// points every instrument at them; the simulated technician loads plates on their bench.
-struct SimProcess {
-    _proc: Reap,
-    site: PathBuf,
-    bench: String,
-}
-
-fn sim_process(dir: &Path, scale: f64, logs: &Path) -> SimProcess {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_labd"))
-        .args(["sim", "--format", "json", "--time-scale", &scale.to_string(), "--site"])
-        .arg(root().join("sites/sim.toml"))
-        .arg("--log-dir")
-        .arg(logs)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("sim.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut at = std::collections::BTreeMap::new();
-    let proc = Reap(child);
-    for line in lines.by_ref() {
-        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        let endpoint = format!("{}:{}", v["transport"].as_str().unwrap(), v["address"].as_str().unwrap());
-        let id = v["id"].as_str().unwrap().to_string();
-        at.insert(id.clone(), endpoint);
-        if id == "bench" {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    // Each instrument's and arm's `endpoint` line becomes the simulator's address.
-    let text = std::fs::read_to_string(root().join("sites/sim.toml")).unwrap();
-    let mut id = String::new();
-    let mut site = String::new();
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("id = ") {
-            id = v.trim_matches('"').to_string();
-        }
-        match (line.starts_with("endpoint = "), at.get(&id)) {
-            (true, Some(e)) => site.push_str(&format!("endpoint = {e:?}\n")),
-            _ => site.push_str(&format!("{line}\n")),
-        }
-        if line.starts_with("[[") {
-            id.clear();
-        }
-    }
-    let file = dir.join("site.toml");
-    std::fs::write(&file, site).unwrap();
-    let bench = at["bench"].trim_start_matches("tcp:").to_string();
-    SimProcess { _proc: proc, site: file, bench }
-}
-
 /// What a technician at the bench decides for an intervention, looking at the plate (here: at
 /// the simulated liquid handler's own record of every liquid movement). A manual step is done.
 /// A command recovery could not settle happened if the record shows its liquid moved, and is
@@ -269,7 +214,7 @@ fn crash_loop_twenty_kills_resume_runs_and_repeat_nothing() {
         reference.insert(p, (liquid, results, moves));
     }
 
-    let sims = sim_process(&base, SCALE, &logs);
+    let sims = sim_process(&base, "sites/sim.toml", SCALE, &logs);
     let extra = format!("site = {:?}\nsim_bench = {:?}\n", sims.site.display().to_string(), sims.bench);
     let (config, data, port) = labd_toml_at(&base, "off", SCALE, &extra);
     let start = || start_labd(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()], &root()).0;

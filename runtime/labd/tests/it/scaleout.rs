@@ -104,17 +104,28 @@ struct Node {
 impl Node {
     /// Starts a node; `mqtt_port`: the shared external broker's.
     fn start(dir: &std::path::Path, name: &str, db: &str, cells: &[&str], mqtt_port: u16) -> Node {
-        Self::start_with(dir, name, db, cells, mqtt_port, LEASE_MS)
+        Self::start_with(dir, name, db, cells, mqtt_port, LEASE_MS, "")
     }
 
-    fn start_with(dir: &std::path::Path, name: &str, db: &str, cells: &[&str], mqtt_port: u16, lease_ms: u64) -> Node {
+    /// `sims`: the `site` and `sim_bench` lines of simulators outside the nodes (empty: each
+    /// node simulates the instruments of the cells it drives).
+    fn start_with(
+        dir: &std::path::Path,
+        name: &str,
+        db: &str,
+        cells: &[&str],
+        mqtt_port: u16,
+        lease_ms: u64,
+        sims: &str,
+    ) -> Node {
         let site = super::root().join("sites/two-cells.toml");
+        let site = if sims.is_empty() { format!("site = {site:?}\n") } else { sims.to_string() };
         let data = dir.join(name);
         std::fs::create_dir_all(&data).unwrap();
         let listen = format!("127.0.0.1:{}", super::free_port());
         let cells = cells.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
         let config = format!(
-            "data_dir = {data:?}\nlisten = \"{listen}\"\nsite = {site:?}\ntime_scale = {SCALE}\ndatabase = \"{db}\"\nnode = \"{name}\"\ncells = [{cells}]\nlease_ms = {lease_ms}\nconsole_listen = \"off\"\nmqtt_broker = \"external\"\nmqtt_port = {mqtt_port}\nmqtt_publish = true\n"
+            "data_dir = {data:?}\nlisten = \"{listen}\"\n{site}time_scale = {SCALE}\ndatabase = \"{db}\"\nnode = \"{name}\"\ncells = [{cells}]\nlease_ms = {lease_ms}\nconsole_listen = \"off\"\nmqtt_broker = \"external\"\nmqtt_port = {mqtt_port}\nmqtt_publish = true\n"
         );
         // Every node publishes as the one runtime user the broker knows.
         std::fs::write(data.join("mqtt-runtime.password"), "runtime-password-of-this-lab\n").unwrap();
@@ -177,28 +188,31 @@ fn state(node: &Node, token: &str, run: &str) -> String {
     found.and_then(|r| r["state"].as_str().map(String::from)).unwrap_or_default()
 }
 
-/// Three labd processes on one PostgreSQL: node 1 drives cell a, node 2 cell b, node 3 stands by
-/// for both. Two tenants submit to any node; runs are placed on a cell that can run them; each
-/// tenant sees only its own. Node 1 is killed (-9) mid-run: node 3 takes cell a over within the
-/// lease time plus 5 s and finishes its queued runs; the run that was on an instrument fails by
-/// the crash-recovery rules (as after a crash of a single node: a run the dead node had begun
-/// fails, named; one it had only planned is queued again). Node 2 is paused past its lease: node 3 takes cell b, and
-/// node 2, resumed, learns it lost the lease and writes nothing more. No accepted run is lost,
+/// Three labd processes on one PostgreSQL, the instruments (simulators in their own process) on
+/// the network: node 1 drives cell a, node 2 cell b, node 3 stands by for both. Two tenants
+/// submit to any node; runs are placed on a cell that can run them; each tenant sees only its
+/// own. Node 1 is killed (-9) mid-run: node 3 takes cell a over within the lease time plus 5 s,
+/// finishes what node 1 had under way (asking the instruments about any command in doubt) and
+/// runs the rest. Node 2 is paused past its lease: node 3 takes cell b the same way, and node 2,
+/// resumed, learns it lost the lease and writes nothing more. Every run succeeds, none is lost,
 /// every run's events are gapless, and no command that is unsafe to repeat was sent twice.
 #[test]
 fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
     let _machine = super::heavy();
     let Some(db) = Scratch::new("nodes") else { return };
     let dir = super::fresh_dir("nodes");
-    // Each node simulates the instruments of the cells it drives (a simulator outside the nodes
-    // would not know what the plates hold; real instruments are on the network). They share one
-    // external Mosquitto.
+    // The instruments are simulators in a process of their own, on the network as real ones
+    // are, reached by whichever node drives their cell; the nodes share one external Mosquitto.
+    let logs = dir.join("logs");
+    let sims = super::sim_process(&dir, "sites/two-cells.toml", SCALE.parse().unwrap(), &logs);
+    let shared = format!("site = {:?}\nsim_bench = {:?}\n", sims.site.display().to_string(), sims.bench);
     let mqtt_port = super::free_port();
-    let mut n1 = Node::start(&dir, "n1", &db.url, &["a"], mqtt_port);
+    let start = |name: &str, cells: &[&str]| Node::start_with(&dir, name, &db.url, cells, mqtt_port, LEASE_MS, &shared);
+    let mut n1 = start("n1", &["a"]);
     n1.wait_for("driving it lease=cell a", 30);
-    let n2 = Node::start(&dir, "n2", &db.url, &["b"], mqtt_port);
+    let n2 = start("n2", &["b"]);
     n2.wait_for("driving it lease=cell b", 30);
-    let n3 = Node::start(&dir, "n3", &db.url, &["a", "b"], mqtt_port);
+    let n3 = start("n3", &["a", "b"]);
 
     let admin = n1.admin();
     let acme_id = n2.json(&admin, &["tenant", "add", "acme", "--format", "json"])["id"].as_str().unwrap().to_string();
@@ -265,7 +279,8 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
     n2.wait_for("lost its lease; standing by lease=cell b", 30);
     assert!(took.as_millis() as u64 <= LEASE_MS + 5_000, "cell b taken over after {took:?}");
 
-    // Every accepted run ends; those not on an instrument when their node died succeed.
+    // Every accepted run ends, and succeeds: what was under way on a node that died or froze
+    // is finished by the standby.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(240);
     loop {
         let states: Vec<String> = runs.iter().map(|(t, r)| state(&n3, t, r)).collect();
@@ -285,16 +300,15 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
         }
         if r.state != labd::store::RunState::Succeeded {
             failed += 1;
-            let why = r.reason.clone().unwrap_or_default();
-            assert!(why.contains("restarted mid-run") || why.contains("interrupted"), "{}: {why}", r.id);
-            assert!(!store.attempts(&r.id).unwrap().is_empty(), "{}: failed although it had not begun", r.id);
+            eprintln!("{} ended {}: {:?}", r.id, r.state, r.reason);
         }
         let seqs: Vec<i64> = store.events(None, &r.id, 0).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gapless events of {}", r.id);
         let mut sent = std::collections::BTreeSet::new();
         for a in store.attempts(&r.id).unwrap() {
             // (Plate moves are journaled under task -1 without an index of their own.)
-            if !a.intent.repeatable && a.intent.task_id >= 0 {
+            // (A command recovery found never happened was not sent.)
+            if !a.intent.repeatable && a.intent.task_id >= 0 && a.outcome.as_deref() != Some("not_done") {
                 assert!(
                     sent.insert((a.intent.task_id, a.intent.command_index)),
                     "{}: command {} of task {} sent twice",
@@ -305,8 +319,8 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
             }
         }
     }
-    // A cell has three instruments and an arm, so a few of its runs may have begun.
-    assert!(failed <= 4, "only runs that had begun on a cell at its takeover may fail: {failed}");
+    assert_eq!(failed, 0, "every run succeeds through the kill and the pause:\n{}", n3.output());
+    drop(sims.proc);
 
     // Telemetry: one outbox, relayed by one node at a time (the relay moved if node 1 had it).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -406,7 +420,7 @@ fn a_postgresql_restart_mid_run_loses_nothing() {
     let _machine = super::heavy();
     let dir = super::fresh_dir("pg-restart");
     let Some(pg) = OwnServer::start(&dir) else { return };
-    let node = Node::start_with(&dir, "solo", &pg.url(), &["a", "b"], super::free_port(), 10_000);
+    let node = Node::start_with(&dir, "solo", &pg.url(), &["a", "b"], super::free_port(), 10_000, "");
     node.wait_for("driving it lease=cell b", 30);
     let admin = node.admin();
     node.json(&admin, &["tenant", "add", "acme", "--format", "json"]);
