@@ -117,7 +117,15 @@ impl Instrument for PlateReaderDriver {
                 tx.progress(0.0, format!("loading {labware}"));
                 me.load(&labware).await?;
             }
-            let result = me.read(&tx, labware, wells, kind).await;
+            let mut result = me.read(&tx, labware.clone(), wells.clone(), kind.clone()).await;
+            if let (Err(InstrumentError::Device { code, .. }), false) = (&result, loaded_here) {
+                if code.ends_with("NoPlateLoaded") {
+                    // The plate left as the read began (an eject still under way from before a
+                    // restart): it is at the door; load it and read.
+                    me.load(&labware).await?;
+                    result = me.read(&tx, labware, wells, kind).await;
+                }
+            }
             if let (Err(InstrumentError::Validation { .. }), true) = (&result, loaded_here) {
                 // Nothing was measured: give the plate back so the arm can take it away.
                 me.eject().await?;

@@ -68,6 +68,33 @@ impl LineDevice for BenchDesk {
     }
 }
 
+/// Serves the bench on `bind` (host:port), every connection at once: several tasks of the
+/// runtime load plates side by side. Aborting the task closes the listener.
+pub async fn serve(
+    bench: SharedBench,
+    bind: &str,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let mut desk = BenchDesk::new(bench.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = sock.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Response::Reply(bytes) = desk.handle(line.trim(), 0.0) {
+                        if write.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
 /// The runtime's side: sends requests to a [`BenchDesk`] at `address` (host:port).
 #[derive(Debug, Clone)]
 pub struct Hands {

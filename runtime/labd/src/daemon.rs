@@ -270,15 +270,7 @@ fn sim(
             .await
             .map_err(anyhow::Error::msg)?;
         crate::lock(&running.bench).set_seed(seed);
-        let desk = devices::sim::hands::BenchDesk::new(running.bench.clone());
-        let (bench_at, bench_task) = devices::sim::spawn_tcp_owned(
-            desk,
-            devices::sim::Faults::default(),
-            devices::sim::SimClock::new(TimeScale(scale)),
-            |_, e| format!("{{\"ok\": false, \"error\": \"{e}\"}}\r\n").into_bytes(),
-            &format!("{host}:0"),
-        )
-        .await?;
+        let (bench_at, bench_task) = devices::sim::hands::serve(running.bench.clone(), &format!("{host}:0")).await?;
         let bench = devices::sim::site::Listening {
             id: "bench".into(),
             class: "bench".into(),

@@ -193,9 +193,11 @@ fn state(node: &Node, token: &str, run: &str) -> String {
 /// submit to any node; runs are placed on a cell that can run them; each tenant sees only its
 /// own. Node 1 is killed (-9) mid-run: node 3 takes cell a over within the lease time plus 5 s,
 /// finishes what node 1 had under way (asking the instruments about any command in doubt) and
-/// runs the rest. Node 2 is paused past its lease: node 3 takes cell b the same way, and node 2,
-/// resumed, learns it lost the lease and writes nothing more. Every run succeeds, none is lost,
-/// every run's events are gapless, and no command that is unsafe to repeat was sent twice.
+/// runs the rest. Node 2 is paused past its lease: node 3 takes cell b's lease but cannot open
+/// its serial instruments, which the paused process still holds (the OS's exclusive lock), and
+/// stands by; node 2, resumed, learns it lost the lease, touches nothing (no make-safe), takes
+/// the cell again and finishes what it had under way the same way. Every run succeeds, none is
+/// lost, every run's events are gapless, and no command unsafe to repeat was sent twice.
 #[test]
 fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
     let _machine = super::heavy();
