@@ -102,13 +102,9 @@ struct Node {
 }
 
 impl Node {
-    /// Starts a node; `mqtt_port`: the shared external broker's.
-    fn start(dir: &std::path::Path, name: &str, db: &str, cells: &[&str], mqtt_port: u16) -> Node {
-        Self::start_with(dir, name, db, cells, mqtt_port, LEASE_MS, "")
-    }
-
-    /// `sims`: the `site` and `sim_bench` lines of simulators outside the nodes (empty: each
-    /// node simulates the instruments of the cells it drives).
+    /// Starts a node; `mqtt_port`: the shared external broker's; `sims`: the `site` and
+    /// `sim_bench` lines of simulators outside the nodes (empty: each node simulates the
+    /// instruments of the cells it drives).
     fn start_with(
         dir: &std::path::Path,
         name: &str,
