@@ -12,6 +12,7 @@ fn main() {
             "labwright/v1/runs.proto",
             "labwright/v1/admin.proto",
             "labwright/v1/lab.proto",
+            "labwright/v1/inventory.proto",
         ],
     );
     // The encoded descriptors, for the gRPC reflection service.

@@ -6,6 +6,7 @@
 //! their tenant: another tenant's run answers NOT_FOUND, like a run that does not exist.
 
 mod admin_service;
+mod inventory_service;
 mod lab_service;
 mod protocols_service;
 mod runs_service;

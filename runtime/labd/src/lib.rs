@@ -42,6 +42,7 @@ pub mod health;
 pub mod lab;
 pub mod labctl;
 pub mod logging;
+pub mod manifest;
 pub mod metrics;
 pub mod opentrons_python;
 pub mod paging;

@@ -503,7 +503,8 @@ pub async fn serve_api(
         )
         .add_service(pb::runs_server::RunsServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(pb::admin_server::AdminServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(pb::lab_server::LabServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(pb::lab_server::LabServer::new(api.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(pb::inventory_server::InventoryServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| ServeError::Api(format!("gRPC server: {e}")))

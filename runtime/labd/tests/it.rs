@@ -19,6 +19,8 @@ mod executor;
 mod first_hour;
 #[path = "it/halt.rs"]
 mod halt;
+#[path = "it/inventory.rs"]
+mod inventory;
 #[path = "it/isolation.rs"]
 mod isolation;
 #[path = "it/mqtt.rs"]
@@ -180,6 +182,22 @@ fn whoami() -> String {
 }
 
 /// `labctl --url URL --token TOKEN ARGS…`: (exit code, stdout, stderr).
+/// `labctl` with `stdin` typed on its standard input (a barcode scanner at the bench).
+fn labctl_typing(url: &str, token: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_labctl"))
+        .args(["--url", url, "--token", token])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+}
+
 fn labctl_at(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
     let o =
         Command::new(env!("CARGO_BIN_EXE_labctl")).args(["--url", url, "--token", token]).args(args).output().unwrap();

@@ -166,6 +166,28 @@ pub enum ClientCmd {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Receive a tenant's shipment (technicians): its manifest (CSV: barcode, type, well,
+    /// sample, liquid, volume), then each container's barcode scanned, one per line on standard
+    /// input (a USB scanner types them), until every container of the manifest is scanned.
+    Receive {
+        #[command(flatten)]
+        out: Out,
+        manifest: PathBuf,
+        /// The tenant that sent it.
+        #[arg(long)]
+        tenant: String,
+        /// Where the containers go (a storage unit).
+        #[arg(long, default_value = "receiving")]
+        location: String,
+    },
+    /// The containers the lab holds (yours; every tenant's for technicians).
+    Containers {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// One container.
+    #[command(subcommand)]
+    Container(ContainerCmd),
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -197,6 +219,17 @@ pub enum TenantCmd {
         device_hours: f64,
         #[arg(long, default_value_t = 0)]
         priority: i64,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ContainerCmd {
+    /// Its wells (sample, liquid, volume), where it is and its history.
+    Show {
+        #[command(flatten)]
+        out: Out,
+        /// Its id or barcode.
+        id: String,
     },
 }
 

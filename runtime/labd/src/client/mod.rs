@@ -7,10 +7,11 @@ use protos::labwright::v1 as pb;
 
 mod args;
 mod connection;
+mod inventory;
 mod output;
 mod parquet;
 mod plots;
-pub use args::{ClientCmd, Conn, Fmt, Out, ResultsFormat, TenantCmd, TokenCmd};
+pub use args::{ClientCmd, Conn, ContainerCmd, Fmt, Out, ResultsFormat, TenantCmd, TokenCmd};
 pub(crate) use connection::Client;
 use connection::{sentence, submit_with_retries};
 pub(crate) use output::results_csv;
@@ -104,6 +105,9 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     out!("{} {}", r.id, r.state);
                 }
                 Ok(0)
+            }
+            cmd @ (ClientCmd::Receive { .. } | ClientCmd::Containers { .. } | ClientCmd::Container(_)) => {
+                inventory::run(&c, cmd).await
             }
             ClientCmd::Watch { out, run, after } => watch(&c, &run, after, out.format == Fmt::Json).await,
             ClientCmd::Results { run, format, output, plot } => {

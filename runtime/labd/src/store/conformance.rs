@@ -23,6 +23,45 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     usage_and_reservations_sum_per_tenant(make().as_ref());
     maintenance_flags_and_token_expiry(make().as_ref());
     leases_claims_and_fencing(make().as_ref());
+    containers_are_received_whole_and_kept_per_tenant(make().as_ref());
+}
+
+/// A shipment is received whole or not at all; a barcode is the lab's, whoever holds it; a
+/// tenant sees its own containers only, and another's reads exactly like a missing one.
+pub fn containers_are_received_whole_and_kept_per_tenant(s: &dyn Store) {
+    let acme = s.create_tenant("acme", 1.0).unwrap();
+    let globex = s.create_tenant("globex", 1.0).unwrap();
+    let well = |w: &str, sample: &str, ul: f64| WellContent {
+        well: w.into(),
+        sample: sample.into(),
+        liquid: "serum".into(),
+        volume_ul: ul,
+    };
+    let plate = NewContainer {
+        barcode: "PL-0001".into(),
+        load_name: "corning_96_wellplate_360ul_flat".into(),
+        wells: vec![well("B1", "S-2", 80.0), well("A2", "S-3", 90.0), well("A1", "S-1", 100.0)],
+    };
+    let got = s.receive_containers(&acme.id, std::slice::from_ref(&plate), "cold_4", "tech-1").unwrap();
+    assert_eq!(got.len(), 1);
+    let k = s.container(Some(&acme.id), "PL-0001").unwrap();
+    assert_eq!((k.id.as_str(), k.location.as_str()), (got[0].id.as_str(), "cold_4"));
+    let order: Vec<&str> = k.wells.iter().map(|w| w.well.as_str()).collect();
+    assert_eq!(order, ["A1", "A2", "B1"], "wells row by row");
+    assert_eq!(s.container(None, &k.id).unwrap().barcode, "PL-0001", "by id, for staff");
+    let history = s.container_history(&k.id).unwrap();
+    assert_eq!((history.len(), history[0].kind.as_str(), history[0].actor.as_str()), (1, "received", "tech-1"));
+    // Another tenant: the same answer as for a container that does not exist.
+    let theirs = s.container(Some(&globex.id), "PL-0001").unwrap_err().to_string();
+    let nobody = s.container(Some(&globex.id), "PL-9999").unwrap_err().to_string();
+    assert_eq!(theirs.replace("PL-0001", "X"), nobody.replace("PL-9999", "X"), "{theirs} / {nobody}");
+    assert!(s.containers(Some(&globex.id)).unwrap().is_empty());
+    // A second shipment reusing a barcode is refused whole.
+    let fresh = NewContainer { barcode: "PL-0002".into(), ..plate.clone() };
+    let again = s.receive_containers(&globex.id, &[fresh, plate], "ambient", "tech-1").unwrap_err();
+    assert!(matches!(&again, StoreError::Conflict(m) if m.contains("PL-0001")), "{again}");
+    assert!(matches!(s.container(None, "PL-0002"), Err(StoreError::NotFound(_))), "nothing half-received");
+    assert_eq!(s.containers(None).unwrap().len(), 1);
 }
 
 /// A run's final state is the last thing in its history: its open interventions close with it

@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_maintenance_expiry.sql")),
     (3, include_str!("../../migrations/0003_cells.sql")),
     (4, include_str!("../../migrations/0004_interventions_close.sql")),
+    (5, include_str!("../../migrations/0005_containers.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -212,6 +213,50 @@ pub struct Intent {
     pub repeatable: bool,
 }
 
+/// What one well of a container holds of one liquid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WellContent {
+    pub well: String,
+    /// The tenant's name for what is in the well (`S-014`).
+    pub sample: String,
+    pub liquid: String,
+    pub volume_ul: f64,
+}
+
+/// A container to be received (from a checked manifest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewContainer {
+    pub barcode: String,
+    /// Its labware type (a load name of the library).
+    pub load_name: String,
+    pub wells: Vec<WellContent>,
+}
+
+/// A container the lab holds for a tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    pub id: String,
+    pub tenant_id: String,
+    pub barcode: String,
+    pub load_name: String,
+    /// Where it is: a storage unit, an instrument's nest, a bench.
+    pub location: String,
+    pub created_at: Millis,
+    /// By well, then liquid.
+    pub wells: Vec<WellContent>,
+}
+
+/// One entry of a container's history (`received`, …), oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerEvent {
+    pub seq: i64,
+    pub at: Millis,
+    pub kind: String,
+    pub detail: String,
+    /// Who did it (a principal's id).
+    pub actor: String,
+}
+
 /// A recorded attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
@@ -370,6 +415,22 @@ pub trait Store: Send + Sync {
     /// The last command that went through (`ok`) on an instrument, of any run, sent before
     /// `before`: where recovery learns where an arm stood before a move in doubt.
     fn last_done_on(&self, instrument: &str, before: Millis) -> Result<Option<Attempt>>;
+
+    /// Receives a tenant's shipment: every container or none (a barcode the lab already holds,
+    /// anyone's, is a conflict naming it), each `received` at `location` by `actor`.
+    fn receive_containers(
+        &self,
+        tenant: &str,
+        containers: &[NewContainer],
+        location: &str,
+        actor: &str,
+    ) -> Result<Vec<Container>>;
+    /// Containers, oldest first; a tenant's own only when `tenant` is given.
+    fn containers(&self, tenant: Option<&str>) -> Result<Vec<Container>>;
+    /// One container by id or barcode; another tenant's is not found, as a missing one is.
+    fn container(&self, tenant: Option<&str>, id_or_barcode: &str) -> Result<Container>;
+    /// A container's history, oldest first.
+    fn container_history(&self, container_id: &str) -> Result<Vec<ContainerEvent>>;
 
     /// Stores a measurement with its `result` event and outbox row.
     fn add_result(&self, row: &ResultRow) -> Result<Event>;

@@ -362,6 +362,39 @@ impl<D: Db> SqlStore<D> {
     }
 }
 
+const CONTAINER_COLS: &str = "id, tenant_id, barcode, load_name, location, created_at";
+
+fn container_row(r: &Row) -> Result<Container> {
+    Ok(Container {
+        id: r.text(0)?,
+        tenant_id: r.text(1)?,
+        barcode: r.text(2)?,
+        load_name: r.text(3)?,
+        location: r.text(4)?,
+        created_at: r.int(5)?,
+        wells: Vec::new(),
+    })
+}
+
+/// A container's wells, by well then liquid.
+fn wells_of(c: &mut dyn Conn, id: &str) -> Result<Vec<WellContent>> {
+    let found =
+        c.query("SELECT well, sample, liquid, volume_ul FROM container_wells WHERE container_id = ?1", &params![id])?;
+    let mut wells = found
+        .iter()
+        .map(|r| Ok(WellContent { well: r.text(0)?, sample: r.text(1)?, liquid: r.text(2)?, volume_ul: r.real(3)? }))
+        .collect::<Result<Vec<_>>>()?;
+    wells.sort_by(|a, b| {
+        // Row by row (A1, A2, …, B1): unparsable names last, as written.
+        let key = |w: &WellContent| {
+            labware::address::split_well_name(&w.well)
+                .map_or((u8::MAX as usize, String::new(), 0), |(r, c)| (r.len(), r.to_string(), c))
+        };
+        key(a).cmp(&key(b)).then_with(|| a.liquid.cmp(&b.liquid))
+    });
+    Ok(wells)
+}
+
 fn tenant_row(r: &Row) -> Result<Tenant> {
     Ok(Tenant {
         id: r.text(0)?,
@@ -896,6 +929,106 @@ impl<D: Db> Store for SqlStore<D> {
                 &[],
             )?;
             rows(found, attempt_row)
+        })
+    }
+
+    fn receive_containers(
+        &self,
+        tenant: &str,
+        containers: &[NewContainer],
+        location: &str,
+        actor: &str,
+    ) -> Result<Vec<Container>> {
+        let at = now_ms();
+        let made: Vec<Container> = containers
+            .iter()
+            .map(|n| Container {
+                id: new_id("con"),
+                tenant_id: tenant.into(),
+                barcode: n.barcode.clone(),
+                load_name: n.load_name.clone(),
+                location: location.into(),
+                created_at: at,
+                wells: n.wells.clone(),
+            })
+            .collect();
+        self.tx(|c| {
+            for k in &made {
+                c.execute(
+                    "INSERT INTO containers (id, tenant_id, barcode, load_name, location, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    &params![&k.id, &k.tenant_id, &k.barcode, &k.load_name, &k.location, k.created_at],
+                )
+                .map_err(|e| match e {
+                    StoreError::Conflict(_) => {
+                        StoreError::Conflict(format!("barcode `{}` is already on a container of this lab", k.barcode))
+                    }
+                    other => other,
+                })?;
+                for w in &k.wells {
+                    c.execute(
+                        "INSERT INTO container_wells (container_id, well, sample, liquid, volume_ul) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        &params![&k.id, &w.well, &w.sample, &w.liquid, w.volume_ul],
+                    )?;
+                }
+                let detail = format!("received at {location}: {} well(s)", k.wells.len());
+                c.execute(
+                    "INSERT INTO container_history (container_id, seq, at, kind, detail, actor) VALUES (?1, 1, ?2, 'received', ?3, ?4)",
+                    &params![&k.id, at, &detail, actor],
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(made)
+    }
+
+    fn containers(&self, tenant: Option<&str>) -> Result<Vec<Container>> {
+        self.read(|c| {
+            let found = c.query(
+                &format!("SELECT {CONTAINER_COLS} FROM containers WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) ORDER BY created_at, id"),
+                &params![tenant],
+            )?;
+            let mut out = Vec::with_capacity(found.len());
+            for r in &found {
+                let mut k = container_row(r)?;
+                k.wells = wells_of(c, &k.id)?;
+                out.push(k);
+            }
+            Ok(out)
+        })
+    }
+
+    fn container(&self, tenant: Option<&str>, id_or_barcode: &str) -> Result<Container> {
+        self.read(|c| {
+            let r = c.query_one(
+                &format!("SELECT {CONTAINER_COLS} FROM containers WHERE (id = ?1 OR barcode = ?1) AND (CAST(?2 AS TEXT) IS NULL OR tenant_id = ?2)"),
+                &params![id_or_barcode, tenant],
+                "",
+            )?;
+            let mut k = container_row(&r)?;
+            k.wells = wells_of(c, &k.id)?;
+            Ok(k)
+        })
+        .map_err(|e| found(e, || format!("container `{id_or_barcode}`")))
+    }
+
+    fn container_history(&self, container_id: &str) -> Result<Vec<ContainerEvent>> {
+        self.read(|c| {
+            let found = c.query(
+                "SELECT seq, at, kind, detail, actor FROM container_history WHERE container_id = ?1 ORDER BY seq",
+                &params![container_id],
+            )?;
+            found
+                .iter()
+                .map(|r| {
+                    Ok(ContainerEvent {
+                        seq: r.int(0)?,
+                        at: r.int(1)?,
+                        kind: r.text(2)?,
+                        detail: r.text(3)?,
+                        actor: r.text(4)?,
+                    })
+                })
+                .collect()
         })
     }
 

@@ -27,6 +27,18 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     let elisa_watch = watch_lines(&lab, &globex, &globex_elisa);
     let acme_watch = watch_lines(&lab, &acme, &acme_run);
     let cancelled = lab.submit_file(&acme, &canary, &["--key", &format!("{CANARY}-key-2")]);
+    // acme's samples in the lab's inventory, the canary in every name.
+    let shipment = lab.dir.join("shipment.csv");
+    std::fs::write(
+        &shipment,
+        format!("barcode,type,well,sample,liquid,volume\nBC-{CANARY},corning_96_wellplate_360ul_flat,A1,{CANARY}-sample,{CANARY}-serum,100 uL\n"),
+    )
+    .unwrap();
+    let args = ["receive", shipment.to_str().unwrap(), "--tenant", "acme", "--format", "json"];
+    let (code, so, se) = labctl_typing(&lab.url, &lab.admin, &args, &format!("BC-{CANARY}\n"));
+    assert_eq!(code, 0, "{se}");
+    let acme_container = items(so.trim())[0]["id"].as_str().unwrap().to_string();
+    let acme_barcode = format!("BC-{CANARY}");
     assert_eq!(lab.ctl(&acme, &["cancel", &cancelled]).0, 0);
     let intervention = lab.intervention_of(&lab.admin, &acme_run);
     // Nobody does the manual step. Once it runs past its planned end, acme hears why its run's
@@ -150,6 +162,8 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         &["usage"],
         &["halt", "--reason", "curious"],
         &["resume", "--format", "json"],
+        &["containers", "--format", "json"],
+        &["container", "show", &acme_container, "--format", "json"],
     ] {
         let (code, so, se) = lab.ctl(&globex, args);
         seen.push((format!("labctl {args:?} (exit {code})"), format!("{so}{se}")));
@@ -192,7 +206,11 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         .unwrap();
     // Asking for acme's run by id is answered as for an id that does not exist: the reply may
     // repeat the id globex sent, nothing more of it.
-    let probes = [acme_run.as_str(), intervention.as_str()];
+    let probes = [acme_run.as_str(), intervention.as_str(), acme_container.as_str()];
+    // (acme's barcode carries the canary: asking for it by barcode would echo it back.)
+    let (code, _, se) = lab.ctl(&globex, &["container", "show", &acme_barcode]);
+    let (_, _, missing) = lab.ctl(&globex, &["container", "show", "BC-nothing"]);
+    assert_eq!((code != 0, se.replace(&acme_barcode, "X")), (true, missing.replace("BC-nothing", "X")));
     for (place, text) in &seen {
         let lower = text.to_lowercase();
         assert!(!lower.contains(CANARY), "the canary reached globex through {place}: {text}");
@@ -202,7 +220,7 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
             "acme's tenant reached globex through {place}: {text}"
         );
         if !probes.iter().any(|p| place.contains(p)) {
-            for id in [&acme_run, &cancelled, &intervention] {
+            for id in [&acme_run, &cancelled, &intervention, &acme_container] {
                 assert!(!text.contains(id.as_str()), "acme's id {id} reached globex through {place}: {text}");
             }
         }

@@ -1,0 +1,85 @@
+//! `labctl receive`, `containers`, `container show`: shipments and the containers the lab holds.
+
+use super::*;
+use std::io::BufRead;
+
+pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
+    let inventory = || pb::inventory_client::InventoryClient::new(c.channel.clone());
+    match cmd {
+        ClientCmd::Receive { out, manifest, tenant, location } => {
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
+            // The barcodes the manifest lists, checked here as they are scanned; the server
+            // checks the manifest and the scans again.
+            let declared: std::collections::BTreeSet<String> = text
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split(',').next())
+                .map(|b| b.trim().trim_matches('"').to_string())
+                .filter(|b| !b.is_empty())
+                .collect();
+            let mut scanned = std::collections::BTreeSet::new();
+            eprintln!("scan the {} container(s) of the shipment, one barcode per line", declared.len());
+            for line in std::io::stdin().lock().lines() {
+                let code = line.context("reading scanned barcodes")?.trim().to_string();
+                if code.is_empty() {
+                    continue;
+                }
+                if !declared.contains(&code) {
+                    eprintln!("{code} is not in this manifest; set it aside");
+                    continue;
+                }
+                scanned.insert(code);
+                eprintln!("{} of {} scanned", scanned.len(), declared.len());
+                if scanned.len() == declared.len() {
+                    break;
+                }
+            }
+            let request =
+                pb::ReceiveRequest { tenant, manifest_csv: text, location, scanned: scanned.into_iter().collect() };
+            let got = inventory().receive(c.req(request)?).await.map_err(sentence)?.into_inner().containers;
+            print_containers(&got, out.format == Fmt::Json)?;
+            Ok(0)
+        }
+        ClientCmd::Containers { out } => {
+            let got = inventory().containers(c.req(pb::ContainersRequest {})?).await.map_err(sentence)?.into_inner();
+            print_containers(&got.containers, out.format == Fmt::Json)?;
+            Ok(0)
+        }
+        ClientCmd::Container(ContainerCmd::Show { out, id }) => {
+            let k = inventory().container(c.req(pb::ContainerRequest { id })?).await.map_err(sentence)?.into_inner();
+            if out.format == Fmt::Json {
+                out!("{}", container_json(&k));
+                return Ok(0);
+            }
+            out!("{} {} ({}) at {}", k.barcode, k.id, k.r#type, k.location);
+            for w in &k.wells {
+                out!("  {:<4} {:<12} {:<16} {} µL", w.well, w.sample, w.liquid, protocols::units::trim(w.volume_ul));
+            }
+            for h in &k.history {
+                out!("  {} {} by {}: {}", crate::clock::rfc3339(h.at_ms), h.kind, h.by, h.detail);
+            }
+            Ok(0)
+        }
+        _ => bail!("not an inventory command"),
+    }
+}
+
+fn container_json(k: &pb::ContainerInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": k.id, "barcode": k.barcode, "type": k.r#type, "location": k.location, "created_at_ms": k.created_at_ms,
+        "wells": k.wells.iter().map(|w| serde_json::json!({"well": w.well, "sample": w.sample, "liquid": w.liquid, "volume_ul": w.volume_ul})).collect::<Vec<_>>(),
+        "history": k.history.iter().map(|h| serde_json::json!({"at_ms": h.at_ms, "kind": h.kind, "detail": h.detail, "by": h.by})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_containers(list: &[pb::ContainerInfo], json: bool) -> Result<()> {
+    if json {
+        out!("{}", json_array(list.iter().map(container_json)));
+        return Ok(());
+    }
+    for k in list {
+        out!("{:<16} {:<24} {:<36} {:<12} {} well(s)", k.barcode, k.id, k.r#type, k.location, k.wells.len());
+    }
+    Ok(())
+}

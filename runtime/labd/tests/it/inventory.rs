@@ -1,0 +1,88 @@
+//! A tenant's shipment received at the bench: the manifest is checked whole, every container is
+//! scanned, and the containers are the tenant's alone.
+
+use super::*;
+
+const MANIFEST: &str = "barcode,type,well,sample,liquid,volume
+PL-0001,corning_96_wellplate_360ul_flat,A1,S-001,serum,150 uL
+PL-0001,corning_96_wellplate_360ul_flat,A2,S-002,serum,140 uL
+PL-0001,corning_96_wellplate_360ul_flat,B1,S-003,serum,0.13 mL
+RS-0001,nest_12_reservoir_15ml,A1,diluent,PBS,12 mL
+";
+
+/// A technician receives acme's shipment: a barcode not in the manifest is set aside, and only
+/// once every container is scanned is the shipment received (at 4 °C, as told). acme sees its
+/// containers with their wells and history; globex sees none, and asking for one of acme's
+/// reads exactly like asking for one that does not exist. A bad manifest is refused whole with
+/// a problem per line; a scientist cannot receive; a barcode already in the lab is refused.
+#[test]
+fn a_shipment_is_received_whole_and_stays_its_tenants() {
+    let lab = serve_lab_on("inventory", "0.001", None);
+    let acme = lab.tenant("acme");
+    let globex = lab.tenant("globex");
+    let tech = lab.json(&lab.admin, &["token", "create", "--role", "technician", "--format", "json"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifest = lab.dir.join("shipment.csv");
+    std::fs::write(&manifest, MANIFEST).unwrap();
+    let receive = |token: &str, file: &Path, scans: &str| {
+        let args = ["receive", file.to_str().unwrap(), "--tenant", "acme", "--location", "cold_4", "--format", "json"];
+        labctl_typing(&lab.url, token, &args, scans)
+    };
+    // A stray barcode is set aside; a shipment not fully scanned is not received.
+    let (code, _, se) = receive(&tech, &manifest, "PL-0001\nXX-9999\n");
+    assert_ne!(code, 0);
+    assert!(se.contains("XX-9999 is not in this manifest") && se.contains("not scanned yet: RS-0001"), "{se}");
+    assert!(items(&lab.ctl(&acme, &["containers", "--format", "json"]).1).is_empty(), "nothing half-received");
+    let (code, so, se) = receive(&tech, &manifest, "PL-0001\nXX-9999\nRS-0001\n");
+    assert_eq!(code, 0, "{se}");
+    let got = items(so.trim());
+    assert_eq!(got.len(), 2, "{so}");
+    let plate_id = got[0]["id"].as_str().unwrap().to_string();
+
+    // acme's own view: wells row by row, volumes in µL, where it is, who received it.
+    let mine = items(&lab.ctl(&acme, &["containers", "--format", "json"]).1);
+    assert_eq!(mine.iter().map(|k| k["barcode"].as_str().unwrap()).collect::<Vec<_>>(), ["PL-0001", "RS-0001"]);
+    let (code, so, se) = lab.ctl(&acme, &["container", "show", "PL-0001", "--format", "json"]);
+    assert_eq!(code, 0, "{se}");
+    let k: serde_json::Value = serde_json::from_str(so.trim()).unwrap();
+    assert_eq!(k["location"], "cold_4");
+    let wells: Vec<(String, f64)> = k["wells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["well"].as_str().unwrap().to_string(), w["volume_ul"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(wells, [("A1".to_string(), 150.0), ("A2".to_string(), 140.0), ("B1".to_string(), 130.0)]);
+    assert_eq!(k["history"][0]["kind"], "received");
+    let text = lab.ctl(&acme, &["container", "show", &plate_id]).1;
+    assert!(text.contains("S-002") && text.contains("received"), "{text}");
+
+    // globex: nothing, and acme's container reads like a missing one.
+    assert!(items(&lab.ctl(&globex, &["containers", "--format", "json"]).1).is_empty());
+    let theirs = lab.ctl(&globex, &["container", "show", "PL-0001"]);
+    let nobody = lab.ctl(&globex, &["container", "show", "PL-7777"]);
+    assert_ne!(theirs.0, 0);
+    assert_eq!(theirs.2.replace("PL-0001", "X"), nobody.2.replace("PL-7777", "X"), "the same answer");
+    let by_id = lab.ctl(&globex, &["container", "show", &plate_id]).2;
+    assert!(!by_id.contains("acme") && !by_id.contains("S-00") && !by_id.contains("serum"), "{by_id}");
+
+    // A bad manifest: refused whole, each line named.
+    let bad = lab.dir.join("bad.csv");
+    std::fs::write(
+        &bad,
+        "barcode,type,well,sample,liquid,volume\nPL-0002,corning_96_wellplate_360ul_flat,Z9,S,serum,10 uL\nPL-0003,no_such_plate,A1,S,serum,10 uL\nPL-0004,corning_96_wellplate_360ul_flat,A1,S,serum,10 uL\n",
+    )
+    .unwrap();
+    let (code, _, se) = receive(&tech, &bad, "PL-0002\nPL-0003\nPL-0004\n");
+    assert_ne!(code, 0);
+    assert!(se.contains("line 2: well `Z9` does not exist") && se.contains("line 3: unknown labware type"), "{se}");
+    assert!(lab.ctl(&tech, &["container", "show", "PL-0004"]).0 != 0, "nothing of it was received");
+    // A scientist cannot receive; a barcode already in the lab is refused.
+    let (code, _, se) = receive(&acme, &manifest, "PL-0001\nRS-0001\n");
+    assert!(code != 0 && se.contains("technicians and admins"), "{se}");
+    let (code, _, se) = receive(&tech, &manifest, "PL-0001\nRS-0001\n");
+    assert!(code != 0 && se.contains("already on a container"), "{se}");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
