@@ -181,17 +181,11 @@ async fn an_arm_says_where_the_plate_is_after_a_move_in_doubt() {
     };
     let config = || ArmConfig { poll: Duration::from_millis(5), ..ArmConfig::default() };
     for k in 0..=9 {
-        let mut sim = ArmSim::new(&nests());
-        sim.place("hotel1");
-        let addr = spawn_tcp(sim, Faults::default(), SimClock::new(TimeScale(0.01)), arm::error_reply, "127.0.0.1:0")
-            .await
-            .unwrap();
+        let addr = arm_with_a_plate_at_the_hotel().await;
         {
             let before = ArmDriver::new(nests(), Link::open(Endpoint::Tcp(addr.to_string())).await.unwrap(), config());
-            for line in ["mode 0", "hp 1 20", "attach 1", "home"] {
-                before.command(line).await.unwrap();
-            }
-            for line in &steps(1, 2)[..k] {
+            let lines: Vec<String> = ["mode 0", "hp 1 20", "attach 1", "home"].map(String::from).into_iter().collect();
+            for line in lines.iter().chain(&steps(1, 2)[..k]) {
                 before.command(line).await.unwrap();
                 still(&before).await;
             }
@@ -225,11 +219,7 @@ async fn an_arm_says_where_the_plate_is_after_a_move_in_doubt() {
         println!("arm stopped after {k} exchanges: {got}: {}", verdict.why());
     }
     // Stopped before the grip of a move to where the arm stood: nobody can tell.
-    let mut sim = ArmSim::new(&nests());
-    sim.place("hotel1");
-    let addr = spawn_tcp(sim, Faults::default(), SimClock::new(TimeScale(0.01)), arm::error_reply, "127.0.0.1:0")
-        .await
-        .unwrap();
+    let addr = arm_with_a_plate_at_the_hotel().await;
     {
         let before = ArmDriver::new(nests(), Link::open(Endpoint::Tcp(addr.to_string())).await.unwrap(), config());
         for line in ["mode 0", "hp 1 20", "attach 1", "home", "moveAppro 2 1"] {
@@ -255,4 +245,11 @@ async fn still(arm: &ArmDriver) {
         last = now;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// A simulated arm with one plate at the hotel; where it listens.
+async fn arm_with_a_plate_at_the_hotel() -> std::net::SocketAddr {
+    let mut sim = ArmSim::new(&nests());
+    sim.place("hotel1");
+    spawn_tcp(sim, Faults::default(), SimClock::new(TimeScale(0.01)), arm::error_reply, "127.0.0.1:0").await.unwrap()
 }
