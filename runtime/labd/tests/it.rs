@@ -384,12 +384,17 @@ async fn carry_out_contract(
 }
 
 fn compile_example(name: &str) -> protocols::plan::RunPlan {
+    compile_example_on(name, &labware::Site::sim().unwrap())
+}
+
+/// An example compiled for another site (what a labd serving that site compiles).
+fn compile_example_on(name: &str, site: &labware::Site) -> protocols::plan::RunPlan {
     let path = root().join("protocols/examples").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     let c = protocols::compile(
         &protocols::SourceFile::new(name, text),
         protocols::Format::Auto,
-        &labware::Site::sim().unwrap(),
+        site,
         &labware::Library::shipped(),
     );
     c.plan.unwrap_or_else(|| panic!("{name} compiles"))
@@ -665,6 +670,84 @@ fn sim_process(dir: &Path, site: &str, scale: f64, logs: &Path) -> SimProcess {
     std::fs::write(&file, site).unwrap();
     let bench = at["bench"].trim_start_matches("tcp:").to_string();
     SimProcess { proc, site: file, bench }
+}
+
+/// What a technician at the bench decides for an intervention, looking at the plate (here: at
+/// the simulated liquid handler's own record of every liquid movement). A manual step is done.
+/// A command recovery could not settle happened if the record shows its liquid moved, and is
+/// sent again if it does not.
+fn technician_decides(
+    what: &str,
+    run: &str,
+    plans: &std::collections::BTreeMap<String, protocols::plan::RunPlan>,
+    logs: &Path,
+) -> &'static str {
+    if !what.starts_with("labd restarted while") {
+        return "done"; // a manual step, an addition, an instrument to check
+    }
+    let Some(plan) = plans.get(run) else { return "abort" };
+    let Some((head, op)) = what.split_once(": {") else { return "redo" }; // a plate move: not taken
+    let op_json = format!("{{{}", op.split_once("; ").map_or(op, |(j, _)| j));
+    let numbers: Vec<usize> = head.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let (Some(&index), Some(&task)) = (numbers.first(), numbers.get(1)) else { return "abort" };
+    let Ok(op) = serde_json::from_str::<protocols::plan::CommandOp>(&op_json) else { return "abort" };
+    use protocols::plan::CommandOp::*;
+    let key = |verb: &str, labware: &str, well: &str, ul: f64| {
+        let name = labware.split_once('.').map_or(labware, |(_, n)| n);
+        format!("{verb} {name} {well} {ul:.3}")
+    };
+    let (wanted, times) = match &op {
+        Mix { labware, well, volume_ul, times, .. } => (key("aspirate", labware, well, *volume_ul), *times as usize),
+        Aspirate { labware, well, volume_ul, .. } => (key("aspirate", labware, well, *volume_ul), 1),
+        Dispense { labware, well, volume_ul, .. } => (key("dispense", labware, well, *volume_ul), 1),
+        _ => return "done",
+    };
+    let moves = |op: &protocols::plan::CommandOp| match op {
+        Mix { labware, well, volume_ul, times, .. } if key("aspirate", labware, well, *volume_ul) == wanted => {
+            *times as usize
+        }
+        Aspirate { labware, well, volume_ul, .. } if key("aspirate", labware, well, *volume_ul) == wanted => 1,
+        Dispense { labware, well, volume_ul, .. } if key("dispense", labware, well, *volume_ul) == wanted => 1,
+        _ => 0,
+    };
+    let before: usize = plan.tasks[..task].iter().flat_map(|t| &t.commands).map(|c| moves(&c.op)).sum::<usize>()
+        + plan.tasks[task].commands[..index].iter().map(|c| moves(&c.op)).sum::<usize>();
+    let logged = wire_liquid(logs).get(&short(run)).and_then(|m| m.get(&wanted)).copied().unwrap_or(0);
+    match logged {
+        n if n == before + times => "done",
+        n if n == before => "redo",
+        _ => "abort",
+    }
+}
+
+/// A technician at the bench until `stop`: answers every open intervention as
+/// [`technician_decides`] does; returns (run, what, decision) for each.
+fn technician_at_the_bench(
+    url: &str,
+    token: &str,
+    plans: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, protocols::plan::RunPlan>>>,
+    logs: &Path,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(String, String, &'static str)>> {
+    let (url, token, logs) = (url.to_string(), token.to_string(), logs.to_path_buf());
+    std::thread::spawn(move || {
+        let mut decided: Vec<(String, String, &'static str)> = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let (code, so, _) = labctl_at(&url, &token, &["interventions", "--format", "json"]);
+            if code == 0 {
+                for i in items(so.trim()) {
+                    let (id, run, what) =
+                        (i["id"].as_str().unwrap(), i["run"].as_str().unwrap(), i["what"].as_str().unwrap());
+                    let choice = technician_decides(what, run, &plans.lock().unwrap(), &logs);
+                    if labctl_at(&url, &token, &["resolve", id, choice]).0 == 0 {
+                        decided.push((run.to_string(), what.to_string(), choice));
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        decided
+    })
 }
 
 /// A crash-free reference: `plan` carried out once by an in-process executor on the simulated

@@ -136,54 +136,6 @@ fn a_run_killed_between_tasks_resumes_and_measures_what_an_uninterrupted_run_doe
     let _ = std::fs::remove_dir_all(&base);
 }
 
-/// What a technician at the bench decides for an intervention, looking at the plate (here: at
-/// the simulated liquid handler's own record of every liquid movement). A manual step is done.
-/// A command recovery could not settle happened if the record shows its liquid moved, and is
-/// sent again if it does not.
-fn technician_decides(
-    what: &str,
-    run: &str,
-    plans: &std::collections::BTreeMap<String, protocols::plan::RunPlan>,
-    logs: &Path,
-) -> &'static str {
-    if !what.starts_with("labd restarted while") {
-        return "done"; // a manual step, an addition, an instrument to check
-    }
-    let Some(plan) = plans.get(run) else { return "abort" };
-    let Some((head, op)) = what.split_once(": {") else { return "redo" }; // a plate move: not taken
-    let op_json = format!("{{{}", op.split_once("; ").map_or(op, |(j, _)| j));
-    let numbers: Vec<usize> = head.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    let (Some(&index), Some(&task)) = (numbers.first(), numbers.get(1)) else { return "abort" };
-    let Ok(op) = serde_json::from_str::<protocols::plan::CommandOp>(&op_json) else { return "abort" };
-    use protocols::plan::CommandOp::*;
-    let key = |verb: &str, labware: &str, well: &str, ul: f64| {
-        let name = labware.split_once('.').map_or(labware, |(_, n)| n);
-        format!("{verb} {name} {well} {ul:.3}")
-    };
-    let (wanted, times) = match &op {
-        Mix { labware, well, volume_ul, times, .. } => (key("aspirate", labware, well, *volume_ul), *times as usize),
-        Aspirate { labware, well, volume_ul, .. } => (key("aspirate", labware, well, *volume_ul), 1),
-        Dispense { labware, well, volume_ul, .. } => (key("dispense", labware, well, *volume_ul), 1),
-        _ => return "done",
-    };
-    let moves = |op: &protocols::plan::CommandOp| match op {
-        Mix { labware, well, volume_ul, times, .. } if key("aspirate", labware, well, *volume_ul) == wanted => {
-            *times as usize
-        }
-        Aspirate { labware, well, volume_ul, .. } if key("aspirate", labware, well, *volume_ul) == wanted => 1,
-        Dispense { labware, well, volume_ul, .. } if key("dispense", labware, well, *volume_ul) == wanted => 1,
-        _ => 0,
-    };
-    let before: usize = plan.tasks[..task].iter().flat_map(|t| &t.commands).map(|c| moves(&c.op)).sum::<usize>()
-        + plan.tasks[task].commands[..index].iter().map(|c| moves(&c.op)).sum::<usize>();
-    let logged = wire_liquid(logs).get(&short(run)).and_then(|m| m.get(&wanted)).copied().unwrap_or(0);
-    match logged {
-        n if n == before + times => "done",
-        n if n == before => "redo",
-        _ => "abort",
-    }
-}
-
 /// The crash loop: `labd` is killed with SIGKILL at 20 random moments while tenants' runs of
 /// the examples execute (serial dilutions, ELISAs with their manual washes and incubations, a
 /// growth curve with 24 incubate-and-read cycles), on simulators that run in their own process
@@ -254,27 +206,7 @@ fn crash_loop_twenty_kills_resume_runs_and_repeat_nothing() {
     }
     // A technician at the bench the whole time.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let technician = {
-        let (stop, plans, url, admin, logs) = (stop.clone(), plans.clone(), url.clone(), admin.clone(), logs.clone());
-        std::thread::spawn(move || {
-            let mut decided: Vec<(String, String, &'static str)> = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let (code, so, _) = labctl_at(&url, &admin, &["interventions", "--format", "json"]);
-                if code == 0 {
-                    for i in items(so.trim()) {
-                        let (id, run, what) =
-                            (i["id"].as_str().unwrap(), i["run"].as_str().unwrap(), i["what"].as_str().unwrap());
-                        let choice = technician_decides(what, run, &plans.lock().unwrap(), &logs);
-                        if labctl_at(&url, &admin, &["resolve", id, choice]).0 == 0 {
-                            decided.push((run.to_string(), what.to_string(), choice));
-                        }
-                    }
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            decided
-        })
-    };
+    let technician = technician_at_the_bench(&url, &admin, plans.clone(), &logs, stop.clone());
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     println!("crash loop seed {seed}");
     let mut next = move || {

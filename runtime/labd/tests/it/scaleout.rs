@@ -242,10 +242,21 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
     let mut globex_sub = super::mqtt_listen(mqtt_port, &globex_mqtt.0, &globex_mqtt.1, "#");
 
     let mut runs: Vec<(String, String)> = Vec::new(); // (token, run)
+    let plans: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, protocols::plan::RunPlan>>> =
+        Default::default();
+    let two_cells =
+        labware::Site::from_toml(&std::fs::read_to_string(super::root().join("sites/two-cells.toml")).unwrap())
+            .unwrap();
     for (i, (tok, node)) in [(&acme, &n1), (&globex, &n2), (&acme, &n3), (&globex, &n1)].into_iter().enumerate() {
-        runs.push((tok.clone(), node.submit(tok, "serial-dilution.yaml", &format!("sd{i}"))));
-        runs.push((tok.clone(), node.submit(tok, "normalisation.yaml", &format!("norm{i}"))));
+        for (p, key) in [("serial-dilution.yaml", format!("sd{i}")), ("normalisation.yaml", format!("norm{i}"))] {
+            let run = node.submit(tok, p, &key);
+            plans.lock().unwrap().insert(run.clone(), super::compile_example_on(p, &two_cells));
+            runs.push((tok.clone(), run));
+        }
     }
+    // A technician at the bench: a command no instrument can settle after a takeover is theirs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let technician = super::technician_at_the_bench(&n3.url, &admin, plans.clone(), &logs, stop.clone());
     // Each tenant sees only its own, on every node.
     for node in [&n1, &n2, &n3] {
         let mine = node.json(&acme, &["runs", "--format", "json"]);
@@ -287,6 +298,13 @@ fn three_nodes_two_cells_a_standby_a_kill_and_a_pause() {
         }
         assert!(std::time::Instant::now() < until, "runs did not finish: {states:?}\n{}", n3.output());
         std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for (run, what, choice) in technician.join().unwrap() {
+        eprintln!("asked about {run}: {what} → {choice}");
+        if what.starts_with("labd restarted while") {
+            assert!(what.contains("cannot settle it"), "the intervention says why: {what}");
+        }
     }
     let all = store.runs(None, &[]).unwrap();
     assert_eq!(all.len(), runs.len(), "no run lost, none made up");
