@@ -100,6 +100,9 @@ pub struct LabwareDecl {
     pub starts_empty: bool,
     /// The plate map: what each well is in the experiment.
     pub map: Vec<MapEntry>,
+    /// A container the lab holds (`container: PL-0001`): its type and contents come from the
+    /// lab's inventory ([`crate::held`]).
+    pub container: Option<Named>,
 }
 
 /// One entry of a plate map: wells and their sample, group, role and concentrations.

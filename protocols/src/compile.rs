@@ -69,9 +69,21 @@ pub fn compile_bytes(
     site: &Site,
     lib: &Library,
 ) -> (SourceFile, Compilation) {
+    compile_bytes_with(name, bytes, format, site, lib, &crate::held::NoInventory)
+}
+
+/// [`compile_bytes`], with the containers the lab holds for the compiling tenant.
+pub fn compile_bytes_with(
+    name: &str,
+    bytes: Vec<u8>,
+    format: Format,
+    site: &Site,
+    lib: &Library,
+    inventory: &dyn crate::held::Inventory,
+) -> (SourceFile, Compilation) {
     match SourceFile::from_bytes(name, bytes) {
         Ok(src) => {
-            let c = compile(&src, format, site, lib);
+            let c = compile_with(&src, format, site, lib, inventory);
             (src, c)
         }
         Err((src, at)) => {
@@ -85,6 +97,18 @@ pub fn compile_bytes(
 
 /// Compiles one protocol file against a site and a labware library.
 pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> Compilation {
+    compile_with(src, format, site, lib, &crate::held::NoInventory)
+}
+
+/// [`compile`], with the containers the lab holds for the compiling tenant (a labware that
+/// names a `container` takes its type and contents from there).
+pub fn compile_with(
+    src: &SourceFile,
+    format: Format,
+    site: &Site,
+    lib: &Library,
+    inventory: &dyn crate::held::Inventory,
+) -> Compilation {
     let mut d = Diagnostics::default();
     let mut out = Compilation { format, plan: None, quote: None, diagnostics: Vec::new(), tracked: None };
     if src.text.len() > MAX_SOURCE_BYTES {
@@ -113,11 +137,12 @@ pub fn compile(src: &SourceFile, format: Format, site: &Site, lib: &Library) -> 
         out.diagnostics = d.items;
         return out;
     }
-    let protocol = match format {
+    let mut protocol = match format {
         Format::Autoprotocol => import::autoprotocol::parse(&root, lib, &mut d),
         Format::Opentrons => import::opentrons::parse(&root, lib, &mut d),
         _ => lang::parse(&root, &mut d),
     };
+    crate::held::resolve(&mut protocol, inventory, &mut d);
     check_text_limits(&protocol, &mut d);
     let (plan, tracked) = build(&protocol, site, lib, &mut d);
     if !d.has_errors() {

@@ -171,7 +171,32 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
         if !check_keys(v, &what, &shape::LABWARE.names(), d) {
             continue;
         }
-        let Some(ty) = required(v, "type", &what, d).and_then(|t| named(t, "`type`", d)) else { continue };
+        let container = v.get("container").and_then(|c| named(c, "`container`", d));
+        let ty = match (v.get("type"), &container) {
+            (Some(_), Some(c)) => {
+                d.push(
+                    Diagnostic::error("P0103", c.span, format!("{what} names both a `type` and a `container`"))
+                        .with_hint("a container's type comes from the lab's inventory: drop `type`"),
+                );
+                continue;
+            }
+            (None, Some(c)) => c.clone(),
+            _ => match required(v, "type", &what, d).and_then(|t| named(t, "`type`", d)) {
+                Some(t) => t,
+                None => continue,
+            },
+        };
+        if let (Some(c), Some(contents)) = (&container, v.get("contents")) {
+            d.push(
+                Diagnostic::error(
+                    "P0103",
+                    contents.span,
+                    format!("{what} is container `{}`: its contents come from the lab's inventory", c.name),
+                )
+                .with_hint("drop `contents`"),
+            );
+            continue;
+        }
         let mut contents = Vec::new();
         if let Some(c) = v.get("contents") {
             match c.as_map() {
@@ -215,6 +240,7 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
             contents,
             starts_empty: false,
             map,
+            container,
         });
     }
 }

@@ -16,6 +16,7 @@ pub mod check;
 pub mod compile;
 pub mod design;
 pub mod diag;
+pub mod held;
 pub mod import;
 pub mod lang;
 pub mod lower;
@@ -29,7 +30,7 @@ pub mod syntax;
 pub mod units;
 pub mod waiting;
 
-pub use compile::{compile, compile_bytes, Compilation, Format};
+pub use compile::{compile, compile_bytes, compile_bytes_with, compile_with, Compilation, Format};
 pub use diag::{Diagnostic, Severity};
 pub use plan::RunPlan;
 pub use source::SourceFile;

@@ -114,8 +114,13 @@ pub const LIQUID: Obj = Obj {
 /// A labware of the protocol.
 pub const LABWARE: Obj = Obj {
     keys: &[
-        must("type", Ty::Name, "the labware's load name (labctl labware list)"),
-        key("contents", Ty::MapOf(&Ty::MapOf(&VOLUME)), "what its wells hold at the start: { A1: { water: 100 uL } }"),
+        key("type", Ty::Name, "the labware's load name (labctl labware list); not with `container`"),
+        key("contents", Ty::MapOf(&Ty::MapOf(&VOLUME)), "what its wells hold at the start: { A1: { water: 100 uL } }; not with `container`"),
+        key(
+            "container",
+            Ty::Name,
+            "a container the lab holds for you, by barcode or id (labctl containers): its type and contents come from the lab's inventory",
+        ),
         key("description", Ty::Text, "what it is for"),
         key(
             "map",

@@ -180,6 +180,7 @@ impl Importer<'_> {
             contents: Vec::new(),
             starts_empty: new,
             map: Vec::new(),
+            container: None,
         });
         if !self.protocol.custom_labware.iter().any(|c| c.load_name == def.load_name) {
             self.protocol.custom_labware.push(def.clone());

@@ -219,6 +219,7 @@ impl Importer<'_> {
             contents: Vec::new(),
             starts_empty: false,
             map: Vec::new(),
+            container: None,
         });
     }
 

@@ -203,8 +203,11 @@ impl Api {
     /// Compiles on a blocking thread, at most `COMPILES_AT_ONCE` at a time (the rest wait their
     /// turn), a source over `MAX_SOURCE_BYTES` refused first: one tenant's large protocols cannot
     /// take the daemon's memory or cores from everyone else.
+    /// The containers a tenant's protocols may name (`container:`) are its own (a staff
+    /// caller's: none).
     async fn compile(
         &self,
+        who: &Principal,
         name: &str,
         source: &[u8],
         format: i32,
@@ -220,11 +223,21 @@ impl Api {
             Err(_) => return Err(Status::invalid_argument(format!("format {format} is not a SourceFormat (0 to 3)"))),
         };
         let _turn = COMPILES.acquire().await.map_err(|e| Status::internal(e.to_string()))?;
+        let held = match who.tenant_id.clone() {
+            Some(tenant) if crate::held::names_a_container(source) => {
+                let store = self.store.clone();
+                blocking(move || store.containers(Some(&tenant))).await?
+            }
+            _ => Vec::new(),
+        };
         let (name, source, site, library) =
             (name.to_string(), source.to_vec(), self.site.clone(), self.library.clone());
-        tokio::task::spawn_blocking(move || protocols::compile_bytes(&name, source, format, &site, &library))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))
+        tokio::task::spawn_blocking(move || {
+            let inventory = crate::held::Held::of(held);
+            protocols::compile_bytes_with(&name, source, format, &site, &library, &inventory)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))
     }
 
     /// When a protocol submitted now would start and finish (device seconds from now), planned

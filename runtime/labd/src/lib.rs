@@ -39,6 +39,7 @@ pub mod demo;
 pub mod executor;
 pub mod halt;
 pub mod health;
+pub mod held;
 pub mod lab;
 pub mod labctl;
 pub mod logging;

@@ -34,16 +34,16 @@ fn validation(src: &protocols::SourceFile, c: &protocols::Compilation) -> pb::Va
 #[tonic::async_trait]
 impl pb::protocols_server::Protocols for Api {
     async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
-        self.caller(&req).await?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
-        let (src, c) = self.compile(&r.file_name, &r.source, r.format).await?;
+        let (src, c) = self.compile(&who, &r.file_name, &r.source, r.format).await?;
         Ok(Response::new(validation(&src, &c)))
     }
 
     async fn quote(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::QuoteResponse>, Status> {
         let who = self.caller(&req).await?;
         let r = req.into_inner();
-        let (src, c) = self.compile(&r.file_name, &r.source, r.format).await?;
+        let (src, c) = self.compile(&who, &r.file_name, &r.source, r.format).await?;
         let mut out = pb::QuoteResponse { validation: Some(validation(&src, &c)), ..Default::default() };
         if let Some(q) = &c.quote {
             out.duration_s = q.duration_s;

@@ -49,7 +49,7 @@ impl pb::runs_server::Runs for Api {
                 used / 3600.0
             )));
         }
-        let (src, c) = self.compile(&r.file_name, &r.source, r.format).await?;
+        let (src, c) = self.compile(&who, &r.file_name, &r.source, r.format).await?;
         let diags = diagnostics(&src, &c);
         let Some(plan) = c.plan.filter(|_| !c.diagnostics.iter().any(|d| d.is_error())) else {
             return Ok(Response::new(pb::SubmitResponse { run: None, created: false, diagnostics: diags }));

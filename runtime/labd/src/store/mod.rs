@@ -425,7 +425,7 @@ pub trait Store: Send + Sync {
         location: &str,
         actor: &str,
     ) -> Result<Vec<Container>>;
-    /// Containers, oldest first; a tenant's own only when `tenant` is given.
+    /// Containers, oldest first (then by barcode); a tenant's own only when `tenant` is given.
     fn containers(&self, tenant: Option<&str>) -> Result<Vec<Container>>;
     /// One container by id or barcode; another tenant's is not found, as a missing one is.
     fn container(&self, tenant: Option<&str>, id_or_barcode: &str) -> Result<Container>;

@@ -984,7 +984,7 @@ impl<D: Db> Store for SqlStore<D> {
     fn containers(&self, tenant: Option<&str>) -> Result<Vec<Container>> {
         self.read(|c| {
             let found = c.query(
-                &format!("SELECT {CONTAINER_COLS} FROM containers WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) ORDER BY created_at, id"),
+                &format!("SELECT {CONTAINER_COLS} FROM containers WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) ORDER BY created_at, barcode"),
                 &params![tenant],
             )?;
             let mut out = Vec::with_capacity(found.len());

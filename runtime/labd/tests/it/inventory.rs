@@ -13,8 +13,10 @@ RS-0001,nest_12_reservoir_15ml,A1,diluent,PBS,12 mL
 /// A technician receives acme's shipment: a barcode not in the manifest is set aside, and only
 /// once every container is scanned is the shipment received (at 4 °C, as told). acme sees its
 /// containers with their wells and history; globex sees none, and asking for one of acme's
-/// reads exactly like asking for one that does not exist. A bad manifest is refused whole with
-/// a problem per line; a scientist cannot receive; a barcode already in the lab is refused.
+/// reads exactly like asking for one that does not exist. acme's protocol names the plate by
+/// barcode and its run draws from it; globex's copy of that protocol is refused like one naming
+/// a container that does not exist. A bad manifest is refused whole with a problem per line; a
+/// scientist cannot receive; a barcode already in the lab is refused.
 #[test]
 fn a_shipment_is_received_whole_and_stays_its_tenants() {
     let lab = serve_lab_on("inventory", "0.001", None);
@@ -67,6 +69,32 @@ fn a_shipment_is_received_whole_and_stays_its_tenants() {
     assert_eq!(theirs.2.replace("PL-0001", "X"), nobody.2.replace("PL-7777", "X"), "the same answer");
     let by_id = lab.ctl(&globex, &["container", "show", &plate_id]).2;
     assert!(!by_id.contains("acme") && !by_id.contains("S-00") && !by_id.contains("serum"), "{by_id}");
+
+    // A protocol names the plate by its barcode: its type and contents come from the inventory;
+    // the run draws from it. For globex the same protocol names an unknown container, worded as
+    // for one that does not exist.
+    let protocol = |barcode: &str| {
+        let file = lab.dir.join(format!("from-{barcode}.yaml"));
+        std::fs::write(
+            &file,
+            format!("labwright: 1\nname: From the shipment\nlabware:\n  samples: {{ container: {barcode} }}\n  assay: {{ type: corning_96_wellplate_360ul_flat }}\n  tips: {{ type: opentrons_96_tiprack_300ul }}\nsteps:\n  - transfer: {{ from: samples/A1:B1, to: assay/A1:B1, volume: 50 uL }}\n"),
+        )
+        .unwrap();
+        file
+    };
+    let own = protocol("PL-0001");
+    let (code, so, se) = lab.ctl(&acme, &["submit", own.to_str().unwrap(), "--wait"]);
+    assert_eq!(code, 0, "acme's run from its own plate: {so}{se}");
+    let (code, _, local) = lab.ctl(&acme, &["validate", own.to_str().unwrap()]);
+    assert!(code != 0 && local.contains("P0209") && local.contains("looked up when the lab"), "{local}");
+    let refused = lab.ctl(&globex, &["submit", own.to_str().unwrap()]);
+    let missing = lab.ctl(&globex, &["submit", protocol("PL-7777").to_str().unwrap()]);
+    assert!(refused.0 != 0 && refused.2.contains("unknown container `PL-0001`"), "{}", refused.2);
+    assert_eq!(
+        refused.2.replace("PL-0001", "X").replace("from-X", "f"),
+        missing.2.replace("PL-7777", "X").replace("from-X", "f"),
+        "globex learns nothing of acme's container"
+    );
 
     // A bad manifest: refused whole, each line named.
     let bad = lab.dir.join("bad.csv");
