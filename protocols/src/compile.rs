@@ -144,7 +144,10 @@ pub fn compile_with(
     };
     crate::held::resolve(&mut protocol, inventory, &mut d);
     check_text_limits(&protocol, &mut d);
-    let (plan, tracked) = build(&protocol, site, lib, &mut d);
+    let (mut plan, tracked) = build(&protocol, site, lib, &mut d);
+    if let (Some(plan), Some(tracked)) = (plan.as_mut(), tracked.as_ref()) {
+        crate::held::note_draws(plan, tracked, lib);
+    }
     if !d.has_errors() {
         out.quote = plan.as_ref().map(|p| quote::quote(p, site));
         out.plan = plan;
@@ -503,6 +506,12 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
                 contents: BTreeMap::new(),
                 composition: BTreeMap::new(),
                 map: plate_map(p, s, d),
+                container: p
+                    .labware
+                    .iter()
+                    .find(|l| l.name.name == s.name)
+                    .and_then(|l| l.container.as_ref().map(|c| c.name.clone())),
+                drawn: BTreeMap::new(),
             })
             .collect(),
         tasks: plan_tasks,

@@ -9,6 +9,8 @@ use crate::diag::{Diagnostic, Diagnostics};
 /// What the lab's inventory says of one container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
+    /// Its id in the inventory (whatever name the protocol used).
+    pub id: String,
     /// Its labware type (a load name).
     pub load_name: String,
     /// (well, liquid, µL) for every liquid of every well.
@@ -46,6 +48,7 @@ pub fn resolve(protocol: &mut Protocol, inventory: &dyn Inventory, d: &mut Diagn
             continue;
         };
         lw.load_name = Named { name: held.load_name, span: c.span };
+        lw.container = Some(Named { name: held.id, span: c.span });
         lw.contents = held
             .contents
             .into_iter()
@@ -60,6 +63,23 @@ pub fn resolve(protocol: &mut Protocol, inventory: &dyn Inventory, d: &mut Diagn
     protocol.liquids.extend(liquids);
 }
 
+/// Writes into the plan what it draws, net, from each well of each container it names: the
+/// starting contents against what the liquid tracking leaves there. The lab counts it against
+/// the container's volume, with every other run drawing from it.
+pub fn note_draws(plan: &mut crate::plan::RunPlan, tracked: &crate::check::Tracked, lib: &labware::Library) {
+    let defs: Vec<Option<labware::LabwareDef>> =
+        plan.labware.iter().map(|l| plan.labware_def(&l.load_name, lib).cloned()).collect();
+    for (i, lw) in plan.labware.iter_mut().enumerate() {
+        let (Some(_), Some(def), Some(now)) = (&lw.container, &defs[i], tracked.wells.get(i)) else { continue };
+        for (well, start) in &lw.contents {
+            let left = def.well_index(well).and_then(|w| now.get(w)).map_or(*start, |s| s.volume());
+            if start - left > 1e-9 {
+                lw.drawn.insert(well.clone(), start - left);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +89,7 @@ mod tests {
     impl Inventory for One {
         fn container(&self, name: &str) -> Option<Held> {
             (name == "PL-1").then(|| Held {
+                id: "con_1".into(),
                 load_name: "corning_96_wellplate_360ul_flat".into(),
                 contents: vec![("A1".into(), "serum".into(), 100.0), ("A2".into(), "serum".into(), 30.0)],
             })
@@ -113,6 +134,8 @@ mod tests {
         let samples = plan.labware.iter().find(|l| l.name == "samples").unwrap();
         assert_eq!(samples.load_name, "corning_96_wellplate_360ul_flat");
         assert_eq!(samples.contents.get("A1"), Some(&100.0));
+        assert_eq!(samples.container.as_deref(), Some("con_1"));
+        assert_eq!(samples.drawn.get("A1"), Some(&50.0), "what the run draws, for the lab's count");
     }
 
     #[test]

@@ -80,6 +80,13 @@ pub struct PlanLabware {
     /// The plate map: well → sample, group, role, concentration, replicate.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub map: std::collections::BTreeMap<String, crate::design::WellDesign>,
+    /// The container of the lab's inventory this labware is (`container:` in the protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// What the run draws from each well of that container, net, µL (wells it leaves as they
+    /// were are not listed).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub drawn: std::collections::BTreeMap<String, f64>,
 }
 
 /// Instrument settings a task needs; tasks with equal settings may share a capacity resource.

@@ -27,6 +27,7 @@ impl Inventory for Held {
     fn container(&self, barcode_or_id: &str) -> Option<Answer> {
         let k = self.all.get(*self.by_name.get(barcode_or_id)?)?;
         Some(Answer {
+            id: k.id.clone(),
             load_name: k.load_name.clone(),
             contents: k.wells.iter().map(|w| (w.well.clone(), w.liquid.clone(), w.volume_ul)).collect(),
         })
@@ -36,4 +37,49 @@ impl Inventory for Held {
 /// Whether a protocol's text may name a container (the store is read only then).
 pub fn names_a_container(source: &[u8]) -> bool {
     source.windows(b"container".len()).any(|w| w == b"container")
+}
+
+/// Why a plan draws more from a container than it holds, counting what every other run of the
+/// tenant that drew or will draw from it takes (all but those that ended before they began,
+/// and a resubmission of the same run, `key`); `None` when it fits.
+pub fn over_drawn(
+    plan: &protocols::RunPlan,
+    runs: &[crate::store::Run],
+    containers: &[Container],
+    key: &str,
+) -> Option<String> {
+    use crate::store::RunState;
+    let mut committed: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    for r in runs {
+        let never_began = matches!(r.state, RunState::Failed | RunState::Cancelled) && r.started_at.is_none();
+        if never_began || r.idempotency_key == key {
+            continue;
+        }
+        let Ok(p) = serde_json::from_str::<protocols::RunPlan>(&r.plan_json) else { continue };
+        for lw in &p.labware {
+            let Some(c) = &lw.container else { continue };
+            for (well, ul) in &lw.drawn {
+                *committed.entry((c.clone(), well.clone())).or_default() += ul;
+            }
+        }
+    }
+    for lw in &plan.labware {
+        let Some(c) = &lw.container else { continue };
+        let Some(k) = containers.iter().find(|k| &k.id == c) else { continue };
+        for (well, ul) in &lw.drawn {
+            let holds: f64 = k.wells.iter().filter(|w| &w.well == well).map(|w| w.volume_ul).sum();
+            let taken = committed.get(&(c.clone(), well.clone())).copied().unwrap_or(0.0);
+            if taken + ul > holds + 1e-6 {
+                let t = protocols::units::trim;
+                return Some(format!(
+                    "container {} well {well} holds {} µL; runs already accepted draw {} µL from it and this one {} µL; ship more or draw less",
+                    k.barcode,
+                    t(holds),
+                    t(taken),
+                    t(*ul)
+                ));
+            }
+        }
+    }
+    None
 }

@@ -55,6 +55,17 @@ impl pb::runs_server::Runs for Api {
             return Ok(Response::new(pb::SubmitResponse { run: None, created: false, diagnostics: diags }));
         };
         self.some_cell_can_run(&plan)?;
+        if plan.labware.iter().any(|l| !l.drawn.is_empty()) {
+            let (store, tid, key, draws) =
+                (self.store.clone(), tenant.clone(), r.idempotency_key.clone(), plan.clone());
+            blocking(move || {
+                let runs = store.runs(Some(&tid), &[])?;
+                let containers = store.containers(Some(&tid))?;
+                Ok(crate::held::over_drawn(&draws, &runs, &containers, &key))
+            })
+            .await?
+            .map_or(Ok(()), |why| Err(Status::failed_precondition(why)))?;
+        }
         let new = store::NewRun {
             tenant_id: tenant,
             idempotency_key: r.idempotency_key,

@@ -85,6 +85,20 @@ fn a_shipment_is_received_whole_and_stays_its_tenants() {
     let own = protocol("PL-0001");
     let (code, so, se) = lab.ctl(&acme, &["submit", own.to_str().unwrap(), "--wait"]);
     assert_eq!(code, 0, "acme's run from its own plate: {so}{se}");
+    // It drew 50 µL of A1's 150 and B1's 130: a second run drawing 50 fits, a third that would
+    // take 90 more from A1 does not (counting both runs before it), whatever their state.
+    let (code, _, se) = lab.ctl(&acme, &["submit", own.to_str().unwrap(), "--key", "second"]);
+    assert_eq!(code, 0, "{se}");
+    let greedy = lab.dir.join("greedy.yaml");
+    std::fs::write(&greedy, std::fs::read_to_string(&own).unwrap().replace("volume: 50 uL", "volume: 90 uL")).unwrap();
+    let (code, _, se) = lab.ctl(&acme, &["submit", greedy.to_str().unwrap()]);
+    assert!(
+        code != 0
+            && se.contains(
+                "container PL-0001 well A1 holds 150 µL; runs already accepted draw 100 µL from it and this one 90 µL"
+            ),
+        "{se}"
+    );
     let (code, _, local) = lab.ctl(&acme, &["validate", own.to_str().unwrap()]);
     assert!(code != 0 && local.contains("P0209") && local.contains("looked up when the lab"), "{local}");
     let refused = lab.ctl(&globex, &["submit", own.to_str().unwrap()]);
