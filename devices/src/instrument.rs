@@ -155,8 +155,7 @@ pub trait Instrument: Send + Sync + std::fmt::Debug {
     /// reports of itself against what the driver expects before and after it (call after
     /// [`Instrument::replay`] of the commands before it). A driver that cannot tell says so.
     /// Where it did happen (or its rest is to be sent), the driver's own knowledge follows.
-    async fn settle(&self, op: &CommandOp) -> Result<Settled, InstrumentError> {
-        let _ = op;
+    async fn settle(&self, _op: &CommandOp) -> Result<Settled, InstrumentError> {
         Ok(Settled::Unknown("this instrument cannot say whether a command happened".into()))
     }
     /// After a failed or aborted task: puts the instrument back in a known safe state where it

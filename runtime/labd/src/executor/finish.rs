@@ -180,7 +180,10 @@ impl Executor {
                 let last = blocking(move || store.last_done_on(&id, t - 1)).await?;
                 let last: Vec<CommandOp> =
                     last.and_then(|l| serde_json::from_str(&l.intent.op_json).ok()).into_iter().collect();
-                let _ = arm.replay(&last).await;
+                if let Err(e) = arm.replay(&last).await {
+                    // It then cannot tell a move to where it stood from one that happened: asked.
+                    tracing::warn!(run = %run.id, instrument = %inst, error = %e, "the arm could not learn where it stood");
+                }
             }
             match tokio::time::timeout(Duration::from_secs(30), d.settle(&op)).await {
                 Ok(Ok(v)) => v,
