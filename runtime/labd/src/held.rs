@@ -39,9 +39,10 @@ pub fn names_a_container(source: &[u8]) -> bool {
     source.windows(b"container".len()).any(|w| w == b"container")
 }
 
-/// Why a plan draws more from a container than it holds, counting what every other run of the
-/// tenant that drew or will draw from it takes (all but those that ended before they began,
-/// and a resubmission of the same run, `key`); `None` when it fits.
+/// Why a plan draws more from a container than it holds now, counting what every other run of
+/// the tenant that will draw or may have drawn from it takes (all but those that ended before
+/// they began, those that succeeded — their draws are off the wells already — and a
+/// resubmission of the same run, `key`); `None` when it fits.
 pub fn over_drawn(
     plan: &protocols::RunPlan,
     runs: &[crate::store::Run],
@@ -52,7 +53,8 @@ pub fn over_drawn(
     let mut committed: std::collections::BTreeMap<(String, String), f64> = Default::default();
     for r in runs {
         let never_began = matches!(r.state, RunState::Failed | RunState::Cancelled) && r.started_at.is_none();
-        if never_began || r.idempotency_key == key {
+        // A run that succeeded has its draws taken off the container's wells already.
+        if never_began || r.state == RunState::Succeeded || r.idempotency_key == key {
             continue;
         }
         let Ok(p) = serde_json::from_str::<protocols::RunPlan>(&r.plan_json) else { continue };

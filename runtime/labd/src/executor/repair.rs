@@ -430,6 +430,14 @@ impl Executor {
             }
             let (store, id) = (self.store.clone(), s.runs[i].run.id.clone());
             let failure = s.failures.get(&i).cloned();
+            // What it drew from containers of the lab's inventory (a run that succeeded carried
+            // out every command of its plan, so its plan's draws are what happened).
+            let drawn: Vec<(String, Vec<(String, f64)>)> = s.runs[i]
+                .plan
+                .labware
+                .iter()
+                .filter_map(|l| Some((l.container.clone()?, l.drawn.iter().map(|(w, v)| (w.clone(), *v)).collect())))
+                .collect();
             let (state, reason) = blocking(move || {
                 let cancelling = store.run(None, &id).is_ok_and(|r| r.state == RunState::Cancelling);
                 let (state, reason) = match (failure, cancelling) {
@@ -439,6 +447,13 @@ impl Executor {
                     (None, false) => (RunState::Succeeded, None),
                     (Some(why), false) => (RunState::Failed, Some(why)),
                 };
+                // Before the final state: a store failure here is tried again with it, and the
+                // container is updated once per run whatever happens.
+                if state == RunState::Succeeded {
+                    for (container, wells) in &drawn {
+                        store.use_container(&id, container, wells, "labd")?;
+                    }
+                }
                 store.set_run_state(&id, state, reason.as_deref()).map(|_| (state, reason))
             })
             .await?;

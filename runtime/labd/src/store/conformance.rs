@@ -62,6 +62,15 @@ pub fn containers_are_received_whole_and_kept_per_tenant(s: &dyn Store) {
     assert!(matches!(&again, StoreError::Conflict(m) if m.contains("PL-0001")), "{again}");
     assert!(matches!(s.container(None, "PL-0002"), Err(StoreError::NotFound(_))), "nothing half-received");
     assert_eq!(s.containers(None).unwrap().len(), 1);
+    // A run's draws come off the wells once, in proportion to what each well holds.
+    assert!(s.use_container("run_1", &k.id, &[("A1".into(), 25.0)], "labd").unwrap());
+    assert!(!s.use_container("run_1", &k.id, &[("A1".into(), 25.0)], "labd").unwrap(), "once per run");
+    let after = s.container(None, &k.id).unwrap();
+    assert_eq!(after.wells.iter().find(|w| w.well == "A1").unwrap().volume_ul, 75.0);
+    assert_eq!(after.wells.iter().find(|w| w.well == "B1").unwrap().volume_ul, 80.0, "untouched");
+    let history = s.container_history(&k.id).unwrap();
+    assert_eq!((history.len(), history[1].kind.as_str()), (2, "used"));
+    assert_eq!(history[1].detail, "run run_1: drew A1 25 µL");
 }
 
 /// A run's final state is the last thing in its history: its open interventions close with it

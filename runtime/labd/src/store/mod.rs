@@ -39,6 +39,12 @@ pub fn run_prefix(run_id: &str) -> String {
     run_id.trim_start_matches("run_").chars().take(8).collect()
 }
 
+/// A volume in µL as people write it (`12.5`, `100`).
+pub fn trim_ul(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// A fresh identifier with a readable prefix (`run_…`, `ten_…`).
 pub fn new_id(prefix: &str) -> String {
     // 80 bits from the operating system's random source: ids are not guessable. Should the OS
@@ -431,6 +437,10 @@ pub trait Store: Send + Sync {
     fn container(&self, tenant: Option<&str>, id_or_barcode: &str) -> Result<Container>;
     /// A container's history, oldest first.
     fn container_history(&self, container_id: &str) -> Result<Vec<ContainerEvent>>;
+    /// What run `run_id` drew from a container's wells ((well, µL)), taken off each well's
+    /// liquids in proportion, with a `used` entry in its history: once per run and container
+    /// (`false` when it was already recorded).
+    fn use_container(&self, run_id: &str, container_id: &str, drawn: &[(String, f64)], actor: &str) -> Result<bool>;
 
     /// Stores a measurement with its `result` event and outbox row.
     fn add_result(&self, row: &ResultRow) -> Result<Event>;

@@ -1032,6 +1032,44 @@ impl<D: Db> Store for SqlStore<D> {
         })
     }
 
+    fn use_container(&self, run_id: &str, container_id: &str, drawn: &[(String, f64)], actor: &str) -> Result<bool> {
+        let at = now_ms();
+        let used = format!("run {run_id}:");
+        self.tx(|c| {
+            let history = c.query(
+                "SELECT seq, detail FROM container_history WHERE container_id = ?1 ORDER BY seq",
+                &params![container_id],
+            )?;
+            if history.iter().any(|r| r.text(1).is_ok_and(|d| d.starts_with(&used))) {
+                return Ok(false);
+            }
+            let next = history.iter().filter_map(|r| r.int(0).ok()).max().unwrap_or(0) + 1;
+            let mut said = Vec::new();
+            for (well, ul) in drawn {
+                let liquids = c.query(
+                    "SELECT liquid, volume_ul FROM container_wells WHERE container_id = ?1 AND well = ?2",
+                    &params![container_id, well],
+                )?;
+                let total: f64 = liquids.iter().filter_map(|r| r.real(1).ok()).sum();
+                let keep = if total > 0.0 { ((total - ul) / total).max(0.0) } else { 0.0 };
+                for r in &liquids {
+                    let (liquid, v) = (r.text(0)?, r.real(1)?);
+                    c.execute(
+                        "UPDATE container_wells SET volume_ul = ?4 WHERE container_id = ?1 AND well = ?2 AND liquid = ?3",
+                        &params![container_id, well, &liquid, v * keep],
+                    )?;
+                }
+                said.push(format!("{well} {} µL", crate::store::trim_ul(*ul)));
+            }
+            let detail = format!("{used} drew {}", said.join(", "));
+            c.execute(
+                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor) VALUES (?1, ?2, ?3, 'used', ?4, ?5)",
+                &params![container_id, next, at, &detail, actor],
+            )?;
+            Ok(true)
+        })
+    }
+
     fn last_done_on(&self, instrument: &str, before: Millis) -> Result<Option<Attempt>> {
         self.read(|c| {
             let found = c.query(
