@@ -21,6 +21,11 @@ fn simulate_fifty_tenants_in_virtual_time() {
         "50",
         "--out",
         out_dir.to_str().unwrap(),
+        // Budgets counted, not timed: under a loaded machine a timed repair has been seen to
+        // overbook an instrument (docs/scheduling.md, "Known defects"); counted, it is the same
+        // plan every time.
+        "--seed",
+        "7",
     ]);
     let (so, se) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{so}{se}");
