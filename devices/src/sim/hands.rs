@@ -5,7 +5,6 @@
 //! A real lab has a person here.
 
 use super::bench::SharedBench;
-use super::{LineDevice, Response};
 use crate::error::InstrumentError;
 use labware::optics::Optics;
 use serde::{Deserialize, Serialize};
@@ -24,47 +23,26 @@ pub enum Request {
     Knows { labware: String, well: String },
 }
 
-/// The bench side: one request per line, one JSON reply per line.
-#[derive(Debug)]
-pub struct BenchDesk {
-    bench: SharedBench,
-}
-
-impl BenchDesk {
-    pub fn new(bench: SharedBench) -> Self {
-        BenchDesk { bench }
-    }
-}
-
-fn reply(v: serde_json::Value) -> Response {
-    Response::Reply(format!("{v}\r\n").into_bytes())
-}
-
-impl LineDevice for BenchDesk {
-    fn handle(&mut self, line: &str, _now_s: f64) -> Response {
-        let request: Request = match serde_json::from_str(line) {
-            Ok(r) => r,
-            Err(e) => return reply(serde_json::json!({"ok": false, "error": format!("not a bench request: {e}")})),
-        };
-        let Ok(mut bench) = self.bench.lock() else {
-            return reply(serde_json::json!({"ok": false, "error": "the bench's state is lost"}));
-        };
-        match request {
-            Request::Fill { labware, well, liquid, ul } if ul.is_finite() && ul >= 0.0 => {
-                bench.fill(&labware, &well, &liquid, ul);
-                reply(serde_json::json!({"ok": true}))
-            }
-            Request::Fill { ul, .. } => {
-                reply(serde_json::json!({"ok": false, "error": format!("cannot fill {ul} µL")}))
-            }
-            Request::Optics { liquid, optics } => {
-                bench.set_optics(&liquid, optics);
-                reply(serde_json::json!({"ok": true}))
-            }
-            Request::Knows { labware, well } => {
-                reply(serde_json::json!({"ok": true, "knows": bench.knows(&labware, &well)}))
-            }
+/// The bench's answer to one request line (JSON), as one JSON object.
+fn answer(bench: &SharedBench, line: &str) -> serde_json::Value {
+    let request: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return serde_json::json!({"ok": false, "error": format!("not a bench request: {e}")}),
+    };
+    let Ok(mut bench) = bench.lock() else {
+        return serde_json::json!({"ok": false, "error": "the bench's state is lost"});
+    };
+    match request {
+        Request::Fill { labware, well, liquid, ul } if ul.is_finite() && ul >= 0.0 => {
+            bench.fill(&labware, &well, &liquid, ul);
+            serde_json::json!({"ok": true})
         }
+        Request::Fill { ul, .. } => serde_json::json!({"ok": false, "error": format!("cannot fill {ul} µL")}),
+        Request::Optics { liquid, optics } => {
+            bench.set_optics(&liquid, optics);
+            serde_json::json!({"ok": true})
+        }
+        Request::Knows { labware, well } => serde_json::json!({"ok": true, "knows": bench.knows(&labware, &well)}),
     }
 }
 
@@ -78,15 +56,14 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
-            let mut desk = BenchDesk::new(bench.clone());
+            let bench = bench.clone();
             tokio::spawn(async move {
                 let (read, mut write) = sock.into_split();
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if let Response::Reply(bytes) = desk.handle(line.trim(), 0.0) {
-                        if write.write_all(&bytes).await.is_err() {
-                            return;
-                        }
+                    let reply = format!("{}\r\n", answer(&bench, line.trim()));
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -95,7 +72,7 @@ pub async fn serve(
     Ok((addr, task))
 }
 
-/// The runtime's side: sends requests to a [`BenchDesk`] at `address` (host:port).
+/// The runtime's side: sends requests to a bench [`serve`]d at `address` (host:port).
 #[derive(Debug, Clone)]
 pub struct Hands {
     address: String,

@@ -161,6 +161,17 @@ pub fn parse(text: &str, lib: &Library) -> Result<Vec<NewContainer>, Vec<Problem
         .collect())
 }
 
+/// The barcodes a manifest lists, in its `barcode` column wherever the header puts it (for the
+/// bench's scanning; [`parse`] checks the rest). Empty without a header naming the column.
+pub fn barcodes(text: &str) -> std::collections::BTreeSet<String> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let Some(header) = lines.next() else { return Default::default() };
+    let Some(at) = fields(header).iter().position(|f| f.trim().eq_ignore_ascii_case(COLUMNS[0])) else {
+        return Default::default();
+    };
+    lines.filter_map(|l| fields(l).get(at).map(|b| b.trim().to_string())).filter(|b| !b.is_empty()).collect()
+}
+
 /// The fields of a CSV line: commas separate, double quotes enclose a field that holds one
 /// (`""` is a quote inside).
 fn fields(line: &str) -> Vec<String> {
@@ -199,6 +210,9 @@ mod tests {
         assert_eq!(got[0].wells.len(), 2, "two liquids in A1");
         assert!(got[0].wells.iter().any(|w| w.liquid == "dye, blue" && w.volume_ul == 50.0));
         assert_eq!(got[1].wells[0].volume_ul, 10_000.0);
+        let reordered =
+            "well,barcode,type,sample,liquid,volume\nA1,PL-9,corning_96_wellplate_360ul_flat,S,serum,1 uL\n";
+        assert_eq!(barcodes(reordered).into_iter().collect::<Vec<_>>(), ["PL-9"], "the barcode column, wherever it is");
     }
 
     #[test]

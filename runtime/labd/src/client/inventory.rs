@@ -11,13 +11,7 @@ pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
                 .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
             // The barcodes the manifest lists, checked here as they are scanned; the server
             // checks the manifest and the scans again.
-            let declared: std::collections::BTreeSet<String> = text
-                .lines()
-                .skip(1)
-                .filter_map(|l| l.split(',').next())
-                .map(|b| b.trim().trim_matches('"').to_string())
-                .filter(|b| !b.is_empty())
-                .collect();
+            let declared = crate::manifest::barcodes(&text);
             let mut scanned = std::collections::BTreeSet::new();
             eprintln!("scan the {} container(s) of the shipment, one barcode per line", declared.len());
             for line in std::io::stdin().lock().lines() {

@@ -78,7 +78,8 @@ impl Executor {
     }
 
     async fn finish_leftover(&self, run: &Run, plan: &RunPlan) -> Result<(), JobError> {
-        let storage = self.storage_nests();
+        let problem = LabProblem::from_site(&self.lab.site).map_err(|e| JobError::Lab(e.0))?;
+        let storage: BTreeSet<String> = problem.nests.get(problem.storage).map(|n| n.id.clone()).into_iter().collect();
         let (store, id) = (self.store.clone(), run.id.clone());
         let (attempts, events) =
             blocking(move || Ok::<_, crate::store::StoreError>((store.attempts(&id)?, store.events(None, &id, 0)?)))
@@ -94,8 +95,12 @@ impl Executor {
                 .filter(|a| a.intent.task_id == u.task as i64 && a.outcome.as_deref() == Some("ok"))
                 .collect();
             done.sort_by_key(|a| a.intent.command_index);
-            let ops: Vec<CommandOp> =
-                done.iter().filter_map(|a| serde_json::from_str(&a.intent.op_json).ok()).collect();
+            // An op the journal cannot give back would leave the driver's model wrong: stop.
+            let ops = done
+                .iter()
+                .map(|a| serde_json::from_str::<CommandOp>(&a.intent.op_json))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| JobError::Lab(format!("a journaled command of task {} cannot be read: {e}", u.task)))?;
             let instrument = u.instrument.clone().unwrap_or_default();
             let failed = |error| JobError::Instrument { instrument: instrument.clone(), error, aborted: false };
             driver.prepare(plan).await.map_err(|error| JobError::Prepare { instrument: instrument.clone(), error })?;
@@ -131,7 +136,6 @@ impl Executor {
         // Plates not in storage go home, by the arms' routes.
         let (store, id) = (self.store.clone(), run.id.clone());
         let attempts = blocking(move || store.attempts(&id)).await?;
-        let problem = LabProblem::from_site(&self.lab.site).map_err(|e| JobError::Lab(e.0))?;
         for (plate, nest) in resume::plates_out(&attempts, &storage) {
             let from = problem.nests.iter().position(|n| n.id == nest);
             let legs = from.and_then(|f| problem.route(f, problem.storage)).map(<[_]>::to_vec);
