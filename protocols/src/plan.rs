@@ -266,6 +266,42 @@ pub enum CommandOp {
 }
 
 impl CommandOp {
+    /// The op's name as a protocol's JSON plan spells it (`pick_up_tip`, `read_absorbance`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandOp::PickUpTip { .. } => "pick_up_tip",
+            CommandOp::Aspirate { .. } => "aspirate",
+            CommandOp::Dispense { .. } => "dispense",
+            CommandOp::Mix { .. } => "mix",
+            CommandOp::BlowOut { .. } => "blow_out",
+            CommandOp::MoveTo { .. } => "move_to",
+            CommandOp::DropTip { .. } => "drop_tip",
+            CommandOp::Home => "home",
+            CommandOp::MoveLabware { .. } => "move_labware",
+            CommandOp::AddReagent { .. } => "add_reagent",
+            CommandOp::Incubate { .. } => "incubate",
+            CommandOp::Shake { .. } => "shake",
+            CommandOp::SetTemperature { .. } => "set_temperature",
+            CommandOp::WaitForTemperature { .. } => "wait_for_temperature",
+            CommandOp::SetShakeSpeed { .. } => "set_shake_speed",
+            CommandOp::StopShaking => "stop_shaking",
+            CommandOp::StopHeating => "stop_heating",
+            CommandOp::Latch { .. } => "latch",
+            CommandOp::Seal { .. } => "seal",
+            CommandOp::Peel { .. } => "peel",
+            CommandOp::Cover { .. } => "cover",
+            CommandOp::Uncover { .. } => "uncover",
+            CommandOp::ReadAbsorbance { .. } => "read_absorbance",
+            CommandOp::ReadFluorescence { .. } => "read_fluorescence",
+            CommandOp::ReadLuminescence { .. } => "read_luminescence",
+            CommandOp::Centrifuge { .. } => "centrifuge",
+            CommandOp::Wait { .. } => "wait",
+            CommandOp::Manual { .. } => "manual",
+        }
+    }
+}
+
+impl CommandOp {
     /// The labware this command names (a tip rack for a pick-up), to rename it. A nest a plate
     /// moves to is a place, not labware, and is not among them.
     pub fn labware_mut(&mut self) -> Option<&mut String> {

@@ -70,6 +70,11 @@ fn examples_compile_without_diagnostics() {
         let c = run(&e.path().display().to_string(), &text);
         assert!(c.diagnostics.is_empty(), "{}: {:#?}", e.path().display(), c.diagnostics);
         assert!(c.plan.is_some() && c.quote.is_some());
+        // Logs and traces name each command by `CommandOp::name`: the plan's own spelling.
+        for command in c.plan.iter().flat_map(|p| &p.tasks).flat_map(|t| &t.commands) {
+            let json = serde_json::to_value(&command.op).unwrap();
+            assert_eq!(json["op"], command.op.name(), "{json}");
+        }
         n += 1;
     }
     assert!(n >= 5);

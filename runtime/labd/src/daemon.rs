@@ -115,9 +115,13 @@ pub fn main() -> i32 {
     };
     if !matches!(cli.command, Command::Serve { .. }) {
         // `serve` chooses its level and format from labd.toml once it has read it.
-        if let Err(e) = crate::logging::init("info", crate::logging::LogFormat::Text) {
-            eprintln!("labd: {e}");
-            return 1;
+        match crate::logging::init("info", crate::logging::LogFormat::Text, None) {
+            // Without an exporter there is nothing to flush at the end.
+            Ok(logging) => logging.shutdown(),
+            Err(e) => {
+                eprintln!("labd: {e}");
+                return 1;
+            }
         }
     }
     match cli.command {
@@ -199,10 +203,6 @@ pub fn main() -> i32 {
             if let Some(l) = console {
                 c.console_listen = l;
             }
-            if let Err(e) = crate::logging::init(&c.log_level, c.log_format) {
-                eprintln!("labd serve: {e}");
-                return 1;
-            }
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -210,7 +210,21 @@ pub fn main() -> i32 {
                     return 1;
                 }
             };
-            match rt.block_on(crate::serve::serve(c)) {
+            // The span exporter's connection lives on the runtime.
+            let logging = {
+                let _in_runtime = rt.enter();
+                crate::logging::init(&c.log_level, c.log_format, c.otlp_endpoint.as_deref())
+            };
+            let logging = match logging {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("labd serve: {e}");
+                    return 1;
+                }
+            };
+            let served = rt.block_on(crate::serve::serve(c));
+            logging.shutdown();
+            match served {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("labd serve: {e}");

@@ -93,7 +93,31 @@ impl Executor {
         Some(cascade_failed)
     }
 
+    /// Carries out one job inside its span: a task (run, tenant, task, instrument) or a plate
+    /// move (run, tenant, plate, arm), which the log's lines and an OpenTelemetry trace carry.
     pub(super) async fn job(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), JobError> {
+        let span = match job {
+            Job::Task { run, task, resource, .. } => tracing::info_span!(
+                "task",
+                run = %runs[*run].0.id,
+                tenant = %runs[*run].0.tenant_id,
+                task,
+                instrument = resource.map_or("bench", |r| problem.resources[r].id.as_str()),
+            ),
+            Job::Move(m) => tracing::info_span!(
+                "plate move",
+                run = %runs[m.run].0.id,
+                tenant = %runs[m.run].0.tenant_id,
+                plate = m.plate,
+                from = %problem.nests[m.from].id,
+                to = %problem.nests[m.to].id,
+                arm = %problem.arms[m.arm].id,
+            ),
+        };
+        tracing::Instrument::instrument(self.job_in_span(problem, runs, job), span).await
+    }
+
+    async fn job_in_span(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), JobError> {
         if let Job::Task { run, .. } = job {
             // A cancelled run stops at the next task boundary; its plate moves still run, so
             // every plate ends up back in storage.
@@ -408,6 +432,23 @@ impl Executor {
     /// intervention for a technician (done / redo / abort).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn command(
+        &self,
+        run: &Run,
+        task: i64,
+        index: i64,
+        instrument: &str,
+        driver: &dyn Instrument,
+        op: &CommandOp,
+        repeatable: bool,
+        pending: &mut Option<String>,
+    ) -> Result<(), JobError> {
+        let span = tracing::info_span!("command", run = %run.id, instrument, index, op = op.name());
+        let sent = self.command_in_span(run, task, index, instrument, driver, op, repeatable, pending);
+        tracing::Instrument::instrument(sent, span).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn command_in_span(
         &self,
         run: &Run,
         task: i64,

@@ -122,6 +122,10 @@ pub struct Config {
     /// `text` (default) for people, `json` (one object per line) for a log collector.
     #[serde(default)]
     pub log_format: crate::logging::LogFormat,
+    /// An OpenTelemetry collector's OTLP/gRPC address (`http://127.0.0.1:4317`): labd sends it
+    /// its spans (each task and plate move with its run, tenant and instrument; each command).
+    /// Off when absent.
+    pub otlp_endpoint: Option<String>,
 }
 
 fn default_log_level() -> String {
@@ -197,6 +201,7 @@ impl Default for Config {
             lease_ms: default_lease_ms(),
             log_level: default_log_level(),
             log_format: Default::default(),
+            otlp_endpoint: None,
         }
     }
 }

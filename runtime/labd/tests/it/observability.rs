@@ -6,7 +6,11 @@ use super::*;
 #[test]
 fn the_log_is_structured_json_and_the_metrics_move_when_a_run_executes() {
     let dir = fresh_dir("json-log");
-    let (config, data, api_port) = labd_toml(&dir, "127.0.0.1:0", "log_format = \"json\"\nlog_level = \"info\"\n");
+    // The spans go to an OpenTelemetry collector's receiver too, when the peers are installed.
+    let collector = peers_python().map(|py| SpanSink::start(&py));
+    let otlp = collector.as_ref().map(|c| format!("otlp_endpoint = \"http://127.0.0.1:{}\"\n", c.port));
+    let extra = format!("log_format = \"json\"\nlog_level = \"info\"\n{}", otlp.unwrap_or_default());
+    let (config, data, api_port) = labd_toml(&dir, "127.0.0.1:0", &extra);
     let log = dir.join("stderr.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_labd"));
     cmd.args(["serve", "--config"]).arg(&config).current_dir(&dir).stderr(std::fs::File::create(&log).unwrap());
@@ -85,7 +89,65 @@ fn the_log_is_structured_json_and_the_metrics_move_when_a_run_executes() {
     {
         assert!(!text.contains(secret.as_str()), "{what} is in the log");
     }
+    // A graceful stop sent every span: the run's tasks with their run, tenant and instrument,
+    // each liquid-handling command inside its task's span.
+    if let Some(collector) = collector {
+        let spans = collector.spans();
+        let of_run: Vec<&serde_json::Value> = spans.iter().filter(|s| s["attributes"]["run"] == run.as_str()).collect();
+        assert!(of_run.iter().all(|s| s["service"] == "labd"), "{of_run:?}");
+        let tasks: Vec<&&serde_json::Value> = of_run.iter().filter(|s| s["name"] == "task").collect();
+        assert_eq!(tasks.len(), plan.tasks.len(), "one span per task: {of_run:?}");
+        assert!(tasks.iter().all(|t| t["attributes"]["tenant"] == submitted["tenant"]), "{tasks:?}");
+        let on_handlers: Vec<&str> = tasks
+            .iter()
+            .filter(|t| t["attributes"]["instrument"].as_str().is_some_and(|i| i.starts_with("lh")))
+            .filter_map(|t| t["span"].as_str())
+            .collect();
+        let commands = of_run
+            .iter()
+            .filter(|s| s["name"] == "command" && on_handlers.contains(&s["parent"].as_str().unwrap_or("")))
+            .count();
+        assert_eq!(commands, planned, "each liquid-handling command is a span inside its task's");
+        assert!(of_run.iter().any(|s| s["name"] == "plate move"), "{of_run:?}");
+        assert!(!spans.iter().any(|s| s.to_string().contains(&scientist)), "no token in a span");
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// oteltest's OTLP/gRPC receiver (`tests/peers/otlp_sink.py`), collecting the spans it prints.
+struct SpanSink {
+    child: Reap,
+    port: u16,
+    lines: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl SpanSink {
+    fn start(py: &std::path::Path) -> SpanSink {
+        use std::io::BufRead;
+        let port = free_port();
+        let mut child = Reap(
+            Command::new(py)
+                .arg(root().join("tests/peers/otlp_sink.py"))
+                .arg(port.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert_eq!(first.trim(), "ready", "the OTLP receiver did not start");
+        let lines = std::thread::spawn(move || out.lines().map_while(Result::ok).collect());
+        SpanSink { child, port, lines }
+    }
+
+    /// Every span received so far; stops the receiver.
+    fn spans(mut self) -> Vec<serde_json::Value> {
+        self.child.0.kill().unwrap();
+        self.child.0.wait().unwrap();
+        let lines = self.lines.join().unwrap();
+        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    }
 }
 
 /// The config the systemd unit and the container image use is one labd accepts, and it logs JSON.
