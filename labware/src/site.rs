@@ -370,6 +370,14 @@ pub struct Prices {
     pub per_run: f64,
     /// Price of one hour of device time, per instrument class.
     pub per_hour: BTreeMap<InstrumentClass, f64>,
+    /// Price of each consumable a run uses up, by labware load name (a tip rack it takes tips
+    /// from, a plate or reservoir it declares); types not listed are not charged.
+    #[serde(default)]
+    pub per_unit: BTreeMap<String, f64>,
+    /// The reagents the lab stocks for protocols to use (`reagent: PBS`), with their price per
+    /// mL; a protocol may name no other.
+    #[serde(default)]
+    pub reagents: BTreeMap<String, f64>,
 }
 
 /// General facts about the site.
@@ -692,6 +700,13 @@ impl Site {
         for (class, price) in &self.prices.per_hour {
             if !(price.is_finite() && *price >= 0.0) {
                 return Err(invalid(format!("prices.per_hour.{class}"), "must be a non-negative number"));
+            }
+        }
+        for (table, prices) in [("per_unit", &self.prices.per_unit), ("reagents", &self.prices.reagents)] {
+            for (item, price) in prices {
+                if !(price.is_finite() && *price >= 0.0) {
+                    return Err(invalid(format!("prices.{table}.{item}"), "must be a non-negative number"));
+                }
             }
         }
         self.check_cells()

@@ -40,6 +40,8 @@ pub struct Protocol {
     /// How long a liquid may wait at room temperature once it is in a plate (`max_wait`), by
     /// liquid name, seconds.
     pub max_wait_s: std::collections::BTreeMap<String, f64>,
+    /// Liquids that are the lab's reagents (`reagent: PBS`): liquid name → the reagent's name.
+    pub reagents: std::collections::BTreeMap<String, Named>,
     pub steps: Vec<Step>,
     pub constraints: Vec<LagConstraint>,
     /// Definitions the file brings with it (Opentrons embeds them; Autoprotocol container types).
@@ -69,6 +71,7 @@ impl Protocol {
             liquids: Vec::new(),
             optics: Default::default(),
             max_wait_s: Default::default(),
+            reagents: Default::default(),
             steps: Vec::new(),
             constraints: Vec::new(),
             custom_labware: Vec::new(),

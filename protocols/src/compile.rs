@@ -143,6 +143,7 @@ pub fn compile_with(
         _ => lang::parse(&root, &mut d),
     };
     crate::held::resolve(&mut protocol, inventory, &mut d);
+    crate::consumables::check_reagents(&protocol, site, &mut d);
     check_text_limits(&protocol, &mut d);
     let (mut plan, tracked) = build(&protocol, site, lib, &mut d);
     if let (Some(plan), Some(tracked)) = (plan.as_mut(), tracked.as_ref()) {
@@ -261,6 +262,7 @@ pub fn build(
             lw.composition = composition;
         }
         plan.optics = p.optics.clone();
+        plan.reagents = p.reagents.iter().map(|(liquid, r)| (liquid.clone(), r.name.clone())).collect();
     }
     (plan, Some(tracked))
 }
@@ -524,6 +526,7 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
             .filter(|c| env.slots.iter().any(|s| s.def.load_name == c.load_name))
             .cloned()
             .collect(),
+        reagents: BTreeMap::new(),
     })
 }
 

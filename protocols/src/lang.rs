@@ -74,6 +74,11 @@ fn parse_liquids(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
                 if let Some(desc) = v.get("description") {
                     string(desc, &format!("the description of {what}"), d);
                 }
+                if let Some(r) = v.get("reagent") {
+                    if let Some(name) = string(r, &format!("the reagent of {what}"), d) {
+                        p.reagents.insert(k.name.clone(), Named { name, span: r.span });
+                    }
+                }
                 let optics = liquid_optics(v, &what, d);
                 if !optics.is_empty() {
                     p.optics.insert(k.name.clone(), optics);

@@ -14,6 +14,7 @@ pub mod ast;
 pub mod capability;
 pub mod check;
 pub mod compile;
+pub mod consumables;
 pub mod design;
 pub mod diag;
 pub mod held;

@@ -33,6 +33,9 @@ pub struct RunPlan {
     /// instrument (a robot's deck, a gripper) find them here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub custom_labware: Vec<labware::LabwareDef>,
+    /// Liquids that are the lab's reagents (`reagent: PBS`): liquid name → reagent name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reagents: std::collections::BTreeMap<String, String>,
 }
 
 impl RunPlan {
@@ -55,6 +58,7 @@ impl RunPlan {
             }
         }
         plan.optics = plan.optics.iter().map(|(liquid, o)| (scope(liquid), o.clone())).collect();
+        plan.reagents = plan.reagents.iter().map(|(liquid, r)| (scope(liquid), r.clone())).collect();
         for t in &mut plan.tasks {
             t.holds.iter_mut().for_each(name);
             for c in &mut t.commands {

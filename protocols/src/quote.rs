@@ -14,6 +14,8 @@ pub struct Quote {
     pub device_s: BTreeMap<InstrumentClass, f64>,
     pub plate_moves: u32,
     pub lines: Vec<CostLine>,
+    /// Labware the run uses up and the lab's reagents poured for it.
+    pub consumables: Vec<crate::consumables::ConsumableLine>,
     pub per_run: f64,
     pub total: f64,
     pub currency: String,
@@ -49,13 +51,17 @@ pub fn quote(plan: &RunPlan, site: &Site) -> Quote {
             CostLine { class, hours, rate_per_hour: rate, amount: round_cents(hours * rate) }
         })
         .collect();
+    let consumables = crate::consumables::Consumption::of_plan(plan).lines(site);
     let per_run = site.prices.per_run;
-    let total = round_cents(per_run + lines.iter().map(|l| l.amount).sum::<f64>());
+    let total = round_cents(
+        per_run + lines.iter().map(|l| l.amount).sum::<f64>() + consumables.iter().map(|l| l.amount).sum::<f64>(),
+    );
     Quote {
         duration_s: critical_path(&plan.tasks, mv),
         device_s,
         plate_moves,
         lines,
+        consumables,
         per_run,
         total,
         currency: site.prices.currency.clone(),

@@ -101,6 +101,11 @@ pub const LIQUID: Obj = Obj {
     keys: &[
         key("description", Ty::Text, "what the liquid is"),
         key(
+            "reagent",
+            Ty::Name,
+            "a reagent the lab stocks, by name (labctl quote shows the price): the lab pours it from a lot of its choosing",
+        ),
+        key(
             "absorbance",
             Ty::MapOf(&Ty::Quantity(Dim::Absorbance)),
             "its absorbance undiluted, by wavelength: { 595 nm: 1.2 OD }",

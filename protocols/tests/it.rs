@@ -1225,3 +1225,35 @@ fn thermocycle_runs_a_profile_on_a_thermocycler() {
     assert!(c.diagnostics.iter().any(|d| d.code == "P0401" && d.message.contains("4–105 °C")), "{:#?}", c.diagnostics);
     assert_eq!(codes(text), ["P0401"], "the shipped site has no thermocycler");
 }
+
+#[test]
+fn a_reagent_the_lab_does_not_stock_says_what_it_does() {
+    let text = HEADER.replace("  water: water", "  water: { reagent: Unobtainium }")
+        + "  - transfer: { from: res/A1, to: plate/A1, volume: 50 uL }\n";
+    let c = run("t.yaml", &text);
+    let d = c.diagnostics.iter().find(|d| d.code == "P0210").unwrap_or_else(|| panic!("{:#?}", c.diagnostics));
+    assert!(d.message.contains("`water`") && d.message.contains("`Unobtainium`"), "{}", d.message);
+    let hint = d.hint.as_deref().unwrap_or("");
+    assert!(hint.contains("PBS") && hint.contains("TMB substrate"), "{hint}");
+    assert_eq!(&text[d.span.start as usize..d.span.end as usize], "Unobtainium");
+}
+
+#[test]
+fn the_quote_bills_what_the_run_uses_up() {
+    // Two tip racks declared, one touched; a plate and a reservoir; 10 mL of the lab's PBS.
+    let text = HEADER.replace("  water: water", "  water: { reagent: PBS }")
+        + "  - transfer: { from: res/A1, to: plate/A1:A3, volume: 50 uL, tips: once }\n";
+    let c = run("t.yaml", &text);
+    let q = c.quote.unwrap_or_else(|| panic!("{:#?}", c.diagnostics));
+    let line = |item: &str| q.consumables.iter().find(|l| l.item == item);
+    assert_eq!(line("opentrons_96_tiprack_300ul").map(|l| (l.quantity, l.amount)), Some((1.0, 8.5)));
+    assert!(line("opentrons_96_tiprack_20ul").is_none(), "a rack it takes no tip from is not used up: {q:?}");
+    assert_eq!(line("corning_96_wellplate_360ul_flat").map(|l| l.quantity), Some(1.0));
+    assert_eq!(line("biorad_96_wellplate_200ul_pcr").map(|l| l.quantity), Some(1.0), "declared, so kitted");
+    let pbs = line("PBS").unwrap();
+    assert_eq!((pbs.unit, pbs.quantity, pbs.amount), ("mL", 10.0, 0.5));
+    assert!(line("dye").is_none(), "the tenant's own liquid is not the lab's to bill");
+    let device: f64 = q.lines.iter().map(|l| l.amount).sum::<f64>() + q.per_run;
+    let consumables: f64 = q.consumables.iter().map(|l| l.amount).sum();
+    assert!((q.total - device - consumables).abs() < 0.011, "{q:?}");
+}

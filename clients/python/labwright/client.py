@@ -96,6 +96,8 @@ class Quote:
     total: float
     currency: str
     validation: Validation
+    # Labware the run uses up and reagents the lab pours for it: item, unit, quantity, price, amount.
+    consumables: list[dict]
 
 
 def _diagnostics(pb: Sequence[Any]) -> list[Diagnostic]:
@@ -179,7 +181,13 @@ class Lab:
             {"instrument_class": l.instrument_class, "hours": l.hours, "rate_per_hour": l.rate_per_hour, "amount": l.amount}
             for l in resp.lines
         ]
-        return Quote(resp.duration_s, resp.plate_moves, lines, resp.per_run, resp.total, resp.currency, validation)
+        consumables = [
+            {"item": l.item, "unit": l.unit, "quantity": l.quantity, "price": l.price, "amount": l.amount}
+            for l in resp.consumables
+        ]
+        return Quote(
+            resp.duration_s, resp.plate_moves, lines, resp.per_run, resp.total, resp.currency, validation, consumables
+        )
 
     def submit(self, protocol: Protocol, key: str | None = None) -> "Run":
         """Submits a protocol as a run; `key` makes a retried submission return the same run."""

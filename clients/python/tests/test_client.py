@@ -45,6 +45,11 @@ def test_validate_and_quote(lab):
     assert q.total > 0 and q.currency and q.duration_s > 0
     assert q.validation.tasks == v.tasks
     assert {l["instrument_class"] for l in q.lines} >= {"liquid_handler"}
+    # The plate and the tip racks it takes tips from are on the bill, in the total.
+    items = {l["item"]: l for l in q.consumables}
+    assert items["corning_96_wellplate_360ul_flat"]["unit"] == "each", q.consumables
+    device = sum(l["amount"] for l in q.lines) + q.per_run
+    assert abs(q.total - device - sum(l["amount"] for l in q.consumables)) < 0.011, q
 
 
 def test_a_protocol_with_errors_raises_with_its_diagnostics(lab):

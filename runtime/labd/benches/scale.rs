@@ -91,10 +91,52 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// A killed-on-drop `labd sim`.
+struct Sims(std::process::Child);
+
+impl Drop for Sims {
+    fn drop(&mut self) {
+        drop(self.0.kill());
+        drop(self.0.wait());
+    }
+}
+
+/// Starts `labd sim` on the site: each instrument's and arm's endpoint, the bench's, the process.
+fn sims_process(
+    dir: &std::path::Path,
+    site: &str,
+    scale: &str,
+) -> (std::collections::BTreeMap<String, String>, String, Sims) {
+    use std::io::BufRead;
+    let file = dir.join("site.toml");
+    std::fs::write(&file, site).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+        .args(["sim", "--format", "json", "--time-scale", scale, "--site"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("sim.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let sims = Sims(child);
+    let mut endpoints = std::collections::BTreeMap::new();
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let at = format!("{}:{}", v["transport"].as_str().unwrap(), v["address"].as_str().unwrap());
+        if v["id"] == "bench" {
+            std::thread::spawn(move || lines.for_each(drop));
+            return (endpoints, v["address"].as_str().unwrap().to_string(), sims);
+        }
+        endpoints.insert(v["id"].as_str().unwrap().to_string(), at);
+    }
+    panic!("labd sim stopped before its bench line (see {})", dir.join("sim.log").display());
+}
+
 fn main() {
     let runs: usize = std::env::var("RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let tenants: usize = std::env::var("TENANTS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
-    let site = labware::Site::from_toml(&site(8)).expect("the generated site is valid");
+    let site_text = site(8);
+    let site = labware::Site::from_toml(&site_text).expect("the generated site is valid");
     let instruments = site.instruments.len();
     let plan = protocols::compile(
         &protocols::SourceFile::new("assay.yaml", ASSAY.to_string()),
@@ -116,7 +158,17 @@ fn main() {
             Arc::new(SqliteStore::open(&dir.join("scale.sqlite")).unwrap().with_group_commit(grouped));
         println!("journal: {}", if grouped { "group commit" } else { "one transaction per write" });
         let started = Instant::now();
-        let lab = Arc::new(labd::lab::Lab::simulated(site.clone(), scale).await.unwrap());
+        // SIMS=process: the simulators in a `labd sim` of their own, as instruments are in a lab
+        // (off this machine's executor); otherwise on the executor's own two worker threads.
+        let (lab, _sims) = if std::env::var("SIMS").is_ok_and(|v| v == "process") {
+            let (endpoints, bench, sims) = sims_process(&dir, &site_text, "1e-4");
+            let mut lab = labd::lab::Lab::connect(site.clone(), &endpoints, scale).await.unwrap();
+            lab.hands = Some(devices::sim::hands::Hands::at(&bench));
+            (Arc::new(lab), Some(sims))
+        } else {
+            (Arc::new(labd::lab::Lab::simulated(site.clone(), scale).await.unwrap()), None)
+        };
+        println!("simulators: {}", if _sims.is_some() { "their own process (labd sim)" } else { "in process" });
         println!(
             "site: {instruments} instruments and {} arms, simulators up in {:.2} s",
             site.arms.len(),

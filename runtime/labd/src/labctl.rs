@@ -193,6 +193,17 @@ fn run(cli: Cli) -> Result<i32> {
                                 q.currency
                             );
                         }
+                        for l in &q.consumables {
+                            out!(
+                                "  {:<26}{:>8} {:<4} x {:>6.2} = {:>8.2} {}",
+                                l.item,
+                                fmt_quantity(l.quantity),
+                                l.unit,
+                                l.price,
+                                l.amount,
+                                q.currency
+                            );
+                        }
                         out!("  {:<26}{:>36.2} {}", "per-run fee", q.per_run, q.currency);
                         out!("  {:<26}{:>36.2} {}", "total", q.total, q.currency);
                     }
@@ -209,6 +220,15 @@ fn run(cli: Cli) -> Result<i32> {
             simulate(site.as_deref(), &workload, &tenants, &out, seed)
         }
         Cmd::Client(cmd) => crate::client::run(cli.conn, cmd),
+    }
+}
+
+/// A count as a count, a volume to the µL.
+fn fmt_quantity(q: f64) -> String {
+    if q.fract() == 0.0 {
+        format!("{q:.0}")
+    } else {
+        format!("{q:.3}")
     }
 }
 

@@ -61,6 +61,17 @@ impl pb::protocols_server::Protocols for Api {
                     amount: l.amount,
                 })
                 .collect();
+            out.consumables = q
+                .consumables
+                .iter()
+                .map(|l| pb::ConsumableLine {
+                    item: l.item.clone(),
+                    unit: l.unit.into(),
+                    quantity: l.quantity,
+                    price: l.price,
+                    amount: l.amount,
+                })
+                .collect();
         }
         let ok = !c.has_errors();
         if let Some(plan) = c.plan.filter(|_| ok) {
