@@ -40,6 +40,17 @@ pub fn rfc3339(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
+/// The UTC date `ms` falls on: `2026-12-04`.
+pub fn date(ms: i64) -> String {
+    let (year, month, day) = civil(ms.div_euclid(86_400_000));
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Whether `d` is a real calendar date written `YYYY-MM-DD` (not `2026-02-30`, not `2026-2-3`).
+pub fn is_date(d: &str) -> bool {
+    day_ms(d).is_some_and(|ms| date(ms) == d)
+}
+
 /// The first millisecond of the month `now` is in (UTC), for monthly quotas.
 pub fn month_start_ms(now: i64) -> i64 {
     let days = now.div_euclid(86_400_000);
@@ -55,6 +66,15 @@ pub fn rfc3339_opt(ms: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_real_days_written_in_full() {
+        assert_eq!(date(day_ms("2028-02-29").unwrap()), "2028-02-29");
+        for bad in ["2026-02-30", "2026-2-3", "2026-13-01", "tomorrow", "2026-12-04T00:00:00Z"] {
+            assert!(!is_date(bad), "{bad}");
+        }
+        assert!(is_date("2027-01-31"));
+    }
 
     #[test]
     fn clock_times_round_trip_through_days() {

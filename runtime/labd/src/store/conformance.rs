@@ -24,6 +24,41 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     maintenance_flags_and_token_expiry(make().as_ref());
     leases_claims_and_fencing(make().as_ref());
     containers_are_received_whole_and_kept_per_tenant(make().as_ref());
+    stock_is_taken_once_per_run_soonest_expiry_first(make().as_ref());
+}
+
+/// Reagents come off their unexpired lots, the soonest to expire first; counted consumables go
+/// down; a run's use is recorded once, uncounted items too, and read back per tenant.
+pub fn stock_is_taken_once_per_run_soonest_expiry_first(s: &dyn Store) {
+    let acme = s.create_tenant("acme", 1.0).unwrap();
+    let globex = s.create_tenant("globex", 1.0).unwrap();
+    s.receive_lot("TMB substrate", "L-LATE", "2027-06-30", 50_000.0).unwrap();
+    s.receive_lot("TMB substrate", "L-SOON", "2027-01-31", 5_000.0).unwrap();
+    s.receive_lot("TMB substrate", "L-SOON", "2027-01-31", 3_000.0).unwrap(); // more of the lot
+    s.receive_lot("TMB substrate", "L-OLD", "2026-11-30", 90_000.0).unwrap();
+    assert!(s.receive_lot("TMB substrate", "L-X", "2027-02-30", 1.0).is_err(), "no such day");
+    assert!(s.receive_lot("TMB substrate", "L-X", "2027-02-01", -1.0).is_err(), "a negative volume");
+    s.set_consumable("opentrons_96_tiprack_300ul", 10, 8).unwrap();
+    assert!(s.set_consumable("opentrons_96_tiprack_300ul", -1, 0).is_err());
+    let used = protocols::consumables::Consumption {
+        units: [("opentrons_96_tiprack_300ul".to_string(), 3), ("nest_12_reservoir_15ml".to_string(), 1)].into(),
+        reagents_ul: [("TMB substrate".to_string(), 11_000.0)].into(),
+    };
+    let taken = s.consume("run_1", &acme.id, &used, "2026-12-06").unwrap();
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    let tmb = taken.iter().find(|c| c.item == "TMB substrate").unwrap();
+    assert_eq!((tmb.unit.as_str(), tmb.quantity, tmb.lots.as_str()), ("mL", 11.0, "L-SOON 8 mL, L-LATE 3 mL"));
+    assert!(s.consume("run_1", &acme.id, &used, "2026-12-06").unwrap().is_empty(), "once per run");
+    let (lots, counted) = s.stock().unwrap();
+    let left: Vec<(&str, f64)> = lots.iter().map(|l| (l.lot.as_str(), l.volume_ul)).collect();
+    assert_eq!(left, [("L-OLD", 90_000.0), ("L-SOON", 0.0), ("L-LATE", 47_000.0)], "the expired lot is not drawn");
+    assert_eq!((counted.len(), counted[0].on_hand), (1, 7), "10 racks less 3; the reservoir is not counted");
+    s.consume("run_2", &globex.id, &used, "2026-12-06").unwrap();
+    assert_eq!(s.stock().unwrap().1[0].on_hand, 4);
+    let mine = s.consumed(Some(&acme.id), 0).unwrap();
+    assert_eq!(mine.len(), 3);
+    assert!(mine.iter().all(|c| c.run_id == "run_1" && c.tenant_id == acme.id));
+    assert_eq!(s.consumed(None, 0).unwrap().len(), 6);
 }
 
 /// A shipment is received whole or not at all; a barcode is the lab's, whoever holds it; a

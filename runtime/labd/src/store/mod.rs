@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_cells.sql")),
     (4, include_str!("../../migrations/0004_interventions_close.sql")),
     (5, include_str!("../../migrations/0005_containers.sql")),
+    (6, include_str!("../../migrations/0006_stock.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -252,6 +253,39 @@ pub struct Container {
     pub wells: Vec<WellContent>,
 }
 
+/// A lot of a reagent the lab stocks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReagentLot {
+    pub reagent: String,
+    pub lot: String,
+    /// `YYYY-MM-DD`: usable through that day.
+    pub expires_on: String,
+    pub volume_ul: f64,
+    pub received_at: Millis,
+}
+
+/// A consumable the lab counts: how many are on hand, and the count at which to reorder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumableStock {
+    /// A labware load name.
+    pub load_name: String,
+    pub on_hand: i64,
+    pub reorder_at: i64,
+}
+
+/// What one run used up of one item (a consumable `each`, a reagent in `mL`), and from which
+/// lots (`L2291 8 mL, L2302 3 mL`; empty when the lab keeps no lot of it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consumed {
+    pub run_id: String,
+    pub tenant_id: String,
+    pub item: String,
+    pub unit: String,
+    pub quantity: f64,
+    pub lots: String,
+    pub at: Millis,
+}
+
 /// One entry of a container's history (`received`, …), oldest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerEvent {
@@ -441,6 +475,27 @@ pub trait Store: Send + Sync {
     /// liquids in proportion, with a `used` entry in its history: once per run and container
     /// (`false` when it was already recorded).
     fn use_container(&self, run_id: &str, container_id: &str, drawn: &[(String, f64)], actor: &str) -> Result<bool>;
+
+    /// Receives a lot of a reagent the lab stocks (more of a lot it has adds to it, and the
+    /// expiry is the one given now).
+    fn receive_lot(&self, reagent: &str, lot: &str, expires_on: &str, volume_ul: f64) -> Result<ReagentLot>;
+    /// Sets how many of a consumable are on hand and the count at which to reorder.
+    fn set_consumable(&self, load_name: &str, on_hand: i64, reorder_at: i64) -> Result<ConsumableStock>;
+    /// The lab's reagent lots (by reagent, soonest to expire first) and counted consumables.
+    fn stock(&self) -> Result<(Vec<ReagentLot>, Vec<ConsumableStock>)>;
+    /// Takes what a run used up off the stock, once per run (`[]` when it was already taken):
+    /// each counted consumable down by what it used; each reagent from its lots unexpired on
+    /// `today` (`YYYY-MM-DD`), the soonest to expire first. Items the lab does not count are
+    /// recorded all the same, for the bill.
+    fn consume(
+        &self,
+        run_id: &str,
+        tenant_id: &str,
+        used: &protocols::consumables::Consumption,
+        today: &str,
+    ) -> Result<Vec<Consumed>>;
+    /// What runs used up since `since`, a tenant's only when `tenant` is given, oldest first.
+    fn consumed(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<Consumed>>;
 
     /// Stores a measurement with its `result` event and outbox row.
     fn add_result(&self, row: &ResultRow) -> Result<Event>;

@@ -65,6 +65,9 @@ macro_rules! params {
     ($($v:expr),* $(,)?) => { [$(Value::from($v)),*] };
 }
 
+// After `params!`, which it uses (a macro is seen only below where it is defined).
+mod stock;
+
 /// One result row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row(pub Vec<Value>);
@@ -1068,6 +1071,32 @@ impl<D: Db> Store for SqlStore<D> {
             )?;
             Ok(true)
         })
+    }
+
+    fn receive_lot(&self, reagent: &str, lot: &str, expires_on: &str, volume_ul: f64) -> Result<ReagentLot> {
+        self.receive_lot_in(reagent, lot, expires_on, volume_ul)
+    }
+
+    fn set_consumable(&self, load_name: &str, on_hand: i64, reorder_at: i64) -> Result<ConsumableStock> {
+        self.set_consumable_in(load_name, on_hand, reorder_at)
+    }
+
+    fn stock(&self) -> Result<(Vec<ReagentLot>, Vec<ConsumableStock>)> {
+        self.stock_in()
+    }
+
+    fn consume(
+        &self,
+        run_id: &str,
+        tenant_id: &str,
+        used: &protocols::consumables::Consumption,
+        today: &str,
+    ) -> Result<Vec<Consumed>> {
+        self.consume_in(run_id, tenant_id, used, today)
+    }
+
+    fn consumed(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<Consumed>> {
+        self.consumed_in(tenant, since)
     }
 
     fn last_done_on(&self, instrument: &str, before: Millis) -> Result<Option<Attempt>> {
