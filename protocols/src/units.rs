@@ -105,6 +105,17 @@ pub enum QuantityError {
     NotFinite,
 }
 
+impl std::fmt::Display for QuantityError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuantityError::Syntax => f.write_str("not a number with a unit"),
+            QuantityError::UnknownUnit(u) => write!(f, "unknown unit `{u}`"),
+            QuantityError::WrongDim(_) => f.write_str("its unit measures another kind of quantity"),
+            QuantityError::NotFinite => f.write_str("not a finite number"),
+        }
+    }
+}
+
 /// Splits `12.5 uL` into its number and its unit (both trimmed; either may be empty).
 pub fn split_number(text: &str) -> (&str, &str) {
     let t = text.trim();

@@ -53,6 +53,7 @@ pub mod results;
 pub mod role;
 pub mod secret;
 pub mod serve;
+pub mod stock;
 pub mod store;
 pub mod telemetry;
 

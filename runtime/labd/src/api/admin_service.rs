@@ -179,27 +179,47 @@ impl pb::admin_server::Admin for Api {
         let r = req.into_inner();
         let (page_size, page_token) = (r.page_size, r.page_token.clone());
         let store = self.store.clone();
-        let (lines, tenants) = blocking(move || {
+        let (lines, consumed, tenants) = blocking(move || {
             let tid = if r.tenant.is_empty() { None } else { Some(store.tenant_by_name(&r.tenant)?.id) };
-            Ok((store.usage(tid.as_deref(), r.since_ms)?, store.tenants()?))
+            Ok((
+                store.usage(tid.as_deref(), r.since_ms)?,
+                store.consumed(tid.as_deref(), r.since_ms)?,
+                store.tenants()?,
+            ))
         })
         .await?;
-        // One line per tenant and class: the key is both (ids and class names hold no `/`).
-        let keyed: Vec<(String, store::UsageTotal)> =
-            lines.into_iter().map(|u| (format!("{}/{}", u.tenant_id, u.instrument_class), u)).collect();
+        // One line per tenant and class, then per tenant and item: the key is the tenant id (no
+        // `/` in it), then the class, or `~` and the item (after every class).
+        let mut keyed: Vec<(String, pb::UsageLine)> = lines
+            .into_iter()
+            .map(|u| {
+                let line = pb::UsageLine {
+                    tenant: u.tenant_id.clone(),
+                    instrument_class: u.instrument_class.clone(),
+                    device_hours: u.device_seconds / 3600.0,
+                    ..Default::default()
+                };
+                (format!("{}/{}", u.tenant_id, u.instrument_class), line)
+            })
+            .collect();
+        let mut items: std::collections::BTreeMap<(String, String), (String, f64)> = Default::default();
+        for c in consumed {
+            items.entry((c.tenant_id, c.item)).or_insert((c.unit, 0.0)).1 += c.quantity;
+        }
+        let prices = &self.site.prices;
+        for ((tenant, item), (unit, quantity)) in items {
+            let price = if unit == "mL" { prices.reagents.get(&item) } else { prices.per_unit.get(&item) };
+            let amount = (quantity * price.copied().unwrap_or(0.0) * 100.0).round() / 100.0;
+            let key = format!("{tenant}/~{item}");
+            keyed.push((key, pb::UsageLine { tenant, item, unit, quantity, amount, ..Default::default() }));
+        }
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
         let (keyed, next_page_token) =
             crate::paging::after_key(keyed, |(k, _)| (0, k.as_str()), page_size, &page_token)
                 .map_err(Status::invalid_argument)?;
         let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(id.to_string(), |t| t.name.clone());
         Ok(Response::new(pb::UsageResponse {
-            lines: keyed
-                .into_iter()
-                .map(|(_, u)| pb::UsageLine {
-                    tenant: name(&u.tenant_id),
-                    instrument_class: u.instrument_class,
-                    device_hours: u.device_seconds / 3600.0,
-                })
-                .collect(),
+            lines: keyed.into_iter().map(|(_, u)| pb::UsageLine { tenant: name(&u.tenant), ..u }).collect(),
             next_page_token,
         }))
     }

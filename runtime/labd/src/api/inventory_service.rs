@@ -1,5 +1,6 @@
-//! The Inventory service: shipments received from their manifests (technicians and admins) and
-//! the containers the lab holds (a scientist sees its own tenant's only).
+//! The Inventory service: shipments received from their manifests (technicians and admins), the
+//! containers the lab holds (a scientist sees its own tenant's only), and the lab's own stock of
+//! reagents and consumables (technicians and admins).
 
 use super::*;
 
@@ -25,8 +26,88 @@ fn container_info(k: store::Container, history: Vec<store::ContainerEvent>) -> p
     }
 }
 
+/// The lab's stock as the API answers it, with what has expired by `today` and what to reorder.
+fn stock_response(
+    (lots, counted): (Vec<store::ReagentLot>, Vec<store::ConsumableStock>),
+    today: &str,
+) -> pb::StockResponse {
+    pb::StockResponse {
+        lots: lots
+            .into_iter()
+            .map(|l| pb::LotInfo {
+                expired: l.expires_on.as_str() < today,
+                reagent: l.reagent,
+                lot: l.lot,
+                expires_on: l.expires_on,
+                volume_ul: l.volume_ul,
+            })
+            .collect(),
+        consumables: counted
+            .into_iter()
+            .map(|c| pb::ConsumableInfo {
+                reorder: c.on_hand <= c.reorder_at,
+                r#type: c.load_name,
+                on_hand: c.on_hand,
+                reorder_at: c.reorder_at,
+            })
+            .collect(),
+    }
+}
+
+impl Api {
+    async fn stock_now(&self) -> Result<pb::StockResponse, Status> {
+        let store = self.store.clone();
+        let stock = blocking(move || store.stock()).await?;
+        Ok(stock_response(stock, &crate::clock::date(store::now_ms())))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::inventory_server::Inventory for Api {
+    async fn receive_lot(&self, req: Request<pb::ReceiveLotRequest>) -> Result<Response<pb::StockResponse>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "receiving a reagent lot")?;
+        let r = req.into_inner();
+        let reagent = r.reagent.trim().to_string();
+        if !self.site.prices.reagents.contains_key(&reagent) {
+            let stocked: Vec<&str> = self.site.prices.reagents.keys().map(String::as_str).collect();
+            return Err(Status::invalid_argument(format!(
+                "the site stocks no reagent named `{reagent}` (it stocks: {}); add it to [prices.reagents] in the site file first",
+                if stocked.is_empty() { "none".to_string() } else { stocked.join(", ") }
+            )));
+        }
+        let store = self.store.clone();
+        let (lot, expires_on) = (r.lot.trim().to_string(), r.expires_on.trim().to_string());
+        let got = blocking(move || store.receive_lot(&reagent, &lot, &expires_on, r.volume_ul)).await?;
+        tracing::info!(by = %who.id, reagent = %got.reagent, lot = %got.lot, volume_ul = got.volume_ul, "reagent lot received");
+        Ok(Response::new(self.stock_now().await?))
+    }
+
+    async fn set_consumable(
+        &self,
+        req: Request<pb::SetConsumableRequest>,
+    ) -> Result<Response<pb::StockResponse>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "counting consumables")?;
+        let r = req.into_inner();
+        let load_name = r.r#type.trim().to_string();
+        if self.library.get(&load_name).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "unknown labware type `{load_name}`: `labctl labware list` names the types"
+            )));
+        }
+        let store = self.store.clone();
+        let set = blocking(move || store.set_consumable(&load_name, r.on_hand, r.reorder_at)).await?;
+        tracing::info!(by = %who.id, item = %set.load_name, on_hand = set.on_hand, reorder_at = set.reorder_at, "consumable counted");
+        Ok(Response::new(self.stock_now().await?))
+    }
+
+    async fn stock(&self, req: Request<pb::StockRequest>) -> Result<Response<pb::StockResponse>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "the lab's stock")?;
+        Ok(Response::new(self.stock_now().await?))
+    }
+
     async fn receive(&self, req: Request<pb::ReceiveRequest>) -> Result<Response<pb::ContainersResponse>, Status> {
         let who = self.caller(&req).await?;
         Self::staff(&who, "receiving a shipment")?;

@@ -188,6 +188,13 @@ pub enum ClientCmd {
     /// One container.
     #[command(subcommand)]
     Container(ContainerCmd),
+    /// The lab's stock of reagents and consumables (technicians): `labctl stock` lists it.
+    Stock {
+        #[command(flatten)]
+        out: Out,
+        #[command(subcommand)]
+        cmd: Option<StockCmd>,
+    },
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -230,6 +237,32 @@ pub enum ContainerCmd {
         out: Out,
         /// Its id or barcode.
         id: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum StockCmd {
+    /// Receive a lot of a reagent the site stocks (more of a lot adds to it).
+    Receive {
+        /// The reagent, as the site's price table names it (`TMB substrate`).
+        reagent: String,
+        #[arg(long)]
+        lot: String,
+        /// Usable through this day: YYYY-MM-DD.
+        #[arg(long)]
+        expires: String,
+        /// How much: `500 mL`, `1.5 L`.
+        #[arg(long)]
+        volume: String,
+    },
+    /// Count a consumable: how many are on hand, and the count at which to reorder.
+    Count {
+        /// Its labware type (`opentrons_96_tiprack_300ul`).
+        r#type: String,
+        #[arg(long)]
+        on_hand: i64,
+        #[arg(long, default_value_t = 0)]
+        reorder_at: i64,
     },
 }
 

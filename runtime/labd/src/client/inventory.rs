@@ -1,4 +1,5 @@
-//! `labctl receive`, `containers`, `container show`: shipments and the containers the lab holds.
+//! `labctl receive`, `containers`, `container show`: shipments and the containers the lab holds;
+//! `labctl stock`: the lab's reagent lots and counted consumables.
 
 use super::*;
 use std::io::BufRead;
@@ -55,6 +56,22 @@ pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
             }
             Ok(0)
         }
+        ClientCmd::Stock { out, cmd } => {
+            let got = match cmd {
+                None => inventory().stock(c.req(pb::StockRequest {})?).await,
+                Some(StockCmd::Receive { reagent, lot, expires, volume }) => {
+                    let volume_ul = protocols::units::parse(&volume, protocols::units::Dim::Volume)
+                        .map_err(|e| anyhow::anyhow!("--volume {volume:?}: {e}; write it as `500 mL`"))?;
+                    let request = pb::ReceiveLotRequest { reagent, lot, expires_on: expires, volume_ul };
+                    inventory().receive_lot(c.req(request)?).await
+                }
+                Some(StockCmd::Count { r#type, on_hand, reorder_at }) => {
+                    inventory().set_consumable(c.req(pb::SetConsumableRequest { r#type, on_hand, reorder_at })?).await
+                }
+            };
+            print_stock(&got.map_err(sentence)?.into_inner(), out.format == Fmt::Json)?;
+            Ok(0)
+        }
         _ => bail!("not an inventory command"),
     }
 }
@@ -74,6 +91,34 @@ fn print_containers(list: &[pb::ContainerInfo], json: bool) -> Result<()> {
     }
     for k in list {
         out!("{:<16} {:<24} {:<36} {:<12} {} well(s)", k.barcode, k.id, k.r#type, k.location, k.wells.len());
+    }
+    Ok(())
+}
+
+fn print_stock(s: &pb::StockResponse, json: bool) -> Result<()> {
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "lots": s.lots.iter().map(|l| serde_json::json!({"reagent": l.reagent, "lot": l.lot, "expires_on": l.expires_on, "volume_ul": l.volume_ul, "expired": l.expired})).collect::<Vec<_>>(),
+                "consumables": s.consumables.iter().map(|c| serde_json::json!({"type": c.r#type, "on_hand": c.on_hand, "reorder_at": c.reorder_at, "reorder": c.reorder})).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(());
+    }
+    for l in &s.lots {
+        let note = if l.expired { "  EXPIRED" } else { "" };
+        out!(
+            "{:<24} lot {:<12} expires {}  {:>10} mL{note}",
+            l.reagent,
+            l.lot,
+            l.expires_on,
+            protocols::units::trim(l.volume_ul / 1000.0)
+        );
+    }
+    for c in &s.consumables {
+        let note = if c.reorder { "  REORDER" } else { "" };
+        out!("{:<44} {:>6} on hand (reorder at {}){note}", c.r#type, c.on_hand, c.reorder_at);
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ mod inventory;
 mod output;
 mod parquet;
 mod plots;
-pub use args::{ClientCmd, Conn, ContainerCmd, Fmt, Out, ResultsFormat, TenantCmd, TokenCmd};
+pub use args::{ClientCmd, Conn, ContainerCmd, Fmt, Out, ResultsFormat, StockCmd, TenantCmd, TokenCmd};
 pub(crate) use connection::Client;
 use connection::{sentence, submit_with_retries};
 pub(crate) use output::results_csv;
@@ -106,7 +106,10 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 Ok(0)
             }
-            cmd @ (ClientCmd::Receive { .. } | ClientCmd::Containers { .. } | ClientCmd::Container(_)) => {
+            cmd @ (ClientCmd::Receive { .. }
+            | ClientCmd::Containers { .. }
+            | ClientCmd::Container(_)
+            | ClientCmd::Stock { .. }) => {
                 inventory::run(&c, cmd).await
             }
             ClientCmd::Watch { out, run, after } => watch(&c, &run, after, out.format == Fmt::Json).await,
@@ -259,11 +262,20 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     page_token = page.next_page_token;
                 }
                 if out.format == Fmt::Json {
-                    out!("{}", json_array(lines.iter().map(|l| serde_json::json!({"tenant": l.tenant, "instrument_class": l.instrument_class, "device_hours": l.device_hours}))));
+                    out!("{}", json_array(lines.iter().map(|l| if l.item.is_empty() {
+                        serde_json::json!({"tenant": l.tenant, "instrument_class": l.instrument_class, "device_hours": l.device_hours})
+                    } else {
+                        serde_json::json!({"tenant": l.tenant, "item": l.item, "unit": l.unit, "quantity": l.quantity, "amount": l.amount})
+                    })));
                     return Ok(0);
                 }
                 for l in lines {
-                    out!("{:<16} {:<16} {:>10.4} h", l.tenant, l.instrument_class, l.device_hours);
+                    if l.item.is_empty() {
+                        out!("{:<16} {:<16} {:>10.4} h", l.tenant, l.instrument_class, l.device_hours);
+                    } else {
+                        let q = protocols::units::trim(l.quantity);
+                        out!("{:<16} {:<44} {:>8} {:<4} {:>9.2}", l.tenant, l.item, q, l.unit, l.amount);
+                    }
                 }
                 Ok(0)
             }

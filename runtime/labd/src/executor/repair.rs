@@ -438,7 +438,8 @@ impl Executor {
                 .iter()
                 .filter_map(|l| Some((l.container.clone()?, l.drawn.iter().map(|(w, v)| (w.clone(), *v)).collect())))
                 .collect();
-            let (state, reason) = blocking(move || {
+            let (plan_json, tenant) = (s.runs[i].run.plan_json.clone(), s.runs[i].run.tenant_id.clone());
+            let (state, reason, restock) = blocking(move || {
                 let cancelling = store.run(None, &id).is_ok_and(|r| r.state == RunState::Cancelling);
                 let (state, reason) = match (failure, cancelling) {
                     (_, true) => {
@@ -454,9 +455,27 @@ impl Executor {
                         store.use_container(&id, container, wells, "labd")?;
                     }
                 }
-                store.set_run_state(&id, state, reason.as_deref()).map(|_| (state, reason))
+                // What it used up, by the journal's word, comes off the lab's stock (once).
+                let plan = serde_json::from_str::<protocols::RunPlan>(&plan_json)
+                    .map_err(|e| crate::store::StoreError::Invalid(format!("the stored plan of {id}: {e}")))?;
+                let used = crate::stock::used_by_run(&plan, &store.attempts(&id)?, &crate::store::run_prefix(&id));
+                let consumed = store.consume(&id, &tenant, &used, &crate::clock::date(crate::store::now_ms()))?;
+                let restock: Vec<crate::store::ConsumableStock> = if consumed.is_empty() {
+                    Vec::new()
+                } else {
+                    let counted = store.stock()?.1;
+                    crate::stock::to_reorder(&counted)
+                        .into_iter()
+                        .filter(|c| consumed.iter().any(|u| u.item == c.load_name))
+                        .cloned()
+                        .collect()
+                };
+                store.set_run_state(&id, state, reason.as_deref()).map(|_| (state, reason, restock))
             })
             .await?;
+            for c in &restock {
+                tracing::warn!(item = %c.load_name, on_hand = c.on_hand, reorder_at = c.reorder_at, "reorder: a consumable is at or below its reorder point");
+            }
             s.closed[i] = true; // only once its final state is stored: else tried again
             crate::metrics::with(|m| m.runs_ended.with_label_values(&[state.as_str()]).inc());
             let run = &s.runs[i].run;

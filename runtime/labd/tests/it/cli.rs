@@ -120,9 +120,13 @@ fn quote_in_text_and_json() {
     let q: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(q["currency"], "USD");
     let total = q["total"].as_f64().unwrap();
-    let sum: f64 = q["lines"].as_array().unwrap().iter().map(|l| l["amount"].as_f64().unwrap()).sum::<f64>()
-        + q["per_run"].as_f64().unwrap();
-    assert!((total - sum).abs() < 0.011);
+    let amounts = |key: &str| q[key].as_array().unwrap().iter().map(|l| l["amount"].as_f64().unwrap()).sum::<f64>();
+    let sum = amounts("lines") + amounts("consumables") + q["per_run"].as_f64().unwrap();
+    assert!((total - sum).abs() < 0.011, "{q}");
+    // The ELISA's TMB and stop solution are the lab's reagents, billed per mL with its labware.
+    let tmb = q["consumables"].as_array().unwrap().iter().find(|l| l["item"] == "TMB substrate").cloned();
+    assert_eq!(tmb.map(|l| (l["unit"].clone(), l["quantity"].clone())), Some(("mL".into(), 11.0.into())), "{q}");
+    assert!(out.contains("TMB substrate") && out.contains("opentrons_96_tiprack_300ul"), "{out}");
 }
 
 #[test]

@@ -142,3 +142,110 @@ fn a_shipment_is_received_whole_and_stays_its_tenants() {
     assert!(code != 0 && se.contains("already on a container"), "{se}");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
+
+/// The lab's stock: a technician counts tip racks and receives lots of PBS (one expired); the
+/// quote bills the rack, the plate, the reservoir and the PBS; the run takes 10 mL from the
+/// unexpired lot that expires first and one rack off the count, which falls to its reorder
+/// point; the admin's usage report bills the tenant for them; a run needing more racks than
+/// the shelf holds is refused with what it cannot have and nothing of anyone else's runs; a
+/// scientist cannot touch the stock, and a reagent the site does not stock is refused.
+#[test]
+fn runs_use_up_the_labs_stock_and_the_bill_says_what() {
+    let lab = serve_lab_on("stock", "0.001", None);
+    let acme = lab.tenant("acme");
+    let tech = lab.json(&lab.admin, &["token", "create", "--role", "technician", "--format", "json"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ok = |token: &str, args: &[&str]| {
+        let (code, so, se) = lab.ctl(token, args);
+        assert_eq!(code, 0, "labctl {args:?}: {so}{se}");
+        so
+    };
+    ok(&tech, &["stock", "count", "opentrons_96_tiprack_300ul", "--on-hand", "2", "--reorder-at", "1"]);
+    ok(&tech, &["stock", "receive", "PBS", "--lot", "P-LATE", "--expires", "2099-12-31", "--volume", "1 L"]);
+    ok(&tech, &["stock", "receive", "PBS", "--lot", "P-SOON", "--expires", "2098-01-31", "--volume", "25 mL"]);
+    ok(&tech, &["stock", "receive", "PBS", "--lot", "P-GONE", "--expires", "2020-01-01", "--volume", "500 mL"]);
+    let (code, _, se) = lab
+        .ctl(&tech, &["stock", "receive", "Unobtainium", "--lot", "X", "--expires", "2099-01-01", "--volume", "1 mL"]);
+    assert!(code != 0 && se.contains("stocks no reagent named `Unobtainium`") && se.contains("PBS"), "{se}");
+    let (code, _, se) =
+        lab.ctl(&tech, &["stock", "receive", "PBS", "--lot", "X", "--expires", "31/12/2099", "--volume", "1 mL"]);
+    assert!(code != 0 && se.contains("YYYY-MM-DD"), "{se}");
+    let (code, _, se) = lab.ctl(&acme, &["stock"]);
+    assert!(code != 0 && se.contains("technicians and admins"), "{se}");
+
+    let protocol = |racks: usize| {
+        let file = lab.dir.join(format!("pbs-{racks}.yaml"));
+        let mut text = String::from("labwright: 1\nname: PBS into a plate\nliquids:\n  buffer: { reagent: PBS }\nlabware:\n  res: { type: nest_12_reservoir_15ml, contents: { A1: { buffer: 10 mL } } }\n  plate: { type: corning_96_wellplate_360ul_flat }\n");
+        for r in 0..racks {
+            text.push_str(&format!("  tips_{r}: {{ type: opentrons_96_tiprack_300ul }}\n"));
+        }
+        // Every well a tip of its own: 96 tips a rack.
+        let wells = if racks == 1 { "A1:H1" } else { "A1:H12" };
+        text.push_str(&format!(
+            "steps:\n  - transfer: {{ from: res/A1, to: plate/{wells}, volume: 20 uL, tips: always }}\n"
+        ));
+        if racks > 1 {
+            text.push_str("  - transfer: { from: res/A1, to: plate/A1:H12, volume: 20 uL, tips: always }\n");
+        }
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let one = protocol(1);
+    let quote: serde_json::Value =
+        serde_json::from_str(&ok(&acme, &["quote", one.to_str().unwrap(), "--format", "json"])).unwrap();
+    let billed: Vec<(String, f64)> = quote["consumables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["item"].as_str().unwrap().to_string(), l["quantity"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        billed,
+        [
+            ("corning_96_wellplate_360ul_flat".to_string(), 1.0),
+            ("nest_12_reservoir_15ml".to_string(), 1.0),
+            ("opentrons_96_tiprack_300ul".to_string(), 1.0),
+            ("PBS".to_string(), 10.0),
+        ],
+        "{quote}"
+    );
+    ok(&acme, &["submit", one.to_str().unwrap(), "--wait"]);
+
+    let stock = lab.json(&tech, &["stock", "--format", "json"]);
+    let lots: Vec<(String, f64)> = stock["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["lot"].as_str().unwrap().to_string(), l["volume_ul"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        lots,
+        [("P-GONE".to_string(), 500_000.0), ("P-SOON".to_string(), 15_000.0), ("P-LATE".to_string(), 1_000_000.0)],
+        "10 mL from the unexpired lot that expires first: {stock}"
+    );
+    assert_eq!(stock["lots"][0]["expired"], true);
+    let racks = &stock["consumables"][0];
+    assert_eq!((racks["on_hand"].as_i64(), racks["reorder"].as_bool()), (Some(1), Some(true)), "{stock}");
+    assert!(lab.ctl(&tech, &["stock"]).1.contains("REORDER"));
+
+    // The bill: what acme's run used up, priced at the site's table.
+    let usage = items(&ok(&lab.admin, &["usage", "--tenant", "acme", "--format", "json"]));
+    let pbs = usage.iter().find(|l| l["item"] == "PBS").unwrap_or_else(|| panic!("{usage:?}"));
+    assert_eq!(
+        (pbs["unit"].as_str(), pbs["quantity"].as_f64(), pbs["amount"].as_f64()),
+        (Some("mL"), Some(10.0), Some(0.5))
+    );
+    let rack = usage.iter().find(|l| l["item"] == "opentrons_96_tiprack_300ul").unwrap();
+    assert_eq!((rack["quantity"].as_f64(), rack["amount"].as_f64()), (Some(1.0), Some(8.5)));
+    assert!(usage.iter().any(|l| l["instrument_class"] == "liquid_handler"), "device time still billed: {usage:?}");
+
+    // Two racks needed, one on the shelf: refused, saying what, and nothing of other runs.
+    let globex = lab.tenant("globex");
+    let (code, _, se) = lab.ctl(&globex, &["submit", protocol(2).to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(se.contains("the lab cannot supply 2 each of opentrons_96_tiprack_300ul for this run now"), "{se}");
+    assert!(!se.contains("acme") && !se.contains("run_"), "{se}");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}

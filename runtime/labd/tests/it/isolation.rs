@@ -211,6 +211,13 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     let (code, _, se) = lab.ctl(&globex, &["container", "show", &acme_barcode]);
     let (_, _, missing) = lab.ctl(&globex, &["container", "show", "BC-nothing"]);
     assert_eq!((code != 0, se.replace(&acme_barcode, "X")), (true, missing.replace("BC-nothing", "X")));
+    // A submission refused for want of the lab's stock, which acme's runs also draw on.
+    let (code, _, se) = lab.ctl(&lab.admin, &["stock", "count", "opentrons_96_tiprack_300ul", "--on-hand", "0"]);
+    assert_eq!(code, 0, "{se}");
+    let (code, so, se) =
+        lab.ctl(&globex, &["submit", root().join("protocols/examples/serial-dilution.yaml").to_str().unwrap()]);
+    assert!(code != 0 && se.contains("cannot supply"), "{so}{se}");
+    seen.push(("a submission refused for want of stock".into(), format!("{so}{se}")));
     for (place, text) in &seen {
         let lower = text.to_lowercase();
         assert!(!lower.contains(CANARY), "the canary reached globex through {place}: {text}");
