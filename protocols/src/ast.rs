@@ -106,6 +106,17 @@ pub struct LabwareDecl {
     /// A container the lab holds (`container: PL-0001`): its type and contents come from the
     /// lab's inventory ([`crate::held`]).
     pub container: Option<Named>,
+    /// What becomes of it after the run (`store:`, `discard:`); `None`: new labware is
+    /// discarded, a container goes back where it was.
+    pub after: Option<After>,
+}
+
+/// What becomes of a labware after its run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum After {
+    /// Kept in the lab's storage at this condition (one of [`crate::shape::CONDITIONS`]).
+    Store(String),
+    Discard,
 }
 
 /// One entry of a plate map: wells and their sample, group, role and concentrations.

@@ -148,6 +148,7 @@ pub fn compile_with(
     let (mut plan, tracked) = build(&protocol, site, lib, &mut d);
     if let (Some(plan), Some(tracked)) = (plan.as_mut(), tracked.as_ref()) {
         crate::held::note_draws(plan, tracked, lib);
+        crate::held::note_outputs(plan, tracked, lib);
     }
     if !d.has_errors() {
         out.quote = plan.as_ref().map(|p| quote::quote(p, site));
@@ -514,6 +515,15 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
                     .find(|l| l.name.name == s.name)
                     .and_then(|l| l.container.as_ref().map(|c| c.name.clone())),
                 drawn: BTreeMap::new(),
+                store: p.labware.iter().find(|l| l.name.name == s.name).and_then(|l| match &l.after {
+                    Some(crate::ast::After::Store(condition)) => Some(condition.clone()),
+                    _ => None,
+                }),
+                discard: p
+                    .labware
+                    .iter()
+                    .any(|l| l.name.name == s.name && l.after == Some(crate::ast::After::Discard)),
+                outputs: BTreeMap::new(),
             })
             .collect(),
         tasks: plan_tasks,

@@ -239,6 +239,7 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
             }
         }
         let map = v.get("map").map(|m| plate_map(m, &k.name, d)).unwrap_or_default();
+        let after = after_run(v, &what, d);
         p.labware.push(LabwareDecl {
             name: Named { name: k.name.clone(), span: k.span },
             load_name: ty,
@@ -246,8 +247,44 @@ fn parse_labware(node: &Node, p: &mut Protocol, d: &mut Diagnostics) {
             starts_empty: false,
             map,
             container,
+            after,
         });
     }
+}
+
+/// `store: { condition: 4C }` or `discard: true`: what becomes of a labware after the run.
+fn after_run(v: &Node, what: &str, d: &mut Diagnostics) -> Option<crate::ast::After> {
+    use crate::ast::After;
+    let discard = match v.get("discard").map(|n| (n, &n.value)) {
+        None => false,
+        Some((_, Value::Bool(b))) => *b,
+        Some((n, _)) => {
+            d.push(Diagnostic::error("P0103", n.span, format!("`discard` of {what} is `true` or `false`")));
+            false
+        }
+    };
+    let Some(store) = v.get("store") else { return discard.then_some(After::Discard) };
+    if discard {
+        d.push(
+            Diagnostic::error("P0103", store.span, format!("{what} is both stored and discarded"))
+                .with_hint("keep `store` or `discard: true`, not both"),
+        );
+        return None;
+    }
+    let at = format!("`store` of {what}");
+    if !check_keys(store, &at, &shape::STORE.names(), d) {
+        return None;
+    }
+    let condition = required(store, "condition", &at, d)?;
+    let name = string(condition, &format!("the condition of {at}"), d)?;
+    if !shape::CONDITIONS.contains(&name.as_str()) {
+        d.push(
+            Diagnostic::error("P0211", condition.span, format!("unknown storage condition `{name}`"))
+                .with_hint(format!("the lab stores at: {}", shape::CONDITIONS.join(", "))),
+        );
+        return None;
+    }
+    Some(After::Store(name))
 }
 
 /// A labware's plate map: `well selection: {sample, group, role, concentration | concentrations}`

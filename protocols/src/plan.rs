@@ -91,6 +91,16 @@ pub struct PlanLabware {
     /// were are not listed).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub drawn: std::collections::BTreeMap<String, f64>,
+    /// Kept in the lab's storage after the run, at this condition (`store:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Discarded after the run (`discard: true`; a container leaves the tenant's inventory).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard: bool,
+    /// What a stored labware that is not a container yet holds when the run ends: well →
+    /// liquid → µL (wells left empty are not listed). It becomes a container of the tenant's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub outputs: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
 }
 
 /// Instrument settings a task needs; tasks with equal settings may share a capacity resource.

@@ -26,6 +26,8 @@ pub enum Ty {
     Wells,
     /// A percentage: `5 %`.
     Percent,
+    /// `true` or `false`.
+    Bool,
     /// One of these words, as written.
     Word(&'static [&'static str]),
     /// One of these words, in any case.
@@ -128,11 +130,25 @@ pub const LABWARE: Obj = Obj {
         ),
         key("description", Ty::Text, "what it is for"),
         key(
+            "store",
+            Ty::Obj(&STORE),
+            "keep it after the run, in the lab's storage: { condition: 4C }; it becomes a container of yours (new labware is discarded unless stored)",
+        ),
+        key("discard", Ty::Bool, "discard it after the run (a container of yours: it leaves your inventory)"),
+        key(
             "map",
             Ty::AnyOf(&[Ty::Text, Ty::MapOf(&Ty::Obj(&MAP_ENTRY))]),
             "the plate map: wells to sample, group, role and concentration, or a CSV table",
         ),
     ],
+};
+
+/// The storage conditions a lab keeps containers in.
+pub const CONDITIONS: &[&str] = &["ambient", "4C", "-20C", "-80C", "30C", "35C", "37C"];
+
+/// Where a labware is kept after the run.
+pub const STORE: Obj = Obj {
+    keys: &[must("condition", Ty::Word(CONDITIONS), "ambient, 4C, -20C, -80C, or warm: 30C, 35C, 37C")],
 };
 
 /// One entry of a plate map.
@@ -394,6 +410,7 @@ fn schema_of(ty: &Ty) -> Value {
         Ty::Name => json!({"type": "string", "pattern": "^[^/]+$"}),
         Ty::Wells => json!({"type": "string", "pattern": "^[^/]+/.+$"}),
         Ty::Percent => json!({"type": "string", "pattern": format!("^\\s*{NUMBER}\\s*%\\s*$")}),
+        Ty::Bool => json!({"type": "boolean"}),
         Ty::Word(words) => json!({"type": "string", "enum": words}),
         Ty::WordAnyCase(words) => {
             let any: Vec<String> = words.iter().map(|w| any_case(w)).collect();

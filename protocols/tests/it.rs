@@ -1257,3 +1257,39 @@ fn the_quote_bills_what_the_run_uses_up() {
     let consumables: f64 = q.consumables.iter().map(|l| l.amount).sum();
     assert!((q.total - device - consumables).abs() < 0.011, "{q:?}");
 }
+
+#[test]
+fn stored_labware_carries_what_it_will_hold_and_bad_storage_is_refused() {
+    let text = HEADER.replace(
+        "  plate: { type: corning_96_wellplate_360ul_flat }",
+        "  plate: { type: corning_96_wellplate_360ul_flat, store: { condition: 4C } }",
+    ) + "  - transfer: { from: res/A1, to: plate/A1:B1, volume: 50 uL }\n  - transfer: { from: res/A2, to: plate/A1, volume: 10 uL }\n";
+    let c = run("t.yaml", &text);
+    let plan = c.plan.unwrap_or_else(|| panic!("{:#?}", c.diagnostics));
+    let plate = plan.labware.iter().find(|l| l.name == "plate").unwrap();
+    assert_eq!(plate.store.as_deref(), Some("4C"));
+    assert_eq!(plate.outputs["A1"], [("dye".to_string(), 10.0), ("water".to_string(), 50.0)].into());
+    assert_eq!(plate.outputs["B1"], [("water".to_string(), 50.0)].into());
+    assert_eq!(plate.outputs.len(), 2, "empty wells are not listed");
+    assert!(plan.labware.iter().filter(|l| l.name != "plate").all(|l| l.store.is_none() && l.outputs.is_empty()));
+
+    let with = |decl: &str| HEADER.replace("  plate: { type: corning_96_wellplate_360ul_flat }", decl) + "  - transfer: { from: res/A1, to: plate/A1, volume: 50 uL }\n";
+    let bad = run("t.yaml", &with("  plate: { type: corning_96_wellplate_360ul_flat, store: { condition: fridge } }"));
+    let d = bad.diagnostics.iter().find(|d| d.code == "P0211").unwrap_or_else(|| panic!("{:#?}", bad.diagnostics));
+    assert!(d.hint.as_deref().unwrap_or("").contains("-80C"), "{d:?}");
+    let both = with("  plate: { type: corning_96_wellplate_360ul_flat, store: { condition: 4C }, discard: true }");
+    assert_eq!(codes(&both), ["P0103"]);
+    let gone = run("t.yaml", &with("  plate: { type: corning_96_wellplate_360ul_flat, discard: true }"));
+    assert!(gone.plan.unwrap().labware.iter().any(|l| l.name == "plate" && l.discard));
+
+    // Autoprotocol: `store.where` as the lab's conditions, `discard` as discard.
+    let ap = r#"{"refs": {"kept": {"new": "96-flat", "store": {"where": "cold_20"}}, "gone": {"new": "96-flat", "discard": true}},
+      "instructions": [{"op": "provision", "resource_id": "rs17gmh5wafm5p", "to": [{"well": "kept/0", "volume": "50:microliter"}]}]}"#;
+    let c = run("ap.json", ap);
+    let plan = c.plan.unwrap_or_else(|| panic!("{:#?}", c.diagnostics));
+    let kept = plan.labware.iter().find(|l| l.name == "kept").unwrap();
+    assert_eq!((kept.store.as_deref(), kept.outputs.len()), (Some("-20C"), 1), "{kept:?}");
+    assert!(plan.labware.iter().any(|l| l.name == "gone" && l.discard));
+    let far = ap.replace("cold_20", "orbit");
+    assert!(run("ap.json", &far).diagnostics.iter().any(|d| d.code == "P0211"));
+}

@@ -148,7 +148,11 @@ impl Importer<'_> {
             };
             // A `new` container comes empty from the lab's stock; an existing one (`id`)
             // holds what earlier runs left, which the protocol does not say.
+            let after = after_run(v, &k.name, d);
             self.declare(&k.name, k.span, &ty, span, v.get("new").is_some(), d);
+            if let Some(decl) = self.protocol.labware.iter_mut().find(|l| l.name.name == k.name) {
+                decl.after = after;
+            }
         }
     }
 
@@ -181,6 +185,7 @@ impl Importer<'_> {
             starts_empty: new,
             map: Vec::new(),
             container: None,
+            after: None,
         });
         if !self.protocol.custom_labware.iter().any(|c| c.load_name == def.load_name) {
             self.protocol.custom_labware.push(def.clone());
@@ -695,6 +700,33 @@ impl Importer<'_> {
 
 /// Autoprotocol storage/incubation locations → temperature.
 /// An Autoprotocol incubation location's temperature: `Some(None)` for ambient (uncontrolled).
+/// A ref's `store: { where: cold_4 }` or `discard: true`, as Labwright's storage conditions.
+fn after_run(v: &Node, name: &str, d: &mut Diagnostics) -> Option<crate::ast::After> {
+    use crate::ast::After;
+    if v.get("discard").is_some_and(|n| n.value == crate::syntax::Value::Bool(true)) {
+        return Some(After::Discard);
+    }
+    let at = v.get("store")?.get("where")?;
+    let where_ = at.as_str()?;
+    let condition = match where_ {
+        "ambient" => "ambient",
+        "cold_4" => "4C",
+        "cold_20" => "-20C",
+        "cold_80" => "-80C",
+        "warm_30" => "30C",
+        "warm_35" => "35C",
+        "warm_37" => "37C",
+        _ => {
+            d.push(
+                Diagnostic::error("P0211", at.span, format!("ref `{name}`: this lab does not store at `{where_}`"))
+                    .with_hint("store at ambient, cold_4, cold_20, cold_80, warm_30, warm_35 or warm_37"),
+            );
+            return None;
+        }
+    };
+    Some(After::Store(condition.to_string()))
+}
+
 fn storage_temperature(where_: &str) -> Option<Option<f64>> {
     Some(Some(match where_ {
         "ambient" => return Some(None),

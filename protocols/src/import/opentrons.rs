@@ -220,6 +220,7 @@ impl Importer<'_> {
             starts_empty: false,
             map: Vec::new(),
             container: None,
+            after: None,
         });
     }
 
