@@ -519,10 +519,7 @@ fn link(p: &Protocol, env: &Env, tasks: Vec<LTask>, site: &Site, d: &mut Diagnos
                     Some(crate::ast::After::Store(condition)) => Some(condition.clone()),
                     _ => None,
                 }),
-                discard: p
-                    .labware
-                    .iter()
-                    .any(|l| l.name.name == s.name && l.after == Some(crate::ast::After::Discard)),
+                discard: p.labware.iter().any(|l| l.name.name == s.name && l.after == Some(crate::ast::After::Discard)),
                 outputs: BTreeMap::new(),
             })
             .collect(),

@@ -80,6 +80,26 @@ pub fn note_draws(plan: &mut crate::plan::RunPlan, tracked: &crate::check::Track
     }
 }
 
+/// Writes into the plan what each labware it stores (and that is not a container yet) holds
+/// when the run ends, by the liquid tracking: the lab makes it a container of the tenant's.
+pub fn note_outputs(plan: &mut crate::plan::RunPlan, tracked: &crate::check::Tracked, lib: &labware::Library) {
+    let defs: Vec<Option<labware::LabwareDef>> =
+        plan.labware.iter().map(|l| plan.labware_def(&l.load_name, lib).cloned()).collect();
+    for (i, lw) in plan.labware.iter_mut().enumerate() {
+        let (Some(_), None, Some(def), Some(now)) = (&lw.store, &lw.container, &defs[i], tracked.wells.get(i)) else {
+            continue;
+        };
+        for (w, well) in def.wells.iter().enumerate() {
+            let Some(state) = now.get(w) else { continue };
+            let held: std::collections::BTreeMap<String, f64> =
+                state.contents.iter().filter(|(_, ul)| **ul > 1e-9).map(|(l, ul)| (l.clone(), *ul)).collect();
+            if !held.is_empty() {
+                lw.outputs.insert(well.name.clone(), held);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,25 +165,5 @@ mod tests {
         assert!(both.iter().any(|e| e.contains("both a `type` and a `container`")), "{both:?}");
         let contents = codes(&compile("{ container: PL-1, contents: { A1: { water: 10 uL } } }"));
         assert!(contents.iter().any(|e| e.contains("its contents come from the lab's inventory")), "{contents:?}");
-    }
-}
-
-/// Writes into the plan what each labware it stores (and that is not a container yet) holds
-/// when the run ends, by the liquid tracking: the lab makes it a container of the tenant's.
-pub fn note_outputs(plan: &mut crate::plan::RunPlan, tracked: &crate::check::Tracked, lib: &labware::Library) {
-    let defs: Vec<Option<labware::LabwareDef>> =
-        plan.labware.iter().map(|l| plan.labware_def(&l.load_name, lib).cloned()).collect();
-    for (i, lw) in plan.labware.iter_mut().enumerate() {
-        let (Some(_), None, Some(def), Some(now)) = (&lw.store, &lw.container, &defs[i], tracked.wells.get(i)) else {
-            continue;
-        };
-        for (w, well) in def.wells.iter().enumerate() {
-            let Some(state) = now.get(w) else { continue };
-            let held: std::collections::BTreeMap<String, f64> =
-                state.contents.iter().filter(|(_, ul)| **ul > 1e-9).map(|(l, ul)| (l.clone(), *ul)).collect();
-            if !held.is_empty() {
-                lw.outputs.insert(well.name.clone(), held);
-            }
-        }
     }
 }

@@ -147,9 +147,8 @@ pub const LABWARE: Obj = Obj {
 pub const CONDITIONS: &[&str] = &["ambient", "4C", "-20C", "-80C", "30C", "35C", "37C"];
 
 /// Where a labware is kept after the run.
-pub const STORE: Obj = Obj {
-    keys: &[must("condition", Ty::Word(CONDITIONS), "ambient, 4C, -20C, -80C, or warm: 30C, 35C, 37C")],
-};
+pub const STORE: Obj =
+    Obj { keys: &[must("condition", Ty::Word(CONDITIONS), "ambient, 4C, -20C, -80C, or warm: 30C, 35C, 37C")] };
 
 /// One entry of a plate map.
 pub const MAP_ENTRY: Obj = Obj {

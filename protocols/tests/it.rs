@@ -1273,7 +1273,10 @@ fn stored_labware_carries_what_it_will_hold_and_bad_storage_is_refused() {
     assert_eq!(plate.outputs.len(), 2, "empty wells are not listed");
     assert!(plan.labware.iter().filter(|l| l.name != "plate").all(|l| l.store.is_none() && l.outputs.is_empty()));
 
-    let with = |decl: &str| HEADER.replace("  plate: { type: corning_96_wellplate_360ul_flat }", decl) + "  - transfer: { from: res/A1, to: plate/A1, volume: 50 uL }\n";
+    let with = |decl: &str| {
+        HEADER.replace("  plate: { type: corning_96_wellplate_360ul_flat }", decl)
+            + "  - transfer: { from: res/A1, to: plate/A1, volume: 50 uL }\n"
+    };
     let bad = run("t.yaml", &with("  plate: { type: corning_96_wellplate_360ul_flat, store: { condition: fridge } }"));
     let d = bad.diagnostics.iter().find(|d| d.code == "P0211").unwrap_or_else(|| panic!("{:#?}", bad.diagnostics));
     assert!(d.hint.as_deref().unwrap_or("").contains("-80C"), "{d:?}");

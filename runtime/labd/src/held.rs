@@ -1,5 +1,6 @@
 //! The containers a tenant holds in the lab, as the compiler asks for them when a protocol names
-//! one (`container: PL-0001`): by barcode or id, the tenant's own only.
+//! one (`container: PL-0001`): by barcode or id, the tenant's own only, discarded ones not at
+//! all; and what a run that succeeded leaves in the inventory (pure).
 
 use crate::store::Container;
 use protocols::held::{Held as Answer, Inventory};
@@ -13,7 +14,8 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn of(all: Vec<Container>) -> Held {
+    pub fn of(mut all: Vec<Container>) -> Held {
+        all.retain(|k| k.location != crate::store::DISCARDED);
         let mut by_name = HashMap::new();
         for (i, k) in all.iter().enumerate() {
             by_name.insert(k.barcode.clone(), i);
@@ -84,4 +86,52 @@ pub fn over_drawn(
         }
     }
     None
+}
+
+/// What a run that succeeded leaves in the inventory, by its plan (as submitted).
+#[derive(Debug, Default, PartialEq)]
+pub struct AfterRun {
+    /// New containers of the tenant's (labware the protocol stores), each at its condition.
+    pub made: Vec<(crate::store::NewContainer, String)>,
+    /// Containers it named that go to storage at a condition, or (`None`) are discarded.
+    pub shelved: Vec<(String, Option<String>)>,
+}
+
+/// The barcode the lab prints for a container run `run_id` made of its labware `name`.
+pub fn output_barcode(run_id: &str, name: &str) -> String {
+    format!("{}-{name}", crate::store::run_prefix(run_id))
+}
+
+pub fn after_run(plan: &protocols::RunPlan, run_id: &str) -> AfterRun {
+    let mut out = AfterRun::default();
+    for lw in &plan.labware {
+        match (&lw.container, &lw.store, lw.discard) {
+            (Some(id), Some(condition), _) => out.shelved.push((id.clone(), Some(condition.clone()))),
+            (Some(id), None, true) => out.shelved.push((id.clone(), None)),
+            (None, Some(condition), _) => {
+                let wells = lw
+                    .outputs
+                    .iter()
+                    .flat_map(|(well, liquids)| {
+                        // The plate map's sample name for the well, else the liquid's own.
+                        let sample = lw.map.get(well).and_then(|d| d.sample.clone());
+                        liquids.iter().map(move |(liquid, ul)| crate::store::WellContent {
+                            well: well.clone(),
+                            sample: sample.clone().unwrap_or_else(|| liquid.clone()),
+                            liquid: liquid.clone(),
+                            volume_ul: *ul,
+                        })
+                    })
+                    .collect();
+                let made = crate::store::NewContainer {
+                    barcode: output_barcode(run_id, &lw.name),
+                    load_name: lw.load_name.clone(),
+                    wells,
+                };
+                out.made.push((made, condition.clone()));
+            }
+            _ => {}
+        }
+    }
+    out
 }

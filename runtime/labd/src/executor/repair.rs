@@ -450,14 +450,22 @@ impl Executor {
                 };
                 // Before the final state: a store failure here is tried again with it, and the
                 // container is updated once per run whatever happens.
+                let plan = serde_json::from_str::<protocols::RunPlan>(&plan_json)
+                    .map_err(|e| crate::store::StoreError::Invalid(format!("the stored plan of {id}: {e}")))?;
                 if state == RunState::Succeeded {
                     for (container, wells) in &drawn {
                         store.use_container(&id, container, wells, "labd")?;
                     }
+                    // What it stores becomes the tenant's; what it discards leaves the inventory.
+                    let after = crate::held::after_run(&plan, &id);
+                    for (made, at) in &after.made {
+                        store.make_container(&id, &tenant, made, at)?;
+                    }
+                    for (container, at) in &after.shelved {
+                        store.shelve_container(&id, container, at.as_deref())?;
+                    }
                 }
                 // What it used up, by the journal's word, comes off the lab's stock (once).
-                let plan = serde_json::from_str::<protocols::RunPlan>(&plan_json)
-                    .map_err(|e| crate::store::StoreError::Invalid(format!("the stored plan of {id}: {e}")))?;
                 let used = crate::stock::used_by_run(&plan, &store.attempts(&id)?, &crate::store::run_prefix(&id));
                 let consumed = store.consume(&id, &tenant, &used, &crate::clock::date(crate::store::now_ms()))?;
                 let restock: Vec<crate::store::ConsumableStock> = if consumed.is_empty() {

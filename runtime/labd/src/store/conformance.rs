@@ -25,6 +25,34 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     leases_claims_and_fencing(make().as_ref());
     containers_are_received_whole_and_kept_per_tenant(make().as_ref());
     stock_is_taken_once_per_run_soonest_expiry_first(make().as_ref());
+    runs_make_and_shelve_containers_once(make().as_ref());
+}
+
+/// A run's output becomes the tenant's container once, whatever the retries; a container is
+/// stored or discarded once per run, with its history saying so.
+pub fn runs_make_and_shelve_containers_once(s: &dyn Store) {
+    let acme = s.create_tenant("acme", 1.0).unwrap();
+    let out = NewContainer {
+        barcode: "abc123-assay".into(),
+        load_name: "corning_96_wellplate_360ul_flat".into(),
+        wells: vec![WellContent { well: "A1".into(), sample: "S-1".into(), liquid: "serum".into(), volume_ul: 50.0 }],
+    };
+    let made = s.make_container("run_abc123", &acme.id, &out, "4C").unwrap().expect("made");
+    assert!(s.make_container("run_abc123", &acme.id, &out, "4C").unwrap().is_none(), "once per run");
+    assert!(s.make_container("run_other", &acme.id, &out, "4C").is_err(), "a barcode the lab holds");
+    let k = s.container(Some(&acme.id), "abc123-assay").unwrap();
+    assert_eq!((k.id.as_str(), k.location.as_str(), k.wells.len()), (made.id.as_str(), "4C", 1));
+    let history = s.container_history(&k.id).unwrap();
+    assert_eq!(history[0].kind, "made");
+    assert!(history[0].detail.starts_with("made by run run_abc123"), "{history:?}");
+    assert!(s.shelve_container("run_next", &k.id, Some("-20C")).unwrap());
+    assert!(!s.shelve_container("run_next", &k.id, Some("-20C")).unwrap(), "once per run");
+    assert_eq!(s.container(None, &k.id).unwrap().location, "-20C");
+    assert!(s.shelve_container("run_last", &k.id, None).unwrap());
+    assert_eq!(s.container(None, &k.id).unwrap().location, DISCARDED);
+    let kinds: Vec<String> = s.container_history(&k.id).unwrap().into_iter().map(|h| h.kind).collect();
+    assert_eq!(kinds, ["made", "stored", "discarded"]);
+    assert!(s.shelve_container("run_last", "con_missing", None).is_err());
 }
 
 /// Reagents come off their unexpired lots, the soonest to expire first; counted consumables go

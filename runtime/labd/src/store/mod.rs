@@ -220,6 +220,9 @@ pub struct Intent {
     pub repeatable: bool,
 }
 
+/// Where a discarded container is: it keeps its history, and no protocol can name it again.
+pub const DISCARDED: &str = "discarded";
+
 /// What one well of a container holds of one liquid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WellContent {
@@ -475,6 +478,20 @@ pub trait Store: Send + Sync {
     /// liquids in proportion, with a `used` entry in its history: once per run and container
     /// (`false` when it was already recorded).
     fn use_container(&self, run_id: &str, container_id: &str, drawn: &[(String, f64)], actor: &str) -> Result<bool>;
+
+    /// A container a run made (a labware its protocol stores), the tenant's, at `location`, with
+    /// a `made` entry in its history: once per run and barcode (`None` when it was made already;
+    /// a barcode the lab holds for anything else is a conflict).
+    fn make_container(
+        &self,
+        run_id: &str,
+        tenant: &str,
+        container: &NewContainer,
+        location: &str,
+    ) -> Result<Option<Container>>;
+    /// After run `run_id`: a container goes to storage at `location`, or (`None`) is discarded,
+    /// with a `stored` or `discarded` entry in its history; once per run (`false` when done).
+    fn shelve_container(&self, run_id: &str, container_id: &str, location: Option<&str>) -> Result<bool>;
 
     /// Receives a lot of a reagent the lab stocks (more of a lot it has adds to it, and the
     /// expiry is the one given now).

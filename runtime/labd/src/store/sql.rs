@@ -1073,6 +1073,85 @@ impl<D: Db> Store for SqlStore<D> {
         })
     }
 
+    fn make_container(
+        &self,
+        run_id: &str,
+        tenant: &str,
+        container: &NewContainer,
+        location: &str,
+    ) -> Result<Option<Container>> {
+        let at = now_ms();
+        let made = format!("made by run {run_id}");
+        let k = Container {
+            id: new_id("con"),
+            tenant_id: tenant.into(),
+            barcode: container.barcode.clone(),
+            load_name: container.load_name.clone(),
+            location: location.into(),
+            created_at: at,
+            wells: container.wells.clone(),
+        };
+        self.tx(|c| {
+            let held = c.query("SELECT id FROM containers WHERE barcode = ?1", &params![&k.barcode])?;
+            if let Some(r) = held.first() {
+                let id = r.text(0)?;
+                let first = c.query(
+                    "SELECT detail FROM container_history WHERE container_id = ?1 AND seq = 1",
+                    &params![&id],
+                )?;
+                return match first.first().map(|r| r.text(0)).transpose()? {
+                    Some(d) if d.starts_with(&made) => Ok(None),
+                    _ => Err(StoreError::Conflict(format!("barcode `{}` is already on a container of this lab", k.barcode))),
+                };
+            }
+            c.execute(
+                "INSERT INTO containers (id, tenant_id, barcode, load_name, location, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &params![&k.id, &k.tenant_id, &k.barcode, &k.load_name, &k.location, k.created_at],
+            )?;
+            for w in &k.wells {
+                c.execute(
+                    "INSERT INTO container_wells (container_id, well, sample, liquid, volume_ul) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    &params![&k.id, &w.well, &w.sample, &w.liquid, w.volume_ul],
+                )?;
+            }
+            let detail = format!("{made}, stored at {location}: {} well(s)", k.wells.len());
+            c.execute(
+                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor) VALUES (?1, 1, ?2, 'made', ?3, 'labd')",
+                &params![&k.id, at, &detail],
+            )?;
+            Ok(Some(k.clone()))
+        })
+    }
+
+    fn shelve_container(&self, run_id: &str, container_id: &str, location: Option<&str>) -> Result<bool> {
+        let at = now_ms();
+        let after = format!("after run {run_id}:");
+        let (kind, to) = match location {
+            Some(l) => ("stored", l),
+            None => ("discarded", DISCARDED),
+        };
+        self.tx(|c| {
+            let history = c.query(
+                "SELECT seq, detail FROM container_history WHERE container_id = ?1 ORDER BY seq",
+                &params![container_id],
+            )?;
+            if history.is_empty() {
+                return Err(StoreError::NotFound(format!("container `{container_id}`")));
+            }
+            if history.iter().any(|r| r.text(1).is_ok_and(|d| d.starts_with(&after))) {
+                return Ok(false);
+            }
+            let next = history.iter().filter_map(|r| r.int(0).ok()).max().unwrap_or(0) + 1;
+            c.execute("UPDATE containers SET location = ?2 WHERE id = ?1", &params![container_id, to])?;
+            let detail = format!("{after} {kind} ({to})");
+            c.execute(
+                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor) VALUES (?1, ?2, ?3, ?4, ?5, 'labd')",
+                &params![container_id, next, at, kind, &detail],
+            )?;
+            Ok(true)
+        })
+    }
+
     fn receive_lot(&self, reagent: &str, lot: &str, expires_on: &str, volume_ul: f64) -> Result<ReagentLot> {
         self.receive_lot_in(reagent, lot, expires_on, volume_ul)
     }

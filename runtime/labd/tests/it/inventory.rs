@@ -249,3 +249,65 @@ fn runs_use_up_the_labs_stock_and_the_bill_says_what() {
     assert!(!se.contains("acme") && !se.contains("run_"), "{se}");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
+
+/// One run's output is the next run's input: a plate the protocol stores at 4 °C becomes a
+/// container of the tenant's, holding what the run left in it (named by the plate map's
+/// samples); the next protocol names it by its barcode, draws from it and discards it, after
+/// which it is in the history but no protocol can name it.
+#[test]
+fn a_runs_stored_output_is_the_next_runs_input() {
+    let lab = serve_lab_on("outputs", "0.001", None);
+    let acme = lab.tenant("acme");
+    let first = lab.dir.join("make.yaml");
+    std::fs::write(
+        &first,
+        "labwright: 1\nname: Make a plate\nliquids: { buffer: PBS, dye: tartrazine }\nlabware:\n  res: { type: nest_12_reservoir_15ml, contents: { A1: { buffer: 5 mL }, A2: { dye: 1 mL } } }\n  out:\n    type: corning_96_wellplate_360ul_flat\n    store: { condition: 4C }\n    map: { \"A1\": { sample: S-7 } }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: res/A1, to: out/A1:B1, volume: 100 uL }\n  - transfer: { from: res/A2, to: out/A1, volume: 20 uL }\n",
+    )
+    .unwrap();
+    let (code, so, se) = lab.ctl(&acme, &["submit", first.to_str().unwrap(), "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let run: serde_json::Value = serde_json::from_str(so.lines().next().unwrap()).unwrap();
+    let run = run["run"]["id"].as_str().unwrap().to_string();
+    let barcode = format!("{}-out", run.trim_start_matches("run_").chars().take(8).collect::<String>());
+    let k = lab.json(&acme, &["container", "show", &barcode, "--format", "json"]);
+    assert_eq!(
+        (k["location"].as_str(), k["type"].as_str()),
+        (Some("4C"), Some("corning_96_wellplate_360ul_flat")),
+        "{k}"
+    );
+    let wells: Vec<(String, String, String, f64)> = k["wells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let s = |f: &str| w[f].as_str().unwrap().to_string();
+            (s("well"), s("sample"), s("liquid"), w["volume_ul"].as_f64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        wells,
+        [
+            ("A1".into(), "S-7".into(), "buffer".into(), 100.0),
+            ("A1".into(), "S-7".into(), "dye".into(), 20.0),
+            ("B1".into(), "buffer".into(), "buffer".into(), 100.0)
+        ],
+        "{k}"
+    );
+    assert!(k["history"][0]["detail"].as_str().unwrap().contains(&format!("made by run {run}")), "{k}");
+
+    let next = lab.dir.join("use.yaml");
+    std::fs::write(
+        &next,
+        format!("labwright: 1\nname: Use the plate\nlabware:\n  made: {{ container: {barcode}, discard: true }}\n  assay: {{ type: corning_96_wellplate_360ul_flat }}\n  tips: {{ type: opentrons_96_tiprack_300ul }}\nsteps:\n  - transfer: {{ from: made/A1, to: assay/A1, volume: 60 uL }}\n"),
+    )
+    .unwrap();
+    let (code, so, se) = lab.ctl(&acme, &["submit", next.to_str().unwrap(), "--wait"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let k = lab.json(&acme, &["container", "show", &barcode, "--format", "json"]);
+    assert_eq!(k["location"], "discarded", "{k}");
+    let kinds: Vec<&str> = k["history"].as_array().unwrap().iter().map(|h| h["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["made", "used", "discarded"], "{k}");
+    let (code, _, se) = lab.ctl(&acme, &["submit", next.to_str().unwrap()]);
+    assert!(code != 0 && se.contains(&format!("unknown container `{barcode}`")), "a discarded container: {se}");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
