@@ -18,4 +18,4 @@ pub mod site;
 pub use address::{AddressError, WellSelection};
 pub use def::{Footprint, LabwareDef, LabwareError, LabwareKind, TipSpec, Well, WellShape};
 pub use library::Library;
-pub use site::{InstrumentClass, Site, SiteError};
+pub use site::{InstrumentClass, Site, SiteError, StorageUnit, STORAGE_CONDITIONS};

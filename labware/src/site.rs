@@ -360,6 +360,25 @@ pub struct Location {
     pub description: String,
 }
 
+/// The conditions a lab keeps containers at between runs.
+pub const STORAGE_CONDITIONS: &[&str] = &["ambient", "4C", "-20C", "-80C", "30C", "35C", "37C"];
+
+/// A place the lab keeps containers between runs: a shelf, a fridge, a freezer, a warm room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageUnit {
+    pub id: String,
+    /// One of [`STORAGE_CONDITIONS`].
+    pub condition: String,
+    /// How many containers it holds (a plate or a tube rack takes one position).
+    pub positions: u32,
+    /// Reached by an arm (an automated store) rather than by a technician.
+    #[serde(default)]
+    pub automated: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
 /// Prices charged to tenants.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -378,6 +397,9 @@ pub struct Prices {
     /// mL; a protocol may name no other.
     #[serde(default)]
     pub reagents: BTreeMap<String, f64>,
+    /// Price of keeping one container for one day, per storage condition (`"4C" = 0.10`).
+    #[serde(default)]
+    pub storage_per_day: BTreeMap<String, f64>,
 }
 
 /// General facts about the site.
@@ -403,6 +425,9 @@ pub struct Site {
     pub arms: Vec<Arm>,
     #[serde(default, rename = "location")]
     pub locations: Vec<Location>,
+    /// Where containers are kept between runs.
+    #[serde(default, rename = "storage", skip_serializing_if = "Vec::is_empty")]
+    pub storage: Vec<StorageUnit>,
     pub prices: Prices,
     /// Work cells: groups of instruments and arms that one labd node drives (scale-out). None:
     /// the whole site is one cell.
@@ -702,7 +727,41 @@ impl Site {
                 return Err(invalid(format!("prices.per_hour.{class}"), "must be a non-negative number"));
             }
         }
-        for (table, prices) in [("per_unit", &self.prices.per_unit), ("reagents", &self.prices.reagents)] {
+        for (i, unit) in self.storage.iter().enumerate() {
+            let key = format!("storage[{i}] ({})", unit.id);
+            let taken = self.instruments.iter().any(|x| x.id == unit.id)
+                || self.arms.iter().any(|a| a.id == unit.id)
+                || self.storage[..i].iter().any(|u| u.id == unit.id);
+            if unit.id.trim().is_empty() || taken {
+                return Err(invalid(key, "id is empty or used twice; give every storage unit a unique id"));
+            }
+            if !STORAGE_CONDITIONS.contains(&unit.condition.as_str()) {
+                return Err(invalid(
+                    format!("{key}.condition"),
+                    &format!(
+                        "`{}` is not a storage condition; give one of {}",
+                        unit.condition,
+                        STORAGE_CONDITIONS.join(", ")
+                    ),
+                ));
+            }
+            if unit.positions == 0 {
+                return Err(invalid(format!("{key}.positions"), "must be at least 1"));
+            }
+        }
+        for condition in self.prices.storage_per_day.keys() {
+            if !STORAGE_CONDITIONS.contains(&condition.as_str()) {
+                return Err(invalid(
+                    format!("prices.storage_per_day.{condition}"),
+                    &format!("not a storage condition; give one of {}", STORAGE_CONDITIONS.join(", ")),
+                ));
+            }
+        }
+        for (table, prices) in [
+            ("per_unit", &self.prices.per_unit),
+            ("reagents", &self.prices.reagents),
+            ("storage_per_day", &self.prices.storage_per_day),
+        ] {
             for (item, price) in prices {
                 if !(price.is_finite() && *price >= 0.0) {
                     return Err(invalid(format!("prices.{table}.{item}"), "must be a non-negative number"));
@@ -788,6 +847,8 @@ impl Site {
             instruments,
             arms,
             locations,
+            // Storage is the lab's, whichever cell's node files a container away.
+            storage: self.storage.clone(),
             prices: self.prices.clone(),
             cells: vec![cell.clone()],
         };

@@ -179,6 +179,20 @@ fn bad_site_files_name_the_key() {
     assert!(err("[site\nname=1").contains("line"));
     // No instrument is simulated by accident: the endpoint must be written.
     assert!(err(&sim.replacen("endpoint = \"sim\"\n", "", 1)).contains("missing field `endpoint`"));
+    // Storage units: a known condition, room for something, an id of their own; prices per
+    // day for conditions that exist.
+    let fridge = "id = \"fridge1\"\ncondition = \"4C\"\npositions = 40";
+    assert!(err(&sim.replace(fridge, "id = \"fridge1\"\ncondition = \"cold\"\npositions = 40"))
+        .contains("storage[1] (fridge1).condition: `cold` is not a storage condition; give one of ambient, 4C"));
+    assert!(err(&sim.replace(fridge, "id = \"fridge1\"\ncondition = \"4C\"\npositions = 0"))
+        .contains("positions: must be at least 1"));
+    assert!(err(&sim.replace(fridge, "id = \"lh1\"\ncondition = \"4C\"\npositions = 4")).contains("used twice"));
+    assert!(err(&sim.replace("-80C = 0.40", "-70C = 0.40")).contains("prices.storage_per_day.-70C"));
+    let site = Site::sim().unwrap();
+    assert_eq!(
+        site.storage.iter().map(|u| u.condition.as_str()).collect::<Vec<_>>(),
+        ["ambient", "4C", "-20C", "-80C"]
+    );
 }
 
 /// A module on an Opentrons robot names a robot of the site driven over its HTTP API, shares its

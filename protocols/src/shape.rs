@@ -144,7 +144,7 @@ pub const LABWARE: Obj = Obj {
 };
 
 /// The storage conditions a lab keeps containers in.
-pub const CONDITIONS: &[&str] = &["ambient", "4C", "-20C", "-80C", "30C", "35C", "37C"];
+pub const CONDITIONS: &[&str] = labware::STORAGE_CONDITIONS;
 
 /// Where a labware is kept after the run.
 pub const STORE: Obj =

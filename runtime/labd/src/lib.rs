@@ -54,6 +54,7 @@ pub mod role;
 pub mod secret;
 pub mod serve;
 pub mod stock;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 

@@ -179,13 +179,19 @@ impl pb::admin_server::Admin for Api {
         let r = req.into_inner();
         let (page_size, page_token) = (r.page_size, r.page_token.clone());
         let store = self.store.clone();
-        let (lines, consumed, tenants) = blocking(move || {
+        let units = self.site.storage.clone();
+        let (lines, consumed, stored, tenants) = blocking(move || {
             let tid = if r.tenant.is_empty() { None } else { Some(store.tenant_by_name(&r.tenant)?.id) };
-            Ok((
-                store.usage(tid.as_deref(), r.since_ms)?,
-                store.consumed(tid.as_deref(), r.since_ms)?,
-                store.tenants()?,
-            ))
+            // Container-days per tenant and storage condition, from each container's moves.
+            let mut stored: std::collections::BTreeMap<(String, String), f64> = Default::default();
+            for k in store.containers(tid.as_deref())? {
+                let history = store.container_history(&k.id)?;
+                for (condition, days) in crate::storage::container_days(&units, &history, r.since_ms, store::now_ms()) {
+                    *stored.entry((k.tenant_id.clone(), condition)).or_default() += days;
+                }
+            }
+            let consumed = store.consumed(tid.as_deref(), r.since_ms)?;
+            Ok((store.usage(tid.as_deref(), r.since_ms)?, consumed, stored, store.tenants()?))
         })
         .await?;
         // One line per tenant and class, then per tenant and item: the key is the tenant id (no
@@ -207,8 +213,15 @@ impl pb::admin_server::Admin for Api {
             items.entry((c.tenant_id, c.item)).or_insert((c.unit, 0.0)).1 += c.quantity;
         }
         let prices = &self.site.prices;
+        for ((tenant, condition), days) in stored {
+            items.insert((tenant, format!("storage {condition}")), ("container-days".into(), days));
+        }
         for ((tenant, item), (unit, quantity)) in items {
-            let price = if unit == "mL" { prices.reagents.get(&item) } else { prices.per_unit.get(&item) };
+            let price = match unit.as_str() {
+                "mL" => prices.reagents.get(&item),
+                "container-days" => item.strip_prefix("storage ").and_then(|c| prices.storage_per_day.get(c)),
+                _ => prices.per_unit.get(&item),
+            };
             let amount = (quantity * price.copied().unwrap_or(0.0) * 100.0).round() / 100.0;
             let key = format!("{tenant}/~{item}");
             keyed.push((key, pb::UsageLine { tenant, item, unit, quantity, amount, ..Default::default() }));

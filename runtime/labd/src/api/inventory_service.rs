@@ -134,11 +134,19 @@ impl pb::inventory_server::Inventory for Api {
                 missing.join(", ")
             )));
         }
-        let location = if r.location.trim().is_empty() { RECEIVING.to_string() } else { r.location.trim().to_string() };
+        let asked = if r.location.trim().is_empty() { RECEIVING.to_string() } else { r.location.trim().to_string() };
         let store = self.store.clone();
-        let (tenant, actor) = (r.tenant.trim().to_string(), who.id.clone());
+        let (tenant, actor, units) = (r.tenant.trim().to_string(), who.id.clone(), self.site.storage.clone());
         let got = blocking(move || {
             let t = store.tenant_by_name(&tenant).or_else(|_| store.tenant(&tenant))?;
+            // The receiving bench, or a storage unit with room for the whole shipment.
+            let location = if asked == RECEIVING {
+                asked
+            } else {
+                let occupied = crate::storage::occupancy(&store.containers(None)?);
+                crate::storage::place(&units, &asked, containers.len(), &occupied)
+                    .map_err(store::StoreError::Invalid)?
+            };
             store.receive_containers(&t.id, &containers, &location, &actor)
         })
         .await?;

@@ -439,6 +439,7 @@ impl Executor {
                 .filter_map(|l| Some((l.container.clone()?, l.drawn.iter().map(|(w, v)| (w.clone(), *v)).collect())))
                 .collect();
             let (plan_json, tenant) = (s.runs[i].run.plan_json.clone(), s.runs[i].run.tenant_id.clone());
+            let units = self.lab.site.storage.clone();
             let (state, reason, restock) = blocking(move || {
                 let cancelling = store.run(None, &id).is_ok_and(|r| r.state == RunState::Cancelling);
                 let (state, reason) = match (failure, cancelling) {
@@ -456,13 +457,30 @@ impl Executor {
                     for (container, wells) in &drawn {
                         store.use_container(&id, container, wells, "labd")?;
                     }
-                    // What it stores becomes the tenant's; what it discards leaves the inventory.
+                    // What it stores becomes the tenant's, in a storage unit of its condition;
+                    // what it discards leaves the inventory.
                     let after = crate::held::after_run(&plan, &id);
-                    for (made, at) in &after.made {
-                        store.make_container(&id, &tenant, made, at)?;
-                    }
-                    for (container, at) in &after.shelved {
-                        store.shelve_container(&id, container, at.as_deref())?;
+                    if !after.made.is_empty() || !after.shelved.is_empty() {
+                        let mut occupied = crate::storage::occupancy(&store.containers(None)?);
+                        let mut file = |condition: &str| match crate::storage::place(&units, condition, 1, &occupied) {
+                            Ok(unit) => {
+                                *occupied.entry(unit.clone()).or_default() += 1;
+                                unit
+                            }
+                            Err(why) => {
+                                // The run is done and its plate exists: it is filed under its
+                                // condition, and a technician finds it room.
+                                tracing::warn!(run = %id, condition, why = %why, "no storage unit has room for a container");
+                                condition.to_string()
+                            }
+                        };
+                        for (made, condition) in &after.made {
+                            store.make_container(&id, &tenant, made, &file(condition))?;
+                        }
+                        for (container, condition) in &after.shelved {
+                            let to = condition.as_deref().map(&mut file);
+                            store.shelve_container(&id, container, to.as_deref())?;
+                        }
                     }
                 }
                 // What it used up, by the journal's word, comes off the lab's stock (once).

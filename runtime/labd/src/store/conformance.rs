@@ -50,8 +50,17 @@ pub fn runs_make_and_shelve_containers_once(s: &dyn Store) {
     assert_eq!(s.container(None, &k.id).unwrap().location, "-20C");
     assert!(s.shelve_container("run_last", &k.id, None).unwrap());
     assert_eq!(s.container(None, &k.id).unwrap().location, DISCARDED);
-    let kinds: Vec<String> = s.container_history(&k.id).unwrap().into_iter().map(|h| h.kind).collect();
-    assert_eq!(kinds, ["made", "stored", "discarded"]);
+    let moves: Vec<(String, Option<String>)> =
+        s.container_history(&k.id).unwrap().into_iter().map(|h| (h.kind, h.location)).collect();
+    assert_eq!(
+        moves,
+        [
+            ("made".to_string(), Some("4C".to_string())),
+            ("stored".to_string(), Some("-20C".to_string())),
+            ("discarded".to_string(), Some(DISCARDED.to_string()))
+        ],
+        "each entry says where the container went"
+    );
     assert!(s.shelve_container("run_last", "con_missing", None).is_err());
 }
 

@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/0004_interventions_close.sql")),
     (5, include_str!("../../migrations/0005_containers.sql")),
     (6, include_str!("../../migrations/0006_stock.sql")),
+    (7, include_str!("../../migrations/0007_container_locations.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -298,6 +299,8 @@ pub struct ContainerEvent {
     pub detail: String,
     /// Who did it (a principal's id).
     pub actor: String,
+    /// Where the container went with it (`None`: it did not move).
+    pub location: Option<String>,
 }
 
 /// A recorded attempt.

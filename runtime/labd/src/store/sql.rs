@@ -975,8 +975,8 @@ impl<D: Db> Store for SqlStore<D> {
                 }
                 let detail = format!("received at {location}: {} well(s)", k.wells.len());
                 c.execute(
-                    "INSERT INTO container_history (container_id, seq, at, kind, detail, actor) VALUES (?1, 1, ?2, 'received', ?3, ?4)",
-                    &params![&k.id, at, &detail, actor],
+                    "INSERT INTO container_history (container_id, seq, at, kind, detail, actor, location) VALUES (?1, 1, ?2, 'received', ?3, ?4, ?5)",
+                    &params![&k.id, at, &detail, actor, location],
                 )?;
             }
             Ok(())
@@ -1017,7 +1017,7 @@ impl<D: Db> Store for SqlStore<D> {
     fn container_history(&self, container_id: &str) -> Result<Vec<ContainerEvent>> {
         self.read(|c| {
             let found = c.query(
-                "SELECT seq, at, kind, detail, actor FROM container_history WHERE container_id = ?1 ORDER BY seq",
+                "SELECT seq, at, kind, detail, actor, location FROM container_history WHERE container_id = ?1 ORDER BY seq",
                 &params![container_id],
             )?;
             found
@@ -1029,6 +1029,7 @@ impl<D: Db> Store for SqlStore<D> {
                         kind: r.text(2)?,
                         detail: r.text(3)?,
                         actor: r.text(4)?,
+                        location: r.opt_text(5)?,
                     })
                 })
                 .collect()
@@ -1116,8 +1117,8 @@ impl<D: Db> Store for SqlStore<D> {
             }
             let detail = format!("{made}, stored at {location}: {} well(s)", k.wells.len());
             c.execute(
-                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor) VALUES (?1, 1, ?2, 'made', ?3, 'labd')",
-                &params![&k.id, at, &detail],
+                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor, location) VALUES (?1, 1, ?2, 'made', ?3, 'labd', ?4)",
+                &params![&k.id, at, &detail, location],
             )?;
             Ok(Some(k.clone()))
         })
@@ -1145,8 +1146,8 @@ impl<D: Db> Store for SqlStore<D> {
             c.execute("UPDATE containers SET location = ?2 WHERE id = ?1", &params![container_id, to])?;
             let detail = format!("{after} {kind} ({to})");
             c.execute(
-                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor) VALUES (?1, ?2, ?3, ?4, ?5, 'labd')",
-                &params![container_id, next, at, kind, &detail],
+                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor, location) VALUES (?1, ?2, ?3, ?4, ?5, 'labd', ?6)",
+                &params![container_id, next, at, kind, &detail, to],
             )?;
             Ok(true)
         })

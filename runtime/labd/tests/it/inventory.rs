@@ -11,7 +11,8 @@ RS-0001,nest_12_reservoir_15ml,A1,diluent,PBS,12 mL
 ";
 
 /// A technician receives acme's shipment: a barcode not in the manifest is set aside, and only
-/// once every container is scanned is the shipment received (at 4 °C, as told). acme sees its
+/// once every container is scanned is the shipment received (at 4 °C, as told: in the site's
+/// fridge). acme sees its
 /// containers with their wells and history; globex sees none, and asking for one of acme's
 /// reads exactly like asking for one that does not exist. acme's protocol names the plate by
 /// barcode and its run draws from it; globex's copy of that protocol is refused like one naming
@@ -29,7 +30,7 @@ fn a_shipment_is_received_whole_and_stays_its_tenants() {
     let manifest = lab.dir.join("shipment.csv");
     std::fs::write(&manifest, MANIFEST).unwrap();
     let receive = |token: &str, file: &Path, scans: &str| {
-        let args = ["receive", file.to_str().unwrap(), "--tenant", "acme", "--location", "cold_4", "--format", "json"];
+        let args = ["receive", file.to_str().unwrap(), "--tenant", "acme", "--location", "4C", "--format", "json"];
         labctl_typing(&lab.url, token, &args, scans)
     };
     // A stray barcode is set aside; a shipment not fully scanned is not received.
@@ -49,7 +50,7 @@ fn a_shipment_is_received_whole_and_stays_its_tenants() {
     let (code, so, se) = lab.ctl(&acme, &["container", "show", "PL-0001", "--format", "json"]);
     assert_eq!(code, 0, "{se}");
     let k: serde_json::Value = serde_json::from_str(so.trim()).unwrap();
-    assert_eq!(k["location"], "cold_4");
+    assert_eq!(k["location"], "fridge1", "the site's 4 °C unit with room");
     let wells: Vec<(String, f64)> = k["wells"]
         .as_array()
         .unwrap()
@@ -272,7 +273,7 @@ fn a_runs_stored_output_is_the_next_runs_input() {
     let k = lab.json(&acme, &["container", "show", &barcode, "--format", "json"]);
     assert_eq!(
         (k["location"].as_str(), k["type"].as_str()),
-        (Some("4C"), Some("corning_96_wellplate_360ul_flat")),
+        (Some("fridge1"), Some("corning_96_wellplate_360ul_flat")),
         "{k}"
     );
     let wells: Vec<(String, String, String, f64)> = k["wells"]
@@ -309,5 +310,11 @@ fn a_runs_stored_output_is_the_next_runs_input() {
     assert_eq!(kinds, ["made", "used", "discarded"], "{k}");
     let (code, _, se) = lab.ctl(&acme, &["submit", next.to_str().unwrap()]);
     assert!(code != 0 && se.contains(&format!("unknown container `{barcode}`")), "a discarded container: {se}");
+    // The days it spent in the fridge are on acme's bill, at the site's price for 4 °C.
+    let usage = items(&lab.ctl(&lab.admin, &["usage", "--tenant", "acme", "--format", "json"]).1);
+    let kept = usage.iter().find(|l| l["item"] == "storage 4C").unwrap_or_else(|| panic!("{usage:?}"));
+    assert_eq!(kept["unit"], "container-days");
+    let days = kept["quantity"].as_f64().unwrap();
+    assert!(days > 0.0 && days < 1.0 / 24.0, "minutes, counted in days: {days}");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
