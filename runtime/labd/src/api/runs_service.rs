@@ -9,6 +9,9 @@ fn run_event(e: store::Event) -> pb::RunEvent {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 
+/// Held from the checks of what a run draws and uses up to its submission (see `submit`).
+static ADMITTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tonic::async_trait]
 impl pb::runs_server::Runs for Api {
     type WatchStream = EventStream;
@@ -55,6 +58,9 @@ impl pb::runs_server::Runs for Api {
             return Ok(Response::new(pb::SubmitResponse { run: None, created: false, diagnostics: diags }));
         };
         self.some_cell_can_run(&plan)?;
+        // Checks against what is on hand, then the submission, one at a time on this node: two
+        // runs arriving together cannot both take the last of a container or of the stock.
+        let _counted = ADMITTING.lock().await;
         if plan.labware.iter().any(|l| !l.drawn.is_empty()) {
             let (store, tid, key, draws) =
                 (self.store.clone(), tenant.clone(), r.idempotency_key.clone(), plan.clone());
