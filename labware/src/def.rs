@@ -195,6 +195,31 @@ impl LabwareDef {
         self.index.by_name.get(name).copied()
     }
 
+    /// The wells a head of `channels` channels reaches with its first channel in well `first`
+    /// (indices into [`LabwareDef::wells`]; the rule in docs/protocol-language.md,
+    /// "Multi-channel heads"): the channels are 9 mm apart, so they take every row of an 8-row
+    /// plate, every other row of a 16-row plate, one well each; over labware with fewer rows
+    /// than channels (a reservoir's trough) they all dip into the same well. `None` when the
+    /// head would reach past the last row.
+    pub fn head_wells(&self, first: usize, channels: u32) -> Option<Vec<usize>> {
+        let n = channels.max(1) as usize;
+        if n == 1 {
+            return Some(vec![first]);
+        }
+        let rows = self.rows();
+        if rows.len() < n {
+            return Some(vec![first; n]);
+        }
+        if rows.len() % n != 0 {
+            return None;
+        }
+        let step = rows.len() / n;
+        let name = &self.wells.get(first)?.name;
+        let row = rows.iter().position(|r| name.starts_with(r.as_str()) && name[r.len()..].parse::<u32>().is_ok())?;
+        let column = &name[rows[row].len()..];
+        (0..n).map(|i| self.well_index(&format!("{}{column}", rows.get(row + i * step)?))).collect()
+    }
+
     /// Row names in order (A, B, …, Z, AA, …).
     pub fn rows(&self) -> &[String] {
         &self.index.rows

@@ -126,33 +126,10 @@ impl Env {
         &self.slots[loc.slot].def.wells[loc.well].name
     }
 
-    /// The wells a head of `channels` channels reaches with its first channel at `loc` (the
-    /// rule in docs/protocol-language.md, "Multi-channel heads"): the channels are 9 mm apart,
-    /// so they take every row of an 8-row plate, every other row of a 16-row plate, one well
-    /// each; over labware with fewer rows than channels (a reservoir's trough) they all dip into
-    /// the same well. `None` when the head would reach past the last row.
+    /// The wells a head of `channels` channels reaches with its first channel at `loc`
+    /// ([`labware::LabwareDef::head_wells`]). `None` when the head would reach past the last row.
     pub fn channel_wells(&self, loc: Loc, channels: u32) -> Option<Vec<Loc>> {
-        let n = channels.max(1) as usize;
-        if n == 1 {
-            return Some(vec![loc]);
-        }
-        let def = &self.slots[loc.slot].def;
-        let rows = def.rows();
-        if rows.len() < n {
-            return Some(vec![loc; n]);
-        }
-        if rows.len() % n != 0 {
-            return None;
-        }
-        let step = rows.len() / n;
-        let name = &def.wells[loc.well].name;
-        let row = rows.iter().position(|r| name.starts_with(r.as_str()) && name[r.len()..].parse::<u32>().is_ok())?;
-        let column = &name[rows[row].len()..];
-        (0..n)
-            .map(|i| {
-                let r = rows.get(row + i * step)?;
-                def.well_index(&format!("{r}{column}")).map(|well| Loc { slot: loc.slot, well })
-            })
-            .collect()
+        let wells = self.slots[loc.slot].def.head_wells(loc.well, channels)?;
+        Some(wells.into_iter().map(|well| Loc { slot: loc.slot, well }).collect())
     }
 }

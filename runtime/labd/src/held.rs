@@ -1,6 +1,7 @@
 //! The containers a tenant holds in the lab, as the compiler asks for them when a protocol names
 //! one (`container: PL-0001`): by barcode or id, the tenant's own only, discarded ones not at
-//! all; and what a run that succeeded leaves in the inventory (pure).
+//! all; what a run drew from them by its journal, and what a run that succeeded leaves in the
+//! inventory (pure).
 
 use crate::store::Container;
 use protocols::held::{Held as Answer, Inventory};
@@ -41,22 +42,18 @@ pub fn names_a_container(source: &[u8]) -> bool {
     source.windows(b"container".len()).any(|w| w == b"container")
 }
 
-/// Why a plan draws more from a container than it holds now, counting what every other run of
-/// the tenant that will draw or may have drawn from it takes (all but those that ended before
-/// they began, those that succeeded — their draws are off the wells already — and a
-/// resubmission of the same run, `key`); `None` when it fits.
+/// Why a plan draws more from a container than it holds now, counting what every run of the
+/// tenant not ended yet will draw from it (a run that ended has what it drew taken off the wells
+/// already, by its journal) but a resubmission of the same run (`key`); `None` when it fits.
 pub fn over_drawn(
     plan: &protocols::RunPlan,
     runs: &[crate::store::Run],
     containers: &[Container],
     key: &str,
 ) -> Option<String> {
-    use crate::store::RunState;
     let mut committed: std::collections::BTreeMap<(String, String), f64> = Default::default();
     for r in runs {
-        let never_began = matches!(r.state, RunState::Failed | RunState::Cancelled) && r.started_at.is_none();
-        // A run that succeeded has its draws taken off the container's wells already.
-        if never_began || r.state == RunState::Succeeded || r.idempotency_key == key {
+        if r.state.is_final() || r.idempotency_key == key {
             continue;
         }
         let Ok(p) = serde_json::from_str::<protocols::RunPlan>(&r.plan_json) else { continue };
@@ -134,4 +131,104 @@ pub fn after_run(plan: &protocols::RunPlan, run_id: &str) -> AfterRun {
         }
     }
     out
+}
+
+/// What a run drew, net, from each well of each container it names (container id → (well, µL)),
+/// by its journal: every aspiration that went through, less what was dispensed back, on every
+/// well the pipette's channels reached. What the executor did, not what the plan said: a run
+/// stopped half way drew half.
+pub fn drawn_by_journal(
+    plan: &protocols::RunPlan,
+    attempts: &[crate::store::Attempt],
+    prefix: &str,
+    site: &labware::Site,
+    lib: &labware::Library,
+) -> Vec<(String, Vec<(String, f64)>)> {
+    use protocols::plan::CommandOp;
+    let scoped = format!("{prefix}.");
+    let mut net: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    for a in attempts.iter().filter(|a| a.outcome.as_deref() == Some("ok")) {
+        let (pipette, labware, well, ul, sign) = match serde_json::from_str::<CommandOp>(&a.intent.op_json) {
+            Ok(CommandOp::Aspirate { pipette, labware, well, volume_ul }) => (pipette, labware, well, volume_ul, 1.0),
+            Ok(CommandOp::Dispense { pipette, labware, well, volume_ul }) => (pipette, labware, well, volume_ul, -1.0),
+            _ => continue,
+        };
+        let name = labware.strip_prefix(&scoped).unwrap_or(&labware);
+        let Some(lw) = plan.labware.iter().find(|l| l.name == name) else { continue };
+        let (Some(container), Some(def)) = (&lw.container, plan.labware_def(&lw.load_name, lib)) else { continue };
+        let channels = site
+            .instruments
+            .iter()
+            .find(|i| i.id == a.intent.instrument)
+            .and_then(|i| i.pipettes.iter().find(|p| p.name == pipette))
+            .map_or(1, |p| p.channels);
+        let Some(first) = def.well_index(&well) else { continue };
+        for w in def.head_wells(first, channels).unwrap_or_else(|| vec![first]) {
+            *net.entry((container.clone(), def.wells[w].name.clone())).or_default() += sign * ul;
+        }
+    }
+    let mut out: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+    for ((container, well), ul) in net.into_iter().filter(|(_, ul)| *ul > 1e-9) {
+        match out.last_mut() {
+            Some((c, wells)) if *c == container => wells.push((well, ul)),
+            _ => out.push((container, vec![(well, ul)])),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Attempt, Intent};
+
+    fn attempt(instrument: &str, op: &str, outcome: &str) -> Attempt {
+        Attempt {
+            id: "a".into(),
+            intent: Intent {
+                run_id: "run_1".into(),
+                task_id: 0,
+                command_index: 0,
+                instrument: instrument.into(),
+                op_json: op.into(),
+                repeatable: false,
+            },
+            outcome: Some(outcome.into()),
+            error: None,
+            intent_at: 0,
+            outcome_at: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_run_draws_what_its_journal_says_on_every_well_its_channels_reached() {
+        let site = labware::Site::sim().unwrap();
+        let lib = labware::Library::shipped();
+        let text = "labwright: 1\nname: t\nliquids: { serum: serum }\nlabware:\n  samples: { type: corning_96_wellplate_360ul_flat, contents: { \"A1:H1\": { serum: 200 uL } } }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 50 uL }\n";
+        let mut plan =
+            protocols::compile(&protocols::SourceFile::new("t.yaml", text), protocols::Format::Auto, &site, &lib)
+                .plan
+                .unwrap();
+        plan.labware.iter_mut().find(|l| l.name == "samples").unwrap().container = Some("con_1".into());
+        let op = |kind: &str, pipette: &str, labware: &str, well: &str, ul: f64| {
+            format!(
+                r#"{{"op": "{kind}", "pipette": "{pipette}", "labware": "r1.{labware}", "well": "{well}", "volume_ul": {ul}}}"#
+            )
+        };
+        let journal = [
+            attempt("lh1", &op("aspirate", "p300_single", "samples", "A1", 50.0), "ok"),
+            attempt("lh1", &op("dispense", "p300_single", "samples", "A1", 10.0), "ok"), // some put back
+            attempt("lh1", &op("aspirate", "p300_single", "samples", "B1", 70.0), "failed"), // never drew
+            attempt("lh3", &op("aspirate", "p300_multi", "samples", "A1", 20.0), "ok"),  // A1..H1
+            attempt("lh1", &op("aspirate", "p300_single", "assay", "A1", 5.0), "ok"),    // not a container
+        ];
+        let drawn = drawn_by_journal(&plan, &journal, "r1", &site, &lib);
+        assert_eq!(drawn.len(), 1);
+        let (container, wells) = &drawn[0];
+        assert_eq!(container, "con_1");
+        assert_eq!(wells.len(), 8, "{wells:?}");
+        assert_eq!(wells[0], ("A1".to_string(), 60.0), "50 − 10 + 20");
+        assert!(wells[1..].iter().all(|(w, ul)| w.ends_with('1') && *ul == 20.0), "{wells:?}");
+        assert!(drawn_by_journal(&plan, &[], "r1", &site, &lib).is_empty());
+    }
 }

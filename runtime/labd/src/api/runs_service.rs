@@ -65,10 +65,9 @@ impl pb::runs_server::Runs for Api {
             let (store, tid, key, draws) =
                 (self.store.clone(), tenant.clone(), r.idempotency_key.clone(), plan.clone());
             blocking(move || {
-                // Succeeded runs' draws are off the wells already: not even read.
+                // Ended runs' draws are off the wells already: not even read.
                 use store::RunState::*;
-                let runs =
-                    store.runs(Some(&tid), &[Queued, Running, AwaitingRecovery, Cancelling, Failed, Cancelled])?;
+                let runs = store.runs(Some(&tid), &[Queued, Running, AwaitingRecovery, Cancelling])?;
                 let containers = store.containers(Some(&tid))?;
                 Ok(crate::held::over_drawn(&draws, &runs, &containers, &key))
             })

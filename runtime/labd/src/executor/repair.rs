@@ -430,16 +430,8 @@ impl Executor {
             }
             let (store, id) = (self.store.clone(), s.runs[i].run.id.clone());
             let failure = s.failures.get(&i).cloned();
-            // What it drew from containers of the lab's inventory (a run that succeeded carried
-            // out every command of its plan, so its plan's draws are what happened).
-            let drawn: Vec<(String, Vec<(String, f64)>)> = s.runs[i]
-                .plan
-                .labware
-                .iter()
-                .filter_map(|l| Some((l.container.clone()?, l.drawn.iter().map(|(w, v)| (w.clone(), *v)).collect())))
-                .collect();
             let (plan_json, tenant) = (s.runs[i].run.plan_json.clone(), s.runs[i].run.tenant_id.clone());
-            let units = self.lab.site.storage.clone();
+            let lab = self.lab.clone();
             let (state, reason, restock) = blocking(move || {
                 let cancelling = store.run(None, &id).is_ok_and(|r| r.state == RunState::Cancelling);
                 let (state, reason) = match (failure, cancelling) {
@@ -453,16 +445,20 @@ impl Executor {
                 // container is updated once per run whatever happens.
                 let plan = serde_json::from_str::<protocols::RunPlan>(&plan_json)
                     .map_err(|e| crate::store::StoreError::Invalid(format!("the stored plan of {id}: {e}")))?;
+                let (attempts, prefix) = (store.attempts(&id)?, crate::store::run_prefix(&id));
+                // What it drew from containers of the inventory, by its journal, whatever its end.
+                let lib = labware::Library::shipped();
+                for (container, wells) in crate::held::drawn_by_journal(&plan, &attempts, &prefix, &lab.site, &lib) {
+                    store.use_container(&id, &container, &wells, "labd")?;
+                }
+                let units = &lab.site.storage;
                 if state == RunState::Succeeded {
-                    for (container, wells) in &drawn {
-                        store.use_container(&id, container, wells, "labd")?;
-                    }
                     // What it stores becomes the tenant's, in a storage unit of its condition;
                     // what it discards leaves the inventory.
                     let after = crate::held::after_run(&plan, &id);
                     if !after.made.is_empty() || !after.shelved.is_empty() {
                         let mut occupied = crate::storage::occupancy(&store.containers(None)?);
-                        let mut file = |condition: &str| match crate::storage::place(&units, condition, 1, &occupied) {
+                        let mut file = |condition: &str| match crate::storage::place(units, condition, 1, &occupied) {
                             Ok(unit) => {
                                 *occupied.entry(unit.clone()).or_default() += 1;
                                 unit
@@ -484,7 +480,7 @@ impl Executor {
                     }
                 }
                 // What it used up, by the journal's word, comes off the lab's stock (once).
-                let used = crate::stock::used_by_run(&plan, &store.attempts(&id)?, &crate::store::run_prefix(&id));
+                let used = crate::stock::used_by_run(&plan, &attempts, &prefix);
                 let consumed = store.consume(&id, &tenant, &used, &crate::clock::date(crate::store::now_ms()))?;
                 let restock: Vec<crate::store::ConsumableStock> = if consumed.is_empty() {
                     Vec::new()
