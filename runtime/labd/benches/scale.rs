@@ -2,7 +2,8 @@
 //! by the real executor over the real wire in accelerated time. Reports wall time, planning
 //! time, peak memory, and executor overhead per command under that load.
 //!
-//! `cargo bench -p labd --bench scale` (RUNS=N and TENANTS=N to change the load).
+//! `cargo bench -p labd --bench scale` (RUNS=N and TENANTS=N to change the load; SIMS=process
+//! runs the simulators in a `labd sim` of their own, SIMS_NICE=N at a lower CPU priority).
 
 use labd::executor::{Executor, ExecutorConfig};
 use labd::store::{sqlite::SqliteStore, RunState, Store};
@@ -110,7 +111,11 @@ fn sims_process(
     use std::io::BufRead;
     let file = dir.join("site.toml");
     std::fs::write(&file, site).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+    // SIMS_NICE=N: the simulators at a lower CPU priority, as instruments on CPUs of their own
+    // would not take the executor's.
+    let nice = std::env::var("SIMS_NICE").unwrap_or_else(|_| "0".into());
+    let mut child = std::process::Command::new("nice")
+        .args(["-n", &nice, env!("CARGO_BIN_EXE_labd")])
         .args(["sim", "--format", "json", "--time-scale", scale, "--site"])
         .arg(&file)
         .stdout(std::process::Stdio::piped())
