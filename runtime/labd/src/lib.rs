@@ -44,6 +44,7 @@ pub mod lab;
 pub mod labctl;
 pub mod logging;
 pub mod manifest;
+pub mod material;
 pub mod metrics;
 pub mod opentrons_python;
 pub mod paging;

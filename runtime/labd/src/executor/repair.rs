@@ -441,57 +441,9 @@ impl Executor {
                     (None, false) => (RunState::Succeeded, None),
                     (Some(why), false) => (RunState::Failed, Some(why)),
                 };
-                // Before the final state: a store failure here is tried again with it, and the
-                // container is updated once per run whatever happens.
-                let plan = serde_json::from_str::<protocols::RunPlan>(&plan_json)
-                    .map_err(|e| crate::store::StoreError::Invalid(format!("the stored plan of {id}: {e}")))?;
-                let (attempts, prefix) = (store.attempts(&id)?, crate::store::run_prefix(&id));
-                // What it drew from containers of the inventory, by its journal, whatever its end.
-                let lib = labware::Library::shipped();
-                for (container, wells) in crate::held::drawn_by_journal(&plan, &attempts, &prefix, &lab.site, &lib) {
-                    store.use_container(&id, &container, &wells, "labd")?;
-                }
-                let units = &lab.site.storage;
-                if state == RunState::Succeeded {
-                    // What it stores becomes the tenant's, in a storage unit of its condition;
-                    // what it discards leaves the inventory.
-                    let after = crate::held::after_run(&plan, &id);
-                    if !after.made.is_empty() || !after.shelved.is_empty() {
-                        let mut occupied = crate::storage::occupancy(&store.containers(None)?);
-                        let mut file = |condition: &str| match crate::storage::place(units, condition, 1, &occupied) {
-                            Ok(unit) => {
-                                *occupied.entry(unit.clone()).or_default() += 1;
-                                unit
-                            }
-                            Err(why) => {
-                                // The run is done and its plate exists: it is filed under its
-                                // condition, and a technician finds it room.
-                                tracing::warn!(run = %id, condition, why = %why, "no storage unit has room for a container");
-                                condition.to_string()
-                            }
-                        };
-                        for (made, condition) in &after.made {
-                            store.make_container(&id, &tenant, made, &file(condition))?;
-                        }
-                        for (container, condition) in &after.shelved {
-                            let to = condition.as_deref().map(&mut file);
-                            store.shelve_container(&id, container, to.as_deref())?;
-                        }
-                    }
-                }
-                // What it used up, by the journal's word, comes off the lab's stock (once).
-                let used = crate::stock::used_by_run(&plan, &attempts, &prefix);
-                let consumed = store.consume(&id, &tenant, &used, &crate::clock::date(crate::store::now_ms()))?;
-                let restock: Vec<crate::store::ConsumableStock> = if consumed.is_empty() {
-                    Vec::new()
-                } else {
-                    let counted = store.stock()?.1;
-                    crate::stock::to_reorder(&counted)
-                        .into_iter()
-                        .filter(|c| consumed.iter().any(|u| u.item == c.load_name))
-                        .cloned()
-                        .collect()
-                };
+                // Before the final state: a store failure here is tried again with it, and each
+                // of these happens once per run whatever happens.
+                let restock = crate::material::run_ended(store.as_ref(), &id, &tenant, &plan_json, state, &lab.site)?;
                 store.set_run_state(&id, state, reason.as_deref()).map(|_| (state, reason, restock))
             })
             .await?;
