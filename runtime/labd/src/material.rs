@@ -1,10 +1,81 @@
-//! What a run's end does to the material world, in the store, once per run and before its final
-//! state is written (a failure is tried again with it): what it drew from the tenant's
+//! A run and the material world, in the store. Before it is accepted: whether its containers
+//! hold what it draws, the lab's storage has room for what it stores and the shelf has what it
+//! uses up, beside every run accepted and not ended yet. When it ends, once per run and before
+//! its final state is written (a failure is tried again with it): what it drew from the tenant's
 //! containers by its journal comes off their wells; if it succeeded, what it stores becomes the
 //! tenant's (in a storage unit of its condition) and what it discards leaves the inventory; what
 //! it used up comes off the lab's stock. The rules are pure, in `held`, `storage` and `stock`.
 
 use crate::store::{ConsumableStock, RunState, Store, StoreError};
+use protocols::consumables::Consumption;
+
+/// Why a new run of `tenant` (idempotency key `key`) cannot be accepted now, worded for the
+/// tenant — nothing of another tenant's runs, containers or figures; `None` when it can.
+pub fn refusal(
+    store: &dyn Store,
+    plan: &protocols::RunPlan,
+    tenant: &str,
+    key: &str,
+    site: &labware::Site,
+) -> Result<Option<String>, StoreError> {
+    let draws = plan.labware.iter().any(|l| !l.drawn.is_empty());
+    let stores = crate::storage::outputs_by_condition(plan);
+    let need = Consumption::of_plan(plan);
+    // Only what the lab counts is checked: most plans need nothing counted, and then no other
+    // run's plan is read (that would make every submission cost as much as the queue is long).
+    let (lots, counted) = store.stock()?;
+    let counts = need.reagents_ul.keys().any(|r| lots.iter().any(|l| &l.reagent == r))
+        || need.units.keys().any(|t| counted.iter().any(|c| &c.load_name == t));
+    let stores = if site.storage.is_empty() { Default::default() } else { stores };
+    if !draws && stores.is_empty() && !counts {
+        return Ok(None);
+    }
+    // Every run accepted and not ended yet, but this very submission again.
+    use RunState::*;
+    let accepted: Vec<(crate::store::Run, protocols::RunPlan)> = store
+        .runs(
+            if stores.is_empty() && !counts { Some(tenant) } else { None },
+            &[Queued, Running, AwaitingRecovery, Cancelling],
+        )?
+        .into_iter()
+        .filter(|r| !(r.idempotency_key == key && r.tenant_id == tenant))
+        .filter_map(|r| serde_json::from_str(&r.plan_json).ok().map(|p| (r, p)))
+        .collect();
+    if draws {
+        let own: Vec<crate::store::Run> =
+            accepted.iter().filter(|(r, _)| r.tenant_id == tenant).map(|(r, _)| r.clone()).collect();
+        if let Some(why) = crate::held::over_drawn(plan, &own, &store.containers(Some(tenant))?, key) {
+            return Ok(Some(why));
+        }
+    }
+    if !stores.is_empty() {
+        let occupied = crate::storage::occupancy(&store.containers(None)?);
+        let mut later = std::collections::BTreeMap::<String, usize>::new();
+        for (_, p) in &accepted {
+            for (condition, n) in crate::storage::outputs_by_condition(p) {
+                *later.entry(condition).or_default() += n;
+            }
+        }
+        if let Some(why) = crate::storage::no_room(&site.storage, &occupied, &stores, &later) {
+            return Ok(Some(why));
+        }
+    }
+    if counts {
+        let mut later = Consumption::default();
+        for (_, p) in &accepted {
+            crate::stock::add(&mut later, &Consumption::of_plan(p));
+        }
+        let today = crate::clock::date(crate::store::now_ms());
+        let short = crate::stock::shortages(&need, &later, &lots, &counted, &today);
+        for s in &short {
+            tracing::warn!(tenant, item = %s.item, unit = s.unit, need = s.need, accepted = s.accepted, on_hand = s.on_hand, "a run refused for want of stock: restock it");
+        }
+        if let Some(first) = short.first() {
+            return Ok(Some(first.for_tenant()));
+        }
+    }
+    Ok(None)
+}
 
 /// Records the end of run `run_id` of `tenant` (its plan as submitted, `plan_json`) in the
 /// inventory and the stock; the counted consumables it brought to their reorder point.

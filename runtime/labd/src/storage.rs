@@ -57,6 +57,44 @@ pub fn place(
         })
 }
 
+/// The new containers a plan will store when it succeeds, per condition.
+pub fn outputs_by_condition(plan: &protocols::RunPlan) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for lw in plan.labware.iter().filter(|l| l.container.is_none()) {
+        if let Some(condition) = &lw.store {
+            *out.entry(condition.clone()).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Why the lab has no room for what a new run will store (`need`, per condition) beside what
+/// the runs already accepted will store (`accepted`), worded for the tenant: nothing of the
+/// other runs. `None` when it fits, or when the site models no storage units.
+pub fn no_room(
+    units: &[StorageUnit],
+    occupied: &BTreeMap<String, usize>,
+    need: &BTreeMap<String, usize>,
+    accepted: &BTreeMap<String, usize>,
+) -> Option<String> {
+    if units.is_empty() {
+        return None;
+    }
+    for (condition, &n) in need {
+        let free: usize = units
+            .iter()
+            .filter(|u| &u.condition == condition)
+            .map(|u| (u.positions as usize).saturating_sub(occupied.get(&u.id).copied().unwrap_or(0)))
+            .sum();
+        if accepted.get(condition).copied().unwrap_or(0) + n > free {
+            return Some(format!(
+                "the lab's {condition} storage has no room now for the {n} container(s) this run stores there: store at another condition, or ask the lab to make room"
+            ));
+        }
+    }
+    None
+}
+
 /// The storage condition of a location: a unit's, or a condition itself (a site without units);
 /// `None` for anywhere else (the receiving bench, an instrument).
 pub fn condition_of(units: &[StorageUnit], location: &str) -> Option<String> {
@@ -121,6 +159,19 @@ mod tests {
         let e = place(&units, "-20C", 1, &occupied).unwrap_err();
         assert!(e.contains("fridge1 (4C)") && e.contains("`-20C`"), "{e}");
         assert_eq!(place(&[], "cold_4", 1, &occupied), Ok("cold_4".into()), "no units: as asked");
+    }
+
+    #[test]
+    fn a_run_whose_outputs_have_no_room_is_told_so_without_a_word_of_other_runs() {
+        let units = [unit("fridge1", "4C", 2), unit("fridge2", "4C", 2)];
+        let occupied: BTreeMap<String, usize> = [("fridge1".to_string(), 2), ("fridge2".to_string(), 1)].into();
+        let one: BTreeMap<String, usize> = [("4C".to_string(), 1)].into();
+        assert_eq!(no_room(&units, &occupied, &one, &BTreeMap::new()), None);
+        let said = no_room(&units, &occupied, &one, &one).unwrap();
+        assert!(said.starts_with("the lab's 4C storage has no room now for the 1 container(s)"), "{said}");
+        let frozen: BTreeMap<String, usize> = [("-80C".to_string(), 1)].into();
+        assert!(no_room(&units, &occupied, &frozen, &BTreeMap::new()).is_some(), "no -80C unit at all");
+        assert_eq!(no_room(&[], &occupied, &frozen, &BTreeMap::new()), None, "no units modelled");
     }
 
     #[test]

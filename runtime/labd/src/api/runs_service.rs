@@ -61,45 +61,12 @@ impl pb::runs_server::Runs for Api {
         // Checks against what is on hand, then the submission, one at a time on this node: two
         // runs arriving together cannot both take the last of a container or of the stock.
         let _counted = ADMITTING.lock().await;
-        if plan.labware.iter().any(|l| !l.drawn.is_empty()) {
-            let (store, tid, key, draws) =
-                (self.store.clone(), tenant.clone(), r.idempotency_key.clone(), plan.clone());
-            blocking(move || {
-                // Ended runs' draws are off the wells already: not even read.
-                use store::RunState::*;
-                let runs = store.runs(Some(&tid), &[Queued, Running, AwaitingRecovery, Cancelling])?;
-                let containers = store.containers(Some(&tid))?;
-                Ok(crate::held::over_drawn(&draws, &runs, &containers, &key))
-            })
+        let (store, key, tid, site) =
+            (self.store.clone(), r.idempotency_key.clone(), tenant.clone(), self.site.clone());
+        let checked = plan.clone();
+        blocking(move || crate::material::refusal(store.as_ref(), &checked, &tid, &key, &site))
             .await?
             .map_or(Ok(()), |why| Err(Status::failed_precondition(why)))?;
-        }
-        let need = protocols::consumables::Consumption::of_plan(&plan);
-        if !need.units.is_empty() || !need.reagents_ul.is_empty() {
-            let (store, key, tid) = (self.store.clone(), r.idempotency_key.clone(), tenant.clone());
-            let short = blocking(move || {
-                let (lots, counted) = store.stock()?;
-                let mut accepted = protocols::consumables::Consumption::default();
-                use store::RunState::*;
-                for run in store.runs(None, &[Queued, Running, AwaitingRecovery, Cancelling])? {
-                    if run.idempotency_key == key && run.tenant_id == tid {
-                        continue; // this very submission again
-                    }
-                    if let Ok(p) = serde_json::from_str::<protocols::RunPlan>(&run.plan_json) {
-                        crate::stock::add(&mut accepted, &protocols::consumables::Consumption::of_plan(&p));
-                    }
-                }
-                let today = crate::clock::date(store::now_ms());
-                Ok(crate::stock::shortages(&need, &accepted, &lots, &counted, &today))
-            })
-            .await?;
-            if let Some(first) = short.first() {
-                for s in &short {
-                    tracing::warn!(tenant = %tenant, item = %s.item, unit = s.unit, need = s.need, accepted = s.accepted, on_hand = s.on_hand, "a run refused for want of stock: restock it");
-                }
-                return Err(Status::failed_precondition(first.for_tenant()));
-            }
-        }
         let new = store::NewRun {
             tenant_id: tenant,
             idempotency_key: r.idempotency_key,

@@ -176,8 +176,9 @@ pub enum ClientCmd {
         /// The tenant that sent it.
         #[arg(long)]
         tenant: String,
-        /// Where the containers go (a storage unit).
-        #[arg(long, default_value = "receiving")]
+        /// Where the containers go: a storage unit, or a condition (`4C`, `-80C`: the unit of
+        /// that condition with room); the receiving bench by default.
+        #[arg(long, default_value = "receiving", allow_hyphen_values = true)]
         location: String,
     },
     /// The containers the lab holds (yours; every tenant's for technicians).

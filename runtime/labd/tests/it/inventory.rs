@@ -316,5 +316,32 @@ fn a_runs_stored_output_is_the_next_runs_input() {
     assert_eq!(kept["unit"], "container-days");
     let days = kept["quantity"].as_f64().unwrap();
     assert!(days > 0.0 && days < 1.0 / 24.0, "minutes, counted in days: {days}");
+
+    // A full freezer refuses a run that would store there, before the run starts.
+    let mut manifest = String::from("barcode,type,well,sample,liquid,volume\n");
+    let mut scans = String::new();
+    for i in 0..24 {
+        manifest.push_str(&format!("FZ-{i:02},corning_96_wellplate_360ul_flat,A1,S,serum,10 uL\n"));
+        scans.push_str(&format!("FZ-{i:02}\n"));
+    }
+    let file = lab.dir.join("freezer.csv");
+    std::fs::write(&file, manifest).unwrap();
+    let args = ["receive", file.to_str().unwrap(), "--tenant", "acme", "--location", "-80C"];
+    let (code, so, se) = labctl_typing(&lab.url, &lab.admin, &args, &scans);
+    assert_eq!(code, 0, "{so}{se}");
+    let frozen = lab.dir.join("frozen.yaml");
+    std::fs::write(&frozen, std::fs::read_to_string(&first).unwrap().replace("condition: 4C", "condition: -80C"))
+        .unwrap();
+    let (code, _, se) = lab.ctl(&acme, &["submit", frozen.to_str().unwrap()]);
+    assert!(code != 0 && se.contains("the lab's -80C storage has no room now for the 1 container(s)"), "{se}");
+    let more = lab.dir.join("more.csv");
+    std::fs::write(
+        &more,
+        "barcode,type,well,sample,liquid,volume\nFY-00,corning_96_wellplate_360ul_flat,A1,S,serum,10 uL\n",
+    )
+    .unwrap();
+    let args = ["receive", more.to_str().unwrap(), "--tenant", "acme", "--location", "-80C"];
+    let (code, _, se) = labctl_typing(&lab.url, &lab.admin, &args, "FY-00\n");
+    assert!(code != 0 && se.contains("no -80C storage unit has room for 1"), "nor another shipment: {se}");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
