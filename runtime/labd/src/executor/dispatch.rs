@@ -473,7 +473,12 @@ impl Executor {
                 repeatable,
             };
             let (store, previous) = (self.store.clone(), pending.take());
-            let attempt = blocking(move || store.record_ok_then_intent(previous.as_deref(), &intent)).await?;
+            // On this task's own thread (`block_in_place`), not handed to the blocking pool:
+            // under load, waking this task again after a hand-off costs more than the write.
+            let (attempt, in_store) = crate::store::offload::leave_worker(|| {
+                let entered = Instant::now();
+                store.record_ok_then_intent(previous.as_deref(), &intent).map(|a| (a, entered.elapsed()))
+            })?;
             let journal_intent = began.elapsed();
             let mut result = match driver.start(op).await {
                 Ok(exec) => exec.finish().await,
@@ -537,6 +542,7 @@ impl Executor {
                     t.push(CommandTiming {
                         family,
                         journal: journal_intent + sent.elapsed(),
+                        store: in_store,
                         instrument: sent.duration_since(began + journal_intent),
                         total: began.elapsed(),
                     });

@@ -8,8 +8,11 @@ use std::time::Duration;
 pub struct CommandTiming {
     /// The instrument family, e.g. `LiquidHandler`.
     pub family: &'static str,
-    /// Durable journal writes.
+    /// Durable journal writes, as the executor waits for them (hand-offs to and from the
+    /// store's thread included).
     pub journal: Duration,
+    /// The intent's write inside the store: waiting for the connection, the transaction, fsync.
+    pub store: Duration,
     /// The exchange with the instrument (driver and wire).
     pub instrument: Duration,
     /// Everything, from the intent to the recorded outcome.
@@ -29,6 +32,7 @@ pub fn print_timings(v: &[CommandTiming]) {
     line("per command, total", v.iter().map(|t| t.total).collect());
     line("per command, executor (no exchange)", v.iter().map(|t| t.total.saturating_sub(t.instrument)).collect());
     line("per command, journaling", v.iter().map(|t| t.journal).collect());
+    line("per command, intent in the store", v.iter().map(|t| t.store).collect());
     let mut families: Vec<&str> = v.iter().map(|t| t.family).collect();
     families.sort();
     families.dedup();

@@ -7,6 +7,7 @@
 //! outbox row in the same transaction. [`conformance`] is the suite every backend must pass.
 //! The schema lives in `runtime/labd/migrations/*.sql`, portable SQL shared by all backends.
 
+mod checkpointer;
 pub mod conformance;
 mod group;
 pub mod offload;

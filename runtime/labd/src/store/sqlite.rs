@@ -17,7 +17,26 @@ pub struct SqliteDb {
     conn: Mutex<Connection>,
     /// The file outside the database that says how many write transactions were committed
     /// (set once migrations have made the counter; `None` in memory).
-    mark: Mutex<Option<std::path::PathBuf>>,
+    mark: Mutex<Option<Mark>>,
+    /// Checkpoints off the commit path (a database file; `None` in memory). Only held:
+    /// dropping it stops its thread.
+    _checkpointer: Option<super::checkpointer::Checkpointer>,
+}
+
+/// The mark file, kept open: each commit overwrites its count in place (one `pwrite`; no
+/// truncation, which on ext4 would start writing the file back at every close).
+#[derive(Debug)]
+struct Mark {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl Mark {
+    /// The count, right-aligned in a fixed width so each write covers the last.
+    fn record(&self, n: i64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(format!("{n:>20}").as_bytes(), 0)
+    }
 }
 
 /// What the SQLite store adds to the shared migrations: the count of committed writes, which
@@ -53,7 +72,9 @@ impl SqlStore<SqliteDb> {
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let conn =
             Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        let db = Self::init(conn)?;
+        let checkpointer = super::checkpointer::Checkpointer::start(path)
+            .map_err(|e| StoreError::Backend(format!("cannot start checkpointing {}: {e}", path.display())))?;
+        let db = Self::init(conn, Some(checkpointer))?;
         let mark = mark_file(path);
         let recorded: u64 = match std::fs::read_to_string(&mark) {
             // Empty: labd stopped between truncating the file and writing the count.
@@ -78,21 +99,29 @@ impl SqlStore<SqliteDb> {
                 mark.display()
             )));
         }
-        *db.db().mark.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))? = Some(mark);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&mark)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", mark.display())))?;
+        *db.db().mark.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))? =
+            Some(Mark { path: mark, file });
         Ok(db)
     }
 
     /// A private in-memory database (tests).
     pub fn in_memory() -> Result<SqliteStore> {
-        Self::init(Connection::open_in_memory().map_err(backend)?)
+        Self::init(Connection::open_in_memory().map_err(backend)?, None)
     }
 
-    fn init(conn: Connection) -> Result<SqliteStore> {
+    fn init(conn: Connection, checkpointer: Option<super::checkpointer::Checkpointer>) -> Result<SqliteStore> {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        conn.pragma_update(None, "wal_autocheckpoint", super::checkpointer::SAFETY_NET_PAGES).map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
-        let db = SqliteDb { conn: Mutex::new(conn), mark: Mutex::new(None) };
+        let db = SqliteDb { conn: Mutex::new(conn), mark: Mutex::new(None), _checkpointer: checkpointer };
         sql::migrate(&db, sqlite_migration)?;
         Ok(SqlStore::new(db))
     }
@@ -214,10 +243,10 @@ fn is_locked(message: &str) -> bool {
 impl SqliteDb {
     fn try_tx<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
-        let mark = self.mark.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?.clone();
+        let mark = self.mark.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
         let out = f(&mut Tx(&tx))?;
-        let n: Option<i64> = match &mark {
+        let n: Option<i64> = match &*mark {
             Some(_) => Some(
                 tx.query_row("UPDATE write_mark SET n = n + 1 WHERE id = 1 RETURNING n", [], |r| r.get(0))
                     .map_err(backend)?,
@@ -225,12 +254,12 @@ impl SqliteDb {
             None => None,
         };
         tx.commit().map_err(backend)?;
-        if let (Some(file), Some(n)) = (mark, n) {
+        if let (Some(mark), Some(n)) = (mark.as_ref(), n) {
             // After the commit, so the mark is never ahead of what the database made durable.
             // Not synced: it guards against a log lost after a crash of labd, which leaves the
             // page cache (and this write) intact; a lost mark write is only a weaker check.
-            if let Err(e) = std::fs::write(&file, n.to_string()) {
-                tracing::warn!(file = %file.display(), error = %e, "committed, but cannot record the write count");
+            if let Err(e) = mark.record(n) {
+                tracing::warn!(file = %mark.path.display(), error = %e, "committed, but cannot record the write count");
             }
         }
         Ok(out)

@@ -159,3 +159,49 @@ fn sqlite_store_refuses_a_database_that_lost_committed_writes() {
     assert!(s.runs(None, &[]).unwrap().is_empty(), "the lost runs are gone, and labd knows it started from here");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Committed pages are copied back into the database file by the store's own checkpoint
+/// thread, not by the commit that happens to cross SQLite's threshold: after a burst of writes
+/// far below that threshold, the database file grows to hold them while nothing else writes.
+#[test]
+fn sqlite_checkpoints_off_the_commit_path() {
+    use labd::store::{sqlite::SqliteStore, NewRun, Store};
+    let dir = fresh_dir("checkpoint");
+    let path = dir.join("labd.sqlite");
+    let s = SqliteStore::open(&path).unwrap();
+    let t = s.create_tenant("acme", 1.0).unwrap();
+    // Let the thread copy what migrations wrote, so the growth measured is this burst's.
+    let settled = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut last = std::fs::metadata(&path).unwrap().len();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let now = std::fs::metadata(&path).unwrap().len();
+            if now == last {
+                return now;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: the database file kept changing");
+            last = now;
+        }
+    };
+    let before = settled("after migrations");
+    let plan = "x".repeat(4000);
+    for k in 0..200 {
+        let new = NewRun {
+            tenant_id: t.id.clone(),
+            idempotency_key: format!("k{k}"),
+            name: "n".into(),
+            source: "s".into(),
+            plan_json: plan.clone(),
+            priority: 0,
+        };
+        s.submit_run(&new).unwrap();
+    }
+    let after = settled("after the burst");
+    assert!(
+        after >= before + 800_000,
+        "200 runs of 4 kB each were copied into the database file while the store stayed open: {before} -> {after} bytes"
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
