@@ -443,22 +443,7 @@ impl Executor {
         pending: &mut Option<String>,
     ) -> Result<(), JobError> {
         let span = tracing::info_span!("command", run = %run.id, instrument, index, op = op.name());
-        let sent = self.command_in_span(run, task, index, instrument, driver, op, repeatable, pending);
-        tracing::Instrument::instrument(sent, span).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn command_in_span(
-        &self,
-        run: &Run,
-        task: i64,
-        index: i64,
-        instrument: &str,
-        driver: &dyn Instrument,
-        op: &CommandOp,
-        repeatable: bool,
-        pending: &mut Option<String>,
-    ) -> Result<(), JobError> {
+        tracing::Instrument::instrument(async move {
         let mut tries = 0;
         loop {
             // Paused or stopped by a technician: nothing is sent (nor journaled) until resumed.
@@ -612,5 +597,7 @@ impl Executor {
                 Err(e) => return Err(JobError::Instrument { instrument: instrument.into(), error: e, aborted: false }),
             }
         }
+        }, span)
+        .await
     }
 }
