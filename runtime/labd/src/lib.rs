@@ -40,6 +40,7 @@ pub mod executor;
 pub mod halt;
 pub mod health;
 pub mod held;
+pub mod kitting;
 pub mod lab;
 pub mod labctl;
 pub mod logging;

@@ -26,6 +26,45 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     containers_are_received_whole_and_kept_per_tenant(make().as_ref());
     stock_is_taken_once_per_run_soonest_expiry_first(make().as_ref());
     runs_make_and_shelve_containers_once(make().as_ref());
+    pick_lists_are_issued_once_and_confirmed_by_the_expected_barcode(make().as_ref());
+}
+
+/// A run's pick list is issued once (a second issue returns the first), read back in order,
+/// and each item confirmed only by the barcode it expects, once, with who and when.
+pub fn pick_lists_are_issued_once_and_confirmed_by_the_expected_barcode(s: &dyn Store) {
+    let acme = s.create_tenant("acme", 1.0).unwrap();
+    let run = submit(s, &acme.id, "k1");
+    let item = |kind: &str, expected: &str| PickItem {
+        run_id: run.id.clone(),
+        n: 0,
+        kind: kind.into(),
+        what: format!("a {kind}"),
+        from: "freezer-1".into(),
+        to: "hotel".into(),
+        expected: expected.into(),
+        thaw_min: 30,
+        confirmed_by: None,
+        confirmed_at: None,
+    };
+    assert!(s.pick_list(&run.id).unwrap().is_empty());
+    let list = s.issue_pick_list(&run.id, &[item("container", "ACME-1"), item("reagent", "LOT-9")]).unwrap();
+    assert_eq!(list.iter().map(|i| (i.n, i.expected.as_str())).collect::<Vec<_>>(), [(0, "ACME-1"), (1, "LOT-9")]);
+    let again = s.issue_pick_list(&run.id, &[item("labware", "OTHER")]).unwrap();
+    assert_eq!(again, list, "issued once: a restart gets the list it had");
+    assert_eq!(s.open_picks().unwrap().len(), 2);
+    let e = s.confirm_pick(&run.id, 1, "LOT-8", "tech-1").unwrap_err();
+    assert!(matches!(&e, StoreError::Invalid(m) if m.contains("expects barcode `LOT-9`, not `LOT-8`")), "{e}");
+    assert!(s.pick_list(&run.id).unwrap()[1].confirmed_at.is_none(), "a wrong scan confirms nothing");
+    let done = s.confirm_pick(&run.id, 1, " LOT-9 ", "tech-1").unwrap();
+    assert_eq!(done.confirmed_by.as_deref(), Some("tech-1"));
+    let twice = s.confirm_pick(&run.id, 1, "LOT-9", "tech-2").unwrap();
+    assert_eq!(
+        (twice.confirmed_by, twice.confirmed_at),
+        (done.confirmed_by, done.confirmed_at),
+        "the first scan stands"
+    );
+    assert_eq!(s.open_picks().unwrap().iter().map(|i| i.n).collect::<Vec<_>>(), [0]);
+    assert!(matches!(s.confirm_pick(&run.id, 7, "X", "t"), Err(StoreError::NotFound(_))));
 }
 
 /// A run's output becomes the tenant's container once, whatever the retries; a container is

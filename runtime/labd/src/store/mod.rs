@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/0005_containers.sql")),
     (6, include_str!("../../migrations/0006_stock.sql")),
     (7, include_str!("../../migrations/0007_container_locations.sql")),
+    (8, include_str!("../../migrations/0008_kitting.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -80,6 +81,7 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub use crate::role::Role;
+pub use sql::draw_soonest_first;
 
 impl From<crate::role::UnknownRole> for StoreError {
     fn from(e: crate::role::UnknownRole) -> Self {
@@ -256,6 +258,28 @@ pub struct Container {
     pub created_at: Millis,
     /// By well, then liquid.
     pub wells: Vec<WellContent>,
+}
+
+/// One item of a run's pick list: what a technician fetches before the run's first step, from
+/// where, to where, and the barcode that confirms it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PickItem {
+    pub run_id: String,
+    /// Its place in the list, from 0.
+    pub n: i64,
+    /// `container` (from storage), `labware` (new, labelled for the run) or `reagent` (a lot).
+    pub kind: String,
+    /// What to fetch, in words (the run's name for it, its type, the volume to pour).
+    pub what: String,
+    pub from: String,
+    pub to: String,
+    /// The barcode to scan: the container's, the label printed for new labware, the lot's.
+    pub expected: String,
+    /// Minutes to thaw before use (0 when it is not frozen).
+    pub thaw_min: i64,
+    /// Who scanned it, when (`None` until then).
+    pub confirmed_by: Option<String>,
+    pub confirmed_at: Option<Millis>,
 }
 
 /// A lot of a reagent the lab stocks.
@@ -517,6 +541,18 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Consumed>>;
     /// What runs used up since `since`, a tenant's only when `tenant` is given, oldest first.
     fn consumed(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<Consumed>>;
+
+    /// Issues a run's pick list, once: a run that has one keeps it (a restart issues nothing
+    /// new); returns the list as stored.
+    fn issue_pick_list(&self, run_id: &str, items: &[PickItem]) -> Result<Vec<PickItem>>;
+    /// A run's pick list, in order (`[]` when none was issued).
+    fn pick_list(&self, run_id: &str) -> Result<Vec<PickItem>>;
+    /// The items of every run not confirmed yet, by run then order.
+    fn open_picks(&self) -> Result<Vec<PickItem>>;
+    /// Confirms item `n` of a run's list by its scanned barcode: a barcode other than the
+    /// expected one is refused (`Invalid`, naming what was expected); the same scan again is
+    /// accepted and changes nothing (its first confirmation stands).
+    fn confirm_pick(&self, run_id: &str, n: i64, scanned: &str, by: &str) -> Result<PickItem>;
 
     /// Stores a measurement with its `result` event and outbox row.
     fn add_result(&self, row: &ResultRow) -> Result<Event>;

@@ -66,7 +66,9 @@ macro_rules! params {
 }
 
 // After `params!`, which it uses (a macro is seen only below where it is defined).
+mod kitting;
 mod stock;
+pub use stock::draw_soonest_first;
 
 /// One result row.
 #[derive(Debug, Clone, PartialEq)]
@@ -1163,6 +1165,22 @@ impl<D: Db> Store for SqlStore<D> {
 
     fn stock(&self) -> Result<(Vec<ReagentLot>, Vec<ConsumableStock>)> {
         self.stock_in()
+    }
+
+    fn issue_pick_list(&self, run_id: &str, items: &[PickItem]) -> Result<Vec<PickItem>> {
+        self.issue_pick_list_in(run_id, items)
+    }
+
+    fn pick_list(&self, run_id: &str) -> Result<Vec<PickItem>> {
+        self.pick_list_in(run_id)
+    }
+
+    fn open_picks(&self) -> Result<Vec<PickItem>> {
+        self.open_picks_in()
+    }
+
+    fn confirm_pick(&self, run_id: &str, n: i64, scanned: &str, by: &str) -> Result<PickItem> {
+        self.confirm_pick_in(run_id, n, scanned, by)
     }
 
     fn consume(

@@ -6,7 +6,7 @@ use super::*;
 
 /// Takes `need_ul` from lots `(lot, expires_on, µL)` unexpired on `today`, the soonest to expire
 /// first (then by lot): `(lot, µL taken)`. Takes what there is when they hold less.
-pub(super) fn draw_soonest_first(lots: &[(String, String, f64)], today: &str, need_ul: f64) -> Vec<(String, f64)> {
+pub fn draw_soonest_first(lots: &[(String, String, f64)], today: &str, need_ul: f64) -> Vec<(String, f64)> {
     let mut usable: Vec<&(String, String, f64)> =
         lots.iter().filter(|(_, expires, ul)| expires.as_str() >= today && *ul > 0.0).collect();
     usable.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));

@@ -1,0 +1,239 @@
+//! The technician's pick list for a run, before its first step: each container it names,
+//! fetched from storage (thawed first when frozen); each new labware, labelled for the run;
+//! each reagent of the lab's, poured from the lots the lab would draw. Every item says where it
+//! comes from, where it goes and the barcode that confirms it. Pure: the executor issues the
+//! list through the store and waits for the scans.
+
+use crate::store::{Container, PickItem, ReagentLot};
+use labware::{LabwareKind, StorageUnit};
+use protocols::RunPlan;
+use std::collections::BTreeMap;
+
+/// Why no pick list can be made: the run cannot be kitted as things stand.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KitError {
+    #[error("labware `{labware}` names container {container}, which is no longer in the inventory")]
+    ContainerGone { labware: String, container: String },
+    #[error("{reagent}: {short_ul:.0} µL of the {need_ul:.0} µL to pour into `{labware}` is in no lot unexpired on {today}; receive a lot (labctl stock receive)")]
+    ReagentShort { reagent: String, labware: String, need_ul: f64, short_ul: f64, today: String },
+}
+
+/// Minutes a container kept at `condition` thaws before use (frozen only).
+pub fn thaw_minutes(condition: Option<&str>) -> i64 {
+    match condition {
+        Some("-80C") => 60,
+        Some("-20C") => 30,
+        _ => 0,
+    }
+}
+
+/// What the run needs, in the order a technician fetches it: containers, new labware, reagents.
+/// `containers`: the run's tenant's containers the plan names (by id); `plate_storage`: the nest
+/// where a run's plates wait for their first move; `today`: `YYYY-MM-DD`, for lots' expiry.
+pub fn pick_list(
+    plan: &RunPlan,
+    run_id: &str,
+    containers: &[Container],
+    lots: &[ReagentLot],
+    units: &[StorageUnit],
+    plate_storage: &str,
+    today: &str,
+) -> Result<Vec<PickItem>, KitError> {
+    let item = |kind: &str, what: String, from: String, to: String, expected: String, thaw_min: i64| PickItem {
+        run_id: run_id.to_string(),
+        n: 0,
+        kind: kind.into(),
+        what,
+        from,
+        to,
+        expected,
+        thaw_min,
+        confirmed_by: None,
+        confirmed_at: None,
+    };
+    let to = |name: &str, kind: LabwareKind| match kind {
+        LabwareKind::WellPlate => plate_storage.to_string(),
+        _ => match plan.tasks.iter().find(|t| t.holds.iter().any(|h| h == name)) {
+            Some(t) => format!("the deck of the instrument that runs `{}`", t.label),
+            None => "the bench".to_string(),
+        },
+    };
+    let mut fetched = Vec::new();
+    let mut fresh = Vec::new();
+    for lw in &plan.labware {
+        match &lw.container {
+            Some(id) => {
+                let c = containers
+                    .iter()
+                    .find(|c| &c.id == id)
+                    .ok_or_else(|| KitError::ContainerGone { labware: lw.name.clone(), container: id.clone() })?;
+                let thaw = thaw_minutes(crate::storage::condition_of(units, &c.location).as_deref());
+                fetched.push(item(
+                    "container",
+                    format!("`{}`: container {} ({})", lw.name, c.barcode, c.load_name),
+                    c.location.clone(),
+                    to(&lw.name, lw.kind),
+                    c.barcode.clone(),
+                    thaw,
+                ));
+            }
+            None => fresh.push(item(
+                "labware",
+                format!(
+                    "`{}`: a new {}, labelled {}",
+                    lw.name,
+                    lw.load_name,
+                    crate::held::output_barcode(run_id, &lw.name)
+                ),
+                "consumables".into(),
+                to(&lw.name, lw.kind),
+                crate::held::output_barcode(run_id, &lw.name),
+                0,
+            )),
+        }
+    }
+    // Each lab reagent poured into each labware, from the lots the lab would draw, taking from
+    // what is left of them as the list goes on.
+    let mut left: BTreeMap<&str, Vec<(String, String, f64)>> = BTreeMap::new();
+    for l in lots {
+        left.entry(l.reagent.as_str()).or_default().push((l.lot.clone(), l.expires_on.clone(), l.volume_ul));
+    }
+    let mut poured = Vec::new();
+    for lw in &plan.labware {
+        let mut by_reagent: BTreeMap<&str, (f64, Vec<&str>)> = BTreeMap::new();
+        for (well, mix) in &lw.composition {
+            for (liquid, ul) in mix {
+                if let Some(reagent) = plan.reagents.get(liquid) {
+                    let e = by_reagent.entry(reagent.as_str()).or_default();
+                    e.0 += ul;
+                    e.1.push(well.as_str());
+                }
+            }
+        }
+        for (reagent, (need, wells)) in by_reagent {
+            let lots = left.entry(reagent).or_default();
+            let taken = crate::store::draw_soonest_first(lots, today, need);
+            let got: f64 = taken.iter().map(|(_, ul)| ul).sum();
+            if need - got > 1e-6 {
+                return Err(KitError::ReagentShort {
+                    reagent: reagent.into(),
+                    labware: lw.name.clone(),
+                    need_ul: need,
+                    short_ul: need - got,
+                    today: today.into(),
+                });
+            }
+            for (lot, ul) in taken {
+                if let Some(l) = lots.iter_mut().find(|l| l.0 == lot) {
+                    l.2 -= ul;
+                }
+                poured.push(item(
+                    "reagent",
+                    format!("{ul:.0} µL of {reagent} (lot {lot}) into `{}` wells {}", lw.name, wells.join(", ")),
+                    format!("{reagent} lot {lot}"),
+                    format!("`{}`", lw.name),
+                    lot,
+                    0,
+                ));
+            }
+        }
+    }
+    let mut all: Vec<PickItem> = fetched.into_iter().chain(fresh).chain(poured).collect();
+    for (n, i) in all.iter_mut().enumerate() {
+        i.n = n as i64;
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elisa() -> RunPlan {
+        let site = labware::Site::from_toml(include_str!("../../../sites/sim.toml")).unwrap();
+        let source = protocols::SourceFile::new("elisa.yaml", include_str!("../../../protocols/examples/elisa.yaml"));
+        protocols::compile(&source, protocols::Format::Auto, &site, &labware::Library::shipped()).plan.unwrap()
+    }
+
+    fn lot(reagent: &str, lot: &str, expires_on: &str, ul: f64) -> ReagentLot {
+        ReagentLot {
+            reagent: reagent.into(),
+            lot: lot.into(),
+            expires_on: expires_on.into(),
+            volume_ul: ul,
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn every_labware_is_fetched_or_labelled_and_reagents_come_from_unexpired_lots_soonest_first() {
+        let plan = elisa();
+        let lots = [
+            lot("TMB substrate", "T-OLD", "2026-11-30", 50_000.0),
+            lot("TMB substrate", "T-LATE", "2027-06-30", 50_000.0),
+            lot("TMB substrate", "T-SOON", "2026-12-31", 4_000.0),
+            lot("1 M sulfuric acid", "S1", "2027-01-31", 20_000.0),
+        ];
+        let list = pick_list(&plan, "run-abc", &[], &lots, &[], "hotel", "2026-12-06").unwrap();
+        let labware: Vec<&PickItem> = list.iter().filter(|i| i.kind == "labware").collect();
+        assert_eq!(labware.len(), plan.labware.len(), "each new labware once: {list:#?}");
+        let samples = labware.iter().find(|i| i.what.starts_with("`samples`")).unwrap();
+        assert_eq!(samples.to, "hotel", "a plate waits where plates wait");
+        assert_eq!(samples.expected, crate::held::output_barcode("run-abc", "samples"));
+        let rack = labware.iter().find(|i| i.what.starts_with("`tips_1`")).unwrap();
+        assert!(rack.to.starts_with("the deck of the instrument that runs"), "{}", rack.to);
+        let poured: Vec<(&str, &str)> =
+            list.iter().filter(|i| i.kind == "reagent").map(|i| (i.expected.as_str(), i.what.as_str())).collect();
+        assert_eq!(poured.len(), 3, "TMB from two lots, acid from one: {poured:?}");
+        assert_eq!(poured[0].0, "S1");
+        assert!(
+            poured[0].1.starts_with("11000 µL of 1 M sulfuric acid (lot S1) into `reagents` wells A3"),
+            "{}",
+            poured[0].1
+        );
+        assert_eq!((poured[1].0, poured[2].0), ("T-SOON", "T-LATE"), "the expired lot is never kitted");
+        assert!(poured[1].1.starts_with("4000 µL") && poured[2].1.starts_with("7000 µL"), "{poured:?}");
+        let ns: Vec<i64> = list.iter().map(|i| i.n).collect();
+        assert_eq!(ns, (0..list.len() as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_reagent_no_unexpired_lot_can_cover_and_a_vanished_container_stop_the_list() {
+        let mut plan = elisa();
+        let lots = [
+            lot("TMB substrate", "T1", "2026-12-01", 50_000.0),
+            lot("1 M sulfuric acid", "S1", "2027-01-31", 20_000.0),
+        ];
+        let e = pick_list(&plan, "r", &[], &lots, &[], "hotel", "2026-12-06").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "TMB substrate: 11000 µL of the 11000 µL to pour into `reagents` is in no lot unexpired on 2026-12-06; receive a lot (labctl stock receive)"
+        );
+        plan.labware[0].container = Some("ctr-1".into());
+        let ok_lots = [lot("TMB substrate", "T2", "2027-01-01", 50_000.0), lots[1].clone()];
+        let e = pick_list(&plan, "r", &[], &ok_lots, &[], "hotel", "2026-12-06").unwrap_err();
+        assert!(matches!(e, KitError::ContainerGone { .. }), "{e}");
+        let frozen = Container {
+            id: "ctr-1".into(),
+            tenant_id: "t".into(),
+            barcode: "ACME-0001".into(),
+            load_name: plan.labware[0].load_name.clone(),
+            location: "freezer-1".into(),
+            created_at: 0,
+            wells: vec![],
+        };
+        let units = [StorageUnit {
+            id: "freezer-1".into(),
+            condition: "-80C".into(),
+            positions: 10,
+            automated: false,
+            description: String::new(),
+        }];
+        let list = pick_list(&plan, "r", &[frozen], &ok_lots, &units, "hotel", "2026-12-06").unwrap();
+        assert_eq!(
+            (list[0].kind.as_str(), list[0].expected.as_str(), list[0].from.as_str(), list[0].thaw_min),
+            ("container", "ACME-0001", "freezer-1", 60),
+            "containers first, with their thaw time"
+        );
+    }
+}
