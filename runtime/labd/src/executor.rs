@@ -22,6 +22,8 @@ mod dispatch;
 mod failure;
 mod finish;
 mod jobs;
+mod kitting;
+pub use kitting::Kitting;
 mod recovery;
 mod repair;
 pub mod resume;
@@ -79,6 +81,8 @@ pub struct ExecutorConfig {
     /// Rung when a run may have been submitted (PostgreSQL `NOTIFY`), so that a node need not
     /// wait for its next poll.
     pub wake: Option<Arc<tokio::sync::Notify>>,
+    /// Who kits each run's material before its first job.
+    pub kitting: Kitting,
 }
 
 impl Default for ExecutorConfig {
@@ -95,6 +99,7 @@ impl Default for ExecutorConfig {
             flush_timings: None,
             cell: None,
             wake: None,
+            kitting: Kitting::Simulated,
         }
     }
 }
@@ -354,6 +359,8 @@ pub struct Executor {
     interlocks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Recovery finishing what runs left under way at the last stop (see [`finish`]).
     finishing: tokio_util::task::TaskTracker,
+    /// Runs whose material is kitted (asked of the store only until then).
+    kitted: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 fn change_name(c: &Change) -> &'static str {
@@ -390,7 +397,15 @@ impl Executor {
 
     /// An executor that shows its work on an existing board (a cell's next term on a node).
     pub fn with_board(store: Arc<dyn Store>, lab: Arc<Lab>, config: ExecutorConfig, board: Arc<Board>) -> Self {
-        Executor { store, lab, config, board, interlocks: Arc::default(), finishing: Default::default() }
+        Executor {
+            store,
+            lab,
+            config,
+            board,
+            interlocks: Arc::default(),
+            finishing: Default::default(),
+            kitted: Arc::default(),
+        }
     }
 
     /// What the lab is doing, for the API.

@@ -111,7 +111,20 @@ pub fn pick_list(
             }
         }
         for (reagent, (need, wells)) in by_reagent {
-            let lots = left.entry(reagent).or_default();
+            let wells = wells.join(", ");
+            let Some(lots) = left.get_mut(reagent) else {
+                // A reagent the lab does not count by lot (none ever received): poured from its
+                // stock all the same, confirmed by the reagent's name on the bottle.
+                poured.push(item(
+                    "reagent",
+                    format!("{need:.0} µL of {reagent} (no lot recorded) into `{}` wells {wells}", lw.name),
+                    format!("{reagent} stock"),
+                    format!("`{}`", lw.name),
+                    reagent.to_string(),
+                    0,
+                ));
+                continue;
+            };
             let taken = crate::store::draw_soonest_first(lots, today, need);
             let got: f64 = taken.iter().map(|(_, ul)| ul).sum();
             if need - got > 1e-6 {
@@ -129,7 +142,7 @@ pub fn pick_list(
                 }
                 poured.push(item(
                     "reagent",
-                    format!("{ul:.0} µL of {reagent} (lot {lot}) into `{}` wells {}", lw.name, wells.join(", ")),
+                    format!("{ul:.0} µL of {reagent} (lot {lot}) into `{}` wells {wells}", lw.name),
                     format!("{reagent} lot {lot}"),
                     format!("`{}`", lw.name),
                     lot,
@@ -204,6 +217,13 @@ mod tests {
             lot("TMB substrate", "T1", "2026-12-01", 50_000.0),
             lot("1 M sulfuric acid", "S1", "2027-01-31", 20_000.0),
         ];
+        let uncounted = pick_list(&plan, "r", &[], &lots[1..], &[], "hotel", "2026-12-06").unwrap();
+        let tmb = uncounted.iter().find(|i| i.what.contains("TMB")).unwrap();
+        assert_eq!(
+            (tmb.expected.as_str(), tmb.what.as_str()),
+            ("TMB substrate", "11000 µL of TMB substrate (no lot recorded) into `reagents` wells A2"),
+            "a reagent the lab does not count by lot is poured all the same"
+        );
         let e = pick_list(&plan, "r", &[], &lots, &[], "hotel", "2026-12-06").unwrap_err();
         assert_eq!(
             e.to_string(),

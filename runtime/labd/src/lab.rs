@@ -99,6 +99,12 @@ impl Lab {
     }
 
     /// Whether this is a simulated lab that keeps its bench in a file ([`Lab::keep_bench_in`]).
+    /// Whether a simulated technician can put material on the bench (a simulated lab, or
+    /// simulators in another process with their bench).
+    pub fn has_simulated_technician(&self) -> bool {
+        self.simulated.is_some() || self.hands.is_some()
+    }
+
     pub fn keeps_bench(&self) -> bool {
         self.simulated.is_some() && self.bench_file.is_some()
     }

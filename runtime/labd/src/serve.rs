@@ -169,7 +169,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         lab.keep_bench_in(config.data_dir.join("sim-bench.json"))?;
         let lab = Arc::new(lab);
         connected.add(lab.clone());
-        let executor = Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, ..ExecutorConfig::default() });
+        let kitting = config.kitting(lab.has_simulated_technician())?;
+        let executor =
+            Executor::new(store.clone(), lab.clone(), ExecutorConfig { scale, kitting, ..ExecutorConfig::default() });
         for run in executor.recover().await? {
             tracing::warn!(run = %run, "run interrupted by the last stop; marked failed (see its events)");
             // Also in the start-up lines, for the person who restarted labd.

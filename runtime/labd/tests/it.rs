@@ -896,6 +896,19 @@ fn serve_lab(name: &str, scale: &str) -> Lab {
 
 /// `serve_lab` on a site of the test's own (a `lab.toml` text).
 fn serve_lab_on(name: &str, scale: &str, site: Option<&str>) -> Lab {
+    serve_lab_with(name, scale, site, "")
+}
+
+/// The same, with `extra` lines in labd.toml (and the shipped site when none is given).
+fn serve_lab_with(name: &str, scale: &str, site: Option<&str>, extra: &str) -> Lab {
+    let shipped;
+    let site = match site {
+        None if !extra.is_empty() => {
+            shipped = std::fs::read_to_string(root().join("sites/sim.toml")).unwrap();
+            Some(shipped.as_str())
+        }
+        other => other,
+    };
     let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let port = free_port();
@@ -907,8 +920,11 @@ fn serve_lab_on(name: &str, scale: &str, site: Option<&str>) -> Lab {
         let conf = std::env::temp_dir().join(format!("lw-{name}-{}-conf", std::process::id()));
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::write(conf.join("lab.toml"), site).unwrap();
-        std::fs::write(conf.join("labd.toml"), format!("site = {:?}\n", conf.join("lab.toml").display().to_string()))
-            .unwrap();
+        std::fs::write(
+            conf.join("labd.toml"),
+            format!("site = {:?}\n{extra}", conf.join("lab.toml").display().to_string()),
+        )
+        .unwrap();
         args.extend(["--config".into(), conf.join("labd.toml").into_os_string()]);
     }
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();

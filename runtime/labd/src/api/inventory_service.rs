@@ -102,6 +102,32 @@ impl pb::inventory_server::Inventory for Api {
         Ok(Response::new(self.stock_now().await?))
     }
 
+    async fn pick_list(&self, req: Request<pb::PickListRequest>) -> Result<Response<pb::PickListResponse>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "pick lists")?;
+        let (store, run) = (self.store.clone(), req.into_inner().run_id.trim().to_string());
+        let items = blocking(move || if run.is_empty() { store.open_picks() } else { store.pick_list(&run) }).await?;
+        Ok(Response::new(pick_list_reply(items)))
+    }
+
+    async fn confirm_pick(
+        &self,
+        req: Request<pb::ConfirmPickRequest>,
+    ) -> Result<Response<pb::PickListResponse>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "kitting")?;
+        let r = req.into_inner();
+        let (store, by) = (self.store.clone(), who.id.clone());
+        let run = r.run_id.trim().to_string();
+        let items = blocking(move || {
+            let item = store.confirm_pick(&run, r.n, &r.barcode, &by)?;
+            tracing::info!(run = %run, item = item.n, barcode = %item.expected, by = %by, "kitted item confirmed");
+            store.pick_list(&run)
+        })
+        .await?;
+        Ok(Response::new(pick_list_reply(items)))
+    }
+
     async fn stock(&self, req: Request<pb::StockRequest>) -> Result<Response<pb::StockResponse>, Status> {
         let who = self.caller(&req).await?;
         Self::staff(&who, "the lab's stock")?;
@@ -178,5 +204,25 @@ impl pb::inventory_server::Inventory for Api {
         })
         .await?;
         Ok(Response::new(container_info(k, history)))
+    }
+}
+
+fn pick_list_reply(items: Vec<crate::store::PickItem>) -> pb::PickListResponse {
+    pb::PickListResponse {
+        items: items
+            .into_iter()
+            .map(|i| pb::PickItemInfo {
+                run_id: i.run_id,
+                n: i.n,
+                kind: i.kind,
+                what: i.what,
+                from: i.from,
+                to: i.to,
+                expected: i.expected,
+                thaw_min: i.thaw_min,
+                confirmed_by: i.confirmed_by.unwrap_or_default(),
+                confirmed_at_ms: i.confirmed_at.unwrap_or(0),
+            })
+            .collect(),
     }
 }

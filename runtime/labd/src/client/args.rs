@@ -196,6 +196,21 @@ pub enum ClientCmd {
         #[command(subcommand)]
         cmd: Option<StockCmd>,
     },
+    /// Kitting (technicians): `labctl kit` lists what every run waiting to start needs
+    /// fetched; `labctl kit RUN` one run's pick list; `labctl kit RUN --scan BARCODE` confirms
+    /// the item that barcode is for (with `--item N`, that item).
+    Kit {
+        #[command(flatten)]
+        out: Out,
+        run: Option<String>,
+        /// A barcode scanned at the bench.
+        #[arg(long, requires = "run")]
+        scan: Option<String>,
+        /// The item the scan is for (its number in the list); by default the open item that
+        /// expects the barcode, else the first open one.
+        #[arg(long, requires = "scan")]
+        item: Option<i64>,
+    },
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),

@@ -8,6 +8,7 @@ use protos::labwright::v1 as pb;
 mod args;
 mod connection;
 mod inventory;
+mod kit;
 mod output;
 mod parquet;
 mod plots;
@@ -112,6 +113,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
             | ClientCmd::Stock { .. }) => {
                 inventory::run(&c, cmd).await
             }
+            ClientCmd::Kit { out, run, scan, item } => kit::run(&c, run, scan, item, out.format == Fmt::Json).await,
             ClientCmd::Watch { out, run, after } => watch(&c, &run, after, out.format == Fmt::Json).await,
             ClientCmd::Results { run, format, output, plot } => {
                 let info = pb::runs_client::RunsClient::new(c.channel.clone()).get(c.req(pb::GetRunRequest { run_id: run.clone() })?).await.map_err(sentence)?.into_inner();

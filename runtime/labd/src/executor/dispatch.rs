@@ -118,6 +118,11 @@ impl Executor {
     }
 
     async fn job_in_span(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), JobError> {
+        let r = match job {
+            Job::Task { run, .. } => *run,
+            Job::Move(m) => m.run,
+        };
+        self.kitted(&runs[r].0, &problem.nests[problem.storage].id).await?;
         if let Job::Task { run, .. } = job {
             // A cancelled run stops at the next task boundary; its plate moves still run, so
             // every plate ends up back in storage.

@@ -123,7 +123,9 @@ pub(super) async fn drive_cell(
     let lab = Arc::new(lab);
     env.connected.add(lab.clone());
     let shown = ShownWhileDriven(env.connected.clone(), lab.clone());
-    let exec_config = ExecutorConfig { scale, cell: Some(cell.clone()), wake: env.wake, ..ExecutorConfig::default() };
+    let kitting = env.config.kitting(lab.has_simulated_technician())?;
+    let exec_config =
+        ExecutorConfig { scale, cell: Some(cell.clone()), wake: env.wake, kitting, ..ExecutorConfig::default() };
     let executor = Executor::with_board(env.store.fenced(&lease), lab, exec_config, env.board);
     let recovered = executor.recover().await?;
     for run in recovered {

@@ -126,6 +126,10 @@ pub struct Config {
     /// its spans (each task and plate move with its run, tenant and instrument; each command).
     /// Off when absent.
     pub otlp_endpoint: Option<String>,
+    /// Who kits each run's material before its first step: `technicians` (each item scanned,
+    /// `labctl kit`) or `simulated` (the simulated technician; a simulated lab only). Absent:
+    /// `simulated` where there is a simulated technician, else `technicians`.
+    pub kitting: Option<crate::executor::Kitting>,
 }
 
 fn default_log_level() -> String {
@@ -202,6 +206,7 @@ impl Default for Config {
             log_level: default_log_level(),
             log_format: Default::default(),
             otlp_endpoint: None,
+            kitting: None,
         }
     }
 }
@@ -270,5 +275,20 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Who kits runs on a lab that has (or not) a simulated technician.
+    pub fn kitting(&self, simulated_technician: bool) -> Result<crate::executor::Kitting, ConfigError> {
+        use crate::executor::Kitting;
+        match self.kitting {
+            Some(Kitting::Simulated) if !simulated_technician => Err(ConfigError::Invalid(
+                "kitting = \"simulated\": this site's instruments are real and no simulated bench (sim_bench) is set, so no simulated technician can kit; write kitting = \"technicians\" or remove the key".into(),
+            )),
+            Some(k) => Ok(k),
+            None if simulated_technician => Ok(Kitting::Simulated),
+            None => Ok(Kitting::Technicians),
+        }
     }
 }

@@ -345,3 +345,76 @@ fn a_runs_stored_output_is_the_next_runs_input() {
     assert!(code != 0 && se.contains("no -80C storage unit has room for 1"), "nor another shipment: {se}");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
+
+/// Kitting by people: before its first step a run's pick list goes to technicians — the new
+/// labware labelled for the run, its reagent from the unexpired lot, never the expired one —
+/// and the run waits until each item is scanned; a wrong barcode is refused naming the one
+/// expected; a scientist cannot see or kit pick lists; once kitted, the run goes on.
+#[test]
+fn a_run_waits_until_technicians_kit_it_by_barcode() {
+    let lab = serve_lab_with("kit", "0.001", None, "kitting = \"technicians\"\n");
+    let acme = lab.tenant("acme");
+    let tech = lab.json(&lab.admin, &["token", "create", "--role", "technician", "--format", "json"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ok = |token: &str, args: &[&str]| {
+        let (code, so, se) = lab.ctl(token, args);
+        assert_eq!(code, 0, "labctl {args:?}: {so}{se}");
+        so
+    };
+    ok(&tech, &["stock", "receive", "PBS", "--lot", "P-GONE", "--expires", "2020-01-01", "--volume", "500 mL"]);
+    ok(&tech, &["stock", "receive", "PBS", "--lot", "P-GOOD", "--expires", "2099-12-31", "--volume", "100 mL"]);
+    let file = lab.dir.join("kit.yaml");
+    std::fs::write(
+        &file,
+        "labwright: 1\nname: PBS into a plate\nliquids:\n  buffer: { reagent: PBS }\nlabware:\n  res: { type: nest_12_reservoir_15ml, contents: { A1: { buffer: 10 mL } } }\n  plate: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: res/A1, to: plate/A1:H1, volume: 20 uL, tips: always }\n",
+    )
+    .unwrap();
+    let run = lab.submit_file(&acme, &file, &[]);
+    let events = watch_lines(&lab, &acme, &run);
+    let issued =
+        events.iter().find(|l| l.contains("\"pick_list\"")).unwrap_or_else(|| panic!("no pick list for {run}"));
+    assert!(!issued.contains("P-GOOD"), "the tenant's event says how many items, not the lab's lots: {issued}");
+    let list = items(&ok(&tech, &["kit", &run, "--format", "json"]));
+    let kinds: Vec<(&str, &str)> =
+        list.iter().map(|i| (i["kind"].as_str().unwrap(), i["expected"].as_str().unwrap())).collect();
+    let prefix = short(&run);
+    assert_eq!(
+        kinds,
+        [
+            ("labware", format!("{prefix}-res").as_str()),
+            ("labware", format!("{prefix}-plate").as_str()),
+            ("labware", format!("{prefix}-tips").as_str()),
+            ("reagent", "P-GOOD"),
+        ],
+        "{list:?}"
+    );
+    assert_eq!(list[1]["to"], "hotel1", "a plate goes where plates wait for their first move: {list:?}");
+    assert!(
+        list[3]["what"].as_str().unwrap().starts_with("10000 µL of PBS (lot P-GOOD) into `res` wells A1"),
+        "{list:?}"
+    );
+    // Every run waiting is on the technicians' list; scientists see none of it.
+    assert!(items(&ok(&tech, &["kit", "--format", "json"])).len() == 4);
+    let (code, _, se) = lab.ctl(&acme, &["kit", &run]);
+    assert!(code != 0 && se.contains("technicians and admins"), "{se}");
+    // A wrong barcode is refused naming the right one; the run has not started.
+    let (code, _, se) = lab.ctl(&tech, &["kit", &run, "--scan", "P-GONE"]);
+    assert!(code != 0 && se.contains(&format!("expects barcode `{prefix}-res`, not `P-GONE`")), "{se}");
+    let (code, _, se) = lab.ctl(&tech, &["kit", &run, "--scan", "P-GONE", "--item", "3"]);
+    assert!(code != 0 && se.contains("expects barcode `P-GOOD`"), "{se}");
+    let runs = lab.json(&acme, &["runs", "--format", "json"]);
+    let state = runs.as_array().unwrap().iter().find(|r| r["id"] == run.as_str()).unwrap()["state"].clone();
+    assert!(state != "succeeded" && state != "failed", "the run waits for its material: {state}");
+    for (_, code) in &kinds {
+        ok(&tech, &["kit", &run, "--scan", code]);
+    }
+    let done = items(&ok(&tech, &["kit", &run, "--format", "json"]));
+    assert!(done.iter().all(|i| i["confirmed_by"].is_string() && i["confirmed_at_ms"].as_i64() > Some(0)), "{done:?}");
+    assert!(items(&ok(&tech, &["kit", "--format", "json"])).is_empty(), "nothing left to kit");
+    lab.wait_final(&acme, &[&run], 120);
+    let kitted = events.iter().find(|l| l.contains("\"kitted\""));
+    assert!(kitted.is_some(), "the run says it was kitted");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}

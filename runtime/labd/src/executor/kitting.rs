@@ -1,0 +1,106 @@
+//! Before a run's first job, its material is kitted: the pick list ([`crate::kitting`]) is
+//! issued once through the store, and the run waits until every item is confirmed by its
+//! barcode — by technicians (`labctl kit`, the API), or in a simulated lab by the simulated
+//! technician, who scans each expected barcode through the same store call.
+
+use super::failure::JobError;
+use super::*;
+
+/// Who kits a run's material (`kitting` in labd.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kitting {
+    /// The simulated technician confirms each item as it is issued (a simulated lab).
+    #[default]
+    Simulated,
+    /// People do, scanning each item; the run waits for them.
+    Technicians,
+}
+
+impl Executor {
+    /// Issues run `run`'s pick list (once) and waits until every item is confirmed; plates
+    /// wait for their first move at `plate_storage`. A run cancelled meanwhile stops here.
+    pub(super) async fn kitted(&self, run: &Run, plate_storage: &str) -> Result<(), JobError> {
+        if lock(&self.kitted).contains(&run.id) {
+            return Ok(());
+        }
+        let list = self.issue_pick_list(run, plate_storage).await?;
+        if list.iter().any(|i| i.confirmed_at.is_none()) {
+            match self.config.kitting {
+                Kitting::Simulated => {
+                    for i in list.iter().filter(|i| i.confirmed_at.is_none()) {
+                        let (store, id, n, code) = (self.store.clone(), run.id.clone(), i.n, i.expected.clone());
+                        blocking(move || store.confirm_pick(&id, n, &code, "simulated technician"))
+                            .await
+                            .map_err(JobError::store("confirming a kitted item"))?;
+                    }
+                }
+                Kitting::Technicians => self.await_kitting(run).await?,
+            }
+            self.event(run, "kitted", serde_json::json!({"items": list.len()})).await?;
+            tracing::info!(run = %run.id, tenant = %run.tenant_id, items = list.len(), "run kitted");
+        }
+        lock(&self.kitted).insert(run.id.clone());
+        Ok(())
+    }
+
+    /// The run's pick list: the one issued before (a restart), or a new one.
+    async fn issue_pick_list(&self, run: &Run, plate_storage: &str) -> Result<Vec<crate::store::PickItem>, JobError> {
+        let (store, id) = (self.store.clone(), run.id.clone());
+        let had = blocking(move || store.pick_list(&id)).await.map_err(JobError::store("reading the pick list"))?;
+        if !had.is_empty() {
+            return Ok(had);
+        }
+        let plan: RunPlan = serde_json::from_str(&run.plan_json)
+            .map_err(|e| JobError::Lab(format!("the run's stored plan does not read back: {e}")))?;
+        let (store, tenant) = (self.store.clone(), run.tenant_id.clone());
+        let (containers, (lots, _)) =
+            blocking(move || Ok::<_, crate::store::StoreError>((store.containers(Some(&tenant))?, store.stock()?)))
+                .await
+                .map_err(JobError::store("reading containers and stock for the pick list"))?;
+        let today = crate::clock::date(crate::store::now_ms());
+        let items = crate::kitting::pick_list(
+            &plan,
+            &run.id,
+            &containers,
+            &lots,
+            &self.lab.site.storage,
+            plate_storage,
+            &today,
+        )
+        .map_err(|e| JobError::Lab(format!("the run's material cannot be kitted: {e}")))?;
+        let (store, id) = (self.store.clone(), run.id.clone());
+        let list = blocking(move || store.issue_pick_list(&id, &items))
+            .await
+            .map_err(JobError::store("issuing the pick list"))?;
+        if !list.is_empty() {
+            self.event(run, "pick_list", serde_json::json!({"items": list.len()})).await?;
+            tracing::info!(run = %run.id, tenant = %run.tenant_id, items = list.len(), "pick list issued to technicians");
+        }
+        Ok(list)
+    }
+
+    /// Waits for technicians to confirm every item; woken by this node's writes, else each
+    /// second (a scan through another node).
+    async fn await_kitting(&self, run: &Run) -> Result<(), JobError> {
+        let mut written = self.store.written();
+        loop {
+            let (store, id) = (self.store.clone(), run.id.clone());
+            let (list, state) = blocking(move || {
+                Ok::<_, crate::store::StoreError>((store.pick_list(&id)?, store.run(None, &id)?.state))
+            })
+            .await
+            .map_err(JobError::store("reading the pick list"))?;
+            if list.iter().all(|i| i.confirmed_at.is_some()) {
+                return Ok(());
+            }
+            if state == RunState::Cancelling || state.is_final() {
+                return Err(JobError::Aborted("the run before its material was kitted".into()));
+            }
+            tokio::select! {
+                _ = written.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
