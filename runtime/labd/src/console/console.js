@@ -75,6 +75,7 @@ async function login(ev) {
   $("who").textContent = me.tenant ? me.role + " of " + me.tenant : me.role;
   const staff = me.role !== "scientist";
   $("instruments-panel").hidden = !staff;
+  $("kitting-panel").hidden = !staff;
   for (const c of document.querySelectorAll(".tenant-col")) c.hidden = !staff;
   await refresh();
 }
@@ -95,6 +96,8 @@ function clearViews() {
   $("legend").replaceChildren();
   $("runs").tBodies[0].replaceChildren();
   $("interventions").replaceChildren();
+  $("picks").replaceChildren();
+  drawnPicks = "";
   $("results").replaceChildren();
   $("results-title").textContent = "";
   $("results-panel").hidden = true;
@@ -107,9 +110,10 @@ async function refresh() {
   const mine = session;
   try {
     const staff = me.role !== "scientist";
-    const [schedule, runs, interventions, instruments] = await Promise.all([
+    const [schedule, runs, interventions, instruments, picks] = await Promise.all([
       allPages("/api/schedule", "slots"), allPages("/api/runs", "runs"), allPages("/api/interventions", "interventions"),
       staff ? call("GET", "/api/instruments") : Promise.resolve({ instruments: [] }),
+      staff ? call("GET", "/api/picks") : Promise.resolve({ items: [] }),
     ]);
     if (mine !== session) return; // signed out (or in as someone else) meanwhile
     drawInstruments(instruments.instruments || []);
@@ -117,6 +121,7 @@ async function refresh() {
     drawGantt(schedule, instruments.instruments || []);
     drawRuns(runs.runs || [], schedule.slots || []);
     drawInterventions(interventions.interventions || []);
+    if (staff) drawPicks(picks.items || []);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
     if (mine !== session) return;
@@ -284,6 +289,45 @@ function drawInterventions(list) {
     return el("li", { class: open ? "open" : "resolved", "data-intervention": i.id },
       el("strong", {}, (i.instrument ? i.instrument + " · " : "") + "run " + short(i.run_id) + ": "), i.what, el("br"),
       "To do: ", i.todo, " ", open ? "" : "(" + i.state + ")", el("br"), ...buttons);
+  }));
+}
+
+// The technicians' pick lists, a run at a time: each item to fetch, and one scan field per
+// run that a USB or camera barcode scanner types into (Enter confirms the open item expecting
+// that barcode, else the first open one, whose refusal says what to scan). Redrawn only when
+// the list changes, so a scan being typed is never wiped by the once-a-second refresh.
+let drawnPicks = "";
+function drawPicks(items) {
+  const seen = JSON.stringify(items);
+  if (seen === drawnPicks) return;
+  drawnPicks = seen;
+  $("no-picks").hidden = items.length > 0;
+  const runs = [...new Set(items.map((i) => i.run_id))];
+  $("picks").replaceChildren(...runs.map((run) => {
+    const open = items.filter((i) => i.run_id === run);
+    const error = el("p", { class: "error", "data-scan-error": run });
+    const input = el("input", { type: "text", autocomplete: "off", placeholder: "scan a barcode", "aria-label": "barcode for run " + short(run), "data-scan": run });
+    const form = el("form", {
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        const code = input.value.trim();
+        if (!code) return;
+        const item = open.find((i) => i.expected === code) || open[0];
+        try {
+          await call("POST", "/api/picks/" + encodeURIComponent(run) + "/" + item.n + "/confirm", { barcode: code });
+          error.textContent = "";
+          input.value = "";
+          refresh();
+        } catch (e) { error.textContent = e.message; input.select(); }
+      },
+    }, input, el("button", { type: "submit" }, "Confirm"));
+    return el("div", { class: "pick-run", "data-picks": run },
+      el("h3", {}, "Run " + short(run)),
+      el("ol", {}, ...open.map((i) => el("li", { "data-pick": i.n },
+        el("strong", {}, i.kind + ": "), i.what, el("br"),
+        "from ", i.from, " to ", i.to, i.thaw_min > 0 ? " — thaw " + i.thaw_min + " min first" : "",
+        el("br"), "scan ", el("code", {}, i.expected)))),
+      form, error);
   }));
 }
 

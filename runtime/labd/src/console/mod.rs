@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protos::labwright::v1 as pb;
+use protos::labwright::v1::inventory_server::Inventory as _;
 use protos::labwright::v1::lab_server::Lab as _;
 use protos::labwright::v1::runs_server::Runs as _;
 use serde::Deserialize;
@@ -100,6 +101,8 @@ pub fn guarded(api: Api, hosts: Hosts) -> Router {
         .route("/api/runs/{id}/analysis", get(run_analysis))
         .route("/api/interventions", get(interventions))
         .route("/api/interventions/{id}/resolve", post(resolve))
+        .route("/api/picks", get(picks))
+        .route("/api/picks/{run}/{n}/confirm", post(confirm_pick))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such page or API route") })
         .with_state(api)
         .layer(axum::middleware::from_fn_with_state(hosts, guard))
@@ -301,6 +304,30 @@ async fn resolve(
         return failure(StatusCode::BAD_REQUEST, "send JSON {\"resolution\": \"done\"|\"redo\"|\"abort\"}");
     };
     call(&headers, pb::ResolveRequest { id, resolution: b.resolution }, |r| async move { api.resolve(r).await }).await
+}
+
+/// Every run's pick-list items still to fetch (technicians and admins).
+async fn picks(State(api): State<Api>, headers: HeaderMap) -> Response {
+    call(&headers, pb::PickListRequest { run_id: String::new() }, |r| async move { api.pick_list(r).await }).await
+}
+
+#[derive(Debug, Deserialize)]
+struct ScanBody {
+    barcode: String,
+}
+
+/// A scanned barcode for item `n` of a run's pick list.
+async fn confirm_pick(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((run, n)): Path<(String, i64)>,
+    body: Result<Json<ScanBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(b)) = body else {
+        return failure(StatusCode::BAD_REQUEST, "send JSON {\"barcode\": \"...\"}");
+    };
+    let r = pb::ConfirmPickRequest { run_id: run, n, barcode: b.barcode };
+    call(&headers, r, |r| async move { api.confirm_pick(r).await }).await
 }
 
 /// A run's reads analysed, for its results page: each read's heatmap and curves (SVG, every

@@ -13,6 +13,12 @@ impl Executor {
             _ = ctx.stopping.cancelled() => None,
         };
         let Some(cascade_failed) = turn else { return };
+        // The run's material kitted first. Until then the job has not started (the board shows
+        // nothing under way, and a repair may still move it).
+        let kitted = tokio::select! {
+            k = self.kitted(&ctx.runs[ctx.job.run].0, &ctx.problem.nests[ctx.problem.storage].id) => k,
+            _ = ctx.stopping.cancelled() => return,
+        };
         let is_move = matches!(ctx.job.job, Job::Move(_));
         {
             let mut d = lock(&ctx.dispatch);
@@ -23,6 +29,7 @@ impl Executor {
         }
         self.board.started(&ctx.key, crate::store::now_ms());
         let result = match (cascade_failed, is_move) {
+            _ if kitted.is_err() && !cascade_failed => kitted,
             (true, false) => Err(JobError::Cascaded), // its reason is recorded
             // The run has failed already: the move's own failure is news, its success is not.
             (true, true) => self.job(&ctx.problem, &ctx.runs, &ctx.job.job).await.and(Err(JobError::Cascaded)),
@@ -118,11 +125,6 @@ impl Executor {
     }
 
     async fn job_in_span(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), JobError> {
-        let r = match job {
-            Job::Task { run, .. } => *run,
-            Job::Move(m) => m.run,
-        };
-        self.kitted(&runs[r].0, &problem.nests[problem.storage].id).await?;
         if let Job::Task { run, .. } = job {
             // A cancelled run stops at the next task boundary; its plate moves still run, so
             // every plate ends up back in storage.

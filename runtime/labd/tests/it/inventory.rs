@@ -399,6 +399,12 @@ fn a_run_waits_until_technicians_kit_it_by_barcode() {
     assert!(items(&ok(&tech, &["kit", "--format", "json"])).len() == 4);
     let (code, _, se) = lab.ctl(&acme, &["kit", &run]);
     assert!(code != 0 && se.contains("technicians and admins"), "{se}");
+    // The console's kitting route shows technicians the same list, and nothing to a scientist.
+    let (code, body) = console_get(&lab.console, "/api/picks", &tech);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&format!("{prefix}-plate")) && body.contains("P-GOOD"), "{body}");
+    let (code, body) = console_get(&lab.console, "/api/picks", &acme);
+    assert!(code == 403 && !body.contains("P-GOOD"), "{code} {body}");
     // A wrong barcode is refused naming the right one; the run has not started.
     let (code, _, se) = lab.ctl(&tech, &["kit", &run, "--scan", "P-GONE"]);
     assert!(code != 0 && se.contains(&format!("expects barcode `{prefix}-res`, not `P-GONE`")), "{se}");
@@ -407,8 +413,29 @@ fn a_run_waits_until_technicians_kit_it_by_barcode() {
     let runs = lab.json(&acme, &["runs", "--format", "json"]);
     let state = runs.as_array().unwrap().iter().find(|r| r["id"] == run.as_str()).unwrap()["state"].clone();
     assert!(state != "succeeded" && state != "failed", "the run waits for its material: {state}");
-    for (_, code) in &kinds {
-        ok(&tech, &["kit", &run, "--scan", code]);
+    // Kitted from the console at tablet width, as a technician with a scanner would (by labctl
+    // where no Chromium is installed).
+    let script = root().join("tests/browser/kitting.mjs");
+    let browser =
+        Path::new("/usr/bin/chromium").exists() && root().join("tests/browser/node_modules/playwright-core").exists();
+    assert!(browser || std::env::var("LABWRIGHT_REQUIRE_PEERS").as_deref() != Ok("1"), "Chromium is required");
+    if browser {
+        let shots = root().join("target/console-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        let out = Command::new("node")
+            .arg(&script)
+            .args([&lab.console, &tech, &run, "P-GONE"])
+            .arg(&shots)
+            .args(kinds.iter().map(|(_, code)| *code))
+            .output()
+            .unwrap();
+        let (so, se) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "kitting in Chromium failed:\n{so}\n{se}");
+        assert!(std::fs::metadata(shots.join("console-kitting.png")).is_ok_and(|m| m.len() > 10_000));
+    } else {
+        for (_, code) in &kinds {
+            ok(&tech, &["kit", &run, "--scan", code]);
+        }
     }
     let done = items(&ok(&tech, &["kit", &run, "--format", "json"]));
     assert!(done.iter().all(|i| i["confirmed_by"].is_string() && i["confirmed_at_ms"].as_i64() > Some(0)), "{done:?}");
@@ -416,5 +443,12 @@ fn a_run_waits_until_technicians_kit_it_by_barcode() {
     lab.wait_final(&acme, &[&run], 120);
     let kitted = events.iter().find(|l| l.contains("\"kitted\""));
     assert!(kitted.is_some(), "the run says it was kitted");
+    // A run waiting for its material can be cancelled; its list leaves the technicians' page.
+    let second = lab.submit_file(&acme, &file, &["--key", "second"]);
+    let events = watch_lines(&lab, &acme, &second);
+    assert!(events.iter().any(|l| l.contains("\"pick_list\"")), "no pick list for {second}");
+    assert_eq!(lab.ctl(&acme, &["cancel", &second]).0, 0);
+    let ended = events.iter().find(|l| l.contains("\"state\"") && (l.contains("cancelled") || l.contains("failed")));
+    assert!(ended.as_ref().is_some_and(|l| l.contains("cancelled")), "{ended:?}");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
