@@ -946,6 +946,21 @@ impl Lab {
         serde_json::from_str(so.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {so}"))
     }
 
+    /// A technician's token.
+    fn technician(&self) -> String {
+        self.json(&self.admin, &["token", "create", "--role", "technician", "--format", "json"])["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// labctl's standard output, asserting it succeeded.
+    fn ok(&self, token: &str, args: &[&str]) -> String {
+        let (code, so, se) = self.ctl(token, args);
+        assert_eq!(code, 0, "labctl {args:?}: {so}{se}");
+        so
+    }
+
     /// A new tenant and a scientist's token for it.
     fn tenant(&self, name: &str) -> String {
         self.json(&self.admin, &["tenant", "add", name, "--format", "json"]);

@@ -154,15 +154,8 @@ fn a_shipment_is_received_whole_and_stays_its_tenants() {
 fn runs_use_up_the_labs_stock_and_the_bill_says_what() {
     let lab = serve_lab_on("stock", "0.001", None);
     let acme = lab.tenant("acme");
-    let tech = lab.json(&lab.admin, &["token", "create", "--role", "technician", "--format", "json"])["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let ok = |token: &str, args: &[&str]| {
-        let (code, so, se) = lab.ctl(token, args);
-        assert_eq!(code, 0, "labctl {args:?}: {so}{se}");
-        so
-    };
+    let tech = lab.technician();
+    let ok = |token: &str, args: &[&str]| lab.ok(token, args);
     ok(&tech, &["stock", "count", "opentrons_96_tiprack_300ul", "--on-hand", "2", "--reorder-at", "1"]);
     ok(&tech, &["stock", "receive", "PBS", "--lot", "P-LATE", "--expires", "2099-12-31", "--volume", "1 L"]);
     ok(&tech, &["stock", "receive", "PBS", "--lot", "P-SOON", "--expires", "2098-01-31", "--volume", "25 mL"]);
@@ -354,15 +347,8 @@ fn a_runs_stored_output_is_the_next_runs_input() {
 fn a_run_waits_until_technicians_kit_it_by_barcode() {
     let lab = serve_lab_with("kit", "0.001", None, "kitting = \"technicians\"\n");
     let acme = lab.tenant("acme");
-    let tech = lab.json(&lab.admin, &["token", "create", "--role", "technician", "--format", "json"])["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let ok = |token: &str, args: &[&str]| {
-        let (code, so, se) = lab.ctl(token, args);
-        assert_eq!(code, 0, "labctl {args:?}: {so}{se}");
-        so
-    };
+    let tech = lab.technician();
+    let ok = |token: &str, args: &[&str]| lab.ok(token, args);
     ok(&tech, &["stock", "receive", "PBS", "--lot", "P-GONE", "--expires", "2020-01-01", "--volume", "500 mL"]);
     ok(&tech, &["stock", "receive", "PBS", "--lot", "P-GOOD", "--expires", "2099-12-31", "--volume", "100 mL"]);
     let file = lab.dir.join("kit.yaml");
