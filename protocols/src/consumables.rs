@@ -62,15 +62,31 @@ impl Consumption {
     /// The bill's lines for it, at the site's prices; what the site does not price is free.
     pub fn lines(&self, site: &Site) -> Vec<ConsumableLine> {
         let units = self.units.iter().filter_map(|(item, &n)| {
-            let price = *site.prices.per_unit.get(item)?;
-            Some(ConsumableLine::new(item, "each", f64::from(n), price))
+            Some(ConsumableLine::new(item, "each", f64::from(n), price_of(site, item, "each")?))
         });
-        let reagents = self.reagents_ul.iter().filter_map(|(item, &ul)| {
-            let price = *site.prices.reagents.get(item)?;
-            Some(ConsumableLine::new(item, "mL", ul / 1000.0, price))
-        });
+        let reagents = self
+            .reagents_ul
+            .iter()
+            .filter_map(|(item, &ul)| Some(ConsumableLine::new(item, "mL", ul / 1000.0, price_of(site, item, "mL")?)));
         units.chain(reagents).collect()
     }
+}
+
+/// The site's price of one `unit` of `item`: a reagent per `mL`, storage per `container-days`
+/// (item `storage <condition>`), anything else per labware unit. `None`: not priced (free).
+pub fn price_of(site: &Site, item: &str, unit: &str) -> Option<f64> {
+    let prices = &site.prices;
+    match unit {
+        "mL" => prices.reagents.get(item),
+        "container-days" => item.strip_prefix("storage ").and_then(|c| prices.storage_per_day.get(c)),
+        _ => prices.per_unit.get(item),
+    }
+    .copied()
+}
+
+/// What `quantity` at `price` comes to on a bill, to the cent.
+pub fn amount(quantity: f64, price: f64) -> f64 {
+    (quantity * price * 100.0).round() / 100.0
 }
 
 /// One consumable on the bill.
@@ -87,8 +103,7 @@ pub struct ConsumableLine {
 
 impl ConsumableLine {
     fn new(item: &str, unit: &'static str, quantity: f64, price: f64) -> ConsumableLine {
-        let amount = (quantity * price * 100.0).round() / 100.0;
-        ConsumableLine { item: item.to_string(), unit, quantity, price, amount }
+        ConsumableLine { item: item.to_string(), unit, quantity, price, amount: amount(quantity, price) }
     }
 }
 

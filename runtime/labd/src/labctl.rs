@@ -258,13 +258,15 @@ fn simulate(
         let effort = seed.map_or_else(capacity::Effort::executor, capacity::Effort::seeded);
         let r = capacity::simulate_with(&site, &workload, n, effort)?;
         eprintln!(
-            "{n:>4} tenants: {} runs, makespan {:.2} h, bottleneck {}, site cost per run {:.2} {} ({:.2} s)",
+            "{n:>4} tenants: {} runs, makespan {:.2} h, bottleneck {}, site cost per run {:.2} {cur} + consumables {:.2} {cur} + storage {:.2} {cur} ({:.2} s)",
             r.runs,
             r.makespan_s / 3600.0,
             r.bottleneck,
             r.site_cost_per_run,
-            r.currency,
-            r.wall_s
+            r.consumables_per_run,
+            r.storage_per_run,
+            r.wall_s,
+            cur = r.currency,
         );
         reports.push(r);
     }

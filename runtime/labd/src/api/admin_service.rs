@@ -212,17 +212,12 @@ impl pb::admin_server::Admin for Api {
         for c in consumed {
             items.entry((c.tenant_id, c.item)).or_insert((c.unit, 0.0)).1 += c.quantity;
         }
-        let prices = &self.site.prices;
         for ((tenant, condition), days) in stored {
             items.insert((tenant, format!("storage {condition}")), ("container-days".into(), days));
         }
         for ((tenant, item), (unit, quantity)) in items {
-            let price = match unit.as_str() {
-                "mL" => prices.reagents.get(&item),
-                "container-days" => item.strip_prefix("storage ").and_then(|c| prices.storage_per_day.get(c)),
-                _ => prices.per_unit.get(&item),
-            };
-            let amount = (quantity * price.copied().unwrap_or(0.0) * 100.0).round() / 100.0;
+            let price = protocols::consumables::price_of(&self.site, &item, &unit).unwrap_or(0.0);
+            let amount = protocols::consumables::amount(quantity, price);
             let key = format!("{tenant}/~{item}");
             keyed.push((key, pb::UsageLine { tenant, item, unit, quantity, amount, ..Default::default() }));
         }

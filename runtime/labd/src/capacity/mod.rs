@@ -83,8 +83,14 @@ pub struct Report {
     /// What running the whole site for the makespan costs at the price table's hourly rates,
     /// divided over the runs: the operator's cost per run, which falls as tenants share.
     pub site_cost_per_run: f64,
-    /// What tenants are billed per run on average (their device time plus the fee per run).
+    /// What tenants are billed per run on average (their device time, the fee per run, and
+    /// the consumables and reagents their runs use up).
     pub billed_per_run: f64,
+    /// Of that, consumables and reagents (what the lab buys for each run).
+    pub consumables_per_run: f64,
+    /// Storage of the containers runs store, for the workload's `storage_days` (billed apart
+    /// from the run, per container-day).
+    pub storage_per_run: f64,
     /// Re-plans: one per arrival time after the first.
     pub replans: usize,
     /// The planner's seed when its budgets were counted, not timed: the same seed gives the
@@ -151,7 +157,7 @@ pub fn simulate_with(
     let began = std::time::Instant::now();
     let base = LabProblem::from_site(site)
         .map_err(|e| CapacityError::Plan(format!("the site cannot be scheduled: {}", e.0)))?;
-    let per_tenant: usize = workload.protocols.iter().map(|p| p.3.len()).sum();
+    let per_tenant: usize = workload.protocols.iter().map(|p| p.arrivals.len()).sum();
     if per_tenant.saturating_mul(tenants) > MAX_RUNS {
         return Err(CapacityError::Workload(format!(
             "{tenants} tenants × {per_tenant} runs each is more than {MAX_RUNS} runs: simulate fewer tenants or submissions"
@@ -160,7 +166,7 @@ pub fn simulate_with(
     // Arrivals: (time, tenant, protocol), in time order; ties keep tenant order.
     let mut arrivals = Vec::new();
     for t in 0..tenants {
-        for (p, (_, _, _, times)) in workload.protocols.iter().enumerate() {
+        for (p, times) in workload.protocols.iter().map(|s| &s.arrivals).enumerate() {
             for &at in times {
                 arrivals.push((at + t as f64 * workload.tenant_offset_s, t, p));
             }
@@ -173,7 +179,7 @@ pub fn simulate_with(
     let start = arrivals[0].0;
     let model = |n: usize, (at, t, p): (f64, usize, usize)| -> Run {
         let id = format!("run-{n:05}");
-        let plan = workload.protocols[p].1.scoped(&format!("{n:05}"));
+        let plan = workload.protocols[p].plan.scoped(&format!("{n:05}"));
         Run::from_plan(&id, &tenant_name(t), 1.0, at - start, &plan)
     };
     let first: Vec<_> = arrivals.iter().take_while(|a| a.0 == start).copied().collect();
@@ -181,7 +187,7 @@ pub fn simulate_with(
     for (n, a) in first.iter().enumerate() {
         problem
             .add_run(model(n, *a))
-            .map_err(|e| CapacityError::Plan(format!("{}: {}", workload.protocols[a.2].0, e.0)))?;
+            .map_err(|e| CapacityError::Plan(format!("{}: {}", workload.protocols[a.2].name, e.0)))?;
     }
     let mut planner = Planner::new(problem, effort.plan, effort.seed)
         .map_err(|e| CapacityError::Plan(format!("no plan: {}", e.0)))?;
@@ -200,7 +206,7 @@ pub fn simulate_with(
         }
         let run = model(n, *a);
         planner.handle_within(a.0 - start, Event::RunArrived(run), effort.repair).map_err(|e| {
-            CapacityError::Plan(format!("run {n} ({}) could not be planned: {}", workload.protocols[a.2].0, e.0))
+            CapacityError::Plan(format!("run {n} ({}) could not be planned: {}", workload.protocols[a.2].name, e.0))
         })?;
     }
     let (p, s) = (&planner.problem, &planner.schedule);
@@ -237,7 +243,9 @@ pub fn simulate_with(
     let runs = p.runs.len();
     let hourly: f64 = site.instruments.iter().map(|i| site.price_per_hour(i.class)).sum();
     let site_cost_per_run = hourly * makespan / 3600.0 / runs as f64;
-    let billed: f64 = arrivals.iter().map(|a| workload.protocols[a.2].2).sum();
+    let billed: f64 = arrivals.iter().map(|a| workload.protocols[a.2].price).sum();
+    let consumables: f64 = arrivals.iter().map(|a| workload.protocols[a.2].consumables).sum();
+    let storage: f64 = arrivals.iter().map(|a| workload.protocols[a.2].storage).sum();
     Ok(Report {
         tenants,
         runs,
@@ -251,6 +259,8 @@ pub fn simulate_with(
         currency: workload.currency.clone(),
         site_cost_per_run,
         billed_per_run: billed / runs as f64,
+        consumables_per_run: consumables / runs as f64,
+        storage_per_run: storage / runs as f64,
         replans,
         seed: (effort.plan.time.is_none() && effort.repair.time.is_none()).then_some(effort.seed),
         wall_s: began.elapsed().as_secs_f64(),
@@ -364,6 +374,46 @@ mod tests {
         let r = simulate_with(&site, &workload, 30, effort).unwrap();
         assert_eq!(r.runs, 120);
         assert!(r.makespan_s >= r.lower_bound_s);
+    }
+
+    /// The cost per run counts what runs use up (the quote's consumables and reagents, part of
+    /// what they are billed) and what they store, for the workload's days of storage.
+    #[test]
+    fn cost_per_run_counts_consumables_and_storage() {
+        let dir = std::env::temp_dir().join(format!("lw-capacity-costs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("store.yaml"),
+            "labwright: 1\nname: kept\nliquids:\n  buffer: { reagent: PBS }\nlabware:\n  res: { type: nest_12_reservoir_15ml, contents: { A1: { buffer: 10 mL } } }\n  plate: { type: corning_96_wellplate_360ul_flat, store: { condition: 4C } }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: res/A1, to: plate/A1:H1, volume: 20 uL, tips: always }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("w.toml"),
+            "storage_days = 30\n[[submit]]\nprotocol = \"store.yaml\"\ncount = 2\nevery_s = 600\n",
+        )
+        .unwrap();
+        let site = labware::Site::sim().unwrap();
+        let workload = Workload::load(&dir.join("w.toml"), &site).unwrap();
+        let effort = Effort {
+            plan: LabBudget { time: None, iterations: Some(50) },
+            repair: LabBudget { time: None, iterations: Some(0) },
+            seed: 7,
+        };
+        let r = simulate_with(&site, &workload, 2, effort).unwrap();
+        let p = &site.prices;
+        let consumables = p.per_unit["corning_96_wellplate_360ul_flat"]
+            + p.per_unit["nest_12_reservoir_15ml"]
+            + p.per_unit["opentrons_96_tiprack_300ul"]
+            + 10.0 * p.reagents["PBS"];
+        assert!((r.consumables_per_run - consumables).abs() < 0.011, "{} vs {consumables}", r.consumables_per_run);
+        assert!((r.storage_per_run - 30.0 * p.storage_per_day["4C"]).abs() < 1e-9, "{}", r.storage_per_run);
+        assert!(r.billed_per_run > r.consumables_per_run, "the bill includes them, with device time and the fee");
+        let md = render::markdown("sim", "w", std::slice::from_ref(&r));
+        assert!(
+            md.contains(&format!("{:.2} USD in consumables and reagents, 3.00 USD in storage", r.consumables_per_run)),
+            "{md}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

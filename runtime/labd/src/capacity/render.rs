@@ -151,7 +151,7 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         "# Capacity report\n\nSite `{site}`, workload `{workload}`, simulated in virtual time with the runtime's scheduler.\n\n\
          ## {} tenants, {} runs\n\n\
          - makespan: **{}** (lower bound {}; {:.2}× the bound)\n- busiest set by eligible work: {}\n- bottleneck (busiest in the plan): **{}**\n- Jain's fairness index: {:.3}\n\
-         - site cost per run: {:.2} {cur}; billed per run: {:.2} {cur}\n- planned {} ({} re-plans)\n\n\
+         - site cost per run: {:.2} {cur} in instrument time, {:.2} {cur} in consumables and reagents, {:.2} {cur} in storage; billed per run: {:.2} {cur}\n- planned {} ({} re-plans)\n\n\
          ![Gantt chart](gantt.svg)\n\n### Utilisation\n\n| instrument | class | busy | utilisation |\n|---|---|---:|---:|\n",
         r.tenants,
         r.runs,
@@ -162,6 +162,8 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         r.bottleneck,
         r.jain,
         r.site_cost_per_run,
+        r.consumables_per_run,
+        r.storage_per_run,
         r.billed_per_run,
         match r.seed {
             Some(seed) => format!("with seed {seed}, budgets counted in candidate plans (repeatable)"),
@@ -186,14 +188,14 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         ));
     }
     md.push_str(&format!(
-        "\n## Cost per run against tenants\n\n![cost curve](cost-curve.svg)\n\n| tenants | runs | makespan | bottleneck | its utilisation | max slowdown | site cost per run ({0}) | billed per run ({0}) |\n|---:|---:|---:|---|---:|---:|---:|---:|\n",
+        "\n## Cost per run against tenants\n\n![cost curve](cost-curve.svg)\n\n| tenants | runs | makespan | bottleneck | its utilisation | max slowdown | site cost per run ({0}) | consumables per run ({0}) | storage per run ({0}) | billed per run ({0}) |\n|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n",
         r.currency
     ));
     for r in reports {
         let b = r.utilisation.iter().find(|u| u.id == r.bottleneck).map_or(0.0, |u| u.fraction);
         let worst = r.per_tenant.iter().map(|t| t.max_slowdown).fold(0.0, f64::max);
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1}% | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {:.1}% | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             r.tenants,
             r.runs,
             hours(r.makespan_s),
@@ -201,6 +203,8 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
             b * 100.0,
             worst,
             r.site_cost_per_run,
+            r.consumables_per_run,
+            r.storage_per_run,
             r.billed_per_run
         ));
     }

@@ -15,6 +15,10 @@ pub struct WorkloadFile {
     /// Tenant k's submissions come k × this many device seconds after the first tenant's.
     #[serde(default)]
     pub tenant_offset_s: f64,
+    /// Days each container a run stores stays in the lab's storage, for the cost of storage per
+    /// run (at the site's `storage_per_day` for its condition); 0, the default, bills none.
+    #[serde(default)]
+    pub storage_days: f64,
     pub submit: Vec<SubmitEntry>,
 }
 
@@ -45,9 +49,24 @@ pub const MAX_RUNS: usize = 100_000;
 #[derive(Debug, Clone)]
 pub struct Workload {
     pub tenant_offset_s: f64,
-    /// (file name, plan, price billed per run, arrival times for one tenant).
-    pub protocols: Vec<(String, RunPlan, f64, Vec<f64>)>,
+    pub protocols: Vec<Submitted>,
     pub currency: String,
+}
+
+/// One protocol of the workload, compiled, with what a run of it costs.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The protocol's file name.
+    pub name: String,
+    pub plan: RunPlan,
+    /// What a run is billed: its quote's total (device time, fee, consumables).
+    pub price: f64,
+    /// The consumables and reagents in that price.
+    pub consumables: f64,
+    /// Storage of what a run stores, for the workload's `storage_days`.
+    pub storage: f64,
+    /// Arrival times for one tenant, device seconds.
+    pub arrivals: Vec<f64>,
 }
 
 impl Workload {
@@ -61,6 +80,12 @@ impl Workload {
         if file.submit.is_empty() {
             return Err(CapacityError::Workload(format!(
                 "{}: no [[submit]] entries: add at least one protocol",
+                path.display()
+            )));
+        }
+        if !(file.storage_days.is_finite() && file.storage_days >= 0.0) {
+            return Err(CapacityError::Workload(format!(
+                "{}: storage_days must be a non-negative number of days",
                 path.display()
             )));
         }
@@ -105,7 +130,16 @@ impl Workload {
                 currency = q.currency.clone();
             }
             let arrivals = (0..e.count).map(|k| e.at_s + k as f64 * e.every_s).collect();
-            protocols.push((name, plan, price, arrivals));
+            let consumables = c.quote.as_ref().map_or(0.0, |q| q.consumables.iter().map(|l| l.amount).sum());
+            let storage = crate::storage::outputs_by_condition(&plan)
+                .iter()
+                .map(|(condition, &n)| {
+                    let price =
+                        protocols::consumables::price_of(site, &format!("storage {condition}"), "container-days");
+                    protocols::consumables::amount(n as f64 * file.storage_days, price.unwrap_or(0.0))
+                })
+                .sum();
+            protocols.push(Submitted { name, plan, price, consumables, storage, arrivals });
         }
         Ok(Workload { tenant_offset_s: file.tenant_offset_s, protocols, currency })
     }
