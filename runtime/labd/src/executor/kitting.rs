@@ -28,12 +28,14 @@ impl Executor {
         if list.iter().any(|i| i.confirmed_at.is_none()) {
             match self.config.kitting {
                 Kitting::Simulated => {
-                    for i in list.iter().filter(|i| i.confirmed_at.is_none()) {
-                        let (store, id, n, code) = (self.store.clone(), run.id.clone(), i.n, i.expected.clone());
-                        blocking(move || store.confirm_pick(&id, n, &code, "simulated technician"))
-                            .await
-                            .map_err(JobError::store("confirming a kitted item"))?;
-                    }
+                    // Each expected barcode scanned, the store checking each as it checks a
+                    // technician's (one transaction for the lot).
+                    let scans: Vec<(i64, String)> =
+                        list.iter().filter(|i| i.confirmed_at.is_none()).map(|i| (i.n, i.expected.clone())).collect();
+                    let (store, id) = (self.store.clone(), run.id.clone());
+                    blocking(move || store.confirm_picks(&id, &scans, "simulated technician"))
+                        .await
+                        .map_err(JobError::store("confirming the kitted items"))?;
                 }
                 Kitting::Technicians => self.await_kitting(run).await?,
             }

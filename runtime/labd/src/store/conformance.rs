@@ -64,6 +64,12 @@ pub fn pick_lists_are_issued_once_and_confirmed_by_the_expected_barcode(s: &dyn 
         "the first scan stands"
     );
     assert_eq!(s.open_picks().unwrap().iter().map(|i| i.n).collect::<Vec<_>>(), [0]);
+    let batch = [(0, "ACME-1".to_string()), (1, "WRONG".to_string())];
+    assert!(s.confirm_picks(&run.id, &batch, "sim").is_err(), "a batch with a wrong scan");
+    assert!(s.pick_list(&run.id).unwrap()[0].confirmed_at.is_none(), "all or none");
+    let batch = [(0, "ACME-1".to_string()), (1, "LOT-9".to_string())];
+    assert_eq!(s.confirm_picks(&run.id, &batch, "sim").unwrap().len(), 2);
+    assert!(s.open_picks().unwrap().is_empty());
     assert!(matches!(s.confirm_pick(&run.id, 7, "X", "t"), Err(StoreError::NotFound(_))));
 }
 

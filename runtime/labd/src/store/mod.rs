@@ -552,7 +552,12 @@ pub trait Store: Send + Sync {
     /// Confirms item `n` of a run's list by its scanned barcode: a barcode other than the
     /// expected one is refused (`Invalid`, naming what was expected); the same scan again is
     /// accepted and changes nothing (its first confirmation stands).
-    fn confirm_pick(&self, run_id: &str, n: i64, scanned: &str, by: &str) -> Result<PickItem>;
+    fn confirm_pick(&self, run_id: &str, n: i64, scanned: &str, by: &str) -> Result<PickItem> {
+        let mut done = self.confirm_picks(run_id, &[(n, scanned.to_string())], by)?;
+        done.pop().ok_or_else(|| StoreError::Backend("a confirmation returned no item".into()))
+    }
+    /// Several scans of one run's list at once, all or none (each as [`Store::confirm_pick`]).
+    fn confirm_picks(&self, run_id: &str, scans: &[(i64, String)], by: &str) -> Result<Vec<PickItem>>;
 
     /// Stores a measurement with its `result` event and outbox row.
     fn add_result(&self, row: &ResultRow) -> Result<Event>;

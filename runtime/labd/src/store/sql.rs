@@ -1179,8 +1179,8 @@ impl<D: Db> Store for SqlStore<D> {
         self.open_picks_in()
     }
 
-    fn confirm_pick(&self, run_id: &str, n: i64, scanned: &str, by: &str) -> Result<PickItem> {
-        self.confirm_pick_in(run_id, n, scanned, by)
+    fn confirm_picks(&self, run_id: &str, scans: &[(i64, String)], by: &str) -> Result<Vec<PickItem>> {
+        self.confirm_picks_in(run_id, scans, by)
     }
 
     fn consume(

@@ -62,35 +62,38 @@ impl<D: Db> SqlStore<D> {
         })
     }
 
-    pub(super) fn confirm_pick_in(&self, run_id: &str, n: i64, scanned: &str, by: &str) -> Result<PickItem> {
+    pub(super) fn confirm_picks_in(&self, run_id: &str, scans: &[(i64, String)], by: &str) -> Result<Vec<PickItem>> {
         let at = now_ms();
-        self.tx(|c| {
-            let item = pick_row(&c.query_one(
-                &format!("SELECT {PICK_COLS} FROM pick_items WHERE run_id = ?1 AND n = ?2"),
-                &params![run_id, n],
-                &format!("item {n} of the pick list of run {run_id}"),
-            )?)?;
-            if scanned.trim() != item.expected {
-                return Err(StoreError::Invalid(format!(
-                    "item {n} ({}) expects barcode `{}`, not `{}`: scan the one {}",
-                    item.what,
-                    item.expected,
-                    scanned.trim(),
-                    match item.kind.as_str() {
-                        "reagent" => "on the lot's bottle",
-                        "labware" => "on the label printed for it",
-                        _ => "on the container",
-                    }
-                )));
-            }
-            if item.confirmed_at.is_some() {
-                return Ok(item);
-            }
-            c.execute(
-                "UPDATE pick_items SET confirmed_by = ?3, confirmed_at = ?4 WHERE run_id = ?1 AND n = ?2",
-                &params![run_id, n, by, at],
-            )?;
-            Ok(PickItem { confirmed_by: Some(by.to_string()), confirmed_at: Some(at), ..item })
-        })
+        self.tx(|c| scans.iter().map(|(n, scanned)| confirm(c, run_id, *n, scanned, by, at)).collect())
     }
+}
+
+/// Confirms item `n` by the barcode scanned, in the caller's transaction.
+fn confirm(c: &mut dyn Conn, run_id: &str, n: i64, scanned: &str, by: &str, at: Millis) -> Result<PickItem> {
+    let item = pick_row(&c.query_one(
+        &format!("SELECT {PICK_COLS} FROM pick_items WHERE run_id = ?1 AND n = ?2"),
+        &params![run_id, n],
+        &format!("item {n} of the pick list of run {run_id}"),
+    )?)?;
+    if scanned.trim() != item.expected {
+        return Err(StoreError::Invalid(format!(
+            "item {n} ({}) expects barcode `{}`, not `{}`: scan the one {}",
+            item.what,
+            item.expected,
+            scanned.trim(),
+            match item.kind.as_str() {
+                "reagent" => "on the lot's bottle",
+                "labware" => "on the label printed for it",
+                _ => "on the container",
+            }
+        )));
+    }
+    if item.confirmed_at.is_some() {
+        return Ok(item);
+    }
+    c.execute(
+        "UPDATE pick_items SET confirmed_by = ?3, confirmed_at = ?4 WHERE run_id = ?1 AND n = ?2",
+        &params![run_id, n, by, at],
+    )?;
+    Ok(PickItem { confirmed_by: Some(by.to_string()), confirmed_at: Some(at), ..item })
 }
