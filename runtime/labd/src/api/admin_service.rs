@@ -184,10 +184,9 @@ impl pb::admin_server::Admin for Api {
             let tid = if r.tenant.is_empty() { None } else { Some(store.tenant_by_name(&r.tenant)?.id) };
             // Container-days per tenant and storage condition, from each container's moves.
             let mut stored: std::collections::BTreeMap<(String, String), f64> = Default::default();
-            for k in store.containers(tid.as_deref())? {
-                let history = store.container_history(&k.id)?;
+            for (tenant, _, history) in store.container_histories(tid.as_deref())? {
                 for (condition, days) in crate::storage::container_days(&units, &history, r.since_ms, store::now_ms()) {
-                    *stored.entry((k.tenant_id.clone(), condition)).or_default() += days;
+                    *stored.entry((tenant.clone(), condition)).or_default() += days;
                 }
             }
             let consumed = store.consumed(tid.as_deref(), r.since_ms)?;

@@ -107,6 +107,19 @@ pub fn runs_make_and_shelve_containers_once(s: &dyn Store) {
         "each entry says where the container went"
     );
     assert!(s.shelve_container("run_last", "con_missing", None).is_err());
+    // Every history in one read (the usage report's), a tenant's alone when asked.
+    let globex = s.create_tenant("globex", 1.0).unwrap();
+    let theirs = NewContainer { barcode: "def456-plate".into(), ..out };
+    let other = s.make_container("run_def456", &globex.id, &theirs, "4C").unwrap().expect("made");
+    let all = s.container_histories(None).unwrap();
+    let mut expected = vec![
+        (acme.id.clone(), k.id.clone(), s.container_history(&k.id).unwrap()),
+        (globex.id.clone(), other.id.clone(), s.container_history(&other.id).unwrap()),
+    ];
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(all, expected);
+    let acme_only = s.container_histories(Some(&acme.id)).unwrap();
+    assert_eq!(acme_only.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(), [k.id.as_str()]);
 }
 
 /// Reagents come off their unexpired lots, the soonest to expire first; counted consumables go

@@ -502,6 +502,9 @@ pub trait Store: Send + Sync {
     fn container(&self, tenant: Option<&str>, id_or_barcode: &str) -> Result<Container>;
     /// A container's history, oldest first.
     fn container_history(&self, container_id: &str) -> Result<Vec<ContainerEvent>>;
+    /// Every container's history at once (a tenant's when `tenant` is given), in one read:
+    /// (tenant id, container id, its history oldest first), by container id.
+    fn container_histories(&self, tenant: Option<&str>) -> Result<Vec<(String, String, Vec<ContainerEvent>)>>;
     /// What run `run_id` drew from a container's wells ((well, µL)), taken off each well's
     /// liquids in proportion, with a `used` entry in its history: once per run and container
     /// (`false` when it was already recorded).

@@ -400,6 +400,18 @@ fn wells_of(c: &mut dyn Conn, id: &str) -> Result<Vec<WellContent>> {
     Ok(wells)
 }
 
+/// A container's history entry from columns `seq, at, kind, detail, actor, location` at `from`.
+fn history_row(r: &Row, from: usize) -> Result<ContainerEvent> {
+    Ok(ContainerEvent {
+        seq: r.int(from)?,
+        at: r.int(from + 1)?,
+        kind: r.text(from + 2)?,
+        detail: r.text(from + 3)?,
+        actor: r.text(from + 4)?,
+        location: r.opt_text(from + 5)?,
+    })
+}
+
 fn tenant_row(r: &Row) -> Result<Tenant> {
     Ok(Tenant {
         id: r.text(0)?,
@@ -1022,19 +1034,26 @@ impl<D: Db> Store for SqlStore<D> {
                 "SELECT seq, at, kind, detail, actor, location FROM container_history WHERE container_id = ?1 ORDER BY seq",
                 &params![container_id],
             )?;
-            found
-                .iter()
-                .map(|r| {
-                    Ok(ContainerEvent {
-                        seq: r.int(0)?,
-                        at: r.int(1)?,
-                        kind: r.text(2)?,
-                        detail: r.text(3)?,
-                        actor: r.text(4)?,
-                        location: r.opt_text(5)?,
-                    })
-                })
-                .collect()
+            found.iter().map(|r| history_row(r, 0)).collect()
+        })
+    }
+
+    fn container_histories(&self, tenant: Option<&str>) -> Result<Vec<(String, String, Vec<ContainerEvent>)>> {
+        self.read(|c| {
+            let found = c.query(
+                "SELECT h.seq, h.at, h.kind, h.detail, h.actor, h.location, k.tenant_id, h.container_id FROM container_history h JOIN containers k ON k.id = h.container_id WHERE (CAST(?1 AS TEXT) IS NULL OR k.tenant_id = ?1) ORDER BY h.container_id, h.seq",
+                &params![tenant],
+            )?;
+            let mut out: Vec<(String, String, Vec<ContainerEvent>)> = Vec::new();
+            for r in &found {
+                let (tenant, container) = (r.text(6)?, r.text(7)?);
+                let event = history_row(r, 0)?;
+                match out.last_mut() {
+                    Some(last) if last.1 == container => last.2.push(event),
+                    _ => out.push((tenant, container, vec![event])),
+                }
+            }
+            Ok(out)
         })
     }
 
