@@ -359,8 +359,10 @@ pub struct Executor {
     interlocks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Recovery finishing what runs left under way at the last stop (see [`finish`]).
     finishing: tokio_util::task::TaskTracker,
-    /// Runs whose material is kitted (asked of the store only until then).
-    kitted: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Per run, whether its material is kitted, behind a lock its jobs share: the first job
+    /// issues the list and waits for it, the run's other jobs wait for that one (the store is
+    /// asked only until the run is kitted).
+    kitted: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>>,
 }
 
 fn change_name(c: &Change) -> &'static str {

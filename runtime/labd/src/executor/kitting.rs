@@ -21,7 +21,9 @@ impl Executor {
     /// Issues run `run`'s pick list (once) and waits until every item is confirmed; plates
     /// wait for their first move at `plate_storage`. A run cancelled meanwhile stops here.
     pub(super) async fn kitted(&self, run: &Run, plate_storage: &str) -> Result<(), JobError> {
-        if lock(&self.kitted).contains(&run.id) {
+        let gate = lock(&self.kitted).entry(run.id.clone()).or_default().clone();
+        let mut kitted = gate.lock().await;
+        if *kitted {
             return Ok(());
         }
         let list = self.issue_pick_list(run, plate_storage).await?;
@@ -42,7 +44,7 @@ impl Executor {
             self.event(run, "kitted", serde_json::json!({"items": list.len()})).await?;
             tracing::info!(run = %run.id, tenant = %run.tenant_id, items = list.len(), "run kitted");
         }
-        lock(&self.kitted).insert(run.id.clone());
+        *kitted = true;
         Ok(())
     }
 
@@ -55,11 +57,25 @@ impl Executor {
         }
         let plan: RunPlan = serde_json::from_str(&run.plan_json)
             .map_err(|e| JobError::Lab(format!("the run's stored plan does not read back: {e}")))?;
+        // Only what the list needs: the containers the plan names (one gone is the list's to
+        // say), the lots when it pours a reagent of the lab's.
         let (store, tenant) = (self.store.clone(), run.tenant_id.clone());
-        let (containers, (lots, _)) =
-            blocking(move || Ok::<_, crate::store::StoreError>((store.containers(Some(&tenant))?, store.stock()?)))
-                .await
-                .map_err(JobError::store("reading containers and stock for the pick list"))?;
+        let named: Vec<String> = plan.labware.iter().filter_map(|l| l.container.clone()).collect();
+        let pours = !plan.reagents.is_empty();
+        let (containers, lots) = blocking(move || {
+            let mut found = Vec::new();
+            for id in &named {
+                match store.container(Some(&tenant), id) {
+                    Ok(c) => found.push(c),
+                    Err(crate::store::StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let lots = if pours { store.stock()?.0 } else { Vec::new() };
+            Ok((found, lots))
+        })
+        .await
+        .map_err(JobError::store("reading containers and stock for the pick list"))?;
         let today = crate::clock::date(crate::store::now_ms());
         let items = crate::kitting::pick_list(
             &plan,

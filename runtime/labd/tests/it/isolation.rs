@@ -139,6 +139,8 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         events.push(l); // the watch ends with the run
     }
     assert!(events.iter().any(|l| l.contains("\"succeeded\"")), "globex's watch saw its run end: {events:?}");
+    // Kitting's events are among what is scanned below.
+    assert!(events.iter().any(|l| l.contains("\"pick_list\"")) && events.iter().any(|l| l.contains("\"kitted\"")));
     let rescheduled = events.iter().filter(|l| l.contains("\"rescheduled\"")).count();
     eprintln!("globex's run was re-planned {rescheduled} time(s) while acme's ran");
     seen.push(("watch".into(), events.join("\n")));
