@@ -11,17 +11,24 @@ impl LabProblem {
     /// Each run's turnaround alone on the empty lab (completion minus release).
     pub fn solo_turnarounds(&self) -> Vec<f64> {
         // The empty lab, cloned once without the runs (cloning them per run would be quadratic).
+        let empty = self.empty_lab();
+        self.runs.iter().map(|run| empty.turnaround_alone(run)).collect()
+    }
+
+    /// The site with no runs and no clock: where [`LabProblem::turnaround_alone`] is measured.
+    pub fn empty_lab(&self) -> LabProblem {
         let mut empty = self.clone_site();
         empty.not_before = 0.0;
-        self.runs
-            .iter()
-            .map(|run| {
-                let mut alone = empty.clone();
-                alone.runs = vec![run.clone()];
-                alone.pinned = vec![vec![None; run.tasks.len()]];
-                alone.build(&[0]).map_or(f64::NAN, |s| s.completion(0) - run.release)
-            })
-            .collect()
+        empty
+    }
+
+    /// A run's turnaround on this lab with nothing else in it (NaN when it cannot be built).
+    pub fn turnaround_alone(&self, run: &super::Run) -> f64 {
+        let mut alone = self.clone();
+        alone.runs = vec![run.clone()];
+        alone.pinned = vec![vec![None; run.tasks.len()]];
+        alone.anchors = Vec::new();
+        alone.build(&[0]).map_or(f64::NAN, |s| s.completion(0) - run.release)
     }
 
     /// The worst tenant's slowdown: per tenant, the mean over its runs of turnaround ÷ solo

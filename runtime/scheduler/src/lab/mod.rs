@@ -16,6 +16,7 @@
 pub mod check;
 pub mod fair;
 pub mod generate;
+pub mod queue;
 pub mod replan;
 pub mod solve;
 pub mod trace;

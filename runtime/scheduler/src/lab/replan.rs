@@ -2,10 +2,15 @@
 //! around what is already under way, then improved within a background budget. Start times
 //! already announced move as little as possible; how many moved by more than a minute is counted.
 
+use super::queue::FairQueue;
 use super::solve::{LabBudget, LabSchedule};
 use super::{LabProblem, ModelError, Pin, Run, Window};
 use crate::shop::solve::Rng;
 use std::time::{Duration, Instant};
+
+/// The stretch ([`FairQueue::stretch`]) past which runs wait more than half their own length
+/// and the background search leaves the fair order alone.
+pub const CONGESTED: f64 = 1.5;
 
 /// Something that happened in the lab.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +56,10 @@ pub struct Planner {
     order: Vec<usize>,
     /// Runs built interleaved at a time (the search's choice; 1: one whole run after another).
     window: usize,
+    /// Where arriving runs go in the order: weighted fair queuing across tenants.
+    queue: FairQueue,
+    /// The lab's stretch the order was last sorted at ([`FairQueue::stretch`]).
+    stretch: f64,
     rng: Rng,
 }
 
@@ -59,7 +68,14 @@ impl Planner {
     pub fn new(problem: LabProblem, budget: LabBudget, seed: u64) -> Result<Planner, ModelError> {
         let out = super::solve::solve(&problem, budget, seed)
             .ok_or_else(|| ModelError("no schedule could be built".into()))?;
+        let mut queue = FairQueue::default();
+        let empty = problem.empty_lab();
+        for run in &problem.runs {
+            queue.admit(&run.tenant, run.weight, run.release, empty.turnaround_alone(run));
+        }
         Ok(Planner {
+            queue,
+            stretch: 1.0,
             problem,
             schedule: out.schedule,
             pin_past: true,
@@ -225,17 +241,19 @@ impl Planner {
         match event {
             Event::RunArrived(mut run) => {
                 run.release = run.release.max(now);
-                let weight = run.weight;
+                let solo = self.problem.empty_lab().turnaround_alone(&run);
+                let (tenant, weight) = (run.tenant.clone(), run.weight);
+                let release = run.release;
                 let i = self.problem.add_run(run)?;
-                // An urgent (heavier) run goes ahead of lighter runs that have not started yet.
-                let pos = self
-                    .order
-                    .iter()
-                    .position(|&o| {
-                        self.problem.runs[o].weight < weight && self.problem.pinned[o].iter().all(Option::is_none)
-                    })
-                    .unwrap_or(self.order.len());
-                self.order.insert(pos, i);
+                self.queue.admit(&tenant, weight, release, solo);
+                self.order.push(i);
+                // Runs not yet begun in order of their fair finish at the lab's present stretch:
+                // a heavier (urgent) run goes ahead of lighter ones, a short run of a tenant
+                // arriving late ahead of the long runs of those who came first.
+                let planned = self.schedule.completions();
+                self.stretch = self.queue.stretch(now, |r| planned.get(r).copied().unwrap_or(f64::NAN));
+                let pinned = &self.problem.pinned;
+                self.order = self.queue.reorder(&self.order, self.stretch, |o| pinned[o].iter().any(Option::is_some));
             }
             // While a task runs, none of its plates has left it, whatever the plan said: moves
             // home planned before now were pinned as begun, and would leave at the old times.
@@ -313,16 +331,38 @@ impl Planner {
         // No limit at all is no improvement, never an endless one.
         let mut left = improve.iterations.unwrap_or(if deadline.is_some() { u64::MAX } else { 0 });
         let mut best = self.problem.cost(&self.schedule);
+        // A shorter plan is kept only if it treats no run worse than the fair order did: the
+        // search would otherwise trade the runs served last for a little makespan.
+        let mut jain = self.queue.jain(&self.schedule.completions());
         let n = self.order.len();
+        // On a congested lab the fair order is the plan: measured at 50 tenants, a search even
+        // among runs under way, kept only where Jain's index did not fall, ended at 0.73–0.97
+        // (0.97 without it) and no shorter.
+        if self.stretch > CONGESTED {
+            left = 0;
+        }
         while n > 1 && left > 0 && deadline.is_none_or(|d| Instant::now() < d) {
             left -= 1;
             let mut cand = self.order.clone();
-            let (i, j) = (self.rng.below(n), self.rng.below(n));
-            cand.swap(i, j);
+            // Two runs next to each other, both under way: which runs begin, and in what order,
+            // is the fair queue's to say; the search only settles whose remaining steps fill
+            // the gaps better. (Swapping any two runs, or any neighbours, let each repair's
+            // search start runs out of their fair turn; summed over 200 arrivals at 50 tenants
+            // it took Jain's index from 0.97 to 0.43–0.83 and gained no makespan.)
+            let pinned = &self.problem.pinned;
+            let begun = |r: usize| pinned[r].iter().any(Option::is_some);
+            let pairs: Vec<usize> = (0..n - 1).filter(|&i| begun(cand[i]) && begun(cand[i + 1])).collect();
+            if pairs.is_empty() {
+                break;
+            }
+            let i = pairs[self.rng.below(pairs.len())];
+            cand.swap(i, i + 1);
             if let Some(s) = self.problem.build_interleaved(&cand, self.window) {
                 let c = self.problem.cost(&s);
-                if c.0 < best.0 - 1e-6 || (c.0 <= best.0 + 1e-6 && c.1 < best.1 - 1e-6) {
+                let j = self.queue.jain(&s.completions());
+                if j >= jain - 1e-9 && (c.0 < best.0 - 1e-6 || (c.0 <= best.0 + 1e-6 && c.1 < best.1 - 1e-6)) {
                     best = c;
+                    jain = j;
                     self.schedule = s;
                     self.order = cand;
                 }

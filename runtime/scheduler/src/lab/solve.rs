@@ -61,6 +61,17 @@ impl LabSchedule {
         let t = self.tasks.get(run).map_or(0.0, |ts| ts.iter().map(|s| s.end).fold(0.0, f64::max));
         self.moves.iter().filter(|m| m.run == run).map(|m| m.end).fold(t, f64::max)
     }
+
+    /// Every run's completion ([`LabSchedule::completion`]) in one pass over the moves.
+    pub fn completions(&self) -> Vec<f64> {
+        let mut end: Vec<f64> = self.tasks.iter().map(|ts| ts.iter().map(|s| s.end).fold(0.0, f64::max)).collect();
+        for m in &self.moves {
+            if let Some(e) = end.get_mut(m.run) {
+                *e = e.max(m.end);
+            }
+        }
+        end
+    }
 }
 
 /// Busy intervals of one resource, tagged with the run that booked them, sorted by start so a
@@ -815,8 +826,14 @@ impl LabProblem {
                 st.arms[a].book(pin.start, pin.end, ri);
             }
         }
-        // Then the moves still to make to take their plates home, never before now.
-        for (ri, ti, pin) in pins() {
+        // Then the moves still to make to take their plates home, never before now; first those
+        // of instruments another pinned task's plate is already bound for, the soonest first: in
+        // pin order, another plate's way home could take the only arm slot before that arrival,
+        // and the plate on the nest would still be there when the next one is put down.
+        let mut homeward: Vec<(f64, usize, usize, &super::Pin)> =
+            pins().map(|(ri, ti, pin)| (self.nest_needed_by(ri, ti, pin), ri, ti, pin)).collect();
+        homeward.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (_, ri, ti, pin) in homeward {
             let task = &self.runs[ri].tasks[ti];
             let mut back = pin.end;
             // The instrument is free once the last of its plates has left.
@@ -870,6 +887,28 @@ impl LabProblem {
             pre.insert((ri, ti), (slot, back));
         }
         pre
+    }
+
+    /// When the next pinned task on a pinned task's one-plate instrument has its first plate delivered there
+    /// (its first inbound move starts), by which the pinned task's plates must have left;
+    /// infinite when no pinned task follows it there.
+    fn nest_needed_by(&self, ri: usize, ti: usize, pin: &super::Pin) -> f64 {
+        // An instrument that holds several plates (an incubator) need not be cleared first.
+        let Some(r) = pin.resource.filter(|&r| !pin.on_arm && self.resources[r].capacity == 1) else {
+            return f64::INFINITY;
+        };
+        let mut needed = f64::INFINITY;
+        for (rj, pins) in self.pinned.iter().enumerate() {
+            for (tj, other) in pins.iter().enumerate() {
+                let Some(other) = other.as_ref() else { continue };
+                if (rj, tj) == (ri, ti) || other.on_arm || other.resource != Some(r) || other.start < pin.end - EPS {
+                    continue;
+                }
+                let arrives = other.inbound.iter().map(|m| m.start).fold(other.start, f64::min);
+                needed = needed.min(arrives);
+            }
+        }
+        needed
     }
 
     /// Books the transfer stations a chain of moves waits on (from one leg's start to the next
