@@ -83,6 +83,9 @@ pub struct ExecutorConfig {
     pub wake: Option<Arc<tokio::sync::Notify>>,
     /// Who kits each run's material before its first job.
     pub kitting: Kitting,
+    /// A run is promised its planned end plus this fraction of its planned turnaround
+    /// (`scheduler::lab::promise`).
+    pub promise_margin: f64,
 }
 
 impl Default for ExecutorConfig {
@@ -100,6 +103,7 @@ impl Default for ExecutorConfig {
             cell: None,
             wake: None,
             kitting: Kitting::Simulated,
+            promise_margin: scheduler::lab::promise::DEFAULT_MARGIN,
         }
     }
 }

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub runs_submitted: IntCounter,
     /// By final state: succeeded, failed, cancelled.
     pub runs_ended: IntCounterVec,
+    /// Runs that succeeded by their promised time, or after it.
+    pub promises: IntCounterVec,
     pub runs_queued: IntGauge,
     pub runs_running: IntGauge,
     /// Commands sent to instruments, by instrument family and outcome (ok, failed, unknown).
@@ -35,6 +37,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let m = Metrics {
         runs_submitted: IntCounter::new("runs_submitted_total", "Runs accepted by Submit (new runs only)")?,
         runs_ended: IntCounterVec::new(Opts::new("runs_ended_total", "Runs that reached a final state"), &["state"])?,
+        promises: IntCounterVec::new(
+            Opts::new(
+                "promises_total",
+                "Runs that succeeded by the completion promised at admission (kept) or after it (broken)",
+            ),
+            &["outcome"],
+        )?,
         runs_queued: IntGauge::new("runs_queued", "Runs waiting to be admitted")?,
         runs_running: IntGauge::new("runs_running", "Runs in the plan being carried out")?,
         commands: IntCounterVec::new(
@@ -60,6 +69,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     };
     m.registry.register(Box::new(m.runs_submitted.clone()))?;
     m.registry.register(Box::new(m.runs_ended.clone()))?;
+    m.registry.register(Box::new(m.promises.clone()))?;
     m.registry.register(Box::new(m.runs_queued.clone()))?;
     m.registry.register(Box::new(m.runs_running.clone()))?;
     m.registry.register(Box::new(m.commands.clone()))?;

@@ -81,6 +81,9 @@ impl pb::protocols_server::Protocols for Api {
             out.estimated_start_at_ms = at(start);
             out.earliest_completion_s = s;
             out.earliest_completion_at_ms = at(s);
+            let promised = scheduler::lab::promise::promised(0.0, s, scheduler::lab::promise::DEFAULT_MARGIN);
+            out.promised_by_s = promised;
+            out.promised_by_at_ms = at(promised);
         }
         Ok(Response::new(out))
     }

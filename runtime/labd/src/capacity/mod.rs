@@ -2,14 +2,19 @@
 //! runtime's own scheduler the way the executor drives it — a plan when the first runs arrive,
 //! repaired as each later run arrives, with what is under way pinned — in virtual time: the
 //! clock jumps from one arrival to the next, nothing sleeps. Simulated instruments take exactly
-//! their planned durations, so the repaired plan is what runs. The report is pure data; the
-//! caller writes it out.
+//! their planned durations, so the repaired plan is what runs; or, disturbed
+//! ([`Effort::disturb`]), tasks last up to ±20 % of their estimates and liquid handlers fail
+//! as the scheduler's trace simulator models them, and every start, end, overrun and failure
+//! is repaired. Each run is promised a completion when it arrives; the report counts the
+//! promises kept. The report is pure data; the caller writes it out.
 
 use crate::executor::ExecutorConfig;
 use labware::Site;
 use scheduler::lab::replan::{Event, Planner};
 use scheduler::lab::solve::{LabBudget, LabSchedule};
+use scheduler::lab::trace::{drive, Disturbance, NOISE};
 use scheduler::lab::{LabProblem, Run};
+use scheduler::shop::solve::Rng;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -49,6 +54,8 @@ pub struct TenantLine {
     /// Mean turnaround ÷ turnaround alone on the empty lab.
     pub mean_slowdown: f64,
     pub max_slowdown: f64,
+    /// Runs that finished by the time they were promised when they arrived.
+    pub promises_kept: usize,
 }
 
 /// A bar of the Gantt chart.
@@ -79,6 +86,10 @@ pub struct Report {
     pub per_tenant: Vec<TenantLine>,
     /// Jain's index over tenants' weighted progress (1: perfectly even).
     pub jain: f64,
+    /// Runs that finished by the completion promised when they arrived (of `runs`).
+    pub promises_kept: usize,
+    /// The seed of the disturbances (overruns and failures) when simulated with them.
+    pub disturbed: Option<u64>,
     pub currency: String,
     /// What running the whole site for the makespan costs at the price table's hourly rates,
     /// divided over the runs: the operator's cost per run, which falls as tenants share.
@@ -111,6 +122,9 @@ pub struct Effort {
     /// Improvement after each repair.
     pub repair: LabBudget,
     pub seed: u64,
+    /// Tasks overrun and underrun their estimates and liquid handlers fail, drawn with this
+    /// seed ([`disturbances`]); `None`: every task takes its estimate.
+    pub disturb: Option<u64>,
 }
 
 impl Effort {
@@ -121,6 +135,7 @@ impl Effort {
             plan: LabBudget { time: Some(c.plan_budget), iterations: None },
             repair: LabBudget { time: Some(c.repair_budget), iterations: None },
             seed: c.seed,
+            disturb: None,
         }
     }
 
@@ -131,8 +146,35 @@ impl Effort {
             plan: LabBudget { time: None, iterations: Some(SEEDED_PLAN_ITERATIONS) },
             repair: LabBudget { time: None, iterations: Some(SEEDED_REPAIR_ITERATIONS) },
             seed,
+            disturb: None,
         }
     }
+
+    /// The same effort on a lab whose tasks overrun and instruments fail, drawn from `seed`.
+    pub fn disturbed(self, seed: u64) -> Effort {
+        Effort { disturb: Some(seed), ..self }
+    }
+}
+
+/// Runs submitted per liquid-handler failure in a disturbed simulation.
+pub const RUNS_PER_FAILURE: usize = 50;
+
+/// A lab's disturbances for a workload: tasks last their estimate × 0.8 to 1.2 (the trace
+/// simulator's noise), and one liquid handler in turn fails for 10 to 40 minutes per
+/// [`RUNS_PER_FAILURE`] runs submitted, at a time drawn over twice the span of the arrivals.
+pub fn disturbances(problem: &LabProblem, runs: usize, span_s: f64, rng: &mut Rng) -> Disturbance {
+    let lhs: Vec<usize> = (0..problem.resources.len())
+        .filter(|&r| problem.resources[r].class == labware::InstrumentClass::LiquidHandler)
+        .collect();
+    let window = (2.0 * span_s).max(3600.0) as usize;
+    let failures = if lhs.is_empty() {
+        Vec::new()
+    } else {
+        (0..runs.div_ceil(RUNS_PER_FAILURE))
+            .map(|_| (rng.below(window) as f64, lhs[rng.below(lhs.len())], 600.0 + rng.below(1800) as f64))
+            .collect()
+    };
+    Disturbance { noise: NOISE, failures }
 }
 
 /// Candidate plans the first plan of a seeded simulation tries.
@@ -191,6 +233,17 @@ pub fn simulate_with(
     }
     let mut planner = Planner::new(problem, effort.plan, effort.seed)
         .map_err(|e| CapacityError::Plan(format!("no plan: {}", e.0)))?;
+    if let Some(seed) = effort.disturb {
+        planner.pin_past = true;
+        let later: Vec<(f64, Run)> =
+            arrivals.iter().enumerate().skip(first.len()).map(|(n, a)| (a.0 - start, model(n, *a))).collect();
+        let mut rng = Rng::new(seed);
+        let span = arrivals.last().map_or(0.0, |a| a.0 - start);
+        let lab = disturbances(&planner.problem, arrivals.len(), span, &mut rng);
+        let stats = drive(&mut planner, later, &lab, &mut rng, true, effort.repair)
+            .map_err(|e| CapacityError::Plan(format!("the disturbed simulation stopped: {e}")))?;
+        return report(site, workload, tenants, effort, &planner, &arrivals, stats.events, began);
+    }
     let mut replans = 0;
     let mut last_at = start;
     for (n, a) in arrivals.iter().enumerate().skip(first.len()) {
@@ -209,6 +262,21 @@ pub fn simulate_with(
             CapacityError::Plan(format!("run {n} ({}) could not be planned: {}", workload.protocols[a.2].name, e.0))
         })?;
     }
+    report(site, workload, tenants, effort, &planner, &arrivals, replans, began)
+}
+
+/// The report of a simulation that has run to the end.
+#[allow(clippy::too_many_arguments)]
+fn report(
+    site: &Site,
+    workload: &Workload,
+    tenants: usize,
+    effort: Effort,
+    planner: &Planner,
+    arrivals: &[(f64, usize, usize)],
+    replans: usize,
+    began: std::time::Instant,
+) -> Result<Report, CapacityError> {
     let (p, s) = (&planner.problem, &planner.schedule);
     let violations = scheduler::lab::check::validate(p, s);
     if let Some(v) = violations.first() {
@@ -217,6 +285,7 @@ pub fn simulate_with(
             violations.len()
         )));
     }
+    let late = planner.late();
     let makespan = s.makespan();
     let utilisation = utilisation(p, s, makespan);
     let bottleneck =
@@ -238,6 +307,7 @@ pub fn simulate_with(
             max_turnaround_s: turnarounds.iter().copied().fold(0.0, f64::max),
             mean_slowdown: f.mean,
             max_slowdown: f.max,
+            promises_kept: (0..p.runs.len()).filter(|&i| p.runs[i].tenant == f.tenant && !late.contains(&i)).count(),
         });
     }
     let runs = p.runs.len();
@@ -256,6 +326,8 @@ pub fn simulate_with(
         bottleneck,
         per_tenant,
         jain: fairness.jain,
+        promises_kept: runs - late.len(),
+        disturbed: effort.disturb,
         currency: workload.currency.clone(),
         site_cost_per_run,
         billed_per_run: billed / runs as f64,
@@ -371,6 +443,7 @@ mod tests {
             plan: LabBudget { time: None, iterations: Some(200) },
             repair: LabBudget { time: None, iterations: Some(0) },
             seed: 7,
+            disturb: None,
         };
         let r = simulate_with(&site, &workload, 30, effort).unwrap();
         assert_eq!(r.runs, 120);
@@ -391,6 +464,7 @@ mod tests {
             plan: LabBudget { time: None, iterations: Some(300) },
             repair: LabBudget { time: None, iterations: Some(3) },
             seed: 0,
+            disturb: None,
         };
         let r = simulate_with(&site, &workload, 50, effort).unwrap();
         assert_eq!(r.runs, 200);
@@ -411,6 +485,24 @@ mod tests {
         slowdowns.sort_by(f64::total_cmp);
         let (median, worst) = (slowdowns[slowdowns.len() / 2], slowdowns[slowdowns.len() - 1]);
         assert!(worst <= 2.0 * median, "worst tenant {worst:.1}× its runs' length, median {median:.1}×");
+        // Every task took its estimate: no promise made at an arrival was broken by a later one.
+        assert_eq!(r.promises_kept, r.runs);
+    }
+
+    /// Promises under disturbance (issue 22's target): thirty tenants as above, but tasks last
+    /// 0.8–1.2× their estimates and liquid handlers fail, every start, end, overrun and failure
+    /// re-planned. At least 95 % of runs finish by the completion promised when they arrived
+    /// (96.7 % with these seeds). Jain's index falls to 0.87 here (0.98 with other seeds), so
+    /// the even service of the undisturbed test is not asserted.
+    #[test]
+    fn thirty_tenants_disturbed_keep_their_promises() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let site = labware::Site::sim().unwrap();
+        let workload = Workload::load(&root.join("sites/workload.toml"), &site).unwrap();
+        let r = simulate_with(&site, &workload, 30, Effort::seeded(1).disturbed(1)).unwrap();
+        assert_eq!(r.disturbed, Some(1));
+        let kept = r.promises_kept as f64 / r.runs as f64;
+        assert!(kept >= 0.95, "{} of {} promises kept", r.promises_kept, r.runs);
     }
 
     /// The cost per run counts what runs use up (the quote's consumables and reagents, part of
@@ -435,6 +527,7 @@ mod tests {
             plan: LabBudget { time: None, iterations: Some(50) },
             repair: LabBudget { time: None, iterations: Some(0) },
             seed: 7,
+            disturb: None,
         };
         let r = simulate_with(&site, &workload, 2, effort).unwrap();
         let p = &site.prices;

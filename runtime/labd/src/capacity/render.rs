@@ -151,6 +151,7 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         "# Capacity report\n\nSite `{site}`, workload `{workload}`, simulated in virtual time with the runtime's scheduler.\n\n\
          ## {} tenants, {} runs\n\n\
          - makespan: **{}** (lower bound {}; {:.2}× the bound)\n- busiest set by eligible work: {}\n- bottleneck (busiest in the plan): **{}**\n- Jain's fairness index: {:.3}\n\
+         - promises kept: {} of {} runs ({:.1}%) finished by the completion promised when they arrived{}\n\
          - site cost per run: {:.2} {cur} in instrument time, {:.2} {cur} in consumables and reagents, {:.2} {cur} in storage; billed per run: {:.2} {cur}\n- planned {} ({} re-plans)\n\n\
          ![Gantt chart](gantt.svg)\n\n### Utilisation\n\n| instrument | class | busy | utilisation |\n|---|---|---:|---:|\n",
         r.tenants,
@@ -161,6 +162,16 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         if r.bound_set.is_empty() { "none".to_string() } else { r.bound_set.join(" + ") },
         r.bottleneck,
         r.jain,
+        r.promises_kept,
+        r.runs,
+        100.0 * r.promises_kept as f64 / r.runs.max(1) as f64,
+        match r.disturbed {
+            Some(seed) => format!(
+                " (disturbed with seed {seed}: tasks last 0.8–1.2× their estimates, one liquid-handler failure of 10–40 min per {} runs)",
+                super::RUNS_PER_FAILURE
+            ),
+            None => " (every task took its estimate)".into(),
+        },
         r.site_cost_per_run,
         r.consumables_per_run,
         r.storage_per_run,
@@ -175,12 +186,13 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
     for u in &r.utilisation {
         md.push_str(&format!("| {} | {} | {} | {:.1}% |\n", u.id, u.class, hours(u.busy_s), u.fraction * 100.0));
     }
-    md.push_str("\n### Per tenant\n\n| tenant | runs | mean turnaround | max turnaround | mean slowdown | max slowdown |\n|---|---:|---:|---:|---:|---:|\n");
+    md.push_str("\n### Per tenant\n\n| tenant | runs | promises kept | mean turnaround | max turnaround | mean slowdown | max slowdown |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for t in &r.per_tenant {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
             t.tenant,
             t.runs,
+            t.promises_kept,
             hours(t.mean_turnaround_s),
             hours(t.max_turnaround_s),
             t.mean_slowdown,
@@ -188,20 +200,22 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         ));
     }
     md.push_str(&format!(
-        "\n## Cost per run against tenants\n\n![cost curve](cost-curve.svg)\n\n| tenants | runs | makespan | bottleneck | its utilisation | max slowdown | site cost per run ({0}) | consumables per run ({0}) | storage per run ({0}) | billed per run ({0}) |\n|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        "\n## Cost per run against tenants\n\n![cost curve](cost-curve.svg)\n\n| tenants | runs | makespan | bottleneck | its utilisation | max slowdown | Jain | promises kept | site cost per run ({0}) | consumables per run ({0}) | storage per run ({0}) | billed per run ({0}) |\n|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         r.currency
     ));
     for r in reports {
         let b = r.utilisation.iter().find(|u| u.id == r.bottleneck).map_or(0.0, |u| u.fraction);
         let worst = r.per_tenant.iter().map(|t| t.max_slowdown).fold(0.0, f64::max);
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1}% | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {:.1}% | {:.2} | {:.3} | {:.1}% | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             r.tenants,
             r.runs,
             hours(r.makespan_s),
             r.bottleneck,
             b * 100.0,
             worst,
+            r.jain,
+            100.0 * r.promises_kept as f64 / r.runs.max(1) as f64,
             r.site_cost_per_run,
             r.consumables_per_run,
             r.storage_per_run,

@@ -175,6 +175,7 @@ impl Executor {
             }
         };
         planner.pin_past = false;
+        planner.set_promise_margin(self.config.promise_margin);
         report.planned_makespan_s = report.planned_makespan_s.max(planner.schedule.makespan());
         let mut s = Session {
             id,
@@ -228,8 +229,21 @@ impl Executor {
         s.runs.push(a);
         s.keys.push(Vec::new());
         s.closed.push(false);
+        // A run admitted again (labd restarted, its work went back to the queue) keeps the
+        // promise it was first given.
+        let earlier = {
+            let (store, id) = (store.clone(), id.clone());
+            blocking(move || store.events(None, &id, 0)).await.ok().and_then(|events| first_promise_ms(&events))
+        };
+        if let Some(ms) = earlier {
+            s.planner.set_promise(i, Some(self.device_s_at(s, ms)));
+        }
+        let promised = s.planner.promise(i);
         let payload = serde_json::json!({
             "planned_end_s": planned_end, "planned_end_at": planned_end_at, "tasks": tasks, "waits_for": waits_for,
+            "promised_s": promised,
+            "promised_at": promised.map(|p| self.clock_at(s, p)),
+            "promised_at_ms": promised.map(|p| self.wall_ms(s, p)),
         })
         .to_string();
         // The run is in the plan now: its state must follow, or it would be admitted twice.
@@ -257,4 +271,12 @@ impl Executor {
             }
         }
     }
+}
+
+/// When a run was first promised to finish (wall-clock ms), from its `scheduled` events.
+fn first_promise_ms(events: &[crate::store::Event]) -> Option<i64> {
+    events
+        .iter()
+        .filter(|e| e.kind == "scheduled")
+        .find_map(|e| serde_json::from_str::<serde_json::Value>(&e.payload_json).ok()?.get("promised_at_ms")?.as_i64())
 }

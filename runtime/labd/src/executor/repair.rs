@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// A run ending this many device seconds after its promise still kept it (the clock's grain).
+const PROMISE_GRACE_S: f64 = 1.0;
+
 impl Executor {
     /// Bench-time reservations in the plan's terms: per resource, (tenant, device-time window
     /// relative to `t0_ms`). A reservation names an instrument, or a class (its first
@@ -299,6 +302,19 @@ impl Executor {
                     tracing::error!(run = %s.runs[i].run.id, error = %e, "cannot tell the run that its end moved");
                 }
             }
+            // The plan now ends it after its promise: the tenant hears it once, with why.
+            let Some(promised) = s.planner.promise(i) else { continue };
+            if !s.closed[i] && after > promised + PROMISE_GRACE_S && *b <= promised + PROMISE_GRACE_S {
+                let told = crate::reasons::told_to(&because, &s.runs[i].run.tenant_id);
+                let payload = serde_json::json!({
+                    "planned_end_s": after, "promised_s": promised, "late_by_s": after - promised, "because": told,
+                    "planned_end_at": self.clock_at(s, after), "promised_at": self.clock_at(s, promised),
+                });
+                tracing::warn!(run = %s.runs[i].run.id, tenant = %s.runs[i].run.tenant_id, late_by_s = after - promised, "a run's promise is at risk");
+                if let Err(e) = self.event(&s.runs[i].run, "promise_at_risk", payload).await {
+                    tracing::error!(run = %s.runs[i].run.id, error = %e, "cannot tell the run that its promise is at risk");
+                }
+            }
         }
     }
 
@@ -384,8 +400,18 @@ impl Executor {
 
     /// The clock time (RFC 3339, UTC) at `device_s` device seconds into the session's plan.
     pub(super) fn clock_at(&self, s: &Session, device_s: f64) -> String {
+        crate::clock::rfc3339(self.wall_ms(s, device_s))
+    }
+
+    /// The wall-clock time (ms since the epoch) of a session's device time.
+    pub(super) fn wall_ms(&self, s: &Session, device_s: f64) -> i64 {
         let wall_ms = self.config.scale.wall(device_s.max(0.0)).as_secs_f64() * 1000.0;
-        crate::clock::rfc3339(s.t0_ms.saturating_add(wall_ms as i64))
+        s.t0_ms.saturating_add(wall_ms as i64)
+    }
+
+    /// A wall-clock time (ms since the epoch) as the session's device time.
+    pub(super) fn device_s_at(&self, s: &Session, wall_ms: i64) -> f64 {
+        (wall_ms - s.t0_ms) as f64 / 1000.0 / self.config.scale.0.max(1e-12)
     }
 
     /// The job as a slot on the technicians' board.
@@ -422,6 +448,18 @@ impl Executor {
         })
     }
 
+    /// The `promise_broken` event of a run ending now, if now is after its promise.
+    fn promise_broken(&self, s: &Session, promised: f64) -> Option<serde_json::Value> {
+        let now = self.now_s(s);
+        (now > promised + PROMISE_GRACE_S).then(|| {
+            serde_json::json!({
+                "promised_s": promised, "finished_s": now, "late_by_s": now - promised,
+                "promised_at": self.clock_at(s, promised), "finished_at": self.clock_at(s, now),
+                "because": "its work took longer than planned or waited for an instrument (see its promise_at_risk and rescheduled events)",
+            })
+        })
+    }
+
     /// Runs whose every job has finished reach their final state.
     pub(super) async fn close_finished(&self, s: &mut Session, report: &mut BatchReport) -> Result<(), ExecutorError> {
         for i in 0..s.runs.len() {
@@ -432,6 +470,9 @@ impl Executor {
             let failure = s.failures.get(&i).cloned();
             let (plan_json, tenant) = (s.runs[i].run.plan_json.clone(), s.runs[i].run.tenant_id.clone());
             let lab = self.lab.clone();
+            // Before the final state, which closes the run's event log.
+            let broken = s.planner.promise(i).and_then(|p| self.promise_broken(s, p));
+            let late = broken.as_ref().map(|b| b["late_by_s"].as_f64().unwrap_or(0.0));
             let (state, reason, restock) = blocking(move || {
                 let cancelling = store.run(None, &id).is_ok_and(|r| r.state == RunState::Cancelling);
                 let (state, reason) = match (failure, cancelling) {
@@ -444,6 +485,9 @@ impl Executor {
                 // Before the final state: a store failure here is tried again with it, and each
                 // of these happens once per run whatever happens.
                 let restock = crate::material::run_ended(store.as_ref(), &id, &tenant, &plan_json, state, &lab.site)?;
+                if let (RunState::Succeeded, Some(payload)) = (state, &broken) {
+                    store.append_event(&id, "promise_broken", &payload.to_string())?;
+                }
                 store.set_run_state(&id, state, reason.as_deref()).map(|_| (state, reason, restock))
             })
             .await?;
@@ -452,6 +496,14 @@ impl Executor {
             }
             s.closed[i] = true; // only once its final state is stored: else tried again
             crate::metrics::with(|m| m.runs_ended.with_label_values(&[state.as_str()]).inc());
+            if state == RunState::Succeeded && s.planner.promise(i).is_some() {
+                let outcome = if late.is_some() { "broken" } else { "kept" };
+                crate::metrics::with(|m| m.promises.with_label_values(&[outcome]).inc());
+                if let Some(late_by_s) = late {
+                    let run = &s.runs[i].run;
+                    tracing::warn!(run = %run.id, tenant = %run.tenant_id, late_by_s, "a run finished after its promise");
+                }
+            }
             let run = &s.runs[i].run;
             match state {
                 RunState::Succeeded => {

@@ -434,6 +434,10 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         assert!(start < 60.0, "nothing queued: it would start as soon as its plate is there ({start})");
         assert!(earliest >= duration * 0.9 && earliest.is_finite(), "{earliest} vs {duration}");
         assert!(alone.earliest_completion_at_ms > labd::store::now_ms());
+        // What the lab would promise: the earliest completion plus the planner's margin.
+        let margin = scheduler::lab::promise::DEFAULT_MARGIN;
+        assert!((alone.promised_by_s - earliest * (1.0 + margin)).abs() < 1e-6, "{alone:?}");
+        assert!(alone.promised_by_at_ms >= alone.earliest_completion_at_ms, "{alone:?}");
         // Unknown ids and another tenant's run look the same: NOT_FOUND, nothing leaks.
         let mine = runs.submit(req("acme", submit("g.yaml", example.clone(), "k4"))).await.unwrap().into_inner();
         let behind = protocols.quote(req("globex", ask)).await.unwrap().into_inner();

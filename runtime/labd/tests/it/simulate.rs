@@ -80,7 +80,42 @@ fn simulate_with_a_seed_repeats_itself() {
     };
     let (a, b) = (report(1), report(2));
     assert!(a[1].contains("with seed 11"), "{}", a[1]);
+    assert!(a[1].contains("(every task took its estimate)"), "{}", a[1]);
     assert_eq!(a, b, "two runs with one seed differ");
+}
+
+/// `simulate --disturb`: tasks overrun and instruments fail, every event re-planned; seeded,
+/// the report repeats itself and says how many promises were kept.
+#[test]
+fn simulate_disturbed_repeats_itself_and_counts_promises() {
+    let workload = root().join("sites/workload.toml");
+    let report = |n: usize| {
+        let dir = fresh_dir(&format!("disturbed-{n}"));
+        let out = labctl(&[
+            "simulate",
+            "--workload",
+            workload.to_str().unwrap(),
+            "--tenants",
+            "5",
+            "--seed",
+            "3",
+            "--disturb",
+            "4",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let files = ["report.json", "report.md"].map(|f| std::fs::read_to_string(dir.join(f)).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+        files
+    };
+    let (a, b) = (report(1), report(2));
+    assert!(a[1].contains("(disturbed with seed 4: tasks last 0.8–1.2× their estimates"), "{}", a[1]);
+    let json: serde_json::Value = serde_json::from_str(&a[0]).unwrap();
+    let (kept, runs) = (json[0]["promises_kept"].as_u64().unwrap(), json[0]["runs"].as_u64().unwrap());
+    assert!(kept <= runs && runs == 20, "{kept} of {runs}");
+    assert!(a[1].contains(&format!("promises kept: {kept} of {runs} runs")), "{}", a[1]);
+    assert_eq!(a, b, "two disturbed runs with one seed differ");
 }
 
 /// The capacity simulation and a run through the live executor (real simulated instruments

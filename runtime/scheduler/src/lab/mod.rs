@@ -16,6 +16,7 @@
 pub mod check;
 pub mod fair;
 pub mod generate;
+pub mod promise;
 pub mod queue;
 pub mod replan;
 pub mod solve;
@@ -370,6 +371,11 @@ impl LabProblem {
         plan: &RunPlan,
     ) -> Result<usize, ModelError> {
         self.add_run(Run::from_plan(id, tenant, weight, release, plan))
+    }
+
+    /// Whether any of a run's tasks is pinned (started, or a plate already on its way to it).
+    pub fn has_begun(&self, run: usize) -> bool {
+        self.pinned.get(run).is_some_and(|p| p.iter().any(Option::is_some))
     }
 
     /// Adds a run after checking it can be scheduled at all on this site.

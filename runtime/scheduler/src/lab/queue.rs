@@ -103,12 +103,17 @@ impl FairQueue {
     /// they held; runs already begun keep theirs.
     pub fn reorder(&self, order: &[usize], stretch: f64, begun: impl Fn(usize) -> bool) -> Vec<usize> {
         let due = self.deadlines(stretch);
-        let key = |r: usize| due.get(r).copied().unwrap_or(f64::INFINITY);
-        let mut waiting: Vec<usize> = order.iter().copied().filter(|&r| !begun(r)).collect();
-        waiting.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
-        let mut next = waiting.into_iter();
-        order.iter().map(|&r| if begun(r) { r } else { next.next().unwrap_or(r) }).collect()
+        sort_waiting(order, |r| due.get(r).copied().unwrap_or(f64::INFINITY), begun)
     }
+}
+
+/// `order` with the runs not yet begun sorted by `key` (smallest first, ties by index) in the
+/// places they held; runs already begun keep theirs.
+fn sort_waiting(order: &[usize], key: impl Fn(usize) -> f64, begun: impl Fn(usize) -> bool) -> Vec<usize> {
+    let mut waiting: Vec<usize> = order.iter().copied().filter(|&r| !begun(r)).collect();
+    waiting.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
+    let mut next = waiting.into_iter();
+    order.iter().map(|&r| if begun(r) { r } else { next.next().unwrap_or(r) }).collect()
 }
 
 #[cfg(test)]

@@ -78,22 +78,61 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
     }
     let lhs: Vec<usize> =
         (0..base.resources.len()).filter(|&r| base.resources[r].class == InstrumentClass::LiquidHandler).collect();
-    let mut failures: Vec<(f64, usize, f64)> = (0..cfg.failures)
+    let failures: Vec<(f64, usize, f64)> = (0..cfg.failures)
         .map(|_| (rng.below(6000) as f64, lhs[rng.below(lhs.len())], 600.0 + rng.below(1800) as f64))
         .collect();
-    failures.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut planner =
         Planner::new(base, LabBudget { time: None, iterations: Some(3) }, seed).map_err(|e| e.to_string())?;
     if let Some(w) = cfg.window {
         planner.set_window(w);
     }
+    let lab = Disturbance { noise: NOISE, failures };
+    let mut stats =
+        drive(&mut planner, arrivals, &lab, &mut rng, cfg.validate, LabBudget { time: None, iterations: Some(0) })
+            .map_err(|e| format!("seed {seed}, {e}"))?;
+    stats.window = planner.window();
+    Ok(stats)
+}
+
+/// How far tasks' real durations stray from their estimates: each lasts its estimate × a factor
+/// drawn evenly from 1 − NOISE to 1 + NOISE.
+pub const NOISE: f64 = 0.2;
+
+/// How the lab departs from the plan while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Disturbance {
+    /// Each task lasts its estimate × a factor drawn evenly from 1 − noise to 1 + noise.
+    pub noise: f64,
+    /// Instruments going down: (when, resource, for how long), device seconds.
+    pub failures: Vec<(f64, usize, f64)>,
+}
+
+/// Drives `planner` through a lab's events in virtual time until every task has ended: runs
+/// arriving at their times (`arrivals`, in time order), tasks starting when planned and ending
+/// after their disturbed durations (overruns reported when the plan's end passes), instruments
+/// failing and coming back. Every event is repaired with `improve` and, when `validate`,
+/// checked by the validator. Errors name the event and the first violations.
+pub fn drive(
+    planner: &mut Planner,
+    mut arrivals: Vec<(f64, Run)>,
+    lab: &Disturbance,
+    rng: &mut Rng,
+    check: bool,
+    improve: LabBudget,
+) -> Result<TraceStats, String> {
+    let mut failures = lab.failures.clone();
+    failures.sort_by(|a, b| a.0.total_cmp(&b.0));
+    arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut arrivals = std::collections::VecDeque::from(arrivals);
+    let tasks: usize = planner.problem.runs.iter().map(|r| r.tasks.len()).sum::<usize>()
+        + arrivals.iter().map(|a| a.1.tasks.len()).sum::<usize>();
     let mut started: Vec<Vec<Option<f64>>> = planner.problem.runs.iter().map(|r| vec![None; r.tasks.len()]).collect();
     let mut finished: Vec<Vec<bool>> = planner.problem.runs.iter().map(|r| vec![false; r.tasks.len()]).collect();
     let mut overrun_told: Vec<Vec<bool>> = finished.clone();
     let mut ups: Vec<(f64, usize)> = Vec::new();
     let mut stats = TraceStats::default();
     let mut now = 0.0f64;
-    let limit = 50 * (cfg.initial_tasks + cfg.arriving_tasks) + 1000;
+    let limit = 50 * tasks + 1000;
     for _ in 0..limit {
         // The next thing to happen: (time, priority, event). Times within a microsecond are one
         // instant, where ends and overruns come before starts.
@@ -128,7 +167,7 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
                 }
             }
         }
-        if let Some((t, run)) = arrivals.first() {
+        if let Some((t, run)) = arrivals.front() {
             consider(*t, 2, Event::RunArrived(run.clone()));
         }
         if let Some(&(t, r, d)) = failures.first() {
@@ -141,7 +180,7 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
         now = now.max(t);
         match &ev {
             Event::RunArrived(_) => {
-                arrivals.remove(0);
+                arrivals.pop_front();
             }
             Event::InstrumentDown { resource, until } => {
                 ups.push((*until, *resource));
@@ -153,14 +192,14 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
             }
             Event::TaskStarted { run, task } => {
                 let d = planner.problem.runs[*run].tasks[*task].duration;
-                let noise = 0.8 + 0.4 * (rng.below(1000) as f64 / 1000.0);
+                let noise = 1.0 - lab.noise + 2.0 * lab.noise * (rng.below(1000) as f64 / 1000.0);
                 started[*run][*task] = Some(now + d * noise);
             }
             Event::TaskOverrun { run, task, .. } => overrun_told[*run][*task] = true,
             Event::TaskFinished { run, task, .. } => finished[*run][*task] = true,
             Event::RunCancelled { .. } | Event::ReservationsChanged(_) => {}
         }
-        let rep = planner.handle(now, ev.clone(), Duration::ZERO).map_err(|e| format!("seed {seed} at {now}: {e}"))?;
+        let rep = planner.handle_within(now, ev.clone(), improve).map_err(|e| format!("at {now}: {e}"))?;
         stats.repairs.push((rep.repair_time, pending));
         if let Event::RunArrived(_) = ev {
             let n = planner.problem.runs.last().map_or(0, |r| r.tasks.len());
@@ -170,21 +209,16 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
         }
         stats.moved += rep.moved;
         stats.events += 1;
-        if cfg.validate {
+        if check {
             let v = validate(&planner.problem, &planner.schedule);
             if !v.is_empty() {
-                return Err(format!(
-                    "seed {seed}, event {} ({ev:?}) at {now}: {:?}",
-                    stats.events,
-                    &v[..v.len().min(3)]
-                ));
+                return Err(format!("event {} ({ev:?}) at {now}: {:?}", stats.events, &v[..v.len().min(3)]));
             }
         }
     }
     let all_done = finished.iter().flatten().all(|&f| f) && arrivals.is_empty();
     if !all_done {
-        return Err(format!("seed {seed}: deadlock or runaway: not every task finished after {} events", stats.events));
+        return Err(format!("deadlock or runaway: not every task finished after {} events", stats.events));
     }
-    stats.window = planner.window();
     Ok(stats)
 }
