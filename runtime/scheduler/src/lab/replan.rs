@@ -285,6 +285,7 @@ impl Planner {
         // Runs an overrun or a failure pushes: planned again in full if the rebuilt plan
         // breaks promises, everything else held.
         let mut shifted: Vec<usize> = Vec::new();
+        let mut reshaped = false;
         match event {
             Event::RunArrived(mut run) => {
                 run.release = run.release.max(now);
@@ -359,6 +360,8 @@ impl Planner {
             Event::RunCancelled { run } => {
                 self.cancel(run)?;
                 self.promises.set(run, None);
+                // The plan in force still has the tasks dropped: it is no fallback.
+                reshaped = true;
             }
             Event::ReservationsChanged(r) => {
                 if r.len() != self.problem.resources.len() {
@@ -397,7 +400,7 @@ impl Planner {
         // it still holds; if not, the runs the event pushed (later work on an overrunning or
         // failed instrument) are planned again around everything else held where it was,
         // when that breaks fewer.
-        if arrived.is_none() {
+        if arrived.is_none() && !reshaped {
             let broken = self.promises.newly_late(&before_ends, &self.schedule.completions()).len();
             if broken > 0 {
                 if self.holds_pins(&before) && super::check::validate(&self.problem, &before).is_empty() {
@@ -567,6 +570,11 @@ impl Planner {
         plan: &LabSchedule,
         free: &[usize],
     ) -> Option<LabSchedule> {
+        let same_shape = plan.tasks.len() <= self.problem.runs.len()
+            && plan.tasks.iter().zip(&self.problem.runs).all(|(slots, run)| slots.len() == run.tasks.len());
+        if !same_shape {
+            return None;
+        }
         let in_force = std::mem::replace(&mut self.schedule, plan.clone());
         let pins = self.problem.pinned.clone();
         for ri in (0..plan.tasks.len()).filter(|r| !free.contains(r)) {
