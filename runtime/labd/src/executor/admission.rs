@@ -232,8 +232,14 @@ impl Executor {
         // A run admitted again (labd restarted, its work went back to the queue) keeps the
         // promise it was first given.
         let earlier = {
-            let (store, id) = (store.clone(), id.clone());
-            blocking(move || store.events(None, &id, 0)).await.ok().and_then(|events| first_promise_ms(&events))
+            let (store, run_id) = (store.clone(), id.clone());
+            match blocking(move || store.events(None, &run_id, 0)).await {
+                Ok(events) => first_promise_ms(&events),
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %e, "cannot read the run's earlier promise; it is promised anew");
+                    None
+                }
+            }
         };
         if let Some(ms) = earlier {
             s.planner.set_promise(i, Some(self.device_s_at(s, ms)));

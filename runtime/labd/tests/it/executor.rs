@@ -392,11 +392,9 @@ fn the_executor_runs_two_tenants_on_the_simulated_site() {
 #[test]
 fn a_run_on_an_idle_lab_finishes_by_its_promise() {
     use labd::executor::{Executor, ExecutorConfig};
-    use labd::store::RunState;
     use std::sync::Arc;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-
         // 1 device-second per 10 wall milliseconds: each command's own wall time (the journal,
         // the simulator's reply) counts for little device time, as on a real lab (at 1 ms the
         // run took 1.66× its plan in device seconds).
@@ -404,43 +402,48 @@ fn a_run_on_an_idle_lab_finishes_by_its_promise() {
         let store: Arc<dyn labd::store::Store> = Arc::new(labd::store::sqlite::SqliteStore::in_memory().unwrap());
         let lab = Arc::new(labd::lab::Lab::simulated(labware::Site::sim().unwrap(), scale).await.unwrap());
         let ex = Executor::new(store.clone(), lab, ExecutorConfig { scale, ..ExecutorConfig::default() });
-        let t = store.create_tenant("acme", 1.0).unwrap();
-        let plan = compile_example("serial-dilution.yaml");
-        let run = ex.submit(&t.id, "k", "dilution", "serial-dilution.yaml", &plan).unwrap();
-        let report = tokio::time::timeout(std::time::Duration::from_secs(120), ex.run_queued()).await.unwrap().unwrap();
-        assert!(report.runs.iter().all(|r| r.1 == RunState::Succeeded), "{:?}", report.runs);
-        let events = store.events(None, &run.id, 0).unwrap();
+        let events = one_dilution(&store, &ex).await;
         let scheduled = events.iter().find(|e| e.kind == "scheduled").expect("a scheduled event");
         let s: serde_json::Value = serde_json::from_str(&scheduled.payload_json).unwrap();
         let (planned, promised) = (s["planned_end_s"].as_f64().unwrap(), s["promised_s"].as_f64().unwrap());
         let margin = scheduler::lab::promise::DEFAULT_MARGIN;
-        assert!((promised - planned * (1.0 + margin)).abs() < 1.0, "promised {promised} for a plan ending at {planned}");
+        assert!(
+            (promised - planned * (1.0 + margin)).abs() < 1.0,
+            "promised {promised} for a plan ending at {planned}"
+        );
         let promised_at_ms = s["promised_at_ms"].as_i64().unwrap();
         assert!(s["promised_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{s}");
         let ended = events.iter().rev().find(|e| e.kind == "state").unwrap();
         assert!(ended.payload_json.contains("succeeded"), "{ended:?}");
-        assert!(ended.at <= promised_at_ms, "ended at {} ms, promised by {promised_at_ms} ms; planned {planned}, promised {promised}, scheduled at {}: {events:?}", ended.at, scheduled.at);
+        assert!(ended.at <= promised_at_ms, "ended at {} ms, promised by {promised_at_ms} ms: {events:?}", ended.at);
         let took_s = (ended.at - scheduled.at) as f64 / 10.0; // device seconds
-        assert!(took_s >= 0.9 * planned, "the run took {took_s} device s, planned {planned}: the promise is not slack alone");
+        assert!(took_s >= 0.9 * planned, "the run took {took_s} device s, planned {planned}");
         assert!(!events.iter().any(|e| e.kind.starts_with("promise_")), "{events:?}");
     });
+}
+
+/// acme submits a serial dilution, which runs to success: its events.
+async fn one_dilution(
+    store: &std::sync::Arc<dyn labd::store::Store>,
+    ex: &labd::executor::Executor,
+) -> Vec<labd::store::Event> {
+    let t = store.create_tenant("acme", 1.0).unwrap();
+    let plan = compile_example("serial-dilution.yaml");
+    let run = ex.submit(&t.id, "k", "dilution", "serial-dilution.yaml", &plan).unwrap();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(120), ex.run_queued()).await.unwrap().unwrap();
+    assert!(report.runs.iter().all(|r| r.1 == labd::store::RunState::Succeeded), "{:?}", report.runs);
+    store.events(None, &run.id, 0).unwrap()
 }
 
 /// A run whose reader answers slowly finishes long after its promise: the tenant gets a
 /// `promise_broken` event, before the run's final state closes its event log.
 #[test]
 fn a_run_finishing_after_its_promise_is_told_so() {
-    use labd::store::RunState;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // 200 ms per reply at 1/10,000 of real time: 2,000 device seconds per command.
         let (store, ex, _) = faulty_rig(&[("reader1", "slow_ms=200"), ("reader2", "slow_ms=200")]).await;
-        let t = store.create_tenant("acme", 1.0).unwrap();
-        let plan = compile_example("serial-dilution.yaml");
-        let run = ex.submit(&t.id, "k", "dilution", "serial-dilution.yaml", &plan).unwrap();
-        let report = tokio::time::timeout(std::time::Duration::from_secs(120), ex.run_queued()).await.unwrap().unwrap();
-        assert!(report.runs.iter().all(|r| r.1 == RunState::Succeeded), "{:?}", report.runs);
-        let events = store.events(None, &run.id, 0).unwrap();
+        let events = one_dilution(&store, &ex).await;
         let broken = events.iter().position(|e| e.kind == "promise_broken").unwrap_or_else(|| panic!("{events:?}"));
         let b: serde_json::Value = serde_json::from_str(&events[broken].payload_json).unwrap();
         assert!(b["late_by_s"].as_f64().unwrap() > 0.0, "{b}");

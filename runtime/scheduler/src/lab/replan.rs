@@ -422,7 +422,8 @@ impl Planner {
         let mut best = self.problem.cost(&self.schedule);
         // A shorter plan is kept only if it treats no run worse than the fair order did: the
         // search would otherwise trade the runs served last for a little makespan.
-        let mut jain = self.queue.jain(&self.schedule.completions());
+        let mut ends_now = self.schedule.completions();
+        let mut jain = self.queue.jain(&ends_now);
         let n = self.order.len();
         // On a congested lab the fair order is the plan: measured at 50 tenants, a search even
         // among runs under way, kept only where Jain's index did not fall, ended at 0.73–0.97
@@ -450,13 +451,14 @@ impl Planner {
                 let c = self.problem.cost(&s);
                 let ends = s.completions();
                 let j = self.queue.jain(&ends);
-                let keeps_promises = self.promises.newly_late(&self.schedule.completions(), &ends).is_empty();
+                let keeps_promises = self.promises.newly_late(&ends_now, &ends).is_empty();
                 if j >= jain - 1e-9
                     && keeps_promises
                     && (c.0 < best.0 - 1e-6 || (c.0 <= best.0 + 1e-6 && c.1 < best.1 - 1e-6))
                 {
                     best = c;
                     jain = j;
+                    ends_now = ends;
                     self.schedule = s;
                     self.order = cand;
                 }
@@ -542,11 +544,13 @@ impl Planner {
             pos += step;
             step *= 2;
         }
-        if let Some(s) = self.fitted_around(Some(run), prev, plan).filter(|_| urgent) {
-            if self.promises.newly_late(before, &s.completions()).is_empty() {
-                self.schedule = s;
-                self.order = order;
-                return;
+        if urgent {
+            if let Some(s) = self.fitted_around(Some(run), prev, plan) {
+                if self.promises.newly_late(before, &s.completions()).is_empty() {
+                    self.schedule = s;
+                    self.order = order;
+                    return;
+                }
             }
         }
         if let Some(s) = self.build(&order) {
