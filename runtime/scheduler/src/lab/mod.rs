@@ -482,6 +482,14 @@ impl LabProblem {
         leg(self.storage, n) + leg(n, self.storage)
     }
 
+    /// Seconds of arm moves at least needed to take a plate from storage to `r`'s nest
+    /// (`inward`) or from there home (0 without a nest).
+    fn leg_to(&self, r: usize, inward: bool) -> f64 {
+        let Some(n) = self.resources[r].nest else { return 0.0 };
+        let (a, b) = if inward { (self.storage, n) } else { (n, self.storage) };
+        self.route(a, b).map_or(0.0, |l| l.iter().map(|x| x.seconds).sum::<f64>())
+    }
+
     /// The quickest move any arm makes from `r`'s nest (0 without a nest).
     fn shortest_move_away(&self, r: usize) -> f64 {
         let Some(n) = self.resources[r].nest else { return 0.0 };
@@ -516,24 +524,39 @@ impl LabProblem {
         let mut min_release = f64::INFINITY;
         for run in &self.runs {
             min_release = min_release.min(run.release);
+            // A plate comes from storage before its first task and goes home after its last;
+            // between two tasks it may stay on the instrument, and work that does not need it
+            // waits only for the task's end (counting every task's round trip made the bound
+            // exceed a plan's makespan when a plateless wait followed a task).
+            let before = ancestors(run);
+            let users = |p: usize| (0..run.tasks.len()).filter(move |&j| run.tasks[j].plates.contains(&p));
+            // First (last) in time whatever the plan: every other task of the plate comes after
+            // (before) it.
+            let first_use = |p: usize, i: usize| users(p).all(|j| j == i || before[j].contains(&i));
+            let last_use = |p: usize, i: usize| users(p).all(|j| j == i || before[i].contains(&j));
             let mut finish = vec![0.0f64; run.tasks.len()];
+            let mut done = run.release;
             for (i, t) in run.tasks.iter().enumerate() {
                 let cands = self.candidates(t);
-                let trip = if t.plates.is_empty() {
-                    0.0
-                } else {
-                    cands.iter().map(|&r| self.round_trip(r)).fold(f64::INFINITY, f64::min)
-                };
-                let trip = if trip.is_finite() { trip * t.plates.len() as f64 } else { 0.0 };
+                let leg = |inward: bool| cands.iter().map(|&r| self.leg_to(r, inward)).fold(f64::INFINITY, f64::min);
+                let fin = |x: f64| if x.is_finite() { x } else { 0.0 };
+                let brought = t.plates.iter().any(|&p| first_use(p, i));
+                let taken_home = t.plates.iter().any(|&p| last_use(p, i));
+                let inward = if brought { fin(leg(true)) } else { 0.0 };
+                let outward = if taken_home { fin(leg(false)) } else { 0.0 };
                 let start = t.after.iter().map(|&a| finish[a]).fold(run.release, f64::max);
-                // The task itself plus bringing its plates in and out.
-                finish[i] = start + t.duration + trip;
+                finish[i] = start + inward + t.duration;
+                done = done.max(finish[i] + outward);
                 if let Some(c) = t.class {
                     *load.entry(c).or_insert(0.0) += self.held(t, &cands);
                 }
-                arm_work += trip;
+                // Every plate is brought in and taken home for each task at most once.
+                let trip = cands.iter().map(|&r| self.round_trip(r)).fold(f64::INFINITY, f64::min);
+                if !t.plates.is_empty() && trip.is_finite() {
+                    arm_work += trip * t.plates.len() as f64;
+                }
             }
-            cp = cp.max(finish.iter().copied().fold(run.release, f64::max));
+            cp = cp.max(done);
         }
         if self.runs.is_empty() {
             return vec![("empty", 0.0)];
@@ -741,4 +764,18 @@ impl LabProblem {
     pub fn lower_bound(&self) -> f64 {
         self.lower_bounds().into_iter().map(|b| b.1).fold(0.0, f64::max)
     }
+}
+
+/// Per task of `run`, the tasks that must finish before it (through `after`, transitively).
+fn ancestors(run: &Run) -> Vec<std::collections::BTreeSet<usize>> {
+    let mut out: Vec<std::collections::BTreeSet<usize>> = Vec::with_capacity(run.tasks.len());
+    for t in &run.tasks {
+        let mut mine = std::collections::BTreeSet::new();
+        for &a in t.after.iter().filter(|&&a| a < out.len()) {
+            mine.insert(a);
+            mine.extend(out[a].iter().copied());
+        }
+        out.push(mine);
+    }
+    out
 }
