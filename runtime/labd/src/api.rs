@@ -242,7 +242,19 @@ impl Api {
 
     /// When a protocol submitted now would start and finish (device seconds from now), planned
     /// behind every run queued or under way. Nothing about those runs is returned.
-    async fn earliest_completion(&self, who: &Principal, plan: protocols::plan::RunPlan) -> Result<(f64, f64), Status> {
+    /// Estimates corrected by what tasks really took on this lab (`experience`).
+    async fn experience(&self) -> Result<crate::experience::Experience, Status> {
+        let store = self.store.clone();
+        let samples = blocking(move || store.task_durations(crate::experience::RECENT)).await?;
+        Ok(crate::experience::Experience::from_samples(&samples))
+    }
+
+    async fn earliest_completion(
+        &self,
+        who: &Principal,
+        plan: protocols::plan::RunPlan,
+        experience: crate::experience::Experience,
+    ) -> Result<(f64, f64), Status> {
         use scheduler::lab::{solve, LabProblem};
         let store = self.store.clone();
         let queue = blocking(move || {
@@ -255,13 +267,13 @@ impl Api {
             for r in &queue {
                 let Ok(rp) = serde_json::from_str::<protocols::plan::RunPlan>(&r.plan_json) else { continue };
                 let short = crate::store::run_prefix(&r.id);
-                let rp = rp.scoped(&short);
+                let rp = experience.corrected(&rp.scoped(&short));
                 // A run that cannot be modelled is left out of the estimate, which errs early.
                 if p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp).is_err() {
                     continue;
                 }
             }
-            let plan = plan.scoped("quote");
+            let plan = experience.corrected(&plan.scoped("quote"));
             let me = p
                 .add_plan("quote", &tenant, 1.0, 0.0, &plan)
                 .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;

@@ -37,6 +37,7 @@ pub mod console;
 pub mod daemon;
 pub mod demo;
 pub mod executor;
+pub mod experience;
 pub mod halt;
 pub mod health;
 pub mod held;

@@ -35,6 +35,37 @@ fn halt_response(h: crate::halt::Halt, stopped: Vec<crate::halt::DriverStopped>)
 
 #[tonic::async_trait]
 impl pb::lab_server::Lab for Api {
+    async fn durations(&self, req: Request<pb::DurationsRequest>) -> Result<Response<pb::DurationsResponse>, Status> {
+        use crate::experience as x;
+        let who = self.caller(&req).await?;
+        // Samples name runs of every tenant; the report shows none, but it is the lab's view.
+        Self::staff(&who, "reading how long instruments really take")?;
+        let store = self.store.clone();
+        let samples = blocking(move || store.task_durations(x::RECENT)).await?;
+        let lines = x::error_report(&samples)
+            .into_iter()
+            .map(|l| pb::DurationLine {
+                instrument: l.instrument,
+                instrument_class: l.class,
+                kind: l.kind,
+                samples: l.samples as u32,
+                p10: l.p10,
+                median: l.median,
+                p90: l.p90,
+                error_raw: l.error_raw,
+                error_corrected: l.error_corrected,
+                factor: l.factor,
+            })
+            .collect();
+        Ok(Response::new(pb::DurationsResponse {
+            lines,
+            window: x::WINDOW as u32,
+            min_samples: x::MIN_SAMPLES as u32,
+            min_factor: x::MIN_FACTOR,
+            max_factor: x::MAX_FACTOR,
+        }))
+    }
+
     async fn halt(&self, req: Request<pb::HaltRequest>) -> Result<Response<pb::HaltResponse>, Status> {
         let who = self.caller(&req).await?;
         Self::staff(&who, "pausing or stopping the lab")?;

@@ -45,7 +45,14 @@ impl pb::protocols_server::Protocols for Api {
         let r = req.into_inner();
         let (src, c) = self.compile(&who, &r.file_name, &r.source, r.format).await?;
         let mut out = pb::QuoteResponse { validation: Some(validation(&src, &c)), ..Default::default() };
-        if let Some(q) = &c.quote {
+        let experience = self.experience().await?;
+        // Device time as this lab's instruments really take it: instruments bill what they took.
+        let corrected = c
+            .plan
+            .as_ref()
+            .filter(|_| !experience.is_empty())
+            .map(|p| protocols::quote::quote(&experience.corrected(p), &self.site));
+        if let Some(q) = corrected.as_ref().or(c.quote.as_ref()) {
             out.duration_s = q.duration_s;
             out.plate_moves = q.plate_moves;
             out.per_run = q.per_run;
@@ -75,7 +82,7 @@ impl pb::protocols_server::Protocols for Api {
         }
         let ok = !c.has_errors();
         if let Some(plan) = c.plan.filter(|_| ok) {
-            let (start, s) = self.earliest_completion(&who, plan).await?;
+            let (start, s) = self.earliest_completion(&who, plan, experience).await?;
             let at = |device_s: f64| store::now_ms() + (device_s * self.time_scale * 1000.0) as i64;
             out.estimated_start_s = start;
             out.estimated_start_at_ms = at(start);

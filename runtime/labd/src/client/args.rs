@@ -135,6 +135,12 @@ pub enum ClientCmd {
         out: Out,
     },
     /// Device time used per tenant and instrument class, for billing (admin).
+    /// How long tasks really took against their estimates, per instrument and kind of work,
+    /// and the correction plans and quotes apply (technicians and admins).
+    Durations {
+        #[command(flatten)]
+        out: Out,
+    },
     Usage {
         #[command(flatten)]
         out: Out,

@@ -247,6 +247,15 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 Ok(0)
             }
+            ClientCmd::Durations { out } => {
+                let d = pb::lab_client::LabClient::new(c.channel.clone())
+                    .durations(c.req(pb::DurationsRequest {})?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner();
+                print_durations(&out, &d)?;
+                Ok(0)
+            }
             ClientCmd::Usage { out, tenant, since } => {
                 let since_ms = match since.as_deref() {
                     None => 0,
@@ -405,6 +414,56 @@ async fn watch(c: &Client, run: &str, after: i64, json: bool) -> Result<i32> {
 }
 
 /// The lab's halt state, and how long each driver took to take an emergency stop.
+fn print_durations(out: &Out, d: &pb::DurationsResponse) -> Result<()> {
+    if out.format == Fmt::Json {
+        let lines: Vec<serde_json::Value> = d
+            .lines
+            .iter()
+            .map(|l| serde_json::json!({"instrument": l.instrument, "instrument_class": l.instrument_class, "kind": l.kind, "samples": l.samples, "p10": l.p10, "median": l.median, "p90": l.p90, "error_raw": l.error_raw, "error_corrected": l.error_corrected, "factor": l.factor}))
+            .collect();
+        out!(
+            "{}",
+            serde_json::json!({"window": d.window, "min_samples": d.min_samples, "min_factor": d.min_factor, "max_factor": d.max_factor, "lines": lines})
+        );
+        return Ok(());
+    }
+    if d.lines.is_empty() {
+        out!("no task has finished on an instrument yet: plans and quotes use the compiler's estimates");
+        return Ok(());
+    }
+    out!(
+        "actual ÷ estimated time per instrument and kind of work (last {} tasks each; estimates are corrected by the median of {} or more, within {}–{}×)",
+        d.window, d.min_samples, d.min_factor, d.max_factor
+    );
+    out!(
+        "{:<14} {:<22} {:>7} {:>6} {:>6} {:>6} {:>10} {:>10} {:>7}",
+        "instrument",
+        "kind",
+        "samples",
+        "p10",
+        "median",
+        "p90",
+        "error",
+        "corrected",
+        "factor"
+    );
+    for l in &d.lines {
+        out!(
+            "{:<14} {:<22} {:>7} {:>6.2} {:>6.2} {:>6.2} {:>9.1}% {:>9.1}% {:>6.2}×",
+            l.instrument,
+            l.kind,
+            l.samples,
+            l.p10,
+            l.median,
+            l.p90,
+            l.error_raw * 100.0,
+            l.error_corrected * 100.0,
+            l.factor
+        );
+    }
+    Ok(())
+}
+
 fn print_halt(out: &Out, h: &pb::HaltResponse) -> Result<()> {
     if out.format == Fmt::Json {
         let stopped: Vec<serde_json::Value> = h

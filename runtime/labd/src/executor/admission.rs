@@ -36,6 +36,8 @@ impl Executor {
         // Each tenant's record and usage this month, read once per admission round.
         let mut tenants: HashMap<String, (crate::store::Tenant, f64)> = HashMap::new();
         let mut out = Vec::new();
+        // Plans use estimates corrected by what tasks really took, read once per round.
+        let mut experience: Option<crate::experience::Experience> = None;
         for run in queued {
             if retry_at.get(&run.id).is_some_and(|t| Instant::now() < *t) {
                 continue;
@@ -85,7 +87,13 @@ impl Executor {
             let plan = plan.scoped(&short);
             // Priority p doubles the tenant's fairness weight p times (−3 to 3): served sooner.
             let weight = tenant.weight * 2f64.powi(tenant.priority.clamp(-3, 3) as i32);
-            let model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, weight, 0.0, &plan);
+            if experience.is_none() {
+                let store = self.store.clone();
+                let samples = blocking(move || store.task_durations(crate::experience::RECENT)).await?;
+                experience = Some(crate::experience::Experience::from_samples(&samples));
+            }
+            let estimated = experience.as_ref().map_or_else(|| plan.clone(), |e| e.corrected(&plan));
+            let model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, weight, 0.0, &estimated);
             if let Err(e) = site.clone().add_run(model.clone()) {
                 self.refuse(&run.id, format!("this lab cannot run it: {}", e.0), report).await;
                 continue;

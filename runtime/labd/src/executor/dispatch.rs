@@ -299,6 +299,25 @@ impl Executor {
         }
         let device_s = started.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12);
         if let (Some(id), Some(class)) = (instrument, task.class) {
+            // What the task really took, once per run and task: plans and quotes learn from it
+            // (`experience`). A task taken up again after a restart ran only in part: no sample.
+            let whole = resume_at.is_none_or(|c| c == 0);
+            let took = crate::experience::TaskDuration {
+                run_id: run.id.clone(),
+                task_id: t as i64,
+                instrument: id.clone(),
+                class: class.as_str().into(),
+                kind: crate::experience::task_kind(task).into(),
+                estimated_s: task.duration_s,
+                actual_s: device_s,
+                at: crate::store::now_ms(),
+            };
+            if whole {
+                let store = self.store.clone();
+                blocking(move || store.record_duration(&took))
+                    .await
+                    .map_err(JobError::store("recording how long the task took"))?;
+            }
             let usage = Usage {
                 tenant_id: run.tenant_id.clone(),
                 run_id: run.id.clone(),

@@ -21,6 +21,7 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     interventions_resolve_once(make().as_ref());
     nothing_follows_a_final_state(make().as_ref());
     usage_and_reservations_sum_per_tenant(make().as_ref());
+    task_durations_are_recorded_once_and_read_newest_first(make().as_ref());
     maintenance_flags_and_token_expiry(make().as_ref());
     leases_claims_and_fencing(make().as_ref());
     containers_are_received_whole_and_kept_per_tenant(make().as_ref());
@@ -592,4 +593,27 @@ pub fn usage_and_reservations_sum_per_tenant(s: &dyn Store) {
     assert!(s.add_reservation(&Reservation { id: new_id("rsv"), ends_at: 500, ..res.clone() }).is_err());
     assert_eq!(s.reservations(Some(&a.id)).unwrap(), vec![res]);
     assert!(s.reservations(Some(&b.id)).unwrap().is_empty());
+}
+
+pub fn task_durations_are_recorded_once_and_read_newest_first(s: &dyn Store) {
+    use crate::experience::TaskDuration;
+    let a = s.create_tenant("a", 1.0).unwrap();
+    let r = submit(s, &a.id, "1");
+    let d = |task_id: i64, actual_s: f64, at: i64| TaskDuration {
+        run_id: r.id.clone(),
+        task_id,
+        instrument: "reader1".into(),
+        class: "plate_reader".into(),
+        kind: "read_absorbance".into(),
+        estimated_s: 20.0,
+        actual_s,
+        at,
+    };
+    assert!(s.record_duration(&d(0, 25.0, 1000)).unwrap());
+    assert!(s.record_duration(&d(1, 30.0, 2000)).unwrap());
+    // The same task again (a restart after the task finished): not counted twice, first kept.
+    assert!(!s.record_duration(&d(1, 99.0, 3000)).unwrap());
+    assert_eq!(s.task_durations(10).unwrap(), vec![d(1, 30.0, 2000), d(0, 25.0, 1000)]);
+    assert_eq!(s.task_durations(1).unwrap(), vec![d(1, 30.0, 2000)]);
+    assert!(matches!(s.record_duration(&d(2, f64::NAN, 4000)), Err(StoreError::Invalid(_))));
 }

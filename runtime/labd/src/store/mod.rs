@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../migrations/0006_stock.sql")),
     (7, include_str!("../../migrations/0007_container_locations.sql")),
     (8, include_str!("../../migrations/0008_kitting.sql")),
+    (9, include_str!("../../migrations/0009_task_durations.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -594,6 +595,13 @@ pub trait Store: Send + Sync {
     fn maintenance(&self) -> Result<Vec<Maintenance>>;
 
     fn add_usage(&self, u: &Usage) -> Result<()>;
+
+    /// Records how long a finished task took; `false` when it was recorded before (the row is
+    /// keyed by run and task: a restart never counts a task twice).
+    fn record_duration(&self, d: &crate::experience::TaskDuration) -> Result<bool>;
+    /// The latest `limit` recorded task durations, newest first, over every tenant (never
+    /// shown to tenants: the lab's own experience of its instruments).
+    fn task_durations(&self, limit: usize) -> Result<Vec<crate::experience::TaskDuration>>;
     fn usage(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<UsageTotal>>;
 
     /// Takes the cell's lease for `ttl_ms` when it is free or has run out (the epoch grows);

@@ -66,6 +66,7 @@ macro_rules! params {
 }
 
 // After `params!`, which it uses (a macro is seen only below where it is defined).
+mod durations;
 mod kitting;
 mod stock;
 pub use stock::draw_soonest_first;
@@ -1196,6 +1197,14 @@ impl<D: Db> Store for SqlStore<D> {
 
     fn open_picks(&self) -> Result<Vec<PickItem>> {
         self.open_picks_in()
+    }
+
+    fn record_duration(&self, d: &crate::experience::TaskDuration) -> Result<bool> {
+        self.record_duration_in(d)
+    }
+
+    fn task_durations(&self, limit: usize) -> Result<Vec<crate::experience::TaskDuration>> {
+        self.task_durations_in(limit)
     }
 
     fn confirm_picks(&self, run_id: &str, scans: &[(i64, String)], by: &str) -> Result<Vec<PickItem>> {

@@ -422,14 +422,81 @@ fn a_run_on_an_idle_lab_finishes_by_its_promise() {
     });
 }
 
+/// Every task on an instrument leaves what it really took; once a kind of work has taken
+/// longer than estimated often enough, the next run is planned with the corrected estimate.
+#[test]
+fn plans_learn_how_long_tasks_really_take() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (store, ex, _) = faulty_rig(&[]).await;
+        let first = one_dilution(&store, &ex).await;
+        let took = store.task_durations(100).unwrap();
+        let plan = compile_example("serial-dilution.yaml");
+        let on_instruments = plan.tasks.iter().filter(|t| t.class.is_some()).count();
+        assert_eq!(took.len(), on_instruments, "{took:?}");
+        for d in &took {
+            let task = &plan.tasks[d.task_id as usize];
+            assert_eq!((d.kind.as_str(), d.estimated_s), (labd::experience::task_kind(task), task.duration_s));
+            assert!(d.actual_s > 0.0 && !d.instrument.is_empty(), "{d:?}");
+        }
+        // The reader's reads have taken three times their estimate, five times over.
+        let read = took.iter().find(|d| d.class == "plate_reader").expect("a read");
+        for n in 0..labd::experience::MIN_SAMPLES as i64 {
+            let slow = labd::experience::TaskDuration {
+                task_id: 100 + n,
+                actual_s: read.estimated_s * 3.0,
+                at: read.at + 1 + n,
+                ..read.clone()
+            };
+            assert!(store.record_duration(&slow).unwrap());
+        }
+        let reads: f64 = plan
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.class.is_some_and(|c| c.as_str() == "plate_reader") && labd::experience::task_kind(t) == read.kind
+            })
+            .map(|t| t.duration_s)
+            .sum();
+        let second = one_more_dilution(&store, &ex).await;
+        let planned = |events: &[labd::store::Event]| {
+            let e = events.iter().find(|e| e.kind == "scheduled").expect("a scheduled event");
+            serde_json::from_str::<serde_json::Value>(&e.payload_json).unwrap()["planned_end_s"].as_f64().unwrap()
+        };
+        let longer = planned(&second) - planned(&first);
+        assert!(
+            (longer - 2.0 * reads).abs() < 5.0,
+            "planned {longer} s longer; the reads ({reads} s estimated) should count three times"
+        );
+    });
+}
+
 /// acme submits a serial dilution, which runs to success: its events.
 async fn one_dilution(
     store: &std::sync::Arc<dyn labd::store::Store>,
     ex: &labd::executor::Executor,
 ) -> Vec<labd::store::Event> {
     let t = store.create_tenant("acme", 1.0).unwrap();
+    dilution_of(store, ex, &t.id, "k").await
+}
+
+/// acme's next serial dilution, run to success: its events.
+async fn one_more_dilution(
+    store: &std::sync::Arc<dyn labd::store::Store>,
+    ex: &labd::executor::Executor,
+) -> Vec<labd::store::Event> {
+    let t = store.tenant_by_name("acme").unwrap();
+    dilution_of(store, ex, &t.id, "k2").await
+}
+
+async fn dilution_of(
+    store: &std::sync::Arc<dyn labd::store::Store>,
+    ex: &labd::executor::Executor,
+    tenant_id: &str,
+    key: &str,
+) -> Vec<labd::store::Event> {
     let plan = compile_example("serial-dilution.yaml");
-    let run = ex.submit(&t.id, "k", "dilution", "serial-dilution.yaml", &plan).unwrap();
+    let run = ex.submit(tenant_id, key, "dilution", "serial-dilution.yaml", &plan).unwrap();
     let report = tokio::time::timeout(std::time::Duration::from_secs(120), ex.run_queued()).await.unwrap().unwrap();
     assert!(report.runs.iter().all(|r| r.1 == labd::store::RunState::Succeeded), "{:?}", report.runs);
     store.events(None, &run.id, 0).unwrap()

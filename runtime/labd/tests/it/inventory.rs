@@ -207,6 +207,17 @@ fn runs_use_up_the_labs_stock_and_the_bill_says_what() {
     );
     ok(&acme, &["submit", one.to_str().unwrap(), "--wait"]);
 
+    // What each task really took is the lab's to see; one run is not yet enough to correct by.
+    let took = lab.json(&tech, &["durations", "--format", "json"]);
+    let lines = took["lines"].as_array().unwrap_or_else(|| panic!("{took}"));
+    assert!(
+        lines.iter().any(|l| l["instrument_class"] == "liquid_handler" && l["samples"].as_u64() >= Some(1)),
+        "{took}"
+    );
+    assert!(lines.iter().all(|l| l["factor"].as_f64() == Some(1.0)), "{took}");
+    let (code, _, refused) = lab.ctl(&acme, &["durations"]);
+    assert!(code != 0 && refused.contains("technicians and admins"), "{code} {refused}");
+
     let stock = lab.json(&tech, &["stock", "--format", "json"]);
     let lots: Vec<(String, f64)> = stock["lots"]
         .as_array()

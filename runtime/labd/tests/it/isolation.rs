@@ -177,6 +177,7 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         &["resolve", &intervention, "done"],
         &["instruments"],
         &["usage"],
+        &["durations", "--format", "json"],
         &["halt", "--reason", "curious"],
         &["resume", "--format", "json"],
         &["containers", "--format", "json"],
