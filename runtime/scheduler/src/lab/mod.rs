@@ -752,18 +752,23 @@ impl LabProblem {
         let weight: BTreeMap<&str, f64> = self.runs.iter().map(|r| (r.tenant.as_str(), r.weight)).collect();
         let x: Vec<f64> =
             tenants.iter().map(|t| 1.0 / (t.mean * weight.get(t.tenant.as_str()).copied().unwrap_or(1.0))).collect();
-        let jain = if x.is_empty() {
-            1.0
-        } else {
-            x.iter().sum::<f64>().powi(2) / (x.len() as f64 * x.iter().map(|v| v * v).sum::<f64>())
-        };
-        Fairness { tenants, jain }
+        Fairness { tenants, jain: jain_index(&x) }
     }
 
     /// The best lower bound.
     pub fn lower_bound(&self) -> f64 {
         self.lower_bounds().into_iter().map(|b| b.1).fold(0.0, f64::max)
     }
+}
+
+/// Jain's fairness index of `x` (each tenant's progress): 1 when all are equal, 1/n when one
+/// gets everything; 1 for no tenant. The one place the formula lives (the report's
+/// `LabProblem::fairness` and the online queue's search both use it).
+pub fn jain_index(x: &[f64]) -> f64 {
+    if x.is_empty() {
+        return 1.0;
+    }
+    x.iter().sum::<f64>().powi(2) / (x.len() as f64 * x.iter().map(|v| v * v).sum::<f64>())
 }
 
 /// Per task of `run`, the tasks that must finish before it (through `after`, transitively).

@@ -71,10 +71,7 @@ impl FairQueue {
             }
         }
         let x: Vec<f64> = per.values().map(|&(sum, n, w)| 1.0 / (sum / n as f64 * w)).collect();
-        if x.is_empty() {
-            return 1.0;
-        }
-        x.iter().sum::<f64>().powi(2) / (x.len() as f64 * x.iter().map(|v| v * v).sum::<f64>())
+        super::jain_index(&x)
     }
 
     /// Each run's fair finish when the lab runs `stretch` times slower than alone: per tenant,
