@@ -298,6 +298,9 @@ struct Admitted {
     run: Run,
     plan: RunPlan,
     model: scheduler::lab::Run,
+    /// The promise margin for it: the configured one, wider when tasks on this lab spread
+    /// beyond what it was measured against (`experience`).
+    margin: f64,
 }
 
 /// The runs admitted since the lab was last idle, and their plan.

@@ -57,11 +57,22 @@ pub fn task_kind(task: &Task) -> &'static str {
     per.into_iter().max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(a.0))).map_or("wait", |(k, _)| k)
 }
 
+/// Samples needed before the spread widens promises at all.
+pub const MIN_SPREAD_SAMPLES: usize = 20;
+/// The 90th percentile of actual ÷ (corrected) estimate the default promise margin was measured
+/// against: tasks lasting 0.8–1.2× their estimate in `labctl simulate --disturb`.
+pub const CALIBRATED_P90: f64 = 1.16;
+/// The most the spread adds to the promise margin (a fraction of the turnaround).
+pub const MAX_EXTRA_MARGIN: f64 = 0.65;
+
 /// Correction factors learned from samples.
 #[derive(Debug, Clone, Default)]
 pub struct Experience {
     /// (class, kind) → factor, only where there were enough samples.
     factors: BTreeMap<(String, String), f64>,
+    /// The 90th percentile of actual ÷ corrected estimate over every sample, once there are
+    /// [`MIN_SPREAD_SAMPLES`].
+    p90_after_correction: Option<f64>,
 }
 
 impl Experience {
@@ -75,12 +86,31 @@ impl Experience {
                 v.push(r);
             }
         }
-        let factors = ratios
-            .into_iter()
+        let factors: BTreeMap<(String, String), f64> = ratios
+            .iter()
             .filter(|(_, v)| v.len() >= MIN_SAMPLES)
-            .map(|(k, v)| (k, median(v).clamp(MIN_FACTOR, MAX_FACTOR)))
+            .map(|(k, v)| (k.clone(), median(v.clone()).clamp(MIN_FACTOR, MAX_FACTOR)))
             .collect();
-        Experience { factors }
+        let mut left: Vec<f64> = ratios
+            .iter()
+            .flat_map(|(k, v)| {
+                let f = factors.get(k).copied().unwrap_or(1.0);
+                v.iter().map(move |r| r / f)
+            })
+            .collect();
+        left.sort_by(f64::total_cmp);
+        let p90_after_correction =
+            (left.len() >= MIN_SPREAD_SAMPLES).then(|| left[((left.len() - 1) as f64 * 0.9).round() as usize]);
+        Experience { factors, p90_after_correction }
+    }
+
+    /// The promise margin to use instead of `base` (calibrated for tasks lasting 0.8–1.2× their
+    /// estimate): wider by how far the 90th percentile of actual ÷ corrected estimate on this
+    /// lab goes beyond that, at most [`MAX_EXTRA_MARGIN`] more; `base` without enough samples.
+    /// A lab whose tasks keep overrunning what it learned promises with the confidence it has.
+    pub fn promise_margin(&self, base: f64) -> f64 {
+        let extra = self.p90_after_correction.map_or(0.0, |p| (p - CALIBRATED_P90).clamp(0.0, MAX_EXTRA_MARGIN));
+        base + extra
     }
 
     /// The factor estimates of `kind` on instruments of `class` are multiplied by (1 without
@@ -223,6 +253,26 @@ mod tests {
         // Nonsense samples are ignored.
         let bad = vec![sample("Sealer", "seal", 0.0, 5.0); 10];
         assert_eq!(Experience::from_samples(&bad).factor("Sealer", "seal"), 1.0);
+    }
+
+    #[test]
+    fn promises_widen_with_the_spread_left_after_correction() {
+        let base = 0.35;
+        // Steady: every read 1.5× its estimate is corrected exactly; nothing is left to cover.
+        let steady: Vec<_> = (0..30).map(|_| sample("PlateReader", "read", 20.0, 30.0)).collect();
+        assert_eq!(Experience::from_samples(&steady).promise_margin(base), base);
+        // Too few samples to judge the spread.
+        let few: Vec<_> = (0..MIN_SPREAD_SAMPLES - 1).map(|i| sample("Sealer", "seal", 10.0, 5.0 + i as f64)).collect();
+        assert_eq!(Experience::from_samples(&few).promise_margin(base), base);
+        // Seals from 0.5× to 2.4× their estimate (median 1.45×): corrected, the 90th percentile
+        // is 2.2 / 1.45 = 1.52×, 0.36 beyond what the default margin covers.
+        let spread: Vec<_> = (0..20).map(|i| sample("Sealer", "seal", 10.0, 5.0 + i as f64)).collect();
+        let e = Experience::from_samples(&spread);
+        assert_eq!(e.factor("Sealer", "seal"), 1.45);
+        assert!((e.promise_margin(base) - (base + 22.0 / 14.5 - CALIBRATED_P90)).abs() < 1e-12);
+        // Wild spread is bounded.
+        let wild: Vec<_> = (0..20).map(|i| sample("Sealer", "seal", 10.0, if i < 15 { 10.0 } else { 500.0 })).collect();
+        assert_eq!(Experience::from_samples(&wild).promise_margin(base), base + MAX_EXTRA_MARGIN);
     }
 
     #[test]

@@ -82,13 +82,14 @@ impl pb::protocols_server::Protocols for Api {
         }
         let ok = !c.has_errors();
         if let Some(plan) = c.plan.filter(|_| ok) {
+            let margin = experience.promise_margin(scheduler::lab::promise::DEFAULT_MARGIN);
             let (start, s) = self.earliest_completion(&who, plan, experience).await?;
             let at = |device_s: f64| store::now_ms() + (device_s * self.time_scale * 1000.0) as i64;
             out.estimated_start_s = start;
             out.estimated_start_at_ms = at(start);
             out.earliest_completion_s = s;
             out.earliest_completion_at_ms = at(s);
-            let promised = scheduler::lab::promise::promised(0.0, s, scheduler::lab::promise::DEFAULT_MARGIN);
+            let promised = scheduler::lab::promise::promised(0.0, s, margin);
             out.promised_by_s = promised;
             out.promised_by_at_ms = at(promised);
         }

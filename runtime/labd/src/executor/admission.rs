@@ -99,7 +99,10 @@ impl Executor {
                 continue;
             }
             *active.entry(run.tenant_id.clone()).or_default() += 1;
-            out.push(Admitted { run, plan, model });
+            let margin = experience
+                .as_ref()
+                .map_or(self.config.promise_margin, |e| e.promise_margin(self.config.promise_margin));
+            out.push(Admitted { run, plan, model, margin });
         }
         Ok(out)
     }
@@ -183,7 +186,7 @@ impl Executor {
             }
         };
         planner.pin_past = false;
-        planner.set_promise_margin(self.config.promise_margin);
+        planner.set_promise_margin(arrivals.first().map_or(self.config.promise_margin, |a| a.margin));
         report.planned_makespan_s = report.planned_makespan_s.max(planner.schedule.makespan());
         let mut s = Session {
             id,

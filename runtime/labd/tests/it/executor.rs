@@ -423,7 +423,8 @@ fn a_run_on_an_idle_lab_finishes_by_its_promise() {
 }
 
 /// Every task on an instrument leaves what it really took; once a kind of work has taken
-/// longer than estimated often enough, the next run is planned with the corrected estimate.
+/// longer than estimated often enough, the next run is planned with the corrected estimate,
+/// and once tasks spread widely around their corrected estimates, promised with more margin.
 #[test]
 fn plans_learn_how_long_tasks_really_take() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -458,7 +459,7 @@ fn plans_learn_how_long_tasks_really_take() {
             })
             .map(|t| t.duration_s)
             .sum();
-        let second = one_more_dilution(&store, &ex).await;
+        let second = one_more_dilution(&store, &ex, "k2").await;
         let planned = |events: &[labd::store::Event]| {
             let e = events.iter().find(|e| e.kind == "scheduled").expect("a scheduled event");
             serde_json::from_str::<serde_json::Value>(&e.payload_json).unwrap()["planned_end_s"].as_f64().unwrap()
@@ -468,6 +469,30 @@ fn plans_learn_how_long_tasks_really_take() {
             (longer - 2.0 * reads).abs() < 5.0,
             "planned {longer} s longer; the reads ({reads} s estimated) should count three times"
         );
+
+        // Seals that take their estimate half the time and twice it the other half: the spread
+        // left after correction widens the next promise beyond the default margin.
+        for n in 0..20i64 {
+            let seal = labd::experience::TaskDuration {
+                task_id: 200 + n,
+                class: "sealer".into(),
+                kind: "seal".into(),
+                estimated_s: 10.0,
+                actual_s: if n % 2 == 0 { 10.0 } else { 20.0 },
+                at: read.at + 100 + n,
+                ..read.clone()
+            };
+            assert!(store.record_duration(&seal).unwrap());
+        }
+        let third = one_more_dilution(&store, &ex, "k3").await;
+        let margin = |events: &[labd::store::Event]| {
+            let e = events.iter().find(|e| e.kind == "scheduled").expect("a scheduled event");
+            let v = serde_json::from_str::<serde_json::Value>(&e.payload_json).unwrap();
+            v["promised_s"].as_f64().unwrap() / v["planned_end_s"].as_f64().unwrap() - 1.0
+        };
+        let base = scheduler::lab::promise::DEFAULT_MARGIN;
+        assert!((margin(&first) - base).abs() < 0.01, "{}", margin(&first));
+        assert!(margin(&third) >= base + 0.15, "{} against {base}", margin(&third));
     });
 }
 
@@ -484,9 +509,10 @@ async fn one_dilution(
 async fn one_more_dilution(
     store: &std::sync::Arc<dyn labd::store::Store>,
     ex: &labd::executor::Executor,
+    key: &str,
 ) -> Vec<labd::store::Event> {
     let t = store.tenant_by_name("acme").unwrap();
-    dilution_of(store, ex, &t.id, "k2").await
+    dilution_of(store, ex, &t.id, key).await
 }
 
 async fn dilution_of(
