@@ -240,15 +240,16 @@ impl Api {
         .map_err(|e| Status::internal(e.to_string()))
     }
 
-    /// When a protocol submitted now would start and finish (device seconds from now), planned
-    /// behind every run queued or under way. Nothing about those runs is returned.
-    /// Estimates corrected by what tasks really took on this lab (`experience`).
+    /// What tasks have really taken on this lab, to correct estimates by (`experience`).
     async fn experience(&self) -> Result<crate::experience::Experience, Status> {
         let store = self.store.clone();
         let samples = blocking(move || store.task_durations(crate::experience::RECENT)).await?;
         Ok(crate::experience::Experience::from_samples(&samples))
     }
 
+    /// When a protocol submitted now would start and finish (device seconds from now), planned
+    /// behind every run queued or under way, with estimates corrected by `experience`. Nothing
+    /// about those runs is returned.
     async fn earliest_completion(
         &self,
         who: &Principal,
