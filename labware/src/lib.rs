@@ -13,9 +13,11 @@ pub mod def;
 pub mod library;
 pub mod opentrons;
 pub mod optics;
+pub mod service;
 pub mod site;
 
 pub use address::{AddressError, WellSelection};
 pub use def::{Footprint, LabwareDef, LabwareError, LabwareKind, TipSpec, Well, WellShape};
 pub use library::Library;
+pub use service::ServiceClass;
 pub use site::{InstrumentClass, Site, SiteError, StorageUnit, STORAGE_CONDITIONS};

@@ -400,6 +400,10 @@ pub struct Prices {
     /// Price of keeping one container for one day, per storage condition (`"4C" = 0.10`).
     #[serde(default)]
     pub storage_per_day: BTreeMap<String, f64>,
+    /// The factor on device-time prices per service class (`priority = 2.0`, `spot = 0.4`);
+    /// a class not listed pays the listed rates (1.0).
+    #[serde(default)]
+    pub class: BTreeMap<crate::ServiceClass, f64>,
 }
 
 /// General facts about the site.
@@ -749,6 +753,14 @@ impl Site {
                 return Err(invalid(format!("{key}.positions"), "must be at least 1"));
             }
         }
+        for (class, factor) in &self.prices.class {
+            if !(factor.is_finite() && *factor >= 0.0) {
+                return Err(invalid(
+                    format!("prices.class.{class}"),
+                    "must be a non-negative factor on device-time prices",
+                ));
+            }
+        }
         for condition in self.prices.storage_per_day.keys() {
             if !STORAGE_CONDITIONS.contains(&condition.as_str()) {
                 return Err(invalid(
@@ -864,6 +876,11 @@ impl Site {
     /// Price of one hour of a class, 0 when the table has none.
     pub fn price_per_hour(&self, class: InstrumentClass) -> f64 {
         self.prices.per_hour.get(&class).copied().unwrap_or(0.0)
+    }
+
+    /// The factor on device-time prices for a service class (1 when the table has none).
+    pub fn class_factor(&self, class: crate::ServiceClass) -> f64 {
+        self.prices.class.get(&class).copied().unwrap_or(1.0)
     }
 
     /// The typical arm move time: the mean of every arm's default move.

@@ -1,7 +1,7 @@
 //! Quote: how long a run takes on an empty lab, how much device time it uses, what it costs.
 
 use crate::plan::{RunPlan, Task};
-use labware::{InstrumentClass, Site};
+use labware::{InstrumentClass, ServiceClass, Site};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -19,6 +19,8 @@ pub struct Quote {
     pub per_run: f64,
     pub total: f64,
     pub currency: String,
+    /// The service class priced: device time at the class's factor on the rates.
+    pub class: ServiceClass,
 }
 
 /// One line of the bill.
@@ -30,8 +32,14 @@ pub struct CostLine {
     pub amount: f64,
 }
 
-/// Prices a plan with the site's price table.
+/// Prices a plan with the site's price table, as a standard run.
 pub fn quote(plan: &RunPlan, site: &Site) -> Quote {
+    quote_as(plan, site, ServiceClass::Standard)
+}
+
+/// Prices a plan as a run of class `service`: device time at the site's rates times the class's factor;
+/// consumables, reagents and the per-run fee cost the same in every class.
+pub fn quote_as(plan: &RunPlan, site: &Site, service: ServiceClass) -> Quote {
     let mv = site.typical_move_s();
     let mut device_s: BTreeMap<InstrumentClass, f64> = BTreeMap::new();
     for t in &plan.tasks {
@@ -43,11 +51,12 @@ pub fn quote(plan: &RunPlan, site: &Site) -> Quote {
     if plate_moves > 0 {
         *device_s.entry(InstrumentClass::RobotArm).or_insert(0.0) += f64::from(plate_moves) * mv;
     }
+    let factor = site.class_factor(service);
     let lines: Vec<CostLine> = device_s
         .iter()
         .map(|(&class, &s)| {
             let hours = s / 3600.0;
-            let rate = site.price_per_hour(class);
+            let rate = site.price_per_hour(class) * factor;
             CostLine { class, hours, rate_per_hour: rate, amount: round_cents(hours * rate) }
         })
         .collect();
@@ -65,6 +74,7 @@ pub fn quote(plan: &RunPlan, site: &Site) -> Quote {
         per_run,
         total,
         currency: site.prices.currency.clone(),
+        class: service,
     }
 }
 

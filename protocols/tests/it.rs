@@ -1256,6 +1256,21 @@ fn the_quote_bills_what_the_run_uses_up() {
     let device: f64 = q.lines.iter().map(|l| l.amount).sum::<f64>() + q.per_run;
     let consumables: f64 = q.consumables.iter().map(|l| l.amount).sum();
     assert!((q.total - device - consumables).abs() < 0.011, "{q:?}");
+
+    // Service classes scale device time by the site's factor and nothing else.
+    let plan = c.plan.as_ref().unwrap();
+    for class in [labware::ServiceClass::Priority, labware::ServiceClass::Spot] {
+        let factor = site().class_factor(class);
+        assert_ne!(factor, 1.0, "the shipped site prices {class} apart");
+        let other = protocols::quote::quote_as(plan, site(), class);
+        assert_eq!(other.class, class);
+        for (a, b) in q.lines.iter().zip(&other.lines) {
+            assert!((b.rate_per_hour - a.rate_per_hour * factor).abs() < 1e-9, "{a:?} {b:?}");
+        }
+        assert_eq!((other.per_run, &other.consumables), (q.per_run, &q.consumables));
+        let device: f64 = other.lines.iter().map(|l| l.amount).sum::<f64>() + other.per_run;
+        assert!((other.total - device - consumables).abs() < 0.011, "{other:?}");
+    }
 }
 
 #[test]

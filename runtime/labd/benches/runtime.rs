@@ -127,6 +127,7 @@ fn main() {
                             source: src.clone().into_bytes(),
                             format: 0,
                             idempotency_key: format!("r{round}-{i}"),
+                            service_class: String::new(),
                         });
                         req.metadata_mut().insert("authorization", "Bearer bench-token".parse().unwrap());
                         let t = Instant::now();

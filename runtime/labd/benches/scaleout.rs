@@ -141,6 +141,7 @@ async fn drive(nodes: &[&Node], admin: &str, source: &str, runs: usize) -> Figur
                             source: source.clone().into_bytes(),
                             format: 0,
                             idempotency_key: format!("bench-{i}"),
+                            service_class: String::new(),
                         },
                     ))
                     .await

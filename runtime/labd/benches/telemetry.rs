@@ -115,6 +115,7 @@ fn main() {
                 source: "bench".into(),
                 plan_json: "{}".into(),
                 priority: 0,
+                class: Default::default(),
             };
             runs.push(store.submit_run(&run).unwrap().0.id);
         }

@@ -254,9 +254,10 @@ impl Api {
         &self,
         who: &Principal,
         plan: protocols::plan::RunPlan,
+        class: labware::ServiceClass,
         experience: crate::experience::Experience,
     ) -> Result<(f64, f64), Status> {
-        use scheduler::lab::{solve, LabProblem};
+        use scheduler::lab::{replan::Planner, solve, LabProblem};
         let store = self.store.clone();
         let queue = blocking(move || {
             store.runs(None, &[RunState::Queued, RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling])
@@ -270,18 +271,20 @@ impl Api {
                 let short = crate::store::run_prefix(&r.id);
                 let rp = experience.corrected(&rp.scoped(&short));
                 // A run that cannot be modelled is left out of the estimate, which errs early.
-                if p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp).is_err() {
-                    continue;
+                if let Ok(i) = p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp) {
+                    p.runs[i].class = r.class;
                 }
             }
             let plan = experience.corrected(&plan.scoped("quote"));
             let me = p
                 .add_plan("quote", &tenant, 1.0, 0.0, &plan)
                 .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
+            p.runs[me].class = class;
+            // Planned as the executor would: classes in their order (priority, standard, spot).
             let budget = solve::LabBudget { time: Some(std::time::Duration::from_millis(100)), iterations: None };
-            let out = solve::solve(&p, budget, 7).ok_or_else(|| Status::internal("the scheduler found no plan"))?;
-            let start = out.schedule.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
-            Ok((if start.is_finite() { start } else { 0.0 }, out.schedule.completion(me)))
+            let planner = Planner::new(p, budget, 7).map_err(|_| Status::internal("the scheduler found no plan"))?;
+            let start = planner.schedule.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
+            Ok((if start.is_finite() { start } else { 0.0 }, planner.schedule.completion(me)))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -339,6 +342,7 @@ impl Api {
             submitted_at_ms: run.submitted_at,
             started_at_ms: run.started_at.unwrap_or(0),
             finished_at_ms: run.finished_at.unwrap_or(0),
+            service_class: run.class.as_str().into(),
         })
     }
 }

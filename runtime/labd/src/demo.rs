@@ -130,6 +130,7 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> any
                 source,
                 format: 0,
                 idempotency_key: format!("demo-{name}-{file}"),
+                service_class: String::new(),
             })?;
             let mut runs = pb::runs_client::RunsClient::new(c.channel.clone());
             let (name, file) = (name.to_string(), file.to_string());

@@ -438,6 +438,7 @@ impl Executor {
             source: source.into(),
             plan_json: serde_json::to_string(plan).map_err(|e| ExecutorError::Plan(e.to_string()))?,
             priority: 0,
+            class: Default::default(),
         };
         Ok(self.store.submit_run(&run).map(|(r, _)| r)?)
     }

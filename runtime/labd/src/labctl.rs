@@ -36,7 +36,14 @@ enum Cmd {
         output: Option<PathBuf>,
     },
     /// Estimate duration, device time and cost of a protocol.
-    Quote(Input),
+    Quote {
+        #[command(flatten)]
+        input: Input,
+        /// The service class to price it as: standard, priority (planned ahead of standard
+        /// work) or spot (idle capacity only, no promise); device time at the site's factor.
+        #[arg(long, default_value = "standard")]
+        class: String,
+    },
     /// Labware definitions.
     #[command(subcommand)]
     Labware(LabwareCmd),
@@ -176,16 +183,26 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit_for(&c))
         }
-        Cmd::Quote(input) => {
+        Cmd::Quote { input, class } => {
+            let class = labware::ServiceClass::parse(&class).map_err(|e| anyhow::anyhow!("--class: {e}"))?;
             let (src, c) = compile_input(&input)?;
             if c.has_errors() || input.format == OutFormat::Text {
                 report(&src, &c, if c.has_errors() { input.format } else { OutFormat::Text }, "quote")?;
             }
-            if let (Some(q), Some(plan)) = (&c.quote, &c.plan) {
+            let site = load_site(input.site.as_deref())?;
+            let quoted =
+                c.plan.as_ref().filter(|_| c.quote.is_some()).map(|p| protocols::quote::quote_as(p, &site, class));
+            if let (Some(q), Some(plan)) = (&quoted, &c.plan) {
                 match input.format {
                     OutFormat::Json => out!("{}", serde_json::to_string_pretty(q)?),
                     OutFormat::Text => {
-                        out!("{}: {} tasks, {} commands", plan.protocol, plan.tasks.len(), plan.command_count());
+                        out!(
+                            "{}: {} tasks, {} commands, {}",
+                            plan.protocol,
+                            plan.tasks.len(),
+                            plan.command_count(),
+                            q.class
+                        );
                         out!("  duration on an empty lab  {}", fmt_duration(q.duration_s));
                         out!("  plate moves               {}", q.plate_moves);
                         for l in &q.lines {

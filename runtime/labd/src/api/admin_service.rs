@@ -193,18 +193,25 @@ impl pb::admin_server::Admin for Api {
             Ok((store.usage(tid.as_deref(), r.since_ms)?, consumed, stored, store.tenants()?))
         })
         .await?;
-        // One line per tenant and class, then per tenant and item: the key is the tenant id (no
-        // `/` in it), then the class, or `~` and the item (after every class).
+        // One line per tenant, instrument class and service class, then per tenant and item: the
+        // key is the tenant id (no `/` in it), then the classes, or `~` and the item (after
+        // every class). Device time is priced at the class's rate times the service's factor.
+        let rate =
+            |class: &str| self.site.prices.per_hour.iter().find(|(c, _)| c.as_str() == class).map_or(0.0, |(_, p)| *p);
         let mut keyed: Vec<(String, pb::UsageLine)> = lines
             .into_iter()
             .map(|u| {
+                let device_hours = u.device_seconds / 3600.0;
+                let price = rate(&u.instrument_class) * self.site.class_factor(u.service_class);
                 let line = pb::UsageLine {
                     tenant: u.tenant_id.clone(),
                     instrument_class: u.instrument_class.clone(),
-                    device_hours: u.device_seconds / 3600.0,
+                    device_hours,
+                    amount: protocols::consumables::amount(device_hours, price),
+                    service_class: u.service_class.as_str().into(),
                     ..Default::default()
                 };
-                (format!("{}/{}", u.tenant_id, u.instrument_class), line)
+                (format!("{}/{}/{}", u.tenant_id, u.instrument_class, u.service_class), line)
             })
             .collect();
         let mut items: std::collections::BTreeMap<(String, String), (String, f64)> = Default::default();

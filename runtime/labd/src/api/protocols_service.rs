@@ -43,16 +43,17 @@ impl pb::protocols_server::Protocols for Api {
     async fn quote(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::QuoteResponse>, Status> {
         let who = self.caller(&req).await?;
         let r = req.into_inner();
+        let class = labware::ServiceClass::parse(&r.service_class).map_err(Status::invalid_argument)?;
         let (src, c) = self.compile(&who, &r.file_name, &r.source, r.format).await?;
-        let mut out = pb::QuoteResponse { validation: Some(validation(&src, &c)), ..Default::default() };
+        let mut out = pb::QuoteResponse {
+            validation: Some(validation(&src, &c)),
+            service_class: class.as_str().into(),
+            ..Default::default()
+        };
         let experience = self.experience().await?;
         // Device time as this lab's instruments really take it: instruments bill what they took.
-        let corrected = c
-            .plan
-            .as_ref()
-            .filter(|_| !experience.is_empty())
-            .map(|p| protocols::quote::quote(&experience.corrected(p), &self.site));
-        if let Some(q) = corrected.as_ref().or(c.quote.as_ref()) {
+        let quoted = c.plan.as_ref().map(|p| protocols::quote::quote_as(&experience.corrected(p), &self.site, class));
+        if let Some(q) = quoted.as_ref() {
             out.duration_s = q.duration_s;
             out.plate_moves = q.plate_moves;
             out.per_run = q.per_run;
@@ -83,15 +84,17 @@ impl pb::protocols_server::Protocols for Api {
         let ok = !c.has_errors();
         if let Some(plan) = c.plan.filter(|_| ok) {
             let margin = experience.promise_margin(scheduler::lab::promise::DEFAULT_MARGIN);
-            let (start, s) = self.earliest_completion(&who, plan, experience).await?;
+            let (start, s) = self.earliest_completion(&who, plan, class, experience).await?;
             let at = |device_s: f64| store::now_ms() + (device_s * self.time_scale * 1000.0) as i64;
             out.estimated_start_s = start;
             out.estimated_start_at_ms = at(start);
             out.earliest_completion_s = s;
             out.earliest_completion_at_ms = at(s);
-            let promised = scheduler::lab::promise::promised(0.0, s, margin);
-            out.promised_by_s = promised;
-            out.promised_by_at_ms = at(promised);
+            if class.promised() {
+                let promised = scheduler::lab::promise::promised(0.0, s, margin);
+                out.promised_by_s = promised;
+                out.promised_by_at_ms = at(promised);
+            }
         }
         Ok(Response::new(out))
     }

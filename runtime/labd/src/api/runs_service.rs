@@ -39,6 +39,7 @@ impl pb::runs_server::Runs for Api {
                 )));
             }
         }
+        let class = labware::ServiceClass::parse(&r.service_class).map_err(Status::invalid_argument)?;
         let (store, tid) = (self.store.clone(), tenant.clone());
         let (t, used) = blocking(move || {
             let t = store.tenant(&tid)?;
@@ -74,6 +75,7 @@ impl pb::runs_server::Runs for Api {
             source: String::from_utf8_lossy(&r.source).into_owned(),
             plan_json: serde_json::to_string(&plan).map_err(|e| Status::internal(e.to_string()))?,
             priority: 0,
+            class,
         };
         let store = self.store.clone();
         let (run, created) = blocking(move || store.submit_run(&new)).await?;

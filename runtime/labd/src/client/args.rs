@@ -45,6 +45,10 @@ pub enum ClientCmd {
         /// makes a new run), kept across labctl's own retries after a network error.
         #[arg(long)]
         key: Option<String>,
+        /// The service class: standard, priority (planned ahead of standard work, at a higher
+        /// rate) or spot (idle capacity only, at a discount, promised nothing).
+        #[arg(long, default_value = "standard")]
+        class: String,
         #[command(flatten)]
         python: crate::opentrons_python::PythonArgs,
     },

@@ -24,7 +24,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
     rt.block_on(async move {
         let c = Client::connect(&conn).await?;
         match cmd {
-            ClientCmd::Submit { out, file, wait, key, python } => {
+            ClientCmd::Submit { out, file, wait, key, class, python } => {
                 let json = out.format == Fmt::Json;
                 // A Python protocol is analyzed here, on the scientist's machine: the lab gets
                 // its commands, never its Python.
@@ -44,7 +44,13 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 };
                 let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let format = if analyzed { pb::SourceFormat::Opentrons as i32 } else { 0 };
-                let request = pb::SubmitRequest { file_name: name.clone(), source, format, idempotency_key: key.clone() };
+                let request = pb::SubmitRequest {
+                    file_name: name.clone(),
+                    source,
+                    format,
+                    idempotency_key: key.clone(),
+                    service_class: class.clone(),
+                };
                 let resp = submit_with_retries(&c, request).await?;
                 let Some(run) = resp.run else {
                     for d in &resp.diagnostics {
@@ -88,11 +94,11 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     out!("{}", json_array(runs.iter().map(run_json)));
                 } else {
                     let at = |ms: i64| crate::clock::rfc3339_opt(ms).unwrap_or_else(|| "-".into());
-                    out!("{:<28} {:<12} {:<10} {:<20} {:<20} {:<20} NAME REASON", "RUN", "TENANT", "STATE", "SUBMITTED (UTC)", "STARTED", "FINISHED");
+                    out!("{:<28} {:<12} {:<10} {:<8} {:<20} {:<20} {:<20} NAME REASON", "RUN", "TENANT", "STATE", "CLASS", "SUBMITTED (UTC)", "STARTED", "FINISHED");
                     for r in runs {
                         out!(
-                            "{:<28} {:<12} {:<10} {:<20} {:<20} {:<20} {} {}",
-                            r.id, r.tenant, r.state, at(r.submitted_at_ms), at(r.started_at_ms), at(r.finished_at_ms), r.name, r.reason
+                            "{:<28} {:<12} {:<10} {:<8} {:<20} {:<20} {:<20} {} {}",
+                            r.id, r.tenant, r.state, r.service_class, at(r.submitted_at_ms), at(r.started_at_ms), at(r.finished_at_ms), r.name, r.reason
                         );
                     }
                 }
@@ -274,7 +280,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 if out.format == Fmt::Json {
                     out!("{}", json_array(lines.iter().map(|l| if l.item.is_empty() {
-                        serde_json::json!({"tenant": l.tenant, "instrument_class": l.instrument_class, "device_hours": l.device_hours})
+                        serde_json::json!({"tenant": l.tenant, "instrument_class": l.instrument_class, "service_class": l.service_class, "device_hours": l.device_hours, "amount": l.amount})
                     } else {
                         serde_json::json!({"tenant": l.tenant, "item": l.item, "unit": l.unit, "quantity": l.quantity, "amount": l.amount})
                     })));
@@ -282,7 +288,8 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 for l in lines {
                     if l.item.is_empty() {
-                        out!("{:<16} {:<16} {:>10.4} h", l.tenant, l.instrument_class, l.device_hours);
+                        let what = format!("{} ({})", l.instrument_class, l.service_class);
+                        out!("{:<16} {:<29} {:>10.4} h {:>9.2}", l.tenant, what, l.device_hours, l.amount);
                     } else {
                         let q = protocols::units::trim(l.quantity);
                         out!("{:<16} {:<44} {:>8} {:<4} {:>9.2}", l.tenant, l.item, q, l.unit, l.amount);

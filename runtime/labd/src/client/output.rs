@@ -103,7 +103,7 @@ pub(super) fn run_json(r: &pb::RunInfo) -> serde_json::Value {
     serde_json::json!({
         "id": r.id, "tenant": r.tenant, "name": r.name, "state": r.state, "reason": r.reason,
         "submitted_at": rfc3339_opt(r.submitted_at_ms), "started_at": rfc3339_opt(r.started_at_ms),
-        "finished_at": rfc3339_opt(r.finished_at_ms),
+        "finished_at": rfc3339_opt(r.finished_at_ms), "service_class": r.service_class,
     })
 }
 

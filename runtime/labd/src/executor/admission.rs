@@ -93,7 +93,8 @@ impl Executor {
                 experience = Some(crate::experience::Experience::from_samples(&samples));
             }
             let estimated = experience.as_ref().map_or_else(|| plan.clone(), |e| e.corrected(&plan));
-            let model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, weight, 0.0, &estimated);
+            let mut model = scheduler::lab::Run::from_plan(&run.id, &run.tenant_id, weight, 0.0, &estimated);
+            model.class = run.class;
             if let Err(e) = site.clone().add_run(model.clone()) {
                 self.refuse(&run.id, format!("this lab cannot run it: {}", e.0), report).await;
                 continue;
@@ -258,6 +259,7 @@ impl Executor {
         let promised = s.planner.promise(i);
         let payload = serde_json::json!({
             "planned_end_s": planned_end, "planned_end_at": planned_end_at, "tasks": tasks, "waits_for": waits_for,
+            "service_class": s.runs[i].run.class.as_str(),
             "promised_s": promised,
             "promised_at": promised.map(|p| self.clock_at(s, p)),
             "promised_at_ms": promised.map(|p| self.wall_ms(s, p)),

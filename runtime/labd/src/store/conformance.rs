@@ -297,6 +297,7 @@ pub fn submit(s: &dyn Store, tenant: &str, key: &str) -> Run {
         source: format!("source {key}"),
         plan_json: plan(),
         priority: 0,
+        class: Default::default(),
     })
     .expect("submit")
     .0
@@ -335,6 +336,7 @@ pub fn submission_is_idempotent(s: &dyn Store) {
         source: "x".into(),
         plan_json: plan(),
         priority: 0,
+        class: Default::default(),
     };
     let first = s.submit_run(&submission).unwrap();
     assert!(first.1, "the first submission creates a run");
@@ -349,14 +351,21 @@ pub fn submission_is_idempotent(s: &dyn Store) {
             source: "different".into(),
             plan_json: plan(),
             priority: 0,
+            class: Default::default(),
         })
         .unwrap_err();
     assert!(matches!(other, StoreError::Conflict(_)), "a reused key with different content is refused");
+    let spot = NewRun { class: labware::ServiceClass::Spot, ..submission.clone() };
+    let other_class = s.submit_run(&spot).unwrap_err();
+    assert!(matches!(other_class, StoreError::Conflict(_)), "a reused key in another class is refused");
+    let spot = s.submit_run(&NewRun { idempotency_key: "k-spot".into(), ..spot }).unwrap().0;
+    assert_eq!(s.run(None, &spot.id).unwrap().class, labware::ServiceClass::Spot, "the class is kept");
+    assert_eq!(s.run(None, &first.0.id).unwrap().class, labware::ServiceClass::Standard);
     let u = s.create_tenant("t2", 1.0).unwrap();
     let theirs = submit(s, &u.id, "k");
     assert_ne!(theirs.id, first.0.id, "keys are per tenant");
-    assert_eq!(s.runs(Some(&t.id), &[]).unwrap().len(), 1);
-    assert_eq!(s.runs(None, &[RunState::Queued]).unwrap().len(), 2);
+    assert_eq!(s.runs(Some(&t.id), &[]).unwrap().len(), 2);
+    assert_eq!(s.runs(None, &[RunState::Queued]).unwrap().len(), 3);
 }
 
 pub fn concurrent_submissions_make_one_run(s: Arc<dyn Store>) {

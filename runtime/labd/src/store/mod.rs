@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/0007_container_locations.sql")),
     (8, include_str!("../../migrations/0008_kitting.sql")),
     (9, include_str!("../../migrations/0009_task_durations.sql")),
+    (10, include_str!("../../migrations/0010_service_class.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -174,6 +175,8 @@ pub struct NewRun {
     pub source: String,
     pub plan_json: String,
     pub priority: i64,
+    /// What the tenant bought: how the run is planned and billed.
+    pub class: labware::ServiceClass,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +190,7 @@ pub struct Run {
     pub state: RunState,
     pub reason: Option<String>,
     pub priority: i64,
+    pub class: labware::ServiceClass,
     pub submitted_at: Millis,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
@@ -421,6 +425,8 @@ pub struct Usage {
 pub struct UsageTotal {
     pub tenant_id: String,
     pub instrument_class: String,
+    /// The service class of the runs that used it (priced apart).
+    pub service_class: labware::ServiceClass,
     pub device_seconds: f64,
 }
 

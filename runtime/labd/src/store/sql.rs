@@ -441,9 +441,15 @@ fn run_row(r: &Row) -> Result<Run> {
         started_at: r.opt_int(10)?,
         finished_at: r.opt_int(11)?,
         cell: r.opt_text(12)?,
+        class: service_class(&r.text(13)?)?,
     })
 }
-const RUN_COLS: &str = "id, tenant_id, idempotency_key, name, source, plan_json, state, reason, priority, submitted_at, started_at, finished_at, cell";
+const RUN_COLS: &str = "id, tenant_id, idempotency_key, name, source, plan_json, state, reason, priority, submitted_at, started_at, finished_at, cell, service_class";
+
+/// A service class as stored; anything else is a corrupt row, not a silent standard run.
+fn service_class(s: &str) -> Result<labware::ServiceClass> {
+    labware::ServiceClass::parse(s).map_err(|e| StoreError::Invalid(format!("stored run: {e}")))
+}
 
 fn lease_row(r: &Row) -> Result<Lease> {
     Ok(Lease { cell: r.text(0)?, holder: r.text(1)?, epoch: r.int(2)?, expires_at: r.int(3)? })
@@ -781,7 +787,7 @@ impl<D: Db> Store for SqlStore<D> {
                 )?;
                 if let Some(r) = existing {
                     let r = run_row(&r)?;
-                    if r.source != run.source {
+                    if r.source != run.source || r.class != run.class {
                         return Err(StoreError::Invalid(format!(
                             "idempotency key `{}` was already used for a different submission (run {})",
                             run.idempotency_key, r.id
@@ -791,8 +797,8 @@ impl<D: Db> Store for SqlStore<D> {
                 }
                 let id = new_id("run");
                 c.execute(
-                    "INSERT INTO runs (id, tenant_id, idempotency_key, name, source, plan_json, state, priority, submitted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8)",
-                    &params![&id, &run.tenant_id, &run.idempotency_key, &run.name, &run.source, &run.plan_json, run.priority, now_ms()],
+                    "INSERT INTO runs (id, tenant_id, idempotency_key, name, source, plan_json, state, priority, submitted_at, service_class) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9)",
+                    &params![&id, &run.tenant_id, &run.idempotency_key, &run.name, &run.source, &run.plan_json, run.priority, now_ms(), run.class.as_str()],
                 )?;
                 append(c, dialect, &id, "submitted", &serde_json::json!({"name": run.name}).to_string())?;
                 if let Some(notify) = dialect.notify_submitted() {
@@ -1493,12 +1499,17 @@ impl<D: Db> Store for SqlStore<D> {
     fn usage(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<UsageTotal>> {
         let found = self.read(|c| {
             c.query(
-                "SELECT tenant_id, instrument_class, SUM(device_seconds) FROM usage WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) AND at >= ?2 GROUP BY tenant_id, instrument_class ORDER BY tenant_id, instrument_class",
+                "SELECT u.tenant_id, u.instrument_class, COALESCE(r.service_class, 'standard') AS class, SUM(u.device_seconds) FROM usage u LEFT JOIN runs r ON r.id = u.run_id WHERE (CAST(?1 AS TEXT) IS NULL OR u.tenant_id = ?1) AND u.at >= ?2 GROUP BY u.tenant_id, u.instrument_class, class ORDER BY u.tenant_id, u.instrument_class, class",
                 &params![tenant, since],
             )
         })?;
         rows(found, |r| {
-            Ok(UsageTotal { tenant_id: r.text(0)?, instrument_class: r.text(1)?, device_seconds: r.real(2)? })
+            Ok(UsageTotal {
+                tenant_id: r.text(0)?,
+                instrument_class: r.text(1)?,
+                service_class: service_class(&r.text(2)?)?,
+                device_seconds: r.real(3)?,
+            })
         })
     }
 

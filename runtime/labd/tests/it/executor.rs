@@ -545,3 +545,52 @@ fn a_run_finishing_after_its_promise_is_told_so() {
         assert!(broken < events.len() - 1);
     });
 }
+
+/// A spot run beside a standard one: both run to success; the spot run is promised nothing
+/// (its `scheduled` event says so) and its device time is billed as spot, apart from the
+/// standard run's.
+#[test]
+fn a_spot_run_is_promised_nothing_and_billed_as_spot() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (store, ex, _) = faulty_rig(&[]).await;
+        let t = store.create_tenant("acme", 1.0).unwrap();
+        let plan = compile_example("serial-dilution.yaml");
+        let submit = |key: &str, class: labware::ServiceClass| {
+            store
+                .submit_run(&labd::store::NewRun {
+                    tenant_id: t.id.clone(),
+                    idempotency_key: key.into(),
+                    name: "dilution".into(),
+                    source: "serial-dilution.yaml".into(),
+                    plan_json: serde_json::to_string(&plan).unwrap(),
+                    priority: 0,
+                    class,
+                })
+                .unwrap()
+                .0
+        };
+        let standard = submit("std", labware::ServiceClass::Standard);
+        let spot = submit("spot", labware::ServiceClass::Spot);
+        assert_eq!(store.run(None, &spot.id).unwrap().class, labware::ServiceClass::Spot);
+        let report = tokio::time::timeout(std::time::Duration::from_secs(120), ex.run_queued()).await.unwrap().unwrap();
+        assert!(report.runs.iter().all(|r| r.1 == labd::store::RunState::Succeeded), "{:?}", report.runs);
+        let scheduled = |run: &str| {
+            let events = store.events(None, run, 0).unwrap();
+            let e = events.iter().find(|e| e.kind == "scheduled").expect("a scheduled event");
+            serde_json::from_str::<serde_json::Value>(&e.payload_json).unwrap()
+        };
+        let (s, p) = (scheduled(&standard.id), scheduled(&spot.id));
+        assert_eq!((s["service_class"].as_str(), p["service_class"].as_str()), (Some("standard"), Some("spot")));
+        assert!(s["promised_s"].as_f64().is_some(), "{s}");
+        assert!(p["promised_s"].is_null() && p["promised_at"].is_null(), "{p}");
+        let usage = store.usage(Some(&t.id), 0).unwrap();
+        let lh = |class: labware::ServiceClass| {
+            usage
+                .iter()
+                .find(|u| u.instrument_class == "liquid_handler" && u.service_class == class)
+                .map_or(0.0, |u| u.device_seconds)
+        };
+        assert!(lh(labware::ServiceClass::Standard) > 0.0 && lh(labware::ServiceClass::Spot) > 0.0, "{usage:?}");
+    });
+}

@@ -384,6 +384,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             source,
             format: 0,
             idempotency_key: key.into(),
+            service_class: String::new(),
         };
         let mut runs = pb::runs_client::RunsClient::new(ch.clone()).max_encoding_message_size(64 << 20);
         let example = std::fs::read(root().join("protocols/examples/growth-curve.yaml")).unwrap();
@@ -404,7 +405,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         assert!(e.code() == Code::InvalidArgument && e.message().contains("limit is 200"), "{e:?}");
         // The same limit for every call that takes a protocol.
         let mut checker = pb::protocols_client::ProtocolsClient::new(ch.clone());
-        let ask = pb::ValidateRequest { file_name: "big.yaml".into(), source: big, format: 0 };
+        let ask = pb::ValidateRequest { file_name: "big.yaml".into(), source: big, ..Default::default() };
         for e in [
             checker.validate(req("acme", ask.clone())).await.unwrap_err(),
             checker.quote(req("acme", ask)).await.unwrap_err(),
@@ -428,7 +429,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         // A quote plans the protocol behind today's queue.
         let mut protocols = pb::protocols_client::ProtocolsClient::new(ch.clone());
         let quote = |r: &pb::QuoteResponse| (r.estimated_start_s, r.earliest_completion_s, r.duration_s);
-        let ask = pb::ValidateRequest { file_name: "g.yaml".into(), source: example.clone(), format: 0 };
+        let ask = pb::ValidateRequest { file_name: "g.yaml".into(), source: example.clone(), ..Default::default() };
         let alone = protocols.quote(req("acme", ask.clone())).await.unwrap().into_inner();
         let (start, earliest, duration) = quote(&alone);
         assert!(start < 60.0, "nothing queued: it would start as soon as its plate is there ({start})");
@@ -440,7 +441,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
         assert!(alone.promised_by_at_ms >= alone.earliest_completion_at_ms, "{alone:?}");
         // Unknown ids and another tenant's run look the same: NOT_FOUND, nothing leaks.
         let mine = runs.submit(req("acme", submit("g.yaml", example.clone(), "k4"))).await.unwrap().into_inner();
-        let behind = protocols.quote(req("globex", ask)).await.unwrap().into_inner();
+        let behind = protocols.quote(req("globex", ask.clone())).await.unwrap().into_inner();
         // Behind acme's run, globex learns when it would start and end — not how many runs
         // anyone has queued, nor whose.
         assert!(
@@ -448,6 +449,27 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             "{behind:?}"
         );
         assert!(behind.estimated_start_at_ms > labd::store::now_ms());
+        // Service classes: spot is cheaper and promised nothing; priority dearer, planned ahead
+        // of acme's standard run; an unknown class says which exist.
+        let class_of = |class: &str| pb::ValidateRequest { service_class: class.into(), ..ask.clone() };
+        let spot = protocols.quote(req("globex", class_of("spot"))).await.unwrap().into_inner();
+        let priority = protocols.quote(req("globex", class_of("priority"))).await.unwrap().into_inner();
+        assert_eq!((behind.service_class.as_str(), spot.service_class.as_str()), ("standard", "spot"));
+        assert_eq!((spot.promised_by_s, spot.promised_by_at_ms), (0.0, 0), "{spot:?}");
+        assert!(spot.total < behind.total && behind.total < priority.total, "{spot:?} {behind:?} {priority:?}");
+        let factor = labware::Site::sim().unwrap().class_factor(labware::ServiceClass::Spot);
+        for (s, b) in spot.lines.iter().zip(&behind.lines) {
+            assert!((s.rate_per_hour - b.rate_per_hour * factor).abs() < 1e-9, "{s:?} {b:?}");
+        }
+        assert!(priority.earliest_completion_s <= behind.earliest_completion_s + 1e-6, "{priority:?}");
+        let gold = protocols.quote(req("globex", class_of("gold"))).await.unwrap_err();
+        assert_eq!(gold.code(), Code::InvalidArgument);
+        assert!(gold.message().contains("standard, priority or spot"), "{}", gold.message());
+        let as_spot = pb::SubmitRequest { service_class: "spot".into(), ..submit("g.yaml", example.clone(), "k5") };
+        let spot_run = runs.submit(req("globex", as_spot)).await.unwrap().into_inner().run.unwrap();
+        assert_eq!(spot_run.service_class, "spot");
+        let as_gold = pb::SubmitRequest { service_class: "gold".into(), ..submit("g.yaml", example.clone(), "k6") };
+        assert_eq!(runs.submit(req("globex", as_gold)).await.unwrap_err().code(), Code::InvalidArgument);
         let mine = mine.run.unwrap().id;
         let theirs = runs.get(req("globex", pb::GetRunRequest { run_id: mine.clone() })).await.unwrap_err();
         let nothing = runs.get(req("globex", pb::GetRunRequest { run_id: "run_nope".into() })).await.unwrap_err();

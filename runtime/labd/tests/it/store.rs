@@ -37,6 +37,7 @@ fn sqlite_store_keeps_what_it_committed_across_reopen() {
                 source: "s".into(),
                 plan_json: "{}".into(),
                 priority: 0,
+                class: Default::default(),
             })
             .unwrap();
         s.append_event(&r.id, "progress", "{}").unwrap();
@@ -136,6 +137,7 @@ fn sqlite_store_refuses_a_database_that_lost_committed_writes() {
                 source: "s".into(),
                 plan_json: "{}".into(),
                 priority: 0,
+                class: Default::default(),
             };
             s.submit_run(&new).unwrap();
         }
@@ -194,6 +196,7 @@ fn sqlite_checkpoints_off_the_commit_path() {
             source: "s".into(),
             plan_json: plan.clone(),
             priority: 0,
+            class: Default::default(),
         };
         s.submit_run(&new).unwrap();
     }

@@ -98,6 +98,9 @@ pub struct Run {
     pub tenant: String,
     /// Fairness weight of the tenant (higher: served sooner).
     pub weight: f64,
+    /// What the tenant bought: priority goes ahead of standard work, spot only fills idle
+    /// capacity and is promised nothing (`replan`).
+    pub class: labware::ServiceClass,
     pub release: f64,
     pub plates: Vec<String>,
     pub tasks: Vec<LabTask>,
@@ -130,6 +133,7 @@ impl Run {
             id: id.to_string(),
             tenant: tenant.to_string(),
             weight,
+            class: labware::ServiceClass::Standard,
             release,
             plates,
             tasks,

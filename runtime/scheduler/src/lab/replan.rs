@@ -7,6 +7,7 @@ use super::queue::FairQueue;
 use super::solve::{LabBudget, LabSchedule, MoveSlot};
 use super::{LabProblem, ModelError, Pin, Run, Window};
 use crate::shop::solve::Rng;
+use labware::ServiceClass;
 use std::time::{Duration, Instant};
 
 /// The stretch ([`FairQueue::stretch`]) past which runs wait more than half their own length
@@ -69,15 +70,27 @@ pub struct Planner {
 impl Planner {
     /// Plans the problem's runs from scratch.
     pub fn new(problem: LabProblem, budget: LabBudget, seed: u64) -> Result<Planner, ModelError> {
-        let out = super::solve::solve(&problem, budget, seed)
+        let mut out = super::solve::solve(&problem, budget, seed)
             .ok_or_else(|| ModelError("no schedule could be built".into()))?;
+        // The solver orders for the shortest plan; classes come first: priority runs before
+        // standard ones, spot after both (the solver's order within a class).
+        if problem.runs.iter().any(|r| r.class != ServiceClass::Standard) {
+            let mut order = out.order.clone();
+            order.sort_by_key(|&r| problem.runs[r].class.rank());
+            if let Some(s) = problem.build_interleaved(&order, out.window).or_else(|| problem.build(&order)) {
+                out.schedule = s;
+                out.order = order;
+            }
+        }
         let mut queue = FairQueue::default();
         let empty = problem.empty_lab();
         let mut promises = Promises::default();
         let ends = out.schedule.completions();
         for (i, run) in problem.runs.iter().enumerate() {
-            queue.admit(&run.tenant, run.weight, run.release, empty.turnaround_alone(run));
-            promises.make(i, run.release, ends[i]);
+            queue.admit(&run.tenant, run.weight, run.class, run.release, empty.turnaround_alone(run));
+            if run.class.promised() {
+                promises.make(i, run.release, ends[i]);
+            }
         }
         Ok(Planner {
             queue,
@@ -306,10 +319,10 @@ impl Planner {
             Event::RunArrived(mut run) => {
                 run.release = run.release.max(now);
                 let solo = self.problem.empty_lab().turnaround_alone(&run);
-                let (tenant, weight) = (run.tenant.clone(), run.weight);
+                let (tenant, weight, class) = (run.tenant.clone(), run.weight, run.class);
                 let release = run.release;
                 let i = self.problem.add_run(run)?;
-                self.queue.admit(&tenant, weight, release, solo);
+                self.queue.admit(&tenant, weight, class, release, solo);
                 arrived = Some((i, self.order.clone()));
                 self.order.push(i);
                 // Runs not yet begun in order of their fair finish at the lab's present stretch:
@@ -401,15 +414,29 @@ impl Planner {
         self.schedule = schedule;
         if let Some((run, prev)) = &arrived {
             let run = *run;
-            self.keep_promises_on_arrival(run, prev, &before, &before_ends);
+            let class = self.problem.runs[run].class;
+            if class == ServiceClass::Spot {
+                self.spot_in_idle_capacity(run, prev, &before, &before_ends);
+            } else {
+                self.keep_promises_on_arrival(run, prev, &before, &before_ends);
+            }
             let release = self.problem.runs[run].release;
             // Promised by its fair finish when that is later than the plan's end: runs that
             // arrive later and are due sooner will go ahead of it, and the promise leaves them
             // that room (promising the planned end, the lab kept every promise by refusing
-            // them: Jain's index 0.69 at 50 tenants instead of 0.97).
+            // them: Jain's index 0.69 at 50 tenants instead of 0.97). A priority run goes
+            // ahead of every standard one and is promised its planned end; spot is promised
+            // nothing.
             let end = self.schedule.completion(run);
             let fair = self.queue.deadlines(self.stretch).get(run).copied().unwrap_or(end);
-            self.promises.make(run, release, end.max(fair));
+            match class {
+                ServiceClass::Standard => self.promises.make(run, release, end.max(fair)),
+                ServiceClass::Priority => self.promises.make(run, release, end),
+                ServiceClass::Spot => {
+                    self.promises.set(run, None);
+                    f64::INFINITY
+                }
+            };
         }
         // Built again, the same order can come out later for some runs (the greedy build takes
         // other turns around new pins). When that breaks a promise, the plan in force stays if
@@ -422,7 +449,7 @@ impl Planner {
                 if self.holds_pins(&before) && super::check::validate(&self.problem, &before).is_empty() {
                     self.schedule = before.clone();
                     self.order = before_order;
-                } else if let Some(s) = self.fitted_except(None, &before_order, &before, &shifted) {
+                } else if let Some(s) = self.fitted_except(&before_order, &before, &shifted) {
                     if self.promises.newly_late(&before_ends, &s.completions()).len() < broken {
                         self.schedule = s;
                         self.order = before_order;
@@ -530,14 +557,26 @@ impl Planner {
     /// further back in growing steps; at the end at worst. (Trying places first for every run
     /// kept 89.5–94.2 % of promises under disturbance at 30 and 50 tenants, and Jain's index
     /// fell to 0.85 at 50 undisturbed; gaps first, 95.5–97.0 % and 0.91.)
+    ///
+    /// Spot runs not yet begun are pre-empted: every order tried has them after the new run,
+    /// and they are planned again (not held) around it.
     fn keep_promises_on_arrival(&mut self, run: usize, prev: &[usize], plan: &LabSchedule, before: &[f64]) {
         if self.promises.newly_late(before, &self.schedule.completions()).is_empty() {
             return;
         }
-        let order: Vec<usize> = prev.iter().copied().chain([run]).collect();
-        let urgent = self.problem.runs[run].weight > 1.0 + 1e-9;
+        let problem = &self.problem;
+        let waiting_spot = |r: usize| problem.runs[r].class == ServiceClass::Spot && !problem.has_begun(r);
+        let spots: Vec<usize> = prev.iter().copied().filter(|&r| waiting_spot(r)).collect();
+        let prev: Vec<usize> = prev.iter().copied().filter(|&r| !waiting_spot(r)).collect();
+        let with_spots = |mut o: Vec<usize>| {
+            o.extend(&spots);
+            o
+        };
+        let order: Vec<usize> = with_spots(prev.iter().copied().chain([run]).collect());
+        let urgent =
+            self.problem.runs[run].weight > 1.0 + 1e-9 || self.problem.runs[run].class == ServiceClass::Priority;
         if !urgent {
-            if let Some(s) = self.fitted_around(Some(run), prev, plan) {
+            if let Some(s) = self.fitted_except(&order, plan, &spots) {
                 if self.promises.newly_late(before, &s.completions()).is_empty() {
                     self.schedule = s;
                     self.order = order;
@@ -550,6 +589,7 @@ impl Planner {
         while pos < prev.len() {
             let mut cand = prev.to_vec();
             cand.insert(pos, run);
+            let cand = with_spots(cand);
             if let Some(s) = self.build(&cand) {
                 if self.promises.newly_late(before, &s.completions()).is_empty() {
                     self.schedule = s;
@@ -561,7 +601,7 @@ impl Planner {
             step *= 2;
         }
         if urgent {
-            if let Some(s) = self.fitted_around(Some(run), prev, plan) {
+            if let Some(s) = self.fitted_except(&order, plan, &spots) {
                 if self.promises.newly_late(before, &s.completions()).is_empty() {
                     self.schedule = s;
                     self.order = order;
@@ -575,21 +615,28 @@ impl Planner {
         }
     }
 
-    /// `plan` (the plan in force, without `run`) kept as it is, every task held where it was,
-    /// and `run` booked in what is left; `None` if that cannot be built or breaks a constraint.
-    fn fitted_around(&mut self, run: Option<usize>, prev: &[usize], plan: &LabSchedule) -> Option<LabSchedule> {
-        self.fitted_except(run, prev, plan, &[])
+    /// A spot run takes only capacity nobody else is using: when the plan built with it last
+    /// makes any other run end later than before it came (`before`: completions then), every
+    /// task of the plan in force (`plan`) is held where it was and the spot run is booked in
+    /// what is left. It is promised nothing and moves nobody's planned end.
+    fn spot_in_idle_capacity(&mut self, run: usize, prev: &[usize], plan: &LabSchedule, before: &[f64]) {
+        let ends = self.schedule.completions();
+        let later = before.iter().zip(&ends).any(|(b, e)| e > &(b + 1e-3));
+        if !later {
+            return;
+        }
+        let order: Vec<usize> = prev.iter().copied().chain([run]).collect();
+        if let Some(s) = self.fitted_except(&order, plan, &[]) {
+            self.schedule = s;
+            self.order = order;
+        }
     }
 
-    /// [`Planner::fitted_around`], with the runs in `free` planned again in full (in their
-    /// places in the order) around everything else held where it was.
-    fn fitted_except(
-        &mut self,
-        run: Option<usize>,
-        prev: &[usize],
-        plan: &LabSchedule,
-        free: &[usize],
-    ) -> Option<LabSchedule> {
+    /// `plan` (the plan in force, without the runs of `order` it lacks) kept as it is, every
+    /// task held where it was except those of the runs in `free`, which are planned again in
+    /// full (in their places in `order`) with the runs `plan` lacks in what is left; `None` if
+    /// that cannot be built or breaks a constraint.
+    fn fitted_except(&mut self, order: &[usize], plan: &LabSchedule, free: &[usize]) -> Option<LabSchedule> {
         let same_shape = plan.tasks.len() <= self.problem.runs.len()
             && plan.tasks.iter().zip(&self.problem.runs).all(|(slots, run)| slots.len() == run.tasks.len());
         if !same_shape {
@@ -606,8 +653,7 @@ impl Planner {
             }
         }
         self.pin_moves_home(f64::INFINITY);
-        let order: Vec<usize> = prev.iter().copied().chain(run).collect();
-        let built = self.build(&order);
+        let built = self.build(order);
         let built = built.filter(|s| super::check::validate(&self.problem, s).is_empty());
         self.problem.pinned = pins;
         self.schedule = in_force;

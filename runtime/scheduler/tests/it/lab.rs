@@ -211,6 +211,7 @@ mod lab_model {
                 id: format!("r{i}"),
                 tenant: "t".into(),
                 weight: 1.0,
+                class: Default::default(),
                 release: 0.0,
                 plates: vec!["p".into()],
                 tasks: vec![inc(temp)],
@@ -263,6 +264,7 @@ mod lab_model {
             id: "r".into(),
             tenant: "t".into(),
             weight: 1.0,
+            class: Default::default(),
             release: 0.0,
             plates: vec!["p".into()],
             tasks: vec![scheduler::lab::LabTask {
@@ -657,6 +659,7 @@ fn a_nest_stays_taken_until_the_move_away_has_ended() {
             id: id.into(),
             tenant: "t".into(),
             weight: 1.0,
+            class: Default::default(),
             release: 0.0,
             plates: vec!["plate".into()],
             tasks: vec![seal],
@@ -802,5 +805,90 @@ fn arrivals_never_make_an_older_promise_late() {
         assert_eq!(planner.problem.runs.len(), n);
         assert!((0..n).all(|r| planner.promise(r).is_some()), "seed {seed}: every run was promised");
         assert_eq!(planner.late(), Vec::<usize>::new(), "seed {seed}: runs finished after their promise");
+    }
+}
+
+/// Service classes on a busy lab: runs arrive every two minutes, one in three spot and one in
+/// six priority. A spot arrival moves no other run's planned end (it takes only capacity nobody
+/// uses) and is promised nothing; every promise made is kept (tasks take their estimate, margin
+/// 0); spot runs not begun give way, so promised runs finish about as they would with no spot
+/// run at all; priority runs wait less, relative to their length, than standard ones.
+#[test]
+fn spot_fills_idle_capacity_and_moves_no_promise() {
+    use labware::ServiceClass;
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::replan::{Event, Planner};
+    use scheduler::lab::solve::LabBudget;
+    let site = labware::Site::sim().unwrap();
+    let budget = LabBudget { time: None, iterations: Some(3) };
+    let class_of = |i: usize| match i % 6 {
+        0 | 3 => ServiceClass::Spot,
+        5 => ServiceClass::Priority,
+        _ => ServiceClass::Standard,
+    };
+    // Mean turnaround ÷ turnaround alone of the arrivals of each class; `spot`: whether spot
+    // arrivals are submitted at all.
+    let trace = |seed: u64, spot: bool| {
+        let base = generate(&site, 40, 3, 600.0, seed).unwrap();
+        let extra = generate(&site, 90, 6, 1.0, seed + 100).unwrap();
+        let first = base.runs.len();
+        let empty = base.empty_lab();
+        let mut planner = Planner::new(base, budget, seed).unwrap();
+        planner.set_promise_margin(0.0);
+        let mut classes = vec![ServiceClass::Standard; first];
+        for (i, mut run) in extra.runs.into_iter().enumerate() {
+            let now = 120.0 * (i + 1) as f64;
+            run.class = class_of(i);
+            if run.class == ServiceClass::Spot && !spot {
+                continue;
+            }
+            classes.push(run.class);
+            let before = planner.schedule.completions();
+            let promised_before: Vec<_> = (0..before.len()).map(|r| planner.promise(r)).collect();
+            planner.handle_within(now, Event::RunArrived(run), budget).unwrap();
+            let me = planner.problem.runs.len() - 1;
+            let after = planner.schedule.completions();
+            assert!(after[me].is_finite(), "seed {seed}: arrival {i} was planned");
+            for (r, was) in promised_before.iter().enumerate() {
+                assert_eq!(planner.promise(r), *was, "seed {seed}: a promise changed at arrival {i}");
+            }
+            if classes[me] == ServiceClass::Spot {
+                assert_eq!(planner.promise(me), None, "seed {seed}: spot is promised nothing");
+                for r in 0..before.len() {
+                    assert!(
+                        after[r] <= before[r] + 1e-3,
+                        "seed {seed}: spot arrival {i} moved run {r}'s end from {} to {}",
+                        before[r],
+                        after[r]
+                    );
+                }
+            } else {
+                assert!(planner.promise(me).is_some(), "seed {seed}: arrival {i} was promised");
+            }
+        }
+        assert_eq!(planner.late(), Vec::<usize>::new(), "seed {seed}: promised runs planned past their promise");
+        let ends = planner.schedule.completions();
+        let slowdown = |class: ServiceClass| {
+            let rs: Vec<usize> = (first..ends.len()).filter(|&r| classes[r] == class).collect();
+            let sum: f64 = rs
+                .iter()
+                .map(|&r| {
+                    let run = &planner.problem.runs[r];
+                    (ends[r] - run.release) / empty.turnaround_alone(run).max(1.0)
+                })
+                .sum();
+            sum / rs.len().max(1) as f64
+        };
+        [slowdown(ServiceClass::Priority), slowdown(ServiceClass::Standard), slowdown(ServiceClass::Spot)]
+    };
+    for seed in 0..3 {
+        let [priority, standard, spot] = trace(seed, true);
+        let [_, alone, _] = trace(seed, false);
+        eprintln!("seed {seed}: priority {priority:.3} standard {standard:.3} spot {spot:.3}; standard without spot {alone:.3}");
+        assert!(priority < standard, "seed {seed}: priority slowdown {priority:.2} vs standard {standard:.2}");
+        assert!(
+            (standard - alone).abs() <= 0.01 * alone,
+            "seed {seed}: standard runs' slowdown {standard:.3} with spot runs, {alone:.3} without"
+        );
     }
 }
