@@ -203,11 +203,11 @@ fn run(cli: Cli) -> Result<i32> {
                             plan.command_count(),
                             q.class
                         );
-                        out!("  duration on an empty lab  {}", fmt_duration(q.duration_s));
-                        out!("  plate moves               {}", q.plate_moves);
+                        out!("  {:<34}{}", "duration on an empty lab", fmt_duration(q.duration_s));
+                        out!("  {:<34}{}", "plate moves", q.plate_moves);
                         for l in &q.lines {
                             out!(
-                                "  {:<26}{:>8.2} h x {:>6.2} = {:>8.2} {}",
+                                "  {:<34}{:>14.2} h x {:>6.2} = {:>8.2} {}",
                                 l.class.as_str(),
                                 l.hours,
                                 l.rate_per_hour,
@@ -217,7 +217,7 @@ fn run(cli: Cli) -> Result<i32> {
                         }
                         for l in &q.consumables {
                             out!(
-                                "  {:<26}{:>8} {:<4} x {:>6.2} = {:>8.2} {}",
+                                "  {:<34}{:>11} {:<4} x {:>6.2} = {:>8.2} {}",
                                 l.item,
                                 fmt_quantity(l.quantity),
                                 l.unit,
@@ -226,8 +226,8 @@ fn run(cli: Cli) -> Result<i32> {
                                 q.currency
                             );
                         }
-                        out!("  {:<26}{:>36.2} {}", "per-run fee", q.per_run, q.currency);
-                        out!("  {:<26}{:>36.2} {}", "total", q.total, q.currency);
+                        out!("  {:<34}{:>36.2} {}", "per-run fee", q.per_run, q.currency);
+                        out!("  {:<34}{:>36.2} {}", "total", q.total, q.currency);
                     }
                 }
             }
@@ -287,13 +287,28 @@ fn simulate(
             r.makespan_s / 3600.0,
             r.bottleneck,
             r.jain,
-            100.0 * r.promises_kept as f64 / r.runs.max(1) as f64,
+            100.0 * r.promises_kept as f64 / r.promised.max(1) as f64,
             r.site_cost_per_run,
             r.consumables_per_run,
             r.storage_per_run,
             r.wall_s,
             cur = r.currency,
         );
+        for c in r.per_class.iter().filter(|_| r.per_class.len() > 1) {
+            eprintln!(
+                "      {:<8} {} runs, {:.2} device-h, {:.1}% of {}, revenue {:.2} {cur}, mean slowdown {:.2}, promises kept {} of {}",
+                c.class.as_str(),
+                c.runs,
+                c.device_s / 3600.0,
+                100.0 * c.bottleneck_share,
+                r.bottleneck,
+                c.revenue,
+                c.mean_slowdown,
+                c.promises_kept,
+                c.promised,
+                cur = r.currency,
+            );
+        }
         reports.push(r);
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -58,6 +58,25 @@ pub struct TenantLine {
     pub promises_kept: usize,
 }
 
+/// What one service class got: its share of the work, what it paid, how it was served.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassLine {
+    pub class: labware::ServiceClass,
+    pub runs: usize,
+    /// Device time of its runs' tasks on instruments (not arms), seconds.
+    pub device_s: f64,
+    /// Of the task time on the bottleneck, the part its runs took.
+    pub bottleneck_share: f64,
+    /// What its runs are billed in all (device time at the class's factor, fees, consumables).
+    pub revenue: f64,
+    pub mean_turnaround_s: f64,
+    /// Mean turnaround ÷ turnaround alone on the empty lab.
+    pub mean_slowdown: f64,
+    /// Runs promised a completion (spot: none) and of those, finished by it.
+    pub promised: usize,
+    pub promises_kept: usize,
+}
+
 /// A bar of the Gantt chart.
 #[derive(Debug, Clone, Serialize)]
 pub struct Bar {
@@ -86,8 +105,12 @@ pub struct Report {
     pub per_tenant: Vec<TenantLine>,
     /// Jain's index over tenants' weighted progress (1: perfectly even).
     pub jain: f64,
-    /// Runs that finished by the completion promised when they arrived (of `runs`).
+    /// Runs promised a completion when they arrived (every run but spot ones).
+    pub promised: usize,
+    /// Of those, runs that finished by their promise.
     pub promises_kept: usize,
+    /// Per service class submitted, in the order priority, standard, spot.
+    pub per_class: Vec<ClassLine>,
     /// The seed of the disturbances (overruns and failures) when simulated with them.
     pub disturbed: Option<u64>,
     pub currency: String,
@@ -222,7 +245,9 @@ pub fn simulate_with(
     let model = |n: usize, (at, t, p): (f64, usize, usize)| -> Run {
         let id = format!("run-{n:05}");
         let plan = workload.protocols[p].plan.scoped(&format!("{n:05}"));
-        Run::from_plan(&id, &tenant_name(t), 1.0, at - start, &plan)
+        let mut run = Run::from_plan(&id, &tenant_name(t), 1.0, at - start, &plan);
+        run.class = workload.protocols[p].class;
+        run
     };
     let first: Vec<_> = arrivals.iter().take_while(|a| a.0 == start).copied().collect();
     let mut problem = base.clone();
@@ -307,9 +332,13 @@ fn report(
             max_turnaround_s: turnarounds.iter().copied().fold(0.0, f64::max),
             mean_slowdown: f.mean,
             max_slowdown: f.max,
-            promises_kept: (0..p.runs.len()).filter(|&i| p.runs[i].tenant == f.tenant && !late.contains(&i)).count(),
+            promises_kept: (0..p.runs.len())
+                .filter(|&i| p.runs[i].tenant == f.tenant && planner.promise(i).is_some() && !late.contains(&i))
+                .count(),
         });
     }
+    let promised = (0..p.runs.len()).filter(|&i| planner.promise(i).is_some()).count();
+    let per_class = per_class(p, s, planner, &late, workload, arrivals, &bottleneck);
     let runs = p.runs.len();
     let hourly: f64 = site.instruments.iter().map(|i| site.price_per_hour(i.class)).sum();
     let site_cost_per_run = hourly * makespan / 3600.0 / runs as f64;
@@ -326,7 +355,9 @@ fn report(
         bottleneck,
         per_tenant,
         jain: fairness.jain,
-        promises_kept: runs - late.len(),
+        promised,
+        promises_kept: promised - late.len(),
+        per_class,
         disturbed: effort.disturb,
         currency: workload.currency.clone(),
         site_cost_per_run,
@@ -339,6 +370,64 @@ fn report(
         wall_s: began.elapsed().as_secs_f64(),
         bars: bars(p, s),
     })
+}
+
+/// Per service class: runs, device time, share of the bottleneck, revenue, turnaround and
+/// promises. Arrival `n` is run `n` of the problem (runs are added in arrival order).
+#[allow(clippy::too_many_arguments)]
+fn per_class(
+    p: &LabProblem,
+    s: &LabSchedule,
+    planner: &Planner,
+    late: &[usize],
+    workload: &Workload,
+    arrivals: &[(f64, usize, usize)],
+    bottleneck: &str,
+) -> Vec<ClassLine> {
+    // Task time on the bottleneck, all classes together (an incubator holds several plates at
+    // once: its tasks overlap, so this is not its busy time).
+    let on_bottleneck_total: f64 = s
+        .tasks
+        .iter()
+        .flatten()
+        .filter(|t| !t.on_arm && t.resource.is_some_and(|r| p.resources[r].id == bottleneck))
+        .map(|t| t.end - t.start)
+        .sum();
+    let solo = p.solo_turnarounds();
+    let mut classes: Vec<labware::ServiceClass> = p.runs.iter().map(|r| r.class).collect();
+    classes.sort_by_key(|c| c.rank());
+    classes.dedup();
+    classes
+        .into_iter()
+        .map(|class| {
+            let mine: Vec<usize> = (0..p.runs.len()).filter(|&i| p.runs[i].class == class).collect();
+            let (mut device_s, mut on_bottleneck) = (0.0, 0.0);
+            for &ri in &mine {
+                for slot in s.tasks[ri].iter().filter(|t| !t.on_arm) {
+                    let Some(r) = slot.resource else { continue };
+                    device_s += slot.end - slot.start;
+                    if p.resources[r].id == bottleneck {
+                        on_bottleneck += slot.end - slot.start;
+                    }
+                }
+            }
+            let turnaround: Vec<f64> = mine.iter().map(|&i| s.completion(i) - p.runs[i].release).collect();
+            let slowdown: Vec<f64> = mine.iter().zip(&turnaround).map(|(&i, t)| t / solo[i].max(1e-9)).collect();
+            let n = mine.len().max(1) as f64;
+            let promised: Vec<usize> = mine.iter().copied().filter(|&i| planner.promise(i).is_some()).collect();
+            ClassLine {
+                class,
+                runs: mine.len(),
+                device_s,
+                bottleneck_share: on_bottleneck / on_bottleneck_total.max(1e-9),
+                revenue: mine.iter().filter_map(|&i| arrivals.get(i)).map(|a| workload.protocols[a.2].price).sum(),
+                mean_turnaround_s: turnaround.iter().sum::<f64>() / n,
+                mean_slowdown: slowdown.iter().sum::<f64>() / n,
+                promised: promised.len(),
+                promises_kept: promised.iter().filter(|i| !late.contains(i)).count(),
+            }
+        })
+        .collect()
 }
 
 /// The name a simulated tenant goes by.

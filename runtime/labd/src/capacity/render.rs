@@ -151,7 +151,7 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         "# Capacity report\n\nSite `{site}`, workload `{workload}`, simulated in virtual time with the runtime's scheduler.\n\n\
          ## {} tenants, {} runs\n\n\
          - makespan: **{}** (lower bound {}; {:.2}× the bound)\n- busiest set by eligible work: {}\n- bottleneck (busiest in the plan): **{}**\n- Jain's fairness index: {:.3}\n\
-         - promises kept: {} of {} runs ({:.1}%) finished by the completion promised when they arrived{}\n\
+         - promises kept: {} of {} promised runs ({:.1}%) finished by the completion promised when they arrived{}\n\
          - site cost per run: {:.2} {cur} in instrument time, {:.2} {cur} in consumables and reagents, {:.2} {cur} in storage; billed per run: {:.2} {cur}\n- planned {} ({} re-plans)\n\n\
          ![Gantt chart](gantt.svg)\n\n### Utilisation\n\n| instrument | class | busy | utilisation |\n|---|---|---:|---:|\n",
         r.tenants,
@@ -163,8 +163,8 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
         r.bottleneck,
         r.jain,
         r.promises_kept,
-        r.runs,
-        100.0 * r.promises_kept as f64 / r.runs.max(1) as f64,
+        r.promised,
+        100.0 * r.promises_kept as f64 / r.promised.max(1) as f64,
         match r.disturbed {
             Some(seed) => format!(
                 " (disturbed with seed {seed}: tasks last 0.8–1.2× their estimates, one liquid-handler failure of 10–40 min per {} runs)",
@@ -185,6 +185,30 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
     );
     for u in &r.utilisation {
         md.push_str(&format!("| {} | {} | {} | {:.1}% |\n", u.id, u.class, hours(u.busy_s), u.fraction * 100.0));
+    }
+    if r.per_class.len() > 1 || r.per_class.iter().any(|c| c.class != labware::ServiceClass::Standard) {
+        md.push_str(&format!(
+            "\n### Per service class\n\n| class | runs | device time | share of {} | revenue ({}) | mean turnaround | mean slowdown | promises kept |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+            r.bottleneck, r.currency
+        ));
+        for c in &r.per_class {
+            let kept = if c.promised == 0 {
+                "none promised".to_string()
+            } else {
+                format!("{} of {}", c.promises_kept, c.promised)
+            };
+            md.push_str(&format!(
+                "| {} | {} | {} | {:.1}% | {:.2} | {} | {:.2} | {} |\n",
+                c.class,
+                c.runs,
+                hours(c.device_s),
+                100.0 * c.bottleneck_share,
+                c.revenue,
+                hours(c.mean_turnaround_s),
+                c.mean_slowdown,
+                kept
+            ));
+        }
     }
     md.push_str("\n### Per tenant\n\n| tenant | runs | promises kept | mean turnaround | max turnaround | mean slowdown | max slowdown |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for t in &r.per_tenant {
@@ -215,7 +239,7 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
             b * 100.0,
             worst,
             r.jain,
-            100.0 * r.promises_kept as f64 / r.runs.max(1) as f64,
+            100.0 * r.promises_kept as f64 / r.promised.max(1) as f64,
             r.site_cost_per_run,
             r.consumables_per_run,
             r.storage_per_run,

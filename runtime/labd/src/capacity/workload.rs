@@ -36,6 +36,9 @@ pub struct SubmitEntry {
     pub every_s: f64,
     #[serde(default = "one")]
     pub count: u32,
+    /// The service class they are submitted in (`standard`, `priority` or `spot`).
+    #[serde(default)]
+    pub class: labware::ServiceClass,
 }
 
 fn one() -> u32 {
@@ -67,6 +70,7 @@ pub struct Submitted {
     pub storage: f64,
     /// Arrival times for one tenant, device seconds.
     pub arrivals: Vec<f64>,
+    pub class: labware::ServiceClass,
 }
 
 impl Workload {
@@ -125,7 +129,8 @@ impl Workload {
                     )));
                 }
             };
-            let price = c.quote.as_ref().map_or(0.0, |q| q.total);
+            // Billed in its class: device time at the class's factor.
+            let price = protocols::quote::quote_as(&plan, site, e.class).total;
             if let Some(q) = &c.quote {
                 currency = q.currency.clone();
             }
@@ -139,7 +144,7 @@ impl Workload {
                     protocols::consumables::amount(n as f64 * file.storage_days, price.unwrap_or(0.0))
                 })
                 .sum();
-            protocols.push(Submitted { name, plan, price, consumables, storage, arrivals });
+            protocols.push(Submitted { name, plan, price, consumables, storage, arrivals, class: e.class });
         }
         Ok(Workload { tenant_offset_s: file.tenant_offset_s, protocols, currency })
     }

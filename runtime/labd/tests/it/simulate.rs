@@ -114,7 +114,8 @@ fn simulate_disturbed_repeats_itself_and_counts_promises() {
     let json: serde_json::Value = serde_json::from_str(&a[0]).unwrap();
     let (kept, runs) = (json[0]["promises_kept"].as_u64().unwrap(), json[0]["runs"].as_u64().unwrap());
     assert!(kept <= runs && runs == 20, "{kept} of {runs}");
-    assert!(a[1].contains(&format!("promises kept: {kept} of {runs} runs")), "{}", a[1]);
+    assert_eq!(json[0]["promised"].as_u64(), Some(runs), "every run here is standard, so promised");
+    assert!(a[1].contains(&format!("promises kept: {kept} of {runs} promised runs")), "{}", a[1]);
     assert_eq!(a, b, "two disturbed runs with one seed differ");
 }
 
@@ -198,4 +199,41 @@ fn simulate_matches_the_live_executor_within_five_percent() {
     assert!(dev(live_turnaround, sim_turnaround) <= 0.05, "mean turnaround differs by more than 5%");
     let _ = std::fs::remove_dir_all(&lab.dir);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Spot work on the shipped workload, seeded, at 10 tenants: the standard runs keep every
+/// promise, the bottleneck is busier, spot pays at its discount, and the report has a line per
+/// class.
+#[test]
+fn spot_work_fills_the_lab_without_touching_standard_runs() {
+    use labware::ServiceClass;
+    let site = labware::Site::sim().unwrap();
+    let load = |file: &str| labd::capacity::Workload::load(&root().join("sites").join(file), &site).unwrap();
+    let effort = labd::capacity::Effort::seeded(7);
+    let plain = labd::capacity::simulate_with(&site, &load("workload.toml"), 10, effort).unwrap();
+    let spot = labd::capacity::simulate_with(&site, &load("workload-spot.toml"), 10, effort).unwrap();
+    let line = |r: &labd::capacity::Report, c: ServiceClass| r.per_class.iter().find(|l| l.class == c).cloned();
+    let (alone, beside) = (line(&plain, ServiceClass::Standard).unwrap(), line(&spot, ServiceClass::Standard).unwrap());
+    let extra = line(&spot, ServiceClass::Spot).expect("a spot line");
+    assert_eq!((alone.runs, beside.runs, extra.runs), (40, 40, 40));
+    assert_eq!((beside.promised, beside.promises_kept), (alone.promised, alone.promises_kept));
+    assert_eq!((extra.promised, extra.promises_kept, spot.promised), (0, 0, 40), "spot is promised nothing");
+    assert_eq!(beside.promises_kept, beside.promised, "every standard promise is kept beside spot work");
+    // Spot never moves a promise, but a spot task already running holds its instrument: a
+    // standard run arriving then waits for it (measured 4,077 → 4,946 s, +21 %; submitted as
+    // standard, the same work slows standard runs far more: docs/scheduling.md).
+    assert!(
+        beside.mean_turnaround_s <= 1.3 * alone.mean_turnaround_s,
+        "standard turnaround {} with spot work, {} without",
+        beside.mean_turnaround_s,
+        alone.mean_turnaround_s
+    );
+    let busy = |r: &labd::capacity::Report, id: &str| r.utilisation.iter().find(|u| u.id == id).unwrap().busy_s;
+    assert!(busy(&spot, &plain.bottleneck) > busy(&plain, &plain.bottleneck), "spot adds work on the bottleneck");
+    let shares: f64 = spot.per_class.iter().map(|c| c.bottleneck_share).sum();
+    assert!((shares - 1.0).abs() < 1e-9 && extra.bottleneck_share > 0.0, "{:?}", spot.per_class);
+    let factor = site.class_factor(ServiceClass::Spot);
+    assert!(factor < 1.0 && extra.revenue > 0.0 && extra.revenue < beside.revenue, "{extra:?} {beside:?}");
+    let md = labd::capacity::markdown("sim", "spot", &[spot]);
+    assert!(md.contains("### Per service class") && md.contains("| spot | 40 |"), "{md}");
 }

@@ -728,7 +728,8 @@ impl LabProblem {
     }
 
     /// How much each tenant waited because others share the lab: per run, turnaround in this
-    /// schedule divided by its turnaround alone on the empty lab.
+    /// schedule divided by its turnaround alone on the empty lab. Spot runs, sold with no
+    /// turnaround, are not counted.
     pub fn fairness(&self, s: &solve::LabSchedule) -> Fairness {
         self.fairness_against(s, &self.solo_turnarounds())
     }
@@ -738,7 +739,7 @@ impl LabProblem {
         let mut per_tenant: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for (ri, run) in self.runs.iter().enumerate() {
             let shared = s.completion(ri) - run.release;
-            if solo[ri] > 0.0 && solo[ri].is_finite() {
+            if run.class.promised() && solo[ri] > 0.0 && solo[ri].is_finite() {
                 per_tenant.entry(run.tenant.clone()).or_default().push(shared / solo[ri]);
             }
         }

@@ -331,7 +331,10 @@ impl Planner {
                 let planned = self.schedule.completions();
                 self.stretch = self.queue.stretch(now, |r| planned.get(r).copied().unwrap_or(f64::NAN));
                 let problem = &self.problem;
-                self.order = self.queue.reorder(&self.order, self.stretch, |o| problem.has_begun(o));
+                // Spot work, begun or not, goes behind: what it has started stays pinned, what it
+                // has not gives way to the newcomer.
+                let keeps_place = |o: usize| problem.has_begun(o) && problem.runs[o].class != ServiceClass::Spot;
+                self.order = self.queue.reorder(&self.order, self.stretch, keeps_place);
             }
             // While a task runs, none of its plates has left it, whatever the plan said: moves
             // home planned before now were pinned as begun, and would leave at the old times.
@@ -565,7 +568,7 @@ impl Planner {
             return;
         }
         let problem = &self.problem;
-        let waiting_spot = |r: usize| problem.runs[r].class == ServiceClass::Spot && !problem.has_begun(r);
+        let waiting_spot = |r: usize| problem.runs[r].class == ServiceClass::Spot;
         let spots: Vec<usize> = prev.iter().copied().filter(|&r| waiting_spot(r)).collect();
         let prev: Vec<usize> = prev.iter().copied().filter(|&r| !waiting_spot(r)).collect();
         let with_spots = |mut o: Vec<usize>| {
