@@ -75,6 +75,14 @@ enum Cmd {
         /// Without it every task takes exactly its estimate.
         #[arg(long, value_name = "SEED")]
         disturb: Option<u64>,
+        /// Instead of --tenants: find the most tenants whose runs' 90th percentile of
+        /// turnaround stays within this many hours, and the price per device-hour that breaks
+        /// even at that load.
+        #[arg(long, value_name = "HOURS")]
+        turnaround_target: Option<f64>,
+        /// With --turnaround-target: try at most this many tenants.
+        #[arg(long, default_value_t = 200)]
+        max_tenants: usize,
     },
     /// Talk to a running labd (submit, runs, watch, results, tenant, token).
     #[command(flatten)]
@@ -238,8 +246,13 @@ fn run(cli: Cli) -> Result<i32> {
             out!("{}", serde_json::to_string_pretty(&protocols::shape::json_schema())?);
             Ok(0)
         }
-        Cmd::Simulate { site, workload, tenants, out, seed, disturb } => {
-            simulate(site.as_deref(), &workload, &tenants, &out, seed, disturb)
+        Cmd::Simulate { site, workload, tenants, out, seed, disturb, turnaround_target, max_tenants } => {
+            let target = match turnaround_target {
+                Some(h) if h.is_finite() && h > 0.0 && max_tenants >= 1 => Some((h * 3600.0, max_tenants)),
+                Some(_) => bail!("--turnaround-target takes a positive number of hours, --max-tenants at least 1"),
+                None => None,
+            };
+            simulate(site.as_deref(), &workload, &tenants, &out, seed, disturb, target)
         }
         Cmd::Client(cmd) => crate::client::run(cli.conn, cmd),
     }
@@ -269,6 +282,7 @@ fn simulate(
     out: &Path,
     seed: Option<u64>,
     disturb: Option<u64>,
+    target: Option<(f64, usize)>,
 ) -> Result<i32> {
     use crate::capacity;
     if tenants.is_empty() || tenants.contains(&0) {
@@ -276,21 +290,37 @@ fn simulate(
     }
     let site = load_site(site_file)?;
     let workload = capacity::Workload::load(workload_file, &site)?;
+    let mut effort = seed.map_or_else(capacity::Effort::executor, capacity::Effort::seeded);
+    effort.disturb = disturb;
+    // With a target, the scenarios are the two either side of it.
+    let (scenarios, at_target): (Vec<capacity::Report>, Option<capacity::AtTarget>) = match target {
+        Some((target_s, max)) => {
+            let a = capacity::tenants_at_target(&site, &workload, effort, target_s, max)?;
+            (a.within.iter().chain(&a.beyond).cloned().collect(), Some(a))
+        }
+        None => {
+            let mut v = Vec::new();
+            for &n in tenants {
+                v.push(capacity::simulate_with(&site, &workload, n, effort)?);
+            }
+            (v, None)
+        }
+    };
     let mut reports = Vec::new();
-    for &n in tenants {
-        let mut effort = seed.map_or_else(capacity::Effort::executor, capacity::Effort::seeded);
-        effort.disturb = disturb;
-        let r = capacity::simulate_with(&site, &workload, n, effort)?;
+    for r in scenarios {
+        let n = r.tenants;
         eprintln!(
-            "{n:>4} tenants: {} runs, makespan {:.2} h, bottleneck {}, Jain {:.3}, promises kept {:.1}%, site cost per run {:.2} {cur} + consumables {:.2} {cur} + storage {:.2} {cur} ({:.2} s)",
+            "{n:>4} tenants: {} runs, makespan {:.2} h, bottleneck {}, Jain {:.3}, promises kept {:.1}%, p90 turnaround {:.2} h, site cost per run {:.2} {cur} + consumables {:.2} {cur} + storage {:.2} {cur}, break-even {:.2} {cur} per device-hour ({:.2} s)",
             r.runs,
             r.makespan_s / 3600.0,
             r.bottleneck,
             r.jain,
             100.0 * r.promises_kept as f64 / r.promised.max(1) as f64,
+            r.turnaround_p90_s / 3600.0,
             r.site_cost_per_run,
             r.consumables_per_run,
             r.storage_per_run,
+            r.break_even_per_device_hour,
             r.wall_s,
             cur = r.currency,
         );
@@ -311,11 +341,29 @@ fn simulate(
         }
         reports.push(r);
     }
+    if let Some(a) = &at_target {
+        match &a.within {
+            Some(r) => eprintln!(
+                "at most {} tenants keep the 90th percentile of turnaround within {:.2} h ({:.2} h); break-even at that load: {:.2} {cur} per device-hour, charged {:.2}",
+                a.tenants,
+                a.target_s / 3600.0,
+                r.turnaround_p90_s / 3600.0,
+                r.break_even_per_device_hour,
+                r.charged_per_device_hour,
+                cur = r.currency,
+            ),
+            None => eprintln!("not even one tenant keeps the 90th percentile of turnaround within {:.2} h", a.target_s / 3600.0),
+        }
+    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let Some(biggest) = reports.iter().max_by_key(|r| r.tenants) else { bail!("nothing simulated") };
     let site_name = site_file.map_or("shipped simulated site".to_string(), |p| p.display().to_string());
+    let mut md = capacity::markdown(&site_name, &workload_file.display().to_string(), &reports);
+    if let Some(a) = &at_target {
+        md.push_str(&capacity::target_markdown(a));
+    }
     let files = [
-        ("report.md", capacity::markdown(&site_name, &workload_file.display().to_string(), &reports)),
+        ("report.md", md),
         ("report.json", serde_json::to_string_pretty(&reports).context("report as JSON")?),
         ("gantt.svg", capacity::gantt_svg(biggest)),
         ("cost-curve.svg", capacity::cost_curve_svg(&reports)),

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 mod render;
 mod workload;
-pub use render::{cost_curve_svg, gantt_svg, markdown};
+pub use render::{cost_curve_svg, gantt_svg, markdown, target_markdown};
 pub use workload::{SubmitEntry, Workload, WorkloadFile, MAX_RUNS};
 
 /// Why a capacity simulation could not be made: the workload file is wrong (fix the file), or
@@ -38,8 +38,12 @@ pub enum CapacityError {
 pub struct Utilisation {
     pub id: String,
     pub class: String,
+    /// Time it holds at least one plate or runs a task.
     pub busy_s: f64,
-    /// Busy time ÷ makespan.
+    /// Plates (or tasks) it can hold at once: an incubator's slots.
+    pub slots: u32,
+    /// Slot time in use ÷ (slots × makespan): for a one-at-a-time instrument, busy time ÷
+    /// makespan; an incubator holding one plate of twelve is 1/12 used, not fully.
     pub fraction: f64,
 }
 
@@ -47,6 +51,8 @@ pub struct Utilisation {
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantLine {
     pub tenant: String,
+    /// The workload's kind of tenant it is (`all` without profiles).
+    pub profile: String,
     pub runs: usize,
     /// Mean of (completion − submission) over its runs, device seconds.
     pub mean_turnaround_s: f64,
@@ -125,6 +131,17 @@ pub struct Report {
     /// Storage of the containers runs store, for the workload's `storage_days` (billed apart
     /// from the run, per container-day).
     pub storage_per_run: f64,
+    /// Device-hours tenants used (tasks on instruments and plate moves on arms).
+    pub device_hours: f64,
+    /// What tenants paid per device-hour on average (their device time at the site's rates
+    /// and their classes' factors, without fees and consumables).
+    pub charged_per_device_hour: f64,
+    /// The price per device-hour at which what tenants pay for device time covers the site's
+    /// cost (every instrument at its hourly rate for the makespan, as `site_cost_per_run`) at
+    /// this load.
+    pub break_even_per_device_hour: f64,
+    /// The 90th percentile of turnaround of promised runs (standard and priority), seconds.
+    pub turnaround_p90_s: f64,
     /// Re-plans: one per arrival time after the first.
     pub replans: usize,
     /// The planner's seed when its budgets were counted, not timed: the same seed gives the
@@ -222,18 +239,20 @@ pub fn simulate_with(
     let began = std::time::Instant::now();
     let base = LabProblem::from_site(site)
         .map_err(|e| CapacityError::Plan(format!("the site cannot be scheduled: {}", e.0)))?;
-    let per_tenant: usize = workload.protocols.iter().map(|p| p.arrivals.len()).sum();
-    if per_tenant.saturating_mul(tenants) > MAX_RUNS {
-        return Err(CapacityError::Workload(format!(
-            "{tenants} tenants × {per_tenant} runs each is more than {MAX_RUNS} runs: simulate fewer tenants or submissions"
-        )));
-    }
-    // Arrivals: (time, tenant, protocol), in time order; ties keep tenant order.
+    // Arrivals: (time, tenant, protocol), in time order; ties keep tenant order. Each tenant
+    // draws its random submissions from its own stream of the seed, so tenant t submits the
+    // same whatever the number of tenants.
     let mut arrivals = Vec::new();
-    for t in 0..tenants {
-        for (p, times) in workload.protocols.iter().map(|s| &s.arrivals).enumerate() {
-            for &at in times {
+    for (t, profile) in workload.profiles_of(tenants).into_iter().enumerate() {
+        let mut rng = Rng::new(effort.seed ^ (t as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        for &p in &workload.profiles[profile].protocols {
+            for at in workload.protocols[p].timing.arrivals(&mut rng) {
                 arrivals.push((at + t as f64 * workload.tenant_offset_s, t, p));
+            }
+            if arrivals.len() > MAX_RUNS {
+                return Err(CapacityError::Workload(format!(
+                    "{tenants} tenants submit more than {MAX_RUNS} runs: simulate fewer tenants or submissions"
+                )));
             }
         }
     }
@@ -317,6 +336,12 @@ fn report(
         utilisation.iter().max_by(|a, b| a.fraction.total_cmp(&b.fraction)).map(|u| u.id.clone()).unwrap_or_default();
     let fairness = p.fairness(s);
     let mut per_tenant = Vec::new();
+    let profiles = workload.profiles_of(tenants);
+    let profile_of = |name: &str| {
+        (0..tenants)
+            .find(|&t| tenant_name(t) == name)
+            .map_or_else(String::new, |t| workload.profiles[profiles[t]].name.clone())
+    };
     for f in &fairness.tenants {
         let turnarounds: Vec<f64> = p
             .runs
@@ -327,6 +352,7 @@ fn report(
             .collect();
         per_tenant.push(TenantLine {
             tenant: f.tenant.clone(),
+            profile: profile_of(&f.tenant),
             runs: turnarounds.len(),
             mean_turnaround_s: turnarounds.iter().sum::<f64>() / turnarounds.len().max(1) as f64,
             max_turnaround_s: turnarounds.iter().copied().fold(0.0, f64::max),
@@ -343,6 +369,15 @@ fn report(
     let hourly: f64 = site.instruments.iter().map(|i| site.price_per_hour(i.class)).sum();
     let site_cost_per_run = hourly * makespan / 3600.0 / runs as f64;
     let billed: f64 = arrivals.iter().map(|a| workload.protocols[a.2].price).sum();
+    let fee = site.prices.per_run;
+    let device_revenue: f64 =
+        arrivals.iter().map(|a| workload.protocols[a.2].price - workload.protocols[a.2].consumables - fee).sum();
+    let device_hours =
+        (s.tasks.iter().flatten().filter(|t| t.resource.is_some()).map(|t| t.end - t.start).sum::<f64>()
+            + s.moves.iter().map(|m| m.end - m.start).sum::<f64>())
+            / 3600.0;
+    let promised_turnarounds: Vec<f64> =
+        (0..runs).filter(|&i| p.runs[i].class.promised()).map(|i| s.completion(i) - p.runs[i].release).collect();
     let consumables: f64 = arrivals.iter().map(|a| workload.protocols[a.2].consumables).sum();
     let storage: f64 = arrivals.iter().map(|a| workload.protocols[a.2].storage).sum();
     Ok(Report {
@@ -362,6 +397,10 @@ fn report(
         currency: workload.currency.clone(),
         site_cost_per_run,
         billed_per_run: billed / runs as f64,
+        device_hours,
+        charged_per_device_hour: device_revenue / device_hours.max(1e-9),
+        break_even_per_device_hour: hourly * makespan / 3600.0 / device_hours.max(1e-9),
+        turnaround_p90_s: percentile(&promised_turnarounds, 0.9),
         // + 0.0: a sum of nothing is −0.0 in Rust, printed "-0.00".
         consumables_per_run: consumables / runs as f64 + 0.0,
         storage_per_run: storage / runs as f64 + 0.0,
@@ -430,6 +469,72 @@ fn per_class(
         .collect()
 }
 
+/// The `q` quantile (0–1) of `xs`, nearest rank; 0 for none.
+pub fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = (q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// The most tenants the site takes at a turnaround target, and the scenarios that showed it.
+#[derive(Debug, Clone)]
+pub struct AtTarget {
+    /// The 90th percentile of turnaround of promised runs may not exceed this, seconds.
+    pub target_s: f64,
+    /// The most tenants found within it (0: not even one).
+    pub tenants: usize,
+    /// That scenario, and the next number of tenants tried above it (over the target), if any.
+    pub within: Option<Report>,
+    pub beyond: Option<Report>,
+}
+
+/// The largest number of tenants, up to `max`, whose runs' 90th percentile of turnaround stays
+/// within `target_s`: doubling from one tenant until the target breaks, then halving the gap.
+/// (Turnaround need not grow monotonically with tenants; this finds a number within the target
+/// with the next one tried above it, not the largest of every number.)
+pub fn tenants_at_target(
+    site: &Site,
+    workload: &Workload,
+    effort: Effort,
+    target_s: f64,
+    max: usize,
+) -> Result<AtTarget, CapacityError> {
+    let within_target = |r: &Report| r.turnaround_p90_s <= target_s;
+    let mut best: Option<Report> = None;
+    let mut beyond: Option<Report> = None;
+    let mut n = 1;
+    while n <= max.max(1) {
+        let r = simulate_with(site, workload, n, effort)?;
+        if !within_target(&r) {
+            beyond = Some(r);
+            break;
+        }
+        best = Some(r);
+        if n == max {
+            break;
+        }
+        n = (n * 2).min(max);
+    }
+    // Between the last within and the first beyond.
+    while let (Some(lo), Some(hi)) = (&best, &beyond) {
+        if hi.tenants - lo.tenants <= 1 {
+            break;
+        }
+        let mid = (lo.tenants + hi.tenants) / 2;
+        let r = simulate_with(site, workload, mid, effort)?;
+        if within_target(&r) {
+            best = Some(r);
+        } else {
+            beyond = Some(r);
+        }
+    }
+    Ok(AtTarget { target_s, tenants: best.as_ref().map_or(0, |r| r.tenants), within: best, beyond })
+}
+
 /// The name a simulated tenant goes by.
 pub fn tenant_name(t: usize) -> String {
     format!("tenant-{:02}", t + 1)
@@ -453,6 +558,8 @@ fn union_length(mut v: Vec<(f64, f64)>) -> f64 {
 }
 
 fn utilisation(p: &LabProblem, s: &LabSchedule, makespan: f64) -> Vec<Utilisation> {
+    // Intervals per lane; a lane's slot time is the sum of its intervals (they overlap on an
+    // instrument that holds several plates).
     let mut lanes: BTreeMap<(bool, usize), Vec<(f64, f64)>> = BTreeMap::new();
     for slot in s.tasks.iter().flatten() {
         if let Some(r) = slot.resource {
@@ -464,12 +571,17 @@ fn utilisation(p: &LabProblem, s: &LabSchedule, makespan: f64) -> Vec<Utilisatio
     }
     let mut out = Vec::new();
     for (i, r) in p.resources.iter().enumerate() {
-        let busy = union_length(lanes.remove(&(false, i)).unwrap_or_default());
+        let intervals = lanes.remove(&(false, i)).unwrap_or_default();
+        let slots = r.capacity.max(1);
+        let slot_s: f64 = intervals.iter().map(|(a, b)| b - a).sum();
+        let busy = union_length(intervals);
+        let used = if slots > 1 { slot_s / f64::from(slots) } else { busy };
         out.push(Utilisation {
             id: r.id.clone(),
             class: r.class.as_str().into(),
             busy_s: busy,
-            fraction: busy / makespan.max(1e-9),
+            slots,
+            fraction: used / makespan.max(1e-9),
         });
     }
     for (i, a) in p.arms.iter().enumerate() {
@@ -478,6 +590,7 @@ fn utilisation(p: &LabProblem, s: &LabSchedule, makespan: f64) -> Vec<Utilisatio
             id: a.id.clone(),
             class: "robot_arm".into(),
             busy_s: busy,
+            slots: 1,
             fraction: busy / makespan.max(1e-9),
         });
     }

@@ -1,7 +1,7 @@
 //! The capacity report as people read it: an SVG Gantt chart, the cost curve, Markdown.
 //! Pure: a [`Report`] in, text out.
 
-use super::Report;
+use super::{AtTarget, Report};
 
 const PALETTE: [&str; 10] =
     ["#457b9d", "#e76f51", "#2a9d8f", "#8e6bbf", "#e9c46a", "#d62f7c", "#6a994e", "#f4a261", "#264653", "#bc6c25"];
@@ -153,7 +153,9 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
          - makespan: **{}** (lower bound {}; {:.2}× the bound)\n- busiest set by eligible work: {}\n- bottleneck (busiest in the plan): **{}**\n- Jain's fairness index: {:.3}\n\
          - promises kept: {} of {} promised runs ({:.1}%) finished by the completion promised when they arrived{}\n\
          - site cost per run: {:.2} {cur} in instrument time, {:.2} {cur} in consumables and reagents, {:.2} {cur} in storage; billed per run: {:.2} {cur}\n- planned {} ({} re-plans)\n\n\
-         ![Gantt chart](gantt.svg)\n\n### Utilisation\n\n| instrument | class | busy | utilisation |\n|---|---|---:|---:|\n",
+         - device time: {:.1} device-hours, charged {:.2} {cur} per device-hour on average; break-even at this load: {:.2} {cur} per device-hour\n\
+         - 90th percentile of turnaround (promised runs): {}\n\n\
+         ![Gantt chart](gantt.svg)\n\n### Utilisation\n\n(busy: holding a plate or running a task; utilisation: slots in use ÷ slots × makespan)\n\n| instrument | class | slots | busy | utilisation |\n|---|---|---:|---:|---:|\n",
         r.tenants,
         r.runs,
         hours(r.makespan_s),
@@ -181,10 +183,21 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
             None => "as the executor plans, within time budgets (figures vary a little run to run)".into(),
         },
         r.replans,
+        r.device_hours,
+        r.charged_per_device_hour,
+        r.break_even_per_device_hour,
+        hours(r.turnaround_p90_s),
         cur = r.currency,
     );
     for u in &r.utilisation {
-        md.push_str(&format!("| {} | {} | {} | {:.1}% |\n", u.id, u.class, hours(u.busy_s), u.fraction * 100.0));
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1}% |\n",
+            u.id,
+            u.class,
+            u.slots,
+            hours(u.busy_s),
+            u.fraction * 100.0
+        ));
     }
     if r.per_class.len() > 1 || r.per_class.iter().any(|c| c.class != labware::ServiceClass::Standard) {
         md.push_str(&format!(
@@ -210,11 +223,12 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
             ));
         }
     }
-    md.push_str("\n### Per tenant\n\n| tenant | runs | promises kept | mean turnaround | max turnaround | mean slowdown | max slowdown |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("\n### Per tenant\n\n| tenant | profile | runs | promises kept | mean turnaround | max turnaround | mean slowdown | max slowdown |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
     for t in &r.per_tenant {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
             t.tenant,
+            t.profile,
             t.runs,
             t.promises_kept,
             hours(t.mean_turnaround_s),
@@ -244,6 +258,38 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
             r.consumables_per_run,
             r.storage_per_run,
             r.billed_per_run
+        ));
+    }
+    md
+}
+
+/// The answer to "how many tenants at this turnaround target", as Markdown.
+pub fn target_markdown(a: &AtTarget) -> String {
+    let mut md = format!(
+        "\n## Tenants at a turnaround target\n\nTarget: the 90th percentile of turnaround of promised runs within {}.\n\n",
+        hours(a.target_s)
+    );
+    match &a.within {
+        Some(r) => md.push_str(&format!(
+            "- **{} tenants** ({} runs): 90th percentile {}, makespan {}, Jain {:.3}, promises kept {} of {}; break-even {:.2} {cur} per device-hour against {:.2} charged\n",
+            r.tenants,
+            r.runs,
+            hours(r.turnaround_p90_s),
+            hours(r.makespan_s),
+            r.jain,
+            r.promises_kept,
+            r.promised,
+            r.break_even_per_device_hour,
+            r.charged_per_device_hour,
+            cur = r.currency
+        )),
+        None => md.push_str("- not even one tenant: a tenant's own runs take longer than the target on the empty lab\n"),
+    }
+    if let Some(r) = &a.beyond {
+        md.push_str(&format!(
+            "- {} tenants: 90th percentile {} (over the target)\n",
+            r.tenants,
+            hours(r.turnaround_p90_s)
         ));
     }
     md

@@ -237,3 +237,93 @@ fn spot_work_fills_the_lab_without_touching_standard_runs() {
     let md = labd::capacity::markdown("sim", "spot", &[spot]);
     assert!(md.contains("### Per service class") && md.contains("| spot | 40 |"), "{md}");
 }
+
+/// Heterogeneous tenants (`[[profile]]`, each its share of the tenants) submitting at random
+/// (`per_day`, a Poisson process drawn from the seed); the question an operator asks ("how many
+/// tenants at a turnaround target, and what price per device-hour breaks even there") answered
+/// by the CLI; incubators counted by the slots in use.
+#[test]
+fn mixed_tenants_at_random_and_the_most_tenants_at_a_turnaround_target() {
+    let site = labware::Site::sim().unwrap();
+    let mixed = root().join("sites/workload-mixed.toml");
+    let w = labd::capacity::Workload::load(&mixed, &site).unwrap();
+    let names: Vec<&str> = w.profiles.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["assays", "molecular", "screening"]);
+    // Shares 2 : 1 : 1, dealt in turn; the first tenants' profiles do not depend on how many.
+    let dealt = w.profiles_of(40);
+    assert_eq!(&dealt[..4], &[0, 1, 2, 0]);
+    assert_eq!((0..3).map(|p| dealt.iter().filter(|&&d| d == p).count()).collect::<Vec<_>>(), [20, 10, 10]);
+    assert_eq!(w.profiles_of(7), dealt[..7]);
+
+    let effort = labd::capacity::Effort::seeded(1);
+    let r = labd::capacity::simulate_with(&site, &w, 8, effort).unwrap();
+    assert_eq!(r.per_tenant.iter().filter(|t| t.profile == "assays").count(), 4, "{:?}", r.per_tenant);
+    let again = labd::capacity::simulate_with(&site, &w, 8, effort).unwrap();
+    assert_eq!(serde_json::to_string(&r).unwrap(), serde_json::to_string(&again).unwrap(), "one seed, one report");
+    let other = labd::capacity::simulate_with(&site, &w, 8, labd::capacity::Effort::seeded(2)).unwrap();
+    assert_ne!(r.runs + r.makespan_s as usize, other.runs + other.makespan_s as usize, "another seed draws others");
+    // Break-even: device-hours at the break-even price pay for every instrument over the makespan.
+    assert!(
+        (r.break_even_per_device_hour * r.device_hours - r.site_cost_per_run * r.runs as f64).abs() < 1e-6,
+        "{r:?}"
+    );
+    // An incubator holding a plate in one of its slots is not fully used.
+    let inc = r.utilisation.iter().find(|u| u.id == "inc1").unwrap();
+    assert!(inc.slots > 1 && inc.fraction < inc.busy_s / r.makespan_s, "{inc:?}");
+
+    let dir = fresh_dir("at-target");
+    let out = labctl(&[
+        "simulate",
+        "--workload",
+        mixed.to_str().unwrap(),
+        "--seed",
+        "1",
+        "--turnaround-target",
+        "2.5",
+        "--max-tenants",
+        "64",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{se}");
+    let reports: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let (within, beyond) = (&reports[0], &reports[1]);
+    let n = within["tenants"].as_u64().unwrap();
+    assert_eq!(beyond["tenants"].as_u64(), Some(n + 1), "{se}");
+    assert!(within["turnaround_p90_s"].as_f64().unwrap() <= 2.5 * 3600.0, "{within}");
+    assert!(beyond["turnaround_p90_s"].as_f64().unwrap() > 2.5 * 3600.0, "{beyond}");
+    assert!(se.contains(&format!("at most {n} tenants keep the 90th percentile of turnaround within 2.50 h")), "{se}");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("## Tenants at a turnaround target") && md.contains(&format!("**{n} tenants**")), "{md}");
+    let bad = labctl(&["simulate", "--workload", mixed.to_str().unwrap(), "--turnaround-target", "0"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("positive number of hours"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A workload file that mixes the two forms, or asks for random and fixed times at once, or
+/// gives a profile no share, is refused naming what to change.
+#[test]
+fn bad_profiles_and_random_timings_are_refused_with_the_entry() {
+    let site = labware::Site::sim().unwrap();
+    let dir = fresh_dir("bad-profiles");
+    let sd = root().join("protocols/examples/serial-dilution.yaml");
+    let cases = [
+        (format!("[[submit]]\nprotocol = {sd:?}\n[[profile]]\nname = \"a\"\n[[profile.submit]]\nprotocol = {sd:?}\n"), "both [[submit]] and [[profile]]"),
+        (format!("[[submit]]\nprotocol = {sd:?}\nper_day = 3\ncount = 2\n"), "give either per_day"),
+        (format!("[[submit]]\nprotocol = {sd:?}\ndays = 2\n"), "days goes with per_day"),
+        (format!("[[submit]]\nprotocol = {sd:?}\nper_day = 0\n"), "per_day must be a positive number"),
+        (format!("[[profile]]\nname = \"a\"\nshare = 0\n[[profile.submit]]\nprotocol = {sd:?}\n"), "[[profile]] a: share must be a positive number"),
+        (format!("[[profile]]\nname = \"a\"\n[[profile.submit]]\nprotocol = {sd:?}\n[[profile]]\nname = \"a\"\n[[profile.submit]]\nprotocol = {sd:?}\n"), "used twice"),
+        (format!("[[profile]]\nname = \"a\"\n[[profile.submit]]\nprotocol = {sd:?}\nclass = \"gold\"\n"), "unknown variant `gold`"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let f = dir.join(format!("w{i}.toml"));
+        std::fs::write(&f, text).unwrap();
+        let e = labd::capacity::Workload::load(&f, &site).unwrap_err().to_string();
+        assert!(e.contains(expected) && e.contains(&format!("w{i}.toml")), "case {i}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
