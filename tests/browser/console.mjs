@@ -47,10 +47,15 @@ try {
   await page.click("#resume-lab");
   await page.waitForFunction(() => document.getElementById("halt-state").textContent === "Lab running");
 
+  // What was done by hand from the page is in the audit trail on the page.
+  for (const action of ["intervention_resolved", "maintenance_on", "maintenance_off", "paused", "resumed"]) {
+    await page.waitForSelector(`#audit tbody tr[data-action='${action}']`);
+  }
+
   // A scientist sees their own run, not the other tenant's run or name, and no instruments.
   await page.click("#logout");
   // Signed out, the page keeps nothing of the technician's view for the next user of the screen.
-  const left = await page.evaluate(() => ["gantt", "runs", "interventions", "instruments"].map((id) => document.getElementById(id).innerHTML).join(""));
+  const left = await page.evaluate(() => ["gantt", "runs", "interventions", "instruments", "audit"].map((id) => document.getElementById(id).innerHTML).join(""));
   if (left.includes(otherRun) || left.includes(ownRun)) throw new Error("the signed-out page still holds the last user's runs");
   await page.fill("#token", sciToken);
   await page.click("#login");
@@ -60,6 +65,7 @@ try {
   if (text.includes(otherRun) || text.includes(short(otherRun))) throw new Error("the scientist sees the other tenant's run");
   if (text.includes(otherTenant)) throw new Error("the scientist sees the other tenant's name");
   if (await page.locator("#instruments-panel").isVisible()) throw new Error("the scientist sees the instruments panel");
+  if (await page.locator("#audit-panel").isVisible()) throw new Error("the scientist sees the audit trail");
   await page.screenshot({ path: `${outDir}/console-scientist.png`, fullPage: true });
 
   // The scientist opens their Bradford assay's results: a heatmap of the read, the standard

@@ -240,6 +240,37 @@ impl Api {
         .map_err(|e| Status::internal(e.to_string()))
     }
 
+    /// Records an action done by hand in the audit trail. The action has happened: when the
+    /// trail cannot take it the caller hears so (the error says the action stands), rather
+    /// than a trail that silently lacks it.
+    async fn record_audit(
+        &self,
+        who: &Principal,
+        action: &str,
+        subject: &str,
+        reason: &str,
+        detail: String,
+    ) -> Result<(), Status> {
+        let entry = crate::store::NewAudit {
+            actor: who.id.clone(),
+            action: action.into(),
+            subject: subject.into(),
+            reason: reason.into(),
+            detail,
+        };
+        let store = self.store.clone();
+        match blocking(move || store.record_audit(&entry)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(actor = %who.id, action, subject, error = %e.message(), "the audit trail did not take an action");
+                Err(Status::unavailable(format!(
+                    "{action} of {subject} was done, but the audit trail could not record it ({}); tell an admin",
+                    e.message()
+                )))
+            }
+        }
+    }
+
     /// What tasks have really taken on this lab, to correct estimates by (`experience`).
     async fn experience(&self) -> Result<crate::experience::Experience, Status> {
         let store = self.store.clone();

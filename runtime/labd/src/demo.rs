@@ -176,7 +176,11 @@ async fn drive(running: &Running, scale: f64, data_dir: &std::path::Path) -> any
                     if i.what != "manual step" {
                         continue; // faults stay for a person to look at
                     }
-                    let Ok(req) = tech.req(pb::ResolveRequest { id: i.id.clone(), resolution: "done".into() }) else {
+                    let Ok(req) = tech.req(pb::ResolveRequest {
+                        id: i.id.clone(),
+                        resolution: "done".into(),
+                        reason: String::new(),
+                    }) else {
                         continue;
                     };
                     if lab.resolve(req).await.is_ok() {

@@ -34,7 +34,8 @@ impl pb::admin_server::Admin for Api {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        Self::admin(&self.caller(&req).await?)?;
+        let who = self.caller(&req).await?;
+        Self::admin(&who)?;
         let r = req.into_inner();
         let role = Role::parse(&r.role).map_err(|e| status(e.into()))?;
         let tenant = if r.tenant.is_empty() {
@@ -65,6 +66,11 @@ impl pb::admin_server::Admin for Api {
         })
         .await?;
         self.refresh_mqtt_identities().await?;
+        let for_whom = if r.tenant.is_empty() { "the lab".to_string() } else { format!("tenant {}", r.tenant) };
+        let lifetime =
+            expires.map_or_else(|| "no expiry".to_string(), |at| format!("expires {}", crate::clock::rfc3339(at)));
+        self.record_audit(&who, "token_created", &p.id, "", format!("{} for {for_whom}, {lifetime}", role.as_str()))
+            .await?;
         Ok(Response::new(pb::CreateTokenResponse {
             token,
             principal_id: p.id,
@@ -98,7 +104,8 @@ impl pb::admin_server::Admin for Api {
     }
 
     async fn set_quotas(&self, req: Request<pb::SetQuotasRequest>) -> Result<Response<pb::TenantInfo>, Status> {
-        Self::admin(&self.caller(&req).await?)?;
+        let who = self.caller(&req).await?;
+        Self::admin(&who)?;
         let r = req.into_inner();
         if r.max_concurrent_runs < 0 || !(r.device_hours_per_month >= 0.0 && r.device_hours_per_month.is_finite()) {
             return Err(Status::invalid_argument("quotas are 0 (no limit) or positive"));
@@ -112,6 +119,13 @@ impl pb::admin_server::Admin for Api {
             store.tenant(&t.id)
         })
         .await?;
+        let detail = format!(
+            "at most {} runs at once, {} device-hours a month, priority {} (0: no limit)",
+            t.max_concurrent_runs.unwrap_or(0),
+            t.device_hours_per_month.unwrap_or(0.0),
+            t.priority
+        );
+        self.record_audit(&who, "quotas_set", &format!("tenant {}", t.name), "", detail).await?;
         Ok(Response::new(tenant_info(t)))
     }
 

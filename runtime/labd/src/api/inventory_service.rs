@@ -80,6 +80,8 @@ impl pb::inventory_server::Inventory for Api {
         let (lot, expires_on) = (r.lot.trim().to_string(), r.expires_on.trim().to_string());
         let got = blocking(move || store.receive_lot(&reagent, &lot, &expires_on, r.volume_ul)).await?;
         tracing::info!(by = %who.id, reagent = %got.reagent, lot = %got.lot, volume_ul = got.volume_ul, "reagent lot received");
+        let detail = format!("{} µL received, expires {}", protocols::units::trim(r.volume_ul), got.expires_on);
+        self.record_audit(&who, "lot_received", &format!("{} lot {}", got.reagent, got.lot), "", detail).await?;
         Ok(Response::new(self.stock_now().await?))
     }
 
@@ -99,6 +101,8 @@ impl pb::inventory_server::Inventory for Api {
         let store = self.store.clone();
         let set = blocking(move || store.set_consumable(&load_name, r.on_hand, r.reorder_at)).await?;
         tracing::info!(by = %who.id, item = %set.load_name, on_hand = set.on_hand, reorder_at = set.reorder_at, "consumable counted");
+        let detail = format!("{} on hand, reorder at {}", set.on_hand, set.reorder_at);
+        self.record_audit(&who, "consumable_counted", &set.load_name, "", detail).await?;
         Ok(Response::new(self.stock_now().await?))
     }
 
@@ -119,12 +123,15 @@ impl pb::inventory_server::Inventory for Api {
         let r = req.into_inner();
         let (store, by) = (self.store.clone(), who.id.clone());
         let run = r.run_id.trim().to_string();
-        let items = blocking(move || {
+        let (item, items) = blocking(move || {
             let item = store.confirm_pick(&run, r.n, &r.barcode, &by)?;
             tracing::info!(run = %run, item = item.n, barcode = %item.expected, by = %by, "kitted item confirmed");
-            store.pick_list(&run)
+            Ok::<_, store::StoreError>((item.clone(), store.pick_list(&run)?))
         })
         .await?;
+        let subject = format!("pick list of {}, item {}", item.run_id, item.n);
+        let detail = format!("{} scanned {}, to {}", item.what, item.expected, item.to);
+        self.record_audit(&who, "pick_confirmed", &subject, "", detail).await?;
         Ok(Response::new(pick_list_reply(items)))
     }
 
@@ -177,6 +184,9 @@ impl pb::inventory_server::Inventory for Api {
         })
         .await?;
         tracing::info!(by = %who.id, containers = got.len(), "shipment received");
+        let barcodes: Vec<&str> = got.iter().map(|k| k.barcode.as_str()).collect();
+        let detail = format!("{} containers: {}", got.len(), barcodes.join(", "));
+        self.record_audit(&who, "shipment_received", &format!("shipment of {}", r.tenant.trim()), "", detail).await?;
         Ok(Response::new(pb::ContainersResponse {
             containers: got.into_iter().map(|k| container_info(k, Vec::new())).collect(),
         }))

@@ -35,6 +35,32 @@ fn halt_response(h: crate::halt::Halt, stopped: Vec<crate::halt::DriverStopped>)
 
 #[tonic::async_trait]
 impl pb::lab_server::Lab for Api {
+    async fn audit(&self, req: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
+        let who = self.caller(&req).await?;
+        Self::staff(&who, "the audit trail")?;
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 200,
+            n if n <= 1000 => n as usize,
+            n => return Err(Status::invalid_argument(format!("limit {n}: at most 1000 entries at once"))),
+        };
+        let store = self.store.clone();
+        let entries = blocking(move || store.audit(r.since_ms, limit)).await?;
+        Ok(Response::new(pb::AuditResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::AuditEntry {
+                    at_ms: e.at,
+                    actor: e.actor,
+                    action: e.action,
+                    subject: e.subject,
+                    reason: e.reason,
+                    detail: e.detail,
+                })
+                .collect(),
+        }))
+    }
+
     async fn durations(&self, req: Request<pb::DurationsRequest>) -> Result<Response<pb::DurationsResponse>, Status> {
         use crate::experience as x;
         let who = self.caller(&req).await?;
@@ -82,9 +108,12 @@ impl pb::lab_server::Lab for Api {
             crate::halt::emergency_stop(&board.halt, self.lab.drivers(), &who.id, &reason).await
         } else {
             tracing::warn!(by = %who.id, reason = %reason, "lab paused");
-            board.halt.set(crate::halt::Halt::Paused { by: who.id.clone(), reason });
+            board.halt.set(crate::halt::Halt::Paused { by: who.id.clone(), reason: reason.clone() });
             Vec::new()
         };
+        let action = if r.emergency { "emergency_stop" } else { "paused" };
+        let detail = if r.emergency { format!("{} drivers told to stop", stopped.len()) } else { String::new() };
+        self.record_audit(&who, action, "lab", &reason, detail).await?;
         Ok(Response::new(halt_response(board.halt.get(), stopped)))
     }
 
@@ -92,8 +121,10 @@ impl pb::lab_server::Lab for Api {
         let who = self.caller(&req).await?;
         Self::staff(&who, "resuming the lab")?;
         let board = self.board.as_ref().ok_or_else(|| Status::unavailable("this node drives no lab"))?;
-        tracing::warn!(by = %who.id, was = board.halt.get().as_str(), "lab resumed");
+        let was = board.halt.get().as_str();
+        tracing::warn!(by = %who.id, was, "lab resumed");
         board.halt.set(crate::halt::Halt::Clear);
+        self.record_audit(&who, "resumed", "lab", "", format!("was {was}")).await?;
         Ok(Response::new(halt_response(board.halt.get(), Vec::new())))
     }
 
@@ -183,6 +214,8 @@ impl pb::lab_server::Lab for Api {
         }
         let (store, id, reason, by) = (self.store.clone(), inst.id.clone(), r.reason.clone(), who.id.clone());
         blocking(move || store.set_maintenance(&id, r.on.then_some((reason.as_str(), by.as_str())))).await?;
+        let action = if r.on { "maintenance_on" } else { "maintenance_off" };
+        self.record_audit(&who, action, &inst.id, r.reason.trim(), String::new()).await?;
         if let Some(b) = &self.board {
             // The executor takes it from here; the board shows it at once.
             b.set_unavailable(&inst.id, r.on.then(|| format!("maintenance: {}", r.reason)));
@@ -239,8 +272,23 @@ impl pb::lab_server::Lab for Api {
             return Err(Status::permission_denied("interventions are resolved by technicians and admins"));
         }
         let r = req.into_inner();
-        let store = self.store.clone();
-        let i = blocking(move || store.resolve_intervention(&r.id, &r.resolution, &who.id)).await?;
+        if r.reason.chars().count() > MAX_REASON_CHARS {
+            return Err(Status::invalid_argument(format!("the reason is longer than {MAX_REASON_CHARS} characters")));
+        }
+        let (store, id, resolution, by) = (self.store.clone(), r.id.clone(), r.resolution.clone(), who.id.clone());
+        let i = blocking(move || store.resolve_intervention(&id, &resolution, &by)).await?;
+        let subject = match &i.instrument {
+            Some(inst) => format!("intervention {} of {} on {inst}", i.id, i.run_id),
+            None => format!("intervention {} of {}", i.id, i.run_id),
+        };
+        self.record_audit(
+            &who,
+            "intervention_resolved",
+            &subject,
+            r.reason.trim(),
+            format!("{}: {}", r.resolution, i.what),
+        )
+        .await?;
         Ok(Response::new(intervention(i)))
     }
 }

@@ -104,6 +104,9 @@ pub enum ClientCmd {
         out: Out,
         id: String,
         resolution: String,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Take an instrument out of service or put it back (technicians).
     Maintenance {
@@ -138,13 +141,26 @@ pub enum ClientCmd {
         #[command(flatten)]
         out: Out,
     },
-    /// Device time used per tenant and instrument class, for billing (admin).
     /// How long tasks really took against their estimates, per instrument and kind of work,
     /// and the correction plans and quotes apply (technicians and admins).
     Durations {
         #[command(flatten)]
         out: Out,
     },
+    /// The audit trail, newest first: who did what by hand, to what, when and why
+    /// (technicians and admins).
+    Audit {
+        #[command(flatten)]
+        out: Out,
+        /// Only from this day on (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many entries (1–1000).
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+    },
+    /// Device time used per tenant, instrument class and service class, with what it comes
+    /// to, then consumables, reagents and storage (admin).
     Usage {
         #[command(flatten)]
         out: Out,

@@ -184,8 +184,8 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 }
                 Ok(0)
             }
-            ClientCmd::Resolve { out, id, resolution } => {
-                let i = pb::lab_client::LabClient::new(c.channel.clone()).resolve(c.req(pb::ResolveRequest { id, resolution })?).await.map_err(sentence)?.into_inner();
+            ClientCmd::Resolve { out, id, resolution, reason } => {
+                let i = pb::lab_client::LabClient::new(c.channel.clone()).resolve(c.req(pb::ResolveRequest { id, resolution, reason })?).await.map_err(sentence)?.into_inner();
                 if out.format == Fmt::Json {
                     out!("{}", serde_json::json!({"id": i.id, "state": i.state}));
                 } else {
@@ -260,6 +260,37 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     .map_err(sentence)?
                     .into_inner();
                 print_durations(&out, &d)?;
+                Ok(0)
+            }
+            ClientCmd::Audit { out, since, limit } => {
+                let since_ms = match since.as_deref() {
+                    None => 0,
+                    Some(d) => crate::clock::day_ms(d).ok_or_else(|| anyhow!("--since {d:?}: give a day as YYYY-MM-DD"))?,
+                };
+                if !(1..=1000).contains(&limit) {
+                    bail!("--limit takes 1 to 1000 entries");
+                }
+                let a = pb::lab_client::LabClient::new(c.channel.clone())
+                    .audit(c.req(pb::AuditRequest { since_ms, limit })?)
+                    .await
+                    .map_err(sentence)?
+                    .into_inner();
+                if out.format == Fmt::Json {
+                    out!("{}", json_array(a.entries.iter().map(|e| serde_json::json!({
+                        "at": crate::clock::rfc3339(e.at_ms), "actor": e.actor, "action": e.action,
+                        "subject": e.subject, "reason": e.reason, "detail": e.detail,
+                    }))));
+                    return Ok(0);
+                }
+                out!("{:<20} {:<24} {:<22} {:<40} {}", "AT (UTC)", "WHO", "ACTION", "SUBJECT", "REASON / DETAIL");
+                for e in &a.entries {
+                    let why = match (e.reason.is_empty(), e.detail.is_empty()) {
+                        (false, false) => format!("{} / {}", e.reason, e.detail),
+                        (false, true) => e.reason.clone(),
+                        _ => e.detail.clone(),
+                    };
+                    out!("{:<20} {:<24} {:<22} {:<40} {}", crate::clock::rfc3339(e.at_ms), e.actor, e.action, e.subject, why);
+                }
                 Ok(0)
             }
             ClientCmd::Usage { out, tenant, since } => {

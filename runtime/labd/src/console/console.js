@@ -76,6 +76,7 @@ async function login(ev) {
   const staff = me.role !== "scientist";
   $("instruments-panel").hidden = !staff;
   $("kitting-panel").hidden = !staff;
+  $("audit-panel").hidden = !staff;
   for (const c of document.querySelectorAll(".tenant-col")) c.hidden = !staff;
   await refresh();
 }
@@ -98,6 +99,7 @@ function clearViews() {
   $("interventions").replaceChildren();
   $("picks").replaceChildren();
   drawnPicks = "";
+  $("audit").tBodies[0].replaceChildren();
   $("results").replaceChildren();
   $("results-title").textContent = "";
   $("results-panel").hidden = true;
@@ -110,10 +112,11 @@ async function refresh() {
   const mine = session;
   try {
     const staff = me.role !== "scientist";
-    const [schedule, runs, interventions, instruments, picks] = await Promise.all([
+    const [schedule, runs, interventions, instruments, picks, audit] = await Promise.all([
       allPages("/api/schedule", "slots"), allPages("/api/runs", "runs"), allPages("/api/interventions", "interventions"),
       staff ? call("GET", "/api/instruments") : Promise.resolve({ instruments: [] }),
       staff ? call("GET", "/api/picks") : Promise.resolve({ items: [] }),
+      staff ? call("GET", "/api/audit") : Promise.resolve({ entries: [] }),
     ]);
     if (mine !== session) return; // signed out (or in as someone else) meanwhile
     drawInstruments(instruments.instruments || []);
@@ -122,6 +125,7 @@ async function refresh() {
     drawRuns(runs.runs || [], schedule.slots || []);
     drawInterventions(interventions.interventions || []);
     if (staff) drawPicks(picks.items || []);
+    if (staff) drawAudit(audit.entries || []);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
     if (mine !== session) return;
@@ -290,6 +294,14 @@ function drawInterventions(list) {
       el("strong", {}, (i.instrument ? i.instrument + " · " : "") + "run " + short(i.run_id) + ": "), i.what, el("br"),
       "To do: ", i.todo, " ", open ? "" : "(" + i.state + ")", el("br"), ...buttons);
   }));
+}
+
+// The audit trail, newest first: who did what by hand, to what, when and why (staff only).
+function drawAudit(entries) {
+  $("no-audit").hidden = entries.length > 0;
+  $("audit").tBodies[0].replaceChildren(...entries.map((e) => el("tr", { "data-action": e.action },
+    el("td", {}, new Date(e.at_ms).toLocaleString()), el("td", {}, e.actor), el("td", {}, e.action.replaceAll("_", " ")),
+    el("td", {}, e.subject), el("td", {}, [e.reason, e.detail].filter((x) => x).join(" — ")))));
 }
 
 // The technicians' pick lists, a run at a time: each item to fetch, and one scan field per

@@ -102,6 +102,7 @@ pub fn guarded(api: Api, hosts: Hosts) -> Router {
         .route("/api/interventions", get(interventions))
         .route("/api/interventions/{id}/resolve", post(resolve))
         .route("/api/picks", get(picks))
+        .route("/api/audit", get(audit))
         .route("/api/picks/{run}/{n}/confirm", post(confirm_pick))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such page or API route") })
         .with_state(api)
@@ -292,6 +293,9 @@ async fn interventions(State(api): State<Api>, headers: HeaderMap, uri: axum::ht
 #[derive(Debug, Deserialize)]
 struct ResolveBody {
     resolution: String,
+    /// Why, for the audit trail (optional).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 async fn resolve(
@@ -303,10 +307,22 @@ async fn resolve(
     let Ok(Json(b)) = body else {
         return failure(StatusCode::BAD_REQUEST, "send JSON {\"resolution\": \"done\"|\"redo\"|\"abort\"}");
     };
-    call(&headers, pb::ResolveRequest { id, resolution: b.resolution }, |r| async move { api.resolve(r).await }).await
+    let ask = pb::ResolveRequest { id, resolution: b.resolution, reason: b.reason.unwrap_or_default() };
+    call(&headers, ask, |r| async move { api.resolve(r).await }).await
 }
 
 /// Every run's pick-list items still to fetch (technicians and admins).
+/// The audit trail's latest entries (technicians and admins).
+async fn audit(State(api): State<Api>, headers: HeaderMap) -> Response {
+    call(&headers, pb::AuditRequest { since_ms: 0, limit: AUDIT_SHOWN }, |r| async move {
+        pb::lab_server::Lab::audit(&api, r).await
+    })
+    .await
+}
+
+/// Audit entries the console shows (`labctl audit` reads further back).
+const AUDIT_SHOWN: u32 = 50;
+
 async fn picks(State(api): State<Api>, headers: HeaderMap) -> Response {
     call(&headers, pb::PickListRequest { run_id: String::new() }, |r| async move { api.pick_list(r).await }).await
 }

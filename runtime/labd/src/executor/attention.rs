@@ -19,6 +19,17 @@ pub const NEEDS_ATTENTION: &str = "needs attention after a failed task";
 /// `set_by` of such a flag: the intervention that brings the instrument back.
 const BY_PREFIX: &str = "labd:";
 
+/// An audit entry of the runtime's own (actor `labd`).
+fn audit(action: &str, instrument: &str, reason: &str, detail: String) -> crate::store::NewAudit {
+    crate::store::NewAudit {
+        actor: "labd".into(),
+        action: action.into(),
+        subject: instrument.into(),
+        reason: reason.into(),
+        detail,
+    }
+}
+
 /// How long putting an instrument back in a safe state may take (wall time).
 const SAFE_WITHIN: Duration = Duration::from_secs(120);
 
@@ -49,7 +60,8 @@ impl Executor {
         );
         let flagged = blocking(move || {
             let i = store.open_intervention(&run_id, None, Some(&id), &format!("{id} needs attention"), &todo)?;
-            store.set_maintenance(&id, Some((NEEDS_ATTENTION, &format!("{BY_PREFIX}{}", i.id))))
+            store.set_maintenance(&id, Some((NEEDS_ATTENTION, &format!("{BY_PREFIX}{}", i.id))))?;
+            store.record_audit(&audit("maintenance_on", &id, NEEDS_ATTENTION, format!("intervention {}", i.id)))
         })
         .await;
         if let Err(e) = flagged {
@@ -71,8 +83,13 @@ impl Executor {
         for m in flagged {
             match m.set_by.strip_prefix(BY_PREFIX) {
                 Some(i) if !open.iter().any(|o| o == i) => {
-                    let (store, id) = (self.store.clone(), m.instrument.clone());
-                    blocking(move || store.set_maintenance(&id, None)).await?;
+                    let (store, id, why) =
+                        (self.store.clone(), m.instrument.clone(), format!("intervention {i} resolved"));
+                    blocking(move || {
+                        store.set_maintenance(&id, None)?;
+                        store.record_audit(&audit("maintenance_off", &id, "", why))
+                    })
+                    .await?;
                     tracing::info!(instrument = %m.instrument, intervention = i, "a technician checked the instrument; back in service");
                 }
                 _ => kept.push(m),

@@ -22,6 +22,7 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     nothing_follows_a_final_state(make().as_ref());
     usage_and_reservations_sum_per_tenant(make().as_ref());
     task_durations_are_recorded_once_and_read_newest_first(make().as_ref());
+    the_audit_trail_keeps_every_entry_newest_first(make().as_ref());
     maintenance_flags_and_token_expiry(make().as_ref());
     leases_claims_and_fencing(make().as_ref());
     containers_are_received_whole_and_kept_per_tenant(make().as_ref());
@@ -625,4 +626,28 @@ pub fn task_durations_are_recorded_once_and_read_newest_first(s: &dyn Store) {
     assert_eq!(s.task_durations(10).unwrap(), vec![d(1, 30.0, 2000), d(0, 25.0, 1000)]);
     assert_eq!(s.task_durations(1).unwrap(), vec![d(1, 30.0, 2000)]);
     assert!(matches!(s.record_duration(&d(2, f64::NAN, 4000)), Err(StoreError::Invalid(_))));
+}
+
+pub fn the_audit_trail_keeps_every_entry_newest_first(s: &dyn Store) {
+    assert!(s.audit(0, 10).unwrap().is_empty());
+    let entry = |action: &str, reason: &str| NewAudit {
+        actor: "prn_tech".into(),
+        action: action.into(),
+        subject: "reader1".into(),
+        reason: reason.into(),
+        detail: String::new(),
+    };
+    let on = s.record_audit(&entry("maintenance_on", "lamp")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let off = s.record_audit(&entry("maintenance_off", "")).unwrap();
+    assert!(off.at >= on.at && off.id != on.id);
+    let all = s.audit(0, 10).unwrap();
+    assert_eq!(all.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["maintenance_off", "maintenance_on"]);
+    assert_eq!(
+        (all[1].actor.as_str(), all[1].subject.as_str(), all[1].reason.as_str()),
+        ("prn_tech", "reader1", "lamp")
+    );
+    assert_eq!(s.audit(0, 1).unwrap().len(), 1, "the limit holds");
+    assert_eq!(s.audit(off.at + 1, 10).unwrap().len(), 0, "nothing after the last");
+    assert!(s.record_audit(&NewAudit { actor: " ".into(), ..entry("x", "") }).is_err(), "who did it is required");
 }

@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../migrations/0008_kitting.sql")),
     (9, include_str!("../../migrations/0009_task_durations.sql")),
     (10, include_str!("../../migrations/0010_service_class.sql")),
+    (11, include_str!("../../migrations/0011_audit.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -420,6 +421,33 @@ pub struct Usage {
     pub device_seconds: f64,
 }
 
+/// What a person (or labd itself) did by hand, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewAudit {
+    /// The principal id of whoever did it (`labd` for the runtime's own actions).
+    pub actor: String,
+    /// What was done: `maintenance_on`, `intervention_resolved`, `pick_confirmed`, …
+    pub action: String,
+    /// What it was done to: an instrument, an intervention, a run's pick list, a lot, a tenant.
+    pub subject: String,
+    /// The reason given, if any.
+    pub reason: String,
+    /// What else matters (the resolution, the barcode scanned, the quantities).
+    pub detail: String,
+}
+
+/// An entry of the audit trail, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: Millis,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub reason: String,
+    pub detail: String,
+}
+
 /// Usage summed per tenant and instrument class.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageTotal {
@@ -608,6 +636,10 @@ pub trait Store: Send + Sync {
     /// The latest `limit` recorded task durations, newest first, over every tenant (never
     /// shown to tenants: the lab's own experience of its instruments).
     fn task_durations(&self, limit: usize) -> Result<Vec<crate::experience::TaskDuration>>;
+    /// Appends to the audit trail: who did what by hand, to what, and why.
+    fn record_audit(&self, e: &NewAudit) -> Result<AuditEntry>;
+    /// The audit trail from `since` on, newest first, at most `limit` entries.
+    fn audit(&self, since: Millis, limit: usize) -> Result<Vec<AuditEntry>>;
     fn usage(&self, tenant: Option<&str>, since: Millis) -> Result<Vec<UsageTotal>>;
 
     /// Takes the cell's lease for `ttl_ms` when it is free or has run out (the epoch grows);

@@ -66,6 +66,7 @@ macro_rules! params {
 }
 
 // After `params!`, which it uses (a macro is seen only below where it is defined).
+mod audit;
 mod durations;
 mod kitting;
 mod stock;
@@ -1211,6 +1212,14 @@ impl<D: Db> Store for SqlStore<D> {
 
     fn task_durations(&self, limit: usize) -> Result<Vec<crate::experience::TaskDuration>> {
         self.task_durations_in(limit)
+    }
+
+    fn record_audit(&self, e: &NewAudit) -> Result<AuditEntry> {
+        self.record_audit_in(e)
+    }
+
+    fn audit(&self, since: Millis, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.audit_in(since, limit)
     }
 
     fn confirm_picks(&self, run_id: &str, scans: &[(i64, String)], by: &str) -> Result<Vec<PickItem>> {

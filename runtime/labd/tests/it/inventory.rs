@@ -218,6 +218,31 @@ fn runs_use_up_the_labs_stock_and_the_bill_says_what() {
     let (code, _, refused) = lab.ctl(&acme, &["durations"]);
     assert!(code != 0 && refused.contains("technicians and admins"), "{code} {refused}");
 
+    // Every stock change is in the audit trail, newest first, with who made it; refused ones
+    // are not. A scientist cannot read the trail.
+    let trail = lab.json(&tech, &["audit", "--format", "json"]);
+    let entries = trail.as_array().unwrap_or_else(|| panic!("{trail}"));
+    let stock_changes: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|e| e["action"] == "lot_received" || e["action"] == "consumable_counted")
+        .map(|e| (e["action"].as_str().unwrap(), e["subject"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        stock_changes,
+        [
+            ("lot_received", "PBS lot P-GONE"),
+            ("lot_received", "PBS lot P-SOON"),
+            ("lot_received", "PBS lot P-LATE"),
+            ("consumable_counted", "opentrons_96_tiprack_300ul"),
+        ],
+        "{trail}"
+    );
+    assert!(entries.iter().all(|e| e["actor"].as_str().is_some_and(|a| !a.is_empty())), "{trail}");
+    let counted = entries.iter().find(|e| e["action"] == "consumable_counted").unwrap();
+    assert_eq!(counted["detail"], "2 on hand, reorder at 1", "{counted}");
+    let (code, _, refused) = lab.ctl(&acme, &["audit"]);
+    assert!(code != 0 && refused.contains("technicians and admins"), "{code} {refused}");
+
     let stock = lab.json(&tech, &["stock", "--format", "json"]);
     let lots: Vec<(String, f64)> = stock["lots"]
         .as_array()
@@ -437,6 +462,17 @@ fn a_run_waits_until_technicians_kit_it_by_barcode() {
     let done = items(&ok(&tech, &["kit", &run, "--format", "json"]));
     assert!(done.iter().all(|i| i["confirmed_by"].is_string() && i["confirmed_at_ms"].as_i64() > Some(0)), "{done:?}");
     assert!(items(&ok(&tech, &["kit", "--format", "json"])).is_empty(), "nothing left to kit");
+    // Each confirmation (by CLI or console) is in the audit trail with the barcode scanned.
+    let trail = lab.json(&tech, &["audit", "--format", "json"]);
+    let picks: Vec<&serde_json::Value> =
+        trail.as_array().unwrap().iter().filter(|e| e["action"] == "pick_confirmed").collect();
+    assert_eq!(picks.len(), kinds.len(), "{trail}");
+    for (_, code) in &kinds {
+        assert!(
+            picks.iter().any(|e| e["detail"].as_str().unwrap().contains(&format!("scanned {code}"))),
+            "{code}: {trail}"
+        );
+    }
     lab.wait_final(&acme, &[&run], 120);
     let kitted = events.iter().find(|l| l.contains("\"kitted\""));
     assert!(kitted.is_some(), "the run says it was kitted");

@@ -109,8 +109,16 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     elisa_events.push(at_risk);
     let (_, open, _) = lab.ctl(&lab.admin, &["interventions", "--format", "json"]);
     assert!(open.contains(&intervention), "the manual step is still open while globex finished: {open}");
-    let (code, _, se) = lab.ctl(&lab.admin, &["resolve", &intervention, "done"]);
+    let (code, _, se) = lab.ctl(&lab.admin, &["resolve", &intervention, "done", "--reason", "checked the plate"]);
     assert_eq!(code, 0, "{se}");
+    let (_, trail, _) = lab.ctl(&lab.admin, &["audit", "--format", "json"]);
+    let resolved = items(&trail)
+        .into_iter()
+        .find(|e| e["action"] == "intervention_resolved")
+        .unwrap_or_else(|| panic!("the resolution is in the audit trail: {trail}"));
+    assert!(resolved["subject"].as_str().unwrap().contains(&intervention), "{resolved}");
+    assert_eq!(resolved["reason"], "checked the plate", "{resolved}");
+    assert!(resolved["detail"].as_str().unwrap().starts_with("done: "), "{resolved}");
     // Now the technician does globex's manual steps as they come.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
@@ -178,6 +186,7 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         &["instruments"],
         &["usage"],
         &["durations", "--format", "json"],
+        &["audit", "--format", "json"],
         &["halt", "--reason", "curious"],
         &["resume", "--format", "json"],
         &["containers", "--format", "json"],
@@ -194,6 +203,7 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         "/api/schedule",
         "/api/interventions",
         "/api/instruments",
+        "/api/audit",
         &analysis_own,
         &analysis_other,
     ] {

@@ -517,6 +517,25 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
+        // What the technician did by hand is in the audit trail, newest first, with the reason;
+        // what was refused is not. Scientists cannot read it.
+        for (on, reason) in [(true, "lamp replacement"), (false, "")] {
+            let ask = pb::SetMaintenanceRequest { instrument: "reader1".into(), on, reason: reason.into() };
+            lab.set_maintenance(req("tech", ask)).await.unwrap();
+        }
+        let trail = lab.audit(req("tech", pb::AuditRequest::default())).await.unwrap().into_inner().entries;
+        let seen: Vec<(&str, &str, &str)> =
+            trail.iter().map(|e| (e.action.as_str(), e.subject.as_str(), e.reason.as_str())).collect();
+        assert_eq!(
+            seen,
+            [("maintenance_off", "reader1", ""), ("maintenance_on", "reader1", "lamp replacement")],
+            "{trail:?}"
+        );
+        assert!(trail.iter().all(|e| e.actor.starts_with("pri_") && e.at_ms > 0), "{trail:?}");
+        let e = lab.audit(req("acme", pb::AuditRequest::default())).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let e = lab.audit(req("tech", pb::AuditRequest { limit: 5000, ..Default::default() })).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
         // After all that, the API still serves: the same submission again is the same run.
         let again = runs.submit(req("acme", submit("g.yaml", example.clone(), "k4"))).await.unwrap().into_inner();
         assert!(!again.created);
