@@ -98,6 +98,10 @@ class Quote:
     validation: Validation
     # Labware the run uses up and reagents the lab pours for it: item, unit, quantity, price, amount.
     consumables: list[dict]
+    # The service class priced (standard, priority or spot) and, planned behind today's queue,
+    # when the lab would promise it if submitted now (Unix ms; 0 for spot, promised nothing).
+    service_class: str = "standard"
+    promised_by_at_ms: int = 0
 
 
 def _diagnostics(pb: Sequence[Any]) -> list[Diagnostic]:
@@ -172,10 +176,12 @@ class Lab:
             raise ProtocolError(name, diags)
         return Validation(resp.tasks, resp.commands, [d for d in diags if d.severity == "warning"])
 
-    def quote(self, protocol: Protocol) -> Quote:
-        """Duration, device time and cost; raises `ProtocolError` when the protocol has errors."""
+    def quote(self, protocol: Protocol, service_class: str = "standard") -> Quote:
+        """Duration, device time and cost in a service class (standard, priority or spot);
+        raises `ProtocolError` when the protocol has errors."""
         name, source = _source(protocol)
-        resp = self._call(self._protocols.Quote, protocols_pb2.ValidateRequest(file_name=name, source=source))
+        request = protocols_pb2.ValidateRequest(file_name=name, source=source, service_class=service_class)
+        resp = self._call(self._protocols.Quote, request)
         validation = self._validation(name, resp.validation)
         lines = [
             {"instrument_class": l.instrument_class, "hours": l.hours, "rate_per_hour": l.rate_per_hour, "amount": l.amount}
@@ -186,15 +192,29 @@ class Lab:
             for l in resp.consumables
         ]
         return Quote(
-            resp.duration_s, resp.plate_moves, lines, resp.per_run, resp.total, resp.currency, validation, consumables
+            resp.duration_s,
+            resp.plate_moves,
+            lines,
+            resp.per_run,
+            resp.total,
+            resp.currency,
+            validation,
+            consumables,
+            resp.service_class,
+            resp.promised_by_at_ms,
         )
 
-    def submit(self, protocol: Protocol, key: str | None = None) -> "Run":
-        """Submits a protocol as a run; `key` makes a retried submission return the same run."""
+    def submit(self, protocol: Protocol, key: str | None = None, service_class: str = "standard") -> "Run":
+        """Submits a protocol as a run in a service class (standard; priority, planned ahead of
+        standard work; spot, idle capacity only and promised nothing); `key` makes a retried
+        submission return the same run."""
         name, source = _source(protocol)
         tasks = self.validate(protocol).tasks
         request = runs_pb2.SubmitRequest(
-            file_name=name, source=source, idempotency_key=key or f"py-{uuid.uuid4()}"
+            file_name=name,
+            source=source,
+            idempotency_key=key or f"py-{uuid.uuid4()}",
+            service_class=service_class,
         )
         resp = self._call(self._runs.Submit, request)
         if not resp.HasField("run"):
@@ -237,6 +257,7 @@ class Run:
     name = property(lambda self: self._info.name)
     state = property(lambda self: self._info.state)
     reason = property(lambda self: self._info.reason)
+    service_class = property(lambda self: self._info.service_class)
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, {self.name!r}, state={self.state!r})"

@@ -50,6 +50,13 @@ def test_validate_and_quote(lab):
     assert items["corning_96_wellplate_360ul_flat"]["unit"] == "each", q.consumables
     device = sum(l["amount"] for l in q.lines) + q.per_run
     assert abs(q.total - device - sum(l["amount"] for l in q.consumables)) < 0.011, q
+    # Spot is cheaper and promised nothing; a standard quote is promised.
+    spot = lab.quote(EXAMPLES / "serial-dilution.yaml", service_class="spot")
+    assert (spot.service_class, q.service_class) == ("spot", "standard")
+    assert spot.total < q.total and spot.promised_by_at_ms == 0 and q.promised_by_at_ms > 0, (spot, q)
+    with pytest.raises(labwright.LabwrightError) as e:
+        lab.quote(EXAMPLES / "serial-dilution.yaml", service_class="gold")
+    assert "standard, priority or spot" in str(e.value)
 
 
 def test_a_protocol_with_errors_raises_with_its_diagnostics(lab):
