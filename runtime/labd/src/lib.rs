@@ -56,6 +56,7 @@ pub mod results;
 pub mod role;
 pub mod secret;
 pub mod serve;
+pub mod service;
 pub mod stock;
 pub mod storage;
 pub mod store;

@@ -192,6 +192,7 @@ impl pb::admin_server::Admin for Api {
         Self::admin(&self.caller(&req).await?)?;
         let r = req.into_inner();
         let (page_size, page_token) = (r.page_size, r.page_token.clone());
+        let (tenant_filter, since_ms) = ((!r.tenant.is_empty()).then(|| r.tenant.clone()), r.since_ms);
         let store = self.store.clone();
         let units = self.site.storage.clone();
         let (lines, consumed, stored, tenants) = blocking(move || {
@@ -246,10 +247,58 @@ impl pb::admin_server::Admin for Api {
             crate::paging::after_key(keyed, |(k, _)| (0, k.as_str()), page_size, &page_token)
                 .map_err(Status::invalid_argument)?;
         let name = |id: &str| tenants.iter().find(|t| t.id == id).map_or(id.to_string(), |t| t.name.clone());
+        let service = if page_token.is_empty() { self.service(tenant_filter, since_ms).await? } else { Vec::new() };
         Ok(Response::new(pb::UsageResponse {
             lines: keyed.into_iter().map(|(_, u)| pb::UsageLine { tenant: name(&u.tenant), ..u }).collect(),
             next_page_token,
+            service: service
+                .into_iter()
+                .map(|t| pb::TenantService {
+                    tenant: name(&t.tenant_id),
+                    runs: t.runs as u32,
+                    mean_slowdown: t.mean_slowdown,
+                    max_slowdown: t.max_slowdown,
+                    promised: t.promised as u32,
+                    promises_kept: t.promises_kept as u32,
+                })
+                .collect(),
         }))
+    }
+}
+
+impl Api {
+    /// How each tenant's runs that succeeded since `since_ms` were served (`crate::service`).
+    async fn service(
+        &self,
+        tenant: Option<String>,
+        since_ms: i64,
+    ) -> Result<Vec<crate::service::TenantService>, Status> {
+        let (store, site) = (self.store.clone(), self.site.clone());
+        let served = blocking(move || {
+            let tid = match &tenant {
+                Some(name) => Some(store.tenant_by_name(name)?.id),
+                None => None,
+            };
+            let mut out = Vec::new();
+            for run in store.runs(tid.as_deref(), &[RunState::Succeeded])? {
+                let Some(finished_ms) = run.finished_at.filter(|&f| f >= since_ms) else { continue };
+                let Ok(plan) = serde_json::from_str::<protocols::plan::RunPlan>(&run.plan_json) else { continue };
+                let promised_ms =
+                    store.events(None, &run.id, 0)?.iter().filter(|e| e.kind == "scheduled").find_map(|e| {
+                        serde_json::from_str::<serde_json::Value>(&e.payload_json).ok()?.get("promised_at_ms")?.as_i64()
+                    });
+                out.push(crate::service::Served {
+                    tenant_id: run.tenant_id.clone(),
+                    submitted_ms: run.submitted_at,
+                    finished_ms,
+                    solo_s: protocols::quote::quote(&plan, &site).duration_s,
+                    promised_ms,
+                });
+            }
+            Ok::<_, store::StoreError>(out)
+        })
+        .await?;
+        Ok(crate::service::per_tenant(&served, self.time_scale))
     }
 }
 

@@ -298,23 +298,28 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     None => 0,
                     Some(d) => crate::clock::day_ms(d).ok_or_else(|| anyhow!("--since {d:?}: give a day as YYYY-MM-DD"))?,
                 };
-                let (mut lines, mut page_token) = (Vec::new(), String::new());
+                let (mut lines, mut service, mut page_token) = (Vec::new(), Vec::new(), String::new());
                 loop {
                     let ask = pb::UsageRequest { tenant: tenant.clone().unwrap_or_default(), since_ms, page_token, ..Default::default() };
                     let page =
                         pb::admin_client::AdminClient::new(c.channel.clone()).usage(c.req(ask)?).await.map_err(sentence)?.into_inner();
                     lines.extend(page.lines);
+                    service.extend(page.service);
                     if page.next_page_token.is_empty() {
                         break;
                     }
                     page_token = page.next_page_token;
                 }
                 if out.format == Fmt::Json {
+                    let served = service.iter().map(|t| serde_json::json!({
+                        "tenant": t.tenant, "runs": t.runs, "mean_slowdown": t.mean_slowdown, "max_slowdown": t.max_slowdown,
+                        "promised": t.promised, "promises_kept": t.promises_kept,
+                    }));
                     out!("{}", json_array(lines.iter().map(|l| if l.item.is_empty() {
                         serde_json::json!({"tenant": l.tenant, "instrument_class": l.instrument_class, "service_class": l.service_class, "device_hours": l.device_hours, "amount": l.amount})
                     } else {
                         serde_json::json!({"tenant": l.tenant, "item": l.item, "unit": l.unit, "quantity": l.quantity, "amount": l.amount})
-                    })));
+                    }).chain(served)));
                     return Ok(0);
                 }
                 for l in lines {
@@ -324,6 +329,13 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     } else {
                         let q = protocols::units::trim(l.quantity);
                         out!("{:<16} {:<44} {:>8} {:<4} {:>9.2}", l.tenant, l.item, q, l.unit, l.amount);
+                    }
+                }
+                if !service.is_empty() {
+                    out!("\n{:<16} {:>5} {:>14} {:>13} {:>14}", "TENANT", "RUNS", "MEAN SLOWDOWN", "MAX SLOWDOWN", "PROMISES KEPT");
+                    for t in &service {
+                        let kept = format!("{} of {}", t.promises_kept, t.promised);
+                        out!("{:<16} {:>5} {:>14.2} {:>13.2} {:>14}", t.tenant, t.runs, t.mean_slowdown, t.max_slowdown, kept);
                     }
                 }
                 Ok(0)

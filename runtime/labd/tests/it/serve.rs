@@ -152,7 +152,22 @@ fn labd_serve_and_labctl_submit_watch_results_with_tenant_isolation() {
     assert_eq!(code, 0, "{se}");
     let acme_lh =
         items(&usage).into_iter().find(|l| l["tenant"] == "acme" && l["instrument_class"] == "liquid_handler");
-    assert!(acme_lh.is_some_and(|l| l["device_hours"].as_f64().unwrap() > 0.0), "{usage}");
+    let acme_lh = acme_lh.unwrap_or_else(|| panic!("{usage}"));
+    let hours = acme_lh["device_hours"].as_f64().unwrap();
+    assert!(hours > 0.0 && acme_lh["service_class"] == "standard", "{usage}");
+    let rate = labware::Site::sim().unwrap().price_per_hour(labware::InstrumentClass::LiquidHandler);
+    assert!((acme_lh["amount"].as_f64().unwrap() - hours * rate).abs() <= 0.005 + 1e-9, "{acme_lh}");
+    // How acme was served: its finished runs' slowdown and the promises kept.
+    let served = items(&usage).into_iter().find(|l| l["tenant"] == "acme" && l["mean_slowdown"].is_number());
+    let served = served.unwrap_or_else(|| panic!("{usage}"));
+    let (runs, promised, kept) = (
+        served["runs"].as_u64().unwrap(),
+        served["promised"].as_u64().unwrap(),
+        served["promises_kept"].as_u64().unwrap(),
+    );
+    assert!(runs >= 1 && promised == runs && kept <= promised, "{served}");
+    assert!(served["mean_slowdown"].as_f64().unwrap() > 0.0, "{served}");
+    assert!(ctl(&admin, &["usage"]).1.contains("MEAN SLOWDOWN"));
     assert!(ctl(&acme, &["usage"]).2.contains("not allowed"));
     assert_eq!(ctl(&admin, &["tenant", "quota", "acme", "--max-runs", "2", "--device-hours", "100"]).0, 0);
     let (code, _, se) = ctl(&admin, &["reserve", "globex", "plate_reader", "--for", "1", "--in", "600"]);
