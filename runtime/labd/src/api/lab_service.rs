@@ -51,11 +51,11 @@ impl pb::lab_server::Lab for Api {
                 .into_iter()
                 .map(|e| pb::AuditEntry {
                     at_ms: e.at,
-                    actor: e.actor,
-                    action: e.action,
-                    subject: e.subject,
-                    reason: e.reason,
-                    detail: e.detail,
+                    actor: e.done.actor,
+                    action: e.done.action,
+                    subject: e.done.subject,
+                    reason: e.done.reason,
+                    detail: e.done.detail,
                 })
                 .collect(),
         }))

@@ -436,16 +436,12 @@ pub struct NewAudit {
     pub detail: String,
 }
 
-/// An entry of the audit trail, as recorded.
+/// An entry of the audit trail, as recorded: what was done, with its id and time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEntry {
     pub id: String,
     pub at: Millis,
-    pub actor: String,
-    pub action: String,
-    pub subject: String,
-    pub reason: String,
-    pub detail: String,
+    pub done: NewAudit,
 }
 
 /// Usage summed per tenant and instrument class.

@@ -13,27 +13,11 @@ impl<D: Db> SqlStore<D> {
                 e.actor, e.action
             )));
         }
-        let entry = AuditEntry {
-            id: new_id("aud"),
-            at: now_ms(),
-            actor: e.actor.clone(),
-            action: e.action.clone(),
-            subject: e.subject.clone(),
-            reason: e.reason.clone(),
-            detail: e.detail.clone(),
-        };
+        let entry = AuditEntry { id: new_id("aud"), at: now_ms(), done: e.clone() };
         self.tx(|c| {
             c.execute(
                 &format!("INSERT INTO audit ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-                &params![
-                    &entry.id,
-                    entry.at,
-                    &entry.actor,
-                    &entry.action,
-                    &entry.subject,
-                    &entry.reason,
-                    &entry.detail
-                ],
+                &params![&entry.id, entry.at, &e.actor, &e.action, &e.subject, &e.reason, &e.detail],
             )
         })?;
         Ok(entry)
@@ -48,15 +32,14 @@ impl<D: Db> SqlStore<D> {
             )
         })?;
         rows(found, |r| {
-            Ok(AuditEntry {
-                id: r.text(0)?,
-                at: r.int(1)?,
+            let done = NewAudit {
                 actor: r.text(2)?,
                 action: r.text(3)?,
                 subject: r.text(4)?,
                 reason: r.text(5)?,
                 detail: r.text(6)?,
-            })
+            };
+            Ok(AuditEntry { id: r.text(0)?, at: r.int(1)?, done })
         })
     }
 }
