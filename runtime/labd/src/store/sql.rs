@@ -569,6 +569,41 @@ fn put_outbox(
     Ok(row)
 }
 
+/// Appends to a container's history and tells its owner over MQTT (an outbox row in the same
+/// transaction, on the owner's topics only).
+#[allow(clippy::too_many_arguments)]
+fn container_history(
+    c: &mut dyn Conn,
+    dialect: Dialect,
+    container_id: &str,
+    seq: i64,
+    at: Millis,
+    kind: &str,
+    detail: &str,
+    actor: &str,
+    location: Option<&str>,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO container_history (container_id, seq, at, kind, detail, actor, location) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        &params![container_id, seq, at, kind, detail, actor, location],
+    )?;
+    let k =
+        c.query_one("SELECT tenant_id, barcode FROM containers WHERE id = ?1", &params![container_id], "container")?;
+    let (tenant, barcode) = (k.text(0)?, k.text(1)?);
+    let event = envelope::ContainerEvent {
+        tenant: &tenant,
+        container: container_id,
+        barcode: &barcode,
+        seq,
+        ts: at,
+        kind,
+        detail,
+        location,
+    };
+    put_outbox(c, dialect, Some(&tenant), None, None, &envelope::container_event(event))?;
+    Ok(())
+}
+
 /// Writes an attempt's outcome, once.
 fn set_outcome(c: &mut dyn Conn, attempt_id: &str, outcome: &str, error: Option<&str>) -> Result<()> {
     if !matches!(outcome, "ok" | "failed" | "unknown" | "not_done") {
@@ -977,6 +1012,7 @@ impl<D: Db> Store for SqlStore<D> {
                 wells: n.wells.clone(),
             })
             .collect();
+        let dialect = self.db.dialect();
         self.tx(|c| {
             for k in &made {
                 c.execute(
@@ -996,10 +1032,7 @@ impl<D: Db> Store for SqlStore<D> {
                     )?;
                 }
                 let detail = format!("received at {location}: {} well(s)", k.wells.len());
-                c.execute(
-                    "INSERT INTO container_history (container_id, seq, at, kind, detail, actor, location) VALUES (?1, 1, ?2, 'received', ?3, ?4, ?5)",
-                    &params![&k.id, at, &detail, actor, location],
-                )?;
+                container_history(c, dialect, &k.id, 1, at, "received", &detail, actor, Some(location))?;
             }
             Ok(())
         })?;
@@ -1068,6 +1101,7 @@ impl<D: Db> Store for SqlStore<D> {
     fn use_container(&self, run_id: &str, container_id: &str, drawn: &[(String, f64)], actor: &str) -> Result<bool> {
         let at = now_ms();
         let used = format!("run {run_id}:");
+        let dialect = self.db.dialect();
         self.tx(|c| {
             let history = c.query(
                 "SELECT seq, detail FROM container_history WHERE container_id = ?1 ORDER BY seq",
@@ -1095,10 +1129,7 @@ impl<D: Db> Store for SqlStore<D> {
                 said.push(format!("{well} {} µL", crate::store::trim_ul(*ul)));
             }
             let detail = format!("{used} drew {}", said.join(", "));
-            c.execute(
-                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor) VALUES (?1, ?2, ?3, 'used', ?4, ?5)",
-                &params![container_id, next, at, &detail, actor],
-            )?;
+            container_history(c, dialect, container_id, next, at, "used", &detail, actor, None)?;
             Ok(true)
         })
     }
@@ -1121,6 +1152,7 @@ impl<D: Db> Store for SqlStore<D> {
             created_at: at,
             wells: container.wells.clone(),
         };
+        let dialect = self.db.dialect();
         self.tx(|c| {
             let held = c.query("SELECT id FROM containers WHERE barcode = ?1", &params![&k.barcode])?;
             if let Some(r) = held.first() {
@@ -1145,10 +1177,7 @@ impl<D: Db> Store for SqlStore<D> {
                 )?;
             }
             let detail = format!("{made}, stored at {location}: {} well(s)", k.wells.len());
-            c.execute(
-                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor, location) VALUES (?1, 1, ?2, 'made', ?3, 'labd', ?4)",
-                &params![&k.id, at, &detail, location],
-            )?;
+            container_history(c, dialect, &k.id, 1, at, "made", &detail, "labd", Some(location))?;
             Ok(Some(k.clone()))
         })
     }
@@ -1160,6 +1189,7 @@ impl<D: Db> Store for SqlStore<D> {
             Some(l) => ("stored", l),
             None => ("discarded", DISCARDED),
         };
+        let dialect = self.db.dialect();
         self.tx(|c| {
             let history = c.query(
                 "SELECT seq, detail FROM container_history WHERE container_id = ?1 ORDER BY seq",
@@ -1174,10 +1204,7 @@ impl<D: Db> Store for SqlStore<D> {
             let next = history.iter().filter_map(|r| r.int(0).ok()).max().unwrap_or(0) + 1;
             c.execute("UPDATE containers SET location = ?2 WHERE id = ?1", &params![container_id, to])?;
             let detail = format!("{after} {kind} ({to})");
-            c.execute(
-                "INSERT INTO container_history (container_id, seq, at, kind, detail, actor, location) VALUES (?1, ?2, ?3, ?4, ?5, 'labd', ?6)",
-                &params![container_id, next, at, kind, &detail, to],
-            )?;
+            container_history(c, dialect, container_id, next, at, kind, &detail, "labd", Some(to))?;
             Ok(true)
         })
     }

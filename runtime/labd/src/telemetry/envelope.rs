@@ -50,6 +50,28 @@ pub fn run_result(h: RunHeader<'_>, data: &Value) -> Message {
     run_message(h, "results", "result", serde_json::json!({ "data": data }))
 }
 
+/// Where a tenant's container is and what happened to it (`…/containers/{id}/events`): the
+/// history entry the store keeps, on the owner's topics only.
+#[derive(Debug)]
+pub struct ContainerEvent<'a> {
+    pub tenant: &'a str,
+    pub container: &'a str,
+    pub barcode: &'a str,
+    pub seq: i64,
+    pub ts: i64,
+    pub kind: &'a str,
+    pub detail: &'a str,
+    pub location: Option<&'a str>,
+}
+
+pub fn container_event(e: ContainerEvent<'_>) -> Message {
+    let payload = serde_json::json!({
+        "v": 1, "tenant": e.tenant, "container": e.container, "barcode": e.barcode, "seq": e.seq, "ts": e.ts,
+        "kind": e.kind, "detail": e.detail, "location": e.location,
+    });
+    Message { topic: super::container_topic(e.tenant, e.container), payload: payload.to_string() }
+}
+
 /// An instrument's availability for technicians (retained): `available`, `down`,
 /// `maintenance`, with what the technician should know.
 pub fn device_status(site: &str, device: &str, state: &str, detail: &str, ts: i64) -> Message {
@@ -102,6 +124,27 @@ mod tests {
 
     fn parse(m: &Message) -> Value {
         serde_json::from_str(&m.payload).unwrap()
+    }
+
+    #[test]
+    fn container_events_go_to_their_owners_topic() {
+        let m = container_event(ContainerEvent {
+            tenant: "ten_a",
+            container: "con_b",
+            barcode: "PL-1",
+            seq: 2,
+            ts: 5,
+            kind: "stored",
+            detail: "after run r: stored (fridge1)",
+            location: Some("fridge1"),
+        });
+        assert_eq!(m.topic, "lab/v1/t/ten_a/containers/con_b/events");
+        let v: Value = serde_json::from_str(&m.payload).unwrap();
+        assert_eq!(
+            (v["kind"].as_str(), v["barcode"].as_str(), v["location"].as_str()),
+            (Some("stored"), Some("PL-1"), Some("fridge1"))
+        );
+        assert!(!retained(&m.topic));
     }
 
     #[test]

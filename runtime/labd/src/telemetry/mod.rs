@@ -42,6 +42,11 @@ pub fn run_topic(tenant_id: &str, run_id: &str, leaf: &str) -> String {
     format!("lab/v1/t/{tenant_id}/runs/{run_id}/{leaf}")
 }
 
+/// A tenant's container's events: received, used, made, stored, discarded.
+pub fn container_topic(tenant_id: &str, container_id: &str) -> String {
+    format!("lab/v1/t/{tenant_id}/containers/{container_id}/events")
+}
+
 /// The runtime's own status for technicians: `online`, or `offline` (its last will).
 pub fn runtime_status_topic(site: &str) -> String {
     format!("lab/v1/site/{site}/runtime/status")

@@ -21,8 +21,10 @@ RS-0001,nest_12_reservoir_15ml,A1,diluent,PBS,12 mL
 #[test]
 fn a_shipment_is_received_whole_and_stays_its_tenants() {
     let lab = serve_lab_on("inventory", "0.001", None);
-    let acme = lab.tenant("acme");
+    let (acme, acme_mqtt) = lab.tenant_with_mqtt("acme");
     let globex = lab.tenant("globex");
+    // acme's telemetry, as a scientist would subscribe to it: everything it may read.
+    let mut acme_sub = mqtt_listen(lab.mqtt_port, &acme_mqtt.0, &acme_mqtt.1, "#");
     let tech = lab.json(&lab.admin, &["token", "create", "--role", "technician", "--format", "json"])["token"]
         .as_str()
         .unwrap()
@@ -124,6 +126,17 @@ fn a_shipment_is_received_whole_and_stays_its_tenants() {
         missing.2.replace("PL-7777", "X").replace("from-X", "f"),
         "globex learns nothing of acme's container"
     );
+
+    // acme heard of its containers over MQTT, on its own topics: received, then drawn from.
+    let heard = mqtt_collect(&mut acme_sub);
+    let plate_topic = format!("/containers/{plate_id}/events ");
+    let kinds: Vec<String> = heard
+        .lines()
+        .filter(|l| l.contains(&plate_topic))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.split_once(' ')?.1).ok())
+        .map(|v| v["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(kinds.starts_with(&["received".to_string(), "used".to_string()]), "{kinds:?}\n{heard}");
 
     // A bad manifest: refused whole, each line named.
     let bad = lab.dir.join("bad.csv");
