@@ -30,6 +30,9 @@ try {
   const open = page.locator("#interventions li.open").first();
   await open.waitFor();
   const what = await open.innerText();
+  // It says how long it has waited and, to a technician, whose run it holds up.
+  if (!/\(waiting \d+ (s|min|h)/.test(what)) throw new Error(`the open intervention does not say how long it has waited: ${what}`);
+  if (!what.includes("acme · ")) throw new Error(`the technician is not told whose run waits: ${what}`);
   await open.locator("button[data-resolve='done']").click();
   await page.waitForFunction(() => document.querySelectorAll("#interventions li.open button").length === 0 ||
     !document.querySelector("#interventions li.open"));

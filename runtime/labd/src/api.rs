@@ -360,6 +360,15 @@ impl Api {
         }
     }
 
+    /// The name of a run's tenant (empty when it cannot be read: it only labels the answer).
+    async fn tenant_of_run(&self, run_id: &str) -> String {
+        let (store, id) = (self.store.clone(), run_id.to_string());
+        blocking(move || store.run(None, &id).and_then(|r| store.tenant(&r.tenant_id)))
+            .await
+            .map(|t| t.name)
+            .unwrap_or_default()
+    }
+
     async fn run_info(&self, run: store::Run) -> Result<pb::RunInfo, Status> {
         let store = self.store.clone();
         let tid = run.tenant_id.clone();

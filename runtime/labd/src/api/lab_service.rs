@@ -3,7 +3,8 @@
 
 use super::*;
 
-fn intervention(i: store::Intervention) -> pb::InterventionInfo {
+/// An intervention as the API shows it; `tenant` is its run's tenant's name when known.
+fn intervention(i: store::Intervention, tenant: String) -> pb::InterventionInfo {
     pb::InterventionInfo {
         id: i.id,
         run_id: i.run_id,
@@ -12,6 +13,9 @@ fn intervention(i: store::Intervention) -> pb::InterventionInfo {
         todo: i.todo,
         state: i.state,
         created_at_ms: i.created_at,
+        resolved_at_ms: i.resolved_at.unwrap_or(0),
+        resolved_by: i.resolved_by.unwrap_or_default(),
+        tenant,
     }
 }
 
@@ -176,12 +180,34 @@ impl pb::lab_server::Lab for Api {
         let r = req.into_inner();
         let all = r.include_resolved;
         let store = self.store.clone();
-        let list = blocking(move || store.interventions(Self::scope(&who).as_deref(), !all)).await?;
+        let scope = Self::scope(&who);
+        let list = blocking(move || store.interventions(scope.as_deref(), !all)).await?;
         let (page, next_page_token) =
             crate::paging::after_key(list, |i| (i.created_at, i.id.as_str()), r.page_size, &r.page_token)
                 .map_err(Status::invalid_argument)?;
+        // Each run's tenant, read once per page (within the caller's scope: a scientist's own).
+        let (store, scope, runs) =
+            (self.store.clone(), Self::scope(&who), page.iter().map(|i| i.run_id.clone()).collect::<Vec<_>>());
+        let tenants = blocking(move || {
+            let names: std::collections::BTreeMap<String, String> =
+                store.tenants()?.into_iter().map(|t| (t.id, t.name)).collect();
+            let mut of_run = std::collections::BTreeMap::new();
+            for run in runs {
+                if let Ok(r) = store.run(scope.as_deref(), &run) {
+                    of_run.insert(run, names.get(&r.tenant_id).cloned().unwrap_or_default());
+                }
+            }
+            Ok::<_, store::StoreError>(of_run)
+        })
+        .await?;
         Ok(Response::new(pb::InterventionsResponse {
-            interventions: page.into_iter().map(intervention).collect(),
+            interventions: page
+                .into_iter()
+                .map(|i| {
+                    let tenant = tenants.get(&i.run_id).cloned().unwrap_or_default();
+                    intervention(i, tenant)
+                })
+                .collect(),
             next_page_token,
         }))
     }
@@ -289,6 +315,7 @@ impl pb::lab_server::Lab for Api {
             format!("{}: {}", r.resolution, i.what),
         )
         .await?;
-        Ok(Response::new(intervention(i)))
+        let tenant = self.tenant_of_run(&i.run_id).await;
+        Ok(Response::new(intervention(i, tenant)))
     }
 }

@@ -176,11 +176,21 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     page_token = page.next_page_token;
                 }
                 if out.format == Fmt::Json {
-                    out!("{}", json_array(list.iter().map(|i| serde_json::json!({"id": i.id, "run": i.run_id, "instrument": i.instrument, "what": i.what, "todo": i.todo, "state": i.state}))));
+                    out!("{}", json_array(list.iter().map(|i| serde_json::json!({
+                        "id": i.id, "run": i.run_id, "tenant": i.tenant, "instrument": i.instrument, "what": i.what, "todo": i.todo,
+                        "state": i.state, "created_at": crate::clock::rfc3339_opt(i.created_at_ms),
+                        "resolved_at": crate::clock::rfc3339_opt(i.resolved_at_ms), "resolved_by": i.resolved_by,
+                    }))));
                     return Ok(0);
                 }
+                let now = crate::store::now_ms();
                 for i in list {
-                    out!("{} [{}] run {}: {} — {}", i.id, i.state, i.run_id, i.what, i.todo);
+                    let when = if i.state == "open" {
+                        format!("waiting {}", protocols::quote::fmt_duration((now - i.created_at_ms).max(0) as f64 / 1000.0))
+                    } else {
+                        format!("{} by {}", i.state, i.resolved_by)
+                    };
+                    out!("{} [{when}] {} run {}: {} — {}", i.id, i.tenant, i.run_id, i.what, i.todo);
                 }
                 Ok(0)
             }

@@ -290,10 +290,23 @@ function drawInterventions(list) {
         refresh();
       },
     }, { done: "Done", redo: "Redo the step", abort: "Abort the run" }[how])) : [];
+    // How long it has waited (or when and by whom it was resolved), and whose run it holds up.
+    const when = open ? "waiting " + age(Date.now() - i.created_at_ms)
+      : i.state + (i.resolved_by ? " by " + i.resolved_by : "") + (i.resolved_at_ms ? " at " + new Date(i.resolved_at_ms).toLocaleTimeString() : "");
+    const whose = staff && i.tenant ? i.tenant + " · " : "";
     return el("li", { class: open ? "open" : "resolved", "data-intervention": i.id },
-      el("strong", {}, (i.instrument ? i.instrument + " · " : "") + "run " + short(i.run_id) + ": "), i.what, el("br"),
-      "To do: ", i.todo, " ", open ? "" : "(" + i.state + ")", el("br"), ...buttons);
+      el("strong", {}, whose + (i.instrument ? i.instrument + " · " : "") + "run " + short(i.run_id) + ": "), i.what,
+      " ", el("span", { class: "age" }, "(" + when + ")"), el("br"),
+      "To do: ", i.todo, el("br"), ...buttons);
   }));
+}
+
+// A duration in words: "40 s", "12 min", "3 h 5 min".
+function age(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return s + " s";
+  const m = Math.floor(s / 60);
+  return m < 60 ? m + " min" : Math.floor(m / 60) + " h " + (m % 60) + " min";
 }
 
 // The audit trail, newest first: who did what by hand, to what, when and why (staff only).

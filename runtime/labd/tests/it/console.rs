@@ -94,6 +94,9 @@ fn the_console_works_in_chromium() {
     let resolved =
         items(&all).into_iter().find(|i| i["id"] == intervention.as_str()).unwrap_or_else(|| panic!("{all}"));
     assert_eq!(resolved["state"], "done", "{resolved}");
+    assert_eq!(resolved["tenant"], "acme", "{resolved}");
+    assert!(resolved["resolved_by"].as_str().is_some_and(|b| b.starts_with("pri_")), "{resolved}");
+    assert!(resolved["resolved_at"].as_str().is_some_and(|t| t.starts_with("20")), "{resolved}");
     lab.wait_final(&acme, &[&acme_run], 120);
     for png in ["console-technician.png", "console-resolved.png", "console-scientist.png", "console-results.png"] {
         assert!(std::fs::metadata(shots.join(png)).map(|m| m.len() > 10_000).unwrap_or(false), "{png} saved");
