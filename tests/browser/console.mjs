@@ -23,6 +23,15 @@ try {
   await page.waitForFunction(() => document.querySelectorAll("#gantt rect.task").length > 0);
   const bars = await page.locator("#gantt rect.task").count();
   const lanes = await page.locator("#gantt text[data-lane]").count();
+  // A time axis in clock time; zoomed to the next 2 hours, every tick within them, 30 min apart.
+  const ticks = await page.locator("#gantt text.tick").allTextContents();
+  if (ticks.length < 2 || !ticks.every((t) => /\d{1,2}:\d{2}/.test(t))) throw new Error(`no clock-time axis: ${ticks}`);
+  await page.selectOption("#gantt-window", "2");
+  await page.waitForFunction(() => {
+    const at = [...document.querySelectorAll("#gantt text.tick")].map((t) => Number(t.dataset.at));
+    return at.length >= 4 && at[1] - at[0] === 30 * 60000 && at[at.length - 1] <= Date.now() + 2 * 3600000 + 60000;
+  });
+  await page.selectOption("#gantt-window", "0");
   await page.waitForSelector(`#runs tbody tr[data-run='${otherRun}']`);
   await page.screenshot({ path: `${outDir}/console-technician.png`, fullPage: true });
 

@@ -196,12 +196,15 @@ function drawGantt(schedule, instruments) {
   const lanes = [...new Set([...instruments.map((i) => i.id), ...slots.map((s) => s.lane)])].sort();
   const start = (s) => s.started_ms || s.planned_start_ms;
   const end = (s) => s.finished_ms || (s.started_ms ? Math.max(s.planned_end_ms, schedule.now_ms) : s.planned_end_ms);
-  const t0 = Math.min(schedule.now_ms, ...slots.map(start));
-  const t1 = Math.max(schedule.now_ms + 1000, ...slots.map(end));
+  // The whole plan, or (zoomed) from a little before now to the next hours chosen.
+  const hours = Number($("gantt-window").value) || 0;
+  const t0 = hours ? schedule.now_ms - hours * 360000 : Math.min(schedule.now_ms, ...slots.map(start));
+  const t1 = hours ? schedule.now_ms + hours * 3600000 : Math.max(schedule.now_ms + 1000, ...slots.map(end));
   const left = 110, laneH = 22, width = Math.max(600, svg.parentElement.clientWidth - 20), top = 18;
+  const bottom = top + lanes.length * laneH;
   const x = (t) => left + ((t - t0) / (t1 - t0)) * (width - left - 10);
   svg.setAttribute("width", width);
-  svg.setAttribute("height", top + lanes.length * laneH + 4);
+  svg.setAttribute("height", bottom + 20);
   const parts = [];
   const add = (tag, attrs, text) => {
     const e = document.createElementNS(SVG, tag);
@@ -214,15 +217,30 @@ function drawGantt(schedule, instruments) {
     add("text", { x: 4, y: top + i * laneH + 15, "data-lane": lane }, lane);
     add("line", { x1: left, x2: width, y1: top + (i + 1) * laneH, y2: top + (i + 1) * laneH, stroke: "#eee" });
   });
+  // A time axis in the browser's local clock: a tick every second to a day, about eight across
+  // (a lab run faster than real time, as in a demo, spans seconds).
+  const step = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
+    .map((sec) => sec * 1000).find((ms) => (t1 - t0) / ms <= 8) || 86400000;
+  const longSpan = t1 - t0 > 86400000;
+  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+    const d = new Date(t);
+    const clock = d.toLocaleTimeString([], step < 60000
+      ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" });
+    const label = longSpan ? d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + clock : clock;
+    add("line", { class: "tick", x1: x(t), x2: x(t), y1: top, y2: bottom, stroke: "#ddd", "stroke-dasharray": "2,3" });
+    add("text", { class: "tick", x: x(t) - 14, y: bottom + 14, "data-at": t }, label);
+  }
   const legend = new Map();
   for (const s of slots) {
+    if (end(s) < t0 || start(s) > t1) continue; // outside the window shown
     const lane = lanes.indexOf(s.lane);
     const key = s.tenant || s.run_id;
     const colour = colourOf(key);
     legend.set(s.tenant ? s.tenant : "run " + short(s.run_id), colour);
-    const w = Math.max(2, x(end(s)) - x(start(s)));
+    const [a, b] = [Math.max(start(s), t0), Math.min(end(s), t1)];
+    const w = Math.max(2, x(b) - x(a));
     const r = add("rect", {
-      x: x(start(s)), y: top + lane * laneH + 3, width: w, height: laneH - 6, fill: colour, rx: 2,
+      x: x(a), y: top + lane * laneH + 3, width: w, height: laneH - 6, fill: colour, rx: 2,
       class: "task " + s.state, "data-run": s.run_id, "data-tenant": s.tenant, "data-kind": s.kind,
     });
     const title = document.createElementNS(SVG, "title");
@@ -358,6 +376,7 @@ function drawPicks(items) {
 
 $("login-form").addEventListener("submit", login);
 $("logout").addEventListener("click", logout);
+$("gantt-window").addEventListener("change", () => refresh());
 if (token) login();
 
 // A run's results page: each read as a plate heatmap (hover a well for its sample, group and
