@@ -28,6 +28,7 @@ Protocol = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 RESULT_COLUMNS = [
     "run", "protocol", "result", "labware", "kind", "well", "sample", "group", "role", "replicate",
     "concentration", "concentration_unit", "wavelength_nm", "value", "unit", "read_at",
+    "source_samples", "source_wells",
 ]
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -302,7 +303,9 @@ class Run:
 
     def results(self) -> pd.DataFrame:
         """Every measured value, one row per well and wavelength, with the plate map's sample,
-        group, role, replicate and concentration (columns: `RESULT_COLUMNS`)."""
+        group, role, replicate and concentration, and the samples shipped to the lab the well's
+        contents came from with the container wells the run drew them from (columns:
+        `RESULT_COLUMNS`)."""
         resp = self._lab._call(self._lab._runs.Results, runs_pb2.ResultsRequest(run_id=self.id))
         rows = []
         for r in resp.results:
@@ -310,6 +313,10 @@ class Run:
             read_at = pd.Timestamp(r.read_at_ms, unit="ms", tz="UTC")
             for i, well in enumerate(r.wells):
                 d = r.design[i] if i < len(r.design) else None
+                o = r.origins[i] if i < len(r.origins) else None
+                samples = "; ".join(o.samples) if o is not None and o.samples else None
+                wells_from = list(getattr(o, "from")) if o is not None else []  # `from` is a Python keyword
+                drawn = "; ".join(wells_from) if wells_from else None
                 mapped = d is not None and d.role != ""
                 for k in range(per):
                     if r.kind == "absorbance":
@@ -325,6 +332,7 @@ class Run:
                         "concentration": d.concentration if mapped and d.HasField("concentration") else None,
                         "concentration_unit": d.concentration_unit if mapped and d.concentration_unit else None,
                         "wavelength_nm": wl, "value": value, "unit": r.unit, "read_at": read_at,
+                        "source_samples": samples, "source_wells": drawn,
                     })
         return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 

@@ -99,31 +99,50 @@ pub fn output_barcode(run_id: &str, name: &str) -> String {
     format!("{}-{name}", crate::store::run_prefix(run_id))
 }
 
-pub fn after_run(plan: &protocols::RunPlan, run_id: &str) -> AfterRun {
+/// `traced`: where each well's contents came from by the run's journal (`crate::lineage`);
+/// `containers`: the tenant's, for the samples those origins lead back to.
+pub fn after_run(
+    plan: &protocols::RunPlan,
+    run_id: &str,
+    traced: &crate::lineage::Wells,
+    containers: &[Container],
+) -> AfterRun {
     let mut out = AfterRun::default();
     for lw in &plan.labware {
         match (&lw.container, &lw.store, lw.discard) {
             (Some(id), Some(condition), _) => out.shelved.push((id.clone(), Some(condition.clone()))),
             (Some(id), None, true) => out.shelved.push((id.clone(), None)),
             (None, Some(condition), _) => {
-                let wells = lw
-                    .outputs
-                    .iter()
-                    .flat_map(|(well, liquids)| {
-                        // The plate map's sample name for the well, else the liquid's own.
-                        let sample = lw.map.get(well).and_then(|d| d.sample.clone());
-                        liquids.iter().map(move |(liquid, ul)| crate::store::WellContent {
-                            well: well.clone(),
-                            sample: sample.clone().unwrap_or_else(|| liquid.clone()),
-                            liquid: liquid.clone(),
-                            volume_ul: *ul,
-                        })
-                    })
-                    .collect();
+                let origins = traced.get(&lw.name);
+                let mut sources = Vec::new();
+                let mut wells = Vec::new();
+                for (well, liquids) in &lw.outputs {
+                    let from = origins.and_then(|o| o.get(well));
+                    // The plate map's sample name for the well, else the samples shipped it
+                    // came from, else the liquid's own name.
+                    let shipped = from.map(|o| crate::lineage::samples_and_wells(o, containers).0).unwrap_or_default();
+                    let sample = lw
+                        .map
+                        .get(well)
+                        .and_then(|d| d.sample.clone())
+                        .or_else(|| (!shipped.is_empty()).then(|| shipped.join(", ")));
+                    wells.extend(liquids.iter().map(|(liquid, ul)| crate::store::WellContent {
+                        well: well.clone(),
+                        sample: sample.clone().unwrap_or_else(|| liquid.clone()),
+                        liquid: liquid.clone(),
+                        volume_ul: *ul,
+                    }));
+                    sources.extend(from.into_iter().flatten().map(|(container, from_well)| crate::store::WellSource {
+                        well: well.clone(),
+                        from_container: container.clone(),
+                        from_well: from_well.clone(),
+                    }));
+                }
                 let made = crate::store::NewContainer {
                     barcode: output_barcode(run_id, &lw.name),
                     load_name: lw.load_name.clone(),
                     wells,
+                    sources,
                 };
                 out.made.push((made, condition.clone()));
             }
@@ -153,18 +172,13 @@ pub fn drawn_by_journal(
             Ok(CommandOp::Dispense { pipette, labware, well, volume_ul }) => (pipette, labware, well, volume_ul, -1.0),
             _ => continue,
         };
-        let name = labware.strip_prefix(&scoped).unwrap_or(&labware);
-        let Some(lw) = plan.labware.iter().find(|l| l.name == name) else { continue };
-        let (Some(container), Some(def)) = (&lw.container, plan.labware_def(&lw.load_name, lib)) else { continue };
-        let channels = site
-            .instruments
-            .iter()
-            .find(|i| i.id == a.intent.instrument)
-            .and_then(|i| i.pipettes.iter().find(|p| p.name == pipette))
-            .map_or(1, |p| p.channels);
-        let Some(first) = def.well_index(&well) else { continue };
-        for w in def.head_wells(first, channels).unwrap_or_else(|| vec![first]) {
-            *net.entry((container.clone(), def.wells[w].name.clone())).or_default() += sign * ul;
+        let Some((lw, wells)) = reached(plan, &a.intent.instrument, &pipette, &labware, &well, &scoped, site, lib)
+        else {
+            continue;
+        };
+        let Some(container) = &lw.container else { continue };
+        for w in wells {
+            *net.entry((container.clone(), w)).or_default() += sign * ul;
         }
     }
     let mut out: Vec<(String, Vec<(String, f64)>)> = Vec::new();
@@ -175,6 +189,35 @@ pub fn drawn_by_journal(
         }
     }
     out
+}
+
+/// The labware of `plan` a journaled pipetting command reached (`labware` as the journal names
+/// it, scoped by `scoped`) and its wells, one per channel of the pipette, in channel order
+/// (over a trough every channel dips into the same well); `None` for labware the plan does not
+/// have or a well it does not know.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reached<'p>(
+    plan: &'p protocols::RunPlan,
+    instrument: &str,
+    pipette: &str,
+    labware: &str,
+    well: &str,
+    scoped: &str,
+    site: &labware::Site,
+    lib: &labware::Library,
+) -> Option<(&'p protocols::plan::PlanLabware, Vec<String>)> {
+    let name = labware.strip_prefix(scoped).unwrap_or(labware);
+    let lw = plan.labware.iter().find(|l| l.name == name)?;
+    let def = plan.labware_def(&lw.load_name, lib)?;
+    let channels = site
+        .instruments
+        .iter()
+        .find(|i| i.id == instrument)
+        .and_then(|i| i.pipettes.iter().find(|p| p.name == pipette))
+        .map_or(1, |p| p.channels);
+    let first = def.well_index(well)?;
+    let wells = def.head_wells(first, channels).unwrap_or_else(|| vec![first]);
+    Some((lw, wells.into_iter().map(|w| def.wells[w].name.clone()).collect()))
 }
 
 #[cfg(test)]

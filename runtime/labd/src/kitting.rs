@@ -241,6 +241,7 @@ mod tests {
             location: "freezer-1".into(),
             created_at: 0,
             wells: vec![],
+            sources: vec![],
         };
         let units = [StorageUnit {
             id: "freezer-1".into(),

@@ -343,7 +343,8 @@ fn simulate(
     }
     if let Some(a) = &at_target {
         match &a.within {
-            Some(r) => eprintln!(
+            // The answer asked for: on stdout, beside where the report is.
+            Some(r) => out!(
                 "at most {} tenants keep the 90th percentile of turnaround within {:.2} h ({:.2} h); break-even at that load: {:.2} {cur} per device-hour, charged {:.2}",
                 a.tenants,
                 a.target_s / 3600.0,
@@ -352,7 +353,7 @@ fn simulate(
                 r.charged_per_device_hour,
                 cur = r.currency,
             ),
-            None => eprintln!("not even one tenant keeps the 90th percentile of turnaround within {:.2} h", a.target_s / 3600.0),
+            None => out!("not even one tenant keeps the 90th percentile of turnaround within {:.2} h", a.target_s / 3600.0),
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

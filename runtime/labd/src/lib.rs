@@ -44,6 +44,7 @@ pub mod held;
 pub mod kitting;
 pub mod lab;
 pub mod labctl;
+pub mod lineage;
 pub mod logging;
 pub mod manifest;
 pub mod material;

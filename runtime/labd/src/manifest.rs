@@ -156,7 +156,7 @@ pub fn parse(text: &str, lib: &Library) -> Result<Vec<NewContainer>, Vec<Problem
                     })
                 })
                 .collect();
-            Some(NewContainer { barcode, load_name, wells })
+            Some(NewContainer { barcode, load_name, wells, sources: Vec::new() })
         })
         .collect())
 }

@@ -4,7 +4,9 @@
 //! its final state is written (a failure is tried again with it): what it drew from the tenant's
 //! containers by its journal comes off their wells; if it succeeded, what it stores becomes the
 //! tenant's (in a storage unit of its condition) and what it discards leaves the inventory; what
-//! it used up comes off the lab's stock. The rules are pure, in `held`, `storage` and `stock`.
+//! it used up comes off the lab's stock, and the containers it made say which wells of the
+//! tenant's containers their wells came from. The rules are pure, in `held`, `lineage`,
+//! `storage` and `stock`.
 
 use crate::store::{ConsumableStock, RunState, Store, StoreError};
 use protocols::consumables::Consumption;
@@ -95,7 +97,8 @@ pub fn run_ended(
         store.use_container(run_id, &container, &wells, "labd")?;
     }
     if state == RunState::Succeeded {
-        file_away(store, run_id, tenant, &plan, &site.storage)?;
+        let traced = crate::lineage::by_journal(&plan, &attempts, &prefix, site, &lib).at_end;
+        file_away(store, run_id, tenant, &plan, &traced, &site.storage)?;
     }
     let used = crate::stock::used_by_run(&plan, &attempts, &prefix);
     let consumed = store.consume(run_id, tenant, &used, &crate::clock::date(crate::store::now_ms()))?;
@@ -117,13 +120,19 @@ fn file_away(
     run_id: &str,
     tenant: &str,
     plan: &protocols::RunPlan,
+    traced: &crate::lineage::Wells,
     units: &[labware::StorageUnit],
 ) -> Result<(), StoreError> {
-    let after = crate::held::after_run(plan, run_id);
+    if !plan.labware.iter().any(|l| l.store.is_some() || l.discard) {
+        return Ok(());
+    }
+    let all = store.containers(None)?;
+    let own: Vec<crate::store::Container> = all.iter().filter(|k| k.tenant_id == tenant).cloned().collect();
+    let after = crate::held::after_run(plan, run_id, traced, &own);
     if after.made.is_empty() && after.shelved.is_empty() {
         return Ok(());
     }
-    let mut occupied = crate::storage::occupancy(&store.containers(None)?);
+    let mut occupied = crate::storage::occupancy(&all);
     let mut file = |condition: &str| match crate::storage::place(units, condition, 1, &occupied) {
         Ok(unit) => {
             *occupied.entry(unit.clone()).or_default() += 1;

@@ -23,6 +23,8 @@ pub struct ResultRow<'a> {
     pub value: f64,
     pub unit: &'a str,
     pub read_at_ms: i64,
+    /// Where the well's contents came from (lineage); `None` when not from the lab's containers.
+    pub origin: Option<&'a pb::WellOrigin>,
 }
 
 /// The rows of a run's results: one per well and wavelength (values are well-major).
@@ -47,6 +49,7 @@ pub fn result_rows<'a>(run: &'a pb::RunInfo, rs: &'a [pb::Result]) -> Vec<Result
                     value: r.values.get(i * per + k).copied().unwrap_or(f64::NAN),
                     unit: &r.unit,
                     read_at_ms: r.read_at_ms,
+                    origin: r.origins.get(i).filter(|o| !o.samples.is_empty() || !o.from.is_empty()),
                 });
             }
         }

@@ -4,6 +4,15 @@
 
 use std::collections::BTreeMap;
 
+/// When a run was first promised to finish (wall-clock ms), from its `scheduled` events: a run
+/// admitted again keeps its first promise, and that is the one it is held to.
+pub fn first_promise_ms(events: &[crate::store::Event]) -> Option<i64> {
+    events
+        .iter()
+        .filter(|e| e.kind == "scheduled")
+        .find_map(|e| serde_json::from_str::<serde_json::Value>(&e.payload_json).ok()?.get("promised_at_ms")?.as_i64())
+}
+
 /// One finished run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {

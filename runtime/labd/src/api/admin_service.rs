@@ -283,10 +283,7 @@ impl Api {
             for run in store.runs(tid.as_deref(), &[RunState::Succeeded])? {
                 let Some(finished_ms) = run.finished_at.filter(|&f| f >= since_ms) else { continue };
                 let Ok(plan) = serde_json::from_str::<protocols::plan::RunPlan>(&run.plan_json) else { continue };
-                let promised_ms =
-                    store.events(None, &run.id, 0)?.iter().filter(|e| e.kind == "scheduled").find_map(|e| {
-                        serde_json::from_str::<serde_json::Value>(&e.payload_json).ok()?.get("promised_at_ms")?.as_i64()
-                    });
+                let promised_ms = crate::service::first_promise_ms(&store.events(None, &run.id, 0)?);
                 out.push(crate::service::Served {
                     tenant_id: run.tenant_id.clone(),
                     submitted_ms: run.submitted_at,

@@ -7,18 +7,38 @@ use super::*;
 /// Where received containers go when the technician does not say.
 const RECEIVING: &str = "receiving";
 
-fn container_info(k: store::Container, history: Vec<store::ContainerEvent>) -> pb::ContainerInfo {
+/// A container as the API answers it; `barcodes` names the containers its wells came from
+/// (the tenant's own: a run draws from no one else's).
+fn container_info(
+    k: store::Container,
+    history: Vec<store::ContainerEvent>,
+    barcodes: &std::collections::BTreeMap<String, String>,
+) -> pb::ContainerInfo {
+    let from = |well: &str| -> Vec<String> {
+        k.sources
+            .iter()
+            .filter(|s| s.well == well)
+            .map(|s| format!("{}/{}", barcodes.get(&s.from_container).unwrap_or(&s.from_container), s.from_well))
+            .collect()
+    };
+    let wells = k
+        .wells
+        .iter()
+        .map(|w| pb::WellInfo {
+            from: from(&w.well),
+            well: w.well.clone(),
+            sample: w.sample.clone(),
+            liquid: w.liquid.clone(),
+            volume_ul: w.volume_ul,
+        })
+        .collect();
     pb::ContainerInfo {
         id: k.id,
         barcode: k.barcode,
         r#type: k.load_name,
         location: k.location,
         created_at_ms: k.created_at,
-        wells: k
-            .wells
-            .into_iter()
-            .map(|w| pb::WellInfo { well: w.well, sample: w.sample, liquid: w.liquid, volume_ul: w.volume_ul })
-            .collect(),
+        wells,
         history: history
             .into_iter()
             .map(|h| pb::HistoryEntry { at_ms: h.at, kind: h.kind, detail: h.detail, by: h.actor })
@@ -188,7 +208,7 @@ impl pb::inventory_server::Inventory for Api {
         let detail = format!("{} containers: {}", got.len(), barcodes.join(", "));
         self.record_audit(&who, "shipment_received", &format!("shipment of {}", r.tenant.trim()), "", detail).await?;
         Ok(Response::new(pb::ContainersResponse {
-            containers: got.into_iter().map(|k| container_info(k, Vec::new())).collect(),
+            containers: got.into_iter().map(|k| container_info(k, Vec::new(), &Default::default())).collect(),
         }))
     }
 
@@ -199,21 +219,28 @@ impl pb::inventory_server::Inventory for Api {
         let who = self.caller(&req).await?;
         let (store, scope) = (self.store.clone(), Self::scope(&who));
         let all = blocking(move || store.containers(scope.as_deref())).await?;
+        let barcodes = all.iter().map(|k| (k.id.clone(), k.barcode.clone())).collect();
         Ok(Response::new(pb::ContainersResponse {
-            containers: all.into_iter().map(|k| container_info(k, Vec::new())).collect(),
+            containers: all.into_iter().map(|k| container_info(k, Vec::new(), &barcodes)).collect(),
         }))
     }
 
     async fn container(&self, req: Request<pb::ContainerRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
         let who = self.caller(&req).await?;
         let (store, scope, id) = (self.store.clone(), Self::scope(&who), req.into_inner().id);
-        let (k, history) = blocking(move || {
+        let (k, history, barcodes) = blocking(move || {
             let k = store.container(scope.as_deref(), id.trim())?;
             let history = store.container_history(&k.id)?;
-            Ok((k, history))
+            // The barcodes of what it came from: the same tenant's containers.
+            let barcodes = if k.sources.is_empty() {
+                Default::default()
+            } else {
+                store.containers(Some(&k.tenant_id))?.into_iter().map(|c| (c.id, c.barcode)).collect()
+            };
+            Ok::<_, store::StoreError>((k, history, barcodes))
         })
         .await?;
-        Ok(Response::new(container_info(k, history)))
+        Ok(Response::new(container_info(k, history, &barcodes)))
     }
 }
 

@@ -185,17 +185,20 @@ impl pb::lab_server::Lab for Api {
         let (page, next_page_token) =
             crate::paging::after_key(list, |i| (i.created_at, i.id.as_str()), r.page_size, &r.page_token)
                 .map_err(Status::invalid_argument)?;
-        // Each run's tenant, read once per page (within the caller's scope: a scientist's own).
-        let (store, scope, runs) =
-            (self.store.clone(), Self::scope(&who), page.iter().map(|i| i.run_id.clone()).collect::<Vec<_>>());
+        // Each run's tenant: a scientist's are all their own; for staff, each run of the page
+        // read once.
+        let (store, scope) = (self.store.clone(), Self::scope(&who));
+        let runs: std::collections::BTreeSet<String> = page.iter().map(|i| i.run_id.clone()).collect();
         let tenants = blocking(move || {
             let names: std::collections::BTreeMap<String, String> =
                 store.tenants()?.into_iter().map(|t| (t.id, t.name)).collect();
             let mut of_run = std::collections::BTreeMap::new();
             for run in runs {
-                if let Ok(r) = store.run(scope.as_deref(), &run) {
-                    of_run.insert(run, names.get(&r.tenant_id).cloned().unwrap_or_default());
-                }
+                let tenant_id = match &scope {
+                    Some(own) => own.clone(),
+                    None => store.run(None, &run)?.tenant_id,
+                };
+                of_run.insert(run, names.get(&tenant_id).cloned().unwrap_or_default());
             }
             Ok::<_, store::StoreError>(of_run)
         })

@@ -210,13 +210,40 @@ impl pb::runs_server::Runs for Api {
         let who = self.caller(&req).await?;
         let (store, id) = (self.store.clone(), req.into_inner().run_id);
         let scope = Self::scope(&who);
-        let (rows, run) = blocking(move || {
+        let site = self.site.clone();
+        let (rows, plan, origins) = blocking(move || {
             let rows = store.results(scope.as_deref(), &id)?;
-            store.run(scope.as_deref(), &id).map(|run| (rows, run))
+            let run = store.run(scope.as_deref(), &id)?;
+            // The plate map travels in the stored plan, under the tenant's own labware names.
+            let plan: Option<protocols::plan::RunPlan> = serde_json::from_str(&run.plan_json).ok();
+            // Where the wells read came from, when the run drew from the lab's containers.
+            let origins = match &plan {
+                Some(p) if !rows.is_empty() && p.labware.iter().any(|l| l.container.is_some()) => {
+                    let attempts = store.attempts(&run.id)?;
+                    let prefix = crate::store::run_prefix(&run.id);
+                    let traced = crate::lineage::by_journal(p, &attempts, &prefix, &site, &labware::Library::shipped());
+                    Some((traced.at_reads, store.containers(Some(&run.tenant_id))?))
+                }
+                _ => None,
+            };
+            Ok::<_, store::StoreError>((rows, plan, origins))
         })
         .await?;
-        // The plate map travels in the stored plan, under the tenant's own labware names.
-        let plan: Option<protocols::plan::RunPlan> = serde_json::from_str(&run.plan_json).ok();
+        let origin = |task: i64, labware: &str, wells: &[String]| -> Vec<pb::WellOrigin> {
+            let Some((at_reads, containers)) = &origins else { return Vec::new() };
+            let Some(read) = at_reads.get(&(task, labware.to_string())) else { return Vec::new() };
+            if read.is_empty() {
+                return Vec::new();
+            }
+            wells
+                .iter()
+                .map(|w| {
+                    let (samples, from) =
+                        read.get(w).map(|o| crate::lineage::samples_and_wells(o, containers)).unwrap_or_default();
+                    pb::WellOrigin { samples, from }
+                })
+                .collect()
+        };
         let design = |labware: &str, wells: &[String]| -> Vec<pb::WellDesign> {
             let Some(map) = plan.as_ref().and_then(|p| p.labware.iter().find(|l| l.name == labware)).map(|l| &l.map)
             else {
@@ -245,6 +272,7 @@ impl pb::runs_server::Runs for Api {
                 .into_iter()
                 .map(|r| pb::Result {
                     design: design(&r.labware, &r.wells),
+                    origins: origin(r.task_id, &r.labware, &r.wells),
                     id: r.id,
                     task: r.task_id,
                     labware: r.labware,

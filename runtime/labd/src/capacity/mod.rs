@@ -337,11 +337,8 @@ fn report(
     let fairness = p.fairness(s);
     let mut per_tenant = Vec::new();
     let profiles = workload.profiles_of(tenants);
-    let profile_of = |name: &str| {
-        (0..tenants)
-            .find(|&t| tenant_name(t) == name)
-            .map_or_else(String::new, |t| workload.profiles[profiles[t]].name.clone())
-    };
+    let profile_of: std::collections::BTreeMap<String, &str> =
+        (0..tenants).map(|t| (tenant_name(t), workload.profiles[profiles[t]].name.as_str())).collect();
     for f in &fairness.tenants {
         let turnarounds: Vec<f64> = p
             .runs
@@ -352,7 +349,7 @@ fn report(
             .collect();
         per_tenant.push(TenantLine {
             tenant: f.tenant.clone(),
-            profile: profile_of(&f.tenant),
+            profile: profile_of.get(&f.tenant).map_or_else(String::new, |p| p.to_string()),
             runs: turnarounds.len(),
             mean_turnaround_s: turnarounds.iter().sum::<f64>() / turnarounds.len().max(1) as f64,
             max_turnaround_s: turnarounds.iter().copied().fold(0.0, f64::max),

@@ -49,7 +49,14 @@ pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
             }
             out!("{} {} ({}) at {}", k.barcode, k.id, k.r#type, k.location);
             for w in &k.wells {
-                out!("  {:<4} {:<12} {:<16} {} µL", w.well, w.sample, w.liquid, protocols::units::trim(w.volume_ul));
+                let from = if w.from.is_empty() { String::new() } else { format!("  from {}", w.from.join(", ")) };
+                out!(
+                    "  {:<4} {:<12} {:<16} {} µL{from}",
+                    w.well,
+                    w.sample,
+                    w.liquid,
+                    protocols::units::trim(w.volume_ul)
+                );
             }
             for h in &k.history {
                 out!("  {} {} by {}: {}", crate::clock::rfc3339(h.at_ms), h.kind, h.by, h.detail);
@@ -79,7 +86,7 @@ pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
 fn container_json(k: &pb::ContainerInfo) -> serde_json::Value {
     serde_json::json!({
         "id": k.id, "barcode": k.barcode, "type": k.r#type, "location": k.location, "created_at_ms": k.created_at_ms,
-        "wells": k.wells.iter().map(|w| serde_json::json!({"well": w.well, "sample": w.sample, "liquid": w.liquid, "volume_ul": w.volume_ul})).collect::<Vec<_>>(),
+        "wells": k.wells.iter().map(|w| serde_json::json!({"well": w.well, "sample": w.sample, "liquid": w.liquid, "volume_ul": w.volume_ul, "from": w.from})).collect::<Vec<_>>(),
         "history": k.history.iter().map(|h| serde_json::json!({"at_ms": h.at_ms, "kind": h.kind, "detail": h.detail, "by": h.by})).collect::<Vec<_>>(),
     })
 }

@@ -8,14 +8,17 @@ use protos::labwright::v1 as pb;
 /// Results as CSV: one row per well and wavelength, each with the run, its protocol's name
 /// (as the tenant named it), what the well is in the experiment (the plate map: sample, group,
 /// role, replicate, concentration) and when the read was recorded (RFC 3339, UTC), so a file
-/// stands on its own once it leaves labctl.
+/// stands on its own once it leaves labctl; last, the samples shipped the well's contents came
+/// from and the container wells the run drew them from (`; ` between several).
 pub(crate) fn results_csv(run: &pb::RunInfo, rs: &[pb::Result]) -> String {
     let mut s = String::from(
-        "run,protocol,result,labware,kind,well,sample,group,role,replicate,concentration,concentration_unit,wavelength_nm,value,unit,read_at\n",
+        "run,protocol,result,labware,kind,well,sample,group,role,replicate,concentration,concentration_unit,wavelength_nm,value,unit,read_at,source_samples,source_wells\n",
     );
     for r in result_rows(run, rs) {
+        let (samples, wells) =
+            r.origin.map_or((String::new(), String::new()), |o| (o.samples.join("; "), o.from.join("; ")));
         s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             csv_field(r.run),
             csv_field(r.protocol),
             csv_field(r.result),
@@ -27,6 +30,8 @@ pub(crate) fn results_csv(run: &pb::RunInfo, rs: &[pb::Result]) -> String {
             r.value,
             csv_field(r.unit),
             crate::clock::rfc3339(r.read_at_ms),
+            csv_field(&samples),
+            csv_field(&wells),
         ));
     }
     s
@@ -53,6 +58,9 @@ pub(super) fn result_json(run: &pb::RunInfo, r: &pb::Result) -> serde_json::Valu
         "wells": r.wells, "wavelengths_nm": r.wavelengths_nm, "values": r.values, "unit": r.unit,
         "read_at": crate::clock::rfc3339(r.read_at_ms),
     });
+    if !r.origins.is_empty() {
+        v["origins"] = r.origins.iter().map(|o| serde_json::json!({"samples": o.samples, "from": o.from})).collect();
+    }
     if !r.design.is_empty() {
         v["design"] = r
             .design
@@ -144,7 +152,7 @@ mod tests {
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines[0],
-            "run,protocol,result,labware,kind,well,sample,group,role,replicate,concentration,concentration_unit,wavelength_nm,value,unit,read_at"
+            "run,protocol,result,labware,kind,well,sample,group,role,replicate,concentration,concentration_unit,wavelength_nm,value,unit,read_at,source_samples,source_wells"
         );
         assert_eq!(lines[1], "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,,,,,,,595,0.5,OD,2025-12-06T00:00:00Z");
         assert_eq!(lines.len(), 3);

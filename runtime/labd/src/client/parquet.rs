@@ -29,6 +29,8 @@ pub(crate) fn schema() -> Schema {
         Field::new("value", DataType::Float64, false),
         text("unit", false),
         Field::new("read_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        text("source_samples", true),
+        text("source_wells", true),
     ])
 }
 
@@ -41,6 +43,10 @@ pub(crate) fn results_parquet<'a>(rows: &[ResultRow<'a>]) -> Result<Vec<u8>> {
         Arc::new(StringArray::from(rows.iter().map(|r| r.design.and_then(f)).collect::<Vec<_>>()))
     };
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let joined = |f: &dyn Fn(&protos::labwright::v1::WellOrigin) -> &Vec<String>| -> ArrayRef {
+        let of = |r: &ResultRow<'a>| r.origin.map(f).filter(|v| !v.is_empty()).map(|v| v.join("; "));
+        Arc::new(StringArray::from(rows.iter().map(of).collect::<Vec<_>>()))
+    };
     let columns: Vec<ArrayRef> = vec![
         text(&|r| r.run),
         text(&|r| r.protocol),
@@ -60,6 +66,8 @@ pub(crate) fn results_parquet<'a>(rows: &[ResultRow<'a>]) -> Result<Vec<u8>> {
         Arc::new(
             TimestampMillisecondArray::from(rows.iter().map(|r| r.read_at_ms).collect::<Vec<_>>()).with_timezone("UTC"),
         ),
+        joined(&|o| &o.samples),
+        joined(&|o| &o.from),
     ];
     let schema = Arc::new(schema());
     let batch = RecordBatch::try_new(schema.clone(), columns).context("assembling the results as Arrow columns")?;

@@ -246,7 +246,7 @@ impl Executor {
         let earlier = {
             let (store, run_id) = (store.clone(), id.clone());
             match blocking(move || store.events(None, &run_id, 0)).await {
-                Ok(events) => first_promise_ms(&events),
+                Ok(events) => crate::service::first_promise_ms(&events),
                 Err(e) => {
                     tracing::warn!(run = %id, error = %e, "cannot read the run's earlier promise; it is promised anew");
                     None
@@ -290,12 +290,4 @@ impl Executor {
             }
         }
     }
-}
-
-/// When a run was first promised to finish (wall-clock ms), from its `scheduled` events.
-fn first_promise_ms(events: &[crate::store::Event]) -> Option<i64> {
-    events
-        .iter()
-        .filter(|e| e.kind == "scheduled")
-        .find_map(|e| serde_json::from_str::<serde_json::Value>(&e.payload_json).ok()?.get("promised_at_ms")?.as_i64())
 }

@@ -79,16 +79,32 @@ pub fn pick_lists_are_issued_once_and_confirmed_by_the_expected_barcode(s: &dyn 
 /// stored or discarded once per run, with its history saying so.
 pub fn runs_make_and_shelve_containers_once(s: &dyn Store) {
     let acme = s.create_tenant("acme", 1.0).unwrap();
+    let one =
+        |well: &str| WellContent { well: well.into(), sample: "S-1".into(), liquid: "serum".into(), volume_ul: 50.0 };
+    let shipped = NewContainer {
+        barcode: "PL-LINE".into(),
+        load_name: "corning_96_wellplate_360ul_flat".into(),
+        wells: vec![one("A1"), one("B1")],
+        sources: Vec::new(),
+    };
+    let shipped = s.receive_containers(&acme.id, &[shipped], "bench", "tech").unwrap().remove(0);
+    // Its A1 came from both wells of the plate shipped: lineage is kept with the container.
+    let from = |w: &str| WellSource { well: "A1".into(), from_container: shipped.id.clone(), from_well: w.into() };
     let out = NewContainer {
         barcode: "abc123-assay".into(),
         load_name: "corning_96_wellplate_360ul_flat".into(),
-        wells: vec![WellContent { well: "A1".into(), sample: "S-1".into(), liquid: "serum".into(), volume_ul: 50.0 }],
+        wells: vec![one("A1")],
+        sources: vec![from("B1"), from("A1")],
     };
     let made = s.make_container("run_abc123", &acme.id, &out, "4C").unwrap().expect("made");
     assert!(s.make_container("run_abc123", &acme.id, &out, "4C").unwrap().is_none(), "once per run");
     assert!(s.make_container("run_other", &acme.id, &out, "4C").is_err(), "a barcode the lab holds");
     let k = s.container(Some(&acme.id), "abc123-assay").unwrap();
     assert_eq!((k.id.as_str(), k.location.as_str(), k.wells.len()), (made.id.as_str(), "4C", 1));
+    assert_eq!(k.sources, [from("A1"), from("B1")], "by well, then source");
+    let listed = s.containers(Some(&acme.id)).unwrap();
+    assert_eq!(listed.iter().find(|c| c.id == k.id).map(|c| &c.sources), Some(&k.sources));
+    assert!(listed.iter().find(|c| c.id == shipped.id).is_some_and(|c| c.sources.is_empty()));
     let history = s.container_history(&k.id).unwrap();
     assert_eq!(history[0].kind, "made");
     assert!(history[0].detail.starts_with("made by run run_abc123"), "{history:?}");
@@ -115,13 +131,16 @@ pub fn runs_make_and_shelve_containers_once(s: &dyn Store) {
     let other = s.make_container("run_def456", &globex.id, &theirs, "4C").unwrap().expect("made");
     let all = s.container_histories(None).unwrap();
     let mut expected = vec![
+        (acme.id.clone(), shipped.id.clone(), s.container_history(&shipped.id).unwrap()),
         (acme.id.clone(), k.id.clone(), s.container_history(&k.id).unwrap()),
         (globex.id.clone(), other.id.clone(), s.container_history(&other.id).unwrap()),
     ];
     expected.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(all, expected);
     let acme_only = s.container_histories(Some(&acme.id)).unwrap();
-    assert_eq!(acme_only.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(), [k.id.as_str()]);
+    let mut mine = vec![shipped.id.as_str(), k.id.as_str()];
+    mine.sort();
+    assert_eq!(acme_only.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(), mine);
 }
 
 /// Reagents come off their unexpired lots, the soonest to expire first; counted consumables go
@@ -173,6 +192,7 @@ pub fn containers_are_received_whole_and_kept_per_tenant(s: &dyn Store) {
         barcode: "PL-0001".into(),
         load_name: "corning_96_wellplate_360ul_flat".into(),
         wells: vec![well("B1", "S-2", 80.0), well("A2", "S-3", 90.0), well("A1", "S-1", 100.0)],
+        sources: Vec::new(),
     };
     let got = s.receive_containers(&acme.id, std::slice::from_ref(&plate), "cold_4", "tech-1").unwrap();
     assert_eq!(got.len(), 1);

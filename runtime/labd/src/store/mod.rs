@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/0009_task_durations.sql")),
     (10, include_str!("../../migrations/0010_service_class.sql")),
     (11, include_str!("../../migrations/0011_audit.sql")),
+    (12, include_str!("../../migrations/0012_container_sources.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -243,13 +244,24 @@ pub struct WellContent {
     pub volume_ul: f64,
 }
 
-/// A container to be received (from a checked manifest).
+/// Where one well of a container a run made got its contents from: a well of another of the
+/// tenant's containers (lineage; `crate::lineage`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WellSource {
+    pub well: String,
+    pub from_container: String,
+    pub from_well: String,
+}
+
+/// A container to be received (from a checked manifest) or made by a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewContainer {
     pub barcode: String,
     /// Its labware type (a load name of the library).
     pub load_name: String,
     pub wells: Vec<WellContent>,
+    /// Of a container a run made, where its wells' contents came from (empty when received).
+    pub sources: Vec<WellSource>,
 }
 
 /// A container the lab holds for a tenant.
@@ -264,6 +276,8 @@ pub struct Container {
     pub created_at: Millis,
     /// By well, then liquid.
     pub wells: Vec<WellContent>,
+    /// Where its wells' contents came from, by well (a container a run made; else empty).
+    pub sources: Vec<WellSource>,
 }
 
 /// One item of a run's pick list: what a technician fetches before the run's first step, from

@@ -380,7 +380,20 @@ fn container_row(r: &Row) -> Result<Container> {
         location: r.text(4)?,
         created_at: r.int(5)?,
         wells: Vec::new(),
+        sources: Vec::new(),
     })
+}
+
+/// Where a container's wells' contents came from, by well.
+fn sources_of(c: &mut dyn Conn, id: &str) -> Result<Vec<WellSource>> {
+    let found =
+        c.query("SELECT well, from_container, from_well FROM container_sources WHERE container_id = ?1", &params![id])?;
+    let mut sources = found
+        .iter()
+        .map(|r| Ok(WellSource { well: r.text(0)?, from_container: r.text(1)?, from_well: r.text(2)? }))
+        .collect::<Result<Vec<_>>>()?;
+    sources.sort();
+    Ok(sources)
 }
 
 /// A container's wells, by well then liquid.
@@ -1010,6 +1023,8 @@ impl<D: Db> Store for SqlStore<D> {
                 location: location.into(),
                 created_at: at,
                 wells: n.wells.clone(),
+                // What was shipped is where lineage starts.
+                sources: Vec::new(),
             })
             .collect();
         let dialect = self.db.dialect();
@@ -1049,6 +1064,7 @@ impl<D: Db> Store for SqlStore<D> {
             for r in &found {
                 let mut k = container_row(r)?;
                 k.wells = wells_of(c, &k.id)?;
+                k.sources = sources_of(c, &k.id)?;
                 out.push(k);
             }
             Ok(out)
@@ -1064,6 +1080,7 @@ impl<D: Db> Store for SqlStore<D> {
             )?;
             let mut k = container_row(&r)?;
             k.wells = wells_of(c, &k.id)?;
+            k.sources = sources_of(c, &k.id)?;
             Ok(k)
         })
         .map_err(|e| found(e, || format!("container `{id_or_barcode}`")))
@@ -1151,6 +1168,7 @@ impl<D: Db> Store for SqlStore<D> {
             location: location.into(),
             created_at: at,
             wells: container.wells.clone(),
+            sources: container.sources.clone(),
         };
         let dialect = self.db.dialect();
         self.tx(|c| {
@@ -1174,6 +1192,12 @@ impl<D: Db> Store for SqlStore<D> {
                 c.execute(
                     "INSERT INTO container_wells (container_id, well, sample, liquid, volume_ul) VALUES (?1, ?2, ?3, ?4, ?5)",
                     &params![&k.id, &w.well, &w.sample, &w.liquid, w.volume_ul],
+                )?;
+            }
+            for w in &k.sources {
+                c.execute(
+                    "INSERT INTO container_sources (container_id, well, from_container, from_well) VALUES (?1, ?2, ?3, ?4)",
+                    &params![&k.id, &w.well, &w.from_container, &w.from_well],
                 )?;
             }
             let detail = format!("{made}, stored at {location}: {} well(s)", k.wells.len());

@@ -388,6 +388,94 @@ fn a_runs_stored_output_is_the_next_runs_input() {
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
 
+/// Lineage: acme ships a plate of samples; run 1 draws two of them into a plate it keeps at 4 °C
+/// (buffer first, from a reservoir of its own); run 2 reads what it draws from that plate. Each
+/// well of the plate run 1 made says which shipped well it came from and is named by its
+/// sample; each value run 2 read leads back to the sample shipped, in the API's JSON and in the
+/// CSV a scientist downloads.
+#[test]
+fn results_lead_back_to_the_samples_shipped() {
+    let lab = serve_lab_on("lineage", "0.001", None);
+    let acme = lab.tenant("acme");
+    let manifest = lab.dir.join("samples.csv");
+    std::fs::write(
+        &manifest,
+        "barcode,type,well,sample,liquid,volume\nPL-0101,corning_96_wellplate_360ul_flat,A1,S-101,serum,150 uL\nPL-0101,corning_96_wellplate_360ul_flat,A2,S-102,serum,150 uL\n",
+    )
+    .unwrap();
+    let args = ["receive", manifest.to_str().unwrap(), "--tenant", "acme", "--location", "4C"];
+    let (code, so, se) = labctl_typing(&lab.url, &lab.admin, &args, "PL-0101\n");
+    assert_eq!(code, 0, "{so}{se}");
+    let normalise = lab.dir.join("normalise.yaml");
+    std::fs::write(
+        &normalise,
+        "labwright: 1\nname: Normalise\nliquids: { buffer: PBS }\nlabware:\n  samples: { container: PL-0101 }\n  res: { type: nest_12_reservoir_15ml, contents: { A1: { buffer: 5 mL } } }\n  norm:\n    type: corning_96_wellplate_360ul_flat\n    store: { condition: 4C }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: res/A1, to: norm/A1:A2, volume: 50 uL }\n  - transfer: { from: samples/A1, to: norm/A1, volume: 50 uL }\n  - transfer: { from: samples/A2, to: norm/A2, volume: 50 uL }\n",
+    )
+    .unwrap();
+    let (code, so, se) = lab.ctl(&acme, &["submit", normalise.to_str().unwrap(), "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let run: serde_json::Value = serde_json::from_str(so.lines().next().unwrap()).unwrap();
+    let barcode = format!(
+        "{}-norm",
+        run["run"]["id"].as_str().unwrap().trim_start_matches("run_").chars().take(8).collect::<String>()
+    );
+    let k = lab.json(&acme, &["container", "show", &barcode, "--format", "json"]);
+    let wells: Vec<(String, String, String, Vec<String>)> = k["wells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let s = |f: &str| w[f].as_str().unwrap().to_string();
+            let from = w["from"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+            (s("well"), s("sample"), s("liquid"), from)
+        })
+        .collect();
+    let from = |w: &str| vec![format!("PL-0101/{w}")];
+    assert_eq!(
+        wells,
+        [
+            ("A1".into(), "S-101".into(), "buffer".into(), from("A1")),
+            ("A1".into(), "S-101".into(), "serum".into(), from("A1")),
+            ("A2".into(), "S-102".into(), "buffer".into(), from("A2")),
+            ("A2".into(), "S-102".into(), "serum".into(), from("A2")),
+        ],
+        "{k}"
+    );
+    let text = lab.ctl(&acme, &["container", "show", &barcode]).1;
+    assert!(text.contains("from PL-0101/A2"), "{text}");
+
+    let read = lab.dir.join("read.yaml");
+    std::fs::write(
+        &read,
+        format!("labwright: 1\nname: Read it\nlabware:\n  norm: {{ container: {barcode}, discard: true }}\n  assay: {{ type: corning_96_wellplate_360ul_flat }}\n  tips: {{ type: opentrons_96_tiprack_300ul }}\nsteps:\n  - transfer: {{ from: norm/A1, to: assay/A1, volume: 40 uL }}\n  - transfer: {{ from: norm/A2, to: assay/B1, volume: 40 uL }}\n  - read_absorbance: {{ labware: assay, wells: assay/A1:C1, wavelength: 450 nm }}\n"),
+    )
+    .unwrap();
+    let (code, so, se) = lab.ctl(&acme, &["submit", read.to_str().unwrap(), "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let run: serde_json::Value = serde_json::from_str(so.lines().next().unwrap()).unwrap();
+    let id = run["run"]["id"].as_str().unwrap().to_string();
+    let (code, so, se) = lab.ctl(&acme, &["results", &id, "--format", "json"]);
+    assert_eq!(code, 0, "{se}");
+    let results: serde_json::Value = serde_json::from_str(so.trim()).unwrap_or_else(|e| panic!("{e}: {so}"));
+    let r = &results[0];
+    assert_eq!(r["wells"], serde_json::json!(["A1", "B1", "C1"]), "{r}");
+    assert_eq!(
+        r["origins"],
+        serde_json::json!([
+            {"samples": ["S-101"], "from": [format!("{barcode}/A1")]},
+            {"samples": ["S-102"], "from": [format!("{barcode}/A2")]},
+            {"samples": [], "from": []},
+        ]),
+        "each value leads back to the sample shipped; C1 held nothing of acme's: {r}"
+    );
+    let (code, csv, se) = lab.ctl(&acme, &["results", &id, "--format", "csv"]);
+    assert_eq!(code, 0, "{se}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].ends_with(",source_samples,source_wells"), "{csv}");
+    assert!(lines[1].ends_with(&format!(",S-101,{barcode}/A1")) && lines[3].ends_with(",,"), "{csv}");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
+
 /// Kitting by people: before its first step a run's pick list goes to technicians — the new
 /// labware labelled for the run, its reagent from the unexpired lot, never the expired one —
 /// and the run waits until each item is scanned; a wrong barcode is refused naming the one

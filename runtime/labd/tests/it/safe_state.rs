@@ -141,8 +141,32 @@ fn a_failed_task_in_any_command_kind_leaves_the_instrument_safe_for_the_next_ten
                 }
             })
         };
-        let report = tokio::time::timeout(std::time::Duration::from_secs(400), worker).await.unwrap().unwrap().unwrap();
-        let attended = technician.await.unwrap();
+        // A technician that stopped (an assertion of theirs failed) fails the test at once, and a
+        // lab that has not finished says where it stands rather than only that time ran out.
+        let (mut worker, mut technician) = (worker, technician);
+        let mut attended = None;
+        let deadline = tokio::time::sleep(std::time::Duration::from_secs(400));
+        tokio::pin!(deadline);
+        let report = loop {
+            tokio::select! {
+                done = &mut worker => break done.unwrap().unwrap(),
+                t = &mut technician, if attended.is_none() => attended = Some(t.expect("the technician")),
+                _ = &mut deadline => {
+                    let runs: Vec<_> = store.runs(None, &[]).unwrap().into_iter()
+                        .filter(|r| !r.state.is_final()).map(|r| (names[&r.id].clone(), r.state)).collect();
+                    panic!(
+                        "the lab did not finish in 400 s: runs not ended {runs:?}; open interventions {:?}; \
+                         maintenance {:?}; technician done: {}; injected {:?}",
+                        store.interventions(None, true).unwrap().iter().map(|i| &i.what).collect::<Vec<_>>(),
+                        store.maintenance().unwrap(), attended.is_some(), fired.lock().unwrap(),
+                    );
+                }
+            }
+        };
+        let attended = match attended {
+            Some(a) => a,
+            None => technician.await.unwrap(),
+        };
 
         let fired = fired.lock().unwrap().clone();
         let fired_ops: BTreeSet<&str> = fired.iter().map(|(op, _)| op.as_str()).collect();

@@ -294,7 +294,8 @@ fn mixed_tenants_at_random_and_the_most_tenants_at_a_turnaround_target() {
     assert_eq!(beyond["tenants"].as_u64(), Some(n + 1), "{se}");
     assert!(within["turnaround_p90_s"].as_f64().unwrap() <= 2.5 * 3600.0, "{within}");
     assert!(beyond["turnaround_p90_s"].as_f64().unwrap() > 2.5 * 3600.0, "{beyond}");
-    assert!(se.contains(&format!("at most {n} tenants keep the 90th percentile of turnaround within 2.50 h")), "{se}");
+    let so = text(&out.stdout);
+    assert!(so.contains(&format!("at most {n} tenants keep the 90th percentile of turnaround within 2.50 h")), "{so}");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("## Tenants at a turnaround target") && md.contains(&format!("**{n} tenants**")), "{md}");
     let bad = labctl(&["simulate", "--workload", mixed.to_str().unwrap(), "--turnaround-target", "0"]);

@@ -432,14 +432,17 @@ impl Planner {
             // nothing.
             let end = self.schedule.completion(run);
             let fair = self.queue.deadlines(self.stretch).get(run).copied().unwrap_or(end);
-            match class {
-                ServiceClass::Standard => self.promises.make(run, release, end.max(fair)),
-                ServiceClass::Priority => self.promises.make(run, release, end),
-                ServiceClass::Spot => {
-                    self.promises.set(run, None);
-                    f64::INFINITY
-                }
+            let promise = match class {
+                ServiceClass::Standard => Some(end.max(fair)),
+                ServiceClass::Priority => Some(end),
+                ServiceClass::Spot => None,
             };
+            match promise {
+                Some(by) => {
+                    self.promises.make(run, release, by);
+                }
+                None => self.promises.set(run, None),
+            }
         }
         // Built again, the same order can come out later for some runs (the greedy build takes
         // other turns around new pins). When that breaks a promise, the plan in force stays if
@@ -561,16 +564,15 @@ impl Planner {
     /// kept 89.5–94.2 % of promises under disturbance at 30 and 50 tenants, and Jain's index
     /// fell to 0.85 at 50 undisturbed; gaps first, 95.5–97.0 % and 0.91.)
     ///
-    /// Spot runs not yet begun are pre-empted: every order tried has them after the new run,
-    /// and they are planned again (not held) around it.
+    /// Spot runs are pre-empted, begun or not: every order tried has them after the new run,
+    /// and their tasks not started are planned again (not held) around it.
     fn keep_promises_on_arrival(&mut self, run: usize, prev: &[usize], plan: &LabSchedule, before: &[f64]) {
         if self.promises.newly_late(before, &self.schedule.completions()).is_empty() {
             return;
         }
         let problem = &self.problem;
-        let waiting_spot = |r: usize| problem.runs[r].class == ServiceClass::Spot;
-        let spots: Vec<usize> = prev.iter().copied().filter(|&r| waiting_spot(r)).collect();
-        let prev: Vec<usize> = prev.iter().copied().filter(|&r| !waiting_spot(r)).collect();
+        let (spots, prev): (Vec<usize>, Vec<usize>) =
+            prev.iter().partition(|&&r| problem.runs[r].class == ServiceClass::Spot);
         let with_spots = |mut o: Vec<usize>| {
             o.extend(&spots);
             o

@@ -1,0 +1,258 @@
+//! Where a well's contents came from: which wells of which of the lab's containers, by what the
+//! executor journaled (not the plan: a run stopped half way moved half). Traced through the
+//! pipettes' tips channel by channel, as a set — a tip that touched a well may carry it on — and
+//! then back through containers earlier runs made to the samples tenants shipped. Pure: the
+//! caller reads the journal and the tenant's containers.
+
+use crate::store::{Attempt, Container};
+use protocols::plan::CommandOp;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Wells of the lab's containers: (container id, well).
+pub type Origins = BTreeSet<(String, String)>;
+
+/// Per labware (its name in the plan), per well, what it holds came from.
+pub type Wells = BTreeMap<String, BTreeMap<String, Origins>>;
+
+/// A run's lineage by its journal.
+#[derive(Debug, Default, PartialEq)]
+pub struct Lineage {
+    /// At each read, the labware read: (task, labware) → well → origins.
+    pub at_reads: BTreeMap<(i64, String), BTreeMap<String, Origins>>,
+    /// When the journal ends.
+    pub at_end: Wells,
+}
+
+/// Traces run `plan`'s journal (`attempts`, labware scoped by `prefix`): every command that went
+/// through, in the order it was sent.
+pub fn by_journal(
+    plan: &protocols::RunPlan,
+    attempts: &[Attempt],
+    prefix: &str,
+    site: &labware::Site,
+    lib: &labware::Library,
+) -> Lineage {
+    let scoped = format!("{prefix}.");
+    let mut wells: Wells = BTreeMap::new();
+    for lw in &plan.labware {
+        let Some(id) = &lw.container else { continue };
+        let held = wells.entry(lw.name.clone()).or_default();
+        for well in lw.contents.keys().chain(lw.composition.keys()) {
+            held.insert(well.clone(), [(id.clone(), well.clone())].into());
+        }
+    }
+    // What each channel's tip carries: (instrument, pipette) → per channel.
+    let mut tips: BTreeMap<(String, String), Vec<Origins>> = BTreeMap::new();
+    let mut read: BTreeMap<(i64, String), BTreeMap<String, Origins>> = BTreeMap::new();
+    let mut done: Vec<&Attempt> = attempts.iter().filter(|a| a.outcome.as_deref() == Some("ok")).collect();
+    done.sort_by_key(|a| (a.intent_at, a.intent.task_id, a.intent.command_index));
+    for a in done {
+        let Ok(op) = serde_json::from_str::<CommandOp>(&a.intent.op_json) else { continue };
+        let instrument = a.intent.instrument.as_str();
+        // (tip takes from the well, well takes from the tip)
+        let (pipette, labware, well, take, give) = match op {
+            CommandOp::PickUpTip { pipette, .. } | CommandOp::DropTip { pipette } => {
+                tips.remove(&(instrument.to_string(), pipette));
+                continue;
+            }
+            CommandOp::Aspirate { pipette, labware, well, .. } => (pipette, labware, well, true, false),
+            CommandOp::Dispense { pipette, labware, well, .. } | CommandOp::BlowOut { pipette, labware, well } => {
+                (pipette, labware, well, false, true)
+            }
+            CommandOp::Mix { pipette, labware, well, .. } => (pipette, labware, well, true, true),
+            CommandOp::ReadAbsorbance { labware, wells: w, .. }
+            | CommandOp::ReadFluorescence { labware, wells: w, .. }
+            | CommandOp::ReadLuminescence { labware, wells: w } => {
+                let name = labware.strip_prefix(&scoped).unwrap_or(&labware).to_string();
+                let held = wells.get(&name);
+                let seen: BTreeMap<String, Origins> = w
+                    .iter()
+                    .filter_map(|w| Some((w.clone(), held?.get(w).filter(|o| !o.is_empty())?.clone())))
+                    .collect();
+                read.insert((a.intent.task_id, name), seen);
+                continue;
+            }
+            _ => continue,
+        };
+        let Some((lw, reached)) = crate::held::reached(plan, instrument, &pipette, &labware, &well, &scoped, site, lib)
+        else {
+            continue;
+        };
+        let tip = tips.entry((instrument.to_string(), pipette)).or_default();
+        tip.resize(tip.len().max(reached.len()), Origins::new());
+        let held = wells.entry(lw.name.clone()).or_default();
+        for (channel, w) in reached.into_iter().enumerate() {
+            let here = held.entry(w).or_default();
+            if take {
+                tip[channel].extend(here.iter().cloned());
+            }
+            if give {
+                here.extend(tip[channel].iter().cloned());
+            }
+        }
+    }
+    for held in wells.values_mut() {
+        held.retain(|_, o| !o.is_empty());
+    }
+    wells.retain(|_, held| !held.is_empty());
+    Lineage { at_reads: read, at_end: wells }
+}
+
+/// What origins amount to for a tenant: the samples it shipped they came from (through every
+/// container a run made between), and the wells as the tenant knows them ("BARCODE/WELL").
+/// `containers` are the tenant's own, discarded ones too; an origin not among them (it cannot
+/// be another's: a run names only its tenant's) is left out.
+pub fn samples_and_wells(origins: &Origins, containers: &[Container]) -> (Vec<String>, Vec<String>) {
+    let by_id: BTreeMap<&str, &Container> = containers.iter().map(|k| (k.id.as_str(), k)).collect();
+    let mut samples = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<(String, String)> = origins.iter().cloned().collect();
+    while let Some((id, well)) = todo.pop() {
+        if !seen.insert((id.clone(), well.clone())) {
+            continue;
+        }
+        let Some(k) = by_id.get(id.as_str()) else { continue };
+        let from: Vec<&crate::store::WellSource> = k.sources.iter().filter(|s| s.well == well).collect();
+        if from.is_empty() {
+            samples.extend(k.wells.iter().filter(|w| w.well == well).map(|w| w.sample.clone()));
+        } else {
+            todo.extend(from.into_iter().map(|s| (s.from_container.clone(), s.from_well.clone())));
+        }
+    }
+    let wells = origins
+        .iter()
+        .filter_map(|(id, well)| by_id.get(id.as_str()).map(|k| format!("{}/{well}", k.barcode)))
+        .collect();
+    (samples.into_iter().collect(), wells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Intent, WellContent, WellSource};
+
+    fn attempt(n: i64, instrument: &str, op: &str, outcome: &str) -> Attempt {
+        Attempt {
+            id: format!("a{n}"),
+            intent: Intent {
+                run_id: "run_1".into(),
+                task_id: 0,
+                command_index: n,
+                instrument: instrument.into(),
+                op_json: op.into(),
+                repeatable: false,
+            },
+            outcome: Some(outcome.into()),
+            error: None,
+            intent_at: n,
+            outcome_at: Some(n + 1),
+        }
+    }
+
+    fn container(id: &str, barcode: &str, wells: &[(&str, &str)], sources: &[(&str, &str, &str)]) -> Container {
+        Container {
+            id: id.into(),
+            tenant_id: "ten_a".into(),
+            barcode: barcode.into(),
+            load_name: "corning_96_wellplate_360ul_flat".into(),
+            location: "fridge1".into(),
+            created_at: 0,
+            wells: wells
+                .iter()
+                .map(|(w, s)| WellContent {
+                    well: w.to_string(),
+                    sample: s.to_string(),
+                    liquid: "serum".into(),
+                    volume_ul: 50.0,
+                })
+                .collect(),
+            sources: sources
+                .iter()
+                .map(|(w, c, f)| WellSource {
+                    well: w.to_string(),
+                    from_container: c.to_string(),
+                    from_well: f.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_well_comes_from_the_container_wells_its_tips_carried_into_it() {
+        let site = labware::Site::sim().unwrap();
+        let lib = labware::Library::shipped();
+        let text = "labwright: 1\nname: t\nliquids: { serum: serum }\nlabware:\n  samples: { type: corning_96_wellplate_360ul_flat, contents: { \"A1:H1\": { serum: 200 uL } } }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 50 uL }\n";
+        let mut plan =
+            protocols::compile(&protocols::SourceFile::new("t.yaml", text), protocols::Format::Auto, &site, &lib)
+                .plan
+                .unwrap();
+        plan.labware.iter_mut().find(|l| l.name == "samples").unwrap().container = Some("con_1".into());
+        let op = |kind: &str, pipette: &str, labware: &str, well: &str| {
+            format!(
+                r#"{{"op": "{kind}", "pipette": "{pipette}", "labware": "r1.{labware}", "well": "{well}", "volume_ul": 10}}"#
+            )
+        };
+        let tip = |kind: &str, pipette: &str| {
+            format!(r#"{{"op": "{kind}", "pipette": "{pipette}", "rack": "r1.tips", "well": "A1"}}"#)
+        };
+        let read = |wells: &str| {
+            format!(
+                r#"{{"op": "read_absorbance", "labware": "r1.assay", "wells": [{wells}], "wavelengths_nm": [450]}}"#
+            )
+        };
+        let journal = [
+            attempt(1, "lh1", &tip("pick_up_tip", "p300_single"), "ok"),
+            attempt(2, "lh1", &op("aspirate", "p300_single", "samples", "A1"), "ok"),
+            attempt(3, "lh1", &op("dispense", "p300_single", "assay", "A1"), "ok"),
+            // The same tip, on: B1's contents now carry A1's too.
+            attempt(4, "lh1", &op("aspirate", "p300_single", "samples", "B1"), "ok"),
+            attempt(5, "lh1", &op("dispense", "p300_single", "assay", "A2"), "ok"),
+            attempt(
+                6,
+                "lh1",
+                &tip("drop_tip", "p300_single").replace(r#", "rack": "r1.tips", "well": "A1""#, ""),
+                "ok",
+            ),
+            attempt(7, "rd1", &read(r#""A1", "A2", "A3""#), "ok"),
+            // An 8-channel head takes the column, channel by channel; a failed command moved nothing.
+            attempt(8, "lh3", &tip("pick_up_tip", "p300_multi"), "ok"),
+            attempt(9, "lh3", &op("aspirate", "p300_multi", "samples", "A1"), "ok"),
+            attempt(10, "lh3", &op("dispense", "p300_multi", "assay", "A3"), "ok"),
+            attempt(11, "lh1", &op("dispense", "p300_single", "assay", "A4"), "failed"),
+        ];
+        let l = by_journal(&plan, &journal, "r1", &site, &lib);
+        let o =
+            |pairs: &[(&str, &str)]| -> Origins { pairs.iter().map(|(c, w)| (c.to_string(), w.to_string())).collect() };
+        let at_read = &l.at_reads[&(0, "assay".to_string())];
+        assert_eq!(at_read.get("A1"), Some(&o(&[("con_1", "A1")])));
+        assert_eq!(at_read.get("A2"), Some(&o(&[("con_1", "A1"), ("con_1", "B1")])), "the tip carried A1 on");
+        assert_eq!(at_read.get("A3"), None, "nothing was in A3 when it was read");
+        let assay = &l.at_end["assay"];
+        assert_eq!(assay.get("C3"), Some(&o(&[("con_1", "C1")])), "channel 3 of 8 went C1 → C3");
+        assert_eq!(assay.get("A4"), None);
+        assert_eq!(l.at_end["samples"]["B1"], o(&[("con_1", "B1")]), "drawing from a well adds nothing to it");
+        assert_eq!(by_journal(&plan, &[], "r1", &site, &lib).at_end["samples"].len(), 8, "each well its own origin");
+    }
+
+    #[test]
+    fn origins_lead_back_through_made_containers_to_the_samples_shipped() {
+        let shipped = container("con_1", "PL-1", &[("A1", "S-1"), ("B1", "S-2")], &[]);
+        // A plate a run made: A1 from both shipped wells (its own name for the mix is not a sample
+        // anyone shipped), B1 from nothing of the lab's.
+        let made = container(
+            "con_2",
+            "ab12-out",
+            &[("A1", "pool"), ("B1", "buffer")],
+            &[("A1", "con_1", "A1"), ("A1", "con_1", "B1")],
+        );
+        let all = [shipped, made];
+        let o =
+            |pairs: &[(&str, &str)]| -> Origins { pairs.iter().map(|(c, w)| (c.to_string(), w.to_string())).collect() };
+        assert_eq!(
+            samples_and_wells(&o(&[("con_2", "A1")]), &all),
+            (vec!["S-1".to_string(), "S-2".to_string()], vec!["ab12-out/A1".to_string()])
+        );
+        assert_eq!(samples_and_wells(&o(&[("con_2", "B1")]), &all).0, ["buffer"]);
+        assert_eq!(samples_and_wells(&o(&[("con_9", "A1")]), &all), (vec![], vec![]), "not the tenant's: nothing");
+    }
+}
