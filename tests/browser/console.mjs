@@ -35,6 +35,14 @@ try {
   await page.waitForSelector(`#runs tbody tr[data-run='${otherRun}']`);
   await page.screenshot({ path: `${outDir}/console-technician.png`, fullPage: true });
 
+  // The work queue has the manual step the lab waits for: whose run, due how long ago.
+  const step = page.locator(`#queue li[data-queue='manual step'][data-run='${ownRun}']`);
+  await step.waitFor();
+  const queued = await step.innerText();
+  if (!queued.includes("acme · ") || !/\(due \d+ (s|min|h).* ago\)/.test(queued) || !queued.includes("waiting on it: run ")) {
+    throw new Error(`the work queue's entry for the manual step says: ${queued}`);
+  }
+
   // The manual step the lab is waiting for is done from the page.
   const open = page.locator("#interventions li.open").first();
   await open.waitFor();
@@ -45,6 +53,7 @@ try {
   await open.locator("button[data-resolve='done']").click();
   await page.waitForFunction(() => document.querySelectorAll("#interventions li.open button").length === 0 ||
     !document.querySelector("#interventions li.open"));
+  await page.waitForFunction((r) => !document.querySelector(`#queue li[data-run='${r}']`), ownRun);
   await page.screenshot({ path: `${outDir}/console-resolved.png`, fullPage: true });
 
   // Maintenance toggled from the page shows in the instrument's state.
@@ -67,7 +76,7 @@ try {
   // A scientist sees their own run, not the other tenant's run or name, and no instruments.
   await page.click("#logout");
   // Signed out, the page keeps nothing of the technician's view for the next user of the screen.
-  const left = await page.evaluate(() => ["gantt", "runs", "interventions", "instruments", "audit"].map((id) => document.getElementById(id).innerHTML).join(""));
+  const left = await page.evaluate(() => ["gantt", "runs", "interventions", "instruments", "audit", "queue"].map((id) => document.getElementById(id).innerHTML).join(""));
   if (left.includes(otherRun) || left.includes(ownRun)) throw new Error("the signed-out page still holds the last user's runs");
   await page.fill("#token", sciToken);
   await page.click("#login");
@@ -78,6 +87,7 @@ try {
   if (text.includes(otherTenant)) throw new Error("the scientist sees the other tenant's name");
   if (await page.locator("#instruments-panel").isVisible()) throw new Error("the scientist sees the instruments panel");
   if (await page.locator("#audit-panel").isVisible()) throw new Error("the scientist sees the audit trail");
+  if (await page.locator("#queue-panel").isVisible()) throw new Error("the scientist sees the technicians' work queue");
   await page.screenshot({ path: `${outDir}/console-scientist.png`, fullPage: true });
 
   // The scientist opens their Bradford assay's results: a heatmap of the read, the standard

@@ -11,6 +11,16 @@ let failed = false;
 try {
   const page = await browser.newPage({ viewport: { width: 768, height: 1024 } });
   page.setDefaultTimeout(20000);
+  // Alerts on, as the technician left them; the browser's notifications recorded, not shown.
+  await page.addInitScript(() => {
+    localStorage.setItem("labwright-alerts", "on");
+    window.notified = [];
+    window.Notification = class {
+      static permission = "granted";
+      static requestPermission() { return Promise.resolve("granted"); }
+      constructor(title, options) { window.notified.push(title + ": " + options.body); }
+    };
+  });
   await page.goto(url);
   await page.fill("#token", techToken);
   await page.click("#login");
@@ -19,6 +29,20 @@ try {
   const items = await list.locator("li[data-pick]").count();
   if (items !== codes.length) throw new Error(`the kitting page lists ${items} items, not ${codes.length}`);
   await page.screenshot({ path: `${outDir}/console-kitting.png`, fullPage: true });
+
+  // The work queue has the pick list: whose run, how many items, from where, what waits on it;
+  // and the technician was notified that it is due.
+  const queued = page.locator(`#queue li[data-queue='kitting'][data-run='${run}']`);
+  await queued.waitFor();
+  const entry = await queued.innerText();
+  for (const words of ["acme · ", `${codes.length} items to fetch`, "where: ", "waiting on it: run "]) {
+    if (!entry.includes(words)) throw new Error(`the work queue's kitting entry does not say "${words}": ${entry}`);
+  }
+  await page.waitForFunction(() => window.notified.length > 0);
+  const note = await page.evaluate(() => window.notified.join("\n"));
+  if (!note.startsWith("Labwright: kitting due") || !note.includes(run.replace(/^run_/, "").slice(0, 8))) {
+    throw new Error(`the notification says: ${note}`);
+  }
 
   // A wrong barcode is refused on the page, naming the one expected.
   const scan = page.locator(`input[data-scan='${run}']`);
@@ -38,7 +62,8 @@ try {
     await page.waitForFunction(([r, n]) => document.querySelectorAll(`[data-picks='${r}'] li[data-pick]`).length < n, [run, before]);
   }
   await page.waitForSelector("#no-picks:not([hidden])");
-  console.log(`kitted ${codes.length} items from the page; refused: ${said}`);
+  await page.waitForSelector("#no-queue:not([hidden])");
+  console.log(`kitted ${codes.length} items from the page; refused: ${said}; queue: ${entry.split("\n")[0]}; notified: ${note}`);
 } catch (e) {
   console.error(String(e && e.stack || e));
   failed = true;

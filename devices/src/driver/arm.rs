@@ -327,7 +327,12 @@ impl Instrument for ArmDriver {
             "5" | "4" => State::Fault("fault must be cleared".into()),
             other => State::Fault(format!("system state {other}")),
         };
-        Ok(Status { state, temperature_c: None, detail: format!("sysState {}", s.data) })
+        // In words first; the controller's code after it, for whoever calls the vendor.
+        let words = match &state {
+            State::Fault(why) => why.clone(),
+            _ => "ready".to_string(),
+        };
+        Ok(Status { state, temperature_c: None, detail: format!("{words} (system state {})", s.data.trim()) })
     }
 
     /// Its joints (`wherej`) and whether the gripper closed on nothing (`IsFullyClosed`: a

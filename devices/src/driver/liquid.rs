@@ -81,6 +81,26 @@ struct Head {
     at: Axes,
 }
 
+/// The head in words for the people at the bench (the console's instrument row): the tip on or
+/// off, whether it is homed, what is on the deck, where the head is — not the firmware's string.
+fn in_words(head: &Head, at: Option<Axes>) -> String {
+    let mut said = vec![match head.tip_mm {
+        Some(_) => format!("a {} µL tip on", protocols::units::trim(head.tip_ul)),
+        None => "no tip on".to_string(),
+    }];
+    said.push(if head.homed { "homed" } else { "not homed yet" }.to_string());
+    said.push(match head.deck.items.len() {
+        0 => "nothing on the deck".to_string(),
+        1 => "1 labware on the deck".to_string(),
+        n => format!("{n} labware on the deck"),
+    });
+    if let Some(a) = at {
+        let mm = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.1}"));
+        said.push(format!("head at X {} Y {} Z {} mm", mm(a.x), mm(a.y), mm(a.z)));
+    }
+    said.join(", ")
+}
+
 /// Head axes as a block of G-code leaves them; `None` where a block homed the axis (or nothing
 /// is known yet).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -464,10 +484,17 @@ impl Instrument for LiquidHandlerDriver {
     }
 
     async fn status(&self) -> Result<Status, InstrumentError> {
-        let lines = self.gcode("M114.2").await?;
-        let detail = lines.iter().find(|l| l.contains("MCS")).cloned().unwrap_or_default();
+        let (lines, head) = {
+            let mut g = self.inner.link.lock().await;
+            (send(&mut g.0, "M114.2", self.inner.config.ack_timeout).await?, g.1.clone())
+        };
+        let at = lines.iter().find_map(|l| l.split_once("MCS:")).map(|(_, p)| Axes::parse_mcs(p.trim()));
         let busy = self.inner.link.try_lock().is_err();
-        Ok(Status { state: if busy { State::Busy } else { State::Idle }, temperature_c: None, detail })
+        Ok(Status {
+            state: if busy { State::Busy } else { State::Idle },
+            temperature_c: None,
+            detail: in_words(&head, at),
+        })
     }
 
     async fn abort(&self) -> Result<(), InstrumentError> {

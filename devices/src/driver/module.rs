@@ -299,10 +299,19 @@ impl Instrument for ModuleDriver {
         if self.inner.dialect == Dialect::HeaterShaker {
             let s = self.request(Request::new("M123")).await?;
             let l = self.request(Request::new("M241")).await?;
+            // In words for the people at the bench, not the firmware's fields.
+            let rpm: f64 = s.fields.get("C").and_then(|c| c.parse().ok()).unwrap_or(0.0);
+            let latch = l.fields.get("STATUS").map(|v| v.to_ascii_lowercase()).unwrap_or_default();
             detail = format!(
-                "shaking {} rpm, latch {}",
-                s.fields.get("C").cloned().unwrap_or_default(),
-                l.fields.get("STATUS").cloned().unwrap_or_default()
+                "{}, latch {}",
+                if rpm > 0.0 { format!("shaking at {rpm} rpm") } else { "not shaking".to_string() },
+                if latch.contains("closed") {
+                    "closed"
+                } else if latch.contains("open") {
+                    "open"
+                } else {
+                    latch.as_str()
+                }
             );
         }
         Ok(Status { state: State::Idle, temperature_c: c, detail })

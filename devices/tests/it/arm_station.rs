@@ -162,9 +162,9 @@ async fn stations_seal_spin_and_incubate() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let st = inc.status().await.unwrap();
     assert_eq!(st.temperature_c, Some(37.0));
-    assert!(st.detail.contains("plates=1"), "{}", st.detail);
+    assert!(st.detail.contains("1 plate inside") && st.detail.contains("not shaking"), "{}", st.detail);
     exec.finish().await.unwrap();
-    assert!(inc.status().await.unwrap().detail.contains("plates=0"));
+    assert!(inc.status().await.unwrap().detail.contains("0 plates inside"));
     // Cell culture: at ambient temperature (the heater off) in 5 % CO₂.
     let culture = CommandOp::Incubate {
         labware: "p".into(),
@@ -176,7 +176,7 @@ async fn stations_seal_spin_and_incubate() {
     let exec = inc.start(&culture).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let st = inc.status().await.unwrap();
-    assert!(st.detail.contains("co2=5") && st.temperature_c == Some(25.0), "{st:?}");
+    assert!(st.detail.contains("CO₂ at 5 %") && st.temperature_c == Some(25.0), "{st:?}");
     exec.finish().await.unwrap();
 
     let (stuck, _p4) = station(StationKind::Sealer, "error=SEAL:E01").await;

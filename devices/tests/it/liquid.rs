@@ -207,6 +207,10 @@ async fn a_tip_left_on_by_a_failed_task_is_dropped_and_the_head_homed() {
     driver.prepare(&plan).await.unwrap();
     let tip = CommandOp::PickUpTip { pipette: "p300_single".into(), rack: "tips_a".into(), well: "A1".into() };
     driver.start(&tip).await.unwrap().finish().await.unwrap();
+    // The instrument's row in the console says it in words, not in the firmware's.
+    let said = driver.status().await.unwrap().detail;
+    assert!(said.starts_with("a 300 µL tip on, ") && said.contains("labware on the deck, head at X "), "{said}");
+    assert!(!said.contains("MCS"), "{said}");
     let draw = CommandOp::Aspirate {
         pipette: "p300_single".into(),
         labware: "reservoir".into(),
@@ -219,6 +223,8 @@ async fn a_tip_left_on_by_a_failed_task_is_dropped_and_the_head_homed() {
     driver.gcode("G0 Z0").await.unwrap_err();
     let did = driver.make_safe().await.unwrap();
     assert_eq!(did, "dropped the tip in the trash, homed");
+    let said = driver.status().await.unwrap().detail;
+    assert!(said.starts_with("no tip on, homed, "), "{said}");
     {
         let s = state.lock().unwrap();
         assert!(s.tips.iter().all(Option::is_none), "no tip on the head");

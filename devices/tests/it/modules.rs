@@ -51,7 +51,8 @@ async fn heater_shaker_heats_shakes_and_reports_over_a_pty() {
     run(&hs, CommandOp::Shake { labware: "p".into(), rpm: 800.0, duration_s: 30.0, temperature_c: None })
         .await
         .unwrap();
-    assert!(hs.status().await.unwrap().detail.contains("IDLE_CLOSED"));
+    let said = hs.status().await.unwrap().detail;
+    assert!(said.contains("latch closed") && !said.contains("IDLE"), "{said}");
     run(&hs, CommandOp::Latch { open: true }).await.unwrap();
     // Validation happens before anything is sent.
     let e = hs.start(&CommandOp::SetShakeSpeed { labware: None, rpm: 5000.0 }).await.unwrap_err();

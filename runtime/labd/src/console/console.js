@@ -76,6 +76,7 @@ async function login(ev) {
   const staff = me.role !== "scientist";
   $("instruments-panel").hidden = !staff;
   $("kitting-panel").hidden = !staff;
+  $("queue-panel").hidden = !staff;
   $("audit-panel").hidden = !staff;
   for (const c of document.querySelectorAll(".tenant-col")) c.hidden = !staff;
   await refresh();
@@ -99,6 +100,8 @@ function clearViews() {
   $("interventions").replaceChildren();
   $("picks").replaceChildren();
   drawnPicks = "";
+  $("queue").replaceChildren();
+  queueSeen = null;
   $("audit").tBodies[0].replaceChildren();
   $("results").replaceChildren();
   $("results-title").textContent = "";
@@ -124,6 +127,7 @@ async function refresh() {
     drawGantt(schedule, instruments.instruments || []);
     drawRuns(runs.runs || [], schedule.slots || []);
     drawInterventions(interventions.interventions || []);
+    if (staff) drawQueue(interventions.interventions || [], picks.items || [], runs.runs || [], schedule.slots || []);
     if (staff) drawPicks(picks.items || []);
     if (staff) drawAudit(audit.entries || []);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
@@ -280,7 +284,9 @@ function drawRuns(runs, slots) {
     }, "Cancel");
     const row = el("tr", { "data-run": r.id },
       el("td", { title: r.id }, short(r.id)), el("td", { class: "tenant-col" }, r.tenant), el("td", {}, r.name),
-      el("td", { class: "state state-" + r.state, title: r.reason }, r.state),
+      // Why a run failed or was cancelled, in the row where a technician looks, not on hover.
+      el("td", { class: "state state-" + r.state, title: r.reason }, r.state,
+        r.reason && ["failed", "cancelled"].includes(r.state) ? el("div", { class: "reason" }, r.reason) : ""),
       el("td", { class: "when" }, clock(r.submitted_at_ms)), el("td", { class: "when" }, clock(r.finished_at_ms)),
       el("td", {}, bar), el("td", {}, cancel, r.state === "succeeded" || r.state === "failed" ? el("button", {
         "data-results": r.id, onclick: () => showResults(r.id),
@@ -317,6 +323,79 @@ function drawInterventions(list) {
       " ", el("span", { class: "age" }, "(" + when + ")"), el("br"),
       "To do: ", i.todo, el("br"), ...buttons);
   }));
+}
+
+// The technicians' work queue: everything waiting on a person in one list, soonest due first.
+// An intervention is due since it opened (a manual step holds up its run; an instrument that
+// needs attention holds up the work planned on it); a run's pick list is due when its first
+// task is planned (its material must be on the deck by then). Each says how long it has waited
+// or when it is due, whose run, where the material is and what waits on it.
+let queueSeen = null; // what the last draw showed (null before the first)
+function drawQueue(interventions, picks, runs, slots) {
+  const now = Date.now();
+  const tenantOf = new Map(runs.map((r) => [r.id, r.tenant]));
+  const first = new Map(); // run → its first task not done: when and where
+  for (const s of slots) {
+    if (s.state === "done") continue;
+    const at = s.started_ms || s.planned_start_ms;
+    if (!first.has(s.run_id) || at < first.get(s.run_id).at) first.set(s.run_id, { at, lane: s.lane });
+  }
+  const work = [];
+  for (const i of interventions.filter((i) => i.state === "open")) {
+    const check = i.instrument && i.what.endsWith("needs attention");
+    work.push({
+      key: "i:" + i.id, kind: check ? "instrument check" : "manual step", due: i.created_at_ms, run: i.run_id,
+      tenant: i.tenant, what: i.what, where: i.instrument || "",
+      waits: check ? "work planned on " + i.instrument : "run " + short(i.run_id),
+    });
+  }
+  const lists = new Map();
+  for (const p of picks) lists.set(p.run_id, [...(lists.get(p.run_id) || []), p]);
+  for (const [run, items] of lists) {
+    const f = first.get(run);
+    work.push({
+      key: "k:" + run, kind: "kitting", due: f ? f.at : now, run, tenant: tenantOf.get(run) || "",
+      what: items.length + (items.length === 1 ? " item" : " items") + " to fetch" +
+        (items.some((i) => i.thaw_min > 0) ? " (thaw " + Math.max(...items.map((i) => i.thaw_min)) + " min first)" : ""),
+      where: [...new Set(items.map((i) => i.from))].join(", "),
+      waits: "run " + short(run) + (f ? ", first task on " + f.lane + " at " + new Date(f.at).toLocaleTimeString() : ""),
+    });
+  }
+  work.sort((a, b) => a.due - b.due);
+  $("no-queue").hidden = work.length > 0;
+  $("queue").replaceChildren(...work.map((w) => el("li", { class: w.due <= now ? "due" : "later", "data-queue": w.kind, "data-run": w.run },
+    el("strong", {}, w.kind), " · ", w.tenant ? w.tenant + " · " : "", "run " + short(w.run) + ": ", w.what, " ",
+    el("span", { class: "age" }, "(" + (w.due <= now ? "due " + age(now - w.due) + " ago" : "due in " + age(w.due - now)) + ")"),
+    el("br"), w.where ? "where: " + w.where + " · " : "", "waiting on it: " + w.waits)));
+  // New since the last draw; on the first, all of it (opening the page with alerts on tells
+  // the technician what is already due).
+  const fresh = work.filter((w) => !queueSeen || !queueSeen.has(w.key));
+  queueSeen = new Set(work.map((w) => w.key));
+  if (fresh.length && $("queue-alerts").checked) alertNew(fresh);
+}
+
+// Opt-in: a short tone and a browser notification for work that has just come due.
+let audio = null;
+$("queue-alerts").addEventListener("change", async (ev) => {
+  localStorage.setItem("labwright-alerts", ev.target.checked ? "on" : "off");
+  if (!ev.target.checked) return;
+  audio = audio || new AudioContext(); // made on the click: browsers play sound only after a gesture
+  if ("Notification" in window && Notification.permission === "default") await Notification.requestPermission();
+});
+$("queue-alerts").checked = localStorage.getItem("labwright-alerts") === "on";
+function alertNew(fresh) {
+  if (audio) {
+    const tone = audio.createOscillator();
+    tone.frequency.value = 880;
+    tone.connect(audio.destination);
+    tone.start();
+    tone.stop(audio.currentTime + 0.2);
+  }
+  if ("Notification" in window && Notification.permission === "granted") {
+    const w = fresh[0];
+    const more = fresh.length > 1 ? " (and " + (fresh.length - 1) + " more)" : "";
+    new Notification("Labwright: " + w.kind + " due", { body: (w.tenant ? w.tenant + " · " : "") + "run " + short(w.run) + ": " + w.what + more, tag: w.key });
+  }
 }
 
 // A duration in words: "40 s", "12 min", "3 h 5 min".
