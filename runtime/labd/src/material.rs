@@ -11,6 +11,23 @@
 use crate::store::{ConsumableStock, RunState, Store, StoreError};
 use protocols::consumables::Consumption;
 
+/// Admits run `new` (its plan `plan`): checked against what is on hand ([`refusal`]) and
+/// recorded while the store's admission hold is kept, so that no two submissions — on any node
+/// sharing the database — both take the last of something. `Ok(Err(why))`: refused, in words
+/// for the tenant.
+pub fn admit(
+    store: &dyn Store,
+    plan: &protocols::RunPlan,
+    new: &crate::store::NewRun,
+    site: &labware::Site,
+) -> Result<Result<(crate::store::Run, bool), String>, StoreError> {
+    let _hold = store.hold_admission()?;
+    if let Some(why) = refusal(store, plan, &new.tenant_id, &new.idempotency_key, site)? {
+        return Ok(Err(why));
+    }
+    store.submit_run(new).map(Ok)
+}
+
 /// Why a new run of `tenant` (idempotency key `key`) cannot be accepted now, worded for the
 /// tenant — nothing of another tenant's runs, containers or figures; `None` when it can.
 pub fn refusal(

@@ -59,15 +59,6 @@ impl pb::runs_server::Runs for Api {
             return Ok(Response::new(pb::SubmitResponse { run: None, created: false, diagnostics: diags }));
         };
         self.some_cell_can_run(&plan)?;
-        // Checks against what is on hand, then the submission, one at a time on this node: two
-        // runs arriving together cannot both take the last of a container or of the stock.
-        let _counted = ADMITTING.lock().await;
-        let (store, key, tid, site) =
-            (self.store.clone(), r.idempotency_key.clone(), tenant.clone(), self.site.clone());
-        let checked = plan.clone();
-        blocking(move || crate::material::refusal(store.as_ref(), &checked, &tid, &key, &site))
-            .await?
-            .map_or(Ok(()), |why| Err(Status::failed_precondition(why)))?;
         let new = store::NewRun {
             tenant_id: tenant,
             idempotency_key: r.idempotency_key,
@@ -77,8 +68,14 @@ impl pb::runs_server::Runs for Api {
             priority: 0,
             class,
         };
-        let store = self.store.clone();
-        let (run, created) = blocking(move || store.submit_run(&new)).await?;
+        // Checks against what is on hand, then the submission, one at a time on this node and,
+        // through the store's admission hold, across the nodes sharing its database: two runs
+        // arriving together cannot both take the last of a container or of the stock.
+        let _counted = ADMITTING.lock().await;
+        let (store, site) = (self.store.clone(), self.site.clone());
+        let (run, created) = blocking(move || crate::material::admit(store.as_ref(), &plan, &new, &site))
+            .await?
+            .map_err(Status::failed_precondition)?;
         tracing::info!(run = %run.id, tenant = %run.tenant_id, created, "run submitted");
         if created {
             crate::metrics::with(|m| m.runs_submitted.inc());

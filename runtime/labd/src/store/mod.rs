@@ -66,6 +66,33 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{hex}")
 }
 
+/// See [`Store::hold_admission`]: whatever releases the hold runs when this is dropped.
+#[derive(Default)]
+pub struct AdmissionHold<'a> {
+    release: Option<Box<dyn FnOnce() + Send + 'a>>,
+}
+
+impl<'a> AdmissionHold<'a> {
+    /// A hold that `release` lets go of.
+    pub fn new(release: impl FnOnce() + Send + 'a) -> AdmissionHold<'a> {
+        AdmissionHold { release: Some(Box::new(release)) }
+    }
+}
+
+impl Drop for AdmissionHold<'_> {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl fmt::Debug for AdmissionHold<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.release.is_some() { "held" } else { "nothing to hold" })
+    }
+}
+
 /// Store failures.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
@@ -504,6 +531,10 @@ pub trait Store: Send + Sync {
     /// The token stops signing in at this time.
     fn set_principal_expiry(&self, id: &str, expires_at: Millis) -> Result<()>;
 
+    /// Held while a submission is checked against what is on hand and then recorded, so that
+    /// two submissions — on this node or on any other sharing the database — cannot both take
+    /// the last of a container's well, of the stock or of a storage unit. Released when dropped.
+    fn hold_admission(&self) -> Result<AdmissionHold<'_>>;
     /// Accepts a run, or returns the run already accepted under the same idempotency key
     /// (`false`: nothing new was created). Writes the `submitted` event and its outbox row.
     fn submit_run(&self, run: &NewRun) -> Result<(Run, bool)>;

@@ -29,7 +29,22 @@ pub struct PgDb {
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
     retry_for: Duration,
+    /// The connection that holds the admission lock (a session's advisory lock, held across
+    /// the transactions of a submission's checks and its record on the pool).
+    admission: Mutex<Option<Session>>,
 }
+
+/// A connection of its own, for a session's locks.
+struct Session(Client);
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("session")
+    }
+}
+
+/// The advisory lock every node takes to admit a run (the migrations' is 7301).
+const ADMISSION_LOCK: i64 = 7302;
 
 #[derive(Default)]
 struct Slot {
@@ -85,6 +100,7 @@ impl SqlStore<PgDb> {
             slots: (0..POOL).map(|_| Mutex::new(Slot::default())).collect(),
             next: AtomicUsize::new(0),
             retry_for,
+            admission: Mutex::new(None),
         };
         sql::migrate(&db, postgres_part)?;
         Ok(SqlStore::new(db))
@@ -367,6 +383,59 @@ impl Db for PgDb {
 
     fn read<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
         self.run(false, f)
+    }
+
+    fn hold_admission(&self) -> Result<AdmissionHold<'_>> {
+        // The node's one connection for it, taken out while held (a second hold at once on one
+        // node, which labd does not do, would connect another: the database still serialises).
+        let idle = self.admission.lock().map_err(|_| StoreError::Backend("admission lock poisoned".into()))?.take();
+        let session = super::offload::leave_worker(|| {
+            let (started, mut pause) = (Instant::now(), Duration::from_millis(50));
+            let mut session = idle;
+            // Connect when there is no connection yet (or it broke), then lock; either may fail
+            // while the database is away, and is tried again as transactions are.
+            loop {
+                let step = match session.as_mut() {
+                    Some(Session(c)) => c.execute("SELECT pg_advisory_lock($1)", &[&ADMISSION_LOCK]).map(|_| true),
+                    None => self.config.connect(NoTls).map(|c| {
+                        session = Some(Session(c));
+                        false
+                    }),
+                };
+                match step {
+                    Ok(true) => return Ok(session),
+                    Ok(false) => continue,
+                    Err(e) => {
+                        session = None;
+                        if started.elapsed() >= self.retry_for {
+                            return Err(StoreError::Backend(format!(
+                                "cannot take the admission lock for {} s: {}",
+                                self.retry_for.as_secs(),
+                                classify(e).1
+                            )));
+                        }
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        })?;
+        Ok(AdmissionHold::new(move || {
+            let kept = super::offload::leave_worker(|| {
+                let mut s = session?;
+                match s.0.execute("SELECT pg_advisory_unlock($1)", &[&ADMISSION_LOCK]) {
+                    Ok(_) => Some(s),
+                    Err(e) => {
+                        // Closing the session lets go of its locks; the next hold connects again.
+                        tracing::warn!(error = %classify(e).1, "cannot release the admission lock; closing its connection");
+                        None
+                    }
+                }
+            });
+            if let Ok(mut idle) = self.admission.lock() {
+                *idle = kept;
+            }
+        }))
     }
 }
 

@@ -188,6 +188,11 @@ pub trait Db: Send + Sync + 'static {
     /// Runs `f` in one write transaction, committed when `f` returns `Ok`. A backend may run `f`
     /// again when the connection broke before the commit was sent.
     fn tx<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T>;
+    /// See [`Store::hold_admission`]. A database only one node uses (SQLite) needs nothing
+    /// beyond the node's own one-at-a-time admission.
+    fn hold_admission(&self) -> Result<AdmissionHold<'_>> {
+        Ok(AdmissionHold::default())
+    }
     /// Runs `f` for reading (a backend may use the same transaction kind).
     fn read<T: Send>(&self, f: &mut (dyn FnMut(&mut dyn Conn) -> Result<T> + Send)) -> Result<T> {
         self.tx(f)
@@ -819,6 +824,10 @@ impl<D: Db> Store for SqlStore<D> {
             }
             Ok(())
         })
+    }
+
+    fn hold_admission(&self) -> Result<AdmissionHold<'_>> {
+        self.db.hold_admission()
     }
 
     fn submit_run(&self, run: &NewRun) -> Result<(Run, bool)> {

@@ -81,6 +81,76 @@ fn postgres_store_passes_the_conformance_suite() {
     assert_eq!(positions.len(), 101);
 }
 
+/// Two nodes on one database admit runs one at a time between them: acme's well holds 100 µL
+/// and two runs that each draw 60 µL arrive at once, one at each node. One is accepted and the
+/// other refused naming the well, every time (five rounds), as on one node.
+#[test]
+fn two_nodes_never_both_take_the_last_of_a_well() {
+    let Some(s) = Scratch::new("admit") else { return };
+    let (a, b) = (PostgresStore::connect(&s.url).unwrap(), PostgresStore::connect(&s.url).unwrap());
+    let site = labware::Site::sim().unwrap();
+    let lib = labware::Library::shipped();
+    let acme = a.create_tenant("acme", 1.0).unwrap();
+    for round in 0..5 {
+        let barcode = format!("PL-{round}");
+        let well = labd::store::WellContent {
+            well: "A1".into(),
+            sample: "S-1".into(),
+            liquid: "serum".into(),
+            volume_ul: 100.0,
+        };
+        let shipped = labd::store::NewContainer {
+            barcode: barcode.clone(),
+            load_name: "corning_96_wellplate_360ul_flat".into(),
+            wells: vec![well],
+            sources: Vec::new(),
+        };
+        a.receive_containers(&acme.id, &[shipped], "bench", "tech").unwrap();
+        let text = format!(
+            "labwright: 1\nname: draw\nlabware:\n  samples: {{ container: {barcode} }}\n  assay: {{ type: corning_96_wellplate_360ul_flat }}\n  tips: {{ type: opentrons_96_tiprack_300ul }}\nsteps:\n  - transfer: {{ from: samples/A1, to: assay/A1, volume: 60 uL }}\n"
+        );
+        let held = labd::held::Held::of(a.containers(Some(&acme.id)).unwrap());
+        let c = protocols::compile_with(
+            &protocols::SourceFile::new("draw.yaml", text),
+            protocols::Format::Auto,
+            &site,
+            &lib,
+            &held,
+        );
+        let plan = c.plan.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        let barrier = std::sync::Barrier::new(2);
+        let answers: Vec<Result<(labd::store::Run, bool), String>> = std::thread::scope(|sc| {
+            let runs: Vec<_> = [&a, &b]
+                .into_iter()
+                .enumerate()
+                .map(|(node, store)| {
+                    let (plan, barrier, site, tenant) = (&plan, &barrier, &site, &acme.id);
+                    sc.spawn(move || {
+                        let new = labd::store::NewRun {
+                            tenant_id: tenant.clone(),
+                            idempotency_key: format!("r{round}-n{node}"),
+                            name: "draw".into(),
+                            source: String::new(),
+                            plan_json: serde_json::to_string(plan).unwrap(),
+                            priority: 0,
+                            class: labware::ServiceClass::Standard,
+                        };
+                        barrier.wait();
+                        labd::material::admit(store, plan, &new, site).unwrap()
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let accepted = answers.iter().filter(|r| r.is_ok()).count();
+        let said: Vec<String> =
+            answers.iter().map(|r| r.as_ref().map_or_else(|why| why.clone(), |(run, _)| run.id.clone())).collect();
+        assert_eq!(accepted, 1, "round {round}: one of the two runs fits: {said:?}");
+        let refused = answers.iter().find_map(|r| r.as_ref().err()).unwrap();
+        assert!(refused.contains(&format!("container {barcode} well A1 holds 100 µL")), "{refused}");
+    }
+}
+
 /// A bad database URL is a sentence naming it (without its password), not a panic.
 #[test]
 fn a_bad_database_url_is_a_clear_error() {
