@@ -85,10 +85,12 @@ pub fn over_drawn(
     None
 }
 
-/// What a run that succeeded leaves in the inventory, by its plan (as submitted).
+/// What a run leaves in the inventory: its plan (as submitted) says what is stored and where,
+/// its journal what the labware holds.
 #[derive(Debug, Default, PartialEq)]
 pub struct AfterRun {
-    /// New containers of the tenant's (labware the protocol stores), each at its condition.
+    /// New containers of the tenant's (labware the protocol stores that holds something), each
+    /// at its condition.
     pub made: Vec<(crate::store::NewContainer, String)>,
     /// Containers it named that go to storage at a condition, or (`None`) are discarded.
     pub shelved: Vec<(String, Option<String>)>,
@@ -99,44 +101,49 @@ pub fn output_barcode(run_id: &str, name: &str) -> String {
     format!("{}-{name}", crate::store::run_prefix(run_id))
 }
 
-/// `traced`: where each well's contents came from by the run's journal (`crate::lineage`);
-/// `containers`: the tenant's, for the samples those origins lead back to.
+/// `traced`: what each well holds and where it came from by the run's journal
+/// (`crate::lineage`); `containers`: the tenant's, for the samples those origins lead back to;
+/// `succeeded`: whether the run did. A run that did not keeps the containers it named (their
+/// contents may be needed to run it again): they are not discarded.
 pub fn after_run(
     plan: &protocols::RunPlan,
     run_id: &str,
     traced: &crate::lineage::Wells,
     containers: &[Container],
+    succeeded: bool,
 ) -> AfterRun {
     let mut out = AfterRun::default();
     for lw in &plan.labware {
         match (&lw.container, &lw.store, lw.discard) {
             (Some(id), Some(condition), _) => out.shelved.push((id.clone(), Some(condition.clone()))),
-            (Some(id), None, true) => out.shelved.push((id.clone(), None)),
+            (Some(id), None, true) if succeeded => out.shelved.push((id.clone(), None)),
             (None, Some(condition), _) => {
-                let origins = traced.get(&lw.name);
+                let Some(held) = traced.get(&lw.name) else { continue };
                 let mut sources = Vec::new();
                 let mut wells = Vec::new();
-                for (well, liquids) in &lw.outputs {
-                    let from = origins.and_then(|o| o.get(well));
+                for (well, h) in held {
                     // The plate map's sample name for the well, else the samples shipped it
                     // came from, else the liquid's own name.
-                    let shipped = from.map(|o| crate::lineage::samples_and_wells(o, containers).0).unwrap_or_default();
+                    let shipped = crate::lineage::samples_and_wells(&h.origins, containers).0;
                     let sample = lw
                         .map
                         .get(well)
                         .and_then(|d| d.sample.clone())
                         .or_else(|| (!shipped.is_empty()).then(|| shipped.join(", ")));
-                    wells.extend(liquids.iter().map(|(liquid, ul)| crate::store::WellContent {
+                    wells.extend(h.liquids.iter().map(|(liquid, ul)| crate::store::WellContent {
                         well: well.clone(),
                         sample: sample.clone().unwrap_or_else(|| liquid.clone()),
                         liquid: liquid.clone(),
                         volume_ul: *ul,
                     }));
-                    sources.extend(from.into_iter().flatten().map(|(container, from_well)| crate::store::WellSource {
+                    sources.extend(h.origins.iter().map(|(container, from_well)| crate::store::WellSource {
                         well: well.clone(),
                         from_container: container.clone(),
                         from_well: from_well.clone(),
                     }));
+                }
+                if wells.is_empty() {
+                    continue;
                 }
                 let made = crate::store::NewContainer {
                     barcode: output_barcode(run_id, &lw.name),

@@ -1,8 +1,12 @@
-//! Where a well's contents came from: which wells of which of the lab's containers, by what the
-//! executor journaled (not the plan: a run stopped half way moved half). Traced through the
-//! pipettes' tips channel by channel, as a set — a tip that touched a well may carry it on — and
-//! then back through containers earlier runs made to the samples tenants shipped. Pure: the
-//! caller reads the journal and the tenant's containers.
+//! What each well holds and where it came from, by what the executor journaled (not the plan:
+//! a run stopped half way moved half): the volume of each liquid, replayed as the compiler's
+//! liquid check replays the plan (a draw takes each liquid in proportion; a tip gives what it
+//! holds in proportion; blow-out gives all of it), and the lineage — which wells of which of the
+//! lab's containers the contents came from, through the pipettes' tips channel by channel, as a
+//! set that goes with the liquid (a tip with liquid left in it carries it on into the next well;
+//! one emptied carries nothing) — then back through containers earlier runs made to the samples
+//! tenants shipped. Pure: the caller reads the journal and the tenant's
+//! containers.
 
 use crate::store::{Attempt, Container};
 use protocols::plan::CommandOp;
@@ -11,20 +15,62 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Wells of the lab's containers: (container id, well).
 pub type Origins = BTreeSet<(String, String)>;
 
-/// Per labware (its name in the plan), per well, what it holds came from.
-pub type Wells = BTreeMap<String, BTreeMap<String, Origins>>;
+/// What a well (or a tip) holds, by the journal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Held {
+    /// Liquid → µL.
+    pub liquids: BTreeMap<String, f64>,
+    pub origins: Origins,
+}
+
+impl Held {
+    fn volume(&self) -> f64 {
+        self.liquids.values().sum()
+    }
+
+    /// Takes `ul` (at most what there is), each liquid in proportion; the origins go along.
+    fn take(&mut self, ul: f64) -> Held {
+        let have = self.volume();
+        let share = if have > 0.0 { (ul / have).min(1.0) } else { 0.0 };
+        let mut out = Held { liquids: BTreeMap::new(), origins: self.origins.clone() };
+        for (liquid, v) in self.liquids.iter_mut() {
+            let moved = *v * share;
+            *v -= moved;
+            if moved > 0.0 {
+                out.liquids.insert(liquid.clone(), moved);
+            }
+        }
+        self.liquids.retain(|_, v| *v > 1e-9);
+        // Origins go with the liquid: what is emptied carries nothing on (the film a tip keeps
+        // is not counted as a sample).
+        if self.liquids.is_empty() {
+            self.origins.clear();
+        }
+        out
+    }
+
+    fn give(&mut self, from: Held) {
+        for (liquid, v) in from.liquids {
+            *self.liquids.entry(liquid).or_default() += v;
+        }
+        self.origins.extend(from.origins);
+    }
+}
+
+/// Per labware (its name in the plan), per well.
+pub type Wells = BTreeMap<String, BTreeMap<String, Held>>;
 
 /// A run's lineage by its journal.
 #[derive(Debug, Default, PartialEq)]
 pub struct Lineage {
     /// At each read, the labware read: (task, labware) → well → origins.
     pub at_reads: BTreeMap<(i64, String), BTreeMap<String, Origins>>,
-    /// When the journal ends.
+    /// What each well holds when the journal ends (wells that hold nothing left out).
     pub at_end: Wells,
 }
 
-/// Traces run `plan`'s journal (`attempts`, labware scoped by `prefix`): every command that went
-/// through, in the order it was sent.
+/// Replays run `plan`'s journal (`attempts`, labware scoped by `prefix`): every command that
+/// went through, in the order it was sent, from what the plan loads onto the deck.
 pub fn by_journal(
     plan: &protocols::RunPlan,
     attempts: &[Attempt],
@@ -35,31 +81,44 @@ pub fn by_journal(
     let scoped = format!("{prefix}.");
     let mut wells: Wells = BTreeMap::new();
     for lw in &plan.labware {
-        let Some(id) = &lw.container else { continue };
         let held = wells.entry(lw.name.clone()).or_default();
-        for well in lw.contents.keys().chain(lw.composition.keys()) {
-            held.insert(well.clone(), [(id.clone(), well.clone())].into());
+        for (well, liquids) in &lw.composition {
+            let origins = lw.container.iter().map(|id| (id.clone(), well.clone())).collect();
+            held.insert(well.clone(), Held { liquids: liquids.clone(), origins });
         }
     }
     // What each channel's tip carries: (instrument, pipette) → per channel.
-    let mut tips: BTreeMap<(String, String), Vec<Origins>> = BTreeMap::new();
+    let mut tips: BTreeMap<(String, String), Vec<Held>> = BTreeMap::new();
     let mut read: BTreeMap<(i64, String), BTreeMap<String, Origins>> = BTreeMap::new();
     let mut done: Vec<&Attempt> = attempts.iter().filter(|a| a.outcome.as_deref() == Some("ok")).collect();
     done.sort_by_key(|a| (a.intent_at, a.intent.task_id, a.intent.command_index));
     for a in done {
         let Ok(op) = serde_json::from_str::<CommandOp>(&a.intent.op_json) else { continue };
         let instrument = a.intent.instrument.as_str();
-        // (tip takes from the well, well takes from the tip)
-        let (pipette, labware, well, take, give) = match op {
+        enum Move {
+            Draw(f64),
+            Give(Option<f64>),
+            Mix,
+        }
+        let (pipette, labware, well, how) = match op {
             CommandOp::PickUpTip { pipette, .. } | CommandOp::DropTip { pipette } => {
                 tips.remove(&(instrument.to_string(), pipette));
                 continue;
             }
-            CommandOp::Aspirate { pipette, labware, well, .. } => (pipette, labware, well, true, false),
-            CommandOp::Dispense { pipette, labware, well, .. } | CommandOp::BlowOut { pipette, labware, well } => {
-                (pipette, labware, well, false, true)
+            CommandOp::Aspirate { pipette, labware, well, volume_ul } => {
+                (pipette, labware, well, Move::Draw(volume_ul))
             }
-            CommandOp::Mix { pipette, labware, well, .. } => (pipette, labware, well, true, true),
+            CommandOp::Dispense { pipette, labware, well, volume_ul } => {
+                (pipette, labware, well, Move::Give(Some(volume_ul)))
+            }
+            CommandOp::BlowOut { pipette, labware, well } => (pipette, labware, well, Move::Give(None)),
+            CommandOp::Mix { pipette, labware, well, .. } => (pipette, labware, well, Move::Mix),
+            CommandOp::AddReagent { reagent, labware, well, volume_ul } => {
+                let name = labware.strip_prefix(&scoped).unwrap_or(&labware).to_string();
+                let added = Held { liquids: [(reagent, volume_ul)].into(), origins: Origins::new() };
+                wells.entry(name).or_default().entry(well).or_default().give(added);
+                continue;
+            }
             CommandOp::ReadAbsorbance { labware, wells: w, .. }
             | CommandOp::ReadFluorescence { labware, wells: w, .. }
             | CommandOp::ReadLuminescence { labware, wells: w } => {
@@ -67,7 +126,9 @@ pub fn by_journal(
                 let held = wells.get(&name);
                 let seen: BTreeMap<String, Origins> = w
                     .iter()
-                    .filter_map(|w| Some((w.clone(), held?.get(w).filter(|o| !o.is_empty())?.clone())))
+                    .filter_map(|w| {
+                        Some((w.clone(), held?.get(w).map(|h| &h.origins).filter(|o| !o.is_empty())?.clone()))
+                    })
                     .collect();
                 read.insert((a.intent.task_id, name), seen);
                 continue;
@@ -79,20 +140,28 @@ pub fn by_journal(
             continue;
         };
         let tip = tips.entry((instrument.to_string(), pipette)).or_default();
-        tip.resize(tip.len().max(reached.len()), Origins::new());
+        tip.resize(tip.len().max(reached.len()), Held::default());
         let held = wells.entry(lw.name.clone()).or_default();
         for (channel, w) in reached.into_iter().enumerate() {
             let here = held.entry(w).or_default();
-            if take {
-                tip[channel].extend(here.iter().cloned());
-            }
-            if give {
-                here.extend(tip[channel].iter().cloned());
+            let tip = &mut tip[channel];
+            match how {
+                Move::Draw(ul) => tip.give(here.take(ul)),
+                Move::Give(Some(ul)) => here.give(tip.take(ul)),
+                Move::Give(None) => {
+                    let all = tip.volume();
+                    here.give(tip.take(all))
+                }
+                // What a tip mixes in a well it leaves there, and each carries on the other.
+                Move::Mix => {
+                    tip.origins.extend(here.origins.iter().cloned());
+                    here.origins.extend(tip.origins.iter().cloned());
+                }
             }
         }
     }
     for held in wells.values_mut() {
-        held.retain(|_, o| !o.is_empty());
+        held.retain(|_, h| h.volume() > 1e-9);
     }
     wells.retain(|_, held| !held.is_empty());
     Lineage { at_reads: read, at_end: wells }
@@ -192,6 +261,8 @@ mod tests {
                 r#"{{"op": "{kind}", "pipette": "{pipette}", "labware": "r1.{labware}", "well": "{well}", "volume_ul": 10}}"#
             )
         };
+        let half =
+            |kind: &str, labware: &str, well: &str| op(kind, "p300_single", labware, well).replace(": 10}", ": 5}");
         let tip = |kind: &str, pipette: &str| {
             format!(r#"{{"op": "{kind}", "pipette": "{pipette}", "rack": "r1.tips", "well": "A1"}}"#)
         };
@@ -203,8 +274,8 @@ mod tests {
         let journal = [
             attempt(1, "lh1", &tip("pick_up_tip", "p300_single"), "ok"),
             attempt(2, "lh1", &op("aspirate", "p300_single", "samples", "A1"), "ok"),
-            attempt(3, "lh1", &op("dispense", "p300_single", "assay", "A1"), "ok"),
-            // The same tip, on: B1's contents now carry A1's too.
+            attempt(3, "lh1", &half("dispense", "assay", "A1"), "ok"),
+            // The same tip, on, with 5 µL of A1 left in it: what it gives A2 carries A1 too.
             attempt(4, "lh1", &op("aspirate", "p300_single", "samples", "B1"), "ok"),
             attempt(5, "lh1", &op("dispense", "p300_single", "assay", "A2"), "ok"),
             attempt(
@@ -228,9 +299,17 @@ mod tests {
         assert_eq!(at_read.get("A2"), Some(&o(&[("con_1", "A1"), ("con_1", "B1")])), "the tip carried A1 on");
         assert_eq!(at_read.get("A3"), None, "nothing was in A3 when it was read");
         let assay = &l.at_end["assay"];
-        assert_eq!(assay.get("C3"), Some(&o(&[("con_1", "C1")])), "channel 3 of 8 went C1 → C3");
-        assert_eq!(assay.get("A4"), None);
-        assert_eq!(l.at_end["samples"]["B1"], o(&[("con_1", "B1")]), "drawing from a well adds nothing to it");
+        let serum = |ul: f64| BTreeMap::from([("serum".to_string(), ul)]);
+        assert_eq!(assay["C3"].origins, o(&[("con_1", "C1")]), "channel 3 of 8 went C1 → C3");
+        assert_eq!(assay["C3"].liquids, serum(10.0));
+        assert_eq!(assay["A1"].liquids, serum(5.0));
+        assert_eq!(assay["A2"].liquids, serum(10.0));
+        // The 8-channel head emptied its tips into column 3: column 1 carries nothing on.
+        assert_eq!(assay.get("A4"), None, "a dispense that failed moved nothing");
+        let samples = &l.at_end["samples"];
+        assert_eq!(samples["B1"].origins, o(&[("con_1", "B1")]), "drawing from a well adds nothing to it");
+        assert_eq!(samples["A1"].liquids, serum(180.0), "200 µL less 10 by lh1 and 10 by lh3's first channel");
+        assert_eq!(samples["C1"].liquids, serum(190.0));
         assert_eq!(by_journal(&plan, &[], "r1", &site, &lib).at_end["samples"].len(), 8, "each well its own origin");
     }
 

@@ -2,8 +2,9 @@
 //! hold what it draws, the lab's storage has room for what it stores and the shelf has what it
 //! uses up, beside every run accepted and not ended yet. When it ends, once per run and before
 //! its final state is written (a failure is tried again with it): what it drew from the tenant's
-//! containers by its journal comes off their wells; if it succeeded, what it stores becomes the
-//! tenant's (in a storage unit of its condition) and what it discards leaves the inventory; what
+//! containers by its journal comes off their wells; what it stores becomes the tenant's (in a
+//! storage unit of its condition) with what its journal put there, even when it failed part
+//! way; if it succeeded, what it discards leaves the inventory; what
 //! it used up comes off the lab's stock, and the containers it made say which wells of the
 //! tenant's containers their wells came from. The rules are pure, in `held`, `lineage`,
 //! `storage` and `stock`.
@@ -113,9 +114,12 @@ pub fn run_ended(
     for (container, wells) in crate::held::drawn_by_journal(&plan, &attempts, &prefix, site, &lib) {
         store.use_container(run_id, &container, &wells, "labd")?;
     }
-    if state == RunState::Succeeded {
+    // What the run's labware holds by its journal is kept whether it succeeded or not: a run
+    // that failed part way still leaves its plates, and the tenant's material in them.
+    // A run that never sent a command never had its labware out of storage: nothing to file.
+    if attempts.iter().any(|a| a.outcome.as_deref() == Some("ok")) {
         let traced = crate::lineage::by_journal(&plan, &attempts, &prefix, site, &lib).at_end;
-        file_away(store, run_id, tenant, &plan, &traced, &site.storage)?;
+        file_away(store, run_id, tenant, &plan, &traced, state == RunState::Succeeded, &site.storage)?;
     }
     let used = crate::stock::used_by_run(&plan, &attempts, &prefix);
     let consumed = store.consume(run_id, tenant, &used, &crate::clock::date(crate::store::now_ms()))?;
@@ -130,14 +134,16 @@ pub fn run_ended(
         .collect())
 }
 
-/// A succeeded run's stored labware becomes the tenant's containers, each in the storage unit
-/// of its condition with the most room; the containers it names go to storage or are discarded.
+/// A run's stored labware that holds something becomes the tenant's containers, each in the
+/// storage unit of its condition with the most room; the containers it names go to storage, or
+/// are discarded when it succeeded.
 fn file_away(
     store: &dyn Store,
     run_id: &str,
     tenant: &str,
     plan: &protocols::RunPlan,
     traced: &crate::lineage::Wells,
+    succeeded: bool,
     units: &[labware::StorageUnit],
 ) -> Result<(), StoreError> {
     if !plan.labware.iter().any(|l| l.store.is_some() || l.discard) {
@@ -145,7 +151,7 @@ fn file_away(
     }
     let all = store.containers(None)?;
     let own: Vec<crate::store::Container> = all.iter().filter(|k| k.tenant_id == tenant).cloned().collect();
-    let after = crate::held::after_run(plan, run_id, traced, &own);
+    let after = crate::held::after_run(plan, run_id, traced, &own, succeeded);
     if after.made.is_empty() && after.shelved.is_empty() {
         return Ok(());
     }

@@ -476,6 +476,63 @@ fn results_lead_back_to_the_samples_shipped() {
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
 
+/// A run that fails part way still leaves what it made: acme's run draws two samples into a
+/// plate it keeps at 4 °C, then the sealer jams. The plate becomes acme's container with what
+/// the journal says went into it (and where from); the shipped plate, which the protocol would
+/// have discarded, stays in storage with what is left in it, for the run to be tried again.
+#[test]
+fn a_run_that_fails_part_way_keeps_what_it_made() {
+    let lab = serve_lab_with("failed-outputs", "0.001", None, "[sim_faults]\nsealer1 = \"error=SEAL:E99\"\n");
+    let acme = lab.tenant("acme");
+    let manifest = lab.dir.join("samples.csv");
+    std::fs::write(
+        &manifest,
+        "barcode,type,well,sample,liquid,volume\nPL-0201,corning_96_wellplate_360ul_flat,A1,S-201,serum,150 uL\nPL-0201,corning_96_wellplate_360ul_flat,A2,S-202,serum,150 uL\n",
+    )
+    .unwrap();
+    let args = ["receive", manifest.to_str().unwrap(), "--tenant", "acme", "--location", "4C"];
+    let (code, so, se) = labctl_typing(&lab.url, &lab.admin, &args, "PL-0201\n");
+    assert_eq!(code, 0, "{so}{se}");
+    let file = lab.dir.join("jam.yaml");
+    std::fs::write(
+        &file,
+        "labwright: 1\nname: Draw then seal\nlabware:\n  samples: { container: PL-0201, discard: true }\n  norm:\n    type: corning_96_wellplate_360ul_flat\n    store: { condition: 4C }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1:A2, to: norm/A1:A2, volume: 40 uL }\n  - seal: norm\n",
+    )
+    .unwrap();
+    let (_, so, se) = lab.ctl(&acme, &["submit", file.to_str().unwrap(), "--wait", "--format", "json"]);
+    let run: serde_json::Value = serde_json::from_str(so.lines().next().unwrap_or("{}")).unwrap_or_default();
+    let id = run["run"]["id"].as_str().unwrap_or_else(|| panic!("{so}{se}")).to_string();
+    let runs = lab.json(&acme, &["runs", "--format", "json"]);
+    let state = runs.as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).unwrap()["state"].clone();
+    assert_eq!(state, "failed", "the sealer jammed: {runs}");
+    let barcode = format!("{}-norm", id.trim_start_matches("run_").chars().take(8).collect::<String>());
+    let k = lab.json(&acme, &["container", "show", &barcode, "--format", "json"]);
+    let wells: Vec<(String, String, f64, String)> = k["wells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let s = |f: &str| w[f].as_str().unwrap().to_string();
+            (s("well"), s("sample"), w["volume_ul"].as_f64().unwrap(), w["from"][0].as_str().unwrap_or("").to_string())
+        })
+        .collect();
+    assert_eq!(
+        wells,
+        [
+            ("A1".into(), "S-201".into(), 40.0, "PL-0201/A1".into()),
+            ("A2".into(), "S-202".into(), 40.0, "PL-0201/A2".into())
+        ],
+        "{k}"
+    );
+    assert_eq!(k["location"], "fridge1", "{k}");
+    let shipped = lab.json(&acme, &["container", "show", "PL-0201", "--format", "json"]);
+    assert_eq!(shipped["location"], "fridge1", "not discarded after a failed run: {shipped}");
+    let left: Vec<f64> =
+        shipped["wells"].as_array().unwrap().iter().map(|w| w["volume_ul"].as_f64().unwrap()).collect();
+    assert_eq!(left, [110.0, 110.0], "{shipped}");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
+
 /// Kitting by people: before its first step a run's pick list goes to technicians — the new
 /// labware labelled for the run, its reagent from the unexpired lot, never the expired one —
 /// and the run waits until each item is scanned; a wrong barcode is refused naming the one
