@@ -35,6 +35,14 @@ try {
   await page.waitForSelector(`#runs tbody tr[data-run='${otherRun}']`);
   await page.screenshot({ path: `${outDir}/console-technician.png`, fullPage: true });
 
+  // The inventory: globex's plate with whose it is and where; the lab's lot of PBS, expired.
+  const plate = page.locator("#containers tr[data-container='GX-0001']");
+  await plate.waitFor();
+  const plateRow = await plate.innerText();
+  if (!plateRow.includes("globex") || !plateRow.includes("fridge1")) throw new Error(`the inventory row says: ${plateRow}`);
+  const lot = await page.locator("#lots tr[data-lot='P-CONSOLE']").innerText();
+  if (!lot.includes("PBS") || !lot.includes("EXPIRED") || !lot.includes("500.0 mL")) throw new Error(`the stock row says: ${lot}`);
+
   // The work queue has the manual step the lab waits for: whose run, due how long ago.
   const step = page.locator(`#queue li[data-queue='manual step'][data-run='${ownRun}']`);
   await step.waitFor();
@@ -76,8 +84,8 @@ try {
   // A scientist sees their own run, not the other tenant's run or name, and no instruments.
   await page.click("#logout");
   // Signed out, the page keeps nothing of the technician's view for the next user of the screen.
-  const left = await page.evaluate(() => ["gantt", "runs", "interventions", "instruments", "audit", "queue"].map((id) => document.getElementById(id).innerHTML).join(""));
-  if (left.includes(otherRun) || left.includes(ownRun)) throw new Error("the signed-out page still holds the last user's runs");
+  const left = await page.evaluate(() => ["gantt", "runs", "interventions", "instruments", "audit", "queue", "containers", "lots"].map((id) => document.getElementById(id).innerHTML).join(""));
+  if (left.includes(otherRun) || left.includes(ownRun) || left.includes("GX-0001")) throw new Error("the signed-out page still holds the last user's runs");
   await page.fill("#token", sciToken);
   await page.click("#login");
   await page.waitForSelector(`#runs tbody tr[data-run='${ownRun}']`);
@@ -88,6 +96,8 @@ try {
   if (await page.locator("#instruments-panel").isVisible()) throw new Error("the scientist sees the instruments panel");
   if (await page.locator("#audit-panel").isVisible()) throw new Error("the scientist sees the audit trail");
   if (await page.locator("#queue-panel").isVisible()) throw new Error("the scientist sees the technicians' work queue");
+  if (text.includes("GX-0001")) throw new Error("the scientist sees the other tenant's container");
+  if (await page.locator("#stock-box").isVisible()) throw new Error("the scientist sees the lab's stock");
   await page.screenshot({ path: `${outDir}/console-scientist.png`, fullPage: true });
 
   // The scientist opens their Bradford assay's results: a heatmap of the read, the standard

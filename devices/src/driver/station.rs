@@ -187,18 +187,18 @@ impl Instrument for StationDriver {
 }
 
 /// The station's `STATUS` fields in words for the people at the bench (the temperature has its
-/// own column): what it holds, shaking, CO₂; a field it does not know is given as sent.
+/// own column): what it holds, and shaking or CO₂ only when on; a field it does not know is given
+/// as sent.
 fn in_words<'a>(fields: impl Iterator<Item = (&'a String, &'a String)>) -> String {
     let mut said = Vec::new();
     for (k, v) in fields {
         let n: Option<f64> = v.parse().ok();
         said.push(match (k.as_str(), n) {
-            ("state" | "temp", _) => continue,
+            ("state" | "temp", _) | ("rpm" | "co2", Some(0.0)) => continue,
+            ("plates", Some(0.0)) => "empty".to_string(),
             ("plates", Some(1.0)) => "1 plate inside".to_string(),
             ("plates", Some(n)) => format!("{n} plates inside"),
-            ("rpm", Some(0.0)) => "not shaking".to_string(),
             ("rpm", Some(n)) => format!("shaking at {n} rpm"),
-            ("co2", Some(0.0)) => "no CO₂".to_string(),
             ("co2", Some(n)) => format!("CO₂ at {n} %"),
             _ => format!("{k} {v}"),
         });

@@ -43,6 +43,8 @@ fn container_info(
             .into_iter()
             .map(|h| pb::HistoryEntry { at_ms: h.at, kind: h.kind, detail: h.detail, by: h.actor })
             .collect(),
+        // Filled where listings need it (`containers`).
+        tenant: String::new(),
     }
 }
 
@@ -218,10 +220,21 @@ impl pb::inventory_server::Inventory for Api {
     ) -> Result<Response<pb::ContainersResponse>, Status> {
         let who = self.caller(&req).await?;
         let (store, scope) = (self.store.clone(), Self::scope(&who));
-        let all = blocking(move || store.containers(scope.as_deref())).await?;
+        let (all, names) = blocking(move || {
+            let names: std::collections::BTreeMap<String, String> =
+                store.tenants()?.into_iter().map(|t| (t.id, t.name)).collect();
+            Ok::<_, store::StoreError>((store.containers(scope.as_deref())?, names))
+        })
+        .await?;
         let barcodes = all.iter().map(|k| (k.id.clone(), k.barcode.clone())).collect();
         Ok(Response::new(pb::ContainersResponse {
-            containers: all.into_iter().map(|k| container_info(k, Vec::new(), &barcodes)).collect(),
+            containers: all
+                .into_iter()
+                .map(|k| {
+                    let tenant = names.get(&k.tenant_id).cloned().unwrap_or_default();
+                    pb::ContainerInfo { tenant, ..container_info(k, Vec::new(), &barcodes) }
+                })
+                .collect(),
         }))
     }
 

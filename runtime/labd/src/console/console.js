@@ -103,6 +103,9 @@ function clearViews() {
   $("queue").replaceChildren();
   queueSeen = null;
   $("audit").tBodies[0].replaceChildren();
+  $("containers").tBodies[0].replaceChildren();
+  $("lots").tBodies[0].replaceChildren();
+  $("consumables").tBodies[0].replaceChildren();
   $("results").replaceChildren();
   $("results-title").textContent = "";
   $("results-panel").hidden = true;
@@ -115,11 +118,13 @@ async function refresh() {
   const mine = session;
   try {
     const staff = me.role !== "scientist";
-    const [schedule, runs, interventions, instruments, picks, audit] = await Promise.all([
+    const [schedule, runs, interventions, instruments, picks, audit, containers, stock] = await Promise.all([
       allPages("/api/schedule", "slots"), allPages("/api/runs", "runs"), allPages("/api/interventions", "interventions"),
       staff ? call("GET", "/api/instruments") : Promise.resolve({ instruments: [] }),
       staff ? call("GET", "/api/picks") : Promise.resolve({ items: [] }),
       staff ? call("GET", "/api/audit") : Promise.resolve({ entries: [] }),
+      call("GET", "/api/containers"),
+      staff ? call("GET", "/api/stock") : Promise.resolve(null),
     ]);
     if (mine !== session) return; // signed out (or in as someone else) meanwhile
     drawInstruments(instruments.instruments || []);
@@ -130,6 +135,7 @@ async function refresh() {
     if (staff) drawQueue(interventions.interventions || [], picks.items || [], runs.runs || [], schedule.slots || []);
     if (staff) drawPicks(picks.items || []);
     if (staff) drawAudit(audit.entries || []);
+    drawInventory(containers.containers || [], stock);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
     if (mine !== session) return;
@@ -345,7 +351,7 @@ function drawQueue(interventions, picks, runs, slots) {
     const check = i.instrument && i.what.endsWith("needs attention");
     work.push({
       key: "i:" + i.id, kind: check ? "instrument check" : "manual step", due: i.created_at_ms, run: i.run_id,
-      tenant: i.tenant, what: i.what, where: i.instrument || "",
+      tenant: i.tenant, what: i.todo || i.what, where: i.instrument || "",
       waits: check ? "work planned on " + i.instrument : "run " + short(i.run_id),
     });
   }
@@ -412,6 +418,31 @@ function drawAudit(entries) {
   $("audit").tBodies[0].replaceChildren(...entries.map((e) => el("tr", { "data-action": e.action },
     el("td", {}, new Date(e.at_ms).toLocaleString()), el("td", {}, e.actor), el("td", {}, e.action.replaceAll("_", " ")),
     el("td", {}, e.subject), el("td", {}, [e.reason, e.detail].filter((x) => x).join(" — ")))));
+}
+
+// The containers the lab holds (a scientist's own; every tenant's for staff, with whose) and,
+// for staff, the lab's stock: lots (expired ones marked) and counted consumables (to reorder
+// marked).
+function drawInventory(containers, stock) {
+  const staff = me.role !== "scientist";
+  $("no-containers").hidden = containers.length > 0;
+  $("containers").tBodies[0].replaceChildren(...containers.map((k) => {
+    const wells = new Set((k.wells || []).map((w) => w.well)).size;
+    const row = el("tr", { "data-container": k.barcode },
+      el("td", { title: k.id }, k.barcode), el("td", { class: "tenant-col" }, k.tenant), el("td", {}, k.type),
+      el("td", { class: k.location === "discarded" ? "discarded" : "" }, k.location), el("td", {}, String(wells)),
+      el("td", { class: "when" }, clock(k.created_at_ms)));
+    row.children[1].hidden = !staff;
+    return row;
+  }));
+  $("stock-box").hidden = !stock;
+  if (!stock) return;
+  $("lots").tBodies[0].replaceChildren(...(stock.lots || []).map((l) => el("tr", { "data-lot": l.lot, class: l.expired ? "expired" : "" },
+    el("td", {}, l.reagent), el("td", {}, l.lot), el("td", {}, l.expires_on),
+    el("td", {}, (l.volume_ul >= 1000 ? (l.volume_ul / 1000).toFixed(1) + " mL" : l.volume_ul.toFixed(0) + " µL")),
+    el("td", {}, l.expired ? "EXPIRED" : ""))));
+  $("consumables").tBodies[0].replaceChildren(...(stock.consumables || []).map((c) => el("tr", { "data-consumable": c.type, class: c.reorder ? "reorder" : "" },
+    el("td", {}, c.type), el("td", {}, String(c.on_hand)), el("td", {}, String(c.reorder_at)), el("td", {}, c.reorder ? "REORDER" : ""))));
 }
 
 // The technicians' pick lists, a run at a time: each item to fetch, and one scan field per

@@ -102,6 +102,8 @@ pub fn guarded(api: Api, hosts: Hosts) -> Router {
         .route("/api/interventions", get(interventions))
         .route("/api/interventions/{id}/resolve", post(resolve))
         .route("/api/picks", get(picks))
+        .route("/api/containers", get(containers))
+        .route("/api/stock", get(stock))
         .route("/api/audit", get(audit))
         .route("/api/picks/{run}/{n}/confirm", post(confirm_pick))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such page or API route") })
@@ -311,7 +313,6 @@ async fn resolve(
     call(&headers, ask, |r| async move { api.resolve(r).await }).await
 }
 
-/// Every run's pick-list items still to fetch (technicians and admins).
 /// The audit trail's latest entries (technicians and admins).
 async fn audit(State(api): State<Api>, headers: HeaderMap) -> Response {
     call(&headers, pb::AuditRequest { since_ms: 0, limit: AUDIT_SHOWN }, |r| async move {
@@ -323,8 +324,19 @@ async fn audit(State(api): State<Api>, headers: HeaderMap) -> Response {
 /// Audit entries the console shows (`labctl audit` reads further back).
 const AUDIT_SHOWN: u32 = 50;
 
+/// Every run's pick-list items still to fetch (technicians and admins).
 async fn picks(State(api): State<Api>, headers: HeaderMap) -> Response {
     call(&headers, pb::PickListRequest { run_id: String::new() }, |r| async move { api.pick_list(r).await }).await
+}
+
+/// The containers the lab holds: a scientist's tenant's own, every tenant's for staff.
+async fn containers(State(api): State<Api>, headers: HeaderMap) -> Response {
+    call(&headers, pb::ContainersRequest {}, |r| async move { api.containers(r).await }).await
+}
+
+/// The lab's stock of reagents and consumables (technicians and admins).
+async fn stock(State(api): State<Api>, headers: HeaderMap) -> Response {
+    call(&headers, pb::StockRequest {}, |r| async move { api.stock(r).await }).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -204,6 +204,9 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         "/api/interventions",
         "/api/instruments",
         "/api/audit",
+        "/api/containers",
+        "/api/stock",
+        "/api/picks",
         &analysis_own,
         &analysis_other,
     ] {
