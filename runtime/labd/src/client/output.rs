@@ -154,7 +154,10 @@ mod tests {
             lines[0],
             "run,protocol,result,labware,kind,well,sample,group,role,replicate,concentration,concentration_unit,wavelength_nm,value,unit,read_at,source_samples,source_wells"
         );
-        assert_eq!(lines[1], "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,,,,,,,595,0.5,OD,2025-12-06T00:00:00Z");
+        assert_eq!(
+            lines[1],
+            "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,,,,,,,595,0.5,OD,2025-12-06T00:00:00Z,,"
+        );
         assert_eq!(lines.len(), 3);
         // With a plate map: the well's design in its row.
         let mapped = pb::Result {
@@ -171,12 +174,27 @@ mod tests {
             ],
             ..r
         };
-        let csv = results_csv(&run, &[mapped]);
+        let csv = results_csv(&run, &[mapped.clone()]);
         let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines[1], "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,BSA,\"standards, lot 4\",standard,2,2,mg/mL,595,0.5,OD,2025-12-06T00:00:00Z");
+        assert_eq!(lines[1], "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,BSA,\"standards, lot 4\",standard,2,2,mg/mL,595,0.5,OD,2025-12-06T00:00:00Z,,");
         assert_eq!(
             lines[2],
-            "run_1,\"Bradford, v2\",res_1,assay,absorbance,A2,,,blank,1,,,595,0.25,OD,2025-12-06T00:00:00Z"
+            "run_1,\"Bradford, v2\",res_1,assay,absorbance,A2,,,blank,1,,,595,0.25,OD,2025-12-06T00:00:00Z,,"
         );
+        // With lineage: the samples shipped and the container wells drawn, several joined.
+        let traced = pb::Result {
+            origins: vec![
+                pb::WellOrigin {
+                    samples: vec!["S-1".into(), "S-2".into()],
+                    from: vec!["PL-1/A1".into(), "PL-1/B1".into()],
+                },
+                pb::WellOrigin::default(),
+            ],
+            ..mapped
+        };
+        let csv = results_csv(&run, &[traced]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[1].ends_with(",OD,2025-12-06T00:00:00Z,S-1; S-2,PL-1/A1; PL-1/B1"), "{}", lines[1]);
+        assert!(lines[2].ends_with(",OD,2025-12-06T00:00:00Z,,"), "{}", lines[2]);
     }
 }
