@@ -174,7 +174,7 @@ mod tests {
             ],
             ..r
         };
-        let csv = results_csv(&run, &[mapped.clone()]);
+        let csv = results_csv(&run, std::slice::from_ref(&mapped));
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines[1], "run_1,\"Bradford, v2\",res_1,assay,absorbance,A1,BSA,\"standards, lot 4\",standard,2,2,mg/mL,595,0.5,OD,2025-12-06T00:00:00Z,,");
         assert_eq!(
