@@ -395,7 +395,9 @@ fn a_runs_stored_output_is_the_next_runs_input() {
 /// CSV a scientist downloads.
 #[test]
 fn results_lead_back_to_the_samples_shipped() {
-    let lab = serve_lab_on("lineage", "0.001", None);
+    // The liquid handlers' simulators log every movement: the inventory is checked against it.
+    let logs = fresh_dir("lineage-liquid-logs");
+    let lab = serve_lab_with("lineage", "0.001", None, &format!("sim_log_dir = {:?}\n", logs.display().to_string()));
     let acme = lab.tenant("acme");
     let manifest = lab.dir.join("samples.csv");
     std::fs::write(
@@ -473,7 +475,38 @@ fn results_lead_back_to_the_samples_shipped() {
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].ends_with(",source_samples,source_wells"), "{csv}");
     assert!(lines[1].ends_with(&format!(",S-101,{barcode}/A1")) && lines[3].ends_with(",,"), "{csv}");
+
+    // Every well of both plates holds what the simulators' own log says moved: the shipped
+    // 150 µL less what was drawn, the made plate what went in less what run 2 drew.
+    let mut net: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    for entry in std::fs::read_dir(&logs).unwrap() {
+        for line in std::fs::read_to_string(entry.unwrap().path()).unwrap().lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let name = parts[1].split_once('.').map_or(parts[1], |(_, name)| name);
+            let ul: f64 = parts[3].parse().unwrap();
+            let sign = if parts[0] == "dispense" { 1.0 } else { -1.0 };
+            *net.entry((name.to_string(), parts[2].to_string())).or_default() += sign * ul;
+        }
+    }
+    let plates = [("PL-0101", "samples", 150.0), (barcode.as_str(), "norm", 0.0)];
+    for (plate, name, shipped) in plates {
+        let k = lab.json(&acme, &["container", "show", plate, "--format", "json"]);
+        let mut held: std::collections::BTreeMap<String, f64> = Default::default();
+        for w in k["wells"].as_array().unwrap() {
+            *held.entry(w["well"].as_str().unwrap().to_string()).or_default() += w["volume_ul"].as_f64().unwrap();
+        }
+        for (well, ul) in &held {
+            // Run 2 names the made plate `norm` too: its log lines add to run 1's.
+            let logged = shipped + net.get(&(name.to_string(), well.clone())).copied().unwrap_or(0.0);
+            assert!(
+                (ul - logged).abs() < 0.01,
+                "{plate} {well}: the inventory says {ul} µL, the simulators' log {logged}"
+            );
+        }
+        assert_eq!(held.len(), 2, "{k}");
+    }
     let _ = std::fs::remove_dir_all(&lab.dir);
+    let _ = std::fs::remove_dir_all(&logs);
 }
 
 /// A run that fails part way still leaves what it made: acme's run draws two samples into a
