@@ -301,6 +301,9 @@ struct Admitted {
     /// The promise margin for it: the configured one, wider when tasks on this lab spread
     /// beyond what it was measured against (`experience`).
     margin: f64,
+    /// Device seconds from its arrival before its first task can start: its frozen material
+    /// thawing (`crate::kitting::thaw_s`). The plan and the promise count it.
+    ready_after_s: f64,
 }
 
 /// The runs admitted since the lab was last idle, and their plan.

@@ -27,6 +27,16 @@ pub fn thaw_minutes(condition: Option<&str>) -> i64 {
     }
 }
 
+/// How long (device seconds) a run's material needs after it is fetched before its first task:
+/// the longest thaw of the frozen containers it names (`containers`: the tenant's, by id).
+pub fn thaw_s(plan: &RunPlan, containers: &[Container], units: &[StorageUnit]) -> f64 {
+    plan.labware
+        .iter()
+        .filter_map(|lw| containers.iter().find(|c| Some(&c.id) == lw.container.as_ref()))
+        .map(|c| thaw_minutes(crate::storage::condition_of(units, &c.location).as_deref()) as f64 * 60.0)
+        .fold(0.0, f64::max)
+}
+
 /// What the run needs, in the order a technician fetches it: containers, new labware, reagents.
 /// `containers`: the run's tenant's containers the plan names (by id); `plate_storage`: the nest
 /// where a run's plates wait for their first move; `today`: `YYYY-MM-DD`, for lots' expiry.

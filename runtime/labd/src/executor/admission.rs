@@ -103,7 +103,17 @@ impl Executor {
             let margin = experience
                 .as_ref()
                 .map_or(self.config.promise_margin, |e| e.promise_margin(self.config.promise_margin));
-            out.push(Admitted { run, plan, model, margin });
+            // Frozen material thaws before the run's first task (a run resumed has thawed).
+            let named: Vec<String> = plan.labware.iter().filter_map(|l| l.container.clone()).collect();
+            let ready_after_s = if run.started_at.is_none() && !named.is_empty() {
+                let (store, tenant) = (self.store.clone(), run.tenant_id.clone());
+                let held = blocking(move || store.containers(Some(&tenant))).await?;
+                let held: Vec<_> = held.into_iter().filter(|c| named.contains(&c.id)).collect();
+                crate::kitting::thaw_s(&plan, &held, &self.lab.site.storage)
+            } else {
+                0.0
+            };
+            out.push(Admitted { run, plan, model, margin, ready_after_s });
         }
         Ok(out)
     }
@@ -160,7 +170,9 @@ impl Executor {
     ) -> Result<Option<Session>, ExecutorError> {
         let mut problem = site.clone();
         for a in &arrivals {
-            problem.add_run(a.model.clone()).map_err(|e| ExecutorError::Site(e.0))?;
+            // The session starts now (0): a run is ready once its material has thawed.
+            let model = scheduler::lab::Run { release: a.ready_after_s, ..a.model.clone() };
+            problem.add_run(model).map_err(|e| ExecutorError::Site(e.0))?;
         }
         let t0_ms = crate::store::now_ms();
         problem.reservations = self.reservations(&problem, t0_ms).await?;

@@ -44,8 +44,45 @@ impl Executor {
             self.event(run, "kitted", serde_json::json!({"items": list.len()})).await?;
             tracing::info!(run = %run.id, tenant = %run.tenant_id, items = list.len(), "run kitted");
         }
+        self.thawed(run).await?;
         *kitted = true;
         Ok(())
+    }
+
+    /// Waits until the frozen containers of run `run`'s pick list have thawed: each item's
+    /// thaw time (device minutes, at the lab's time scale) from when it was fetched (confirmed).
+    /// After a restart only what is left of it.
+    async fn thawed(&self, run: &Run) -> Result<(), JobError> {
+        let (store, id) = (self.store.clone(), run.id.clone());
+        let list = blocking(move || store.pick_list(&id)).await.map_err(JobError::store("reading the pick list"))?;
+        let scale = self.config.scale.0;
+        let ready_ms = list
+            .iter()
+            .filter(|i| i.thaw_min > 0)
+            .filter_map(|i| Some(i.confirmed_at? + (i.thaw_min as f64 * 60_000.0 * scale).round() as i64))
+            .max();
+        let Some(ready_ms) = ready_ms.filter(|&t| t > crate::store::now_ms()) else { return Ok(()) };
+        let minutes = list.iter().map(|i| i.thaw_min).max().unwrap_or(0);
+        self.event(run, "thawing", serde_json::json!({"minutes": minutes, "until_ms": ready_ms})).await?;
+        tracing::info!(run = %run.id, tenant = %run.tenant_id, minutes, "frozen material thawing before the run's first step");
+        // A timer is the event here (nothing else says the material has thawed); a run cancelled
+        // meanwhile stops waiting.
+        let until =
+            tokio::time::Instant::now() + Duration::from_millis((ready_ms - crate::store::now_ms()).max(0) as u64);
+        let mut written = self.store.written();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                _ = written.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let (store, id) = (self.store.clone(), run.id.clone());
+            let state =
+                blocking(move || store.run(None, &id)).await.map_err(JobError::store("reading the run's state"))?.state;
+            if state == RunState::Cancelling || state.is_final() {
+                return Err(JobError::Aborted("the run while its material thawed".into()));
+            }
+        }
     }
 
     /// The run's pick list: the one issued before (a restart), or a new one.

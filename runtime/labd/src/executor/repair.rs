@@ -222,7 +222,9 @@ impl Executor {
             let now = self.now_s(s);
             let resource = |id: &str| s.planner.problem.resources.iter().position(|r| r.id == id);
             let event = match &change {
-                Change::Arrived(a) => ReplanEvent::RunArrived(a.model.clone()),
+                Change::Arrived(a) => {
+                    ReplanEvent::RunArrived(scheduler::lab::Run { release: now + a.ready_after_s, ..a.model.clone() })
+                }
                 Change::Down(id, _) => match resource(id) {
                     Some(r) => ReplanEvent::InstrumentDown { resource: r, until: now + DOWN_HORIZON_S },
                     None => continue,

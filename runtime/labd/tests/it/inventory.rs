@@ -566,6 +566,47 @@ fn a_run_that_fails_part_way_keeps_what_it_made() {
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
 
+/// Frozen material thaws before the run's first step, and the plan and the promise count it:
+/// a plate kept at −20 °C (30 min to thaw) is fetched, the run says it is thawing, its first
+/// task starts only after, and the plan's end is at least the thaw away.
+#[test]
+fn frozen_material_thaws_before_the_first_step_and_the_plan_counts_it() {
+    let lab = serve_lab_on("thaw", "0.001", None);
+    let acme = lab.tenant("acme");
+    let manifest = lab.dir.join("frozen.csv");
+    std::fs::write(
+        &manifest,
+        "barcode,type,well,sample,liquid,volume\nFZ-0301,corning_96_wellplate_360ul_flat,A1,S-301,serum,150 uL\n",
+    )
+    .unwrap();
+    let args = ["receive", manifest.to_str().unwrap(), "--tenant", "acme", "--location", "-20C"];
+    let (code, so, se) = labctl_typing(&lab.url, &lab.admin, &args, "FZ-0301\n");
+    assert_eq!(code, 0, "{so}{se}");
+    let file = lab.dir.join("thaw.yaml");
+    std::fs::write(
+        &file,
+        "labwright: 1\nname: From the freezer\nlabware:\n  samples: { container: FZ-0301 }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 20 uL }\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, so, se) = lab.ctl(&acme, &["submit", file.to_str().unwrap(), "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let wall = started.elapsed().as_secs_f64();
+    let run: serde_json::Value = serde_json::from_str(so.lines().next().unwrap()).unwrap();
+    let id = run["run"]["id"].as_str().unwrap().to_string();
+    let (_, events, _) = lab.ctl(&acme, &["watch", &id, "--format", "json"]);
+    let events: Vec<serde_json::Value> = events.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seq_of = |kind: &str| events.iter().find(|e| e["kind"] == kind).map(|e| e["seq"].as_i64().unwrap());
+    let thawing = events.iter().find(|e| e["kind"] == "thawing").unwrap_or_else(|| panic!("no thawing: {events:?}"));
+    assert_eq!(thawing["payload"]["minutes"], 30, "{thawing}");
+    assert!(seq_of("kitted") < seq_of("thawing") && seq_of("thawing") < seq_of("task_started"), "{events:?}");
+    let planned =
+        events.iter().find(|e| e["kind"] == "scheduled").unwrap()["payload"]["planned_end_s"].as_f64().unwrap();
+    assert!(planned >= 1800.0, "the plan's end counts the 30 min thaw: {planned} s");
+    assert!(wall >= 1.8, "30 device minutes at 0.001 is 1.8 s of waiting: {wall:.2} s");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
+
 /// Kitting by people: before its first step a run's pick list goes to technicians — the new
 /// labware labelled for the run, its reagent from the unexpired lot, never the expired one —
 /// and the run waits until each item is scanned; a wrong barcode is refused naming the one
