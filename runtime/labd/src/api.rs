@@ -289,9 +289,18 @@ impl Api {
         experience: crate::experience::Experience,
     ) -> Result<(f64, f64), Status> {
         use scheduler::lab::{replan::Planner, solve, LabProblem};
-        let store = self.store.clone();
-        let queue = blocking(move || {
-            store.runs(None, &[RunState::Queued, RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling])
+        let (store, own, units) = (self.store.clone(), who.tenant_id.clone(), self.site.storage.clone());
+        // Only a plan that names containers is read again for them.
+        let probe = plan.labware.iter().any(|l| l.container.is_some()).then(|| plan.clone());
+        let (queue, ready_s) = blocking(move || {
+            let queue = store
+                .runs(None, &[RunState::Queued, RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling])?;
+            // Frozen material it names thaws before its first step, as the executor plans it.
+            let ready_s = match (own, probe) {
+                (Some(t), Some(p)) => crate::kitting::thaw_s(&p, &store.containers(Some(&t))?, &units),
+                _ => 0.0,
+            };
+            Ok::<_, store::StoreError>((queue, ready_s))
         })
         .await?;
         let (site, tenant) = (self.site.clone(), who.tenant_id.clone().unwrap_or_else(|| "quote".into()));
@@ -308,7 +317,7 @@ impl Api {
             }
             let plan = experience.corrected(&plan.scoped("quote"));
             let me = p
-                .add_plan("quote", &tenant, 1.0, 0.0, &plan)
+                .add_plan("quote", &tenant, 1.0, ready_s, &plan)
                 .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
             p.runs[me].class = class;
             // Planned as the executor would: classes in their order (priority, standard, spot).

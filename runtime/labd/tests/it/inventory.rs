@@ -588,6 +588,20 @@ fn frozen_material_thaws_before_the_first_step_and_the_plan_counts_it() {
         "labwright: 1\nname: From the freezer\nlabware:\n  samples: { container: FZ-0301 }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 20 uL }\n",
     )
     .unwrap();
+    // The lab's quote (it knows where the plate is kept) counts the thaw as the plan will.
+    let quote = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use protos::labwright::v1 as pb;
+        let ch = tonic::transport::Channel::from_shared(lab.url.clone()).unwrap().connect().await.unwrap();
+        let ask = pb::ValidateRequest {
+            file_name: "thaw.yaml".into(),
+            source: std::fs::read(&file).unwrap(),
+            ..Default::default()
+        };
+        let mut r = tonic::Request::new(ask);
+        r.metadata_mut().insert("authorization", format!("Bearer {acme}").parse().unwrap());
+        pb::protocols_client::ProtocolsClient::new(ch).quote(r).await.unwrap().into_inner()
+    });
+    assert!(quote.estimated_start_s >= 1800.0, "the quote's first task waits out the thaw: {quote:?}");
     let started = std::time::Instant::now();
     let (code, so, se) = lab.ctl(&acme, &["submit", file.to_str().unwrap(), "--wait", "--format", "json"]);
     assert_eq!(code, 0, "{so}{se}");
