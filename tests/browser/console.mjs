@@ -47,7 +47,9 @@ try {
   const step = page.locator(`#queue li[data-queue='manual step'][data-run='${ownRun}']`);
   await step.waitFor();
   const queued = await step.innerText();
-  if (!queued.includes("acme · ") || !/\(due \d+ (s|min|h).* ago\)/.test(queued) || !queued.includes("waiting on it: run ")) {
+  // PCR setup's plate has been sealed and moved on: the queue says where it is now.
+  if (!queued.includes("acme · ") || !/\(due \d+ (s|min|h).* ago\)/.test(queued) || !queued.includes("waiting on it: run ") ||
+      !/where: .*pcr\w* at \w+/.test(queued)) {
     throw new Error(`the work queue's entry for the manual step says: ${queued}`);
   }
 

@@ -4,8 +4,9 @@
 use super::*;
 
 /// An intervention as the API shows it; `tenant` is its run's tenant's name when known.
-fn intervention(i: store::Intervention, tenant: String) -> pb::InterventionInfo {
+fn intervention(i: store::Intervention, tenant: String, plates: Vec<String>) -> pb::InterventionInfo {
     pb::InterventionInfo {
+        plates,
         id: i.id,
         run_id: i.run_id,
         instrument: i.instrument.unwrap_or_default(),
@@ -189,7 +190,9 @@ impl pb::lab_server::Lab for Api {
         // read once.
         let (store, scope) = (self.store.clone(), Self::scope(&who));
         let runs: std::collections::BTreeSet<String> = page.iter().map(|i| i.run_id.clone()).collect();
-        let tenants = blocking(move || {
+        let open: std::collections::BTreeSet<String> =
+            page.iter().filter(|i| i.state == "open").map(|i| i.run_id.clone()).collect();
+        let (tenants, plates) = blocking(move || {
             let names: std::collections::BTreeMap<String, String> =
                 store.tenants()?.into_iter().map(|t| (t.id, t.name)).collect();
             let mut of_run = std::collections::BTreeMap::new();
@@ -200,7 +203,18 @@ impl pb::lab_server::Lab for Api {
                 };
                 of_run.insert(run, names.get(&tenant_id).cloned().unwrap_or_default());
             }
-            Ok::<_, store::StoreError>(of_run)
+            // Where an open intervention's run has its plates: its own labware names.
+            let mut plates = std::collections::BTreeMap::new();
+            for run in open {
+                let scoped = format!("{}.", crate::store::run_prefix(&run));
+                let at = crate::executor::resume::plates_out(&store.attempts(&run)?, &Default::default());
+                let said: Vec<String> = at
+                    .into_iter()
+                    .map(|(plate, nest)| format!("{} at {nest}", plate.strip_prefix(&scoped).unwrap_or(&plate)))
+                    .collect();
+                plates.insert(run, said);
+            }
+            Ok::<_, store::StoreError>((of_run, plates))
         })
         .await?;
         Ok(Response::new(pb::InterventionsResponse {
@@ -208,7 +222,9 @@ impl pb::lab_server::Lab for Api {
                 .into_iter()
                 .map(|i| {
                     let tenant = tenants.get(&i.run_id).cloned().unwrap_or_default();
-                    intervention(i, tenant)
+                    let at =
+                        if i.state == "open" { plates.get(&i.run_id).cloned().unwrap_or_default() } else { Vec::new() };
+                    intervention(i, tenant, at)
                 })
                 .collect(),
             next_page_token,
@@ -319,6 +335,6 @@ impl pb::lab_server::Lab for Api {
         )
         .await?;
         let tenant = self.tenant_of_run(&i.run_id).await;
-        Ok(Response::new(intervention(i, tenant)))
+        Ok(Response::new(intervention(i, tenant, Vec::new())))
     }
 }

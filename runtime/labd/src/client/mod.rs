@@ -180,6 +180,7 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                         "id": i.id, "run": i.run_id, "tenant": i.tenant, "instrument": i.instrument, "what": i.what, "todo": i.todo,
                         "state": i.state, "created_at": crate::clock::rfc3339_opt(i.created_at_ms),
                         "resolved_at": crate::clock::rfc3339_opt(i.resolved_at_ms), "resolved_by": i.resolved_by,
+                        "plates": i.plates,
                     }))));
                     return Ok(0);
                 }
@@ -190,7 +191,8 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                     } else {
                         format!("{} by {}", i.state, i.resolved_by)
                     };
-                    out!("{} [{when}] {} run {}: {} — {}", i.id, i.tenant, i.run_id, i.what, i.todo);
+                    let plates = if i.plates.is_empty() { String::new() } else { format!(" (plates: {})", i.plates.join(", ")) };
+                    out!("{} [{when}] {} run {}: {} — {}{plates}", i.id, i.tenant, i.run_id, i.what, i.todo);
                 }
                 Ok(0)
             }

@@ -327,7 +327,8 @@ function drawInterventions(list) {
     return el("li", { class: open ? "open" : "resolved", "data-intervention": i.id },
       el("strong", {}, whose + (i.instrument ? i.instrument + " · " : "") + "run " + short(i.run_id) + ": "), i.what,
       " ", el("span", { class: "age" }, "(" + when + ")"), el("br"),
-      "To do: ", i.todo, el("br"), ...buttons);
+      "To do: ", i.todo, el("br"), open && (i.plates || []).length ? "Plates: " + i.plates.join(", ") : "",
+      open && (i.plates || []).length ? el("br") : "", ...buttons);
   }));
 }
 
@@ -351,7 +352,7 @@ function drawQueue(interventions, picks, runs, slots) {
     const check = i.instrument && i.what.endsWith("needs attention");
     work.push({
       key: "i:" + i.id, kind: check ? "instrument check" : "manual step", due: i.created_at_ms, run: i.run_id,
-      tenant: i.tenant, what: i.todo || i.what, where: i.instrument || "",
+      tenant: i.tenant, what: i.todo || i.what, where: [i.instrument, ...(i.plates || [])].filter((x) => x).join(", "),
       waits: check ? "work planned on " + i.instrument : "run " + short(i.run_id),
     });
   }

@@ -69,6 +69,11 @@ fn the_console_works_in_chromium() {
     // A Bradford assay with a plate map: its results page has a heatmap and a standard curve.
     let acme_bradford = lab.submit(&acme, "bradford.yaml");
     let intervention = lab.intervention_of(&tech, &acme_run);
+    // The open manual step says where the run's plate is now (sealed, spun, then moved on).
+    let open = items(&lab.ok(&tech, &["interventions", "--format", "json"]));
+    let step = open.iter().find(|i| i["id"] == intervention.as_str()).unwrap_or_else(|| panic!("{open:?}"));
+    let plates: Vec<&str> = step["plates"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(plates.iter().any(|p| p.starts_with("pcr at ")), "{step}");
     // globex keeps a plate in the lab, and the lab a lot of PBS: the inventory panel shows
     // technicians both, and the scientist of acme neither.
     let manifest = lab.dir.join("globex.csv");
