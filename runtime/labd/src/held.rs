@@ -228,7 +228,7 @@ pub(crate) fn reached<'p>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::{Attempt, Intent};
 
@@ -250,16 +250,23 @@ mod tests {
         }
     }
 
+    /// A plan whose `samples` plate is container `con_1` (A1:H1 hold 200 µL of serum each), and
+    /// a plate `assay` to pipette into: what the journal-reading tests replay against.
+    pub(crate) fn plan_drawing_from_con_1(site: &labware::Site, lib: &labware::Library) -> protocols::RunPlan {
+        let text = "labwright: 1\nname: t\nliquids: { serum: serum }\nlabware:\n  samples: { type: corning_96_wellplate_360ul_flat, contents: { \"A1:H1\": { serum: 200 uL } } }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 50 uL }\n";
+        let mut plan =
+            protocols::compile(&protocols::SourceFile::new("t.yaml", text), protocols::Format::Auto, site, lib)
+                .plan
+                .unwrap();
+        plan.labware.iter_mut().find(|l| l.name == "samples").unwrap().container = Some("con_1".into());
+        plan
+    }
+
     #[test]
     fn a_run_draws_what_its_journal_says_on_every_well_its_channels_reached() {
         let site = labware::Site::sim().unwrap();
         let lib = labware::Library::shipped();
-        let text = "labwright: 1\nname: t\nliquids: { serum: serum }\nlabware:\n  samples: { type: corning_96_wellplate_360ul_flat, contents: { \"A1:H1\": { serum: 200 uL } } }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 50 uL }\n";
-        let mut plan =
-            protocols::compile(&protocols::SourceFile::new("t.yaml", text), protocols::Format::Auto, &site, &lib)
-                .plan
-                .unwrap();
-        plan.labware.iter_mut().find(|l| l.name == "samples").unwrap().container = Some("con_1".into());
+        let plan = plan_drawing_from_con_1(&site, &lib);
         let op = |kind: &str, pipette: &str, labware: &str, well: &str, ul: f64| {
             format!(
                 r#"{{"op": "{kind}", "pipette": "{pipette}", "labware": "r1.{labware}", "well": "{well}", "volume_ul": {ul}}}"#

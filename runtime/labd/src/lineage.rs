@@ -250,12 +250,7 @@ mod tests {
     fn a_well_comes_from_the_container_wells_its_tips_carried_into_it() {
         let site = labware::Site::sim().unwrap();
         let lib = labware::Library::shipped();
-        let text = "labwright: 1\nname: t\nliquids: { serum: serum }\nlabware:\n  samples: { type: corning_96_wellplate_360ul_flat, contents: { \"A1:H1\": { serum: 200 uL } } }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 50 uL }\n";
-        let mut plan =
-            protocols::compile(&protocols::SourceFile::new("t.yaml", text), protocols::Format::Auto, &site, &lib)
-                .plan
-                .unwrap();
-        plan.labware.iter_mut().find(|l| l.name == "samples").unwrap().container = Some("con_1".into());
+        let plan = crate::held::tests::plan_drawing_from_con_1(&site, &lib);
         let op = |kind: &str, pipette: &str, labware: &str, well: &str| {
             format!(
                 r#"{{"op": "{kind}", "pipette": "{pipette}", "labware": "r1.{labware}", "well": "{well}", "volume_ul": 10}}"#

@@ -961,6 +961,18 @@ impl Lab {
         so
     }
 
+    /// `tenant`'s shipment received by the admin at `location` (a storage unit or condition):
+    /// `rows` are the manifest's lines after its header, each container scanned once.
+    fn ship(&self, tenant: &str, location: &str, rows: &str) {
+        let file = self.dir.join(format!("shipment-{}.csv", free_port()));
+        std::fs::write(&file, format!("barcode,type,well,sample,liquid,volume\n{rows}")).unwrap();
+        let mut scans: Vec<&str> = rows.lines().filter_map(|l| l.split(',').next()).collect();
+        scans.dedup();
+        let args = ["receive", file.to_str().unwrap(), "--tenant", tenant, "--location", location];
+        let (code, so, se) = labctl_typing(&self.url, &self.admin, &args, &(scans.join("\n") + "\n"));
+        assert_eq!(code, 0, "receiving {rows}: {so}{se}");
+    }
+
     /// A new tenant and a scientist's token for it.
     fn tenant(&self, name: &str) -> String {
         self.json(&self.admin, &["tenant", "add", name, "--format", "json"]);

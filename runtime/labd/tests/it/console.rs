@@ -76,15 +76,7 @@ fn the_console_works_in_chromium() {
     assert!(plates.iter().any(|p| p.starts_with("pcr at ")), "{step}");
     // globex keeps a plate in the lab, and the lab a lot of PBS: the inventory panel shows
     // technicians both, and the scientist of acme neither.
-    let manifest = lab.dir.join("globex.csv");
-    std::fs::write(
-        &manifest,
-        "barcode,type,well,sample,liquid,volume\nGX-0001,corning_96_wellplate_360ul_flat,A1,G-1,serum,50 uL\n",
-    )
-    .unwrap();
-    let args = ["receive", manifest.to_str().unwrap(), "--tenant", "globex", "--location", "4C"];
-    let (code, so, se) = labctl_typing(&lab.url, &lab.admin, &args, "GX-0001\n");
-    assert_eq!(code, 0, "{so}{se}");
+    lab.ship("globex", "4C", "GX-0001,corning_96_wellplate_360ul_flat,A1,G-1,serum,50 uL\n");
     lab.ok(&tech, &["stock", "receive", "PBS", "--lot", "P-CONSOLE", "--expires", "2020-01-01", "--volume", "500 mL"]);
     // The JSON API keeps the gRPC rules: no token, no data; a scientist gets no instruments.
     assert_eq!(console_get(&lab.console, "/api/runs", "nonsense").0, 401);

@@ -399,15 +399,11 @@ fn results_lead_back_to_the_samples_shipped() {
     let logs = fresh_dir("lineage-liquid-logs");
     let lab = serve_lab_with("lineage", "0.001", None, &format!("sim_log_dir = {:?}\n", logs.display().to_string()));
     let acme = lab.tenant("acme");
-    let manifest = lab.dir.join("samples.csv");
-    std::fs::write(
-        &manifest,
-        "barcode,type,well,sample,liquid,volume\nPL-0101,corning_96_wellplate_360ul_flat,A1,S-101,serum,150 uL\nPL-0101,corning_96_wellplate_360ul_flat,A2,S-102,serum,150 uL\n",
-    )
-    .unwrap();
-    let args = ["receive", manifest.to_str().unwrap(), "--tenant", "acme", "--location", "4C"];
-    let (code, so, se) = labctl_typing(&lab.url, &lab.admin, &args, "PL-0101\n");
-    assert_eq!(code, 0, "{so}{se}");
+    lab.ship(
+        "acme",
+        "4C",
+        "PL-0101,corning_96_wellplate_360ul_flat,A1,S-101,serum,150 uL\nPL-0101,corning_96_wellplate_360ul_flat,A2,S-102,serum,150 uL\n",
+    );
     let normalise = lab.dir.join("normalise.yaml");
     std::fs::write(
         &normalise,
@@ -517,15 +513,11 @@ fn results_lead_back_to_the_samples_shipped() {
 fn a_run_that_fails_part_way_keeps_what_it_made() {
     let lab = serve_lab_with("failed-outputs", "0.001", None, "[sim_faults]\nsealer1 = \"error=SEAL:E99\"\n");
     let acme = lab.tenant("acme");
-    let manifest = lab.dir.join("samples.csv");
-    std::fs::write(
-        &manifest,
-        "barcode,type,well,sample,liquid,volume\nPL-0201,corning_96_wellplate_360ul_flat,A1,S-201,serum,150 uL\nPL-0201,corning_96_wellplate_360ul_flat,A2,S-202,serum,150 uL\n",
-    )
-    .unwrap();
-    let args = ["receive", manifest.to_str().unwrap(), "--tenant", "acme", "--location", "4C"];
-    let (code, so, se) = labctl_typing(&lab.url, &lab.admin, &args, "PL-0201\n");
-    assert_eq!(code, 0, "{so}{se}");
+    lab.ship(
+        "acme",
+        "4C",
+        "PL-0201,corning_96_wellplate_360ul_flat,A1,S-201,serum,150 uL\nPL-0201,corning_96_wellplate_360ul_flat,A2,S-202,serum,150 uL\n",
+    );
     let file = lab.dir.join("jam.yaml");
     std::fs::write(
         &file,
@@ -573,15 +565,7 @@ fn a_run_that_fails_part_way_keeps_what_it_made() {
 fn frozen_material_thaws_before_the_first_step_and_the_plan_counts_it() {
     let lab = serve_lab_on("thaw", "0.001", None);
     let acme = lab.tenant("acme");
-    let manifest = lab.dir.join("frozen.csv");
-    std::fs::write(
-        &manifest,
-        "barcode,type,well,sample,liquid,volume\nFZ-0301,corning_96_wellplate_360ul_flat,A1,S-301,serum,150 uL\n",
-    )
-    .unwrap();
-    let args = ["receive", manifest.to_str().unwrap(), "--tenant", "acme", "--location", "-20C"];
-    let (code, so, se) = labctl_typing(&lab.url, &lab.admin, &args, "FZ-0301\n");
-    assert_eq!(code, 0, "{so}{se}");
+    lab.ship("acme", "-20C", "FZ-0301,corning_96_wellplate_360ul_flat,A1,S-301,serum,150 uL\n");
     let file = lab.dir.join("thaw.yaml");
     std::fs::write(
         &file,
