@@ -38,13 +38,17 @@ pub fn thaw_s(plan: &RunPlan, containers: &[Container], units: &[StorageUnit]) -
 }
 
 /// What the run needs, in the order a technician fetches it: containers, new labware, reagents.
-/// `containers`: the run's tenant's containers the plan names (by id); `plate_storage`: the nest
-/// where a run's plates wait for their first move; `today`: `YYYY-MM-DD`, for lots' expiry.
+/// `containers`: the run's tenant's containers the plan names (by id); `reserved`: µL of each
+/// lot other runs' lists will pour (not drawn from the lot until those runs end); `plate_storage`:
+/// the nest where a run's plates wait for their first move; `today`: `YYYY-MM-DD`, for lots'
+/// expiry.
+#[allow(clippy::too_many_arguments)]
 pub fn pick_list(
     plan: &RunPlan,
     run_id: &str,
     containers: &[Container],
     lots: &[ReagentLot],
+    reserved: &BTreeMap<String, f64>,
     units: &[StorageUnit],
     plate_storage: &str,
     today: &str,
@@ -60,6 +64,7 @@ pub fn pick_list(
         thaw_min,
         confirmed_by: None,
         confirmed_at: None,
+        volume_ul: 0.0,
     };
     let to = |name: &str, kind: LabwareKind| match kind {
         LabwareKind::WellPlate => plate_storage.to_string(),
@@ -103,10 +108,11 @@ pub fn pick_list(
         }
     }
     // Each lab reagent poured into each labware, from the lots the lab would draw, taking from
-    // what is left of them as the list goes on.
+    // what other runs' lists and this one have not taken yet.
     let mut left: BTreeMap<&str, Vec<(String, String, f64)>> = BTreeMap::new();
     for l in lots {
-        left.entry(l.reagent.as_str()).or_default().push((l.lot.clone(), l.expires_on.clone(), l.volume_ul));
+        let free = (l.volume_ul - reserved.get(&l.lot).copied().unwrap_or(0.0)).max(0.0);
+        left.entry(l.reagent.as_str()).or_default().push((l.lot.clone(), l.expires_on.clone(), free));
     }
     let mut poured = Vec::new();
     for lw in &plan.labware {
@@ -150,14 +156,17 @@ pub fn pick_list(
                 if let Some(l) = lots.iter_mut().find(|l| l.0 == lot) {
                     l.2 -= ul;
                 }
-                poured.push(item(
-                    "reagent",
-                    format!("{ul:.0} µL of {reagent} (lot {lot}) into `{}` wells {wells}", lw.name),
-                    format!("{reagent} lot {lot}"),
-                    format!("`{}`", lw.name),
-                    lot,
-                    0,
-                ));
+                poured.push(PickItem {
+                    volume_ul: ul,
+                    ..item(
+                        "reagent",
+                        format!("{ul:.0} µL of {reagent} (lot {lot}) into `{}` wells {wells}", lw.name),
+                        format!("{reagent} lot {lot}"),
+                        format!("`{}`", lw.name),
+                        lot,
+                        0,
+                    )
+                });
             }
         }
     }
@@ -197,7 +206,7 @@ mod tests {
             lot("TMB substrate", "T-SOON", "2026-12-31", 4_000.0),
             lot("1 M sulfuric acid", "S1", "2027-01-31", 20_000.0),
         ];
-        let list = pick_list(&plan, "run-abc", &[], &lots, &[], "hotel", "2026-12-06").unwrap();
+        let list = pick_list(&plan, "run-abc", &[], &lots, &BTreeMap::new(), &[], "hotel", "2026-12-06").unwrap();
         let labware: Vec<&PickItem> = list.iter().filter(|i| i.kind == "labware").collect();
         assert_eq!(labware.len(), plan.labware.len(), "each new labware once: {list:#?}");
         let samples = labware.iter().find(|i| i.what.starts_with("`samples`")).unwrap();
@@ -218,6 +227,18 @@ mod tests {
         assert!(poured[1].1.starts_with("4000 µL") && poured[2].1.starts_with("7000 µL"), "{poured:?}");
         let ns: Vec<i64> = list.iter().map(|i| i.n).collect();
         assert_eq!(ns, (0..list.len() as i64).collect::<Vec<_>>());
+        let volumes: Vec<f64> = list.iter().filter(|i| i.kind == "reagent").map(|i| i.volume_ul).collect();
+        assert_eq!(volumes, [11_000.0, 4_000.0, 7_000.0], "each pour says how much of its lot it takes");
+        // Another run's list, not ended yet, has taken 3,000 µL of T-SOON: this one takes the
+        // 1,000 left and the rest from T-LATE.
+        let reserved = BTreeMap::from([("T-SOON".to_string(), 3_000.0)]);
+        let list = pick_list(&plan, "run-abd", &[], &lots, &reserved, &[], "hotel", "2026-12-06").unwrap();
+        let tmb: Vec<(&str, f64)> = list
+            .iter()
+            .filter(|i| i.kind == "reagent" && i.expected.starts_with('T'))
+            .map(|i| (i.expected.as_str(), i.volume_ul))
+            .collect();
+        assert_eq!(tmb, [("T-SOON", 1_000.0), ("T-LATE", 10_000.0)]);
     }
 
     #[test]
@@ -227,21 +248,21 @@ mod tests {
             lot("TMB substrate", "T1", "2026-12-01", 50_000.0),
             lot("1 M sulfuric acid", "S1", "2027-01-31", 20_000.0),
         ];
-        let uncounted = pick_list(&plan, "r", &[], &lots[1..], &[], "hotel", "2026-12-06").unwrap();
+        let uncounted = pick_list(&plan, "r", &[], &lots[1..], &BTreeMap::new(), &[], "hotel", "2026-12-06").unwrap();
         let tmb = uncounted.iter().find(|i| i.what.contains("TMB")).unwrap();
         assert_eq!(
             (tmb.expected.as_str(), tmb.what.as_str()),
             ("TMB substrate", "11000 µL of TMB substrate (no lot recorded) into `reagents` wells A2"),
             "a reagent the lab does not count by lot is poured all the same"
         );
-        let e = pick_list(&plan, "r", &[], &lots, &[], "hotel", "2026-12-06").unwrap_err();
+        let e = pick_list(&plan, "r", &[], &lots, &BTreeMap::new(), &[], "hotel", "2026-12-06").unwrap_err();
         assert_eq!(
             e.to_string(),
             "TMB substrate: 11000 µL of the 11000 µL to pour into `reagents` is in no lot unexpired on 2026-12-06; receive a lot (labctl stock receive)"
         );
         plan.labware[0].container = Some("ctr-1".into());
         let ok_lots = [lot("TMB substrate", "T2", "2027-01-01", 50_000.0), lots[1].clone()];
-        let e = pick_list(&plan, "r", &[], &ok_lots, &[], "hotel", "2026-12-06").unwrap_err();
+        let e = pick_list(&plan, "r", &[], &ok_lots, &BTreeMap::new(), &[], "hotel", "2026-12-06").unwrap_err();
         assert!(matches!(e, KitError::ContainerGone { .. }), "{e}");
         let frozen = Container {
             id: "ctr-1".into(),
@@ -260,7 +281,7 @@ mod tests {
             automated: false,
             description: String::new(),
         }];
-        let list = pick_list(&plan, "r", &[frozen], &ok_lots, &units, "hotel", "2026-12-06").unwrap();
+        let list = pick_list(&plan, "r", &[frozen], &ok_lots, &BTreeMap::new(), &units, "hotel", "2026-12-06").unwrap();
         assert_eq!(
             (list[0].kind.as_str(), list[0].expected.as_str(), list[0].from.as_str(), list[0].thaw_min),
             ("container", "ACME-0001", "freezer-1", 60),

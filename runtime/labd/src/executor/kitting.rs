@@ -99,7 +99,8 @@ impl Executor {
         let (store, tenant) = (self.store.clone(), run.tenant_id.clone());
         let named: Vec<String> = plan.labware.iter().filter_map(|l| l.container.clone()).collect();
         let pours = !plan.reagents.is_empty();
-        let (containers, lots) = blocking(move || {
+        let run_id = run.id.clone();
+        let (containers, lots, reserved) = blocking(move || {
             let mut found = Vec::new();
             for id in &named {
                 match store.container(Some(&tenant), id) {
@@ -108,8 +109,14 @@ impl Executor {
                     Err(e) => return Err(e),
                 }
             }
-            let lots = if pours { store.stock()?.0 } else { Vec::new() };
-            Ok((found, lots))
+            // What other runs' lists will pour comes off the lots first: those runs have not
+            // ended, so their draws are not off the stock yet.
+            let (lots, reserved) = if pours {
+                (store.stock()?.0, store.reserved_lots(&run_id)?.into_iter().collect())
+            } else {
+                (Vec::new(), Default::default())
+            };
+            Ok((found, lots, reserved))
         })
         .await
         .map_err(JobError::store("reading containers and stock for the pick list"))?;
@@ -119,6 +126,7 @@ impl Executor {
             &run.id,
             &containers,
             &lots,
+            &reserved,
             &self.lab.site.storage,
             plate_storage,
             &today,

@@ -47,9 +47,14 @@ pub fn pick_lists_are_issued_once_and_confirmed_by_the_expected_barcode(s: &dyn 
         thaw_min: 30,
         confirmed_by: None,
         confirmed_at: None,
+        volume_ul: if kind == "reagent" { 1_500.0 } else { 0.0 },
     };
     assert!(s.pick_list(&run.id).unwrap().is_empty());
     let list = s.issue_pick_list(&run.id, &[item("container", "ACME-1"), item("reagent", "LOT-9")]).unwrap();
+    assert_eq!(list[1].volume_ul, 1_500.0);
+    // The lot is held for this run while it has not ended, for any other run's list.
+    assert_eq!(s.reserved_lots("run_other").unwrap(), [("LOT-9".to_string(), 1_500.0)]);
+    assert!(s.reserved_lots(&run.id).unwrap().is_empty(), "not against its own list");
     assert_eq!(list.iter().map(|i| (i.n, i.expected.as_str())).collect::<Vec<_>>(), [(0, "ACME-1"), (1, "LOT-9")]);
     let again = s.issue_pick_list(&run.id, &[item("labware", "OTHER")]).unwrap();
     assert_eq!(again, list, "issued once: a restart gets the list it had");
@@ -73,6 +78,10 @@ pub fn pick_lists_are_issued_once_and_confirmed_by_the_expected_barcode(s: &dyn 
     assert_eq!(s.confirm_picks(&run.id, &batch, "sim").unwrap().len(), 2);
     assert!(s.open_picks().unwrap().is_empty());
     assert!(matches!(s.confirm_pick(&run.id, 7, "X", "t"), Err(StoreError::NotFound(_))));
+    assert_eq!(s.reserved_lots("run_other").unwrap().len(), 1, "confirmed, the lot is still held until the run ends");
+    s.set_run_state(&run.id, RunState::Running, None).unwrap();
+    s.set_run_state(&run.id, RunState::Succeeded, None).unwrap();
+    assert!(s.reserved_lots("run_other").unwrap().is_empty(), "an ended run's draw is off the stock itself");
 }
 
 /// A run's output becomes the tenant's container once, whatever the retries; a container is

@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../migrations/0010_service_class.sql")),
     (11, include_str!("../../migrations/0011_audit.sql")),
     (12, include_str!("../../migrations/0012_container_sources.sql")),
+    (13, include_str!("../../migrations/0013_pick_volumes.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -324,6 +325,8 @@ pub struct PickItem {
     pub expected: String,
     /// Minutes to thaw before use (0 when it is not frozen).
     pub thaw_min: i64,
+    /// µL of a reagent lot it pours (0 for an item that pours nothing).
+    pub volume_ul: f64,
     /// Who scanned it, when (`None` until then).
     pub confirmed_by: Option<String>,
     pub confirmed_at: Option<Millis>,
@@ -628,6 +631,9 @@ pub trait Store: Send + Sync {
     fn pick_list(&self, run_id: &str) -> Result<Vec<PickItem>>;
     /// The items of every run not confirmed yet, by run then order.
     fn open_picks(&self) -> Result<Vec<PickItem>>;
+    /// µL of each reagent lot the pick lists of runs not ended yet will pour, but `except_run`'s
+    /// (a lot is drawn down only when a run ends): (lot, µL), by lot.
+    fn reserved_lots(&self, except_run: &str) -> Result<Vec<(String, f64)>>;
     /// Confirms item `n` of a run's list by its scanned barcode: a barcode other than the
     /// expected one is refused (`Invalid`, naming what was expected); the same scan again is
     /// accepted and changes nothing (its first confirmation stands).

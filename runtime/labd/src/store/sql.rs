@@ -1266,6 +1266,10 @@ impl<D: Db> Store for SqlStore<D> {
         self.open_picks_in()
     }
 
+    fn reserved_lots(&self, except_run: &str) -> Result<Vec<(String, f64)>> {
+        self.reserved_lots_in(except_run)
+    }
+
     fn record_duration(&self, d: &crate::experience::TaskDuration) -> Result<bool> {
         self.record_duration_in(d)
     }

@@ -3,7 +3,8 @@
 
 use super::*;
 
-const PICK_COLS: &str = "run_id, n, kind, what, from_place, to_place, expected, thaw_min, confirmed_by, confirmed_at";
+const PICK_COLS: &str =
+    "run_id, n, kind, what, from_place, to_place, expected, thaw_min, confirmed_by, confirmed_at, volume_ul";
 
 fn pick_row(r: &Row) -> Result<PickItem> {
     Ok(PickItem {
@@ -17,6 +18,7 @@ fn pick_row(r: &Row) -> Result<PickItem> {
         thaw_min: r.int(7)?,
         confirmed_by: r.opt_text(8)?,
         confirmed_at: r.opt_int(9)?,
+        volume_ul: r.real(10)?,
     })
 }
 
@@ -37,9 +39,9 @@ impl<D: Db> SqlStore<D> {
             for (n, i) in items.iter().enumerate() {
                 c.execute(
                     &format!(
-                        "INSERT INTO pick_items ({PICK_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL)"
+                        "INSERT INTO pick_items ({PICK_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9)"
                     ),
-                    &params![run_id, n as i64, &i.kind, &i.what, &i.from, &i.to, &i.expected, i.thaw_min],
+                    &params![run_id, n as i64, &i.kind, &i.what, &i.from, &i.to, &i.expected, i.thaw_min, i.volume_ul],
                 )?;
             }
             list(c, run_id)
@@ -59,6 +61,19 @@ impl<D: Db> SqlStore<D> {
                 )?,
                 pick_row,
             )
+        })
+    }
+
+    pub(super) fn reserved_lots_in(&self, except_run: &str) -> Result<Vec<(String, f64)>> {
+        self.read(|c| {
+            let found = c.query(
+                "SELECT p.expected, SUM(p.volume_ul) FROM pick_items p JOIN runs r ON r.id = p.run_id \
+                 WHERE p.kind = 'reagent' AND p.volume_ul > 0 AND p.run_id <> ?1 \
+                 AND r.state IN ('queued', 'running', 'awaiting_recovery', 'cancelling') \
+                 GROUP BY p.expected ORDER BY p.expected",
+                &params![except_run],
+            )?;
+            found.iter().map(|r| Ok((r.text(0)?, r.real(1)?))).collect()
         })
     }
 
