@@ -666,14 +666,19 @@ pub fn the_audit_trail_keeps_every_entry_newest_first(s: &dyn Store) {
         reason: reason.into(),
         detail: String::new(),
     };
+    // Written back to back, most in the same millisecond: read back newest first all the same.
     let on = s.record_audit(&entry("maintenance_on", "lamp")).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2));
     let off = s.record_audit(&entry("maintenance_off", "")).unwrap();
     assert!(off.at >= on.at && off.id != on.id);
     let all = s.audit(0, 10).unwrap();
     assert_eq!(all.iter().map(|e| e.done.action.as_str()).collect::<Vec<_>>(), ["maintenance_off", "maintenance_on"]);
     assert_eq!(all[1].done, entry("maintenance_on", "lamp"), "kept as given");
+    let burst: Vec<String> =
+        (0..8).map(|i| s.record_audit(&entry(&format!("step_{i}"), "")).unwrap().done.action).collect();
+    let back: Vec<String> = s.audit(0, 8).unwrap().into_iter().map(|e| e.done.action).collect();
+    assert_eq!(back, burst.into_iter().rev().collect::<Vec<_>>(), "newest first within a millisecond");
     assert_eq!(s.audit(0, 1).unwrap().len(), 1, "the limit holds");
-    assert_eq!(s.audit(off.at + 1, 10).unwrap().len(), 0, "nothing after the last");
+    let last = s.audit(0, 1).unwrap()[0].at;
+    assert_eq!(s.audit(last + 1, 10).unwrap().len(), 0, "nothing after the last");
     assert!(s.record_audit(&NewAudit { actor: " ".into(), ..entry("x", "") }).is_err(), "who did it is required");
 }

@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../../migrations/0011_audit.sql")),
     (12, include_str!("../../migrations/0012_container_sources.sql")),
     (13, include_str!("../../migrations/0013_pick_volumes.sql")),
+    (14, include_str!("../../migrations/0014_audit_order.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.

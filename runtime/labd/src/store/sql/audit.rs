@@ -16,7 +16,11 @@ impl<D: Db> SqlStore<D> {
         let entry = AuditEntry { id: new_id("aud"), at: now_ms(), done: e.clone() };
         self.tx(|c| {
             c.execute(
-                &format!("INSERT INTO audit ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                // Written in order: the next number after the last (two nodes writing at once
+                // may share one; their entries are as concurrent as their times say).
+                &format!(
+                    "INSERT INTO audit ({COLS}, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT COALESCE(MAX(seq), 0) + 1 FROM audit))"
+                ),
                 &params![&entry.id, entry.at, &e.actor, &e.action, &e.subject, &e.reason, &e.detail],
             )
         })?;
@@ -27,7 +31,7 @@ impl<D: Db> SqlStore<D> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let found = self.read(|c| {
             c.query(
-                &format!("SELECT {COLS} FROM audit WHERE at >= ?1 ORDER BY at DESC, id DESC LIMIT ?2"),
+                &format!("SELECT {COLS} FROM audit WHERE at >= ?1 ORDER BY at DESC, seq DESC LIMIT ?2"),
                 &params![since, limit],
             )
         })?;
