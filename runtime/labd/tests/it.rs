@@ -838,13 +838,40 @@ fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Whether headless Chromium and Playwright are installed for the console's browser tests; CI
+/// (`LABWRIGHT_REQUIRE_PEERS=1`) requires them.
+fn chromium_available() -> bool {
+    let found =
+        Path::new("/usr/bin/chromium").exists() && root().join("tests/browser/node_modules/playwright-core").exists();
+    assert!(
+        found || std::env::var("LABWRIGHT_REQUIRE_PEERS").as_deref() != Ok("1"),
+        "browser tests are required but Chromium or playwright-core is missing: run scripts/peers"
+    );
+    found
+}
+
 /// A GET on labd's console API with a bearer token; returns the status code and the body.
 fn console_get(base: &str, path: &str, token: &str) -> (u16, String) {
+    console_call(base, "GET", path, token, None)
+}
+
+/// A POST of JSON `body` to labd's console API with a bearer token: the status code and the body.
+fn console_post(base: &str, path: &str, token: &str, body: &serde_json::Value) -> (u16, String) {
+    console_call(base, "POST", path, token, Some(body))
+}
+
+fn console_call(base: &str, method: &str, path: &str, token: &str, json: Option<&serde_json::Value>) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://").trim_end_matches('/');
     let mut c = std::net::TcpStream::connect(addr).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    let sent = json.map(|j| j.to_string()).unwrap_or_default();
+    let typed = if json.is_some() { "Content-Type: application/json\r\n" } else { "" };
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n{typed}Content-Length: {}\r\nConnection: close\r\n\r\n{sent}",
+        sent.len()
+    )
+    .unwrap();
     let mut raw = String::new();
     c.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));

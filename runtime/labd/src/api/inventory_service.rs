@@ -48,6 +48,39 @@ fn container_info(
     }
 }
 
+/// A manifest's containers, or its problems, one per line, as the refusal (`nothing`: what
+/// the refusal did not do, "received" or "declared").
+fn checked_manifest(text: &str, nothing: &str) -> Result<Vec<store::NewContainer>, Status> {
+    crate::manifest::parse(text, &labware::Library::shipped()).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        Status::invalid_argument(format!("the manifest is refused; nothing was {nothing}:\n{}", lines.join("\n")))
+    })
+}
+
+/// A declared shipment as the API answers it: its containers from its manifest (checked when
+/// declared; a manifest the library no longer reads lists its barcodes alone).
+fn shipment_info(s: &store::Shipment, tenant: String) -> pb::ShipmentInfo {
+    let containers = match crate::manifest::parse(&s.manifest, &labware::Library::shipped()) {
+        Ok(found) => found
+            .into_iter()
+            .map(|c| {
+                let wells = c.wells.iter().map(|w| w.well.as_str()).collect::<std::collections::BTreeSet<_>>().len();
+                pb::ShippedContainer { barcode: c.barcode, r#type: c.load_name, wells: wells as i64 }
+            })
+            .collect(),
+        Err(_) => {
+            s.barcodes.iter().map(|b| pb::ShippedContainer { barcode: b.clone(), ..Default::default() }).collect()
+        }
+    };
+    pb::ShipmentInfo {
+        id: s.id.clone(),
+        tenant,
+        declared_at_ms: s.declared_at,
+        declared_by: s.declared_by.clone(),
+        containers,
+    }
+}
+
 /// The lab's stock as the API answers it, with what has expired by `today` and what to reorder.
 fn stock_response(
     (lots, counted): (Vec<store::ReagentLot>, Vec<store::ConsumableStock>),
@@ -170,10 +203,26 @@ impl pb::inventory_server::Inventory for Api {
         if r.manifest_csv.len() > MAX_SOURCE_BYTES {
             return Err(too_large(r.manifest_csv.len()));
         }
-        let containers = crate::manifest::parse(&r.manifest_csv, &labware::Library::shipped()).map_err(|problems| {
-            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            Status::invalid_argument(format!("the manifest is refused; nothing was received:\n{}", lines.join("\n")))
-        })?;
+        // A declared shipment brings its tenant and manifest; a manifest sent with it is the
+        // technician's correction (what actually arrived).
+        let shipment_id = Some(r.shipment_id.trim().to_string()).filter(|s| !s.is_empty());
+        let corrected = shipment_id.is_some() && !r.manifest_csv.trim().is_empty();
+        let (tenant, text) = match &shipment_id {
+            None => (r.tenant.trim().to_string(), r.manifest_csv.clone()),
+            Some(id) => {
+                let (store, id) = (self.store.clone(), id.clone());
+                let declared = blocking(move || store.shipment(None, &id)).await?;
+                if let Some((_, by)) = &declared.received {
+                    return Err(Status::failed_precondition(format!(
+                        "shipment {} was received already (by {by}); nothing is received twice",
+                        declared.id
+                    )));
+                }
+                let text = if corrected { r.manifest_csv.clone() } else { declared.manifest };
+                (declared.tenant_id, text)
+            }
+        };
+        let containers = checked_manifest(&text, "received")?;
         // What was scanned at the bench must be the manifest's containers, all of them.
         let declared: std::collections::BTreeSet<&str> = containers.iter().map(|c| c.barcode.as_str()).collect();
         let scanned: std::collections::BTreeSet<&str> = r.scanned.iter().map(|b| b.trim()).collect();
@@ -191,8 +240,8 @@ impl pb::inventory_server::Inventory for Api {
         }
         let asked = if r.location.trim().is_empty() { RECEIVING.to_string() } else { r.location.trim().to_string() };
         let store = self.store.clone();
-        let (tenant, actor, units) = (r.tenant.trim().to_string(), who.id.clone(), self.site.storage.clone());
-        let got = blocking(move || {
+        let (actor, units, shipment) = (who.id.clone(), self.site.storage.clone(), shipment_id.clone());
+        let (got, tenant_name) = blocking(move || {
             let t = store.tenant_by_name(&tenant).or_else(|_| store.tenant(&tenant))?;
             // The receiving bench, or a storage unit with room for the whole shipment.
             let location = if asked == RECEIVING {
@@ -202,15 +251,85 @@ impl pb::inventory_server::Inventory for Api {
                 crate::storage::place(&units, &asked, containers.len(), &occupied)
                     .map_err(store::StoreError::Invalid)?
             };
-            store.receive_containers(&t.id, &containers, &location, &actor)
+            Ok::<_, store::StoreError>((
+                store.receive_containers(&t.id, &containers, &location, &actor, shipment.as_deref())?,
+                t.name,
+            ))
         })
         .await?;
-        tracing::info!(by = %who.id, containers = got.len(), "shipment received");
+        tracing::info!(by = %who.id, containers = got.len(), shipment = shipment_id.as_deref().unwrap_or(""), "shipment received");
         let barcodes: Vec<&str> = got.iter().map(|k| k.barcode.as_str()).collect();
-        let detail = format!("{} containers: {}", got.len(), barcodes.join(", "));
-        self.record_audit(&who, "shipment_received", &format!("shipment of {}", r.tenant.trim()), "", detail).await?;
+        let mut detail = format!("{} containers: {}", got.len(), barcodes.join(", "));
+        if corrected {
+            detail.push_str(" (manifest corrected at the bench)");
+        }
+        let subject = match &shipment_id {
+            Some(id) => format!("shipment {id} of {tenant_name}"),
+            None => format!("shipment of {tenant_name}"),
+        };
+        self.record_audit(&who, "shipment_received", &subject, "", detail).await?;
         Ok(Response::new(pb::ContainersResponse {
             containers: got.into_iter().map(|k| container_info(k, Vec::new(), &Default::default())).collect(),
+        }))
+    }
+
+    async fn declare_shipment(
+        &self,
+        req: Request<pb::DeclareShipmentRequest>,
+    ) -> Result<Response<pb::ShipmentInfo>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.into_inner();
+        if r.manifest_csv.len() > MAX_SOURCE_BYTES {
+            return Err(too_large(r.manifest_csv.len()));
+        }
+        let asked = r.tenant.trim().to_string();
+        let scope = Self::scope(&who);
+        if scope.is_none() && asked.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the tenant the shipment comes from (--tenant NAME): technicians and admins declare for a tenant",
+            ));
+        }
+        let containers = checked_manifest(&r.manifest_csv, "declared")?;
+        let barcodes: Vec<String> = containers.iter().map(|c| c.barcode.clone()).collect();
+        let (store, actor, text) = (self.store.clone(), who.id.clone(), r.manifest_csv);
+        let (shipment, name) = blocking(move || {
+            let t = match &scope {
+                // A scientist declares for their own tenant; naming any other reads the same
+                // whether it exists or not.
+                Some(own) => {
+                    let t = store.tenant(own)?;
+                    if !asked.is_empty() && asked != t.name && asked != t.id {
+                        return Err(store::StoreError::Invalid(
+                            "a scientist declares shipments for their own tenant only; leave the tenant out".into(),
+                        ));
+                    }
+                    t
+                }
+                None => store.tenant_by_name(&asked).or_else(|_| store.tenant(&asked))?,
+            };
+            Ok((store.declare_shipment(&t.id, &text, &barcodes, &actor)?, t.name))
+        })
+        .await?;
+        tracing::info!(by = %who.id, tenant = %shipment.tenant_id, shipment = %shipment.id, containers = shipment.barcodes.len(), "shipment declared");
+        let tenant = if Self::scope(&who).is_some() { String::new() } else { name };
+        Ok(Response::new(shipment_info(&shipment, tenant)))
+    }
+
+    async fn shipments(&self, req: Request<pb::ShipmentsRequest>) -> Result<Response<pb::ShipmentsResponse>, Status> {
+        let who = self.caller(&req).await?;
+        let (store, scope) = (self.store.clone(), Self::scope(&who));
+        let staff = scope.is_none();
+        let (open, names) = blocking(move || {
+            let names: std::collections::BTreeMap<String, String> =
+                if staff { store.tenants()?.into_iter().map(|t| (t.id, t.name)).collect() } else { Default::default() };
+            Ok::<_, store::StoreError>((store.open_shipments(scope.as_deref())?, names))
+        })
+        .await?;
+        Ok(Response::new(pb::ShipmentsResponse {
+            shipments: open
+                .iter()
+                .map(|s| shipment_info(s, names.get(&s.tenant_id).cloned().unwrap_or_default()))
+                .collect(),
         }))
     }
 

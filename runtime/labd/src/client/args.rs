@@ -192,16 +192,37 @@ pub enum ClientCmd {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Receive a tenant's shipment (technicians): its manifest (CSV: barcode, type, well,
-    /// sample, liquid, volume), then each container's barcode scanned, one per line on standard
-    /// input (a USB scanner types them), until every container of the manifest is scanned.
-    Receive {
+    /// Declare a shipment before sending it (scientists): its manifest (CSV: barcode, type,
+    /// well, sample, liquid, volume), checked now as it will be at receipt. Technicians see it
+    /// in their work queue and receive it by its id.
+    Ship {
         #[command(flatten)]
         out: Out,
         manifest: PathBuf,
-        /// The tenant that sent it.
+        /// The tenant it comes from (technicians and admins declaring for a tenant).
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
+    },
+    /// Shipments declared and not received yet (yours; every tenant's for technicians).
+    Shipments {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Receive a shipment (technicians): a declared one by `--shipment ID`, or a tenant's
+    /// manifest (CSV: barcode, type, well, sample, liquid, volume) with `--tenant`; then each
+    /// container's barcode scanned, one per line on standard input (a USB scanner types them),
+    /// until every container is scanned. A manifest given with `--shipment` corrects the
+    /// declared one (what actually arrived).
+    Receive {
+        #[command(flatten)]
+        out: Out,
+        manifest: Option<PathBuf>,
+        /// The tenant that sent it (without `--shipment`).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A declared shipment's id (`labctl shipments`).
+        #[arg(long)]
+        shipment: Option<String>,
         /// Where the containers go: a storage unit, or a condition (`4C`, `-80C`: the unit of
         /// that condition with room); the receiving bench by default.
         #[arg(long, default_value = "receiving", allow_hyphen_values = true)]

@@ -7,12 +7,52 @@ use std::io::BufRead;
 pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
     let inventory = || pb::inventory_client::InventoryClient::new(c.channel.clone());
     match cmd {
-        ClientCmd::Receive { out, manifest, tenant, location } => {
-            let text = std::fs::read_to_string(&manifest)
+        ClientCmd::Ship { out, manifest, tenant } => {
+            let manifest_csv = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
-            // The barcodes the manifest lists, checked here as they are scanned; the server
-            // checks the manifest and the scans again.
-            let declared = crate::manifest::barcodes(&text);
+            let request = pb::DeclareShipmentRequest { manifest_csv, tenant: tenant.unwrap_or_default() };
+            let s = inventory().declare_shipment(c.req(request)?).await.map_err(sentence)?.into_inner();
+            if out.format == Fmt::Json {
+                out!("{}", shipment_json(&s));
+            } else {
+                out!("shipment {} declared: {} container(s); write its id on the box", s.id, s.containers.len());
+                print_shipped(&s)?;
+            }
+            Ok(0)
+        }
+        ClientCmd::Shipments { out } => {
+            let got = inventory().shipments(c.req(pb::ShipmentsRequest {})?).await.map_err(sentence)?.into_inner();
+            if out.format == Fmt::Json {
+                out!("{}", json_array(got.shipments.iter().map(shipment_json)));
+                return Ok(0);
+            }
+            for s in &got.shipments {
+                let from = if s.tenant.is_empty() { String::new() } else { format!(" from {}", s.tenant) };
+                out!("{}{from}, declared {} by {}", s.id, crate::clock::rfc3339(s.declared_at_ms), s.declared_by);
+                print_shipped(s)?;
+            }
+            Ok(0)
+        }
+        ClientCmd::Receive { out, manifest, tenant, shipment, location } => {
+            let text = match &manifest {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read the manifest {}", path.display()))?,
+                ),
+                None => None,
+            };
+            // The barcodes to scan: the manifest's, else the declared shipment's.
+            let declared: std::collections::BTreeSet<String> = match (&text, &shipment, &tenant) {
+                (Some(t), _, _) if shipment.is_some() || tenant.is_some() => crate::manifest::barcodes(t),
+                (None, Some(id), _) => {
+                    let open = inventory().shipments(c.req(pb::ShipmentsRequest {})?).await.map_err(sentence)?;
+                    let Some(s) = open.into_inner().shipments.into_iter().find(|s| &s.id == id) else {
+                        bail!("no shipment {id} waits to be received (labctl shipments lists those that do)");
+                    };
+                    s.containers.into_iter().map(|k| k.barcode).collect()
+                }
+                _ => bail!("say what to receive: --shipment ID (a declared shipment), or MANIFEST --tenant NAME"),
+            };
             let mut scanned = std::collections::BTreeSet::new();
             eprintln!("scan the {} container(s) of the shipment, one barcode per line", declared.len());
             for line in std::io::stdin().lock().lines() {
@@ -30,8 +70,13 @@ pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
                     break;
                 }
             }
-            let request =
-                pb::ReceiveRequest { tenant, manifest_csv: text, location, scanned: scanned.into_iter().collect() };
+            let request = pb::ReceiveRequest {
+                tenant: tenant.unwrap_or_default(),
+                manifest_csv: text.unwrap_or_default(),
+                location,
+                scanned: scanned.into_iter().collect(),
+                shipment_id: shipment.unwrap_or_default(),
+            };
             let got = inventory().receive(c.req(request)?).await.map_err(sentence)?.into_inner().containers;
             print_containers(&got, out.format == Fmt::Json)?;
             Ok(0)
@@ -89,6 +134,20 @@ fn container_json(k: &pb::ContainerInfo) -> serde_json::Value {
         "wells": k.wells.iter().map(|w| serde_json::json!({"well": w.well, "sample": w.sample, "liquid": w.liquid, "volume_ul": w.volume_ul, "from": w.from})).collect::<Vec<_>>(),
         "history": k.history.iter().map(|h| serde_json::json!({"at_ms": h.at_ms, "kind": h.kind, "detail": h.detail, "by": h.by})).collect::<Vec<_>>(),
     })
+}
+
+fn shipment_json(s: &pb::ShipmentInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id, "tenant": s.tenant, "declared_at_ms": s.declared_at_ms, "declared_by": s.declared_by,
+        "containers": s.containers.iter().map(|k| serde_json::json!({"barcode": k.barcode, "type": k.r#type, "wells": k.wells})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_shipped(s: &pb::ShipmentInfo) -> Result<()> {
+    for k in &s.containers {
+        out!("  {:<16} {:<36} {} well(s)", k.barcode, k.r#type, k.wells);
+    }
+    Ok(())
 }
 
 fn print_containers(list: &[pb::ContainerInfo], json: bool) -> Result<()> {

@@ -114,6 +114,8 @@ pub fn run(conn: Conn, cmd: ClientCmd) -> Result<i32> {
                 Ok(0)
             }
             cmd @ (ClientCmd::Receive { .. }
+            | ClientCmd::Ship { .. }
+            | ClientCmd::Shipments { .. }
             | ClientCmd::Containers { .. }
             | ClientCmd::Container(_)
             | ClientCmd::Stock { .. }) => {

@@ -77,6 +77,7 @@ async function login(ev) {
   $("instruments-panel").hidden = !staff;
   $("kitting-panel").hidden = !staff;
   $("queue-panel").hidden = !staff;
+  $("intake-panel").hidden = !staff;
   $("audit-panel").hidden = !staff;
   for (const c of document.querySelectorAll(".tenant-col")) c.hidden = !staff;
   await refresh();
@@ -100,6 +101,9 @@ function clearViews() {
   $("interventions").replaceChildren();
   $("picks").replaceChildren();
   drawnPicks = "";
+  $("shipments").replaceChildren();
+  drawnShipments = "";
+  shipmentScans.clear();
   $("queue").replaceChildren();
   queueSeen = null;
   $("audit").tBodies[0].replaceChildren();
@@ -118,13 +122,14 @@ async function refresh() {
   const mine = session;
   try {
     const staff = me.role !== "scientist";
-    const [schedule, runs, interventions, instruments, picks, audit, containers, stock] = await Promise.all([
+    const [schedule, runs, interventions, instruments, picks, audit, containers, stock, shipments] = await Promise.all([
       allPages("/api/schedule", "slots"), allPages("/api/runs", "runs"), allPages("/api/interventions", "interventions"),
       staff ? call("GET", "/api/instruments") : Promise.resolve({ instruments: [] }),
       staff ? call("GET", "/api/picks") : Promise.resolve({ items: [] }),
       staff ? call("GET", "/api/audit") : Promise.resolve({ entries: [] }),
       call("GET", "/api/containers"),
       staff ? call("GET", "/api/stock") : Promise.resolve(null),
+      staff ? call("GET", "/api/shipments") : Promise.resolve({ shipments: [] }),
     ]);
     if (mine !== session) return; // signed out (or in as someone else) meanwhile
     drawInstruments(instruments.instruments || []);
@@ -132,8 +137,9 @@ async function refresh() {
     drawGantt(schedule, instruments.instruments || []);
     drawRuns(runs.runs || [], schedule.slots || []);
     drawInterventions(interventions.interventions || []);
-    if (staff) drawQueue(interventions.interventions || [], picks.items || [], runs.runs || [], schedule.slots || []);
+    if (staff) drawQueue(interventions.interventions || [], picks.items || [], runs.runs || [], schedule.slots || [], shipments.shipments || []);
     if (staff) drawPicks(picks.items || []);
+    if (staff) drawShipments(shipments.shipments || []);
     if (staff) drawAudit(audit.entries || []);
     drawInventory(containers.containers || [], stock);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
@@ -338,7 +344,7 @@ function drawInterventions(list) {
 // task is planned (its material must be on the deck by then). Each says how long it has waited
 // or when it is due, whose run, where the material is and what waits on it.
 let queueSeen = null; // what the last draw showed (null before the first)
-function drawQueue(interventions, picks, runs, slots) {
+function drawQueue(interventions, picks, runs, slots, shipments) {
   const now = Date.now();
   const tenantOf = new Map(runs.map((r) => [r.id, r.tenant]));
   const first = new Map(); // run → its first task not done: when and where
@@ -368,10 +374,18 @@ function drawQueue(interventions, picks, runs, slots) {
       waits: "run " + short(run) + (f ? ", first task on " + f.lane + " at " + new Date(f.at).toLocaleTimeString() : ""),
     });
   }
+  for (const sh of shipments) {
+    const n = sh.containers.length;
+    work.push({
+      key: "s:" + sh.id, kind: "intake", due: sh.declared_at_ms, run: "", shipment: sh.id, tenant: sh.tenant,
+      what: "receive shipment " + sh.id + ": " + n + (n === 1 ? " container" : " containers") + " (" + sh.containers.map((k) => k.barcode).join(", ") + ")",
+      where: "on its way to receiving", waits: "the tenant's runs that will use it",
+    });
+  }
   work.sort((a, b) => a.due - b.due);
   $("no-queue").hidden = work.length > 0;
-  $("queue").replaceChildren(...work.map((w) => el("li", { class: w.due <= now ? "due" : "later", "data-queue": w.kind, "data-run": w.run },
-    el("strong", {}, w.kind), " · ", w.tenant ? w.tenant + " · " : "", "run " + short(w.run) + ": ", w.what, " ",
+  $("queue").replaceChildren(...work.map((w) => el("li", { class: w.due <= now ? "due" : "later", "data-queue": w.kind, "data-run": w.run || w.shipment },
+    el("strong", {}, w.kind), " · ", w.tenant ? w.tenant + " · " : "", w.run ? "run " + short(w.run) + ": " : "", w.what, " ",
     el("span", { class: "age" }, "(" + (w.due <= now ? "due " + age(now - w.due) + " ago" : "due in " + age(w.due - now)) + ")"),
     el("br"), w.where ? "where: " + w.where + " · " : "", "waiting on it: " + w.waits)));
   // New since the last draw; on the first, all of it (opening the page with alerts on tells
@@ -401,7 +415,7 @@ function alertNew(fresh) {
   if ("Notification" in window && Notification.permission === "granted") {
     const w = fresh[0];
     const more = fresh.length > 1 ? " (and " + (fresh.length - 1) + " more)" : "";
-    new Notification("Labwright: " + w.kind + " due", { body: (w.tenant ? w.tenant + " · " : "") + "run " + short(w.run) + ": " + w.what + more, tag: w.key });
+    new Notification("Labwright: " + w.kind + " due", { body: (w.tenant ? w.tenant + " · " : "") + (w.run ? "run " + short(w.run) + ": " : "") + w.what + more, tag: w.key });
   }
 }
 
@@ -482,6 +496,64 @@ function drawPicks(items) {
         "from ", i.from, " to ", i.to, i.thaw_min > 0 ? " — thaw " + i.thaw_min + " min first" : "",
         el("br"), "scan ", el("code", {}, i.expected)))),
       form, error);
+  }));
+}
+
+// Shipments tenants declared, for the technician at the receiving bench: each container to
+// scan (a scanner types into the field; Enter ticks it off, a barcode the shipment does not
+// list is refused with what to do), where to put them, and Receive once all are scanned.
+// Scans are kept across refreshes; the list is redrawn only when the shipments change.
+let drawnShipments = "";
+const shipmentScans = new Map(); // shipment id → barcodes scanned
+function drawShipments(list) {
+  const seen = JSON.stringify(list);
+  if (seen === drawnShipments) return;
+  drawnShipments = seen;
+  $("no-shipments").hidden = list.length > 0;
+  $("shipments").replaceChildren(...list.map((sh) => {
+    const scans = shipmentScans.get(sh.id) || new Set();
+    shipmentScans.set(sh.id, scans);
+    const barcodes = sh.containers.map((k) => k.barcode);
+    const error = el("p", { class: "error", "data-intake-error": sh.id });
+    const items = sh.containers.map((k) => el("li", { "data-shipped": k.barcode, class: scans.has(k.barcode) ? "scanned" : "" },
+      el("code", {}, k.barcode), " " + k.type + ", " + k.wells + (k.wells === 1 ? " well" : " wells")));
+    const count = el("span", { class: "count" });
+    const receive = el("button", { type: "button", "data-receive": sh.id }, "Receive");
+    const where = el("input", { type: "text", autocomplete: "off", placeholder: "receiving", size: "12", "aria-label": "where the containers go (a storage unit or 4C, -20C …)", "data-intake-where": sh.id });
+    const update = () => {
+      items.forEach((li) => li.classList.toggle("scanned", scans.has(li.dataset.shipped)));
+      count.textContent = scans.size + " of " + barcodes.length + " scanned";
+      receive.disabled = scans.size < barcodes.length;
+    };
+    const input = el("input", { type: "text", autocomplete: "off", placeholder: "scan a barcode", "aria-label": "barcode for shipment " + sh.id, "data-intake-scan": sh.id });
+    const form = el("form", {
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        const code = input.value.trim();
+        if (!code) return;
+        if (!barcodes.includes(code)) {
+          error.textContent = code + " is not in shipment " + sh.id + "; set it aside and check the shipment";
+          input.select();
+          return;
+        }
+        scans.add(code);
+        error.textContent = "";
+        input.value = "";
+        update();
+      },
+    }, input, el("button", { type: "submit" }, "Scan"));
+    receive.addEventListener("click", async () => {
+      try {
+        await call("POST", "/api/shipments/" + encodeURIComponent(sh.id) + "/receive", { scanned: [...scans], location: where.value.trim() || null });
+        shipmentScans.delete(sh.id);
+        error.textContent = "";
+        refresh();
+      } catch (e) { error.textContent = e.message; }
+    });
+    update();
+    return el("div", { class: "shipment", "data-shipment": sh.id },
+      el("h3", {}, "Shipment " + sh.id + (sh.tenant ? " from " + sh.tenant : "") + " ", el("span", { class: "age" }, "(declared " + clock(sh.declared_at_ms) + " by " + sh.declared_by + ")")),
+      el("ol", {}, ...items), form, el("p", {}, count, " · put them at ", where, " ", receive), error);
   }));
 }
 

@@ -106,6 +106,8 @@ pub fn guarded(api: Api, hosts: Hosts) -> Router {
         .route("/api/stock", get(stock))
         .route("/api/audit", get(audit))
         .route("/api/picks/{run}/{n}/confirm", post(confirm_pick))
+        .route("/api/shipments", get(shipments))
+        .route("/api/shipments/{id}/receive", post(receive_shipment))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such page or API route") })
         .with_state(api)
         .layer(axum::middleware::from_fn_with_state(hosts, guard))
@@ -356,6 +358,39 @@ async fn confirm_pick(
     };
     let r = pb::ConfirmPickRequest { run_id: run, n, barcode: b.barcode };
     call(&headers, r, |r| async move { api.confirm_pick(r).await }).await
+}
+
+/// Shipments declared and not received yet (a scientist's tenant's own; every tenant's for staff).
+async fn shipments(State(api): State<Api>, headers: HeaderMap) -> Response {
+    call(&headers, pb::ShipmentsRequest {}, |r| async move { api.shipments(r).await }).await
+}
+
+#[derive(Debug, Deserialize)]
+struct ReceiveBody {
+    /// Every barcode scanned at the bench.
+    scanned: Vec<String>,
+    /// A storage unit; the receiving bench when absent.
+    #[serde(default)]
+    location: Option<String>,
+}
+
+/// Receives a declared shipment once every container has been scanned (technicians and admins).
+async fn receive_shipment(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<ReceiveBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(b)) = body else {
+        return failure(StatusCode::BAD_REQUEST, "send JSON {\"scanned\": [\"barcode\", ...], \"location\": \"unit\"}");
+    };
+    let r = pb::ReceiveRequest {
+        shipment_id: id,
+        scanned: b.scanned,
+        location: b.location.unwrap_or_default(),
+        ..Default::default()
+    };
+    call(&headers, r, |r| async move { api.receive(r).await }).await
 }
 
 /// A run's reads analysed, for its results page: each read's heatmap and curves (SVG, every

@@ -26,6 +26,7 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     maintenance_flags_and_token_expiry(make().as_ref());
     leases_claims_and_fencing(make().as_ref());
     containers_are_received_whole_and_kept_per_tenant(make().as_ref());
+    declared_shipments_are_received_once_with_their_containers(make().as_ref());
     stock_is_taken_once_per_run_soonest_expiry_first(make().as_ref());
     runs_make_and_shelve_containers_once(make().as_ref());
     pick_lists_are_issued_once_and_confirmed_by_the_expected_barcode(make().as_ref());
@@ -96,7 +97,7 @@ pub fn runs_make_and_shelve_containers_once(s: &dyn Store) {
         wells: vec![one("A1"), one("B1")],
         sources: Vec::new(),
     };
-    let shipped = s.receive_containers(&acme.id, &[shipped], "bench", "tech").unwrap().remove(0);
+    let shipped = s.receive_containers(&acme.id, &[shipped], "bench", "tech", None).unwrap().remove(0);
     // Its A1 came from both wells of the plate shipped: lineage is kept with the container.
     let from = |w: &str| WellSource { well: "A1".into(), from_container: shipped.id.clone(), from_well: w.into() };
     let out = NewContainer {
@@ -203,7 +204,7 @@ pub fn containers_are_received_whole_and_kept_per_tenant(s: &dyn Store) {
         wells: vec![well("B1", "S-2", 80.0), well("A2", "S-3", 90.0), well("A1", "S-1", 100.0)],
         sources: Vec::new(),
     };
-    let got = s.receive_containers(&acme.id, std::slice::from_ref(&plate), "cold_4", "tech-1").unwrap();
+    let got = s.receive_containers(&acme.id, std::slice::from_ref(&plate), "cold_4", "tech-1", None).unwrap();
     assert_eq!(got.len(), 1);
     let k = s.container(Some(&acme.id), "PL-0001").unwrap();
     assert_eq!((k.id.as_str(), k.location.as_str()), (got[0].id.as_str(), "cold_4"));
@@ -219,7 +220,7 @@ pub fn containers_are_received_whole_and_kept_per_tenant(s: &dyn Store) {
     assert!(s.containers(Some(&globex.id)).unwrap().is_empty());
     // A second shipment reusing a barcode is refused whole.
     let fresh = NewContainer { barcode: "PL-0002".into(), ..plate.clone() };
-    let again = s.receive_containers(&globex.id, &[fresh, plate], "ambient", "tech-1").unwrap_err();
+    let again = s.receive_containers(&globex.id, &[fresh, plate], "ambient", "tech-1", None).unwrap_err();
     assert!(matches!(&again, StoreError::Conflict(m) if m.contains("PL-0001")), "{again}");
     assert!(matches!(s.container(None, "PL-0002"), Err(StoreError::NotFound(_))), "nothing half-received");
     assert_eq!(s.containers(None).unwrap().len(), 1);
@@ -232,6 +233,56 @@ pub fn containers_are_received_whole_and_kept_per_tenant(s: &dyn Store) {
     let history = s.container_history(&k.id).unwrap();
     assert_eq!((history.len(), history[1].kind.as_str()), (2, "used"));
     assert_eq!(history[1].detail, "run run_1: drew A1 25 µL");
+}
+
+/// A tenant declares a shipment; it is listed (its own tenant's only) until received, and
+/// receiving it makes its containers and marks it received in one step, once.
+pub fn declared_shipments_are_received_once_with_their_containers(s: &dyn Store) {
+    let acme = s.create_tenant("acme", 1.0).unwrap();
+    let globex = s.create_tenant("globex", 1.0).unwrap();
+    let manifest =
+        "barcode,type,well,sample,liquid,volume\nPL-0001,corning_96_wellplate_360ul_flat,A1,S-1,serum,100 uL\n";
+    let plate = NewContainer {
+        barcode: "PL-0001".into(),
+        load_name: "corning_96_wellplate_360ul_flat".into(),
+        wells: vec![WellContent { well: "A1".into(), sample: "S-1".into(), liquid: "serum".into(), volume_ul: 100.0 }],
+        sources: Vec::new(),
+    };
+    let declared = s.declare_shipment(&acme.id, manifest, &["PL-0001".into()], "scientist-1").unwrap();
+    assert_eq!((declared.barcodes.as_slice(), declared.received.as_ref()), (&["PL-0001".to_string()][..], None));
+    let again = s.declare_shipment(&acme.id, manifest, &["PL-0001".into()], "scientist-1").unwrap_err();
+    assert!(matches!(&again, StoreError::Conflict(m) if m.contains(&declared.id)), "{again}");
+    // globex may declare the same barcode: whether acme's shipment holds it is not globex's to learn.
+    let theirs = s.declare_shipment(&globex.id, manifest, &["PL-0001".into()], "scientist-2").unwrap();
+    let open = s.open_shipments(None).unwrap();
+    assert!(open.windows(2).all(|w| w[0].declared_at <= w[1].declared_at), "oldest first");
+    let mut ids: Vec<String> = open.into_iter().map(|x| x.id).collect();
+    ids.sort();
+    let mut both = [declared.id.clone(), theirs.id.clone()];
+    both.sort();
+    assert_eq!(ids, both);
+    assert_eq!(s.open_shipments(Some(&acme.id)).unwrap().len(), 1);
+    assert_eq!(s.shipment(Some(&acme.id), &declared.id).unwrap().manifest, manifest);
+    let hidden = s.shipment(Some(&globex.id), &declared.id).unwrap_err().to_string();
+    let missing = s.shipment(Some(&globex.id), "shp_nothing").unwrap_err().to_string();
+    assert_eq!(hidden.replace(&declared.id, "X"), missing.replace("shp_nothing", "X"));
+    // Received by the wrong tenant's id: not found, and nothing is made.
+    let wrong = s.receive_containers(&globex.id, std::slice::from_ref(&plate), "bench", "tech", Some(&declared.id));
+    assert!(matches!(wrong, Err(StoreError::NotFound(_))), "{wrong:?}");
+    assert!(s.containers(None).unwrap().is_empty(), "nothing half received");
+    s.receive_containers(&acme.id, std::slice::from_ref(&plate), "bench", "tech", Some(&declared.id)).unwrap();
+    let got = s.shipment(None, &declared.id).unwrap();
+    assert_eq!(got.received.map(|(_, by)| by).as_deref(), Some("tech"));
+    assert_eq!(s.open_shipments(None).unwrap().len(), 1, "globex's is still open");
+    // Twice: refused, and nothing more is made (the barcode would clash anyway; a new one shows
+    // it is the shipment that refuses).
+    let other = NewContainer { barcode: "PL-0002".into(), ..plate };
+    let twice = s.receive_containers(&acme.id, &[other], "bench", "tech", Some(&declared.id)).unwrap_err();
+    assert!(matches!(&twice, StoreError::Conflict(m) if m.contains("received already")), "{twice}");
+    assert_eq!(s.containers(None).unwrap().len(), 1);
+    // Once received, its barcodes are the tenant's containers: declaring one again is refused.
+    let held = s.declare_shipment(&acme.id, manifest, &["PL-0001".into()], "scientist-1").unwrap_err();
+    assert!(matches!(&held, StoreError::Conflict(m) if m.contains("your containers")), "{held}");
 }
 
 /// A run's final state is the last thing in its history: its open interventions close with it

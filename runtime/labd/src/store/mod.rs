@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../../migrations/0012_container_sources.sql")),
     (13, include_str!("../../migrations/0013_pick_volumes.sql")),
     (14, include_str!("../../migrations/0014_audit_order.sql")),
+    (15, include_str!("../../migrations/0015_shipments.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -291,6 +292,21 @@ pub struct NewContainer {
     pub wells: Vec<WellContent>,
     /// Of a container a run made, where its wells' contents came from (empty when received).
     pub sources: Vec<WellSource>,
+}
+
+/// A shipment a tenant declared: its manifest, waiting to be received at the bench.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shipment {
+    pub id: String,
+    pub tenant_id: String,
+    pub declared_at: Millis,
+    pub declared_by: String,
+    /// The manifest as declared (CSV).
+    pub manifest: String,
+    /// Its containers' barcodes, in the manifest's order.
+    pub barcodes: Vec<String>,
+    /// When and by whom it was received; `None` while it is on its way.
+    pub received: Option<(Millis, String)>,
 }
 
 /// A container the lab holds for a tenant.
@@ -568,14 +584,25 @@ pub trait Store: Send + Sync {
     fn last_done_on(&self, instrument: &str, before: Millis) -> Result<Option<Attempt>>;
 
     /// Receives a tenant's shipment: every container or none (a barcode the lab already holds,
-    /// anyone's, is a conflict naming it), each `received` at `location` by `actor`.
+    /// anyone's, is a conflict naming it), each `received` at `location` by `actor`. With
+    /// `shipment`, the tenant's declared shipment is marked received in the same transaction
+    /// (one received already is a conflict: nothing is received twice).
     fn receive_containers(
         &self,
         tenant: &str,
         containers: &[NewContainer],
         location: &str,
         actor: &str,
+        shipment: Option<&str>,
     ) -> Result<Vec<Container>>;
+    /// Records a shipment tenant `tenant` declares (its manifest, checked already, and the
+    /// barcodes it lists) for technicians to receive. A barcode on one of the tenant's
+    /// containers or open shipments is a conflict naming it.
+    fn declare_shipment(&self, tenant: &str, manifest: &str, barcodes: &[String], actor: &str) -> Result<Shipment>;
+    /// Shipments declared and not received yet, oldest first; a tenant's own when given.
+    fn open_shipments(&self, tenant: Option<&str>) -> Result<Vec<Shipment>>;
+    /// One shipment; another tenant's is not found, as a missing one is.
+    fn shipment(&self, tenant: Option<&str>, id: &str) -> Result<Shipment>;
     /// Containers, oldest first (then by barcode); a tenant's own only when `tenant` is given.
     fn containers(&self, tenant: Option<&str>) -> Result<Vec<Container>>;
     /// One container by id or barcode; another tenant's is not found, as a missing one is.

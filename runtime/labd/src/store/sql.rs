@@ -69,6 +69,7 @@ macro_rules! params {
 mod audit;
 mod durations;
 mod kitting;
+mod shipments;
 mod stock;
 pub use stock::draw_soonest_first;
 
@@ -1020,6 +1021,7 @@ impl<D: Db> Store for SqlStore<D> {
         containers: &[NewContainer],
         location: &str,
         actor: &str,
+        shipment: Option<&str>,
     ) -> Result<Vec<Container>> {
         let at = now_ms();
         let made: Vec<Container> = containers
@@ -1058,9 +1060,24 @@ impl<D: Db> Store for SqlStore<D> {
                 let detail = format!("received at {location}: {} well(s)", k.wells.len());
                 container_history(c, dialect, &k.id, 1, at, "received", &detail, actor, Some(location))?;
             }
+            if let Some(id) = shipment {
+                shipments::mark_received(c, tenant, id, at, actor)?;
+            }
             Ok(())
         })?;
         Ok(made)
+    }
+
+    fn declare_shipment(&self, tenant: &str, manifest: &str, barcodes: &[String], actor: &str) -> Result<Shipment> {
+        self.declare_shipment_in(tenant, manifest, barcodes, actor)
+    }
+
+    fn open_shipments(&self, tenant: Option<&str>) -> Result<Vec<Shipment>> {
+        self.open_shipments_in(tenant)
+    }
+
+    fn shipment(&self, tenant: Option<&str>, id: &str) -> Result<Shipment> {
+        self.shipment_in(tenant, id)
     }
 
     fn containers(&self, tenant: Option<&str>) -> Result<Vec<Container>> {

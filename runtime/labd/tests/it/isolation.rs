@@ -39,6 +39,15 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     assert_eq!(code, 0, "{se}");
     let acme_container = items(so.trim())[0]["id"].as_str().unwrap().to_string();
     let acme_barcode = format!("BC-{CANARY}");
+    // And a shipment acme declared that has not arrived yet.
+    let declared = lab.dir.join("declared.csv");
+    std::fs::write(
+        &declared,
+        format!("barcode,type,well,sample,liquid,volume\nBD-{CANARY},corning_96_wellplate_360ul_flat,A1,{CANARY}-next,{CANARY}-serum,100 uL\n"),
+    )
+    .unwrap();
+    let acme_shipment =
+        lab.json(&acme, &["ship", declared.to_str().unwrap(), "--format", "json"])["id"].as_str().unwrap().to_string();
     assert_eq!(lab.ctl(&acme, &["cancel", &cancelled]).0, 0);
     let intervention = lab.intervention_of(&lab.admin, &acme_run);
     // Nobody does the manual step. Once it runs past its planned end, acme hears why its run's
@@ -191,6 +200,8 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         &["resume", "--format", "json"],
         &["containers", "--format", "json"],
         &["container", "show", &acme_container, "--format", "json"],
+        &["shipments", "--format", "json"],
+        &["receive", "--shipment", &acme_shipment],
     ] {
         let (code, so, se) = lab.ctl(&globex, args);
         seen.push((format!("labctl {args:?} (exit {code})"), format!("{so}{se}")));
@@ -207,6 +218,7 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         "/api/containers",
         "/api/stock",
         "/api/picks",
+        "/api/shipments",
         &analysis_own,
         &analysis_other,
     ] {
@@ -237,7 +249,7 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
         .unwrap();
     // Asking for acme's run by id is answered as for an id that does not exist: the reply may
     // repeat the id globex sent, nothing more of it.
-    let probes = [acme_run.as_str(), intervention.as_str(), acme_container.as_str()];
+    let probes = [acme_run.as_str(), intervention.as_str(), acme_container.as_str(), acme_shipment.as_str()];
     // (acme's barcode carries the canary: asking for it by barcode would echo it back.)
     let (code, _, se) = lab.ctl(&globex, &["container", "show", &acme_barcode]);
     let (_, _, missing) = lab.ctl(&globex, &["container", "show", "BC-nothing"]);

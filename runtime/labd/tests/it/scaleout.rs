@@ -105,7 +105,7 @@ fn two_nodes_never_both_take_the_last_of_a_well() {
             wells: vec![well],
             sources: Vec::new(),
         };
-        a.receive_containers(&acme.id, &[shipped], "bench", "tech").unwrap();
+        a.receive_containers(&acme.id, &[shipped], "bench", "tech", None).unwrap();
         let text = format!(
             "labwright: 1\nname: draw\nlabware:\n  samples: {{ container: {barcode} }}\n  assay: {{ type: corning_96_wellplate_360ul_flat }}\n  tips: {{ type: opentrons_96_tiprack_300ul }}\nsteps:\n  - transfer: {{ from: samples/A1, to: assay/A1, volume: 60 uL }}\n"
         );
