@@ -103,7 +103,7 @@ fn main() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("api.sqlite")).unwrap());
         let tenant = store.create_tenant("bench", 1.0).unwrap();
         store.create_principal(Some(&tenant.id), Role::Scientist, &token_hash("bench-token"), None).unwrap();
-        let api = Api { store: store.clone(), site: std::sync::Arc::new(site.clone()), library: std::sync::Arc::new(labware::Library::shipped()), lab: Default::default(), board: None, time_scale: 1.0, mqtt_broker: None, embedded_broker: None };
+        let api = Api { store: store.clone(), site: std::sync::Arc::new(site.clone()), library: std::sync::Arc::new(labware::Library::shipped()), lab: Default::default(), board: None, time_scale: 1.0, mqtt_broker: None, embedded_broker: None, kitting: Default::default() };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(

@@ -53,6 +53,8 @@ pub struct Api {
     /// The embedded broker, if labd runs one: a token created or revoked here changes who may
     /// connect before the call returns.
     pub embedded_broker: Option<crate::telemetry::broker::Broker>,
+    /// Who kits runs' material: where people do, quotes plan their kitting as the executor does.
+    pub kitting: crate::executor::Kitting,
 }
 
 impl std::fmt::Debug for Api {
@@ -304,6 +306,7 @@ impl Api {
         })
         .await?;
         let (site, tenant) = (self.site.clone(), who.tenant_id.clone().unwrap_or_else(|| "quote".into()));
+        let kitting = self.kitting;
         tokio::task::spawn_blocking(move || {
             let mut p = LabProblem::from_site(&site).map_err(|e| Status::internal(e.0))?;
             for r in &queue {
@@ -315,6 +318,13 @@ impl Api {
                     p.runs[i].class = r.class;
                 }
             }
+            // Where people kit, kitting and the thaw are the plan's first tasks, as the executor
+            // stores them; else the thaw delays the first task.
+            let (plan, ready_s) = if kitting == crate::executor::Kitting::Technicians {
+                (crate::kitting_tasks::with_kitting(&plan, ready_s), 0.0)
+            } else {
+                (plan, ready_s)
+            };
             let plan = experience.corrected(&plan.scoped("quote"));
             let me = p
                 .add_plan("quote", &tenant, 1.0, ready_s, &plan)

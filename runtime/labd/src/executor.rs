@@ -372,7 +372,7 @@ pub struct Executor {
     /// Per run, whether its material is kitted, behind a lock its jobs share: the first job
     /// issues the list and waits for it, the run's other jobs wait for that one (the store is
     /// asked only until the run is kitted).
-    kitted: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>>,
+    kitted: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<kitting::KitGate>>>>>,
 }
 
 fn change_name(c: &Change) -> &'static str {

@@ -42,6 +42,7 @@ pub mod halt;
 pub mod health;
 pub mod held;
 pub mod kitting;
+pub mod kitting_tasks;
 pub mod lab;
 pub mod labctl;
 pub mod lineage;

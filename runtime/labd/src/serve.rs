@@ -163,7 +163,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let mut relay_lease: Option<Leased> = None;
     // The instruments this node drives, for the API and the console.
     let connected = crate::lab::Connected::default();
-    let (lab, board, all_sim) = if config.database.is_none() && config.cells.is_empty() {
+    let (lab, board, all_sim, kitting) = if config.database.is_none() && config.cells.is_empty() {
         // One node: the whole site, every run.
         let (mut lab, all_sim) = connect_lab(&site, &config, scale).await?;
         lab.keep_bench_in(config.data_dir.join("sim-bench.json"))?;
@@ -180,7 +180,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         let board = executor.board();
         let exec_task = tokio::spawn(supervise(executor, health.clone(), stop.1.clone()));
         tasks.push(("executor", exec_task, 10));
-        (Some(lab), board, all_sim)
+        (Some(lab), board, all_sim, kitting)
     } else {
         // Several nodes: a keeper per cell drives it while holding its lease, else stands by.
         let cells = if config.cells.is_empty() { site.cell_ids() } else { config.cells.clone() };
@@ -220,7 +220,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             holder,
             lease_ms: config.lease_ms,
         });
-        (None, board, site.instruments.iter().all(|i| i.endpoint.starts_with("sim")))
+        let all_sim = site.instruments.iter().all(|i| i.endpoint.starts_with("sim"));
+        // As the cells' executors kit (each checks the setting against its own instruments).
+        let kitting = config.kitting.unwrap_or(if all_sim {
+            crate::executor::Kitting::Simulated
+        } else {
+            crate::executor::Kitting::Technicians
+        });
+        (None, board, all_sim, kitting)
     };
     if publish {
         let relay_config = crate::relay::RelayConfig {
@@ -258,6 +265,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         time_scale: config.time_scale,
         mqtt_broker: Some(mqtt_addr.clone()),
         embedded_broker,
+        kitting,
     };
     let probed: Vec<String> = site
         .instruments

@@ -38,7 +38,7 @@ impl Executor {
         let mut out = Vec::new();
         // Plans use estimates corrected by what tasks really took, read once per round.
         let mut experience: Option<crate::experience::Experience> = None;
-        for run in queued {
+        for mut run in queued {
             if retry_at.get(&run.id).is_some_and(|t| Instant::now() < *t) {
                 continue;
             }
@@ -74,6 +74,25 @@ impl Executor {
                     continue;
                 }
             };
+            // Frozen material it names thaws before its first task (a run resumed has thawed).
+            let thaw_s = if run.started_at.is_none() { self.thaw_s(&run, &plan).await? } else { 0.0 };
+            // Where people kit, the plan carries kitting as its first tasks, stored with the run
+            // once before it starts (its history and journal count tasks the same way after).
+            let kitted_by_people = self.config.kitting == Kitting::Technicians
+                && run.started_at.is_none()
+                && !crate::kitting_tasks::has_kitting(&plan);
+            let plan = if kitted_by_people {
+                let kitted = crate::kitting_tasks::with_kitting(&plan, thaw_s);
+                let json = serde_json::to_string(&kitted).map_err(|e| ExecutorError::Plan(e.to_string()))?;
+                let (store, id, stored) = (self.store.clone(), run.id.clone(), json.clone());
+                if !blocking(move || store.set_plan(&id, &stored)).await? {
+                    continue; // it started meanwhile (another node): judged again next turn
+                }
+                run.plan_json = json;
+                kitted
+            } else {
+                plan
+            };
             // A run resumed after a restart: only what it has not done yet is planned.
             let plan = if run.started_at.is_some() {
                 let (store, id) = (self.store.clone(), run.id.clone());
@@ -103,19 +122,23 @@ impl Executor {
             let margin = experience
                 .as_ref()
                 .map_or(self.config.promise_margin, |e| e.promise_margin(self.config.promise_margin));
-            // Frozen material thaws before the run's first task (a run resumed has thawed).
-            let named: Vec<String> = plan.labware.iter().filter_map(|l| l.container.clone()).collect();
-            let ready_after_s = if run.started_at.is_none() && !named.is_empty() {
-                let (store, tenant) = (self.store.clone(), run.tenant_id.clone());
-                let held = blocking(move || store.containers(Some(&tenant))).await?;
-                let held: Vec<_> = held.into_iter().filter(|c| named.contains(&c.id)).collect();
-                crate::kitting::thaw_s(&plan, &held, &self.lab.site.storage)
-            } else {
-                0.0
-            };
+            // The thaw delays the run's first task, unless its plan's thawing task does.
+            let ready_after_s = if crate::kitting_tasks::has_kitting(&plan) { 0.0 } else { thaw_s };
             out.push(Admitted { run, plan, model, margin, ready_after_s });
         }
         Ok(out)
+    }
+
+    /// How long the frozen containers `plan` names take to thaw once fetched (0 for none).
+    async fn thaw_s(&self, run: &Run, plan: &RunPlan) -> Result<f64, ExecutorError> {
+        let named: Vec<String> = plan.labware.iter().filter_map(|l| l.container.clone()).collect();
+        if named.is_empty() {
+            return Ok(0.0);
+        }
+        let (store, tenant) = (self.store.clone(), run.tenant_id.clone());
+        let held = blocking(move || store.containers(Some(&tenant))).await?;
+        let held: Vec<_> = held.into_iter().filter(|c| named.contains(&c.id)).collect();
+        Ok(crate::kitting::thaw_s(plan, &held, &self.lab.site.storage))
     }
 
     /// Fails a queued run that cannot start, with the reason. Not written (the store failing past

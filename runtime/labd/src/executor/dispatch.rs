@@ -14,10 +14,19 @@ impl Executor {
         };
         let Some(cascade_failed) = turn else { return };
         // The run's material kitted first. Until then the job has not started (the board shows
-        // nothing under way, and a repair may still move it).
-        let kitted = tokio::select! {
-            k = self.kitted(&ctx.runs[ctx.job.run].0, &ctx.problem.nests[ctx.problem.storage].id) => k,
-            _ = ctx.stopping.cancelled() => return,
+        // nothing under way, and a repair may still move it). A plan's own kitting tasks are
+        // that work, under way on the board and planned like any other task.
+        let stage = match ctx.job.job {
+            Job::Task { run, task, .. } => ctx.runs[run].1.tasks.get(task).and_then(crate::kitting_tasks::stage),
+            Job::Move(_) => None,
+        };
+        let kitted = if stage.is_some() {
+            Ok(())
+        } else {
+            tokio::select! {
+                k = self.kitted(&ctx.runs[ctx.job.run].0, &ctx.problem.nests[ctx.problem.storage].id) => k,
+                _ = ctx.stopping.cancelled() => return,
+            }
         };
         let is_move = matches!(ctx.job.job, Job::Move(_));
         {
@@ -239,6 +248,10 @@ impl Executor {
             let ev = serde_json::json!({"task": t, "label": task.label, "instrument": instrument});
             self.event(run, "task_started", ev).await?;
         }
+        let stage = crate::kitting_tasks::stage(task);
+        if let Some(stage) = stage {
+            self.kitting_stage(run, stage).await?;
+        }
         if let (Some(d), Some(class)) = (driver, task.class) {
             self.put_on_bench(plan).await?;
             if class == labware::InstrumentClass::LiquidHandler {
@@ -298,7 +311,9 @@ impl Executor {
             }
         }
         let device_s = started.elapsed().as_secs_f64() / self.config.scale.0.max(1e-12);
-        if let (Some(id), Some(class)) = (instrument, task.class) {
+        // Kitting is the lab's work for the run (in its per-run fee), and how long people take
+        // to fetch things teaches nothing about instruments.
+        if let (Some(id), Some(class), None) = (instrument, task.class, stage) {
             // What the task really took, once per run and task: plans and quotes learn from it
             // (`experience`). A task taken up again after a restart ran only in part: no sample.
             let whole = resume_at.is_none_or(|c| c == 0);

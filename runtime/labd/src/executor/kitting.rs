@@ -6,6 +6,15 @@
 use super::failure::JobError;
 use super::*;
 
+/// How far a run's kitting has got in this process.
+#[derive(Debug, Default)]
+pub(super) struct KitGate {
+    /// Every item of its pick list confirmed.
+    fetched: bool,
+    /// And its frozen material thawed.
+    thawed: bool,
+}
+
 /// Who kits a run's material (`kitting` in labd.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -21,11 +30,38 @@ impl Executor {
     /// Issues run `run`'s pick list (once) and waits until every item is confirmed; plates
     /// wait for their first move at `plate_storage`. A run cancelled meanwhile stops here.
     pub(super) async fn kitted(&self, run: &Run, plate_storage: &str) -> Result<(), JobError> {
+        self.kit(run, plate_storage, true).await
+    }
+
+    /// A kitting task of the run's plan ([`crate::kitting_tasks`]): its items fetched and
+    /// scanned, or its frozen material thawed.
+    pub(super) async fn kitting_stage(&self, run: &Run, stage: crate::kitting_tasks::Stage) -> Result<(), JobError> {
+        let problem = LabProblem::from_site(&self.lab.site).map_err(|e| JobError::Lab(e.0))?;
+        let storage = problem.nests.get(problem.storage).map(|n| n.id.clone()).unwrap_or_default();
+        self.kit(run, &storage, stage == crate::kitting_tasks::Stage::Thaw).await
+    }
+
+    /// Kits run `run` once (its items; with `thaw`, the thaw after them too). Concurrent jobs
+    /// of the run wait on one lock, so the list is issued and the `kitted` event written once.
+    async fn kit(&self, run: &Run, plate_storage: &str, thaw: bool) -> Result<(), JobError> {
         let gate = lock(&self.kitted).entry(run.id.clone()).or_default().clone();
-        let mut kitted = gate.lock().await;
-        if *kitted {
+        let mut done = gate.lock().await;
+        if done.thawed || (done.fetched && !thaw) {
             return Ok(());
         }
+        if !done.fetched {
+            self.fetched(run, plate_storage).await?;
+            done.fetched = true;
+        }
+        if thaw {
+            self.thawed(run).await?;
+            done.thawed = true;
+        }
+        Ok(())
+    }
+
+    /// Issues the run's pick list (once) and waits until every item is confirmed.
+    async fn fetched(&self, run: &Run, plate_storage: &str) -> Result<(), JobError> {
         let list = self.issue_pick_list(run, plate_storage).await?;
         if list.iter().any(|i| i.confirmed_at.is_none()) {
             match self.config.kitting {
@@ -44,8 +80,6 @@ impl Executor {
             self.event(run, "kitted", serde_json::json!({"items": list.len()})).await?;
             tracing::info!(run = %run.id, tenant = %run.tenant_id, items = list.len(), "run kitted");
         }
-        self.thawed(run).await?;
-        *kitted = true;
         Ok(())
     }
 

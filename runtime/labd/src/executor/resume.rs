@@ -160,9 +160,9 @@ fn carried_out(task: &mut protocols::plan::Task) {
 }
 
 /// Whether the executor should skip this task: it was carried out before labd restarted (see
-/// [`remainder`]). Compiled tasks always have a command.
+/// [`remainder`]). Compiled tasks always have a command; a thaw of kitting has none.
 pub fn was_carried_out(task: &protocols::plan::Task) -> bool {
-    task.class.is_none() && task.commands.is_empty()
+    task.class.is_none() && task.commands.is_empty() && crate::kitting_tasks::stage(task).is_none()
 }
 
 /// The rest of a plan once the tasks in `finished` are done, at `now_ms`, with device time

@@ -447,6 +447,12 @@ pub fn submission_is_idempotent(s: &dyn Store) {
     assert_ne!(theirs.id, first.0.id, "keys are per tenant");
     assert_eq!(s.runs(Some(&t.id), &[]).unwrap().len(), 2);
     assert_eq!(s.runs(None, &[RunState::Queued]).unwrap().len(), 3);
+    // Its plan may change until it starts (kitting added at admission), then never.
+    assert!(s.set_plan(&theirs.id, "{\"kitted\":1}").unwrap());
+    assert_eq!(s.run(None, &theirs.id).unwrap().plan_json, "{\"kitted\":1}");
+    s.set_run_state(&theirs.id, RunState::Running, None).unwrap();
+    assert!(!s.set_plan(&theirs.id, "{}").unwrap(), "a started run keeps its plan");
+    assert_eq!(s.run(None, &theirs.id).unwrap().plan_json, "{\"kitted\":1}");
 }
 
 pub fn concurrent_submissions_make_one_run(s: Arc<dyn Store>) {

@@ -725,6 +725,9 @@ pub trait Store: Send + Sync {
     /// Gives a lease up at once (a clean stop: the standby need not wait).
     fn release_lease(&self, lease: &Lease) -> Result<()>;
     fn leases(&self) -> Result<Vec<Lease>>;
+    /// Replaces the plan of a run that has not started (the executor adds kitting tasks to it
+    /// once, before anything of it is journaled); `false` when the run has started.
+    fn set_plan(&self, run_id: &str, plan_json: &str) -> Result<bool>;
     /// Claims a queued, unclaimed run for a cell (with its `placed` event); `false` when another
     /// cell was first.
     fn claim_run(&self, run_id: &str, cell: &str) -> Result<bool>;

@@ -1652,6 +1652,16 @@ impl<D: Db> Store for SqlStore<D> {
         self.read(|c| rows(c.query(&format!("SELECT {LEASE_COLS} FROM cell_leases ORDER BY cell"), &[])?, lease_row))
     }
 
+    fn set_plan(&self, run_id: &str, plan_json: &str) -> Result<bool> {
+        let set = self.tx(|c| {
+            c.execute(
+                "UPDATE runs SET plan_json = ?2 WHERE id = ?1 AND started_at IS NULL",
+                &params![run_id, plan_json],
+            )
+        })?;
+        Ok(set == 1)
+    }
+
     fn claim_run(&self, run_id: &str, cell: &str) -> Result<bool> {
         let dialect = self.db.dialect();
         self.tx(|c| {

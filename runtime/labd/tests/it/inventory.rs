@@ -573,18 +573,7 @@ fn frozen_material_thaws_before_the_first_step_and_the_plan_counts_it() {
     )
     .unwrap();
     // The lab's quote (it knows where the plate is kept) counts the thaw as the plan will.
-    let quote = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use protos::labwright::v1 as pb;
-        let ch = tonic::transport::Channel::from_shared(lab.url.clone()).unwrap().connect().await.unwrap();
-        let ask = pb::ValidateRequest {
-            file_name: "thaw.yaml".into(),
-            source: std::fs::read(&file).unwrap(),
-            ..Default::default()
-        };
-        let mut r = tonic::Request::new(ask);
-        r.metadata_mut().insert("authorization", format!("Bearer {acme}").parse().unwrap());
-        pb::protocols_client::ProtocolsClient::new(ch).quote(r).await.unwrap().into_inner()
-    });
+    let quote = lab_quote(&lab, &acme, &file);
     assert!(quote.estimated_start_s >= 1800.0, "the quote's first task waits out the thaw: {quote:?}");
     let started = std::time::Instant::now();
     let (code, so, se) = lab.ctl(&acme, &["submit", file.to_str().unwrap(), "--wait", "--format", "json"]);
@@ -602,6 +591,124 @@ fn frozen_material_thaws_before_the_first_step_and_the_plan_counts_it() {
         events.iter().find(|e| e["kind"] == "scheduled").unwrap()["payload"]["planned_end_s"].as_f64().unwrap();
     assert!(planned >= 1800.0, "the plan's end counts the 30 min thaw: {planned} s");
     assert!(wall >= 1.8, "30 device minutes at 0.001 is 1.8 s of waiting: {wall:.2} s");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
+
+/// The lab's own quote of protocol `file` for `token`'s tenant (`labctl quote` is local: it knows
+/// nothing of the inventory or of who kits).
+fn lab_quote(lab: &Lab, token: &str, file: &Path) -> protos::labwright::v1::QuoteResponse {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use protos::labwright::v1 as pb;
+        let ch = tonic::transport::Channel::from_shared(lab.url.clone()).unwrap().connect().await.unwrap();
+        let ask = pb::ValidateRequest {
+            file_name: file.file_name().unwrap().to_string_lossy().into(),
+            source: std::fs::read(file).unwrap(),
+            ..Default::default()
+        };
+        let mut r = tonic::Request::new(ask);
+        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        pb::protocols_client::ProtocolsClient::new(ch).quote(r).await.unwrap().into_inner()
+    })
+}
+
+/// Where people kit, the plan has their time: each run's kitting is a task on one of the site's
+/// two technicians before anything else of the run, and the thaw of its frozen plate follows.
+/// Three runs submitted at once: two are kitted at once, the third waits for a technician. The
+/// lab's quote counts the kitting and the thaw; each run's history has its kitting task, then
+/// the thaw, then its work.
+#[test]
+fn kitting_is_planned_on_the_technicians() {
+    use labd::kitting_tasks::{FETCH_S, LABEL_S};
+    let lab = serve_lab_with("kitplan", "0.001", None, "kitting = \"technicians\"\n");
+    let acme = lab.tenant("acme");
+    let tech = lab.technician();
+    lab.ship("acme", "-20C", "FZ-0401,corning_96_wellplate_360ul_flat,A1,S-401,serum,150 uL\n");
+    let file = lab.dir.join("kitplan.yaml");
+    std::fs::write(
+        &file,
+        "labwright: 1\nname: From the freezer\nlabware:\n  samples: { container: FZ-0401 }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 20 uL }\n",
+    )
+    .unwrap();
+    // A plate fetched, a plate and a tip rack labelled; then 30 min of thaw.
+    let work_s = FETCH_S + 2.0 * LABEL_S;
+    let quote = lab_quote(&lab, &acme, &file);
+    assert!(quote.estimated_start_s < 1.0, "kitting starts at once on an idle lab: {quote:?}");
+    assert!(quote.earliest_completion_s >= work_s + 1800.0, "the quote counts kitting and thaw: {quote:?}");
+    let runs: Vec<String> = (0..3).map(|i| lab.submit_file(&acme, &file, &["--key", &format!("k{i}")])).collect();
+    let watches: Vec<_> = runs.iter().map(|r| watch_lines(&lab, &acme, r)).collect();
+    // Two technicians: two lists are issued at once.
+    let issued: Vec<bool> = watches.iter().take(2).map(|w| w.iter().any(|l| l.contains("\"pick_list\""))).collect();
+    assert_eq!(issued, [true, true], "the first two runs' lists went to the technicians");
+    let plan = lab.ok(&tech, &["schedule", "--format", "json"]);
+    let slots = items(&plan);
+    let kitting: Vec<&serde_json::Value> =
+        slots.iter().filter(|s| s["label"].as_str().is_some_and(|l| l.starts_with("kitting"))).collect();
+    assert_eq!(kitting.len(), 3, "a kitting task per run: {plan}");
+    let lanes: std::collections::BTreeSet<&str> = kitting.iter().map(|s| s["lane"].as_str().unwrap()).collect();
+    assert_eq!(lanes, ["technician1", "technician2"].into(), "on the site's technicians: {plan}");
+    // No technician kits two runs at once.
+    for a in &kitting {
+        for b in &kitting {
+            if a["run"] != b["run"] && a["lane"] == b["lane"] {
+                let (a0, a1) = (a["planned_start_ms"].as_i64().unwrap(), a["planned_end_ms"].as_i64().unwrap());
+                let b0 = b["planned_start_ms"].as_i64().unwrap();
+                assert!(b0 >= a1 || b0 < a0, "two kittings overlap on {}: {plan}", a["lane"]);
+            }
+        }
+    }
+    // Each run's work is planned after its kitting and the thaw.
+    for run in &runs {
+        let kit_end = kitting.iter().find(|s| s["run"] == run.as_str()).unwrap()["planned_end_ms"].as_i64().unwrap();
+        let first = slots
+            .iter()
+            .filter(|s| s["run"] == run.as_str() && s["kind"] == "task")
+            .filter(|s| {
+                !s["label"].as_str().unwrap().starts_with("kitting")
+                    && !s["label"].as_str().unwrap().starts_with("thawing")
+            })
+            .map(|s| s["planned_start_ms"].as_i64().unwrap())
+            .min()
+            .unwrap();
+        assert!(
+            first >= kit_end + 1700,
+            "{run}: its work starts after its kitting and 30 min of thaw (1.8 s here): {plan}"
+        );
+    }
+    // Kitted by barcode, run by run; each then goes on.
+    for run in &runs {
+        let list = loop {
+            let list = items(&lab.ok(&tech, &["kit", run, "--format", "json"]));
+            if !list.is_empty() {
+                break list;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        for item in &list {
+            lab.ok(&tech, &["kit", run, "--scan", item["expected"].as_str().unwrap()]);
+        }
+    }
+    lab.wait_final(&acme, &runs.iter().map(String::as_str).collect::<Vec<_>>(), 120);
+    let (_, events, _) = lab.ctl(&acme, &["watch", &runs[2], "--format", "json"]);
+    let kinds: Vec<String> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| {
+            let label = e["payload"]["label"].as_str().map(|l| l.split(':').next().unwrap().to_string());
+            match e["kind"].as_str()? {
+                "task_started" => Some(format!("started {}", label.unwrap_or_default())),
+                k @ ("kitted" | "thawing") => Some(k.to_string()),
+                _ => None,
+            }
+        })
+        .collect();
+    let at = |k: &str| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("no {k}: {kinds:?}"));
+    let work =
+        kinds.iter().position(|x| x.starts_with("started ") && !x.ends_with("kitting") && !x.ends_with("thawing"));
+    let work = work.unwrap_or_else(|| panic!("no work started: {kinds:?}"));
+    assert!(at("started kitting") < at("kitted") && at("kitted") < at("started thawing"), "{kinds:?}");
+    assert!(at("started thawing") < at("thawing") && at("thawing") < work, "{kinds:?}");
+    let states = items(&lab.ok(&acme, &["runs", "--format", "json"]));
+    assert!(states.iter().all(|r| r["state"] == "succeeded"), "{states:?}");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
 

@@ -379,6 +379,7 @@ fn bad_requests_get_clear_statuses_and_the_api_keeps_serving() {
             time_scale: 1.0,
             mqtt_broker: None,
             embedded_broker: None,
+            kitting: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
