@@ -908,7 +908,9 @@ fn console_raw(base: &str, path: &str, host: &str) -> String {
 
 /// `labd serve` started for a test, with its URLs and the admin token.
 struct Lab {
-    _server: Reap,
+    server: Reap,
+    /// How `labd` was started, to start it again on the same data.
+    args: Vec<std::ffi::OsString>,
     url: String,
     console: String,
     admin: String,
@@ -954,15 +956,26 @@ fn serve_lab_with(name: &str, scale: &str, site: Option<&str>, extra: &str) -> L
         .unwrap();
         args.extend(["--config".into(), conf.join("labd.toml").into_os_string()]);
     }
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let (server, seen) = start_labd(&args, &root());
+    let started: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (server, seen) = start_labd(&started, &root());
     let console = console_of(&seen);
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
     let mqtt_port = mqtt_port_of(&seen);
-    Lab { _server: server, url: format!("http://{listen}"), console, admin, dir, mqtt_port }
+    Lab { server, args, url: format!("http://{listen}"), console, admin, dir, mqtt_port }
 }
 
 impl Lab {
+    /// Kills `labd` with SIGKILL and starts it again on the same data, listening where it did.
+    fn kill_and_restart(&mut self) {
+        let _ = self.server.0.kill();
+        let _ = self.server.0.wait();
+        let args: Vec<&std::ffi::OsStr> = self.args.iter().map(|a| a.as_os_str()).collect();
+        let (server, seen) = start_labd(&args, &root());
+        self.server = server;
+        self.console = console_of(&seen);
+        self.mqtt_port = mqtt_port_of(&seen);
+    }
+
     fn ctl(&self, token: &str, args: &[&str]) -> (i32, String, String) {
         labctl_at(&self.url, token, args)
     }

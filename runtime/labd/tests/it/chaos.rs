@@ -45,7 +45,8 @@ fn a_bad_day_for_one_tenant_is_not_a_bad_day_for_the_lab() {
     let console = console_of(&seen);
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
     let lab = Lab {
-        _server: server,
+        server,
+        args: ["serve".into(), "--config".into(), config.clone().into_os_string()].into(),
         url: format!("http://127.0.0.1:{api_port}"),
         console,
         admin,

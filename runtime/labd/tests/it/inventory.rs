@@ -914,3 +914,63 @@ fn a_declared_shipment_is_received_at_the_bench() {
     assert!(entry.as_ref().is_some_and(|e| e["subject"] == format!("shipment {id} of acme").as_str()), "{trail}");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
+
+/// kill -9 while a run waits for its kitting, and again after it has ended: the pick list
+/// survives the restart (an item scanned stays scanned, the others are still expected), the run
+/// goes on once they are scanned, and the container's well, the reagent lot and the tip racks
+/// are drawn down exactly once.
+#[test]
+fn a_kill_during_kitting_or_after_a_run_counts_nothing_twice() {
+    let mut lab = serve_lab_with("kitkill", "0.001", None, "kitting = \"technicians\"\n");
+    let acme = lab.tenant("acme");
+    let tech = lab.technician();
+    lab.ship("acme", "4C", "PL-0501,corning_96_wellplate_360ul_flat,A1,S-501,serum,150 uL\n");
+    lab.ok(&tech, &["stock", "receive", "PBS", "--lot", "P-1", "--expires", "2099-12-31", "--volume", "100 mL"]);
+    lab.ok(&tech, &["stock", "count", "opentrons_96_tiprack_300ul", "--on-hand", "10", "--reorder-at", "2"]);
+    let file = lab.dir.join("kitkill.yaml");
+    std::fs::write(
+        &file,
+        "labwright: 1\nname: Sample and buffer\nliquids:\n  buffer: { reagent: PBS }\nlabware:\n  samples: { container: PL-0501 }\n  res: { type: nest_12_reservoir_15ml, contents: { A1: { buffer: 10 mL } } }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 20 uL }\n  - transfer: { from: res/A1, to: assay/A2, volume: 30 uL }\n",
+    )
+    .unwrap();
+    let run = lab.submit_file(&acme, &file, &[]);
+    assert!(watch_lines(&lab, &acme, &run).iter().any(|l| l.contains("\"pick_list\"")), "no pick list for {run}");
+    let before = items(&lab.ok(&tech, &["kit", &run, "--format", "json"]));
+    let expected: Vec<String> = before.iter().map(|i| i["expected"].as_str().unwrap().to_string()).collect();
+    lab.ok(&tech, &["kit", &run, "--scan", &expected[0]]);
+
+    lab.kill_and_restart();
+    let after = items(&lab.ok(&tech, &["kit", &run, "--format", "json"]));
+    let again: Vec<String> = after.iter().map(|i| i["expected"].as_str().unwrap().to_string()).collect();
+    assert_eq!(again, expected, "the same list after the restart");
+    let scanned: Vec<bool> = after.iter().map(|i| i["confirmed_by"].is_string()).collect();
+    assert_eq!(scanned.iter().filter(|&&s| s).count(), 1, "only the item scanned before: {after:?}");
+    assert!(scanned[0], "{after:?}");
+    for code in &expected[1..] {
+        lab.ok(&tech, &["kit", &run, "--scan", code]);
+    }
+    lab.wait_final(&acme, &[&run], 120);
+    let state = items(&lab.ok(&acme, &["runs", "--format", "json"]))[0]["state"].clone();
+    assert_eq!(state, "succeeded");
+
+    let counted = |lab: &Lab| {
+        let k = lab.json(&acme, &["container", "show", "PL-0501", "--format", "json"]);
+        let a1 = k["wells"].as_array().unwrap().iter().find(|w| w["well"] == "A1").unwrap()["volume_ul"].as_f64();
+        let stock = lab.json(&tech, &["stock", "--format", "json"]);
+        let lot = stock["lots"].as_array().unwrap().iter().find(|l| l["lot"] == "P-1").unwrap()["volume_ul"].as_f64();
+        let racks = stock["consumables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "opentrons_96_tiprack_300ul")
+            .unwrap()["on_hand"]
+            .as_i64();
+        (a1.unwrap(), lot.unwrap(), racks.unwrap())
+    };
+    let once = counted(&lab);
+    assert_eq!(once, (130.0, 90_000.0, 9), "20 µL from A1, 10 mL of PBS, one tip rack");
+    lab.kill_and_restart();
+    // The restarted labd has taken up what it had (its API answers): nothing is counted again.
+    assert_eq!(counted(&lab), once, "a restart after the run counts nothing again");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
