@@ -718,10 +718,12 @@ impl Site {
                 }
             }
             for n in arm.reach.iter().chain(arm.moves.iter().flat_map(|m| [&m.from, &m.to])) {
-                if !nests.contains(n) {
+                if !nests.contains(n) && !self.storage.iter().any(|u| u.automated && &u.id == n) {
                     return Err(invalid(
                         key,
-                        &format!("reaches unknown nest {n}; declare it as an instrument nest or a [[location]]"),
+                        &format!(
+                            "reaches unknown nest {n}; declare it as an instrument nest, a [[location]] or an automated [[storage]] unit"
+                        ),
                     ));
                 }
             }
@@ -751,6 +753,12 @@ impl Site {
             }
             if unit.positions == 0 {
                 return Err(invalid(format!("{key}.positions"), "must be at least 1"));
+            }
+            if unit.automated && !self.arms.iter().any(|a| a.reach.contains(&unit.id)) {
+                return Err(invalid(
+                    format!("{key}.automated"),
+                    "no arm reaches it: add it to an arm's reach (the arm fetches from it), or set automated = false (technicians do)",
+                ));
             }
         }
         for (class, factor) in &self.prices.class {
@@ -845,8 +853,9 @@ impl Site {
         let nests: BTreeSet<String> = instruments.iter().flat_map(|i| i.nest_ids()).collect();
         let reached: BTreeSet<&String> = arms.iter().flat_map(|a| a.reach.iter()).collect();
         let locations: Vec<Location> = self.locations.iter().filter(|l| reached.contains(&l.id)).cloned().collect();
-        let known = |n: &String| nests.contains(n) || locations.iter().any(|l| &l.id == n);
-        let arms = arms
+        let automated = |n: &String| self.storage.iter().any(|u| u.automated && &u.id == n);
+        let known = |n: &String| nests.contains(n) || locations.iter().any(|l| &l.id == n) || automated(n);
+        let arms: Vec<Arm> = arms
             .into_iter()
             .map(|mut a| {
                 a.reach.retain(|n| known(n));
@@ -854,13 +863,22 @@ impl Site {
                 a
             })
             .collect();
+        // Storage is the lab's, whichever cell's node files a container away; an automated
+        // store this cell's arms do not reach is fetched from by hand here.
+        let storage = self
+            .storage
+            .iter()
+            .map(|u| StorageUnit {
+                automated: u.automated && arms.iter().any(|a| a.reach.contains(&u.id)),
+                ..u.clone()
+            })
+            .collect();
         let part = Site {
             site: self.site.clone(),
             instruments,
             arms,
             locations,
-            // Storage is the lab's, whichever cell's node files a container away.
-            storage: self.storage.clone(),
+            storage,
             prices: self.prices.clone(),
             cells: vec![cell.clone()],
         };

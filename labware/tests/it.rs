@@ -188,6 +188,12 @@ fn bad_site_files_name_the_key() {
         .contains("positions: must be at least 1"));
     assert!(err(&sim.replace(fridge, "id = \"lh1\"\ncondition = \"4C\"\npositions = 4")).contains("used twice"));
     assert!(err(&sim.replace("-80C = 0.40", "-70C = 0.40")).contains("prices.storage_per_day.-70C"));
+    // An automated store is one an arm reaches (and fetches from).
+    let automated = "id = \"fridge1\"\ncondition = \"4C\"\npositions = 40\nautomated = true";
+    assert!(err(&sim.replace(fridge, automated)).contains("storage[1] (fridge1).automated: no arm reaches it"));
+    let reached = sim.replace(fridge, automated).replace("reach = [\"hotel1\"", "reach = [\"fridge1\", \"hotel1\"");
+    let site = Site::from_toml(&reached).unwrap();
+    assert!(site.storage[1].automated && site.arms[0].reach.contains(&"fridge1".to_string()));
     let site = Site::sim().unwrap();
     assert_eq!(
         site.storage.iter().map(|u| u.condition.as_str()).collect::<Vec<_>>(),

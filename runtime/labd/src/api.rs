@@ -294,15 +294,19 @@ impl Api {
         let (store, own, units) = (self.store.clone(), who.tenant_id.clone(), self.site.storage.clone());
         // Only a plan that names containers is read again for them.
         let probe = plan.labware.iter().any(|l| l.container.is_some()).then(|| plan.clone());
-        let (queue, ready_s) = blocking(move || {
+        let (queue, ready_s, retrieved) = blocking(move || {
             let queue = store
                 .runs(None, &[RunState::Queued, RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling])?;
-            // Frozen material it names thaws before its first step, as the executor plans it.
-            let ready_s = match (own, probe) {
-                (Some(t), Some(p)) => crate::kitting::thaw_s(&p, &store.containers(Some(&t))?, &units),
-                _ => 0.0,
+            // Frozen material it names thaws before its first step, as the executor plans it;
+            // what an arm brings out of an automated store no technician fetches.
+            let (ready_s, retrieved) = match (own, probe) {
+                (Some(t), Some(p)) => {
+                    let held = store.containers(Some(&t))?;
+                    (crate::kitting::thaw_s(&p, &held, &units), crate::kitting::retrieved(&p, &held, &units))
+                }
+                _ => (0.0, 0),
             };
-            Ok::<_, store::StoreError>((queue, ready_s))
+            Ok::<_, store::StoreError>((queue, ready_s, retrieved))
         })
         .await?;
         let (site, tenant) = (self.site.clone(), who.tenant_id.clone().unwrap_or_else(|| "quote".into()));
@@ -321,7 +325,7 @@ impl Api {
             // Where people kit, kitting and the thaw are the plan's first tasks, as the executor
             // stores them; else the thaw delays the first task.
             let (plan, ready_s) = if kitting == crate::executor::Kitting::Technicians {
-                (crate::kitting_tasks::with_kitting(&plan, ready_s), 0.0)
+                (crate::kitting_tasks::with_kitting(&plan, ready_s, retrieved), 0.0)
             } else {
                 (plan, ready_s)
             };

@@ -18,6 +18,20 @@ pub enum KitError {
     ReagentShort { reagent: String, labware: String, need_ul: f64, short_ul: f64, today: String },
 }
 
+/// The kind of pick item an arm fetches (a plate from an automated store).
+pub const RETRIEVAL: &str = "retrieval";
+
+/// Labware of `plan` an arm brings out of an automated store (`containers`: the tenant's, by
+/// id): technicians do not fetch them.
+pub fn retrieved(plan: &RunPlan, containers: &[Container], units: &[StorageUnit]) -> usize {
+    plan.labware
+        .iter()
+        .filter(|lw| lw.kind == LabwareKind::WellPlate)
+        .filter_map(|lw| containers.iter().find(|c| Some(&c.id) == lw.container.as_ref()))
+        .filter(|c| crate::storage::automated(units, &c.location))
+        .count()
+}
+
 /// Minutes a container kept at `condition` thaws before use (frozen only).
 pub fn thaw_minutes(condition: Option<&str>) -> i64 {
     match condition {
@@ -83,9 +97,12 @@ pub fn pick_list(
                     .find(|c| &c.id == id)
                     .ok_or_else(|| KitError::ContainerGone { labware: lw.name.clone(), container: id.clone() })?;
                 let thaw = thaw_minutes(crate::storage::condition_of(units, &c.location).as_deref());
+                // A plate in an automated store is brought out by an arm; anything else, by hand.
+                let by_arm = lw.kind == LabwareKind::WellPlate && crate::storage::automated(units, &c.location);
+                let (kind, how) = if by_arm { (RETRIEVAL, ", brought out by an arm") } else { ("container", "") };
                 fetched.push(item(
-                    "container",
-                    format!("`{}`: container {} ({})", lw.name, c.barcode, c.load_name),
+                    kind,
+                    format!("`{}`: container {} ({}){how}", lw.name, c.barcode, c.load_name),
                     c.location.clone(),
                     to(&lw.name, lw.kind),
                     c.barcode.clone(),

@@ -50,9 +50,11 @@ pub fn has_kitting(plan: &RunPlan) -> bool {
 
 /// A technician's time (device seconds) to kit `plan`: its pick list's items, by kind — each
 /// labware fetched (a container the tenant keeps here) or labelled (new), each lab reagent
-/// poured into each labware that holds it.
-pub fn work_s(plan: &RunPlan) -> f64 {
-    plan.labware
+/// poured into each labware that holds it; `retrieved` containers an arm brings out of an
+/// automated store are not the technician's to fetch.
+pub fn work_s(plan: &RunPlan, retrieved: usize) -> f64 {
+    let by_hand: f64 = plan
+        .labware
         .iter()
         .map(|lw| {
             let handled = if lw.container.is_some() { FETCH_S } else { LABEL_S };
@@ -60,13 +62,15 @@ pub fn work_s(plan: &RunPlan) -> f64 {
                 lw.composition.values().flat_map(|mix| mix.keys()).filter_map(|l| plan.reagents.get(l)).collect();
             handled + POUR_S * reagents.len() as f64
         })
-        .sum()
+        .sum();
+    (by_hand - FETCH_S * retrieved as f64).max(0.0)
 }
 
-/// `plan` with its kitting first: task 0 a technician's [`work_s`], task 1 the thaw of what is
-/// fetched frozen (`thaw_s`, 0 when nothing is). Every other task moves up two; those that
-/// waited for nothing wait for the thaw. A plan that has them already is returned as it is.
-pub fn with_kitting(plan: &RunPlan, thaw_s: f64) -> RunPlan {
+/// `plan` with its kitting first: task 0 a technician's [`work_s`] (`retrieved`: containers an
+/// arm brings out), task 1 the thaw of what is fetched frozen (`thaw_s`, 0 when nothing is).
+/// Every other task moves up two; those that waited for nothing wait for the thaw. A plan that
+/// has them already is returned as it is.
+pub fn with_kitting(plan: &RunPlan, thaw_s: f64, retrieved: usize) -> RunPlan {
     if has_kitting(plan) {
         return plan.clone();
     }
@@ -87,7 +91,7 @@ pub fn with_kitting(plan: &RunPlan, thaw_s: f64) -> RunPlan {
         holds: Vec::new(),
         after: Vec::new(),
         commands: Vec::new(),
-        duration_s: work_s(plan),
+        duration_s: work_s(plan, retrieved),
         settings: Default::default(),
         pipettes: Vec::new(),
         instruments: Vec::new(),
@@ -118,7 +122,7 @@ mod tests {
     #[test]
     fn kitting_comes_first_and_everything_else_after_the_thaw() {
         let plan = elisa();
-        let kitted = with_kitting(&plan, 1800.0);
+        let kitted = with_kitting(&plan, 1800.0, 0);
         assert_eq!(kitted.tasks.len(), plan.tasks.len() + 2);
         assert_eq!((stage(&kitted.tasks[0]), stage(&kitted.tasks[1])), (Some(Stage::Kit), Some(Stage::Thaw)));
         assert_eq!((kitted.tasks[1].after.as_slice(), kitted.tasks[1].duration_s), (&[0][..], 1800.0));
@@ -133,7 +137,7 @@ mod tests {
             assert_eq!((now.from, now.to), (was.from + 2, was.to + 2));
         }
         // Once is enough: a plan stored with its kitting is not kitted again.
-        assert_eq!(with_kitting(&kitted, 0.0), kitted);
+        assert_eq!(with_kitting(&kitted, 0.0, 0), kitted);
         // It reads back from the store as it was written.
         let json = serde_json::to_string(&kitted).unwrap();
         assert!(has_kitting(&serde_json::from_str(&json).unwrap()));
@@ -144,7 +148,7 @@ mod tests {
         let mut plan = elisa();
         plan.reagents.clear();
         let labware = plan.labware.len() as f64;
-        assert_eq!(work_s(&plan), labware * LABEL_S, "all new labware, no lab reagent");
+        assert_eq!(work_s(&plan, 0), labware * LABEL_S, "all new labware, no lab reagent");
         // One labware names a container the tenant keeps here; one holds a lab reagent.
         plan.labware[0].container = Some("con_1".into());
         let liquid = plan
@@ -155,6 +159,8 @@ mod tests {
         plan.reagents.insert(liquid.clone(), "PBS".into());
         let pours = plan.labware.iter().filter(|lw| lw.composition.values().any(|m| m.contains_key(&liquid))).count();
         let want = (labware - 1.0) * LABEL_S + FETCH_S + pours as f64 * POUR_S;
-        assert_eq!(work_s(&plan), want);
+        assert_eq!(work_s(&plan, 0), want);
+        // The container in an automated store: the arm brings it out, the technician does not.
+        assert_eq!(work_s(&plan, 1), want - FETCH_S);
     }
 }

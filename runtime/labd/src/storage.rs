@@ -105,6 +105,11 @@ pub fn condition_of(units: &[StorageUnit], location: &str) -> Option<String> {
     }
 }
 
+/// Whether `location` is an automated store: an arm fetches from it, not a technician.
+pub fn automated(units: &[StorageUnit], location: &str) -> bool {
+    units.iter().any(|u| u.automated && u.id == location)
+}
+
 /// Days a container was kept at each condition between `since` and `now`, from where each
 /// entry of its history put it (until the next move, its discarding, or `now`).
 pub fn container_days(

@@ -75,14 +75,15 @@ impl Executor {
                 }
             };
             // Frozen material it names thaws before its first task (a run resumed has thawed).
-            let thaw_s = if run.started_at.is_none() { self.thaw_s(&run, &plan).await? } else { 0.0 };
+            let (thaw_s, retrieved) =
+                if run.started_at.is_none() { self.fetching(&run, &plan).await? } else { (0.0, 0) };
             // Where people kit, the plan carries kitting as its first tasks, stored with the run
             // once before it starts (its history and journal count tasks the same way after).
             let kitted_by_people = self.config.kitting == Kitting::Technicians
                 && run.started_at.is_none()
                 && !crate::kitting_tasks::has_kitting(&plan);
             let plan = if kitted_by_people {
-                let kitted = crate::kitting_tasks::with_kitting(&plan, thaw_s);
+                let kitted = crate::kitting_tasks::with_kitting(&plan, thaw_s, retrieved);
                 let json = serde_json::to_string(&kitted).map_err(|e| ExecutorError::Plan(e.to_string()))?;
                 let (store, id, stored) = (self.store.clone(), run.id.clone(), json.clone());
                 if !blocking(move || store.set_plan(&id, &stored)).await? {
@@ -124,21 +125,32 @@ impl Executor {
                 .map_or(self.config.promise_margin, |e| e.promise_margin(self.config.promise_margin));
             // The thaw delays the run's first task, unless its plan's thawing task does.
             let ready_after_s = if crate::kitting_tasks::has_kitting(&plan) { 0.0 } else { thaw_s };
+            // The simulated technician fetches frozen material now, so it thaws while the plan
+            // waits for it (fetched at the first job's turn, it would thaw only after the wait).
+            if ready_after_s > 0.0 && self.config.kitting == Kitting::Simulated {
+                let storage = site.nests.get(site.storage).map(|n| n.id.clone()).unwrap_or_default();
+                if let Err(e) = self.fetch_now(&run, &storage).await {
+                    self.refuse(&run.id, e.to_string(), report).await;
+                    continue;
+                }
+            }
             out.push(Admitted { run, plan, model, margin, ready_after_s });
         }
         Ok(out)
     }
 
-    /// How long the frozen containers `plan` names take to thaw once fetched (0 for none).
-    async fn thaw_s(&self, run: &Run, plan: &RunPlan) -> Result<f64, ExecutorError> {
+    /// What fetching the containers `plan` names involves: how long the frozen ones take to
+    /// thaw once fetched (0 for none), and how many an arm brings out of an automated store.
+    async fn fetching(&self, run: &Run, plan: &RunPlan) -> Result<(f64, usize), ExecutorError> {
         let named: Vec<String> = plan.labware.iter().filter_map(|l| l.container.clone()).collect();
         if named.is_empty() {
-            return Ok(0.0);
+            return Ok((0.0, 0));
         }
         let (store, tenant) = (self.store.clone(), run.tenant_id.clone());
         let held = blocking(move || store.containers(Some(&tenant))).await?;
         let held: Vec<_> = held.into_iter().filter(|c| named.contains(&c.id)).collect();
-        Ok(crate::kitting::thaw_s(plan, &held, &self.lab.site.storage))
+        let units = &self.lab.site.storage;
+        Ok((crate::kitting::thaw_s(plan, &held, units), crate::kitting::retrieved(plan, &held, units)))
     }
 
     /// Fails a queued run that cannot start, with the reason. Not written (the store failing past

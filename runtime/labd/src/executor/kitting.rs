@@ -5,6 +5,7 @@
 
 use super::failure::JobError;
 use super::*;
+use crate::store::PickItem;
 
 /// How far a run's kitting has got in this process.
 #[derive(Debug, Default)]
@@ -13,6 +14,8 @@ pub(super) struct KitGate {
     fetched: bool,
     /// And its frozen material thawed.
     thawed: bool,
+    /// The tenant told that it thaws (`thawing`), or that nothing does.
+    thaw_told: bool,
 }
 
 /// Who kits a run's material (`kitting` in labd.toml).
@@ -41,6 +44,11 @@ impl Executor {
         self.kit(run, &storage, stage == crate::kitting_tasks::Stage::Thaw).await
     }
 
+    /// Fetches run `run`'s material now (its items, not the thaw), before its first job.
+    pub(super) async fn fetch_now(&self, run: &Run, plate_storage: &str) -> Result<(), JobError> {
+        self.kit(run, plate_storage, false).await
+    }
+
     /// Kits run `run` once (its items; with `thaw`, the thaw after them too). Concurrent jobs
     /// of the run wait on one lock, so the list is issued and the `kitted` event written once.
     async fn kit(&self, run: &Run, plate_storage: &str, thaw: bool) -> Result<(), JobError> {
@@ -53,6 +61,14 @@ impl Executor {
             self.fetched(run, plate_storage).await?;
             done.fetched = true;
         }
+        // The tenant hears of the thaw when it begins: once the material is fetched.
+        if !done.thaw_told {
+            if let Some((ready_ms, minutes)) = self.thaw_until(run).await? {
+                self.event(run, "thawing", serde_json::json!({"minutes": minutes, "until_ms": ready_ms})).await?;
+                tracing::info!(run = %run.id, tenant = %run.tenant_id, minutes, "frozen material thawing before the run's first step");
+            }
+            done.thaw_told = true;
+        }
         if thaw {
             self.thawed(run).await?;
             done.thawed = true;
@@ -63,6 +79,7 @@ impl Executor {
     /// Issues the run's pick list (once) and waits until every item is confirmed.
     async fn fetched(&self, run: &Run, plate_storage: &str) -> Result<(), JobError> {
         let list = self.issue_pick_list(run, plate_storage).await?;
+        let list = self.retrieve(run, list).await?;
         if list.iter().any(|i| i.confirmed_at.is_none()) {
             match self.config.kitting {
                 Kitting::Simulated => {
@@ -87,18 +104,7 @@ impl Executor {
     /// thaw time (device minutes, at the lab's time scale) from when it was fetched (confirmed).
     /// After a restart only what is left of it.
     async fn thawed(&self, run: &Run) -> Result<(), JobError> {
-        let (store, id) = (self.store.clone(), run.id.clone());
-        let list = blocking(move || store.pick_list(&id)).await.map_err(JobError::store("reading the pick list"))?;
-        let scale = self.config.scale.0;
-        let ready_ms = list
-            .iter()
-            .filter(|i| i.thaw_min > 0)
-            .filter_map(|i| Some(i.confirmed_at? + (i.thaw_min as f64 * 60_000.0 * scale).round() as i64))
-            .max();
-        let Some(ready_ms) = ready_ms.filter(|&t| t > crate::store::now_ms()) else { return Ok(()) };
-        let minutes = list.iter().map(|i| i.thaw_min).max().unwrap_or(0);
-        self.event(run, "thawing", serde_json::json!({"minutes": minutes, "until_ms": ready_ms})).await?;
-        tracing::info!(run = %run.id, tenant = %run.tenant_id, minutes, "frozen material thawing before the run's first step");
+        let Some((ready_ms, _)) = self.thaw_until(run).await? else { return Ok(()) };
         // A timer is the event here (nothing else says the material has thawed); a run cancelled
         // meanwhile stops waiting.
         let until =
@@ -117,6 +123,68 @@ impl Executor {
                 return Err(JobError::Aborted("the run while its material thawed".into()));
             }
         }
+    }
+
+    /// Brings the list's plates out of automated stores on an arm (one that reaches both the
+    /// store and where the plate goes; with none, technicians fetch it), each move journaled as a
+    /// run's own, and confirms each item in the arm's name. A move that went through before a
+    /// restart is not made again. Returns the list as it stands.
+    async fn retrieve(&self, run: &Run, list: Vec<PickItem>) -> Result<Vec<PickItem>, JobError> {
+        let todo: Vec<PickItem> =
+            list.into_iter().filter(|i| i.kind == crate::kitting::RETRIEVAL && i.confirmed_at.is_none()).collect();
+        if !todo.is_empty() {
+            let plan: RunPlan = serde_json::from_str(&run.plan_json)
+                .map_err(|e| JobError::Lab(format!("the run's stored plan does not read back: {e}")))?;
+            let scoped = plan.scoped(&crate::store::run_prefix(&run.id));
+            let (store, tenant, id) = (self.store.clone(), run.tenant_id.clone(), run.id.clone());
+            let (containers, attempts) = blocking(move || Ok((store.containers(Some(&tenant))?, store.attempts(&id)?)))
+                .await
+                .map_err(JobError::store("reading the containers to bring out"))?;
+            for item in todo {
+                // The plate is the labware naming the container with the item's barcode.
+                let Some(c) = containers.iter().find(|c| c.barcode == item.expected) else { continue };
+                let Some(at) = plan.labware.iter().position(|l| l.container.as_deref() == Some(c.id.as_str())) else {
+                    continue;
+                };
+                let plate = scoped.labware[at].name.clone();
+                let reaches = |a: &&labware::site::Arm| a.reach.contains(&item.from) && a.reach.contains(&item.to);
+                let Some(arm) = self.lab.site.arms.iter().find(reaches) else { continue };
+                let moved = attempts.iter().any(|a| {
+                    a.intent.task_id < 0
+                        && a.outcome.as_deref() == Some("ok")
+                        && serde_json::from_str::<CommandOp>(&a.intent.op_json).is_ok_and(|op| {
+                            op == CommandOp::MoveLabware { labware: plate.clone(), to: item.to.clone() }
+                        })
+                });
+                if !moved {
+                    self.move_plate(run, &scoped, &plate, &item.from, &item.to, &arm.id).await?;
+                }
+                let (store, id, scan, by) =
+                    (self.store.clone(), run.id.clone(), vec![(item.n, item.expected.clone())], arm.id.clone());
+                blocking(move || store.confirm_picks(&id, &scan, &by))
+                    .await
+                    .map_err(JobError::store("confirming the plate the arm brought out"))?;
+                tracing::info!(run = %run.id, tenant = %run.tenant_id, instrument = %arm.id, store = %item.from, "plate brought out of an automated store");
+            }
+        }
+        let (store, id) = (self.store.clone(), run.id.clone());
+        blocking(move || store.pick_list(&id)).await.map_err(JobError::store("reading the pick list"))
+    }
+
+    /// When run `run`'s frozen material will have thawed (each item's thaw time, device minutes
+    /// at the lab's time scale, from when it was fetched) and the longest thaw in minutes;
+    /// `None` when nothing is still thawing.
+    async fn thaw_until(&self, run: &Run) -> Result<Option<(i64, i64)>, JobError> {
+        let (store, id) = (self.store.clone(), run.id.clone());
+        let list = blocking(move || store.pick_list(&id)).await.map_err(JobError::store("reading the pick list"))?;
+        let scale = self.config.scale.0;
+        let ready_ms = list
+            .iter()
+            .filter(|i| i.thaw_min > 0)
+            .filter_map(|i| Some(i.confirmed_at? + (i.thaw_min as f64 * 60_000.0 * scale).round() as i64))
+            .max();
+        let minutes = list.iter().map(|i| i.thaw_min).max().unwrap_or(0);
+        Ok(ready_ms.filter(|&t| t > crate::store::now_ms()).map(|t| (t, minutes)))
     }
 
     /// The run's pick list: the one issued before (a restart), or a new one.

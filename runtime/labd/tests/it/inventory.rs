@@ -502,7 +502,6 @@ fn results_lead_back_to_the_samples_shipped() {
         assert_eq!(held.len(), 2, "{k}");
     }
     let _ = std::fs::remove_dir_all(&lab.dir);
-    let _ = std::fs::remove_dir_all(&logs);
 }
 
 /// A run that fails part way still leaves what it made: acme's run draws two samples into a
@@ -591,6 +590,11 @@ fn frozen_material_thaws_before_the_first_step_and_the_plan_counts_it() {
         events.iter().find(|e| e["kind"] == "scheduled").unwrap()["payload"]["planned_end_s"].as_f64().unwrap();
     assert!(planned >= 1800.0, "the plan's end counts the 30 min thaw: {planned} s");
     assert!(wall >= 1.8, "30 device minutes at 0.001 is 1.8 s of waiting: {wall:.2} s");
+    // The plate thawed while the plan waited for it, not after: a run fetched only at its first
+    // step's turn ended a whole thaw (1,800 s) late. Less than that is the time scale's jitter.
+    let late =
+        events.iter().find(|e| e["kind"] == "promise_broken").map(|e| e["payload"]["late_by_s"].as_f64().unwrap());
+    assert!(late.is_none_or(|s| s < 1500.0), "the thaw was waited twice: late by {late:?} s");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
 
@@ -705,8 +709,8 @@ fn kitting_is_planned_on_the_technicians() {
     let work =
         kinds.iter().position(|x| x.starts_with("started ") && !x.ends_with("kitting") && !x.ends_with("thawing"));
     let work = work.unwrap_or_else(|| panic!("no work started: {kinds:?}"));
-    assert!(at("started kitting") < at("kitted") && at("kitted") < at("started thawing"), "{kinds:?}");
-    assert!(at("started thawing") < at("thawing") && at("thawing") < work, "{kinds:?}");
+    assert!(at("started kitting") < at("kitted") && at("kitted") < at("thawing"), "{kinds:?}");
+    assert!(at("thawing") < work && at("started thawing") < work, "{kinds:?}");
     let states = items(&lab.ok(&acme, &["runs", "--format", "json"]));
     assert!(states.iter().all(|r| r["state"] == "succeeded"), "{states:?}");
     let _ = std::fs::remove_dir_all(&lab.dir);
@@ -972,5 +976,66 @@ fn a_kill_during_kitting_or_after_a_run_counts_nothing_twice() {
     lab.kill_and_restart();
     // The restarted labd has taken up what it had (its API answers): nothing is counted again.
     assert_eq!(counted(&lab), once, "a restart after the run counts nothing again");
+    let _ = std::fs::remove_dir_all(&lab.dir);
+}
+
+/// An automated store: a −20 °C store an arm reaches. A plate kept there is brought out by the
+/// arm, not fetched by hand: its pick item says so and is confirmed in the arm's name once the
+/// arm, on the wire, has taken it from the store to where the run's plates wait; the thaw still
+/// comes before the run's first step, and the run draws from the plate.
+#[test]
+fn a_plate_in_an_automated_store_is_brought_out_by_an_arm() {
+    let site = std::fs::read_to_string(root().join("sites/sim.toml"))
+        .unwrap()
+        .replace("reach = [\"hotel1\", \"lh1\"", "reach = [\"store20\", \"hotel1\", \"lh1\"")
+        .replace(
+            "# Where containers are kept between runs: tenants' samples, runs' stored outputs.\n",
+            "# Where containers are kept between runs: tenants' samples, runs' stored outputs.\n[[storage]]\nid = \"store20\"\ncondition = \"-20C\"\npositions = 40\nautomated = true\n\n",
+        );
+    assert!(site.contains("automated = true") && site.contains("\"store20\", \"hotel1\""), "the site was edited");
+    let lab = serve_lab_on("retrieve", "0.001", Some(&site));
+    let acme = lab.tenant("acme");
+    let tech = lab.technician();
+    lab.ship("acme", "store20", "AS-0601,corning_96_wellplate_360ul_flat,A1,S-601,serum,150 uL\n");
+    let file = lab.dir.join("retrieve.yaml");
+    std::fs::write(
+        &file,
+        "labwright: 1\nname: From the automated store\nlabware:\n  samples: { container: AS-0601 }\n  assay: { type: corning_96_wellplate_360ul_flat }\n  tips: { type: opentrons_96_tiprack_300ul }\nsteps:\n  - transfer: { from: samples/A1, to: assay/A1, volume: 20 uL }\n",
+    )
+    .unwrap();
+    let (code, so, se) = lab.ctl(&acme, &["submit", file.to_str().unwrap(), "--wait", "--format", "json"]);
+    assert_eq!(code, 0, "{so}{se}");
+    let run: serde_json::Value = serde_json::from_str(so.lines().next().unwrap()).unwrap();
+    let id = run["run"]["id"].as_str().unwrap().to_string();
+    let runs = items(&lab.ok(&acme, &["runs", "--format", "json"]));
+    assert_eq!(runs[0]["state"], "succeeded", "{so}");
+    let list = items(&lab.ok(&tech, &["kit", &id, "--format", "json"]));
+    let fetched = list.iter().find(|i| i["expected"] == "AS-0601").unwrap_or_else(|| panic!("{list:?}"));
+    assert_eq!(
+        (fetched["kind"].as_str(), fetched["from"].as_str(), fetched["to"].as_str()),
+        (Some("retrieval"), Some("store20"), Some("hotel1")),
+        "{fetched}"
+    );
+    assert_eq!(fetched["confirmed_by"], "arm1", "the arm confirmed what it brought out: {fetched}");
+    assert!(fetched["what"].as_str().unwrap().contains("brought out by an arm"), "{fetched}");
+    assert!(
+        list.iter().filter(|i| i["expected"] != "AS-0601").all(|i| i["confirmed_by"] == "simulated technician"),
+        "the rest by hand: {list:?}"
+    );
+    // On the wire, journaled as the run's first command: arm1 took the plate out of the store.
+    use labd::store::Store;
+    let store = labd::store::sqlite::SqliteStore::open(&lab.dir.join("labd.sqlite")).unwrap();
+    let mut moves = store.attempts(&id).unwrap();
+    moves.retain(|a| a.intent.task_id < 0);
+    moves.sort_by_key(|a| a.intent_at);
+    let first = moves.first().unwrap_or_else(|| panic!("no plate moves journaled"));
+    assert_eq!((first.intent.instrument.as_str(), first.outcome.as_deref()), ("arm1", Some("ok")), "{first:?}");
+    let op: serde_json::Value = serde_json::from_str(&first.intent.op_json).unwrap();
+    assert!(op["labware"].as_str().unwrap().ends_with("samples") && op["to"] == "hotel1", "{op}");
+    let k = lab.json(&acme, &["container", "show", "AS-0601", "--format", "json"]);
+    let a1 = k["wells"].as_array().unwrap().iter().find(|w| w["well"] == "A1").unwrap()["volume_ul"].as_f64();
+    assert_eq!(a1, Some(130.0), "{k}");
+    let (_, events, _) = lab.ctl(&acme, &["watch", &id, "--format", "json"]);
+    assert!(events.contains("\"thawing\""), "the plate thawed after it came out: {events}");
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
