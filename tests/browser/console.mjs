@@ -67,10 +67,16 @@ try {
   await page.screenshot({ path: `${outDir}/console-resolved.png`, fullPage: true });
 
   // Maintenance toggled from the page shows in the instrument's state.
+  // The schedule shows it out of service, hatched from now on its lane, with why.
   await page.click("#instruments button[data-instrument='reader2']");
   await page.waitForSelector("#instruments tr[data-instrument='reader2'] td.state-maintenance");
+  await page.waitForSelector("#gantt rect.unavailable[data-unavailable='reader2']");
+  const band = await page.locator("#gantt text[data-unavailable-label='reader2']").textContent();
+  if (!band.startsWith("maintenance")) throw new Error(`the Gantt's band on reader2 says: ${band}`);
+  await page.screenshot({ path: `${outDir}/console-maintenance.png`, fullPage: true });
   await page.click("#instruments button[data-instrument='reader2']");
   await page.waitForFunction(() => !document.querySelector("#instruments tr[data-instrument='reader2'] td.state-maintenance"));
+  await page.waitForFunction(() => !document.querySelector("#gantt rect.unavailable[data-unavailable='reader2']"));
 
   // The lab paused from the page, then resumed.
   await page.click("#pause-lab");

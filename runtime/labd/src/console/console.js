@@ -233,6 +233,23 @@ function drawGantt(schedule, instruments) {
     add("text", { x: 4, y: top + i * laneH + 15, "data-lane": lane }, lane);
     add("line", { x1: left, x2: width, y1: top + (i + 1) * laneH, y2: top + (i + 1) * laneH, stroke: "#eee" });
   });
+  // Instruments out of service (maintenance, down): hatched from now until someone brings them
+  // back, with why; work still planned on them waits for that and is marked blocked.
+  const out = new Map(instruments.filter((i) => i.state === "maintenance" || i.state === "down")
+    .map((i) => [i.id, i.state + (i.detail ? ": " + i.detail : "")]));
+  const hatch = document.createElementNS(SVG, "defs");
+  hatch.innerHTML = '<pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="3" height="6" fill="#d9822b" opacity="0.45"></rect></pattern>';
+  parts.push(hatch);
+  for (const [id, why] of out) {
+    const lane = lanes.indexOf(id);
+    if (lane < 0) continue;
+    const from = x(Math.max(schedule.now_ms, t0));
+    const band = add("rect", { class: "unavailable", x: from, y: top + lane * laneH + 1, width: Math.max(2, width - 10 - from), height: laneH - 2, fill: "url(#hatch)", "data-unavailable": id });
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = id + " out of service: " + why;
+    band.append(title);
+    add("text", { class: "unavailable", x: from + 4, y: top + lane * laneH + 15, "data-unavailable-label": id }, why);
+  }
   // A time axis in the browser's local clock: a tick every second to a day, about eight across
   // (a lab run faster than real time, as in a demo, spans seconds).
   const step = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
@@ -255,12 +272,14 @@ function drawGantt(schedule, instruments) {
     legend.set(s.tenant ? s.tenant : "run " + short(s.run_id), colour);
     const [a, b] = [Math.max(start(s), t0), Math.min(end(s), t1)];
     const w = Math.max(2, x(b) - x(a));
+    const blocked = s.state === "planned" && out.has(s.lane);
     const r = add("rect", {
       x: x(a), y: top + lane * laneH + 3, width: w, height: laneH - 6, fill: colour, rx: 2,
-      class: "task " + s.state, "data-run": s.run_id, "data-tenant": s.tenant, "data-kind": s.kind,
+      class: "task " + s.state + (blocked ? " blocked" : ""), "data-run": s.run_id, "data-tenant": s.tenant, "data-kind": s.kind,
     });
     const title = document.createElementNS(SVG, "title");
-    title.textContent = (s.tenant ? s.tenant + " · " : "") + "run " + short(s.run_id) + " · " + s.label + " · " + s.state;
+    title.textContent = (s.tenant ? s.tenant + " · " : "") + "run " + short(s.run_id) + " · " + s.label + " · " + s.state +
+      (blocked ? " · waits for " + s.lane + " (" + out.get(s.lane) + ")" : "");
     r.append(title);
   }
   add("line", { class: "now", x1: x(schedule.now_ms), x2: x(schedule.now_ms), y1: 0, y2: top + lanes.length * laneH });
