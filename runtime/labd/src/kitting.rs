@@ -100,9 +100,10 @@ pub fn pick_list(
                 // A plate in an automated store is brought out by an arm; anything else, by hand.
                 let by_arm = lw.kind == LabwareKind::WellPlate && crate::storage::automated(units, &c.location);
                 let (kind, how) = if by_arm { (RETRIEVAL, ", brought out by an arm") } else { ("container", "") };
+                let at = c.slot.map(|n| format!(", position {n} of {}", c.location)).unwrap_or_default();
                 fetched.push(item(
                     kind,
-                    format!("`{}`: container {} ({}){how}", lw.name, c.barcode, c.load_name),
+                    format!("`{}`: container {} ({}){how}{at}", lw.name, c.barcode, c.load_name),
                     c.location.clone(),
                     to(&lw.name, lw.kind),
                     c.barcode.clone(),
@@ -288,6 +289,7 @@ mod tests {
             load_name: plan.labware[0].load_name.clone(),
             location: "freezer-1".into(),
             created_at: 0,
+            slot: Some(7),
             wells: vec![],
             sources: vec![],
         };
@@ -304,5 +306,6 @@ mod tests {
             ("container", "ACME-0001", "freezer-1", 60),
             "containers first, with their thaw time"
         );
+        assert!(list[0].what.ends_with("position 7 of freezer-1"), "where to find it: {}", list[0].what);
     }
 }

@@ -226,6 +226,7 @@ mod tests {
             load_name: "corning_96_wellplate_360ul_flat".into(),
             location: "fridge1".into(),
             created_at: 0,
+            slot: None,
             wells: wells
                 .iter()
                 .map(|(w, s)| WellContent {

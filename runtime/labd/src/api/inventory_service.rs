@@ -37,6 +37,7 @@ fn container_info(
         barcode: k.barcode,
         r#type: k.load_name,
         location: k.location,
+        slot: k.slot.unwrap_or(0),
         created_at_ms: k.created_at,
         wells,
         history: history

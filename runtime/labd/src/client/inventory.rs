@@ -92,7 +92,7 @@ pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
                 out!("{}", container_json(&k));
                 return Ok(0);
             }
-            out!("{} {} ({}) at {}", k.barcode, k.id, k.r#type, k.location);
+            out!("{} {} ({}) at {}", k.barcode, k.id, k.r#type, place(&k));
             for w in &k.wells {
                 let from = if w.from.is_empty() { String::new() } else { format!("  from {}", w.from.join(", ")) };
                 out!(
@@ -130,10 +130,19 @@ pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
 
 fn container_json(k: &pb::ContainerInfo) -> serde_json::Value {
     serde_json::json!({
-        "id": k.id, "barcode": k.barcode, "type": k.r#type, "location": k.location, "created_at_ms": k.created_at_ms,
+        "id": k.id, "barcode": k.barcode, "type": k.r#type, "location": k.location, "slot": (k.slot > 0).then_some(k.slot), "created_at_ms": k.created_at_ms,
         "wells": k.wells.iter().map(|w| serde_json::json!({"well": w.well, "sample": w.sample, "liquid": w.liquid, "volume_ul": w.volume_ul, "from": w.from})).collect::<Vec<_>>(),
         "history": k.history.iter().map(|h| serde_json::json!({"at_ms": h.at_ms, "kind": h.kind, "detail": h.detail, "by": h.by})).collect::<Vec<_>>(),
     })
+}
+
+/// Where a container is, with its position there: `freezer80 #12`.
+fn place(k: &pb::ContainerInfo) -> String {
+    if k.slot > 0 {
+        format!("{} #{}", k.location, k.slot)
+    } else {
+        k.location.clone()
+    }
 }
 
 fn shipment_json(s: &pb::ShipmentInfo) -> serde_json::Value {
@@ -156,7 +165,7 @@ fn print_containers(list: &[pb::ContainerInfo], json: bool) -> Result<()> {
         return Ok(());
     }
     for k in list {
-        out!("{:<16} {:<24} {:<36} {:<12} {} well(s)", k.barcode, k.id, k.r#type, k.location, k.wells.len());
+        out!("{:<16} {:<24} {:<36} {:<16} {} well(s)", k.barcode, k.id, k.r#type, place(k), k.wells.len());
     }
     Ok(())
 }

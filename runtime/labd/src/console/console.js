@@ -464,7 +464,7 @@ function drawInventory(containers, stock) {
     const wells = new Set((k.wells || []).map((w) => w.well)).size;
     const row = el("tr", { "data-container": k.barcode },
       el("td", { title: k.id }, k.barcode), el("td", { class: "tenant-col" }, k.tenant), el("td", {}, k.type),
-      el("td", { class: k.location === "discarded" ? "discarded" : "" }, k.location), el("td", {}, String(wells)),
+      el("td", { class: k.location === "discarded" ? "discarded" : "" }, k.location + (k.slot > 0 ? " #" + k.slot : "")), el("td", {}, String(wells)),
       el("td", { class: "when" }, clock(k.created_at_ms)));
     row.children[1].hidden = !staff;
     return row;

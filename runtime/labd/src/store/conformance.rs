@@ -118,11 +118,23 @@ pub fn runs_make_and_shelve_containers_once(s: &dyn Store) {
     let history = s.container_history(&k.id).unwrap();
     assert_eq!(history[0].kind, "made");
     assert!(history[0].detail.starts_with("made by run run_abc123"), "{history:?}");
+    // Positions: the lowest free one where a container is put, kept while it stays.
+    assert_eq!((shipped.slot, made.slot, k.slot), (Some(1), Some(1), Some(1)), "the first at bench and at 4C");
+    let second = NewContainer { barcode: "abc123-second".into(), ..out.clone() };
+    let second = s.make_container("run_abc123", &acme.id, &second, "4C").unwrap().expect("made");
+    assert_eq!(second.slot, Some(2), "the next free position at 4C");
+    assert!(s.shelve_container("run_same", &second.id, Some("4C")).unwrap());
+    assert_eq!(s.container(None, &second.id).unwrap().slot, Some(2), "stored back where it was: same position");
     assert!(s.shelve_container("run_next", &k.id, Some("-20C")).unwrap());
     assert!(!s.shelve_container("run_next", &k.id, Some("-20C")).unwrap(), "once per run");
-    assert_eq!(s.container(None, &k.id).unwrap().location, "-20C");
+    let moved = s.container(None, &k.id).unwrap();
+    assert_eq!((moved.location.as_str(), moved.slot), ("-20C", Some(1)));
+    let third = NewContainer { barcode: "abc123-third".into(), ..out.clone() };
+    let third = s.make_container("run_abc123", &acme.id, &third, "4C").unwrap().expect("made");
+    assert_eq!(third.slot, Some(1), "the position the moved one left is free again");
     assert!(s.shelve_container("run_last", &k.id, None).unwrap());
-    assert_eq!(s.container(None, &k.id).unwrap().location, DISCARDED);
+    let gone = s.container(None, &k.id).unwrap();
+    assert_eq!((gone.location.as_str(), gone.slot), (DISCARDED, None));
     let moves: Vec<(String, Option<String>)> =
         s.container_history(&k.id).unwrap().into_iter().map(|h| (h.kind, h.location)).collect();
     assert_eq!(
@@ -143,12 +155,14 @@ pub fn runs_make_and_shelve_containers_once(s: &dyn Store) {
     let mut expected = vec![
         (acme.id.clone(), shipped.id.clone(), s.container_history(&shipped.id).unwrap()),
         (acme.id.clone(), k.id.clone(), s.container_history(&k.id).unwrap()),
+        (acme.id.clone(), second.id.clone(), s.container_history(&second.id).unwrap()),
+        (acme.id.clone(), third.id.clone(), s.container_history(&third.id).unwrap()),
         (globex.id.clone(), other.id.clone(), s.container_history(&other.id).unwrap()),
     ];
     expected.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(all, expected);
     let acme_only = s.container_histories(Some(&acme.id)).unwrap();
-    let mut mine = vec![shipped.id.as_str(), k.id.as_str()];
+    let mut mine = vec![shipped.id.as_str(), k.id.as_str(), second.id.as_str(), third.id.as_str()];
     mine.sort();
     assert_eq!(acme_only.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(), mine);
 }

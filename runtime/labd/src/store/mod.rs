@@ -34,6 +34,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("../../migrations/0013_pick_volumes.sql")),
     (14, include_str!("../../migrations/0014_audit_order.sql")),
     (15, include_str!("../../migrations/0015_shipments.sql")),
+    (16, include_str!("../../migrations/0016_container_slots.sql")),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -318,6 +319,9 @@ pub struct Container {
     pub load_name: String,
     /// Where it is: a storage unit, an instrument's nest, a bench.
     pub location: String,
+    /// Its position there (from 1): the lowest free one when it was put there; `None` once
+    /// discarded, and for containers stored before positions were kept.
+    pub slot: Option<i64>,
     pub created_at: Millis,
     /// By well, then liquid.
     pub wells: Vec<WellContent>,

@@ -375,7 +375,20 @@ impl<D: Db> SqlStore<D> {
     }
 }
 
-const CONTAINER_COLS: &str = "id, tenant_id, barcode, load_name, location, created_at";
+const CONTAINER_COLS: &str = "id, tenant_id, barcode, load_name, location, created_at, slot";
+
+/// The lowest position free at `location` (from 1), for a container put there; none in the bin.
+fn free_slot(c: &mut dyn Conn, location: &str) -> Result<Option<i64>> {
+    if location == DISCARDED {
+        return Ok(None);
+    }
+    let taken: std::collections::BTreeSet<i64> = c
+        .query("SELECT slot FROM containers WHERE location = ?1 AND slot IS NOT NULL", &params![location])?
+        .iter()
+        .filter_map(|r| r.opt_int(0).ok().flatten())
+        .collect();
+    Ok((1..).find(|n| !taken.contains(n)))
+}
 
 fn container_row(r: &Row) -> Result<Container> {
     Ok(Container {
@@ -385,6 +398,7 @@ fn container_row(r: &Row) -> Result<Container> {
         load_name: r.text(3)?,
         location: r.text(4)?,
         created_at: r.int(5)?,
+        slot: r.opt_int(6)?,
         wells: Vec::new(),
         sources: Vec::new(),
     })
@@ -1033,17 +1047,21 @@ impl<D: Db> Store for SqlStore<D> {
                 load_name: n.load_name.clone(),
                 location: location.into(),
                 created_at: at,
+                slot: None,
                 wells: n.wells.clone(),
                 // What was shipped is where lineage starts.
                 sources: Vec::new(),
             })
             .collect();
         let dialect = self.db.dialect();
-        self.tx(|c| {
+        let slots = self.tx(|c| {
+            let mut slots = Vec::with_capacity(made.len());
             for k in &made {
+                let slot = free_slot(c, &k.location)?;
+                slots.push(slot);
                 c.execute(
-                    "INSERT INTO containers (id, tenant_id, barcode, load_name, location, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    &params![&k.id, &k.tenant_id, &k.barcode, &k.load_name, &k.location, k.created_at],
+                    "INSERT INTO containers (id, tenant_id, barcode, load_name, location, created_at, slot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    &params![&k.id, &k.tenant_id, &k.barcode, &k.load_name, &k.location, k.created_at, slot],
                 )
                 .map_err(|e| match e {
                     StoreError::Conflict(_) => {
@@ -1063,9 +1081,9 @@ impl<D: Db> Store for SqlStore<D> {
             if let Some(id) = shipment {
                 shipments::mark_received(c, tenant, id, at, actor)?;
             }
-            Ok(())
+            Ok(slots)
         })?;
-        Ok(made)
+        Ok(made.into_iter().zip(slots).map(|(k, slot)| Container { slot, ..k }).collect())
     }
 
     fn declare_shipment(&self, tenant: &str, manifest: &str, barcodes: &[String], actor: &str) -> Result<Shipment> {
@@ -1193,6 +1211,7 @@ impl<D: Db> Store for SqlStore<D> {
             load_name: container.load_name.clone(),
             location: location.into(),
             created_at: at,
+            slot: None,
             wells: container.wells.clone(),
             sources: container.sources.clone(),
         };
@@ -1210,9 +1229,10 @@ impl<D: Db> Store for SqlStore<D> {
                     _ => Err(StoreError::Conflict(format!("barcode `{}` is already on a container of this lab", k.barcode))),
                 };
             }
+            let slot = free_slot(c, &k.location)?;
             c.execute(
-                "INSERT INTO containers (id, tenant_id, barcode, load_name, location, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                &params![&k.id, &k.tenant_id, &k.barcode, &k.load_name, &k.location, k.created_at],
+                "INSERT INTO containers (id, tenant_id, barcode, load_name, location, created_at, slot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                &params![&k.id, &k.tenant_id, &k.barcode, &k.load_name, &k.location, k.created_at, slot],
             )?;
             for w in &k.wells {
                 c.execute(
@@ -1228,7 +1248,7 @@ impl<D: Db> Store for SqlStore<D> {
             }
             let detail = format!("{made}, stored at {location}: {} well(s)", k.wells.len());
             container_history(c, dialect, &k.id, 1, at, "made", &detail, "labd", Some(location))?;
-            Ok(Some(k.clone()))
+            Ok(Some(Container { slot, ..k.clone() }))
         })
     }
 
@@ -1252,7 +1272,15 @@ impl<D: Db> Store for SqlStore<D> {
                 return Ok(false);
             }
             let next = history.iter().filter_map(|r| r.int(0).ok()).max().unwrap_or(0) + 1;
-            c.execute("UPDATE containers SET location = ?2 WHERE id = ?1", &params![container_id, to])?;
+            // Back where it was keeps its position; anywhere else, the lowest free one there.
+            let was = c.query("SELECT location FROM containers WHERE id = ?1", &params![container_id])?;
+            if was.first().map(|r| r.text(0)).transpose()?.as_deref() != Some(to) {
+                let slot = free_slot(c, to)?;
+                c.execute(
+                    "UPDATE containers SET location = ?2, slot = ?3 WHERE id = ?1",
+                    &params![container_id, to, slot],
+                )?;
+            }
             let detail = format!("{after} {kind} ({to})");
             container_history(c, dialect, container_id, next, at, kind, &detail, "labd", Some(to))?;
             Ok(true)

@@ -900,9 +900,13 @@ fn a_declared_shipment_is_received_at_the_bench() {
         assert_eq!(code, 200, "{body}");
     }
     let mine = items(&lab.ok(&acme, &["containers", "--format", "json"]));
-    let got: Vec<(&str, &str)> =
-        mine.iter().map(|k| (k["barcode"].as_str().unwrap(), k["location"].as_str().unwrap())).collect();
-    assert_eq!(got, [("PL-0001", "fridge1"), ("RS-0001", "fridge1")], "{mine:?}");
+    let got: Vec<(&str, &str, i64)> = mine
+        .iter()
+        .map(|k| (k["barcode"].as_str().unwrap(), k["location"].as_str().unwrap(), k["slot"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(got, [("PL-0001", "fridge1", 1), ("RS-0001", "fridge1", 2)], "each at a position of its own: {mine:?}");
+    let listed = lab.ok(&tech, &["containers"]);
+    assert!(listed.contains("fridge1 #2"), "the listing says where: {listed}");
     let k = lab.json(&acme, &["container", "show", "PL-0001", "--format", "json"]);
     assert_eq!(k["wells"].as_array().unwrap().len(), 3, "{k}");
     assert!(items(&lab.ok(&tech, &["shipments", "--format", "json"])).is_empty(), "it left the queue");
