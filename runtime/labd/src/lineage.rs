@@ -195,6 +195,33 @@ pub fn samples_and_wells(origins: &Origins, containers: &[Container]) -> (Vec<St
     (samples.into_iter().collect(), wells)
 }
 
+/// The containers whose contents came, in some part, from container `id` (itself first): those
+/// runs made from it, those made from those, and so on (`containers`: the tenant's).
+pub fn descendants(id: &str, containers: &[Container]) -> Vec<String> {
+    let mut out = vec![id.to_string()];
+    let mut i = 0;
+    while i < out.len() {
+        let of = out[i].clone();
+        for c in containers {
+            if !out.contains(&c.id) && c.sources.iter().any(|s| s.from_container == of) {
+                out.push(c.id.clone());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Which of `runs` (id, the containers its plan names) used container `id` or a container made
+/// from it: (run id, whether it named `id` itself), in the order given.
+pub fn runs_using(id: &str, runs: &[(String, Vec<String>)], containers: &[Container]) -> Vec<(String, bool)> {
+    let family = descendants(id, containers);
+    runs.iter()
+        .filter(|(_, named)| named.iter().any(|n| family.contains(n)))
+        .map(|(run, named)| (run.clone(), named.iter().any(|n| n == id)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +272,28 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_runs_a_container_went_into_include_those_of_what_was_made_from_it() {
+        let shipped = container("con_s", "PL-1", &[("A1", "S-1")], &[]);
+        let made = container("con_m", "R1-norm", &[("A1", "")], &[("A1", "con_s", "A1")]);
+        let again = container("con_a", "R2-dil", &[("A1", "")], &[("A1", "con_m", "A1")]);
+        let other = container("con_o", "PL-2", &[("A1", "S-2")], &[]);
+        let all = [shipped, made, again, other];
+        assert_eq!(descendants("con_s", &all), ["con_s", "con_m", "con_a"]);
+        let runs = [
+            ("run_1".to_string(), vec!["con_s".to_string()]),
+            ("run_2".to_string(), vec!["con_m".to_string()]),
+            ("run_3".to_string(), vec!["con_o".to_string()]),
+            ("run_4".to_string(), vec!["con_a".to_string(), "con_s".to_string()]),
+        ];
+        let used = runs_using("con_s", &runs, &all);
+        assert_eq!(
+            used,
+            [("run_1".to_string(), true), ("run_2".to_string(), false), ("run_4".to_string(), true)],
+            "run 3 used an unrelated plate"
+        );
     }
 
     #[test]

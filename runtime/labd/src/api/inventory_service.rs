@@ -44,8 +44,9 @@ fn container_info(
             .into_iter()
             .map(|h| pb::HistoryEntry { at_ms: h.at, kind: h.kind, detail: h.detail, by: h.actor })
             .collect(),
-        // Filled where listings need it (`containers`).
+        // Filled where listings need it (`containers`), and for one container (`container`).
         tenant: String::new(),
+        runs: Vec::new(),
     }
 }
 
@@ -361,19 +362,38 @@ impl pb::inventory_server::Inventory for Api {
     async fn container(&self, req: Request<pb::ContainerRequest>) -> Result<Response<pb::ContainerInfo>, Status> {
         let who = self.caller(&req).await?;
         let (store, scope, id) = (self.store.clone(), Self::scope(&who), req.into_inner().id);
-        let (k, history, barcodes) = blocking(move || {
+        let (k, history, barcodes, runs) = blocking(move || {
             let k = store.container(scope.as_deref(), id.trim())?;
             let history = store.container_history(&k.id)?;
-            // The barcodes of what it came from: the same tenant's containers.
-            let barcodes = if k.sources.is_empty() {
-                Default::default()
-            } else {
-                store.containers(Some(&k.tenant_id))?.into_iter().map(|c| (c.id, c.barcode)).collect()
-            };
-            Ok::<_, store::StoreError>((k, history, barcodes))
+            // The same tenant's containers: the barcodes of what it came from, and what was made
+            // from it.
+            let theirs = store.containers(Some(&k.tenant_id))?;
+            let barcodes = theirs.iter().map(|c| (c.id.clone(), c.barcode.clone())).collect();
+            // The runs it went into (the tenant's: no run draws from another's containers).
+            let runs = store.runs(Some(&k.tenant_id), &[])?;
+            let named: Vec<(String, Vec<String>)> = runs
+                .iter()
+                .filter_map(|r| {
+                    let plan = serde_json::from_str::<protocols::RunPlan>(&r.plan_json).ok()?;
+                    Some((r.id.clone(), plan.labware.iter().filter_map(|l| l.container.clone()).collect()))
+                })
+                .collect();
+            let mut linked = Vec::new();
+            for (run, direct) in crate::lineage::runs_using(&k.id, &named, &theirs) {
+                let Some(r) = runs.iter().find(|r| r.id == run) else { continue };
+                let reads = store.results(Some(&k.tenant_id), &run)?.len() as i64;
+                linked.push(pb::LinkedRun {
+                    run_id: run,
+                    name: r.name.clone(),
+                    state: r.state.as_str().into(),
+                    reads,
+                    direct,
+                });
+            }
+            Ok::<_, store::StoreError>((k, history, barcodes, linked))
         })
         .await?;
-        Ok(Response::new(container_info(k, history, &barcodes)))
+        Ok(Response::new(pb::ContainerInfo { runs, ..container_info(k, history, &barcodes) }))
     }
 }
 

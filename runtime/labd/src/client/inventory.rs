@@ -106,6 +106,17 @@ pub(super) async fn run(c: &Client, cmd: ClientCmd) -> Result<i32> {
             for h in &k.history {
                 out!("  {} {} by {}: {}", crate::clock::rfc3339(h.at_ms), h.kind, h.by, h.detail);
             }
+            for r in &k.runs {
+                let how = if r.direct { "used it" } else { "used what was made from it" };
+                out!(
+                    "  run {} ({}, {}) {how}: {} read(s) (labctl results {})",
+                    r.run_id,
+                    r.name,
+                    r.state,
+                    r.reads,
+                    r.run_id
+                );
+            }
             Ok(0)
         }
         ClientCmd::Stock { out, cmd } => {
@@ -133,6 +144,7 @@ fn container_json(k: &pb::ContainerInfo) -> serde_json::Value {
         "id": k.id, "barcode": k.barcode, "type": k.r#type, "location": k.location, "slot": (k.slot > 0).then_some(k.slot), "created_at_ms": k.created_at_ms,
         "wells": k.wells.iter().map(|w| serde_json::json!({"well": w.well, "sample": w.sample, "liquid": w.liquid, "volume_ul": w.volume_ul, "from": w.from})).collect::<Vec<_>>(),
         "history": k.history.iter().map(|h| serde_json::json!({"at_ms": h.at_ms, "kind": h.kind, "detail": h.detail, "by": h.by})).collect::<Vec<_>>(),
+        "runs": k.runs.iter().map(|r| serde_json::json!({"run": r.run_id, "name": r.name, "state": r.state, "reads": r.reads, "direct": r.direct})).collect::<Vec<_>>(),
     })
 }
 

@@ -466,6 +466,19 @@ fn results_lead_back_to_the_samples_shipped() {
         ]),
         "each value leads back to the sample shipped; C1 held nothing of acme's: {r}"
     );
+    // The plate shipped names the runs it went into: the first drew from it, the second read
+    // what was made from it, once.
+    let shipped = lab.json(&acme, &["container", "show", "PL-0101", "--format", "json"]);
+    let linked: Vec<(bool, i64)> = shipped["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["direct"].as_bool().unwrap(), r["reads"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(linked, [(true, 0), (false, 1)], "{shipped}");
+    assert_eq!(shipped["runs"][1]["run"], id.as_str(), "{shipped}");
+    let text = lab.ok(&acme, &["container", "show", "PL-0101"]);
+    assert!(text.contains(&format!("used what was made from it: 1 read(s) (labctl results {id})")), "{text}");
     let (code, csv, se) = lab.ctl(&acme, &["results", &id, "--format", "csv"]);
     assert_eq!(code, 0, "{se}");
     let lines: Vec<&str> = csv.lines().collect();
