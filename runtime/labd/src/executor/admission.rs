@@ -313,19 +313,32 @@ impl Executor {
         })
         .to_string();
         // The run is in the plan now: its state must follow, or it would be admitted twice.
-        // Tried until the store takes it.
+        // Tried until the store takes it. A run cancelled while it was being admitted has
+        // ended: it stays in the plan as work nobody does (its jobs see it ended and do
+        // nothing), closed, and nothing more is written to it — retrying would stall the lab.
         let mut pause = Duration::from_millis(100);
         loop {
             let (store, run_id, payload) = (store.clone(), id.clone(), payload.clone());
             let written = blocking(move || {
-                if store.run(None, &run_id)?.state == RunState::Queued {
+                let state = store.run(None, &run_id)?.state;
+                if state.is_final() {
+                    return Ok(false);
+                }
+                if state == RunState::Queued {
                     store.set_run_state(&run_id, RunState::Running, None)?;
                 }
-                store.append_event(&run_id, "scheduled", &payload)
+                store.append_event(&run_id, "scheduled", &payload).map(|_| true)
             })
             .await;
             match written {
-                Ok(_) => {
+                Ok(false) => {
+                    tracing::info!(run = %id, "run ended (cancelled) while it was being admitted; nothing of it is done");
+                    if let Some(closed) = s.closed.get_mut(i) {
+                        *closed = true;
+                    }
+                    return Ok(());
+                }
+                Ok(true) => {
                     tracing::info!(run = %id, planned_end_at = %planned_end_at, "run started");
                     return Ok(());
                 }

@@ -134,13 +134,19 @@ impl Executor {
     }
 
     async fn job_in_span(&self, problem: &LabProblem, runs: &[(Run, RunPlan)], job: &Job) -> Result<(), JobError> {
-        if let Job::Task { run, .. } = job {
-            // A cancelled run stops at the next task boundary; its plate moves still run, so
-            // every plate ends up back in storage.
-            let (store, id) = (self.store.clone(), runs[*run].0.id.clone());
-            if blocking(move || store.run(None, &id)).await.is_ok_and(|r| r.state == RunState::Cancelling) {
-                return Ok(());
-            }
+        // A cancelled run stops at the next task boundary; its plate moves still run, so every
+        // plate ends up back in storage. A run that ended before it began (cancelled while it
+        // was admitted) has nothing on the bench: none of its jobs is done.
+        let run = match job {
+            Job::Task { run, .. } => *run,
+            Job::Move(m) => m.run,
+        };
+        let (store, id) = (self.store.clone(), runs[run].0.id.clone());
+        let state = blocking(move || store.run(None, &id)).await.map(|r| r.state);
+        match (job, state) {
+            (_, Ok(s)) if s.is_final() => return Ok(()),
+            (Job::Task { .. }, Ok(RunState::Cancelling)) => return Ok(()),
+            _ => {}
         }
         match job {
             Job::Move(m) => {

@@ -146,9 +146,20 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
     // brought it to the start of the move that takes it, and in the way of the next plate until
     // that move ends (an arm cannot lower a plate onto one it is still lifting off).
     let mut presence: Vec<(usize, usize, usize, f64, f64, f64)> = Vec::new();
-    for (ri, run) in p.runs.iter().enumerate() {
-        for pl in 0..run.plates.len() {
-            let mut mv: Vec<_> = s.moves.iter().filter(|m| m.run == ri && m.plate == pl).collect();
+    // Each plate's moves, gathered once (a filter per plate made validation quadratic).
+    let mut moves_of: Vec<Vec<Vec<&super::solve::MoveSlot>>> =
+        p.runs.iter().map(|r| vec![Vec::new(); r.plates.len()]).collect();
+    for m in &s.moves {
+        if let Some(list) = moves_of.get_mut(m.run).and_then(|r| r.get_mut(m.plate)) {
+            list.push(m);
+        }
+    }
+    // Where each plate's presences start in `presence`, by run and plate.
+    let mut presence_of: Vec<Vec<std::ops::Range<usize>>> = Vec::with_capacity(p.runs.len());
+    for ((ri, run), plates) in p.runs.iter().enumerate().zip(moves_of) {
+        let mut ranges = Vec::with_capacity(run.plates.len());
+        for (pl, mut mv) in plates.into_iter().enumerate() {
+            let first = presence.len();
             mv.sort_by(|a, b| a.start.total_cmp(&b.start));
             let mut at = p.storage;
             let mut since = run.release;
@@ -161,7 +172,9 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
                 since = m.end;
             }
             presence.push((ri, pl, at, since, f64::INFINITY, f64::INFINITY));
+            ranges.push(first..presence.len());
         }
+        presence_of.push(ranges);
     }
     // Tasks: release, duration, precedence, resource, plates present.
     // occupancy per resource: (start, end, weight)
@@ -199,7 +212,8 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
             let mut b = slot.end;
             if let (Some(nest), false) = (res.nest, res.class == InstrumentClass::Technician) {
                 for &pl in &t.plates {
-                    match presence.iter().find(|x| {
+                    let of_plate = presence_of[ri].get(pl).map_or(&presence[0..0], |r| &presence[r.clone()]);
+                    match of_plate.iter().find(|x| {
                         x.0 == ri && x.1 == pl && x.2 == nest && x.3 <= slot.start + EPS && x.4 + EPS >= slot.end
                     }) {
                         Some(x) => {
@@ -257,10 +271,20 @@ pub fn validate(p: &LabProblem, s: &LabSchedule) -> Vec<LabViolation> {
             v.push(LabViolation::Parked { run: ri, plate: pl, nest, at: a });
         }
     }
-    for (r, ks) in keyed.iter().enumerate() {
-        let clash = ks.iter().enumerate().find_map(|(i, x)| {
-            ks[i + 1..].iter().find(|y| y.2 != x.2 && y.0 < x.1 - EPS && y.1 > x.0 + EPS).map(|y| y.0.max(x.0))
-        });
+    for (r, ks) in keyed.iter_mut().enumerate() {
+        // A sweep by start: only intervals still open when one starts can overlap it (or any
+        // that starts later), so each is compared with those alone, not with all.
+        ks.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let mut open: Vec<(f64, f64, u64)> = Vec::new();
+        let mut clash = None;
+        for &x in ks.iter() {
+            open.retain(|y| y.1 > x.0 + EPS);
+            if let Some(y) = open.iter().find(|y| y.2 != x.2 && y.0 < x.1 - EPS && y.1 > x.0 + EPS) {
+                clash = Some(y.0.max(x.0));
+                break;
+            }
+            open.push(x);
+        }
         if let Some(at) = clash {
             v.push(LabViolation::Settings { resource: r, at });
         }
