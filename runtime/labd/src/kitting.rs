@@ -199,11 +199,7 @@ pub fn pick_list(
 mod tests {
     use super::*;
 
-    fn elisa() -> RunPlan {
-        let site = labware::Site::from_toml(include_str!("../../../sites/sim.toml")).unwrap();
-        let source = protocols::SourceFile::new("elisa.yaml", include_str!("../../../protocols/examples/elisa.yaml"));
-        protocols::compile(&source, protocols::Format::Auto, &site, &labware::Library::shipped()).plan.unwrap()
-    }
+    use crate::fixtures::elisa;
 
     fn lot(reagent: &str, lot: &str, expires_on: &str, ul: f64) -> ReagentLot {
         ReagentLot {

@@ -113,11 +113,7 @@ pub fn with_kitting(plan: &RunPlan, thaw_s: f64, retrieved: usize) -> RunPlan {
 mod tests {
     use super::*;
 
-    fn elisa() -> RunPlan {
-        let site = labware::Site::from_toml(include_str!("../../../sites/sim.toml")).unwrap();
-        let source = protocols::SourceFile::new("elisa.yaml", include_str!("../../../protocols/examples/elisa.yaml"));
-        protocols::compile(&source, protocols::Format::Auto, &site, &labware::Library::shipped()).plan.unwrap()
-    }
+    use crate::fixtures::elisa;
 
     #[test]
     fn kitting_comes_first_and_everything_else_after_the_thaw() {

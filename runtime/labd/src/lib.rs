@@ -38,6 +38,8 @@ pub mod daemon;
 pub mod demo;
 pub mod executor;
 pub mod experience;
+#[cfg(test)]
+mod fixtures;
 pub mod halt;
 pub mod health;
 pub mod held;

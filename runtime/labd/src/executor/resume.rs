@@ -228,20 +228,7 @@ mod tests {
         }
     }
 
-    fn elisa() -> RunPlan {
-        let site = labware::Site::sim().unwrap();
-        let source = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protocols/examples/elisa.yaml"),
-        )
-        .unwrap();
-        let c = protocols::compile(
-            &protocols::SourceFile::new("elisa.yaml", source),
-            protocols::Format::Auto,
-            &site,
-            &labware::Library::shipped(),
-        );
-        c.plan.expect("elisa compiles")
-    }
+    use crate::fixtures::elisa;
 
     fn sent(task: i64, index: i64, outcome: Option<&str>) -> Attempt {
         let mut a = moved("p", "x", outcome);
