@@ -131,41 +131,41 @@ impl Executor {
     /// restart is not made again. Returns the list as it stands.
     async fn retrieve(&self, run: &Run, list: Vec<PickItem>) -> Result<Vec<PickItem>, JobError> {
         let todo: Vec<PickItem> =
-            list.into_iter().filter(|i| i.kind == crate::kitting::RETRIEVAL && i.confirmed_at.is_none()).collect();
-        if !todo.is_empty() {
-            let plan: RunPlan = serde_json::from_str(&run.plan_json)
-                .map_err(|e| JobError::Lab(format!("the run's stored plan does not read back: {e}")))?;
-            let scoped = plan.scoped(&crate::store::run_prefix(&run.id));
-            let (store, tenant, id) = (self.store.clone(), run.tenant_id.clone(), run.id.clone());
-            let (containers, attempts) = blocking(move || Ok((store.containers(Some(&tenant))?, store.attempts(&id)?)))
-                .await
-                .map_err(JobError::store("reading the containers to bring out"))?;
-            for item in todo {
-                // The plate is the labware naming the container with the item's barcode.
-                let Some(c) = containers.iter().find(|c| c.barcode == item.expected) else { continue };
-                let Some(at) = plan.labware.iter().position(|l| l.container.as_deref() == Some(c.id.as_str())) else {
-                    continue;
-                };
-                let plate = scoped.labware[at].name.clone();
-                let reaches = |a: &&labware::site::Arm| a.reach.contains(&item.from) && a.reach.contains(&item.to);
-                let Some(arm) = self.lab.site.arms.iter().find(reaches) else { continue };
-                let moved = attempts.iter().any(|a| {
-                    a.intent.task_id < 0
-                        && a.outcome.as_deref() == Some("ok")
-                        && serde_json::from_str::<CommandOp>(&a.intent.op_json).is_ok_and(|op| {
-                            op == CommandOp::MoveLabware { labware: plate.clone(), to: item.to.clone() }
-                        })
-                });
-                if !moved {
-                    self.move_plate(run, &scoped, &plate, &item.from, &item.to, &arm.id).await?;
-                }
-                let (store, id, scan, by) =
-                    (self.store.clone(), run.id.clone(), vec![(item.n, item.expected.clone())], arm.id.clone());
-                blocking(move || store.confirm_picks(&id, &scan, &by))
-                    .await
-                    .map_err(JobError::store("confirming the plate the arm brought out"))?;
-                tracing::info!(run = %run.id, tenant = %run.tenant_id, instrument = %arm.id, store = %item.from, "plate brought out of an automated store");
+            list.iter().filter(|i| i.kind == crate::kitting::RETRIEVAL && i.confirmed_at.is_none()).cloned().collect();
+        if todo.is_empty() {
+            return Ok(list); // nothing for an arm: the list as it is, not read again
+        }
+        let plan: RunPlan = serde_json::from_str(&run.plan_json)
+            .map_err(|e| JobError::Lab(format!("the run's stored plan does not read back: {e}")))?;
+        let scoped = plan.scoped(&crate::store::run_prefix(&run.id));
+        let (store, tenant, id) = (self.store.clone(), run.tenant_id.clone(), run.id.clone());
+        let (containers, attempts) = blocking(move || Ok((store.containers(Some(&tenant))?, store.attempts(&id)?)))
+            .await
+            .map_err(JobError::store("reading the containers to bring out"))?;
+        for item in todo {
+            // The plate is the labware naming the container with the item's barcode.
+            let Some(c) = containers.iter().find(|c| c.barcode == item.expected) else { continue };
+            let Some(at) = plan.labware.iter().position(|l| l.container.as_deref() == Some(c.id.as_str())) else {
+                continue;
+            };
+            let plate = scoped.labware[at].name.clone();
+            let reaches = |a: &&labware::site::Arm| a.reach.contains(&item.from) && a.reach.contains(&item.to);
+            let Some(arm) = self.lab.site.arms.iter().find(reaches) else { continue };
+            let moved = attempts.iter().any(|a| {
+                a.intent.task_id < 0
+                    && a.outcome.as_deref() == Some("ok")
+                    && serde_json::from_str::<CommandOp>(&a.intent.op_json)
+                        .is_ok_and(|op| op == CommandOp::MoveLabware { labware: plate.clone(), to: item.to.clone() })
+            });
+            if !moved {
+                self.move_plate(run, &scoped, &plate, &item.from, &item.to, &arm.id).await?;
             }
+            let (store, id, scan, by) =
+                (self.store.clone(), run.id.clone(), vec![(item.n, item.expected.clone())], arm.id.clone());
+            blocking(move || store.confirm_picks(&id, &scan, &by))
+                .await
+                .map_err(JobError::store("confirming the plate the arm brought out"))?;
+            tracing::info!(run = %run.id, tenant = %run.tenant_id, instrument = %arm.id, store = %item.from, "plate brought out of an automated store");
         }
         let (store, id) = (self.store.clone(), run.id.clone());
         blocking(move || store.pick_list(&id)).await.map_err(JobError::store("reading the pick list"))
