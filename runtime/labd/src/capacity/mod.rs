@@ -330,6 +330,7 @@ fn report(
         )));
     }
     let late = planner.late();
+    let ends = s.completions();
     let makespan = s.makespan();
     let utilisation = utilisation(p, s, makespan);
     let bottleneck =
@@ -340,13 +341,8 @@ fn report(
     let profile_of: std::collections::BTreeMap<String, &str> =
         (0..tenants).map(|t| (tenant_name(t), workload.profiles[profiles[t]].name.as_str())).collect();
     for f in &fairness.tenants {
-        let turnarounds: Vec<f64> = p
-            .runs
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.tenant == f.tenant)
-            .map(|(i, r)| s.completion(i) - r.release)
-            .collect();
+        let turnarounds: Vec<f64> =
+            p.runs.iter().enumerate().filter(|(_, r)| r.tenant == f.tenant).map(|(i, r)| ends[i] - r.release).collect();
         per_tenant.push(TenantLine {
             tenant: f.tenant.clone(),
             profile: profile_of.get(&f.tenant).map_or_else(String::new, |p| p.to_string()),
@@ -374,7 +370,7 @@ fn report(
             + s.moves.iter().map(|m| m.end - m.start).sum::<f64>())
             / 3600.0;
     let promised_turnarounds: Vec<f64> =
-        (0..runs).filter(|&i| p.runs[i].class.promised()).map(|i| s.completion(i) - p.runs[i].release).collect();
+        (0..runs).filter(|&i| p.runs[i].class.promised()).map(|i| ends[i] - p.runs[i].release).collect();
     let consumables: f64 = arrivals.iter().map(|a| workload.protocols[a.2].consumables).sum();
     let storage: f64 = arrivals.iter().map(|a| workload.protocols[a.2].storage).sum();
     Ok(Report {
@@ -430,6 +426,7 @@ fn per_class(
         .map(|t| t.end - t.start)
         .sum();
     let solo = p.solo_turnarounds();
+    let ends = s.completions();
     let mut classes: Vec<labware::ServiceClass> = p.runs.iter().map(|r| r.class).collect();
     classes.sort_by_key(|c| c.rank());
     classes.dedup();
@@ -447,7 +444,7 @@ fn per_class(
                     }
                 }
             }
-            let turnaround: Vec<f64> = mine.iter().map(|&i| s.completion(i) - p.runs[i].release).collect();
+            let turnaround: Vec<f64> = mine.iter().map(|&i| ends[i] - p.runs[i].release).collect();
             let slowdown: Vec<f64> = mine.iter().zip(&turnaround).map(|(&i, t)| t / solo[i].max(1e-9)).collect();
             let n = mine.len().max(1) as f64;
             let promised: Vec<usize> = mine.iter().copied().filter(|&i| planner.promise(i).is_some()).collect();

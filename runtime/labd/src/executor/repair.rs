@@ -212,7 +212,7 @@ impl Executor {
                 _ => {}
             }
         }
-        let before: Vec<f64> = (0..s.runs.len()).map(|i| s.planner.schedule.completion(i)).collect();
+        let before: Vec<f64> = s.planner.schedule.completions();
         let improve = self.config.repair_budget;
         let mut because = Vec::new();
         for change in changes {
@@ -295,8 +295,9 @@ impl Executor {
         }
         // Starts resume with the new plan's jobs; the announcements can follow.
         self.respawn(s, dispatch, reports);
+        let ends = s.planner.schedule.completions();
         for (i, b) in before.iter().enumerate() {
-            let after = s.planner.schedule.completion(i);
+            let after = ends.get(i).copied().unwrap_or(0.0);
             if !s.closed[i] && (after - b).abs() > 60.0 {
                 let told = crate::reasons::told_to(&because, &s.runs[i].run.tenant_id);
                 let payload = serde_json::json!({

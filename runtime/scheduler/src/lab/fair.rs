@@ -36,12 +36,13 @@ impl LabProblem {
     /// half the slowdown: weighted slowdowns are equal when service is weighted-fair).
     pub fn worst_slowdown(&self, s: &LabSchedule, solo: &[f64]) -> f64 {
         let mut per: BTreeMap<&str, (f64, usize, f64)> = BTreeMap::new();
+        let ends = s.completions();
         for (ri, run) in self.runs.iter().enumerate() {
             if solo[ri].is_nan() || solo[ri] <= 0.0 {
                 continue;
             }
             let e = per.entry(run.tenant.as_str()).or_insert((0.0, 0, run.weight));
-            e.0 += (s.completion(ri) - run.release) / solo[ri];
+            e.0 += (ends[ri] - run.release) / solo[ri];
             e.1 += 1;
         }
         per.values().map(|&(sum, n, w)| sum / n as f64 * w).fold(0.0, f64::max)

@@ -737,8 +737,9 @@ impl LabProblem {
     /// As [`LabProblem::fairness`], with each run's turnaround alone already known.
     pub fn fairness_against(&self, s: &solve::LabSchedule, solo: &[f64]) -> Fairness {
         let mut per_tenant: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let ends = s.completions();
         for (ri, run) in self.runs.iter().enumerate() {
-            let shared = s.completion(ri) - run.release;
+            let shared = ends[ri] - run.release;
             if run.class.promised() && solo[ri] > 0.0 && solo[ri].is_finite() {
                 per_tenant.entry(run.tenant.clone()).or_default().push(shared / solo[ri]);
             }

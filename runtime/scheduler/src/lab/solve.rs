@@ -91,8 +91,12 @@ impl LabSchedule {
 
 /// Busy intervals of one resource, tagged with the run that booked them, sorted by start so a
 /// query only looks at the intervals near it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Timeline {
+    /// Nothing is placed before this (the problem's `not_before`): an interval that ends by then
+    /// can keep nothing out, so it is not kept. A repair long into a busy day would otherwise
+    /// search, and shift on every insertion, all the work done since the lab opened.
+    horizon: f64,
     /// (start, end, run, settings key): tasks with other settings cannot share the resource.
     busy: Vec<(f64, f64, usize, u64)>,
     /// Longest interval ever booked: how far back from a query an overlapping one can start.
@@ -105,6 +109,10 @@ struct Timeline {
 }
 
 impl Timeline {
+    fn new(horizon: f64) -> Timeline {
+        Timeline { horizon, busy: Vec::new(), max_len: 0.0, latest_end: 0.0, open: Vec::new() }
+    }
+
     fn book(&mut self, a: f64, b: f64, run: usize) {
         self.book_keyed(a, b, run, 0);
     }
@@ -114,10 +122,30 @@ impl Timeline {
             self.open.push((a, run, key));
             return;
         }
+        if b <= self.horizon + EPS {
+            return;
+        }
         let i = self.busy.partition_point(|x| x.0 <= a);
         self.busy.insert(i, (a, b, run, key));
         self.max_len = self.max_len.max(b - a);
         self.latest_end = self.latest_end.max(b);
+    }
+
+    /// [`Timeline::book`] without keeping the order: many bookings at once, then
+    /// [`Timeline::sort`] (inserting each in order shifts the whole tail every time).
+    fn book_unsorted(&mut self, a: f64, b: f64, run: usize) {
+        if b.is_infinite() || b <= self.horizon + EPS {
+            return self.book(a, b, run);
+        }
+        self.busy.push((a, b, run, 0));
+        self.max_len = self.max_len.max(b - a);
+        self.latest_end = self.latest_end.max(b);
+    }
+
+    /// Restores the order after [`Timeline::book_unsorted`]; equal starts keep the order they
+    /// were booked in, as [`Timeline::book`] would have put them.
+    fn sort(&mut self) {
+        self.busy.sort_by(|x, y| x.0.total_cmp(&y.0));
     }
 
     /// Removes the open-ended booking of `run` from `from`.
@@ -686,8 +714,8 @@ impl LabProblem {
     /// earliest deadline first, since nothing else can give it back the time.
     fn start_build(&self, order: &[usize]) -> (State, LabSchedule, Prebooked, Vec<usize>, usize) {
         let mut st = State {
-            res: vec![Timeline::default(); self.resources.len()],
-            arms: vec![Timeline::default(); self.arms.len()],
+            res: vec![Timeline::new(self.not_before); self.resources.len()],
+            arms: vec![Timeline::new(self.not_before); self.arms.len()],
         };
         let mut sched = LabSchedule { tasks: vec![Vec::new(); self.runs.len()], moves: Vec::new() };
         let pre = self.prebook(&mut st, &mut sched);
@@ -823,24 +851,35 @@ impl LabProblem {
         };
         // First what has happened: moves already made, lid tasks on arms. Two pinned tasks of a
         // plate that goes from one to the other without going home both list the moves that
-        // brought it: each move is booked once.
-        let mut booked = std::collections::HashSet::new();
+        // brought it: each move is booked once. Such pins are of one run, and pins come run by
+        // run, so the moves seen are those of the run at hand (a few).
+        let mut booked: (usize, Vec<MoveSlot>) = (usize::MAX, Vec::new());
         for (ri, _, pin) in pins() {
-            let made: Vec<MoveSlot> = pin
-                .inbound
-                .iter()
-                .chain(&pin.outbound)
-                .filter(|m| booked.insert((m.run, m.plate, m.arm, m.from, m.to, m.start.to_bits())))
-                .copied()
-                .collect();
+            if booked.0 != ri {
+                booked = (ri, Vec::new());
+            }
+            let mut made: Vec<MoveSlot> = Vec::new();
+            for m in pin.inbound.iter().chain(&pin.outbound) {
+                let same = |b: &MoveSlot| {
+                    (b.run, b.plate, b.arm, b.from, b.to, b.start.to_bits())
+                        == (m.run, m.plate, m.arm, m.from, m.to, m.start.to_bits())
+                };
+                if !booked.1.iter().any(same) {
+                    booked.1.push(*m);
+                    made.push(*m);
+                }
+            }
             for m in &made {
-                st.arms[m.arm].book(m.start, m.end, ri);
+                st.arms[m.arm].book_unsorted(m.start, m.end, ri);
                 sched.moves.push(*m);
             }
-            self.book_station_holds(st, &made, ri);
+            self.book_station_holds(st, &made, ri, Timeline::book_unsorted);
             if let (Some(a), true) = (pin.resource, pin.on_arm) {
-                st.arms[a].book(pin.start, pin.end, ri);
+                st.arms[a].book_unsorted(pin.start, pin.end, ri);
             }
+        }
+        for t in st.res.iter_mut().chain(st.arms.iter_mut()) {
+            t.sort();
         }
         // Then the moves still to make to take their plates home, never before now; first those
         // of instruments another pinned task's plate is already bound for, the soonest first: in
@@ -952,7 +991,13 @@ impl LabProblem {
 
     /// Books the transfer stations a chain of moves waits on (from one leg's start to the next
     /// leg's end, as `book_legs` does).
-    fn book_station_holds(&self, st: &mut State, moves: &[MoveSlot], ri: usize) {
+    fn book_station_holds(
+        &self,
+        st: &mut State,
+        moves: &[MoveSlot],
+        ri: usize,
+        book: fn(&mut Timeline, f64, f64, usize),
+    ) {
         for a in moves {
             let Some(r) = self.nests[a.to]
                 .owner
@@ -965,7 +1010,7 @@ impl LabProblem {
                 .filter(|b| b.plate == a.plate && b.from == a.to && b.start >= a.end - EPS)
                 .min_by(|x, y| x.start.total_cmp(&y.start));
             if let Some(b) = next {
-                st.res[r].book(a.start, b.end, ri);
+                book(&mut st.res[r], a.start, b.end, ri);
             }
         }
     }
@@ -976,7 +1021,7 @@ impl LabProblem {
         for m in &mine {
             st.arms[m.arm].book(m.start, m.end, ri);
         }
-        self.book_station_holds(st, &mine, ri);
+        self.book_station_holds(st, &mine, ri, Timeline::book);
         for (ti, pin) in self.pinned[ri].iter().enumerate() {
             let Some(pin) = pin else { continue };
             if let (Some(r), false) = (pin.resource, pin.on_arm) {
@@ -1013,8 +1058,8 @@ impl LabProblem {
 
     /// The objective: makespan first, then weighted completion (so heavier tenants finish sooner).
     pub fn cost(&self, s: &LabSchedule) -> (f64, f64) {
-        let weighted: f64 =
-            (0..self.runs.len()).map(|r| self.runs[r].weight * (s.completion(r) - self.runs[r].release)).sum();
+        let ends = s.completions();
+        let weighted: f64 = self.runs.iter().zip(&ends).map(|(run, end)| run.weight * (end - run.release)).sum();
         (s.makespan(), weighted)
     }
 }
