@@ -242,7 +242,7 @@ impl Executor {
             // The repair works on a copy: if it fails, the plan in force stays as it was.
             let mut planner = s.planner.clone();
             if let Change::Arrived(a) = &change {
-                planner.set_promise_margin(a.margin);
+                planner.set_margin_for_arrivals(a.margin);
             }
             let began = Instant::now();
             let (planner, result) = blocking(move || {

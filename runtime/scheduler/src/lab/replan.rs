@@ -127,6 +127,13 @@ impl Planner {
         }
     }
 
+    /// Promises made from now on add `margin` × the planned turnaround to the planned end; the
+    /// promises made before stay as they were (a lab that has grown less sure of its estimates
+    /// promises the next runs later, it does not move its word to the runs it has promised).
+    pub fn set_margin_for_arrivals(&mut self, margin: f64) {
+        self.promises.set_margin(margin);
+    }
+
     /// Restores a promise made before (an executor resuming from its store); `None` withdraws it.
     pub fn set_promise(&mut self, run: usize, due: Option<f64>) {
         self.promises.set(run, due);

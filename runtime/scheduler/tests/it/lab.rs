@@ -772,6 +772,35 @@ fn every_compiled_corpus_protocol_can_be_scheduled_on_the_site() {
     assert!(scheduled >= 2, "only {scheduled} of {} fixtures compiled", files.len());
 }
 
+/// A lab that grows less sure of its estimates promises its next runs with more margin; the
+/// runs it has already promised keep their promise (the executor once re-promised every run at
+/// each arrival, moving its word to where the plan then ended).
+#[test]
+fn a_wider_margin_for_arrivals_leaves_earlier_promises_as_they_were() {
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::replan::{Event, Planner};
+    use scheduler::lab::solve::LabBudget;
+    let site = labware::Site::sim().unwrap();
+    let base = generate(&site, 30, 2, 600.0, 7).unwrap();
+    let extra = generate(&site, 40, 3, 1.0, 107).unwrap();
+    let budget = LabBudget { time: None, iterations: Some(2) };
+    let mut planner = Planner::new(base, budget, 7).unwrap();
+    let mut margin = 0.35;
+    for (i, run) in extra.runs.into_iter().enumerate() {
+        let before: Vec<Option<f64>> = (0..planner.problem.runs.len()).map(|r| planner.promise(r)).collect();
+        margin += 0.1;
+        planner.set_margin_for_arrivals(margin);
+        planner.handle_within(300.0 * (i + 1) as f64, Event::RunArrived(run), budget).unwrap();
+        for (r, was) in before.iter().enumerate() {
+            assert_eq!(planner.promise(r), *was, "arrival {i} moved run {r}'s promise");
+        }
+        let new = planner.problem.runs.len() - 1;
+        let (release, end) = (planner.problem.runs[new].release, planner.schedule.completion(new));
+        let due = planner.promise(new).expect("the arrival is promised");
+        assert!(due >= end + margin * (end - release) - 1e-6, "arrival {i}: promised {due}, plan ends {end}");
+    }
+}
+
 /// Promises are protected: runs arriving one after another on a busy lab, every task taking
 /// exactly its estimate, and each run promised exactly its planned end when it arrived (no
 /// margin). An arrival may only go where it makes no older promise late, so every run finishes
