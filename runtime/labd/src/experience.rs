@@ -22,6 +22,11 @@ pub const MIN_SAMPLES: usize = 5;
 pub const MIN_FACTOR: f64 = 0.5;
 /// The correction never lengthens an estimate beyond three times it.
 pub const MAX_FACTOR: f64 = 3.0;
+/// A median within this of 1 is noise, not a bias: the estimate stays. Tasks lasting 0.8–1.2×
+/// their estimate give medians of 50 within about ±4 %; corrected by those, plans came out a
+/// little short as often as long, and the capacity simulation at 30 tenants, disturbed, kept
+/// 109 promises of 120 instead of 116.
+pub const DEAD_BAND: f64 = 0.05;
 
 /// One finished task: where it ran, what kind of work it was, estimated and actual seconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +94,8 @@ impl Experience {
         let factors: BTreeMap<(String, String), f64> = ratios
             .iter()
             .filter(|(_, v)| v.len() >= MIN_SAMPLES)
-            .map(|(k, v)| (k.clone(), median(v.clone()).clamp(MIN_FACTOR, MAX_FACTOR)))
+            .map(|(k, v)| (k.clone(), median(v.clone())))
+            .map(|(k, m)| (k, if (m - 1.0).abs() < DEAD_BAND { 1.0 } else { m.clamp(MIN_FACTOR, MAX_FACTOR) }))
             .collect();
         let mut left: Vec<f64> = ratios
             .iter()
@@ -253,6 +259,11 @@ mod tests {
         // Nonsense samples are ignored.
         let bad = vec![sample("Sealer", "seal", 0.0, 5.0); 10];
         assert_eq!(Experience::from_samples(&bad).factor("Sealer", "seal"), 1.0);
+        // A median within the dead band is noise: 0.96× and 1.04× leave the estimate; 0.94× not.
+        for (took, factor) in [(9.6, 1.0), (10.4, 1.0), (9.4, 0.94)] {
+            let s: Vec<_> = (0..10).map(|_| sample("Sealer", "seal", 10.0, took)).collect();
+            assert!((Experience::from_samples(&s).factor("Sealer", "seal") - factor).abs() < 1e-12, "{took}");
+        }
     }
 
     #[test]

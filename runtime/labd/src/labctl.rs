@@ -75,6 +75,11 @@ enum Cmd {
         /// Without it every task takes exactly its estimate.
         #[arg(long, value_name = "SEED")]
         disturb: Option<u64>,
+        /// Plan every run with the compiler's estimates, not corrected by what tasks took
+        /// before (the executor corrects them; this shows what learning changes). Matters
+        /// with --disturb or a workload's [durations].
+        #[arg(long)]
+        no_learning: bool,
         /// Instead of --tenants: find the most tenants whose runs' 90th percentile of
         /// turnaround stays within this many hours, and the price per device-hour that breaks
         /// even at that load.
@@ -246,13 +251,13 @@ fn run(cli: Cli) -> Result<i32> {
             out!("{}", serde_json::to_string_pretty(&protocols::shape::json_schema())?);
             Ok(0)
         }
-        Cmd::Simulate { site, workload, tenants, out, seed, disturb, turnaround_target, max_tenants } => {
+        Cmd::Simulate { site, workload, tenants, out, seed, disturb, no_learning, turnaround_target, max_tenants } => {
             let target = match turnaround_target {
                 Some(h) if h.is_finite() && h > 0.0 && max_tenants >= 1 => Some((h * 3600.0, max_tenants)),
                 Some(_) => bail!("--turnaround-target takes a positive number of hours, --max-tenants at least 1"),
                 None => None,
             };
-            simulate(site.as_deref(), &workload, &tenants, &out, seed, disturb, target)
+            simulate(site.as_deref(), &workload, &tenants, &out, seed, (disturb, !no_learning), target)
         }
         Cmd::Client(cmd) => crate::client::run(cli.conn, cmd),
     }
@@ -281,7 +286,7 @@ fn simulate(
     tenants: &[usize],
     out: &Path,
     seed: Option<u64>,
-    disturb: Option<u64>,
+    (disturb, learn): (Option<u64>, bool),
     target: Option<(f64, usize)>,
 ) -> Result<i32> {
     use crate::capacity;
@@ -292,6 +297,7 @@ fn simulate(
     let workload = capacity::Workload::load(workload_file, &site)?;
     let mut effort = seed.map_or_else(capacity::Effort::executor, capacity::Effort::seeded);
     effort.disturb = disturb;
+    effort.learn = learn;
     // With a target, the scenarios are the two either side of it.
     let (scenarios, at_target): (Vec<capacity::Report>, Option<capacity::AtTarget>) = match target {
         Some((target_s, max)) => {

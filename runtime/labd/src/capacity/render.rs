@@ -223,6 +223,29 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
             ));
         }
     }
+    if !r.durations.is_empty() {
+        md.push_str(&format!(
+            "\n### Durations: estimates against what tasks took\n\nRuns were planned with {}. Error: median of |actual − estimate| ÷ actual.\n\n\
+             | instrument class | kind | tasks | actual ÷ compiler's estimate | error, compiler's estimate | error, as planned | as planned, later half |\n|---|---|---:|---:|---:|---:|---:|\n",
+            if r.learned {
+                "estimates corrected by the tasks finished before each arrived (as the executor learns)"
+            } else {
+                "the compiler's estimates (`--no-learning`)"
+            }
+        ));
+        for d in &r.durations {
+            md.push_str(&format!(
+                "| {} | {} | {} | {:.2} | {:.1}% | {:.1}% | {:.1}% |\n",
+                d.class,
+                d.kind,
+                d.samples,
+                d.actual_over_estimate,
+                100.0 * d.error_estimate,
+                100.0 * d.error_planned,
+                100.0 * d.error_planned_later_half
+            ));
+        }
+    }
     md.push_str("\n### Per tenant\n\n| tenant | profile | runs | promises kept | mean turnaround | max turnaround | mean slowdown | max slowdown |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
     for t in &r.per_tenant {
         md.push_str(&format!(

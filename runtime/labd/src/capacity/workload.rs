@@ -30,6 +30,11 @@ pub struct WorkloadFile {
     /// Kinds of tenant, each with its share of the tenants (instead of `submit`).
     #[serde(default)]
     pub profile: Vec<ProfileEntry>,
+    /// Per instrument class, what a task on it really takes ÷ the compiler's estimate on this
+    /// lab (as `labctl durations` measures it): `plate_reader = 1.5`. Simulated tasks last that
+    /// long, and runs are planned with what the lab has learned of it so far.
+    #[serde(default)]
+    pub durations: std::collections::BTreeMap<labware::InstrumentClass, f64>,
 }
 
 /// A kind of tenant.
@@ -90,6 +95,8 @@ pub struct Workload {
     /// Kinds of tenant (one, named `all`, for a file without profiles).
     pub profiles: Vec<Profile>,
     pub currency: String,
+    /// What tasks really take ÷ their estimate, per instrument class (`[durations]`).
+    pub durations: Vec<(labware::InstrumentClass, f64)>,
 }
 
 /// A kind of tenant: its share and its entries in [`Workload::protocols`].
@@ -178,6 +185,13 @@ impl Workload {
         if !(file.storage_days.is_finite() && file.storage_days >= 0.0) {
             return Err(bad("storage_days must be a non-negative number of days".into()));
         }
+        if let Some((class, f)) = file.durations.iter().find(|(_, f)| !(f.is_finite() && **f > 0.0 && **f <= 10.0)) {
+            return Err(bad(format!(
+                "[durations] {}: {f} is not a factor of the estimate between 0 and 10; give what a task on it \
+                 really takes ÷ its estimate, as `labctl durations` reports it",
+                class.as_str()
+            )));
+        }
         if !(file.tenant_offset_s.is_finite() && file.tenant_offset_s >= 0.0) {
             return Err(bad("tenant_offset_s must be a non-negative number of seconds".into()));
         }
@@ -243,7 +257,8 @@ impl Workload {
             }
             profiles.push(Profile { name: name.clone(), share: *share, protocols: mine });
         }
-        Ok(Workload { tenant_offset_s: file.tenant_offset_s, protocols, profiles, currency })
+        let durations = file.durations.into_iter().collect();
+        Ok(Workload { tenant_offset_s: file.tenant_offset_s, protocols, profiles, currency, durations })
     }
 
     /// The profile of each of `tenants` tenants: tenants are dealt to profiles in proportion

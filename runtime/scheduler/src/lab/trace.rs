@@ -7,7 +7,7 @@ use super::check::validate;
 use super::generate::generate;
 use super::replan::{Event, Planner};
 use super::solve::LabBudget;
-use super::Run;
+use super::{LabProblem, Run};
 use crate::shop::solve::Rng;
 use labware::{InstrumentClass, Site};
 use std::time::Duration;
@@ -86,7 +86,7 @@ pub fn run_trace(site: &Site, cfg: &TraceConfig) -> Result<TraceStats, String> {
     if let Some(w) = cfg.window {
         planner.set_window(w);
     }
-    let lab = Disturbance { noise: NOISE, failures };
+    let lab = Disturbance { noise: NOISE, failures, bias: Vec::new() };
     let mut stats =
         drive(&mut planner, arrivals, &lab, &mut rng, cfg.validate, LabBudget { time: None, iterations: Some(0) })
             .map_err(|e| format!("seed {seed}, {e}"))?;
@@ -105,6 +105,48 @@ pub struct Disturbance {
     pub noise: f64,
     /// Instruments going down: (when, resource, for how long), device seconds.
     pub failures: Vec<(f64, usize, f64)>,
+    /// Per instrument class, how much longer than the estimate it arrived with a task on such
+    /// an instrument really lasts (before the noise): a compiler's model that is off on this
+    /// lab. Classes not listed take their estimate.
+    pub bias: Vec<(InstrumentClass, f64)>,
+}
+
+impl Disturbance {
+    fn bias(&self, class: Option<InstrumentClass>) -> f64 {
+        class.and_then(|c| self.bias.iter().find(|b| b.0 == c)).map_or(1.0, |b| b.1)
+    }
+}
+
+/// A task on an instrument that has ended, as the planner's side of a lab learns from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Finished {
+    pub run: usize,
+    pub task: usize,
+    /// The instrument it ran on.
+    pub resource: Option<usize>,
+    /// Its estimate when its run arrived, before any correction.
+    pub estimate: f64,
+    /// What it was planned to take (the estimate as corrected when its run arrived).
+    pub planned: f64,
+    /// What it took.
+    pub actual: f64,
+}
+
+/// How a lab learns durations from experience while [`drive_learning`] runs it: told of every
+/// task on an instrument that ends, it corrects the estimates of each run before it arrives.
+pub trait Learning {
+    fn finished(&mut self, problem: &super::LabProblem, task: Finished);
+    /// `run`, about to arrive as run number `index`, with its estimates corrected.
+    fn correct(&mut self, index: usize, run: &mut Run);
+}
+
+/// Learns nothing: every run is planned with the estimates it arrives with.
+#[derive(Debug)]
+pub struct NoLearning;
+
+impl Learning for NoLearning {
+    fn finished(&mut self, _: &super::LabProblem, _: Finished) {}
+    fn correct(&mut self, _: usize, _: &mut Run) {}
 }
 
 /// Drives `planner` through a lab's events in virtual time until every task has ended: runs
@@ -114,11 +156,26 @@ pub struct Disturbance {
 /// checked by the validator. Errors name the event and the first violations.
 pub fn drive(
     planner: &mut Planner,
+    arrivals: Vec<(f64, Run)>,
+    lab: &Disturbance,
+    rng: &mut Rng,
+    check: bool,
+    improve: LabBudget,
+) -> Result<TraceStats, String> {
+    drive_learning(planner, arrivals, lab, rng, check, improve, &mut NoLearning)
+}
+
+/// [`drive`], with `learning` told of every task on an instrument that ends and correcting each
+/// arriving run's estimates. What a task really lasts comes from the estimate its run arrived
+/// with (× the lab's bias for its instrument class, × the noise), never from the corrected one.
+pub fn drive_learning(
+    planner: &mut Planner,
     mut arrivals: Vec<(f64, Run)>,
     lab: &Disturbance,
     rng: &mut Rng,
     check: bool,
     improve: LabBudget,
+    learning: &mut dyn Learning,
 ) -> Result<TraceStats, String> {
     let mut failures = lab.failures.clone();
     failures.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -129,6 +186,10 @@ pub fn drive(
     let mut started: Vec<Vec<Option<f64>>> = planner.problem.runs.iter().map(|r| vec![None; r.tasks.len()]).collect();
     let mut finished: Vec<Vec<bool>> = planner.problem.runs.iter().map(|r| vec![false; r.tasks.len()]).collect();
     let mut overrun_told: Vec<Vec<bool>> = finished.clone();
+    // Per run and task: the estimate it arrived with, and when it really began.
+    let mut estimates: Vec<Vec<f64>> =
+        planner.problem.runs.iter().map(|r| r.tasks.iter().map(|t| t.duration).collect()).collect();
+    let mut began: Vec<Vec<f64>> = started.iter().map(|s| vec![f64::NAN; s.len()]).collect();
     let mut ups: Vec<(f64, usize)> = Vec::new();
     let mut stats = TraceStats::default();
     let mut now = 0.0f64;
@@ -168,7 +229,9 @@ pub fn drive(
             }
         }
         if let Some((t, run)) = arrivals.front() {
-            consider(*t, 2, Event::RunArrived(run.clone()));
+            let mut run = run.clone();
+            learning.correct(planner.problem.runs.len(), &mut run);
+            consider(*t, 2, Event::RunArrived(run));
         }
         if let Some(&(t, r, d)) = failures.first() {
             consider(t, 2, Event::InstrumentDown { resource: r, until: t + d });
@@ -180,7 +243,9 @@ pub fn drive(
         now = now.max(t);
         match &ev {
             Event::RunArrived(_) => {
-                arrivals.pop_front();
+                if let Some((_, run)) = arrivals.pop_front() {
+                    estimates.push(run.tasks.iter().map(|t| t.duration).collect());
+                }
             }
             Event::InstrumentDown { resource, until } => {
                 ups.push((*until, *resource));
@@ -191,12 +256,28 @@ pub fn drive(
                 ups.remove(0);
             }
             Event::TaskStarted { run, task } => {
-                let d = planner.problem.runs[*run].tasks[*task].duration;
+                let d = estimates[*run][*task] * lab.bias(planner.problem.runs[*run].tasks[*task].class);
                 let noise = 1.0 - lab.noise + 2.0 * lab.noise * (rng.below(1000) as f64 / 1000.0);
                 started[*run][*task] = Some(now + d * noise);
+                began[*run][*task] = now;
             }
             Event::TaskOverrun { run, task, .. } => overrun_told[*run][*task] = true,
-            Event::TaskFinished { run, task, .. } => finished[*run][*task] = true,
+            Event::TaskFinished { run, task, at } => {
+                finished[*run][*task] = true;
+                let (r, t) = (*run, *task);
+                let lab_task = &planner.problem.runs[r].tasks[t];
+                if lab_task.class.is_some() && !LabProblem::is_arm_task(lab_task) {
+                    let finished = Finished {
+                        run: r,
+                        task: t,
+                        resource: planner.schedule.tasks[r][t].resource,
+                        estimate: estimates[r][t],
+                        planned: lab_task.duration,
+                        actual: at - began[r][t],
+                    };
+                    learning.finished(&planner.problem, finished);
+                }
+            }
             Event::RunCancelled { .. } | Event::ReservationsChanged(_) => {}
         }
         let rep = planner.handle_within(now, ev.clone(), improve).map_err(|e| format!("at {now}: {e}"))?;
@@ -204,6 +285,7 @@ pub fn drive(
         if let Event::RunArrived(_) = ev {
             let n = planner.problem.runs.last().map_or(0, |r| r.tasks.len());
             started.push(vec![None; n]);
+            began.push(vec![f64::NAN; n]);
             finished.push(vec![false; n]);
             overrun_told.push(vec![false; n]);
         }
