@@ -404,6 +404,11 @@ pub struct Prices {
     /// a class not listed pays the listed rates (1.0).
     #[serde(default)]
     pub class: BTreeMap<crate::ServiceClass, f64>,
+    /// The turnaround a class is sold with, as a factor of a run's turnaround on the empty lab
+    /// (`priority = 1.5`: done within one and a half times its own length). Only priority may
+    /// have one: standard runs share the lab fairly, spot runs wait without limit.
+    #[serde(default)]
+    pub turnaround: BTreeMap<crate::ServiceClass, f64>,
 }
 
 /// General facts about the site.
@@ -769,6 +774,20 @@ impl Site {
                 ));
             }
         }
+        for (class, factor) in &self.prices.turnaround {
+            if *class != crate::ServiceClass::Priority {
+                return Err(invalid(
+                    format!("prices.turnaround.{class}"),
+                    "only priority is sold with a turnaround: standard runs share the lab fairly and spot runs wait without limit",
+                ));
+            }
+            if !(factor.is_finite() && *factor >= 1.0) {
+                return Err(invalid(
+                    format!("prices.turnaround.{class}"),
+                    "must be a factor of at least 1 on the run's turnaround on the empty lab (1.5: within one and a half times its own length)",
+                ));
+            }
+        }
         for condition in self.prices.storage_per_day.keys() {
             if !STORAGE_CONDITIONS.contains(&condition.as_str()) {
                 return Err(invalid(
@@ -899,6 +918,11 @@ impl Site {
     /// The factor on device-time prices for a service class (1 when the table has none).
     pub fn class_factor(&self, class: crate::ServiceClass) -> f64 {
         self.prices.class.get(&class).copied().unwrap_or(1.0)
+    }
+
+    /// The turnaround `class` is sold with, as a factor of a run's turnaround on the empty lab.
+    pub fn turnaround_target(&self, class: crate::ServiceClass) -> Option<f64> {
+        self.prices.turnaround.get(&class).copied()
     }
 
     /// The typical arm move time: the mean of every arm's default move.

@@ -194,7 +194,18 @@ fn bad_site_files_name_the_key() {
     let reached = sim.replace(fridge, automated).replace("reach = [\"hotel1\"", "reach = [\"fridge1\", \"hotel1\"");
     let site = Site::from_toml(&reached).unwrap();
     assert!(site.storage[1].automated && site.arms[0].reach.contains(&"fridge1".to_string()));
+    // A turnaround is sold with priority only, at a factor of at least 1 on the run's own length.
+    let sold = |table: &str| format!("{sim}\n[prices.turnaround]\n{table}\n");
+    assert_eq!(
+        Site::from_toml(&sold("priority = 1.5")).unwrap().turnaround_target(labware::ServiceClass::Priority),
+        Some(1.5)
+    );
+    assert!(
+        err(&sold("standard = 2.0")).contains("prices.turnaround.standard: only priority is sold with a turnaround")
+    );
+    assert!(err(&sold("priority = 0.9")).contains("prices.turnaround.priority: must be a factor of at least 1"));
     let site = Site::sim().unwrap();
+    assert_eq!(site.turnaround_target(labware::ServiceClass::Priority), None);
     assert_eq!(
         site.storage.iter().map(|u| u.condition.as_str()).collect::<Vec<_>>(),
         ["ambient", "4C", "-20C", "-80C"]

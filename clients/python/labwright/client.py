@@ -103,6 +103,10 @@ class Quote:
     # when the lab would promise it if submitted now (Unix ms; 0 for spot, promised nothing).
     service_class: str = "standard"
     promised_by_at_ms: int = 0
+    # A class sold with a turnaround (the site's [prices.turnaround]): that target in device
+    # seconds from now (0 for none), and whether the lab can finish within it now.
+    turnaround_target_s: float = 0.0
+    meets_target: bool = False
 
 
 def _diagnostics(pb: Sequence[Any]) -> list[Diagnostic]:
@@ -203,6 +207,8 @@ class Lab:
             consumables,
             resp.service_class,
             resp.promised_by_at_ms,
+            resp.turnaround_target_s,
+            resp.meets_target,
         )
 
     def submit(self, protocol: Protocol, key: str | None = None, service_class: str = "standard") -> "Run":

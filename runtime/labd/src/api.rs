@@ -281,15 +281,15 @@ impl Api {
     }
 
     /// When a protocol submitted now would start and finish (device seconds from now), planned
-    /// behind every run queued or under way, with estimates corrected by `experience`. Nothing
-    /// about those runs is returned.
-    async fn earliest_completion(
+    /// behind every run queued or under way, with estimates corrected by `experience`, and when
+    /// it would finish on the empty lab. Nothing about those runs is returned.
+    pub(crate) async fn earliest_completion(
         &self,
         who: &Principal,
         plan: protocols::plan::RunPlan,
         class: labware::ServiceClass,
         experience: crate::experience::Experience,
-    ) -> Result<(f64, f64), Status> {
+    ) -> Result<Earliest, Status> {
         use scheduler::lab::{replan::Planner, solve, LabProblem};
         let (store, own, units) = (self.store.clone(), who.tenant_id.clone(), self.site.storage.clone());
         // Only a plan that names containers is read again for them.
@@ -311,6 +311,7 @@ impl Api {
         .await?;
         let (site, tenant) = (self.site.clone(), who.tenant_id.clone().unwrap_or_else(|| "quote".into()));
         let kitting = self.kitting;
+        let sold_with_turnaround = self.site.turnaround_target(class).is_some();
         tokio::task::spawn_blocking(move || {
             let mut p = LabProblem::from_site(&site).map_err(|e| Status::internal(e.0))?;
             for r in &queue {
@@ -334,14 +335,33 @@ impl Api {
                 .add_plan("quote", &tenant, 1.0, ready_s, &plan)
                 .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
             p.runs[me].class = class;
+            let alone_s = p.runs[me].release + p.empty_lab().turnaround_alone(&p.runs[me]);
             // Planned as the executor would: classes in their order (priority, standard, spot).
             let budget = solve::LabBudget { time: Some(std::time::Duration::from_millis(100)), iterations: None };
             let planner = Planner::new(p, budget, 7).map_err(|_| Status::internal("the scheduler found no plan"))?;
-            let start = planner.schedule.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
-            Ok((if start.is_finite() { start } else { 0.0 }, planner.schedule.completion(me)))
+            let mut schedule = planner.schedule;
+            // Sold with a turnaround, it is taken only behind the runs of its class already
+            // promised theirs: planned after them, whatever order would be shortest.
+            if sold_with_turnaround {
+                let p = &planner.problem;
+                let mut order: Vec<usize> = (0..p.runs.len()).collect();
+                order.sort_by_key(|&r| (p.runs[r].class.rank(), r == me));
+                schedule = p.build(&order).ok_or_else(|| Status::internal("the scheduler found no plan"))?;
+            }
+            let start = schedule.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
+            let start_s = if start.is_finite() { start } else { 0.0 };
+            Ok(Earliest { start_s, end_s: schedule.completion(me), alone_s })
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    /// A priority run's turnaround target (`[prices.turnaround]`) against when it would finish
+    /// if submitted now: `Some((target, earliest))` in device seconds from now, `None` when the
+    /// class is sold with none.
+    pub(crate) fn turnaround_target(&self, class: labware::ServiceClass, e: &Earliest) -> Option<(f64, f64)> {
+        let factor = self.site.turnaround_target(class)?;
+        Some((factor * e.alone_s, e.end_s))
     }
 
     /// An instrument as technicians see it: maintenance and down flags first, then its answer.
@@ -408,4 +428,13 @@ impl Api {
             service_class: run.class.as_str().into(),
         })
     }
+}
+
+/// When a protocol submitted now would start and finish, and finish on the empty lab (device
+/// seconds from now).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Earliest {
+    pub start_s: f64,
+    pub end_s: f64,
+    pub alone_s: f64,
 }

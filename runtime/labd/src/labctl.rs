@@ -241,6 +241,12 @@ fn run(cli: Cli) -> Result<i32> {
                         }
                         out!("  {:<34}{:>36.2} {}", "per-run fee", q.per_run, q.currency);
                         out!("  {:<34}{:>36.2} {}", "total", q.total, q.currency);
+                        if let Some(f) = site.turnaround_target(class) {
+                            out!(
+                                "  {:<34}within {f}× its time on an empty lab (a server's quote says whether it fits now)",
+                                "turnaround sold"
+                            );
+                        }
                     }
                 }
             }

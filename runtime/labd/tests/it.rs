@@ -43,6 +43,8 @@ mod scaleout;
 mod schema;
 #[path = "it/serve.rs"]
 mod serve;
+#[path = "it/service.rs"]
+mod service;
 #[path = "it/simulate.rs"]
 mod simulate;
 #[path = "it/store.rs"]

@@ -84,8 +84,13 @@ impl pb::protocols_server::Protocols for Api {
         let ok = !c.has_errors();
         if let Some(plan) = c.plan.filter(|_| ok) {
             let margin = experience.promise_margin(scheduler::lab::promise::DEFAULT_MARGIN);
-            let (start, s) = self.earliest_completion(&who, plan, class, experience).await?;
+            let e = self.earliest_completion(&who, plan, class, experience).await?;
+            let (start, s) = (e.start_s, e.end_s);
             let at = |device_s: f64| store::now_ms() + (device_s * self.time_scale * 1000.0) as i64;
+            if let Some((target, earliest)) = self.turnaround_target(class, &e) {
+                out.turnaround_target_s = target;
+                out.meets_target = earliest <= target + 1e-6;
+            }
             out.estimated_start_s = start;
             out.estimated_start_at_ms = at(start);
             out.earliest_completion_s = s;

@@ -59,6 +59,32 @@ impl pb::runs_server::Runs for Api {
             return Ok(Response::new(pb::SubmitResponse { run: None, created: false, diagnostics: diags }));
         };
         self.some_cell_can_run(&plan)?;
+        // A class sold with a turnaround is taken only when the lab can keep it now (a retried
+        // submission of a run already taken gets that run back, as ever).
+        let retried = |store: std::sync::Arc<dyn store::Store>, tenant: String, key: String| async move {
+            Ok::<bool, Status>(
+                !key.is_empty()
+                    && blocking(move || store.runs(Some(&tenant), &[]))
+                        .await?
+                        .iter()
+                        .any(|run| run.idempotency_key == key),
+            )
+        };
+        if self.site.turnaround_target(class).is_some()
+            && !retried(self.store.clone(), tenant.clone(), r.idempotency_key.clone()).await?
+        {
+            let experience = self.experience().await?;
+            let e = self.earliest_completion(&who, plan.clone(), class, experience).await?;
+            if let Some((target, earliest)) = self.turnaround_target(class, &e).filter(|(t, e)| e > &(t + 1e-6)) {
+                let h = |s: f64| format!("{:.2} h", s / 3600.0);
+                return Err(Status::failed_precondition(format!(
+                    "the lab cannot finish this {class} run within its turnaround of {} now (it would take {}); \
+                     submit it as standard, or later (`labctl quote --class {class}` says when it fits)",
+                    h(target),
+                    h(earliest)
+                )));
+            }
+        }
         let new = store::NewRun {
             tenant_id: tenant,
             idempotency_key: r.idempotency_key,

@@ -83,6 +83,9 @@ pub struct ClassLine {
     /// Runs promised a completion (spot: none) and of those, finished by it.
     pub promised: usize,
     pub promises_kept: usize,
+    /// Sold with a turnaround (the site's `[prices.turnaround]`): its runs that finished within
+    /// it (turnaround ≤ the factor × turnaround alone); `None` when the class has none.
+    pub within_turnaround: Option<usize>,
 }
 
 /// A bar of the Gantt chart.
@@ -378,7 +381,7 @@ fn report(
         });
     }
     let promised = (0..p.runs.len()).filter(|&i| planner.promise(i).is_some()).count();
-    let per_class = per_class(p, s, planner, &late, workload, arrivals, &bottleneck);
+    let per_class = per_class(p, s, planner, (&late, site), workload, arrivals, &bottleneck);
     let runs = p.runs.len();
     let hourly: f64 = site.instruments.iter().map(|i| site.price_per_hour(i.class)).sum();
     let site_cost_per_run = hourly * makespan / 3600.0 / runs as f64;
@@ -434,7 +437,7 @@ fn per_class(
     p: &LabProblem,
     s: &LabSchedule,
     planner: &Planner,
-    late: &[usize],
+    (late, site): (&[usize], &Site),
     workload: &Workload,
     arrivals: &[(f64, usize, usize)],
     bottleneck: &str,
@@ -481,6 +484,9 @@ fn per_class(
                 mean_slowdown: slowdown.iter().sum::<f64>() / n,
                 promised: promised.len(),
                 promises_kept: promised.iter().filter(|i| !late.contains(i)).count(),
+                within_turnaround: site
+                    .turnaround_target(class)
+                    .map(|f| turnaround.iter().zip(&mine).filter(|(t, &i)| **t <= f * solo[i] + 1e-6).count()),
             }
         })
         .collect()

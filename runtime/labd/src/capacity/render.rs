@@ -201,7 +201,7 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
     }
     if r.per_class.len() > 1 || r.per_class.iter().any(|c| c.class != labware::ServiceClass::Standard) {
         md.push_str(&format!(
-            "\n### Per service class\n\n| class | runs | device time | share of {} | revenue ({}) | mean turnaround | mean slowdown | promises kept |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+            "\n### Per service class\n\n| class | runs | device time | share of {} | revenue ({}) | mean turnaround | mean slowdown | promises kept | within its turnaround |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             r.bottleneck, r.currency
         ));
         for c in &r.per_class {
@@ -210,8 +210,9 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
             } else {
                 format!("{} of {}", c.promises_kept, c.promised)
             };
+            let within = c.within_turnaround.map_or_else(|| "—".to_string(), |n| format!("{n} of {}", c.runs));
             md.push_str(&format!(
-                "| {} | {} | {} | {:.1}% | {:.2} | {} | {:.2} | {} |\n",
+                "| {} | {} | {} | {:.1}% | {:.2} | {} | {:.2} | {} | {} |\n",
                 c.class,
                 c.runs,
                 hours(c.device_s),
@@ -219,7 +220,8 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
                 c.revenue,
                 hours(c.mean_turnaround_s),
                 c.mean_slowdown,
-                kept
+                kept,
+                within
             ));
         }
     }
