@@ -229,9 +229,8 @@ pub fn drive_learning(
             }
         }
         if let Some((t, run)) = arrivals.front() {
-            let mut run = run.clone();
-            learning.correct(planner.problem.runs.len(), &mut run);
-            consider(*t, 2, Event::RunArrived(run));
+            // Corrected by what the lab has learned only if this is what happens next.
+            consider(*t, 2, Event::RunArrived(run.clone()));
         }
         if let Some(&(t, r, d)) = failures.first() {
             consider(t, 2, Event::InstrumentDown { resource: r, until: t + d });
@@ -239,13 +238,14 @@ pub fn drive_learning(
         if let Some(&(t, r)) = ups.first() {
             consider(t, 2, Event::InstrumentUp { resource: r });
         }
-        let Some((t, _, ev)) = next else { break };
+        let Some((t, _, mut ev)) = next else { break };
         now = now.max(t);
-        match &ev {
-            Event::RunArrived(_) => {
-                if let Some((_, run)) = arrivals.pop_front() {
-                    estimates.push(run.tasks.iter().map(|t| t.duration).collect());
-                }
+        match &mut ev {
+            Event::RunArrived(arriving) => {
+                let Some((_, mut run)) = arrivals.pop_front() else { break };
+                estimates.push(run.tasks.iter().map(|t| t.duration).collect());
+                learning.correct(planner.problem.runs.len(), &mut run);
+                *arriving = run;
             }
             Event::InstrumentDown { resource, until } => {
                 ups.push((*until, *resource));
@@ -273,7 +273,7 @@ pub fn drive_learning(
                         resource: planner.schedule.tasks[r][t].resource,
                         estimate: estimates[r][t],
                         planned: lab_task.duration,
-                        actual: at - began[r][t],
+                        actual: *at - began[r][t],
                     };
                     learning.finished(&planner.problem, finished);
                 }
