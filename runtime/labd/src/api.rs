@@ -294,9 +294,18 @@ impl Api {
         let (store, own, units) = (self.store.clone(), who.tenant_id.clone(), self.site.storage.clone());
         // Only a plan that names containers is read again for them.
         let probe = plan.labware.iter().any(|l| l.container.is_some()).then(|| plan.clone());
-        let (queue, ready_s, retrieved) = blocking(move || {
+        let sold_with_turnaround = self.site.turnaround_target(class).is_some();
+        let (queue, promised_ms, ready_s, retrieved) = blocking(move || {
             let queue = store
                 .runs(None, &[RunState::Queued, RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling])?;
+            // A class sold with a turnaround is placed as the executor places an arrival: where
+            // it breaks no promise in force; so those promises are read (none otherwise).
+            let mut promised_ms = Vec::new();
+            if sold_with_turnaround {
+                for r in &queue {
+                    promised_ms.push(crate::service::first_promise_ms(&store.events(None, &r.id, 0)?));
+                }
+            }
             // Frozen material it names thaws before its first step, as the executor plans it;
             // what an arm brings out of an automated store no technician fetches.
             let (ready_s, retrieved) = match (own, probe) {
@@ -306,21 +315,24 @@ impl Api {
                 }
                 _ => (0.0, 0),
             };
-            Ok::<_, store::StoreError>((queue, ready_s, retrieved))
+            Ok::<_, store::StoreError>((queue, promised_ms, ready_s, retrieved))
         })
         .await?;
         let (site, tenant) = (self.site.clone(), who.tenant_id.clone().unwrap_or_else(|| "quote".into()));
-        let kitting = self.kitting;
-        let sold_with_turnaround = self.site.turnaround_target(class).is_some();
+        let (kitting, scale, now_ms) = (self.kitting, self.time_scale, store::now_ms());
         tokio::task::spawn_blocking(move || {
             let mut p = LabProblem::from_site(&site).map_err(|e| Status::internal(e.0))?;
-            for r in &queue {
+            // Per run of the model, its promise in device seconds from now, if it has one.
+            let mut promises: Vec<Option<f64>> = Vec::new();
+            for (k, r) in queue.iter().enumerate() {
                 let Ok(rp) = serde_json::from_str::<protocols::plan::RunPlan>(&r.plan_json) else { continue };
                 let short = crate::store::run_prefix(&r.id);
                 let rp = experience.corrected(&rp.scoped(&short));
                 // A run that cannot be modelled is left out of the estimate, which errs early.
                 if let Ok(i) = p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp) {
                     p.runs[i].class = r.class;
+                    let due = promised_ms.get(k).copied().flatten();
+                    promises.push(due.map(|ms| (ms - now_ms) as f64 / 1000.0 / scale.max(1e-9)));
                 }
             }
             // Where people kit, kitting and the thaw are the plan's first tasks, as the executor
@@ -331,23 +343,18 @@ impl Api {
                 (plan, ready_s)
             };
             let plan = experience.corrected(&plan.scoped("quote"));
-            let me = p
-                .add_plan("quote", &tenant, 1.0, ready_s, &plan)
-                .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
-            p.runs[me].class = class;
+            let mut run = scheduler::lab::Run::from_plan("quote", &tenant, 1.0, ready_s, &plan);
+            run.class = class;
+            if sold_with_turnaround {
+                return arriving_as_the_executor_places_it(p, run, &promises);
+            }
+            let me =
+                p.add_run(run).map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
             let alone_s = p.runs[me].release + p.empty_lab().turnaround_alone(&p.runs[me]);
             // Planned as the executor would: classes in their order (priority, standard, spot).
             let budget = solve::LabBudget { time: Some(std::time::Duration::from_millis(100)), iterations: None };
             let planner = Planner::new(p, budget, 7).map_err(|_| Status::internal("the scheduler found no plan"))?;
-            let mut schedule = planner.schedule;
-            // Sold with a turnaround, it is taken only behind the runs of its class already
-            // promised theirs: planned after them, whatever order would be shortest.
-            if sold_with_turnaround {
-                let p = &planner.problem;
-                let mut order: Vec<usize> = (0..p.runs.len()).collect();
-                order.sort_by_key(|&r| (p.runs[r].class.rank(), r == me));
-                schedule = p.build(&order).ok_or_else(|| Status::internal("the scheduler found no plan"))?;
-            }
+            let schedule = planner.schedule;
             let start = schedule.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
             let start_s = if start.is_finite() { start } else { 0.0 };
             Ok(Earliest { start_s, end_s: schedule.completion(me), alone_s })
@@ -437,4 +444,40 @@ pub(crate) struct Earliest {
     pub start_s: f64,
     pub end_s: f64,
     pub alone_s: f64,
+}
+
+/// Where a run sold with a turnaround would go if it arrived now, as the executor places an
+/// arrival (`Planner::handle`): the runs queued or under way planned first (all from now, which
+/// errs late), each promised the later of its promise in force (`promises`, device seconds from
+/// now) and where this plan ends it, then the run arriving where it breaks none of them.
+fn arriving_as_the_executor_places_it(
+    p: scheduler::lab::LabProblem,
+    run: scheduler::lab::Run,
+    promises: &[Option<f64>],
+) -> Result<Earliest, Status> {
+    use scheduler::lab::{replan::Event, replan::Planner, solve::LabBudget};
+    let alone_s = run.release + p.empty_lab().turnaround_alone(&run);
+    let budget = LabBudget { time: Some(std::time::Duration::from_millis(100)), iterations: None };
+    let no_plan = |_| Status::internal("the scheduler found no plan");
+    let mut planner = if p.runs.is_empty() {
+        let mut alone = p;
+        alone.add_run(run).map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
+        let planner = Planner::new(alone, budget, 7).map_err(no_plan)?;
+        let s = &planner.schedule;
+        let start = s.tasks[0].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
+        return Ok(Earliest { start_s: if start.is_finite() { start } else { 0.0 }, end_s: s.completion(0), alone_s });
+    } else {
+        Planner::new(p, budget, 7).map_err(no_plan)?
+    };
+    let ends = planner.schedule.completions();
+    for (i, due) in promises.iter().enumerate() {
+        planner.set_promise(i, due.map(|d| d.max(ends[i])));
+    }
+    planner
+        .handle_within(0.0, Event::RunArrived(run), LabBudget { time: None, iterations: Some(0) })
+        .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
+    let me = planner.problem.runs.len() - 1;
+    let s = &planner.schedule;
+    let start = s.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
+    Ok(Earliest { start_s: if start.is_finite() { start } else { 0.0 }, end_s: s.completion(me), alone_s })
 }
