@@ -164,7 +164,7 @@ impl Experience {
 }
 
 /// The median of a non-empty list (1 for an empty one).
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 1.0;
     }

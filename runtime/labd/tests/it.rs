@@ -50,6 +50,23 @@ mod simulate;
 #[path = "it/store.rs"]
 mod store;
 
+/// A server's quote of `file` in a service class (`""`: standard), over gRPC.
+fn lab_quote_in(lab: &Lab, token: &str, file: &Path, class: &str) -> protos::labwright::v1::QuoteResponse {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use protos::labwright::v1 as pb;
+        let ch = tonic::transport::Channel::from_shared(lab.url.clone()).unwrap().connect().await.unwrap();
+        let ask = pb::ValidateRequest {
+            file_name: file.file_name().unwrap().to_string_lossy().into(),
+            source: std::fs::read(file).unwrap(),
+            service_class: class.into(),
+            ..Default::default()
+        };
+        let mut r = tonic::Request::new(ask);
+        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        pb::protocols_client::ProtocolsClient::new(ch).quote(r).await.unwrap().into_inner()
+    })
+}
+
 fn labctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_labctl")).args(args).current_dir(root()).output().expect("labctl runs")
 }

@@ -4,7 +4,7 @@
 //! says how far the estimates plans used were from what tasks took.
 
 use super::workload::Workload;
-use crate::experience::{task_kind, Experience, TaskDuration, RECENT};
+use crate::experience::{median, task_kind, Experience, TaskDuration, RECENT};
 use scheduler::lab::trace::{Finished, Learning};
 use scheduler::lab::{LabProblem, Run};
 use serde::Serialize;
@@ -125,18 +125,4 @@ pub struct DurationLine {
     pub error_planned: f64,
     /// The same over the later half of the tasks, once the lab had learned.
     pub error_planned_later_half: f64,
-}
-
-/// The median of a list (0 for none).
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }

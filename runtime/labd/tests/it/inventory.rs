@@ -614,18 +614,7 @@ fn frozen_material_thaws_before_the_first_step_and_the_plan_counts_it() {
 /// The lab's own quote of protocol `file` for `token`'s tenant (`labctl quote` is local: it knows
 /// nothing of the inventory or of who kits).
 fn lab_quote(lab: &Lab, token: &str, file: &Path) -> protos::labwright::v1::QuoteResponse {
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use protos::labwright::v1 as pb;
-        let ch = tonic::transport::Channel::from_shared(lab.url.clone()).unwrap().connect().await.unwrap();
-        let ask = pb::ValidateRequest {
-            file_name: file.file_name().unwrap().to_string_lossy().into(),
-            source: std::fs::read(file).unwrap(),
-            ..Default::default()
-        };
-        let mut r = tonic::Request::new(ask);
-        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        pb::protocols_client::ProtocolsClient::new(ch).quote(r).await.unwrap().into_inner()
-    })
+    lab_quote_in(lab, token, file, "")
 }
 
 /// Where people kit, the plan has their time: each run's kitting is a task on one of the site's

@@ -3,23 +3,6 @@
 
 use super::*;
 
-/// A server's quote of `file` in `class`.
-fn quote_in(lab: &Lab, token: &str, file: &Path, class: &str) -> protos::labwright::v1::QuoteResponse {
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use protos::labwright::v1 as pb;
-        let ch = tonic::transport::Channel::from_shared(lab.url.clone()).unwrap().connect().await.unwrap();
-        let ask = pb::ValidateRequest {
-            file_name: file.file_name().unwrap().to_string_lossy().into(),
-            source: std::fs::read(file).unwrap(),
-            service_class: class.into(),
-            ..Default::default()
-        };
-        let mut r = tonic::Request::new(ask);
-        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        pb::protocols_client::ProtocolsClient::new(ch).quote(r).await.unwrap().into_inner()
-    })
-}
-
 /// The site sells priority within 1.05× a run's time on the empty lab. On an idle lab the
 /// quote says a priority serial dilution fits, and acme's is taken. Behind it, globex's would
 /// wait for lh3 (priority runs are taken behind those already promised): the quote says it no
@@ -32,13 +15,13 @@ fn a_priority_turnaround_is_sold_only_when_the_lab_can_keep_it() {
     let lab = serve_lab_on("turnaround", "0.05", Some(&site));
     let (acme, globex) = (lab.tenant("acme"), lab.tenant("globex"));
     let file = root().join("protocols/examples/serial-dilution.yaml");
-    let idle = quote_in(&lab, &globex, &file, "priority");
+    let idle = lab_quote_in(&lab, &globex, &file, "priority");
     assert!(idle.meets_target && idle.turnaround_target_s > 0.0, "{idle:?}");
     assert!(idle.earliest_completion_s <= idle.turnaround_target_s, "{idle:?}");
-    let standard = quote_in(&lab, &globex, &file, "standard");
+    let standard = lab_quote_in(&lab, &globex, &file, "standard");
     assert_eq!((standard.turnaround_target_s, standard.meets_target), (0.0, false), "sold with none: {standard:?}");
     let theirs = lab.submit_file(&acme, &file, &["--class", "priority"]);
-    let behind = quote_in(&lab, &globex, &file, "priority");
+    let behind = lab_quote_in(&lab, &globex, &file, "priority");
     assert!(!behind.meets_target && behind.earliest_completion_s > behind.turnaround_target_s, "{behind:?}");
     let (code, so, se) = lab.ctl(&globex, &["submit", file.to_str().unwrap(), "--class", "priority"]);
     assert_ne!(code, 0, "{so}{se}");
