@@ -79,7 +79,7 @@ impl pb::runs_server::Runs for Api {
                 let h = |s: f64| format!("{:.2} h", s / 3600.0);
                 return Err(Status::failed_precondition(format!(
                     "the lab cannot finish this {class} run within its turnaround of {} now (it would take {}); \
-                     submit it as standard, or later (`labctl quote --class {class}` says when it fits)",
+                     submit it as standard, or later (the lab's quote in this class says whether it fits)",
                     h(target),
                     h(earliest)
                 )));
