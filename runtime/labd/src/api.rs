@@ -290,7 +290,7 @@ impl Api {
         class: labware::ServiceClass,
         experience: crate::experience::Experience,
     ) -> Result<Earliest, Status> {
-        use scheduler::lab::{replan::Planner, solve, LabProblem};
+        use scheduler::lab::{replan::Planner, LabProblem};
         let (store, own, units) = (self.store.clone(), who.tenant_id.clone(), self.site.storage.clone());
         // Only a plan that names containers is read again for them.
         let probe = plan.labware.iter().any(|l| l.container.is_some()).then(|| plan.clone());
@@ -348,16 +348,10 @@ impl Api {
             if sold_with_turnaround {
                 return arriving_as_the_executor_places_it(p, run, &promises);
             }
-            let me =
-                p.add_run(run).map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
-            let alone_s = p.runs[me].release + p.empty_lab().turnaround_alone(&p.runs[me]);
+            let me = p.add_run(run).map_err(cannot_run)?;
             // Planned as the executor would: classes in their order (priority, standard, spot).
-            let budget = solve::LabBudget { time: Some(std::time::Duration::from_millis(100)), iterations: None };
-            let planner = Planner::new(p, budget, 7).map_err(|_| Status::internal("the scheduler found no plan"))?;
-            let schedule = planner.schedule;
-            let start = schedule.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
-            let start_s = if start.is_finite() { start } else { 0.0 };
-            Ok(Earliest { start_s, end_s: schedule.completion(me), alone_s })
+            let planner = Planner::new(p, QUOTE_BUDGET, 7).map_err(|_| no_plan())?;
+            Ok(Earliest::of(&planner.schedule, me, None))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -368,7 +362,7 @@ impl Api {
     /// class is sold with none.
     pub(crate) fn turnaround_target(&self, class: labware::ServiceClass, e: &Earliest) -> Option<(f64, f64)> {
         let factor = self.site.turnaround_target(class)?;
-        Some((factor * e.alone_s, e.end_s))
+        Some((factor * e.alone_s?, e.end_s))
     }
 
     /// An instrument as technicians see it: maintenance and down flags first, then its answer.
@@ -437,18 +431,38 @@ impl Api {
     }
 }
 
-/// When a protocol submitted now would start and finish, and finish on the empty lab (device
-/// seconds from now).
+/// When a protocol submitted now would start and finish, and (for a class sold with a
+/// turnaround) finish on the empty lab: device seconds from now.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Earliest {
     pub start_s: f64,
     pub end_s: f64,
-    pub alone_s: f64,
+    pub alone_s: Option<f64>,
+}
+
+impl Earliest {
+    /// Run `me` of `s`.
+    fn of(s: &scheduler::lab::solve::LabSchedule, me: usize, alone_s: Option<f64>) -> Earliest {
+        let start = s.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
+        Earliest { start_s: if start.is_finite() { start } else { 0.0 }, end_s: s.completion(me), alone_s }
+    }
+}
+
+/// What a quote spends planning.
+const QUOTE_BUDGET: scheduler::lab::solve::LabBudget =
+    scheduler::lab::solve::LabBudget { time: Some(std::time::Duration::from_millis(100)), iterations: None };
+
+fn no_plan() -> Status {
+    Status::internal("the scheduler found no plan")
+}
+
+fn cannot_run(e: scheduler::lab::ModelError) -> Status {
+    Status::failed_precondition(format!("this lab cannot run it: {}", e.0))
 }
 
 /// Where a run sold with a turnaround would go if it arrived now, as the executor places an
-/// arrival (`Planner::handle`): the runs queued or under way planned first (all from now, which
-/// errs late), each promised the later of its promise in force (`promises`, device seconds from
+/// arrival (`Planner::handle`): the runs queued or under way planned first (all from now, as if
+/// none had begun: a step under way may hold what the model gives the run), each promised the later of its promise in force (`promises`, device seconds from
 /// now) and where this plan ends it, then the run arriving where it breaks none of them.
 fn arriving_as_the_executor_places_it(
     p: scheduler::lab::LabProblem,
@@ -456,28 +470,20 @@ fn arriving_as_the_executor_places_it(
     promises: &[Option<f64>],
 ) -> Result<Earliest, Status> {
     use scheduler::lab::{replan::Event, replan::Planner, solve::LabBudget};
-    let alone_s = run.release + p.empty_lab().turnaround_alone(&run);
-    let budget = LabBudget { time: Some(std::time::Duration::from_millis(100)), iterations: None };
-    let no_plan = |_| Status::internal("the scheduler found no plan");
-    let mut planner = if p.runs.is_empty() {
+    let alone_s = Some(run.release + p.empty_lab().turnaround_alone(&run));
+    if p.runs.is_empty() {
         let mut alone = p;
-        alone.add_run(run).map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
-        let planner = Planner::new(alone, budget, 7).map_err(no_plan)?;
-        let s = &planner.schedule;
-        let start = s.tasks[0].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
-        return Ok(Earliest { start_s: if start.is_finite() { start } else { 0.0 }, end_s: s.completion(0), alone_s });
-    } else {
-        Planner::new(p, budget, 7).map_err(no_plan)?
-    };
+        let me = alone.add_run(run).map_err(cannot_run)?;
+        let planner = Planner::new(alone, QUOTE_BUDGET, 7).map_err(|_| no_plan())?;
+        return Ok(Earliest::of(&planner.schedule, me, alone_s));
+    }
+    let mut planner = Planner::new(p, QUOTE_BUDGET, 7).map_err(|_| no_plan())?;
     let ends = planner.schedule.completions();
     for (i, due) in promises.iter().enumerate() {
         planner.set_promise(i, due.map(|d| d.max(ends[i])));
     }
     planner
         .handle_within(0.0, Event::RunArrived(run), LabBudget { time: None, iterations: Some(0) })
-        .map_err(|e| Status::failed_precondition(format!("this lab cannot run it: {}", e.0)))?;
-    let me = planner.problem.runs.len() - 1;
-    let s = &planner.schedule;
-    let start = s.tasks[me].iter().map(|t| t.start).fold(f64::INFINITY, f64::min);
-    Ok(Earliest { start_s: if start.is_finite() { start } else { 0.0 }, end_s: s.completion(me), alone_s })
+        .map_err(cannot_run)?;
+    Ok(Earliest::of(&planner.schedule, planner.problem.runs.len() - 1, alone_s))
 }

@@ -12,6 +12,17 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Sen
 /// Held from the checks of what a run draws and uses up to its submission (see `submit`).
 static ADMITTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+impl Api {
+    /// Whether `tenant` has a run submitted under `key` already (none for an empty key).
+    async fn taken_already(&self, tenant: &str, key: &str) -> Result<bool, Status> {
+        if key.is_empty() {
+            return Ok(false);
+        }
+        let (store, tenant, key) = (self.store.clone(), tenant.to_string(), key.to_string());
+        Ok(blocking(move || store.runs(Some(&tenant), &[])).await?.iter().any(|run| run.idempotency_key == key))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::runs_server::Runs for Api {
     type WatchStream = EventStream;
@@ -61,18 +72,7 @@ impl pb::runs_server::Runs for Api {
         self.some_cell_can_run(&plan)?;
         // A class sold with a turnaround is taken only when the lab can keep it now (a retried
         // submission of a run already taken gets that run back, as ever).
-        let retried = |store: std::sync::Arc<dyn store::Store>, tenant: String, key: String| async move {
-            Ok::<bool, Status>(
-                !key.is_empty()
-                    && blocking(move || store.runs(Some(&tenant), &[]))
-                        .await?
-                        .iter()
-                        .any(|run| run.idempotency_key == key),
-            )
-        };
-        if self.site.turnaround_target(class).is_some()
-            && !retried(self.store.clone(), tenant.clone(), r.idempotency_key.clone()).await?
-        {
+        if self.site.turnaround_target(class).is_some() && !self.taken_already(&tenant, &r.idempotency_key).await? {
             let experience = self.experience().await?;
             let e = self.earliest_completion(&who, plan.clone(), class, experience).await?;
             if let Some((target, earliest)) = self.turnaround_target(class, &e).filter(|(t, e)| e > &(t + 1e-6)) {

@@ -309,6 +309,7 @@ pub fn simulate_with(
         let stats = drive_learning(&mut planner, later, &lab, &mut rng, true, effort.repair, &mut learner)
             .map_err(|e| CapacityError::Plan(format!("the disturbed simulation stopped: {e}")))?;
         let mut r = report(site, workload, tenants, effort, &planner, &arrivals, stats.events, began)?;
+        r.learned = effort.learn;
         r.durations = learner.report();
         return Ok(r);
     }
@@ -381,7 +382,7 @@ fn report(
         });
     }
     let promised = (0..p.runs.len()).filter(|&i| planner.promise(i).is_some()).count();
-    let per_class = per_class(p, s, planner, (&late, site), workload, arrivals, &bottleneck);
+    let per_class = per_class(site, p, s, planner, &late, workload, arrivals, &bottleneck);
     let runs = p.runs.len();
     let hourly: f64 = site.instruments.iter().map(|i| site.price_per_hour(i.class)).sum();
     let site_cost_per_run = hourly * makespan / 3600.0 / runs as f64;
@@ -411,7 +412,8 @@ fn report(
         promises_kept: promised - late.len(),
         per_class,
         disturbed: effort.disturb,
-        learned: effort.learn && (effort.disturb.is_some() || !workload.durations.is_empty()),
+        // Set by the simulation that ran event by event, the one that learns.
+        learned: false,
         durations: Vec::new(),
         currency: workload.currency.clone(),
         site_cost_per_run,
@@ -434,10 +436,11 @@ fn report(
 /// promises. Arrival `n` is run `n` of the problem (runs are added in arrival order).
 #[allow(clippy::too_many_arguments)]
 fn per_class(
+    site: &Site,
     p: &LabProblem,
     s: &LabSchedule,
     planner: &Planner,
-    (late, site): (&[usize], &Site),
+    late: &[usize],
     workload: &Workload,
     arrivals: &[(f64, usize, usize)],
     bottleneck: &str,

@@ -13,8 +13,10 @@ use super::*;
 /// replies and errors, the console's JSON — holds neither the canary nor any of acme's ids.
 #[test]
 fn an_overrunning_manual_step_does_not_stall_other_tenants() {
+    // Priority sold with a turnaround: its quote and refusal are places globex reads too.
     let site =
-        std::fs::read_to_string(root().join("sites/sim.toml")).unwrap().replace("technicians = 2", "technicians = 1");
+        std::fs::read_to_string(root().join("sites/sim.toml")).unwrap().replace("technicians = 2", "technicians = 1")
+            + "\n[prices.turnaround]\npriority = 1.0\n";
     let lab = serve_lab_on("overrun", "0.001", Some(&site));
     let (acme, _) = lab.tenant_with_mqtt("acme");
     let (globex, globex_mqtt) = lab.tenant_with_mqtt("globex");
@@ -254,6 +256,14 @@ fn an_overrunning_manual_step_does_not_stall_other_tenants() {
     let (code, _, se) = lab.ctl(&globex, &["container", "show", &acme_barcode]);
     let (_, _, missing) = lab.ctl(&globex, &["container", "show", "BC-nothing"]);
     assert_eq!((code != 0, se.replace(&acme_barcode, "X")), (true, missing.replace("BC-nothing", "X")));
+    // A priority quote and submission with acme's runs queued: the target, whether it fits, and
+    // what the submission answers (taken here; the refusal's own test is in `service`).
+    let dilution = root().join("protocols/examples/serial-dilution.yaml");
+    let quote = lab_quote_in(&lab, &globex, &dilution, "priority");
+    assert!(quote.turnaround_target_s > 0.0, "{quote:?}");
+    seen.push(("a priority quote".into(), format!("{quote:?}")));
+    let (code, so, se) = lab.ctl(&globex, &["submit", dilution.to_str().unwrap(), "--class", "priority"]);
+    seen.push((format!("a priority submission (exit {code})"), format!("{so}{se}")));
     // A submission refused for want of the lab's stock, which acme's runs also draw on.
     let (code, _, se) = lab.ctl(&lab.admin, &["stock", "count", "opentrons_96_tiprack_300ul", "--on-hand", "0"]);
     assert_eq!(code, 0, "{se}");

@@ -135,7 +135,7 @@ pub struct Finished {
 /// How a lab learns durations from experience while [`drive_learning`] runs it: told of every
 /// task on an instrument that ends, it corrects the estimates of each run before it arrives.
 pub trait Learning {
-    fn finished(&mut self, problem: &super::LabProblem, task: Finished);
+    fn finished(&mut self, problem: &LabProblem, task: Finished);
     /// `run`, about to arrive as run number `index`, with its estimates corrected.
     fn correct(&mut self, index: usize, run: &mut Run);
 }
@@ -145,7 +145,7 @@ pub trait Learning {
 pub struct NoLearning;
 
 impl Learning for NoLearning {
-    fn finished(&mut self, _: &super::LabProblem, _: Finished) {}
+    fn finished(&mut self, _: &LabProblem, _: Finished) {}
     fn correct(&mut self, _: usize, _: &mut Run) {}
 }
 
@@ -183,13 +183,14 @@ pub fn drive_learning(
     let mut arrivals = std::collections::VecDeque::from(arrivals);
     let tasks: usize = planner.problem.runs.iter().map(|r| r.tasks.len()).sum::<usize>()
         + arrivals.iter().map(|a| a.1.tasks.len()).sum::<usize>();
-    let mut started: Vec<Vec<Option<f64>>> = planner.problem.runs.iter().map(|r| vec![None; r.tasks.len()]).collect();
+    // Per run and task, once started: when it began and when it will really end.
+    let mut started: Vec<Vec<Option<(f64, f64)>>> =
+        planner.problem.runs.iter().map(|r| vec![None; r.tasks.len()]).collect();
     let mut finished: Vec<Vec<bool>> = planner.problem.runs.iter().map(|r| vec![false; r.tasks.len()]).collect();
     let mut overrun_told: Vec<Vec<bool>> = finished.clone();
-    // Per run and task: the estimate it arrived with, and when it really began.
+    // Per run and task: the estimate it arrived with.
     let mut estimates: Vec<Vec<f64>> =
         planner.problem.runs.iter().map(|r| r.tasks.iter().map(|t| t.duration).collect()).collect();
-    let mut began: Vec<Vec<f64>> = started.iter().map(|s| vec![f64::NAN; s.len()]).collect();
     let mut ups: Vec<(f64, usize)> = Vec::new();
     let mut stats = TraceStats::default();
     let mut now = 0.0f64;
@@ -212,7 +213,7 @@ pub fn drive_learning(
                         pending += 1;
                         consider(slot.start.max(now), 3, Event::TaskStarted { run: ri, task: ti });
                     }
-                    (Some(actual_end), false) => {
+                    (Some((_, actual_end)), false) => {
                         if actual_end > slot.end + 1e-6 && !overrun_told[ri][ti] {
                             consider(
                                 slot.end.max(now),
@@ -258,8 +259,7 @@ pub fn drive_learning(
             Event::TaskStarted { run, task } => {
                 let d = estimates[*run][*task] * lab.bias(planner.problem.runs[*run].tasks[*task].class);
                 let noise = 1.0 - lab.noise + 2.0 * lab.noise * (rng.below(1000) as f64 / 1000.0);
-                started[*run][*task] = Some(now + d * noise);
-                began[*run][*task] = now;
+                started[*run][*task] = Some((now, now + d * noise));
             }
             Event::TaskOverrun { run, task, .. } => overrun_told[*run][*task] = true,
             Event::TaskFinished { run, task, at } => {
@@ -273,7 +273,7 @@ pub fn drive_learning(
                         resource: planner.schedule.tasks[r][t].resource,
                         estimate: estimates[r][t],
                         planned: lab_task.duration,
-                        actual: *at - began[r][t],
+                        actual: *at - started[r][t].map_or(*at, |s| s.0),
                     };
                     learning.finished(&planner.problem, finished);
                 }
@@ -285,7 +285,6 @@ pub fn drive_learning(
         if let Event::RunArrived(_) = ev {
             let n = planner.problem.runs.last().map_or(0, |r| r.tasks.len());
             started.push(vec![None; n]);
-            began.push(vec![f64::NAN; n]);
             finished.push(vec![false; n]);
             overrun_told.push(vec![false; n]);
         }
