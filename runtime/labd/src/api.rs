@@ -9,6 +9,7 @@ mod admin_service;
 mod inventory_service;
 mod lab_service;
 mod protocols_service;
+mod quote_model;
 mod runs_service;
 
 use crate::store::{self, Principal, Role, RunState, Store, StoreError};
@@ -295,16 +296,18 @@ impl Api {
         // Only a plan that names containers is read again for them.
         let probe = plan.labware.iter().any(|l| l.container.is_some()).then(|| plan.clone());
         let sold_with_turnaround = self.site.turnaround_target(class).is_some();
-        let (queue, promised_ms, ready_s, retrieved) = blocking(move || {
-            let queue = store
-                .runs(None, &[RunState::Queued, RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling])?;
-            // A class sold with a turnaround is placed as the executor places an arrival: where
-            // it breaks no promise in force; so those promises are read (none otherwise).
-            let mut promised_ms = Vec::new();
-            if sold_with_turnaround {
-                for r in &queue {
-                    promised_ms.push(crate::service::first_promise_ms(&store.events(None, &r.id, 0)?));
-                }
+        let (queue, ready_s, retrieved) = blocking(move || {
+            // Each run's history says what it has done, and what it was promised: a class sold
+            // with a turnaround is placed as the executor places an arrival, where it breaks no
+            // promise in force.
+            let mut queue = Vec::new();
+            for run in store
+                .runs(None, &[RunState::Queued, RunState::Running, RunState::AwaitingRecovery, RunState::Cancelling])?
+            {
+                let events = store.events(None, &run.id, 0)?;
+                let promised_ms = crate::service::first_promise_ms(&events);
+                let progress = crate::executor::resume::progress(&events);
+                queue.push(quote_model::Queued { run, promised_ms, progress });
             }
             // Frozen material it names thaws before its first step, as the executor plans it;
             // what an arm brings out of an automated store no technician fetches.
@@ -315,7 +318,7 @@ impl Api {
                 }
                 _ => (0.0, 0),
             };
-            Ok::<_, store::StoreError>((queue, promised_ms, ready_s, retrieved))
+            Ok::<_, store::StoreError>((queue, ready_s, retrieved))
         })
         .await?;
         let (site, tenant) = (self.site.clone(), who.tenant_id.clone().unwrap_or_else(|| "quote".into()));
@@ -324,16 +327,8 @@ impl Api {
             let mut p = LabProblem::from_site(&site).map_err(|e| Status::internal(e.0))?;
             // Per run of the model, its promise in device seconds from now, if it has one.
             let mut promises: Vec<Option<f64>> = Vec::new();
-            for (k, r) in queue.iter().enumerate() {
-                let Ok(rp) = serde_json::from_str::<protocols::plan::RunPlan>(&r.plan_json) else { continue };
-                let short = crate::store::run_prefix(&r.id);
-                let rp = experience.corrected(&rp.scoped(&short));
-                // A run that cannot be modelled is left out of the estimate, which errs early.
-                if let Ok(i) = p.add_plan(&r.id, &r.tenant_id, 1.0, 0.0, &rp) {
-                    p.runs[i].class = r.class;
-                    let due = promised_ms.get(k).copied().flatten();
-                    promises.push(due.map(|ms| (ms - now_ms) as f64 / 1000.0 / scale.max(1e-9)));
-                }
+            for q in &queue {
+                promises.extend(quote_model::add_queued(&mut p, q, &experience, now_ms, scale));
             }
             // Where people kit, kitting and the thaw are the plan's first tasks, as the executor
             // stores them; else the thaw delays the first task.
@@ -461,9 +456,10 @@ fn cannot_run(e: scheduler::lab::ModelError) -> Status {
 }
 
 /// Where a run sold with a turnaround would go if it arrived now, as the executor places an
-/// arrival (`Planner::handle`): the runs queued or under way planned first (all from now, as if
-/// none had begun: a step under way may hold what the model gives the run), each promised the later of its promise in force (`promises`, device seconds from
-/// now) and where this plan ends it, then the run arriving where it breaks none of them.
+/// arrival (`Planner::handle`): the runs queued or under way planned first (from now, what they
+/// have done done and their steps under way where they are: `quote_model`), each promised the
+/// later of its promise in force (`promises`, device seconds from now) and where this plan ends
+/// it, then the run arriving where it breaks none of them.
 fn arriving_as_the_executor_places_it(
     p: scheduler::lab::LabProblem,
     run: scheduler::lab::Run,

@@ -19,6 +19,8 @@ pub struct Progress {
     pub finished: BTreeMap<usize, Millis>,
     /// Tasks that began and did not end.
     pub under_way: BTreeSet<usize>,
+    /// When each task under way began (ms since the epoch).
+    pub began_at: BTreeMap<usize, Millis>,
     /// The instrument each task began on (none: a delay, or a task its event did not say).
     pub began_on: BTreeMap<usize, String>,
 }
@@ -34,6 +36,7 @@ pub fn progress(events: &[Event]) -> Progress {
         match (e.kind.as_str(), task) {
             ("task_started", Some(t)) => {
                 p.under_way.insert(t);
+                p.began_at.insert(t, e.at);
                 let on = serde_json::from_str::<serde_json::Value>(&e.payload_json)
                     .ok()
                     .and_then(|v| v["instrument"].as_str().map(str::to_string));
@@ -43,6 +46,7 @@ pub fn progress(events: &[Event]) -> Progress {
             }
             ("task_finished", Some(t)) => {
                 p.under_way.remove(&t);
+                p.began_at.remove(&t);
                 p.finished.insert(t, e.at);
             }
             _ => {}

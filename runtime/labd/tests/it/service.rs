@@ -32,3 +32,38 @@ fn a_priority_turnaround_is_sold_only_when_the_lab_can_keep_it() {
     let listed: Vec<&str> = runs.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(listed, vec![mine.as_str()], "only the standard run was taken: {runs}");
 }
+
+/// What a run has under way holds its instrument in the quote's model, as it does on the lab. A
+/// spot run gives way to priority work only before it starts: once acme's spot serial dilution
+/// is on lh3, a priority one for globex waits for that step, so the quote says it does not fit
+/// within 1.05× its time alone; once acme's run is done, the same quote fits again.
+#[test]
+fn a_step_under_way_holds_its_instrument_in_the_quote() {
+    let site =
+        std::fs::read_to_string(root().join("sites/sim.toml")).unwrap() + "\n[prices.turnaround]\npriority = 1.05\n";
+    let lab = serve_lab_on("under-way", "0.05", Some(&site));
+    let (acme, globex) = (lab.tenant("acme"), lab.tenant("globex"));
+    let file = root().join("protocols/examples/serial-dilution.yaml");
+    let theirs = lab.submit_file(&acme, &file, &["--class", "spot"]);
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_labctl"))
+        .args(["--url", &lab.url, "--token", &acme, "watch", &theirs, "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+        let on_lh3 = lines.by_ref().map_while(Result::ok).find(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            v["kind"] == "task_started" && v["payload"]["instrument"] == "lh3"
+        });
+        assert!(on_lh3.is_some(), "acme's run never started on lh3");
+    }
+    let waits = lab_quote_in(&lab, &globex, &file, "priority");
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    assert!(!waits.meets_target && waits.earliest_completion_s > waits.turnaround_target_s, "{waits:?}");
+    lab.wait_final(&acme, &[&theirs], 120);
+    let idle = lab_quote_in(&lab, &globex, &file, "priority");
+    assert!(idle.meets_target, "{idle:?}");
+}
