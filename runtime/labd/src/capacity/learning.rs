@@ -1,7 +1,8 @@
 //! Durations from experience in the capacity simulation, as the executor learns them: every task
 //! on an instrument that ends is a sample ([`crate::experience`]), and each run is planned, when
-//! it arrives, with its estimates corrected by what the lab has learned so far. The report then
-//! says how far the estimates plans used were from what tasks took.
+//! it arrives, with its estimates corrected by what the lab has learned so far and promised with
+//! the margin the spread left after correction gives (`Experience::promise_margin`). The report
+//! then says how far the estimates plans used were from what tasks took.
 
 use super::workload::Workload;
 use crate::experience::{median, task_kind, Experience, TaskDuration, RECENT};
@@ -37,6 +38,14 @@ impl<'a> Learner<'a> {
             experience: Experience::default(),
             stale: false,
             seen: Vec::new(),
+        }
+    }
+
+    /// Learns again from the samples if one came since it last did.
+    fn refresh(&mut self) {
+        if self.stale {
+            self.experience = Experience::from_samples(self.samples.make_contiguous());
+            self.stale = false;
         }
     }
 
@@ -96,15 +105,20 @@ impl Learning for Learner<'_> {
         if !self.learn {
             return;
         }
-        if self.stale {
-            self.experience = Experience::from_samples(self.samples.make_contiguous());
-            self.stale = false;
-        }
+        self.refresh();
         let Some(&p) = self.protocol_of.get(index) else { return };
         let corrected = self.experience.corrected(&self.workload.protocols[p].plan);
         for (t, c) in run.tasks.iter_mut().zip(&corrected.tasks) {
             t.duration = c.duration_s;
         }
+    }
+
+    fn promise_margin(&mut self, base: f64) -> f64 {
+        if !self.learn {
+            return base;
+        }
+        self.refresh();
+        self.experience.promise_margin(base)
     }
 }
 

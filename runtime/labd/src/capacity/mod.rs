@@ -126,6 +126,9 @@ pub struct Report {
     pub disturbed: Option<u64>,
     /// Whether runs were planned with estimates learned from the tasks finished before.
     pub learned: bool,
+    /// The margin the last run was promised with (a fraction of its planned turnaround):
+    /// wider than the site's when tasks spread beyond what the lab learned.
+    pub promise_margin: f64,
     /// How far estimates were from what tasks took, per instrument class and kind of work
     /// (empty when every task took its estimate).
     pub durations: Vec<DurationLine>,
@@ -414,6 +417,7 @@ fn report(
         disturbed: effort.disturb,
         // Set by the simulation that ran event by event, the one that learns.
         learned: false,
+        promise_margin: planner.promise_margin(),
         durations: Vec::new(),
         currency: workload.currency.clone(),
         site_cost_per_run,

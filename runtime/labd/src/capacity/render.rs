@@ -227,13 +227,14 @@ pub fn markdown(site: &str, workload: &str, reports: &[Report]) -> String {
     }
     if !r.durations.is_empty() {
         md.push_str(&format!(
-            "\n### Durations: estimates against what tasks took\n\nRuns were planned with {}. Error: median of |actual − estimate| ÷ actual.\n\n\
+            "\n### Durations: estimates against what tasks took\n\nRuns were planned with {}; the last was promised with a margin of {:.0}% of its planned turnaround. Error: median of |actual − estimate| ÷ actual.\n\n\
              | instrument class | kind | tasks | actual ÷ compiler's estimate | error, compiler's estimate | error, as planned | as planned, later half |\n|---|---|---:|---:|---:|---:|---:|\n",
             if r.learned {
                 "estimates corrected by the tasks finished before each arrived (as the executor learns)"
             } else {
                 "the compiler's estimates (`--no-learning`)"
-            }
+            },
+            100.0 * r.promise_margin
         ));
         for d in &r.durations {
             md.push_str(&format!(

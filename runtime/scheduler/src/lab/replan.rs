@@ -127,6 +127,11 @@ impl Planner {
         }
     }
 
+    /// The margin promises made now add (a fraction of the planned turnaround).
+    pub fn promise_margin(&self) -> f64 {
+        self.promises.margin()
+    }
+
     /// Promises made from now on add `margin` × the planned turnaround to the planned end; the
     /// promises made before stay as they were (a lab that has grown less sure of its estimates
     /// promises the next runs later, it does not move its word to the runs it has promised).

@@ -196,26 +196,27 @@ impl Timeline {
     fn conflict_keyed(&self, a: f64, b: f64, cap: u32, key: u64) -> Option<f64> {
         let hi = self.busy.partition_point(|x| x.0 < b - EPS);
         let lo = self.busy[..hi].partition_point(|x| x.0 < a - self.max_len - EPS);
-        let mut overlapping: Vec<(f64, f64, usize, u64)> = Vec::new();
-        let mut other_settings: Option<f64> = None;
-        let open = self.open.iter().filter(|o| o.0 < b - EPS).map(|o| (o.0, f64::INFINITY, o.1, o.2));
-        for x in self.busy[lo..hi].iter().copied().chain(open) {
-            if x.1 > a + EPS {
-                if x.3 != key {
-                    other_settings = Some(other_settings.map_or(x.1, |e: f64| e.min(x.1)));
-                }
-                overlapping.push(x);
+        let open = || self.open.iter().filter(|o| o.0 < b - EPS).map(|o| (o.0, f64::INFINITY, o.1, o.2));
+        let overlapping = || self.busy[lo..hi].iter().copied().chain(open()).filter(|x| x.1 > a + EPS);
+        // Counted first: most queries end here, and this is the placement's innermost loop.
+        let (mut count, mut soonest, mut other_settings) = (0usize, f64::INFINITY, None::<f64>);
+        for x in overlapping() {
+            if x.3 != key {
+                other_settings = Some(other_settings.map_or(x.1, |e| e.min(x.1)));
             }
+            count += 1;
+            soonest = soonest.min(x.1);
         }
         if other_settings.is_some() {
             return other_settings;
         }
-        if overlapping.len() < cap as usize {
+        if count < cap as usize {
             return None;
         }
         if cap == 1 {
-            return overlapping.iter().map(|x| x.1).reduce(f64::min);
+            return Some(soonest);
         }
+        let overlapping: Vec<(f64, f64, usize, u64)> = overlapping().collect();
         // Sweep: does any instant of [a, b) see `cap` intervals?
         let mut events: Vec<(f64, i32)> = Vec::with_capacity(overlapping.len() * 2);
         for x in &overlapping {
@@ -370,6 +371,9 @@ impl LabProblem {
             let mut retry = None;
             for (i, l) in legs.iter().enumerate() {
                 let mut s = cursor;
+                // The arm's timeline was last found free at this time (asking again at the
+                // same time gives the same answer).
+                let mut free_at = f64::NAN;
                 loop {
                     let mine = out
                         .iter()
@@ -377,9 +381,12 @@ impl LabProblem {
                         .map(|m| m.end)
                         .reduce(f64::max);
                     // Jump over a run of back-to-back arm moves in one step.
-                    let gap = st.arms[l.arm].first_gap(s, l.seconds);
+                    let gap = if s == free_at { s } else { st.arms[l.arm].first_gap(s, l.seconds) };
                     let next = mine.map_or(gap, |m| m.max(gap));
                     if next > s + EPS {
+                        if next == gap {
+                            free_at = gap;
+                        }
                         s = next;
                     } else {
                         break;

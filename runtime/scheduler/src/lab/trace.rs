@@ -138,6 +138,11 @@ pub trait Learning {
     fn finished(&mut self, problem: &LabProblem, task: Finished);
     /// `run`, about to arrive as run number `index`, with its estimates corrected.
     fn correct(&mut self, index: usize, run: &mut Run);
+    /// The promise margin for the next arrival, instead of `base`: wider when tasks spread
+    /// beyond what the lab has learned (the executor's rule).
+    fn promise_margin(&mut self, base: f64) -> f64 {
+        base
+    }
 }
 
 /// Learns nothing: every run is planned with the estimates it arrives with.
@@ -195,6 +200,7 @@ pub fn drive_learning(
     let mut stats = TraceStats::default();
     let mut now = 0.0f64;
     let limit = 50 * tasks + 1000;
+    let base_margin = planner.promise_margin();
     for _ in 0..limit {
         // The next thing to happen: (time, priority, event). Times within a microsecond are one
         // instant, where ends and overruns come before starts.
@@ -246,6 +252,7 @@ pub fn drive_learning(
                 let Some((_, mut run)) = arrivals.pop_front() else { break };
                 estimates.push(run.tasks.iter().map(|t| t.duration).collect());
                 learning.correct(planner.problem.runs.len(), &mut run);
+                planner.set_margin_for_arrivals(learning.promise_margin(base_margin));
                 *arriving = run;
             }
             Event::InstrumentDown { resource, until } => {

@@ -837,6 +837,52 @@ fn arrivals_never_make_an_older_promise_late() {
     }
 }
 
+/// A lab that learns promises with the margin its learning gives: `drive_learning` asks for it
+/// at every arrival, from the planner's own margin, and sets it for the arrival: once the lab
+/// grows unsure (from the fifth arrival), 50 points wider.
+#[test]
+fn a_learning_lab_promises_arrivals_with_the_margin_it_learned() {
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::replan::Planner;
+    use scheduler::lab::solve::LabBudget;
+    use scheduler::lab::trace::{drive_learning, Disturbance, Finished, Learning};
+    use scheduler::lab::{LabProblem, Run};
+    use scheduler::shop::solve::Rng;
+    /// Unsure from the fifth arrival on.
+    struct Unsure {
+        asked: Vec<f64>,
+    }
+    impl Learning for Unsure {
+        fn finished(&mut self, _: &LabProblem, _: Finished) {}
+        fn correct(&mut self, _: usize, _: &mut Run) {}
+        fn promise_margin(&mut self, base: f64) -> f64 {
+            self.asked.push(base);
+            if self.asked.len() >= 5 {
+                base + 0.5
+            } else {
+                base
+            }
+        }
+    }
+    let site = labware::Site::sim().unwrap();
+    let base = generate(&site, 20, 2, 600.0, 3).unwrap();
+    let extra = generate(&site, 40, 3, 1.0, 103).unwrap();
+    let arrivals: Vec<_> = extra.runs.into_iter().enumerate().map(|(i, r)| (600.0 * (i + 1) as f64, r)).collect();
+    let (first, count) = (base.runs.len(), arrivals.len());
+    let budget = LabBudget { time: None, iterations: Some(2) };
+    let mut planner = Planner::new(base, budget, 3).unwrap();
+    let margin = planner.promise_margin();
+    let mut unsure = Unsure { asked: Vec::new() };
+    drive_learning(&mut planner, arrivals, &Disturbance::default(), &mut Rng::new(3), true, budget, &mut unsure)
+        .unwrap();
+    assert_eq!(unsure.asked, vec![margin; count], "asked once per arrival, from the planner's margin");
+    assert!((planner.promise_margin() - (margin + 0.5)).abs() < 1e-12);
+    // (`a_wider_margin_for_arrivals_leaves_earlier_promises_as_they_were`: the planner promises
+    // an arrival with the margin set for arrivals.)
+    assert!((first..first + count).all(|r| planner.promise(r).is_some()));
+    assert_eq!(planner.late(), Vec::<usize>::new(), "every task took its estimate: every promise kept");
+}
+
 /// Service classes on a busy lab: runs arrive every two minutes, one in three spot and one in
 /// six priority. A spot arrival moves no other run's planned end (it takes only capacity nobody
 /// uses) and is promised nothing; every promise made is kept (tasks take their estimate, margin
