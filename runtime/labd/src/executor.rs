@@ -301,6 +301,9 @@ struct Admitted {
     /// The promise margin for it: the configured one, wider when tasks on this lab spread
     /// beyond what it was measured against (`experience`).
     margin: f64,
+    /// What the lab had learned when it was admitted: the runs still waiting are corrected with
+    /// it when it arrives (`repair`).
+    experience: crate::experience::Experience,
     /// Device seconds from its arrival before its first task can start: its frozen material
     /// thawing (`crate::kitting::thaw_s`). The plan and the promise count it.
     ready_after_s: f64,

@@ -135,6 +135,11 @@ impl Experience {
         base + extra
     }
 
+    /// Whether `other` corrects every estimate as this does.
+    pub fn corrects_as(&self, other: &Experience) -> bool {
+        self.factors == other.factors
+    }
+
     /// The factor estimates of `kind` on instruments of `class` are multiplied by (1 without
     /// enough experience).
     pub fn factor(&self, class: &str, kind: &str) -> f64 {

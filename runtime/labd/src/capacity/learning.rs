@@ -1,6 +1,7 @@
 //! Durations from experience in the capacity simulation, as the executor learns them: every task
 //! on an instrument that ends is a sample ([`crate::experience`]), and each run is planned, when
-//! it arrives, with its estimates corrected by what the lab has learned so far and promised with
+//! it arrives, with its estimates corrected by what the lab has learned so far (the runs still
+//! waiting corrected again when that changed) and promised with
 //! the margin the spread left after correction gives (`Experience::promise_margin`). The report
 //! then says how far the estimates plans used were from what tasks took.
 
@@ -24,6 +25,8 @@ pub struct Learner<'a> {
     experience: Experience,
     /// A sample came since `experience` was built.
     stale: bool,
+    /// What runs still waiting were last corrected with.
+    applied: Experience,
     /// Every finished task: (class, kind, compiler's estimate, planned, actual).
     seen: Vec<(String, &'static str, f64, f64, f64)>,
 }
@@ -37,6 +40,7 @@ impl<'a> Learner<'a> {
             samples: VecDeque::new(),
             experience: Experience::default(),
             stale: false,
+            applied: Experience::default(),
             seen: Vec::new(),
         }
     }
@@ -111,6 +115,24 @@ impl Learning for Learner<'_> {
         for (t, c) in run.tasks.iter_mut().zip(&corrected.tasks) {
             t.duration = c.duration_s;
         }
+    }
+
+    fn waiting(&mut self, problem: &LabProblem) -> Vec<(usize, Vec<f64>)> {
+        if !self.learn {
+            return Vec::new();
+        }
+        self.refresh();
+        if self.experience.corrects_as(&self.applied) {
+            return Vec::new();
+        }
+        self.applied = self.experience.clone();
+        let mut out = Vec::new();
+        for (r, pins) in problem.pinned.iter().enumerate() {
+            let Some(&p) = self.protocol_of.get(r).filter(|_| pins.iter().any(Option::is_none)) else { continue };
+            let corrected = self.experience.corrected(&self.workload.protocols[p].plan);
+            out.push((r, corrected.tasks.iter().map(|t| t.duration_s).collect()));
+        }
+        out
     }
 
     fn promise_margin(&mut self, base: f64) -> f64 {

@@ -742,6 +742,11 @@ mod tests {
         assert!((line(&learned, "incubate").actual_over_estimate - 1.0).abs() < 1e-6);
         assert!(reads.error_planned_later_half < 0.05, "{reads:?}");
         assert!(reads_fixed.error_planned_later_half > 0.6, "{reads_fixed:?}");
+        // Every PCR set-up arrives before the first has finished: the later ones are corrected
+        // while they wait, at the arrivals after the lab learned.
+        let dispenses = line(&learned, "dispense");
+        assert!(dispenses.error_planned_later_half < 0.05, "{dispenses:?}");
+        assert!(line(&fixed, "dispense").error_planned_later_half > 0.2);
         assert!(
             learned.promises_kept > fixed.promises_kept,
             "{} against {}",

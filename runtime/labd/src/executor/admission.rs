@@ -134,7 +134,8 @@ impl Executor {
                     continue;
                 }
             }
-            out.push(Admitted { run, plan, model, margin, ready_after_s });
+            let experience = experience.clone().unwrap_or_default();
+            out.push(Admitted { run, plan, model, margin, experience, ready_after_s });
         }
         Ok(out)
     }

@@ -243,6 +243,11 @@ impl Executor {
             let mut planner = s.planner.clone();
             if let Change::Arrived(a) = &change {
                 planner.set_margin_for_arrivals(a.margin);
+                // Runs still waiting are planned with what the lab has learned since they came.
+                for (i, r) in s.runs.iter().enumerate() {
+                    let corrected = a.experience.corrected(&r.plan);
+                    planner.reestimate(i, &corrected.tasks.iter().map(|t| t.duration_s).collect::<Vec<_>>());
+                }
             }
             let began = Instant::now();
             let (planner, result) = blocking(move || {

@@ -65,6 +65,9 @@ pub struct Planner {
     /// When each run was promised to finish, fixed at its arrival.
     promises: Promises,
     rng: Rng,
+    /// Runs whose estimates changed since the last repair ([`Planner::reestimate`]): no repair
+    /// holds them where the plan in force has them.
+    reestimated: Vec<usize>,
 }
 
 impl Planner {
@@ -102,6 +105,7 @@ impl Planner {
             order: out.order,
             window: out.window,
             rng: Rng::new(seed),
+            reestimated: Vec::new(),
         })
     }
 
@@ -137,6 +141,26 @@ impl Planner {
     /// promises the next runs later, it does not move its word to the runs it has promised).
     pub fn set_margin_for_arrivals(&mut self, margin: f64) {
         self.promises.set_margin(margin);
+    }
+
+    /// Plans run `run`'s tasks not yet started with `durations` (per task, seconds) from the
+    /// next repair on: a lab that has learned how long such tasks take corrects the runs still
+    /// waiting, not only those that arrive. Promises stay as they were made. Whether any changed.
+    pub fn reestimate(&mut self, run: usize, durations: &[f64]) -> bool {
+        let (Some(r), Some(pins)) = (self.problem.runs.get_mut(run), self.problem.pinned.get(run)) else {
+            return false;
+        };
+        let mut changed = false;
+        for ((task, &d), pin) in r.tasks.iter_mut().zip(durations).zip(pins) {
+            if pin.is_none() && d.is_finite() && d >= 0.0 && (task.duration - d).abs() > 1e-9 {
+                task.duration = d;
+                changed = true;
+            }
+        }
+        if changed && !self.reestimated.contains(&run) {
+            self.reestimated.push(run);
+        }
+        changed
     }
 
     /// Restores a promise made before (an executor resuming from its store); `None` withdraws it.
@@ -464,7 +488,10 @@ impl Planner {
         if arrived.is_none() && !reshaped {
             let broken = self.promises.newly_late(&before_ends, &self.schedule.completions()).len();
             if broken > 0 {
-                if self.holds_pins(&before) && super::check::validate(&self.problem, &before).is_empty() {
+                if self.reestimated.is_empty()
+                    && self.holds_pins(&before)
+                    && super::check::validate(&self.problem, &before).is_empty()
+                {
                     self.schedule = before.clone();
                     self.order = before_order;
                 } else if let Some(s) = self.fitted_except(&before_order, &before, &shifted) {
@@ -525,6 +552,7 @@ impl Planner {
                 }
             }
         }
+        self.reestimated.clear();
         let moved = count_moved(&self.problem, &before, &self.schedule, now);
         Ok(Repair { repair_time, moved, makespan: self.schedule.makespan() })
     }
@@ -652,8 +680,10 @@ impl Planner {
     /// `plan` (the plan in force, without the runs of `order` it lacks) kept as it is, every
     /// task held where it was except those of the runs in `free`, which are planned again in
     /// full (in their places in `order`) with the runs `plan` lacks in what is left; `None` if
-    /// that cannot be built or breaks a constraint.
+    /// that cannot be built or breaks a constraint. Runs re-estimated since the last repair are
+    /// planned again too: the plan in force has them at their old lengths.
     fn fitted_except(&mut self, order: &[usize], plan: &LabSchedule, free: &[usize]) -> Option<LabSchedule> {
+        let free: Vec<usize> = free.iter().chain(&self.reestimated).copied().collect();
         let same_shape = plan.tasks.len() <= self.problem.runs.len()
             && plan.tasks.iter().zip(&self.problem.runs).all(|(slots, run)| slots.len() == run.tasks.len());
         if !same_shape {

@@ -143,6 +143,11 @@ pub trait Learning {
     fn promise_margin(&mut self, base: f64) -> f64 {
         base
     }
+    /// Runs of `problem` with a task not yet started whose estimates the lab now corrects
+    /// otherwise than when they were planned: (run, every task's estimate).
+    fn waiting(&mut self, _problem: &LabProblem) -> Vec<(usize, Vec<f64>)> {
+        Vec::new()
+    }
 }
 
 /// Learns nothing: every run is planned with the estimates it arrives with.
@@ -170,8 +175,8 @@ pub fn drive(
     drive_learning(planner, arrivals, lab, rng, check, improve, &mut NoLearning)
 }
 
-/// [`drive`], with `learning` told of every task on an instrument that ends and correcting each
-/// arriving run's estimates. What a task really lasts comes from the estimate its run arrived
+/// [`drive`], with `learning` told of every task on an instrument that ends, correcting each
+/// arriving run's estimates and, at each arrival, those of the runs still waiting. What a task really lasts comes from the estimate its run arrived
 /// with (× the lab's bias for its instrument class, × the noise), never from the corrected one.
 pub fn drive_learning(
     planner: &mut Planner,
@@ -250,6 +255,10 @@ pub fn drive_learning(
         match &mut ev {
             Event::RunArrived(arriving) => {
                 let Some((_, mut run)) = arrivals.pop_front() else { break };
+                // What the lab learned since runs still waiting arrived corrects them too.
+                for (r, durations) in learning.waiting(&planner.problem) {
+                    planner.reestimate(r, &durations);
+                }
                 estimates.push(run.tasks.iter().map(|t| t.duration).collect());
                 learning.correct(planner.problem.runs.len(), &mut run);
                 planner.set_margin_for_arrivals(learning.promise_margin(base_margin));

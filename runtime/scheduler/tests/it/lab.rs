@@ -883,6 +883,58 @@ fn a_learning_lab_promises_arrivals_with_the_margin_it_learned() {
     assert_eq!(planner.late(), Vec::<usize>::new(), "every task took its estimate: every promise kept");
 }
 
+/// Runs still waiting are planned with what the lab learned after they came: re-estimated
+/// runs (every task twice as long) come out of the next repair with their tasks at the new
+/// lengths, whether the arrival goes to its fair place or into the gaps of the plan in force
+/// (which would otherwise hold them at their old lengths); tasks already started keep theirs.
+#[test]
+fn runs_still_waiting_are_planned_with_what_the_lab_learned() {
+    use scheduler::lab::generate::generate;
+    use scheduler::lab::replan::{Event, Planner};
+    use scheduler::lab::solve::LabBudget;
+    let site = labware::Site::sim().unwrap();
+    let budget = LabBudget { time: None, iterations: Some(2) };
+    for seed in 0..3 {
+        let base = generate(&site, 60, 3, 1.0, seed).unwrap();
+        let extra = generate(&site, 30, 2, 1.0, seed + 50).unwrap();
+        let mut planner = Planner::new(base, budget, seed).unwrap();
+        let mut arrivals = extra.runs.into_iter();
+        planner.handle_within(600.0, Event::RunArrived(arrivals.next().unwrap()), budget).unwrap();
+        let n = planner.problem.runs.len();
+        let begun: Vec<usize> = (0..n).filter(|&r| planner.problem.has_begun(r)).collect();
+        let waiting: Vec<usize> = (0..n).filter(|&r| !planner.problem.has_begun(r)).collect();
+        assert!(!begun.is_empty() && !waiting.is_empty(), "seed {seed}: {begun:?} {waiting:?}");
+        let twice =
+            |r: usize, p: &Planner| p.problem.runs[r].tasks.iter().map(|t| 2.0 * t.duration).collect::<Vec<_>>();
+        let was: Vec<Vec<f64>> =
+            planner.problem.runs.iter().map(|r| r.tasks.iter().map(|t| t.duration).collect()).collect();
+        for &r in &waiting {
+            let d = twice(r, &planner);
+            let any_work = d.iter().any(|&x| x > 0.0);
+            assert_eq!(planner.reestimate(r, &d), any_work);
+        }
+        for &r in &begun {
+            let d = twice(r, &planner);
+            planner.reestimate(r, &d);
+        }
+        planner.handle_within(1200.0, Event::RunArrived(arrivals.next().unwrap()), budget).unwrap();
+        assert!(scheduler::lab::check::validate(&planner.problem, &planner.schedule).is_empty());
+        // Tasks started by now were sent with the estimates of their day and keep them.
+        let mut checked = 0;
+        for (r, estimates) in was.iter().enumerate() {
+            for (t, slot) in planner.schedule.tasks[r].iter().enumerate() {
+                if planner.problem.pinned[r][t].is_none() && estimates[t] > 0.0 {
+                    let want = 2.0 * estimates[t];
+                    let planned = slot.end - slot.start;
+                    assert!(planned >= want - 1e-6, "seed {seed}: run {r} task {t} planned {planned} s, not {want} s");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20, "seed {seed}: {checked} tasks still waiting");
+    }
+}
+
 /// Service classes on a busy lab: runs arrive every two minutes, one in three spot and one in
 /// six priority. A spot arrival moves no other run's planned end (it takes only capacity nobody
 /// uses) and is promised nothing; every promise made is kept (tasks take their estimate, margin
