@@ -594,3 +594,78 @@ fn a_spot_run_is_promised_nothing_and_billed_as_spot() {
         assert!(lh(labware::ServiceClass::Standard) > 0.0 && lh(labware::ServiceClass::Spot) > 0.0, "{usage:?}");
     });
 }
+
+/// Runs waiting are planned again with what the lab learned after they came. acme's two serial
+/// dilutions go in together; while the first is on lh3, the lab learns that liquid handling
+/// takes three times its estimate (five tasks), and a third run arrives. The second, still
+/// waiting, is re-planned with its liquid handling three times as long: it is told it will end
+/// later by about twice that task's estimate (without the correction, by what the first run's
+/// overrun pushes it: 97 s here, against 2 × 261 s).
+#[test]
+fn runs_waiting_are_planned_again_with_what_the_lab_learned() {
+    use labd::executor::{Executor, ExecutorConfig};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let scale = devices::TimeScale(0.01);
+        let store: Arc<dyn labd::store::Store> = Arc::new(labd::store::sqlite::SqliteStore::in_memory().unwrap());
+        let lab = Arc::new(
+            labd::lab::Lab::simulated_with_faults(labware::Site::sim().unwrap(), scale, &Default::default())
+                .await
+                .unwrap(),
+        );
+        let config =
+            ExecutorConfig { scale, probe_every: std::time::Duration::from_millis(200), ..ExecutorConfig::default() };
+        let ex = Arc::new(Executor::new(store.clone(), lab, config));
+        let t = store.create_tenant("acme", 1.0).unwrap();
+        let plan = compile_example("serial-dilution.yaml");
+        let handling = plan.tasks.iter().position(|t| t.class.is_some_and(|c| c.as_str() == "liquid_handler")).unwrap();
+        let first = ex.submit(&t.id, "a", "dilution", "serial-dilution.yaml", &plan).unwrap();
+        let second = ex.submit(&t.id, "b", "dilution", "serial-dilution.yaml", &plan).unwrap();
+        let driving = tokio::spawn({
+            let ex = ex.clone();
+            async move { ex.run_queued().await }
+        });
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !store
+            .events(None, &first.id, 0)
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "task_started" && e.payload_json.contains("lh3"))
+        {
+            assert!(std::time::Instant::now() < until, "the first run never reached lh3");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let task = &plan.tasks[handling];
+        for n in 0..labd::experience::MIN_SAMPLES as i64 {
+            let slow = labd::experience::TaskDuration {
+                run_id: first.id.clone(),
+                task_id: 100 + n,
+                instrument: "lh3".into(),
+                class: "liquid_handler".into(),
+                kind: labd::experience::task_kind(task).into(),
+                estimated_s: task.duration_s,
+                actual_s: 3.0 * task.duration_s,
+                at: n,
+            };
+            assert!(store.record_duration(&slow).unwrap());
+        }
+        ex.submit(&t.id, "c", "dilution", "serial-dilution.yaml", &plan).unwrap();
+        let report =
+            tokio::time::timeout(std::time::Duration::from_secs(180), driving).await.unwrap().unwrap().unwrap();
+        assert!(report.runs.iter().all(|r| r.1 == labd::store::RunState::Succeeded), "{:?}", report.runs);
+        let events = store.events(None, &second.id, 0).unwrap();
+        let later: Vec<f64> = events
+            .iter()
+            .filter(|e| e.kind == "rescheduled")
+            .map(|e| serde_json::from_str::<serde_json::Value>(&e.payload_json).unwrap())
+            .map(|v| v["planned_end_s"].as_f64().unwrap() - v["was_s"].as_f64().unwrap())
+            .collect();
+        let want = 2.0 * task.duration_s;
+        assert!(
+            later.iter().any(|&d| d > 0.8 * want),
+            "the waiting run was told {later:?} s later; its liquid handling ({} s estimated) should count three times",
+            task.duration_s
+        );
+    });
+}
