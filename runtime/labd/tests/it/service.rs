@@ -67,3 +67,35 @@ fn a_step_under_way_holds_its_instrument_in_the_quote() {
     let idle = lab_quote_in(&lab, &globex, &file, "priority");
     assert!(idle.meets_target, "{idle:?}");
 }
+
+/// On an idle lab a quote's earliest completion is when the run really finishes, within the
+/// estimates' tolerance (10 %, as the first hour holds device time), and its promise holds
+/// (2026-12-08: quoted 340.5 s, finished in 339.9 s, promised 459.7 s).
+#[test]
+fn a_quote_on_an_idle_lab_is_when_the_run_finishes() {
+    let scale = 0.05;
+    let lab = serve_lab_on("idle-quote", &scale.to_string(), None);
+    let acme = lab.tenant("acme");
+    let file = root().join("protocols/examples/serial-dilution.yaml");
+    let quote = lab_quote_in(&lab, &acme, &file, "standard");
+    let run = lab.submit_file(&acme, &file, &[]);
+    lab.wait_final(&acme, &[&run], 120);
+    let info = run_info(&lab, &acme, &run);
+    // Device seconds from the quote to the run's end (quoted just before it was submitted).
+    let took = (info.finished_at_ms - info.submitted_at_ms) as f64 / 1000.0 / scale;
+    let earliest = quote.earliest_completion_s;
+    assert!((took - earliest).abs() <= 0.10 * earliest, "quoted to finish in {earliest:.0} s, finished in {took:.0} s");
+    assert!(took <= quote.promised_by_s, "promised {:.0} s, took {took:.0} s", quote.promised_by_s);
+}
+
+/// A run as the Runs service lists it to `token`.
+fn run_info(lab: &Lab, token: &str, run: &str) -> protos::labwright::v1::RunInfo {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use protos::labwright::v1 as pb;
+        let ch = tonic::transport::Channel::from_shared(lab.url.clone()).unwrap().connect().await.unwrap();
+        let mut r = tonic::Request::new(pb::ListRunsRequest::default());
+        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let runs = pb::runs_client::RunsClient::new(ch).list(r).await.unwrap().into_inner();
+        runs.runs.into_iter().find(|r| r.id == run).expect("the run is listed")
+    })
+}
