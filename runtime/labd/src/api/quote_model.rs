@@ -33,7 +33,7 @@ pub(crate) fn add_queued(
     let rest = experience.corrected(&rest.scoped(&short));
     let i = p.add_plan(&q.run.id, &q.run.tenant_id, 1.0, 0.0, &rest).ok()?;
     p.runs[i].class = q.run.class;
-    for (&task, &began_ms) in &q.progress.began_at {
+    for (&task, &began_ms) in &q.progress.under_way {
         let Some(on) = q.progress.began_on.get(&task) else { continue };
         let Some(estimate) = p.runs[i].tasks.get(task).map(|t| t.duration) else { continue };
         let (resource, on_arm) =

@@ -1,9 +1,9 @@
 //! Durations from experience in the capacity simulation, as the executor learns them: every task
 //! on an instrument that ends is a sample ([`crate::experience`]), and each run is planned, when
 //! it arrives, with its estimates corrected by what the lab has learned so far (the runs still
-//! waiting corrected again when that changed) and promised with
-//! the margin the spread left after correction gives (`Experience::promise_margin`). The report
-//! then says how far the estimates plans used were from what tasks took.
+//! waiting corrected again when that changed) and promised with the margin the spread left
+//! after correction gives (`Experience::promise_margin`). The report then says how far the
+//! estimates plans used were from what tasks took.
 
 use super::workload::Workload;
 use crate::experience::{median, task_kind, Experience, TaskDuration, RECENT};

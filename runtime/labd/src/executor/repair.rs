@@ -243,10 +243,13 @@ impl Executor {
             let mut planner = s.planner.clone();
             if let Change::Arrived(a) = &change {
                 planner.set_margin_for_arrivals(a.margin);
-                // Runs still waiting are planned with what the lab has learned since they came.
-                for (i, r) in s.runs.iter().enumerate() {
-                    let corrected = a.experience.corrected(&r.plan);
-                    planner.reestimate(i, &corrected.tasks.iter().map(|t| t.duration_s).collect::<Vec<_>>());
+                // Runs still waiting are planned with what the lab has learned since they came;
+                // each arrival corrects them all, so the last one admitted says what with.
+                if s.runs.last().is_some_and(|last| !last.experience.corrects_as(&a.experience)) {
+                    for (i, r) in s.runs.iter().enumerate() {
+                        let corrected = a.experience.corrected(&r.plan);
+                        planner.reestimate(i, &corrected.tasks.iter().map(|t| t.duration_s).collect::<Vec<_>>());
+                    }
                 }
             }
             let began = Instant::now();

@@ -17,10 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Progress {
     /// Tasks that ended, with when (ms since the epoch).
     pub finished: BTreeMap<usize, Millis>,
-    /// Tasks that began and did not end.
-    pub under_way: BTreeSet<usize>,
-    /// When each task under way began (ms since the epoch).
-    pub began_at: BTreeMap<usize, Millis>,
+    /// Tasks that began and did not end, with when each began (ms since the epoch).
+    pub under_way: BTreeMap<usize, Millis>,
     /// The instrument each task began on (none: a delay, or a task its event did not say).
     pub began_on: BTreeMap<usize, String>,
 }
@@ -35,8 +33,7 @@ pub fn progress(events: &[Event]) -> Progress {
             .map(|t| t as usize);
         match (e.kind.as_str(), task) {
             ("task_started", Some(t)) => {
-                p.under_way.insert(t);
-                p.began_at.insert(t, e.at);
+                p.under_way.insert(t, e.at);
                 let on = serde_json::from_str::<serde_json::Value>(&e.payload_json)
                     .ok()
                     .and_then(|v| v["instrument"].as_str().map(str::to_string));
@@ -46,7 +43,6 @@ pub fn progress(events: &[Event]) -> Progress {
             }
             ("task_finished", Some(t)) => {
                 p.under_way.remove(&t);
-                p.began_at.remove(&t);
                 p.finished.insert(t, e.at);
             }
             _ => {}
@@ -85,7 +81,7 @@ impl Leftover {
 pub fn leftover(plan: &RunPlan, progress: &Progress, attempts: &[Attempt], storage: &BTreeSet<String>) -> Leftover {
     let tasks = progress
         .under_way
-        .iter()
+        .keys()
         .filter(|&&t| plan.tasks.get(t).is_some_and(|task| task.class.is_some()))
         .map(|&t| {
             let done = attempts
@@ -254,7 +250,7 @@ mod tests {
         };
         let p = progress(&[started(0), event("task_finished", 0, 5), started(1)]);
         assert_eq!(p.finished, BTreeMap::from([(0, 5)]));
-        assert_eq!(p.under_way, BTreeSet::from([1]));
+        assert_eq!(p.under_way.keys().copied().collect::<BTreeSet<_>>(), BTreeSet::from([1]));
         assert_eq!(p.began_on.get(&1).map(String::as_str), Some("lh1"));
         let storage = BTreeSet::from(["hotel".to_string()]);
         // Task 1 under way: two commands went through, the third is in doubt (or did not happen).

@@ -595,12 +595,13 @@ fn a_spot_run_is_promised_nothing_and_billed_as_spot() {
     });
 }
 
-/// Runs waiting are planned again with what the lab learned after they came. acme's two serial
-/// dilutions go in together; while the first is on lh3, the lab learns that liquid handling
-/// takes three times its estimate (five tasks), and a third run arrives. The second, still
-/// waiting, is re-planned with its liquid handling three times as long: it is told it will end
-/// later by about twice that task's estimate (without the correction, by what the first run's
-/// overrun pushes it: 97 s here, against 2 × 261 s).
+/// Runs waiting are planned again with what the lab learned after they came. acme's three
+/// serial dilutions go in together; while the first is on lh3, the lab learns that liquid
+/// handling takes three times its estimate (five tasks), and a fourth run arrives. The third,
+/// still waiting behind two runs (time enough for the arrival however busy the machine), is
+/// re-planned with its liquid handling three times as long: it is told it will end later by at
+/// least twice that task's estimate (without the correction, by what the first run's overrun
+/// pushes it, under a minute here, against 2 × 261 s).
 #[test]
 fn runs_waiting_are_planned_again_with_what_the_lab_learned() {
     use labd::executor::{Executor, ExecutorConfig};
@@ -621,7 +622,8 @@ fn runs_waiting_are_planned_again_with_what_the_lab_learned() {
         let plan = compile_example("serial-dilution.yaml");
         let handling = plan.tasks.iter().position(|t| t.class.is_some_and(|c| c.as_str() == "liquid_handler")).unwrap();
         let first = ex.submit(&t.id, "a", "dilution", "serial-dilution.yaml", &plan).unwrap();
-        let second = ex.submit(&t.id, "b", "dilution", "serial-dilution.yaml", &plan).unwrap();
+        ex.submit(&t.id, "b", "dilution", "serial-dilution.yaml", &plan).unwrap();
+        let waiting = ex.submit(&t.id, "w", "dilution", "serial-dilution.yaml", &plan).unwrap();
         let driving = tokio::spawn({
             let ex = ex.clone();
             async move { ex.run_queued().await }
@@ -654,7 +656,7 @@ fn runs_waiting_are_planned_again_with_what_the_lab_learned() {
         let report =
             tokio::time::timeout(std::time::Duration::from_secs(180), driving).await.unwrap().unwrap().unwrap();
         assert!(report.runs.iter().all(|r| r.1 == labd::store::RunState::Succeeded), "{:?}", report.runs);
-        let events = store.events(None, &second.id, 0).unwrap();
+        let events = store.events(None, &waiting.id, 0).unwrap();
         let later: Vec<f64> = events
             .iter()
             .filter(|e| e.kind == "rescheduled")

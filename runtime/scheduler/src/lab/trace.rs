@@ -176,8 +176,9 @@ pub fn drive(
 }
 
 /// [`drive`], with `learning` told of every task on an instrument that ends, correcting each
-/// arriving run's estimates and, at each arrival, those of the runs still waiting. What a task really lasts comes from the estimate its run arrived
-/// with (× the lab's bias for its instrument class, × the noise), never from the corrected one.
+/// arriving run's estimates and, at each arrival, those of the runs still waiting. What a task
+/// really lasts comes from the estimate its run arrived with (× the lab's bias for its
+/// instrument class, × the noise), never from the corrected one.
 pub fn drive_learning(
     planner: &mut Planner,
     mut arrivals: Vec<(f64, Run)>,
